@@ -1,0 +1,3 @@
+//! `rsp`: the RSerPool command line.
+
+fn main() {}

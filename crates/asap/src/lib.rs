@@ -1,0 +1,13 @@
+//! ASAP, the Aggregate Server Access Protocol of Reliable Server Pooling (RFC 5352).
+//!
+//! - [`wire`]: the codec for every ASAP and ENRP message and every RFC 5354 parameter
+//!   (spec §3, §4, §6, §8, §12). Pure: no I/O, no clock, never panics on input.
+//! - [`policy`]: the nine RFC 5356 pool member selection policies behind one
+//!   [`policy::Selector`] interface, used by registrars (choose *n* PEs for a handle
+//!   resolution response) and pool users (choose one PE from a cache).
+//!
+//! Read [`wire::AsapMsg`] first. The `rsp` command (feature `cli`) is a thin front end.
+#![warn(missing_docs)]
+
+pub mod policy;
+pub mod wire;

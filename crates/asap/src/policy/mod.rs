@@ -1,0 +1,1 @@
+//! Pool member selection policies (RFC 5356, spec §5).

@@ -1,0 +1,3 @@
+//! The RSerPool wire codec (spec §3–§8, §12): bytes ↔ typed messages.
+
+pub mod param;

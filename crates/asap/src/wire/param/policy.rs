@@ -1,0 +1,138 @@
+//! Pool Member Selection Policy parameter (0x0008). Spec §5.1; RFC 5356 §3.
+//!
+//! ```text
+//! +-------------------------------+-------------------------------+
+//! |       Type = 0x0008           |        Length = 8/12/16       |
+//! +-------------------------------+-------------------------------+
+//! |                         Policy Type                           |
+//! +---------------------------------------------------------------+
+//! :            policy-specific u32 values (weight, load, ...)     :
+//! +---------------------------------------------------------------+
+//! ```
+
+use std::fmt;
+
+/// A policy type number as sent on the wire (spec §5.1). A newtype rather than an enum so
+/// that an unknown type can be carried into an error report.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyType(pub u32);
+
+impl PolicyType {
+    /// Round Robin.
+    pub const ROUND_ROBIN: Self = Self(0x0000_0001);
+    /// Weighted Round Robin.
+    pub const WEIGHTED_ROUND_ROBIN: Self = Self(0x0000_0002);
+    /// Random.
+    pub const RANDOM: Self = Self(0x0000_0003);
+    /// Weighted Random.
+    pub const WEIGHTED_RANDOM: Self = Self(0x0000_0004);
+    /// Priority.
+    pub const PRIORITY: Self = Self(0x0000_0005);
+    /// Least Used.
+    pub const LEAST_USED: Self = Self(0x4000_0001);
+    /// Least Used with Degradation.
+    pub const LEAST_USED_DEGRADATION: Self = Self(0x4000_0002);
+    /// Priority Least Used.
+    pub const PRIORITY_LEAST_USED: Self = Self(0x4000_0003);
+    /// Randomized Least Used.
+    pub const RANDOMIZED_LEAST_USED: Self = Self(0x4000_0004);
+
+    /// Adaptive policies (0x4000xxxx) need PEs to re-register when their load changes.
+    pub const fn is_adaptive(self) -> bool {
+        self.0 & 0x4000_0000 != 0
+    }
+
+    /// The short name used on command lines and in logs, for the nine RFC types.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::ROUND_ROBIN => "rr",
+            Self::WEIGHTED_ROUND_ROBIN => "wrr",
+            Self::RANDOM => "rand",
+            Self::WEIGHTED_RANDOM => "wrand",
+            Self::PRIORITY => "pri",
+            Self::LEAST_USED => "lu",
+            Self::LEAST_USED_DEGRADATION => "lud",
+            Self::PRIORITY_LEAST_USED => "plu",
+            Self::RANDOMIZED_LEAST_USED => "rlu",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for PolicyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "PolicyType({n})"),
+            None => write!(f, "PolicyType({:#010x})", self.0),
+        }
+    }
+}
+
+/// A load or load degradation: a fraction where `0` is 0 % and `u32::MAX` is 100 %.
+pub type Load = u32;
+
+/// One of the nine RFC 5356 policies with its per-PE values (spec §5.1). Only these nine
+/// are accepted (any other type is Invalid Values, cause 0x3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Round Robin (0x00000001).
+    RoundRobin,
+    /// Weighted Round Robin (0x00000002): selected `weight` times per round.
+    WeightedRoundRobin {
+        /// Selections per round.
+        weight: u32,
+    },
+    /// Random (0x00000003).
+    Random,
+    /// Weighted Random (0x00000004): probability proportional to `weight`; 0 is never selected.
+    WeightedRandom {
+        /// Relative weight.
+        weight: u32,
+    },
+    /// Priority (0x00000005): highest `priority` first.
+    Priority {
+        /// Higher is preferred.
+        priority: u32,
+    },
+    /// Least Used (0x40000001).
+    LeastUsed {
+        /// Current load.
+        load: Load,
+    },
+    /// Least Used with Degradation (0x40000002).
+    LeastUsedDegradation {
+        /// Current load.
+        load: Load,
+        /// Added to the selector's copy of the load each time the PE is selected.
+        degradation: Load,
+    },
+    /// Priority Least Used (0x40000003).
+    PriorityLeastUsed {
+        /// Current load.
+        load: Load,
+        /// Static penalty added to the load.
+        degradation: Load,
+    },
+    /// Randomized Least Used (0x40000004): probability proportional to the free capacity.
+    RandomizedLeastUsed {
+        /// Current load.
+        load: Load,
+    },
+}
+
+impl Policy {
+    /// The wire policy type of this policy.
+    pub const fn policy_type(&self) -> PolicyType {
+        match self {
+            Self::RoundRobin => PolicyType::ROUND_ROBIN,
+            Self::WeightedRoundRobin { .. } => PolicyType::WEIGHTED_ROUND_ROBIN,
+            Self::Random => PolicyType::RANDOM,
+            Self::WeightedRandom { .. } => PolicyType::WEIGHTED_RANDOM,
+            Self::Priority { .. } => PolicyType::PRIORITY,
+            Self::LeastUsed { .. } => PolicyType::LEAST_USED,
+            Self::LeastUsedDegradation { .. } => PolicyType::LEAST_USED_DEGRADATION,
+            Self::PriorityLeastUsed { .. } => PolicyType::PRIORITY_LEAST_USED,
+            Self::RandomizedLeastUsed { .. } => PolicyType::RANDOMIZED_LEAST_USED,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! ENRP, the Endpoint haNdlespace Redundancy Protocol (RFC 5353): registrars that keep the
+//! handlespace, replicate it among themselves and take over a dead peer's pool elements.
+//!
+//! The ENRP message codec lives with ASAP's in [`asap::wire`] (both share the encoding of
+//! spec §3); this crate holds the registrar's pure cores.
+#![warn(missing_docs)]
