@@ -5,9 +5,12 @@
 //! - [`policy`]: the nine RFC 5356 pool member selection policies behind one
 //!   [`policy::Selector`] interface, used by registrars (choose *n* PEs for a handle
 //!   resolution response) and pool users (choose one PE from a cache).
+//! - `transport` (feature `transport`): messages over any async byte stream (spec §12.2).
 //!
 //! Read [`wire::AsapMsg`] first. The `rsp` command (feature `cli`) is a thin front end.
 #![warn(missing_docs)]
 
 pub mod policy;
+#[cfg(feature = "transport")]
+pub mod transport;
 pub mod wire;

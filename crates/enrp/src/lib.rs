@@ -4,3 +4,9 @@
 //! The ENRP message codec lives with ASAP's in [`asap::wire`] (both share the encoding of
 //! spec §3); this crate holds the registrar's pure cores.
 #![warn(missing_docs)]
+
+pub mod checksum;
+pub mod daemon;
+pub mod handlespace;
+pub mod registrar;
+pub mod setup;

@@ -1,3 +1,41 @@
 //! Who may do what in rsp: SPIFFE identities, trust domains, the rustls configurations that
 //! authenticate every ASAP and ENRP connection, revocation, and grants.
+//!
+//! - [`SpiffeId`], [`TrustDomain`]: validated names.
+//! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
+//! - [`TrustStore`]: trust domains, CRLs and a deny-list; builds TLS 1.3 rustls
+//!   configurations (ring, client certificates required) and swaps them on every change.
+//! - [`Peer`]: what a finished handshake proves; [`ConnectionRegistry`]: live connections,
+//!   closed on revocation.
 #![warn(missing_docs)]
+
+#[cfg(feature = "db")]
+pub mod audit;
+mod cert;
+#[cfg(feature = "db")]
+pub mod db;
+mod error;
+mod grant;
+mod pattern;
+mod registry;
+mod spiffe;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod verify;
+
+pub use cert::{Peer, Serial};
+pub use error::Error;
+pub use grant::{Action, Actions, Grant, NamespacePattern, allowed};
+pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
+pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
+pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
+pub use store::{
+    DomainBundle, LocalIdentity, Protocol, TrustStore, certs_from_pem, crls_from_pem, provider,
+};
+pub use verify::Rejection;
+
+/// ALPN protocol identifier of ASAP over TLS.
+pub const ALPN_ASAP: &[u8] = b"rserpool-asap/1";
+/// ALPN protocol identifier of ENRP over TLS.
+pub const ALPN_ENRP: &[u8] = b"rserpool-enrp/1";

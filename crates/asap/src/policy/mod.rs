@@ -1,1 +1,124 @@
 //! Pool member selection policies (RFC 5356, spec §5).
+//!
+//! Pure: no I/O, no clock, and randomness only from the [`Rng`] the caller passes in
+//! (a registrar's seeded core RNG, STYLE.md §2), so runs replay from a seed.
+//!
+//! - [`Selector`]: the one interface every policy implements. The registrar uses it to
+//!   choose *n* PEs for a Handle Resolution Response, the pool user to choose one PE from
+//!   its cache (spec §5.2: both apply the same rule).
+//! - [`PoolSelection`]: a pool's selector; the first PE fixes the pool's policy type and a
+//!   PE with another type is refused with cause 0x5 (spec §5.3).
+//! - [`PolicyRegistry`]: policy type → selector factory, by default the nine RFC policies;
+//!   a new policy is registered there, without touching the registrar.
+//!
+//! The nine policies come in two families, each with a small rule trait:
+//! [`OrderedSelector`] + [`OrderRule`] (RR, WRR, PRI, LU, LUD, PLU: a sorted set, ties
+//! broken round robin as in rsplib) and [`RandomSelector`] + [`WeightRule`] (RAND, WRAND,
+//! RLU: a Fenwick tree of weights). Every operation costs O(log n) in the pool size;
+//! selecting *k* PEs costs O(k log n).
+
+mod least_used;
+mod ordered;
+mod priority;
+mod random;
+mod registry;
+mod round_robin;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use rand_core::Rng;
+
+pub use least_used::{LeastUsed, LeastUsedDegradation, LudState, PriorityLeastUsed};
+pub use ordered::{OrderRule, OrderedSelector};
+pub use priority::Priority;
+pub use random::{Random, RandomSelector, RandomizedLeastUsed, WeightRule, WeightedRandom};
+pub use registry::{PolicyRegistry, PoolSelection, SelectorFactory};
+pub use round_robin::{RoundRobin, WeightedRoundRobin, WrrState};
+
+use crate::wire::param::{PeId, Policy, PolicyType};
+
+/// One pool's selection state for one policy type: the PEs with their policy values, and
+/// whatever the policy remembers between selections (position in the cycle, accumulated
+/// degradation). Spec §5.2.
+///
+/// Implementations must cost at most O(log n) per operation in the pool size *n* (rsplib
+/// uses red-black trees), because a registrar serves pools of 100,000 PEs.
+pub trait Selector: Send {
+    /// The policy type this selector serves.
+    fn policy_type(&self) -> PolicyType;
+
+    /// Adds `pe` with its policy values, or applies its re-registration: new values
+    /// replace the old ones, and state tied to the old values is forgotten (LUD's
+    /// accumulated degradation, spec §5.2).
+    ///
+    /// # Errors
+    /// [`PolicyError::InconsistentPolicy`] when `policy` is of another type; nothing
+    /// changes then.
+    fn insert_or_update(&mut self, pe: PeId, policy: &Policy) -> Result<(), PolicyError>;
+
+    /// Removes `pe`; returns whether it was there.
+    fn remove(&mut self, pe: PeId) -> bool;
+
+    /// Appends up to `n` distinct PEs to `out`, in selection order (the first is the most
+    /// preferred). Fewer when the pool has fewer selectable PEs (weight 0 never is).
+    /// Selecting advances the policy's state, e.g. a round robin cycle by the number of
+    /// PEs selected.
+    fn select(&mut self, n: usize, rng: &mut dyn Rng, out: &mut Vec<PeId>);
+
+    /// How many PEs are registered (selectable or not).
+    fn len(&self) -> usize;
+
+    /// Whether no PE is registered.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `pe` is registered.
+    fn contains(&self, pe: PeId) -> bool;
+}
+
+impl fmt::Debug for dyn Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Selector")
+            .field("policy_type", &self.policy_type())
+            .field("pes", &self.len())
+            .finish()
+    }
+}
+
+/// Why a PE's policy was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The PE's policy type differs from the pool's (spec §5.3). Answered with cause 0x5
+    /// "Inconsistent Pooling Policy" carrying the offending policy parameter.
+    #[error("inconsistent pooling policy: the pool uses {pool:?}, the PE offered {offered:?}")]
+    InconsistentPolicy {
+        /// The pool's policy type, fixed by its first PE.
+        pool: PolicyType,
+        /// The refused policy parameter.
+        offered: Policy,
+    },
+    /// No selector is registered for this policy type (spec §5.1: only the nine RFC types
+    /// are accepted). Answered with cause 0x3 "Invalid Values".
+    #[error("unsupported pool member selection policy {0:?}")]
+    UnsupportedPolicy(PolicyType),
+}
+
+impl PolicyError {
+    /// Cause code 0x3, Invalid Values (spec §4.7).
+    pub const CAUSE_INVALID_VALUES: u16 = 0x3;
+    /// Cause code 0x5, Inconsistent Pooling Policy (spec §4.7).
+    pub const CAUSE_INCONSISTENT_POOLING_POLICY: u16 = 0x5;
+
+    /// The spec §4.7 error cause code to answer the registration with.
+    pub const fn cause_code(&self) -> u16 {
+        match self {
+            Self::InconsistentPolicy { .. } => Self::CAUSE_INCONSISTENT_POOLING_POLICY,
+            Self::UnsupportedPolicy(_) => Self::CAUSE_INVALID_VALUES,
+        }
+    }
+}

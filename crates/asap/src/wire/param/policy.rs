@@ -12,6 +12,11 @@
 
 use std::fmt;
 
+use super::{Param, ParamType, UnknownParam};
+use crate::wire::error::DecodeError;
+use crate::wire::reader::{RawParam, Reader};
+use crate::wire::writer::Writer;
+
 /// A policy type number as sent on the wire (spec §5.1). A newtype rather than an enum so
 /// that an unknown type can be carried into an error report.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,5 +139,86 @@ impl Policy {
             Self::PriorityLeastUsed { .. } => PolicyType::PRIORITY_LEAST_USED,
             Self::RandomizedLeastUsed { .. } => PolicyType::RANDOMIZED_LEAST_USED,
         }
+    }
+}
+
+impl Policy {
+    /// The policy-specific values after the type, in wire order (spec §5.1).
+    fn values(&self) -> ([u32; 2], usize) {
+        match *self {
+            Self::RoundRobin | Self::Random => ([0, 0], 0),
+            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => {
+                ([weight, 0], 1)
+            }
+            Self::Priority { priority } => ([priority, 0], 1),
+            Self::LeastUsed { load } | Self::RandomizedLeastUsed { load } => ([load, 0], 1),
+            Self::LeastUsedDegradation { load, degradation }
+            | Self::PriorityLeastUsed { load, degradation } => ([load, degradation], 2),
+        }
+    }
+
+    /// How many u32 values follow the type for `ty`; `None` for a non-RFC type.
+    const fn value_count(ty: PolicyType) -> Option<usize> {
+        Some(match ty {
+            PolicyType::ROUND_ROBIN | PolicyType::RANDOM => 0,
+            PolicyType::WEIGHTED_ROUND_ROBIN
+            | PolicyType::WEIGHTED_RANDOM
+            | PolicyType::PRIORITY
+            | PolicyType::LEAST_USED
+            | PolicyType::RANDOMIZED_LEAST_USED => 1,
+            PolicyType::LEAST_USED_DEGRADATION | PolicyType::PRIORITY_LEAST_USED => 2,
+            _ => return None,
+        })
+    }
+}
+
+impl Param for Policy {
+    fn param_type(&self) -> ParamType {
+        ParamType::POLICY
+    }
+
+    fn is_type(ty: ParamType) -> bool {
+        ty == ParamType::POLICY
+    }
+
+    fn write_value(&self, w: &mut Writer<'_>) {
+        w.u32(self.policy_type().0);
+        let (v, n) = self.values();
+        for x in &v[..n] {
+            w.u32(*x);
+        }
+    }
+
+    fn read_value(
+        p: &RawParam<'_>,
+        r: &mut Reader<'_>,
+        _: &mut Vec<UnknownParam>,
+    ) -> Result<Self, DecodeError> {
+        let at = r.offset();
+        let ty = PolicyType(r.u32()?);
+        // Only the nine RFC 5356 types (spec §5.1 [P]); Invalid Values quotes the parameter.
+        let n = Self::value_count(ty).ok_or_else(|| p.invalid(at, "unknown policy type"))?;
+        if r.remaining() != 4 * n {
+            return Err(p.invalid(p.offset() + 2, "length does not match the policy type"));
+        }
+        let a = if n > 0 { r.u32()? } else { 0 };
+        let b = if n > 1 { r.u32()? } else { 0 };
+        Ok(match ty {
+            PolicyType::ROUND_ROBIN => Self::RoundRobin,
+            PolicyType::WEIGHTED_ROUND_ROBIN => Self::WeightedRoundRobin { weight: a },
+            PolicyType::RANDOM => Self::Random,
+            PolicyType::WEIGHTED_RANDOM => Self::WeightedRandom { weight: a },
+            PolicyType::PRIORITY => Self::Priority { priority: a },
+            PolicyType::LEAST_USED => Self::LeastUsed { load: a },
+            PolicyType::LEAST_USED_DEGRADATION => Self::LeastUsedDegradation {
+                load: a,
+                degradation: b,
+            },
+            PolicyType::PRIORITY_LEAST_USED => Self::PriorityLeastUsed {
+                load: a,
+                degradation: b,
+            },
+            _ => Self::RandomizedLeastUsed { load: a },
+        })
     }
 }

@@ -10,6 +10,11 @@
 
 use std::fmt;
 
+use super::{Param, ParamType, UnknownParam};
+use crate::wire::error::{DecodeError, DecodeErrorKind};
+use crate::wire::reader::{RawParam, Reader};
+use crate::wire::writer::Writer;
+
 /// The name of a pool: an opaque byte string of 1 to 32 bytes, compared byte for byte.
 ///
 /// Spec §1, §3.5: the RFCs set no maximum; rsplib's `MAX_POOLHANDLESIZE` (32) is ours too.
@@ -51,5 +56,41 @@ impl fmt::Display for PoolHandle {
             }
         }
         Ok(())
+    }
+}
+
+impl Param for PoolHandle {
+    fn param_type(&self) -> ParamType {
+        ParamType::POOL_HANDLE
+    }
+
+    fn is_type(ty: ParamType) -> bool {
+        ty == ParamType::POOL_HANDLE
+    }
+
+    fn write_value(&self, w: &mut Writer<'_>) {
+        w.bytes(&self.0);
+    }
+
+    fn read_value(
+        p: &RawParam<'_>,
+        r: &mut Reader<'_>,
+        _: &mut Vec<UnknownParam>,
+    ) -> Result<Self, DecodeError> {
+        let at = r.offset();
+        let b = r.rest();
+        if b.is_empty() {
+            return Err(p.invalid(at, "empty pool handle"));
+        }
+        Self::new(b).ok_or_else(|| {
+            DecodeError::with_tlv(
+                at,
+                DecodeErrorKind::Limit {
+                    what: "pool handle length",
+                    max: Self::MAX_LEN,
+                },
+                p.tlv(),
+            )
+        })
     }
 }

@@ -1,0 +1,184 @@
+//! Operation Error parameter (0x000C) and its error causes. Spec §4.7; RFC 5354 §3.12.
+//!
+//! ```text
+//! +-------------------------------+-------------------------------+
+//! |       Type = 0x000C           |           Length              |
+//! +-------------------------------+-------------------------------+
+//! :                   one or more error causes                    :
+//! +---------------------------------------------------------------+
+//!
+//! Error cause:
+//! +-------------------------------+-------------------------------+
+//! |          Cause Code           |         Cause Length          |
+//! +-------------------------------+-------------------------------+
+//! :         Cause-specific information (padded to 4)              :
+//! +---------------------------------------------------------------+
+//! ```
+//! Cause Length covers code, length and info, not the padding: the same layout as a
+//! parameter TLV, so causes are read with the same iterator.
+
+use super::{Param, ParamType, UnknownParam};
+use crate::wire::error::{DecodeError, DecodeErrorKind};
+use crate::wire::reader::{RawParam, Reader};
+use crate::wire::writer::Writer;
+
+/// One error cause (spec §4.7). Cause-specific information is kept as received: the
+/// quoted TLV or message is the peer's bytes, not something to trust or re-parse.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCause {
+    /// 0x0 Unspecified error (spec §15 item 4).
+    Unspecified,
+    /// 0x1 Unrecognized Parameter: the whole offending TLV.
+    UnrecognizedParameter(Vec<u8>),
+    /// 0x2 Unrecognized Message: the message, possibly truncated.
+    UnrecognizedMessage(Vec<u8>),
+    /// 0x3 Invalid Values: the offending parameter TLV (empty when the fault was not
+    /// inside a parameter).
+    InvalidValues(Vec<u8>),
+    /// 0x4 Non-unique PE Identifier.
+    NonUniquePeId,
+    /// 0x5 Inconsistent Pooling Policy: the offending Policy parameter.
+    InconsistentPolicy(Vec<u8>),
+    /// 0x6 Lack of Resources.
+    LackOfResources,
+    /// 0x7 Inconsistent Transport Type: the offending transport parameter.
+    InconsistentTransport(Vec<u8>),
+    /// 0x8 Inconsistent Data/Control Configuration.
+    InconsistentDataControl,
+    /// 0x9 Unknown Pool Handle.
+    UnknownPoolHandle,
+    /// 0xA Rejection due to security considerations.
+    SecurityRejection,
+    /// A code above 0xA, kept so it can be logged or relayed. The decoder never produces
+    /// this for codes 0x0–0xA.
+    Other {
+        /// Cause Code.
+        code: u16,
+        /// Cause-specific information.
+        info: Vec<u8>,
+    },
+}
+
+impl ErrorCause {
+    /// The Cause Code.
+    pub const fn code(&self) -> u16 {
+        match self {
+            Self::Unspecified => 0x0,
+            Self::UnrecognizedParameter(_) => 0x1,
+            Self::UnrecognizedMessage(_) => 0x2,
+            Self::InvalidValues(_) => 0x3,
+            Self::NonUniquePeId => 0x4,
+            Self::InconsistentPolicy(_) => 0x5,
+            Self::LackOfResources => 0x6,
+            Self::InconsistentTransport(_) => 0x7,
+            Self::InconsistentDataControl => 0x8,
+            Self::UnknownPoolHandle => 0x9,
+            Self::SecurityRejection => 0xA,
+            Self::Other { code, .. } => *code,
+        }
+    }
+
+    /// The cause-specific information (empty for causes without any).
+    pub fn info(&self) -> &[u8] {
+        match self {
+            Self::UnrecognizedParameter(b)
+            | Self::UnrecognizedMessage(b)
+            | Self::InvalidValues(b)
+            | Self::InconsistentPolicy(b)
+            | Self::InconsistentTransport(b)
+            | Self::Other { info: b, .. } => b,
+            _ => &[],
+        }
+    }
+
+    /// Builds a cause from its code and info. Info of causes that carry none is
+    /// ignored (spec §4.7 defines none for them).
+    pub fn from_parts(code: u16, info: &[u8]) -> Self {
+        match code {
+            0x0 => Self::Unspecified,
+            0x1 => Self::UnrecognizedParameter(info.to_vec()),
+            0x2 => Self::UnrecognizedMessage(info.to_vec()),
+            0x3 => Self::InvalidValues(info.to_vec()),
+            0x4 => Self::NonUniquePeId,
+            0x5 => Self::InconsistentPolicy(info.to_vec()),
+            0x6 => Self::LackOfResources,
+            0x7 => Self::InconsistentTransport(info.to_vec()),
+            0x8 => Self::InconsistentDataControl,
+            0x9 => Self::UnknownPoolHandle,
+            0xA => Self::SecurityRejection,
+            code => Self::Other {
+                code,
+                info: info.to_vec(),
+            },
+        }
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.param(ParamType(self.code()), |w| w.bytes(self.info()));
+    }
+}
+
+/// Operation Error: one or more error causes (spec §4.7).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OperationError(Vec<ErrorCause>);
+
+impl OperationError {
+    /// `None` when `causes` is empty.
+    pub fn new(causes: Vec<ErrorCause>) -> Option<Self> {
+        (!causes.is_empty()).then_some(Self(causes))
+    }
+
+    /// An Operation Error with one cause.
+    pub fn single(cause: ErrorCause) -> Self {
+        Self(vec![cause])
+    }
+
+    /// The causes, at least one.
+    pub fn causes(&self) -> &[ErrorCause] {
+        &self.0
+    }
+}
+
+impl From<ErrorCause> for OperationError {
+    fn from(c: ErrorCause) -> Self {
+        Self::single(c)
+    }
+}
+
+impl Param for OperationError {
+    fn param_type(&self) -> ParamType {
+        ParamType::OPERATION_ERROR
+    }
+
+    fn is_type(ty: ParamType) -> bool {
+        ty == ParamType::OPERATION_ERROR
+    }
+
+    fn write_value(&self, w: &mut Writer<'_>) {
+        for c in &self.0 {
+            c.write(w);
+        }
+    }
+
+    fn read_value(
+        p: &RawParam<'_>,
+        r: &mut Reader<'_>,
+        _: &mut Vec<UnknownParam>,
+    ) -> Result<Self, DecodeError> {
+        let mut causes = Vec::new();
+        for c in r.params() {
+            let c = c?;
+            causes.push(ErrorCause::from_parts(c.ty.0, c.value()));
+        }
+        if causes.is_empty() {
+            return Err(DecodeError::new(
+                p.offset(),
+                DecodeErrorKind::InvalidValue {
+                    param: ParamType::OPERATION_ERROR,
+                    why: "no error cause",
+                },
+            ));
+        }
+        Ok(Self(causes))
+    }
+}

@@ -1,0 +1,4 @@
+//! asap's integration tests: one binary (STYLE.md §6), one module per concern.
+
+mod samples;
+mod tshark;

@@ -1,0 +1,216 @@
+//! `enrpd`: the rsp registrar. Thin: flags and logging here, the work in `enrp`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use enrp::daemon::{Daemon, Settings};
+use enrp::registrar::{Config, Timing};
+use enrp::setup;
+use trust::audit::{AuditConfig, AuditLog};
+
+/// An ENRP registrar: keeps the handlespace of pools, serves ASAP over mutual TLS, audits
+/// every operation.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory: store, local trust domain, default namespace and grants,
+    /// and the first admin token (printed once).
+    Init {
+        /// The rsp-pki directory holding ca.pem and registrar-NAME.pem/.key.
+        #[arg(long, env = "ENRPD_PKI", default_value = "pki")]
+        pki: PathBuf,
+        /// Which registrar certificate (registrar-NAME.pem); optional when there is one.
+        #[arg(long, env = "ENRPD_NAME")]
+        name: Option<String>,
+        /// The data directory to create.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+    },
+    /// Run the registrar until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; report the first broken link. Exits 1 if broken.
+    Verify {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The data directory made by `enrpd init`.
+    #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+    data: PathBuf,
+    /// Where to serve ASAP over TLS/TCP (spec §2: port 3864).
+    #[arg(long, env = "ENRPD_ASAP_LISTEN", default_value = "[::]:3864")]
+    asap_listen: SocketAddr,
+    /// Endpoint keep-alive interval in milliseconds (spec §7.5).
+    #[arg(long, env = "ENRPD_KEEP_ALIVE_INTERVAL_MS", default_value_t = 5000)]
+    keep_alive_interval_ms: u64,
+    /// Endpoint keep-alive timeout in milliseconds (spec §7.5); also the grace period of a
+    /// lost connection (spec §12.6).
+    #[arg(long, env = "ENRPD_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 5000)]
+    keep_alive_timeout_ms: u64,
+    /// Accept loopback addresses in PE user transports (single-host setups and tests).
+    #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
+    allow_loopback: bool,
+    /// Do not require a PE's user transport address to be its connection's address
+    /// (behind NAT or a proxy).
+    #[arg(long, env = "ENRPD_NO_ADDRESS_CHECK")]
+    no_address_check: bool,
+    /// Log format.
+    #[arg(long, env = "ENRPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the binary reads the clock
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init { pki, name, data } => {
+            let report = setup::init(&pki, name.as_deref(), &data, now_ms())
+                .await
+                .context("enrpd init")?;
+            println!("initialised {}", data.display());
+            println!(
+                "  registrar  {} (Server ID {})",
+                report.identity, report.server_id
+            );
+            println!(
+                "  admin token (shown once, store it now): {}",
+                report.admin_token
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Audit {
+            command: AuditCommand::Verify { data },
+        } => {
+            let loaded = setup::load(&data)
+                .await
+                .context("loading the data directory")?;
+            let mut conn = loaded.store.acquire().await?;
+            let report = trust::audit::verify(&mut conn).await?;
+            match report.broken {
+                None => {
+                    println!(
+                        "audit chain intact: {} records, head {}",
+                        report.checked,
+                        report.head_hex()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(link) => {
+                    println!(
+                        "audit chain broken at record {}: {} (last intact record {})",
+                        link.id, link.reason, report.last_id
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENRPD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let loaded = setup::load(&args.data)
+        .await
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let mut config = Config::new(loaded.server_id);
+    config.timing = Timing {
+        keep_alive_interval: Duration::from_millis(args.keep_alive_interval_ms),
+        keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms),
+        connection_grace: Duration::from_millis(args.keep_alive_timeout_ms),
+        ..Timing::default()
+    };
+    config.allow_loopback = args.allow_loopback;
+    config.check_user_address = !args.no_address_check;
+    config.rng_seed = now_ms();
+    let audit = AuditLog::start(&loaded.store, AuditConfig::default())
+        .await
+        .context("starting the audit log")?;
+    let daemon = Daemon::start(
+        Settings::new(args.asap_listen, config),
+        loaded.trust,
+        audit,
+        loaded.grants,
+    )
+    .await?;
+    println!(
+        "enrpd: serving ASAP on {} (Server ID {})",
+        daemon.asap_addr(),
+        loaded.server_id
+    );
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    daemon.shutdown().await.context("shutting down")?;
+    loaded.store.close().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! One task per ASAP connection: TLS handshake, then reading frames for the core and
+//! writing what the core sends, until either side ends it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::asap::transport::{MessageReader, ReadError, write_message};
+use ::asap::wire::{AsapMsg, Framer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use trust::{Peer, Protocol, TrustStore};
+
+use super::{ConnHandle, Event, Outgoing, Settings};
+use crate::registrar::{Client, ConnId, Input};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the others.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        tokio::spawn(serve(
+            conn,
+            tcp,
+            addr,
+            Arc::clone(&settings),
+            Arc::clone(&trust),
+            events.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+async fn serve(
+    conn: ConnId,
+    tcp: TcpStream,
+    addr: std::net::SocketAddr,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    stop: watch::Receiver<bool>,
+) {
+    // A fresh config per handshake: revocations and trust changes apply at once.
+    let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    // rustls lets a client that offers no ALPN through: insist on ASAP's (spec §11.2).
+    let peer = match Protocol::Asap
+        .check_alpn(tls.get_ref().1)
+        .and_then(|()| Peer::from_tls(tls.get_ref().1))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(%addr, error = %e, "connection refused after handshake");
+            return;
+        }
+    };
+    // Registered before the last trust check, so a revocation that lands during the
+    // handshake is not missed.
+    let mut live = match trust.register_connection(&peer) {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
+            return;
+        }
+    };
+    let client = Client {
+        id: peer.id().clone(),
+        serial: peer.serial().clone(),
+        addr,
+    };
+    tracing::debug!(?conn, %addr, id = %client.id, "ASAP connection");
+    let (tx, rx) = mpsc::channel(settings.send_queue);
+    let kill = Arc::new(Notify::new());
+    let handle = ConnHandle {
+        tx,
+        kill: Arc::clone(&kill),
+    };
+    if events
+        .send(Event::Connected {
+            conn,
+            client,
+            writer: handle,
+        })
+        .await
+        .is_err()
+    {
+        return; // Shutting down.
+    }
+    let (read_half, write_half) = tokio::io::split(tls);
+    let reader = MessageReader::new(read_half, Framer::asap(settings.max_message_len));
+    tokio::select! {
+        () = read_loop(conn, reader, &events) => {}
+        () = write_loop(write_half, rx) => {}
+        reason = live.closed() => tracing::info!(?conn, ?reason, "closing: revoked"),
+        () = kill.notified() => {}
+        () = stopped(stop) => {}
+    }
+    let _ = events.send(Event::Input(Input::Closed { conn })).await;
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    conn: ConnId,
+    mut reader: MessageReader<R>,
+    events: &mpsc::Sender<Event>,
+) {
+    loop {
+        let input = match reader.next().await {
+            Ok(Some(frame)) => match AsapMsg::decode(&frame) {
+                Ok(msg) => Input::Asap { conn, msg },
+                Err(error) => Input::Malformed { conn, error },
+            },
+            Ok(None) => return,
+            Err(ReadError::Framing(error)) => {
+                // The core audits it; the connection ends here without reply (§12.2).
+                let _ = events
+                    .send(Event::Input(Input::Malformed { conn, error }))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(?conn, error = %e, "connection ended");
+                return;
+            }
+        };
+        // Bounded: a client that sends faster than the core works waits here.
+        if events.send(Event::Input(input)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(out) = rx.recv().await {
+        let (bytes, gate) = match out {
+            Outgoing::Message { bytes, gate } => (Some(bytes), gate),
+            Outgoing::Close { gate } => (None, gate),
+        };
+        if let Some(mut gate) = gate {
+            // Audit before ack: wait for the record's commit; a failed commit withholds
+            // the reply and ends the connection, so the client retries elsewhere.
+            let committed = matches!(
+                gate.wait_for(Option::is_some).await.as_deref(),
+                Ok(Some(true))
+            );
+            if !committed {
+                break;
+            }
+        }
+        let Some(bytes) = bytes else {
+            break;
+        };
+        if write_message(&mut w, &bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,324 @@
+//! The registrar's I/O edge (STYLE.md §2, quinn's driver): a TLS listener, one task per
+//! connection, one task that owns the [`Core`], and the audit writer.
+//!
+//! - A connection task does the TLS handshake (a fresh rustls `ServerConfig` from the
+//!   trust store per accept, so revocations and new trust domains apply to the next
+//!   handshake), cuts frames, decodes them and hands them to the core task; it also
+//!   writes what the core sends, in order.
+//! - The core task feeds inputs and timeouts to the core and carries out its actions. An
+//!   audit record with [`Durability::BeforeReply`] is queued to the audit writer and the
+//!   messages after it travel to their connection with a *gate* that opens when the
+//!   record's transaction has committed: the core never waits for the disk, yet no reply
+//!   leaves before its record is durable, and many records share one commit.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::asap::wire::AsapMsg;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use trust::audit::{AuditLog, Outcome, Record};
+use trust::{Grant, TrustStore};
+
+use crate::registrar::{
+    Action, AuditEvent, Client, Config, ConnId, Core, Durability, Input, Revocation,
+};
+
+/// What the daemon needs besides the trust store and the audit log.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where ASAP over TLS/TCP is served (spec §2: 3864).
+    pub asap_listen: SocketAddr,
+    /// The registrar core's configuration.
+    pub registrar: Config,
+    /// Largest message accepted from a client (spec §3.5). Default 65532.
+    pub max_message_len: usize,
+    /// A TLS handshake that takes longer is abandoned (spec §10). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Messages queued for one connection before it counts as stuck and is closed.
+    pub send_queue: usize,
+}
+
+impl Settings {
+    /// Defaults around a registrar configuration.
+    pub fn new(asap_listen: SocketAddr, registrar: Config) -> Self {
+        Self {
+            asap_listen,
+            registrar,
+            max_message_len: ::asap::wire::limits::MAX_MESSAGE_LEN,
+            handshake_timeout: Duration::from_secs(10),
+            send_queue: 4096,
+        }
+    }
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit log failed; the registrar stops rather than act without a record.
+    #[error("audit log: {0}")]
+    Audit(#[from] trust::db::Error),
+}
+
+/// What connection tasks tell the core task.
+#[derive(Debug)]
+enum Event {
+    Connected {
+        conn: ConnId,
+        client: Client,
+        writer: ConnHandle,
+    },
+    Input(Input),
+}
+
+/// What the core task tells a connection task.
+#[derive(Debug)]
+enum Outgoing {
+    /// Write this message once `gate` (if any) says its audit record committed.
+    Message { bytes: Vec<u8>, gate: Option<Gate> },
+    /// Close the connection (after the gate, if any).
+    Close { gate: Option<Gate> },
+}
+
+/// The core task's way to a connection task.
+#[derive(Debug, Clone)]
+struct ConnHandle {
+    tx: mpsc::Sender<Outgoing>,
+    /// Ends the connection at once (its send queue is full).
+    kill: Arc<tokio::sync::Notify>,
+}
+
+/// Opens with `true` when an audit record committed, `false` if the commit failed.
+type Gate = watch::Receiver<Option<bool>>;
+
+/// A running registrar. Dropping it does not stop it: call [`Daemon::shutdown`].
+#[derive(Debug)]
+pub struct Daemon {
+    asap_addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+    stop: watch::Sender<bool>,
+    core_task: JoinHandle<Result<(), Error>>,
+    accept_task: JoinHandle<()>,
+    audit: AuditLog,
+}
+
+impl Daemon {
+    /// Binds the ASAP listener and starts serving.
+    pub async fn start(
+        settings: Settings,
+        trust: Arc<TrustStore>,
+        audit: AuditLog,
+        grants: Vec<Grant>,
+    ) -> Result<Self, Error> {
+        let listener = TcpListener::bind(settings.asap_listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: settings.asap_listen,
+                source,
+            })?;
+        let asap_addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: settings.asap_listen,
+            source,
+        })?;
+        let (events, events_rx) = mpsc::channel(8192);
+        let (stop, stop_rx) = watch::channel(false);
+        let core = Core::new(settings.registrar.clone(), grants);
+        let core_task = tokio::spawn(run_core(core, events_rx, audit.clone(), stop_rx.clone()));
+        let accept_task = tokio::spawn(connection::accept_loop(
+            listener,
+            Arc::new(settings),
+            trust,
+            events.clone(),
+            stop_rx,
+        ));
+        tracing::info!(%asap_addr, "serving ASAP over TLS");
+        Ok(Self {
+            asap_addr,
+            events,
+            stop,
+            core_task,
+            accept_task,
+            audit,
+        })
+    }
+
+    /// Where ASAP is served (the bound address, also when port 0 was asked for).
+    pub fn asap_addr(&self) -> SocketAddr {
+        self.asap_addr
+    }
+
+    /// Replaces the grants (admin API, reload).
+    pub async fn set_grants(&self, grants: Vec<Grant>) {
+        let _ = self.events.send(Event::Input(Input::Grants(grants))).await;
+    }
+
+    /// Removes the PEs of a revoked identity and closes its connections. The caller also
+    /// adds the revocation to the trust store, so that it cannot handshake again.
+    pub async fn revoke(&self, revocation: Revocation) {
+        let _ = self
+            .events
+            .send(Event::Input(Input::Revoked(revocation)))
+            .await;
+    }
+
+    /// Stops accepting, lets the core finish what it holds, flushes the audit log.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        let core = self.core_task.await.unwrap_or(Ok(()));
+        let flushed = self.audit.shutdown().await.map_err(Error::from);
+        core.and(flushed)
+    }
+}
+
+/// The current time in unix milliseconds, for audit records.
+#[allow(clippy::disallowed_methods)] // the driver is where the clock is read
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn run_core(
+    mut core: Core,
+    mut events: mpsc::Receiver<Event>,
+    audit: AuditLog,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
+    loop {
+        let deadline = core.next_timeout().map(tokio::time::Instant::from_std);
+        let actions = tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let now = tokio::time::Instant::now().into_std();
+                match event {
+                    Event::Connected { conn, client, writer } => {
+                        writers.insert(conn, writer);
+                        core.handle(Input::Connected { conn, client }, now)
+                    }
+                    Event::Input(input) => {
+                        if let Input::Closed { conn } = &input {
+                            writers.remove(conn);
+                        }
+                        core.handle(input, now)
+                    }
+                }
+            }
+            () = sleep_until(deadline) => core.handle_timeout(tokio::time::Instant::now().into_std()),
+            _ = stop.changed() => break,
+        };
+        execute(actions, &writers, &audit).await?;
+    }
+    // Dropping the writers lets every connection task end after what it was sent.
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out the core's actions in order (see the module docs for the gate).
+async fn execute(
+    actions: Vec<Action>,
+    writers: &HashMap<ConnId, ConnHandle>,
+    audit: &AuditLog,
+) -> Result<(), Error> {
+    let mut gate: Option<Gate> = None;
+    for action in actions {
+        match action {
+            Action::Audit { event, durability } => {
+                let record = to_record(event);
+                match durability {
+                    Durability::Batched => {
+                        audit
+                            .append(record, trust::audit::Durability::Batched)
+                            .await?
+                    }
+                    Durability::BeforeReply => {
+                        let committed = audit.enqueue_before_reply(record).await?;
+                        let (tx, rx) = watch::channel(None);
+                        tokio::spawn(async move {
+                            let ok = matches!(committed.await, Ok(Ok(())));
+                            if !ok {
+                                tracing::error!("audit commit failed: the reply is withheld");
+                            }
+                            let _ = tx.send(Some(ok));
+                        });
+                        gate = Some(rx);
+                    }
+                }
+            }
+            Action::Send { conn, msg } => {
+                let bytes = match msg.to_bytes() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(?conn, error = %e, msg = msg_name(&msg), "cannot encode");
+                        continue;
+                    }
+                };
+                deliver(
+                    writers,
+                    conn,
+                    Outgoing::Message {
+                        bytes,
+                        gate: gate.clone(),
+                    },
+                );
+            }
+            Action::Close { conn, reason } => {
+                tracing::info!(?conn, reason, "closing connection");
+                deliver(writers, conn, Outgoing::Close { gate: gate.clone() });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn msg_name(msg: &AsapMsg) -> &'static str {
+    msg.name()
+}
+
+fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {
+    let Some(w) = writers.get(&conn) else {
+        return; // Already closed.
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(out) {
+        // A client that does not read its answers is cut off rather than buffered
+        // without bound (threat T-15).
+        tracing::warn!(?conn, "send queue full: closing the connection");
+        w.kill.notify_one();
+    }
+}
+
+fn to_record(event: AuditEvent) -> Record {
+    let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
+    let mut r = Record::new(now_ms(), event.action.as_str(), outcome);
+    if let Some((id, serial)) = event.actor {
+        r.actor = Some(id);
+        r.serial = Some(serial);
+    }
+    r.remote = event.remote;
+    r.namespace = event.namespace.map(|n| n.as_str().to_owned());
+    r.pool = event.pool_handle.map(|h| h.as_bytes().to_vec());
+    r.pe_id = event.pe_id.map(|p| p.get());
+    r.detail = event.detail;
+    r
+}

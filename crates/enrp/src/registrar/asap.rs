@@ -1,0 +1,567 @@
+//! The ASAP server procedures of a registrar (spec §7, §12): registration,
+//! deregistration, handle resolution, endpoint keep-alive, endpoint unreachable, errors.
+
+use std::time::Instant;
+
+use ::asap::wire::param::{
+    ErrorCause, HandleResolutionOption, Namespace, OperationError, PeId, PoolElement, PoolHandle,
+    RegistrantIdentity, UnknownParam,
+};
+use ::asap::wire::{AsapMsg, DecodeError, Decoded, PeEntry, Resolution};
+use trust::Action as Grantable;
+
+use super::{Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, TimerKey};
+use crate::handlespace::Registered;
+
+impl Core {
+    pub(super) fn on_asap(
+        &mut self,
+        conn: ConnId,
+        msg: Decoded<AsapMsg>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.conns.contains_key(&conn) {
+            return; // The driver announces every connection first; ignore stragglers.
+        }
+        let Decoded { msg, unrecognized } = msg;
+        match msg {
+            AsapMsg::Registration {
+                namespace,
+                pool_handle,
+                pool_element,
+            } => self.on_registration(
+                conn,
+                namespace,
+                pool_handle,
+                pool_element,
+                &unrecognized,
+                now,
+                out,
+            ),
+            AsapMsg::Deregistration {
+                namespace,
+                pool_handle,
+                pe_id,
+            } => self.on_deregistration(conn, namespace, pool_handle, pe_id, &unrecognized, out),
+            AsapMsg::HandleResolution {
+                namespace,
+                pool_handle,
+                option,
+            } => {
+                self.on_resolution(conn, namespace, pool_handle, option, out);
+                report_unrecognized(conn, &unrecognized, out);
+            }
+            AsapMsg::EndpointKeepAliveAck { pool_handle, pe_id } => {
+                self.on_keep_alive_ack(conn, pool_handle, pe_id, now);
+                report_unrecognized(conn, &unrecognized, out);
+            }
+            AsapMsg::EndpointUnreachable {
+                namespace,
+                pool_handle,
+                pe_id,
+            } => {
+                self.on_unreachable(conn, namespace, pool_handle, pe_id, now, out);
+                report_unrecognized(conn, &unrecognized, out);
+            }
+            // Nothing a PE or PU sends a registrar otherwise needs an answer; an error
+            // message is never answered with an error (spec §3.4, no error loops).
+            AsapMsg::RegistrationResponse { .. }
+            | AsapMsg::DeregistrationResponse { .. }
+            | AsapMsg::HandleResolutionResponse { .. }
+            | AsapMsg::EndpointKeepAlive { .. }
+            | AsapMsg::ServerAnnounce { .. }
+            | AsapMsg::Cookie(_)
+            | AsapMsg::CookieEcho(_)
+            | AsapMsg::BusinessCard { .. }
+            | AsapMsg::Error(_) => {}
+        }
+    }
+
+    /// A frame that did not decode: answer with the spec's error cause when there is one
+    /// (0x1, 0x2, 0x3 in an ASAP_ERROR), close the connection when there is none.
+    pub(super) fn on_malformed(
+        &mut self,
+        conn: ConnId,
+        error: &DecodeError,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        out.push(Action::Audit {
+            event: AuditEvent {
+                actor: Some((c.client.id.clone(), c.client.serial.clone())),
+                remote: Some(c.client.addr),
+                namespace: None,
+                pool_handle: None,
+                pe_id: None,
+                action: AuditAction::Malformed,
+                outcome: error.cause().map(|c| c.code()),
+                detail: Some(error.to_string()),
+            },
+            durability: Durability::Batched,
+        });
+        match error.cause() {
+            Some(cause) => out.push(Action::Send {
+                conn,
+                msg: AsapMsg::Error(OperationError::single(cause)),
+            }),
+            None => out.push(Action::Close {
+                conn,
+                reason: "malformed message",
+            }),
+        }
+    }
+
+    fn namespace_of(&self, requested: Option<Namespace>) -> Namespace {
+        // ARCHITECTURE.md §3: without 0x8100 the identity's default namespace applies;
+        // per-identity defaults arrive with the admin API, until then it is `default`.
+        requested.unwrap_or_else(Namespace::default_namespace)
+    }
+
+    fn allowed(&self, conn: ConnId, ns: &Namespace, pool: &PoolHandle, action: Grantable) -> bool {
+        self.conns.get(&conn).is_some_and(|c| {
+            trust::allowed(
+                &self.grants,
+                &c.client.id,
+                ns.as_str(),
+                Some(pool.as_bytes()),
+                action,
+            )
+        })
+    }
+
+    fn event(
+        &self,
+        conn: ConnId,
+        ns: &Namespace,
+        pool: &PoolHandle,
+        pe_id: Option<PeId>,
+        action: AuditAction,
+        outcome: Option<u16>,
+    ) -> AuditEvent {
+        let client = self.conns.get(&conn).map(|c| &c.client);
+        AuditEvent {
+            actor: client.map(|c| (c.id.clone(), c.serial.clone())),
+            remote: client.map(|c| c.addr),
+            namespace: Some(ns.clone()),
+            pool_handle: Some(pool.clone()),
+            pe_id,
+            action,
+            outcome,
+            detail: None,
+        }
+    }
+
+    /// Spec §7.1, the registrar side, in the spec's order.
+    #[allow(clippy::too_many_arguments)]
+    fn on_registration(
+        &mut self,
+        conn: ConnId,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        mut pe: PoolElement,
+        unrecognized: &[UnknownParam],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let ns = self.namespace_of(namespace);
+        let pe_id = pe.pe_id;
+        let reject = |core: &Self, cause: ErrorCause, detail: &str, out: &mut Vec<Action>| {
+            let mut event = core.event(
+                conn,
+                &ns,
+                &pool_handle,
+                Some(pe_id),
+                AuditAction::Register,
+                Some(cause.code()),
+            );
+            event.detail = Some(detail.to_owned());
+            out.push(Action::Audit {
+                event,
+                durability: Durability::BeforeReply,
+            });
+            out.push(Action::Send {
+                conn,
+                msg: AsapMsg::RegistrationResponse {
+                    reject: true,
+                    pool_handle: pool_handle.clone(),
+                    pe_id,
+                    error: Some(OperationError::single(cause)),
+                },
+            });
+        };
+        // 1. Authorization (spec §11, D-6).
+        if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
+            return reject(
+                self,
+                ErrorCause::SecurityRejection,
+                "no register grant for this pool",
+                out,
+            );
+        }
+        // 2. Values the codec accepts but a registrar must not (spec §4.2, §4.4 [P]).
+        if !pe.registration_life_valid() {
+            return reject(
+                self,
+                ErrorCause::InvalidValues(tlv(&pe)),
+                "registration life out of range",
+                out,
+            );
+        }
+        let addrs = pe.user_transport.addresses();
+        if !addrs
+            .iter()
+            .all(|a| a.is_acceptable_user_address(self.config.allow_loopback))
+        {
+            return reject(
+                self,
+                ErrorCause::InvalidValues(tlv(&pe.user_transport)),
+                "unacceptable user transport address",
+                out,
+            );
+        }
+        // 3. The advertised address must be the connection's (spec §7.1 step 3 [P]).
+        let remote = self
+            .conns
+            .get(&conn)
+            .map(|c| c.client.addr.ip().to_canonical());
+        if self.config.check_user_address && !addrs.iter().any(|a| Some(a.ip()) == remote) {
+            return reject(
+                self,
+                ErrorCause::SecurityRejection,
+                "user transport address is not the connection's",
+                out,
+            );
+        }
+        // 4.–6. Pool consistency, PE ID uniqueness, limits: the handlespace.
+        pe.home_server_id = self.config.server_id.get();
+        let registrant = self
+            .conns
+            .get(&conn)
+            .and_then(|c| RegistrantIdentity::new(c.client.id.as_str()));
+        let result = self
+            .handlespace
+            .register(&ns, &pool_handle, pe.clone(), registrant);
+        let registered = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let cause = match e.cause_code() {
+                    0x5 => ErrorCause::InconsistentPolicy(tlv(&pe.policy)),
+                    0x7 => ErrorCause::InconsistentTransport(tlv(&pe.user_transport)),
+                    code => ErrorCause::from_parts(code, &[]),
+                };
+                return reject(self, cause, &e.to_string(), out);
+            }
+        };
+        // 7. Own it, bind it to this connection, start its keep-alives.
+        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
+        let owned = self.owned.entry(key.clone()).or_default();
+        if let Some(old) = owned.conn.replace(conn)
+            && old != conn
+            && let Some(c) = self.conns.get_mut(&old)
+        {
+            c.pes.remove(&key);
+        }
+        owned.reporters.clear();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.pes.insert(key.clone());
+        }
+        self.timers.stop(&TimerKey::Orphaned(key.clone()));
+        self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
+        self.timers.set(
+            TimerKey::KeepAlive(key),
+            now + self.config.timing.keep_alive_interval,
+        );
+        let action = match registered {
+            Registered::New => AuditAction::Register,
+            Registered::Updated { .. } => AuditAction::Reregister,
+        };
+        out.push(Action::Audit {
+            event: self.event(conn, &ns, &pool_handle, Some(pe_id), action, None),
+            durability: Durability::BeforeReply,
+        });
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::RegistrationResponse {
+                reject: false,
+                pool_handle,
+                pe_id,
+                // Spec §3.3: skipped parameters are reported in the response.
+                error: OperationError::new(unrecognized.iter().map(UnknownParam::cause).collect()),
+            },
+        });
+    }
+
+    /// Spec §7.2.
+    fn on_deregistration(
+        &mut self,
+        conn: ConnId,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+        unrecognized: &[UnknownParam],
+        out: &mut Vec<Action>,
+    ) {
+        let ns = self.namespace_of(namespace);
+        let mut causes: Vec<ErrorCause> = unrecognized.iter().map(UnknownParam::cause).collect();
+        let outcome = if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
+            Err(ErrorCause::SecurityRejection)
+        } else {
+            let registrant = self
+                .conns
+                .get(&conn)
+                .and_then(|c| RegistrantIdentity::new(c.client.id.as_str()));
+            let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
+            match self
+                .handlespace
+                .deregister(&ns, &pool_handle, pe_id, registrant.as_ref())
+            {
+                Ok(_) => {
+                    self.forget_owned(&key);
+                    Ok(())
+                }
+                Err(e) => Err(ErrorCause::from_parts(e.cause_code(), &[])),
+            }
+        };
+        let code = outcome.as_ref().err().map(ErrorCause::code);
+        if let Err(cause) = outcome {
+            causes.insert(0, cause);
+        }
+        out.push(Action::Audit {
+            event: self.event(
+                conn,
+                &ns,
+                &pool_handle,
+                Some(pe_id),
+                AuditAction::Deregister,
+                code,
+            ),
+            durability: Durability::BeforeReply,
+        });
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::DeregistrationResponse {
+                pool_handle,
+                pe_id,
+                error: OperationError::new(causes),
+            },
+        });
+    }
+
+    /// Spec §7.3. A pool the PU may not resolve answers 0x9 as if it did not exist.
+    fn on_resolution(
+        &mut self,
+        conn: ConnId,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        option: Option<HandleResolutionOption>,
+        out: &mut Vec<Action>,
+    ) {
+        let ns = self.namespace_of(namespace);
+        let wanted = option.map_or(self.config.default_resolution_items, |o| {
+            usize::try_from(o.items).unwrap_or(usize::MAX)
+        });
+        let n = wanted.clamp(1, self.config.max_resolution_items.max(1));
+        let found = if self.allowed(conn, &ns, &pool_handle, Grantable::Resolve) {
+            let policy = self
+                .handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|p| p.policy().copied());
+            self.handlespace
+                .resolve(&ns, &pool_handle, n, &mut self.rng)
+                .ok()
+                .map(|pes| (policy, pes.into_iter().cloned().collect::<Vec<PeEntry>>()))
+        } else {
+            None
+        };
+        let (result, outcome, count) = match found {
+            Some((policy, pool_elements)) => {
+                let count = pool_elements.len();
+                (
+                    Resolution::Found {
+                        policy,
+                        pool_elements,
+                    },
+                    None,
+                    count,
+                )
+            }
+            None => (
+                Resolution::Error(OperationError::single(ErrorCause::UnknownPoolHandle)),
+                Some(ErrorCause::UnknownPoolHandle.code()),
+                0,
+            ),
+        };
+        let mut event = self.event(conn, &ns, &pool_handle, None, AuditAction::Resolve, outcome);
+        if outcome.is_none() {
+            event.detail = Some(format!("{count} PEs"));
+        }
+        out.push(Action::Audit {
+            event,
+            durability: Durability::Batched,
+        });
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::HandleResolutionResponse {
+                pool_handle,
+                result,
+            },
+        });
+    }
+
+    /// Spec §7.5: an ACK counts only from the connection the PE registered on.
+    fn on_keep_alive_ack(
+        &mut self,
+        conn: ConnId,
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(key) = c
+            .pes
+            .iter()
+            .find(|(_, h, id)| *h == pool_handle && *id == pe_id)
+            .cloned()
+        else {
+            return;
+        };
+        if self
+            .timers
+            .get(&TimerKey::KeepAliveTimeout(key.clone()))
+            .is_none()
+        {
+            return; // Unsolicited: it changes nothing (threat T-14).
+        }
+        self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
+        if let Some(o) = self.owned.get_mut(&key) {
+            o.reporters.clear();
+        }
+        self.timers.set(
+            TimerKey::KeepAlive(key),
+            now + self.config.timing.keep_alive_interval,
+        );
+    }
+
+    /// Sends an endpoint keep-alive to an owned PE and arms its timeout.
+    pub(super) fn send_keep_alive(
+        &mut self,
+        key: PeKey,
+        home: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(conn) = self.owned.get(&key).and_then(|o| o.conn) else {
+            return;
+        };
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::EndpointKeepAlive {
+                home,
+                server_id: self.config.server_id,
+                pool_handle: key.1.clone(),
+                pe_id: Some(key.2),
+            },
+        });
+        self.timers.stop(&TimerKey::KeepAlive(key.clone()));
+        let timeout = TimerKey::KeepAliveTimeout(key);
+        if self.timers.get(&timeout).is_none() {
+            self.timers
+                .set(timeout, now + self.config.timing.keep_alive_timeout);
+        }
+    }
+
+    /// Spec §7.6 with its [P] hardening: reports count only from distinct authorized PU
+    /// identities, at most `max_reports_per_window` per connection and window; at the
+    /// threshold the home registrar probes the PE and removes it only if the probe fails.
+    fn on_unreachable(
+        &mut self,
+        conn: ConnId,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        pe_id: PeId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let ns = self.namespace_of(namespace);
+        let mut probe = Vec::new();
+        let outcome = self.count_report(conn, &ns, &pool_handle, pe_id, now, &mut probe);
+        let mut event = self.event(
+            conn,
+            &ns,
+            &pool_handle,
+            Some(pe_id),
+            AuditAction::Report,
+            outcome.err(),
+        );
+        if let Ok(detail) = outcome {
+            event.detail = Some(detail.to_owned());
+        }
+        out.push(Action::Audit {
+            event,
+            durability: Durability::Batched,
+        });
+        out.append(&mut probe);
+    }
+
+    fn count_report(
+        &mut self,
+        conn: ConnId,
+        ns: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<&'static str, u16> {
+        if !self.allowed(conn, ns, pool_handle, Grantable::Report) {
+            return Err(ErrorCause::SecurityRejection.code());
+        }
+        let window = self.config.timing.report_window;
+        let limit = self.config.max_reports_per_window;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(ErrorCause::SecurityRejection.code());
+        };
+        if c.reports >= limit {
+            return Err(ErrorCause::LackOfResources.code());
+        }
+        c.reports += 1;
+        if c.reports == 1 {
+            self.timers.set(TimerKey::ReportWindow(conn), now + window);
+        }
+        let reporter = c.client.id.clone();
+        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
+        // Unknown PEs and PEs of other registrars: nothing to do (spec §7.6 [P]).
+        let Some(owned) = self.owned.get_mut(&key) else {
+            return Ok("not owned here");
+        };
+        owned.reporters.insert(reporter);
+        if owned.reporters.len() < self.config.max_bad_pe_reports {
+            return Ok("counted");
+        }
+        owned.reporters.clear();
+        self.send_keep_alive(key, false, now, out);
+        Ok("threshold reached: probing")
+    }
+}
+
+fn tlv<P: ::asap::wire::param::Param>(p: &P) -> Vec<u8> {
+    let mut v = Vec::with_capacity(p.encoded_len());
+    p.encode(&mut v);
+    v
+}
+
+/// Spec §3.3: skipped parameters of a message without a response are reported in an
+/// ASAP_ERROR.
+fn report_unrecognized(conn: ConnId, unrecognized: &[UnknownParam], out: &mut Vec<Action>) {
+    if let Some(error) = OperationError::new(unrecognized.iter().map(UnknownParam::cause).collect())
+    {
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::Error(error),
+        });
+    }
+}

@@ -1,0 +1,537 @@
+//! The registrar core: a deterministic state machine with no I/O (STYLE.md §2).
+//!
+//! The driver (`enrpd`) feeds it [`Input`]s — an authenticated connection opened, a
+//! decoded ASAP message, a malformed frame, a closed connection, a revocation — with the
+//! current time, and carries out the [`Action`]s it returns, in order: send a message,
+//! close a connection, write an audit record. An [`Action::Audit`] with
+//! [`Durability::BeforeReply`] is a barrier: the driver commits it before carrying out any
+//! later action of the same batch (raft's "persist before send"), so that no registration
+//! is acknowledged before its audit record is durable.
+//!
+//! Time comes in as `now`; the one RNG is seeded from [`Config::rng_seed`]. Timers are
+//! values ([`Core::next_timeout`], [`Core::handle_timeout`]).
+//!
+//! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`.
+
+mod asap;
+mod timers;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ::asap::wire::param::{Namespace, PeId, PoolHandle, ServerId};
+use ::asap::wire::{AsapMsg, DecodeError, Decoded};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use trust::{Grant, Serial, SpiffeId};
+
+use crate::handlespace::{Handlespace, Limits};
+
+pub use timers::Timers;
+
+/// A connection of the driver, named by a number the driver chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the TLS handshake proved about an ASAP client (a PE or a PU), and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// The SPIFFE ID of its certificate.
+    pub id: SpiffeId,
+    /// Its certificate's serial.
+    pub serial: Serial,
+    /// The remote address of the connection.
+    pub addr: SocketAddr,
+}
+
+/// The durations of spec §10 that the registrar uses. [`Timing::default`] has the
+/// project defaults; tests use [`Timing::fast`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Endpoint keep-alive interval (spec §7.5). Default 5 s.
+    pub keep_alive_interval: Duration,
+    /// Endpoint keep-alive timeout (spec §7.5). Default 5 s.
+    pub keep_alive_timeout: Duration,
+    /// How long the PEs of a closed connection stay, waiting for a re-registration
+    /// (spec §12.6). Default: the keep-alive timeout.
+    pub connection_grace: Duration,
+    /// Window of the per-PU limit on endpoint unreachable reports (spec §7.6). 1 s.
+    pub report_window: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(5),
+            connection_grace: Duration::from_secs(5),
+            report_window: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timing {
+    /// Short timers for tests: 200 ms keep-alive interval, timeout and grace.
+    pub fn fast() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_millis(200),
+            keep_alive_timeout: Duration::from_millis(200),
+            connection_grace: Duration::from_millis(200),
+            report_window: Duration::from_millis(200),
+        }
+    }
+}
+
+/// How the registrar behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This registrar's Server ID (derived from its SPIFFE ID, ARCHITECTURE.md §3).
+    pub server_id: ServerId,
+    /// Timers.
+    pub timing: Timing,
+    /// Handlespace limits (cause 0x6 beyond them).
+    pub limits: Limits,
+    /// PEs returned by a handle resolution without the option (spec §7.3). Default 3.
+    pub default_resolution_items: usize,
+    /// Most PEs returned by one handle resolution (spec §4.8, §3.5). Default 128.
+    pub max_resolution_items: usize,
+    /// MAX-BAD-PE-REPORT: distinct reporters before the PE is probed (spec §7.6). 3.
+    pub max_bad_pe_reports: usize,
+    /// Endpoint unreachable reports one PU may make per [`Timing::report_window`]. 10.
+    pub max_reports_per_window: u32,
+    /// Accept loopback addresses in PE user transports (spec §4.2 [P]): for tests and
+    /// single-host setups.
+    pub allow_loopback: bool,
+    /// Require a PE's user transport address to be the connection's remote address
+    /// (spec §7.1 step 3 [P]). On by default; off behind NAT or a proxy.
+    pub check_user_address: bool,
+    /// Seed of the core's RNG (random policies), so that runs replay.
+    pub rng_seed: u64,
+}
+
+impl Config {
+    /// The defaults for a registrar with this Server ID.
+    pub fn new(server_id: ServerId) -> Self {
+        Self {
+            server_id,
+            timing: Timing::default(),
+            limits: Limits::default(),
+            default_resolution_items: 3,
+            max_resolution_items: ::asap::wire::limits::MAX_RESOLUTION_PES,
+            max_bad_pe_reports: 3,
+            max_reports_per_window: 10,
+            allow_loopback: false,
+            check_user_address: true,
+            rng_seed: 0,
+        }
+    }
+}
+
+/// What happens to the registrar.
+#[derive(Debug)]
+pub enum Input {
+    /// A client finished its TLS handshake.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is.
+        client: Client,
+    },
+    /// A whole message arrived and decoded.
+    Asap {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The message and the parameters to report as unrecognized.
+        msg: Decoded<AsapMsg>,
+    },
+    /// A whole frame arrived but did not decode (spec §3.3, §3.4, §7.9).
+    Malformed {
+        /// The connection it came on.
+        conn: ConnId,
+        /// Why.
+        error: DecodeError,
+    },
+    /// The connection closed (by the peer, a framing fault, or an earlier [`Action::Close`]).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The grants changed (admin API, reload).
+    Grants(Vec<Grant>),
+    /// An identity was revoked: its connections close and its PEs are removed.
+    Revoked(Revocation),
+}
+
+/// What a revocation names (ARCHITECTURE.md §3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every certificate of this SPIFFE ID.
+    Identity(SpiffeId),
+    /// One certificate.
+    Serial(Serial),
+    /// Every identity of this trust domain.
+    TrustDomain(String),
+}
+
+impl Revocation {
+    fn covers(&self, client: &Client) -> bool {
+        match self {
+            Self::Identity(id) => client.id == *id,
+            Self::Serial(s) => client.serial == *s,
+            Self::TrustDomain(d) => client.id.trust_domain_str() == d,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message on a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: AsapMsg,
+    },
+    /// Close a connection (an [`Input::Closed`] follows from the driver).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: &'static str,
+    },
+    /// Write an audit record.
+    Audit {
+        /// The record.
+        event: AuditEvent,
+        /// When it must be durable.
+        durability: Durability,
+    },
+}
+
+/// When an audit record must be durable (STYLE.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Before any later action of the same batch is carried out (state changes: the
+    /// acknowledgement waits for the record).
+    BeforeReply,
+    /// Within a bounded delay (resolutions, reports).
+    Batched,
+}
+
+/// What an audit record says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// A registration (new PE).
+    Register,
+    /// A re-registration of an existing PE.
+    Reregister,
+    /// A deregistration by its registrant.
+    Deregister,
+    /// A handle resolution.
+    Resolve,
+    /// An endpoint unreachable report.
+    Report,
+    /// A PE removed: no keep-alive acknowledgement in time (spec §7.5).
+    RemoveTimeout,
+    /// A PE removed: its connection closed and it did not come back (spec §12.6).
+    RemoveConnectionLoss,
+    /// A PE removed: its registrant's certificate was revoked.
+    RemoveRevoked,
+    /// A message that did not decode.
+    Malformed,
+}
+
+impl AuditAction {
+    /// The name stored in the audit log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Reregister => "reregister",
+            Self::Deregister => "deregister",
+            Self::Resolve => "resolve",
+            Self::Report => "report",
+            Self::RemoveTimeout => "remove:timeout",
+            Self::RemoveConnectionLoss => "remove:connection-loss",
+            Self::RemoveRevoked => "remove:revoked",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// One audit record as the core produces it; the driver adds the time and the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Who asked (`None` when the registrar acted on its own, e.g. a timeout).
+    pub actor: Option<(SpiffeId, Serial)>,
+    /// The remote address of the request's connection.
+    pub remote: Option<SocketAddr>,
+    /// The namespace.
+    pub namespace: Option<Namespace>,
+    /// The pool.
+    pub pool_handle: Option<PoolHandle>,
+    /// The PE.
+    pub pe_id: Option<PeId>,
+    /// What.
+    pub action: AuditAction,
+    /// `None` for success, else the spec §4.7 cause code of the refusal.
+    pub outcome: Option<u16>,
+    /// A short reason, when there is more to say than the cause.
+    pub detail: Option<String>,
+}
+
+/// A PE this registrar knows, as a key: (namespace, pool handle, PE ID).
+pub type PeKey = (Namespace, PoolHandle, PeId);
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TimerKey {
+    /// Send the next endpoint keep-alive to an owned PE.
+    KeepAlive(PeKey),
+    /// The keep-alive (or probe) went unanswered.
+    KeepAliveTimeout(PeKey),
+    /// The PE's connection closed; remove it unless it re-registers.
+    Orphaned(PeKey),
+    /// A PU's report window ends.
+    ReportWindow(ConnId),
+}
+
+/// What the registrar remembers of a PE it owns (its home registrar, spec §7.4).
+#[derive(Debug, Default)]
+struct Owned {
+    /// The connection it registered on; `None` during the grace period of §12.6.
+    conn: Option<ConnId>,
+    /// Distinct PUs that reported it unreachable since its last keep-alive answer.
+    reporters: HashSet<SpiffeId>,
+}
+
+#[derive(Debug)]
+struct Connection {
+    client: Client,
+    /// Owned PEs registered on this connection.
+    pes: HashSet<PeKey>,
+    /// Unreachable reports in the current window.
+    reports: u32,
+}
+
+/// Counters for tests, metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections open.
+    pub connections: usize,
+    /// PEs in the handlespace.
+    pub pes: usize,
+    /// PEs owned by this registrar.
+    pub owned: usize,
+    /// Armed timers.
+    pub timers: usize,
+}
+
+/// The registrar core. See the module docs.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    handlespace: Handlespace,
+    grants: Vec<Grant>,
+    conns: HashMap<ConnId, Connection>,
+    owned: HashMap<PeKey, Owned>,
+    timers: Timers<TimerKey>,
+    rng: StdRng,
+}
+
+impl Core {
+    /// A registrar with an empty handlespace and these grants.
+    pub fn new(config: Config, grants: Vec<Grant>) -> Self {
+        Self {
+            handlespace: Handlespace::new(config.limits),
+            rng: StdRng::seed_from_u64(config.rng_seed),
+            config,
+            grants,
+            conns: HashMap::new(),
+            owned: HashMap::new(),
+            timers: Timers::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The handlespace (read-only: changes go through [`Self::handle`]).
+    pub fn handlespace(&self) -> &Handlespace {
+        &self.handlespace
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.conns.len(),
+            pes: self.handlespace.pe_count(),
+            owned: self.owned.len(),
+            timers: self.timers.len(),
+        }
+    }
+
+    /// Applies one input and returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Connected { conn, client } => {
+                self.conns.insert(
+                    conn,
+                    Connection {
+                        client,
+                        pes: HashSet::new(),
+                        reports: 0,
+                    },
+                );
+            }
+            Input::Asap { conn, msg } => self.on_asap(conn, msg, now, &mut out),
+            Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
+            Input::Closed { conn } => self.on_closed(conn, now),
+            Input::Grants(grants) => self.grants = grants,
+            Input::Revoked(r) => self.on_revoked(&r, &mut out),
+        }
+        out
+    }
+
+    /// The earliest time at which [`Self::handle_timeout`] has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.next_timeout()
+    }
+
+    /// Runs every timer due at `now`, in deadline order. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(key) = self.timers.pop_expired(now) {
+            match key {
+                TimerKey::KeepAlive(pe) => self.send_keep_alive(pe, false, now, &mut out),
+                TimerKey::KeepAliveTimeout(pe) => {
+                    self.remove_owned(&pe, AuditAction::RemoveTimeout, &mut out);
+                }
+                TimerKey::Orphaned(pe) => {
+                    if self.owned.get(&pe).is_some_and(|o| o.conn.is_none()) {
+                        self.remove_owned(&pe, AuditAction::RemoveConnectionLoss, &mut out);
+                    }
+                }
+                TimerKey::ReportWindow(conn) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.reports = 0;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn on_closed(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.timers.stop(&TimerKey::ReportWindow(conn));
+        // Spec §12.6: the PEs wait one grace period for their re-registration elsewhere.
+        let grace = now + self.config.timing.connection_grace;
+        for pe in c.pes {
+            if let Some(o) = self.owned.get_mut(&pe) {
+                o.conn = None;
+                self.timers.stop(&TimerKey::KeepAlive(pe.clone()));
+                self.timers.stop(&TimerKey::KeepAliveTimeout(pe.clone()));
+                self.timers.set(TimerKey::Orphaned(pe), grace);
+            }
+        }
+    }
+
+    fn on_revoked(&mut self, revocation: &Revocation, out: &mut Vec<Action>) {
+        let mut closing: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| revocation.covers(&c.client))
+            .map(|(id, _)| *id)
+            .collect();
+        closing.sort_unstable();
+        // Every PE whose registrant is revoked goes, wherever it registered.
+        let revoked_pes: Vec<PeKey> = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| {
+                e.registrant.as_ref().is_some_and(|r| match revocation {
+                    Revocation::Identity(id) => r.as_str() == id.as_str(),
+                    Revocation::TrustDomain(d) => {
+                        SpiffeId::parse(r.as_str()).is_ok_and(|id| id.trust_domain_str() == d)
+                    }
+                    // A serial names one certificate: its PEs are those registered on
+                    // that certificate's connections.
+                    Revocation::Serial(_) => false,
+                })
+            })
+            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
+            .collect();
+        let mut pes: Vec<PeKey> = closing
+            .iter()
+            .filter_map(|c| self.conns.get(c))
+            .flat_map(|c| c.pes.iter().cloned())
+            .chain(revoked_pes)
+            .collect();
+        pes.sort();
+        pes.dedup();
+        for pe in pes {
+            if self.owned.contains_key(&pe) {
+                self.remove_owned(&pe, AuditAction::RemoveRevoked, out);
+            } else if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
+                out.push(audit_removal(&removed, AuditAction::RemoveRevoked));
+            }
+        }
+        for conn in closing {
+            out.push(Action::Close {
+                conn,
+                reason: "certificate revoked",
+            });
+        }
+    }
+
+    /// Removes an owned PE and forgets its timers and connection binding.
+    fn remove_owned(&mut self, pe: &PeKey, why: AuditAction, out: &mut Vec<Action>) {
+        self.forget_owned(pe);
+        if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
+            out.push(audit_removal(&removed, why));
+        }
+    }
+
+    /// Forgets the registrar-side state of a PE: timers, ownership, connection binding.
+    /// Harmless for a PE this registrar does not own.
+    fn forget_owned(&mut self, pe: &PeKey) {
+        self.timers.stop(&TimerKey::KeepAlive(pe.clone()));
+        self.timers.stop(&TimerKey::KeepAliveTimeout(pe.clone()));
+        self.timers.stop(&TimerKey::Orphaned(pe.clone()));
+        if let Some(o) = self.owned.remove(pe)
+            && let Some(c) = o.conn.and_then(|c| self.conns.get_mut(&c))
+        {
+            c.pes.remove(pe);
+        }
+    }
+}
+
+fn audit_removal(removed: &crate::handlespace::Removed, why: AuditAction) -> Action {
+    Action::Audit {
+        event: AuditEvent {
+            actor: None,
+            remote: None,
+            namespace: Some(removed.namespace.clone()),
+            pool_handle: Some(removed.pool_handle.clone()),
+            pe_id: Some(removed.entry.pool_element.pe_id),
+            action: why,
+            outcome: None,
+            detail: removed
+                .entry
+                .registrant
+                .as_ref()
+                .map(|r| format!("registrant {}", r.as_str())),
+        },
+        durability: Durability::BeforeReply,
+    }
+}
+
+#[cfg(test)]
+mod tests;

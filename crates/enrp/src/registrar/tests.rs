@@ -1,0 +1,432 @@
+//! The registrar core driven by hand: inputs in, actions checked, time as a value.
+#![allow(clippy::disallowed_methods)] // a test needs some base instant
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use ::asap::wire::Resolution;
+use ::asap::wire::param::{Address, ErrorCause, Policy, PoolElement, Transport, TransportUse};
+
+use super::*;
+
+const PE_A: &str = "spiffe://acme.test/pe/a";
+const PE_B: &str = "spiffe://acme.test/pe/b";
+const PU_1: &str = "spiffe://acme.test/pu/1";
+
+fn grant(identity: &str, pools: &str, actions: &[trust::Action]) -> Grant {
+    Grant {
+        identity: identity.parse().expect("identity pattern"),
+        namespace: "default".parse().expect("namespace pattern"),
+        pools: pools.parse().expect("pool pattern"),
+        actions: actions.iter().copied().collect(),
+    }
+}
+
+fn grants() -> Vec<Grant> {
+    vec![
+        grant(
+            "spiffe://acme.test/pe/*",
+            "echo",
+            &[trust::Action::Register],
+        ),
+        grant(
+            "spiffe://acme.test/pu/*",
+            "*",
+            &[trust::Action::Resolve, trust::Action::Report],
+        ),
+    ]
+}
+
+struct Harness {
+    core: Core,
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut config = Config::new(ServerId::new(0x1122_3344).expect("non-zero"));
+        config.timing = Timing::fast();
+        config.allow_loopback = true;
+        Self {
+            core: Core::new(config, grants()),
+            now: Instant::now(),
+        }
+    }
+
+    fn connect(&mut self, conn: u64, id: &str) -> ConnId {
+        let client = Client {
+            id: SpiffeId::parse(id).expect("SPIFFE ID"),
+            serial: Serial::from_bytes(&conn.to_be_bytes()),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+        };
+        let c = ConnId(conn);
+        let out = self
+            .core
+            .handle(Input::Connected { conn: c, client }, self.now);
+        assert!(out.is_empty());
+        c
+    }
+
+    fn send(&mut self, conn: ConnId, msg: AsapMsg) -> Vec<Action> {
+        let msg = Decoded {
+            msg,
+            unrecognized: Vec::new(),
+        };
+        self.core.handle(Input::Asap { conn, msg }, self.now)
+    }
+
+    fn advance(&mut self, ms: u64) -> Vec<Action> {
+        self.now += Duration::from_millis(ms);
+        self.core.handle_timeout(self.now)
+    }
+
+    fn resolve(&mut self, conn: ConnId, pool: &str) -> Resolution {
+        let out = self.send(
+            conn,
+            AsapMsg::HandleResolution {
+                namespace: None,
+                pool_handle: handle(pool),
+                option: None,
+            },
+        );
+        match sent(&out).as_slice() {
+            [AsapMsg::HandleResolutionResponse { result, .. }] => result.clone(),
+            other => panic!("expected one resolution response, got {other:?}"),
+        }
+    }
+}
+
+fn handle(s: &str) -> PoolHandle {
+    PoolHandle::new(s).expect("pool handle")
+}
+
+fn pe(id: u32) -> PoolElement {
+    PoolElement {
+        pe_id: PeId::new(id).expect("non-zero"),
+        home_server_id: 0,
+        registration_life: 300_000,
+        user_transport: Transport::Tcp {
+            port: NonZeroU16::new(7777).expect("non-zero"),
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(Ipv4Addr::LOCALHOST),
+        },
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    }
+}
+
+fn registration(pool: &str, id: u32) -> AsapMsg {
+    AsapMsg::Registration {
+        namespace: None,
+        pool_handle: handle(pool),
+        pool_element: pe(id),
+    }
+}
+
+fn sent(out: &[Action]) -> Vec<AsapMsg> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn audits(out: &[Action]) -> Vec<(AuditAction, Option<u16>)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Audit { event, .. } => Some((event.action, event.outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reg_cause(out: &[Action]) -> Option<u16> {
+    match sent(out).as_slice() {
+        [AsapMsg::RegistrationResponse { reject, error, .. }] => {
+            assert_eq!(*reject, error.is_some());
+            error.as_ref().map(|e| e.causes()[0].code())
+        }
+        other => panic!("expected one registration response, got {other:?}"),
+    }
+}
+
+fn found_ids(r: &Resolution) -> Vec<u32> {
+    match r {
+        Resolution::Found { pool_elements, .. } => {
+            let mut v: Vec<u32> = pool_elements
+                .iter()
+                .map(|e| e.pool_element.pe_id.get())
+                .collect();
+            v.sort_unstable();
+            v
+        }
+        Resolution::Error(e) => panic!("resolution failed: {e:?}"),
+    }
+}
+
+#[test]
+fn registration_is_audited_before_it_is_acknowledged_and_resolvable() {
+    let mut h = Harness::new();
+    let pe_conn = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let out = h.send(pe_conn, registration("echo", 7));
+    // STYLE.md §2: the durable audit record comes before the response.
+    assert!(matches!(
+        out.as_slice(),
+        [
+            Action::Audit { durability: Durability::BeforeReply, event },
+            Action::Send { msg: AsapMsg::RegistrationResponse { reject: false, .. }, .. },
+        ] if event.action == AuditAction::Register && event.outcome.is_none()
+            && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PE_A)
+    ));
+    match h.resolve(pu, "echo") {
+        Resolution::Found {
+            pool_elements,
+            policy,
+        } => {
+            assert_eq!(policy, Some(Policy::RoundRobin));
+            assert_eq!(pool_elements.len(), 1);
+            let e = &pool_elements[0];
+            assert_eq!(
+                e.pool_element.home_server_id, 0x1122_3344,
+                "home := this PR"
+            );
+            assert_eq!(e.registrant.as_ref().map(|r| r.as_str()), Some(PE_A));
+        }
+        Resolution::Error(e) => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn unauthorized_registration_and_resolution_are_refused_and_audited() {
+    let mut h = Harness::new();
+    let pe_conn = h.connect(1, PE_A);
+    let out = h.send(pe_conn, registration("secret", 7));
+    assert_eq!(reg_cause(&out), Some(0xA));
+    assert_eq!(audits(&out), [(AuditAction::Register, Some(0xA))]);
+    // A PE identity has no resolve grant: the pool looks like it does not exist.
+    h.send(pe_conn, registration("echo", 7));
+    let out = h.send(
+        pe_conn,
+        AsapMsg::HandleResolution {
+            namespace: None,
+            pool_handle: handle("echo"),
+            option: None,
+        },
+    );
+    assert_eq!(audits(&out), [(AuditAction::Resolve, Some(0x9))]);
+    assert!(matches!(
+        sent(&out).as_slice(),
+        [AsapMsg::HandleResolutionResponse { result: Resolution::Error(e), .. }]
+            if e.causes() == [ErrorCause::UnknownPoolHandle]
+    ));
+}
+
+#[test]
+fn only_the_registrant_may_reregister_or_deregister() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let b = h.connect(2, PE_B);
+    let pu = h.connect(3, PU_1);
+    h.send(a, registration("echo", 7));
+    assert_eq!(reg_cause(&h.send(b, registration("echo", 7))), Some(0x4));
+    let out = h.send(
+        b,
+        AsapMsg::Deregistration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(7).expect("non-zero"),
+        },
+    );
+    assert!(matches!(
+        sent(&out).as_slice(),
+        [AsapMsg::DeregistrationResponse { error: Some(e), .. }] if e.causes()[0].code() == 0xA
+    ));
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [7]);
+    // The registrant itself re-registers (an update) and deregisters.
+    assert_eq!(reg_cause(&h.send(a, registration("echo", 7))), None);
+    let out = h.send(
+        a,
+        AsapMsg::Deregistration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(7).expect("non-zero"),
+        },
+    );
+    assert_eq!(audits(&out), [(AuditAction::Deregister, None)]);
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+    assert_eq!(h.core.stats().timers, 0, "no timer outlives its PE");
+}
+
+#[test]
+fn unanswered_keep_alive_removes_the_pe() {
+    // Spec §7.5, with 200 ms + 200 ms timers.
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    h.send(a, registration("echo", 7));
+    h.send(a, registration("echo", 8));
+    let out = h.advance(200);
+    assert_eq!(
+        sent(&out)
+            .iter()
+            .filter(|m| matches!(m, AsapMsg::EndpointKeepAlive { home: false, .. }))
+            .count(),
+        2
+    );
+    // PE 8 answers, PE 7 does not.
+    h.send(
+        a,
+        AsapMsg::EndpointKeepAliveAck {
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(8).expect("non-zero"),
+        },
+    );
+    let out = h.advance(200);
+    assert_eq!(audits(&out), [(AuditAction::RemoveTimeout, None)]);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [8]);
+    // PE 8 got its next keep-alive one interval after its ACK.
+    assert!(
+        sent(&out).iter().any(
+            |m| matches!(m, AsapMsg::EndpointKeepAlive { pe_id: Some(id), .. } if id.get() == 8)
+        )
+    );
+}
+
+#[test]
+fn a_lost_connection_removes_its_pes_after_the_grace_period_unless_they_return() {
+    // Spec §12.6.
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    h.send(a, registration("echo", 7));
+    h.send(a, registration("echo", 8));
+    h.core.handle(Input::Closed { conn: a }, h.now);
+    assert_eq!(
+        found_ids(&h.resolve(pu, "echo")),
+        [7, 8],
+        "still there in grace"
+    );
+    let a2 = h.connect(3, PE_A);
+    h.advance(100);
+    assert_eq!(reg_cause(&h.send(a2, registration("echo", 8))), None);
+    let out = h.advance(100);
+    assert_eq!(audits(&out), [(AuditAction::RemoveConnectionLoss, None)]);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [8]);
+}
+
+#[test]
+fn unreachable_reports_need_distinct_reporters_and_a_failed_probe() {
+    // Spec §7.6 [P], threat T-13.
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    h.send(a, registration("echo", 7));
+    let report = || AsapMsg::EndpointUnreachable {
+        namespace: None,
+        pool_handle: handle("echo"),
+        pe_id: PeId::new(7).expect("non-zero"),
+    };
+    // One PU reporting many times is one reporter, and is rate-limited.
+    let pu1 = h.connect(2, PU_1);
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        let out = h.send(pu1, report());
+        assert!(sent(&out).is_empty(), "no probe from a single reporter");
+        outcomes.extend(audits(&out));
+    }
+    assert_eq!(outcomes.iter().filter(|(_, o)| *o == Some(0x6)).count(), 2);
+    let pu2 = h.connect(3, "spiffe://acme.test/pu/2");
+    assert!(sent(&h.send(pu2, report())).is_empty());
+    let pu3 = h.connect(4, "spiffe://acme.test/pu/3");
+    let out = h.send(pu3, report());
+    assert!(matches!(
+        sent(&out).as_slice(),
+        [AsapMsg::EndpointKeepAlive { .. }]
+    ));
+    // The PE answers the probe: it stays.
+    h.send(
+        a,
+        AsapMsg::EndpointKeepAliveAck {
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(7).expect("non-zero"),
+        },
+    );
+    assert!(audits(&h.advance(150)).is_empty());
+    assert_eq!(found_ids(&h.resolve(pu1, "echo")), [7]);
+    // A PE identity may not report at all.
+    let out = h.send(a, report());
+    assert_eq!(audits(&out), [(AuditAction::Report, Some(0xA))]);
+}
+
+#[test]
+fn revocation_closes_connections_and_removes_pes() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let b = h.connect(2, PE_B);
+    let pu = h.connect(3, PU_1);
+    h.send(a, registration("echo", 7));
+    h.send(b, registration("echo", 8));
+    let id = SpiffeId::parse(PE_A).expect("SPIFFE ID");
+    let out = h
+        .core
+        .handle(Input::Revoked(Revocation::Identity(id)), h.now);
+    assert_eq!(audits(&out), [(AuditAction::RemoveRevoked, None)]);
+    assert!(out.contains(&Action::Close {
+        conn: a,
+        reason: "certificate revoked"
+    }));
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [8]);
+}
+
+#[test]
+fn the_user_address_must_be_the_connections() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let mut m = pe(7);
+    m.user_transport = Transport::Tcp {
+        port: NonZeroU16::new(7777).expect("non-zero"),
+        transport_use: TransportUse::DataOnly,
+        addr: Address::new(Ipv4Addr::new(127, 0, 0, 2)),
+    };
+    let out = h.send(
+        a,
+        AsapMsg::Registration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pool_element: m,
+        },
+    );
+    assert_eq!(reg_cause(&out), Some(0xA));
+    let mut m = pe(7);
+    m.registration_life = 0;
+    let out = h.send(
+        a,
+        AsapMsg::Registration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pool_element: m,
+        },
+    );
+    assert_eq!(reg_cause(&out), Some(0x3));
+}
+
+#[test]
+fn malformed_input_gets_the_spec_answer() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    // Unknown message type 0x42: ASAP_ERROR with cause 0x2 (spec §3.4).
+    let bytes = [0x42, 0, 0, 8, 0, 0, 0, 0];
+    let error = AsapMsg::decode(&bytes).expect_err("unknown type");
+    let out = h.core.handle(Input::Malformed { conn: a, error }, h.now);
+    assert!(matches!(
+        sent(&out).as_slice(),
+        [AsapMsg::Error(e)] if e.causes()[0].code() == 0x2
+    ));
+    // A framing fault (length not a multiple of 4) closes without reply (spec §12.2).
+    let error = AsapMsg::decode(&[1, 0, 0, 5, 0]).expect_err("bad length");
+    let out = h.core.handle(Input::Malformed { conn: a, error }, h.now);
+    assert!(out.iter().any(|x| matches!(x, Action::Close { .. })));
+    assert!(sent(&out).is_empty());
+}

@@ -1,0 +1,360 @@
+//! `enrpd init` and what `enrpd run` loads: the data directory, its SQLite store, the
+//! registrar's identity from an `rsp-pki` directory, and the first grants and admin token.
+//!
+//! Data directory layout: `enrpd.json` (where the PKI files are, written by `init`) and
+//! the store (`rsp.db`, see `trust::db`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use asap::wire::param::ServerId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use trust::db::{self, Store, StoreOptions};
+use trust::{DomainBundle, Grant, LocalIdentity, SpiffeId, TrustDomain, TrustStore};
+
+/// Name of the installation file in the data directory.
+pub const INSTALL_FILE: &str = "enrpd.json";
+
+/// Why setting up or loading the registrar failed. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory is initialised already.
+    #[error("{0} is already initialised (remove it to start over)")]
+    AlreadyInitialised(PathBuf),
+    /// The data directory was never initialised.
+    #[error("{0} is not initialised: run `enrpd init --pki DIR` first")]
+    NotInitialised(PathBuf),
+    /// The registrar certificate could not be chosen.
+    #[error("{0}")]
+    Identity(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The installation file is damaged.
+    #[error("{path}: {reason}")]
+    Install {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Certificates or keys were refused.
+    #[error("{0}")]
+    Trust(#[from] trust::Error),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] db::Error),
+}
+
+/// Where `enrpd run` finds its PKI files; written by `init` as `enrpd.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Install {
+    /// The registrar's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The local trust domain's root bundle (PEM).
+    pub ca: PathBuf,
+    /// The local trust domain's CRL (PEM), used when the file exists.
+    pub crl: PathBuf,
+}
+
+/// What `init` did, for the one message it prints.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The registrar's identity.
+    pub identity: SpiffeId,
+    /// Its Server ID.
+    pub server_id: ServerId,
+    /// The first admin token; shown once, only its hash is stored.
+    pub admin_token: String,
+}
+
+/// The registrar's ENRP Server ID: the first four bytes of the SHA-256 of its SPIFFE ID,
+/// big-endian, with 0 mapped to 1 (ARCHITECTURE.md §3), so every peer can check it.
+pub fn server_id_of(id: &SpiffeId) -> ServerId {
+    let digest = Sha256::digest(id.as_str().as_bytes());
+    let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    ServerId::new(n.max(1)).expect("n.max(1) is never 0")
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    fs::read(path).map_err(|source| Error::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Picks `DIR/registrar-NAME.pem`; without a name, the only registrar certificate in DIR.
+fn registrar_files(pki: &Path, name: Option<&str>) -> Result<Install, Error> {
+    let stem = match name {
+        Some(n) => format!("registrar-{n}"),
+        None => {
+            let entries = fs::read_dir(pki).map_err(|source| Error::File {
+                path: pki.to_owned(),
+                source,
+            })?;
+            let mut found: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|f| f.starts_with("registrar-") && f.ends_with(".pem"))
+                .map(|f| f.trim_end_matches(".pem").to_owned())
+                .collect();
+            found.sort();
+            match found.len() {
+                1 => found.remove(0),
+                0 => {
+                    return Err(Error::Identity(format!(
+                        "no registrar certificate in {}: run `rsp-pki issue registrar NAME` first",
+                        pki.display()
+                    )));
+                }
+                _ => {
+                    return Err(Error::Identity(format!(
+                        "several registrar certificates in {} ({}): choose one with --name",
+                        pki.display(),
+                        found.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let abs = fs::canonicalize(pki).map_err(|source| Error::File {
+        path: pki.to_owned(),
+        source,
+    })?;
+    let install = Install {
+        cert: abs.join(format!("{stem}.pem")),
+        key: abs.join(format!("{stem}.key")),
+        ca: abs.join("ca.pem"),
+        crl: abs.join("crl.pem"),
+    };
+    for f in [&install.cert, &install.key, &install.ca] {
+        if !f.exists() {
+            return Err(Error::Identity(format!("{} does not exist", f.display())));
+        }
+    }
+    Ok(install)
+}
+
+/// The grants that make the quickstart work in the local trust domain (issue 4): PEs
+/// register and PUs resolve and report in `default`, registrars peer. An operator
+/// tightens them over the admin API.
+pub fn default_grants(domain: &TrustDomain) -> Vec<Grant> {
+    let d = domain.as_str();
+    let grant = |who: String, actions: &[trust::Action]| -> Grant {
+        Grant {
+            identity: who
+                .parse()
+                .expect("a valid pattern from a valid trust domain"),
+            namespace: "default".parse().expect("valid namespace"),
+            pools: "*".parse().expect("valid pool pattern"),
+            actions: actions.iter().copied().collect(),
+        }
+    };
+    vec![
+        grant(format!("spiffe://{d}/pe/*"), &[trust::Action::Register]),
+        grant(
+            format!("spiffe://{d}/pu/*"),
+            &[trust::Action::Resolve, trust::Action::Report],
+        ),
+        grant(
+            format!("spiffe://{d}/gateway/*"),
+            &[trust::Action::Resolve, trust::Action::Report],
+        ),
+        grant(format!("spiffe://{d}/registrar/*"), &[trust::Action::Peer]),
+    ]
+}
+
+/// `enrpd init`: creates the data directory and store, records the local trust domain,
+/// the `default` namespace, the default grants and the first admin token. Refuses an
+/// initialised directory; on failure it leaves no half-initialised one behind.
+pub async fn init(
+    pki: &Path,
+    name: Option<&str>,
+    data: &Path,
+    now_ms: u64,
+) -> Result<InitReport, Error> {
+    let install_path = data.join(INSTALL_FILE);
+    if install_path.exists() || data.join(db::DB_FILE).exists() {
+        return Err(Error::AlreadyInitialised(data.to_owned()));
+    }
+    let install = registrar_files(pki, name)?;
+    let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
+    let id = identity.id().clone();
+    let domain = id.trust_domain();
+    let roots = read(&install.ca)?;
+    DomainBundle::from_pem(domain.clone(), &roots)?; // refuse a bundle that does not parse
+    let roots = String::from_utf8(roots).map_err(|_| Error::Install {
+        path: install.ca.clone(),
+        reason: "not UTF-8 PEM".into(),
+    })?;
+    let created = !data.exists(); // Store::open creates it, mode 0700.
+    let result = async {
+        let store = Store::open(data, &StoreOptions::default()).await?;
+        let mut conn = store.acquire().await?;
+        db::add_trust_domain(&mut conn, &domain, true, &roots, None, now_ms).await?;
+        db::create_namespace(&mut conn, "default", now_ms).await?;
+        for g in default_grants(&domain) {
+            db::add_grant(&mut conn, &g, now_ms).await?;
+        }
+        let token = db::create_token(
+            &mut conn,
+            &db::TokenHasher::default(),
+            "initial admin",
+            db::Role::Admin,
+            None,
+            now_ms,
+        )
+        .await?;
+        drop(conn);
+        store.close().await;
+        Ok::<_, Error>(token.token)
+    }
+    .await;
+    let admin_token = match result {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing half-written: remove what this run created.
+            let _ = fs::remove_file(data.join(db::DB_FILE));
+            if created {
+                let _ = fs::remove_dir_all(data);
+            }
+            return Err(e);
+        }
+    };
+    let json = serde_json::to_vec_pretty(&install).expect("plain struct serializes");
+    write_new(&install_path, &json)?;
+    Ok(InitReport {
+        server_id: server_id_of(&id),
+        identity: id,
+        admin_token,
+    })
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| Error::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// What `enrpd run` starts from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Trust domains, deny-list and TLS configurations.
+    pub trust: Arc<TrustStore>,
+    /// The store.
+    pub store: Store,
+    /// The grants in force.
+    pub grants: Vec<Grant>,
+    /// The registrar's Server ID.
+    pub server_id: ServerId,
+}
+
+/// Loads an initialised data directory: identity from the PKI files, trust domains and
+/// grants from the store.
+pub async fn load(data: &Path) -> Result<Loaded, Error> {
+    let install_path = data.join(INSTALL_FILE);
+    if !install_path.exists() {
+        return Err(Error::NotInitialised(data.to_owned()));
+    }
+    let install: Install =
+        serde_json::from_slice(&read(&install_path)?).map_err(|e| Error::Install {
+            path: install_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
+    let server_id = server_id_of(identity.id());
+    let trust = TrustStore::new(identity)?;
+    let store = Store::open(data, &StoreOptions::default()).await?;
+    let mut conn = store.acquire().await?;
+    for row in db::list_trust_domains(&mut conn).await? {
+        let mut bundle = DomainBundle::from_pem(row.name.clone(), row.roots_pem.as_bytes())?;
+        // The local domain's CRL comes from the PKI directory (rsp-pki crl), so that a
+        // `rsp-pki revoke` + `rsp-pki crl` + SIGHUP/restart takes effect.
+        let crl = if row.is_local && install.crl.exists() {
+            Some(read(&install.crl)?)
+        } else {
+            row.crls_pem.map(String::into_bytes)
+        };
+        if let Some(crl) = crl {
+            bundle = bundle.with_crls(trust::crls_from_pem(&crl)?);
+        }
+        trust.add_domain(bundle)?;
+    }
+    let grants = db::list_grants(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.grant)
+        .collect();
+    drop(conn);
+    Ok(Loaded {
+        trust: Arc::new(trust),
+        store,
+        grants,
+        server_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_id_is_the_first_four_bytes_of_the_sha256() {
+        let id: SpiffeId = "spiffe://acme.test/registrar/enrp-1"
+            .parse()
+            .expect("valid");
+        let d = Sha256::digest(b"spiffe://acme.test/registrar/enrp-1");
+        let want = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        assert_eq!(server_id_of(&id).get(), want.max(1));
+    }
+
+    #[test]
+    fn default_grants_parse_for_a_domain() {
+        let d = TrustDomain::new("acme.test").expect("valid");
+        let g = default_grants(&d);
+        let pe: SpiffeId = "spiffe://acme.test/pe/echo-1".parse().expect("valid");
+        let pu: SpiffeId = "spiffe://acme.test/pu/c".parse().expect("valid");
+        assert!(trust::allowed(
+            &g,
+            &pe,
+            "default",
+            Some(b"echo"),
+            trust::Action::Register
+        ));
+        assert!(!trust::allowed(
+            &g,
+            &pe,
+            "default",
+            Some(b"echo"),
+            trust::Action::Resolve
+        ));
+        assert!(trust::allowed(
+            &g,
+            &pu,
+            "default",
+            Some(b"echo"),
+            trust::Action::Resolve
+        ));
+        assert!(!trust::allowed(
+            &g,
+            &pu,
+            "other",
+            Some(b"echo"),
+            trust::Action::Resolve
+        ));
+    }
+}

@@ -1,0 +1,804 @@
+//! The audit log: append-only and hash-chained, in the store's `audit_events` table
+//! (ARCHITECTURE.md §5, §6; issue 4 "Audit log").
+//!
+//! Row `n` carries `prev_hash` (the `hash` of row `n - 1`, 32 zero bytes for row 1) and
+//! `hash = SHA-256(prev_hash ‖ canonical encoding of row n)`, where the encoding covers the
+//! row id and every column (see [`canonical_encoding`]). Ids are contiguous from 1. Editing,
+//! deleting, inserting or reordering rows therefore breaks the chain at the first row
+//! touched, which [`verify`] reports. Removing rows at the end cannot be seen from inside
+//! the database: keep [`VerifyReport::head`] somewhere else (a log line, a peer) to detect
+//! it.
+//!
+//! Writing goes through [`AuditLog`], a writer task with group commit: many records per
+//! SQLite transaction, [`Durability::BeforeReply`] records acknowledged only after their
+//! transaction committed, [`Durability::Batched`] records committed within a bounded delay,
+//! and a bounded queue that makes callers wait rather than drop records. A change that must
+//! be audited in its own transaction (admin API writes) uses [`append_in`] instead.
+//!
+//! No clock here: the caller stamps each [`Record`] with its time.
+
+mod writer;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteConnection;
+
+use crate::db::{Error, MAX_TEXT_LEN, Result, check_namespace, hex};
+use crate::{Peer, Serial, SpiffeId};
+
+pub use writer::{AuditConfig, AuditLog, AuditStats};
+
+/// A SHA-256 digest of the chain.
+pub type Hash = [u8; 32];
+
+/// `prev_hash` of the first row.
+pub const GENESIS: Hash = [0; 32];
+
+/// Longest action name, in bytes.
+pub const MAX_ACTION_LEN: usize = 64;
+
+/// When an appended record must be durable (STYLE.md §2, "audit before ack").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// [`AuditLog::append`] returns only after the record's transaction committed: for state
+    /// changes, whose reply must not leave before their audit record is durable.
+    BeforeReply,
+    /// [`AuditLog::append`] returns once the record is queued; it is committed within the
+    /// writer's batch delay (resolutions).
+    Batched,
+}
+
+/// The result of the audited operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It succeeded. Stored as `ok`.
+    Ok,
+    /// It was refused with this spec error cause code (spec §4.7). Stored as `cause:0x000a`.
+    Cause(u16),
+    /// It was refused for a reason without a cause code (admin API `unauthorized`,
+    /// `forbidden`, a TLS failure...). Stored as given: 1–64 bytes of `a-z 0-9 . _ : -`,
+    /// neither `ok` nor starting with `cause:`.
+    Refused(Cow<'static, str>),
+}
+
+impl Outcome {
+    /// The stored text.
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            Self::Ok => Cow::Borrowed("ok"),
+            Self::Cause(code) => Cow::Owned(format!("cause:0x{code:04x}")),
+            Self::Refused(reason) => Cow::Borrowed(reason),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Self::Refused(reason) = self
+            && (!is_token(reason) || reason == "ok" || reason.starts_with("cause:"))
+        {
+            return Err(Error::Invalid {
+                what: "outcome",
+                reason: "must be 1-64 bytes of a-z 0-9 . _ : -, not `ok` or `cause:...`",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_text())
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "ok" {
+            return Ok(Self::Ok);
+        }
+        if let Some(digits) = s.strip_prefix("cause:0x") {
+            return match u16::from_str_radix(digits, 16) {
+                Ok(code)
+                    if digits.len() == 4
+                        && digits
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                {
+                    Ok(Self::Cause(code))
+                }
+                _ => Err(Error::Invalid {
+                    what: "outcome",
+                    reason: "a cause is written cause:0x followed by 4 hex digits",
+                }),
+            };
+        }
+        let outcome = Self::Refused(Cow::Owned(s.to_owned()));
+        outcome.check()?;
+        Ok(outcome)
+    }
+}
+
+/// 1–64 bytes of `a-z 0-9 . _ : -`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ACTION_LEN
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')
+        })
+}
+
+/// One audit record, as the caller describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record {
+    /// When it happened, unix milliseconds (the caller's clock).
+    pub time_ms: u64,
+    /// Who: the authenticated SPIFFE ID; `None` for unauthenticated requests (legacy
+    /// plaintext listeners, refused handshakes, bad tokens).
+    pub actor: Option<SpiffeId>,
+    /// The serial of the certificate that authenticated `actor`.
+    pub serial: Option<Serial>,
+    /// The remote transport address.
+    pub remote: Option<SocketAddr>,
+    /// The namespace.
+    pub namespace: Option<String>,
+    /// The pool handle (1–32 bytes).
+    pub pool: Option<Vec<u8>>,
+    /// The pool element identifier.
+    pub pe_id: Option<u32>,
+    /// What was attempted: 1–64 bytes of `a-z 0-9 . _ : -`, e.g. `register`, `resolve`,
+    /// `remove.timeout`, `admin:grant.create`.
+    pub action: Cow<'static, str>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Free text (at most 4096 bytes, no control characters except tab and newline).
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// A record of `action` with `outcome` at `time_ms`, all other fields empty.
+    pub fn new(time_ms: u64, action: impl Into<Cow<'static, str>>, outcome: Outcome) -> Self {
+        Self {
+            time_ms,
+            actor: None,
+            serial: None,
+            remote: None,
+            namespace: None,
+            pool: None,
+            pe_id: None,
+            action: action.into(),
+            outcome,
+            detail: None,
+        }
+    }
+
+    /// Sets the actor and serial from an authenticated peer.
+    #[must_use]
+    pub fn peer(mut self, peer: &Peer) -> Self {
+        self.actor = Some(peer.id().clone());
+        self.serial = Some(peer.serial().clone());
+        self
+    }
+
+    /// Sets the actor (without a certificate serial: token-authenticated admin calls).
+    #[must_use]
+    pub fn actor(mut self, actor: SpiffeId) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// Sets the remote address.
+    #[must_use]
+    pub fn remote(mut self, remote: SocketAddr) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Sets the namespace.
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets the pool handle.
+    #[must_use]
+    pub fn pool(mut self, pool: impl Into<Vec<u8>>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
+    /// Sets the pool element identifier.
+    #[must_use]
+    pub fn pe_id(mut self, pe_id: u32) -> Self {
+        self.pe_id = Some(pe_id);
+        self
+    }
+
+    /// Sets the detail text.
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Checks every field; [`AuditLog::append`] and [`append_in`] call it before queueing.
+    pub fn check(&self) -> Result<()> {
+        if i64::try_from(self.time_ms).is_err() {
+            return Err(Error::Invalid {
+                what: "time",
+                reason: "past the year 292 million",
+            });
+        }
+        if let Some(namespace) = &self.namespace {
+            check_namespace(namespace)?;
+        }
+        if let Some(pool) = &self.pool
+            && (pool.is_empty() || pool.len() > crate::db::MAX_POOL_HANDLE_LEN)
+        {
+            return Err(Error::Invalid {
+                what: "pool handle",
+                reason: "must be 1 to 32 bytes",
+            });
+        }
+        if !is_token(&self.action) {
+            return Err(Error::Invalid {
+                what: "action",
+                reason: "must be 1-64 bytes of a-z 0-9 . _ : -",
+            });
+        }
+        self.outcome.check()?;
+        if let Some(detail) = &self.detail {
+            if detail.len() > MAX_TEXT_LEN {
+                return Err(Error::Invalid {
+                    what: "detail",
+                    reason: "longer than 4096 bytes",
+                });
+            }
+            if detail
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return Err(Error::Invalid {
+                    what: "detail",
+                    reason: "contains control characters",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn to_columns(&self) -> Columns {
+        Columns {
+            // `check` ran: the time fits.
+            time_ms: i64::try_from(self.time_ms).unwrap_or(i64::MAX),
+            actor: self.actor.as_ref().map(|a| a.as_str().to_owned()),
+            serial: self.serial.as_ref().map(Serial::to_hex),
+            remote: self.remote.map(|r| r.to_string()),
+            namespace: self.namespace.clone(),
+            pool: self.pool.clone(),
+            pe_id: self.pe_id.map(i64::from),
+            action: self.action.to_string(),
+            outcome: self.outcome.to_text().into_owned(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+/// The stored columns of a row other than id and hashes, exactly as SQLite returns them:
+/// the chain is computed over these, so that [`verify`] needs no parsing.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+struct Columns {
+    time_ms: i64,
+    actor: Option<String>,
+    serial: Option<String>,
+    remote: Option<String>,
+    namespace: Option<String>,
+    pool: Option<Vec<u8>>,
+    pe_id: Option<i64>,
+    action: String,
+    outcome: String,
+    detail: Option<String>,
+}
+
+/// The bytes hashed for one row (version 1):
+///
+/// ```text
+/// "rsp-audit-v1" 0x00
+/// id       u64 big-endian
+/// time_ms  i64 big-endian
+/// then, in this order, actor, serial, remote, namespace, pool, pe_id, action, outcome,
+/// detail, each as 0x00 (NULL) or 0x01 ‖ length u32 big-endian ‖ bytes
+/// (text as UTF-8, pool as its bytes, pe_id as i64 big-endian)
+/// ```
+///
+/// Every field is length-prefixed, so no two different rows have the same encoding.
+fn canonical_encoding(id: i64, c: &Columns) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            None => out.push(0),
+            Some(bytes) => {
+                out.push(1);
+                // Every column is bounded far below 4 GiB by `Record::check`; a longer value
+                // (written outside rsp) saturates and then fails verification, never panics.
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"rsp-audit-v1\0");
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&c.time_ms.to_be_bytes());
+    field(&mut out, c.actor.as_deref().map(str::as_bytes));
+    field(&mut out, c.serial.as_deref().map(str::as_bytes));
+    field(&mut out, c.remote.as_deref().map(str::as_bytes));
+    field(&mut out, c.namespace.as_deref().map(str::as_bytes));
+    field(&mut out, c.pool.as_deref());
+    let pe_id = c.pe_id.map(i64::to_be_bytes);
+    field(&mut out, pe_id.as_ref().map(<[u8; 8]>::as_slice));
+    field(&mut out, Some(c.action.as_bytes()));
+    field(&mut out, Some(c.outcome.as_bytes()));
+    field(&mut out, c.detail.as_deref().map(str::as_bytes));
+    out
+}
+
+/// `SHA-256(prev ‖ canonical_encoding(id, columns))`.
+fn chain_hash(prev: &Hash, id: i64, columns: &Columns) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical_encoding(id, columns));
+    hasher.finalize().into()
+}
+
+/// The last row's id and hash, or `(0, GENESIS)` for an empty log.
+async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        None => Ok((0, GENESIS)),
+        Some((id, hash)) => {
+            let hash = Hash::try_from(hash.as_slice()).map_err(|_| Error::Corrupt {
+                table: "audit_events",
+                id: id.to_string(),
+                reason: "hash is not 32 bytes",
+            })?;
+            Ok((id, hash))
+        }
+    }
+}
+
+/// Appends `records`, in order, on `conn`, which should be inside a transaction begun with
+/// `BEGIN IMMEDIATE` ([`crate::db::Store::begin`]) so that the change being audited and
+/// its record commit together. Reads the chain head inside that transaction, so it is
+/// safe next to a running [`AuditLog`]. Returns the new rows' ids. Checks every record
+/// before writing any.
+pub async fn append_in(conn: &mut SqliteConnection, records: &[Record]) -> Result<Vec<u64>> {
+    for record in records {
+        record.check()?;
+    }
+    let records: Vec<&Record> = records.iter().collect();
+    insert_checked(conn, &records).await
+}
+
+/// [`append_in`] for records already checked.
+async fn insert_checked(conn: &mut SqliteConnection, records: &[&Record]) -> Result<Vec<u64>> {
+    let (mut id, mut prev) = head(&mut *conn).await?;
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        id += 1;
+        let columns = record.to_columns();
+        let hash = chain_hash(&prev, id, &columns);
+        rows.push((id, columns, prev, hash));
+        prev = hash;
+    }
+    // Ids start at 1 and only grow.
+    let ids = rows
+        .iter()
+        .map(|(id, ..)| u64::try_from(*id).unwrap_or_default())
+        .collect();
+    // Few statements per batch: every statement is a round trip to sqlx's SQLite thread,
+    // which costs more than the insert itself.
+    let mut rows = rows.into_iter();
+    let mut left = rows.len();
+    while left > 0 {
+        let (n, sql) = if left >= INSERT_WIDE_ROWS {
+            (INSERT_WIDE_ROWS, INSERT_WIDE.as_str())
+        } else if left >= INSERT_MID_ROWS {
+            (INSERT_MID_ROWS, INSERT_MID.as_str())
+        } else {
+            (1, INSERT_ONE.as_str())
+        };
+        let mut query = sqlx::query(sql);
+        for (id, c, prev, hash) in rows.by_ref().take(n) {
+            query = query
+                .bind(id)
+                .bind(c.time_ms)
+                .bind(c.actor)
+                .bind(c.serial)
+                .bind(c.remote)
+                .bind(c.namespace)
+                .bind(c.pool)
+                .bind(c.pe_id)
+                .bind(c.action)
+                .bind(c.outcome)
+                .bind(c.detail)
+                .bind(prev.to_vec())
+                .bind(hash.to_vec());
+        }
+        query.execute(&mut *conn).await?;
+        left -= n;
+    }
+    Ok(ids)
+}
+
+/// Rows per statement of the widest insert (13 parameters a row: 832 parameters, far
+/// below SQLite's limit of 32766).
+const INSERT_WIDE_ROWS: usize = 64;
+/// Rows per statement of the middle insert.
+const INSERT_MID_ROWS: usize = 8;
+
+/// `INSERT INTO audit_events ... VALUES (13 placeholders) × rows`. Built once from
+/// constants, never from data.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (id, time_ms, actor, serial, remote, namespace, pool, \
+         pe_id, action, outcome, detail, prev_hash, hash) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
+static INSERT_WIDE: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_WIDE_ROWS));
+static INSERT_MID: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_MID_ROWS));
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+
+// ---------------------------------------------------------------------------------------
+// Verification
+
+/// Why a row breaks the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakReason {
+    /// The row's id is not the previous id + 1: rows were deleted (or inserted with a
+    /// chosen id) before it.
+    IdGap {
+        /// The id the row should have had.
+        expected: u64,
+    },
+    /// `prev_hash` is not the previous row's hash: rows were reordered, deleted or
+    /// inserted before it.
+    PrevHash,
+    /// `hash` does not match the row's contents: the row was edited.
+    Hash,
+}
+
+impl fmt::Display for BreakReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IdGap { expected } => write!(f, "id gap: expected row {expected}"),
+            Self::PrevHash => f.write_str("prev_hash does not match the previous row's hash"),
+            Self::Hash => f.write_str("hash does not match the row's contents"),
+        }
+    }
+}
+
+/// The first broken link of the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The id of the first row that fails.
+    pub id: i64,
+    /// Why.
+    pub reason: BreakReason,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Rows checked (all of them when the chain is intact; up to the broken link
+    /// otherwise, that row included).
+    pub checked: u64,
+    /// The id of the last intact row (0 if none).
+    pub last_id: u64,
+    /// The hash of the last intact row ([`GENESIS`] if none): record it elsewhere to
+    /// detect truncation later.
+    pub head: Hash,
+    /// The first broken link, or `None` if the chain is intact.
+    pub broken: Option<BrokenLink>,
+}
+
+impl VerifyReport {
+    /// Whether the whole chain is intact.
+    pub fn is_intact(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    /// [`VerifyReport::head`] in hex.
+    pub fn head_hex(&self) -> String {
+        hex(&self.head)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ChainRow {
+    id: i64,
+    #[sqlx(flatten)]
+    columns: Columns,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Rows read per query while verifying (bounds memory).
+const VERIFY_PAGE: i64 = 1000;
+
+/// Walks the whole chain in id order and reports the first broken link. Reads in pages,
+/// so memory stays bounded whatever the log's size.
+pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        checked: 0,
+        last_id: 0,
+        head: GENESIS,
+        broken: None,
+    };
+    let mut last: i64 = 0;
+    loop {
+        let rows: Vec<ChainRow> = sqlx::query_as(
+            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
+                 outcome, detail, prev_hash, hash
+             FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(last)
+        .bind(VERIFY_PAGE)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(page_last) = rows.last().map(|r| r.id) else {
+            return Ok(report);
+        };
+        for row in rows {
+            report.checked += 1;
+            let expected = report.last_id + 1;
+            let reason = if u64::try_from(row.id).ok() != Some(expected) {
+                Some(BreakReason::IdGap { expected })
+            } else if row.prev_hash != report.head {
+                Some(BreakReason::PrevHash)
+            } else if row.hash != chain_hash(&report.head, row.id, &row.columns) {
+                Some(BreakReason::Hash)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                report.broken = Some(BrokenLink { id: row.id, reason });
+                return Ok(report);
+            }
+            report.last_id = expected;
+            // Checked equal to a 32-byte value just above.
+            report.head = Hash::try_from(row.hash.as_slice()).unwrap_or(GENESIS);
+        }
+        last = page_last;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries
+
+/// A stored audit record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditEvent {
+    /// Row id: its position in the chain, from 1. Also the pagination cursor.
+    pub id: u64,
+    /// The record.
+    pub record: Record,
+    /// The previous row's hash.
+    pub prev_hash: Hash,
+    /// This row's hash.
+    pub hash: Hash,
+}
+
+impl TryFrom<ChainRow> for AuditEvent {
+    type Error = Error;
+    fn try_from(row: ChainRow) -> Result<Self> {
+        let corrupt = |reason| Error::Corrupt {
+            table: "audit_events",
+            id: row.id.to_string(),
+            reason,
+        };
+        let c = row.columns;
+        let record = Record {
+            time_ms: u64::try_from(c.time_ms).map_err(|_| corrupt("negative time"))?,
+            actor: c
+                .actor
+                .as_deref()
+                .map(SpiffeId::parse)
+                .transpose()
+                .map_err(|_| corrupt("invalid actor"))?,
+            serial: c
+                .serial
+                .as_deref()
+                .map(Serial::from_str)
+                .transpose()
+                .map_err(|_| corrupt("invalid serial"))?,
+            remote: c
+                .remote
+                .as_deref()
+                .map(SocketAddr::from_str)
+                .transpose()
+                .map_err(|_| corrupt("invalid remote address"))?,
+            namespace: c.namespace,
+            pool: c.pool,
+            pe_id: c
+                .pe_id
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| corrupt("PE id out of range"))?,
+            action: Cow::Owned(c.action),
+            outcome: Outcome::from_str(&c.outcome).map_err(|_| corrupt("invalid outcome"))?,
+            detail: c.detail,
+        };
+        Ok(Self {
+            id: u64::try_from(row.id).map_err(|_| corrupt("negative id"))?,
+            record,
+            prev_hash: Hash::try_from(row.prev_hash.as_slice())
+                .map_err(|_| corrupt("prev_hash is not 32 bytes"))?,
+            hash: Hash::try_from(row.hash.as_slice())
+                .map_err(|_| corrupt("hash is not 32 bytes"))?,
+        })
+    }
+}
+
+/// Which way [`query`] pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Newest first; the cursor is an id to stay below. The default.
+    #[default]
+    NewestFirst,
+    /// Oldest first; the cursor is an id to stay above.
+    OldestFirst,
+}
+
+/// Largest page [`query`] returns.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Filters of [`query`]; every `None` matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditFilter {
+    /// Records at or after this time (unix ms).
+    pub since_ms: Option<u64>,
+    /// Records before this time (unix ms).
+    pub until_ms: Option<u64>,
+    /// Records of this actor (exact SPIFFE ID).
+    pub actor: Option<SpiffeId>,
+    /// Records in this namespace.
+    pub namespace: Option<String>,
+    /// Records about this pool handle.
+    pub pool: Option<Vec<u8>>,
+    /// Records of this action.
+    pub action: Option<String>,
+    /// Records with this outcome.
+    pub outcome: Option<Outcome>,
+    /// Page direction.
+    pub order: Order,
+    /// Continue after this cursor ([`AuditPage::next`] of the previous page).
+    pub cursor: Option<u64>,
+    /// Page size, 1..=[`MAX_PAGE`]; 0 means 100.
+    pub limit: u32,
+}
+
+/// One page of [`query`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditPage {
+    /// The records, in the requested order.
+    pub events: Vec<AuditEvent>,
+    /// The cursor of the next page, or `None` if this was the last.
+    pub next: Option<u64>,
+}
+
+/// Reads one page of audit records matching `filter`.
+pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<AuditPage> {
+    let limit = match filter.limit {
+        0 => 100,
+        n if n > MAX_PAGE => {
+            return Err(Error::Invalid {
+                what: "limit",
+                reason: "at most 1000 records per page",
+            });
+        }
+        n => n,
+    };
+    let to_i64 = |ms: u64| {
+        i64::try_from(ms).map_err(|_| Error::Invalid {
+            what: "time",
+            reason: "past the year 292 million",
+        })
+    };
+    let since = filter.since_ms.map(to_i64).transpose()?;
+    let until = filter.until_ms.map(to_i64).transpose()?;
+    let cursor = filter
+        .cursor
+        .map(|c| {
+            i64::try_from(c).map_err(|_| Error::Invalid {
+                what: "cursor",
+                reason: "out of range",
+            })
+        })
+        .transpose()?;
+    if let Some(namespace) = &filter.namespace {
+        check_namespace(namespace)?;
+    }
+    // The SQL is static: a NULL parameter disables its condition.
+    let sql = match filter.order {
+        Order::NewestFirst => {
+            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
+                 outcome, detail, prev_hash, hash
+             FROM audit_events
+             WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR time_ms < ?2)
+               AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR namespace = ?4)
+               AND (?5 IS NULL OR pool = ?5) AND (?6 IS NULL OR action = ?6)
+               AND (?7 IS NULL OR outcome = ?7) AND (?8 IS NULL OR id < ?8)
+             ORDER BY id DESC LIMIT ?9"
+        }
+        Order::OldestFirst => {
+            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
+                 outcome, detail, prev_hash, hash
+             FROM audit_events
+             WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR time_ms < ?2)
+               AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR namespace = ?4)
+               AND (?5 IS NULL OR pool = ?5) AND (?6 IS NULL OR action = ?6)
+               AND (?7 IS NULL OR outcome = ?7) AND (?8 IS NULL OR id > ?8)
+             ORDER BY id ASC LIMIT ?9"
+        }
+    };
+    // One more than the page, to know whether another page follows.
+    let rows: Vec<ChainRow> = sqlx::query_as(sql)
+        .bind(since)
+        .bind(until)
+        .bind(filter.actor.as_ref().map(|a| a.as_str().to_owned()))
+        .bind(filter.namespace.clone())
+        .bind(filter.pool.clone())
+        .bind(filter.action.clone())
+        .bind(filter.outcome.as_ref().map(|o| o.to_text().into_owned()))
+        .bind(cursor)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(conn)
+        .await?;
+    let more = rows.len() > limit as usize;
+    let events = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(AuditEvent::try_from)
+        .collect::<Result<Vec<_>>>()?;
+    let next = if more {
+        events.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(AuditPage { events, next })
+}
+
+/// Number of rows in the log.
+pub async fn count(conn: &mut SqliteConnection) -> Result<u64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events")
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;

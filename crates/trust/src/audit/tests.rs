@@ -1,0 +1,862 @@
+//! Tests of the audit chain, its verification and queries, and the writer task. Real
+//! SQLite files in temporary directories.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::sqlite::SqliteConnectOptions;
+use tokio::time::Instant;
+
+use super::*;
+use crate::db::{Store, StoreOptions};
+
+async fn open(dir: &Path) -> Store {
+    Store::open(dir, &StoreOptions::default())
+        .await
+        .expect("open store")
+}
+
+/// A connection of its own, outside the store's pool: sees only committed data.
+async fn second_connection(dir: &Path) -> SqliteConnection {
+    let options = SqliteConnectOptions::new().filename(dir.join(crate::db::DB_FILE));
+    SqliteConnection::connect_with(&options)
+        .await
+        .expect("second connection")
+}
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).expect("SPIFFE ID")
+}
+
+fn sample(i: u64) -> Record {
+    let mut record = Record::new(1_700_000_000_000 + i, "register", Outcome::Ok)
+        .actor(id("spiffe://acme.test/pe/echo-1"))
+        .remote("127.0.0.1:40000".parse().expect("addr"))
+        .namespace("default")
+        .pool(b"echo".to_vec())
+        .pe_id(u32::try_from(i).unwrap_or(u32::MAX))
+        .detail(format!("n{i}"));
+    record.serial = Some(Serial::from_bytes(&[0x0a, 0xff]));
+    record
+}
+
+async fn append_samples(store: &Store, range: std::ops::Range<u64>) {
+    let records: Vec<Record> = range.map(sample).collect();
+    let mut tx = store.begin().await.expect("begin");
+    append_in(&mut tx, &records).await.expect("append");
+    tx.commit().await.expect("commit");
+}
+
+async fn verify_store(store: &Store) -> VerifyReport {
+    let mut conn = store.acquire().await.expect("conn");
+    verify(&mut conn).await.expect("verify")
+}
+
+/// Lifts the append-only triggers, as someone editing the file would.
+async fn drop_triggers(conn: &mut SqliteConnection) {
+    sqlx::query("DROP TRIGGER audit_events_no_update")
+        .execute(&mut *conn)
+        .await
+        .expect("drop trigger");
+    sqlx::query("DROP TRIGGER audit_events_no_delete")
+        .execute(&mut *conn)
+        .await
+        .expect("drop trigger");
+}
+
+async fn rows_with_detail(conn: &mut SqliteConnection, detail: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events WHERE detail = ?1")
+        .bind(detail.to_owned())
+        .fetch_one(conn)
+        .await
+        .expect("count");
+    n
+}
+
+#[test]
+fn outcome_text_round_trips() {
+    for (outcome, text) in [
+        (Outcome::Ok, "ok"),
+        (Outcome::Cause(0x000a), "cause:0x000a"),
+        (Outcome::Cause(0xbeef), "cause:0xbeef"),
+        (Outcome::Refused("unauthorized".into()), "unauthorized"),
+    ] {
+        assert_eq!(outcome.to_text(), text);
+        assert_eq!(Outcome::from_str(text).expect(text), outcome);
+    }
+    for bad in [
+        "",
+        "OK?",
+        "cause:0xA",
+        "cause:0x000A",
+        "cause:12",
+        "with space",
+        "cause:x",
+    ] {
+        assert!(Outcome::from_str(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn canonical_encoding_separates_fields_and_nulls() {
+    let base = sample(1).to_columns();
+    let mut shifted = base.clone();
+    shifted.action = "registe".into();
+    shifted.outcome = format!("r{}", base.outcome);
+    assert_ne!(
+        canonical_encoding(1, &base),
+        canonical_encoding(1, &shifted)
+    );
+    let mut null = base.clone();
+    null.detail = None;
+    let mut empty = base.clone();
+    empty.detail = Some(String::new());
+    assert_ne!(canonical_encoding(1, &null), canonical_encoding(1, &empty));
+    assert_ne!(canonical_encoding(1, &base), canonical_encoding(2, &base));
+    assert_ne!(
+        chain_hash(&GENESIS, 1, &base),
+        chain_hash(&[1; 32], 1, &base)
+    );
+}
+
+#[tokio::test]
+async fn chain_starts_at_genesis_and_links_rows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    assert_eq!(verify_store(&store).await.head, GENESIS);
+    append_samples(&store, 0..3).await;
+    let mut conn = store.acquire().await.expect("conn");
+    let page = query(
+        &mut conn,
+        &AuditFilter {
+            order: Order::OldestFirst,
+            ..AuditFilter::default()
+        },
+    )
+    .await
+    .expect("query");
+    let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(page.events[0].prev_hash, GENESIS);
+    assert_eq!(page.events[1].prev_hash, page.events[0].hash);
+    assert_eq!(page.events[2].prev_hash, page.events[1].hash);
+    assert_eq!(page.events[1].record, sample(1));
+    let report = verify(&mut conn).await.expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.checked, report.last_id), (3, 3));
+    assert_eq!(report.head, page.events[2].hash);
+    assert_eq!(report.head_hex().len(), 64);
+}
+
+#[tokio::test]
+async fn records_survive_reopen_and_the_chain_continues() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    for i in 0..10 {
+        log.append(sample(i), Durability::BeforeReply)
+            .await
+            .expect("append");
+    }
+    for i in 10..15 {
+        log.append(sample(i), Durability::Batched)
+            .await
+            .expect("append");
+    }
+    log.shutdown().await.expect("shutdown");
+    store.close().await;
+    drop(store);
+
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("restart");
+    for i in 15..20 {
+        log.append(sample(i), Durability::BeforeReply)
+            .await
+            .expect("append");
+    }
+    log.shutdown().await.expect("shutdown");
+    let report = verify_store(&store).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.last_id, 20);
+    let mut conn = store.acquire().await.expect("conn");
+    let page = query(
+        &mut conn,
+        &AuditFilter {
+            order: Order::OldestFirst,
+            limit: 1000,
+            ..AuditFilter::default()
+        },
+    )
+    .await
+    .expect("query");
+    let details: Vec<String> = page
+        .events
+        .into_iter()
+        .filter_map(|e| e.record.detail)
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    assert_eq!(details, expected, "every record, in order");
+}
+
+#[tokio::test]
+async fn triggers_refuse_update_and_delete() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..2).await;
+    let mut conn = store.acquire().await.expect("conn");
+    let err = sqlx::query("UPDATE audit_events SET detail = 'x' WHERE id = 1")
+        .execute(&mut *conn)
+        .await
+        .expect_err("update");
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = sqlx::query("DELETE FROM audit_events WHERE id = 2")
+        .execute(&mut *conn)
+        .await
+        .expect_err("delete");
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert!(verify(&mut conn).await.expect("verify").is_intact());
+}
+
+#[tokio::test]
+async fn verify_detects_an_edited_row() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..10).await;
+    let mut conn = store.acquire().await.expect("conn");
+    drop_triggers(&mut conn).await;
+    sqlx::query("UPDATE audit_events SET outcome = 'cause:0x000a' WHERE id = 5")
+        .execute(&mut *conn)
+        .await
+        .expect("tamper");
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(BrokenLink {
+            id: 5,
+            reason: BreakReason::Hash
+        })
+    );
+    assert_eq!((report.checked, report.last_id), (5, 4));
+}
+
+#[tokio::test]
+async fn verify_detects_an_edited_row_whose_hash_was_recomputed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..10).await;
+    let mut conn = store.acquire().await.expect("conn");
+    drop_triggers(&mut conn).await;
+    // The tamperer fixes row 5's own hash; row 6 still names the old one.
+    let mut edited = sample(4);
+    edited.detail = Some("nothing happened".into());
+    let prev: (Vec<u8>,) = sqlx::query_as("SELECT hash FROM audit_events WHERE id = 4")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("prev");
+    let prev = Hash::try_from(prev.0.as_slice()).expect("32 bytes");
+    let hash = chain_hash(&prev, 5, &edited.to_columns());
+    sqlx::query("UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5")
+        .bind(hash.to_vec())
+        .execute(&mut *conn)
+        .await
+        .expect("tamper");
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(BrokenLink {
+            id: 6,
+            reason: BreakReason::PrevHash
+        })
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_a_deleted_row() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..10).await;
+    let mut conn = store.acquire().await.expect("conn");
+    drop_triggers(&mut conn).await;
+    sqlx::query("DELETE FROM audit_events WHERE id = 7")
+        .execute(&mut *conn)
+        .await
+        .expect("tamper");
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(BrokenLink {
+            id: 8,
+            reason: BreakReason::IdGap { expected: 7 }
+        })
+    );
+    assert_eq!(report.last_id, 6);
+}
+
+#[tokio::test]
+async fn verify_detects_a_deleted_first_row() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..3).await;
+    let mut conn = store.acquire().await.expect("conn");
+    drop_triggers(&mut conn).await;
+    sqlx::query("DELETE FROM audit_events WHERE id = 1")
+        .execute(&mut *conn)
+        .await
+        .expect("tamper");
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(BrokenLink {
+            id: 2,
+            reason: BreakReason::IdGap { expected: 1 }
+        })
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_reordered_rows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..10).await;
+    let mut conn = store.acquire().await.expect("conn");
+    drop_triggers(&mut conn).await;
+    // Swap rows 4 and 5 (ids and all).
+    for sql in [
+        "UPDATE audit_events SET id = -1 WHERE id = 4",
+        "UPDATE audit_events SET id = 4 WHERE id = 5",
+        "UPDATE audit_events SET id = 5 WHERE id = -1",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.expect("swap");
+    }
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(BrokenLink {
+            id: 4,
+            reason: BreakReason::PrevHash
+        })
+    );
+}
+
+#[tokio::test]
+async fn verify_walks_more_than_one_page() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    append_samples(&store, 0..2500).await;
+    let mut conn = store.acquire().await.expect("conn");
+    let report = verify(&mut conn).await.expect("verify");
+    assert!(report.is_intact());
+    assert_eq!(report.checked, 2500);
+    drop_triggers(&mut conn).await;
+    sqlx::query("UPDATE audit_events SET time_ms = time_ms + 1 WHERE id = 2001")
+        .execute(&mut *conn)
+        .await
+        .expect("tamper");
+    let report = verify(&mut conn).await.expect("verify");
+    assert_eq!(report.broken.map(|b| b.id), Some(2001));
+}
+
+#[tokio::test]
+async fn invalid_records_are_refused_before_queueing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let bad = [
+        Record::new(1, "", Outcome::Ok),
+        Record::new(1, "Register", Outcome::Ok),
+        Record::new(1, "x".repeat(65), Outcome::Ok),
+        Record::new(1, "register", Outcome::Refused("ok".into())),
+        Record::new(1, "register", Outcome::Refused("cause:0x0001".into())),
+        Record::new(u64::MAX, "register", Outcome::Ok),
+        Record::new(1, "register", Outcome::Ok).namespace("Bad NS"),
+        Record::new(1, "register", Outcome::Ok).pool(Vec::new()),
+        Record::new(1, "register", Outcome::Ok).pool(vec![0; 33]),
+        Record::new(1, "register", Outcome::Ok).detail("x".repeat(4097)),
+        Record::new(1, "register", Outcome::Ok).detail("esc\u{1b}[31m"),
+    ];
+    for record in bad {
+        for durability in [Durability::BeforeReply, Durability::Batched] {
+            let err = log
+                .append(record.clone(), durability)
+                .await
+                .expect_err("invalid");
+            assert!(matches!(err, Error::Invalid { .. }), "{record:?}: {err}");
+        }
+        let mut tx = store.begin().await.expect("begin");
+        // One bad record among good ones: nothing is written.
+        let err = append_in(&mut tx, &[sample(1), record])
+            .await
+            .expect_err("invalid");
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        tx.commit().await.expect("commit");
+    }
+    log.shutdown().await.expect("shutdown");
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn append_in_commits_with_the_change_or_not_at_all() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let record = Record::new(5, "admin:namespace.create", Outcome::Ok).namespace("lab");
+    {
+        let mut tx = store.begin().await.expect("begin");
+        crate::db::create_namespace(&mut tx, "lab", 5)
+            .await
+            .expect("create");
+        append_in(&mut tx, std::slice::from_ref(&record))
+            .await
+            .expect("audit");
+        tx.rollback().await.expect("rollback");
+    }
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 0);
+    assert_eq!(
+        crate::db::get_namespace(&mut conn, "lab")
+            .await
+            .expect("get"),
+        None
+    );
+    drop(conn);
+
+    let mut tx = store.begin().await.expect("begin");
+    crate::db::create_namespace(&mut tx, "lab", 5)
+        .await
+        .expect("create");
+    let ids = append_in(&mut tx, std::slice::from_ref(&record))
+        .await
+        .expect("audit");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids, [1]);
+    let mut conn = store.acquire().await.expect("conn");
+    assert!(
+        crate::db::get_namespace(&mut conn, "lab")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(verify(&mut conn).await.expect("verify").is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_in_next_to_a_running_writer_keeps_one_chain() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                log.append(sample(i), Durability::BeforeReply)
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    for i in 1000..1050 {
+        append_samples(&store, i..i + 2).await;
+    }
+    writer.await.expect("writer task");
+    log.shutdown().await.expect("shutdown");
+    let report = verify_store(&store).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.last_id, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_puts_many_records_in_one_transaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(sample(i), Durability::BeforeReply).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("append");
+    }
+    let stats = log.stats();
+    log.shutdown().await.expect("shutdown");
+    assert_eq!(stats.records, 1000);
+    eprintln!(
+        "1,000 concurrent appends: {} transactions",
+        stats.transactions
+    );
+    // One fsync per record would be 1,000 transactions.
+    assert!(
+        stats.transactions <= 100,
+        "1,000 concurrent appends took {} transactions",
+        stats.transactions
+    );
+    assert!(verify_store(&store).await.is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_reply_resolves_only_after_commit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            // Long enough that a batched-style wait would be noticed.
+            batch_delay: Duration::from_secs(30),
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    let dir = tmp.path().to_owned();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let log = log.clone();
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut other = second_connection(&dir).await;
+                for j in 0..5 {
+                    let detail = format!("t{i}-{j}");
+                    log.append(sample(0).detail(detail.clone()), Durability::BeforeReply)
+                        .await
+                        .expect("append");
+                    // Committed: visible to a connection that is not the writer's.
+                    assert_eq!(rows_with_detail(&mut other, &detail).await, 1, "{detail}");
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "did not wait for the delay"
+    );
+    log.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_records_are_committed_within_the_delay() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let mut other = second_connection(tmp.path()).await;
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let detail = format!("batched-{i}");
+        let started = Instant::now();
+        log.append(sample(0).detail(detail.clone()), Durability::Batched)
+            .await
+            .expect("append");
+        // Queued, not yet committed: the writer waits for companions first.
+        while rows_with_detail(&mut other, &detail).await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "batched record not committed after 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        worst = worst.max(started.elapsed());
+    }
+    log.shutdown().await.expect("shutdown");
+    // 50 ms delay + one fsync; the 100 ms of issue 4 with slack for a loaded CI machine.
+    assert!(worst < Duration::from_millis(400), "worst {worst:?}");
+    eprintln!("batched record visible after at most {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            queue: 1,
+            max_batch: 3,
+            batch_delay: Duration::from_millis(1),
+        },
+    )
+    .await
+    .expect("start");
+    let tasks: Vec<_> = (0..20u64)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for j in 0..25 {
+                    let durability = if j % 5 == 0 {
+                        Durability::BeforeReply
+                    } else {
+                        Durability::Batched
+                    };
+                    log.append(sample(t * 100 + j), durability)
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    log.shutdown().await.expect("shutdown");
+    let stats = log.stats();
+    assert_eq!(stats.records, 500);
+    assert!(
+        stats.transactions >= 500 / 3,
+        "max_batch respected: {stats:?}"
+    );
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 500);
+    assert!(verify(&mut conn).await.expect("verify").is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_and_later_appends_fail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            batch_delay: Duration::from_secs(60),
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    for i in 0..2000 {
+        log.append(sample(i), Durability::Batched)
+            .await
+            .expect("append");
+    }
+    let started = Instant::now();
+    log.shutdown().await.expect("shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "shutdown did not wait for the delay"
+    );
+    let err = log
+        .append(sample(0), Durability::Batched)
+        .await
+        .expect_err("closed");
+    assert!(matches!(err, Error::AuditClosed), "{err}");
+    log.shutdown().await.expect("second shutdown is harmless");
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 2000);
+    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert_eq!(log.stats().records, 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_record_is_committed_when_shutdown_races_appends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            queue: 16,
+            max_batch: 8,
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut accepted = 0u64;
+                for j in 0..10_000 {
+                    let durability = if j % 2 == 0 {
+                        Durability::Batched
+                    } else {
+                        Durability::BeforeReply
+                    };
+                    match log.append(sample(t * 100_000 + j), durability).await {
+                        Ok(()) => accepted += 1,
+                        Err(Error::AuditClosed) => break,
+                        Err(err) => panic!("unexpected {err}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.shutdown().await.expect("shutdown");
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await.expect("task");
+    }
+    let mut conn = store.acquire().await.expect("conn");
+    let stored = count(&mut conn).await.expect("count");
+    assert!(accepted > 0);
+    // Accepted (queued) records are committed, refused ones are not: no silent loss.
+    assert_eq!(stored, accepted);
+    assert_eq!(log.stats().lost, 0);
+    assert!(verify(&mut conn).await.expect("verify").is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_writer_fails_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    log.append(sample(0), Durability::BeforeReply)
+        .await
+        .expect("append");
+    let mut other = second_connection(tmp.path()).await;
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&mut other)
+        .await
+        .expect("break the table");
+    let err = log
+        .append(sample(1), Durability::BeforeReply)
+        .await
+        .expect_err("cannot commit");
+    assert!(matches!(err, Error::AuditWrite { .. }), "{err}");
+    assert!(log.stats().failed);
+    let err = log
+        .append(sample(2), Durability::BeforeReply)
+        .await
+        .expect_err("closed");
+    assert!(matches!(err, Error::AuditClosed), "{err}");
+    assert!(log.shutdown().await.is_err());
+}
+
+#[tokio::test]
+async fn query_filters_and_pages() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let pu = id("spiffe://acme.test/pu/client-1");
+    let mut records = Vec::new();
+    for i in 0..30u64 {
+        let mut r = sample(i);
+        if i % 3 == 0 {
+            r.actor = Some(pu.clone());
+            r.action = "resolve".into();
+            r.pe_id = None;
+        }
+        if i % 5 == 0 {
+            r.namespace = Some("lab".into());
+        }
+        if i % 7 == 0 {
+            r.outcome = Outcome::Cause(0x9);
+            r.pool = Some(b"secret".to_vec());
+        }
+        records.push(r);
+    }
+    let mut tx = store.begin().await.expect("begin");
+    append_in(&mut tx, &records).await.expect("append");
+    tx.commit().await.expect("commit");
+    let mut conn = store.acquire().await.expect("conn");
+
+    let ids = async |conn: &mut SqliteConnection, filter: AuditFilter| -> Vec<u64> {
+        let page = query(conn, &filter).await.expect("query");
+        page.events.into_iter().map(|e| e.id).collect()
+    };
+    let expect = |pred: &dyn Fn(u64) -> bool| -> Vec<u64> {
+        (0..30u64)
+            .filter(|&i| pred(i))
+            .map(|i| i + 1)
+            .rev()
+            .collect()
+    };
+    let all = ids(&mut conn, AuditFilter::default()).await;
+    assert_eq!(all, expect(&|_| true), "newest first by default");
+    let by_actor = AuditFilter {
+        actor: Some(pu.clone()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, by_actor).await, expect(&|i| i % 3 == 0));
+    let by_action = AuditFilter {
+        action: Some("register".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, by_action).await, expect(&|i| i % 3 != 0));
+    let by_namespace = AuditFilter {
+        namespace: Some("lab".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, by_namespace).await, expect(&|i| i % 5 == 0));
+    let by_outcome = AuditFilter {
+        outcome: Some(Outcome::Cause(0x9)),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, by_outcome).await, expect(&|i| i % 7 == 0));
+    let by_pool = AuditFilter {
+        pool: Some(b"secret".to_vec()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, by_pool).await, expect(&|i| i % 7 == 0));
+    let by_time = AuditFilter {
+        since_ms: Some(1_700_000_000_010),
+        until_ms: Some(1_700_000_000_020),
+        ..AuditFilter::default()
+    };
+    assert_eq!(
+        ids(&mut conn, by_time).await,
+        expect(&|i| (10..20).contains(&i))
+    );
+    let combined = AuditFilter {
+        actor: Some(pu),
+        namespace: Some("lab".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(&mut conn, combined).await, expect(&|i| i % 15 == 0));
+
+    for order in [Order::NewestFirst, Order::OldestFirst] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = query(
+                &mut conn,
+                &AuditFilter {
+                    action: Some("register".into()),
+                    order,
+                    cursor,
+                    limit: 4,
+                    ..AuditFilter::default()
+                },
+            )
+            .await
+            .expect("page");
+            assert!(page.events.len() <= 4);
+            seen.extend(page.events.iter().map(|e| e.id));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected = expect(&|i| i % 3 != 0);
+        if order == Order::OldestFirst {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+
+    let too_big = AuditFilter {
+        limit: MAX_PAGE + 1,
+        ..AuditFilter::default()
+    };
+    assert!(matches!(
+        query(&mut conn, &too_big).await,
+        Err(Error::Invalid { what: "limit", .. })
+    ));
+}

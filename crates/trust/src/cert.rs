@@ -1,0 +1,248 @@
+//! Reading what a certificate says: serial, SPIFFE ID, validity; and [`Peer`], what a
+//! finished handshake proves.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::spiffe::{SpiffeId, TrustDomain, echo};
+use crate::{Error, Rejection};
+
+/// RFC 5280 §4.1.2.2: serials are at most 20 octets.
+const MAX_SERIAL_LEN: usize = 20;
+
+/// A certificate serial number, normalised: big-endian magnitude without leading zero
+/// bytes (DER adds a 0x00 before a high bit; CRLs and certificates then compare equal).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Serial(Vec<u8>);
+
+impl Serial {
+    /// From the bytes of a DER INTEGER (or any big-endian magnitude).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        let trimmed = &bytes[start..];
+        if trimmed.is_empty() {
+            return Self(vec![0]);
+        }
+        Self(trimmed.to_vec())
+    }
+
+    /// The normalised big-endian bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Lowercase hexadecimal, no separators (the form `rsp-pki` prints and accepts).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serial({})", self.to_hex())
+    }
+}
+
+impl FromStr for Serial {
+    type Err = Error;
+    /// Hexadecimal, optionally with `:` separators and a `0x` prefix.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let invalid = |reason| Error::InvalidSerial {
+            input: echo(s),
+            reason,
+        };
+        let hex: String = s
+            .trim_start_matches("0x")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        if hex.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid("not hexadecimal"));
+        }
+        if hex.len() > 2 * (MAX_SERIAL_LEN + 1) {
+            return Err(invalid("longer than 20 octets"));
+        }
+        let padded = if hex.len() % 2 == 1 {
+            format!("0{hex}")
+        } else {
+            hex
+        };
+        let bytes = (0..padded.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&padded[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| invalid("not hexadecimal"))?;
+        Ok(Self::from_bytes(&bytes))
+    }
+}
+
+/// The facts the verifier and [`Peer`] read from a leaf certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct LeafFacts {
+    pub(crate) uris: Vec<String>,
+    pub(crate) serial: Serial,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+}
+
+pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, Rejection> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| Rejection::Malformed {
+        reason: "not a DER X.509 certificate",
+    })?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| Rejection::Malformed {
+            reason: "malformed or duplicated subjectAltName extension",
+        })?;
+    let uris = san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(LeafFacts {
+        uris,
+        serial: Serial::from_bytes(cert.raw_serial()),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// The SPIFFE ID a leaf names: its single URI SAN, which must be a valid SPIFFE ID.
+pub(crate) fn spiffe_id_of(facts: &LeafFacts) -> Result<SpiffeId, Rejection> {
+    match facts.uris.as_slice() {
+        [] => Err(Rejection::NoUriSan),
+        [uri] => {
+            if !uri.starts_with("spiffe://") {
+                return Err(Rejection::NotSpiffe { uri: echo(uri) });
+            }
+            let id = SpiffeId::parse(uri).map_err(|e| match e {
+                Error::InvalidSpiffeId { reason, .. } => Rejection::InvalidSpiffeId {
+                    uri: echo(uri),
+                    reason,
+                },
+                _ => Rejection::InvalidSpiffeId {
+                    uri: echo(uri),
+                    reason: "invalid",
+                },
+            })?;
+            // The bare `spiffe://DOMAIN` names the trust domain (its CA), never a workload.
+            if id.path().is_empty() {
+                return Err(Rejection::InvalidSpiffeId {
+                    uri: echo(uri),
+                    reason: "a leaf's SPIFFE ID must have a path",
+                });
+            }
+            Ok(id)
+        }
+        many => Err(Rejection::MultipleUriSans { count: many.len() }),
+    }
+}
+
+fn to_system_time(secs: i64) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
+        // Before 1970: only reachable with odd certificates; the epoch is a safe floor.
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// What a finished, verified handshake proves about the other side.
+///
+/// Built once per connection with [`Peer::from_tls`] after the handshake; the verifier
+/// has already checked the chain, the single SPIFFE URI SAN, the trust domain and the
+/// deny-list, so this only reads.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Peer {
+    id: SpiffeId,
+    serial: Serial,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl Peer {
+    /// Reads the peer of a finished rustls session (server or client side).
+    pub fn from_tls(conn: &rustls::CommonState) -> Result<Self, Error> {
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or(Error::NoPeerCertificate)?;
+        Self::from_certificate(leaf)
+    }
+
+    /// Reads the identity of a leaf certificate. This does NOT verify it: use it on
+    /// certificates that a verifier of this crate accepted.
+    pub fn from_certificate(der: &CertificateDer<'_>) -> Result<Self, Error> {
+        let facts = leaf_facts(der)?;
+        let id = spiffe_id_of(&facts)?;
+        Ok(Self {
+            id,
+            serial: facts.serial,
+            not_before: to_system_time(facts.not_before),
+            not_after: to_system_time(facts.not_after),
+        })
+    }
+
+    /// The SPIFFE ID.
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The trust domain whose root verified the chain (always the SPIFFE ID's).
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.id.trust_domain()
+    }
+
+    /// The leaf certificate's serial.
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+
+    /// Start of the leaf's validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of the leaf's validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_normalisation_and_hex() {
+        assert_eq!(Serial::from_bytes(&[0, 0x80, 1]).as_bytes(), &[0x80, 1]);
+        assert_eq!(Serial::from_bytes(&[0, 0]).as_bytes(), &[0]);
+        let s: Serial = "00:80:01".parse().expect("valid");
+        assert_eq!(s, Serial::from_bytes(&[0x80, 1]));
+        assert_eq!(s.to_hex(), "8001");
+        assert_eq!("0x801".parse::<Serial>().expect("valid").to_hex(), "0801");
+        assert!("xyz".parse::<Serial>().is_err());
+        assert!("".parse::<Serial>().is_err());
+        assert!("ab".repeat(22).parse::<Serial>().is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! Errors of the trust crate.
+
+use crate::spiffe::TrustDomain;
+
+/// Errors of the trust crate: bad names and patterns, unreadable certificates, keys and
+/// CRLs, and refused changes to the trust store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A string is not a valid SPIFFE ID.
+    #[error("invalid SPIFFE ID {input:?}: {reason}")]
+    InvalidSpiffeId {
+        /// The input, shortened if long.
+        input: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A string is not a valid trust domain name.
+    #[error("invalid trust domain {input:?}: {reason}")]
+    InvalidTrustDomain {
+        /// The input, shortened if long.
+        input: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// An identity, namespace or pool pattern is malformed.
+    #[error("invalid pattern {input:?}: {reason}")]
+    InvalidPattern {
+        /// The input, shortened if long.
+        input: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// An action name is not one of `register`, `resolve`, `report`, `peer`,
+    /// `admin:read`, `admin:write`.
+    #[error("unknown action {input:?}")]
+    InvalidAction {
+        /// The input, shortened if long.
+        input: String,
+    },
+    /// A serial number is not hexadecimal or is too long.
+    #[error("invalid serial number {input:?}: {reason}")]
+    InvalidSerial {
+        /// The input, shortened if long.
+        input: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// PEM input could not be read.
+    #[error("cannot read {what} from PEM: {source}")]
+    Pem {
+        /// What was being read (`certificate`, `private key`, `CRL`).
+        what: &'static str,
+        /// The PEM decoder's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// PEM input holds none of the expected objects.
+    #[error("no {what} found in PEM input")]
+    Empty {
+        /// What was expected.
+        what: &'static str,
+    },
+    /// A certificate is malformed or unusable for the stated purpose.
+    #[error("bad certificate: {reason}")]
+    BadCertificate {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A certificate was refused by the SPIFFE rules (see [`Rejection`](crate::Rejection)).
+    #[error(transparent)]
+    Rejected(#[from] crate::Rejection),
+    /// A CRL could not be parsed.
+    #[error("bad CRL: {0}")]
+    BadCrl(webpki::Error),
+    /// A root certificate cannot serve as a trust anchor.
+    #[error("bad root certificate for trust domain {domain}: {source}")]
+    BadRoot {
+        /// The trust domain whose bundle holds it.
+        domain: TrustDomain,
+        /// webpki's reason.
+        #[source]
+        source: webpki::Error,
+    },
+    /// A trust domain bundle has no root certificate.
+    #[error("trust domain {0} has no root certificate")]
+    NoRoots(TrustDomain),
+    /// The trust domain is already in the store.
+    #[error("trust domain {0} is already trusted")]
+    DuplicateTrustDomain(TrustDomain),
+    /// The trust domain is not in the store.
+    #[error("trust domain {0} is not trusted")]
+    UnknownTrustDomain(TrustDomain),
+    /// The finished TLS session shows no peer certificate (the verifier should have made
+    /// this impossible; seen when a `Peer` is asked of an unauthenticated session).
+    #[error("the TLS session has no peer certificate")]
+    NoPeerCertificate,
+    /// The session negotiated another application protocol than the listener serves
+    /// (or none: the client offered no ALPN).
+    #[error("ALPN: expected {expected}, the session negotiated {}", negotiated.as_deref().unwrap_or("none"))]
+    AlpnMismatch {
+        /// The protocol the listener serves.
+        expected: &'static str,
+        /// What was negotiated, if anything (lossy UTF-8).
+        negotiated: Option<String>,
+    },
+    /// rustls refused the configuration, key or certificate.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}

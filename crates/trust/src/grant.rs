@@ -1,0 +1,320 @@
+//! Grants: who may do what, in which namespace, on which pools. Default deny.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::Error;
+use crate::pattern::{IdentityPattern, PoolPattern};
+use crate::spiffe::{SpiffeId, echo};
+
+/// What an identity asks to do. Each action is granted on its own: no action implies
+/// another (`admin:write` does not imply `admin:read`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Action {
+    /// Register (and re-register, deregister) a pool element (ASAP).
+    Register,
+    /// Resolve a pool handle to pool elements (ASAP handle resolution).
+    Resolve,
+    /// Report a pool element unreachable (ASAP Endpoint Unreachable).
+    Report,
+    /// Peer as a registrar (ENRP).
+    Peer,
+    /// Read through the admin API.
+    AdminRead,
+    /// Change state through the admin API.
+    AdminWrite,
+}
+
+impl Action {
+    /// Every action, in a fixed order.
+    pub const ALL: [Self; 6] = [
+        Self::Register,
+        Self::Resolve,
+        Self::Report,
+        Self::Peer,
+        Self::AdminRead,
+        Self::AdminWrite,
+    ];
+
+    /// The name used in configuration and the admin API, e.g. `admin:read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Resolve => "resolve",
+            Self::Report => "report",
+            Self::Peer => "peer",
+            Self::AdminRead => "admin:read",
+            Self::AdminWrite => "admin:write",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| Error::InvalidAction { input: echo(s) })
+    }
+}
+
+/// A set of [`Action`]s.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Actions(u8);
+
+impl Actions {
+    /// No action.
+    pub const NONE: Self = Self(0);
+
+    /// Whether `action` is in the set.
+    pub fn contains(self, action: Action) -> bool {
+        self.0 & action.bit() != 0
+    }
+
+    /// The set with `action` added.
+    #[must_use]
+    pub fn with(self, action: Action) -> Self {
+        Self(self.0 | action.bit())
+    }
+
+    /// The actions in the set, in [`Action::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Action> {
+        Action::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Action> for Actions {
+    fn from_iter<I: IntoIterator<Item = Action>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::NONE, Self::with)
+    }
+}
+
+impl fmt::Debug for Actions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// Which namespaces a grant covers.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum NamespacePattern {
+    /// Every namespace (written `*`).
+    Any,
+    /// Exactly the named namespace.
+    Exact(String),
+}
+
+impl NamespacePattern {
+    /// Whether `namespace` is covered.
+    pub fn matches(&self, namespace: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(name) => name == namespace,
+        }
+    }
+}
+
+impl FromStr for NamespacePattern {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s == "*" {
+            return Ok(Self::Any);
+        }
+        if s.is_empty() || s.contains('*') {
+            return Err(Error::InvalidPattern {
+                input: echo(s),
+                reason: "a namespace pattern is `*` or an exact, non-empty name",
+            });
+        }
+        Ok(Self::Exact(s.to_owned()))
+    }
+}
+
+impl fmt::Display for NamespacePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Exact(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One grant: identities matching `identity` may perform `actions` in the namespaces of
+/// `namespace` on the pools matching `pools`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Grant {
+    /// Who.
+    pub identity: IdentityPattern,
+    /// Where.
+    pub namespace: NamespacePattern,
+    /// On which pools. An action that names no pool (ENRP peering, most admin calls) is
+    /// covered only by a grant whose pool pattern matches every pool (`*`).
+    pub pools: PoolPattern,
+    /// What.
+    pub actions: Actions,
+}
+
+impl Grant {
+    /// Whether this grant allows the request.
+    pub fn allows(
+        &self,
+        peer: &SpiffeId,
+        namespace: &str,
+        pool: Option<&[u8]>,
+        action: Action,
+    ) -> bool {
+        self.actions.contains(action)
+            && self.identity.matches(peer)
+            && self.namespace.matches(namespace)
+            && match pool {
+                Some(pool) => self.pools.matches(pool),
+                None => self.pools.is_any(),
+            }
+    }
+}
+
+/// The decision: `true` only if some grant allows the request (default deny).
+pub fn allowed(
+    grants: &[Grant],
+    peer: &SpiffeId,
+    namespace: &str,
+    pool: Option<&[u8]>,
+    action: Action,
+) -> bool {
+    grants
+        .iter()
+        .any(|g| g.allows(peer, namespace, pool, action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(identity: &str, namespace: &str, pools: &str, actions: &[Action]) -> Grant {
+        Grant {
+            identity: identity.parse().expect("valid pattern"),
+            namespace: namespace.parse().expect("valid namespace"),
+            pools: pools.parse().expect("valid pool pattern"),
+            actions: actions.iter().copied().collect(),
+        }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().expect("valid id")
+    }
+
+    #[test]
+    fn default_deny() {
+        for action in Action::ALL {
+            assert!(!allowed(
+                &[],
+                &id("spiffe://acme.test/admin/ops"),
+                "default",
+                None,
+                action
+            ));
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let grants = vec![
+            grant(
+                "spiffe://acme.test/pe/*",
+                "default",
+                "*",
+                &[Action::Register],
+            ),
+            grant(
+                "spiffe://acme.test/pu/*",
+                "default",
+                "echo*",
+                &[Action::Resolve, Action::Report],
+            ),
+            grant("spiffe://acme.test/registrar/*", "*", "*", &[Action::Peer]),
+            grant(
+                "spiffe://acme.test/admin/ops",
+                "*",
+                "*",
+                &[Action::AdminRead],
+            ),
+        ];
+        let pe = id("spiffe://acme.test/pe/echo-1");
+        let pu = id("spiffe://acme.test/pu/client-1");
+        let reg = id("spiffe://acme.test/registrar/enrp-1");
+        let ops = id("spiffe://acme.test/admin/ops");
+        let foreign_pe = id("spiffe://other.test/pe/echo-1");
+        type Case<'a> = (&'a SpiffeId, &'a str, Option<&'a [u8]>, Action, bool);
+        let table: &[Case<'_>] = &[
+            (&pe, "default", Some(b"echo"), Action::Register, true),
+            (&pe, "default", Some(b"echo"), Action::Resolve, false),
+            (&pe, "prod", Some(b"echo"), Action::Register, false),
+            (
+                &foreign_pe,
+                "default",
+                Some(b"echo"),
+                Action::Register,
+                false,
+            ),
+            (&pu, "default", Some(b"echo"), Action::Resolve, true),
+            (&pu, "default", Some(b"echo-eu"), Action::Report, true),
+            (&pu, "default", Some(b"web"), Action::Resolve, false),
+            (&pu, "default", Some(b"echo"), Action::Register, false),
+            // A pool-less request needs a grant over all pools.
+            (&pu, "default", None, Action::Resolve, false),
+            (&reg, "any-namespace", None, Action::Peer, true),
+            (&reg, "default", Some(b"echo"), Action::Register, false),
+            (&ops, "default", None, Action::AdminRead, true),
+            // admin:write is not implied by admin:read.
+            (&ops, "default", None, Action::AdminWrite, false),
+        ];
+        for (peer, ns, pool, action, expected) in table {
+            assert_eq!(
+                allowed(&grants, peer, ns, *pool, *action),
+                *expected,
+                "{peer} {ns} {pool:?} {action}"
+            );
+        }
+    }
+
+    #[test]
+    fn action_names_round_trip() {
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>().expect("known"), a);
+        }
+        assert!("admin".parse::<Action>().is_err());
+        assert!("Register".parse::<Action>().is_err());
+        let set: Actions = [Action::Peer, Action::Register].into_iter().collect();
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            [Action::Register, Action::Peer]
+        );
+        assert!(!set.contains(Action::Resolve));
+    }
+
+    #[test]
+    fn namespace_patterns() {
+        assert!("*".parse::<NamespacePattern>().expect("valid").matches("x"));
+        assert!("a".parse::<NamespacePattern>().expect("valid").matches("a"));
+        assert!(!"a".parse::<NamespacePattern>().expect("valid").matches("b"));
+        assert!("a*".parse::<NamespacePattern>().is_err());
+        assert!("".parse::<NamespacePattern>().is_err());
+    }
+}

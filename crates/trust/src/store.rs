@@ -1,0 +1,557 @@
+//! The trust store: trust domains, CRLs and the deny-list, and the rustls configurations
+//! built from them, swapped in on every change.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::NoServerSessionStorage;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, DistinguishedName, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use webpki::{CertRevocationList, OwnedCertRevocationList};
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::cert::{Peer, Serial};
+use crate::pattern::IdentityPattern;
+use crate::registry::{ConnectionRegistry, LiveConnection};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::verify::{
+    DomainAnchors, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
+};
+use crate::{ALPN_ASAP, ALPN_ENRP, Error};
+
+/// The two protocols, each with its own ALPN identifier and listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// ASAP (PE/PU ↔ registrar), ALPN `rserpool-asap/1`.
+    Asap,
+    /// ENRP (registrar ↔ registrar), ALPN `rserpool-enrp/1`.
+    Enrp,
+}
+
+impl Protocol {
+    /// The ALPN protocol identifier.
+    pub fn alpn(self) -> &'static [u8] {
+        match self {
+            Self::Asap => ALPN_ASAP,
+            Self::Enrp => ALPN_ENRP,
+        }
+    }
+
+    /// Checks that a finished session negotiated this protocol's ALPN. rustls lets a
+    /// client that offers no ALPN through; a listener that serves one protocol calls this
+    /// so that no session of the other protocol (or of none) gets in.
+    pub fn check_alpn(self, conn: &rustls::CommonState) -> Result<(), Error> {
+        let expected = self.alpn();
+        match conn.alpn_protocol() {
+            Some(got) if got == expected => Ok(()),
+            got => Err(Error::AlpnMismatch {
+                expected: match self {
+                    Self::Asap => "rserpool-asap/1",
+                    Self::Enrp => "rserpool-enrp/1",
+                },
+                negotiated: got.map(|g| String::from_utf8_lossy(g).into_owned()),
+            }),
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Asap => 0,
+            Self::Enrp => 1,
+        }
+    }
+}
+
+/// The crypto provider of every configuration: ring, never a process-wide default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate from PEM text.
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem {
+            what: "certificate",
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Empty {
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads every CRL from PEM text (none is fine: an empty file means no CRL).
+pub fn crls_from_pem(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem {
+            what: "CRL",
+            source,
+        })
+}
+
+/// The certificate chain and private key this side presents.
+#[derive(Clone, Debug)]
+pub struct LocalIdentity {
+    key: Arc<CertifiedKey>,
+    peer: Peer,
+}
+
+impl LocalIdentity {
+    /// From a chain (leaf first) and its private key, in DER.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, Error> {
+        let leaf = chain.first().ok_or(Error::Empty {
+            what: "certificate",
+        })?;
+        let peer = Peer::from_certificate(leaf)?;
+        let key = CertifiedKey::from_der(chain, key, &provider())?;
+        Ok(Self {
+            key: Arc::new(key),
+            peer,
+        })
+    }
+
+    /// From PEM text: the chain (leaf first) and a PKCS#8, SEC1 or PKCS#1 private key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let chain = certs_from_pem(chain_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| Error::Pem {
+            what: "private key",
+            source,
+        })?;
+        Self::from_der(chain, key)
+    }
+
+    /// This side's SPIFFE ID.
+    pub fn id(&self) -> &SpiffeId {
+        self.peer.id()
+    }
+
+    /// The identity as a peer sees it (ID, serial, validity).
+    pub fn as_peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+/// One trust domain: its root certificates and CRLs.
+#[derive(Clone, Debug)]
+pub struct DomainBundle {
+    domain: TrustDomain,
+    roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl DomainBundle {
+    /// A bundle of root certificates (DER), no CRL.
+    pub fn new(domain: TrustDomain, roots: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            domain,
+            roots,
+            crls: Vec::new(),
+        }
+    }
+
+    /// A bundle from PEM text with one or more root certificates.
+    pub fn from_pem(domain: TrustDomain, roots_pem: &[u8]) -> Result<Self, Error> {
+        Ok(Self::new(domain, certs_from_pem(roots_pem)?))
+    }
+
+    /// Replaces the CRLs. With any CRL configured, revocation is checked for the whole
+    /// chain and an unknown status or an expired CRL refuses the handshake: the domain
+    /// must publish a CRL from its root covering intermediates as well as one from each
+    /// issuing CA (`rsp-pki crl` writes both).
+    #[must_use]
+    pub fn with_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.crls = crls;
+        self
+    }
+
+    /// The trust domain.
+    pub fn domain(&self) -> &TrustDomain {
+        &self.domain
+    }
+
+    /// The root certificates.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The CRLs.
+    pub fn crls(&self) -> &[CertificateRevocationListDer<'static>] {
+        &self.crls
+    }
+
+    /// Checks that the store would accept this bundle: roots usable as trust anchors,
+    /// CRLs parseable.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.anchors().map(|_| ())
+    }
+
+    fn anchors(&self) -> Result<(DomainAnchors, Vec<DistinguishedName>), Error> {
+        if self.roots.is_empty() {
+            return Err(Error::NoRoots(self.domain.clone()));
+        }
+        let mut roots = Vec::with_capacity(self.roots.len());
+        let mut hints = Vec::with_capacity(self.roots.len());
+        for der in &self.roots {
+            let anchor = webpki::anchor_from_trusted_cert(der)
+                .map_err(|source| Error::BadRoot {
+                    domain: self.domain.clone(),
+                    source,
+                })?
+                .to_owned();
+            hints.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
+            roots.push(anchor);
+        }
+        let crls = self
+            .crls
+            .iter()
+            .map(|der| {
+                OwnedCertRevocationList::from_der(der)
+                    .map(CertRevocationList::from)
+                    .map_err(Error::BadCrl)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((DomainAnchors { roots, crls }, hints))
+    }
+}
+
+/// The serials a CRL lists, read so that live connections they name can be closed.
+fn crl_serials(der: &[u8]) -> Result<Vec<Serial>, Error> {
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|_| Error::BadCrl(webpki::Error::BadDer))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|revoked| Serial::from_bytes(revoked.raw_serial()))
+        .collect())
+}
+
+#[derive(Clone, Default)]
+struct State {
+    domains: BTreeMap<TrustDomain, DomainBundle>,
+    denied_serials: HashSet<(TrustDomain, Serial)>,
+    denied_ids: HashSet<SpiffeId>,
+}
+
+struct Configs {
+    snapshot: Arc<Snapshot>,
+    server: [Arc<ServerConfig>; 2],
+    client: [Arc<ClientConfig>; 2],
+}
+
+/// Trust domains (roots and CRLs) and the deny-list, with the rustls configurations built
+/// from them.
+///
+/// Every change builds new configurations and swaps them in: a server reads
+/// [`server_config`](Self::server_config) for each accepted connection, so new handshakes
+/// see the change at once, without a restart; the live connections it revokes are told to
+/// close through [`connections`](Self::connections).
+///
+/// The configurations are TLS 1.3 only, with the ring provider, client certificates
+/// required, and no session resumption (a resumed session would skip the certificate
+/// checks, and so the revocations).
+pub struct TrustStore {
+    identity: LocalIdentity,
+    state: Mutex<State>,
+    current: RwLock<Arc<Configs>>,
+    connections: Arc<ConnectionRegistry>,
+}
+
+impl std::fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("identity", self.identity.id())
+            .field("domains", &self.domains())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrustStore {
+    /// A store that presents `identity` and trusts no domain yet.
+    pub fn new(identity: LocalIdentity) -> Result<Self, Error> {
+        let state = State::default();
+        let configs = build(&identity, &state)?;
+        Ok(Self {
+            identity,
+            state: Mutex::new(state),
+            current: RwLock::new(Arc::new(configs)),
+            connections: ConnectionRegistry::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Changes are applied to a copy and committed only when the configurations are
+        // built, so a poisoned lock still guards a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Arc<Configs> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies `change` to a copy of the state, builds the configurations, then commits.
+    fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T, Error>) -> Result<T, Error> {
+        let mut state = self.lock();
+        let mut next = state.clone();
+        let out = change(&mut next)?;
+        let configs = build(&self.identity, &next)?;
+        *state = next;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(configs);
+        Ok(out)
+    }
+
+    /// The identity this store presents.
+    pub fn identity(&self) -> &LocalIdentity {
+        &self.identity
+    }
+
+    /// The live-connection registry that revocations close connections through.
+    pub fn connections(&self) -> &Arc<ConnectionRegistry> {
+        &self.connections
+    }
+
+    /// The trusted domains.
+    pub fn domains(&self) -> Vec<TrustDomain> {
+        self.lock().domains.keys().cloned().collect()
+    }
+
+    /// Whether `domain` is trusted.
+    pub fn is_trusted(&self, domain: &TrustDomain) -> bool {
+        self.lock().domains.contains_key(domain)
+    }
+
+    /// Trusts a new domain (local or federated). Refused if it is already trusted.
+    pub fn add_domain(&self, bundle: DomainBundle) -> Result<(), Error> {
+        self.update(|state| {
+            if state.domains.contains_key(bundle.domain()) {
+                return Err(Error::DuplicateTrustDomain(bundle.domain().clone()));
+            }
+            state.domains.insert(bundle.domain().clone(), bundle);
+            Ok(())
+        })
+    }
+
+    /// Replaces a trusted domain's bundle (roots rotated); returns how many live
+    /// connections of serials its new CRLs revoke were told to close.
+    pub fn replace_domain(&self, bundle: DomainBundle) -> Result<usize, Error> {
+        let domain = bundle.domain().clone();
+        let serials = bundle
+            .crls()
+            .iter()
+            .map(|crl| crl_serials(crl))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update(|state| {
+            if !state.domains.contains_key(&domain) {
+                return Err(Error::UnknownTrustDomain(domain.clone()));
+            }
+            state.domains.insert(domain.clone(), bundle);
+            Ok(())
+        })?;
+        Ok(serials
+            .iter()
+            .flatten()
+            .map(|serial| self.connections.close_serial(&domain, serial))
+            .sum())
+    }
+
+    /// Stops trusting a domain (revokes it entirely); its live connections are told to
+    /// close. Returns how many.
+    pub fn remove_domain(&self, domain: &TrustDomain) -> Result<usize, Error> {
+        self.update(|state| {
+            state
+                .domains
+                .remove(domain)
+                .map(|_| ())
+                .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))
+        })?;
+        Ok(self.connections.close_domain(domain))
+    }
+
+    /// Replaces the CRLs of a trusted domain; live connections whose leaf serial a CRL
+    /// lists are told to close. Returns how many.
+    pub fn set_crls(
+        &self,
+        domain: &TrustDomain,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<usize, Error> {
+        let serials = crls
+            .iter()
+            .map(|crl| crl_serials(crl))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update(|state| {
+            let bundle = state
+                .domains
+                .get_mut(domain)
+                .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))?;
+            bundle.crls = crls;
+            Ok(())
+        })?;
+        Ok(serials
+            .iter()
+            .flatten()
+            .map(|serial| self.connections.close_serial(domain, serial))
+            .sum())
+    }
+
+    /// Denies a certificate serial of a domain (the domain need not be trusted yet);
+    /// matching live connections are told to close. Returns how many.
+    pub fn deny_serial(&self, domain: &TrustDomain, serial: Serial) -> Result<usize, Error> {
+        self.update(|state| {
+            state
+                .denied_serials
+                .insert((domain.clone(), serial.clone()));
+            Ok(())
+        })?;
+        Ok(self.connections.close_serial(domain, &serial))
+    }
+
+    /// Denies a SPIFFE ID; its live connections are told to close. Returns how many.
+    pub fn deny_identity(&self, id: SpiffeId) -> Result<usize, Error> {
+        self.update(|state| {
+            state.denied_ids.insert(id.clone());
+            Ok(())
+        })?;
+        Ok(self.connections.close_identity(&id))
+    }
+
+    /// Lifts a serial denial; returns whether it was denied.
+    pub fn allow_serial(&self, domain: &TrustDomain, serial: &Serial) -> Result<bool, Error> {
+        self.update(|state| {
+            Ok(state
+                .denied_serials
+                .remove(&(domain.clone(), serial.clone())))
+        })
+    }
+
+    /// Lifts an identity denial; returns whether it was denied.
+    pub fn allow_identity(&self, id: &SpiffeId) -> Result<bool, Error> {
+        self.update(|state| Ok(state.denied_ids.remove(id)))
+    }
+
+    /// Registers a connection whose handshake proved `peer`, so that revocations close
+    /// it; refuses it if a revocation landed between its handshake and now.
+    ///
+    /// Use this rather than `connections().register(..)`: a revocation swaps the
+    /// configurations and then closes matching connections, and this registers and then
+    /// checks the current configuration, so a connection is either refused here or closed
+    /// by the revocation; none slips between the two.
+    pub fn register_connection(&self, peer: &Peer) -> Result<LiveConnection, Rejection> {
+        let live = self.connections.register(peer);
+        self.current().snapshot.still_trusted(peer)?;
+        Ok(live)
+    }
+
+    /// The server configuration for new connections of `protocol` (read it per accept).
+    pub fn server_config(&self, protocol: Protocol) -> Arc<ServerConfig> {
+        self.current().server[protocol.index()].clone()
+    }
+
+    /// The client configuration for new connections of `protocol`; any server identity
+    /// of a trusted domain is accepted (check [`Peer`] afterwards, or use
+    /// [`client_config_expecting`](Self::client_config_expecting)). As SPIFFE intends,
+    /// servers are authenticated by their SPIFFE ID: the TLS server name is not checked
+    /// against DNS SANs.
+    pub fn client_config(&self, protocol: Protocol) -> Arc<ClientConfig> {
+        self.current().client[protocol.index()].clone()
+    }
+
+    /// A client configuration that also requires the server's SPIFFE ID to match
+    /// `expected` (built on each call: use it for one connection or cache it briefly).
+    pub fn client_config_expecting(
+        &self,
+        protocol: Protocol,
+        expected: IdentityPattern,
+    ) -> Result<Arc<ClientConfig>, Error> {
+        let snapshot = self.current().snapshot.clone();
+        Ok(Arc::new(client_config(
+            &self.identity,
+            snapshot,
+            Some(expected),
+            protocol,
+        )?))
+    }
+}
+
+fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
+    let provider = provider();
+    let mut domains = BTreeMap::new();
+    let mut hints = Vec::new();
+    for (name, bundle) in &state.domains {
+        let (anchors, domain_hints) = bundle.anchors()?;
+        hints.extend(domain_hints);
+        domains.insert(name.clone(), anchors);
+    }
+    let mut crl_revoked = HashSet::new();
+    for (name, bundle) in &state.domains {
+        for crl in bundle.crls() {
+            for serial in crl_serials(crl)? {
+                crl_revoked.insert((name.clone(), serial));
+            }
+        }
+    }
+    let snapshot = Arc::new(Snapshot {
+        domains,
+        crl_revoked,
+        denied_serials: state.denied_serials.clone(),
+        denied_ids: state.denied_ids.clone(),
+        hints,
+        algs: provider.signature_verification_algorithms,
+    });
+    let server = |protocol| server_config(identity, snapshot.clone(), protocol);
+    let client = |protocol| client_config(identity, snapshot.clone(), None, protocol);
+    Ok(Configs {
+        server: [
+            Arc::new(server(Protocol::Asap)?),
+            Arc::new(server(Protocol::Enrp)?),
+        ],
+        client: [
+            Arc::new(client(Protocol::Asap)?),
+            Arc::new(client(Protocol::Enrp)?),
+        ],
+        snapshot,
+    })
+}
+
+fn server_config(
+    identity: &LocalIdentity,
+    snapshot: Arc<Snapshot>,
+    protocol: Protocol,
+) -> Result<ServerConfig, Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { snapshot }))
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
+    config.alpn_protocols = vec![protocol.alpn().to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+fn client_config(
+    identity: &LocalIdentity,
+    snapshot: Arc<Snapshot>,
+    expected: Option<IdentityPattern>,
+    protocol: Protocol,
+) -> Result<ClientConfig, Error> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { snapshot, expected }))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
+    config.alpn_protocols = vec![protocol.alpn().to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(config)
+}

@@ -1,0 +1,451 @@
+//! The certificate verifiers: webpki chain verification against the claimed trust
+//! domain's roots and CRLs, plus the SPIFFE rules.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName,
+    ExtendedKeyPurpose, OtherError, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+
+use crate::cert::{Serial, leaf_facts, spiffe_id_of};
+use crate::pattern::IdentityPattern;
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+/// Why a certificate was refused by the SPIFFE rules of this crate (chain, validity and
+/// CRL failures are reported with rustls' own [`CertificateError`] variants instead).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The leaf cannot be parsed.
+    #[error("malformed certificate: {reason}")]
+    Malformed {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The leaf has no URI SAN, so it names no SPIFFE ID.
+    #[error("certificate has no URI SAN (a SPIFFE ID is required)")]
+    NoUriSan,
+    /// The leaf has several URI SANs; SPIFFE allows exactly one.
+    #[error("certificate has {count} URI SANs (exactly one SPIFFE ID is allowed)")]
+    MultipleUriSans {
+        /// How many.
+        count: usize,
+    },
+    /// The URI SAN is not a `spiffe://` URI.
+    #[error("URI SAN {uri:?} is not a SPIFFE ID")]
+    NotSpiffe {
+        /// The URI, shortened if long.
+        uri: String,
+    },
+    /// The URI SAN is a `spiffe://` URI that breaks the SPIFFE ID rules.
+    #[error("URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    InvalidSpiffeId {
+        /// The URI, shortened if long.
+        uri: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The SPIFFE ID's trust domain is not trusted here.
+    #[error("trust domain {domain} of {id} is not trusted")]
+    UnknownTrustDomain {
+        /// The claimed trust domain.
+        domain: TrustDomain,
+        /// The claimed SPIFFE ID.
+        id: SpiffeId,
+    },
+    /// The chain verifies to the root of another trust domain than the one the SPIFFE ID
+    /// names: a CA of one domain issuing identities of another.
+    #[error(
+        "{id} claims trust domain {claimed} but its chain verifies to the root of {verified_by}"
+    )]
+    TrustDomainMismatch {
+        /// The SPIFFE ID presented.
+        id: SpiffeId,
+        /// Its trust domain.
+        claimed: TrustDomain,
+        /// The domain whose root actually signed the chain.
+        verified_by: TrustDomain,
+    },
+    /// The serial is on the deny-list.
+    #[error("certificate serial {serial} of trust domain {domain} is revoked (deny-list)")]
+    DeniedSerial {
+        /// The trust domain.
+        domain: TrustDomain,
+        /// The serial.
+        serial: Serial,
+    },
+    /// The serial is on one of the domain's CRLs (reported when a connection registers
+    /// after a CRL update; during a handshake the CRL check reports `Revoked`).
+    #[error("certificate serial {serial} of trust domain {domain} is revoked (CRL)")]
+    RevokedSerial {
+        /// The trust domain.
+        domain: TrustDomain,
+        /// The serial.
+        serial: Serial,
+    },
+    /// The SPIFFE ID is on the deny-list.
+    #[error("identity {id} is revoked (deny-list)")]
+    DeniedIdentity {
+        /// The SPIFFE ID.
+        id: SpiffeId,
+    },
+    /// The server's SPIFFE ID is valid but not the one the client expects.
+    #[error("server identity {id} does not match the expected {expected}")]
+    UnexpectedIdentity {
+        /// What the server presented.
+        id: SpiffeId,
+        /// What the client expected.
+        expected: String,
+    },
+}
+
+/// Debug shows the message: rustls prints `CertificateError::Other` with `{:?}`, and this
+/// makes the reason readable in every handshake error.
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<Rejection> for rustls::Error {
+    fn from(rejection: Rejection) -> Self {
+        Self::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(rejection))))
+    }
+}
+
+/// One trust domain's verification material.
+pub(crate) struct DomainAnchors {
+    pub(crate) roots: Vec<TrustAnchor<'static>>,
+    pub(crate) crls: Vec<CertRevocationList<'static>>,
+}
+
+/// An immutable view of the trust store that the verifiers of one configuration use.
+pub(crate) struct Snapshot {
+    pub(crate) domains: BTreeMap<TrustDomain, DomainAnchors>,
+    /// Leaf serials the domains' CRLs list, for re-checking registered connections.
+    pub(crate) crl_revoked: HashSet<(TrustDomain, Serial)>,
+    pub(crate) denied_serials: HashSet<(TrustDomain, Serial)>,
+    pub(crate) denied_ids: HashSet<SpiffeId>,
+    pub(crate) hints: Vec<DistinguishedName>,
+    pub(crate) algs: WebPkiSupportedAlgorithms,
+}
+
+impl Snapshot {
+    /// Whether a peer that passed an earlier configuration's verifier is still trusted
+    /// by this one (deny-list, trust domain, leaf serials on CRLs).
+    pub(crate) fn still_trusted(&self, peer: &crate::Peer) -> Result<(), Rejection> {
+        let id = peer.id();
+        if self.denied_ids.contains(id) {
+            return Err(Rejection::DeniedIdentity { id: id.clone() });
+        }
+        let domain = peer.trust_domain();
+        if !self.domains.contains_key(&domain) {
+            return Err(Rejection::UnknownTrustDomain {
+                domain,
+                id: id.clone(),
+            });
+        }
+        let key = (domain, peer.serial().clone());
+        if self.denied_serials.contains(&key) {
+            let (domain, serial) = key;
+            return Err(Rejection::DeniedSerial { domain, serial });
+        }
+        if self.crl_revoked.contains(&key) {
+            let (domain, serial) = key;
+            return Err(Rejection::RevokedSerial { domain, serial });
+        }
+        Ok(())
+    }
+
+    /// Verifies a leaf and chain for `usage` and returns the SPIFFE ID it proves.
+    pub(crate) fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<SpiffeId, rustls::Error> {
+        let usage = &usage;
+        let facts = leaf_facts(end_entity)?;
+        let id = spiffe_id_of(&facts)?;
+        if self.denied_ids.contains(&id) {
+            return Err(Rejection::DeniedIdentity { id }.into());
+        }
+        let domain = id.trust_domain();
+        let Some(anchors) = self.domains.get(&domain) else {
+            return Err(self.mismatch_or(
+                &id,
+                end_entity,
+                intermediates,
+                now,
+                usage,
+                Rejection::UnknownTrustDomain {
+                    domain,
+                    id: id.clone(),
+                }
+                .into(),
+            ));
+        };
+        let key = (domain, facts.serial);
+        if self.denied_serials.contains(&key) {
+            let (domain, serial) = key;
+            return Err(Rejection::DeniedSerial { domain, serial }.into());
+        }
+        let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        let crl_refs: Vec<&CertRevocationList<'_>> = anchors.crls.iter().collect();
+        // With CRLs: check the whole chain, treat an unknown status or an expired CRL as
+        // a failure (security first; rsp-pki publishes a root CRL covering intermediates).
+        let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+            b.with_depth(RevocationCheckDepth::Chain)
+                .with_status_policy(UnknownStatusPolicy::Deny)
+                .with_expiration_policy(ExpirationPolicy::Enforce)
+                .build()
+        });
+        match ee.verify_for_usage(
+            self.algs.all,
+            &anchors.roots,
+            intermediates,
+            now,
+            usage,
+            revocation,
+            None,
+        ) {
+            Ok(_) => Ok(id),
+            Err(webpki::Error::UnknownIssuer) => Err(self.mismatch_or(
+                &id,
+                end_entity,
+                intermediates,
+                now,
+                usage,
+                pki_error(webpki::Error::UnknownIssuer),
+            )),
+            Err(e) => Err(pki_error(e)),
+        }
+    }
+
+    /// When the chain does not verify to the claimed domain's roots, says whether it
+    /// verifies to another trusted domain's (a clearer reason than "unknown issuer").
+    fn mismatch_or(
+        &self,
+        id: &SpiffeId,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: &KeyUsage,
+        otherwise: rustls::Error,
+    ) -> rustls::Error {
+        let Ok(ee) = EndEntityCert::try_from(end_entity) else {
+            return otherwise;
+        };
+        for (other, anchors) in &self.domains {
+            if other.as_str() == id.trust_domain_str() {
+                continue;
+            }
+            if ee
+                .verify_for_usage(
+                    self.algs.all,
+                    &anchors.roots,
+                    intermediates,
+                    now,
+                    usage,
+                    None,
+                    None,
+                )
+                .is_ok()
+            {
+                return Rejection::TrustDomainMismatch {
+                    id: id.clone(),
+                    claimed: id.trust_domain(),
+                    verified_by: other.clone(),
+                }
+                .into();
+            }
+        }
+        otherwise
+    }
+}
+
+/// webpki's errors as rustls reports them (mirrors rustls' private mapping, so alerts
+/// and messages are the usual ones: expired, revoked, unknown issuer...).
+fn pki_error(error: webpki::Error) -> rustls::Error {
+    use webpki::Error as E;
+    match error {
+        E::BadDer | E::BadDerTime | E::TrailingData(_) => CertificateError::BadEncoding.into(),
+        E::CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }.into()
+        }
+        E::CertExpired { time, not_after } => {
+            CertificateError::ExpiredContext { time, not_after }.into()
+        }
+        E::InvalidCertValidity => CertificateError::Expired.into(),
+        E::UnknownIssuer => CertificateError::UnknownIssuer.into(),
+        E::CertRevoked => CertificateError::Revoked.into(),
+        E::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus.into(),
+        E::CrlExpired { time, next_update } => {
+            CertificateError::ExpiredRevocationListContext { time, next_update }.into()
+        }
+        E::IssuerNotCrlSigner => CertRevocationListError::IssuerInvalidForCrl.into(),
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature.into(),
+        E::InvalidCrlSignatureForPublicKey => CertRevocationListError::BadSignature.into(),
+        #[allow(deprecated)]
+        E::RequiredEkuNotFound => CertificateError::InvalidPurpose.into(),
+        E::RequiredEkuNotFoundContext(webpki::RequiredEkuNotFoundContext { required, present }) => {
+            CertificateError::InvalidPurposeContext {
+                required: purpose(required.oid_values()),
+                presented: present
+                    .into_iter()
+                    .map(|eku| purpose(eku.into_iter()))
+                    .collect(),
+            }
+            .into()
+        }
+        other => CertificateError::Other(OtherError(Arc::new(other))).into(),
+    }
+}
+
+/// An EKU OID (as arc values) as rustls names it.
+fn purpose(values: impl Iterator<Item = usize>) -> ExtendedKeyPurpose {
+    const CLIENT_AUTH: [usize; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 2];
+    const SERVER_AUTH: [usize; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 1];
+    let values: Vec<usize> = values.collect();
+    match values.as_slice() {
+        v if v == CLIENT_AUTH => ExtendedKeyPurpose::ClientAuth,
+        v if v == SERVER_AUTH => ExtendedKeyPurpose::ServerAuth,
+        _ => ExtendedKeyPurpose::Other(values),
+    }
+}
+
+/// The server side's verifier of client certificates (client certificates required).
+pub(crate) struct SpiffeClientVerifier {
+    pub(crate) snapshot: Arc<Snapshot>,
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("domains", &self.snapshot.domains.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.snapshot.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.snapshot
+            .verify(end_entity, intermediates, now, KeyUsage::client_auth())?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.snapshot.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.snapshot.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.snapshot.algs.supported_schemes()
+    }
+}
+
+/// The client side's verifier of server certificates. SPIFFE authenticates a server by
+/// its SPIFFE ID, not its DNS name: the TLS server name is ignored, and the ID may be
+/// required to match a pattern.
+pub(crate) struct SpiffeServerVerifier {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) expected: Option<IdentityPattern>,
+}
+
+impl fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeServerVerifier")
+            .field("domains", &self.snapshot.domains.keys().collect::<Vec<_>>())
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = self
+            .snapshot
+            .verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
+        if let Some(expected) = &self.expected
+            && !expected.matches(&id)
+        {
+            return Err(Rejection::UnexpectedIdentity {
+                id,
+                expected: expected.as_str().to_owned(),
+            }
+            .into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.snapshot.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.snapshot.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.snapshot.algs.supported_schemes()
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the trust crate over real TLS handshakes on loopback.
+
+mod harness;
+mod matrix;
+mod revocation;
+mod server_side;

@@ -1,0 +1,275 @@
+//! `enrpd` serving ASAP over mutual TLS (issue 4): registration, resolution,
+//! authorization, keep-alives, malformed input, the audit log.
+
+use std::net::Ipv4Addr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use asap::wire::AsapMsg;
+use asap::wire::Resolution;
+use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
+
+use crate::support::{Asap, Lab};
+
+fn registration(pool: &str, id: u32) -> AsapMsg {
+    AsapMsg::Registration {
+        namespace: None,
+        pool_handle: PoolHandle::new(pool).expect("pool handle"),
+        pool_element: PoolElement {
+            pe_id: PeId::new(id).expect("non-zero"),
+            home_server_id: 0,
+            registration_life: 300_000,
+            user_transport: Transport::Tcp {
+                port: NonZeroU16::new(7777).expect("non-zero"),
+                transport_use: TransportUse::DataOnly,
+                addr: Address::new(Ipv4Addr::LOCALHOST),
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        },
+    }
+}
+
+fn resolution(pool: &str) -> AsapMsg {
+    AsapMsg::HandleResolution {
+        namespace: None,
+        pool_handle: PoolHandle::new(pool).expect("pool handle"),
+        option: None,
+    }
+}
+
+fn accepted(m: Option<AsapMsg>) -> bool {
+    matches!(m, Some(AsapMsg::RegistrationResponse { reject: false, .. }))
+}
+
+fn rejected_with(m: Option<AsapMsg>) -> Option<u16> {
+    match m {
+        Some(AsapMsg::RegistrationResponse {
+            reject: true,
+            error: Some(e),
+            ..
+        }) => Some(e.causes()[0].code()),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// The PEs of a resolution (sorted IDs with registrants), or the error cause.
+fn resolved(m: Option<AsapMsg>) -> Result<Vec<(u32, String)>, u16> {
+    match m {
+        Some(AsapMsg::HandleResolutionResponse {
+            result: Resolution::Found { pool_elements, .. },
+            ..
+        }) => {
+            let mut v: Vec<(u32, String)> = pool_elements
+                .iter()
+                .map(|e| {
+                    (
+                        e.pool_element.pe_id.get(),
+                        e.registrant
+                            .as_ref()
+                            .map(|r| r.as_str().to_owned())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            v.sort();
+            Ok(v)
+        }
+        Some(AsapMsg::HandleResolutionResponse {
+            result: Resolution::Error(e),
+            ..
+        }) => Err(e.causes()[0].code()),
+        other => panic!("expected a resolution response, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pe_registers_pu_resolves_and_both_are_audited() {
+    let lab = Lab::new();
+    let init = lab.init_registrar();
+    assert!(init.contains("admin token"), "{init}");
+    let registrar = lab.start_registrar();
+    let pe_id = lab.identity("pe-echo-1");
+    let pu_id = lab.identity("pu-client-1");
+
+    let mut pe = Asap::connect(&pe_id, registrar.addr)
+        .await
+        .expect("PE handshake");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+
+    let mut pu = Asap::connect(&pu_id, registrar.addr)
+        .await
+        .expect("PU handshake");
+    pu.send(&resolution("echo")).await;
+    assert_eq!(
+        resolved(pu.recv_reply().await),
+        Ok(vec![(7, "spiffe://acme.test/pe/echo-1".to_owned())])
+    );
+
+    // The PE never answers keep-alives: gone within interval + timeout (200 + 200 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    pu.send(&resolution("echo")).await;
+    assert_eq!(resolved(pu.recv_reply().await), Err(0x9));
+
+    drop((pe, pu));
+    assert!(registrar.terminate().success(), "SIGTERM exits 0");
+    let verify = lab.verify_audit();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    assert!(text.contains("intact"), "{text}");
+
+    // The records, with identities (read back through the store).
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    let page = trust::audit::query(&mut conn, &Default::default())
+        .await
+        .expect("query");
+    let has = |action: &str, actor: Option<&str>, outcome: &str| {
+        page.events.iter().any(|e| {
+            e.record.action == action
+                && e.record.actor.as_ref().map(|a| a.as_str()) == actor
+                && e.record.outcome.to_text() == outcome
+        })
+    };
+    assert!(has("register", Some("spiffe://acme.test/pe/echo-1"), "ok"));
+    assert!(has("resolve", Some("spiffe://acme.test/pu/client-1"), "ok"));
+    assert!(has(
+        "resolve",
+        Some("spiffe://acme.test/pu/client-1"),
+        "cause:0x0009"
+    ));
+    assert!(has("remove:timeout", None, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_answered_and_audited() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let pe1 = lab.identity("pe-echo-1");
+    let pe2 = lab.identity("pe-echo-2");
+    let pu = lab.identity("pu-client-1");
+
+    // A PU identity has no register grant: 0xA.
+    let mut c = Asap::connect(&pu, registrar.addr).await.expect("handshake");
+    c.send(&registration("echo", 1)).await;
+    assert_eq!(rejected_with(c.recv_reply().await), Some(0xA));
+    // A PE identity has no resolve grant: the pool looks absent (0x9).
+    let mut a = Asap::connect(&pe1, registrar.addr)
+        .await
+        .expect("handshake");
+    a.send(&registration("echo", 5)).await;
+    assert!(accepted(a.recv_reply().await));
+    a.send(&resolution("echo")).await;
+    assert_eq!(resolved(a.recv_reply().await), Err(0x9));
+    // Another PE identity cannot take over PE 5: 0x4, and cannot deregister it: 0xA.
+    let mut b = Asap::connect(&pe2, registrar.addr)
+        .await
+        .expect("handshake");
+    b.send(&registration("echo", 5)).await;
+    assert_eq!(rejected_with(b.recv_reply().await), Some(0x4));
+    b.send(&AsapMsg::Deregistration {
+        namespace: None,
+        pool_handle: PoolHandle::new("echo").expect("pool handle"),
+        pe_id: PeId::new(5).expect("non-zero"),
+    })
+    .await;
+    match b.recv_reply().await {
+        Some(AsapMsg::DeregistrationResponse { error: Some(e), .. }) => {
+            assert_eq!(e.causes()[0].code(), 0xA);
+        }
+        other => panic!("expected a refused deregistration, got {other:?}"),
+    }
+    c.send(&resolution("echo")).await;
+    assert_eq!(
+        resolved(c.recv_reply().await),
+        Ok(vec![(5, "spiffe://acme.test/pe/echo-1".to_owned())]),
+        "the entry is unchanged"
+    );
+
+    // Malformed input: an unknown message type is answered with cause 0x2 and the
+    // connection stays; a framing fault closes that connection only.
+    c.send_raw(&[0x42, 0, 0, 8, 1, 2, 3, 4]).await;
+    match c.recv_reply().await {
+        Some(AsapMsg::Error(e)) => assert_eq!(e.causes()[0].code(), 0x2),
+        other => panic!("expected an ASAP error, got {other:?}"),
+    }
+    c.send_raw(&[0x05, 0, 0, 6, 0, 0]).await;
+    assert!(c.recv().await.is_none(), "closed after a framing fault");
+    let mut d = Asap::connect(&pu, registrar.addr)
+        .await
+        .expect("others still served");
+    d.send(&resolution("echo")).await;
+    assert!(resolved(d.recv_reply().await).is_ok());
+
+    // A certificate of an unknown trust domain does not get through the handshake.
+    let other = tempfile::tempdir().expect("temp dir");
+    let pki = |args: &[&str]| {
+        crate::support::run_ok(
+            std::process::Command::new(crate::support::bin("rsp-pki"))
+                .arg("--dir")
+                .arg(other.path())
+                .args(args),
+        )
+    };
+    pki(&["init", "--trust-domain", "evil.test"]);
+    pki(&["issue", "pe", "x"]);
+    let read = |f: &str| std::fs::read(other.path().join(f)).expect("file");
+    let id =
+        trust::LocalIdentity::from_pem(&read("pe-x.pem"), &read("pe-x.key")).expect("identity");
+    let store = trust::TrustStore::new(id).expect("store");
+    // It trusts the registrar's CA, so only the registrar's refusal can stop it.
+    store
+        .add_domain(
+            trust::DomainBundle::from_pem(
+                trust::TrustDomain::new("acme.test").expect("domain"),
+                &std::fs::read(lab.path("pki/ca.pem")).expect("ca"),
+            )
+            .expect("bundle"),
+        )
+        .expect("add");
+    let refused = match Asap::connect(&store, registrar.addr).await {
+        Err(_) => true,
+        // TLS 1.3: the client may finish before the server's alert arrives.
+        Ok(mut x) => {
+            x.send(&resolution("echo")).await;
+            x.recv().await.is_none()
+        }
+    };
+    assert!(refused, "an unknown trust domain is refused");
+
+    drop((a, b, c, d));
+    assert!(registrar.terminate().success());
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    let page = trust::audit::query(&mut conn, &Default::default())
+        .await
+        .expect("query");
+    let outcomes: Vec<(String, String)> = page
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.record.action.to_string(),
+                e.record.outcome.to_text().into_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("register", "cause:0x000a"),
+        ("register", "cause:0x0004"),
+        ("deregister", "cause:0x000a"),
+        ("resolve", "cause:0x0009"),
+        ("malformed", "cause:0x0002"),
+    ] {
+        assert!(
+            outcomes.iter().any(|(a, o)| a == want.0 && o == want.1),
+            "missing {want:?} in {outcomes:?}"
+        );
+    }
+}

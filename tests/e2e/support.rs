@@ -1,0 +1,234 @@
+//! What the end-to-end tests share: finding the real binaries, a PKI made with the real
+//! `rsp-pki`, a real `enrpd` on a loopback port, and an ASAP client over real mutual TLS.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use asap::transport::{MessageReader, write_message};
+use asap::wire::limits::MAX_MESSAGE_LEN;
+use asap::wire::{AsapMsg, Framer};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
+
+/// A binary of the workspace, built by `cargo test --workspace` next to this test.
+pub(crate) fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/e2e-… → target/debug/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (or `bash .ci/run`)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a binary to completion, failing the test with its output if it fails.
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A temporary directory with a PKI for `acme.test`: a registrar, two PEs, a PU.
+pub(crate) struct Lab {
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lab = Self { dir };
+        lab.pki(&["init", "--trust-domain", "acme.test"]);
+        lab.pki(&[
+            "issue",
+            "registrar",
+            "enrp-1",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ]);
+        lab.pki(&["issue", "pe", "echo-1"]);
+        lab.pki(&["issue", "pe", "echo-2"]);
+        lab.pki(&["issue", "pu", "client-1"]);
+        lab
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub(crate) fn pki(&self, args: &[&str]) -> Output {
+        run_ok(
+            Command::new(bin("rsp-pki"))
+                .arg("--dir")
+                .arg(self.path("pki"))
+                .args(args),
+        )
+    }
+
+    /// `enrpd init`; returns its standard output (with the admin token).
+    pub(crate) fn init_registrar(&self) -> String {
+        let out = run_ok(
+            Command::new(bin("enrpd"))
+                .arg("init")
+                .arg("--pki")
+                .arg(self.path("pki"))
+                .arg("--data")
+                .arg(self.path("data")),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `enrpd run` on a free loopback port with 200 ms keep-alive timers.
+    pub(crate) fn start_registrar(&self) -> Registrar {
+        let mut child = Command::new(bin("enrpd"))
+            .arg("run")
+            .arg("--data")
+            .arg(self.path("data"))
+            .args(["--asap-listen", "127.0.0.1:0", "--allow-loopback"])
+            .args([
+                "--keep-alive-interval-ms",
+                "200",
+                "--keep-alive-timeout-ms",
+                "200",
+            ])
+            .env("ENRPD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn enrpd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("enrpd prints its address");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Registrar { child, addr }
+    }
+
+    /// A TLS client configuration presenting `ROLE-NAME` of this lab's PKI.
+    pub(crate) fn identity(&self, cert: &str) -> Arc<TrustStore> {
+        let read = |f: String| std::fs::read(self.path(&f)).expect("PKI file");
+        let id = LocalIdentity::from_pem(
+            &read(format!("pki/{cert}.pem")),
+            &read(format!("pki/{cert}.key")),
+        )
+        .expect("identity");
+        let store = TrustStore::new(id).expect("trust store");
+        let domain = TrustDomain::new("acme.test").expect("domain");
+        store
+            .add_domain(DomainBundle::from_pem(domain, &read("pki/ca.pem".into())).expect("bundle"))
+            .expect("add domain");
+        Arc::new(store)
+    }
+
+    /// `enrpd audit verify`.
+    pub(crate) fn verify_audit(&self) -> Output {
+        Command::new(bin("enrpd"))
+            .arg("audit")
+            .arg("verify")
+            .arg("--data")
+            .arg(self.path("data"))
+            .output()
+            .expect("spawn enrpd audit verify")
+    }
+}
+
+/// A running `enrpd`, killed when dropped.
+pub(crate) struct Registrar {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Registrar {
+    /// SIGTERM, and the exit status.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for enrpd")
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An ASAP connection over mutual TLS.
+pub(crate) struct Asap {
+    reader: MessageReader<ReadHalf<TlsStream<TcpStream>>>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+}
+
+impl Asap {
+    pub(crate) async fn connect(store: &TrustStore, addr: SocketAddr) -> std::io::Result<Self> {
+        let connector = TlsConnector::from(store.client_config(Protocol::Asap));
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").expect("server name");
+        let tls = connector.connect(name, tcp).await?;
+        let (r, w) = tokio::io::split(tls);
+        Ok(Self {
+            reader: MessageReader::new(r, Framer::asap(MAX_MESSAGE_LEN)),
+            writer: w,
+        })
+    }
+
+    pub(crate) async fn send(&mut self, msg: &AsapMsg) {
+        let bytes = msg.to_bytes().expect("encodes");
+        write_message(&mut self.writer, &bytes)
+            .await
+            .expect("write");
+    }
+
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
+        write_message(&mut self.writer, bytes).await.expect("write");
+    }
+
+    /// The next message, or `None` if the registrar closed the connection or said nothing
+    /// for 5 s.
+    pub(crate) async fn recv(&mut self) -> Option<AsapMsg> {
+        let frame = tokio::time::timeout(Duration::from_secs(5), self.reader.next())
+            .await
+            .ok()?
+            .ok()??;
+        Some(
+            AsapMsg::decode(&frame)
+                .expect("the registrar sends valid messages")
+                .msg,
+        )
+    }
+
+    /// The next message that is not an endpoint keep-alive.
+    pub(crate) async fn recv_reply(&mut self) -> Option<AsapMsg> {
+        loop {
+            match self.recv().await? {
+                AsapMsg::EndpointKeepAlive { .. } => {}
+                m => return Some(m),
+            }
+        }
+    }
+}
