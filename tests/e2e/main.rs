@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `rsp-pki`, `enrpd` and `rsp` binaries on loopback, with real
 //! TLS handshakes and real SQLite files. One test binary (STYLE.md §6).
+#![allow(clippy::disallowed_methods)] // end-to-end tests measure real time
 
 mod cli;
+mod endpoints;
 mod registrar;
 mod support;

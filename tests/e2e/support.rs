@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
 
-/// A binary of the workspace, built by `cargo test --workspace` next to this test.
+/// A binary of the workspace, built by `cargo build --workspace --bins` next to this test.
 pub(crate) fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/debug/deps/e2e-… → target/debug/NAME
@@ -29,7 +29,7 @@ pub(crate) fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not built: run the tests with `cargo test --workspace` (or `bash .ci/run`)",
+        "{} not built: run `cargo build --workspace --bins` first (`bash .ci/run` does)",
         path.display()
     );
     path

@@ -3,7 +3,15 @@
 //!
 //! Row `n` carries `prev_hash` (the `hash` of row `n - 1`, 32 zero bytes for row 1) and
 //! `hash = SHA-256(prev_hash ‖ canonical encoding of row n)`, where the encoding covers the
-//! row id and every column (see [`canonical_encoding`]). Ids are contiguous from 1. Editing,
+//! row id and every column:
+//!
+//! ```text
+//! "rsp-audit-v1" 0x00 ‖ id i64 BE ‖ time_ms i64 BE ‖ actor ‖ serial ‖ remote ‖ namespace
+//!   ‖ pool ‖ pe_id ‖ action ‖ outcome ‖ detail
+//! each field: 0x00 for NULL, or 0x01 ‖ length u32 BE ‖ bytes (pe_id as i64 BE)
+//! ```
+//!
+//! Ids are contiguous from 1. Editing,
 //! deleting, inserting or reordering rows therefore breaks the chain at the first row
 //! touched, which [`verify`] reports. Removing rows at the end cannot be seen from inside
 //! the database: keep [`VerifyReport::head`] somewhere else (a log line, a peer) to detect

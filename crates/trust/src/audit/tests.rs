@@ -549,6 +549,55 @@ async fn before_reply_resolves_only_after_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_before_reply_answers_after_commit_in_queue_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let mut other = second_connection(tmp.path()).await;
+    // A driver queues without waiting for the disk, then holds each reply on its receiver.
+    let mut pending = Vec::new();
+    for i in 0..50u64 {
+        let record = sample(i).detail(format!("q{i}"));
+        if i % 2 == 0 {
+            pending.push((i, log.enqueue_before_reply(record).await.expect("queue")));
+        } else {
+            log.append(record, Durability::Batched)
+                .await
+                .expect("queue");
+        }
+    }
+    for (i, committed) in pending {
+        committed.await.expect("answered").expect("committed");
+        assert_eq!(rows_with_detail(&mut other, &format!("q{i}")).await, 1);
+    }
+    let err = log
+        .enqueue_before_reply(Record::new(1, "", Outcome::Ok))
+        .await
+        .expect_err("invalid");
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    log.shutdown().await.expect("shutdown");
+    let mut conn = store.acquire().await.expect("conn");
+    let page = query(
+        &mut conn,
+        &AuditFilter {
+            order: Order::OldestFirst,
+            ..AuditFilter::default()
+        },
+    )
+    .await
+    .expect("query");
+    let details: Vec<String> = page
+        .events
+        .into_iter()
+        .filter_map(|e| e.record.detail)
+        .collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("q{i}")).collect();
+    assert_eq!(details, expected, "queue order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_records_are_committed_within_the_delay() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path()).await;

@@ -144,25 +144,10 @@ impl AuditLog {
     pub async fn append(&self, record: Record, durability: Durability) -> Result<()> {
         record.check()?;
         match durability {
-            Durability::Batched => self
-                .tx
-                .send(Msg::Record(Job {
-                    record,
-                    queued_at: Instant::now(),
-                    done: None,
-                }))
-                .await
-                .map_err(|_| Error::AuditClosed),
+            Durability::Batched => self.queue(record, None).await,
             Durability::BeforeReply => {
                 let (done, committed) = oneshot::channel();
-                self.tx
-                    .send(Msg::Record(Job {
-                        record,
-                        queued_at: Instant::now(),
-                        done: Some(done),
-                    }))
-                    .await
-                    .map_err(|_| Error::AuditClosed)?;
+                self.queue(record, Some(done)).await?;
                 committed.await.map_err(|_| Error::AuditClosed)?
             }
         }
@@ -179,15 +164,22 @@ impl AuditLog {
     ) -> Result<oneshot::Receiver<Result<()>>> {
         record.check()?;
         let (done, committed) = oneshot::channel();
+        self.queue(record, Some(done)).await?;
+        Ok(committed)
+    }
+
+    /// Queues a checked record, waiting for space.
+    async fn queue(&self, record: Record, done: Option<oneshot::Sender<Result<()>>>) -> Result<()> {
+        // The driver's clock, for the batch delay only; the record carries its own time.
+        let queued_at = Instant::now();
         self.tx
             .send(Msg::Record(Job {
                 record,
-                queued_at: Instant::now(),
-                done: Some(done),
+                queued_at,
+                done,
             }))
             .await
-            .map_err(|_| Error::AuditClosed)?;
-        Ok(committed)
+            .map_err(|_| Error::AuditClosed)
     }
 
     /// The writer's counters.
@@ -380,23 +372,10 @@ async fn commit(
 }
 
 async fn try_commit(conn: &mut PoolConnection<Sqlite>, batch: &[Job]) -> Result<()> {
-    let t0 = Instant::now();
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let t1 = Instant::now();
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();
     insert_checked(&mut tx, &records).await?;
-    let t2 = Instant::now();
     tx.commit().await?;
-    let t3 = Instant::now();
-    if std::env::var_os("RSP_TRACE").is_some() {
-        eprintln!(
-            "n={} begin={:?} insert={:?} commit={:?}",
-            batch.len(),
-            t1 - t0,
-            t2 - t1,
-            t3 - t2
-        );
-    }
     Ok(())
 }
 

@@ -75,6 +75,22 @@ async fn open_creates_private_dir_wal_full_and_reopens() {
 }
 
 #[tokio::test]
+async fn open_with_synchronous_normal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        synchronous: Synchronous::Normal,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(tmp.path(), &options).await.expect("open");
+    let mut conn = store.acquire().await.expect("conn");
+    let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pragma");
+    assert_eq!(sync, 1, "synchronous=NORMAL");
+}
+
+#[tokio::test]
 async fn open_refuses_a_file_as_data_dir() {
     let tmp = tempfile::NamedTempFile::new().expect("tempfile");
     let err = Store::open(tmp.path(), &StoreOptions::default())

@@ -1,0 +1,505 @@
+//! `rsp`: the RSerPool command line. Thin: flags here, work in the `asap` library.
+
+mod services;
+
+use std::io::{self, Read as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use asap::client::{self, Connection, pe, pu};
+use asap::wire::param::{Address, Namespace, PeId, Policy, PoolHandle, Transport, TransportUse};
+use asap::wire::{AsapMsg, EnrpMsg, Framer, limits::MAX_MESSAGE_LEN};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
+
+/// Reliable Server Pooling (ASAP/ENRP) tools.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode ASAP or ENRP messages given in hex and print them.
+    ///
+    /// Several messages may follow each other back to back, as on a TCP connection
+    /// (spec §12.2). Whitespace and `:` in the hex are ignored. Exits 1 at the first
+    /// message that does not decode, saying where and why.
+    Decode {
+        /// The messages are ENRP (registrar to registrar), not ASAP.
+        #[arg(long)]
+        enrp: bool,
+        /// Hex bytes; read from standard input when absent.
+        hex: Vec<String>,
+    },
+    /// Run a pool element: register with the registrars, serve a demo service over TLS,
+    /// stay registered until Ctrl-C or SIGTERM (then deregister).
+    Pe {
+        /// The pool to join.
+        #[arg(long)]
+        pool: String,
+        /// The service to offer.
+        #[arg(long, value_enum, default_value_t = services::Service::Echo)]
+        serve: services::Service,
+        /// Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L,
+        /// lud:L:D, plu:L:D, rlu:L (loads in percent).
+        #[arg(long, default_value = "rr", value_parser = parse_policy)]
+        policy: Policy,
+        /// Where to serve (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Registration Life in seconds (spec §4.4).
+        #[arg(long, default_value_t = 300)]
+        registration_life: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Resolve a pool handle and print the PEs the registrar returns.
+    Resolve {
+        /// The pool.
+        pool: String,
+        /// How many PEs to ask for.
+        #[arg(long)]
+        items: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A pool user: send standard input lines to a PE of the pool, print its answers;
+    /// fail over to another PE when one fails.
+    Pu {
+        /// The pool.
+        pool: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Identity, trust and registrars: the same for every command that talks to a registrar.
+#[derive(clap::Args)]
+struct Common {
+    /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem.
+    #[arg(long, env = "RSP_CERT")]
+    cert: PathBuf,
+    /// Its private key (PEM); default: the certificate's path with .key.
+    #[arg(long, env = "RSP_KEY")]
+    key: Option<PathBuf>,
+    /// The trust bundle of the local trust domain.
+    #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
+    ca: PathBuf,
+    /// Registrars (ASAP over TLS), tried in order; repeat the flag or separate with commas.
+    #[arg(
+        long = "registrar",
+        env = "RSP_REGISTRAR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:3864"
+    )]
+    registrars: Vec<SocketAddr>,
+    /// The namespace (default: the identity's default namespace).
+    #[arg(long, env = "RSP_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+impl Common {
+    fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| self.cert.with_extension("key"));
+        client::credentials(&self.cert, &key, &self.ca).with_context(|| {
+            format!(
+                "loading {} / {} / {}",
+                self.cert.display(),
+                key.display(),
+                self.ca.display()
+            )
+        })
+    }
+
+    fn namespace(&self) -> anyhow::Result<Option<Namespace>> {
+        self.namespace
+            .as_deref()
+            .map(|n| {
+                Namespace::new(n)
+                    .with_context(|| format!("bad namespace {n:?}: 1-63 bytes of a-z 0-9 - ."))
+            })
+            .transpose()
+    }
+}
+
+fn pool_handle(name: &str) -> anyhow::Result<PoolHandle> {
+    PoolHandle::new(name).with_context(|| format!("bad pool handle {name:?}: 1 to 32 bytes"))
+}
+
+/// `rr`, `wrr:W`, `rand`, `wrand:W`, `pri:P`, `lu:L`, `lud:L:D`, `plu:L:D`, `rlu:L`.
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    let mut parts = s.split(':');
+    let name = parts.next().unwrap_or_default();
+    let nums: Vec<u32> = parts
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|_| format!("{p:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    // Loads are given in percent; the wire wants a fraction of u32::MAX (spec §5.1).
+    let load = |pct: u32| -> Result<u32, String> {
+        if pct > 100 {
+            return Err(format!("load {pct}% is above 100%"));
+        }
+        Ok((u64::from(u32::MAX) * u64::from(pct) / 100) as u32)
+    };
+    Ok(match (name, nums.as_slice()) {
+        ("rr", []) => Policy::RoundRobin,
+        ("wrr", [w]) => Policy::WeightedRoundRobin { weight: *w },
+        ("rand", []) => Policy::Random,
+        ("wrand", [w]) => Policy::WeightedRandom { weight: *w },
+        ("pri", [p]) => Policy::Priority { priority: *p },
+        ("lu", [l]) => Policy::LeastUsed { load: load(*l)? },
+        ("lu", []) => Policy::LeastUsed { load: 0 },
+        ("lud", [l, d]) => Policy::LeastUsedDegradation {
+            load: load(*l)?,
+            degradation: load(*d)?,
+        },
+        ("plu", [l, d]) => Policy::PriorityLeastUsed {
+            load: load(*l)?,
+            degradation: load(*d)?,
+        },
+        ("rlu", [l]) => Policy::RandomizedLeastUsed { load: load(*l)? },
+        ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
+        _ => {
+            return Err(format!(
+                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L"
+            ));
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Decode { enrp, hex } => decode(enrp, hex),
+        Command::Pe {
+            pool,
+            serve,
+            policy,
+            listen,
+            registration_life,
+            common,
+        } => run_pe(pool, serve, policy, listen, registration_life, common).await,
+        Command::Resolve {
+            pool,
+            items,
+            json,
+            common,
+        } => run_resolve(pool, items, json, common).await,
+        Command::Pu { pool, common } => run_pu(pool, common).await,
+    }
+}
+
+/// A random non-zero PE ID from the OS (spec §7.1 step 1).
+fn random_pe_id() -> anyhow::Result<PeId> {
+    use ring::rand::SecureRandom as _;
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let mut b = [0u8; 4];
+        rng.fill(&mut b)
+            .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
+        if let Some(id) = PeId::new(u32::from_be_bytes(b)) {
+            return Ok(id);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+async fn run_pe(
+    pool: String,
+    service: services::Service,
+    policy: Policy,
+    listen: SocketAddr,
+    registration_life: u64,
+    common: Common,
+) -> anyhow::Result<()> {
+    let trust = common.trust()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let port = std::num::NonZeroU16::new(local.port()).context("the listener has no port")?;
+    let config = pe::PeConfig {
+        registrars: common.registrars.clone(),
+        namespace: common.namespace()?,
+        pool_handle: pool_handle(&pool)?,
+        pe_id: random_pe_id()?,
+        policy,
+        user_transport: Transport::Tcp {
+            port,
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(local.ip()),
+        },
+        registration_life: Duration::from_secs(registration_life),
+        liveness: Duration::from_secs(15),
+    };
+    tokio::spawn(services::serve(listener, Arc::clone(&trust), service));
+    println!(
+        "rsp pe: PE {} of pool {pool} serving {service:?} on {local} as {}",
+        config.pe_id,
+        trust.identity().id()
+    );
+    pe::run(&trust, &config, shutdown_signal(), |event| match event {
+        pe::PeEvent::Registered(r) => eprintln!("registered with {r}"),
+        pe::PeEvent::Lost(r, e) => eprintln!("lost registrar {r} ({e}); hunting"),
+        pe::PeEvent::Unreachable(e) => eprintln!("{e}; retrying"),
+        pe::PeEvent::Deregistered => eprintln!("deregistered"),
+        _ => {}
+    })
+    .await
+    .context("registration")
+}
+
+async fn run_resolve(
+    pool: String,
+    items: Option<u32>,
+    json: bool,
+    common: Common,
+) -> anyhow::Result<()> {
+    let trust = common.trust()?;
+    let (mut conn, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
+    let resolved = pu::resolve(&mut conn, common.namespace()?, &pool_handle(&pool)?, items)
+        .await
+        .with_context(|| format!("resolving {pool}"))?;
+    for e in &resolved.pool_elements {
+        let t = &e.pool_element.user_transport;
+        let addr = t
+            .addresses()
+            .first()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let registrant = e.registrant.as_ref().map_or("", |r| r.as_str());
+        let policy = e
+            .pool_element
+            .policy
+            .policy_type()
+            .name()
+            .unwrap_or("unknown");
+        if json {
+            println!(
+                "{{\"pe_id\":{},\"address\":\"{addr}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{}}}",
+                e.pool_element.pe_id.get(),
+                t.port(),
+                e.pool_element.home_server_id,
+                json_string(registrant),
+            );
+        } else {
+            println!(
+                "PE {} at {addr}:{} policy {policy} registrant {registrant}",
+                e.pool_element.pe_id,
+                t.port()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The pool user: lines to the PE, answers back, failover on failure (draft §2.5).
+async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
+    let trust = common.trust()?;
+    let namespace = common.namespace()?;
+    let handle = pool_handle(&pool)?;
+    let (mut registrar, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
+    let mut candidates = Vec::new();
+    let mut current: Option<(PeId, services::Line)> = None;
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    while let Some(line) = stdin.next_line().await? {
+        loop {
+            if current.is_none() {
+                if candidates.is_empty() {
+                    candidates = pu::resolve(&mut registrar, namespace.clone(), &handle, None)
+                        .await
+                        .with_context(|| format!("resolving {pool}"))?
+                        .pool_elements;
+                    candidates.reverse(); // pop() takes them in the registrar's order
+                }
+                let Some(e) = candidates.pop() else {
+                    bail!("no PE of {pool} is reachable");
+                };
+                let pe_id = e.pool_element.pe_id;
+                match connect_pe(&trust, &e).await {
+                    Ok(c) => current = Some((pe_id, c)),
+                    Err(err) => {
+                        eprintln!("PE {pe_id} unreachable ({err:#}); failing over");
+                        pu::report_unreachable(&mut registrar, namespace.clone(), &handle, pe_id)
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+            let Some((pe_id, conn)) = current.as_mut() else {
+                continue;
+            };
+            match conn.exchange(&line).await {
+                Ok(answer) => {
+                    stdout.write_all(answer.as_bytes()).await?;
+                    stdout.write_all(b"\n").await?;
+                    stdout.flush().await?;
+                    break;
+                }
+                Err(err) => {
+                    let pe_id = *pe_id;
+                    eprintln!("PE {pe_id} failed ({err}); failing over");
+                    pu::report_unreachable(&mut registrar, namespace.clone(), &handle, pe_id)
+                        .await?;
+                    current = None;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects to a PE, insisting on the identity the registrar vouched for (0x8101).
+async fn connect_pe(trust: &TrustStore, e: &asap::wire::PeEntry) -> anyhow::Result<services::Line> {
+    let registrant = e
+        .registrant
+        .as_ref()
+        .context("the registrar did not say who registered this PE")?;
+    let id = SpiffeId::parse(registrant.as_str()).context("the registrant is not a SPIFFE ID")?;
+    let config = trust.client_config_expecting(Protocol::Asap, IdentityPattern::exact(&id))?;
+    let t = &e.pool_element.user_transport;
+    let ip = t.addresses().first().context("the PE has no address")?.ip();
+    services::Line::connect(config, SocketAddr::new(ip, t.port().get())).await
+}
+
+fn decode(enrp: bool, hex: Vec<String>) -> anyhow::Result<()> {
+    let text = if hex.is_empty() {
+        let mut s = String::new();
+        io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        hex.join("")
+    };
+    let bytes = parse_hex(&text)?;
+    if bytes.is_empty() {
+        bail!("no bytes to decode");
+    }
+    let mut framer = if enrp {
+        Framer::enrp(MAX_MESSAGE_LEN)
+    } else {
+        Framer::asap(MAX_MESSAGE_LEN)
+    };
+    let mut offset = 0;
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let n = rest.len().min(framer.available());
+        framer
+            .push(&rest[..n])
+            .with_context(|| format!("framing the message at byte {offset}"))?;
+        rest = &rest[n..];
+        while let Some(frame) = framer
+            .pop()
+            .with_context(|| format!("framing the message at byte {offset}"))?
+        {
+            print_message(enrp, &frame).with_context(|| format!("message at byte {offset}"))?;
+            offset += frame.len();
+        }
+    }
+    if framer.buffered() > 0 {
+        bail!(
+            "{} bytes at byte {offset} are not a whole message (truncated)",
+            framer.buffered()
+        );
+    }
+    Ok(())
+}
+
+fn print_message(enrp: bool, frame: &[u8]) -> anyhow::Result<()> {
+    let unrecognized = if enrp {
+        let d = EnrpMsg::decode(frame)?;
+        println!("{:#?}", d.msg);
+        d.unrecognized
+    } else {
+        let d = AsapMsg::decode(frame)?;
+        println!("{:#?}", d.msg);
+        d.unrecognized
+    };
+    for p in unrecognized {
+        println!("(unrecognized parameter to report: {p:?})");
+    }
+    Ok(())
+}
+
+fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b':')
+        .collect();
+    if !digits.len().is_multiple_of(2) {
+        bail!("odd number of hex digits ({})", digits.len());
+    }
+    digits
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .with_context(|| format!("not a hex byte at position {}", i * 2))
+        })
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! Pool elements and pool users over mutual TLS (ARCHITECTURE.md §3, spec §7, §11.2): the
+//! connection to a registrar, and the credentials both sides present.
+//!
+//! - [`Connection`]: ASAP messages over TLS to a registrar, found by server hunt among
+//!   the configured registrars (spec §7.7).
+//! - [`pe`]: a PE that registers, answers keep-alives, re-registers, survives registrar
+//!   loss with the same PE ID (spec §7.1, §7.5, §12.6) and deregisters on shutdown.
+//! - [`pu`]: handle resolution and endpoint unreachable reports (spec §7.3, §7.6).
+
+pub mod pe;
+pub mod pu;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
+
+use crate::transport::{MessageReader, ReadError, write_message};
+use crate::wire::limits::MAX_MESSAGE_LEN;
+use crate::wire::{AsapMsg, DecodeError, EncodeError, Framer};
+
+/// Why talking to a registrar failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Certificates or keys were refused.
+    #[error("{0}")]
+    Trust(#[from] trust::Error),
+    /// No configured registrar could be reached.
+    #[error("no registrar reachable (tried {tried}): {last}")]
+    NoRegistrar {
+        /// How many were tried.
+        tried: usize,
+        /// The last failure.
+        last: String,
+    },
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a message.
+    #[error("framing: {0}")]
+    Read(#[from] ReadError),
+    /// The peer sent a message that does not decode.
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// A message could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// The registrar closed the connection or did not answer in time.
+    #[error("the registrar closed the connection or did not answer in time")]
+    Closed,
+    /// The registrar refused the request with this error cause (spec §4.7).
+    #[error("refused by the registrar: cause {0:#x}")]
+    Rejected(u16),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The identity a PE or PU presents and the trust bundle of its own domain, from the
+/// files `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, `ca.pem`).
+pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>, Error> {
+    let identity = LocalIdentity::from_pem(&read(cert)?, &read(key)?)?;
+    let domain = identity.id().trust_domain();
+    let store = TrustStore::new(identity)?;
+    store.add_domain(DomainBundle::from_pem(domain, &read(ca)?)?)?;
+    Ok(Arc::new(store))
+}
+
+/// How long one connection attempt to a registrar may take (spec §10, T5 per attempt).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(7_500);
+
+/// An ASAP connection to a registrar over mutual TLS.
+#[derive(Debug)]
+pub struct Connection {
+    reader: MessageReader<ReadHalf<TlsStream<TcpStream>>>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+    registrar: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Connection {
+    /// Connects to one registrar. The registrar must present a certificate of a trusted
+    /// domain (spec §11.1: a PE or PU authenticates its registrar).
+    pub async fn connect(trust: &TrustStore, addr: SocketAddr) -> Result<Self, Error> {
+        let connector = TlsConnector::from(trust.client_config(Protocol::Asap));
+        let attempt = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let local = tcp.local_addr()?;
+            // The identity check is the SPIFFE ID, not the DNS name (ARCHITECTURE.md §3).
+            let name = ServerName::IpAddress(addr.ip().into());
+            Ok::<_, io::Error>((connector.connect(name, tcp).await?, local))
+        };
+        let (tls, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let (r, w) = tokio::io::split(tls);
+        Ok(Self {
+            reader: MessageReader::new(r, Framer::asap(MAX_MESSAGE_LEN)),
+            writer: w,
+            registrar: addr,
+            local,
+        })
+    }
+
+    /// Server hunt (spec §7.7): the registrars in order, starting at `start`, until one
+    /// answers. Returns the connection and the index of the registrar.
+    pub async fn hunt(
+        trust: &TrustStore,
+        registrars: &[SocketAddr],
+        start: usize,
+    ) -> Result<(Self, usize), Error> {
+        let mut last = String::from("no registrar configured");
+        for i in 0..registrars.len() {
+            let idx = (start + i) % registrars.len();
+            match Self::connect(trust, registrars[idx]).await {
+                Ok(c) => return Ok((c, idx)),
+                Err(e) => last = format!("{}: {e}", registrars[idx]),
+            }
+        }
+        Err(Error::NoRegistrar {
+            tried: registrars.len(),
+            last,
+        })
+    }
+
+    /// The registrar's address.
+    pub fn registrar(&self) -> SocketAddr {
+        self.registrar
+    }
+
+    /// This end's address (what a PE on this host advertises, spec §7.1 step 3).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, msg: &AsapMsg) -> Result<(), Error> {
+        write_message(&mut self.writer, &msg.to_bytes()?).await?;
+        Ok(())
+    }
+
+    /// The next message; [`Error::Closed`] at the end of the connection.
+    pub async fn recv(&mut self) -> Result<AsapMsg, Error> {
+        let frame = self.reader.next().await?.ok_or(Error::Closed)?;
+        Ok(AsapMsg::decode(&frame)?.msg)
+    }
+}

@@ -1,0 +1,119 @@
+//! `rsp pe`, `rsp resolve` and `rsp pu` against a real `enrpd` (first slice of issue 5).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Lab, bin};
+
+struct Pe(Child);
+
+impl Drop for Pe {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
+    let mut c = Command::new(bin("rsp"));
+    c.env("RSP_CA", lab.path("pki/ca.pem"))
+        .env("RSP_REGISTRAR", registrar.to_string())
+        .env("RSP_CERT", lab.path(&format!("pki/{cert}.pem")));
+    c
+}
+
+fn start_pe(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Pe {
+    let mut child = rsp(lab, registrar, cert)
+        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("rsp pe reports");
+    assert!(line.starts_with("registered with"), "{line}");
+    Pe(child)
+}
+
+fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {
+    let out = rsp(lab, registrar, "pu-client-1")
+        .args(["resolve", "echo", "--json"])
+        .output()
+        .expect("rsp resolve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn pes_register_and_a_pu_fails_over_when_one_dies() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let mut pe1 = start_pe(&lab, registrar.addr, "pe-echo-1");
+    let _pe2 = start_pe(&lab, registrar.addr, "pe-echo-2");
+
+    let pes = resolve(&lab, registrar.addr);
+    assert_eq!(pes.len(), 2, "{pes:?}");
+    assert!(
+        pes.iter()
+            .any(|p| p.contains("spiffe://acme.test/pe/echo-1"))
+    );
+    assert!(pes.iter().all(|p| p.contains("\"policy\":\"rr\"")));
+
+    // Both PEs answer keep-alives: still registered after several keep-alive timeouts.
+    std::thread::sleep(Duration::from_millis(1000));
+    let order = resolve(&lab, registrar.addr);
+    assert_eq!(order.len(), 2);
+    // With the whole pool in each answer, round robin keeps this order next time too.
+    let dead_first = order[0].contains("echo-1");
+
+    // One PE is killed; a PU sent to it reports it and fails over to the other.
+    let _ = pe1.0.kill();
+    let _ = pe1.0.wait();
+    let started = Instant::now();
+    let mut pu = rsp(&lab, registrar.addr, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu");
+    {
+        let mut stdin = pu.stdin.take().expect("stdin");
+        for i in 0..4 {
+            writeln!(stdin, "line {i}").expect("write");
+        }
+    }
+    let out = pu.wait_with_output().expect("rsp pu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "line 0\nline 1\nline 2\nline 3\n",
+        "every line answered despite the dead PE"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if dead_first {
+        assert!(stderr.contains("failing over"), "{stderr}");
+    }
+
+    // The registrar removes the dead PE (connection loss + grace, 200 ms in tests).
+    std::thread::sleep(Duration::from_millis(600));
+    let pes = resolve(&lab, registrar.addr);
+    assert_eq!(pes.len(), 1, "{pes:?}");
+    assert!(pes[0].contains("echo-2"));
+}
