@@ -273,3 +273,138 @@ async fn refusals_are_answered_and_audited() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_crl_and_sighup_closes_the_connection_and_removes_the_pe() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let pe_id = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_id, registrar.addr)
+        .await
+        .expect("PE handshake");
+    pe.send(&registration("echo", 9)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), registrar.addr)
+        .await
+        .expect("PU handshake");
+
+    // The operator revokes the PE's certificate with rsp-pki (which rewrites crl.pem) and
+    // tells the registrar to reload.
+    lab.pki(&[
+        "revoke",
+        lab.path("pki/pe-echo-1.pem").to_str().expect("utf-8 path"),
+    ]);
+    let started = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &registrar.child.id().to_string()])
+        .status();
+    // Its connection closes (keep-alives aside, nothing else comes)...
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        while pe.recv().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the revoked PE's connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // ...its PE is gone at once (no grace period for a revoked registrant)...
+    pu.send(&resolution("echo")).await;
+    assert_eq!(resolved(pu.recv_reply().await), Err(0x9));
+    // ...and the certificate cannot handshake again.
+    let refused = match Asap::connect(&pe_id, registrar.addr).await {
+        Err(_) => true,
+        Ok(mut again) => {
+            again.send(&registration("echo", 9)).await;
+            again.recv().await.is_none()
+        }
+    };
+    assert!(refused, "a revoked certificate is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_registrations_loses_no_acknowledged_record() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let mut registrar = lab.start_registrar();
+    let pe_id = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_id, registrar.addr)
+        .await
+        .expect("PE handshake");
+    // 1,000 registrations, 32 in flight at a time; the registrar is killed (SIGKILL) in
+    // the middle. Every registration whose response arrived must be in the audit log.
+    let mut acked = Vec::new();
+    let mut sent = 0u32;
+    let mut killed = false;
+    while acked.len() < 1000 {
+        while sent < 1000 && sent - (acked.len() as u32) < 32 {
+            sent += 1;
+            if !pe.try_send(&registration("crash", sent)).await {
+                break; // the registrar is gone
+            }
+        }
+        match pe.recv_reply().await {
+            Some(AsapMsg::RegistrationResponse {
+                reject: false,
+                pe_id,
+                ..
+            }) => {
+                acked.push(pe_id.get());
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break, // the registrar is gone
+        }
+        if acked.len() == 300 && !killed {
+            registrar.child.kill().expect("SIGKILL");
+            killed = true;
+        }
+    }
+    assert!(
+        killed && acked.len() >= 300 && acked.len() < 1000,
+        "{}",
+        acked.len()
+    );
+    let _ = registrar.child.wait();
+    drop(registrar);
+
+    let verify = lab.verify_audit();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "the chain survives SIGKILL: {text}"
+    );
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    let mut logged = std::collections::HashSet::new();
+    let mut filter = trust::audit::AuditFilter::default();
+    loop {
+        let page = trust::audit::query(&mut conn, &filter)
+            .await
+            .expect("query");
+        for e in &page.events {
+            if e.record.action == "register" && e.record.outcome.to_text() == "ok" {
+                logged.extend(e.record.pe_id);
+            }
+        }
+        match page.next {
+            Some(cursor) => filter.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    let missing: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|id| !logged.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not audited: {missing:?}"
+    );
+    // And a restarted registrar serves again on the same data.
+    let again = lab.start_registrar();
+    assert!(again.terminate().success());
+}

@@ -204,6 +204,12 @@ impl Asap {
             .expect("write");
     }
 
+    /// Sends; `false` if the connection is gone.
+    pub(crate) async fn try_send(&mut self, msg: &AsapMsg) -> bool {
+        let bytes = msg.to_bytes().expect("encodes");
+        write_message(&mut self.writer, &bytes).await.is_ok()
+    }
+
     pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
         write_message(&mut self.writer, bytes).await.expect("write");
     }

@@ -266,15 +266,7 @@ pub struct Loaded {
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
 /// grants from the store.
 pub async fn load(data: &Path) -> Result<Loaded, Error> {
-    let install_path = data.join(INSTALL_FILE);
-    if !install_path.exists() {
-        return Err(Error::NotInitialised(data.to_owned()));
-    }
-    let install: Install =
-        serde_json::from_slice(&read(&install_path)?).map_err(|e| Error::Install {
-            path: install_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let install = read_install(data)?;
     let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
     let server_id = server_id_of(identity.id());
     let trust = TrustStore::new(identity)?;
@@ -305,6 +297,58 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         store,
         grants,
         server_id,
+    })
+}
+
+fn read_install(data: &Path) -> Result<Install, Error> {
+    let path = data.join(INSTALL_FILE);
+    if !path.exists() {
+        return Err(Error::NotInitialised(data.to_owned()));
+    }
+    serde_json::from_slice(&read(&path)?).map_err(|e| Error::Install {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// What a reload (SIGHUP) read.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The grants now in force.
+    pub grants: Vec<Grant>,
+    /// Every serial the local trust domain's CRL lists.
+    pub revoked: Vec<trust::Serial>,
+    /// The local trust domain's CRLs, to apply with [`TrustStore::set_crls`] once the
+    /// registrar has been told of `revoked` (so that it removes their PEs before their
+    /// connections close).
+    pub crls: Option<Vec<tokio_rustls::rustls::pki_types::CertificateRevocationListDer<'static>>>,
+}
+
+/// Re-reads what can change while the registrar runs: the local trust domain's CRL (from
+/// the PKI directory, as `rsp-pki revoke`/`crl` write it) and the grants. Applies
+/// nothing: a file that does not parse is an error and changes nothing.
+pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
+    let install = read_install(data)?;
+    let mut revoked = Vec::new();
+    let crls = if install.crl.exists() {
+        let crls = trust::crls_from_pem(&read(&install.crl)?)?;
+        for crl in &crls {
+            revoked.extend(trust::crl_serials(crl)?);
+        }
+        Some(crls)
+    } else {
+        None
+    };
+    let mut conn = store.acquire().await?;
+    let grants = db::list_grants(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.grant)
+        .collect();
+    Ok(Reloaded {
+        grants,
+        revoked,
+        crls,
     })
 }
 

@@ -226,8 +226,9 @@ impl DomainBundle {
     }
 }
 
-/// The serials a CRL lists, read so that live connections they name can be closed.
-fn crl_serials(der: &[u8]) -> Result<Vec<Serial>, Error> {
+/// The serials a CRL (DER) lists, read so that live connections they name can be closed
+/// and the registrar can remove what they registered.
+pub fn crl_serials(der: &[u8]) -> Result<Vec<Serial>, Error> {
     let (_, crl) = CertificateRevocationList::from_der(der)
         .map_err(|_| Error::BadCrl(webpki::Error::BadDer))?;
     Ok(crl

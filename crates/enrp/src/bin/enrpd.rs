@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -188,29 +189,53 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the audit log")?;
     let daemon = Daemon::start(
         Settings::new(args.asap_listen, config),
-        loaded.trust,
+        Arc::clone(&loaded.trust),
         audit,
         loaded.grants,
     )
     .await?;
+    // Handlers first: a SIGHUP right after the "serving" line must not kill the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     println!(
         "enrpd: serving ASAP on {} (Server ID {})",
         daemon.asap_addr(),
         loaded.server_id
     );
-    wait_for_signal().await?;
+    // Serials already applied: a reload only acts on what the CRL newly lists.
+    let mut applied = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
+            _ = hup.recv() => {
+                // SIGHUP: the CRL and the grants, without a restart. A bad file changes
+                // nothing and is logged; the registrar keeps serving.
+                match setup::reload(&args.data, &loaded.store).await {
+                    Ok(r) => {
+                        tracing::info!(revoked = r.revoked.len(), grants = r.grants.len(), "reloaded");
+                        daemon.set_grants(r.grants).await;
+                        // The core first (it removes the PEs and refuses the serials), then
+                        // the TLS layer (new handshakes fail, live connections close).
+                        for serial in r.revoked.into_iter().filter(|s| applied.insert(s.clone())) {
+                            daemon.revoke(enrp::registrar::Revocation::Serial(serial)).await;
+                        }
+                        if let Some(crls) = r.crls {
+                            let local = loaded.trust.identity().id().trust_domain();
+                            if let Err(e) = loaded.trust.set_crls(&local, crls) {
+                                tracing::error!(error = %e, "the new CRL was refused");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
+                }
+            }
+        }
+    }
     tracing::info!("stopping");
     daemon.shutdown().await.context("shutting down")?;
     loaded.store.close().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

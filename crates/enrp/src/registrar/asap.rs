@@ -21,8 +21,10 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if !self.conns.contains_key(&conn) {
-            return; // The driver announces every connection first; ignore stragglers.
+        // The driver announces every connection first; ignore stragglers, and anything
+        // from a connection whose certificate was revoked (it is being closed).
+        if self.conns.get(&conn).is_none_or(|c| c.revoked) {
+            return;
         }
         let Decoded { msg, unrecognized } = msg;
         match msg {
@@ -266,6 +268,7 @@ impl Core {
         }
         owned.reporters.clear();
         if let Some(c) = self.conns.get_mut(&conn) {
+            owned.serial = Some(c.client.serial.clone());
             c.pes.insert(key.clone());
         }
         self.timers.stop(&TimerKey::Orphaned(key.clone()));

@@ -304,6 +304,9 @@ struct Owned {
     conn: Option<ConnId>,
     /// Distinct PUs that reported it unreachable since its last keep-alive answer.
     reporters: HashSet<SpiffeId>,
+    /// The serial of the certificate it was (last) registered with: revoking that
+    /// certificate removes it even after its connection is gone.
+    serial: Option<Serial>,
 }
 
 #[derive(Debug)]
@@ -313,6 +316,8 @@ struct Connection {
     pes: HashSet<PeKey>,
     /// Unreachable reports in the current window.
     reports: u32,
+    /// Its certificate is revoked: it is being closed and nothing it sends counts.
+    revoked: bool,
 }
 
 /// Counters for tests, metrics and benchmarks.
@@ -338,6 +343,9 @@ pub struct Core {
     owned: HashMap<PeKey, Owned>,
     timers: Timers<TimerKey>,
     rng: StdRng,
+    /// Revocations heard of: a connection they cover is closed as soon as it is
+    /// announced (it may have finished its handshake before the TLS layer knew).
+    revocations: Vec<Revocation>,
 }
 
 impl Core {
@@ -351,6 +359,7 @@ impl Core {
             conns: HashMap::new(),
             owned: HashMap::new(),
             timers: Timers::default(),
+            revocations: Vec::new(),
         }
     }
 
@@ -379,12 +388,20 @@ impl Core {
         let mut out = Vec::new();
         match input {
             Input::Connected { conn, client } => {
+                let revoked = self.revocations.iter().any(|r| r.covers(&client));
+                if revoked {
+                    out.push(Action::Close {
+                        conn,
+                        reason: "certificate revoked",
+                    });
+                }
                 self.conns.insert(
                     conn,
                     Connection {
                         client,
                         pes: HashSet::new(),
                         reports: 0,
+                        revoked,
                     },
                 );
             }
@@ -392,7 +409,12 @@ impl Core {
             Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
             Input::Closed { conn } => self.on_closed(conn, now),
             Input::Grants(grants) => self.grants = grants,
-            Input::Revoked(r) => self.on_revoked(&r, &mut out),
+            Input::Revoked(r) => {
+                self.on_revoked(&r, &mut out);
+                if !self.revocations.contains(&r) {
+                    self.revocations.push(r);
+                }
+            }
         }
         out
     }
@@ -461,18 +483,23 @@ impl Core {
                     Revocation::TrustDomain(d) => {
                         SpiffeId::parse(r.as_str()).is_ok_and(|id| id.trust_domain_str() == d)
                     }
-                    // A serial names one certificate: its PEs are those registered on
-                    // that certificate's connections.
+                    // A serial names one certificate: its PEs are those registered with
+                    // it (below), not every PE of the identity.
                     Revocation::Serial(_) => false,
                 })
             })
             .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
             .collect();
+        let by_serial = self.owned.iter().filter_map(|(pe, o)| match revocation {
+            Revocation::Serial(s) if o.serial.as_ref() == Some(s) => Some(pe.clone()),
+            _ => None,
+        });
         let mut pes: Vec<PeKey> = closing
             .iter()
             .filter_map(|c| self.conns.get(c))
             .flat_map(|c| c.pes.iter().cloned())
             .chain(revoked_pes)
+            .chain(by_serial)
             .collect();
         pes.sort();
         pes.dedup();
@@ -484,6 +511,9 @@ impl Core {
             }
         }
         for conn in closing {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.revoked = true;
+            }
             out.push(Action::Close {
                 conn,
                 reason: "certificate revoked",

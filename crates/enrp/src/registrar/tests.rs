@@ -381,6 +381,39 @@ fn revocation_closes_connections_and_removes_pes() {
 }
 
 #[test]
+fn revoking_a_serial_removes_its_pes_even_after_their_connection_closed() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(3, PU_1);
+    h.send(a, registration("echo", 7));
+    // The TLS layer closes the revoked connection first; the core hears of it after.
+    h.core.handle(Input::Closed { conn: a }, h.now);
+    let serial = Serial::from_bytes(&1u64.to_be_bytes());
+    let out = h
+        .core
+        .handle(Input::Revoked(Revocation::Serial(serial)), h.now);
+    assert_eq!(audits(&out), [(AuditAction::RemoveRevoked, None)]);
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+    assert_eq!(h.core.stats().timers, 0);
+    // A connection with that certificate that finished its handshake before the TLS
+    // layer knew is closed at once, and what it sends is ignored.
+    let client = Client {
+        id: SpiffeId::parse(PE_A).expect("SPIFFE ID"),
+        serial: Serial::from_bytes(&1u64.to_be_bytes()),
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40001)),
+    };
+    let late = ConnId(9);
+    let out = h
+        .core
+        .handle(Input::Connected { conn: late, client }, h.now);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Close { conn, .. } if *conn == late))
+    );
+    assert!(h.send(late, registration("echo", 7)).is_empty());
+}
+
+#[test]
 fn the_user_address_must_be_the_connections() {
     let mut h = Harness::new();
     let a = h.connect(1, PE_A);
