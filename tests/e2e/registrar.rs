@@ -266,6 +266,7 @@ async fn refusals_are_answered_and_audited() {
         ("deregister", "cause:0x000a"),
         ("resolve", "cause:0x0009"),
         ("malformed", "cause:0x0002"),
+        ("handshake", "tls-handshake"),
     ] {
         assert!(
             outcomes.iter().any(|(a, o)| a == want.0 && o == want.1),
@@ -407,4 +408,68 @@ async fn sigkill_during_registrations_loses_no_acknowledged_record() {
     // And a restarted registrar serves again on the same data.
     let again = lab.start_registrar();
     assert!(again.terminate().success());
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn error_cause(m: Option<AsapMsg>) -> u16 {
+    match m {
+        Some(AsapMsg::Error(e)) => e.causes()[0].code(),
+        other => panic!("expected an ASAP error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_registrations_get_the_spec_answer_on_a_live_connection() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("handshake");
+    // Spec §13.6's registration, taken apart: header, pool handle "EchoPool", PE param.
+    let handle = "0009000c4563686f506f6f6c";
+    let pe_param = |id: &str| {
+        format!("000a0028{id}00000000000493e0000500101e610000000100087f0000010008000800000001")
+    };
+    // PE ID 0 (spec §4.4): Invalid Values.
+    pe.send_raw(&hex(&format!("01000038{handle}{}", pe_param("00000000"))))
+        .await;
+    assert_eq!(error_cause(pe.recv_reply().await), 0x3);
+    // A 33-byte pool handle (spec §3.5): Invalid Values.
+    let long = format!("00090025{}000000", "61".repeat(33));
+    pe.send_raw(&hex(&format!("01000054{long}{}", pe_param("deadbeef"))))
+        .await;
+    assert_eq!(error_cause(pe.recv_reply().await), 0x3);
+    // An unknown parameter whose action bits say "stop and report" (0x4abc, spec §3.3):
+    // Unrecognized Parameter.
+    pe.send_raw(&hex(&format!(
+        "01000040{handle}{}4abc000801020304",
+        pe_param("deadbeef")
+    )))
+    .await;
+    assert_eq!(error_cause(pe.recv_reply().await), 0x1);
+    // "Stop, no report" (0x0abc): discarded silently; the connection serves on.
+    pe.send_raw(&hex(&format!(
+        "01000040{handle}{}0abc000801020304",
+        pe_param("deadbeef")
+    )))
+    .await;
+    pe.send(&registration("EchoPool", 1)).await;
+    assert!(
+        accepted(pe.recv_reply().await),
+        "the next request is answered"
+    );
+    // A second policy type in the pool (spec §5.3): Inconsistent Pooling Policy.
+    let mut random = registration("EchoPool", 2);
+    if let AsapMsg::Registration { pool_element, .. } = &mut random {
+        pool_element.policy = asap::wire::param::Policy::Random;
+    }
+    pe.send(&random).await;
+    assert_eq!(rejected_with(pe.recv_reply().await), Some(0x5));
 }

@@ -8,8 +8,9 @@ use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{Peer, Protocol, TrustStore};
 
 use super::{ConnHandle, Event, Outgoing, Settings};
@@ -22,9 +23,19 @@ pub(super) async fn accept_loop(
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
+    audit: AuditLog,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     loop {
+        // At the cap, stop accepting until a connection ends (threat T-15).
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -39,18 +50,51 @@ pub(super) async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-        tokio::spawn(serve(
+        let task = serve(
             conn,
             tcp,
             addr,
             Arc::clone(&settings),
             Arc::clone(&trust),
             events.clone(),
+            audit.clone(),
             stop.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            task.await;
+            drop(slot);
+        });
     }
 }
 
+/// Audits a connection refused before it reached the core (handshake failures, revoked
+/// or unusable identities). Batched: nothing waits for it; when the writer is behind,
+/// this connection task waits (backpressure), it never drops the record.
+async fn audit_refusal(
+    audit: &AuditLog,
+    addr: std::net::SocketAddr,
+    peer: Option<&Peer>,
+    reason: &'static str,
+    detail: String,
+) {
+    let mut record = Record::new(
+        super::now_ms(),
+        "handshake",
+        Outcome::Refused(reason.into()),
+    );
+    record.remote = Some(addr);
+    if let Some(p) = peer {
+        record.actor = Some(p.id().clone());
+        record.serial = Some(p.serial().clone());
+    }
+    // The text comes from the TLS library or a certificate: keep it bounded.
+    record.detail = Some(detail.chars().take(512).collect());
+    if let Err(e) = audit.append(record, Durability::Batched).await {
+        tracing::error!(error = %e, "cannot audit a refused connection");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
     tcp: TcpStream,
@@ -58,6 +102,7 @@ async fn serve(
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
+    audit: AuditLog,
     stop: watch::Receiver<bool>,
 ) {
     // A fresh config per handshake: revocations and trust changes apply at once.
@@ -66,10 +111,12 @@ async fn serve(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "TLS handshake failed");
+            audit_refusal(&audit, addr, None, "tls-handshake", e.to_string()).await;
             return;
         }
         Err(_) => {
             tracing::info!(%addr, "TLS handshake timed out");
+            audit_refusal(&audit, addr, None, "tls-timeout", String::new()).await;
             return;
         }
     };
@@ -81,6 +128,7 @@ async fn serve(
         Ok(p) => p,
         Err(e) => {
             tracing::info!(%addr, error = %e, "connection refused after handshake");
+            audit_refusal(&audit, addr, None, "identity", e.to_string()).await;
             return;
         }
     };
@@ -90,6 +138,7 @@ async fn serve(
         Ok(live) => live,
         Err(e) => {
             tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
+            audit_refusal(&audit, addr, Some(&peer), "revoked", e.to_string()).await;
             return;
         }
     };
@@ -119,7 +168,7 @@ async fn serve(
     let (read_half, write_half) = tokio::io::split(tls);
     let reader = MessageReader::new(read_half, Framer::asap(settings.max_message_len));
     tokio::select! {
-        () = read_loop(conn, reader, &events) => {}
+        () = read_loop(conn, reader, &events, settings.idle_timeout) => {}
         () = write_loop(write_half, rx) => {}
         reason = live.closed() => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
@@ -136,9 +185,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
     conn: ConnId,
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
+    idle_timeout: std::time::Duration,
 ) {
     loop {
-        let input = match reader.next().await {
+        let Ok(next) = tokio::time::timeout(idle_timeout, reader.next()).await else {
+            tracing::debug!(?conn, "idle: closing");
+            return;
+        };
+        let input = match next {
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
                 Ok(msg) => Input::Asap { conn, msg },
                 Err(error) => Input::Malformed { conn, error },

@@ -42,6 +42,12 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Messages queued for one connection before it counts as stuck and is closed.
     pub send_queue: usize,
+    /// A connection that sends nothing for this long is closed (spec §10: 300 s for PU
+    /// links; PEs answer keep-alives far more often). Default 300 s.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue (threat T-15).
+    /// Default 10,000.
+    pub max_connections: usize,
 }
 
 impl Settings {
@@ -53,6 +59,8 @@ impl Settings {
             max_message_len: ::asap::wire::limits::MAX_MESSAGE_LEN,
             handshake_timeout: Duration::from_secs(10),
             send_queue: 4096,
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
         }
     }
 }
@@ -143,6 +151,7 @@ impl Daemon {
             Arc::new(settings),
             trust,
             events.clone(),
+            audit.clone(),
             stop_rx,
         ));
         tracing::info!(%asap_addr, "serving ASAP over TLS");

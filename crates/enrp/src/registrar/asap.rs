@@ -81,7 +81,8 @@ impl Core {
     }
 
     /// A frame that did not decode: answer with the spec's error cause when there is one
-    /// (0x1, 0x2, 0x3 in an ASAP_ERROR), close the connection when there is none.
+    /// (0x1, 0x2, 0x3 in an ASAP_ERROR), close the connection on a framing fault, and
+    /// drop the message silently otherwise (an unknown parameter with action bits 00).
     pub(super) fn on_malformed(
         &mut self,
         conn: ConnId,
@@ -109,10 +110,13 @@ impl Core {
                 conn,
                 msg: AsapMsg::Error(OperationError::single(cause)),
             }),
-            None => out.push(Action::Close {
+            // Spec §12.2: a framing fault ends the connection without reply.
+            None if error.is_framing() => out.push(Action::Close {
                 conn,
-                reason: "malformed message",
+                reason: "framing fault",
             }),
+            // Spec §3.3, action bits 00: the message is discarded silently.
+            None => {}
         }
     }
 

@@ -462,4 +462,17 @@ fn malformed_input_gets_the_spec_answer() {
     let out = h.core.handle(Input::Malformed { conn: a, error }, h.now);
     assert!(out.iter().any(|x| matches!(x, Action::Close { .. })));
     assert!(sent(&out).is_empty());
+    // An unknown parameter with action bits 00 (spec §3.3): dropped silently, the
+    // connection stays.
+    let mut bytes = registration("echo", 7).to_bytes().expect("encodes");
+    bytes.extend_from_slice(&[0x0a, 0xbc, 0, 8, 1, 2, 3, 4]);
+    let len = u16::try_from(bytes.len()).expect("small");
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    let error = AsapMsg::decode(&bytes).expect_err("unknown mandatory parameter");
+    let out = h.core.handle(Input::Malformed { conn: a, error }, h.now);
+    assert_eq!(audits(&out), [(AuditAction::Malformed, None)]);
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::Close { .. } | Action::Send { .. }))
+    );
 }
