@@ -473,3 +473,53 @@ async fn malformed_registrations_get_the_spec_answer_on_a_live_connection() {
     pe.send(&random).await;
     assert_eq!(rejected_with(pe.recv_reply().await), Some(0x5));
 }
+
+#[test]
+fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let bad = lab.path("bad.toml");
+    std::fs::write(&bad, "asap_lisen = \"127.0.0.1:0\"\n").expect("write");
+    let out = std::process::Command::new(crate::support::bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path("data"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run enrpd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("asap_lisen"),
+        "{err}"
+    );
+
+    // A good file: the registrar listens where it says, with no flag but --config.
+    let good = lab.path("enrpd.toml");
+    let data = lab.path("data");
+    std::fs::write(
+        &good,
+        format!(
+            "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nallow_loopback = true\nlog_format = \"json\"\n",
+            data.to_str().expect("utf-8 path")
+        ),
+    )
+    .expect("write");
+    let mut child = std::process::Command::new(crate::support::bin("enrpd"))
+        .arg("run")
+        .arg("--config")
+        .arg(&good)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enrpd");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("serving ASAP on 127.0.0.1:"), "{line}");
+}

@@ -58,6 +58,10 @@ enum AuditCommand {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// A TOML file with any of the options below (names with `_` instead of `-`, e.g.
+    /// `asap_listen = "[::]:3864"`). Flags and ENRPD_* variables override it.
+    #[arg(long, env = "ENRPD_CONFIG")]
+    config: Option<PathBuf>,
     /// The data directory made by `enrpd init`.
     #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
     data: PathBuf,
@@ -83,14 +87,82 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// `enrpd run --config FILE`: the same options as the flags, all optional.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    asap_listen: Option<SocketAddr>,
+    keep_alive_interval_ms: Option<u64>,
+    keep_alive_timeout_ms: Option<u64>,
+    allow_loopback: Option<bool>,
+    no_address_check: Option<bool>,
+    log_format: Option<LogFormat>,
+}
+
+impl RunArgs {
+    /// Fills every option not given by flag or environment from the config file.
+    fn merge_file(mut self, matches: &clap::ArgMatches) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        let unset = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        };
+        if let Some(v) = file.data.filter(|_| unset("data")) {
+            self.data = v;
+        }
+        if let Some(v) = file.asap_listen.filter(|_| unset("asap_listen")) {
+            self.asap_listen = v;
+        }
+        if let Some(v) = file
+            .keep_alive_interval_ms
+            .filter(|_| unset("keep_alive_interval_ms"))
+        {
+            self.keep_alive_interval_ms = v;
+        }
+        if let Some(v) = file
+            .keep_alive_timeout_ms
+            .filter(|_| unset("keep_alive_timeout_ms"))
+        {
+            self.keep_alive_timeout_ms = v;
+        }
+        if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
+            self.allow_loopback = v;
+        }
+        if let Some(v) = file.no_address_check.filter(|_| unset("no_address_check")) {
+            self.no_address_check = v;
+        }
+        if let Some(v) = file.log_format.filter(|_| unset("log_format")) {
+            self.log_format = v;
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum LogFormat {
     Text,
     Json,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let run_matches = matches.subcommand_matches("run").cloned();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -98,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, run_matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -114,7 +186,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { pki, name, data } => {
             let report = setup::init(&pki, name.as_deref(), &data, now_ms())
@@ -131,7 +203,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => {
+            let args = match &run_matches {
+                Some(m) => args.merge_file(m)?,
+                None => args,
+            };
+            serve(args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => {
