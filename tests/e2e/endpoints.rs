@@ -58,7 +58,8 @@ fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {
 fn pes_register_and_a_pu_fails_over_when_one_dies() {
     let lab = Lab::new();
     lab.init_registrar();
-    let registrar = lab.start_registrar();
+    // Short timers, with room for a loaded machine: PEs answer within a second.
+    let registrar = lab.start_registrar_with(300, 1000);
     let mut pe1 = start_pe(&lab, registrar.addr, "pe-echo-1");
     let _pe2 = start_pe(&lab, registrar.addr, "pe-echo-2");
 
@@ -71,7 +72,7 @@ fn pes_register_and_a_pu_fails_over_when_one_dies() {
     assert!(pes.iter().all(|p| p.contains("\"policy\":\"rr\"")));
 
     // Both PEs answer keep-alives: still registered after several keep-alive timeouts.
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1500));
     let order = resolve(&lab, registrar.addr);
     assert_eq!(order.len(), 2);
     // With the whole pool in each answer, round robin keeps this order next time too.
@@ -111,8 +112,9 @@ fn pes_register_and_a_pu_fails_over_when_one_dies() {
         assert!(stderr.contains("failing over"), "{stderr}");
     }
 
-    // The registrar removes the dead PE (connection loss + grace, 200 ms in tests).
-    std::thread::sleep(Duration::from_millis(600));
+    // The registrar removes the dead PE (connection loss + grace of one keep-alive
+    // timeout, 1 s here).
+    std::thread::sleep(Duration::from_millis(2000));
     let pes = resolve(&lab, registrar.addr);
     assert_eq!(pes.len(), 1, "{pes:?}");
     assert!(pes[0].contains("echo-2"));

@@ -88,7 +88,7 @@ async fn pe_registers_pu_resolves_and_both_are_audited() {
     let lab = Lab::new();
     let init = lab.init_registrar();
     assert!(init.contains("admin token"), "{init}");
-    let registrar = lab.start_registrar();
+    let registrar = lab.start_registrar_with(500, 500);
     let pe_id = lab.identity("pe-echo-1");
     let pu_id = lab.identity("pu-client-1");
 
@@ -107,8 +107,8 @@ async fn pe_registers_pu_resolves_and_both_are_audited() {
         Ok(vec![(7, "spiffe://acme.test/pe/echo-1".to_owned())])
     );
 
-    // The PE never answers keep-alives: gone within interval + timeout (200 + 200 ms).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The PE never answers keep-alives: gone within interval + timeout (500 + 500 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     pu.send(&resolution("echo")).await;
     assert_eq!(resolved(pu.recv_reply().await), Err(0x9));
 
@@ -148,7 +148,7 @@ async fn pe_registers_pu_resolves_and_both_are_audited() {
 async fn refusals_are_answered_and_audited() {
     let lab = Lab::new();
     lab.init_registrar();
-    let registrar = lab.start_registrar();
+    let registrar = lab.start_registrar_with(10_000, 10_000);
     let pe1 = lab.identity("pe-echo-1");
     let pe2 = lab.identity("pe-echo-2");
     let pu = lab.identity("pu-client-1");
@@ -279,7 +279,7 @@ async fn refusals_are_answered_and_audited() {
 async fn revocation_by_crl_and_sighup_closes_the_connection_and_removes_the_pe() {
     let lab = Lab::new();
     lab.init_registrar();
-    let registrar = lab.start_registrar();
+    let registrar = lab.start_registrar_with(10_000, 10_000);
     let pe_id = lab.identity("pe-echo-1");
     let mut pe = Asap::connect(&pe_id, registrar.addr)
         .await
@@ -428,7 +428,7 @@ fn error_cause(m: Option<AsapMsg>) -> u16 {
 async fn malformed_registrations_get_the_spec_answer_on_a_live_connection() {
     let lab = Lab::new();
     lab.init_registrar();
-    let registrar = lab.start_registrar();
+    let registrar = lab.start_registrar_with(10_000, 10_000);
     let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
         .await
         .expect("handshake");
@@ -468,7 +468,7 @@ async fn malformed_registrations_get_the_spec_answer_on_a_live_connection() {
     // A second policy type in the pool (spec §5.3): Inconsistent Pooling Policy.
     let mut random = registration("EchoPool", 2);
     if let AsapMsg::Registration { pool_element, .. } = &mut random {
-        pool_element.policy = asap::wire::param::Policy::Random;
+        pool_element.policy = Policy::Random;
     }
     pe.send(&random).await;
     assert_eq!(rejected_with(pe.recv_reply().await), Some(0x5));

@@ -100,6 +100,14 @@ impl Lab {
 
     /// `enrpd run` on a free loopback port with 200 ms keep-alive timers.
     pub(crate) fn start_registrar(&self) -> Registrar {
+        self.start_registrar_with(200, 200)
+    }
+
+    /// `enrpd run` on a free loopback port with these keep-alive interval and timeout
+    /// (ms). Tests whose PEs do not answer keep-alives use long ones, so that a slow
+    /// machine does not remove a PE in the middle of the test.
+    pub(crate) fn start_registrar_with(&self, interval_ms: u32, timeout_ms: u32) -> Registrar {
+        let (interval, timeout) = (interval_ms.to_string(), timeout_ms.to_string());
         let mut child = Command::new(bin("enrpd"))
             .arg("run")
             .arg("--data")
