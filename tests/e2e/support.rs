@@ -113,12 +113,8 @@ impl Lab {
             .arg("--data")
             .arg(self.path("data"))
             .args(["--asap-listen", "127.0.0.1:0", "--allow-loopback"])
-            .args([
-                "--keep-alive-interval-ms",
-                "200",
-                "--keep-alive-timeout-ms",
-                "200",
-            ])
+            .args(["--keep-alive-interval-ms", &interval])
+            .args(["--keep-alive-timeout-ms", &timeout])
             .env("ENRPD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
