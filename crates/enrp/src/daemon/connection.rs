@@ -87,8 +87,8 @@ async fn audit_refusal(
         record.actor = Some(p.id().clone());
         record.serial = Some(p.serial().clone());
     }
-    // The text comes from the TLS library or a certificate: keep it bounded.
-    record.detail = Some(detail.chars().take(512).collect());
+    // The text comes from the TLS library or a certificate: keep it bounded and printable.
+    record.detail = Some(super::audit_text(&detail));
     if let Err(e) = audit.append(record, Durability::Batched).await {
         tracing::error!(error = %e, "cannot audit a refused connection");
     }
