@@ -119,3 +119,55 @@ fn pes_register_and_a_pu_fails_over_when_one_dies() {
     assert_eq!(pes.len(), 1, "{pes:?}");
     assert!(pes[0].contains("echo-2"));
 }
+
+/// One line through the gateway over plain TCP, as `nc` would send it.
+fn through_gateway(addr: std::net::SocketAddr, line: &str) -> std::io::Result<String> {
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(tcp, "{line}")?;
+    let mut answer = String::new();
+    BufReader::new(tcp).read_line(&mut answer)?;
+    Ok(answer)
+}
+
+#[test]
+fn a_plain_tcp_client_reaches_the_pool_through_the_gateway_and_fails_over() {
+    let lab = Lab::new();
+    lab.pki(&["issue", "gateway", "gw-1"]);
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let mut pe1 = start_pe(&lab, registrar.addr, "pe-echo-1");
+    let _pe2 = start_pe(&lab, registrar.addr, "pe-echo-2");
+    let mut gw = rsp(&lab, registrar.addr, "gateway-gw-1")
+        .args(["gateway", "--listen", "127.0.0.1:0", "--pool", "echo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rsp gateway");
+    let mut line = String::new();
+    BufReader::new(gw.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the gateway reports its address");
+    let gw = Pe(gw); // killed on drop
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    for i in 0..4 {
+        assert_eq!(
+            through_gateway(addr, &format!("hello {i}")).expect("answer"),
+            format!("hello {i}\n")
+        );
+    }
+    // One PE dies: every client is still served, by the other.
+    let _ = pe1.0.kill();
+    let _ = pe1.0.wait();
+    for i in 0..4 {
+        assert_eq!(
+            through_gateway(addr, &format!("again {i}")).expect("answer"),
+            format!("again {i}\n")
+        );
+    }
+    drop(gw);
+}

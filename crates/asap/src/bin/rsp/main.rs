@@ -74,6 +74,19 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// A gateway for clients that do not speak ASAP: every TCP connection accepted on
+    /// --listen is carried over TLS to a PE of the pool; failed PEs are reported and
+    /// skipped.
+    Gateway {
+        /// Where plain TCP clients connect.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The pool to forward to.
+        #[arg(long)]
+        pool: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// A pool user: send standard input lines to a PE of the pool, print its answers;
     /// fail over to another PE when one fails.
     Pu {
@@ -219,6 +232,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         } => run_resolve(pool, items, json, common).await,
         Command::Pu { pool, common } => run_pu(pool, common).await,
+        Command::Gateway {
+            listen,
+            pool,
+            common,
+        } => run_gateway(listen, pool, common).await,
     }
 }
 
@@ -413,6 +431,16 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
 
 /// Connects to a PE, insisting on the identity the registrar vouched for (0x8101).
 async fn connect_pe(trust: &TrustStore, e: &asap::wire::PeEntry) -> anyhow::Result<services::Line> {
+    let (config, addr) = pe_target(trust, e)?;
+    services::Line::connect(config, addr).await
+}
+
+/// Where a PE is, and a TLS configuration that accepts only the identity the registrar
+/// vouched for (project parameter 0x8101): a PE with another certificate is refused.
+fn pe_target(
+    trust: &TrustStore,
+    e: &asap::wire::PeEntry,
+) -> anyhow::Result<(Arc<tokio_rustls::rustls::ClientConfig>, SocketAddr)> {
     let registrant = e
         .registrant
         .as_ref()
@@ -421,7 +449,98 @@ async fn connect_pe(trust: &TrustStore, e: &asap::wire::PeEntry) -> anyhow::Resu
     let config = trust.client_config_expecting(Protocol::Asap, IdentityPattern::exact(&id))?;
     let t = &e.pool_element.user_transport;
     let ip = t.addresses().first().context("the PE has no address")?.ip();
-    services::Line::connect(config, SocketAddr::new(ip, t.port().get())).await
+    Ok((config, SocketAddr::new(ip, t.port().get())))
+}
+
+/// The gateway for clients that do not speak ASAP (draft-tuexen-rserpool-reqts §2.5.2):
+/// each accepted TCP connection is carried over TLS to a PE chosen by the pool policy
+/// (the registrar's order); a PE that cannot be reached is reported and the next tried.
+async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow::Result<()> {
+    let trust = common.trust()?;
+    let namespace = common.namespace()?;
+    let handle = pool_handle(&pool)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let (conn, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
+    let registrar = Arc::new(tokio::sync::Mutex::new(conn));
+    println!(
+        "rsp gateway: {} → pool {pool} as {}",
+        listener.local_addr()?,
+        trust.identity().id()
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (client, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let (trust, registrar, namespace, handle) = (
+            Arc::clone(&trust),
+            Arc::clone(&registrar),
+            namespace.clone(),
+            handle.clone(),
+        );
+        let registrars = common.registrars.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                forward(client, &trust, &registrar, &registrars, namespace, &handle).await
+            {
+                eprintln!("client {peer}: {e:#}");
+            }
+        });
+    }
+}
+
+async fn forward(
+    mut client: tokio::net::TcpStream,
+    trust: &TrustStore,
+    registrar: &tokio::sync::Mutex<Connection>,
+    registrars: &[SocketAddr],
+    namespace: Option<Namespace>,
+    handle: &PoolHandle,
+) -> anyhow::Result<()> {
+    let pes = {
+        let mut r = registrar.lock().await;
+        match pu::resolve(&mut r, namespace.clone(), handle, None).await {
+            Ok(found) => found.pool_elements,
+            // The registrar connection failed: hunt again once (spec §7.7).
+            Err(client::Error::Rejected(code)) => bail!("resolution refused: cause {code:#x}"),
+            Err(_) => {
+                *r = Connection::hunt(trust, registrars, 0).await?.0;
+                pu::resolve(&mut r, namespace.clone(), handle, None)
+                    .await?
+                    .pool_elements
+            }
+        }
+    };
+    for e in &pes {
+        let pe_id = e.pool_element.pe_id;
+        let connected = match pe_target(trust, e) {
+            Ok((config, addr)) => services::connect_tls(config, addr).await,
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(mut pe) => {
+                tokio::io::copy_bidirectional(&mut client, &mut pe).await?;
+                return Ok(());
+            }
+            Err(err) => {
+                eprintln!("PE {pe_id} unreachable ({err:#}); trying the next");
+                let mut r = registrar.lock().await;
+                let _ = pu::report_unreachable(&mut r, namespace.clone(), handle, pe_id).await;
+            }
+        }
+    }
+    bail!("no PE of the pool is reachable")
 }
 
 fn decode(enrp: bool, hex: Vec<String>) -> anyhow::Result<()> {

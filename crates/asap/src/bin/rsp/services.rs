@@ -120,6 +120,23 @@ fn daytime() -> String {
     )
 }
 
+/// A TLS session with a PE; `config` checks the PE's identity.
+pub(crate) async fn connect_tls(
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp),
+    )
+    .await
+    .context("TLS handshake with the PE timed out")?
+    .context("TLS handshake with the PE")
+}
+
 /// A line-oriented TLS session with a PE.
 pub(crate) struct Line {
     reader: BufReader<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>>,
@@ -132,14 +149,7 @@ impl Line {
         config: Arc<ClientConfig>,
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-            .await
-            .context("connect timed out")??;
-        let tls = TlsConnector::from(config)
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .context("TLS handshake with the PE")?;
-        let (r, w) = tokio::io::split(tls);
+        let (r, w) = tokio::io::split(connect_tls(config, addr).await?);
         Ok(Self {
             reader: BufReader::new(r),
             writer: w,
