@@ -268,12 +268,12 @@ impl Core {
             && old != conn
             && let Some(c) = self.conns.get_mut(&old)
         {
-            c.pes.remove(&key);
+            c.remove_pe(&key);
         }
         owned.reporters.clear();
         if let Some(c) = self.conns.get_mut(&conn) {
             owned.serial = Some(c.client.serial.clone());
-            c.pes.insert(key.clone());
+            c.add_pe(key.clone());
         }
         self.timers.stop(&TimerKey::Orphaned(key.clone()));
         self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
@@ -429,12 +429,7 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let Some(key) = c
-            .pes
-            .iter()
-            .find(|(_, h, id)| *h == pool_handle && *id == pe_id)
-            .cloned()
-        else {
+        let Some(key) = c.find_pe(&pool_handle, pe_id) else {
             return;
         };
         if self

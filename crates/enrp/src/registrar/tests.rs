@@ -296,6 +296,41 @@ fn unanswered_keep_alive_removes_the_pe() {
 }
 
 #[test]
+fn keep_alive_ack_counts_only_on_the_connection_of_the_last_registration() {
+    // Spec §7.5: the ACK must come from the PE's connection; a PE that re-registered on
+    // another connection (spec §12.6) is no longer kept alive by the old one.
+    let mut h = Harness::new();
+    let old = h.connect(1, PE_A);
+    let new = h.connect(3, PE_A);
+    let pu = h.connect(2, PU_1);
+    for id in [7, 8] {
+        h.send(old, registration("echo", id));
+        h.send(new, registration("echo", id));
+    }
+    let out = h.advance(200);
+    let keep_alives: Vec<ConnId> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                msg: AsapMsg::EndpointKeepAlive { .. },
+            } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keep_alives, [new, new]);
+    let ack = |id| AsapMsg::EndpointKeepAliveAck {
+        pool_handle: handle("echo"),
+        pe_id: PeId::new(id).expect("non-zero"),
+    };
+    h.send(old, ack(7)); // not PE 7's connection any more: ignored
+    h.send(new, ack(8));
+    let out = h.advance(200);
+    assert_eq!(audits(&out), [(AuditAction::RemoveTimeout, None)]);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [8]);
+}
+
+#[test]
 fn a_lost_connection_removes_its_pes_after_the_grace_period_unless_they_return() {
     // Spec §12.6.
     let mut h = Harness::new();
