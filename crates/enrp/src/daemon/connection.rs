@@ -217,13 +217,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// Most bytes gathered into one write: messages queued together (keep-alives come in
+/// bursts) leave in one TLS record and one system call instead of one each.
+const MAX_BATCH: usize = 64 * 1024;
+
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(out) = rx.recv().await {
+    let mut batch = Vec::with_capacity(4096);
+    let mut next = rx.recv().await;
+    while let Some(out) = next.take() {
         let (bytes, gate) = match out {
             Outgoing::Message { bytes, gate } => (Some(bytes), gate),
             Outgoing::Close { gate } => (None, gate),
         };
         if let Some(mut gate) = gate {
+            if gate.borrow().is_none() && !batch.is_empty() {
+                // Earlier messages need not wait for this one's commit.
+                if write_message(&mut w, &batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
             // Audit before ack: wait for the record's commit; a failed commit withholds
             // the reply and ends the connection, so the client retries elsewhere.
             let committed = matches!(
@@ -237,9 +250,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outg
         let Some(bytes) = bytes else {
             break;
         };
-        if write_message(&mut w, &bytes).await.is_err() {
-            break;
-        }
+        batch.extend_from_slice(&bytes);
+        next = match rx.try_recv() {
+            Ok(more) if batch.len() < MAX_BATCH => Some(more),
+            Ok(more) => {
+                if write_message(&mut w, &batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+                Some(more)
+            }
+            Err(_) => {
+                if write_message(&mut w, &batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+                rx.recv().await
+            }
+        };
+    }
+    if !batch.is_empty() {
+        let _ = write_message(&mut w, &batch).await;
     }
     let _ = w.shutdown().await;
 }
