@@ -24,8 +24,18 @@ fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
 }
 
 fn start_pe(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Pe {
+    start_pe_in(lab, registrar, cert, "echo", "rr")
+}
+
+fn start_pe_in(
+    lab: &Lab,
+    registrar: std::net::SocketAddr,
+    cert: &str,
+    pool: &str,
+    policy: &str,
+) -> Pe {
     let mut child = rsp(lab, registrar, cert)
-        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .args(["pe", "--pool", pool, "--serve", "echo", "--policy", policy])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,4 +180,52 @@ fn a_plain_tcp_client_reaches_the_pool_through_the_gateway_and_fails_over() {
         );
     }
     drop(gw);
+}
+
+/// The PE IDs of `n` one-PE resolutions of `pool`, counted by PE.
+fn spread(lab: &Lab, registrar: std::net::SocketAddr, pool: &str, n: usize) -> Vec<usize> {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..n {
+        let out = rsp(lab, registrar, "pu-client-1")
+            .args(["resolve", pool, "--items", "1", "--json"])
+            .output()
+            .expect("rsp resolve");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let id = text
+            .split("\"pe_id\":")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("no PE in {text:?}"))
+            .to_owned();
+        *counts.entry(id).or_default() += 1;
+    }
+    let mut v: Vec<usize> = counts.into_values().collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn round_robin_spreads_evenly_and_weighted_round_robin_by_weight() {
+    // Issue 5: three PEs, round robin, 30 requests spread 10/10/10; weighted round robin
+    // 1:2 spreads in that ratio. Each request is a resolution of one PE (spec §7.3: the
+    // registrar advances the cycle by the PEs it returns).
+    let lab = Lab::new();
+    lab.pki(&["issue", "pe", "echo-3"]);
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let _rr: Vec<Pe> = ["pe-echo-1", "pe-echo-2", "pe-echo-3"]
+        .iter()
+        .map(|c| start_pe_in(&lab, registrar.addr, c, "rr", "rr"))
+        .collect();
+    assert_eq!(spread(&lab, registrar.addr, "rr", 30), [10, 10, 10]);
+    let _wrr = [
+        start_pe_in(&lab, registrar.addr, "pe-echo-1", "wrr", "wrr:1"),
+        start_pe_in(&lab, registrar.addr, "pe-echo-2", "wrr", "wrr:2"),
+    ];
+    assert_eq!(spread(&lab, registrar.addr, "wrr", 30), [10, 20]);
 }
