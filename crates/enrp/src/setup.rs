@@ -261,6 +261,9 @@ pub struct Loaded {
     pub grants: Vec<Grant>,
     /// The registrar's Server ID.
     pub server_id: ServerId,
+    /// The serials the local trust domain's CRL lists at start-up: in force from the first
+    /// handshake, so a later reload need only act on serials added since.
+    pub revoked: Vec<trust::Serial>,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
@@ -272,6 +275,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     let trust = TrustStore::new(identity)?;
     let store = Store::open(data, &StoreOptions::default()).await?;
     let mut conn = store.acquire().await?;
+    let mut revoked = Vec::new();
     for row in db::list_trust_domains(&mut conn).await? {
         let mut bundle = DomainBundle::from_pem(row.name.clone(), row.roots_pem.as_bytes())?;
         // The local domain's CRL comes from the PKI directory (rsp-pki crl), so that a
@@ -282,7 +286,13 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
             row.crls_pem.map(String::into_bytes)
         };
         if let Some(crl) = crl {
-            bundle = bundle.with_crls(trust::crls_from_pem(&crl)?);
+            let crls = trust::crls_from_pem(&crl)?;
+            if row.is_local {
+                for c in &crls {
+                    revoked.extend(trust::crl_serials(c)?);
+                }
+            }
+            bundle = bundle.with_crls(crls);
         }
         trust.add_domain(bundle)?;
     }
@@ -297,6 +307,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         store,
         grants,
         server_id,
+        revoked,
     })
 }
 

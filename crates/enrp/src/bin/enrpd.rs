@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use enrp::daemon::{Daemon, Settings};
+use enrp::daemon::{Daemon, Settings, now_ms};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
 use trust::audit::{AuditConfig, AuditLog};
@@ -179,13 +179,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // the binary reads the clock
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { pki, name, data } => {
@@ -283,7 +276,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         loaded.server_id
     );
     // Serials already applied: a reload only acts on what the CRL newly lists.
-    let mut applied = std::collections::HashSet::new();
+    let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
     loop {
         tokio::select! {
             _ = term.recv() => break,

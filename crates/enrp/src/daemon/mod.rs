@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::asap::wire::AsapMsg;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -194,9 +193,9 @@ impl Daemon {
     }
 }
 
-/// The current time in unix milliseconds, for audit records.
+/// The current time in unix milliseconds, for audit records and the store.
 #[allow(clippy::disallowed_methods)] // the driver is where the clock is read
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -255,31 +254,41 @@ async fn execute(
         match action {
             Action::Audit { event, durability } => {
                 let record = to_record(event);
-                match durability {
-                    Durability::Batched => {
-                        audit
-                            .append(record, trust::audit::Durability::Batched)
-                            .await?
+                let queued = match durability {
+                    Durability::Batched => audit
+                        .append(record, trust::audit::Durability::Batched)
+                        .await
+                        .map(|()| None),
+                    Durability::BeforeReply => audit.enqueue_before_reply(record).await.map(Some),
+                };
+                let committed = match queued {
+                    Ok(c) => c,
+                    // A record the log refuses (checked before it is queued) is a bug
+                    // here, not a reason to stop serving everyone.
+                    Err(e @ trust::db::Error::Invalid { .. }) => {
+                        tracing::error!(error = %e, "audit record refused; operation not recorded");
+                        continue;
                     }
-                    Durability::BeforeReply => {
-                        let committed = audit.enqueue_before_reply(record).await?;
-                        let (tx, rx) = watch::channel(None);
-                        tokio::spawn(async move {
-                            let ok = matches!(committed.await, Ok(Ok(())));
-                            if !ok {
-                                tracing::error!("audit commit failed: the reply is withheld");
-                            }
-                            let _ = tx.send(Some(ok));
-                        });
-                        gate = Some(rx);
-                    }
+                    // The log is closed or failing: stop rather than act unrecorded.
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(committed) = committed {
+                    let (tx, rx) = watch::channel(None);
+                    tokio::spawn(async move {
+                        let ok = matches!(committed.await, Ok(Ok(())));
+                        if !ok {
+                            tracing::error!("audit commit failed: the reply is withheld");
+                        }
+                        let _ = tx.send(Some(ok));
+                    });
+                    gate = Some(rx);
                 }
             }
             Action::Send { conn, msg } => {
                 let bytes = match msg.to_bytes() {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(?conn, error = %e, msg = msg_name(&msg), "cannot encode");
+                        tracing::error!(?conn, error = %e, msg = msg.name(), "cannot encode");
                         continue;
                     }
                 };
@@ -299,10 +308,6 @@ async fn execute(
         }
     }
     Ok(())
-}
-
-fn msg_name(msg: &AsapMsg) -> &'static str {
-    msg.name()
 }
 
 fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {

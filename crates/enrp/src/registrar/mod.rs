@@ -508,23 +508,29 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         closing.sort_unstable();
-        // Every PE whose registrant is revoked goes, wherever it registered.
-        let revoked_pes: Vec<PeKey> = self
-            .handlespace
-            .iter()
-            .filter(|(_, _, e)| {
-                e.registrant.as_ref().is_some_and(|r| match revocation {
-                    Revocation::Identity(id) => r.as_str() == id.as_str(),
-                    Revocation::TrustDomain(d) => {
-                        SpiffeId::parse(r.as_str()).is_ok_and(|id| id.trust_domain_str() == d)
-                    }
-                    // A serial names one certificate: its PEs are those registered with
-                    // it (below), not every PE of the identity.
-                    Revocation::Serial(_) => false,
+        // Every PE whose registrant is revoked goes, wherever it registered. A serial names
+        // one certificate: its PEs are those registered with it (`by_serial`), and the
+        // whole handlespace need not be walked for it.
+        let registrant_revoked = |r: &str| match revocation {
+            Revocation::Identity(id) => r == id.as_str(),
+            Revocation::TrustDomain(d) => {
+                SpiffeId::parse(r).is_ok_and(|id| id.trust_domain_str() == d)
+            }
+            Revocation::Serial(_) => false,
+        };
+        let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial(_)) {
+            Vec::new()
+        } else {
+            self.handlespace
+                .iter()
+                .filter(|(_, _, e)| {
+                    e.registrant
+                        .as_ref()
+                        .is_some_and(|r| registrant_revoked(r.as_str()))
                 })
-            })
-            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
-            .collect();
+                .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
+                .collect()
+        };
         let by_serial = self.owned.iter().filter_map(|(pe, o)| match revocation {
             Revocation::Serial(s) if o.serial.as_ref() == Some(s) => Some(pe.clone()),
             _ => None,
