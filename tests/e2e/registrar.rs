@@ -523,3 +523,68 @@ fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
     let _ = child.wait();
     assert!(line.contains("serving ASAP on 127.0.0.1:"), "{line}");
 }
+
+#[test]
+fn enrpd_creates_lists_and_revokes_admin_tokens_and_audits_each() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let enrpd = |args: &[&str]| {
+        let out = crate::support::run_ok(
+            std::process::Command::new(crate::support::bin("enrpd"))
+                .args(args)
+                .arg("--data")
+                .arg(lab.path("data")),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created = enrpd(&[
+        "token",
+        "create",
+        "--name",
+        "ci robot",
+        "--role",
+        "auditor",
+        "--expires-in-days",
+        "7",
+    ]);
+    let secret = created
+        .split_whitespace()
+        .find(|w| w.starts_with("rsp_"))
+        .unwrap_or_else(|| panic!("no secret in {created}"));
+    let id = created.split_whitespace().nth(1).expect("token id");
+    assert!(secret.contains(id), "{created}");
+    let listed = enrpd(&["token", "list"]);
+    assert!(listed.contains(id) && listed.contains("auditor") && listed.contains("ci robot"));
+    assert!(!listed.contains(secret), "a listing never shows a secret");
+    enrpd(&["token", "revoke", id]);
+    let listed = enrpd(&["token", "list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains(id))
+        .expect("still listed");
+    assert!(line.contains("revoked"), "{line}");
+
+    // A bad role or an unknown token: one clear line, nothing changes.
+    let out = std::process::Command::new(crate::support::bin("enrpd"))
+        .args(["token", "revoke", "0000000000000000", "--data"])
+        .arg(lab.path("data"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+    let out = std::process::Command::new(crate::support::bin("enrpd"))
+        .args(["token", "create", "--name", "x", "--role", "root", "--data"])
+        .arg(lab.path("data"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "clap refuses the role");
+    assert_eq!(
+        enrpd(&["token", "list"]).lines().count(),
+        2,
+        "initial + ci robot"
+    );
+
+    let verified = lab.verify_audit();
+    assert!(verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("intact"));
+}

@@ -363,6 +363,81 @@ pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
     })
 }
 
+/// `enrpd token create`: a new admin API token, audited in the same transaction. Works
+/// next to a running registrar (SQLite serializes the writers).
+pub async fn create_token(
+    data: &Path,
+    name: &str,
+    role: db::Role,
+    expires_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<db::NewToken, Error> {
+    let store = open_existing(data).await?;
+    let result = async {
+        let mut tx = store.begin().await?;
+        let token = db::create_token(
+            &mut tx,
+            &db::TokenHasher::default(),
+            name,
+            role,
+            expires_ms,
+            now_ms,
+        )
+        .await?;
+        let record = trust::audit::Record::new(now_ms, "token:create", trust::audit::Outcome::Ok)
+            .detail(format!(
+                "token {} ({}, {}) by the enrpd command line",
+                token.info.id, token.info.name, token.info.role
+            ));
+        trust::audit::append_in(&mut tx, &[record]).await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok::<_, Error>(token)
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// `enrpd token list`: every token, without secrets.
+pub async fn list_tokens(data: &Path) -> Result<Vec<db::TokenInfo>, Error> {
+    let store = open_existing(data).await?;
+    let result = async {
+        let mut conn = store.acquire().await?;
+        Ok::<_, Error>(db::list_tokens(&mut conn).await?)
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// `enrpd token revoke ID`, audited in the same transaction.
+pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::TokenInfo, Error> {
+    let store = open_existing(data).await?;
+    let result = async {
+        let mut tx = store.begin().await?;
+        let info = db::revoke_token(&mut tx, id, now_ms).await?;
+        let record = trust::audit::Record::new(now_ms, "token:revoke", trust::audit::Outcome::Ok)
+            .detail(format!("token {} by the enrpd command line", info.id));
+        trust::audit::append_in(&mut tx, &[record]).await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok::<_, Error>(info)
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// Opens the store of a data directory made by `enrpd init` (not a fresh one).
+async fn open_existing(data: &Path) -> Result<Store, Error> {
+    if !data.join(db::DB_FILE).is_file() {
+        return Err(Error::Install {
+            path: data.to_path_buf(),
+            reason: "no store here: run `enrpd init` first".into(),
+        });
+    }
+    Ok(Store::open(data, &StoreOptions::default()).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,44 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage admin API tokens (also possible through the API itself).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// What it is for (shown in listings and the audit log).
+        #[arg(long)]
+        name: String,
+        /// admin (everything), operator (pools, PEs, revocations) or auditor (read-only).
+        #[arg(long)]
+        role: trust::db::Role,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List the tokens (never their secrets).
+    List {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// The token's id (the part after `rsp_`, before the second `_`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +241,7 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             };
             serve(args).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Token { command } => token(command).await,
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => {
@@ -230,6 +269,43 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             }
         }
     }
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            data,
+            name,
+            role,
+            expires_in_days,
+        } => {
+            let now = now_ms();
+            let expires = expires_in_days.map(|d| now + u64::from(d) * 86_400_000);
+            let t = setup::create_token(&data, &name, role, expires, now)
+                .await
+                .context("creating the token")?;
+            println!("token {} ({}, {})", t.info.id, t.info.name, t.info.role);
+            println!("  secret (shown once, store it now): {}", t.token);
+        }
+        TokenCommand::List { data } => {
+            for t in setup::list_tokens(&data).await.context("listing tokens")? {
+                let state = match (t.revoked_ms, t.expires_ms) {
+                    (Some(_), _) => "revoked".to_owned(),
+                    (None, Some(e)) if e <= now_ms() => "expired".to_owned(),
+                    (None, Some(e)) => format!("expires {e} (unix ms)"),
+                    (None, None) => "no expiry".to_owned(),
+                };
+                println!("{}  {:8}  {}  {}", t.id, t.role.as_str(), state, t.name);
+            }
+        }
+        TokenCommand::Revoke { data, id } => {
+            let t = setup::revoke_token(&data, &id, now_ms())
+                .await
+                .context("revoking the token")?;
+            println!("revoked token {} ({})", t.id, t.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{Peer, Protocol, TrustStore};
 
-use super::{ConnHandle, Event, Outgoing, Settings};
+use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -24,6 +24,7 @@ pub(super) async fn accept_loop(
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
     audit: AuditLog,
+    counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
@@ -58,6 +59,7 @@ pub(super) async fn accept_loop(
             Arc::clone(&trust),
             events.clone(),
             audit.clone(),
+            Arc::clone(&counters),
             stop.clone(),
         );
         tokio::spawn(async move {
@@ -72,11 +74,13 @@ pub(super) async fn accept_loop(
 /// this connection task waits (backpressure), it never drops the record.
 async fn audit_refusal(
     audit: &AuditLog,
+    counters: &Counters,
     addr: std::net::SocketAddr,
     peer: Option<&Peer>,
     reason: &'static str,
     detail: String,
 ) {
+    counters.handshake_failed(reason);
     let mut record = Record::new(
         super::now_ms(),
         "handshake",
@@ -103,6 +107,7 @@ async fn serve(
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
     audit: AuditLog,
+    counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
 ) {
     // A fresh config per handshake: revocations and trust changes apply at once.
@@ -111,12 +116,20 @@ async fn serve(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "TLS handshake failed");
-            audit_refusal(&audit, addr, None, "tls-handshake", e.to_string()).await;
+            audit_refusal(
+                &audit,
+                &counters,
+                addr,
+                None,
+                "tls-handshake",
+                e.to_string(),
+            )
+            .await;
             return;
         }
         Err(_) => {
             tracing::info!(%addr, "TLS handshake timed out");
-            audit_refusal(&audit, addr, None, "tls-timeout", String::new()).await;
+            audit_refusal(&audit, &counters, addr, None, "tls-timeout", String::new()).await;
             return;
         }
     };
@@ -128,7 +141,7 @@ async fn serve(
         Ok(p) => p,
         Err(e) => {
             tracing::info!(%addr, error = %e, "connection refused after handshake");
-            audit_refusal(&audit, addr, None, "identity", e.to_string()).await;
+            audit_refusal(&audit, &counters, addr, None, "identity", e.to_string()).await;
             return;
         }
     };
@@ -138,7 +151,15 @@ async fn serve(
         Ok(live) => live,
         Err(e) => {
             tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
-            audit_refusal(&audit, addr, Some(&peer), "revoked", e.to_string()).await;
+            audit_refusal(
+                &audit,
+                &counters,
+                addr,
+                Some(&peer),
+                "revoked",
+                e.to_string(),
+            )
+            .await;
             return;
         }
     };

@@ -12,6 +12,9 @@
 //!   leaves before its record is durable, and many records share one commit.
 
 mod connection;
+mod control;
+
+pub use control::{Control, Counters, PoolSnapshot, Snapshot};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use trust::audit::{AuditLog, Outcome, Record};
 use trust::{Grant, TrustStore};
@@ -90,6 +93,13 @@ enum Event {
         writer: ConnHandle,
     },
     Input(Input),
+    /// The admin API's questions, answered from the core between inputs.
+    Query(control::Query),
+    /// An input whose PE removals are counted back once their audit records committed.
+    Command {
+        input: Input,
+        done: oneshot::Sender<usize>,
+    },
 }
 
 /// What the core task tells a connection task.
@@ -121,6 +131,7 @@ pub struct Daemon {
     core_task: JoinHandle<Result<(), Error>>,
     accept_task: JoinHandle<()>,
     audit: AuditLog,
+    control: Control,
 }
 
 impl Daemon {
@@ -144,15 +155,24 @@ impl Daemon {
         let (events, events_rx) = mpsc::channel(8192);
         let (stop, stop_rx) = watch::channel(false);
         let core = Core::new(settings.registrar.clone(), grants);
-        let core_task = tokio::spawn(run_core(core, events_rx, audit.clone(), stop_rx.clone()));
+        let counters = Arc::new(Counters::default());
+        let core_task = tokio::spawn(run_core(
+            core,
+            events_rx,
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        ));
         let accept_task = tokio::spawn(connection::accept_loop(
             listener,
             Arc::new(settings),
             trust,
             events.clone(),
             audit.clone(),
+            Arc::clone(&counters),
             stop_rx,
         ));
+        let control = Control::new(events.clone(), counters, audit.clone());
         tracing::info!(%asap_addr, "serving ASAP over TLS");
         Ok(Self {
             asap_addr,
@@ -161,7 +181,13 @@ impl Daemon {
             core_task,
             accept_task,
             audit,
+            control,
         })
+    }
+
+    /// A handle for the admin API: questions about the handlespace and operator commands.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// Where ASAP is served (the bound address, also when port 0 was asked for).
@@ -185,6 +211,7 @@ impl Daemon {
 
     /// Stops accepting, lets the core finish what it holds, flushes the audit log.
     pub async fn shutdown(self) -> Result<(), Error> {
+        self.control.set_ready(false);
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
         let core = self.core_task.await.unwrap_or(Ok(()));
@@ -205,11 +232,13 @@ async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
     audit: AuditLog,
+    counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
     loop {
         let deadline = core.next_timeout().map(tokio::time::Instant::from_std);
+        let mut done = None;
         let actions = tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
@@ -225,12 +254,33 @@ async fn run_core(
                         }
                         core.handle(input, now)
                     }
+                    Event::Query(query) => {
+                        query.answer(&core);
+                        continue;
+                    }
+                    Event::Command { input, done: reply } => {
+                        done = Some(reply);
+                        core.handle(input, now)
+                    }
                 }
             }
             () = sleep_until(deadline) => core.handle_timeout(tokio::time::Instant::now().into_std()),
             _ = stop.changed() => break,
         };
-        execute(actions, &writers, &audit).await?;
+        let removed = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
+            .count();
+        let gate = execute(actions, &writers, &audit, &counters).await?;
+        if let Some(reply) = done {
+            // The operator hears back once the removals are durable in the audit log.
+            tokio::spawn(async move {
+                if let Some(mut gate) = gate {
+                    let _ = gate.wait_for(Option::is_some).await;
+                }
+                let _ = reply.send(removed);
+            });
+        }
     }
     // Dropping the writers lets every connection task end after what it was sent.
     Ok(())
@@ -243,16 +293,19 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Carries out the core's actions in order (see the module docs for the gate).
+/// Carries out the core's actions in order (see the module docs for the gate); returns
+/// the gate of the last record that had one.
 async fn execute(
     actions: Vec<Action>,
     writers: &HashMap<ConnId, ConnHandle>,
     audit: &AuditLog,
-) -> Result<(), Error> {
+    counters: &Counters,
+) -> Result<Option<Gate>, Error> {
     let mut gate: Option<Gate> = None;
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
+                counters.count(&event);
                 let record = to_record(event);
                 let queued = match durability {
                     Durability::Batched => audit
@@ -307,7 +360,7 @@ async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(gate)
 }
 
 fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {

@@ -157,10 +157,31 @@ pub enum Input {
         /// The connection.
         conn: ConnId,
     },
-    /// The grants changed (admin API, reload).
+    /// The grants changed (admin API, reload): the PEs they no longer allow are removed.
     Grants(Vec<Grant>),
     /// An identity was revoked: its connections close and its PEs are removed.
     Revoked(Revocation),
+    /// A federated trust domain was removed from the trust store: like a revocation of
+    /// the domain, but not remembered, so that the domain can be added again.
+    DomainRemoved(String),
+    /// An operator deregisters PEs (admin API); `actor` names them in the audit records.
+    Remove {
+        /// Which PEs.
+        scope: Scope,
+        /// Who asked (`token:ID` or a SPIFFE ID).
+        actor: String,
+    },
+}
+
+/// Which PEs an operator's removal covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every PE of a namespace.
+    Namespace(Namespace),
+    /// Every PE of a pool.
+    Pool(Namespace, PoolHandle),
+    /// One PE.
+    Pe(PeKey),
 }
 
 /// What a revocation names (ARCHITECTURE.md §3).
@@ -240,11 +261,27 @@ pub enum AuditAction {
     RemoveConnectionLoss,
     /// A PE removed: its registrant's certificate was revoked.
     RemoveRevoked,
+    /// A PE removed: the grant that allowed its registration is gone.
+    RemoveUngranted,
+    /// A PE removed by an operator (admin API).
+    RemoveAdmin,
     /// A message that did not decode.
     Malformed,
 }
 
 impl AuditAction {
+    /// Whether the record is of a PE's removal by the registrar (not by its registrant).
+    pub const fn is_removal(self) -> bool {
+        matches!(
+            self,
+            Self::RemoveTimeout
+                | Self::RemoveConnectionLoss
+                | Self::RemoveRevoked
+                | Self::RemoveUngranted
+                | Self::RemoveAdmin
+        )
+    }
+
     /// The name stored in the audit log.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -256,6 +293,8 @@ impl AuditAction {
             Self::RemoveTimeout => "remove:timeout",
             Self::RemoveConnectionLoss => "remove:connection-loss",
             Self::RemoveRevoked => "remove:revoked",
+            Self::RemoveUngranted => "remove:ungranted",
+            Self::RemoveAdmin => "remove:admin",
             Self::Malformed => "malformed",
         }
     }
@@ -443,13 +482,20 @@ impl Core {
             Input::Asap { conn, msg } => self.on_asap(conn, msg, now, &mut out),
             Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
             Input::Closed { conn } => self.on_closed(conn, now),
-            Input::Grants(grants) => self.grants = grants,
+            Input::Grants(grants) => {
+                self.grants = grants;
+                self.on_grants_changed(&mut out);
+            }
             Input::Revoked(r) => {
                 self.on_revoked(&r, &mut out);
                 if !self.revocations.contains(&r) {
                     self.revocations.push(r);
                 }
             }
+            Input::DomainRemoved(domain) => {
+                self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
+            }
+            Input::Remove { scope, actor } => self.on_admin_remove(&scope, &actor, &mut out),
         }
         out
     }
@@ -559,6 +605,89 @@ impl Core {
                 conn,
                 reason: "certificate revoked",
             });
+        }
+    }
+
+    /// Removes the owned PEs whose registration the grants no longer allow: a registrant
+    /// keeps a PE only while some grant lets it register in that namespace and pool.
+    /// (The PEs of other registrars are theirs to judge, under their grants.)
+    fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
+        let mut ungranted: Vec<PeKey> = self
+            .handlespace
+            .iter()
+            .filter(|(ns, handle, e)| {
+                self.owned
+                    .contains_key(&((*ns).clone(), (*handle).clone(), e.pool_element.pe_id))
+            })
+            .filter(|(ns, handle, e)| {
+                let Some(r) = &e.registrant else { return false };
+                // A registrant the grants cannot even parse is not allowed anything.
+                SpiffeId::parse(r.as_str()).map_or(true, |id| {
+                    !trust::allowed(
+                        &self.grants,
+                        &id,
+                        ns.as_str(),
+                        Some(handle.as_bytes()),
+                        trust::Action::Register,
+                    )
+                })
+            })
+            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
+            .collect();
+        ungranted.sort();
+        for pe in ungranted {
+            self.remove_any(&pe, AuditAction::RemoveUngranted, None, out);
+        }
+    }
+
+    /// An operator's removal: every PE in `scope`, each audited with the operator.
+    fn on_admin_remove(&mut self, scope: &Scope, actor: &str, out: &mut Vec<Action>) {
+        let mut pes: Vec<PeKey> = match scope {
+            Scope::Pe(pe) => vec![pe.clone()],
+            Scope::Pool(ns, handle) => self
+                .handlespace
+                .pool(ns, handle)
+                .map(|p| {
+                    p.entries()
+                        .map(|e| (ns.clone(), handle.clone(), e.pool_element.pe_id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Scope::Namespace(ns) => self
+                .handlespace
+                .pools(ns)
+                .flat_map(|(h, p)| {
+                    p.entries()
+                        .map(|e| (ns.clone(), h.clone(), e.pool_element.pe_id))
+                })
+                .collect(),
+        };
+        pes.sort();
+        for pe in pes {
+            self.remove_any(&pe, AuditAction::RemoveAdmin, Some(actor), out);
+        }
+    }
+
+    /// Removes a PE, owned or not, with an audit record naming `why` (and the operator).
+    fn remove_any(
+        &mut self,
+        pe: &PeKey,
+        why: AuditAction,
+        operator: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        self.forget_owned(pe);
+        if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
+            let mut audit = audit_removal(&removed, why);
+            if let (Some(op), Action::Audit { event, .. }) = (operator, &mut audit) {
+                let registrant = event.detail.take().unwrap_or_default();
+                event.detail = Some(
+                    format!("by {op}; {registrant}")
+                        .trim_end_matches("; ")
+                        .to_owned(),
+                );
+            }
+            out.push(audit);
         }
     }
 

@@ -511,3 +511,95 @@ fn malformed_input_gets_the_spec_answer() {
             .any(|x| matches!(x, Action::Close { .. } | Action::Send { .. }))
     );
 }
+
+#[test]
+fn a_withdrawn_grant_removes_the_pes_it_allowed_and_only_those() {
+    let mut h = Harness::new();
+    let pe_a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    h.send(pe_a, registration("echo", 1));
+    // Still allowed by a narrower grant: the PE stays, nothing is audited.
+    let narrower = vec![
+        grant(PE_A, "echo", &[trust::Action::Register]),
+        grant("spiffe://acme.test/pu/*", "*", &[trust::Action::Resolve]),
+    ];
+    assert!(h.core.handle(Input::Grants(narrower), h.now).is_empty());
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1]);
+    // Withdrawn: the PE goes, with its own audit record, and cannot come back.
+    let without = vec![grant(
+        "spiffe://acme.test/pu/*",
+        "*",
+        &[trust::Action::Resolve],
+    )];
+    let out = h.core.handle(Input::Grants(without), h.now);
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveUngranted, None)]);
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 1))), Some(0xA));
+    // Its keep-alive timers went with it.
+    assert!(audits(&h.advance(1_000)).is_empty());
+}
+
+#[test]
+fn an_operator_removes_a_pe_a_pool_or_a_namespace_and_is_named_in_the_audit() {
+    let mut h = Harness::new();
+    let pe_a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    for id in 1..=3 {
+        h.send(pe_a, registration("echo", id));
+    }
+    let ns = Namespace::default_namespace();
+    let pe2 = (ns.clone(), handle("echo"), PeId::new(2).expect("non-zero"));
+    let out = h.core.handle(
+        Input::Remove {
+            scope: Scope::Pe(pe2),
+            actor: "token:abc".into(),
+        },
+        h.now,
+    );
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveAdmin, None)]);
+    match &out[..] {
+        [Action::Audit { event, .. }] => {
+            let detail = event.detail.as_deref().unwrap_or_default();
+            assert!(detail.starts_with("by token:abc"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1, 3]);
+    // Removing it again changes nothing.
+    let again = Scope::Pe((ns.clone(), handle("echo"), PeId::new(2).expect("non-zero")));
+    let out = h.core.handle(
+        Input::Remove {
+            scope: again,
+            actor: "token:abc".into(),
+        },
+        h.now,
+    );
+    assert!(out.is_empty());
+    let out = h.core.handle(
+        Input::Remove {
+            scope: Scope::Namespace(ns),
+            actor: "token:abc".into(),
+        },
+        h.now,
+    );
+    assert_eq!(audits(&out).len(), 2);
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+    assert!(audits(&h.advance(1_000)).is_empty(), "timers stopped");
+}
+
+#[test]
+fn a_removed_trust_domain_is_not_remembered_like_a_revocation() {
+    let mut h = Harness::new();
+    let pe_a = h.connect(1, PE_A);
+    h.send(pe_a, registration("echo", 1));
+    let out = h
+        .core
+        .handle(Input::DomainRemoved("acme.test".into()), h.now);
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveRevoked, None)]);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Close { conn, .. } if *conn == pe_a))
+    );
+    // Added again later: its identities connect normally.
+    h.connect(3, PE_B);
+}

@@ -1,0 +1,246 @@
+//! The admin API's way into a running registrar: questions answered by the core task
+//! between two inputs (so they see a consistent handlespace), operator commands fed to
+//! the core as inputs, and the counters behind `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ::asap::wire::PeEntry;
+use ::asap::wire::param::{Namespace, Policy, PoolHandle};
+use tokio::sync::{mpsc, oneshot};
+use trust::Grant;
+use trust::audit::AuditLog;
+
+use super::Event;
+use crate::registrar::{AuditAction, AuditEvent, Core, Input, Revocation, Scope};
+
+/// A pool as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// The pool handle.
+    pub handle: PoolHandle,
+    /// The pool policy (that of its PEs).
+    pub policy: Option<Policy>,
+    /// Its PEs, by PE ID.
+    pub pool_elements: Vec<PeEntry>,
+}
+
+/// The registrar's counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Open ASAP connections.
+    pub connections: u64,
+    /// PEs in the handlespace.
+    pub pool_elements: u64,
+    /// PEs this registrar owns.
+    pub owned: u64,
+    /// Registrations and re-registrations accepted.
+    pub registrations: u64,
+    /// Handle resolutions answered with PEs.
+    pub resolutions: u64,
+    /// Refusals by spec §4.7 cause code.
+    pub rejections: BTreeMap<u16, u64>,
+    /// Failed handshakes by reason.
+    pub handshake_failures: BTreeMap<&'static str, u64>,
+    /// Audit records queued, not yet committed.
+    pub audit_queue: u64,
+}
+
+/// Counters kept by the daemon's tasks (monotonic).
+#[derive(Debug, Default)]
+pub struct Counters {
+    registrations: AtomicU64,
+    resolutions: AtomicU64,
+    // A handful of keys each: a mutex held for one increment is cheaper than a map of
+    // atomics built in advance for every cause.
+    rejections: Mutex<BTreeMap<u16, u64>>,
+    handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    /// Counts what an audit record of the core says happened.
+    pub(super) fn count(&self, event: &AuditEvent) {
+        match (event.action, event.outcome) {
+            (AuditAction::Register | AuditAction::Reregister, None) => {
+                self.registrations.fetch_add(1, Ordering::Relaxed);
+            }
+            (AuditAction::Resolve, None) => {
+                self.resolutions.fetch_add(1, Ordering::Relaxed);
+            }
+            (_, Some(cause)) => {
+                *locked(&self.rejections).entry(cause).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts a handshake that failed, by reason (`tls-handshake`, `tls-timeout`, ...).
+    pub(super) fn handshake_failed(&self, reason: &'static str) {
+        *locked(&self.handshake_failures).entry(reason).or_default() += 1;
+    }
+}
+
+/// A counter map; a panic elsewhere while it was held leaves counts, not a broken state.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the admin API asks the core task.
+#[derive(Debug)]
+pub(super) enum Query {
+    Pools {
+        namespace: Namespace,
+        reply: oneshot::Sender<Vec<PoolSnapshot>>,
+    },
+    Pool {
+        namespace: Namespace,
+        handle: PoolHandle,
+        reply: oneshot::Sender<Option<PoolSnapshot>>,
+    },
+    Stats(oneshot::Sender<(u64, u64, u64)>),
+}
+
+impl Query {
+    pub(super) fn answer(self, core: &Core) {
+        let hs = core.handlespace();
+        let snapshot =
+            |ns: &Namespace, handle: &PoolHandle, pool: &crate::handlespace::Pool| PoolSnapshot {
+                namespace: ns.clone(),
+                handle: handle.clone(),
+                policy: pool.policy().cloned(),
+                pool_elements: pool.entries().cloned().collect(),
+            };
+        match self {
+            Self::Pools { namespace, reply } => {
+                let pools = hs
+                    .pools(&namespace)
+                    .map(|(h, p)| snapshot(&namespace, h, p))
+                    .collect();
+                let _ = reply.send(pools);
+            }
+            Self::Pool {
+                namespace,
+                handle,
+                reply,
+            } => {
+                let pool = hs
+                    .pool(&namespace, &handle)
+                    .map(|p| snapshot(&namespace, &handle, p));
+                let _ = reply.send(pool);
+            }
+            Self::Stats(reply) => {
+                let s = core.stats();
+                let _ = reply.send((s.connections as u64, s.pes as u64, s.owned as u64));
+            }
+        }
+    }
+}
+
+/// A cloneable handle on a running registrar for the admin API. Every method answers
+/// empty (or zero) once the registrar has stopped.
+#[derive(Clone, Debug)]
+pub struct Control {
+    events: mpsc::Sender<Event>,
+    counters: Arc<Counters>,
+    audit: AuditLog,
+    ready: Arc<AtomicBool>,
+}
+
+impl Control {
+    pub(super) fn new(
+        events: mpsc::Sender<Event>,
+        counters: Arc<Counters>,
+        audit: AuditLog,
+    ) -> Self {
+        Self {
+            events,
+            counters,
+            audit,
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    pub(super) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the registrar serves.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.events.is_closed()
+    }
+
+    async fn ask<T: Default>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> T {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Event::Query(make(tx))).await.is_err() {
+            return T::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The pools of a namespace with their PEs.
+    pub async fn pools(&self, namespace: Namespace) -> Vec<PoolSnapshot> {
+        self.ask(|reply| Query::Pools { namespace, reply }).await
+    }
+
+    /// One pool.
+    pub async fn pool(&self, namespace: Namespace, handle: PoolHandle) -> Option<PoolSnapshot> {
+        self.ask(|reply| Query::Pool {
+            namespace,
+            handle,
+            reply,
+        })
+        .await
+    }
+
+    /// Deregisters the PEs of `scope`; returns how many were removed, once their audit
+    /// records committed.
+    pub async fn remove(&self, scope: Scope, actor: String) -> usize {
+        self.command(Input::Remove { scope, actor }).await
+    }
+
+    /// Replaces the grants; PEs they no longer allow are removed before this returns.
+    pub async fn set_grants(&self, grants: Vec<Grant>) -> usize {
+        self.command(Input::Grants(grants)).await
+    }
+
+    /// A revocation: the covered connections close, their PEs are removed.
+    pub async fn revoke(&self, revocation: Revocation) -> usize {
+        self.command(Input::Revoked(revocation)).await
+    }
+
+    /// A federated trust domain was removed from the trust store.
+    pub async fn domain_removed(&self, domain: String) -> usize {
+        self.command(Input::DomainRemoved(domain)).await
+    }
+
+    async fn command(&self, input: Input) -> usize {
+        let (done, rx) = oneshot::channel();
+        if self
+            .events
+            .send(Event::Command { input, done })
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// The counters now.
+    pub async fn snapshot(&self) -> Snapshot {
+        let (connections, pool_elements, owned) = self.ask(Query::Stats).await;
+        Snapshot {
+            connections,
+            pool_elements,
+            owned,
+            registrations: self.counters.registrations.load(Ordering::Relaxed),
+            resolutions: self.counters.resolutions.load(Ordering::Relaxed),
+            rejections: locked(&self.counters.rejections).clone(),
+            handshake_failures: locked(&self.counters.handshake_failures).clone(),
+            audit_queue: self.audit.stats().queued as u64,
+        }
+    }
+}
