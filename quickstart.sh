@@ -25,9 +25,10 @@ echo "== 1. a PKI for the trust domain acme.test (rsp-pki)"
 "$rsp_pki" issue pe echo-2
 "$rsp_pki" issue pu client-1
 
-echo "== 2. a registrar (enrpd): store, default grants, admin token; ASAP over TLS on 3864"
-"$enrpd" init --pki pki --data data
-"$enrpd" run --data data --asap-listen 127.0.0.1:3864 --allow-loopback > enrpd.out 2> enrpd.log &
+echo "== 2. a registrar (enrpd): store, default grants, admin token; ASAP over TLS on 3864, admin API on 8443"
+"$enrpd" init --pki pki --data data | tee init.out
+token=$(grep -o 'rsp_[0-9a-f_]*' init.out)
+"$enrpd" run --data data --asap-listen 127.0.0.1:3864 --admin-listen 127.0.0.1:8443 --allow-loopback > enrpd.out 2> enrpd.log &
 pids+=($!)
 for _ in $(seq 100); do grep -q serving enrpd.out 2>/dev/null && break; sleep 0.1; done
 cat enrpd.out
@@ -44,6 +45,13 @@ cat pe1.out pe2.out
 echo "== 4. a pool user resolves the pool and talks to it"
 "$rsp" resolve echo --cert pki/pu-client-1.pem
 printf 'hello\nreliable server pooling\n' | "$rsp" pu echo --cert pki/pu-client-1.pem
+
+if command -v curl >/dev/null; then
+  echo "== the admin API (curl, with the admin token): the pool and its live PEs"
+  curl -sS --cacert pki/ca.pem -H "Authorization: Bearer $token" \
+    https://127.0.0.1:8443/v1/namespaces/default/pools/echo
+  echo
+fi
 
 echo "== 5. one PE dies; the pool user fails over to the other"
 kill "$pe1"

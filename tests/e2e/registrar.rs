@@ -11,7 +11,7 @@ use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transpor
 
 use crate::support::{Asap, Lab};
 
-fn registration(pool: &str, id: u32) -> AsapMsg {
+pub(crate) fn registration(pool: &str, id: u32) -> AsapMsg {
     AsapMsg::Registration {
         namespace: None,
         pool_handle: PoolHandle::new(pool).expect("pool handle"),
@@ -30,7 +30,7 @@ fn registration(pool: &str, id: u32) -> AsapMsg {
     }
 }
 
-fn resolution(pool: &str) -> AsapMsg {
+pub(crate) fn resolution(pool: &str) -> AsapMsg {
     AsapMsg::HandleResolution {
         namespace: None,
         pool_handle: PoolHandle::new(pool).expect("pool handle"),
@@ -38,7 +38,7 @@ fn resolution(pool: &str) -> AsapMsg {
     }
 }
 
-fn accepted(m: Option<AsapMsg>) -> bool {
+pub(crate) fn accepted(m: Option<AsapMsg>) -> bool {
     matches!(m, Some(AsapMsg::RegistrationResponse { reject: false, .. }))
 }
 
@@ -54,7 +54,7 @@ fn rejected_with(m: Option<AsapMsg>) -> Option<u16> {
 }
 
 /// The PEs of a resolution (sorted IDs with registrants), or the error cause.
-fn resolved(m: Option<AsapMsg>) -> Result<Vec<(u32, String)>, u16> {
+pub(crate) fn resolved(m: Option<AsapMsg>) -> Result<Vec<(u32, String)>, u16> {
     match m {
         Some(AsapMsg::HandleResolutionResponse {
             result: Resolution::Found { pool_elements, .. },

@@ -107,12 +107,30 @@ impl Lab {
     /// (ms). Tests whose PEs do not answer keep-alives use long ones, so that a slow
     /// machine does not remove a PE in the middle of the test.
     pub(crate) fn start_registrar_with(&self, interval_ms: u32, timeout_ms: u32) -> Registrar {
+        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms)
+    }
+
+    /// `enrpd run` on `addr` (a registrar restarted on the port it had), with these
+    /// keep-alive interval and timeout (ms).
+    pub(crate) fn start_registrar_at(
+        &self,
+        addr: SocketAddr,
+        interval_ms: u32,
+        timeout_ms: u32,
+    ) -> Registrar {
+        self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms)
+    }
+
+    /// `enrpd run` with ASAP on `asap_listen` and the admin API on a free loopback port;
+    /// both addresses come from the line it prints once it serves.
+    fn spawn_registrar(&self, asap_listen: &str, interval_ms: u32, timeout_ms: u32) -> Registrar {
         let (interval, timeout) = (interval_ms.to_string(), timeout_ms.to_string());
         let mut child = Command::new(bin("enrpd"))
             .arg("run")
             .arg("--data")
             .arg(self.path("data"))
-            .args(["--asap-listen", "127.0.0.1:0", "--allow-loopback"])
+            .args(["--asap-listen", asap_listen, "--allow-loopback"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--keep-alive-interval-ms", &interval])
             .args(["--keep-alive-timeout-ms", &timeout])
             .env("ENRPD_LOG", "warn")
@@ -125,11 +143,17 @@ impl Lab {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("enrpd prints its address");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
+        // "enrpd: serving ASAP on A (Server ID X), admin API on https://B"
+        let mut addrs = line
+            .split([' ', ',', '/', '\n'])
+            .filter_map(|w| w.parse::<SocketAddr>().ok());
+        let addr = addrs
+            .next()
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Registrar { child, addr }
+        let admin = addrs
+            .next()
+            .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+        Registrar { child, addr, admin }
     }
 
     /// A TLS client configuration presenting `ROLE-NAME` of this lab's PKI.
@@ -163,7 +187,10 @@ impl Lab {
 /// A running `enrpd`, killed when dropped.
 pub(crate) struct Registrar {
     pub(crate) child: Child,
+    /// ASAP.
     pub(crate) addr: SocketAddr,
+    /// The admin API (HTTPS).
+    pub(crate) admin: SocketAddr,
 }
 
 impl Registrar {

@@ -1,124 +1,111 @@
 //! The rsp admin REST API (ARCHITECTURE.md §7): operators manage namespaces, pools, trust
-//! domains, grants, revocations, tokens and the audit log over HTTPS with curl.
+//! domains, grants, revocations, tokens and the audit log over HTTPS, with curl.
 //!
-//! The axum routes arrive with the admin API issue; what is here now is the error format
-//! every route answers with: RFC 9457 problem details ([`Problem`]), each error kind with
-//! a stable `type` URI so that clients can branch on it.
+//! - [`AdminState`]: what the API works on (the store, the trust store, the live
+//!   registrar through the [`Registrar`] trait, a clock); [`router`] turns it into an axum
+//!   [`Router`](axum::Router) with every route under `/v1` plus `/healthz`, `/readyz` and
+//!   `/metrics`, and the OpenAPI 3.1 document at `/v1/openapi.json`.
+//! - [`serve`]: HTTPS (tokio-rustls + hyper-util, HTTP/1.1 and h2) with a fresh rustls
+//!   configuration per connection and the client certificate's [`trust::Peer`] handed to
+//!   the handlers.
+//! - Errors are RFC 9457 problem details ([`Problem`]), each kind with a stable `type`.
+//! - Every write commits together with its audit record, which names the caller (a token
+//!   or a certificate); refused requests (401, 403, 404, 409, 422 on a write) are audited
+//!   too. See [`auth`] for the roles.
+//!
+//! The API never reads the clock itself (the host passes one) and never depends on `enrp`:
+//! `enrpd` implements [`Registrar`] and serves the router.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
-use serde::Serialize;
+pub mod auth;
+mod extract;
+mod openapi;
+mod problem;
+mod registrar;
+mod routes;
+mod serve;
+mod state;
 
-/// The media type of [`Problem`] bodies (RFC 9457 §3).
-pub const PROBLEM_JSON: &str = "application/problem+json";
+use std::sync::Arc;
 
-/// An RFC 9457 problem details object.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// A stable URI naming the kind of problem (see [`ProblemKind::type_uri`]).
-    #[serde(rename = "type")]
-    pub type_uri: &'static str,
-    /// A short summary of the kind, the same for every occurrence.
-    pub title: &'static str,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong in this occurrence, for a person.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
+
+pub use auth::RemoteAddr;
+pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
+pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
+pub use registrar::{Actor, Metrics, PeView, PeerView, PoolView, Registrar, Scope};
+pub use routes::{HEX_PREFIX, handle_text, parse_handle};
+pub use serve::{ServeCounters, ServeOptions, serve};
+pub use state::AdminState;
+pub use trust::db::Revoked;
+
+use crate::routes::{
+    audit, grants, health, namespaces, peers, pools, revocations, tokens, trust_domains,
+};
+use crate::state::App;
+
+/// The routes and their OpenAPI description, built together so that no route goes
+/// undocumented.
+fn api() -> OpenApiRouter<Arc<App>> {
+    let pem_limit = || DefaultBodyLimit::max(PEM_BODY_LIMIT);
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi))
+        .routes(routes!(namespaces::list, namespaces::create))
+        .routes(routes!(namespaces::get, namespaces::delete))
+        .routes(routes!(pools::list))
+        .routes(routes!(pools::get, pools::put, pools::delete))
+        .routes(routes!(pools::list_pes))
+        .routes(routes!(pools::delete_pe))
+        .routes(routes!(trust_domains::list, trust_domains::add).layer(pem_limit()))
+        .routes(routes!(trust_domains::get, trust_domains::remove))
+        .routes(routes!(grants::list, grants::create))
+        .routes(routes!(grants::get, grants::delete))
+        .routes(routes!(revocations::list, revocations::create))
+        .routes(routes!(revocations::put_crls).layer(pem_limit()))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(peers::list))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
 }
 
-/// The kinds of problem the admin API reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProblemKind {
-    /// Missing or wrong credentials (401).
-    Unauthenticated,
-    /// Authenticated, but the role does not allow this (403).
-    Forbidden,
-    /// No such resource (404).
-    NotFound,
-    /// The resource exists already (409).
-    Conflict,
-    /// The request body or query is malformed (400).
-    BadRequest,
-    /// The request is well formed but its values are not acceptable (422).
-    Invalid,
+/// The OpenAPI document of the API, as served at `/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api().into_openapi())
 }
 
-impl ProblemKind {
-    /// The stable `type` URI of this kind.
-    pub const fn type_uri(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "urn:rsp:problem:unauthenticated",
-            Self::Forbidden => "urn:rsp:problem:forbidden",
-            Self::NotFound => "urn:rsp:problem:not-found",
-            Self::Conflict => "urn:rsp:problem:conflict",
-            Self::BadRequest => "urn:rsp:problem:bad-request",
-            Self::Invalid => "urn:rsp:problem:invalid",
-        }
-    }
+/// The admin API's router over `state`: serve it with [`serve`] (or call it directly in
+/// tests, e.g. with `tower::ServiceExt::oneshot`).
+pub fn router(state: AdminState) -> axum::Router {
+    let app = App::new(state);
+    let (router, doc) = api().split_for_parts();
+    let doc = serde_json::to_string(&openapi::finish(doc)).expect("the document serializes");
+    app.openapi.set(doc).expect("a new App has no document yet");
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Routes that take PEM raise this limit for themselves.
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .with_state(app)
+}
 
-    /// The HTTP status of this kind.
-    pub const fn status(self) -> u16 {
-        match self {
-            Self::Unauthenticated => 401,
-            Self::Forbidden => 403,
-            Self::NotFound => 404,
-            Self::Conflict => 409,
-            Self::BadRequest => 400,
-            Self::Invalid => 422,
-        }
-    }
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::new(ProblemKind::NotFound, format!("no route {}", uri.path()))
+}
 
-    const fn title(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "authentication required",
-            Self::Forbidden => "not allowed",
-            Self::NotFound => "not found",
-            Self::Conflict => "already exists",
-            Self::BadRequest => "bad request",
-            Self::Invalid => "invalid value",
-        }
-    }
-
-    /// A problem of this kind with a detail for this occurrence.
-    pub fn with_detail(self, detail: impl Into<String>) -> Problem {
-        Problem {
-            type_uri: self.type_uri(),
-            title: self.title(),
-            status: self.status(),
-            detail: Some(detail.into()),
-        }
-    }
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ProblemKind::MethodNotAllowed,
+        format!("{} does not accept {method}", uri.path()),
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn problem_serializes_as_rfc9457() {
-        let p = ProblemKind::NotFound.with_detail("namespace \"x\" does not exist");
-        let v: serde_json::Value = serde_json::to_value(&p).expect("serializable");
-        assert_eq!(v["type"], "urn:rsp:problem:not-found");
-        assert_eq!(v["status"], 404);
-        assert_eq!(v["title"], "not found");
-        assert_eq!(v["detail"], "namespace \"x\" does not exist");
-    }
-
-    #[test]
-    fn every_kind_has_a_distinct_type_and_an_error_status() {
-        let kinds = [
-            ProblemKind::Unauthenticated,
-            ProblemKind::Forbidden,
-            ProblemKind::NotFound,
-            ProblemKind::Conflict,
-            ProblemKind::BadRequest,
-            ProblemKind::Invalid,
-        ];
-        let mut uris: Vec<_> = kinds.iter().map(|k| k.type_uri()).collect();
-        uris.sort_unstable();
-        uris.dedup();
-        assert_eq!(uris.len(), kinds.len());
-        assert!(kinds.iter().all(|k| (400..500).contains(&k.status())));
-    }
-}
+mod tests;

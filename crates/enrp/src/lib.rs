@@ -5,6 +5,7 @@
 //! spec §3); this crate holds the registrar's pure cores.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod checksum;
 pub mod daemon;
 pub mod handlespace;

@@ -296,6 +296,29 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         }
         trust.add_domain(bundle)?;
     }
+    // Revocations made through the admin API stay in force across restarts: in the TLS
+    // layer from the first handshake.
+    for r in db::list_revocations(&mut conn).await? {
+        match &r.revoked {
+            db::Revoked::Serial { domain, serial } => {
+                trust.deny_serial(domain, serial.clone())?;
+            }
+            db::Revoked::Identity(id) => {
+                trust.deny_identity(id.clone())?;
+            }
+            db::Revoked::TrustDomain(domain) => {
+                if trust.is_trusted(domain) {
+                    trust.remove_domain(domain)?;
+                }
+            }
+            other => {
+                return Err(Error::Install {
+                    path: data.join(db::DB_FILE),
+                    reason: format!("revocation {other} of a kind this enrpd cannot enforce"),
+                });
+            }
+        }
+    }
     let grants = db::list_grants(&mut conn)
         .await?
         .into_iter()

@@ -190,6 +190,16 @@ impl Peer {
         Self::from_certificate(leaf)
     }
 
+    /// Reads the peer of a finished rustls session whose peer may have presented no
+    /// certificate (the admin listener, where client certificates are optional): `None`
+    /// when it presented none.
+    pub fn from_tls_optional(conn: &rustls::CommonState) -> Result<Option<Self>, Error> {
+        match conn.peer_certificates().and_then(|certs| certs.first()) {
+            Some(leaf) => Self::from_certificate(leaf).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Reads the identity of a leaf certificate. This does NOT verify it: use it on
     /// certificates that a verifier of this crate accepted.
     pub fn from_certificate(der: &CertificateDer<'_>) -> Result<Self, Error> {

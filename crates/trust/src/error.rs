@@ -73,6 +73,18 @@ pub enum Error {
     /// A CRL could not be parsed.
     #[error("bad CRL: {0}")]
     BadCrl(webpki::Error),
+    /// A CRL names one of its trust domain's roots as its issuer, but no root of that
+    /// name signed it: forged, corrupted, or from another CA with the same name.
+    #[error(
+        "CRL of trust domain {domain} names a root as issuer but its signature does not verify: {source}"
+    )]
+    CrlSignature {
+        /// The trust domain whose bundle holds it.
+        domain: TrustDomain,
+        /// webpki's reason (bad signature, unsupported algorithm).
+        #[source]
+        source: webpki::Error,
+    },
     /// A root certificate cannot serve as a trust anchor.
     #[error("bad root certificate for trust domain {domain}: {source}")]
     BadRoot {

@@ -4,7 +4,8 @@
 //! - [`SpiffeId`], [`TrustDomain`]: validated names.
 //! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
 //! - [`TrustStore`]: trust domains, CRLs and a deny-list; builds TLS 1.3 rustls
-//!   configurations (ring, client certificates required) and swaps them on every change.
+//!   configurations (ring, client certificates required; optional on the admin listener)
+//!   and swaps them on every change.
 //! - [`Peer`]: what a finished handshake proves; [`ConnectionRegistry`]: live connections,
 //!   closed on revocation.
 #![warn(missing_docs)]
@@ -12,6 +13,7 @@
 #[cfg(feature = "db")]
 pub mod audit;
 mod cert;
+mod crl;
 #[cfg(feature = "db")]
 pub mod db;
 mod error;

@@ -11,11 +11,11 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, DistinguishedName, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use webpki::{CertRevocationList, OwnedCertRevocationList};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::cert::{Peer, Serial};
+use crate::crl::Revocation;
 use crate::pattern::IdentityPattern;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -169,7 +169,9 @@ impl DomainBundle {
     /// Replaces the CRLs. With any CRL configured, revocation is checked for the whole
     /// chain and an unknown status or an expired CRL refuses the handshake: the domain
     /// must publish a CRL from its root covering intermediates as well as one from each
-    /// issuing CA (`rsp-pki crl` writes both).
+    /// issuing CA (`rsp-pki crl` writes both). The store refuses a CRL that names a root
+    /// as its issuer but is not signed by it ([`Error::CrlSignature`]); an intermediate's
+    /// CRL is verified in the first handshake through that intermediate.
     #[must_use]
     pub fn with_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
         self.crls = crls;
@@ -192,7 +194,7 @@ impl DomainBundle {
     }
 
     /// Checks that the store would accept this bundle: roots usable as trust anchors,
-    /// CRLs parseable.
+    /// CRLs parseable, and each CRL that names a root as its issuer signed by it.
     pub fn validate(&self) -> Result<(), Error> {
         self.anchors().map(|_| ())
     }
@@ -213,16 +215,13 @@ impl DomainBundle {
             hints.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             roots.push(anchor);
         }
-        let crls = self
-            .crls
-            .iter()
-            .map(|der| {
-                OwnedCertRevocationList::from_der(der)
-                    .map(CertRevocationList::from)
-                    .map_err(Error::BadCrl)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((DomainAnchors { roots, crls }, hints))
+        let revocation = Revocation::load(
+            &self.domain,
+            &roots,
+            &self.crls,
+            provider().signature_verification_algorithms.all,
+        )?;
+        Ok((DomainAnchors { roots, revocation }, hints))
     }
 }
 
@@ -247,6 +246,7 @@ struct State {
 struct Configs {
     snapshot: Arc<Snapshot>,
     server: [Arc<ServerConfig>; 2],
+    admin: Arc<ServerConfig>,
     client: [Arc<ClientConfig>; 2],
 }
 
@@ -259,8 +259,9 @@ struct Configs {
 /// close through [`connections`](Self::connections).
 ///
 /// The configurations are TLS 1.3 only, with the ring provider, client certificates
-/// required, and no session resumption (a resumed session would skip the certificate
-/// checks, and so the revocations).
+/// required (optional on the [admin listener](Self::admin_server_config)), and no session
+/// resumption (a resumed session would skip the certificate checks, and so the
+/// revocations).
 pub struct TrustStore {
     identity: LocalIdentity,
     state: Mutex<State>,
@@ -460,6 +461,17 @@ impl TrustStore {
         self.current().server[protocol.index()].clone()
     }
 
+    /// The server configuration of the admin HTTPS listener (read it per accept, like
+    /// [`server_config`](Self::server_config)): TLS 1.3, this store's identity, ALPN `h2`
+    /// and `http/1.1`, no resumption, and client certificates optional. A client that
+    /// presents one is verified exactly as on the ASAP and ENRP listeners (trust domains,
+    /// CRLs, deny-lists, SPIFFE ID); one that presents none completes the handshake
+    /// unauthenticated and must then prove itself otherwise (a bearer token). Read the
+    /// certificate's identity with [`Peer::from_tls_optional`].
+    pub fn admin_server_config(&self) -> Arc<ServerConfig> {
+        self.current().admin.clone()
+    }
+
     /// The client configuration for new connections of `protocol`; any server identity
     /// of a trusted domain is accepted (check [`Peer`] afterwards, or use
     /// [`client_config_expecting`](Self::client_config_expecting)). As SPIFFE intends,
@@ -511,13 +523,26 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
         hints,
         algs: provider.signature_verification_algorithms,
     });
-    let server = |protocol| server_config(identity, snapshot.clone(), protocol);
+    let server = |protocol: Protocol| {
+        server_config(
+            identity,
+            snapshot.clone(),
+            true,
+            vec![protocol.alpn().to_vec()],
+        )
+    };
     let client = |protocol| client_config(identity, snapshot.clone(), None, protocol);
     Ok(Configs {
         server: [
             Arc::new(server(Protocol::Asap)?),
             Arc::new(server(Protocol::Enrp)?),
         ],
+        admin: Arc::new(server_config(
+            identity,
+            snapshot.clone(),
+            false,
+            ADMIN_ALPN.iter().map(|p| p.to_vec()).collect(),
+        )?),
         client: [
             Arc::new(client(Protocol::Asap)?),
             Arc::new(client(Protocol::Enrp)?),
@@ -526,16 +551,25 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
     })
 }
 
+/// The admin listener's protocols, preferred first (rustls picks the server's order).
+const ADMIN_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A server configuration; `mandatory` says whether clients must present a certificate.
 fn server_config(
     identity: &LocalIdentity,
     snapshot: Arc<Snapshot>,
-    protocol: Protocol,
+    mandatory: bool,
+    alpn: Vec<Vec<u8>>,
 ) -> Result<ServerConfig, Error> {
+    let verifier = SpiffeClientVerifier {
+        snapshot,
+        mandatory,
+    };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { snapshot }))
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
-    config.alpn_protocols = vec![protocol.alpn().to_vec()];
+    config.alpn_protocols = alpn;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)

@@ -1,5 +1,5 @@
 //! The certificate verifiers: webpki chain verification against the claimed trust
-//! domain's roots and CRLs, plus the SPIFFE rules.
+//! domain's roots, revocation against its CRLs (`crl`), plus the SPIFFE rules.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -15,10 +15,11 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use webpki::{
     CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
+    RevocationOptionsBuilder, UnknownStatusPolicy, VerifiedPath,
 };
 
 use crate::cert::{Serial, leaf_facts, spiffe_id_of};
+use crate::crl::{Revocation, check_path};
 use crate::pattern::IdentityPattern;
 use crate::spiffe::{SpiffeId, TrustDomain};
 
@@ -127,7 +128,7 @@ impl From<Rejection> for rustls::Error {
 /// One trust domain's verification material.
 pub(crate) struct DomainAnchors {
     pub(crate) roots: Vec<TrustAnchor<'static>>,
-    pub(crate) crls: Vec<CertRevocationList<'static>>,
+    pub(crate) revocation: Revocation,
 }
 
 /// An immutable view of the trust store that the verifiers of one configuration use.
@@ -203,24 +204,49 @@ impl Snapshot {
             return Err(Rejection::DeniedSerial { domain, serial }.into());
         }
         let ee = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        let crl_refs: Vec<&CertRevocationList<'_>> = anchors.crls.iter().collect();
         // With CRLs: check the whole chain, treat an unknown status or an expired CRL as
         // a failure (security first; rsp-pki publishes a root CRL covering intermediates).
-        let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
-            b.with_depth(RevocationCheckDepth::Chain)
-                .with_status_policy(UnknownStatusPolicy::Deny)
-                .with_expiration_policy(ExpirationPolicy::Enforce)
-                .build()
-        });
-        match ee.verify_for_usage(
-            self.algs.all,
-            &anchors.roots,
-            intermediates,
-            now,
-            usage,
-            revocation,
-            None,
-        ) {
+        let verified = match &anchors.revocation {
+            Revocation::None => ee.verify_for_usage(
+                self.algs.all,
+                &anchors.roots,
+                intermediates,
+                now,
+                usage,
+                None,
+                None,
+            ),
+            // Checked on each candidate path webpki builds: a revoked path makes webpki
+            // try the next one, as its own CRL check does.
+            Revocation::Checked(crls) => ee.verify_for_usage(
+                self.algs.all,
+                &anchors.roots,
+                intermediates,
+                now,
+                usage,
+                None,
+                Some(&|path: &VerifiedPath<'_>| check_path(crls, path, now, self.algs.all)),
+            ),
+            Revocation::Webpki(crls) => {
+                let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+                let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+                    b.with_depth(RevocationCheckDepth::Chain)
+                        .with_status_policy(UnknownStatusPolicy::Deny)
+                        .with_expiration_policy(ExpirationPolicy::Enforce)
+                        .build()
+                });
+                ee.verify_for_usage(
+                    self.algs.all,
+                    &anchors.roots,
+                    intermediates,
+                    now,
+                    usage,
+                    revocation,
+                    None,
+                )
+            }
+        };
+        match verified {
             Ok(_) => Ok(id),
             Err(webpki::Error::UnknownIssuer) => Err(self.mismatch_or(
                 &id,
@@ -326,15 +352,19 @@ fn purpose(values: impl Iterator<Item = usize>) -> ExtendedKeyPurpose {
     }
 }
 
-/// The server side's verifier of client certificates (client certificates required).
+/// The server side's verifier of client certificates: required on the ASAP and ENRP
+/// listeners, optional on the admin listener (which also takes bearer tokens); a
+/// certificate that is presented is checked the same way in both cases.
 pub(crate) struct SpiffeClientVerifier {
     pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) mandatory: bool,
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
             .field("domains", &self.snapshot.domains.keys().collect::<Vec<_>>())
+            .field("mandatory", &self.mandatory)
             .finish_non_exhaustive()
     }
 }
@@ -345,7 +375,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

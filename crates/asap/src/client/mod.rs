@@ -7,8 +7,12 @@
 //!   loss with the same PE ID (spec §7.1, §7.5, §12.6) and deregisters on shutdown.
 //! - [`pu`]: handle resolution and endpoint unreachable reports (spec §7.3, §7.6).
 
+mod backoff;
 pub mod pe;
 pub mod pu;
+pub mod session;
+
+pub use backoff::BACKOFF_CAP;
 
 use std::io;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use trust::TrustStore;
 
+use super::backoff::Backoff;
 use super::{Connection, Error};
 use crate::wire::AsapMsg;
 use crate::wire::param::{Address, Namespace, PeId, Policy, PoolElement, PoolHandle, Transport};
@@ -92,13 +93,13 @@ pub async fn run(
             }
         };
         let registrar = conn.registrar();
-        match serve(&mut conn, config, &mut shutdown, &mut events).await {
+        match serve(&mut conn, config, &mut shutdown, &mut backoff, &mut events).await {
             Ok(()) => return Ok(()),
             Err(e @ Error::Rejected(_)) => return Err(e),
             Err(e) => {
                 events(PeEvent::Lost(registrar, e));
-                // Prefer another registrar next (spec §12.6), back off with jitter so that
-                // a registrar outage does not become a reconnection storm.
+                // Prefer another registrar next (spec §12.6); the jittered pause keeps a
+                // registrar outage from becoming a reconnection storm (see Backoff).
                 start = idx + 1;
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next()) => {}
@@ -146,6 +147,7 @@ async fn serve(
     conn: &mut Connection,
     config: &PeConfig,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    backoff: &mut Backoff,
     events: &mut impl FnMut(PeEvent),
 ) -> Result<(), Error> {
     let register = registration(config, conn);
@@ -153,6 +155,7 @@ async fn serve(
     tokio::time::timeout(T2_REGISTRATION, await_registered(conn, config))
         .await
         .map_err(|_| Error::Closed)??;
+    backoff.reset();
     events(PeEvent::Registered(conn.registrar()));
     let mut reregister = tokio::time::interval(config.reregistration_interval());
     reregister.tick().await; // the first tick is immediate
@@ -228,31 +231,5 @@ async fn answer(conn: &mut Connection, config: &PeConfig, msg: AsapMsg) -> Resul
                 .unwrap_or(0),
         )),
         _ => Ok(()),
-    }
-}
-
-/// Exponential backoff from 100 ms to 5 s with ±25 % jitter (xorshift, seeded per PE so
-/// that PEs restarted together spread out).
-struct Backoff {
-    next: Duration,
-    state: u64,
-}
-
-impl Backoff {
-    fn new(seed: u32) -> Self {
-        Self {
-            next: Duration::from_millis(100),
-            state: u64::from(seed) | 1,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        let jitter = (self.state % 501) as u32; // 0..=500 → 75 %..125 %
-        base * (750 + jitter) / 1000
     }
 }

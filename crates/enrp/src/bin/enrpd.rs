@@ -106,6 +106,9 @@ struct RunArgs {
     /// Where to serve ASAP over TLS/TCP (spec §2: port 3864).
     #[arg(long, env = "ENRPD_ASAP_LISTEN", default_value = "[::]:3864")]
     asap_listen: SocketAddr,
+    /// Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.
+    #[arg(long, env = "ENRPD_ADMIN_LISTEN", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
+    admin_listen: Listen,
     /// Endpoint keep-alive interval in milliseconds (spec §7.5).
     #[arg(long, env = "ENRPD_KEEP_ALIVE_INTERVAL_MS", default_value_t = 5000)]
     keep_alive_interval_ms: u64,
@@ -131,6 +134,7 @@ struct RunArgs {
 struct FileConfig {
     data: Option<PathBuf>,
     asap_listen: Option<SocketAddr>,
+    admin_listen: Option<String>,
     keep_alive_interval_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
     allow_loopback: Option<bool>,
@@ -162,6 +166,9 @@ impl RunArgs {
         if let Some(v) = file.asap_listen.filter(|_| unset("asap_listen")) {
             self.asap_listen = v;
         }
+        if let Some(v) = file.admin_listen.filter(|_| unset("admin_listen")) {
+            self.admin_listen = parse_listen(&v).map_err(anyhow::Error::msg)?;
+        }
         if let Some(v) = file
             .keep_alive_interval_ms
             .filter(|_| unset("keep_alive_interval_ms"))
@@ -185,6 +192,19 @@ impl RunArgs {
         }
         Ok(self)
     }
+}
+
+/// A listening address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is neither an address (127.0.0.1:8443) nor `off`"))
 }
 
 #[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
@@ -341,13 +361,29 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         loaded.grants,
     )
     .await?;
+    let admin = match args.admin_listen.0 {
+        Some(addr) => match start_admin(addr, &loaded.store, &loaded.trust, daemon.control()).await
+        {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                // Stop what started, flushing the audit log, then report the cause.
+                let _ = daemon.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     // Handlers first: a SIGHUP right after the "serving" line must not kill the process.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // Tests parse this line: the ASAP address first, then the admin API's.
+    let admin_text = admin.as_ref().map_or_else(String::new, |a| {
+        format!(", admin API on https://{}", a.addr)
+    });
     println!(
-        "enrpd: serving ASAP on {} (Server ID {})",
+        "enrpd: serving ASAP on {} (Server ID {}){admin_text}",
         daemon.asap_addr(),
         loaded.server_id
     );
@@ -382,7 +418,61 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping");
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     daemon.shutdown().await.context("shutting down")?;
     loaded.store.close().await;
     Ok(())
+}
+
+/// The admin API server task.
+struct Admin {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Stops accepting and lets requests in flight finish (bounded by the serve options).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn start_admin(
+    addr: SocketAddr,
+    store: &trust::db::Store,
+    trust: &Arc<trust::TrustStore>,
+    control: enrp::daemon::Control,
+) -> anyhow::Result<Admin> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+    let addr = listener.local_addr()?;
+    let state = admin_api::AdminState::new(
+        store.clone(),
+        Arc::clone(trust),
+        Arc::new(control),
+        trust::db::TokenHasher::default(),
+        now_ms,
+    );
+    let mut options = admin_api::ServeOptions::new(state.serve_counters());
+    // Certificate sessions are registered, so that a revocation closes them too.
+    options.trust = Some(Arc::clone(trust));
+    let router = admin_api::router(state);
+    let trust = Arc::clone(trust);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(admin_api::serve(
+        listener,
+        move || trust.admin_server_config(),
+        router,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    tracing::info!(%addr, "serving the admin API over HTTPS");
+    Ok(Admin { addr, stop, task })
 }

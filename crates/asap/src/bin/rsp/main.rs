@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use asap::client::{self, Connection, pe, pu};
-use asap::wire::param::{Address, Namespace, PeId, Policy, PoolHandle, Transport, TransportUse};
+use asap::client::pu::PoolUser;
+use asap::client::{self, Connection, pe, pu, session};
+use asap::wire::param::{
+    Address, Cookie, Namespace, PeId, Policy, PoolHandle, Transport, TransportUse,
+};
 use asap::wire::{AsapMsg, EnrpMsg, Framer, limits::MAX_MESSAGE_LEN};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -58,6 +61,13 @@ enum Command {
         /// Registration Life in seconds (spec §4.4).
         #[arg(long, default_value_t = 300)]
         registration_life: u64,
+        /// The pool's cookie key: a file of at least 32 secret bytes shared by the pool's
+        /// PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.
+        #[arg(long, env = "RSP_COOKIE_KEY")]
+        cookie_key: Option<PathBuf>,
+        /// How long a session cookie stays valid, in seconds.
+        #[arg(long, default_value_t = 600)]
+        cookie_lifetime: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -223,8 +233,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             policy,
             listen,
             registration_life,
+            cookie_key,
+            cookie_lifetime,
             common,
-        } => run_pe(pool, serve, policy, listen, registration_life, common).await,
+        } => {
+            let sessions = match (serve.has_sessions(), cookie_key) {
+                (true, Some(path)) => Some(Arc::new(services::Sessions {
+                    key: session::CookieKey::from_file(&path)
+                        .with_context(|| format!("the cookie key {}", path.display()))?,
+                    pool_handle: pool_handle(&pool)?,
+                    lifetime: Duration::from_secs(cookie_lifetime),
+                })),
+                (true, None) => {
+                    bail!("--serve {serve:?} needs --cookie-key FILE (the pool's cookie key)")
+                }
+                (false, _) => None,
+            };
+            run_pe(
+                pool,
+                serve,
+                policy,
+                listen,
+                registration_life,
+                sessions,
+                common,
+            )
+            .await
+        }
         Command::Resolve {
             pool,
             items,
@@ -275,6 +310,7 @@ async fn run_pe(
     policy: Policy,
     listen: SocketAddr,
     registration_life: u64,
+    sessions: Option<Arc<services::Sessions>>,
     common: Common,
 ) -> anyhow::Result<()> {
     let trust = common.trust()?;
@@ -291,13 +327,24 @@ async fn run_pe(
         policy,
         user_transport: Transport::Tcp {
             port,
-            transport_use: TransportUse::DataOnly,
+            // Spec §7.8: cookies flow only on channels registered as data plus control;
+            // that is also how a PU knows to speak the §12.7 framing to this PE.
+            transport_use: if service.has_sessions() {
+                TransportUse::DataPlusControl
+            } else {
+                TransportUse::DataOnly
+            },
             addr: Address::new(local.ip()),
         },
         registration_life: Duration::from_secs(registration_life),
         liveness: Duration::from_secs(15),
     };
-    tokio::spawn(services::serve(listener, Arc::clone(&trust), service));
+    tokio::spawn(services::serve(
+        listener,
+        Arc::clone(&trust),
+        service,
+        sessions,
+    ));
     println!(
         "rsp pe: PE {} of pool {pool} serving {service:?} on {local} as {}",
         config.pe_id,
@@ -372,36 +419,49 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// The pool user: lines to the PE, answers back, failover on failure (draft §2.5).
+/// A channel to the PE in use: plain lines, or the session framing when the PE registered
+/// with Transport Use = data plus control.
+enum PeChannel {
+    Line(services::Line),
+    Session(services::SessionChannel),
+}
+
+fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Result<PoolUser> {
+    let mut config = pu::PuConfig::new(common.registrars.clone(), pool_handle(pool)?);
+    config.namespace = common.namespace()?;
+    Ok(PoolUser::new(trust, config))
+}
+
+/// The pool user: lines to a PE chosen by the pool policy, answers back; on failure the
+/// PE is reported (spec §7.6) and the next one used, the session resumed from its last
+/// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
-    let namespace = common.namespace()?;
-    let handle = pool_handle(&pool)?;
-    let (mut registrar, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
-    let mut candidates = Vec::new();
-    let mut current: Option<(PeId, services::Line)> = None;
+    let users = pool_user(&common, Arc::clone(&trust), &pool)?;
+    let mut current: Option<(PeId, PeChannel)> = None;
+    let mut cookie: Option<Cookie> = None;
+    // Set when a PE failed under a request: from then until the next answer is the
+    // failover time the PU sees.
+    let mut failed_at: Option<(PeId, tokio::time::Instant)> = None;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     while let Some(line) = stdin.next_line().await? {
         loop {
             if current.is_none() {
-                if candidates.is_empty() {
-                    candidates = pu::resolve(&mut registrar, namespace.clone(), &handle, None)
-                        .await
-                        .with_context(|| format!("resolving {pool}"))?
-                        .pool_elements;
-                    candidates.reverse(); // pop() takes them in the registrar's order
-                }
-                let Some(e) = candidates.pop() else {
-                    bail!("no PE of {pool} is reachable");
-                };
+                let e = users
+                    .select()
+                    .await
+                    .with_context(|| format!("no PE of {pool} is reachable"))?;
                 let pe_id = e.pool_element.pe_id;
-                match connect_pe(&trust, &e).await {
-                    Ok(c) => current = Some((pe_id, c)),
+                match connect_pe(&trust, &e, cookie.as_ref()).await {
+                    Ok(c) => {
+                        eprintln!("using PE {pe_id}");
+                        current = Some((pe_id, c));
+                    }
                     Err(err) => {
                         eprintln!("PE {pe_id} unreachable ({err:#}); failing over");
-                        pu::report_unreachable(&mut registrar, namespace.clone(), &handle, pe_id)
-                            .await?;
+                        failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
+                        users.report_unreachable(pe_id).await;
                         continue;
                     }
                 }
@@ -409,18 +469,34 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
             let Some((pe_id, conn)) = current.as_mut() else {
                 continue;
             };
-            match conn.exchange(&line).await {
+            let pe_id = *pe_id;
+            let mut notes = services::Notes::default();
+            let answer = match conn {
+                PeChannel::Line(l) => l.exchange(&line).await.map_err(anyhow::Error::from),
+                PeChannel::Session(s) => s.exchange(&line, &mut cookie, &mut notes).await,
+            };
+            for cause in notes.refusals {
+                eprintln!(
+                    "PE {pe_id} refused the session cookie (cause {cause:#x}); the session starts afresh"
+                );
+            }
+            match answer {
                 Ok(answer) => {
+                    if let Some((from, at)) = failed_at.take() {
+                        eprintln!(
+                            "failed over from PE {from} to PE {pe_id} in {:.1} ms",
+                            at.elapsed().as_secs_f64() * 1000.0
+                        );
+                    }
                     stdout.write_all(answer.as_bytes()).await?;
                     stdout.write_all(b"\n").await?;
                     stdout.flush().await?;
                     break;
                 }
                 Err(err) => {
-                    let pe_id = *pe_id;
-                    eprintln!("PE {pe_id} failed ({err}); failing over");
-                    pu::report_unreachable(&mut registrar, namespace.clone(), &handle, pe_id)
-                        .await?;
+                    eprintln!("PE {pe_id} failed ({err:#}); failing over");
+                    failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
+                    users.report_unreachable(pe_id).await;
                     current = None;
                 }
             }
@@ -429,10 +505,21 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to a PE, insisting on the identity the registrar vouched for (0x8101).
-async fn connect_pe(trust: &TrustStore, e: &asap::wire::PeEntry) -> anyhow::Result<services::Line> {
+/// Connects to a PE, insisting on the identity the registrar vouched for (0x8101), with
+/// the session framing if the PE registered for it, echoing `cookie` then.
+async fn connect_pe(
+    trust: &TrustStore,
+    e: &asap::wire::PeEntry,
+    cookie: Option<&Cookie>,
+) -> anyhow::Result<PeChannel> {
     let (config, addr) = pe_target(trust, e)?;
-    services::Line::connect(config, addr).await
+    Ok(match e.pool_element.user_transport.transport_use() {
+        Some(TransportUse::DataPlusControl) => {
+            PeChannel::Session(services::SessionChannel::connect(config, addr, cookie).await?)
+        }
+        // Data only, or a transport without the field (SCTP): plain lines.
+        _ => PeChannel::Line(services::Line::connect(config, addr).await?),
+    })
 }
 
 /// Where a PE is, and a TLS configuration that accepts only the identity the registrar
@@ -457,13 +544,15 @@ fn pe_target(
 /// (the registrar's order); a PE that cannot be reached is reported and the next tried.
 async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
-    let namespace = common.namespace()?;
-    let handle = pool_handle(&pool)?;
+    let users = Arc::new(pool_user(&common, Arc::clone(&trust), &pool)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let (conn, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
-    let registrar = Arc::new(tokio::sync::Mutex::new(conn));
+    // Resolve once now, so that a pool that does not exist is an error at start.
+    users
+        .select()
+        .await
+        .with_context(|| format!("resolving {pool}"))?;
     println!(
         "rsp gateway: {} → pool {pool} as {}",
         listener.local_addr()?,
@@ -483,48 +572,29 @@ async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow
             },
             () = &mut shutdown => return Ok(()),
         };
-        let (trust, registrar, namespace, handle) = (
-            Arc::clone(&trust),
-            Arc::clone(&registrar),
-            namespace.clone(),
-            handle.clone(),
-        );
-        let registrars = common.registrars.clone();
+        let (trust, users) = (Arc::clone(&trust), Arc::clone(&users));
         tokio::spawn(async move {
-            if let Err(e) =
-                forward(client, &trust, &registrar, &registrars, namespace, &handle).await
-            {
+            if let Err(e) = forward(client, &trust, &users).await {
                 eprintln!("client {peer}: {e:#}");
             }
         });
     }
 }
 
+/// Carries one client to a PE chosen by the pool policy; a PE that cannot be reached is
+/// reported (spec §7.6) and the next one chosen, until the pool has none left.
 async fn forward(
     mut client: tokio::net::TcpStream,
     trust: &TrustStore,
-    registrar: &tokio::sync::Mutex<Connection>,
-    registrars: &[SocketAddr],
-    namespace: Option<Namespace>,
-    handle: &PoolHandle,
+    users: &PoolUser,
 ) -> anyhow::Result<()> {
-    let pes = {
-        let mut r = registrar.lock().await;
-        match pu::resolve(&mut r, namespace.clone(), handle, None).await {
-            Ok(found) => found.pool_elements,
-            // The registrar connection failed: hunt again once (spec §7.7).
-            Err(client::Error::Rejected(code)) => bail!("resolution refused: cause {code:#x}"),
-            Err(_) => {
-                *r = Connection::hunt(trust, registrars, 0).await?.0;
-                pu::resolve(&mut r, namespace.clone(), handle, None)
-                    .await?
-                    .pool_elements
-            }
-        }
-    };
-    for e in &pes {
+    loop {
+        let e = users
+            .select()
+            .await
+            .context("no PE of the pool is reachable")?;
         let pe_id = e.pool_element.pe_id;
-        let connected = match pe_target(trust, e) {
+        let connected = match pe_target(trust, &e) {
             Ok((config, addr)) => services::connect_tls(config, addr).await,
             Err(err) => Err(err),
         };
@@ -535,12 +605,10 @@ async fn forward(
             }
             Err(err) => {
                 eprintln!("PE {pe_id} unreachable ({err:#}); trying the next");
-                let mut r = registrar.lock().await;
-                let _ = pu::report_unreachable(&mut r, namespace.clone(), handle, pe_id).await;
+                users.report_unreachable(pe_id).await;
             }
         }
     }
-    bail!("no PE of the pool is reachable")
 }
 
 fn decode(enrp: bool, hex: Vec<String>) -> anyhow::Result<()> {

@@ -1,18 +1,22 @@
 //! The demo services a `rsp pe` offers (echo RFC 862, discard RFC 863, daytime RFC 867,
-//! chargen RFC 864), over TLS with the PE's certificate, and the line client `rsp pu`
-//! uses.
+//! chargen RFC 864, and `counter`, a session whose state survives failover in ASAP
+//! cookies, spec §7.8), over TLS with the PE's certificate, and the clients `rsp pu` uses.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use asap::client::session::{self, Binding, CookieKey, Frame};
+use asap::wire::AsapMsg;
+use asap::wire::param::{Cookie, ErrorCause, OperationError, PoolHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use trust::{Protocol, TrustStore};
+use trust::{Peer, Protocol, TrustStore};
 
 /// Longest line echoed; a longer one ends the session (bounded memory per client).
 const MAX_LINE: usize = 64 * 1024;
@@ -28,17 +32,43 @@ pub(crate) enum Service {
     Daytime,
     /// Lines of rotating characters until the client closes (RFC 864).
     Chargen,
+    /// A session: each request is answered with the session's running count, which the
+    /// PE hands the PU as an authenticated ASAP cookie; after a failover the PU echoes it
+    /// and the new PE continues the count (spec §7.8, §12.7). Needs --cookie-key.
+    Counter,
+}
+
+impl Service {
+    /// Whether the service carries ASAP control messages on its channel (spec §7.8:
+    /// registered with Transport Use = data plus control).
+    pub(crate) fn has_sessions(self) -> bool {
+        matches!(self, Self::Counter)
+    }
+}
+
+/// What a session service needs: the pool key and the pool the cookies are bound to.
+pub(crate) struct Sessions {
+    pub(crate) key: CookieKey,
+    pub(crate) pool_handle: PoolHandle,
+    pub(crate) lifetime: Duration,
 }
 
 /// Accepts TLS clients (any identity of a trusted domain: PUs present certificates too)
 /// and serves each on its own task.
-pub(crate) async fn serve(listener: TcpListener, trust: Arc<TrustStore>, service: Service) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    trust: Arc<TrustStore>,
+    service: Service,
+    sessions: Option<Arc<Sessions>>,
+) {
     loop {
         let Ok((tcp, addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -46,7 +76,16 @@ pub(crate) async fn serve(listener: TcpListener, trust: Arc<TrustStore>, service
                 eprintln!("TLS handshake with {addr} failed");
                 return;
             };
-            let _ = run(service, tls).await;
+            match (service, sessions) {
+                (Service::Counter, Some(sessions)) => {
+                    if let Err(e) = counter(tls, &sessions).await {
+                        eprintln!("session with {addr} ended: {e:#}");
+                    }
+                }
+                _ => {
+                    let _ = run(service, tls).await;
+                }
+            }
         });
     }
 }
@@ -79,6 +118,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Service::Daytime => {
             w.write_all(daytime().as_bytes()).await?;
         }
+        // Served by `counter`; `rsp pe` refuses to start it without a key.
+        Service::Counter => {}
         Service::Chargen => {
             let chars: Vec<u8> = (b' '..=b'~').collect();
             for i in 0.. {
@@ -94,6 +135,77 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[allow(clippy::disallowed_methods)] // cookie expiry is wall-clock time shared by the pool's PEs
+fn wall_clock() -> SystemTime {
+    SystemTime::now()
+}
+
+/// An ASAP_ERROR with one cause.
+fn asap_error(cause: ErrorCause) -> AsapMsg {
+    AsapMsg::Error(OperationError::single(cause))
+}
+
+/// The `counter` session (PE side): data frames are requests; Cookie Echo restores the
+/// count; a cookie that does not open is refused with ASAP_ERROR and changes nothing.
+async fn counter(tls: TlsStream<TcpStream>, sessions: &Sessions) -> anyhow::Result<()> {
+    let pu = Peer::from_tls(tls.get_ref().1)?.id().as_str().to_owned();
+    let binding = Binding {
+        pool_handle: &sessions.pool_handle,
+        pool_user: &pu,
+    };
+    let (mut r, mut w) = tokio::io::split(tls);
+    let mut count: u64 = 0;
+    while let Some(frame) = session::read_frame(&mut r).await? {
+        match frame {
+            Frame::Control(AsapMsg::CookieEcho(cookie)) => {
+                match sessions.key.open(cookie.as_bytes(), &binding, wall_clock()) {
+                    Ok(state) => match <[u8; 8]>::try_from(state) {
+                        Ok(b) => {
+                            count = u64::from_be_bytes(b);
+                            eprintln!("session of {pu} resumed from its cookie at count {count}");
+                        }
+                        // Authentic, so from a PE of this pool, but not a counter's state.
+                        Err(_) => {
+                            eprintln!("refused a cookie from {pu}: not a counter state");
+                            let cause = ErrorCause::InvalidValues(Vec::new());
+                            session::write_control(&mut w, &asap_error(cause)).await?;
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("refused a cookie from {pu}: {e}");
+                        let cause = ErrorCause::SecurityRejection;
+                        session::write_control(&mut w, &asap_error(cause)).await?;
+                    }
+                }
+            }
+            Frame::BadControl(e) => {
+                // E.g. a Cookie Echo over the 4 KiB cap (spec §3.5, T-16): refused by the
+                // codec, answered with the cause it names, the session unchanged.
+                eprintln!("refused a control message from {pu}: {e}");
+                let cause = e.cause().unwrap_or(ErrorCause::InvalidValues(Vec::new()));
+                session::write_control(&mut w, &asap_error(cause)).await?;
+            }
+            // Business cards and errors from the PU: parsed, nothing to do for a counter.
+            Frame::Control(_) => {}
+            Frame::Data { ppid, payload } => {
+                count += 1;
+                let state = count.to_be_bytes();
+                let cookie =
+                    sessions
+                        .key
+                        .seal(&binding, &state, wall_clock() + sessions.lifetime)?;
+                // The cookie goes first, so a PU that has the answer also has the state
+                // that includes it.
+                session::write_control(&mut w, &AsapMsg::Cookie(cookie)).await?;
+                let mut answer = format!("{count} ").into_bytes();
+                answer.extend_from_slice(&payload);
+                session::write_data(&mut w, ppid, &answer).await?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// "YYYY-MM-DD HH:MM:SS UTC\r\n" from the system clock.
 #[allow(clippy::disallowed_methods)] // the service's purpose is to tell the time
@@ -128,6 +240,10 @@ pub(crate) async fn connect_tls(
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .context("connect timed out")??;
+    // Requests are small and a resumed session writes Cookie Echo and the request back to
+    // back: without this, Nagle holds the second until the first is acknowledged (up to
+    // the peer's delayed-ACK timer, 40 ms on Linux), which is most of a failover.
+    let _ = tcp.set_nodelay(true);
     tokio::time::timeout(
         Duration::from_secs(10),
         TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp),
@@ -172,5 +288,67 @@ impl Line {
             ));
         }
         Ok(answer.trim_end_matches(['\r', '\n']).to_owned())
+    }
+}
+
+/// What the PU learns from a session exchange besides the answer.
+#[derive(Debug, Default)]
+pub(crate) struct Notes {
+    /// Causes of ASAP_ERRORs the PE sent (e.g. 0xA: it refused the echoed cookie).
+    pub(crate) refusals: Vec<u16>,
+}
+
+/// A session channel with a PE (spec §12.7 framing), PU side. It keeps the latest cookie
+/// the PE sent (spec §7.8: only the latest).
+pub(crate) struct SessionChannel {
+    reader: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+}
+
+impl SessionChannel {
+    /// Connects with `config` (which checks the PE's identity) and, when resuming a
+    /// session, echoes its last cookie first.
+    pub(crate) async fn connect(
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+        cookie: Option<&Cookie>,
+    ) -> anyhow::Result<Self> {
+        let (reader, mut writer) = tokio::io::split(connect_tls(config, addr).await?);
+        if let Some(c) = cookie {
+            session::write_control(&mut writer, &AsapMsg::CookieEcho(c.clone())).await?;
+        }
+        Ok(Self { reader, writer })
+    }
+
+    /// Sends one request and reads frames up to its answer; a Cookie on the way replaces
+    /// `cookie`.
+    pub(crate) async fn exchange(
+        &mut self,
+        line: &str,
+        cookie: &mut Option<Cookie>,
+        notes: &mut Notes,
+    ) -> anyhow::Result<String> {
+        session::write_data(&mut self.writer, 0, line.as_bytes()).await?;
+        let read = async {
+            loop {
+                match session::read_frame(&mut self.reader).await? {
+                    None => anyhow::bail!("the PE closed"),
+                    Some(Frame::Data { payload, .. }) => {
+                        return Ok(String::from_utf8_lossy(&payload).into_owned());
+                    }
+                    Some(Frame::Control(AsapMsg::Cookie(c))) => *cookie = Some(c),
+                    Some(Frame::Control(AsapMsg::Error(e))) => {
+                        notes
+                            .refusals
+                            .extend(e.causes().iter().map(ErrorCause::code));
+                    }
+                    // Business cards and the like: parsed, not needed by this client.
+                    Some(Frame::Control(_) | Frame::BadControl(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .context("no answer")?
     }
 }

@@ -1,0 +1,261 @@
+//! Who is calling, and may they: bearer tokens (`Authorization: Bearer rsp_...`) or an
+//! admin client certificate, mapped to a [`Role`]; each handler names the permission it
+//! needs in its `Authorized` argument, so no route can forget to check.
+//!
+//! | permission    | admin | operator | auditor |
+//! |---------------|-------|----------|---------|
+//! | `ReadOps`: namespaces, pools, PEs, revocations (read) | ✓ | ✓ | ✓ |
+//! | `ReadAll`: everything else read-only, the audit log, metrics | ✓ |  | ✓ |
+//! | `Operate`: pools, PEs, revocations, CRLs (write) | ✓ | ✓ |  |
+//! | `AdminOnly`: namespaces, trust domains, grants, tokens (write) | ✓ |  |  |
+//!
+//! A certificate's role comes from the grants: an identity granted `admin:write` in every
+//! namespace (`*`) on every pool (`*`) is an admin, one granted only `admin:read` there
+//! an auditor. The admin API is not scoped by namespace, so grants naming one namespace
+//! give no admin role.
+//!
+//! Audit records name a certificate caller by its SPIFFE ID and serial, and a token caller
+//! by `spiffe://<local trust domain>/token/<token id>` without a serial.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use trust::audit::{Outcome, Record};
+use trust::db::{self, Role};
+use trust::{Action, NamespacePattern, Peer, Serial, SpiffeId};
+
+use crate::problem::{ApiError, ProblemKind};
+use crate::registrar::Actor;
+use crate::state::App;
+
+/// The remote address of the connection a request came on; [`crate::serve`] puts it in
+/// every request's extensions (with the client's [`Peer`], when it sent a certificate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
+/// The path segment under the local trust domain that names token callers in the audit
+/// log (`spiffe://acme.test/token/0123456789abcdef`).
+pub const TOKEN_ACTOR_SEGMENT: &str = "token";
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// `None`: a certificate without an admin grant.
+    pub(crate) role: Option<Role>,
+    /// Who, as the registrar names it in its own audit records.
+    pub(crate) actor: Actor,
+    /// Who, as the audit log's actor column names it.
+    pub(crate) audit_id: SpiffeId,
+    serial: Option<Serial>,
+    remote: Option<SocketAddr>,
+}
+
+impl Caller {
+    /// An audit record of `action` by this caller at `now`, outcome `ok`.
+    pub(crate) fn record(&self, now: u64, action: &'static str) -> Record {
+        let mut record = Record::new(now, action, Outcome::Ok).actor(self.audit_id.clone());
+        record.serial = self.serial.clone();
+        record.remote = self.remote;
+        record
+    }
+}
+
+/// A permission a route needs (see the table in the module docs).
+pub(crate) trait Permission: Send + Sync + 'static {
+    /// The roles that have it, for error messages.
+    const ROLES: &'static str;
+    fn allows(role: Role) -> bool;
+}
+
+/// Read namespaces, pools, PEs and revocations.
+pub(crate) struct ReadOps;
+/// Read everything, including the audit log and metrics.
+pub(crate) struct ReadAll;
+/// Change pools, PEs and revocations.
+pub(crate) struct Operate;
+/// Everything else that writes.
+pub(crate) struct AdminOnly;
+
+impl Permission for ReadOps {
+    const ROLES: &'static str = "admin, operator or auditor";
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Operator | Role::Auditor)
+    }
+}
+impl Permission for ReadAll {
+    const ROLES: &'static str = "admin or auditor";
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Auditor)
+    }
+}
+impl Permission for Operate {
+    const ROLES: &'static str = "admin or operator";
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Operator)
+    }
+}
+impl Permission for AdminOnly {
+    const ROLES: &'static str = "admin";
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin)
+    }
+}
+
+/// An extractor that authenticates the caller and checks permission `P`; a refusal (401
+/// or 403) is audited before it is answered.
+pub(crate) struct Authorized<P>(pub(crate) Caller, pub(crate) PhantomData<P>);
+
+impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let now = app.now();
+        let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
+        let request = format!("{} {}", parts.method, parts.uri.path());
+        let caller = match authenticate(app, parts, now, remote).await {
+            Ok(caller) => caller,
+            Err(err) => {
+                let mut record = Record::new(now, "admin:request", Outcome::Ok).detail(request);
+                record.remote = remote;
+                if let Some(peer) = parts.extensions.get::<Peer>() {
+                    record = record.peer(peer);
+                }
+                app.audit_refusal(record, &err).await;
+                return Err(err);
+            }
+        };
+        match caller.role {
+            Some(role) if P::allows(role) => Ok(Self(caller, PhantomData)),
+            role => {
+                let has = role.map_or_else(|| "no admin role".to_owned(), |r| format!("role {r}"));
+                let err = ApiError::new(
+                    ProblemKind::Forbidden,
+                    format!(
+                        "{request} needs the role {}; the caller has {has}",
+                        P::ROLES
+                    ),
+                );
+                let record = caller.record(now, "admin:request");
+                app.audit_refusal(record, &err).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+fn unauthenticated(detail: impl Into<String>) -> ApiError {
+    ApiError::new(ProblemKind::Unauthenticated, detail)
+}
+
+/// A bearer token if the request has one, else the client certificate.
+async fn authenticate(
+    app: &App,
+    parts: &Parts,
+    now: u64,
+    remote: Option<SocketAddr>,
+) -> Result<Caller, ApiError> {
+    if let Some(value) = parts.headers.get(AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| unauthenticated("use `Authorization: Bearer rsp_...`"))?;
+        let mut conn = app.store().acquire().await?;
+        let info = match db::verify_token(&mut conn, token, now).await {
+            Ok(info) => info,
+            Err(db::Error::Token(why)) => {
+                return Err(unauthenticated(format!("bearer token refused: {why}")));
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let audit_id =
+            SpiffeId::from_segments(&app.local_domain, [TOKEN_ACTOR_SEGMENT, info.id.as_str()])?;
+        return Ok(Caller {
+            role: Some(info.role),
+            actor: Actor::Token(info.id),
+            audit_id,
+            serial: None,
+            remote,
+        });
+    }
+    let Some(peer) = parts.extensions.get::<Peer>() else {
+        return Err(unauthenticated(
+            "no credentials: send `Authorization: Bearer rsp_...` or an admin client certificate",
+        ));
+    };
+    let mut conn = app.store().acquire().await?;
+    let grants: Vec<_> = db::list_grants(&mut conn)
+        .await?
+        .into_iter()
+        .map(|row| row.grant)
+        .collect();
+    Ok(Caller {
+        role: certificate_role(&grants, peer.id()),
+        actor: Actor::Certificate(peer.id().clone()),
+        audit_id: peer.id().clone(),
+        serial: Some(peer.serial().clone()),
+        remote,
+    })
+}
+
+/// The admin role that `grants` give `id` (see the module docs).
+pub(crate) fn certificate_role(grants: &[trust::Grant], id: &SpiffeId) -> Option<Role> {
+    let has = |action| {
+        grants.iter().any(|g| {
+            g.namespace == NamespacePattern::Any
+                && g.pools.is_any()
+                && g.identity.matches(id)
+                && g.actions.contains(action)
+        })
+    };
+    if has(Action::AdminWrite) {
+        Some(Role::Admin)
+    } else if has(Action::AdminRead) {
+        Some(Role::Auditor)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(identity: &str, namespace: &str, actions: &[Action]) -> trust::Grant {
+        trust::Grant {
+            identity: identity.parse().expect("valid pattern"),
+            namespace: namespace.parse().expect("valid namespace pattern"),
+            pools: "*".parse().expect("valid pool pattern"),
+            actions: actions.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn certificate_roles_come_from_global_admin_grants() {
+        let ops: SpiffeId = "spiffe://acme.test/admin/ops".parse().expect("valid");
+        let grants = [
+            grant("spiffe://acme.test/admin/ops", "*", &[Action::AdminRead]),
+            grant(
+                "spiffe://acme.test/admin/*",
+                "default",
+                &[Action::AdminWrite],
+            ),
+        ];
+        assert_eq!(certificate_role(&grants, &ops), Some(Role::Auditor));
+        let grants = [grant(
+            "spiffe://acme.test/admin/*",
+            "*",
+            &[Action::AdminWrite],
+        )];
+        assert_eq!(certificate_role(&grants, &ops), Some(Role::Admin));
+        let pe: SpiffeId = "spiffe://acme.test/pe/x".parse().expect("valid");
+        assert_eq!(certificate_role(&grants, &pe), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! What the admin API sees of the running registrar (ARCHITECTURE.md §2: `enrp` serves the
+//! API and implements this trait; the API never depends on `enrp`).
+//!
+//! Everything the API changes in SQLite (grants, revocations, trust domains) it applies to
+//! the [`trust::TrustStore`] itself, so that the next handshake sees it; this trait is for
+//! what only the registrar holds: the live handlespace, its connections and its counters.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use trust::db::Revoked;
+use trust::{Grant, SpiffeId};
+
+/// The live registrar, as the admin API drives it.
+pub trait Registrar: Send + Sync + 'static {
+    /// The pools of `namespace` that have PEs, by pool handle.
+    fn pools(&self, namespace: &str) -> impl Future<Output = Vec<PoolView>> + Send;
+
+    /// One pool of `namespace` (`None`: no PE is registered under that handle).
+    fn pool(&self, namespace: &str, handle: &[u8])
+    -> impl Future<Output = Option<PoolView>> + Send;
+
+    /// Deregisters every PE in `scope` and closes nothing; each removal is audited by the
+    /// registrar with `actor` as its cause. Returns how many PEs were removed.
+    fn remove(&self, scope: Scope, actor: Actor) -> impl Future<Output = usize> + Send;
+
+    /// The grants changed: the registrar uses `grants` from now on and removes the PEs
+    /// whose registration they no longer allow.
+    fn set_grants(&self, grants: Vec<Grant>) -> impl Future<Output = ()> + Send;
+
+    /// `revoked` was revoked (the caller has already denied it in the trust store, so it
+    /// cannot handshake again): its live connections close and its PEs are removed.
+    fn revoke(&self, revoked: Revoked) -> impl Future<Output = ()> + Send;
+
+    /// A federated trust domain was removed (already gone from the trust store): its
+    /// connections close and its PEs are removed, but nothing is remembered, so that the
+    /// domain can be added again.
+    fn domain_removed(&self, domain: &trust::TrustDomain) -> impl Future<Output = ()> + Send;
+
+    /// The ENRP peers (empty until peering lands, issue 7).
+    fn peers(&self) -> impl Future<Output = Vec<PeerView>> + Send;
+
+    /// Counters for `/metrics`.
+    fn metrics(&self) -> impl Future<Output = Metrics> + Send;
+
+    /// Whether the registrar serves (false while it starts, stops, or waits for its
+    /// mentor): `/readyz`.
+    fn ready(&self) -> bool;
+}
+
+/// Who made an admin change, for the registrar's audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// A bearer token, by its public id.
+    Token(String),
+    /// An admin client certificate.
+    Certificate(SpiffeId),
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(id) => write!(f, "token:{id}"),
+            Self::Certificate(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Which PEs an admin removal covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every PE of a namespace.
+    Namespace(String),
+    /// Every PE of one pool.
+    Pool {
+        /// The namespace.
+        namespace: String,
+        /// The pool handle.
+        handle: Vec<u8>,
+    },
+    /// One PE.
+    Pe {
+        /// The namespace.
+        namespace: String,
+        /// The pool handle.
+        handle: Vec<u8>,
+        /// The PE ID.
+        pe_id: u32,
+    },
+}
+
+/// A pool with its live PEs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PoolView {
+    /// The namespace.
+    pub namespace: String,
+    /// The pool handle as text when it is UTF-8 without control characters, else
+    /// `hex:` and the bytes in hex.
+    pub handle: String,
+    /// The pool policy (RFC 5356 name, e.g. `round-robin`), `None` when the pool is empty.
+    pub policy: Option<String>,
+    /// The PEs, by PE ID.
+    pub pool_elements: Vec<PeView>,
+}
+
+/// A live PE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PeView {
+    /// The PE ID, in hex as in the spec (`0x1a2b3c4d`).
+    pub pe_id: String,
+    /// The SPIFFE ID that registered it (project parameter 0x8101).
+    pub registrant: Option<String>,
+    /// The Server ID of its home registrar, in hex.
+    pub home_registrar: String,
+    /// Its user transport: protocol and addresses (`tcp 192.0.2.1:7`).
+    pub transport: String,
+    /// The policy parameters it registered with (e.g. `weight=2`), empty for none.
+    pub policy: String,
+    /// Registration life in milliseconds.
+    pub registration_life_ms: u32,
+}
+
+/// An ENRP peer's status (`GET /v1/peers`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PeerView {
+    /// Its SPIFFE ID.
+    pub identity: String,
+    /// Its Server ID, in hex.
+    pub server_id: String,
+    /// `active`, `connecting`, `dead`, ...
+    pub state: String,
+    /// When it was last heard, unix ms.
+    pub last_heard_ms: Option<u64>,
+    /// Whether its handlespace checksum matches ours.
+    pub checksum_match: Option<bool>,
+}
+
+/// Registrar counters for `/metrics` (monotonic unless said otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Open ASAP connections (a gauge).
+    pub connections: u64,
+    /// PEs in the handlespace (a gauge).
+    pub pool_elements: u64,
+    /// Registrations accepted (new PEs and re-registrations).
+    pub registrations: u64,
+    /// Handle resolutions answered.
+    pub resolutions: u64,
+    /// Refused operations by spec §4.7 cause code.
+    pub rejections: Vec<(u16, u64)>,
+    /// Failed TLS handshakes by reason (`untrusted`, `revoked`, `timeout`, ...).
+    pub handshake_failures: Vec<(String, u64)>,
+    /// Audit records queued and not yet committed (a gauge).
+    pub audit_queue: u64,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Registrar`] with boxed futures, so that the router holds one `Arc<dyn ..>` and its
+/// handlers are not generic (utoipa-axum's `routes!` takes plain handler paths).
+pub(crate) trait DynRegistrar: Send + Sync + 'static {
+    fn pools<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<PoolView>>;
+    fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>>;
+    fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize>;
+    fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
+    fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()>;
+    fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()>;
+    fn peers(&self) -> BoxFuture<'_, Vec<PeerView>>;
+    fn metrics(&self) -> BoxFuture<'_, Metrics>;
+    fn ready(&self) -> bool;
+}
+
+impl<R: Registrar> DynRegistrar for R {
+    fn pools<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<PoolView>> {
+        Box::pin(Registrar::pools(self, namespace))
+    }
+    fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>> {
+        Box::pin(Registrar::pool(self, namespace, handle))
+    }
+    fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize> {
+        Box::pin(Registrar::remove(self, scope, actor))
+    }
+    fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()> {
+        Box::pin(Registrar::set_grants(self, grants))
+    }
+    fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()> {
+        Box::pin(Registrar::revoke(self, revoked))
+    }
+    fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()> {
+        Box::pin(Registrar::domain_removed(self, domain))
+    }
+    fn peers(&self) -> BoxFuture<'_, Vec<PeerView>> {
+        Box::pin(Registrar::peers(self))
+    }
+    fn metrics(&self) -> BoxFuture<'_, Metrics> {
+        Box::pin(Registrar::metrics(self))
+    }
+    fn ready(&self) -> bool {
+        Registrar::ready(self)
+    }
+}

@@ -1,0 +1,178 @@
+//! `/healthz`, `/readyz`, `/metrics` and the OpenAPI document.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::{Authorized, ReadAll};
+use crate::problem::{ApiError, ProblemKind};
+use crate::state::App;
+
+/// A probe's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Status {
+    /// `ok` or `ready`.
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = Status)))]
+pub(crate) async fn healthz() -> axum::Json<Status> {
+    axum::Json(Status { status: "ok" })
+}
+
+/// Readiness: the registrar serves (not while it starts, stops or waits for its mentor).
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "Not ready"),
+    ))]
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<Status>, ApiError> {
+    if app.registrar().ready() {
+        Ok(axum::Json(Status { status: "ready" }))
+    } else {
+        Err(ApiError::new(
+            ProblemKind::Unavailable,
+            "the registrar is not serving",
+        ))
+    }
+}
+
+/// The Prometheus text exposition format's media type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A label value escaped as the text format wants it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// Registrar and admin API counters, in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format (0.0.4)", body = String,
+        content_type = "text/plain")))]
+pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>) -> Response {
+    let m = app.registrar().metrics().await;
+    let serve = app.state.counters.snapshot();
+    let one = |v: u64| vec![(String::new(), v)];
+    let mut out = String::new();
+    metric(
+        &mut out,
+        "rsp_connections",
+        "gauge",
+        "Open ASAP connections.",
+        &one(m.connections),
+    );
+    metric(
+        &mut out,
+        "rsp_pool_elements",
+        "gauge",
+        "PEs in the handlespace.",
+        &one(m.pool_elements),
+    );
+    metric(
+        &mut out,
+        "rsp_registrations_total",
+        "counter",
+        "Registrations accepted.",
+        &one(m.registrations),
+    );
+    metric(
+        &mut out,
+        "rsp_resolutions_total",
+        "counter",
+        "Handle resolutions answered.",
+        &one(m.resolutions),
+    );
+    let rejections: Vec<_> = m
+        .rejections
+        .iter()
+        .map(|(cause, n)| (format!("{{cause=\"{cause:#06x}\"}}"), *n))
+        .collect();
+    metric(
+        &mut out,
+        "rsp_rejections_total",
+        "counter",
+        "Refused operations by spec cause code.",
+        &rejections,
+    );
+    let failures: Vec<_> = m
+        .handshake_failures
+        .iter()
+        .map(|(reason, n)| {
+            (
+                format!("{{listener=\"asap\",reason=\"{}\"}}", label(reason)),
+                *n,
+            )
+        })
+        .chain(serve.handshake_failures.iter().map(|(reason, n)| {
+            (
+                format!("{{listener=\"admin\",reason=\"{}\"}}", label(reason)),
+                *n,
+            )
+        }))
+        .collect();
+    metric(
+        &mut out,
+        "rsp_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes by listener and reason.",
+        &failures,
+    );
+    metric(
+        &mut out,
+        "rsp_audit_queue",
+        "gauge",
+        "Audit records queued, not yet committed.",
+        &one(m.audit_queue),
+    );
+    metric(
+        &mut out,
+        "rsp_admin_connections",
+        "gauge",
+        "Open admin API connections.",
+        &one(serve.open_connections),
+    );
+    metric(
+        &mut out,
+        "rsp_admin_unaudited_refusals_total",
+        "counter",
+        "Unauthenticated admin requests refused without an audit record (rate limit).",
+        &one(serve.unaudited_refusals),
+    );
+    let mut response = out.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROMETHEUS_TEXT),
+    );
+    response
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+        body = serde_json::Value, content_type = "application/json")))]
+pub(crate) async fn openapi(State(app): State<Arc<App>>) -> Response {
+    let doc = app.openapi.get().cloned().unwrap_or_default();
+    let mut response = doc.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(super::JSON));
+    response
+}

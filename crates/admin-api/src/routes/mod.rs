@@ -1,0 +1,114 @@
+//! The resources of `/v1`, one module each, plus health, metrics and the OpenAPI document.
+//! Handlers take their permission as an [`crate::auth::Authorized`] argument, write through
+//! [`crate::state::App::finish`] (change and audit record in one transaction), and call
+//! the registrar only after the commit: the registrar audits through the same database,
+//! and holding the write lock while it waits for its own commits would stall both.
+
+pub(crate) mod audit;
+pub(crate) mod grants;
+pub(crate) mod health;
+pub(crate) mod namespaces;
+pub(crate) mod peers;
+pub(crate) mod pools;
+pub(crate) mod revocations;
+pub(crate) mod tokens;
+pub(crate) mod trust_domains;
+
+use crate::problem::{ApiError, ProblemKind};
+
+/// The `application/json` media type.
+pub(crate) const JSON: &str = "application/json";
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Prefix of a pool handle written in hex.
+pub const HEX_PREFIX: &str = "hex:";
+
+/// A pool handle as the API writes it: as text when it is UTF-8 without control
+/// characters and does not start with `hex:`, else `hex:` and its bytes in lowercase hex.
+/// [`crate::PoolView::handle`] must use this form.
+pub fn handle_text(handle: &[u8]) -> String {
+    match std::str::from_utf8(handle) {
+        Ok(text) if !text.starts_with(HEX_PREFIX) && !text.chars().any(char::is_control) => {
+            text.to_owned()
+        }
+        _ => format!("{HEX_PREFIX}{}", hex(handle)),
+    }
+}
+
+/// Reads a pool handle written as [`handle_text`] writes it: 1 to 32 bytes.
+pub fn parse_handle(text: &str) -> Option<Vec<u8>> {
+    let bytes = match text.strip_prefix(HEX_PREFIX) {
+        Some(digits) => unhex(digits)?,
+        None => text.as_bytes().to_vec(),
+    };
+    (1..=trust::db::MAX_POOL_HANDLE_LEN)
+        .contains(&bytes.len())
+        .then_some(bytes)
+}
+
+/// The namespace of a path: a name that cannot exist is simply not found.
+pub(crate) fn path_namespace(name: &str) -> Result<(), ApiError> {
+    trust::db::check_namespace(name)
+        .map_err(|_| ApiError::new(ProblemKind::NotFound, format!("no namespace {name:?}")))
+}
+
+/// The pool handle of a path: a handle that cannot exist is simply not found.
+pub(crate) fn path_handle(namespace: &str, text: &str) -> Result<Vec<u8>, ApiError> {
+    parse_handle(text).ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::NotFound,
+            format!("no pool {text:?} in namespace {namespace:?}"),
+        )
+    })
+}
+
+/// Fails with 404 unless `namespace` is stored.
+pub(crate) async fn require_namespace(
+    conn: &mut sqlx::SqliteConnection,
+    namespace: &str,
+) -> Result<(), ApiError> {
+    path_namespace(namespace)?;
+    match trust::db::get_namespace(conn, namespace).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            ProblemKind::NotFound,
+            format!("no namespace {namespace:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_handles_round_trip_as_text_or_hex() {
+        for handle in [&b"echo"[..], b"\x00\xff", b"hex:x", b"a\nb", &[b'x'; 32]] {
+            assert_eq!(parse_handle(&handle_text(handle)).as_deref(), Some(handle));
+        }
+        assert_eq!(handle_text(b"echo"), "echo");
+        assert_eq!(handle_text(b"\x00\xff"), "hex:00ff");
+        assert_eq!(parse_handle(""), None);
+        assert_eq!(parse_handle("hex:"), None);
+        assert_eq!(parse_handle("hex:0"), None);
+        assert_eq!(parse_handle(&"x".repeat(33)), None);
+    }
+}

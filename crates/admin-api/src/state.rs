@@ -1,0 +1,213 @@
+//! The state every handler shares, and the one way handlers write: a change and its audit
+//! record in one transaction ([`App::finish`]).
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use sqlx::{Sqlite, Transaction};
+use trust::audit::{self, Outcome, Record};
+use trust::db::{Store, TokenHasher};
+use trust::{TrustDomain, TrustStore};
+
+use crate::problem::{ApiError, ProblemKind};
+use crate::registrar::{DynRegistrar, Registrar};
+use crate::serve::ServeCounters;
+
+/// A write transaction (`BEGIN IMMEDIATE`).
+pub(crate) type Tx = Transaction<'static, Sqlite>;
+
+/// What the admin API needs from its host (`enrpd`): build it with [`AdminState::new`] and
+/// hand it to [`crate::router`].
+pub struct AdminState {
+    pub(crate) store: Store,
+    pub(crate) trust: Arc<TrustStore>,
+    pub(crate) registrar: Arc<dyn DynRegistrar>,
+    pub(crate) hasher: TokenHasher,
+    pub(crate) clock: fn() -> u64,
+    pub(crate) counters: Arc<ServeCounters>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminState {
+    /// The state of an admin API over `store` (migrated), applying trust changes to
+    /// `trust` and driving `registrar`. New tokens are hashed with `hasher`
+    /// ([`TokenHasher::default`] in production). `clock` gives the current time in unix
+    /// milliseconds (`enrp::daemon::now_ms` in `enrpd`; a fixed or stepping clock in
+    /// tests). The local trust domain, which cannot be removed or revoked, is the one of
+    /// `trust`'s own identity.
+    pub fn new<R: Registrar>(
+        store: Store,
+        trust: Arc<TrustStore>,
+        registrar: Arc<R>,
+        hasher: TokenHasher,
+        clock: fn() -> u64,
+    ) -> Self {
+        Self {
+            store,
+            trust,
+            registrar,
+            hasher,
+            clock,
+            counters: Arc::new(ServeCounters::default()),
+        }
+    }
+
+    /// The counters [`crate::serve`] updates (handshake failures) and `/metrics` reports:
+    /// pass them in [`crate::ServeOptions`].
+    pub fn serve_counters(&self) -> Arc<ServeCounters> {
+        self.counters.clone()
+    }
+}
+
+/// Unauthenticated refusals audited per second at most; the rest are counted and the
+/// next audited one says how many were skipped. An anonymous client could otherwise make
+/// the registrar fsync one audit row per request it sends.
+const UNAUTHENTICATED_AUDITS_PER_SECOND: u32 = 20;
+
+#[derive(Debug, Default)]
+struct RefusalLimiter {
+    second: u64,
+    audited: u32,
+    skipped: u64,
+}
+
+/// The router's state: [`AdminState`] plus what the router adds.
+pub(crate) struct App {
+    pub(crate) state: AdminState,
+    pub(crate) local_domain: TrustDomain,
+    pub(crate) openapi: OnceLock<String>,
+    limiter: Mutex<RefusalLimiter>,
+}
+
+impl App {
+    pub(crate) fn new(state: AdminState) -> Arc<Self> {
+        let local_domain = state.trust.identity().id().trust_domain();
+        Arc::new(Self {
+            state,
+            local_domain,
+            openapi: OnceLock::new(),
+            limiter: Mutex::new(RefusalLimiter::default()),
+        })
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        (self.state.clock)()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub(crate) fn trust(&self) -> &TrustStore {
+        &self.state.trust
+    }
+
+    pub(crate) fn registrar(&self) -> &dyn DynRegistrar {
+        &*self.state.registrar
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Tx, ApiError> {
+        Ok(self.state.store.begin().await?)
+    }
+
+    /// Ends a write: when `result` is `Ok`, appends `record` in `tx` and commits, so the
+    /// change and its audit record are durable together (or neither is); otherwise rolls
+    /// back and audits the refusal on its own.
+    pub(crate) async fn finish<T>(
+        &self,
+        mut tx: Tx,
+        record: Record,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match result {
+            Ok(value) => {
+                audit::append_in(&mut tx, &[clipped(record)]).await?;
+                tx.commit().await.map_err(trust::db::Error::from)?;
+                Ok(value)
+            }
+            Err(err) => {
+                drop(tx); // rolls back
+                self.audit_refusal(record, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Audits `record` in a transaction of its own (an admin action that changes nothing
+    /// in the store, such as a forced deregistration, whose effect the registrar audits).
+    pub(crate) async fn audit(&self, record: Record) -> Result<(), ApiError> {
+        let mut tx = self.begin().await?;
+        audit::append_in(&mut tx, &[clipped(record)]).await?;
+        tx.commit().await.map_err(trust::db::Error::from)?;
+        Ok(())
+    }
+
+    /// Audits a refused request (best effort: the refusal is answered whatever happens
+    /// here, and a failure is logged).
+    pub(crate) async fn audit_refusal(&self, mut record: Record, err: &ApiError) {
+        let kind = err.kind();
+        record.outcome = Outcome::Refused(kind.outcome().into());
+        let detail = match (&record.detail, err.problem().detail) {
+            (Some(ours), Some(why)) => format!("{ours}: {why}"),
+            (None, Some(why)) => why,
+            (ours, None) => ours.clone().unwrap_or_default(),
+        };
+        record.detail = Some(clip(&detail));
+        if kind == ProblemKind::Unauthenticated && !self.admit_unauthenticated(&mut record) {
+            return;
+        }
+        if let Err(e) = self.audit(record).await {
+            tracing::error!(error = %e, "cannot audit a refused admin request");
+        }
+    }
+
+    /// Rate limit of unauthenticated refusals (see [`UNAUTHENTICATED_AUDITS_PER_SECOND`]).
+    fn admit_unauthenticated(&self, record: &mut Record) -> bool {
+        let second = record.time_ms / 1000;
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if limiter.second != second {
+            limiter.second = second;
+            limiter.audited = 0;
+        }
+        if limiter.audited >= UNAUTHENTICATED_AUDITS_PER_SECOND {
+            limiter.skipped += 1;
+            self.state.counters.unaudited_refusal();
+            return false;
+        }
+        limiter.audited += 1;
+        if limiter.skipped > 0 {
+            let detail = record.detail.take().unwrap_or_default();
+            record.detail = Some(clip(&format!(
+                "{detail} ({} earlier unauthenticated requests not audited: rate limit)",
+                limiter.skipped
+            )));
+            limiter.skipped = 0;
+        }
+        true
+    }
+}
+
+/// `record` with its detail made acceptable to the audit log (details quote callers).
+fn clipped(mut record: Record) -> Record {
+    record.detail = record.detail.as_deref().map(clip);
+    record
+}
+
+/// Free text fit for an audit detail: at most 4096 bytes, control characters replaced.
+pub(crate) fn clip(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(trust::db::MAX_TEXT_LEN));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > trust::db::MAX_TEXT_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,1135 @@
+//! Router tests over a real SQLite file and a real trust store, through
+//! `tower::ServiceExt::oneshot`, plus one real HTTPS connection through [`crate::serve`].
+//!
+//! The registrar here is [`Recorder`]: it holds no handlespace and only records what the
+//! API asked of it. The registrar side of each route (PEs listed and removed, connections
+//! closed on revocation, grants enforced) is covered end to end against a real `enrpd` in
+//! `tests/e2e/admin.rs`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use trust::audit::{self, AuditFilter};
+use trust::db::{self, Role, Store, StoreOptions, TokenHasher};
+use trust::testing::{TestCa, pem};
+use trust::{Grant, Peer, TrustStore};
+
+use crate::registrar::Actor;
+use crate::{AdminState, Metrics, PeerView, PoolView, Registrar, Revoked, Scope, router};
+
+/// A fixed clock: 2023-11-14, in unix ms.
+const NOW: u64 = 1_700_000_000_000;
+fn clock() -> u64 {
+    NOW
+}
+
+/// Records the calls; see the module docs.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn log(&self, call: String) {
+        self.calls.lock().expect("not poisoned").push(call);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Registrar for Recorder {
+    async fn pools(&self, _: &str) -> Vec<PoolView> {
+        Vec::new()
+    }
+    async fn pool(&self, _: &str, _: &[u8]) -> Option<PoolView> {
+        None
+    }
+    async fn remove(&self, scope: Scope, actor: Actor) -> usize {
+        self.log(format!("remove {scope:?} by {actor}"));
+        0
+    }
+    async fn set_grants(&self, grants: Vec<Grant>) {
+        self.log(format!("set_grants {}", grants.len()));
+    }
+    async fn revoke(&self, revoked: Revoked) {
+        self.log(format!("revoke {revoked}"));
+    }
+    async fn domain_removed(&self, domain: &trust::TrustDomain) {
+        self.log(format!("domain_removed {domain}"));
+    }
+    async fn peers(&self) -> Vec<PeerView> {
+        Vec::new()
+    }
+    async fn metrics(&self) -> Metrics {
+        Metrics {
+            connections: 3,
+            rejections: vec![(0x000a, 2)],
+            handshake_failures: vec![("untrusted".into(), 1)],
+            ..Metrics::default()
+        }
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ca: TestCa,
+    trust: Arc<TrustStore>,
+    registrar: Arc<Recorder>,
+    router: axum::Router,
+    admin: String,
+    operator: String,
+    auditor: String,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(dir.path(), &StoreOptions::default())
+        .await
+        .expect("a store");
+    let ca = TestCa::new("acme.test");
+    let trust = Arc::new(
+        TrustStore::new(ca.leaf("registrar/enrp-1").issue().identity()).expect("a trust store"),
+    );
+    trust.add_domain(ca.bundle()).expect("local domain");
+    let mut tokens = Vec::new();
+    {
+        let mut conn = store.acquire().await.expect("a connection");
+        db::add_trust_domain(&mut conn, ca.domain(), true, &ca.root_pem(), None, NOW)
+            .await
+            .expect("local domain stored");
+        for role in [Role::Admin, Role::Operator, Role::Auditor] {
+            let hasher = TokenHasher::insecure_fast_for_tests();
+            let new = db::create_token(&mut conn, &hasher, role.as_str(), role, None, NOW)
+                .await
+                .expect("a token");
+            tokens.push(new.token);
+        }
+    }
+    let registrar = Arc::new(Recorder::default());
+    let state = AdminState::new(
+        store.clone(),
+        trust.clone(),
+        registrar.clone(),
+        TokenHasher::insecure_fast_for_tests(),
+        clock,
+    );
+    let [admin, operator, auditor] = <[String; 3]>::try_from(tokens).expect("three tokens");
+    Fixture {
+        _dir: dir,
+        store,
+        ca,
+        trust,
+        registrar,
+        router: router(state),
+        admin,
+        operator,
+        auditor,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+    /// Checks an RFC 9457 answer with `status` and the given `type`.
+    fn problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text);
+        assert_eq!(self.content_type(), crate::PROBLEM_JSON, "{}", self.text);
+        let v = self.json();
+        assert_eq!(
+            v["type"],
+            format!("urn:rsp:problem:{kind}"),
+            "{}",
+            self.text
+        );
+        assert_eq!(v["status"], status);
+    }
+}
+
+impl Fixture {
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        };
+        self.send(request.expect("a request")).await
+    }
+
+    async fn pem(&self, method: &str, path: &str, token: &str, text: String) -> Reply {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, crate::PEM_MEDIA_TYPE)
+            .body(Body::from(text))
+            .expect("a request");
+        self.send(request).await
+    }
+
+    async fn audit(&self, action: &str) -> Vec<audit::AuditEvent> {
+        let mut conn = self.store.acquire().await.expect("a connection");
+        let mut filter = AuditFilter::default();
+        filter.action = Some(action.to_owned());
+        filter.limit = 1000;
+        audit::query(&mut conn, &filter)
+            .await
+            .expect("a page")
+            .events
+    }
+}
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_audited() {
+    let f = fixture().await;
+    let r = f.call("GET", "/v1/namespaces", None, None).await;
+    r.problem(401, "unauthenticated");
+    assert!(
+        r.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Bearer")
+    );
+    let wrong = format!("{}0", &f.admin[..f.admin.len() - 1]);
+    f.call("GET", "/v1/namespaces", Some(&wrong), None)
+        .await
+        .problem(401, "unauthenticated");
+    let basic = Request::builder()
+        .uri("/v1/namespaces")
+        .header(header::AUTHORIZATION, "Basic YTpi")
+        .body(Body::empty())
+        .expect("a request");
+    f.send(basic).await.problem(401, "unauthenticated");
+    let refused = f.audit("admin:request").await;
+    assert_eq!(refused.len(), 3);
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.record.outcome.to_string() == "unauthenticated")
+    );
+    assert!(refused.iter().any(|e| {
+        e.record
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("wrong secret")
+    }));
+}
+
+#[tokio::test]
+async fn roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_caller() {
+    let f = fixture().await;
+    let body = json!({"name": "lab"});
+    f.call(
+        "POST",
+        "/v1/namespaces",
+        Some(&f.auditor),
+        Some(body.clone()),
+    )
+    .await
+    .problem(403, "forbidden");
+    f.call(
+        "POST",
+        "/v1/namespaces",
+        Some(&f.operator),
+        Some(body.clone()),
+    )
+    .await
+    .problem(403, "forbidden");
+    f.call("GET", "/v1/audit", Some(&f.operator), None)
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(
+        f.call("GET", "/v1/namespaces", Some(&f.operator), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.call("GET", "/v1/audit", Some(&f.auditor), None)
+            .await
+            .status,
+        200
+    );
+    let refused = f.audit("admin:request").await;
+    assert_eq!(refused.len(), 3);
+    let auditor_id = &f.auditor[4..20];
+    let actor = format!("spiffe://acme.test/token/{auditor_id}");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.record.actor.as_ref().map(|a| a.as_str()) == Some(actor.as_str()))
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.record.outcome.to_string() == "forbidden")
+    );
+}
+
+#[tokio::test]
+async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
+    let f = fixture().await;
+    let r = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "lab"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["name"], "lab");
+    assert_eq!(r.json()["created_ms"], NOW);
+    f.call(
+        "POST",
+        "/v1/namespaces",
+        Some(&f.admin),
+        Some(json!({"name": "lab"})),
+    )
+    .await
+    .problem(409, "conflict");
+    let list = f
+        .call("GET", "/v1/namespaces", Some(&f.auditor), None)
+        .await;
+    assert_eq!(list.json(), json!([{"name": "lab", "created_ms": NOW}]));
+    assert_eq!(
+        f.call("GET", "/v1/namespaces/lab", Some(&f.admin), None)
+            .await
+            .status,
+        200
+    );
+    f.call("GET", "/v1/namespaces/nope", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    f.call("GET", "/v1/namespaces/NOT%20VALID", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    let r = f
+        .call("DELETE", "/v1/namespaces/lab", Some(&f.admin), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    f.call("GET", "/v1/namespaces/lab", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    f.call("DELETE", "/v1/namespaces/lab", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    assert!(
+        f.registrar
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("remove Namespace(\"lab\") by token:"))
+    );
+    let created = f.audit("admin:namespace.create").await;
+    assert_eq!(created.len(), 2, "the success and the conflict");
+    let ok: Vec<_> = created
+        .iter()
+        .filter(|e| e.record.outcome.to_string() == "ok")
+        .collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].record.namespace.as_deref(), Some("lab"));
+    assert!(
+        ok[0]
+            .record
+            .actor
+            .as_ref()
+            .is_some_and(|a| a.as_str().starts_with("spiffe://acme.test/token/"))
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_validated_and_refused_as_problems() {
+    let f = fixture().await;
+    let post = |body: &'static str, content_type: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/namespaces")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .expect("a request")
+    };
+    f.send(post("{not json", "application/json"))
+        .await
+        .problem(400, "bad-request");
+    f.send(post(r#"{"name":"x"}"#, "text/plain"))
+        .await
+        .problem(415, "unsupported-media-type");
+    f.send(post(r#"{"name":"x","extra":1}"#, "application/json"))
+        .await
+        .problem(422, "invalid");
+    f.send(post(r#"{"name":7}"#, "application/json"))
+        .await
+        .problem(422, "invalid");
+    f.send(post(r#"{"name":"UPPER"}"#, "application/json"))
+        .await
+        .problem(422, "invalid");
+    let big = format!(r#"{{"name":"{}"}}"#, "a".repeat(crate::JSON_BODY_LIMIT));
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/namespaces")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .expect("a request");
+    f.send(request).await.problem(413, "payload-too-large");
+    f.call("GET", "/v1/audit?limit=0", Some(&f.admin), None)
+        .await
+        .problem(422, "invalid");
+    f.call("GET", "/v1/audit?bogus=1", Some(&f.admin), None)
+        .await
+        .problem(400, "bad-request");
+    f.call("GET", "/v1/audit?limit=x", Some(&f.admin), None)
+        .await
+        .problem(400, "bad-request");
+    f.call("GET", "/v1/nothing", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    f.call("PATCH", "/v1/namespaces", Some(&f.admin), None)
+        .await
+        .problem(405, "method-not-allowed");
+    let list = f.call("GET", "/v1/namespaces", Some(&f.admin), None).await;
+    assert_eq!(list.json(), json!([]), "nothing was created");
+}
+
+#[tokio::test]
+async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
+    let f = fixture().await;
+    let r = f
+        .call(
+            "POST",
+            "/v1/tokens",
+            Some(&f.admin),
+            Some(json!({"name": "ci", "role": "operator", "ttl_seconds": 60})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    let created = r.json();
+    let token = created["token"].as_str().expect("a token").to_owned();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert_eq!(created["expires_ms"], NOW + 60_000);
+    assert_eq!(created["role"], "operator");
+    let list = f.call("GET", "/v1/tokens", Some(&f.auditor), None).await;
+    assert!(!list.text.contains(&token[21..]), "no secret in the list");
+    assert_eq!(list.json().as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        f.call("GET", "/v1/revocations", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    f.call(
+        "POST",
+        "/v1/tokens",
+        Some(&f.admin),
+        Some(json!({"name": "x", "role": "root"})),
+    )
+    .await
+    .problem(422, "invalid");
+    f.call(
+        "POST",
+        "/v1/tokens",
+        Some(&f.admin),
+        Some(json!({"name": "x", "role": "admin", "ttl_seconds": 0})),
+    )
+    .await
+    .problem(422, "invalid");
+    let r = f
+        .call("DELETE", &format!("/v1/tokens/{id}"), Some(&f.admin), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    f.call("GET", "/v1/revocations", Some(&token), None)
+        .await
+        .problem(401, "unauthenticated");
+    f.call(
+        "DELETE",
+        "/v1/tokens/0000000000000000",
+        Some(&f.admin),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn grants_are_stored_pushed_to_the_registrar_and_deleted() {
+    let f = fixture().await;
+    let grant = json!({"identity": "spiffe://acme.test/pe/*", "namespace": "default", "pools": "echo", "actions": ["register"]});
+    let r = f
+        .call("POST", "/v1/grants", Some(&f.admin), Some(grant.clone()))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json()["id"].as_i64().expect("an id");
+    assert_eq!(r.json()["actions"], json!(["register"]));
+    f.call("POST", "/v1/grants", Some(&f.admin), Some(grant))
+        .await
+        .problem(409, "conflict");
+    f.call("POST", "/v1/grants", Some(&f.admin), Some(json!({"identity": "spiffe://acme.test/pe/*", "namespace": "default", "pools": "*", "actions": ["fly"]})))
+        .await
+        .problem(422, "invalid");
+    f.call("POST", "/v1/grants", Some(&f.admin), Some(json!({"identity": "https://x", "namespace": "default", "pools": "*", "actions": ["peer"]})))
+        .await
+        .problem(422, "invalid");
+    assert_eq!(
+        f.call("GET", &format!("/v1/grants/{id}"), Some(&f.auditor), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.call("GET", "/v1/grants", Some(&f.admin), None)
+            .await
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        f.call("DELETE", &format!("/v1/grants/{id}"), Some(&f.admin), None)
+            .await
+            .status,
+        204
+    );
+    f.call("GET", &format!("/v1/grants/{id}"), Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    f.call("GET", "/v1/grants/abc", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    assert_eq!(
+        f.registrar.calls(),
+        vec!["set_grants 1".to_owned(), "set_grants 0".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn an_admin_certificate_takes_its_role_from_the_grants() {
+    let f = fixture().await;
+    let leaf = f.ca.leaf("admin/ops").issue();
+    let peer = Peer::from_certificate(&leaf.chain[0]).expect("a peer");
+    let get = || {
+        let mut request = Request::builder()
+            .uri("/v1/grants")
+            .body(Body::empty())
+            .expect("a request");
+        request.extensions_mut().insert(peer.clone());
+        request
+    };
+    f.send(get()).await.problem(403, "forbidden");
+    let r = f
+        .call("POST", "/v1/grants", Some(&f.admin), Some(json!({"identity": "spiffe://acme.test/admin/ops", "namespace": "*", "pools": "*", "actions": ["admin:read"]})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(f.send(get()).await.status, 200);
+    let mut post = Request::builder()
+        .method("POST")
+        .uri("/v1/namespaces")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"name":"x"}"#))
+        .expect("a request");
+    post.extensions_mut().insert(peer.clone());
+    f.send(post).await.problem(403, "forbidden");
+    let refused = f.audit("admin:request").await;
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.record.actor.as_ref() == Some(peer.id()))
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|e| e.record.serial.as_ref() == Some(peer.serial()))
+    );
+}
+
+#[tokio::test]
+async fn trust_domains_are_added_from_a_bundle_applied_at_once_and_removed() {
+    let f = fixture().await;
+    let partner = TestCa::new("partner.test");
+    let bundle = format!("trust-domain: partner.test\n{}", partner.root_pem());
+    let r = f
+        .pem("POST", "/v1/trust-domains", &f.admin, bundle.clone())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["roots"], 1);
+    assert!(f.trust.is_trusted(partner.domain()));
+    f.pem("POST", "/v1/trust-domains", &f.admin, bundle)
+        .await
+        .problem(409, "conflict");
+    f.pem(
+        "POST",
+        "/v1/trust-domains?trust_domain=other.test",
+        &f.admin,
+        "garbage".into(),
+    )
+    .await
+    .problem(422, "invalid");
+    f.pem("POST", "/v1/trust-domains", &f.admin, f.ca.root_pem())
+        .await
+        .problem(422, "invalid");
+    f.call("POST", "/v1/trust-domains", Some(&f.admin), Some(json!({})))
+        .await
+        .problem(415, "unsupported-media-type");
+    let list = f
+        .call("GET", "/v1/trust-domains", Some(&f.auditor), None)
+        .await;
+    let names: Vec<_> = list
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("acme.test"), json!("partner.test")]);
+    f.call(
+        "DELETE",
+        "/v1/trust-domains/acme.test",
+        Some(&f.admin),
+        None,
+    )
+    .await
+    .problem(409, "conflict");
+    assert_eq!(
+        f.call(
+            "DELETE",
+            "/v1/trust-domains/partner.test",
+            Some(&f.admin),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert!(!f.trust.is_trusted(partner.domain()));
+    f.call(
+        "GET",
+        "/v1/trust-domains/partner.test",
+        Some(&f.admin),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    assert_eq!(
+        f.registrar.calls(),
+        vec!["domain_removed partner.test".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn revocations_apply_to_the_trust_store_before_the_answer() {
+    let f = fixture().await;
+    let pe = f.ca.leaf("pe/echo-1").issue();
+    let r = f
+        .call("POST", "/v1/revocations", Some(&f.operator), Some(json!({"kind": "spiffe_id", "spiffe_id": "spiffe://acme.test/pe/echo-2", "reason": "lost"})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["kind"], "spiffe_id");
+    let id: trust::SpiffeId = "spiffe://acme.test/pe/echo-2".parse().expect("valid");
+    assert!(
+        f.trust.allow_identity(&id).expect("lifted"),
+        "it was denied"
+    );
+    let r = f
+        .call("POST", "/v1/revocations", Some(&f.operator), Some(json!({"kind": "serial", "trust_domain": "acme.test", "serial": pe.serial.to_hex()})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        f.trust
+            .allow_serial(f.ca.domain(), &pe.serial)
+            .expect("lifted")
+    );
+    f.call(
+        "POST",
+        "/v1/revocations",
+        Some(&f.operator),
+        Some(json!({"kind": "serial", "trust_domain": "acme.test", "serial": pe.serial.to_hex()})),
+    )
+    .await
+    .problem(409, "conflict");
+    f.call(
+        "POST",
+        "/v1/revocations",
+        Some(&f.operator),
+        Some(json!({"kind": "trust_domain", "trust_domain": "acme.test"})),
+    )
+    .await
+    .problem(422, "invalid");
+    f.call(
+        "POST",
+        "/v1/revocations",
+        Some(&f.operator),
+        Some(json!({"kind": "serial", "trust_domain": "acme.test", "serial": "xyz"})),
+    )
+    .await
+    .problem(422, "invalid");
+    // A revoked federated domain is gone and cannot come back.
+    let partner = TestCa::new("partner.test");
+    let bundle = format!("trust-domain: partner.test\n{}", partner.root_pem());
+    assert_eq!(
+        f.pem("POST", "/v1/trust-domains", &f.admin, bundle.clone())
+            .await
+            .status,
+        201
+    );
+    let r = f
+        .call(
+            "POST",
+            "/v1/revocations",
+            Some(&f.admin),
+            Some(json!({"kind": "trust_domain", "trust_domain": "partner.test"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(!f.trust.is_trusted(partner.domain()));
+    f.pem("POST", "/v1/trust-domains", &f.admin, bundle)
+        .await
+        .problem(409, "conflict");
+    let list = f
+        .call("GET", "/v1/revocations", Some(&f.auditor), None)
+        .await;
+    assert_eq!(list.json().as_array().map(Vec::len), Some(3));
+    let calls = f.registrar.calls();
+    assert!(
+        calls.contains(&"revoke identity spiffe://acme.test/pe/echo-2".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"revoke trust domain partner.test".to_owned()),
+        "{calls:?}"
+    );
+    // CRLs: stored, applied, their serials revoked in the registrar.
+    let crl = pem("X509 CRL", &f.ca.crl(&[&pe.serial]));
+    let r = f
+        .pem("PUT", "/v1/revocations/crls/acme.test", &f.operator, crl)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["serials"], 1);
+    assert!(
+        f.registrar
+            .calls()
+            .contains(&format!("revoke serial {} of acme.test", pe.serial))
+    );
+    f.pem(
+        "PUT",
+        "/v1/revocations/crls/acme.test",
+        &f.operator,
+        "no crl".into(),
+    )
+    .await
+    .problem(422, "invalid");
+    f.pem(
+        "PUT",
+        "/v1/revocations/crls/nowhere.test",
+        &f.operator,
+        pem("X509 CRL", &f.ca.crl(&[])),
+    )
+    .await
+    .problem(404, "not-found");
+    f.pem(
+        "PUT",
+        "/v1/revocations/crls/acme.test",
+        &f.auditor,
+        "x".into(),
+    )
+    .await
+    .problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
+    let f = fixture().await;
+    for name in ["a", "b", "c"] {
+        let r = f
+            .call(
+                "POST",
+                "/v1/namespaces",
+                Some(&f.admin),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let page = f
+        .call(
+            "GET",
+            "/v1/audit?action=admin:namespace.create&limit=2&order=oldest",
+            Some(&f.auditor),
+            None,
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let v = page.json();
+    assert_eq!(v["events"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["events"][0]["namespace"], "a");
+    let cursor = v["next_cursor"].as_u64().expect("a next page");
+    let next = f
+        .call(
+            "GET",
+            &format!(
+                "/v1/audit?action=admin:namespace.create&limit=2&order=oldest&cursor={cursor}"
+            ),
+            Some(&f.auditor),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(next["events"][0]["namespace"], "c");
+    assert_eq!(next["next_cursor"], Value::Null);
+    let admin_id = &f.admin[4..20];
+    let mine = f
+        .call(
+            "GET",
+            &format!("/v1/audit?identity=token:{admin_id}&namespace=b"),
+            Some(&f.auditor),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(mine["events"].as_array().map(Vec::len), Some(1));
+    let none = f
+        .call(
+            "GET",
+            &format!("/v1/audit?since_ms={}", NOW + 1),
+            Some(&f.auditor),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(none["events"], json!([]));
+    f.call("GET", "/v1/audit?identity=nobody", Some(&f.auditor), None)
+        .await
+        .problem(422, "invalid");
+    let verify = f
+        .call("GET", "/v1/audit/verify", Some(&f.auditor), None)
+        .await
+        .json();
+    assert_eq!(verify["intact"], true);
+    assert_eq!(verify["checked"], 3);
+    assert_eq!(verify["head"].as_str().map(str::len), Some(64));
+}
+
+#[tokio::test]
+async fn probes_metrics_and_pools() {
+    let f = fixture().await;
+    assert_eq!(
+        f.call("GET", "/healthz", None, None).await.json(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        f.call("GET", "/readyz", None, None).await.json(),
+        json!({"status": "ready"})
+    );
+    f.call("GET", "/metrics", None, None)
+        .await
+        .problem(401, "unauthenticated");
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(m.content_type().starts_with("text/plain"));
+    assert!(m.text.contains("\nrsp_connections 3\n"), "{}", m.text);
+    assert!(
+        m.text.contains("rsp_rejections_total{cause=\"0x000a\"} 2"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("rsp_handshake_failures_total{listener=\"asap\",reason=\"untrusted\"} 1")
+    );
+    // Pools: declared limits, 404s (the live side is tested against enrpd).
+    f.call("GET", "/v1/namespaces/default/pools", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    f.call(
+        "POST",
+        "/v1/namespaces",
+        Some(&f.admin),
+        Some(json!({"name": "default"})),
+    )
+    .await;
+    let r = f
+        .call(
+            "PUT",
+            "/v1/namespaces/default/pools/echo",
+            Some(&f.operator),
+            Some(json!({"policy": "round-robin", "max_pes": 3})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["declared"]["policy"], "round-robin");
+    let list = f
+        .call(
+            "GET",
+            "/v1/namespaces/default/pools",
+            Some(&f.operator),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(list[0]["handle"], "echo");
+    f.call(
+        "PUT",
+        "/v1/namespaces/default/pools/echo",
+        Some(&f.operator),
+        Some(json!({"policy": "fastest"})),
+    )
+    .await
+    .problem(422, "invalid");
+    f.call(
+        "PUT",
+        &format!("/v1/namespaces/default/pools/{}", "x".repeat(33)),
+        Some(&f.operator),
+        Some(json!({})),
+    )
+    .await
+    .problem(422, "invalid");
+    f.call(
+        "DELETE",
+        "/v1/namespaces/default/pools/echo/pool-elements/0x1",
+        Some(&f.operator),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    assert_eq!(
+        f.call(
+            "DELETE",
+            "/v1/namespaces/default/pools/echo",
+            Some(&f.operator),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    f.call(
+        "GET",
+        "/v1/namespaces/default/pools/echo",
+        Some(&f.operator),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    assert_eq!(
+        f.call("GET", "/v1/peers", Some(&f.auditor), None)
+            .await
+            .json(),
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_with_its_errors() {
+    let f = fixture().await;
+    let r = f.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(
+        doc,
+        serde_json::to_value(crate::openapi_document()).expect("json")
+    );
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1"))
+    );
+    let expected = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/v1/namespaces"),
+        ("post", "/v1/namespaces"),
+        ("get", "/v1/namespaces/{namespace}"),
+        ("delete", "/v1/namespaces/{namespace}"),
+        ("get", "/v1/namespaces/{namespace}/pools"),
+        ("get", "/v1/namespaces/{namespace}/pools/{pool}"),
+        ("put", "/v1/namespaces/{namespace}/pools/{pool}"),
+        ("delete", "/v1/namespaces/{namespace}/pools/{pool}"),
+        (
+            "get",
+            "/v1/namespaces/{namespace}/pools/{pool}/pool-elements",
+        ),
+        (
+            "delete",
+            "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}",
+        ),
+        ("get", "/v1/trust-domains"),
+        ("post", "/v1/trust-domains"),
+        ("get", "/v1/trust-domains/{name}"),
+        ("delete", "/v1/trust-domains/{name}"),
+        ("get", "/v1/grants"),
+        ("post", "/v1/grants"),
+        ("get", "/v1/grants/{id}"),
+        ("delete", "/v1/grants/{id}"),
+        ("get", "/v1/revocations"),
+        ("post", "/v1/revocations"),
+        ("put", "/v1/revocations/crls/{trust_domain}"),
+        ("get", "/v1/tokens"),
+        ("post", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+        ("get", "/v1/peers"),
+        ("get", "/v1/audit"),
+        ("get", "/v1/audit/verify"),
+    ];
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            documented += 1;
+            assert!(
+                expected.contains(&(method.as_str(), path.as_str())),
+                "{method} {path} is not expected"
+            );
+            let public = ["/healthz", "/readyz", "/v1/openapi.json"].contains(&path.as_str());
+            let responses = op["responses"].as_object().expect("responses");
+            assert_eq!(responses.contains_key("401"), !public, "{method} {path}");
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert!(
+                        response["content"].get(crate::PROBLEM_JSON).is_some(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            // Every route answers as documented: call it unauthenticated, expect 401.
+            if !public {
+                let uri = path
+                    .replace("{namespace}", "default")
+                    .replace("{pool}", "echo")
+                    .replace("{pe_id}", "0x1")
+                    .replace("{name}", "acme.test")
+                    .replace("{trust_domain}", "acme.test")
+                    .replace("{id}", "1");
+                let r = f.call(&method.to_uppercase(), &uri, None, None).await;
+                assert_eq!(r.status, 401, "{method} {uri}: {}", r.text);
+            }
+        }
+    }
+    assert_eq!(documented, expected.len());
+}
+
+#[tokio::test]
+async fn serve_speaks_https_and_counts_failed_handshakes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture().await;
+    let server_leaf = f.ca.leaf("registrar/enrp-1").dns("localhost").issue();
+    let mut config = rustls::ServerConfig::builder_with_provider(trust::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(server_leaf.chain.clone(), server_leaf.key_der())
+        .expect("a server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("an address");
+    let counters = Arc::new(crate::ServeCounters::default());
+    let mut options = crate::ServeOptions::new(counters.clone());
+    options.handshake_timeout = std::time::Duration::from_secs(2);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve(
+        listener,
+        move || config.clone(),
+        f.router.clone(),
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Not TLS: counted, not served.
+    let mut plain = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connected");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("written");
+    let mut sink = Vec::new();
+    let _ = plain.read_to_end(&mut sink).await;
+    // TLS with HTTP/1.1.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(f.ca.root().clone()).expect("a root");
+    let client = rustls::ClientConfig::builder_with_provider(trust::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connected");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+    let mut tls = connector.connect(name, tcp).await.expect("a handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("written");
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    let failures = counters.snapshot().handshake_failures;
+    assert_eq!(
+        failures.iter().map(|(_, n)| n).sum::<u64>(),
+        1,
+        "{failures:?}"
+    );
+    stop.send(()).expect("the server listens");
+    server.await.expect("the server stops");
+    let _ = &f.trust;
+}

@@ -1,0 +1,182 @@
+//! The admin API's view of this registrar: [`admin_api::Registrar`] for the daemon's
+//! [`Control`] handle. Only conversions here; the work is in the core and the daemon.
+
+use ::asap::wire::PeEntry;
+use ::asap::wire::param::{Namespace, PeId, Policy, PoolHandle, Transport};
+use admin_api::{Actor, Metrics, PeView, PeerView, PoolView, Registrar, Scope, handle_text};
+use trust::db::Revoked;
+use trust::{Grant, TrustDomain};
+
+use crate::daemon::{Control, PoolSnapshot};
+use crate::registrar::{self, Revocation};
+
+impl Registrar for Control {
+    async fn pools(&self, namespace: &str) -> Vec<PoolView> {
+        let Some(ns) = Namespace::new(namespace) else {
+            return Vec::new();
+        };
+        Self::pools(self, ns).await.iter().map(pool_view).collect()
+    }
+
+    async fn pool(&self, namespace: &str, handle: &[u8]) -> Option<PoolView> {
+        let ns = Namespace::new(namespace)?;
+        let handle = PoolHandle::new(handle)?;
+        Self::pool(self, ns, handle).await.as_ref().map(pool_view)
+    }
+
+    async fn remove(&self, scope: Scope, actor: Actor) -> usize {
+        let scope = match scope {
+            Scope::Namespace(ns) => Namespace::new(&ns).map(registrar::Scope::Namespace),
+            Scope::Pool { namespace, handle } => Namespace::new(&namespace)
+                .zip(PoolHandle::new(handle))
+                .map(|(ns, h)| registrar::Scope::Pool(ns, h)),
+            Scope::Pe {
+                namespace,
+                handle,
+                pe_id,
+            } => Namespace::new(&namespace)
+                .zip(PoolHandle::new(handle))
+                .zip(PeId::new(pe_id))
+                .map(|((ns, h), id)| registrar::Scope::Pe((ns, h, id))),
+        };
+        // A name the handlespace cannot hold has no PEs to remove.
+        match scope {
+            Some(scope) => Self::remove(self, scope, actor.to_string()).await,
+            None => 0,
+        }
+    }
+
+    async fn set_grants(&self, grants: Vec<Grant>) {
+        Self::set_grants(self, grants).await;
+    }
+
+    async fn revoke(&self, revoked: Revoked) {
+        let revocation = match revoked {
+            Revoked::Serial { serial, .. } => Revocation::Serial(serial),
+            Revoked::Identity(id) => Revocation::Identity(id),
+            Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
+            // A kind this registrar does not know yet cannot be enforced: say so loudly
+            // rather than pretend (the TLS layer still refuses new handshakes).
+            other => {
+                tracing::error!(revoked = %other, "revocation kind not enforced on live PEs");
+                return;
+            }
+        };
+        Self::revoke(self, revocation).await;
+    }
+
+    async fn domain_removed(&self, domain: &TrustDomain) {
+        Self::domain_removed(self, domain.as_str().to_owned()).await;
+    }
+
+    async fn peers(&self) -> Vec<PeerView> {
+        // ENRP peering arrives with issue 7.
+        Vec::new()
+    }
+
+    async fn metrics(&self) -> Metrics {
+        let s = self.snapshot().await;
+        Metrics {
+            connections: s.connections,
+            pool_elements: s.pool_elements,
+            registrations: s.registrations,
+            resolutions: s.resolutions,
+            rejections: s.rejections.into_iter().collect(),
+            handshake_failures: s
+                .handshake_failures
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            audit_queue: s.audit_queue,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Self::ready(self)
+    }
+}
+
+fn pool_view(p: &PoolSnapshot) -> PoolView {
+    PoolView {
+        namespace: p.namespace.as_str().to_owned(),
+        handle: handle_text(p.handle.as_bytes()),
+        policy: p
+            .policy
+            .as_ref()
+            .and_then(|pol| pol.policy_type().name())
+            .map(str::to_owned),
+        pool_elements: p.pool_elements.iter().map(pe_view).collect(),
+    }
+}
+
+fn pe_view(e: &PeEntry) -> PeView {
+    let pe = &e.pool_element;
+    PeView {
+        pe_id: pe.pe_id.to_string(),
+        registrant: e.registrant.as_ref().map(|r| r.as_str().to_owned()),
+        home_registrar: format!("{:#010x}", pe.home_server_id),
+        transport: transport_text(&pe.user_transport),
+        policy: policy_text(&pe.policy),
+        // Accepted PEs have a positive life (PoolElement::REGISTRATION_LIFE_MS).
+        registration_life_ms: u32::try_from(pe.registration_life).unwrap_or(0),
+    }
+}
+
+/// `tcp 192.0.2.1:7`, `sctp [10.0.0.1, 10.0.0.2]:9`.
+fn transport_text(t: &Transport) -> String {
+    let kind = match t {
+        Transport::Dccp { .. } => "dccp",
+        Transport::Sctp { .. } => "sctp",
+        Transport::Tcp { .. } => "tcp",
+        Transport::Udp { .. } => "udp",
+        Transport::UdpLite { .. } => "udplite",
+    };
+    let addrs: Vec<String> = t.addresses().iter().map(|a| a.ip().to_string()).collect();
+    match addrs.as_slice() {
+        [one] if one.contains(':') => format!("{kind} [{one}]:{}", t.port()),
+        [one] => format!("{kind} {one}:{}", t.port()),
+        many => format!("{kind} [{}]:{}", many.join(", "), t.port()),
+    }
+}
+
+/// The policy in the `rsp pe --policy` form, loads in percent: `wrr:2`, `lud:40:5`.
+fn policy_text(p: &Policy) -> String {
+    let pct = |l: u32| (u64::from(l) * 100 + u64::from(u32::MAX) / 2) / u64::from(u32::MAX);
+    let name = p.policy_type().name().unwrap_or("unknown");
+    match *p {
+        Policy::RoundRobin | Policy::Random => name.to_owned(),
+        Policy::WeightedRoundRobin { weight } | Policy::WeightedRandom { weight } => {
+            format!("{name}:{weight}")
+        }
+        Policy::Priority { priority } => format!("{name}:{priority}"),
+        Policy::LeastUsed { load } | Policy::RandomizedLeastUsed { load } => {
+            format!("{name}:{}", pct(load))
+        }
+        Policy::LeastUsedDegradation { load, degradation }
+        | Policy::PriorityLeastUsed { load, degradation } => {
+            format!("{name}:{}:{}", pct(load), pct(degradation))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_print_in_the_command_line_form() {
+        assert_eq!(policy_text(&Policy::RoundRobin), "rr");
+        assert_eq!(
+            policy_text(&Policy::WeightedRoundRobin { weight: 2 }),
+            "wrr:2"
+        );
+        let forty = (u64::from(u32::MAX) * 40 / 100) as u32;
+        assert_eq!(
+            policy_text(&Policy::LeastUsedDegradation {
+                load: forty,
+                degradation: 0
+            }),
+            "lud:40:0"
+        );
+    }
+}
