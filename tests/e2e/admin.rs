@@ -116,7 +116,8 @@ async fn operators_manage_namespaces_tokens_and_pes_and_every_action_is_audited(
     let (status, body) = call(None, "GET", "/v1/namespaces", None);
     assert_eq!(status, 401, "{body}");
     assert_eq!(json(&body)["type"], "urn:rsp:problem:unauthenticated");
-    let forged = format!("{}0", &token[..token.len() - 1]);
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
     assert_eq!(call(Some(&forged), "GET", "/v1/namespaces", None).0, 401);
     assert_eq!(call(None, "GET", "/healthz", None).0, 200);
 
@@ -512,4 +513,39 @@ async fn an_admin_client_certificate_is_a_credential_while_granted_and_unrevoked
         0,
         "no HTTP answer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_declared_through_the_api_limits_its_registrations() {
+    let lab = Lab::new();
+    let token = admin_token(&lab.init_registrar());
+    let reg = lab.start_registrar_with(10_000, 10_000);
+    let admin = Some(token.as_str());
+    let path = "/v1/namespaces/default/pools/echo";
+    let (status, body) = api(
+        &lab,
+        &reg,
+        admin,
+        "PUT",
+        path,
+        Some(r#"{"policy":"round-robin","max_pes":1}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), reg.addr)
+        .await
+        .expect("PE handshake");
+    pe.send(&registration("echo", 1)).await;
+    assert!(accepted(pe.recv_reply().await));
+    pe.send(&registration("echo", 2)).await;
+    assert_eq!(
+        crate::registrar::rejected_with(pe.recv_reply().await),
+        Some(0x6),
+        "beyond the declared maximum"
+    );
+    // Withdrawn with the pool: its PE goes, and the limit with it.
+    assert_eq!(api(&lab, &reg, admin, "DELETE", path, None).0, 204);
+    for id in [2, 3] {
+        pe.send(&registration("echo", id)).await;
+        assert!(accepted(pe.recv_reply().await), "PE {id}");
+    }
 }

@@ -42,7 +42,7 @@ pub(crate) fn accepted(m: Option<AsapMsg>) -> bool {
     matches!(m, Some(AsapMsg::RegistrationResponse { reject: false, .. }))
 }
 
-fn rejected_with(m: Option<AsapMsg>) -> Option<u16> {
+pub(crate) fn rejected_with(m: Option<AsapMsg>) -> Option<u16> {
     match m {
         Some(AsapMsg::RegistrationResponse {
             reject: true,

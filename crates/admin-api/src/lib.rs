@@ -37,7 +37,9 @@ use utoipa_axum::routes;
 pub use auth::RemoteAddr;
 pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
 pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
-pub use registrar::{Actor, Metrics, PeView, PeerView, PoolView, Registrar, Scope};
+pub use registrar::{
+    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope,
+};
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};
 pub use serve::{ServeCounters, ServeOptions, serve};
 pub use state::AdminState;

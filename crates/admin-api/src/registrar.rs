@@ -38,6 +38,10 @@ pub trait Registrar: Send + Sync + 'static {
     /// domain can be added again.
     fn domain_removed(&self, domain: &trust::TrustDomain) -> impl Future<Output = ()> + Send;
 
+    /// A pool's declaration changed (`None`: withdrawn): from now on new registrations
+    /// must use its policy and fit its most PEs. PEs already registered stay.
+    fn declare_pool(&self, declaration: PoolDeclaration) -> impl Future<Output = ()> + Send;
+
     /// The ENRP peers (empty until peering lands, issue 7).
     fn peers(&self) -> impl Future<Output = Vec<PeerView>> + Send;
 
@@ -88,6 +92,18 @@ pub enum Scope {
         /// The PE ID.
         pe_id: u32,
     },
+}
+
+/// What an operator declared for a pool, as the registrar enforces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolDeclaration {
+    /// The namespace.
+    pub namespace: String,
+    /// The pool handle.
+    pub handle: Vec<u8>,
+    /// `None`: the declaration was withdrawn. Else the policy type (RFC 5356 number) and
+    /// the most PEs, each optional.
+    pub limits: Option<(Option<u32>, Option<u32>)>,
 }
 
 /// A pool with its live PEs.
@@ -166,6 +182,7 @@ pub(crate) trait DynRegistrar: Send + Sync + 'static {
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
     fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()>;
     fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()>;
+    fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()>;
     fn peers(&self) -> BoxFuture<'_, Vec<PeerView>>;
     fn metrics(&self) -> BoxFuture<'_, Metrics>;
     fn ready(&self) -> bool;
@@ -189,6 +206,9 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()> {
         Box::pin(Registrar::domain_removed(self, domain))
+    }
+    fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()> {
+        Box::pin(Registrar::declare_pool(self, declaration))
     }
     fn peers(&self) -> BoxFuture<'_, Vec<PeerView>> {
         Box::pin(Registrar::peers(self))

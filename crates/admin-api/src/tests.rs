@@ -62,6 +62,9 @@ impl Registrar for Recorder {
     async fn domain_removed(&self, domain: &trust::TrustDomain) {
         self.log(format!("domain_removed {domain}"));
     }
+    async fn declare_pool(&self, d: crate::PoolDeclaration) {
+        self.log(format!("declare_pool {} {:?}", d.namespace, d.limits));
+    }
     async fn peers(&self) -> Vec<PeerView> {
         Vec::new()
     }
@@ -244,7 +247,9 @@ async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_audited() {
             .expect("ascii")
             .starts_with("Bearer")
     );
-    let wrong = format!("{}0", &f.admin[..f.admin.len() - 1]);
+    // The same token with its last hex digit changed (never to itself).
+    let last = if f.admin.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &f.admin[..f.admin.len() - 1]);
     f.call("GET", "/v1/namespaces", Some(&wrong), None)
         .await
         .problem(401, "unauthenticated");

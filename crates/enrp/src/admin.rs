@@ -2,13 +2,15 @@
 //! [`Control`] handle. Only conversions here; the work is in the core and the daemon.
 
 use ::asap::wire::PeEntry;
-use ::asap::wire::param::{Namespace, PeId, Policy, PoolHandle, Transport};
-use admin_api::{Actor, Metrics, PeView, PeerView, PoolView, Registrar, Scope, handle_text};
+use ::asap::wire::param::{Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
+use admin_api::{
+    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, handle_text,
+};
 use trust::db::Revoked;
 use trust::{Grant, TrustDomain};
 
 use crate::daemon::{Control, PoolSnapshot};
-use crate::registrar::{self, Revocation};
+use crate::registrar::{self, Declared, Revocation};
 
 impl Registrar for Control {
     async fn pools(&self, namespace: &str) -> Vec<PoolView> {
@@ -67,6 +69,18 @@ impl Registrar for Control {
 
     async fn domain_removed(&self, domain: &TrustDomain) {
         Self::domain_removed(self, domain.as_str().to_owned()).await;
+    }
+
+    async fn declare_pool(&self, d: PoolDeclaration) {
+        let (Some(ns), Some(handle)) = (Namespace::new(&d.namespace), PoolHandle::new(d.handle))
+        else {
+            return; // A name the handlespace cannot hold has no registrations to limit.
+        };
+        let declared = d.limits.map(|(policy, max_pes)| Declared {
+            policy: policy.map(PolicyType),
+            max_pes,
+        });
+        Self::declare_pool(self, ns, handle, declared).await;
     }
 
     async fn peers(&self) -> Vec<PeerView> {

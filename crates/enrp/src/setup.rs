@@ -264,6 +264,8 @@ pub struct Loaded {
     /// The serials the local trust domain's CRL lists at start-up: in force from the first
     /// handshake, so a later reload need only act on serials added since.
     pub revoked: Vec<trust::Serial>,
+    /// The pools operators declared (policy, most PEs), for the registrar to enforce.
+    pub pools: Vec<db::PoolDecl>,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
@@ -324,6 +326,10 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         .into_iter()
         .map(|r| r.grant)
         .collect();
+    let mut pools = Vec::new();
+    for ns in db::list_namespaces(&mut conn).await? {
+        pools.extend(db::list_pools(&mut conn, &ns.name).await?);
+    }
     drop(conn);
     Ok(Loaded {
         trust: Arc::new(trust),
@@ -331,6 +337,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         grants,
         server_id,
         revoked,
+        pools,
     })
 }
 

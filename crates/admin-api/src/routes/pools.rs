@@ -259,6 +259,13 @@ pub(crate) async fn put(
         Err(e) => Err(e),
     };
     let decl = app.finish(tx, record, result).await?;
+    app.registrar()
+        .declare_pool(crate::PoolDeclaration {
+            namespace: namespace.clone(),
+            handle: decl.handle.clone(),
+            limits: Some((decl.policy, decl.max_pes)),
+        })
+        .await;
     let live = app.registrar().pool(&namespace, &decl.handle).await;
     Ok(axum::Json(pool(
         &namespace,
@@ -298,6 +305,13 @@ pub(crate) async fn delete(
         Ok(())
     };
     app.finish(tx, record, result).await?;
+    app.registrar()
+        .declare_pool(crate::PoolDeclaration {
+            namespace: namespace.clone(),
+            handle: handle.clone(),
+            limits: None,
+        })
+        .await;
     app.registrar()
         .remove(Scope::Pool { namespace, handle }, caller.actor.clone())
         .await;

@@ -361,6 +361,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         loaded.grants,
     )
     .await?;
+    // Declared pools are enforced from the first registration on.
+    for decl in &loaded.pools {
+        admin_api::Registrar::declare_pool(
+            &daemon.control(),
+            admin_api::PoolDeclaration {
+                namespace: decl.namespace.clone(),
+                handle: decl.handle.clone(),
+                limits: Some((decl.policy, decl.max_pes)),
+            },
+        )
+        .await;
+    }
     let admin = match args.admin_listen.0 {
         Some(addr) => match start_admin(addr, &loaded.store, &loaded.trust, daemon.control()).await
         {

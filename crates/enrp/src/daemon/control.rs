@@ -13,7 +13,7 @@ use trust::Grant;
 use trust::audit::AuditLog;
 
 use super::Event;
-use crate::registrar::{AuditAction, AuditEvent, Core, Input, Revocation, Scope};
+use crate::registrar::{AuditAction, AuditEvent, Core, Declared, Input, Revocation, Scope};
 
 /// A pool as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +209,21 @@ impl Control {
     /// A revocation: the covered connections close, their PEs are removed.
     pub async fn revoke(&self, revocation: Revocation) -> usize {
         self.command(Input::Revoked(revocation)).await
+    }
+
+    /// A pool's declaration changed (`None`: withdrawn).
+    pub async fn declare_pool(
+        &self,
+        namespace: Namespace,
+        pool_handle: PoolHandle,
+        declared: Option<Declared>,
+    ) {
+        self.command(Input::DeclarePool {
+            namespace,
+            pool_handle,
+            declared,
+        })
+        .await;
     }
 
     /// A federated trust domain was removed from the trust store.

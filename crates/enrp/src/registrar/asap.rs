@@ -241,7 +241,31 @@ impl Core {
                 out,
             );
         }
-        // 4.–6. Pool consistency, PE ID uniqueness, limits: the handlespace.
+        // 4. What an operator declared for this pool (admin API): its policy type and
+        //    its most PEs. A re-registration of a PE already in the pool is never
+        //    refused for the count, so lowering a limit evicts nobody.
+        if let Some(d) = self.declared.get(&(ns.clone(), pool_handle.clone())) {
+            if d.policy.is_some_and(|t| t != pe.policy.policy_type()) {
+                return reject(
+                    self,
+                    ErrorCause::InconsistentPolicy(tlv(&pe.policy)),
+                    "the pool is declared with another policy",
+                    out,
+                );
+            }
+            let present = self.handlespace.pool(&ns, &pool_handle);
+            let is_new = present.is_none_or(|p| p.entry(pe_id).is_none());
+            let count = present.map_or(0, |p| p.len());
+            if is_new && d.max_pes.is_some_and(|m| count >= m as usize) {
+                return reject(
+                    self,
+                    ErrorCause::from_parts(0x6, &[]),
+                    "the pool holds its declared maximum of PEs",
+                    out,
+                );
+            }
+        }
+        // 5.–7. Pool consistency, PE ID uniqueness, limits: the handlespace.
         pe.home_server_id = self.config.server_id.get();
         let registrant = self
             .conns
@@ -261,7 +285,7 @@ impl Core {
                 return reject(self, cause, &e.to_string(), out);
             }
         };
-        // 7. Own it, bind it to this connection, start its keep-alives.
+        // 8. Own it, bind it to this connection, start its keep-alives.
         let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
         let owned = self.owned.entry(key.clone()).or_default();
         if let Some(old) = owned.conn.replace(conn)

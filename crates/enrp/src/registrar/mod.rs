@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ::asap::wire::param::{Namespace, PeId, PoolHandle, ServerId};
+use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
@@ -164,6 +164,16 @@ pub enum Input {
     /// A federated trust domain was removed from the trust store: like a revocation of
     /// the domain, but not remembered, so that the domain can be added again.
     DomainRemoved(String),
+    /// An operator declared a pool's policy and most PEs (admin API, or the store at
+    /// start-up); `None` removes the declaration. New registrations must fit it.
+    DeclarePool {
+        /// The namespace.
+        namespace: Namespace,
+        /// The pool handle.
+        pool_handle: PoolHandle,
+        /// What is declared.
+        declared: Option<Declared>,
+    },
     /// An operator deregisters PEs (admin API); `actor` names them in the audit records.
     Remove {
         /// Which PEs.
@@ -171,6 +181,15 @@ pub enum Input {
         /// Who asked (`token:ID` or a SPIFFE ID).
         actor: String,
     },
+}
+
+/// What an operator declared for a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Declared {
+    /// The policy type every PE must register with.
+    pub policy: Option<PolicyType>,
+    /// At most this many PEs (new PEs beyond it are refused with cause 0x6).
+    pub max_pes: Option<u32>,
 }
 
 /// Which PEs an operator's removal covers.
@@ -419,6 +438,8 @@ pub struct Core {
     /// Revocations heard of: a connection they cover is closed as soon as it is
     /// announced (it may have finished its handshake before the TLS layer knew).
     revocations: Vec<Revocation>,
+    /// Pools with declared limits (admin API).
+    declared: HashMap<(Namespace, PoolHandle), Declared>,
 }
 
 impl Core {
@@ -433,6 +454,7 @@ impl Core {
             owned: HashMap::new(),
             timers: Timers::default(),
             revocations: Vec::new(),
+            declared: HashMap::new(),
         }
     }
 
@@ -496,6 +518,18 @@ impl Core {
                 self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
             }
             Input::Remove { scope, actor } => self.on_admin_remove(&scope, &actor, &mut out),
+            Input::DeclarePool {
+                namespace,
+                pool_handle,
+                declared,
+            } => match declared {
+                Some(d) => {
+                    self.declared.insert((namespace, pool_handle), d);
+                }
+                None => {
+                    self.declared.remove(&(namespace, pool_handle));
+                }
+            },
         }
         out
     }

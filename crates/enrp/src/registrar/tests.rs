@@ -603,3 +603,51 @@ fn a_removed_trust_domain_is_not_remembered_like_a_revocation() {
     // Added again later: its identities connect normally.
     h.connect(3, PE_B);
 }
+
+#[test]
+fn a_declared_pool_refuses_other_policies_and_more_pes_than_declared() {
+    let mut h = Harness::new();
+    let pe_a = h.connect(1, PE_A);
+    let declare = |h: &mut Harness, declared| {
+        let out = h.core.handle(
+            Input::DeclarePool {
+                namespace: Namespace::default_namespace(),
+                pool_handle: handle("echo"),
+                declared,
+            },
+            h.now,
+        );
+        assert!(out.is_empty());
+    };
+    declare(
+        &mut h,
+        Some(Declared {
+            policy: Some(PolicyType::ROUND_ROBIN),
+            max_pes: Some(2),
+        }),
+    );
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 1))), None);
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 2))), None);
+    // Full: a third PE is refused; a re-registration of one inside is not.
+    let out = h.send(pe_a, registration("echo", 3));
+    assert_eq!(reg_cause(&out), Some(0x6));
+    assert_eq!(audits(&out), [(AuditAction::Register, Some(0x6))]);
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 2))), None);
+    // Another policy type is refused even with room.
+    declare(
+        &mut h,
+        Some(Declared {
+            policy: Some(PolicyType::ROUND_ROBIN),
+            max_pes: Some(5),
+        }),
+    );
+    let mut weighted = registration("echo", 4);
+    if let AsapMsg::Registration { pool_element, .. } = &mut weighted {
+        pool_element.policy = Policy::WeightedRoundRobin { weight: 2 };
+    }
+    assert_eq!(reg_cause(&h.send(pe_a, weighted)), Some(0x5));
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 4))), None);
+    // Undeclared: only the registrar-wide limits apply.
+    declare(&mut h, None);
+    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 5))), None);
+}
