@@ -11,7 +11,7 @@ use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::support::{Asap, Lab, Registrar, bin, run_ok};
 
 /// One request with curl: (status, body). `body` is JSON if it starts with `{`, else PEM.
-fn api(
+pub(crate) fn api(
     lab: &Lab,
     reg: &Registrar,
     token: Option<&str>,

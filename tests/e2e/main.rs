@@ -5,5 +5,6 @@
 mod admin;
 mod cli;
 mod endpoints;
+mod peering;
 mod registrar;
 mod support;

@@ -131,6 +131,8 @@ impl Lab {
             .arg(self.path("data"))
             .args(["--asap-listen", asap_listen, "--allow-loopback"])
             .args(["--admin-listen", "127.0.0.1:0"])
+            // Tests run side by side: never the default ENRP port 9902.
+            .args(["--enrp-listen", "127.0.0.1:0"])
             .args(["--keep-alive-interval-ms", &interval])
             .args(["--keep-alive-timeout-ms", &timeout])
             .env("ENRPD_LOG", "warn")
@@ -181,6 +183,93 @@ impl Lab {
             .arg(self.path("data"))
             .output()
             .expect("spawn enrpd audit verify")
+    }
+}
+
+/// A registrar of a peered set (issue 7): its own data directory, ENRP on a loopback port.
+pub(crate) struct Peered {
+    /// The running `enrpd` (ASAP and admin addresses).
+    pub(crate) registrar: Registrar,
+    /// Where it serves ENRP.
+    pub(crate) enrp: SocketAddr,
+    /// Its Server ID as `enrpd` prints it (`0x1a2b3c4d`).
+    pub(crate) server_id: String,
+}
+
+impl Lab {
+    /// Issues the registrar certificate `NAME` in this lab's PKI and runs `enrpd init`
+    /// with it into the data directory `DATA`; returns its first admin token.
+    pub(crate) fn init_peer(&self, name: &str, data: &str) -> String {
+        self.pki(&[
+            "issue",
+            "registrar",
+            name,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ]);
+        let out = run_ok(
+            Command::new(bin("enrpd"))
+                .arg("init")
+                .arg("--pki")
+                .arg(self.path("pki"))
+                .args(["--name", name])
+                .arg("--data")
+                .arg(self.path(data)),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("rsp_"))
+            .expect("enrpd init prints the admin token")
+            .to_owned()
+    }
+
+    /// `enrpd run` on the data directory `DATA` with ASAP, ENRP and the admin API on free
+    /// loopback ports, dialing `peers`, with keep-alives of a minute (test PEs that do not
+    /// answer them stay registered).
+    pub(crate) fn start_peer(&self, data: &str, peers: &[SocketAddr]) -> Peered {
+        let mut cmd = Command::new(bin("enrpd"));
+        cmd.arg("run")
+            .arg("--data")
+            .arg(self.path(data))
+            .args(["--asap-listen", "127.0.0.1:0", "--allow-loopback"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--enrp-listen", "127.0.0.1:0"])
+            .args(["--keep-alive-interval-ms", "60000"])
+            .args(["--keep-alive-timeout-ms", "60000"])
+            .env("ENRPD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for p in peers {
+            cmd.args(["--peer", &p.to_string()]);
+        }
+        let mut child = cmd.spawn().expect("spawn enrpd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("enrpd prints its addresses");
+        // "enrpd: serving ASAP on A (Server ID X), admin API on https://B, ENRP on C"
+        let addrs: Vec<SocketAddr> = line
+            .split([' ', ',', '/', ')', '\n'])
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let server_id = line
+            .split_once("(Server ID ")
+            .and_then(|(_, rest)| rest.split(')').next())
+            .unwrap_or_default()
+            .to_owned();
+        let [addr, admin, enrp] = addrs[..] else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("expected three addresses in {line:?}");
+        };
+        Peered {
+            registrar: Registrar { child, addr, admin },
+            enrp,
+            server_id,
+        }
     }
 }
 

@@ -84,8 +84,17 @@ impl Registrar for Control {
     }
 
     async fn peers(&self) -> Vec<PeerView> {
-        // ENRP peering arrives with issue 7.
-        Vec::new()
+        Self::peers(self)
+            .await
+            .into_iter()
+            .map(|p| PeerView {
+                identity: p.identity,
+                server_id: p.server_id.to_string(),
+                state: p.state.to_owned(),
+                last_heard_ms: p.last_heard_ms,
+                checksum_match: p.checksum_match,
+            })
+            .collect()
     }
 
     async fn metrics(&self) -> Metrics {

@@ -106,6 +106,13 @@ struct RunArgs {
     /// Where to serve ASAP over TLS/TCP (spec §2: port 3864).
     #[arg(long, env = "ENRPD_ASAP_LISTEN", default_value = "[::]:3864")]
     asap_listen: SocketAddr,
+    /// Where to serve ENRP over TLS/TCP for peer registrars (spec §2.1: port 9902), or `off`.
+    #[arg(long, env = "ENRPD_ENRP_LISTEN", default_value = "[::]:9902", value_parser = parse_listen)]
+    enrp_listen: Listen,
+    /// A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable
+    /// takes a comma-separated list). Peers need the `peer` grant.
+    #[arg(long = "peer", env = "ENRPD_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
     /// Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.
     #[arg(long, env = "ENRPD_ADMIN_LISTEN", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
     admin_listen: Listen,
@@ -134,6 +141,8 @@ struct RunArgs {
 struct FileConfig {
     data: Option<PathBuf>,
     asap_listen: Option<SocketAddr>,
+    enrp_listen: Option<String>,
+    peers: Option<Vec<String>>,
     admin_listen: Option<String>,
     keep_alive_interval_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
@@ -165,6 +174,12 @@ impl RunArgs {
         }
         if let Some(v) = file.asap_listen.filter(|_| unset("asap_listen")) {
             self.asap_listen = v;
+        }
+        if let Some(v) = file.enrp_listen.filter(|_| unset("enrp_listen")) {
+            self.enrp_listen = parse_listen(&v).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(v) = file.peers.filter(|_| unset("peers")) {
+            self.peers = v;
         }
         if let Some(v) = file.admin_listen.filter(|_| unset("admin_listen")) {
             self.admin_listen = parse_listen(&v).map_err(anyhow::Error::msg)?;
@@ -354,13 +369,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let audit = AuditLog::start(&loaded.store, AuditConfig::default())
         .await
         .context("starting the audit log")?;
-    let daemon = Daemon::start(
-        Settings::new(args.asap_listen, config),
-        Arc::clone(&loaded.trust),
-        audit,
-        loaded.grants,
-    )
-    .await?;
+    let mut settings = Settings::new(args.asap_listen, config);
+    settings.enrp_listen = args.enrp_listen.0;
+    settings.peers = args.peers.clone();
+    let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {
         admin_api::Registrar::declare_pool(
@@ -390,12 +402,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    // Tests parse this line: the ASAP address first, then the admin API's.
     let admin_text = admin.as_ref().map_or_else(String::new, |a| {
         format!(", admin API on https://{}", a.addr)
     });
+    // Tests parse this line: the ASAP address first, then the admin API's, then ENRP's.
+    let enrp_text = daemon
+        .enrp_addr()
+        .map_or_else(String::new, |a| format!(", ENRP on {a}"));
     println!(
-        "enrpd: serving ASAP on {} (Server ID {}){admin_text}",
+        "enrpd: serving ASAP on {} (Server ID {}){admin_text}{enrp_text}",
         daemon.asap_addr(),
         loaded.server_id
     );

@@ -16,7 +16,7 @@ use trust::{Peer, Protocol, TrustStore};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -72,7 +72,7 @@ pub(super) async fn accept_loop(
 /// Audits a connection refused before it reached the core (handshake failures, revoked
 /// or unusable identities). Batched: nothing waits for it; when the writer is behind,
 /// this connection task waits (backpressure), it never drops the record.
-async fn audit_refusal(
+pub(super) async fn audit_refusal(
     audit: &AuditLog,
     counters: &Counters,
     addr: std::net::SocketAddr,
@@ -198,7 +198,7 @@ async fn serve(
     let _ = events.send(Event::Input(Input::Closed { conn })).await;
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -242,7 +242,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// bursts) leave in one TLS record and one system call instead of one each.
 const MAX_BATCH: usize = 64 * 1024;
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) {
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(4096);
     let mut next = rx.recv().await;
     while let Some(out) = next.take() {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ::asap::wire::PeEntry;
-use ::asap::wire::param::{Namespace, Policy, PoolHandle};
+use ::asap::wire::param::{Namespace, Policy, PoolHandle, ServerId};
 use tokio::sync::{mpsc, oneshot};
 use trust::Grant;
 use trust::audit::AuditLog;
@@ -26,6 +26,21 @@ pub struct PoolSnapshot {
     pub policy: Option<Policy>,
     /// Its PEs, by PE ID.
     pub pool_elements: Vec<PeEntry>,
+}
+
+/// An ENRP peer as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSnapshot {
+    /// Its SPIFFE ID.
+    pub identity: String,
+    /// Its Server ID.
+    pub server_id: ServerId,
+    /// `active`, `probing` or `dead` (spec §9.5).
+    pub state: &'static str,
+    /// When it was last heard, unix ms.
+    pub last_heard_ms: Option<u64>,
+    /// Whether our copy of its PEs has the checksum it last announced (spec §9.6).
+    pub checksum_match: Option<bool>,
 }
 
 /// The registrar's counters at one moment.
@@ -101,10 +116,11 @@ pub(super) enum Query {
         reply: oneshot::Sender<Option<PoolSnapshot>>,
     },
     Stats(oneshot::Sender<(u64, u64, u64)>),
+    Peers(oneshot::Sender<Vec<PeerSnapshot>>),
 }
 
 impl Query {
-    pub(super) fn answer(self, core: &Core) {
+    pub(super) fn answer(self, core: &Core, now: std::time::Instant) {
         let hs = core.handlespace();
         let snapshot =
             |ns: &Namespace, handle: &PoolHandle, pool: &crate::handlespace::Pool| PoolSnapshot {
@@ -130,6 +146,25 @@ impl Query {
                     .pool(&namespace, &handle)
                     .map(|p| snapshot(&namespace, &handle, p));
                 let _ = reply.send(pool);
+            }
+            Self::Peers(reply) => {
+                // The core keeps monotonic instants; the API shows wall-clock time.
+                let wall = super::now_ms();
+                let peers = core
+                    .peers()
+                    .into_iter()
+                    .map(|p| PeerSnapshot {
+                        identity: p.identity.as_str().to_owned(),
+                        server_id: p.server_id,
+                        state: p.state.as_str(),
+                        last_heard_ms: p.last_heard.map(|t| {
+                            let ago = now.saturating_duration_since(t).as_millis();
+                            wall.saturating_sub(u64::try_from(ago).unwrap_or(u64::MAX))
+                        }),
+                        checksum_match: p.checksum_match,
+                    })
+                    .collect();
+                let _ = reply.send(peers);
             }
             Self::Stats(reply) => {
                 let s = core.stats();
@@ -193,6 +228,11 @@ impl Control {
             reply,
         })
         .await
+    }
+
+    /// The ENRP peers, by Server ID.
+    pub async fn peers(&self) -> Vec<PeerSnapshot> {
+        self.ask(Query::Peers).await
     }
 
     /// Deregisters the PEs of `scope`; returns how many were removed, once their audit

@@ -13,8 +13,9 @@
 
 mod connection;
 mod control;
+mod peer;
 
-pub use control::{Control, Counters, PoolSnapshot, Snapshot};
+pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,12 @@ pub struct Settings {
     /// Connections served at once; more wait in the kernel's accept queue (threat T-15).
     /// Default 10,000.
     pub max_connections: usize,
+    /// Where ENRP over TLS/TCP is served (spec §2.1, D-4: 9902); `None` serves none.
+    /// Default `None` (the `enrpd` binary defaults to `[::]:9902`).
+    pub enrp_listen: Option<SocketAddr>,
+    /// Peers to dial, `HOST:PORT` (spec §9.2: static configuration). Each is redialed
+    /// while the daemon runs, 100 ms after a loss, backing off to 5 s.
+    pub peers: Vec<String>,
 }
 
 impl Settings {
@@ -63,6 +70,8 @@ impl Settings {
             send_queue: 4096,
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+            enrp_listen: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -90,6 +99,11 @@ enum Event {
     Connected {
         conn: ConnId,
         client: Client,
+        writer: ConnHandle,
+    },
+    /// An authenticated ENRP peer connection ([`Input::PeerUp`]) and its writer.
+    PeerConnected {
+        input: Input,
         writer: ConnHandle,
     },
     Input(Input),
@@ -126,6 +140,9 @@ type Gate = watch::Receiver<Option<bool>>;
 #[derive(Debug)]
 pub struct Daemon {
     asap_addr: SocketAddr,
+    enrp_addr: Option<SocketAddr>,
+    /// The ENRP listener and the peer dialers.
+    peer_tasks: Vec<JoinHandle<()>>,
     events: mpsc::Sender<Event>,
     stop: watch::Sender<bool>,
     core_task: JoinHandle<Result<(), Error>>,
@@ -135,9 +152,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Binds the ASAP listener and starts serving.
+    /// Binds the ASAP (and ENRP) listeners, dials the configured peers and starts serving.
     pub async fn start(
-        settings: Settings,
+        mut settings: Settings,
         trust: Arc<TrustStore>,
         audit: AuditLog,
         grants: Vec<Grant>,
@@ -152,6 +169,20 @@ impl Daemon {
             addr: settings.asap_listen,
             source,
         })?;
+        let enrp_listener = match settings.enrp_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| Error::Listen { addr, source })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let enrp_addr = enrp_listener.as_ref().map(|(_, a)| *a);
+        settings.registrar.enrp_addr = enrp_addr;
         let (events, events_rx) = mpsc::channel(8192);
         let (stop, stop_rx) = watch::channel(false);
         let core = Core::new(settings.registrar.clone(), grants);
@@ -163,9 +194,34 @@ impl Daemon {
             Arc::clone(&counters),
             stop_rx.clone(),
         ));
+        let settings = Arc::new(settings);
+        let mut peer_tasks = Vec::new();
+        if let Some((l, addr)) = enrp_listener {
+            tracing::info!(%addr, "serving ENRP over TLS");
+            peer_tasks.push(tokio::spawn(peer::accept_loop(
+                l,
+                Arc::clone(&settings),
+                Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
+        for target in &settings.peers {
+            peer_tasks.push(tokio::spawn(peer::dial_loop(
+                target.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
         let accept_task = tokio::spawn(connection::accept_loop(
             listener,
-            Arc::new(settings),
+            settings,
             trust,
             events.clone(),
             audit.clone(),
@@ -176,6 +232,8 @@ impl Daemon {
         tracing::info!(%asap_addr, "serving ASAP over TLS");
         Ok(Self {
             asap_addr,
+            enrp_addr,
+            peer_tasks,
             events,
             stop,
             core_task,
@@ -193,6 +251,11 @@ impl Daemon {
     /// Where ASAP is served (the bound address, also when port 0 was asked for).
     pub fn asap_addr(&self) -> SocketAddr {
         self.asap_addr
+    }
+
+    /// Where ENRP is served, if it is (the bound address).
+    pub fn enrp_addr(&self) -> Option<SocketAddr> {
+        self.enrp_addr
     }
 
     /// Replaces the grants (admin API, reload).
@@ -214,6 +277,9 @@ impl Daemon {
         self.control.set_ready(false);
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
+        for t in self.peer_tasks {
+            let _ = t.await;
+        }
         let core = self.core_task.await.unwrap_or(Ok(()));
         let flushed = self.audit.shutdown().await.map_err(Error::from);
         core.and(flushed)
@@ -248,14 +314,20 @@ async fn run_core(
                         writers.insert(conn, writer);
                         core.handle(Input::Connected { conn, client }, now)
                     }
+                    Event::PeerConnected { input, writer } => {
+                        if let Input::PeerUp { conn, .. } = &input {
+                            writers.insert(*conn, writer);
+                        }
+                        core.handle(input, now)
+                    }
                     Event::Input(input) => {
-                        if let Input::Closed { conn } = &input {
+                        if let Input::Closed { conn } | Input::PeerDown { conn } = &input {
                             writers.remove(conn);
                         }
                         core.handle(input, now)
                     }
                     Event::Query(query) => {
-                        query.answer(&core);
+                        query.answer(&core, now);
                         continue;
                     }
                     Event::Command { input, done: reply } => {
@@ -342,6 +414,23 @@ async fn execute(
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!(?conn, error = %e, msg = msg.name(), "cannot encode");
+                        continue;
+                    }
+                };
+                deliver(
+                    writers,
+                    conn,
+                    Outgoing::Message {
+                        bytes,
+                        gate: gate.clone(),
+                    },
+                );
+            }
+            Action::SendEnrp { conn, msg } => {
+                let bytes = match msg.to_bytes() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(?conn, error = %e, "cannot encode an ENRP message");
                         continue;
                     }
                 };

@@ -301,8 +301,10 @@ impl Core {
         }
         self.timers.stop(&TimerKey::Orphaned(key.clone()));
         self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
+        // A PE that moved here from a peer (spec §12.6) is ours now: no expiry as a peer's.
+        self.timers.stop(&TimerKey::PeerPeLife(key.clone()));
         self.timers.set(
-            TimerKey::KeepAlive(key),
+            TimerKey::KeepAlive(key.clone()),
             now + self.config.timing.keep_alive_interval,
         );
         let action = match registered {
@@ -313,6 +315,9 @@ impl Core {
             event: self.event(conn, &ns, &pool_handle, Some(pe_id), action, None),
             durability: Durability::BeforeReply,
         });
+        // Spec §9.4: every add and re-registration of an owned PE goes to every peer
+        // (after the audit record, like the acknowledgement).
+        self.announce_owned(&key, out);
         out.push(Action::Send {
             conn,
             msg: AsapMsg::RegistrationResponse {
@@ -337,6 +342,8 @@ impl Core {
     ) {
         let ns = self.namespace_of(namespace);
         let mut causes: Vec<ErrorCause> = unrecognized.iter().map(UnknownParam::cause).collect();
+        // Handle updates for peers, sent after the audit record.
+        let mut updates = Vec::new();
         let outcome = if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
             Err(ErrorCause::SecurityRejection)
         } else {
@@ -349,8 +356,12 @@ impl Core {
                 .handlespace
                 .deregister(&ns, &pool_handle, pe_id, registrant.as_ref())
             {
-                Ok(_) => {
+                Ok(removed) => {
                     self.forget_owned(&key);
+                    if let Some(removed) = removed {
+                        // Peers hear of it (spec §9.4) when this registrar was its home.
+                        self.after_removal(&removed, &mut updates);
+                    }
                     Ok(())
                 }
                 Err(e) => Err(ErrorCause::from_parts(e.cause_code(), &[])),
@@ -371,6 +382,7 @@ impl Core {
             ),
             durability: Durability::BeforeReply,
         });
+        out.append(&mut updates);
         out.push(Action::Send {
             conn,
             msg: AsapMsg::DeregistrationResponse {

@@ -11,9 +11,12 @@
 //! Time comes in as `now`; the one RNG is seeded from [`Config::rng_seed`]. Timers are
 //! values ([`Core::next_timeout`], [`Core::handle_timeout`]).
 //!
-//! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`.
+//! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`,
+//! the ENRP procedures of spec §9 (peers, handle updates, liveness, handle tables) in
+//! `enrp.rs`.
 
 mod asap;
+mod enrp;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,13 +24,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
-use ::asap::wire::{AsapMsg, DecodeError, Decoded};
+use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use trust::{Grant, Serial, SpiffeId};
 
 use crate::handlespace::{Handlespace, Limits};
 
+pub use enrp::{PeerState, PeerStatus};
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -58,6 +62,14 @@ pub struct Timing {
     pub connection_grace: Duration,
     /// Window of the per-PU limit on endpoint unreachable reports (spec §7.6). 1 s.
     pub report_window: Duration,
+    /// PEER-HEARTBEAT-CYCLE: a PRESENCE to every peer this often (spec §9.5). 30 s.
+    pub peer_heartbeat: Duration,
+    /// MAX-TIME-LAST-HEARD: a peer silent this long is probed with PRESENCE R=1
+    /// (spec §9.5). 61 s.
+    pub peer_last_heard: Duration,
+    /// MAX-TIME-NO-RESPONSE: a probed (or disconnected) peer that says nothing for this
+    /// long is dead (spec §9.5, §12.4). 5 s.
+    pub peer_no_response: Duration,
 }
 
 impl Default for Timing {
@@ -67,18 +79,25 @@ impl Default for Timing {
             keep_alive_timeout: Duration::from_secs(5),
             connection_grace: Duration::from_secs(5),
             report_window: Duration::from_secs(1),
+            peer_heartbeat: Duration::from_secs(30),
+            peer_last_heard: Duration::from_secs(61),
+            peer_no_response: Duration::from_secs(5),
         }
     }
 }
 
 impl Timing {
-    /// Short timers for tests: 200 ms keep-alive interval, timeout and grace.
+    /// Short timers for tests: 200 ms keep-alive interval, timeout and grace; peers: a
+    /// heartbeat every 200 ms, probed after 400 ms of silence, dead 200 ms later.
     pub fn fast() -> Self {
         Self {
             keep_alive_interval: Duration::from_millis(200),
             keep_alive_timeout: Duration::from_millis(200),
             connection_grace: Duration::from_millis(200),
             report_window: Duration::from_millis(200),
+            peer_heartbeat: Duration::from_millis(200),
+            peer_last_heard: Duration::from_millis(400),
+            peer_no_response: Duration::from_millis(200),
         }
     }
 }
@@ -108,6 +127,13 @@ pub struct Config {
     pub check_user_address: bool,
     /// Seed of the core's RNG (random policies), so that runs replay.
     pub rng_seed: u64,
+    /// Where this registrar serves ENRP, sent to peers in PRESENCE (spec §4.5); `None`
+    /// (or an unspecified address) sends none.
+    pub enrp_addr: Option<SocketAddr>,
+    /// Most PEs in one handle table response (spec §9.7, §10). Default 128.
+    pub handle_table_pes: usize,
+    /// Most bytes of PEs in one handle table response (spec §10). Default 16 KiB.
+    pub handle_table_bytes: usize,
 }
 
 impl Config {
@@ -124,6 +150,9 @@ impl Config {
             allow_loopback: false,
             check_user_address: true,
             rng_seed: 0,
+            enrp_addr: None,
+            handle_table_pes: 128,
+            handle_table_bytes: 16 * 1024,
         }
     }
 }
@@ -173,6 +202,38 @@ pub enum Input {
         pool_handle: PoolHandle,
         /// What is declared.
         declared: Option<Declared>,
+    },
+    /// An ENRP peer finished its TLS handshake (spec §9.2). The driver derived
+    /// `server_id` from the certificate's SPIFFE ID (ARCHITECTURE.md §3).
+    PeerUp {
+        /// The connection (numbered like ASAP connections, from the same counter).
+        conn: ConnId,
+        /// Who it is.
+        peer: Client,
+        /// The Server ID its identity implies: every message must carry it.
+        server_id: ServerId,
+        /// Whether this registrar dialed it (`--peer`) rather than accepted it: of two
+        /// connections between the same pair, both keep the one the lower Server ID dialed.
+        outbound: bool,
+    },
+    /// A whole ENRP message arrived on a peer connection and decoded.
+    Enrp {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: Decoded<EnrpMsg>,
+    },
+    /// An ENRP frame that did not decode.
+    EnrpMalformed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        error: DecodeError,
+    },
+    /// A peer connection closed.
+    PeerDown {
+        /// The connection.
+        conn: ConnId,
     },
     /// An operator deregisters PEs (admin API); `actor` names them in the audit records.
     Remove {
@@ -234,7 +295,15 @@ pub enum Action {
         /// The message.
         msg: AsapMsg,
     },
-    /// Close a connection (an [`Input::Closed`] follows from the driver).
+    /// Send an ENRP message on a peer connection.
+    SendEnrp {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: EnrpMsg,
+    },
+    /// Close a connection (an [`Input::Closed`] or [`Input::PeerDown`] follows from the
+    /// driver).
     Close {
         /// The connection.
         conn: ConnId,
@@ -286,6 +355,21 @@ pub enum AuditAction {
     RemoveAdmin,
     /// A message that did not decode.
     Malformed,
+    /// A peer's PE removed: its home registrar did not refresh it within its
+    /// registration life (spec §9.4, §9.8 step 5).
+    RemoveExpired,
+    /// A peer's PE removed: the peer's handle table no longer lists it (spec §9.6).
+    RemoveResync,
+    /// An ENRP peer connected and was accepted.
+    PeerUp,
+    /// An ENRP peer was refused or disconnected: no `peer` grant, a Sender ID that is
+    /// not its identity's, a Server ID bound to another identity.
+    PeerRefused,
+    /// An ENRP peer stopped answering (spec §9.5).
+    PeerDead,
+    /// Part of an ENRP message ignored: a PE the sender does not own, a namespace or pool
+    /// it may not speak for, a value or a PE ID that does not fit.
+    PeerIgnored,
 }
 
 impl AuditAction {
@@ -298,6 +382,8 @@ impl AuditAction {
                 | Self::RemoveRevoked
                 | Self::RemoveUngranted
                 | Self::RemoveAdmin
+                | Self::RemoveExpired
+                | Self::RemoveResync
         )
     }
 
@@ -315,6 +401,12 @@ impl AuditAction {
             Self::RemoveUngranted => "remove:ungranted",
             Self::RemoveAdmin => "remove:admin",
             Self::Malformed => "malformed",
+            Self::RemoveExpired => "remove:expired",
+            Self::RemoveResync => "remove:resync",
+            Self::PeerUp => "peer:up",
+            Self::PeerRefused => "peer:refused",
+            Self::PeerDead => "peer:dead",
+            Self::PeerIgnored => "peer:ignored",
         }
     }
 }
@@ -353,6 +445,16 @@ enum TimerKey {
     Orphaned(PeKey),
     /// A PU's report window ends.
     ReportWindow(ConnId),
+    /// Send PRESENCE to every peer (spec §9.5).
+    PeerHeartbeat,
+    /// A peer has been silent for MAX-TIME-LAST-HEARD: probe it.
+    PeerLastHeard(ServerId),
+    /// A probed or disconnected peer did not answer: it is dead.
+    PeerNoResponse(ServerId),
+    /// A handle table continuation point expires (spec §9.7 [P]).
+    Continuation(ServerId, bool),
+    /// A peer's PE was not refreshed within its registration life (spec §9.4).
+    PeerPeLife(PeKey),
 }
 
 /// What the registrar remembers of a PE it owns (its home registrar, spec §7.4).
@@ -440,6 +542,10 @@ pub struct Core {
     revocations: Vec<Revocation>,
     /// Pools with declared limits (admin API).
     declared: HashMap<(Namespace, PoolHandle), Declared>,
+    /// ENRP peers by Server ID, with their state (spec §9.2, §9.5).
+    peers: BTreeMap<ServerId, enrp::Peer>,
+    /// The peer connections in use: which Server ID each speaks for.
+    peer_conns: HashMap<ConnId, enrp::PeerConn>,
 }
 
 impl Core {
@@ -455,6 +561,8 @@ impl Core {
             timers: Timers::default(),
             revocations: Vec::new(),
             declared: HashMap::new(),
+            peers: BTreeMap::new(),
+            peer_conns: HashMap::new(),
         }
     }
 
@@ -530,6 +638,17 @@ impl Core {
                     self.declared.remove(&(namespace, pool_handle));
                 }
             },
+            Input::PeerUp {
+                conn,
+                peer,
+                server_id,
+                outbound,
+            } => self.on_peer_up(conn, peer, server_id, outbound, now, &mut out),
+            Input::Enrp { conn, msg } => self.on_enrp(conn, msg, now, &mut out),
+            Input::EnrpMalformed { conn, error } => {
+                self.on_enrp_malformed(conn, &error, &mut out);
+            }
+            Input::PeerDown { conn } => self.on_peer_down(conn, now),
         }
         out
     }
@@ -558,6 +677,15 @@ impl Core {
                         c.reports = 0;
                     }
                 }
+                TimerKey::PeerHeartbeat => self.send_heartbeats(now, &mut out),
+                TimerKey::PeerLastHeard(sid) => self.probe_peer(sid, now, &mut out),
+                TimerKey::PeerNoResponse(sid) => self.peer_dead(sid, &mut out),
+                TimerKey::Continuation(sid, own) => {
+                    if let Some(p) = self.peers.get_mut(&sid) {
+                        p.continuation.remove(&own);
+                    }
+                }
+                TimerKey::PeerPeLife(pe) => self.expire_peer_pe(&pe, &mut out),
             }
         }
         out
@@ -629,6 +757,7 @@ impl Core {
                 self.remove_owned(&pe, AuditAction::RemoveRevoked, out);
             } else if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
                 out.push(audit_removal(&removed, AuditAction::RemoveRevoked));
+                self.after_removal(&removed, out);
             }
         }
         for conn in closing {
@@ -640,6 +769,7 @@ impl Core {
                 reason: "certificate revoked",
             });
         }
+        self.close_revoked_peers(revocation, out);
     }
 
     /// Removes the owned PEs whose registration the grants no longer allow: a registrant
@@ -672,6 +802,7 @@ impl Core {
         for pe in ungranted {
             self.remove_any(&pe, AuditAction::RemoveUngranted, None, out);
         }
+        self.close_ungranted_peers(out);
     }
 
     /// An operator's removal: every PE in `scope`, each audited with the operator.
@@ -722,6 +853,7 @@ impl Core {
                 );
             }
             out.push(audit);
+            self.after_removal(&removed, out);
         }
     }
 
@@ -730,6 +862,7 @@ impl Core {
         self.forget_owned(pe);
         if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
             out.push(audit_removal(&removed, why));
+            self.after_removal(&removed, out);
         }
     }
 

@@ -5,8 +5,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
-use ::asap::wire::Resolution;
-use ::asap::wire::param::{Address, ErrorCause, Policy, PoolElement, Transport, TransportUse};
+use ::asap::wire::param::{
+    Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, Transport,
+    TransportUse,
+};
+use ::asap::wire::{EnrpBody, PeEntry, PoolEntries, Resolution, UpdateAction};
 
 use super::*;
 
@@ -650,4 +653,388 @@ fn a_declared_pool_refuses_other_policies_and_more_pes_than_declared() {
     // Undeclared: only the registrar-wide limits apply.
     declare(&mut h, None);
     assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 5))), None);
+}
+
+// ENRP (spec §9): peers, handle updates, liveness, handle tables.
+
+const PR_B: &str = "spiffe://acme.test/registrar/b";
+const SID_B: u32 = 0x5566_7788;
+
+fn peer_grants() -> Vec<Grant> {
+    let mut g = grants();
+    g.push(grant(
+        "spiffe://acme.test/registrar/*",
+        "*",
+        &[trust::Action::Peer],
+    ));
+    g
+}
+
+fn sid(n: u32) -> ServerId {
+    ServerId::new(n).expect("non-zero")
+}
+
+impl Harness {
+    fn with_peer_grants() -> Self {
+        let mut h = Self::new();
+        h.core = Core::new(h.core.config().clone(), peer_grants());
+        h
+    }
+
+    fn peer_up(&mut self, conn: u64, id: &str, server_id: u32) -> Vec<Action> {
+        let peer = Client {
+            id: SpiffeId::parse(id).expect("SPIFFE ID"),
+            serial: Serial::from_bytes(&conn.to_be_bytes()),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9902)),
+        };
+        self.core.handle(
+            Input::PeerUp {
+                conn: ConnId(conn),
+                peer,
+                server_id: sid(server_id),
+                outbound: true,
+            },
+            self.now,
+        )
+    }
+
+    fn enrp(&mut self, conn: u64, sender: u32, body: EnrpBody) -> Vec<Action> {
+        let msg = Decoded {
+            msg: EnrpMsg {
+                sender: sid(sender),
+                receiver: 0x1122_3344,
+                body,
+            },
+            unrecognized: Vec::new(),
+        };
+        self.core.handle(
+            Input::Enrp {
+                conn: ConnId(conn),
+                msg,
+            },
+            self.now,
+        )
+    }
+}
+
+fn enrp_sent(out: &[Action]) -> Vec<EnrpBody> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::SendEnrp { msg, .. } => Some(msg.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(out: &[Action]) -> bool {
+    out.iter().any(|a| matches!(a, Action::Close { .. }))
+}
+
+fn add_pe(home: u32, pool: &str, id: u32, registrant: &str) -> EnrpBody {
+    let mut pool_element = pe(id);
+    pool_element.home_server_id = home;
+    EnrpBody::HandleUpdate {
+        action: UpdateAction::AddPe,
+        namespace: Namespace::default_namespace(),
+        pool_handle: handle(pool),
+        pool_element,
+        registrant: RegistrantIdentity::new(registrant),
+    }
+}
+
+#[test]
+fn a_peer_is_greeted_and_asked_for_its_own_pes() {
+    // Spec §9.3 (as this slice does it) and §9.6: PRESENCE, then HANDLE_TABLE_REQUEST W=1.
+    let mut h = Harness::with_peer_grants();
+    let out = h.peer_up(10, PR_B, SID_B);
+    assert_eq!(audits(&out), vec![(AuditAction::PeerUp, None)]);
+    assert!(matches!(
+        enrp_sent(&out).as_slice(),
+        [
+            EnrpBody::Presence { reply_required: false, checksum, .. },
+            EnrpBody::HandleTableRequest { own_children_only: true },
+        ] if checksum.0 == 0xffff
+    ));
+    assert_eq!(h.core.peers()[0].state, PeerState::Active);
+}
+
+#[test]
+fn a_peer_without_the_peer_grant_is_refused_and_audited() {
+    let mut h = Harness::new(); // grants() has no `peer` action
+    let out = h.peer_up(10, PR_B, SID_B);
+    assert!(closed(&out));
+    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+    assert!(h.core.peers().is_empty());
+    // What it sends afterwards counts for nothing.
+    let out = h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert!(out.is_empty());
+    assert_eq!(h.core.stats().pes, 0);
+}
+
+#[test]
+fn a_sender_id_not_the_identitys_closes_the_connection_and_changes_nothing() {
+    // Spec §11.2: every Sender ID must be the one derived from the TLS identity.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let out = h.enrp(10, 0x0bad_0bad, add_pe(0x0bad_0bad, "echo", 5, PE_A));
+    assert!(closed(&out));
+    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+    assert_eq!(h.core.stats().pes, 0);
+    // A second identity claiming B's live Server ID is refused too (spec §9.1).
+    let out = h.peer_up(11, "spiffe://acme.test/registrar/impostor", SID_B);
+    assert!(closed(&out));
+    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+}
+
+#[test]
+fn handle_updates_of_owned_pes_go_to_every_peer() {
+    // Spec §9.4: ADD_PE on registration and re-registration, DEL_PE on removal.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.peer_up(11, "spiffe://acme.test/registrar/c", 0x0c0c_0c0c);
+    let pe_conn = h.connect(1, PE_A);
+    let out = h.send(pe_conn, registration("echo", 7));
+    let updates = enrp_sent(&out);
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    for u in &updates {
+        assert!(matches!(u, EnrpBody::HandleUpdate {
+            action: UpdateAction::AddPe, pool_element, registrant, ..
+        } if pool_element.home_server_id == 0x1122_3344
+            && registrant.as_ref().map(RegistrantIdentity::as_str) == Some(PE_A)));
+    }
+    // The audit record (the barrier) comes before the updates.
+    let first_update = out
+        .iter()
+        .position(|a| matches!(a, Action::SendEnrp { .. }));
+    let audit = out.iter().position(|a| matches!(a, Action::Audit { .. }));
+    assert!(audit < first_update);
+    let out = h.send(
+        pe_conn,
+        AsapMsg::Deregistration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(7).expect("non-zero"),
+        },
+    );
+    assert!(matches!(
+        enrp_sent(&out).as_slice(),
+        [
+            EnrpBody::HandleUpdate {
+                action: UpdateAction::DelPe,
+                ..
+            },
+            EnrpBody::HandleUpdate {
+                action: UpdateAction::DelPe,
+                ..
+            },
+        ]
+    ));
+}
+
+#[test]
+fn a_peers_pe_is_served_but_only_its_home_may_change_it() {
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let c = 0x0c0c_0c0c;
+    h.peer_up(11, "spiffe://acme.test/registrar/c", c);
+    let pu = h.connect(2, PU_1);
+    // B speaks for its own PE: stored with home B, resolvable, not probed here.
+    let out = h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![5]);
+    assert_eq!(h.core.stats().owned, 0);
+    assert_eq!(h.core.peers()[0].checksum_match, None);
+    // C claims a PE whose home is B: ignored and audited (spec §9.4 [P]).
+    let out = h.enrp(11, c, add_pe(SID_B, "echo", 6, PE_A));
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    // C tries to delete B's PE: ignored and audited.
+    let mut del = add_pe(c, "echo", 5, PE_A);
+    if let EnrpBody::HandleUpdate { action, .. } = &mut del {
+        *action = UpdateAction::DelPe;
+    }
+    let out = h.enrp(11, c, del);
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![5]);
+    // B deletes its own.
+    let mut del = add_pe(SID_B, "echo", 5, PE_A);
+    if let EnrpBody::HandleUpdate { action, .. } = &mut del {
+        *action = UpdateAction::DelPe;
+    }
+    h.enrp(10, SID_B, del);
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+}
+
+#[test]
+fn a_peers_pe_expires_at_its_registration_life_unless_refreshed() {
+    // Spec §9.4: the receiver (re)starts an expiry of Registration Life per ADD_PE.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let mut add = add_pe(SID_B, "echo", 5, PE_A);
+    if let EnrpBody::HandleUpdate { pool_element, .. } = &mut add {
+        pool_element.registration_life = 1_000;
+    }
+    h.enrp(10, SID_B, add.clone());
+    h.advance(300);
+    h.enrp(10, SID_B, add); // refreshed: another full life
+    h.advance(900);
+    assert_eq!(h.core.stats().pes, 1);
+    // Heartbeats from B keep the peer alive, but not its PE.
+    let presence = EnrpBody::Presence {
+        reply_required: false,
+        checksum: PeChecksum(0),
+        server_info: None,
+    };
+    h.enrp(10, SID_B, presence);
+    let out = h.advance(200);
+    assert_eq!(h.core.stats().pes, 0);
+    assert!(audits(&out).contains(&(AuditAction::RemoveExpired, None)));
+}
+
+#[test]
+fn handle_tables_page_with_the_m_bit_and_a_download_purges_what_is_gone() {
+    // Spec §9.7: at most `handle_table_pes` per response, M=1 while more remain.
+    let mut h = Harness::with_peer_grants();
+    let mut config = h.core.config().clone();
+    config.handle_table_pes = 2;
+    h.core = Core::new(config, peer_grants());
+    let pe_conn = h.connect(1, PE_A);
+    for id in 1..=5 {
+        h.send(pe_conn, registration("echo", id));
+    }
+    h.peer_up(10, PR_B, SID_B);
+    let mut got = Vec::new();
+    for page in 0..3 {
+        let out = h.enrp(
+            10,
+            SID_B,
+            EnrpBody::HandleTableRequest {
+                own_children_only: true,
+            },
+        );
+        match enrp_sent(&out).as_slice() {
+            [
+                EnrpBody::HandleTableResponse {
+                    reject: false,
+                    more,
+                    pools,
+                },
+            ] => {
+                assert_eq!(*more, page < 2, "page {page}");
+                got.extend(
+                    pools
+                        .iter()
+                        .flat_map(|p| p.entries.iter().map(|e| e.pool_element.pe_id.get())),
+                );
+            }
+            other => panic!("expected one response, got {other:?}"),
+        }
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+
+    // The other side: B's table lists PE 1 and 3 (in two pages); PE 2, which we had from
+    // B, is gone after the last page.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    for id in [1, 2] {
+        h.enrp(10, SID_B, add_pe(SID_B, "echo", id, PE_A));
+    }
+    let entry = |id: u32| {
+        let mut pool_element = pe(id);
+        pool_element.home_server_id = SID_B;
+        PeEntry {
+            pool_element,
+            registrant: RegistrantIdentity::new(PE_A),
+        }
+    };
+    let page = |id: u32, more: bool| EnrpBody::HandleTableResponse {
+        reject: false,
+        more,
+        pools: vec![PoolEntries {
+            namespace: Namespace::default_namespace(),
+            pool_handle: handle("echo"),
+            entries: vec![entry(id)],
+        }],
+    };
+    let out = h.enrp(10, SID_B, page(1, true));
+    assert!(matches!(
+        enrp_sent(&out).as_slice(),
+        [EnrpBody::HandleTableRequest {
+            own_children_only: true
+        }]
+    ));
+    let out = h.enrp(10, SID_B, page(3, false));
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveResync, None)]);
+    let ids: Vec<u32> = h
+        .core
+        .handlespace()
+        .iter()
+        .map(|(_, _, e)| e.pool_element.pe_id.get())
+        .collect();
+    assert_eq!(ids, vec![1, 3]);
+}
+
+#[test]
+fn a_silent_peer_is_probed_then_declared_dead() {
+    // Spec §9.5: MAX-TIME-LAST-HEARD → PRESENCE R=1; MAX-TIME-NO-RESPONSE → dead.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    let out = h.advance(200); // heartbeat
+    assert!(matches!(
+        enrp_sent(&out).as_slice(),
+        [EnrpBody::Presence {
+            reply_required: false,
+            ..
+        }]
+    ));
+    let out = h.advance(200); // 400 ms of silence: probe (and the next heartbeat)
+    assert!(enrp_sent(&out).iter().any(|b| matches!(
+        b,
+        EnrpBody::Presence {
+            reply_required: true,
+            ..
+        }
+    )));
+    assert_eq!(h.core.peers()[0].state, PeerState::Probing);
+    let out = h.advance(200);
+    assert_eq!(h.core.peers()[0].state, PeerState::Dead);
+    assert!(closed(&out));
+    assert!(audits(&out).contains(&(AuditAction::PeerDead, None)));
+    // Takeover is a later slice: its PE stays until its registration life ends.
+    assert_eq!(h.core.stats().pes, 1);
+}
+
+#[test]
+fn a_lost_connection_is_probed_and_a_reconnect_revives_the_peer() {
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
+    assert_eq!(h.core.peers()[0].state, PeerState::Probing);
+    assert!(!h.core.peers()[0].connected);
+    h.advance(100);
+    h.peer_up(11, PR_B, SID_B);
+    h.advance(150);
+    assert_eq!(h.core.peers()[0].state, PeerState::Active);
+    // Both dialed each other: the connection dialed by the lower Server ID stays.
+    let out = h.core.handle(
+        Input::PeerUp {
+            conn: ConnId(12),
+            peer: Client {
+                id: SpiffeId::parse(PR_B).expect("SPIFFE ID"),
+                serial: Serial::from_bytes(&[1]),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9902)),
+            },
+            server_id: sid(SID_B),
+            outbound: false, // B (higher ID) dialed it: ours (11) wins
+        },
+        h.now,
+    );
+    assert!(matches!(
+        out.as_slice(),
+        [Action::Close {
+            conn: ConnId(12),
+            ..
+        }]
+    ));
+    assert!(h.core.peers()[0].connected);
 }

@@ -1,0 +1,306 @@
+//! ENRP peer connections (spec §9, §11.2, §12): the ENRP listener, one dialer per
+//! configured peer, and one task per authenticated connection that cuts frames for the
+//! core and writes what the core sends.
+//!
+//! Only [`accept_loop`] and [`dial_loop`] know TCP. The TLS handshakes ([`accept_tls`],
+//! [`connect_tls`]) and the connection itself ([`serve_peer`]) are generic over the stream
+//! (`AsyncRead + AsyncWrite`), so that a simulated network (turmoil) can carry them.
+//!
+//! Which peer may do what is the core's decision (`registrar/enrp.rs`): this file proves
+//! the identity (mutual TLS, ALPN `rserpool-enrp/1`) and derives the Server ID that
+//! every message of the connection must carry (ARCHITECTURE.md §3).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::asap::transport::{MessageReader, ReadError};
+use ::asap::wire::{EnrpMsg, Framer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use trust::audit::AuditLog;
+use trust::{Peer, Protocol, TrustStore};
+
+use super::connection::{NEXT_CONN, audit_refusal, stopped, write_loop};
+use super::{ConnHandle, Counters, Event, Settings};
+use crate::registrar::{Client, ConnId, Input};
+use crate::setup::server_id_of;
+
+/// First redial delay after a lost or refused connection; doubles up to [`REDIAL_MAX`].
+const REDIAL_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two dials of one peer.
+const REDIAL_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long was a working one: the next redial starts fast.
+const STABLE: Duration = Duration::from_secs(2);
+
+/// Accepts ENRP connections until the daemon stops.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ENRP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let settings = Arc::clone(&settings);
+        let trust = Arc::clone(&trust);
+        let events = events.clone();
+        let audit = audit.clone();
+        let counters = Arc::clone(&counters);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Some((tls, peer)) =
+                accept_tls(tcp, addr, &settings, &trust, &audit, &counters).await
+            else {
+                return;
+            };
+            serve_peer(
+                tls, peer, addr, false, &settings, &trust, events, &audit, &counters, stop,
+            )
+            .await;
+        });
+    }
+}
+
+/// Dials `target` (`HOST:PORT`) and keeps a connection to it while the daemon runs.
+pub(super) async fn dial_loop(
+    target: String,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut delay = REDIAL_MIN;
+    while !*stop.borrow() {
+        let started = tokio::time::Instant::now();
+        match TcpStream::connect(&target).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                let addr = tcp.peer_addr().ok();
+                if let Some(addr) = addr
+                    && let Some((tls, peer)) =
+                        connect_tls(tcp, &target, addr, &settings, &trust, &audit, &counters).await
+                {
+                    serve_peer(
+                        tls,
+                        peer,
+                        addr,
+                        true,
+                        &settings,
+                        &trust,
+                        events.clone(),
+                        &audit,
+                        &counters,
+                        stop.clone(),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => tracing::debug!(%target, error = %e, "peer unreachable"),
+        }
+        delay = if started.elapsed() >= STABLE {
+            REDIAL_MIN
+        } else {
+            (delay * 2).min(REDIAL_MAX)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped(stop.clone()) => return,
+        }
+    }
+}
+
+/// The server side of the ENRP handshake: mutual TLS and ALPN `rserpool-enrp/1`.
+/// Failures are audited like those of ASAP.
+pub(super) async fn accept_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    addr: SocketAddr,
+    settings: &Settings,
+    trust: &TrustStore,
+    audit: &AuditLog,
+    counters: &Counters,
+) -> Option<(tokio_rustls::server::TlsStream<S>, Peer)> {
+    let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Enrp));
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "ENRP TLS handshake failed");
+            audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
+            return None;
+        }
+        Err(_) => {
+            audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
+            return None;
+        }
+    };
+    match Protocol::Enrp
+        .check_alpn(tls.get_ref().1)
+        .and_then(|()| Peer::from_tls(tls.get_ref().1))
+    {
+        Ok(p) => Some((tls, p)),
+        Err(e) => {
+            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
+            None
+        }
+    }
+}
+
+/// The client side of the ENRP handshake to `target` (`HOST:PORT`). The server is
+/// authenticated by its SPIFFE ID (any trusted one; the core checks its `peer` grant),
+/// not by the host name.
+pub(super) async fn connect_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    target: &str,
+    addr: SocketAddr,
+    settings: &Settings,
+    trust: &TrustStore,
+    audit: &AuditLog,
+    counters: &Counters,
+) -> Option<(tokio_rustls::client::TlsStream<S>, Peer)> {
+    let host = target
+        .rsplit_once(':')
+        .map_or(target, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name =
+        ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
+    let connector = TlsConnector::from(trust.client_config(Protocol::Enrp));
+    let tls =
+        match tokio::time::timeout(settings.handshake_timeout, connector.connect(name, stream))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%target, error = %e, "ENRP TLS handshake failed");
+                audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
+                return None;
+            }
+            Err(_) => {
+                audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
+                return None;
+            }
+        };
+    match Protocol::Enrp
+        .check_alpn(tls.get_ref().1)
+        .and_then(|()| Peer::from_tls(tls.get_ref().1))
+    {
+        Ok(p) => Some((tls, p)),
+        Err(e) => {
+            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
+            None
+        }
+    }
+}
+
+/// One authenticated peer connection, until either side ends it: announce it to the core
+/// with its derived Server ID, then read frames for the core and write what it sends.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    peer: Peer,
+    addr: SocketAddr,
+    outbound: bool,
+    settings: &Settings,
+    trust: &TrustStore,
+    events: mpsc::Sender<Event>,
+    audit: &AuditLog,
+    counters: &Counters,
+    stop: watch::Receiver<bool>,
+) {
+    // Registered before the last trust check, so a revocation during the handshake counts.
+    let mut live = match trust.register_connection(&peer) {
+        Ok(live) => live,
+        Err(e) => {
+            audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
+            return;
+        }
+    };
+    let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let server_id = server_id_of(peer.id());
+    let client = Client {
+        id: peer.id().clone(),
+        serial: peer.serial().clone(),
+        addr,
+    };
+    tracing::debug!(?conn, %addr, id = %client.id, %server_id, outbound, "ENRP connection");
+    let (tx, rx) = mpsc::channel(settings.send_queue);
+    let kill = Arc::new(Notify::new());
+    let writer = ConnHandle {
+        tx,
+        kill: Arc::clone(&kill),
+    };
+    let input = Input::PeerUp {
+        conn,
+        peer: client,
+        server_id,
+        outbound,
+    };
+    if events
+        .send(Event::PeerConnected { input, writer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (read_half, write_half) = tokio::io::split(stream);
+    let reader = MessageReader::new(read_half, Framer::enrp(settings.max_message_len));
+    tokio::select! {
+        () = read_loop(conn, reader, &events) => {}
+        () = write_loop(write_half, rx) => {}
+        reason = live.closed() => tracing::info!(?conn, ?reason, "closing ENRP: revoked"),
+        () = kill.notified() => {}
+        () = stopped(stop) => {}
+    }
+    let _ = events.send(Event::Input(Input::PeerDown { conn })).await;
+}
+
+/// No idle timeout here: the core's liveness timers (PRESENCE, spec §9.5) judge peers.
+async fn read_loop<R: AsyncRead + Unpin>(
+    conn: ConnId,
+    mut reader: MessageReader<R>,
+    events: &mpsc::Sender<Event>,
+) {
+    loop {
+        let input = match reader.next().await {
+            Ok(Some(frame)) => match EnrpMsg::decode(&frame) {
+                Ok(msg) => Input::Enrp { conn, msg },
+                Err(error) => Input::EnrpMalformed { conn, error },
+            },
+            Ok(None) => return,
+            Err(ReadError::Framing(error)) => {
+                let _ = events
+                    .send(Event::Input(Input::EnrpMalformed { conn, error }))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(?conn, error = %e, "ENRP connection ended");
+                return;
+            }
+        };
+        if events.send(Event::Input(input)).await.is_err() {
+            return;
+        }
+    }
+}

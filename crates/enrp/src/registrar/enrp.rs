@@ -1,0 +1,1041 @@
+//! The ENRP procedures of a registrar (spec §9, §11.2, §12.4): peers and their Server IDs,
+//! handle updates for owned PEs, presence heartbeats with the PE checksum, dead-peer
+//! detection, and handle table download with the M-bit paging of §9.7.
+//!
+//! Pure, like the rest of the core: the driver announces each authenticated peer
+//! connection ([`Input::PeerUp`](super::Input::PeerUp)) with the Server ID derived from
+//! its certificate, feeds the decoded messages, and sends what comes out as
+//! [`Action::SendEnrp`].
+//!
+//! What this slice of issue 7 does not do yet, and what happens instead:
+//! - Takeover (§9.8): a dead peer's PEs stay until their registration life runs out
+//!   (the fallback of §9.8 step 5); its PEs that reconnect elsewhere re-register there.
+//! - Peer lists (§9.2): peers come from configuration only; an ENRP_LIST_REQUEST is
+//!   answered with R=1 (rejected) rather than with a list we cannot fill.
+//! - Mentor start-up (§9.3): no W=0 download and no "no service until synchronised";
+//!   instead every peer is asked for its own PEs (W=1) when it connects, so a registrar
+//!   peered with all others (our static, full-mesh configuration) learns every PE.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use ::asap::wire::param::{
+    Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
+    ServerId, ServerInformation, Transport, TransportUse,
+};
+use ::asap::wire::{DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction};
+use trust::SpiffeId;
+
+use super::{
+    Action, AuditAction, AuditEvent, Client, ConnId, Core, Durability, PeKey, Revocation, TimerKey,
+};
+use crate::handlespace::Removed;
+
+/// Where an ENRP peer stands (spec §9.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Connected and heard from within MAX-TIME-LAST-HEARD.
+    Active,
+    /// Probed with PRESENCE R=1, or its connection was lost: it has MAX-TIME-NO-RESPONSE
+    /// to answer or reconnect.
+    Probing,
+    /// It did not answer: dead. Its PEs expire at their registration life.
+    Dead,
+}
+
+impl PeerState {
+    /// The name the admin API shows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Probing => "probing",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// A peer as the admin API shows it (`GET /v1/peers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its SPIFFE ID.
+    pub identity: SpiffeId,
+    /// Its Server ID.
+    pub server_id: ServerId,
+    /// Its state.
+    pub state: PeerState,
+    /// Whether a connection to it is up.
+    pub connected: bool,
+    /// When a message from it last arrived.
+    pub last_heard: Option<Instant>,
+    /// Whether the checksum of its PEs in our handlespace equals the one it last sent
+    /// (spec §9.6); `None` before its first PRESENCE.
+    pub checksum_match: Option<bool>,
+}
+
+/// What the core remembers of a peer registrar.
+#[derive(Debug)]
+pub(super) struct Peer {
+    client: Client,
+    /// The connection in use, if any.
+    conn: Option<ConnId>,
+    state: PeerState,
+    last_heard: Option<Instant>,
+    /// The checksum of its own PEs it last announced.
+    their_checksum: Option<u16>,
+    /// A handle table download (W=1) in progress: the PEs it listed so far. At the last
+    /// page, its PEs not listed are purged (spec §9.6).
+    sync: Option<HashSet<PeKey>>,
+    /// Continuation points of its handle table requests, by W flag (spec §9.7).
+    pub(super) continuation: HashMap<bool, PeKey>,
+}
+
+/// A peer connection in use.
+#[derive(Debug)]
+pub(super) struct PeerConn {
+    server_id: ServerId,
+    client: Client,
+    /// Dialed by the lower of the two Server IDs: of two connections between the same
+    /// pair, both sides keep that one.
+    dialed_by_lower: bool,
+    /// Being closed: nothing it sends counts any more.
+    closing: bool,
+}
+
+impl Core {
+    /// The peers, by Server ID.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(sid, p)| PeerStatus {
+                identity: p.client.id.clone(),
+                server_id: *sid,
+                state: p.state,
+                connected: p.conn.is_some(),
+                last_heard: p.last_heard,
+                checksum_match: p
+                    .their_checksum
+                    .map(|c| c == self.handlespace.checksum(*sid)),
+            })
+            .collect()
+    }
+
+    /// Whether some grant lets `id` peer at all. Each PE it speaks for is checked again
+    /// against the grants of its namespace and pool.
+    fn peer_granted(&self, id: &SpiffeId) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.actions.contains(trust::Action::Peer) && g.identity.matches(id))
+    }
+
+    fn peer_event(
+        client: &Client,
+        action: AuditAction,
+        outcome: Option<u16>,
+        detail: String,
+    ) -> AuditEvent {
+        AuditEvent {
+            actor: Some((client.id.clone(), client.serial.clone())),
+            remote: Some(client.addr),
+            namespace: None,
+            pool_handle: None,
+            pe_id: None,
+            action,
+            outcome,
+            detail: Some(detail),
+        }
+    }
+
+    /// Spec §9.1, §9.2, §11.2: a peer connection is accepted when its identity holds a
+    /// `peer` grant and its Server ID is not bound to another live identity. Then it is
+    /// greeted with a PRESENCE and asked for its own PEs (W=1).
+    pub(super) fn on_peer_up(
+        &mut self,
+        conn: ConnId,
+        peer: Client,
+        server_id: ServerId,
+        outbound: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let refusal = if !self.peer_granted(&peer.id) {
+            Some("no peer grant".to_owned())
+        } else if self.revocations.iter().any(|r| r.covers(&peer)) {
+            Some("certificate revoked".to_owned())
+        } else if server_id == self.config.server_id {
+            Some(format!("claims this registrar's Server ID {server_id}"))
+        } else {
+            match self.peers.get(&server_id) {
+                Some(p) if p.client.id != peer.id && p.state != PeerState::Dead => Some(format!(
+                    "Server ID {server_id} is bound to the live peer {}",
+                    p.client.id
+                )),
+                _ => None,
+            }
+        };
+        if let Some(why) = refusal {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    &peer,
+                    AuditAction::PeerRefused,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    why,
+                ),
+                durability: Durability::Batched,
+            });
+            out.push(Action::Close {
+                conn,
+                reason: "peer refused",
+            });
+            return;
+        }
+        let dialed_by_lower = outbound == (self.config.server_id < server_id);
+        if let Some(old) = self.peers.get(&server_id).and_then(|p| p.conn)
+            && old != conn
+        {
+            let old_by_lower = self.peer_conns.get(&old).is_some_and(|c| c.dialed_by_lower);
+            if old_by_lower && !dialed_by_lower {
+                // Both dialed each other: keep the other one (the peer decides alike).
+                out.push(Action::Close {
+                    conn,
+                    reason: "duplicate peer connection",
+                });
+                return;
+            }
+            self.peer_conns.remove(&old);
+            out.push(Action::Close {
+                conn: old,
+                reason: "peer connection replaced",
+            });
+        }
+        self.peer_conns.insert(
+            conn,
+            PeerConn {
+                server_id,
+                client: peer.clone(),
+                dialed_by_lower,
+                closing: false,
+            },
+        );
+        let p = self.peers.entry(server_id).or_insert_with(|| Peer {
+            client: peer.clone(),
+            conn: None,
+            state: PeerState::Active,
+            last_heard: None,
+            their_checksum: None,
+            sync: None,
+            continuation: HashMap::new(),
+        });
+        p.client = peer.clone();
+        p.conn = Some(conn);
+        p.continuation.clear();
+        self.timers.stop(&TimerKey::Continuation(server_id, true));
+        self.timers.stop(&TimerKey::Continuation(server_id, false));
+        self.heard(server_id, now);
+        if self.timers.get(&TimerKey::PeerHeartbeat).is_none() {
+            self.timers.set(
+                TimerKey::PeerHeartbeat,
+                now + self.config.timing.peer_heartbeat,
+            );
+        }
+        out.push(Action::Audit {
+            event: Self::peer_event(
+                &peer,
+                AuditAction::PeerUp,
+                None,
+                format!(
+                    "Server ID {server_id}, {}",
+                    if outbound { "dialed" } else { "accepted" }
+                ),
+            ),
+            durability: Durability::Batched,
+        });
+        let hello = self.presence(server_id, false);
+        out.push(Action::SendEnrp { conn, msg: hello });
+        self.request_own_pes(server_id, out);
+    }
+
+    /// Any message from a peer: it is alive (spec §9.5).
+    fn heard(&mut self, sid: ServerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        p.last_heard = Some(now);
+        p.state = PeerState::Active;
+        self.timers.stop(&TimerKey::PeerNoResponse(sid));
+        self.timers.set(
+            TimerKey::PeerLastHeard(sid),
+            now + self.config.timing.peer_last_heard,
+        );
+    }
+
+    /// Starts (or restarts) the download of a peer's own PEs (spec §9.6, §9.7).
+    fn request_own_pes(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        let Some(conn) = p.conn else { return };
+        p.sync = Some(HashSet::new());
+        out.push(Action::SendEnrp {
+            conn,
+            msg: EnrpMsg {
+                sender: self.config.server_id,
+                receiver: sid.get(),
+                body: EnrpBody::HandleTableRequest {
+                    own_children_only: true,
+                },
+            },
+        });
+    }
+
+    /// A PRESENCE with the checksum of the PEs this registrar owns (spec §9.6).
+    fn presence(&self, to: ServerId, reply_required: bool) -> EnrpMsg {
+        let server_info = self
+            .config
+            .enrp_addr
+            .filter(|a| !a.ip().is_unspecified())
+            .and_then(|a: SocketAddr| {
+                Some(ServerInformation {
+                    server_id: self.config.server_id,
+                    transport: Transport::Tcp {
+                        port: NonZeroU16::new(a.port())?,
+                        transport_use: TransportUse::DataOnly,
+                        addr: Address::new(a.ip()),
+                    },
+                })
+            });
+        EnrpMsg {
+            sender: self.config.server_id,
+            receiver: to.get(),
+            body: EnrpBody::Presence {
+                reply_required,
+                checksum: PeChecksum(self.handlespace.checksum(self.config.server_id)),
+                server_info,
+            },
+        }
+    }
+
+    /// One decoded ENRP message from a peer connection.
+    pub(super) fn on_enrp(
+        &mut self,
+        conn: ConnId,
+        msg: Decoded<EnrpMsg>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(pc) = self.peer_conns.get_mut(&conn) else {
+            return; // Refused or replaced: nothing it says counts.
+        };
+        if pc.closing {
+            return;
+        }
+        let sid = pc.server_id;
+        let client = pc.client.clone();
+        let msg = msg.msg;
+        // Spec §11.2: the Sender ID must be the one the TLS identity implies.
+        if msg.sender != sid {
+            pc.closing = true;
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    &client,
+                    AuditAction::PeerRefused,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!(
+                        "sender ID {} is not {sid}, the Server ID of its identity",
+                        msg.sender
+                    ),
+                ),
+                durability: Durability::Batched,
+            });
+            out.push(Action::Close {
+                conn,
+                reason: "ENRP sender ID mismatch",
+            });
+            return;
+        }
+        self.heard(sid, now);
+        if msg.receiver != 0 && msg.receiver != self.config.server_id.get() {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    &client,
+                    AuditAction::PeerIgnored,
+                    None,
+                    format!("message addressed to {:#010x}", msg.receiver),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
+        match msg.body {
+            EnrpBody::Presence {
+                reply_required,
+                checksum,
+                ..
+            } => {
+                let mismatch = checksum.0 != self.handlespace.checksum(sid);
+                let syncing = self.peers.get_mut(&sid).is_some_and(|p| {
+                    p.their_checksum = Some(checksum.0);
+                    p.sync.is_some()
+                });
+                if reply_required {
+                    let reply = self.presence(sid, false);
+                    out.push(Action::SendEnrp { conn, msg: reply });
+                }
+                // Spec §9.6: our copy of its PEs differs: download them again.
+                if mismatch && !syncing {
+                    self.request_own_pes(sid, out);
+                }
+            }
+            EnrpBody::HandleTableRequest { own_children_only } => {
+                self.answer_handle_table(conn, sid, own_children_only, now, out);
+            }
+            EnrpBody::HandleTableResponse {
+                reject,
+                more,
+                pools,
+            } => self.on_handle_table(sid, &client, reject, more, pools, now, out),
+            EnrpBody::HandleUpdate {
+                action,
+                namespace,
+                pool_handle,
+                pool_element,
+                registrant,
+            } => {
+                let entry = PeEntry {
+                    pool_element,
+                    registrant,
+                };
+                match action {
+                    UpdateAction::AddPe => {
+                        self.accept_peer_pe(sid, &client, namespace, pool_handle, entry, now, out);
+                    }
+                    UpdateAction::DelPe => {
+                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, out);
+                    }
+                }
+            }
+            // Spec §9.2: peers come from configuration here; a list we cannot fill is
+            // refused rather than answered empty.
+            EnrpBody::ListRequest => out.push(Action::SendEnrp {
+                conn,
+                msg: EnrpMsg {
+                    sender: self.config.server_id,
+                    receiver: sid.get(),
+                    body: EnrpBody::ListResponse {
+                        reject: true,
+                        servers: Vec::new(),
+                    },
+                },
+            }),
+            EnrpBody::Error(e) => out.push(Action::Audit {
+                event: Self::peer_event(
+                    &client,
+                    AuditAction::PeerIgnored,
+                    e.causes().first().map(ErrorCause::code),
+                    "ENRP_ERROR from the peer".to_owned(),
+                ),
+                durability: Durability::Batched,
+            }),
+            // Takeover (§9.8) is a later slice of issue 7; a list response answers a
+            // request we never send. Neither changes anything here.
+            EnrpBody::ListResponse { .. }
+            | EnrpBody::InitTakeover { .. }
+            | EnrpBody::InitTakeoverAck { .. }
+            | EnrpBody::TakeoverServer { .. } => {}
+        }
+    }
+
+    /// An ENRP frame that did not decode: audited; a framing fault closes the connection
+    /// (spec §12.2), a content error is answered with ENRP_ERROR (spec §3.3, §8.1).
+    pub(super) fn on_enrp_malformed(
+        &mut self,
+        conn: ConnId,
+        error: &DecodeError,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(pc) = self.peer_conns.get(&conn) else {
+            return;
+        };
+        out.push(Action::Audit {
+            event: Self::peer_event(
+                &pc.client,
+                AuditAction::Malformed,
+                error.cause().map(|c| c.code()),
+                error.to_string(),
+            ),
+            durability: Durability::Batched,
+        });
+        match error.cause() {
+            Some(cause) => out.push(Action::SendEnrp {
+                conn,
+                msg: EnrpMsg {
+                    sender: self.config.server_id,
+                    receiver: pc.server_id.get(),
+                    body: EnrpBody::Error(OperationError::single(cause)),
+                },
+            }),
+            None if error.is_framing() => out.push(Action::Close {
+                conn,
+                reason: "framing fault",
+            }),
+            None => {}
+        }
+    }
+
+    /// Spec §9.5 [P]: a lost connection starts the probe phase at once; the peer has
+    /// MAX-TIME-NO-RESPONSE to come back (either side redials).
+    pub(super) fn on_peer_down(&mut self, conn: ConnId, now: Instant) {
+        let Some(pc) = self.peer_conns.remove(&conn) else {
+            return;
+        };
+        let sid = pc.server_id;
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        if p.conn != Some(conn) {
+            return;
+        }
+        p.conn = None;
+        p.sync = None;
+        p.continuation.clear();
+        self.timers.stop(&TimerKey::PeerLastHeard(sid));
+        if p.state != PeerState::Dead {
+            p.state = PeerState::Probing;
+            if self.timers.get(&TimerKey::PeerNoResponse(sid)).is_none() {
+                self.timers.set(
+                    TimerKey::PeerNoResponse(sid),
+                    now + self.config.timing.peer_no_response,
+                );
+            }
+        }
+    }
+
+    /// PEER-HEARTBEAT-CYCLE: a PRESENCE (R=0) to every connected peer (spec §9.5).
+    pub(super) fn send_heartbeats(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let targets: Vec<(ServerId, ConnId)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state != PeerState::Dead)
+            .filter_map(|(sid, p)| Some((*sid, p.conn?)))
+            .collect();
+        for (sid, conn) in targets {
+            let msg = self.presence(sid, false);
+            out.push(Action::SendEnrp { conn, msg });
+        }
+        if !self.peers.is_empty() {
+            self.timers.set(
+                TimerKey::PeerHeartbeat,
+                now + self.config.timing.peer_heartbeat,
+            );
+        }
+    }
+
+    /// MAX-TIME-LAST-HEARD passed: ask for an answer (PRESENCE R=1, spec §9.5).
+    pub(super) fn probe_peer(&mut self, sid: ServerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        if p.state == PeerState::Dead {
+            return;
+        }
+        p.state = PeerState::Probing;
+        if let Some(conn) = p.conn {
+            let msg = self.presence(sid, true);
+            out.push(Action::SendEnrp { conn, msg });
+        }
+        self.timers.set(
+            TimerKey::PeerNoResponse(sid),
+            now + self.config.timing.peer_no_response,
+        );
+    }
+
+    /// MAX-TIME-NO-RESPONSE passed without a word: the peer is dead (spec §9.5). Its PEs
+    /// stay until their registration life ends (§9.8 step 5; takeover is a later slice).
+    pub(super) fn peer_dead(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        let owned_there = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id == sid.get())
+            .count();
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        if p.state == PeerState::Dead {
+            return;
+        }
+        p.state = PeerState::Dead;
+        p.sync = None;
+        self.timers.stop(&TimerKey::PeerLastHeard(sid));
+        if let Some(conn) = p.conn
+            && let Some(pc) = self.peer_conns.get_mut(&conn)
+        {
+            pc.closing = true;
+            out.push(Action::Close {
+                conn,
+                reason: "peer did not answer",
+            });
+        }
+        let client = p.client.clone();
+        out.push(Action::Audit {
+            event: Self::peer_event(
+                &client,
+                AuditAction::PeerDead,
+                None,
+                format!(
+                    "Server ID {sid}: no answer; its {owned_there} PEs expire at their registration life"
+                ),
+            ),
+            durability: Durability::Batched,
+        });
+    }
+
+    /// A peer's PE reached its registration life without a refresh from its home.
+    pub(super) fn expire_peer_pe(&mut self, pe: &PeKey, out: &mut Vec<Action>) {
+        if self.owned.contains_key(pe) {
+            return;
+        }
+        let theirs = self
+            .handlespace
+            .pool(&pe.0, &pe.1)
+            .and_then(|p| p.entry(pe.2))
+            .is_some_and(|e| e.pool_element.home_server_id != self.config.server_id.get());
+        if theirs && let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
+            out.push(super::audit_removal(&removed, AuditAction::RemoveExpired));
+        }
+    }
+
+    /// A PE left the handlespace: forget its peer expiry, and tell the peers when it was
+    /// ours (spec §9.4, DEL_PE).
+    pub(super) fn after_removal(&mut self, removed: &Removed, out: &mut Vec<Action>) {
+        self.timers.stop(&TimerKey::PeerPeLife((
+            removed.namespace.clone(),
+            removed.pool_handle.clone(),
+            removed.entry.pool_element.pe_id,
+        )));
+        if removed.entry.pool_element.home_server_id == self.config.server_id.get() {
+            self.send_update(
+                UpdateAction::DelPe,
+                &removed.namespace,
+                &removed.pool_handle,
+                &removed.entry,
+                out,
+            );
+        }
+    }
+
+    /// Spec §9.4: an owned PE was added or re-registered: ADD_PE to every peer.
+    pub(super) fn announce_owned(&mut self, key: &PeKey, out: &mut Vec<Action>) {
+        let Some(entry) = self
+            .handlespace
+            .pool(&key.0, &key.1)
+            .and_then(|p| p.entry(key.2))
+            .cloned()
+        else {
+            return;
+        };
+        self.send_update(UpdateAction::AddPe, &key.0, &key.1, &entry, out);
+    }
+
+    fn send_update(
+        &self,
+        action: UpdateAction,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        entry: &PeEntry,
+        out: &mut Vec<Action>,
+    ) {
+        for (sid, p) in &self.peers {
+            let Some(conn) = p.conn else { continue };
+            if p.state == PeerState::Dead {
+                continue;
+            }
+            out.push(Action::SendEnrp {
+                conn,
+                msg: EnrpMsg {
+                    sender: self.config.server_id,
+                    receiver: sid.get(),
+                    body: EnrpBody::HandleUpdate {
+                        action,
+                        namespace: ns.clone(),
+                        pool_handle: handle.clone(),
+                        pool_element: entry.pool_element.clone(),
+                        registrant: entry.registrant.clone(),
+                    },
+                },
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ignore_pe(
+        client: &Client,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        pe_id: PeId,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
+        let mut event = Self::peer_event(
+            client,
+            AuditAction::PeerIgnored,
+            Some(ErrorCause::SecurityRejection.code()),
+            why,
+        );
+        event.namespace = Some(ns.clone());
+        event.pool_handle = Some(handle.clone());
+        event.pe_id = Some(pe_id);
+        out.push(Action::Audit {
+            event,
+            durability: Durability::Batched,
+        });
+    }
+
+    /// ADD_PE or a handle table entry from peer `sid` (spec §9.4 with its [P] rule: a
+    /// peer speaks only for PEs it owns, in namespaces and pools it is granted). Stored
+    /// as the peer's (not owned here), with an expiry at its registration life: the home
+    /// registrar keeps it alive, this one does not probe it (spec §9.9).
+    #[allow(clippy::too_many_arguments)]
+    fn accept_peer_pe(
+        &mut self,
+        sid: ServerId,
+        client: &Client,
+        ns: Namespace,
+        handle: PoolHandle,
+        entry: PeEntry,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Option<PeKey> {
+        let pe = &entry.pool_element;
+        let pe_id = pe.pe_id;
+        let refuse = |why: String, out: &mut Vec<Action>| {
+            Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+            None
+        };
+        if pe.home_server_id != sid.get() {
+            return refuse(
+                format!(
+                    "not the sender's PE: its home is {:#010x}",
+                    pe.home_server_id
+                ),
+                out,
+            );
+        }
+        if !trust::allowed(
+            &self.grants,
+            &client.id,
+            ns.as_str(),
+            Some(handle.as_bytes()),
+            trust::Action::Peer,
+        ) {
+            return refuse("no peer grant for this namespace and pool".to_owned(), out);
+        }
+        if !pe.registration_life_valid() {
+            return refuse("registration life out of range".to_owned(), out);
+        }
+        if let Some(r) = &entry.registrant
+            && self.registrant_revoked(r.as_str())
+        {
+            return refuse("registrant revoked here".to_owned(), out);
+        }
+        let key: PeKey = (ns.clone(), handle.clone(), pe_id);
+        match self.owned.get(&key) {
+            // Its PE is connected here: ours is the fresher claim.
+            Some(o) if o.conn.is_some() => {
+                return refuse("the PE is registered here".to_owned(), out);
+            }
+            // It lost its connection here and re-registered there (spec §12.6).
+            Some(_) => self.forget_owned(&key),
+            None => {}
+        }
+        let life = Duration::from_millis(u64::try_from(pe.registration_life).unwrap_or(0));
+        match self
+            .handlespace
+            .register(&ns, &handle, entry.pool_element.clone(), entry.registrant)
+        {
+            Ok(_) => {
+                self.timers
+                    .set(TimerKey::PeerPeLife(key.clone()), now + life);
+                Some(key)
+            }
+            Err(e) => refuse(e.to_string(), out),
+        }
+    }
+
+    fn registrant_revoked(&self, registrant: &str) -> bool {
+        let Ok(id) = SpiffeId::parse(registrant) else {
+            return false;
+        };
+        self.revocations.iter().any(|r| match r {
+            Revocation::Identity(i) => *i == id,
+            Revocation::TrustDomain(d) => id.trust_domain_str() == d,
+            Revocation::Serial(_) => false,
+        })
+    }
+
+    /// DEL_PE from peer `sid`: only for a PE whose home, in our handlespace, is the
+    /// sender. Deleting an unknown PE is harmless (idempotent).
+    fn delete_peer_pe(
+        &mut self,
+        sid: ServerId,
+        client: &Client,
+        ns: Namespace,
+        handle: PoolHandle,
+        entry: &PeEntry,
+        out: &mut Vec<Action>,
+    ) {
+        let pe_id = entry.pool_element.pe_id;
+        let home = self
+            .handlespace
+            .pool(&ns, &handle)
+            .and_then(|p| p.entry(pe_id))
+            .map(|e| e.pool_element.home_server_id);
+        let Some(home) = home else { return };
+        if home != sid.get() || entry.pool_element.home_server_id != sid.get() {
+            let why = format!("not the sender's PE: its home is {home:#010x}");
+            return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+        }
+        if !trust::allowed(
+            &self.grants,
+            &client.id,
+            ns.as_str(),
+            Some(handle.as_bytes()),
+            trust::Action::Peer,
+        ) {
+            let why = "no peer grant for this namespace and pool".to_owned();
+            return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+        }
+        if let Some(removed) = self.handlespace.remove(&ns, &handle, pe_id) {
+            // Audited at its home registrar, which removed it.
+            self.after_removal(&removed, out);
+        }
+    }
+
+    /// Spec §9.7: one page of PEs (all, or only ours with W=1), from the requester's
+    /// continuation point; M=1 when more remain.
+    ///
+    /// Limit: each page walks the handlespace from its start to the continuation point,
+    /// so a full download costs O(PEs × pages).
+    fn answer_handle_table(
+        &mut self,
+        conn: ConnId,
+        sid: ServerId,
+        own_only: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.server_id.get();
+        let start = self
+            .peers
+            .get(&sid)
+            .and_then(|p| p.continuation.get(&own_only).cloned());
+        let mut pages = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| !own_only || e.pool_element.home_server_id == me)
+            .filter(|(ns, h, e)| {
+                start
+                    .as_ref()
+                    .is_none_or(|s| (*ns, *h, e.pool_element.pe_id) > (&s.0, &s.1, s.2))
+            })
+            .peekable();
+        let mut pools: Vec<PoolEntries> = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut last: Option<PeKey> = None;
+        while let Some((ns, h, e)) = pages.peek().copied() {
+            let new_group = pools
+                .last()
+                .is_none_or(|g| g.namespace != *ns || g.pool_handle != *h);
+            let size = e.pool_element.encoded_len()
+                + e.registrant.as_ref().map_or(0, |r| r.encoded_len())
+                + if new_group {
+                    h.encoded_len() + ns.encoded_len()
+                } else {
+                    0
+                };
+            if count > 0
+                && (count >= self.config.handle_table_pes
+                    || bytes + size > self.config.handle_table_bytes)
+            {
+                break;
+            }
+            pages.next();
+            count += 1;
+            bytes += size;
+            if new_group {
+                pools.push(PoolEntries {
+                    namespace: ns.clone(),
+                    pool_handle: h.clone(),
+                    entries: Vec::new(),
+                });
+            }
+            if let Some(g) = pools.last_mut() {
+                g.entries.push(e.clone());
+            }
+            last = Some((ns.clone(), h.clone(), e.pool_element.pe_id));
+        }
+        let more = pages.peek().is_some();
+        drop(pages);
+        let timer = TimerKey::Continuation(sid, own_only);
+        if let Some(p) = self.peers.get_mut(&sid) {
+            match last.filter(|_| more) {
+                Some(point) => {
+                    p.continuation.insert(own_only, point);
+                    self.timers
+                        .set(timer, now + 2 * self.config.timing.peer_no_response);
+                }
+                None => {
+                    p.continuation.remove(&own_only);
+                    self.timers.stop(&timer);
+                }
+            }
+        }
+        out.push(Action::SendEnrp {
+            conn,
+            msg: EnrpMsg {
+                sender: self.config.server_id,
+                receiver: sid.get(),
+                body: EnrpBody::HandleTableResponse {
+                    reject: false,
+                    more,
+                    pools,
+                },
+            },
+        });
+    }
+
+    /// A page of a peer's handle table: apply its PEs; ask for the next page while M=1;
+    /// after the last one, purge its PEs it no longer lists (spec §9.6, §9.7).
+    #[allow(clippy::too_many_arguments)]
+    fn on_handle_table(
+        &mut self,
+        sid: ServerId,
+        client: &Client,
+        reject: bool,
+        more: bool,
+        pools: Vec<PoolEntries>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if reject {
+            if let Some(p) = self.peers.get_mut(&sid) {
+                p.sync = None;
+            }
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::PeerIgnored,
+                    None,
+                    "the peer rejected our handle table request".to_owned(),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
+        let mut seen = Vec::new();
+        for group in pools {
+            for entry in group.entries {
+                if let Some(key) = self.accept_peer_pe(
+                    sid,
+                    client,
+                    group.namespace.clone(),
+                    group.pool_handle.clone(),
+                    entry,
+                    now,
+                    out,
+                ) {
+                    seen.push(key);
+                }
+            }
+        }
+        let Some(p) = self.peers.get_mut(&sid) else {
+            return;
+        };
+        // An unsolicited response adds its PEs, but neither pages nor purges.
+        let Some(sync) = p.sync.as_mut() else {
+            return;
+        };
+        sync.extend(seen);
+        if more {
+            if let Some(conn) = p.conn {
+                out.push(Action::SendEnrp {
+                    conn,
+                    msg: EnrpMsg {
+                        sender: self.config.server_id,
+                        receiver: sid.get(),
+                        body: EnrpBody::HandleTableRequest {
+                            own_children_only: true,
+                        },
+                    },
+                });
+            }
+            return;
+        }
+        let listed = p.sync.take().unwrap_or_default();
+        let mut stale: Vec<PeKey> = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id == sid.get())
+            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
+            .filter(|k| !listed.contains(k) && !self.owned.contains_key(k))
+            .collect();
+        stale.sort();
+        for k in stale {
+            if let Some(removed) = self.handlespace.remove(&k.0, &k.1, k.2) {
+                self.after_removal(&removed, out);
+                out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
+            }
+        }
+    }
+
+    /// A revocation closes the connections of the peers it covers.
+    pub(super) fn close_revoked_peers(&mut self, revocation: &Revocation, out: &mut Vec<Action>) {
+        let mut closing: Vec<ConnId> = self
+            .peer_conns
+            .iter()
+            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.client))
+            .map(|(c, _)| *c)
+            .collect();
+        closing.sort_unstable();
+        for conn in closing {
+            if let Some(pc) = self.peer_conns.get_mut(&conn) {
+                pc.closing = true;
+            }
+            out.push(Action::Close {
+                conn,
+                reason: "certificate revoked",
+            });
+        }
+    }
+
+    /// New grants: peers that lost their `peer` grant are disconnected.
+    pub(super) fn close_ungranted_peers(&mut self, out: &mut Vec<Action>) {
+        let mut closing: Vec<ConnId> = self
+            .peer_conns
+            .iter()
+            .filter(|(_, pc)| !pc.closing && !self.peer_granted(&pc.client.id))
+            .map(|(c, _)| *c)
+            .collect();
+        closing.sort_unstable();
+        for conn in closing {
+            let Some(pc) = self.peer_conns.get_mut(&conn) else {
+                continue;
+            };
+            pc.closing = true;
+            let event = Self::peer_event(
+                &pc.client,
+                AuditAction::PeerRefused,
+                Some(ErrorCause::SecurityRejection.code()),
+                "peer grant withdrawn".to_owned(),
+            );
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+            out.push(Action::Close {
+                conn,
+                reason: "peer grant withdrawn",
+            });
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Several real `enrpd`s peered over ENRP/TLS (first slice of issue 7): handle updates
+//! reach every peer, a registrar started later downloads its peers' PEs, and a peer
+//! without the `peer` grant or with a Sender ID not its own is refused.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use asap::transport::{MessageReader, write_message};
+use asap::wire::limits::MAX_MESSAGE_LEN;
+use asap::wire::param::{PeChecksum, PeId, PoolHandle, ServerId};
+use asap::wire::{AsapMsg, EnrpBody, EnrpMsg, Framer};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use trust::Protocol;
+
+use crate::registrar::{accepted, registration, resolution, resolved};
+use crate::support::{Asap, Lab};
+
+/// Resolves `pool` at `pu` until `done` says so; the time it took, or `None` after 5 s.
+async fn wait_for(
+    pu: &mut Asap,
+    pool: &str,
+    done: impl Fn(&Result<Vec<(u32, String)>, u16>) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        pu.send(&resolution(pool)).await;
+        if done(&resolved(pu.recv_reply().await)) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+fn has(id: u32) -> impl Fn(&Result<Vec<(u32, String)>, u16>) -> bool {
+    move |r| {
+        r.as_ref()
+            .is_ok_and(|pes| pes.iter().any(|(p, _)| *p == id))
+    }
+}
+
+fn unknown(r: &Result<Vec<(u32, String)>, u16>) -> bool {
+    *r == Err(0x9)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_registrars_replicate_and_a_late_one_learns_the_pes() {
+    let lab = Lab::new();
+    let tokens: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| lab.init_peer(name, &format!("data-{name}")))
+        .collect();
+    let a = lab.start_peer("data-a", &[]);
+    let b = lab.start_peer("data-b", &[a.enrp]);
+    let c = lab.start_peer("data-c", &[a.enrp, b.enrp]);
+    let pe_store = lab.identity("pe-echo-1");
+    let pu_store = lab.identity("pu-client-1");
+    let mut pe = Asap::connect(&pe_store, a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    let mut pu_b = Asap::connect(&pu_store, b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    let mut pu_c = Asap::connect(&pu_store, c.registrar.addr)
+        .await
+        .expect("PU connects to C");
+
+    // The mesh is up once a first PE of A shows at B and C (by update or download).
+    pe.send(&registration("warmup", 1)).await;
+    assert!(accepted(pe.recv_reply().await));
+    assert!(
+        wait_for(&mut pu_b, "warmup", has(1)).await.is_some(),
+        "B never learnt A's PE"
+    );
+    assert!(
+        wait_for(&mut pu_c, "warmup", has(1)).await.is_some(),
+        "C never learnt A's PE"
+    );
+
+    // Spec §9.4: a registration at A reaches B and C by ENRP handle update.
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let to_b = wait_for(&mut pu_b, "echo", has(7))
+        .await
+        .expect("B learns the PE");
+    let to_c = wait_for(&mut pu_c, "echo", has(7))
+        .await
+        .expect("C learns the PE");
+    println!(
+        "replication A→B {} ms, A→C {} ms (after A acknowledged; target ≤ 100 ms)",
+        to_b.as_millis(),
+        to_c.as_millis()
+    );
+    // Loose: loaded CI machines are slow; the figure above is the measurement.
+    assert!(to_b < Duration::from_secs(2) && to_c < Duration::from_secs(2));
+    // The registrant identity travels with the PE (0x8101).
+    pu_b.send(&resolution("echo")).await;
+    let pes = resolved(pu_b.recv_reply().await).expect("found");
+    assert_eq!(pes, vec![(7, "spiffe://acme.test/pe/echo-1".to_owned())]);
+
+    // A deregistration at A removes it at B and C (DEL_PE).
+    pe.send(&AsapMsg::Deregistration {
+        namespace: None,
+        pool_handle: PoolHandle::new("echo").expect("pool handle"),
+        pe_id: PeId::new(7).expect("non-zero"),
+    })
+    .await;
+    assert!(matches!(
+        pe.recv_reply().await,
+        Some(AsapMsg::DeregistrationResponse { error: None, .. })
+    ));
+    let gone_b = wait_for(&mut pu_b, "echo", unknown)
+        .await
+        .expect("gone at B");
+    let gone_c = wait_for(&mut pu_c, "echo", unknown)
+        .await
+        .expect("gone at C");
+    println!(
+        "deregistration A→B {} ms, A→C {} ms",
+        gone_b.as_millis(),
+        gone_c.as_millis()
+    );
+
+    // A PE registered at B; then D starts, peered with A and B only, and downloads both
+    // registrars' own PEs (handle table request W=1, §9.7).
+    let pe2_store = lab.identity("pe-echo-2");
+    let mut pe2 = Asap::connect(&pe2_store, b.registrar.addr)
+        .await
+        .expect("PE connects to B");
+    pe2.send(&registration("late", 9)).await;
+    assert!(accepted(pe2.recv_reply().await));
+    let d = lab.start_peer("data-d", &[a.enrp, b.enrp]);
+    let mut pu_d = Asap::connect(&pu_store, d.registrar.addr)
+        .await
+        .expect("PU connects to D");
+    let learnt = wait_for(&mut pu_d, "warmup", has(1)).await;
+    assert!(learnt.is_some(), "D never learnt A's PE");
+    assert!(
+        wait_for(&mut pu_d, "late", has(9)).await.is_some(),
+        "D never learnt B's PE"
+    );
+    println!(
+        "a registrar started later learnt its peers' PEs {} ms after its first resolution",
+        learnt.map_or(0, |t| t.as_millis())
+    );
+    // Every registrar sees the same PE of A; the admin API lists D's peers.
+    assert!(wait_for(&mut pu_c, "late", has(9)).await.is_some());
+    let (status, peers) = crate::admin::api(
+        &lab,
+        &d.registrar,
+        Some(&tokens[3]),
+        "GET",
+        "/v1/peers",
+        None,
+    );
+    assert_eq!(status, 200, "{peers}");
+    let peers: serde_json::Value = serde_json::from_str(&peers).expect("JSON");
+    let peers = peers.as_array().expect("a list");
+    for (name, p) in [("a", &a), ("b", &b)] {
+        let view = peers
+            .iter()
+            .find(|v| v["identity"] == format!("spiffe://acme.test/registrar/{name}"))
+            .unwrap_or_else(|| panic!("{name} not among D's peers: {peers:?}"));
+        assert_eq!(view["server_id"], p.server_id.as_str(), "{view}");
+        assert_eq!(view["state"], "active", "{view}");
+    }
+}
+
+/// A raw ENRP connection over mutual TLS, as a (mis)behaving peer would open it.
+struct Enrp {
+    reader: MessageReader<ReadHalf<TlsStream<TcpStream>>>,
+    writer: WriteHalf<TlsStream<TcpStream>>,
+}
+
+impl Enrp {
+    async fn connect(lab: &Lab, cert: &str, addr: SocketAddr) -> Self {
+        let store = lab.identity(cert);
+        let connector = TlsConnector::from(store.client_config(Protocol::Enrp));
+        let tcp = TcpStream::connect(addr).await.expect("TCP");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let (r, w) = tokio::io::split(tls);
+        Self {
+            reader: MessageReader::new(r, Framer::enrp(MAX_MESSAGE_LEN)),
+            writer: w,
+        }
+    }
+
+    /// The next message; `None` when the registrar closed the connection (or after 5 s).
+    async fn recv(&mut self) -> Option<EnrpMsg> {
+        let frame = tokio::time::timeout(Duration::from_secs(5), self.reader.next())
+            .await
+            .expect("the registrar answers or closes within 5 s")
+            .ok()??;
+        Some(EnrpMsg::decode(&frame).expect("valid ENRP").msg)
+    }
+
+    async fn send(&mut self, msg: &EnrpMsg) {
+        let bytes = msg.to_bytes().expect("encodes");
+        let _ = write_message(&mut self.writer, &bytes).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_without_the_grant_or_with_a_foreign_sender_id_is_refused() {
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    lab.pki(&["issue", "registrar", "e", "--dns", "localhost"]);
+    let a = lab.start_peer("data-a", &[]);
+
+    // A PE's certificate is valid but holds no `peer` grant: closed before a word.
+    let mut rogue = Enrp::connect(&lab, "pe-echo-2", a.enrp).await;
+    assert_eq!(rogue.recv().await, None, "a PE identity must not peer");
+
+    // A registrar identity is accepted: A greets it with its PRESENCE...
+    let mut peer = Enrp::connect(&lab, "registrar-e", a.enrp).await;
+    let hello = peer.recv().await.expect("A greets an accepted peer");
+    assert!(matches!(hello.body, EnrpBody::Presence { .. }), "{hello:?}");
+    let a_id = hello.sender;
+    assert_eq!(a.server_id, a_id.to_string());
+    // ...but a message whose Sender ID is not the one its identity implies ends it.
+    peer.send(&EnrpMsg {
+        sender: ServerId::new(0x0102_0304).expect("non-zero"),
+        receiver: a_id.get(),
+        body: EnrpBody::Presence {
+            reply_required: true,
+            checksum: PeChecksum(0xffff),
+            server_info: None,
+        },
+    })
+    .await;
+    // Whatever A had queued (its handle table request) may come first; then the end.
+    let mut closed = false;
+    for _ in 0..4 {
+        match peer.recv().await {
+            None => {
+                closed = true;
+                break;
+            }
+            Some(m) => assert!(
+                !matches!(m.body, EnrpBody::Presence { .. }),
+                "no answer to a forged sender: {m:?}"
+            ),
+        }
+    }
+    assert!(closed, "a forged Sender ID must close the connection");
+}
