@@ -34,8 +34,24 @@ fn start_pe_in(
     pool: &str,
     policy: &str,
 ) -> Pe {
+    start_pe_args(
+        lab,
+        registrar,
+        cert,
+        &["--pool", pool, "--serve", "echo", "--policy", policy],
+    )
+}
+
+/// `rsp pe` with these arguments, once it says it registered.
+fn start_pe_args(
+    lab: &Lab,
+    registrar: std::net::SocketAddr,
+    cert: &'static str,
+    args: &[&str],
+) -> Pe {
     let mut child = rsp(lab, registrar, cert)
-        .args(["pe", "--pool", pool, "--serve", "echo", "--policy", policy])
+        .arg("pe")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -446,6 +462,13 @@ fn a_session_survives_the_death_of_its_pe_through_the_cookie() {
         !reports.iter().any(|l| l.contains("refused")),
         "{reports:?}"
     );
+    // Each PE handed the PU its business card at the start of its session: the pool
+    // and itself (spec §7.8).
+    let cards = reports
+        .iter()
+        .filter(|l| l.starts_with("business card: pool counter, 1 PEs"))
+        .count();
+    assert_eq!(cards, 2, "one business card per PE in {reports:?}");
     println!(
         "failover seen by the PU: {failover:.1} ms from the failed connection to the new PE's \
          answer ({} ms from the request to the answer, as seen by this test)",
@@ -467,7 +490,7 @@ async fn threat_t9_forged_stale_rebound_and_oversize_cookies_are_refused_by_the_
     let lab = Lab::new();
     lab.init_registrar();
     let registrar = lab.start_registrar_with(300, 1000);
-    let (_pe, _, addr) = start_counter_pe(&lab, registrar.addr, "pe-echo-1");
+    let (_pe, pe_id, addr) = start_counter_pe(&lab, registrar.addr, "pe-echo-1");
     let pu = lab.identity("pu-client-1");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let tls = TlsConnector::from(pu.client_config(trust::Protocol::Asap))
@@ -522,6 +545,20 @@ async fn threat_t9_forged_stale_rebound_and_oversize_cookies_are_refused_by_the_
             AsapMsg::Error(e) => e.causes().first().map(|c| c.code()),
             _ => None,
         }
+    }
+
+    // The session starts with the PE's business card: its pool, and itself (spec §7.8).
+    match next_control(&mut r).await {
+        AsapMsg::BusinessCard {
+            pool_handle,
+            pool_elements,
+            ..
+        } => {
+            assert_eq!(pool_handle, pool);
+            let ids: Vec<String> = pool_elements.iter().map(|e| e.pe_id.to_string()).collect();
+            assert_eq!(ids, [pe_id]);
+        }
+        other => panic!("expected a business card, got {other:?}"),
     }
 
     for (what, cookie) in refused {
@@ -695,4 +732,218 @@ async fn concurrent_selections_share_one_resolution_until_the_cache_is_stale() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     users.select().await.expect("a PE");
     assert_eq!(users.resolutions().await, 2);
+}
+
+/// `(pe_id, port, registrant)` of each PE of `pool` in one `rsp resolve --json`.
+fn resolve_pool(
+    lab: &Lab,
+    registrar: std::net::SocketAddr,
+    pool: &str,
+    items: u32,
+) -> Vec<(String, u16, String)> {
+    let out = rsp(lab, registrar, "pu-client-1")
+        .args(["resolve", pool, "--json", "--items", &items.to_string()])
+        .output()
+        .expect("rsp resolve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |line: &str, name: &str| -> String {
+        line.split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            (
+                field(l, "pe_id"),
+                field(l, "port").parse().expect("port"),
+                field(l, "registrant"),
+            )
+        })
+        .collect()
+}
+
+/// The PE IDs of `n` one-PE resolutions of `pool`.
+fn chosen(lab: &Lab, registrar: std::net::SocketAddr, pool: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| resolve_pool(lab, registrar, pool, 1).remove(0).0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_used_prefers_the_other_pe_while_one_is_loaded() {
+    // Issue 5 / spec §7.1 step 4: a PE of an adaptive policy re-registers when its load
+    // changes; `rsp pe --capacity` reports open sessions / capacity, so Least Used
+    // (RFC 5356 §4.2.1) sends PUs to the other PE while one is busy.
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let args = [
+        "--pool",
+        "lu",
+        "--serve",
+        "echo",
+        "--policy",
+        "lu",
+        "--capacity",
+        "1",
+    ];
+    let _pes = [
+        start_pe_args(&lab, registrar.addr, "pe-echo-1", &args),
+        start_pe_args(&lab, registrar.addr, "pe-echo-2", &args),
+    ];
+    let pes = resolve_pool(&lab, registrar.addr, "lu", 2);
+    assert_eq!(pes.len(), 2, "{pes:?}");
+    // Equal loads: both are chosen (ties round robin).
+    let idle = chosen(&lab, registrar.addr, "lu", 4);
+    assert!(pes.iter().all(|p| idle.contains(&p.0)), "{idle:?}");
+
+    // A session with the first PE makes its load 100%.
+    let (busy, port, registrant) = pes[0].clone();
+    let other = pes[1].0.clone();
+    let pu = lab.identity("pu-client-1");
+    let id = trust::SpiffeId::parse(&registrant).expect("SPIFFE ID");
+    let config = pu
+        .client_config_expecting(trust::Protocol::Asap, trust::IdentityPattern::exact(&id))
+        .expect("client config");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            tokio_rustls::rustls::pki_types::ServerName::IpAddress(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            ),
+            tcp,
+        )
+        .await
+        .expect("TLS");
+    let (r, mut w) = tokio::io::split(tls);
+    let mut r = tokio::io::BufReader::new(r);
+    w.write_all(b"hi\n").await.expect("send");
+    let mut line = String::new();
+    r.read_line(&mut line).await.expect("echo");
+    assert_eq!(line, "hi\n");
+
+    let changed = Instant::now();
+    let took = loop {
+        if chosen(&lab, registrar.addr, "lu", 4)
+            .iter()
+            .all(|id| *id == other)
+        {
+            break changed.elapsed();
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "the registrar still chooses the loaded PE {busy}"
+        );
+    };
+    println!(
+        "least used: the loaded PE avoided {} ms after its session opened",
+        took.as_millis()
+    );
+
+    // The session ends: the load falls back to 0 and both are chosen again.
+    drop((r, w));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ids = chosen(&lab, registrar.addr, "lu", 4);
+        if ids.contains(&busy) && ids.contains(&other) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PE's load did not fall: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_sending_h1_to_the_pe_listener_becomes_its_home() {
+    // Spec §7.4, §7.5, §12.6: a registrar taking over dials the PE's advertised ASAP
+    // listener and sends a keep-alive with H=1; the PE answers, adopts it as home and
+    // re-registers there with the same PE ID. Only a registrar identity may do so.
+    use asap::wire::AsapMsg;
+    use asap::wire::param::{PeId, PoolHandle, ServerId};
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _pe = start_pe_args(
+        &lab,
+        registrar.addr,
+        "pe-echo-1",
+        &[
+            "--pool",
+            "echo",
+            "--serve",
+            "echo",
+            "--asap-listen",
+            &listen,
+        ],
+    );
+    let pe_id = resolve_pool(&lab, registrar.addr, "echo", 1)[0]
+        .0
+        .parse()
+        .ok()
+        .and_then(PeId::new)
+        .expect("PE ID");
+    let keep_alive = |home| AsapMsg::EndpointKeepAlive {
+        home,
+        server_id: ServerId::new(0x7a7a).expect("non-zero"),
+        pool_handle: PoolHandle::new("echo").expect("pool"),
+        pe_id: Some(pe_id),
+    };
+    let addr = listen.parse().expect("address");
+
+    // A PU of the same domain is closed on, unanswered.
+    let mut pu = crate::support::Asap::connect(&lab.identity("pu-client-1"), addr)
+        .await
+        .expect("connect");
+    let _ = pu.try_send(&keep_alive(true)).await;
+    assert!(pu.recv().await.is_none(), "a PU cannot become home");
+
+    let mut takeover = crate::support::Asap::connect(&lab.identity("registrar-enrp-1"), addr)
+        .await
+        .expect("connect");
+    takeover.send(&keep_alive(true)).await;
+    assert!(matches!(
+        takeover.recv().await,
+        Some(AsapMsg::EndpointKeepAliveAck { pe_id: id, .. }) if id == pe_id
+    ));
+    // The re-registration goes to the new home, same PE ID, advertising the listener.
+    match takeover.recv().await {
+        Some(AsapMsg::Registration { pool_element, .. }) => {
+            assert_eq!(pool_element.pe_id, pe_id);
+            let asap = pool_element.asap_transport.expect("the ASAP transport");
+            assert_eq!(asap.port().get(), port);
+        }
+        other => panic!("expected a registration, got {other:?}"),
+    }
+    takeover
+        .send(&AsapMsg::RegistrationResponse {
+            reject: false,
+            pool_handle: PoolHandle::new("echo").expect("pool"),
+            pe_id,
+            error: None,
+        })
+        .await;
+    // And it keeps answering there.
+    takeover.send(&keep_alive(false)).await;
+    assert!(matches!(
+        takeover.recv().await,
+        Some(AsapMsg::EndpointKeepAliveAck { pe_id: id, .. }) if id == pe_id
+    ));
 }

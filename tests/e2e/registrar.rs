@@ -501,7 +501,7 @@ fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
     std::fs::write(
         &good,
         format!(
-            "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nallow_loopback = true\nlog_format = \"json\"\n",
+            "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nenrp_listen = \"off\"\nallow_loopback = true\nlog_format = \"json\"\n",
             data.to_str().expect("utf-8 path")
         ),
     )
@@ -522,6 +522,10 @@ fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.contains("serving ASAP on 127.0.0.1:"), "{line}");
+    // The file's listeners: the admin API on a free port, no ENRP (never the defaults,
+    // which another registrar on this machine may hold).
+    assert!(line.contains("admin API on https://127.0.0.1:"), "{line}");
+    assert!(!line.contains("ENRP on"), "{line}");
 }
 
 #[test]

@@ -20,10 +20,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
 
@@ -94,11 +93,16 @@ pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>
 /// How long one connection attempt to a registrar may take (spec §10, T5 per attempt).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(7_500);
 
+/// Either end of a TLS session: a registrar connection is usually dialled by the PE, but a
+/// takeover registrar dials the PE's ASAP listener (spec §12.6).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Stream for T {}
+
 /// An ASAP connection to a registrar over mutual TLS.
 #[derive(Debug)]
 pub struct Connection {
-    reader: MessageReader<ReadHalf<TlsStream<TcpStream>>>,
-    writer: WriteHalf<TlsStream<TcpStream>>,
+    reader: MessageReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
     registrar: SocketAddr,
     local: SocketAddr,
 }
@@ -119,13 +123,26 @@ impl Connection {
         let (tls, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let (r, w) = tokio::io::split(tls);
-        Ok(Self {
+        Ok(Self::over(Box::new(tls), addr, local))
+    }
+
+    /// A connection a registrar opened to this PE, already authenticated.
+    pub(crate) fn accepted(
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        registrar: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Self::over(Box::new(tls), registrar, local)
+    }
+
+    fn over(stream: Box<dyn Stream>, registrar: SocketAddr, local: SocketAddr) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Self {
             reader: MessageReader::new(r, Framer::asap(MAX_MESSAGE_LEN)),
             writer: w,
-            registrar: addr,
+            registrar,
             local,
-        })
+        }
     }
 
     /// Server hunt (spec §7.7): the registrars in order, starting at `start`, until one

@@ -1,17 +1,28 @@
 //! A pool element's life with its registrars (spec §7.1, §7.2, §7.4, §7.5, §12.4, §12.6):
 //! register, answer keep-alives, re-register every T4, hunt another registrar when the
-//! home registrar is lost and register there with the same PE ID, deregister on shutdown.
+//! home registrar is lost and register there with the same PE ID, re-register when the
+//! load of an adaptive policy changes (rate-limited, [`LOAD_UPDATE_INTERVAL`]), deregister
+//! on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::Duration;
 
-use trust::TrustStore;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use trust::{Peer, Protocol, TrustStore};
 
 use super::backoff::Backoff;
-use super::{Connection, Error};
+use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::wire::AsapMsg;
-use crate::wire::param::{Address, Namespace, PeId, Policy, PoolElement, PoolHandle, Transport};
+use crate::wire::param::{
+    Address, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
+    TransportUse,
+};
 
 /// What a PE registers, and with whom.
 #[derive(Clone, Debug)]
@@ -33,6 +44,16 @@ pub struct PeConfig {
     pub registration_life: Duration,
     /// A registrar silent for this long is lost (spec §12.4: 3 × keep-alive interval).
     pub liveness: Duration,
+    /// The current load (a fraction of `u32::MAX`, spec §5.1) for an adaptive policy (lu,
+    /// lud, plu, rlu): each change is sent as a re-registration with the same PE ID (spec
+    /// §7.1 step 4), at most one per [`LOAD_UPDATE_INTERVAL`]. `None`: the load in
+    /// `policy` is fixed. Ignored for the other policies.
+    pub load: Option<watch::Receiver<Load>>,
+    /// Where registrars may connect to this PE (spec §12.6), advertised as its ASAP
+    /// transport: a registrar taking over from a dead home delivers its H=1 keep-alive
+    /// here, and the PE adopts it as home (spec §7.4). Only registrar identities are
+    /// served. `None`: no listener; a PE whose home dies then hunts and re-registers.
+    pub asap_listen: Option<SocketAddr>,
 }
 
 impl PeConfig {
@@ -42,6 +63,76 @@ impl PeConfig {
             .saturating_sub(Duration::from_secs(20))
             .min(Duration::from_secs(600))
             .max(Duration::from_secs(1))
+    }
+
+    /// The ASAP Business Card this PE hands a pool user at the start of a session on a
+    /// data plus control channel (spec §7.8): its pool and the PEs to fail over to. This
+    /// PE keeps no view of the other PEs of its pool, so it lists itself only, which the
+    /// message allows (Pool Element × 1..n, spec §6.1); the PU then falls back to its
+    /// pool policy for the others.
+    pub fn business_card(&self) -> AsapMsg {
+        AsapMsg::BusinessCard {
+            pool_handle: self.pool_handle.clone(),
+            policy: None,
+            pool_elements: vec![PoolElement {
+                pe_id: self.pe_id,
+                home_server_id: 0,
+                registration_life: i32::try_from(self.registration_life.as_millis())
+                    .unwrap_or(i32::MAX),
+                user_transport: self.user_transport.clone(),
+                policy: current_policy(self),
+                asap_transport: None,
+            }],
+        }
+    }
+}
+
+/// Least time between two re-registrations caused by load changes: a load that changes
+/// faster reaches the registrar at most this often, with its latest value, so a flapping
+/// load costs a registrar at most 4 registrations per PE per second on top of T4.
+pub const LOAD_UPDATE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Whether `policy` is adaptive: one of the least-used family, whose load the registrar
+/// selects by (RFC 5356 §4.2).
+pub fn is_adaptive(policy: &Policy) -> bool {
+    matches!(
+        policy,
+        Policy::LeastUsed { .. }
+            | Policy::LeastUsedDegradation { .. }
+            | Policy::PriorityLeastUsed { .. }
+            | Policy::RandomizedLeastUsed { .. }
+    )
+}
+
+/// `policy` with its load replaced by `load`; other policies are returned unchanged.
+pub fn with_load(policy: Policy, load: Load) -> Policy {
+    match policy {
+        Policy::LeastUsed { .. } => Policy::LeastUsed { load },
+        Policy::LeastUsedDegradation { degradation, .. } => {
+            Policy::LeastUsedDegradation { load, degradation }
+        }
+        Policy::PriorityLeastUsed { degradation, .. } => {
+            Policy::PriorityLeastUsed { load, degradation }
+        }
+        Policy::RandomizedLeastUsed { .. } => Policy::RandomizedLeastUsed { load },
+        other => other,
+    }
+}
+
+/// Whether `msg` is a keep-alive for this PE (its pool, its PE ID or every PE).
+fn keep_alive_for(config: &PeConfig, msg: &AsapMsg) -> bool {
+    matches!(msg, AsapMsg::EndpointKeepAlive { pool_handle, pe_id, .. }
+        if *pool_handle == config.pool_handle && pe_id.is_none_or(|id| id == config.pe_id))
+}
+
+/// The load an adaptive policy carries.
+fn load_of(policy: &Policy) -> Option<Load> {
+    match *policy {
+        Policy::LeastUsed { load }
+        | Policy::LeastUsedDegradation { load, .. }
+        | Policy::PriorityLeastUsed { load, .. }
+        | Policy::RandomizedLeastUsed { load } => Some(load),
+        _ => None,
     }
 }
 
@@ -55,6 +146,16 @@ pub enum PeEvent {
     Lost(SocketAddr, Error),
     /// No registrar could be reached; retrying after a pause.
     Unreachable(Error),
+    /// A registrar sent a keep-alive with H=1 to the ASAP listener: it is the new home
+    /// (spec §7.4), answered there and re-registered with from now on.
+    HomeAdopted {
+        /// The registrar's Server ID.
+        server_id: ServerId,
+        /// Where its connection comes from.
+        registrar: SocketAddr,
+    },
+    /// Re-registered with a new load (spec §7.1 step 4).
+    LoadUpdated(Load),
     /// Deregistered on shutdown.
     Deregistered,
 }
@@ -65,36 +166,75 @@ const T2_REGISTRATION: Duration = Duration::from_secs(30);
 /// registrar's keep-alive removes it anyway (spec §7.2).
 const T3_DEREGISTRATION: Duration = Duration::from_secs(2);
 
+/// A connection from a registrar that sent H=1, with its Server ID.
+type Adoption = (Connection, ServerId);
+
 /// Runs the PE's registration until `shutdown` completes (then deregisters) or a
 /// registrar refuses the registration ([`Error::Rejected`], not retried blindly, spec
 /// §7.1 step 5).
 pub async fn run(
-    trust: &TrustStore,
+    trust: &Arc<TrustStore>,
     config: &PeConfig,
     shutdown: impl Future<Output = ()>,
     mut events: impl FnMut(PeEvent),
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
+    let (listen, mut adoptions) = match config.asap_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            let (tx, rx) = mpsc::channel(1);
+            let task = tokio::spawn(accept_registrars(
+                listener,
+                Arc::clone(trust),
+                config.clone(),
+                tx,
+            ));
+            (Some((local, AbortOnDrop(task))), Some(rx))
+        }
+        None => (None, None),
+    };
+    let listen = listen.as_ref().map(|(addr, _)| *addr);
     let mut start = 0;
     let mut backoff = Backoff::new(config.pe_id.get());
+    let mut adopted: Option<Connection> = None;
     loop {
-        let hunted = tokio::select! {
-            h = Connection::hunt(trust, &config.registrars, start) => h,
-            () = &mut shutdown => return Ok(()),
-        };
-        let (mut conn, idx) = match hunted {
-            Ok(c) => c,
-            Err(e) => {
-                events(PeEvent::Unreachable(e));
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.next()) => continue,
-                    () = &mut shutdown => return Ok(()),
+        let (mut conn, idx) = if let Some(conn) = adopted.take() {
+            (conn, start)
+        } else {
+            let hunted = tokio::select! {
+                h = Connection::hunt(trust, &config.registrars, start) => h,
+                () = &mut shutdown => return Ok(()),
+            };
+            match hunted {
+                Ok(c) => c,
+                Err(e) => {
+                    events(PeEvent::Unreachable(e));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next()) => continue,
+                        () = &mut shutdown => return Ok(()),
+                    }
                 }
             }
         };
         let registrar = conn.registrar();
-        match serve(&mut conn, config, &mut shutdown, &mut backoff, &mut events).await {
-            Ok(()) => return Ok(()),
+        let mut session = Session {
+            config,
+            listen,
+            backoff: &mut backoff,
+            adoptions: &mut adoptions,
+        };
+        match serve(&mut conn, &mut session, &mut shutdown, &mut events).await {
+            Ok(None) => return Ok(()),
+            Ok(Some((conn, server_id))) => {
+                events(PeEvent::HomeAdopted {
+                    server_id,
+                    registrar: conn.registrar(),
+                });
+                // Spec §7.4: re-registrations go to the new home from now on; the old
+                // connection closes (its registrar is presumed dead).
+                adopted = Some(conn);
+            }
             Err(e @ Error::Rejected(_)) => return Err(e),
             Err(e) => {
                 events(PeEvent::Lost(registrar, e));
@@ -110,9 +250,95 @@ pub async fn run(
     }
 }
 
-fn registration(config: &PeConfig, conn: &Connection) -> AsapMsg {
+/// The load to register now: the application's latest, else the one in the policy.
+fn current_policy(config: &PeConfig) -> Policy {
+    match &config.load {
+        Some(load) if is_adaptive(&config.policy) => with_load(config.policy, *load.borrow()),
+        _ => config.policy,
+    }
+}
+
+/// Aborts the ASAP listener when the PE stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves registrars that connect to the PE's ASAP listener (spec §12.6): keep-alives
+/// for this PE are answered; one with H=1 hands its connection to the registration loop.
+async fn accept_registrars(
+    listener: TcpListener,
+    trust: Arc<TrustStore>,
+    config: PeConfig,
+    adoptions: mpsc::Sender<Adoption>,
+) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            // E.g. out of file descriptors: pause rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (trust, config, adoptions) = (Arc::clone(&trust), config.clone(), adoptions.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(local) = tcp.local_addr() else { return };
+            let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
+            let Ok(Ok(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            // Spec §7.5 [P]: only an authenticated registrar may become home; anyone else
+            // (a PU of the same domain, say) is closed on without an answer.
+            if !Peer::from_tls(tls.get_ref().1).is_ok_and(|p| is_registrar(p.id().path())) {
+                return;
+            }
+            let mut conn = Connection::accepted(tls, peer, local);
+            while let Ok(Ok(msg)) = tokio::time::timeout(config.liveness, conn.recv()).await {
+                let home = match &msg {
+                    AsapMsg::EndpointKeepAlive {
+                        home: true,
+                        server_id,
+                        ..
+                    } if keep_alive_for(&config, &msg) => Some(*server_id),
+                    _ => None,
+                };
+                if answer(&mut conn, &config, msg).await.is_err() {
+                    return;
+                }
+                if let Some(server_id) = home {
+                    let _ = adoptions.send((conn, server_id)).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// SPIFFE paths `rsp-pki` gives registrars: `/registrar/NAME`.
+fn is_registrar(path: &str) -> bool {
+    path.strip_prefix("/registrar/")
+        .is_some_and(|name| !name.is_empty())
+}
+
+/// The ASAP transport a PE listening at `listen` advertises (spec §12.6: TCP, Transport
+/// Use = data only); an unspecified address becomes the registrar connection's.
+fn asap_transport(listen: SocketAddr, local: Address) -> Option<Transport> {
+    let mut t = Transport::Tcp {
+        port: NonZeroU16::new(listen.port())?,
+        transport_use: TransportUse::DataOnly,
+        addr: Address::new(listen.ip()),
+    };
+    set_unspecified_address(&mut t, local);
+    Some(t)
+}
+
+fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>) -> AsapMsg {
     let mut transport = config.user_transport.clone();
-    set_unspecified_address(&mut transport, Address::new(conn.local_addr().ip()));
+    let local = Address::new(conn.local_addr().ip());
+    set_unspecified_address(&mut transport, local);
     AsapMsg::Registration {
         namespace: config.namespace.clone(),
         pool_handle: config.pool_handle.clone(),
@@ -122,8 +348,8 @@ fn registration(config: &PeConfig, conn: &Connection) -> AsapMsg {
             registration_life: i32::try_from(config.registration_life.as_millis())
                 .unwrap_or(i32::MAX),
             user_transport: transport,
-            policy: config.policy,
-            asap_transport: None,
+            policy: current_policy(config),
+            asap_transport: listen.and_then(|l| asap_transport(l, local)),
         },
     }
 }
@@ -142,30 +368,65 @@ fn set_unspecified_address(t: &mut Transport, local: Address) {
     }
 }
 
-/// Registers on `conn` and keeps the registration until shutdown or loss.
+/// What [`serve`] needs besides the connection.
+struct Session<'a> {
+    config: &'a PeConfig,
+    /// The ASAP listener's address, advertised in registrations.
+    listen: Option<SocketAddr>,
+    backoff: &'a mut Backoff,
+    adoptions: &'a mut Option<mpsc::Receiver<Adoption>>,
+}
+
+/// Registers on `conn` and keeps the registration until shutdown (`None`), loss (`Err`)
+/// or a registrar adopting the PE (its connection).
 async fn serve(
     conn: &mut Connection,
-    config: &PeConfig,
+    session: &mut Session<'_>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    backoff: &mut Backoff,
     events: &mut impl FnMut(PeEvent),
-) -> Result<(), Error> {
-    let register = registration(config, conn);
-    conn.send(&register).await?;
+) -> Result<Option<Adoption>, Error> {
+    let (config, listen) = (session.config, session.listen);
+    // Changes before this registration are in it.
+    let mut load = config.load.clone().filter(|_| is_adaptive(&config.policy));
+    if let Some(l) = load.as_mut() {
+        l.mark_unchanged();
+    }
+    conn.send(&registration(config, conn, listen)).await?;
     tokio::time::timeout(T2_REGISTRATION, await_registered(conn, config))
         .await
         .map_err(|_| Error::Closed)??;
-    backoff.reset();
+    session.backoff.reset();
     events(PeEvent::Registered(conn.registrar()));
     let mut reregister = tokio::time::interval(config.reregistration_interval());
     reregister.tick().await; // the first tick is immediate
+    let mut debounce = LoadDebounce::new(LOAD_UPDATE_INTERVAL);
+    debounce.sent(Instant::now());
     loop {
         tokio::select! {
             msg = tokio::time::timeout(config.liveness, conn.recv()) => {
                 let msg = msg.map_err(|_| Error::Closed)??;
                 answer(conn, config, msg).await?;
             }
-            _ = reregister.tick() => conn.send(&register).await?,
+            _ = reregister.tick() => {
+                conn.send(&registration(config, conn, listen)).await?;
+                debounce.sent(Instant::now());
+            }
+            Some(adoption) = adopted(session.adoptions) => return Ok(Some(adoption)),
+            alive = load_changed(&mut load) => {
+                if alive {
+                    debounce.changed(Instant::now());
+                } else {
+                    // The application dropped its sender: the load stays as last sent.
+                    load = None;
+                }
+            }
+            () = sleep_until(debounce.due()) => {
+                conn.send(&registration(config, conn, listen)).await?;
+                debounce.sent(Instant::now());
+                if let Some(l) = load_of(&current_policy(config)) {
+                    events(PeEvent::LoadUpdated(l));
+                }
+            }
             () = shutdown.as_mut() => {
                 conn.send(&AsapMsg::Deregistration {
                     namespace: config.namespace.clone(),
@@ -179,9 +440,72 @@ async fn serve(
                 })
                 .await;
                 events(PeEvent::Deregistered);
-                return Ok(());
+                return Ok(None);
             }
         }
+    }
+}
+
+/// The next adoption; never without a listener.
+async fn adopted(adoptions: &mut Option<mpsc::Receiver<Adoption>>) -> Option<Adoption> {
+    match adoptions {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the load changes (`true`) or its sender is gone (`false`); never
+/// without a receiver.
+async fn load_changed(load: &mut Option<watch::Receiver<Load>>) -> bool {
+    match load {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The rate limit on load re-registrations: the first change after a quiet
+/// `interval` goes out at once; later ones wait until `interval` after the previous
+/// registration and go out together, as the latest load.
+#[derive(Debug)]
+struct LoadDebounce {
+    interval: Duration,
+    last_sent: Option<Instant>,
+    due: Option<Instant>,
+}
+
+impl LoadDebounce {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_sent: None,
+            due: None,
+        }
+    }
+
+    /// The load changed at `now`.
+    fn changed(&mut self, now: Instant) {
+        if self.due.is_none() {
+            let earliest = self.last_sent.map_or(now, |t| t + self.interval);
+            self.due = Some(earliest.max(now));
+        }
+    }
+
+    /// When the pending change is to be sent, if one is.
+    fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// A registration carrying the current load went out at `now` (also T4's).
+    fn sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+        self.due = None;
     }
 }
 
@@ -212,9 +536,7 @@ async fn await_registered(conn: &mut Connection, config: &PeConfig) -> Result<()
 /// Answers what a registrar sends a PE (spec §7.5): keep-alives for this PE's pool.
 async fn answer(conn: &mut Connection, config: &PeConfig, msg: AsapMsg) -> Result<(), Error> {
     match msg {
-        AsapMsg::EndpointKeepAlive {
-            pool_handle, pe_id, ..
-        } if pool_handle == config.pool_handle && pe_id.is_none_or(|id| id == config.pe_id) => {
+        AsapMsg::EndpointKeepAlive { pool_handle, .. } if keep_alive_for(config, &msg) => {
             conn.send(&AsapMsg::EndpointKeepAliveAck {
                 pool_handle,
                 pe_id: config.pe_id,
@@ -231,5 +553,105 @@ async fn answer(conn: &mut Connection, config: &PeConfig, msg: AsapMsg) -> Resul
                 .unwrap_or(0),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flapping_load_is_sent_at_most_once_per_interval_with_its_latest_value() {
+        // Spec §7.1 step 4 re-registers on a load change; LOAD_UPDATE_INTERVAL bounds how
+        // often, so a flapping load cannot flood the registrar.
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = LoadDebounce::new(ms(250));
+        // Quiet since the registration long ago: the first change goes out at once.
+        d.sent(t0);
+        d.changed(t0 + ms(1000));
+        assert_eq!(d.due(), Some(t0 + ms(1000)));
+        d.sent(t0 + ms(1000));
+        // Ten changes within the next 100 ms: one registration, 250 ms after the last.
+        for i in 1..=10 {
+            d.changed(t0 + ms(1000 + i * 10));
+            assert_eq!(d.due(), Some(t0 + ms(1250)));
+        }
+        d.sent(t0 + ms(1250));
+        assert_eq!(d.due(), None);
+        // A T4 re-registration carries the current load and counts as the last one sent.
+        d.changed(t0 + ms(1300));
+        d.sent(t0 + ms(1301));
+        assert_eq!(d.due(), None);
+        d.changed(t0 + ms(1400));
+        assert_eq!(d.due(), Some(t0 + ms(1551)));
+    }
+
+    #[test]
+    fn the_business_card_names_the_pool_and_this_pe_and_round_trips() {
+        let config = PeConfig {
+            registrars: Vec::new(),
+            namespace: None,
+            pool_handle: PoolHandle::new("counter").expect("pool"),
+            pe_id: PeId::new(7).expect("non-zero"),
+            policy: Policy::RoundRobin,
+            user_transport: Transport::Tcp {
+                port: NonZeroU16::new(7000).expect("non-zero"),
+                transport_use: TransportUse::DataPlusControl,
+                addr: Address::new(std::net::Ipv4Addr::LOCALHOST),
+            },
+            registration_life: Duration::from_secs(300),
+            liveness: Duration::from_secs(15),
+            load: None,
+            asap_listen: None,
+        };
+        let card = config.business_card();
+        let decoded = AsapMsg::decode(&card.to_bytes().expect("encodes"))
+            .expect("decodes")
+            .msg;
+        assert_eq!(decoded, card);
+        let AsapMsg::BusinessCard {
+            pool_handle,
+            pool_elements,
+            ..
+        } = decoded
+        else {
+            panic!("{decoded:?}");
+        };
+        assert_eq!(pool_handle, config.pool_handle);
+        assert_eq!(pool_elements.len(), 1);
+        assert_eq!(pool_elements[0].pe_id, config.pe_id);
+        assert_eq!(pool_elements[0].user_transport, config.user_transport);
+    }
+
+    #[test]
+    fn only_registrar_identities_may_adopt_a_pe() {
+        assert!(is_registrar("/registrar/enrp-1"));
+        assert!(!is_registrar("/registrar/"));
+        assert!(!is_registrar("/pu/client-1"));
+        assert!(!is_registrar("/pe/registrar/x"));
+    }
+
+    #[test]
+    fn only_the_least_used_family_carries_a_load() {
+        let lud = Policy::LeastUsedDegradation {
+            load: 1,
+            degradation: 7,
+        };
+        assert!(is_adaptive(&lud));
+        assert_eq!(
+            with_load(lud, 9),
+            Policy::LeastUsedDegradation {
+                load: 9,
+                degradation: 7
+            }
+        );
+        assert_eq!(
+            load_of(&with_load(Policy::LeastUsed { load: 0 }, 5)),
+            Some(5)
+        );
+        assert!(!is_adaptive(&Policy::RoundRobin));
+        assert_eq!(with_load(Policy::RoundRobin, 5), Policy::RoundRobin);
+        assert_eq!(load_of(&Policy::Priority { priority: 3 }), None);
     }
 }

@@ -13,7 +13,10 @@ use trust::TrustStore;
 use super::backoff::Backoff;
 use super::{Connection, Error};
 use crate::policy::{PolicyRegistry, PoolSelection};
-use crate::wire::param::{HandleResolutionOption, Namespace, PeId, Policy, PoolHandle};
+use crate::wire::limits::MAX_RESOLUTION_PES;
+use crate::wire::param::{
+    HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle,
+};
 use crate::wire::{AsapMsg, PeEntry, Resolution};
 
 /// T1-ENRPrequest (spec §10): how long a request waits for its answer. 15 s.
@@ -93,6 +96,32 @@ pub const DEFAULT_STALE: Duration = Duration::from_secs(5);
 /// How many PEs a pool user asks for (option 0x803F): enough to fail over from the cache
 /// without asking the registrar again.
 pub const RESOLUTION_ITEMS: u32 = 32;
+
+/// Most PEs a business card may list: as many as a resolution may (a longer card would
+/// let a PE make the PU keep an unbounded list). A longer card is refused.
+pub const MAX_CARD_PES: usize = MAX_RESOLUTION_PES;
+
+/// Why a business card (spec §7.8) was refused; a refused card changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CardError {
+    /// The card names another pool than the one this PU resolved.
+    #[error("the card is for pool {card}, but this session is with pool {ours}")]
+    WrongPool {
+        /// The card's pool.
+        card: PoolHandle,
+        /// This PU's pool.
+        ours: PoolHandle,
+    },
+    /// No PE, or more than [`MAX_CARD_PES`].
+    #[error("the card lists {len} PEs; 1 to {max} are allowed")]
+    BadLength {
+        /// How many it lists.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+}
 
 /// What a pool user uses, and with whom.
 #[derive(Clone, Debug)]
@@ -241,6 +270,37 @@ impl PoolUser {
         }
     }
 
+    /// A session with affinity (draft-tuexen-rserpool-reqts §5): it keeps using the PE it
+    /// first chose for as long as that PE is alive, and fails over only when it is
+    /// reported failed (by this session or any other user of this `PoolUser`).
+    pub fn session(&self) -> Affinity<'_> {
+        Affinity {
+            users: self,
+            current: None,
+            preferred: Vec::new(),
+        }
+    }
+
+    /// The first of `preferred` that is in the resolution cache and not failed. Only
+    /// cached PEs qualify: the cache entry carries the registrant identity the registrar
+    /// vouched for, which a business card cannot.
+    async fn first_cached(&self, preferred: &[PeId]) -> Option<PeEntry> {
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        cache.failed.retain(|_, until| *until > now);
+        preferred
+            .iter()
+            .filter(|id| !cache.failed.contains_key(id))
+            .find_map(|id| cache.entries.get(id).cloned())
+    }
+
+    async fn has_failed(&self, pe_id: PeId) -> bool {
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        cache.failed.retain(|_, until| *until > now);
+        cache.failed.contains_key(&pe_id)
+    }
+
     /// Forgets `pe_id` for a stale time and reports it unreachable to the registrar
     /// (spec §7.6). The report is best effort and does not hunt: failing over must not
     /// wait for a registrar.
@@ -340,6 +400,87 @@ fn seed() -> u32 {
     u32::from_be_bytes(b)
 }
 
+/// Session affinity (draft-tuexen-rserpool-reqts §5), from [`PoolUser::session`]: one PE
+/// for as long as it is alive. Unlike [`PoolUser::select`], which follows the pool policy
+/// at every call, [`Affinity::pe`] returns the same PE until [`Affinity::failed`] (or
+/// another user of the pool reporting it unreachable) ends its use.
+#[derive(Debug)]
+pub struct Affinity<'a> {
+    users: &'a PoolUser,
+    current: Option<PeEntry>,
+    /// The failover order of the last accepted business card.
+    preferred: Vec<PeId>,
+}
+
+impl Affinity<'_> {
+    /// The PE of this session: the one in use while it is alive, else (a failover) the
+    /// first PE of the last business card that is in the resolution cache and not failed,
+    /// else one chosen by the pool policy.
+    pub async fn pe(&mut self) -> Result<PeEntry, Error> {
+        if let Some(pe) = &self.current
+            && !self.users.has_failed(pe.pool_element.pe_id).await
+        {
+            return Ok(pe.clone());
+        }
+        self.current = None;
+        let pe = match self.users.first_cached(&self.preferred).await {
+            Some(pe) => pe,
+            None => self.users.select().await?,
+        };
+        self.current = Some(pe.clone());
+        Ok(pe)
+    }
+
+    /// Takes a business card from the PE (spec §7.8): its PEs, in its order, become this
+    /// session's failover preference, replacing any earlier card's. A card for another
+    /// pool than the resolved one, or with no or too many PEs, is refused and changes
+    /// nothing. Returns the preference.
+    pub fn business_card(
+        &mut self,
+        pool_handle: &PoolHandle,
+        pool_elements: &[PoolElement],
+    ) -> Result<&[PeId], CardError> {
+        let ours = self.users.pool_handle();
+        if pool_handle != ours {
+            return Err(CardError::WrongPool {
+                card: pool_handle.clone(),
+                ours: ours.clone(),
+            });
+        }
+        if pool_elements.is_empty() || pool_elements.len() > MAX_CARD_PES {
+            return Err(CardError::BadLength {
+                len: pool_elements.len(),
+                max: MAX_CARD_PES,
+            });
+        }
+        self.preferred.clear();
+        for pe in pool_elements {
+            if !self.preferred.contains(&pe.pe_id) {
+                self.preferred.push(pe.pe_id);
+            }
+        }
+        Ok(&self.preferred)
+    }
+
+    /// The failover preference of the last accepted business card.
+    pub fn preferred(&self) -> &[PeId] {
+        &self.preferred
+    }
+
+    /// The PE in use, if one was chosen and not failed since.
+    pub fn current(&self) -> Option<&PeEntry> {
+        self.current.as_ref()
+    }
+
+    /// The PE in use failed: it is reported unreachable (spec §7.6) and the next
+    /// [`Affinity::pe`] fails over. Returns its PE ID.
+    pub async fn failed(&mut self) -> Option<PeId> {
+        let pe_id = self.current.take()?.pool_element.pe_id;
+        self.users.report_unreachable(pe_id).await;
+        Some(pe_id)
+    }
+}
+
 /// xorshift64 for the random policies' draws at the pool user (not for secrets).
 struct Xorshift(u64);
 
@@ -369,5 +510,137 @@ impl rand_core::TryRng for Xorshift {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::num::NonZeroU16;
+
+    use super::*;
+    use crate::wire::param::{Address, PoolElement, Transport, TransportUse};
+
+    fn entry(id: u16) -> PeEntry {
+        PeEntry {
+            pool_element: PoolElement {
+                pe_id: PeId::new(u32::from(id)).expect("non-zero"),
+                home_server_id: 0,
+                registration_life: 300_000,
+                user_transport: Transport::Tcp {
+                    port: NonZeroU16::new(7000 + id).expect("non-zero"),
+                    transport_use: TransportUse::DataOnly,
+                    addr: Address::new(Ipv4Addr::LOCALHOST),
+                },
+                policy: Policy::RoundRobin,
+                asap_transport: None,
+            },
+            registrant: None,
+        }
+    }
+
+    /// A round-robin pool of three PEs in the cache, and no registrar.
+    async fn pool_of_three() -> PoolUser {
+        let ca = trust::testing::TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("pu/client-1").issue().identity()).expect("store");
+        let config = PuConfig::new(Vec::new(), PoolHandle::new("echo").expect("pool"));
+        let users = PoolUser::new(Arc::new(store), config);
+        let resolved = Resolved {
+            policy: Some(Policy::RoundRobin),
+            pool_elements: vec![entry(1), entry(2), entry(3)],
+        };
+        {
+            let mut cache = users.cache.lock().await;
+            users.fill(&mut cache, resolved, Instant::now());
+        }
+        users
+    }
+
+    async fn pe_of(s: &mut Affinity<'_>) -> PeId {
+        s.pe().await.expect("a PE").pool_element.pe_id
+    }
+
+    #[tokio::test]
+    async fn a_session_keeps_its_pe_while_it_lives_and_fails_over_when_it_dies() {
+        // Draft-tuexen-rserpool-reqts §5: session affinity over a round-robin pool.
+        let users = pool_of_three().await;
+        let select = || async { users.select().await.expect("a PE").pool_element.pe_id };
+        assert_ne!(select().await, select().await, "round robin moves on");
+        let mut session = users.session();
+        let first = pe_of(&mut session).await;
+        for _ in 0..4 {
+            select().await;
+            assert_eq!(pe_of(&mut session).await, first, "the session stays");
+        }
+        // Its PE dies: one failover, then the session stays with the new PE.
+        assert_eq!(session.failed().await, Some(first));
+        assert!(session.current().is_none());
+        let second = pe_of(&mut session).await;
+        assert_ne!(second, first);
+        for _ in 0..4 {
+            assert_eq!(pe_of(&mut session).await, second);
+        }
+        // Another user of the pool found it dead: this session fails over too.
+        users.report_unreachable(second).await;
+        let third = pe_of(&mut session).await;
+        assert!(third != first && third != second);
+        assert_eq!(pe_of(&mut session).await, third);
+    }
+
+    fn id(n: u16) -> PeId {
+        PeId::new(u32::from(n)).expect("non-zero")
+    }
+
+    #[tokio::test]
+    async fn a_business_card_sets_the_failover_order_and_one_for_another_pool_is_refused() {
+        // Both orders, so that it is the card and not round robin that decides.
+        for reverse in [false, true] {
+            let users = pool_of_three().await;
+            let mut session = users.session();
+            let now = pe_of(&mut session).await;
+            let first = (1..=3u16)
+                .find(|&n| id(n) == now)
+                .expect("one of the three");
+            let mut order: Vec<u16> = (1..=3u16).filter(|&n| n != first).collect();
+            if reverse {
+                order.reverse();
+            }
+            let pool = users.pool_handle().clone();
+            // PE 9 is not in the cache (no vouched identity): skipped. The sender lists
+            // itself first, here twice: kept once.
+            let card: Vec<PoolElement> = [9, first, order[0], first, order[1]]
+                .into_iter()
+                .map(|n| entry(n).pool_element)
+                .collect();
+            let preferred = session.business_card(&pool, &card).expect("accepted");
+            assert_eq!(preferred, [id(9), id(first), id(order[0]), id(order[1])]);
+
+            // Refused: another pool, no PE, too many PEs. The preference stays.
+            let other = PoolHandle::new("other").expect("pool");
+            let reversed: Vec<PoolElement> = card.iter().rev().cloned().collect();
+            assert!(matches!(
+                session.business_card(&other, &reversed),
+                Err(CardError::WrongPool { .. })
+            ));
+            assert_eq!(
+                session.business_card(&pool, &[]),
+                Err(CardError::BadLength {
+                    len: 0,
+                    max: MAX_CARD_PES
+                })
+            );
+            let huge = vec![entry(3).pool_element; MAX_CARD_PES + 1];
+            assert!(matches!(
+                session.business_card(&pool, &huge),
+                Err(CardError::BadLength { .. })
+            ));
+            assert_eq!(session.preferred()[2], id(order[0]));
+
+            // The sender dies: the card's next cached PEs, in the card's order.
+            assert_eq!(session.failed().await, Some(id(first)));
+            assert_eq!(pe_of(&mut session).await, id(order[0]));
+            assert_eq!(session.failed().await, Some(id(order[0])));
+            assert_eq!(pe_of(&mut session).await, id(order[1]));
+        }
     }
 }

@@ -24,6 +24,12 @@ use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Defaults for --cert, --key, --ca, --registrar and --namespace from a TOML file
+    /// (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `registrars = ["127.0.0.1:3864"]`,
+    /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
+    /// variables override it.
+    #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +74,16 @@ enum Command {
         /// How long a session cookie stays valid, in seconds.
         #[arg(long, default_value_t = 600)]
         cookie_lifetime: u64,
+        /// With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions
+        /// / N, re-registering when it changes (at most 4 times a second), so that the
+        /// registrar sends PUs to the least loaded PE.
+        #[arg(long, value_name = "N")]
+        capacity: Option<std::num::NonZeroUsize>,
+        /// Also listen for registrars here (ASAP over TLS, registrar identities only), so
+        /// that one taking over from a dead home registrar can adopt this PE (spec §7.4,
+        /// §12.6). Port 0: any free port.
+        #[arg(long, value_name = "ADDR")]
+        asap_listen: Option<SocketAddr>,
         #[command(flatten)]
         common: Common,
     },
@@ -110,9 +126,10 @@ enum Command {
 /// Identity, trust and registrars: the same for every command that talks to a registrar.
 #[derive(clap::Args)]
 struct Common {
-    /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem.
+    /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem. Required, here
+    /// or in the config file.
     #[arg(long, env = "RSP_CERT")]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// Its private key (PEM); default: the certificate's path with .key.
     #[arg(long, env = "RSP_KEY")]
     key: Option<PathBuf>,
@@ -134,14 +151,18 @@ struct Common {
 
 impl Common {
     fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
+        let cert = self
+            .cert
+            .as_ref()
+            .context("no certificate: give --cert FILE, RSP_CERT, or cert in the --config file")?;
         let key = self
             .key
             .clone()
-            .unwrap_or_else(|| self.cert.with_extension("key"));
-        client::credentials(&self.cert, &key, &self.ca).with_context(|| {
+            .unwrap_or_else(|| cert.with_extension("key"));
+        client::credentials(cert, &key, &self.ca).with_context(|| {
             format!(
                 "loading {} / {} / {}",
-                self.cert.display(),
+                cert.display(),
                 key.display(),
                 self.ca.display()
             )
@@ -157,6 +178,102 @@ impl Common {
             })
             .transpose()
     }
+}
+
+/// `rsp --config FILE`: defaults for [`Common`].
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    registrars: Option<Vec<SocketAddr>>,
+    namespace: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a bad file is one line naming it, the line and the reason.
+    fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let mut file: Self = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            });
+            let at = line.map_or_else(String::new, |l| format!(" line {l}"));
+            anyhow::anyhow!(
+                "the config file {}{at}: {}",
+                path.display(),
+                e.message().trim().replace('\n', " ")
+            )
+        })?;
+        // Relative paths are from the file, so that it works from any directory.
+        let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
+        for p in [&mut file.cert, &mut file.key, &mut file.ca]
+            .into_iter()
+            .flatten()
+        {
+            *p = dir.join(&*p);
+        }
+        Ok(file)
+    }
+
+    /// Fills what `matches` did not get from a flag or the environment.
+    fn apply(self, common: &mut Common, matches: &clap::ArgMatches) {
+        use clap::parser::ValueSource;
+        let unset = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        if let Some(v) = self.cert.filter(|_| unset("cert")) {
+            common.cert = Some(v);
+        }
+        if let Some(v) = self.key.filter(|_| unset("key")) {
+            common.key = Some(v);
+        }
+        if let Some(v) = self.ca.filter(|_| unset("ca")) {
+            common.ca = v;
+        }
+        if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
+            common.registrars = v;
+        }
+        if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
+            common.namespace = Some(v);
+        }
+    }
+}
+
+impl Command {
+    fn common_mut(&mut self) -> Option<&mut Common> {
+        match self {
+            Self::Decode { .. } => None,
+            Self::Pe { common, .. }
+            | Self::Resolve { common, .. }
+            | Self::Gateway { common, .. }
+            | Self::Pu { common, .. } => Some(common),
+        }
+    }
+}
+
+/// The command line, with defaults from the config file where flags and variables left
+/// them unset.
+fn parse_cli() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(path) = &cli.config {
+        let file = FileConfig::load(path)?;
+        if let (Some(common), Some((_, sub))) = (cli.command.common_mut(), matches.subcommand()) {
+            file.apply(common, sub);
+        }
+    }
+    Ok(cli)
 }
 
 fn pool_handle(name: &str) -> anyhow::Result<PoolHandle> {
@@ -207,7 +324,13 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -235,30 +358,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             registration_life,
             cookie_key,
             cookie_lifetime,
+            capacity,
+            asap_listen,
             common,
         } => {
+            if capacity.is_some() && !pe::is_adaptive(&policy) {
+                bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
+            }
             let sessions = match (serve.has_sessions(), cookie_key) {
-                (true, Some(path)) => Some(Arc::new(services::Sessions {
+                (true, Some(path)) => Some(services::Sessions {
                     key: session::CookieKey::from_file(&path)
                         .with_context(|| format!("the cookie key {}", path.display()))?,
                     pool_handle: pool_handle(&pool)?,
                     lifetime: Duration::from_secs(cookie_lifetime),
-                })),
+                    // Set by run_pe, once the PE's ID and transport are known.
+                    card: None,
+                }),
                 (true, None) => {
                     bail!("--serve {serve:?} needs --cookie-key FILE (the pool's cookie key)")
                 }
                 (false, _) => None,
             };
-            run_pe(
+            let pe = PeArgs {
                 pool,
-                serve,
+                service: serve,
                 policy,
                 listen,
                 registration_life,
                 sessions,
-                common,
-            )
-            .await
+                capacity,
+                asap_listen,
+            };
+            run_pe(pe, common).await
         }
         Command::Resolve {
             pool,
@@ -304,16 +435,31 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_pe(
+/// `rsp pe`'s options, checked.
+struct PeArgs {
     pool: String,
     service: services::Service,
     policy: Policy,
     listen: SocketAddr,
     registration_life: u64,
-    sessions: Option<Arc<services::Sessions>>,
-    common: Common,
-) -> anyhow::Result<()> {
+    sessions: Option<services::Sessions>,
+    capacity: Option<std::num::NonZeroUsize>,
+    asap_listen: Option<SocketAddr>,
+}
+
+async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
+    let PeArgs {
+        pool,
+        service,
+        policy,
+        listen,
+        registration_life,
+        mut sessions,
+        capacity,
+        asap_listen,
+    } = pe;
     let trust = common.trust()?;
+    let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -338,12 +484,18 @@ async fn run_pe(
         },
         registration_life: Duration::from_secs(registration_life),
         liveness: Duration::from_secs(15),
+        load,
+        asap_listen,
     };
+    if let Some(s) = &mut sessions {
+        s.card = Some(config.business_card());
+    }
     tokio::spawn(services::serve(
         listener,
         Arc::clone(&trust),
         service,
-        sessions,
+        sessions.map(Arc::new),
+        meter,
     ));
     println!(
         "rsp pe: PE {} of pool {pool} serving {service:?} on {local} as {}",
@@ -354,6 +506,14 @@ async fn run_pe(
         pe::PeEvent::Registered(r) => eprintln!("registered with {r}"),
         pe::PeEvent::Lost(r, e) => eprintln!("lost registrar {r} ({e}); hunting"),
         pe::PeEvent::Unreachable(e) => eprintln!("{e}; retrying"),
+        pe::PeEvent::HomeAdopted {
+            server_id,
+            registrar,
+        } => eprintln!("adopted registrar {server_id} at {registrar} as home"),
+        pe::PeEvent::LoadUpdated(l) => eprintln!(
+            "re-registered with load {}%",
+            u64::from(l) * 100 / u64::from(u32::MAX)
+        ),
         pe::PeEvent::Deregistered => eprintln!("deregistered"),
         _ => {}
     })
@@ -438,6 +598,7 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
+    let mut affinity = users.session();
     let mut current: Option<(PeId, PeChannel)> = None;
     let mut cookie: Option<Cookie> = None;
     // Set when a PE failed under a request: from then until the next answer is the
@@ -448,8 +609,8 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     while let Some(line) = stdin.next_line().await? {
         loop {
             if current.is_none() {
-                let e = users
-                    .select()
+                let e = affinity
+                    .pe()
                     .await
                     .with_context(|| format!("no PE of {pool} is reachable"))?;
                 let pe_id = e.pool_element.pe_id;
@@ -461,7 +622,7 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                     Err(err) => {
                         eprintln!("PE {pe_id} unreachable ({err:#}); failing over");
                         failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                        users.report_unreachable(pe_id).await;
+                        affinity.failed().await;
                         continue;
                     }
                 }
@@ -480,6 +641,19 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                     "PE {pe_id} refused the session cookie (cause {cause:#x}); the session starts afresh"
                 );
             }
+            for (card_pool, pes) in notes.cards {
+                match affinity.business_card(&card_pool, &pes) {
+                    Ok(order) => {
+                        let order: Vec<String> = order.iter().map(ToString::to_string).collect();
+                        eprintln!(
+                            "business card: pool {card_pool}, {} PEs (failover order {})",
+                            pes.len(),
+                            order.join(" ")
+                        );
+                    }
+                    Err(err) => eprintln!("refused a business card from PE {pe_id}: {err}"),
+                }
+            }
             match answer {
                 Ok(answer) => {
                     if let Some((from, at)) = failed_at.take() {
@@ -496,7 +670,7 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                 Err(err) => {
                     eprintln!("PE {pe_id} failed ({err:#}); failing over");
                     failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                    users.report_unreachable(pe_id).await;
+                    affinity.failed().await;
                     current = None;
                 }
             }

@@ -3,15 +3,18 @@
 //! cookies, spec §7.8), over TLS with the PE's certificate, and the clients `rsp pu` uses.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use asap::client::session::{self, Binding, CookieKey, Frame};
 use asap::wire::AsapMsg;
-use asap::wire::param::{Cookie, ErrorCause, OperationError, PoolHandle};
+use asap::wire::param::{Cookie, ErrorCause, Load, OperationError, PoolElement, PoolHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::server::TlsStream;
@@ -51,15 +54,63 @@ pub(crate) struct Sessions {
     pub(crate) key: CookieKey,
     pub(crate) pool_handle: PoolHandle,
     pub(crate) lifetime: Duration,
+    /// The business card each session starts with (spec §7.8); `None` sends none.
+    pub(crate) card: Option<AsapMsg>,
+}
+
+/// The PE's load for an adaptive policy: open client sessions over the capacity, sent to
+/// the PE's registration loop, which re-registers with it (spec §7.1 step 4).
+pub(crate) struct LoadMeter {
+    open: AtomicUsize,
+    capacity: NonZeroUsize,
+    load: watch::Sender<Load>,
+}
+
+impl LoadMeter {
+    pub(crate) fn new(capacity: NonZeroUsize) -> (Arc<Self>, watch::Receiver<Load>) {
+        let (load, rx) = watch::channel(0);
+        let meter = Self {
+            open: AtomicUsize::new(0),
+            capacity,
+            load,
+        };
+        (Arc::new(meter), rx)
+    }
+
+    /// Counts a session until the guard drops.
+    fn open(self: &Arc<Self>) -> SessionGuard {
+        let n = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.publish(n);
+        SessionGuard(Arc::clone(self))
+    }
+
+    fn publish(&self, open: usize) {
+        // Loads are fractions of u32::MAX (spec §5.1); beyond capacity is 100%.
+        let cap = self.capacity.get() as u64;
+        let load = u64::from(u32::MAX) * (open as u64).min(cap) / cap;
+        self.load
+            .send_replace(Load::try_from(load).unwrap_or(Load::MAX));
+    }
+}
+
+/// One open session of a [`LoadMeter`].
+struct SessionGuard(Arc<LoadMeter>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let n = self.0.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.publish(n);
+    }
 }
 
 /// Accepts TLS clients (any identity of a trusted domain: PUs present certificates too)
-/// and serves each on its own task.
+/// and serves each on its own task; each counts towards `meter` while it lasts.
 pub(crate) async fn serve(
     listener: TcpListener,
     trust: Arc<TrustStore>,
     service: Service,
     sessions: Option<Arc<Sessions>>,
+    meter: Option<Arc<LoadMeter>>,
 ) {
     loop {
         let Ok((tcp, addr)) = listener.accept().await else {
@@ -69,6 +120,7 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
         let sessions = sessions.clone();
+        let meter = meter.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -76,6 +128,7 @@ pub(crate) async fn serve(
                 eprintln!("TLS handshake with {addr} failed");
                 return;
             };
+            let _open = meter.as_ref().map(LoadMeter::open);
             match (service, sessions) {
                 (Service::Counter, Some(sessions)) => {
                     if let Err(e) = counter(tls, &sessions).await {
@@ -155,6 +208,9 @@ async fn counter(tls: TlsStream<TcpStream>, sessions: &Sessions) -> anyhow::Resu
         pool_user: &pu,
     };
     let (mut r, mut w) = tokio::io::split(tls);
+    if let Some(card) = &sessions.card {
+        session::write_control(&mut w, card).await?;
+    }
     let mut count: u64 = 0;
     while let Some(frame) = session::read_frame(&mut r).await? {
         match frame {
@@ -296,6 +352,8 @@ impl Line {
 pub(crate) struct Notes {
     /// Causes of ASAP_ERRORs the PE sent (e.g. 0xA: it refused the echoed cookie).
     pub(crate) refusals: Vec<u16>,
+    /// Business cards the PE sent: pool handle and PEs, not yet checked.
+    pub(crate) cards: Vec<(PoolHandle, Vec<PoolElement>)>,
 }
 
 /// A session channel with a PE (spec §12.7 framing), PU side. It keeps the latest cookie
@@ -342,7 +400,12 @@ impl SessionChannel {
                             .refusals
                             .extend(e.causes().iter().map(ErrorCause::code));
                     }
-                    // Business cards and the like: parsed, not needed by this client.
+                    Some(Frame::Control(AsapMsg::BusinessCard {
+                        pool_handle,
+                        pool_elements,
+                        ..
+                    })) => notes.cards.push((pool_handle, pool_elements)),
+                    // A malformed card (or other control message) changes nothing.
                     Some(Frame::Control(_) | Frame::BadControl(_)) => {}
                 }
             }
