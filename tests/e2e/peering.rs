@@ -1,6 +1,7 @@
-//! Several real `enrpd`s peered over ENRP/TLS (first slice of issue 7): handle updates
-//! reach every peer, a registrar started later downloads its peers' PEs, and a peer
-//! without the `peer` grant or with a Sender ID not its own is refused.
+//! Several real `enrpd`s peered over ENRP/TLS (issue 7): handle updates reach every
+//! peer, a registrar started later downloads its peers' PEs, a peer without the `peer`
+//! grant or with a Sender ID not its own is refused, and the survivor of two takes over
+//! the PEs of a killed one.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use asap::transport::{MessageReader, write_message};
 use asap::wire::limits::MAX_MESSAGE_LEN;
 use asap::wire::param::{PeChecksum, PeId, PoolHandle, ServerId};
-use asap::wire::{AsapMsg, EnrpBody, EnrpMsg, Framer};
+use asap::wire::{AsapMsg, EnrpBody, EnrpMsg, Framer, Resolution};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -248,4 +249,86 @@ async fn a_peer_without_the_grant_or_with_a_foreign_sender_id_is_refused() {
         }
     }
     assert!(closed, "a forged Sender ID must close the connection");
+}
+
+/// The home registrar (Server ID, as `enrpd` prints it) of PE `id` in a resolution at
+/// `pu`; `None` when the pool does not hold it.
+async fn home_of(pu: &mut Asap, pool: &str, id: u32) -> Option<String> {
+    pu.send(&resolution(pool)).await;
+    match pu.recv_reply().await {
+        Some(AsapMsg::HandleResolutionResponse {
+            result: Resolution::Found { pool_elements, .. },
+            ..
+        }) => pool_elements
+            .iter()
+            .find(|e| e.pool_element.pe_id.get() == id)
+            .and_then(|e| ServerId::new(e.pool_element.home_server_id))
+            .map(|s| s.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_registrars_the_survivor_takes_over_the_pes_of_a_killed_one() {
+    // Spec §9.5, §9.8: B notices A's connection gone at once, A stays silent for
+    // MAX-TIME-NO-RESPONSE (here 300 ms), B declares it dead and, with no other live peer,
+    // takes over A's PE at once. The PE is resolvable at B all the while.
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    lab.init_peer("b", "data-b");
+    let timers = [
+        "--peer-heartbeat-ms",
+        "100",
+        "--peer-last-heard-ms",
+        "300",
+        "--peer-no-response-ms",
+        "300",
+    ];
+    let mut a = lab.start_peer_with("data-a", &[], &timers);
+    let b = lab.start_peer_with("data-b", &[a.enrp], &timers);
+    let pe_store = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_store, a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    assert!(
+        wait_for(&mut pu, "echo", has(7)).await.is_some(),
+        "B never learnt A's PE"
+    );
+    assert_eq!(home_of(&mut pu, "echo", 7).await, Some(a.server_id.clone()));
+
+    a.registrar.child.kill().expect("SIGKILL A");
+    let killed = Instant::now();
+    let _ = a.registrar.child.wait();
+    let mut took_over = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let home = home_of(&mut pu, "echo", 7).await;
+        assert!(
+            home.is_some(),
+            "the PE vanished at B {} ms after the kill",
+            killed.elapsed().as_millis()
+        );
+        if home.as_deref() == Some(b.server_id.as_str()) {
+            took_over = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took_over = took_over.expect("B takes over A's PE within 10 s");
+    println!(
+        "SIGKILL of A → takeover completed at B in {} ms (MAX-TIME-NO-RESPONSE 300 ms)",
+        took_over.as_millis()
+    );
+    // The PE lost its registrar: it re-registers at B with its PE ID (spec §12.6).
+    drop(pe);
+    let mut pe = Asap::connect(&pe_store, b.registrar.addr)
+        .await
+        .expect("PE connects to B");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    assert_eq!(home_of(&mut pu, "echo", 7).await, Some(b.server_id.clone()));
 }

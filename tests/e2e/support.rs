@@ -229,6 +229,44 @@ impl Lab {
     /// loopback ports, dialing `peers`, with keep-alives of a minute (test PEs that do not
     /// answer them stay registered).
     pub(crate) fn start_peer(&self, data: &str, peers: &[SocketAddr]) -> Peered {
+        self.start_peer_with(data, peers, &[])
+    }
+}
+
+/// A running `enrpd`, killed when dropped.
+pub(crate) struct Registrar {
+    pub(crate) child: Child,
+    /// ASAP.
+    pub(crate) addr: SocketAddr,
+    /// The admin API (HTTPS).
+    pub(crate) admin: SocketAddr,
+}
+
+impl Registrar {
+    /// SIGTERM, and the exit status.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for enrpd")
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    /// Like [`Lab::start_peer`], with `extra` flags for `enrpd run` (such as short peer
+    /// timers: `--peer-no-response-ms 300`).
+    pub(crate) fn start_peer_with(
+        &self,
+        data: &str,
+        peers: &[SocketAddr],
+        extra: &[&str],
+    ) -> Peered {
         let mut cmd = Command::new(bin("enrpd"));
         cmd.arg("run")
             .arg("--data")
@@ -238,6 +276,7 @@ impl Lab {
             .args(["--enrp-listen", "127.0.0.1:0"])
             .args(["--keep-alive-interval-ms", "60000"])
             .args(["--keep-alive-timeout-ms", "60000"])
+            .args(extra)
             .env("ENRPD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -270,31 +309,6 @@ impl Lab {
             enrp,
             server_id,
         }
-    }
-}
-
-/// A running `enrpd`, killed when dropped.
-pub(crate) struct Registrar {
-    pub(crate) child: Child,
-    /// ASAP.
-    pub(crate) addr: SocketAddr,
-    /// The admin API (HTTPS).
-    pub(crate) admin: SocketAddr,
-}
-
-impl Registrar {
-    /// SIGTERM, and the exit status.
-    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().expect("wait for enrpd")
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -123,6 +123,20 @@ struct RunArgs {
     /// lost connection (spec §12.6).
     #[arg(long, env = "ENRPD_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 5000)]
     keep_alive_timeout_ms: u64,
+    /// PEER-HEARTBEAT-CYCLE in milliseconds: a PRESENCE to every peer this often (spec §9.5).
+    #[arg(long, env = "ENRPD_PEER_HEARTBEAT_MS", default_value_t = 30_000)]
+    peer_heartbeat_ms: u64,
+    /// MAX-TIME-LAST-HEARD in milliseconds: a peer silent this long is probed (spec §9.5).
+    #[arg(long, env = "ENRPD_PEER_LAST_HEARD_MS", default_value_t = 61_000)]
+    peer_last_heard_ms: u64,
+    /// MAX-TIME-NO-RESPONSE in milliseconds: a probed or disconnected peer silent this long
+    /// is dead, and its PEs are taken over (spec §9.5, §9.8).
+    #[arg(long, env = "ENRPD_PEER_NO_RESPONSE_MS", default_value_t = 5_000)]
+    peer_no_response_ms: u64,
+    /// Takeover expiry in milliseconds: a takeover still missing acknowledgements is
+    /// abandoned (spec §9.8).
+    #[arg(long, env = "ENRPD_TAKEOVER_EXPIRY_MS", default_value_t = 30_000)]
+    takeover_expiry_ms: u64,
     /// Accept loopback addresses in PE user transports (single-host setups and tests).
     #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
     allow_loopback: bool,
@@ -361,6 +375,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         keep_alive_interval: Duration::from_millis(args.keep_alive_interval_ms),
         keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms),
         connection_grace: Duration::from_millis(args.keep_alive_timeout_ms),
+        peer_heartbeat: Duration::from_millis(args.peer_heartbeat_ms),
+        peer_last_heard: Duration::from_millis(args.peer_last_heard_ms),
+        peer_no_response: Duration::from_millis(args.peer_no_response_ms),
+        takeover_expiry: Duration::from_millis(args.takeover_expiry_ms),
         ..Timing::default()
     };
     config.allow_loopback = args.allow_loopback;

@@ -1,6 +1,7 @@
 //! The ENRP procedures of a registrar (spec §9, §11.2, §12.4): peers and their Server IDs,
 //! handle updates for owned PEs, presence heartbeats with the PE checksum, dead-peer
-//! detection, and handle table download with the M-bit paging of §9.7.
+//! detection, handle table download with the M-bit paging of §9.7, and takeover of a
+//! dead peer (§9.8).
 //!
 //! Pure, like the rest of the core: the driver announces each authenticated peer
 //! connection ([`Input::PeerUp`](super::Input::PeerUp)) with the Server ID derived from
@@ -8,15 +9,17 @@
 //! [`Action::SendEnrp`].
 //!
 //! What this slice of issue 7 does not do yet, and what happens instead:
-//! - Takeover (§9.8): a dead peer's PEs stay until their registration life runs out
-//!   (the fallback of §9.8 step 5); its PEs that reconnect elsewhere re-register there.
+//! - Takeover (§9.8) gives the taken-over PEs a new home, but this registrar has no
+//!   connection to them over TCP (spec §12.6): it cannot send them the H=1 keep-alive,
+//!   so each waits one connection grace period for its re-registration here (with its
+//!   PE ID), like the PEs of a closed connection. Dialing a PE's ASAP listener is not done.
 //! - Peer lists (§9.2): peers come from configuration only; an ENRP_LIST_REQUEST is
 //!   answered with R=1 (rejected) rather than with a list we cannot fill.
 //! - Mentor start-up (§9.3): no W=0 download and no "no service until synchronised";
 //!   instead every peer is asked for its own PEs (W=1) when it connects, so a registrar
 //!   peered with all others (our static, full-mesh configuration) learns every PE.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
@@ -41,7 +44,8 @@ pub enum PeerState {
     /// Probed with PRESENCE R=1, or its connection was lost: it has MAX-TIME-NO-RESPONSE
     /// to answer or reconnect.
     Probing,
-    /// It did not answer: dead. Its PEs expire at their registration life.
+    /// It did not answer: dead. Its PEs are taken over (spec §9.8), or expire at their
+    /// registration life.
     Dead,
 }
 
@@ -89,6 +93,14 @@ pub(super) struct Peer {
     sync: Option<HashSet<PeKey>>,
     /// Continuation points of its handle table requests, by W flag (spec §9.7).
     pub(super) continuation: HashMap<bool, PeKey>,
+}
+
+/// A takeover of a dead peer this registrar runs (spec §9.8).
+#[derive(Debug, Default)]
+pub(super) struct Takeover {
+    /// The peers that acknowledged it. Only those of live, authenticated peers count:
+    /// acknowledgements arrive only on accepted peer connections with a checked Sender ID.
+    acks: BTreeSet<ServerId>,
 }
 
 /// A peer connection in use.
@@ -233,6 +245,7 @@ impl Core {
         self.timers.stop(&TimerKey::Continuation(server_id, true));
         self.timers.stop(&TimerKey::Continuation(server_id, false));
         self.heard(server_id, now);
+        self.target_alive(server_id, out);
         if self.timers.get(&TimerKey::PeerHeartbeat).is_none() {
             self.timers.set(
                 TimerKey::PeerHeartbeat,
@@ -254,6 +267,22 @@ impl Core {
         let hello = self.presence(server_id, false);
         out.push(Action::SendEnrp { conn, msg: hello });
         self.request_own_pes(server_id, out);
+        // A live peer now: each running takeover needs its acknowledgement too.
+        let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
+        for target in running {
+            out.push(Action::SendEnrp {
+                conn,
+                msg: self.enrp_msg(server_id, EnrpBody::InitTakeover { target }),
+            });
+        }
+    }
+
+    fn enrp_msg(&self, to: ServerId, body: EnrpBody) -> EnrpMsg {
+        EnrpMsg {
+            sender: self.config.server_id,
+            receiver: to.get(),
+            body,
+        }
     }
 
     /// Any message from a peer: it is alive (spec §9.5).
@@ -355,6 +384,7 @@ impl Core {
             return;
         }
         self.heard(sid, now);
+        self.target_alive(sid, out);
         if msg.receiver != 0 && msg.receiver != self.config.server_id.get() {
             out.push(Action::Audit {
                 event: Self::peer_event(
@@ -437,12 +467,20 @@ impl Core {
                 ),
                 durability: Durability::Batched,
             }),
-            // Takeover (§9.8) is a later slice of issue 7; a list response answers a
-            // request we never send. Neither changes anything here.
-            EnrpBody::ListResponse { .. }
-            | EnrpBody::InitTakeover { .. }
-            | EnrpBody::InitTakeoverAck { .. }
-            | EnrpBody::TakeoverServer { .. } => {}
+            EnrpBody::InitTakeover { target } => {
+                self.on_init_takeover(conn, sid, &client, target, now, out);
+            }
+            EnrpBody::InitTakeoverAck { target } => {
+                if let Some(t) = self.takeovers.get_mut(&target) {
+                    t.acks.insert(sid);
+                    self.check_takeover(target, now, out);
+                }
+            }
+            EnrpBody::TakeoverServer { target } => {
+                self.on_takeover_server(sid, &client, target, out);
+            }
+            // A list response answers a request we never send.
+            EnrpBody::ListResponse { .. } => {}
         }
     }
 
@@ -550,9 +588,9 @@ impl Core {
         );
     }
 
-    /// MAX-TIME-NO-RESPONSE passed without a word: the peer is dead (spec §9.5). Its PEs
-    /// stay until their registration life ends (§9.8 step 5; takeover is a later slice).
-    pub(super) fn peer_dead(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+    /// MAX-TIME-NO-RESPONSE passed without a word: the peer is dead (spec §9.5). If it
+    /// owns PEs here, a takeover starts (§9.8); a running takeover no longer waits for it.
+    pub(super) fn peer_dead(&mut self, sid: ServerId, now: Instant, out: &mut Vec<Action>) {
         let owned_there = self
             .handlespace
             .iter()
@@ -582,12 +620,19 @@ impl Core {
                 &client,
                 AuditAction::PeerDead,
                 None,
-                format!(
-                    "Server ID {sid}: no answer; its {owned_there} PEs expire at their registration life"
-                ),
+                format!("Server ID {sid}: no answer; it owns {owned_there} PEs here"),
             ),
             durability: Durability::Batched,
         });
+        // A takeover it started is not ours to wait for any more.
+        self.acked_takeovers.retain(|_, (by, _)| *by != sid);
+        let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
+        for target in running {
+            self.check_takeover(target, now, out);
+        }
+        if owned_there > 0 {
+            self.start_takeover(sid, now, out);
+        }
     }
 
     /// A peer's PE reached its registration life without a refresh from its home.
@@ -1037,5 +1082,283 @@ impl Core {
                 reason: "peer grant withdrawn",
             });
         }
+    }
+}
+
+/// Takeover of a dead peer (spec §9.8).
+impl Core {
+    fn takeover_event(&self, target: ServerId, action: AuditAction, detail: String) -> Action {
+        // The registrar acts on its own: the target is named in the detail, not as actor.
+        let who = self
+            .peers
+            .get(&target)
+            .map(|p| format!(" ({})", p.client.id))
+            .unwrap_or_default();
+        Action::Audit {
+            event: AuditEvent {
+                actor: None,
+                remote: None,
+                namespace: None,
+                pool_handle: None,
+                pe_id: None,
+                action,
+                outcome: None,
+                detail: Some(format!("target {target}{who}: {detail}")),
+            },
+            durability: Durability::BeforeReply,
+        }
+    }
+
+    /// The live peers other than `target`, with their connections if any: the ones whose
+    /// acknowledgement a takeover of `target` needs (a probed peer is not dead yet).
+    fn live_peers(&self, target: ServerId) -> Vec<(ServerId, Option<ConnId>)> {
+        self.peers
+            .iter()
+            .filter(|(sid, p)| **sid != target && p.state != PeerState::Dead)
+            .map(|(sid, p)| (*sid, p.conn))
+            .collect()
+    }
+
+    /// Sends `body` to every live, connected peer but `target`.
+    fn to_live_peers(&self, target: ServerId, body: &EnrpBody, out: &mut Vec<Action>) {
+        for (sid, conn) in self.live_peers(target) {
+            if let Some(conn) = conn {
+                out.push(Action::SendEnrp {
+                    conn,
+                    msg: self.enrp_msg(sid, body.clone()),
+                });
+            }
+        }
+    }
+
+    /// Step 1: INIT_TAKEOVER to every live peer; with none, the takeover completes at once
+    /// (two registrars). Not started while a takeover of the same target by a peer that
+    /// this registrar acknowledged is still pending: that peer won the tie-break.
+    fn start_takeover(&mut self, target: ServerId, now: Instant, out: &mut Vec<Action>) {
+        if self.takeovers.contains_key(&target) {
+            return;
+        }
+        if let Some((by, until)) = self.acked_takeovers.get(&target).copied() {
+            if until > now {
+                let detail = format!("not started: Server ID {by} takes it over");
+                out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
+                return;
+            }
+            self.acked_takeovers.remove(&target);
+        }
+        self.takeovers.insert(target, Takeover::default());
+        self.timers.set(
+            TimerKey::TakeoverExpiry(target),
+            now + self.config.timing.takeover_expiry,
+        );
+        let waiting = self.live_peers(target).len();
+        out.push(self.takeover_event(
+            target,
+            AuditAction::TakeoverStarted,
+            format!("waiting for {waiting} live peers"),
+        ));
+        self.to_live_peers(target, &EnrpBody::InitTakeover { target }, out);
+        self.check_takeover(target, now, out);
+    }
+
+    /// Step 3 once every live peer acknowledged.
+    fn check_takeover(&mut self, target: ServerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(t) = self.takeovers.get(&target) else {
+            return;
+        };
+        if self
+            .live_peers(target)
+            .iter()
+            .all(|(sid, _)| t.acks.contains(sid))
+        {
+            self.complete_takeover(target, now, out);
+        }
+    }
+
+    /// Step 3: TAKEOVER_SERVER to all, then every PE of `target` is ours. Over TCP there
+    /// is no connection to send it the H=1 keep-alive on (spec §12.6): it waits one
+    /// connection grace period for its re-registration here, else it is removed (and
+    /// DEL_PE sent). ADD_PE tells the peers its new home at once.
+    fn complete_takeover(&mut self, target: ServerId, now: Instant, out: &mut Vec<Action>) {
+        self.takeovers.remove(&target);
+        self.timers.stop(&TimerKey::TakeoverExpiry(target));
+        let me = self.config.server_id;
+        let pes: Vec<(PeKey, PeEntry)> = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id == target.get())
+            .map(|(ns, h, e)| ((ns.clone(), h.clone(), e.pool_element.pe_id), e.clone()))
+            .collect();
+        out.push(self.takeover_event(
+            target,
+            AuditAction::TakeoverCompleted,
+            format!("{} PEs now have this registrar as home", pes.len()),
+        ));
+        self.to_live_peers(target, &EnrpBody::TakeoverServer { target }, out);
+        let grace = now + self.config.timing.connection_grace;
+        for (key, mut entry) in pes {
+            entry.pool_element.home_server_id = me.get();
+            // Same registrant and transport: an update that only moves its home.
+            if self
+                .handlespace
+                .register(&key.0, &key.1, entry.pool_element, entry.registrant)
+                .is_err()
+            {
+                continue;
+            }
+            self.timers.stop(&TimerKey::PeerPeLife(key.clone()));
+            self.owned.insert(key.clone(), super::Owned::default());
+            self.timers.set(TimerKey::Orphaned(key.clone()), grace);
+            self.announce_owned(&key, out);
+        }
+    }
+
+    /// MAX wait passed with acknowledgements missing: abandon (step 5); the target's PEs
+    /// expire at their registration life.
+    pub(super) fn takeover_expired(&mut self, target: ServerId, out: &mut Vec<Action>) {
+        let Some(t) = self.takeovers.remove(&target) else {
+            return;
+        };
+        let missing: Vec<String> = self
+            .live_peers(target)
+            .iter()
+            .filter(|(sid, _)| !t.acks.contains(sid))
+            .map(|(sid, _)| sid.to_string())
+            .collect();
+        let detail = format!(
+            "expired without the acknowledgement of {}",
+            missing.join(", ")
+        );
+        out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
+    }
+
+    /// Step 6: the target spoke, so it is not dead: its takeover stops.
+    fn target_alive(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        if self.takeovers.remove(&sid).is_some() {
+            self.timers.stop(&TimerKey::TakeoverExpiry(sid));
+            let detail = "the target is alive".to_owned();
+            out.push(self.takeover_event(sid, AuditAction::TakeoverAbandoned, detail));
+        }
+    }
+
+    /// Step 2: a peer announces its takeover of `target`.
+    fn on_init_takeover(
+        &mut self,
+        conn: ConnId,
+        from: ServerId,
+        client: &Client,
+        target: ServerId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.server_id;
+        if target == me {
+            // We are alive: say so to every peer (the initiator abandons on hearing us).
+            let targets: Vec<(ServerId, ConnId)> = self
+                .peers
+                .iter()
+                .filter_map(|(sid, p)| Some((*sid, p.conn?)))
+                .collect();
+            for (sid, c) in targets {
+                let msg = self.presence(sid, false);
+                out.push(Action::SendEnrp { conn: c, msg });
+            }
+            return;
+        }
+        if target == from {
+            return; // Nobody takes over itself.
+        }
+        if self.takeovers.contains_key(&target) {
+            // Both started: the lower Server ID takes over, the other acknowledges it.
+            if me < from {
+                return; // Ours wins; it cancels when it gets our INIT_TAKEOVER.
+            }
+            self.takeovers.remove(&target);
+            self.timers.stop(&TimerKey::TakeoverExpiry(target));
+            let detail = format!("Server ID {from} (lower) takes it over");
+            out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
+        }
+        self.acked_takeovers
+            .insert(target, (from, now + self.config.timing.takeover_expiry));
+        out.push(Action::Audit {
+            event: Self::peer_event(
+                client,
+                AuditAction::TakeoverAcked,
+                None,
+                format!("Server ID {from} takes over {target}"),
+            ),
+            durability: Durability::BeforeReply,
+        });
+        out.push(Action::SendEnrp {
+            conn,
+            msg: self.enrp_msg(from, EnrpBody::InitTakeoverAck { target }),
+        });
+    }
+
+    /// Step 4: peer `from` took over `target`: the target's PEs have `from` as home (in
+    /// the namespaces and pools `from` may speak for). Their expiry keeps running: the
+    /// new home refreshes them.
+    fn on_takeover_server(
+        &mut self,
+        from: ServerId,
+        client: &Client,
+        target: ServerId,
+        out: &mut Vec<Action>,
+    ) {
+        if target == self.config.server_id || target == from {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::PeerIgnored,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!("TAKEOVER_SERVER of {target}"),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
+        if self.takeovers.remove(&target).is_some() {
+            self.timers.stop(&TimerKey::TakeoverExpiry(target));
+            let detail = format!("Server ID {from} took it over");
+            out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
+        }
+        self.acked_takeovers.remove(&target);
+        let pes: Vec<(PeKey, PeEntry)> = self
+            .handlespace
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id == target.get())
+            .map(|(ns, h, e)| ((ns.clone(), h.clone(), e.pool_element.pe_id), e.clone()))
+            .collect();
+        let mut moved = 0usize;
+        for (key, mut entry) in pes {
+            if !trust::allowed(
+                &self.grants,
+                &client.id,
+                key.0.as_str(),
+                Some(key.1.as_bytes()),
+                trust::Action::Peer,
+            ) {
+                let why = "no peer grant for this namespace and pool".to_owned();
+                Self::ignore_pe(client, &key.0, &key.1, key.2, why, out);
+                continue;
+            }
+            entry.pool_element.home_server_id = from.get();
+            if self
+                .handlespace
+                .register(&key.0, &key.1, entry.pool_element, entry.registrant)
+                .is_ok()
+            {
+                moved += 1;
+            }
+        }
+        out.push(Action::Audit {
+            event: Self::peer_event(
+                client,
+                AuditAction::TakeoverApplied,
+                None,
+                format!("Server ID {from} took over {target}: {moved} PEs moved"),
+            ),
+            durability: Durability::BeforeReply,
+        });
     }
 }

@@ -12,8 +12,8 @@
 //! values ([`Core::next_timeout`], [`Core::handle_timeout`]).
 //!
 //! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`,
-//! the ENRP procedures of spec §9 (peers, handle updates, liveness, handle tables) in
-//! `enrp.rs`.
+//! the ENRP procedures of spec §9 (peers, handle updates, liveness, handle tables,
+//! takeover) in `enrp.rs`.
 
 mod asap;
 mod enrp;
@@ -70,6 +70,9 @@ pub struct Timing {
     /// MAX-TIME-NO-RESPONSE: a probed (or disconnected) peer that says nothing for this
     /// long is dead (spec §9.5, §12.4). 5 s.
     pub peer_no_response: Duration,
+    /// Takeover expiry: a takeover still missing acknowledgements this long after it
+    /// started is abandoned (spec §9.8 step 5). 30 s.
+    pub takeover_expiry: Duration,
 }
 
 impl Default for Timing {
@@ -82,13 +85,15 @@ impl Default for Timing {
             peer_heartbeat: Duration::from_secs(30),
             peer_last_heard: Duration::from_secs(61),
             peer_no_response: Duration::from_secs(5),
+            takeover_expiry: Duration::from_secs(30),
         }
     }
 }
 
 impl Timing {
     /// Short timers for tests: 200 ms keep-alive interval, timeout and grace; peers: a
-    /// heartbeat every 200 ms, probed after 400 ms of silence, dead 200 ms later.
+    /// heartbeat every 200 ms, probed after 400 ms of silence, dead 200 ms later; a
+    /// takeover expires after 1 s.
     pub fn fast() -> Self {
         Self {
             keep_alive_interval: Duration::from_millis(200),
@@ -98,6 +103,7 @@ impl Timing {
             peer_heartbeat: Duration::from_millis(200),
             peer_last_heard: Duration::from_millis(400),
             peer_no_response: Duration::from_millis(200),
+            takeover_expiry: Duration::from_secs(1),
         }
     }
 }
@@ -370,6 +376,17 @@ pub enum AuditAction {
     /// Part of an ENRP message ignored: a PE the sender does not own, a namespace or pool
     /// it may not speak for, a value or a PE ID that does not fit.
     PeerIgnored,
+    /// This registrar started a takeover of a dead peer (spec §9.8 step 1).
+    TakeoverStarted,
+    /// This registrar acknowledged a peer's takeover of another (spec §9.8 step 2).
+    TakeoverAcked,
+    /// A takeover of ours was given up: the target spoke, a peer with a lower Server ID
+    /// takes it over, or acknowledgements were missing at the expiry (spec §9.8).
+    TakeoverAbandoned,
+    /// This registrar took over a dead peer's PEs (spec §9.8 step 3).
+    TakeoverCompleted,
+    /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
+    TakeoverApplied,
 }
 
 impl AuditAction {
@@ -407,6 +424,11 @@ impl AuditAction {
             Self::PeerRefused => "peer:refused",
             Self::PeerDead => "peer:dead",
             Self::PeerIgnored => "peer:ignored",
+            Self::TakeoverStarted => "takeover:started",
+            Self::TakeoverAcked => "takeover:acked",
+            Self::TakeoverAbandoned => "takeover:abandoned",
+            Self::TakeoverCompleted => "takeover:completed",
+            Self::TakeoverApplied => "takeover:applied",
         }
     }
 }
@@ -455,6 +477,8 @@ enum TimerKey {
     Continuation(ServerId, bool),
     /// A peer's PE was not refreshed within its registration life (spec §9.4).
     PeerPeLife(PeKey),
+    /// A takeover of this dead peer is still missing acknowledgements (spec §9.8 step 5).
+    TakeoverExpiry(ServerId),
 }
 
 /// What the registrar remembers of a PE it owns (its home registrar, spec §7.4).
@@ -546,6 +570,11 @@ pub struct Core {
     peers: BTreeMap<ServerId, enrp::Peer>,
     /// The peer connections in use: which Server ID each speaks for.
     peer_conns: HashMap<ConnId, enrp::PeerConn>,
+    /// Takeovers of dead peers this registrar runs, by target (spec §9.8).
+    takeovers: BTreeMap<ServerId, enrp::Takeover>,
+    /// Takeovers by peers this registrar acknowledged: target → (initiator, until when it
+    /// refrains from its own takeover of that target).
+    acked_takeovers: BTreeMap<ServerId, (ServerId, Instant)>,
 }
 
 impl Core {
@@ -563,6 +592,8 @@ impl Core {
             declared: HashMap::new(),
             peers: BTreeMap::new(),
             peer_conns: HashMap::new(),
+            takeovers: BTreeMap::new(),
+            acked_takeovers: BTreeMap::new(),
         }
     }
 
@@ -679,13 +710,14 @@ impl Core {
                 }
                 TimerKey::PeerHeartbeat => self.send_heartbeats(now, &mut out),
                 TimerKey::PeerLastHeard(sid) => self.probe_peer(sid, now, &mut out),
-                TimerKey::PeerNoResponse(sid) => self.peer_dead(sid, &mut out),
+                TimerKey::PeerNoResponse(sid) => self.peer_dead(sid, now, &mut out),
                 TimerKey::Continuation(sid, own) => {
                     if let Some(p) = self.peers.get_mut(&sid) {
                         p.continuation.remove(&own);
                     }
                 }
                 TimerKey::PeerPeLife(pe) => self.expire_peer_pe(&pe, &mut out),
+                TimerKey::TakeoverExpiry(target) => self.takeover_expired(target, &mut out),
             }
         }
         out

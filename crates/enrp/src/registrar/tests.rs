@@ -702,7 +702,7 @@ impl Harness {
         let msg = Decoded {
             msg: EnrpMsg {
                 sender: sid(sender),
-                receiver: 0x1122_3344,
+                receiver: self.core.config().server_id.get(),
                 body,
             },
             unrecognized: Vec::new(),
@@ -1000,8 +1000,9 @@ fn a_silent_peer_is_probed_then_declared_dead() {
     assert_eq!(h.core.peers()[0].state, PeerState::Dead);
     assert!(closed(&out));
     assert!(audits(&out).contains(&(AuditAction::PeerDead, None)));
-    // Takeover is a later slice: its PE stays until its registration life ends.
+    // The only other registrar is dead: the takeover completes at once (spec §9.8).
     assert_eq!(h.core.stats().pes, 1);
+    assert_eq!(h.core.stats().owned, 1);
 }
 
 #[test]
@@ -1037,4 +1038,235 @@ fn a_lost_connection_is_probed_and_a_reconnect_revives_the_peer() {
         }]
     ));
     assert!(h.core.peers()[0].connected);
+}
+
+const SID_A: u32 = 0x1122_3344;
+const SID_C: u32 = 0x0c0c_0c0c; // lower than A's: C wins a tie-break with A
+const PR_A: &str = "spiffe://acme.test/registrar/a";
+const PR_C: &str = "spiffe://acme.test/registrar/c";
+
+impl Harness {
+    /// A registrar with this Server ID and the peer grants.
+    fn registrar(server_id: u32) -> Self {
+        let mut h = Self::with_peer_grants();
+        let mut config = h.core.config().clone();
+        config.server_id = sid(server_id);
+        h.core = Core::new(config, peer_grants());
+        h
+    }
+
+    /// Peered with B (connection 10), which owns PE 5 of "echo", and with `others`.
+    fn with_b_and_its_pe(server_id: u32, others: &[(u64, &str, u32)]) -> Self {
+        let mut h = Self::registrar(server_id);
+        h.peer_up(10, PR_B, SID_B);
+        for (conn, id, sid) in others {
+            h.peer_up(*conn, id, *sid);
+        }
+        h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+        h
+    }
+
+    /// B's connection drops and B says nothing for MAX-TIME-NO-RESPONSE: dead.
+    fn b_dies(&mut self) -> Vec<Action> {
+        self.b_dies_on(10)
+    }
+
+    fn b_dies_on(&mut self, conn: u64) -> Vec<Action> {
+        self.core
+            .handle(Input::PeerDown { conn: ConnId(conn) }, self.now);
+        self.advance(200)
+    }
+
+    fn home_of(&self, id: u32) -> Option<u32> {
+        self.core
+            .handlespace()
+            .iter()
+            .find(|(_, _, e)| e.pool_element.pe_id.get() == id)
+            .map(|(_, _, e)| e.pool_element.home_server_id)
+    }
+}
+
+/// The ENRP messages of `out` sent on connection `conn`.
+fn enrp_on(out: &[Action], conn: u64) -> Vec<EnrpMsg> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::SendEnrp { conn: c, msg } if *c == ConnId(conn) => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deliver(h: &mut Harness, conn: u64, msg: EnrpMsg) -> Vec<Action> {
+    let msg = Decoded {
+        msg,
+        unrecognized: Vec::new(),
+    };
+    h.core.handle(
+        Input::Enrp {
+            conn: ConnId(conn),
+            msg,
+        },
+        h.now,
+    )
+}
+
+fn has_audit(out: &[Action], action: AuditAction) -> bool {
+    audits(out).iter().any(|(a, _)| *a == action)
+}
+
+#[test]
+fn three_registrars_one_takes_over_once_every_live_peer_acknowledged() {
+    // Spec §9.8: A detects B dead, C is alive: INIT_TAKEOVER to C, and A completes only
+    // with C's acknowledgement; acknowledgements of anyone else count for nothing.
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    let pu = a.connect(2, PU_1);
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::PeerDead));
+    assert!(has_audit(&out, AuditAction::TakeoverStarted));
+    let init = enrp_on(&out, 11);
+    assert!(
+        init.iter()
+            .any(|m| m.body == EnrpBody::InitTakeover { target: sid(SID_B) }),
+        "{init:?}"
+    );
+    assert_eq!(a.core.stats().owned, 0);
+    // An ack on a connection that is no accepted peer's: ignored.
+    let ack = EnrpBody::InitTakeoverAck { target: sid(SID_B) };
+    assert!(a.enrp(99, 0x0999_0999, ack.clone()).is_empty());
+    // A speaker without the `peer` grant is refused; its ack and objection are ignored.
+    let out = a.peer_up(98, "spiffe://acme.test/pe/intruder", 0x0000_0001);
+    assert!(closed(&out));
+    assert!(a.enrp(98, 1, ack.clone()).is_empty());
+    let objection = EnrpBody::InitTakeover { target: sid(SID_B) };
+    assert!(a.enrp(98, 1, objection).is_empty());
+    assert_eq!(a.core.stats().owned, 0);
+    // C acknowledges: done. TAKEOVER_SERVER, then ADD_PE with A as the new home.
+    let out = a.enrp(11, SID_C, ack);
+    assert!(has_audit(&out, AuditAction::TakeoverCompleted));
+    let sent = enrp_on(&out, 11);
+    assert_eq!(
+        sent.first().map(|m| &m.body),
+        Some(&EnrpBody::TakeoverServer { target: sid(SID_B) })
+    );
+    assert!(
+        sent.iter()
+            .any(|m| matches!(&m.body, EnrpBody::HandleUpdate {
+        action: UpdateAction::AddPe, pool_element, ..
+    } if pool_element.home_server_id == SID_A))
+    );
+    assert_eq!(a.core.stats().owned, 1);
+    assert_eq!(a.home_of(5), Some(SID_A));
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+    // The PE reconnects here and re-registers with its PE ID (spec §12.6): it stays.
+    let pe_conn = a.connect(3, PE_A);
+    let out = a.send(pe_conn, registration("echo", 5));
+    assert_eq!(reg_cause(&out), None);
+    assert!(has_audit(&out, AuditAction::Reregister));
+    a.advance(300);
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+}
+
+#[test]
+fn a_taken_over_pe_that_does_not_come_back_is_removed_after_the_grace_period() {
+    // Two registrars: the survivor completes at once (no other live peer to wait for).
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[]);
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::TakeoverStarted));
+    assert!(has_audit(&out, AuditAction::TakeoverCompleted));
+    assert_eq!(a.core.stats().owned, 1);
+    assert_eq!(a.home_of(5), Some(SID_A));
+    // No connection to send it the H=1 keep-alive on (spec §12.6): it has one grace
+    // period to re-register here.
+    let out = a.advance(200);
+    assert!(has_audit(&out, AuditAction::RemoveConnectionLoss));
+    assert_eq!(a.core.stats().pes, 0);
+}
+
+#[test]
+fn competing_takeovers_are_resolved_by_the_lower_server_id() {
+    // Spec §9.8 step 2: A and C both declare B dead and start a takeover; C has the
+    // lower Server ID, so A acknowledges C and cancels; exactly one owns B's PE.
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    let mut c = Harness::with_b_and_its_pe(SID_C, &[(21, PR_A, SID_A)]);
+    let (mut log_a, mut log_c) = (a.b_dies(), c.b_dies());
+    assert!(has_audit(&log_a, AuditAction::TakeoverStarted));
+    assert!(has_audit(&log_c, AuditAction::TakeoverStarted));
+    let (mut to_c, mut to_a) = (enrp_on(&log_a, 11), enrp_on(&log_c, 21));
+    for _ in 0..10 {
+        if to_a.is_empty() && to_c.is_empty() {
+            break;
+        }
+        let (mut next_a, mut next_c) = (Vec::new(), Vec::new());
+        for m in to_c.drain(..) {
+            let out = deliver(&mut c, 21, m);
+            next_a.extend(enrp_on(&out, 21));
+            log_c.extend(out);
+        }
+        for m in to_a.drain(..) {
+            let out = deliver(&mut a, 11, m);
+            next_c.extend(enrp_on(&out, 11));
+            log_a.extend(out);
+        }
+        (to_a, to_c) = (next_a, next_c);
+    }
+    assert!(has_audit(&log_a, AuditAction::TakeoverAbandoned));
+    assert!(has_audit(&log_a, AuditAction::TakeoverAcked));
+    assert!(has_audit(&log_a, AuditAction::TakeoverApplied));
+    assert!(!has_audit(&log_a, AuditAction::TakeoverCompleted));
+    assert!(has_audit(&log_c, AuditAction::TakeoverCompleted));
+    assert_eq!((a.core.stats().owned, c.core.stats().owned), (0, 1));
+    assert_eq!((a.home_of(5), c.home_of(5)), (Some(SID_C), Some(SID_C)));
+    // Checksums agree: A's copy of C's PEs is what C announces.
+    assert_eq!(
+        a.core.handlespace().checksum(sid(SID_C)),
+        c.core.handlespace().checksum(sid(SID_C))
+    );
+}
+
+#[test]
+fn a_takeover_stops_when_the_target_speaks_and_expires_without_acknowledgements() {
+    // Spec §9.8 steps 5 and 6.
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    a.b_dies();
+    let out = a.peer_up(12, PR_B, SID_B);
+    assert!(has_audit(&out, AuditAction::TakeoverAbandoned));
+    assert_eq!(a.core.stats().owned, 0);
+    // B dies again; C keeps answering heartbeats but never acknowledges.
+    let out = a.b_dies_on(12);
+    assert!(has_audit(&out, AuditAction::TakeoverStarted));
+    let presence = EnrpBody::Presence {
+        reply_required: false,
+        checksum: PeChecksum(0xffff),
+        server_info: None,
+    };
+    let mut expired = false;
+    for _ in 0..6 {
+        a.enrp(11, SID_C, presence.clone());
+        expired |= has_audit(&a.advance(200), AuditAction::TakeoverAbandoned);
+    }
+    assert!(expired);
+    assert_eq!(a.core.stats().owned, 0);
+    assert_eq!(a.home_of(5), Some(SID_B));
+}
+
+#[test]
+fn a_revocation_removes_the_revoked_registrants_pes_learnt_from_peers() {
+    // Issue 7: each registrar enforces its revocations on every PE it knows.
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[]);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_B));
+    let out = a.core.handle(
+        Input::Revoked(Revocation::Identity(
+            SpiffeId::parse(PE_A).expect("SPIFFE ID"),
+        )),
+        a.now,
+    );
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveRevoked, None)]);
+    // Not ours: no DEL_PE (B, its home, judges by its own revocations).
+    assert!(enrp_sent(&out).is_empty());
+    assert_eq!(a.home_of(5), None);
+    assert_eq!(a.home_of(6), Some(SID_B));
+    // B announcing it again changes nothing.
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(a.home_of(5), None);
 }
