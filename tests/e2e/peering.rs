@@ -332,3 +332,77 @@ async fn two_registrars_the_survivor_takes_over_the_pes_of_a_killed_one() {
     assert!(accepted(pe.recv_reply().await));
     assert_eq!(home_of(&mut pu, "echo", 7).await, Some(b.server_id.clone()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_registrars_exactly_one_survivor_takes_over_a_killed_one() {
+    // Spec §9.8 with two survivors: both see A die; one takes over (INIT_TAKEOVER, the
+    // other acknowledges or yields by Server ID), and both end up naming the same home.
+    let lab = Lab::new();
+    for name in ["a", "b", "c"] {
+        lab.init_peer(name, &format!("data-{name}"));
+    }
+    let timers = [
+        "--peer-heartbeat-ms",
+        "100",
+        "--peer-last-heard-ms",
+        "300",
+        "--peer-no-response-ms",
+        "300",
+    ];
+    let mut a = lab.start_peer_with("data-a", &[], &timers);
+    let b = lab.start_peer_with("data-b", &[a.enrp], &timers);
+    let c = lab.start_peer_with("data-c", &[a.enrp, b.enrp], &timers);
+    let pu_store = lab.identity("pu-client-1");
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu_b = Asap::connect(&pu_store, b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    let mut pu_c = Asap::connect(&pu_store, c.registrar.addr)
+        .await
+        .expect("PU connects to C");
+    for pu in [&mut pu_b, &mut pu_c] {
+        assert!(
+            wait_for(pu, "echo", has(7)).await.is_some(),
+            "not replicated"
+        );
+    }
+
+    a.registrar.child.kill().expect("SIGKILL A");
+    let killed = Instant::now();
+    let _ = a.registrar.child.wait();
+    let survivors = [b.server_id.as_str(), c.server_id.as_str()];
+    let mut agreed = None;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let at_b = home_of(&mut pu_b, "echo", 7).await;
+        let at_c = home_of(&mut pu_c, "echo", 7).await;
+        assert!(
+            at_b.is_some() && at_c.is_some(),
+            "the PE vanished {} ms after the kill",
+            killed.elapsed().as_millis()
+        );
+        if at_b == at_c && at_b.as_deref().is_some_and(|h| survivors.contains(&h)) {
+            agreed = at_b.map(|h| (h, killed.elapsed()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (home, took) = agreed.expect("B and C agree on one new home within 10 s");
+    println!(
+        "SIGKILL of A → {home} took over, agreed by B and C in {} ms",
+        took.as_millis()
+    );
+    // It stays that way: no second takeover moves it again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        home_of(&mut pu_b, "echo", 7).await.as_deref(),
+        Some(home.as_str())
+    );
+    assert_eq!(
+        home_of(&mut pu_c, "echo", 7).await.as_deref(),
+        Some(home.as_str())
+    );
+}

@@ -501,7 +501,7 @@ fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
     std::fs::write(
         &good,
         format!(
-            "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nenrp_listen = \"off\"\nallow_loopback = true\nlog_format = \"json\"\n",
+            "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nenrp_listen = \"off\"\npeer_no_response_ms = 3000\ntakeover_expiry_ms = 10000\nallow_loopback = true\nlog_format = \"json\"\n",
             data.to_str().expect("utf-8 path")
         ),
     )

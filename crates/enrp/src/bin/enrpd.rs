@@ -160,6 +160,10 @@ struct FileConfig {
     admin_listen: Option<String>,
     keep_alive_interval_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
+    peer_heartbeat_ms: Option<u64>,
+    peer_last_heard_ms: Option<u64>,
+    peer_no_response_ms: Option<u64>,
+    takeover_expiry_ms: Option<u64>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -209,6 +213,31 @@ impl RunArgs {
             .filter(|_| unset("keep_alive_timeout_ms"))
         {
             self.keep_alive_timeout_ms = v;
+        }
+        // The ENRP timers (spec §9.5, §9.8).
+        if let Some(v) = file
+            .peer_heartbeat_ms
+            .filter(|_| unset("peer_heartbeat_ms"))
+        {
+            self.peer_heartbeat_ms = v;
+        }
+        if let Some(v) = file
+            .peer_last_heard_ms
+            .filter(|_| unset("peer_last_heard_ms"))
+        {
+            self.peer_last_heard_ms = v;
+        }
+        if let Some(v) = file
+            .peer_no_response_ms
+            .filter(|_| unset("peer_no_response_ms"))
+        {
+            self.peer_no_response_ms = v;
+        }
+        if let Some(v) = file
+            .takeover_expiry_ms
+            .filter(|_| unset("takeover_expiry_ms"))
+        {
+            self.takeover_expiry_ms = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
