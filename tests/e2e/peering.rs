@@ -406,3 +406,81 @@ async fn three_registrars_exactly_one_survivor_takes_over_a_killed_one() {
         Some(home.as_str())
     );
 }
+
+/// The view of `name` in `reg`'s `GET /v1/peers`, once `ready` holds for it (within 10 s).
+async fn peer_view(
+    lab: &Lab,
+    reg: &crate::support::Registrar,
+    token: &str,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let start = Instant::now();
+    let identity = format!("spiffe://acme.test/registrar/{name}");
+    while start.elapsed() < Duration::from_secs(10) {
+        let (status, peers) = crate::admin::api(lab, reg, Some(token), "GET", "/v1/peers", None);
+        assert_eq!(status, 200, "{peers}");
+        let peers: serde_json::Value = serde_json::from_str(&peers).expect("JSON");
+        if let Some(v) = peers
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|v| v["identity"] == identity.as_str() && ready(v))
+        {
+            return Some(v.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_learns_a_peer_from_another_peers_list_and_connects_to_it() {
+    // Spec §9.2: C is configured with A only; A's list response names B (with the address
+    // B advertised in its PRESENCE), so C dials B, and B authenticates C as usual.
+    let lab = Lab::new();
+    let tokens: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|name| lab.init_peer(name, &format!("data-{name}")))
+        .collect();
+    let mut a = lab.start_peer("data-a", &[]);
+    let b = lab.start_peer("data-b", &[a.enrp]);
+    // A knows B's address once B's first PRESENCE arrived (its checksum is then known).
+    let at_a = peer_view(&lab, &a.registrar, &tokens[0], "b", |v| {
+        v["state"] == "active" && !v["checksum_match"].is_null()
+    })
+    .await;
+    assert!(at_a.is_some(), "A never heard B's PRESENCE");
+    let mut pe = Asap::connect(&lab.identity("pe-echo-2"), b.registrar.addr)
+        .await
+        .expect("PE connects to B");
+    pe.send(&registration("learnt", 9)).await;
+    assert!(accepted(pe.recv_reply().await));
+
+    let c = lab.start_peer("data-c", &[a.enrp]);
+    let view = peer_view(&lab, &c.registrar, &tokens[2], "b", |v| {
+        v["state"] == "active"
+    })
+    .await
+    .expect("C never connected to B, learnt from A's list");
+    assert_eq!(view["server_id"], b.server_id.as_str(), "{view}");
+    // B saw C as a peer of its own too.
+    assert!(
+        peer_view(&lab, &b.registrar, &tokens[1], "c", |v| v["state"]
+            == "active")
+        .await
+        .is_some(),
+        "B does not list C"
+    );
+
+    // C's link to B is direct: with A gone, B's PE still resolves at C.
+    a.registrar.child.kill().expect("SIGKILL A");
+    let _ = a.registrar.child.wait();
+    let mut pu_c = Asap::connect(&lab.identity("pu-client-1"), c.registrar.addr)
+        .await
+        .expect("PU connects to C");
+    assert!(
+        wait_for(&mut pu_c, "learnt", has(9)).await.is_some(),
+        "C never learnt B's PE"
+    );
+}

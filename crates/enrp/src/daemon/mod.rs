@@ -187,11 +187,14 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let core = Core::new(settings.registrar.clone(), grants);
         let counters = Arc::new(Counters::default());
+        // Bounded: a dial request that does not fit is dropped (the next list brings it).
+        let (dial_tx, dial_rx) = mpsc::channel(256);
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
             audit.clone(),
             Arc::clone(&counters),
+            dial_tx,
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);
@@ -208,6 +211,15 @@ impl Daemon {
                 stop_rx.clone(),
             )));
         }
+        peer_tasks.push(tokio::spawn(peer::dial_discovered(
+            dial_rx,
+            Arc::clone(&settings),
+            Arc::clone(&trust),
+            events.clone(),
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        )));
         for target in &settings.peers {
             peer_tasks.push(tokio::spawn(peer::dial_loop(
                 target.clone(),
@@ -299,6 +311,7 @@ async fn run_core(
     mut events: mpsc::Receiver<Event>,
     audit: AuditLog,
     counters: Arc<Counters>,
+    dials: mpsc::Sender<SocketAddr>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
@@ -343,7 +356,7 @@ async fn run_core(
             .iter()
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
-        let gate = execute(actions, &writers, &audit, &counters).await?;
+        let gate = execute(actions, &writers, &audit, &counters, &dials).await?;
         if let Some(reply) = done {
             // The operator hears back once the removals are durable in the audit log.
             tokio::spawn(async move {
@@ -372,6 +385,7 @@ async fn execute(
     writers: &HashMap<ConnId, ConnHandle>,
     audit: &AuditLog,
     counters: &Counters,
+    dials: &mpsc::Sender<SocketAddr>,
 ) -> Result<Option<Gate>, Error> {
     let mut gate: Option<Gate> = None;
     for action in actions {
@@ -442,6 +456,11 @@ async fn execute(
                         gate: gate.clone(),
                     },
                 );
+            }
+            Action::DialPeer { addr } => {
+                if dials.try_send(addr).is_err() {
+                    tracing::warn!(%addr, "peer dial queue full: not dialed");
+                }
             }
             Action::Close { conn, reason } => {
                 tracing::info!(?conn, reason, "closing connection");

@@ -1,5 +1,5 @@
 //! ENRP peer connections (spec §9, §11.2, §12): the ENRP listener, one dialer per
-//! configured peer, and one task per authenticated connection that cuts frames for the
+//! configured peer or peer learnt from a list (spec §9.2), and one task per authenticated connection that cuts frames for the
 //! core and writes what the core sends.
 //!
 //! Only [`accept_loop`] and [`dial_loop`] know TCP. The TLS handshakes ([`accept_tls`],
@@ -10,6 +10,7 @@
 //! the identity (mutual TLS, ALPN `rserpool-enrp/1`) and derives the Server ID that
 //! every message of the connection must carry (ARCHITECTURE.md §3).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +37,9 @@ const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 /// A connection that lasted this long was a working one: the next redial starts fast.
 const STABLE: Duration = Duration::from_secs(2);
+/// Most registrars dialed because a peer listed them (spec §9.2), over the daemon's life:
+/// the core caps each list response, this caps all of them together.
+const MAX_DISCOVERED: usize = 256;
 
 /// Accepts ENRP connections until the daemon stops.
 pub(super) async fn accept_loop(
@@ -127,6 +131,53 @@ pub(super) async fn dial_loop(
             () = tokio::time::sleep(delay) => {}
             () = stopped(stop.clone()) => return,
         }
+    }
+}
+
+/// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action))
+/// with [`dial_loop`], once per address (configured peers are not dialed twice), at most
+/// [`MAX_DISCOVERED`] of them.
+pub(super) async fn dial_discovered(
+    mut addrs: mpsc::Receiver<SocketAddr>,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut dialing: HashSet<String> = settings.peers.iter().cloned().collect();
+    let mut tasks = Vec::new();
+    loop {
+        let addr = tokio::select! {
+            a = addrs.recv() => match a {
+                Some(a) => a,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let target = addr.to_string();
+        if dialing.contains(&target) {
+            continue;
+        }
+        if tasks.len() >= MAX_DISCOVERED {
+            tracing::warn!(%target, "too many peers learnt from lists: not dialed");
+            continue;
+        }
+        tracing::info!(%target, "dialing a peer learnt from a peer list");
+        dialing.insert(target.clone());
+        tasks.push(tokio::spawn(dial_loop(
+            target,
+            Arc::clone(&settings),
+            Arc::clone(&trust),
+            events.clone(),
+            audit.clone(),
+            Arc::clone(&counters),
+            stop.clone(),
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

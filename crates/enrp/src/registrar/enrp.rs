@@ -13,8 +13,9 @@
 //!   connection to them over TCP (spec §12.6): it cannot send them the H=1 keep-alive,
 //!   so each waits one connection grace period for its re-registration here (with its
 //!   PE ID), like the PEs of a closed connection. Dialing a PE's ASAP listener is not done.
-//! - Peer lists (§9.2): peers come from configuration only; an ENRP_LIST_REQUEST is
-//!   answered with R=1 (rejected) rather than with a list we cannot fill.
+//! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
+//!   ID not known yet is dialed ([`Action::DialPeer`], at most [`MAX_LIST_DIALS`] per
+//!   response) and authenticated like any peer: a list only says where to dial.
 //! - Mentor start-up (§9.3): no W=0 download and no "no service until synchronised";
 //!   instead every peer is asked for its own PEs (W=1) when it connects, so a registrar
 //!   peered with all others (our static, full-mesh configuration) learns every PE.
@@ -93,6 +94,21 @@ pub(super) struct Peer {
     sync: Option<HashSet<PeKey>>,
     /// Continuation points of its handle table requests, by W flag (spec §9.7).
     pub(super) continuation: HashMap<bool, PeKey>,
+    /// The ENRP address it advertised in its PRESENCE (spec §4.5), for our list responses.
+    enrp_addr: Option<SocketAddr>,
+}
+
+/// Most new peers one ENRP_LIST_RESPONSE may make this registrar dial: a peer's list is
+/// bounded by configuration (spec §9.2), and one peer must not make us dial without end.
+pub const MAX_LIST_DIALS: usize = 64;
+
+/// The TCP address in a Server Information, if it is one that can be dialed.
+fn dialable(info: &ServerInformation) -> Option<SocketAddr> {
+    let Transport::Tcp { port, addr, .. } = &info.transport else {
+        return None;
+    };
+    let ip = addr.ip();
+    (!ip.is_unspecified() && !ip.is_multicast()).then(|| SocketAddr::new(ip, port.get()))
 }
 
 /// A takeover of a dead peer this registrar runs (spec §9.8).
@@ -238,6 +254,7 @@ impl Core {
             their_checksum: None,
             sync: None,
             continuation: HashMap::new(),
+            enrp_addr: None,
         });
         p.client = peer.clone();
         p.conn = Some(conn);
@@ -267,6 +284,11 @@ impl Core {
         let hello = self.presence(server_id, false);
         out.push(Action::SendEnrp { conn, msg: hello });
         self.request_own_pes(server_id, out);
+        // Spec §9.2: its peers may be ones we were not configured with.
+        out.push(Action::SendEnrp {
+            conn,
+            msg: self.enrp_msg(server_id, EnrpBody::ListRequest),
+        });
         // A live peer now: each running takeover needs its acknowledgement too.
         let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
         for target in running {
@@ -401,11 +423,19 @@ impl Core {
             EnrpBody::Presence {
                 reply_required,
                 checksum,
-                ..
+                server_info,
             } => {
                 let mismatch = checksum.0 != self.handlespace.checksum(sid);
+                // Only its own address counts: a peer does not speak for another's.
+                let advertised = server_info
+                    .filter(|i| i.server_id == sid)
+                    .as_ref()
+                    .and_then(dialable);
                 let syncing = self.peers.get_mut(&sid).is_some_and(|p| {
                     p.their_checksum = Some(checksum.0);
+                    if advertised.is_some() {
+                        p.enrp_addr = advertised;
+                    }
                     p.sync.is_some()
                 });
                 if reply_required {
@@ -445,19 +475,19 @@ impl Core {
                     }
                 }
             }
-            // Spec §9.2: peers come from configuration here; a list we cannot fill is
-            // refused rather than answered empty.
-            EnrpBody::ListRequest => out.push(Action::SendEnrp {
-                conn,
-                msg: EnrpMsg {
-                    sender: self.config.server_id,
-                    receiver: sid.get(),
-                    body: EnrpBody::ListResponse {
-                        reject: true,
-                        servers: Vec::new(),
-                    },
-                },
-            }),
+            EnrpBody::ListRequest => {
+                let servers = self.peer_list(sid);
+                out.push(Action::SendEnrp {
+                    conn,
+                    msg: self.enrp_msg(
+                        sid,
+                        EnrpBody::ListResponse {
+                            reject: false,
+                            servers,
+                        },
+                    ),
+                });
+            }
             EnrpBody::Error(e) => out.push(Action::Audit {
                 event: Self::peer_event(
                     &client,
@@ -479,8 +509,65 @@ impl Core {
             EnrpBody::TakeoverServer { target } => {
                 self.on_takeover_server(sid, &client, target, out);
             }
-            // A list response answers a request we never send.
-            EnrpBody::ListResponse { .. } => {}
+            EnrpBody::ListResponse { reject, servers } => {
+                if !reject {
+                    self.on_peer_list(&client, &servers, out);
+                }
+            }
+        }
+    }
+
+    /// Spec §9.2: the live peers (but the asker) whose ENRP address we know.
+    fn peer_list(&self, asker: ServerId) -> Vec<ServerInformation> {
+        self.peers
+            .iter()
+            .filter(|(sid, p)| **sid != asker && p.state != PeerState::Dead)
+            .filter_map(|(sid, p)| {
+                let a = p.enrp_addr?;
+                Some(ServerInformation {
+                    server_id: *sid,
+                    transport: Transport::Tcp {
+                        port: NonZeroU16::new(a.port())?,
+                        transport_use: TransportUse::DataOnly,
+                        addr: Address::new(a.ip()),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Spec §9.2: dial the listed registrars we do not know (never ourselves, never a
+    /// live or connected peer), at most [`MAX_LIST_DIALS`]. Whoever answers is
+    /// authenticated like a configured peer: the list grants no trust.
+    fn on_peer_list(&self, from: &Client, servers: &[ServerInformation], out: &mut Vec<Action>) {
+        let mut dialed = HashSet::new();
+        for info in servers {
+            if dialed.len() >= MAX_LIST_DIALS {
+                out.push(Action::Audit {
+                    event: Self::peer_event(
+                        from,
+                        AuditAction::PeerIgnored,
+                        None,
+                        format!("peer list beyond {MAX_LIST_DIALS} new peers"),
+                    ),
+                    durability: Durability::Batched,
+                });
+                break;
+            }
+            let sid = info.server_id;
+            let known = self
+                .peers
+                .get(&sid)
+                .is_some_and(|p| p.conn.is_some() || p.state != PeerState::Dead);
+            if sid == self.config.server_id || known || dialed.contains(&sid) {
+                continue;
+            }
+            let Some(addr) = dialable(info) else { continue };
+            if Some(addr) == self.config.enrp_addr {
+                continue;
+            }
+            dialed.insert(sid);
+            out.push(Action::DialPeer { addr });
         }
     }
 

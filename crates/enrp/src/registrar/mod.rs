@@ -31,7 +31,7 @@ use trust::{Grant, Serial, SpiffeId};
 
 use crate::handlespace::{Handlespace, Limits};
 
-pub use enrp::{PeerState, PeerStatus};
+pub use enrp::{MAX_LIST_DIALS, PeerState, PeerStatus};
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -315,6 +315,12 @@ pub enum Action {
         conn: ConnId,
         /// Why, for the log.
         reason: &'static str,
+    },
+    /// Dial a registrar learnt from a peer's list (spec §9.2) and keep a connection to
+    /// it, like a configured peer. Whoever answers is authenticated as usual.
+    DialPeer {
+        /// Its advertised ENRP address.
+        addr: SocketAddr,
     },
     /// Write an audit record.
     Audit {

@@ -6,8 +6,8 @@ use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 use ::asap::wire::param::{
-    Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, Transport,
-    TransportUse,
+    Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, ServerInformation,
+    Transport, TransportUse,
 };
 use ::asap::wire::{EnrpBody, PeEntry, PoolEntries, Resolution, UpdateAction};
 
@@ -753,9 +753,120 @@ fn a_peer_is_greeted_and_asked_for_its_own_pes() {
         [
             EnrpBody::Presence { reply_required: false, checksum, .. },
             EnrpBody::HandleTableRequest { own_children_only: true },
+            EnrpBody::ListRequest,
         ] if checksum.0 == 0xffff
     ));
     assert_eq!(h.core.peers()[0].state, PeerState::Active);
+}
+
+fn server_info(server_id: u32, port: u16) -> ServerInformation {
+    ServerInformation {
+        server_id: sid(server_id),
+        transport: Transport::Tcp {
+            port: NonZeroU16::new(port).expect("non-zero"),
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(Ipv4Addr::LOCALHOST),
+        },
+    }
+}
+
+fn presence_from(server_id: u32, port: u16) -> EnrpBody {
+    EnrpBody::Presence {
+        reply_required: false,
+        checksum: PeChecksum(0xffff),
+        server_info: Some(server_info(server_id, port)),
+    }
+}
+
+fn dials(out: &[Action]) -> Vec<SocketAddr> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::DialPeer { addr } => Some(*addr),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_list_request_is_answered_with_the_live_peers_and_their_advertised_addresses() {
+    // Spec §9.2: Server Information of every known peer, as each advertised it (§4.5).
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.peer_up(11, PR_C, SID_C);
+    // Only a peer's own Server Information counts: C cannot speak for B's address.
+    h.enrp(11, SID_C, presence_from(SID_B, 6666));
+    h.enrp(10, SID_B, presence_from(SID_B, 9902));
+    let out = h.enrp(11, SID_C, EnrpBody::ListRequest);
+    assert_eq!(
+        enrp_sent(&out),
+        vec![EnrpBody::ListResponse {
+            reject: false,
+            servers: vec![server_info(SID_B, 9902)],
+        }]
+    );
+    // B asks: C advertised no address of its own, so there is nothing to list.
+    let out = h.enrp(10, SID_B, EnrpBody::ListRequest);
+    assert_eq!(
+        enrp_sent(&out),
+        vec![EnrpBody::ListResponse {
+            reject: false,
+            servers: Vec::new(),
+        }]
+    );
+}
+
+#[test]
+fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() {
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let me = h.core.config().server_id.get();
+    let out = h.enrp(
+        10,
+        SID_B,
+        EnrpBody::ListResponse {
+            reject: false,
+            servers: vec![
+                server_info(me, 1000),     // ourselves
+                server_info(SID_B, 1001),  // already connected
+                server_info(SID_C, 1002),  // new
+                server_info(SID_C, 1003),  // listed twice
+                server_info(0x0d0d, 1004), // new
+            ],
+        },
+    );
+    assert_eq!(
+        dials(&out),
+        vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 1002)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 1004)),
+        ]
+    );
+    // A rejected list dials nothing.
+    let out = h.enrp(
+        10,
+        SID_B,
+        EnrpBody::ListResponse {
+            reject: true,
+            servers: vec![server_info(0x0e0e, 1005)],
+        },
+    );
+    assert!(dials(&out).is_empty());
+    // One response adds at most MAX_LIST_DIALS peers, and says it ignored the rest.
+    let servers = (1..=200u16)
+        .map(|n| server_info(0x1000 + u32::from(n), 2000 + n))
+        .collect();
+    let out = h.enrp(
+        10,
+        SID_B,
+        EnrpBody::ListResponse {
+            reject: false,
+            servers,
+        },
+    );
+    assert_eq!(dials(&out).len(), MAX_LIST_DIALS);
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, None)]);
+    // Dialing proves nothing: no peer is added until one authenticates.
+    assert_eq!(h.core.peers().len(), 1);
 }
 
 #[test]
