@@ -484,3 +484,42 @@ async fn a_registrar_learns_a_peer_from_another_peers_list_and_connects_to_it() 
         "C never learnt B's PE"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_started_with_a_peer_serves_once_its_mentor_table_is_downloaded() {
+    // Spec §9.3: B, started with `--peer A`, is not ready until it downloaded A's table;
+    // once `/readyz` says 200, A's PE resolves at B on the first try.
+    let lab = Lab::new();
+    for name in ["a", "b"] {
+        lab.init_peer(name, &format!("data-{name}"));
+    }
+    let a = lab.start_peer("data-a", &[]);
+    let pe_store = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_store, a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    pe.send(&registration("echo", 5)).await;
+    assert!(accepted(pe.recv_reply().await));
+
+    let b = lab.start_peer_with("data-b", &[a.enrp], &["--mentor-timeout-ms", "30000"]);
+    let start = Instant::now();
+    loop {
+        let (status, body) = crate::admin::api(&lab, &b.registrar, None, "GET", "/readyz", None);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pu_store = lab.identity("pu-client-1");
+    let mut pu = Asap::connect(&pu_store, b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    pu.send(&resolution("echo")).await;
+    let pes = resolved(pu.recv_reply().await).expect("A's PE resolves at B");
+    assert_eq!(pes, vec![(5, "spiffe://acme.test/pe/echo-1".to_owned())]);
+}

@@ -137,6 +137,10 @@ struct RunArgs {
     /// abandoned (spec §9.8).
     #[arg(long, env = "ENRPD_TAKEOVER_EXPIRY_MS", default_value_t = 30_000)]
     takeover_expiry_ms: u64,
+    /// Mentor discovery timeout in milliseconds: a registrar started with peers serves
+    /// alone after this long without a mentor's handle table (spec §9.3).
+    #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
+    mentor_timeout_ms: u64,
     /// Accept loopback addresses in PE user transports (single-host setups and tests).
     #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
     allow_loopback: bool,
@@ -164,6 +168,7 @@ struct FileConfig {
     peer_last_heard_ms: Option<u64>,
     peer_no_response_ms: Option<u64>,
     takeover_expiry_ms: Option<u64>,
+    mentor_timeout_ms: Option<u64>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -238,6 +243,12 @@ impl RunArgs {
             .filter(|_| unset("takeover_expiry_ms"))
         {
             self.takeover_expiry_ms = v;
+        }
+        if let Some(v) = file
+            .mentor_timeout_ms
+            .filter(|_| unset("mentor_timeout_ms"))
+        {
+            self.mentor_timeout_ms = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -408,6 +419,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         peer_last_heard: Duration::from_millis(args.peer_last_heard_ms),
         peer_no_response: Duration::from_millis(args.peer_no_response_ms),
         takeover_expiry: Duration::from_millis(args.takeover_expiry_ms),
+        mentor_timeout: Duration::from_millis(args.mentor_timeout_ms),
         ..Timing::default()
     };
     config.allow_loopback = args.allow_loopback;

@@ -73,6 +73,9 @@ pub struct Counters {
     // atomics built in advance for every cause.
     rejections: Mutex<BTreeMap<u16, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// The core is in its start-up phase (spec §9.3): not ready. The core task keeps it
+    /// in step, so that `/readyz` need not queue behind the core's work.
+    pub(super) starting: AtomicBool,
 }
 
 impl Counters {
@@ -202,9 +205,11 @@ impl Control {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether the registrar serves.
+    /// Whether the registrar serves (not during its start-up phase, spec §9.3).
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.events.is_closed()
+        self.ready.load(Ordering::Relaxed)
+            && !self.counters.starting.load(Ordering::Relaxed)
+            && !self.events.is_closed()
     }
 
     async fn ask<T: Default>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> T {

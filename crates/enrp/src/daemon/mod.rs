@@ -20,6 +20,7 @@ pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
@@ -185,8 +186,13 @@ impl Daemon {
         settings.registrar.enrp_addr = enrp_addr;
         let (events, events_rx) = mpsc::channel(8192);
         let (stop, stop_rx) = watch::channel(false);
-        let core = Core::new(settings.registrar.clone(), grants);
+        let mut core = Core::new(settings.registrar.clone(), grants);
         let counters = Arc::new(Counters::default());
+        // Spec §9.3: with peers to learn from, no service until synchronised.
+        if !settings.peers.is_empty() {
+            core.begin_startup(tokio::time::Instant::now().into_std());
+        }
+        counters.starting.store(core.starting(), Ordering::Relaxed);
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
         let core_task = tokio::spawn(run_core(
@@ -356,6 +362,7 @@ async fn run_core(
             .iter()
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
+        counters.starting.store(core.starting(), Ordering::Relaxed);
         let gate = execute(actions, &writers, &audit, &counters, &dials).await?;
         if let Some(reply) = done {
             // The operator hears back once the removals are durable in the audit log.

@@ -198,6 +198,15 @@ impl Core {
                 },
             });
         };
+        // Spec §9.3 step 5 [P]: no service until the handlespace is synchronised.
+        if self.starting {
+            return reject(
+                self,
+                ErrorCause::LackOfResources,
+                "registrar starting: handlespace not yet synchronised",
+                out,
+            );
+        }
         // 1. Authorization (spec §11, D-6).
         if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
             return reject(
@@ -403,6 +412,31 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let ns = self.namespace_of(namespace);
+        // Spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool" wrongly.
+        if self.starting {
+            let cause = ErrorCause::LackOfResources;
+            let mut event = self.event(
+                conn,
+                &ns,
+                &pool_handle,
+                None,
+                AuditAction::Resolve,
+                Some(cause.code()),
+            );
+            event.detail = Some("registrar starting: handlespace not yet synchronised".to_owned());
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+            out.push(Action::Send {
+                conn,
+                msg: AsapMsg::HandleResolutionResponse {
+                    pool_handle,
+                    result: Resolution::Error(OperationError::single(cause)),
+                },
+            });
+            return;
+        }
         let wanted = option.map_or(self.config.default_resolution_items, |o| {
             usize::try_from(o.items).unwrap_or(usize::MAX)
         });

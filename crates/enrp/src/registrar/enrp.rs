@@ -16,9 +16,12 @@
 //! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
 //!   ID not known yet is dialed ([`Action::DialPeer`], at most [`MAX_LIST_DIALS`] per
 //!   response) and authenticated like any peer: a list only says where to dial.
-//! - Mentor start-up (§9.3): no W=0 download and no "no service until synchronised";
-//!   instead every peer is asked for its own PEs (W=1) when it connects, so a registrar
-//!   peered with all others (our static, full-mesh configuration) learns every PE.
+//! - Mentor start-up (§9.3): a registrar started with peers downloads the whole handle
+//!   table (W=0) of the first peer up, its mentor, and serves no ASAP until the last page
+//!   or the mentor timeout. Of that table only the mentor's own PEs are taken (the [P]
+//!   rule of §9.4: a peer speaks only for its own PEs); every other peer is asked for its
+//!   own PEs (W=1) when it connects, so a registrar peered with all others (our static,
+//!   full-mesh configuration) learns every PE.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -92,6 +95,8 @@ pub(super) struct Peer {
     /// A handle table download (W=1) in progress: the PEs it listed so far. At the last
     /// page, its PEs not listed are purged (spec §9.6).
     sync: Option<HashSet<PeKey>>,
+    /// The W flag of the download in `sync`: W=0 only for the mentor at start-up.
+    sync_own: bool,
     /// Continuation points of its handle table requests, by W flag (spec §9.7).
     pub(super) continuation: HashMap<bool, PeKey>,
     /// The ENRP address it advertised in its PRESENCE (spec §4.5), for our list responses.
@@ -253,6 +258,7 @@ impl Core {
             last_heard: None,
             their_checksum: None,
             sync: None,
+            sync_own: true,
             continuation: HashMap::new(),
             enrp_addr: None,
         });
@@ -283,7 +289,12 @@ impl Core {
         });
         let hello = self.presence(server_id, false);
         out.push(Action::SendEnrp { conn, msg: hello });
-        self.request_own_pes(server_id, out);
+        // Spec §9.3: the first peer up during start-up is the mentor; its whole table.
+        let mentor = self.starting && self.mentor.is_none();
+        if mentor {
+            self.mentor = Some(server_id);
+        }
+        self.request_handle_table(server_id, !mentor, out);
         // Spec §9.2: its peers may be ones we were not configured with.
         out.push(Action::SendEnrp {
             conn,
@@ -323,20 +334,67 @@ impl Core {
 
     /// Starts (or restarts) the download of a peer's own PEs (spec §9.6, §9.7).
     fn request_own_pes(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        // A mentor download (W=0) in progress lists its own PEs too: let it finish.
+        if self
+            .peers
+            .get(&sid)
+            .is_some_and(|p| p.sync.is_some() && !p.sync_own)
+        {
+            return;
+        }
+        self.request_handle_table(sid, true, out);
+    }
+
+    /// Starts the download of a peer's handle table: its own PEs (W=1), or all it knows
+    /// (W=0, the mentor at start-up, spec §9.3).
+    fn request_handle_table(&mut self, sid: ServerId, own_only: bool, out: &mut Vec<Action>) {
         let Some(p) = self.peers.get_mut(&sid) else {
             return;
         };
         let Some(conn) = p.conn else { return };
         p.sync = Some(HashSet::new());
+        p.sync_own = own_only;
         out.push(Action::SendEnrp {
             conn,
             msg: EnrpMsg {
                 sender: self.config.server_id,
                 receiver: sid.get(),
                 body: EnrpBody::HandleTableRequest {
-                    own_children_only: true,
+                    own_children_only: own_only,
                 },
             },
+        });
+    }
+
+    /// Ends the start-up phase (spec §9.3 steps 3 and 4): the registrar serves ASAP.
+    pub(super) fn end_startup(
+        &mut self,
+        why: AuditAction,
+        mentor: Option<&Client>,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.starting {
+            return;
+        }
+        self.starting = false;
+        self.mentor = None;
+        self.timers.stop(&TimerKey::MentorTimeout);
+        let detail = match mentor {
+            Some(m) => format!("handle table downloaded from mentor {}", m.id),
+            None => "no mentor download completed: serving alone".to_owned(),
+        };
+        out.push(Action::Audit {
+            event: AuditEvent {
+                actor: None,
+                remote: mentor.map(|m| m.addr),
+                namespace: None,
+                pool_handle: None,
+                pe_id: None,
+                action: why,
+                outcome: None,
+                detail: Some(detail),
+            },
+            durability: Durability::Batched,
         });
     }
 
@@ -624,6 +682,10 @@ impl Core {
         p.conn = None;
         p.sync = None;
         p.continuation.clear();
+        // A mentor lost mid-download: the next peer up mentors instead.
+        if self.mentor == Some(sid) {
+            self.mentor = None;
+        }
         self.timers.stop(&TimerKey::PeerLastHeard(sid));
         if p.state != PeerState::Dead {
             p.state = PeerState::Probing;
@@ -1053,6 +1115,10 @@ impl Core {
             if let Some(p) = self.peers.get_mut(&sid) {
                 p.sync = None;
             }
+            // The next peer up may mentor instead; the mentor timeout still runs.
+            if self.mentor == Some(sid) {
+                self.mentor = None;
+            }
             out.push(Action::Audit {
                 event: Self::peer_event(
                     client,
@@ -1064,9 +1130,18 @@ impl Core {
             });
             return;
         }
+        // Of a W=0 table only the sender's own PEs are taken (spec §9.4 [P]); the others
+        // come from their home registrars.
+        let whole = self
+            .peers
+            .get(&sid)
+            .is_some_and(|p| p.sync.is_some() && !p.sync_own);
         let mut seen = Vec::new();
         for group in pools {
             for entry in group.entries {
+                if whole && entry.pool_element.home_server_id != sid.get() {
+                    continue;
+                }
                 if let Some(key) = self.accept_peer_pe(
                     sid,
                     client,
@@ -1096,7 +1171,7 @@ impl Core {
                         sender: self.config.server_id,
                         receiver: sid.get(),
                         body: EnrpBody::HandleTableRequest {
-                            own_children_only: true,
+                            own_children_only: p.sync_own,
                         },
                     },
                 });
@@ -1104,6 +1179,7 @@ impl Core {
             return;
         }
         let listed = p.sync.take().unwrap_or_default();
+        let mentor_done = whole && self.mentor == Some(sid);
         let mut stale: Vec<PeKey> = self
             .handlespace
             .iter()
@@ -1117,6 +1193,9 @@ impl Core {
                 self.after_removal(&removed, out);
                 out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
             }
+        }
+        if mentor_done {
+            self.end_startup(AuditAction::MentorDone, Some(client), out);
         }
     }
 

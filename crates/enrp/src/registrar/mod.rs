@@ -73,6 +73,9 @@ pub struct Timing {
     /// Takeover expiry: a takeover still missing acknowledgements this long after it
     /// started is abandoned (spec §9.8 step 5). 30 s.
     pub takeover_expiry: Duration,
+    /// Mentor discovery timeout: a registrar started with peers serves alone after this
+    /// long without a complete handle table download from a mentor (spec §9.3). 5 s.
+    pub mentor_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -86,6 +89,7 @@ impl Default for Timing {
             peer_last_heard: Duration::from_secs(61),
             peer_no_response: Duration::from_secs(5),
             takeover_expiry: Duration::from_secs(30),
+            mentor_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -93,7 +97,7 @@ impl Default for Timing {
 impl Timing {
     /// Short timers for tests: 200 ms keep-alive interval, timeout and grace; peers: a
     /// heartbeat every 200 ms, probed after 400 ms of silence, dead 200 ms later; a
-    /// takeover expires after 1 s.
+    /// takeover expires after 1 s; the mentor timeout is 1 s.
     pub fn fast() -> Self {
         Self {
             keep_alive_interval: Duration::from_millis(200),
@@ -104,6 +108,7 @@ impl Timing {
             peer_last_heard: Duration::from_millis(400),
             peer_no_response: Duration::from_millis(200),
             takeover_expiry: Duration::from_secs(1),
+            mentor_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -393,6 +398,10 @@ pub enum AuditAction {
     TakeoverCompleted,
     /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
     TakeoverApplied,
+    /// The start-up phase ended: the mentor's handle table is downloaded (spec §9.3).
+    MentorDone,
+    /// The start-up phase ended: no mentor download completed in time (spec §9.3 step 4).
+    MentorTimeout,
 }
 
 impl AuditAction {
@@ -435,6 +444,8 @@ impl AuditAction {
             Self::TakeoverAbandoned => "takeover:abandoned",
             Self::TakeoverCompleted => "takeover:completed",
             Self::TakeoverApplied => "takeover:applied",
+            Self::MentorDone => "mentor:done",
+            Self::MentorTimeout => "mentor:timeout",
         }
     }
 }
@@ -485,6 +496,8 @@ enum TimerKey {
     PeerPeLife(PeKey),
     /// A takeover of this dead peer is still missing acknowledgements (spec §9.8 step 5).
     TakeoverExpiry(ServerId),
+    /// The start-up phase ends without a mentor (spec §9.3 step 4).
+    MentorTimeout,
 }
 
 /// What the registrar remembers of a PE it owns (its home registrar, spec §7.4).
@@ -581,6 +594,10 @@ pub struct Core {
     /// Takeovers by peers this registrar acknowledged: target → (initiator, until when it
     /// refrains from its own takeover of that target).
     acked_takeovers: BTreeMap<ServerId, (ServerId, Instant)>,
+    /// In the start-up phase (spec §9.3): ASAP registrations and resolutions are refused.
+    starting: bool,
+    /// The peer whose whole handle table (W=0) is being downloaded during start-up.
+    mentor: Option<ServerId>,
 }
 
 impl Core {
@@ -600,7 +617,25 @@ impl Core {
             peer_conns: HashMap::new(),
             takeovers: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
+            starting: false,
+            mentor: None,
         }
+    }
+
+    /// Enters the start-up phase of spec §9.3: the driver calls it once, before any input,
+    /// when peers are configured. ASAP registrations and resolutions are refused until a
+    /// mentor's handle table is downloaded or [`Timing::mentor_timeout`] passes.
+    pub fn begin_startup(&mut self, now: Instant) {
+        self.starting = true;
+        self.timers.set(
+            TimerKey::MentorTimeout,
+            now + self.config.timing.mentor_timeout,
+        );
+    }
+
+    /// Whether the registrar is still in its start-up phase (not serving ASAP).
+    pub fn starting(&self) -> bool {
+        self.starting
     }
 
     /// The configuration.
@@ -724,6 +759,9 @@ impl Core {
                 }
                 TimerKey::PeerPeLife(pe) => self.expire_peer_pe(&pe, &mut out),
                 TimerKey::TakeoverExpiry(target) => self.takeover_expired(target, &mut out),
+                TimerKey::MentorTimeout => {
+                    self.end_startup(AuditAction::MentorTimeout, None, &mut out);
+                }
             }
         }
         out

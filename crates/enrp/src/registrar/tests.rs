@@ -744,7 +744,7 @@ fn add_pe(home: u32, pool: &str, id: u32, registrant: &str) -> EnrpBody {
 
 #[test]
 fn a_peer_is_greeted_and_asked_for_its_own_pes() {
-    // Spec §9.3 (as this slice does it) and §9.6: PRESENCE, then HANDLE_TABLE_REQUEST W=1.
+    // Spec §9.6, for a registrar past start-up: PRESENCE, then HANDLE_TABLE_REQUEST W=1.
     let mut h = Harness::with_peer_grants();
     let out = h.peer_up(10, PR_B, SID_B);
     assert_eq!(audits(&out), vec![(AuditAction::PeerUp, None)]);
@@ -1380,4 +1380,112 @@ fn a_revocation_removes_the_revoked_registrants_pes_learnt_from_peers() {
     let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
     assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
     assert_eq!(a.home_of(5), None);
+}
+
+fn peer_entry(home: u32, id: u32) -> PeEntry {
+    let mut pool_element = pe(id);
+    pool_element.home_server_id = home;
+    PeEntry {
+        pool_element,
+        registrant: RegistrantIdentity::new(PE_A),
+    }
+}
+
+fn table_page(entries: Vec<PeEntry>, more: bool) -> EnrpBody {
+    EnrpBody::HandleTableResponse {
+        reject: false,
+        more,
+        pools: vec![PoolEntries {
+            namespace: Namespace::default_namespace(),
+            pool_handle: handle("echo"),
+            entries,
+        }],
+    }
+}
+
+fn resolution_cause(r: &Resolution) -> Option<u16> {
+    match r {
+        Resolution::Error(e) => Some(e.causes()[0].code()),
+        Resolution::Found { .. } => None,
+    }
+}
+
+#[test]
+fn while_starting_registrations_and_resolutions_are_refused_with_lack_of_resources() {
+    // Spec §9.3 step 5 [P]: cause 0x6 until the mentor's table is downloaded.
+    let mut h = Harness::with_peer_grants();
+    h.core.begin_startup(h.now);
+    assert!(h.core.starting());
+    let pe_conn = h.connect(1, PE_A);
+    let out = h.send(pe_conn, registration("echo", 1));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::LackOfResources.code()));
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::Register,
+            Some(ErrorCause::LackOfResources.code())
+        )]
+    );
+    assert_eq!(h.core.stats().pes, 0);
+    let pu = h.connect(2, PU_1);
+    assert_eq!(
+        resolution_cause(&h.resolve(pu, "echo")),
+        Some(ErrorCause::LackOfResources.code())
+    );
+}
+
+#[test]
+fn the_mentor_download_pages_with_w0_and_its_last_page_ends_the_startup() {
+    // Spec §9.3 steps 2-3: the first peer up is the mentor, asked for W=0; M=1 pages on.
+    let mut h = Harness::with_peer_grants();
+    h.core.begin_startup(h.now);
+    let out = h.peer_up(10, PR_B, SID_B);
+    assert!(enrp_sent(&out).contains(&EnrpBody::HandleTableRequest {
+        own_children_only: false
+    }));
+    // A second peer is only asked for its own PEs.
+    let out = h.peer_up(11, PR_C, SID_C);
+    assert!(enrp_sent(&out).contains(&EnrpBody::HandleTableRequest {
+        own_children_only: true
+    }));
+    // A page with a PE of another home: not the mentor's to speak for, skipped quietly.
+    let out = h.enrp(
+        10,
+        SID_B,
+        table_page(vec![peer_entry(SID_B, 1), peer_entry(SID_C, 9)], true),
+    );
+    assert_eq!(
+        enrp_sent(&out),
+        vec![EnrpBody::HandleTableRequest {
+            own_children_only: false
+        }]
+    );
+    assert!(audits(&out).is_empty());
+    assert!(h.core.starting());
+    let out = h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 2)], false));
+    assert_eq!(audits(&out), vec![(AuditAction::MentorDone, None)]);
+    assert!(!h.core.starting());
+    let pu = h.connect(2, PU_1);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1, 2]);
+    let pe_conn = h.connect(1, PE_A);
+    assert_eq!(reg_cause(&h.send(pe_conn, registration("echo", 3))), None);
+    // No timeout fires later.
+    assert!(!has_audit(&h.advance(2_000), AuditAction::MentorTimeout));
+}
+
+#[test]
+fn without_a_mentor_the_startup_ends_at_the_mentor_timeout() {
+    // Spec §9.3 step 4: serve alone after the mentor discovery timeout.
+    let mut h = Harness::with_peer_grants();
+    h.core.begin_startup(h.now);
+    let out = h.advance(999);
+    assert!(out.is_empty());
+    assert!(h.core.starting());
+    let out = h.advance(1);
+    assert_eq!(audits(&out), vec![(AuditAction::MentorTimeout, None)]);
+    assert!(!h.core.starting());
+    let pe_conn = h.connect(1, PE_A);
+    assert_eq!(reg_cause(&h.send(pe_conn, registration("echo", 1))), None);
+    let pu = h.connect(2, PU_1);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1]);
 }
