@@ -98,6 +98,62 @@ pub(super) async fn audit_refusal(
     }
 }
 
+/// Either end of a TLS stream, for what a finished handshake proves.
+pub(super) trait TlsSession {
+    /// The session's state: ALPN, peer certificates.
+    fn common(&self) -> &tokio_rustls::rustls::CommonState;
+}
+
+impl<S> TlsSession for tokio_rustls::server::TlsStream<S> {
+    fn common(&self) -> &tokio_rustls::rustls::CommonState {
+        self.get_ref().1
+    }
+}
+
+impl<S> TlsSession for tokio_rustls::client::TlsStream<S> {
+    fn common(&self) -> &tokio_rustls::rustls::CommonState {
+        self.get_ref().1
+    }
+}
+
+/// Awaits a TLS handshake (bounded by the handshake timeout), then insists on
+/// `protocol`'s ALPN (rustls lets a client that offers none through, spec §11.2) and a
+/// SPIFFE identity. Every failure is counted and audited. Shared by the ASAP listener and
+/// both ends of ENRP.
+pub(super) async fn authenticate<T: TlsSession>(
+    handshake: impl Future<Output = std::io::Result<T>>,
+    protocol: Protocol,
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    audit: &AuditLog,
+    counters: &Counters,
+) -> Option<(T, Peer)> {
+    let tls = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, ?protocol, error = %e, "TLS handshake failed");
+            audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%addr, ?protocol, "TLS handshake timed out");
+            audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
+            return None;
+        }
+    };
+    match protocol
+        .check_alpn(tls.common())
+        .and_then(|()| Peer::from_tls(tls.common()))
+    {
+        Ok(peer) => Some((tls, peer)),
+        Err(e) => {
+            tracing::info!(%addr, ?protocol, error = %e, "connection refused after handshake");
+            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
@@ -112,38 +168,17 @@ async fn serve(
 ) {
     // A fresh config per handshake: revocations and trust changes apply at once.
     let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(%addr, error = %e, "TLS handshake failed");
-            audit_refusal(
-                &audit,
-                &counters,
-                addr,
-                None,
-                "tls-handshake",
-                e.to_string(),
-            )
-            .await;
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%addr, "TLS handshake timed out");
-            audit_refusal(&audit, &counters, addr, None, "tls-timeout", String::new()).await;
-            return;
-        }
-    };
-    // rustls lets a client that offers no ALPN through: insist on ASAP's (spec §11.2).
-    let peer = match Protocol::Asap
-        .check_alpn(tls.get_ref().1)
-        .and_then(|()| Peer::from_tls(tls.get_ref().1))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!(%addr, error = %e, "connection refused after handshake");
-            audit_refusal(&audit, &counters, addr, None, "identity", e.to_string()).await;
-            return;
-        }
+    let Some((tls, peer)) = authenticate(
+        acceptor.accept(tcp),
+        Protocol::Asap,
+        addr,
+        &settings,
+        &audit,
+        &counters,
+    )
+    .await
+    else {
+        return;
     };
     // Registered before the last trust check, so a revocation that lands during the
     // handshake is not missed.

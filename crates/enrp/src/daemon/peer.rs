@@ -26,7 +26,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trust::audit::AuditLog;
 use trust::{Peer, Protocol, TrustStore};
 
-use super::connection::{NEXT_CONN, audit_refusal, stopped, write_loop};
+use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
 use super::{ConnHandle, Counters, Event, Settings};
 use crate::registrar::{Client, ConnId, Input};
 use crate::setup::server_id_of;
@@ -192,29 +192,15 @@ pub(super) async fn accept_tls<S: AsyncRead + AsyncWrite + Unpin>(
     counters: &Counters,
 ) -> Option<(tokio_rustls::server::TlsStream<S>, Peer)> {
     let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Enrp));
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(%addr, error = %e, "ENRP TLS handshake failed");
-            audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
-            return None;
-        }
-        Err(_) => {
-            audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
-            return None;
-        }
-    };
-    match Protocol::Enrp
-        .check_alpn(tls.get_ref().1)
-        .and_then(|()| Peer::from_tls(tls.get_ref().1))
-    {
-        Ok(p) => Some((tls, p)),
-        Err(e) => {
-            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
-            None
-        }
-    }
+    authenticate(
+        acceptor.accept(stream),
+        Protocol::Enrp,
+        addr,
+        settings,
+        audit,
+        counters,
+    )
+    .await
 }
 
 /// The client side of the ENRP handshake to `target` (`HOST:PORT`). The server is
@@ -237,31 +223,15 @@ pub(super) async fn connect_tls<S: AsyncRead + AsyncWrite + Unpin>(
     let name =
         ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()));
     let connector = TlsConnector::from(trust.client_config(Protocol::Enrp));
-    let tls =
-        match tokio::time::timeout(settings.handshake_timeout, connector.connect(name, stream))
-            .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::info!(%target, error = %e, "ENRP TLS handshake failed");
-                audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
-                return None;
-            }
-            Err(_) => {
-                audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
-                return None;
-            }
-        };
-    match Protocol::Enrp
-        .check_alpn(tls.get_ref().1)
-        .and_then(|()| Peer::from_tls(tls.get_ref().1))
-    {
-        Ok(p) => Some((tls, p)),
-        Err(e) => {
-            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
-            None
-        }
-    }
+    authenticate(
+        connector.connect(name, stream),
+        Protocol::Enrp,
+        addr,
+        settings,
+        audit,
+        counters,
+    )
+    .await
 }
 
 /// One authenticated peer connection, until either side ends it: announce it to the core
