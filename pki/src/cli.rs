@@ -62,6 +62,10 @@ pub enum Command {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Renew: replace the existing certificate and key of ROLE NAME with new ones
+        /// (the old certificate stays valid until it expires or is revoked).
+        #[arg(long)]
+        renew: bool,
     },
     /// Revoke a certificate by serial (hex) or certificate file, and write a new CRL.
     Revoke {
@@ -140,7 +144,14 @@ pub fn run(cli: &Cli, now: OffsetDateTime) -> Result<String, PkiError> {
             dns,
             ip,
             days,
-        } => pki.issue(*role, name, dns, ip, *days, now),
+            renew,
+        } => {
+            if *renew {
+                pki.renew(*role, name, dns, ip, *days, now)
+            } else {
+                pki.issue(*role, name, dns, ip, *days, now)
+            }
+        }
         Command::Revoke { target, reason } => pki.revoke(target, reason, now),
         Command::Crl { days } => pki.crl(*days, now),
         Command::List => pki.list(now).map(|s| s.trim_end().to_owned()),

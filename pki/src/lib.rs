@@ -59,6 +59,9 @@ pub enum PkiError {
     /// A file to be created exists.
     #[error("{} already exists; refusing to overwrite it", .0.display())]
     FileExists(PathBuf),
+    /// `issue --renew` of a certificate that was never issued here.
+    #[error("{} does not exist: nothing to renew (issue it without --renew)", .0.display())]
+    NothingToRenew(PathBuf),
     /// No PKI in the directory.
     #[error("no PKI in {} (run `rsp-pki init --trust-domain NAME` first)", .0.display())]
     NoPki(PathBuf),
@@ -486,6 +489,36 @@ impl Pki {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<String, PkiError> {
+        self.issue_leaf(role, name, dns, ips, days, now, false)
+    }
+
+    /// `issue --renew ROLE NAME`: a new key and certificate for an identity issued before,
+    /// replacing its files (each atomically; then SIGHUP `enrpd`, or restart the PE). The
+    /// old certificate stays valid until it expires or is revoked, so that connections
+    /// made with it are not cut.
+    pub fn renew(
+        &self,
+        role: Role,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+        now: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        self.issue_leaf(role, name, dns, ips, days, now, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_leaf(
+        &self,
+        role: Role,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+        now: OffsetDateTime,
+        renew: bool,
+    ) -> Result<String, PkiError> {
         let mut index = self.index()?;
         check_days(days)?;
         check_name(name)?;
@@ -497,8 +530,10 @@ impl Pki {
             self.path(&format!("{stem}.key")),
         );
         for path in [&cert_path, &key_path] {
-            if path.exists() {
-                return Err(PkiError::FileExists(path.clone()));
+            match (renew, path.exists()) {
+                (false, true) => return Err(PkiError::FileExists(path.clone())),
+                (true, false) => return Err(PkiError::NothingToRenew(path.clone())),
+                _ => {}
             }
         }
         let (issuer_cert, issuer_key) = if index.intermediate {
@@ -549,8 +584,15 @@ impl Pki {
                 .map(|s| s.as_ref())
                 .unwrap_or_default(),
         );
-        write_new(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
-        write_new(&cert_path, chain.as_bytes(), PUBLIC_MODE)?;
+        if renew {
+            // The key first: a reader between the two sees a pair that does not match and
+            // refuses it (enrpd keeps its current certificate), never a half-written file.
+            replace(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
+            replace(&cert_path, chain.as_bytes(), PUBLIC_MODE)?;
+        } else {
+            write_new(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
+            write_new(&cert_path, chain.as_bytes(), PUBLIC_MODE)?;
+        }
         index.certificates.push(Issued {
             serial: serial.to_hex(),
             role: role.as_str().to_owned(),
@@ -564,7 +606,8 @@ impl Pki {
         });
         self.save_index(&index)?;
         Ok(format!(
-            "issued {id} serial {serial} valid until {}: {} {}",
+            "{} {id} serial {serial} valid until {}: {} {}",
+            if renew { "renewed" } else { "issued" },
             rfc3339(params.not_after),
             cert_path.display(),
             key_path.display()
@@ -969,6 +1012,39 @@ mod tests {
         assert!(matches!(err, PkiError::CaExpired { .. }), "{err}");
         assert!(!pki.dir().join("pe-p2.pem").exists());
         assert!(!pki.dir().join("pe-p2.key").exists());
+    }
+
+    #[test]
+    fn renew_replaces_an_issued_pair_and_only_that() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(tmp.path().join("pki"));
+        let now = OffsetDateTime::now_utc();
+        pki.init("acme.test", KeyType::EcdsaP256, false, 30, now)
+            .expect("init");
+        let err = pki
+            .renew(Role::Pe, "p1", &[], &[], 30, now)
+            .expect_err("nothing issued yet");
+        assert!(matches!(err, PkiError::NothingToRenew(_)), "{err}");
+        pki.issue(Role::Pe, "p1", &[], &[], 30, now).expect("issue");
+        let (cert, key) = (pki.dir().join("pe-p1.pem"), pki.dir().join("pe-p1.key"));
+        let before = (
+            read_string(&cert).expect("pem"),
+            read_string(&key).expect("key"),
+        );
+        let out = pki.renew(Role::Pe, "p1", &[], &[], 30, now).expect("renew");
+        assert!(out.starts_with("renewed spiffe://acme.test/pe/p1"), "{out}");
+        let after = (
+            read_string(&cert).expect("pem"),
+            read_string(&key).expect("key"),
+        );
+        assert_ne!(before.0, after.0);
+        assert_ne!(before.1, after.1);
+        // Both are in the index, neither revoked; the new pair loads as one identity.
+        let index = pki.index().expect("index");
+        assert_eq!(index.certificates.len(), 2);
+        assert!(index.certificates.iter().all(|c| c.revoked.is_none()));
+        trust::LocalIdentity::from_pem(after.0.as_bytes(), after.1.as_bytes())
+            .expect("a matching pair");
     }
 
     #[test]

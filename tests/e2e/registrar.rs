@@ -325,6 +325,80 @@ async fn revocation_by_crl_and_sighup_closes_the_connection_and_removes_the_pe()
     assert!(refused, "a revoked certificate is refused");
 }
 
+/// The serial of the certificate the registrar presents to a new ASAP connection.
+async fn presented_serial(store: &trust::TrustStore, addr: std::net::SocketAddr) -> String {
+    let connector = tokio_rustls::TlsConnector::from(store.client_config(trust::Protocol::Asap));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    trust::Peer::from_tls(tls.get_ref().1)
+        .expect("the registrar's identity")
+        .serial()
+        .to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_presents_a_renewed_certificate_and_keeps_live_connections() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let pu_id = lab.identity("pu-client-1");
+    let pe_id = lab.identity("pe-echo-1");
+    let old = presented_serial(&pu_id, registrar.addr).await;
+    let mut pe = Asap::connect(&pe_id, registrar.addr)
+        .await
+        .expect("PE handshake");
+    pe.send(&registration("echo", 9)).await;
+    assert!(accepted(pe.recv_reply().await));
+
+    // The operator renews the registrar's certificate and tells enrpd to reload.
+    let out = lab.pki(&[
+        "issue",
+        "registrar",
+        "enrp-1",
+        "--renew",
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("renewed spiffe://acme.test/registrar/enrp-1"),
+        "{text}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &registrar.child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let serial = presented_serial(&pu_id, registrar.addr).await;
+        if serial != old {
+            break serial;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still presenting {old}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let renewed = trust::Peer::from_certificate(
+        &trust::certs_from_pem(&std::fs::read(lab.path("pki/registrar-enrp-1.pem")).expect("pem"))
+            .expect("certificate")[0],
+    )
+    .expect("identity");
+    assert_eq!(new, renewed.serial().to_hex());
+    // The PE's connection, made with the old certificate, still works: the PE re-registers
+    // over it and a PU resolves it.
+    pe.send(&registration("echo", 9)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu = Asap::connect(&pu_id, registrar.addr)
+        .await
+        .expect("PU handshake");
+    pu.send(&resolution("echo")).await;
+    assert!(resolved(pu.recv_reply().await).is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_registrations_loses_no_acknowledged_record() {
     let lab = Lab::new();

@@ -355,6 +355,9 @@ fn read_install(data: &Path) -> Result<Install, Error> {
 /// What a reload (SIGHUP) read.
 #[derive(Debug)]
 pub struct Reloaded {
+    /// The registrar's certificate and key as the PKI directory holds them now (renewed
+    /// with `rsp-pki issue`), to apply with [`TrustStore::set_identity`].
+    pub identity: LocalIdentity,
     /// The grants now in force.
     pub grants: Vec<Grant>,
     /// Every serial the local trust domain's CRL lists.
@@ -365,11 +368,13 @@ pub struct Reloaded {
     pub crls: Option<Vec<tokio_rustls::rustls::pki_types::CertificateRevocationListDer<'static>>>,
 }
 
-/// Re-reads what can change while the registrar runs: the local trust domain's CRL (from
-/// the PKI directory, as `rsp-pki revoke`/`crl` write it) and the grants. Applies
-/// nothing: a file that does not parse is an error and changes nothing.
+/// Re-reads what can change while the registrar runs: the registrar's certificate and
+/// key, the local trust domain's CRL (from the PKI directory, as `rsp-pki issue`, `revoke`
+/// and `crl` write them), the grants and the default namespaces. Applies nothing: a file
+/// that does not parse is an error and changes nothing.
 pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
     let install = read_install(data)?;
+    let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
     let mut revoked = Vec::new();
     let crls = if install.crl.exists() {
         let crls = trust::crls_from_pem(&read(&install.crl)?)?;
@@ -387,6 +392,7 @@ pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
         .map(|r| r.grant)
         .collect();
     Ok(Reloaded {
+        identity,
         grants,
         revoked,
         crls,

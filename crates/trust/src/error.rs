@@ -67,6 +67,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A replacement identity names another SPIFFE ID than the one in use.
+    #[error("the new certificate is for {to}, not {from}: a different identity needs a restart")]
+    IdentityChanged {
+        /// The identity in use.
+        from: crate::SpiffeId,
+        /// The one offered.
+        to: crate::SpiffeId,
+    },
     /// A certificate was refused by the SPIFFE rules (see [`Rejection`](crate::Rejection)).
     #[error(transparent)]
     Rejected(#[from] crate::Rejection),

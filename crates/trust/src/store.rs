@@ -263,7 +263,8 @@ struct Configs {
 /// resumption (a resumed session would skip the certificate checks, and so the
 /// revocations).
 pub struct TrustStore {
-    identity: LocalIdentity,
+    // Replaced by `set_identity` (certificate renewal); its SPIFFE ID never changes.
+    identity: RwLock<LocalIdentity>,
     state: Mutex<State>,
     current: RwLock<Arc<Configs>>,
     connections: Arc<ConnectionRegistry>,
@@ -272,7 +273,7 @@ pub struct TrustStore {
 impl std::fmt::Debug for TrustStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustStore")
-            .field("identity", self.identity.id())
+            .field("identity", self.identity().id())
             .field("domains", &self.domains())
             .finish_non_exhaustive()
     }
@@ -284,7 +285,7 @@ impl TrustStore {
         let state = State::default();
         let configs = build(&identity, &state)?;
         Ok(Self {
-            identity,
+            identity: RwLock::new(identity),
             state: Mutex::new(state),
             current: RwLock::new(Arc::new(configs)),
             connections: ConnectionRegistry::new(),
@@ -309,15 +310,52 @@ impl TrustStore {
         let mut state = self.lock();
         let mut next = state.clone();
         let out = change(&mut next)?;
-        let configs = build(&self.identity, &next)?;
+        let configs = build(&self.identity(), &next)?;
         *state = next;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(configs);
         Ok(out)
     }
 
-    /// The identity this store presents.
-    pub fn identity(&self) -> &LocalIdentity {
-        &self.identity
+    /// The identity this store presents (a copy: [`set_identity`](Self::set_identity)
+    /// may replace it).
+    pub fn identity(&self) -> LocalIdentity {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Presents `identity` from now on (a renewed certificate, or a new key): new
+    /// handshakes use it; live connections keep theirs. Refused, changing nothing, when
+    /// its SPIFFE ID differs (peers know this side by it, and a registrar's Server ID
+    /// derives from it) or its certificate has expired at `now`.
+    pub fn set_identity(
+        &self,
+        identity: LocalIdentity,
+        now: std::time::SystemTime,
+    ) -> Result<(), Error> {
+        let current = self.identity();
+        if identity.id() != current.id() {
+            return Err(Error::IdentityChanged {
+                from: current.id().clone(),
+                to: identity.id().clone(),
+            });
+        }
+        if identity.as_peer().not_after() <= now {
+            return Err(Error::BadCertificate {
+                reason: "the new certificate has expired",
+            });
+        }
+        // The state lock orders this against `update`, so neither builds configurations
+        // from the other's stale half.
+        let state = self.lock();
+        let configs = build(&identity, &state)?;
+        *self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = identity;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(configs);
+        Ok(())
     }
 
     /// The live-connection registry that revocations close connections through.
@@ -490,7 +528,7 @@ impl TrustStore {
     ) -> Result<Arc<ClientConfig>, Error> {
         let snapshot = self.current().snapshot.clone();
         Ok(Arc::new(client_config(
-            &self.identity,
+            &self.identity(),
             snapshot,
             Some(expected),
             protocol,

@@ -485,6 +485,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 match setup::reload(&args.data, &loaded.store).await {
                     Ok(r) => {
                         tracing::info!(revoked = r.revoked.len(), grants = r.grants.len(), "reloaded");
+                        // A renewed certificate serves from the next handshake; live
+                        // connections keep the one they proved.
+                        let serial = r.identity.as_peer().serial().to_hex();
+                        match loaded.trust.set_identity(r.identity, std::time::UNIX_EPOCH + Duration::from_millis(now_ms())) {
+                            Ok(()) => tracing::info!(%serial, "presenting certificate"),
+                            Err(e) => tracing::error!(error = %e, "the certificate was not replaced"),
+                        }
                         daemon.set_grants(r.grants).await;
                         // The core first (it removes the PEs and refuses the serials), then
                         // the TLS layer (new handshakes fail, live connections close).

@@ -120,3 +120,49 @@ async fn alpn_is_checked() {
         "{seen}"
     );
 }
+
+/// A renewed certificate (same SPIFFE ID) is presented from the next handshake on; another
+/// identity or an expired certificate is refused and the old one stays in use.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // a test of real certificates reads the real clock
+async fn set_identity_renews_the_certificate_for_new_handshakes() {
+    let ca = TestCa::new("acme.test");
+    let first = ca.leaf("registrar/r1").issue();
+    let store = Arc::new(TrustStore::new(first.identity()).expect("store"));
+    store.add_domain(ca.bundle()).expect("add local domain");
+    let server = Server::start_with(store.clone()).await;
+    let client = client_store(&ca);
+    let dial_serial = || async {
+        let peer = dial(&server, client.client_config(Protocol::Asap))
+            .await
+            .expect("connected");
+        server.next_outcome().await.expect("accepted");
+        peer.serial().clone()
+    };
+    assert_eq!(dial_serial().await, *first.identity().as_peer().serial());
+
+    let other = ca.leaf("registrar/r2").issue();
+    let err = store
+        .set_identity(other.identity(), std::time::SystemTime::now())
+        .expect_err("another ID");
+    assert!(err.to_string().contains("registrar/r2"), "{err}");
+    let expired = ca.leaf("registrar/r1").expired().issue();
+    store
+        .set_identity(expired.identity(), std::time::SystemTime::now())
+        .expect_err("expired");
+    assert_eq!(dial_serial().await, *first.identity().as_peer().serial());
+
+    let renewed = ca.leaf("registrar/r1").issue();
+    store
+        .set_identity(renewed.identity(), std::time::SystemTime::now())
+        .expect("renewed");
+    assert_ne!(
+        renewed.identity().as_peer().serial(),
+        first.identity().as_peer().serial()
+    );
+    assert_eq!(dial_serial().await, *renewed.identity().as_peer().serial());
+    assert_eq!(
+        store.identity().as_peer().serial(),
+        renewed.identity().as_peer().serial()
+    );
+}
