@@ -549,3 +549,68 @@ async fn a_pool_declared_through_the_api_limits_its_registrations() {
         assert!(accepted(pe.recv_reply().await), "PE {id}");
     }
 }
+
+/// A resolution of `pool` in `namespace` (`None`: the identity's default namespace).
+fn resolution_in(namespace: Option<&str>, pool: &str) -> asap::wire::AsapMsg {
+    asap::wire::AsapMsg::HandleResolution {
+        namespace: namespace.map(|n| asap::wire::param::Namespace::new(n).expect("namespace")),
+        pool_handle: asap::wire::param::PoolHandle::new(pool).expect("pool handle"),
+        option: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_namespace_rule_sends_an_identitys_requests_to_its_namespace() {
+    let lab = Lab::new();
+    let token = admin_token(&lab.init_registrar());
+    let reg = lab.start_registrar_with(10_000, 10_000);
+    let admin = Some(token.as_str());
+    for (path, body) in [
+        ("/v1/namespaces", r#"{"name":"lab"}"#),
+        (
+            "/v1/grants",
+            r#"{"identity":"spiffe://acme.test/pe/echo-1","namespace":"lab","pools":"echo","actions":["register"]}"#,
+        ),
+        (
+            "/v1/grants",
+            r#"{"identity":"spiffe://acme.test/pu/*","namespace":"lab","pools":"*","actions":["resolve"]}"#,
+        ),
+        (
+            "/v1/default-namespaces",
+            r#"{"identity":"spiffe://acme.test/pe/echo-1","namespace":"lab"}"#,
+        ),
+    ] {
+        let (status, answer) = api(&lab, &reg, admin, "POST", path, Some(body));
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    // PE echo-1 names no namespace: its registration lands in lab, not in default.
+    let pe_id = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_id, reg.addr).await.expect("PE handshake");
+    pe.send(&registration("echo", 1)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let pu_id = lab.identity("pu-client-1");
+    let mut pu = Asap::connect(&pu_id, reg.addr).await.expect("PU handshake");
+    pu.send(&resolution_in(Some("lab"), "echo")).await;
+    assert_eq!(resolved(pu.recv_reply().await).map(|f| f.len()), Ok(1));
+    pu.send(&resolution("echo")).await;
+    assert_eq!(
+        resolved(pu.recv_reply().await),
+        Err(0x9),
+        "nothing in default"
+    );
+    // The namespace cannot go while the rule sends requests there.
+    let (status, _) = api(&lab, &reg, admin, "DELETE", "/v1/namespaces/lab", None);
+    assert_eq!(status, 409);
+
+    // The rule is in force from the first connection after a restart.
+    drop(pe);
+    assert!(reg.terminate().success());
+    let reg = lab.start_registrar_with(10_000, 10_000);
+    let mut pe = Asap::connect(&pe_id, reg.addr).await.expect("PE handshake");
+    pe.send(&registration("echo", 2)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu = Asap::connect(&pu_id, reg.addr).await.expect("PU handshake");
+    pu.send(&resolution_in(Some("lab"), "echo")).await;
+    let found = resolved(pu.recv_reply().await).expect("found in lab");
+    assert!(found.iter().any(|(id, _)| *id == 2), "{found:?}");
+}

@@ -46,7 +46,8 @@ pub use state::AdminState;
 pub use trust::db::Revoked;
 
 use crate::routes::{
-    audit, grants, health, namespaces, peers, pools, revocations, tokens, trust_domains,
+    audit, default_namespaces, grants, health, namespaces, peers, pools, revocations, tokens,
+    trust_domains,
 };
 use crate::state::App;
 
@@ -69,6 +70,11 @@ fn api() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(trust_domains::get, trust_domains::remove))
         .routes(routes!(grants::list, grants::create))
         .routes(routes!(grants::get, grants::delete))
+        .routes(routes!(
+            default_namespaces::list,
+            default_namespaces::create
+        ))
+        .routes(routes!(default_namespaces::get, default_namespaces::delete))
         .routes(routes!(revocations::list, revocations::create))
         .routes(routes!(revocations::put_crls).layer(pem_limit()))
         .routes(routes!(tokens::list, tokens::create))

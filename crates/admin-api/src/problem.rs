@@ -203,7 +203,7 @@ impl ApiError {
         match self {
             Self::Problem { kind, .. } => *kind,
             Self::Store(Db::Invalid { .. }) => ProblemKind::Invalid,
-            Self::Store(Db::AlreadyExists { .. }) => ProblemKind::Conflict,
+            Self::Store(Db::AlreadyExists { .. } | Db::InUse { .. }) => ProblemKind::Conflict,
             Self::Store(Db::NotFound { .. }) => ProblemKind::NotFound,
             Self::Store(Db::Token(_)) => ProblemKind::Unauthenticated,
             Self::Store(_) => ProblemKind::Internal,

@@ -29,6 +29,13 @@ pub trait Registrar: Send + Sync + 'static {
     /// whose registration they no longer allow.
     fn set_grants(&self, grants: Vec<Grant>) -> impl Future<Output = ()> + Send;
 
+    /// The default-namespace rules changed: requests without a namespace parameter go
+    /// where `rules` say from now on (PEs already registered stay where they are).
+    fn set_default_namespaces(
+        &self,
+        rules: Vec<trust::DefaultNamespace>,
+    ) -> impl Future<Output = ()> + Send;
+
     /// `revoked` was revoked (the caller has already denied it in the trust store, so it
     /// cannot handshake again): its live connections close and its PEs are removed.
     fn revoke(&self, revoked: Revoked) -> impl Future<Output = ()> + Send;
@@ -180,6 +187,7 @@ pub(crate) trait DynRegistrar: Send + Sync + 'static {
     fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>>;
     fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize>;
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
+    fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) -> BoxFuture<'_, ()>;
     fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()>;
     fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()>;
     fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()>;
@@ -200,6 +208,9 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::set_grants(self, grants))
+    }
+    fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) -> BoxFuture<'_, ()> {
+        Box::pin(Registrar::set_default_namespaces(self, rules))
     }
     fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::revoke(self, revoked))

@@ -56,6 +56,9 @@ impl Registrar for Recorder {
     async fn set_grants(&self, grants: Vec<Grant>) {
         self.log(format!("set_grants {}", grants.len()));
     }
+    async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+        self.log(format!("set_default_namespaces {}", rules.len()));
+    }
     async fn revoke(&self, revoked: Revoked) {
         self.log(format!("revoke {revoked}"));
     }
@@ -324,6 +327,83 @@ async fn roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_calle
             .iter()
             .all(|e| e.record.outcome.to_string() == "forbidden")
     );
+}
+
+#[tokio::test]
+async fn default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespace() {
+    let f = fixture().await;
+    let post = |body| f.call("POST", "/v1/default-namespaces", Some(&f.admin), Some(body));
+    post(json!({"identity": "spiffe://acme.test/pe/lab-*", "namespace": "lab"}))
+        .await
+        .problem(404, "not-found");
+    post(json!({"identity": "not a pattern", "namespace": "lab"}))
+        .await
+        .problem(422, "invalid");
+    let r = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "lab"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = post(json!({"identity": "spiffe://acme.test/pe/lab-*", "namespace": "lab"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json()["id"].as_i64().expect("an id");
+    post(json!({"identity": "spiffe://acme.test/pe/lab-*", "namespace": "lab"}))
+        .await
+        .problem(409, "conflict");
+    // An operator token cannot change rules; an auditor reads them.
+    f.call(
+        "POST",
+        "/v1/default-namespaces",
+        Some(&f.operator),
+        Some(json!({"identity": "spiffe://acme.test/pu/*", "namespace": "lab"})),
+    )
+    .await
+    .problem(403, "forbidden");
+    let list = f
+        .call("GET", "/v1/default-namespaces", Some(&f.auditor), None)
+        .await;
+    assert_eq!(
+        list.json(),
+        json!([{"id": id, "identity": "spiffe://acme.test/pe/lab-*", "namespace": "lab",
+                "created_ms": NOW}])
+    );
+    // The namespace stays while a rule sends requests there, and its PEs are untouched.
+    f.call("DELETE", "/v1/namespaces/lab", Some(&f.admin), None)
+        .await
+        .problem(409, "conflict");
+    assert!(!f.registrar.calls().iter().any(|c| c.starts_with("remove")));
+    let path = format!("/v1/default-namespaces/{id}");
+    assert_eq!(f.call("GET", &path, Some(&f.admin), None).await.status, 200);
+    assert_eq!(
+        f.call("DELETE", &path, Some(&f.admin), None).await.status,
+        204
+    );
+    f.call("DELETE", &path, Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    assert_eq!(
+        f.call("DELETE", "/v1/namespaces/lab", Some(&f.admin), None)
+            .await
+            .status,
+        204
+    );
+    let pushed: Vec<_> = f
+        .registrar
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("set_default_namespaces"))
+        .collect();
+    assert_eq!(
+        pushed,
+        ["set_default_namespaces 1", "set_default_namespaces 0"]
+    );
+    // 404, 422, 201 and 409 (a refused token is audited as a refusal, not as this action).
+    assert_eq!(f.audit("admin:default-namespace.create").await.len(), 4);
+    assert_eq!(f.audit("admin:default-namespace.delete").await.len(), 2);
 }
 
 #[tokio::test]

@@ -52,6 +52,10 @@ impl Registrar for Control {
         Self::set_grants(self, grants).await;
     }
 
+    async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+        Self::set_default_namespaces(self, rules).await;
+    }
+
     async fn revoke(&self, revoked: Revoked) {
         let revocation = match revoked {
             Revoked::Serial { serial, .. } => Revocation::Serial(serial),

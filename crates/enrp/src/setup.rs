@@ -266,6 +266,8 @@ pub struct Loaded {
     pub revoked: Vec<trust::Serial>,
     /// The pools operators declared (policy, most PEs), for the registrar to enforce.
     pub pools: Vec<db::PoolDecl>,
+    /// Where requests without a Namespace parameter go.
+    pub default_namespaces: Vec<trust::DefaultNamespace>,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
@@ -330,6 +332,11 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     for ns in db::list_namespaces(&mut conn).await? {
         pools.extend(db::list_pools(&mut conn, &ns.name).await?);
     }
+    let default_namespaces = db::list_default_namespaces(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.rule)
+        .collect();
     drop(conn);
     Ok(Loaded {
         trust: Arc::new(trust),
@@ -338,6 +345,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         server_id,
         revoked,
         pools,
+        default_namespaces,
     })
 }
 
@@ -360,6 +368,8 @@ pub struct Reloaded {
     pub identity: LocalIdentity,
     /// The grants now in force.
     pub grants: Vec<Grant>,
+    /// The default-namespace rules now in force.
+    pub default_namespaces: Vec<trust::DefaultNamespace>,
     /// Every serial the local trust domain's CRL lists.
     pub revoked: Vec<trust::Serial>,
     /// The local trust domain's CRLs, to apply with [`TrustStore::set_crls`] once the
@@ -391,9 +401,15 @@ pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
         .into_iter()
         .map(|r| r.grant)
         .collect();
+    let default_namespaces = db::list_default_namespaces(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.rule)
+        .collect();
     Ok(Reloaded {
         identity,
         grants,
+        default_namespaces,
         revoked,
         crls,
     })

@@ -203,9 +203,63 @@ pub fn allowed(
         .any(|g| g.allows(peer, namespace, pool, action))
 }
 
+/// Where an identity's ASAP requests go when they do not name a namespace (no parameter
+/// 0x8100; spec §12.9, ARCHITECTURE.md §3): PEs and PUs that predate namespaces, or that
+/// an operator wants confined without reconfiguring them. Unlike a grant this allows
+/// nothing: the request is then authorized against the grants as usual.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct DefaultNamespace {
+    /// Whose requests.
+    pub identity: IdentityPattern,
+    /// The namespace they go to.
+    pub namespace: String,
+}
+
+/// The namespace `id`'s requests go to without 0x8100, from `rules` in the order they
+/// were made: an exact ID wins over patterns, then the pattern with the most literal
+/// (non-`*`) characters; a tie goes to the older rule. `None`: no rule matches (the
+/// registrar then uses `default`).
+pub fn default_namespace<'a>(rules: &'a [DefaultNamespace], id: &SpiffeId) -> Option<&'a str> {
+    let specificity = |rule: &DefaultNamespace| {
+        let text = rule.identity.as_str();
+        let wildcards = text.bytes().filter(|b| *b == b'*').count();
+        (wildcards == 0, text.len() - wildcards)
+    };
+    let mut best: Option<&DefaultNamespace> = None;
+    for rule in rules.iter().filter(|r| r.identity.matches(id)) {
+        // Strictly better only: the older rule keeps a tie.
+        if best.is_none_or(|b| specificity(rule) > specificity(b)) {
+            best = Some(rule);
+        }
+    }
+    best.map(|r| r.namespace.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_most_specific_default_namespace_wins() {
+        let rule = |identity: &str, namespace: &str| DefaultNamespace {
+            identity: identity.parse().expect("valid pattern"),
+            namespace: namespace.to_owned(),
+        };
+        let rules = [
+            rule("spiffe://acme.test/**", "wide"),
+            rule("spiffe://acme.test/pe/*", "pes"),
+            rule("spiffe://acme.test/pe/echo-*", "echoes"),
+            rule("spiffe://acme.test/pe/echo-1", "one"),
+            rule("spiffe://acme.test/pe/echo-*", "later-tie"),
+        ];
+        let of = |s: &str| default_namespace(&rules, &id(s));
+        assert_eq!(of("spiffe://acme.test/pe/echo-1"), Some("one"));
+        assert_eq!(of("spiffe://acme.test/pe/echo-2"), Some("echoes"));
+        assert_eq!(of("spiffe://acme.test/pe/daytime"), Some("pes"));
+        assert_eq!(of("spiffe://acme.test/pu/client"), Some("wide"));
+        assert_eq!(of("spiffe://other.test/pe/echo-1"), None);
+        assert_eq!(default_namespace(&[], &id("spiffe://acme.test/pe/x")), None);
+    }
 
     fn grant(identity: &str, namespace: &str, pools: &str, actions: &[Action]) -> Grant {
         Grant {

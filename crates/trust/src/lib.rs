@@ -28,7 +28,9 @@ mod verify;
 
 pub use cert::{Peer, Serial};
 pub use error::Error;
-pub use grant::{Action, Actions, Grant, NamespacePattern, allowed};
+pub use grant::{
+    Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
+};
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
 pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};

@@ -109,6 +109,7 @@ pub(crate) async fn get(
     responses(
         (status = 204, description = "Deleted; its PEs are deregistered"),
         (status = 404, description = "No such namespace"),
+        (status = 409, description = "A default-namespace rule names it"),
     ))]
 pub(crate) async fn delete(
     State(app): State<Arc<App>>,

@@ -431,6 +431,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let mut settings = Settings::new(args.asap_listen, config);
     settings.enrp_listen = args.enrp_listen.0;
     settings.peers = args.peers.clone();
+    settings.default_namespaces = loaded.default_namespaces;
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {
@@ -493,6 +494,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                             Err(e) => tracing::error!(error = %e, "the certificate was not replaced"),
                         }
                         daemon.set_grants(r.grants).await;
+                        daemon.set_default_namespaces(r.default_namespaces).await;
                         // The core first (it removes the PEs and refuses the serials), then
                         // the TLS layer (new handshakes fail, live connections close).
                         for serial in r.revoked.into_iter().filter(|s| applied.insert(s.clone())) {

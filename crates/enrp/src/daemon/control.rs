@@ -251,6 +251,11 @@ impl Control {
         self.command(Input::Grants(grants)).await
     }
 
+    /// Replaces the default-namespace rules.
+    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+        self.command(Input::DefaultNamespaces(rules)).await;
+    }
+
     /// A revocation: the covered connections close, their PEs are removed.
     pub async fn revoke(&self, revocation: Revocation) -> usize {
         self.command(Input::Revoked(revocation)).await

@@ -58,6 +58,9 @@ pub struct Settings {
     /// Peers to dial, `HOST:PORT` (spec §9.2: static configuration). Each is redialed
     /// while the daemon runs, 100 ms after a loss, backing off to 5 s.
     pub peers: Vec<String>,
+    /// Where requests without a Namespace parameter go, from the first connection on
+    /// (ARCHITECTURE.md §3; changes arrive through [`Daemon::set_default_namespaces`]).
+    pub default_namespaces: Vec<trust::DefaultNamespace>,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
             max_connections: 10_000,
             enrp_listen: None,
             peers: Vec::new(),
+            default_namespaces: Vec::new(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Daemon {
         let (events, events_rx) = mpsc::channel(8192);
         let (stop, stop_rx) = watch::channel(false);
         let mut core = Core::new(settings.registrar.clone(), grants);
+        core.set_default_namespaces(settings.default_namespaces.clone());
         let counters = Arc::new(Counters::default());
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() {
@@ -279,6 +284,14 @@ impl Daemon {
     /// Replaces the grants (admin API, reload).
     pub async fn set_grants(&self, grants: Vec<Grant>) {
         let _ = self.events.send(Event::Input(Input::Grants(grants))).await;
+    }
+
+    /// Replaces the default-namespace rules (admin API, reload).
+    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+        let _ = self
+            .events
+            .send(Event::Input(Input::DefaultNamespaces(rules)))
+            .await;
     }
 
     /// Removes the PEs of a revoked identity and closes its connections. The caller also

@@ -120,10 +120,17 @@ impl Core {
         }
     }
 
-    fn namespace_of(&self, requested: Option<Namespace>) -> Namespace {
-        // ARCHITECTURE.md §3: without 0x8100 the identity's default namespace applies;
-        // per-identity defaults arrive with the admin API, until then it is `default`.
-        requested.unwrap_or_else(Namespace::default_namespace)
+    /// ARCHITECTURE.md §3: without 0x8100 the identity's default namespace applies (the
+    /// most specific rule of `/v1/default-namespaces`), else `default`.
+    fn namespace_of(&self, conn: ConnId, requested: Option<Namespace>) -> Namespace {
+        requested
+            .or_else(|| {
+                let client = &self.conns.get(&conn)?.client;
+                let name = trust::default_namespace(&self.default_namespaces, &client.id)?;
+                // The store checked the name; a rule that still does not parse is skipped.
+                Namespace::new(name)
+            })
+            .unwrap_or_else(Namespace::default_namespace)
     }
 
     fn allowed(&self, conn: ConnId, ns: &Namespace, pool: &PoolHandle, action: Grantable) -> bool {
@@ -172,7 +179,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let ns = self.namespace_of(namespace);
+        let ns = self.namespace_of(conn, namespace);
         let pe_id = pe.pe_id;
         let reject = |core: &Self, cause: ErrorCause, detail: &str, out: &mut Vec<Action>| {
             let mut event = core.event(
@@ -349,7 +356,7 @@ impl Core {
         unrecognized: &[UnknownParam],
         out: &mut Vec<Action>,
     ) {
-        let ns = self.namespace_of(namespace);
+        let ns = self.namespace_of(conn, namespace);
         let mut causes: Vec<ErrorCause> = unrecognized.iter().map(UnknownParam::cause).collect();
         // Handle updates for peers, sent after the audit record.
         let mut updates = Vec::new();
@@ -411,7 +418,7 @@ impl Core {
         option: Option<HandleResolutionOption>,
         out: &mut Vec<Action>,
     ) {
-        let ns = self.namespace_of(namespace);
+        let ns = self.namespace_of(conn, namespace);
         // Spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool" wrongly.
         if self.starting {
             let cause = ErrorCause::LackOfResources;
@@ -559,7 +566,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let ns = self.namespace_of(namespace);
+        let ns = self.namespace_of(conn, namespace);
         let mut probe = Vec::new();
         let outcome = self.count_report(conn, &ns, &pool_handle, pe_id, now, &mut probe);
         let mut event = self.event(

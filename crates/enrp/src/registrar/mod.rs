@@ -27,7 +27,7 @@ use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
-use trust::{Grant, Serial, SpiffeId};
+use trust::{DefaultNamespace, Grant, Serial, SpiffeId};
 
 use crate::handlespace::{Handlespace, Limits};
 
@@ -199,6 +199,9 @@ pub enum Input {
     },
     /// The grants changed (admin API, reload): the PEs they no longer allow are removed.
     Grants(Vec<Grant>),
+    /// The default-namespace rules changed (admin API, reload): requests without a
+    /// Namespace parameter go where they say from now on; registered PEs stay.
+    DefaultNamespaces(Vec<DefaultNamespace>),
     /// An identity was revoked: its connections close and its PEs are removed.
     Revoked(Revocation),
     /// A federated trust domain was removed from the trust store: like a revocation of
@@ -576,6 +579,8 @@ pub struct Core {
     config: Config,
     handlespace: Handlespace,
     grants: Vec<Grant>,
+    /// Where requests without a Namespace parameter go (ARCHITECTURE.md §3).
+    default_namespaces: Vec<DefaultNamespace>,
     conns: HashMap<ConnId, Connection>,
     owned: HashMap<PeKey, Owned>,
     timers: Timers<TimerKey>,
@@ -608,6 +613,7 @@ impl Core {
             rng: StdRng::seed_from_u64(config.rng_seed),
             config,
             grants,
+            default_namespaces: Vec::new(),
             conns: HashMap::new(),
             owned: HashMap::new(),
             timers: Timers::default(),
@@ -620,6 +626,12 @@ impl Core {
             starting: false,
             mentor: None,
         }
+    }
+
+    /// Sets the default-namespace rules before the first input (later changes arrive as
+    /// [`Input::DefaultNamespaces`]).
+    pub fn set_default_namespaces(&mut self, rules: Vec<DefaultNamespace>) {
+        self.default_namespaces = rules;
     }
 
     /// Enters the start-up phase of spec §9.3: the driver calls it once, before any input,
@@ -688,6 +700,7 @@ impl Core {
                 self.grants = grants;
                 self.on_grants_changed(&mut out);
             }
+            Input::DefaultNamespaces(rules) => self.default_namespaces = rules,
             Input::Revoked(r) => {
                 self.on_revoked(&r, &mut out);
                 if !self.revocations.contains(&r) {

@@ -1489,3 +1489,60 @@ fn without_a_mentor_the_startup_ends_at_the_mentor_timeout() {
     let pu = h.connect(2, PU_1);
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1]);
 }
+
+/// ARCHITECTURE.md §3: a request without 0x8100 goes to its identity's default namespace;
+/// an explicit Namespace parameter still wins, and the grants still decide.
+#[test]
+fn requests_without_a_namespace_go_to_the_identitys_default_namespace() {
+    let mut h = Harness::new();
+    let mut all = grants();
+    for (identity, actions) in [
+        (PE_A, &[trust::Action::Register][..]),
+        (PU_1, &[trust::Action::Resolve][..]),
+    ] {
+        all.push(Grant {
+            identity: identity.parse().expect("identity pattern"),
+            namespace: "lab".parse().expect("namespace pattern"),
+            pools: "echo".parse().expect("pool pattern"),
+            actions: actions.iter().copied().collect(),
+        });
+    }
+    h.core.handle(Input::Grants(all), h.now);
+    let rule = |identity: &str, namespace: &str| DefaultNamespace {
+        identity: identity.parse().expect("identity pattern"),
+        namespace: namespace.to_owned(),
+    };
+    h.core.handle(
+        Input::DefaultNamespaces(vec![rule(PE_A, "lab"), rule(PU_1, "lab")]),
+        h.now,
+    );
+    let (a, b) = (h.connect(1, PE_A), h.connect(2, PE_B));
+    assert_eq!(reg_cause(&h.send(a, registration("echo", 1))), None);
+    assert_eq!(reg_cause(&h.send(b, registration("echo", 2))), None);
+    let pu_1 = h.connect(3, PU_1);
+    let pu_2 = h.connect(4, "spiffe://acme.test/pu/2");
+    assert_eq!(found_ids(&h.resolve(pu_1, "echo")), [1], "PU 1 sees lab");
+    assert_eq!(
+        found_ids(&h.resolve(pu_2, "echo")),
+        [2],
+        "PU 2 sees default"
+    );
+    let explicit = h.send(
+        pu_1,
+        AsapMsg::HandleResolution {
+            namespace: Namespace::new("default"),
+            pool_handle: handle("echo"),
+            option: None,
+        },
+    );
+    match sent(&explicit).as_slice() {
+        [AsapMsg::HandleResolutionResponse { result, .. }] => assert_eq!(found_ids(result), [2]),
+        other => panic!("expected one resolution response, got {other:?}"),
+    }
+    // Without the rule, PE A's next registration goes to `default`, where it may register
+    // too; its PE in lab stays.
+    h.core.handle(Input::DefaultNamespaces(Vec::new()), h.now);
+    assert_eq!(reg_cause(&h.send(a, registration("echo", 3))), None);
+    assert_eq!(found_ids(&h.resolve(pu_2, "echo")), [2, 3]);
+    assert_eq!(found_ids(&h.resolve(pu_1, "echo")), [2, 3]);
+}

@@ -764,3 +764,61 @@ async fn write_transaction_rolls_back_on_drop() {
     let mut conn = store.acquire().await.expect("conn");
     assert_eq!(get_namespace(&mut conn, "gone").await.expect("get"), None);
 }
+
+#[tokio::test]
+async fn default_namespace_rules_round_trip_and_pin_their_namespace() {
+    let (_store, mut conn) = memory().await;
+    create_namespace(&mut conn, "lab", 1)
+        .await
+        .expect("namespace");
+    let rule = DefaultNamespace {
+        identity: IdentityPattern::parse("spiffe://acme.test/pe/*").expect("pattern"),
+        namespace: "lab".to_owned(),
+    };
+    let row = add_default_namespace(&mut conn, &rule, 5)
+        .await
+        .expect("add");
+    assert_eq!((row.rule.clone(), row.created_ms), (rule.clone(), 5));
+    let err = add_default_namespace(&mut conn, &rule, 6)
+        .await
+        .expect_err("one rule per pattern");
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    let nowhere = DefaultNamespace {
+        identity: IdentityPattern::parse("spiffe://acme.test/pu/*").expect("pattern"),
+        namespace: "missing".to_owned(),
+    };
+    let err = add_default_namespace(&mut conn, &nowhere, 6)
+        .await
+        .expect_err("no such namespace");
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                what: "namespace",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The namespace stays while the rule names it.
+    let err = delete_namespace(&mut conn, "lab")
+        .await
+        .expect_err("in use");
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("spiffe://acme.test/pe/*"), "{err}");
+    assert_eq!(
+        list_default_namespaces(&mut conn).await.expect("list"),
+        vec![row.clone()]
+    );
+    assert_eq!(
+        delete_default_namespace(&mut conn, row.id)
+            .await
+            .expect("delete"),
+        row
+    );
+    assert!(matches!(
+        delete_default_namespace(&mut conn, row.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    delete_namespace(&mut conn, "lab").await.expect("now free");
+}
