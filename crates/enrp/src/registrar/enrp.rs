@@ -1194,6 +1194,20 @@ impl Core {
                 out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
             }
         }
+        // A healed partition: we took over its PEs while it seemed dead, and those it
+        // lists went back to it above. Those it does not list are gone (deregistered or
+        // lost while we were apart): removed now, with DEL_PE, rather than kept in every
+        // handlespace until their grace period ends.
+        let mut gone: Vec<PeKey> = self
+            .owned
+            .iter()
+            .filter(|(k, o)| o.conn.is_none() && o.taken_from == Some(sid) && !listed.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.sort();
+        for k in gone {
+            self.remove_owned(&k, AuditAction::RemoveResync, out);
+        }
         if mentor_done {
             self.end_startup(AuditAction::MentorDone, Some(client), out);
         }
@@ -1373,7 +1387,13 @@ impl Core {
                 continue;
             }
             self.timers.stop(&TimerKey::PeerPeLife(key.clone()));
-            self.owned.insert(key.clone(), super::Owned::default());
+            self.owned.insert(
+                key.clone(),
+                super::Owned {
+                    taken_from: Some(target),
+                    ..super::Owned::default()
+                },
+            );
             self.timers.set(TimerKey::Orphaned(key.clone()), grace);
             self.announce_owned(&key, out);
         }
