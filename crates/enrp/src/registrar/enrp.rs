@@ -13,6 +13,8 @@
 //!   connection to them over TCP (spec §12.6): it cannot send them the H=1 keep-alive,
 //!   so each waits one connection grace period for its re-registration here (with its
 //!   PE ID), like the PEs of a closed connection. Dialing a PE's ASAP listener is not done.
+//!   If the peer they were taken from comes back (a healed partition), its handle table
+//!   decides at once: the PEs it lists go back to it, the others are removed.
 //! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
 //!   ID not known yet is dialed ([`Action::DialPeer`], at most [`MAX_LIST_DIALS`] per
 //!   response) and authenticated like any peer: a list only says where to dial.
