@@ -615,14 +615,17 @@ impl Core {
                 break;
             }
             let sid = info.server_id;
-            let known = self
-                .peers
-                .get(&sid)
-                .is_some_and(|p| p.conn.is_some() || p.state != PeerState::Dead);
+            let Some(addr) = dialable(info) else { continue };
+            // A dead peer listed at the address it advertised to us is one whose
+            // connection with us is already redialed, by us or by it (dial loops never
+            // end): dialing it too would make a second connection that the tie-break
+            // closes, again at every redial (seen after a healed partition).
+            let known = self.peers.get(&sid).is_some_and(|p| {
+                p.conn.is_some() || p.state != PeerState::Dead || p.enrp_addr == Some(addr)
+            });
             if sid == self.config.server_id || known || dialed.contains(&sid) {
                 continue;
             }
-            let Some(addr) = dialable(info) else { continue };
             if Some(addr) == self.config.enrp_addr {
                 continue;
             }

@@ -870,6 +870,34 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
 }
 
 #[test]
+fn a_dead_peer_is_dialed_from_a_list_only_at_an_address_it_did_not_advertise() {
+    // After a healed partition B lists C, which we declared dead. C advertised that very
+    // address: its connection with us is redialed already (by it or by us), so a second
+    // dial would only make duplicates. At a new address (C restarted elsewhere) we dial.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.peer_up(11, PR_C, SID_C);
+    h.enrp(11, SID_C, presence_from(SID_C, 1002));
+    h.core.handle(Input::PeerDown { conn: ConnId(11) }, h.now);
+    h.advance(250);
+    let c = h
+        .core
+        .peers()
+        .into_iter()
+        .find(|p| p.server_id == sid(SID_C));
+    assert_eq!(c.map(|p| p.state), Some(PeerState::Dead));
+    let list = |port| EnrpBody::ListResponse {
+        reject: false,
+        servers: vec![server_info(SID_C, port)],
+    };
+    assert!(dials(&h.enrp(10, SID_B, list(1002))).is_empty());
+    assert_eq!(
+        dials(&h.enrp(10, SID_B, list(1009))),
+        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 1009))]
+    );
+}
+
+#[test]
 fn a_peer_without_the_peer_grant_is_refused_and_audited() {
     let mut h = Harness::new(); // grants() has no `peer` action
     let out = h.peer_up(10, PR_B, SID_B);
