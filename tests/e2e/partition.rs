@@ -5,7 +5,10 @@
 //! back to the same handlespace (spec §9.6: checksum mismatch, handle table download) with
 //! one home per PE. The time from the heal to agreement is printed.
 //!
-//! Needs root and `ip` (iproute2); skips with a message otherwise.
+//! Two rounds: a short partition healed as soon as both sides took over (ownership
+//! conflicts at the heal), and a long one (20 s, or `RSP_PARTITION_SECS`) healed after
+//! each side dropped the other's PEs. Needs root and `ip` (iproute2); skips with a
+//! message otherwise.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
@@ -385,22 +388,39 @@ fn agrees(lab: &Lab, node: &Node, nodes: &[&Node], expected: &BTreeSet<(u32, u32
     sees(lab, node, &others, "active", true) && pool_at(lab, node) == *expected
 }
 
+/// How long after the heal every node saw its peers active again (reconnected), and
+/// agreed with the expected handlespace.
+struct Convergence {
+    reconnected: Duration,
+    agreed: Duration,
+}
+
 /// Polls every node at once (a thread each, for a finer measure than one node after the
-/// other) until each agrees with `expected`; then checks they still all do. The time
-/// from `since` until the last one agreed, or a panic with every node's view after 60 s.
+/// other) until each agrees with `expected`; then checks they still all do. The times
+/// from `since` until the last one reconnected and agreed, or a panic with every node's
+/// view after 60 s.
 fn converge(
     lab: &Lab,
     nodes: &[&Node],
     expected: &BTreeSet<(u32, u32)>,
     since: Instant,
-) -> Duration {
-    let times: Vec<Option<Duration>> = std::thread::scope(|s| {
+) -> Convergence {
+    let times: Vec<Option<(Duration, Duration)>> = std::thread::scope(|s| {
         let polls: Vec<_> = nodes
             .iter()
             .map(|n| {
                 s.spawn(move || {
-                    wait_until(Duration::from_secs(60), || agrees(lab, n, nodes, expected))
-                        .map(|_| since.elapsed())
+                    let others: Vec<&Node> =
+                        nodes.iter().copied().filter(|o| o.name != n.name).collect();
+                    let mut reconnected = None;
+                    let agreed = wait_until(Duration::from_secs(60), || {
+                        if reconnected.is_none() && sees(lab, n, &others, "active", false) {
+                            reconnected = Some(since.elapsed());
+                        }
+                        agrees(lab, n, nodes, expected)
+                    })
+                    .map(|_| since.elapsed())?;
+                    Some((reconnected.unwrap_or(agreed), agreed))
                 })
             })
             .collect();
@@ -411,8 +431,11 @@ fn converge(
     });
     let all = times.iter().copied().collect::<Option<Vec<_>>>();
     let stable = all.is_some() && nodes.iter().all(|n| agrees(lab, n, nodes, expected));
-    match all.and_then(|t| t.into_iter().max()).filter(|_| stable) {
-        Some(t) => t,
+    match all.filter(|_| stable) {
+        Some(t) => Convergence {
+            reconnected: t.iter().map(|(r, _)| *r).max().unwrap_or_default(),
+            agreed: t.iter().map(|(_, a)| *a).max().unwrap_or_default(),
+        },
         None => {
             let views: Vec<String> = nodes
                 .iter()
@@ -451,6 +474,15 @@ fn named(set: &BTreeSet<(u32, u32)>, nodes: &[&Node]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How long round 2 keeps A cut off: 20 s, or `RSP_PARTITION_SECS`.
+fn long_partition() -> Duration {
+    let secs = std::env::var("RSP_PARTITION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
 }
 
 /// Cuts A's port on the bridge; returns once A declared B and C dead and B and C
@@ -567,10 +599,11 @@ fn a_partition_heals_to_one_handlespace_with_one_home_per_pe() {
     let after = homes(&[(&a1, &a), (&a3, &a), (&b1, &b), (&b2, &b), (&c2, &c)]);
     let t = converge(&lab, &nodes, &after, healed);
     println!(
-        "round 1 (healed right after the takeovers, partition {} ms): all three agree \
-         (checksums match, same PEs, same homes) {} ms after the heal",
+        "round 1 (healed right after the takeovers, partition {} ms): peers active again \
+         {} ms and all three agree (checksums match, same PEs, same homes) {} ms after the heal",
         healed.duration_since(cut).as_millis(),
-        t.as_millis()
+        t.reconnected.as_millis(),
+        t.agreed.as_millis()
     );
 
     // Round 2, a long partition: each side has dropped the other's PEs (their grace
@@ -592,14 +625,20 @@ fn a_partition_heals_to_one_handlespace_with_one_home_per_pe() {
     let a4 = start_pe(&lab, &a, "a4");
     b2.deregister();
     let c3 = start_pe(&lab, &c, "c3");
+    // Long enough for TCP's SYN retransmissions of a dial started at the cut to back off
+    // (1, 3, 7, 15 s after it): the redial must not wait for the next one.
+    if let Some(rest) = long_partition().checked_sub(cut.elapsed()) {
+        std::thread::sleep(rest);
+    }
     let healed = heal_a(&hub);
     let after = homes(&[(&a3, &a), (&a4, &a), (&b1, &b), (&c2, &c), (&c3, &c)]);
     let t = converge(&lab, &nodes, &after, healed);
     println!(
-        "round 2 (healed after the sides dropped each other's PEs, partition {} ms): all \
-         three agree {} ms after the heal",
+        "round 2 (a long partition: the sides dropped each other's PEs, {} ms): peers \
+         active again {} ms and all three agree {} ms after the heal",
         healed.duration_since(cut).as_millis(),
-        t.as_millis()
+        t.reconnected.as_millis(),
+        t.agreed.as_millis()
     );
     // PUs in every namespace resolve exactly that set, with the same homes.
     for n in nodes {
