@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod endpoints;
+mod partition;
 mod peering;
 mod registrar;
 mod support;

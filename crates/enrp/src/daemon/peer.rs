@@ -37,6 +37,11 @@ const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 /// A connection that lasted this long was a working one: the next redial starts fast.
 const STABLE: Duration = Duration::from_secs(2);
+/// One dial's TCP connect is given up after this long and tried again (after the redial
+/// delay) with a fresh SYN. Without it, a dial started during a network partition waits
+/// for TCP's own SYN retransmissions, 1, 3, 7, 15, 31 and 63 s after it: a peer could
+/// stay unconnected for tens of seconds after the partition healed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most registrars dialed because a peer listed them (spec §9.2), over the daemon's life:
 /// the core caps each list response, this caps all of them together.
 const MAX_DISCOVERED: usize = 256;
@@ -97,7 +102,10 @@ pub(super) async fn dial_loop(
     let mut delay = REDIAL_MIN;
     while !*stop.borrow() {
         let started = tokio::time::Instant::now();
-        match TcpStream::connect(&target).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 let addr = tcp.peer_addr().ok();

@@ -311,6 +311,7 @@ impl Core {
             c.remove_pe(&key);
         }
         owned.reporters.clear();
+        owned.taken_from = None;
         if let Some(c) = self.conns.get_mut(&conn) {
             owned.serial = Some(c.client.serial.clone());
             c.add_pe(key.clone());

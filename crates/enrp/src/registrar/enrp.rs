@@ -13,6 +13,8 @@
 //!   connection to them over TCP (spec §12.6): it cannot send them the H=1 keep-alive,
 //!   so each waits one connection grace period for its re-registration here (with its
 //!   PE ID), like the PEs of a closed connection. Dialing a PE's ASAP listener is not done.
+//!   If the peer they were taken from comes back (a healed partition), its handle table
+//!   decides at once: the PEs it lists go back to it, the others are removed.
 //! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
 //!   ID not known yet is dialed ([`Action::DialPeer`], at most [`MAX_LIST_DIALS`] per
 //!   response) and authenticated like any peer: a list only says where to dial.
@@ -613,14 +615,17 @@ impl Core {
                 break;
             }
             let sid = info.server_id;
-            let known = self
-                .peers
-                .get(&sid)
-                .is_some_and(|p| p.conn.is_some() || p.state != PeerState::Dead);
+            let Some(addr) = dialable(info) else { continue };
+            // A dead peer listed at the address it advertised to us is one whose
+            // connection with us is already redialed, by us or by it (dial loops never
+            // end): dialing it too would make a second connection that the tie-break
+            // closes, again at every redial (seen after a healed partition).
+            let known = self.peers.get(&sid).is_some_and(|p| {
+                p.conn.is_some() || p.state != PeerState::Dead || p.enrp_addr == Some(addr)
+            });
             if sid == self.config.server_id || known || dialed.contains(&sid) {
                 continue;
             }
-            let Some(addr) = dialable(info) else { continue };
             if Some(addr) == self.config.enrp_addr {
                 continue;
             }
@@ -1194,6 +1199,20 @@ impl Core {
                 out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
             }
         }
+        // A healed partition: we took over its PEs while it seemed dead, and those it
+        // lists went back to it above. Those it does not list are gone (deregistered or
+        // lost while we were apart): removed now, with DEL_PE, rather than kept in every
+        // handlespace until their grace period ends.
+        let mut gone: Vec<PeKey> = self
+            .owned
+            .iter()
+            .filter(|(k, o)| o.conn.is_none() && o.taken_from == Some(sid) && !listed.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.sort();
+        for k in gone {
+            self.remove_owned(&k, AuditAction::RemoveResync, out);
+        }
         if mentor_done {
             self.end_startup(AuditAction::MentorDone, Some(client), out);
         }
@@ -1373,7 +1392,13 @@ impl Core {
                 continue;
             }
             self.timers.stop(&TimerKey::PeerPeLife(key.clone()));
-            self.owned.insert(key.clone(), super::Owned::default());
+            self.owned.insert(
+                key.clone(),
+                super::Owned {
+                    taken_from: Some(target),
+                    ..super::Owned::default()
+                },
+            );
             self.timers.set(TimerKey::Orphaned(key.clone()), grace);
             self.announce_owned(&key, out);
         }

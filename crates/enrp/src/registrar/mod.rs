@@ -513,6 +513,9 @@ struct Owned {
     /// The serial of the certificate it was (last) registered with: revoking that
     /// certificate removes it even after its connection is gone.
     serial: Option<Serial>,
+    /// The peer it was taken over from (spec §9.8), until it re-registers here. If that
+    /// peer comes back (a healed partition) and no longer lists it, it is gone.
+    taken_from: Option<ServerId>,
 }
 
 #[derive(Debug)]

@@ -870,6 +870,34 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
 }
 
 #[test]
+fn a_dead_peer_is_dialed_from_a_list_only_at_an_address_it_did_not_advertise() {
+    // After a healed partition B lists C, which we declared dead. C advertised that very
+    // address: its connection with us is redialed already (by it or by us), so a second
+    // dial would only make duplicates. At a new address (C restarted elsewhere) we dial.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.peer_up(11, PR_C, SID_C);
+    h.enrp(11, SID_C, presence_from(SID_C, 1002));
+    h.core.handle(Input::PeerDown { conn: ConnId(11) }, h.now);
+    h.advance(250);
+    let c = h
+        .core
+        .peers()
+        .into_iter()
+        .find(|p| p.server_id == sid(SID_C));
+    assert_eq!(c.map(|p| p.state), Some(PeerState::Dead));
+    let list = |port| EnrpBody::ListResponse {
+        reject: false,
+        servers: vec![server_info(SID_C, port)],
+    };
+    assert!(dials(&h.enrp(10, SID_B, list(1002))).is_empty());
+    assert_eq!(
+        dials(&h.enrp(10, SID_B, list(1009))),
+        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 1009))]
+    );
+}
+
+#[test]
 fn a_peer_without_the_peer_grant_is_refused_and_audited() {
     let mut h = Harness::new(); // grants() has no `peer` action
     let out = h.peer_up(10, PR_B, SID_B);
@@ -1291,6 +1319,47 @@ fn a_taken_over_pe_that_does_not_come_back_is_removed_after_the_grace_period() {
     let out = a.advance(200);
     assert!(has_audit(&out, AuditAction::RemoveConnectionLoss));
     assert_eq!(a.core.stats().pes, 0);
+}
+
+#[test]
+fn a_peer_back_from_the_dead_takes_back_its_listed_pes_and_the_rest_are_removed() {
+    // A healed partition: A took over B's PEs 5, 6 and 7; PE 7 re-registered here. B comes
+    // back listing only PE 5 (6 was deregistered while apart): 5 goes home to B, 6 is
+    // removed at once with DEL_PE (not after its grace period), 7 stays ours.
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[]);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_A));
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 7, PE_A));
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::TakeoverCompleted));
+    assert_eq!(a.core.stats().owned, 3);
+    let pe_conn = a.connect(3, PE_A);
+    assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", 7))), None);
+    let out = a.peer_up(12, PR_B, SID_B);
+    assert!(
+        enrp_sent(&out).contains(&EnrpBody::HandleTableRequest {
+            own_children_only: true
+        }),
+        "{out:?}"
+    );
+    let out = a.enrp(12, SID_B, table_page(vec![peer_entry(SID_B, 5)], false));
+    assert!(has_audit(&out, AuditAction::RemoveResync), "{out:?}");
+    assert!(
+        enrp_on(&out, 12).iter().any(|m| matches!(&m.body,
+            EnrpBody::HandleUpdate { action: UpdateAction::DelPe, pool_element, .. }
+                if pool_element.pe_id.get() == 6 && pool_element.home_server_id == SID_A)),
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_B));
+    assert_eq!(a.home_of(6), None);
+    assert_eq!(a.home_of(7), Some(SID_A));
+    assert_eq!(a.core.stats().owned, 1);
+    // Past the grace period nothing else goes: 5 is B's, 7 is connected here.
+    let out = a.advance(300);
+    assert!(
+        !has_audit(&out, AuditAction::RemoveConnectionLoss),
+        "{out:?}"
+    );
+    assert_eq!(a.core.stats().pes, 2);
 }
 
 #[test]
