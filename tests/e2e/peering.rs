@@ -523,3 +523,95 @@ async fn a_registrar_started_with_a_peer_serves_once_its_mentor_table_is_downloa
     let pes = resolved(pu.recv_reply().await).expect("A's PE resolves at B");
     assert_eq!(pes, vec![(5, "spiffe://acme.test/pe/echo-1".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_pe_with_an_asap_listener_is_called_to_its_new_home_at_once() {
+    // Spec §12.6, §7.5: B takes over A's PE and dials the ASAP listener the PE advertised,
+    // authenticating it as the identity it registered with; its keep-alive with H=1 makes
+    // B the PE's home, and the PE re-registers there with its PE ID. The PE knows only A,
+    // and the connection grace is 60 s: without the call it would not re-register within
+    // this test.
+    use std::io::BufRead as _;
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    lab.init_peer("b", "data-b");
+    let timers = [
+        "--peer-heartbeat-ms",
+        "100",
+        "--peer-last-heard-ms",
+        "300",
+        "--peer-no-response-ms",
+        "300",
+    ];
+    let mut a = lab.start_peer_with("data-a", &[], &timers);
+    let b = lab.start_peer_with("data-b", &[a.enrp], &timers);
+    let mut pe = std::process::Command::new(crate::support::bin("rsp"))
+        .env("RSP_CA", lab.path("pki/ca.pem"))
+        .env("RSP_REGISTRAR", a.registrar.addr.to_string())
+        .env("RSP_CERT", lab.path("pki/pe-echo-1.pem"))
+        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .args(["--asap-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(pe.stderr.take().expect("stderr"));
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("[pe] {line}");
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |within: Duration| lines.recv_timeout(within).ok();
+    let first = next_line(Duration::from_secs(10)).unwrap_or_default();
+    assert!(first.starts_with("registered with"), "{first}");
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    let found = |r: &Result<Vec<(u32, String)>, u16>| r.as_ref().is_ok_and(|pes| pes.len() == 1);
+    assert!(
+        wait_for(&mut pu, "echo", found).await.is_some(),
+        "B never learnt A's PE"
+    );
+
+    a.registrar.child.kill().expect("SIGKILL A");
+    let killed = Instant::now();
+    let _ = a.registrar.child.wait();
+    let wanted = format!("adopted registrar {} at", b.server_id);
+    let adopted = loop {
+        let left = Duration::from_secs(20).saturating_sub(killed.elapsed());
+        match next_line(left) {
+            Some(line) if line.starts_with(&wanted) => break killed.elapsed(),
+            Some(_) => {}
+            None => panic!("the PE was not called to B within 20 s"),
+        }
+    };
+    // It re-registers at B over B's connection, and B names itself its home.
+    let again = next_line(Duration::from_secs(10)).unwrap_or_default();
+    assert!(again.starts_with("registered with"), "{again}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pe_id = loop {
+        pu.send(&resolution("echo")).await;
+        if let Some(AsapMsg::HandleResolutionResponse {
+            result: Resolution::Found { pool_elements, .. },
+            ..
+        }) = pu.recv_reply().await
+            && let [e] = &pool_elements[..]
+            && ServerId::new(e.pool_element.home_server_id).map(|s| s.to_string())
+                == Some(b.server_id.clone())
+        {
+            break e.pool_element.pe_id.get();
+        }
+        assert!(Instant::now() < deadline, "B never became the PE's home");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "SIGKILL of A → PE {pe_id:#x} adopted B as home after {} ms (MAX-TIME-NO-RESPONSE 300 ms)",
+        adopted.as_millis()
+    );
+    let _ = pe.kill();
+    let _ = pe.wait();
+}

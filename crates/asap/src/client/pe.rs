@@ -202,8 +202,14 @@ pub async fn run(
         let (mut conn, idx) = if let Some(conn) = adopted.take() {
             (conn, start)
         } else {
+            // While it hunts, a registrar that took it over may call with H=1 (spec
+            // §12.6): that connection is as good as one the hunt finds.
             let hunted = tokio::select! {
                 h = Connection::hunt(trust, &config.registrars, start) => h,
+                a = next_adoption(&mut adoptions) => {
+                    adopted = Some(adopt(a, &mut events));
+                    continue;
+                }
                 () = &mut shutdown => return Ok(()),
             };
             match hunted {
@@ -212,6 +218,10 @@ pub async fn run(
                     events(PeEvent::Unreachable(e));
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next()) => continue,
+                        a = next_adoption(&mut adoptions) => {
+                            adopted = Some(adopt(a, &mut events));
+                            continue;
+                        }
                         () = &mut shutdown => return Ok(()),
                     }
                 }
@@ -226,15 +236,9 @@ pub async fn run(
         };
         match serve(&mut conn, &mut session, &mut shutdown, &mut events).await {
             Ok(None) => return Ok(()),
-            Ok(Some((conn, server_id))) => {
-                events(PeEvent::HomeAdopted {
-                    server_id,
-                    registrar: conn.registrar(),
-                });
-                // Spec §7.4: re-registrations go to the new home from now on; the old
-                // connection closes (its registrar is presumed dead).
-                adopted = Some(conn);
-            }
+            // Spec §7.4: re-registrations go to the new home from now on; the old
+            // connection closes (its registrar is presumed dead).
+            Ok(Some(adoption)) => adopted = Some(adopt(adoption, &mut events)),
             Err(e @ Error::Rejected(_)) => return Err(e),
             Err(e) => {
                 events(PeEvent::Lost(registrar, e));
@@ -243,11 +247,32 @@ pub async fn run(
                 start = idx + 1;
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next()) => {}
+                    a = next_adoption(&mut adoptions) => adopted = Some(adopt(a, &mut events)),
                     () = &mut shutdown => return Ok(()),
                 }
             }
         }
     }
+}
+
+/// The next registrar connection that sent H=1; never, without an ASAP listener.
+async fn next_adoption(adoptions: &mut Option<mpsc::Receiver<Adoption>>) -> Adoption {
+    match adoptions {
+        Some(rx) => match rx.recv().await {
+            Some(a) => a,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports an adoption and returns its connection, to register on next.
+fn adopt((conn, server_id): Adoption, events: &mut impl FnMut(PeEvent)) -> Connection {
+    events(PeEvent::HomeAdopted {
+        server_id,
+        registrar: conn.registrar(),
+    });
+    conn
 }
 
 /// The load to register now: the application's latest, else the one in the policy.

@@ -180,21 +180,139 @@ async fn serve(
     else {
         return;
     };
+    run(
+        conn, tls, peer, addr, &settings, &trust, &events, &audit, &counters, stop, None,
+    )
+    .await;
+}
+
+/// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
+/// many PEs dials them in this many streams, not all at once.
+pub(super) const MAX_PE_DIALS: usize = 64;
+
+/// A TCP connect to a PE's listener that takes longer is abandoned.
+const PE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What [`Action::DialPe`](crate::registrar::Action::DialPe) asks for.
+#[derive(Debug)]
+pub(super) struct PeDial {
+    pub(super) pe: crate::registrar::PeKey,
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) registrant: trust::SpiffeId,
+}
+
+/// Dials taken-over PEs (spec §12.6), at most [`MAX_PE_DIALS`] at a time. Each is
+/// authenticated as the identity it registered with, then served like an accepted
+/// connection, starting with the H=1 keep-alive.
+pub(super) async fn dial_pes(
+    mut dials: mpsc::Receiver<PeDial>,
+    settings: Arc<Settings>,
+    trust: Arc<TrustStore>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_PE_DIALS));
+    loop {
+        let dial = tokio::select! {
+            d = dials.recv() => match d { Some(d) => d, None => return },
+            _ = stop.changed() => return,
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (settings, trust, events) = (Arc::clone(&settings), Arc::clone(&trust), events.clone());
+        let (audit, counters, stop) = (audit.clone(), Arc::clone(&counters), stop.clone());
+        tokio::spawn(async move {
+            let tls = dial_pe(&dial, &settings, &trust, &audit, &counters).await;
+            // The handshake is done: the slot goes to the next dial while this one serves.
+            drop(slot);
+            let Some((tls, peer)) = tls else { return };
+            let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+            let then = Input::PeDialed { conn, pe: dial.pe };
+            run(
+                conn,
+                tls,
+                peer,
+                dial.addr,
+                &settings,
+                &trust,
+                &events,
+                &audit,
+                &counters,
+                stop,
+                Some(then),
+            )
+            .await;
+        });
+    }
+}
+
+async fn dial_pe(
+    dial: &PeDial,
+    settings: &Settings,
+    trust: &TrustStore,
+    audit: &AuditLog,
+    counters: &Counters,
+) -> Option<(tokio_rustls::client::TlsStream<TcpStream>, Peer)> {
+    let expected = trust::IdentityPattern::exact(&dial.registrant);
+    let config = match trust.client_config_expecting(Protocol::Asap, expected) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the client configuration for a PE");
+            return None;
+        }
+    };
+    let tcp = match tokio::time::timeout(PE_CONNECT_TIMEOUT, TcpStream::connect(dial.addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::info!(addr = %dial.addr, error = %e, "PE listener unreachable");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(addr = %dial.addr, "PE listener: connect timed out");
+            return None;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    // The name is not checked: the PE is authenticated by its SPIFFE ID (above).
+    let name = tokio_rustls::rustls::pki_types::ServerName::from(dial.addr.ip());
+    let connector = tokio_rustls::TlsConnector::from(config);
+    authenticate(
+        connector.connect(name, tcp),
+        Protocol::Asap,
+        dial.addr,
+        settings,
+        audit,
+        counters,
+    )
+    .await
+}
+
+/// Serves one authenticated ASAP connection, accepted or dialed, until either side ends
+/// it. `then` goes to the core right after the connection is announced.
+#[allow(clippy::too_many_arguments)]
+async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+    conn: ConnId,
+    tls: S,
+    peer: Peer,
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    trust: &TrustStore,
+    events: &mpsc::Sender<Event>,
+    audit: &AuditLog,
+    counters: &Counters,
+    stop: watch::Receiver<bool>,
+    then: Option<Input>,
+) {
     // Registered before the last trust check, so a revocation that lands during the
     // handshake is not missed.
     let mut live = match trust.register_connection(&peer) {
         Ok(live) => live,
         Err(e) => {
             tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
-            audit_refusal(
-                &audit,
-                &counters,
-                addr,
-                Some(&peer),
-                "revoked",
-                e.to_string(),
-            )
-            .await;
+            audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
             return;
         }
     };
@@ -221,10 +339,15 @@ async fn serve(
     {
         return; // Shutting down.
     }
+    if let Some(input) = then
+        && events.send(Event::Input(input)).await.is_err()
+    {
+        return;
+    }
     let (read_half, write_half) = tokio::io::split(tls);
     let reader = MessageReader::new(read_half, Framer::asap(settings.max_message_len));
     tokio::select! {
-        () = read_loop(conn, reader, &events, settings.idle_timeout) => {}
+        () = read_loop(conn, reader, events, settings.idle_timeout) => {}
         () = write_loop(write_half, rx) => {}
         reason = live.closed() => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}

@@ -200,12 +200,17 @@ impl Daemon {
         counters.starting.store(core.starting(), Ordering::Relaxed);
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
+        // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
+        let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
             audit.clone(),
             Arc::clone(&counters),
-            dial_tx,
+            Dials {
+                peers: dial_tx,
+                pes: pe_dial_tx,
+            },
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);
@@ -222,6 +227,15 @@ impl Daemon {
                 stop_rx.clone(),
             )));
         }
+        peer_tasks.push(tokio::spawn(connection::dial_pes(
+            pe_dial_rx,
+            Arc::clone(&settings),
+            Arc::clone(&trust),
+            events.clone(),
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        )));
         peer_tasks.push(tokio::spawn(peer::dial_discovered(
             dial_rx,
             Arc::clone(&settings),
@@ -330,7 +344,7 @@ async fn run_core(
     mut events: mpsc::Receiver<Event>,
     audit: AuditLog,
     counters: Arc<Counters>,
-    dials: mpsc::Sender<SocketAddr>,
+    dials: Dials,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
@@ -391,6 +405,12 @@ async fn run_core(
     Ok(())
 }
 
+/// Where the core's dial requests go: registrars from peer lists, taken-over PEs.
+struct Dials {
+    peers: mpsc::Sender<SocketAddr>,
+    pes: mpsc::Sender<connection::PeDial>,
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -405,7 +425,7 @@ async fn execute(
     writers: &HashMap<ConnId, ConnHandle>,
     audit: &AuditLog,
     counters: &Counters,
-    dials: &mpsc::Sender<SocketAddr>,
+    dials: &Dials,
 ) -> Result<Option<Gate>, Error> {
     let mut gate: Option<Gate> = None;
     for action in actions {
@@ -478,8 +498,22 @@ async fn execute(
                 );
             }
             Action::DialPeer { addr } => {
-                if dials.try_send(addr).is_err() {
+                if dials.peers.try_send(addr).is_err() {
                     tracing::warn!(%addr, "peer dial queue full: not dialed");
+                }
+            }
+            Action::DialPe {
+                pe,
+                addr,
+                registrant,
+            } => {
+                let dial = connection::PeDial {
+                    pe,
+                    addr,
+                    registrant,
+                };
+                if dials.pes.try_send(dial).is_err() {
+                    tracing::warn!(%addr, "PE dial queue full: not dialed");
                 }
             }
             Action::Close { conn, reason } => {

@@ -9,10 +9,11 @@
 //! [`Action::SendEnrp`].
 //!
 //! What this slice of issue 7 does not do yet, and what happens instead:
-//! - Takeover (§9.8) gives the taken-over PEs a new home, but this registrar has no
-//!   connection to them over TCP (spec §12.6): it cannot send them the H=1 keep-alive,
-//!   so each waits one connection grace period for its re-registration here (with its
-//!   PE ID), like the PEs of a closed connection. Dialing a PE's ASAP listener is not done.
+//! - Takeover (§9.8) gives the taken-over PEs a new home. Over TCP this registrar has no
+//!   connection to them (spec §12.6): a PE that advertised an ASAP listener is dialed
+//!   ([`Action::DialPe`], authenticated as its registrant) and sent the H=1 keep-alive;
+//!   every PE waits one connection grace period for its re-registration here (with its
+//!   PE ID), like the PEs of a closed connection.
 //!   If the peer they were taken from comes back (a healed partition), its handle table
 //!   decides at once: the PEs it lists go back to it, the others are removed.
 //! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
@@ -34,7 +35,9 @@ use ::asap::wire::param::{
     Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
     ServerId, ServerInformation, Transport, TransportUse,
 };
-use ::asap::wire::{DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction};
+use ::asap::wire::{
+    AsapMsg, DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction,
+};
 use trust::SpiffeId;
 
 use super::{
@@ -111,7 +114,13 @@ pub const MAX_LIST_DIALS: usize = 64;
 
 /// The TCP address in a Server Information, if it is one that can be dialed.
 fn dialable(info: &ServerInformation) -> Option<SocketAddr> {
-    let Transport::Tcp { port, addr, .. } = &info.transport else {
+    asap_listener(&info.transport)
+}
+
+/// The address of a TCP transport (a PE's advertised ASAP listener, a registrar's ENRP
+/// address), if it is one that can be dialed.
+fn asap_listener(transport: &Transport) -> Option<SocketAddr> {
+    let Transport::Tcp { port, addr, .. } = transport else {
         return None;
     };
     let ip = addr.ip();
@@ -1383,6 +1392,19 @@ impl Core {
         let grace = now + self.config.timing.connection_grace;
         for (key, mut entry) in pes {
             entry.pool_element.home_server_id = me.get();
+            // Spec §12.6: a PE that advertised an ASAP listener hears at once that this
+            // registrar is its home; the others find it themselves within the grace.
+            let dial = entry
+                .pool_element
+                .asap_transport
+                .as_ref()
+                .and_then(asap_listener)
+                .zip(
+                    entry
+                        .registrant
+                        .as_ref()
+                        .and_then(|r| SpiffeId::parse(r.as_str()).ok()),
+                );
             // Same registrant and transport: an update that only moves its home.
             if self
                 .handlespace
@@ -1401,7 +1423,38 @@ impl Core {
             );
             self.timers.set(TimerKey::Orphaned(key.clone()), grace);
             self.announce_owned(&key, out);
+            if let Some((addr, registrant)) = dial {
+                out.push(Action::DialPe {
+                    pe: key,
+                    addr,
+                    registrant,
+                });
+            }
         }
+    }
+
+    /// A connection this registrar dialed to a taken-over PE is up: the keep-alive with
+    /// H=1 tells the PE its new home (spec §7.5); it answers, then re-registers on this
+    /// connection. Nothing is sent if the PE came back on its own meanwhile, or is gone.
+    pub(super) fn on_pe_dialed(&mut self, conn: ConnId, pe: PeKey, out: &mut Vec<Action>) {
+        let waiting = self.owned.get(&pe).is_some_and(|o| o.conn.is_none());
+        if !waiting || !self.conns.contains_key(&conn) {
+            out.push(Action::Close {
+                conn,
+                reason: "dialed PE no longer waits",
+            });
+            return;
+        }
+        let (_, pool_handle, pe_id) = pe;
+        out.push(Action::Send {
+            conn,
+            msg: AsapMsg::EndpointKeepAlive {
+                home: true,
+                server_id: self.config.server_id,
+                pool_handle,
+                pe_id: Some(pe_id),
+            },
+        });
     }
 
     /// MAX wait passed with acknowledgements missing: abandon (step 5); the target's PEs

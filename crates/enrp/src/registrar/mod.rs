@@ -199,6 +199,14 @@ pub enum Input {
     },
     /// The grants changed (admin API, reload): the PEs they no longer allow are removed.
     Grants(Vec<Grant>),
+    /// A connection made for [`Action::DialPe`] is up (after its `Connected`): the
+    /// registrar sends the PE the keep-alive with H=1 that makes it its new home.
+    PeDialed {
+        /// The connection.
+        conn: ConnId,
+        /// The PE it was made for.
+        pe: PeKey,
+    },
     /// The default-namespace rules changed (admin API, reload): requests without a
     /// Namespace parameter go where they say from now on; registered PEs stay.
     DefaultNamespaces(Vec<DefaultNamespace>),
@@ -329,6 +337,17 @@ pub enum Action {
     DialPeer {
         /// Its advertised ENRP address.
         addr: SocketAddr,
+    },
+    /// Dial a taken-over PE's ASAP listener (spec §12.6) over mutual TLS, insisting that it
+    /// presents `registrant`'s certificate, announce the connection with
+    /// [`Input::Connected`] and then [`Input::PeDialed`], and serve it like an accepted one.
+    DialPe {
+        /// The PE.
+        pe: PeKey,
+        /// The ASAP transport it advertised.
+        addr: SocketAddr,
+        /// The identity it registered with: nobody else may answer for it.
+        registrant: SpiffeId,
     },
     /// Write an audit record.
     Audit {
@@ -704,6 +723,7 @@ impl Core {
                 self.on_grants_changed(&mut out);
             }
             Input::DefaultNamespaces(rules) => self.default_namespaces = rules,
+            Input::PeDialed { conn, pe } => self.on_pe_dialed(conn, pe, &mut out),
             Input::Revoked(r) => {
                 self.on_revoked(&r, &mut out);
                 if !self.revocations.contains(&r) {
