@@ -615,3 +615,100 @@ async fn a_taken_over_pe_with_an_asap_listener_is_called_to_its_new_home_at_once
     let _ = pe.kill();
     let _ = pe.wait();
 }
+
+/// `rsp` with `cert`'s identity and these registrars, in order.
+fn rsp_with(lab: &Lab, registrars: &[SocketAddr], cert: &str) -> std::process::Command {
+    let list: Vec<String> = registrars.iter().map(ToString::to_string).collect();
+    let mut c = std::process::Command::new(crate::support::bin("rsp"));
+    c.env("RSP_CA", lab.path("pki/ca.pem"))
+        .env("RSP_REGISTRAR", list.join(","))
+        .env("RSP_CERT", lab.path(&format!("pki/{cert}.pem")));
+    c
+}
+
+/// One line through `rsp pu echo`: what came back.
+fn echo_through_pu(lab: &Lab, registrars: &[SocketAddr], line: &str) -> String {
+    use std::io::Write as _;
+    let mut pu = rsp_with(lab, registrars, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu");
+    writeln!(pu.stdin.take().expect("stdin"), "{line}").expect("write");
+    let out = pu.wait_with_output().expect("rsp pu ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+#[test]
+fn pes_and_pus_configured_with_several_registrars_use_any_of_them() {
+    // Issue 7: PEs and PUs given several registrars use any of them. A PE and PUs know A
+    // and B; A is killed; the PE registers again (at B), and new PUs reach it through B.
+    use std::io::BufRead as _;
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    lab.init_peer("b", "data-b");
+    let timers = [
+        "--peer-heartbeat-ms",
+        "100",
+        "--peer-last-heard-ms",
+        "300",
+        "--peer-no-response-ms",
+        "300",
+    ];
+    let mut a = lab.start_peer_with("data-a", &[], &timers);
+    let b = lab.start_peer_with("data-b", &[a.enrp], &timers);
+    let both = [a.registrar.addr, b.registrar.addr];
+    let mut pe = rsp_with(&lab, &both, "pe-echo-1")
+        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe");
+    let mut stderr = std::io::BufReader::new(pe.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("rsp pe reports");
+    assert_eq!(
+        line.trim_end(),
+        format!("registered with {}", a.registrar.addr),
+        "the first registrar listed"
+    );
+    assert_eq!(echo_through_pu(&lab, &both, "before"), "before");
+
+    a.registrar.child.kill().expect("SIGKILL A");
+    let _ = a.registrar.child.wait();
+    let wanted = format!("registered with {}", b.registrar.addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("rsp pe reports") > 0,
+            "rsp pe ended"
+        );
+        eprintln!("[pe] {}", line.trim_end());
+        if line.trim_end() == wanted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the PE never registered at B");
+    }
+    // A new PU given A first hunts past it to B, resolves there and reaches the PE.
+    assert_eq!(echo_through_pu(&lab, &both, "after"), "after");
+    let out = rsp_with(&lab, &both, "pu-client-1")
+        .args(["resolve", "echo", "--json"])
+        .output()
+        .expect("rsp resolve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let _ = pe.kill();
+    let _ = pe.wait();
+}
