@@ -61,6 +61,10 @@ pub struct Settings {
     /// Where requests without a Namespace parameter go, from the first connection on
     /// (ARCHITECTURE.md §3; changes arrive through [`Daemon::set_default_namespaces`]).
     pub default_namespaces: Vec<trust::DefaultNamespace>,
+    /// A peer learnt from a list (not configured) that has had no connection for this
+    /// long is no longer dialed (until the core asks again: a list naming it at a new
+    /// address; or it dials us). Default 10 min.
+    pub learnt_peer_give_up: Duration,
 }
 
 impl Settings {
@@ -77,6 +81,7 @@ impl Settings {
             enrp_listen: None,
             peers: Vec::new(),
             default_namespaces: Vec::new(),
+            learnt_peer_give_up: Duration::from_secs(600),
         }
     }
 }
@@ -248,6 +253,7 @@ impl Daemon {
         for target in &settings.peers {
             peer_tasks.push(tokio::spawn(peer::dial_loop(
                 target.clone(),
+                None,
                 Arc::clone(&settings),
                 Arc::clone(&trust),
                 events.clone(),

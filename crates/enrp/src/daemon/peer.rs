@@ -42,8 +42,8 @@ const STABLE: Duration = Duration::from_secs(2);
 /// for TCP's own SYN retransmissions, 1, 3, 7, 15, 31 and 63 s after it: a peer could
 /// stay unconnected for tens of seconds after the partition healed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most registrars dialed because a peer listed them (spec §9.2), over the daemon's life:
-/// the core caps each list response, this caps all of them together.
+/// Most registrars dialed because a peer listed them (spec §9.2) at once: the core caps
+/// each list response, this caps all of them together.
 const MAX_DISCOVERED: usize = 256;
 
 /// Accepts ENRP connections until the daemon stops.
@@ -89,9 +89,13 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// Dials `target` (`HOST:PORT`) and keeps a connection to it while the daemon runs.
+/// Dials `target` (`HOST:PORT`) and keeps a connection to it while the daemon runs, or,
+/// with `give_up`, until it has had no connection for that long (a learnt peer that is
+/// gone for good is not dialed forever).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn dial_loop(
     target: String,
+    give_up: Option<Duration>,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -100,7 +104,12 @@ pub(super) async fn dial_loop(
     stop: watch::Receiver<bool>,
 ) {
     let mut delay = REDIAL_MIN;
+    let mut last_up = tokio::time::Instant::now();
     while !*stop.borrow() {
+        if give_up.is_some_and(|g| last_up.elapsed() >= g) {
+            tracing::info!(%target, "no connection to a learnt peer for too long: not dialed again");
+            return;
+        }
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
             .await
@@ -126,6 +135,7 @@ pub(super) async fn dial_loop(
                         stop.clone(),
                     )
                     .await;
+                    last_up = tokio::time::Instant::now();
                 }
             }
             Err(e) => tracing::debug!(%target, error = %e, "peer unreachable"),
@@ -144,7 +154,8 @@ pub(super) async fn dial_loop(
 
 /// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action))
 /// with [`dial_loop`], once per address (configured peers are not dialed twice), at most
-/// [`MAX_DISCOVERED`] of them.
+/// [`MAX_DISCOVERED`] at once. A learnt peer without a connection for
+/// [`Settings::learnt_peer_give_up`] is dropped; a later list may bring it back.
 pub(super) async fn dial_discovered(
     mut addrs: mpsc::Receiver<SocketAddr>,
     settings: Arc<Settings>,
@@ -154,18 +165,23 @@ pub(super) async fn dial_discovered(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut dialing: HashSet<String> = settings.peers.iter().cloned().collect();
-    let mut tasks = Vec::new();
+    let configured: HashSet<String> = settings.peers.iter().cloned().collect();
+    let mut dialing: HashSet<String> = HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let addr = tokio::select! {
             a = addrs.recv() => match a {
                 Some(a) => a,
                 None => break,
             },
+            Some(Ok(gone)) = tasks.join_next() => {
+                dialing.remove(&gone);
+                continue;
+            }
             _ = stop.changed() => break,
         };
         let target = addr.to_string();
-        if dialing.contains(&target) {
+        if configured.contains(&target) || dialing.contains(&target) {
             continue;
         }
         if tasks.len() >= MAX_DISCOVERED {
@@ -174,19 +190,22 @@ pub(super) async fn dial_discovered(
         }
         tracing::info!(%target, "dialing a peer learnt from a peer list");
         dialing.insert(target.clone());
-        tasks.push(tokio::spawn(dial_loop(
-            target,
+        let dial = dial_loop(
+            target.clone(),
+            Some(settings.learnt_peer_give_up),
             Arc::clone(&settings),
             Arc::clone(&trust),
             events.clone(),
             audit.clone(),
             Arc::clone(&counters),
             stop.clone(),
-        )));
+        );
+        tasks.spawn(async move {
+            dial.await;
+            target
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// The server side of the ENRP handshake: mutual TLS and ALPN `rserpool-enrp/1`.
@@ -331,5 +350,60 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if events.send(Event::Input(input)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registrar::Config;
+    use asap::wire::param::ServerId;
+
+    /// A learnt peer that never answers is given up after `give_up`; a configured one
+    /// (`None`) is dialed until the daemon stops.
+    #[tokio::test]
+    async fn a_learnt_peer_without_a_connection_is_given_up() {
+        let ca = trust::testing::TestCa::new("acme.test");
+        let trust = Arc::new(
+            TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("trust store"),
+        );
+        let store = trust::db::Store::in_memory().await.expect("store");
+        let audit = AuditLog::start(&store, trust::audit::AuditConfig::default())
+            .await
+            .expect("audit log");
+        // A port nobody listens on: every connect is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let settings = Arc::new(Settings::new(
+            "127.0.0.1:0".parse().expect("address"),
+            Config::new(ServerId::new(1).expect("non-zero")),
+        ));
+        let (events, _rx) = mpsc::channel(8);
+        let (stop_tx, stop) = watch::channel(false);
+        let dial = |give_up| {
+            tokio::spawn(dial_loop(
+                closed.to_string(),
+                give_up,
+                Arc::clone(&settings),
+                Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::new(Counters::default()),
+                stop.clone(),
+            ))
+        };
+        let learnt = dial(Some(Duration::from_millis(300)));
+        let configured = dial(None);
+        tokio::time::timeout(Duration::from_secs(10), learnt)
+            .await
+            .expect("the learnt peer is given up")
+            .expect("the dialer ends cleanly");
+        assert!(!configured.is_finished(), "a configured peer is dialed on");
+        stop_tx.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), configured)
+            .await
+            .expect("the configured dialer stops with the daemon")
+            .expect("the dialer ends cleanly");
     }
 }
