@@ -37,7 +37,10 @@ enum Command {
         #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
         data: PathBuf,
     },
-    /// Run the registrar until SIGTERM or Ctrl-C.
+    /// Run the registrar until SIGTERM or Ctrl-C. SIGHUP reloads the registrar's
+    /// certificate and key, the local CRL, the grants and the default namespaces; options
+    /// (flags, variables, the config file) take effect at start only, and SIGHUP logs
+    /// which keys of the config file changed.
     Run(RunArgs),
     /// Inspect the audit log.
     Audit {
@@ -172,6 +175,27 @@ struct FileConfig {
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
+}
+
+/// The config file as a table, after checking that it is a valid [`FileConfig`].
+fn read_config_table(path: &std::path::Path) -> anyhow::Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let _: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// The keys whose values differ between two versions of the config file, sorted.
+fn changed_keys(before: &toml::Table, after: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 impl RunArgs {
@@ -476,12 +500,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     );
     // Serials already applied: a reload only acts on what the CRL newly lists.
     let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
+    // Every setting of the config file takes effect at start only: on SIGHUP, say which
+    // changed rather than let an operator believe they apply.
+    let config_file = match &args.config {
+        Some(path) => Some((path.clone(), read_config_table(path)?)),
+        None => None,
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
             _ = hup.recv() => {
-                // SIGHUP: the CRL and the grants, without a restart. A bad file changes
+                // SIGHUP: certificate, CRL, grants, default namespaces, without a restart. A bad file changes
                 // nothing and is logged; the registrar keeps serving.
                 match setup::reload(&args.data, &loaded.store).await {
                     Ok(r) => {
@@ -508,6 +538,21 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
+                }
+                if let Some((path, at_start)) = &config_file {
+                    match read_config_table(path) {
+                        Ok(now) => {
+                            let changed = changed_keys(at_start, &now);
+                            if !changed.is_empty() {
+                                tracing::warn!(
+                                    file = %path.display(),
+                                    keys = %changed.join(", "),
+                                    "these settings changed and take effect at the next start"
+                                );
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "the config file is invalid; the next start will fail"),
+                    }
                 }
             }
         }
@@ -570,4 +615,32 @@ async fn start_admin(
     ));
     tracing::info!(%addr, "serving the admin API over HTTPS");
     Ok(Admin { addr, stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_config_keys_that_changed_and_refuses_a_bad_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("enrpd.toml");
+        std::fs::write(
+            &path,
+            "asap_listen = \"[::]:3864\"\nallow_loopback = true\n",
+        )
+        .expect("write");
+        let before = read_config_table(&path).expect("valid");
+        std::fs::write(
+            &path,
+            "asap_listen = \"[::]:3865\"\nallow_loopback = true\npeers = [\"b:9902\"]\n",
+        )
+        .expect("write");
+        let after = read_config_table(&path).expect("valid");
+        assert_eq!(changed_keys(&before, &after), ["asap_listen", "peers"]);
+        assert!(changed_keys(&after, &after).is_empty());
+        std::fs::write(&path, "asap_listn = \"[::]:3864\"\n").expect("write");
+        let err = read_config_table(&path).expect_err("unknown key");
+        assert!(format!("{err:#}").contains("asap_listn"), "{err:#}");
+    }
 }
