@@ -186,6 +186,38 @@ impl Handlespace {
         })
     }
 
+    /// The PEs after `after` in the order of [`Handlespace::iter`] (all with `None`): the
+    /// continuation of a handle table download (spec §9.7). The point need not exist any
+    /// more: a PE, pool or namespace removed since the last page is stepped over, and
+    /// the walk starts with ordered-map ranges, so a page costs O(log n + page), not a
+    /// walk from the start of the handlespace.
+    pub fn iter_after(
+        &self,
+        after: Option<(&Namespace, &PoolHandle, PeId)>,
+    ) -> impl Iterator<Item = (&Namespace, &PoolHandle, &PeEntry)> {
+        use std::ops::Bound::{Included, Unbounded};
+        let after = after.map(|(ns, h, pe)| (ns.clone(), h.clone(), pe));
+        let from_ns = after
+            .as_ref()
+            .map_or(Unbounded, |(ns, _, _)| Included(ns.clone()));
+        self.namespaces
+            .range((from_ns, Unbounded))
+            .flat_map(move |(ns, pools)| {
+                // Only the point's own namespace starts inside; later ones start at the top.
+                let at = after
+                    .as_ref()
+                    .filter(|(n, _, _)| n == ns)
+                    .map(|(_, h, pe)| (h.clone(), *pe));
+                let from_pool = at.as_ref().map_or(Unbounded, |(h, _)| Included(h.clone()));
+                pools
+                    .range((from_pool, Unbounded))
+                    .flat_map(move |(h, pool)| {
+                        let pe_after = at.as_ref().filter(|(ah, _)| ah == h).map(|(_, pe)| *pe);
+                        pool.entries_after(pe_after).map(move |e| (ns, h, e))
+                    })
+            })
+    }
+
     /// The spec §9.6 checksum of the PEs owned by `home`, as sent in ENRP_PRESENCE.
     pub fn checksum(&self, home: ServerId) -> u16 {
         self.checksums

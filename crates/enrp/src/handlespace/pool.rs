@@ -42,11 +42,12 @@ impl Pool {
         self.entries.values()
     }
 
-    /// The PEs whose ID is greater than `after`, in order (handle table paging, §9.7).
-    pub fn entries_after(&self, after: PeId) -> impl Iterator<Item = &PeEntry> {
+    /// The PEs whose ID is greater than `after` (all with `None`), in order (handle table
+    /// paging, §9.7): a range of the ordered map, so no PE before `after` is visited.
+    pub fn entries_after(&self, after: Option<PeId>) -> impl Iterator<Item = &PeEntry> {
         use std::ops::Bound::{Excluded, Unbounded};
         self.entries
-            .range((Excluded(after), Unbounded))
+            .range((after.map_or(Unbounded, Excluded), Unbounded))
             .map(|(_, e)| e)
     }
 

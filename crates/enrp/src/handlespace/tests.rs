@@ -299,8 +299,117 @@ fn iteration_is_ordered_and_pages_continue() {
     let after: Vec<_> = hs
         .pool(&d, &handle("b"))
         .expect("pool")
-        .entries_after(id(1))
+        .entries_after(Some(id(1)))
         .map(|e| e.pool_element.pe_id.get())
         .collect();
     assert_eq!(after, [3]);
+}
+
+type Key = (Namespace, PoolHandle, PeId);
+
+fn keys_after(hs: &Handlespace, after: Option<&Key>, n: usize) -> Vec<Key> {
+    hs.iter_after(after.map(|(ns, h, pe)| (ns, h, *pe)))
+        .take(n)
+        .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
+        .collect()
+}
+
+#[test]
+fn pages_after_a_point_list_every_pe_once_in_order() {
+    // Spec §9.7: pages continue after the last (namespace, pool handle, PE ID) sent.
+    let mut hs = Handlespace::new(Limits::default());
+    for (n, h, i) in [("b", "x", 2), ("a", "y", 1), ("a", "x", 7), ("b", "x", 1)] {
+        hs.register(
+            &ns(n),
+            &handle(h),
+            pe(i, HOME, Policy::RoundRobin),
+            who("p"),
+        )
+        .expect("registers");
+    }
+    let all = keys_after(&hs, None, usize::MAX);
+    let expected: Vec<Key> = hs
+        .iter()
+        .map(|(n, h, e)| (n.clone(), h.clone(), e.pool_element.pe_id))
+        .collect();
+    assert_eq!(all, expected);
+    for page in 1..=4 {
+        let mut got = Vec::new();
+        let mut at: Option<Key> = None;
+        loop {
+            let keys = keys_after(&hs, at.as_ref(), page);
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            got.extend(keys);
+            at = Some(last);
+        }
+        assert_eq!(got, expected, "pages of {page}");
+    }
+    // A point that is not (or no longer) in the handlespace: the next PE after it.
+    let gone = (ns("a"), handle("xx"), id(1));
+    assert_eq!(keys_after(&hs, Some(&gone), 1), [expected[1].clone()]);
+    let past = (ns("c"), handle("a"), id(1));
+    assert!(keys_after(&hs, Some(&past), 1).is_empty());
+}
+
+#[test]
+fn pages_list_each_pe_once_while_pes_come_and_go_between_pages() {
+    // Spec §9.7 during a download: a PE present from the first page to the last is
+    // listed exactly once; none twice; removing the continuation point, its pool or its
+    // namespace does not lose the place.
+    let (namespaces, pools) = (["a", "b", "c"], ["p", "q", "r", "s"]);
+    for seed in 0..200 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut pick = |n: usize| rng.next_u32() as usize % n;
+        let mut hs = Handlespace::new(Limits::default());
+        let random_key = |pick: &mut dyn FnMut(usize) -> usize| -> Key {
+            (
+                ns(namespaces[pick(namespaces.len())]),
+                handle(pools[pick(pools.len())]),
+                id(1 + pick(12) as u32),
+            )
+        };
+        for _ in 0..40 {
+            let (n, h, i) = random_key(&mut pick);
+            hs.register(&n, &h, pe(i.get(), HOME, Policy::RoundRobin), who("p"))
+                .expect("registers or updates");
+        }
+        let initial: Vec<Key> = keys_after(&hs, None, usize::MAX);
+        let mut removed = std::collections::BTreeSet::new();
+        let mut sent: Vec<Key> = Vec::new();
+        let mut at: Option<Key> = None;
+        let page = 1 + pick(5);
+        loop {
+            let keys = keys_after(&hs, at.as_ref(), page);
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            sent.extend(keys);
+            at = Some(last.clone());
+            // Between pages: the point itself may go, with its pool; others come and go.
+            if pick(3) == 0 {
+                hs.remove(&last.0, &last.1, last.2);
+                removed.insert(last);
+            }
+            for _ in 0..3 {
+                let (n, h, i) = random_key(&mut pick);
+                if pick(2) == 0 {
+                    if hs.remove(&n, &h, i).is_some() {
+                        removed.insert((n, h, i));
+                    }
+                } else {
+                    hs.register(&n, &h, pe(i.get(), HOME, Policy::RoundRobin), who("p"))
+                        .expect("registers or updates");
+                }
+            }
+        }
+        assert!(
+            sent.windows(2).all(|w| w[0] < w[1]),
+            "seed {seed}: listed in order, none twice: {sent:?}"
+        );
+        for k in initial.iter().filter(|k| !removed.contains(*k)) {
+            assert!(sent.contains(k), "seed {seed}: {k:?} never listed");
+        }
+    }
 }

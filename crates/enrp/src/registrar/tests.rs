@@ -1615,3 +1615,131 @@ fn requests_without_a_namespace_go_to_the_identitys_default_namespace() {
     assert_eq!(found_ids(&h.resolve(pu_2, "echo")), [2, 3]);
     assert_eq!(found_ids(&h.resolve(pu_1, "echo")), [2, 3]);
 }
+
+/// The PE IDs of a handle table response, and its M bit.
+fn page_ids(out: &[Action]) -> (Vec<u32>, bool) {
+    match enrp_sent(out).as_slice() {
+        [
+            EnrpBody::HandleTableResponse {
+                reject: false,
+                more,
+                pools,
+            },
+        ] => (
+            pools
+                .iter()
+                .flat_map(|p| p.entries.iter().map(|e| e.pool_element.pe_id.get()))
+                .collect(),
+            *more,
+        ),
+        other => panic!("expected one handle table response, got {other:?}"),
+    }
+}
+
+#[test]
+fn w1_pages_list_only_own_pes_once_while_pes_come_and_go() {
+    // Spec §9.7 with W=1: only the PEs this registrar owns, after the continuation point;
+    // a PE removed before it is reached is not listed, one added after the point is.
+    let mut a = Harness::registrar(SID_A);
+    let mut config = a.core.config().clone();
+    config.handle_table_pes = 3;
+    a.core = Core::new(config, peer_grants());
+    let pe_conn = a.connect(1, PE_A);
+    for id in (1..=19).step_by(2) {
+        assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", id))), None);
+    }
+    // C's PEs sit between ours in the same pool.
+    a.peer_up(11, PR_C, SID_C);
+    for id in (2..=20).step_by(2) {
+        a.enrp(11, SID_C, add_pe(SID_C, "echo", id, PE_B));
+    }
+    assert_eq!(a.core.stats().pes, 20);
+    a.peer_up(10, PR_B, SID_B);
+    let w1 = || EnrpBody::HandleTableRequest {
+        own_children_only: true,
+    };
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w1())), (vec![1, 3, 5], true));
+    // Between pages: the continuation point (5) and a PE not yet sent (7) go; 21 comes.
+    let dereg = |id: u32| AsapMsg::Deregistration {
+        namespace: None,
+        pool_handle: handle("echo"),
+        pe_id: PeId::new(id).expect("non-zero"),
+    };
+    a.send(pe_conn, dereg(5));
+    a.send(pe_conn, dereg(7));
+    assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", 21))), None);
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w1())), (vec![9, 11, 13], true));
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w1())), (vec![15, 17, 19], true));
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w1())), (vec![21], false));
+    // The download is over: the next request starts again from the top.
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w1())), (vec![1, 3, 9], true));
+    // W=0 lists C's PEs too, with its own continuation point.
+    let w0 = EnrpBody::HandleTableRequest {
+        own_children_only: false,
+    };
+    assert_eq!(page_ids(&a.enrp(10, SID_B, w0)), (vec![1, 2, 3], true));
+}
+
+#[test]
+fn a_registrar_started_later_learns_every_pe_of_its_mentor_over_many_pages() {
+    // Spec §9.3, §9.7: B starts, A is its mentor; A's whole table arrives 128 PEs a page
+    // (the default) and B serves once it has every PE, in every pool.
+    let grants = vec![
+        grant("spiffe://acme.test/pe/*", "*", &[trust::Action::Register]),
+        grant("spiffe://acme.test/pu/*", "*", &[trust::Action::Resolve]),
+        grant(
+            "spiffe://acme.test/registrar/*",
+            "*",
+            &[trust::Action::Peer],
+        ),
+    ];
+    let mut a = Harness::registrar(SID_A);
+    a.core = Core::new(a.core.config().clone(), grants.clone());
+    let pe_conn = a.connect(1, PE_A);
+    for id in 1..=1_000 {
+        let pool = format!("pool-{}", id % 97);
+        assert_eq!(reg_cause(&a.send(pe_conn, registration(&pool, id))), None);
+    }
+    let mut b = Harness::registrar(SID_B);
+    b.core = Core::new(b.core.config().clone(), grants);
+    b.core.begin_startup(b.now);
+    // A knows B on connection 20, B knows A on connection 10.
+    let mut to_b = enrp_on(&a.peer_up(20, PR_B, SID_B), 20);
+    let mut to_a = enrp_on(&b.peer_up(10, PR_A, SID_A), 10);
+    let mut pages = 0;
+    for _ in 0..100 {
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        for m in std::mem::take(&mut to_a) {
+            to_b.extend(enrp_on(&deliver(&mut a, 20, m), 20));
+        }
+        for m in std::mem::take(&mut to_b) {
+            if matches!(m.body, EnrpBody::HandleTableResponse { .. }) {
+                pages += 1;
+            }
+            to_a.extend(enrp_on(&deliver(&mut b, 10, m), 10));
+        }
+    }
+    assert!(!b.core.starting(), "the mentor download ended the start-up");
+    assert!(pages >= 1_000_usize.div_ceil(128), "{pages} pages");
+    let table = |h: &Harness| -> Vec<(String, Vec<u8>, u32, u32)> {
+        h.core
+            .handlespace()
+            .iter()
+            .map(|(n, p, e)| {
+                let pe = &e.pool_element;
+                (
+                    n.as_str().to_owned(),
+                    p.as_bytes().to_vec(),
+                    pe.pe_id.get(),
+                    pe.home_server_id,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(table(&b).len(), 1_000);
+    assert_eq!(table(&b), table(&a));
+    let pu = b.connect(2, PU_1);
+    assert_eq!(found_ids(&b.resolve(pu, "pool-5")).len(), 3);
+}
