@@ -34,8 +34,12 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+fn heavy() -> bool {
+    env_u64("RSP_SIM_HEAVY").is_some_and(|h| h > 0)
+}
+
 fn run(seed: u64) -> Outcome {
-    World::new(Scenario::from_seed(seed)).run()
+    World::new(Scenario::from_seed(seed, heavy())).run()
 }
 
 #[test]
@@ -76,10 +80,11 @@ fn seeds_keep_the_invariants() {
             "simulation seed {seed} failed: {}\n\
              scenario: {:?}\n\
              last events:\n{}\n\
-             replay: RSP_SIM_SEED={seed} cargo test -p enrp --test sim -- --nocapture",
+             replay: {}RSP_SIM_SEED={seed} RSP_SIM_TRACE=1 cargo test -p enrp --test sim -- --nocapture",
             outcome.failure.as_deref().unwrap_or_default(),
             outcome.scenario,
             outcome.trace_tail.join("\n"),
+            if heavy() { "RSP_SIM_HEAVY=1 " } else { "" },
         );
     }
     let mut total = world::Stats::default();

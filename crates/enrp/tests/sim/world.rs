@@ -47,7 +47,11 @@
 //!    a) by the registrar the PE was registered with, counted from when the PE went away
 //!    (deregistration answered; hang, plus the keep-alive detection time; crash, plus the
 //!    connection grace); b) by any registrar, counted from its home's DEL_PE, when the
-//!    link between the two stayed up and unstalled since before that DEL_PE.
+//!    link between the two stayed up and unstalled since before that DEL_PE and nothing
+//!    newer about the PE reached the registrar since (it may come back under another
+//!    home, and a TAKEOVER_SERVER may move it to the remover: spec §9.8 step 4 moves
+//!    every PE the receiver holds for the target, also those the taker never heard of;
+//!    the PRESENCE checksum then finds the difference, spec §9.6).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -107,7 +111,8 @@ pub(crate) struct Scenario {
 }
 
 impl Scenario {
-    pub(crate) fn from_seed(seed: u64) -> Self {
+    /// `heavy` (`RSP_SIM_HEAVY=1`): more registrars, PEs, delay and chaos, for sweeps.
+    pub(crate) fn from_seed(seed: u64, heavy: bool) -> Self {
         let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(17));
         // One run in three crashes only, one partitions only, one does both: crashes
         // alone are where invariant 3a can be checked.
@@ -116,17 +121,18 @@ impl Scenario {
             1 => (false, true),
             _ => (true, true),
         };
+        let h = u64::from(heavy);
         Self {
             seed,
-            registrars: rng.range(2, 5) as usize,
-            pes: rng.range(3, 10) as usize,
+            registrars: rng.range(2 + h, 5 + 2 * h) as usize,
+            pes: rng.range(3 + 5 * h, 10 + 10 * h) as usize,
             pus: rng.range(1, 3) as usize,
             pools: rng.range(1, 3) as usize,
             crashes,
             partitions,
             pe_churn: rng.chance(0.8),
-            max_delay: rng.ms(2, 40),
-            chaos: rng.ms(4_000, 8_000),
+            max_delay: rng.ms(2, 40 + 30 * h),
+            chaos: rng.ms(4_000 + 4_000 * h, 8_000 + 7_000 * h),
             // Long enough for a redial at the 5 s back-off, a mentor timeout and the
             // registration life of whatever a split left behind.
             quiet: Duration::from_secs(12),
@@ -371,6 +377,9 @@ pub(crate) struct World {
     pair_event: BTreeMap<(usize, usize), Duration>,
     /// When a registrar incarnation last sent DEL_PE for a PE it was home of.
     del_sent: BTreeMap<(usize, u32, PeKey), Duration>,
+    /// When a registrar incarnation last heard anything of a PE from a peer (ADD_PE, a
+    /// handle table entry, a TAKEOVER_SERVER that moves it).
+    learned: BTreeMap<(usize, u32, PeKey), Duration>,
     /// When a registrar incarnation last accepted a refresh of a peer's PE.
     refreshed: BTreeMap<(usize, u32, PeKey), Duration>,
     gone: BTreeMap<PeId, Gone>,
@@ -382,6 +391,10 @@ pub(crate) struct World {
     disturbances: Vec<(Duration, Duration, Option<usize>)>,
     failure: Option<String>,
     trace: VecDeque<String>,
+    /// Keep every trace line, not just the tail (`RSP_SIM_TRACE=1`).
+    full_trace: bool,
+    /// Trace every ENRP message too (`RSP_SIM_TRACE=2`).
+    trace_messages: bool,
     digest: u64,
     stats: Stats,
 }
@@ -510,12 +523,15 @@ impl World {
             pair_event: BTreeMap::new(),
             del_sent: BTreeMap::new(),
             refreshed: BTreeMap::new(),
+            learned: BTreeMap::new(),
             gone: BTreeMap::new(),
             episodes: Vec::new(),
             takeovers: Vec::new(),
             disturbances: Vec::new(),
             failure: None,
             trace: VecDeque::new(),
+            full_trace: std::env::var_os("RSP_SIM_TRACE").is_some(),
+            trace_messages: std::env::var("RSP_SIM_TRACE").is_ok_and(|v| v == "2"),
             digest: 0xcbf2_9ce4_8422_2325,
             stats: Stats::default(),
         }
@@ -531,7 +547,7 @@ impl World {
     }
 
     fn log(&mut self, line: String) {
-        if self.trace.len() == TRACE_TAIL {
+        if self.trace.len() == TRACE_TAIL && !self.full_trace {
             self.trace.pop_front();
         }
         self.trace
@@ -1026,6 +1042,11 @@ impl World {
     /// (for invariant 3b).
     fn feed_enrp(&mut self, reg: usize, conn: ConnId, msg: Decoded<EnrpMsg>) {
         let sender = msg.msg.sender;
+        if self.trace_messages {
+            let from = self.regs.iter().position(|r| r.sid == sender);
+            let line = format!("r{reg} <- r{from:?}: {}", describe(&msg.msg.body));
+            self.log(line);
+        }
         let mut offered: Vec<PeKey> = Vec::new();
         match &msg.msg.body {
             EnrpBody::HandleUpdate {
@@ -1046,11 +1067,24 @@ impl World {
                     }
                 }
             }
+            EnrpBody::TakeoverServer { target } => {
+                // The target's PEs here get the sender as home: news about each of them.
+                if let Some(core) = &self.regs[reg].core {
+                    let target = target.get();
+                    offered.extend(
+                        core.handlespace()
+                            .iter()
+                            .filter(|(_, _, e)| e.pool_element.home_server_id == target)
+                            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id)),
+                    );
+                }
+            }
             _ => {}
         }
         self.feed(reg, Input::Enrp { conn, msg });
         let inc = self.regs[reg].inc;
         for key in offered {
+            self.learned.insert((reg, inc, key.clone()), self.now);
             let home = self.regs[reg].core.as_ref().and_then(|c| {
                 c.handlespace()
                     .pool(&key.0, &key.1)?
@@ -1069,6 +1103,23 @@ impl World {
         for action in actions {
             match action {
                 Action::Audit { event, .. } => {
+                    if matches!(
+                        event.action,
+                        AuditAction::PeerDead
+                            | AuditAction::TakeoverStarted
+                            | AuditAction::TakeoverAcked
+                            | AuditAction::TakeoverAbandoned
+                            | AuditAction::TakeoverApplied
+                            | AuditAction::MentorDone
+                            | AuditAction::MentorTimeout
+                    ) {
+                        let line = format!(
+                            "r{reg} {}: {}",
+                            event.action.as_str(),
+                            event.detail.as_deref().unwrap_or("")
+                        );
+                        self.log(line);
+                    }
                     if event.action == AuditAction::TakeoverCompleted {
                         self.note_takeover(reg, event.detail.as_deref().unwrap_or(""));
                     }
@@ -1730,9 +1781,17 @@ impl World {
                 self.pe_stop(pe, "crashed");
             }
             PeState::Registered | PeState::Registering => {
-                self.log(format!("pe{pe} loses its connection"));
+                // Reset, or half-open: the PE gives up on a silent registrar and hunts
+                // another while the old one still believes the connection is up (until
+                // its keep-alive times out).
+                let silent = self.rng.chance(0.5);
+                self.log(format!("pe{pe} loses its connection (silently: {silent})"));
                 if let Some(link) = self.pes[pe].link {
-                    self.reset(link);
+                    if silent {
+                        self.vanish(link, Node::Pe(pe));
+                    } else {
+                        self.reset(link);
+                    }
                 }
             }
             _ => {}
@@ -1831,7 +1890,12 @@ impl World {
             }
             let hinc = self.regs[h].inc;
             let key = (Namespace::default_namespace(), handle.clone(), pe_id);
-            if let Some(&t) = self.del_sent.get(&(h, hinc, key)) {
+            // What the responder heard of the PE after the DEL_PE (it came back under
+            // another home that then moved) is newer news, not a missed removal.
+            let learned = self.learned.get(&(reg, inc, key.clone())).copied();
+            if let Some(&t) = self.del_sent.get(&(h, hinc, key))
+                && learned.is_none_or(|l| l < t)
+            {
                 let stable_since = self.pair_event.get(&(reg.min(h), reg.max(h))).copied();
                 let linked = self.links.values().any(|l| {
                     Self::reg_pair(l).is_some_and(|(a, b)| (a, b) == (reg, h) || (a, b) == (h, reg))
@@ -2056,6 +2120,31 @@ impl World {
             let msg = format!("2: PE {} is owned by registrars {o:?}", k.2.get());
             self.fail(msg);
         }
+    }
+}
+
+/// An ENRP message body in one line, for the trace.
+fn describe(body: &EnrpBody) -> String {
+    match body {
+        EnrpBody::HandleUpdate {
+            action,
+            pool_element,
+            ..
+        } => format!(
+            "{action:?} PE {} home {:#x}",
+            pool_element.pe_id.get(),
+            pool_element.home_server_id
+        ),
+        EnrpBody::HandleTableResponse { more, pools, .. } => {
+            let pes: Vec<(u32, u32)> = pools
+                .iter()
+                .flat_map(|g| g.entries.iter())
+                .map(|e| (e.pool_element.pe_id.get(), e.pool_element.home_server_id))
+                .collect();
+            format!("HandleTableResponse more={more} {pes:x?}")
+        }
+        EnrpBody::Presence { checksum, .. } => format!("Presence {:#x}", checksum.0),
+        other => format!("{other:?}"),
     }
 }
 
