@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! cargo test -p enrp --test sim                           # the CI seeds (0..RSP_SIM_SEEDS)
-//! RSP_SIM_SEEDS=2000 cargo test -p enrp --test sim -- --nocapture
+//! RSP_SIM_SEEDS=2000 cargo test -p enrp --test sim -- --nocapture       # or 5000..6000
+//! RSP_SIM_HEAVY=1 RSP_SIM_SEEDS=500 cargo test -p enrp --test sim -- --nocapture  # bigger runs
 //! RSP_SIM_SEED=1234 cargo test -p enrp --test sim -- --nocapture   # replay one seed
 //! ```
 //!
@@ -34,6 +35,22 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// `RSP_SIM_SEEDS`: `N` for seeds `0..N`, or `A..B`.
+fn seed_range() -> std::ops::Range<u64> {
+    let Ok(v) = std::env::var("RSP_SIM_SEEDS") else {
+        return 0..DEFAULT_SEEDS;
+    };
+    let parse = |s: &str| -> u64 {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("RSP_SIM_SEEDS={v:?}: want N or A..B"))
+    };
+    match v.split_once("..") {
+        Some((a, b)) => parse(a)..parse(b),
+        None => 0..parse(&v),
+    }
+}
+
 fn heavy() -> bool {
     env_u64("RSP_SIM_HEAVY").is_some_and(|h| h > 0)
 }
@@ -46,7 +63,7 @@ fn run(seed: u64) -> Outcome {
 fn seeds_keep_the_invariants() {
     let seeds: Vec<u64> = match env_u64("RSP_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("RSP_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => seed_range().collect(),
     };
     #[allow(clippy::disallowed_methods)] // wall time of the test, for the printed figure
     let started = std::time::Instant::now();

@@ -76,6 +76,8 @@ use crate::rng::Rng;
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 const STABLE: Duration = Duration::from_secs(2);
+/// `daemon::Settings::handshake_timeout`'s default.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `daemon/peer.rs`: most registrars dialed because a list named them.
 const MAX_DISCOVERED: usize = 256;
 /// The PEs' registration life, and their T4 re-registration interval as
@@ -845,7 +847,14 @@ impl World {
         let Some(link) = self.links.get(&id) else {
             return;
         };
-        if !self.end_alive(link, side) || link.dirs[1 - side].discard {
+        if !self.end_alive(link, side) {
+            return;
+        }
+        if link.dirs[1 - side].discard {
+            // The other end vanished mid-handshake: this end gives up at the handshake
+            // timeout (`Settings::handshake_timeout`), as `daemon::connection` does.
+            let at = link.created + HANDSHAKE_TIMEOUT;
+            self.at(at, Event::Down { link: id, side });
             return;
         }
         let node = link.ends[side].node;
@@ -1345,8 +1354,14 @@ impl World {
             return;
         }
         if self.regs[target].core.is_some() && !self.blocked(reg, target) {
-            self.connect(Node::Reg(reg), Node::Reg(target), true, Some((reg, epoch)));
+            let link = self.connect(Node::Reg(reg), Node::Reg(target), true, Some((reg, epoch)));
+            if self.trace_messages {
+                self.log(format!("r{reg} dials r{target}: link {link}"));
+            }
         } else {
+            if self.trace_messages {
+                self.log(format!("r{reg} dials r{target}: fails"));
+            }
             // Refused or unreachable, after a short while; then the back-off.
             let failed = self.now + self.rng.ms(1, 20);
             self.redial(reg, target, epoch, self.now, failed);
