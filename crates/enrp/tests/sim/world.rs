@@ -52,6 +52,8 @@
 //!    home, and a TAKEOVER_SERVER may move it to the remover: spec §9.8 step 4 moves
 //!    every PE the receiver holds for the target, also those the taker never heard of;
 //!    the PRESENCE checksum then finds the difference, spec §9.6).
+//! 5. Every acknowledged registration, re-registration and deregistration is preceded in
+//!    its batch by its audit record with `Durability::BeforeReply` (STYLE.md §2).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -65,7 +67,7 @@ use asap::wire::param::{
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
 use enrp::registrar::{
-    Action, AuditAction, Client, Config, ConnId, Core, Input, PeKey, PeerState, Timing,
+    Action, AuditAction, Client, Config, ConnId, Core, Durability, Input, PeKey, PeerState, Timing,
 };
 use enrp::setup::server_id_of;
 use trust::{Grant, Serial, SpiffeId};
@@ -1110,9 +1112,17 @@ impl World {
     /// Carries out a core's actions in order, like `daemon::execute`.
     fn execute(&mut self, reg: usize, actions: Vec<Action>) {
         let inc = self.regs[reg].inc;
+        // Invariant 5: what this batch recorded durably before replying.
+        let mut durable: Vec<(AuditAction, PeId)> = Vec::new();
         for action in actions {
             match action {
-                Action::Audit { event, .. } => {
+                Action::Audit { event, durability } => {
+                    if durability == Durability::BeforeReply
+                        && event.outcome.is_none()
+                        && let Some(pe_id) = event.pe_id
+                    {
+                        durable.push((event.action, pe_id));
+                    }
                     if matches!(
                         event.action,
                         AuditAction::PeerDead
@@ -1144,6 +1154,28 @@ impl World {
                     }
                 }
                 Action::Send { conn, msg } => {
+                    let acked = match &msg {
+                        AsapMsg::RegistrationResponse {
+                            reject: false,
+                            pe_id,
+                            ..
+                        } => Some((*pe_id, [AuditAction::Register, AuditAction::Reregister])),
+                        AsapMsg::DeregistrationResponse {
+                            pe_id, error: None, ..
+                        } => Some((*pe_id, [AuditAction::Deregister; 2])),
+                        _ => None,
+                    };
+                    if let Some((pe_id, kinds)) = acked
+                        && !durable
+                            .iter()
+                            .any(|(a, p)| *p == pe_id && kinds.contains(a))
+                    {
+                        let msg = format!(
+                            "5: r{reg} acknowledged PE {} before a durable audit record",
+                            pe_id.get()
+                        );
+                        self.fail(msg);
+                    }
                     if let AsapMsg::HandleResolutionResponse {
                         pool_handle,
                         result,
