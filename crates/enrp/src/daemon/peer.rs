@@ -152,7 +152,8 @@ pub(super) async fn dial_loop(
     }
 }
 
-/// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action))
+/// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action):
+/// a registrar named in a peer list, or a dead peer at its advertised address)
 /// with [`dial_loop`], once per address (configured peers are not dialed twice), at most
 /// [`MAX_DISCOVERED`] at once. A learnt peer without a connection for
 /// [`Settings::learnt_peer_give_up`] is dropped; a later list may bring it back.
@@ -188,7 +189,7 @@ pub(super) async fn dial_discovered(
             tracing::warn!(%target, "too many peers learnt from lists: not dialed");
             continue;
         }
-        tracing::info!(%target, "dialing a peer learnt from a peer list");
+        tracing::info!(%target, "dialing a peer learnt from a peer list or declared dead");
         dialing.insert(target.clone());
         let dial = dial_loop(
             target.clone(),

@@ -18,7 +18,8 @@
 //!   decides at once: the PEs it lists go back to it, the others are removed.
 //! - Peer lists (§9.2): a peer is asked for its list when it connects; each listed Server
 //!   ID not known yet is dialed ([`Action::DialPeer`], at most [`MAX_LIST_DIALS`] per
-//!   response) and authenticated like any peer: a list only says where to dial.
+//!   response) and authenticated like any peer: a list only says where to dial. A peer
+//!   declared dead is dialed at the address it advertised, so that it is found again.
 //! - Mentor start-up (§9.3): a registrar started with peers downloads the whole handle
 //!   table (W=0) of the first peer up, its mentor, and serves no ASAP until the last page
 //!   or the mentor timeout. Of that table only the mentor's own PEs are taken (the [P]
@@ -778,6 +779,14 @@ impl Core {
             });
         }
         let client = p.client.clone();
+        // Keep looking for it where it said it serves (spec §9.2 [P]): it may come back
+        // with no peer configured that would find us, and a peer list that named it
+        // while we still thought it alive made us dial nothing (the deterministic
+        // simulation found both, seed 642: the mesh stayed split for good). The driver
+        // dials an address once, so a configured or already dialed peer is not doubled.
+        if let Some(addr) = p.enrp_addr {
+            out.push(Action::DialPeer { addr });
+        }
         out.push(Action::Audit {
             event: Self::peer_event(
                 &client,

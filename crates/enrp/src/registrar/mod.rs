@@ -332,8 +332,9 @@ pub enum Action {
         /// Why, for the log.
         reason: &'static str,
     },
-    /// Dial a registrar learnt from a peer's list (spec §9.2) and keep a connection to
-    /// it, like a configured peer. Whoever answers is authenticated as usual.
+    /// Dial a registrar learnt from a peer's list (spec §9.2), or a dead peer at the
+    /// address it advertised, and keep a connection to it, like a configured peer. The
+    /// driver dials each address once; whoever answers is authenticated as usual.
     DialPeer {
         /// Its advertised ENRP address.
         addr: SocketAddr,

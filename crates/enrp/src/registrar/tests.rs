@@ -1145,6 +1145,35 @@ fn a_silent_peer_is_probed_then_declared_dead() {
 }
 
 #[test]
+fn a_dead_peer_is_dialed_at_its_advertised_address() {
+    // Found by the simulation (tests/sim, seed 642): B had dialed us, and B restarted
+    // with no peer configured that would find us; a list naming B reached us while we
+    // still thought B alive. Declared dead, B is dialed where it said it serves.
+    let mut h = Harness::with_peer_grants();
+    h.core.handle(
+        Input::PeerUp {
+            conn: ConnId(10),
+            peer: Client {
+                id: SpiffeId::parse(PR_B).expect("SPIFFE ID"),
+                serial: Serial::from_bytes(&[1]),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+            },
+            server_id: sid(SID_B),
+            outbound: false,
+        },
+        h.now,
+    );
+    assert!(dials(&h.enrp(10, SID_B, presence_from(SID_B, 9902))).is_empty());
+    h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
+    let out = h.advance(200);
+    assert_eq!(h.core.peers()[0].state, PeerState::Dead);
+    assert_eq!(
+        dials(&out),
+        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 9902))]
+    );
+}
+
+#[test]
 fn a_lost_connection_is_probed_and_a_reconnect_revives_the_peer() {
     let mut h = Harness::with_peer_grants();
     h.peer_up(10, PR_B, SID_B);
