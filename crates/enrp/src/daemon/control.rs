@@ -120,6 +120,8 @@ pub(super) enum Query {
     },
     Stats(oneshot::Sender<(u64, u64, u64)>),
     Peers(oneshot::Sender<Vec<PeerSnapshot>>),
+    /// Whether a connection to this peer is up (a dialer asks before it redials).
+    PeerConnected(ServerId, oneshot::Sender<bool>),
 }
 
 impl Query {
@@ -149,6 +151,13 @@ impl Query {
                     .pool(&namespace, &handle)
                     .map(|p| snapshot(&namespace, &handle, p));
                 let _ = reply.send(pool);
+            }
+            Self::PeerConnected(server_id, reply) => {
+                let up = core
+                    .peers()
+                    .iter()
+                    .any(|p| p.server_id == server_id && p.connected);
+                let _ = reply.send(up);
             }
             Self::Peers(reply) => {
                 // The core keeps monotonic instants; the API shows wall-clock time.

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ::asap::transport::{MessageReader, ReadError};
+use ::asap::wire::param::ServerId;
 use ::asap::wire::{EnrpMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,10 +106,30 @@ pub(super) async fn dial_loop(
 ) {
     let mut delay = REDIAL_MIN;
     let mut last_up = tokio::time::Instant::now();
+    // The Server ID that answered here last: while the core has another connection to it
+    // (it dialed us too, and the tie-break kept that one), dialing again would only make
+    // a connection the tie-break closes, at every redial.
+    let mut answered: Option<ServerId> = None;
     while !*stop.borrow() {
         if give_up.is_some_and(|g| last_up.elapsed() >= g) {
             tracing::info!(%target, "no connection to a learnt peer for too long: not dialed again");
             return;
+        }
+        if let Some(sid) = answered
+            && peer_connected(&events, sid).await
+        {
+            if give_up.is_some() {
+                // A learnt peer: the other connection serves; if it dies, the core asks
+                // for a dial again when it declares the peer dead.
+                tracing::debug!(%target, "peer connected otherwise: dialer ends");
+                return;
+            }
+            last_up = tokio::time::Instant::now();
+            delay = REDIAL_MIN;
+            tokio::select! {
+                () = tokio::time::sleep(REDIAL_MAX) => continue,
+                () = stopped(stop.clone()) => return,
+            }
         }
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
@@ -122,6 +143,7 @@ pub(super) async fn dial_loop(
                     && let Some((tls, peer)) =
                         connect_tls(tcp, &target, addr, &settings, &trust, &audit, &counters).await
                 {
+                    answered = Some(server_id_of(peer.id()));
                     serve_peer(
                         tls,
                         peer,
@@ -150,6 +172,21 @@ pub(super) async fn dial_loop(
             () = stopped(stop.clone()) => return,
         }
     }
+}
+
+/// Whether the core has a connection up to `server_id` (false when it is stopping).
+async fn peer_connected(events: &mpsc::Sender<Event>, server_id: ServerId) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if events
+        .send(Event::Query(super::control::Query::PeerConnected(
+            server_id, tx,
+        )))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    rx.await.unwrap_or(false)
 }
 
 /// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action):

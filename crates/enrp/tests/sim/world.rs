@@ -1219,6 +1219,13 @@ impl World {
                     }
                 }
                 Action::DialPeer { addr } => self.dial_discovered(reg, addr),
+                // The simulated PEs advertise no ASAP listener (spec §12.6), so no
+                // registrar may ask to dial one.
+                Action::DialPe { addr, .. } => {
+                    self.fail(format!(
+                        "r{reg} dials a PE listener {addr} nobody advertised"
+                    ));
+                }
             }
         }
     }
