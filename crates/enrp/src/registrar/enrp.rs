@@ -1615,5 +1615,11 @@ impl Core {
             ),
             durability: Durability::BeforeReply,
         });
+        // The taker may not have known every PE moved here (it missed an update): its
+        // own table, asked for now, confirms the rest and purges those (spec §9.6),
+        // rather than leave them under its name until the next checksum mismatch.
+        if moved > 0 {
+            self.request_own_pes(from, out);
+        }
     }
 }

@@ -1772,3 +1772,36 @@ fn a_registrar_started_later_learns_every_pe_of_its_mentor_over_many_pages() {
     let pu = b.connect(2, PU_1);
     assert_eq!(found_ids(&b.resolve(pu, "pool-5")).len(), 3);
 }
+
+/// Spec §9.8 step 6, with a taker that missed an update: C's PEs 1 and 2 are here; B
+/// takes C over but knew only PE 1. Its TAKEOVER_SERVER moves both to B, and the table
+/// asked of B at once removes PE 2 instead of leaving it under B's name.
+#[test]
+fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
+    let mut h = Harness::with_peer_grants();
+    let empty = || EnrpBody::HandleTableResponse {
+        reject: false,
+        more: false,
+        pools: Vec::new(),
+    };
+    h.peer_up(10, PR_B, SID_B);
+    h.enrp(10, SID_B, empty());
+    h.peer_up(11, PR_C, SID_C);
+    h.enrp(11, SID_C, empty());
+    h.enrp(11, SID_C, add_pe(SID_C, "echo", 1, PE_A));
+    h.enrp(11, SID_C, add_pe(SID_C, "echo", 2, PE_A));
+    let pu = h.connect(3, PU_1);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+
+    let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(has_audit(&out, AuditAction::TakeoverApplied), "{out:?}");
+    assert!(
+        enrp_on(&out, 10).iter().any(|m| m.body
+            == EnrpBody::HandleTableRequest {
+                own_children_only: true
+            }),
+        "{out:?}"
+    );
+    h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 1)], false));
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
+}
