@@ -296,6 +296,8 @@ struct Dialer {
     epoch: u64,
     delay: Duration,
     configured: bool,
+    /// It has reached its target before (`answered` in `dial_loop`).
+    answered: bool,
 }
 
 struct Registrar {
@@ -1373,6 +1375,7 @@ impl World {
                 epoch,
                 delay: REDIAL_MIN,
                 configured,
+                answered: false,
             },
         );
         self.at(self.now, Event::Dial { reg, target, epoch });
@@ -1412,7 +1415,36 @@ impl World {
         {
             return;
         }
+        // `dial_loop`: no dial while the core has another connection to a peer that
+        // answered here before; a learnt dialer then ends, a configured one looks again
+        // after REDIAL_MAX.
+        let answered = self.regs[reg]
+            .dialers
+            .get(&target)
+            .is_some_and(|d| d.answered);
+        let target_sid = self.regs[target].sid;
+        let connected_otherwise = answered
+            && self.regs[reg].core.as_ref().is_some_and(|c| {
+                c.peers()
+                    .iter()
+                    .any(|p| p.server_id == target_sid && p.connected)
+            });
+        if connected_otherwise {
+            let configured = self.regs[reg]
+                .dialers
+                .get(&target)
+                .is_some_and(|d| d.configured);
+            if configured {
+                self.at(self.now + REDIAL_MAX, Event::Dial { reg, target, epoch });
+            } else {
+                self.regs[reg].dialers.remove(&target);
+            }
+            return;
+        }
         if self.regs[target].core.is_some() && !self.blocked(reg, target) {
+            if let Some(d) = self.regs[reg].dialers.get_mut(&target) {
+                d.answered = true;
+            }
             let link = self.connect(Node::Reg(reg), Node::Reg(target), true, Some((reg, epoch)));
             if self.trace_messages {
                 self.log(format!("r{reg} dials r{target}: link {link}"));
