@@ -127,10 +127,11 @@ impl Drop for Etcd {
     }
 }
 
-/// A registration: a lease (TTL 15 s, three rsp keep-alive intervals) and a put with it.
+/// A registration: a lease and a put with it. The TTL is rsp-bench's Registration Life
+/// (300 s), so that no lease expires during a run (nor does any rsp PE).
 pub(crate) async fn register(client: &mut Client, pool: &str, pe: u64) -> i64 {
     let lease = client
-        .lease_grant(15, None)
+        .lease_grant(300, None)
         .await
         .expect("etcd lease grant");
     client

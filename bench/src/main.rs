@@ -95,6 +95,9 @@ struct Opts {
     /// Print JSON instead of Markdown tables.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file (with the tables on stdout).
+    #[arg(long)]
+    json_file: Option<std::path::PathBuf>,
     /// A smoke run of a few seconds with tiny numbers (checks that everything works).
     #[arg(long)]
     quick: bool,
@@ -142,6 +145,9 @@ fn main() {
         .build()
         .expect("runtime");
     let report = rt.block_on(run(&opts));
+    if let Some(path) = &opts.json_file {
+        std::fs::write(path, format!("{:#}\n", report.json(&opts))).expect("write the JSON report");
+    }
     if opts.json {
         println!("{:#}", report.json(&opts));
     } else {
