@@ -185,8 +185,9 @@ async fn run(opts: &Opts) -> Report {
         ProgressBar::hidden()
     };
     let pki_dir = pki.path().display().to_string();
-    let mut registrar =
-        ChildProc::start(&["registrar", &pki_dir, registrar_data().as_str(), "5000"]);
+    let data = registrar_data();
+    let data_dir = data.path().display().to_string();
+    let mut registrar = ChildProc::start(&["registrar", &pki_dir, &data_dir, "5000"]);
     let mut floor = ChildProc::start(&["floor", &pki_dir]);
     let etcd = if opts.no_etcd {
         report.etcd_note = Some("etcd left out (--no-etcd)".into());
@@ -267,12 +268,10 @@ async fn run(opts: &Opts) -> Report {
     report
 }
 
-/// A fresh data directory for a registrar child, kept for the life of the process (the
-/// temporary directory is removed at exit by the OS's tmp cleaning, not by us: the child
-/// may still be writing when a panic unwinds here).
-fn registrar_data() -> String {
-    let dir = tempfile::tempdir().expect("data dir");
-    dir.keep().display().to_string()
+/// A fresh data directory for a registrar child. Declare it before the child: locals drop
+/// in reverse order, so the child is stopped (or killed) before its directory goes.
+fn registrar_data() -> tempfile::TempDir {
+    tempfile::tempdir().expect("data dir")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1082,10 +1081,11 @@ async fn keep_alives(opts: &Opts, pki: &Pki) -> Steady {
         .map(|c| pki.client(&format!("pe/ka-{c}")))
         .collect();
     let pki_dir = pki.path().display().to_string();
+    let data = registrar_data();
     let registrar = ChildProc::start(&[
         "registrar",
         &pki_dir,
-        registrar_data().as_str(),
+        &data.path().display().to_string(),
         &keep_alive.as_millis().to_string(),
     ]);
     // Let the child settle (runtime, SQLite, TLS configuration) before the idle figure.
