@@ -334,6 +334,62 @@ where
     run
 }
 
+/// rsp clients between their turns: either simply held, or handed to tasks that keep
+/// them alive (PEs answer keep-alives while the other systems run, as live PEs do).
+struct Idle<R> {
+    held: Vec<R>,
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<R>>,
+}
+
+impl<R> Idle<R> {
+    fn hold(held: Vec<R>) -> Self {
+        Self {
+            held,
+            stop: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    async fn resume(mut self) -> Vec<R> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        for t in self.tasks {
+            self.held
+                .push(t.await.expect("an idle client task panicked"));
+        }
+        self.held
+    }
+}
+
+/// Registering PEs answer their keep-alives between their turns.
+fn answer_while_idle(clients: Vec<Registering>) -> Idle<Registering> {
+    let (stop, stopped) = watch::channel(false);
+    let tasks = clients
+        .into_iter()
+        .map(|mut r| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        // Cancel-safe: a partly read message stays in the framer.
+                        msg = r.conn.recv() => {
+                            answer_keep_alive(&mut r.conn, &msg.expect("PE connection")).await;
+                        }
+                        _ = stopped.changed() => return r,
+                    }
+                }
+            })
+        })
+        .collect();
+    Idle {
+        held: Vec::new(),
+        stop: Some(stop),
+        tasks,
+    }
+}
+
 /// Clients of the three systems for one measurement.
 struct Sides<F, R, E> {
     floor: Vec<F>,
@@ -350,6 +406,7 @@ async fn alternate<F, R, E, OF, FF, OR, FR, OE, FE>(
     procs: (Proc, Proc, Option<Proc>),
     mut sides: Sides<F, R, E>,
     (op_floor, op_rsp, op_etcd): (OF, OR, OE),
+    idle: fn(Vec<R>) -> Idle<R>,
     report: &mut Report,
     bar: &ProgressBar,
 ) -> u64
@@ -367,6 +424,7 @@ where
     let (mut f_floor, mut f_rsp, mut f_etcd) =
         (Figures::default(), Figures::default(), Figures::default());
     let mut rsp_ops = 0;
+    let mut rsp_idle = idle(std::mem::take(&mut sides.rsp));
     for round in 0..=opts.rounds {
         // Round 0 warms up (connections, caches, the JIT-less but lazy bits) and is not kept.
         let length = if round == 0 {
@@ -386,14 +444,9 @@ where
         if round > 0 {
             f_floor.add(r.ops, r.elapsed, &r.latency, r.cpu);
         }
-        let r = closed_loop(
-            procs.1,
-            std::mem::take(&mut sides.rsp),
-            length,
-            op_rsp.clone(),
-        )
-        .await;
-        sides.rsp = r.clients;
+        let clients = rsp_idle.resume().await;
+        let r = closed_loop(procs.1, clients, length, op_rsp.clone()).await;
+        rsp_idle = idle(r.clients);
         rsp_ops += r.ops;
         if round > 0 {
             f_rsp.add(r.ops, r.elapsed, &r.latency, r.cpu);
@@ -406,6 +459,7 @@ where
             }
         }
     }
+    drop(rsp_idle.resume().await);
     report.throughput.push((what, "floor", f_floor));
     report.throughput.push((what, "rsp", f_rsp));
     if procs.2.is_some() {
@@ -609,6 +663,7 @@ async fn resolutions(
                 c
             },
         ),
+        Idle::hold,
         report,
         bar,
     )
@@ -684,6 +739,7 @@ async fn registrations(
                 (c, next + 1)
             },
         ),
+        answer_while_idle,
         report,
         bar,
     )

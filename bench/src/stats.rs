@@ -43,6 +43,7 @@ impl Default for Figures {
 }
 
 impl Figures {
+    /// Adds one round; a round without any operation means a broken run, not a figure.
     pub(crate) fn add(
         &mut self,
         ops: u64,
@@ -50,6 +51,7 @@ impl Figures {
         latency: &Histogram<u64>,
         cpu: Duration,
     ) {
+        assert!(ops > 0, "a round completed no operation");
         self.ops += ops;
         self.elapsed += elapsed;
         self.latency.add(latency).expect("same histogram bounds");
