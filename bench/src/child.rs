@@ -1,0 +1,264 @@
+//! Child processes: rsp-bench re-executes itself as the registrar, the floor server or a
+//! PE, so that each server's /proc CPU and memory are its own, and a PE can be killed.
+//!
+//! The protocol with the parent: the child prints `listening ADDR` when it serves, then
+//! reads commands on stdin (`stats`, `stop`); end of input stops it too.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use asap::client::pe::{PeConfig, run as run_pe};
+use asap::wire::param::{Address, PeId, Policy, PoolHandle, Transport, TransportUse};
+use enrp::daemon::{Daemon, Settings};
+use enrp::handlespace::Limits;
+use enrp::registrar::{Config, Timing};
+use enrp::setup;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use trust::audit::{AuditConfig, AuditLog};
+use trust::db::{Store, StoreOptions};
+use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
+
+use crate::floor;
+use crate::pki::{DOMAIN, store_from};
+use crate::stats::Proc;
+
+/// The first argument that makes this binary a child.
+pub(crate) const CHILD_ARG: &str = "--child";
+
+/// Runs the child named by `args` (after [`CHILD_ARG`]).
+pub(crate) fn main(args: &[String]) {
+    // `enrpd` uses `Runtime::new()`: one worker per core. So do the other servers.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match args {
+        [kind, pki, data, keep_alive_ms] if kind == "registrar" => {
+            let keep_alive = Duration::from_millis(keep_alive_ms.parse().expect("ms"));
+            rt.block_on(registrar(Path::new(pki), Path::new(data), keep_alive));
+        }
+        [kind, pki] if kind == "floor" => rt.block_on(floor::serve(Path::new(pki))),
+        [kind, pki, registrar, pe_id] if kind == "pe" => rt.block_on(pe(
+            Path::new(pki),
+            registrar.parse().expect("registrar address"),
+            pe_id.parse().expect("PE ID"),
+        )),
+        _ => panic!("usage: {CHILD_ARG} registrar|floor|pe ARGS"),
+    }
+}
+
+/// Lines of stdin, read on a thread (tokio's stdin needs a feature for little gain).
+pub(crate) fn commands() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The registrar, started as `enrpd run` starts it: SQLite store (WAL,
+/// `synchronous=FULL`), the audit log on, the default grants; loopback PEs allowed.
+async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
+    let read = |f: &str| std::fs::read(pki.join(f)).expect("PKI file");
+    let identity =
+        LocalIdentity::from_pem(&read("registrar.pem"), &read("registrar.key")).expect("identity");
+    let server_id = setup::server_id_of(identity.id());
+    let domain = TrustDomain::new(DOMAIN).expect("domain");
+    let trust = TrustStore::new(identity).expect("trust store");
+    trust
+        .add_domain(DomainBundle::from_pem(domain.clone(), &read("ca.pem")).expect("bundle"))
+        .expect("add domain");
+    let store = Store::open(data, &StoreOptions::default())
+        .await
+        .expect("store");
+    let audit = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("audit log");
+    let mut config = Config::new(server_id);
+    config.timing = Timing {
+        keep_alive_interval: keep_alive,
+        keep_alive_timeout: keep_alive,
+        connection_grace: keep_alive,
+        ..Timing::default()
+    };
+    config.allow_loopback = true; // `--allow-loopback`: PEs advertise 127.0.0.1
+    // Registration storms and the keep-alive load register more PEs per identity and per
+    // pool than the defaults allow; the limits are checks, not costs, when not reached.
+    config.limits = Limits {
+        max_pools_per_namespace: 10_000,
+        max_pes_per_pool: 1_000_000,
+        max_pes: 2_000_000,
+        max_pes_per_registrant: 1_000_000,
+    };
+    config.rng_seed = 1;
+    let daemon = Daemon::start(
+        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config),
+        Arc::new(trust),
+        audit.clone(),
+        setup::default_grants(&domain),
+    )
+    .await
+    .expect("daemon");
+    println!("listening {}", daemon.asap_addr());
+    let mut commands = commands();
+    while let Some(command) = commands.recv().await {
+        match command.trim() {
+            "stats" => {
+                let s = audit.stats();
+                println!("stats {} {}", s.records, s.transactions);
+            }
+            "stop" => break,
+            _ => {}
+        }
+    }
+    daemon.shutdown().await.expect("shutdown");
+    store.close().await;
+    println!("stopped");
+}
+
+/// A PE process (the failover measurement kills it): a plain TCP service that answers
+/// each 16-byte request with 128 bytes, registered with the registrar by
+/// `asap::client::pe::run` as any PE is.
+async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
+    let trust = Arc::new(store_from(pki, "pe"));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut req = [0u8; floor::REQUEST];
+                let reply = [7u8; floor::REPLY];
+                while tcp.read_exact(&mut req).await.is_ok() {
+                    if tcp.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let config = PeConfig {
+        registrars: vec![registrar],
+        namespace: None,
+        pool_handle: PoolHandle::new("failover").expect("pool handle"),
+        pe_id: PeId::new(pe_id).expect("non-zero PE ID"),
+        policy: Policy::RoundRobin,
+        user_transport: Transport::Tcp {
+            port: NonZeroU16::new(port).expect("bound port"),
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(Ipv4Addr::UNSPECIFIED),
+        },
+        registration_life: Duration::from_secs(300),
+        liveness: Duration::from_secs(15),
+        load: None,
+        asap_listen: None,
+    };
+    let mut announced = false;
+    let result = run_pe(&trust, &config, std::future::pending(), |event| {
+        if !announced && matches!(event, asap::client::pe::PeEvent::Registered(_)) {
+            announced = true;
+            println!("listening 127.0.0.1:{port}");
+            let _ = std::io::stdout().flush();
+        }
+    })
+    .await;
+    panic!("PE {pe_id} stopped: {result:?}");
+}
+
+/// A child process as the parent sees it.
+pub(crate) struct ChildProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl ChildProc {
+    /// Starts `rsp-bench --child ARGS…` and waits for its `listening ADDR`.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .arg(CHILD_ARG)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a child");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let line = read_line(&mut stdout);
+        let addr = line
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("child {args:?} said {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            addr,
+        }
+    }
+
+    pub(crate) fn proc(&self) -> Proc {
+        Proc(self.child.id())
+    }
+
+    /// Sends a command and reads the one-line answer.
+    pub(crate) fn ask(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("child stdin");
+        writeln!(stdin, "{command}").expect("child stdin");
+        read_line(&mut self.stdout)
+    }
+
+    /// Audit records and transactions committed so far (registrar only).
+    pub(crate) fn audit(&mut self) -> (u64, u64) {
+        let line = self.ask("stats");
+        let n: Vec<u64> = line
+            .strip_prefix("stats ")
+            .unwrap_or_else(|| panic!("registrar said {line:?}"))
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (n[0], n[1])
+    }
+
+    /// SIGKILL: the process dies as a crashed PE does, without deregistering.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// An orderly stop (`stop`), waiting for the exit.
+    pub(crate) fn stop(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "stop");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        // After `stop` or `kill` this only reaps; after a panic it ends the child.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("child stdout");
+    line.trim().to_owned()
+}
