@@ -345,6 +345,10 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Most queued events applied in a row before a due timer gets its turn (the size of the
+/// event channel: one queue's worth).
+const MAX_STREAK: usize = 8192;
+
 async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
@@ -354,42 +358,62 @@ async fn run_core(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
+    // Events already queued are applied before a due timer, at most MAX_STREAK in a row:
+    // a keep-alive acknowledgement waiting behind a burst of work (say, thousands of PEs
+    // removed at once) must count before its PE's timeout is judged; the bound keeps
+    // timers from starving under a steady flood.
+    let mut streak = 0usize;
     loop {
         let deadline = core.next_timeout().map(tokio::time::Instant::from_std);
         let mut done = None;
-        let actions = tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                let now = tokio::time::Instant::now().into_std();
-                match event {
-                    Event::Connected { conn, client, writer } => {
-                        writers.insert(conn, writer);
-                        core.handle(Input::Connected { conn, client }, now)
-                    }
-                    Event::PeerConnected { input, writer } => {
-                        if let Input::PeerUp { conn, .. } = &input {
-                            writers.insert(*conn, writer);
-                        }
-                        core.handle(input, now)
-                    }
-                    Event::Input(input) => {
-                        if let Input::Closed { conn } | Input::PeerDown { conn } = &input {
-                            writers.remove(conn);
-                        }
-                        core.handle(input, now)
-                    }
-                    Event::Query(query) => {
-                        query.answer(&core, now);
-                        continue;
-                    }
-                    Event::Command { input, done: reply } => {
-                        done = Some(reply);
-                        core.handle(input, now)
-                    }
-                }
+        let queued = if streak < MAX_STREAK {
+            events.try_recv().ok()
+        } else {
+            None
+        };
+        streak = if queued.is_some() { streak + 1 } else { 0 };
+        let event = match queued {
+            Some(event) => Some(event),
+            None => tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => Some(event),
+                    None => break,
+                },
+                () = sleep_until(deadline) => None,
+                _ = stop.changed() => break,
+            },
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let actions = match event {
+            None => core.handle_timeout(now),
+            Some(Event::Connected {
+                conn,
+                client,
+                writer,
+            }) => {
+                writers.insert(conn, writer);
+                core.handle(Input::Connected { conn, client }, now)
             }
-            () = sleep_until(deadline) => core.handle_timeout(tokio::time::Instant::now().into_std()),
-            _ = stop.changed() => break,
+            Some(Event::PeerConnected { input, writer }) => {
+                if let Input::PeerUp { conn, .. } = &input {
+                    writers.insert(*conn, writer);
+                }
+                core.handle(input, now)
+            }
+            Some(Event::Input(input)) => {
+                if let Input::Closed { conn } | Input::PeerDown { conn } = &input {
+                    writers.remove(conn);
+                }
+                core.handle(input, now)
+            }
+            Some(Event::Query(query)) => {
+                query.answer(&core, now);
+                continue;
+            }
+            Some(Event::Command { input, done: reply }) => {
+                done = Some(reply);
+                core.handle(input, now)
+            }
         };
         let removed = actions
             .iter()
