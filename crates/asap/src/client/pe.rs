@@ -57,12 +57,16 @@ pub struct PeConfig {
 }
 
 impl PeConfig {
-    /// T4-reregistration: min(600 s, Registration Life − 20 s), at least 1 s (spec §7.1).
+    /// T4-reregistration: min(600 s, Registration Life − 20 s) (spec §7.1), but at least
+    /// a third of the life (rsplib's rule, spec §10): a short life (under 30 s) is then
+    /// refreshed three times before it runs out, where the RFC's formula would leave
+    /// nothing or less than the life itself. Never under 100 ms.
     pub fn reregistration_interval(&self) -> Duration {
         self.registration_life
             .saturating_sub(Duration::from_secs(20))
+            .max(self.registration_life / 3)
             .min(Duration::from_secs(600))
-            .max(Duration::from_secs(1))
+            .max(Duration::from_millis(100))
     }
 
     /// The ASAP Business Card this PE hands a pool user at the start of a session on a
@@ -613,8 +617,22 @@ mod tests {
     }
 
     #[test]
-    fn the_business_card_names_the_pool_and_this_pe_and_round_trips() {
-        let config = PeConfig {
+    fn reregistration_follows_the_rfc_and_refreshes_a_short_life_three_times() {
+        let interval = |life_ms: u64| {
+            let mut config = card_config();
+            config.registration_life = Duration::from_millis(life_ms);
+            config.reregistration_interval().as_millis()
+        };
+        assert_eq!(interval(300_000), 280_000, "the default life: life − 20 s");
+        assert_eq!(interval(3_600_000), 600_000, "at most 10 min");
+        assert_eq!(interval(30_000), 10_000, "a third from here down");
+        assert_eq!(interval(4_000), 1_333);
+        assert_eq!(interval(1_000), 333);
+        assert_eq!(interval(0), 100);
+    }
+
+    fn card_config() -> PeConfig {
+        PeConfig {
             registrars: Vec::new(),
             namespace: None,
             pool_handle: PoolHandle::new("counter").expect("pool"),
@@ -629,7 +647,12 @@ mod tests {
             liveness: Duration::from_secs(15),
             load: None,
             asap_listen: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_business_card_names_the_pool_and_this_pe_and_round_trips() {
+        let config = card_config();
         let card = config.business_card();
         let decoded = AsapMsg::decode(&card.to_bytes().expect("encodes"))
             .expect("decodes")

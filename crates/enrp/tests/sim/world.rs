@@ -85,7 +85,7 @@ const MAX_DISCOVERED: usize = 256;
 /// The PEs' registration life, and their T4 re-registration interval as
 /// `asap::client::pe::PeConfig::reregistration_interval` computes it for that life.
 const REGISTRATION_LIFE: Duration = Duration::from_secs(4);
-const REREGISTRATION: Duration = Duration::from_secs(1);
+const REREGISTRATION: Duration = Duration::from_millis(1333);
 /// How often invariant 3b is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// A run that needs more events than this is stuck in a loop.
