@@ -7,11 +7,14 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
 };
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::stats::Proc;
 
@@ -156,4 +159,100 @@ pub(crate) async fn resolve(client: &mut Client, pool: &str) -> usize {
         .expect("etcd get")
         .kvs()
         .len()
+}
+
+/// What the leases of the keep-alive load share.
+pub(crate) struct LeaseLoad {
+    /// Keep-alive interval (rsp's PEs answer one per interval).
+    pub(crate) interval: Duration,
+    /// Lease TTL in seconds: 3 intervals, like a registrar's keep-alive timeout.
+    pub(crate) ttl: i64,
+    /// Keep-alive responses with a TTL > 0.
+    pub(crate) answered: AtomicU64,
+    /// Leases whose keep-alive got TTL ≤ 0 (expired) or whose stream broke.
+    pub(crate) lost: AtomicU64,
+}
+
+/// One lease of the keep-alive load, as an etcd user registers a PE: a lease grant, a put
+/// of `key` under it and the lease's keep-alive stream (etcd-client 0.21 opens one gRPC
+/// stream per lease: its `LeaseKeeper` sends only its own ID, and the crate exposes no way
+/// to send many IDs on one stream as Go's clientv3 does). The setup holds a permit of the
+/// connection's `setup` semaphore; then a keep-alive every interval, first at `phase`,
+/// until `stop`.
+pub(crate) async fn kept_lease(
+    mut client: Client,
+    key: String,
+    phase: Duration,
+    setup: Arc<Semaphore>,
+    load: Arc<LeaseLoad>,
+    ready: mpsc::Sender<Result<(), String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let opened = async {
+        let _permit = setup.acquire().await.map_err(|e| e.to_string())?;
+        let lease = client
+            .lease_grant(load.ttl, None)
+            .await
+            .map_err(|e| format!("etcd lease grant: {e}"))?;
+        client
+            .put(
+                key,
+                "127.0.0.1:7777",
+                Some(PutOptions::new().with_lease(lease.id())),
+            )
+            .await
+            .map_err(|e| format!("etcd put: {e}"))?;
+        client
+            .lease_keep_alive(lease.id())
+            .await
+            .map_err(|e| format!("etcd lease keep-alive: {e}"))
+    }
+    .await;
+    let (mut keeper, mut stream) = match opened {
+        Ok(k) => {
+            let _ = ready.send(Ok(())).await;
+            k
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e)).await;
+            return;
+        }
+    };
+    drop(ready);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, load.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alive = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if alive => {
+                if keeper.keep_alive().await.is_err() {
+                    alive = false;
+                    load.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            msg = stream.message(), if alive => match msg {
+                Ok(Some(r)) if r.ttl() > 0 => {
+                    load.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    alive = false;
+                    load.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Keys under `prefix` (a lease's key goes when the lease expires).
+pub(crate) async fn count(client: &mut Client, prefix: &str) -> u64 {
+    let n = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("etcd count")
+        .count();
+    u64::try_from(n).unwrap_or(0)
 }

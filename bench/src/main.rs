@@ -73,6 +73,10 @@ struct Opts {
     /// PEs of the keep-alive load.
     #[arg(long, default_value_t = 100_000)]
     pes: usize,
+    /// etcd leases of the keep-alive load (default: as many as --pes, at most 10,000:
+    /// etcd-client opens one keep-alive stream per lease, which costs etcd ~95 KB each).
+    #[arg(long)]
+    etcd_leases: Option<usize>,
     /// Keep-alive interval of the keep-alive load, in seconds.
     #[arg(long, default_value_t = 5)]
     keep_alive_secs: u64,
@@ -165,7 +169,8 @@ struct Report {
     audit: Vec<(&'static str, u64, u64)>,
     churn: Option<Figures>,
     failover: Option<Failover>,
-    keep_alive: Option<Steady>,
+    /// The keep-alive load: rsp, then etcd.
+    keep_alive: Vec<Steady>,
     /// The main registrar's RSS and peak RSS at the end, KiB.
     registrar_rss: (u64, u64),
 }
@@ -189,6 +194,8 @@ async fn run(opts: &Opts) -> Report {
     let data_dir = data.path().display().to_string();
     let mut registrar = ChildProc::start(&["registrar", &pki_dir, &data_dir, "5000"]);
     let mut floor = ChildProc::start(&["floor", &pki_dir]);
+    // The keep-alive load starts a fresh etcd (as it starts a fresh registrar).
+    let mut etcd_exe = None;
     let etcd = if opts.no_etcd {
         report.etcd_note = Some("etcd left out (--no-etcd)".into());
         None
@@ -202,7 +209,10 @@ async fn run(opts: &Opts) -> Report {
                 None
             }
             Some(exe) => match etcd::Etcd::start(&exe, pki.path()).await {
-                Ok(e) => Some(e),
+                Ok(e) => {
+                    etcd_exe = Some(exe);
+                    Some(e)
+                }
                 Err(e) => {
                     eprintln!("rsp-bench: {e}");
                     report.etcd_note = Some(format!("etcd failed to start: {e}"));
@@ -264,7 +274,19 @@ async fn run(opts: &Opts) -> Report {
     floor.stop();
     if opts.wants("keepalive") {
         bar.set_message(format!("keep-alive load, {} PEs", opts.pes));
-        report.keep_alive = Some(keep_alives(opts, &pki).await);
+        report.keep_alive.push(keep_alives(opts, &pki).await);
+        if let Some(exe) = &etcd_exe {
+            let leases = opts
+                .etcd_leases
+                .unwrap_or_else(|| opts.pes.min(ETCD_LEASES));
+            bar.set_message(format!("keep-alive load, {leases} etcd leases"));
+            match etcd::Etcd::start(exe, pki.path()).await {
+                Ok(e) => report
+                    .keep_alive
+                    .push(etcd_keep_alives(opts, &e, leases).await),
+                Err(e) => eprintln!("rsp-bench: a fresh etcd for the keep-alive load: {e}"),
+            }
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -1058,11 +1080,17 @@ async fn pool_user(
 
 /// PEs per connection of the keep-alive load (the registrar allows many per connection).
 const PES_PER_CONN: usize = 1_000;
+/// Default cap of the etcd side of the keep-alive load: with one gRPC stream per lease
+/// (etcd-client 0.21) etcd holds ~95 KB per lease, ~9.5 GB for 100,000; per-lease figures
+/// (memory, CPU per keep-alive) are compared instead.
+const ETCD_LEASES: usize = 10_000;
 /// Registrations a keep-alive connection keeps in flight while it registers its PEs.
 const REGISTRATION_WINDOW: u32 = 64;
 
-/// The keep-alive steady state.
+/// The keep-alive steady state of one system.
 struct Steady {
+    system: &'static str,
+    /// PEs (rsp) or leases with one key each (etcd).
     pes: usize,
     connections: usize,
     setup: Duration,
@@ -1072,6 +1100,11 @@ struct Steady {
     window: Duration,
     cpu: Duration,
     keep_alives: u64,
+    /// Due keep-alives per second: one per PE or lease per interval.
+    due: f64,
+    /// etcd: leases expired (their key gone) or whose keep-alive stream broke. rsp: not
+    /// counted here (a PE's timeout shows as missing keep-alives).
+    lost: Option<u64>,
 }
 
 impl Steady {
@@ -1081,6 +1114,11 @@ impl Steady {
 
     fn cores(&self) -> f64 {
         self.cpu.as_secs_f64() / self.window.as_secs_f64()
+    }
+
+    /// Server CPU per keep-alive answered, µs (comparable at different counts).
+    fn cpu_per_keep_alive_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.keep_alives.max(1) as f64
     }
 
     fn keep_alive_rate(&self) -> f64 {
@@ -1207,6 +1245,7 @@ async fn keep_alives(opts: &Opts, pki: &Pki) -> Steady {
     registrar.stop();
     drop(conns);
     Steady {
+        system: "rsp",
         pes,
         connections,
         setup,
@@ -1216,6 +1255,92 @@ async fn keep_alives(opts: &Opts, pki: &Pki) -> Steady {
         window,
         cpu,
         keep_alives,
+        due: pes as f64 / keep_alive.as_secs_f64(),
+        lost: None,
+    }
+}
+
+/// The etcd side of the keep-alive load on a fresh etcd: `leases` leases with one key
+/// each, on as many connections as rsp's PEs ([`PES_PER_CONN`] per connection), kept
+/// alive every `opts.keep_alive_secs` with TTL 3 intervals; etcd's resident memory per
+/// lease, its CPU over the window, the keep-alives answered, the leases lost.
+async fn etcd_keep_alives(opts: &Opts, etcd: &etcd::Etcd, leases: usize) -> Steady {
+    let interval = Duration::from_secs(opts.keep_alive_secs);
+    let connections = leases.div_ceil(PES_PER_CONN);
+    let load = Arc::new(etcd::LeaseLoad {
+        interval,
+        ttl: 3 * i64::try_from(opts.keep_alive_secs).expect("interval"),
+        answered: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_idle, _) = etcd.proc().rss_kib();
+    let t0 = Instant::now();
+    let (ready, mut ready_rx) = mpsc::channel(1024);
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(leases);
+    let mut first = None;
+    for c in 0..connections {
+        let client = etcd.client().await.expect("etcd client");
+        let setup = Arc::new(tokio::sync::Semaphore::new(REGISTRATION_WINDOW as usize));
+        let count = PES_PER_CONN.min(leases - c * PES_PER_CONN);
+        for i in 0..count {
+            // Spread each connection's keep-alives over the interval, as rsp's are.
+            let phase = interval.mul_f64(i as f64 / count as f64);
+            tasks.push(tokio::spawn(etcd::kept_lease(
+                client.clone(),
+                format!("/ka/ka-{}/{:08}", c % 10, c * PES_PER_CONN + i + 1),
+                phase,
+                Arc::clone(&setup),
+                Arc::clone(&load),
+                ready.clone(),
+                stopped.clone(),
+            )));
+        }
+        first.get_or_insert(client);
+    }
+    drop(ready);
+    for _ in 0..leases {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => panic!("an etcd lease failed: {e}"),
+            None => panic!("an etcd lease task ended before its setup"),
+        }
+    }
+    let setup = t0.elapsed();
+    tokio::time::sleep(interval + Duration::from_secs(1)).await;
+    let (w0, cpu0, ka0) = (
+        Instant::now(),
+        etcd.proc().cpu(),
+        load.answered.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(Duration::from_secs(opts.window_secs)).await;
+    let (window, cpu, keep_alives) = (
+        w0.elapsed(),
+        etcd.proc().cpu().saturating_sub(cpu0),
+        load.answered.load(Ordering::Relaxed) - ka0,
+    );
+    let (rss_loaded, rss_peak) = etcd.proc().rss_kib();
+    let mut client = first.expect("at least one connection");
+    let kept = etcd::count(&mut client, "/ka/").await;
+    let _ = stop.send(true);
+    for t in tasks {
+        t.await.expect("etcd lease task");
+    }
+    let lost = (leases as u64 - kept.min(leases as u64)).max(load.lost.load(Ordering::Relaxed));
+    Steady {
+        system: "etcd",
+        pes: leases,
+        connections,
+        setup,
+        rss_idle,
+        rss_loaded,
+        rss_peak,
+        window,
+        cpu,
+        keep_alives,
+        due: leases as f64 / interval.as_secs_f64(),
+        lost: Some(lost),
     }
 }
 
@@ -1280,15 +1405,19 @@ impl Report {
                 "pu_visible_ms": hist_json(&f.pu_visible),
                 "registrar_visible_ms": hist_json(&f.registrar_visible),
             })),
-            "keep_alive": self.keep_alive.as_ref().map(|s| json!({
-                "pes": s.pes, "connections": s.connections,
+            // Keyed by system, as `throughput` is.
+            "keep_alive": self.keep_alive.iter().map(|s| (s.system.to_owned(), json!({
+                "registrations": s.pes, "connections": s.connections,
                 "setup_seconds": s.setup.as_secs_f64(),
                 "rss_idle_kib": s.rss_idle, "rss_loaded_kib": s.rss_loaded,
-                "rss_peak_kib": s.rss_peak, "bytes_per_pe": s.bytes_per_pe(),
+                "rss_peak_kib": s.rss_peak, "bytes_per_registration": s.bytes_per_pe(),
                 "window_seconds": s.window.as_secs_f64(),
-                "registrar_cpu_cores": s.cores(),
+                "server_cpu_cores": s.cores(),
                 "keep_alives_per_second": s.keep_alive_rate(),
-            })),
+                "server_cpu_us_per_keep_alive": s.cpu_per_keep_alive_us(),
+                "keep_alives_due_per_second": s.due,
+                "lost": s.lost,
+            }))).collect::<serde_json::Map<_, _>>(),
             "registrar_rss_kib": self.registrar_rss.0,
             "registrar_peak_rss_kib": self.registrar_rss.1,
         })
@@ -1430,28 +1559,43 @@ impl Report {
             }
             println!("\nTarget: PU-visible ≤ 50 ms.\n");
         }
-        if let Some(s) = &self.keep_alive {
+        if !self.keep_alive.is_empty() {
             println!(
-                "## Keep-alive load: {} PEs, keep-alive every {} s, {} PEs per connection, {} s window\n",
-                s.pes, opts.keep_alive_secs, PES_PER_CONN, opts.window_secs
+                "## Keep-alive load: {} PEs (etcd: leases with one key each), keep-alive every {} s, {} per connection, {} s window\n",
+                self.keep_alive
+                    .iter()
+                    .map(|s| s.pes.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                opts.keep_alive_secs,
+                PES_PER_CONN,
+                opts.window_secs
             );
             println!(
-                "| PEs | connections | setup s | RSS idle MiB | RSS loaded MiB | RSS peak MiB | (loaded − idle) / PE | registrar cores | keep-alives/s answered |"
+                "| system | PEs / leases | connections | setup s | RSS idle MiB | RSS loaded MiB | RSS peak MiB | (loaded − idle) / PE | server cores | keep-alives/s answered | due | server CPU µs / keep-alive | lost |"
             );
-            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for s in &self.keep_alive {
+                println!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} B | {:.3} | {:.0} | {:.0} | {:.1} | {} |",
+                    s.system,
+                    s.pes,
+                    s.connections,
+                    s.setup.as_secs_f64(),
+                    s.rss_idle as f64 / 1024.0,
+                    s.rss_loaded as f64 / 1024.0,
+                    s.rss_peak as f64 / 1024.0,
+                    s.bytes_per_pe(),
+                    s.cores(),
+                    s.keep_alive_rate(),
+                    s.due,
+                    s.cpu_per_keep_alive_us(),
+                    s.lost.map_or_else(|| "—".to_owned(), |l| l.to_string()),
+                );
+            }
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} B | {:.3} | {:.0} |",
-                s.pes,
-                s.connections,
-                s.setup.as_secs_f64(),
-                s.rss_idle as f64 / 1024.0,
-                s.rss_loaded as f64 / 1024.0,
-                s.rss_peak as f64 / 1024.0,
-                s.bytes_per_pe(),
-                s.cores(),
-                s.keep_alive_rate(),
+                "\nTargets (rsp): ≤ 2048 B per PE, ≤ 0.5 core. etcd: one gRPC keep-alive stream per lease (etcd-client 0.21), TTL 3 intervals.\n"
             );
-            println!("\nTargets: ≤ 2048 B per PE, ≤ 0.5 core.\n");
         }
         if self.registrar_rss.0 > 0 {
             println!(
