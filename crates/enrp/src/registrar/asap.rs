@@ -120,16 +120,10 @@ impl Core {
         }
     }
 
-    /// ARCHITECTURE.md §3: without 0x8100 the identity's default namespace applies (the
-    /// most specific rule of `/v1/default-namespaces`), else `default`.
+    /// ARCHITECTURE.md §3: without 0x8100 the connection's default namespace applies.
     fn namespace_of(&self, conn: ConnId, requested: Option<Namespace>) -> Namespace {
         requested
-            .or_else(|| {
-                let client = &self.conns.get(&conn)?.client;
-                let name = trust::default_namespace(&self.default_namespaces, &client.id)?;
-                // The store checked the name; a rule that still does not parse is skipped.
-                Namespace::new(name)
-            })
+            .or_else(|| Some(self.conns.get(&conn)?.default_namespace.clone()))
             .unwrap_or_else(Namespace::default_namespace)
     }
 

@@ -551,6 +551,9 @@ struct Connection {
     reports: u32,
     /// Its certificate is revoked: it is being closed and nothing it sends counts.
     revoked: bool,
+    /// Where its requests without a Namespace parameter go: worked out from the rules
+    /// when it connects and when they change, not per request.
+    default_namespace: Namespace,
 }
 
 impl Connection {
@@ -655,6 +658,26 @@ impl Core {
     /// [`Input::DefaultNamespaces`]).
     pub fn set_default_namespaces(&mut self, rules: Vec<DefaultNamespace>) {
         self.default_namespaces = rules;
+        let ids: Vec<(ConnId, SpiffeId)> = self
+            .conns
+            .iter()
+            .map(|(conn, c)| (*conn, c.client.id.clone()))
+            .collect();
+        for (conn, id) in ids {
+            let ns = self.default_namespace_of(&id);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.default_namespace = ns;
+            }
+        }
+    }
+
+    /// ARCHITECTURE.md §3: the most specific default-namespace rule for `id`, else
+    /// `default`. (The store checked each rule's name; one that still does not parse is
+    /// skipped.)
+    fn default_namespace_of(&self, id: &SpiffeId) -> Namespace {
+        trust::default_namespace(&self.default_namespaces, id)
+            .and_then(Namespace::new)
+            .unwrap_or_else(Namespace::default_namespace)
     }
 
     /// Enters the start-up phase of spec §9.3: the driver calls it once, before any input,
@@ -705,6 +728,7 @@ impl Core {
                         reason: "certificate revoked",
                     });
                 }
+                let default_namespace = self.default_namespace_of(&client.id);
                 self.conns.insert(
                     conn,
                     Connection {
@@ -713,6 +737,7 @@ impl Core {
                         namespaces: BTreeMap::new(),
                         reports: 0,
                         revoked,
+                        default_namespace,
                     },
                 );
             }
@@ -723,7 +748,7 @@ impl Core {
                 self.grants = grants;
                 self.on_grants_changed(&mut out);
             }
-            Input::DefaultNamespaces(rules) => self.default_namespaces = rules,
+            Input::DefaultNamespaces(rules) => self.set_default_namespaces(rules),
             Input::PeDialed { conn, pe } => self.on_pe_dialed(conn, pe, &mut out),
             Input::Revoked(r) => {
                 self.on_revoked(&r, &mut out);
