@@ -23,9 +23,12 @@
 // A benchmark measures wall time: it is a driver, not a core.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroU16;
+mod support;
+
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+
+use std::io::{BufReader, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -33,22 +36,15 @@ use std::time::{Duration, Instant};
 
 use asap::client::Connection;
 use asap::wire::AsapMsg;
-use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
+use asap::wire::param::PoolHandle;
 use enrp::daemon::{Daemon, Settings};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
 use tokio::sync::mpsc;
 use trust::audit::{AuditConfig, AuditLog};
 use trust::db::{Store, StoreOptions};
-use trust::testing::TestCa;
 use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
 
-/// The first argument that makes this binary a registrar (see the module docs).
-const CHILD_ARG: &str = "--registrar-child";
-/// The trust domain of every certificate here.
-const DOMAIN: &str = "bench.test";
-/// PEs per connection (and per identity: the default limit is 10,000 per registrant).
-const PES_PER_CONN: usize = 1_000;
 /// PEs per pool: 100,000 PEs make 10,000 pools, the default limit per namespace.
 const PES_PER_POOL: usize = 10;
 /// Registrations a connection keeps in flight.
@@ -117,39 +113,6 @@ fn main() {
         results.push(rt.block_on(download(&pki, pes, opts.runs)));
     }
     print_table(&results);
-}
-
-// ---------------------------------------------------------------------------------------
-// Certificates
-
-/// A test CA for [`DOMAIN`], and the registrars' files for the children.
-struct Pki {
-    ca: TestCa,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca = TestCa::new(DOMAIN);
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("ca.pem"), ca.root_pem()).expect("write CA");
-        Self { ca, dir }
-    }
-
-    /// Writes `NAME.pem` and `NAME.key` for `spiffe://bench.test/registrar/NAME`.
-    fn registrar(&self, name: &str) {
-        let leaf = self.ca.leaf(&format!("registrar/{name}")).issue();
-        let dir = self.dir.path();
-        std::fs::write(dir.join(format!("{name}.pem")), leaf.chain_pem()).expect("write cert");
-        std::fs::write(dir.join(format!("{name}.key")), leaf.key_pem()).expect("write key");
-    }
-
-    /// The trust store of a client with the SPIFFE ID `spiffe://bench.test/{path}`.
-    fn client(&self, path: &str) -> Arc<TrustStore> {
-        let store = TrustStore::new(self.ca.leaf(path).issue().identity()).expect("trust store");
-        store.add_domain(self.ca.bundle()).expect("bundle");
-        Arc::new(store)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -273,20 +236,6 @@ fn cpu_of(pid: &str) -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
 }
 
-/// `getconf CLK_TCK` (the unit of /proc/PID/stat times), 100 if it cannot be asked.
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
 /// A registrar child as the parent sees it.
 struct Registrar {
     child: Child,
@@ -381,34 +330,8 @@ impl Drop for Registrar {
     }
 }
 
-fn read_line(r: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("registrar stdout");
-    line.trim().to_owned()
-}
-
 // ---------------------------------------------------------------------------------------
 // PEs
-
-fn registration(pool_handle: PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg {
-    AsapMsg::Registration {
-        namespace: None,
-        pool_handle,
-        pool_element: PoolElement {
-            pe_id: PeId::new(pe_id).expect("PE IDs start at 1"),
-            home_server_id: 0,
-            registration_life: 300_000,
-            user_transport: Transport::Tcp {
-                port: NonZeroU16::new(7777).expect("non-zero"),
-                transport_use: TransportUse::DataOnly,
-                // The address check (spec §7.1 step 3): the connection's own address.
-                addr: Address::new(ip),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
-    }
-}
 
 /// The pool of PE `n` (1-based): PEs 1, 1+pools, 1+2·pools, … share a pool.
 fn pool_of(n: usize, pools: usize) -> PoolHandle {
@@ -430,7 +353,7 @@ async fn register_all(
         while sent < count && sent - acked < REGISTRATION_WINDOW {
             let n = first + sent as usize;
             let id = u32::try_from(n).expect("PE ID fits");
-            conn.send(&registration(pool_of(n, pools), id, ip))
+            conn.send(&registration(&pool_of(n, pools), id, ip))
                 .await
                 .expect("send registration");
             sent += 1;

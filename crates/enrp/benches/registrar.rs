@@ -28,9 +28,12 @@
 // A benchmark measures wall time: it is a driver, not a core.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader, Write as _};
+mod support;
+
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+
+use std::io::{BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -38,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use asap::client::Connection;
-use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
+use asap::wire::param::PoolHandle;
 use asap::wire::{AsapMsg, Resolution};
 use enrp::daemon::{Daemon, Settings};
 use enrp::handlespace::Limits;
@@ -48,15 +51,8 @@ use serde_json::json;
 use tokio::sync::{Barrier, mpsc, watch};
 use trust::audit::{AuditConfig, AuditFilter, AuditLog, MAX_PAGE};
 use trust::db::{Store, StoreOptions};
-use trust::testing::TestCa;
 use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
 
-/// The first argument that makes this binary the registrar (see the module docs).
-const CHILD_ARG: &str = "--registrar-child";
-/// The trust domain of every certificate here.
-const DOMAIN: &str = "bench.test";
-/// PEs per connection in measurement 3 (the registrar allows several PEs per connection).
-const PES_PER_CONN: usize = 1_000;
 /// Registrations a keep-alive connection keeps in flight while it registers its PEs.
 const REGISTRATION_WINDOW: usize = 64;
 /// Connections of measurement 3 share this many pools (pool `ka-{conn % POOLS}`).
@@ -155,6 +151,7 @@ fn main() {
         .build()
         .expect("runtime");
     let pki = Pki::new();
+    pki.registrar("registrar");
     let mut throughput = Vec::new();
     if opts.only.as_deref() != Some("keep-alive") {
         throughput.push(rt.block_on(registrations(&pki, &opts)));
@@ -175,37 +172,6 @@ fn main() {
         println!("{doc:#}");
     } else {
         print_tables(&throughput, &steady, &opts);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Certificates
-
-/// A test CA for [`DOMAIN`], and the registrar's files for the child.
-struct Pki {
-    ca: TestCa,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca = TestCa::new(DOMAIN);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let registrar = ca.leaf("registrar/bench").issue();
-        let write = |name: &str, text: String| {
-            std::fs::write(dir.path().join(name), text).expect("write PKI file");
-        };
-        write("registrar.pem", registrar.chain_pem());
-        write("registrar.key", registrar.key_pem());
-        write("ca.pem", ca.root_pem());
-        Self { ca, dir }
-    }
-
-    /// The trust store of a client with the SPIFFE ID `spiffe://bench.test/{path}`.
-    fn client(&self, path: &str) -> Arc<TrustStore> {
-        let store = TrustStore::new(self.ca.leaf(path).issue().identity()).expect("trust store");
-        store.add_domain(self.ca.bundle()).expect("bundle");
-        Arc::new(store)
     }
 }
 
@@ -452,51 +418,11 @@ impl Drop for Registrar {
     }
 }
 
-fn read_line(r: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("registrar stdout");
-    line.trim().to_owned()
-}
-
-/// `getconf CLK_TCK` (the unit of /proc/PID/stat times), 100 if it cannot be asked.
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
 // ---------------------------------------------------------------------------------------
 // Messages
 
 fn pool(name: &str) -> PoolHandle {
     PoolHandle::new(name).expect("pool handle")
-}
-
-fn registration(pool_handle: &PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg {
-    AsapMsg::Registration {
-        namespace: None,
-        pool_handle: pool_handle.clone(),
-        pool_element: PoolElement {
-            pe_id: PeId::new(pe_id).expect("PE IDs start at 1"),
-            home_server_id: 0,
-            registration_life: 300_000,
-            user_transport: Transport::Tcp {
-                port: NonZeroU16::new(7777).expect("non-zero"),
-                transport_use: TransportUse::DataOnly,
-                // The address check (spec §7.1 step 3): the connection's own address.
-                addr: Address::new(ip),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
-    }
 }
 
 /// Answers a keep-alive as a PE does (spec §7.5); `true` if `msg` was one.
