@@ -2,6 +2,12 @@
 //! connection, TLS over SCTP, or a simulated stream in tests — carries ASAP or ENRP
 //! messages back to back, each delimited by its own Message Length.
 
+mod endpoint;
+#[cfg(feature = "sctp")]
+pub mod sctp;
+
+pub use endpoint::{Endpoint, EndpointError, MAX_ENDPOINT_ADDRESSES, TransportAddr};
+
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};

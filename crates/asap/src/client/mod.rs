@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
 
-use crate::transport::{MessageReader, ReadError, write_message};
+use crate::transport::{MessageReader, ReadError, TransportAddr, write_message};
 use crate::wire::limits::MAX_MESSAGE_LEN;
 use crate::wire::{AsapMsg, DecodeError, EncodeError, Framer};
 
@@ -126,6 +126,69 @@ impl Connection {
         Ok(Self::over(Box::new(tls), addr, local))
     }
 
+    /// Connects to one registrar over TLS/TCP or TLS/SCTP; with `insecure_legacy`, over
+    /// plain SCTP to a legacy registrar (RSPLIB's `rspregistrar`), which is not
+    /// authenticated at all: whoever answers at that address can swallow registrations and
+    /// forge resolutions (threats T-6, T-7). Plaintext over TCP is refused.
+    pub async fn open(
+        trust: &TrustStore,
+        to: &TransportAddr,
+        insecure_legacy: bool,
+    ) -> Result<Self, Error> {
+        match to {
+            TransportAddr::Tcp(addr) if !insecure_legacy => Self::connect(trust, *addr).await,
+            TransportAddr::Tcp(_) => Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--insecure-legacy applies to SCTP registrars only (sctp:IP:PORT)",
+            ))),
+            #[cfg(feature = "sctp")]
+            TransportAddr::Sctp(endpoint) => {
+                Self::connect_sctp(trust, endpoint, insecure_legacy).await
+            }
+            #[cfg(not(feature = "sctp"))]
+            TransportAddr::Sctp(_) => Err(Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "built without the `sctp` feature",
+            ))),
+        }
+    }
+
+    #[cfg(feature = "sctp")]
+    async fn connect_sctp(
+        trust: &TrustStore,
+        endpoint: &crate::transport::Endpoint,
+        insecure_legacy: bool,
+    ) -> Result<Self, Error> {
+        use crate::transport::sctp::{self, Framing, PPID_ASAP, SctpConnection};
+        if !sctp::available() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                sctp::UNAVAILABLE,
+            )));
+        }
+        let addr = endpoint.addrs()[0];
+        let framing = if insecure_legacy {
+            Framing::Messages
+        } else {
+            Framing::Stream
+        };
+        let attempt = async {
+            let conn = SctpConnection::connect(endpoint, PPID_ASAP, framing).await?;
+            let local = conn.local_addr()?;
+            if insecure_legacy {
+                return Ok::<_, io::Error>((Box::new(conn) as Box<dyn Stream>, local));
+            }
+            let connector = TlsConnector::from(trust.client_config(Protocol::Asap));
+            let name = ServerName::IpAddress(addr.ip().into());
+            let tls = connector.connect(name, conn).await?;
+            Ok((Box::new(tls) as Box<dyn Stream>, local))
+        };
+        let (stream, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        Ok(Self::over(stream, addr, local))
+    }
+
     /// A connection a registrar opened to this PE, already authenticated.
     pub(crate) fn accepted(
         tls: tokio_rustls::server::TlsStream<TcpStream>,
@@ -147,15 +210,17 @@ impl Connection {
 
     /// Server hunt (spec §7.7): the registrars in order, starting at `start`, until one
     /// answers. Returns the connection and the index of the registrar.
+    /// `insecure_legacy`: see [`Connection::open`].
     pub async fn hunt(
         trust: &TrustStore,
-        registrars: &[SocketAddr],
+        registrars: &[TransportAddr],
         start: usize,
+        insecure_legacy: bool,
     ) -> Result<(Self, usize), Error> {
         let mut last = String::from("no registrar configured");
         for i in 0..registrars.len() {
             let idx = (start + i) % registrars.len();
-            match Self::connect(trust, registrars[idx]).await {
+            match Self::open(trust, &registrars[idx], insecure_legacy).await {
                 Ok(c) => return Ok((c, idx)),
                 Err(e) => last = format!("{}: {e}", registrars[idx]),
             }

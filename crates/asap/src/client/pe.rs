@@ -18,6 +18,7 @@ use trust::{Peer, Protocol, TrustStore};
 
 use super::backoff::Backoff;
 use super::{CONNECT_TIMEOUT, Connection, Error};
+use crate::transport::TransportAddr;
 use crate::wire::AsapMsg;
 use crate::wire::param::{
     Address, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
@@ -28,7 +29,10 @@ use crate::wire::param::{
 #[derive(Clone, Debug)]
 pub struct PeConfig {
     /// The registrars, tried in order (server hunt, spec §7.7).
-    pub registrars: Vec<SocketAddr>,
+    pub registrars: Vec<TransportAddr>,
+    /// Register over plain SCTP, unauthenticated, with legacy registrars such as RSPLIB's
+    /// (see [`Connection::open`]). Default `false`.
+    pub insecure_legacy: bool,
     /// The namespace (project parameter 0x8100); `None` for the identity's default.
     pub namespace: Option<Namespace>,
     /// The pool.
@@ -209,7 +213,7 @@ pub async fn run(
             // While it hunts, a registrar that took it over may call with H=1 (spec
             // §12.6): that connection is as good as one the hunt finds.
             let hunted = tokio::select! {
-                h = Connection::hunt(trust, &config.registrars, start) => h,
+                h = Connection::hunt(trust, &config.registrars, start, config.insecure_legacy) => h,
                 a = next_adoption(&mut adoptions) => {
                     adopted = Some(adopt(a, &mut events));
                     continue;
@@ -393,7 +397,17 @@ fn set_unspecified_address(t: &mut Transport, local: Address) {
                 *addr = local;
             }
         }
-        Transport::Sctp { .. } => {}
+        Transport::Sctp { addrs, .. } => {
+            if addrs.as_slice().iter().any(|a| a.ip().is_unspecified()) {
+                let named = addrs
+                    .as_slice()
+                    .iter()
+                    .map(|a| if a.ip().is_unspecified() { local } else { *a });
+                if let Some(a) = crate::wire::param::SctpAddresses::new(named) {
+                    *addrs = a;
+                }
+            }
+        }
     }
 }
 
@@ -634,6 +648,7 @@ mod tests {
     fn card_config() -> PeConfig {
         PeConfig {
             registrars: Vec::new(),
+            insecure_legacy: false,
             namespace: None,
             pool_handle: PoolHandle::new("counter").expect("pool"),
             pe_id: PeId::new(7).expect("non-zero"),

@@ -3,7 +3,6 @@
 //! cache, selection by the pool policy, and retries and server hunt.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use trust::TrustStore;
 use super::backoff::Backoff;
 use super::{Connection, Error};
 use crate::policy::{PolicyRegistry, PoolSelection};
+use crate::transport::TransportAddr;
 use crate::wire::limits::MAX_RESOLUTION_PES;
 use crate::wire::param::{
     HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle,
@@ -127,7 +127,10 @@ pub enum CardError {
 #[derive(Clone, Debug)]
 pub struct PuConfig {
     /// The registrars, tried in order (server hunt, spec §7.7).
-    pub registrars: Vec<SocketAddr>,
+    pub registrars: Vec<TransportAddr>,
+    /// Talk to the registrars over plain SCTP, unauthenticated (legacy registrars such as
+    /// RSPLIB's; see [`Connection::open`]). Default `false`.
+    pub insecure_legacy: bool,
     /// The namespace (project parameter 0x8100); `None` for the identity's default.
     pub namespace: Option<Namespace>,
     /// The pool.
@@ -140,9 +143,13 @@ pub struct PuConfig {
 
 impl PuConfig {
     /// The spec §10 defaults for `pool_handle` at `registrars`.
-    pub fn new(registrars: Vec<SocketAddr>, pool_handle: PoolHandle) -> Self {
+    pub fn new(
+        registrars: impl IntoIterator<Item = impl Into<TransportAddr>>,
+        pool_handle: PoolHandle,
+    ) -> Self {
         Self {
-            registrars,
+            registrars: registrars.into_iter().map(Into::into).collect(),
+            insecure_legacy: false,
             namespace: None,
             pool_handle,
             stale: DEFAULT_STALE,
@@ -347,7 +354,14 @@ impl PoolUser {
                 tokio::time::sleep(pause).await;
             }
             if registrar.conn.is_none() {
-                match Connection::hunt(&self.trust, &self.config.registrars, registrar.next).await {
+                match Connection::hunt(
+                    &self.trust,
+                    &self.config.registrars,
+                    registrar.next,
+                    self.config.insecure_legacy,
+                )
+                .await
+                {
                     Ok((c, idx)) => {
                         registrar.conn = Some(c);
                         registrar.next = idx;
@@ -543,7 +557,10 @@ mod tests {
     async fn pool_of_three() -> PoolUser {
         let ca = trust::testing::TestCa::new("acme.test");
         let store = TrustStore::new(ca.leaf("pu/client-1").issue().identity()).expect("store");
-        let config = PuConfig::new(Vec::new(), PoolHandle::new("echo").expect("pool"));
+        let config = PuConfig::new(
+            Vec::<std::net::SocketAddr>::new(),
+            PoolHandle::new("echo").expect("pool"),
+        );
         let users = PoolUser::new(Arc::new(store), config);
         let resolved = Resolved {
             policy: Some(Policy::RoundRobin),

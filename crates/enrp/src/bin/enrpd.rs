@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use asap::transport::Endpoint;
+use asap::wire::param::Namespace;
 use clap::{Parser, Subcommand, ValueEnum};
 use enrp::daemon::{Daemon, Settings, now_ms};
 use enrp::registrar::{Config, Timing};
@@ -41,7 +43,7 @@ enum Command {
     /// certificate and key, the local CRL, the grants and the default namespaces; options
     /// (flags, variables, the config file) take effect at start only, and SIGHUP logs
     /// which keys of the config file changed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Inspect the audit log.
     Audit {
         #[command(subcommand)]
@@ -144,6 +146,28 @@ struct RunArgs {
     /// alone after this long without a mentor's handle table (spec §9.3).
     #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
     mentor_timeout_ms: u64,
+    /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
+    /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
+    /// `on` insists (start-up fails without it), `off` serves TCP only.
+    #[arg(long, env = "ENRPD_SCTP", value_enum, default_value_t = SctpMode::Auto)]
+    sctp: SctpMode,
+    /// Where to serve ASAP over TLS/SCTP instead, IP:PORT[+IP:PORT...] (one port,
+    /// several addresses: multi-homed). Implies SCTP.
+    #[arg(long, env = "ENRPD_ASAP_SCTP_LISTEN", value_parser = parse_endpoint)]
+    asap_sctp_listen: Option<Endpoint>,
+    /// Where to serve ENRP over TLS/SCTP instead, IP:PORT[+IP:PORT...]. Implies SCTP.
+    #[arg(long, env = "ENRPD_ENRP_SCTP_LISTEN", value_parser = parse_endpoint)]
+    enrp_sctp_listen: Option<Endpoint>,
+    /// INSECURE, for RSPLIB and other legacy clients only: also serve ASAP over plain
+    /// SCTP here (spec: port 3863), IP:PORT[+IP:PORT...]. Its clients are not
+    /// authenticated: they are known by their address, confined to --legacy-namespace,
+    /// and every message they send is audited as unauthenticated. Off unless given.
+    #[arg(long, env = "ENRPD_LEGACY_ASAP_LISTEN", value_parser = parse_endpoint, requires = "legacy_namespace")]
+    legacy_asap_listen: Option<Endpoint>,
+    /// The one namespace legacy clients may use (it must exist; nothing else is open to
+    /// them).
+    #[arg(long, env = "ENRPD_LEGACY_NAMESPACE")]
+    legacy_namespace: Option<String>,
     /// Accept loopback addresses in PE user transports (single-host setups and tests).
     #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
     allow_loopback: bool,
@@ -175,6 +199,11 @@ struct FileConfig {
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
+    sctp: Option<SctpMode>,
+    asap_sctp_listen: Option<String>,
+    enrp_sctp_listen: Option<String>,
+    legacy_asap_listen: Option<String>,
+    legacy_namespace: Option<String>,
 }
 
 /// The config file as a table, after checking that it is a valid [`FileConfig`].
@@ -283,7 +312,73 @@ impl RunArgs {
         if let Some(v) = file.log_format.filter(|_| unset("log_format")) {
             self.log_format = v;
         }
+        if let Some(v) = file.sctp.filter(|_| unset("sctp")) {
+            self.sctp = v;
+        }
+        let endpoint = |v: String| parse_endpoint(&v).map_err(anyhow::Error::msg);
+        if let Some(v) = file.asap_sctp_listen.filter(|_| unset("asap_sctp_listen")) {
+            self.asap_sctp_listen = Some(endpoint(v)?);
+        }
+        if let Some(v) = file.enrp_sctp_listen.filter(|_| unset("enrp_sctp_listen")) {
+            self.enrp_sctp_listen = Some(endpoint(v)?);
+        }
+        if let Some(v) = file
+            .legacy_asap_listen
+            .filter(|_| unset("legacy_asap_listen"))
+        {
+            self.legacy_asap_listen = Some(endpoint(v)?);
+        }
+        if let Some(v) = file.legacy_namespace.filter(|_| unset("legacy_namespace")) {
+            self.legacy_namespace = Some(v);
+        }
         Ok(self)
+    }
+}
+
+/// Whether to serve SCTP (see `--sctp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SctpMode {
+    Auto,
+    On,
+    Off,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(s.trim_start_matches("sctp:")).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The SCTP listeners to open: explicit ones, or in `auto`/`on` mode the TCP listeners'
+/// addresses (after binding, so that a TCP port 0 is the same SCTP port where free).
+fn sctp_endpoints(
+    args: &RunArgs,
+    available: bool,
+) -> anyhow::Result<(Option<Endpoint>, Option<Endpoint>)> {
+    match args.sctp {
+        SctpMode::Off => {
+            if args.asap_sctp_listen.is_some() || args.enrp_sctp_listen.is_some() {
+                bail!("--sctp off contradicts --asap-sctp-listen / --enrp-sctp-listen");
+            }
+            Ok((None, None))
+        }
+        SctpMode::On if !available => bail!("--sctp on: {}", enrp::daemon::SCTP_UNAVAILABLE),
+        SctpMode::Auto if !available => {
+            if args.asap_sctp_listen.is_some() || args.enrp_sctp_listen.is_some() {
+                bail!("{}", enrp::daemon::SCTP_UNAVAILABLE);
+            }
+            tracing::info!("{}", enrp::daemon::SCTP_UNAVAILABLE);
+            Ok((None, None))
+        }
+        SctpMode::Auto | SctpMode::On => Ok((
+            Some(
+                args.asap_sctp_listen
+                    .clone()
+                    .unwrap_or_else(|| Endpoint::single(args.asap_listen)),
+            ),
+            args.enrp_sctp_listen
+                .clone()
+                .or_else(|| args.enrp_listen.0.map(Endpoint::single)),
+        )),
     }
 }
 
@@ -350,7 +445,7 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
         Command::Run(args) => {
             let args = match &run_matches {
                 Some(m) => args.merge_file(m)?,
-                None => args,
+                None => *args,
             };
             serve(args).await.map(|()| ExitCode::SUCCESS)
         }
@@ -448,12 +543,30 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
     config.allow_loopback = args.allow_loopback;
     config.check_user_address = !args.no_address_check;
+    if let Some(name) = &args.legacy_namespace {
+        let ns = Namespace::new(name)
+            .with_context(|| format!("--legacy-namespace {name:?}: 1-63 bytes of a-z 0-9 - ."))?;
+        let mut conn = loaded.store.acquire().await.context("opening the store")?;
+        if trust::db::get_namespace(&mut conn, name).await?.is_none() {
+            bail!("--legacy-namespace {name:?}: no such namespace (create it with the admin API)");
+        }
+        config.legacy_namespace = Some(ns);
+    }
     config.rng_seed = now_ms();
     let audit = AuditLog::start(&loaded.store, AuditConfig::default())
         .await
         .context("starting the audit log")?;
     let mut settings = Settings::new(args.asap_listen, config);
     settings.enrp_listen = args.enrp_listen.0;
+    (settings.asap_sctp_listen, settings.enrp_sctp_listen) =
+        sctp_endpoints(&args, enrp::daemon::sctp_available())?;
+    settings.legacy_asap_listen = args.legacy_asap_listen.clone();
+    for p in &args.peers {
+        if p.starts_with("sctp:") {
+            p.parse::<asap::transport::TransportAddr>()
+                .map_err(|e| anyhow::anyhow!("--peer {p:?}: {e}"))?;
+        }
+    }
     settings.peers = args.peers.clone();
     settings.default_namespaces = loaded.default_namespaces;
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
@@ -490,9 +603,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         format!(", admin API on https://{}", a.addr)
     });
     // Tests parse this line: the ASAP address first, then the admin API's, then ENRP's.
-    let enrp_text = daemon
+    let mut enrp_text = daemon
         .enrp_addr()
         .map_or_else(String::new, |a| format!(", ENRP on {a}"));
+    for (what, at) in daemon.sctp_addrs() {
+        enrp_text.push_str(&format!(", {what} on sctp:{at}"));
+    }
     println!(
         "enrpd: serving ASAP on {} (Server ID {}){admin_text}{enrp_text}",
         daemon.asap_addr(),

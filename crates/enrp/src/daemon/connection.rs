@@ -1,5 +1,5 @@
-//! One task per ASAP connection: TLS handshake, then reading frames for the core and
-//! writing what the core sends, until either side ends it.
+//! One task per ASAP connection: TLS handshake (none on a legacy listener), then reading
+//! frames for the core and writing what the core sends, until either side ends it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,19 +7,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
-use trust::{Peer, Protocol, TrustStore};
+use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
+use super::listen::{BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Accepts ASAP connections on `listener` until the daemon stops: mutual TLS, or with
+/// `legacy`, none (a plain SCTP listener for RSPLIB and the like; its clients are known
+/// by their address and confined to the core's legacy namespace).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
+    legacy: bool,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -37,7 +43,7 @@ pub(super) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let (tcp, addr) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -49,12 +55,12 @@ pub(super) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
         let task = serve(
             conn,
-            tcp,
+            stream,
             addr,
+            legacy,
             Arc::clone(&settings),
             Arc::clone(&trust),
             events.clone(),
@@ -157,8 +163,9 @@ pub(super) async fn authenticate<T: TlsSession>(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
-    tcp: TcpStream,
+    stream: BoxStream,
     addr: std::net::SocketAddr,
+    legacy: bool,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -166,10 +173,25 @@ async fn serve(
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
 ) {
+    if legacy {
+        // No handshake and no certificate: the address is all there is to know.
+        let client = Client {
+            id: crate::registrar::legacy_identity(addr.ip()),
+            serial: trust::Serial::from_bytes(&[]),
+            addr,
+        };
+        tracing::info!(?conn, %addr, "legacy ASAP connection (unauthenticated)");
+        let io = Io {
+            settings: &settings,
+            events: &events,
+        };
+        run(conn, stream, client, None, io, stop, None).await;
+        return;
+    }
     // A fresh config per handshake: revocations and trust changes apply at once.
     let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
     let Some((tls, peer)) = authenticate(
-        acceptor.accept(tcp),
+        acceptor.accept(stream),
         Protocol::Asap,
         addr,
         &settings,
@@ -180,10 +202,48 @@ async fn serve(
     else {
         return;
     };
-    run(
-        conn, tls, peer, addr, &settings, &trust, &events, &audit, &counters, stop, None,
-    )
-    .await;
+    let Some((client, live)) = admit(&peer, addr, &trust, &audit, &counters).await else {
+        return;
+    };
+    let io = Io {
+        settings: &settings,
+        events: &events,
+    };
+    run(conn, tls, client, Some(live), io, stop, None).await;
+}
+
+/// Registers an authenticated connection for revocation, then checks its identity once
+/// more (registered first, so that a revocation landing during the handshake is not
+/// missed). `None`, audited, when it is no longer trusted.
+async fn admit(
+    peer: &Peer,
+    addr: std::net::SocketAddr,
+    trust: &TrustStore,
+    audit: &AuditLog,
+    counters: &Counters,
+) -> Option<(Client, LiveConnection)> {
+    match trust.register_connection(peer) {
+        Ok(live) => Some((
+            Client {
+                id: peer.id().clone(),
+                serial: peer.serial().clone(),
+                addr,
+            },
+            live,
+        )),
+        Err(e) => {
+            tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
+            audit_refusal(audit, counters, addr, Some(peer), "revoked", e.to_string()).await;
+            None
+        }
+    }
+}
+
+/// What a connection task needs of the daemon.
+#[derive(Clone, Copy)]
+struct Io<'a> {
+    settings: &'a Settings,
+    events: &'a mpsc::Sender<Event>,
 }
 
 /// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
@@ -229,22 +289,17 @@ pub(super) async fn dial_pes(
             // The handshake is done: the slot goes to the next dial while this one serves.
             drop(slot);
             let Some((tls, peer)) = tls else { return };
+            let Some((client, live)) = admit(&peer, dial.addr, &trust, &audit, &counters).await
+            else {
+                return;
+            };
             let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
             let then = Input::PeDialed { conn, pe: dial.pe };
-            run(
-                conn,
-                tls,
-                peer,
-                dial.addr,
-                &settings,
-                &trust,
-                &events,
-                &audit,
-                &counters,
-                stop,
-                Some(then),
-            )
-            .await;
+            let io = Io {
+                settings: &settings,
+                events: &events,
+            };
+            run(conn, tls, client, Some(live), io, stop, Some(then)).await;
         });
     }
 }
@@ -290,37 +345,20 @@ async fn dial_pe(
     .await
 }
 
-/// Serves one authenticated ASAP connection, accepted or dialed, until either side ends
-/// it. `then` goes to the core right after the connection is announced.
-#[allow(clippy::too_many_arguments)]
+/// Serves one ASAP connection, accepted or dialed, until either side ends it (or, with
+/// `live`, its identity is revoked). `then` goes to the core right after the connection
+/// is announced.
 async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     conn: ConnId,
-    tls: S,
-    peer: Peer,
-    addr: std::net::SocketAddr,
-    settings: &Settings,
-    trust: &TrustStore,
-    events: &mpsc::Sender<Event>,
-    audit: &AuditLog,
-    counters: &Counters,
+    stream: S,
+    client: Client,
+    mut live: Option<LiveConnection>,
+    io: Io<'_>,
     stop: watch::Receiver<bool>,
     then: Option<Input>,
 ) {
-    // Registered before the last trust check, so a revocation that lands during the
-    // handshake is not missed.
-    let mut live = match trust.register_connection(&peer) {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
-            audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
-            return;
-        }
-    };
-    let client = Client {
-        id: peer.id().clone(),
-        serial: peer.serial().clone(),
-        addr,
-    };
+    let Io { settings, events } = io;
+    let addr = client.addr;
     tracing::debug!(?conn, %addr, id = %client.id, "ASAP connection");
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
@@ -344,12 +382,19 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     {
         return;
     }
-    let (read_half, write_half) = tokio::io::split(tls);
+    let (read_half, write_half) = tokio::io::split(stream);
     let reader = MessageReader::new(read_half, Framer::asap(settings.max_message_len));
+    let revoked = async {
+        match live.as_mut() {
+            Some(live) => live.closed().await,
+            // A legacy client has no certificate to revoke.
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = read_loop(conn, reader, events, settings.idle_timeout) => {}
         () = write_loop(write_half, rx) => {}
-        reason = live.closed() => tracing::info!(?conn, ?reason, "closing: revoked"),
+        reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
     }

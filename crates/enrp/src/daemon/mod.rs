@@ -13,6 +13,7 @@
 
 mod connection;
 mod control;
+mod listen;
 mod peer;
 
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
@@ -23,11 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpListener;
+use ::asap::transport::{Endpoint, TransportAddr};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use trust::audit::{AuditLog, Outcome, Record};
-use trust::{Grant, TrustStore};
+use trust::{Grant, Protocol, TrustStore};
+
+use listen::{Listener, Security};
 
 use crate::registrar::{
     Action, AuditEvent, Client, Config, ConnId, Core, Durability, Input, Revocation,
@@ -55,7 +58,17 @@ pub struct Settings {
     /// Where ENRP over TLS/TCP is served (spec §2.1, D-4: 9902); `None` serves none.
     /// Default `None` (the `enrpd` binary defaults to `[::]:9902`).
     pub enrp_listen: Option<SocketAddr>,
-    /// Peers to dial, `HOST:PORT` (spec §9.2: static configuration). Each is redialed
+    /// Where ASAP over TLS/SCTP is served (spec §2: 3864, PPID 11); `None` serves none.
+    /// Default `None`.
+    pub asap_sctp_listen: Option<Endpoint>,
+    /// Where ENRP over TLS/SCTP is served (spec §2: 9902, PPID 12); `None` serves none.
+    /// Default `None`.
+    pub enrp_sctp_listen: Option<Endpoint>,
+    /// A plain SCTP ASAP listener for legacy clients such as RSPLIB (spec: 3863), confined
+    /// to [`Config::legacy_namespace`](crate::registrar::Config::legacy_namespace), which
+    /// must be set with it. Off (`None`) unless configured.
+    pub legacy_asap_listen: Option<Endpoint>,
+    /// Peers to dial, `HOST:PORT` or `sctp:IP:PORT` (spec §9.2: static configuration). Each is redialed
     /// while the daemon runs, 100 ms after a loss, backing off to 5 s.
     pub peers: Vec<String>,
     /// Where requests without a Namespace parameter go, from the first connection on
@@ -79,6 +92,9 @@ impl Settings {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             enrp_listen: None,
+            asap_sctp_listen: None,
+            enrp_sctp_listen: None,
+            legacy_asap_listen: None,
             peers: Vec::new(),
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
@@ -93,8 +109,8 @@ pub enum Error {
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// The address.
-        addr: SocketAddr,
+        /// The address (`sctp:` for SCTP).
+        addr: TransportAddr,
         /// Why.
         source: std::io::Error,
     },
@@ -102,6 +118,14 @@ pub enum Error {
     #[error("audit log: {0}")]
     Audit(#[from] trust::db::Error),
 }
+
+/// Whether this build and this kernel can serve SCTP.
+pub fn sctp_available() -> bool {
+    listen::sctp_available()
+}
+
+/// Why there is no SCTP here, in one line.
+pub const SCTP_UNAVAILABLE: &str = "no SCTP: this kernel has none (socket(IPPROTO_SCTP) fails) or enrpd was built without the `sctp` feature";
 
 /// What connection tasks tell the core task.
 #[derive(Debug)]
@@ -151,6 +175,8 @@ type Gate = watch::Receiver<Option<bool>>;
 pub struct Daemon {
     asap_addr: SocketAddr,
     enrp_addr: Option<SocketAddr>,
+    /// The SCTP listeners: what each serves, and where (with the real port).
+    sctp_addrs: Vec<(&'static str, Endpoint)>,
     /// The ENRP listener and the peer dialers.
     peer_tasks: Vec<JoinHandle<()>>,
     events: mpsc::Sender<Event>,
@@ -169,25 +195,78 @@ impl Daemon {
         audit: AuditLog,
         grants: Vec<Grant>,
     ) -> Result<Self, Error> {
-        let listener = TcpListener::bind(settings.asap_listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: settings.asap_listen,
-                source,
-            })?;
-        let asap_addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: settings.asap_listen,
-            source,
-        })?;
+        let bind = |at: TransportAddr, protocol, security| async move {
+            match Listener::bind(&at, protocol, security).await {
+                Ok(l) => {
+                    let bound = l.local().map_err(|source| Error::Listen {
+                        addr: at.clone(),
+                        source,
+                    })?;
+                    Ok((l, bound))
+                }
+                Err(source) => Err(Error::Listen { addr: at, source }),
+            }
+        };
+        let tcp = |a| TransportAddr::Tcp(a);
+        let (listener, asap_bound) =
+            bind(tcp(settings.asap_listen), Protocol::Asap, Security::Tls).await?;
+        let asap_addr = asap_bound.primary();
         let enrp_listener = match settings.enrp_listen {
             Some(addr) => {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Listen { addr, source })?;
-                let bound = l
-                    .local_addr()
-                    .map_err(|source| Error::Listen { addr, source })?;
-                Some((l, bound))
+                let (l, bound) = bind(tcp(addr), Protocol::Enrp, Security::Tls).await?;
+                Some((l, bound.primary()))
+            }
+            None => None,
+        };
+        // SCTP listeners (TLS, and the opt-in plain one for legacy clients).
+        let mut sctp = Vec::new();
+        let mut sctp_addrs = Vec::new();
+        let endpoint_of = |at: TransportAddr| match at {
+            TransportAddr::Sctp(e) => e,
+            TransportAddr::Tcp(a) => Endpoint::single(a),
+        };
+        if let Some(e) = &settings.asap_sctp_listen {
+            let (l, at) = bind(
+                TransportAddr::Sctp(e.clone()),
+                Protocol::Asap,
+                Security::Tls,
+            )
+            .await?;
+            tracing::info!(%at, "serving ASAP over TLS/SCTP");
+            sctp_addrs.push(("ASAP over TLS/SCTP", endpoint_of(at)));
+            sctp.push((l, false));
+        }
+        if let Some(e) = &settings.legacy_asap_listen {
+            let Some(ns) = &settings.registrar.legacy_namespace else {
+                return Err(Error::Listen {
+                    addr: TransportAddr::Sctp(e.clone()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "a legacy listener needs the namespace its clients are confined to",
+                    ),
+                });
+            };
+            let (l, at) = bind(
+                TransportAddr::Sctp(e.clone()),
+                Protocol::Asap,
+                Security::Plain,
+            )
+            .await?;
+            tracing::warn!(%at, namespace = %ns, "serving ASAP over plain SCTP for legacy clients: UNAUTHENTICATED, confined to this namespace, every message audited as such");
+            sctp_addrs.push(("legacy ASAP (plain SCTP)", endpoint_of(at)));
+            sctp.push((l, true));
+        }
+        let enrp_sctp = match &settings.enrp_sctp_listen {
+            Some(e) => {
+                let (l, at) = bind(
+                    TransportAddr::Sctp(e.clone()),
+                    Protocol::Enrp,
+                    Security::Tls,
+                )
+                .await?;
+                tracing::info!(%at, "serving ENRP over TLS/SCTP");
+                sctp_addrs.push(("ENRP over TLS/SCTP", endpoint_of(at)));
+                Some(l)
             }
             None => None,
         };
@@ -232,6 +311,17 @@ impl Daemon {
                 stop_rx.clone(),
             )));
         }
+        if let Some(l) = enrp_sctp {
+            peer_tasks.push(tokio::spawn(peer::accept_loop(
+                l,
+                Arc::clone(&settings),
+                Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
         peer_tasks.push(tokio::spawn(connection::dial_pes(
             pe_dial_rx,
             Arc::clone(&settings),
@@ -262,8 +352,21 @@ impl Daemon {
                 stop_rx.clone(),
             )));
         }
+        for (l, legacy) in sctp {
+            peer_tasks.push(tokio::spawn(connection::accept_loop(
+                l,
+                legacy,
+                Arc::clone(&settings),
+                Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
         let accept_task = tokio::spawn(connection::accept_loop(
             listener,
+            false,
             settings,
             trust,
             events.clone(),
@@ -276,6 +379,7 @@ impl Daemon {
         Ok(Self {
             asap_addr,
             enrp_addr,
+            sctp_addrs,
             peer_tasks,
             events,
             stop,
@@ -294,6 +398,11 @@ impl Daemon {
     /// Where ASAP is served (the bound address, also when port 0 was asked for).
     pub fn asap_addr(&self) -> SocketAddr {
         self.asap_addr
+    }
+
+    /// The SCTP listeners: what each serves and where.
+    pub fn sctp_addrs(&self) -> &[(&'static str, Endpoint)] {
+        &self.sctp_addrs
     }
 
     /// Where ENRP is served, if it is (the bound address).

@@ -2,7 +2,8 @@
 //! configured peer or peer learnt from a list (spec §9.2), and one task per authenticated connection that cuts frames for the
 //! core and writes what the core sends.
 //!
-//! Only [`accept_loop`] and [`dial_loop`] know TCP. The TLS handshakes ([`accept_tls`],
+//! Only [`accept_loop`] and [`dial_loop`] know the transport (TLS over TCP or SCTP,
+//! `listen.rs`). The TLS handshakes ([`accept_tls`],
 //! [`connect_tls`]) and the connection itself ([`serve_peer`]) are generic over the stream
 //! (`AsyncRead + AsyncWrite`), so that a simulated network (turmoil) can carry them.
 //!
@@ -20,7 +21,7 @@ use ::asap::transport::{MessageReader, ReadError};
 use ::asap::wire::param::ServerId;
 use ::asap::wire::{EnrpMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -28,6 +29,7 @@ use trust::audit::AuditLog;
 use trust::{Peer, Protocol, TrustStore};
 
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
+use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Settings};
 use crate::registrar::{Client, ConnId, Input};
 use crate::setup::server_id_of;
@@ -49,7 +51,7 @@ const MAX_DISCOVERED: usize = 256;
 
 /// Accepts ENRP connections until the daemon stops.
 pub(super) async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -58,7 +60,7 @@ pub(super) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (tcp, addr) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -69,7 +71,6 @@ pub(super) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
         let settings = Arc::clone(&settings);
         let trust = Arc::clone(&trust);
         let events = events.clone();
@@ -78,7 +79,7 @@ pub(super) async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             let Some((tls, peer)) =
-                accept_tls(tcp, addr, &settings, &trust, &audit, &counters).await
+                accept_tls(stream, addr, &settings, &trust, &audit, &counters).await
             else {
                 return;
             };
@@ -90,7 +91,7 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// Dials `target` (`HOST:PORT`) and keeps a connection to it while the daemon runs, or,
+/// Dials `target` (`HOST:PORT` over TCP, `sctp:IP:PORT[+IP:PORT...]` over SCTP) and keeps a connection to it while the daemon runs, or,
 /// with `give_up`, until it has had no connection for that long (a learnt peer that is
 /// gone for good is not dialed forever).
 #[allow(clippy::too_many_arguments)]
@@ -132,16 +133,13 @@ pub(super) async fn dial_loop(
             }
         }
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(&target))
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
         {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                let addr = tcp.peer_addr().ok();
-                if let Some(addr) = addr
-                    && let Some((tls, peer)) =
-                        connect_tls(tcp, &target, addr, &settings, &trust, &audit, &counters).await
+            Ok((stream, addr)) => {
+                if let Some((tls, peer)) =
+                    connect_tls(stream, &target, addr, &settings, &trust, &audit, &counters).await
                 {
                     answered = Some(server_id_of(peer.id()));
                     serve_peer(
@@ -172,6 +170,20 @@ pub(super) async fn dial_loop(
             () = stopped(stop.clone()) => return,
         }
     }
+}
+
+/// Opens the transport to `target` (see [`dial_loop`]). TCP targets may name a host.
+async fn connect(target: &str) -> std::io::Result<(BoxStream, SocketAddr)> {
+    if target.starts_with("sctp:") {
+        let to = target
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        return listen::dial(&to, Protocol::Enrp).await;
+    }
+    let tcp = TcpStream::connect(target).await?;
+    let _ = tcp.set_nodelay(true);
+    let addr = tcp.peer_addr()?;
+    Ok((Box::new(tcp), addr))
 }
 
 /// Whether the core has a connection up to `server_id` (false when it is stopping).
@@ -281,6 +293,7 @@ pub(super) async fn connect_tls<S: AsyncRead + AsyncWrite + Unpin>(
     counters: &Counters,
 ) -> Option<(tokio_rustls::client::TlsStream<S>, Peer)> {
     let host = target
+        .trim_start_matches("sctp:")
         .rsplit_once(':')
         .map_or(target, |(h, _)| h)
         .trim_start_matches('[')

@@ -128,15 +128,9 @@ impl Core {
     }
 
     fn allowed(&self, conn: ConnId, ns: &Namespace, pool: &PoolHandle, action: Grantable) -> bool {
-        self.conns.get(&conn).is_some_and(|c| {
-            trust::allowed(
-                &self.grants,
-                &c.client.id,
-                ns.as_str(),
-                Some(pool.as_bytes()),
-                action,
-            )
-        })
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| self.permits(&c.client.id, ns, pool, action))
     }
 
     fn event(
@@ -157,7 +151,10 @@ impl Core {
             pe_id,
             action,
             outcome,
-            detail: None,
+            // ARCHITECTURE.md §4: whatever a legacy listener carries is marked so.
+            detail: client
+                .filter(|c| super::is_legacy(&c.id))
+                .map(|_| "unauthenticated: legacy SCTP listener".to_owned()),
         }
     }
 
@@ -475,12 +472,28 @@ impl Core {
         };
         let mut event = self.event(conn, &ns, &pool_handle, None, AuditAction::Resolve, outcome);
         if outcome.is_none() {
-            event.detail = Some(format!("{count} PEs"));
+            event.detail = Some(match event.detail.take() {
+                Some(d) => format!("{count} PEs; {d}"),
+                None => format!("{count} PEs"),
+            });
         }
         out.push(Action::Audit {
             event,
             durability: Durability::Batched,
         });
+        let mut result = result;
+        // A legacy client cannot check a registrant, and RSPLIB loses its place in a
+        // message at a parameter whose length is not a multiple of 4: send none.
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| super::is_legacy(&c.client.id))
+            && let Resolution::Found { pool_elements, .. } = &mut result
+        {
+            for e in pool_elements {
+                e.registrant = None;
+            }
+        }
         out.push(Action::Send {
             conn,
             msg: AsapMsg::HandleResolutionResponse {

@@ -938,13 +938,7 @@ impl Core {
                 out,
             );
         }
-        if !trust::allowed(
-            &self.grants,
-            &client.id,
-            ns.as_str(),
-            Some(handle.as_bytes()),
-            trust::Action::Peer,
-        ) {
+        if !self.permits(&client.id, &ns, &handle, trust::Action::Peer) {
             return refuse("no peer grant for this namespace and pool".to_owned(), out);
         }
         if !pe.registration_life_valid() {
@@ -1016,13 +1010,7 @@ impl Core {
             let why = format!("not the sender's PE: its home is {home:#010x}");
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
-        if !trust::allowed(
-            &self.grants,
-            &client.id,
-            ns.as_str(),
-            Some(handle.as_bytes()),
-            trust::Action::Peer,
-        ) {
+        if !self.permits(&client.id, &ns, &handle, trust::Action::Peer) {
             let why = "no peer grant for this namespace and pool".to_owned();
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
@@ -1586,13 +1574,7 @@ impl Core {
             .collect();
         let mut moved = 0usize;
         for (key, mut entry) in pes {
-            if !trust::allowed(
-                &self.grants,
-                &client.id,
-                key.0.as_str(),
-                Some(key.1.as_bytes()),
-                trust::Action::Peer,
-            ) {
+            if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
                 let why = "no peer grant for this namespace and pool".to_owned();
                 Self::ignore_pe(client, &key.0, &key.1, key.2, why, out);
                 continue;

@@ -145,6 +145,28 @@ pub struct Config {
     pub handle_table_pes: usize,
     /// Most bytes of PEs in one handle table response (spec §10). Default 16 KiB.
     pub handle_table_bytes: usize,
+    /// The namespace legacy (unauthenticated, plain SCTP) clients are confined to: they may
+    /// register, resolve and report in it, and nowhere else (ARCHITECTURE.md §4). `None`:
+    /// no legacy clients. Default `None`.
+    pub legacy_namespace: Option<Namespace>,
+}
+
+/// The trust domain of the identities given to legacy clients, which present none: a
+/// `.invalid` name (RFC 2606), which no configured trust domain's CA can vouch for.
+pub const LEGACY_TRUST_DOMAIN: &str = "legacy.invalid";
+
+/// The identity of a legacy client: its address (`spiffe://legacy.invalid/sctp/IP`, with
+/// an IPv6 address's `:` written `-`). Legacy PEs re-registering from another port of the
+/// same host are the same registrant.
+pub fn legacy_identity(addr: std::net::IpAddr) -> SpiffeId {
+    let ip = addr.to_canonical().to_string().replace(':', "-");
+    SpiffeId::parse(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/sctp/{ip}"))
+        .expect("an IP address is a valid SPIFFE path segment")
+}
+
+/// Whether `id` is a legacy client's identity.
+pub fn is_legacy(id: &SpiffeId) -> bool {
+    id.trust_domain_str() == LEGACY_TRUST_DOMAIN
 }
 
 impl Config {
@@ -164,6 +186,7 @@ impl Config {
             enrp_addr: None,
             handle_table_pes: 128,
             handle_table_bytes: 16 * 1024,
+            legacy_namespace: None,
         }
     }
 }
@@ -675,6 +698,11 @@ impl Core {
     /// `default`. (The store checked each rule's name; one that still does not parse is
     /// skipped.)
     fn default_namespace_of(&self, id: &SpiffeId) -> Namespace {
+        if is_legacy(id)
+            && let Some(ns) = &self.config.legacy_namespace
+        {
+            return ns.clone();
+        }
         trust::default_namespace(&self.default_namespaces, id)
             .and_then(Namespace::new)
             .unwrap_or_else(Namespace::default_namespace)
@@ -913,6 +941,28 @@ impl Core {
     /// Removes the owned PEs whose registration the grants no longer allow: a registrant
     /// keeps a PE only while some grant lets it register in that namespace and pool.
     /// (The PEs of other registrars are theirs to judge, under their grants.)
+    /// Whether `id` may do `action` on `handle` in `ns`: the grants, or for a legacy
+    /// client, its namespace (every ASAP action there, ENRP nowhere).
+    fn permits(
+        &self,
+        id: &SpiffeId,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        action: trust::Action,
+    ) -> bool {
+        if is_legacy(id) {
+            return action != trust::Action::Peer
+                && self.config.legacy_namespace.as_ref() == Some(ns);
+        }
+        trust::allowed(
+            &self.grants,
+            id,
+            ns.as_str(),
+            Some(handle.as_bytes()),
+            action,
+        )
+    }
+
     fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
         let mut ungranted: Vec<PeKey> = self
             .handlespace
@@ -925,13 +975,7 @@ impl Core {
                 let Some(r) = &e.registrant else { return false };
                 // A registrant the grants cannot even parse is not allowed anything.
                 SpiffeId::parse(r.as_str()).map_or(true, |id| {
-                    !trust::allowed(
-                        &self.grants,
-                        &id,
-                        ns.as_str(),
-                        Some(handle.as_bytes()),
-                        trust::Action::Register,
-                    )
+                    !self.permits(&id, ns, handle, trust::Action::Register)
                 })
             })
             .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))

@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
 use asap::client::{self, Connection, pe, pu, session};
+use asap::transport::TransportAddr;
 use asap::wire::param::{
-    Address, Cookie, Namespace, PeId, Policy, PoolHandle, Transport, TransportUse,
+    Address, Cookie, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, EnrpMsg, Framer, limits::MAX_MESSAGE_LEN};
 use clap::{Parser, Subcommand};
@@ -61,9 +62,10 @@ enum Command {
         /// lud:L:D, plu:L:D, rlu:L (loads in percent).
         #[arg(long, default_value = "rr", value_parser = parse_policy)]
         policy: Policy,
-        /// Where to serve (port 0: any free port).
+        /// Where to serve (port 0: any free port): IP:PORT over TLS/TCP, or
+        /// sctp:IP:PORT[+IP:PORT...] over SCTP (a multi-homed PE registers every address).
         #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
+        listen: TransportAddr,
         /// Registration Life in seconds (spec §4.4).
         #[arg(long, default_value_t = 300)]
         registration_life: u64,
@@ -136,14 +138,21 @@ struct Common {
     /// The trust bundle of the local trust domain.
     #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
     ca: PathBuf,
-    /// Registrars (ASAP over TLS), tried in order; repeat the flag or separate with commas.
+    /// Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for
+    /// ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.
     #[arg(
         long = "registrar",
         env = "RSP_REGISTRAR",
         value_delimiter = ',',
         default_value = "127.0.0.1:3864"
     )]
-    registrars: Vec<SocketAddr>,
+    registrars: Vec<TransportAddr>,
+    /// INSECURE, for legacy registrars (RSPLIB's rspregistrar) only: talk to the SCTP
+    /// registrars in plain text, with no authentication of either side, so that anyone
+    /// who answers at their address can swallow registrations and forge resolutions. A
+    /// PE also serves its legacy pool users (rspterminal) in plain text over SCTP.
+    #[arg(long, env = "RSP_INSECURE_LEGACY")]
+    insecure_legacy: bool,
     /// The namespace (default: the identity's default namespace).
     #[arg(long, env = "RSP_NAMESPACE")]
     namespace: Option<String>,
@@ -187,7 +196,7 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
-    registrars: Option<Vec<SocketAddr>>,
+    registrars: Option<Vec<String>>,
     namespace: Option<String>,
 }
 
@@ -223,7 +232,7 @@ impl FileConfig {
     }
 
     /// Fills what `matches` did not get from a flag or the environment.
-    fn apply(self, common: &mut Common, matches: &clap::ArgMatches) {
+    fn apply(self, common: &mut Common, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         use clap::parser::ValueSource;
         let unset = |id: &str| {
             !matches!(
@@ -241,11 +250,18 @@ impl FileConfig {
             common.ca = v;
         }
         if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
-            common.registrars = v;
+            common.registrars = v
+                .iter()
+                .map(|r| {
+                    r.parse()
+                        .map_err(|e| anyhow::anyhow!("the config file's registrar {r:?}: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
         }
         if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
             common.namespace = Some(v);
         }
+        Ok(())
     }
 }
 
@@ -270,7 +286,7 @@ fn parse_cli() -> anyhow::Result<Cli> {
     if let Some(path) = &cli.config {
         let file = FileConfig::load(path)?;
         if let (Some(common), Some((_, sub))) = (cli.command.common_mut(), matches.subcommand()) {
-            file.apply(common, sub);
+            file.apply(common, sub)?;
         }
     }
     Ok(cli)
@@ -440,7 +456,7 @@ struct PeArgs {
     pool: String,
     service: services::Service,
     policy: Policy,
-    listen: SocketAddr,
+    listen: TransportAddr,
     registration_life: u64,
     sessions: Option<services::Sessions>,
     capacity: Option<std::num::NonZeroUsize>,
@@ -460,28 +476,70 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     } = pe;
     let trust = common.trust()?;
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let local = listener.local_addr()?;
-    let port = std::num::NonZeroU16::new(local.port()).context("the listener has no port")?;
+    // Spec §7.8: cookies flow only on channels registered as data plus control; that is
+    // also how a PU knows to speak the §12.7 framing to this PE.
+    let transport_use = if service.has_sessions() {
+        TransportUse::DataPlusControl
+    } else {
+        TransportUse::DataOnly
+    };
+    let (listener, user_transport, local) = match &listen {
+        TransportAddr::Tcp(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("listening on {at}"))?;
+            let local = l.local_addr()?;
+            let port =
+                std::num::NonZeroU16::new(local.port()).context("the listener has no port")?;
+            let t = Transport::Tcp {
+                port,
+                transport_use,
+                addr: Address::new(local.ip()),
+            };
+            (services::PeListener::Tcp(l), t, listen.to_string())
+        }
+        TransportAddr::Sctp(at) => {
+            if service.has_sessions() {
+                bail!("--serve counter runs over TCP only");
+            }
+            let l = asap::transport::sctp::SctpListener::bind(at)
+                .with_context(|| format!("listening on {listen}"))?;
+            let bound = l.local().clone();
+            let port =
+                std::num::NonZeroU16::new(bound.port()).context("the listener has no port")?;
+            let addrs = SctpAddresses::new(bound.addrs().iter().map(|a| Address::new(a.ip())))
+                .context("1 to 16 addresses")?;
+            let t = Transport::Sctp {
+                port,
+                transport_use,
+                addrs,
+            };
+            let plain = common.insecure_legacy;
+            (
+                services::PeListener::Sctp { listener: l, plain },
+                t,
+                TransportAddr::Sctp(bound).to_string(),
+            )
+        }
+    };
+    if common.insecure_legacy {
+        eprintln!(
+            "warning: --insecure-legacy: registering in plain text, unauthenticated{}",
+            if matches!(listen, TransportAddr::Sctp(_)) {
+                ", and serving pool users in plain text"
+            } else {
+                ""
+            }
+        );
+    }
     let config = pe::PeConfig {
         registrars: common.registrars.clone(),
+        insecure_legacy: common.insecure_legacy,
         namespace: common.namespace()?,
         pool_handle: pool_handle(&pool)?,
         pe_id: random_pe_id()?,
         policy,
-        user_transport: Transport::Tcp {
-            port,
-            // Spec §7.8: cookies flow only on channels registered as data plus control;
-            // that is also how a PU knows to speak the §12.7 framing to this PE.
-            transport_use: if service.has_sessions() {
-                TransportUse::DataPlusControl
-            } else {
-                TransportUse::DataOnly
-            },
-            addr: Address::new(local.ip()),
-        },
+        user_transport,
         registration_life: Duration::from_secs(registration_life),
         liveness: Duration::from_secs(15),
         load,
@@ -528,7 +586,8 @@ async fn run_resolve(
     common: Common,
 ) -> anyhow::Result<()> {
     let trust = common.trust()?;
-    let (mut conn, _) = Connection::hunt(&trust, &common.registrars, 0).await?;
+    let (mut conn, _) =
+        Connection::hunt(&trust, &common.registrars, 0, common.insecure_legacy).await?;
     let resolved = pu::resolve(&mut conn, common.namespace()?, &pool_handle(&pool)?, items)
         .await
         .with_context(|| format!("resolving {pool}"))?;
@@ -540,6 +599,16 @@ async fn run_resolve(
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let registrant = e.registrant.as_ref().map_or("", |r| r.as_str());
+        let all: Vec<String> = t
+            .addresses()
+            .iter()
+            .map(|a| json_string(&a.ip().to_string()))
+            .collect();
+        let kind = match t {
+            Transport::Sctp { .. } => "sctp",
+            Transport::Tcp { .. } => "tcp",
+            _ => "other",
+        };
         let policy = e
             .pool_element
             .policy
@@ -548,15 +617,21 @@ async fn run_resolve(
             .unwrap_or("unknown");
         if json {
             println!(
-                "{{\"pe_id\":{},\"address\":\"{addr}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{}}}",
+                "{{\"pe_id\":{},\"address\":\"{addr}\",\"addresses\":[{}],\"transport\":\"{kind}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{}}}",
                 e.pool_element.pe_id.get(),
+                all.join(","),
                 t.port(),
                 e.pool_element.home_server_id,
                 json_string(registrant),
             );
         } else {
+            let extra = if all.len() > 1 || kind == "sctp" {
+                format!(" over {kind} (addresses {})", all.join(" "))
+            } else {
+                String::new()
+            };
             println!(
-                "PE {} at {addr}:{} policy {policy} registrant {registrant}",
+                "PE {} at {addr}:{}{extra} policy {policy} registrant {registrant}",
                 e.pool_element.pe_id,
                 t.port()
             );
@@ -589,6 +664,7 @@ enum PeChannel {
 fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Result<PoolUser> {
     let mut config = pu::PuConfig::new(common.registrars.clone(), pool_handle(pool)?);
     config.namespace = common.namespace()?;
+    config.insecure_legacy = common.insecure_legacy;
     Ok(PoolUser::new(trust, config))
 }
 
@@ -614,7 +690,7 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("no PE of {pool} is reachable"))?;
                 let pe_id = e.pool_element.pe_id;
-                match connect_pe(&trust, &e, cookie.as_ref()).await {
+                match connect_pe(&trust, &e, cookie.as_ref(), common.insecure_legacy).await {
                     Ok(c) => {
                         eprintln!("using PE {pe_id}");
                         current = Some((pe_id, c));
@@ -685,14 +761,31 @@ async fn connect_pe(
     trust: &TrustStore,
     e: &asap::wire::PeEntry,
     cookie: Option<&Cookie>,
+    insecure_legacy: bool,
 ) -> anyhow::Result<PeChannel> {
+    let transport = &e.pool_element.user_transport;
+    // A legacy PE (registered through a legacy listener, or known from a legacy
+    // registrar, which names no registrant) has no certificate: plain SCTP, and only
+    // when asked for.
+    let legacy = e
+        .registrant
+        .as_ref()
+        .is_none_or(|r| r.as_str().starts_with("spiffe://legacy.invalid/"));
+    if legacy && matches!(transport, Transport::Sctp { .. }) {
+        if !insecure_legacy {
+            bail!("a legacy PE (no certificate): reaching it needs --insecure-legacy");
+        }
+        return Ok(PeChannel::Line(
+            services::Line::connect(transport, None).await?,
+        ));
+    }
     let (config, addr) = pe_target(trust, e)?;
-    Ok(match e.pool_element.user_transport.transport_use() {
-        Some(TransportUse::DataPlusControl) => {
+    Ok(match transport.transport_use() {
+        Some(TransportUse::DataPlusControl) if !matches!(transport, Transport::Sctp { .. }) => {
             PeChannel::Session(services::SessionChannel::connect(config, addr, cookie).await?)
         }
-        // Data only, or a transport without the field (SCTP): plain lines.
-        _ => PeChannel::Line(services::Line::connect(config, addr).await?),
+        // Data only, or over SCTP: plain lines.
+        _ => PeChannel::Line(services::Line::connect(transport, Some(config)).await?),
     })
 }
 

@@ -106,24 +106,32 @@ impl Drop for SessionGuard {
 /// Accepts TLS clients (any identity of a trusted domain: PUs present certificates too)
 /// and serves each on its own task; each counts towards `meter` while it lasts.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: PeListener,
     trust: Arc<TrustStore>,
     service: Service,
     sessions: Option<Arc<Sessions>>,
     meter: Option<Arc<LoadMeter>>,
 ) {
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else {
+        let Ok((stream, addr, plain)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let _ = tcp.set_nodelay(true);
+        if plain {
+            // Legacy pool users (RSPLIB's rspterminal): no TLS, no sessions.
+            let meter = meter.clone();
+            tokio::spawn(async move {
+                let _open = meter.as_ref().map(LoadMeter::open);
+                let _ = run(service, stream).await;
+            });
+            continue;
+        }
         let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
         let sessions = sessions.clone();
         let meter = meter.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
             else {
                 eprintln!("TLS handshake with {addr} failed");
                 return;
@@ -201,7 +209,7 @@ fn asap_error(cause: ErrorCause) -> AsapMsg {
 
 /// The `counter` session (PE side): data frames are requests; Cookie Echo restores the
 /// count; a cookie that does not open is refused with ASAP_ERROR and changes nothing.
-async fn counter(tls: TlsStream<TcpStream>, sessions: &Sessions) -> anyhow::Result<()> {
+async fn counter(tls: TlsStream<Box<dyn Stream>>, sessions: &Sessions) -> anyhow::Result<()> {
     let pu = Peer::from_tls(tls.get_ref().1)?.id().as_str().to_owned();
     let binding = Binding {
         pool_handle: &sessions.pool_handle,
@@ -288,6 +296,90 @@ fn daytime() -> String {
     )
 }
 
+/// A connection's bytes, whatever carries them.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The PPID of the demo services' data over SCTP: 0 (unspecified), as RSPLIB's
+/// rspserver and rspterminal use; ASAP control messages (PPID 11) never travel on it here.
+pub(crate) const PPID_SERVICE: u32 = 0;
+
+/// Where a PE serves its demo service.
+pub(crate) enum PeListener {
+    /// TLS over TCP.
+    Tcp(TcpListener),
+    /// Over SCTP: TLS, or with `plain`, nothing (for legacy pool users).
+    Sctp {
+        listener: asap::transport::sctp::SctpListener,
+        plain: bool,
+    },
+}
+
+impl PeListener {
+    /// The next client's stream, address, and whether it is plain (no TLS).
+    async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, SocketAddr, bool)> {
+        use asap::transport::sctp::Framing;
+        match self {
+            Self::Tcp(l) => {
+                let (tcp, addr) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((Box::new(tcp), addr, false))
+            }
+            Self::Sctp { listener, plain } => {
+                let (conn, addr) = listener.accept(PPID_SERVICE, Framing::Stream).await?;
+                Ok((Box::new(conn), addr, *plain))
+            }
+        }
+    }
+}
+
+/// A stream to a PE at `transport`'s first address: TLS with `config` (which checks the
+/// PE's identity), or with `None`, plain (legacy PEs over SCTP only).
+pub(crate) async fn connect_pe_stream(
+    transport: &asap::wire::param::Transport,
+    config: Option<Arc<ClientConfig>>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    use asap::transport::sctp::{Framing, SctpConnection};
+    use asap::transport::{Endpoint, TransportAddr};
+    use asap::wire::param::Transport;
+    let port = transport.port().get();
+    let addrs: Vec<SocketAddr> = transport
+        .addresses()
+        .iter()
+        .map(|a| SocketAddr::new(a.ip(), port))
+        .collect();
+    let first = *addrs.first().context("the PE has no address")?;
+    match (transport, config) {
+        (Transport::Tcp { .. }, Some(config)) => Ok(Box::new(connect_tls(config, first).await?)),
+        (Transport::Sctp { .. }, config) => {
+            // All of a multi-homed PE's addresses: the association survives losing one.
+            let to = Endpoint::new(addrs).unwrap_or_else(|_| Endpoint::single(first));
+            let conn = tokio::time::timeout(
+                Duration::from_secs(5),
+                SctpConnection::connect(&to, PPID_SERVICE, Framing::Stream),
+            )
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connecting to {}", TransportAddr::Sctp(to.clone())))?;
+            let Some(config) = config else {
+                return Ok(Box::new(conn));
+            };
+            let tls = tokio::time::timeout(
+                Duration::from_secs(10),
+                TlsConnector::from(config).connect(ServerName::IpAddress(first.ip().into()), conn),
+            )
+            .await
+            .context("TLS handshake with the PE timed out")?
+            .context("TLS handshake with the PE")?;
+            Ok(Box::new(tls))
+        }
+        (Transport::Tcp { .. }, None) => {
+            anyhow::bail!("plaintext to a PE is for legacy PEs over SCTP only")
+        }
+        _ => anyhow::bail!("the PE's transport is neither TCP nor SCTP"),
+    }
+}
+
 /// A TLS session with a PE; `config` checks the PE's identity.
 pub(crate) async fn connect_tls(
     config: Arc<ClientConfig>,
@@ -309,19 +401,20 @@ pub(crate) async fn connect_tls(
     .context("TLS handshake with the PE")
 }
 
-/// A line-oriented TLS session with a PE.
+/// A line-oriented session with a PE (TLS, or plain to a legacy PE).
 pub(crate) struct Line {
-    reader: BufReader<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>>,
-    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    reader: BufReader<tokio::io::ReadHalf<Box<dyn Stream>>>,
+    writer: tokio::io::WriteHalf<Box<dyn Stream>>,
 }
 
 impl Line {
-    /// Connects with `config`, which checks the PE's identity.
+    /// Connects to `transport` with `config`, which checks the PE's identity (`None`:
+    /// plain, legacy PEs over SCTP only).
     pub(crate) async fn connect(
-        config: Arc<ClientConfig>,
-        addr: SocketAddr,
+        transport: &asap::wire::param::Transport,
+        config: Option<Arc<ClientConfig>>,
     ) -> anyhow::Result<Self> {
-        let (r, w) = tokio::io::split(connect_tls(config, addr).await?);
+        let (r, w) = tokio::io::split(connect_pe_stream(transport, config).await?);
         Ok(Self {
             reader: BufReader::new(r),
             writer: w,

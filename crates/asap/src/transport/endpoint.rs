@@ -1,0 +1,184 @@
+//! SCTP endpoints as configured: one port, one or more addresses (multi-homing). Plain
+//! data, available without the `sctp` feature so that configuration parses (and says
+//! "built without SCTP") everywhere.
+
+use std::net::SocketAddr;
+
+/// Most addresses of one multi-homed endpoint (spec §3.5: an SCTP transport parameter
+/// lists at most [`MAX_SCTP_ADDRESSES`](crate::wire::limits::MAX_SCTP_ADDRESSES)).
+pub const MAX_ENDPOINT_ADDRESSES: usize = crate::wire::limits::MAX_SCTP_ADDRESSES;
+
+/// An SCTP endpoint's addresses, all on one port (spec §4.3: one port, 1 to 16 addresses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint(Vec<SocketAddr>);
+
+/// Why an endpoint's text was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// An address does not parse.
+    #[error("{0:?} is not an address (IP:PORT, [IPv6]:PORT)")]
+    Address(String),
+    /// None, or more than [`MAX_ENDPOINT_ADDRESSES`].
+    #[error("an SCTP endpoint has 1 to {MAX_ENDPOINT_ADDRESSES} addresses")]
+    Count,
+    /// The addresses name different ports.
+    #[error("all addresses of an SCTP endpoint share one port")]
+    Ports,
+    /// IPv4 and IPv6 mixed, or several IPv6 addresses (only IPv4 endpoints may be
+    /// multi-homed here: `sctp_bindx` through `tokio-sctp` takes IPv4 socket addresses).
+    #[error("a multi-homed SCTP endpoint takes IPv4 addresses only")]
+    Family,
+}
+
+impl Endpoint {
+    /// One address.
+    pub fn single(addr: SocketAddr) -> Self {
+        Self(vec![addr])
+    }
+
+    /// Several addresses of one endpoint; all share one port, and more than one only for
+    /// IPv4.
+    pub fn new(addrs: Vec<SocketAddr>) -> Result<Self, EndpointError> {
+        if addrs.is_empty() || addrs.len() > MAX_ENDPOINT_ADDRESSES {
+            return Err(EndpointError::Count);
+        }
+        if addrs.iter().any(|a| a.port() != addrs[0].port()) {
+            return Err(EndpointError::Ports);
+        }
+        if addrs.len() > 1 && addrs.iter().any(SocketAddr::is_ipv6) {
+            return Err(EndpointError::Family);
+        }
+        Ok(Self(addrs))
+    }
+
+    /// `ADDR[+ADDR...]`, e.g. `127.0.0.1:3864+192.0.2.1:3864`.
+    pub fn parse(text: &str) -> Result<Self, EndpointError> {
+        let addrs = text
+            .split('+')
+            .map(|a| {
+                a.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| EndpointError::Address(a.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(addrs)
+    }
+
+    /// The addresses, the primary first.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0
+    }
+
+    /// The port they share.
+    pub fn port(&self) -> u16 {
+        self.0[0].port()
+    }
+
+    /// The same addresses on another port.
+    pub fn with_port(&self, port: u16) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a registrar, a peer or a PE is reached: TLS over TCP (`HOST:PORT`, the default)
+/// or over SCTP (`sctp:ADDR[+ADDR...]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportAddr {
+    /// TLS over TCP.
+    Tcp(SocketAddr),
+    /// Over SCTP, to a possibly multi-homed endpoint.
+    Sctp(Endpoint),
+}
+
+impl TransportAddr {
+    /// The primary address.
+    pub fn primary(&self) -> SocketAddr {
+        match self {
+            Self::Tcp(a) => *a,
+            Self::Sctp(e) => e.addrs()[0],
+        }
+    }
+}
+
+impl From<SocketAddr> for TransportAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self::Tcp(a)
+    }
+}
+
+impl std::str::FromStr for TransportAddr {
+    type Err = EndpointError;
+
+    /// `IP:PORT` (TCP) or `sctp:IP:PORT[+IP:PORT...]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("sctp:") {
+            Some(rest) => Endpoint::parse(rest).map(Self::Sctp),
+            None => s
+                .trim()
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|_| EndpointError::Address(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for TransportAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Sctp(e) => write!(f, "sctp:{e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_and_refuse() {
+        let e = Endpoint::parse("127.0.0.1:3864+192.0.2.1:3864").expect("two");
+        assert_eq!(e.addrs().len(), 2);
+        assert_eq!(e.port(), 3864);
+        assert_eq!(e.to_string(), "127.0.0.1:3864+192.0.2.1:3864");
+        assert_eq!(Endpoint::parse("[::1]:3864").expect("v6").port(), 3864);
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:1+192.0.2.1:2"),
+            Err(EndpointError::Ports)
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:1+[::1]:1"),
+            Err(EndpointError::Family)
+        );
+        assert!(matches!(
+            Endpoint::parse("localhost:1"),
+            Err(EndpointError::Address(_))
+        ));
+        let many = vec!["127.0.0.1:1"; MAX_ENDPOINT_ADDRESSES + 1].join("+");
+        assert_eq!(Endpoint::parse(&many), Err(EndpointError::Count));
+        let t: TransportAddr = "sctp:127.0.0.1:3864+192.0.2.1:3864".parse().expect("sctp");
+        assert_eq!(t.to_string(), "sctp:127.0.0.1:3864+192.0.2.1:3864");
+        assert_eq!(t.primary(), "127.0.0.1:3864".parse().expect("addr"));
+        let t: TransportAddr = "[::1]:3864".parse().expect("tcp");
+        assert!(matches!(t, TransportAddr::Tcp(_)));
+        assert!("sctp:".parse::<TransportAddr>().is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The daemon's listeners and dials over either transport: TLS over TCP, and with the
+//! `sctp` feature, TLS over SCTP (PPIDs 11/12) and plain SCTP for legacy peers. Everything
+//! past this file sees one boxed byte stream.
+
+use std::io;
+use std::net::SocketAddr;
+
+use ::asap::transport::{Endpoint, TransportAddr};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use trust::Protocol;
+
+/// A connection's bytes, whatever carries them.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub(super) type BoxStream = Box<dyn Stream>;
+
+/// How the bytes of a connection are protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Security {
+    /// Mutual TLS (every listener but the legacy ones).
+    Tls,
+    /// None: RSPLIB and other legacy peers (plain SCTP, one message per SCTP message).
+    Plain,
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub(super) enum Listener {
+    Tcp(TcpListener),
+    #[cfg(feature = "sctp")]
+    Sctp {
+        listener: ::asap::transport::sctp::SctpListener,
+        ppid: u32,
+        framing: ::asap::transport::sctp::Framing,
+    },
+}
+
+/// SCTP was asked for but this build or this kernel has none.
+fn no_sctp() -> io::Error {
+    #[cfg(feature = "sctp")]
+    let why = ::asap::transport::sctp::UNAVAILABLE;
+    #[cfg(not(feature = "sctp"))]
+    let why = "this enrpd was built without the `sctp` feature";
+    io::Error::new(io::ErrorKind::Unsupported, why)
+}
+
+/// Whether SCTP can be used here: built in and the kernel has it.
+pub(super) fn sctp_available() -> bool {
+    #[cfg(feature = "sctp")]
+    return ::asap::transport::sctp::available();
+    #[cfg(not(feature = "sctp"))]
+    false
+}
+
+fn ppid(protocol: Protocol) -> u32 {
+    match protocol {
+        Protocol::Asap => 11,
+        Protocol::Enrp => 12,
+    }
+}
+
+impl Listener {
+    /// Binds `at` for `protocol`.
+    pub(super) async fn bind(
+        at: &TransportAddr,
+        protocol: Protocol,
+        security: Security,
+    ) -> io::Result<Self> {
+        match at {
+            TransportAddr::Tcp(addr) => {
+                if security == Security::Plain {
+                    // Plaintext exists only for legacy SCTP peers (ARCHITECTURE.md §4).
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a plaintext listener must be SCTP",
+                    ));
+                }
+                Ok(Self::Tcp(TcpListener::bind(addr).await?))
+            }
+            TransportAddr::Sctp(endpoint) => Self::bind_sctp(endpoint, protocol, security),
+        }
+    }
+
+    #[cfg(feature = "sctp")]
+    fn bind_sctp(endpoint: &Endpoint, protocol: Protocol, security: Security) -> io::Result<Self> {
+        use ::asap::transport::sctp::{Framing, SctpListener};
+        if !sctp_available() {
+            return Err(no_sctp());
+        }
+        Ok(Self::Sctp {
+            listener: SctpListener::bind(endpoint)?,
+            ppid: ppid(protocol),
+            framing: match security {
+                Security::Tls => Framing::Stream,
+                Security::Plain => Framing::Messages,
+            },
+        })
+    }
+
+    #[cfg(not(feature = "sctp"))]
+    fn bind_sctp(_: &Endpoint, protocol: Protocol, _: Security) -> io::Result<Self> {
+        let _ = ppid(protocol);
+        Err(no_sctp())
+    }
+
+    /// Where it listens, with the real port.
+    pub(super) fn local(&self) -> io::Result<TransportAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr().map(TransportAddr::Tcp),
+            #[cfg(feature = "sctp")]
+            Self::Sctp { listener, .. } => Ok(TransportAddr::Sctp(listener.local().clone())),
+        }
+    }
+
+    /// The next connection.
+    pub(super) async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)> {
+        match self {
+            Self::Tcp(l) => {
+                let (tcp, addr) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((Box::new(tcp), addr))
+            }
+            #[cfg(feature = "sctp")]
+            Self::Sctp {
+                listener,
+                ppid,
+                framing,
+            } => {
+                let (conn, addr) = listener.accept(*ppid, *framing).await?;
+                Ok((Box::new(conn), addr))
+            }
+        }
+    }
+}
+
+/// Opens a connection to `to` for `protocol` (TLS comes on top, from the caller).
+/// Returns the stream and the peer's address.
+pub(super) async fn dial(
+    to: &TransportAddr,
+    protocol: Protocol,
+) -> io::Result<(BoxStream, SocketAddr)> {
+    match to {
+        TransportAddr::Tcp(addr) => {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let peer = tcp.peer_addr()?;
+            Ok((Box::new(tcp), peer))
+        }
+        #[cfg(feature = "sctp")]
+        TransportAddr::Sctp(endpoint) => {
+            use ::asap::transport::sctp::{Framing, SctpConnection};
+            if !sctp_available() {
+                return Err(no_sctp());
+            }
+            let conn = SctpConnection::connect(endpoint, ppid(protocol), Framing::Stream).await?;
+            let peer = conn.peer_addr();
+            Ok((Box::new(conn), peer))
+        }
+        #[cfg(not(feature = "sctp"))]
+        TransportAddr::Sctp(_) => {
+            let _ = ppid(protocol);
+            Err(no_sctp())
+        }
+    }
+}

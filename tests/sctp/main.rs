@@ -1,0 +1,498 @@
+//! SCTP end to end (issue 8), with the real binaries and, for interoperation, RSPLIB's
+//! (Debian's `rsplib-registrar` and `rsplib-tools`): rsp over TLS/SCTP, two `enrpd`s
+//! peering over ENRP/TLS/SCTP, a multi-homed PE, RSPLIB's `rspserver` and `rspterminal`
+//! through `enrpd`'s legacy listener, and `rsp pe` registered with `rspregistrar`.
+//!
+//! These machines' kernels have no SCTP: CI runs this binary inside a qemu guest that has
+//! (`ci/sctp-lab/test test -p rsp-e2e --test sctp`). Where SCTP is missing, every test
+//! says so and passes without running; RSPLIB tests likewise without RSPLIB. With
+//! `RSP_REQUIRE_SCTP=1` (set by the guest harness) a missing SCTP fails instead.
+//!
+//! RSPLIB's PEs leave loopback addresses out of what they register, so the guest has
+//! 192.0.2.1 on `lo`, and RSPLIB programs are pointed at it.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Wall-clock deadlines for waiting on real processes (this is a driver, not a core).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// The documentation address the guest adds to `lo` (RSPLIB needs a non-loopback one).
+const DOC_ADDR: &str = "192.0.2.1";
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Whether SCTP (and the documentation address) is here; says why not otherwise.
+fn sctp_here() -> bool {
+    let ok = asap::transport::sctp::available() && std::net::UdpSocket::bind((DOC_ADDR, 0)).is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("RSP_REQUIRE_SCTP").is_none(),
+            "RSP_REQUIRE_SCTP is set but this host has no SCTP or no {DOC_ADDR}"
+        );
+        eprintln!(
+            "skipped: no kernel SCTP (or no {DOC_ADDR} on lo) here; run it in the guest: ci/sctp-lab/test test -p rsp-e2e --test sctp"
+        );
+    }
+    ok
+}
+
+fn rsplib_here() -> bool {
+    let ok = Command::new("rspregistrar")
+        .arg("-help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("RSP_REQUIRE_SCTP").is_none(),
+            "RSP_REQUIRE_SCTP is set but RSPLIB (rsplib-registrar, rsplib-tools) is missing"
+        );
+        eprintln!("skipped: RSPLIB is not installed (apt install rsplib-registrar rsplib-tools)");
+    }
+    ok
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A child killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A PKI and registrar data directories in a temporary directory.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+/// A running `enrpd` and where it serves.
+struct Registrar {
+    _proc: Proc,
+    /// The "serving" line it printed.
+    line: String,
+    admin: String,
+}
+
+impl Registrar {
+    /// The SCTP endpoint printed after `what` ("ASAP over TLS/SCTP on sctp:…").
+    fn sctp(&self, what: &str) -> String {
+        let at = self
+            .line
+            .split(", ")
+            .find_map(|part| part.strip_prefix(&format!("{what} on ")))
+            .unwrap_or_else(|| panic!("no {what} in {:?}", self.line));
+        at.trim().to_owned()
+    }
+}
+
+impl Lab {
+    fn new() -> Self {
+        let lab = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        lab.pki(&["init", "--trust-domain", "acme.test"]);
+        lab.pki(&["issue", "pe", "echo-1"]);
+        lab.pki(&["issue", "pu", "client-1"]);
+        lab
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn pki(&self, args: &[&str]) {
+        run_ok(
+            Command::new(bin("rsp-pki"))
+                .arg("--dir")
+                .arg(self.path("pki"))
+                .args(args),
+        );
+    }
+
+    /// A registrar certificate and `enrpd init` into `data`; returns the admin token.
+    fn init(&self, name: &str, data: &str) -> String {
+        self.pki(&["issue", "registrar", name, "--ip", "127.0.0.1"]);
+        let out = run_ok(
+            Command::new(bin("enrpd"))
+                .arg("init")
+                .arg("--pki")
+                .arg(self.path("pki"))
+                .args(["--name", name, "--data"])
+                .arg(self.path(data)),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("rsp_"))
+            .expect("enrpd init prints the admin token")
+            .to_owned()
+    }
+
+    /// `enrpd run` on `data` with SCTP on, everything on free loopback ports, and `extra`.
+    fn start(&self, data: &str, extra: &[&str]) -> Registrar {
+        let mut child = Command::new(bin("enrpd"))
+            .arg("run")
+            .arg("--data")
+            .arg(self.path(data))
+            .args(["--sctp", "on", "--allow-loopback"])
+            .args([
+                "--asap-listen",
+                "127.0.0.1:0",
+                "--enrp-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("ENRPD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn enrpd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("enrpd prints where it serves");
+        let admin = line
+            .split_once("https://")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no admin API in {line:?}"))
+            .trim()
+            .to_owned();
+        Registrar {
+            _proc: Proc(child),
+            line,
+            admin,
+        }
+    }
+
+    /// `rsp …` with this lab's CA.
+    fn rsp(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("rsp"));
+        cmd.args(args)
+            .arg("--ca")
+            .arg(self.path("pki/ca.pem"))
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// A namespace through the admin API, with curl as an operator would.
+    fn create_namespace(&self, registrar: &Registrar, token: &str, name: &str) {
+        run_ok(
+            Command::new("curl")
+                .args(["-sf", "--cacert"])
+                .arg(self.path("pki/ca.pem"))
+                .args(["-H", &format!("Authorization: Bearer {token}")])
+                .args(["-H", "Content-Type: application/json", "-X", "POST"])
+                .arg(format!("https://{}/v1/namespaces", registrar.admin))
+                .args(["-d", &format!("{{\"name\":\"{name}\"}}")]),
+        );
+    }
+}
+
+/// Runs `make` until `check` accepts its standard output, for at most `limit`.
+fn eventually(
+    limit: Duration,
+    what: &str,
+    mut make: impl FnMut() -> Command,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let start = now();
+    loop {
+        let out = make().output().expect("spawn");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&text) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; last output: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Sends `line` on standard input to `cmd` and returns its standard output.
+fn with_input(mut cmd: Command, line: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// rsp over TLS/SCTP: a multi-homed PE registers at A with both its addresses, B learns
+/// it over ENRP/TLS/SCTP, and a PU resolving at B exchanges data with the PE.
+#[test]
+fn rsp_over_tls_sctp_with_a_multi_homed_pe_and_enrp_peering() {
+    if !sctp_here() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.init("enrp-1", "a");
+    lab.init("enrp-2", "b");
+    let a = lab.start("a", &[]);
+    let a_enrp = a.sctp("ENRP over TLS/SCTP");
+    let b = lab.start("b", &["--peer", &a_enrp]);
+    let (a_asap, b_asap) = (a.sctp("ASAP over TLS/SCTP"), b.sctp("ASAP over TLS/SCTP"));
+    let listen = format!("sctp:127.0.0.1:0+{DOC_ADDR}:0");
+    let _pe = spawn(lab.rsp(&["pe", "--pool", "echo", "--serve", "echo"]).args([
+        "--cert",
+        "pki/pe-echo-1.pem",
+        "--registrar",
+        &a_asap,
+        "--listen",
+        &listen,
+    ]));
+    let resolved = eventually(
+        Duration::from_secs(60),
+        "the PE resolved at B with both addresses",
+        || {
+            let mut c = lab.rsp(&["resolve", "echo", "--json", "--cert", "pki/pu-client-1.pem"]);
+            c.args(["--registrar", &b_asap]);
+            c
+        },
+        |out| {
+            out.contains("\"transport\":\"sctp\"")
+                && out.contains(DOC_ADDR)
+                && out.contains("\"127.0.0.1\"")
+        },
+    );
+    println!("resolved at B over TLS/SCTP: {}", resolved.trim());
+    let mut pu = lab.rsp(&["pu", "echo", "--cert", "pki/pu-client-1.pem"]);
+    pu.args(["--registrar", &b_asap]);
+    let out = with_input(pu, "hello over sctp");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello over sctp",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// RSPLIB's `rspserver -echo` registers with `enrpd`'s legacy listener (and cannot without
+/// it); `rspterminal` and `rsp pu --insecure-legacy` reach it through `enrpd`.
+#[test]
+fn rsplib_pe_and_pus_through_the_legacy_listener() {
+    if !sctp_here() || !rsplib_here() {
+        return;
+    }
+    let lab = Lab::new();
+    let token = lab.init("enrp-1", "a");
+    let a = lab.start("a", &[]);
+    lab.create_namespace(&a, &token, "rsplib");
+    // Without the legacy listener, RSPLIB has nowhere to register: the TLS/SCTP port does
+    // not speak plain ASAP.
+    let tls_asap = a.sctp("ASAP over TLS/SCTP");
+    let port = tls_asap.rsplit(':').next().expect("port").to_owned();
+    let refused = Command::new("timeout")
+        .args([
+            "8",
+            "rspserver",
+            "-echo",
+            "-poolhandle=EchoPool",
+            "-asapannounce=off",
+        ])
+        .arg(format!("-registrar=127.0.0.1:{port}"))
+        .output()
+        .expect("spawn rspserver");
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("Registration failed") || !refused.status.success(),
+        "rspserver registered without a legacy listener: {text}"
+    );
+    drop(a);
+    let legacy = format!("127.0.0.1:3863+{DOC_ADDR}:3863");
+    let a = lab.start(
+        "a",
+        &[
+            "--legacy-asap-listen",
+            &legacy,
+            "--legacy-namespace",
+            "rsplib",
+        ],
+    );
+    assert!(
+        a.line.contains("legacy ASAP (plain SCTP) on sctp:"),
+        "{}",
+        a.line
+    );
+    let _server = spawn(Command::new("rspserver").args([
+        "-echo",
+        "-poolhandle=EchoPool",
+        &format!("-registrar={DOC_ADDR}:3863"),
+        "-asapannounce=off",
+    ]));
+    let registrar = format!("sctp:{DOC_ADDR}:3863");
+    // rsp pu, plain text to the legacy listener and to the RSPLIB PE, loudly asked for;
+    // retried until rspserver has registered.
+    let started = now();
+    loop {
+        let mut c = lab.rsp(&[
+            "pu",
+            "EchoPool",
+            "--insecure-legacy",
+            "--cert",
+            "pki/pu-client-1.pem",
+        ]);
+        c.args(["--registrar", &registrar]);
+        let out = with_input(c, "hello rspserver");
+        if String::from_utf8_lossy(&out.stdout).trim() == "hello rspserver" {
+            println!("rsp pu got rspserver's echo after {:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rsp pu never got rspserver's echo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Without --insecure-legacy, no plaintext: the registrar connection is TLS and fails.
+    let out = with_input(
+        {
+            let mut c = lab.rsp(&["pu", "EchoPool", "--cert", "pki/pu-client-1.pem"]);
+            c.args(["--registrar", &registrar]);
+            c
+        },
+        "must not pass",
+    );
+    assert!(
+        !out.status.success(),
+        "a PU without --insecure-legacy got through"
+    );
+    // RSPLIB's own pool user.
+    let out = with_input(
+        {
+            let mut c = Command::new("timeout");
+            c.args([
+                "8",
+                "rspterminal",
+                "-poolhandle=EchoPool",
+                "-asapannounce=off",
+            ])
+            .arg(format!("-registrar={DOC_ADDR}:3863"));
+            c
+        },
+        "hello from rspterminal",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hello from rspterminal"),
+        "rspterminal: {text}"
+    );
+}
+
+/// `rsp pe --insecure-legacy` registers with RSPLIB's `rspregistrar` and serves
+/// `rspterminal`'s echo in plain SCTP.
+#[test]
+fn rsp_pe_with_rsplibs_registrar() {
+    if !sctp_here() || !rsplib_here() {
+        return;
+    }
+    let lab = Lab::new();
+    let _registrar = spawn(Command::new("rspregistrar").args([
+        &format!("-asap={DOC_ADDR}:3863"),
+        "-enrp=127.0.0.1:9901",
+        "-minaddressscope=loopback",
+        "-asapannounce=off",
+        "-enrpannounce=off",
+    ]));
+    std::thread::sleep(Duration::from_secs(1));
+    let registrar = format!("sctp:{DOC_ADDR}:3863");
+    let listen = format!("sctp:{DOC_ADDR}:0");
+    let _pe = spawn(
+        lab.rsp(&[
+            "pe",
+            "--pool",
+            "EchoPool",
+            "--serve",
+            "echo",
+            "--insecure-legacy",
+        ])
+        .args([
+            "--cert",
+            "pki/pe-echo-1.pem",
+            "--registrar",
+            &registrar,
+            "--listen",
+            &listen,
+        ]),
+    );
+    let start = now();
+    loop {
+        let out = with_input(
+            {
+                let mut c = Command::new("timeout");
+                c.args([
+                    "8",
+                    "rspterminal",
+                    "-poolhandle=EchoPool",
+                    "-asapannounce=off",
+                ])
+                .arg(format!("-registrar={DOC_ADDR}:3863"));
+                c
+            },
+            "hello rsp pe",
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("hello rsp pe") {
+            println!("rspterminal got rsp pe's echo after {:?}", start.elapsed());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rspterminal never got the echo: {text}"
+        );
+    }
+}
