@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust 1.95 (rustup) first" >&2; exit 1; }
 
+# rsp links libsctp (SCTP, the RFCs' transport, used where the kernel has it).
+if [ ! -e /usr/include/netinet/sctp.h ]; then
+  echo "== installing libsctp-dev (apt)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends libsctp-dev
+fi
+
 echo "== building rsp (first build takes a few minutes)"
 cargo build --workspace --bins --quiet
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug"
