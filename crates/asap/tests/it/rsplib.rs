@@ -387,7 +387,9 @@ fn resolution_request_and_responses() {
 fn presence_checksums_match_spec_9_6() {
     // The spec §9.6 sum over the owned PEs (pool handle words, then the PE ID's two
     // words), folded and complemented; computed here independently of any crate code.
-    fn spec_checksum(pes: &[(&[u8], u32)]) -> u16 {
+    /// Owned PEs: (pool handle, PE ID).
+    type Owned<'a> = &'a [(&'a [u8], u32)];
+    fn spec_checksum(pes: Owned<'_>) -> u16 {
         let mut sum: u32 = 0;
         for (handle, id) in pes {
             for w in handle.chunks(2) {
@@ -400,7 +402,7 @@ fn presence_checksums_match_spec_9_6() {
         }
         !(sum as u16)
     }
-    let cases: [(&str, &[(&[u8], u32)]); 3] = [
+    let cases: [(&str, Owned<'_>); 3] = [
         (
             "presence R=0, owner of EchoPool/0xDEADBEEF (checksum f4b3)",
             &[(b"EchoPool", 0xDEAD_BEEF)],
