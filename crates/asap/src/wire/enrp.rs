@@ -113,7 +113,8 @@ pub enum EnrpBody {
     },
     /// 0x05 ENRP_LIST_REQUEST: no parameters (length 12).
     ListRequest,
-    /// 0x06 ENRP_LIST_RESPONSE: Server Information × 0..n.
+    /// 0x06 ENRP_LIST_RESPONSE: Server Information × 0..n. On receipt, entries with
+    /// Server ID 0 (rsplib's peers known only by address) are skipped.
     ListResponse {
         /// R flag: request rejected.
         reject: bool,
@@ -415,6 +416,13 @@ fn read_body(
             for q in r.params() {
                 let q = q?;
                 if q.ty == ParamType::SERVER_INFORMATION {
+                    // rsplib lists peers it knows only by a configured address with
+                    // Server ID 0 (not yet identified). Such an entry names nobody, and
+                    // our peers are configured and authenticated anyway: skip it rather
+                    // than reject the whole list.
+                    if q.value().get(..4) == Some(&[0; 4]) {
+                        continue;
+                    }
                     servers.push(ServerInformation::from_raw(&q, u)?);
                 } else {
                     param::other(&q, u)?;

@@ -821,6 +821,34 @@ fn invalid_field() {
 }
 
 #[test]
+fn list_response_skips_server_id_0_and_presence_still_rejects_it() {
+    // rsplib 3.4.4 lists a peer it knows only by its configured address with Server ID
+    // 0 (captured, crates/asap/tests/it/rsplib.rs): that entry is skipped, the rest kept.
+    let unidentified = "000b0018000000000004001026af000000010008c0000201";
+    let known = "000b0018222222220004001026ae000000010008c0000201";
+    let b = hex(&format!(
+        "0600003c11111111{}{unidentified}{known}",
+        "22222222"
+    ));
+    let d = EnrpMsg::decode(&b).expect("decodes");
+    assert!(d.unrecognized.is_empty());
+    let EnrpBody::ListResponse { reject, servers } = d.msg.body else {
+        panic!("not a list response")
+    };
+    assert!(!reject);
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].server_id, sid(0x2222_2222));
+    // Only the list skips: a Presence naming Server ID 0 as its sender is still invalid.
+    let e = enrp_err(&hex(&format!(
+        "0100002c1111111100000000000f0006ffff0000{unidentified}"
+    )));
+    assert!(
+        matches!(e.kind, DecodeErrorKind::InvalidValue { .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn limits_enforced() {
     // Pool handle of 33 bytes.
     let e = asap_err(&hex(&format!("0500002c00090025{}000000", "41".repeat(33))));
