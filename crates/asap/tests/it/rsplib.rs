@@ -8,7 +8,8 @@
 //! RSPLIB drops loopback addresses from transport parameters it parses.
 //!
 //! Each vector must decode with nothing to report and re-encode to the same bytes: our
-//! parameter order and padding are RSPLIB's for every message RSPLIB sends.
+//! parameter order and padding are RSPLIB's for every message RSPLIB sends. The one
+//! exception is a List Response entry with Server ID 0, which is skipped on receipt.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
