@@ -1,14 +1,17 @@
 //! Conformance vectors from RSPLIB 3.4.4 (the RSerPool reference implementation,
 //! Debian `rsplib-registrar`/`rsplib-tools`), captured on the wire with dumpcap on `lo`
 //! in a qemu guest with kernel SCTP (shared/guides/sctp-lab.md): rspserver ↔
-//! rspregistrar, rspterminal ↔ rspregistrar, three peering rspregistrars with a takeover.
-//! Every message is exactly as RSPLIB sent it (one SCTP user message, PPID 11 = ASAP,
-//! 12 = ENRP). Fixed IDs came from `-identifier=`: registrars 0x11111111, 0x22222222,
-//! 0x33333333, PE 0xDEADBEEF. 192.0.2.1 is a documentation address put on `lo` because
-//! RSPLIB drops loopback addresses from transport parameters it parses.
+//! rspregistrar, rspterminal ↔ rspregistrar, three peering rspregistrars with a takeover,
+//! and rspregistrar's answers to a hand-written SCTP client (PE 0x01020304, peer
+//! registrar 0x44444444). Every message is exactly as RSPLIB sent it (one SCTP user
+//! message, PPID 11 = ASAP, 12 = ENRP). Registrars 0x11111111, 0x22222222, 0x33333333 and
+//! PE 0xDEADBEEF were fixed with `-identifier=`; other IDs are RSPLIB's random ones.
+//! 192.0.2.1 is a documentation address put on `lo` because RSPLIB drops loopback
+//! addresses from the transport parameters it parses.
 //!
 //! Each vector must decode with nothing to report and re-encode to the same bytes: our
-//! parameter order and padding are RSPLIB's for every message RSPLIB sends.
+//! parameter order and padding are RSPLIB's for every message RSPLIB sends. The one
+//! exception is a List Response entry with Server ID 0, which is skipped on receipt.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
