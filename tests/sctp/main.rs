@@ -11,6 +11,8 @@
 //! RSPLIB's PEs leave loopback addresses out of what they register, so the guest has
 //! 192.0.2.1 on `lo`, and RSPLIB programs are pointed at it.
 
+mod capture;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -261,6 +263,20 @@ fn with_input(mut cmd: Command, line: &str) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// RSPLIB's pool user: `line` to a PE of EchoPool found through the registrar at
+/// `DOC_ADDR:3863`; its output (it prints the echo).
+fn rspterminal(line: &str) -> String {
+    let mut c = Command::new("timeout");
+    c.args([
+        "8",
+        "rspterminal",
+        "-poolhandle=EchoPool",
+        "-asapannounce=off",
+    ])
+    .arg(format!("-registrar={DOC_ADDR}:3863"));
+    String::from_utf8_lossy(&with_input(c, line).stdout).into_owned()
+}
+
 fn spawn(cmd: &mut Command) -> Proc {
     Proc(
         cmd.stdout(Stdio::null())
@@ -352,6 +368,9 @@ fn rsplib_pe_and_pus_through_the_legacy_listener() {
         "rspserver registered without a legacy listener: {text}"
     );
     drop(a);
+    // From here on, every PPID 11 message must be plain ASAP (the probe above sent ASAP
+    // into a TLS listener, whose TLS alert tshark rightly calls malformed ASAP).
+    let capture = capture::Capture::start(lab.dir.path());
     let legacy = format!("127.0.0.1:3863+{DOC_ADDR}:3863");
     let a = lab.start(
         "a",
@@ -398,7 +417,29 @@ fn rsplib_pe_and_pus_through_the_legacy_listener() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Without --insecure-legacy, no plaintext: the registrar connection is TLS and fails.
+    // RSPLIB's own pool user.
+    let out = rspterminal("hello from rspterminal");
+    let text = out;
+    assert!(
+        text.contains("hello from rspterminal"),
+        "rspterminal: {text}"
+    );
+    if let Some(c) = capture {
+        let (asap, _) = c.check(
+            &[
+                "Registration",
+                "Registration response",
+                "Handle resolution",
+                "Handle resolution response",
+                "Endpoint keep-alive",
+                "Endpoint keep-alive acknowledgement",
+            ],
+            &[],
+        );
+        println!("tshark decoded {asap} ASAP messages, none malformed");
+    }
+    // Without --insecure-legacy, no plaintext: the registrar connection is TLS and fails
+    // (after the capture: its TLS records with PPID 11 are not ASAP).
     let out = with_input(
         {
             let mut c = lab.rsp(&["pu", "EchoPool", "--cert", "pki/pu-client-1.pem"]);
@@ -411,26 +452,6 @@ fn rsplib_pe_and_pus_through_the_legacy_listener() {
         !out.status.success(),
         "a PU without --insecure-legacy got through"
     );
-    // RSPLIB's own pool user.
-    let out = with_input(
-        {
-            let mut c = Command::new("timeout");
-            c.args([
-                "8",
-                "rspterminal",
-                "-poolhandle=EchoPool",
-                "-asapannounce=off",
-            ])
-            .arg(format!("-registrar={DOC_ADDR}:3863"));
-            c
-        },
-        "hello from rspterminal",
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("hello from rspterminal"),
-        "rspterminal: {text}"
-    );
 }
 
 /// `rsp pe --insecure-legacy` registers with RSPLIB's `rspregistrar` and serves
@@ -441,6 +462,7 @@ fn rsp_pe_with_rsplibs_registrar() {
         return;
     }
     let lab = Lab::new();
+    let capture = capture::Capture::start(lab.dir.path());
     let _registrar = spawn(Command::new("rspregistrar").args([
         &format!("-asap={DOC_ADDR}:3863"),
         "-enrp=127.0.0.1:9901",
@@ -471,21 +493,8 @@ fn rsp_pe_with_rsplibs_registrar() {
     );
     let start = now();
     loop {
-        let out = with_input(
-            {
-                let mut c = Command::new("timeout");
-                c.args([
-                    "8",
-                    "rspterminal",
-                    "-poolhandle=EchoPool",
-                    "-asapannounce=off",
-                ])
-                .arg(format!("-registrar={DOC_ADDR}:3863"));
-                c
-            },
-            "hello rsp pe",
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let out = rspterminal("hello rsp pe");
+        let text = out;
         if text.contains("hello rsp pe") {
             println!("rspterminal got rsp pe's echo after {:?}", start.elapsed());
             break;
@@ -494,5 +503,12 @@ fn rsp_pe_with_rsplibs_registrar() {
             start.elapsed() < Duration::from_secs(60),
             "rspterminal never got the echo: {text}"
         );
+    }
+    if let Some(c) = capture {
+        let (asap, _) = c.check(
+            &["Registration", "Registration response", "Handle resolution"],
+            &[],
+        );
+        println!("tshark decoded {asap} ASAP messages, none malformed");
     }
 }
