@@ -496,7 +496,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
                 transport_use,
                 addr: Address::new(local.ip()),
             };
-            (services::PeListener::Tcp(l), t, listen.to_string())
+            (services::PeListener::Tcp(l), t, local.to_string())
         }
         TransportAddr::Sctp(at) => {
             if service.has_sessions() {
