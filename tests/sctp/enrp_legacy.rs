@@ -1,6 +1,11 @@
 //! `enrpd` and RSPLIB's `rspregistrar` peering over plain ENRP/SCTP (issue 8): each
 //! learns the other's PEs, the checksums agree, each takes over the other's PEs when it
 //! is killed, and without the legacy ENRP listener there is no peering at all.
+//!
+//! Three registrars: `enrpd` and two `rspregistrar`s, all peered. RSPLIB 3.4.4 completes
+//! a takeover only when a live peer acknowledges it, so with `enrpd` as its only peer its
+//! takeover of `enrpd` would just expire; and it never sends TAKEOVER_SERVER, which
+//! `enrpd` does not need (notes/rsplib-wire.md §0.9, §4).
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,8 +14,11 @@ use super::{
     DOC_ADDR, Lab, Proc, Registrar, eventually, now, rsplib_here, sctp_here, spawn, with_input,
 };
 
-/// RSPLIB's Server ID in this test (`rspregistrar -identifier`).
-const RSPLIB_ID: &str = "0x11111111";
+/// The two RSPLIB registrars: Server ID (`rspregistrar -identifier`), ASAP port, ENRP
+/// port. Two, because RSPLIB 3.4.4 completes a takeover only on an acknowledgement: with
+/// enrpd as its only peer, its takeover of enrpd would expire (notes/rsplib-wire.md §4).
+const R1: (&str, u16, u16) = ("0x11111111", 3873, 9911);
+const R2: (&str, u16, u16) = ("0x22222222", 3874, 9912);
 
 /// `curl` GET on the admin API, as an operator would.
 fn admin_get(lab: &Lab, registrar: &Registrar, token: &str, path: &str) -> Command {
@@ -22,18 +30,23 @@ fn admin_get(lab: &Lab, registrar: &Registrar, token: &str, path: &str) -> Comma
     c
 }
 
-/// `rspregistrar` with short peer timers, ENRP on 192.0.2.1:9911 (RSPLIB drops loopback
-/// addresses), peering with `enrpd`'s legacy ENRP listener; its log goes to `log`.
-fn rspregistrar(lab: &Lab, log: &str) -> Proc {
+/// `rspregistrar` `me` with short peer timers, ENRP on 192.0.2.1 (RSPLIB drops loopback
+/// addresses), peering with `enrpd`'s legacy ENRP listener and with `other`; its log goes
+/// to `log`. (`stdbuf` is coreutils'; the guest runs the host's files.)
+fn rspregistrar(lab: &Lab, log: &str, me: (&str, u16, u16), other: (&str, u16, u16)) -> Proc {
     let log = std::fs::File::create(lab.path(log)).expect("log file");
     let err = log.try_clone().expect("log file");
+    let (id, asap, enrp) = me;
     Proc(
-        Command::new("rspregistrar")
+        // Line-buffered, so that the log can be read while it runs.
+        Command::new("stdbuf")
+            .args(["-oL", "-eL", "rspregistrar"])
             .args([
-                &format!("-asap={DOC_ADDR}:3873"),
-                &format!("-enrp={DOC_ADDR}:9911"),
+                &format!("-asap={DOC_ADDR}:{asap}"),
+                &format!("-enrp={DOC_ADDR}:{enrp}"),
                 &format!("-peer={DOC_ADDR}:9901"),
-                &format!("-identifier={RSPLIB_ID}"),
+                &format!("-peer={DOC_ADDR}:{}", other.2),
+                &format!("-identifier={id}"),
                 "-minaddressscope=loopback",
                 "-asapannounce=off",
                 "-enrpannounce=off",
@@ -41,6 +54,10 @@ fn rspregistrar(lab: &Lab, log: &str) -> Proc {
                 "-peermaxtimelastheard=3000",
                 "-peermaxtimenoresponse=1000",
                 "-takeoverexpiryinterval=3000",
+                // A taken-over PE stays while its (failing, §0.9) H=1 keep-alive times out.
+                "-endpointkeepalivetimeoutinterval=30000",
+                // Warnings (its takeovers) and above; the default logs nothing.
+                "-loglevel=3",
             ])
             .stdout(log)
             .stderr(err)
@@ -53,7 +70,8 @@ fn rspregistrar(lab: &Lab, log: &str) -> Proc {
 fn enrpd(lab: &Lab, enrp: bool) -> Registrar {
     let asap = format!("127.0.0.1:3863+{DOC_ADDR}:3863");
     let enrp_at = format!("{DOC_ADDR}:9901+127.0.0.1:9901");
-    let peer = format!("sctp:{DOC_ADDR}:9911={RSPLIB_ID}");
+    let peer1 = format!("sctp:{DOC_ADDR}:{}={}", R1.2, R1.0);
+    let peer2 = format!("sctp:{DOC_ADDR}:{}={}", R2.2, R2.0);
     let mut args = vec![
         "--legacy-asap-listen",
         &asap,
@@ -74,7 +92,8 @@ fn enrpd(lab: &Lab, enrp: bool) -> Registrar {
         "20000",
     ];
     if enrp {
-        args.extend(["--legacy-enrp-listen", &enrp_at, "--legacy-peer", &peer]);
+        args.extend(["--legacy-enrp-listen", &enrp_at]);
+        args.extend(["--legacy-peer", &peer1, "--legacy-peer", &peer2]);
     }
     lab.start("a", &args)
 }
@@ -101,7 +120,7 @@ fn rspterminal(registrar: &str, pool: &str, line: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(line)
 }
 
-/// Retries `reached` for at most a minute; prints how long it took.
+/// Retries `reached` for at most 90 s; prints how long it took.
 fn until(what: &str, mut reached: impl FnMut() -> bool) {
     let start = now();
     while !reached() {
@@ -130,7 +149,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     {
         let a = enrpd(&lab, false);
         assert!(!a.line.contains("legacy ENRP"), "{}", a.line);
-        let _r = rspregistrar(&lab, "rspregistrar-0.log");
+        let _r = rspregistrar(&lab, "rspregistrar-0.log", R1, R2);
         std::thread::sleep(Duration::from_secs(10));
         let peers = admin_get(&lab, &a, &token, "/v1/peers")
             .output()
@@ -148,14 +167,19 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         "{}",
         a.line
     );
-    let r = rspregistrar(&lab, "rspregistrar-1.log");
-    let _log1 = ShowOnFailure(lab.path("rspregistrar-1.log"));
+    let r1 = rspregistrar(&lab, "r1.log", R1, R2);
+    let _log1 = ShowOnFailure(lab.path("r1.log"));
+    let _r2 = rspregistrar(&lab, "r2.log", R2, R1);
+    let _log2 = ShowOnFailure(lab.path("r2.log"));
     let started = now();
+    let both_active = |out: &str| {
+        out.contains(R1.0) && out.contains(R2.0) && out.matches("\"state\":\"active\"").count() == 2
+    };
     let peers = eventually(
         Duration::from_secs(60),
-        "rspregistrar active at enrpd",
+        "both rspregistrars active at enrpd",
         || admin_get(&lab, &a, &token, "/v1/peers"),
-        |out| out.contains(RSPLIB_ID) && out.contains("\"state\":\"active\""),
+        both_active,
     );
     println!("peered after {:?}: {}", started.elapsed(), peers.trim());
     // A PE at each registrar, each in its own pool so that a PU reaching one proves the
@@ -170,7 +194,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
             "-rereginterval=2500",
         ]))
     };
-    let _pe1 = pe_at(&format!("{DOC_ADDR}:3873"), "EchoPool", "0x0000aaaa");
+    let _pe1 = pe_at(&format!("{DOC_ADDR}:{}", R1.1), "EchoPool", "0x0000aaaa");
     let _pe2 = pe_at(&format!("{DOC_ADDR}:3863"), "EchoPool2", "0x0000bbbb");
     // (a) rspregistrar's PE through enrpd's legacy ASAP listener.
     let legacy_asap = format!("sctp:{DOC_ADDR}:3863");
@@ -190,7 +214,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         },
     );
     // (b) enrpd's PE through rspregistrar.
-    let rsplib_asap = format!("{DOC_ADDR}:3873");
+    let rsplib_asap = format!("{DOC_ADDR}:{}", R1.1);
     until(
         "rspterminal via rspregistrar reaches the PE registered at enrpd",
         || rspterminal(&rsplib_asap, "EchoPool2", "hello via rspregistrar"),
@@ -202,49 +226,59 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
             Duration::from_secs(30),
             "checksum agrees",
             || admin_get(&lab, &a, &token, "/v1/peers"),
-            |out| out.contains("\"checksum_match\":true"),
+            |out| out.matches("\"checksum_match\":true").count() == 2,
         );
         assert!(!peers.contains("\"checksum_match\":false"), "{peers}");
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("checksums agree over 5 samples");
-    // (d) kill -9 rspregistrar: enrpd takes over its PE (home moves to enrpd).
-    drop(r);
+    // enrpd's Server ID: the home of the PE registered with it.
+    let pool2 = admin_get(&lab, &a, &token, "/v1/namespaces/rsplib/pools/EchoPool2")
+        .output()
+        .expect("curl");
+    let pool2 = String::from_utf8_lossy(&pool2.stdout).into_owned();
+    let enrpd_id = pool2
+        .split("\"home_registrar\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no home registrar in {pool2}"))
+        .to_owned();
+    // (d) kill -9 rspregistrar R1: enrpd takes over its PE (the lower Server ID of the two
+    // survivors; RSPLIB sends no TAKEOVER_SERVER, enrpd's ADD_PE tells R2).
+    drop(r1);
     let killed = now();
+    let home = format!("\"home_registrar\":\"{enrpd_id}\"");
     let pool = eventually(
         Duration::from_secs(60),
-        "enrpd took over rspregistrar's PE",
+        "enrpd took over R1's PE",
         || admin_get(&lab, &a, &token, "/v1/namespaces/rsplib/pools/EchoPool"),
-        |out| {
-            out.contains("0x0000aaaa")
-                && !out.contains(&format!("\"home_registrar\":\"{RSPLIB_ID}\""))
-        },
+        |out| out.contains("0x0000aaaa") && out.contains(&home),
     );
     println!(
-        "enrpd took over after {:?}: {}",
+        "enrpd ({enrpd_id}) took over after {:?}: {}",
         killed.elapsed(),
         pool.trim()
     );
-    // (e) rspregistrar again; once it knows enrpd's PE, kill enrpd: rspregistrar takes
-    // it over and still resolves it.
-    let r = rspregistrar(&lab, "rspregistrar-2.log");
-    let _log2 = ShowOnFailure(lab.path("rspregistrar-2.log"));
-    until("rspregistrar (restarted) knows enrpd's PE again", || {
+    // (e) R1 again; once it knows enrpd's PE, kill enrpd: an rspregistrar takes it over
+    // (R2 acknowledging R1's takeover, or the other way round) and R1 still resolves it.
+    let _r1 = rspregistrar(&lab, "r1-again.log", R1, R2);
+    let _log3 = ShowOnFailure(lab.path("r1-again.log"));
+    until("R1 (restarted) knows enrpd's PE again", || {
         rspterminal(&rsplib_asap, "EchoPool2", "hello again")
     });
     drop(a);
     let killed = now();
-    let log = lab.path("rspregistrar-2.log");
-    until("rspregistrar took over enrpd's PEs", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| {
-            l.lines()
-                .any(|line| line.contains("Takeover of peer") && line.contains("completed"))
-        })
-    });
-    println!("rspregistrar's takeover after {:?}", killed.elapsed());
-    until(
-        "rspterminal via rspregistrar still reaches enrpd's PE",
-        || rspterminal(&rsplib_asap, "EchoPool2", "hello after the takeover"),
+    let completed = format!(
+        "Takeover of peer ${} completed",
+        enrpd_id.trim_start_matches("0x")
     );
-    drop(r);
+    until("an rspregistrar took over enrpd's PEs", || {
+        ["r1-again.log", "r2.log"]
+            .iter()
+            .any(|log| std::fs::read_to_string(lab.path(log)).is_ok_and(|l| l.contains(&completed)))
+    });
+    println!("RSPLIB's takeover of enrpd after {:?}", killed.elapsed());
+    until("rspterminal via R1 still reaches enrpd's PE", || {
+        rspterminal(&rsplib_asap, "EchoPool2", "hello after the takeover")
+    });
 }
