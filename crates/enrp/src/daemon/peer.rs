@@ -410,7 +410,7 @@ async fn serve_legacy(
     };
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let client = Client {
-        id: legacy_peer_identity(addr.ip()),
+        id: legacy_peer_identity(addr.ip(), server_id),
         serial: trust::Serial::from_bytes(&[]),
         addr,
     };

@@ -26,6 +26,13 @@
 //!   rule of §9.4: a peer speaks only for its own PEs); every other peer is asked for its
 //!   own PEs (W=1) when it connects, so a registrar peered with all others (our static,
 //!   full-mesh configuration) learns every PE.
+//! - Legacy peers (RSPLIB's `rspregistrar` over plain SCTP, issue 8): the driver admits
+//!   them by address and configured Server ID; they need no grant and may peer in the
+//!   legacy namespace only. What they send lands there, without registrants; what they
+//!   hear is that namespace only, without the project parameters RSPLIB rejects
+//!   (`Core::confine_legacy_sends`), with a checksum over that namespace and an SCTP
+//!   Server Information. RSPLIB never sends TAKEOVER_SERVER: its takeovers reach us
+//!   through the checksum audit (W=1 download), which moves a PE's home like an update.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

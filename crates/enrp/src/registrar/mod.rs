@@ -174,14 +174,17 @@ pub fn is_legacy(id: &SpiffeId) -> bool {
     id.trust_domain_str() == LEGACY_TRUST_DOMAIN
 }
 
-/// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address
-/// (`spiffe://legacy.invalid/enrp/IP`). The driver announces one only for an association
-/// with a configured legacy peer's address whose messages carry that peer's configured
-/// Server ID; a legacy client's identity (`/sctp/IP`) is never a peer's.
-pub fn legacy_peer_identity(addr: std::net::IpAddr) -> SpiffeId {
+/// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address and its
+/// configured Server ID (`spiffe://legacy.invalid/enrp/IP/0x11111111`). The driver
+/// announces one only for an association with a configured legacy peer's address whose
+/// messages carry that peer's configured Server ID; a legacy client's identity
+/// (`/sctp/IP`) is never a peer's.
+pub fn legacy_peer_identity(addr: std::net::IpAddr, server_id: ServerId) -> SpiffeId {
     let ip = addr.to_canonical().to_string().replace(':', "-");
-    SpiffeId::parse(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/enrp/{ip}"))
-        .expect("an IP address is a valid SPIFFE path segment")
+    SpiffeId::parse(&format!(
+        "spiffe://{LEGACY_TRUST_DOMAIN}/enrp/{ip}/{server_id}"
+    ))
+    .expect("an IP address and a Server ID are valid SPIFFE path segments")
 }
 
 /// Whether `id` is a legacy ENRP peer's identity ([`legacy_peer_identity`]).

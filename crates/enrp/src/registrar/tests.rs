@@ -1838,7 +1838,7 @@ fn a_legacy_peer_is_confined_to_the_legacy_namespace() {
     );
     assert!(closed(&out), "{out:?}");
     let rsplib = Client {
-        id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into()),
+        id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into(), sid(SID_R)),
         serial: Serial::from_bytes(&[]),
         addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
     };
