@@ -18,16 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod enrp_legacy;
+
 /// Wall-clock deadlines for waiting on real processes (this is a driver, not a core).
 #[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
 /// The documentation address the guest adds to `lo` (RSPLIB needs a non-loopback one).
-const DOC_ADDR: &str = "192.0.2.1";
+pub(crate) const DOC_ADDR: &str = "192.0.2.1";
 
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
@@ -43,7 +45,7 @@ fn bin(name: &str) -> PathBuf {
 }
 
 /// Whether SCTP (and the documentation address) is here; says why not otherwise.
-fn sctp_here() -> bool {
+pub(crate) fn sctp_here() -> bool {
     let ok = asap::transport::sctp::available() && std::net::UdpSocket::bind((DOC_ADDR, 0)).is_ok();
     if !ok {
         assert!(
@@ -57,7 +59,7 @@ fn sctp_here() -> bool {
     ok
 }
 
-fn rsplib_here() -> bool {
+pub(crate) fn rsplib_here() -> bool {
     let ok = Command::new("rspregistrar")
         .arg("-help")
         .stdout(Stdio::null())
@@ -74,7 +76,7 @@ fn rsplib_here() -> bool {
     ok
 }
 
-fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
     assert!(
         out.status.success(),
@@ -86,7 +88,7 @@ fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// A child killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -96,21 +98,21 @@ impl Drop for Proc {
 }
 
 /// A PKI and registrar data directories in a temporary directory.
-struct Lab {
+pub(crate) struct Lab {
     dir: tempfile::TempDir,
 }
 
 /// A running `enrpd` and where it serves.
-struct Registrar {
+pub(crate) struct Registrar {
     _proc: Proc,
     /// The "serving" line it printed.
-    line: String,
-    admin: String,
+    pub(crate) line: String,
+    pub(crate) admin: String,
 }
 
 impl Registrar {
     /// The SCTP endpoint printed after `what` ("ASAP over TLS/SCTP on sctp:…").
-    fn sctp(&self, what: &str) -> String {
+    pub(crate) fn sctp(&self, what: &str) -> String {
         let at = self
             .line
             .split(", ")
@@ -121,7 +123,7 @@ impl Registrar {
 }
 
 impl Lab {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let lab = Self {
             dir: tempfile::tempdir().expect("temp dir"),
         };
@@ -131,7 +133,7 @@ impl Lab {
         lab
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
@@ -145,7 +147,7 @@ impl Lab {
     }
 
     /// A registrar certificate and `enrpd init` into `data`; returns the admin token.
-    fn init(&self, name: &str, data: &str) -> String {
+    pub(crate) fn init(&self, name: &str, data: &str) -> String {
         self.pki(&["issue", "registrar", name, "--ip", "127.0.0.1"]);
         let out = run_ok(
             Command::new(bin("enrpd"))
@@ -163,7 +165,7 @@ impl Lab {
     }
 
     /// `enrpd run` on `data` with SCTP on, everything on free loopback ports, and `extra`.
-    fn start(&self, data: &str, extra: &[&str]) -> Registrar {
+    pub(crate) fn start(&self, data: &str, extra: &[&str]) -> Registrar {
         let mut child = Command::new(bin("enrpd"))
             .arg("run")
             .arg("--data")
@@ -200,7 +202,7 @@ impl Lab {
     }
 
     /// `rsp …` with this lab's CA.
-    fn rsp(&self, args: &[&str]) -> Command {
+    pub(crate) fn rsp(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("rsp"));
         cmd.args(args)
             .arg("--ca")
@@ -210,7 +212,7 @@ impl Lab {
     }
 
     /// A namespace through the admin API, with curl as an operator would.
-    fn create_namespace(&self, registrar: &Registrar, token: &str, name: &str) {
+    pub(crate) fn create_namespace(&self, registrar: &Registrar, token: &str, name: &str) {
         run_ok(
             Command::new("curl")
                 .args(["-sf", "--cacert"])
@@ -224,7 +226,7 @@ impl Lab {
 }
 
 /// Runs `make` until `check` accepts its standard output, for at most `limit`.
-fn eventually(
+pub(crate) fn eventually(
     limit: Duration,
     what: &str,
     mut make: impl FnMut() -> Command,
@@ -247,7 +249,7 @@ fn eventually(
 }
 
 /// Sends `line` on standard input to `cmd` and returns its standard output.
-fn with_input(mut cmd: Command, line: &str) -> Output {
+pub(crate) fn with_input(mut cmd: Command, line: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -277,7 +279,7 @@ fn rspterminal(line: &str) -> String {
     String::from_utf8_lossy(&with_input(c, line).stdout).into_owned()
 }
 
-fn spawn(cmd: &mut Command) -> Proc {
+pub(crate) fn spawn(cmd: &mut Command) -> Proc {
     Proc(
         cmd.stdout(Stdio::null())
             .stderr(Stdio::inherit())

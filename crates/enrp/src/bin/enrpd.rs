@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use asap::transport::Endpoint;
 use asap::wire::param::Namespace;
 use clap::{Parser, Subcommand, ValueEnum};
-use enrp::daemon::{Daemon, Settings, now_ms};
+use enrp::daemon::{Daemon, LegacyPeer, Settings, now_ms};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
 use trust::audit::{AuditConfig, AuditLog};
@@ -164,6 +164,17 @@ struct RunArgs {
     /// and every message they send is audited as unauthenticated. Off unless given.
     #[arg(long, env = "ENRPD_LEGACY_ASAP_LISTEN", value_parser = parse_endpoint, requires = "legacy_namespace")]
     legacy_asap_listen: Option<Endpoint>,
+    /// INSECURE, for RSPLIB's rspregistrar only: also serve ENRP over plain SCTP here
+    /// (spec: port 9901, PPID 12), IP:PORT[+IP:PORT...]. Only --legacy-peer registrars are
+    /// admitted (by address and Server ID, not authenticated), they speak and hear of
+    /// --legacy-namespace only, and what they do is audited as unauthenticated.
+    #[arg(long, env = "ENRPD_LEGACY_ENRP_LISTEN", value_parser = parse_endpoint, requires = "legacy_namespace")]
+    legacy_enrp_listen: Option<Endpoint>,
+    /// INSECURE: a legacy ENRP peer (RSPLIB's rspregistrar), sctp:IP:PORT=SERVERID
+    /// (repeatable; the Server ID as 0x11111111 or decimal): dialed over plain SCTP, and
+    /// admitted on --legacy-enrp-listen (required) from that address with that Server ID.
+    #[arg(long = "legacy-peer", env = "ENRPD_LEGACY_PEERS", value_delimiter = ',', value_parser = parse_legacy_peer, requires = "legacy_enrp_listen")]
+    legacy_peers: Vec<LegacyPeer>,
     /// The one namespace legacy clients may use (it must exist; nothing else is open to
     /// them).
     #[arg(long, env = "ENRPD_LEGACY_NAMESPACE")]
@@ -204,6 +215,8 @@ struct FileConfig {
     enrp_sctp_listen: Option<String>,
     legacy_asap_listen: Option<String>,
     legacy_namespace: Option<String>,
+    legacy_enrp_listen: Option<String>,
+    legacy_peers: Option<Vec<String>>,
 }
 
 /// The config file as a table, after checking that it is a valid [`FileConfig`].
@@ -331,6 +344,24 @@ impl RunArgs {
         if let Some(v) = file.legacy_namespace.filter(|_| unset("legacy_namespace")) {
             self.legacy_namespace = Some(v);
         }
+        if let Some(v) = file
+            .legacy_enrp_listen
+            .filter(|_| unset("legacy_enrp_listen"))
+        {
+            self.legacy_enrp_listen = Some(endpoint(v)?);
+        }
+        if let Some(v) = file.legacy_peers.filter(|_| unset("legacy_peers")) {
+            self.legacy_peers = v
+                .iter()
+                .map(|p| parse_legacy_peer(p).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if self.legacy_enrp_listen.is_some() && self.legacy_namespace.is_none() {
+            bail!("legacy_enrp_listen needs legacy_namespace");
+        }
+        if !self.legacy_peers.is_empty() && self.legacy_enrp_listen.is_none() {
+            bail!("legacy_peers need legacy_enrp_listen");
+        }
         Ok(self)
     }
 }
@@ -346,6 +377,10 @@ enum SctpMode {
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     Endpoint::parse(s.trim_start_matches("sctp:")).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_legacy_peer(s: &str) -> Result<LegacyPeer, String> {
+    s.parse()
 }
 
 /// The SCTP listeners to open: explicit ones, or in `auto`/`on` mode the TCP listeners'
@@ -561,6 +596,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     (settings.asap_sctp_listen, settings.enrp_sctp_listen) =
         sctp_endpoints(&args, enrp::daemon::sctp_available())?;
     settings.legacy_asap_listen = args.legacy_asap_listen.clone();
+    settings.legacy_enrp_listen = args.legacy_enrp_listen.clone();
+    settings.legacy_peers = args.legacy_peers.clone();
     for p in &args.peers {
         if p.starts_with("sctp:") {
             p.parse::<asap::transport::TransportAddr>()

@@ -134,13 +134,19 @@ impl Listener {
     }
 }
 
-/// Opens a connection to `to` for `protocol` (TLS comes on top, from the caller).
+/// Opens a connection to `to` for `protocol` (with [`Security::Tls`], TLS comes on top,
+/// from the caller; [`Security::Plain`] is SCTP only, one message per SCTP message).
 /// Returns the stream and the peer's address.
 pub(super) async fn dial(
     to: &TransportAddr,
     protocol: Protocol,
+    security: Security,
 ) -> io::Result<(BoxStream, SocketAddr)> {
     match to {
+        TransportAddr::Tcp(_) if security == Security::Plain => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a plaintext connection must be SCTP",
+        )),
         TransportAddr::Tcp(addr) => {
             let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
@@ -153,13 +159,17 @@ pub(super) async fn dial(
             if !sctp_available() {
                 return Err(no_sctp());
             }
-            let conn = SctpConnection::connect(endpoint, ppid(protocol), Framing::Stream).await?;
+            let framing = match security {
+                Security::Tls => Framing::Stream,
+                Security::Plain => Framing::Messages,
+            };
+            let conn = SctpConnection::connect(endpoint, ppid(protocol), framing).await?;
             let peer = conn.peer_addr();
             Ok((Box::new(conn), peer))
         }
         #[cfg(not(feature = "sctp"))]
         TransportAddr::Sctp(_) => {
-            let _ = ppid(protocol);
+            let _ = (ppid(protocol), security);
             Err(no_sctp())
         }
     }

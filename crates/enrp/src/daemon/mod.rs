@@ -68,6 +68,15 @@ pub struct Settings {
     /// to [`Config::legacy_namespace`](crate::registrar::Config::legacy_namespace), which
     /// must be set with it. Off (`None`) unless configured.
     pub legacy_asap_listen: Option<Endpoint>,
+    /// A plain SCTP ENRP listener for legacy peers such as RSPLIB's `rspregistrar` (spec:
+    /// 9901, PPID 12), who speak for [`Config::legacy_namespace`](crate::registrar::Config::legacy_namespace)
+    /// only, which must be set with it. An association is admitted only from a
+    /// [`Settings::legacy_peers`] address with that peer's Server ID. Off (`None`) unless
+    /// configured.
+    pub legacy_enrp_listen: Option<Endpoint>,
+    /// The legacy ENRP peers: dialed over plain SCTP like [`Settings::peers`], and the only
+    /// ones the legacy ENRP listener admits. Only with [`Settings::legacy_enrp_listen`].
+    pub legacy_peers: Vec<LegacyPeer>,
     /// Peers to dial, `HOST:PORT` or `sctp:IP:PORT` (spec §9.2: static configuration). Each is redialed
     /// while the daemon runs, 100 ms after a loss, backing off to 5 s.
     pub peers: Vec<String>,
@@ -95,10 +104,49 @@ impl Settings {
             asap_sctp_listen: None,
             enrp_sctp_listen: None,
             legacy_asap_listen: None,
+            legacy_enrp_listen: None,
+            legacy_peers: Vec::new(),
             peers: Vec::new(),
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
         }
+    }
+}
+
+/// A legacy ENRP peer (RSPLIB's `rspregistrar`), known by its address and its configured
+/// Server ID (it has no certificate): `sctp:IP:PORT[+IP:PORT...]=SERVERID`, the Server ID
+/// in hex (`0x11111111`) or decimal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyPeer {
+    /// Where it serves ENRP over plain SCTP; its associations must come from one of these
+    /// addresses (any port: the address is what identifies it).
+    pub at: Endpoint,
+    /// The Server ID every message of it must carry.
+    pub server_id: ::asap::wire::param::ServerId,
+}
+
+impl std::str::FromStr for LegacyPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (at, id) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: expected sctp:IP:PORT=SERVERID"))?;
+        let at = match at
+            .parse::<TransportAddr>()
+            .map_err(|e| format!("{s:?}: {e}"))?
+        {
+            TransportAddr::Sctp(e) => e,
+            TransportAddr::Tcp(_) => return Err(format!("{s:?}: a legacy peer is sctp:")),
+        };
+        let id = match id.strip_prefix("0x").or_else(|| id.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => id.parse(),
+        }
+        .map_err(|e| format!("{s:?}: Server ID: {e}"))?;
+        let server_id = ::asap::wire::param::ServerId::new(id)
+            .ok_or_else(|| format!("{s:?}: Server ID 0 is not a Server ID"))?;
+        Ok(Self { at, server_id })
     }
 }
 
@@ -256,6 +304,46 @@ impl Daemon {
             sctp_addrs.push(("legacy ASAP (plain SCTP)", endpoint_of(at)));
             sctp.push((l, true));
         }
+        let legacy_enrp = match &settings.legacy_enrp_listen {
+            Some(e) => {
+                let Some(ns) = &settings.registrar.legacy_namespace else {
+                    return Err(Error::Listen {
+                        addr: TransportAddr::Sctp(e.clone()),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "a legacy listener needs the namespace its peers are confined to",
+                        ),
+                    });
+                };
+                let (l, at) = bind(
+                    TransportAddr::Sctp(e.clone()),
+                    Protocol::Enrp,
+                    Security::Plain,
+                )
+                .await?;
+                tracing::warn!(%at, namespace = %ns, "serving ENRP over plain SCTP for legacy peers: UNAUTHENTICATED (known by address and configured Server ID), confined to this namespace, audited as such");
+                let at = endpoint_of(at);
+                settings.registrar.legacy_enrp_addrs = at.addrs().to_vec();
+                sctp_addrs.push(("legacy ENRP (plain SCTP)", at));
+                Some(l)
+            }
+            None => None,
+        };
+        if legacy_enrp.is_none()
+            && let Some(p) = settings.legacy_peers.first()
+        {
+            // Legacy ENRP is off unless its listener is configured: no dialing around it.
+            return Err(Error::Listen {
+                addr: TransportAddr::Sctp(p.at.clone()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "legacy peers need the legacy ENRP listener",
+                ),
+            });
+        }
+        for p in &settings.legacy_peers {
+            tracing::warn!(at = %TransportAddr::Sctp(p.at.clone()), server_id = %p.server_id, "legacy ENRP peer over plain SCTP: UNAUTHENTICATED, confined to the legacy namespace");
+        }
         let enrp_sctp = match &settings.enrp_sctp_listen {
             Some(e) => {
                 let (l, at) = bind(
@@ -278,7 +366,7 @@ impl Daemon {
         core.set_default_namespaces(settings.default_namespaces.clone());
         let counters = Arc::new(Counters::default());
         // Spec §9.3: with peers to learn from, no service until synchronised.
-        if !settings.peers.is_empty() {
+        if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {
             core.begin_startup(tokio::time::Instant::now().into_std());
         }
         counters.starting.store(core.starting(), Ordering::Relaxed);
@@ -316,6 +404,26 @@ impl Daemon {
                 l,
                 Arc::clone(&settings),
                 Arc::clone(&trust),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(l) = legacy_enrp {
+            peer_tasks.push(tokio::spawn(peer::legacy_accept_loop(
+                l,
+                Arc::clone(&settings),
+                events.clone(),
+                audit.clone(),
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
+        for p in &settings.legacy_peers {
+            peer_tasks.push(tokio::spawn(peer::legacy_dial_loop(
+                p.clone(),
+                Arc::clone(&settings),
                 events.clone(),
                 audit.clone(),
                 Arc::clone(&counters),

@@ -30,8 +30,8 @@ use trust::{Peer, Protocol, TrustStore};
 
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
 use super::listen::{self, BoxStream, Listener};
-use super::{ConnHandle, Counters, Event, Settings};
-use crate::registrar::{Client, ConnId, Input};
+use super::{ConnHandle, Counters, Event, LegacyPeer, Settings};
+use crate::registrar::{Client, ConnId, Input, legacy_peer_identity};
 use crate::setup::server_id_of;
 
 /// First redial delay after a lost or refused connection; doubles up to [`REDIAL_MAX`].
@@ -178,7 +178,7 @@ async fn connect(target: &str) -> std::io::Result<(BoxStream, SocketAddr)> {
         let to = target
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        return listen::dial(&to, Protocol::Enrp).await;
+        return listen::dial(&to, Protocol::Enrp, listen::Security::Tls).await;
     }
     let tcp = TcpStream::connect(target).await?;
     let _ = tcp.set_nodelay(true);
@@ -256,6 +256,199 @@ pub(super) async fn dial_discovered(
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Accepts legacy ENRP associations (plain SCTP, one message per SCTP message) until the
+/// daemon stops. There is no handshake: an association is admitted when its first
+/// message's Sender ID is a configured legacy peer's and its address is that peer's
+/// (ARCHITECTURE.md §4); otherwise it is audited and closed.
+pub(super) async fn legacy_accept_loop(
+    listener: Listener,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "legacy ENRP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let settings = Arc::clone(&settings);
+        let events = events.clone();
+        let audit = audit.clone();
+        let counters = Arc::clone(&counters);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let legacy = Legacy {
+                settings: &settings,
+                events: &events,
+                audit: &audit,
+                counters: &counters,
+            };
+            serve_legacy(stream, addr, None, legacy, stop).await;
+        });
+    }
+}
+
+/// Dials a configured legacy peer over plain SCTP and keeps an association to it while the
+/// daemon runs, unless it has one to us (RSPLIB sends on the one it dialed: the core keeps
+/// that one and closes ours).
+pub(super) async fn legacy_dial_loop(
+    peer: LegacyPeer,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<Event>,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let to = ::asap::transport::TransportAddr::Sctp(peer.at.clone());
+    let mut delay = REDIAL_MIN;
+    while !*stop.borrow() {
+        let wait = if peer_connected(&events, peer.server_id).await {
+            REDIAL_MAX
+        } else {
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                listen::dial(&to, Protocol::Enrp, listen::Security::Plain),
+            )
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            {
+                Ok((stream, addr)) => {
+                    let legacy = Legacy {
+                        settings: &settings,
+                        events: &events,
+                        audit: &audit,
+                        counters: &counters,
+                    };
+                    serve_legacy(stream, addr, Some(peer.server_id), legacy, stop.clone()).await;
+                }
+                Err(e) => tracing::debug!(%to, error = %e, "legacy peer unreachable"),
+            }
+            delay = if started.elapsed() >= STABLE {
+                REDIAL_MIN
+            } else {
+                (delay * 2).min(REDIAL_MAX)
+            };
+            delay
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(stop.clone()) => return,
+        }
+    }
+}
+
+/// What a legacy peer association needs of the daemon.
+#[derive(Clone, Copy)]
+struct Legacy<'a> {
+    settings: &'a Settings,
+    events: &'a mpsc::Sender<Event>,
+    audit: &'a AuditLog,
+    counters: &'a Counters,
+}
+
+/// One legacy peer association, accepted (`dialed` is `None`: its first message, within
+/// the handshake timeout, must name a configured legacy peer at this address) or dialed
+/// to the configured peer `dialed`, until either side ends it.
+async fn serve_legacy(
+    stream: BoxStream,
+    addr: SocketAddr,
+    dialed: Option<ServerId>,
+    io: Legacy<'_>,
+    stop: watch::Receiver<bool>,
+) {
+    let Legacy {
+        settings,
+        events,
+        audit,
+        counters,
+    } = io;
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut reader = MessageReader::new(read_half, Framer::enrp(settings.max_message_len));
+    let (server_id, first) = match dialed {
+        Some(sid) => (sid, None),
+        None => {
+            let first = tokio::time::timeout(settings.handshake_timeout, reader.next()).await;
+            let Ok(Ok(Some(frame))) = first else {
+                let detail = "legacy ENRP association: no message".to_owned();
+                audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
+                return;
+            };
+            let sender = EnrpMsg::decode(&frame).map(|m| (m.msg.sender, m));
+            let known = sender.as_ref().ok().and_then(|(sid, _)| {
+                settings.legacy_peers.iter().find(|p| {
+                    p.server_id == *sid && p.at.addrs().iter().any(|a| a.ip() == addr.ip())
+                })
+            });
+            match (known, sender) {
+                (Some(p), Ok((_, msg))) => (p.server_id, Some(msg)),
+                (_, sender) => {
+                    let detail = match sender {
+                        Ok((sid, _)) => format!(
+                            "unauthenticated legacy ENRP association: Server ID {sid} from {} is not a configured legacy peer",
+                            addr.ip()
+                        ),
+                        Err(e) => format!("unauthenticated legacy ENRP association: {e}"),
+                    };
+                    tracing::warn!(%addr, %detail, "legacy ENRP association refused");
+                    audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
+                    return;
+                }
+            }
+        }
+    };
+    let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let client = Client {
+        id: legacy_peer_identity(addr.ip(), server_id),
+        serial: trust::Serial::from_bytes(&[]),
+        addr,
+    };
+    tracing::info!(?conn, %addr, %server_id, outbound = dialed.is_some(), "legacy ENRP association (unauthenticated)");
+    let (tx, rx) = mpsc::channel(settings.send_queue);
+    let kill = Arc::new(Notify::new());
+    let writer = ConnHandle {
+        tx,
+        kill: Arc::clone(&kill),
+    };
+    let input = Input::PeerUp {
+        conn,
+        peer: client,
+        server_id,
+        outbound: dialed.is_some(),
+    };
+    if events
+        .send(Event::PeerConnected { input, writer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(msg) = first
+        && events
+            .send(Event::Input(Input::Enrp { conn, msg }))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    tokio::select! {
+        () = read_loop(conn, reader, events) => {}
+        () = write_loop(write_half, rx) => {}
+        () = kill.notified() => {}
+        () = stopped(stop) => {}
+    }
+    let _ = events.send(Event::Input(Input::PeerDown { conn })).await;
 }
 
 /// The server side of the ENRP handshake: mutual TLS and ALPN `rserpool-enrp/1`.

@@ -26,6 +26,13 @@
 //!   rule of §9.4: a peer speaks only for its own PEs); every other peer is asked for its
 //!   own PEs (W=1) when it connects, so a registrar peered with all others (our static,
 //!   full-mesh configuration) learns every PE.
+//! - Legacy peers (RSPLIB's `rspregistrar` over plain SCTP, issue 8): the driver admits
+//!   them by address and configured Server ID; they need no grant and may peer in the
+//!   legacy namespace only. What they send lands there, without registrants; what they
+//!   hear is that namespace only, without the project parameters RSPLIB rejects
+//!   (`Core::confine_legacy_sends`), with a checksum over that namespace and an SCTP
+//!   Server Information. RSPLIB never sends TAKEOVER_SERVER: its takeovers reach us
+//!   through the checksum audit (W=1 download), which moves a PE's home like an update.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -34,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use ::asap::wire::param::{
     Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
-    ServerId, ServerInformation, Transport, TransportUse,
+    SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
 };
 use ::asap::wire::{
     AsapMsg, DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction,
@@ -43,7 +50,9 @@ use trust::SpiffeId;
 
 use super::{
     Action, AuditAction, AuditEvent, Client, ConnId, Core, Durability, PeKey, Revocation, TimerKey,
+    is_legacy, is_legacy_peer,
 };
+use crate::checksum::PeChecksum as Checksum;
 use crate::handlespace::Removed;
 
 /// Where an ENRP peer stands (spec §9.5).
@@ -169,6 +178,11 @@ impl Core {
     /// Whether some grant lets `id` peer at all. Each PE it speaks for is checked again
     /// against the grants of its namespace and pool.
     fn peer_granted(&self, id: &SpiffeId) -> bool {
+        // A legacy peer is configured (address and Server ID), not granted: it may peer
+        // while there is a legacy namespace to confine it to.
+        if is_legacy(id) {
+            return is_legacy_peer(id) && self.config.legacy_namespace.is_some();
+        }
         self.grants
             .iter()
             .any(|g| g.actions.contains(trust::Action::Peer) && g.identity.matches(id))
@@ -180,6 +194,12 @@ impl Core {
         outcome: Option<u16>,
         detail: String,
     ) -> AuditEvent {
+        // ARCHITECTURE.md §4: whatever a legacy peer says is marked so.
+        let detail = if is_legacy(&client.id) {
+            format!("{detail}; unauthenticated: legacy SCTP peer")
+        } else {
+            detail
+        };
         AuditEvent {
             actor: Some((client.id.clone(), client.serial.clone())),
             remote: Some(client.addr),
@@ -235,7 +255,13 @@ impl Core {
             });
             return;
         }
-        let dialed_by_lower = outbound == (self.config.server_id < server_id);
+        // A legacy peer (RSPLIB) sends on the association it dialed to our listener, from
+        // its one socket: that one is kept, whoever has the lower Server ID.
+        let dialed_by_lower = if is_legacy(&peer.id) {
+            !outbound
+        } else {
+            outbound == (self.config.server_id < server_id)
+        };
         if let Some(old) = self.peers.get(&server_id).and_then(|p| p.conn)
             && old != conn
         {
@@ -410,8 +436,21 @@ impl Core {
         });
     }
 
-    /// A PRESENCE with the checksum of the PEs this registrar owns (spec §9.6).
+    /// A PRESENCE with the checksum of the PEs this registrar owns (spec §9.6). A legacy
+    /// peer is sent the checksum of those it is told about (the legacy namespace's) and
+    /// the legacy ENRP listener as an SCTP Server Information.
     fn presence(&self, to: ServerId, reply_required: bool) -> EnrpMsg {
+        if self.is_legacy_peer_sid(to) {
+            return EnrpMsg {
+                sender: self.config.server_id,
+                receiver: to.get(),
+                body: EnrpBody::Presence {
+                    reply_required,
+                    checksum: PeChecksum(self.legacy_checksum()),
+                    server_info: self.legacy_server_info(),
+                },
+            };
+        }
         let server_info = self
             .config
             .enrp_addr
@@ -437,6 +476,209 @@ impl Core {
         }
     }
 
+    /// Whether `sid` is a legacy peer (RSPLIB): it speaks and hears only the legacy
+    /// namespace, without the project's parameters.
+    fn is_legacy_peer_sid(&self, sid: ServerId) -> bool {
+        self.peers
+            .get(&sid)
+            .is_some_and(|p| is_legacy(&p.client.id))
+    }
+
+    /// The checksum of the PEs this registrar owns in the legacy namespace: what a legacy
+    /// peer knows of ours. Computed from scratch, O(PEs of that namespace) per PRESENCE to
+    /// a legacy peer (the handlespace keeps running sums per owner, not per namespace).
+    fn legacy_checksum(&self) -> u16 {
+        let me = self.config.server_id.get();
+        let Some(ns) = &self.config.legacy_namespace else {
+            return Checksum::EMPTY;
+        };
+        Checksum::of(self.handlespace.pools(ns).flat_map(|(h, p)| {
+            p.entries()
+                .filter(move |e| e.pool_element.home_server_id == me)
+                .map(move |e| (h, e.pool_element.pe_id))
+        }))
+        .value()
+    }
+
+    /// The legacy ENRP listener as a Server Information: SCTP, Transport Use data only
+    /// (as RSPLIB sends its own), non-loopback addresses first.
+    fn legacy_server_info(&self) -> Option<ServerInformation> {
+        let addrs = &self.config.legacy_enrp_addrs;
+        let port = NonZeroU16::new(addrs.first()?.port())?;
+        let mut ips: Vec<std::net::IpAddr> = addrs
+            .iter()
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        ips.sort_by_key(std::net::IpAddr::is_loopback);
+        ips.dedup();
+        Some(ServerInformation {
+            server_id: self.config.server_id,
+            transport: Transport::Sctp {
+                port,
+                transport_use: TransportUse::DataOnly,
+                addrs: SctpAddresses::new(ips.into_iter().map(Address::new))?,
+            },
+        })
+    }
+
+    /// What a legacy peer may hear of an ENRP body: only the legacy namespace's PEs,
+    /// without the project parameters (0x8100 Namespace, 0x8101 Registrant Identity) that
+    /// RSPLIB refuses (notes/rsplib-wire.md §6). `None`: nothing to send it.
+    fn for_legacy_peer(&self, body: EnrpBody) -> Option<EnrpBody> {
+        let legacy = self.config.legacy_namespace.as_ref();
+        match body {
+            EnrpBody::HandleUpdate {
+                action,
+                namespace,
+                pool_handle,
+                pool_element,
+                ..
+            } => (Some(&namespace) == legacy).then(|| EnrpBody::HandleUpdate {
+                action,
+                namespace: Namespace::default_namespace(),
+                pool_element: self.with_registrator(&namespace, &pool_handle, pool_element),
+                pool_handle,
+                registrant: None,
+            }),
+            EnrpBody::HandleTableResponse {
+                reject,
+                more,
+                pools,
+            } => Some(EnrpBody::HandleTableResponse {
+                reject,
+                more,
+                pools: pools
+                    .into_iter()
+                    .filter(|g| Some(&g.namespace) == legacy)
+                    .map(|g| PoolEntries {
+                        namespace: Namespace::default_namespace(),
+                        entries: g
+                            .entries
+                            .into_iter()
+                            .map(|e| PeEntry {
+                                registrant: None,
+                                pool_element: self.with_registrator(
+                                    &g.namespace,
+                                    &g.pool_handle,
+                                    e.pool_element,
+                                ),
+                            })
+                            .collect(),
+                        pool_handle: g.pool_handle,
+                    })
+                    .collect(),
+            }),
+            // Its peers are RSPLIB's business: the others serve TLS it cannot speak.
+            EnrpBody::ListResponse { reject, .. } => Some(EnrpBody::ListResponse {
+                reject,
+                servers: Vec::new(),
+            }),
+            other => Some(other),
+        }
+    }
+
+    /// A PE as RSPLIB must get it in ENRP: with an ASAP (registrator) transport, which its
+    /// parser reads whether or not it is there (without one it reads past the PE and
+    /// rejects the message). That is the PE's ASAP association as this registrar sees it
+    /// when it is connected here (SCTP, its source port, Transport Use data only, as
+    /// RSPLIB sends them); else, lacking anything better, its user transport's addresses
+    /// and port as SCTP. (RSPLIB uses it only to send the H=1 keep-alive of a takeover,
+    /// which its 3.4.4 fails to send anyway: notes/rsplib-wire.md §0.9.)
+    fn with_registrator(
+        &self,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        mut pe: ::asap::wire::param::PoolElement,
+    ) -> ::asap::wire::param::PoolElement {
+        if pe.asap_transport.is_some() {
+            return pe;
+        }
+        let key: PeKey = (ns.clone(), handle.clone(), pe.pe_id);
+        let connected = self
+            .owned
+            .get(&key)
+            .and_then(|o| o.conn)
+            .and_then(|c| self.conns.get(&c))
+            .map(|c| c.client.addr);
+        let (port, ips) = match connected {
+            Some(a) => (a.port(), vec![a.ip()]),
+            None => (
+                pe.user_transport.port().get(),
+                pe.user_transport
+                    .addresses()
+                    .iter()
+                    .map(|a| a.ip())
+                    .collect(),
+            ),
+        };
+        pe.asap_transport = NonZeroU16::new(port)
+            .zip(SctpAddresses::new(ips.into_iter().map(Address::new)))
+            .map(|(port, addrs)| Transport::Sctp {
+                port,
+                transport_use: TransportUse::DataOnly,
+                addrs,
+            });
+        pe
+    }
+
+    /// Passes every ENRP message for a legacy peer's connection through
+    /// [`Self::for_legacy_peer`], in place: the one gate between the core's messages and
+    /// a legacy peer, whichever procedure made them.
+    pub(super) fn confine_legacy_sends(&self, out: &mut Vec<Action>) {
+        let legacy_conn = |conn: &ConnId| {
+            self.peer_conns
+                .get(conn)
+                .is_some_and(|pc| is_legacy(&pc.client.id))
+        };
+        if !out
+            .iter()
+            .any(|a| matches!(a, Action::SendEnrp { conn, .. } if legacy_conn(conn)))
+        {
+            return;
+        }
+        *out = std::mem::take(out)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::SendEnrp { conn, msg } if legacy_conn(&conn) => {
+                    let body = self.for_legacy_peer(msg.body)?;
+                    Some(Action::SendEnrp {
+                        conn,
+                        msg: EnrpMsg { body, ..msg },
+                    })
+                }
+                other => Some(other),
+            })
+            .collect();
+    }
+
+    /// Everything a legacy peer sends lands in the legacy namespace (it names none: RSPLIB
+    /// knows no namespaces), and its PEs have no registrant identity.
+    fn confine_from_legacy_peer(&self, body: &mut EnrpBody) {
+        let Some(legacy) = &self.config.legacy_namespace else {
+            return;
+        };
+        match body {
+            EnrpBody::HandleUpdate {
+                namespace,
+                registrant,
+                ..
+            } => {
+                *namespace = legacy.clone();
+                *registrant = None;
+            }
+            EnrpBody::HandleTableResponse { pools, .. } => {
+                for g in pools {
+                    g.namespace = legacy.clone();
+                    for e in &mut g.entries {
+                        e.registrant = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// One decoded ENRP message from a peer connection.
     pub(super) fn on_enrp(
         &mut self,
@@ -453,7 +695,7 @@ impl Core {
         }
         let sid = pc.server_id;
         let client = pc.client.clone();
-        let msg = msg.msg;
+        let mut msg = msg.msg;
         // Spec §11.2: the Sender ID must be the one the TLS identity implies.
         if msg.sender != sid {
             pc.closing = true;
@@ -488,6 +730,9 @@ impl Core {
                 durability: Durability::Batched,
             });
             return;
+        }
+        if is_legacy(&client.id) {
+            self.confine_from_legacy_peer(&mut msg.body);
         }
         match msg.body {
             EnrpBody::Presence {
@@ -1041,10 +1286,17 @@ impl Core {
             .peers
             .get(&sid)
             .and_then(|p| p.continuation.get(&own_only).cloned());
+        // A legacy peer hears of the legacy namespace only (full pages of it).
+        let only = if self.is_legacy_peer_sid(sid) {
+            Some(self.config.legacy_namespace.clone())
+        } else {
+            None
+        };
         let mut pages = self
             .handlespace
             .iter_after(start.as_ref().map(|(ns, h, pe)| (ns, h, *pe)))
             .filter(|(_, _, e)| !own_only || e.pool_element.home_server_id == me)
+            .filter(|(ns, _, _)| only.as_ref().is_none_or(|o| o.as_ref() == Some(*ns)))
             .peekable();
         let mut pools: Vec<PoolEntries> = Vec::new();
         let (mut count, mut bytes) = (0usize, 0usize);

@@ -149,6 +149,11 @@ pub struct Config {
     /// register, resolve and report in it, and nowhere else (ARCHITECTURE.md §4). `None`:
     /// no legacy clients. Default `None`.
     pub legacy_namespace: Option<Namespace>,
+    /// Where this registrar serves ENRP to legacy peers (plain SCTP), sent to them as the
+    /// SCTP transport of its Server Information, non-loopback addresses first (RSPLIB
+    /// drops loopback ones and refuses a Server Information left with none). Empty: the
+    /// Server Information is left out. Default empty.
+    pub legacy_enrp_addrs: Vec<SocketAddr>,
 }
 
 /// The trust domain of the identities given to legacy clients, which present none: a
@@ -164,9 +169,30 @@ pub fn legacy_identity(addr: std::net::IpAddr) -> SpiffeId {
         .expect("an IP address is a valid SPIFFE path segment")
 }
 
-/// Whether `id` is a legacy client's identity.
+/// Whether `id` is a legacy identity: a legacy client's or a legacy peer's.
 pub fn is_legacy(id: &SpiffeId) -> bool {
     id.trust_domain_str() == LEGACY_TRUST_DOMAIN
+}
+
+/// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address and its
+/// configured Server ID (`spiffe://legacy.invalid/enrp/IP/0x11111111`). The driver
+/// announces one only for an association with a configured legacy peer's address whose
+/// messages carry that peer's configured Server ID; a legacy client's identity
+/// (`/sctp/IP`) is never a peer's.
+pub fn legacy_peer_identity(addr: std::net::IpAddr, server_id: ServerId) -> SpiffeId {
+    let ip = addr.to_canonical().to_string().replace(':', "-");
+    SpiffeId::parse(&format!(
+        "spiffe://{LEGACY_TRUST_DOMAIN}/enrp/{ip}/{server_id}"
+    ))
+    .expect("an IP address and a Server ID are valid SPIFFE path segments")
+}
+
+/// Whether `id` is a legacy ENRP peer's identity ([`legacy_peer_identity`]).
+pub fn is_legacy_peer(id: &SpiffeId) -> bool {
+    is_legacy(id)
+        && id
+            .as_str()
+            .starts_with(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/enrp/"))
 }
 
 impl Config {
@@ -187,6 +213,7 @@ impl Config {
             handle_table_pes: 128,
             handle_table_bytes: 16 * 1024,
             legacy_namespace: None,
+            legacy_enrp_addrs: Vec::new(),
         }
     }
 }
@@ -812,6 +839,7 @@ impl Core {
             }
             Input::PeerDown { conn } => self.on_peer_down(conn, now),
         }
+        self.confine_legacy_sends(&mut out);
         out
     }
 
@@ -854,6 +882,7 @@ impl Core {
                 }
             }
         }
+        self.confine_legacy_sends(&mut out);
         out
     }
 
@@ -942,7 +971,9 @@ impl Core {
     /// keeps a PE only while some grant lets it register in that namespace and pool.
     /// (The PEs of other registrars are theirs to judge, under their grants.)
     /// Whether `id` may do `action` on `handle` in `ns`: the grants, or for a legacy
-    /// client, its namespace (every ASAP action there, ENRP nowhere).
+    /// identity, the legacy namespace: a legacy client every ASAP action there and no
+    /// peering, a legacy peer (configured by address and Server ID) peering there and no
+    /// ASAP action; neither anything anywhere else.
     fn permits(
         &self,
         id: &SpiffeId,
@@ -951,7 +982,7 @@ impl Core {
         action: trust::Action,
     ) -> bool {
         if is_legacy(id) {
-            return action != trust::Action::Peer
+            return (action == trust::Action::Peer) == is_legacy_peer(id)
                 && self.config.legacy_namespace.as_ref() == Some(ns);
         }
         trust::allowed(

@@ -1805,3 +1805,173 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 1)], false));
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
 }
+
+/// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's
+/// parameters; what it says lands there, without registrants; its Presence carries the
+/// legacy namespace's checksum and an SCTP Server Information, non-loopback first.
+#[test]
+fn a_legacy_peer_is_confined_to_the_legacy_namespace() {
+    const SID_R: u32 = 0x1111_1111;
+    let legacy_ns = Namespace::new("rsplib").expect("namespace");
+    let mut h = Harness::with_peer_grants();
+    let mut config = h.core.config().clone();
+    config.legacy_namespace = Some(legacy_ns.clone());
+    config.legacy_enrp_addrs = vec![
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 9901)),
+    ];
+    h.core = Core::new(config, peer_grants());
+    h.peer_up(10, PR_B, SID_B);
+    // A legacy client's identity is not a peer's: refused.
+    let out = h.core.handle(
+        Input::PeerUp {
+            conn: ConnId(19),
+            peer: Client {
+                id: legacy_identity(Ipv4Addr::new(192, 0, 2, 9).into()),
+                serial: Serial::from_bytes(&[]),
+                addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
+            },
+            server_id: sid(SID_R),
+            outbound: false,
+        },
+        h.now,
+    );
+    assert!(closed(&out), "{out:?}");
+    let rsplib = Client {
+        id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into(), sid(SID_R)),
+        serial: Serial::from_bytes(&[]),
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
+    };
+    let out = h.core.handle(
+        Input::PeerUp {
+            conn: ConnId(20),
+            peer: rsplib,
+            server_id: sid(SID_R),
+            outbound: false,
+        },
+        h.now,
+    );
+    assert!(!closed(&out), "{out:?}");
+    let up = out.iter().find_map(|a| match a {
+        Action::Audit { event, .. } if event.action == AuditAction::PeerUp => event.detail.clone(),
+        _ => None,
+    });
+    assert!(up.is_some_and(|d| d.contains("unauthenticated")));
+    match enrp_sent(&out).first() {
+        Some(EnrpBody::Presence {
+            checksum,
+            server_info: Some(info),
+            ..
+        }) => {
+            assert_eq!(checksum.0, 0xffff);
+            let Transport::Sctp { port, addrs, .. } = &info.transport else {
+                panic!("an SCTP Server Information: {info:?}");
+            };
+            assert_eq!(port.get(), 9901);
+            let ips: Vec<std::net::IpAddr> = addrs.as_slice().iter().map(|a| a.ip()).collect();
+            assert_eq!(
+                ips,
+                [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::LOCALHOST].map(std::net::IpAddr::from)
+            );
+        }
+        other => panic!("a Presence first: {other:?}"),
+    }
+    // A PE of the default namespace: B hears of it, the legacy peer does not.
+    let tls = h.connect(1, PE_A);
+    let out = h.send(tls, registration("echo", 7));
+    assert_eq!(enrp_on(&out, 10).len(), 1);
+    assert!(enrp_on(&out, 20).is_empty(), "{out:?}");
+    // A legacy client's PE: both hear of it; the legacy peer without 0x8100/0x8101.
+    let legacy_client = legacy_identity(Ipv4Addr::LOCALHOST.into());
+    let lc = h.connect(2, legacy_client.as_str());
+    let out = h.send(lc, registration("echo", 8));
+    let to_b = enrp_on(&out, 10);
+    assert!(
+        matches!(to_b.as_slice(), [EnrpMsg { body: EnrpBody::HandleUpdate {
+        namespace, registrant: Some(_), .. }, .. }] if *namespace == legacy_ns)
+    );
+    let to_r = enrp_on(&out, 20);
+    assert_eq!(to_r.len(), 1, "{out:?}");
+    let no_project_params = |msg: &EnrpMsg| {
+        // What RSPLIB would parse: the message as encoded.
+        let bytes = msg.to_bytes().expect("encodes");
+        let back = EnrpMsg::decode(&bytes).expect("decodes").msg;
+        match back.body {
+            EnrpBody::HandleUpdate {
+                namespace,
+                registrant,
+                ..
+            } => namespace.is_default() && registrant.is_none(),
+            EnrpBody::HandleTableResponse { pools, .. } => pools.iter().all(|g| {
+                g.namespace.is_default() && g.entries.iter().all(|e| e.registrant.is_none())
+            }),
+            _ => true,
+        }
+    };
+    assert!(no_project_params(&to_r[0]), "{to_r:?}");
+    // With the ASAP transport RSPLIB's parser reads whether or not it is there: the PE's
+    // association as seen here.
+    assert!(
+        matches!(&to_r[0].body, EnrpBody::HandleUpdate { pool_element, .. }
+        if matches!(&pool_element.asap_transport, Some(Transport::Sctp { port, .. })
+            if port.get() == 40000))
+    );
+    // Its handle table (W=0): the legacy namespace's PEs only, bare.
+    let out = h.enrp(
+        20,
+        SID_R,
+        EnrpBody::HandleTableRequest {
+            own_children_only: false,
+        },
+    );
+    let table = enrp_on(&out, 20);
+    match table.as_slice() {
+        [
+            msg @ EnrpMsg {
+                body: EnrpBody::HandleTableResponse { pools, .. },
+                ..
+            },
+        ] => {
+            let ids: Vec<u32> = pools
+                .iter()
+                .flat_map(|g| g.entries.iter().map(|e| e.pool_element.pe_id.get()))
+                .collect();
+            assert_eq!(ids, [8]);
+            assert!(no_project_params(msg));
+        }
+        other => panic!("one handle table response: {other:?}"),
+    }
+    // Its Presence checksum covers the legacy namespace's PEs of ours; B's covers all.
+    let out = h.advance(200);
+    let checksum_to = |conn| {
+        enrp_on(&out, conn).iter().find_map(|m| match &m.body {
+            EnrpBody::Presence { checksum, .. } => Some(checksum.0),
+            _ => None,
+        })
+    };
+    let echo = handle("echo");
+    let p = |id| PeId::new(id).expect("non-zero");
+    assert_eq!(
+        checksum_to(20),
+        Some(crate::checksum::PeChecksum::of([(&echo, p(8))]).value())
+    );
+    assert_eq!(
+        checksum_to(10),
+        Some(crate::checksum::PeChecksum::of([(&echo, p(7)), (&echo, p(8))]).value())
+    );
+    // What it sends lands in the legacy namespace, without a registrant, whatever
+    // namespace it names.
+    let mut body = add_pe(SID_R, "echo", 9, "spiffe://acme.test/pe/a");
+    if let EnrpBody::HandleUpdate { namespace, .. } = &mut body {
+        *namespace = Namespace::new("prod").expect("namespace");
+    }
+    h.enrp(20, SID_R, body);
+    let where_is_9: Vec<(Namespace, bool)> = h
+        .core
+        .handlespace()
+        .iter()
+        .filter(|(_, _, e)| e.pool_element.pe_id.get() == 9)
+        .map(|(ns, _, e)| (ns.clone(), e.registrant.is_some()))
+        .collect();
+    assert_eq!(where_is_9, [(legacy_ns, false)]);
+}
