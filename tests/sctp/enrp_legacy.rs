@@ -161,6 +161,8 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
             "peered without a legacy ENRP listener: {peers}"
         );
     }
+    // From here on tshark checks every plain ASAP and ENRP message on the wire.
+    let capture = crate::capture::Capture::start(lab.dir.path());
     let a = enrpd(&lab, true);
     assert!(
         a.line.contains("legacy ENRP (plain SCTP) on sctp:"),
@@ -232,6 +234,20 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("checksums agree over 5 samples");
+    if let Some(c) = capture {
+        let (asap, enrp) = c.check(
+            &["Registration", "Handle resolution response"],
+            &[
+                "Presence",
+                "Handle table request",
+                "Handle table response",
+                "Handle update",
+                "List request",
+                "List response",
+            ],
+        );
+        println!("tshark decoded {asap} ASAP and {enrp} ENRP messages, none malformed");
+    }
     // enrpd's Server ID: the home of the PE registered with it.
     let pool2 = admin_get(&lab, &a, &token, "/v1/namespaces/rsplib/pools/EchoPool2")
         .output()
