@@ -400,7 +400,19 @@ fn child_main(args: &[String]) {
     let [data] = args else {
         panic!("usage: {CHILD_ARG} DATA_DIR");
     };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // `enrpd` uses `Runtime::new()` (a worker per core); RSP_BENCH_WORKERS=N asks for N,
+    // to see what thread hand-offs cost under emulation.
+    let rt = match std::env::var("RSP_BENCH_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    }
+    .expect("runtime");
     rt.block_on(async {
         let ca = TestCa::new("bench.test");
         let identity = ca.leaf("registrar/rsp").issue().identity();
