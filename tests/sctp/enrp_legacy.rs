@@ -111,13 +111,8 @@ impl Drop for ShowOnFailure {
 }
 
 /// `rspterminal` through `registrar` to `pool`: whether the line came back.
-fn rspterminal(registrar: &str, pool: &str, line: &str) -> bool {
-    let mut c = Command::new("timeout");
-    c.args(["8", "rspterminal", "-asapannounce=off"])
-        .arg(format!("-poolhandle={pool}"))
-        .arg(format!("-registrar={registrar}"));
-    let out = with_input(c, line);
-    String::from_utf8_lossy(&out.stdout).contains(line)
+fn echoed(registrar: &str, pool: &str, line: &str) -> bool {
+    crate::rspterminal(registrar, pool, line).contains(line)
 }
 
 /// Retries `reached` for at most 90 s; prints how long it took.
@@ -219,7 +214,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     let rsplib_asap = format!("{DOC_ADDR}:{}", R1.1);
     until(
         "rspterminal via rspregistrar reaches the PE registered at enrpd",
-        || rspterminal(&rsplib_asap, "EchoPool2", "hello via rspregistrar"),
+        || echoed(&rsplib_asap, "EchoPool2", "hello via rspregistrar"),
     );
     // (c) The checksums agree: enrpd's copy of RSPLIB's PEs has the checksum RSPLIB
     // announces, sample after sample (a mismatch would show, and re-sync, every time).
@@ -280,7 +275,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     let _r1 = rspregistrar(&lab, "r1-again.log", R1, R2);
     let _log3 = ShowOnFailure(lab.path("r1-again.log"));
     until("R1 (restarted) knows enrpd's PE again", || {
-        rspterminal(&rsplib_asap, "EchoPool2", "hello again")
+        echoed(&rsplib_asap, "EchoPool2", "hello again")
     });
     drop(a);
     let killed = now();
@@ -295,6 +290,6 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     });
     println!("RSPLIB's takeover of enrpd after {:?}", killed.elapsed());
     until("rspterminal via R1 still reaches enrpd's PE", || {
-        rspterminal(&rsplib_asap, "EchoPool2", "hello after the takeover")
+        echoed(&rsplib_asap, "EchoPool2", "hello after the takeover")
     });
 }

@@ -265,17 +265,13 @@ pub(crate) fn with_input(mut cmd: Command, line: &str) -> Output {
     child.wait_with_output().expect("wait")
 }
 
-/// RSPLIB's pool user: `line` to a PE of EchoPool found through the registrar at
-/// `DOC_ADDR:3863`; its output (it prints the echo).
-fn rspterminal(line: &str) -> String {
+/// RSPLIB's pool user: `line` to a PE of `pool` found through the registrar at
+/// `registrar` (IP:PORT); its output (it prints the echo).
+pub(crate) fn rspterminal(registrar: &str, pool: &str, line: &str) -> String {
     let mut c = Command::new("timeout");
-    c.args([
-        "8",
-        "rspterminal",
-        "-poolhandle=EchoPool",
-        "-asapannounce=off",
-    ])
-    .arg(format!("-registrar={DOC_ADDR}:3863"));
+    c.args(["8", "rspterminal", "-asapannounce=off"])
+        .arg(format!("-poolhandle={pool}"))
+        .arg(format!("-registrar={registrar}"));
     String::from_utf8_lossy(&with_input(c, line).stdout).into_owned()
 }
 
@@ -420,7 +416,11 @@ fn rsplib_pe_and_pus_through_the_legacy_listener() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // RSPLIB's own pool user.
-    let out = rspterminal("hello from rspterminal");
+    let out = rspterminal(
+        &format!("{DOC_ADDR}:3863"),
+        "EchoPool",
+        "hello from rspterminal",
+    );
     let text = out;
     assert!(
         text.contains("hello from rspterminal"),
@@ -495,7 +495,7 @@ fn rsp_pe_with_rsplibs_registrar() {
     );
     let start = now();
     loop {
-        let out = rspterminal("hello rsp pe");
+        let out = rspterminal(&format!("{DOC_ADDR}:3863"), "EchoPool", "hello rsp pe");
         let text = out;
         if text.contains("hello rsp pe") {
             println!("rspterminal got rsp pe's echo after {:?}", start.elapsed());

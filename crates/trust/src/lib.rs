@@ -33,7 +33,9 @@ pub use grant::{
 };
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
-pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
+pub use spiffe::{
+    LEGACY_TRUST_DOMAIN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain,
+};
 pub use store::{
     DomainBundle, LocalIdentity, Protocol, TrustStore, certs_from_pem, crl_serials, crls_from_pem,
     provider,

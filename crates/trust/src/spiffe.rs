@@ -34,11 +34,19 @@ pub struct TrustDomain(String);
 
 impl TrustDomain {
     /// Parses a bare trust domain name (`acme.test`, not `spiffe://acme.test`).
+    /// [`LEGACY_TRUST_DOMAIN`] is refused: were it trusted, a certificate of it could pass
+    /// for a legacy peer, whose rights come from configuration, not grants.
     pub fn new(name: &str) -> Result<Self, Error> {
-        validate_trust_domain(name).map_err(|reason| Error::InvalidTrustDomain {
+        let invalid = |reason| Error::InvalidTrustDomain {
             input: echo(name),
             reason,
-        })?;
+        };
+        validate_trust_domain(name).map_err(invalid)?;
+        if name == LEGACY_TRUST_DOMAIN {
+            return Err(invalid(
+                "reserved for the identities of legacy (unauthenticated) peers",
+            ));
+        }
         Ok(Self(name.to_owned()))
     }
 
@@ -86,7 +94,17 @@ pub struct SpiffeId {
     domain_len: usize,
 }
 
+/// The trust domain of the identities a registrar gives legacy peers (RSPLIB clients and
+/// registrars over plain SCTP), which present none: a `.invalid` name (RFC 2606), which no
+/// configured trust domain's CA can vouch for.
+pub const LEGACY_TRUST_DOMAIN: &str = "legacy.invalid";
+
 impl SpiffeId {
+    /// Whether this is a legacy peer's identity ([`LEGACY_TRUST_DOMAIN`]).
+    pub fn is_legacy(&self) -> bool {
+        self.trust_domain_str() == LEGACY_TRUST_DOMAIN
+    }
+
     /// Parses and validates a SPIFFE ID.
     pub fn parse(input: &str) -> Result<Self, Error> {
         let invalid = |reason| Error::InvalidSpiffeId {
@@ -245,6 +263,15 @@ fn validate_segment(segment: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_legacy_trust_domain_can_name_identities_but_never_be_trusted() {
+        assert!(TrustDomain::new(LEGACY_TRUST_DOMAIN).is_err());
+        let id = SpiffeId::parse("spiffe://legacy.invalid/sctp/192.0.2.1").expect("id");
+        assert!(id.is_legacy());
+        let real = SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+        assert!(!real.is_legacy());
+    }
 
     #[test]
     fn parse_table() {

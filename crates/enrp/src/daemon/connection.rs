@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
-use super::listen::{BoxStream, Listener};
+use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
 
@@ -33,27 +33,12 @@ pub(super) async fn accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let slots = listen::slots(&settings);
     loop {
-        // At the cap, stop accepting until a connection ends (threat T-15).
-        let slot = tokio::select! {
-            s = Arc::clone(&slots).acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: keep serving the others.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some((stream, addr, slot)) =
+            listen::next_connection(&listener, &slots, &mut stop, "ASAP").await
+        else {
+            return;
         };
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
         let task = serve(

@@ -6,8 +6,11 @@ use std::io;
 use std::net::SocketAddr;
 
 use ::asap::transport::{Endpoint, TransportAddr};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use trust::Protocol;
 
 /// A connection's bytes, whatever carries them.
@@ -130,6 +133,40 @@ impl Listener {
                 let (conn, addr) = listener.accept(*ppid, *framing).await?;
                 Ok((Box::new(conn), addr))
             }
+        }
+    }
+}
+
+/// The connections one listener serves at once: more wait in the kernel's accept queue
+/// (threat T-15; unauthenticated peers of a legacy listener included).
+pub(super) fn slots(settings: &super::Settings) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(settings.max_connections.max(1)))
+}
+
+/// The next connection of `listener`, with the slot it holds until it ends, or `None` once
+/// the daemon stops. At the cap of `slots` it waits for a connection to end before
+/// accepting. A failed accept (out of descriptors and the like) is logged and retried
+/// after 50 ms: the connections already up keep being served.
+pub(super) async fn next_connection(
+    listener: &Listener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+    what: &'static str,
+) -> Option<(BoxStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = tokio::select! {
+        s = Arc::clone(slots).acquire_owned() => s.ok()?,
+        _ = stop.changed() => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => return Some((stream, addr, slot)),
+                Err(e) => {
+                    tracing::warn!(error = %e, what, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
         }
     }
 }

@@ -167,6 +167,25 @@ pub enum Error {
     Audit(#[from] trust::db::Error),
 }
 
+/// The namespace a legacy listener at `e` confines its clients and peers to; starting one
+/// without it is an error.
+fn legacy_namespace(
+    settings: &Settings,
+    e: &Endpoint,
+) -> Result<::asap::wire::param::Namespace, Error> {
+    settings
+        .registrar
+        .legacy_namespace
+        .clone()
+        .ok_or_else(|| Error::Listen {
+            addr: TransportAddr::Sctp(e.clone()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a legacy listener needs the namespace its clients and peers are confined to",
+            ),
+        })
+}
+
 /// Whether this build and this kernel can serve SCTP.
 pub fn sctp_available() -> bool {
     listen::sctp_available()
@@ -285,15 +304,7 @@ impl Daemon {
             sctp.push((l, false));
         }
         if let Some(e) = &settings.legacy_asap_listen {
-            let Some(ns) = &settings.registrar.legacy_namespace else {
-                return Err(Error::Listen {
-                    addr: TransportAddr::Sctp(e.clone()),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "a legacy listener needs the namespace its clients are confined to",
-                    ),
-                });
-            };
+            let ns = legacy_namespace(&settings, e)?;
             let (l, at) = bind(
                 TransportAddr::Sctp(e.clone()),
                 Protocol::Asap,
@@ -306,15 +317,7 @@ impl Daemon {
         }
         let legacy_enrp = match &settings.legacy_enrp_listen {
             Some(e) => {
-                let Some(ns) = &settings.registrar.legacy_namespace else {
-                    return Err(Error::Listen {
-                        addr: TransportAddr::Sctp(e.clone()),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            "a legacy listener needs the namespace its peers are confined to",
-                        ),
-                    });
-                };
+                let ns = legacy_namespace(&settings, e)?;
                 let (l, at) = bind(
                     TransportAddr::Sctp(e.clone()),
                     Protocol::Enrp,

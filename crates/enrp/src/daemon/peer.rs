@@ -59,17 +59,12 @@ pub(super) async fn accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = listen::slots(&settings);
     loop {
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ENRP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some((stream, addr, slot)) =
+            listen::next_connection(&listener, &slots, &mut stop, "ENRP").await
+        else {
+            return;
         };
         let settings = Arc::clone(&settings);
         let trust = Arc::clone(&trust);
@@ -78,6 +73,7 @@ pub(super) async fn accept_loop(
         let counters = Arc::clone(&counters);
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some((tls, peer)) =
                 accept_tls(stream, addr, &settings, &trust, &audit, &counters).await
             else {
@@ -270,17 +266,12 @@ pub(super) async fn legacy_accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = listen::slots(&settings);
     loop {
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "legacy ENRP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some((stream, addr, slot)) =
+            listen::next_connection(&listener, &slots, &mut stop, "legacy ENRP").await
+        else {
+            return;
         };
         let settings = Arc::clone(&settings);
         let events = events.clone();
@@ -288,6 +279,7 @@ pub(super) async fn legacy_accept_loop(
         let counters = Arc::clone(&counters);
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let legacy = Legacy {
                 settings: &settings,
                 events: &events,

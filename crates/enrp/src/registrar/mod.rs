@@ -156,22 +156,24 @@ pub struct Config {
     pub legacy_enrp_addrs: Vec<SocketAddr>,
 }
 
-/// The trust domain of the identities given to legacy clients, which present none: a
-/// `.invalid` name (RFC 2606), which no configured trust domain's CA can vouch for.
-pub const LEGACY_TRUST_DOMAIN: &str = "legacy.invalid";
+pub use trust::LEGACY_TRUST_DOMAIN;
 
-/// The identity of a legacy client: its address (`spiffe://legacy.invalid/sctp/IP`, with
-/// an IPv6 address's `:` written `-`). Legacy PEs re-registering from another port of the
-/// same host are the same registrant.
-pub fn legacy_identity(addr: std::net::IpAddr) -> SpiffeId {
+/// `spiffe://legacy.invalid/KIND/IP[/...]`, an IPv6 address's `:` written `-`.
+fn legacy_id(kind: &str, addr: std::net::IpAddr, rest: &str) -> SpiffeId {
     let ip = addr.to_canonical().to_string().replace(':', "-");
-    SpiffeId::parse(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/sctp/{ip}"))
-        .expect("an IP address is a valid SPIFFE path segment")
+    SpiffeId::parse(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/{kind}/{ip}{rest}"))
+        .expect("an IP address and a Server ID are valid SPIFFE path segments")
+}
+
+/// The identity of a legacy client: its address (`spiffe://legacy.invalid/sctp/IP`).
+/// Legacy PEs re-registering from another port of the same host are the same registrant.
+pub fn legacy_identity(addr: std::net::IpAddr) -> SpiffeId {
+    legacy_id("sctp", addr, "")
 }
 
 /// Whether `id` is a legacy identity: a legacy client's or a legacy peer's.
 pub fn is_legacy(id: &SpiffeId) -> bool {
-    id.trust_domain_str() == LEGACY_TRUST_DOMAIN
+    id.is_legacy()
 }
 
 /// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address and its
@@ -180,19 +182,12 @@ pub fn is_legacy(id: &SpiffeId) -> bool {
 /// messages carry that peer's configured Server ID; a legacy client's identity
 /// (`/sctp/IP`) is never a peer's.
 pub fn legacy_peer_identity(addr: std::net::IpAddr, server_id: ServerId) -> SpiffeId {
-    let ip = addr.to_canonical().to_string().replace(':', "-");
-    SpiffeId::parse(&format!(
-        "spiffe://{LEGACY_TRUST_DOMAIN}/enrp/{ip}/{server_id}"
-    ))
-    .expect("an IP address and a Server ID are valid SPIFFE path segments")
+    legacy_id("enrp", addr, &format!("/{server_id}"))
 }
 
 /// Whether `id` is a legacy ENRP peer's identity ([`legacy_peer_identity`]).
 pub fn is_legacy_peer(id: &SpiffeId) -> bool {
-    is_legacy(id)
-        && id
-            .as_str()
-            .starts_with(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/enrp/"))
+    id.is_legacy() && id.path().starts_with("/enrp/")
 }
 
 impl Config {

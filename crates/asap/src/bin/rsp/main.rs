@@ -770,7 +770,7 @@ async fn connect_pe(
     let legacy = e
         .registrant
         .as_ref()
-        .is_none_or(|r| r.as_str().starts_with("spiffe://legacy.invalid/"));
+        .is_none_or(|r| SpiffeId::parse(r.as_str()).is_ok_and(|id| id.is_legacy()));
     if legacy && matches!(transport, Transport::Sctp { .. }) {
         if !insecure_legacy {
             bail!("a legacy PE (no certificate): reaching it needs --insecure-legacy");
