@@ -331,6 +331,28 @@ fn rsp_over_tls_sctp_with_a_multi_homed_pe_and_enrp_peering() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Peers learnt from a list (spec §9.2) are dialed at the multi-homed SCTP endpoint
+    // they advertise (§4.5). C peers with A only; B and C find each other in A's list.
+    // C serves ENRP over TLS/SCTP on the two documentation addresses only, where no
+    // TLS/TCP listener is: B can reach it only over SCTP, at the addresses C advertised.
+    let c_token = lab.init("enrp-3", "c");
+    let c_enrp = format!("192.0.2.2:0+{DOC_ADDR}:0");
+    let c = lab.start("c", &["--peer", &a_enrp, "--enrp-sctp-listen", &c_enrp]);
+    let peers_of_c = || {
+        let mut curl = Command::new("curl");
+        curl.args(["-sf", "--cacert"])
+            .arg(lab.path("pki/ca.pem"))
+            .args(["-H", &format!("Authorization: Bearer {c_token}")])
+            .arg(format!("https://{}/v1/peers", c.admin));
+        curl
+    };
+    let peers = eventually(
+        Duration::from_secs(60),
+        "C peered with A (configured) and B (learnt from A's list)",
+        peers_of_c,
+        |out| out.matches("\"state\":\"active\"").count() == 2 && out.contains("enrp-2"),
+    );
+    println!("C's peers: {}", peers.trim());
 }
 
 /// RSPLIB's `rspserver -echo` registers with `enrpd`'s legacy listener (and cannot without

@@ -116,6 +116,20 @@ impl TransportAddr {
             Self::Sctp(e) => e.addrs()[0],
         }
     }
+
+    /// Every address (one for TCP).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        match self {
+            Self::Tcp(a) => std::slice::from_ref(a),
+            Self::Sctp(e) => e.addrs(),
+        }
+    }
+
+    /// Whether the two name one listener: an address (IP and port) in common, whatever
+    /// the transport (a registrar serves TLS over TCP and over SCTP at one address).
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.addrs().iter().any(|a| other.addrs().contains(a))
+    }
 }
 
 impl From<SocketAddr> for TransportAddr {
@@ -152,6 +166,17 @@ impl std::fmt::Display for TransportAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_addrs_overlap_on_a_shared_address() {
+        let tcp: TransportAddr = "192.0.2.1:9902".parse().expect("tcp");
+        let sctp: TransportAddr = "sctp:127.0.0.1:9902+192.0.2.1:9902".parse().expect("sctp");
+        let other: TransportAddr = "sctp:192.0.2.1:9903".parse().expect("other port");
+        assert!(tcp.overlaps(&sctp) && sctp.overlaps(&tcp));
+        assert!(!sctp.overlaps(&other) && !tcp.overlaps(&other));
+        assert_eq!(sctp.addrs().len(), 2);
+        assert_eq!(tcp.addrs(), &["192.0.2.1:9902".parse().expect("addr")]);
+    }
 
     #[test]
     fn endpoints_parse_and_refuse() {

@@ -356,7 +356,9 @@ impl Daemon {
                 )
                 .await?;
                 tracing::info!(%at, "serving ENRP over TLS/SCTP");
-                sctp_addrs.push(("ENRP over TLS/SCTP", endpoint_of(at)));
+                let at = endpoint_of(at);
+                settings.registrar.enrp_sctp_addrs = at.addrs().to_vec();
+                sctp_addrs.push(("ENRP over TLS/SCTP", at));
                 Some(l)
             }
             None => None,
@@ -657,7 +659,7 @@ async fn run_core(
 
 /// Where the core's dial requests go: registrars from peer lists, taken-over PEs.
 struct Dials {
-    peers: mpsc::Sender<SocketAddr>,
+    peers: mpsc::Sender<TransportAddr>,
     pes: mpsc::Sender<connection::PeDial>,
 }
 
@@ -748,7 +750,8 @@ async fn execute(
                 );
             }
             Action::DialPeer { addr } => {
-                if dials.peers.try_send(addr).is_err() {
+                if let Err(e) = dials.peers.try_send(addr) {
+                    let addr = e.into_inner();
                     tracing::warn!(%addr, "peer dial queue full: not dialed");
                 }
             }

@@ -11,13 +11,12 @@
 //! the identity (mutual TLS, ALPN `rserpool-enrp/1`) and derives the Server ID that
 //! every message of the connection must carry (ARCHITECTURE.md §3).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ::asap::transport::{MessageReader, ReadError};
+use ::asap::transport::{MessageReader, ReadError, TransportAddr};
 use ::asap::wire::param::ServerId;
 use ::asap::wire::{EnrpMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -199,11 +198,13 @@ async fn peer_connected(events: &mpsc::Sender<Event>, server_id: ServerId) -> bo
 
 /// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action):
 /// a registrar named in a peer list, or a dead peer at its advertised address)
-/// with [`dial_loop`], once per address (configured peers are not dialed twice), at most
-/// [`MAX_DISCOVERED`] at once. A learnt peer without a connection for
-/// [`Settings::learnt_peer_give_up`] is dropped; a later list may bring it back.
+/// with [`dial_loop`], once per registrar (an address shared with a configured peer or
+/// one being dialed is not dialed again), at most [`MAX_DISCOVERED`] at once. A learnt
+/// peer without a connection for [`Settings::learnt_peer_give_up`] is dropped; a later
+/// list may bring it back. An SCTP endpoint is dialed over TLS/SCTP, or, where this
+/// host has no SCTP, over TLS/TCP at its primary address ([`dial_target`]).
 pub(super) async fn dial_discovered(
-    mut addrs: mpsc::Receiver<SocketAddr>,
+    mut addrs: mpsc::Receiver<TransportAddr>,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -211,8 +212,13 @@ pub(super) async fn dial_discovered(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let configured: HashSet<String> = settings.peers.iter().cloned().collect();
-    let mut dialing: HashSet<String> = HashSet::new();
+    // A configured peer named by host name is compared by its text only.
+    let configured: Vec<TransportAddr> = settings
+        .peers
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let mut dialing: Vec<TransportAddr> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let addr = tokio::select! {
@@ -221,13 +227,15 @@ pub(super) async fn dial_discovered(
                 None => break,
             },
             Some(Ok(gone)) = tasks.join_next() => {
-                dialing.remove(&gone);
+                dialing.retain(|d| *d != gone);
                 continue;
             }
             _ = stop.changed() => break,
         };
-        let target = addr.to_string();
-        if configured.contains(&target) || dialing.contains(&target) {
+        let target = dial_target(&addr, listen::sctp_available());
+        if settings.peers.contains(&target)
+            || configured.iter().chain(&dialing).any(|c| c.overlaps(&addr))
+        {
             continue;
         }
         if tasks.len() >= MAX_DISCOVERED {
@@ -235,7 +243,7 @@ pub(super) async fn dial_discovered(
             continue;
         }
         tracing::info!(%target, "dialing a peer learnt from a peer list or declared dead");
-        dialing.insert(target.clone());
+        dialing.push(addr.clone());
         let dial = dial_loop(
             target.clone(),
             Some(settings.learnt_peer_give_up),
@@ -248,10 +256,21 @@ pub(super) async fn dial_discovered(
         );
         tasks.spawn(async move {
             dial.await;
-            target
+            addr
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// What [`dial_loop`] dials for an advertised ENRP address: an SCTP endpoint over
+/// TLS/SCTP where this host has SCTP, else over TLS/TCP at its primary address, where an
+/// rsp registrar serving both serves TLS/TCP too (the address it advertises first,
+/// `registrar/enrp.rs`).
+fn dial_target(addr: &TransportAddr, sctp_here: bool) -> String {
+    match addr {
+        TransportAddr::Sctp(_) if !sctp_here => addr.primary().to_string(),
+        _ => addr.to_string(),
+    }
 }
 
 /// Accepts legacy ENRP associations (plain SCTP, one message per SCTP message) until the
@@ -594,6 +613,18 @@ mod tests {
     use super::*;
     use crate::registrar::Config;
     use asap::wire::param::ServerId;
+
+    #[test]
+    fn an_sctp_peer_is_dialed_over_tcp_where_there_is_no_sctp() {
+        let sctp: TransportAddr = "sctp:192.0.2.1:9902+192.0.2.2:9902".parse().expect("sctp");
+        assert_eq!(
+            dial_target(&sctp, true),
+            "sctp:192.0.2.1:9902+192.0.2.2:9902"
+        );
+        assert_eq!(dial_target(&sctp, false), "192.0.2.1:9902");
+        let tcp: TransportAddr = "192.0.2.1:9902".parse().expect("tcp");
+        assert_eq!(dial_target(&tcp, true), "192.0.2.1:9902");
+    }
 
     /// A learnt peer that never answers is given up after `give_up`; a configured one
     /// (`None`) is dialed until the daemon stops.

@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
+use ::asap::transport::{Endpoint, TransportAddr};
 use ::asap::wire::param::{
     Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
     SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
@@ -114,17 +115,54 @@ pub(super) struct Peer {
     sync_own: bool,
     /// Continuation points of its handle table requests, by W flag (spec §9.7).
     pub(super) continuation: HashMap<bool, PeKey>,
-    /// The ENRP address it advertised in its PRESENCE (spec §4.5), for our list responses.
-    enrp_addr: Option<SocketAddr>,
+    /// The ENRP address it advertised in its PRESENCE (spec §4.5), TCP or multi-homed
+    /// SCTP: where it is dialed again when declared dead, and what our list responses say.
+    enrp_addr: Option<TransportAddr>,
 }
 
 /// Most new peers one ENRP_LIST_RESPONSE may make this registrar dial: a peer's list is
 /// bounded by configuration (spec §9.2), and one peer must not make us dial without end.
 pub const MAX_LIST_DIALS: usize = 64;
 
-/// The TCP address in a Server Information, if it is one that can be dialed.
-fn dialable(info: &ServerInformation) -> Option<SocketAddr> {
-    asap_listener(&info.transport)
+/// Where a Server Information says its registrar serves ENRP, if that can be dialed: a
+/// TCP address, or an SCTP endpoint of all its usable addresses (spec §4.3, §4.5).
+fn dialable(info: &ServerInformation) -> Option<TransportAddr> {
+    let usable = |ip: &std::net::IpAddr| !ip.is_unspecified() && !ip.is_multicast();
+    match &info.transport {
+        Transport::Sctp { port, addrs, .. } => {
+            let addrs: Vec<SocketAddr> = addrs
+                .as_slice()
+                .iter()
+                .map(|a| a.ip())
+                .filter(usable)
+                .map(|ip| SocketAddr::new(ip, port.get()))
+                .collect();
+            // An endpoint that cannot be multi-homed here (IPv6) keeps its first address.
+            Endpoint::new(addrs.clone())
+                .or_else(|_| Endpoint::new(addrs.into_iter().take(1).collect()))
+                .ok()
+                .map(TransportAddr::Sctp)
+        }
+        other => asap_listener(other).map(TransportAddr::Tcp),
+    }
+}
+
+/// `addr` as the transport of a Server Information (spec §4.5): TCP, or SCTP listing
+/// every address of the endpoint.
+fn server_transport(addr: &TransportAddr) -> Option<Transport> {
+    let port = NonZeroU16::new(addr.primary().port())?;
+    Some(match addr {
+        TransportAddr::Tcp(a) => Transport::Tcp {
+            port,
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(a.ip()),
+        },
+        TransportAddr::Sctp(e) => Transport::Sctp {
+            port,
+            transport_use: TransportUse::DataOnly,
+            addrs: SctpAddresses::new(e.addrs().iter().map(|a| Address::new(a.ip())))?,
+        },
+    })
 }
 
 /// The address of a TCP transport (a PE's advertised ASAP listener, a registrar's ENRP
@@ -451,20 +489,12 @@ impl Core {
                 },
             };
         }
-        let server_info = self
-            .config
-            .enrp_addr
-            .filter(|a| !a.ip().is_unspecified())
-            .and_then(|a: SocketAddr| {
-                Some(ServerInformation {
-                    server_id: self.config.server_id,
-                    transport: Transport::Tcp {
-                        port: NonZeroU16::new(a.port())?,
-                        transport_use: TransportUse::DataOnly,
-                        addr: Address::new(a.ip()),
-                    },
-                })
-            });
+        let server_info = self.advertised_enrp().and_then(|a| {
+            Some(ServerInformation {
+                server_id: self.config.server_id,
+                transport: server_transport(&a)?,
+            })
+        });
         EnrpMsg {
             sender: self.config.server_id,
             receiver: to.get(),
@@ -474,6 +504,36 @@ impl Core {
                 server_info,
             },
         }
+    }
+
+    /// Where this registrar tells its peers it serves ENRP over TLS (spec §4.5): its
+    /// TLS/SCTP endpoint where it has one (RFC usage, every address: multi-homing), the
+    /// TLS/TCP address first when the endpoint has it, so that a peer without SCTP can
+    /// dial that address over TCP (`daemon/peer.rs`); else its TLS/TCP address. Unspecified
+    /// addresses are left out; none usable, none advertised.
+    fn advertised_enrp(&self) -> Option<TransportAddr> {
+        let tcp = self.config.enrp_addr.filter(|a| !a.ip().is_unspecified());
+        let mut sctp: Vec<SocketAddr> = self
+            .config
+            .enrp_sctp_addrs
+            .iter()
+            .copied()
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+        if let Some(t) = tcp {
+            sctp.sort_by_key(|a| *a != t);
+        }
+        match Endpoint::new(sctp) {
+            Ok(e) => Some(TransportAddr::Sctp(e)),
+            Err(_) => tcp.map(TransportAddr::Tcp),
+        }
+    }
+
+    /// Whether `addr` is one of this registrar's own ENRP listeners.
+    fn is_own_enrp(&self, addr: &TransportAddr) -> bool {
+        addr.addrs()
+            .iter()
+            .any(|a| Some(*a) == self.config.enrp_addr || self.config.enrp_sctp_addrs.contains(a))
     }
 
     /// Whether `sid` is a legacy peer (RSPLIB): it speaks and hears only the legacy
@@ -741,15 +801,16 @@ impl Core {
                 server_info,
             } => {
                 let mismatch = checksum.0 != self.handlespace.checksum(sid);
-                // Only its own address counts: a peer does not speak for another's.
+                // Only its own address counts: a peer does not speak for another's. A
+                // legacy peer's is not kept: it speaks plain ENRP, only where configured.
                 let advertised = server_info
-                    .filter(|i| i.server_id == sid)
+                    .filter(|i| i.server_id == sid && !is_legacy(&client.id))
                     .as_ref()
                     .and_then(dialable);
                 let syncing = self.peers.get_mut(&sid).is_some_and(|p| {
                     p.their_checksum = Some(checksum.0);
                     if advertised.is_some() {
-                        p.enrp_addr = advertised;
+                        p.enrp_addr.clone_from(&advertised);
                     }
                     p.sync.is_some()
                 });
@@ -838,14 +899,9 @@ impl Core {
             .iter()
             .filter(|(sid, p)| **sid != asker && p.state != PeerState::Dead)
             .filter_map(|(sid, p)| {
-                let a = p.enrp_addr?;
                 Some(ServerInformation {
                     server_id: *sid,
-                    transport: Transport::Tcp {
-                        port: NonZeroU16::new(a.port())?,
-                        transport_use: TransportUse::DataOnly,
-                        addr: Address::new(a.ip()),
-                    },
+                    transport: server_transport(p.enrp_addr.as_ref()?)?,
                 })
             })
             .collect()
@@ -876,12 +932,14 @@ impl Core {
             // end): dialing it too would make a second connection that the tie-break
             // closes, again at every redial (seen after a healed partition).
             let known = self.peers.get(&sid).is_some_and(|p| {
-                p.conn.is_some() || p.state != PeerState::Dead || p.enrp_addr == Some(addr)
+                p.conn.is_some()
+                    || p.state != PeerState::Dead
+                    || p.enrp_addr.as_ref() == Some(&addr)
             });
             if sid == self.config.server_id || known || dialed.contains(&sid) {
                 continue;
             }
-            if Some(addr) == self.config.enrp_addr {
+            if self.is_own_enrp(&addr) {
                 continue;
             }
             dialed.insert(sid);
@@ -1029,7 +1087,7 @@ impl Core {
         // while we still thought it alive made us dial nothing (the deterministic
         // simulation found both, seed 642: the mesh stayed split for good). The driver
         // dials an address once, so a configured or already dialed peer is not doubled.
-        if let Some(addr) = p.enrp_addr {
+        if let Some(addr) = p.enrp_addr.clone() {
             out.push(Action::DialPeer { addr });
         }
         out.push(Action::Audit {

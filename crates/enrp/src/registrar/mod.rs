@@ -138,9 +138,12 @@ pub struct Config {
     pub check_user_address: bool,
     /// Seed of the core's RNG (random policies), so that runs replay.
     pub rng_seed: u64,
-    /// Where this registrar serves ENRP, sent to peers in PRESENCE (spec §4.5); `None`
-    /// (or an unspecified address) sends none.
+    /// Where this registrar serves ENRP over TLS/TCP, sent to peers in PRESENCE (spec §4.5)
+    /// unless it has a TLS/SCTP endpoint; `None` (or an unspecified address) sends none.
     pub enrp_addr: Option<SocketAddr>,
+    /// Where it serves ENRP over TLS/SCTP: sent to peers in PRESENCE (spec §4.5, every
+    /// address) in preference to [`Config::enrp_addr`]. Default empty.
+    pub enrp_sctp_addrs: Vec<SocketAddr>,
     /// Most PEs in one handle table response (spec §9.7, §10). Default 128.
     pub handle_table_pes: usize,
     /// Most bytes of PEs in one handle table response (spec §10). Default 16 KiB.
@@ -205,6 +208,7 @@ impl Config {
             check_user_address: true,
             rng_seed: 0,
             enrp_addr: None,
+            enrp_sctp_addrs: Vec::new(),
             handle_table_pes: 128,
             handle_table_bytes: 16 * 1024,
             legacy_namespace: None,
@@ -381,8 +385,8 @@ pub enum Action {
     /// address it advertised, and keep a connection to it, like a configured peer. The
     /// driver dials each address once; whoever answers is authenticated as usual.
     DialPeer {
-        /// Its advertised ENRP address.
-        addr: SocketAddr,
+        /// Its advertised ENRP address: TCP, or a (multi-homed) SCTP endpoint.
+        addr: ::asap::transport::TransportAddr,
     },
     /// Dial a taken-over PE's ASAP listener (spec §12.6) over mutual TLS, insisting that it
     /// presents `registrant`'s certificate, announce the connection with

@@ -5,9 +5,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
+use ::asap::transport::TransportAddr;
 use ::asap::wire::param::{
-    Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, ServerInformation,
-    Transport, TransportUse,
+    Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, SctpAddresses,
+    ServerInformation, Transport, TransportUse,
 };
 use ::asap::wire::{EnrpBody, PeEntry, PoolEntries, Resolution, UpdateAction};
 
@@ -778,13 +779,18 @@ fn presence_from(server_id: u32, port: u16) -> EnrpBody {
     }
 }
 
-fn dials(out: &[Action]) -> Vec<SocketAddr> {
+fn dials(out: &[Action]) -> Vec<TransportAddr> {
     out.iter()
         .filter_map(|a| match a {
-            Action::DialPeer { addr } => Some(*addr),
+            Action::DialPeer { addr } => Some(addr.clone()),
             _ => None,
         })
         .collect()
+}
+
+/// A TLS/TCP ENRP address on loopback.
+fn tcp(port: u16) -> TransportAddr {
+    TransportAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 #[test]
@@ -834,13 +840,7 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
             ],
         },
     );
-    assert_eq!(
-        dials(&out),
-        vec![
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 1002)),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 1004)),
-        ]
-    );
+    assert_eq!(dials(&out), vec![tcp(1002), tcp(1004)]);
     // A rejected list dials nothing.
     let out = h.enrp(
         10,
@@ -891,10 +891,7 @@ fn a_dead_peer_is_dialed_from_a_list_only_at_an_address_it_did_not_advertise() {
         servers: vec![server_info(SID_C, port)],
     };
     assert!(dials(&h.enrp(10, SID_B, list(1002))).is_empty());
-    assert_eq!(
-        dials(&h.enrp(10, SID_B, list(1009))),
-        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 1009))]
-    );
+    assert_eq!(dials(&h.enrp(10, SID_B, list(1009))), vec![tcp(1009)]);
 }
 
 #[test]
@@ -1167,9 +1164,84 @@ fn a_dead_peer_is_dialed_at_its_advertised_address() {
     h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
     let out = h.advance(200);
     assert_eq!(h.core.peers()[0].state, PeerState::Dead);
+    assert_eq!(dials(&out), vec![tcp(9902)]);
+}
+
+/// An SCTP Server Information on `port` listing 127.0.0.1 and 192.0.2.1.
+fn sctp_server_info(server_id: u32, port: u16) -> ServerInformation {
+    ServerInformation {
+        server_id: sid(server_id),
+        transport: Transport::Sctp {
+            port: NonZeroU16::new(port).expect("non-zero"),
+            transport_use: TransportUse::DataOnly,
+            addrs: SctpAddresses::new([
+                Address::new(Ipv4Addr::LOCALHOST),
+                Address::new(Ipv4Addr::new(192, 0, 2, 1)),
+            ])
+            .expect("two addresses"),
+        },
+    }
+}
+
+#[test]
+fn a_peer_advertising_a_multi_homed_sctp_endpoint_is_listed_and_redialed_there() {
+    // Spec §4.3, §4.5: an SCTP Server Information lists every address of the endpoint;
+    // it is kept whole, passed on in list responses, and dialed when the peer dies.
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    h.peer_up(11, PR_C, SID_C);
+    let presence = EnrpBody::Presence {
+        reply_required: false,
+        checksum: PeChecksum(0xffff),
+        server_info: Some(sctp_server_info(SID_B, 9902)),
+    };
+    h.enrp(10, SID_B, presence);
+    let out = h.enrp(11, SID_C, EnrpBody::ListRequest);
     assert_eq!(
-        dials(&out),
-        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 9902))]
+        enrp_sent(&out),
+        vec![EnrpBody::ListResponse {
+            reject: false,
+            servers: vec![sctp_server_info(SID_B, 9902)],
+        }]
+    );
+    h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
+    let out = h.advance(250);
+    let endpoint: TransportAddr = "sctp:127.0.0.1:9902+192.0.2.1:9902".parse().expect("sctp");
+    assert_eq!(dials(&out), vec![endpoint]);
+}
+
+#[test]
+fn presence_advertises_the_tls_sctp_endpoint_with_the_tcp_address_first() {
+    // A peer without SCTP dials the first address over TCP (daemon/peer.rs): it must be
+    // the one the TLS/TCP listener serves.
+    let mut config = Config::new(sid(0x0a0a));
+    config.enrp_addr = Some(SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 9902)));
+    config.enrp_sctp_addrs = vec![
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9902)),
+        SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 9902)),
+    ];
+    let mut h = Harness::new();
+    h.core = Core::new(config, peer_grants());
+    let out = h.peer_up(10, PR_B, SID_B);
+    let advertised = enrp_sent(&out).into_iter().find_map(|b| match b {
+        EnrpBody::Presence { server_info, .. } => server_info,
+        _ => None,
+    });
+    let Some(ServerInformation {
+        transport: Transport::Sctp { port, addrs, .. },
+        ..
+    }) = advertised
+    else {
+        panic!("no SCTP Server Information in {out:?}");
+    };
+    assert_eq!(port.get(), 9902);
+    let ips: Vec<_> = addrs.as_slice().iter().map(|a| a.ip()).collect();
+    assert_eq!(
+        ips,
+        vec![
+            std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)),
+            std::net::IpAddr::from(Ipv4Addr::LOCALHOST)
+        ]
     );
 }
 

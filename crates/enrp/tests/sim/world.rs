@@ -1220,7 +1220,11 @@ impl World {
                         self.close(conn.0, side);
                     }
                 }
-                Action::DialPeer { addr } => self.dial_discovered(reg, addr),
+                Action::DialPeer { addr } => match addr {
+                    asap::transport::TransportAddr::Tcp(addr) => self.dial_discovered(reg, addr),
+                    // The simulated registrars advertise TLS/TCP only.
+                    other => self.fail(format!("r{reg} was told to dial {other} over SCTP")),
+                },
                 // The simulated PEs advertise no ASAP listener (spec §12.6), so no
                 // registrar may ask to dial one.
                 Action::DialPe { addr, .. } => {
