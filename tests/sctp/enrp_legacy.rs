@@ -5,7 +5,7 @@
 //! Three registrars: `enrpd` and two `rspregistrar`s, all peered. RSPLIB 3.4.4 completes
 //! a takeover only when a live peer acknowledges it, so with `enrpd` as its only peer its
 //! takeover of `enrpd` would just expire; and it never sends TAKEOVER_SERVER, which
-//! `enrpd` does not need (notes/rsplib-wire.md §0.9, §4).
+//! `enrpd` does not need (docs/RSPLIB.md §0.9, §4).
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use super::{
 
 /// The two RSPLIB registrars: Server ID (`rspregistrar -identifier`), ASAP port, ENRP
 /// port. Two, because RSPLIB 3.4.4 completes a takeover only on an acknowledgement: with
-/// enrpd as its only peer, its takeover of enrpd would expire (notes/rsplib-wire.md §4).
+/// enrpd as its only peer, its takeover of enrpd would expire (docs/RSPLIB.md §4).
 const R1: (&str, u16, u16) = ("0x11111111", 3873, 9911);
 const R2: (&str, u16, u16) = ("0x22222222", 3874, 9912);
 
@@ -270,6 +270,18 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         killed.elapsed(),
         pool.trim()
     );
+    // enrpd dialed the PE's ASAP transport over plain SCTP with the H=1 keep-alive: the
+    // PE, which knows no registrar but R1, re-registers at enrpd as the same registrant
+    // (its address), audited as such.
+    let since = crate::unix_ms() - killed.elapsed().as_millis();
+    let path = format!("/v1/audit?pool=EchoPool&action=reregister&since_ms={since}");
+    let moved = eventually(
+        Duration::from_secs(60),
+        "R1's PE re-registered at enrpd after the H=1 keep-alive",
+        || admin_get(&lab, &a, &token, &path),
+        |out| out.contains("0x0000aaaa") && out.contains("legacy.invalid"),
+    );
+    println!("re-registered at enrpd: {}", moved.trim());
     // (e) R1 again; once it knows enrpd's PE, kill enrpd: an rspregistrar takes it over
     // (R2 acknowledging R1's takeover, or the other way round) and R1 still resolves it.
     let _r1 = rspregistrar(&lab, "r1-again.log", R1, R2);

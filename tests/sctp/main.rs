@@ -26,6 +26,15 @@ pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
+/// Unix time in milliseconds, for the admin API's `since_ms`.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis()
+}
+
 /// The documentation address the guest adds to `lo` (RSPLIB needs a non-loopback one).
 pub(crate) const DOC_ADDR: &str = "192.0.2.1";
 

@@ -2,7 +2,7 @@
 //!
 //! Each ENRP_PRESENCE carries the checksum of the PEs its sender owns; a peer that computes
 //! a different value over its copy of those PEs re-synchronises. The algorithm is rsplib's,
-//! as RSPLIB 3.4.4 runs it on x86 (notes/rsplib-wire.md §5):
+//! as RSPLIB 3.4.4 runs it on x86 (docs/RSPLIB.md §5):
 //!
 //! ```text
 //! per-PE sum   s(pe) = Σ 16-bit LITTLE-endian words over  pool_handle_bytes ‖ pad-to-even
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn past_the_wrap_the_bytes_are_rsplibs() {
-        // Measured on the wire (notes/rsplib-wire.md §5, rsplib-lab/s7.sh + bigcsum.py):
+        // Measured on the wire (docs/RSPLIB.md §5, rsplib-lab/s7.sh + bigcsum.py):
         // one rspregistrar owning N PEs "32 × 0xFF" / 0xFFFF0000|i, i = 1..=N. From
         // N = 3,800 on, a big-endian accumulator would give cd05, ece6, e5b6, 395e, 4ab6.
         let h = handle(&[0xFF; 32]);

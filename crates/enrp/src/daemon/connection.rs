@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Framer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
@@ -159,18 +158,12 @@ async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     if legacy {
-        // No handshake and no certificate: the address is all there is to know.
-        let client = Client {
-            id: crate::registrar::legacy_identity(addr.ip()),
-            serial: trust::Serial::from_bytes(&[]),
-            addr,
-        };
         tracing::info!(?conn, %addr, "legacy ASAP connection (unauthenticated)");
         let io = Io {
             settings: &settings,
             events: &events,
         };
-        run(conn, stream, client, None, io, stop, None).await;
+        run(conn, stream, legacy_client(addr), None, io, stop, None).await;
         return;
     }
     // A fresh config per handshake: revocations and trust changes apply at once.
@@ -195,6 +188,15 @@ async fn serve(
         events: &events,
     };
     run(conn, tls, client, Some(live), io, stop, None).await;
+}
+
+/// A legacy client: no handshake and no certificate, the address is all there is to know.
+fn legacy_client(addr: std::net::SocketAddr) -> Client {
+    Client {
+        id: crate::registrar::legacy_identity(addr.ip()),
+        serial: trust::Serial::from_bytes(&[]),
+        addr,
+    }
 }
 
 /// Registers an authenticated connection for revocation, then checks its identity once
@@ -235,20 +237,21 @@ struct Io<'a> {
 /// many PEs dials them in this many streams, not all at once.
 pub(super) const MAX_PE_DIALS: usize = 64;
 
-/// A TCP connect to a PE's listener that takes longer is abandoned.
+/// A connect to a PE's listener (TCP or SCTP) that takes longer is abandoned.
 const PE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What [`Action::DialPe`](crate::registrar::Action::DialPe) asks for.
 #[derive(Debug)]
 pub(super) struct PeDial {
     pub(super) pe: crate::registrar::PeKey,
-    pub(super) addr: std::net::SocketAddr,
+    pub(super) addr: ::asap::transport::TransportAddr,
     pub(super) registrant: trust::SpiffeId,
 }
 
 /// Dials taken-over PEs (spec §12.6), at most [`MAX_PE_DIALS`] at a time. Each is
 /// authenticated as the identity it registered with, then served like an accepted
-/// connection, starting with the H=1 keep-alive.
+/// connection, starting with the H=1 keep-alive. A legacy PE (RSPLIB's) is dialed over
+/// plain SCTP and served like a client of the legacy listener: known by its address.
 pub(super) async fn dial_pes(
     mut dials: mpsc::Receiver<PeDial>,
     settings: Arc<Settings>,
@@ -270,32 +273,75 @@ pub(super) async fn dial_pes(
         let (settings, trust, events) = (Arc::clone(&settings), Arc::clone(&trust), events.clone());
         let (audit, counters, stop) = (audit.clone(), Arc::clone(&counters), stop.clone());
         tokio::spawn(async move {
-            let tls = dial_pe(&dial, &settings, &trust, &audit, &counters).await;
-            // The handshake is done: the slot goes to the next dial while this one serves.
-            drop(slot);
-            let Some((tls, peer)) = tls else { return };
-            let Some((client, live)) = admit(&peer, dial.addr, &trust, &audit, &counters).await
-            else {
-                return;
+            let legacy = crate::registrar::is_legacy(&dial.registrant);
+            let security = if legacy {
+                listen::Security::Plain
+            } else {
+                listen::Security::Tls
             };
-            let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-            let then = Input::PeDialed { conn, pe: dial.pe };
+            let dialed = connect_pe(&dial.addr, security).await;
             let io = Io {
                 settings: &settings,
                 events: &events,
             };
-            run(conn, tls, client, Some(live), io, stop, Some(then)).await;
+            let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+            let then = Some(Input::PeDialed {
+                conn,
+                pe: dial.pe.clone(),
+            });
+            let Some((stream, addr)) = dialed else { return };
+            if legacy {
+                drop(slot);
+                tracing::info!(?conn, %addr, "dialed a legacy PE (unauthenticated)");
+                run(conn, stream, legacy_client(addr), None, io, stop, then).await;
+                return;
+            }
+            let tls = dial_pe(stream, addr, &dial, &settings, &trust, &audit, &counters).await;
+            // The handshake is done: the slot goes to the next dial while this one serves.
+            drop(slot);
+            let Some((tls, peer)) = tls else { return };
+            let Some((client, live)) = admit(&peer, addr, &trust, &audit, &counters).await else {
+                return;
+            };
+            run(conn, tls, client, Some(live), io, stop, then).await;
         });
     }
 }
 
+/// Opens the transport to a PE's listener, bounded by [`PE_CONNECT_TIMEOUT`].
+async fn connect_pe(
+    to: &::asap::transport::TransportAddr,
+    security: listen::Security,
+) -> Option<(BoxStream, std::net::SocketAddr)> {
+    match tokio::time::timeout(
+        PE_CONNECT_TIMEOUT,
+        listen::dial(to, Protocol::Asap, security),
+    )
+    .await
+    {
+        Ok(Ok(dialed)) => Some(dialed),
+        Ok(Err(e)) => {
+            tracing::info!(%to, error = %e, "PE listener unreachable");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%to, "PE listener: connect timed out");
+            None
+        }
+    }
+}
+
+/// The mutual TLS handshake with a dialed PE, which must present `dial.registrant`'s
+/// certificate.
 async fn dial_pe(
+    stream: BoxStream,
+    addr: std::net::SocketAddr,
     dial: &PeDial,
     settings: &Settings,
     trust: &TrustStore,
     audit: &AuditLog,
     counters: &Counters,
-) -> Option<(tokio_rustls::client::TlsStream<TcpStream>, Peer)> {
+) -> Option<(tokio_rustls::client::TlsStream<BoxStream>, Peer)> {
     let expected = trust::IdentityPattern::exact(&dial.registrant);
     let config = match trust.client_config_expecting(Protocol::Asap, expected) {
         Ok(c) => c,
@@ -304,25 +350,13 @@ async fn dial_pe(
             return None;
         }
     };
-    let tcp = match tokio::time::timeout(PE_CONNECT_TIMEOUT, TcpStream::connect(dial.addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            tracing::info!(addr = %dial.addr, error = %e, "PE listener unreachable");
-            return None;
-        }
-        Err(_) => {
-            tracing::info!(addr = %dial.addr, "PE listener: connect timed out");
-            return None;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
     // The name is not checked: the PE is authenticated by its SPIFFE ID (above).
-    let name = tokio_rustls::rustls::pki_types::ServerName::from(dial.addr.ip());
+    let name = tokio_rustls::rustls::pki_types::ServerName::from(addr.ip());
     let connector = tokio_rustls::TlsConnector::from(config);
     authenticate(
-        connector.connect(name, tcp),
+        connector.connect(name, stream),
         Protocol::Asap,
-        dial.addr,
+        addr,
         settings,
         audit,
         counters,

@@ -765,7 +765,8 @@ async fn execute(
                     addr,
                     registrant,
                 };
-                if dials.pes.try_send(dial).is_err() {
+                if let Err(e) = dials.pes.try_send(dial) {
+                    let addr = e.into_inner().addr;
                     tracing::warn!(%addr, "PE dial queue full: not dialed");
                 }
             }

@@ -274,10 +274,7 @@ impl Core {
         }
         // 5.–7. Pool consistency, PE ID uniqueness, limits: the handlespace.
         pe.home_server_id = self.config.server_id.get();
-        let registrant = self
-            .conns
-            .get(&conn)
-            .and_then(|c| RegistrantIdentity::new(c.client.id.as_str()));
+        let registrant = self.registrant(conn, Some(&pe));
         let result = self
             .handlespace
             .register(&ns, &pool_handle, pe.clone(), registrant);
@@ -338,6 +335,26 @@ impl Core {
         });
     }
 
+    /// Who `conn` (re-)registers or deregisters `pe` as: its certificate's identity; for
+    /// a legacy client, the PE's legacy registrant ([`super::legacy_registrant`]) when
+    /// the PE's first address is the connection's (registration step 3 checked it), so
+    /// that a legacy PE learnt from an RSPLIB registrar can re-register and deregister
+    /// here.
+    fn registrant(&self, conn: ConnId, pe: Option<&PoolElement>) -> Option<RegistrantIdentity> {
+        let client = &self.conns.get(&conn)?.client;
+        if super::is_legacy(&client.id)
+            && let Some(pe) = pe
+            && pe
+                .user_transport
+                .addresses()
+                .first()
+                .is_some_and(|a| a.ip() == client.addr.ip().to_canonical())
+        {
+            return super::legacy_registrant(pe);
+        }
+        RegistrantIdentity::new(client.id.as_str())
+    }
+
     /// Spec §7.2.
     fn on_deregistration(
         &mut self,
@@ -355,10 +372,12 @@ impl Core {
         let outcome = if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
             Err(ErrorCause::SecurityRejection)
         } else {
-            let registrant = self
-                .conns
-                .get(&conn)
-                .and_then(|c| RegistrantIdentity::new(c.client.id.as_str()));
+            let registered = self
+                .handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|p| p.entry(pe_id))
+                .map(|e| e.pool_element.clone());
+            let registrant = self.registrant(conn, registered.as_ref());
             let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
             match self
                 .handlespace

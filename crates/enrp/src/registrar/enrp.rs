@@ -28,8 +28,9 @@
 //!   full-mesh configuration) learns every PE.
 //! - Legacy peers (RSPLIB's `rspregistrar` over plain SCTP, issue 8): the driver admits
 //!   them by address and configured Server ID; they need no grant and may peer in the
-//!   legacy namespace only. What they send lands there, without registrants; what they
-//!   hear is that namespace only, without the project parameters RSPLIB rejects
+//!   legacy namespace only. What they send lands there, its PEs known by address
+//!   ([`super::legacy_registrant`]), so that they can re-register here and be dialed over
+//!   plain SCTP on a takeover; what they hear is that namespace only, without the project parameters RSPLIB rejects
 //!   (`Core::confine_legacy_sends`), with a checksum over that namespace and an SCTP
 //!   Server Information. RSPLIB never sends TAKEOVER_SERVER: its takeovers reach us
 //!   through the checksum audit (W=1 download), which moves a PE's home like an update.
@@ -124,11 +125,18 @@ pub(super) struct Peer {
 /// bounded by configuration (spec §9.2), and one peer must not make us dial without end.
 pub const MAX_LIST_DIALS: usize = 64;
 
-/// Where a Server Information says its registrar serves ENRP, if that can be dialed: a
-/// TCP address, or an SCTP endpoint of all its usable addresses (spec §4.3, §4.5).
+/// Where a Server Information says its registrar serves ENRP, if that can be dialed
+/// ([`dial_addr`]).
 fn dialable(info: &ServerInformation) -> Option<TransportAddr> {
+    dial_addr(&info.transport)
+}
+
+/// A transport (a registrar's ENRP address, a PE's advertised ASAP transport) as an
+/// address to dial: TCP, or an SCTP endpoint of all its usable addresses (spec §4.3).
+/// Other transports, and unspecified or multicast addresses, cannot be dialed.
+fn dial_addr(transport: &Transport) -> Option<TransportAddr> {
     let usable = |ip: &std::net::IpAddr| !ip.is_unspecified() && !ip.is_multicast();
-    match &info.transport {
+    match transport {
         Transport::Sctp { port, addrs, .. } => {
             let addrs: Vec<SocketAddr> = addrs
                 .as_slice()
@@ -143,7 +151,10 @@ fn dialable(info: &ServerInformation) -> Option<TransportAddr> {
                 .ok()
                 .map(TransportAddr::Sctp)
         }
-        other => asap_listener(other).map(TransportAddr::Tcp),
+        Transport::Tcp { port, addr, .. } => {
+            usable(&addr.ip()).then(|| TransportAddr::Tcp(SocketAddr::new(addr.ip(), port.get())))
+        }
+        _ => None,
     }
 }
 
@@ -163,16 +174,6 @@ fn server_transport(addr: &TransportAddr) -> Option<Transport> {
             addrs: SctpAddresses::new(e.addrs().iter().map(|a| Address::new(a.ip())))?,
         },
     })
-}
-
-/// The address of a TCP transport (a PE's advertised ASAP listener, a registrar's ENRP
-/// address), if it is one that can be dialed.
-fn asap_listener(transport: &Transport) -> Option<SocketAddr> {
-    let Transport::Tcp { port, addr, .. } = transport else {
-        return None;
-    };
-    let ip = addr.ip();
-    (!ip.is_unspecified() && !ip.is_multicast()).then(|| SocketAddr::new(ip, port.get()))
 }
 
 /// A takeover of a dead peer this registrar runs (spec §9.8).
@@ -584,7 +585,7 @@ impl Core {
 
     /// What a legacy peer may hear of an ENRP body: only the legacy namespace's PEs,
     /// without the project parameters (0x8100 Namespace, 0x8101 Registrant Identity) that
-    /// RSPLIB refuses (notes/rsplib-wire.md §6). `None`: nothing to send it.
+    /// RSPLIB refuses (docs/RSPLIB.md §6). `None`: nothing to send it.
     fn for_legacy_peer(&self, body: EnrpBody) -> Option<EnrpBody> {
         let legacy = self.config.legacy_namespace.as_ref();
         match body {
@@ -644,7 +645,7 @@ impl Core {
     /// when it is connected here (SCTP, its source port, Transport Use data only, as
     /// RSPLIB sends them); else, lacking anything better, its user transport's addresses
     /// and port as SCTP. (RSPLIB uses it only to send the H=1 keep-alive of a takeover,
-    /// which its 3.4.4 fails to send anyway: notes/rsplib-wire.md §0.9.)
+    /// which its 3.4.4 fails to send anyway: docs/RSPLIB.md §0.9.)
     fn with_registrator(
         &self,
         ns: &Namespace,
@@ -713,7 +714,9 @@ impl Core {
     }
 
     /// Everything a legacy peer sends lands in the legacy namespace (it names none: RSPLIB
-    /// knows no namespaces), and its PEs have no registrant identity.
+    /// knows no namespaces), and its PEs are known by address: their registrant is the
+    /// legacy identity of their first address ([`super::legacy_registrant`]), whatever the
+    /// peer sent, so that they may re-register here and be dialed on a takeover.
     fn confine_from_legacy_peer(&self, body: &mut EnrpBody) {
         let Some(legacy) = &self.config.legacy_namespace else {
             return;
@@ -722,16 +725,17 @@ impl Core {
             EnrpBody::HandleUpdate {
                 namespace,
                 registrant,
+                pool_element,
                 ..
             } => {
                 *namespace = legacy.clone();
-                *registrant = None;
+                *registrant = super::legacy_registrant(pool_element);
             }
             EnrpBody::HandleTableResponse { pools, .. } => {
                 for g in pools {
                     g.namespace = legacy.clone();
                     for e in &mut g.entries {
-                        e.registrant = None;
+                        e.registrant = super::legacy_registrant(&e.pool_element);
                     }
                 }
             }
@@ -1679,9 +1683,11 @@ impl Core {
     }
 
     /// Step 3: TAKEOVER_SERVER to all, then every PE of `target` is ours. Over TCP there
-    /// is no connection to send it the H=1 keep-alive on (spec §12.6): it waits one
-    /// connection grace period for its re-registration here, else it is removed (and
-    /// DEL_PE sent). ADD_PE tells the peers its new home at once.
+    /// is no connection to send it the H=1 keep-alive on (spec §12.6): a PE that
+    /// advertised an ASAP transport is dialed there (TLS over TCP or SCTP; a legacy PE,
+    /// RSPLIB's, over plain SCTP); every PE waits one connection grace period for its
+    /// re-registration here, else it is removed (and DEL_PE sent). ADD_PE tells the peers
+    /// its new home at once.
     fn complete_takeover(&mut self, target: ServerId, now: Instant, out: &mut Vec<Action>) {
         self.takeovers.remove(&target);
         self.timers.stop(&TimerKey::TakeoverExpiry(target));
@@ -1707,7 +1713,7 @@ impl Core {
                 .pool_element
                 .asap_transport
                 .as_ref()
-                .and_then(asap_listener)
+                .and_then(dial_addr)
                 .zip(
                     entry
                         .registrant

@@ -179,6 +179,19 @@ pub fn is_legacy(id: &SpiffeId) -> bool {
     id.is_legacy()
 }
 
+/// The registrant of a PE in the legacy namespace, whether it registered through the
+/// legacy listener or was learnt from a legacy peer (which sends no registrants): the
+/// legacy identity of its user transport's first address. Legacy PEs are known by address
+/// (ARCHITECTURE.md §4), and registration step 3 (spec §7.1 [P]) proved that address is
+/// its association's; so one PE is one registrant whichever of its addresses, or which
+/// registrar, it came through, and can move between RSPLIB's registrars and this one.
+pub fn legacy_registrant(
+    pe: &::asap::wire::param::PoolElement,
+) -> Option<::asap::wire::param::RegistrantIdentity> {
+    let ip = pe.user_transport.addresses().first()?.ip();
+    ::asap::wire::param::RegistrantIdentity::new(legacy_identity(ip).as_str())
+}
+
 /// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address and its
 /// configured Server ID (`spiffe://legacy.invalid/enrp/IP/0x11111111`). The driver
 /// announces one only for an association with a configured legacy peer's address whose
@@ -391,11 +404,14 @@ pub enum Action {
     /// Dial a taken-over PE's ASAP listener (spec §12.6) over mutual TLS, insisting that it
     /// presents `registrant`'s certificate, announce the connection with
     /// [`Input::Connected`] and then [`Input::PeDialed`], and serve it like an accepted one.
+    /// A legacy PE (`registrant` a legacy identity, RSPLIB's) is dialed over plain SCTP,
+    /// as the legacy listener serves it: it takes its new home from the H=1 keep-alive on
+    /// a new association (docs/RSPLIB.md §0.7).
     DialPe {
         /// The PE.
         pe: PeKey,
-        /// The ASAP transport it advertised.
-        addr: SocketAddr,
+        /// The ASAP transport it advertised: TCP, or SCTP with all its addresses.
+        addr: ::asap::transport::TransportAddr,
         /// The identity it registered with: nobody else may answer for it.
         registrant: SpiffeId,
     },

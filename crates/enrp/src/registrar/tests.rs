@@ -2031,19 +2031,138 @@ fn a_legacy_peer_is_confined_to_the_legacy_namespace() {
         checksum_to(10),
         Some(crate::checksum::PeChecksum::of([(&echo, p(7)), (&echo, p(8))]).value())
     );
-    // What it sends lands in the legacy namespace, without a registrant, whatever
-    // namespace it names.
+    // What it sends lands in the legacy namespace, whatever namespace it names, with its
+    // address as its registrant, whatever registrant it names.
     let mut body = add_pe(SID_R, "echo", 9, "spiffe://acme.test/pe/a");
     if let EnrpBody::HandleUpdate { namespace, .. } = &mut body {
         *namespace = Namespace::new("prod").expect("namespace");
     }
     h.enrp(20, SID_R, body);
-    let where_is_9: Vec<(Namespace, bool)> = h
+    let where_is_9: Vec<(Namespace, Option<String>)> = h
         .core
         .handlespace()
         .iter()
         .filter(|(_, _, e)| e.pool_element.pe_id.get() == 9)
-        .map(|(ns, _, e)| (ns.clone(), e.registrant.is_some()))
+        .map(|(ns, _, e)| {
+            (
+                ns.clone(),
+                e.registrant.as_ref().map(|r| r.as_str().to_owned()),
+            )
+        })
         .collect();
-    assert_eq!(where_is_9, [(legacy_ns, false)]);
+    let by_address = legacy_identity(Ipv4Addr::LOCALHOST.into())
+        .as_str()
+        .to_owned();
+    assert_eq!(where_is_9, [(legacy_ns, Some(by_address))]);
+}
+
+/// RSPLIB's PEs move between its registrars and this one (docs/RSPLIB.md §0.7): a PE
+/// learnt from a legacy peer re-registers through the legacy listener as the same
+/// registrant (its address), and when the legacy peer dies, the takeover dials the PE's
+/// SCTP ASAP transport, at all its addresses, over plain SCTP, for the H=1 keep-alive.
+#[test]
+fn a_legacy_peers_pe_re_registers_here_and_is_dialed_over_sctp_on_a_takeover() {
+    const SID_R: u32 = 0x1111_1111;
+    let legacy_ns = Namespace::new("rsplib").expect("namespace");
+    let mut config = Harness::new().core.config().clone();
+    config.legacy_namespace = Some(legacy_ns.clone());
+    let mut h = Harness::new();
+    h.core = Core::new(config, peer_grants());
+    let rsplib = Client {
+        id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into(), sid(SID_R)),
+        serial: Serial::from_bytes(&[]),
+        addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
+    };
+    let up = Input::PeerUp {
+        conn: ConnId(20),
+        peer: rsplib,
+        server_id: sid(SID_R),
+        outbound: false,
+    };
+    h.core.handle(up, h.now);
+    // Its PEs 9 and 10 (RSPLIB sends no registrant), with SCTP ASAP transports.
+    let asap_transport = Transport::Sctp {
+        port: NonZeroU16::new(40000).expect("non-zero"),
+        transport_use: TransportUse::DataOnly,
+        addrs: SctpAddresses::new([
+            Address::new(Ipv4Addr::LOCALHOST),
+            Address::new(Ipv4Addr::new(192, 0, 2, 1)),
+        ])
+        .expect("two addresses"),
+    };
+    for id in [9, 10] {
+        let mut body = add_pe(SID_R, "echo", id, "spiffe://acme.test/pe/a");
+        if let EnrpBody::HandleUpdate {
+            pool_element,
+            registrant,
+            ..
+        } = &mut body
+        {
+            pool_element.asap_transport = Some(asap_transport.clone());
+            *registrant = None;
+        }
+        h.enrp(20, SID_R, body);
+    }
+    assert_eq!(h.core.stats().pes, 2);
+    // PE 9 comes to the legacy listener from its address: the same registrant.
+    let lc = h.connect(2, legacy_identity(Ipv4Addr::LOCALHOST.into()).as_str());
+    let out = h.send(lc, registration("echo", 9));
+    assert!(
+        matches!(
+            sent(&out).as_slice(),
+            [AsapMsg::RegistrationResponse { error: None, .. }]
+        ),
+        "{out:?}"
+    );
+    // From another address it would be someone else: refused, nothing changes.
+    let elsewhere = Ipv4Addr::new(192, 0, 2, 7);
+    let client = Client {
+        id: legacy_identity(elsewhere.into()),
+        serial: Serial::from_bytes(&[]),
+        addr: SocketAddr::from((elsewhere, 40000)),
+    };
+    let other = ConnId(3);
+    h.core.handle(
+        Input::Connected {
+            conn: other,
+            client,
+        },
+        h.now,
+    );
+    let out = h.send(
+        other,
+        AsapMsg::Deregistration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(10).expect("non-zero"),
+        },
+    );
+    assert!(
+        matches!(
+            sent(&out).as_slice(),
+            [AsapMsg::DeregistrationResponse { error: Some(_), .. }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(h.core.stats().pes, 2);
+    // R dies; the takeover (no other peer to wait for) dials PE 10 over SCTP.
+    h.core.handle(Input::PeerDown { conn: ConnId(20) }, h.now);
+    let out = h.advance(250);
+    let dials: Vec<(TransportAddr, SpiffeId)> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::DialPe {
+                addr, registrant, ..
+            } => Some((addr.clone(), registrant.clone())),
+            _ => None,
+        })
+        .collect();
+    let endpoint: TransportAddr = "sctp:127.0.0.1:40000+192.0.2.1:40000"
+        .parse()
+        .expect("sctp");
+    assert_eq!(
+        dials,
+        [(endpoint, legacy_identity(Ipv4Addr::LOCALHOST.into()))],
+        "{out:?}"
+    );
 }
