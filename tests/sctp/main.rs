@@ -109,6 +109,8 @@ impl Drop for Proc {
 /// A PKI and registrar data directories in a temporary directory.
 pub(crate) struct Lab {
     dir: tempfile::TempDir,
+    /// The NSS key log `enrpd run` and `rsp` write (`SSLKEYLOGFILE`), if any.
+    key_log: Option<PathBuf>,
 }
 
 /// A running `enrpd` and where it serves.
@@ -135,11 +137,24 @@ impl Lab {
     pub(crate) fn new() -> Self {
         let lab = Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            key_log: None,
         };
         lab.pki(&["init", "--trust-domain", "acme.test"]);
         lab.pki(&["issue", "pe", "echo-1"]);
         lab.pki(&["issue", "pu", "client-1"]);
         lab
+    }
+
+    /// From now on, `enrpd run` and `rsp` write their TLS session keys to `key_log`.
+    pub(crate) fn log_keys(&mut self, key_log: &Path) {
+        self.key_log = Some(key_log.to_owned());
+    }
+
+    /// `cmd` with `SSLKEYLOGFILE` when keys are logged.
+    fn keys(&self, cmd: &mut Command) {
+        if let Some(path) = &self.key_log {
+            cmd.env(trust::KEY_LOG_ENV, path);
+        }
     }
 
     pub(crate) fn path(&self, rel: &str) -> PathBuf {
@@ -175,7 +190,9 @@ impl Lab {
 
     /// `enrpd run` on `data` with SCTP on, everything on free loopback ports, and `extra`.
     pub(crate) fn start(&self, data: &str, extra: &[&str]) -> Registrar {
-        let mut child = Command::new(bin("enrpd"))
+        let mut cmd = Command::new(bin("enrpd"));
+        self.keys(&mut cmd);
+        let mut child = cmd
             .arg("run")
             .arg("--data")
             .arg(self.path(data))
@@ -217,6 +234,7 @@ impl Lab {
             .arg("--ca")
             .arg(self.path("pki/ca.pem"))
             .current_dir(self.dir.path());
+        self.keys(&mut cmd);
         cmd
     }
 
@@ -294,15 +312,21 @@ pub(crate) fn spawn(cmd: &mut Command) -> Proc {
 }
 
 /// rsp over TLS/SCTP: a multi-homed PE registers at A with both its addresses, B learns
-/// it over ENRP/TLS/SCTP, and a PU resolving at B exchanges data with the PE.
+/// it over ENRP/TLS/SCTP, and a PU resolving at B exchanges data with the PE. tshark,
+/// with the processes' key log, decrypts every TLS record and decodes the ASAP and ENRP
+/// inside.
 #[test]
 fn rsp_over_tls_sctp_with_a_multi_homed_pe_and_enrp_peering() {
     if !sctp_here() {
         return;
     }
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     lab.init("enrp-1", "a");
     lab.init("enrp-2", "b");
+    let capture = capture::Capture::start_tls(lab.dir.path());
+    if let Some(keys) = capture.as_ref().and_then(capture::Capture::key_log) {
+        lab.log_keys(keys);
+    }
     let a = lab.start("a", &[]);
     let a_enrp = a.sctp("ENRP over TLS/SCTP");
     let b = lab.start("b", &["--peer", &a_enrp]);
@@ -362,6 +386,33 @@ fn rsp_over_tls_sctp_with_a_multi_homed_pe_and_enrp_peering() {
         |out| out.matches("\"state\":\"active\"").count() == 2 && out.contains("enrp-2"),
     );
     println!("C's peers: {}", peers.trim());
+    if let Some(c) = capture {
+        // Keys on disk are announced loudly.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("warning: SSLKEYLOGFILE is set"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Handle Update is left out: B may learn the PE from the handle table instead.
+        let (asap, enrp) = c.check(
+            &[
+                "Registration",
+                "Registration response",
+                "Handle resolution",
+                "Handle resolution response",
+            ],
+            &[
+                "Presence",
+                "Handle table request",
+                "Handle table response",
+                "List request",
+                "List response",
+            ],
+        );
+        println!(
+            "tshark decrypted every TLS record and decoded {asap} ASAP and {enrp} ENRP messages, none malformed"
+        );
+    }
 }
 
 /// RSPLIB's `rspserver -echo` registers with `enrpd`'s legacy listener (and cannot without

@@ -5,7 +5,8 @@
 //! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
 //! - [`TrustStore`]: trust domains, CRLs and a deny-list; builds TLS 1.3 rustls
 //!   configurations (ring, client certificates required; optional on the admin listener)
-//!   and swaps them on every change.
+//!   and swaps them on every change; each writes the NSS key log when `SSLKEYLOGFILE` is
+//!   set ([`key_log_warning`]).
 //! - [`Peer`]: what a finished handshake proves; [`ConnectionRegistry`]: live connections,
 //!   closed on revocation.
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ mod crl;
 pub mod db;
 mod error;
 mod grant;
+mod keylog;
 mod pattern;
 mod registry;
 mod spiffe;
@@ -31,6 +33,7 @@ pub use error::Error;
 pub use grant::{
     Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
 };
+pub use keylog::{KEY_LOG_ENV, key_log_warning};
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
 pub use spiffe::{

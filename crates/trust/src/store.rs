@@ -610,6 +610,7 @@ fn server_config(
     config.alpn_protocols = alpn;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    config.key_log = crate::keylog::key_log();
     Ok(config)
 }
 
@@ -626,5 +627,6 @@ fn client_config(
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
     config.alpn_protocols = vec![protocol.alpn().to_vec()];
     config.resumption = Resumption::disabled();
+    config.key_log = crate::keylog::key_log();
     Ok(config)
 }

@@ -561,6 +561,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    if let Some(warning) = trust::key_log_warning() {
+        tracing::warn!("{warning}");
+    }
     let loaded = setup::load(&args.data)
         .await
         .with_context(|| format!("loading {}", args.data.display()))?;
