@@ -35,8 +35,8 @@ pub(super) async fn accept_loop(
 ) {
     let slots = listen::slots(&settings);
     loop {
-        let Some((stream, addr, slot)) =
-            listen::next_connection(&listener, &slots, &mut stop, "ASAP").await
+        let Some((stream, addr, addrs, slot)) =
+            listen::next_association(&listener, &slots, &mut stop, "ASAP").await
         else {
             return;
         };
@@ -45,6 +45,7 @@ pub(super) async fn accept_loop(
             conn,
             stream,
             addr,
+            addrs,
             legacy,
             Arc::clone(&settings),
             Arc::clone(&trust),
@@ -150,6 +151,7 @@ async fn serve(
     conn: ConnId,
     stream: BoxStream,
     addr: std::net::SocketAddr,
+    addrs: Vec<std::net::IpAddr>,
     legacy: bool,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
@@ -170,7 +172,7 @@ async fn serve(
             settings: &settings,
             events: &events,
         };
-        run(conn, stream, client, None, io, stop, None).await;
+        run(conn, stream, client, addrs, None, io, stop, None).await;
         return;
     }
     // A fresh config per handshake: revocations and trust changes apply at once.
@@ -194,7 +196,7 @@ async fn serve(
         settings: &settings,
         events: &events,
     };
-    run(conn, tls, client, Some(live), io, stop, None).await;
+    run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
 
 /// Registers an authenticated connection for revocation, then checks its identity once
@@ -284,7 +286,18 @@ pub(super) async fn dial_pes(
                 settings: &settings,
                 events: &events,
             };
-            run(conn, tls, client, Some(live), io, stop, Some(then)).await;
+            // TCP: the remote address is the only one.
+            run(
+                conn,
+                tls,
+                client,
+                Vec::new(),
+                Some(live),
+                io,
+                stop,
+                Some(then),
+            )
+            .await;
         });
     }
 }
@@ -331,12 +344,15 @@ async fn dial_pe(
 }
 
 /// Serves one ASAP connection, accepted or dialed, until either side ends it (or, with
-/// `live`, its identity is revoked). `then` goes to the core right after the connection
-/// is announced.
+/// `live`, its identity is revoked). `addrs` are all the client's addresses
+/// ([`Input::Connected`]). `then` goes to the core right after the connection is
+/// announced.
+#[allow(clippy::too_many_arguments)]
 async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     conn: ConnId,
     stream: S,
     client: Client,
+    addrs: Vec<std::net::IpAddr>,
     mut live: Option<LiveConnection>,
     io: Io<'_>,
     stop: watch::Receiver<bool>,
@@ -355,6 +371,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         .send(Event::Connected {
             conn,
             client,
+            addrs,
             writer: handle,
         })
         .await

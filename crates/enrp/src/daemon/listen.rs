@@ -3,7 +3,7 @@
 //! past this file sees one boxed byte stream.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ::asap::transport::{Endpoint, TransportAddr};
 use std::sync::Arc;
@@ -116,13 +116,15 @@ impl Listener {
         }
     }
 
-    /// The next connection.
-    pub(super) async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)> {
+    /// The next connection, its peer's primary address and, over SCTP, all of the
+    /// association's peer addresses (none over TCP, or when the kernel did not tell them:
+    /// then the primary address is all there is to go by).
+    pub(super) async fn accept(&self) -> io::Result<(BoxStream, SocketAddr, Vec<IpAddr>)> {
         match self {
             Self::Tcp(l) => {
                 let (tcp, addr) = l.accept().await?;
                 let _ = tcp.set_nodelay(true);
-                Ok((Box::new(tcp), addr))
+                Ok((Box::new(tcp), addr, Vec::new()))
             }
             #[cfg(feature = "sctp")]
             Self::Sctp {
@@ -131,7 +133,16 @@ impl Listener {
                 framing,
             } => {
                 let (conn, addr) = listener.accept(*ppid, *framing).await?;
-                Ok((Box::new(conn), addr))
+                // Taken once, when the association is up: a peer adding addresses later
+                // (ASCONF) cannot register them on this association.
+                let addrs = match conn.peer_addrs() {
+                    Ok(all) => all.into_iter().map(|a| a.ip()).collect(),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot read the association's peer addresses: its primary address alone counts");
+                        Vec::new()
+                    }
+                };
+                Ok((Box::new(conn), addr, addrs))
             }
         }
     }
@@ -153,6 +164,17 @@ pub(super) async fn next_connection(
     stop: &mut watch::Receiver<bool>,
     what: &'static str,
 ) -> Option<(BoxStream, SocketAddr, OwnedSemaphorePermit)> {
+    let (stream, addr, _, slot) = next_association(listener, slots, stop, what).await?;
+    Some((stream, addr, slot))
+}
+
+/// [`next_connection`], with all the peer's addresses ([`Listener::accept`]).
+pub(super) async fn next_association(
+    listener: &Listener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+    what: &'static str,
+) -> Option<(BoxStream, SocketAddr, Vec<IpAddr>, OwnedSemaphorePermit)> {
     let slot = tokio::select! {
         s = Arc::clone(slots).acquire_owned() => s.ok()?,
         _ = stop.changed() => return None,
@@ -160,7 +182,7 @@ pub(super) async fn next_connection(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => return Some((stream, addr, slot)),
+                Ok((stream, addr, addrs)) => return Some((stream, addr, addrs, slot)),
                 Err(e) => {
                     tracing::warn!(error = %e, what, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

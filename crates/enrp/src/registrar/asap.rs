@@ -235,12 +235,18 @@ impl Core {
                 out,
             );
         }
-        // 3. The advertised address must be the connection's (spec §7.1 step 3 [P]).
-        let remote = self
+        // 3. The advertised addresses must be the connection's (spec §7.1 step 3 [P]):
+        //    every one of them, so that a multi-homed PE cannot slip in someone else's
+        //    address next to its own and have PUs sent there. Over SCTP these are the
+        //    association's peer addresses (the primary alone when the kernel did not tell
+        //    them), over TCP the one remote address.
+        let own = self
             .conns
             .get(&conn)
-            .map(|c| c.client.addr.ip().to_canonical());
-        if self.config.check_user_address && !addrs.iter().any(|a| Some(a.ip()) == remote) {
+            .map_or(&[][..], |c| c.addrs.as_slice());
+        if self.config.check_user_address
+            && !addrs.iter().all(|a| own.contains(&a.ip().to_canonical()))
+        {
             return reject(
                 self,
                 ErrorCause::SecurityRejection,
