@@ -97,8 +97,8 @@ fn raw_v4_all(addrs: &[SocketAddr]) -> io::Result<Vec<libc::sockaddr>> {
 ///
 /// `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` need not own its
 /// descriptor; an `SctpSocket` owns it (a `socket2::Socket`) for as long as the `AsyncFd`
-/// holds it, which is the condition `AsyncFd::register` states. The workspace forbids
-/// `unsafe`, so the safe, deprecated form is used.
+/// holds it, which is the condition `AsyncFd::register` states. The workspace denies
+/// `unsafe` (but for `getaddrs::peer_addrs`), so the safe, deprecated form is used.
 #[allow(deprecated)]
 fn watch(socket: SctpSocket) -> io::Result<AsyncFd<SctpSocket>> {
     AsyncFd::new(socket)
