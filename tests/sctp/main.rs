@@ -37,6 +37,8 @@ pub(crate) fn unix_ms() -> u128 {
 
 /// The documentation address the guest adds to `lo` (RSPLIB needs a non-loopback one).
 pub(crate) const DOC_ADDR: &str = "192.0.2.1";
+/// The guest's second documentation address on `lo` (multi-homing).
+pub(crate) const DOC_ADDR_2: &str = "192.0.2.2";
 
 pub(crate) fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -250,6 +252,67 @@ impl Lab {
                 .args(["-d", &format!("{{\"name\":\"{name}\"}}")]),
         );
     }
+}
+
+/// A plain ASAP registration as a legacy PE sends it, from its own association to
+/// `registrar`: PE `pe_id` in pool "ProbePool" on SCTP port 7 of `addrs`. Returns the
+/// response's error cause (`None`: registered).
+fn legacy_register(
+    registrar: std::net::SocketAddr,
+    pe_id: u32,
+    addrs: &[std::net::Ipv4Addr],
+) -> Option<u16> {
+    use asap::transport::sctp::{Framing, PPID_ASAP, SctpConnection};
+    use asap::transport::{Endpoint, MessageReader, write_message};
+    use asap::wire::param::{
+        Address, PeId, Policy, PoolElement, PoolHandle, SctpAddresses, Transport, TransportUse,
+    };
+    use asap::wire::{AsapMsg, Framer};
+    let msg = AsapMsg::Registration {
+        namespace: None,
+        pool_handle: PoolHandle::new("ProbePool").expect("pool handle"),
+        pool_element: PoolElement {
+            pe_id: PeId::new(pe_id).expect("PE ID"),
+            home_server_id: 0,
+            registration_life: 30_000,
+            user_transport: Transport::Sctp {
+                port: std::num::NonZeroU16::new(7).expect("port"),
+                transport_use: TransportUse::DataOnly,
+                addrs: SctpAddresses::new(addrs.iter().map(|a| Address::new(*a)))
+                    .expect("addresses"),
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        },
+    };
+    let mut bytes = Vec::new();
+    msg.encode(&mut bytes).expect("encode");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let to = Endpoint::single(registrar);
+        let mut conn = SctpConnection::connect(&to, PPID_ASAP, Framing::Messages)
+            .await
+            .expect("connect");
+        write_message(&mut conn, &bytes).await.expect("send");
+        let mut reader = MessageReader::new(&mut conn, Framer::asap(65532));
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), reader.next())
+                .await
+                .expect("a reply within 30 s")
+                .expect("read")
+                .expect("the registrar closed the association");
+            // Anything else (a keep-alive) is not the answer.
+            if let AsapMsg::RegistrationResponse { reject, error, .. } =
+                AsapMsg::decode(&frame).expect("decode").msg
+            {
+                assert_eq!(reject, error.is_some());
+                return error.map(|e| e.causes()[0].code());
+            }
+        }
+    })
 }
 
 /// Runs `make` until `check` accepts its standard output, for at most `limit`.
@@ -497,6 +560,24 @@ fn rsplib_pe_and_pus_through_the_legacy_listener() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Spec §7.1 PR step 3 [P]: a PE may register only its association's addresses. An
+    // association to 127.0.0.1 has 192.0.2.1 and 192.0.2.2 too (the guest's INIT lists
+    // all of lo's addresses): both may be registered, although neither is the primary;
+    // one address more, not the PE's, and the registration is refused (Security
+    // Rejection, 0xA). Another pool, so that the PUs above and below see rspserver alone.
+    let own = [DOC_ADDR, DOC_ADDR_2].map(|a| a.parse().expect("ip"));
+    let foreign = [DOC_ADDR, DOC_ADDR_2, "203.0.113.9"].map(|a| a.parse().expect("ip"));
+    let at = "127.0.0.1:3863".parse().expect("addr");
+    assert_eq!(
+        legacy_register(at, 0x5EC0_0001, &own),
+        None,
+        "own addresses"
+    );
+    assert_eq!(
+        legacy_register(at, 0x5EC0_0002, &foreign),
+        Some(0xA),
+        "a foreign address"
+    );
     // RSPLIB's own pool user.
     let out = rspterminal(
         &format!("{DOC_ADDR}:3863"),

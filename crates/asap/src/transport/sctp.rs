@@ -8,7 +8,8 @@
 //!   ENRP message as exactly one SCTP message, as RSPLIB expects; [`Framing::Stream`]
 //!   (TLS) cuts anywhere, since TLS records delimit themselves.
 //! - Endpoints may be multi-homed: a listener binds several addresses on one port; a
-//!   connection may be given several addresses of its peer.
+//!   connection may be given several addresses of its peer, and tells all of its peer's
+//!   ([`SctpConnection::peer_addrs`], which a registrar checks registrations against).
 //!
 //! Where the kernel has no SCTP, creating a socket fails: [`available`] tells, so that
 //! callers can fall back to TCP (or tests skip) instead of failing.
@@ -96,8 +97,8 @@ fn raw_v4_all(addrs: &[SocketAddr]) -> io::Result<Vec<libc::sockaddr>> {
 ///
 /// `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` need not own its
 /// descriptor; an `SctpSocket` owns it (a `socket2::Socket`) for as long as the `AsyncFd`
-/// holds it, which is the condition `AsyncFd::register` states. The workspace forbids
-/// `unsafe`, so the safe, deprecated form is used.
+/// holds it, which is the condition `AsyncFd::register` states. The workspace denies
+/// `unsafe` (but for `getaddrs::peer_addrs`), so the safe, deprecated form is used.
 #[allow(deprecated)]
 fn watch(socket: SctpSocket) -> io::Result<AsyncFd<SctpSocket>> {
     AsyncFd::new(socket)
@@ -214,6 +215,17 @@ impl SctpConnection {
         self.peer
     }
 
+    /// Every address of the peer in this association (the kernel's
+    /// `SCTP_GET_PEER_ADDRS`, what `sctp_getpaddrs` returns), at most
+    /// [`MAX_PEER_ADDRS`]: a peer with more makes this fail (`ENOMEM`).
+    pub fn peer_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        use std::os::unix::io::AsRawFd as _;
+        let mut buf = [0; getaddrs::BUF_LEN];
+        let len = getaddrs::peer_addrs(self.fd.get_ref().as_raw_fd(), &mut buf)?;
+        getaddrs::parse(&buf[..len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
     /// This end's primary address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.fd.get_ref().local_addr()
@@ -236,6 +248,206 @@ impl SctpConnection {
                 }
                 Ok(len)
             }
+        }
+    }
+}
+
+/// Most peer addresses [`SctpConnection::peer_addrs`] reads of one association (bounds
+/// its buffer: 8 + 64 × 28 bytes).
+pub const MAX_PEER_ADDRS: usize = 64;
+
+/// `getsockopt(SCTP_GET_PEER_ADDRS)`: the only `unsafe` of the workspace (tokio-sctp has
+/// no `sctp_getpaddrs`), and the pure, bounds-checked parser of what it returns.
+mod getaddrs {
+    use std::io;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::unix::io::RawFd;
+
+    use super::MAX_PEER_ADDRS;
+
+    /// `IPPROTO_SCTP` and `SCTP_GET_PEER_ADDRS` (linux/sctp.h; libc names neither).
+    const IPPROTO_SCTP: libc::c_int = 132;
+    const SCTP_GET_PEER_ADDRS: libc::c_int = 108;
+    /// `struct sctp_getaddrs { sctp_assoc_t assoc_id; __u32 addr_num; __u8 addrs[]; }`:
+    /// an i32 and a u32 (native byte order), then `addr_num` packed `sockaddr_in` (16
+    /// bytes) or `sockaddr_in6` (28 bytes), each by its family.
+    const HEADER: usize = 8;
+    const SOCKADDR_IN: usize = 16;
+    const SOCKADDR_IN6: usize = 28;
+    /// The buffer: room for [`MAX_PEER_ADDRS`] IPv6 addresses.
+    pub(super) const BUF_LEN: usize = HEADER + MAX_PEER_ADDRS * SOCKADDR_IN6;
+
+    /// Asks the kernel for the peer addresses of the one association of the one-to-one
+    /// SCTP socket `fd`; returns how many bytes of `buf` it filled. More addresses than
+    /// fit fail with `ENOMEM` (the kernel never writes past the length given).
+    #[allow(unsafe_code)]
+    pub(super) fn peer_addrs(fd: RawFd, buf: &mut [u8; BUF_LEN]) -> io::Result<usize> {
+        // assoc_id 0: a one-to-one socket's own association.
+        buf[..4].copy_from_slice(&0i32.to_ne_bytes());
+        let mut len = BUF_LEN as libc::socklen_t;
+        // SAFETY: `buf` is valid and writable for `len` bytes (BUF_LEN, a small constant
+        // that fits socklen_t) for the whole call and aliased by nothing else; the kernel
+        // reads the header from it, writes at most `len` bytes into it (it fails with
+        // ENOMEM rather than write more) and stores in `len` how many it wrote. `fd` is
+        // a socket the caller owns and keeps open for the call; a bad one is an error.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                IPPROTO_SCTP,
+                SCTP_GET_PEER_ADDRS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // Never trust a length past the buffer.
+        Ok((len as usize).min(BUF_LEN))
+    }
+
+    /// What is wrong with a `struct sctp_getaddrs` buffer.
+    #[derive(Debug, PartialEq, Eq, thiserror::Error)]
+    pub(super) enum Error {
+        /// The buffer ends inside the header or an address.
+        #[error("SCTP_GET_PEER_ADDRS: truncated at byte {at}")]
+        Truncated { at: usize },
+        /// An address family other than AF_INET and AF_INET6.
+        #[error("SCTP_GET_PEER_ADDRS: unknown address family {family}")]
+        Family { family: u16 },
+        /// More addresses than [`MAX_PEER_ADDRS`].
+        #[error("SCTP_GET_PEER_ADDRS: {count} addresses, at most {MAX_PEER_ADDRS}")]
+        TooMany { count: u32 },
+        /// Bytes after the last address.
+        #[error("SCTP_GET_PEER_ADDRS: bytes after the last address")]
+        Trailing,
+    }
+
+    /// The addresses of a filled `struct sctp_getaddrs` (`buf` is exactly what the kernel
+    /// wrote). Pure: every read is bounds-checked, nothing is trusted.
+    pub(super) fn parse(buf: &[u8]) -> Result<Vec<SocketAddr>, Error> {
+        fn take<const N: usize>(buf: &[u8], at: usize) -> Result<[u8; N], Error> {
+            buf.get(at..at + N)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(Error::Truncated { at })
+        }
+        let count = u32::from_ne_bytes(take(buf, 4)?);
+        if count as usize > MAX_PEER_ADDRS {
+            return Err(Error::TooMany { count });
+        }
+        let mut at = HEADER;
+        let mut addrs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let family = u16::from_ne_bytes(take(buf, at)?);
+            let port = u16::from_be_bytes(take(buf, at + 2)?);
+            let addr = match i32::from(family) {
+                libc::AF_INET => {
+                    let ip = Ipv4Addr::from(take::<4>(buf, at + 4)?);
+                    take::<SOCKADDR_IN>(buf, at)?;
+                    at += SOCKADDR_IN;
+                    SocketAddr::V4(SocketAddrV4::new(ip, port))
+                }
+                libc::AF_INET6 => {
+                    let flowinfo = u32::from_be_bytes(take(buf, at + 4)?);
+                    let ip = Ipv6Addr::from(take::<16>(buf, at + 8)?);
+                    let scope_id = u32::from_ne_bytes(take(buf, at + 24)?);
+                    at += SOCKADDR_IN6;
+                    SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope_id))
+                }
+                _ => return Err(Error::Family { family }),
+            };
+            addrs.push(addr);
+        }
+        if buf.len() != at {
+            return Err(Error::Trailing);
+        }
+        Ok(addrs)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn v4(ip: [u8; 4], port: u16) -> Vec<u8> {
+            let mut b = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+            b.extend(port.to_be_bytes());
+            b.extend(ip);
+            b.extend([0; 8]);
+            b
+        }
+
+        fn v6(ip: Ipv6Addr, port: u16, scope: u32) -> Vec<u8> {
+            let mut b = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+            b.extend(port.to_be_bytes());
+            b.extend(0u32.to_be_bytes());
+            b.extend(ip.octets());
+            b.extend(scope.to_ne_bytes());
+            b
+        }
+
+        fn buf(count: u32, addrs: &[Vec<u8>]) -> Vec<u8> {
+            let mut b = 0i32.to_ne_bytes().to_vec();
+            b.extend(count.to_ne_bytes());
+            for a in addrs {
+                b.extend(a);
+            }
+            b
+        }
+
+        #[test]
+        fn mixed_families_parse_in_order() {
+            let ip6: Ipv6Addr = "2001:db8::7".parse().expect("ip");
+            let b = buf(
+                3,
+                &[
+                    v4([192, 0, 2, 1], 3863),
+                    v6(ip6, 3863, 2),
+                    v4([127, 0, 0, 1], 9),
+                ],
+            );
+            assert_eq!(b.len(), HEADER + 2 * SOCKADDR_IN + SOCKADDR_IN6);
+            assert_eq!(
+                parse(&b),
+                Ok(vec![
+                    "192.0.2.1:3863".parse().expect("addr"),
+                    SocketAddr::V6(SocketAddrV6::new(ip6, 3863, 0, 2)),
+                    "127.0.0.1:9".parse().expect("addr"),
+                ])
+            );
+            assert_eq!(parse(&buf(0, &[])), Ok(vec![]));
+        }
+
+        #[test]
+        fn malformed_buffers_are_errors_not_panics() {
+            let one = buf(1, &[v4([192, 0, 2, 1], 1)]);
+            // Every truncation, header included.
+            for n in 0..one.len() {
+                assert!(
+                    matches!(parse(&one[..n]), Err(Error::Truncated { .. })),
+                    "{n}"
+                );
+            }
+            // A count past the addresses given, or past the limit.
+            assert!(matches!(
+                parse(&buf(2, &[v4([1, 2, 3, 4], 1)])),
+                Err(Error::Truncated { .. })
+            ));
+            assert_eq!(parse(&buf(65, &[])), Err(Error::TooMany { count: 65 }));
+            assert_eq!(
+                parse(&buf(u32::MAX, &[])),
+                Err(Error::TooMany { count: u32::MAX })
+            );
+            // An unknown family, and bytes after the last address.
+            let mut bad = v4([1, 2, 3, 4], 1);
+            bad[..2].copy_from_slice(&99u16.to_ne_bytes());
+            assert_eq!(parse(&buf(1, &[bad])), Err(Error::Family { family: 99 }));
+            let mut long = one.clone();
+            long.push(0);
+            assert_eq!(parse(&long), Err(Error::Trailing));
+            // The most that fits the buffer parses.
+            let full = buf(64, &vec![v6(Ipv6Addr::LOCALHOST, 1, 0); MAX_PEER_ADDRS]);
+            assert_eq!(full.len(), BUF_LEN);
+            assert_eq!(parse(&full).map(|a| a.len()), Ok(MAX_PEER_ADDRS));
         }
     }
 }
@@ -337,5 +549,45 @@ mod tests {
         client.write_all(&two).await.expect("write");
         assert_eq!(server.await.expect("server"), two[..8].to_vec());
         assert!(client.write_all(&[5, 0, 0, 9, 1]).await.is_err(), "partial");
+    }
+
+    /// Runs only where the kernel has SCTP and 192.0.2.1 (the qemu guest): both ends see
+    /// all of the other's addresses, not only the primary.
+    #[tokio::test]
+    async fn an_association_tells_all_its_peer_addresses() {
+        if !available() || std::net::UdpSocket::bind("192.0.2.1:0").is_err() {
+            eprintln!("skipped: {UNAVAILABLE}, or no 192.0.2.1 here");
+            return;
+        }
+        let two = Endpoint::new(vec![
+            "127.0.0.1:0".parse().expect("addr"),
+            "192.0.2.1:0".parse().expect("addr"),
+        ])
+        .expect("endpoint");
+        let listener = SctpListener::bind(&two).expect("bind");
+        let at = listener.local().clone();
+        let server = tokio::spawn(async move {
+            let (conn, primary) = listener
+                .accept(PPID_ASAP, Framing::Messages)
+                .await
+                .expect("accept");
+            (conn.peer_addrs().expect("server's peer addresses"), primary)
+        });
+        let to_one = Endpoint::single(at.addrs()[0]);
+        let client = SctpConnection::connect(&to_one, PPID_ASAP, Framing::Messages)
+            .await
+            .expect("connect");
+        let mut seen = client.peer_addrs().expect("client's peer addresses");
+        seen.sort();
+        let mut bound = at.addrs().to_vec();
+        bound.sort();
+        println!("the client sees the listener at {seen:?}");
+        assert_eq!(
+            seen, bound,
+            "every address the listener bound, from INIT ACK"
+        );
+        let (seen, primary) = server.await.expect("server");
+        println!("the listener sees the client at {seen:?} (primary {primary})");
+        assert!(seen.contains(&primary), "{seen:?} lacks {primary}");
     }
 }

@@ -182,8 +182,8 @@ struct RunArgs {
     /// Accept loopback addresses in PE user transports (single-host setups and tests).
     #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
     allow_loopback: bool,
-    /// Do not require a PE's user transport address to be its connection's address
-    /// (behind NAT or a proxy).
+    /// Do not require every address of a PE's user transport to be one of its
+    /// connection's (its SCTP association's peer addresses) (behind NAT or a proxy).
     #[arg(long, env = "ENRPD_NO_ADDRESS_CHECK")]
     no_address_check: bool,
     /// Log format.

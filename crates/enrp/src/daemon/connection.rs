@@ -34,8 +34,8 @@ pub(super) async fn accept_loop(
 ) {
     let slots = listen::slots(&settings);
     loop {
-        let Some((stream, addr, slot)) =
-            listen::next_connection(&listener, &slots, &mut stop, "ASAP").await
+        let Some((stream, addr, addrs, slot)) =
+            listen::next_association(&listener, &slots, &mut stop, "ASAP").await
         else {
             return;
         };
@@ -44,6 +44,7 @@ pub(super) async fn accept_loop(
             conn,
             stream,
             addr,
+            addrs,
             legacy,
             Arc::clone(&settings),
             Arc::clone(&trust),
@@ -149,6 +150,7 @@ async fn serve(
     conn: ConnId,
     stream: BoxStream,
     addr: std::net::SocketAddr,
+    addrs: Vec<std::net::IpAddr>,
     legacy: bool,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
@@ -163,7 +165,17 @@ async fn serve(
             settings: &settings,
             events: &events,
         };
-        run(conn, stream, legacy_client(addr), None, io, stop, None).await;
+        run(
+            conn,
+            stream,
+            legacy_client(addr),
+            addrs,
+            None,
+            io,
+            stop,
+            None,
+        )
+        .await;
         return;
     }
     // A fresh config per handshake: revocations and trust changes apply at once.
@@ -187,7 +199,7 @@ async fn serve(
         settings: &settings,
         events: &events,
     };
-    run(conn, tls, client, Some(live), io, stop, None).await;
+    run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
 
 /// A legacy client: no handshake and no certificate, the address is all there is to know.
@@ -289,11 +301,23 @@ pub(super) async fn dial_pes(
                 conn,
                 pe: dial.pe.clone(),
             });
-            let Some((stream, addr)) = dialed else { return };
+            let Some((stream, addr, addrs)) = dialed else {
+                return;
+            };
             if legacy {
                 drop(slot);
                 tracing::info!(?conn, %addr, "dialed a legacy PE (unauthenticated)");
-                run(conn, stream, legacy_client(addr), None, io, stop, then).await;
+                run(
+                    conn,
+                    stream,
+                    legacy_client(addr),
+                    addrs,
+                    None,
+                    io,
+                    stop,
+                    then,
+                )
+                .await;
                 return;
             }
             let tls = dial_pe(stream, addr, &dial, &settings, &trust, &audit, &counters).await;
@@ -303,7 +327,7 @@ pub(super) async fn dial_pes(
             let Some((client, live)) = admit(&peer, addr, &trust, &audit, &counters).await else {
                 return;
             };
-            run(conn, tls, client, Some(live), io, stop, then).await;
+            run(conn, tls, client, addrs, Some(live), io, stop, then).await;
         });
     }
 }
@@ -312,10 +336,10 @@ pub(super) async fn dial_pes(
 async fn connect_pe(
     to: &::asap::transport::TransportAddr,
     security: listen::Security,
-) -> Option<(BoxStream, std::net::SocketAddr)> {
+) -> Option<(BoxStream, std::net::SocketAddr, Vec<std::net::IpAddr>)> {
     match tokio::time::timeout(
         PE_CONNECT_TIMEOUT,
-        listen::dial(to, Protocol::Asap, security),
+        listen::dial_association(to, Protocol::Asap, security),
     )
     .await
     {
@@ -365,12 +389,15 @@ async fn dial_pe(
 }
 
 /// Serves one ASAP connection, accepted or dialed, until either side ends it (or, with
-/// `live`, its identity is revoked). `then` goes to the core right after the connection
-/// is announced.
+/// `live`, its identity is revoked). `addrs` are all the client's addresses
+/// ([`Input::Connected`]). `then` goes to the core right after the connection is
+/// announced.
+#[allow(clippy::too_many_arguments)]
 async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     conn: ConnId,
     stream: S,
     client: Client,
+    addrs: Vec<std::net::IpAddr>,
     mut live: Option<LiveConnection>,
     io: Io<'_>,
     stop: watch::Receiver<bool>,
@@ -389,6 +416,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         .send(Event::Connected {
             conn,
             client,
+            addrs,
             writer: handle,
         })
         .await

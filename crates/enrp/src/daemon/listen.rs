@@ -3,7 +3,7 @@
 //! past this file sees one boxed byte stream.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ::asap::transport::{Endpoint, TransportAddr};
 use std::sync::Arc;
@@ -116,13 +116,15 @@ impl Listener {
         }
     }
 
-    /// The next connection.
-    pub(super) async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)> {
+    /// The next connection, its peer's primary address and, over SCTP, all of the
+    /// association's peer addresses (none over TCP, or when the kernel did not tell them:
+    /// then the primary address is all there is to go by).
+    pub(super) async fn accept(&self) -> io::Result<(BoxStream, SocketAddr, Vec<IpAddr>)> {
         match self {
             Self::Tcp(l) => {
                 let (tcp, addr) = l.accept().await?;
                 let _ = tcp.set_nodelay(true);
-                Ok((Box::new(tcp), addr))
+                Ok((Box::new(tcp), addr, Vec::new()))
             }
             #[cfg(feature = "sctp")]
             Self::Sctp {
@@ -131,7 +133,8 @@ impl Listener {
                 framing,
             } => {
                 let (conn, addr) = listener.accept(*ppid, *framing).await?;
-                Ok((Box::new(conn), addr))
+                let addrs = association_addrs(&conn, addr);
+                Ok((Box::new(conn), addr, addrs))
             }
         }
     }
@@ -153,6 +156,17 @@ pub(super) async fn next_connection(
     stop: &mut watch::Receiver<bool>,
     what: &'static str,
 ) -> Option<(BoxStream, SocketAddr, OwnedSemaphorePermit)> {
+    let (stream, addr, _, slot) = next_association(listener, slots, stop, what).await?;
+    Some((stream, addr, slot))
+}
+
+/// [`next_connection`], with all the peer's addresses ([`Listener::accept`]).
+pub(super) async fn next_association(
+    listener: &Listener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+    what: &'static str,
+) -> Option<(BoxStream, SocketAddr, Vec<IpAddr>, OwnedSemaphorePermit)> {
     let slot = tokio::select! {
         s = Arc::clone(slots).acquire_owned() => s.ok()?,
         _ = stop.changed() => return None,
@@ -160,7 +174,7 @@ pub(super) async fn next_connection(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => return Some((stream, addr, slot)),
+                Ok((stream, addr, addrs)) => return Some((stream, addr, addrs, slot)),
                 Err(e) => {
                     tracing::warn!(error = %e, what, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -179,6 +193,34 @@ pub(super) async fn dial(
     protocol: Protocol,
     security: Security,
 ) -> io::Result<(BoxStream, SocketAddr)> {
+    let (stream, peer, _) = dial_association(to, protocol, security).await?;
+    Ok((stream, peer))
+}
+
+/// An SCTP association's peer addresses, taken once, when it is up: a peer adding
+/// addresses later (ASCONF) cannot register them on this association. Empty when the
+/// kernel does not tell them: then the primary address is all there is to go by.
+#[cfg(feature = "sctp")]
+fn association_addrs(
+    conn: &::asap::transport::sctp::SctpConnection,
+    addr: SocketAddr,
+) -> Vec<IpAddr> {
+    match conn.peer_addrs() {
+        Ok(all) => all.into_iter().map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot read the association's peer addresses: its primary address alone counts");
+            Vec::new()
+        }
+    }
+}
+
+/// [`dial`], with all the peer's addresses (as [`Listener::accept`]): a dialed PE
+/// re-registers on the association with every address it has.
+pub(super) async fn dial_association(
+    to: &TransportAddr,
+    protocol: Protocol,
+    security: Security,
+) -> io::Result<(BoxStream, SocketAddr, Vec<IpAddr>)> {
     match to {
         TransportAddr::Tcp(_) if security == Security::Plain => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -188,7 +230,7 @@ pub(super) async fn dial(
             let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
             let peer = tcp.peer_addr()?;
-            Ok((Box::new(tcp), peer))
+            Ok((Box::new(tcp), peer, Vec::new()))
         }
         #[cfg(feature = "sctp")]
         TransportAddr::Sctp(endpoint) => {
@@ -202,7 +244,8 @@ pub(super) async fn dial(
             };
             let conn = SctpConnection::connect(endpoint, ppid(protocol), framing).await?;
             let peer = conn.peer_addr();
-            Ok((Box::new(conn), peer))
+            let addrs = association_addrs(&conn, peer);
+            Ok((Box::new(conn), peer, addrs))
         }
         #[cfg(not(feature = "sctp"))]
         TransportAddr::Sctp(_) => {

@@ -200,6 +200,8 @@ enum Event {
     Connected {
         conn: ConnId,
         client: Client,
+        /// [`Input::Connected`]'s `addrs`.
+        addrs: Vec<std::net::IpAddr>,
         writer: ConnHandle,
     },
     /// An authenticated ENRP peer connection ([`Input::PeerUp`]) and its writer.
@@ -611,10 +613,18 @@ async fn run_core(
             Some(Event::Connected {
                 conn,
                 client,
+                addrs,
                 writer,
             }) => {
                 writers.insert(conn, writer);
-                core.handle(Input::Connected { conn, client }, now)
+                core.handle(
+                    Input::Connected {
+                        conn,
+                        client,
+                        addrs,
+                    },
+                    now,
+                )
             }
             Some(Event::PeerConnected { input, writer }) => {
                 if let Input::PeerUp { conn, .. } = &input {

@@ -235,12 +235,18 @@ impl Core {
                 out,
             );
         }
-        // 3. The advertised address must be the connection's (spec §7.1 step 3 [P]).
-        let remote = self
+        // 3. The advertised addresses must be the connection's (spec §7.1 step 3 [P]):
+        //    every one of them, so that a multi-homed PE cannot slip in someone else's
+        //    address next to its own and have PUs sent there. Over SCTP these are the
+        //    association's peer addresses (the primary alone when the kernel did not tell
+        //    them), over TCP the one remote address.
+        let own = self
             .conns
             .get(&conn)
-            .map(|c| c.client.addr.ip().to_canonical());
-        if self.config.check_user_address && !addrs.iter().any(|a| Some(a.ip()) == remote) {
+            .map_or(&[][..], |c| c.addrs.as_slice());
+        if self.config.check_user_address
+            && !addrs.iter().all(|a| own.contains(&a.ip().to_canonical()))
+        {
             return reject(
                 self,
                 ErrorCause::SecurityRejection,
@@ -337,22 +343,22 @@ impl Core {
 
     /// Who `conn` (re-)registers or deregisters `pe` as: its certificate's identity; for
     /// a legacy client, the PE's legacy registrant ([`super::legacy_registrant`]) when
-    /// the PE's first address is the connection's (registration step 3 checked it), so
-    /// that a legacy PE learnt from an RSPLIB registrar can re-register and deregister
-    /// here.
+    /// the PE's first address is one of the connection's (for a registration, step 3
+    /// checked them all), so that a legacy PE learnt from an RSPLIB registrar can
+    /// re-register and deregister here.
     fn registrant(&self, conn: ConnId, pe: Option<&PoolElement>) -> Option<RegistrantIdentity> {
-        let client = &self.conns.get(&conn)?.client;
-        if super::is_legacy(&client.id)
+        let c = self.conns.get(&conn)?;
+        if super::is_legacy(&c.client.id)
             && let Some(pe) = pe
             && pe
                 .user_transport
                 .addresses()
                 .first()
-                .is_some_and(|a| a.ip() == client.addr.ip().to_canonical())
+                .is_some_and(|a| c.addrs.contains(&a.ip().to_canonical()))
         {
             return super::legacy_registrant(pe);
         }
-        RegistrantIdentity::new(client.id.as_str())
+        RegistrantIdentity::new(c.client.id.as_str())
     }
 
     /// Spec §7.2.

@@ -133,8 +133,9 @@ pub struct Config {
     /// Accept loopback addresses in PE user transports (spec §4.2 [P]): for tests and
     /// single-host setups.
     pub allow_loopback: bool,
-    /// Require a PE's user transport address to be the connection's remote address
-    /// (spec §7.1 step 3 [P]). On by default; off behind NAT or a proxy.
+    /// Require every address of a PE's user transport to be one of the connection's
+    /// (its remote address; over SCTP, its association's peer addresses) (spec §7.1 PR
+    /// step 3 [P]). On by default; off behind NAT or a proxy.
     pub check_user_address: bool,
     /// Seed of the core's RNG (random policies), so that runs replay.
     pub rng_seed: u64,
@@ -239,6 +240,11 @@ pub enum Input {
         conn: ConnId,
         /// Who it is.
         client: Client,
+        /// Every address of the client's end: over SCTP the association's peer
+        /// addresses (the kernel's `sctp_getpaddrs`); over TCP, or when the kernel did not
+        /// tell them, none. `client.addr` counts in any case. A PE may register only these
+        /// addresses (spec §7.1 PR step 3).
+        addrs: Vec<std::net::IpAddr>,
     },
     /// A whole message arrived and decoded.
     Asap {
@@ -606,6 +612,9 @@ struct Owned {
 #[derive(Debug)]
 struct Connection {
     client: Client,
+    /// The client's addresses in canonical form (IPv4-mapped IPv6 as IPv4), `client.addr`
+    /// first: what its PEs may register (spec §7.1 PR step 3).
+    addrs: Vec<std::net::IpAddr>,
     /// Owned PEs registered on this connection. Change it with [`Connection::add_pe`] and
     /// [`Connection::remove_pe`], which keep `namespaces` in step.
     pes: HashSet<PeKey>,
@@ -790,7 +799,11 @@ impl Core {
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         match input {
-            Input::Connected { conn, client } => {
+            Input::Connected {
+                conn,
+                client,
+                addrs,
+            } => {
                 let revoked = self.revocations.iter().any(|r| r.covers(&client));
                 if revoked {
                     out.push(Action::Close {
@@ -799,10 +812,17 @@ impl Core {
                     });
                 }
                 let default_namespace = self.default_namespace_of(&client.id);
+                let mut canonical = vec![client.addr.ip().to_canonical()];
+                for ip in addrs.into_iter().map(|a| a.to_canonical()) {
+                    if !canonical.contains(&ip) {
+                        canonical.push(ip);
+                    }
+                }
                 self.conns.insert(
                     conn,
                     Connection {
                         client,
+                        addrs: canonical,
                         pes: HashSet::new(),
                         namespaces: BTreeMap::new(),
                         reports: 0,

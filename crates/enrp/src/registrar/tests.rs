@@ -59,15 +59,35 @@ impl Harness {
     }
 
     fn connect(&mut self, conn: u64, id: &str) -> ConnId {
+        self.connect_from(
+            conn,
+            id,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+            &[],
+        )
+    }
+
+    /// A connection from `addr`, with `addrs` as its other addresses (an SCTP
+    /// association's peer addresses; none over TCP).
+    fn connect_from(
+        &mut self,
+        conn: u64,
+        id: &str,
+        addr: SocketAddr,
+        addrs: &[std::net::IpAddr],
+    ) -> ConnId {
         let client = Client {
             id: SpiffeId::parse(id).expect("SPIFFE ID"),
             serial: Serial::from_bytes(&conn.to_be_bytes()),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+            addr,
         };
         let c = ConnId(conn);
-        let out = self
-            .core
-            .handle(Input::Connected { conn: c, client }, self.now);
+        let input = Input::Connected {
+            conn: c,
+            client,
+            addrs: addrs.to_vec(),
+        };
+        let out = self.core.handle(input, self.now);
         assert!(out.is_empty());
         c
     }
@@ -442,9 +462,12 @@ fn revoking_a_serial_removes_its_pes_even_after_their_connection_closed() {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40001)),
     };
     let late = ConnId(9);
-    let out = h
-        .core
-        .handle(Input::Connected { conn: late, client }, h.now);
+    let input = Input::Connected {
+        conn: late,
+        client,
+        addrs: Vec::new(),
+    };
+    let out = h.core.handle(input, h.now);
     assert!(
         out.iter()
             .any(|a| matches!(a, Action::Close { conn, .. } if *conn == late))
@@ -2126,6 +2149,7 @@ fn a_legacy_peers_pe_re_registers_here_and_is_dialed_over_sctp_on_a_takeover() {
         Input::Connected {
             conn: other,
             client,
+            addrs: Vec::new(),
         },
         h.now,
     );
@@ -2165,4 +2189,82 @@ fn a_legacy_peers_pe_re_registers_here_and_is_dialed_over_sctp_on_a_takeover() {
         [(endpoint, legacy_identity(Ipv4Addr::LOCALHOST.into()))],
         "{out:?}"
     );
+}
+
+/// A registration of PE `id` in "echo" with an SCTP user transport on `addrs`.
+fn sctp_registration(id: u32, addrs: &[Ipv4Addr]) -> AsapMsg {
+    let mut pool_element = pe(id);
+    pool_element.user_transport = Transport::Sctp {
+        port: NonZeroU16::new(7777).expect("non-zero"),
+        transport_use: TransportUse::DataOnly,
+        addrs: SctpAddresses::new(addrs.iter().map(|a| Address::new(*a))).expect("addresses"),
+    };
+    AsapMsg::Registration {
+        namespace: None,
+        pool_handle: handle("echo"),
+        pool_element,
+    }
+}
+
+const DOC_1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const DOC_2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const FOREIGN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+
+/// Spec §7.1 PR step 3 [P]: a multi-homed PE over SCTP may register any of its
+/// association's peer addresses, not only the primary one (compared in canonical form).
+#[test]
+fn a_multi_homed_pe_registers_its_association_addresses() {
+    let mut h = Harness::new();
+    let mapped = std::net::IpAddr::from(DOC_2.to_ipv6_mapped());
+    let c = h.connect_from(1, PE_A, SocketAddr::from((DOC_1, 40000)), &[mapped]);
+    let out = h.send(c, sctp_registration(1, &[DOC_1, DOC_2]));
+    assert_eq!(reg_cause(&out), None, "{out:?}");
+    // Without the primary address too.
+    let out = h.send(c, sctp_registration(2, &[DOC_2]));
+    assert_eq!(reg_cause(&out), None, "{out:?}");
+    let pu = h.connect(2, PU_1);
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+}
+
+/// Spec §7.1 PR step 3 [P]: one address that is not the association's (someone else's,
+/// where PUs would be sent) rejects the whole registration, new or re-registration, with
+/// Security Rejection, audited, and leaves the handlespace as it was.
+#[test]
+fn a_registration_with_a_foreign_address_is_rejected() {
+    let mut h = Harness::new();
+    let c = h.connect_from(
+        1,
+        PE_A,
+        SocketAddr::from((DOC_1, 40000)),
+        &[DOC_1.into(), DOC_2.into()],
+    );
+    let out = h.send(c, sctp_registration(1, &[DOC_1]));
+    assert_eq!(reg_cause(&out), None, "{out:?}");
+    let pu = h.connect(2, PU_1);
+    let before = h.resolve(pu, "echo");
+    for id in [1, 2] {
+        let out = h.send(c, sctp_registration(id, &[DOC_1, DOC_2, FOREIGN]));
+        assert_eq!(reg_cause(&out), Some(0xA), "PE {id}");
+        assert_eq!(
+            audits(&out),
+            [(AuditAction::Register, Some(0xA))],
+            "PE {id}"
+        );
+        assert_eq!(
+            h.resolve(pu, "echo"),
+            before,
+            "PE {id}: the handlespace changed"
+        );
+    }
+    // Over TCP the one remote address is all a PE may register: its own next to
+    // another is refused as well.
+    let tcp = h.connect_from(3, PE_B, SocketAddr::from((DOC_1, 40001)), &[]);
+    let out = h.send(tcp, sctp_registration(3, &[DOC_1, DOC_2]));
+    assert_eq!(reg_cause(&out), Some(0xA));
+    assert_eq!(h.resolve(pu, "echo"), before);
+    // Unless the check is off (--no-address-check: behind NAT or a proxy).
+    h.core.config.check_user_address = false;
+    let out = h.send(c, sctp_registration(2, &[DOC_1, FOREIGN]));
+    assert_eq!(reg_cause(&out), None, "{out:?}");
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
 }

@@ -881,7 +881,12 @@ impl World {
                         outbound: side == 0,
                     }
                 } else {
-                    Input::Connected { conn, client }
+                    // The simulated links are TCP-like: one address, the client's.
+                    Input::Connected {
+                        conn,
+                        client,
+                        addrs: Vec::new(),
+                    }
                 };
                 if let Some((a, b)) = self.links.get(&id).and_then(Self::reg_pair) {
                     self.pair_changed(a, b);
