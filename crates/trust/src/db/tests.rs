@@ -59,6 +59,16 @@ async fn open_creates_private_dir_wal_full_and_reopens() {
         .await
         .expect("pragma");
     assert_eq!(fk, 1);
+    let (temp_store, cache): (i64, i64) =
+        sqlx::query_as("SELECT * FROM pragma_temp_store, pragma_cache_size")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("pragma");
+    assert_eq!(
+        (temp_store, cache),
+        (2, -8192),
+        "temp_store=MEMORY, 8 MiB cache"
+    );
     create_namespace(&mut conn, "default", 1)
         .await
         .expect("create");
