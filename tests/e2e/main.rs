@@ -3,6 +3,8 @@
 #![allow(clippy::disallowed_methods)] // end-to-end tests measure real time
 
 mod admin;
+#[path = "../common/binaries.rs"]
+mod binaries;
 mod cli;
 mod endpoints;
 mod partition;

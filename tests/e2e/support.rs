@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,34 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
 
-/// A binary of the workspace, built by `cargo build --workspace --bins` next to this test.
-pub(crate) fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/debug/deps/e2e-… → target/debug/NAME
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (`bash .ci/run` does)",
-        path.display()
-    );
-    path
-}
-
-/// Runs a binary to completion, failing the test with its output if it fails.
-pub(crate) fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+pub(crate) use crate::binaries::{bin, run_ok};
 
 /// A temporary directory with a PKI for `acme.test`: a registrar, two PEs, a PU.
 pub(crate) struct Lab {

@@ -20,16 +20,6 @@ use super::{
 const R1: (&str, u16, u16) = ("0x11111111", 3873, 9911);
 const R2: (&str, u16, u16) = ("0x22222222", 3874, 9912);
 
-/// `curl` GET on the admin API, as an operator would.
-fn admin_get(lab: &Lab, registrar: &Registrar, token: &str, path: &str) -> Command {
-    let mut c = Command::new("curl");
-    c.args(["-sf", "--cacert"])
-        .arg(lab.path("pki/ca.pem"))
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("https://{}{path}", registrar.admin));
-    c
-}
-
 /// `rspregistrar` `me` with short peer timers, ENRP on 192.0.2.1 (RSPLIB drops loopback
 /// addresses), peering with `enrpd`'s legacy ENRP listener and with `other`; its log goes
 /// to `log`. (`stdbuf` is coreutils'; the guest runs the host's files.)
@@ -146,9 +136,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         assert!(!a.line.contains("legacy ENRP"), "{}", a.line);
         let _r = rspregistrar(&lab, "rspregistrar-0.log", R1, R2);
         std::thread::sleep(Duration::from_secs(10));
-        let peers = admin_get(&lab, &a, &token, "/v1/peers")
-            .output()
-            .expect("curl");
+        let peers = lab.admin(&a, &token, "/v1/peers").output().expect("curl");
         let peers = String::from_utf8_lossy(&peers.stdout);
         println!("without --legacy-enrp-listen: /v1/peers = {peers}");
         assert!(
@@ -175,7 +163,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     let peers = eventually(
         Duration::from_secs(60),
         "both rspregistrars active at enrpd",
-        || admin_get(&lab, &a, &token, "/v1/peers"),
+        || lab.admin(&a, &token, "/v1/peers"),
         both_active,
     );
     println!("peered after {:?}: {}", started.elapsed(), peers.trim());
@@ -222,7 +210,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         let peers = eventually(
             Duration::from_secs(30),
             "checksum agrees",
-            || admin_get(&lab, &a, &token, "/v1/peers"),
+            || lab.admin(&a, &token, "/v1/peers"),
             |out| out.matches("\"checksum_match\":true").count() == 2,
         );
         assert!(!peers.contains("\"checksum_match\":false"), "{peers}");
@@ -244,7 +232,8 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
         println!("tshark decoded {asap} ASAP and {enrp} ENRP messages, none malformed");
     }
     // enrpd's Server ID: the home of the PE registered with it.
-    let pool2 = admin_get(&lab, &a, &token, "/v1/namespaces/rsplib/pools/EchoPool2")
+    let pool2 = lab
+        .admin(&a, &token, "/v1/namespaces/rsplib/pools/EchoPool2")
         .output()
         .expect("curl");
     let pool2 = String::from_utf8_lossy(&pool2.stdout).into_owned();
@@ -262,7 +251,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     let pool = eventually(
         Duration::from_secs(60),
         "enrpd took over R1's PE",
-        || admin_get(&lab, &a, &token, "/v1/namespaces/rsplib/pools/EchoPool"),
+        || lab.admin(&a, &token, "/v1/namespaces/rsplib/pools/EchoPool"),
         |out| out.contains("0x0000aaaa") && out.contains(&home),
     );
     println!(
@@ -278,7 +267,7 @@ fn enrpd_and_rspregistrar_peer_over_legacy_enrp() {
     let moved = eventually(
         Duration::from_secs(60),
         "R1's PE re-registered at enrpd after the H=1 keep-alive",
-        || admin_get(&lab, &a, &token, &path),
+        || lab.admin(&a, &token, &path),
         |out| out.contains("0x0000aaaa") && out.contains("legacy.invalid"),
     );
     println!("re-registered at enrpd: {}", moved.trim());

@@ -11,7 +11,11 @@
 //! RSPLIB's PEs leave loopback addresses out of what they register, so the guest has
 //! 192.0.2.1 on `lo`, and RSPLIB programs are pointed at it.
 
+#[path = "../common/binaries.rs"]
+mod binaries;
 mod capture;
+
+pub(crate) use binaries::{bin, run_ok};
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -39,21 +43,6 @@ pub(crate) fn unix_ms() -> u128 {
 pub(crate) const DOC_ADDR: &str = "192.0.2.1";
 /// The guest's second documentation address on `lo` (multi-homing).
 pub(crate) const DOC_ADDR_2: &str = "192.0.2.2";
-
-pub(crate) fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
 
 /// Whether SCTP (and the documentation address) is here; says why not otherwise.
 pub(crate) fn sctp_here() -> bool {
@@ -85,17 +74,6 @@ pub(crate) fn rsplib_here() -> bool {
         eprintln!("skipped: RSPLIB is not installed (apt install rsplib-registrar rsplib-tools)");
     }
     ok
-}
-
-pub(crate) fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A child killed when dropped.
@@ -243,14 +221,21 @@ impl Lab {
     /// A namespace through the admin API, with curl as an operator would.
     pub(crate) fn create_namespace(&self, registrar: &Registrar, token: &str, name: &str) {
         run_ok(
-            Command::new("curl")
-                .args(["-sf", "--cacert"])
-                .arg(self.path("pki/ca.pem"))
-                .args(["-H", &format!("Authorization: Bearer {token}")])
+            self.admin(registrar, token, "/v1/namespaces")
                 .args(["-H", "Content-Type: application/json", "-X", "POST"])
-                .arg(format!("https://{}/v1/namespaces", registrar.admin))
                 .args(["-d", &format!("{{\"name\":\"{name}\"}}")]),
         );
+    }
+
+    /// `curl` on `registrar`'s admin API at `path` with `token`, as an operator would
+    /// (a GET unless more arguments say otherwise).
+    pub(crate) fn admin(&self, registrar: &Registrar, token: &str, path: &str) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sf", "--cacert"])
+            .arg(self.path("pki/ca.pem"))
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://{}{path}", registrar.admin));
+        c
     }
 }
 
@@ -434,14 +419,7 @@ fn rsp_over_tls_sctp_with_a_multi_homed_pe_and_enrp_peering() {
     let c_token = lab.init("enrp-3", "c");
     let c_enrp = format!("192.0.2.2:0+{DOC_ADDR}:0");
     let c = lab.start("c", &["--peer", &a_enrp, "--enrp-sctp-listen", &c_enrp]);
-    let peers_of_c = || {
-        let mut curl = Command::new("curl");
-        curl.args(["-sf", "--cacert"])
-            .arg(lab.path("pki/ca.pem"))
-            .args(["-H", &format!("Authorization: Bearer {c_token}")])
-            .arg(format!("https://{}/v1/peers", c.admin));
-        curl
-    };
+    let peers_of_c = || lab.admin(&c, &c_token, "/v1/peers");
     let peers = eventually(
         Duration::from_secs(60),
         "C peered with A (configured) and B (learnt from A's list)",

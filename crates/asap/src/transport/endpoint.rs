@@ -125,6 +125,31 @@ impl TransportAddr {
         }
     }
 
+    /// Where a transport parameter (a PE's user or ASAP transport, a registrar's Server
+    /// Information) can be reached: TCP, or an SCTP endpoint of all its usable addresses
+    /// (spec §4.3). Unspecified and multicast addresses cannot be dialed and are left
+    /// out; a multi-homed endpoint this side cannot dial as one (IPv6,
+    /// [`EndpointError::Family`]) keeps its first address. Other transports: `None`.
+    pub fn of_transport(transport: &crate::wire::param::Transport) -> Option<Self> {
+        use crate::wire::param::Transport;
+        let port = transport.port().get();
+        let addrs: Vec<SocketAddr> = transport
+            .addresses()
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        match transport {
+            Transport::Tcp { .. } => addrs.first().copied().map(Self::Tcp),
+            Transport::Sctp { .. } => Endpoint::new(addrs.clone())
+                .or_else(|_| Endpoint::new(addrs.into_iter().take(1).collect()))
+                .ok()
+                .map(Self::Sctp),
+            _ => None,
+        }
+    }
+
     /// Whether the two name one listener: an address (IP and port) in common, whatever
     /// the transport (a registrar serves TLS over TCP and over SCTP at one address).
     pub fn overlaps(&self, other: &Self) -> bool {
@@ -166,6 +191,52 @@ impl std::fmt::Display for TransportAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transports_become_addresses_to_dial() {
+        use crate::wire::param::{Address, SctpAddresses, Transport, TransportUse};
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        use std::num::NonZeroU16;
+        let port = NonZeroU16::new(9902).expect("port");
+        let sctp = |ips: &[IpAddr]| Transport::Sctp {
+            port,
+            transport_use: TransportUse::DataOnly,
+            addrs: SctpAddresses::new(ips.iter().map(|ip| Address::new(*ip))).expect("addrs"),
+        };
+        let (a, b) = (
+            IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::from(Ipv4Addr::new(192, 0, 2, 2)),
+        );
+        let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            TransportAddr::of_transport(&sctp(&[a, any, b])),
+            Some("sctp:192.0.2.1:9902+192.0.2.2:9902".parse().expect("sctp"))
+        );
+        let (v6a, v6b) = (
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+            "2001:db8::1".parse().expect("v6"),
+        );
+        assert_eq!(
+            TransportAddr::of_transport(&sctp(&[v6a, v6b])),
+            Some("sctp:[::1]:9902".parse().expect("v6"))
+        );
+        assert_eq!(TransportAddr::of_transport(&sctp(&[any])), None);
+        let tcp = |ip| Transport::Tcp {
+            port,
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(ip),
+        };
+        assert_eq!(
+            TransportAddr::of_transport(&tcp(a)),
+            Some(TransportAddr::Tcp(SocketAddr::new(a, 9902)))
+        );
+        assert_eq!(TransportAddr::of_transport(&tcp(any)), None);
+        let udp = Transport::Udp {
+            port,
+            addr: Address::new(a),
+        };
+        assert_eq!(TransportAddr::of_transport(&udp), None);
+    }
 
     #[test]
     fn transport_addrs_overlap_on_a_shared_address() {

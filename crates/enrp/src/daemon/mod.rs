@@ -394,33 +394,18 @@ impl Daemon {
         ));
         let settings = Arc::new(settings);
         let mut peer_tasks = Vec::new();
-        if let Some((l, addr)) = enrp_listener {
+        if let Some((_, addr)) = &enrp_listener {
             tracing::info!(%addr, "serving ENRP over TLS");
+        }
+        let enrp_listeners = (enrp_listener.map(|(l, _)| (l, Security::Tls)).into_iter())
+            .chain(enrp_sctp.map(|l| (l, Security::Tls)))
+            .chain(legacy_enrp.map(|l| (l, Security::Plain)));
+        for (l, security) in enrp_listeners {
             peer_tasks.push(tokio::spawn(peer::accept_loop(
                 l,
+                security,
                 Arc::clone(&settings),
                 Arc::clone(&trust),
-                events.clone(),
-                audit.clone(),
-                Arc::clone(&counters),
-                stop_rx.clone(),
-            )));
-        }
-        if let Some(l) = enrp_sctp {
-            peer_tasks.push(tokio::spawn(peer::accept_loop(
-                l,
-                Arc::clone(&settings),
-                Arc::clone(&trust),
-                events.clone(),
-                audit.clone(),
-                Arc::clone(&counters),
-                stop_rx.clone(),
-            )));
-        }
-        if let Some(l) = legacy_enrp {
-            peer_tasks.push(tokio::spawn(peer::legacy_accept_loop(
-                l,
-                Arc::clone(&settings),
                 events.clone(),
                 audit.clone(),
                 Arc::clone(&counters),

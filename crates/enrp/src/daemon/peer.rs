@@ -25,10 +25,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trust::audit::AuditLog;
-use trust::{Peer, Protocol, TrustStore};
+use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
-use super::listen::{self, BoxStream, Listener};
+use super::listen::{self, BoxStream, Listener, Security};
 use super::{ConnHandle, Counters, Event, LegacyPeer, Settings};
 use crate::registrar::{Client, ConnId, Input, legacy_peer_identity};
 use crate::setup::server_id_of;
@@ -48,9 +48,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// each list response, this caps all of them together.
 const MAX_DISCOVERED: usize = 256;
 
-/// Accepts ENRP connections until the daemon stops.
+/// Accepts ENRP connections until the daemon stops: mutual TLS, or with
+/// [`Security::Plain`] legacy associations (plain SCTP, one message per SCTP message).
+/// Those have no handshake: one is admitted when its first message's Sender ID is a
+/// configured legacy peer's and its address is that peer's (ARCHITECTURE.md §4);
+/// otherwise it is audited and closed.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn accept_loop(
     listener: Listener,
+    security: Security,
     settings: Arc<Settings>,
     trust: Arc<TrustStore>,
     events: mpsc::Sender<Event>,
@@ -59,9 +65,13 @@ pub(super) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = listen::slots(&settings);
+    let what = match security {
+        Security::Tls => "ENRP",
+        Security::Plain => "legacy ENRP",
+    };
     loop {
         let Some((stream, addr, slot)) =
-            listen::next_connection(&listener, &slots, &mut stop, "ENRP").await
+            listen::next_connection(&listener, &slots, &mut stop, what).await
         else {
             return;
         };
@@ -73,6 +83,16 @@ pub(super) async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            if security == Security::Plain {
+                let legacy = Legacy {
+                    settings: &settings,
+                    events: &events,
+                    audit: &audit,
+                    counters: &counters,
+                };
+                serve_legacy(stream, addr, None, legacy, stop).await;
+                return;
+            }
             let Some((tls, peer)) =
                 accept_tls(stream, addr, &settings, &trust, &audit, &counters).await
             else {
@@ -173,7 +193,7 @@ async fn connect(target: &str) -> std::io::Result<(BoxStream, SocketAddr)> {
         let to = target
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        return listen::dial(&to, Protocol::Enrp, listen::Security::Tls).await;
+        return listen::dial(&to, Protocol::Enrp, Security::Tls).await;
     }
     let tcp = TcpStream::connect(target).await?;
     let _ = tcp.set_nodelay(true);
@@ -273,43 +293,6 @@ fn dial_target(addr: &TransportAddr, sctp_here: bool) -> String {
     }
 }
 
-/// Accepts legacy ENRP associations (plain SCTP, one message per SCTP message) until the
-/// daemon stops. There is no handshake: an association is admitted when its first
-/// message's Sender ID is a configured legacy peer's and its address is that peer's
-/// (ARCHITECTURE.md §4); otherwise it is audited and closed.
-pub(super) async fn legacy_accept_loop(
-    listener: Listener,
-    settings: Arc<Settings>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = listen::slots(&settings);
-    loop {
-        let Some((stream, addr, slot)) =
-            listen::next_connection(&listener, &slots, &mut stop, "legacy ENRP").await
-        else {
-            return;
-        };
-        let settings = Arc::clone(&settings);
-        let events = events.clone();
-        let audit = audit.clone();
-        let counters = Arc::clone(&counters);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let legacy = Legacy {
-                settings: &settings,
-                events: &events,
-                audit: &audit,
-                counters: &counters,
-            };
-            serve_legacy(stream, addr, None, legacy, stop).await;
-        });
-    }
-}
-
 /// Dials a configured legacy peer over plain SCTP and keeps an association to it while the
 /// daemon runs, unless it has one to us (RSPLIB sends on the one it dialed: the core keeps
 /// that one and closes ours).
@@ -330,7 +313,7 @@ pub(super) async fn legacy_dial_loop(
             let started = tokio::time::Instant::now();
             match tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                listen::dial(&to, Protocol::Enrp, listen::Security::Plain),
+                listen::dial(&to, Protocol::Enrp, Security::Plain),
             )
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
@@ -426,6 +409,47 @@ async fn serve_legacy(
         addr,
     };
     tracing::info!(?conn, %addr, %server_id, outbound = dialed.is_some(), "legacy ENRP association (unauthenticated)");
+    let announce = Announce {
+        conn,
+        client,
+        server_id,
+        outbound: dialed.is_some(),
+        first,
+    };
+    run_peer(announce, reader, write_half, None, settings, events, stop).await;
+}
+
+/// A peer connection as the core is told of it.
+struct Announce {
+    conn: ConnId,
+    client: Client,
+    server_id: ServerId,
+    outbound: bool,
+    /// A message read before the announcement (a legacy peer's first, which named it).
+    first: Option<asap::wire::Decoded<EnrpMsg>>,
+}
+
+/// Announces a peer connection to the core, then reads frames for it and writes what it
+/// sends until either side ends it (or, with `live`, the peer's identity is revoked).
+async fn run_peer<R, W>(
+    announce: Announce,
+    reader: MessageReader<R>,
+    write_half: W,
+    mut live: Option<LiveConnection>,
+    settings: &Settings,
+    events: &mpsc::Sender<Event>,
+    stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Announce {
+        conn,
+        client,
+        server_id,
+        outbound,
+        first,
+    } = announce;
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
     let writer = ConnHandle {
@@ -436,7 +460,7 @@ async fn serve_legacy(
         conn,
         peer: client,
         server_id,
-        outbound: dialed.is_some(),
+        outbound,
     };
     if events
         .send(Event::PeerConnected { input, writer })
@@ -453,9 +477,17 @@ async fn serve_legacy(
     {
         return;
     }
+    let revoked = async {
+        match live.as_mut() {
+            Some(live) => live.closed().await,
+            // A legacy peer has no certificate to revoke.
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = read_loop(conn, reader, events) => {}
         () = write_loop(write_half, rx) => {}
+        reason = revoked => tracing::info!(?conn, ?reason, "closing ENRP: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
     }
@@ -532,7 +564,7 @@ pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stop: watch::Receiver<bool>,
 ) {
     // Registered before the last trust check, so a revocation during the handshake counts.
-    let mut live = match trust.register_connection(&peer) {
+    let live = match trust.register_connection(&peer) {
         Ok(live) => live,
         Err(e) => {
             audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
@@ -547,35 +579,25 @@ pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
         addr,
     };
     tracing::debug!(?conn, %addr, id = %client.id, %server_id, outbound, "ENRP connection");
-    let (tx, rx) = mpsc::channel(settings.send_queue);
-    let kill = Arc::new(Notify::new());
-    let writer = ConnHandle {
-        tx,
-        kill: Arc::clone(&kill),
-    };
-    let input = Input::PeerUp {
-        conn,
-        peer: client,
-        server_id,
-        outbound,
-    };
-    if events
-        .send(Event::PeerConnected { input, writer })
-        .await
-        .is_err()
-    {
-        return;
-    }
     let (read_half, write_half) = tokio::io::split(stream);
     let reader = MessageReader::new(read_half, Framer::enrp(settings.max_message_len));
-    tokio::select! {
-        () = read_loop(conn, reader, &events) => {}
-        () = write_loop(write_half, rx) => {}
-        reason = live.closed() => tracing::info!(?conn, ?reason, "closing ENRP: revoked"),
-        () = kill.notified() => {}
-        () = stopped(stop) => {}
-    }
-    let _ = events.send(Event::Input(Input::PeerDown { conn })).await;
+    let announce = Announce {
+        conn,
+        client,
+        server_id,
+        outbound,
+        first: None,
+    };
+    run_peer(
+        announce,
+        reader,
+        write_half,
+        Some(live),
+        settings,
+        &events,
+        stop,
+    )
+    .await;
 }
 
 /// No idle timeout here: the core's liveness timers (PRESENCE, spec §9.5) judge peers.

@@ -382,8 +382,8 @@ impl Core {
                 .handlespace
                 .pool(&ns, &pool_handle)
                 .and_then(|p| p.entry(pe_id))
-                .map(|e| e.pool_element.clone());
-            let registrant = self.registrant(conn, registered.as_ref());
+                .map(|e| &e.pool_element);
+            let registrant = self.registrant(conn, registered);
             let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
             match self
                 .handlespace

@@ -126,36 +126,9 @@ pub(super) struct Peer {
 pub const MAX_LIST_DIALS: usize = 64;
 
 /// Where a Server Information says its registrar serves ENRP, if that can be dialed
-/// ([`dial_addr`]).
+/// ([`TransportAddr::of_transport`]).
 fn dialable(info: &ServerInformation) -> Option<TransportAddr> {
-    dial_addr(&info.transport)
-}
-
-/// A transport (a registrar's ENRP address, a PE's advertised ASAP transport) as an
-/// address to dial: TCP, or an SCTP endpoint of all its usable addresses (spec §4.3).
-/// Other transports, and unspecified or multicast addresses, cannot be dialed.
-fn dial_addr(transport: &Transport) -> Option<TransportAddr> {
-    let usable = |ip: &std::net::IpAddr| !ip.is_unspecified() && !ip.is_multicast();
-    match transport {
-        Transport::Sctp { port, addrs, .. } => {
-            let addrs: Vec<SocketAddr> = addrs
-                .as_slice()
-                .iter()
-                .map(|a| a.ip())
-                .filter(usable)
-                .map(|ip| SocketAddr::new(ip, port.get()))
-                .collect();
-            // An endpoint that cannot be multi-homed here (IPv6) keeps its first address.
-            Endpoint::new(addrs.clone())
-                .or_else(|_| Endpoint::new(addrs.into_iter().take(1).collect()))
-                .ok()
-                .map(TransportAddr::Sctp)
-        }
-        Transport::Tcp { port, addr, .. } => {
-            usable(&addr.ip()).then(|| TransportAddr::Tcp(SocketAddr::new(addr.ip(), port.get())))
-        }
-        _ => None,
-    }
+    TransportAddr::of_transport(&info.transport)
 }
 
 /// `addr` as the transport of a Server Information (spec §4.5): TCP, or SCTP listing
@@ -490,12 +463,7 @@ impl Core {
                 },
             };
         }
-        let server_info = self.advertised_enrp().and_then(|a| {
-            Some(ServerInformation {
-                server_id: self.config.server_id,
-                transport: server_transport(&a)?,
-            })
-        });
+        let server_info = self.advertised_enrp().and_then(|a| self.server_info(&a));
         EnrpMsg {
             sender: self.config.server_id,
             receiver: to.get(),
@@ -564,22 +532,23 @@ impl Core {
     /// The legacy ENRP listener as a Server Information: SCTP, Transport Use data only
     /// (as RSPLIB sends its own), non-loopback addresses first.
     fn legacy_server_info(&self) -> Option<ServerInformation> {
-        let addrs = &self.config.legacy_enrp_addrs;
-        let port = NonZeroU16::new(addrs.first()?.port())?;
-        let mut ips: Vec<std::net::IpAddr> = addrs
+        let mut addrs: Vec<SocketAddr> = self
+            .config
+            .legacy_enrp_addrs
             .iter()
-            .map(SocketAddr::ip)
-            .filter(|ip| !ip.is_unspecified())
+            .copied()
+            .filter(|a| !a.ip().is_unspecified())
             .collect();
-        ips.sort_by_key(std::net::IpAddr::is_loopback);
-        ips.dedup();
+        addrs.sort_by_key(|a| a.ip().is_loopback());
+        addrs.dedup();
+        self.server_info(&TransportAddr::Sctp(Endpoint::new(addrs).ok()?))
+    }
+
+    /// This registrar's Server Information (spec §4.5) for an ENRP listener at `at`.
+    fn server_info(&self, at: &TransportAddr) -> Option<ServerInformation> {
         Some(ServerInformation {
             server_id: self.config.server_id,
-            transport: Transport::Sctp {
-                port,
-                transport_use: TransportUse::DataOnly,
-                addrs: SctpAddresses::new(ips.into_iter().map(Address::new))?,
-            },
+            transport: server_transport(at)?,
         })
     }
 
@@ -1713,7 +1682,7 @@ impl Core {
                 .pool_element
                 .asap_transport
                 .as_ref()
-                .and_then(dial_addr)
+                .and_then(TransportAddr::of_transport)
                 .zip(
                     entry
                         .registrant

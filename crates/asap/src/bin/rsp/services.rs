@@ -339,21 +339,15 @@ pub(crate) async fn connect_pe_stream(
     transport: &asap::wire::param::Transport,
     config: Option<Arc<ClientConfig>>,
 ) -> anyhow::Result<Box<dyn Stream>> {
+    use asap::transport::TransportAddr;
     use asap::transport::sctp::{Framing, SctpConnection};
-    use asap::transport::{Endpoint, TransportAddr};
-    use asap::wire::param::Transport;
-    let port = transport.port().get();
-    let addrs: Vec<SocketAddr> = transport
-        .addresses()
-        .iter()
-        .map(|a| SocketAddr::new(a.ip(), port))
-        .collect();
-    let first = *addrs.first().context("the PE has no address")?;
-    match (transport, config) {
-        (Transport::Tcp { .. }, Some(config)) => Ok(Box::new(connect_tls(config, first).await?)),
-        (Transport::Sctp { .. }, config) => {
-            // All of a multi-homed PE's addresses: the association survives losing one.
-            let to = Endpoint::new(addrs).unwrap_or_else(|_| Endpoint::single(first));
+    // All of a multi-homed PE's addresses: the association survives losing one.
+    let to = TransportAddr::of_transport(transport)
+        .context("the PE's transport is neither TCP nor SCTP, or has no address to dial")?;
+    let first = to.primary();
+    match (to, config) {
+        (TransportAddr::Tcp(_), Some(config)) => Ok(Box::new(connect_tls(config, first).await?)),
+        (TransportAddr::Sctp(to), config) => {
             let conn = tokio::time::timeout(
                 Duration::from_secs(5),
                 SctpConnection::connect(&to, PPID_SERVICE, Framing::Stream),
@@ -373,10 +367,9 @@ pub(crate) async fn connect_pe_stream(
             .context("TLS handshake with the PE")?;
             Ok(Box::new(tls))
         }
-        (Transport::Tcp { .. }, None) => {
+        (TransportAddr::Tcp(_), None) => {
             anyhow::bail!("plaintext to a PE is for legacy PEs over SCTP only")
         }
-        _ => anyhow::bail!("the PE's transport is neither TCP nor SCTP"),
     }
 }
 
