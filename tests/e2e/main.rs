@@ -10,4 +10,5 @@ mod endpoints;
 mod partition;
 mod peering;
 mod registrar;
+mod restart;
 mod support;

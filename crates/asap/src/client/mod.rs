@@ -28,6 +28,7 @@ use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
 
 use crate::transport::{MessageReader, ReadError, TransportAddr, write_message};
 use crate::wire::limits::MAX_MESSAGE_LEN;
+use crate::wire::param::ErrorCause;
 use crate::wire::{AsapMsg, DecodeError, EncodeError, Framer};
 
 /// Why talking to a registrar failed.
@@ -68,9 +69,77 @@ pub enum Error {
     /// The registrar closed the connection or did not answer in time.
     #[error("the registrar closed the connection or did not answer in time")]
     Closed,
-    /// The registrar refused the request with this error cause (spec §4.7).
-    #[error("refused by the registrar: cause {0:#x}")]
+    /// The registrar refused the request with this error cause (spec §4.7). The message
+    /// names the cause and what to do about it.
+    #[error("refused by the registrar: {}", refusal(*.0))]
     Rejected(u16),
+}
+
+impl Error {
+    /// Whether trying again, at this registrar or another, can succeed without anyone
+    /// changing anything, so that a PE or PU rides it out instead of giving up:
+    ///
+    /// - transient: cause 0x6 Lack of Resources (a registrar still synchronising after
+    ///   its start, spec §9.3 step 5; one at a resource limit or with its store
+    ///   unavailable, §7.1 step 6), and every failure to reach or hear a registrar
+    ///   (no registrar reachable, the connection failed or closed, no answer in time,
+    ///   bytes that are not a message: another registrar, or the same one restarted,
+    ///   may answer);
+    /// - permanent: every other refusal (0x3 Invalid Values, 0x4 Non-unique PE
+    ///   Identifier, 0x5/0x7/0x8 inconsistent policy, transport or data/control use,
+    ///   0x9 Unknown Pool Handle, 0xA security, and unknown causes: the same request gets
+    ///   the same answer, spec §7.1 step 5 "do not retry blindly"), files and
+    ///   certificates that do not load, a message that cannot be encoded, and a
+    ///   connection that is refused before it starts as misconfigured (e.g. plain text
+    ///   over TCP).
+    ///
+    /// A PU's unknown pool (0x9) is permanent here; [`pu::PoolUser`] still answers from
+    /// its cache while it has entries (a restarted registrar may not know the pool yet).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Rejected(code) => *code == ErrorCause::LackOfResources.code(),
+            Self::NoRegistrar { .. } | Self::Read(_) | Self::Decode(_) | Self::Closed => true,
+            Self::Io(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+            ),
+            Self::File { .. } | Self::Trust(_) | Self::Encode(_) => false,
+        }
+    }
+}
+
+/// "cause 0x6 (Lack of Resources): …": a refusal's code, its spec §4.7 name, and what to
+/// do about it, in one line.
+fn refusal(code: u16) -> String {
+    let cause = ErrorCause::from_parts(code, &[]);
+    let what = match cause {
+        ErrorCause::LackOfResources => {
+            "the registrar is still starting or at a limit; retried, here or at another registrar"
+        }
+        ErrorCause::InvalidValues(_) => {
+            "a value of the request is out of range; check the pool handle, registration life and transport"
+        }
+        ErrorCause::NonUniquePeId => {
+            "another registrant holds this PE ID in the pool; start the PE again for a new random PE ID"
+        }
+        ErrorCause::InconsistentPolicy(_) => {
+            "the pool's PEs use another policy; register with the pool's policy"
+        }
+        ErrorCause::InconsistentTransport(_) => {
+            "the pool's PEs use another transport protocol; listen on the pool's (TCP or SCTP)"
+        }
+        ErrorCause::InconsistentDataControl => {
+            "the pool's PEs use another transport use; serve what the pool's PEs serve (data only, or data plus control)"
+        }
+        ErrorCause::UnknownPoolHandle => {
+            "no such pool, or this identity may not see it; check the pool handle, the namespace and the identity's grants"
+        }
+        ErrorCause::SecurityRejection => {
+            "this identity may not do this; check its grants for the pool and namespace at the registrar, and that the PE's addresses are its connection's"
+        }
+        _ => "the registrar did not accept the request as sent",
+    };
+    format!("cause {code:#x} ({}): {what}", cause.name())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
@@ -251,5 +320,55 @@ impl Connection {
     pub async fn recv(&mut self) -> Result<AsapMsg, Error> {
         let frame = self.reader.next().await?.ok_or(Error::Closed)?;
         Ok(AsapMsg::decode(&frame)?.msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lack_of_resources_and_lost_connections_are_transient_other_refusals_permanent() {
+        let transient = [
+            Error::Rejected(ErrorCause::LackOfResources.code()),
+            Error::Closed,
+            Error::NoRegistrar {
+                tried: 3,
+                last: "connection refused".into(),
+            },
+            Error::Io(io::Error::from(io::ErrorKind::ConnectionReset)),
+            Error::Io(io::Error::from(io::ErrorKind::TimedOut)),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        let permanent = [
+            ErrorCause::InvalidValues(Vec::new()),
+            ErrorCause::NonUniquePeId,
+            ErrorCause::InconsistentPolicy(Vec::new()),
+            ErrorCause::InconsistentTransport(Vec::new()),
+            ErrorCause::InconsistentDataControl,
+            ErrorCause::UnknownPoolHandle,
+            ErrorCause::SecurityRejection,
+            ErrorCause::Unspecified,
+            ErrorCause::Other {
+                code: 0x100a,
+                info: Vec::new(),
+            },
+        ];
+        for cause in &permanent {
+            let e = Error::Rejected(cause.code());
+            assert!(!e.is_transient(), "{e}");
+            // One line that names the cause and says what to do.
+            let line = e.to_string();
+            assert!(line.contains(cause.name()), "{line}");
+            assert!(!line.contains('\n') && line.contains("): "), "{line}");
+        }
+        assert!(!Error::Io(io::Error::from(io::ErrorKind::InvalidInput)).is_transient());
+        assert_eq!(
+            Error::Rejected(0x6).to_string(),
+            "refused by the registrar: cause 0x6 (Lack of Resources): the registrar is still \
+             starting or at a limit; retried, here or at another registrar"
+        );
     }
 }

@@ -152,8 +152,14 @@ pub enum PeEvent {
     Registered(SocketAddr),
     /// The registrar connection was lost; hunting another.
     Lost(SocketAddr, Error),
-    /// No registrar could be reached; retrying after a pause.
+    /// No registrar could be reached; retrying after a pause. Reported once per outage,
+    /// not once per attempt.
     Unreachable(Error),
+    /// A registrar refused the registration for a transient cause (0x6 Lack of
+    /// Resources: still starting, or at a limit, see [`Error::is_transient`]); retrying
+    /// after a pause, another registrar first. Reported once per change of cause, not
+    /// once per attempt.
+    Refused(SocketAddr, Error),
     /// A registrar sent a keep-alive with H=1 to the ASAP listener: it is the new home
     /// (spec §7.4), answered there and re-registered with from now on.
     HomeAdopted {
@@ -178,8 +184,11 @@ const T3_DEREGISTRATION: Duration = Duration::from_secs(2);
 type Adoption = (Connection, ServerId);
 
 /// Runs the PE's registration until `shutdown` completes (then deregisters) or a
-/// registrar refuses the registration ([`Error::Rejected`], not retried blindly, spec
-/// §7.1 step 5).
+/// registrar refuses the registration for a permanent cause ([`Error::Rejected`] that is
+/// not [`Error::is_transient`]: not retried blindly, spec §7.1 step 5). Everything
+/// transient (registrars unreachable, lost, restarting, refusing with 0x6 Lack of
+/// Resources) is ridden out: the PE keeps hunting with the jittered backoff, another
+/// registrar first, and never returns for it.
 pub async fn run(
     trust: &Arc<TrustStore>,
     config: &PeConfig,
@@ -206,6 +215,7 @@ pub async fn run(
     let mut start = 0;
     let mut backoff = Backoff::new(config.pe_id.get());
     let mut adopted: Option<Connection> = None;
+    let mut standing = Standing::Hunting;
     loop {
         let (mut conn, idx) = if let Some(conn) = adopted.take() {
             (conn, start)
@@ -223,7 +233,9 @@ pub async fn run(
             match hunted {
                 Ok(c) => c,
                 Err(e) => {
-                    events(PeEvent::Unreachable(e));
+                    if standing.enter(Standing::Unreachable) {
+                        events(PeEvent::Unreachable(e));
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next()) => continue,
                         a = next_adoption(&mut adoptions) => {
@@ -241,15 +253,33 @@ pub async fn run(
             listen,
             backoff: &mut backoff,
             adoptions: &mut adoptions,
+            standing: &mut standing,
         };
         match serve(&mut conn, &mut session, &mut shutdown, &mut events).await {
             Ok(None) => return Ok(()),
             // Spec §7.4: re-registrations go to the new home from now on; the old
             // connection closes (its registrar is presumed dead).
             Ok(Some(adoption)) => adopted = Some(adopt(adoption, &mut events)),
-            Err(e @ Error::Rejected(_)) => return Err(e),
+            Err(e) if !e.is_transient() => return Err(e),
             Err(e) => {
-                events(PeEvent::Lost(registrar, e));
+                match &e {
+                    Error::Rejected(code) => {
+                        if standing.enter(Standing::Refused(*code)) {
+                            events(PeEvent::Refused(registrar, e));
+                        }
+                    }
+                    _ if standing == Standing::Registered => {
+                        standing = Standing::Hunting;
+                        events(PeEvent::Lost(registrar, e));
+                    }
+                    // Not registered on this connection: one more failed attempt of the
+                    // same outage.
+                    _ => {
+                        if standing.enter(Standing::Unreachable) {
+                            events(PeEvent::Unreachable(e));
+                        }
+                    }
+                }
                 // Prefer another registrar next (spec §12.6); the jittered pause keeps a
                 // registrar outage from becoming a reconnection storm (see Backoff).
                 start = idx + 1;
@@ -411,6 +441,31 @@ fn set_unspecified_address(t: &mut Transport, local: Address) {
     }
 }
 
+/// Where the PE stands with its registrars, as last reported: events about an outage
+/// go out when this changes, not at every attempt (a registrar that refuses with 0x6
+/// for its whole start-up would otherwise log twice a second per PE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Registered with a registrar.
+    Registered,
+    /// Lost or not yet registered, nothing reported since.
+    Hunting,
+    /// No registrar could be reached (reported).
+    Unreachable,
+    /// Refused with this transient cause (reported).
+    Refused(u16),
+}
+
+impl Standing {
+    /// Moves to `next`; whether that is a change (and so worth reporting). Losing a
+    /// registration reports the loss itself, so an outage right after it is news again.
+    fn enter(&mut self, next: Self) -> bool {
+        let changed = *self != next;
+        *self = next;
+        changed
+    }
+}
+
 /// What [`serve`] needs besides the connection.
 struct Session<'a> {
     config: &'a PeConfig,
@@ -418,6 +473,7 @@ struct Session<'a> {
     listen: Option<SocketAddr>,
     backoff: &'a mut Backoff,
     adoptions: &'a mut Option<mpsc::Receiver<Adoption>>,
+    standing: &'a mut Standing,
 }
 
 /// Registers on `conn` and keeps the registration until shutdown (`None`), loss (`Err`)
@@ -439,6 +495,7 @@ async fn serve(
         .await
         .map_err(|_| Error::Closed)??;
     session.backoff.reset();
+    session.standing.enter(Standing::Registered);
     events(PeEvent::Registered(conn.registrar()));
     let mut reregister = tokio::time::interval(config.reregistration_interval());
     reregister.tick().await; // the first tick is immediate
@@ -685,6 +742,48 @@ mod tests {
         assert_eq!(pool_elements.len(), 1);
         assert_eq!(pool_elements[0].pe_id, config.pe_id);
         assert_eq!(pool_elements[0].user_transport, config.user_transport);
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_per_change_of_state_not_per_attempt() {
+        let mut s = Standing::Hunting;
+        // Registrars refusing with 0x6 for their whole start-up: one report.
+        assert!(s.enter(Standing::Refused(0x6)));
+        assert!(!s.enter(Standing::Refused(0x6)));
+        assert!(!s.enter(Standing::Refused(0x6)));
+        // Then none reachable: news; and again only once.
+        assert!(s.enter(Standing::Unreachable));
+        assert!(!s.enter(Standing::Unreachable));
+        // Registered, and the next outage is news again.
+        assert!(s.enter(Standing::Registered));
+        assert!(s.enter(Standing::Unreachable));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pe_without_a_reachable_registrar_never_gives_up_and_says_so_once() {
+        // An hour of (paused, auto-advancing) time with no registrar: the PE keeps
+        // hunting with its backoff (about 2 attempts a second), reports the outage once,
+        // and stops only at shutdown.
+        let ca = trust::testing::TestCa::new("acme.test");
+        let store =
+            Arc::new(TrustStore::new(ca.leaf("pe/echo-1").issue().identity()).expect("store"));
+        let config = card_config();
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let result = run(
+            &store,
+            &config,
+            tokio::time::sleep(Duration::from_secs(3600)),
+            |e| events.push(e),
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(started.elapsed() >= Duration::from_secs(3600));
+        assert_eq!(events.len(), 1, "{events:?}");
+        let PeEvent::Unreachable(e) = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert!(e.is_transient());
     }
 
     #[test]

@@ -192,6 +192,19 @@ struct Cache {
     /// may still return them for a while (spec §7.6 counts reports before removing).
     failed: HashMap<PeId, Instant>,
     resolutions: u64,
+    /// Why the last refresh failed while the cache still had entries: selections then
+    /// come from the older resolution, and [`PoolUser::staleness`] says so.
+    refresh_failed: Option<String>,
+}
+
+/// The resolution cache is in use past its stale time because refreshing it failed
+/// ([`PoolUser::staleness`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staleness {
+    /// How old the resolution in use is.
+    pub age: Duration,
+    /// Why the last refresh failed.
+    pub error: String,
 }
 
 struct Registrar {
@@ -228,8 +241,11 @@ impl PoolUser {
     }
 
     /// One PE chosen by the pool's policy from the cache, which is refreshed first when
-    /// empty or stale. A refresh that fails leaves a stale cache in use (better a PE that
-    /// may have gone than none); with an empty cache the error is returned.
+    /// empty or stale. A refresh that fails, transiently or not (a registrar that
+    /// restarted may not know the pool again yet: 0x9), leaves a stale cache in use
+    /// (better a PE that may have gone than none), marked so ([`PoolUser::staleness`]);
+    /// with an empty cache the error is returned ([`Error::is_transient`] tells whether
+    /// to try again later).
     pub async fn select(&self) -> Result<PeEntry, Error> {
         let mut cache = self.cache.lock().await;
         let now = Instant::now();
@@ -241,7 +257,7 @@ impl PoolUser {
             match self.resolve_with_retries().await {
                 Ok(resolved) => self.fill(&mut cache, resolved, now),
                 Err(e) if cache.selection.is_empty() => return Err(e),
-                Err(_) => {}
+                Err(e) => cache.refresh_failed = Some(e.to_string()),
             }
         }
         let Cache {
@@ -255,8 +271,18 @@ impl PoolUser {
             .clone())
     }
 
+    /// `Some` while selections come from a resolution past its stale time because the
+    /// last refresh failed; `None` while the cache is fresh (or empty).
+    pub async fn staleness(&self) -> Option<Staleness> {
+        let cache = self.cache.lock().await;
+        let error = cache.refresh_failed.clone()?;
+        let age = cache.fetched.map(|t| t.elapsed()).unwrap_or_default();
+        Some(Staleness { age, error })
+    }
+
     fn fill(&self, cache: &mut Cache, resolved: Resolved, now: Instant) {
         cache.resolutions += 1;
+        cache.refresh_failed = None;
         cache.fetched = Some(now);
         cache.policy = resolved.policy;
         cache.entries.clear();
@@ -340,6 +366,9 @@ impl PoolUser {
 
     /// A fresh resolution: T1 per attempt, [`MAX_REQUEST_RETRANSMIT`] retries per
     /// registrar, then the next registrar (server hunt), with jittered pauses in between.
+    /// A transient refusal (0x6 Lack of Resources: a registrar still starting) moves on to
+    /// the next registrar at once; a permanent one (0x9 unknown pool, 0xA, ...) is the
+    /// answer and is returned.
     pub async fn resolve_with_retries(&self) -> Result<Resolved, Error> {
         let mut registrar = self.registrar.lock().await;
         let n = self.config.registrars.len().max(1);
@@ -389,13 +418,16 @@ impl PoolUser {
                     registrar.backoff.reset();
                     return Ok(r);
                 }
-                // A refusal is an answer, not a failure to retry (spec §7.3).
-                Err(e @ Error::Rejected(_)) => return Err(e),
+                // A permanent refusal is an answer, not a failure to retry (spec §7.3).
+                Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
+                    // A registrar that refused for lack of resources will say so again
+                    // for a while: the next one, at once.
+                    let refused = matches!(e, Error::Rejected(_));
                     last = e;
                     registrar.conn = None;
                     // After the retries of one registrar, prefer the next one.
-                    if (attempt + 1) % (1 + MAX_REQUEST_RETRANSMIT) == 0 {
+                    if refused || (attempt + 1) % (1 + MAX_REQUEST_RETRANSMIT) == 0 {
                         registrar.next = (registrar.next + 1) % n;
                     }
                 }
@@ -602,6 +634,30 @@ mod tests {
         let third = pe_of(&mut session).await;
         assert!(third != first && third != second);
         assert_eq!(pe_of(&mut session).await, third);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_cache_answers_marked_stale_while_no_registrar_answers() {
+        let users = pool_of_three().await;
+        assert_eq!(users.staleness().await, None);
+        // Past the stale time, the refresh finds no registrar (a transient failure, tried
+        // with its retries and pauses): the cached PEs still answer, marked stale.
+        tokio::time::advance(DEFAULT_STALE * 2).await;
+        let pe = users.select().await.expect("a cached PE");
+        assert!((1..=3).any(|n| id(n) == pe.pool_element.pe_id));
+        let stale = users.staleness().await.expect("marked stale");
+        assert!(stale.age >= DEFAULT_STALE * 2, "{stale:?}");
+        assert!(stale.error.contains("no registrar reachable"), "{stale:?}");
+        // With nothing cached the failure is the answer, and it says to try again.
+        let empty = PoolUser::new(
+            Arc::clone(&users.trust),
+            PuConfig::new(
+                Vec::<std::net::SocketAddr>::new(),
+                PoolHandle::new("echo").expect("pool"),
+            ),
+        );
+        let e = empty.select().await.expect_err("nothing cached");
+        assert!(e.is_transient(), "{e}");
     }
 
     fn id(n: u16) -> PeId {

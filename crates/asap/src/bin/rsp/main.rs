@@ -566,7 +566,8 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     pe::run(&trust, &config, shutdown_signal(), |event| match event {
         pe::PeEvent::Registered(r) => eprintln!("registered with {r}"),
         pe::PeEvent::Lost(r, e) => eprintln!("lost registrar {r} ({e}); hunting"),
-        pe::PeEvent::Unreachable(e) => eprintln!("{e}; retrying"),
+        pe::PeEvent::Unreachable(e) => eprintln!("{e}; retrying until one answers"),
+        pe::PeEvent::Refused(r, e) => eprintln!("registrar {r}: {e}"),
         pe::PeEvent::HomeAdopted {
             server_id,
             registrar,
@@ -683,15 +684,37 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     // Set when a PE failed under a request: from then until the next answer is the
     // failover time the PU sees.
     let mut failed_at: Option<(PeId, tokio::time::Instant)> = None;
+    // What was last said about a registrar outage, so that it is said once.
+    let (mut waiting, mut stale_noted) = (false, None);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     while let Some(line) = stdin.next_line().await? {
         loop {
             if current.is_none() {
-                let e = affinity
-                    .pe()
-                    .await
-                    .with_context(|| format!("no PE of {pool} is reachable"))?;
+                let e = match affinity.pe().await {
+                    Ok(e) => e,
+                    // No registrar answers and nothing is cached: the session waits for
+                    // one, saying so once; a permanent refusal ends it.
+                    Err(err) if err.is_transient() => {
+                        if !waiting {
+                            eprintln!("no PE of {pool} known yet ({err}); retrying");
+                            waiting = true;
+                        }
+                        tokio::time::sleep(client::BACKOFF_CAP).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("no PE of {pool} is reachable"));
+                    }
+                };
+                waiting = false;
+                let stale = users.staleness().await.map(|s| s.error);
+                if stale != stale_noted {
+                    if let Some(why) = &stale {
+                        eprintln!("using the cached resolution of {pool}, stale: {why}");
+                    }
+                    stale_noted = stale;
+                }
                 let pe_id = e.pool_element.pe_id;
                 match connect_pe(&trust, &e, cookie.as_ref(), common.insecure_legacy).await {
                     Ok(c) => {
@@ -818,11 +841,14 @@ async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    // Resolve once now, so that a pool that does not exist is an error at start.
-    users
-        .select()
-        .await
-        .with_context(|| format!("resolving {pool}"))?;
+    // Resolve once now, so that a pool that does not exist is an error at start; no
+    // registrar answering yet is not (each client resolves again).
+    match users.select().await {
+        Err(e) if e.is_transient() => eprintln!("resolving {pool}: {e}; serving anyway"),
+        other => {
+            other.with_context(|| format!("resolving {pool}"))?;
+        }
+    }
     println!(
         "rsp gateway: {} → pool {pool} as {}",
         listener.local_addr()?,

@@ -78,6 +78,25 @@ impl ErrorCause {
         }
     }
 
+    /// The cause's name as spec §4.7 (RFC 5352 §3.12) gives it, for logs and errors;
+    /// "unknown cause" for codes above 0xA.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "Unspecified Error",
+            Self::UnrecognizedParameter(_) => "Unrecognized Parameter",
+            Self::UnrecognizedMessage(_) => "Unrecognized Message",
+            Self::InvalidValues(_) => "Invalid Values",
+            Self::NonUniquePeId => "Non-unique PE Identifier",
+            Self::InconsistentPolicy(_) => "Inconsistent Pooling Policy",
+            Self::LackOfResources => "Lack of Resources",
+            Self::InconsistentTransport(_) => "Inconsistent Transport Type",
+            Self::InconsistentDataControl => "Inconsistent Data/Control Configuration",
+            Self::UnknownPoolHandle => "Unknown Pool Handle",
+            Self::SecurityRejection => "Rejection due to security considerations",
+            Self::Other { .. } => "unknown cause",
+        }
+    }
+
     /// The cause-specific information (empty for causes without any).
     pub fn info(&self) -> &[u8] {
         match self {
