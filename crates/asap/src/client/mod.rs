@@ -46,6 +46,14 @@ pub enum Error {
     /// Certificates or keys were refused.
     #[error("{0}")]
     Trust(#[from] trust::Error),
+    /// A trust bundle file is not one this client can use (see [`trust_bundles`]).
+    #[error("the trust bundle {path}: {reason}")]
+    Bundle {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No configured registrar could be reached.
     #[error("no registrar reachable (tried {tried}): {last}")]
     NoRegistrar {
@@ -103,7 +111,7 @@ impl Error {
                 e.kind(),
                 io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
             ),
-            Self::File { .. } | Self::Trust(_) | Self::Encode(_) => false,
+            Self::File { .. } | Self::Trust(_) | Self::Bundle { .. } | Self::Encode(_) => false,
         }
     }
 }
@@ -149,14 +157,78 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// The identity a PE or PU presents and the trust bundle of its own domain, from the
-/// files `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, `ca.pem`).
+/// The identity a PE or PU presents and the trust bundles it trusts, from the files
+/// `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, and `ca.pem` or a bundle of several
+/// trust domains, see [`trust_bundles`]).
 pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>, Error> {
     let identity = LocalIdentity::from_pem(&read(cert)?, &read(key)?)?;
     let domain = identity.id().trust_domain();
     let store = TrustStore::new(identity)?;
-    store.add_domain(DomainBundle::from_pem(domain, &read(ca)?)?)?;
+    let text = String::from_utf8_lossy(&read(ca)?).into_owned();
+    let bundles = trust_bundles(&domain, &text).map_err(|reason| Error::Bundle {
+        path: ca.display().to_string(),
+        reason,
+    })?;
+    for bundle in bundles {
+        store.add_domain(bundle)?;
+    }
     Ok(Arc::new(store))
+}
+
+/// Most trust domains one bundle file may name: a federation of a few partners, not a
+/// directory of the world (each domain is one more set of roots every handshake tries).
+pub const MAX_BUNDLE_DOMAINS: usize = 64;
+
+/// The trust bundles of a `--ca` file: root certificates (PEM) of `own`, the identity's
+/// domain, and sections that each start with a `trust-domain: NAME` line followed by that
+/// domain's roots, as `rsp-pki bundle export` writes them. `ca.pem` alone, an export of
+/// the own domain, and several exports concatenated (`cat ca.pem partner.bundle >
+/// trust.pem`) all work, so that a PU of a federated domain reaches the PEs its registrar
+/// lets it resolve. Certificates before any `trust-domain:` line are `own`'s. Refused
+/// (one line saying why): no roots for `own`, a domain named twice or without
+/// certificates, more than [`MAX_BUNDLE_DOMAINS`] domains, PEM that does not parse.
+pub fn trust_bundles(own: &trust::TrustDomain, text: &str) -> Result<Vec<DomainBundle>, String> {
+    let mut sections: Vec<(trust::TrustDomain, String)> = vec![(own.clone(), String::new())];
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("trust-domain:") {
+            let domain = trust::TrustDomain::new(name.trim()).map_err(|e| e.to_string())?;
+            sections.push((domain, String::new()));
+        } else if let Some((_, pem)) = sections.last_mut() {
+            pem.push_str(line);
+            pem.push('\n');
+        }
+    }
+    // The headerless start holds nothing when the file is exports only.
+    if !sections[0].1.contains("-----BEGIN") {
+        sections.remove(0);
+    }
+    if sections.len() > MAX_BUNDLE_DOMAINS {
+        return Err(format!(
+            "names {} trust domains; at most {MAX_BUNDLE_DOMAINS}",
+            sections.len()
+        ));
+    }
+    let mut bundles: Vec<DomainBundle> = Vec::with_capacity(sections.len());
+    for (domain, pem) in sections {
+        if bundles.iter().any(|b| *b.domain() == domain) {
+            return Err(format!("names trust domain {domain} twice"));
+        }
+        if !pem.contains("-----BEGIN") {
+            return Err(format!(
+                "names trust domain {domain} but holds no certificate for it"
+            ));
+        }
+        let bundle = DomainBundle::from_pem(domain.clone(), pem.as_bytes())
+            .map_err(|e| format!("trust domain {domain}: {e}"))?;
+        bundles.push(bundle);
+    }
+    if !bundles.iter().any(|b| b.domain() == own) {
+        return Err(format!(
+            "holds no roots of this identity's trust domain {own} (start with its ca.pem, \
+             or its `rsp-pki bundle export`)"
+        ));
+    }
+    Ok(bundles)
 }
 
 /// How long one connection attempt to a registrar may take (spec §10, T5 per attempt).
@@ -326,6 +398,73 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trust::testing::TestCa;
+
+    /// "trust-domain: NAME" and the roots, as `rsp-pki bundle export` writes them.
+    fn export(ca: &TestCa) -> String {
+        format!("trust-domain: {}\n{}", ca.domain(), ca.root_pem())
+    }
+
+    /// A store presenting `leaf` of `ca` and trusting the bundles of `file`.
+    fn store(ca: &TestCa, leaf: &str, file: &str) -> TrustStore {
+        let store = TrustStore::new(ca.leaf(leaf).issue().identity()).expect("store");
+        for b in trust_bundles(ca.domain(), file).expect("bundle file") {
+            store.add_domain(b).expect("add");
+        }
+        store
+    }
+
+    /// A real TLS handshake (in memory) of a PU presenting `client` with a PE presenting
+    /// `server`: whether both ends accept it.
+    async fn handshake(server: &TrustStore, client: &TrustStore) -> bool {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(Protocol::Asap));
+        let connector = TlsConnector::from(client.client_config(Protocol::Asap));
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        s.is_ok() && c.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_bundle_of_several_domains_federates_them_and_no_other() {
+        let (acme, partner, evil) = (
+            TestCa::new("acme.test"),
+            TestCa::new("partner.test"),
+            TestCa::new("evil.test"),
+        );
+        // ca.pem alone, and ca.pem with a partner's export after it.
+        assert_eq!(
+            trust_bundles(acme.domain(), &acme.root_pem())
+                .expect("ca.pem")
+                .len(),
+            1
+        );
+        let federated = format!("{}{}", acme.root_pem(), export(&partner));
+        let bundles = trust_bundles(acme.domain(), &federated).expect("federated");
+        assert_eq!(bundles.len(), 2);
+        // Exports only, the PU's own domain second.
+        let exports = format!("{}{}", export(&partner), export(&acme));
+        let pe = store(&acme, "pe/echo-1", &exports);
+        let pu = store(&partner, "pu/client-1", &exports);
+        assert!(handshake(&pe, &pu).await, "the federated PU reaches the PE");
+        // A valid certificate of a domain the bundle does not name is refused.
+        let stranger = store(&evil, "pu/client-1", &format!("{exports}{}", export(&evil)));
+        assert!(!handshake(&pe, &stranger).await, "a stranger is refused");
+
+        // Refused, each with its reason.
+        let refused = |text: &str| trust_bundles(acme.domain(), text).expect_err(text);
+        assert!(refused(&export(&partner)).contains("no roots of this identity's trust domain"));
+        assert!(refused(&format!("{}{}", export(&acme), export(&acme))).contains("twice"));
+        assert!(
+            refused(&format!("{}trust-domain: partner.test\n", acme.root_pem()))
+                .contains("no certificate")
+        );
+        assert!(refused("trust-domain: spiffe://x\n").contains("spiffe://x"));
+        let many: String = (0..=MAX_BUNDLE_DOMAINS)
+            .map(|i| format!("trust-domain: d{i}.test\n{}", partner.root_pem()))
+            .collect();
+        assert!(refused(&format!("{}{many}", acme.root_pem())).contains("at most"));
+    }
 
     #[test]
     fn lack_of_resources_and_lost_connections_are_transient_other_refusals_permanent() {

@@ -339,11 +339,29 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
     })
 }
 
+/// An error and its causes on one line, each said once: library errors name their
+/// source in their own message too (`framing: read failed: X` over `read failed: X` over
+/// `X`), which `{:#}` would print three times.
+pub(crate) fn chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain(&err));
             return ExitCode::from(2);
         }
     };
@@ -360,7 +378,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -722,7 +740,7 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                         current = Some((pe_id, c));
                     }
                     Err(err) => {
-                        eprintln!("PE {pe_id} unreachable ({err:#}); failing over");
+                        eprintln!("PE {pe_id} unreachable ({}); failing over", chain(&err));
                         failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
                         affinity.failed().await;
                         continue;
@@ -770,7 +788,7 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
                     break;
                 }
                 Err(err) => {
-                    eprintln!("PE {pe_id} failed ({err:#}); failing over");
+                    eprintln!("PE {pe_id} failed ({}); failing over", chain(&err));
                     failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
                     affinity.failed().await;
                     current = None;
@@ -871,7 +889,7 @@ async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow
         let (trust, users) = (Arc::clone(&trust), Arc::clone(&users));
         tokio::spawn(async move {
             if let Err(e) = forward(client, &trust, &users).await {
-                eprintln!("client {peer}: {e:#}");
+                eprintln!("client {peer}: {}", chain(&e));
             }
         });
     }
@@ -900,7 +918,7 @@ async fn forward(
                 return Ok(());
             }
             Err(err) => {
-                eprintln!("PE {pe_id} unreachable ({err:#}); trying the next");
+                eprintln!("PE {pe_id} unreachable ({}); trying the next", chain(&err));
                 users.report_unreachable(pe_id).await;
             }
         }
@@ -985,4 +1003,29 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
                 .with_context(|| format!("not a hex byte at position {}", i * 2))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        // What a registrar that vanishes mid-answer looked like: the rustls text three times.
+        let eof = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify",
+        );
+        let err = anyhow::Error::from(client::Error::Read(asap::transport::ReadError::Io(eof)))
+            .context("resolving echo");
+        assert_eq!(
+            chain(&err),
+            "resolving echo: framing: read failed: peer closed connection without sending TLS \
+             close_notify"
+        );
+        assert_eq!(format!("{err:#}").matches("close_notify").count(), 3);
+        // Causes that add something are all kept.
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(chain(&err), "outer: middle: inner");
+    }
 }

@@ -140,7 +140,7 @@ pub(crate) async fn serve(
             match (service, sessions) {
                 (Service::Counter, Some(sessions)) => {
                     if let Err(e) = counter(tls, &sessions).await {
-                        eprintln!("session with {addr} ended: {e:#}");
+                        eprintln!("session with {addr} ended: {}", crate::chain(&e));
                     }
                 }
                 _ => {
