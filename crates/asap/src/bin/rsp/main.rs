@@ -129,7 +129,8 @@ enum Command {
 #[derive(clap::Args)]
 struct Common {
     /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem. Required, here
-    /// or in the config file.
+    /// or in the config file, except with --insecure-legacy when every hop is plain text
+    /// (SCTP registrars only; for `rsp pe`, an SCTP --listen and no --asap-listen).
     #[arg(long, env = "RSP_CERT")]
     cert: Option<PathBuf>,
     /// Its private key (PEM); default: the certificate's path with .key.
@@ -160,6 +161,22 @@ struct Common {
 
 impl Common {
     fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
+        self.trust_for(true)
+    }
+
+    /// With `plain_ok` (this command's own hops may all be plain text), --insecure-legacy,
+    /// only SCTP registrars and no --cert: an anonymous identity that trusts no domain, so
+    /// that every TLS hop fails closed (and says why) while the plain ones work.
+    fn trust_for(&self, plain_ok: bool) -> anyhow::Result<Arc<TrustStore>> {
+        let plain_only = plain_ok
+            && self.insecure_legacy
+            && self
+                .registrars
+                .iter()
+                .all(|r| matches!(r, TransportAddr::Sctp(_)));
+        if self.cert.is_none() && plain_only {
+            return anonymous();
+        }
         let cert = self
             .cert
             .as_ref()
@@ -187,6 +204,25 @@ impl Common {
             })
             .transpose()
     }
+}
+
+/// The SPIFFE ID of `rsp --insecure-legacy` without a certificate: in the legacy domain,
+/// which no trust store may trust (trust::LEGACY_TRUST_DOMAIN).
+const ANONYMOUS: &str = "spiffe://legacy.invalid/anonymous";
+
+/// A throwaway self-signed identity trusting no domain, for plain-text-only paths: no
+/// TLS peer accepts it and it accepts no TLS peer.
+fn anonymous() -> anyhow::Result<Arc<TrustStore>> {
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = rcgen::KeyPair::generate().context("generating a throwaway key")?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(ANONYMOUS.try_into()?)];
+    let cert = params.self_signed(&key)?;
+    let identity = trust::LocalIdentity::from_der(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )?;
+    Ok(Arc::new(TrustStore::new(identity)?))
 }
 
 /// `rsp --config FILE`: defaults for [`Common`].
@@ -495,7 +531,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         capacity,
         asap_listen,
     } = pe;
-    let trust = common.trust()?;
+    // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
+    // registrar calling in over TLS.
+    let plain = matches!(listen, TransportAddr::Sctp(_)) && asap_listen.is_none();
+    let trust = common.trust_for(plain)?;
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     // Spec §7.8: cookies flow only on channels registered as data plus control; that is
     // also how a PU knows to speak the §12.7 framing to this PE.
@@ -607,7 +646,7 @@ async fn run_resolve(
     json: bool,
     common: Common,
 ) -> anyhow::Result<()> {
-    let trust = common.trust()?;
+    let trust = common.trust_for(true)?;
     let (mut conn, _) =
         Connection::hunt(&trust, &common.registrars, 0, common.insecure_legacy).await?;
     let resolved = pu::resolve(&mut conn, common.namespace()?, &pool_handle(&pool)?, items)
@@ -694,7 +733,7 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 /// PE is reported (spec §7.6) and the next one used, the session resumed from its last
 /// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
-    let trust = common.trust()?;
+    let trust = common.trust_for(true)?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
     let mut affinity = users.session();
     let mut current: Option<(PeId, PeChannel)> = None;
@@ -822,6 +861,9 @@ async fn connect_pe(
         return Ok(PeChannel::Line(
             services::Line::connect(transport, None).await?,
         ));
+    }
+    if trust.identity().id().as_str() == ANONYMOUS {
+        bail!("this PE speaks TLS only, and this rsp runs without a certificate: give --cert");
     }
     let (config, addr) = pe_target(trust, e)?;
     Ok(match transport.transport_use() {
@@ -1008,6 +1050,39 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insecure_legacy_needs_no_certificate_only_where_every_hop_is_plain() {
+        let common = |registrars: &[&str], insecure_legacy: bool| Common {
+            cert: None,
+            key: None,
+            ca: "pki/ca.pem".into(),
+            registrars: registrars
+                .iter()
+                .map(|r| r.parse().expect("registrar"))
+                .collect(),
+            insecure_legacy,
+            namespace: None,
+        };
+        // Plain text all the way: an identity nobody trusts, that trusts nobody.
+        let store = common(&["sctp:192.0.2.1:3863"], true)
+            .trust_for(true)
+            .expect("no certificate needed");
+        assert_eq!(store.identity().id().as_str(), ANONYMOUS);
+        assert!(store.domains().is_empty());
+        // Any TLS hop still needs one.
+        for (registrars, legacy, plain_ok) in [
+            (&["127.0.0.1:3864"][..], true, true),
+            (&["sctp:192.0.2.1:3863", "127.0.0.1:3864"][..], true, true),
+            (&["sctp:192.0.2.1:3863"][..], false, true),
+            (&["sctp:192.0.2.1:3863"][..], true, false),
+        ] {
+            let err = common(registrars, legacy)
+                .trust_for(plain_ok)
+                .expect_err("a certificate is needed");
+            assert!(err.to_string().starts_with("no certificate"), "{err}");
+        }
+    }
 
     #[test]
     fn an_error_chain_says_each_cause_once() {
