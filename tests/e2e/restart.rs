@@ -1,6 +1,7 @@
 //! Clients ride out what is temporary (issue 25): `rsp pe` and `rsp pu` against real
 //! `enrpd`s that refuse with 0x6 Lack of Resources while they start (spec §9.3 step 5),
-//! and a permanent refusal that ends `rsp pe` with one line.
+//! a permanent refusal that ends `rsp pe` with one line, and a PU that fails over to the
+//! PE its PE's business card names.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
@@ -90,6 +91,32 @@ pub(crate) fn spawn_pe(
     (Proc(pe), rx)
 }
 
+/// `rsp pu POOL` as `pu-client-1`: the process, its standard input, and the lines of its
+/// standard output and error.
+pub(crate) fn spawn_pu(
+    lab: &Lab,
+    registrars: &str,
+    pool: &str,
+    tag: &str,
+) -> (
+    Proc,
+    std::process::ChildStdin,
+    mpsc::Receiver<String>,
+    mpsc::Receiver<String>,
+) {
+    let mut pu = rsp(lab, registrars, "pu-client-1")
+        .args(["pu", pool])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu");
+    let out = lines(pu.stdout.take().expect("stdout"), format!("{tag} out"));
+    let err = lines(pu.stderr.take().expect("stderr"), tag.into());
+    let stdin = pu.stdin.take().expect("stdin");
+    (Proc(pu), stdin, out, err)
+}
+
 /// A loopback address where nothing listens (a peer that is down).
 fn dead_address() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -122,17 +149,7 @@ fn a_pe_and_a_pu_ride_out_a_registrar_that_refuses_while_it_starts() {
         l.starts_with("registered with")
     })
     .unwrap_or_else(|seen| panic!("the PE of B never registered: {seen:?}"));
-    let mut pu = rsp(&lab, &format!("{a},{b}"), "pu-client-1")
-        .args(["pu", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rsp pu");
-    let pu_out = lines(pu.stdout.take().expect("stdout"), "pu out".into());
-    let pu_err = lines(pu.stderr.take().expect("stderr"), "pu".into());
-    let mut pu_in = pu.stdin.take().expect("stdin");
-    let _pu = Proc(pu);
+    let (_pu, mut pu_in, pu_out, pu_err) = spawn_pu(&lab, &format!("{a},{b}"), "echo", "pu");
     writeln!(pu_in, "hello").expect("write");
     let answer = wait_line(&pu_out, Duration::from_secs(20), |l| l == "hello");
     assert!(answer.is_ok(), "rsp pu never answered: {answer:?}");
@@ -182,5 +199,95 @@ fn a_permanent_refusal_ends_rsp_pe_with_one_line_naming_the_cause() {
         errors[0].contains("cause 0xa (Rejection due to security considerations)")
             && errors[0].contains("grants"),
         "{stderr}"
+    );
+}
+
+/// `rsp pe --pool counter --serve counter` with `extra` arguments, once registered: the
+/// process, its PE ID (as `rsp` prints it) and its standard error's later lines.
+fn spawn_counter_pe(
+    lab: &Lab,
+    registrar: &str,
+    cert: &str,
+    extra: &[&str],
+) -> (Proc, String, mpsc::Receiver<String>) {
+    let key = lab.path("pool.key");
+    if !key.exists() {
+        std::fs::write(&key, [0x5a; 32]).expect("write the pool key");
+    }
+    let mut child = rsp(lab, registrar, cert)
+        .args(["pe", "--pool", "counter", "--serve", "counter"])
+        .args(extra)
+        .env("RSP_COOKIE_KEY", &key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe");
+    let out = lines(child.stdout.take().expect("stdout"), cert.into());
+    let err = lines(child.stderr.take().expect("stderr"), cert.into());
+    let child = Proc(child);
+    // "rsp pe: PE 0x1234abcd of pool counter serving Counter on 127.0.0.1:4567 as …"
+    let first = out
+        .recv_timeout(Duration::from_secs(20))
+        .expect("rsp pe says who it is");
+    let id = first.split_whitespace().nth(3).expect("PE ID").to_owned();
+    wait_line(&err, Duration::from_secs(20), |l| {
+        l.starts_with("registered with")
+    })
+    .unwrap_or_else(|seen| panic!("{cert} never registered: {seen:?}"));
+    (child, id, err)
+}
+
+#[test]
+fn a_pu_fails_over_to_the_pe_the_business_card_names_not_the_pool_policys_choice() {
+    // Issue 25: a business card names failover candidates, and the PU follows it. With
+    // the priority policy the PU starts on A (highest) and its pool policy would fail
+    // over to B (next highest); A's card names C, so the PU goes to C.
+    let lab = Lab::new();
+    lab.pki(&["issue", "pe", "echo-3"]);
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let at = registrar.addr.to_string();
+    let (_c, c_id, _) = spawn_counter_pe(&lab, &at, "pe-echo-3", &["--policy", "pri:1"]);
+    let (_b, b_id, _) = spawn_counter_pe(&lab, &at, "pe-echo-2", &["--policy", "pri:5"]);
+    let card = c_id.clone();
+    let (mut a, a_id, a_lines) = spawn_counter_pe(
+        &lab,
+        &at,
+        "pe-echo-1",
+        &["--policy", "pri:9", "--business-card", &card],
+    );
+    // A resolves its pool once registered and puts C on its card.
+    wait_line(&a_lines, Duration::from_secs(20), |l| {
+        l == "business card: names this PE and 1 other PEs"
+    })
+    .unwrap_or_else(|seen| panic!("A's card never named C: {seen:?}"));
+
+    let (_pu, mut stdin, answers, reports) = spawn_pu(&lab, &at, "counter", "pu");
+    let mut ask = |line: &str| {
+        writeln!(stdin, "{line}").expect("write to rsp pu");
+        answers
+            .recv_timeout(Duration::from_secs(20))
+            .expect("rsp pu answers")
+    };
+    assert_eq!(ask("a"), "1 a");
+    let seen = wait_line(&reports, Duration::from_secs(5), |l| {
+        l.starts_with("business card:")
+    })
+    .expect("A hands the PU its card");
+    assert!(seen.contains(&format!("using PE {a_id}")), "{seen:?}");
+    let order = format!("failover order {a_id} {c_id})");
+    assert!(seen.last().is_some_and(|l| l.ends_with(&order)), "{seen:?}");
+
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    assert_eq!(ask("b"), "2 b", "the session continues");
+    let failover = wait_line(&reports, Duration::from_secs(5), |l| {
+        l.starts_with("failed over from")
+    })
+    .expect("the PU reports its failover");
+    let line = failover.last().expect("the failover line");
+    assert!(
+        line.starts_with(&format!("failed over from PE {a_id} to PE {c_id} in")),
+        "the card's PE ({c_id}), not the policy's ({b_id}): {failover:?}"
     );
 }

@@ -8,6 +8,7 @@
 //! - [`pu`]: handle resolution and endpoint unreachable reports (spec §7.3, §7.6).
 
 mod backoff;
+pub mod card;
 pub mod pe;
 pub mod pu;
 pub mod session;

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::{Peer, Protocol, TrustStore};
 
 use super::backoff::Backoff;
+use super::card::Alternates;
 use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::transport::TransportAddr;
 use crate::wire::AsapMsg;
@@ -58,6 +59,9 @@ pub struct PeConfig {
     /// here, and the PE adopts it as home (spec §7.4). Only registrar identities are
     /// served. `None`: no listener; a PE whose home dies then hunts and re-registers.
     pub asap_listen: Option<SocketAddr>,
+    /// Which PEs this PE's business card names after itself (spec §7.8); default
+    /// [`Alternates::Auto`], kept current by [`super::card::keep_current`].
+    pub business_card: Alternates,
 }
 
 impl PeConfig {
@@ -74,23 +78,31 @@ impl PeConfig {
     }
 
     /// The ASAP Business Card this PE hands a pool user at the start of a session on a
-    /// data plus control channel (spec §7.8): its pool and the PEs to fail over to. This
-    /// PE keeps no view of the other PEs of its pool, so it lists itself only, which the
-    /// message allows (Pool Element × 1..n, spec §6.1); the PU then falls back to its
-    /// pool policy for the others.
+    /// data plus control channel (spec §7.8) before it knows any other PE of its pool: its
+    /// pool and itself only, which the message allows (Pool Element × 1..n, spec §6.1);
+    /// the PU then falls back to its pool policy.
     pub fn business_card(&self) -> AsapMsg {
+        self.business_card_with(&[])
+    }
+
+    /// The business card naming this PE and then `alternates`, the PEs a PU should fail
+    /// over to, in that order ([`super::card::alternates`] picks them).
+    pub fn business_card_with(&self, alternates: &[PoolElement]) -> AsapMsg {
+        let me = PoolElement {
+            pe_id: self.pe_id,
+            home_server_id: 0,
+            registration_life: i32::try_from(self.registration_life.as_millis())
+                .unwrap_or(i32::MAX),
+            user_transport: self.user_transport.clone(),
+            policy: current_policy(self),
+            asap_transport: None,
+        };
         AsapMsg::BusinessCard {
             pool_handle: self.pool_handle.clone(),
             policy: None,
-            pool_elements: vec![PoolElement {
-                pe_id: self.pe_id,
-                home_server_id: 0,
-                registration_life: i32::try_from(self.registration_life.as_millis())
-                    .unwrap_or(i32::MAX),
-                user_transport: self.user_transport.clone(),
-                policy: current_policy(self),
-                asap_transport: None,
-            }],
+            pool_elements: std::iter::once(me)
+                .chain(alternates.iter().cloned())
+                .collect(),
         }
     }
 }
@@ -719,6 +731,7 @@ mod tests {
             liveness: Duration::from_secs(15),
             load: None,
             asap_listen: None,
+            business_card: Alternates::Auto,
         }
     }
 

@@ -465,7 +465,12 @@ impl Core {
             usize::try_from(o.items).unwrap_or(usize::MAX)
         });
         let n = wanted.clamp(1, self.config.max_resolution_items.max(1));
-        let found = if self.allowed(conn, &ns, &pool_handle, Grantable::Resolve) {
+        // A PE granted to register in the pool may resolve it too (and no other pool
+        // through that grant): it is a member, and its business card names the pool's
+        // other PEs as failover candidates (spec §7.8, issue 25; docs/CLIENTS.md).
+        let found = if self.allowed(conn, &ns, &pool_handle, Grantable::Resolve)
+            || self.allowed(conn, &ns, &pool_handle, Grantable::Register)
+        {
             let policy = self
                 .handlespace
                 .pool(&ns, &pool_handle)

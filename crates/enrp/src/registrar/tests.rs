@@ -230,13 +230,22 @@ fn unauthorized_registration_and_resolution_are_refused_and_audited() {
     let out = h.send(pe_conn, registration("secret", 7));
     assert_eq!(reg_cause(&out), Some(0xA));
     assert_eq!(audits(&out), [(AuditAction::Register, Some(0xA))]);
-    // A PE identity has no resolve grant: the pool looks like it does not exist.
+    // A PE identity may resolve the pool it may register in (issue 25: its business
+    // card names the pool's other PEs), and no other: that one looks like it does not
+    // exist.
+    let mut with_secret = grants();
+    with_secret.push(grant(PE_B, "secret", &[trust::Action::Register]));
+    assert!(h.core.handle(Input::Grants(with_secret), h.now).is_empty());
+    let b_conn = h.connect(2, PE_B);
+    assert_eq!(reg_cause(&h.send(b_conn, registration("secret", 8))), None);
     h.send(pe_conn, registration("echo", 7));
+    assert_eq!(found_ids(&h.resolve(pe_conn, "echo")), [7]);
+    assert_eq!(found_ids(&h.resolve(b_conn, "secret")), [8]);
     let out = h.send(
         pe_conn,
         AsapMsg::HandleResolution {
             namespace: None,
-            pool_handle: handle("echo"),
+            pool_handle: handle("secret"),
             option: None,
         },
     );

@@ -86,6 +86,12 @@ enum Command {
         /// §12.6). Port 0: any free port.
         #[arg(long, value_name = "ADDR")]
         asap_listen: Option<SocketAddr>,
+        /// Which PEs the business card (sent at the start of each --serve counter session,
+        /// spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`,
+        /// the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8);
+        /// `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.
+        #[arg(long, default_value = "auto", value_name = "self|auto|PE_ID,...")]
+        business_card: client::card::Alternates,
         #[command(flatten)]
         common: Common,
     },
@@ -433,6 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cookie_lifetime,
             capacity,
             asap_listen,
+            business_card,
             common,
         } => {
             if capacity.is_some() && !pe::is_adaptive(&policy) {
@@ -461,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sessions,
                 capacity,
                 asap_listen,
+                business_card,
             };
             run_pe(pe, common).await
         }
@@ -518,6 +526,7 @@ struct PeArgs {
     sessions: Option<services::Sessions>,
     capacity: Option<std::num::NonZeroUsize>,
     asap_listen: Option<SocketAddr>,
+    business_card: client::card::Alternates,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -530,6 +539,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         mut sessions,
         capacity,
         asap_listen,
+        business_card,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -604,9 +614,30 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         liveness: Duration::from_secs(15),
         load,
         asap_listen,
+        business_card,
     };
+    // The card's alternates come from resolving the pool once this PE has registered.
+    let registered = Arc::new(tokio::sync::Notify::new());
     if let Some(s) = &mut sessions {
-        s.card = Some(config.business_card());
+        let (tx, rx) = tokio::sync::watch::channel(config.business_card());
+        s.card = Some(rx);
+        let start = Arc::clone(&registered);
+        let pool = pool.clone();
+        tokio::spawn(client::card::keep_current(
+            Arc::clone(&trust),
+            config.clone(),
+            tx,
+            async move { start.notified().await },
+            move |r| match r {
+                client::card::CardReport::Names(n) => {
+                    eprintln!("business card: names this PE and {n} other PEs");
+                }
+                client::card::CardReport::Failed(e) => {
+                    eprintln!("business card: unchanged, resolving {pool} failed: {e}");
+                }
+                _ => {}
+            },
+        ));
     }
     tokio::spawn(services::serve(
         listener,
@@ -621,7 +652,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         trust.identity().id()
     );
     pe::run(&trust, &config, shutdown_signal(), |event| match event {
-        pe::PeEvent::Registered(r) => eprintln!("registered with {r}"),
+        pe::PeEvent::Registered(r) => {
+            registered.notify_one();
+            eprintln!("registered with {r}");
+        }
         pe::PeEvent::Lost(r, e) => eprintln!("lost registrar {r} ({e}); hunting"),
         pe::PeEvent::Unreachable(e) => eprintln!("{e}; retrying until one answers"),
         pe::PeEvent::Refused(r, e) => eprintln!("registrar {r}: {e}"),

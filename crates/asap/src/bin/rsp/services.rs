@@ -54,8 +54,9 @@ pub(crate) struct Sessions {
     pub(crate) key: CookieKey,
     pub(crate) pool_handle: PoolHandle,
     pub(crate) lifetime: Duration,
-    /// The business card each session starts with (spec §7.8); `None` sends none.
-    pub(crate) card: Option<AsapMsg>,
+    /// The business card each session starts with (spec §7.8), kept current by
+    /// `client::card::keep_current`; `None` sends none.
+    pub(crate) card: Option<watch::Receiver<AsapMsg>>,
 }
 
 /// The PE's load for an adaptive policy: open client sessions over the capacity, sent to
@@ -217,7 +218,8 @@ async fn counter(tls: TlsStream<Box<dyn Stream>>, sessions: &Sessions) -> anyhow
     };
     let (mut r, mut w) = tokio::io::split(tls);
     if let Some(card) = &sessions.card {
-        session::write_control(&mut w, card).await?;
+        let card = card.borrow().clone();
+        session::write_control(&mut w, &card).await?;
     }
     let mut count: u64 = 0;
     while let Some(frame) = session::read_frame(&mut r).await? {
