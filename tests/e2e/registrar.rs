@@ -157,14 +157,21 @@ async fn refusals_are_answered_and_audited() {
     let mut c = Asap::connect(&pu, registrar.addr).await.expect("handshake");
     c.send(&registration("echo", 1)).await;
     assert_eq!(rejected_with(c.recv_reply().await), Some(0xA));
-    // A PE identity has no resolve grant: the pool looks absent (0x9).
+    // A PE identity has no resolve grant, but may resolve the pools it may register in
+    // (issue 25: its business card names the pool's other PEs; docs/CLIENTS.md).
     let mut a = Asap::connect(&pe1, registrar.addr)
         .await
         .expect("handshake");
     a.send(&registration("echo", 5)).await;
     assert!(accepted(a.recv_reply().await));
     a.send(&resolution("echo")).await;
-    assert_eq!(resolved(a.recv_reply().await), Err(0x9));
+    assert_eq!(
+        resolved(a.recv_reply().await),
+        Ok(vec![(5, "spiffe://acme.test/pe/echo-1".to_owned())])
+    );
+    // A pool that does not exist: 0x9.
+    c.send(&resolution("nowhere")).await;
+    assert_eq!(resolved(c.recv_reply().await), Err(0x9));
     // Another PE identity cannot take over PE 5: 0x4, and cannot deregister it: 0xA.
     let mut b = Asap::connect(&pe2, registrar.addr)
         .await
