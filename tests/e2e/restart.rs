@@ -291,3 +291,364 @@ fn a_pu_fails_over_to_the_pe_the_business_card_names_not_the_pool_policys_choice
         "the card's PE ({c_id}), not the policy's ({b_id}): {failover:?}"
     );
 }
+
+/// A member of the restarting fleet: fixed ASAP and ENRP ports, so that PEs and peers
+/// find it again after a restart.
+struct Member {
+    data: String,
+    asap: std::net::SocketAddr,
+    enrp: std::net::SocketAddr,
+    token: String,
+}
+
+/// Mentor discovery timeout of the fleet test (spec §9.3), short to keep it quick.
+const MENTOR: Duration = Duration::from_millis(2000);
+
+/// `enrpd run` for `m`, dialing `peers`, with short ENRP and keep-alive timers.
+fn start_member(lab: &Lab, m: &Member, peers: &[&Member]) -> crate::support::Registrar {
+    let mut cmd = Command::new(bin("enrpd"));
+    cmd.arg("run")
+        .arg("--data")
+        .arg(lab.path(&m.data))
+        .args(["--asap-listen", &m.asap.to_string(), "--allow-loopback"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--enrp-listen", &m.enrp.to_string()])
+        .args(["--keep-alive-interval-ms", "1000"])
+        .args(["--keep-alive-timeout-ms", "3000"])
+        .args(["--peer-heartbeat-ms", "500"])
+        .args(["--peer-no-response-ms", "1500"])
+        .args(["--mentor-timeout-ms", &MENTOR.as_millis().to_string()])
+        .env("ENRPD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for p in peers {
+        cmd.args(["--peer", &p.enrp.to_string()]);
+    }
+    let mut child = cmd.spawn().expect("spawn enrpd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("enrpd prints its addresses");
+    // "enrpd: serving ASAP on A (Server ID X), admin API on https://B, ENRP on C"
+    let addrs: Vec<std::net::SocketAddr> = line
+        .split([' ', ',', '/', ')', '\n'])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let admin = *addrs
+        .get(1)
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+    crate::support::Registrar {
+        child,
+        addr: m.asap,
+        admin,
+    }
+}
+
+/// A free loopback port (bound and released: nothing else on loopback races for it here).
+fn free_port() -> std::net::SocketAddr {
+    dead_address()
+}
+
+/// The PE IDs of pool `echo` at the registrar `at` (up to 128), or `None` when it does
+/// not answer (down, starting, or refusing).
+async fn echo_pes(pu: &trust::TrustStore, at: std::net::SocketAddr) -> Option<Vec<u32>> {
+    use asap::wire::AsapMsg;
+    use asap::wire::param::{HandleResolutionOption, PoolHandle};
+    let mut asap = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::support::Asap::connect(pu, at),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let ask = AsapMsg::HandleResolution {
+        namespace: None,
+        pool_handle: PoolHandle::new("echo").expect("pool handle"),
+        option: Some(HandleResolutionOption { items: 128 }),
+    };
+    if !asap.try_send(&ask).await {
+        return None;
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(2), asap.recv_reply())
+        .await
+        .ok()?;
+    crate::registrar::resolved(reply)
+        .ok()
+        .map(|pes| pes.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Whether every registrar of `live` resolves exactly `want` and sees each other live
+/// one with a matching checksum (`GET /v1/peers`).
+async fn fleet_agrees(
+    lab: &Lab,
+    pu: &trust::TrustStore,
+    live: &[(&Member, &crate::support::Registrar)],
+    want: &std::collections::BTreeSet<u32>,
+) -> Result<(), String> {
+    for (m, reg) in live {
+        let got: std::collections::BTreeSet<u32> = echo_pes(pu, m.asap)
+            .await
+            .ok_or_else(|| format!("{} does not resolve", m.data))?
+            .into_iter()
+            .collect();
+        if got != *want {
+            return Err(format!(
+                "{} resolves {} of {} PEs",
+                m.data,
+                got.intersection(want).count(),
+                want.len()
+            ));
+        }
+        let (status, body) = crate::admin::api(lab, reg, Some(&m.token), "GET", "/v1/peers", None);
+        if status != 200 {
+            return Err(format!("{}: GET /v1/peers {status} {body}", m.data));
+        }
+        let peers: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let peers = peers.as_array().expect("a list");
+        for (other, _) in live.iter().filter(|(o, _)| o.data != m.data) {
+            let name = other.data.trim_start_matches("data-");
+            let id = format!("spiffe://acme.test/registrar/{name}");
+            let agrees = peers.iter().any(|p| {
+                p["identity"] == id.as_str()
+                    && p["state"] == "active"
+                    && p["checksum_match"] == true
+            });
+            if !agrees {
+                return Err(format!("{} does not agree with {name}: {peers:?}", m.data));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls [`fleet_agrees`] until it holds; how long that took after `since`, or why not
+/// by `deadline` after `since`.
+async fn until_agreed(
+    lab: &Lab,
+    pu: &trust::TrustStore,
+    live: &[(&Member, &crate::support::Registrar)],
+    want: &std::collections::BTreeSet<u32>,
+    since: Instant,
+    deadline: Duration,
+) -> Duration {
+    loop {
+        let verdict = fleet_agrees(lab, pu, live, want).await;
+        match verdict {
+            Ok(()) => return since.elapsed(),
+            Err(why) if since.elapsed() > deadline => {
+                panic!(
+                    "not agreed {:?} after the last start: {why}",
+                    since.elapsed()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A small xorshift for the restart order and delays, seeded from the clock (printed, and
+/// taken from RSP_E2E_SEED when set, to replay a run).
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Self {
+        let seed = std::env::var("RSP_E2E_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        println!("fleet restart: RSP_E2E_SEED={seed}");
+        Self(seed | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_fleet_comes_back_by_itself() {
+    // Issue 25: three peered registrars, 20 `rsp pe` and two `rsp pu`; every registrar is
+    // SIGKILLed and restarted in random order with random delays, twice: once all
+    // together, once with one staying down past the mentor timeout. No PE process exits,
+    // every PE is resolvable at every live registrar within mentor timeout + 2 s of the
+    // last start, the checksums agree, and the PUs' sessions go on.
+    const PES: usize = 20;
+    let within = MENTOR + Duration::from_secs(2);
+    let mut dice = Dice::new();
+    let lab = Lab::new();
+    let members: Vec<Member> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let data = format!("data-{name}");
+            let token = lab.init_peer(name, &data);
+            Member {
+                data,
+                asap: free_port(),
+                enrp: free_port(),
+                token,
+            }
+        })
+        .collect();
+    let others = |i: usize| -> Vec<&Member> {
+        (0..members.len())
+            .filter(|&j| j != i)
+            .map(|j| &members[j])
+            .collect()
+    };
+    let mut regs: Vec<Option<crate::support::Registrar>> = (0..members.len())
+        .map(|i| Some(start_member(&lab, &members[i], &others(i))))
+        .collect();
+
+    // Twenty PEs, each trying the registrars from a different one first.
+    let pes: Vec<(Proc, u32)> = (0..PES)
+        .map(|i| {
+            let order: Vec<String> = (0..3)
+                .map(|k| members[(i + k) % 3].asap.to_string())
+                .collect();
+            let mut child = rsp(&lab, &order.join(","), "pe-echo-1")
+                .args(["pe", "--pool", "echo", "--serve", "echo"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rsp pe");
+            let out = lines(child.stdout.take().expect("stdout"), format!("pe {i} out"));
+            // Drained (and shown) so that the PE never blocks on its standard error.
+            let _ = lines(child.stderr.take().expect("stderr"), format!("pe {i}"));
+            let child = Proc(child);
+            let first = out
+                .recv_timeout(Duration::from_secs(30))
+                .expect("rsp pe says who it is");
+            let id = first
+                .split_whitespace()
+                .nth(3)
+                .and_then(|w| u32::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+                .unwrap_or_else(|| panic!("no PE ID in {first:?}"));
+            (child, id)
+        })
+        .collect();
+    let want: std::collections::BTreeSet<u32> = pes.iter().map(|(_, id)| *id).collect();
+    let pu = lab.identity("pu-client-1");
+    let live = |regs: &[Option<crate::support::Registrar>]| -> Vec<usize> {
+        (0..members.len()).filter(|&i| regs[i].is_some()).collect()
+    };
+    {
+        let idx = live(&regs);
+        let view: Vec<_> = idx
+            .iter()
+            .map(|&i| (&members[i], regs[i].as_ref().expect("live")))
+            .collect();
+        until_agreed(
+            &lab,
+            &pu,
+            &view,
+            &want,
+            Instant::now(),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    // Two PUs in sessions with PEs, a request every 200 ms each, throughout.
+    let all: Vec<String> = members.iter().map(|m| m.asap.to_string()).collect();
+    let pus: Vec<_> = (0..2)
+        .map(|i| spawn_pu(&lab, &all.join(","), "echo", &format!("pu {i}")))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talkers: Vec<_> = pus
+        .into_iter()
+        .map(|(proc_, mut stdin, out, err)| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut sent, mut answered) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    sent += 1;
+                    if writeln!(stdin, "ping {sent}").is_err() {
+                        break;
+                    }
+                    if out
+                        .recv_timeout(Duration::from_secs(10))
+                        .is_ok_and(|l| l == format!("ping {sent}"))
+                    {
+                        answered += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                drop(stdin);
+                let notes: Vec<String> = err.try_iter().collect();
+                (proc_, sent, answered, notes)
+            })
+        })
+        .collect();
+
+    for round in ["all together", "one down past the mentor timeout"] {
+        for r in &mut regs {
+            let mut reg = r.take().expect("running");
+            reg.child.kill().expect("SIGKILL enrpd");
+            reg.child.wait().expect("reap enrpd");
+        }
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, dice.below(i as u64 + 1) as usize);
+        }
+        let late = (round != "all together").then(|| order.pop().expect("three"));
+        println!("fleet restart, {round}: order {order:?}, late {late:?}");
+        let mut last_start = Instant::now();
+        for &i in &order {
+            tokio::time::sleep(Duration::from_millis(dice.below(1500))).await;
+            regs[i] = Some(start_member(&lab, &members[i], &others(i)));
+            last_start = Instant::now();
+        }
+        let idx = live(&regs);
+        {
+            let view: Vec<_> = idx
+                .iter()
+                .map(|&i| (&members[i], regs[i].as_ref().expect("live")))
+                .collect();
+            let took = until_agreed(&lab, &pu, &view, &want, last_start, within).await;
+            println!(
+                "fleet restart, {round}: {PES} PEs resolvable at {} registrars, checksums agreed, {} ms after the last start",
+                view.len(),
+                took.as_millis()
+            );
+        }
+        if let Some(i) = late {
+            // Past the mentor timeout of the others, then back.
+            tokio::time::sleep(MENTOR + Duration::from_millis(500)).await;
+            regs[i] = Some(start_member(&lab, &members[i], &others(i)));
+            let started = Instant::now();
+            let view: Vec<_> = (0..members.len())
+                .map(|i| (&members[i], regs[i].as_ref().expect("live")))
+                .collect();
+            let took = until_agreed(&lab, &pu, &view, &want, started, within).await;
+            println!(
+                "fleet restart, {round}: the late registrar and its peers agreed {} ms after its start",
+                took.as_millis()
+            );
+        }
+    }
+
+    // No PE process gave up.
+    let mut pes = pes;
+    for (i, (p, _)) in pes.iter_mut().enumerate() {
+        assert!(p.0.try_wait().expect("wait").is_none(), "PE {i} exited");
+    }
+    // The PUs' sessions went on: every request answered but a bounded few.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in talkers {
+        let (mut proc_, sent, answered, notes) = t.join().expect("PU talker");
+        println!("a PU: {answered} of {sent} requests answered; notes {notes:?}");
+        assert!(proc_.0.try_wait().expect("wait").is_none() || sent == answered);
+        assert!(
+            sent - answered <= 2,
+            "{answered} of {sent} answered: {notes:?}"
+        );
+        assert!(!notes.iter().any(|l| l.starts_with("error")), "{notes:?}");
+    }
+}
