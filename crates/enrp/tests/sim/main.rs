@@ -112,6 +112,14 @@ fn seeds_keep_the_invariants() {
         simulated += o.simulated;
     }
     let wall = started.elapsed();
+    // Invariant 6 is exercised, not vacuous: registrars that restart refuse PEs with 0x6
+    // while they start, and the PEs ride it out.
+    if seeds.len() >= 100 {
+        assert!(
+            total.refusals_0x6 > 0,
+            "no seed refused a PE with 0x6: {total}"
+        );
+    }
     if let [one] = outcomes.as_slice() {
         // Equal digests from two processes show that the seed alone decides the run.
         println!(

@@ -27,7 +27,8 @@
 //!   simulated by resets and registrar crashes).
 //! - PEs follow `asap::client::pe`: hunt a registrar, register, answer keep-alives,
 //!   re-register every T4, hunt another registrar (same PE ID) when the connection is
-//!   lost or the registration refused. Chaos makes them deregister, hang (stop answering
+//!   lost or the registration refused for a transient cause (0x6, while a registrar
+//!   starts); a permanent cause would end the PE (invariant 6). Chaos makes them deregister, hang (stop answering
 //!   keep-alives), crash, or lose their connection. A restarted PE takes a new PE ID.
 //! - PUs resolve random pools on a registrar and reconnect elsewhere when it goes.
 //!
@@ -54,6 +55,10 @@
 //!    the PRESENCE checksum then finds the difference, spec §9.6).
 //! 5. Every acknowledged registration, re-registration and deregistration is preceded in
 //!    its batch by its audit record with `Durability::BeforeReply` (STYLE.md §2).
+//! 6. No PE gives up (issue 25): every refusal a PE meets is transient in the sense of
+//!    `asap::client::Error::is_transient` (0x6 Lack of Resources from a registrar still
+//!    starting), which the PE rides out by hunting on; a permanent cause, on which
+//!    `asap::client::pe::run` would return, fails the run.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -169,6 +174,11 @@ pub(crate) struct Stats {
     pub(crate) takeover_episodes_checked: u64,
     pub(crate) pe_deaths: u64,
     pub(crate) stale_checks_4b: u64,
+    /// Registrations refused with 0x6 Lack of Resources (a registrar starting), ridden
+    /// out (invariant 6).
+    pub(crate) refusals_0x6: u64,
+    /// Runs' moments when every registrar crashed at once.
+    pub(crate) fleet_restarts: u64,
 }
 
 impl Stats {
@@ -182,6 +192,8 @@ impl Stats {
         self.takeover_episodes_checked += o.takeover_episodes_checked;
         self.pe_deaths += o.pe_deaths;
         self.stale_checks_4b += o.stale_checks_4b;
+        self.refusals_0x6 += o.refusals_0x6;
+        self.fleet_restarts += o.fleet_restarts;
     }
 }
 
@@ -191,7 +203,8 @@ impl fmt::Display for Stats {
             f,
             "{} messages, {} resolutions ({} PEs returned), {} registrar crashes, \
              {} partitions, {} takeovers completed ({} crash episodes checked for 3a), \
-             {} PE deaths, {} link-stable resolutions checked for 4b",
+             {} PE deaths, {} link-stable resolutions checked for 4b, \
+             {} registrations refused with 0x6 and ridden out, {} whole-fleet crashes",
             self.messages,
             self.resolutions,
             self.returned_pes,
@@ -200,7 +213,9 @@ impl fmt::Display for Stats {
             self.takeovers,
             self.takeover_episodes_checked,
             self.pe_deaths,
-            self.stale_checks_4b
+            self.stale_checks_4b,
+            self.refusals_0x6,
+            self.fleet_restarts
         )
     }
 }
@@ -1498,7 +1513,19 @@ impl World {
             return;
         }
         let roll = self.rng.range(0, 99);
-        if roll < 12 && self.sc.crashes {
+        if roll < 2 && self.sc.crashes && self.sc.partitions && self.live_regs().len() > 1 {
+            // The whole fleet (a power cut, an upgrade): every registrar crashes and comes
+            // back after its own delay, in a random order; the first back starts with no
+            // peer to mentor it and refuses PEs with 0x6 until its mentor timeout
+            // (invariant 6). Only in runs that also partition: 3a is not checked there.
+            self.stats.fleet_restarts += 1;
+            self.log("the whole fleet crashes".to_owned());
+            for reg in self.live_regs() {
+                self.crash(reg);
+                let back = self.rng.ms(100, 2500);
+                self.at(self.now + back, Event::Restart { reg });
+            }
+        } else if roll < 12 && self.sc.crashes {
             let live = self.live_regs();
             // Crash-only runs crash one registrar at a time, so that 3a can be checked.
             let one_at_a_time = !self.sc.partitions;
@@ -1731,12 +1758,31 @@ impl World {
         }
         let state = self.pes[pe].state;
         match msg {
-            AsapMsg::RegistrationResponse { reject, pe_id, .. } => {
+            AsapMsg::RegistrationResponse {
+                reject,
+                pe_id,
+                error,
+                ..
+            } => {
                 if Some(pe_id) != self.pes[pe].pe_id {
                     self.fail(format!("pe{pe}: a response for PE {}", pe_id.get()));
                     return;
                 }
                 if reject {
+                    // As asap::client::pe decides: a transient refusal is ridden out, a
+                    // permanent one ends the PE, which no scenario here may cause.
+                    let code = error
+                        .as_ref()
+                        .and_then(|e| e.causes().first())
+                        .map_or(0, |c| c.code());
+                    if !asap::client::Error::Rejected(code).is_transient() {
+                        self.fail(format!(
+                            "6: pe{pe} gave up: refused by r{:?} with cause {code:#x}",
+                            self.pes[pe].registrar
+                        ));
+                        return;
+                    }
+                    self.stats.refusals_0x6 += 1;
                     // Refused (a registrar still starting): try another, a bit later.
                     if matches!(state, PeState::Registering | PeState::Registered) {
                         self.log(format!("pe{pe} refused by r{:?}", self.pes[pe].registrar));
