@@ -131,6 +131,16 @@ fn a_pe_and_a_pu_ride_out_a_registrar_that_refuses_while_it_starts() {
     // the PU goes on to the next registrar at once.
     let lab = Lab::new();
     lab.init_peer("a", "data-a");
+    lab.init_peer("b", "data-b");
+    let serving = lab.start_peer("data-b", &[]);
+    let b = serving.registrar.addr.to_string();
+    let (_pe_b, pe_b_lines) = spawn_pe(&lab, &b, "pe-echo-2", &[], "pe B");
+    wait_line(&pe_b_lines, Duration::from_secs(20), |l| {
+        l.starts_with("registered with")
+    })
+    .unwrap_or_else(|seen| panic!("the PE of B never registered: {seen:?}"));
+
+    // A starts now, its peer down: it refuses for its mentor timeout.
     let mentor = Duration::from_millis(5000);
     let starting = lab.start_peer_with(
         "data-a",
@@ -139,16 +149,8 @@ fn a_pe_and_a_pu_ride_out_a_registrar_that_refuses_while_it_starts() {
     );
     let started = Instant::now();
     let a = starting.registrar.addr.to_string();
-    lab.init_peer("b", "data-b");
-    let serving = lab.start_peer("data-b", &[]);
-    let b = serving.registrar.addr.to_string();
-
-    // A PE of B, and a PU asking A first: refused there (0x6), answered through B.
-    let (_pe_b, pe_b_lines) = spawn_pe(&lab, &b, "pe-echo-2", &[], "pe B");
-    wait_line(&pe_b_lines, Duration::from_secs(20), |l| {
-        l.starts_with("registered with")
-    })
-    .unwrap_or_else(|seen| panic!("the PE of B never registered: {seen:?}"));
+    // A PE of A, and a PU asking A first: refused there (0x6), answered through B.
+    let (mut pe, pe_lines) = spawn_pe(&lab, &a, "pe-echo-1", &[], "pe A");
     let (_pu, mut pu_in, pu_out, pu_err) = spawn_pu(&lab, &format!("{a},{b}"), "echo", "pu");
     writeln!(pu_in, "hello").expect("write");
     let answer = wait_line(&pu_out, Duration::from_secs(20), |l| l == "hello");
@@ -158,8 +160,7 @@ fn a_pe_and_a_pu_ride_out_a_registrar_that_refuses_while_it_starts() {
     let notes: Vec<String> = pu_err.try_iter().collect();
     assert!(!notes.iter().any(|l| l.contains("error")), "{notes:?}");
 
-    // A PE of A: refused (once said, however many attempts), then registered.
-    let (mut pe, pe_lines) = spawn_pe(&lab, &a, "pe-echo-1", &[], "pe A");
+    // The PE of A: refused (once said, however many attempts), then registered.
     let seen = wait_line(&pe_lines, mentor + Duration::from_secs(20), |l| {
         l.starts_with("registered with")
     })
