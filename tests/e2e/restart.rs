@@ -653,3 +653,93 @@ async fn a_whole_fleet_comes_back_by_itself() {
         assert!(!notes.iter().any(|l| l.starts_with("error")), "{notes:?}");
     }
 }
+
+#[test]
+fn a_pu_of_a_federated_domain_reaches_a_pe_whose_ca_file_bundles_both_domains() {
+    // Issue 25: --ca / RSP_CA take several trust domains (concatenated `rsp-pki bundle
+    // export`s), so a PE trusts the PUs of a domain its registrar federates; a PE with its
+    // own ca.pem alone refuses them.
+    let lab = Lab::new();
+    let token = lab.init_peer("a", "data-a");
+    let a = lab.start_peer("data-a", &[]);
+    let partner = |args: &[&str]| {
+        crate::support::run_ok(
+            Command::new(bin("rsp-pki"))
+                .arg("--dir")
+                .arg(lab.path("partner"))
+                .args(args),
+        )
+    };
+    partner(&["init", "--trust-domain", "partner.test"]);
+    partner(&["issue", "pu", "client-9"]);
+    let theirs = String::from_utf8(partner(&["bundle", "export"]).stdout).expect("PEM");
+    let ours = String::from_utf8(lab.pki(&["bundle", "export"]).stdout).expect("PEM");
+    for (path, body) in [
+        ("/v1/trust-domains", theirs.as_str()),
+        (
+            "/v1/grants",
+            r#"{"identity":"spiffe://partner.test/pu/*","namespace":"default","pools":"echo","actions":["resolve","report"]}"#,
+        ),
+    ] {
+        let (status, answer) =
+            crate::admin::api(&lab, &a.registrar, Some(&token), "POST", path, Some(body));
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    // Ours then theirs for the PE; theirs (headerless) then ours for the partner's PU.
+    let own_ca = std::fs::read_to_string(lab.path("pki/ca.pem")).expect("ca.pem");
+    let pe_trust = lab.path("pe-trust.pem");
+    std::fs::write(&pe_trust, format!("{own_ca}{theirs}")).expect("write");
+    let partner_ca = std::fs::read_to_string(lab.path("partner/ca.pem")).expect("ca.pem");
+    let pu_trust = lab.path("pu-trust.pem");
+    std::fs::write(&pu_trust, format!("{partner_ca}{ours}")).expect("write");
+    let at = a.registrar.addr.to_string();
+    let partner_pu = || {
+        rsp(&lab, &at, "pu-client-1")
+            .env("RSP_CERT", lab.path("partner/pu-client-9.pem"))
+            .env("RSP_CA", &pu_trust)
+            .args(["pu", "echo"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rsp pu")
+    };
+    let ask = |mut pu: Child| {
+        writeln!(pu.stdin.take().expect("stdin"), "hello").expect("write");
+        let out = pu.wait_with_output().expect("rsp pu");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // A PE trusting its own domain only: the partner's PU is refused at the handshake.
+    let (_plain, plain_lines) = spawn_pe(&lab, &at, "pe-echo-2", &[], "pe own ca");
+    wait_line(&plain_lines, Duration::from_secs(20), |l| {
+        l.starts_with("registered with")
+    })
+    .unwrap_or_else(|seen| panic!("the PE never registered: {seen:?}"));
+    let (ok, out, err) = ask(partner_pu());
+    assert!(!ok && out.is_empty(), "{out}{err}");
+    // The PE's refusal reaches the PU as an alert or a closed connection, depending on
+    // when it lands (TLS 1.3 sends the client's certificate after the client is done).
+    assert!(err.contains("failing over"), "{err}");
+
+    // A PE whose --ca bundles both domains: answered.
+    let mut fed = rsp(&lab, &at, "pe-echo-1")
+        .env("RSP_CA", &pe_trust)
+        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe");
+    let fed_lines = lines(fed.stderr.take().expect("stderr"), "pe two domains".into());
+    let _fed = Proc(fed);
+    wait_line(&fed_lines, Duration::from_secs(20), |l| {
+        l.starts_with("registered with")
+    })
+    .unwrap_or_else(|seen| panic!("the federated PE never registered: {seen:?}"));
+    let (ok, out, err) = ask(partner_pu());
+    assert!(ok && out == "hello\n", "{out}{err}");
+}
