@@ -155,6 +155,15 @@ fn a_pe_and_a_pu_ride_out_a_registrar_that_refuses_while_it_starts() {
     writeln!(pu_in, "hello").expect("write");
     let answer = wait_line(&pu_out, Duration::from_secs(20), |l| l == "hello");
     assert!(answer.is_ok(), "rsp pu never answered: {answer:?}");
+    // `rsp resolve` too passes over the starting registrar.
+    let out = rsp(&lab, &format!("{a},{b}"), "pu-client-1")
+        .args(["resolve", "echo"])
+        .output()
+        .expect("rsp resolve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("cause 0x6"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     let inconclusive = started.elapsed() >= mentor;
     drop(pu_in);
     let notes: Vec<String> = pu_err.try_iter().collect();

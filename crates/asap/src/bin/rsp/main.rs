@@ -681,11 +681,21 @@ async fn run_resolve(
     common: Common,
 ) -> anyhow::Result<()> {
     let trust = common.trust_for(true)?;
-    let (mut conn, _) =
-        Connection::hunt(&trust, &common.registrars, 0, common.insecure_legacy).await?;
-    let resolved = pu::resolve(&mut conn, common.namespace()?, &pool_handle(&pool)?, items)
-        .await
-        .with_context(|| format!("resolving {pool}"))?;
+    let (namespace, handle) = (common.namespace()?, pool_handle(&pool)?);
+    // A registrar that refuses for lack of resources (still starting) is passed over for
+    // the next one, once each; the last answer is the one reported.
+    let (mut start, mut tries) = (0, 1);
+    let resolved = loop {
+        let (mut conn, idx) =
+            Connection::hunt(&trust, &common.registrars, start, common.insecure_legacy).await?;
+        match pu::resolve(&mut conn, namespace.clone(), &handle, items).await {
+            Err(e) if e.is_transient() && tries < common.registrars.len() => {
+                eprintln!("{}: {e}", conn.registrar());
+                (start, tries) = (idx + 1, tries + 1);
+            }
+            other => break other.with_context(|| format!("resolving {pool}"))?,
+        }
+    };
     for e in &resolved.pool_elements {
         let t = &e.pool_element.user_transport;
         let addr = t
