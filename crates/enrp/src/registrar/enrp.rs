@@ -1074,9 +1074,30 @@ impl Core {
         });
         // A takeover it started is not ours to wait for any more.
         self.acked_takeovers.retain(|_, (by, _)| *by != sid);
+        self.pending_inits.retain(|(_, by), _| *by != sid);
         let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
         for target in running {
             self.check_takeover(target, now, out);
+        }
+        // Dead here now: the takeovers of it that peers announced while it lived here are
+        // acknowledged (those still in time), before ours would start.
+        let pending: Vec<(ServerId, Instant)> = self
+            .pending_inits
+            .iter()
+            .filter(|((target, _), until)| *target == sid && **until > now)
+            .map(|((_, by), until)| (*by, *until))
+            .collect();
+        self.pending_inits.retain(|(target, _), _| *target != sid);
+        for (by, until) in pending {
+            let Some((conn, client)) = self
+                .peers
+                .get(&by)
+                .filter(|p| p.state != PeerState::Dead)
+                .and_then(|p| Some((p.conn?, p.client.clone())))
+            else {
+                continue;
+            };
+            self.ack_takeover(conn, by, &client, sid, until, out);
         }
         if owned_there > 0 {
             self.start_takeover(sid, now, out);
@@ -1762,6 +1783,8 @@ impl Core {
 
     /// Step 6: the target spoke, so it is not dead: its takeover stops.
     fn target_alive(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        // An acknowledgement of its takeover no longer holds: it is alive.
+        self.acked_takeovers.remove(&sid);
         if self.takeovers.remove(&sid).is_some() {
             self.timers.stop(&TimerKey::TakeoverExpiry(sid));
             let detail = "the target is alive".to_owned();
@@ -1796,6 +1819,40 @@ impl Core {
         if target == from {
             return; // Nobody takes over itself.
         }
+        let until = now + self.config.timing.takeover_expiry;
+        // An acknowledgement says "it is dead here too" (docs/ENRP-TRUST.md): not while it
+        // lives here. It follows if this registrar declares it dead before `until`.
+        if let Some(p) = self.peers.get(&target)
+            && p.state != PeerState::Dead
+        {
+            let state = p.state.as_str();
+            self.pending_inits.insert((target, from), until);
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::TakeoverRefused,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!("INIT_TAKEOVER of {target}: not acknowledged, it is {state} here"),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
+        self.ack_takeover(conn, from, client, target, until, out);
+    }
+
+    /// Step 2, the acknowledgement: `from` takes over `target` (dead here); this registrar
+    /// refrains from its own takeover of it until `until`.
+    fn ack_takeover(
+        &mut self,
+        conn: ConnId,
+        from: ServerId,
+        client: &Client,
+        target: ServerId,
+        until: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.server_id;
         if self.takeovers.contains_key(&target) {
             // Both started: the lower Server ID takes over, the other acknowledges it.
             if me < from {
@@ -1806,8 +1863,7 @@ impl Core {
             let detail = format!("Server ID {from} (lower) takes it over");
             out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
         }
-        self.acked_takeovers
-            .insert(target, (from, now + self.config.timing.takeover_expiry));
+        self.acked_takeovers.insert(target, (from, until));
         out.push(Action::Audit {
             event: Self::peer_event(
                 client,
@@ -1833,13 +1889,31 @@ impl Core {
         target: ServerId,
         out: &mut Vec<Action>,
     ) {
-        if target == self.config.server_id || target == from {
+        // Issue 16: a takeover moves PEs only of a registrar this one holds dead, by the
+        // peer whose INIT_TAKEOVER it acknowledged (docs/ENRP-TRUST.md).
+        let refusal = if target == self.config.server_id {
+            Some("this registrar is the target".to_owned())
+        } else if target == from {
+            Some("the sender is the target".to_owned())
+        } else {
+            match self.peers.get(&target) {
+                None => Some("the target is not a peer of this registrar".to_owned()),
+                Some(p) if p.state != PeerState::Dead => {
+                    Some(format!("the target is {} here", p.state.as_str()))
+                }
+                Some(_) if self.acked_takeovers.get(&target).map(|(by, _)| *by) != Some(from) => {
+                    Some("its INIT_TAKEOVER was not acknowledged here".to_owned())
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(why) = refusal {
             out.push(Action::Audit {
                 event: Self::peer_event(
                     client,
-                    AuditAction::PeerIgnored,
+                    AuditAction::TakeoverRefused,
                     Some(ErrorCause::SecurityRejection.code()),
-                    format!("TAKEOVER_SERVER of {target}"),
+                    format!("TAKEOVER_SERVER of {target}: {why}"),
                 ),
                 durability: Durability::Batched,
             });

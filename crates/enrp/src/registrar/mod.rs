@@ -492,6 +492,10 @@ pub enum AuditAction {
     TakeoverCompleted,
     /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
     TakeoverApplied,
+    /// A peer's takeover was not acknowledged or not applied: its target is alive here,
+    /// not a peer, or this registrar did not acknowledge that peer's INIT_TAKEOVER for it
+    /// (docs/ENRP-TRUST.md).
+    TakeoverRefused,
     /// The start-up phase ended: the mentor's handle table is downloaded (spec §9.3).
     MentorDone,
     /// The start-up phase ended: no mentor download completed in time (spec §9.3 step 4).
@@ -538,6 +542,7 @@ impl AuditAction {
             Self::TakeoverAbandoned => "takeover:abandoned",
             Self::TakeoverCompleted => "takeover:completed",
             Self::TakeoverApplied => "takeover:applied",
+            Self::TakeoverRefused => "takeover:refused",
             Self::MentorDone => "mentor:done",
             Self::MentorTimeout => "mentor:timeout",
         }
@@ -699,6 +704,11 @@ pub struct Core {
     /// Takeovers by peers this registrar acknowledged: target → (initiator, until when it
     /// refrains from its own takeover of that target).
     acked_takeovers: BTreeMap<ServerId, (ServerId, Instant)>,
+    /// INIT_TAKEOVERs not acknowledged because their target is alive here: (target,
+    /// initiator) → until when the initiator's takeover may still be waiting. Acknowledged
+    /// if this registrar declares the target dead before then. Bounded: both are accepted
+    /// peers, so at most peers² entries.
+    pending_inits: BTreeMap<(ServerId, ServerId), Instant>,
     /// In the start-up phase (spec §9.3): ASAP registrations and resolutions are refused.
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
@@ -723,6 +733,7 @@ impl Core {
             peer_conns: HashMap::new(),
             takeovers: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
+            pending_inits: BTreeMap::new(),
             starting: false,
             mentor: None,
         }

@@ -1868,12 +1868,16 @@ fn a_registrar_started_later_learns_every_pe_of_its_mentor_over_many_pages() {
     assert_eq!(found_ids(&b.resolve(pu, "pool-5")).len(), 3);
 }
 
-/// Spec §9.8 step 6, with a taker that missed an update: C's PEs 1 and 2 are here; B
-/// takes C over but knew only PE 1. Its TAKEOVER_SERVER moves both to B, and the table
-/// asked of B at once removes PE 2 instead of leaving it under B's name.
+/// Issue 16: a peer holding a valid registrar identity cannot take over a registrar that
+/// is alive here, with or without an INIT_TAKEOVER round: nothing moves, the refusals are
+/// audited. Once C is dead here, B's takeover (announced while C lived) is acknowledged
+/// and applied; B missed an update of C's, and the table asked of B at once removes PE 2
+/// instead of leaving it under B's name (spec §9.8 step 4, §9.6).
 #[test]
 fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
-    let mut h = Harness::with_peer_grants();
+    // A higher Server ID than B's, so that B wins the tie-break of §9.8 step 2.
+    const SID_H: u32 = 0x7777_7777;
+    let mut h = Harness::registrar(SID_H);
     let empty = || EnrpBody::HandleTableResponse {
         reject: false,
         more: false,
@@ -1887,6 +1891,51 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     h.enrp(11, SID_C, add_pe(SID_C, "echo", 2, PE_A));
     let pu = h.connect(3, PU_1);
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+    let refused = |out: &[Action], what: &str| {
+        out.iter().any(|a| {
+            matches!(a, Action::Audit { event, .. }
+                if event.action == AuditAction::TakeoverRefused
+                    && event.outcome == Some(0xA)
+                    && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PR_B)
+                    && event.detail.as_deref().is_some_and(|d| d.contains(what)))
+        })
+    };
+
+    // The forged takeover of live C, without an INIT_TAKEOVER round: refused.
+    let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(refused(&out, "the target is active here"), "{out:?}");
+    assert!(!has_audit(&out, AuditAction::TakeoverApplied), "{out:?}");
+    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    // With the round: no acknowledgement while C lives here, and still no takeover.
+    let out = h.enrp(10, SID_B, EnrpBody::InitTakeover { target: sid(SID_C) });
+    assert!(
+        refused(&out, "not acknowledged, it is active here"),
+        "{out:?}"
+    );
+    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(refused(&out, "the target is active here"), "{out:?}");
+    // An empty table of B's changes nothing of C's.
+    h.enrp(10, SID_B, empty());
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+    assert_eq!((h.home_of(1), h.home_of(2)), (Some(SID_C), Some(SID_C)));
+
+    // C dies here: B's pending INIT_TAKEOVER is acknowledged now, ours does not start.
+    let out = h.b_dies_on(11);
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert!(has_audit(&out, AuditAction::TakeoverAcked), "{out:?}");
+    assert!(!has_audit(&out, AuditAction::TakeoverStarted), "{out:?}");
+    assert!(
+        enrp_on(&out, 10)
+            .iter()
+            .any(|m| m.body == EnrpBody::InitTakeoverAck { target: sid(SID_C) }),
+        "{out:?}"
+    );
+    // A takeover of dead C by anyone but B is still refused.
+    h.peer_up(12, PR_A, SID_A);
+    let out = h.enrp(12, SID_A, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(has_audit(&out, AuditAction::TakeoverRefused), "{out:?}");
+    assert_eq!(h.home_of(1), Some(SID_C));
 
     let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
     assert!(has_audit(&out, AuditAction::TakeoverApplied), "{out:?}");
@@ -1899,6 +1948,7 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     );
     h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 1)], false));
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
+    assert_eq!(h.home_of(1), Some(SID_B));
 }
 
 /// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's
