@@ -169,6 +169,95 @@ pub(super) struct PeerConn {
     closing: bool,
 }
 
+/// Most re-homes waiting for the withdrawal of a live home (docs/ENRP-TRUST.md §2).
+/// Beyond it a re-home is refused without waiting; the §9.6 checksum audit offers it
+/// again. 10,000 entries of a few hundred bytes.
+pub const MAX_CLAIMS: usize = 10_000;
+
+/// A peer's ADD_PE (or handle table entry) for a PE whose home is another live peer:
+/// applied once that home withdraws the PE (DEL_PE, its handle table) or dies here.
+#[derive(Debug)]
+pub(super) struct Claim {
+    by: ServerId,
+    entry: PeEntry,
+    /// When it arrived: the PE's registration life counts from then.
+    at: Instant,
+}
+
+/// What one peer message changed here, or refused: audited as at most two records (one
+/// for the changes, one for the refusals) with counts, not one per PE (issue 16).
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    added: usize,
+    rehomed: usize,
+    removed: usize,
+    /// The first PE changed: named in the record when it is the only one.
+    first: Option<PeKey>,
+    refused: usize,
+    first_refusal: Option<(PeKey, String)>,
+}
+
+impl Tally {
+    fn changed(&mut self, key: &PeKey) {
+        if self.first.is_none() {
+            self.first = Some(key.clone());
+        }
+    }
+
+    fn refuse(&mut self, key: PeKey, why: String) {
+        self.refused += 1;
+        if self.first_refusal.is_none() {
+            self.first_refusal = Some((key, why));
+        }
+    }
+
+    /// The audit records, naming the peer `client`; `what` names the message.
+    fn emit(self, client: &Client, what: &str, out: &mut Vec<Action>) {
+        let name = |event: &mut AuditEvent, key: &PeKey| {
+            event.namespace = Some(key.0.clone());
+            event.pool_handle = Some(key.1.clone());
+            event.pe_id = Some(key.2);
+        };
+        let changes = self.added + self.rehomed + self.removed;
+        if changes > 0 {
+            let mut event = Core::peer_event(
+                client,
+                AuditAction::PeerUpdate,
+                None,
+                format!(
+                    "{what}: {} added, {} re-homed, {} removed",
+                    self.added, self.rehomed, self.removed
+                ),
+            );
+            if let (1, Some(key)) = (changes, &self.first) {
+                name(&mut event, key);
+            }
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+        }
+        if let Some((key, why)) = self.first_refusal {
+            let detail = if self.refused == 1 {
+                why
+            } else {
+                format!("{what}: {} PEs refused; the first: {why}", self.refused)
+            };
+            let mut event = Core::peer_event(
+                client,
+                AuditAction::PeerIgnored,
+                Some(ErrorCause::SecurityRejection.code()),
+                detail,
+            );
+            name(&mut event, &key);
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+        }
+    }
+}
+
 impl Core {
     /// The peers, by Server ID.
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -817,10 +906,20 @@ impl Core {
                 };
                 match action {
                     UpdateAction::AddPe => {
-                        self.accept_peer_pe(sid, &client, namespace, pool_handle, entry, now, out);
+                        let mut tally = Tally::default();
+                        self.accept_peer_pe(
+                            sid,
+                            &client,
+                            (namespace, pool_handle),
+                            entry,
+                            now,
+                            &mut tally,
+                            out,
+                        );
+                        tally.emit(&client, "ADD_PE", out);
                     }
                     UpdateAction::DelPe => {
-                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, out);
+                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, now, out);
                     }
                 }
             }
@@ -1075,6 +1174,28 @@ impl Core {
         // A takeover it started is not ours to wait for any more.
         self.acked_takeovers.retain(|_, (by, _)| *by != sid);
         self.pending_inits.retain(|(_, by), _| *by != sid);
+        // Its claims die with it; the claims on its PEs apply: their old home is dead.
+        self.claims.retain(|_, c| c.by != sid);
+        let claimed: Vec<PeKey> = self
+            .claims
+            .keys()
+            .filter(|k| {
+                self.handlespace
+                    .pool(&k.0, &k.1)
+                    .and_then(|p| p.entry(k.2))
+                    .is_some_and(|e| e.pool_element.home_server_id == sid.get())
+            })
+            .cloned()
+            .collect();
+        self.settle_claims(&claimed, now, out);
+        let owned_there = if claimed.is_empty() {
+            owned_there
+        } else {
+            self.handlespace
+                .iter()
+                .filter(|(_, _, e)| e.pool_element.home_server_id == sid.get())
+                .count()
+        };
         let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
         for target in running {
             self.check_takeover(target, now, out);
@@ -1159,8 +1280,24 @@ impl Core {
         entry: &PeEntry,
         out: &mut Vec<Action>,
     ) {
+        self.send_update_but(None, action, ns, handle, entry, out);
+    }
+
+    /// [`Self::send_update`] to every peer but `but`.
+    fn send_update_but(
+        &self,
+        but: Option<ServerId>,
+        action: UpdateAction,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        entry: &PeEntry,
+        out: &mut Vec<Action>,
+    ) {
         for (sid, p) in &self.peers {
             let Some(conn) = p.conn else { continue };
+            if Some(*sid) == but {
+                continue;
+            }
             if p.state == PeerState::Dead {
                 continue;
             }
@@ -1207,66 +1344,166 @@ impl Core {
 
     /// ADD_PE or a handle table entry from peer `sid` (spec §9.4 with its [P] rule: a
     /// peer speaks only for PEs it owns, in namespaces and pools it is granted). Stored
-    /// as the peer's (not owned here), with an expiry at its registration life: the home
-    /// registrar keeps it alive, this one does not probe it (spec §9.9).
+    /// as the peer's (not owned here), with an expiry at its registration life from `now`:
+    /// the home registrar keeps it alive, this one does not probe it (spec §9.9). A PE
+    /// whose home here is another live peer does not move (docs/ENRP-TRUST.md §2): the
+    /// claim waits for that home's withdrawal or death. Changes and refusals go to `tally`.
     #[allow(clippy::too_many_arguments)]
     fn accept_peer_pe(
         &mut self,
         sid: ServerId,
         client: &Client,
-        ns: Namespace,
-        handle: PoolHandle,
+        (ns, handle): (Namespace, PoolHandle),
         entry: PeEntry,
         now: Instant,
+        tally: &mut Tally,
         out: &mut Vec<Action>,
     ) -> Option<PeKey> {
         let pe = &entry.pool_element;
-        let pe_id = pe.pe_id;
-        let refuse = |why: String, out: &mut Vec<Action>| {
-            Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+        let key: PeKey = (ns, handle, pe.pe_id);
+        let refusal = if pe.home_server_id != sid.get() {
+            Some(format!(
+                "not the sender's PE: its home is {:#010x}",
+                pe.home_server_id
+            ))
+        } else if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
+            Some("no peer grant for this namespace and pool".to_owned())
+        } else if !pe.registration_life_valid() {
+            Some("registration life out of range".to_owned())
+        } else if entry
+            .registrant
+            .as_ref()
+            .is_some_and(|r| self.registrant_revoked(r.as_str()))
+        {
+            Some("registrant revoked here".to_owned())
+        } else if self.owned.get(&key).is_some_and(|o| o.conn.is_some()) {
+            // Its PE is connected here: ours is the fresher claim.
+            Some("the PE is registered here".to_owned())
+        } else {
             None
         };
-        if pe.home_server_id != sid.get() {
-            return refuse(
-                format!(
-                    "not the sender's PE: its home is {:#010x}",
-                    pe.home_server_id
-                ),
-                out,
-            );
+        if let Some(why) = refusal {
+            tally.refuse(key, why);
+            return None;
         }
-        if !self.permits(&client.id, &ns, &handle, trust::Action::Peer) {
-            return refuse("no peer grant for this namespace and pool".to_owned(), out);
-        }
-        if !pe.registration_life_valid() {
-            return refuse("registration life out of range".to_owned(), out);
-        }
-        if let Some(r) = &entry.registrant
-            && self.registrant_revoked(r.as_str())
+        let me = self.config.server_id.get();
+        let current = self
+            .handlespace
+            .pool(&key.0, &key.1)
+            .and_then(|p| p.entry(key.2))
+            .cloned();
+        let previous_home = current.as_ref().map(|e| e.pool_element.home_server_id);
+        // Ownership moves only with proof: a live peer's PE stays its PE until it lets it
+        // go (DEL_PE, its table) or dies here.
+        if let Some(home) = previous_home.filter(|h| *h != sid.get() && *h != me)
+            && let Some(state) = ServerId::new(home)
+                .and_then(|h| self.peers.get(&h))
+                .map(|p| p.state)
+                .filter(|s| *s != PeerState::Dead)
         {
-            return refuse("registrant revoked here".to_owned(), out);
-        }
-        let key: PeKey = (ns.clone(), handle.clone(), pe_id);
-        match self.owned.get(&key) {
-            // Its PE is connected here: ours is the fresher claim.
-            Some(o) if o.conn.is_some() => {
-                return refuse("the PE is registered here".to_owned(), out);
+            // A claim the PE's entry refutes already (spec §7.1 step 5) never waits.
+            if current.as_ref().is_some_and(|c| {
+                c.registrant != entry.registrant
+                    || c.pool_element.user_transport != entry.pool_element.user_transport
+            }) {
+                tally.refuse(key, crate::handlespace::Reject::NonUniquePeId.to_string());
+                return None;
             }
-            // It lost its connection here and re-registered there (spec §12.6).
-            Some(_) => self.forget_owned(&key),
-            None => {}
+            let waits = self.claims.len() < MAX_CLAIMS || self.claims.contains_key(&key);
+            let then = if waits {
+                "it moves when that home withdraws it or dies here"
+            } else {
+                "too many re-homes waiting"
+            };
+            let why = format!("re-home from {home:#010x}, {} here: {then}", state.as_str());
+            if waits {
+                let at = now;
+                self.claims
+                    .insert(key.clone(), Claim { by: sid, entry, at });
+            }
+            tally.refuse(key, why);
+            return None;
         }
         let life = Duration::from_millis(u64::try_from(pe.registration_life).unwrap_or(0));
         match self
             .handlespace
-            .register(&ns, &handle, entry.pool_element.clone(), entry.registrant)
+            .register(&key.0, &key.1, entry.pool_element, entry.registrant)
         {
             Ok(_) => {
+                self.claims.remove(&key);
                 self.timers
                     .set(TimerKey::PeerPeLife(key.clone()), now + life);
+                match previous_home {
+                    None => tally.added += 1,
+                    Some(h) if h != sid.get() => tally.rehomed += 1,
+                    Some(_) => return Some(key), // a refresh changes nothing
+                }
+                tally.changed(&key);
+                // Ours, but its connection here was lost and it re-registered there (spec
+                // §12.6): let it go, and say so (DEL_PE) to the other peers, whose copy
+                // may move only on our word (docs/ENRP-TRUST.md §2).
+                if previous_home == Some(me) && self.owned.contains_key(&key) {
+                    self.forget_owned(&key);
+                    if let Some(old) = current {
+                        self.send_update_but(
+                            Some(sid),
+                            UpdateAction::DelPe,
+                            &key.0,
+                            &key.1,
+                            &old,
+                            out,
+                        );
+                    }
+                }
                 Some(key)
             }
-            Err(e) => refuse(e.to_string(), out),
+            Err(e) => {
+                tally.refuse(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The PEs `keys` were let go by their home (DEL_PE, its table, its death): the claims
+    /// of peers waiting for that apply now, if the claimant is still a live peer and the
+    /// claim's registration life has not run out. One audit record per claimant.
+    pub(super) fn settle_claims(&mut self, keys: &[PeKey], now: Instant, out: &mut Vec<Action>) {
+        let mut by: std::collections::BTreeMap<ServerId, (Client, Tally)> = Default::default();
+        for key in keys {
+            let Some(claim) = self.claims.remove(key) else {
+                continue;
+            };
+            let life = Duration::from_millis(
+                u64::try_from(claim.entry.pool_element.registration_life).unwrap_or(0),
+            );
+            let Some(client) = self
+                .peers
+                .get(&claim.by)
+                .filter(|p| p.state != PeerState::Dead && p.conn.is_some())
+                .map(|p| p.client.clone())
+            else {
+                continue;
+            };
+            if claim.at + life <= now {
+                continue;
+            }
+            let (client, tally) = by
+                .entry(claim.by)
+                .or_insert_with(|| (client, Tally::default()));
+            let client = client.clone();
+            let ns_handle = (key.0.clone(), key.1.clone());
+            self.accept_peer_pe(
+                claim.by,
+                &client,
+                ns_handle,
+                claim.entry,
+                claim.at,
+                tally,
+                out,
+            );
+        }
+        for (_, (client, tally)) in by {
+            tally.emit(&client, "re-home once the old home let the PE go", out);
         }
     }
 
@@ -1287,6 +1524,7 @@ impl Core {
 
     /// DEL_PE from peer `sid`: only for a PE whose home, in our handlespace, is the
     /// sender. Deleting an unknown PE is harmless (idempotent).
+    #[allow(clippy::too_many_arguments)]
     fn delete_peer_pe(
         &mut self,
         sid: ServerId,
@@ -1294,9 +1532,16 @@ impl Core {
         ns: Namespace,
         handle: PoolHandle,
         entry: &PeEntry,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         let pe_id = entry.pool_element.pe_id;
+        // The sender withdraws a re-home of its that was waiting: it no longer holds.
+        let key: PeKey = (ns, handle, pe_id);
+        if self.claims.get(&key).is_some_and(|c| c.by == sid) {
+            self.claims.remove(&key);
+        }
+        let (ns, handle, _) = key;
         let home = self
             .handlespace
             .pool(&ns, &handle)
@@ -1312,8 +1557,16 @@ impl Core {
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
         if let Some(removed) = self.handlespace.remove(&ns, &handle, pe_id) {
-            // Audited at its home registrar, which removed it.
             self.after_removal(&removed, out);
+            let key: PeKey = (ns, handle, pe_id);
+            let mut tally = Tally {
+                removed: 1,
+                ..Tally::default()
+            };
+            tally.changed(&key);
+            tally.emit(client, "DEL_PE", out);
+            // Its home let it go: a peer's re-home waiting for that applies now.
+            self.settle_claims(&[key], now, out);
         }
     }
 
@@ -1454,6 +1707,7 @@ impl Core {
             .get(&sid)
             .is_some_and(|p| p.sync.is_some() && !p.sync_own);
         let mut seen = Vec::new();
+        let mut tally = Tally::default();
         for group in pools {
             for entry in group.entries {
                 if whole && entry.pool_element.home_server_id != sid.get() {
@@ -1462,16 +1716,17 @@ impl Core {
                 if let Some(key) = self.accept_peer_pe(
                     sid,
                     client,
-                    group.namespace.clone(),
-                    group.pool_handle.clone(),
+                    (group.namespace.clone(), group.pool_handle.clone()),
                     entry,
                     now,
+                    &mut tally,
                     out,
                 ) {
                     seen.push(key);
                 }
             }
         }
+        tally.emit(client, "handle table page", out);
         let Some(p) = self.peers.get_mut(&sid) else {
             return;
         };
@@ -1505,12 +1760,33 @@ impl Core {
             .filter(|k| !listed.contains(k) && !self.owned.contains_key(k))
             .collect();
         stale.sort();
-        for k in stale {
+        let mut purged = 0usize;
+        for k in &stale {
             if let Some(removed) = self.handlespace.remove(&k.0, &k.1, k.2) {
                 self.after_removal(&removed, out);
-                out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
+                purged += 1;
             }
         }
+        if purged > 0 {
+            // One record for the whole purge, naming the peer (issue 16).
+            let mut event = Self::peer_event(
+                client,
+                AuditAction::RemoveResync,
+                None,
+                format!("{purged} PEs its handle table no longer lists"),
+            );
+            if let [k] = stale.as_slice() {
+                event.namespace = Some(k.0.clone());
+                event.pool_handle = Some(k.1.clone());
+                event.pe_id = Some(k.2);
+            }
+            out.push(Action::Audit {
+                event,
+                durability: Durability::BeforeReply,
+            });
+        }
+        // Its home let them go: the re-homes of peers waiting for that apply now.
+        self.settle_claims(&stale, now, out);
         // A healed partition: we took over its PEs while it seemed dead, and those it
         // lists went back to it above. Those it does not list are gone (deregistered or
         // lost while we were apart): removed now, with DEL_PE, rather than kept in every
@@ -1932,10 +2208,11 @@ impl Core {
             .map(|(ns, h, e)| ((ns.clone(), h.clone(), e.pool_element.pe_id), e.clone()))
             .collect();
         let mut moved = 0usize;
+        let mut tally = Tally::default();
         for (key, mut entry) in pes {
             if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
                 let why = "no peer grant for this namespace and pool".to_owned();
-                Self::ignore_pe(client, &key.0, &key.1, key.2, why, out);
+                tally.refuse(key, why);
                 continue;
             }
             entry.pool_element.home_server_id = from.get();
@@ -1956,6 +2233,7 @@ impl Core {
             ),
             durability: Durability::BeforeReply,
         });
+        tally.emit(client, "TAKEOVER_SERVER", out);
         // The taker may not have known every PE moved here (it missed an update): its
         // own table, asked for now, confirms the rest and purges those (spec §9.6),
         // rather than leave them under its name until the next checksum mismatch.

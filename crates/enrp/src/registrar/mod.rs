@@ -31,7 +31,7 @@ use trust::{DefaultNamespace, Grant, Serial, SpiffeId};
 
 use crate::handlespace::{Handlespace, Limits};
 
-pub use enrp::{MAX_LIST_DIALS, PeerState, PeerStatus};
+pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -492,6 +492,9 @@ pub enum AuditAction {
     TakeoverCompleted,
     /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
     TakeoverApplied,
+    /// PEs added, re-homed or removed here because of a peer's message (one record per
+    /// message, with the counts, naming the peer).
+    PeerUpdate,
     /// A peer's takeover was not acknowledged or not applied: its target is alive here,
     /// not a peer, or this registrar did not acknowledge that peer's INIT_TAKEOVER for it
     /// (docs/ENRP-TRUST.md).
@@ -542,6 +545,7 @@ impl AuditAction {
             Self::TakeoverAbandoned => "takeover:abandoned",
             Self::TakeoverCompleted => "takeover:completed",
             Self::TakeoverApplied => "takeover:applied",
+            Self::PeerUpdate => "peer:update",
             Self::TakeoverRefused => "takeover:refused",
             Self::MentorDone => "mentor:done",
             Self::MentorTimeout => "mentor:timeout",
@@ -709,6 +713,9 @@ pub struct Core {
     /// if this registrar declares the target dead before then. Bounded: both are accepted
     /// peers, so at most peers² entries.
     pending_inits: BTreeMap<(ServerId, ServerId), Instant>,
+    /// Re-homes waiting for the withdrawal or death of the PE's live home, by PE
+    /// (docs/ENRP-TRUST.md §2). At most [`enrp::MAX_CLAIMS`].
+    claims: BTreeMap<PeKey, enrp::Claim>,
     /// In the start-up phase (spec §9.3): ASAP registrations and resolutions are refused.
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
@@ -734,6 +741,7 @@ impl Core {
             takeovers: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
             pending_inits: BTreeMap::new(),
+            claims: BTreeMap::new(),
             starting: false,
             mentor: None,
         }

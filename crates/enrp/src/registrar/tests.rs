@@ -999,7 +999,14 @@ fn a_peers_pe_is_served_but_only_its_home_may_change_it() {
     let pu = h.connect(2, PU_1);
     // B speaks for its own PE: stored with home B, resolvable, not probed here.
     let out = h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
-    assert!(out.is_empty(), "{out:?}");
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    // Audited here, naming B (issue 16); a refresh is no change and is not audited.
+    assert!(matches!(out.as_slice(), [Action::Audit { event, .. }]
+        if event.action == AuditAction::PeerUpdate
+            && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PR_B)
+            && event.pe_id.map(PeId::get) == Some(5)
+            && event.detail.as_deref() == Some("ADD_PE: 1 added, 0 re-homed, 0 removed")));
+    assert!(h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A)).is_empty());
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![5]);
     assert_eq!(h.core.stats().owned, 0);
     assert_eq!(h.core.peers()[0].checksum_match, None);
@@ -1122,7 +1129,13 @@ fn handle_tables_page_with_the_m_bit_and_a_download_purges_what_is_gone() {
         }]
     ));
     let out = h.enrp(10, SID_B, page(3, false));
-    assert_eq!(audits(&out), vec![(AuditAction::RemoveResync, None)]);
+    assert_eq!(
+        audits(&out),
+        vec![
+            (AuditAction::PeerUpdate, None),
+            (AuditAction::RemoveResync, None)
+        ]
+    );
     let ids: Vec<u32> = h
         .core
         .handlespace()
@@ -1653,10 +1666,16 @@ fn the_mentor_download_pages_with_w0_and_its_last_page_ends_the_startup() {
             own_children_only: false
         }]
     );
-    assert!(audits(&out).is_empty());
+    assert_eq!(audits(&out), vec![(AuditAction::PeerUpdate, None)]);
     assert!(h.core.starting());
     let out = h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 2)], false));
-    assert_eq!(audits(&out), vec![(AuditAction::MentorDone, None)]);
+    assert_eq!(
+        audits(&out),
+        vec![
+            (AuditAction::PeerUpdate, None),
+            (AuditAction::MentorDone, None)
+        ]
+    );
     assert!(!h.core.starting());
     let pu = h.connect(2, PU_1);
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1, 2]);
@@ -1949,6 +1968,147 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 1)], false));
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
     assert_eq!(h.home_of(1), Some(SID_B));
+}
+
+fn del_pe(home: u32, pool: &str, id: u32, registrant: &str) -> EnrpBody {
+    let mut body = add_pe(home, pool, id, registrant);
+    if let EnrpBody::HandleUpdate { action, .. } = &mut body {
+        *action = UpdateAction::DelPe;
+    }
+    body
+}
+
+/// The audit records of `out` with this action: (actor, detail).
+fn audit_details(out: &[Action], action: AuditAction) -> Vec<(String, String)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Audit { event, .. } if event.action == action => Some((
+                event
+                    .actor
+                    .as_ref()
+                    .map(|(id, _)| id.to_string())
+                    .unwrap_or_default(),
+                event.detail.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 16, docs/ENRP-TRUST.md §2: C (a valid registrar identity) names itself home of
+/// live B's PE 5. Refused and audited; its claim waits, and applies only once B lets the
+/// PE go (DEL_PE). A claim with another user transport is refused outright.
+#[test]
+fn a_peer_cannot_re_home_a_live_peers_pe_until_its_home_lets_it_go() {
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    let pu = a.connect(2, PU_1);
+    let out = a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, PR_C);
+    assert!(
+        refused[0]
+            .1
+            .contains("re-home from 0x55667788, active here"),
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // Its DEL_PE of B's PE changes nothing either.
+    let out = a.enrp(11, SID_C, del_pe(SID_C, "echo", 5, PE_A));
+    assert!(has_audit(&out, AuditAction::PeerIgnored));
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // A re-home that another user transport refutes does not even wait.
+    let mut other = add_pe(SID_C, "echo", 5, PE_A);
+    if let EnrpBody::HandleUpdate { pool_element, .. } = &mut other {
+        pool_element.user_transport = match pool_element.user_transport.clone() {
+            Transport::Tcp {
+                transport_use,
+                addr,
+                ..
+            } => Transport::Tcp {
+                port: NonZeroU16::new(4444).expect("non-zero"),
+                transport_use,
+                addr,
+            },
+            t => t,
+        };
+    }
+    let out = a.enrp(11, SID_C, other);
+    assert!(
+        audit_details(&out, AuditAction::PeerIgnored)[0]
+            .1
+            .contains("non-unique"),
+        "{out:?}"
+    );
+    // The real re-registration at C: C's claim waits for B.
+    a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // B lets it go: removed (audited, naming B), and C's claim applies (naming C).
+    let out = a.enrp(10, SID_B, del_pe(SID_B, "echo", 5, PE_A));
+    let changes = audit_details(&out, AuditAction::PeerUpdate);
+    assert_eq!(
+        changes,
+        vec![
+            (
+                PR_B.to_owned(),
+                "DEL_PE: 0 added, 0 re-homed, 1 removed".to_owned()
+            ),
+            (
+                PR_C.to_owned(),
+                "re-home once the old home let the PE go: 1 added, 0 re-homed, 0 removed"
+                    .to_owned()
+            ),
+        ],
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_C));
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+}
+
+/// docs/ENRP-TRUST.md §2: the re-home of a PE whose home dies here applies at its death,
+/// before a takeover would claim it; a PE re-homed from a dead home moves at once.
+#[test]
+fn a_re_home_applies_when_the_old_home_dies_here() {
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_A));
+    a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    assert_eq!(a.home_of(5), Some(SID_B));
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert_eq!(a.home_of(5), Some(SID_C));
+    // PE 6 had no claim: B's takeover starts for it alone.
+    assert!(has_audit(&out, AuditAction::TakeoverStarted), "{out:?}");
+    assert_eq!(a.home_of(6), Some(SID_B));
+    // B is dead here: C's re-registration of PE 6 moves it at once.
+    let out = a.enrp(11, SID_C, add_pe(SID_C, "echo", 6, PE_A));
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate)[0].1,
+        "ADD_PE: 0 added, 1 re-homed, 0 removed"
+    );
+    assert_eq!(a.home_of(6), Some(SID_C));
+}
+
+/// docs/ENRP-TRUST.md §2: a PE of ours whose connection is lost re-registers at B: we let
+/// it go, and tell our other peers (DEL_PE), so that their copy may move to B.
+#[test]
+fn a_pe_that_moved_away_is_withdrawn_with_del_pe_to_the_other_peers() {
+    let mut a = Harness::registrar(SID_A);
+    a.peer_up(10, PR_B, SID_B);
+    a.peer_up(11, PR_C, SID_C);
+    let pe_conn = a.connect(3, PE_A);
+    assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", 5))), None);
+    a.core.handle(Input::Closed { conn: pe_conn }, a.now);
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert_eq!(a.home_of(5), Some(SID_B));
+    assert_eq!(a.core.stats().owned, 0);
+    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    assert!(
+        enrp_on(&out, 11).iter().any(|m| matches!(&m.body,
+            EnrpBody::HandleUpdate { action: UpdateAction::DelPe, pool_element, .. }
+                if pool_element.pe_id.get() == 5 && pool_element.home_server_id == SID_A)),
+        "{out:?}"
+    );
 }
 
 /// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's
