@@ -146,6 +146,10 @@ struct RunArgs {
     /// alone after this long without a mentor's handle table (spec §9.3).
     #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
     mentor_timeout_ms: u64,
+    /// Most PEs one ENRP peer may own in this registrar's handlespace; its PEs beyond are
+    /// refused and audited (docs/ENRP-TRUST.md §3).
+    #[arg(long, env = "ENRPD_MAX_PES_PER_PEER", default_value_t = 250_000)]
+    max_pes_per_peer: usize,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -207,6 +211,7 @@ struct FileConfig {
     peer_no_response_ms: Option<u64>,
     takeover_expiry_ms: Option<u64>,
     mentor_timeout_ms: Option<u64>,
+    max_pes_per_peer: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -315,6 +320,9 @@ impl RunArgs {
             .filter(|_| unset("mentor_timeout_ms"))
         {
             self.mentor_timeout_ms = v;
+        }
+        if let Some(v) = file.max_pes_per_peer.filter(|_| unset("max_pes_per_peer")) {
+            self.max_pes_per_peer = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -580,6 +588,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ..Timing::default()
     };
     config.allow_loopback = args.allow_loopback;
+    config.max_pes_per_peer = args.max_pes_per_peer;
     config.check_user_address = !args.no_address_check;
     if let Some(name) = &args.legacy_namespace {
         let ns = Namespace::new(name)

@@ -1380,7 +1380,7 @@ impl Core {
             // Its PE is connected here: ours is the fresher claim.
             Some("the PE is registered here".to_owned())
         } else {
-            None
+            self.peer_pe_refusal(sid, &key, &entry)
         };
         if let Some(why) = refusal {
             tally.refuse(key, why);
@@ -1462,6 +1462,46 @@ impl Core {
                 None
             }
         }
+    }
+
+    /// Issue 16, docs/ENRP-TRUST.md §3: a PE learnt from peer `sid` obeys what an ASAP
+    /// registration here would: its registrant (0x8101) holds the `register` grant for
+    /// the namespace and pool here, the pool's declared policy and most PEs hold, and the
+    /// per-registrant limit (the handlespace counts peers' PEs too). A new PE counts
+    /// against the peer's share, [`super::Config::max_pes_per_peer`].
+    fn peer_pe_refusal(&self, sid: ServerId, key: &PeKey, entry: &PeEntry) -> Option<String> {
+        let Some(registrant) = &entry.registrant else {
+            return Some("no registrant identity".to_owned());
+        };
+        let granted = SpiffeId::parse(registrant.as_str())
+            .is_ok_and(|id| self.permits(&id, &key.0, &key.1, trust::Action::Register));
+        if !granted {
+            return Some(format!(
+                "registrant {} holds no register grant here for this namespace and pool",
+                registrant.as_str()
+            ));
+        }
+        let present = self.handlespace.pool(&key.0, &key.1);
+        let held = present.and_then(|p| p.entry(key.2));
+        if let Some(d) = self.declared.get(&(key.0.clone(), key.1.clone())) {
+            if d.policy
+                .is_some_and(|t| t != entry.pool_element.policy.policy_type())
+            {
+                return Some("the pool is declared with another policy".to_owned());
+            }
+            let count = present.map_or(0, |p| p.len());
+            if held.is_none() && d.max_pes.is_some_and(|m| count >= m as usize) {
+                return Some("the pool holds its declared maximum of PEs".to_owned());
+            }
+        }
+        let moves_in = held.is_none_or(|e| e.pool_element.home_server_id != sid.get());
+        let share = self.config.max_pes_per_peer;
+        if moves_in && self.handlespace.pes_of(sid.get()) >= share {
+            return Some(format!(
+                "the peer holds its share of the handlespace here ({share} PEs)"
+            ));
+        }
+        None
     }
 
     /// The PEs `keys` were let go by their home (DEL_PE, its table, its death): the claims

@@ -158,6 +158,10 @@ pub struct Config {
     /// drops loopback ones and refuses a Server Information left with none). Empty: the
     /// Server Information is left out. Default empty.
     pub legacy_enrp_addrs: Vec<SocketAddr>,
+    /// Most PEs one peer may own in this registrar's handlespace (issue 16): its ADD_PEs
+    /// and handle table entries beyond it are refused, so that one peer cannot fill the
+    /// handlespace ([`Limits::max_pes`]) by itself. Default 250,000, a quarter of it.
+    pub max_pes_per_peer: usize,
 }
 
 pub use trust::LEGACY_TRUST_DOMAIN;
@@ -227,6 +231,7 @@ impl Config {
             handle_table_bytes: 16 * 1024,
             legacy_namespace: None,
             legacy_enrp_addrs: Vec::new(),
+            max_pes_per_peer: 250_000,
         }
     }
 }

@@ -2111,6 +2111,85 @@ fn a_pe_that_moved_away_is_withdrawn_with_del_pe_to_the_other_peers() {
     );
 }
 
+/// Issue 16, docs/ENRP-TRUST.md §3: a PE learnt from a peer obeys this registrar's grants
+/// for its registrant: one without the `register` grant for the pool, or without a
+/// registrant, is refused and audited, naming the peer.
+#[test]
+fn a_peers_pe_needs_a_registrant_granted_here() {
+    let mut a = Harness::registrar(SID_A);
+    a.peer_up(10, PR_B, SID_B);
+    // PE_A may register in "echo" only; a PU may register nowhere.
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "other", 5, PE_A));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, PR_B);
+    assert!(refused[0].1.contains("holds no register grant"), "{out:?}");
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PU_1));
+    assert!(has_audit(&out, AuditAction::PeerIgnored), "{out:?}");
+    let mut anonymous = add_pe(SID_B, "echo", 7, PE_A);
+    if let EnrpBody::HandleUpdate { registrant, .. } = &mut anonymous {
+        *registrant = None;
+    }
+    let out = a.enrp(10, SID_B, anonymous);
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored)[0].1,
+        "no registrant identity"
+    );
+    assert_eq!(a.core.stats().pes, 0);
+    // The granted one is taken.
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 8, PE_A));
+    assert_eq!(a.home_of(8), Some(SID_B));
+}
+
+/// Issue 16: one peer holds at most `max_pes_per_peer` PEs here, and the per-registrant
+/// limit counts peers' PEs: a page beyond them is refused in part, audited as one record
+/// with the count; refreshes of what it holds still pass.
+#[test]
+fn a_peer_has_a_bounded_share_of_the_handlespace() {
+    let mut a = Harness::registrar(SID_A);
+    let mut config = a.core.config().clone();
+    config.max_pes_per_peer = 2;
+    a.core = Core::new(config, peer_grants());
+    a.peer_up(10, PR_B, SID_B);
+    let page = table_page((1..=4).map(|id| peer_entry(SID_B, id)).collect(), false);
+    let out = a.enrp(10, SID_B, page);
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate),
+        vec![(
+            PR_B.to_owned(),
+            "handle table page: 2 added, 0 re-homed, 0 removed".to_owned()
+        )]
+    );
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(
+        refused[0].1,
+        "handle table page: 2 PEs refused; the first: the peer holds its share of the \
+         handlespace here (2 PEs)"
+    );
+    assert_eq!(a.core.stats().pes, 2);
+    assert!(a.enrp(10, SID_B, add_pe(SID_B, "echo", 1, PE_A)).is_empty());
+    // The per-registrant limit counts PEs learnt from peers.
+    let mut b = Harness::registrar(SID_A);
+    let mut config = b.core.config().clone();
+    config.limits.max_pes_per_registrant = 1;
+    b.core = Core::new(config, peer_grants());
+    b.peer_up(10, PR_B, SID_B);
+    b.enrp(10, SID_B, add_pe(SID_B, "echo", 1, PE_A));
+    let out = b.enrp(10, SID_B, add_pe(SID_B, "echo", 2, PE_A));
+    assert!(
+        audit_details(&out, AuditAction::PeerIgnored)[0]
+            .1
+            .contains("PEs of this registrant"),
+        "{out:?}"
+    );
+    let pe_conn = b.connect(3, PE_A);
+    assert_eq!(
+        reg_cause(&b.send(pe_conn, registration("echo", 9))),
+        Some(0x6)
+    );
+}
+
 /// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's
 /// parameters; what it says lands there, without registrants; its Presence carries the
 /// legacy namespace's checksum and an SCTP Server Information, non-loopback first.
