@@ -54,6 +54,13 @@
 //!    the PRESENCE checksum then finds the difference, spec §9.6).
 //! 5. Every acknowledged registration, re-registration and deregistration is preceded in
 //!    its batch by its audit record with `Durability::BeforeReply` (STYLE.md §2).
+//! 6. A Byzantine registrar (issue 16; half the seeds): the last one, a granted peer whose
+//!    core is honest but which also, during the chaos, forges TAKEOVER_SERVERs (with or
+//!    without INIT_TAKEOVER) of live registrars, ADD_PEs and unsolicited handle tables
+//!    naming itself home of others' PEs, empty handle tables and DEL_PEs of others' PEs.
+//!    No message of it makes an honest registrar remove a PE whose home is another
+//!    registrar that it holds alive, or re-home such a PE to the Byzantine; and the
+//!    honest registrars (with it) still converge (invariant 1).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -112,6 +119,8 @@ pub(crate) struct Scenario {
     /// How long chaos lasts, then how long everything is left alone before the final check.
     pub(crate) chaos: Duration,
     pub(crate) quiet: Duration,
+    /// The last registrar forges messages during the chaos (invariant 6).
+    pub(crate) byzantine: bool,
 }
 
 impl Scenario {
@@ -140,6 +149,7 @@ impl Scenario {
             // Long enough for a redial at the 5 s back-off, a mentor timeout and the
             // registration life of whatever a split left behind.
             quiet: Duration::from_secs(12),
+            byzantine: rng.chance(0.5),
         }
     }
 }
@@ -169,6 +179,8 @@ pub(crate) struct Stats {
     pub(crate) takeover_episodes_checked: u64,
     pub(crate) pe_deaths: u64,
     pub(crate) stale_checks_4b: u64,
+    /// Messages the Byzantine registrar forged (invariant 6).
+    pub(crate) forged: u64,
 }
 
 impl Stats {
@@ -182,6 +194,7 @@ impl Stats {
         self.takeover_episodes_checked += o.takeover_episodes_checked;
         self.pe_deaths += o.pe_deaths;
         self.stale_checks_4b += o.stale_checks_4b;
+        self.forged += o.forged;
     }
 }
 
@@ -191,7 +204,7 @@ impl fmt::Display for Stats {
             f,
             "{} messages, {} resolutions ({} PEs returned), {} registrar crashes, \
              {} partitions, {} takeovers completed ({} crash episodes checked for 3a), \
-             {} PE deaths, {} link-stable resolutions checked for 4b",
+             {} PE deaths, {} link-stable resolutions checked for 4b, {} forged ENRP messages",
             self.messages,
             self.resolutions,
             self.returned_pes,
@@ -200,7 +213,8 @@ impl fmt::Display for Stats {
             self.takeovers,
             self.takeover_episodes_checked,
             self.pe_deaths,
-            self.stale_checks_4b
+            self.stale_checks_4b,
+            self.forged
         )
     }
 }
@@ -388,6 +402,10 @@ pub(crate) struct World {
     learned: BTreeMap<(usize, u32, PeKey), Duration>,
     /// When a registrar incarnation last accepted a refresh of a peer's PE.
     refreshed: BTreeMap<(usize, u32, PeKey), Duration>,
+    /// When a registrar incarnation last heard a peer's ADD_PE (or table entry) for a PE
+    /// it did not move at once: a re-home waiting for the old home's withdrawal, whose
+    /// registration life counts from then (docs/ENRP-TRUST.md §2). Keyed by the sender.
+    claimed: BTreeMap<(usize, u32, PeKey, u32), Duration>,
     gone: BTreeMap<PeId, Gone>,
     /// Crash episodes: (registrar, crashed at, restarted at, whether the survivors were
     /// a full mesh then).
@@ -530,6 +548,7 @@ impl World {
             pair_event: BTreeMap::new(),
             del_sent: BTreeMap::new(),
             refreshed: BTreeMap::new(),
+            claimed: BTreeMap::new(),
             learned: BTreeMap::new(),
             gone: BTreeMap::new(),
             episodes: Vec::new(),
@@ -1100,6 +1119,7 @@ impl World {
             }
             _ => {}
         }
+        let guarded = self.guarded_pes(reg, sender);
         self.feed(reg, Input::Enrp { conn, msg });
         let inc = self.regs[reg].inc;
         for key in offered {
@@ -1112,6 +1132,189 @@ impl World {
             });
             if home == Some(sender.get()) {
                 self.refreshed.insert((reg, inc, key), self.now);
+            } else {
+                self.claimed.insert((reg, inc, key, sender.get()), self.now);
+            }
+        }
+        self.check_byzantine(reg, sender, &guarded);
+    }
+
+    /// The Byzantine registrar's index, when this run has one.
+    fn byzantine(&self) -> Option<usize> {
+        self.sc.byzantine.then(|| self.regs.len() - 1)
+    }
+
+    /// Invariant 6, before a message from `sender` reaches `reg`: when the sender is the
+    /// Byzantine, the PEs at `reg` whose home is another registrar `reg` holds alive.
+    fn guarded_pes(&self, reg: usize, sender: ServerId) -> Vec<(PeKey, u32)> {
+        let Some(b) = self.byzantine() else {
+            return Vec::new();
+        };
+        if self.regs[b].sid != sender {
+            return Vec::new();
+        }
+        let Some(core) = &self.regs[reg].core else {
+            return Vec::new();
+        };
+        let me = self.regs[reg].sid.get();
+        let alive: BTreeSet<u32> = core
+            .peers()
+            .iter()
+            .filter(|p| p.state != PeerState::Dead && p.server_id != sender)
+            .map(|p| p.server_id.get())
+            .collect();
+        core.handlespace()
+            .iter()
+            .filter(|(_, _, e)| {
+                let home = e.pool_element.home_server_id;
+                home != me && alive.contains(&home)
+            })
+            .map(|(ns, h, e)| {
+                (
+                    (ns.clone(), h.clone(), e.pool_element.pe_id),
+                    e.pool_element.home_server_id,
+                )
+            })
+            .collect()
+    }
+
+    /// Invariant 6, after the message: none of `guarded` was removed or re-homed to the
+    /// Byzantine.
+    fn check_byzantine(&mut self, reg: usize, sender: ServerId, guarded: &[(PeKey, u32)]) {
+        let Some(core) = &self.regs[reg].core else {
+            return;
+        };
+        for (key, home) in guarded {
+            let now_home = core
+                .handlespace()
+                .pool(&key.0, &key.1)
+                .and_then(|p| p.entry(key.2))
+                .map(|e| e.pool_element.home_server_id);
+            if now_home.is_none() || now_home == Some(sender.get()) {
+                let msg = format!(
+                    "6: a message of the Byzantine {sender} made r{reg} {} PE {} of live {home:#x}",
+                    if now_home.is_none() {
+                        "remove"
+                    } else {
+                        "re-home"
+                    },
+                    key.2.get()
+                );
+                self.fail(msg);
+                return;
+            }
+        }
+    }
+
+    /// The refresh that lets registrar `reg` hold `key` with home `home`: its last ADD_PE
+    /// or table entry with that home, or a re-home from `home` that waited (3b).
+    fn last_refresh(&self, reg: usize, inc: u32, key: &PeKey, home: u32) -> Option<Duration> {
+        let refreshed = self.refreshed.get(&(reg, inc, key.clone())).copied();
+        let claimed = self.claimed.get(&(reg, inc, key.clone(), home)).copied();
+        refreshed.max(claimed)
+    }
+
+    /// The Byzantine registrar forges one message to an honest peer it has a link to.
+    fn forge(&mut self) {
+        let Some(b) = self.byzantine() else { return };
+        let Some(core) = &self.regs[b].core else {
+            return;
+        };
+        let links: Vec<(LinkId, usize, usize)> = self.regs[b]
+            .links
+            .iter()
+            .filter_map(|id| {
+                let l = self.links.get(id)?;
+                let side = (0..2).find(|s| l.ends[*s].node == Node::Reg(b))?;
+                let Node::Reg(r) = l.ends[1 - side].node else {
+                    return None;
+                };
+                (l.enrp && l.ends.iter().all(|e| e.up && !e.down)).then_some((*id, side, r))
+            })
+            .collect();
+        let Some((link, side, r)) = self.rng.pick(&links) else {
+            return;
+        };
+        let me = self.regs[b].sid;
+        // Others' PEs as the Byzantine knows them, named its own.
+        let mut theirs: Vec<(Namespace, PoolHandle, PeEntry)> = core
+            .handlespace()
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id != me.get())
+            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.clone()))
+            .collect();
+        for (_, _, e) in &mut theirs {
+            e.pool_element.home_server_id = me.get();
+        }
+        let others: Vec<ServerId> = (0..self.regs.len())
+            .filter(|i| *i != b && *i != r)
+            .map(|i| self.regs[i].sid)
+            .collect();
+        let target = self.rng.pick(&others).unwrap_or(self.regs[r].sid);
+        let pick = self.rng.range(0, 5);
+        let bodies: Vec<EnrpBody> = match pick {
+            0 => vec![EnrpBody::TakeoverServer { target }],
+            1 => vec![
+                EnrpBody::InitTakeover { target },
+                EnrpBody::TakeoverServer { target },
+            ],
+            2 => theirs
+                .iter()
+                .take(1 + self.rng.range(0, 2) as usize)
+                .map(|(ns, h, e)| EnrpBody::HandleUpdate {
+                    action: UpdateAction::AddPe,
+                    namespace: ns.clone(),
+                    pool_handle: h.clone(),
+                    pool_element: e.pool_element.clone(),
+                    registrant: e.registrant.clone(),
+                })
+                .collect(),
+            3 => {
+                let mut pools: Vec<asap::wire::PoolEntries> = Vec::new();
+                for (ns, h, e) in theirs.into_iter().take(20) {
+                    match pools.last_mut() {
+                        Some(g) if g.namespace == ns && g.pool_handle == h => g.entries.push(e),
+                        _ => pools.push(asap::wire::PoolEntries {
+                            namespace: ns,
+                            pool_handle: h,
+                            entries: vec![e],
+                        }),
+                    }
+                }
+                if self.rng.chance(0.3) {
+                    pools.clear();
+                }
+                vec![EnrpBody::HandleTableResponse {
+                    reject: false,
+                    more: false,
+                    pools,
+                }]
+            }
+            _ => theirs
+                .iter()
+                .take(1)
+                .map(|(ns, h, e)| EnrpBody::HandleUpdate {
+                    action: UpdateAction::DelPe,
+                    namespace: ns.clone(),
+                    pool_handle: h.clone(),
+                    pool_element: e.pool_element.clone(),
+                    registrant: e.registrant.clone(),
+                })
+                .collect(),
+        };
+        for body in bodies {
+            self.log(format!("r{b} forges to r{r}: {}", describe(&body)));
+            let msg = EnrpMsg {
+                sender: me,
+                receiver: self.regs[r].sid.get(),
+                body,
+            };
+            match msg.to_bytes() {
+                Ok(bytes) => {
+                    self.stats.forged += 1;
+                    self.send(link, side, bytes);
+                }
+                Err(e) => self.fail(format!("r{b}: cannot encode a forgery: {e}")),
             }
         }
     }
@@ -1516,6 +1719,9 @@ impl World {
         } else if roll < 60 && self.sc.pe_churn {
             let pe = self.rng.range(0, self.pes.len() as u64 - 1) as usize;
             self.pe_chaos(pe);
+        }
+        if self.sc.byzantine && self.rng.chance(0.5) {
+            self.forge();
         }
         let next = self.rng.ms(20, 300);
         self.at(self.now + next, Event::Chaos);
@@ -1989,8 +2195,8 @@ impl World {
             // 3b for what is returned (the whole handlespace is checked every 50 ms).
             let key = (Namespace::default_namespace(), handle.clone(), pe_id);
             let life = Duration::from_millis(pool_element.registration_life as u64);
-            match self.refreshed.get(&(reg, inc, key)) {
-                Some(&t) if self.now <= t + life => {}
+            match self.last_refresh(reg, inc, &key, home) {
+                Some(t) if self.now <= t + life => {}
                 t => {
                     let msg = format!(
                         "3b: r{reg} returned PE {} of r{h}, last refreshed at {t:?} (life {life:?})",
@@ -2047,7 +2253,7 @@ impl World {
                 }
                 let key = (ns.clone(), h.clone(), e.pool_element.pe_id);
                 let life = Duration::from_millis(e.pool_element.registration_life as u64);
-                match self.refreshed.get(&(i, r.inc, key)) {
+                match self.last_refresh(i, r.inc, &key, e.pool_element.home_server_id) {
                     None => {
                         bad = Some(format!(
                             "3b: r{i} holds PE {} of {:#x} that no peer ever sent it",
@@ -2055,7 +2261,7 @@ impl World {
                             e.pool_element.home_server_id
                         ));
                     }
-                    Some(&t) if self.now > t + life => {
+                    Some(t) if self.now > t + life => {
                         bad = Some(format!(
                             "3b: r{i} holds PE {} of {:#x} {:.3}s after its last refresh \
                              (registration life {life:?})",
