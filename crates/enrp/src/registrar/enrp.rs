@@ -119,6 +119,8 @@ pub(super) struct Peer {
     /// The ENRP address it advertised in its PRESENCE (spec §4.5), TCP or multi-homed
     /// SCTP: where it is dialed again when declared dead, and what our list responses say.
     enrp_addr: Option<TransportAddr>,
+    /// Our ENRP_LIST_REQUEST to it is unanswered: only its answer is taken (issue 16).
+    list_asked: bool,
 }
 
 /// Most new peers one ENRP_LIST_RESPONSE may make this registrar dial: a peer's list is
@@ -400,6 +402,7 @@ impl Core {
             sync_own: true,
             continuation: HashMap::new(),
             enrp_addr: None,
+            list_asked: false,
         });
         p.client = peer.clone();
         p.conn = Some(conn);
@@ -435,6 +438,9 @@ impl Core {
         }
         self.request_handle_table(server_id, !mentor, out);
         // Spec §9.2: its peers may be ones we were not configured with.
+        if let Some(p) = self.peers.get_mut(&server_id) {
+            p.list_asked = true;
+        }
         out.push(Action::SendEnrp {
             conn,
             msg: self.enrp_msg(server_id, EnrpBody::ListRequest),
@@ -868,7 +874,8 @@ impl Core {
                 let advertised = server_info
                     .filter(|i| i.server_id == sid && !is_legacy(&client.id))
                     .as_ref()
-                    .and_then(dialable);
+                    .and_then(dialable)
+                    .filter(|a| self.may_dial(a));
                 let syncing = self.peers.get_mut(&sid).is_some_and(|p| {
                     p.their_checksum = Some(checksum.0);
                     if advertised.is_some() {
@@ -958,7 +965,23 @@ impl Core {
                 self.on_takeover_server(sid, &client, target, out);
             }
             EnrpBody::ListResponse { reject, servers } => {
-                if !reject {
+                // Only the answer to our own request (issue 16): a peer cannot make this
+                // registrar dial at will by sending lists.
+                let asked = self
+                    .peers
+                    .get_mut(&sid)
+                    .is_some_and(|p| std::mem::take(&mut p.list_asked));
+                if !asked {
+                    out.push(Action::Audit {
+                        event: Self::peer_event(
+                            &client,
+                            AuditAction::PeerIgnored,
+                            Some(ErrorCause::SecurityRejection.code()),
+                            "ENRP_LIST_RESPONSE we did not ask for".to_owned(),
+                        ),
+                        durability: Durability::Batched,
+                    });
+                } else if !reject {
                     self.on_peer_list(&client, &servers, out);
                 }
             }
@@ -984,6 +1007,7 @@ impl Core {
     /// authenticated like a configured peer: the list grants no trust.
     fn on_peer_list(&self, from: &Client, servers: &[ServerInformation], out: &mut Vec<Action>) {
         let mut dialed = HashSet::new();
+        let mut refused = 0usize;
         for info in servers {
             if dialed.len() >= MAX_LIST_DIALS {
                 out.push(Action::Audit {
@@ -998,7 +1022,10 @@ impl Core {
                 break;
             }
             let sid = info.server_id;
-            let Some(addr) = dialable(info) else { continue };
+            let Some(addr) = dialable(info).filter(|a| self.may_dial(a)) else {
+                refused += 1;
+                continue;
+            };
             // A dead peer listed at the address it advertised to us is one whose
             // connection with us is already redialed, by us or by it (dial loops never
             // end): dialing it too would make a second connection that the tie-break
@@ -1017,6 +1044,30 @@ impl Core {
             dialed.insert(sid);
             out.push(Action::DialPeer { addr });
         }
+        if refused > 0 {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    from,
+                    AuditAction::PeerIgnored,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!(
+                        "{refused} listed addresses not dialed: loopback, unspecified, multicast or none"
+                    ),
+                ),
+                durability: Durability::Batched,
+            });
+        }
+    }
+
+    /// Whether a learnt address (a peer's list, a PRESENCE, a taken-over PE's ASAP
+    /// transport) may be dialed: every address passes the rules of a PE's user addresses
+    /// (no unspecified, multicast or broadcast; loopback only with `allow_loopback`), so a
+    /// peer cannot point this registrar at its own host's services (issue 16).
+    pub(super) fn may_dial(&self, addr: &TransportAddr) -> bool {
+        addr.addrs().iter().all(|a| {
+            a.port() != 0
+                && Address::new(a.ip()).is_acceptable_user_address(self.config.allow_loopback)
+        })
     }
 
     /// An ENRP frame that did not decode: audited; a framing fault closes the connection
@@ -2020,6 +2071,7 @@ impl Core {
                 .asap_transport
                 .as_ref()
                 .and_then(TransportAddr::of_transport)
+                .filter(|a| self.may_dial(a))
                 .zip(
                     entry
                         .registrant
@@ -2179,7 +2231,11 @@ impl Core {
             let detail = format!("Server ID {from} (lower) takes it over");
             out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
         }
-        self.acked_takeovers.insert(target, (from, until));
+        // Remembered only for a peer of ours, so the map stays bounded by the peers: a
+        // registrar we do not know has no PEs here to refrain from taking over.
+        if self.peers.contains_key(&target) {
+            self.acked_takeovers.insert(target, (from, until));
+        }
         out.push(Action::Audit {
             event: Self::peer_event(
                 client,

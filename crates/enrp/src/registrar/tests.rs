@@ -844,6 +844,13 @@ fn a_list_request_is_answered_with_the_live_peers_and_their_advertised_addresses
     );
 }
 
+fn list_response(servers: Vec<ServerInformation>) -> EnrpBody {
+    EnrpBody::ListResponse {
+        reject: false,
+        servers,
+    }
+}
+
 #[test]
 fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() {
     let mut h = Harness::with_peer_grants();
@@ -852,21 +859,30 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
     let out = h.enrp(
         10,
         SID_B,
-        EnrpBody::ListResponse {
-            reject: false,
-            servers: vec![
-                server_info(me, 1000),     // ourselves
-                server_info(SID_B, 1001),  // already connected
-                server_info(SID_C, 1002),  // new
-                server_info(SID_C, 1003),  // listed twice
-                server_info(0x0d0d, 1004), // new
-            ],
-        },
+        list_response(vec![
+            server_info(me, 1000),     // ourselves
+            server_info(SID_B, 1001),  // already connected
+            server_info(SID_C, 1002),  // new
+            server_info(SID_C, 1003),  // listed twice
+            server_info(0x0d0d, 1004), // new
+        ]),
     );
     assert_eq!(dials(&out), vec![tcp(1002), tcp(1004)]);
-    // A rejected list dials nothing.
+    // Only the answer to our request counts (issue 16): another list is ignored, audited.
     let out = h.enrp(
         10,
+        SID_B,
+        EnrpBody::ListResponse {
+            reject: false,
+            servers: vec![server_info(0x0e0e, 1005)],
+        },
+    );
+    assert!(dials(&out).is_empty());
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    // A rejected list dials nothing.
+    h.peer_up(12, PR_B, SID_B); // B reconnects: asked again
+    let out = h.enrp(
+        12,
         SID_B,
         EnrpBody::ListResponse {
             reject: true,
@@ -878,8 +894,9 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
     let servers = (1..=200u16)
         .map(|n| server_info(0x1000 + u32::from(n), 2000 + n))
         .collect();
+    h.peer_up(13, PR_B, SID_B);
     let out = h.enrp(
-        10,
+        13,
         SID_B,
         EnrpBody::ListResponse {
             reject: false,
@@ -914,7 +931,53 @@ fn a_dead_peer_is_dialed_from_a_list_only_at_an_address_it_did_not_advertise() {
         servers: vec![server_info(SID_C, port)],
     };
     assert!(dials(&h.enrp(10, SID_B, list(1002))).is_empty());
-    assert_eq!(dials(&h.enrp(10, SID_B, list(1009))), vec![tcp(1009)]);
+    h.peer_up(12, PR_B, SID_B); // B reconnects: asked again
+    assert_eq!(dials(&h.enrp(12, SID_B, list(1009))), vec![tcp(1009)]);
+}
+
+/// Issue 16: without `allow_loopback`, a registrar dials no loopback, unspecified or
+/// multicast address a peer gave it (its list, its PRESENCE), and says so in the audit.
+#[test]
+fn learnt_addresses_pass_the_address_rules_before_they_are_dialed() {
+    let mut h = Harness::with_peer_grants();
+    let mut config = h.core.config().clone();
+    config.allow_loopback = false;
+    h.core = Core::new(config, peer_grants());
+    h.peer_up(10, PR_B, SID_B);
+    let at = |n: u32, ip: Ipv4Addr| ServerInformation {
+        server_id: sid(n),
+        transport: Transport::Tcp {
+            port: NonZeroU16::new(9902).expect("non-zero"),
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(ip),
+        },
+    };
+    let out = h.enrp(
+        10,
+        SID_B,
+        list_response(vec![
+            at(0x0d01, Ipv4Addr::LOCALHOST),
+            at(0x0d02, Ipv4Addr::UNSPECIFIED),
+            at(0x0d03, Ipv4Addr::new(224, 0, 0, 1)),
+            at(0x0d04, Ipv4Addr::new(192, 0, 2, 7)),
+        ]),
+    );
+    assert_eq!(
+        dials(&out),
+        vec![TransportAddr::Tcp(SocketAddr::from(([192, 0, 2, 7], 9902)))]
+    );
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert!(
+        refused[0].1.starts_with("3 listed addresses not dialed"),
+        "{out:?}"
+    );
+    // A loopback address in its PRESENCE is not kept: not dialed when it dies.
+    h.enrp(10, SID_B, presence_from(SID_B, 1002));
+    h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
+    let out = h.advance(250);
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert!(dials(&out).is_empty(), "{out:?}");
 }
 
 #[test]
