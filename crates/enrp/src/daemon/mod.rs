@@ -87,6 +87,9 @@ pub struct Settings {
     /// long is no longer dialed (until the core asks again: a list naming it at a new
     /// address; or it dials us). Default 10 min.
     pub learnt_peer_give_up: Duration,
+    /// The revocations stored before the start (admin API), in force in the core from
+    /// the first input (issue 16: a peer cannot re-inject a revoked identity's PEs).
+    pub revocations: Vec<Revocation>,
 }
 
 impl Settings {
@@ -109,6 +112,7 @@ impl Settings {
             peers: Vec::new(),
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
+            revocations: Vec::new(),
         }
     }
 }
@@ -371,6 +375,7 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut core = Core::new(settings.registrar.clone(), grants);
         core.set_default_namespaces(settings.default_namespaces.clone());
+        core.set_revocations(settings.revocations.clone());
         let counters = Arc::new(Counters::default());
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {

@@ -97,6 +97,8 @@ pub struct PeerStatus {
     /// Whether the checksum of its PEs in our handlespace equals the one it last sent
     /// (spec §9.6); `None` before its first PRESENCE.
     pub checksum_match: Option<bool>,
+    /// The last other identity that claimed its Server ID and was refused (issue 16).
+    pub conflict: Option<SpiffeId>,
 }
 
 /// What the core remembers of a peer registrar.
@@ -121,6 +123,8 @@ pub(super) struct Peer {
     enrp_addr: Option<TransportAddr>,
     /// Our ENRP_LIST_REQUEST to it is unanswered: only its answer is taken (issue 16).
     list_asked: bool,
+    /// The last other identity that claimed its Server ID, refused.
+    conflict: Option<SpiffeId>,
 }
 
 /// Most new peers one ENRP_LIST_RESPONSE may make this registrar dial: a peer's list is
@@ -274,6 +278,7 @@ impl Core {
                 checksum_match: p
                     .their_checksum
                     .map(|c| c == self.handlespace.checksum(*sid)),
+                conflict: p.conflict.clone(),
             })
             .collect()
     }
@@ -334,11 +339,17 @@ impl Core {
         } else if server_id == self.config.server_id {
             Some(format!("claims this registrar's Server ID {server_id}"))
         } else {
-            match self.peers.get(&server_id) {
-                Some(p) if p.client.id != peer.id && p.state != PeerState::Dead => Some(format!(
-                    "Server ID {server_id} is bound to the live peer {}",
-                    p.client.id
-                )),
+            // Issue 16: bound for good to the first identity that proved it, live or dead
+            // (docs/ENRP-TRUST.md §4): a dead registrar's Server ID cannot be taken over.
+            match self.peers.get_mut(&server_id) {
+                Some(p) if p.client.id != peer.id => {
+                    p.conflict = Some(peer.id.clone());
+                    Some(format!(
+                        "Server ID {server_id} is bound to {} ({})",
+                        p.client.id,
+                        p.state.as_str()
+                    ))
+                }
                 _ => None,
             }
         };
@@ -403,6 +414,7 @@ impl Core {
             continuation: HashMap::new(),
             enrp_addr: None,
             list_asked: false,
+            conflict: None,
         });
         p.client = peer.clone();
         p.conn = Some(conn);

@@ -752,6 +752,17 @@ impl Core {
         }
     }
 
+    /// Sets the revocations in force before the first input: those stored by the admin
+    /// API, so that after a restart no peer can bring back a revoked identity's PEs
+    /// (issue 16). Later ones arrive as [`Input::Revoked`].
+    pub fn set_revocations(&mut self, revocations: Vec<Revocation>) {
+        for r in revocations {
+            if !self.revocations.contains(&r) {
+                self.revocations.push(r);
+            }
+        }
+    }
+
     /// Sets the default-namespace rules before the first input (later changes arrive as
     /// [`Input::DefaultNamespaces`]).
     pub fn set_default_namespaces(&mut self, rules: Vec<DefaultNamespace>) {

@@ -2253,6 +2253,62 @@ fn a_peer_has_a_bounded_share_of_the_handlespace() {
     );
 }
 
+/// Issue 16, docs/ENRP-TRUST.md §4: a Server ID stays bound to the first identity that
+/// proved it, also while that peer is dead: another identity claiming it is refused and
+/// audited, and the conflict shows in the peer's status. The owner comes back.
+#[test]
+fn a_server_id_stays_bound_to_its_first_identity_even_while_it_is_dead() {
+    const EVIL: &str = "spiffe://acme.test/registrar/evil";
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[]);
+    a.b_dies();
+    let b = |a: &Harness| {
+        a.core
+            .peers()
+            .into_iter()
+            .find(|p| p.server_id == sid(SID_B))
+            .expect("B is known")
+    };
+    assert_eq!(b(&a).state, PeerState::Dead);
+    let out = a.peer_up(20, EVIL, SID_B);
+    assert!(closed(&out), "{out:?}");
+    let refused = audit_details(&out, AuditAction::PeerRefused);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, EVIL);
+    assert!(
+        refused[0]
+            .1
+            .contains("is bound to spiffe://acme.test/registrar/b (dead)"),
+        "{out:?}"
+    );
+    assert_eq!(b(&a).identity.as_str(), PR_B);
+    assert_eq!(b(&a).conflict.map(|c| c.to_string()), Some(EVIL.to_owned()));
+    // What it sends counts for nothing.
+    assert!(a.enrp(20, SID_B, add_pe(SID_B, "echo", 9, PE_A)).is_empty());
+    // B itself is welcome back.
+    let out = a.peer_up(21, PR_B, SID_B);
+    assert!(!closed(&out), "{out:?}");
+    assert_eq!(b(&a).state, PeerState::Active);
+}
+
+/// Issue 16: the revocations stored before a restart are in force in the core from the
+/// start: a peer cannot bring back a revoked registrant's PEs.
+#[test]
+fn stored_revocations_hold_for_peers_pes_from_the_start() {
+    let mut a = Harness::registrar(SID_A);
+    a.core.set_revocations(vec![Revocation::Identity(
+        SpiffeId::parse(PE_A).expect("SPIFFE ID"),
+    )]);
+    a.peer_up(10, PR_B, SID_B);
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored)[0].1,
+        "registrant revoked here"
+    );
+    assert_eq!(a.core.stats().pes, 0);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_B));
+    assert_eq!(a.home_of(6), Some(SID_B));
+}
+
 /// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's
 /// parameters; what it says lands there, without registrants; its Presence carries the
 /// legacy namespace's checksum and an SCTP Server Information, non-loopback first.
