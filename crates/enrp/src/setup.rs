@@ -271,6 +271,8 @@ pub struct Loaded {
     /// The stored revocations (admin API), for the registrar core: so that no peer can
     /// bring back a revoked identity's PEs after a restart (issue 16).
     pub revocations: Vec<crate::registrar::Revocation>,
+    /// The Server IDs bound to identities (docs/ENRP-TRUST.md §4).
+    pub server_id_bindings: Vec<(ServerId, SpiffeId)>,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
@@ -346,6 +348,11 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         .into_iter()
         .map(|r| r.rule)
         .collect();
+    let server_id_bindings = db::list_server_id_bindings(&mut conn)
+        .await?
+        .into_iter()
+        .filter_map(|(sid, id)| Some((ServerId::new(sid)?, id)))
+        .collect();
     drop(conn);
     Ok(Loaded {
         trust: Arc::new(trust),
@@ -356,6 +363,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         pools,
         default_namespaces,
         revocations,
+        server_id_bindings,
     })
 }
 

@@ -619,6 +619,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     settings.peers = args.peers.clone();
     settings.default_namespaces = loaded.default_namespaces;
     settings.revocations = loaded.revocations;
+    settings.server_id_bindings = loaded.server_id_bindings;
+    settings.bindings_store = Some(loaded.store.clone());
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {

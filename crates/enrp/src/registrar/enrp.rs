@@ -339,19 +339,32 @@ impl Core {
         } else if server_id == self.config.server_id {
             Some(format!("claims this registrar's Server ID {server_id}"))
         } else {
-            // Issue 16: bound for good to the first identity that proved it, live or dead
-            // (docs/ENRP-TRUST.md §4): a dead registrar's Server ID cannot be taken over.
-            match self.peers.get_mut(&server_id) {
-                Some(p) if p.client.id != peer.id => {
-                    p.conflict = Some(peer.id.clone());
-                    Some(format!(
-                        "Server ID {server_id} is bound to {} ({})",
-                        p.client.id,
+            // Issue 16: bound for good to the first identity that proved it, live or dead,
+            // before a restart too (docs/ENRP-TRUST.md §4). Legacy peers are configured by
+            // address and Server ID, not bound: only the peers map knows them.
+            let bound = self
+                .bindings
+                .get(&server_id)
+                .or_else(|| {
+                    // A legacy peer (known by the address it came from) as before: only
+                    // while it is not dead.
+                    self.peers
+                        .get(&server_id)
+                        .filter(|p| p.state != PeerState::Dead)
+                        .map(|p| &p.client.id)
+                })
+                .filter(|id| **id != peer.id)
+                .cloned();
+            bound.map(|bound| {
+                let state = match self.peers.get_mut(&server_id) {
+                    Some(p) => {
+                        p.conflict = Some(peer.id.clone());
                         p.state.as_str()
-                    ))
-                }
-                _ => None,
-            }
+                    }
+                    None => "not connected since the start",
+                };
+                format!("Server ID {server_id} is bound to {bound} ({state})")
+            })
         };
         if let Some(why) = refusal {
             out.push(Action::Audit {
@@ -392,6 +405,14 @@ impl Core {
             out.push(Action::Close {
                 conn: old,
                 reason: "peer connection replaced",
+            });
+        }
+        // First proof of this Server ID (legacy peers are configured, not bound): for good.
+        if !is_legacy(&peer.id) && !self.bindings.contains_key(&server_id) {
+            self.bindings.insert(server_id, peer.id.clone());
+            out.push(Action::BindServerId {
+                server_id,
+                identity: peer.id.clone(),
             });
         }
         self.peer_conns.insert(

@@ -426,6 +426,14 @@ pub enum Action {
         /// The identity it registered with: nobody else may answer for it.
         registrant: SpiffeId,
     },
+    /// Store for good that `server_id` is bound to `identity`, the first identity that
+    /// proved it (docs/ENRP-TRUST.md §4); a binding already stored stays.
+    BindServerId {
+        /// The Server ID.
+        server_id: ServerId,
+        /// Its identity.
+        identity: SpiffeId,
+    },
     /// Write an audit record.
     Audit {
         /// The record.
@@ -721,6 +729,9 @@ pub struct Core {
     /// Re-homes waiting for the withdrawal or death of the PE's live home, by PE
     /// (docs/ENRP-TRUST.md §2). At most [`enrp::MAX_CLAIMS`].
     claims: BTreeMap<PeKey, enrp::Claim>,
+    /// Server IDs bound for good to the identity that first proved them (stored, and
+    /// learnt since): no other identity may peer with one (docs/ENRP-TRUST.md §4).
+    bindings: BTreeMap<ServerId, SpiffeId>,
     /// In the start-up phase (spec §9.3): ASAP registrations and resolutions are refused.
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
@@ -747,9 +758,16 @@ impl Core {
             acked_takeovers: BTreeMap::new(),
             pending_inits: BTreeMap::new(),
             claims: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             starting: false,
             mentor: None,
         }
+    }
+
+    /// Sets the stored Server ID bindings before the first input (docs/ENRP-TRUST.md §4):
+    /// another identity claiming one of these Server IDs is refused from the start.
+    pub fn set_server_id_bindings(&mut self, bindings: Vec<(ServerId, SpiffeId)>) {
+        self.bindings.extend(bindings);
     }
 
     /// Sets the revocations in force before the first input: those stored by the admin

@@ -2290,6 +2290,45 @@ fn a_server_id_stays_bound_to_its_first_identity_even_while_it_is_dead() {
     assert_eq!(b(&a).state, PeerState::Active);
 }
 
+/// Issue 16, docs/ENRP-TRUST.md §4: the first identity to prove a Server ID binds it, and
+/// the driver is asked to store that; a stored binding refuses another identity before the
+/// first ever connects.
+#[test]
+fn a_server_id_binding_is_stored_and_holds_after_a_restart() {
+    let mut a = Harness::registrar(SID_A);
+    let out = a.peer_up(10, PR_B, SID_B);
+    let binds: Vec<_> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::BindServerId {
+                server_id,
+                identity,
+            } => Some((server_id.get(), identity.to_string())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(binds, vec![(SID_B, PR_B.to_owned())]);
+    // Again on a later connection: nothing more to store.
+    let out = a.peer_up(11, PR_B, SID_B);
+    assert!(!out.iter().any(|x| matches!(x, Action::BindServerId { .. })));
+    // A restarted registrar with the stored binding: the impostor is refused at once.
+    let mut r = Harness::registrar(SID_A);
+    r.core.set_server_id_bindings(vec![(
+        sid(SID_B),
+        SpiffeId::parse(PR_B).expect("SPIFFE ID"),
+    )]);
+    let out = r.peer_up(20, "spiffe://acme.test/registrar/evil", SID_B);
+    assert!(closed(&out), "{out:?}");
+    assert!(
+        audit_details(&out, AuditAction::PeerRefused)[0]
+            .1
+            .contains("is bound to spiffe://acme.test/registrar/b (not connected since the start)"),
+        "{out:?}"
+    );
+    assert!(r.core.peers().is_empty());
+    assert!(!closed(&r.peer_up(21, PR_B, SID_B)));
+}
+
 /// Issue 16: the revocations stored before a restart are in force in the core from the
 /// start: a peer cannot bring back a revoked registrant's PEs.
 #[test]

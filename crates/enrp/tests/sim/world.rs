@@ -1433,6 +1433,9 @@ impl World {
                     // The simulated registrars advertise TLS/TCP only.
                     other => self.fail(format!("r{reg} was told to dial {other} over SCTP")),
                 },
+                // Bindings last as long as a core here (no store): a restarted registrar
+                // keeps its identity, so it binds its peers' Server IDs again alike.
+                Action::BindServerId { .. } => {}
                 // The simulated PEs advertise no ASAP listener (spec §12.6), so no
                 // registrar may ask to dial one.
                 Action::DialPe { addr, .. } => {
