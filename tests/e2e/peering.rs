@@ -874,3 +874,75 @@ async fn a_rogue_registrar_cannot_take_over_or_re_home_a_live_registrars_pes() {
     }
     assert!(missing.is_empty(), "no audit record at B for {missing:?}");
 }
+
+/// Issue 16 (docs/ENRP-TRUST.md §4): B stores the binding of A's Server ID to A's identity
+/// at their first contact, and a restarted B refuses any other identity for it from the
+/// start. Here B's stored record says another identity proved A's Server ID first (as a
+/// colliding identity would have): after the restart, A itself is refused and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_server_id_binding_holds_across_a_restart() {
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    let token_b = lab.init_peer("b", "data-b");
+    let a = lab.start_peer("data-a", &[]);
+    let mut b = lab.start_peer("data-b", &[a.enrp]);
+    let a_sid = u32::from_str_radix(a.server_id.trim_start_matches("0x"), 16).expect("hex");
+    let a_id = trust::SpiffeId::parse("spiffe://acme.test/registrar/a").expect("SPIFFE ID");
+    let store = trust::db::Store::open(&lab.path("data-b"), &Default::default())
+        .await
+        .expect("B's store");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = store.acquire().await.expect("connection");
+        let bound = trust::db::list_server_id_bindings(&mut conn)
+            .await
+            .expect("bindings");
+        if bound.contains(&(a_sid, a_id.clone())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never stored A's binding: {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    b.registrar.child.kill().expect("stop B");
+    let _ = b.registrar.child.wait();
+    let first = "spiffe://acme.test/registrar/first";
+    let db = lab.path("data-b").join(trust::db::DB_FILE);
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(
+            "UPDATE server_id_bindings SET spiffe_id = '{first}' WHERE server_id = {a_sid}"
+        ))
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let b = lab.start_peer("data-b", &[a.enrp]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = crate::admin::api(
+            &lab,
+            &b.registrar,
+            Some(&token_b),
+            "GET",
+            "/v1/audit?action=peer:refused&limit=100",
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        if body.contains(a_id.as_str()) && body.contains(&format!("is bound to {first}")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal of A at the restarted B: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
