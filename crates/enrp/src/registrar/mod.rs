@@ -1055,9 +1055,6 @@ impl Core {
         self.close_revoked_peers(revocation, out);
     }
 
-    /// Removes the owned PEs whose registration the grants no longer allow: a registrant
-    /// keeps a PE only while some grant lets it register in that namespace and pool.
-    /// (The PEs of other registrars are theirs to judge, under their grants.)
     /// Whether `id` may do `action` on `handle` in `ns`: the grants, or for a legacy
     /// identity, the legacy namespace: a legacy client every ASAP action there and no
     /// peering, a legacy peer (configured by address and Server ID) peering there and no
@@ -1082,14 +1079,15 @@ impl Core {
         )
     }
 
+    /// Removes the PEs whose registration the grants no longer allow: a registrant keeps
+    /// a PE only while some grant lets it register in that namespace and pool (here: a
+    /// peer's PE goes from this registrar's handlespace, not from its home's).
     fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
+        // Peers' PEs too (issue 16): a PE learnt from a peer obeys this registrar's grants
+        // for its registrant, as when it was learnt.
         let mut ungranted: Vec<PeKey> = self
             .handlespace
             .iter()
-            .filter(|(ns, handle, e)| {
-                self.owned
-                    .contains_key(&((*ns).clone(), (*handle).clone(), e.pool_element.pe_id))
-            })
             .filter(|(ns, handle, e)| {
                 let Some(r) = &e.registrant else { return false };
                 // A registrant the grants cannot even parse is not allowed anything.

@@ -2202,6 +2202,14 @@ fn a_peers_pe_needs_a_registrant_granted_here() {
     // The granted one is taken.
     a.enrp(10, SID_B, add_pe(SID_B, "echo", 8, PE_A));
     assert_eq!(a.home_of(8), Some(SID_B));
+    // ...until the grant is withdrawn here: it goes from this handlespace (not B's: no
+    // DEL_PE is ours to send), audited.
+    let out = a
+        .core
+        .handle(Input::Grants(peer_grants()[1..].to_vec()), a.now);
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveUngranted, None)]);
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    assert_eq!(a.home_of(8), None);
 }
 
 /// Issue 16: one peer holds at most `max_pes_per_peer` PEs here, and the per-registrant
