@@ -2261,6 +2261,45 @@ fn a_peer_has_a_bounded_share_of_the_handlespace() {
     );
 }
 
+/// Issue 16: a taken-over PE's ASAP transport, which came from its (now dead) home, is
+/// dialed only if it passes the PE address rules here: a loopback listener is not dialed
+/// without `allow_loopback`; a routable one is.
+#[test]
+fn a_taken_over_pe_is_dialed_only_at_an_address_the_rules_allow() {
+    let mut a = Harness::registrar(SID_A);
+    let mut config = a.core.config().clone();
+    config.allow_loopback = false;
+    a.core = Core::new(config, peer_grants());
+    a.peer_up(10, PR_B, SID_B);
+    for (id, ip) in [(5, Ipv4Addr::LOCALHOST), (6, Ipv4Addr::new(192, 0, 2, 6))] {
+        let mut body = add_pe(SID_B, "echo", id, PE_A);
+        if let EnrpBody::HandleUpdate { pool_element, .. } = &mut body {
+            pool_element.asap_transport = Some(Transport::Tcp {
+                port: NonZeroU16::new(3863).expect("non-zero"),
+                transport_use: TransportUse::DataOnly,
+                addr: Address::new(ip),
+            });
+        }
+        a.enrp(10, SID_B, body);
+    }
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::TakeoverCompleted), "{out:?}");
+    let dialed: Vec<(u32, TransportAddr)> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::DialPe { pe, addr, .. } => Some((pe.2.get(), addr.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dialed,
+        vec![(
+            6,
+            TransportAddr::Tcp(SocketAddr::from(([192, 0, 2, 6], 3863)))
+        )]
+    );
+}
+
 /// Issue 16, docs/ENRP-TRUST.md §4: a Server ID stays bound to the first identity that
 /// proved it, also while that peer is dead: another identity claiming it is refused and
 /// audited, and the conflict shows in the peer's status. The owner comes back.

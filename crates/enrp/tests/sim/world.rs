@@ -57,7 +57,8 @@
 //! 6. A Byzantine registrar (issue 16; half the seeds): the last one, a granted peer whose
 //!    core is honest but which also, during the chaos, forges TAKEOVER_SERVERs (with or
 //!    without INIT_TAKEOVER) of live registrars, ADD_PEs and unsolicited handle tables
-//!    naming itself home of others' PEs, empty handle tables and DEL_PEs of others' PEs.
+//!    naming itself home of others' PEs, empty handle tables, DEL_PEs of others' PEs and
+//!    lists of addresses no registrar may dial.
 //!    No message of it makes an honest registrar remove a PE whose home is another
 //!    registrar that it holds alive, or re-home such a PE to the Byzantine; and the
 //!    honest registrars (with it) still converge (invariant 1).
@@ -1251,7 +1252,32 @@ impl World {
             .map(|i| self.regs[i].sid)
             .collect();
         let target = self.rng.pick(&others).unwrap_or(self.regs[r].sid);
-        let pick = self.rng.range(0, 5);
+        // A list naming registrars at addresses a peer must never dial (loopback,
+        // unspecified, multicast), and real ones (harmless): taken only in answer to a
+        // request, and the bad addresses never dialed (docs/ENRP-TRUST.md §6).
+        let bogus_list = EnrpBody::ListResponse {
+            reject: false,
+            servers: [
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::new(224, 0, 0, 9),
+                self.regs[r].ip,
+            ]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, ip)| {
+                Some(asap::wire::param::ServerInformation {
+                    server_id: ServerId::new(0x0bad_0000 + i as u32)?,
+                    transport: Transport::Tcp {
+                        port: NonZeroU16::new(9902)?,
+                        transport_use: TransportUse::DataOnly,
+                        addr: Address::new(ip),
+                    },
+                })
+            })
+            .collect(),
+        };
+        let pick = self.rng.range(0, 6);
         let bodies: Vec<EnrpBody> = match pick {
             0 => vec![EnrpBody::TakeoverServer { target }],
             1 => vec![
@@ -1290,6 +1316,7 @@ impl World {
                     pools,
                 }]
             }
+            4 => vec![bogus_list],
             _ => theirs
                 .iter()
                 .take(1)
