@@ -739,7 +739,9 @@ async fn a_rogue_registrar_cannot_take_over_or_re_home_a_live_registrars_pes() {
     let token_b = lab.init_peer("b", "data-b");
     lab.pki(&["issue", "registrar", "e", "--dns", "localhost"]);
     let a = lab.start_peer("data-a", &[]);
-    let b = lab.start_peer("data-b", &[a.enrp]);
+    // B names A's identity with its address: A's Server ID is bound to it from the start.
+    let a_peer = format!("{}=spiffe://acme.test/registrar/a", a.enrp);
+    let b = lab.start_peer_with("data-b", &[], &["--peer", &a_peer]);
     let (_pe, mut pu) = pe_at_a_seen_at_b(&lab, &a, &b).await;
     let a_id = ServerId::new(
         u32::from_str_radix(a.server_id.trim_start_matches("0x"), 16).expect("hex Server ID"),
@@ -924,7 +926,7 @@ async fn a_stored_server_id_binding_holds_across_a_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let b = lab.start_peer("data-b", &[a.enrp]);
+    let mut b = lab.start_peer("data-b", &[a.enrp]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = crate::admin::api(
@@ -945,4 +947,24 @@ async fn a_stored_server_id_binding_holds_across_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A configuration that binds A's Server ID to A (`--peer ADDR=ID`) contradicts the
+    // store: enrpd says so and does not start.
+    b.registrar.child.kill().expect("stop B");
+    let _ = b.registrar.child.wait();
+    let out = std::process::Command::new(crate::binaries::bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path("data-b"))
+        .args(["--asap-listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--enrp-listen", "127.0.0.1:0"])
+        .arg("--peer")
+        .arg(format!("{}={a_id}", a.enrp))
+        .output()
+        .expect("run enrpd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is bound to {first} in the store")),
+        "{stderr}"
+    );
 }
