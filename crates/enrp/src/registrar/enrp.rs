@@ -34,6 +34,11 @@
 //!   (`Core::confine_legacy_sends`), with a checksum over that namespace and an SCTP
 //!   Server Information. RSPLIB never sends TAKEOVER_SERVER: its takeovers reach us
 //!   through the checksum audit (W=1 download), which moves a PE's home like an update.
+//! - What a peer is trusted with (issue 16, docs/ENRP-TRUST.md): a takeover only of a
+//!   registrar dead here, after our acknowledgement; a PE moves from a live home only
+//!   once that home lets it go; peers' PEs obey our grants, quotas and each peer's share;
+//!   Server IDs stay bound to their first identity; every change a peer causes is audited
+//!   here, one record per message.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
