@@ -1483,13 +1483,25 @@ impl Core {
             .cloned();
         let previous_home = current.as_ref().map(|e| e.pool_element.home_server_id);
         // Ownership moves only with proof: a live peer's PE stays its PE until it lets it
-        // go (DEL_PE, its table) or dies here.
-        if let Some(home) = previous_home.filter(|h| *h != sid.get() && *h != me)
-            && let Some(state) = ServerId::new(home)
-                .and_then(|h| self.peers.get(&h))
-                .map(|p| p.state)
-                .filter(|s| *s != PeerState::Dead)
-        {
+        // go (DEL_PE, its table) or dies here. Ours (its connection lost, spec §12.6)
+        // stays ours until its grace period ends, unless it was taken over from the
+        // sender, whose it was before (a healed partition).
+        let ours_waiting = previous_home == Some(me)
+            && self
+                .owned
+                .get(&key)
+                .is_some_and(|o| o.taken_from != Some(sid));
+        let live_home = previous_home
+            .filter(|h| *h != sid.get() && *h != me)
+            .and_then(|h| ServerId::new(h).and_then(|h| self.peers.get(&h)))
+            .map(|p| p.state.as_str())
+            .filter(|s| *s != PeerState::Dead.as_str());
+        let waiting_on = if ours_waiting {
+            Some("ours")
+        } else {
+            live_home
+        };
+        if let (Some(home), Some(state)) = (previous_home, waiting_on) {
             // A claim the PE's entry refutes already (spec §7.1 step 5) never waits.
             if current.as_ref().is_some_and(|c| {
                 c.registrant != entry.registrant
@@ -1499,12 +1511,16 @@ impl Core {
                 return None;
             }
             let waits = self.claims.len() < MAX_CLAIMS || self.claims.contains_key(&key);
-            let then = if waits {
-                "it moves when that home withdraws it or dies here"
-            } else {
-                "too many re-homes waiting"
+            let then = match (waits, ours_waiting) {
+                (false, _) => "too many re-homes waiting",
+                (true, true) => "it moves when its grace period here ends",
+                (true, false) => "it moves when that home withdraws it or dies here",
             };
-            let why = format!("re-home from {home:#010x}, {} here: {then}", state.as_str());
+            let why = if ours_waiting {
+                format!("re-home of our PE, its connection lost: {then}")
+            } else {
+                format!("re-home from {home:#010x}, {state} here: {then}")
+            };
             if waits {
                 let at = now;
                 self.claims
@@ -1528,9 +1544,9 @@ impl Core {
                     Some(_) => return Some(key), // a refresh changes nothing
                 }
                 tally.changed(&key);
-                // Ours, but its connection here was lost and it re-registered there (spec
-                // §12.6): let it go, and say so (DEL_PE) to the other peers, whose copy
-                // may move only on our word (docs/ENRP-TRUST.md §2).
+                // Ours, taken over from the sender, which lists it again (a healed
+                // partition): let it go, and say so (DEL_PE) to the other peers, whose
+                // copy may move only on our word (docs/ENRP-TRUST.md §2).
                 if previous_home == Some(me) && self.owned.contains_key(&key) {
                     self.forget_owned(&key);
                     if let Some(old) = current {

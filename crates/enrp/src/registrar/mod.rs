@@ -944,10 +944,13 @@ impl Core {
                 TimerKey::KeepAlive(pe) => self.send_keep_alive(pe, false, now, &mut out),
                 TimerKey::KeepAliveTimeout(pe) => {
                     self.remove_owned(&pe, AuditAction::RemoveTimeout, &mut out);
+                    // We let it go (DEL_PE sent): a peer's re-home of it may apply now.
+                    self.settle_claims(&[pe], now, &mut out);
                 }
                 TimerKey::Orphaned(pe) => {
                     if self.owned.get(&pe).is_some_and(|o| o.conn.is_none()) {
                         self.remove_owned(&pe, AuditAction::RemoveConnectionLoss, &mut out);
+                        self.settle_claims(&[pe], now, &mut out);
                     }
                 }
                 TimerKey::ReportWindow(conn) => {

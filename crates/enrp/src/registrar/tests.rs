@@ -2152,10 +2152,12 @@ fn a_re_home_applies_when_the_old_home_dies_here() {
     assert_eq!(a.home_of(6), Some(SID_C));
 }
 
-/// docs/ENRP-TRUST.md §2: a PE of ours whose connection is lost re-registers at B: we let
-/// it go, and tell our other peers (DEL_PE), so that their copy may move to B.
+/// docs/ENRP-TRUST.md §2: a PE of ours whose connection is lost re-registers at B. B's
+/// word alone does not take it from us (a Byzantine peer could say so of any PE of ours in
+/// its grace period): at the end of the grace period we let it go, tell every peer
+/// (DEL_PE), and B's re-home applies.
 #[test]
-fn a_pe_that_moved_away_is_withdrawn_with_del_pe_to_the_other_peers() {
+fn a_pe_that_moved_away_is_let_go_at_the_end_of_its_grace_period() {
     let mut a = Harness::registrar(SID_A);
     a.peer_up(10, PR_B, SID_B);
     a.peer_up(11, PR_C, SID_C);
@@ -2163,20 +2165,39 @@ fn a_pe_that_moved_away_is_withdrawn_with_del_pe_to_the_other_peers() {
     assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", 5))), None);
     a.core.handle(Input::Closed { conn: pe_conn }, a.now);
     let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
-    assert_eq!(a.home_of(5), Some(SID_B));
-    assert_eq!(a.core.stats().owned, 0);
-    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
     assert!(
-        enrp_on(&out, 11).iter().any(|m| matches!(&m.body,
-            EnrpBody::HandleUpdate { action: UpdateAction::DelPe, pool_element, .. }
-                if pool_element.pe_id.get() == 5 && pool_element.home_server_id == SID_A)),
+        refused[0]
+            .1
+            .starts_with("re-home of our PE, its connection lost"),
         "{out:?}"
     );
+    assert_eq!(a.home_of(5), Some(SID_A));
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    let out = a.advance(250);
+    assert!(
+        has_audit(&out, AuditAction::RemoveConnectionLoss),
+        "{out:?}"
+    );
+    for conn in [10, 11] {
+        assert!(
+            enrp_on(&out, conn).iter().any(|m| matches!(&m.body,
+                EnrpBody::HandleUpdate { action: UpdateAction::DelPe, pool_element, .. }
+                    if pool_element.pe_id.get() == 5 && pool_element.home_server_id == SID_A)),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate),
+        vec![(
+            PR_B.to_owned(),
+            "re-home once the old home let the PE go: 1 added, 0 re-homed, 0 removed".to_owned()
+        )]
+    );
+    assert_eq!(a.home_of(5), Some(SID_B));
+    assert_eq!(a.core.stats().owned, 0);
 }
 
-/// Issue 16, docs/ENRP-TRUST.md §3: a PE learnt from a peer obeys this registrar's grants
-/// for its registrant: one without the `register` grant for the pool, or without a
-/// registrant, is refused and audited, naming the peer.
 #[test]
 fn a_peers_pe_needs_a_registrant_granted_here() {
     let mut a = Harness::registrar(SID_A);

@@ -61,7 +61,10 @@
 //!    lists of addresses no registrar may dial.
 //!    No message of it makes an honest registrar remove a PE whose home is another
 //!    registrar that it holds alive, or re-home such a PE to the Byzantine; and the
-//!    honest registrars (with it) still converge (invariant 1).
+//!    honest registrars (with it) still converge (invariant 1). What it announces as its
+//!    own is believed, as from any granted peer: a PE it names after that PE's removal
+//!    may come back at the registrar it told (and be taken over from it), which 4a then
+//!    excuses.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -407,6 +410,10 @@ pub(crate) struct World {
     /// it did not move at once: a re-home waiting for the old home's withdrawal, whose
     /// registration life counts from then (docs/ENRP-TRUST.md §2). Keyed by the sender.
     claimed: BTreeMap<(usize, u32, PeKey, u32), Duration>,
+    /// When the Byzantine last named a PE ID to a registrar incarnation as its own (its
+    /// forged ADD_PEs and tables): invariant 4a does not hold what follows against the
+    /// registrar (a granted peer may announce PEs under its grants; see invariant 6).
+    byzantine_named: BTreeMap<(usize, u32, PeId), Duration>,
     gone: BTreeMap<PeId, Gone>,
     /// Crash episodes: (registrar, crashed at, restarted at, whether the survivors were
     /// a full mesh then).
@@ -550,6 +557,7 @@ impl World {
             del_sent: BTreeMap::new(),
             refreshed: BTreeMap::new(),
             claimed: BTreeMap::new(),
+            byzantine_named: BTreeMap::new(),
             learned: BTreeMap::new(),
             gone: BTreeMap::new(),
             episodes: Vec::new(),
@@ -1123,7 +1131,11 @@ impl World {
         let guarded = self.guarded_pes(reg, sender);
         self.feed(reg, Input::Enrp { conn, msg });
         let inc = self.regs[reg].inc;
+        let from_byzantine = self.byzantine().is_some_and(|b| self.regs[b].sid == sender);
         for key in offered {
+            if from_byzantine {
+                self.byzantine_named.insert((reg, inc, key.2), self.now);
+            }
             self.learned.insert((reg, inc, key.clone()), self.now);
             let home = self.regs[reg].core.as_ref().and_then(|c| {
                 c.handlespace()
@@ -1367,6 +1379,9 @@ impl World {
                             | AuditAction::TakeoverAcked
                             | AuditAction::TakeoverAbandoned
                             | AuditAction::TakeoverApplied
+                            | AuditAction::TakeoverRefused
+                            | AuditAction::PeerUpdate
+                            | AuditAction::PeerIgnored
                             | AuditAction::MentorDone
                             | AuditAction::MentorTimeout
                     ) {
@@ -2201,6 +2216,12 @@ impl World {
                 && let Some(g) = self.gone.get(&pe_id)
                 && g.registrar == (reg, inc)
                 && self.now > g.at + g.bound
+                // The registrar removed it up to one message delay before `g.at` (when
+                // the PE heard so).
+                && self
+                    .byzantine_named
+                    .get(&(reg, inc, pe_id))
+                    .is_none_or(|t| *t + self.sc.max_delay < g.at)
             {
                 let msg = format!(
                     "4a: r{reg} returned PE {} {:.3}s after it {} (bound {:?})",
