@@ -1845,6 +1845,20 @@ impl Core {
             });
             return;
         }
+        // Only the answer to our own request (issue 16), like a list: what a peer volunteers
+        // as a table is ignored (its PEs come with its ADD_PEs).
+        if self.peers.get(&sid).is_none_or(|p| p.sync.is_none()) {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::PeerIgnored,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned(),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
         // Of a W=0 table only the sender's own PEs are taken (spec §9.4 [P]); the others
         // come from their home registrars.
         let whole = self
@@ -1875,7 +1889,6 @@ impl Core {
         let Some(p) = self.peers.get_mut(&sid) else {
             return;
         };
-        // An unsolicited response adds its PEs, but neither pages nor purges.
         let Some(sync) = p.sync.as_mut() else {
             return;
         };

@@ -1997,8 +1997,15 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
     let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
     assert!(refused(&out, "the target is active here"), "{out:?}");
-    // An empty table of B's changes nothing of C's.
-    h.enrp(10, SID_B, empty());
+    // An empty table of B's changes nothing of C's; unasked for, it is not even read.
+    let out = h.enrp(10, SID_B, empty());
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored),
+        vec![(
+            PR_B.to_owned(),
+            "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned()
+        )]
+    );
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
     assert_eq!((h.home_of(1), h.home_of(2)), (Some(SID_C), Some(SID_C)));
 
