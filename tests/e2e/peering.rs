@@ -1,7 +1,8 @@
 //! Several real `enrpd`s peered over ENRP/TLS (issue 7): handle updates reach every
 //! peer, a registrar started later downloads its peers' PEs, a peer without the `peer`
 //! grant or with a Sender ID not its own is refused, and the survivor of two takes over
-//! the PEs of a killed one.
+//! the PEs of a killed one; a rogue registrar cannot take over or re-home a live one's PEs
+//! (issue 16).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -268,6 +269,29 @@ async fn home_of(pu: &mut Asap, pool: &str, id: u32) -> Option<String> {
     }
 }
 
+/// PE `echo-1` registers PE 7 of "echo" at A; a PU connected to B sees it there, with A
+/// as its home. Returns both connections (the PE's keeps its registration).
+async fn pe_at_a_seen_at_b(
+    lab: &Lab,
+    a: &crate::support::Peered,
+    b: &crate::support::Peered,
+) -> (Asap, Asap) {
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    assert!(
+        wait_for(&mut pu, "echo", has(7)).await.is_some(),
+        "B never learnt A's PE"
+    );
+    assert_eq!(home_of(&mut pu, "echo", 7).await, Some(a.server_id.clone()));
+    (pe, pu)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_registrars_the_survivor_takes_over_the_pes_of_a_killed_one() {
     // Spec §9.5, §9.8: B notices A's connection gone at once, A stays silent for
@@ -287,19 +311,7 @@ async fn two_registrars_the_survivor_takes_over_the_pes_of_a_killed_one() {
     let mut a = lab.start_peer_with("data-a", &[], &timers);
     let b = lab.start_peer_with("data-b", &[a.enrp], &timers);
     let pe_store = lab.identity("pe-echo-1");
-    let mut pe = Asap::connect(&pe_store, a.registrar.addr)
-        .await
-        .expect("PE connects to A");
-    let mut pu = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
-        .await
-        .expect("PU connects to B");
-    pe.send(&registration("echo", 7)).await;
-    assert!(accepted(pe.recv_reply().await));
-    assert!(
-        wait_for(&mut pu, "echo", has(7)).await.is_some(),
-        "B never learnt A's PE"
-    );
-    assert_eq!(home_of(&mut pu, "echo", 7).await, Some(a.server_id.clone()));
+    let (pe, mut pu) = pe_at_a_seen_at_b(&lab, &a, &b).await;
 
     a.registrar.child.kill().expect("SIGKILL A");
     let killed = Instant::now();
@@ -711,4 +723,248 @@ fn pes_and_pus_configured_with_several_registrars_use_any_of_them() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     let _ = pe.kill();
     let _ = pe.wait();
+}
+
+/// Issue 16 (docs/ENRP-TRUST.md): a rogue ENRP client holding a valid registrar
+/// certificate (the default grant lets every `registrar/*` peer) against two real
+/// `enrpd`s. It downloads B's whole handle table, then forges a takeover of live A (with
+/// and without an INIT_TAKEOVER round), names itself home of A's PE in an ADD_PE and in an
+/// unsolicited handle table, answers B's table request with an empty table and sends a
+/// DEL_PE of A's PE. At B the PE stays A's and resolvable throughout, and B's audit names
+/// the rogue with each refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_registrar_cannot_take_over_or_re_home_a_live_registrars_pes() {
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    let token_b = lab.init_peer("b", "data-b");
+    lab.pki(&["issue", "registrar", "e", "--dns", "localhost"]);
+    let a = lab.start_peer("data-a", &[]);
+    // B names A's identity with its address: A's Server ID is bound to it from the start.
+    let a_peer = format!("{}=spiffe://acme.test/registrar/a", a.enrp);
+    let b = lab.start_peer_with("data-b", &[], &["--peer", &a_peer]);
+    let (_pe, mut pu) = pe_at_a_seen_at_b(&lab, &a, &b).await;
+    let a_id = ServerId::new(
+        u32::from_str_radix(a.server_id.trim_start_matches("0x"), 16).expect("hex Server ID"),
+    )
+    .expect("non-zero");
+
+    // The rogue is accepted (a valid registrar identity): B's greeting names the Server
+    // ID B expects of it.
+    let mut rogue = Enrp::connect(&lab, "registrar-e", b.enrp).await;
+    let hello = rogue.recv().await.expect("B accepts a registrar identity");
+    let (b_id, me) = (
+        hello.sender,
+        ServerId::new(hello.receiver).expect("B names our Server ID"),
+    );
+    let to_b = |body| EnrpMsg {
+        sender: me,
+        receiver: b_id.get(),
+        body,
+    };
+    // B's whole handle table (W=0), as any peer may ask: A's PE with its registrant.
+    rogue
+        .send(&to_b(EnrpBody::HandleTableRequest {
+            own_children_only: false,
+        }))
+        .await;
+    let mut entry = None;
+    for _ in 0..8 {
+        let Some(m) = rogue.recv().await else { break };
+        if let EnrpBody::HandleTableResponse { pools, .. } = m.body {
+            entry = pools
+                .into_iter()
+                .flat_map(|g| {
+                    g.entries
+                        .into_iter()
+                        .map(move |e| (g.namespace.clone(), g.pool_handle.clone(), e))
+                })
+                .find(|(_, _, e)| e.pool_element.pe_id.get() == 7);
+            break;
+        }
+    }
+    let (namespace, pool_handle, mut entry) = entry.expect("B lists A's PE");
+    entry.pool_element.home_server_id = me.get();
+    let update = |action| {
+        to_b(EnrpBody::HandleUpdate {
+            action,
+            namespace: namespace.clone(),
+            pool_handle: pool_handle.clone(),
+            pool_element: entry.pool_element.clone(),
+            registrant: entry.registrant.clone(),
+        })
+    };
+    let table = |entries| {
+        to_b(EnrpBody::HandleTableResponse {
+            reject: false,
+            more: false,
+            pools: entries,
+        })
+    };
+    let forged = [
+        to_b(EnrpBody::TakeoverServer { target: a_id }),
+        to_b(EnrpBody::InitTakeover { target: a_id }),
+        to_b(EnrpBody::TakeoverServer { target: a_id }),
+        update(asap::wire::UpdateAction::AddPe),
+        table(vec![asap::wire::PoolEntries {
+            namespace: namespace.clone(),
+            pool_handle: pool_handle.clone(),
+            entries: vec![entry.clone()],
+        }]),
+        table(Vec::new()),
+        update(asap::wire::UpdateAction::DelPe),
+    ];
+    for msg in &forged {
+        rogue.send(msg).await;
+    }
+    // B keeps A's PE, under A, all along (the rogue's last message is long processed
+    // when its PRESENCE answer comes back).
+    rogue
+        .send(&to_b(EnrpBody::Presence {
+            reply_required: true,
+            checksum: PeChecksum(0xffff),
+            server_info: None,
+        }))
+        .await;
+    for _ in 0..8 {
+        match rogue.recv().await {
+            Some(EnrpMsg {
+                body: EnrpBody::Presence { .. },
+                ..
+            }) => break,
+            Some(_) => {}
+            None => panic!("B closed the rogue's connection"),
+        }
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        assert_eq!(
+            home_of(&mut pu, "echo", 7).await,
+            Some(a.server_id.clone()),
+            "the rogue moved or removed A's PE at B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B's audit names the rogue with each refusal (records are batched: poll).
+    let rogue_id = "spiffe://acme.test/registrar/e";
+    let mut missing = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        missing.clear();
+        for (action, says) in [
+            ("takeover:refused", "TAKEOVER_SERVER of"),
+            ("takeover:refused", "INIT_TAKEOVER of"),
+            ("peer:ignored", "re-home from"),
+            ("peer:ignored", "not the sender's PE"),
+        ] {
+            let (status, body) = crate::admin::api(
+                &lab,
+                &b.registrar,
+                Some(&token_b),
+                "GET",
+                &format!("/v1/audit?action={action}&limit=100"),
+                None,
+            );
+            assert_eq!(status, 200, "{body}");
+            if !(body.contains(rogue_id) && body.contains(says)) {
+                missing.push((action, says));
+            }
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(missing.is_empty(), "no audit record at B for {missing:?}");
+}
+
+/// Issue 16 (docs/ENRP-TRUST.md §4): B stores the binding of A's Server ID to A's identity
+/// at their first contact, and a restarted B refuses any other identity for it from the
+/// start. Here B's stored record says another identity proved A's Server ID first (as a
+/// colliding identity would have): after the restart, A itself is refused and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_server_id_binding_holds_across_a_restart() {
+    let lab = Lab::new();
+    lab.init_peer("a", "data-a");
+    let token_b = lab.init_peer("b", "data-b");
+    let a = lab.start_peer("data-a", &[]);
+    let mut b = lab.start_peer("data-b", &[a.enrp]);
+    let a_sid = u32::from_str_radix(a.server_id.trim_start_matches("0x"), 16).expect("hex");
+    let a_id = trust::SpiffeId::parse("spiffe://acme.test/registrar/a").expect("SPIFFE ID");
+    let store = trust::db::Store::open(&lab.path("data-b"), &Default::default())
+        .await
+        .expect("B's store");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = store.acquire().await.expect("connection");
+        let bound = trust::db::list_server_id_bindings(&mut conn)
+            .await
+            .expect("bindings");
+        if bound.contains(&(a_sid, a_id.clone())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never stored A's binding: {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    b.registrar.child.kill().expect("stop B");
+    let _ = b.registrar.child.wait();
+    let first = "spiffe://acme.test/registrar/first";
+    let db = lab.path("data-b").join(trust::db::DB_FILE);
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(
+            "UPDATE server_id_bindings SET spiffe_id = '{first}' WHERE server_id = {a_sid}"
+        ))
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut b = lab.start_peer("data-b", &[a.enrp]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = crate::admin::api(
+            &lab,
+            &b.registrar,
+            Some(&token_b),
+            "GET",
+            "/v1/audit?action=peer:refused&limit=100",
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        if body.contains(a_id.as_str()) && body.contains(&format!("is bound to {first}")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal of A at the restarted B: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A configuration that binds A's Server ID to A (`--peer ADDR=ID`) contradicts the
+    // store: enrpd says so and does not start.
+    b.registrar.child.kill().expect("stop B");
+    let _ = b.registrar.child.wait();
+    let out = std::process::Command::new(crate::binaries::bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path("data-b"))
+        .args(["--asap-listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--enrp-listen", "127.0.0.1:0"])
+        .arg("--peer")
+        .arg(format!("{}={a_id}", a.enrp))
+        .output()
+        .expect("run enrpd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is bound to {first} in the store")),
+        "{stderr}"
+    );
 }

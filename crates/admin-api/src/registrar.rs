@@ -157,6 +157,9 @@ pub struct PeerView {
     pub last_heard_ms: Option<u64>,
     /// Whether its handlespace checksum matches ours.
     pub checksum_match: Option<bool>,
+    /// The last other identity that claimed its Server ID and was refused: a Server ID
+    /// stays bound to the first identity that proved it (docs/ENRP-TRUST.md §4).
+    pub conflict: Option<String>,
 }
 
 /// Registrar counters for `/metrics` (monotonic unless said otherwise).

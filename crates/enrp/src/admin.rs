@@ -97,6 +97,7 @@ impl Registrar for Control {
                 state: p.state.to_owned(),
                 last_heard_ms: p.last_heard_ms,
                 checksum_match: p.checksum_match,
+                conflict: p.conflict,
             })
             .collect()
     }

@@ -268,6 +268,11 @@ pub struct Loaded {
     pub pools: Vec<db::PoolDecl>,
     /// Where requests without a Namespace parameter go.
     pub default_namespaces: Vec<trust::DefaultNamespace>,
+    /// The stored revocations (admin API), for the registrar core: so that no peer can
+    /// bring back a revoked identity's PEs after a restart (issue 16).
+    pub revocations: Vec<crate::registrar::Revocation>,
+    /// The Server IDs bound to identities (docs/ENRP-TRUST.md §4).
+    pub server_id_bindings: Vec<(ServerId, SpiffeId)>,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
@@ -280,6 +285,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     let store = Store::open(data, &StoreOptions::default()).await?;
     let mut conn = store.acquire().await?;
     let mut revoked = Vec::new();
+    let mut revocations = Vec::new();
     for row in db::list_trust_domains(&mut conn).await? {
         let mut bundle = DomainBundle::from_pem(row.name.clone(), row.roots_pem.as_bytes())?;
         // The local domain's CRL comes from the PKI directory (rsp-pki crl), so that a
@@ -306,14 +312,19 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         match &r.revoked {
             db::Revoked::Serial { domain, serial } => {
                 trust.deny_serial(domain, serial.clone())?;
+                revocations.push(crate::registrar::Revocation::Serial(serial.clone()));
             }
             db::Revoked::Identity(id) => {
                 trust.deny_identity(id.clone())?;
+                revocations.push(crate::registrar::Revocation::Identity(id.clone()));
             }
             db::Revoked::TrustDomain(domain) => {
                 if trust.is_trusted(domain) {
                     trust.remove_domain(domain)?;
                 }
+                revocations.push(crate::registrar::Revocation::TrustDomain(
+                    domain.as_str().to_owned(),
+                ));
             }
             other => {
                 return Err(Error::Install {
@@ -337,6 +348,11 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         .into_iter()
         .map(|r| r.rule)
         .collect();
+    let server_id_bindings = db::list_server_id_bindings(&mut conn)
+        .await?
+        .into_iter()
+        .filter_map(|(sid, id)| Some((ServerId::new(sid)?, id)))
+        .collect();
     drop(conn);
     Ok(Loaded {
         trust: Arc::new(trust),
@@ -346,6 +362,8 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         revoked,
         pools,
         default_namespaces,
+        revocations,
+        server_id_bindings,
     })
 }
 

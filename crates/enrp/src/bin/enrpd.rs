@@ -115,7 +115,9 @@ struct RunArgs {
     #[arg(long, env = "ENRPD_ENRP_LISTEN", default_value = "[::]:9902", value_parser = parse_listen)]
     enrp_listen: Listen,
     /// A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable
-    /// takes a comma-separated list). Peers need the `peer` grant.
+    /// takes a comma-separated list). Peers need the `peer` grant. `HOST:PORT=spiffe://…`
+    /// also binds the Server ID of that identity to it from the start: no other identity
+    /// may use it (docs/ENRP-TRUST.md §4).
     #[arg(long = "peer", env = "ENRPD_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
     /// Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.
@@ -146,6 +148,10 @@ struct RunArgs {
     /// alone after this long without a mentor's handle table (spec §9.3).
     #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
     mentor_timeout_ms: u64,
+    /// Most PEs one ENRP peer may own in this registrar's handlespace; its PEs beyond are
+    /// refused and audited (docs/ENRP-TRUST.md §3).
+    #[arg(long, env = "ENRPD_MAX_PES_PER_PEER", default_value_t = 250_000)]
+    max_pes_per_peer: usize,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -207,6 +213,7 @@ struct FileConfig {
     peer_no_response_ms: Option<u64>,
     takeover_expiry_ms: Option<u64>,
     mentor_timeout_ms: Option<u64>,
+    max_pes_per_peer: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -315,6 +322,9 @@ impl RunArgs {
             .filter(|_| unset("mentor_timeout_ms"))
         {
             self.mentor_timeout_ms = v;
+        }
+        if let Some(v) = file.max_pes_per_peer.filter(|_| unset("max_pes_per_peer")) {
+            self.max_pes_per_peer = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -580,6 +590,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ..Timing::default()
     };
     config.allow_loopback = args.allow_loopback;
+    config.max_pes_per_peer = args.max_pes_per_peer;
     config.check_user_address = !args.no_address_check;
     if let Some(name) = &args.legacy_namespace {
         let ns = Namespace::new(name)
@@ -601,14 +612,25 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     settings.legacy_asap_listen = args.legacy_asap_listen.clone();
     settings.legacy_enrp_listen = args.legacy_enrp_listen.clone();
     settings.legacy_peers = args.legacy_peers.clone();
+    let mut peers = Vec::new();
     for p in &args.peers {
-        if p.starts_with("sctp:") {
-            p.parse::<asap::transport::TransportAddr>()
+        let (addr, identity) = split_peer(p)?;
+        if addr.starts_with("sctp:") {
+            addr.parse::<asap::transport::TransportAddr>()
                 .map_err(|e| anyhow::anyhow!("--peer {p:?}: {e}"))?;
         }
+        if let Some(id) = identity {
+            bind_configured_peer(&loaded, p, id, &mut settings.server_id_bindings).await?;
+        }
+        peers.push(addr.to_owned());
     }
-    settings.peers = args.peers.clone();
+    settings.peers = peers;
     settings.default_namespaces = loaded.default_namespaces;
+    settings.revocations = loaded.revocations;
+    settings
+        .server_id_bindings
+        .extend(loaded.server_id_bindings.iter().cloned());
+    settings.bindings_store = Some(loaded.store.clone());
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {
@@ -773,9 +795,52 @@ async fn start_admin(
     Ok(Admin { addr, stop, task })
 }
 
+/// `HOST:PORT` or `HOST:PORT=spiffe://…` of `--peer`: the address, and the identity
+/// its Server ID is bound to.
+fn split_peer(p: &str) -> anyhow::Result<(&str, Option<trust::SpiffeId>)> {
+    match p.split_once('=') {
+        None => Ok((p, None)),
+        Some((addr, id)) => {
+            let id = trust::SpiffeId::parse(id)
+                .map_err(|e| anyhow::anyhow!("--peer {p:?}: {id:?} is no SPIFFE ID: {e}"))?;
+            Ok((addr, Some(id)))
+        }
+    }
+}
+
+/// Binds the Server ID of a configured peer's identity for good (stored), unless the
+/// store binds it to another identity already: then enrpd does not start.
+async fn bind_configured_peer(
+    loaded: &setup::Loaded,
+    p: &str,
+    id: trust::SpiffeId,
+    bindings: &mut Vec<(asap::wire::param::ServerId, trust::SpiffeId)>,
+) -> anyhow::Result<()> {
+    let server_id = setup::server_id_of(&id);
+    let mut conn = loaded.store.acquire().await.context("opening the store")?;
+    let bound = trust::db::bind_server_id(&mut conn, server_id.get(), &id, now_ms()).await?;
+    if bound != id {
+        bail!("--peer {p:?}: Server ID {server_id} is bound to {bound} in the store");
+    }
+    bindings.push((server_id, id));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_may_name_the_identity_its_server_id_is_bound_to() {
+        assert_eq!(split_peer("a:9902").expect("plain"), ("a:9902", None));
+        let (addr, id) = split_peer("a:9902=spiffe://acme.test/registrar/a").expect("bound");
+        assert_eq!(addr, "a:9902");
+        assert_eq!(
+            id.map(|i| i.to_string()).as_deref(),
+            Some("spiffe://acme.test/registrar/a")
+        );
+        assert!(split_peer("a:9902=registrar/a").is_err());
+    }
 
     #[test]
     fn a_reload_names_the_config_keys_that_changed_and_refuses_a_bad_file() {

@@ -41,6 +41,8 @@ pub struct PeerSnapshot {
     pub last_heard_ms: Option<u64>,
     /// Whether our copy of its PEs has the checksum it last announced (spec §9.6).
     pub checksum_match: Option<bool>,
+    /// The last other identity that claimed its Server ID and was refused.
+    pub conflict: Option<String>,
 }
 
 /// The registrar's counters at one moment.
@@ -174,6 +176,7 @@ impl Query {
                             wall.saturating_sub(u64::try_from(ago).unwrap_or(u64::MAX))
                         }),
                         checksum_match: p.checksum_match,
+                        conflict: p.conflict.map(|id| id.as_str().to_owned()),
                     })
                     .collect();
                 let _ = reply.send(peers);

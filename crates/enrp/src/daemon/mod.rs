@@ -87,6 +87,14 @@ pub struct Settings {
     /// long is no longer dialed (until the core asks again: a list naming it at a new
     /// address; or it dials us). Default 10 min.
     pub learnt_peer_give_up: Duration,
+    /// The revocations stored before the start (admin API), in force in the core from
+    /// the first input (issue 16: a peer cannot re-inject a revoked identity's PEs).
+    pub revocations: Vec<Revocation>,
+    /// The Server ID bindings stored before the start, and where new ones are stored
+    /// (docs/ENRP-TRUST.md §4). `None`: bindings last as long as the process.
+    pub server_id_bindings: Vec<(::asap::wire::param::ServerId, trust::SpiffeId)>,
+    /// The store that keeps new Server ID bindings.
+    pub bindings_store: Option<trust::db::Store>,
 }
 
 impl Settings {
@@ -109,6 +117,9 @@ impl Settings {
             peers: Vec::new(),
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
+            revocations: Vec::new(),
+            server_id_bindings: Vec::new(),
+            bindings_store: None,
         }
     }
 }
@@ -371,6 +382,8 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut core = Core::new(settings.registrar.clone(), grants);
         core.set_default_namespaces(settings.default_namespaces.clone());
+        core.set_revocations(settings.revocations.clone());
+        core.set_server_id_bindings(settings.server_id_bindings.clone());
         let counters = Arc::new(Counters::default());
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {
@@ -389,6 +402,7 @@ impl Daemon {
             Dials {
                 peers: dial_tx,
                 pes: pe_dial_tx,
+                bindings: settings.bindings_store.clone(),
             },
             stop_rx.clone(),
         ));
@@ -656,6 +670,8 @@ async fn run_core(
 struct Dials {
     peers: mpsc::Sender<TransportAddr>,
     pes: mpsc::Sender<connection::PeDial>,
+    /// Where Server ID bindings are stored ([`Action::BindServerId`]).
+    bindings: Option<trust::db::Store>,
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -743,6 +759,38 @@ async fn execute(
                         gate: gate.clone(),
                     },
                 );
+            }
+            Action::BindServerId {
+                server_id,
+                identity,
+            } => {
+                // Off the core's task: a slow disk must not stall the registrar. The core
+                // holds the binding already; the store keeps it for the next start.
+                if let Some(store) = dials.bindings.clone() {
+                    tokio::spawn(async move {
+                        let bound = match store.acquire().await {
+                            Ok(mut conn) => {
+                                trust::db::bind_server_id(
+                                    &mut conn,
+                                    server_id.get(),
+                                    &identity,
+                                    now_ms(),
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match bound {
+                            Ok(id) if id != identity => {
+                                tracing::warn!(%server_id, stored = %id, claimed = %identity, "Server ID bound to another identity in the store")
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(%server_id, error = %e, "storing the Server ID binding failed")
+                            }
+                        }
+                    });
+                }
             }
             Action::DialPeer { addr } => {
                 if let Err(e) = dials.peers.try_send(addr) {

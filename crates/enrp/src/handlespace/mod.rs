@@ -129,6 +129,8 @@ pub struct Handlespace {
     namespaces: BTreeMap<Namespace, BTreeMap<PoolHandle, Pool>>,
     /// Spec §9.6: one incremental checksum per owner registrar.
     checksums: HashMap<u32, PeChecksum>,
+    /// PEs per owner registrar: what one peer holds here (its bounded share).
+    per_home: HashMap<u32, usize>,
     per_registrant: HashMap<RegistrantIdentity, usize>,
     pe_count: usize,
 }
@@ -147,6 +149,7 @@ impl Handlespace {
             limits,
             namespaces: BTreeMap::new(),
             checksums: HashMap::new(),
+            per_home: HashMap::new(),
             per_registrant: HashMap::new(),
             pe_count: 0,
         }
@@ -274,10 +277,12 @@ impl Handlespace {
                 if let Some(r) = registrant {
                     *self.per_registrant.entry(r).or_default() += 1;
                 }
+                let home = self.home_of(namespace, pool_handle, pe_id);
                 self.checksums
-                    .entry(self.home_of(namespace, pool_handle, pe_id))
+                    .entry(home)
                     .or_default()
                     .add(pool_handle, pe_id);
+                *self.per_home.entry(home).or_default() += 1;
             }
             Registered::Updated { previous_home } => {
                 let home = self.home_of(namespace, pool_handle, pe_id);
@@ -287,6 +292,20 @@ impl Handlespace {
             }
         }
         Ok(result)
+    }
+
+    /// How many PEs have `home` as their owner registrar.
+    pub fn pes_of(&self, home: u32) -> usize {
+        self.per_home.get(&home).copied().unwrap_or(0)
+    }
+
+    fn count_out(&mut self, home: u32) {
+        if let Some(n) = self.per_home.get_mut(&home) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_home.remove(&home);
+            }
+        }
     }
 
     fn home_of(&self, namespace: &Namespace, handle: &PoolHandle, pe_id: PeId) -> u32 {
@@ -300,6 +319,8 @@ impl Handlespace {
             c.remove(handle, pe_id);
         }
         self.checksums.entry(to).or_default().add(handle, pe_id);
+        self.count_out(from);
+        *self.per_home.entry(to).or_default() += 1;
     }
 
     fn check_limits(
@@ -382,6 +403,7 @@ impl Handlespace {
         if let Some(c) = self.checksums.get_mut(&entry.pool_element.home_server_id) {
             c.remove(pool_handle, pe_id);
         }
+        self.count_out(entry.pool_element.home_server_id);
         Some(Removed {
             namespace: namespace.clone(),
             pool_handle: pool_handle.clone(),

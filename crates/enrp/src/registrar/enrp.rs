@@ -34,6 +34,11 @@
 //!   (`Core::confine_legacy_sends`), with a checksum over that namespace and an SCTP
 //!   Server Information. RSPLIB never sends TAKEOVER_SERVER: its takeovers reach us
 //!   through the checksum audit (W=1 download), which moves a PE's home like an update.
+//! - What a peer is trusted with (issue 16, docs/ENRP-TRUST.md): a takeover only of a
+//!   registrar dead here, after our acknowledgement; a PE moves from a live home only
+//!   once that home lets it go; peers' PEs obey our grants, quotas and each peer's share;
+//!   Server IDs stay bound to their first identity; every change a peer causes is audited
+//!   here, one record per message.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -97,6 +102,8 @@ pub struct PeerStatus {
     /// Whether the checksum of its PEs in our handlespace equals the one it last sent
     /// (spec §9.6); `None` before its first PRESENCE.
     pub checksum_match: Option<bool>,
+    /// The last other identity that claimed its Server ID and was refused (issue 16).
+    pub conflict: Option<SpiffeId>,
 }
 
 /// What the core remembers of a peer registrar.
@@ -119,6 +126,10 @@ pub(super) struct Peer {
     /// The ENRP address it advertised in its PRESENCE (spec §4.5), TCP or multi-homed
     /// SCTP: where it is dialed again when declared dead, and what our list responses say.
     enrp_addr: Option<TransportAddr>,
+    /// Our ENRP_LIST_REQUEST to it is unanswered: only its answer is taken (issue 16).
+    list_asked: bool,
+    /// The last other identity that claimed its Server ID, refused.
+    conflict: Option<SpiffeId>,
 }
 
 /// Most new peers one ENRP_LIST_RESPONSE may make this registrar dial: a peer's list is
@@ -169,6 +180,95 @@ pub(super) struct PeerConn {
     closing: bool,
 }
 
+/// Most re-homes waiting for the withdrawal of a live home (docs/ENRP-TRUST.md §2).
+/// Beyond it a re-home is refused without waiting; the §9.6 checksum audit offers it
+/// again. 10,000 entries of a few hundred bytes.
+pub const MAX_CLAIMS: usize = 10_000;
+
+/// A peer's ADD_PE (or handle table entry) for a PE whose home is another live peer:
+/// applied once that home withdraws the PE (DEL_PE, its handle table) or dies here.
+#[derive(Debug)]
+pub(super) struct Claim {
+    by: ServerId,
+    entry: PeEntry,
+    /// When it arrived: the PE's registration life counts from then.
+    at: Instant,
+}
+
+/// What one peer message changed here, or refused: audited as at most two records (one
+/// for the changes, one for the refusals) with counts, not one per PE (issue 16).
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    added: usize,
+    rehomed: usize,
+    removed: usize,
+    /// The first PE changed: named in the record when it is the only one.
+    first: Option<PeKey>,
+    refused: usize,
+    first_refusal: Option<(PeKey, String)>,
+}
+
+impl Tally {
+    fn changed(&mut self, key: &PeKey) {
+        if self.first.is_none() {
+            self.first = Some(key.clone());
+        }
+    }
+
+    fn refuse(&mut self, key: PeKey, why: String) {
+        self.refused += 1;
+        if self.first_refusal.is_none() {
+            self.first_refusal = Some((key, why));
+        }
+    }
+
+    /// The audit records, naming the peer `client`; `what` names the message.
+    fn emit(self, client: &Client, what: &str, out: &mut Vec<Action>) {
+        let name = |event: &mut AuditEvent, key: &PeKey| {
+            event.namespace = Some(key.0.clone());
+            event.pool_handle = Some(key.1.clone());
+            event.pe_id = Some(key.2);
+        };
+        let changes = self.added + self.rehomed + self.removed;
+        if changes > 0 {
+            let mut event = Core::peer_event(
+                client,
+                AuditAction::PeerUpdate,
+                None,
+                format!(
+                    "{what}: {} added, {} re-homed, {} removed",
+                    self.added, self.rehomed, self.removed
+                ),
+            );
+            if let (1, Some(key)) = (changes, &self.first) {
+                name(&mut event, key);
+            }
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+        }
+        if let Some((key, why)) = self.first_refusal {
+            let detail = if self.refused == 1 {
+                why
+            } else {
+                format!("{what}: {} PEs refused; the first: {why}", self.refused)
+            };
+            let mut event = Core::peer_event(
+                client,
+                AuditAction::PeerIgnored,
+                Some(ErrorCause::SecurityRejection.code()),
+                detail,
+            );
+            name(&mut event, &key);
+            out.push(Action::Audit {
+                event,
+                durability: Durability::Batched,
+            });
+        }
+    }
+}
+
 impl Core {
     /// The peers, by Server ID.
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -183,6 +283,7 @@ impl Core {
                 checksum_match: p
                     .their_checksum
                     .map(|c| c == self.handlespace.checksum(*sid)),
+                conflict: p.conflict.clone(),
             })
             .collect()
     }
@@ -243,13 +344,32 @@ impl Core {
         } else if server_id == self.config.server_id {
             Some(format!("claims this registrar's Server ID {server_id}"))
         } else {
-            match self.peers.get(&server_id) {
-                Some(p) if p.client.id != peer.id && p.state != PeerState::Dead => Some(format!(
-                    "Server ID {server_id} is bound to the live peer {}",
-                    p.client.id
-                )),
-                _ => None,
-            }
+            // Issue 16: bound for good to the first identity that proved it, live or dead,
+            // before a restart too (docs/ENRP-TRUST.md §4). Legacy peers are configured by
+            // address and Server ID, not bound: only the peers map knows them.
+            let bound = self
+                .bindings
+                .get(&server_id)
+                .or_else(|| {
+                    // A legacy peer (known by the address it came from) as before: only
+                    // while it is not dead.
+                    self.peers
+                        .get(&server_id)
+                        .filter(|p| p.state != PeerState::Dead)
+                        .map(|p| &p.client.id)
+                })
+                .filter(|id| **id != peer.id)
+                .cloned();
+            bound.map(|bound| {
+                let state = match self.peers.get_mut(&server_id) {
+                    Some(p) => {
+                        p.conflict = Some(peer.id.clone());
+                        p.state.as_str()
+                    }
+                    None => "not connected since the start",
+                };
+                format!("Server ID {server_id} is bound to {bound} ({state})")
+            })
         };
         if let Some(why) = refusal {
             out.push(Action::Audit {
@@ -292,6 +412,14 @@ impl Core {
                 reason: "peer connection replaced",
             });
         }
+        // First proof of this Server ID (legacy peers are configured, not bound): for good.
+        if !is_legacy(&peer.id) && !self.bindings.contains_key(&server_id) {
+            self.bindings.insert(server_id, peer.id.clone());
+            out.push(Action::BindServerId {
+                server_id,
+                identity: peer.id.clone(),
+            });
+        }
         self.peer_conns.insert(
             conn,
             PeerConn {
@@ -311,6 +439,8 @@ impl Core {
             sync_own: true,
             continuation: HashMap::new(),
             enrp_addr: None,
+            list_asked: false,
+            conflict: None,
         });
         p.client = peer.clone();
         p.conn = Some(conn);
@@ -346,6 +476,9 @@ impl Core {
         }
         self.request_handle_table(server_id, !mentor, out);
         // Spec §9.2: its peers may be ones we were not configured with.
+        if let Some(p) = self.peers.get_mut(&server_id) {
+            p.list_asked = true;
+        }
         out.push(Action::SendEnrp {
             conn,
             msg: self.enrp_msg(server_id, EnrpBody::ListRequest),
@@ -779,7 +912,8 @@ impl Core {
                 let advertised = server_info
                     .filter(|i| i.server_id == sid && !is_legacy(&client.id))
                     .as_ref()
-                    .and_then(dialable);
+                    .and_then(dialable)
+                    .filter(|a| self.may_dial(a));
                 let syncing = self.peers.get_mut(&sid).is_some_and(|p| {
                     p.their_checksum = Some(checksum.0);
                     if advertised.is_some() {
@@ -817,10 +951,20 @@ impl Core {
                 };
                 match action {
                     UpdateAction::AddPe => {
-                        self.accept_peer_pe(sid, &client, namespace, pool_handle, entry, now, out);
+                        let mut tally = Tally::default();
+                        self.accept_peer_pe(
+                            sid,
+                            &client,
+                            (namespace, pool_handle),
+                            entry,
+                            now,
+                            &mut tally,
+                            out,
+                        );
+                        tally.emit(&client, "ADD_PE", out);
                     }
                     UpdateAction::DelPe => {
-                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, out);
+                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, now, out);
                     }
                 }
             }
@@ -859,7 +1003,23 @@ impl Core {
                 self.on_takeover_server(sid, &client, target, out);
             }
             EnrpBody::ListResponse { reject, servers } => {
-                if !reject {
+                // Only the answer to our own request (issue 16): a peer cannot make this
+                // registrar dial at will by sending lists.
+                let asked = self
+                    .peers
+                    .get_mut(&sid)
+                    .is_some_and(|p| std::mem::take(&mut p.list_asked));
+                if !asked {
+                    out.push(Action::Audit {
+                        event: Self::peer_event(
+                            &client,
+                            AuditAction::PeerIgnored,
+                            Some(ErrorCause::SecurityRejection.code()),
+                            "ENRP_LIST_RESPONSE we did not ask for".to_owned(),
+                        ),
+                        durability: Durability::Batched,
+                    });
+                } else if !reject {
                     self.on_peer_list(&client, &servers, out);
                 }
             }
@@ -885,6 +1045,7 @@ impl Core {
     /// authenticated like a configured peer: the list grants no trust.
     fn on_peer_list(&self, from: &Client, servers: &[ServerInformation], out: &mut Vec<Action>) {
         let mut dialed = HashSet::new();
+        let mut refused = 0usize;
         for info in servers {
             if dialed.len() >= MAX_LIST_DIALS {
                 out.push(Action::Audit {
@@ -899,7 +1060,10 @@ impl Core {
                 break;
             }
             let sid = info.server_id;
-            let Some(addr) = dialable(info) else { continue };
+            let Some(addr) = dialable(info).filter(|a| self.may_dial(a)) else {
+                refused += 1;
+                continue;
+            };
             // A dead peer listed at the address it advertised to us is one whose
             // connection with us is already redialed, by us or by it (dial loops never
             // end): dialing it too would make a second connection that the tie-break
@@ -918,6 +1082,30 @@ impl Core {
             dialed.insert(sid);
             out.push(Action::DialPeer { addr });
         }
+        if refused > 0 {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    from,
+                    AuditAction::PeerIgnored,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!(
+                        "{refused} listed addresses not dialed: loopback, unspecified, multicast or none"
+                    ),
+                ),
+                durability: Durability::Batched,
+            });
+        }
+    }
+
+    /// Whether a learnt address (a peer's list, a PRESENCE, a taken-over PE's ASAP
+    /// transport) may be dialed: every address passes the rules of a PE's user addresses
+    /// (no unspecified, multicast or broadcast; loopback only with `allow_loopback`), so a
+    /// peer cannot point this registrar at its own host's services (issue 16).
+    pub(super) fn may_dial(&self, addr: &TransportAddr) -> bool {
+        addr.addrs().iter().all(|a| {
+            a.port() != 0
+                && Address::new(a.ip()).is_acceptable_user_address(self.config.allow_loopback)
+        })
     }
 
     /// An ENRP frame that did not decode: audited; a framing fault closes the connection
@@ -1074,9 +1262,52 @@ impl Core {
         });
         // A takeover it started is not ours to wait for any more.
         self.acked_takeovers.retain(|_, (by, _)| *by != sid);
+        self.pending_inits.retain(|(_, by), _| *by != sid);
+        // Its claims die with it; the claims on its PEs apply: their old home is dead.
+        self.claims.retain(|_, c| c.by != sid);
+        let claimed: Vec<PeKey> = self
+            .claims
+            .keys()
+            .filter(|k| {
+                self.handlespace
+                    .pool(&k.0, &k.1)
+                    .and_then(|p| p.entry(k.2))
+                    .is_some_and(|e| e.pool_element.home_server_id == sid.get())
+            })
+            .cloned()
+            .collect();
+        self.settle_claims(&claimed, now, out);
+        let owned_there = if claimed.is_empty() {
+            owned_there
+        } else {
+            self.handlespace
+                .iter()
+                .filter(|(_, _, e)| e.pool_element.home_server_id == sid.get())
+                .count()
+        };
         let running: Vec<ServerId> = self.takeovers.keys().copied().collect();
         for target in running {
             self.check_takeover(target, now, out);
+        }
+        // Dead here now: the takeovers of it that peers announced while it lived here are
+        // acknowledged (those still in time), before ours would start.
+        let pending: Vec<(ServerId, Instant)> = self
+            .pending_inits
+            .iter()
+            .filter(|((target, _), until)| *target == sid && **until > now)
+            .map(|((_, by), until)| (*by, *until))
+            .collect();
+        self.pending_inits.retain(|(target, _), _| *target != sid);
+        for (by, until) in pending {
+            let Some((conn, client)) = self
+                .peers
+                .get(&by)
+                .filter(|p| p.state != PeerState::Dead)
+                .and_then(|p| Some((p.conn?, p.client.clone())))
+            else {
+                continue;
+            };
+            self.ack_takeover(conn, by, &client, sid, until, out);
         }
         if owned_there > 0 {
             self.start_takeover(sid, now, out);
@@ -1138,8 +1369,24 @@ impl Core {
         entry: &PeEntry,
         out: &mut Vec<Action>,
     ) {
+        self.send_update_but(None, action, ns, handle, entry, out);
+    }
+
+    /// [`Self::send_update`] to every peer but `but`.
+    fn send_update_but(
+        &self,
+        but: Option<ServerId>,
+        action: UpdateAction,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        entry: &PeEntry,
+        out: &mut Vec<Action>,
+    ) {
         for (sid, p) in &self.peers {
             let Some(conn) = p.conn else { continue };
+            if Some(*sid) == but {
+                continue;
+            }
             if p.state == PeerState::Dead {
                 continue;
             }
@@ -1186,66 +1433,222 @@ impl Core {
 
     /// ADD_PE or a handle table entry from peer `sid` (spec §9.4 with its [P] rule: a
     /// peer speaks only for PEs it owns, in namespaces and pools it is granted). Stored
-    /// as the peer's (not owned here), with an expiry at its registration life: the home
-    /// registrar keeps it alive, this one does not probe it (spec §9.9).
+    /// as the peer's (not owned here), with an expiry at its registration life from `now`:
+    /// the home registrar keeps it alive, this one does not probe it (spec §9.9). A PE
+    /// whose home here is another live peer does not move (docs/ENRP-TRUST.md §2): the
+    /// claim waits for that home's withdrawal or death. Changes and refusals go to `tally`.
     #[allow(clippy::too_many_arguments)]
     fn accept_peer_pe(
         &mut self,
         sid: ServerId,
         client: &Client,
-        ns: Namespace,
-        handle: PoolHandle,
+        (ns, handle): (Namespace, PoolHandle),
         entry: PeEntry,
         now: Instant,
+        tally: &mut Tally,
         out: &mut Vec<Action>,
     ) -> Option<PeKey> {
         let pe = &entry.pool_element;
-        let pe_id = pe.pe_id;
-        let refuse = |why: String, out: &mut Vec<Action>| {
-            Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
-            None
-        };
-        if pe.home_server_id != sid.get() {
-            return refuse(
-                format!(
-                    "not the sender's PE: its home is {:#010x}",
-                    pe.home_server_id
-                ),
-                out,
-            );
-        }
-        if !self.permits(&client.id, &ns, &handle, trust::Action::Peer) {
-            return refuse("no peer grant for this namespace and pool".to_owned(), out);
-        }
-        if !pe.registration_life_valid() {
-            return refuse("registration life out of range".to_owned(), out);
-        }
-        if let Some(r) = &entry.registrant
-            && self.registrant_revoked(r.as_str())
+        let key: PeKey = (ns, handle, pe.pe_id);
+        let refusal = if pe.home_server_id != sid.get() {
+            Some(format!(
+                "not the sender's PE: its home is {:#010x}",
+                pe.home_server_id
+            ))
+        } else if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
+            Some("no peer grant for this namespace and pool".to_owned())
+        } else if !pe.registration_life_valid() {
+            Some("registration life out of range".to_owned())
+        } else if entry
+            .registrant
+            .as_ref()
+            .is_some_and(|r| self.registrant_revoked(r.as_str()))
         {
-            return refuse("registrant revoked here".to_owned(), out);
-        }
-        let key: PeKey = (ns.clone(), handle.clone(), pe_id);
-        match self.owned.get(&key) {
+            Some("registrant revoked here".to_owned())
+        } else if self.owned.get(&key).is_some_and(|o| o.conn.is_some()) {
             // Its PE is connected here: ours is the fresher claim.
-            Some(o) if o.conn.is_some() => {
-                return refuse("the PE is registered here".to_owned(), out);
+            Some("the PE is registered here".to_owned())
+        } else {
+            self.peer_pe_refusal(sid, &key, &entry)
+        };
+        if let Some(why) = refusal {
+            tally.refuse(key, why);
+            return None;
+        }
+        let me = self.config.server_id.get();
+        let current = self
+            .handlespace
+            .pool(&key.0, &key.1)
+            .and_then(|p| p.entry(key.2))
+            .cloned();
+        let previous_home = current.as_ref().map(|e| e.pool_element.home_server_id);
+        // Ownership moves only with proof: a live peer's PE stays its PE until it lets it
+        // go (DEL_PE, its table) or dies here. Ours (its connection lost, spec §12.6)
+        // stays ours until its grace period ends, unless it was taken over from the
+        // sender, whose it was before (a healed partition).
+        let ours_waiting = previous_home == Some(me)
+            && self
+                .owned
+                .get(&key)
+                .is_some_and(|o| o.taken_from != Some(sid));
+        let live_home = previous_home
+            .filter(|h| *h != sid.get() && *h != me)
+            .and_then(|h| ServerId::new(h).and_then(|h| self.peers.get(&h)))
+            .map(|p| p.state.as_str())
+            .filter(|s| *s != PeerState::Dead.as_str());
+        let waiting_on = if ours_waiting {
+            Some("ours")
+        } else {
+            live_home
+        };
+        if let (Some(home), Some(state)) = (previous_home, waiting_on) {
+            // A claim the PE's entry refutes already (spec §7.1 step 5) never waits.
+            if current.as_ref().is_some_and(|c| {
+                c.registrant != entry.registrant
+                    || c.pool_element.user_transport != entry.pool_element.user_transport
+            }) {
+                tally.refuse(key, crate::handlespace::Reject::NonUniquePeId.to_string());
+                return None;
             }
-            // It lost its connection here and re-registered there (spec §12.6).
-            Some(_) => self.forget_owned(&key),
-            None => {}
+            let waits = self.claims.len() < MAX_CLAIMS || self.claims.contains_key(&key);
+            let then = match (waits, ours_waiting) {
+                (false, _) => "too many re-homes waiting",
+                (true, true) => "it moves when its grace period here ends",
+                (true, false) => "it moves when that home withdraws it or dies here",
+            };
+            let why = if ours_waiting {
+                format!("re-home of our PE, its connection lost: {then}")
+            } else {
+                format!("re-home from {home:#010x}, {state} here: {then}")
+            };
+            if waits {
+                let at = now;
+                self.claims
+                    .insert(key.clone(), Claim { by: sid, entry, at });
+            }
+            tally.refuse(key, why);
+            return None;
         }
         let life = Duration::from_millis(u64::try_from(pe.registration_life).unwrap_or(0));
         match self
             .handlespace
-            .register(&ns, &handle, entry.pool_element.clone(), entry.registrant)
+            .register(&key.0, &key.1, entry.pool_element, entry.registrant)
         {
             Ok(_) => {
+                self.claims.remove(&key);
                 self.timers
                     .set(TimerKey::PeerPeLife(key.clone()), now + life);
+                match previous_home {
+                    None => tally.added += 1,
+                    Some(h) if h != sid.get() => tally.rehomed += 1,
+                    Some(_) => return Some(key), // a refresh changes nothing
+                }
+                tally.changed(&key);
+                // Ours, taken over from the sender, which lists it again (a healed
+                // partition): let it go, and say so (DEL_PE) to the other peers, whose
+                // copy may move only on our word (docs/ENRP-TRUST.md §2).
+                if previous_home == Some(me) && self.owned.contains_key(&key) {
+                    self.forget_owned(&key);
+                    if let Some(old) = current {
+                        self.send_update_but(
+                            Some(sid),
+                            UpdateAction::DelPe,
+                            &key.0,
+                            &key.1,
+                            &old,
+                            out,
+                        );
+                    }
+                }
                 Some(key)
             }
-            Err(e) => refuse(e.to_string(), out),
+            Err(e) => {
+                tally.refuse(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Issue 16, docs/ENRP-TRUST.md §3: a PE learnt from peer `sid` obeys what an ASAP
+    /// registration here would: its registrant (0x8101) holds the `register` grant for
+    /// the namespace and pool here, the pool's declared policy and most PEs hold, and the
+    /// per-registrant limit (the handlespace counts peers' PEs too). A new PE counts
+    /// against the peer's share, [`super::Config::max_pes_per_peer`].
+    fn peer_pe_refusal(&self, sid: ServerId, key: &PeKey, entry: &PeEntry) -> Option<String> {
+        let Some(registrant) = &entry.registrant else {
+            return Some("no registrant identity".to_owned());
+        };
+        let granted = SpiffeId::parse(registrant.as_str())
+            .is_ok_and(|id| self.permits(&id, &key.0, &key.1, trust::Action::Register));
+        if !granted {
+            return Some(format!(
+                "registrant {} holds no register grant here for this namespace and pool",
+                registrant.as_str()
+            ));
+        }
+        let present = self.handlespace.pool(&key.0, &key.1);
+        let held = present.and_then(|p| p.entry(key.2));
+        if let Some(d) = self.declared.get(&(key.0.clone(), key.1.clone())) {
+            if d.policy
+                .is_some_and(|t| t != entry.pool_element.policy.policy_type())
+            {
+                return Some("the pool is declared with another policy".to_owned());
+            }
+            let count = present.map_or(0, |p| p.len());
+            if held.is_none() && d.max_pes.is_some_and(|m| count >= m as usize) {
+                return Some("the pool holds its declared maximum of PEs".to_owned());
+            }
+        }
+        let moves_in = held.is_none_or(|e| e.pool_element.home_server_id != sid.get());
+        let share = self.config.max_pes_per_peer;
+        if moves_in && self.handlespace.pes_of(sid.get()) >= share {
+            return Some(format!(
+                "the peer holds its share of the handlespace here ({share} PEs)"
+            ));
+        }
+        None
+    }
+
+    /// The PEs `keys` were let go by their home (DEL_PE, its table, its death): the claims
+    /// of peers waiting for that apply now, if the claimant is still a live peer and the
+    /// claim's registration life has not run out. One audit record per claimant.
+    pub(super) fn settle_claims(&mut self, keys: &[PeKey], now: Instant, out: &mut Vec<Action>) {
+        let mut by: std::collections::BTreeMap<ServerId, (Client, Tally)> = Default::default();
+        for key in keys {
+            let Some(claim) = self.claims.remove(key) else {
+                continue;
+            };
+            let life = Duration::from_millis(
+                u64::try_from(claim.entry.pool_element.registration_life).unwrap_or(0),
+            );
+            let Some(client) = self
+                .peers
+                .get(&claim.by)
+                .filter(|p| p.state != PeerState::Dead && p.conn.is_some())
+                .map(|p| p.client.clone())
+            else {
+                continue;
+            };
+            if claim.at + life <= now {
+                continue;
+            }
+            let (client, tally) = by
+                .entry(claim.by)
+                .or_insert_with(|| (client, Tally::default()));
+            let client = client.clone();
+            let ns_handle = (key.0.clone(), key.1.clone());
+            self.accept_peer_pe(
+                claim.by,
+                &client,
+                ns_handle,
+                claim.entry,
+                claim.at,
+                tally,
+                out,
+            );
+        }
+        for (_, (client, tally)) in by {
+            tally.emit(&client, "re-home once the old home let the PE go", out);
         }
     }
 
@@ -1266,6 +1669,7 @@ impl Core {
 
     /// DEL_PE from peer `sid`: only for a PE whose home, in our handlespace, is the
     /// sender. Deleting an unknown PE is harmless (idempotent).
+    #[allow(clippy::too_many_arguments)]
     fn delete_peer_pe(
         &mut self,
         sid: ServerId,
@@ -1273,9 +1677,16 @@ impl Core {
         ns: Namespace,
         handle: PoolHandle,
         entry: &PeEntry,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         let pe_id = entry.pool_element.pe_id;
+        // The sender withdraws a re-home of its that was waiting: it no longer holds.
+        let key: PeKey = (ns, handle, pe_id);
+        if self.claims.get(&key).is_some_and(|c| c.by == sid) {
+            self.claims.remove(&key);
+        }
+        let (ns, handle, _) = key;
         let home = self
             .handlespace
             .pool(&ns, &handle)
@@ -1291,8 +1702,16 @@ impl Core {
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
         if let Some(removed) = self.handlespace.remove(&ns, &handle, pe_id) {
-            // Audited at its home registrar, which removed it.
             self.after_removal(&removed, out);
+            let key: PeKey = (ns, handle, pe_id);
+            let mut tally = Tally {
+                removed: 1,
+                ..Tally::default()
+            };
+            tally.changed(&key);
+            tally.emit(client, "DEL_PE", out);
+            // Its home let it go: a peer's re-home waiting for that applies now.
+            self.settle_claims(&[key], now, out);
         }
     }
 
@@ -1426,6 +1845,20 @@ impl Core {
             });
             return;
         }
+        // Only the answer to our own request (issue 16), like a list: what a peer volunteers
+        // as a table is ignored (its PEs come with its ADD_PEs).
+        if self.peers.get(&sid).is_none_or(|p| p.sync.is_none()) {
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::PeerIgnored,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned(),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
         // Of a W=0 table only the sender's own PEs are taken (spec §9.4 [P]); the others
         // come from their home registrars.
         let whole = self
@@ -1433,6 +1866,7 @@ impl Core {
             .get(&sid)
             .is_some_and(|p| p.sync.is_some() && !p.sync_own);
         let mut seen = Vec::new();
+        let mut tally = Tally::default();
         for group in pools {
             for entry in group.entries {
                 if whole && entry.pool_element.home_server_id != sid.get() {
@@ -1441,20 +1875,20 @@ impl Core {
                 if let Some(key) = self.accept_peer_pe(
                     sid,
                     client,
-                    group.namespace.clone(),
-                    group.pool_handle.clone(),
+                    (group.namespace.clone(), group.pool_handle.clone()),
                     entry,
                     now,
+                    &mut tally,
                     out,
                 ) {
                     seen.push(key);
                 }
             }
         }
+        tally.emit(client, "handle table page", out);
         let Some(p) = self.peers.get_mut(&sid) else {
             return;
         };
-        // An unsolicited response adds its PEs, but neither pages nor purges.
         let Some(sync) = p.sync.as_mut() else {
             return;
         };
@@ -1484,12 +1918,33 @@ impl Core {
             .filter(|k| !listed.contains(k) && !self.owned.contains_key(k))
             .collect();
         stale.sort();
-        for k in stale {
+        let mut purged = 0usize;
+        for k in &stale {
             if let Some(removed) = self.handlespace.remove(&k.0, &k.1, k.2) {
                 self.after_removal(&removed, out);
-                out.push(super::audit_removal(&removed, AuditAction::RemoveResync));
+                purged += 1;
             }
         }
+        if purged > 0 {
+            // One record for the whole purge, naming the peer (issue 16).
+            let mut event = Self::peer_event(
+                client,
+                AuditAction::RemoveResync,
+                None,
+                format!("{purged} PEs its handle table no longer lists"),
+            );
+            if let [k] = stale.as_slice() {
+                event.namespace = Some(k.0.clone());
+                event.pool_handle = Some(k.1.clone());
+                event.pe_id = Some(k.2);
+            }
+            out.push(Action::Audit {
+                event,
+                durability: Durability::BeforeReply,
+            });
+        }
+        // Its home let them go: the re-homes of peers waiting for that apply now.
+        self.settle_claims(&stale, now, out);
         // A healed partition: we took over its PEs while it seemed dead, and those it
         // lists went back to it above. Those it does not list are gone (deregistered or
         // lost while we were apart): removed now, with DEL_PE, rather than kept in every
@@ -1683,6 +2138,7 @@ impl Core {
                 .asap_transport
                 .as_ref()
                 .and_then(TransportAddr::of_transport)
+                .filter(|a| self.may_dial(a))
                 .zip(
                     entry
                         .registrant
@@ -1762,6 +2218,8 @@ impl Core {
 
     /// Step 6: the target spoke, so it is not dead: its takeover stops.
     fn target_alive(&mut self, sid: ServerId, out: &mut Vec<Action>) {
+        // An acknowledgement of its takeover no longer holds: it is alive.
+        self.acked_takeovers.remove(&sid);
         if self.takeovers.remove(&sid).is_some() {
             self.timers.stop(&TimerKey::TakeoverExpiry(sid));
             let detail = "the target is alive".to_owned();
@@ -1796,6 +2254,40 @@ impl Core {
         if target == from {
             return; // Nobody takes over itself.
         }
+        let until = now + self.config.timing.takeover_expiry;
+        // An acknowledgement says "it is dead here too" (docs/ENRP-TRUST.md): not while it
+        // lives here. It follows if this registrar declares it dead before `until`.
+        if let Some(p) = self.peers.get(&target)
+            && p.state != PeerState::Dead
+        {
+            let state = p.state.as_str();
+            self.pending_inits.insert((target, from), until);
+            out.push(Action::Audit {
+                event: Self::peer_event(
+                    client,
+                    AuditAction::TakeoverRefused,
+                    Some(ErrorCause::SecurityRejection.code()),
+                    format!("INIT_TAKEOVER of {target}: not acknowledged, it is {state} here"),
+                ),
+                durability: Durability::Batched,
+            });
+            return;
+        }
+        self.ack_takeover(conn, from, client, target, until, out);
+    }
+
+    /// Step 2, the acknowledgement: `from` takes over `target` (dead here); this registrar
+    /// refrains from its own takeover of it until `until`.
+    fn ack_takeover(
+        &mut self,
+        conn: ConnId,
+        from: ServerId,
+        client: &Client,
+        target: ServerId,
+        until: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.server_id;
         if self.takeovers.contains_key(&target) {
             // Both started: the lower Server ID takes over, the other acknowledges it.
             if me < from {
@@ -1806,8 +2298,11 @@ impl Core {
             let detail = format!("Server ID {from} (lower) takes it over");
             out.push(self.takeover_event(target, AuditAction::TakeoverAbandoned, detail));
         }
-        self.acked_takeovers
-            .insert(target, (from, now + self.config.timing.takeover_expiry));
+        // Remembered only for a peer of ours, so the map stays bounded by the peers: a
+        // registrar we do not know has no PEs here to refrain from taking over.
+        if self.peers.contains_key(&target) {
+            self.acked_takeovers.insert(target, (from, until));
+        }
         out.push(Action::Audit {
             event: Self::peer_event(
                 client,
@@ -1833,13 +2328,31 @@ impl Core {
         target: ServerId,
         out: &mut Vec<Action>,
     ) {
-        if target == self.config.server_id || target == from {
+        // Issue 16: a takeover moves PEs only of a registrar this one holds dead, by the
+        // peer whose INIT_TAKEOVER it acknowledged (docs/ENRP-TRUST.md).
+        let refusal = if target == self.config.server_id {
+            Some("this registrar is the target".to_owned())
+        } else if target == from {
+            Some("the sender is the target".to_owned())
+        } else {
+            match self.peers.get(&target) {
+                None => Some("the target is not a peer of this registrar".to_owned()),
+                Some(p) if p.state != PeerState::Dead => {
+                    Some(format!("the target is {} here", p.state.as_str()))
+                }
+                Some(_) if self.acked_takeovers.get(&target).map(|(by, _)| *by) != Some(from) => {
+                    Some("its INIT_TAKEOVER was not acknowledged here".to_owned())
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(why) = refusal {
             out.push(Action::Audit {
                 event: Self::peer_event(
                     client,
-                    AuditAction::PeerIgnored,
+                    AuditAction::TakeoverRefused,
                     Some(ErrorCause::SecurityRejection.code()),
-                    format!("TAKEOVER_SERVER of {target}"),
+                    format!("TAKEOVER_SERVER of {target}: {why}"),
                 ),
                 durability: Durability::Batched,
             });
@@ -1858,10 +2371,11 @@ impl Core {
             .map(|(ns, h, e)| ((ns.clone(), h.clone(), e.pool_element.pe_id), e.clone()))
             .collect();
         let mut moved = 0usize;
+        let mut tally = Tally::default();
         for (key, mut entry) in pes {
             if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
                 let why = "no peer grant for this namespace and pool".to_owned();
-                Self::ignore_pe(client, &key.0, &key.1, key.2, why, out);
+                tally.refuse(key, why);
                 continue;
             }
             entry.pool_element.home_server_id = from.get();
@@ -1882,6 +2396,7 @@ impl Core {
             ),
             durability: Durability::BeforeReply,
         });
+        tally.emit(client, "TAKEOVER_SERVER", out);
         // The taker may not have known every PE moved here (it missed an update): its
         // own table, asked for now, confirms the rest and purges those (spec §9.6),
         // rather than leave them under its name until the next checksum mismatch.

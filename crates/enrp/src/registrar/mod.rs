@@ -31,7 +31,7 @@ use trust::{DefaultNamespace, Grant, Serial, SpiffeId};
 
 use crate::handlespace::{Handlespace, Limits};
 
-pub use enrp::{MAX_LIST_DIALS, PeerState, PeerStatus};
+pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -158,6 +158,10 @@ pub struct Config {
     /// drops loopback ones and refuses a Server Information left with none). Empty: the
     /// Server Information is left out. Default empty.
     pub legacy_enrp_addrs: Vec<SocketAddr>,
+    /// Most PEs one peer may own in this registrar's handlespace (issue 16): its ADD_PEs
+    /// and handle table entries beyond it are refused, so that one peer cannot fill the
+    /// handlespace ([`Limits::max_pes`]) by itself. Default 250,000, a quarter of it.
+    pub max_pes_per_peer: usize,
 }
 
 pub use trust::LEGACY_TRUST_DOMAIN;
@@ -227,6 +231,7 @@ impl Config {
             handle_table_bytes: 16 * 1024,
             legacy_namespace: None,
             legacy_enrp_addrs: Vec::new(),
+            max_pes_per_peer: 250_000,
         }
     }
 }
@@ -421,6 +426,14 @@ pub enum Action {
         /// The identity it registered with: nobody else may answer for it.
         registrant: SpiffeId,
     },
+    /// Store for good that `server_id` is bound to `identity`, the first identity that
+    /// proved it (docs/ENRP-TRUST.md §4); a binding already stored stays.
+    BindServerId {
+        /// The Server ID.
+        server_id: ServerId,
+        /// Its identity.
+        identity: SpiffeId,
+    },
     /// Write an audit record.
     Audit {
         /// The record.
@@ -492,6 +505,13 @@ pub enum AuditAction {
     TakeoverCompleted,
     /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
     TakeoverApplied,
+    /// PEs added, re-homed or removed here because of a peer's message (one record per
+    /// message, with the counts, naming the peer).
+    PeerUpdate,
+    /// A peer's takeover was not acknowledged or not applied: its target is alive here,
+    /// not a peer, or this registrar did not acknowledge that peer's INIT_TAKEOVER for it
+    /// (docs/ENRP-TRUST.md).
+    TakeoverRefused,
     /// The start-up phase ended: the mentor's handle table is downloaded (spec §9.3).
     MentorDone,
     /// The start-up phase ended: no mentor download completed in time (spec §9.3 step 4).
@@ -538,6 +558,8 @@ impl AuditAction {
             Self::TakeoverAbandoned => "takeover:abandoned",
             Self::TakeoverCompleted => "takeover:completed",
             Self::TakeoverApplied => "takeover:applied",
+            Self::PeerUpdate => "peer:update",
+            Self::TakeoverRefused => "takeover:refused",
             Self::MentorDone => "mentor:done",
             Self::MentorTimeout => "mentor:timeout",
         }
@@ -699,6 +721,17 @@ pub struct Core {
     /// Takeovers by peers this registrar acknowledged: target → (initiator, until when it
     /// refrains from its own takeover of that target).
     acked_takeovers: BTreeMap<ServerId, (ServerId, Instant)>,
+    /// INIT_TAKEOVERs not acknowledged because their target is alive here: (target,
+    /// initiator) → until when the initiator's takeover may still be waiting. Acknowledged
+    /// if this registrar declares the target dead before then. Bounded: both are accepted
+    /// peers, so at most peers² entries.
+    pending_inits: BTreeMap<(ServerId, ServerId), Instant>,
+    /// Re-homes waiting for the withdrawal or death of the PE's live home, by PE
+    /// (docs/ENRP-TRUST.md §2). At most [`enrp::MAX_CLAIMS`].
+    claims: BTreeMap<PeKey, enrp::Claim>,
+    /// Server IDs bound for good to the identity that first proved them (stored, and
+    /// learnt since): no other identity may peer with one (docs/ENRP-TRUST.md §4).
+    bindings: BTreeMap<ServerId, SpiffeId>,
     /// In the start-up phase (spec §9.3): ASAP registrations and resolutions are refused.
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
@@ -723,8 +756,28 @@ impl Core {
             peer_conns: HashMap::new(),
             takeovers: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
+            pending_inits: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             starting: false,
             mentor: None,
+        }
+    }
+
+    /// Sets the stored Server ID bindings before the first input (docs/ENRP-TRUST.md §4):
+    /// another identity claiming one of these Server IDs is refused from the start.
+    pub fn set_server_id_bindings(&mut self, bindings: Vec<(ServerId, SpiffeId)>) {
+        self.bindings.extend(bindings);
+    }
+
+    /// Sets the revocations in force before the first input: those stored by the admin
+    /// API, so that after a restart no peer can bring back a revoked identity's PEs
+    /// (issue 16). Later ones arrive as [`Input::Revoked`].
+    pub fn set_revocations(&mut self, revocations: Vec<Revocation>) {
+        for r in revocations {
+            if !self.revocations.contains(&r) {
+                self.revocations.push(r);
+            }
         }
     }
 
@@ -891,10 +944,13 @@ impl Core {
                 TimerKey::KeepAlive(pe) => self.send_keep_alive(pe, false, now, &mut out),
                 TimerKey::KeepAliveTimeout(pe) => {
                     self.remove_owned(&pe, AuditAction::RemoveTimeout, &mut out);
+                    // We let it go (DEL_PE sent): a peer's re-home of it may apply now.
+                    self.settle_claims(&[pe], now, &mut out);
                 }
                 TimerKey::Orphaned(pe) => {
                     if self.owned.get(&pe).is_some_and(|o| o.conn.is_none()) {
                         self.remove_owned(&pe, AuditAction::RemoveConnectionLoss, &mut out);
+                        self.settle_claims(&[pe], now, &mut out);
                     }
                 }
                 TimerKey::ReportWindow(conn) => {
@@ -1002,9 +1058,6 @@ impl Core {
         self.close_revoked_peers(revocation, out);
     }
 
-    /// Removes the owned PEs whose registration the grants no longer allow: a registrant
-    /// keeps a PE only while some grant lets it register in that namespace and pool.
-    /// (The PEs of other registrars are theirs to judge, under their grants.)
     /// Whether `id` may do `action` on `handle` in `ns`: the grants, or for a legacy
     /// identity, the legacy namespace: a legacy client every ASAP action there and no
     /// peering, a legacy peer (configured by address and Server ID) peering there and no
@@ -1029,14 +1082,15 @@ impl Core {
         )
     }
 
+    /// Removes the PEs whose registration the grants no longer allow: a registrant keeps
+    /// a PE only while some grant lets it register in that namespace and pool (here: a
+    /// peer's PE goes from this registrar's handlespace, not from its home's).
     fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
+        // Peers' PEs too (issue 16): a PE learnt from a peer obeys this registrar's grants
+        // for its registrant, as when it was learnt.
         let mut ungranted: Vec<PeKey> = self
             .handlespace
             .iter()
-            .filter(|(ns, handle, e)| {
-                self.owned
-                    .contains_key(&((*ns).clone(), (*handle).clone(), e.pool_element.pe_id))
-            })
             .filter(|(ns, handle, e)| {
                 let Some(r) = &e.registrant else { return false };
                 // A registrant the grants cannot even parse is not allowed anything.

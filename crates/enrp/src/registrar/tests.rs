@@ -853,6 +853,13 @@ fn a_list_request_is_answered_with_the_live_peers_and_their_advertised_addresses
     );
 }
 
+fn list_response(servers: Vec<ServerInformation>) -> EnrpBody {
+    EnrpBody::ListResponse {
+        reject: false,
+        servers,
+    }
+}
+
 #[test]
 fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() {
     let mut h = Harness::with_peer_grants();
@@ -861,21 +868,30 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
     let out = h.enrp(
         10,
         SID_B,
-        EnrpBody::ListResponse {
-            reject: false,
-            servers: vec![
-                server_info(me, 1000),     // ourselves
-                server_info(SID_B, 1001),  // already connected
-                server_info(SID_C, 1002),  // new
-                server_info(SID_C, 1003),  // listed twice
-                server_info(0x0d0d, 1004), // new
-            ],
-        },
+        list_response(vec![
+            server_info(me, 1000),     // ourselves
+            server_info(SID_B, 1001),  // already connected
+            server_info(SID_C, 1002),  // new
+            server_info(SID_C, 1003),  // listed twice
+            server_info(0x0d0d, 1004), // new
+        ]),
     );
     assert_eq!(dials(&out), vec![tcp(1002), tcp(1004)]);
-    // A rejected list dials nothing.
+    // Only the answer to our request counts (issue 16): another list is ignored, audited.
     let out = h.enrp(
         10,
+        SID_B,
+        EnrpBody::ListResponse {
+            reject: false,
+            servers: vec![server_info(0x0e0e, 1005)],
+        },
+    );
+    assert!(dials(&out).is_empty());
+    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    // A rejected list dials nothing.
+    h.peer_up(12, PR_B, SID_B); // B reconnects: asked again
+    let out = h.enrp(
+        12,
         SID_B,
         EnrpBody::ListResponse {
             reject: true,
@@ -887,8 +903,9 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
     let servers = (1..=200u16)
         .map(|n| server_info(0x1000 + u32::from(n), 2000 + n))
         .collect();
+    h.peer_up(13, PR_B, SID_B);
     let out = h.enrp(
-        10,
+        13,
         SID_B,
         EnrpBody::ListResponse {
             reject: false,
@@ -923,7 +940,53 @@ fn a_dead_peer_is_dialed_from_a_list_only_at_an_address_it_did_not_advertise() {
         servers: vec![server_info(SID_C, port)],
     };
     assert!(dials(&h.enrp(10, SID_B, list(1002))).is_empty());
-    assert_eq!(dials(&h.enrp(10, SID_B, list(1009))), vec![tcp(1009)]);
+    h.peer_up(12, PR_B, SID_B); // B reconnects: asked again
+    assert_eq!(dials(&h.enrp(12, SID_B, list(1009))), vec![tcp(1009)]);
+}
+
+/// Issue 16: without `allow_loopback`, a registrar dials no loopback, unspecified or
+/// multicast address a peer gave it (its list, its PRESENCE), and says so in the audit.
+#[test]
+fn learnt_addresses_pass_the_address_rules_before_they_are_dialed() {
+    let mut h = Harness::with_peer_grants();
+    let mut config = h.core.config().clone();
+    config.allow_loopback = false;
+    h.core = Core::new(config, peer_grants());
+    h.peer_up(10, PR_B, SID_B);
+    let at = |n: u32, ip: Ipv4Addr| ServerInformation {
+        server_id: sid(n),
+        transport: Transport::Tcp {
+            port: NonZeroU16::new(9902).expect("non-zero"),
+            transport_use: TransportUse::DataOnly,
+            addr: Address::new(ip),
+        },
+    };
+    let out = h.enrp(
+        10,
+        SID_B,
+        list_response(vec![
+            at(0x0d01, Ipv4Addr::LOCALHOST),
+            at(0x0d02, Ipv4Addr::UNSPECIFIED),
+            at(0x0d03, Ipv4Addr::new(224, 0, 0, 1)),
+            at(0x0d04, Ipv4Addr::new(192, 0, 2, 7)),
+        ]),
+    );
+    assert_eq!(
+        dials(&out),
+        vec![TransportAddr::Tcp(SocketAddr::from(([192, 0, 2, 7], 9902)))]
+    );
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert!(
+        refused[0].1.starts_with("3 listed addresses not dialed"),
+        "{out:?}"
+    );
+    // A loopback address in its PRESENCE is not kept: not dialed when it dies.
+    h.enrp(10, SID_B, presence_from(SID_B, 1002));
+    h.core.handle(Input::PeerDown { conn: ConnId(10) }, h.now);
+    let out = h.advance(250);
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert!(dials(&out).is_empty(), "{out:?}");
 }
 
 #[test]
@@ -1008,7 +1071,14 @@ fn a_peers_pe_is_served_but_only_its_home_may_change_it() {
     let pu = h.connect(2, PU_1);
     // B speaks for its own PE: stored with home B, resolvable, not probed here.
     let out = h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
-    assert!(out.is_empty(), "{out:?}");
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    // Audited here, naming B (issue 16); a refresh is no change and is not audited.
+    assert!(matches!(out.as_slice(), [Action::Audit { event, .. }]
+        if event.action == AuditAction::PeerUpdate
+            && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PR_B)
+            && event.pe_id.map(PeId::get) == Some(5)
+            && event.detail.as_deref() == Some("ADD_PE: 1 added, 0 re-homed, 0 removed")));
+    assert!(h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A)).is_empty());
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![5]);
     assert_eq!(h.core.stats().owned, 0);
     assert_eq!(h.core.peers()[0].checksum_match, None);
@@ -1131,7 +1201,13 @@ fn handle_tables_page_with_the_m_bit_and_a_download_purges_what_is_gone() {
         }]
     ));
     let out = h.enrp(10, SID_B, page(3, false));
-    assert_eq!(audits(&out), vec![(AuditAction::RemoveResync, None)]);
+    assert_eq!(
+        audits(&out),
+        vec![
+            (AuditAction::PeerUpdate, None),
+            (AuditAction::RemoveResync, None)
+        ]
+    );
     let ids: Vec<u32> = h
         .core
         .handlespace()
@@ -1662,10 +1738,16 @@ fn the_mentor_download_pages_with_w0_and_its_last_page_ends_the_startup() {
             own_children_only: false
         }]
     );
-    assert!(audits(&out).is_empty());
+    assert_eq!(audits(&out), vec![(AuditAction::PeerUpdate, None)]);
     assert!(h.core.starting());
     let out = h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 2)], false));
-    assert_eq!(audits(&out), vec![(AuditAction::MentorDone, None)]);
+    assert_eq!(
+        audits(&out),
+        vec![
+            (AuditAction::PeerUpdate, None),
+            (AuditAction::MentorDone, None)
+        ]
+    );
     assert!(!h.core.starting());
     let pu = h.connect(2, PU_1);
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1, 2]);
@@ -1877,12 +1959,16 @@ fn a_registrar_started_later_learns_every_pe_of_its_mentor_over_many_pages() {
     assert_eq!(found_ids(&b.resolve(pu, "pool-5")).len(), 3);
 }
 
-/// Spec §9.8 step 6, with a taker that missed an update: C's PEs 1 and 2 are here; B
-/// takes C over but knew only PE 1. Its TAKEOVER_SERVER moves both to B, and the table
-/// asked of B at once removes PE 2 instead of leaving it under B's name.
+/// Issue 16: a peer holding a valid registrar identity cannot take over a registrar that
+/// is alive here, with or without an INIT_TAKEOVER round: nothing moves, the refusals are
+/// audited. Once C is dead here, B's takeover (announced while C lived) is acknowledged
+/// and applied; B missed an update of C's, and the table asked of B at once removes PE 2
+/// instead of leaving it under B's name (spec §9.8 step 4, §9.6).
 #[test]
 fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
-    let mut h = Harness::with_peer_grants();
+    // A higher Server ID than B's, so that B wins the tie-break of §9.8 step 2.
+    const SID_H: u32 = 0x7777_7777;
+    let mut h = Harness::registrar(SID_H);
     let empty = || EnrpBody::HandleTableResponse {
         reject: false,
         more: false,
@@ -1896,6 +1982,58 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     h.enrp(11, SID_C, add_pe(SID_C, "echo", 2, PE_A));
     let pu = h.connect(3, PU_1);
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+    let refused = |out: &[Action], what: &str| {
+        out.iter().any(|a| {
+            matches!(a, Action::Audit { event, .. }
+                if event.action == AuditAction::TakeoverRefused
+                    && event.outcome == Some(0xA)
+                    && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PR_B)
+                    && event.detail.as_deref().is_some_and(|d| d.contains(what)))
+        })
+    };
+
+    // The forged takeover of live C, without an INIT_TAKEOVER round: refused.
+    let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(refused(&out, "the target is active here"), "{out:?}");
+    assert!(!has_audit(&out, AuditAction::TakeoverApplied), "{out:?}");
+    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    // With the round: no acknowledgement while C lives here, and still no takeover.
+    let out = h.enrp(10, SID_B, EnrpBody::InitTakeover { target: sid(SID_C) });
+    assert!(
+        refused(&out, "not acknowledged, it is active here"),
+        "{out:?}"
+    );
+    assert!(enrp_on(&out, 10).is_empty(), "{out:?}");
+    let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(refused(&out, "the target is active here"), "{out:?}");
+    // An empty table of B's changes nothing of C's; unasked for, it is not even read.
+    let out = h.enrp(10, SID_B, empty());
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored),
+        vec![(
+            PR_B.to_owned(),
+            "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned()
+        )]
+    );
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1, 2]);
+    assert_eq!((h.home_of(1), h.home_of(2)), (Some(SID_C), Some(SID_C)));
+
+    // C dies here: B's pending INIT_TAKEOVER is acknowledged now, ours does not start.
+    let out = h.b_dies_on(11);
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert!(has_audit(&out, AuditAction::TakeoverAcked), "{out:?}");
+    assert!(!has_audit(&out, AuditAction::TakeoverStarted), "{out:?}");
+    assert!(
+        enrp_on(&out, 10)
+            .iter()
+            .any(|m| m.body == EnrpBody::InitTakeoverAck { target: sid(SID_C) }),
+        "{out:?}"
+    );
+    // A takeover of dead C by anyone but B is still refused.
+    h.peer_up(12, PR_A, SID_A);
+    let out = h.enrp(12, SID_A, EnrpBody::TakeoverServer { target: sid(SID_C) });
+    assert!(has_audit(&out, AuditAction::TakeoverRefused), "{out:?}");
+    assert_eq!(h.home_of(1), Some(SID_C));
 
     let out = h.enrp(10, SID_B, EnrpBody::TakeoverServer { target: sid(SID_C) });
     assert!(has_audit(&out, AuditAction::TakeoverApplied), "{out:?}");
@@ -1908,6 +2046,390 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
     );
     h.enrp(10, SID_B, table_page(vec![peer_entry(SID_B, 1)], false));
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
+    assert_eq!(h.home_of(1), Some(SID_B));
+}
+
+fn del_pe(home: u32, pool: &str, id: u32, registrant: &str) -> EnrpBody {
+    let mut body = add_pe(home, pool, id, registrant);
+    if let EnrpBody::HandleUpdate { action, .. } = &mut body {
+        *action = UpdateAction::DelPe;
+    }
+    body
+}
+
+/// The audit records of `out` with this action: (actor, detail).
+fn audit_details(out: &[Action], action: AuditAction) -> Vec<(String, String)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Audit { event, .. } if event.action == action => Some((
+                event
+                    .actor
+                    .as_ref()
+                    .map(|(id, _)| id.to_string())
+                    .unwrap_or_default(),
+                event.detail.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 16, docs/ENRP-TRUST.md §2: C (a valid registrar identity) names itself home of
+/// live B's PE 5. Refused and audited; its claim waits, and applies only once B lets the
+/// PE go (DEL_PE). A claim with another user transport is refused outright.
+#[test]
+fn a_peer_cannot_re_home_a_live_peers_pe_until_its_home_lets_it_go() {
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    let pu = a.connect(2, PU_1);
+    let out = a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, PR_C);
+    assert!(
+        refused[0]
+            .1
+            .contains("re-home from 0x55667788, active here"),
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // Its DEL_PE of B's PE changes nothing either.
+    let out = a.enrp(11, SID_C, del_pe(SID_C, "echo", 5, PE_A));
+    assert!(has_audit(&out, AuditAction::PeerIgnored));
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // A re-home that another user transport refutes does not even wait.
+    let mut other = add_pe(SID_C, "echo", 5, PE_A);
+    if let EnrpBody::HandleUpdate { pool_element, .. } = &mut other {
+        pool_element.user_transport = match pool_element.user_transport.clone() {
+            Transport::Tcp {
+                transport_use,
+                addr,
+                ..
+            } => Transport::Tcp {
+                port: NonZeroU16::new(4444).expect("non-zero"),
+                transport_use,
+                addr,
+            },
+            t => t,
+        };
+    }
+    let out = a.enrp(11, SID_C, other);
+    assert!(
+        audit_details(&out, AuditAction::PeerIgnored)[0]
+            .1
+            .contains("non-unique"),
+        "{out:?}"
+    );
+    // The real re-registration at C: C's claim waits for B.
+    a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    assert_eq!(a.home_of(5), Some(SID_B));
+    // B lets it go: removed (audited, naming B), and C's claim applies (naming C).
+    let out = a.enrp(10, SID_B, del_pe(SID_B, "echo", 5, PE_A));
+    let changes = audit_details(&out, AuditAction::PeerUpdate);
+    assert_eq!(
+        changes,
+        vec![
+            (
+                PR_B.to_owned(),
+                "DEL_PE: 0 added, 0 re-homed, 1 removed".to_owned()
+            ),
+            (
+                PR_C.to_owned(),
+                "re-home once the old home let the PE go: 1 added, 0 re-homed, 0 removed"
+                    .to_owned()
+            ),
+        ],
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_C));
+    assert_eq!(found_ids(&a.resolve(pu, "echo")), vec![5]);
+}
+
+/// docs/ENRP-TRUST.md §2: the re-home of a PE whose home dies here applies at its death,
+/// before a takeover would claim it; a PE re-homed from a dead home moves at once.
+#[test]
+fn a_re_home_applies_when_the_old_home_dies_here() {
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[(11, PR_C, SID_C)]);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_A));
+    a.enrp(11, SID_C, add_pe(SID_C, "echo", 5, PE_A));
+    assert_eq!(a.home_of(5), Some(SID_B));
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::PeerDead), "{out:?}");
+    assert_eq!(a.home_of(5), Some(SID_C));
+    // PE 6 had no claim: B's takeover starts for it alone.
+    assert!(has_audit(&out, AuditAction::TakeoverStarted), "{out:?}");
+    assert_eq!(a.home_of(6), Some(SID_B));
+    // B is dead here: C's re-registration of PE 6 moves it at once.
+    let out = a.enrp(11, SID_C, add_pe(SID_C, "echo", 6, PE_A));
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate)[0].1,
+        "ADD_PE: 0 added, 1 re-homed, 0 removed"
+    );
+    assert_eq!(a.home_of(6), Some(SID_C));
+}
+
+/// docs/ENRP-TRUST.md §2: a PE of ours whose connection is lost re-registers at B. B's
+/// word alone does not take it from us (a Byzantine peer could say so of any PE of ours in
+/// its grace period): at the end of the grace period we let it go, tell every peer
+/// (DEL_PE), and B's re-home applies.
+#[test]
+fn a_pe_that_moved_away_is_let_go_at_the_end_of_its_grace_period() {
+    let mut a = Harness::registrar(SID_A);
+    a.peer_up(10, PR_B, SID_B);
+    a.peer_up(11, PR_C, SID_C);
+    let pe_conn = a.connect(3, PE_A);
+    assert_eq!(reg_cause(&a.send(pe_conn, registration("echo", 5))), None);
+    a.core.handle(Input::Closed { conn: pe_conn }, a.now);
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert!(
+        refused[0]
+            .1
+            .starts_with("re-home of our PE, its connection lost"),
+        "{out:?}"
+    );
+    assert_eq!(a.home_of(5), Some(SID_A));
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    let out = a.advance(250);
+    assert!(
+        has_audit(&out, AuditAction::RemoveConnectionLoss),
+        "{out:?}"
+    );
+    for conn in [10, 11] {
+        assert!(
+            enrp_on(&out, conn).iter().any(|m| matches!(&m.body,
+                EnrpBody::HandleUpdate { action: UpdateAction::DelPe, pool_element, .. }
+                    if pool_element.pe_id.get() == 5 && pool_element.home_server_id == SID_A)),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate),
+        vec![(
+            PR_B.to_owned(),
+            "re-home once the old home let the PE go: 1 added, 0 re-homed, 0 removed".to_owned()
+        )]
+    );
+    assert_eq!(a.home_of(5), Some(SID_B));
+    assert_eq!(a.core.stats().owned, 0);
+}
+
+#[test]
+fn a_peers_pe_needs_a_registrant_granted_here() {
+    let mut a = Harness::registrar(SID_A);
+    a.peer_up(10, PR_B, SID_B);
+    // PE_A may register in "echo" only; a PU may register nowhere.
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "other", 5, PE_A));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, PR_B);
+    assert!(refused[0].1.contains("holds no register grant"), "{out:?}");
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PU_1));
+    assert!(has_audit(&out, AuditAction::PeerIgnored), "{out:?}");
+    let mut anonymous = add_pe(SID_B, "echo", 7, PE_A);
+    if let EnrpBody::HandleUpdate { registrant, .. } = &mut anonymous {
+        *registrant = None;
+    }
+    let out = a.enrp(10, SID_B, anonymous);
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored)[0].1,
+        "no registrant identity"
+    );
+    assert_eq!(a.core.stats().pes, 0);
+    // The granted one is taken.
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 8, PE_A));
+    assert_eq!(a.home_of(8), Some(SID_B));
+    // ...until the grant is withdrawn here: it goes from this handlespace (not B's: no
+    // DEL_PE is ours to send), audited.
+    let out = a
+        .core
+        .handle(Input::Grants(peer_grants()[1..].to_vec()), a.now);
+    assert_eq!(audits(&out), vec![(AuditAction::RemoveUngranted, None)]);
+    assert!(enrp_sent(&out).is_empty(), "{out:?}");
+    assert_eq!(a.home_of(8), None);
+}
+
+/// Issue 16: one peer holds at most `max_pes_per_peer` PEs here, and the per-registrant
+/// limit counts peers' PEs: a page beyond them is refused in part, audited as one record
+/// with the count; refreshes of what it holds still pass.
+#[test]
+fn a_peer_has_a_bounded_share_of_the_handlespace() {
+    let mut a = Harness::registrar(SID_A);
+    let mut config = a.core.config().clone();
+    config.max_pes_per_peer = 2;
+    a.core = Core::new(config, peer_grants());
+    a.peer_up(10, PR_B, SID_B);
+    let page = table_page((1..=4).map(|id| peer_entry(SID_B, id)).collect(), false);
+    let out = a.enrp(10, SID_B, page);
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerUpdate),
+        vec![(
+            PR_B.to_owned(),
+            "handle table page: 2 added, 0 re-homed, 0 removed".to_owned()
+        )]
+    );
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(
+        refused[0].1,
+        "handle table page: 2 PEs refused; the first: the peer holds its share of the \
+         handlespace here (2 PEs)"
+    );
+    assert_eq!(a.core.stats().pes, 2);
+    assert!(a.enrp(10, SID_B, add_pe(SID_B, "echo", 1, PE_A)).is_empty());
+    // The per-registrant limit counts PEs learnt from peers.
+    let mut b = Harness::registrar(SID_A);
+    let mut config = b.core.config().clone();
+    config.limits.max_pes_per_registrant = 1;
+    b.core = Core::new(config, peer_grants());
+    b.peer_up(10, PR_B, SID_B);
+    b.enrp(10, SID_B, add_pe(SID_B, "echo", 1, PE_A));
+    let out = b.enrp(10, SID_B, add_pe(SID_B, "echo", 2, PE_A));
+    assert!(
+        audit_details(&out, AuditAction::PeerIgnored)[0]
+            .1
+            .contains("PEs of this registrant"),
+        "{out:?}"
+    );
+    let pe_conn = b.connect(3, PE_A);
+    assert_eq!(
+        reg_cause(&b.send(pe_conn, registration("echo", 9))),
+        Some(0x6)
+    );
+}
+
+/// Issue 16: a taken-over PE's ASAP transport, which came from its (now dead) home, is
+/// dialed only if it passes the PE address rules here: a loopback listener is not dialed
+/// without `allow_loopback`; a routable one is.
+#[test]
+fn a_taken_over_pe_is_dialed_only_at_an_address_the_rules_allow() {
+    let mut a = Harness::registrar(SID_A);
+    let mut config = a.core.config().clone();
+    config.allow_loopback = false;
+    a.core = Core::new(config, peer_grants());
+    a.peer_up(10, PR_B, SID_B);
+    for (id, ip) in [(5, Ipv4Addr::LOCALHOST), (6, Ipv4Addr::new(192, 0, 2, 6))] {
+        let mut body = add_pe(SID_B, "echo", id, PE_A);
+        if let EnrpBody::HandleUpdate { pool_element, .. } = &mut body {
+            pool_element.asap_transport = Some(Transport::Tcp {
+                port: NonZeroU16::new(3863).expect("non-zero"),
+                transport_use: TransportUse::DataOnly,
+                addr: Address::new(ip),
+            });
+        }
+        a.enrp(10, SID_B, body);
+    }
+    let out = a.b_dies();
+    assert!(has_audit(&out, AuditAction::TakeoverCompleted), "{out:?}");
+    let dialed: Vec<(u32, TransportAddr)> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::DialPe { pe, addr, .. } => Some((pe.2.get(), addr.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dialed,
+        vec![(
+            6,
+            TransportAddr::Tcp(SocketAddr::from(([192, 0, 2, 6], 3863)))
+        )]
+    );
+}
+
+/// Issue 16, docs/ENRP-TRUST.md §4: a Server ID stays bound to the first identity that
+/// proved it, also while that peer is dead: another identity claiming it is refused and
+/// audited, and the conflict shows in the peer's status. The owner comes back.
+#[test]
+fn a_server_id_stays_bound_to_its_first_identity_even_while_it_is_dead() {
+    const EVIL: &str = "spiffe://acme.test/registrar/evil";
+    let mut a = Harness::with_b_and_its_pe(SID_A, &[]);
+    a.b_dies();
+    let b = |a: &Harness| {
+        a.core
+            .peers()
+            .into_iter()
+            .find(|p| p.server_id == sid(SID_B))
+            .expect("B is known")
+    };
+    assert_eq!(b(&a).state, PeerState::Dead);
+    let out = a.peer_up(20, EVIL, SID_B);
+    assert!(closed(&out), "{out:?}");
+    let refused = audit_details(&out, AuditAction::PeerRefused);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, EVIL);
+    assert!(
+        refused[0]
+            .1
+            .contains("is bound to spiffe://acme.test/registrar/b (dead)"),
+        "{out:?}"
+    );
+    assert_eq!(b(&a).identity.as_str(), PR_B);
+    assert_eq!(b(&a).conflict.map(|c| c.to_string()), Some(EVIL.to_owned()));
+    // What it sends counts for nothing.
+    assert!(a.enrp(20, SID_B, add_pe(SID_B, "echo", 9, PE_A)).is_empty());
+    // B itself is welcome back.
+    let out = a.peer_up(21, PR_B, SID_B);
+    assert!(!closed(&out), "{out:?}");
+    assert_eq!(b(&a).state, PeerState::Active);
+}
+
+/// Issue 16, docs/ENRP-TRUST.md §4: the first identity to prove a Server ID binds it, and
+/// the driver is asked to store that; a stored binding refuses another identity before the
+/// first ever connects.
+#[test]
+fn a_server_id_binding_is_stored_and_holds_after_a_restart() {
+    let mut a = Harness::registrar(SID_A);
+    let out = a.peer_up(10, PR_B, SID_B);
+    let binds: Vec<_> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::BindServerId {
+                server_id,
+                identity,
+            } => Some((server_id.get(), identity.to_string())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(binds, vec![(SID_B, PR_B.to_owned())]);
+    // Again on a later connection: nothing more to store.
+    let out = a.peer_up(11, PR_B, SID_B);
+    assert!(!out.iter().any(|x| matches!(x, Action::BindServerId { .. })));
+    // A restarted registrar with the stored binding: the impostor is refused at once.
+    let mut r = Harness::registrar(SID_A);
+    r.core.set_server_id_bindings(vec![(
+        sid(SID_B),
+        SpiffeId::parse(PR_B).expect("SPIFFE ID"),
+    )]);
+    let out = r.peer_up(20, "spiffe://acme.test/registrar/evil", SID_B);
+    assert!(closed(&out), "{out:?}");
+    assert!(
+        audit_details(&out, AuditAction::PeerRefused)[0]
+            .1
+            .contains("is bound to spiffe://acme.test/registrar/b (not connected since the start)"),
+        "{out:?}"
+    );
+    assert!(r.core.peers().is_empty());
+    assert!(!closed(&r.peer_up(21, PR_B, SID_B)));
+}
+
+/// Issue 16: the revocations stored before a restart are in force in the core from the
+/// start: a peer cannot bring back a revoked registrant's PEs.
+#[test]
+fn stored_revocations_hold_for_peers_pes_from_the_start() {
+    let mut a = Harness::registrar(SID_A);
+    a.core.set_revocations(vec![Revocation::Identity(
+        SpiffeId::parse(PE_A).expect("SPIFFE ID"),
+    )]);
+    a.peer_up(10, PR_B, SID_B);
+    let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
+    assert_eq!(
+        audit_details(&out, AuditAction::PeerIgnored)[0].1,
+        "registrant revoked here"
+    );
+    assert_eq!(a.core.stats().pes, 0);
+    a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PE_B));
+    assert_eq!(a.home_of(6), Some(SID_B));
 }
 
 /// A legacy peer (RSPLIB) hears of the legacy namespace only, without the project's

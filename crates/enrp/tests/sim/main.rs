@@ -112,7 +112,7 @@ fn seeds_keep_the_invariants() {
         simulated += o.simulated;
     }
     let wall = started.elapsed();
-    // Invariant 6 is exercised, not vacuous: registrars that restart refuse PEs with 0x6
+    // Invariant 7 is exercised, not vacuous: registrars that restart refuse PEs with 0x6
     // while they start, and the PEs ride it out.
     if seeds.len() >= 100 {
         assert!(

@@ -28,7 +28,7 @@
 //! - PEs follow `asap::client::pe`: hunt a registrar, register, answer keep-alives,
 //!   re-register every T4, hunt another registrar (same PE ID) when the connection is
 //!   lost or the registration refused for a transient cause (0x6, while a registrar
-//!   starts); a permanent cause would end the PE (invariant 6). Chaos makes them deregister, hang (stop answering
+//!   starts); a permanent cause would end the PE (invariant 7). Chaos makes them deregister, hang (stop answering
 //!   keep-alives), crash, or lose their connection. A restarted PE takes a new PE ID.
 //! - PUs resolve random pools on a registrar and reconnect elsewhere when it goes.
 //!
@@ -55,7 +55,18 @@
 //!    the PRESENCE checksum then finds the difference, spec §9.6).
 //! 5. Every acknowledged registration, re-registration and deregistration is preceded in
 //!    its batch by its audit record with `Durability::BeforeReply` (STYLE.md §2).
-//! 6. No PE gives up (issue 25): every refusal a PE meets is transient in the sense of
+//! 6. A Byzantine registrar (issue 16; half the seeds): the last one, a granted peer whose
+//!    core is honest but which also, during the chaos, forges TAKEOVER_SERVERs (with or
+//!    without INIT_TAKEOVER) of live registrars, ADD_PEs and unsolicited handle tables
+//!    naming itself home of others' PEs, empty handle tables, DEL_PEs of others' PEs and
+//!    lists of addresses no registrar may dial.
+//!    No message of it makes an honest registrar remove a PE whose home is another
+//!    registrar that it holds alive, or re-home such a PE to the Byzantine; and the
+//!    honest registrars (with it) still converge (invariant 1). What it announces as its
+//!    own is believed, as from any granted peer: a PE it names after that PE's removal
+//!    may come back at the registrar it told (and be taken over from it), which 4a then
+//!    excuses.
+//! 7. No PE gives up (issue 25): every refusal a PE meets is transient in the sense of
 //!    `asap::client::Error::is_transient` (0x6 Lack of Resources from a registrar still
 //!    starting), which the PE rides out by hunting on; a permanent cause, on which
 //!    `asap::client::pe::run` would return, fails the run.
@@ -117,6 +128,8 @@ pub(crate) struct Scenario {
     /// How long chaos lasts, then how long everything is left alone before the final check.
     pub(crate) chaos: Duration,
     pub(crate) quiet: Duration,
+    /// The last registrar forges messages during the chaos (invariant 6).
+    pub(crate) byzantine: bool,
 }
 
 impl Scenario {
@@ -145,6 +158,7 @@ impl Scenario {
             // Long enough for a redial at the 5 s back-off, a mentor timeout and the
             // registration life of whatever a split left behind.
             quiet: Duration::from_secs(12),
+            byzantine: rng.chance(0.5),
         }
     }
 }
@@ -174,8 +188,10 @@ pub(crate) struct Stats {
     pub(crate) takeover_episodes_checked: u64,
     pub(crate) pe_deaths: u64,
     pub(crate) stale_checks_4b: u64,
+    /// Messages the Byzantine registrar forged (invariant 6).
+    pub(crate) forged: u64,
     /// Registrations refused with 0x6 Lack of Resources (a registrar starting), ridden
-    /// out (invariant 6).
+    /// out (invariant 7).
     pub(crate) refusals_0x6: u64,
     /// Runs' moments when every registrar crashed at once.
     pub(crate) fleet_restarts: u64,
@@ -192,6 +208,7 @@ impl Stats {
         self.takeover_episodes_checked += o.takeover_episodes_checked;
         self.pe_deaths += o.pe_deaths;
         self.stale_checks_4b += o.stale_checks_4b;
+        self.forged += o.forged;
         self.refusals_0x6 += o.refusals_0x6;
         self.fleet_restarts += o.fleet_restarts;
     }
@@ -203,7 +220,7 @@ impl fmt::Display for Stats {
             f,
             "{} messages, {} resolutions ({} PEs returned), {} registrar crashes, \
              {} partitions, {} takeovers completed ({} crash episodes checked for 3a), \
-             {} PE deaths, {} link-stable resolutions checked for 4b, \
+             {} PE deaths, {} link-stable resolutions checked for 4b, {} forged ENRP messages, \
              {} registrations refused with 0x6 and ridden out, {} whole-fleet crashes",
             self.messages,
             self.resolutions,
@@ -214,6 +231,7 @@ impl fmt::Display for Stats {
             self.takeover_episodes_checked,
             self.pe_deaths,
             self.stale_checks_4b,
+            self.forged,
             self.refusals_0x6,
             self.fleet_restarts
         )
@@ -403,6 +421,14 @@ pub(crate) struct World {
     learned: BTreeMap<(usize, u32, PeKey), Duration>,
     /// When a registrar incarnation last accepted a refresh of a peer's PE.
     refreshed: BTreeMap<(usize, u32, PeKey), Duration>,
+    /// When a registrar incarnation last heard a peer's ADD_PE (or table entry) for a PE
+    /// it did not move at once: a re-home waiting for the old home's withdrawal, whose
+    /// registration life counts from then (docs/ENRP-TRUST.md §2). Keyed by the sender.
+    claimed: BTreeMap<(usize, u32, PeKey, u32), Duration>,
+    /// When the Byzantine last named a PE ID to a registrar incarnation as its own (its
+    /// forged ADD_PEs and tables): invariant 4a does not hold what follows against the
+    /// registrar (a granted peer may announce PEs under its grants; see invariant 6).
+    byzantine_named: BTreeMap<(usize, u32, PeId), Duration>,
     gone: BTreeMap<PeId, Gone>,
     /// Crash episodes: (registrar, crashed at, restarted at, whether the survivors were
     /// a full mesh then).
@@ -545,6 +571,8 @@ impl World {
             pair_event: BTreeMap::new(),
             del_sent: BTreeMap::new(),
             refreshed: BTreeMap::new(),
+            claimed: BTreeMap::new(),
+            byzantine_named: BTreeMap::new(),
             learned: BTreeMap::new(),
             gone: BTreeMap::new(),
             episodes: Vec::new(),
@@ -1115,9 +1143,14 @@ impl World {
             }
             _ => {}
         }
+        let guarded = self.guarded_pes(reg, sender);
         self.feed(reg, Input::Enrp { conn, msg });
         let inc = self.regs[reg].inc;
+        let from_byzantine = self.byzantine().is_some_and(|b| self.regs[b].sid == sender);
         for key in offered {
+            if from_byzantine {
+                self.byzantine_named.insert((reg, inc, key.2), self.now);
+            }
             self.learned.insert((reg, inc, key.clone()), self.now);
             let home = self.regs[reg].core.as_ref().and_then(|c| {
                 c.handlespace()
@@ -1127,6 +1160,215 @@ impl World {
             });
             if home == Some(sender.get()) {
                 self.refreshed.insert((reg, inc, key), self.now);
+            } else {
+                self.claimed.insert((reg, inc, key, sender.get()), self.now);
+            }
+        }
+        self.check_byzantine(reg, sender, &guarded);
+    }
+
+    /// The Byzantine registrar's index, when this run has one.
+    fn byzantine(&self) -> Option<usize> {
+        self.sc.byzantine.then(|| self.regs.len() - 1)
+    }
+
+    /// Invariant 6, before a message from `sender` reaches `reg`: when the sender is the
+    /// Byzantine, the PEs at `reg` whose home is another registrar `reg` holds alive.
+    fn guarded_pes(&self, reg: usize, sender: ServerId) -> Vec<(PeKey, u32)> {
+        let Some(b) = self.byzantine() else {
+            return Vec::new();
+        };
+        if self.regs[b].sid != sender {
+            return Vec::new();
+        }
+        let Some(core) = &self.regs[reg].core else {
+            return Vec::new();
+        };
+        let me = self.regs[reg].sid.get();
+        let alive: BTreeSet<u32> = core
+            .peers()
+            .iter()
+            .filter(|p| p.state != PeerState::Dead && p.server_id != sender)
+            .map(|p| p.server_id.get())
+            .collect();
+        core.handlespace()
+            .iter()
+            .filter(|(_, _, e)| {
+                let home = e.pool_element.home_server_id;
+                home != me && alive.contains(&home)
+            })
+            .map(|(ns, h, e)| {
+                (
+                    (ns.clone(), h.clone(), e.pool_element.pe_id),
+                    e.pool_element.home_server_id,
+                )
+            })
+            .collect()
+    }
+
+    /// Invariant 6, after the message: none of `guarded` was removed or re-homed to the
+    /// Byzantine.
+    fn check_byzantine(&mut self, reg: usize, sender: ServerId, guarded: &[(PeKey, u32)]) {
+        let Some(core) = &self.regs[reg].core else {
+            return;
+        };
+        for (key, home) in guarded {
+            let now_home = core
+                .handlespace()
+                .pool(&key.0, &key.1)
+                .and_then(|p| p.entry(key.2))
+                .map(|e| e.pool_element.home_server_id);
+            if now_home.is_none() || now_home == Some(sender.get()) {
+                let msg = format!(
+                    "6: a message of the Byzantine {sender} made r{reg} {} PE {} of live {home:#x}",
+                    if now_home.is_none() {
+                        "remove"
+                    } else {
+                        "re-home"
+                    },
+                    key.2.get()
+                );
+                self.fail(msg);
+                return;
+            }
+        }
+    }
+
+    /// The refresh that lets registrar `reg` hold `key` with home `home`: its last ADD_PE
+    /// or table entry with that home, or a re-home from `home` that waited (3b).
+    fn last_refresh(&self, reg: usize, inc: u32, key: &PeKey, home: u32) -> Option<Duration> {
+        let refreshed = self.refreshed.get(&(reg, inc, key.clone())).copied();
+        let claimed = self.claimed.get(&(reg, inc, key.clone(), home)).copied();
+        refreshed.max(claimed)
+    }
+
+    /// The Byzantine registrar forges one message to an honest peer it has a link to.
+    fn forge(&mut self) {
+        let Some(b) = self.byzantine() else { return };
+        let Some(core) = &self.regs[b].core else {
+            return;
+        };
+        let links: Vec<(LinkId, usize, usize)> = self.regs[b]
+            .links
+            .iter()
+            .filter_map(|id| {
+                let l = self.links.get(id)?;
+                let side = (0..2).find(|s| l.ends[*s].node == Node::Reg(b))?;
+                let Node::Reg(r) = l.ends[1 - side].node else {
+                    return None;
+                };
+                (l.enrp && l.ends.iter().all(|e| e.up && !e.down)).then_some((*id, side, r))
+            })
+            .collect();
+        let Some((link, side, r)) = self.rng.pick(&links) else {
+            return;
+        };
+        let me = self.regs[b].sid;
+        // Others' PEs as the Byzantine knows them, named its own.
+        let mut theirs: Vec<(Namespace, PoolHandle, PeEntry)> = core
+            .handlespace()
+            .iter()
+            .filter(|(_, _, e)| e.pool_element.home_server_id != me.get())
+            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.clone()))
+            .collect();
+        for (_, _, e) in &mut theirs {
+            e.pool_element.home_server_id = me.get();
+        }
+        let others: Vec<ServerId> = (0..self.regs.len())
+            .filter(|i| *i != b && *i != r)
+            .map(|i| self.regs[i].sid)
+            .collect();
+        let target = self.rng.pick(&others).unwrap_or(self.regs[r].sid);
+        // A list naming registrars at addresses a peer must never dial (loopback,
+        // unspecified, multicast), and real ones (harmless): taken only in answer to a
+        // request, and the bad addresses never dialed (docs/ENRP-TRUST.md §6).
+        let bogus_list = EnrpBody::ListResponse {
+            reject: false,
+            servers: [
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::new(224, 0, 0, 9),
+                self.regs[r].ip,
+            ]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, ip)| {
+                Some(asap::wire::param::ServerInformation {
+                    server_id: ServerId::new(0x0bad_0000 + i as u32)?,
+                    transport: Transport::Tcp {
+                        port: NonZeroU16::new(9902)?,
+                        transport_use: TransportUse::DataOnly,
+                        addr: Address::new(ip),
+                    },
+                })
+            })
+            .collect(),
+        };
+        let pick = self.rng.range(0, 6);
+        let bodies: Vec<EnrpBody> = match pick {
+            0 => vec![EnrpBody::TakeoverServer { target }],
+            1 => vec![
+                EnrpBody::InitTakeover { target },
+                EnrpBody::TakeoverServer { target },
+            ],
+            2 => theirs
+                .iter()
+                .take(1 + self.rng.range(0, 2) as usize)
+                .map(|(ns, h, e)| EnrpBody::HandleUpdate {
+                    action: UpdateAction::AddPe,
+                    namespace: ns.clone(),
+                    pool_handle: h.clone(),
+                    pool_element: e.pool_element.clone(),
+                    registrant: e.registrant.clone(),
+                })
+                .collect(),
+            3 => {
+                let mut pools: Vec<asap::wire::PoolEntries> = Vec::new();
+                for (ns, h, e) in theirs.into_iter().take(20) {
+                    match pools.last_mut() {
+                        Some(g) if g.namespace == ns && g.pool_handle == h => g.entries.push(e),
+                        _ => pools.push(asap::wire::PoolEntries {
+                            namespace: ns,
+                            pool_handle: h,
+                            entries: vec![e],
+                        }),
+                    }
+                }
+                if self.rng.chance(0.3) {
+                    pools.clear();
+                }
+                vec![EnrpBody::HandleTableResponse {
+                    reject: false,
+                    more: false,
+                    pools,
+                }]
+            }
+            4 => vec![bogus_list],
+            _ => theirs
+                .iter()
+                .take(1)
+                .map(|(ns, h, e)| EnrpBody::HandleUpdate {
+                    action: UpdateAction::DelPe,
+                    namespace: ns.clone(),
+                    pool_handle: h.clone(),
+                    pool_element: e.pool_element.clone(),
+                    registrant: e.registrant.clone(),
+                })
+                .collect(),
+        };
+        for body in bodies {
+            self.log(format!("r{b} forges to r{r}: {}", describe(&body)));
+            let msg = EnrpMsg {
+                sender: me,
+                receiver: self.regs[r].sid.get(),
+                body,
+            };
+            match msg.to_bytes() {
+                Ok(bytes) => {
+                    self.stats.forged += 1;
+                    self.send(link, side, bytes);
+                }
+                Err(e) => self.fail(format!("r{b}: cannot encode a forgery: {e}")),
             }
         }
     }
@@ -1152,6 +1394,9 @@ impl World {
                             | AuditAction::TakeoverAcked
                             | AuditAction::TakeoverAbandoned
                             | AuditAction::TakeoverApplied
+                            | AuditAction::TakeoverRefused
+                            | AuditAction::PeerUpdate
+                            | AuditAction::PeerIgnored
                             | AuditAction::MentorDone
                             | AuditAction::MentorTimeout
                     ) {
@@ -1245,6 +1490,9 @@ impl World {
                     // The simulated registrars advertise TLS/TCP only.
                     other => self.fail(format!("r{reg} was told to dial {other} over SCTP")),
                 },
+                // Bindings last as long as a core here (no store): a restarted registrar
+                // keeps its identity, so it binds its peers' Server IDs again alike.
+                Action::BindServerId { .. } => {}
                 // The simulated PEs advertise no ASAP listener (spec §12.6), so no
                 // registrar may ask to dial one.
                 Action::DialPe { addr, .. } => {
@@ -1517,7 +1765,7 @@ impl World {
             // The whole fleet (a power cut, an upgrade): every registrar crashes and comes
             // back after its own delay, in a random order; the first back starts with no
             // peer to mentor it and refuses PEs with 0x6 until its mentor timeout
-            // (invariant 6). Only in runs that also partition: 3a is not checked there.
+            // (invariant 7). Only in runs that also partition: 3a is not checked there.
             self.stats.fleet_restarts += 1;
             self.log("the whole fleet crashes".to_owned());
             for reg in self.live_regs() {
@@ -1543,6 +1791,9 @@ impl World {
         } else if roll < 60 && self.sc.pe_churn {
             let pe = self.rng.range(0, self.pes.len() as u64 - 1) as usize;
             self.pe_chaos(pe);
+        }
+        if self.sc.byzantine && self.rng.chance(0.5) {
+            self.forge();
         }
         let next = self.rng.ms(20, 300);
         self.at(self.now + next, Event::Chaos);
@@ -2011,6 +2262,12 @@ impl World {
                 && let Some(g) = self.gone.get(&pe_id)
                 && g.registrar == (reg, inc)
                 && self.now > g.at + g.bound
+                // The registrar removed it up to one message delay before `g.at` (when
+                // the PE heard so).
+                && self
+                    .byzantine_named
+                    .get(&(reg, inc, pe_id))
+                    .is_none_or(|t| *t + self.sc.max_delay < g.at)
             {
                 let msg = format!(
                     "4a: r{reg} returned PE {} {:.3}s after it {} (bound {:?})",
@@ -2035,8 +2292,8 @@ impl World {
             // 3b for what is returned (the whole handlespace is checked every 50 ms).
             let key = (Namespace::default_namespace(), handle.clone(), pe_id);
             let life = Duration::from_millis(pool_element.registration_life as u64);
-            match self.refreshed.get(&(reg, inc, key)) {
-                Some(&t) if self.now <= t + life => {}
+            match self.last_refresh(reg, inc, &key, home) {
+                Some(t) if self.now <= t + life => {}
                 t => {
                     let msg = format!(
                         "3b: r{reg} returned PE {} of r{h}, last refreshed at {t:?} (life {life:?})",
@@ -2093,7 +2350,7 @@ impl World {
                 }
                 let key = (ns.clone(), h.clone(), e.pool_element.pe_id);
                 let life = Duration::from_millis(e.pool_element.registration_life as u64);
-                match self.refreshed.get(&(i, r.inc, key)) {
+                match self.last_refresh(i, r.inc, &key, e.pool_element.home_server_id) {
                     None => {
                         bad = Some(format!(
                             "3b: r{i} holds PE {} of {:#x} that no peer ever sent it",
@@ -2101,7 +2358,7 @@ impl World {
                             e.pool_element.home_server_id
                         ));
                     }
-                    Some(&t) if self.now > t + life => {
+                    Some(t) if self.now > t + life => {
                         bad = Some(format!(
                             "3b: r{i} holds PE {} of {:#x} {:.3}s after its last refresh \
                              (registration life {life:?})",

@@ -832,3 +832,24 @@ async fn default_namespace_rules_round_trip_and_pin_their_namespace() {
     ));
     delete_namespace(&mut conn, "lab").await.expect("now free");
 }
+
+#[tokio::test]
+async fn a_server_id_binding_never_changes() {
+    let (_store, mut conn) = memory().await;
+    let first = SpiffeId::parse("spiffe://acme.test/registrar/a").expect("id");
+    let other = SpiffeId::parse("spiffe://acme.test/registrar/evil").expect("id");
+    assert_eq!(
+        bind_server_id(&mut conn, 7, &first, 1).await.expect("bind"),
+        first
+    );
+    // Another identity gets the first one back; nothing changes.
+    assert_eq!(
+        bind_server_id(&mut conn, 7, &other, 2).await.expect("bind"),
+        first
+    );
+    assert_eq!(
+        list_server_id_bindings(&mut conn).await.expect("list"),
+        vec![(7, first)]
+    );
+    assert!(bind_server_id(&mut conn, 0, &other, 3).await.is_err());
+}
