@@ -493,7 +493,14 @@ async fn threat_t9_forged_stale_rebound_and_oversize_cookies_are_refused_by_the_
     let (_pe, pe_id, addr) = start_counter_pe(&lab, registrar.addr, "pe-echo-1");
     let pu = lab.identity("pu-client-1");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = TlsConnector::from(pu.client_config(trust::Protocol::Asap))
+    let pe_identity = trust::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("PE identity");
+    let to_pe = pu
+        .client_config_expecting(
+            trust::Protocol::Asap,
+            trust::IdentityPattern::exact(&pe_identity),
+        )
+        .expect("config");
+    let tls = TlsConnector::from(to_pe)
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .expect("TLS to the PE");
@@ -909,15 +916,17 @@ async fn a_registrar_sending_h1_to_the_pe_listener_becomes_its_home() {
     let addr = listen.parse().expect("address");
 
     // A PU of the same domain is closed on, unanswered.
-    let mut pu = crate::support::Asap::connect(&lab.identity("pu-client-1"), addr)
+    const PE: &str = "spiffe://acme.test/pe/echo-1";
+    let mut pu = crate::support::Asap::connect_to_pe(&lab.identity("pu-client-1"), addr, PE)
         .await
         .expect("connect");
     let _ = pu.try_send(&keep_alive(true)).await;
     assert!(pu.recv().await.is_none(), "a PU cannot become home");
 
-    let mut takeover = crate::support::Asap::connect(&lab.identity("registrar-enrp-1"), addr)
-        .await
-        .expect("connect");
+    let mut takeover =
+        crate::support::Asap::connect_to_pe(&lab.identity("registrar-enrp-1"), addr, PE)
+            .await
+            .expect("connect");
     takeover.send(&keep_alive(true)).await;
     assert!(matches!(
         takeover.recv().await,

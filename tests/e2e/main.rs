@@ -11,3 +11,4 @@ mod partition;
 mod peering;
 mod registrar;
 mod support;
+mod trust_edges;

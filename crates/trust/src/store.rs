@@ -20,7 +20,8 @@ use crate::pattern::IdentityPattern;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::verify::{
-    DomainAnchors, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
+    DomainAnchors, Expected, RegistrarIds, Rejection, Snapshot, SpiffeClientVerifier,
+    SpiffeServerVerifier,
 };
 use crate::{ALPN_ASAP, ALPN_ENRP, Error};
 
@@ -241,6 +242,8 @@ struct State {
     domains: BTreeMap<TrustDomain, DomainBundle>,
     denied_serials: HashSet<(TrustDomain, Serial)>,
     denied_ids: HashSet<SpiffeId>,
+    /// Whom the client configurations accept as a registrar.
+    registrar_ids: RegistrarIds,
 }
 
 struct Configs {
@@ -510,13 +513,39 @@ impl TrustStore {
         self.current().admin.clone()
     }
 
-    /// The client configuration for new connections of `protocol`; any server identity
-    /// of a trusted domain is accepted (check [`Peer`] afterwards, or use
-    /// [`client_config_expecting`](Self::client_config_expecting)). As SPIFFE intends,
-    /// servers are authenticated by their SPIFFE ID: the TLS server name is not checked
-    /// against DNS SANs.
+    /// The client configuration for new connections of `protocol` to a registrar (a PE,
+    /// PU or gateway dialling its registrar over ASAP, a registrar dialling a peer over
+    /// ENRP): the server must present a registrar identity of a trusted domain, by
+    /// default `spiffe://<trusted domain>/registrar/*`, else what
+    /// [`set_registrar_ids`](Self::set_registrar_ids) configured (spec §11.1, threats
+    /// T-6/T-7: a PE certificate cannot pose as a registrar). Anything else fails the
+    /// handshake with [`Rejection::UnexpectedIdentity`] naming the identity presented. To
+    /// dial another role, use [`client_config_expecting`](Self::client_config_expecting).
+    /// As SPIFFE intends, servers are authenticated by their SPIFFE ID: the TLS server
+    /// name is not checked against DNS SANs.
     pub fn client_config(&self, protocol: Protocol) -> Arc<ClientConfig> {
         self.current().client[protocol.index()].clone()
+    }
+
+    /// Accepts as registrar only SPIFFE IDs matching one of `patterns` from the next
+    /// handshake on (each confined to its trust domain, which must be trusted too); an
+    /// empty list restores the default, `spiffe://<trusted domain>/registrar/*`.
+    pub fn set_registrar_ids(&self, patterns: Vec<IdentityPattern>) -> Result<(), Error> {
+        self.update(|state| {
+            state.registrar_ids = RegistrarIds::patterns(patterns);
+            Ok(())
+        })
+    }
+
+    /// Who is accepted as a registrar (see [`client_config`](Self::client_config)).
+    pub fn registrar_ids(&self) -> RegistrarIds {
+        self.lock().registrar_ids.clone()
+    }
+
+    /// Whether `id`, a verified peer, is accepted as a registrar (e.g. by a PE's ASAP
+    /// listener, where registrars dial the PE, spec §12.6).
+    pub fn is_registrar(&self, id: &SpiffeId) -> bool {
+        self.lock().registrar_ids.matches(id)
     }
 
     /// A client configuration that also requires the server's SPIFFE ID to match
@@ -530,7 +559,7 @@ impl TrustStore {
         Ok(Arc::new(client_config(
             &self.identity(),
             snapshot,
-            Some(expected),
+            Expected::Pattern(expected),
             protocol,
         )?))
     }
@@ -569,7 +598,8 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
             vec![protocol.alpn().to_vec()],
         )
     };
-    let client = |protocol| client_config(identity, snapshot.clone(), None, protocol);
+    let registrar = Expected::Registrar(state.registrar_ids.clone());
+    let client = |protocol| client_config(identity, snapshot.clone(), registrar.clone(), protocol);
     Ok(Configs {
         server: [
             Arc::new(server(Protocol::Asap)?),
@@ -617,7 +647,7 @@ fn server_config(
 fn client_config(
     identity: &LocalIdentity,
     snapshot: Arc<Snapshot>,
-    expected: Option<IdentityPattern>,
+    expected: Expected,
     protocol: Protocol,
 ) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig::builder_with_provider(provider())

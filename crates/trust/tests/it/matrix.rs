@@ -293,3 +293,68 @@ async fn pem_round_trip_of_test_material() {
     );
     assert!(trust::LocalIdentity::from_pem(b"", leaf.key_pem().as_bytes()).is_err());
 }
+
+/// Spec §11.1, threats T-6/T-7: a PE certificate of the trust domain, listening where a
+/// client expects its registrar, fails the handshake with every client (PE, PU, gateway
+/// over ASAP, a registrar dialling a peer over ENRP), and the error names it.
+#[tokio::test]
+async fn a_pe_certificate_posing_as_registrar_is_refused_by_every_client() {
+    use trust::{IdentityPattern, Protocol};
+
+    use crate::harness::{dial, serve, store_of};
+    let ca = TestCa::new("acme.test");
+    let impostor = store_of(&ca, "pe/echo-1");
+    let genuine = store_of(&ca, "registrar/enrp-1");
+    for protocol in [Protocol::Asap, Protocol::Enrp] {
+        let fake = serve(impostor.clone(), protocol).await;
+        let real = serve(genuine.clone(), protocol).await;
+        for client in [
+            "pe/echo-2",
+            "pu/client-1",
+            "gateway/gw-1",
+            "registrar/enrp-2",
+        ] {
+            let store = store_of(&ca, client);
+            let err = dial(fake, store.client_config(protocol))
+                .await
+                .expect_err("a PE is no registrar");
+            assert!(
+                err.contains(
+                    "server identity spiffe://acme.test/pe/echo-1 does not match the expected \
+                     registrar identity spiffe://<trusted domain>/registrar/*"
+                ),
+                "{client} {protocol:?}: {err}"
+            );
+            let peer = dial(real, store.client_config(protocol))
+                .await
+                .expect("the registrar is accepted");
+            assert_eq!(peer.id().as_str(), "spiffe://acme.test/registrar/enrp-1");
+        }
+    }
+    // Pinned to one registrar: another registrar of the domain is refused too, and
+    // clearing the pin restores the default.
+    let fake = serve(impostor, Protocol::Asap).await;
+    let real = serve(genuine, Protocol::Asap).await;
+    let other = serve(store_of(&ca, "registrar/enrp-9"), Protocol::Asap).await;
+    let pu = store_of(&ca, "pu/client-1");
+    pu.set_registrar_ids(vec![
+        IdentityPattern::parse("spiffe://acme.test/registrar/enrp-1").expect("pattern"),
+    ])
+    .expect("pin");
+    dial(real, pu.client_config(Protocol::Asap))
+        .await
+        .expect("the pinned registrar");
+    let err = dial(other, pu.client_config(Protocol::Asap))
+        .await
+        .expect_err("not the pinned registrar");
+    assert!(
+        err.contains("spiffe://acme.test/registrar/enrp-9 does not match the expected registrar identity spiffe://acme.test/registrar/enrp-1"),
+        "{err}"
+    );
+    assert!(dial(fake, pu.client_config(Protocol::Asap)).await.is_err());
+    pu.set_registrar_ids(Vec::new()).expect("default");
+    dial(other, pu.client_config(Protocol::Asap))
+        .await
+        .expect("any registrar of the domain again");
+    assert!(pu.is_registrar(&SpiffeId::parse("spiffe://acme.test/registrar/enrp-9").expect("id")));
+}

@@ -25,8 +25,9 @@ use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Defaults for --cert, --key, --ca, --registrar and --namespace from a TOML file
-    /// (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `registrars = ["127.0.0.1:3864"]`,
+    /// Defaults for --cert, --key, --ca, --registrar, --registrar-id and --namespace from
+    /// a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `registrars =
+    /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
     /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
     /// variables override it.
     #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
@@ -156,6 +157,17 @@ struct Common {
     /// The namespace (default: the identity's default namespace).
     #[arg(long, env = "RSP_NAMESPACE")]
     namespace: Option<String>,
+    /// Whom to accept as registrar: a SPIFFE ID pattern such as
+    /// spiffe://acme.test/registrar/enrp-* (repeat the flag or separate with commas).
+    /// Default: spiffe://<trusted domain>/registrar/*. A registrar presenting another
+    /// identity (a PE certificate, say) fails the handshake.
+    #[arg(
+        long = "registrar-id",
+        env = "RSP_REGISTRAR_ID",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    registrar_ids: Vec<IdentityPattern>,
 }
 
 impl Common {
@@ -168,14 +180,16 @@ impl Common {
             .key
             .clone()
             .unwrap_or_else(|| cert.with_extension("key"));
-        client::credentials(cert, &key, &self.ca).with_context(|| {
+        let trust = client::credentials(cert, &key, &self.ca).with_context(|| {
             format!(
                 "loading {} / {} / {}",
                 cert.display(),
                 key.display(),
                 self.ca.display()
             )
-        })
+        })?;
+        trust.set_registrar_ids(self.registrar_ids.clone())?;
+        Ok(trust)
     }
 
     fn namespace(&self) -> anyhow::Result<Option<Namespace>> {
@@ -198,6 +212,7 @@ struct FileConfig {
     ca: Option<PathBuf>,
     registrars: Option<Vec<String>>,
     namespace: Option<String>,
+    registrar_ids: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -250,19 +265,30 @@ impl FileConfig {
             common.ca = v;
         }
         if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
-            common.registrars = v
-                .iter()
-                .map(|r| {
-                    r.parse()
-                        .map_err(|e| anyhow::anyhow!("the config file's registrar {r:?}: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            common.registrars = parse_all("registrar", &v)?;
         }
         if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
             common.namespace = Some(v);
         }
+        if let Some(v) = self.registrar_ids.filter(|_| unset("registrar_ids")) {
+            common.registrar_ids = parse_all("registrar_ids", &v)?;
+        }
         Ok(())
     }
+}
+
+/// Parses each of a config file's `key` values; a bad one is named in the error.
+fn parse_all<T: std::str::FromStr>(key: &str, values: &[String]) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    values
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("the config file's {key} {v:?}: {e}"))
+        })
+        .collect()
 }
 
 impl Command {
