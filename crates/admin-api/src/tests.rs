@@ -876,6 +876,82 @@ async fn revocations_apply_to_the_trust_store_before_the_answer() {
     .problem(403, "forbidden");
 }
 
+/// Issue 17: a CRL is enforced only if one of the domain's CAs signed it. One from another
+/// CA (whose issuer names no root, so the trust store alone would have taken it) is
+/// refused with a problem and changes nothing; an intermediate's is taken when its
+/// certificate, chaining to the root, comes along.
+#[tokio::test]
+async fn a_crl_not_signed_by_the_domains_ca_is_refused() {
+    let f = fixture().await;
+    let pe = f.ca.leaf("pe/echo-1").issue();
+    let other = TestCa::new("other.test");
+    let forged = pem("X509 CRL", &other.crl(&[&pe.serial]));
+    let r = f
+        .pem("PUT", "/v1/revocations/crls/acme.test", &f.operator, forged)
+        .await;
+    r.problem(422, "invalid");
+    assert!(
+        r.text.contains(
+            "signed by neither a root nor a known intermediate CA of trust domain acme.test"
+        ),
+        "{}",
+        r.text
+    );
+    assert!(f.registrar.calls().iter().all(|c| !c.starts_with("revoke")));
+    // Nothing applied: the leaf still handshakes with a store built from the same state.
+    let probe = Peer::from_certificate(&pe.chain[0]).expect("peer");
+    assert!(f.trust.register_connection(&probe).is_ok());
+
+    let inter = f.ca.intermediate();
+    let leaf = inter.leaf("pe/echo-2").issue();
+    let crls = format!(
+        "{}{}",
+        pem("X509 CRL", &f.ca.crl(&[])),
+        pem("X509 CRL", &inter.crl(&[&leaf.serial]))
+    );
+    f.pem(
+        "PUT",
+        "/v1/revocations/crls/acme.test",
+        &f.operator,
+        crls.clone(),
+    )
+    .await
+    .problem(422, "invalid");
+    let with_cert = format!("{crls}{}", pem("CERTIFICATE", inter.cert()));
+    let r = f
+        .pem(
+            "PUT",
+            "/v1/revocations/crls/acme.test",
+            &f.operator,
+            with_cert,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["serials"], 1);
+    // The refusals are audited.
+    let audit = f
+        .call(
+            "GET",
+            "/v1/audit?action=admin:crl.set",
+            Some(&f.auditor),
+            None,
+        )
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let outcomes: Vec<String> = audit.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| *o != "ok").count(),
+        2,
+        "{outcomes:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     let f = fixture().await;

@@ -449,6 +449,53 @@ impl TrustStore {
             .sum())
     }
 
+    /// Checks CRLs offered for `domain` from outside (an admin upload) before they are
+    /// applied with [`set_crls`](Self::set_crls): each must be signed by a root of the
+    /// domain or by a known intermediate CA of it, one of `intermediates` (e.g.
+    /// certificates uploaded with the CRLs) or of this store's own chain, that chains to a
+    /// root ([`Error::CrlUnverified`] otherwise). Changes nothing.
+    pub fn check_crl_signers(
+        &self,
+        domain: &TrustDomain,
+        crls: &[CertificateRevocationListDer<'_>],
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), Error> {
+        let roots = self
+            .lock()
+            .domains
+            .get(domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))?
+            .roots
+            .clone();
+        let anchors = roots
+            .iter()
+            .map(|der| {
+                webpki::anchor_from_trusted_cert(der).map_err(|source| Error::BadRoot {
+                    domain: domain.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let identity = self.identity();
+        let own: &[CertificateDer<'static>] = if identity.id().trust_domain() == *domain {
+            identity.key.cert.get(1..).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let known: Vec<&[u8]> = intermediates
+            .iter()
+            .chain(own)
+            .map(|c| c.as_ref())
+            .collect();
+        crate::crl::check_signers(
+            domain,
+            &anchors,
+            &known,
+            crls,
+            provider().signature_verification_algorithms.all,
+        )
+    }
+
     /// Denies a certificate serial of a domain (the domain need not be trusted yet);
     /// matching live connections are told to close. Returns how many.
     pub fn deny_serial(&self, domain: &TrustDomain, serial: Serial) -> Result<usize, Error> {

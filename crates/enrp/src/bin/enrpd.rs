@@ -683,8 +683,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         daemon.set_default_namespaces(r.default_namespaces).await;
                         // The core first (it removes the PEs and refuses the serials), then
                         // the TLS layer (new handshakes fail, live connections close).
+                        // The local domain's CRL: its serials are the local CA's.
+                        let domain = loaded.trust.identity().id().trust_domain();
                         for serial in r.revoked.into_iter().filter(|s| applied.insert(s.clone())) {
-                            daemon.revoke(enrp::registrar::Revocation::Serial(serial)).await;
+                            let domain = domain.clone();
+                            daemon.revoke(enrp::registrar::Revocation::Serial { domain, serial }).await;
                         }
                         if let Some(crls) = r.crls {
                             let local = loaded.trust.identity().id().trust_domain();

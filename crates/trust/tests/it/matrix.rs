@@ -358,3 +358,71 @@ async fn a_pe_certificate_posing_as_registrar_is_refused_by_every_client() {
         .expect("any registrar of the domain again");
     assert!(pu.is_registrar(&SpiffeId::parse("spiffe://acme.test/registrar/enrp-9").expect("id")));
 }
+
+/// Serials are unique per CA only (RFC 5280 §4.1.2.2): a federated domain revoking its
+/// serial S (deny-list or CRL) refuses its own certificate S and leaves the local
+/// certificate with the same serial, and its live connection, alone.
+#[tokio::test]
+async fn a_federated_serial_equal_to_a_local_one_revokes_only_the_federated_certificate() {
+    let ca = TestCa::new("acme.test");
+    let server = Server::start(&ca).await;
+    let partner = TestCa::new("partner.test");
+    server.store.add_domain(partner.bundle()).expect("federate");
+    let local = ca.leaf("pe/echo-1").issue();
+    // The server's own leaf took the local CA's first serial.
+    let _ = partner.leaf("registrar/p1").issue();
+    let federated = partner.leaf("pe/echo-1").issue();
+    assert_eq!(
+        local.serial, federated.serial,
+        "the same serial from two CAs"
+    );
+    let live = crate::revocation::live_connection(&server, &ca, &local).await;
+    assert_eq!(
+        server
+            .store
+            .deny_serial(partner.domain(), federated.serial.clone())
+            .expect("deny"),
+        0,
+        "no local connection closed"
+    );
+    assert_refused(
+        handshake(&server, &ca, Some(&federated)).await,
+        &format!(
+            "certificate serial {} of trust domain partner.test is revoked (deny-list)",
+            federated.serial
+        ),
+    );
+    handshake(&server, &ca, Some(&local))
+        .await
+        .0
+        .expect("the local certificate is not revoked");
+    assert!(
+        server
+            .store
+            .allow_serial(partner.domain(), &federated.serial)
+            .expect("allow")
+    );
+    assert_eq!(
+        server
+            .store
+            .set_crls(partner.domain(), vec![partner.crl(&[&federated.serial])])
+            .expect("partner CRL"),
+        0
+    );
+    assert_refused(handshake(&server, &ca, Some(&federated)).await, "Revoked");
+    handshake(&server, &ca, Some(&local))
+        .await
+        .0
+        .expect("still not revoked");
+    // A revocation unregisters what it closes at once: the local one is still there.
+    let local_id = SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    assert!(
+        server
+            .store
+            .connections()
+            .snapshot()
+            .contains(&(local_id, local.serial.clone())),
+        "the live local connection stays up"
+    );
+    live.abort();
+}

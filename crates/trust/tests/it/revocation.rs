@@ -41,7 +41,7 @@ async fn revocation_fails_next_handshake_without_restart() {
 }
 
 /// Opens a connection that stays up; returns a task yielding the lines the client reads.
-async fn live_connection(
+pub(crate) async fn live_connection(
     server: &Server,
     ca: &TestCa,
     leaf: &trust::testing::TestLeaf,
