@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Lab, bin};
 
-struct Pe(Child);
+pub(crate) struct Pe(Child);
 
 impl Drop for Pe {
     fn drop(&mut self) {
@@ -15,7 +15,7 @@ impl Drop for Pe {
     }
 }
 
-fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
+pub(crate) fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
     let mut c = Command::new(bin("rsp"));
     c.env("RSP_CA", lab.path("pki/ca.pem"))
         .env("RSP_REGISTRAR", registrar.to_string())
@@ -49,6 +49,24 @@ fn start_pe_args(
     cert: &'static str,
     args: &[&str],
 ) -> Pe {
+    let (pe, lines) = start_pe_lines(lab, registrar, cert, args);
+    std::thread::spawn(move || {
+        for line in lines {
+            eprintln!("[{cert}] {line}");
+        }
+    });
+    pe
+}
+
+/// `rsp pe` with these arguments, once it says it registered; its later standard error
+/// lines come on the channel (read them: a PE whose stderr is closed dies at its next
+/// report, EPIPE).
+pub(crate) fn start_pe_lines(
+    lab: &Lab,
+    registrar: std::net::SocketAddr,
+    cert: &str,
+    args: &[&str],
+) -> (Pe, std::sync::mpsc::Receiver<String>) {
     let mut child = rsp(lab, registrar, cert)
         .arg("pe")
         .args(args)
@@ -60,13 +78,15 @@ fn start_pe_args(
     let mut line = String::new();
     stderr.read_line(&mut line).expect("rsp pe reports");
     assert!(line.starts_with("registered with"), "{line}");
-    // Keep reading: a PE whose stderr is closed dies at its next report (EPIPE).
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("[{cert}] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
-    Pe(child)
+    (Pe(child), rx)
 }
 
 fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {

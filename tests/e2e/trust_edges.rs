@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,15 +12,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio_rustls::TlsAcceptor;
 use trust::Protocol;
 
-use crate::support::{Lab, bin};
-
-fn rsp(lab: &Lab, registrar: SocketAddr, cert: &str) -> Command {
-    let mut c = Command::new(bin("rsp"));
-    c.env("RSP_CA", lab.path("pki/ca.pem"))
-        .env("RSP_REGISTRAR", registrar.to_string())
-        .env("RSP_CERT", lab.path(&format!("pki/{cert}.pem")));
-    c
-}
+use crate::endpoints::{rsp, start_pe_lines as start_pe};
+use crate::support::Lab;
 
 /// A TLS server presenting `cert` of the lab's PKI where a registrar is expected; counts
 /// the bytes of application data clients manage to send it.
@@ -71,21 +64,8 @@ async fn a_pe_certificate_posing_as_registrar_fails_every_rsp_command() {
     assert!(err.contains(POSING), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
-    let mut pu = rsp(&lab, fake, "pu-client-1")
-        .args(["pu", "echo"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("rsp pu");
-    pu.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hello\n")
-        .expect("a line");
-    let out = pu.wait_with_output().expect("rsp pu ends");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = pu_once(&lab, fake, "pu-client-1");
+    assert!(!ok);
     assert!(err.contains(POSING), "{err}");
 
     let out = rsp(&lab, fake, "gateway-gw-1")
@@ -151,4 +131,66 @@ fn registrar_id_pins_which_registrar_is_accepted() {
         ),
         "{err}"
     );
+}
+
+/// `echo LINE | rsp pu POOL` as `cert`: its exit status and standard error.
+fn pu_once(lab: &Lab, registrar: SocketAddr, cert: &str) -> (bool, String) {
+    let mut pu = rsp(lab, registrar, cert)
+        .args(["pu", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rsp pu");
+    pu.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("a line");
+    let out = pu.wait_with_output().expect("rsp pu ends");
+    let ok = out.status.success() && String::from_utf8_lossy(&out.stdout) == "hello\n";
+    (ok, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 17 item 2: `rsp pu` and `rsp pe` load the domain's CRL (crl.pem beside the CA by
+/// default) and refuse a revoked peer, even while the registrar, not yet reloaded, still
+/// vouches for it.
+#[test]
+fn revoked_pes_and_pus_are_refused_by_each_other() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let (pe, _) = start_pe(&lab, registrar.addr, "pe-echo-1", &["--pool", "echo"]);
+    let (ok, err) = pu_once(&lab, registrar.addr, "pu-client-1");
+    assert!(ok, "served before the revocation: {err}");
+
+    // The PE is revoked; the registrar is not told (no SIGHUP), the PU's CRL says so.
+    lab.pki(&[
+        "revoke",
+        lab.path("pki/pe-echo-1.pem").to_str().expect("path"),
+    ]);
+    let (ok, err) = pu_once(&lab, registrar.addr, "pu-client-1");
+    assert!(!ok, "a revoked PE must not serve: {err}");
+    assert!(err.contains("invalid peer certificate: Revoked"), "{err}");
+    drop(pe);
+
+    // The PU is revoked; a PE started now refuses it, and serves another PU.
+    lab.pki(&["issue", "pu", "client-2"]);
+    lab.pki(&[
+        "revoke",
+        lab.path("pki/pu-client-1.pem").to_str().expect("path"),
+    ]);
+    let (_pe, lines) = start_pe(&lab, registrar.addr, "pe-echo-2", &["--pool", "echo"]);
+    // The revoked PE may still be in the registrar's answer until its keep-alive
+    // timeout: the PU skips it (revoked) and reaches PE 2, which refuses it.
+    let (ok, err) = pu_once(&lab, registrar.addr, "pu-client-1");
+    // In TLS 1.3 the client may finish its side first and see the refusal (the
+    // certificate_revoked alert) only as a broken connection: the PE's log is the proof.
+    assert!(!ok, "a revoked PU must not be served: {err}");
+    let refused = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the PE logs the refusal");
+    assert!(refused.contains("TLS handshake with"), "{refused}");
+    let (ok, err) = pu_once(&lab, registrar.addr, "pu-client-2");
+    assert!(ok, "another PU is served: {err}");
 }

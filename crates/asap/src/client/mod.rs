@@ -81,12 +81,36 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// The identity a PE or PU presents and the trust bundle of its own domain, from the
-/// files `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, `ca.pem`).
+/// files `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, `ca.pem`), with the domain's
+/// CRLs from `crl.pem` beside `ca` when that file exists ([`default_crl`]).
 pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>, Error> {
+    credentials_with_crl(cert, key, ca, default_crl(ca).as_deref())
+}
+
+/// `crl.pem` beside the CA bundle `ca`, if it exists (where `rsp-pki` writes it).
+pub fn default_crl(ca: &Path) -> Option<std::path::PathBuf> {
+    let crl = ca.with_file_name("crl.pem");
+    crl.exists().then_some(crl)
+}
+
+/// Like [`credentials`], with the trust domain's CRLs from `crl` (`None`: no revocation
+/// check beyond the registrar's). With CRLs, every handshake this side makes or accepts
+/// (registrar, PE, PU) refuses a revoked certificate anywhere in the peer's chain, and
+/// fails closed once a CRL is past its nextUpdate: renew it with `rsp-pki crl`.
+pub fn credentials_with_crl(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    crl: Option<&Path>,
+) -> Result<Arc<TrustStore>, Error> {
     let identity = LocalIdentity::from_pem(&read(cert)?, &read(key)?)?;
     let domain = identity.id().trust_domain();
     let store = TrustStore::new(identity)?;
-    store.add_domain(DomainBundle::from_pem(domain, &read(ca)?)?)?;
+    let mut bundle = DomainBundle::from_pem(domain, &read(ca)?)?;
+    if let Some(crl) = crl {
+        bundle = bundle.with_crls(trust::crls_from_pem(&read(crl)?)?);
+    }
+    store.add_domain(bundle)?;
     Ok(Arc::new(store))
 }
 

@@ -426,3 +426,60 @@ async fn a_federated_serial_equal_to_a_local_one_revokes_only_the_federated_cert
     );
     live.abort();
 }
+
+/// Revocation in both directions between a PU and a PE that load their domain's CRL (as
+/// `rsp pe`/`rsp pu` do): returns a PE store, a PU store and the PU's config to the PE.
+fn pu_and_pe(
+    ca: &TestCa,
+    revoked: &[&trust::Serial],
+    pe: &trust::testing::TestLeaf,
+    pu: &trust::testing::TestLeaf,
+) -> (
+    std::sync::Arc<trust::TrustStore>,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    use trust::{IdentityPattern, Protocol, TrustStore};
+    let with_crl = |leaf: &trust::testing::TestLeaf| {
+        let store = TrustStore::new(leaf.identity()).expect("store");
+        store
+            .add_domain(ca.bundle().with_crls(vec![ca.crl(revoked)]))
+            .expect("domain with its CRL");
+        std::sync::Arc::new(store)
+    };
+    let pe_id = SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    let to_pe = with_crl(pu)
+        .client_config_expecting(Protocol::Asap, IdentityPattern::exact(&pe_id))
+        .expect("config");
+    (with_crl(pe), to_pe)
+}
+
+#[tokio::test]
+async fn a_revoked_pu_is_refused_by_a_pe() {
+    use crate::harness::{dial, serve};
+    let ca = TestCa::new("acme.test");
+    let pe = ca.leaf("pe/echo-1").issue();
+    let pu = ca.leaf("pu/client-1").issue();
+    let other = ca.leaf("pu/client-2").issue();
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[&pu.serial], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    let err = dial(addr, to_pe).await.expect_err("revoked PU");
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    let (_, to_pe) = pu_and_pe(&ca, &[&pu.serial], &pe, &other);
+    dial(addr, to_pe).await.expect("another PU is served");
+}
+
+#[tokio::test]
+async fn a_revoked_pe_is_refused_by_a_pu() {
+    use crate::harness::{dial, serve};
+    let ca = TestCa::new("acme.test");
+    let pe = ca.leaf("pe/echo-1").issue();
+    let pu = ca.leaf("pu/client-1").issue();
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[&pe.serial], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    let err = dial(addr, to_pe).await.expect_err("revoked PE");
+    assert!(err.contains("invalid peer certificate: Revoked"), "{err}");
+    // Without the CRL, the same PU would have been served by it.
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    dial(addr, to_pe).await.expect("not revoked");
+}

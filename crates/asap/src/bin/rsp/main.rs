@@ -25,8 +25,8 @@ use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Defaults for --cert, --key, --ca, --registrar, --registrar-id and --namespace from
-    /// a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `registrars =
+    /// Defaults for --cert, --key, --ca, --crl, --registrar, --registrar-id and --namespace
+    /// from a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
     /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
     /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
     /// variables override it.
@@ -139,6 +139,11 @@ struct Common {
     /// The trust bundle of the local trust domain.
     #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
     ca: PathBuf,
+    /// The trust domain's CRLs (PEM, as `rsp-pki` writes them): peers whose certificate,
+    /// or any certificate of whose chain, they list are refused, registrar, PE and PU
+    /// alike. Default: crl.pem beside --ca when it exists.
+    #[arg(long, env = "RSP_CRL")]
+    crl: Option<PathBuf>,
     /// Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for
     /// ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.
     #[arg(
@@ -180,14 +185,19 @@ impl Common {
             .key
             .clone()
             .unwrap_or_else(|| cert.with_extension("key"));
-        let trust = client::credentials(cert, &key, &self.ca).with_context(|| {
-            format!(
-                "loading {} / {} / {}",
-                cert.display(),
-                key.display(),
-                self.ca.display()
-            )
-        })?;
+        let crl = self.crl.clone().or_else(|| client::default_crl(&self.ca));
+        let trust = client::credentials_with_crl(cert, &key, &self.ca, crl.as_deref())
+            .with_context(|| {
+                let crl = crl
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!(" / {}", c.display()));
+                format!(
+                    "loading {} / {} / {}{crl}",
+                    cert.display(),
+                    key.display(),
+                    self.ca.display()
+                )
+            })?;
         trust.set_registrar_ids(self.registrar_ids.clone())?;
         Ok(trust)
     }
@@ -210,6 +220,7 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
     registrars: Option<Vec<String>>,
     namespace: Option<String>,
     registrar_ids: Option<Vec<String>>,
@@ -237,7 +248,7 @@ impl FileConfig {
         })?;
         // Relative paths are from the file, so that it works from any directory.
         let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
-        for p in [&mut file.cert, &mut file.key, &mut file.ca]
+        for p in [&mut file.cert, &mut file.key, &mut file.ca, &mut file.crl]
             .into_iter()
             .flatten()
         {
@@ -263,6 +274,9 @@ impl FileConfig {
         }
         if let Some(v) = self.ca.filter(|_| unset("ca")) {
             common.ca = v;
+        }
+        if let Some(v) = self.crl.filter(|_| unset("crl")) {
+            common.crl = Some(v);
         }
         if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
             common.registrars = parse_all("registrar", &v)?;
