@@ -237,6 +237,26 @@ pub fn crl_serials(der: &[u8]) -> Result<Vec<Serial>, Error> {
         .collect())
 }
 
+/// What one CRL revokes: its issuer's Name (DER) and the serials it lists.
+type CrlListing = (Box<[u8]>, HashSet<Serial>);
+
+fn crl_listing(der: &[u8]) -> Result<CrlListing, Error> {
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|_| Error::BadCrl(webpki::Error::BadDer))?;
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|revoked| Serial::from_bytes(revoked.raw_serial()))
+        .collect();
+    Ok((crl.issuer().as_raw().into(), serials))
+}
+
+/// A certificate's subject Name (DER); `None` if it does not parse (a root in a bundle
+/// the store accepted always does).
+fn subject_of(der: &[u8]) -> Option<Box<[u8]>> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().as_raw().into())
+}
+
 #[derive(Clone, Default)]
 struct State {
     domains: BTreeMap<TrustDomain, DomainBundle>,
@@ -388,26 +408,41 @@ impl TrustStore {
     }
 
     /// Replaces a trusted domain's bundle (roots rotated); returns how many live
-    /// connections of serials its new CRLs revoke were told to close.
+    /// connections were told to close: those whose chain (leaf or intermediate) its new
+    /// CRLs list, and those under a root the new bundle no longer has.
     pub fn replace_domain(&self, bundle: DomainBundle) -> Result<usize, Error> {
         let domain = bundle.domain().clone();
-        let serials = bundle
+        let listings = bundle
             .crls()
             .iter()
-            .map(|crl| crl_serials(crl))
+            .map(|crl| crl_listing(crl))
             .collect::<Result<Vec<_>, _>>()?;
-        self.update(|state| {
-            if !state.domains.contains_key(&domain) {
-                return Err(Error::UnknownTrustDomain(domain.clone()));
-            }
-            state.domains.insert(domain.clone(), bundle);
-            Ok(())
+        let new_roots = bundle.roots.clone();
+        // On error `update` commits nothing, so no unknown domain is inserted.
+        let old = self.update(|state| {
+            state
+                .domains
+                .insert(domain.clone(), bundle)
+                .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))
         })?;
-        Ok(serials
+        let removed: Vec<Box<[u8]>> = old
+            .roots
             .iter()
-            .flatten()
-            .map(|serial| self.connections.close_serial(&domain, serial))
-            .sum())
+            .filter(|r| !new_roots.contains(r))
+            .filter_map(|r| subject_of(r))
+            .collect();
+        Ok(self.close_listings(&domain, &listings)
+            + removed
+                .iter()
+                .map(|subject| self.connections.close_under_root(&domain, subject))
+                .sum::<usize>())
+    }
+
+    fn close_listings(&self, domain: &TrustDomain, listings: &[CrlListing]) -> usize {
+        listings
+            .iter()
+            .map(|(issuer, serials)| self.connections.close_listed(domain, issuer, serials))
+            .sum()
     }
 
     /// Stops trusting a domain (revokes it entirely); its live connections are told to
@@ -423,16 +458,17 @@ impl TrustStore {
         Ok(self.connections.close_domain(domain))
     }
 
-    /// Replaces the CRLs of a trusted domain; live connections whose leaf serial a CRL
-    /// lists are told to close. Returns how many.
+    /// Replaces the CRLs of a trusted domain; live connections whose chain holds a
+    /// certificate a CRL lists (the leaf, or an intermediate: every leaf under it) are
+    /// told to close. Returns how many.
     pub fn set_crls(
         &self,
         domain: &TrustDomain,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<usize, Error> {
-        let serials = crls
+        let listings = crls
             .iter()
-            .map(|crl| crl_serials(crl))
+            .map(|crl| crl_listing(crl))
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|state| {
             let bundle = state
@@ -442,11 +478,7 @@ impl TrustStore {
             bundle.crls = crls;
             Ok(())
         })?;
-        Ok(serials
-            .iter()
-            .flatten()
-            .map(|serial| self.connections.close_serial(domain, serial))
-            .sum())
+        Ok(self.close_listings(domain, &listings))
     }
 
     /// Checks CRLs offered for `domain` from outside (an admin upload) before they are
