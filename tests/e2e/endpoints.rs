@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Lab, bin};
 
-pub(crate) struct Pe(Child);
+pub(crate) struct Pe(pub(crate) Child);
 
 impl Drop for Pe {
     fn drop(&mut self) {
@@ -762,7 +762,7 @@ async fn concurrent_selections_share_one_resolution_until_the_cache_is_stale() {
 }
 
 /// `(pe_id, port, registrant)` of each PE of `pool` in one `rsp resolve --json`.
-fn resolve_pool(
+pub(crate) fn resolve_pool(
     lab: &Lab,
     registrar: std::net::SocketAddr,
     pool: &str,

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -133,9 +133,24 @@ fn registrar_id_pins_which_registrar_is_accepted() {
     );
 }
 
-/// `echo LINE | rsp pu POOL` as `cert`: its exit status and standard error.
+/// `echo hello | rsp pu echo` as `cert`: whether it answered, and its standard error.
 fn pu_once(lab: &Lab, registrar: SocketAddr, cert: &str) -> (bool, String) {
-    let mut pu = rsp(lab, registrar, cert)
+    pu_exchange(rsp(lab, registrar, cert))
+}
+
+/// `rsp` as the identity `cert` (a path), with `ca`, towards `registrar`: for threads,
+/// which cannot borrow the lab.
+fn rsp_as(ca: &std::path::Path, cert: &std::path::Path, registrar: SocketAddr) -> Command {
+    let mut c = Command::new(crate::support::bin("rsp"));
+    c.env("RSP_CA", ca)
+        .env("RSP_REGISTRAR", registrar.to_string())
+        .env("RSP_CERT", cert);
+    c
+}
+
+/// `echo hello | CMD pu echo`: whether it answered, and its standard error.
+fn pu_exchange(mut cmd: Command) -> (bool, String) {
+    let mut pu = cmd
         .args(["pu", "echo"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -148,7 +163,7 @@ fn pu_once(lab: &Lab, registrar: SocketAddr, cert: &str) -> (bool, String) {
         .write_all(b"hello\n")
         .expect("a line");
     let out = pu.wait_with_output().expect("rsp pu ends");
-    let ok = out.status.success() && String::from_utf8_lossy(&out.stdout) == "hello\n";
+    let ok = out.status.success() && out.stdout == b"hello\n";
     (ok, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -193,4 +208,245 @@ fn revoked_pes_and_pus_are_refused_by_each_other() {
     assert!(refused.contains("TLS handshake with"), "{refused}");
     let (ok, err) = pu_once(&lab, registrar.addr, "pu-client-2");
     assert!(ok, "another PU is served: {err}");
+}
+
+/// The serial of the certificate the PE listening on `port` presents to a new handshake.
+async fn presented_serial(lab: &Lab, port: u16) -> trust::Serial {
+    let pu = lab.identity("pu-client-1");
+    let pe = trust::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    let config = pu
+        .client_config_expecting(Protocol::Asap, trust::IdentityPattern::exact(&pe))
+        .expect("config");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the PE");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the PE");
+    trust::Peer::from_tls(tls.get_ref().1)
+        .expect("peer")
+        .serial()
+        .clone()
+}
+
+fn serial_of(lab: &Lab, cert: &str) -> trust::Serial {
+    let pem = std::fs::read(lab.path(&format!("pki/{cert}.pem"))).expect("certificate");
+    let chain = trust::certs_from_pem(&pem).expect("PEM");
+    trust::Peer::from_certificate(&chain[0])
+        .expect("leaf")
+        .serial()
+        .clone()
+}
+
+/// Issue 17 item 3: a PE's certificate is renewed (`rsp-pki issue --renew` + SIGHUP) while
+/// pool users keep using it: no request fails, the PE never leaves the registrar's
+/// answers, new handshakes get the new certificate, and a bad file is refused with a log
+/// line while the current certificate stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
+    use std::sync::atomic::AtomicBool;
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let (pe, lines) = start_pe(&lab, registrar.addr, "pe-echo-1", &["--pool", "echo"]);
+    let port = crate::endpoints::resolve_pool(&lab, registrar.addr, "echo", 4)[0].1;
+    let old = serial_of(&lab, "pe-echo-1");
+    assert_eq!(presented_serial(&lab, port).await, old);
+
+    // Load: one PU session that stays (a live TLS session across the renewal), and a
+    // stream of new PU processes (a handshake each), and resolutions, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut session = rsp(&lab, registrar.addr, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("rsp pu");
+    let mut to_pu = session.stdin.take().expect("stdin");
+    let from_pu = BufReader::new(session.stdout.take().expect("stdout"));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let n = sent.fetch_add(1, Ordering::SeqCst);
+                to_pu
+                    .write_all(format!("request {n}\n").as_bytes())
+                    .expect("the PU reads");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Closing stdin ends the PU once it has answered everything.
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        from_pu
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let as_pu = {
+        let (ca, pki, addr) = (
+            lab.path("pki/ca.pem"),
+            lab.path("pki/pu-client-1.pem"),
+            registrar.addr,
+        );
+        move || rsp_as(&ca, &pki, addr)
+    };
+    let others = {
+        let (stop, as_pu) = (stop.clone(), as_pu.clone());
+        std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                outcomes.push(pu_exchange(as_pu()));
+            }
+            outcomes
+        })
+    };
+    let resolutions = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut gaps = 0;
+            let mut count = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let out = as_pu()
+                    .args(["resolve", "echo", "--json"])
+                    .output()
+                    .expect("rsp resolve");
+                count += 1;
+                if !out.status.success() || out.stdout.is_empty() {
+                    gaps += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (count, gaps)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A bad certificate file first: refused, the old certificate stays.
+    let cert = lab.path("pki/pe-echo-1.pem");
+    let good = std::fs::read(&cert).expect("certificate");
+    std::fs::write(&cert, "not a certificate\n").expect("write");
+    let hup = |child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    hup(&pe.0);
+    let refused = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a log line");
+    assert!(
+        refused.starts_with("reload refused, the current credentials stay:"),
+        "{refused}"
+    );
+    std::fs::write(&cert, &good).expect("restore");
+    assert_eq!(presented_serial(&lab, port).await, old);
+
+    // The renewal.
+    lab.pki(&["issue", "pe", "echo-1", "--renew"]);
+    let new = serial_of(&lab, "pe-echo-1");
+    assert_ne!(new, old);
+    hup(&pe.0);
+    let reloaded = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a log line");
+        // The file poll may have seen the restore and logged it first.
+        if line.contains(&new.to_string()) {
+            break line;
+        }
+    };
+    assert!(reloaded.contains("(renewed)"), "{reloaded}");
+    assert_eq!(presented_serial(&lab, port).await, new);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let answers = reader.join().expect("reader");
+    let status = session.wait().expect("the PU ends");
+    assert!(status.success());
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent > 20, "{sent} requests");
+    assert_eq!(answers.len(), sent, "every request answered");
+    assert!(
+        answers
+            .iter()
+            .enumerate()
+            .all(|(n, a)| *a == format!("request {n}"))
+    );
+    let outcomes = others.join().expect("others");
+    assert!(!outcomes.is_empty());
+    for (ok, err) in &outcomes {
+        assert!(ok, "a new PU failed: {err}");
+    }
+    let (count, gaps) = resolutions.join().expect("resolutions");
+    assert!(count > 0);
+    assert_eq!(
+        gaps, 0,
+        "the PE was missing from {gaps} of {count} resolutions"
+    );
+    eprintln!(
+        "renewal under load: {sent} session requests, {} new PUs, {count} resolutions, none failed",
+        outcomes.len()
+    );
+}
+
+/// Issue 17 item 2: a PE that reloads a CRL revoking a PU closes that PU's live session
+/// at once (and refuses it from then on).
+#[test]
+fn a_pe_closes_the_live_session_of_a_pu_its_reloaded_crl_revokes() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let (pe, lines) = start_pe(&lab, registrar.addr, "pe-echo-1", &["--pool", "echo"]);
+    let mut session = rsp(&lab, registrar.addr, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rsp pu");
+    let mut to_pu = session.stdin.take().expect("stdin");
+    let mut from_pu = BufReader::new(session.stdout.take().expect("stdout"));
+    to_pu.write_all(b"before\n").expect("write");
+    let mut answer = String::new();
+    from_pu.read_line(&mut answer).expect("an answer");
+    assert_eq!(answer, "before\n");
+
+    lab.pki(&[
+        "revoke",
+        lab.path("pki/pu-client-1.pem").to_str().expect("path"),
+    ]);
+    let pid = pe.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    // The SIGHUP, or the file poll before it: either reload closes the session.
+    let closed = (0..4)
+        .filter_map(|_| lines.recv_timeout(Duration::from_secs(30)).ok())
+        .find(|l| l.starts_with("closed the session with"))
+        .expect("the PE closes the revoked PU's session");
+    assert!(closed.ends_with("SerialRevoked"), "{closed}");
+    // The PU's next request finds no PE that serves it.
+    to_pu.write_all(b"after\n").expect("write");
+    drop(to_pu);
+    let out = session.wait_with_output().expect("the PU ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut from_pu, &mut rest).expect("read");
+    assert!(!rest.contains("after"), "{rest}");
 }

@@ -10,6 +10,7 @@
 mod backoff;
 pub mod pe;
 pub mod pu;
+pub mod reload;
 pub mod session;
 
 pub use backoff::BACKOFF_CAP;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
+use asap::client::reload::{CredentialFiles, RELOAD_POLL};
 use asap::client::{self, Connection, pe, pu, session};
 use asap::transport::TransportAddr;
 use asap::wire::param::{
@@ -176,32 +177,81 @@ struct Common {
 }
 
 impl Common {
-    fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
+    /// The credential files: --cert, --key (default: beside the certificate), --ca, --crl
+    /// (default: crl.pem beside the CA when it exists).
+    fn files(&self) -> anyhow::Result<CredentialFiles> {
         let cert = self
             .cert
-            .as_ref()
+            .clone()
             .context("no certificate: give --cert FILE, RSP_CERT, or cert in the --config file")?;
         let key = self
             .key
             .clone()
             .unwrap_or_else(|| cert.with_extension("key"));
         let crl = self.crl.clone().or_else(|| client::default_crl(&self.ca));
-        let trust = client::credentials_with_crl(cert, &key, &self.ca, crl.as_deref())
-            .with_context(|| {
-                let crl = crl
-                    .as_ref()
-                    .map_or_else(String::new, |c| format!(" / {}", c.display()));
-                format!(
-                    "loading {} / {} / {}{crl}",
-                    cert.display(),
-                    key.display(),
-                    self.ca.display()
-                )
-            })?;
+        Ok(CredentialFiles {
+            cert,
+            key,
+            ca: self.ca.clone(),
+            crl,
+        })
+    }
+
+    fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
+        let files = self.files()?;
+        let trust = files.load().with_context(|| {
+            let crl = files
+                .crl
+                .as_ref()
+                .map_or_else(String::new, |c| format!(" / {}", c.display()));
+            format!(
+                "loading {} / {} / {}{crl}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            )
+        })?;
         trust.set_registrar_ids(self.registrar_ids.clone())?;
         Ok(trust)
     }
 
+    /// Reloads the credentials into `trust` on SIGHUP and when their files change (polled
+    /// every [`RELOAD_POLL`]), for as long as the process runs; each reload, or its
+    /// refusal, is one line on standard error.
+    fn keep_reloaded(&self, trust: &Arc<TrustStore>) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let files = self.files()?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let trust = Arc::clone(trust);
+        tokio::spawn(async move {
+            let mut seen = files.fingerprint();
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {}
+                    () = tokio::time::sleep(RELOAD_POLL) => {
+                        if files.fingerprint() == seen {
+                            continue;
+                        }
+                    }
+                }
+                seen = files.fingerprint();
+                match files.reload(&trust, services::wall_clock()) {
+                    Ok(r) => eprintln!(
+                        "reloaded credentials: presenting certificate serial {}{}{}",
+                        r.serial,
+                        if r.renewed { " (renewed)" } else { "" },
+                        if r.closed > 0 {
+                            format!(", closed {} revoked connection(s)", r.closed)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    Err(e) => eprintln!("reload refused, the current credentials stay: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
     fn namespace(&self) -> anyhow::Result<Option<Namespace>> {
         self.namespace
             .as_deref()
@@ -518,6 +568,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         asap_listen,
     } = pe;
     let trust = common.trust()?;
+    common.keep_reloaded(&trust)?;
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     // Spec §7.8: cookies flow only on channels registered as data plus control; that is
     // also how a PU knows to speak the §12.7 framing to this PE.
@@ -716,6 +767,7 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 /// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
+    common.keep_reloaded(&trust)?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
     let mut affinity = users.session();
     let mut current: Option<(PeId, PeChannel)> = None;
@@ -854,6 +906,7 @@ fn pe_target(
 /// (the registrar's order); a PE that cannot be reached is reported and the next tried.
 async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
+    common.keep_reloaded(&trust)?;
     let users = Arc::new(pool_user(&common, Arc::clone(&trust), &pool)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
