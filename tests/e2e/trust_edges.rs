@@ -210,6 +210,40 @@ fn revoked_pes_and_pus_are_refused_by_each_other() {
     assert!(ok, "another PU is served: {err}");
 }
 
+/// `rsp pu echo` as pu-client-1, a long session: the child, its stdin and stdout.
+fn pu_session(
+    lab: &Lab,
+    registrar: SocketAddr,
+    stderr: Stdio,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut session = rsp(lab, registrar, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("rsp pu");
+    let to_pu = session.stdin.take().expect("stdin");
+    let from_pu = BufReader::new(session.stdout.take().expect("stdout"));
+    (session, to_pu, from_pu)
+}
+
+/// SIGHUP to `child`.
+fn hup(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
 /// The serial of the certificate the PE listening on `port` presents to a new handshake.
 async fn presented_serial(lab: &Lab, port: u16) -> trust::Serial {
     let pu = lab.identity("pu-client-1");
@@ -258,15 +292,7 @@ async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
     // Load: one PU session that stays (a live TLS session across the renewal), and a
     // stream of new PU processes (a handshake each), and resolutions, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut session = rsp(&lab, registrar.addr, "pu-client-1")
-        .args(["pu", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("rsp pu");
-    let mut to_pu = session.stdin.take().expect("stdin");
-    let from_pu = BufReader::new(session.stdout.take().expect("stdout"));
+    let (mut session, mut to_pu, from_pu) = pu_session(&lab, registrar.addr, Stdio::inherit());
     let sent = Arc::new(AtomicUsize::new(0));
     let writer = {
         let (stop, sent) = (stop.clone(), sent.clone());
@@ -330,16 +356,6 @@ async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
     let cert = lab.path("pki/pe-echo-1.pem");
     let good = std::fs::read(&cert).expect("certificate");
     std::fs::write(&cert, "not a certificate\n").expect("write");
-    let hup = |child: &std::process::Child| {
-        let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-    };
     hup(&pe.0);
     let refused = lines
         .recv_timeout(Duration::from_secs(30))
@@ -408,15 +424,7 @@ fn a_pe_closes_the_live_session_of_a_pu_its_reloaded_crl_revokes() {
     lab.init_registrar();
     let registrar = lab.start_registrar_with(300, 1000);
     let (pe, lines) = start_pe(&lab, registrar.addr, "pe-echo-1", &["--pool", "echo"]);
-    let mut session = rsp(&lab, registrar.addr, "pu-client-1")
-        .args(["pu", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rsp pu");
-    let mut to_pu = session.stdin.take().expect("stdin");
-    let mut from_pu = BufReader::new(session.stdout.take().expect("stdout"));
+    let (session, mut to_pu, mut from_pu) = pu_session(&lab, registrar.addr, Stdio::piped());
     to_pu.write_all(b"before\n").expect("write");
     let mut answer = String::new();
     from_pu.read_line(&mut answer).expect("an answer");
@@ -426,14 +434,7 @@ fn a_pe_closes_the_live_session_of_a_pu_its_reloaded_crl_revokes() {
         "revoke",
         lab.path("pki/pu-client-1.pem").to_str().expect("path"),
     ]);
-    let pid = pe.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    hup(&pe.0);
     // The SIGHUP, or the file poll before it: either reload closes the session.
     let closed = (0..4)
         .filter_map(|_| lines.recv_timeout(Duration::from_secs(30)).ok())
