@@ -274,13 +274,127 @@ fn serial_of(lab: &Lab, cert: &str) -> trust::Serial {
         .clone()
 }
 
+/// Pool users using the pool until told to stop: one PU session that stays (a live TLS
+/// session with its PE throughout) sending a request every `every`, a stream of new PU
+/// processes (a handshake each), and a stream of resolutions.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    session: std::process::Child,
+    sent: Arc<AtomicUsize>,
+    writer: std::thread::JoinHandle<()>,
+    reader: std::thread::JoinHandle<Vec<String>>,
+    others: std::thread::JoinHandle<Vec<(bool, String)>>,
+    resolutions: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl Load {
+    fn start(lab: &Lab, registrar: SocketAddr, every: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (session, mut to_pu, from_pu) = pu_session(lab, registrar, Stdio::inherit());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let writer = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
+                    to_pu
+                        .write_all(format!("request {n}\n").as_bytes())
+                        .expect("the PU reads");
+                    std::thread::sleep(every);
+                }
+                // Closing stdin ends the PU once it has answered everything.
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            from_pu
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
+        let as_pu = {
+            let (ca, pki) = (lab.path("pki/ca.pem"), lab.path("pki/pu-client-1.pem"));
+            move || rsp_as(&ca, &pki, registrar)
+        };
+        let others = {
+            let (stop, as_pu) = (stop.clone(), as_pu.clone());
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    outcomes.push(pu_exchange(as_pu()));
+                    std::thread::sleep(every);
+                }
+                outcomes
+            })
+        };
+        let resolutions = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut count, mut gaps) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let out = as_pu()
+                        .args(["resolve", "echo", "--json"])
+                        .output()
+                        .expect("rsp resolve");
+                    count += 1;
+                    if !out.status.success() || out.stdout.is_empty() {
+                        gaps += 1;
+                    }
+                    std::thread::sleep(every.max(Duration::from_millis(50)));
+                }
+                (count, gaps)
+            })
+        };
+        Self {
+            stop,
+            session,
+            sent,
+            writer,
+            reader,
+            others,
+            resolutions,
+        }
+    }
+
+    /// Stops, and asserts that every request was answered, in order, every new PU was
+    /// served and every resolution found the PE.
+    fn finish(mut self, what: &str) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.writer.join().expect("writer");
+        let answers = self.reader.join().expect("reader");
+        assert!(self.session.wait().expect("the PU ends").success());
+        let sent = self.sent.load(Ordering::SeqCst);
+        assert!(sent > 20, "{sent} requests");
+        assert_eq!(answers.len(), sent, "every request answered");
+        assert!(
+            answers
+                .iter()
+                .enumerate()
+                .all(|(n, a)| *a == format!("request {n}"))
+        );
+        let outcomes = self.others.join().expect("others");
+        assert!(!outcomes.is_empty());
+        for (ok, err) in &outcomes {
+            assert!(ok, "a new PU failed: {err}");
+        }
+        let (count, gaps) = self.resolutions.join().expect("resolutions");
+        assert!(count > 0);
+        assert_eq!(
+            gaps, 0,
+            "the PE was missing from {gaps} of {count} resolutions"
+        );
+        eprintln!(
+            "{what}: {sent} session requests, {} new PUs, {count} resolutions, none failed",
+            outcomes.len()
+        );
+    }
+}
+
 /// Issue 17 item 3: a PE's certificate is renewed (`rsp-pki issue --renew` + SIGHUP) while
 /// pool users keep using it: no request fails, the PE never leaves the registrar's
 /// answers, new handshakes get the new certificate, and a bad file is refused with a log
 /// line while the current certificate stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
-    use std::sync::atomic::AtomicBool;
     let lab = Lab::new();
     lab.init_registrar();
     let registrar = lab.start_registrar_with(300, 1000);
@@ -289,67 +403,7 @@ async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
     let old = serial_of(&lab, "pe-echo-1");
     assert_eq!(presented_serial(&lab, port).await, old);
 
-    // Load: one PU session that stays (a live TLS session across the renewal), and a
-    // stream of new PU processes (a handshake each), and resolutions, until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (mut session, mut to_pu, from_pu) = pu_session(&lab, registrar.addr, Stdio::inherit());
-    let sent = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let n = sent.fetch_add(1, Ordering::SeqCst);
-                to_pu
-                    .write_all(format!("request {n}\n").as_bytes())
-                    .expect("the PU reads");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Closing stdin ends the PU once it has answered everything.
-        })
-    };
-    let reader = std::thread::spawn(move || {
-        from_pu
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let as_pu = {
-        let (ca, pki, addr) = (
-            lab.path("pki/ca.pem"),
-            lab.path("pki/pu-client-1.pem"),
-            registrar.addr,
-        );
-        move || rsp_as(&ca, &pki, addr)
-    };
-    let others = {
-        let (stop, as_pu) = (stop.clone(), as_pu.clone());
-        std::thread::spawn(move || {
-            let mut outcomes = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                outcomes.push(pu_exchange(as_pu()));
-            }
-            outcomes
-        })
-    };
-    let resolutions = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut gaps = 0;
-            let mut count = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let out = as_pu()
-                    .args(["resolve", "echo", "--json"])
-                    .output()
-                    .expect("rsp resolve");
-                count += 1;
-                if !out.status.success() || out.stdout.is_empty() {
-                    gaps += 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (count, gaps)
-        })
-    };
+    let load = Load::start(&lab, registrar.addr, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // A bad certificate file first: refused, the old certificate stays.
@@ -385,35 +439,7 @@ async fn a_pe_certificate_renewed_under_load_with_sighup_fails_no_request() {
     assert_eq!(presented_serial(&lab, port).await, new);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    stop.store(true, Ordering::SeqCst);
-    writer.join().expect("writer");
-    let answers = reader.join().expect("reader");
-    let status = session.wait().expect("the PU ends");
-    assert!(status.success());
-    let sent = sent.load(Ordering::SeqCst);
-    assert!(sent > 20, "{sent} requests");
-    assert_eq!(answers.len(), sent, "every request answered");
-    assert!(
-        answers
-            .iter()
-            .enumerate()
-            .all(|(n, a)| *a == format!("request {n}"))
-    );
-    let outcomes = others.join().expect("others");
-    assert!(!outcomes.is_empty());
-    for (ok, err) in &outcomes {
-        assert!(ok, "a new PU failed: {err}");
-    }
-    let (count, gaps) = resolutions.join().expect("resolutions");
-    assert!(count > 0);
-    assert_eq!(
-        gaps, 0,
-        "the PE was missing from {gaps} of {count} resolutions"
-    );
-    eprintln!(
-        "renewal under load: {sent} session requests, {} new PUs, {count} resolutions, none failed",
-        outcomes.len()
-    );
+    load.finish("renewal under load");
 }
 
 /// Issue 17 item 2: a PE that reloads a CRL revoking a PU closes that PU's live session
@@ -450,4 +476,51 @@ fn a_pe_closes_the_live_session_of_a_pu_its_reloaded_crl_revokes() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut from_pu, &mut rest).expect("read");
     assert!(!rest.contains("after"), "{rest}");
+}
+
+/// Issue 17 item 3: short-lived certificates in practice. A PE's certificates live one
+/// minute and are renewed every 15 s (`rsp-pki issue --renew --minutes 1`, picked up by
+/// the PE's file poll, no signal): when the certificate its registrar connection was
+/// made with expires, the registrar closes that connection at its notAfter and the PE
+/// re-registers over a new one with the renewed certificate, and through all of it no
+/// PU request fails and the PE never leaves the registrar's answers. (About 75 s: the
+/// first certificate must expire; renewing every few minutes for an hour is the same
+/// cycle, slower.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pe_with_one_minute_certificates_renewed_every_15_s_stays_registered_and_serving() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    let renew = || lab.pki(&["issue", "pe", "echo-1", "--renew", "--minutes", "1"]);
+    renew();
+    let first = serial_of(&lab, "pe-echo-1");
+    let (_pe, lines) = start_pe(&lab, registrar.addr, "pe-echo-1", &["--pool", "echo"]);
+    let load = Load::start(&lab, registrar.addr, Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let mut renewals = 0;
+    while started.elapsed() < Duration::from_secs(72) {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        renew();
+        renewals += 1;
+    }
+    load.finish("one-minute certificates");
+    let log: Vec<String> = lines.try_iter().collect();
+    let reloads = log
+        .iter()
+        .filter(|l| l.starts_with("reloaded credentials") && l.contains("(renewed)"))
+        .count();
+    assert!(
+        reloads >= renewals - 1,
+        "{reloads} reloads of {renewals}: {log:?}"
+    );
+    // The registrar closed the first certificate's connection at its notAfter; the PE
+    // registered again over a new one.
+    let lost = log
+        .iter()
+        .position(|l| l.starts_with("lost registrar"))
+        .unwrap_or_else(|| panic!("the registrar closes at notAfter ({first}): {log:?}"));
+    assert!(
+        log[lost..].iter().any(|l| l.starts_with("registered with")),
+        "{log:?}"
+    );
 }
