@@ -524,3 +524,53 @@ async fn a_pe_with_one_minute_certificates_renewed_every_15_s_stays_registered_a
         "{log:?}"
     );
 }
+
+/// Issue 17 item 6: a CRL does not expire silently. `enrpd` warns from a week before its
+/// nextUpdate (`rsp-pki crl --days 1` re-signs it for one day here).
+#[test]
+fn enrpd_warns_of_a_crl_near_expiry() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    lab.pki(&["crl", "--days", "1"]);
+    let mut enrpd = Killed(
+        Command::new(crate::support::bin("enrpd"))
+            .arg("run")
+            .arg("--data")
+            .arg(lab.path("data"))
+            .args(["--asap-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "off", "--enrp-listen", "off"])
+            .args(["--log-format", "json"])
+            .env("ENRPD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enrpd"),
+    );
+    let stderr = BufReader::new(enrpd.0.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let warning = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok())
+        .find(|l| l.contains("the CRL expires soon"))
+        .expect("enrpd warns of the CRL");
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(
+        warning.contains("\"trust_domain\":\"acme.test\""),
+        "{warning}"
+    );
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

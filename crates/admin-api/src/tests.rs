@@ -1025,6 +1025,53 @@ async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     assert_eq!(verify["head"].as_str().map(str::len), Some(64));
 }
 
+/// Issue 17: a CRL does not expire silently. `/metrics` says how long each domain's CRLs
+/// stay current, and `/readyz` fails naming the cause once the local domain's has expired
+/// (every handshake of its identities then fails closed).
+#[tokio::test]
+async fn crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness() {
+    let f = fixture().await;
+    let at = |secs_from_now: i64| {
+        time::OffsetDateTime::from_unix_timestamp(NOW as i64 / 1000 + secs_from_now).expect("time")
+    };
+    f.trust
+        .set_crls(
+            f.ca.domain(),
+            vec![f.ca.crl_dated(&[], at(-86_400), at(3 * 86_400))],
+        )
+        .expect("a CRL for 3 days");
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(
+        m.text
+            .contains("\nrsp_crl_next_update_seconds{trust_domain=\"acme.test\"} 259200\n"),
+        "{}",
+        m.text
+    );
+    assert_eq!(f.call("GET", "/readyz", None, None).await.status, 200);
+    f.trust
+        .set_crls(
+            f.ca.domain(),
+            vec![f.ca.crl_dated(&[], at(-86_400), at(-3600))],
+        )
+        .expect("an expired CRL");
+    let r = f.call("GET", "/readyz", None, None).await;
+    r.problem(503, "unavailable");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the CRL of trust domain acme.test expired 3600 s ago")),
+        "{}",
+        r.text
+    );
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(
+        m.text
+            .contains("rsp_crl_next_update_seconds{trust_domain=\"acme.test\"} -3600\n"),
+        "{}",
+        m.text
+    );
+}
+
 #[tokio::test]
 async fn probes_metrics_and_pools() {
     let f = fixture().await;

@@ -528,6 +528,34 @@ impl TrustStore {
         )
     }
 
+    /// When each trusted domain's CRLs stop being current: the earliest nextUpdate of its
+    /// CRLs (domains without CRLs are not listed). Past it, every handshake that needs
+    /// that CRL fails closed, so an operator must hear of it before (`rsp-pki crl`
+    /// re-signs the CRL with a fresh nextUpdate).
+    pub fn crl_next_updates(&self) -> Vec<(TrustDomain, std::time::SystemTime)> {
+        let state = self.lock();
+        state
+            .domains
+            .iter()
+            .filter_map(|(domain, bundle)| {
+                let earliest = bundle
+                    .crls
+                    .iter()
+                    .filter_map(|der| {
+                        let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
+                        let secs = crl.next_update()?.timestamp();
+                        // Before 1970 only in a broken CRL: as expired as can be.
+                        Some(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+                        )
+                    })
+                    .min()?;
+                Some((domain.clone(), earliest))
+            })
+            .collect()
+    }
+
     /// Denies a certificate serial of a domain (the domain need not be trusted yet);
     /// matching live connections are told to close. Returns how many.
     pub fn deny_serial(&self, domain: &TrustDomain, serial: Serial) -> Result<usize, Error> {

@@ -654,6 +654,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         daemon.asap_addr(),
         loaded.server_id
     );
+    // CRLs do not expire silently: a warning from a week before, an error after.
+    let crl_trust = Arc::clone(&loaded.trust);
+    tokio::spawn(async move {
+        loop {
+            warn_crl_expiry(&crl_trust);
+            tokio::time::sleep(CRL_CHECK).await;
+        }
+    });
     // Serials already applied: a reload only acts on what the CRL newly lists.
     let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
     // Every setting of the config file takes effect at start only: on SIGHUP, say which
@@ -774,6 +782,34 @@ async fn start_admin(
     ));
     tracing::info!(%addr, "serving the admin API over HTTPS");
     Ok(Admin { addr, stop, task })
+}
+
+/// How long before a CRL's nextUpdate `enrpd` warns (issue 17): once it passes, every
+/// handshake of that domain fails closed; a week leaves room for a weekend and a holiday.
+const CRL_WARNING: Duration = Duration::from_secs(7 * 86_400);
+/// How often the CRLs' nextUpdate is checked (and the warning repeated).
+const CRL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Logs a warning for each trust domain whose CRLs stop being current within
+/// [`CRL_WARNING`], an error for each whose CRLs have (`/metrics` has the same as
+/// `rsp_crl_next_update_seconds`).
+fn warn_crl_expiry(trust: &trust::TrustStore) {
+    let now = std::time::UNIX_EPOCH + Duration::from_millis(now_ms());
+    for (domain, at) in trust.crl_next_updates() {
+        match at.duration_since(now) {
+            Err(past) => tracing::error!(
+                trust_domain = %domain,
+                expired_s_ago = past.duration().as_secs(),
+                "the CRL has expired: every handshake of this trust domain fails until it is re-signed (rsp-pki crl, then SIGHUP enrpd)"
+            ),
+            Ok(left) if left <= CRL_WARNING => tracing::warn!(
+                trust_domain = %domain,
+                seconds_left = left.as_secs(),
+                "the CRL expires soon: re-sign it (rsp-pki crl, then SIGHUP enrpd) or every handshake of this trust domain fails"
+            ),
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]
