@@ -435,7 +435,7 @@ impl Pki {
         // The index goes last: its presence is what marks a complete PKI.
         self.save_index(&index)?;
         Ok(format!(
-            "created a PKI for trust domain {domain} in {} ({}{})",
+            "created a PKI for trust domain {domain} in {} ({}{})\n{}",
             self.dir.display(),
             match key_type {
                 KeyType::EcdsaP256 => "ECDSA P-256",
@@ -445,7 +445,8 @@ impl Pki {
                 ", with an intermediate CA"
             } else {
                 ""
-            }
+            },
+            key_advice(intermediate, self.passphrase.is_some())
         ))
     }
 
@@ -865,6 +866,37 @@ fn ip_text(bytes: &[u8]) -> String {
 
 /// Longest `--minutes`: a year (longer lives are given in days).
 const MAX_MINUTES: u32 = 525_600;
+
+/// How to keep the CA keys safe, printed by `init` (issue 17): whoever holds `ca.key`
+/// can mint any identity of the domain.
+fn key_advice(intermediate: bool, encrypted: bool) -> String {
+    let mut advice = vec![if intermediate {
+        "ca.key (the root) is needed only to sign the intermediate and the root's CRL: move it \
+         offline; intermediate.key issues the leaves"
+            .to_owned()
+    } else {
+        "ca.key signs every certificate: keep it off the hosts that run enrpd and rsp; \
+         `rsp-pki init --intermediate` (recommended) lets the root key live offline"
+            .to_owned()
+    }];
+    if !encrypted {
+        advice.push(
+            "the CA keys are not encrypted: give --passphrase-file FILE (or RSP_PKI_PASSPHRASE) \
+             to encrypt them"
+                .to_owned(),
+        );
+    }
+    advice.push(
+        "`enrpd init` reads only ca.pem, crl.pem and the registrar's own files; never copy a \
+         CA key to a registrar"
+            .to_owned(),
+    );
+    advice
+        .iter()
+        .map(|a| format!("  note: {a}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// `--days` as a validity, checked.
 fn validity_days(days: u32) -> Result<Duration, PkiError> {

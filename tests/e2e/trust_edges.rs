@@ -574,3 +574,32 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Issue 17 item 7: the first admin token can expire, so that the bootstrap credential
+/// does not outlive its use.
+#[test]
+fn the_first_admin_token_can_expire() {
+    let lab = Lab::new();
+    let out = crate::support::run_ok(
+        Command::new(crate::support::bin("enrpd"))
+            .arg("init")
+            .arg("--pki")
+            .arg(lab.path("pki"))
+            .arg("--data")
+            .arg(lab.path("data"))
+            .args(["--admin-token-expires-in-days", "2"]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("it expires in 2 days"), "{text}");
+    let out = crate::support::run_ok(
+        Command::new(crate::support::bin("enrpd"))
+            .args(["token", "list", "--data"])
+            .arg(lab.path("data")),
+    );
+    let list = String::from_utf8_lossy(&out.stdout);
+    let line = list
+        .lines()
+        .find(|l| l.ends_with("initial admin"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("  expires "), "{line}");
+}

@@ -183,6 +183,18 @@ pub async fn init(
     data: &Path,
     now_ms: u64,
 ) -> Result<InitReport, Error> {
+    init_with_token_expiry(pki, name, data, now_ms, None).await
+}
+
+/// [`init`], with the first admin token expiring at `token_expires_ms` (unix ms; `None`:
+/// never), so that a bootstrap credential does not outlive its use.
+pub async fn init_with_token_expiry(
+    pki: &Path,
+    name: Option<&str>,
+    data: &Path,
+    now_ms: u64,
+    token_expires_ms: Option<u64>,
+) -> Result<InitReport, Error> {
     let install_path = data.join(INSTALL_FILE);
     if install_path.exists() || data.join(db::DB_FILE).exists() {
         return Err(Error::AlreadyInitialised(data.to_owned()));
@@ -211,7 +223,7 @@ pub async fn init(
             &db::TokenHasher::default(),
             "initial admin",
             db::Role::Admin,
-            None,
+            token_expires_ms,
             now_ms,
         )
         .await?;

@@ -38,6 +38,10 @@ enum Command {
         /// The data directory to create.
         #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
         data: PathBuf,
+        /// Days until the first admin token expires (default: never): make more with
+        /// `enrpd token create` or the API before it does.
+        #[arg(long, value_name = "DAYS")]
+        admin_token_expires_in_days: Option<u32>,
     },
     /// Run the registrar until SIGTERM or Ctrl-C. SIGHUP reloads the registrar's
     /// certificate and key, the local CRL, the grants and the default namespaces; options
@@ -462,8 +466,15 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Init { pki, name, data } => {
-            let report = setup::init(&pki, name.as_deref(), &data, now_ms())
+        Command::Init {
+            pki,
+            name,
+            data,
+            admin_token_expires_in_days,
+        } => {
+            let now = now_ms();
+            let expires = admin_token_expires_in_days.map(|d| days_after(now, d));
+            let report = setup::init_with_token_expiry(&pki, name.as_deref(), &data, now, expires)
                 .await
                 .context("enrpd init")?;
             println!("initialised {}", data.display());
@@ -471,8 +482,10 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
                 "  registrar  {} (Server ID {})",
                 report.identity, report.server_id
             );
+            let expiry = admin_token_expires_in_days
+                .map_or_else(String::new, |d| format!("; it expires in {d} days"));
             println!(
-                "  admin token (shown once, store it now): {}",
+                "  admin token (shown once, store it now{expiry}): {}",
                 report.admin_token
             );
             Ok(ExitCode::SUCCESS)
@@ -523,7 +536,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             expires_in_days,
         } => {
             let now = now_ms();
-            let expires = expires_in_days.map(|d| now + u64::from(d) * 86_400_000);
+            let expires = expires_in_days.map(|d| days_after(now, d));
             let t = setup::create_token(&data, &name, role, expires, now)
                 .await
                 .context("creating the token")?;
@@ -782,6 +795,11 @@ async fn start_admin(
     ));
     tracing::info!(%addr, "serving the admin API over HTTPS");
     Ok(Admin { addr, stop, task })
+}
+
+/// `days` after `now_ms`, in unix ms (token expiries).
+fn days_after(now_ms: u64, days: u32) -> u64 {
+    now_ms + u64::from(days) * 86_400_000
 }
 
 /// How long before a CRL's nextUpdate `enrpd` warns (issue 17): once it passes, every
