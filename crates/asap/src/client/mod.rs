@@ -24,8 +24,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
-use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
+use trust::{DomainBundle, LiveConnection, LocalIdentity, Peer, Protocol, TrustStore};
 
 use crate::transport::{MessageReader, ReadError, TransportAddr, write_message};
 use crate::wire::limits::MAX_MESSAGE_LEN;
@@ -115,6 +116,16 @@ pub fn credentials_with_crl(
     Ok(Arc::new(store))
 }
 
+/// Registers the registrar's session with `trust`, so that revocations and expiry end it;
+/// refused if a revocation landed since the handshake.
+fn watch_registrar(trust: &TrustStore, tls: &rustls::CommonState) -> io::Result<LiveConnection> {
+    let refused = |e: String| io::Error::new(io::ErrorKind::PermissionDenied, e);
+    let peer = Peer::from_tls(tls).map_err(|e| refused(e.to_string()))?;
+    trust
+        .register_connection(&peer)
+        .map_err(|e| refused(e.to_string()))
+}
+
 /// How long one connection attempt to a registrar may take (spec §10, T5 per attempt).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(7_500);
 
@@ -130,6 +141,10 @@ pub struct Connection {
     writer: WriteHalf<Box<dyn Stream>>,
     registrar: SocketAddr,
     local: SocketAddr,
+    /// The registrar's certificate, registered with the trust store: a CRL reloaded later
+    /// that revokes it (or its chain), or its notAfter, ends the connection (none over
+    /// plain legacy SCTP).
+    live: Option<LiveConnection>,
 }
 
 impl Connection {
@@ -148,7 +163,8 @@ impl Connection {
         let (tls, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        Ok(Self::over(Box::new(tls), addr, local))
+        let live = watch_registrar(trust, tls.get_ref().1)?;
+        Ok(Self::over(Box::new(tls), addr, local).watched(live))
     }
 
     /// Connects to one registrar over TLS/TCP or TLS/SCTP; with `insecure_legacy`, over
@@ -201,17 +217,22 @@ impl Connection {
             let conn = SctpConnection::connect(endpoint, PPID_ASAP, framing).await?;
             let local = conn.local_addr()?;
             if insecure_legacy {
-                return Ok::<_, io::Error>((Box::new(conn) as Box<dyn Stream>, local));
+                return Ok::<_, io::Error>((Box::new(conn) as Box<dyn Stream>, local, None));
             }
             let connector = TlsConnector::from(trust.client_config(Protocol::Asap));
             let name = ServerName::IpAddress(addr.ip().into());
             let tls = connector.connect(name, conn).await?;
-            Ok((Box::new(tls) as Box<dyn Stream>, local))
+            let live = watch_registrar(trust, tls.get_ref().1)?;
+            Ok((Box::new(tls) as Box<dyn Stream>, local, Some(live)))
         };
-        let (stream, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        let (stream, local, live) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        Ok(Self::over(stream, addr, local))
+        let conn = Self::over(stream, addr, local);
+        Ok(match live {
+            Some(live) => conn.watched(live),
+            None => conn,
+        })
     }
 
     /// A connection a registrar opened to this PE, already authenticated.
@@ -230,7 +251,13 @@ impl Connection {
             writer: w,
             registrar,
             local,
+            live: None,
         }
+    }
+
+    fn watched(mut self, live: LiveConnection) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Server hunt (spec §7.7): the registrars in order, starting at `start`, until one
@@ -272,9 +299,70 @@ impl Connection {
         Ok(())
     }
 
-    /// The next message; [`Error::Closed`] at the end of the connection.
+    /// The next message; [`Error::Closed`] at the end of the connection, an
+    /// [`Error::Io`] once the registrar's certificate is revoked or expires (the caller
+    /// hunts another registrar, spec §7.7). Cancel-safe.
     pub async fn recv(&mut self) -> Result<AsapMsg, Error> {
-        let frame = self.reader.next().await?.ok_or(Error::Closed)?;
+        let next = match self.live.as_mut() {
+            Some(live) => tokio::select! {
+                next = self.reader.next() => next,
+                reason = live.closed() => {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("the registrar's certificate is no longer trusted ({reason:?})"),
+                    )));
+                }
+            },
+            None => self.reader.next().await,
+        };
+        let frame = next?.ok_or(Error::Closed)?;
         Ok(AsapMsg::decode(&frame)?.msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trust::testing::TestCa;
+
+    /// Issue 17: a registrar connection ends when a CRL loaded later revokes the
+    /// registrar's certificate, so that the PE or PU hunts another registrar.
+    #[tokio::test]
+    async fn a_registrar_revoked_by_a_reloaded_crl_ends_the_connection() {
+        let ca = TestCa::new("acme.test");
+        let registrar = ca.leaf("registrar/enrp-1").issue();
+        let server = TrustStore::new(registrar.identity()).expect("store");
+        server.add_domain(ca.bundle()).expect("domain");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(Protocol::Asap));
+        let held = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            // Hold the session open, silent, until the client goes.
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+        });
+        let client = TrustStore::new(ca.leaf("pe/echo-1").issue().identity()).expect("store");
+        client
+            .add_domain(ca.bundle().with_crls(vec![ca.crl(&[])]))
+            .expect("domain");
+        let mut conn = Connection::connect(&client, addr).await.expect("connected");
+        let closed = client
+            .set_crls(ca.domain(), vec![ca.crl(&[&registrar.serial])])
+            .expect("CRL");
+        assert_eq!(closed, 1, "the registrar connection was registered");
+        let err = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("ends at once")
+            .expect_err("revoked");
+        assert!(
+            err.to_string()
+                .contains("the registrar's certificate is no longer trusted (SerialRevoked)"),
+            "{err}"
+        );
+        held.abort();
     }
 }
