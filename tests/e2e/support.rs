@@ -147,6 +147,19 @@ impl Lab {
         Arc::new(store)
     }
 
+    /// `enrpd update-pki`: the renewed registrar certificate, CA bundle and CRL into the
+    /// registrar's data directory (before a SIGHUP).
+    pub(crate) fn update_pki(&self) -> Output {
+        run_ok(
+            Command::new(bin("enrpd"))
+                .arg("update-pki")
+                .arg("--pki")
+                .arg(self.path("pki"))
+                .arg("--data")
+                .arg(self.path("data")),
+        )
+    }
+
     /// `enrpd audit verify`.
     pub(crate) fn verify_audit(&self) -> Output {
         Command::new(bin("enrpd"))

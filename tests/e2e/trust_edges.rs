@@ -532,6 +532,7 @@ fn enrpd_warns_of_a_crl_near_expiry() {
     let lab = Lab::new();
     lab.init_registrar();
     lab.pki(&["crl", "--days", "1"]);
+    lab.update_pki();
     let mut enrpd = Killed(
         Command::new(crate::support::bin("enrpd"))
             .arg("run")
@@ -602,4 +603,55 @@ fn the_first_admin_token_can_expire() {
         .find(|l| l.ends_with("initial admin"))
         .unwrap_or_else(|| panic!("{list}"));
     assert!(line.contains("  expires "), "{line}");
+}
+
+/// Issue 17 item 7: `enrpd init` copies what the registrar needs into its data directory,
+/// so that it runs without the PKI directory (which holds the CA keys); `enrpd
+/// update-pki` brings a new CRL over and refuses another registrar's certificate.
+#[test]
+fn the_registrar_runs_without_the_pki_directory() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    lab.pki(&["issue", "registrar", "enrp-2"]);
+    let pki = lab.path("pki");
+    let away = lab.path("pki-offline");
+    std::fs::rename(&pki, &away).expect("move the PKI away");
+    let registrar = lab.start_registrar();
+    let out = Command::new(crate::support::bin("rsp"))
+        .env("RSP_CA", away.join("ca.pem"))
+        .env("RSP_REGISTRAR", registrar.addr.to_string())
+        .env("RSP_CERT", away.join("pu-client-1.pem"))
+        .args(["resolve", "echo"])
+        .output()
+        .expect("rsp resolve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cause 0x9"), "the registrar serves: {err}");
+    drop(registrar);
+    std::fs::rename(&away, &pki).expect("the PKI back");
+    // Another registrar's certificate is refused and changes nothing.
+    let out = Command::new(crate::support::bin("enrpd"))
+        .args(["update-pki", "--name", "enrp-2", "--pki"])
+        .arg(&pki)
+        .arg("--data")
+        .arg(lab.path("data"))
+        .output()
+        .expect("enrpd update-pki");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is the certificate of spiffe://acme.test/registrar/enrp-2; this registrar is spiffe://acme.test/registrar/enrp-1"),
+        "{err}"
+    );
+    let before = std::fs::read(lab.path("data/crl.pem")).expect("the CRL copy");
+    lab.pki(&["revoke", pki.join("pe-echo-1.pem").to_str().expect("path")]);
+    assert_eq!(
+        std::fs::read(lab.path("data/crl.pem")).expect("copy"),
+        before
+    );
+    let out = lab.update_pki();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SIGHUP"));
+    assert_eq!(
+        std::fs::read(lab.path("data/crl.pem")).expect("copy"),
+        std::fs::read(pki.join("crl.pem")).expect("CRL")
+    );
 }

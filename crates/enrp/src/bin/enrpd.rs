@@ -29,20 +29,18 @@ enum Command {
     /// Create the data directory: store, local trust domain, default namespace and grants,
     /// and the first admin token (printed once).
     Init {
-        /// The rsp-pki directory holding ca.pem and registrar-NAME.pem/.key.
-        #[arg(long, env = "ENRPD_PKI", default_value = "pki")]
-        pki: PathBuf,
-        /// Which registrar certificate (registrar-NAME.pem); optional when there is one.
-        #[arg(long, env = "ENRPD_NAME")]
-        name: Option<String>,
-        /// The data directory to create.
-        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        files: PkiFiles,
         /// Days until the first admin token expires (default: never): make more with
         /// `enrpd token create` or the API before it does.
         #[arg(long, value_name = "DAYS")]
         admin_token_expires_in_days: Option<u32>,
     },
+    /// Copy the registrar's renewed certificate and key, the CA bundle and the CRL from
+    /// the PKI directory into the data directory (after `rsp-pki issue --renew`,
+    /// `revoke` or `crl`); then SIGHUP the running enrpd. The registrar itself never reads
+    /// the PKI directory, which holds the CA keys.
+    UpdatePki(PkiFiles),
     /// Run the registrar until SIGTERM or Ctrl-C. SIGHUP reloads the registrar's
     /// certificate and key, the local CRL, the grants and the default namespaces; options
     /// (flags, variables, the config file) take effect at start only, and SIGHUP logs
@@ -58,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+/// Where `enrpd init` and `enrpd update-pki` take the registrar's PKI files from, and
+/// the data directory they go to.
+#[derive(clap::Args)]
+struct PkiFiles {
+    /// The rsp-pki directory holding ca.pem, crl.pem and registrar-NAME.pem/.key.
+    #[arg(long, env = "ENRPD_PKI", default_value = "pki")]
+    pki: PathBuf,
+    /// Which registrar certificate (registrar-NAME.pem): for init, optional when the
+    /// directory has one; for update-pki, default this registrar's.
+    #[arg(long, env = "ENRPD_NAME")]
+    name: Option<String>,
+    /// The registrar's data directory (init creates it).
+    #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+    data: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -467,9 +481,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init {
-            pki,
-            name,
-            data,
+            files: PkiFiles { pki, name, data },
             admin_token_expires_in_days,
         } => {
             let now = now_ms();
@@ -487,6 +499,16 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             println!(
                 "  admin token (shown once, store it now{expiry}): {}",
                 report.admin_token
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UpdatePki(PkiFiles { pki, name, data }) => {
+            let (id, serial) =
+                setup::update_pki(&pki, name.as_deref(), &data).context("enrpd update-pki")?;
+            println!(
+                "copied {id} (certificate serial {serial}), the CA bundle and the CRL into {}; \
+                 SIGHUP the running enrpd to apply them",
+                data.display()
             );
             Ok(ExitCode::SUCCESS)
         }
