@@ -219,7 +219,7 @@ impl Peer {
         Self::from_chain(leaf, intermediates)
     }
 
-    fn from_chain(
+    pub(crate) fn from_chain(
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Result<Self, Error> {

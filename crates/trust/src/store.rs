@@ -684,8 +684,9 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
     let mut crl_revoked = HashSet::new();
     for (name, bundle) in &state.domains {
         for crl in bundle.crls() {
-            for serial in crl_serials(crl)? {
-                crl_revoked.insert((name.clone(), serial));
+            let (issuer, serials) = crl_listing(crl)?;
+            for serial in serials {
+                crl_revoked.insert((name.clone(), issuer.clone(), serial));
             }
         }
     }
@@ -766,4 +767,46 @@ fn client_config(
     config.resumption = Resumption::disabled();
     config.key_log = crate::keylog::key_log();
     Ok(config)
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestCa;
+
+    /// A connection that passed its handshake while its intermediate was good, and
+    /// registers after a CRL revoked the intermediate, is refused; one whose leaf has the
+    /// same serial as the revoked intermediate but another issuer is not (serials are
+    /// unique per CA only).
+    #[test]
+    fn registration_after_an_intermediate_is_revoked_is_refused() {
+        let ca = TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("store");
+        store.add_domain(ca.bundle()).expect("domain");
+        let inter = ca.intermediate();
+        let leaf = inter.leaf("pe/under").issue();
+        let peer = Peer::from_chain(&leaf.chain[0], &leaf.chain[1..]).expect("peer");
+        store
+            .set_crls(
+                ca.domain(),
+                vec![ca.crl(&[&inter.serial()]), inter.crl(&[])],
+            )
+            .expect("CRLs");
+        let err = store.register_connection(&peer).expect_err("refused");
+        assert!(
+            err.to_string().contains(&format!(
+                "serial {} of trust domain acme.test is revoked (CRL)",
+                inter.serial()
+            )),
+            "{err}"
+        );
+        // The intermediate's CRL lists a serial equal to a direct leaf's: that leaf,
+        // issued by the root, is not the one listed.
+        let direct = ca.leaf("pe/direct").issue();
+        store
+            .set_crls(ca.domain(), vec![ca.crl(&[]), inter.crl(&[&direct.serial])])
+            .expect("CRLs");
+        let peer = Peer::from_certificate(&direct.chain[0]).expect("peer");
+        assert!(store.register_connection(&peer).is_ok());
+    }
 }

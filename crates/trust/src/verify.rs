@@ -135,7 +135,9 @@ pub(crate) struct DomainAnchors {
 pub(crate) struct Snapshot {
     pub(crate) domains: BTreeMap<TrustDomain, DomainAnchors>,
     /// Leaf serials the domains' CRLs list, for re-checking registered connections.
-    pub(crate) crl_revoked: HashSet<(TrustDomain, Serial)>,
+    /// What the domains' CRLs list: (domain, issuer Name DER, serial), for re-checking
+    /// every certificate of a registered connection's chain.
+    pub(crate) crl_revoked: HashSet<(TrustDomain, Box<[u8]>, Serial)>,
     pub(crate) denied_serials: HashSet<(TrustDomain, Serial)>,
     pub(crate) denied_ids: HashSet<SpiffeId>,
     pub(crate) hints: Vec<DistinguishedName>,
@@ -144,7 +146,7 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Whether a peer that passed an earlier configuration's verifier is still trusted
-    /// by this one (deny-list, trust domain, leaf serials on CRLs).
+    /// by this one (deny-list, trust domain, any certificate of its chain on a CRL).
     pub(crate) fn still_trusted(&self, peer: &crate::Peer) -> Result<(), Rejection> {
         let id = peer.id();
         if self.denied_ids.contains(id) {
@@ -162,9 +164,15 @@ impl Snapshot {
             let (domain, serial) = key;
             return Err(Rejection::DeniedSerial { domain, serial });
         }
-        if self.crl_revoked.contains(&key) {
-            let (domain, serial) = key;
-            return Err(Rejection::RevokedSerial { domain, serial });
+        let (domain, _) = key;
+        if let Some(link) = peer.chain().iter().find(|l| {
+            self.crl_revoked
+                .contains(&(domain.clone(), l.issuer.clone(), l.serial.clone()))
+        }) {
+            return Err(Rejection::RevokedSerial {
+                domain,
+                serial: link.serial.clone(),
+            });
         }
         Ok(())
     }
