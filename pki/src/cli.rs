@@ -62,6 +62,10 @@ pub enum Command {
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Validity in minutes instead (short-lived certificates, renewed by a timer with
+        /// `--renew`; `rsp pe`, `pu` and `gateway` pick a renewal up without a restart).
+        #[arg(long, conflicts_with = "days")]
+        minutes: Option<u32>,
         /// Renew: replace the existing certificate and key of ROLE NAME with new ones
         /// (the old certificate stays valid until it expires or is revoked).
         #[arg(long)]
@@ -144,9 +148,12 @@ pub fn run(cli: &Cli, now: OffsetDateTime) -> Result<String, PkiError> {
             dns,
             ip,
             days,
+            minutes,
             renew,
         } => {
-            if *renew {
+            if let Some(minutes) = minutes {
+                pki.issue_minutes(*role, name, dns, ip, *minutes, now, *renew)
+            } else if *renew {
                 pki.renew(*role, name, dns, ip, *days, now)
             } else {
                 pki.issue(*role, name, dns, ip, *days, now)

@@ -141,6 +141,9 @@ pub enum PkiError {
     /// Key derivation or encryption failed.
     #[error("crypto: {0}")]
     Crypto(&'static str),
+    /// `--minutes` is out of range.
+    #[error("--minutes must be between 1 and 525600 (a year), not {0}")]
+    BadMinutes(u32),
     /// `--days` is out of range.
     #[error("--days must be between 1 and 36500, not {0}")]
     BadDays(u32),
@@ -432,7 +435,7 @@ impl Pki {
         // The index goes last: its presence is what marks a complete PKI.
         self.save_index(&index)?;
         Ok(format!(
-            "created a PKI for trust domain {domain} in {} ({}{})",
+            "created a PKI for trust domain {domain} in {} ({}{})\n{}",
             self.dir.display(),
             match key_type {
                 KeyType::EcdsaP256 => "ECDSA P-256",
@@ -442,7 +445,8 @@ impl Pki {
                 ", with an intermediate CA"
             } else {
                 ""
-            }
+            },
+            key_advice(intermediate, self.passphrase.is_some())
         ))
     }
 
@@ -489,7 +493,7 @@ impl Pki {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<String, PkiError> {
-        self.issue_leaf(role, name, dns, ips, days, now, false)
+        self.issue_leaf(role, name, dns, ips, validity_days(days)?, now, false)
     }
 
     /// `issue --renew ROLE NAME`: a new key and certificate for an identity issued before,
@@ -505,7 +509,28 @@ impl Pki {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<String, PkiError> {
-        self.issue_leaf(role, name, dns, ips, days, now, true)
+        self.issue_leaf(role, name, dns, ips, validity_days(days)?, now, true)
+    }
+
+    /// `issue [--renew] ROLE NAME --minutes N`: a short-lived leaf (SPIRE-style, renewed
+    /// by a timer long before it expires; `rsp pe`, `pu` and `gateway` pick the renewal
+    /// up without a restart). From 1 minute to a year.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_minutes(
+        &self,
+        role: Role,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        minutes: u32,
+        now: OffsetDateTime,
+        renew: bool,
+    ) -> Result<String, PkiError> {
+        if !(1..=MAX_MINUTES).contains(&minutes) {
+            return Err(PkiError::BadMinutes(minutes));
+        }
+        let validity = Duration::minutes(i64::from(minutes));
+        self.issue_leaf(role, name, dns, ips, validity, now, renew)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -515,12 +540,11 @@ impl Pki {
         name: &str,
         dns: &[String],
         ips: &[IpAddr],
-        days: u32,
+        validity: Duration,
         now: OffsetDateTime,
         renew: bool,
     ) -> Result<String, PkiError> {
         let mut index = self.index()?;
-        check_days(days)?;
         check_name(name)?;
         let domain = TrustDomain::new(&index.trust_domain)?;
         let id = SpiffeId::from_segments(&domain, [role.as_str(), name])?;
@@ -557,7 +581,7 @@ impl Pki {
         params.not_before = now - Duration::minutes(5);
         // A leaf never outlives its CA.
         let ca_end = OffsetDateTime::from_unix_timestamp(ca_not_after).unwrap_or(now);
-        params.not_after = (now + Duration::days(i64::from(days))).min(ca_end);
+        params.not_after = (now + validity).min(ca_end);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = role.ekus();
         params.use_authority_key_identifier_extension = true;
@@ -840,6 +864,46 @@ fn ip_text(bytes: &[u8]) -> String {
     }
 }
 
+/// Longest `--minutes`: a year (longer lives are given in days).
+const MAX_MINUTES: u32 = 525_600;
+
+/// How to keep the CA keys safe, printed by `init` (issue 17): whoever holds `ca.key`
+/// can mint any identity of the domain.
+fn key_advice(intermediate: bool, encrypted: bool) -> String {
+    let mut advice = vec![if intermediate {
+        "ca.key (the root) is needed only to sign the intermediate and the root's CRL: move it \
+         offline; intermediate.key issues the leaves"
+            .to_owned()
+    } else {
+        "ca.key signs every certificate: keep it off the hosts that run enrpd and rsp; \
+         `rsp-pki init --intermediate` (recommended) lets the root key live offline"
+            .to_owned()
+    }];
+    if !encrypted {
+        advice.push(
+            "the CA keys are not encrypted: give --passphrase-file FILE (or RSP_PKI_PASSPHRASE) \
+             to encrypt them"
+                .to_owned(),
+        );
+    }
+    advice.push(
+        "`enrpd init` reads only ca.pem, crl.pem and the registrar's own files; never copy a \
+         CA key to a registrar"
+            .to_owned(),
+    );
+    advice
+        .iter()
+        .map(|a| format!("  note: {a}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `--days` as a validity, checked.
+fn validity_days(days: u32) -> Result<Duration, PkiError> {
+    check_days(days)?;
+    Ok(Duration::days(i64::from(days)))
+}
+
 fn check_days(days: u32) -> Result<(), PkiError> {
     if (1..=36500).contains(&days) {
         Ok(())
@@ -1045,6 +1109,32 @@ mod tests {
         assert!(index.certificates.iter().all(|c| c.revoked.is_none()));
         trust::LocalIdentity::from_pem(after.0.as_bytes(), after.1.as_bytes())
             .expect("a matching pair");
+    }
+
+    #[test]
+    fn short_lived_leaves_last_minutes_and_renew_likewise() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(tmp.path().join("pki"));
+        let then = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        pki.init("acme.test", KeyType::Ed25519, false, 30, then)
+            .expect("init");
+        pki.issue_minutes(Role::Pe, "p1", &[], &[], 10, then, false)
+            .expect("issue");
+        pki.issue_minutes(Role::Pe, "p1", &[], &[], 20, then, true)
+            .expect("renew");
+        let index = pki.index().expect("index");
+        let ends: Vec<i64> = index
+            .certificates
+            .iter()
+            .map(|c| c.not_after_unix - then.unix_timestamp())
+            .collect();
+        assert_eq!(ends, [600, 1200]);
+        for bad in [0, MAX_MINUTES + 1] {
+            let err = pki
+                .issue_minutes(Role::Pe, "p2", &[], &[], bad, then, false)
+                .expect_err("out of range");
+            assert!(matches!(err, PkiError::BadMinutes(m) if m == bad), "{err}");
+        }
     }
 
     #[test]

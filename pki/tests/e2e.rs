@@ -345,8 +345,9 @@ fn encrypted_ca_keys() {
     );
     for key in ["ca.key", "intermediate.key"] {
         let text = std::fs::read_to_string(dir.join(key)).expect("key");
+        // The standard PKCS#8 EncryptedPrivateKeyInfo (issue 17), which openssl reads.
         assert!(
-            text.starts_with("-----BEGIN RSP ENCRYPTED PRIVATE KEY-----"),
+            text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
             "{key}"
         );
         assert!(!text.contains("BEGIN PRIVATE KEY"), "{key}");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Lab, bin};
 
-struct Pe(Child);
+pub(crate) struct Pe(pub(crate) Child);
 
 impl Drop for Pe {
     fn drop(&mut self) {
@@ -15,7 +15,7 @@ impl Drop for Pe {
     }
 }
 
-fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
+pub(crate) fn rsp(lab: &Lab, registrar: std::net::SocketAddr, cert: &str) -> Command {
     let mut c = Command::new(bin("rsp"));
     c.env("RSP_CA", lab.path("pki/ca.pem"))
         .env("RSP_REGISTRAR", registrar.to_string())
@@ -49,6 +49,24 @@ fn start_pe_args(
     cert: &'static str,
     args: &[&str],
 ) -> Pe {
+    let (pe, lines) = start_pe_lines(lab, registrar, cert, args);
+    std::thread::spawn(move || {
+        for line in lines {
+            eprintln!("[{cert}] {line}");
+        }
+    });
+    pe
+}
+
+/// `rsp pe` with these arguments, once it says it registered; its later standard error
+/// lines come on the channel (read them: a PE whose stderr is closed dies at its next
+/// report, EPIPE).
+pub(crate) fn start_pe_lines(
+    lab: &Lab,
+    registrar: std::net::SocketAddr,
+    cert: &str,
+    args: &[&str],
+) -> (Pe, std::sync::mpsc::Receiver<String>) {
     let mut child = rsp(lab, registrar, cert)
         .arg("pe")
         .args(args)
@@ -60,13 +78,15 @@ fn start_pe_args(
     let mut line = String::new();
     stderr.read_line(&mut line).expect("rsp pe reports");
     assert!(line.starts_with("registered with"), "{line}");
-    // Keep reading: a PE whose stderr is closed dies at its next report (EPIPE).
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("[{cert}] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
         }
     });
-    Pe(child)
+    (Pe(child), rx)
 }
 
 fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {
@@ -493,7 +513,14 @@ async fn threat_t9_forged_stale_rebound_and_oversize_cookies_are_refused_by_the_
     let (_pe, pe_id, addr) = start_counter_pe(&lab, registrar.addr, "pe-echo-1");
     let pu = lab.identity("pu-client-1");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = TlsConnector::from(pu.client_config(trust::Protocol::Asap))
+    let pe_identity = trust::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("PE identity");
+    let to_pe = pu
+        .client_config_expecting(
+            trust::Protocol::Asap,
+            trust::IdentityPattern::exact(&pe_identity),
+        )
+        .expect("config");
+    let tls = TlsConnector::from(to_pe)
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .expect("TLS to the PE");
@@ -735,7 +762,7 @@ async fn concurrent_selections_share_one_resolution_until_the_cache_is_stale() {
 }
 
 /// `(pe_id, port, registrant)` of each PE of `pool` in one `rsp resolve --json`.
-fn resolve_pool(
+pub(crate) fn resolve_pool(
     lab: &Lab,
     registrar: std::net::SocketAddr,
     pool: &str,
@@ -909,15 +936,17 @@ async fn a_registrar_sending_h1_to_the_pe_listener_becomes_its_home() {
     let addr = listen.parse().expect("address");
 
     // A PU of the same domain is closed on, unanswered.
-    let mut pu = crate::support::Asap::connect(&lab.identity("pu-client-1"), addr)
+    const PE: &str = "spiffe://acme.test/pe/echo-1";
+    let mut pu = crate::support::Asap::connect_to_pe(&lab.identity("pu-client-1"), addr, PE)
         .await
         .expect("connect");
     let _ = pu.try_send(&keep_alive(true)).await;
     assert!(pu.recv().await.is_none(), "a PU cannot become home");
 
-    let mut takeover = crate::support::Asap::connect(&lab.identity("registrar-enrp-1"), addr)
-        .await
-        .expect("connect");
+    let mut takeover =
+        crate::support::Asap::connect_to_pe(&lab.identity("registrar-enrp-1"), addr, PE)
+            .await
+            .expect("connect");
     takeover.send(&keep_alive(true)).await;
     assert!(matches!(
         takeover.recv().await,

@@ -12,3 +12,4 @@ mod peering;
 mod registrar;
 mod restart;
 mod support;
+mod trust_edges;

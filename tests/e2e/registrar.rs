@@ -297,12 +297,13 @@ async fn revocation_by_crl_and_sighup_closes_the_connection_and_removes_the_pe()
         .await
         .expect("PU handshake");
 
-    // The operator revokes the PE's certificate with rsp-pki (which rewrites crl.pem) and
-    // tells the registrar to reload.
+    // The operator revokes the PE's certificate with rsp-pki (which rewrites crl.pem),
+    // brings the CRL over to the registrar's data directory and tells it to reload.
     lab.pki(&[
         "revoke",
         lab.path("pki/pe-echo-1.pem").to_str().expect("utf-8 path"),
     ]);
+    lab.update_pki();
     let started = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &registrar.child.id().to_string()])
@@ -374,6 +375,7 @@ async fn sighup_presents_a_renewed_certificate_and_keeps_live_connections() {
         text.starts_with("renewed spiffe://acme.test/registrar/enrp-1"),
         "{text}"
     );
+    lab.update_pki();
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &registrar.child.id().to_string()])
         .status();

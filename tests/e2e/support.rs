@@ -147,6 +147,19 @@ impl Lab {
         Arc::new(store)
     }
 
+    /// `enrpd update-pki`: the renewed registrar certificate, CA bundle and CRL into the
+    /// registrar's data directory (before a SIGHUP).
+    pub(crate) fn update_pki(&self) -> Output {
+        run_ok(
+            Command::new(bin("enrpd"))
+                .arg("update-pki")
+                .arg("--pki")
+                .arg(self.path("pki"))
+                .arg("--data")
+                .arg(self.path("data")),
+        )
+    }
+
     /// `enrpd audit verify`.
     pub(crate) fn verify_audit(&self) -> Output {
         Command::new(bin("enrpd"))
@@ -292,8 +305,29 @@ pub(crate) struct Asap {
 }
 
 impl Asap {
+    /// To a registrar (the store insists on a registrar identity).
     pub(crate) async fn connect(store: &TrustStore, addr: SocketAddr) -> std::io::Result<Self> {
-        let connector = TlsConnector::from(store.client_config(Protocol::Asap));
+        Self::connect_with(store.client_config(Protocol::Asap), addr).await
+    }
+
+    /// To a PE's ASAP listener, which presents the PE's identity `pe`.
+    pub(crate) async fn connect_to_pe(
+        store: &TrustStore,
+        addr: SocketAddr,
+        pe: &str,
+    ) -> std::io::Result<Self> {
+        let id = trust::SpiffeId::parse(pe).expect("SPIFFE ID");
+        let config = store
+            .client_config_expecting(Protocol::Asap, trust::IdentityPattern::exact(&id))
+            .expect("config");
+        Self::connect_with(config, addr).await
+    }
+
+    async fn connect_with(
+        config: Arc<tokio_rustls::rustls::ClientConfig>,
+        addr: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let connector = TlsConnector::from(config);
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("server name");
         let tls = connector.connect(name, tcp).await?;

@@ -876,6 +876,82 @@ async fn revocations_apply_to_the_trust_store_before_the_answer() {
     .problem(403, "forbidden");
 }
 
+/// Issue 17: a CRL is enforced only if one of the domain's CAs signed it. One from another
+/// CA (whose issuer names no root, so the trust store alone would have taken it) is
+/// refused with a problem and changes nothing; an intermediate's is taken when its
+/// certificate, chaining to the root, comes along.
+#[tokio::test]
+async fn a_crl_not_signed_by_the_domains_ca_is_refused() {
+    let f = fixture().await;
+    let pe = f.ca.leaf("pe/echo-1").issue();
+    let other = TestCa::new("other.test");
+    let forged = pem("X509 CRL", &other.crl(&[&pe.serial]));
+    let r = f
+        .pem("PUT", "/v1/revocations/crls/acme.test", &f.operator, forged)
+        .await;
+    r.problem(422, "invalid");
+    assert!(
+        r.text.contains(
+            "signed by neither a root nor a known intermediate CA of trust domain acme.test"
+        ),
+        "{}",
+        r.text
+    );
+    assert!(f.registrar.calls().iter().all(|c| !c.starts_with("revoke")));
+    // Nothing applied: the leaf still handshakes with a store built from the same state.
+    let probe = Peer::from_certificate(&pe.chain[0]).expect("peer");
+    assert!(f.trust.register_connection(&probe).is_ok());
+
+    let inter = f.ca.intermediate();
+    let leaf = inter.leaf("pe/echo-2").issue();
+    let crls = format!(
+        "{}{}",
+        pem("X509 CRL", &f.ca.crl(&[])),
+        pem("X509 CRL", &inter.crl(&[&leaf.serial]))
+    );
+    f.pem(
+        "PUT",
+        "/v1/revocations/crls/acme.test",
+        &f.operator,
+        crls.clone(),
+    )
+    .await
+    .problem(422, "invalid");
+    let with_cert = format!("{crls}{}", pem("CERTIFICATE", inter.cert()));
+    let r = f
+        .pem(
+            "PUT",
+            "/v1/revocations/crls/acme.test",
+            &f.operator,
+            with_cert,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["serials"], 1);
+    // The refusals are audited.
+    let audit = f
+        .call(
+            "GET",
+            "/v1/audit?action=admin:crl.set",
+            Some(&f.auditor),
+            None,
+        )
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let outcomes: Vec<String> = audit.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| *o != "ok").count(),
+        2,
+        "{outcomes:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     let f = fixture().await;
@@ -947,6 +1023,53 @@ async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     assert_eq!(verify["intact"], true);
     assert_eq!(verify["checked"], 3);
     assert_eq!(verify["head"].as_str().map(str::len), Some(64));
+}
+
+/// Issue 17: a CRL does not expire silently. `/metrics` says how long each domain's CRLs
+/// stay current, and `/readyz` fails naming the cause once the local domain's has expired
+/// (every handshake of its identities then fails closed).
+#[tokio::test]
+async fn crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness() {
+    let f = fixture().await;
+    let at = |secs_from_now: i64| {
+        time::OffsetDateTime::from_unix_timestamp(NOW as i64 / 1000 + secs_from_now).expect("time")
+    };
+    f.trust
+        .set_crls(
+            f.ca.domain(),
+            vec![f.ca.crl_dated(&[], at(-86_400), at(3 * 86_400))],
+        )
+        .expect("a CRL for 3 days");
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(
+        m.text
+            .contains("\nrsp_crl_next_update_seconds{trust_domain=\"acme.test\"} 259200\n"),
+        "{}",
+        m.text
+    );
+    assert_eq!(f.call("GET", "/readyz", None, None).await.status, 200);
+    f.trust
+        .set_crls(
+            f.ca.domain(),
+            vec![f.ca.crl_dated(&[], at(-86_400), at(-3600))],
+        )
+        .expect("an expired CRL");
+    let r = f.call("GET", "/readyz", None, None).await;
+    r.problem(503, "unavailable");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the CRL of trust domain acme.test expired 3600 s ago")),
+        "{}",
+        r.text
+    );
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(
+        m.text
+            .contains("rsp_crl_next_update_seconds{trust_domain=\"acme.test\"} -3600\n"),
+        "{}",
+        m.text
+    );
 }
 
 #[tokio::test]

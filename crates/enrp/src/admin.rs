@@ -58,7 +58,7 @@ impl Registrar for Control {
 
     async fn revoke(&self, revoked: Revoked) {
         let revocation = match revoked {
-            Revoked::Serial { serial, .. } => Revocation::Serial(serial),
+            Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
             Revoked::Identity(id) => Revocation::Identity(id),
             Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
             // A kind this registrar does not know yet cannot be enforced: say so loudly

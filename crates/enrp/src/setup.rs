@@ -54,7 +54,9 @@ pub enum Error {
     Store(#[from] db::Error),
 }
 
-/// Where `enrpd run` finds its PKI files; written by `init` as `enrpd.json`.
+/// Where `enrpd run` finds its PKI files; written by `init` as `enrpd.json`. Since issue
+/// 17 these are the registrar's own copies in its data directory (`enrpd update-pki`
+/// refreshes them); an older installation may still name the PKI directory's files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Install {
     /// The registrar's certificate chain (PEM).
@@ -183,6 +185,18 @@ pub async fn init(
     data: &Path,
     now_ms: u64,
 ) -> Result<InitReport, Error> {
+    init_with_token_expiry(pki, name, data, now_ms, None).await
+}
+
+/// [`init`], with the first admin token expiring at `token_expires_ms` (unix ms; `None`:
+/// never), so that a bootstrap credential does not outlive its use.
+pub async fn init_with_token_expiry(
+    pki: &Path,
+    name: Option<&str>,
+    data: &Path,
+    now_ms: u64,
+    token_expires_ms: Option<u64>,
+) -> Result<InitReport, Error> {
     let install_path = data.join(INSTALL_FILE);
     if install_path.exists() || data.join(db::DB_FILE).exists() {
         return Err(Error::AlreadyInitialised(data.to_owned()));
@@ -200,6 +214,8 @@ pub async fn init(
     let created = !data.exists(); // Store::open creates it, mode 0700.
     let result = async {
         let store = Store::open(data, &StoreOptions::default()).await?;
+        // The registrar's own copies: it never reads the directory that holds the CA keys.
+        let copies = install_copies(&install, data)?;
         let mut conn = store.acquire().await?;
         db::add_trust_domain(&mut conn, &domain, true, &roots, None, now_ms).await?;
         db::create_namespace(&mut conn, "default", now_ms).await?;
@@ -211,16 +227,16 @@ pub async fn init(
             &db::TokenHasher::default(),
             "initial admin",
             db::Role::Admin,
-            None,
+            token_expires_ms,
             now_ms,
         )
         .await?;
         drop(conn);
         store.close().await;
-        Ok::<_, Error>(token.token)
+        Ok::<_, Error>((token.token, copies))
     }
     .await;
-    let admin_token = match result {
+    let (admin_token, install) = match result {
         Ok(t) => t,
         Err(e) => {
             // Nothing half-written: remove what this run created.
@@ -238,6 +254,89 @@ pub async fn init(
         identity: id,
         admin_token,
     })
+}
+
+/// Copies what the registrar reads from the PKI directory (its certificate and key, the
+/// CA bundle, the CRL when there is one) into `data`, replacing earlier copies each
+/// atomically, and returns where they are. The PKI directory holds the CA keys: the
+/// registrar, and whoever takes it over, need never read it (`enrpd update-pki` brings a
+/// new CRL or a renewed certificate over).
+fn install_copies(from: &Install, data: &Path) -> Result<Install, Error> {
+    let data = fs::canonicalize(data).map_err(|source| Error::File {
+        path: data.to_owned(),
+        source,
+    })?;
+    let to = Install {
+        cert: data.join("registrar.pem"),
+        key: data.join("registrar.key"),
+        ca: data.join("ca.pem"),
+        crl: data.join("crl.pem"),
+    };
+    copy_file(&from.cert, &to.cert, 0o644)?;
+    copy_file(&from.key, &to.key, 0o600)?;
+    copy_file(&from.ca, &to.ca, 0o644)?;
+    if from.crl.exists() {
+        copy_file(&from.crl, &to.crl, 0o644)?;
+    }
+    Ok(to)
+}
+
+/// Copies `from` to `to` through a temporary file created with `mode`, then renamed.
+fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let bytes = read(from)?;
+    let tmp = to.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, to))
+        .map_err(|source| Error::File {
+            path: to.to_owned(),
+            source,
+        })
+}
+
+/// `enrpd update-pki`: brings the registrar's renewed certificate and key (`name`, by
+/// default the installed registrar's own), the CA bundle and the CRL from the PKI
+/// directory into its data directory (run by whoever holds the
+/// PKI, then SIGHUP the registrar). Refuses, changing nothing, a certificate for another
+/// identity than the installed one, or files that do not parse. Returns the identity and
+/// the certificate's serial.
+pub fn update_pki(
+    pki: &Path,
+    name: Option<&str>,
+    data: &Path,
+) -> Result<(SpiffeId, trust::Serial), Error> {
+    let installed = read_install(data)?;
+    let current = LocalIdentity::from_pem(&read(&installed.cert)?, &read(&installed.key)?)?;
+    // Without a name, this registrar's own (`spiffe://D/registrar/NAME` → registrar-NAME).
+    let own = current.id().path().strip_prefix("/registrar/");
+    let from = registrar_files(pki, name.or(own))?;
+    let identity = LocalIdentity::from_pem(&read(&from.cert)?, &read(&from.key)?)?;
+    if identity.id() != current.id() {
+        return Err(Error::Identity(format!(
+            "{} is the certificate of {}; this registrar is {}",
+            from.cert.display(),
+            identity.id(),
+            current.id()
+        )));
+    }
+    DomainBundle::from_pem(identity.id().trust_domain(), &read(&from.ca)?)?;
+    if from.crl.exists() {
+        trust::crls_from_pem(&read(&from.crl)?)?;
+    }
+    let copies = install_copies(&from, data)?;
+    if copies != installed {
+        // An installation from before the copies: from now on it reads them.
+        let json = serde_json::to_vec_pretty(&copies).expect("plain struct serializes");
+        write_new(&data.join(INSTALL_FILE), &json)?;
+    }
+    Ok((identity.id().clone(), identity.as_peer().serial().clone()))
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -288,8 +387,8 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     let mut revocations = Vec::new();
     for row in db::list_trust_domains(&mut conn).await? {
         let mut bundle = DomainBundle::from_pem(row.name.clone(), row.roots_pem.as_bytes())?;
-        // The local domain's CRL comes from the PKI directory (rsp-pki crl), so that a
-        // `rsp-pki revoke` + `rsp-pki crl` + SIGHUP/restart takes effect.
+        // The local domain's CRL comes from the registrar's copy of the PKI's (rsp-pki
+        // crl), so that `rsp-pki revoke` + `enrpd update-pki` + SIGHUP/restart takes effect.
         let crl = if row.is_local && install.crl.exists() {
             Some(read(&install.crl)?)
         } else {
@@ -312,7 +411,10 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         match &r.revoked {
             db::Revoked::Serial { domain, serial } => {
                 trust.deny_serial(domain, serial.clone())?;
-                revocations.push(crate::registrar::Revocation::Serial(serial.clone()));
+                revocations.push(crate::registrar::Revocation::Serial {
+                    domain: domain.clone(),
+                    serial: serial.clone(),
+                });
             }
             db::Revoked::Identity(id) => {
                 trust.deny_identity(id.clone())?;
@@ -381,8 +483,8 @@ fn read_install(data: &Path) -> Result<Install, Error> {
 /// What a reload (SIGHUP) read.
 #[derive(Debug)]
 pub struct Reloaded {
-    /// The registrar's certificate and key as the PKI directory holds them now (renewed
-    /// with `rsp-pki issue`), to apply with [`TrustStore::set_identity`].
+    /// The registrar's certificate and key as its copies hold them now (renewed with
+    /// `rsp-pki issue` and `enrpd update-pki`), to apply with [`TrustStore::set_identity`].
     pub identity: LocalIdentity,
     /// The grants now in force.
     pub grants: Vec<Grant>,
@@ -397,8 +499,8 @@ pub struct Reloaded {
 }
 
 /// Re-reads what can change while the registrar runs: the registrar's certificate and
-/// key, the local trust domain's CRL (from the PKI directory, as `rsp-pki issue`, `revoke`
-/// and `crl` write them), the grants and the default namespaces. Applies nothing: a file
+/// key, the local trust domain's CRL (the copies `enrpd update-pki` brings over from the
+/// PKI directory), the grants and the default namespaces. Applies nothing: a file
 /// that does not parse is an error and changes nothing.
 pub async fn reload(data: &Path, store: &Store) -> Result<Reloaded, Error> {
     let install = read_install(data)?;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
@@ -95,8 +96,35 @@ impl FromStr for Serial {
 pub(crate) struct LeafFacts {
     pub(crate) uris: Vec<String>,
     pub(crate) serial: Serial,
+    /// The issuer's Name, DER.
+    pub(crate) issuer: Box<[u8]>,
     pub(crate) not_before: i64,
     pub(crate) not_after: i64,
+}
+
+/// One certificate of a peer's chain as a CRL names it: its issuer's Name (DER) and its
+/// serial, so that live connections whose chain a new CRL revokes (the leaf or an
+/// intermediate) can be found without keeping the certificates.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Link {
+    pub(crate) issuer: Box<[u8]>,
+    pub(crate) serial: Serial,
+}
+
+/// Most certificates of a chain kept as [`Link`]s: deeper chains than any PKI uses; the
+/// verifier has accepted the chain, this only bounds what a connection remembers.
+const MAX_LINKS: usize = 8;
+
+/// The links of the certificates after the leaf (unparseable ones are skipped: the
+/// verifier accepted the chain, so they are not part of its path).
+fn intermediate_links(certs: &[CertificateDer<'_>]) -> impl Iterator<Item = Link> {
+    certs.iter().take(MAX_LINKS - 1).filter_map(|der| {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some(Link {
+            issuer: cert.issuer().as_raw().into(),
+            serial: Serial::from_bytes(cert.raw_serial()),
+        })
+    })
 }
 
 pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, Rejection> {
@@ -123,6 +151,7 @@ pub(crate) fn leaf_facts(der: &[u8]) -> Result<LeafFacts, Rejection> {
     Ok(LeafFacts {
         uris,
         serial: Serial::from_bytes(cert.raw_serial()),
+        issuer: cert.issuer().as_raw().into(),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     })
@@ -178,24 +207,48 @@ pub struct Peer {
     serial: Serial,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// The chain as presented, leaf first, as issuer and serial.
+    chain: Arc<[Link]>,
 }
 
 impl Peer {
     /// Reads the peer of a finished rustls session (server or client side).
     pub fn from_tls(conn: &rustls::CommonState) -> Result<Self, Error> {
-        let leaf = conn
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .ok_or(Error::NoPeerCertificate)?;
-        Self::from_certificate(leaf)
+        let certs = conn.peer_certificates().ok_or(Error::NoPeerCertificate)?;
+        let (leaf, intermediates) = certs.split_first().ok_or(Error::NoPeerCertificate)?;
+        Self::from_chain(leaf, intermediates)
+    }
+
+    pub(crate) fn from_chain(
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Self, Error> {
+        let facts = leaf_facts(leaf)?;
+        let id = spiffe_id_of(&facts)?;
+        let chain = std::iter::once(Link {
+            issuer: facts.issuer,
+            serial: facts.serial.clone(),
+        })
+        .chain(intermediate_links(intermediates))
+        .collect();
+        Ok(Self {
+            id,
+            serial: facts.serial,
+            not_before: to_system_time(facts.not_before),
+            not_after: to_system_time(facts.not_after),
+            chain,
+        })
     }
 
     /// Reads the peer of a finished rustls session whose peer may have presented no
     /// certificate (the admin listener, where client certificates are optional): `None`
     /// when it presented none.
     pub fn from_tls_optional(conn: &rustls::CommonState) -> Result<Option<Self>, Error> {
-        match conn.peer_certificates().and_then(|certs| certs.first()) {
-            Some(leaf) => Self::from_certificate(leaf).map(Some),
+        match conn
+            .peer_certificates()
+            .and_then(|certs| certs.split_first())
+        {
+            Some((leaf, intermediates)) => Self::from_chain(leaf, intermediates).map(Some),
             None => Ok(None),
         }
     }
@@ -203,14 +256,7 @@ impl Peer {
     /// Reads the identity of a leaf certificate. This does NOT verify it: use it on
     /// certificates that a verifier of this crate accepted.
     pub fn from_certificate(der: &CertificateDer<'_>) -> Result<Self, Error> {
-        let facts = leaf_facts(der)?;
-        let id = spiffe_id_of(&facts)?;
-        Ok(Self {
-            id,
-            serial: facts.serial,
-            not_before: to_system_time(facts.not_before),
-            not_after: to_system_time(facts.not_after),
-        })
+        Self::from_chain(der, &[])
     }
 
     /// The SPIFFE ID.
@@ -236,6 +282,11 @@ impl Peer {
     /// End of the leaf's validity.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The presented chain, leaf first (as far as it was read).
+    pub(crate) fn chain(&self) -> &Arc<[Link]> {
+        &self.chain
     }
 }
 

@@ -222,6 +222,82 @@ impl LoadedCrl {
     }
 }
 
+/// Most intermediates an upload may name to vouch for its CRLs (each is a signature
+/// check per CRL): far more than any real chain is deep.
+pub(crate) const MAX_UPLOAD_INTERMEDIATES: usize = 16;
+
+/// Checks, before CRLs are accepted from outside (an admin upload), that each is signed by
+/// one of `roots` or by a CA among `intermediates` that chains to them (signed by a root,
+/// or by such an intermediate) and may sign CRLs: a CRL from another CA, or forged, is
+/// refused instead of being enforced unchecked.
+pub(crate) fn check_signers(
+    domain: &TrustDomain,
+    roots: &[TrustAnchor<'_>],
+    intermediates: &[&[u8]],
+    crls: &[CertificateRevocationListDer<'_>],
+    algs: &[&dyn SignatureVerificationAlgorithm],
+) -> Result<(), Error> {
+    if intermediates.len() > MAX_UPLOAD_INTERMEDIATES {
+        return Err(Error::BadCertificate {
+            reason: "more than 16 intermediate CA certificates",
+        });
+    }
+    // Keys (SubjectPublicKeyInfo contents) that may sign CRLs of this domain.
+    let mut signers: Vec<Vec<u8>> = roots
+        .iter()
+        .map(|r| r.subject_public_key_info.to_vec())
+        .collect();
+    // Issuer keys, whether or not they may sign CRLs; intermediates join as they are
+    // proven, so a longer chain needs as many rounds as it is deep.
+    let mut issuers = signers.clone();
+    let mut pending: Vec<&[u8]> = intermediates.to_vec();
+    loop {
+        let before = pending.len();
+        pending.retain(|der| {
+            let Some(key) = ca_key_signed_by(der, &issuers, algs) else {
+                return true;
+            };
+            if may_sign_crls(der).is_ok() {
+                signers.push(key.clone());
+            }
+            issuers.push(key);
+            false
+        });
+        if pending.len() == before {
+            break;
+        }
+    }
+    for der in crls {
+        let bad = || Error::BadCrl(webpki::Error::BadDer);
+        let signed = SignedParts::of(der).ok_or_else(bad)?;
+        if !signers.iter().any(|key| signed.verify(algs, key).is_ok()) {
+            let (_, parsed) = CertificateRevocationList::from_der(der).map_err(|_| bad())?;
+            return Err(Error::CrlUnverified {
+                domain: domain.clone(),
+                issuer: parsed.issuer().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The key of CA certificate `der` if one of `keys` signed it.
+fn ca_key_signed_by(
+    der: &[u8],
+    keys: &[Vec<u8>],
+    algs: &[&dyn SignatureVerificationAlgorithm],
+) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    if !cert.is_ca() {
+        return None;
+    }
+    let signed = SignedParts::of(der)?;
+    if !keys.iter().any(|key| signed.verify(algs, key).is_ok()) {
+        return None;
+    }
+    sequence_contents(cert.public_key().raw).map(<[u8]>::to_vec)
+}
+
 /// RFC 5280 §4.2.1.3: an issuer with a key usage extension must assert cRLSign (without
 /// one, any usage is allowed, as webpki has it).
 fn may_sign_crls(der: &[u8]) -> Result<(), webpki::Error> {
@@ -232,7 +308,8 @@ fn may_sign_crls(der: &[u8]) -> Result<(), webpki::Error> {
     }
 }
 
-/// The signed parts of a CRL, as webpki verifies them.
+/// The signed parts of a CRL (or of a certificate: both are `SEQUENCE { tbs, algorithm,
+/// signature }`), as webpki verifies them.
 struct SignedParts {
     /// The whole `tbsCertList` element.
     data: Box<[u8]>,
@@ -243,7 +320,7 @@ struct SignedParts {
 }
 
 impl SignedParts {
-    /// From a CRL's DER (already parsed by webpki, so well formed).
+    /// From a CRL's or certificate's DER; `None` if it is not of that shape.
     fn of(der: &[u8]) -> Option<Self> {
         let (outer, trailing) = expect(der, SEQUENCE)?;
         if !trailing.is_empty() {

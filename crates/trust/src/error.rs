@@ -93,6 +93,17 @@ pub enum Error {
         #[source]
         source: webpki::Error,
     },
+    /// A CRL offered for a trust domain is signed by neither a root of that domain nor a
+    /// known intermediate CA of it (one that chains to a root and may sign CRLs).
+    #[error(
+        "CRL issued by {issuer:?} is signed by neither a root nor a known intermediate CA of trust domain {domain}"
+    )]
+    CrlUnverified {
+        /// The trust domain it was offered for.
+        domain: TrustDomain,
+        /// The issuer name the CRL claims.
+        issuer: String,
+    },
     /// A root certificate cannot serve as a trust anchor.
     #[error("bad root certificate for trust domain {domain}: {source}")]
     BadRoot {

@@ -43,7 +43,7 @@ pub use store::{
     DomainBundle, LocalIdentity, Protocol, TrustStore, certs_from_pem, crl_serials, crls_from_pem,
     provider,
 };
-pub use verify::Rejection;
+pub use verify::{DEFAULT_REGISTRAR_ID, RegistrarIds, Rejection};
 
 /// ALPN protocol identifier of ASAP over TLS.
 pub const ALPN_ASAP: &[u8] = b"rserpool-asap/1";

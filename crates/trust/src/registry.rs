@@ -1,11 +1,12 @@
 //! Live connections by identity and serial, so that a revocation can close them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::cert::{Peer, Serial};
+use crate::cert::{Link, Peer, Serial};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// Why a live connection was told to close.
@@ -18,12 +19,20 @@ pub enum CloseReason {
     SerialRevoked,
     /// Its trust domain was removed from the store.
     TrustDomainRemoved,
+    /// A CA certificate of its chain was revoked (a CRL lists an intermediate).
+    IssuerRevoked,
+    /// The root its chain ends at was removed from its trust domain's bundle.
+    RootRemoved,
+    /// Its leaf certificate reached its notAfter.
+    CertificateExpired,
 }
 
 struct Entry {
     id: SpiffeId,
     domain: TrustDomain,
     serial: Serial,
+    /// The chain as presented, leaf first.
+    chain: Arc<[Link]>,
     tx: watch::Sender<Option<CloseReason>>,
 }
 
@@ -65,6 +74,7 @@ impl ConnectionRegistry {
                 id: peer.id().clone(),
                 domain: peer.trust_domain(),
                 serial: peer.serial().clone(),
+                chain: peer.chain().clone(),
                 tx,
             },
         );
@@ -72,6 +82,7 @@ impl ConnectionRegistry {
             registry: Arc::downgrade(self),
             key,
             rx,
+            not_after: peer.not_after(),
         }
     }
 
@@ -100,6 +111,35 @@ impl ConnectionRegistry {
     pub fn close_serial(&self, domain: &TrustDomain, serial: &Serial) -> usize {
         self.close_where(CloseReason::SerialRevoked, |e| {
             &e.domain == domain && &e.serial == serial
+        })
+    }
+
+    /// Closes the connections of `domain` whose chain holds a certificate that `issuer`
+    /// (a Name, DER) issued with one of `serials`: a CRL's effect on live connections.
+    /// The leaf listed closes with [`CloseReason::SerialRevoked`], an intermediate with
+    /// [`CloseReason::IssuerRevoked`]. Returns how many.
+    pub(crate) fn close_listed(
+        &self,
+        domain: &TrustDomain,
+        issuer: &[u8],
+        serials: &HashSet<Serial>,
+    ) -> usize {
+        let listed = |l: &Link| *l.issuer == *issuer && serials.contains(&l.serial);
+        let leaf = self.close_where(CloseReason::SerialRevoked, |e| {
+            &e.domain == domain && e.chain.first().is_some_and(listed)
+        });
+        leaf + self.close_where(CloseReason::IssuerRevoked, |e| {
+            &e.domain == domain && e.chain.iter().skip(1).any(listed)
+        })
+    }
+
+    /// Closes the connections of `domain` whose chain ends at a certificate issued by a
+    /// root named `subject` (a Name, DER): that root left the domain's bundle. A root
+    /// that shares its name with one that stays (a rotation with the same name) closes
+    /// the connections under both; those under the remaining root reconnect.
+    pub(crate) fn close_under_root(&self, domain: &TrustDomain, subject: &[u8]) -> usize {
+        self.close_where(CloseReason::RootRemoved, |e| {
+            &e.domain == domain && e.chain.last().is_some_and(|l| *l.issuer == *subject)
         })
     }
 
@@ -142,12 +182,40 @@ pub struct LiveConnection {
     registry: Weak<ConnectionRegistry>,
     key: u64,
     rx: watch::Receiver<Option<CloseReason>>,
+    /// When the peer's leaf certificate expires.
+    not_after: SystemTime,
 }
 
+/// Longest single wait for a leaf's notAfter: the wait is on the monotonic clock and
+/// certificates expire in wall-clock time, so a clock that was set meanwhile is caught
+/// within this.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
+
 impl LiveConnection {
-    /// Waits until the connection is told to close, and says why. Cancel-safe. If the
-    /// registry is dropped nobody can revoke any more, and this never completes.
+    /// Waits until the connection must close, and says why: it was told to (a
+    /// revocation), or its peer's leaf certificate reached its notAfter
+    /// ([`CloseReason::CertificateExpired`]; a handshake proves a certificate valid at
+    /// its time, not for the life of the connection). Cancel-safe. If the registry is
+    /// dropped nobody can revoke any more, and only expiry completes it.
     pub async fn closed(&mut self) -> CloseReason {
+        let not_after = self.not_after;
+        let expired = async move {
+            loop {
+                let left = until(not_after);
+                if left.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(left.min(EXPIRY_RECHECK)).await;
+            }
+        };
+        tokio::select! {
+            reason = self.told() => reason,
+            () = expired => CloseReason::CertificateExpired,
+        }
+    }
+
+    /// Waits until the connection is told to close.
+    async fn told(&mut self) -> CloseReason {
         let reason = match self.rx.wait_for(Option::is_some).await {
             Ok(reason) => *reason,
             Err(_) => None,
@@ -162,6 +230,13 @@ impl LiveConnection {
     pub fn close_reason(&self) -> Option<CloseReason> {
         *self.rx.borrow()
     }
+}
+
+/// How long until `t` on the wall clock (zero once past).
+#[allow(clippy::disallowed_methods)] // the connection's driver: certificates expire in wall-clock time
+fn until(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Drop for LiveConnection {

@@ -20,7 +20,8 @@ use crate::pattern::IdentityPattern;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::verify::{
-    DomainAnchors, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
+    DomainAnchors, Expected, RegistrarIds, Rejection, Snapshot, SpiffeClientVerifier,
+    SpiffeServerVerifier,
 };
 use crate::{ALPN_ASAP, ALPN_ENRP, Error};
 
@@ -236,11 +237,33 @@ pub fn crl_serials(der: &[u8]) -> Result<Vec<Serial>, Error> {
         .collect())
 }
 
+/// What one CRL revokes: its issuer's Name (DER) and the serials it lists.
+type CrlListing = (Box<[u8]>, HashSet<Serial>);
+
+fn crl_listing(der: &[u8]) -> Result<CrlListing, Error> {
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|_| Error::BadCrl(webpki::Error::BadDer))?;
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|revoked| Serial::from_bytes(revoked.raw_serial()))
+        .collect();
+    Ok((crl.issuer().as_raw().into(), serials))
+}
+
+/// A certificate's subject Name (DER); `None` if it does not parse (a root in a bundle
+/// the store accepted always does).
+fn subject_of(der: &[u8]) -> Option<Box<[u8]>> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().as_raw().into())
+}
+
 #[derive(Clone, Default)]
 struct State {
     domains: BTreeMap<TrustDomain, DomainBundle>,
     denied_serials: HashSet<(TrustDomain, Serial)>,
     denied_ids: HashSet<SpiffeId>,
+    /// Whom the client configurations accept as a registrar.
+    registrar_ids: RegistrarIds,
 }
 
 struct Configs {
@@ -385,26 +408,41 @@ impl TrustStore {
     }
 
     /// Replaces a trusted domain's bundle (roots rotated); returns how many live
-    /// connections of serials its new CRLs revoke were told to close.
+    /// connections were told to close: those whose chain (leaf or intermediate) its new
+    /// CRLs list, and those under a root the new bundle no longer has.
     pub fn replace_domain(&self, bundle: DomainBundle) -> Result<usize, Error> {
         let domain = bundle.domain().clone();
-        let serials = bundle
+        let listings = bundle
             .crls()
             .iter()
-            .map(|crl| crl_serials(crl))
+            .map(|crl| crl_listing(crl))
             .collect::<Result<Vec<_>, _>>()?;
-        self.update(|state| {
-            if !state.domains.contains_key(&domain) {
-                return Err(Error::UnknownTrustDomain(domain.clone()));
-            }
-            state.domains.insert(domain.clone(), bundle);
-            Ok(())
+        let new_roots = bundle.roots.clone();
+        // On error `update` commits nothing, so no unknown domain is inserted.
+        let old = self.update(|state| {
+            state
+                .domains
+                .insert(domain.clone(), bundle)
+                .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))
         })?;
-        Ok(serials
+        let removed: Vec<Box<[u8]>> = old
+            .roots
             .iter()
-            .flatten()
-            .map(|serial| self.connections.close_serial(&domain, serial))
-            .sum())
+            .filter(|r| !new_roots.contains(r))
+            .filter_map(|r| subject_of(r))
+            .collect();
+        Ok(self.close_listings(&domain, &listings)
+            + removed
+                .iter()
+                .map(|subject| self.connections.close_under_root(&domain, subject))
+                .sum::<usize>())
+    }
+
+    fn close_listings(&self, domain: &TrustDomain, listings: &[CrlListing]) -> usize {
+        listings
+            .iter()
+            .map(|(issuer, serials)| self.connections.close_listed(domain, issuer, serials))
+            .sum()
     }
 
     /// Stops trusting a domain (revokes it entirely); its live connections are told to
@@ -420,16 +458,17 @@ impl TrustStore {
         Ok(self.connections.close_domain(domain))
     }
 
-    /// Replaces the CRLs of a trusted domain; live connections whose leaf serial a CRL
-    /// lists are told to close. Returns how many.
+    /// Replaces the CRLs of a trusted domain; live connections whose chain holds a
+    /// certificate a CRL lists (the leaf, or an intermediate: every leaf under it) are
+    /// told to close. Returns how many.
     pub fn set_crls(
         &self,
         domain: &TrustDomain,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<usize, Error> {
-        let serials = crls
+        let listings = crls
             .iter()
-            .map(|crl| crl_serials(crl))
+            .map(|crl| crl_listing(crl))
             .collect::<Result<Vec<_>, _>>()?;
         self.update(|state| {
             let bundle = state
@@ -439,11 +478,82 @@ impl TrustStore {
             bundle.crls = crls;
             Ok(())
         })?;
-        Ok(serials
+        Ok(self.close_listings(domain, &listings))
+    }
+
+    /// Checks CRLs offered for `domain` from outside (an admin upload) before they are
+    /// applied with [`set_crls`](Self::set_crls): each must be signed by a root of the
+    /// domain or by a known intermediate CA of it, one of `intermediates` (e.g.
+    /// certificates uploaded with the CRLs) or of this store's own chain, that chains to a
+    /// root ([`Error::CrlUnverified`] otherwise). Changes nothing.
+    pub fn check_crl_signers(
+        &self,
+        domain: &TrustDomain,
+        crls: &[CertificateRevocationListDer<'_>],
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), Error> {
+        let roots = self
+            .lock()
+            .domains
+            .get(domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(domain.clone()))?
+            .roots
+            .clone();
+        let anchors = roots
             .iter()
-            .flatten()
-            .map(|serial| self.connections.close_serial(domain, serial))
-            .sum())
+            .map(|der| {
+                webpki::anchor_from_trusted_cert(der).map_err(|source| Error::BadRoot {
+                    domain: domain.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let identity = self.identity();
+        let own: &[CertificateDer<'static>] = if identity.id().trust_domain() == *domain {
+            identity.key.cert.get(1..).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let known: Vec<&[u8]> = intermediates
+            .iter()
+            .chain(own)
+            .map(|c| c.as_ref())
+            .collect();
+        crate::crl::check_signers(
+            domain,
+            &anchors,
+            &known,
+            crls,
+            provider().signature_verification_algorithms.all,
+        )
+    }
+
+    /// When each trusted domain's CRLs stop being current: the earliest nextUpdate of its
+    /// CRLs (domains without CRLs are not listed). Past it, every handshake that needs
+    /// that CRL fails closed, so an operator must hear of it before (`rsp-pki crl`
+    /// re-signs the CRL with a fresh nextUpdate).
+    pub fn crl_next_updates(&self) -> Vec<(TrustDomain, std::time::SystemTime)> {
+        let state = self.lock();
+        state
+            .domains
+            .iter()
+            .filter_map(|(domain, bundle)| {
+                let earliest = bundle
+                    .crls
+                    .iter()
+                    .filter_map(|der| {
+                        let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
+                        let secs = crl.next_update()?.timestamp();
+                        // Before 1970 only in a broken CRL: as expired as can be.
+                        Some(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+                        )
+                    })
+                    .min()?;
+                Some((domain.clone(), earliest))
+            })
+            .collect()
     }
 
     /// Denies a certificate serial of a domain (the domain need not be trusted yet);
@@ -510,13 +620,39 @@ impl TrustStore {
         self.current().admin.clone()
     }
 
-    /// The client configuration for new connections of `protocol`; any server identity
-    /// of a trusted domain is accepted (check [`Peer`] afterwards, or use
-    /// [`client_config_expecting`](Self::client_config_expecting)). As SPIFFE intends,
-    /// servers are authenticated by their SPIFFE ID: the TLS server name is not checked
-    /// against DNS SANs.
+    /// The client configuration for new connections of `protocol` to a registrar (a PE,
+    /// PU or gateway dialling its registrar over ASAP, a registrar dialling a peer over
+    /// ENRP): the server must present a registrar identity of a trusted domain, by
+    /// default `spiffe://<trusted domain>/registrar/*`, else what
+    /// [`set_registrar_ids`](Self::set_registrar_ids) configured (spec §11.1, threats
+    /// T-6/T-7: a PE certificate cannot pose as a registrar). Anything else fails the
+    /// handshake with [`Rejection::UnexpectedIdentity`] naming the identity presented. To
+    /// dial another role, use [`client_config_expecting`](Self::client_config_expecting).
+    /// As SPIFFE intends, servers are authenticated by their SPIFFE ID: the TLS server
+    /// name is not checked against DNS SANs.
     pub fn client_config(&self, protocol: Protocol) -> Arc<ClientConfig> {
         self.current().client[protocol.index()].clone()
+    }
+
+    /// Accepts as registrar only SPIFFE IDs matching one of `patterns` from the next
+    /// handshake on (each confined to its trust domain, which must be trusted too); an
+    /// empty list restores the default, `spiffe://<trusted domain>/registrar/*`.
+    pub fn set_registrar_ids(&self, patterns: Vec<IdentityPattern>) -> Result<(), Error> {
+        self.update(|state| {
+            state.registrar_ids = RegistrarIds::patterns(patterns);
+            Ok(())
+        })
+    }
+
+    /// Who is accepted as a registrar (see [`client_config`](Self::client_config)).
+    pub fn registrar_ids(&self) -> RegistrarIds {
+        self.lock().registrar_ids.clone()
+    }
+
+    /// Whether `id`, a verified peer, is accepted as a registrar (e.g. by a PE's ASAP
+    /// listener, where registrars dial the PE, spec §12.6).
+    pub fn is_registrar(&self, id: &SpiffeId) -> bool {
+        self.lock().registrar_ids.matches(id)
     }
 
     /// A client configuration that also requires the server's SPIFFE ID to match
@@ -530,7 +666,7 @@ impl TrustStore {
         Ok(Arc::new(client_config(
             &self.identity(),
             snapshot,
-            Some(expected),
+            Expected::Pattern(expected),
             protocol,
         )?))
     }
@@ -548,8 +684,9 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
     let mut crl_revoked = HashSet::new();
     for (name, bundle) in &state.domains {
         for crl in bundle.crls() {
-            for serial in crl_serials(crl)? {
-                crl_revoked.insert((name.clone(), serial));
+            let (issuer, serials) = crl_listing(crl)?;
+            for serial in serials {
+                crl_revoked.insert((name.clone(), issuer.clone(), serial));
             }
         }
     }
@@ -569,7 +706,8 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
             vec![protocol.alpn().to_vec()],
         )
     };
-    let client = |protocol| client_config(identity, snapshot.clone(), None, protocol);
+    let registrar = Expected::Registrar(state.registrar_ids.clone());
+    let client = |protocol| client_config(identity, snapshot.clone(), registrar.clone(), protocol);
     Ok(Configs {
         server: [
             Arc::new(server(Protocol::Asap)?),
@@ -617,7 +755,7 @@ fn server_config(
 fn client_config(
     identity: &LocalIdentity,
     snapshot: Arc<Snapshot>,
-    expected: Option<IdentityPattern>,
+    expected: Expected,
     protocol: Protocol,
 ) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -629,4 +767,46 @@ fn client_config(
     config.resumption = Resumption::disabled();
     config.key_log = crate::keylog::key_log();
     Ok(config)
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestCa;
+
+    /// A connection that passed its handshake while its intermediate was good, and
+    /// registers after a CRL revoked the intermediate, is refused; one whose leaf has the
+    /// same serial as the revoked intermediate but another issuer is not (serials are
+    /// unique per CA only).
+    #[test]
+    fn registration_after_an_intermediate_is_revoked_is_refused() {
+        let ca = TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("store");
+        store.add_domain(ca.bundle()).expect("domain");
+        let inter = ca.intermediate();
+        let leaf = inter.leaf("pe/under").issue();
+        let peer = Peer::from_chain(&leaf.chain[0], &leaf.chain[1..]).expect("peer");
+        store
+            .set_crls(
+                ca.domain(),
+                vec![ca.crl(&[&inter.serial()]), inter.crl(&[])],
+            )
+            .expect("CRLs");
+        let err = store.register_connection(&peer).expect_err("refused");
+        assert!(
+            err.to_string().contains(&format!(
+                "serial {} of trust domain acme.test is revoked (CRL)",
+                inter.serial()
+            )),
+            "{err}"
+        );
+        // The intermediate's CRL lists a serial equal to a direct leaf's: that leaf,
+        // issued by the root, is not the one listed.
+        let direct = ca.leaf("pe/direct").issue();
+        store
+            .set_crls(ca.domain(), vec![ca.crl(&[]), inter.crl(&[&direct.serial])])
+            .expect("CRLs");
+        let peer = Peer::from_certificate(&direct.chain[0]).expect("peer");
+        assert!(store.register_connection(&peer).is_ok());
+    }
 }

@@ -197,7 +197,17 @@ impl TestCa {
         serials: &[&Serial],
         next_update: OffsetDateTime,
     ) -> CertificateRevocationListDer<'static> {
-        let this_update = now() - Duration::hours(2);
+        self.crl_dated(serials, now() - Duration::hours(2), next_update)
+    }
+
+    /// A CRL of this CA revoking `serials`, issued at `this_update` (for tests on a fixed
+    /// clock), current until `next_update`.
+    pub fn crl_dated(
+        &self,
+        serials: &[&Serial],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> CertificateRevocationListDer<'static> {
         let params = CertificateRevocationListParams {
             this_update,
             next_update,

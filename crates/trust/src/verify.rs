@@ -135,7 +135,9 @@ pub(crate) struct DomainAnchors {
 pub(crate) struct Snapshot {
     pub(crate) domains: BTreeMap<TrustDomain, DomainAnchors>,
     /// Leaf serials the domains' CRLs list, for re-checking registered connections.
-    pub(crate) crl_revoked: HashSet<(TrustDomain, Serial)>,
+    /// What the domains' CRLs list: (domain, issuer Name DER, serial), for re-checking
+    /// every certificate of a registered connection's chain.
+    pub(crate) crl_revoked: HashSet<(TrustDomain, Box<[u8]>, Serial)>,
     pub(crate) denied_serials: HashSet<(TrustDomain, Serial)>,
     pub(crate) denied_ids: HashSet<SpiffeId>,
     pub(crate) hints: Vec<DistinguishedName>,
@@ -144,7 +146,7 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Whether a peer that passed an earlier configuration's verifier is still trusted
-    /// by this one (deny-list, trust domain, leaf serials on CRLs).
+    /// by this one (deny-list, trust domain, any certificate of its chain on a CRL).
     pub(crate) fn still_trusted(&self, peer: &crate::Peer) -> Result<(), Rejection> {
         let id = peer.id();
         if self.denied_ids.contains(id) {
@@ -162,9 +164,15 @@ impl Snapshot {
             let (domain, serial) = key;
             return Err(Rejection::DeniedSerial { domain, serial });
         }
-        if self.crl_revoked.contains(&key) {
-            let (domain, serial) = key;
-            return Err(Rejection::RevokedSerial { domain, serial });
+        let (domain, _) = key;
+        if let Some(link) = peer.chain().iter().find(|l| {
+            self.crl_revoked
+                .contains(&(domain.clone(), l.issuer.clone(), l.serial.clone()))
+        }) {
+            return Err(Rejection::RevokedSerial {
+                domain,
+                serial: link.serial.clone(),
+            });
         }
         Ok(())
     }
@@ -416,12 +424,88 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
+/// How [`RegistrarIds::default`] is described in errors and docs.
+pub const DEFAULT_REGISTRAR_ID: &str = "spiffe://<trusted domain>/registrar/*";
+
+/// The identities a PE, PU, gateway or registrar accepts as a registrar when it dials one
+/// (spec §11.1, threats T-6/T-7): by default `spiffe://D/registrar/NAME` of any trusted
+/// domain D (the paths `rsp-pki issue registrar` gives), or else only IDs matching one of
+/// the configured patterns. A PE certificate posing as a registrar is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrarIds(Option<Arc<[IdentityPattern]>>);
+
+impl RegistrarIds {
+    /// Only IDs matching one of `patterns`; none means the default.
+    pub fn patterns(patterns: Vec<IdentityPattern>) -> Self {
+        if patterns.is_empty() {
+            return Self(None);
+        }
+        Self(Some(patterns.into()))
+    }
+
+    /// Whether `id` (already verified to chain to a trusted domain) is a registrar.
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match &self.0 {
+            Some(patterns) => patterns.iter().any(|p| p.matches(id)),
+            None => {
+                let mut segments = id.segments();
+                segments.next() == Some("registrar")
+                    && segments.next().is_some()
+                    && segments.next().is_none()
+            }
+        }
+    }
+}
+
+impl fmt::Display for RegistrarIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str(DEFAULT_REGISTRAR_ID),
+            Some(patterns) => {
+                for (i, p) in patterns.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" or ")?;
+                    }
+                    f.write_str(p.as_str())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Which server identity a client configuration accepts.
+#[derive(Clone, Debug)]
+pub(crate) enum Expected {
+    /// A registrar (every ASAP and ENRP connection a store's
+    /// [`client_config`](crate::TrustStore::client_config) makes).
+    Registrar(RegistrarIds),
+    /// IDs matching this pattern (a PU pinning the PE the registrar vouched for).
+    Pattern(IdentityPattern),
+}
+
+impl Expected {
+    fn matches(&self, id: &SpiffeId) -> bool {
+        match self {
+            Self::Registrar(ids) => ids.matches(id),
+            Self::Pattern(p) => p.matches(id),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Registrar(ids) => format!("registrar identity {ids}"),
+            Self::Pattern(p) => p.as_str().to_owned(),
+        }
+    }
+}
+
 /// The client side's verifier of server certificates. SPIFFE authenticates a server by
-/// its SPIFFE ID, not its DNS name: the TLS server name is ignored, and the ID may be
-/// required to match a pattern.
+/// its SPIFFE ID, not its DNS name: the TLS server name is ignored, and the ID must
+/// match what the client expects.
 pub(crate) struct SpiffeServerVerifier {
     pub(crate) snapshot: Arc<Snapshot>,
-    pub(crate) expected: Option<IdentityPattern>,
+    pub(crate) expected: Expected,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -445,12 +529,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let id = self
             .snapshot
             .verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
-        if let Some(expected) = &self.expected
-            && !expected.matches(&id)
-        {
+        if !self.expected.matches(&id) {
             return Err(Rejection::UnexpectedIdentity {
                 id,
-                expected: expected.as_str().to_owned(),
+                expected: self.expected.describe(),
             }
             .into());
         }
@@ -477,5 +559,41 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.snapshot.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).expect("SPIFFE ID")
+    }
+
+    #[test]
+    fn only_registrar_identities_are_registrars() {
+        // Spec §11.1: a PE/PU authenticates its registrar; the default is the role path
+        // `rsp-pki issue registrar NAME` gives, in any trusted domain.
+        let default = RegistrarIds::default();
+        assert!(default.matches(&id("spiffe://acme.test/registrar/enrp-1")));
+        assert!(default.matches(&id("spiffe://partner.test/registrar/r")));
+        assert!(!default.matches(&id("spiffe://acme.test/registrar")));
+        assert!(!default.matches(&id("spiffe://acme.test/registrar/a/b")));
+        assert!(!default.matches(&id("spiffe://acme.test/pe/echo-1")));
+        assert!(!default.matches(&id("spiffe://acme.test/pe/registrar/x")));
+        assert_eq!(default.to_string(), DEFAULT_REGISTRAR_ID);
+
+        let pinned = RegistrarIds::patterns(vec![
+            IdentityPattern::parse("spiffe://acme.test/registrar/enrp-1").expect("pattern"),
+            IdentityPattern::parse("spiffe://acme.test/ops/pr-*").expect("pattern"),
+        ]);
+        assert!(pinned.matches(&id("spiffe://acme.test/registrar/enrp-1")));
+        assert!(pinned.matches(&id("spiffe://acme.test/ops/pr-7")));
+        assert!(!pinned.matches(&id("spiffe://acme.test/registrar/enrp-2")));
+        assert_eq!(
+            pinned.to_string(),
+            "spiffe://acme.test/registrar/enrp-1 or spiffe://acme.test/ops/pr-*"
+        );
+        assert_eq!(RegistrarIds::patterns(Vec::new()), default);
     }
 }

@@ -34,14 +34,44 @@ pub(crate) async fn healthz() -> axum::Json<Status> {
         (status = 503, description = "Not ready"),
     ))]
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<Status>, ApiError> {
-    if app.registrar().ready() {
-        Ok(axum::Json(Status { status: "ready" }))
-    } else {
-        Err(ApiError::new(
+    if !app.registrar().ready() {
+        return Err(ApiError::new(
             ProblemKind::Unavailable,
             "the registrar is not serving",
-        ))
+        ));
     }
+    // An expired CRL of the local domain fails every handshake of that domain closed:
+    // the registrar runs but serves nobody of its own domain, and the probe says why.
+    if let Some((domain, left)) = crl_seconds_left(&app)
+        .into_iter()
+        .find(|(d, left)| *d == app.local_domain && *left <= 0)
+    {
+        return Err(ApiError::new(
+            ProblemKind::Unavailable,
+            format!(
+                "the CRL of trust domain {domain} expired {} s ago: every handshake of its \
+                 identities fails until it is re-signed (`rsp-pki crl`, then SIGHUP enrpd)",
+                left.unsigned_abs()
+            ),
+        ));
+    }
+    Ok(axum::Json(Status { status: "ready" }))
+}
+
+/// Seconds until each trusted domain's CRLs stop being current (their earliest
+/// nextUpdate), negative once past.
+fn crl_seconds_left(app: &App) -> Vec<(trust::TrustDomain, i64)> {
+    let now = i64::try_from(app.now() / 1000).unwrap_or(i64::MAX);
+    app.trust()
+        .crl_next_updates()
+        .into_iter()
+        .map(|(domain, at)| {
+            let at = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            (domain, at - now)
+        })
+        .collect()
 }
 
 /// The Prometheus text exposition format's media type.
@@ -156,6 +186,18 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
         "Unauthenticated admin requests refused without an audit record (rate limit).",
         &one(serve.unaudited_refusals),
     );
+    // Signed: negative once expired (a gauge that alerting compares with 7 days).
+    let _ = writeln!(
+        out,
+        "# HELP rsp_crl_next_update_seconds Seconds until a trust domain's CRLs need re-signing (their earliest nextUpdate); negative once expired.\n# TYPE rsp_crl_next_update_seconds gauge"
+    );
+    for (domain, left) in crl_seconds_left(&app) {
+        let _ = writeln!(
+            out,
+            "rsp_crl_next_update_seconds{{trust_domain=\"{}\"}} {left}",
+            label(domain.as_str())
+        );
+    }
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

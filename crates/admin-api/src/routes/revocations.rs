@@ -215,9 +215,11 @@ pub(crate) struct CrlsApplied {
     serials: usize,
 }
 
-/// Replaces a trust domain's CRLs (PEM, as `rsp-pki` writes `crl.pem`). New handshakes of
-/// the listed serials fail at once; their live connections close and their PEs are
-/// deregistered.
+/// Replaces a trust domain's CRLs (PEM, as `rsp-pki` writes `crl.pem`). Each CRL must be
+/// signed by a root of the domain or by a known intermediate CA of it (the registrar's
+/// own, or one whose certificate, chaining to a root, is in the body); otherwise 422 and
+/// nothing changes. New handshakes of the listed serials fail at once; their live
+/// connections close and their PEs are deregistered.
 #[utoipa::path(put, path = "/v1/revocations/crls/{trust_domain}", tag = "revocations",
     params(("trust_domain" = String, Path, description = "The trust domain whose CA signed the CRLs")),
     request_body(content((String = "application/x-pem-file"), (String = "text/plain")),
@@ -225,7 +227,7 @@ pub(crate) struct CrlsApplied {
     responses(
         (status = 200, description = "Applied", body = CrlsApplied),
         (status = 404, description = "No such trust domain"),
-        (status = 422, description = "No CRL, or a CRL the trust domain cannot use"),
+        (status = 422, description = "No CRL, or a CRL the trust domain cannot use (not signed by one of its CAs)"),
     ))]
 pub(crate) async fn put_crls(
     State(app): State<Arc<App>>,
@@ -248,6 +250,17 @@ pub(crate) async fn put_crls(
                 "no `-----BEGIN X509 CRL-----` block in the body",
             ));
         }
+        // Only CRLs of this domain's CAs: signed by one of its roots, or by an
+        // intermediate that chains to one (this registrar's own, or one sent along
+        // in the body as a CERTIFICATE block).
+        let certs = pem_blocks(&text, &["CERTIFICATE"]);
+        let intermediates = if certs.is_empty() {
+            Vec::new()
+        } else {
+            trust::certs_from_pem(certs.as_bytes())?
+        };
+        app.trust()
+            .check_crl_signers(&domain, &crls, &intermediates)?;
         let mut serials = Vec::new();
         for crl in &crls {
             serials.extend(trust::crl_serials(crl)?);

@@ -11,6 +11,7 @@ mod backoff;
 pub mod card;
 pub mod pe;
 pub mod pu;
+pub mod reload;
 pub mod session;
 
 pub use backoff::BACKOFF_CAP;
@@ -24,8 +25,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
-use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
+use trust::{DomainBundle, LiveConnection, LocalIdentity, Peer, Protocol, TrustStore};
 
 use crate::transport::{MessageReader, ReadError, TransportAddr, write_message};
 use crate::wire::limits::MAX_MESSAGE_LEN;
@@ -160,8 +162,28 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 
 /// The identity a PE or PU presents and the trust bundles it trusts, from the files
 /// `rsp-pki` writes (`ROLE-NAME.pem`, `ROLE-NAME.key`, and `ca.pem` or a bundle of several
-/// trust domains, see [`trust_bundles`]).
+/// trust domains, see [`trust_bundles`]), with its own domain's CRLs from `crl.pem` beside
+/// `ca` when that file exists ([`default_crl`]).
 pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>, Error> {
+    credentials_with_crl(cert, key, ca, default_crl(ca).as_deref())
+}
+
+/// `crl.pem` beside the CA bundle `ca`, if it exists (where `rsp-pki` writes it).
+pub fn default_crl(ca: &Path) -> Option<std::path::PathBuf> {
+    let crl = ca.with_file_name("crl.pem");
+    crl.exists().then_some(crl)
+}
+
+/// Like [`credentials`], with the trust domain's CRLs from `crl` (`None`: no revocation
+/// check beyond the registrar's). With CRLs, every handshake this side makes or accepts
+/// (registrar, PE, PU) refuses a revoked certificate anywhere in the peer's chain, and
+/// fails closed once a CRL is past its nextUpdate: renew it with `rsp-pki crl`.
+pub fn credentials_with_crl(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    crl: Option<&Path>,
+) -> Result<Arc<TrustStore>, Error> {
     let identity = LocalIdentity::from_pem(&read(cert)?, &read(key)?)?;
     let domain = identity.id().trust_domain();
     let store = TrustStore::new(identity)?;
@@ -170,7 +192,11 @@ pub fn credentials(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<TrustStore>
         path: ca.display().to_string(),
         reason,
     })?;
-    for bundle in bundles {
+    for mut bundle in bundles {
+        // `crl.pem` is the CRL of the identity's own domain (where `rsp-pki` writes it).
+        if let Some(crl) = crl.filter(|_| *bundle.domain() == domain) {
+            bundle = bundle.with_crls(trust::crls_from_pem(&read(crl)?)?);
+        }
         store.add_domain(bundle)?;
     }
     Ok(Arc::new(store))
@@ -232,6 +258,16 @@ pub fn trust_bundles(own: &trust::TrustDomain, text: &str) -> Result<Vec<DomainB
     Ok(bundles)
 }
 
+/// Registers the registrar's session with `trust`, so that revocations and expiry end it;
+/// refused if a revocation landed since the handshake.
+fn watch_registrar(trust: &TrustStore, tls: &rustls::CommonState) -> io::Result<LiveConnection> {
+    let refused = |e: String| io::Error::new(io::ErrorKind::PermissionDenied, e);
+    let peer = Peer::from_tls(tls).map_err(|e| refused(e.to_string()))?;
+    trust
+        .register_connection(&peer)
+        .map_err(|e| refused(e.to_string()))
+}
+
 /// How long one connection attempt to a registrar may take (spec §10, T5 per attempt).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(7_500);
 
@@ -247,6 +283,10 @@ pub struct Connection {
     writer: WriteHalf<Box<dyn Stream>>,
     registrar: SocketAddr,
     local: SocketAddr,
+    /// The registrar's certificate, registered with the trust store: a CRL reloaded later
+    /// that revokes it (or its chain), or its notAfter, ends the connection (none over
+    /// plain legacy SCTP).
+    live: Option<LiveConnection>,
 }
 
 impl Connection {
@@ -265,7 +305,8 @@ impl Connection {
         let (tls, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        Ok(Self::over(Box::new(tls), addr, local))
+        let live = watch_registrar(trust, tls.get_ref().1)?;
+        Ok(Self::over(Box::new(tls), addr, local).watched(live))
     }
 
     /// Connects to one registrar over TLS/TCP or TLS/SCTP; with `insecure_legacy`, over
@@ -318,17 +359,22 @@ impl Connection {
             let conn = SctpConnection::connect(endpoint, PPID_ASAP, framing).await?;
             let local = conn.local_addr()?;
             if insecure_legacy {
-                return Ok::<_, io::Error>((Box::new(conn) as Box<dyn Stream>, local));
+                return Ok::<_, io::Error>((Box::new(conn) as Box<dyn Stream>, local, None));
             }
             let connector = TlsConnector::from(trust.client_config(Protocol::Asap));
             let name = ServerName::IpAddress(addr.ip().into());
             let tls = connector.connect(name, conn).await?;
-            Ok((Box::new(tls) as Box<dyn Stream>, local))
+            let live = watch_registrar(trust, tls.get_ref().1)?;
+            Ok((Box::new(tls) as Box<dyn Stream>, local, Some(live)))
         };
-        let (stream, local) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        let (stream, local, live) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        Ok(Self::over(stream, addr, local))
+        let conn = Self::over(stream, addr, local);
+        Ok(match live {
+            Some(live) => conn.watched(live),
+            None => conn,
+        })
     }
 
     /// A connection a registrar opened to this PE, already authenticated.
@@ -347,7 +393,13 @@ impl Connection {
             writer: w,
             registrar,
             local,
+            live: None,
         }
+    }
+
+    fn watched(mut self, live: LiveConnection) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Server hunt (spec §7.7): the registrars in order, starting at `start`, until one
@@ -389,9 +441,23 @@ impl Connection {
         Ok(())
     }
 
-    /// The next message; [`Error::Closed`] at the end of the connection.
+    /// The next message; [`Error::Closed`] at the end of the connection, an
+    /// [`Error::Io`] once the registrar's certificate is revoked or expires (the caller
+    /// hunts another registrar, spec §7.7). Cancel-safe.
     pub async fn recv(&mut self) -> Result<AsapMsg, Error> {
-        let frame = self.reader.next().await?.ok_or(Error::Closed)?;
+        let next = match self.live.as_mut() {
+            Some(live) => tokio::select! {
+                next = self.reader.next() => next,
+                reason = live.closed() => {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("the registrar's certificate is no longer trusted ({reason:?})"),
+                    )));
+                }
+            },
+            None => self.reader.next().await,
+        };
+        let frame = next?.ok_or(Error::Closed)?;
         Ok(AsapMsg::decode(&frame)?.msg)
     }
 }
@@ -510,5 +576,46 @@ mod tests {
             "refused by the registrar: cause 0x6 (Lack of Resources): the registrar is still \
              starting or at a limit; retried, here or at another registrar"
         );
+    }
+
+    /// Issue 17: a registrar connection ends when a CRL loaded later revokes the
+    /// registrar's certificate, so that the PE or PU hunts another registrar.
+    #[tokio::test]
+    async fn a_registrar_revoked_by_a_reloaded_crl_ends_the_connection() {
+        let ca = TestCa::new("acme.test");
+        let registrar = ca.leaf("registrar/enrp-1").issue();
+        let server = TrustStore::new(registrar.identity()).expect("store");
+        server.add_domain(ca.bundle()).expect("domain");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(Protocol::Asap));
+        let held = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            // Hold the session open, silent, until the client goes.
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+        });
+        let client = TrustStore::new(ca.leaf("pe/echo-1").issue().identity()).expect("store");
+        client
+            .add_domain(ca.bundle().with_crls(vec![ca.crl(&[])]))
+            .expect("domain");
+        let mut conn = Connection::connect(&client, addr).await.expect("connected");
+        let closed = client
+            .set_crls(ca.domain(), vec![ca.crl(&[&registrar.serial])])
+            .expect("CRL");
+        assert_eq!(closed, 1, "the registrar connection was registered");
+        let err = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("ends at once")
+            .expect_err("revoked");
+        assert!(
+            err.to_string()
+                .contains("the registrar's certificate is no longer trusted (SerialRevoked)"),
+            "{err}"
+        );
+        held.abort();
     }
 }

@@ -367,7 +367,7 @@ async fn accept_registrars(
             };
             // Spec §7.5 [P]: only an authenticated registrar may become home; anyone else
             // (a PU of the same domain, say) is closed on without an answer.
-            if !Peer::from_tls(tls.get_ref().1).is_ok_and(|p| is_registrar(p.id().path())) {
+            if !Peer::from_tls(tls.get_ref().1).is_ok_and(|p| trust.is_registrar(p.id())) {
                 return;
             }
             let mut conn = Connection::accepted(tls, peer, local);
@@ -390,12 +390,6 @@ async fn accept_registrars(
             }
         });
     }
-}
-
-/// SPIFFE paths `rsp-pki` gives registrars: `/registrar/NAME`.
-fn is_registrar(path: &str) -> bool {
-    path.strip_prefix("/registrar/")
-        .is_some_and(|name| !name.is_empty())
 }
 
 /// The ASAP transport a PE listening at `listen` advertises (spec §12.6: TCP, Transport
@@ -797,14 +791,6 @@ mod tests {
             panic!("{events:?}");
         };
         assert!(e.is_transient());
-    }
-
-    #[test]
-    fn only_registrar_identities_may_adopt_a_pe() {
-        assert!(is_registrar("/registrar/enrp-1"));
-        assert!(!is_registrar("/registrar/"));
-        assert!(!is_registrar("/pu/client-1"));
-        assert!(!is_registrar("/pe/registrar/x"));
     }
 
     #[test]

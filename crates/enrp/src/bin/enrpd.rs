@@ -29,16 +29,18 @@ enum Command {
     /// Create the data directory: store, local trust domain, default namespace and grants,
     /// and the first admin token (printed once).
     Init {
-        /// The rsp-pki directory holding ca.pem and registrar-NAME.pem/.key.
-        #[arg(long, env = "ENRPD_PKI", default_value = "pki")]
-        pki: PathBuf,
-        /// Which registrar certificate (registrar-NAME.pem); optional when there is one.
-        #[arg(long, env = "ENRPD_NAME")]
-        name: Option<String>,
-        /// The data directory to create.
-        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        files: PkiFiles,
+        /// Days until the first admin token expires (default: never): make more with
+        /// `enrpd token create` or the API before it does.
+        #[arg(long, value_name = "DAYS")]
+        admin_token_expires_in_days: Option<u32>,
     },
+    /// Copy the registrar's renewed certificate and key, the CA bundle and the CRL from
+    /// the PKI directory into the data directory (after `rsp-pki issue --renew`,
+    /// `revoke` or `crl`); then SIGHUP the running enrpd. The registrar itself never reads
+    /// the PKI directory, which holds the CA keys.
+    UpdatePki(PkiFiles),
     /// Run the registrar until SIGTERM or Ctrl-C. SIGHUP reloads the registrar's
     /// certificate and key, the local CRL, the grants and the default namespaces; options
     /// (flags, variables, the config file) take effect at start only, and SIGHUP logs
@@ -54,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+/// Where `enrpd init` and `enrpd update-pki` take the registrar's PKI files from, and
+/// the data directory they go to.
+#[derive(clap::Args)]
+struct PkiFiles {
+    /// The rsp-pki directory holding ca.pem, crl.pem and registrar-NAME.pem/.key.
+    #[arg(long, env = "ENRPD_PKI", default_value = "pki")]
+    pki: PathBuf,
+    /// Which registrar certificate (registrar-NAME.pem): for init, optional when the
+    /// directory has one; for update-pki, default this registrar's.
+    #[arg(long, env = "ENRPD_NAME")]
+    name: Option<String>,
+    /// The registrar's data directory (init creates it).
+    #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+    data: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -472,8 +490,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Init { pki, name, data } => {
-            let report = setup::init(&pki, name.as_deref(), &data, now_ms())
+        Command::Init {
+            files: PkiFiles { pki, name, data },
+            admin_token_expires_in_days,
+        } => {
+            let now = now_ms();
+            let expires = admin_token_expires_in_days.map(|d| days_after(now, d));
+            let report = setup::init_with_token_expiry(&pki, name.as_deref(), &data, now, expires)
                 .await
                 .context("enrpd init")?;
             println!("initialised {}", data.display());
@@ -481,9 +504,21 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
                 "  registrar  {} (Server ID {})",
                 report.identity, report.server_id
             );
+            let expiry = admin_token_expires_in_days
+                .map_or_else(String::new, |d| format!("; it expires in {d} days"));
             println!(
-                "  admin token (shown once, store it now): {}",
+                "  admin token (shown once, store it now{expiry}): {}",
                 report.admin_token
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UpdatePki(PkiFiles { pki, name, data }) => {
+            let (id, serial) =
+                setup::update_pki(&pki, name.as_deref(), &data).context("enrpd update-pki")?;
+            println!(
+                "copied {id} (certificate serial {serial}), the CA bundle and the CRL into {}; \
+                 SIGHUP the running enrpd to apply them",
+                data.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -533,7 +568,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             expires_in_days,
         } => {
             let now = now_ms();
-            let expires = expires_in_days.map(|d| now + u64::from(d) * 86_400_000);
+            let expires = expires_in_days.map(|d| days_after(now, d));
             let t = setup::create_token(&data, &name, role, expires, now)
                 .await
                 .context("creating the token")?;
@@ -676,6 +711,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         daemon.asap_addr(),
         loaded.server_id
     );
+    // CRLs do not expire silently: a warning from a week before, an error after.
+    let crl_trust = Arc::clone(&loaded.trust);
+    tokio::spawn(async move {
+        loop {
+            warn_crl_expiry(&crl_trust);
+            tokio::time::sleep(CRL_CHECK).await;
+        }
+    });
     // Serials already applied: a reload only acts on what the CRL newly lists.
     let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
     // Every setting of the config file takes effect at start only: on SIGHUP, say which
@@ -705,8 +748,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         daemon.set_default_namespaces(r.default_namespaces).await;
                         // The core first (it removes the PEs and refuses the serials), then
                         // the TLS layer (new handshakes fail, live connections close).
+                        // The local domain's CRL: its serials are the local CA's.
+                        let domain = loaded.trust.identity().id().trust_domain();
                         for serial in r.revoked.into_iter().filter(|s| applied.insert(s.clone())) {
-                            daemon.revoke(enrp::registrar::Revocation::Serial(serial)).await;
+                            let domain = domain.clone();
+                            daemon.revoke(enrp::registrar::Revocation::Serial { domain, serial }).await;
                         }
                         if let Some(crls) = r.crls {
                             let local = loaded.trust.identity().id().trust_domain();
@@ -804,6 +850,39 @@ fn split_peer(p: &str) -> anyhow::Result<(&str, Option<trust::SpiffeId>)> {
             let id = trust::SpiffeId::parse(id)
                 .map_err(|e| anyhow::anyhow!("--peer {p:?}: {id:?} is no SPIFFE ID: {e}"))?;
             Ok((addr, Some(id)))
+        }
+    }
+}
+
+/// `days` after `now_ms`, in unix ms (token expiries).
+fn days_after(now_ms: u64, days: u32) -> u64 {
+    now_ms + u64::from(days) * 86_400_000
+}
+
+/// How long before a CRL's nextUpdate `enrpd` warns (issue 17): once it passes, every
+/// handshake of that domain fails closed; a week leaves room for a weekend and a holiday.
+const CRL_WARNING: Duration = Duration::from_secs(7 * 86_400);
+/// How often the CRLs' nextUpdate is checked (and the warning repeated).
+const CRL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Logs a warning for each trust domain whose CRLs stop being current within
+/// [`CRL_WARNING`], an error for each whose CRLs have (`/metrics` has the same as
+/// `rsp_crl_next_update_seconds`).
+fn warn_crl_expiry(trust: &trust::TrustStore) {
+    let now = std::time::UNIX_EPOCH + Duration::from_millis(now_ms());
+    for (domain, at) in trust.crl_next_updates() {
+        match at.duration_since(now) {
+            Err(past) => tracing::error!(
+                trust_domain = %domain,
+                expired_s_ago = past.duration().as_secs(),
+                "the CRL has expired: every handshake of this trust domain fails until it is re-signed (rsp-pki crl, enrpd update-pki, then SIGHUP enrpd)"
+            ),
+            Ok(left) if left <= CRL_WARNING => tracing::warn!(
+                trust_domain = %domain,
+                seconds_left = left.as_secs(),
+                "the CRL expires soon: re-sign it (rsp-pki crl, enrpd update-pki, then SIGHUP enrpd) or every handshake of this trust domain fails"
+            ),
+            Ok(_) => {}
         }
     }
 }

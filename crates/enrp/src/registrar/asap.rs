@@ -307,7 +307,7 @@ impl Core {
         owned.reporters.clear();
         owned.taken_from = None;
         if let Some(c) = self.conns.get_mut(&conn) {
-            owned.serial = Some(c.client.serial.clone());
+            owned.serial = Some((c.client.id.trust_domain(), c.client.serial.clone()));
             c.add_pe(key.clone());
         }
         self.timers.stop(&TimerKey::Orphaned(key.clone()));

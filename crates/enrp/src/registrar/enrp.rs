@@ -1663,7 +1663,7 @@ impl Core {
         self.revocations.iter().any(|r| match r {
             Revocation::Identity(i) => *i == id,
             Revocation::TrustDomain(d) => id.trust_domain_str() == d,
-            Revocation::Serial(_) => false,
+            Revocation::Serial { .. } => false,
         })
     }
 

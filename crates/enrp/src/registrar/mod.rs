@@ -27,7 +27,7 @@ use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
-use trust::{DefaultNamespace, Grant, Serial, SpiffeId};
+use trust::{DefaultNamespace, Grant, Serial, SpiffeId, TrustDomain};
 
 use crate::handlespace::{Handlespace, Limits};
 
@@ -364,8 +364,15 @@ pub enum Scope {
 pub enum Revocation {
     /// Every certificate of this SPIFFE ID.
     Identity(SpiffeId),
-    /// One certificate.
-    Serial(Serial),
+    /// One certificate: a serial of the CA of one trust domain (serials are unique per
+    /// CA only, so a federated domain's serial must not revoke a local certificate
+    /// that happens to have the same one).
+    Serial {
+        /// The trust domain whose CA issued it.
+        domain: TrustDomain,
+        /// Its serial.
+        serial: Serial,
+    },
     /// Every identity of this trust domain.
     TrustDomain(String),
 }
@@ -374,7 +381,9 @@ impl Revocation {
     fn covers(&self, client: &Client) -> bool {
         match self {
             Self::Identity(id) => client.id == *id,
-            Self::Serial(s) => client.serial == *s,
+            Self::Serial { domain, serial } => {
+                client.serial == *serial && client.id.trust_domain_str() == domain.as_str()
+            }
             Self::TrustDomain(d) => client.id.trust_domain_str() == d,
         }
     }
@@ -623,9 +632,9 @@ struct Owned {
     conn: Option<ConnId>,
     /// Distinct PUs that reported it unreachable since its last keep-alive answer.
     reporters: HashSet<SpiffeId>,
-    /// The serial of the certificate it was (last) registered with: revoking that
-    /// certificate removes it even after its connection is gone.
-    serial: Option<Serial>,
+    /// The trust domain and serial of the certificate it was (last) registered with:
+    /// revoking that certificate removes it even after its connection is gone.
+    serial: Option<(TrustDomain, Serial)>,
     /// The peer it was taken over from (spec §9.8), until it re-registers here. If that
     /// peer comes back (a healed partition) and no longer lists it, it is gone.
     taken_from: Option<ServerId>,
@@ -1010,9 +1019,9 @@ impl Core {
             Revocation::TrustDomain(d) => {
                 SpiffeId::parse(r).is_ok_and(|id| id.trust_domain_str() == d)
             }
-            Revocation::Serial(_) => false,
+            Revocation::Serial { .. } => false,
         };
-        let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial(_)) {
+        let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial { .. }) {
             Vec::new()
         } else {
             self.handlespace
@@ -1026,7 +1035,11 @@ impl Core {
                 .collect()
         };
         let by_serial = self.owned.iter().filter_map(|(pe, o)| match revocation {
-            Revocation::Serial(s) if o.serial.as_ref() == Some(s) => Some(pe.clone()),
+            Revocation::Serial { domain, serial } => o
+                .serial
+                .as_ref()
+                .is_some_and(|(d, s)| d == domain && s == serial)
+                .then(|| pe.clone()),
             _ => None,
         });
         let mut pes: Vec<PeKey> = closing

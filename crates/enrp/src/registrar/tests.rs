@@ -449,6 +449,40 @@ fn revocation_closes_connections_and_removes_pes() {
 }
 
 #[test]
+fn a_federated_serial_equal_to_a_local_one_revokes_nothing_local() {
+    // Serials are unique per CA only (RFC 5280 §4.1.2.2): partner.test's CA revoking its
+    // serial 1 says nothing about acme.test's certificate with serial 1.
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(3, PU_1);
+    h.send(a, registration("echo", 7));
+    let serial = Serial::from_bytes(&1u64.to_be_bytes());
+    let federated = Revocation::Serial {
+        domain: TrustDomain::new("partner.test").expect("domain"),
+        serial: serial.clone(),
+    };
+    let out = h.core.handle(Input::Revoked(federated), h.now);
+    assert!(audits(&out).is_empty(), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Close { .. })),
+        "{out:?}"
+    );
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [7]);
+    // The same serial of the local domain is the local certificate.
+    let local = Revocation::Serial {
+        domain: TrustDomain::new("acme.test").expect("domain"),
+        serial,
+    };
+    let out = h.core.handle(Input::Revoked(local), h.now);
+    assert_eq!(audits(&out), [(AuditAction::RemoveRevoked, None)]);
+    assert!(out.contains(&Action::Close {
+        conn: a,
+        reason: "certificate revoked"
+    }));
+    assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
+}
+
+#[test]
 fn revoking_a_serial_removes_its_pes_even_after_their_connection_closed() {
     let mut h = Harness::new();
     let a = h.connect(1, PE_A);
@@ -456,10 +490,11 @@ fn revoking_a_serial_removes_its_pes_even_after_their_connection_closed() {
     h.send(a, registration("echo", 7));
     // The TLS layer closes the revoked connection first; the core hears of it after.
     h.core.handle(Input::Closed { conn: a }, h.now);
-    let serial = Serial::from_bytes(&1u64.to_be_bytes());
-    let out = h
-        .core
-        .handle(Input::Revoked(Revocation::Serial(serial)), h.now);
+    let revocation = Revocation::Serial {
+        domain: TrustDomain::new("acme.test").expect("domain"),
+        serial: Serial::from_bytes(&1u64.to_be_bytes()),
+    };
+    let out = h.core.handle(Input::Revoked(revocation), h.now);
     assert_eq!(audits(&out), [(AuditAction::RemoveRevoked, None)]);
     assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
     assert_eq!(h.core.stats().timers, 0);

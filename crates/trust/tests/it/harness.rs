@@ -127,13 +127,21 @@ pub(crate) fn raw_client(ca: &TestCa, leaf: Option<&TestLeaf>) -> Arc<ClientConf
 pub(crate) type ClientOutcome = Result<String, String>;
 
 pub(crate) async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> ClientOutcome {
+    session(addr, config).await.map(|(_, line)| line)
+}
+
+/// A TLS session to `addr`: the server's identity and its first line.
+async fn session(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<(Peer, String), String> {
     let run = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        // Checked by `raw_client` configurations only: SPIFFE authenticates servers by
+        // their SPIFFE ID.
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
         let tls = TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
+        let peer = Peer::from_tls(tls.get_ref().1).map_err(|e| e.to_string())?;
         let mut line = String::new();
         BufReader::new(tls)
             .read_line(&mut line)
@@ -142,7 +150,7 @@ pub(crate) async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Clie
         if line.is_empty() {
             return Err("closed without a line".to_owned());
         }
-        Ok(line.trim_end().to_owned())
+        Ok((peer, line.trim_end().to_owned()))
     };
     tokio::time::timeout(TIMEOUT, run)
         .await
@@ -171,4 +179,51 @@ pub(crate) fn assert_refused(outcome: (ServerOutcome, ClientOutcome), reason: &s
         Ok(peer) => panic!("accepted {peer:?}, expected refusal: {reason}"),
     }
     assert!(client.is_err(), "client saw success: {client:?}");
+}
+
+/// A listener serving `protocol` with `store`'s server configuration (read per accept),
+/// for clients that dial a server of any role: each accepted session is held open until
+/// the client closes or the store tells it to close (revocation), then dropped.
+pub(crate) async fn serve(store: Arc<TrustStore>, protocol: Protocol) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = TlsAcceptor::from(store.server_config(protocol));
+            let store = store.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(peer) = Peer::from_tls(tls.get_ref().1) else {
+                    return;
+                };
+                let Ok(mut live) = store.register_connection(&peer) else {
+                    return;
+                };
+                if tls.write_all(b"ok\n").await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                tokio::select! {
+                    _ = live.closed() => {}
+                    _ = tls.read(&mut buf) => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Dials `addr` with `config` and reads the server's first line: the server's identity,
+/// or the handshake error as the client sees it.
+pub(crate) async fn dial(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Peer, String> {
+    session(addr, config).await.map(|(peer, _)| peer)
+}
+
+/// A store presenting a fresh `path` leaf of `ca` and trusting `ca`'s domain.
+pub(crate) fn store_of(ca: &TestCa, path: &str) -> Arc<TrustStore> {
+    let store = TrustStore::new(ca.leaf(path).issue().identity()).expect("store");
+    store.add_domain(ca.bundle()).expect("domain");
+    Arc::new(store)
 }

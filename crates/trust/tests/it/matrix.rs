@@ -293,3 +293,193 @@ async fn pem_round_trip_of_test_material() {
     );
     assert!(trust::LocalIdentity::from_pem(b"", leaf.key_pem().as_bytes()).is_err());
 }
+
+/// Spec §11.1, threats T-6/T-7: a PE certificate of the trust domain, listening where a
+/// client expects its registrar, fails the handshake with every client (PE, PU, gateway
+/// over ASAP, a registrar dialling a peer over ENRP), and the error names it.
+#[tokio::test]
+async fn a_pe_certificate_posing_as_registrar_is_refused_by_every_client() {
+    use trust::{IdentityPattern, Protocol};
+
+    use crate::harness::{dial, serve, store_of};
+    let ca = TestCa::new("acme.test");
+    let impostor = store_of(&ca, "pe/echo-1");
+    let genuine = store_of(&ca, "registrar/enrp-1");
+    for protocol in [Protocol::Asap, Protocol::Enrp] {
+        let fake = serve(impostor.clone(), protocol).await;
+        let real = serve(genuine.clone(), protocol).await;
+        for client in [
+            "pe/echo-2",
+            "pu/client-1",
+            "gateway/gw-1",
+            "registrar/enrp-2",
+        ] {
+            let store = store_of(&ca, client);
+            let err = dial(fake, store.client_config(protocol))
+                .await
+                .expect_err("a PE is no registrar");
+            assert!(
+                err.contains(
+                    "server identity spiffe://acme.test/pe/echo-1 does not match the expected \
+                     registrar identity spiffe://<trusted domain>/registrar/*"
+                ),
+                "{client} {protocol:?}: {err}"
+            );
+            let peer = dial(real, store.client_config(protocol))
+                .await
+                .expect("the registrar is accepted");
+            assert_eq!(peer.id().as_str(), "spiffe://acme.test/registrar/enrp-1");
+        }
+    }
+    // Pinned to one registrar: another registrar of the domain is refused too, and
+    // clearing the pin restores the default.
+    let fake = serve(impostor, Protocol::Asap).await;
+    let real = serve(genuine, Protocol::Asap).await;
+    let other = serve(store_of(&ca, "registrar/enrp-9"), Protocol::Asap).await;
+    let pu = store_of(&ca, "pu/client-1");
+    pu.set_registrar_ids(vec![
+        IdentityPattern::parse("spiffe://acme.test/registrar/enrp-1").expect("pattern"),
+    ])
+    .expect("pin");
+    dial(real, pu.client_config(Protocol::Asap))
+        .await
+        .expect("the pinned registrar");
+    let err = dial(other, pu.client_config(Protocol::Asap))
+        .await
+        .expect_err("not the pinned registrar");
+    assert!(
+        err.contains("spiffe://acme.test/registrar/enrp-9 does not match the expected registrar identity spiffe://acme.test/registrar/enrp-1"),
+        "{err}"
+    );
+    assert!(dial(fake, pu.client_config(Protocol::Asap)).await.is_err());
+    pu.set_registrar_ids(Vec::new()).expect("default");
+    dial(other, pu.client_config(Protocol::Asap))
+        .await
+        .expect("any registrar of the domain again");
+    assert!(pu.is_registrar(&SpiffeId::parse("spiffe://acme.test/registrar/enrp-9").expect("id")));
+}
+
+/// Serials are unique per CA only (RFC 5280 §4.1.2.2): a federated domain revoking its
+/// serial S (deny-list or CRL) refuses its own certificate S and leaves the local
+/// certificate with the same serial, and its live connection, alone.
+#[tokio::test]
+async fn a_federated_serial_equal_to_a_local_one_revokes_only_the_federated_certificate() {
+    let ca = TestCa::new("acme.test");
+    let server = Server::start(&ca).await;
+    let partner = TestCa::new("partner.test");
+    server.store.add_domain(partner.bundle()).expect("federate");
+    let local = ca.leaf("pe/echo-1").issue();
+    // The server's own leaf took the local CA's first serial.
+    let _ = partner.leaf("registrar/p1").issue();
+    let federated = partner.leaf("pe/echo-1").issue();
+    assert_eq!(
+        local.serial, federated.serial,
+        "the same serial from two CAs"
+    );
+    let live = crate::revocation::live_connection(&server, &ca, &local).await;
+    assert_eq!(
+        server
+            .store
+            .deny_serial(partner.domain(), federated.serial.clone())
+            .expect("deny"),
+        0,
+        "no local connection closed"
+    );
+    assert_refused(
+        handshake(&server, &ca, Some(&federated)).await,
+        &format!(
+            "certificate serial {} of trust domain partner.test is revoked (deny-list)",
+            federated.serial
+        ),
+    );
+    handshake(&server, &ca, Some(&local))
+        .await
+        .0
+        .expect("the local certificate is not revoked");
+    assert!(
+        server
+            .store
+            .allow_serial(partner.domain(), &federated.serial)
+            .expect("allow")
+    );
+    assert_eq!(
+        server
+            .store
+            .set_crls(partner.domain(), vec![partner.crl(&[&federated.serial])])
+            .expect("partner CRL"),
+        0
+    );
+    assert_refused(handshake(&server, &ca, Some(&federated)).await, "Revoked");
+    handshake(&server, &ca, Some(&local))
+        .await
+        .0
+        .expect("still not revoked");
+    // A revocation unregisters what it closes at once: the local one is still there.
+    let local_id = SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    assert!(
+        server
+            .store
+            .connections()
+            .snapshot()
+            .contains(&(local_id, local.serial.clone())),
+        "the live local connection stays up"
+    );
+    live.abort();
+}
+
+/// Revocation in both directions between a PU and a PE that load their domain's CRL (as
+/// `rsp pe`/`rsp pu` do): returns a PE store, a PU store and the PU's config to the PE.
+fn pu_and_pe(
+    ca: &TestCa,
+    revoked: &[&trust::Serial],
+    pe: &trust::testing::TestLeaf,
+    pu: &trust::testing::TestLeaf,
+) -> (
+    std::sync::Arc<trust::TrustStore>,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    use trust::{IdentityPattern, Protocol, TrustStore};
+    let with_crl = |leaf: &trust::testing::TestLeaf| {
+        let store = TrustStore::new(leaf.identity()).expect("store");
+        store
+            .add_domain(ca.bundle().with_crls(vec![ca.crl(revoked)]))
+            .expect("domain with its CRL");
+        std::sync::Arc::new(store)
+    };
+    let pe_id = SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    let to_pe = with_crl(pu)
+        .client_config_expecting(Protocol::Asap, IdentityPattern::exact(&pe_id))
+        .expect("config");
+    (with_crl(pe), to_pe)
+}
+
+#[tokio::test]
+async fn a_revoked_pu_is_refused_by_a_pe() {
+    use crate::harness::{dial, serve};
+    let ca = TestCa::new("acme.test");
+    let pe = ca.leaf("pe/echo-1").issue();
+    let pu = ca.leaf("pu/client-1").issue();
+    let other = ca.leaf("pu/client-2").issue();
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[&pu.serial], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    let err = dial(addr, to_pe).await.expect_err("revoked PU");
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    let (_, to_pe) = pu_and_pe(&ca, &[&pu.serial], &pe, &other);
+    dial(addr, to_pe).await.expect("another PU is served");
+}
+
+#[tokio::test]
+async fn a_revoked_pe_is_refused_by_a_pu() {
+    use crate::harness::{dial, serve};
+    let ca = TestCa::new("acme.test");
+    let pe = ca.leaf("pe/echo-1").issue();
+    let pu = ca.leaf("pu/client-1").issue();
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[&pe.serial], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    let err = dial(addr, to_pe).await.expect_err("revoked PE");
+    assert!(err.contains("invalid peer certificate: Revoked"), "{err}");
+    // Without the CRL, the same PU would have been served by it.
+    let (pe_store, to_pe) = pu_and_pe(&ca, &[], &pe, &pu);
+    let addr = serve(pe_store, trust::Protocol::Asap).await;
+    dial(addr, to_pe).await.expect("not revoked");
+}

@@ -41,7 +41,7 @@ async fn revocation_fails_next_handshake_without_restart() {
 }
 
 /// Opens a connection that stays up; returns a task yielding the lines the client reads.
-async fn live_connection(
+pub(crate) async fn live_connection(
     server: &Server,
     ca: &TestCa,
     leaf: &trust::testing::TestLeaf,
@@ -152,4 +152,89 @@ async fn a_revocation_between_handshake_and_registration_is_not_missed() {
     assert_eq!(store.connections().len(), 1);
     drop(live);
     assert!(store.connections().is_empty());
+}
+
+/// Issue 17: live connections follow their chain. Revoking an intermediate (the root's
+/// CRL lists it) closes every live connection under it, and only those; removing a root
+/// from the bundle closes the connections under it.
+#[tokio::test]
+async fn revoking_an_intermediate_or_removing_a_root_closes_the_connections_under_it() {
+    let ca = TestCa::new("acme.test");
+    let server = Server::start(&ca).await;
+    let inter = ca.intermediate();
+    let under = inter.leaf("pe/under").issue();
+    let direct = ca.leaf("pe/direct").issue();
+    server
+        .store
+        .set_crls(ca.domain(), vec![ca.crl(&[]), inter.crl(&[])])
+        .expect("CRLs");
+    let c_under = live_connection(&server, &ca, &under).await;
+    let c_direct = live_connection(&server, &ca, &direct).await;
+    let closed = server
+        .store
+        .set_crls(
+            ca.domain(),
+            vec![ca.crl(&[&inter.serial()]), inter.crl(&[])],
+        )
+        .expect("the root's CRL lists the intermediate");
+    assert_eq!(closed, 1);
+    assert_eq!(
+        c_under.await.expect("task"),
+        ["ok", &format!("closed {:?}", CloseReason::IssuerRevoked)]
+    );
+    assert_eq!(server.store.connections().len(), 1, "the direct leaf stays");
+
+    // A rotation: the bundle gets a new root and then loses the old one.
+    let next = TestCa::new("acme.test");
+    let mut roots = vec![ca.root().clone(), next.root().clone()];
+    server
+        .store
+        .replace_domain(trust::DomainBundle::new(ca.domain().clone(), roots.clone()))
+        .expect("both roots");
+    assert_eq!(
+        server.store.connections().len(),
+        1,
+        "adding a root closes nothing"
+    );
+    roots.remove(0);
+    let closed = server
+        .store
+        .replace_domain(trust::DomainBundle::new(ca.domain().clone(), roots))
+        .expect("the new root only");
+    assert_eq!(closed, 1);
+    assert_eq!(
+        c_direct.await.expect("task"),
+        ["ok", &format!("closed {:?}", CloseReason::RootRemoved)]
+    );
+    assert!(server.store.connections().is_empty());
+}
+
+/// Issue 17: a handshake proves a certificate valid at its time; a connection whose leaf
+/// expires is closed at its notAfter (and the registrar's PEs on it then follow the
+/// connection-loss path).
+#[tokio::test]
+async fn a_connection_closes_when_its_leaf_expires() {
+    let ca = TestCa::new("acme.test");
+    let server = Server::start(&ca).await;
+    let short = ca
+        .leaf("pe/short-lived")
+        .valid(time::Duration::minutes(-1), time::Duration::seconds(2))
+        .issue();
+    let long = ca.leaf("pe/long-lived").issue();
+    let c_short = live_connection(&server, &ca, &short).await;
+    let c_long = live_connection(&server, &ca, &long).await;
+    let lines = tokio::time::timeout(std::time::Duration::from_secs(30), c_short)
+        .await
+        .expect("closed within its validity and a margin")
+        .expect("task");
+    assert_eq!(
+        lines,
+        [
+            "ok",
+            &format!("closed {:?}", CloseReason::CertificateExpired)
+        ]
+    );
+    assert!(!c_long.is_finished(), "a valid leaf's connection stays");
+    assert_eq!(server.store.connections().len(), 1);
+    c_long.abort();
 }

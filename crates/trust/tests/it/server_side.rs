@@ -3,31 +3,13 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::ServerName;
-use tokio::io::AsyncBufReadExt;
 use trust::testing::TestCa;
 use trust::{IdentityPattern, Peer, Protocol, TrustStore};
 
 use crate::harness::Server;
 
 async fn dial(server: &Server, config: Arc<rustls::ClientConfig>) -> Result<Peer, String> {
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    // The name is not checked: SPIFFE authenticates servers by their SPIFFE ID.
-    let name = ServerName::try_from("ignored.invalid").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let peer = Peer::from_tls(tls.get_ref().1).map_err(|e| e.to_string())?;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(trust::ALPN_ASAP));
-    let mut line = String::new();
-    tokio::io::BufReader::new(tls)
-        .read_line(&mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(peer)
+    crate::harness::dial(server.addr, config).await
 }
 
 fn client_store(ca: &TestCa) -> TrustStore {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
+use asap::client::reload::{CredentialFiles, RELOAD_POLL};
 use asap::client::{self, Connection, pe, pu, session};
 use asap::transport::TransportAddr;
 use asap::wire::param::{
@@ -25,8 +26,9 @@ use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Defaults for --cert, --key, --ca, --registrar and --namespace from a TOML file
-    /// (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `registrars = ["127.0.0.1:3864"]`,
+    /// Defaults for --cert, --key, --ca, --crl, --registrar, --registrar-id and --namespace
+    /// from a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
+    /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
     /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
     /// variables override it.
     #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
@@ -145,6 +147,11 @@ struct Common {
     /// The trust bundle of the local trust domain.
     #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
     ca: PathBuf,
+    /// The trust domain's CRLs (PEM, as `rsp-pki` writes them): peers whose certificate,
+    /// or any certificate of whose chain, they list are refused, registrar, PE and PU
+    /// alike. Default: crl.pem beside --ca when it exists.
+    #[arg(long, env = "RSP_CRL")]
+    crl: Option<PathBuf>,
     /// Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for
     /// ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.
     #[arg(
@@ -163,9 +170,40 @@ struct Common {
     /// The namespace (default: the identity's default namespace).
     #[arg(long, env = "RSP_NAMESPACE")]
     namespace: Option<String>,
+    /// Whom to accept as registrar: a SPIFFE ID pattern such as
+    /// spiffe://acme.test/registrar/enrp-* (repeat the flag or separate with commas).
+    /// Default: spiffe://<trusted domain>/registrar/*. A registrar presenting another
+    /// identity (a PE certificate, say) fails the handshake.
+    #[arg(
+        long = "registrar-id",
+        env = "RSP_REGISTRAR_ID",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    registrar_ids: Vec<IdentityPattern>,
 }
 
 impl Common {
+    /// The credential files: --cert, --key (default: beside the certificate), --ca, --crl
+    /// (default: crl.pem beside the CA when it exists).
+    fn files(&self) -> anyhow::Result<CredentialFiles> {
+        let cert = self
+            .cert
+            .clone()
+            .context("no certificate: give --cert FILE, RSP_CERT, or cert in the --config file")?;
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| cert.with_extension("key"));
+        let crl = self.crl.clone().or_else(|| client::default_crl(&self.ca));
+        Ok(CredentialFiles {
+            cert,
+            key,
+            ca: self.ca.clone(),
+            crl,
+        })
+    }
+
     fn trust(&self) -> anyhow::Result<Arc<TrustStore>> {
         self.trust_for(true)
     }
@@ -183,24 +221,64 @@ impl Common {
         if self.cert.is_none() && plain_only {
             return anonymous();
         }
-        let cert = self
-            .cert
-            .as_ref()
-            .context("no certificate: give --cert FILE, RSP_CERT, or cert in the --config file")?;
-        let key = self
-            .key
-            .clone()
-            .unwrap_or_else(|| cert.with_extension("key"));
-        client::credentials(cert, &key, &self.ca).with_context(|| {
+        let files = self.files()?;
+        let trust = files.load().with_context(|| {
+            let crl = files
+                .crl
+                .as_ref()
+                .map_or_else(String::new, |c| format!(" / {}", c.display()));
             format!(
-                "loading {} / {} / {}",
-                cert.display(),
-                key.display(),
-                self.ca.display()
+                "loading {} / {} / {}{crl}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
             )
-        })
+        })?;
+        trust.set_registrar_ids(self.registrar_ids.clone())?;
+        Ok(trust)
     }
 
+    /// Reloads the credentials into `trust` on SIGHUP and when their files change (polled
+    /// every [`RELOAD_POLL`]), for as long as the process runs; each reload, or its
+    /// refusal, is one line on standard error.
+    fn keep_reloaded(&self, trust: &Arc<TrustStore>) -> anyhow::Result<()> {
+        if self.cert.is_none() {
+            // The anonymous identity of a plain-text-only --insecure-legacy run: no files.
+            return Ok(());
+        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let files = self.files()?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let trust = Arc::clone(trust);
+        tokio::spawn(async move {
+            let mut seen = files.fingerprint();
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {}
+                    () = tokio::time::sleep(RELOAD_POLL) => {
+                        if files.fingerprint() == seen {
+                            continue;
+                        }
+                    }
+                }
+                seen = files.fingerprint();
+                match files.reload(&trust, services::wall_clock()) {
+                    Ok(r) => eprintln!(
+                        "reloaded credentials: presenting certificate serial {}{}{}",
+                        r.serial,
+                        if r.renewed { " (renewed)" } else { "" },
+                        if r.closed > 0 {
+                            format!(", closed {} revoked connection(s)", r.closed)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    Err(e) => eprintln!("reload refused, the current credentials stay: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
     fn namespace(&self) -> anyhow::Result<Option<Namespace>> {
         self.namespace
             .as_deref()
@@ -238,8 +316,10 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
     registrars: Option<Vec<String>>,
     namespace: Option<String>,
+    registrar_ids: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -264,7 +344,7 @@ impl FileConfig {
         })?;
         // Relative paths are from the file, so that it works from any directory.
         let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
-        for p in [&mut file.cert, &mut file.key, &mut file.ca]
+        for p in [&mut file.cert, &mut file.key, &mut file.ca, &mut file.crl]
             .into_iter()
             .flatten()
         {
@@ -291,20 +371,34 @@ impl FileConfig {
         if let Some(v) = self.ca.filter(|_| unset("ca")) {
             common.ca = v;
         }
+        if let Some(v) = self.crl.filter(|_| unset("crl")) {
+            common.crl = Some(v);
+        }
         if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
-            common.registrars = v
-                .iter()
-                .map(|r| {
-                    r.parse()
-                        .map_err(|e| anyhow::anyhow!("the config file's registrar {r:?}: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            common.registrars = parse_all("registrar", &v)?;
         }
         if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
             common.namespace = Some(v);
         }
+        if let Some(v) = self.registrar_ids.filter(|_| unset("registrar_ids")) {
+            common.registrar_ids = parse_all("registrar_ids", &v)?;
+        }
         Ok(())
     }
+}
+
+/// Parses each of a config file's `key` values; a bad one is named in the error.
+fn parse_all<T: std::str::FromStr>(key: &str, values: &[String]) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    values
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("the config file's {key} {v:?}: {e}"))
+        })
+        .collect()
 }
 
 impl Command {
@@ -545,6 +639,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     // registrar calling in over TLS.
     let plain = matches!(listen, TransportAddr::Sctp(_)) && asap_listen.is_none();
     let trust = common.trust_for(plain)?;
+    common.keep_reloaded(&trust)?;
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     // Spec §7.8: cookies flow only on channels registered as data plus control; that is
     // also how a PU knows to speak the §12.7 framing to this PE.
@@ -778,6 +873,7 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 /// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust_for(true)?;
+    common.keep_reloaded(&trust)?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
     let mut affinity = users.session();
     let mut current: Option<(PeId, PeChannel)> = None;
@@ -941,6 +1037,7 @@ fn pe_target(
 /// (the registrar's order); a PE that cannot be reached is reported and the next tried.
 async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
+    common.keep_reloaded(&trust)?;
     let users = Arc::new(pool_user(&common, Arc::clone(&trust), &pool)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -1107,6 +1204,8 @@ mod tests {
                 .collect(),
             insecure_legacy,
             namespace: None,
+            crl: None,
+            registrar_ids: Vec::new(),
         };
         // Plain text all the way: an identity nobody trusts, that trusts nobody.
         let store = common(&["sctp:192.0.2.1:3863"], true)

@@ -128,6 +128,7 @@ pub(crate) async fn serve(
             continue;
         }
         let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
+        let trust = Arc::clone(&trust);
         let sessions = sessions.clone();
         let meter = meter.clone();
         tokio::spawn(async move {
@@ -137,16 +138,34 @@ pub(crate) async fn serve(
                 eprintln!("TLS handshake with {addr} failed");
                 return;
             };
+            // Registered so that a CRL reloaded later closes the session of a PU it
+            // revokes (and the session ends at the PU certificate's notAfter).
+            let live = Peer::from_tls(tls.get_ref().1)
+                .map_err(|e| e.to_string())
+                .and_then(|peer| trust.register_connection(&peer).map_err(|e| e.to_string()));
+            let mut live = match live {
+                Ok(live) => live,
+                Err(e) => {
+                    eprintln!("refused {addr}: {e}");
+                    return;
+                }
+            };
             let _open = meter.as_ref().map(LoadMeter::open);
-            match (service, sessions) {
-                (Service::Counter, Some(sessions)) => {
-                    if let Err(e) = counter(tls, &sessions).await {
-                        eprintln!("session with {addr} ended: {}", crate::chain(&e));
+            let session = async {
+                match (service, sessions) {
+                    (Service::Counter, Some(sessions)) => {
+                        if let Err(e) = counter(tls, &sessions).await {
+                            eprintln!("session with {addr} ended: {}", crate::chain(&e));
+                        }
+                    }
+                    _ => {
+                        let _ = run(service, tls).await;
                     }
                 }
-                _ => {
-                    let _ = run(service, tls).await;
-                }
+            };
+            tokio::select! {
+                () = session => {}
+                reason = live.closed() => eprintln!("closed the session with {addr}: {reason:?}"),
             }
         });
     }
@@ -198,8 +217,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 
 use tokio::io::AsyncReadExt as _;
 
-#[allow(clippy::disallowed_methods)] // cookie expiry is wall-clock time shared by the pool's PEs
-fn wall_clock() -> SystemTime {
+/// The wall clock: cookie expiry is wall-clock time shared by the pool's PEs, and
+/// certificates are valid in wall-clock time.
+#[allow(clippy::disallowed_methods)] // the binary is a driver
+pub(crate) fn wall_clock() -> SystemTime {
     SystemTime::now()
 }
 
