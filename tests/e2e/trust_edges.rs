@@ -46,11 +46,12 @@ async fn impostor(lab: &Lab, cert: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 const POSING: &str = "server identity spiffe://acme.test/pe/echo-1 does not match the expected registrar identity spiffe://<trusted domain>/registrar/*";
 
 /// Spec §11.1, T-6/T-7: a PE certificate of the trust domain where `rsp` was told its
-/// registrar is: `rsp resolve`, `rsp pu`, `rsp gateway` fail with one line naming the
-/// identity presented, `rsp pe` says so at every attempt, and none of them sends the
-/// impostor a single ASAP message (no resolution to forge, no registration to swallow).
+/// registrar is: `rsp resolve` fails with one line naming the identity presented, `rsp pu`,
+/// `rsp gateway` and `rsp pe` say so and keep looking for a registrar, and none of them
+/// sends the impostor a single ASAP message (no resolution to forge, no registration to
+/// swallow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pe_certificate_posing_as_registrar_fails_every_rsp_command() {
+async fn a_pe_certificate_posing_as_registrar_gets_nothing_from_any_rsp_command() {
     let lab = Lab::new();
     lab.pki(&["issue", "gateway", "gw-1"]);
     let (fake, received) = impostor(&lab, "pe-echo-1").await;
@@ -64,25 +65,45 @@ async fn a_pe_certificate_posing_as_registrar_fails_every_rsp_command() {
     assert!(err.contains(POSING), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
-    let (ok, err) = pu_once(&lab, fake, "pu-client-1");
-    assert!(!ok);
-    assert!(err.contains(POSING), "{err}");
+    // The long-running commands ride out a registrar they cannot accept (issue 25: a
+    // reload of their CA or --registrar-id may fix it, and another registrar may answer),
+    // saying why once; the impostor still gets no ASAP byte.
+    let mut pu = rsp(&lab, fake, "pu-client-1");
+    pu.args(["pu", "echo"]).stdin(Stdio::piped());
+    let line = first_error_line(pu, Some(b"hello\n")).await;
+    assert!(line.contains(POSING), "rsp pu: {line}");
+    let mut gateway = rsp(&lab, fake, "gateway-gw-1");
+    gateway.args(["gateway", "--listen", "127.0.0.1:0", "--pool", "echo"]);
+    let line = first_error_line(gateway, None).await;
+    assert!(line.contains(POSING), "rsp gateway: {line}");
+    let mut pe = rsp(&lab, fake, "pe-echo-2");
+    pe.args(["pe", "--pool", "echo"]);
+    let line = first_error_line(pe, None).await;
+    assert!(line.contains(POSING), "rsp pe: {line}");
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        0,
+        "no ASAP byte reached it"
+    );
+}
 
-    let out = rsp(&lab, fake, "gateway-gw-1")
-        .args(["gateway", "--listen", "127.0.0.1:0", "--pool", "echo"])
-        .output()
-        .expect("rsp gateway");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains(POSING), "{err}");
-
-    let mut pe = rsp(&lab, fake, "pe-echo-2")
-        .args(["pe", "--pool", "echo"])
+/// The first line a long-running `rsp` command writes to standard error (after `input` on
+/// its standard input), within a minute; the command is killed then.
+async fn first_error_line(mut cmd: Command, input: Option<&'static [u8]>) -> String {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("rsp pe");
-    let stderr = pe.stderr.take().expect("stderr");
+        .expect("rsp");
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("a line");
+    }
+    let stderr = child.stderr.take().expect("stderr");
     let first = tokio::task::spawn_blocking(move || {
         BufReader::new(stderr)
             .lines()
@@ -92,16 +113,11 @@ async fn a_pe_certificate_posing_as_registrar_fails_every_rsp_command() {
     });
     let line = tokio::time::timeout(Duration::from_secs(60), first)
         .await
-        .expect("rsp pe reports in time")
+        .expect("rsp reports in time")
         .expect("reader");
-    let _ = pe.kill();
-    let _ = pe.wait();
-    assert!(line.contains(POSING), "{line}");
-    assert_eq!(
-        received.load(Ordering::SeqCst),
-        0,
-        "no ASAP byte reached it"
-    );
+    let _ = child.kill();
+    let _ = child.wait();
+    line
 }
 
 /// `--registrar-id` pins the registrar: the genuine registrar passes when it matches, and

@@ -486,7 +486,12 @@ mod tests {
     async fn handshake(server: &TrustStore, client: &TrustStore) -> bool {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(Protocol::Asap));
-        let connector = TlsConnector::from(client.client_config(Protocol::Asap));
+        // A PU dials a PE: it expects that PE's identity, not a registrar's.
+        let expected = trust::IdentityPattern::exact(server.identity().id());
+        let Ok(config) = client.client_config_expecting(Protocol::Asap, expected) else {
+            return false;
+        };
+        let connector = TlsConnector::from(config);
         let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
         let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
         s.is_ok() && c.is_ok()
