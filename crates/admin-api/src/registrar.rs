@@ -176,6 +176,8 @@ pub struct Metrics {
     pub handshake_failures: Vec<(String, u64)>,
     /// Audit records queued and not yet committed (a gauge).
     pub audit_queue: u64,
+    /// Refusals counted into a summary audit record instead of one record each.
+    pub refusals_aggregated: u64,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

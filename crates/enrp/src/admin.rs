@@ -115,6 +115,7 @@ impl Registrar for Control {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
             audit_queue: s.audit_queue,
+            refusals_aggregated: s.refusals_aggregated,
         }
     }
 

@@ -144,6 +144,13 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
     );
     metric(
         &mut out,
+        "rsp_audit_refusals_aggregated_total",
+        "counter",
+        "Refusals (failed handshakes, repeated refused requests) audited in a summary record, not one each.",
+        &one(m.refusals_aggregated),
+    );
+    metric(
+        &mut out,
         "rsp_admin_connections",
         "gauge",
         "Open admin API connections.",

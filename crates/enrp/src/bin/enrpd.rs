@@ -146,6 +146,11 @@ struct RunArgs {
     /// alone after this long without a mentor's handle table (spec §9.3).
     #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
     mentor_timeout_ms: u64,
+    /// Kinds of refusal (failed handshakes per source address, repeated refused requests)
+    /// audited one record each per listener per second; more are counted into summary
+    /// records (docs/SECURITY.md).
+    #[arg(long, env = "ENRPD_REFUSAL_AUDIT_BUDGET", default_value_t = 20)]
+    refusal_audit_budget: u32,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -207,6 +212,7 @@ struct FileConfig {
     peer_no_response_ms: Option<u64>,
     takeover_expiry_ms: Option<u64>,
     mentor_timeout_ms: Option<u64>,
+    refusal_audit_budget: Option<u32>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -315,6 +321,12 @@ impl RunArgs {
             .filter(|_| unset("mentor_timeout_ms"))
         {
             self.mentor_timeout_ms = v;
+        }
+        if let Some(v) = file
+            .refusal_audit_budget
+            .filter(|_| unset("refusal_audit_budget"))
+        {
+            self.refusal_audit_budget = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -609,6 +621,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     }
     settings.peers = args.peers.clone();
     settings.default_namespaces = loaded.default_namespaces;
+    settings.refusal_audit_budget = args.refusal_audit_budget;
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {

@@ -61,11 +61,14 @@ pub(super) async fn accept_loop(
 }
 
 /// Audits a connection refused before it reached the core (handshake failures, revoked
-/// or unusable identities). Batched: nothing waits for it; when the writer is behind,
-/// this connection task waits (backpressure), it never drops the record.
+/// or unusable identities): counted always, written in aggregate ([`super::refusals`]:
+/// one record per source per second, at most the budget per listener), so that nobody
+/// without credentials can make the registrar write a row per connection. Batched:
+/// nothing waits for its commit.
 pub(super) async fn audit_refusal(
     audit: &AuditLog,
     counters: &Counters,
+    protocol: Protocol,
     addr: std::net::SocketAddr,
     peer: Option<&Peer>,
     reason: &'static str,
@@ -84,6 +87,13 @@ pub(super) async fn audit_refusal(
     }
     // The text comes from the TLS library or a certificate: keep it bounded and printable.
     record.detail = Some(super::audit_text(&detail));
+    let scope = match protocol {
+        Protocol::Asap => "asap",
+        Protocol::Enrp => "enrp",
+    };
+    let Some(record) = counters.note_refusal(scope, record) else {
+        return;
+    };
     if let Err(e) = audit.append(record, Durability::Batched).await {
         tracing::error!(error = %e, "cannot audit a refused connection");
     }
@@ -119,30 +129,29 @@ pub(super) async fn authenticate<T: TlsSession>(
     audit: &AuditLog,
     counters: &Counters,
 ) -> Option<(T, Peer)> {
-    let tls = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
+    let refused = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => match protocol
+            .check_alpn(tls.common())
+            .and_then(|()| Peer::from_tls(tls.common()))
+        {
+            Ok(peer) => return Some((tls, peer)),
+            Err(e) => {
+                tracing::info!(%addr, ?protocol, error = %e, "connection refused after handshake");
+                ("identity", e.to_string())
+            }
+        },
         Ok(Err(e)) => {
             tracing::info!(%addr, ?protocol, error = %e, "TLS handshake failed");
-            audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
-            return None;
+            ("tls-handshake", e.to_string())
         }
         Err(_) => {
             tracing::info!(%addr, ?protocol, "TLS handshake timed out");
-            audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
-            return None;
+            ("tls-timeout", String::new())
         }
     };
-    match protocol
-        .check_alpn(tls.common())
-        .and_then(|()| Peer::from_tls(tls.common()))
-    {
-        Ok(peer) => Some((tls, peer)),
-        Err(e) => {
-            tracing::info!(%addr, ?protocol, error = %e, "connection refused after handshake");
-            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
-            None
-        }
-    }
+    let (reason, detail) = refused;
+    audit_refusal(audit, counters, protocol, addr, None, reason, detail).await;
+    None
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,7 +241,16 @@ async fn admit(
         )),
         Err(e) => {
             tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
-            audit_refusal(audit, counters, addr, Some(peer), "revoked", e.to_string()).await;
+            audit_refusal(
+                audit,
+                counters,
+                Protocol::Asap,
+                addr,
+                Some(peer),
+                "revoked",
+                e.to_string(),
+            )
+            .await;
             None
         }
     }

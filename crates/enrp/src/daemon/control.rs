@@ -10,9 +10,10 @@ use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, Policy, PoolHandle, ServerId};
 use tokio::sync::{mpsc, oneshot};
 use trust::Grant;
-use trust::audit::AuditLog;
+use trust::audit::{AuditLog, Record};
 
 use super::Event;
+use super::refusals::Refusals;
 use crate::registrar::{AuditAction, AuditEvent, Core, Declared, Input, Revocation, Scope};
 
 /// A pool as the admin API shows it.
@@ -62,10 +63,13 @@ pub struct Snapshot {
     pub handshake_failures: BTreeMap<&'static str, u64>,
     /// Audit records queued, not yet committed.
     pub audit_queue: u64,
+    /// Refusals counted into a summary audit record instead of one record each
+    /// (docs/SECURITY.md, audit budget).
+    pub refusals_aggregated: u64,
 }
 
 /// Counters kept by the daemon's tasks (monotonic).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     registrations: AtomicU64,
     resolutions: AtomicU64,
@@ -76,9 +80,41 @@ pub struct Counters {
     /// The core is in its start-up phase (spec §9.3): not ready. The core task keeps it
     /// in step, so that `/readyz` need not queue behind the core's work.
     pub(super) starting: AtomicBool,
+    /// Refusals on their way to the audit log, aggregated ([`super::refusals`]).
+    refusals: Mutex<Refusals>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(super::refusals::DEFAULT_BUDGET)
+    }
 }
 
 impl Counters {
+    /// Counters that audit at most `refusal_budget` kinds of refusal individually per
+    /// scope per second ([`super::refusals`]).
+    pub(super) fn new(refusal_budget: u32) -> Self {
+        Self {
+            registrations: AtomicU64::default(),
+            resolutions: AtomicU64::default(),
+            rejections: Mutex::default(),
+            handshake_failures: Mutex::default(),
+            starting: AtomicBool::default(),
+            refusals: Mutex::new(Refusals::new(refusal_budget)),
+        }
+    }
+
+    /// A refusal in `scope` (a listener, or `core`): the record to write now, if any
+    /// (repeats and refusals over the budget are written in aggregate by
+    /// [`Counters::flush_refusals`]).
+    pub(super) fn note_refusal(&self, scope: &'static str, record: Record) -> Option<Record> {
+        locked(&self.refusals).note(scope, record)
+    }
+
+    /// The aggregate records of the interval that ends now.
+    pub(super) fn flush_refusals(&self) -> Vec<Record> {
+        locked(&self.refusals).flush(super::now_ms())
+    }
     /// Counts what an audit record of the core says happened.
     pub(super) fn count(&self, event: &AuditEvent) {
         match (event.action, event.outcome) {
@@ -210,6 +246,10 @@ impl Control {
         }
     }
 
+    pub(super) fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
     pub(super) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -315,6 +355,7 @@ impl Control {
             rejections: locked(&self.counters.rejections).clone(),
             handshake_failures: locked(&self.counters.handshake_failures).clone(),
             audit_queue: self.audit.stats().queued as u64,
+            refusals_aggregated: locked(&self.counters.refusals).aggregated(),
         }
     }
 }

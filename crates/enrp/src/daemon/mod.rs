@@ -15,6 +15,7 @@ mod connection;
 mod control;
 mod listen;
 mod peer;
+mod refusals;
 
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
 
@@ -87,6 +88,10 @@ pub struct Settings {
     /// long is no longer dialed (until the core asks again: a list naming it at a new
     /// address; or it dials us). Default 10 min.
     pub learnt_peer_give_up: Duration,
+    /// Kinds of refusal (failed handshakes per source, repeated refused requests) audited
+    /// one record each per listener per second; more are counted into summary records
+    /// (docs/SECURITY.md). Default 20.
+    pub refusal_audit_budget: u32,
 }
 
 impl Settings {
@@ -109,6 +114,7 @@ impl Settings {
             peers: Vec::new(),
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
+            refusal_audit_budget: refusals::DEFAULT_BUDGET,
         }
     }
 }
@@ -371,7 +377,7 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut core = Core::new(settings.registrar.clone(), grants);
         core.set_default_namespaces(settings.default_namespaces.clone());
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(settings.refusal_audit_budget));
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {
             core.begin_startup(tokio::time::Instant::now().into_std());
@@ -393,7 +399,11 @@ impl Daemon {
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);
-        let mut peer_tasks = Vec::new();
+        let mut peer_tasks = vec![tokio::spawn(audit_refusals(
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        ))];
         if let Some((_, addr)) = &enrp_listener {
             tracing::info!(%addr, "serving ENRP over TLS");
         }
@@ -541,6 +551,8 @@ impl Daemon {
             let _ = t.await;
         }
         let core = self.core_task.await.unwrap_or(Ok(()));
+        // The core's last refusals, after the flush task's last round.
+        write_refusals(&self.audit, &self.control.counters()).await;
         let flushed = self.audit.shutdown().await.map_err(Error::from);
         core.and(flushed)
     }
@@ -552,6 +564,32 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writes the aggregate refusal records ([`refusals`]) once per interval until the
+/// daemon stops, and once more then.
+async fn audit_refusals(audit: AuditLog, counters: Arc<Counters>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(refusals::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = std::pin::pin!(connection::stopped(stop));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_refusals(&audit, &counters).await,
+            () = &mut stopped => break,
+        }
+    }
+    write_refusals(&audit, &counters).await;
+}
+
+async fn write_refusals(audit: &AuditLog, counters: &Counters) {
+    for record in counters.flush_refusals() {
+        if let Err(e) = audit
+            .append(record, trust::audit::Durability::Batched)
+            .await
+        {
+            tracing::error!(error = %e, "cannot audit refusals in aggregate");
+        }
+    }
 }
 
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
@@ -679,7 +717,16 @@ async fn execute(
         match action {
             Action::Audit { event, durability } => {
                 counters.count(&event);
-                let record = to_record(event);
+                let refused = event.outcome.is_some();
+                let mut record = to_record(event);
+                // A refusal changes nothing: its repeats are audited in aggregate, so that
+                // an authenticated client cannot make a row per request either.
+                if refused {
+                    match counters.note_refusal("core", record) {
+                        Some(r) => record = r,
+                        None => continue,
+                    }
+                }
                 let queued = match durability {
                     Durability::Batched => audit
                         .append(record, trust::audit::Durability::Batched)

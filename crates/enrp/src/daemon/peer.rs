@@ -374,29 +374,32 @@ async fn serve_legacy(
         Some(sid) => (sid, None),
         None => {
             let first = tokio::time::timeout(settings.handshake_timeout, reader.next()).await;
-            let Ok(Ok(Some(frame))) = first else {
-                let detail = "legacy ENRP association: no message".to_owned();
-                audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
-                return;
-            };
-            let sender = EnrpMsg::decode(&frame).map(|m| (m.msg.sender, m));
-            let known = sender.as_ref().ok().and_then(|(sid, _)| {
-                settings.legacy_peers.iter().find(|p| {
-                    p.server_id == *sid && p.at.addrs().iter().any(|a| a.ip() == addr.ip())
-                })
-            });
-            match (known, sender) {
-                (Some(p), Ok((_, msg))) => (p.server_id, Some(msg)),
-                (_, sender) => {
-                    let detail = match sender {
-                        Ok((sid, _)) => format!(
+            let admitted = match first {
+                Ok(Ok(Some(frame))) => {
+                    let sender = EnrpMsg::decode(&frame).map(|m| (m.msg.sender, m));
+                    let known = sender.as_ref().ok().and_then(|(sid, _)| {
+                        settings.legacy_peers.iter().find(|p| {
+                            p.server_id == *sid && p.at.addrs().iter().any(|a| a.ip() == addr.ip())
+                        })
+                    });
+                    match (known, sender) {
+                        (Some(p), Ok((_, msg))) => Ok((p.server_id, Some(msg))),
+                        (_, Ok((sid, _))) => Err(format!(
                             "unauthenticated legacy ENRP association: Server ID {sid} from {} is not a configured legacy peer",
                             addr.ip()
-                        ),
-                        Err(e) => format!("unauthenticated legacy ENRP association: {e}"),
-                    };
+                        )),
+                        (_, Err(e)) => Err(format!("unauthenticated legacy ENRP association: {e}")),
+                    }
+                }
+                _ => Err("legacy ENRP association: no message".to_owned()),
+            };
+            match admitted {
+                Ok(first) => first,
+                Err(detail) => {
                     tracing::warn!(%addr, %detail, "legacy ENRP association refused");
-                    audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
+                    let reason = "legacy peer unknown";
+                    audit_refusal(audit, counters, Protocol::Enrp, addr, None, reason, detail)
+                        .await;
                     return;
                 }
             }
@@ -567,7 +570,16 @@ pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let live = match trust.register_connection(&peer) {
         Ok(live) => live,
         Err(e) => {
-            audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
+            audit_refusal(
+                audit,
+                counters,
+                Protocol::Enrp,
+                addr,
+                Some(&peer),
+                "revoked",
+                e.to_string(),
+            )
+            .await;
             return;
         }
     };

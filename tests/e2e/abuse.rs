@@ -1,0 +1,185 @@
+//! Abuse bounds (issue 18, docs/SECURITY.md): floods by clients without credentials, or
+//! with credentials but too much zeal, against a real `enrpd`. Each flood is bounded in
+//! time and count and targets loopback only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use trust::Protocol;
+
+use crate::registrar::{accepted, registration, resolution, resolved};
+use crate::support::{Asap, Lab};
+
+/// A client that offers no certificate (the registrar requires one).
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::client::ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// One handshake without a client certificate, through to the registrar's refusal.
+/// `true` once the registrar refused it (it cannot accept it: no certificate).
+async fn handshake_without_certificate(config: Arc<rustls::ClientConfig>, to: SocketAddr) -> bool {
+    let Ok(tcp) = TcpStream::connect(to).await else {
+        return false;
+    };
+    let name = ServerName::try_from("localhost").expect("server name");
+    // TLS 1.3: the client may finish before the server's alert; reading shows the refusal.
+    match TlsConnector::from(config).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte)).await,
+                Ok(Err(_) | Ok(0))
+            )
+        }
+    }
+}
+
+/// The audit records of `actions`, read from the data directory after enrpd stopped.
+async fn audit_rows(lab: &Lab, actions: &[&str]) -> Vec<trust::audit::Record> {
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    let mut filter = trust::audit::AuditFilter::default();
+    filter.limit = 1000;
+    let mut rows = Vec::new();
+    loop {
+        let page = trust::audit::query(&mut conn, &filter)
+            .await
+            .expect("query");
+        rows.extend(
+            page.events
+                .into_iter()
+                .map(|e| e.record)
+                .filter(|r| actions.contains(&r.action.as_ref())),
+        );
+        match page.next {
+            Some(next) => filter.cursor = Some(next),
+            None => return rows,
+        }
+    }
+}
+
+/// How many refusals a record stands for: 1, or the count of a summary record.
+fn refusals_in(r: &trust::audit::Record) -> u64 {
+    let detail = r.detail.as_deref().unwrap_or_default();
+    if !detail.contains("aggregated") {
+        return 1;
+    }
+    detail
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a summary starts with its count: {detail:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_without_certificate_is_audited_in_aggregate_and_pus_keep_resolving() {
+    const FLOOD: Duration = Duration::from_secs(3);
+    const FLOODERS: usize = 8;
+    // Bounded in count too (a fast machine): about 1,100 a second from one script.
+    const MOST: u64 = 20_000;
+    let lab = Lab::new();
+    lab.init_registrar();
+    // Long keep-alive timers: the PE below does not answer them.
+    let mut registrar = lab.start_registrar_with(60_000, 60_000);
+    let pe_id = lab.identity("pe-echo-1");
+    let mut pe = Asap::connect(&pe_id, registrar.addr).await.expect("PE");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), registrar.addr)
+        .await
+        .expect("PU");
+
+    let mut config = (*lab.identity("pu-client-1").client_config(Protocol::Asap)).clone();
+    config.client_auth_cert_resolver = Arc::new(NoCertificate);
+    let config = Arc::new(config);
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let (config, refused, to) = (Arc::clone(&config), Arc::clone(&refused), registrar.addr);
+            tokio::spawn(async move {
+                while started.elapsed() < FLOOD && refused.load(Ordering::Relaxed) < MOST {
+                    if handshake_without_certificate(Arc::clone(&config), to).await {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // A well-behaved PU resolves all along.
+    let mut latencies = Vec::new();
+    while started.elapsed() < FLOOD {
+        let sent = Instant::now();
+        pu.send(&resolution("echo")).await;
+        assert_eq!(
+            resolved(pu.recv_reply().await),
+            Ok(vec![(7, "spiffe://acme.test/pe/echo-1".to_owned())]),
+            "the PU is answered during the flood"
+        );
+        latencies.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in flooders {
+        f.await.expect("flooder");
+    }
+    let elapsed = started.elapsed();
+    let refused = refused.load(Ordering::Relaxed);
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    eprintln!(
+        "flood: {refused} handshakes without a certificate in {elapsed:?}; \
+         PU resolutions during it: {} answered, p50 {p50:?}, max {max:?}",
+        latencies.len()
+    );
+    assert!(refused > 100, "the flood ran: {refused} handshakes");
+    assert!(max < Duration::from_secs(2), "resolution latency {max:?}");
+    assert!(
+        registrar.child.try_wait().expect("status").is_none(),
+        "enrpd stays up"
+    );
+    // Let the last interval's summary be written, then stop cleanly (the rest is flushed).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop((pe, pu));
+    assert!(registrar.terminate().success());
+
+    let rows = audit_rows(&lab, &["handshake", "refusals"]).await;
+    // One source: at most its first refusal and one summary per second (one more
+    // interval for the flush at shutdown).
+    let seconds = elapsed.as_secs() + 3;
+    assert!(
+        rows.len() as u64 <= 2 * seconds,
+        "{} audit rows for {refused} refused handshakes in {elapsed:?}",
+        rows.len()
+    );
+    // ...and every refusal is counted in them.
+    let counted: u64 = rows.iter().map(refusals_in).sum();
+    assert_eq!(counted, refused, "{rows:?}");
+    eprintln!(
+        "audit: {} rows for {refused} refused handshakes",
+        rows.len()
+    );
+}
