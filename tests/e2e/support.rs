@@ -324,15 +324,21 @@ impl Asap {
     /// The next message, or `None` if the registrar closed the connection or said nothing
     /// for 5 s.
     pub(crate) async fn recv(&mut self) -> Option<AsapMsg> {
-        let frame = tokio::time::timeout(Duration::from_secs(5), self.reader.next())
-            .await
-            .ok()?
-            .ok()??;
+        let frame = self.recv_frame().await?;
         Some(
             AsapMsg::decode(&frame)
                 .expect("the registrar sends valid messages")
                 .msg,
         )
+    }
+
+    /// The next message's bytes, undecoded (as [`Asap::recv`]: `None` when closed or
+    /// after 5 s of silence).
+    pub(crate) async fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(Duration::from_secs(5), self.reader.next())
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// The next message that is not an endpoint keep-alive.

@@ -481,10 +481,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
             tracing::debug!(?conn, "idle: closing");
             return;
         };
-        let input = match next {
+        let event = match next {
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
-                Ok(msg) => Input::Asap { conn, msg },
-                Err(error) => Input::Malformed { conn, error },
+                Ok(msg) => Event::Input(Input::Asap { conn, msg }),
+                // A registration or deregistration that fails validation gets its own
+                // response (spec §7.1, §7.9), built from its bytes: the core, which sees
+                // only the decode error, would answer ASAP_ERROR.
+                Err(error) => match error
+                    .cause()
+                    .and_then(|cause| ::asap::wire::rejection(&frame, &cause))
+                {
+                    Some(response) => Event::Invalid {
+                        conn,
+                        error,
+                        response,
+                    },
+                    None => Event::Input(Input::Malformed { conn, error }),
+                },
             },
             Ok(None) => return,
             Err(ReadError::Framing(error)) => {
@@ -500,7 +513,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         // Bounded: a client that sends faster than the core works waits here.
-        if events.send(Event::Input(input)).await.is_err() {
+        if events.send(event).await.is_err() {
             return;
         }
     }

@@ -216,6 +216,14 @@ enum Event {
         writer: ConnHandle,
     },
     Input(Input),
+    /// A registration or deregistration that failed validation ([`Input::Malformed`] for
+    /// the core), answered with `response` (its own response message, spec §7.1, §7.9)
+    /// instead of the core's ASAP_ERROR.
+    Invalid {
+        conn: ConnId,
+        error: ::asap::wire::DecodeError,
+        response: Vec<u8>,
+    },
     /// The admin API's questions, answered from the core between inputs.
     Query(control::Query),
     /// An input whose PE removals are counted back once their audit records committed.
@@ -631,6 +639,7 @@ async fn run_core(
             },
         };
         let now = tokio::time::Instant::now().into_std();
+        let mut response = None;
         let actions = match event {
             None => core.handle_timeout(now),
             Some(Event::Connected {
@@ -661,6 +670,21 @@ async fn run_core(
                 }
                 core.handle(input, now)
             }
+            Some(Event::Invalid {
+                conn,
+                error,
+                response: bytes,
+            }) => {
+                let mut actions = core.handle(Input::Malformed { conn, error }, now);
+                let before = actions.len();
+                actions.retain(|a| {
+                    !matches!(a, Action::Send { conn: c, msg: ::asap::wire::AsapMsg::Error(_) } if *c == conn)
+                });
+                if actions.len() < before {
+                    response = Some((conn, bytes));
+                }
+                actions
+            }
             Some(Event::Query(query)) => {
                 query.answer(&core, now);
                 continue;
@@ -676,6 +700,10 @@ async fn run_core(
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
         let gate = execute(actions, &writers, &audit, &counters, &dials).await?;
+        if let Some((conn, bytes)) = response {
+            let gate = gate.clone();
+            deliver(&writers, conn, Outgoing::Message { bytes, gate });
+        }
         if let Some(reply) = done {
             // The operator hears back once the removals are durable in the audit log.
             tokio::spawn(async move {
