@@ -99,8 +99,11 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         max_pes_per_registrant: 1_000_000,
     };
     config.rng_seed = 1;
+    let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
+    // The benchmark's clients load the registrar on purpose: no request rate limits.
+    settings.rate_limits = enrp::daemon::RateLimits::UNLIMITED;
     let daemon = Daemon::start(
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config),
+        settings,
         Arc::new(trust),
         audit.clone(),
         setup::default_grants(&domain),

@@ -183,3 +183,70 @@ async fn handshake_flood_without_certificate_is_audited_in_aggregate_and_pus_kee
         rows.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_over_the_rate_limit_get_0x6_and_other_clients_do_not_notice() {
+    // The defaults: 100 resolutions a second per connection, bursts of 200.
+    const SENT: usize = 600;
+    let lab = Lab::new();
+    lab.pki(&["issue", "pu", "client-2"]);
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(60_000, 60_000);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut greedy = Asap::connect(&lab.identity("pu-client-1"), registrar.addr)
+        .await
+        .expect("PU");
+    let started = Instant::now();
+    for _ in 0..SENT {
+        greedy.send(&resolution("echo")).await;
+    }
+    let mut answered = 0;
+    let mut limited = 0;
+    for _ in 0..SENT {
+        match resolved(greedy.recv_reply().await) {
+            Ok(_) => answered += 1,
+            Err(0x6) => limited += 1,
+            Err(other) => panic!("cause {other:#x}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("rate limit: {answered} answered, {limited} refused with 0x6 in {elapsed:?}");
+    // Every request is answered, the burst and what the rate refilled with PEs...
+    assert!(answered >= 200, "{answered}");
+    let refill = 100.0 * elapsed.as_secs_f64();
+    assert!(
+        (answered as f64) <= 200.0 + refill + 1.0,
+        "{answered} answered in {elapsed:?}"
+    );
+    // ...the rest with cause 0x6.
+    assert!(limited > 0 && answered + limited == SENT);
+    // Another PU resolves as usual meanwhile; the greedy one again once its bucket refilled.
+    let mut other = Asap::connect(&lab.identity("pu-client-2"), registrar.addr)
+        .await
+        .expect("PU 2");
+    other.send(&resolution("echo")).await;
+    assert!(resolved(other.recv_reply().await).is_ok());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    greedy.send(&resolution("echo")).await;
+    assert!(resolved(greedy.recv_reply().await).is_ok());
+    drop((pe, greedy, other));
+    assert!(registrar.terminate().success());
+
+    // Audited as refusals, in aggregate: the first, then a summary with the count.
+    let rows: Vec<_> = audit_rows(&lab, &["resolve"])
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == trust::audit::Outcome::Cause(0x6))
+        .collect();
+    let counted: u64 = rows.iter().map(refusals_in).sum();
+    assert_eq!(counted, limited as u64, "{rows:?}");
+    assert!(
+        rows.len() <= 4,
+        "{} rows for {limited} refusals",
+        rows.len()
+    );
+}

@@ -403,7 +403,8 @@ async fn sighup_presents_a_renewed_certificate_and_keeps_live_connections() {
 async fn sigkill_during_registrations_loses_no_acknowledged_record() {
     let lab = Lab::new();
     lab.init_registrar();
-    let mut registrar = lab.start_registrar();
+    // A storm on one connection, far above what a real PE sends: no rate limit.
+    let mut registrar = lab.start_registrar_with_args(200, 200, &["--rate-registrations", "0"]);
     let pe_id = lab.identity("pe-echo-1");
     let mut pe = Asap::connect(&pe_id, registrar.addr)
         .await

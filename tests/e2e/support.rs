@@ -80,7 +80,17 @@ impl Lab {
     /// (ms). Tests whose PEs do not answer keep-alives use long ones, so that a slow
     /// machine does not remove a PE in the middle of the test.
     pub(crate) fn start_registrar_with(&self, interval_ms: u32, timeout_ms: u32) -> Registrar {
-        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms)
+        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms, &[])
+    }
+
+    /// [`Lab::start_registrar_with`], with `extra` flags for `enrpd run`.
+    pub(crate) fn start_registrar_with_args(
+        &self,
+        interval_ms: u32,
+        timeout_ms: u32,
+        extra: &[&str],
+    ) -> Registrar {
+        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms, extra)
     }
 
     /// `enrpd run` on `addr` (a registrar restarted on the port it had), with these
@@ -91,12 +101,18 @@ impl Lab {
         interval_ms: u32,
         timeout_ms: u32,
     ) -> Registrar {
-        self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms)
+        self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms, &[])
     }
 
     /// `enrpd run` with ASAP on `asap_listen` and the admin API on a free loopback port;
     /// both addresses come from the line it prints once it serves.
-    fn spawn_registrar(&self, asap_listen: &str, interval_ms: u32, timeout_ms: u32) -> Registrar {
+    fn spawn_registrar(
+        &self,
+        asap_listen: &str,
+        interval_ms: u32,
+        timeout_ms: u32,
+        extra: &[&str],
+    ) -> Registrar {
         let (interval, timeout) = (interval_ms.to_string(), timeout_ms.to_string());
         let mut child = Command::new(bin("enrpd"))
             .arg("run")
@@ -108,6 +124,7 @@ impl Lab {
             .args(["--enrp-listen", "127.0.0.1:0"])
             .args(["--keep-alive-interval-ms", &interval])
             .args(["--keep-alive-timeout-ms", &timeout])
+            .args(extra)
             .env("ENRPD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

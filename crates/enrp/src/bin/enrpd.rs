@@ -151,6 +151,19 @@ struct RunArgs {
     /// records (docs/SECURITY.md).
     #[arg(long, env = "ENRPD_REFUSAL_AUDIT_BUDGET", default_value_t = 20)]
     refusal_audit_budget: u32,
+    /// Handle resolutions a connection may send per second (bursts of twice that; an
+    /// identity ten times that over all its connections); more are answered with cause
+    /// 0x6. 0: no limit.
+    #[arg(long, env = "ENRPD_RATE_RESOLUTIONS", default_value_t = 100)]
+    rate_resolutions: u32,
+    /// Registrations and deregistrations a connection may send per second (as
+    /// --rate-resolutions).
+    #[arg(long, env = "ENRPD_RATE_REGISTRATIONS", default_value_t = 100)]
+    rate_registrations: u32,
+    /// Endpoint unreachable reports a connection may send per second (as
+    /// --rate-resolutions; more are dropped).
+    #[arg(long, env = "ENRPD_RATE_UNREACHABLE", default_value_t = 10)]
+    rate_unreachable: u32,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -213,6 +226,9 @@ struct FileConfig {
     takeover_expiry_ms: Option<u64>,
     mentor_timeout_ms: Option<u64>,
     refusal_audit_budget: Option<u32>,
+    rate_resolutions: Option<u32>,
+    rate_registrations: Option<u32>,
+    rate_unreachable: Option<u32>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -327,6 +343,18 @@ impl RunArgs {
             .filter(|_| unset("refusal_audit_budget"))
         {
             self.refusal_audit_budget = v;
+        }
+        if let Some(v) = file.rate_resolutions.filter(|_| unset("rate_resolutions")) {
+            self.rate_resolutions = v;
+        }
+        if let Some(v) = file
+            .rate_registrations
+            .filter(|_| unset("rate_registrations"))
+        {
+            self.rate_registrations = v;
+        }
+        if let Some(v) = file.rate_unreachable.filter(|_| unset("rate_unreachable")) {
+            self.rate_unreachable = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -622,6 +650,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     settings.peers = args.peers.clone();
     settings.default_namespaces = loaded.default_namespaces;
     settings.refusal_audit_budget = args.refusal_audit_budget;
+    let rate = |per_sec| enrp::daemon::Rate { per_sec };
+    settings.rate_limits = enrp::daemon::RateLimits {
+        resolutions: rate(args.rate_resolutions),
+        registrations: rate(args.rate_registrations),
+        unreachable: rate(args.rate_unreachable),
+    };
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {

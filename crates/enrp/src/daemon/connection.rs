@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
+use super::limits::{Buckets, Kind};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
@@ -173,6 +174,7 @@ async fn serve(
         let io = Io {
             settings: &settings,
             events: &events,
+            counters: &counters,
         };
         run(
             conn,
@@ -207,6 +209,7 @@ async fn serve(
     let io = Io {
         settings: &settings,
         events: &events,
+        counters: &counters,
     };
     run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
@@ -261,6 +264,8 @@ async fn admit(
 struct Io<'a> {
     settings: &'a Settings,
     events: &'a mpsc::Sender<Event>,
+    /// Also the rate limiter ([`super::limits`]).
+    counters: &'a Counters,
 }
 
 /// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
@@ -313,6 +318,7 @@ pub(super) async fn dial_pes(
             let io = Io {
                 settings: &settings,
                 events: &events,
+                counters: &counters,
             };
             let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
             let then = Some(Input::PeDialed {
@@ -421,8 +427,13 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     stop: watch::Receiver<bool>,
     then: Option<Input>,
 ) {
-    let Io { settings, events } = io;
+    let Io {
+        settings,
+        events,
+        counters,
+    } = io;
     let addr = client.addr;
+    let limited = client.clone();
     tracing::debug!(?conn, %addr, id = %client.id, "ASAP connection");
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
@@ -457,7 +468,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     };
     tokio::select! {
-        () = read_loop(conn, reader, events, settings.idle_timeout) => {}
+        () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters) => {}
         () = write_loop(write_half, rx) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
@@ -475,7 +486,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
     idle_timeout: std::time::Duration,
+    client: &Client,
+    counters: &Counters,
 ) {
+    let mut buckets = Buckets::default();
     loop {
         let Ok(next) = tokio::time::timeout(idle_timeout, reader.next()).await else {
             tracing::debug!(?conn, "idle: closing");
@@ -483,7 +497,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         let event = match next {
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
-                Ok(msg) => Event::Input(Input::Asap { conn, msg }),
+                Ok(msg) => {
+                    let kind = Kind::of(&msg.msg);
+                    let now = tokio::time::Instant::now().into_std();
+                    match kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now)) {
+                        Some(Err(over)) => Event::Limited {
+                            conn,
+                            client: client.clone(),
+                            msg: msg.msg,
+                            over,
+                        },
+                        _ => Event::Input(Input::Asap { conn, msg }),
+                    }
+                }
                 // A registration or deregistration that fails validation gets its own
                 // response (spec §7.1, §7.9), built from its bytes: the core, which sees
                 // only the decode error, would answer ASAP_ERROR.

@@ -82,18 +82,24 @@ pub struct Counters {
     pub(super) starting: AtomicBool,
     /// Refusals on their way to the audit log, aggregated ([`super::refusals`]).
     refusals: Mutex<Refusals>,
+    /// The request rate limits and the identities' buckets ([`super::limits`]), shared by
+    /// the connection tasks like these counters.
+    pub(super) limiter: super::limits::Limiter,
 }
 
 impl Default for Counters {
     fn default() -> Self {
-        Self::new(super::refusals::DEFAULT_BUDGET)
+        Self::new(
+            super::refusals::DEFAULT_BUDGET,
+            super::limits::RateLimits::default(),
+        )
     }
 }
 
 impl Counters {
     /// Counters that audit at most `refusal_budget` kinds of refusal individually per
-    /// scope per second ([`super::refusals`]).
-    pub(super) fn new(refusal_budget: u32) -> Self {
+    /// scope per second ([`super::refusals`]), with these request rate limits.
+    pub(super) fn new(refusal_budget: u32, rate_limits: super::limits::RateLimits) -> Self {
         Self {
             registrations: AtomicU64::default(),
             resolutions: AtomicU64::default(),
@@ -101,6 +107,7 @@ impl Counters {
             handshake_failures: Mutex::default(),
             starting: AtomicBool::default(),
             refusals: Mutex::new(Refusals::new(refusal_budget)),
+            limiter: super::limits::Limiter::new(rate_limits),
         }
     }
 

@@ -13,11 +13,13 @@
 
 mod connection;
 mod control;
+mod limits;
 mod listen;
 mod peer;
 mod refusals;
 
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
+pub use limits::{IDENTITY_FACTOR, Rate, RateLimits};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -92,6 +94,9 @@ pub struct Settings {
     /// one record each per listener per second; more are counted into summary records
     /// (docs/SECURITY.md). Default 20.
     pub refusal_audit_budget: u32,
+    /// Request rate limits per connection (and [`IDENTITY_FACTOR`] times as much per
+    /// identity); over them a request is answered with cause 0x6 (docs/SECURITY.md).
+    pub rate_limits: RateLimits,
 }
 
 impl Settings {
@@ -115,6 +120,7 @@ impl Settings {
             default_namespaces: Vec::new(),
             learnt_peer_give_up: Duration::from_secs(600),
             refusal_audit_budget: refusals::DEFAULT_BUDGET,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -223,6 +229,13 @@ enum Event {
         conn: ConnId,
         error: ::asap::wire::DecodeError,
         response: Vec<u8>,
+    },
+    /// A request refused by a rate limit before it reached the core ([`limits`]).
+    Limited {
+        conn: ConnId,
+        client: Client,
+        msg: ::asap::wire::AsapMsg,
+        over: limits::Over,
     },
     /// The admin API's questions, answered from the core between inputs.
     Query(control::Query),
@@ -385,7 +398,10 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut core = Core::new(settings.registrar.clone(), grants);
         core.set_default_namespaces(settings.default_namespaces.clone());
-        let counters = Arc::new(Counters::new(settings.refusal_audit_budget));
+        let counters = Arc::new(Counters::new(
+            settings.refusal_audit_budget,
+            settings.rate_limits,
+        ));
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {
             core.begin_startup(tokio::time::Instant::now().into_std());
@@ -685,6 +701,12 @@ async fn run_core(
                 }
                 actions
             }
+            Some(Event::Limited {
+                conn,
+                client,
+                msg,
+                over,
+            }) => limits::refused(conn, &client, &msg, over),
             Some(Event::Query(query)) => {
                 query.answer(&core, now);
                 continue;
