@@ -102,6 +102,10 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
     // The benchmark's clients load the registrar on purpose: no request rate limits.
     settings.rate_limits = enrp::daemon::RateLimits::UNLIMITED;
+    // All its clients share one address and one identity.
+    settings.max_connections_per_ip = usize::MAX;
+    settings.max_handshakes_per_ip = usize::MAX;
+    settings.max_connections_per_identity = usize::MAX;
     let daemon = Daemon::start(
         settings,
         Arc::new(trust),

@@ -250,3 +250,102 @@ async fn resolutions_over_the_rate_limit_get_0x6_and_other_clients_do_not_notice
         rows.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_and_per_identity_connection_caps_hold_and_spare_other_clients() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with_args(
+        60_000,
+        60_000,
+        &[
+            "--max-handshakes-per-ip",
+            "4",
+            "--max-connections-per-ip",
+            "8",
+            "--max-connections-per-identity",
+            "3",
+        ],
+    );
+    let (attacker, other_host) = (
+        std::net::Ipv4Addr::LOCALHOST,
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+    );
+    // Ten silent TCP connections from one address: four wait in their handshake, the
+    // others are closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(registrar.addr).await.expect("TCP"));
+    }
+    let mut closed = 0;
+    for tcp in &mut silent {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6, "all but the handshake cap closed");
+    // Meanwhile the same address cannot start another handshake, another host can.
+    let pu = lab.identity("pu-client-1");
+    let refused = match Asap::connect_from(&pu, registrar.addr, attacker).await {
+        Err(_) => true,
+        Ok(mut c) => {
+            c.send(&resolution("echo")).await;
+            c.recv().await.is_none()
+        }
+    };
+    assert!(refused, "over the per-address handshake cap");
+    // One identity: three connections, the fourth closed after its handshake.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Asap::connect_from(&pu, registrar.addr, other_host)
+            .await
+            .expect("PU");
+        c.send(&resolution("echo")).await;
+        assert_eq!(resolved(c.recv_reply().await), Err(0x9), "served");
+        held.push(c);
+    }
+    let mut fourth = Asap::connect_from(&pu, registrar.addr, other_host)
+        .await
+        .expect("the handshake completes");
+    fourth.send(&resolution("echo")).await;
+    assert!(fourth.recv().await.is_none(), "over the per-identity cap");
+    // Another identity from that host is served.
+    let mut pe = Asap::connect_from(&lab.identity("pe-echo-1"), registrar.addr, other_host)
+        .await
+        .expect("PE");
+    // (Its address is not the PE's user address: a resolution, answered whatever it says.)
+    pe.send(&resolution("echo")).await;
+    assert!(
+        pe.recv_reply().await.is_some(),
+        "another identity is served"
+    );
+    // The silent ones gone, the first address is served again.
+    drop(silent);
+    let mut back = None;
+    for _ in 0..50 {
+        if let Ok(mut c) =
+            Asap::connect_from(&lab.identity("pe-echo-2"), registrar.addr, attacker).await
+        {
+            c.send(&resolution("echo")).await;
+            if c.recv_reply().await.is_some() {
+                back = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back.is_some(), "served again once its connections closed");
+    drop((held, fourth, pe, back));
+    assert!(registrar.terminate().success());
+    let rows = audit_rows(&lab, &["handshake", "refusals"]).await;
+    for reason in ["per-ip-cap", "per-identity-cap"] {
+        assert!(
+            rows.iter()
+                .any(|r| r.outcome == trust::audit::Outcome::Refused(reason.into())),
+            "{reason} audited: {rows:?}"
+        );
+    }
+}

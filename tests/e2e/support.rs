@@ -310,8 +310,19 @@ pub(crate) struct Asap {
 
 impl Asap {
     pub(crate) async fn connect(store: &TrustStore, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::connect_from(store, addr, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// [`Asap::connect`] from the loopback address `from` (127.0.0.2 is another host).
+    pub(crate) async fn connect_from(
+        store: &TrustStore,
+        addr: SocketAddr,
+        from: std::net::Ipv4Addr,
+    ) -> std::io::Result<Self> {
         let connector = TlsConnector::from(store.client_config(Protocol::Asap));
-        let tcp = TcpStream::connect(addr).await?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((from, 0).into())?;
+        let tcp = socket.connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("server name");
         let tls = connector.connect(name, tcp).await?;
         let (r, w) = tokio::io::split(tls);

@@ -164,6 +164,21 @@ struct RunArgs {
     /// --rate-resolutions; more are dropped).
     #[arg(long, env = "ENRPD_RATE_UNREACHABLE", default_value_t = 10)]
     rate_unreachable: u32,
+    /// Connections from one IP address per listener (ASAP, ENRP, legacy); more are
+    /// closed at once, counted and audited in aggregate.
+    #[arg(long, env = "ENRPD_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
+    /// Of those, connections still in their TLS handshake.
+    #[arg(long, env = "ENRPD_MAX_HANDSHAKES_PER_IP", default_value_t = 64)]
+    max_handshakes_per_ip: usize,
+    /// Authenticated ASAP connections of one identity at once; more are closed after
+    /// the handshake and audited.
+    #[arg(
+        long,
+        env = "ENRPD_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 256
+    )]
+    max_connections_per_identity: usize,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -229,6 +244,9 @@ struct FileConfig {
     rate_resolutions: Option<u32>,
     rate_registrations: Option<u32>,
     rate_unreachable: Option<u32>,
+    max_connections_per_ip: Option<usize>,
+    max_handshakes_per_ip: Option<usize>,
+    max_connections_per_identity: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -355,6 +373,24 @@ impl RunArgs {
         }
         if let Some(v) = file.rate_unreachable.filter(|_| unset("rate_unreachable")) {
             self.rate_unreachable = v;
+        }
+        if let Some(v) = file
+            .max_connections_per_ip
+            .filter(|_| unset("max_connections_per_ip"))
+        {
+            self.max_connections_per_ip = v;
+        }
+        if let Some(v) = file
+            .max_handshakes_per_ip
+            .filter(|_| unset("max_handshakes_per_ip"))
+        {
+            self.max_handshakes_per_ip = v;
+        }
+        if let Some(v) = file
+            .max_connections_per_identity
+            .filter(|_| unset("max_connections_per_identity"))
+        {
+            self.max_connections_per_identity = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -650,6 +686,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     settings.peers = args.peers.clone();
     settings.default_namespaces = loaded.default_namespaces;
     settings.refusal_audit_budget = args.refusal_audit_budget;
+    settings.max_connections_per_ip = args.max_connections_per_ip;
+    settings.max_handshakes_per_ip = args.max_handshakes_per_ip;
+    settings.max_connections_per_identity = args.max_connections_per_identity;
     let rate = |per_sec| enrp::daemon::Rate { per_sec };
     settings.rate_limits = enrp::daemon::RateLimits {
         resolutions: rate(args.rate_resolutions),

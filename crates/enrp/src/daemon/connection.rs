@@ -33,7 +33,7 @@ pub(super) async fn accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = listen::slots(&settings);
+    let slots = listen::slots(&settings, &counters, Protocol::Asap);
     loop {
         let Some((stream, addr, addrs, slot)) =
             listen::next_association(&listener, &slots, &mut stop, "ASAP").await
@@ -43,7 +43,7 @@ pub(super) async fn accept_loop(
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
         let task = serve(
             conn,
-            stream,
+            (stream, slot),
             addr,
             addrs,
             legacy,
@@ -54,10 +54,7 @@ pub(super) async fn accept_loop(
             Arc::clone(&counters),
             stop.clone(),
         );
-        tokio::spawn(async move {
-            task.await;
-            drop(slot);
-        });
+        tokio::spawn(task);
     }
 }
 
@@ -75,6 +72,37 @@ pub(super) async fn audit_refusal(
     reason: &'static str,
     detail: String,
 ) {
+    let (scope, record) = refusal(counters, protocol, addr, peer, reason, &detail);
+    let Some(record) = counters.note_refusal(scope, record) else {
+        return;
+    };
+    if let Err(e) = audit.append(record, Durability::Batched).await {
+        tracing::error!(error = %e, "cannot audit a refused connection");
+    }
+}
+
+/// [`audit_refusal`] where nothing may wait: the record, if it is to be written, goes
+/// with the next aggregate records (within a second).
+pub(super) fn refused_later(
+    counters: &Counters,
+    protocol: Protocol,
+    addr: std::net::SocketAddr,
+    reason: &'static str,
+    detail: String,
+) {
+    let (scope, record) = refusal(counters, protocol, addr, None, reason, &detail);
+    counters.note_refusal_later(scope, record);
+}
+
+/// Counts a refused connection; its audit record and the scope it is aggregated in.
+fn refusal(
+    counters: &Counters,
+    protocol: Protocol,
+    addr: std::net::SocketAddr,
+    peer: Option<&Peer>,
+    reason: &'static str,
+    detail: &str,
+) -> (&'static str, Record) {
     counters.handshake_failed(reason);
     let mut record = Record::new(
         super::now_ms(),
@@ -87,17 +115,12 @@ pub(super) async fn audit_refusal(
         record.serial = Some(p.serial().clone());
     }
     // The text comes from the TLS library or a certificate: keep it bounded and printable.
-    record.detail = Some(super::audit_text(&detail));
+    record.detail = Some(super::audit_text(detail));
     let scope = match protocol {
         Protocol::Asap => "asap",
         Protocol::Enrp => "enrp",
     };
-    let Some(record) = counters.note_refusal(scope, record) else {
-        return;
-    };
-    if let Err(e) = audit.append(record, Durability::Batched).await {
-        tracing::error!(error = %e, "cannot audit a refused connection");
-    }
+    (scope, record)
 }
 
 /// Either end of a TLS stream, for what a finished handshake proves.
@@ -158,7 +181,7 @@ pub(super) async fn authenticate<T: TlsSession>(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
-    stream: BoxStream,
+    (stream, mut slot): (BoxStream, listen::Slot),
     addr: std::net::SocketAddr,
     addrs: Vec<std::net::IpAddr>,
     legacy: bool,
@@ -170,6 +193,8 @@ async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     if legacy {
+        // No handshake: admitted as it is (the address is all there is to know).
+        slot.established();
         tracing::info!(?conn, %addr, "legacy ASAP connection (unauthenticated)");
         let io = Io {
             settings: &settings,
@@ -201,6 +226,28 @@ async fn serve(
     )
     .await
     else {
+        return;
+    };
+    slot.established();
+    let Some(_identity) =
+        listen::admit_identity(&counters, peer.id(), settings.max_connections_per_identity)
+    else {
+        tracing::info!(%addr, id = %peer.id(), "too many connections of this identity: closed");
+        let detail = format!(
+            "more than {} connections of this identity",
+            settings.max_connections_per_identity
+        );
+        let reason = "per-identity-cap";
+        audit_refusal(
+            &audit,
+            &counters,
+            Protocol::Asap,
+            addr,
+            Some(&peer),
+            reason,
+            detail,
+        )
+        .await;
         return;
     };
     let Some((client, live)) = admit(&peer, addr, &trust, &audit, &counters).await else {

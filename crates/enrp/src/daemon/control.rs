@@ -85,6 +85,8 @@ pub struct Counters {
     /// The request rate limits and the identities' buckets ([`super::limits`]), shared by
     /// the connection tasks like these counters.
     pub(super) limiter: super::limits::Limiter,
+    /// Authenticated ASAP connections per identity ([`super::listen::admit_identity`]).
+    pub(super) identities: super::listen::PerIdentity,
 }
 
 impl Default for Counters {
@@ -108,6 +110,7 @@ impl Counters {
             starting: AtomicBool::default(),
             refusals: Mutex::new(Refusals::new(refusal_budget)),
             limiter: super::limits::Limiter::new(rate_limits),
+            identities: super::listen::PerIdentity::default(),
         }
     }
 
@@ -116,6 +119,12 @@ impl Counters {
     /// [`Counters::flush_refusals`]).
     pub(super) fn note_refusal(&self, scope: &'static str, record: Record) -> Option<Record> {
         locked(&self.refusals).note(scope, record)
+    }
+
+    /// [`Counters::note_refusal`] where nothing may wait: the record to write, if any,
+    /// goes out with [`Counters::flush_refusals`].
+    pub(super) fn note_refusal_later(&self, scope: &'static str, record: Record) {
+        locked(&self.refusals).note_later(scope, record);
     }
 
     /// The aggregate records of the interval that ends now.

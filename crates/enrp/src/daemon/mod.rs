@@ -58,6 +58,15 @@ pub struct Settings {
     /// Connections served at once; more wait in the kernel's accept queue (threat T-15).
     /// Default 10,000.
     pub max_connections: usize,
+    /// Connections from one IP address per listener; more are closed at once (threat
+    /// T-15, docs/SECURITY.md). Default 1,000 (a site behind one NAT address).
+    pub max_connections_per_ip: usize,
+    /// Of those, connections still in their TLS handshake (not yet authenticated).
+    /// Default 64.
+    pub max_handshakes_per_ip: usize,
+    /// Authenticated ASAP connections of one identity at once; more are closed after the
+    /// handshake, audited. Default 256.
+    pub max_connections_per_identity: usize,
     /// Where ENRP over TLS/TCP is served (spec §2.1, D-4: 9902); `None` serves none.
     /// Default `None` (the `enrpd` binary defaults to `[::]:9902`).
     pub enrp_listen: Option<SocketAddr>,
@@ -110,6 +119,9 @@ impl Settings {
             send_queue: 4096,
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_handshakes_per_ip: 64,
+            max_connections_per_identity: 256,
             enrp_listen: None,
             asap_sctp_listen: None,
             enrp_sctp_listen: None,

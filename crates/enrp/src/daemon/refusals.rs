@@ -101,6 +101,8 @@ pub(super) struct Refusals {
     overflow: HashMap<&'static str, Overflow>,
     /// Refusals not written as their own record, ever (a metric).
     aggregated: u64,
+    /// Records to write noted by [`Refusals::note_later`], for the next flush.
+    pending: Vec<Record>,
 }
 
 impl Refusals {
@@ -112,6 +114,7 @@ impl Refusals {
             spent: HashMap::new(),
             overflow: HashMap::new(),
             aggregated: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -147,10 +150,17 @@ impl Refusals {
         None
     }
 
-    /// Ends the interval: the summary records of the repeats and of the overflow, stamped
+    /// [`Refusals::note`], keeping the record to write for [`Refusals::flush`].
+    pub(super) fn note_later(&mut self, scope: &'static str, record: Record) {
+        if let Some(r) = self.note(scope, record) {
+            self.pending.push(r);
+        }
+    }
+
+    /// Ends the interval: the records kept by [`Refusals::note_later`], the summary records of the repeats and of the overflow, stamped
     /// `now_ms`. The next interval starts with a fresh budget.
     pub(super) fn flush(&mut self, now_ms: u64) -> Vec<Record> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         for (key, entry) in self.entries.drain() {
             if entry.repeats == 0 {
                 continue;
