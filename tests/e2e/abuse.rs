@@ -349,3 +349,73 @@ async fn per_address_and_per_identity_connection_caps_hold_and_spare_other_clien
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_watermark_registrations_and_admin_writes_are_refused_not_fatal() {
+    let lab = Lab::new();
+    let token = crate::admin::admin_token(&lab.init_registrar());
+    // A watermark above any disk's free space (1 EiB): the registrar is below it from its
+    // first check on (within a second), as on a full disk.
+    let mut registrar =
+        lab.start_registrar_with_args(60_000, 60_000, &["--min-free-mib", "1099511627776"]);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE");
+    let mut refused = false;
+    for _ in 0..50 {
+        pe.send(&registration("echo", 8)).await;
+        match rejected_or_accepted(pe.recv_reply().await) {
+            Some(0x6) => {
+                refused = true;
+                break;
+            }
+            // Before the first check (within a second): accepted.
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some(other) => panic!("cause {other:#x}"),
+        }
+    }
+    assert!(
+        refused,
+        "registrations refused with 0x6 below the watermark"
+    );
+    // Resolutions go on.
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), registrar.addr)
+        .await
+        .expect("PU");
+    pu.send(&resolution("echo")).await;
+    // (No PE: the one registration that may have beaten the first check is all there is.)
+    let answer = resolved(pu.recv_reply().await);
+    assert!(answer != Err(0x6), "resolutions served: {answer:?}");
+    // Admin writes: 507 problem+json; reads: served; the state is a metric.
+    let (status, body) = crate::admin::api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "POST",
+        "/v1/namespaces",
+        Some(r#"{"name":"lab"}"#),
+    );
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("insufficient-storage"), "{body}");
+    let (status, metrics) =
+        crate::admin::api(&lab, &registrar, Some(&token), "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("rsp_low_disk 1"), "{metrics}");
+    assert!(
+        registrar.child.try_wait().expect("status").is_none(),
+        "enrpd stays up"
+    );
+    drop((pe, pu));
+    assert!(registrar.terminate().success(), "and stops cleanly");
+}
+
+/// `None` for an accepted registration, else its cause.
+fn rejected_or_accepted(m: Option<asap::wire::AsapMsg>) -> Option<u16> {
+    match m {
+        Some(asap::wire::AsapMsg::RegistrationResponse { reject: false, .. }) => None,
+        Some(asap::wire::AsapMsg::RegistrationResponse { error: Some(e), .. }) => {
+            Some(e.causes()[0].code())
+        }
+        other => panic!("expected a registration response, got {other:?}"),
+    }
+}

@@ -129,6 +129,16 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
             }
         };
         match caller.role {
+            // Low disk: writes (and their audit records) wait until there is room
+            // again; reads go on. Not audited: the record may not fit.
+            Some(role)
+                if P::allows(role) && !parts.method.is_safe() && app.registrar().low_disk() =>
+            {
+                Err(ApiError::new(
+                    ProblemKind::InsufficientStorage,
+                    "the registrar's data directory is below its free-space watermark: writes are refused until it has room",
+                ))
+            }
             Some(role) if P::allows(role) => Ok(Self(caller, PhantomData)),
             role => {
                 let has = role.map_or_else(|| "no admin role".to_owned(), |r| format!("role {r}"));

@@ -116,11 +116,17 @@ impl Registrar for Control {
                 .collect(),
             audit_queue: s.audit_queue,
             refusals_aggregated: s.refusals_aggregated,
+            low_disk: s.low_disk,
+            audit_failed_commits: s.audit_failed_commits,
         }
     }
 
     fn ready(&self) -> bool {
         Self::ready(self)
+    }
+
+    fn low_disk(&self) -> bool {
+        Self::low_disk(self)
     }
 }
 

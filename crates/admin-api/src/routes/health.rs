@@ -151,6 +151,20 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
     );
     metric(
         &mut out,
+        "rsp_low_disk",
+        "gauge",
+        "1 while the data directory is below its free-space watermark (registrations and admin writes refused).",
+        &one(u64::from(m.low_disk)),
+    );
+    metric(
+        &mut out,
+        "rsp_audit_failed_commits_total",
+        "counter",
+        "Audit batches whose commit failed (their operations were refused).",
+        &one(m.audit_failed_commits),
+    );
+    metric(
+        &mut out,
         "rsp_admin_connections",
         "gauge",
         "Open admin API connections.",

@@ -179,6 +179,11 @@ struct RunArgs {
         default_value_t = 256
     )]
     max_connections_per_identity: usize,
+    /// Free space (MiB) the data directory must keep: below it registrations are refused
+    /// (cause 0x6) and admin writes too (507), resolutions and keep-alives go on, the
+    /// state is logged and exported (`rsp_low_disk`); enrpd never exits for it.
+    #[arg(long, env = "ENRPD_MIN_FREE_MIB", default_value_t = 64)]
+    min_free_mib: u64,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -247,6 +252,7 @@ struct FileConfig {
     max_connections_per_ip: Option<usize>,
     max_handshakes_per_ip: Option<usize>,
     max_connections_per_identity: Option<usize>,
+    min_free_mib: Option<u64>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -391,6 +397,9 @@ impl RunArgs {
             .filter(|_| unset("max_connections_per_identity"))
         {
             self.max_connections_per_identity = v;
+        }
+        if let Some(v) = file.min_free_mib.filter(|_| unset("min_free_mib")) {
+            self.min_free_mib = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -689,6 +698,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     settings.max_connections_per_ip = args.max_connections_per_ip;
     settings.max_handshakes_per_ip = args.max_handshakes_per_ip;
     settings.max_connections_per_identity = args.max_connections_per_identity;
+    settings.data_dir = Some(args.data.clone());
+    settings.min_free_bytes = args.min_free_mib.saturating_mul(1 << 20);
     let rate = |per_sec| enrp::daemon::Rate { per_sec };
     settings.rate_limits = enrp::daemon::RateLimits {
         resolutions: rate(args.rate_resolutions),

@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
-use super::limits::{Buckets, Kind};
+use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
@@ -547,7 +547,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(msg) => {
                     let kind = Kind::of(&msg.msg);
                     let now = tokio::time::Instant::now().into_std();
-                    match kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now)) {
+                    // Low disk: no new registrations (their records may not fit); the
+                    // rest, deregistrations included, is served.
+                    let low_disk = matches!(msg.msg, AsapMsg::Registration { .. })
+                        && counters.low_disk.load(Ordering::Relaxed);
+                    let admitted = if low_disk {
+                        Some(Err(Over::Disk))
+                    } else {
+                        kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now))
+                    };
+                    match admitted {
                         Some(Err(over)) => Event::Limited {
                             conn,
                             client: client.clone(),

@@ -66,6 +66,10 @@ pub struct Snapshot {
     /// Refusals counted into a summary audit record instead of one record each
     /// (docs/SECURITY.md, audit budget).
     pub refusals_aggregated: u64,
+    /// The data directory is below its free-space watermark (a gauge, 0 or 1).
+    pub low_disk: bool,
+    /// Audit batches whose commit failed, since the start.
+    pub audit_failed_commits: u64,
 }
 
 /// Counters kept by the daemon's tasks (monotonic).
@@ -87,6 +91,8 @@ pub struct Counters {
     pub(super) limiter: super::limits::Limiter,
     /// Authenticated ASAP connections per identity ([`super::listen::admit_identity`]).
     pub(super) identities: super::listen::PerIdentity,
+    /// The data directory is below its free-space watermark (`watch_disk`).
+    pub(super) low_disk: AtomicBool,
 }
 
 impl Default for Counters {
@@ -111,6 +117,7 @@ impl Counters {
             refusals: Mutex::new(Refusals::new(refusal_budget)),
             limiter: super::limits::Limiter::new(rate_limits),
             identities: super::listen::PerIdentity::default(),
+            low_disk: AtomicBool::new(false),
         }
     }
 
@@ -270,6 +277,12 @@ impl Control {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Whether the data directory is below its free-space watermark: admin writes are
+    /// refused (507) like registrations (0x6).
+    pub fn low_disk(&self) -> bool {
+        self.counters.low_disk.load(Ordering::Relaxed)
+    }
+
     /// Whether the registrar serves (not during its start-up phase, spec §9.3).
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
@@ -372,6 +385,8 @@ impl Control {
             handshake_failures: locked(&self.counters.handshake_failures).clone(),
             audit_queue: self.audit.stats().queued as u64,
             refusals_aggregated: locked(&self.counters.refusals).aggregated(),
+            low_disk: self.low_disk(),
+            audit_failed_commits: self.audit.stats().failed_commits,
         }
     }
 }

@@ -169,6 +169,8 @@ impl Buckets {
 pub(super) enum Over {
     Connection,
     Identity,
+    /// The data directory is below its free-space watermark (registrations only).
+    Disk,
 }
 
 /// The limits and the identities' buckets, shared by all connection tasks.
@@ -300,6 +302,7 @@ pub(super) fn refused(conn: ConnId, client: &Client, msg: &AsapMsg, over: Over) 
             match over {
                 Over::Connection => "rate limit of the connection",
                 Over::Identity => "rate limit of the identity",
+                Over::Disk => "low disk: below the free-space watermark",
             }
             .to_owned(),
         ),

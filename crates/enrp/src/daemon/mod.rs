@@ -106,6 +106,14 @@ pub struct Settings {
     /// Request rate limits per connection (and [`IDENTITY_FACTOR`] times as much per
     /// identity); over them a request is answered with cause 0x6 (docs/SECURITY.md).
     pub rate_limits: RateLimits,
+    /// The data directory (the store and its audit log), watched for free space; `None`
+    /// watches nothing. Default `None`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Below this many free bytes in [`Settings::data_dir`] the registrar refuses new
+    /// registrations (cause 0x6) and the admin API its writes (507), and keeps serving
+    /// resolutions and keep-alives; it never exits for it (docs/SECURITY.md). Default
+    /// 64 MiB (a few hundred thousand audit records of headroom).
+    pub min_free_bytes: u64,
 }
 
 impl Settings {
@@ -133,6 +141,8 @@ impl Settings {
             learnt_peer_give_up: Duration::from_secs(600),
             refusal_audit_budget: refusals::DEFAULT_BUDGET,
             rate_limits: RateLimits::default(),
+            data_dir: None,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -440,6 +450,13 @@ impl Daemon {
             Arc::clone(&counters),
             stop_rx.clone(),
         ))];
+        peer_tasks.push(tokio::spawn(watch_disk(
+            settings.data_dir.clone(),
+            settings.min_free_bytes,
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        )));
         if let Some((_, addr)) = &enrp_listener {
             tracing::info!(%addr, "serving ENRP over TLS");
         }
@@ -615,6 +632,60 @@ async fn audit_refusals(audit: AuditLog, counters: Arc<Counters>, stop: watch::R
         }
     }
     write_refusals(&audit, &counters).await;
+}
+
+/// How often the data directory's free space and the audit writer are looked at.
+const DISK_CHECK: Duration = Duration::from_secs(1);
+
+/// Watches the data directory's free space and the audit writer's failed commits once a
+/// second until the daemon stops: below `min_free` the registrar is in its low-disk state
+/// (a metric; registrations refused with 0x6, admin writes with 507); every change and
+/// every failed commit is logged loudly. It never stops the daemon.
+async fn watch_disk(
+    dir: Option<std::path::PathBuf>,
+    min_free: u64,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DISK_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = std::pin::pin!(connection::stopped(stop));
+    let mut failed_commits = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stopped => return,
+        }
+        let stats = audit.stats();
+        if stats.failed_commits > failed_commits {
+            tracing::error!(
+                failed_commits = stats.failed_commits - failed_commits,
+                lost_batched_records = stats.lost,
+                "AUDIT COMMITS FAILING (disk full or failing?): the operations they recorded were refused; the registrar keeps serving"
+            );
+            failed_commits = stats.failed_commits;
+        }
+        let Some(dir) = &dir else { continue };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the data directory's free space");
+                continue;
+            }
+        };
+        let low = free < min_free;
+        if counters.low_disk.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::error!(
+                    dir = %dir.display(), free, min_free,
+                    "LOW DISK: below the free-space watermark; refusing registrations (0x6) and admin writes (507), serving resolutions and keep-alives"
+                );
+            } else {
+                tracing::warn!(dir = %dir.display(), free, min_free, "disk space back above the watermark: registrations accepted again");
+            }
+        }
+    }
 }
 
 async fn write_refusals(audit: &AuditLog, counters: &Counters) {
