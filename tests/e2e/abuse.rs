@@ -419,3 +419,81 @@ fn rejected_or_accepted(m: Option<asap::wire::AsapMsg>) -> Option<u16> {
         other => panic!("expected a registration response, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_audit_writer_delays_no_resolution_of_another_client() {
+    const FLOODERS: usize = 4;
+    // Together more than the writer's queue (8,192) holds.
+    const EACH: usize = 4_000;
+    let lab = Lab::new();
+    lab.pki(&["issue", "pu", "client-2"]);
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with_args(60_000, 60_000, &["--rate-resolutions", "0"]);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let mut pu = Asap::connect(&lab.identity("pu-client-2"), registrar.addr)
+        .await
+        .expect("PU");
+
+    // The disk stalls: another connection holds SQLite's write lock, so the audit writer
+    // waits (up to its busy timeout, 5 s) and its queue fills.
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut lock = store.acquire().await.expect("connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *lock)
+        .await
+        .expect("write lock");
+    let locked_at = Instant::now();
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let (store, to) = (lab.identity("pu-client-1"), registrar.addr);
+            tokio::spawn(async move {
+                let mut c = Asap::connect(&store, to).await.expect("flooder");
+                let mut answered = 0;
+                for _ in 0..EACH {
+                    if !c.try_send(&resolution("echo")).await {
+                        break;
+                    }
+                }
+                while answered < EACH && c.recv_reply().await.is_some() {
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    // While the writer is stalled, another PU's resolutions are answered at once.
+    let mut latencies = Vec::new();
+    while locked_at.elapsed() < Duration::from_secs(3) {
+        let sent = Instant::now();
+        pu.send(&resolution("echo")).await;
+        assert!(resolved(pu.recv_reply().await).is_ok());
+        latencies.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut *lock)
+        .await
+        .expect("release");
+    drop(lock);
+    store.close().await;
+    let mut answered = 0;
+    for f in flooders {
+        answered += f.await.expect("flooder");
+    }
+    latencies.sort();
+    let max = latencies[latencies.len() - 1];
+    eprintln!(
+        "stalled writer: {answered} flood resolutions answered; another PU: {} resolutions, p50 {:?}, max {max:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2]
+    );
+    assert_eq!(answered, FLOODERS * EACH, "the flood was answered too");
+    assert!(max < Duration::from_secs(1), "a resolution waited {max:?}");
+    assert!(registrar.terminate().success());
+}

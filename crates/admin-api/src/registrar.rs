@@ -188,6 +188,8 @@ pub struct Metrics {
     pub low_disk: bool,
     /// Audit batches whose commit failed.
     pub audit_failed_commits: u64,
+    /// Audit records dropped because the writer could not keep up.
+    pub audit_dropped: u64,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

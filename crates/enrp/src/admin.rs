@@ -118,6 +118,7 @@ impl Registrar for Control {
             refusals_aggregated: s.refusals_aggregated,
             low_disk: s.low_disk,
             audit_failed_commits: s.audit_failed_commits,
+            audit_dropped: s.audit_dropped,
         }
     }
 

@@ -165,6 +165,13 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
     );
     metric(
         &mut out,
+        "rsp_audit_dropped_total",
+        "counter",
+        "Audit records dropped because the writer could not keep up (their operations, if they needed one, refused).",
+        &one(m.audit_dropped),
+    );
+    metric(
+        &mut out,
         "rsp_admin_connections",
         "gauge",
         "Open admin API connections.",

@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub low_disk: bool,
     /// Audit batches whose commit failed, since the start.
     pub audit_failed_commits: u64,
+    /// Audit records dropped because the writer's queue and the backlog were full.
+    pub audit_dropped: u64,
 }
 
 /// Counters kept by the daemon's tasks (monotonic).
@@ -93,6 +95,8 @@ pub struct Counters {
     pub(super) identities: super::listen::PerIdentity,
     /// The data directory is below its free-space watermark (`watch_disk`).
     pub(super) low_disk: AtomicBool,
+    /// Audit records dropped because the writer and the backlog were full.
+    pub(super) audit_dropped: AtomicU64,
 }
 
 impl Default for Counters {
@@ -118,6 +122,7 @@ impl Counters {
             limiter: super::limits::Limiter::new(rate_limits),
             identities: super::listen::PerIdentity::default(),
             low_disk: AtomicBool::new(false),
+            audit_dropped: AtomicU64::new(0),
         }
     }
 
@@ -387,6 +392,7 @@ impl Control {
             refusals_aggregated: locked(&self.counters.refusals).aggregated(),
             low_disk: self.low_disk(),
             audit_failed_commits: self.audit.stats().failed_commits,
+            audit_dropped: self.counters.audit_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -196,7 +196,8 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// The audit log failed; the registrar stops rather than act without a record.
+    /// The audit log could not be flushed at shutdown. (While it runs, a failing audit
+    /// log refuses the operations it cannot record; it does not stop the registrar.)
     #[error("audit log: {0}")]
     Audit(#[from] trust::db::Error),
 }
@@ -300,6 +301,8 @@ pub struct Daemon {
     events: mpsc::Sender<Event>,
     stop: watch::Sender<bool>,
     core_task: JoinHandle<Result<(), Error>>,
+    /// Forwards the core's audit records to the writer ([`forward_audit`]).
+    audit_task: JoinHandle<()>,
     accept_task: JoinHandle<()>,
     audit: AuditLog,
     control: Control,
@@ -433,10 +436,12 @@ impl Daemon {
         let (dial_tx, dial_rx) = mpsc::channel(256);
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
+        let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
+        let audit_task = tokio::spawn(forward_audit(audit_jobs_rx, audit.clone()));
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
-            audit.clone(),
+            audit_jobs,
             Arc::clone(&counters),
             Dials {
                 peers: dial_tx,
@@ -547,6 +552,7 @@ impl Daemon {
             events,
             stop,
             core_task,
+            audit_task,
             accept_task,
             audit,
             control,
@@ -604,6 +610,8 @@ impl Daemon {
             let _ = t.await;
         }
         let core = self.core_task.await.unwrap_or(Ok(()));
+        // The core's last records reach the writer before it flushes.
+        let _ = self.audit_task.await;
         // The core's last refusals, after the flush task's last round.
         write_refusals(&self.audit, &self.control.counters()).await;
         let flushed = self.audit.shutdown().await.map_err(Error::from);
@@ -706,7 +714,7 @@ const MAX_STREAK: usize = 8192;
 async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
-    audit: AuditLog,
+    audit: mpsc::Sender<AuditJob>,
     counters: Arc<Counters>,
     dials: Dials,
     mut stop: watch::Receiver<bool>,
@@ -804,7 +812,7 @@ async fn run_core(
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
-        let gate = execute(actions, &writers, &audit, &counters, &dials).await?;
+        let gate = execute(actions, &writers, &audit, &counters, &dials);
         if let Some((conn, bytes)) = response {
             let gate = gate.clone();
             deliver(&writers, conn, Outgoing::Message { bytes, gate });
@@ -823,6 +831,50 @@ async fn run_core(
     Ok(())
 }
 
+/// An audit record on its way from the core task to the writer; `gate` opens with
+/// whether it committed ([`Durability::BeforeReply`]).
+struct AuditJob {
+    record: Record,
+    gate: Option<watch::Sender<Option<bool>>>,
+}
+
+/// Records the core task hands over without waiting, beyond the writer's own queue (8,192).
+/// When both are full the disk is far behind: batched records are dropped (counted,
+/// `rsp_audit_dropped_total`) and operations that need theirs are refused, rather than the
+/// core task, and with it every keep-alive and heartbeat, waiting for the disk.
+const AUDIT_BACKLOG: usize = 65_536;
+
+/// Hands the core's records to the audit writer in order, waiting for room in its queue
+/// (the core task does not), until the core task ends.
+async fn forward_audit(mut jobs: mpsc::Receiver<AuditJob>, audit: AuditLog) {
+    while let Some(AuditJob { record, gate }) = jobs.recv().await {
+        let Some(gate) = gate else {
+            if let Err(e) = audit
+                .append(record, trust::audit::Durability::Batched)
+                .await
+            {
+                tracing::error!(error = %e, "cannot audit: record lost");
+            }
+            continue;
+        };
+        match audit.enqueue_before_reply(record).await {
+            Ok(committed) => {
+                tokio::spawn(async move {
+                    let ok = matches!(committed.await, Ok(Ok(())));
+                    if !ok {
+                        tracing::error!("audit commit failed: the reply is withheld");
+                    }
+                    let _ = gate.send(Some(ok));
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot audit: the reply is withheld");
+                let _ = gate.send(Some(false));
+            }
+        }
+    }
+}
+
 /// Where the core's dial requests go: registrars from peer lists, taken-over PEs.
 struct Dials {
     peers: mpsc::Sender<TransportAddr>,
@@ -838,13 +890,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Carries out the core's actions in order (see the module docs for the gate); returns
 /// the gate of the last record that had one.
-async fn execute(
+fn execute(
     actions: Vec<Action>,
     writers: &HashMap<ConnId, ConnHandle>,
-    audit: &AuditLog,
+    audit: &mpsc::Sender<AuditJob>,
     counters: &Counters,
     dials: &Dials,
-) -> Result<Option<Gate>, Error> {
+) -> Option<Gate> {
     let mut gate: Option<Gate> = None;
     for action in actions {
         match action {
@@ -860,33 +912,45 @@ async fn execute(
                         None => continue,
                     }
                 }
-                let queued = match durability {
-                    Durability::Batched => audit
-                        .append(record, trust::audit::Durability::Batched)
-                        .await
-                        .map(|()| None),
-                    Durability::BeforeReply => audit.enqueue_before_reply(record).await.map(Some),
-                };
-                let committed = match queued {
-                    Ok(c) => c,
-                    // A record the log refuses (checked before it is queued) is a bug
-                    // here, not a reason to stop serving everyone.
-                    Err(e @ trust::db::Error::Invalid { .. }) => {
-                        tracing::error!(error = %e, "audit record refused; operation not recorded");
-                        continue;
+                // A record the log refuses is a bug here, not a reason to stop serving
+                // everyone (checked now: the writer would refuse it later).
+                if let Err(e) = record.check() {
+                    tracing::error!(error = %e, "audit record refused; operation not recorded");
+                    continue;
+                }
+                // Handed over without waiting: a slow disk delays only the replies that
+                // wait for their record (the gate), never this task (keep-alives,
+                // heartbeats, resolutions).
+                let (job, rx) = match durability {
+                    Durability::Batched => (AuditJob { record, gate: None }, None),
+                    Durability::BeforeReply => {
+                        let (tx, rx) = watch::channel(None);
+                        (
+                            AuditJob {
+                                record,
+                                gate: Some(tx),
+                            },
+                            Some(rx),
+                        )
                     }
-                    // The log is closed or failing: stop rather than act unrecorded.
-                    Err(e) => return Err(e.into()),
                 };
-                if let Some(committed) = committed {
-                    let (tx, rx) = watch::channel(None);
-                    tokio::spawn(async move {
-                        let ok = matches!(committed.await, Ok(Ok(())));
-                        if !ok {
-                            tracing::error!("audit commit failed: the reply is withheld");
-                        }
-                        let _ = tx.send(Some(ok));
-                    });
+                if let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) {
+                    // The writer's queue and this backlog are full: the disk is far
+                    // behind. Batched records are dropped (counted), operations that need
+                    // theirs are refused: their replies are withheld.
+                    let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(tx) = job.gate {
+                        let _ = tx.send(Some(false));
+                    }
+                    // Loud, but not a line per record.
+                    if dropped == 1 || dropped.is_multiple_of(1000) {
+                        tracing::error!(
+                            dropped,
+                            "AUDIT BACKLOG FULL: records dropped, replies that wait for theirs withheld"
+                        );
+                    }
+                }
+                if let Some(rx) = rx {
                     gate = Some(rx);
                 }
             }
@@ -951,7 +1015,7 @@ async fn execute(
             }
         }
     }
-    Ok(gate)
+    gate
 }
 
 fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {
