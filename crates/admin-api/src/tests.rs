@@ -478,6 +478,70 @@ async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
 }
 
 #[tokio::test]
+async fn writes_from_another_site_and_pem_as_text_plain_are_refused() {
+    let f = fixture().await;
+    let post = |origin: Option<&'static str>, fetch_site: Option<&'static str>| {
+        let mut r = Request::builder()
+            .method("POST")
+            .uri("/v1/namespaces")
+            .header(header::HOST, "registrar.acme.test:8443")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(o) = origin {
+            r = r.header(header::ORIGIN, o);
+        }
+        if let Some(s) = fetch_site {
+            r = r.header("sec-fetch-site", s);
+        }
+        r.body(Body::from(r#"{"name":"lab"}"#)).expect("a request")
+    };
+    // A page elsewhere, even with the operator's credentials: refused, nothing created.
+    f.send(post(Some("https://evil.example"), None))
+        .await
+        .problem(403, "forbidden");
+    f.send(post(None, Some("cross-site")))
+        .await
+        .problem(403, "forbidden");
+    f.send(post(Some("http://registrar.acme.test:8443"), None))
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(
+        f.call("GET", "/v1/namespaces/lab", Some(&f.admin), None)
+            .await
+            .status,
+        404
+    );
+    // Reads from anywhere, and writes from this API's own origin or from tools.
+    let read = Request::builder()
+        .uri("/v1/namespaces")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .expect("a request");
+    assert_eq!(f.send(read).await.status, 200);
+    assert_eq!(
+        f.send(post(
+            Some("https://registrar.acme.test:8443"),
+            Some("same-origin")
+        ))
+        .await
+        .status,
+        201
+    );
+    // PEM only as application/x-pem-file: text/plain is what a browser sends cross-site.
+    let text_plain = Request::builder()
+        .method("POST")
+        .uri("/v1/trust-domains")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(f.ca.root_pem()))
+        .expect("a request");
+    f.send(text_plain)
+        .await
+        .problem(415, "unsupported-media-type");
+}
+
+#[tokio::test]
 async fn bodies_are_validated_and_refused_as_problems() {
     let f = fixture().await;
     let post = |body: &'static str, content_type: &'static str| {

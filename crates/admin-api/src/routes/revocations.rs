@@ -220,7 +220,7 @@ pub(crate) struct CrlsApplied {
 /// deregistered.
 #[utoipa::path(put, path = "/v1/revocations/crls/{trust_domain}", tag = "revocations",
     params(("trust_domain" = String, Path, description = "The trust domain whose CA signed the CRLs")),
-    request_body(content((String = "application/x-pem-file"), (String = "text/plain")),
+    request_body(content((String = "application/x-pem-file")),
         description = "One or more CRLs in PEM (`-----BEGIN X509 CRL-----`)"),
     responses(
         (status = 200, description = "Applied", body = CrlsApplied),
