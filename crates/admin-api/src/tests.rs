@@ -657,6 +657,44 @@ async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
 }
 
 #[tokio::test]
+async fn failed_token_attempts_are_limited_per_address() {
+    let f = fixture().await;
+    let from = |ip: [u8; 4], token: &str| {
+        let mut r = Request::builder()
+            .uri("/v1/revocations")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("a request");
+        r.extensions_mut().insert(crate::auth::RemoteAddr(
+            (std::net::Ipv4Addr::from(ip), 40000).into(),
+        ));
+        r
+    };
+    // A known token id with guessed secrets: each costs an argon2id verification, up to
+    // the limit.
+    let id = &f.operator[4..20];
+    let guess = format!("rsp_{id}_{}", "A".repeat(43));
+    let attacker = [192, 0, 2, 7];
+    for _ in 0..crate::auth::FAILURES_PER_IP {
+        let r = f.send(from(attacker, &guess)).await;
+        r.problem(401, "unauthenticated");
+        assert!(r.text.contains("bearer token refused"), "{}", r.text);
+    }
+    // Then refused unverified, even the right token, from that address for the window...
+    let r = f.send(from(attacker, &f.operator)).await;
+    r.problem(401, "unauthenticated");
+    assert!(
+        r.text.contains("too many failed token attempts"),
+        "{}",
+        r.text
+    );
+    // ...not from another.
+    assert_eq!(f.send(from([192, 0, 2, 8], &f.operator)).await.status, 200);
+    // A token verified before (cached) still passes from the blocked address.
+    assert_eq!(f.send(from(attacker, &f.operator)).await.status, 200);
+}
+
+#[tokio::test]
 async fn grants_are_stored_pushed_to_the_registrar_and_deleted() {
     let f = fixture().await;
     let grant = json!({"identity": "spiffe://acme.test/pe/*", "namespace": "default", "pools": "echo", "actions": ["register"]});
