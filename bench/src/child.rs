@@ -98,6 +98,7 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         max_pes: 2_000_000,
         max_pes_per_registrant: 1_000_000,
     };
+    config.max_pools_per_identity = usize::MAX;
     config.rng_seed = 1;
     let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
     // The benchmark's clients load the registrar on purpose: no request rate limits.

@@ -497,3 +497,47 @@ async fn a_stalled_audit_writer_delays_no_resolution_of_another_client() {
     assert!(max < Duration::from_secs(1), "a resolution waited {max:?}");
     assert!(registrar.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_creates_at_most_its_pools_per_namespace() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar =
+        lab.start_registrar_with_args(60_000, 60_000, &["--max-pools-per-identity", "2"]);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE");
+    for (pool, id) in [("a", 1), ("b", 2)] {
+        pe.send(&registration(pool, id)).await;
+        assert!(accepted(pe.recv_reply().await), "pool {pool}");
+    }
+    // A third new pool: refused, cause 0x6; more PEs in its own pools: accepted.
+    pe.send(&registration("c", 3)).await;
+    assert_eq!(rejected_or_accepted(pe.recv_reply().await), Some(0x6));
+    pe.send(&registration("a", 4)).await;
+    assert!(accepted(pe.recv_reply().await), "a PE more in its pool");
+    // Another identity may create its own.
+    let mut other = Asap::connect(&lab.identity("pe-echo-2"), registrar.addr)
+        .await
+        .expect("PE 2");
+    other.send(&registration("c", 5)).await;
+    assert!(
+        accepted(other.recv_reply().await),
+        "another identity's pool"
+    );
+    // Pool b gone (its one PE deregistered), the first identity may create one again.
+    pe.send(&asap::wire::AsapMsg::Deregistration {
+        namespace: None,
+        pool_handle: asap::wire::param::PoolHandle::new("b").expect("handle"),
+        pe_id: asap::wire::param::PeId::new(2).expect("id"),
+    })
+    .await;
+    assert!(pe.recv_reply().await.is_some());
+    pe.send(&registration("d", 6)).await;
+    assert!(
+        accepted(pe.recv_reply().await),
+        "a pool again once one is gone"
+    );
+    drop((pe, other));
+    assert!(registrar.terminate().success());
+}

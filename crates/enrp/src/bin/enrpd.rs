@@ -184,6 +184,10 @@ struct RunArgs {
     /// state is logged and exported (`rsp_low_disk`); enrpd never exits for it.
     #[arg(long, env = "ENRPD_MIN_FREE_MIB", default_value_t = 64)]
     min_free_mib: u64,
+    /// Pools one identity may have created in one namespace (that still exist); a
+    /// registration creating one more is refused with cause 0x6.
+    #[arg(long, env = "ENRPD_MAX_POOLS_PER_IDENTITY", default_value_t = 100)]
+    max_pools_per_identity: usize,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -253,6 +257,7 @@ struct FileConfig {
     max_handshakes_per_ip: Option<usize>,
     max_connections_per_identity: Option<usize>,
     min_free_mib: Option<u64>,
+    max_pools_per_identity: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -400,6 +405,12 @@ impl RunArgs {
         }
         if let Some(v) = file.min_free_mib.filter(|_| unset("min_free_mib")) {
             self.min_free_mib = v;
+        }
+        if let Some(v) = file
+            .max_pools_per_identity
+            .filter(|_| unset("max_pools_per_identity"))
+        {
+            self.max_pools_per_identity = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -675,6 +686,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         config.legacy_namespace = Some(ns);
     }
+    config.max_pools_per_identity = args.max_pools_per_identity;
     config.rng_seed = now_ms();
     let audit = AuditLog::start(&loaded.store, AuditConfig::default())
         .await

@@ -158,6 +158,10 @@ pub struct Config {
     /// drops loopback ones and refuses a Server Information left with none). Empty: the
     /// Server Information is left out. Default empty.
     pub legacy_enrp_addrs: Vec<SocketAddr>,
+    /// Pools one identity may have created in one namespace (those of them that still
+    /// exist); a registration that would create one more is refused with 0x6, so that one
+    /// PE cannot take the namespace's whole pool limit (issue 18). Default 100.
+    pub max_pools_per_identity: usize,
 }
 
 pub use trust::LEGACY_TRUST_DOMAIN;
@@ -227,6 +231,7 @@ impl Config {
             handle_table_bytes: 16 * 1024,
             legacy_namespace: None,
             legacy_enrp_addrs: Vec::new(),
+            max_pools_per_identity: 100,
         }
     }
 }
@@ -703,6 +708,9 @@ pub struct Core {
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
     mentor: Option<ServerId>,
+    /// Pools created by registrations on this registrar, by namespace and identity
+    /// ([`Config::max_pools_per_identity`]); pools gone since are dropped when looked at.
+    pool_creators: HashMap<(Namespace, SpiffeId), Vec<PoolHandle>>,
 }
 
 impl Core {
@@ -725,6 +733,7 @@ impl Core {
             acked_takeovers: BTreeMap::new(),
             starting: false,
             mentor: None,
+            pool_creators: HashMap::new(),
         }
     }
 
