@@ -541,3 +541,72 @@ async fn one_identity_creates_at_most_its_pools_per_namespace() {
     drop((pe, other));
     assert!(registrar.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_checkpoint_catches_a_truncated_tail_and_a_forged_checkpoint() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    register_and_stop(&lab, 7).await;
+    let enrpd = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::bin("enrpd"))
+            .args(["audit"])
+            .args(args)
+            .arg("--data")
+            .arg(lab.path("data"))
+            .output()
+            .expect("enrpd audit");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let file = lab.path("checkpoint.json");
+    let file = file.to_str().expect("a UTF-8 path");
+    let (ok, text) = enrpd(&["checkpoint", "--to", file]);
+    assert!(ok, "{text}");
+    let (ok, text) = enrpd(&["verify", "--checkpoint", file]);
+    assert!(ok && text.contains("checkpoint holds"), "{text}");
+
+    // Someone with the data directory drops the last record (the triggers are only in
+    // their way): the chain alone still looks intact, the checkpoint does not agree.
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    for sql in [
+        "DROP TRIGGER audit_events_no_delete",
+        "DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.expect("tamper");
+    }
+    drop(conn);
+    store.close().await;
+    let (ok, text) = enrpd(&["verify"]);
+    assert!(ok && text.contains("intact"), "{text}");
+    let (ok, text) = enrpd(&["verify", "--checkpoint", file]);
+    assert!(!ok && text.contains("TRUNCATED"), "{text}");
+    // New records in its place: a chain rewritten from that record on.
+    register_and_stop(&lab, 8).await;
+    let (ok, text) = enrpd(&["verify", "--checkpoint", file]);
+    assert!(!ok && text.contains("REWRITTEN"), "{text}");
+
+    // A checkpoint edited to match: its signature no longer holds.
+    let json = std::fs::read_to_string(file).expect("checkpoint");
+    let mut v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    v["id"] = serde_json::json!(v["id"].as_u64().expect("id") - 1);
+    std::fs::write(file, v.to_string()).expect("write");
+    let (ok, text) = enrpd(&["verify", "--checkpoint", file]);
+    assert!(!ok && text.contains("bad signature"), "{text}");
+}
+
+/// Runs `enrpd` on the lab's data directory, registers PE `id` in pool `echo`, stops it.
+async fn register_and_stop(lab: &Lab, id: u32) {
+    let registrar = lab.start_registrar_with(60_000, 60_000);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE");
+    pe.send(&registration("echo", id)).await;
+    assert!(accepted(pe.recv_reply().await));
+    drop(pe);
+    assert!(registrar.terminate().success());
+}

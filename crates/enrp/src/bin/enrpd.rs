@@ -96,6 +96,21 @@ enum AuditCommand {
         /// The data directory.
         #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
         data: PathBuf,
+        /// A checkpoint (`enrpd audit checkpoint`): also check that the chain still
+        /// holds the head it signed (not truncated, not rewritten before it).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign the chain's head (row, hash, time) with the registrar's key; keep the file
+    /// elsewhere, then `enrpd audit verify --checkpoint FILE` detects a truncated tail or
+    /// a rewritten chain.
+    Checkpoint {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        to: Option<PathBuf>,
     },
 }
 
@@ -582,7 +597,10 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
         }
         Command::Token { command } => token(command).await,
         Command::Audit {
-            command: AuditCommand::Verify { data },
+            command: AuditCommand::Checkpoint { data, to },
+        } => write_checkpoint(&data, to.as_deref()).await,
+        Command::Audit {
+            command: AuditCommand::Verify { data, checkpoint },
         } => {
             let loaded = setup::load(&data)
                 .await
@@ -596,6 +614,9 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
                         report.checked,
                         report.head_hex()
                     );
+                    if let Some(file) = checkpoint {
+                        return check_checkpoint(&data, &file, &report, &loaded.store).await;
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(link) => {
@@ -608,6 +629,103 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             }
         }
     }
+}
+
+/// `enrpd audit checkpoint`: the intact chain's head, signed.
+async fn write_checkpoint(
+    data: &std::path::Path,
+    to: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let loaded = setup::load(data)
+        .await
+        .context("loading the data directory")?;
+    let mut conn = loaded.store.acquire().await?;
+    let report = trust::audit::verify(&mut conn).await?;
+    if let Some(link) = report.broken {
+        println!(
+            "audit chain broken at record {}: {}: no checkpoint",
+            link.id, link.reason
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let install = setup::read_install(data)?;
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let checkpoint = enrp::checkpoint::Checkpoint::sign(
+        report.last_id,
+        &report.head,
+        now_ms(),
+        &read(&install.cert)?,
+        &read(&install.key)?,
+    )
+    .map_err(|e| anyhow::anyhow!("signing the checkpoint: {e}"))?;
+    let json = serde_json::to_string_pretty(&checkpoint)? + "\n";
+    match to {
+        Some(file) => {
+            std::fs::write(file, json).with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "checkpoint: record {}, head {}, signed by {}",
+                checkpoint.id, checkpoint.hash, checkpoint.signer
+            );
+        }
+        None => print!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `enrpd audit verify --checkpoint FILE`, after the chain checked intact: the signature,
+/// then that the chain still holds the signed head.
+async fn check_checkpoint(
+    data: &std::path::Path,
+    file: &std::path::Path,
+    report: &trust::audit::VerifyReport,
+    store: &trust::db::Store,
+) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let checkpoint: enrp::checkpoint::Checkpoint = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a checkpoint", file.display()))?;
+    let install = setup::read_install(data)?;
+    let ca =
+        std::fs::read(&install.ca).with_context(|| format!("reading {}", install.ca.display()))?;
+    if let Err(e) = checkpoint.check(&ca) {
+        println!("checkpoint refused: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.last_id < checkpoint.id {
+        println!(
+            "audit chain TRUNCATED: it ends at record {}, the checkpoint of {} saw record {}",
+            report.last_id, checkpoint.time_ms, checkpoint.id
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let stored = if checkpoint.id == 0 {
+        Some(trust::audit::GENESIS)
+    } else {
+        let mut filter = trust::audit::AuditFilter::default();
+        filter.order = trust::audit::Order::OldestFirst;
+        filter.cursor = Some(checkpoint.id - 1);
+        filter.limit = 1;
+        let mut conn = store.acquire().await?;
+        trust::audit::query(&mut conn, &filter)
+            .await?
+            .events
+            .first()
+            .filter(|e| e.id == checkpoint.id)
+            .map(|e| e.hash)
+    };
+    if stored.is_none() || stored != checkpoint.head() {
+        println!(
+            "audit chain REWRITTEN: record {} does not have the hash the checkpoint signed",
+            checkpoint.id
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "checkpoint holds: record {} signed by {}",
+        checkpoint.id, checkpoint.signer
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
