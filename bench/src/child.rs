@@ -98,9 +98,17 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         max_pes: 2_000_000,
         max_pes_per_registrant: 1_000_000,
     };
+    config.max_pools_per_identity = usize::MAX;
     config.rng_seed = 1;
+    let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
+    // The benchmark's clients load the registrar on purpose: no request rate limits.
+    settings.rate_limits = enrp::daemon::RateLimits::UNLIMITED;
+    // All its clients share one address and one identity.
+    settings.max_connections_per_ip = usize::MAX;
+    settings.max_handshakes_per_ip = usize::MAX;
+    settings.max_connections_per_identity = usize::MAX;
     let daemon = Daemon::start(
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config),
+        settings,
         Arc::new(trust),
         audit.clone(),
         setup::default_grants(&domain),

@@ -85,7 +85,7 @@ fn curl(
     }
 }
 
-fn admin_token(init: &str) -> String {
+pub(crate) fn admin_token(init: &str) -> String {
     init.split_whitespace()
         .find(|w| w.starts_with("rsp_"))
         .unwrap_or_else(|| panic!("no token in {init}"))

@@ -2,6 +2,7 @@
 //! TLS handshakes and real SQLite files. One test binary (STYLE.md §6).
 #![allow(clippy::disallowed_methods)] // end-to-end tests measure real time
 
+mod abuse;
 mod admin;
 #[path = "../common/binaries.rs"]
 mod binaries;

@@ -412,7 +412,8 @@ async fn sighup_presents_a_renewed_certificate_and_keeps_live_connections() {
 async fn sigkill_during_registrations_loses_no_acknowledged_record() {
     let lab = Lab::new();
     lab.init_registrar();
-    let mut registrar = lab.start_registrar();
+    // A storm on one connection, far above what a real PE sends: no rate limit.
+    let mut registrar = lab.start_registrar_with_args(200, 200, &["--rate-registrations", "0"]);
     let pe_id = lab.identity("pe-echo-1");
     let mut pe = Asap::connect(&pe_id, registrar.addr)
         .await
@@ -500,11 +501,27 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn error_cause(m: Option<AsapMsg>) -> u16 {
-    match m {
-        Some(AsapMsg::Error(e)) => e.causes()[0].code(),
-        other => panic!("expected an ASAP error, got {other:?}"),
+/// A response whose Pool Handle or PE ID is itself invalid, so that only its bytes can
+/// say what it is: (message type, flags, first error cause, the echoed Pool Handle).
+fn raw_rejection(frame: Option<Vec<u8>>) -> (u8, u8, u16, Vec<u8>) {
+    let frame = frame.expect("an answer");
+    let (mut at, mut cause, mut handle) = (4, None, Vec::new());
+    while at + 4 <= frame.len() {
+        let ty = u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([frame[at + 2], frame[at + 3]]));
+        match ty {
+            0x0009 => handle = frame[at + 4..at + len].to_vec(),
+            0x000c => cause = Some(u16::from_be_bytes([frame[at + 4], frame[at + 5]])),
+            _ => {}
+        }
+        at += len.next_multiple_of(4);
     }
+    (
+        frame[0],
+        frame[1],
+        cause.expect("an Operation Error"),
+        handle,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,23 +537,39 @@ async fn malformed_registrations_get_the_spec_answer_on_a_live_connection() {
     let pe_param = |id: &str| {
         format!("000a0028{id}00000000000493e0000500101e610000000100087f0000010008000800000001")
     };
-    // PE ID 0 (spec §4.4): Invalid Values.
+    // Spec §7.1 step 2, §7.9: a registration that fails validation is answered with a
+    // REGISTRATION_RESPONSE, R flag set, cause 0x3 Invalid Values with the offending TLV,
+    // echoing its Pool Handle and PE ID as sent (not an ASAP_ERROR).
+    // PE ID 0 (spec §4.4).
     pe.send_raw(&hex(&format!("01000038{handle}{}", pe_param("00000000"))))
         .await;
-    assert_eq!(error_cause(pe.recv_reply().await), 0x3);
-    // A 33-byte pool handle (spec §3.5): Invalid Values.
+    assert_eq!(
+        raw_rejection(pe.recv_frame().await),
+        (0x03, 0x01, 0x3, b"EchoPool".to_vec())
+    );
+    // A 33-byte pool handle (spec §3.5).
     let long = format!("00090025{}000000", "61".repeat(33));
     pe.send_raw(&hex(&format!("01000054{long}{}", pe_param("deadbeef"))))
         .await;
-    assert_eq!(error_cause(pe.recv_reply().await), 0x3);
+    assert_eq!(
+        raw_rejection(pe.recv_frame().await),
+        (0x03, 0x01, 0x3, vec![b'a'; 33])
+    );
+    // A deregistration of PE ID 0: its own response, cause 0x3.
+    pe.send_raw(&hex(&format!("02000018{handle}000e000800000000")))
+        .await;
+    assert_eq!(
+        raw_rejection(pe.recv_frame().await),
+        (0x04, 0x00, 0x3, b"EchoPool".to_vec())
+    );
     // An unknown parameter whose action bits say "stop and report" (0x4abc, spec §3.3):
-    // Unrecognized Parameter.
+    // Unrecognized Parameter, in the registration's response (which the PE library reads).
     pe.send_raw(&hex(&format!(
         "01000040{handle}{}4abc000801020304",
         pe_param("deadbeef")
     )))
     .await;
-    assert_eq!(error_cause(pe.recv_reply().await), 0x1);
+    assert_eq!(rejected_with(pe.recv_reply().await), Some(0x1));
     // "Stop, no report" (0x0abc): discarded silently; the connection serves on.
     pe.send_raw(&hex(&format!(
         "01000040{handle}{}0abc000801020304",

@@ -80,7 +80,17 @@ impl Lab {
     /// (ms). Tests whose PEs do not answer keep-alives use long ones, so that a slow
     /// machine does not remove a PE in the middle of the test.
     pub(crate) fn start_registrar_with(&self, interval_ms: u32, timeout_ms: u32) -> Registrar {
-        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms)
+        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms, &[])
+    }
+
+    /// [`Lab::start_registrar_with`], with `extra` flags for `enrpd run`.
+    pub(crate) fn start_registrar_with_args(
+        &self,
+        interval_ms: u32,
+        timeout_ms: u32,
+        extra: &[&str],
+    ) -> Registrar {
+        self.spawn_registrar("127.0.0.1:0", interval_ms, timeout_ms, extra)
     }
 
     /// `enrpd run` on `addr` (a registrar restarted on the port it had), with these
@@ -91,12 +101,18 @@ impl Lab {
         interval_ms: u32,
         timeout_ms: u32,
     ) -> Registrar {
-        self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms)
+        self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms, &[])
     }
 
     /// `enrpd run` with ASAP on `asap_listen` and the admin API on a free loopback port;
     /// both addresses come from the line it prints once it serves.
-    fn spawn_registrar(&self, asap_listen: &str, interval_ms: u32, timeout_ms: u32) -> Registrar {
+    fn spawn_registrar(
+        &self,
+        asap_listen: &str,
+        interval_ms: u32,
+        timeout_ms: u32,
+        extra: &[&str],
+    ) -> Registrar {
         let (interval, timeout) = (interval_ms.to_string(), timeout_ms.to_string());
         let mut child = Command::new(bin("enrpd"))
             .arg("run")
@@ -108,6 +124,7 @@ impl Lab {
             .args(["--enrp-listen", "127.0.0.1:0"])
             .args(["--keep-alive-interval-ms", &interval])
             .args(["--keep-alive-timeout-ms", &timeout])
+            .args(extra)
             .env("ENRPD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -307,7 +324,16 @@ pub(crate) struct Asap {
 impl Asap {
     /// To a registrar (the store insists on a registrar identity).
     pub(crate) async fn connect(store: &TrustStore, addr: SocketAddr) -> std::io::Result<Self> {
-        Self::connect_with(store.client_config(Protocol::Asap), addr).await
+        Self::connect_from(store, addr, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// [`Asap::connect`] from the loopback address `from` (127.0.0.2 is another host).
+    pub(crate) async fn connect_from(
+        store: &TrustStore,
+        addr: SocketAddr,
+        from: std::net::Ipv4Addr,
+    ) -> std::io::Result<Self> {
+        Self::connect_with(store.client_config(Protocol::Asap), addr, from).await
     }
 
     /// To a PE's ASAP listener, which presents the PE's identity `pe`.
@@ -320,15 +346,18 @@ impl Asap {
         let config = store
             .client_config_expecting(Protocol::Asap, trust::IdentityPattern::exact(&id))
             .expect("config");
-        Self::connect_with(config, addr).await
+        Self::connect_with(config, addr, std::net::Ipv4Addr::LOCALHOST).await
     }
 
     async fn connect_with(
         config: Arc<tokio_rustls::rustls::ClientConfig>,
         addr: SocketAddr,
+        from: std::net::Ipv4Addr,
     ) -> std::io::Result<Self> {
         let connector = TlsConnector::from(config);
-        let tcp = TcpStream::connect(addr).await?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((from, 0).into())?;
+        let tcp = socket.connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("server name");
         let tls = connector.connect(name, tcp).await?;
         let (r, w) = tokio::io::split(tls);
@@ -358,15 +387,21 @@ impl Asap {
     /// The next message, or `None` if the registrar closed the connection or said nothing
     /// for 5 s.
     pub(crate) async fn recv(&mut self) -> Option<AsapMsg> {
-        let frame = tokio::time::timeout(Duration::from_secs(5), self.reader.next())
-            .await
-            .ok()?
-            .ok()??;
+        let frame = self.recv_frame().await?;
         Some(
             AsapMsg::decode(&frame)
                 .expect("the registrar sends valid messages")
                 .msg,
         )
+    }
+
+    /// The next message's bytes, undecoded (as [`Asap::recv`]: `None` when closed or
+    /// after 5 s of silence).
+    pub(crate) async fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        tokio::time::timeout(Duration::from_secs(5), self.reader.next())
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// The next message that is not an endpoint keep-alive.

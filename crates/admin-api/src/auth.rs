@@ -17,15 +17,17 @@
 //! Audit records name a certificate caller by its SPIFFE ID and serial, and a token caller
 //! by `spiffe://<local trust domain>/token/<token id>` without a serial.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use sha2::{Digest as _, Sha256};
 use trust::audit::{Outcome, Record};
-use trust::db::{self, Role};
+use trust::db::{self, Role, TokenInfo};
 use trust::{Action, NamespacePattern, Peer, Serial, SpiffeId};
 
 use crate::problem::{ApiError, ProblemKind};
@@ -129,6 +131,16 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
             }
         };
         match caller.role {
+            // Low disk: writes (and their audit records) wait until there is room
+            // again; reads go on. Not audited: the record may not fit.
+            Some(role)
+                if P::allows(role) && !parts.method.is_safe() && app.registrar().low_disk() =>
+            {
+                Err(ApiError::new(
+                    ProblemKind::InsufficientStorage,
+                    "the registrar's data directory is below its free-space watermark: writes are refused until it has room",
+                ))
+            }
             Some(role) if P::allows(role) => Ok(Self(caller, PhantomData)),
             role => {
                 let has = role.map_or_else(|| "no admin role".to_owned(), |r| format!("role {r}"));
@@ -151,6 +163,106 @@ fn unauthenticated(detail: impl Into<String>) -> ApiError {
     ApiError::new(ProblemKind::Unauthenticated, detail)
 }
 
+/// How long a verified token is taken on trust without asking the store again (and
+/// paying for an argon2id verification, 19 MiB): revoking it takes effect within this
+/// long (at once when it is revoked through this API, which empties the cache).
+pub(crate) const TOKEN_CACHE_MS: u64 = 1_000;
+
+/// Failed token attempts one IP address may make per [`FAILURE_WINDOW_MS`]; beyond them
+/// its tokens are refused unverified until the window ends (tokens verified before, and
+/// still cached, pass).
+pub(crate) const FAILURES_PER_IP: u32 = 10;
+
+/// See [`FAILURES_PER_IP`].
+pub(crate) const FAILURE_WINDOW_MS: u64 = 10_000;
+
+/// Entries kept in either map before stale ones are dropped.
+const MAX_ENTRIES: usize = 4096;
+
+/// Verified tokens by digest, and failed attempts by address (see the constants above).
+#[derive(Debug, Default)]
+pub(crate) struct TokenGuard {
+    verified: HashMap<[u8; 32], (TokenInfo, u64)>,
+    failures: HashMap<IpAddr, (u64, u32)>,
+}
+
+impl TokenGuard {
+    fn cached(&self, key: &[u8; 32], now: u64) -> Option<TokenInfo> {
+        self.verified
+            .get(key)
+            .filter(|(info, until)| now < *until && info.expires_ms.is_none_or(|e| now < e))
+            .map(|(info, _)| info.clone())
+    }
+
+    fn remember(&mut self, key: [u8; 32], info: TokenInfo, now: u64) {
+        if self.verified.len() >= MAX_ENTRIES {
+            self.verified.retain(|_, (_, until)| now < *until);
+        }
+        self.verified.insert(key, (info, now + TOKEN_CACHE_MS));
+    }
+
+    /// Forgets every verified token (one was revoked).
+    pub(crate) fn forget(&mut self) {
+        self.verified.clear();
+    }
+
+    fn blocked(&self, ip: IpAddr, now: u64) -> bool {
+        self.failures
+            .get(&ip)
+            .is_some_and(|(since, n)| now < since + FAILURE_WINDOW_MS && *n >= FAILURES_PER_IP)
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: u64) {
+        if self.failures.len() >= MAX_ENTRIES {
+            self.failures
+                .retain(|_, (since, _)| now < *since + FAILURE_WINDOW_MS);
+        }
+        let entry = self.failures.entry(ip).or_insert((now, 0));
+        if now >= entry.0 + FAILURE_WINDOW_MS {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+/// The token's [`TokenInfo`]: from the cache, or verified against the store (unless its
+/// address has failed too often lately).
+async fn verify(
+    app: &App,
+    token: &str,
+    now: u64,
+    remote: Option<SocketAddr>,
+) -> Result<TokenInfo, ApiError> {
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let ip = remote.map(|r| r.ip());
+    {
+        let guard = app.tokens();
+        if let Some(info) = guard.cached(&key, now) {
+            return Ok(info);
+        }
+        if ip.is_some_and(|ip| guard.blocked(ip, now)) {
+            return Err(unauthenticated(format!(
+                "too many failed token attempts from this address: wait up to {} s",
+                FAILURE_WINDOW_MS / 1000
+            )));
+        }
+    }
+    let mut conn = app.store().acquire().await?;
+    match db::verify_token(&mut conn, token, now).await {
+        Ok(info) => {
+            app.tokens().remember(key, info.clone(), now);
+            Ok(info)
+        }
+        Err(db::Error::Token(why)) => {
+            if let Some(ip) = ip {
+                app.tokens().failed(ip, now);
+            }
+            Err(unauthenticated(format!("bearer token refused: {why}")))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
 /// A bearer token if the request has one, else the client certificate.
 async fn authenticate(
     app: &App,
@@ -167,14 +279,7 @@ async fn authenticate(
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .ok_or_else(|| unauthenticated("use `Authorization: Bearer rsp_...`"))?;
-        let mut conn = app.store().acquire().await?;
-        let info = match db::verify_token(&mut conn, token, now).await {
-            Ok(info) => info,
-            Err(db::Error::Token(why)) => {
-                return Err(unauthenticated(format!("bearer token refused: {why}")));
-            }
-            Err(other) => return Err(other.into()),
-        };
+        let info = verify(app, token, now, remote).await?;
         let audit_id =
             SpiffeId::from_segments(&app.local_domain, [TOKEN_ACTOR_SEGMENT, info.id.as_str()])?;
         return Ok(Caller {

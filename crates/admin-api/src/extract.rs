@@ -50,8 +50,10 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     ApiError::new(kind_of(rejection.status().as_u16()), rejection.body_text())
 }
 
-/// A PEM body (`Content-Type: application/x-pem-file` or `text/plain`), UTF-8, at most
-/// [`PEM_BODY_LIMIT`] bytes (the route sets that limit).
+/// A PEM body (`Content-Type: application/x-pem-file`), UTF-8, at most
+/// [`PEM_BODY_LIMIT`] bytes (the route sets that limit). Not `text/plain`: a browser sends
+/// that cross-site without asking (a "simple" request), so a page could make an operator's
+/// browser, holding an admin client certificate, add a trust domain (issue 18).
 pub(crate) struct PemBody(pub(crate) String);
 
 impl<S: Send + Sync> FromRequest<S> for PemBody {
@@ -64,12 +66,10 @@ impl<S: Send + Sync> FromRequest<S> for PemBody {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
-        // `text/plain` too: PEM is text, and generic HTTP tools (and OpenAPI fuzzers)
-        // know how to send that.
-        if !matches!(media_type.as_deref(), Some(PEM_MEDIA_TYPE | "text/plain")) {
+        if media_type.as_deref() != Some(PEM_MEDIA_TYPE) {
             return Err(ApiError::new(
                 ProblemKind::UnsupportedMediaType,
-                format!("expected `Content-Type: {PEM_MEDIA_TYPE}` (or text/plain)"),
+                format!("expected `Content-Type: {PEM_MEDIA_TYPE}`"),
             ));
         }
         let bytes = Bytes::from_request(req, state)

@@ -101,7 +101,45 @@ pub fn router(state: AdminState) -> axum::Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Routes that take PEM raise this limit for themselves.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(same_site_writes))
         .with_state(app)
+}
+
+/// Refuses a state-changing request that a browser sent from another site (403): its
+/// `Origin` is not this API's own (`https://` + `Host`), or `Sec-Fetch-Site` says
+/// `cross-site`. Tools (curl, rsp, scripts) send neither header and pass; so do reads.
+async fn same_site_writes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !request.method().is_safe()
+        && let Some(why) = cross_site(
+            request.headers(),
+            request.uri().authority().map(|a| a.as_str()),
+        )
+    {
+        return ApiError::new(ProblemKind::Forbidden, why).into_response();
+    }
+    next.run(request).await
+}
+
+/// Why the headers show a cross-site request, if they do.
+fn cross_site(headers: &axum::http::HeaderMap, authority: Option<&str>) -> Option<String> {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_owned())
+    };
+    if text("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return Some("cross-site request refused (Sec-Fetch-Site: cross-site)".to_owned());
+    }
+    let origin = text("origin")?;
+    // The authority the client addressed: HTTP/1.1 `Host`, HTTP/2 `:authority` (which
+    // hyper puts in the URI).
+    let host = text("host").or_else(|| authority.map(str::to_owned));
+    let ours = host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")));
+    (!ours).then(|| format!("cross-site request refused: Origin {origin:?} is not this API"))
 }
 
 async fn unknown_route(uri: Uri) -> ApiError {

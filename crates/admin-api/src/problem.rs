@@ -51,6 +51,9 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// The registrar is not serving yet, or is stopping (503).
     Unavailable,
+    /// The registrar's data directory is below its free-space watermark: writes are
+    /// refused until it has room again (507).
+    InsufficientStorage,
     /// A fault on this side: the store failed (500). The detail is generic; the log has
     /// the cause.
     Internal,
@@ -58,7 +61,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Unauthenticated,
         Self::Forbidden,
         Self::NotFound,
@@ -69,6 +72,7 @@ impl ProblemKind {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::Unavailable,
+        Self::InsufficientStorage,
         Self::Internal,
     ];
 
@@ -85,6 +89,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "urn:rsp:problem:payload-too-large",
             Self::UnsupportedMediaType => "urn:rsp:problem:unsupported-media-type",
             Self::Unavailable => "urn:rsp:problem:unavailable",
+            Self::InsufficientStorage => "urn:rsp:problem:insufficient-storage",
             Self::Internal => "urn:rsp:problem:internal",
         }
     }
@@ -102,6 +107,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::Unavailable => 503,
+            Self::InsufficientStorage => 507,
             Self::Internal => 500,
         }
     }
@@ -118,6 +124,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "request body too large",
             Self::UnsupportedMediaType => "unsupported media type",
             Self::Unavailable => "not ready",
+            Self::InsufficientStorage => "low disk space",
             Self::Internal => "internal error",
         }
     }
@@ -135,6 +142,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unavailable => "unavailable",
+            Self::InsufficientStorage => "low-disk",
             Self::Internal => "error",
         }
     }

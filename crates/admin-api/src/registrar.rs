@@ -58,6 +58,12 @@ pub trait Registrar: Send + Sync + 'static {
     /// Whether the registrar serves (false while it starts, stops, or waits for its
     /// mentor): `/readyz`.
     fn ready(&self) -> bool;
+
+    /// Whether its data directory is below the free-space watermark: writes are then
+    /// refused with 507. Default: never.
+    fn low_disk(&self) -> bool {
+        false
+    }
 }
 
 /// Who made an admin change, for the registrar's audit records.
@@ -179,6 +185,14 @@ pub struct Metrics {
     pub handshake_failures: Vec<(String, u64)>,
     /// Audit records queued and not yet committed (a gauge).
     pub audit_queue: u64,
+    /// Refusals counted into a summary audit record instead of one record each.
+    pub refusals_aggregated: u64,
+    /// The data directory is below its free-space watermark (a gauge).
+    pub low_disk: bool,
+    /// Audit batches whose commit failed.
+    pub audit_failed_commits: u64,
+    /// Audit records dropped because the writer could not keep up.
+    pub audit_dropped: u64,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -197,6 +211,7 @@ pub(crate) trait DynRegistrar: Send + Sync + 'static {
     fn peers(&self) -> BoxFuture<'_, Vec<PeerView>>;
     fn metrics(&self) -> BoxFuture<'_, Metrics>;
     fn ready(&self) -> bool;
+    fn low_disk(&self) -> bool;
 }
 
 impl<R: Registrar> DynRegistrar for R {
@@ -232,5 +247,8 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn ready(&self) -> bool {
         Registrar::ready(self)
+    }
+    fn low_disk(&self) -> bool {
+        Registrar::low_disk(self)
     }
 }

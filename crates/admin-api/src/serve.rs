@@ -7,11 +7,11 @@
 //! registrar write (and fsync) a record per TCP connection. Refused requests on an
 //! established connection are audited (see [`crate::auth`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -89,6 +89,21 @@ pub struct ServeOptions {
     pub max_streams: u32,
     /// How long [`serve`] waits for open connections after `shutdown`. Default 10 s.
     pub shutdown_grace: Duration,
+    /// A connection whose first request has not started this long after its TLS
+    /// handshake is closed: it covers hyper's protocol detection, which waits for the
+    /// first bytes without a timeout of its own (a silent connection would hold its slot
+    /// forever). Default 10 s.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike). Default 60 s.
+    pub idle_timeout: Duration,
+    /// HTTP/2: a PING this often; no answer within as long closes the connection.
+    /// Default 20 s.
+    pub h2_keep_alive: Duration,
+    /// Connections (handshaking or established) from one IP address; more are closed at
+    /// once, so that one host cannot take all of [`ServeOptions::max_connections`] and
+    /// lock the operators out. Default 32.
+    pub max_connections_per_ip: usize,
     /// Where handshake failures and open connections are counted (from
     /// [`crate::AdminState::serve_counters`], so that `/metrics` reports them).
     pub counters: Arc<ServeCounters>,
@@ -108,6 +123,10 @@ impl ServeOptions {
             max_header_bytes: 64 * 1024,
             max_streams: 32,
             shutdown_grace: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            h2_keep_alive: Duration::from_secs(20),
+            max_connections_per_ip: 32,
             counters,
             trust: None,
         }
@@ -138,9 +157,12 @@ pub async fn serve<F>(
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(options.max_streams);
+        .max_concurrent_streams(options.max_streams)
+        .keep_alive_interval(Some(options.h2_keep_alive))
+        .keep_alive_timeout(options.h2_keep_alive);
     let http = Arc::new(http);
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::new(options.max_connections_per_ip));
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -164,7 +186,16 @@ pub async fn serve<F>(
                 }
             },
         };
+        let Some(ip_slot) = PerIp::admit(&per_ip, remote.ip()) else {
+            tracing::debug!(%remote, "admin API: too many connections from this address");
+            options.counters.handshake_failed("per-ip-cap");
+            continue;
+        };
         let connection = Connection {
+            timeouts: Timeouts {
+                first_request: options.first_request_timeout,
+                idle: options.idle_timeout,
+            },
             config: tls(),
             http: http.clone(),
             router: router.clone(),
@@ -175,6 +206,7 @@ pub async fn serve<F>(
         let watcher = graceful.watcher();
         tasks.spawn(async move {
             connection.run(tcp, remote, watcher).await;
+            drop(ip_slot);
             drop(permit);
         });
         // Reap finished tasks so the set does not grow with every connection served.
@@ -190,7 +222,128 @@ pub async fn serve<F>(
     tasks.shutdown().await;
 }
 
+/// Connections per IP address ([`ServeOptions::max_connections_per_ip`]).
+struct PerIp {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at the cap.
+    fn admit(this: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = this.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= this.cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: Arc::clone(this),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its address; given back when dropped.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .per_ip
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    first_request: Duration,
+    idle: Duration,
+}
+
+/// What a connection's requests have been doing, for [`idle`].
+struct Activity {
+    in_flight: AtomicUsize,
+    /// When the last request ended (or the connection started); whether one started.
+    last: Mutex<(tokio::time::Instant, bool)>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new((tokio::time::Instant::now(), false)),
+        }
+    }
+
+    /// A request starts; the guard marks its end (also when it is cancelled).
+    fn start(this: &Arc<Self>) -> InFlight {
+        this.in_flight.fetch_add(1, Ordering::SeqCst);
+        this.last.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        InFlight(Arc::clone(this))
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut last = self.0.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.0 = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Returns once the connection has been quiet too long: no first request within
+/// `first_request` of the handshake, or no request in flight for `idle`.
+async fn idle(activity: &Activity, timeouts: Timeouts) {
+    loop {
+        let (last, started) = *activity.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = if started {
+            timeouts.idle
+        } else {
+            timeouts.first_request
+        };
+        let deadline = last + limit;
+        if tokio::time::Instant::now() >= deadline && activity.in_flight.load(Ordering::SeqCst) == 0
+        {
+            let (again, _) = *activity.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if again == last {
+                return;
+            }
+            continue;
+        }
+        // In flight at the deadline: look again one limit later (a request ending
+        // moves `last`).
+        let wake = if tokio::time::Instant::now() >= deadline {
+            tokio::time::Instant::now() + limit
+        } else {
+            deadline
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
 struct Connection {
+    timeouts: Timeouts,
     config: Arc<ServerConfig>,
     http: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
@@ -245,13 +398,20 @@ impl Connection {
             _ => None,
         };
         let router = self.router;
+        let activity = Arc::new(Activity::new());
+        let requests = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let in_flight = Activity::start(&requests);
             request.extensions_mut().insert(RemoteAddr(remote));
             if let Some(peer) = &peer {
                 request.extensions_mut().insert(peer.clone());
             }
             let mut router = router.clone();
-            async move { router.call(request.map(axum::body::Body::new)).await }
+            async move {
+                let response = router.call(request.map(axum::body::Body::new)).await;
+                drop(in_flight);
+                response
+            }
         });
         self.counters
             .open_connections
@@ -272,6 +432,9 @@ impl Connection {
                 if let Err(err) = served {
                     tracing::debug!(%remote, error = %err, "admin API connection ended with an error");
                 }
+            }
+            () = idle(&activity, self.timeouts) => {
+                tracing::debug!(%remote, "admin API connection idle: closing");
             }
             reason = revoked => {
                 // Dropping the connection closes it, mid-request if need be: its identity

@@ -83,6 +83,8 @@ pub(crate) struct App {
     pub(crate) local_domain: TrustDomain,
     pub(crate) openapi: OnceLock<String>,
     limiter: Mutex<RefusalLimiter>,
+    /// Verified tokens and failed attempts ([`crate::auth::TokenGuard`]).
+    tokens: Mutex<crate::auth::TokenGuard>,
 }
 
 impl App {
@@ -93,7 +95,13 @@ impl App {
             local_domain,
             openapi: OnceLock::new(),
             limiter: Mutex::new(RefusalLimiter::default()),
+            tokens: Mutex::new(crate::auth::TokenGuard::default()),
         })
+    }
+
+    /// The token cache and failure counts; held for a lookup, never across an await.
+    pub(crate) fn tokens(&self) -> std::sync::MutexGuard<'_, crate::auth::TokenGuard> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn now(&self) -> u64 {

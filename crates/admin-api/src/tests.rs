@@ -478,6 +478,70 @@ async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
 }
 
 #[tokio::test]
+async fn writes_from_another_site_and_pem_as_text_plain_are_refused() {
+    let f = fixture().await;
+    let post = |origin: Option<&'static str>, fetch_site: Option<&'static str>| {
+        let mut r = Request::builder()
+            .method("POST")
+            .uri("/v1/namespaces")
+            .header(header::HOST, "registrar.acme.test:8443")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(o) = origin {
+            r = r.header(header::ORIGIN, o);
+        }
+        if let Some(s) = fetch_site {
+            r = r.header("sec-fetch-site", s);
+        }
+        r.body(Body::from(r#"{"name":"lab"}"#)).expect("a request")
+    };
+    // A page elsewhere, even with the operator's credentials: refused, nothing created.
+    f.send(post(Some("https://evil.example"), None))
+        .await
+        .problem(403, "forbidden");
+    f.send(post(None, Some("cross-site")))
+        .await
+        .problem(403, "forbidden");
+    f.send(post(Some("http://registrar.acme.test:8443"), None))
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(
+        f.call("GET", "/v1/namespaces/lab", Some(&f.admin), None)
+            .await
+            .status,
+        404
+    );
+    // Reads from anywhere, and writes from this API's own origin or from tools.
+    let read = Request::builder()
+        .uri("/v1/namespaces")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .expect("a request");
+    assert_eq!(f.send(read).await.status, 200);
+    assert_eq!(
+        f.send(post(
+            Some("https://registrar.acme.test:8443"),
+            Some("same-origin")
+        ))
+        .await
+        .status,
+        201
+    );
+    // PEM only as application/x-pem-file: text/plain is what a browser sends cross-site.
+    let text_plain = Request::builder()
+        .method("POST")
+        .uri("/v1/trust-domains")
+        .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(f.ca.root_pem()))
+        .expect("a request");
+    f.send(text_plain)
+        .await
+        .problem(415, "unsupported-media-type");
+}
+
+#[tokio::test]
 async fn bodies_are_validated_and_refused_as_problems() {
     let f = fixture().await;
     let post = |body: &'static str, content_type: &'static str| {
@@ -590,6 +654,44 @@ async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
     )
     .await
     .problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn failed_token_attempts_are_limited_per_address() {
+    let f = fixture().await;
+    let from = |ip: [u8; 4], token: &str| {
+        let mut r = Request::builder()
+            .uri("/v1/revocations")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("a request");
+        r.extensions_mut().insert(crate::auth::RemoteAddr(
+            (std::net::Ipv4Addr::from(ip), 40000).into(),
+        ));
+        r
+    };
+    // A known token id with guessed secrets: each costs an argon2id verification, up to
+    // the limit.
+    let id = &f.operator[4..20];
+    let guess = format!("rsp_{id}_{}", "A".repeat(43));
+    let attacker = [192, 0, 2, 7];
+    for _ in 0..crate::auth::FAILURES_PER_IP {
+        let r = f.send(from(attacker, &guess)).await;
+        r.problem(401, "unauthenticated");
+        assert!(r.text.contains("bearer token refused"), "{}", r.text);
+    }
+    // Then refused unverified, even the right token, from that address for the window...
+    let r = f.send(from(attacker, &f.operator)).await;
+    r.problem(401, "unauthenticated");
+    assert!(
+        r.text.contains("too many failed token attempts"),
+        "{}",
+        r.text
+    );
+    // ...not from another.
+    assert_eq!(f.send(from([192, 0, 2, 8], &f.operator)).await.status, 200);
+    // A token verified before (cached) still passes from the blocked address.
+    assert_eq!(f.send(from(attacker, &f.operator)).await.status, 200);
 }
 
 #[tokio::test]
@@ -1274,38 +1376,101 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
     assert_eq!(documented, expected.len());
 }
 
+/// [`crate::serve`] on a loopback port, and a client that trusts it.
+struct Https {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Https {
+    async fn start(f: &Fixture, options: crate::ServeOptions) -> Self {
+        let server_leaf = f.ca.leaf("registrar/enrp-1").dns("localhost").issue();
+        let mut config = rustls::ServerConfig::builder_with_provider(trust::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(server_leaf.chain.clone(), server_leaf.key_der())
+            .expect("a server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::serve(
+            listener,
+            move || config.clone(),
+            f.router.clone(),
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(f.ca.root().clone()).expect("a root");
+        let client = rustls::ClientConfig::builder_with_provider(trust::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        Self {
+            addr,
+            stop,
+            server,
+            connector,
+        }
+    }
+
+    /// A TLS connection from `from` (any loopback address: 127.0.0.2 is another host).
+    async fn connect(
+        &self,
+        from: std::net::Ipv4Addr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((from, 0).into())?;
+        let tcp = socket.connect(self.addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+        self.connector.connect(name, tcp).await
+    }
+
+    /// `GET /healthz` over HTTP/1.1 from `from`: the status line, or the error.
+    async fn healthz(&self, from: std::net::Ipv4Addr) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = self.connect(from).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tls.read_to_string(&mut answer),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+        Ok(answer)
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).expect("the server listens");
+        self.server.await.expect("the server stops");
+    }
+}
+
 #[tokio::test]
 async fn serve_speaks_https_and_counts_failed_handshakes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let f = fixture().await;
-    let server_leaf = f.ca.leaf("registrar/enrp-1").dns("localhost").issue();
-    let mut config = rustls::ServerConfig::builder_with_provider(trust::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_no_client_auth()
-        .with_single_cert(server_leaf.chain.clone(), server_leaf.key_der())
-        .expect("a server config");
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let config = Arc::new(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("an address");
     let counters = Arc::new(crate::ServeCounters::default());
     let mut options = crate::ServeOptions::new(counters.clone());
     options.handshake_timeout = std::time::Duration::from_secs(2);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve(
-        listener,
-        move || config.clone(),
-        f.router.clone(),
-        options,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let https = Https::start(&f, options).await;
     // Not TLS: counted, not served.
-    let mut plain = tokio::net::TcpStream::connect(addr)
+    let mut plain = tokio::net::TcpStream::connect(https.addr)
         .await
         .expect("connected");
     plain
@@ -1315,24 +1480,10 @@ async fn serve_speaks_https_and_counts_failed_handshakes() {
     let mut sink = Vec::new();
     let _ = plain.read_to_end(&mut sink).await;
     // TLS with HTTP/1.1.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(f.ca.root().clone()).expect("a root");
-    let client = rustls::ClientConfig::builder_with_provider(trust::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let answer = https
+        .healthz(std::net::Ipv4Addr::LOCALHOST)
         .await
-        .expect("connected");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
-    let mut tls = connector.connect(name, tcp).await.expect("a handshake");
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("written");
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer).await.expect("an answer");
+        .expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
     let failures = counters.snapshot().handshake_failures;
@@ -1341,7 +1492,61 @@ async fn serve_speaks_https_and_counts_failed_handshakes() {
         1,
         "{failures:?}"
     );
-    stop.send(()).expect("the server listens");
-    server.await.expect("the server stops");
+    https.stop().await;
     let _ = &f.trust;
+}
+
+#[tokio::test]
+async fn silent_connections_are_capped_per_address_and_closed_before_a_first_request() {
+    use tokio::io::AsyncReadExt;
+    let f = fixture().await;
+    let counters = Arc::new(crate::ServeCounters::default());
+    let mut options = crate::ServeOptions::new(counters.clone());
+    // Small limits, same shape as the defaults (256 in all, 32 per address, 10 s).
+    options.max_connections = 16;
+    options.max_connections_per_ip = 8;
+    options.first_request_timeout = std::time::Duration::from_secs(2);
+    let https = Https::start(&f, options).await;
+    let attacker = std::net::Ipv4Addr::LOCALHOST;
+    let operator = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    // Twice the global cap of silent TLS connections from one address: only its share
+    // gets in, the rest are closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        // Bounded: without the per-address cap, the ones past the global cap would wait.
+        let wait = std::time::Duration::from_millis(300);
+        if let Ok(Ok(tls)) = tokio::time::timeout(wait, https.connect(attacker)).await {
+            silent.push(tls);
+        }
+    }
+    let started = tokio::time::Instant::now();
+    // The operator, from another address, is served at once.
+    let answer = https.healthz(operator).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "served before the silent ones time out"
+    );
+    let capped = counters
+        .snapshot()
+        .handshake_failures
+        .iter()
+        .find(|(reason, _)| *reason == "per-ip-cap")
+        .map_or(0, |(_, n)| *n);
+    assert!(capped >= 24, "{capped} refused at the per-address cap");
+    // The silent ones are closed once the first-request timeout passes...
+    let mut byte = [0u8; 1];
+    let mut closed = 0;
+    for tls in &mut silent {
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, silent.len(), "every silent connection closed");
+    // ...and that address is served again.
+    let answer = https.healthz(attacker).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    https.stop().await;
 }

@@ -116,11 +116,19 @@ impl Registrar for Control {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
             audit_queue: s.audit_queue,
+            refusals_aggregated: s.refusals_aggregated,
+            low_disk: s.low_disk,
+            audit_failed_commits: s.audit_failed_commits,
+            audit_dropped: s.audit_dropped,
         }
     }
 
     fn ready(&self) -> bool {
         Self::ready(self)
+    }
+
+    fn low_disk(&self) -> bool {
+        Self::low_disk(self)
     }
 }
 

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod checkpoint;
 pub mod checksum;
 pub mod daemon;
 pub mod handlespace;

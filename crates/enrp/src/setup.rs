@@ -469,7 +469,8 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     })
 }
 
-fn read_install(data: &Path) -> Result<Install, Error> {
+/// Where an initialised data directory's PKI files are (its install record).
+pub fn read_install(data: &Path) -> Result<Install, Error> {
     let path = data.join(INSTALL_FILE);
     if !path.exists() {
         return Err(Error::NotInitialised(data.to_owned()));

@@ -23,7 +23,11 @@ use crate::state::App;
 pub(crate) struct NewDefaultNamespace {
     /// A SPIFFE ID or pattern, as in grants. When several rules match an identity, an
     /// exact ID wins, then the pattern with the most literal characters, then the older.
-    #[schema(example = "spiffe://acme.test/pe/lab-*")]
+    #[schema(
+        example = "spiffe://acme.test/pe/lab-*",
+        pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._*-]+)*$",
+        max_length = 2048
+    )]
     identity: String,
     /// The namespace its requests go to; it must exist, and cannot be deleted while a
     /// rule names it.

@@ -77,13 +77,17 @@ impl GrantAction {
 pub(crate) struct NewGrant {
     /// A SPIFFE ID or pattern: `*` matches within one path segment, a last segment `**`
     /// matches one or more segments; the trust domain is literal.
-    #[schema(example = "spiffe://acme.test/pe/*")]
+    #[schema(
+        example = "spiffe://acme.test/pe/*",
+        pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._*-]+)*$",
+        max_length = 2048
+    )]
     identity: String,
     /// A namespace name, or `*` for every namespace.
-    #[schema(example = "default")]
+    #[schema(example = "default", pattern = "^([*]|[a-z0-9.-]{1,63})$")]
     namespace: String,
     /// A pool handle pattern (`*` matches any run of bytes), 1 to 256 bytes.
-    #[schema(example = "echo")]
+    #[schema(example = "echo", min_length = 1, max_length = 256)]
     pools: String,
     /// What it allows (at least one).
     #[schema(min_items = 1)]

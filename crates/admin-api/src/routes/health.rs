@@ -174,6 +174,34 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
     );
     metric(
         &mut out,
+        "rsp_audit_refusals_aggregated_total",
+        "counter",
+        "Refusals (failed handshakes, repeated refused requests) audited in a summary record, not one each.",
+        &one(m.refusals_aggregated),
+    );
+    metric(
+        &mut out,
+        "rsp_low_disk",
+        "gauge",
+        "1 while the data directory is below its free-space watermark (registrations and admin writes refused).",
+        &one(u64::from(m.low_disk)),
+    );
+    metric(
+        &mut out,
+        "rsp_audit_failed_commits_total",
+        "counter",
+        "Audit batches whose commit failed (their operations were refused).",
+        &one(m.audit_failed_commits),
+    );
+    metric(
+        &mut out,
+        "rsp_audit_dropped_total",
+        "counter",
+        "Audit records dropped because the writer could not keep up (their operations, if they needed one, refused).",
+        &one(m.audit_dropped),
+    );
+    metric(
+        &mut out,
         "rsp_admin_connections",
         "gauge",
         "Open admin API connections.",

@@ -25,8 +25,10 @@ pub(crate) enum NewRevocation {
     /// One certificate, by serial number and issuing trust domain.
     Serial {
         /// The issuing trust domain.
+        #[schema(pattern = "^[a-z0-9._-]{1,255}$")]
         trust_domain: String,
         /// The serial number in hex (`:` separators and a `0x` prefix are accepted).
+        #[schema(pattern = "^(0x)?[0-9A-Fa-f]{1,2}(:?[0-9A-Fa-f]{2}){0,19}$")]
         serial: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
@@ -35,6 +37,10 @@ pub(crate) enum NewRevocation {
     /// Every certificate of an identity.
     SpiffeId {
         /// The SPIFFE ID.
+        #[schema(
+            pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+            max_length = 2048
+        )]
         spiffe_id: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
@@ -43,6 +49,7 @@ pub(crate) enum NewRevocation {
     /// A whole federated trust domain: it is no longer trusted and cannot be added again.
     TrustDomain {
         /// The trust domain (not the local one).
+        #[schema(pattern = "^[a-z0-9._-]{1,255}$")]
         trust_domain: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
@@ -222,7 +229,7 @@ pub(crate) struct CrlsApplied {
 /// connections close and their PEs are deregistered.
 #[utoipa::path(put, path = "/v1/revocations/crls/{trust_domain}", tag = "revocations",
     params(("trust_domain" = String, Path, description = "The trust domain whose CA signed the CRLs")),
-    request_body(content((String = "application/x-pem-file"), (String = "text/plain")),
+    request_body(content((String = "application/x-pem-file")),
         description = "One or more CRLs in PEM (`-----BEGIN X509 CRL-----`)"),
     responses(
         (status = 200, description = "Applied", body = CrlsApplied),

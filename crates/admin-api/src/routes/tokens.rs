@@ -195,5 +195,7 @@ pub(crate) async fn revoke(
         .await
         .map_err(ApiError::from);
     app.finish(tx, record, result).await?;
+    // Revoked at once here, not only once its cache entry expires.
+    app.tokens().forget();
     Ok(StatusCode::NO_CONTENT)
 }

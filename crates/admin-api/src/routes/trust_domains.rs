@@ -98,7 +98,7 @@ pub(crate) struct BundleQuery {
 /// CRLs (the output of `rsp-pki bundle export`). New handshakes trust it at once.
 #[utoipa::path(post, path = "/v1/trust-domains", tag = "trust domains",
     params(BundleQuery),
-    request_body(content((String = "application/x-pem-file"), (String = "text/plain")),
+    request_body(content((String = "application/x-pem-file")),
         description = "Root certificates (and CRLs) in PEM, optionally after a `trust-domain: NAME` line"),
     responses(
         (status = 201, description = "Added and trusted", body = TrustDomainView),

@@ -30,6 +30,7 @@ mod msg;
 mod names;
 pub mod param;
 mod reader;
+mod rejection;
 mod writer;
 
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub use error::{DecodeError, DecodeErrorKind, EncodeError};
 pub use framer::Framer;
 pub use msg::{AsapMsg, PeEntry, Resolution};
 pub use reader::{Params, RawParam, Reader};
+pub use rejection::rejection;
 pub use writer::Writer;
 
 /// A Message Type (spec §3.1, §6.1, §8.1). The same number means different things in

@@ -114,6 +114,21 @@ enum AuditCommand {
         /// The data directory.
         #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
         data: PathBuf,
+        /// A checkpoint (`enrpd audit checkpoint`): also check that the chain still
+        /// holds the head it signed (not truncated, not rewritten before it).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign the chain's head (row, hash, time) with the registrar's key; keep the file
+    /// elsewhere, then `enrpd audit verify --checkpoint FILE` detects a truncated tail or
+    /// a rewritten chain.
+    Checkpoint {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        to: Option<PathBuf>,
     },
 }
 
@@ -170,6 +185,48 @@ struct RunArgs {
     /// refused and audited (docs/ENRP-TRUST.md §3).
     #[arg(long, env = "ENRPD_MAX_PES_PER_PEER", default_value_t = 250_000)]
     max_pes_per_peer: usize,
+    /// Kinds of refusal (failed handshakes per source address, repeated refused requests)
+    /// audited one record each per listener per second; more are counted into summary
+    /// records (docs/SECURITY.md).
+    #[arg(long, env = "ENRPD_REFUSAL_AUDIT_BUDGET", default_value_t = 20)]
+    refusal_audit_budget: u32,
+    /// Handle resolutions a connection may send per second (bursts of twice that; an
+    /// identity ten times that over all its connections); more are answered with cause
+    /// 0x6. 0: no limit.
+    #[arg(long, env = "ENRPD_RATE_RESOLUTIONS", default_value_t = 100)]
+    rate_resolutions: u32,
+    /// Registrations and deregistrations a connection may send per second (as
+    /// --rate-resolutions).
+    #[arg(long, env = "ENRPD_RATE_REGISTRATIONS", default_value_t = 100)]
+    rate_registrations: u32,
+    /// Endpoint unreachable reports a connection may send per second (as
+    /// --rate-resolutions; more are dropped).
+    #[arg(long, env = "ENRPD_RATE_UNREACHABLE", default_value_t = 10)]
+    rate_unreachable: u32,
+    /// Connections from one IP address per listener (ASAP, ENRP, legacy); more are
+    /// closed at once, counted and audited in aggregate.
+    #[arg(long, env = "ENRPD_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
+    /// Of those, connections still in their TLS handshake.
+    #[arg(long, env = "ENRPD_MAX_HANDSHAKES_PER_IP", default_value_t = 64)]
+    max_handshakes_per_ip: usize,
+    /// Authenticated ASAP connections of one identity at once; more are closed after
+    /// the handshake and audited.
+    #[arg(
+        long,
+        env = "ENRPD_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 256
+    )]
+    max_connections_per_identity: usize,
+    /// Free space (MiB) the data directory must keep: below it registrations are refused
+    /// (cause 0x6) and admin writes too (507), resolutions and keep-alives go on, the
+    /// state is logged and exported (`rsp_low_disk`); enrpd never exits for it.
+    #[arg(long, env = "ENRPD_MIN_FREE_MIB", default_value_t = 64)]
+    min_free_mib: u64,
+    /// Pools one identity may have created in one namespace (that still exist); a
+    /// registration creating one more is refused with cause 0x6.
+    #[arg(long, env = "ENRPD_MAX_POOLS_PER_IDENTITY", default_value_t = 100)]
+    max_pools_per_identity: usize,
     /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
     /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
     /// `on` insists (start-up fails without it), `off` serves TCP only.
@@ -232,6 +289,15 @@ struct FileConfig {
     takeover_expiry_ms: Option<u64>,
     mentor_timeout_ms: Option<u64>,
     max_pes_per_peer: Option<usize>,
+    refusal_audit_budget: Option<u32>,
+    rate_resolutions: Option<u32>,
+    rate_registrations: Option<u32>,
+    rate_unreachable: Option<u32>,
+    max_connections_per_ip: Option<usize>,
+    max_handshakes_per_ip: Option<usize>,
+    max_connections_per_identity: Option<usize>,
+    min_free_mib: Option<u64>,
+    max_pools_per_identity: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
     log_format: Option<LogFormat>,
@@ -343,6 +409,51 @@ impl RunArgs {
         }
         if let Some(v) = file.max_pes_per_peer.filter(|_| unset("max_pes_per_peer")) {
             self.max_pes_per_peer = v;
+        }
+        if let Some(v) = file
+            .refusal_audit_budget
+            .filter(|_| unset("refusal_audit_budget"))
+        {
+            self.refusal_audit_budget = v;
+        }
+        if let Some(v) = file.rate_resolutions.filter(|_| unset("rate_resolutions")) {
+            self.rate_resolutions = v;
+        }
+        if let Some(v) = file
+            .rate_registrations
+            .filter(|_| unset("rate_registrations"))
+        {
+            self.rate_registrations = v;
+        }
+        if let Some(v) = file.rate_unreachable.filter(|_| unset("rate_unreachable")) {
+            self.rate_unreachable = v;
+        }
+        if let Some(v) = file
+            .max_connections_per_ip
+            .filter(|_| unset("max_connections_per_ip"))
+        {
+            self.max_connections_per_ip = v;
+        }
+        if let Some(v) = file
+            .max_handshakes_per_ip
+            .filter(|_| unset("max_handshakes_per_ip"))
+        {
+            self.max_handshakes_per_ip = v;
+        }
+        if let Some(v) = file
+            .max_connections_per_identity
+            .filter(|_| unset("max_connections_per_identity"))
+        {
+            self.max_connections_per_identity = v;
+        }
+        if let Some(v) = file.min_free_mib.filter(|_| unset("min_free_mib")) {
+            self.min_free_mib = v;
+        }
+        if let Some(v) = file
+            .max_pools_per_identity
+            .filter(|_| unset("max_pools_per_identity"))
+        {
+            self.max_pools_per_identity = v;
         }
         if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
             self.allow_loopback = v;
@@ -531,7 +642,10 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
         }
         Command::Token { command } => token(command).await,
         Command::Audit {
-            command: AuditCommand::Verify { data },
+            command: AuditCommand::Checkpoint { data, to },
+        } => write_checkpoint(&data, to.as_deref()).await,
+        Command::Audit {
+            command: AuditCommand::Verify { data, checkpoint },
         } => {
             let loaded = setup::load(&data)
                 .await
@@ -545,6 +659,9 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
                         report.checked,
                         report.head_hex()
                     );
+                    if let Some(file) = checkpoint {
+                        return check_checkpoint(&data, &file, &report, &loaded.store).await;
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(link) => {
@@ -557,6 +674,103 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             }
         }
     }
+}
+
+/// `enrpd audit checkpoint`: the intact chain's head, signed.
+async fn write_checkpoint(
+    data: &std::path::Path,
+    to: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let loaded = setup::load(data)
+        .await
+        .context("loading the data directory")?;
+    let mut conn = loaded.store.acquire().await?;
+    let report = trust::audit::verify(&mut conn).await?;
+    if let Some(link) = report.broken {
+        println!(
+            "audit chain broken at record {}: {}: no checkpoint",
+            link.id, link.reason
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let install = setup::read_install(data)?;
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let checkpoint = enrp::checkpoint::Checkpoint::sign(
+        report.last_id,
+        &report.head,
+        now_ms(),
+        &read(&install.cert)?,
+        &read(&install.key)?,
+    )
+    .map_err(|e| anyhow::anyhow!("signing the checkpoint: {e}"))?;
+    let json = serde_json::to_string_pretty(&checkpoint)? + "\n";
+    match to {
+        Some(file) => {
+            std::fs::write(file, json).with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "checkpoint: record {}, head {}, signed by {}",
+                checkpoint.id, checkpoint.hash, checkpoint.signer
+            );
+        }
+        None => print!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `enrpd audit verify --checkpoint FILE`, after the chain checked intact: the signature,
+/// then that the chain still holds the signed head.
+async fn check_checkpoint(
+    data: &std::path::Path,
+    file: &std::path::Path,
+    report: &trust::audit::VerifyReport,
+    store: &trust::db::Store,
+) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let checkpoint: enrp::checkpoint::Checkpoint = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a checkpoint", file.display()))?;
+    let install = setup::read_install(data)?;
+    let ca =
+        std::fs::read(&install.ca).with_context(|| format!("reading {}", install.ca.display()))?;
+    if let Err(e) = checkpoint.check(&ca) {
+        println!("checkpoint refused: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.last_id < checkpoint.id {
+        println!(
+            "audit chain TRUNCATED: it ends at record {}, the checkpoint of {} saw record {}",
+            report.last_id, checkpoint.time_ms, checkpoint.id
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let stored = if checkpoint.id == 0 {
+        Some(trust::audit::GENESIS)
+    } else {
+        let mut filter = trust::audit::AuditFilter::default();
+        filter.order = trust::audit::Order::OldestFirst;
+        filter.cursor = Some(checkpoint.id - 1);
+        filter.limit = 1;
+        let mut conn = store.acquire().await?;
+        trust::audit::query(&mut conn, &filter)
+            .await?
+            .events
+            .first()
+            .filter(|e| e.id == checkpoint.id)
+            .map(|e| e.hash)
+    };
+    if stored.is_none() || stored != checkpoint.head() {
+        println!(
+            "audit chain REWRITTEN: record {} does not have the hash the checkpoint signed",
+            checkpoint.id
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "checkpoint holds: record {} signed by {}",
+        checkpoint.id, checkpoint.signer
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -636,6 +850,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         config.legacy_namespace = Some(ns);
     }
+    config.max_pools_per_identity = args.max_pools_per_identity;
     config.rng_seed = now_ms();
     let audit = AuditLog::start(&loaded.store, AuditConfig::default())
         .await
@@ -666,6 +881,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .server_id_bindings
         .extend(loaded.server_id_bindings.iter().cloned());
     settings.bindings_store = Some(loaded.store.clone());
+    settings.refusal_audit_budget = args.refusal_audit_budget;
+    settings.max_connections_per_ip = args.max_connections_per_ip;
+    settings.max_handshakes_per_ip = args.max_handshakes_per_ip;
+    settings.max_connections_per_identity = args.max_connections_per_identity;
+    settings.data_dir = Some(args.data.clone());
+    settings.min_free_bytes = args.min_free_mib.saturating_mul(1 << 20);
+    let rate = |per_sec| enrp::daemon::Rate { per_sec };
+    settings.rate_limits = enrp::daemon::RateLimits {
+        resolutions: rate(args.rate_resolutions),
+        registrations: rate(args.rate_registrations),
+        unreachable: rate(args.rate_unreachable),
+    };
     let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
     // Declared pools are enforced from the first registration on.
     for decl in &loaded.pools {

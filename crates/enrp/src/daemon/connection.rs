@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
+use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings};
 use crate::registrar::{Client, ConnId, Input};
@@ -32,7 +33,7 @@ pub(super) async fn accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = listen::slots(&settings);
+    let slots = listen::slots(&settings, &counters, Protocol::Asap);
     loop {
         let Some((stream, addr, addrs, slot)) =
             listen::next_association(&listener, &slots, &mut stop, "ASAP").await
@@ -42,7 +43,7 @@ pub(super) async fn accept_loop(
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
         let task = serve(
             conn,
-            stream,
+            (stream, slot),
             addr,
             addrs,
             legacy,
@@ -53,24 +54,55 @@ pub(super) async fn accept_loop(
             Arc::clone(&counters),
             stop.clone(),
         );
-        tokio::spawn(async move {
-            task.await;
-            drop(slot);
-        });
+        tokio::spawn(task);
     }
 }
 
 /// Audits a connection refused before it reached the core (handshake failures, revoked
-/// or unusable identities). Batched: nothing waits for it; when the writer is behind,
-/// this connection task waits (backpressure), it never drops the record.
+/// or unusable identities): counted always, written in aggregate ([`super::refusals`]:
+/// one record per source per second, at most the budget per listener), so that nobody
+/// without credentials can make the registrar write a row per connection. Batched:
+/// nothing waits for its commit.
 pub(super) async fn audit_refusal(
     audit: &AuditLog,
     counters: &Counters,
+    protocol: Protocol,
     addr: std::net::SocketAddr,
     peer: Option<&Peer>,
     reason: &'static str,
     detail: String,
 ) {
+    let (scope, record) = refusal(counters, protocol, addr, peer, reason, &detail);
+    let Some(record) = counters.note_refusal(scope, record) else {
+        return;
+    };
+    if let Err(e) = audit.append(record, Durability::Batched).await {
+        tracing::error!(error = %e, "cannot audit a refused connection");
+    }
+}
+
+/// [`audit_refusal`] where nothing may wait: the record, if it is to be written, goes
+/// with the next aggregate records (within a second).
+pub(super) fn refused_later(
+    counters: &Counters,
+    protocol: Protocol,
+    addr: std::net::SocketAddr,
+    reason: &'static str,
+    detail: String,
+) {
+    let (scope, record) = refusal(counters, protocol, addr, None, reason, &detail);
+    counters.note_refusal_later(scope, record);
+}
+
+/// Counts a refused connection; its audit record and the scope it is aggregated in.
+fn refusal(
+    counters: &Counters,
+    protocol: Protocol,
+    addr: std::net::SocketAddr,
+    peer: Option<&Peer>,
+    reason: &'static str,
+    detail: &str,
+) -> (&'static str, Record) {
     counters.handshake_failed(reason);
     let mut record = Record::new(
         super::now_ms(),
@@ -83,10 +115,12 @@ pub(super) async fn audit_refusal(
         record.serial = Some(p.serial().clone());
     }
     // The text comes from the TLS library or a certificate: keep it bounded and printable.
-    record.detail = Some(super::audit_text(&detail));
-    if let Err(e) = audit.append(record, Durability::Batched).await {
-        tracing::error!(error = %e, "cannot audit a refused connection");
-    }
+    record.detail = Some(super::audit_text(detail));
+    let scope = match protocol {
+        Protocol::Asap => "asap",
+        Protocol::Enrp => "enrp",
+    };
+    (scope, record)
 }
 
 /// Either end of a TLS stream, for what a finished handshake proves.
@@ -119,36 +153,35 @@ pub(super) async fn authenticate<T: TlsSession>(
     audit: &AuditLog,
     counters: &Counters,
 ) -> Option<(T, Peer)> {
-    let tls = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
+    let refused = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => match protocol
+            .check_alpn(tls.common())
+            .and_then(|()| Peer::from_tls(tls.common()))
+        {
+            Ok(peer) => return Some((tls, peer)),
+            Err(e) => {
+                tracing::info!(%addr, ?protocol, error = %e, "connection refused after handshake");
+                ("identity", e.to_string())
+            }
+        },
         Ok(Err(e)) => {
             tracing::info!(%addr, ?protocol, error = %e, "TLS handshake failed");
-            audit_refusal(audit, counters, addr, None, "tls-handshake", e.to_string()).await;
-            return None;
+            ("tls-handshake", e.to_string())
         }
         Err(_) => {
             tracing::info!(%addr, ?protocol, "TLS handshake timed out");
-            audit_refusal(audit, counters, addr, None, "tls-timeout", String::new()).await;
-            return None;
+            ("tls-timeout", String::new())
         }
     };
-    match protocol
-        .check_alpn(tls.common())
-        .and_then(|()| Peer::from_tls(tls.common()))
-    {
-        Ok(peer) => Some((tls, peer)),
-        Err(e) => {
-            tracing::info!(%addr, ?protocol, error = %e, "connection refused after handshake");
-            audit_refusal(audit, counters, addr, None, "identity", e.to_string()).await;
-            None
-        }
-    }
+    let (reason, detail) = refused;
+    audit_refusal(audit, counters, protocol, addr, None, reason, detail).await;
+    None
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
-    stream: BoxStream,
+    (stream, mut slot): (BoxStream, listen::Slot),
     addr: std::net::SocketAddr,
     addrs: Vec<std::net::IpAddr>,
     legacy: bool,
@@ -160,10 +193,13 @@ async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     if legacy {
+        // No handshake: admitted as it is (the address is all there is to know).
+        slot.established();
         tracing::info!(?conn, %addr, "legacy ASAP connection (unauthenticated)");
         let io = Io {
             settings: &settings,
             events: &events,
+            counters: &counters,
         };
         run(
             conn,
@@ -192,12 +228,35 @@ async fn serve(
     else {
         return;
     };
+    slot.established();
+    let Some(_identity) =
+        listen::admit_identity(&counters, peer.id(), settings.max_connections_per_identity)
+    else {
+        tracing::info!(%addr, id = %peer.id(), "too many connections of this identity: closed");
+        let detail = format!(
+            "more than {} connections of this identity",
+            settings.max_connections_per_identity
+        );
+        let reason = "per-identity-cap";
+        audit_refusal(
+            &audit,
+            &counters,
+            Protocol::Asap,
+            addr,
+            Some(&peer),
+            reason,
+            detail,
+        )
+        .await;
+        return;
+    };
     let Some((client, live)) = admit(&peer, addr, &trust, &audit, &counters).await else {
         return;
     };
     let io = Io {
         settings: &settings,
         events: &events,
+        counters: &counters,
     };
     run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
@@ -232,7 +291,16 @@ async fn admit(
         )),
         Err(e) => {
             tracing::info!(%addr, id = %peer.id(), error = %e, "revoked during the handshake");
-            audit_refusal(audit, counters, addr, Some(peer), "revoked", e.to_string()).await;
+            audit_refusal(
+                audit,
+                counters,
+                Protocol::Asap,
+                addr,
+                Some(peer),
+                "revoked",
+                e.to_string(),
+            )
+            .await;
             None
         }
     }
@@ -243,6 +311,8 @@ async fn admit(
 struct Io<'a> {
     settings: &'a Settings,
     events: &'a mpsc::Sender<Event>,
+    /// Also the rate limiter ([`super::limits`]).
+    counters: &'a Counters,
 }
 
 /// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
@@ -295,6 +365,7 @@ pub(super) async fn dial_pes(
             let io = Io {
                 settings: &settings,
                 events: &events,
+                counters: &counters,
             };
             let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
             let then = Some(Input::PeDialed {
@@ -403,8 +474,13 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     stop: watch::Receiver<bool>,
     then: Option<Input>,
 ) {
-    let Io { settings, events } = io;
+    let Io {
+        settings,
+        events,
+        counters,
+    } = io;
     let addr = client.addr;
+    let limited = client.clone();
     tracing::debug!(?conn, %addr, id = %client.id, "ASAP connection");
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
@@ -439,7 +515,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     };
     tokio::select! {
-        () = read_loop(conn, reader, events, settings.idle_timeout) => {}
+        () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters) => {}
         () = write_loop(write_half, rx) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
@@ -457,16 +533,53 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
     idle_timeout: std::time::Duration,
+    client: &Client,
+    counters: &Counters,
 ) {
+    let mut buckets = Buckets::default();
     loop {
         let Ok(next) = tokio::time::timeout(idle_timeout, reader.next()).await else {
             tracing::debug!(?conn, "idle: closing");
             return;
         };
-        let input = match next {
+        let event = match next {
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
-                Ok(msg) => Input::Asap { conn, msg },
-                Err(error) => Input::Malformed { conn, error },
+                Ok(msg) => {
+                    let kind = Kind::of(&msg.msg);
+                    let now = tokio::time::Instant::now().into_std();
+                    // Low disk: no new registrations (their records may not fit); the
+                    // rest, deregistrations included, is served.
+                    let low_disk = matches!(msg.msg, AsapMsg::Registration { .. })
+                        && counters.low_disk.load(Ordering::Relaxed);
+                    let admitted = if low_disk {
+                        Some(Err(Over::Disk))
+                    } else {
+                        kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now))
+                    };
+                    match admitted {
+                        Some(Err(over)) => Event::Limited {
+                            conn,
+                            client: client.clone(),
+                            msg: msg.msg,
+                            over,
+                        },
+                        _ => Event::Input(Input::Asap { conn, msg }),
+                    }
+                }
+                // A registration or deregistration that fails validation gets its own
+                // response (spec §7.1, §7.9), built from its bytes: the core, which sees
+                // only the decode error, would answer ASAP_ERROR.
+                Err(error) => match error
+                    .cause()
+                    .and_then(|cause| ::asap::wire::rejection(&frame, &cause))
+                {
+                    Some(response) => Event::Invalid {
+                        conn,
+                        error,
+                        response,
+                    },
+                    None => Event::Input(Input::Malformed { conn, error }),
+                },
             },
             Ok(None) => return,
             Err(ReadError::Framing(error)) => {
@@ -482,7 +595,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         // Bounded: a client that sends faster than the core works waits here.
-        if events.send(Event::Input(input)).await.is_err() {
+        if events.send(event).await.is_err() {
             return;
         }
     }

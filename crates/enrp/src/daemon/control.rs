@@ -10,9 +10,10 @@ use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, Policy, PoolHandle, ServerId};
 use tokio::sync::{mpsc, oneshot};
 use trust::Grant;
-use trust::audit::AuditLog;
+use trust::audit::{AuditLog, Record};
 
 use super::Event;
+use super::refusals::Refusals;
 use crate::registrar::{AuditAction, AuditEvent, Core, Declared, Input, Revocation, Scope};
 
 /// A pool as the admin API shows it.
@@ -64,10 +65,19 @@ pub struct Snapshot {
     pub handshake_failures: BTreeMap<&'static str, u64>,
     /// Audit records queued, not yet committed.
     pub audit_queue: u64,
+    /// Refusals counted into a summary audit record instead of one record each
+    /// (docs/SECURITY.md, audit budget).
+    pub refusals_aggregated: u64,
+    /// The data directory is below its free-space watermark (a gauge, 0 or 1).
+    pub low_disk: bool,
+    /// Audit batches whose commit failed, since the start.
+    pub audit_failed_commits: u64,
+    /// Audit records dropped because the writer's queue and the backlog were full.
+    pub audit_dropped: u64,
 }
 
 /// Counters kept by the daemon's tasks (monotonic).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     registrations: AtomicU64,
     resolutions: AtomicU64,
@@ -78,9 +88,63 @@ pub struct Counters {
     /// The core is in its start-up phase (spec §9.3): not ready. The core task keeps it
     /// in step, so that `/readyz` need not queue behind the core's work.
     pub(super) starting: AtomicBool,
+    /// Refusals on their way to the audit log, aggregated ([`super::refusals`]).
+    refusals: Mutex<Refusals>,
+    /// The request rate limits and the identities' buckets ([`super::limits`]), shared by
+    /// the connection tasks like these counters.
+    pub(super) limiter: super::limits::Limiter,
+    /// Authenticated ASAP connections per identity ([`super::listen::admit_identity`]).
+    pub(super) identities: super::listen::PerIdentity,
+    /// The data directory is below its free-space watermark (`watch_disk`).
+    pub(super) low_disk: AtomicBool,
+    /// Audit records dropped because the writer and the backlog were full.
+    pub(super) audit_dropped: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(
+            super::refusals::DEFAULT_BUDGET,
+            super::limits::RateLimits::default(),
+        )
+    }
 }
 
 impl Counters {
+    /// Counters that audit at most `refusal_budget` kinds of refusal individually per
+    /// scope per second ([`super::refusals`]), with these request rate limits.
+    pub(super) fn new(refusal_budget: u32, rate_limits: super::limits::RateLimits) -> Self {
+        Self {
+            registrations: AtomicU64::default(),
+            resolutions: AtomicU64::default(),
+            rejections: Mutex::default(),
+            handshake_failures: Mutex::default(),
+            starting: AtomicBool::default(),
+            refusals: Mutex::new(Refusals::new(refusal_budget)),
+            limiter: super::limits::Limiter::new(rate_limits),
+            identities: super::listen::PerIdentity::default(),
+            low_disk: AtomicBool::new(false),
+            audit_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// A refusal in `scope` (a listener, or `core`): the record to write now, if any
+    /// (repeats and refusals over the budget are written in aggregate by
+    /// [`Counters::flush_refusals`]).
+    pub(super) fn note_refusal(&self, scope: &'static str, record: Record) -> Option<Record> {
+        locked(&self.refusals).note(scope, record)
+    }
+
+    /// [`Counters::note_refusal`] where nothing may wait: the record to write, if any,
+    /// goes out with [`Counters::flush_refusals`].
+    pub(super) fn note_refusal_later(&self, scope: &'static str, record: Record) {
+        locked(&self.refusals).note_later(scope, record);
+    }
+
+    /// The aggregate records of the interval that ends now.
+    pub(super) fn flush_refusals(&self) -> Vec<Record> {
+        locked(&self.refusals).flush(super::now_ms())
+    }
     /// Counts what an audit record of the core says happened.
     pub(super) fn count(&self, event: &AuditEvent) {
         match (event.action, event.outcome) {
@@ -213,8 +277,18 @@ impl Control {
         }
     }
 
+    pub(super) fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
     pub(super) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the data directory is below its free-space watermark: admin writes are
+    /// refused (507) like registrations (0x6).
+    pub fn low_disk(&self) -> bool {
+        self.counters.low_disk.load(Ordering::Relaxed)
     }
 
     /// Whether the registrar serves (not during its start-up phase, spec §9.3).
@@ -318,6 +392,10 @@ impl Control {
             rejections: locked(&self.counters.rejections).clone(),
             handshake_failures: locked(&self.counters.handshake_failures).clone(),
             audit_queue: self.audit.stats().queued as u64,
+            refusals_aggregated: locked(&self.counters.refusals).aggregated(),
+            low_disk: self.low_disk(),
+            audit_failed_commits: self.audit.stats().failed_commits,
+            audit_dropped: self.counters.audit_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -2,8 +2,10 @@
 //! `sctp` feature, TLS over SCTP (PPIDs 11/12) and plain SCTP for legacy peers. Everything
 //! past this file sees one boxed byte stream.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 
 use ::asap::transport::{Endpoint, TransportAddr};
 use std::sync::Arc;
@@ -141,21 +143,147 @@ impl Listener {
 }
 
 /// The connections one listener serves at once: more wait in the kernel's accept queue
-/// (threat T-15; unauthenticated peers of a legacy listener included).
-pub(super) fn slots(settings: &super::Settings) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(settings.max_connections.max(1)))
+/// (threat T-15; unauthenticated peers of a legacy listener included). Per source
+/// address, fewer still: [`Settings::max_connections_per_ip`] in all and
+/// [`Settings::max_handshakes_per_ip`] of them before authentication, so that one host
+/// cannot take every slot; beyond them a connection is closed at once, counted
+/// (`per-ip-cap`) and audited in aggregate.
+///
+/// [`Settings::max_connections_per_ip`]: super::Settings::max_connections_per_ip
+/// [`Settings::max_handshakes_per_ip`]: super::Settings::max_handshakes_per_ip
+pub(super) struct Slots {
+    global: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    counters: Arc<super::Counters>,
+    protocol: Protocol,
+}
+
+pub(super) fn slots(
+    settings: &super::Settings,
+    counters: &Arc<super::Counters>,
+    protocol: Protocol,
+) -> Slots {
+    Slots {
+        global: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+        per_ip: Arc::new(PerIp {
+            connections: settings.max_connections_per_ip.max(1),
+            handshakes: settings.max_handshakes_per_ip.max(1),
+            open: Mutex::new(HashMap::new()),
+        }),
+        counters: Arc::clone(counters),
+        protocol,
+    }
+}
+
+/// The connections of each source address of one listener: (handshaking, all).
+struct PerIp {
+    connections: usize,
+    handshakes: usize,
+    open: Mutex<HashMap<IpAddr, (usize, usize)>>,
+}
+
+impl PerIp {
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (usize, usize)>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What an accepted connection holds until it ends: its place under the listener's cap
+/// and under its address's caps. It counts as handshaking until [`Slot::established`].
+pub(super) struct Slot {
+    _global: OwnedSemaphorePermit,
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Slot {
+    /// The connection is authenticated (or, on a legacy listener, admitted): it no
+    /// longer counts against its address's handshake cap.
+    pub(super) fn established(&mut self) {
+        if std::mem::take(&mut self.handshaking)
+            && let Some(n) = self.per_ip.locked().get_mut(&self.ip)
+        {
+            n.0 -= 1;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.locked();
+        if let Some(n) = open.get_mut(&self.ip) {
+            n.0 -= usize::from(self.handshaking);
+            n.1 -= 1;
+            if n.1 == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Authenticated ASAP connections per identity, over all listeners
+/// ([`Settings::max_connections_per_identity`](super::Settings::max_connections_per_identity)).
+#[derive(Debug, Default)]
+pub(super) struct PerIdentity(Mutex<HashMap<trust::SpiffeId, usize>>);
+
+impl PerIdentity {
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<trust::SpiffeId, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One connection counted against its identity; given back when dropped.
+pub(super) struct IdentitySlot {
+    counters: Arc<super::Counters>,
+    id: trust::SpiffeId,
+}
+
+/// A place for one more connection of `id`, or `None` when it has `cap` already.
+pub(super) fn admit_identity(
+    counters: &Arc<super::Counters>,
+    id: &trust::SpiffeId,
+    cap: usize,
+) -> Option<IdentitySlot> {
+    let mut open = counters.identities.locked();
+    let n = open.entry(id.clone()).or_default();
+    if *n >= cap.max(1) {
+        return None;
+    }
+    *n += 1;
+    Some(IdentitySlot {
+        counters: Arc::clone(counters),
+        id: id.clone(),
+    })
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut open = self.counters.identities.locked();
+        if let Some(n) = open.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// The next connection of `listener`, with the slot it holds until it ends, or `None` once
 /// the daemon stops. At the cap of `slots` it waits for a connection to end before
-/// accepting. A failed accept (out of descriptors and the like) is logged and retried
-/// after 50 ms: the connections already up keep being served.
+/// accepting; a connection over its address's caps is closed at once. A failed accept
+/// (out of descriptors and the like) is logged and retried after 50 ms: the connections
+/// already up keep being served.
 pub(super) async fn next_connection(
     listener: &Listener,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     stop: &mut watch::Receiver<bool>,
     what: &'static str,
-) -> Option<(BoxStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(BoxStream, SocketAddr, Slot)> {
     let (stream, addr, _, slot) = next_association(listener, slots, stop, what).await?;
     Some((stream, addr, slot))
 }
@@ -163,25 +291,57 @@ pub(super) async fn next_connection(
 /// [`next_connection`], with all the peer's addresses ([`Listener::accept`]).
 pub(super) async fn next_association(
     listener: &Listener,
-    slots: &Arc<Semaphore>,
+    slots: &Slots,
     stop: &mut watch::Receiver<bool>,
     what: &'static str,
-) -> Option<(BoxStream, SocketAddr, Vec<IpAddr>, OwnedSemaphorePermit)> {
-    let slot = tokio::select! {
-        s = Arc::clone(slots).acquire_owned() => s.ok()?,
-        _ = stop.changed() => return None,
-    };
+) -> Option<(BoxStream, SocketAddr, Vec<IpAddr>, Slot)> {
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr, addrs)) => return Some((stream, addr, addrs, slot)),
-                Err(e) => {
-                    tracing::warn!(error = %e, what, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+        let global = tokio::select! {
+            s = Arc::clone(&slots.global).acquire_owned() => s.ok()?,
             _ = stop.changed() => return None,
+        };
+        let (stream, addr, addrs) = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => break accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, what, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => return None,
+            }
+        };
+        let ip = addr.ip().to_canonical();
+        let admitted = {
+            let mut open = slots.per_ip.locked();
+            let n = open.entry(ip).or_default();
+            if n.0 < slots.per_ip.handshakes && n.1 < slots.per_ip.connections {
+                *n = (n.0 + 1, n.1 + 1);
+                true
+            } else {
+                false
+            }
+        };
+        if admitted {
+            let slot = Slot {
+                _global: global,
+                per_ip: Arc::clone(&slots.per_ip),
+                ip,
+                handshaking: true,
+            };
+            return Some((stream, addr, addrs, slot));
         }
+        // Dropped unanswered: the cheapest way to say no.
+        drop(stream);
+        tracing::debug!(%addr, what, "too many connections from this address: closed");
+        super::connection::refused_later(
+            &slots.counters,
+            slots.protocol,
+            addr,
+            "per-ip-cap",
+            format!("more than the {what} listener allows from one address"),
+        );
     }
 }
 

@@ -13,10 +13,13 @@
 
 mod connection;
 mod control;
+mod limits;
 mod listen;
 mod peer;
+mod refusals;
 
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
+pub use limits::{IDENTITY_FACTOR, Rate, RateLimits};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +58,15 @@ pub struct Settings {
     /// Connections served at once; more wait in the kernel's accept queue (threat T-15).
     /// Default 10,000.
     pub max_connections: usize,
+    /// Connections from one IP address per listener; more are closed at once (threat
+    /// T-15, docs/SECURITY.md). Default 1,000 (a site behind one NAT address).
+    pub max_connections_per_ip: usize,
+    /// Of those, connections still in their TLS handshake (not yet authenticated).
+    /// Default 64.
+    pub max_handshakes_per_ip: usize,
+    /// Authenticated ASAP connections of one identity at once; more are closed after the
+    /// handshake, audited. Default 256.
+    pub max_connections_per_identity: usize,
     /// Where ENRP over TLS/TCP is served (spec §2.1, D-4: 9902); `None` serves none.
     /// Default `None` (the `enrpd` binary defaults to `[::]:9902`).
     pub enrp_listen: Option<SocketAddr>,
@@ -95,6 +107,21 @@ pub struct Settings {
     pub server_id_bindings: Vec<(::asap::wire::param::ServerId, trust::SpiffeId)>,
     /// The store that keeps new Server ID bindings.
     pub bindings_store: Option<trust::db::Store>,
+    /// Kinds of refusal (failed handshakes per source, repeated refused requests) audited
+    /// one record each per listener per second; more are counted into summary records
+    /// (docs/SECURITY.md). Default 20.
+    pub refusal_audit_budget: u32,
+    /// Request rate limits per connection (and [`IDENTITY_FACTOR`] times as much per
+    /// identity); over them a request is answered with cause 0x6 (docs/SECURITY.md).
+    pub rate_limits: RateLimits,
+    /// The data directory (the store and its audit log), watched for free space; `None`
+    /// watches nothing. Default `None`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Below this many free bytes in [`Settings::data_dir`] the registrar refuses new
+    /// registrations (cause 0x6) and the admin API its writes (507), and keeps serving
+    /// resolutions and keep-alives; it never exits for it (docs/SECURITY.md). Default
+    /// 64 MiB (a few hundred thousand audit records of headroom).
+    pub min_free_bytes: u64,
 }
 
 impl Settings {
@@ -108,6 +135,9 @@ impl Settings {
             send_queue: 4096,
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_handshakes_per_ip: 64,
+            max_connections_per_identity: 256,
             enrp_listen: None,
             asap_sctp_listen: None,
             enrp_sctp_listen: None,
@@ -120,6 +150,10 @@ impl Settings {
             revocations: Vec::new(),
             server_id_bindings: Vec::new(),
             bindings_store: None,
+            refusal_audit_budget: refusals::DEFAULT_BUDGET,
+            rate_limits: RateLimits::default(),
+            data_dir: None,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -173,7 +207,8 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// The audit log failed; the registrar stops rather than act without a record.
+    /// The audit log could not be flushed at shutdown. (While it runs, a failing audit
+    /// log refuses the operations it cannot record; it does not stop the registrar.)
     #[error("audit log: {0}")]
     Audit(#[from] trust::db::Error),
 }
@@ -221,6 +256,21 @@ enum Event {
         writer: ConnHandle,
     },
     Input(Input),
+    /// A registration or deregistration that failed validation ([`Input::Malformed`] for
+    /// the core), answered with `response` (its own response message, spec §7.1, §7.9)
+    /// instead of the core's ASAP_ERROR.
+    Invalid {
+        conn: ConnId,
+        error: ::asap::wire::DecodeError,
+        response: Vec<u8>,
+    },
+    /// A request refused by a rate limit before it reached the core ([`limits`]).
+    Limited {
+        conn: ConnId,
+        client: Client,
+        msg: ::asap::wire::AsapMsg,
+        over: limits::Over,
+    },
     /// The admin API's questions, answered from the core between inputs.
     Query(control::Query),
     /// An input whose PE removals are counted back once their audit records committed.
@@ -262,6 +312,8 @@ pub struct Daemon {
     events: mpsc::Sender<Event>,
     stop: watch::Sender<bool>,
     core_task: JoinHandle<Result<(), Error>>,
+    /// Forwards the core's audit records to the writer ([`forward_audit`]).
+    audit_task: JoinHandle<()>,
     accept_task: JoinHandle<()>,
     audit: AuditLog,
     control: Control,
@@ -384,7 +436,10 @@ impl Daemon {
         core.set_default_namespaces(settings.default_namespaces.clone());
         core.set_revocations(settings.revocations.clone());
         core.set_server_id_bindings(settings.server_id_bindings.clone());
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(
+            settings.refusal_audit_budget,
+            settings.rate_limits,
+        ));
         // Spec §9.3: with peers to learn from, no service until synchronised.
         if !settings.peers.is_empty() || !settings.legacy_peers.is_empty() {
             core.begin_startup(tokio::time::Instant::now().into_std());
@@ -394,10 +449,12 @@ impl Daemon {
         let (dial_tx, dial_rx) = mpsc::channel(256);
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
+        let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
+        let audit_task = tokio::spawn(forward_audit(audit_jobs_rx, audit.clone()));
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
-            audit.clone(),
+            audit_jobs,
             Arc::clone(&counters),
             Dials {
                 peers: dial_tx,
@@ -407,7 +464,18 @@ impl Daemon {
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);
-        let mut peer_tasks = Vec::new();
+        let mut peer_tasks = vec![tokio::spawn(audit_refusals(
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        ))];
+        peer_tasks.push(tokio::spawn(watch_disk(
+            settings.data_dir.clone(),
+            settings.min_free_bytes,
+            audit.clone(),
+            Arc::clone(&counters),
+            stop_rx.clone(),
+        )));
         if let Some((_, addr)) = &enrp_listener {
             tracing::info!(%addr, "serving ENRP over TLS");
         }
@@ -498,6 +566,7 @@ impl Daemon {
             events,
             stop,
             core_task,
+            audit_task,
             accept_task,
             audit,
             control,
@@ -555,6 +624,10 @@ impl Daemon {
             let _ = t.await;
         }
         let core = self.core_task.await.unwrap_or(Ok(()));
+        // The core's last records reach the writer before it flushes.
+        let _ = self.audit_task.await;
+        // The core's last refusals, after the flush task's last round.
+        write_refusals(&self.audit, &self.control.counters()).await;
         let flushed = self.audit.shutdown().await.map_err(Error::from);
         core.and(flushed)
     }
@@ -568,6 +641,86 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Writes the aggregate refusal records ([`refusals`]) once per interval until the
+/// daemon stops, and once more then.
+async fn audit_refusals(audit: AuditLog, counters: Arc<Counters>, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(refusals::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = std::pin::pin!(connection::stopped(stop));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_refusals(&audit, &counters).await,
+            () = &mut stopped => break,
+        }
+    }
+    write_refusals(&audit, &counters).await;
+}
+
+/// How often the data directory's free space and the audit writer are looked at.
+const DISK_CHECK: Duration = Duration::from_secs(1);
+
+/// Watches the data directory's free space and the audit writer's failed commits once a
+/// second until the daemon stops: below `min_free` the registrar is in its low-disk state
+/// (a metric; registrations refused with 0x6, admin writes with 507); every change and
+/// every failed commit is logged loudly. It never stops the daemon.
+async fn watch_disk(
+    dir: Option<std::path::PathBuf>,
+    min_free: u64,
+    audit: AuditLog,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DISK_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = std::pin::pin!(connection::stopped(stop));
+    let mut failed_commits = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stopped => return,
+        }
+        let stats = audit.stats();
+        if stats.failed_commits > failed_commits {
+            tracing::error!(
+                failed_commits = stats.failed_commits - failed_commits,
+                lost_batched_records = stats.lost,
+                "AUDIT COMMITS FAILING (disk full or failing?): the operations they recorded were refused; the registrar keeps serving"
+            );
+            failed_commits = stats.failed_commits;
+        }
+        let Some(dir) = &dir else { continue };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the data directory's free space");
+                continue;
+            }
+        };
+        let low = free < min_free;
+        if counters.low_disk.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::error!(
+                    dir = %dir.display(), free, min_free,
+                    "LOW DISK: below the free-space watermark; refusing registrations (0x6) and admin writes (507), serving resolutions and keep-alives"
+                );
+            } else {
+                tracing::warn!(dir = %dir.display(), free, min_free, "disk space back above the watermark: registrations accepted again");
+            }
+        }
+    }
+}
+
+async fn write_refusals(audit: &AuditLog, counters: &Counters) {
+    for record in counters.flush_refusals() {
+        if let Err(e) = audit
+            .append(record, trust::audit::Durability::Batched)
+            .await
+        {
+            tracing::error!(error = %e, "cannot audit refusals in aggregate");
+        }
+    }
+}
+
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
 /// event channel: one queue's worth).
 const MAX_STREAK: usize = 8192;
@@ -575,7 +728,7 @@ const MAX_STREAK: usize = 8192;
 async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
-    audit: AuditLog,
+    audit: mpsc::Sender<AuditJob>,
     counters: Arc<Counters>,
     dials: Dials,
     mut stop: watch::Receiver<bool>,
@@ -607,6 +760,7 @@ async fn run_core(
             },
         };
         let now = tokio::time::Instant::now().into_std();
+        let mut response = None;
         let actions = match event {
             None => core.handle_timeout(now),
             Some(Event::Connected {
@@ -637,6 +791,27 @@ async fn run_core(
                 }
                 core.handle(input, now)
             }
+            Some(Event::Invalid {
+                conn,
+                error,
+                response: bytes,
+            }) => {
+                let mut actions = core.handle(Input::Malformed { conn, error }, now);
+                let before = actions.len();
+                actions.retain(|a| {
+                    !matches!(a, Action::Send { conn: c, msg: ::asap::wire::AsapMsg::Error(_) } if *c == conn)
+                });
+                if actions.len() < before {
+                    response = Some((conn, bytes));
+                }
+                actions
+            }
+            Some(Event::Limited {
+                conn,
+                client,
+                msg,
+                over,
+            }) => limits::refused(conn, &client, &msg, over),
             Some(Event::Query(query)) => {
                 query.answer(&core, now);
                 continue;
@@ -651,7 +826,11 @@ async fn run_core(
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
-        let gate = execute(actions, &writers, &audit, &counters, &dials).await?;
+        let gate = execute(actions, &writers, &audit, &counters, &dials);
+        if let Some((conn, bytes)) = response {
+            let gate = gate.clone();
+            deliver(&writers, conn, Outgoing::Message { bytes, gate });
+        }
         if let Some(reply) = done {
             // The operator hears back once the removals are durable in the audit log.
             tokio::spawn(async move {
@@ -664,6 +843,50 @@ async fn run_core(
     }
     // Dropping the writers lets every connection task end after what it was sent.
     Ok(())
+}
+
+/// An audit record on its way from the core task to the writer; `gate` opens with
+/// whether it committed ([`Durability::BeforeReply`]).
+struct AuditJob {
+    record: Record,
+    gate: Option<watch::Sender<Option<bool>>>,
+}
+
+/// Records the core task hands over without waiting, beyond the writer's own queue (8,192).
+/// When both are full the disk is far behind: batched records are dropped (counted,
+/// `rsp_audit_dropped_total`) and operations that need theirs are refused, rather than the
+/// core task, and with it every keep-alive and heartbeat, waiting for the disk.
+const AUDIT_BACKLOG: usize = 65_536;
+
+/// Hands the core's records to the audit writer in order, waiting for room in its queue
+/// (the core task does not), until the core task ends.
+async fn forward_audit(mut jobs: mpsc::Receiver<AuditJob>, audit: AuditLog) {
+    while let Some(AuditJob { record, gate }) = jobs.recv().await {
+        let Some(gate) = gate else {
+            if let Err(e) = audit
+                .append(record, trust::audit::Durability::Batched)
+                .await
+            {
+                tracing::error!(error = %e, "cannot audit: record lost");
+            }
+            continue;
+        };
+        match audit.enqueue_before_reply(record).await {
+            Ok(committed) => {
+                tokio::spawn(async move {
+                    let ok = matches!(committed.await, Ok(Ok(())));
+                    if !ok {
+                        tracing::error!("audit commit failed: the reply is withheld");
+                    }
+                    let _ = gate.send(Some(ok));
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot audit: the reply is withheld");
+                let _ = gate.send(Some(false));
+            }
+        }
+    }
 }
 
 /// Where the core's dial requests go: registrars from peer lists, taken-over PEs.
@@ -683,46 +906,67 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Carries out the core's actions in order (see the module docs for the gate); returns
 /// the gate of the last record that had one.
-async fn execute(
+fn execute(
     actions: Vec<Action>,
     writers: &HashMap<ConnId, ConnHandle>,
-    audit: &AuditLog,
+    audit: &mpsc::Sender<AuditJob>,
     counters: &Counters,
     dials: &Dials,
-) -> Result<Option<Gate>, Error> {
+) -> Option<Gate> {
     let mut gate: Option<Gate> = None;
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
                 counters.count(&event);
-                let record = to_record(event);
-                let queued = match durability {
-                    Durability::Batched => audit
-                        .append(record, trust::audit::Durability::Batched)
-                        .await
-                        .map(|()| None),
-                    Durability::BeforeReply => audit.enqueue_before_reply(record).await.map(Some),
-                };
-                let committed = match queued {
-                    Ok(c) => c,
-                    // A record the log refuses (checked before it is queued) is a bug
-                    // here, not a reason to stop serving everyone.
-                    Err(e @ trust::db::Error::Invalid { .. }) => {
-                        tracing::error!(error = %e, "audit record refused; operation not recorded");
-                        continue;
+                let refused = event.outcome.is_some();
+                let mut record = to_record(event);
+                // A refusal changes nothing: its repeats are audited in aggregate, so that
+                // an authenticated client cannot make a row per request either.
+                if refused {
+                    match counters.note_refusal("core", record) {
+                        Some(r) => record = r,
+                        None => continue,
                     }
-                    // The log is closed or failing: stop rather than act unrecorded.
-                    Err(e) => return Err(e.into()),
+                }
+                // A record the log refuses is a bug here, not a reason to stop serving
+                // everyone (checked now: the writer would refuse it later).
+                if let Err(e) = record.check() {
+                    tracing::error!(error = %e, "audit record refused; operation not recorded");
+                    continue;
+                }
+                // Handed over without waiting: a slow disk delays only the replies that
+                // wait for their record (the gate), never this task (keep-alives,
+                // heartbeats, resolutions).
+                let (job, rx) = match durability {
+                    Durability::Batched => (AuditJob { record, gate: None }, None),
+                    Durability::BeforeReply => {
+                        let (tx, rx) = watch::channel(None);
+                        (
+                            AuditJob {
+                                record,
+                                gate: Some(tx),
+                            },
+                            Some(rx),
+                        )
+                    }
                 };
-                if let Some(committed) = committed {
-                    let (tx, rx) = watch::channel(None);
-                    tokio::spawn(async move {
-                        let ok = matches!(committed.await, Ok(Ok(())));
-                        if !ok {
-                            tracing::error!("audit commit failed: the reply is withheld");
-                        }
-                        let _ = tx.send(Some(ok));
-                    });
+                if let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) {
+                    // The writer's queue and this backlog are full: the disk is far
+                    // behind. Batched records are dropped (counted), operations that need
+                    // theirs are refused: their replies are withheld.
+                    let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(tx) = job.gate {
+                        let _ = tx.send(Some(false));
+                    }
+                    // Loud, but not a line per record.
+                    if dropped == 1 || dropped.is_multiple_of(1000) {
+                        tracing::error!(
+                            dropped,
+                            "AUDIT BACKLOG FULL: records dropped, replies that wait for theirs withheld"
+                        );
+                    }
+                }
+                if let Some(rx) = rx {
                     gate = Some(rx);
                 }
             }
@@ -819,7 +1063,7 @@ async fn execute(
             }
         }
     }
-    Ok(gate)
+    gate
 }
 
 fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {

@@ -64,7 +64,7 @@ pub(super) async fn accept_loop(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = listen::slots(&settings);
+    let slots = listen::slots(&settings, &counters, Protocol::Enrp);
     let what = match security {
         Security::Tls => "ENRP",
         Security::Plain => "legacy ENRP",
@@ -82,8 +82,10 @@ pub(super) async fn accept_loop(
         let counters = Arc::clone(&counters);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let mut slot = slot;
             if security == Security::Plain {
+                // No handshake: its first message decides (within the handshake timeout).
+                slot.established();
                 let legacy = Legacy {
                     settings: &settings,
                     events: &events,
@@ -98,6 +100,7 @@ pub(super) async fn accept_loop(
             else {
                 return;
             };
+            slot.established();
             serve_peer(
                 tls, peer, addr, false, &settings, &trust, events, &audit, &counters, stop,
             )
@@ -374,29 +377,32 @@ async fn serve_legacy(
         Some(sid) => (sid, None),
         None => {
             let first = tokio::time::timeout(settings.handshake_timeout, reader.next()).await;
-            let Ok(Ok(Some(frame))) = first else {
-                let detail = "legacy ENRP association: no message".to_owned();
-                audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
-                return;
-            };
-            let sender = EnrpMsg::decode(&frame).map(|m| (m.msg.sender, m));
-            let known = sender.as_ref().ok().and_then(|(sid, _)| {
-                settings.legacy_peers.iter().find(|p| {
-                    p.server_id == *sid && p.at.addrs().iter().any(|a| a.ip() == addr.ip())
-                })
-            });
-            match (known, sender) {
-                (Some(p), Ok((_, msg))) => (p.server_id, Some(msg)),
-                (_, sender) => {
-                    let detail = match sender {
-                        Ok((sid, _)) => format!(
+            let admitted = match first {
+                Ok(Ok(Some(frame))) => {
+                    let sender = EnrpMsg::decode(&frame).map(|m| (m.msg.sender, m));
+                    let known = sender.as_ref().ok().and_then(|(sid, _)| {
+                        settings.legacy_peers.iter().find(|p| {
+                            p.server_id == *sid && p.at.addrs().iter().any(|a| a.ip() == addr.ip())
+                        })
+                    });
+                    match (known, sender) {
+                        (Some(p), Ok((_, msg))) => Ok((p.server_id, Some(msg))),
+                        (_, Ok((sid, _))) => Err(format!(
                             "unauthenticated legacy ENRP association: Server ID {sid} from {} is not a configured legacy peer",
                             addr.ip()
-                        ),
-                        Err(e) => format!("unauthenticated legacy ENRP association: {e}"),
-                    };
+                        )),
+                        (_, Err(e)) => Err(format!("unauthenticated legacy ENRP association: {e}")),
+                    }
+                }
+                _ => Err("legacy ENRP association: no message".to_owned()),
+            };
+            match admitted {
+                Ok(first) => first,
+                Err(detail) => {
                     tracing::warn!(%addr, %detail, "legacy ENRP association refused");
-                    audit_refusal(audit, counters, addr, None, "legacy peer unknown", detail).await;
+                    let reason = "legacy peer unknown";
+                    audit_refusal(audit, counters, Protocol::Enrp, addr, None, reason, detail)
+                        .await;
                     return;
                 }
             }
@@ -484,8 +490,13 @@ async fn run_peer<R, W>(
             None => std::future::pending().await,
         }
     };
+    // A peer sends a heartbeat every peer_heartbeat (spec §9.5): one silent for the idle
+    // timeout, and at least twice the time after which it counts as dead, is gone.
+    let idle = settings
+        .idle_timeout
+        .max(2 * settings.registrar.timing.peer_last_heard);
     tokio::select! {
-        () = read_loop(conn, reader, events) => {}
+        () = read_loop(conn, reader, events, idle) => {}
         () = write_loop(write_half, rx) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing ENRP: revoked"),
         () = kill.notified() => {}
@@ -567,7 +578,16 @@ pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let live = match trust.register_connection(&peer) {
         Ok(live) => live,
         Err(e) => {
-            audit_refusal(audit, counters, addr, Some(&peer), "revoked", e.to_string()).await;
+            audit_refusal(
+                audit,
+                counters,
+                Protocol::Enrp,
+                addr,
+                Some(&peer),
+                "revoked",
+                e.to_string(),
+            )
+            .await;
             return;
         }
     };
@@ -605,9 +625,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
     conn: ConnId,
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
+    idle: Duration,
 ) {
     loop {
-        let input = match reader.next().await {
+        let Ok(next) = tokio::time::timeout(idle, reader.next()).await else {
+            tracing::info!(?conn, "ENRP connection idle: closing");
+            return;
+        };
+        let input = match next {
             Ok(Some(frame)) => match EnrpMsg::decode(&frame) {
                 Ok(msg) => Input::Enrp { conn, msg },
                 Err(error) => Input::EnrpMalformed { conn, error },

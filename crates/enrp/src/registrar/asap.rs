@@ -120,6 +120,21 @@ impl Core {
         }
     }
 
+    /// How many pools `creator` (namespace, identity) created that still exist; those gone
+    /// are forgotten (the cost is at most [`Config::max_pools_per_identity`] lookups).
+    fn pools_created(&mut self, creator: &(Namespace, trust::SpiffeId)) -> usize {
+        let Some(pools) = self.pool_creators.get_mut(creator) else {
+            return 0;
+        };
+        let hs = &self.handlespace;
+        pools.retain(|h| hs.pool(&creator.0, h).is_some());
+        let n = pools.len();
+        if n == 0 {
+            self.pool_creators.remove(creator);
+        }
+        n
+    }
+
     /// ARCHITECTURE.md §3: without 0x8100 the connection's default namespace applies.
     fn namespace_of(&self, conn: ConnId, requested: Option<Namespace>) -> Namespace {
         requested
@@ -278,6 +293,23 @@ impl Core {
                 );
             }
         }
+        // 4b. A new pool: one identity creates at most so many per namespace.
+        let creator = self
+            .conns
+            .get(&conn)
+            .map(|c| (ns.clone(), c.client.id.clone()));
+        let new_pool = self.handlespace.pool(&ns, &pool_handle).is_none();
+        if new_pool
+            && let Some(creator) = &creator
+            && self.pools_created(creator) >= self.config.max_pools_per_identity
+        {
+            return reject(
+                self,
+                ErrorCause::LackOfResources,
+                "this identity has created its most pools in the namespace",
+                out,
+            );
+        }
         // 5.–7. Pool consistency, PE ID uniqueness, limits: the handlespace.
         pe.home_server_id = self.config.server_id.get();
         let registrant = self.registrant(conn, Some(&pe));
@@ -295,6 +327,12 @@ impl Core {
                 return reject(self, cause, &e.to_string(), out);
             }
         };
+        if new_pool && let Some(creator) = creator {
+            self.pool_creators
+                .entry(creator)
+                .or_default()
+                .push(pool_handle.clone());
+        }
         // 8. Own it, bind it to this connection, start its keep-alives.
         let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
         let owned = self.owned.entry(key.clone()).or_default();

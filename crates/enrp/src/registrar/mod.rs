@@ -162,6 +162,10 @@ pub struct Config {
     /// and handle table entries beyond it are refused, so that one peer cannot fill the
     /// handlespace ([`Limits::max_pes`]) by itself. Default 250,000, a quarter of it.
     pub max_pes_per_peer: usize,
+    /// Pools one identity may have created in one namespace (those of them that still
+    /// exist); a registration that would create one more is refused with 0x6, so that one
+    /// PE cannot take the namespace's whole pool limit (issue 18). Default 100.
+    pub max_pools_per_identity: usize,
 }
 
 pub use trust::LEGACY_TRUST_DOMAIN;
@@ -232,6 +236,7 @@ impl Config {
             legacy_namespace: None,
             legacy_enrp_addrs: Vec::new(),
             max_pes_per_peer: 250_000,
+            max_pools_per_identity: 100,
         }
     }
 }
@@ -745,6 +750,9 @@ pub struct Core {
     starting: bool,
     /// The peer whose whole handle table (W=0) is being downloaded during start-up.
     mentor: Option<ServerId>,
+    /// Pools created by registrations on this registrar, by namespace and identity
+    /// ([`Config::max_pools_per_identity`]); pools gone since are dropped when looked at.
+    pool_creators: HashMap<(Namespace, SpiffeId), Vec<PoolHandle>>,
 }
 
 impl Core {
@@ -770,6 +778,7 @@ impl Core {
             bindings: BTreeMap::new(),
             starting: false,
             mentor: None,
+            pool_creators: HashMap::new(),
         }
     }
 

@@ -761,7 +761,7 @@ async fn every_accepted_record_is_committed_when_shutdown_races_appends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_writer_fails_closed() {
+async fn a_failing_commit_refuses_its_batch_and_the_writer_recovers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path()).await;
     let log = AuditLog::start(&store, AuditConfig::default())
@@ -781,12 +781,29 @@ async fn a_failing_writer_fails_closed() {
         .expect_err("cannot commit");
     assert!(matches!(err, Error::AuditWrite { .. }), "{err}");
     assert!(log.stats().failed);
+    assert_eq!(log.stats().failed_commits, 1);
+    // Still failing: refused again, the log stays open (a full disk does not stop the
+    // registrar, issue 18).
     let err = log
         .append(sample(2), Durability::BeforeReply)
         .await
-        .expect_err("closed");
-    assert!(matches!(err, Error::AuditClosed), "{err}");
-    assert!(log.shutdown().await.is_err());
+        .expect_err("still cannot commit");
+    assert!(matches!(err, Error::AuditWrite { .. }), "{err}");
+    // The disk is back: the next record commits and the chain is intact.
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events")
+        .execute(&mut other)
+        .await
+        .expect("mend the table");
+    log.append(sample(3), Durability::BeforeReply)
+        .await
+        .expect("commits again");
+    assert!(!log.stats().failed);
+    assert_eq!(log.stats().failed_commits, 2);
+    log.shutdown().await.expect("shutdown");
+    let mut conn = second_connection(tmp.path()).await;
+    let report = verify(&mut conn).await.expect("verify");
+    assert!(report.is_intact());
+    assert_eq!(count(&mut conn).await.expect("count"), 2);
 }
 
 #[tokio::test]

@@ -7,9 +7,12 @@
 //! `synchronous=FULL`), new records queue up and go into the next transaction together:
 //! the more concurrent callers, the more records per fsync.
 //!
-//! A commit that fails is retried with a back-off; if it keeps failing, every waiting
-//! caller gets [`Error::AuditWrite`] and the log closes (fails closed): callers must then
-//! refuse the state changes they meant to audit.
+//! A commit that fails is retried with a back-off; if it keeps failing, the callers
+//! waiting for that batch get [`Error::AuditWrite`] (and must refuse the state changes
+//! they meant to audit), its batched records are counted as lost, and the writer goes on
+//! with the next batch: a full or failing disk refuses the operations that need a record
+//! for as long as it lasts, it does not stop the registrar (issue 18). The log closes
+//! only at [`AuditLog::shutdown`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,11 +65,13 @@ pub struct AuditStats {
     pub records: u64,
     /// Records waiting in the queue now.
     pub queued: usize,
-    /// Whether the writer gave up after failed commits (the log is closed).
+    /// Whether the last commit failed (after its retries): the disk is full or failing.
     pub failed: bool,
-    /// [`Durability::Batched`] records accepted but not committed because the writer gave
-    /// up (0 unless `failed`). `BeforeReply` callers were told instead.
+    /// [`Durability::Batched`] records accepted but not committed because their commit
+    /// failed. `BeforeReply` callers were told instead.
     pub lost: u64,
+    /// Batches whose commit failed after its retries, since the start.
+    pub failed_commits: u64,
 }
 
 #[derive(Default)]
@@ -75,6 +80,7 @@ struct Counters {
     records: AtomicU64,
     failed: AtomicBool,
     lost: AtomicU64,
+    failed_commits: AtomicU64,
 }
 
 struct Job {
@@ -190,6 +196,7 @@ impl AuditLog {
             queued: self.capacity.saturating_sub(self.tx.capacity()),
             failed: self.counters.failed.load(Ordering::Relaxed),
             lost: self.counters.lost.load(Ordering::Relaxed),
+            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
         }
     }
 
@@ -210,7 +217,7 @@ impl AuditLog {
         }
         if self.counters.failed.load(Ordering::Relaxed) {
             return result.and(Err(Error::AuditWrite {
-                reason: "an earlier commit failed".to_owned(),
+                reason: "the last commit failed".to_owned(),
             }));
         }
         result
@@ -255,22 +262,17 @@ async fn run(
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(config.max_batch));
             if let Err(reason) = commit(&mut conn, &batch, &counters).await {
+                // This batch is refused; the next one is tried afresh (the disk may have
+                // room again). Its callers refuse what they meant to audit; the counters
+                // tell the driver, which logs it.
                 counters.failed.store(true, Ordering::Relaxed);
-                // Close first: a caller told of the failure must find the log closed.
-                rx.close();
-                fail_all(batch, &reason, &counters);
-                while let Some(msg) = rx.recv().await {
-                    match msg {
-                        Msg::Record(job) => fail_all(vec![job], &reason, &counters),
-                        Msg::Shutdown(done) => shutdowns.push(done),
-                    }
-                }
-                fail_all(rest, &reason, &counters);
+                counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                fail_all(std::mem::replace(&mut batch, rest), &reason, &counters);
                 result = Err(reason);
-                closing = true;
-                batch = Vec::new();
-                break;
+                continue;
             }
+            counters.failed.store(false, Ordering::Relaxed);
+            result = Ok(());
             for job in std::mem::replace(&mut batch, rest) {
                 if let Some(done) = job.done {
                     // The caller may have given up waiting; the record is committed anyway.
