@@ -159,7 +159,8 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
         }
     });
     let config = PeConfig {
-        registrars: vec![registrar],
+        registrars: vec![asap::transport::TransportAddr::Tcp(registrar)],
+        insecure_legacy: false,
         namespace: None,
         pool_handle: PoolHandle::new("failover").expect("pool handle"),
         pe_id: PeId::new(pe_id).expect("non-zero PE ID"),
@@ -173,6 +174,8 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
         liveness: Duration::from_secs(15),
         load: None,
         asap_listen: None,
+        // The failover benchmark measures the pool policy's failover, not the card's.
+        business_card: asap::client::card::Alternates::SelfOnly,
     };
     let mut announced = false;
     let result = run_pe(&trust, &config, std::future::pending(), |event| {

@@ -7,7 +7,7 @@
 //!
 //! - the first refusal of its kind in an interval ([`INTERVAL`]) is written as it is (the
 //!   kind: the source address for unauthenticated refusals, so one record per source;
-//!   actor, action, outcome, namespace, pool and PE for authenticated ones);
+//!   actor, action, outcome, namespace, pool, PE and reason for authenticated ones);
 //! - its repeats in the same interval are only counted, and [`Refusals::flush`] writes one
 //!   summary record per kind with the count at the end of the interval;
 //! - at most `budget` kinds per scope (a listener, or the core's refusals of
@@ -47,6 +47,10 @@ struct Key {
     namespace: Option<String>,
     pool: Option<Vec<u8>>,
     pe_id: Option<u32>,
+    /// Why, for authenticated refusals: two refusals of one actor for different reasons
+    /// (a forged TAKEOVER_SERVER and a forged INIT_TAKEOVER, say) are two kinds, each
+    /// written once; the per-scope budget still bounds how many kinds are written.
+    detail: Option<String>,
 }
 
 impl Key {
@@ -63,6 +67,7 @@ impl Key {
                 namespace: None,
                 pool: None,
                 pe_id: None,
+                detail: None,
             },
             Some(actor) => Self {
                 scope,
@@ -73,6 +78,7 @@ impl Key {
                 namespace: r.namespace.clone(),
                 pool: r.pool.clone(),
                 pe_id: r.pe_id,
+                detail: r.detail.clone(),
             },
         }
     }
