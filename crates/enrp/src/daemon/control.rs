@@ -99,6 +99,8 @@ pub struct Counters {
     pub(super) low_disk: AtomicBool,
     /// Audit records dropped because the writer and the backlog were full.
     pub(super) audit_dropped: AtomicU64,
+    /// Of those, how many no `audit:gap` record has accounted for yet.
+    pub(super) audit_gap: AtomicU64,
 }
 
 impl Default for Counters {
@@ -125,6 +127,7 @@ impl Counters {
             identities: super::listen::PerIdentity::default(),
             low_disk: AtomicBool::new(false),
             audit_dropped: AtomicU64::new(0),
+            audit_gap: AtomicU64::new(0),
         }
     }
 

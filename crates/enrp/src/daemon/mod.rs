@@ -897,6 +897,28 @@ struct Dials {
     bindings: Option<trust::db::Store>,
 }
 
+/// After records were dropped (the audit backlog was full), one `audit:gap` record says
+/// how many, as soon as the backlog has room for it: the hash chain then shows the gap
+/// and its size instead of hiding it.
+fn record_gap(audit: &mpsc::Sender<AuditJob>, counters: &Counters) {
+    let missing = counters.audit_gap.load(Ordering::Relaxed);
+    if missing == 0 {
+        return;
+    }
+    let mut record = Record::new(
+        now_ms(),
+        "audit:gap",
+        Outcome::Refused("backlog-full".into()),
+    );
+    record.detail = Some(format!(
+        "{missing} audit records were not written: the audit backlog was full \
+         (rsp_audit_dropped_total)"
+    ));
+    if audit.try_send(AuditJob { record, gate: None }).is_ok() {
+        counters.audit_gap.fetch_sub(missing, Ordering::Relaxed);
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -950,11 +972,14 @@ fn execute(
                         )
                     }
                 };
+                record_gap(audit, counters);
                 if let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) {
                     // The writer's queue and this backlog are full: the disk is far
-                    // behind. Batched records are dropped (counted), operations that need
+                    // behind. Batched records are dropped (counted, and accounted for by
+                    // an `audit:gap` record once there is room), operations that need
                     // theirs are refused: their replies are withheld.
                     let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    counters.audit_gap.fetch_add(1, Ordering::Relaxed);
                     if let Some(tx) = job.gate {
                         let _ = tx.send(Some(false));
                     }
@@ -1104,7 +1129,59 @@ pub(crate) fn audit_text(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::audit_text;
+    use super::*;
+    use crate::registrar::AuditAction;
+
+    /// Issue 18 item 4: records dropped while the backlog is full are accounted for by one
+    /// `audit:gap` record with their count, written first once there is room again.
+    #[test]
+    fn dropped_records_leave_a_gap_record_with_their_count() {
+        let (audit, mut backlog) = mpsc::channel(1);
+        let counters = Counters::default();
+        let (peers, _peers_rx) = mpsc::channel(1);
+        let (pes, _pes_rx) = mpsc::channel(1);
+        let dials = Dials {
+            peers,
+            pes,
+            bindings: None,
+        };
+        let resolution = || Action::Audit {
+            event: AuditEvent {
+                actor: None,
+                remote: None,
+                namespace: None,
+                pool_handle: None,
+                pe_id: None,
+                action: AuditAction::Resolve,
+                outcome: None,
+                detail: None,
+            },
+            durability: Durability::Batched,
+        };
+        let run = |n: usize| {
+            execute(
+                (0..n).map(|_| resolution()).collect(),
+                &HashMap::new(),
+                &audit,
+                &counters,
+                &dials,
+            )
+        };
+        // The backlog holds one record: the next three are dropped.
+        run(4);
+        assert_eq!(counters.audit_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(backlog.try_recv().expect("the first").record.action, "resolve");
+        // Room again: the gap record goes first, with the count, then the new record.
+        run(1);
+        let gap = backlog.try_recv().expect("the gap record").record;
+        assert_eq!(gap.action, "audit:gap");
+        assert!(gap.detail.as_deref().is_some_and(|d| d.starts_with("3 audit records")));
+        assert!(gap.check().is_ok());
+        // The gap of 3 is settled; the resolution after the gap record found the backlog
+        // of one full again: a new gap of 1, for the next record to account for.
+        assert_eq!(counters.audit_dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.audit_gap.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn audit_text_is_bounded_and_printable() {
