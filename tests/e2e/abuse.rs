@@ -610,3 +610,52 @@ async fn register_and_stop(lab: &Lab, id: u32) {
     drop(pe);
     assert!(registrar.terminate().success());
 }
+
+/// Issue 18 item 6: `enrpd run` writes a signed checkpoint of the chain head to its log
+/// every `--checkpoint-log-secs`; the line, shipped elsewhere, verifies the chain later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_carries_signed_checkpoints_that_verify_the_chain() {
+    use std::io::BufRead as _;
+    let lab = Lab::new();
+    lab.init_registrar();
+    register_and_stop(&lab, 7).await;
+    let mut enrpd = std::process::Command::new(crate::support::bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path("data"))
+        .args(["--asap-listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--enrp-listen", "off", "--sctp", "off"])
+        .args(["--checkpoint-log-secs", "1", "--log-format", "json"])
+        .env("ENRPD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("enrpd run");
+    let stderr = enrpd.stderr.take().expect("stderr");
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("audit checkpoint"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), line)
+        .await
+        .expect("a checkpoint within a minute")
+        .expect("reader")
+        .expect("a checkpoint line");
+    let _ = enrpd.kill();
+    let _ = enrpd.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let checkpoint = v["fields"]["checkpoint"].as_str().expect("checkpoint field");
+    let file = lab.path("logged-checkpoint.json");
+    std::fs::write(&file, checkpoint).expect("write");
+    let out = std::process::Command::new(crate::support::bin("enrpd"))
+        .args(["audit", "verify", "--data"])
+        .arg(lab.path("data"))
+        .arg("--checkpoint")
+        .arg(&file)
+        .output()
+        .expect("enrpd audit verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("checkpoint holds"), "{text}");
+}

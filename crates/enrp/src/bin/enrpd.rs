@@ -223,6 +223,11 @@ struct RunArgs {
     /// state is logged and exported (`rsp_low_disk`); enrpd never exits for it.
     #[arg(long, env = "ENRPD_MIN_FREE_MIB", default_value_t = 64)]
     min_free_mib: u64,
+    /// Seconds between signed audit checkpoints written to the log (one JSON line, the
+    /// same as `enrpd audit checkpoint` writes), so that log shipping anchors the chain's
+    /// head elsewhere; 0: none.
+    #[arg(long, env = "ENRPD_CHECKPOINT_LOG_SECS", default_value_t = 3600)]
+    checkpoint_log_secs: u64,
     /// Pools one identity may have created in one namespace (that still exist); a
     /// registration creating one more is refused with cause 0x6.
     #[arg(long, env = "ENRPD_MAX_POOLS_PER_IDENTITY", default_value_t = 100)]
@@ -297,6 +302,7 @@ struct FileConfig {
     max_handshakes_per_ip: Option<usize>,
     max_connections_per_identity: Option<usize>,
     min_free_mib: Option<u64>,
+    checkpoint_log_secs: Option<u64>,
     max_pools_per_identity: Option<usize>,
     allow_loopback: Option<bool>,
     no_address_check: Option<bool>,
@@ -448,6 +454,12 @@ impl RunArgs {
         }
         if let Some(v) = file.min_free_mib.filter(|_| unset("min_free_mib")) {
             self.min_free_mib = v;
+        }
+        if let Some(v) = file
+            .checkpoint_log_secs
+            .filter(|_| unset("checkpoint_log_secs"))
+        {
+            self.checkpoint_log_secs = v;
         }
         if let Some(v) = file
             .max_pools_per_identity
@@ -674,6 +686,28 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             }
         }
     }
+}
+
+/// The stored chain head, signed with the registrar's current key (the periodic log
+/// checkpoint; the chain itself is checked by `enrpd audit verify`).
+async fn checkpoint_now(
+    store: &trust::db::Store,
+    data: &std::path::Path,
+) -> anyhow::Result<enrp::checkpoint::Checkpoint> {
+    let mut conn = store.acquire().await?;
+    let (id, hash) = trust::audit::head(&mut conn).await?;
+    drop(conn);
+    let install = setup::read_install(data)?;
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    enrp::checkpoint::Checkpoint::sign(
+        id,
+        &hash,
+        now_ms(),
+        &read(&install.cert)?,
+        &read(&install.key)?,
+    )
+    .map_err(|e| anyhow::anyhow!("signing the checkpoint: {e}"))
 }
 
 /// `enrpd audit checkpoint`: the intact chain's head, signed.
@@ -946,6 +980,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             tokio::time::sleep(CRL_CHECK).await;
         }
     });
+    // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
+    // rewritten chain (`enrpd audit verify --checkpoint`).
+    if args.checkpoint_log_secs > 0 {
+        let (store, data) = (loaded.store.clone(), args.data.clone());
+        let every = Duration::from_secs(args.checkpoint_log_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match checkpoint_now(&store, &data).await {
+                    Ok(c) => tracing::info!(
+                        checkpoint = %serde_json::to_string(&c).unwrap_or_default(),
+                        "audit checkpoint: record {}, head {}", c.id, c.hash
+                    ),
+                    Err(e) => tracing::error!(error = %e, "no audit checkpoint"),
+                }
+            }
+        });
+    }
     // Serials already applied: a reload only acts on what the CRL newly lists.
     let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
     // Every setting of the config file takes effect at start only: on SIGHUP, say which

@@ -554,6 +554,23 @@ struct ChainRow {
 /// Rows read per query while verifying (bounds memory).
 const VERIFY_PAGE: i64 = 1000;
 
+/// The chain's head as stored: the last row's id and hash ((0, genesis) for an empty
+/// log), read without walking the chain (for periodic checkpoints; [`verify`] checks it).
+pub async fn head(conn: &mut SqliteConnection) -> Result<(u64, Hash)> {
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+            .fetch_optional(conn)
+            .await?;
+    Ok(match row {
+        None => (0, GENESIS),
+        Some((id, hash)) => (
+            u64::try_from(id).unwrap_or(0),
+            // The schema holds hashes of 32 bytes (CHECK constraint).
+            Hash::try_from(hash.as_slice()).unwrap_or(GENESIS),
+        ),
+    })
+}
+
 /// Walks the whole chain in id order and reports the first broken link. Reads in pages,
 /// so memory stays bounded whatever the log's size.
 pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
