@@ -29,7 +29,10 @@ use crate::wire::param::{
 /// What a PE registers, and with whom.
 #[derive(Clone, Debug)]
 pub struct PeConfig {
-    /// The registrars, tried in order (server hunt, spec §7.7).
+    /// The registrars, tried in order (server hunt, spec §7.7). Whom it accepts as one is
+    /// the trust store's: `spiffe://<trusted domain>/registrar/*` unless
+    /// [`trust::TrustStore::set_registrar_ids`] pins others (`rsp --registrar-id`); any
+    /// other identity fails the handshake (spec §11.1, threats T-6/T-7).
     pub registrars: Vec<TransportAddr>,
     /// Register over plain SCTP, unauthenticated, with legacy registrars such as RSPLIB's
     /// (see [`Connection::open`]). Default `false`.

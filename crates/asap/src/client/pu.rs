@@ -126,7 +126,8 @@ pub enum CardError {
 /// What a pool user uses, and with whom.
 #[derive(Clone, Debug)]
 pub struct PuConfig {
-    /// The registrars, tried in order (server hunt, spec §7.7).
+    /// The registrars, tried in order (server hunt, spec §7.7). Whom it accepts as one is
+    /// the trust store's, as for a PE ([`super::pe::PeConfig::registrars`]).
     pub registrars: Vec<TransportAddr>,
     /// Talk to the registrars over plain SCTP, unauthenticated (legacy registrars such as
     /// RSPLIB's; see [`Connection::open`]). Default `false`.
