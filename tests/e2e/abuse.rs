@@ -646,7 +646,9 @@ async fn the_log_carries_signed_checkpoints_that_verify_the_chain() {
     let _ = enrpd.kill();
     let _ = enrpd.wait();
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-    let checkpoint = v["fields"]["checkpoint"].as_str().expect("checkpoint field");
+    let checkpoint = v["fields"]["checkpoint"]
+        .as_str()
+        .expect("checkpoint field");
     let file = lab.path("logged-checkpoint.json");
     std::fs::write(&file, checkpoint).expect("write");
     let out = std::process::Command::new(crate::support::bin("enrpd"))
@@ -657,5 +659,8 @@ async fn the_log_carries_signed_checkpoints_that_verify_the_chain() {
         .output()
         .expect("enrpd audit verify");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("checkpoint holds"), "{text}");
+    assert!(
+        out.status.success() && text.contains("checkpoint holds"),
+        "{text}"
+    );
 }

@@ -697,6 +697,8 @@ async fn checkpoint_now(
     let mut conn = store.acquire().await?;
     let (id, hash) = trust::audit::head(&mut conn).await?;
     drop(conn);
+    // Row ids are positive (INTEGER PRIMARY KEY from 1).
+    let id = u64::try_from(id).unwrap_or(0);
     let install = setup::read_install(data)?;
     let read =
         |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));

@@ -1170,12 +1170,19 @@ mod tests {
         // The backlog holds one record: the next three are dropped.
         run(4);
         assert_eq!(counters.audit_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(backlog.try_recv().expect("the first").record.action, "resolve");
+        assert_eq!(
+            backlog.try_recv().expect("the first").record.action,
+            "resolve"
+        );
         // Room again: the gap record goes first, with the count, then the new record.
         run(1);
         let gap = backlog.try_recv().expect("the gap record").record;
         assert_eq!(gap.action, "audit:gap");
-        assert!(gap.detail.as_deref().is_some_and(|d| d.starts_with("3 audit records")));
+        assert!(
+            gap.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("3 audit records"))
+        );
         assert!(gap.check().is_ok());
         // The gap of 3 is settled; the resolution after the gap record found the backlog
         // of one full again: a new gap of 1, for the next record to account for.
@@ -1187,7 +1194,7 @@ mod tests {
     fn audit_text_is_bounded_and_printable() {
         assert_eq!(audit_text("bad\ncert\u{1b}[31m"), "bad cert [31m");
         assert_eq!(audit_text(&"é".repeat(1000)).chars().count(), 512);
-        let mut r = trust::audit::Record::new(1, "handshake", trust::audit::Outcome::Ok);
+        let mut r = Record::new(1, "handshake", Outcome::Ok);
         r.detail = Some(audit_text(&"x\r\n".repeat(10_000)));
         assert!(r.check().is_ok());
     }

@@ -366,8 +366,9 @@ fn chain_hash(prev: &Hash, id: i64, columns: &Columns) -> Hash {
     hasher.finalize().into()
 }
 
-/// The last row's id and hash, or `(0, GENESIS)` for an empty log.
-async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
+/// The last row's id and hash, or `(0, GENESIS)` for an empty log: the head as stored,
+/// read without walking the chain (periodic checkpoints; [`verify`] checks the chain).
+pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
     let row: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
             .fetch_optional(conn)
@@ -553,23 +554,6 @@ struct ChainRow {
 
 /// Rows read per query while verifying (bounds memory).
 const VERIFY_PAGE: i64 = 1000;
-
-/// The chain's head as stored: the last row's id and hash ((0, genesis) for an empty
-/// log), read without walking the chain (for periodic checkpoints; [`verify`] checks it).
-pub async fn head(conn: &mut SqliteConnection) -> Result<(u64, Hash)> {
-    let row: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
-            .fetch_optional(conn)
-            .await?;
-    Ok(match row {
-        None => (0, GENESIS),
-        Some((id, hash)) => (
-            u64::try_from(id).unwrap_or(0),
-            // The schema holds hashes of 32 bytes (CHECK constraint).
-            Hash::try_from(hash.as_slice()).unwrap_or(GENESIS),
-        ),
-    })
-}
 
 /// Walks the whole chain in id order and reports the first broken link. Reads in pages,
 /// so memory stays bounded whatever the log's size.
