@@ -100,13 +100,10 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     };
     config.max_pools_per_identity = usize::MAX;
     config.rng_seed = 1;
-    let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
-    // The benchmark's clients load the registrar on purpose: no request rate limits.
-    settings.rate_limits = enrp::daemon::RateLimits::UNLIMITED;
-    // All its clients share one address and one identity.
-    settings.max_connections_per_ip = usize::MAX;
-    settings.max_handshakes_per_ip = usize::MAX;
-    settings.max_connections_per_identity = usize::MAX;
+    // The benchmark's clients load the registrar on purpose, from one address and one
+    // identity: no per-client limits.
+    let settings =
+        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits();
     let daemon = Daemon::start(
         settings,
         Arc::new(trust),

@@ -324,42 +324,38 @@ pub(crate) fn eventually(
 }
 
 /// Sends `line` on standard input to `cmd` and returns its standard output.
-pub(crate) fn with_input(mut cmd: Command, line: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{line}\n").as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
+pub(crate) fn with_input(cmd: Command, line: &str) -> Output {
+    spawn_with_input(cmd, line)
+        .wait_with_output()
+        .expect("wait")
 }
 
 /// [`with_input`] for a command that may not end by itself: killed after `limit`.
-pub(crate) fn with_input_within(mut cmd: Command, line: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{line}\n").as_bytes())
-        .expect("write stdin");
+pub(crate) fn with_input_within(cmd: Command, line: &str, limit: Duration) -> Output {
+    let mut child = spawn_with_input(cmd, line);
     let start = now();
     while child.try_wait().expect("wait").is_none() && start.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
     child.wait_with_output().expect("wait")
+}
+
+/// `cmd` with piped output, `line` written to its standard input (then closed).
+fn spawn_with_input(mut cmd: Command, line: &str) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write stdin");
+    child
 }
 
 /// RSPLIB's pool user: `line` to a PE of `pool` found through the registrar at

@@ -167,7 +167,9 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
     };
     config.allow_loopback = true; // `--allow-loopback`: PEs advertise 127.0.0.1
     config.rng_seed = 1;
-    let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
+    // Its clients load the registrar on purpose: no per-client limits.
+    let mut settings =
+        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits();
     settings.enrp_listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     settings.idle_timeout = LONG; // the PE connections are idle once registered
     settings.peers = peer.into_iter().collect();

@@ -427,7 +427,9 @@ fn child_main(args: &[String]) {
             .expect("audit log");
         let mut config = Config::new(server_id);
         config.legacy_namespace = Some(Namespace::default_namespace());
-        let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config);
+        // Its clients load the registrar on purpose: no per-client limits.
+        let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+            .without_client_limits();
         settings.legacy_asap_listen =
             Some(Endpoint::single(SocketAddr::from((DOC_ADDR, RSP_PORT))));
         let _daemon = Daemon::start(settings, Arc::new(trust), audit, Vec::new())

@@ -156,6 +156,17 @@ impl Settings {
             min_free_bytes: 64 << 20,
         }
     }
+
+    /// Without the per-client limits (request rates, connections per address and per
+    /// identity): for benchmarks, whose clients load the registrar on purpose from one
+    /// address and often one identity. Never for a registrar that serves anyone.
+    pub fn without_client_limits(mut self) -> Self {
+        self.rate_limits = RateLimits::UNLIMITED;
+        self.max_connections_per_ip = usize::MAX;
+        self.max_handshakes_per_ip = usize::MAX;
+        self.max_connections_per_identity = usize::MAX;
+        self
+    }
 }
 
 /// A legacy ENRP peer (RSPLIB's `rspregistrar`), known by its address and its configured
