@@ -5,12 +5,14 @@
 //! - [`policy`]: the nine RFC 5356 pool member selection policies behind one
 //!   [`policy::Selector`] interface, used by registrars (choose *n* PEs for a handle
 //!   resolution response) and pool users (choose one PE from a cache).
+//! - [`addr`]: transport addresses and SCTP endpoints (pure, no feature needed).
 //! - `client` (feature `client`): pool elements and pool users over mutual TLS.
 //! - `transport` (feature `transport`): messages over any async byte stream (spec §12.2).
 //!
 //! Read [`wire::AsapMsg`] first. The `rsp` command (feature `cli`) is a thin front end.
 #![warn(missing_docs)]
 
+pub mod addr;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod policy;

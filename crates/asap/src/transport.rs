@@ -2,11 +2,12 @@
 //! connection, TLS over SCTP, or a simulated stream in tests — carries ASAP or ENRP
 //! messages back to back, each delimited by its own Message Length.
 
-mod endpoint;
 #[cfg(feature = "sctp")]
 pub mod sctp;
 
-pub use endpoint::{Endpoint, EndpointError, MAX_ENDPOINT_ADDRESSES, TransportAddr};
+// Transitional (issue 24): the pure address types live in `asap::addr`, which needs no
+// feature; this re-export keeps the old paths working.
+pub use crate::addr::{Endpoint, EndpointError, MAX_ENDPOINT_ADDRESSES, TransportAddr};
 
 use std::io;
 

@@ -1,6 +1,7 @@
-//! SCTP endpoints as configured: one port, one or more addresses (multi-homing). Plain
-//! data, available without the `sctp` feature so that configuration parses (and says
-//! "built without SCTP") everywhere.
+//! Transport addresses and SCTP endpoints as configured: one port, one or more addresses
+//! (multi-homing). Plain data with their parsing and formatting, available without any
+//! feature (no tokio) so that the registrar core and configuration use them everywhere
+//! (and say "built without SCTP" where SCTP is missing).
 
 use std::net::SocketAddr;
 
