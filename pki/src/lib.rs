@@ -149,6 +149,14 @@ pub enum PkiError {
     BadDays(u32),
 }
 
+/// A name or serial that does not parse: the same error (and message) as before the
+/// identity types left `trust` (issue 24).
+impl From<identity::Error> for PkiError {
+    fn from(e: identity::Error) -> Self {
+        Self::Trust(trust::Error::Identity(e))
+    }
+}
+
 impl PkiError {
     /// Whether the error is a usage mistake (exit 2) rather than a runtime failure (exit 1).
     pub fn is_usage(&self) -> bool {
@@ -157,11 +165,11 @@ impl PkiError {
             Self::BadName { .. }
                 | Self::BadReason(_)
                 | Self::BadDays(_)
-                | Self::Trust(
-                    trust::Error::InvalidTrustDomain { .. }
-                        | trust::Error::InvalidSerial { .. }
-                        | trust::Error::InvalidSpiffeId { .. }
-                )
+                | Self::Trust(trust::Error::Identity(
+                    identity::Error::InvalidTrustDomain { .. }
+                        | identity::Error::InvalidSerial { .. }
+                        | identity::Error::InvalidSpiffeId { .. }
+                ))
         )
     }
 }

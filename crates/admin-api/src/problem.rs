@@ -196,6 +196,14 @@ pub enum ApiError {
     Trust(#[from] trust::Error),
 }
 
+/// A name, pattern or serial in a request that does not parse: the same answer (and
+/// message) as before the identity types left `trust` (issue 24).
+impl From<identity::Error> for ApiError {
+    fn from(e: identity::Error) -> Self {
+        Self::Trust(trust::Error::Identity(e))
+    }
+}
+
 impl ApiError {
     /// A refusal of `kind` with `detail`.
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {

@@ -2,13 +2,15 @@
 //! handlespace, replicate it among themselves and take over a dead peer's pool elements.
 //!
 //! The ENRP message codec lives with ASAP's in [`asap::wire`] (both share the encoding of
-//! spec §3); this crate holds the registrar's pure cores.
+//! spec §3); the registrar's pure core (handlespace, checksum, `Core`) is the `enrp-core`
+//! crate. This crate drives it: listeners, TLS, peers, the store and the audit log.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod checkpoint;
-pub mod checksum;
 pub mod daemon;
-pub mod handlespace;
-pub mod registrar;
 pub mod setup;
+
+// Transitional (issue 24): the pure core moved to `enrp-core`; these re-exports keep the
+// `enrp::registrar`, `enrp::handlespace` and `enrp::checksum` paths working.
+pub use enrp_core::{checksum, handlespace, registrar};

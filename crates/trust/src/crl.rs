@@ -26,7 +26,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::Error;
-use crate::spiffe::TrustDomain;
+use identity::TrustDomain;
 
 /// How many intermediates' verdicts one CRL remembers: normally one (its issuer), a few
 /// when an intermediate is re-issued with the same name and key. Past this, the

@@ -1,51 +1,15 @@
 //! Errors of the trust crate.
 
-use crate::spiffe::TrustDomain;
+use identity::TrustDomain;
 
 /// Errors of the trust crate: bad names and patterns, unreadable certificates, keys and
 /// CRLs, and refused changes to the trust store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A string is not a valid SPIFFE ID.
-    #[error("invalid SPIFFE ID {input:?}: {reason}")]
-    InvalidSpiffeId {
-        /// The input, shortened if long.
-        input: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
-    /// A string is not a valid trust domain name.
-    #[error("invalid trust domain {input:?}: {reason}")]
-    InvalidTrustDomain {
-        /// The input, shortened if long.
-        input: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
-    /// An identity, namespace or pool pattern is malformed.
-    #[error("invalid pattern {input:?}: {reason}")]
-    InvalidPattern {
-        /// The input, shortened if long.
-        input: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
-    /// An action name is not one of `register`, `resolve`, `report`, `peer`,
-    /// `admin:read`, `admin:write`.
-    #[error("unknown action {input:?}")]
-    InvalidAction {
-        /// The input, shortened if long.
-        input: String,
-    },
-    /// A serial number is not hexadecimal or is too long.
-    #[error("invalid serial number {input:?}: {reason}")]
-    InvalidSerial {
-        /// The input, shortened if long.
-        input: String,
-        /// Which rule it breaks.
-        reason: &'static str,
-    },
+    /// A SPIFFE ID, trust domain, pattern, action or serial number does not parse.
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
     /// PEM input could not be read.
     #[error("cannot read {what} from PEM: {source}")]
     Pem {

@@ -1,8 +1,8 @@
 //! Who may do what in rsp: SPIFFE identities, trust domains, the rustls configurations that
 //! authenticate every ASAP and ENRP connection, revocation, and grants.
 //!
-//! - [`SpiffeId`], [`TrustDomain`]: validated names.
-//! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
+//! - [`SpiffeId`], [`TrustDomain`], [`IdentityPattern`], [`PoolPattern`], [`Grant`],
+//!   [`allowed`]: the pure identity types of the `identity` crate, re-exported.
 //! - [`TrustStore`]: trust domains, CRLs and a deny-list; builds TLS 1.3 rustls
 //!   configurations (ring, client certificates required; optional on the admin listener)
 //!   and swaps them on every change; each writes the NSS key log when `SSLKEYLOGFILE` is
@@ -18,27 +18,25 @@ mod crl;
 #[cfg(feature = "db")]
 pub mod db;
 mod error;
-mod grant;
 mod keylog;
-mod pattern;
 mod registry;
-mod spiffe;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod verify;
 
-pub use cert::{Peer, Serial};
+pub use cert::Peer;
 pub use error::Error;
-pub use grant::{
-    Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
+// Transitional (issue 24): the pure identity types live in the `identity` crate; these
+// re-exports keep the `trust::SpiffeId`, `trust::Grant`, … paths working. New code that
+// needs no TLS imports `identity` directly.
+pub use identity::{
+    Action, Actions, DefaultNamespace, Grant, IdentityPattern, LEGACY_TRUST_DOMAIN,
+    MAX_POOL_PATTERN_LEN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, NamespacePattern, PoolPattern,
+    Serial, SpiffeId, TrustDomain, allowed, default_namespace,
 };
 pub use keylog::{KEY_LOG_ENV, key_log_warning};
-pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
-pub use spiffe::{
-    LEGACY_TRUST_DOMAIN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain,
-};
 pub use store::{
     DomainBundle, LocalIdentity, Protocol, TrustStore, certs_from_pem, crl_serials, crls_from_pem,
     provider,

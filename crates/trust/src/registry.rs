@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::cert::{Link, Peer, Serial};
-use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::cert::{Link, Peer};
+use identity::Serial;
+use identity::{SpiffeId, TrustDomain};
 
 /// Why a live connection was told to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,16 +14,17 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::cert::{Peer, Serial};
+use crate::cert::Peer;
 use crate::crl::Revocation;
-use crate::pattern::IdentityPattern;
 use crate::registry::{ConnectionRegistry, LiveConnection};
-use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::verify::{
     DomainAnchors, Expected, RegistrarIds, Rejection, Snapshot, SpiffeClientVerifier,
     SpiffeServerVerifier,
 };
 use crate::{ALPN_ASAP, ALPN_ENRP, Error};
+use identity::IdentityPattern;
+use identity::Serial;
+use identity::{SpiffeId, TrustDomain};
 
 /// The two protocols, each with its own ALPN identifier and listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

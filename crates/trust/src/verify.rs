@@ -18,10 +18,11 @@ use webpki::{
     RevocationOptionsBuilder, UnknownStatusPolicy, VerifiedPath,
 };
 
-use crate::cert::{Serial, leaf_facts, spiffe_id_of};
+use crate::cert::{leaf_facts, spiffe_id_of};
 use crate::crl::{Revocation, check_path};
-use crate::pattern::IdentityPattern;
-use crate::spiffe::{SpiffeId, TrustDomain};
+use identity::IdentityPattern;
+use identity::Serial;
+use identity::{SpiffeId, TrustDomain};
 
 /// Why a certificate was refused by the SPIFFE rules of this crate (chain, validity and
 /// CRL failures are reported with rustls' own [`CertificateError`] variants instead).

@@ -26,9 +26,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::grant::{Action, Actions, DefaultNamespace, Grant, NamespacePattern};
-use crate::pattern::{IdentityPattern, PoolPattern};
 use crate::{Serial, SpiffeId, TrustDomain};
+use identity::{Action, Actions, DefaultNamespace, Grant, NamespacePattern};
+use identity::{IdentityPattern, PoolPattern};
 
 pub use tokens::{
     NewToken, Role, TokenHasher, TokenInfo, TokenRejection, create_token, list_tokens,

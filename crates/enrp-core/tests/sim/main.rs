@@ -5,10 +5,10 @@
 //! hangs and crashes; every run checks the invariants listed in `world.rs`.
 //!
 //! ```text
-//! cargo test -p enrp --test sim                           # the CI seeds (0..RSP_SIM_SEEDS)
-//! RSP_SIM_SEEDS=2000 cargo test -p enrp --test sim -- --nocapture       # or 5000..6000
-//! RSP_SIM_HEAVY=1 RSP_SIM_SEEDS=500 cargo test -p enrp --test sim -- --nocapture  # bigger runs
-//! RSP_SIM_SEED=1234 cargo test -p enrp --test sim -- --nocapture   # replay one seed
+//! cargo test -p enrp-core --test sim                           # the CI seeds (0..RSP_SIM_SEEDS)
+//! RSP_SIM_SEEDS=2000 cargo test -p enrp-core --test sim -- --nocapture       # or 5000..6000
+//! RSP_SIM_HEAVY=1 RSP_SIM_SEEDS=500 cargo test -p enrp-core --test sim -- --nocapture  # bigger runs
+//! RSP_SIM_SEED=1234 cargo test -p enrp-core --test sim -- --nocapture   # replay one seed
 //! ```
 //!
 //! A failing run prints its seed, the broken invariant and the last lines of its trace;
@@ -98,7 +98,7 @@ fn seeds_keep_the_invariants() {
             "simulation seed {seed} failed: {}\n\
              scenario: {:?}\n\
              last events:\n{}\n\
-             replay: {}RSP_SIM_SEED={seed} RSP_SIM_TRACE=1 cargo test -p enrp --test sim -- --nocapture",
+             replay: {}RSP_SIM_SEED={seed} RSP_SIM_TRACE=1 cargo test -p enrp-core --test sim -- --nocapture",
             outcome.failure.as_deref().unwrap_or_default(),
             outcome.scenario,
             outcome.trace_tail.join("\n"),

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
+use identity::{DefaultNamespace, Grant, Serial, SpiffeId, TrustDomain};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
-use trust::{DefaultNamespace, Grant, Serial, SpiffeId, TrustDomain};
 
 use crate::handlespace::{Handlespace, Limits};
 
@@ -168,7 +168,7 @@ pub struct Config {
     pub max_pools_per_identity: usize,
 }
 
-pub use trust::LEGACY_TRUST_DOMAIN;
+pub use identity::LEGACY_TRUST_DOMAIN;
 
 /// `spiffe://legacy.invalid/KIND/IP[/...]`, an IPv6 address's `:` written `-`.
 fn legacy_id(kind: &str, addr: std::net::IpAddr, rest: &str) -> SpiffeId {
@@ -424,7 +424,7 @@ pub enum Action {
     /// driver dials each address once; whoever answers is authenticated as usual.
     DialPeer {
         /// Its advertised ENRP address: TCP, or a (multi-homed) SCTP endpoint.
-        addr: ::asap::transport::TransportAddr,
+        addr: ::asap::addr::TransportAddr,
     },
     /// Dial a taken-over PE's ASAP listener (spec §12.6) over mutual TLS, insisting that it
     /// presents `registrant`'s certificate, announce the connection with
@@ -436,7 +436,7 @@ pub enum Action {
         /// The PE.
         pe: PeKey,
         /// The ASAP transport it advertised: TCP, or SCTP with all its addresses.
-        addr: ::asap::transport::TransportAddr,
+        addr: ::asap::addr::TransportAddr,
         /// The identity it registered with: nobody else may answer for it.
         registrant: SpiffeId,
     },
@@ -825,7 +825,7 @@ impl Core {
         {
             return ns.clone();
         }
-        trust::default_namespace(&self.default_namespaces, id)
+        identity::default_namespace(&self.default_namespaces, id)
             .and_then(Namespace::new)
             .unwrap_or_else(Namespace::default_namespace)
     }
@@ -1089,13 +1089,13 @@ impl Core {
         id: &SpiffeId,
         ns: &Namespace,
         handle: &PoolHandle,
-        action: trust::Action,
+        action: identity::Action,
     ) -> bool {
         if is_legacy(id) {
-            return (action == trust::Action::Peer) == is_legacy_peer(id)
+            return (action == identity::Action::Peer) == is_legacy_peer(id)
                 && self.config.legacy_namespace.as_ref() == Some(ns);
         }
-        trust::allowed(
+        identity::allowed(
             &self.grants,
             id,
             ns.as_str(),
@@ -1117,7 +1117,7 @@ impl Core {
                 let Some(r) = &e.registrant else { return false };
                 // A registrant the grants cannot even parse is not allowed anything.
                 SpiffeId::parse(r.as_str()).map_or(true, |id| {
-                    !self.permits(&id, ns, handle, trust::Action::Register)
+                    !self.permits(&id, ns, handle, identity::Action::Register)
                 })
             })
             .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))

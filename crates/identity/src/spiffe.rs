@@ -17,7 +17,9 @@ const SCHEME: &str = "spiffe://";
 /// because the input may come from a peer's certificate.
 const ECHO_LIMIT: usize = 128;
 
-pub(crate) fn echo(input: &str) -> String {
+/// `input` as error messages repeat it: at most 128 bytes, then `…` (the input may come
+/// from a peer's certificate). Public for `trust`'s certificate errors.
+pub fn echo(input: &str) -> String {
     if input.len() <= ECHO_LIMIT {
         return input.to_owned();
     }

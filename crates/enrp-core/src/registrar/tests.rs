@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
-use ::asap::transport::TransportAddr;
+use ::asap::addr::TransportAddr;
 use ::asap::wire::param::{
     Address, ErrorCause, PeChecksum, Policy, PoolElement, RegistrantIdentity, SctpAddresses,
     ServerInformation, Transport, TransportUse,
@@ -18,7 +18,7 @@ const PE_A: &str = "spiffe://acme.test/pe/a";
 const PE_B: &str = "spiffe://acme.test/pe/b";
 const PU_1: &str = "spiffe://acme.test/pu/1";
 
-fn grant(identity: &str, pools: &str, actions: &[trust::Action]) -> Grant {
+fn grant(identity: &str, pools: &str, actions: &[identity::Action]) -> Grant {
     Grant {
         identity: identity.parse().expect("identity pattern"),
         namespace: "default".parse().expect("namespace pattern"),
@@ -32,12 +32,12 @@ fn grants() -> Vec<Grant> {
         grant(
             "spiffe://acme.test/pe/*",
             "echo",
-            &[trust::Action::Register],
+            &[identity::Action::Register],
         ),
         grant(
             "spiffe://acme.test/pu/*",
             "*",
-            &[trust::Action::Resolve, trust::Action::Report],
+            &[identity::Action::Resolve, identity::Action::Report],
         ),
     ]
 }
@@ -234,7 +234,7 @@ fn unauthorized_registration_and_resolution_are_refused_and_audited() {
     // card names the pool's other PEs), and no other: that one looks like it does not
     // exist.
     let mut with_secret = grants();
-    with_secret.push(grant(PE_B, "secret", &[trust::Action::Register]));
+    with_secret.push(grant(PE_B, "secret", &[identity::Action::Register]));
     assert!(h.core.handle(Input::Grants(with_secret), h.now).is_empty());
     let b_conn = h.connect(2, PE_B);
     assert_eq!(reg_cause(&h.send(b_conn, registration("secret", 8))), None);
@@ -591,8 +591,8 @@ fn a_withdrawn_grant_removes_the_pes_it_allowed_and_only_those() {
     h.send(pe_a, registration("echo", 1));
     // Still allowed by a narrower grant: the PE stays, nothing is audited.
     let narrower = vec![
-        grant(PE_A, "echo", &[trust::Action::Register]),
-        grant("spiffe://acme.test/pu/*", "*", &[trust::Action::Resolve]),
+        grant(PE_A, "echo", &[identity::Action::Register]),
+        grant("spiffe://acme.test/pu/*", "*", &[identity::Action::Resolve]),
     ];
     assert!(h.core.handle(Input::Grants(narrower), h.now).is_empty());
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![1]);
@@ -600,7 +600,7 @@ fn a_withdrawn_grant_removes_the_pes_it_allowed_and_only_those() {
     let without = vec![grant(
         "spiffe://acme.test/pu/*",
         "*",
-        &[trust::Action::Resolve],
+        &[identity::Action::Resolve],
     )];
     let out = h.core.handle(Input::Grants(without), h.now);
     assert_eq!(audits(&out), vec![(AuditAction::RemoveUngranted, None)]);
@@ -733,7 +733,7 @@ fn peer_grants() -> Vec<Grant> {
     g.push(grant(
         "spiffe://acme.test/registrar/*",
         "*",
-        &[trust::Action::Peer],
+        &[identity::Action::Peer],
     ));
     g
 }
@@ -1816,8 +1816,8 @@ fn requests_without_a_namespace_go_to_the_identitys_default_namespace() {
     let mut h = Harness::new();
     let mut all = grants();
     for (identity, actions) in [
-        (PE_A, &[trust::Action::Register][..]),
-        (PU_1, &[trust::Action::Resolve][..]),
+        (PE_A, &[identity::Action::Register][..]),
+        (PU_1, &[identity::Action::Resolve][..]),
     ] {
         all.push(Grant {
             identity: identity.parse().expect("identity pattern"),
@@ -1935,12 +1935,16 @@ fn a_registrar_started_later_learns_every_pe_of_its_mentor_over_many_pages() {
     // Spec §9.3, §9.7: B starts, A is its mentor; A's whole table arrives 128 PEs a page
     // (the default) and B serves once it has every PE, in every pool.
     let grants = vec![
-        grant("spiffe://acme.test/pe/*", "*", &[trust::Action::Register]),
-        grant("spiffe://acme.test/pu/*", "*", &[trust::Action::Resolve]),
+        grant(
+            "spiffe://acme.test/pe/*",
+            "*",
+            &[identity::Action::Register],
+        ),
+        grant("spiffe://acme.test/pu/*", "*", &[identity::Action::Resolve]),
         grant(
             "spiffe://acme.test/registrar/*",
             "*",
-            &[trust::Action::Peer],
+            &[identity::Action::Peer],
         ),
     ];
     let mut a = Harness::registrar(SID_A);

@@ -82,11 +82,11 @@ use asap::wire::param::{
     Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
-use enrp::registrar::{
+use enrp_core::registrar::{
     Action, AuditAction, Client, Config, ConnId, Core, Durability, Input, PeKey, PeerState, Timing,
 };
-use enrp::setup::server_id_of;
-use trust::{Grant, Serial, SpiffeId};
+use enrp_core::server_id_of;
+use identity::{Grant, Serial, SpiffeId};
 
 use crate::rng::Rng;
 
@@ -460,7 +460,7 @@ fn policy(pool: usize) -> Policy {
     }
 }
 
-fn grant(identity: &str, pools: &str, actions: &[trust::Action]) -> Grant {
+fn grant(identity: &str, pools: &str, actions: &[identity::Action]) -> Grant {
     Grant {
         identity: identity.parse().expect("identity pattern"),
         namespace: "default".parse().expect("namespace pattern"),
@@ -488,14 +488,18 @@ impl World {
             grant(
                 "spiffe://sim.test/pe/*",
                 "pool-*",
-                &[trust::Action::Register],
+                &[identity::Action::Register],
             ),
             grant(
                 "spiffe://sim.test/pu/*",
                 "*",
-                &[trust::Action::Resolve, trust::Action::Report],
+                &[identity::Action::Resolve, identity::Action::Report],
             ),
-            grant("spiffe://sim.test/registrar/*", "*", &[trust::Action::Peer]),
+            grant(
+                "spiffe://sim.test/registrar/*",
+                "*",
+                &[identity::Action::Peer],
+            ),
         ];
         let regs = (0..sc.registrars)
             .map(|i| {
@@ -1486,7 +1490,7 @@ impl World {
                     }
                 }
                 Action::DialPeer { addr } => match addr {
-                    asap::transport::TransportAddr::Tcp(addr) => self.dial_discovered(reg, addr),
+                    asap::addr::TransportAddr::Tcp(addr) => self.dial_discovered(reg, addr),
                     // The simulated registrars advertise TLS/TCP only.
                     other => self.fail(format!("r{reg} was told to dial {other} over SCTP")),
                 },

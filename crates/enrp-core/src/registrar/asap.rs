@@ -8,7 +8,7 @@ use ::asap::wire::param::{
     RegistrantIdentity, UnknownParam,
 };
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, PeEntry, Resolution};
-use trust::Action as Grantable;
+use identity::Action as Grantable;
 
 use super::{Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, TimerKey};
 use crate::handlespace::Registered;
@@ -122,7 +122,7 @@ impl Core {
 
     /// How many pools `creator` (namespace, identity) created that still exist; those gone
     /// are forgotten (the cost is at most [`Config::max_pools_per_identity`] lookups).
-    fn pools_created(&mut self, creator: &(Namespace, trust::SpiffeId)) -> usize {
+    fn pools_created(&mut self, creator: &(Namespace, identity::SpiffeId)) -> usize {
         let Some(pools) = self.pool_creators.get_mut(creator) else {
             return 0;
         };

@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
-use ::asap::transport::{Endpoint, TransportAddr};
+use ::asap::addr::{Endpoint, TransportAddr};
 use ::asap::wire::param::{
     Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
     SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
@@ -53,7 +53,7 @@ use ::asap::wire::param::{
 use ::asap::wire::{
     AsapMsg, DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction,
 };
-use trust::SpiffeId;
+use identity::SpiffeId;
 
 use super::{
     Action, AuditAction, AuditEvent, Client, ConnId, Core, Durability, PeKey, Revocation, TimerKey,
@@ -298,7 +298,7 @@ impl Core {
         }
         self.grants
             .iter()
-            .any(|g| g.actions.contains(trust::Action::Peer) && g.identity.matches(id))
+            .any(|g| g.actions.contains(identity::Action::Peer) && g.identity.matches(id))
     }
 
     fn peer_event(
@@ -1455,7 +1455,7 @@ impl Core {
                 "not the sender's PE: its home is {:#010x}",
                 pe.home_server_id
             ))
-        } else if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
+        } else if !self.permits(&client.id, &key.0, &key.1, identity::Action::Peer) {
             Some("no peer grant for this namespace and pool".to_owned())
         } else if !pe.registration_life_valid() {
             Some("registration life out of range".to_owned())
@@ -1579,7 +1579,7 @@ impl Core {
             return Some("no registrant identity".to_owned());
         };
         let granted = SpiffeId::parse(registrant.as_str())
-            .is_ok_and(|id| self.permits(&id, &key.0, &key.1, trust::Action::Register));
+            .is_ok_and(|id| self.permits(&id, &key.0, &key.1, identity::Action::Register));
         if !granted {
             return Some(format!(
                 "registrant {} holds no register grant here for this namespace and pool",
@@ -1697,7 +1697,7 @@ impl Core {
             let why = format!("not the sender's PE: its home is {home:#010x}");
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
-        if !self.permits(&client.id, &ns, &handle, trust::Action::Peer) {
+        if !self.permits(&client.id, &ns, &handle, identity::Action::Peer) {
             let why = "no peer grant for this namespace and pool".to_owned();
             return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
         }
@@ -2373,7 +2373,7 @@ impl Core {
         let mut moved = 0usize;
         let mut tally = Tally::default();
         for (key, mut entry) in pes {
-            if !self.permits(&client.id, &key.0, &key.1, trust::Action::Peer) {
+            if !self.permits(&client.id, &key.0, &key.1, identity::Action::Peer) {
                 let why = "no peer grant for this namespace and pool".to_owned();
                 tally.refuse(key, why);
                 continue;

@@ -1,0 +1,26 @@
+//! Who is who in rsp, as pure values: SPIFFE IDs and trust domains, identity, namespace and
+//! pool patterns, grants and their actions, default namespaces and certificate serials.
+//!
+//! No TLS, no certificates parsing, no I/O: the registrar core (`enrp-core`) decides with
+//! these alone; `trust` reads them from certificates and re-exports them.
+//!
+//! - [`SpiffeId`], [`TrustDomain`]: validated names.
+//! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
+//! - [`Serial`]: a certificate serial number, normalised.
+#![warn(missing_docs)]
+
+mod error;
+mod grant;
+mod pattern;
+mod serial;
+mod spiffe;
+
+pub use error::Error;
+pub use grant::{
+    Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
+};
+pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
+pub use serial::Serial;
+pub use spiffe::{
+    LEGACY_TRUST_DOMAIN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain, echo,
+};
