@@ -6,12 +6,14 @@
 //!
 //! - [`SpiffeId`], [`TrustDomain`]: validated names.
 //! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
+//! - [`RegistrarIds`]: which identities are accepted as a registrar (spec §11.1).
 //! - [`Serial`]: a certificate serial number, normalised.
 #![warn(missing_docs)]
 
 mod error;
 mod grant;
 mod pattern;
+mod registrar_ids;
 mod serial;
 mod spiffe;
 
@@ -20,6 +22,7 @@ pub use grant::{
     Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
 };
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
+pub use registrar_ids::{DEFAULT_REGISTRAR_ID, RegistrarIds};
 pub use serial::Serial;
 pub use spiffe::{
     LEGACY_TRUST_DOMAIN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain, echo,

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use identity::{Serial, SpiffeId, TrustDomain, echo};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-use identity::{Serial, SpiffeId, TrustDomain, echo};
 
 use crate::{Error, Rejection};
 

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
+use identity::TrustDomain;
 use rustls_pki_types::{
     CertificateRevocationListDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
 };
@@ -26,7 +27,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::Error;
-use identity::TrustDomain;
 
 /// How many intermediates' verdicts one CRL remembers: normally one (its issuer), a few
 /// when an intermediate is re-issued with the same name and key. Past this, the

@@ -31,9 +31,10 @@ pub use error::Error;
 // re-exports keep the `trust::SpiffeId`, `trust::Grant`, … paths working. New code that
 // needs no TLS imports `identity` directly.
 pub use identity::{
-    Action, Actions, DefaultNamespace, Grant, IdentityPattern, LEGACY_TRUST_DOMAIN,
-    MAX_POOL_PATTERN_LEN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, NamespacePattern, PoolPattern,
-    Serial, SpiffeId, TrustDomain, allowed, default_namespace,
+    Action, Actions, DEFAULT_REGISTRAR_ID, DefaultNamespace, Grant, IdentityPattern,
+    LEGACY_TRUST_DOMAIN, MAX_POOL_PATTERN_LEN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
+    NamespacePattern, PoolPattern, RegistrarIds, Serial, SpiffeId, TrustDomain, allowed,
+    default_namespace,
 };
 pub use keylog::{KEY_LOG_ENV, key_log_warning};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
@@ -41,7 +42,7 @@ pub use store::{
     DomainBundle, LocalIdentity, Protocol, TrustStore, certs_from_pem, crl_serials, crls_from_pem,
     provider,
 };
-pub use verify::{DEFAULT_REGISTRAR_ID, RegistrarIds, Rejection};
+pub use verify::Rejection;
 
 /// ALPN protocol identifier of ASAP over TLS.
 pub const ALPN_ASAP: &[u8] = b"rserpool-asap/1";

@@ -4,11 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
+use identity::{Serial, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
 use crate::cert::{Link, Peer};
-use identity::Serial;
-use identity::{SpiffeId, TrustDomain};
 
 /// Why a live connection was told to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

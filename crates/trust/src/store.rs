@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use identity::{IdentityPattern, RegistrarIds, Serial, SpiffeId, TrustDomain};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
@@ -18,13 +19,9 @@ use crate::cert::Peer;
 use crate::crl::Revocation;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::verify::{
-    DomainAnchors, Expected, RegistrarIds, Rejection, Snapshot, SpiffeClientVerifier,
-    SpiffeServerVerifier,
+    DomainAnchors, Expected, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
 };
 use crate::{ALPN_ASAP, ALPN_ENRP, Error};
-use identity::IdentityPattern;
-use identity::Serial;
-use identity::{SpiffeId, TrustDomain};
 
 /// The two protocols, each with its own ALPN identifier and listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use identity::{
+    Action, Actions, DefaultNamespace, Grant, IdentityPattern, NamespacePattern, PoolPattern,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -27,8 +30,6 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::{Serial, SpiffeId, TrustDomain};
-use identity::{Action, Actions, DefaultNamespace, Grant, NamespacePattern};
-use identity::{IdentityPattern, PoolPattern};
 
 pub use tokens::{
     NewToken, Role, TokenHasher, TokenInfo, TokenRejection, create_token, list_tokens,
