@@ -108,7 +108,7 @@ impl Error {
     /// its cache while it has entries (a restarted registrar may not know the pool yet).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Rejected(code) => *code == ErrorCause::LackOfResources.code(),
+            Self::Rejected(code) => ErrorCause::from_parts(*code, &[]).is_transient(),
             Self::NoRegistrar { .. } | Self::Read(_) | Self::Decode(_) | Self::Closed => true,
             Self::Io(e) => !matches!(
                 e.kind(),

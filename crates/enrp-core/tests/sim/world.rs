@@ -67,9 +67,10 @@
 //!    may come back at the registrar it told (and be taken over from it), which 4a then
 //!    excuses.
 //! 7. No PE gives up (issue 25): every refusal a PE meets is transient in the sense of
-//!    `asap::client::Error::is_transient` (0x6 Lack of Resources from a registrar still
-//!    starting), which the PE rides out by hunting on; a permanent cause, on which
-//!    `asap::client::pe::run` would return, fails the run.
+//!    `ErrorCause::is_transient`, as `asap::client::Error::is_transient` decides it (0x6
+//!    Lack of Resources from a registrar still starting), which the PE rides out by
+//!    hunting on; a permanent cause, on which `asap::client::pe::run` would return,
+//!    fails the run.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -78,8 +79,8 @@ use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 use asap::wire::param::{
-    Address, HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId,
-    Transport, TransportUse,
+    Address, ErrorCause, HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle,
+    ServerId, Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
 use enrp_core::registrar::{
@@ -2030,7 +2031,7 @@ impl World {
                         .as_ref()
                         .and_then(|e| e.causes().first())
                         .map_or(0, |c| c.code());
-                    if !asap::client::Error::Rejected(code).is_transient() {
+                    if !ErrorCause::from_parts(code, &[]).is_transient() {
                         self.fail(format!(
                             "6: pe{pe} gave up: refused by r{:?} with cause {code:#x}",
                             self.pes[pe].registrar

@@ -110,6 +110,15 @@ impl ErrorCause {
         }
     }
 
+    /// Whether a registrar's refusal with this cause may succeed if asked again later:
+    /// only 0x6 Lack of Resources (a registrar still synchronising after its start, spec
+    /// §9.3, or at a limit). Every other cause gets the same answer for the same request
+    /// (spec §7.1 step 5: do not retry blindly). Pure, so that the PE and PU library
+    /// (`client::Error::is_transient`) and the registrar simulation decide alike.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::LackOfResources)
+    }
+
     /// Builds a cause from its code and info. Info of causes that carry none is
     /// ignored (spec §4.7 defines none for them).
     pub fn from_parts(code: u16, info: &[u8]) -> Self {
@@ -199,5 +208,19 @@ impl Param for OperationError {
             ));
         }
         Ok(Self(causes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lack_of_resources_is_transient() {
+        for code in 0..=0xFFu16 {
+            let cause = ErrorCause::from_parts(code, &[1, 2]);
+            assert_eq!(cause.is_transient(), code == 0x6, "cause {code:#x}");
+        }
+        assert!(!ErrorCause::from_parts(0x106, &[]).is_transient());
     }
 }
