@@ -1111,7 +1111,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .await;
     }
     let admin = match args.admin_listen.0 {
-        Some(addr) => match start_admin(addr, &loaded.store, &loaded.trust, daemon.control()).await
+        Some(addr) => match start_admin(
+            addr,
+            &loaded.store,
+            &loaded.trust,
+            &args.data,
+            daemon.control(),
+        )
+        .await
         {
             Ok(admin) => Some(admin),
             Err(e) => {
@@ -1258,6 +1265,7 @@ async fn start_admin(
     addr: SocketAddr,
     store: &trust::db::Store,
     trust: &Arc<trust::TrustStore>,
+    data: &std::path::Path,
     control: enrp::daemon::Control,
 ) -> anyhow::Result<Admin> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -1270,7 +1278,8 @@ async fn start_admin(
         Arc::new(control),
         trust::db::TokenHasher::default(),
         now_ms,
-    );
+    )
+    .with_archive_dir(data.join(trust::audit::archive::ARCHIVE_DIR));
     let mut options = admin_api::ServeOptions::new(state.serve_counters());
     // Certificate sessions are registered, so that a revocation closes them too.
     options.trust = Some(Arc::clone(trust));

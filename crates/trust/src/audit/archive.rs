@@ -278,10 +278,10 @@ pub async fn archive(
     let first = previous.as_ref().map_or(1, |a| a.last_id + 1);
     let last = cut_end(&mut conn, first, cut, now_ms).await?;
     let path = match target {
-        Target::File(path) => path.clone(),
+        Target::File(path) => absolute(path)?,
         Target::Dir(dir) => {
             crate::db::create_private_dir(dir)?;
-            dir.join(archive_name(first, last))
+            absolute(dir)?.join(archive_name(first, last))
         }
     };
     refuse_existing(&path)?;
@@ -343,6 +343,20 @@ pub async fn archive(
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
+    }
+}
+
+/// `path` with its directory made absolute (the anchor names the file wherever the
+/// registrar or a verifier runs from): a directory that does not exist is an error.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = dir.canonicalize().map_err(io_error(dir))?;
+    match path.file_name() {
+        Some(name) => Ok(dir.join(name)),
+        None => Err(archive_error(path, "not a file name")),
     }
 }
 
@@ -452,12 +466,13 @@ async fn write_file(
 }
 
 async fn write_rows(conn: &mut SqliteConnection, tmp: &Path, header: &ArchiveHeader) -> Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(io_error(tmp))?;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Audit records name identities and addresses: readable by the registrar's user only,
+    // like the database.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(tmp).map_err(io_error(tmp))?;
     let mut out = GzEncoder::new(BufWriter::new(file), Compression::default());
     let io = io_error(tmp);
     let mut line = serde_json::to_vec(header).map_err(|e| archive_error(tmp, e.to_string()))?;
