@@ -40,9 +40,9 @@ BEGIN
 END;
 
 -- audit_events stays append-only except for the archived prefix: a row may be deleted
--- only when an anchor covers it. The archive writes the anchor and deletes the prefix in
--- one transaction, so after it commits no covered row is left, and any other DELETE is
--- refused as before.
+-- only when an anchor covers it (every row up to the latest anchor is in a verified
+-- archive). The archive writes the anchor together with the first rows' deletion and
+-- deletes the rest in chunks right after; any other DELETE is refused as before.
 DROP TRIGGER audit_events_no_delete;
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 WHEN OLD.id > coalesce((SELECT max(last_id) FROM audit_archives), 0)

@@ -8,9 +8,13 @@
 //! column the hash covers ([`ArchiveLine`]), readable with `zcat FILE | jq`. The file is
 //! written under a temporary name, fsynced, linked into place (never over an existing
 //! file), its directory fsynced, read back and verified; only then, in one transaction,
-//! the anchor row ([`Anchor`], table `audit_archives`) is written, the archived rows are
-//! deleted and the archive operation itself is appended to the live log. A crash at any
-//! point leaves either the rows in the live log or the verified file and its anchor.
+//! the anchor row ([`Anchor`], table `audit_archives`) is written, the first
+//! [`DELETE_CHUNK`] archived rows are deleted and the archive operation itself is appended
+//! to the live log; the rest of the prefix is deleted a chunk per transaction, so that the
+//! registrar's writer never waits long for the lock. A crash at any point leaves either
+//! the rows in the live log or the verified file and its anchor (and perhaps archived rows
+//! not yet deleted: verification starts after the anchor, and the next archive deletes
+//! them first).
 //!
 //! [`super::verify`] starts from the latest anchor: the first remaining row must chain
 //! from its hash. [`verify_archive`] checks a file alone; [`check_links`] that files and
@@ -275,6 +279,10 @@ pub async fn archive(
     }
     let mut conn = store.acquire().await?;
     let previous = latest_anchor(&mut conn).await?;
+    if let Some(previous) = &previous {
+        // Rows of the previous archive left by an interrupted deletion.
+        purge_archived(store, previous.last_id).await?;
+    }
     let first = previous.as_ref().map_or(1, |a| a.last_id + 1);
     let last = cut_end(&mut conn, first, cut, now_ms).await?;
     let path = match target {
@@ -578,13 +586,49 @@ async fn commit(
     .bind(anchor.sha256.to_vec())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM audit_events WHERE id <= ?1")
-        .bind(id(anchor.last_id))
-        .execute(&mut *tx)
-        .await?;
+    delete_chunk(&mut tx, anchor.last_id).await?;
     let ids = super::append_in(&mut tx, &[record]).await?;
     tx.commit().await?;
+    // Committed: the archive is made. What is left of the prefix goes in chunks; should
+    // this stop (a crash), verification already starts after the anchor, and the next
+    // archive finishes the deletion first.
+    purge_archived(store, anchor.last_id).await?;
     Ok(ids.first().copied().unwrap_or_default())
+}
+
+/// Rows deleted per transaction. The registrar's audit writer waits for SQLite's write
+/// lock at most its busy timeout (5 s); a whole prefix of a million rows in one
+/// transaction would hold the lock for seconds. Measured with `benches/audit_growth.rs`:
+/// a concurrent writer waits for one chunk at most (docs/SECURITY.md).
+pub const DELETE_CHUNK: i64 = 5000;
+
+/// Deletes up to [`DELETE_CHUNK`] of the oldest rows with an id up to `last_id` (the
+/// delete trigger allows only rows an anchor covers). Returns how many.
+async fn delete_chunk(conn: &mut SqliteConnection, last_id: u64) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM audit_events WHERE id IN
+             (SELECT id FROM audit_events WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+    )
+    .bind(i64::try_from(last_id).unwrap_or(i64::MAX))
+    .bind(DELETE_CHUNK)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes the archived rows up to `last_id` still in the live log, a chunk per
+/// transaction, letting other writers in between.
+async fn purge_archived(store: &Store, last_id: u64) -> Result<()> {
+    loop {
+        let mut tx = store.begin().await?;
+        let deleted = delete_chunk(&mut tx, last_id).await?;
+        tx.commit().await?;
+        if deleted == 0 {
+            return Ok(());
+        }
+        // The registrar's writer polls for the lock; give it a turn.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -367,3 +367,60 @@ async fn archiving_next_to_a_running_writer_keeps_one_chain() {
     assert_eq!(report.last_id, 251);
     assert_eq!(report.checked, 251 - 39);
 }
+
+#[tokio::test]
+async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_later() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let n = u64::try_from(archive::DELETE_CHUNK).expect("positive") * 2 + 100;
+    for start in (0..n).step_by(1000) {
+        append_samples(&store, start..(start + 1000).min(n)).await;
+    }
+    archive_to(&store, &tmp.path().join("a.jsonl.gz"), Cut::BeforeId(n))
+        .await
+        .expect("archive");
+    assert_eq!(
+        live_ids(&store).await,
+        vec![
+            i64::try_from(n).expect("id"),
+            i64::try_from(n + 1).expect("id")
+        ]
+    );
+
+    // An anchor written, its rows not yet deleted (a crash right after the commit):
+    // the chain verifies from the anchor, and the next archive deletes them first.
+    append_samples(&store, 0..10).await;
+    let mut conn = store.acquire().await.expect("conn");
+    let row = |id: u64| {
+        sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(
+            "SELECT prev_hash, hash FROM audit_events WHERE id = ?1",
+        )
+        .bind(i64::try_from(id).expect("id"))
+    };
+    let (first_prev, _) = row(n).fetch_one(&mut *conn).await.expect("first");
+    let (_, last_hash) = row(n + 5).fetch_one(&mut *conn).await.expect("last");
+    sqlx::query(
+        "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash, time_ms,
+             file, sha256) VALUES (?1, ?2, ?3, ?4, 0, 'b.jsonl.gz', zeroblob(32))",
+    )
+    .bind(i64::try_from(n).expect("id"))
+    .bind(i64::try_from(n + 5).expect("id"))
+    .bind(first_prev)
+    .bind(last_hash)
+    .execute(&mut *conn)
+    .await
+    .expect("an anchor matching the chain");
+    let report = verify(&mut conn).await.expect("verify");
+    assert!(report.is_intact(), "{:?}", report.broken);
+    assert_eq!(report.checked, 6, "rows after the anchor only");
+    drop(conn);
+    archive_to(&store, &tmp.path().join("c.jsonl.gz"), Cut::BeforeId(n + 8))
+        .await
+        .expect("next archive");
+    let ids = live_ids(&store).await;
+    assert_eq!(
+        ids.first().copied(),
+        Some(i64::try_from(n + 8).expect("id"))
+    );
+    assert!(verify_store(&store).await.is_intact());
+}
