@@ -29,15 +29,17 @@ const GZIP: &str = "application/gzip";
 /// What to archive: exactly one of `before` and `before_seq`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+// One example for the whole body: examples per field would make one body with both.
+#[schema(example = json!({"before_seq": 2}))]
 pub(crate) struct ArchiveRequest {
     /// Archive the records before this RFC 3339 time (up to the first record stamped at
     /// or after it); not in the future.
     #[serde(default)]
-    #[schema(format = DateTime, example = "2026-12-01T00:00:00Z")]
+    #[schema(format = DateTime)]
     before: Option<String>,
     /// Archive the records with a sequence number (id) below this one.
     #[serde(default)]
-    #[schema(minimum = 2, maximum = 9_223_372_036_854_775_807_i64, example = 2)]
+    #[schema(minimum = 2, maximum = 9_223_372_036_854_775_807_i64)]
     before_seq: Option<u64>,
 }
 
