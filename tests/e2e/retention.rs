@@ -86,12 +86,45 @@ async fn archive_next_to_a_running_registrar_verifies_and_the_chain_goes_on() {
         "{text}"
     );
 
+    // A second archive by time, as an operator types it (RFC 3339): the records since.
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"])
+        .output()
+        .expect("date");
+    let now = String::from_utf8_lossy(&now.stdout).trim().to_owned();
+    let second = lab.path("audit-2.jsonl.gz");
+    let b = path(&second);
+    let (ok, text) = enrpd_audit(&lab, &["archive", "--before", &now, "--to", b]);
+    assert!(
+        ok && text.contains(&format!("archived records {}-", cut + 1)),
+        "{text}"
+    );
+    register(&registrar, &lab, 14..16).await;
+    let (ok, text) = enrpd_audit(&lab, &["verify", "--archive", b, "--archive", a]);
+    assert!(
+        ok && text.contains("the whole chain from record 1 verifies"),
+        "{text}"
+    );
+    // The newer archive alone: fine, older records unchecked; the older alone: a gap.
+    let (ok, text) = enrpd_audit(&lab, &["verify", "--archive", b]);
+    assert!(ok && text.contains("not checked"), "{text}");
+    let (ok, text) = enrpd_audit(&lab, &["verify", "--archive", a]);
+    assert!(!ok && text.contains("GAP"), "{text}");
+
     // A checkpoint from before the archive: its record is now in the archive.
     let (ok, text) = enrpd_audit(&lab, &["verify", "--checkpoint", path(&early)]);
     assert!(!ok && text.contains("is archived"), "{text}");
     let (ok, text) = enrpd_audit(
         &lab,
-        &["verify", "--checkpoint", path(&early), "--archive", a],
+        &[
+            "verify",
+            "--checkpoint",
+            path(&early),
+            "--archive",
+            a,
+            "--archive",
+            b,
+        ],
     );
     assert!(
         ok && text.contains(&format!("checkpoint holds: record {early_id}")),
@@ -121,11 +154,19 @@ async fn archive_next_to_a_running_registrar_verifies_and_the_chain_goes_on() {
     drop(conn);
     store.close().await;
     crate::support::cut_audit_tail(&lab).await;
-    let (ok, text) = enrpd_audit(&lab, &["verify", "--archive", a]);
+    let (ok, text) = enrpd_audit(&lab, &["verify", "--archive", a, "--archive", b]);
     assert!(ok, "the chain alone looks intact: {text}");
     let (ok, text) = enrpd_audit(
         &lab,
-        &["verify", "--checkpoint", path(&late), "--archive", a],
+        &[
+            "verify",
+            "--checkpoint",
+            path(&late),
+            "--archive",
+            a,
+            "--archive",
+            b,
+        ],
     );
     assert!(!ok && text.contains("TRUNCATED"), "{text}");
 
