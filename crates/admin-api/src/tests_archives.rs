@@ -106,6 +106,13 @@ async fn an_admin_archives_the_audit_log_and_others_are_refused_and_audited() {
         assert_eq!(report.anchor.map(|a| a.last_id), Some(2));
     }
 
+    let verified = f
+        .call("GET", "/v1/audit/verify", Some(&f.auditor), None)
+        .await
+        .json();
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert_eq!(verified["archived_through"], 2, "{verified}");
+
     // Listed by an auditor, downloaded, and the download verifies on its own.
     let list = f
         .call("GET", "/v1/audit/archives", Some(&f.auditor), None)

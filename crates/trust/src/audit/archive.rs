@@ -506,10 +506,11 @@ async fn write_rows(conn: &mut SqliteConnection, tmp: &Path, header: &ArchiveHea
             if u64::try_from(row.id).ok() != Some(next) {
                 return Err(broken(next, "missing (id gap)"));
             }
-            if row.prev_hash != prev || row.hash != chain_hash(&prev, row.id, &row.columns) {
+            let hash = chain_hash(&prev, row.id, &row.columns);
+            if row.prev_hash != prev || row.hash != hash {
                 return Err(broken(next, "breaks the chain"));
             }
-            prev = chain_hash(&prev, row.id, &row.columns);
+            prev = hash;
             let mut line = serde_json::to_vec(&ArchiveLine::from(row))
                 .map_err(|e| archive_error(tmp, e.to_string()))?;
             line.push(b'\n');
