@@ -547,19 +547,7 @@ async fn a_signed_checkpoint_catches_a_truncated_tail_and_a_forged_checkpoint() 
     let lab = Lab::new();
     lab.init_registrar();
     register_and_stop(&lab, 7).await;
-    let enrpd = |args: &[&str]| {
-        let out = std::process::Command::new(crate::support::bin("enrpd"))
-            .args(["audit"])
-            .args(args)
-            .arg("--data")
-            .arg(lab.path("data"))
-            .output()
-            .expect("enrpd audit");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let enrpd = |args: &[&str]| crate::support::enrpd_audit(&lab, args);
     let file = lab.path("checkpoint.json");
     let file = file.to_str().expect("a UTF-8 path");
     let (ok, text) = enrpd(&["checkpoint", "--to", file]);
@@ -569,18 +557,7 @@ async fn a_signed_checkpoint_catches_a_truncated_tail_and_a_forged_checkpoint() 
 
     // Someone with the data directory drops the last record (the triggers are only in
     // their way): the chain alone still looks intact, the checkpoint does not agree.
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
-        .await
-        .expect("store");
-    let mut conn = store.acquire().await.expect("connection");
-    for sql in [
-        "DROP TRIGGER audit_events_no_delete",
-        "DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)",
-    ] {
-        sqlx::query(sql).execute(&mut *conn).await.expect("tamper");
-    }
-    drop(conn);
-    store.close().await;
+    crate::support::cut_audit_tail(&lab).await;
     let (ok, text) = enrpd(&["verify"]);
     assert!(ok && text.contains("intact"), "{text}");
     let (ok, text) = enrpd(&["verify", "--checkpoint", file]);

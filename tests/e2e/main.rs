@@ -12,5 +12,6 @@ mod partition;
 mod peering;
 mod registrar;
 mod restart;
+mod retention;
 mod support;
 mod trust_edges;

@@ -414,3 +414,39 @@ impl Asap {
         }
     }
 }
+
+/// Drops the last audit record of the lab's data directory (`enrpd` stopped), as someone
+/// holding the directory could: the chain alone still looks intact, a checkpoint does not.
+pub(crate) async fn cut_audit_tail(lab: &Lab) {
+    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    for sql in [
+        "DROP TRIGGER audit_events_no_delete",
+        "DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.expect("tamper");
+    }
+    drop(conn);
+    store.close().await;
+}
+
+/// `enrpd audit ARGS --data <lab>/data`: success, and standard output then error.
+pub(crate) fn enrpd_audit(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("enrpd"))
+        .arg("audit")
+        .args(args)
+        .arg("--data")
+        .arg(lab.path("data"))
+        .output()
+        .expect("enrpd audit");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -46,8 +46,8 @@ pub use state::AdminState;
 pub use trust::db::Revoked;
 
 use crate::routes::{
-    audit, default_namespaces, grants, health, namespaces, peers, pools, revocations, tokens,
-    trust_domains,
+    audit, audit_archives, default_namespaces, grants, health, namespaces, peers, pools,
+    revocations, tokens, trust_domains,
 };
 use crate::state::App;
 
@@ -82,6 +82,8 @@ fn api() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(peers::list))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(audit_archives::list, audit_archives::create))
+        .routes(routes!(audit_archives::get))
 }
 
 /// The OpenAPI document of the API, as served at `/v1/openapi.json`.

@@ -24,6 +24,7 @@ pub struct AdminState {
     pub(crate) hasher: TokenHasher,
     pub(crate) clock: fn() -> u64,
     pub(crate) counters: Arc<ServeCounters>,
+    pub(crate) archive_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -55,7 +56,18 @@ impl AdminState {
             hasher,
             clock,
             counters: Arc::new(ServeCounters::default()),
+            archive_dir: None,
         }
+    }
+
+    /// Where `POST /v1/audit/archives` writes archives and `GET
+    /// /v1/audit/archives/{name}` reads them: `<data>/audit-archive`
+    /// (`trust::audit::archive::ARCHIVE_DIR`) in `enrpd`. Without it, archiving through
+    /// the API is refused (409) and listing still works.
+    #[must_use]
+    pub fn with_archive_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.archive_dir = Some(dir);
+        self
     }
 
     /// The counters [`crate::serve`] updates (handshake failures) and `/metrics` reports:

@@ -127,7 +127,8 @@ async fn fixture() -> Fixture {
         registrar.clone(),
         TokenHasher::insecure_fast_for_tests(),
         clock,
-    );
+    )
+    .with_archive_dir(dir.path().join(audit::archive::ARCHIVE_DIR));
     let [admin, operator, auditor] = <[String; 3]>::try_from(tokens).expect("three tokens");
     Fixture {
         _dir: dir,
@@ -225,6 +226,17 @@ impl Fixture {
             .body(Body::from(text))
             .expect("a request");
         self.send(request).await
+    }
+
+    /// Creates these namespaces as the admin (one audit record each).
+    async fn create_namespaces(&self, names: &[&str]) {
+        for name in names {
+            let body = json!({"name": name});
+            let r = self
+                .call("POST", "/v1/namespaces", Some(&self.admin), Some(body))
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text);
+        }
     }
 
     async fn audit(&self, action: &str) -> Vec<audit::AuditEvent> {
@@ -1057,17 +1069,7 @@ async fn a_crl_not_signed_by_the_domains_ca_is_refused() {
 #[tokio::test]
 async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     let f = fixture().await;
-    for name in ["a", "b", "c"] {
-        let r = f
-            .call(
-                "POST",
-                "/v1/namespaces",
-                Some(&f.admin),
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(r.status, 201);
-    }
+    f.create_namespaces(&["a", "b", "c"]).await;
     let page = f
         .call(
             "GET",
@@ -1339,6 +1341,9 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
         ("get", "/v1/peers"),
         ("get", "/v1/audit"),
         ("get", "/v1/audit/verify"),
+        ("get", "/v1/audit/archives"),
+        ("post", "/v1/audit/archives"),
+        ("get", "/v1/audit/archives/{name}"),
     ];
     let mut documented = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -1550,3 +1555,6 @@ async fn silent_connections_are_capped_per_address_and_closed_before_a_first_req
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     https.stop().await;
 }
+
+#[path = "tests_archives.rs"]
+mod archives;

@@ -206,6 +206,9 @@ pub(crate) struct VerifyView {
     head: String,
     /// The first broken link, `null` when intact.
     broken: Option<BrokenLinkView>,
+    /// The last record moved into an archive (`/v1/audit/archives`; 0: none): the chain
+    /// is checked from the record after it, which must chain from its hash.
+    archived_through: u64,
 }
 
 /// Checks the audit log's hash chain from the first record to the last.
@@ -226,5 +229,6 @@ pub(crate) async fn verify(
             id: b.id,
             reason: b.reason.to_string(),
         }),
+        archived_through: report.anchor.map_or(0, |a| a.last_id),
     }))
 }

@@ -5,6 +5,7 @@
 //! and holding the write lock while it waits for its own commits would stall both.
 
 pub(crate) mod audit;
+pub(crate) mod audit_archives;
 pub(crate) mod default_namespaces;
 pub(crate) mod grants;
 pub(crate) mod health;

@@ -118,6 +118,28 @@ enum AuditCommand {
         /// holds the head it signed (not truncated, not rewritten before it).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Archives (`enrpd audit archive`) to verify too, and that they link to each
+        /// other and to the live log (repeatable; any order).
+        #[arg(long, value_name = "FILE")]
+        archive: Vec<PathBuf>,
+    },
+    /// Move the records older than --before (or below --before-seq) into a gzip'd JSON
+    /// Lines archive that verifies on its own, then delete them from the live log, which
+    /// keeps the archived head as its anchor. Works while `enrpd run` runs.
+    Archive {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// Archive the records before this RFC 3339 time (2026-12-01T00:00:00Z): up to
+        /// the first record stamped at or after it.
+        #[arg(long, value_name = "TIME", required_unless_present = "before_seq")]
+        before: Option<String>,
+        /// Archive the records with a sequence number (id) below N.
+        #[arg(long, value_name = "N", conflicts_with = "before")]
+        before_seq: Option<u64>,
+        /// The archive file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
     },
     /// Sign the chain's head (row, hash, time) with the registrar's key; keep the file
     /// elsewhere, then `enrpd audit verify --checkpoint FILE` detects a truncated tail or
@@ -657,7 +679,58 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             command: AuditCommand::Checkpoint { data, to },
         } => write_checkpoint(&data, to.as_deref()).await,
         Command::Audit {
-            command: AuditCommand::Verify { data, checkpoint },
+            command:
+                AuditCommand::Archive {
+                    data,
+                    before,
+                    before_seq,
+                    to,
+                },
+        } => {
+            let cut = match (before, before_seq) {
+                (Some(t), _) => trust::audit::archive::Cut::Before(
+                    trust::audit::archive::parse_time(&t).context("--before")?,
+                ),
+                (None, Some(n)) => trust::audit::archive::Cut::BeforeId(n),
+                (None, None) => bail!("give --before TIME or --before-seq N"),
+            };
+            let loaded = setup::load(&data)
+                .await
+                .context("loading the data directory")?;
+            let server = loaded.trust.identity().id().clone();
+            let record =
+                trust::audit::Record::new(now_ms(), "audit:archive", trust::audit::Outcome::Ok)
+                    .detail("enrpd audit archive");
+            let done = trust::audit::archive::archive(
+                &loaded.store,
+                &trust::audit::archive::Target::File(to),
+                cut,
+                Some(&server),
+                record,
+                now_ms(),
+            )
+            .await
+            .context("enrpd audit archive")?;
+            println!(
+                "archived records {}-{} to {} ({} bytes, sha256 {}); the live log continues \
+                 from record {} (audited as record {})",
+                done.anchor.first_id,
+                done.anchor.last_id,
+                done.path.display(),
+                done.bytes,
+                trust::db::hex(&done.anchor.sha256),
+                done.anchor.last_id + 1,
+                done.record_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    data,
+                    checkpoint,
+                    archive,
+                },
         } => {
             let loaded = setup::load(&data)
                 .await
@@ -671,8 +744,46 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
                         report.checked,
                         report.head_hex()
                     );
-                    if let Some(file) = checkpoint {
-                        return check_checkpoint(&data, &file, &report, &loaded.store).await;
+                    if let Some(a) = &report.anchor {
+                        println!(
+                            "  starting after archived record {} (hash {}, last archive {})",
+                            a.last_id,
+                            trust::db::hex(&a.last_hash),
+                            a.file
+                        );
+                    }
+                    let checkpoint = match checkpoint {
+                        Some(file) => Some(read_checkpoint(&data, &file)?),
+                        None => None,
+                    };
+                    let archived = if archive.is_empty() {
+                        None
+                    } else {
+                        let probe = checkpoint
+                            .as_ref()
+                            .and_then(|c| c.as_ref().ok())
+                            .map(|c| c.id);
+                        match trust::audit::archive::check_archives(&mut conn, &archive, probe)
+                            .await?
+                        {
+                            Ok(check) => {
+                                print_archives(&check);
+                                Some(check)
+                            }
+                            Err(finding) => {
+                                println!("archives: {finding}");
+                                return Ok(ExitCode::FAILURE);
+                            }
+                        }
+                    };
+                    if let Some(checkpoint) = checkpoint {
+                        return check_checkpoint(
+                            checkpoint,
+                            &report,
+                            archived.as_ref(),
+                            &loaded.store,
+                        )
+                        .await;
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -754,14 +865,11 @@ async fn write_checkpoint(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `enrpd audit verify --checkpoint FILE`, after the chain checked intact: the signature,
-/// then that the chain still holds the signed head.
-async fn check_checkpoint(
+/// Reads a checkpoint file.
+fn read_checkpoint(
     data: &std::path::Path,
     file: &std::path::Path,
-    report: &trust::audit::VerifyReport,
-    store: &trust::db::Store,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Result<enrp::checkpoint::Checkpoint, String>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let checkpoint: enrp::checkpoint::Checkpoint = serde_json::from_str(&text)
@@ -769,10 +877,49 @@ async fn check_checkpoint(
     let install = setup::read_install(data)?;
     let ca =
         std::fs::read(&install.ca).with_context(|| format!("reading {}", install.ca.display()))?;
-    if let Err(e) = checkpoint.check(&ca) {
-        println!("checkpoint refused: {e}");
-        return Ok(ExitCode::FAILURE);
+    Ok(checkpoint.check(&ca).map(|()| checkpoint))
+}
+
+/// `enrpd audit verify --archive FILE…`: what the archives cover.
+fn print_archives(check: &trust::audit::archive::ArchiveCheck) {
+    for a in &check.archives {
+        println!(
+            "archive {}: records {}-{} intact, sha256 {}",
+            a.path.display(),
+            a.header.first_id,
+            a.header.last_id,
+            trust::db::hex(&a.sha256)
+        );
     }
+    for name in &check.links.sha256_differs {
+        println!("  note: {name} is not the file archived (recompressed?); its records verify");
+    }
+    if check.links.from_id > 1 {
+        println!(
+            "archives link to the live log; records 1-{} not checked (their archives not given)",
+            check.links.from_id - 1
+        );
+    } else {
+        println!("archives link to the live log: the whole chain from record 1 verifies");
+    }
+}
+
+/// `enrpd audit verify --checkpoint FILE`, after the chain checked intact: the signature,
+/// then that the chain still holds the signed head (in the live log, at an archive anchor,
+/// or in an archive given with `--archive`).
+async fn check_checkpoint(
+    checkpoint: Result<enrp::checkpoint::Checkpoint, String>,
+    report: &trust::audit::VerifyReport,
+    archived: Option<&trust::audit::archive::ArchiveCheck>,
+    store: &trust::db::Store,
+) -> anyhow::Result<ExitCode> {
+    let checkpoint = match checkpoint {
+        Ok(c) => c,
+        Err(e) => {
+            println!("checkpoint refused: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     if report.last_id < checkpoint.id {
         println!(
             "audit chain TRUNCATED: it ends at record {}, the checkpoint of {} saw record {}",
@@ -780,8 +927,29 @@ async fn check_checkpoint(
         );
         return Ok(ExitCode::FAILURE);
     }
+    let anchored = report.anchor.as_ref().map_or(0, |a| a.last_id);
     let stored = if checkpoint.id == 0 {
         Some(trust::audit::GENESIS)
+    } else if checkpoint.id <= anchored {
+        let mut conn = store.acquire().await?;
+        let anchors = trust::audit::archive::anchors(&mut conn).await?;
+        let holder = anchors
+            .iter()
+            .find(|a| (a.first_id..=a.last_id).contains(&checkpoint.id));
+        match (holder, archived.and_then(|c| c.probed())) {
+            // An anchor keeps its last record's hash: no archive needed.
+            (Some(a), _) if a.last_id == checkpoint.id => Some(a.last_hash),
+            (_, Some(hash)) => Some(hash),
+            (holder, None) => {
+                println!(
+                    "the checkpoint's record {} is archived (in {}): give that archive with \
+                     --archive to check it",
+                    checkpoint.id,
+                    holder.map_or("an archive", |a| a.file.as_str())
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     } else {
         let mut filter = trust::audit::AuditFilter::default();
         filter.order = trust::audit::Order::OldestFirst;
@@ -943,7 +1111,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .await;
     }
     let admin = match args.admin_listen.0 {
-        Some(addr) => match start_admin(addr, &loaded.store, &loaded.trust, daemon.control()).await
+        Some(addr) => match start_admin(
+            addr,
+            &loaded.store,
+            &loaded.trust,
+            &args.data,
+            daemon.control(),
+        )
+        .await
         {
             Ok(admin) => Some(admin),
             Err(e) => {
@@ -1090,6 +1265,7 @@ async fn start_admin(
     addr: SocketAddr,
     store: &trust::db::Store,
     trust: &Arc<trust::TrustStore>,
+    data: &std::path::Path,
     control: enrp::daemon::Control,
 ) -> anyhow::Result<Admin> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -1102,7 +1278,8 @@ async fn start_admin(
         Arc::new(control),
         trust::db::TokenHasher::default(),
         now_ms,
-    );
+    )
+    .with_archive_dir(data.join(trust::audit::archive::ARCHIVE_DIR));
     let mut options = admin_api::ServeOptions::new(state.serve_counters());
     // Certificate sessions are registered, so that a revocation closes them too.
     options.trust = Some(Arc::clone(trust));

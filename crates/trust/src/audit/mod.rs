@@ -25,6 +25,7 @@
 //!
 //! No clock here: the caller stamps each [`Record`] with its time.
 
+pub mod archive;
 mod writer;
 
 use std::borrow::Cow;
@@ -368,13 +369,17 @@ fn chain_hash(prev: &Hash, id: i64, columns: &Columns) -> Hash {
 
 /// The last row's id and hash, or `(0, GENESIS)` for an empty log: the head as stored,
 /// read without walking the chain (periodic checkpoints; [`verify`] checks the chain).
+/// A log whose every row was archived continues from the latest archive's anchor.
 pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
     let row: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
-            .fetch_optional(conn)
+            .fetch_optional(&mut *conn)
             .await?;
     match row {
-        None => Ok((0, GENESIS)),
+        None => Ok(match archive::latest_anchor(conn).await? {
+            Some(a) => (i64::try_from(a.last_id).unwrap_or(i64::MAX), a.last_hash),
+            None => (0, GENESIS),
+        }),
         Some((id, hash)) => {
             let hash = Hash::try_from(hash.as_slice()).map_err(|_| Error::Corrupt {
                 table: "audit_events",
@@ -494,6 +499,9 @@ pub enum BreakReason {
     PrevHash,
     /// `hash` does not match the row's contents: the row was edited.
     Hash,
+    /// The archive anchors do not continue one another (`audit_archives` edited): the
+    /// id is the last row of the first anchor that does not.
+    Anchor,
 }
 
 impl fmt::Display for BreakReason {
@@ -502,6 +510,7 @@ impl fmt::Display for BreakReason {
             Self::IdGap { expected } => write!(f, "id gap: expected row {expected}"),
             Self::PrevHash => f.write_str("prev_hash does not match the previous row's hash"),
             Self::Hash => f.write_str("hash does not match the row's contents"),
+            Self::Anchor => f.write_str("archive anchor does not continue the previous one"),
         }
     }
 }
@@ -529,6 +538,9 @@ pub struct VerifyReport {
     pub head: Hash,
     /// The first broken link, or `None` if the chain is intact.
     pub broken: Option<BrokenLink>,
+    /// The latest archive's anchor, where the live rows start (`None`: nothing archived,
+    /// the chain starts at row 1). `checked` counts live rows only.
+    pub anchor: Option<archive::Anchor>,
 }
 
 impl VerifyReport {
@@ -556,15 +568,31 @@ struct ChainRow {
 const VERIFY_PAGE: i64 = 1000;
 
 /// Walks the whole chain in id order and reports the first broken link. Reads in pages,
-/// so memory stays bounded whatever the log's size.
+/// so memory stays bounded whatever the log's size. After archives, the chain starts from
+/// the latest anchor: the first live row must be the next id and chain from its hash, and
+/// the anchors must continue one another (the archive files themselves are checked by
+/// [`archive::verify_archive`] and [`archive::check_links`]).
 pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         checked: 0,
         last_id: 0,
         head: GENESIS,
         broken: None,
+        anchor: None,
     };
-    let mut last: i64 = 0;
+    for anchor in archive::anchors(&mut *conn).await? {
+        if anchor.first_id != report.last_id + 1 || anchor.first_prev_hash != report.head {
+            report.broken = Some(BrokenLink {
+                id: i64::try_from(anchor.last_id).unwrap_or(i64::MAX),
+                reason: BreakReason::Anchor,
+            });
+            return Ok(report);
+        }
+        report.last_id = anchor.last_id;
+        report.head = anchor.last_hash;
+        report.anchor = Some(anchor);
+    }
+    let mut last = i64::try_from(report.last_id).unwrap_or(i64::MAX);
     loop {
         let rows: Vec<ChainRow> = sqlx::query_as(
             "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,

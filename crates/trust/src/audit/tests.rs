@@ -303,17 +303,26 @@ async fn verify_detects_a_deleted_first_row() {
     let store = open(tmp.path()).await;
     append_samples(&store, 0..3).await;
     let mut conn = store.acquire().await.expect("conn");
-    drop_triggers(&mut conn).await;
-    sqlx::query("DELETE FROM audit_events WHERE id = 1")
+    assert_first_row_deleted_is_a_gap(&mut conn, 1).await;
+}
+
+/// Deletes row `id`, the first of the live log, behind the triggers' back: the chain
+/// then breaks at the next row with an id gap.
+async fn assert_first_row_deleted_is_a_gap(conn: &mut SqliteConnection, id: i64) {
+    drop_triggers(&mut *conn).await;
+    sqlx::query("DELETE FROM audit_events WHERE id = ?1")
+        .bind(id)
         .execute(&mut *conn)
         .await
         .expect("tamper");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify(&mut *conn).await.expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
-            id: 2,
-            reason: BreakReason::IdGap { expected: 1 }
+            id: id + 1,
+            reason: BreakReason::IdGap {
+                expected: u64::try_from(id).expect("positive"),
+            }
         })
     );
 }
@@ -926,3 +935,6 @@ async fn query_filters_and_pages() {
         Err(Error::Invalid { what: "limit", .. })
     ));
 }
+
+#[path = "archive_tests.rs"]
+mod archive_tests;

@@ -121,6 +121,15 @@ pub enum Error {
     /// commit failed repeatedly: the log fails closed and refuses further records).
     #[error("audit log is closed")]
     AuditClosed,
+    /// An audit archive could not be written or read, or does not verify
+    /// ([`crate::audit::archive`]).
+    #[error("audit archive {file}: {reason}")]
+    Archive {
+        /// The archive file.
+        file: String,
+        /// What went wrong (with the line, when reading).
+        reason: String,
+    },
     /// The audit writer could not commit a batch after retrying; the log is now closed.
     #[error("audit log write failed: {reason}")]
     AuditWrite {
@@ -257,7 +266,7 @@ impl Store {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -273,7 +282,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn ms_to_i64(ms: u64, what: &'static str) -> Result<i64> {
+pub(crate) fn ms_to_i64(ms: u64, what: &'static str) -> Result<i64> {
     i64::try_from(ms).map_err(|_| Error::Invalid {
         what,
         reason: "time is past the year 292 million",
@@ -1335,7 +1344,7 @@ pub async fn list_server_id_bindings(conn: &mut SqliteConnection) -> Result<Vec<
 }
 
 /// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
