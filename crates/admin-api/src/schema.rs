@@ -142,20 +142,21 @@ text_schema! {
 }
 
 text_schema! {
-    /// An audit actor: a SPIFFE ID, or `token:` and a token id for a token's calls.
+    /// An audit actor: a SPIFFE ID, or `token:` and a token id (a SPIFFE path segment) for
+    /// a token's calls.
     AuditActor {
-        pattern = r"^(spiffe://[a-z0-9._-]{1,255}(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*|token:[0-9a-f]{16})$",
+        pattern = r"^(spiffe://[a-z0-9._-]{1,255}(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*|token:([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))$",
     max_length = 2048,
     example = "spiffe://acme.test/pe/echo-1"
     }
 }
 
 text_schema! {
-    /// An audit outcome: `ok`, `cause:0x` and 4 lowercase hex digits, or a refusal reason
-    /// (1 to 64 bytes of `a-z 0-9 . _ -`; the server also takes `:` after the first byte).
+    /// An audit outcome: `ok`, `cause:0x` and 4 lowercase hex digits, or a refusal reason:
+    /// 1 to 64 bytes of `a-z 0-9 . _ : -`, not `ok` and not starting with `cause:`.
     AuditOutcome {
-        pattern = r"^(ok|cause:0x[0-9a-f]{4}|[a-z0-9._-]{1,64})$",
-    example = "forbidden"
+        pattern = r"^(cause:0x[0-9a-f]{4}|[a-z0-9._:-]{1,5}|[\-\.0-:_abd-z][a-z0-9._:-]{0,63}|c[\-\.0-:_b-z][a-z0-9._:-]{0,62}|ca[\-\.0-:_a-tv-z][a-z0-9._:-]{0,61}|cau[\-\.0-:_a-rt-z][a-z0-9._:-]{0,60}|caus[\-\.0-:_a-df-z][a-z0-9._:-]{0,59}|cause[\-\.0-9_a-z][a-z0-9._:-]{0,58})$",
+        example = "forbidden"
     }
 }
 
@@ -388,13 +389,37 @@ mod tests {
     #[test]
     fn audit_filters() {
         let local = TrustDomain::new("acme.test").expect("valid");
-        allows_only_accepted("AuditActor", |v| match v.strip_prefix("token:") {
+        let actor = |v: &str| match v.strip_prefix("token:") {
             Some(id) => SpiffeId::from_segments(&local, ["token", id]).is_ok(),
             None => SpiffeId::parse(v).is_ok(),
-        });
-        allows_only_accepted("AuditOutcome", |v| {
-            v.parse::<trust::audit::Outcome>().is_ok()
-        });
+        };
+        holds("AuditActor", "spife:/.atokn-*", actor);
+        holds("AuditActor", "token:.a-*/", actor);
+        let outcome = |v: &str| v.parse::<trust::audit::Outcome>().is_ok();
+        holds("AuditOutcome", "okcause:0x1f.-_Z", outcome);
+        let re = Regex::new(&pattern("AuditOutcome")).expect("valid");
+        for v in [
+            "ok",
+            "cause:0x000a",
+            "cause",
+            "causes",
+            "forbidden",
+            "a:b",
+            &"a".repeat(64),
+        ] {
+            assert!(re.is_match(v) && outcome(v), "{v}");
+        }
+        for v in [
+            "",
+            "cause:",
+            "cause:0",
+            "cause:0x0a",
+            "cause:0x000A",
+            "cause:0xzzzz",
+            &"a".repeat(65),
+        ] {
+            assert!(!re.is_match(v) && !outcome(v), "{v}");
+        }
     }
 
     #[test]

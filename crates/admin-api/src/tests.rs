@@ -1595,6 +1595,20 @@ async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["declared"]["max_pes"], 3);
+    // The whole u32 range, which the document states (not `int32`).
+    let r = f
+        .call(
+            "PUT",
+            pool,
+            Some(&f.admin),
+            Some(json!({"max_pes": 4_294_967_295_u64})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let doc = serde_json::to_value(crate::openapi_document()).expect("json");
+    let max_pes = &doc["components"]["schemas"]["PoolLimits"]["properties"]["max_pes"];
+    assert_ne!(max_pes["format"], "int32", "{max_pes}");
+    assert_eq!(max_pes["maximum"], 4_294_967_295_u64, "{max_pes}");
     let token = json!({"name": "t", "role": "auditor", "ttl_seconds": 60.0});
     let r = f
         .call("POST", "/v1/tokens", Some(&f.admin), Some(token))
@@ -1606,7 +1620,6 @@ async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction() {
     f.call("POST", "/v1/revocations", Some(&f.admin), Some(body))
         .await
         .problem(422, "invalid");
-    let doc = serde_json::to_value(crate::openapi_document()).expect("json");
     for variant in doc["components"]["schemas"]["NewRevocation"]["oneOf"]
         .as_array()
         .expect("variants")

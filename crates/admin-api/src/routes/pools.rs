@@ -129,7 +129,8 @@ pub(crate) struct PoolLimits {
     policy: Option<PolicyName>,
     /// At most this many PEs (at least 1); absent or `null`: the registrar-wide limit.
     #[serde(default, deserialize_with = "crate::extract::whole_number")]
-    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
+    // Not `int32` (what utoipa says of a u32): that format ends at 2^31 - 1.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
     max_pes: Option<u32>,
 }
 
