@@ -39,15 +39,54 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        // Every body of the API is an object; serde would also read a struct from an
+        // array of its fields' values (`[null, null]`), which the document does not allow.
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(&rejection)),
+        };
+        if !value.is_object() {
+            return Err(ApiError::new(
+                ProblemKind::Invalid,
+                "the body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::new(ProblemKind::Invalid, format!("invalid body: {e}")))
     }
 }
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     ApiError::new(kind_of(rejection.status().as_u16()), rejection.body_text())
+}
+
+/// An optional whole number in a JSON body, also when written with a fraction of zero
+/// (`300.0`): JSON Schema's `integer` is any number without a fractional part, so a client
+/// generated from the document may send one. Other fractions, negatives and values out of
+/// `T`'s range are refused (422).
+pub(crate) fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    // 2^53: beyond it a float no longer holds every whole number.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=EXACT).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }
 
 /// A PEM body (`Content-Type: application/x-pem-file`), UTF-8, at most

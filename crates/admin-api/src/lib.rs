@@ -24,6 +24,7 @@ mod openapi;
 mod problem;
 mod registrar;
 mod routes;
+mod schema;
 mod serve;
 mod state;
 

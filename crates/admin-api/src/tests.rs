@@ -1556,5 +1556,82 @@ async fn silent_connections_are_capped_per_address_and_closed_before_a_first_req
     https.stop().await;
 }
 
+#[tokio::test]
+async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction() {
+    let f = fixture().await;
+    let r = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "lab"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pool = "/v1/namespaces/lab/pools/echo";
+    // serde reads a struct from an array of its fields too; the document says object.
+    for body in [json!([null, null]), json!(null), json!("x"), json!(7)] {
+        f.call("PUT", pool, Some(&f.admin), Some(body))
+            .await
+            .problem(422, "invalid");
+    }
+    for max_pes in [
+        json!(3.5),
+        json!(-1.0),
+        json!(4_294_967_296_u64),
+        json!("3"),
+    ] {
+        f.call(
+            "PUT",
+            pool,
+            Some(&f.admin),
+            Some(json!({ "max_pes": max_pes })),
+        )
+        .await
+        .problem(422, "invalid");
+    }
+    assert!(
+        f.audit("admin:pool.declare").await.is_empty(),
+        "nothing was declared"
+    );
+    // JSON Schema's `integer` is any number without a fraction: 3.0 is 3.
+    let r = f
+        .call("PUT", pool, Some(&f.admin), Some(json!({"max_pes": 3.0})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["declared"]["max_pes"], 3);
+    // The whole u32 range, which the document states (not `int32`).
+    let r = f
+        .call(
+            "PUT",
+            pool,
+            Some(&f.admin),
+            Some(json!({"max_pes": 4_294_967_295_u64})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let doc = serde_json::to_value(crate::openapi_document()).expect("json");
+    let max_pes = &doc["components"]["schemas"]["PoolLimits"]["properties"]["max_pes"];
+    assert_ne!(max_pes["format"], "int32", "{max_pes}");
+    assert_eq!(max_pes["maximum"], 4_294_967_295_u64, "{max_pes}");
+    let token = json!({"name": "t", "role": "auditor", "ttl_seconds": 60.0});
+    let r = f
+        .call("POST", "/v1/tokens", Some(&f.admin), Some(token))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["expires_ms"], NOW + 60_000);
+    // An unknown field in a revocation is refused, and the document says so.
+    let body = json!({"kind": "spiffe_id", "spiffe_id": "spiffe://acme.test/pe/x", "s": 1});
+    f.call("POST", "/v1/revocations", Some(&f.admin), Some(body))
+        .await
+        .problem(422, "invalid");
+    for variant in doc["components"]["schemas"]["NewRevocation"]["oneOf"]
+        .as_array()
+        .expect("variants")
+    {
+        assert_eq!(variant["additionalProperties"], false, "{variant}");
+    }
+}
+
 #[path = "tests_archives.rs"]
 mod archives;

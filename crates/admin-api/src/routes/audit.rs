@@ -14,6 +14,7 @@ use crate::auth::{Authorized, ReadAll, TOKEN_ACTOR_SEGMENT};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::{handle_text, hex, parse_handle};
+use crate::schema::{AuditActor, AuditOutcome, NamespaceName, PoolHandleText};
 use crate::state::App;
 
 /// Page direction.
@@ -39,14 +40,18 @@ pub(crate) struct AuditQuery {
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
     until_ms: Option<u64>,
     /// Records of this actor: a SPIFFE ID, or `token:<id>` for a token's calls.
+    #[param(value_type = Option<AuditActor>)]
     identity: Option<String>,
     /// Records in this namespace.
+    #[param(value_type = Option<NamespaceName>)]
     namespace: Option<String>,
     /// Records about this pool handle (text, or `hex:` and hex digits).
+    #[param(value_type = Option<PoolHandleText>)]
     pool: Option<String>,
     /// Records of this action (`register`, `admin:grant.create`, ...).
     action: Option<String>,
     /// Records with this outcome (`ok`, `cause:0x000a`, `forbidden`, ...).
+    #[param(value_type = Option<AuditOutcome>)]
     outcome: Option<String>,
     /// Page direction: `newest` (default) or `oldest` first.
     #[param(inline)]

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
+use crate::schema::{IdentityPatternText, NamespaceName};
 use crate::state::App;
 
 /// A default-namespace rule to create.
@@ -23,15 +24,11 @@ use crate::state::App;
 pub(crate) struct NewDefaultNamespace {
     /// A SPIFFE ID or pattern, as in grants. When several rules match an identity, an
     /// exact ID wins, then the pattern with the most literal characters, then the older.
-    #[schema(
-        example = "spiffe://acme.test/pe/lab-*",
-        pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._*-]+)*$",
-        max_length = 2048
-    )]
+    #[schema(value_type = IdentityPatternText)]
     identity: String,
     /// The namespace its requests go to; it must exist, and cannot be deleted while a
     /// rule names it.
-    #[schema(pattern = "^[a-z0-9.-]{1,63}$", example = "lab")]
+    #[schema(value_type = NamespaceName)]
     namespace: String,
 }
 

@@ -16,6 +16,7 @@ use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::handle_text;
+use crate::schema::{IdentityPatternText, NamespacePatternText};
 use crate::state::App;
 
 /// An action a grant allows.
@@ -77,14 +78,10 @@ impl GrantAction {
 pub(crate) struct NewGrant {
     /// A SPIFFE ID or pattern: `*` matches within one path segment, a last segment `**`
     /// matches one or more segments; the trust domain is literal.
-    #[schema(
-        example = "spiffe://acme.test/pe/*",
-        pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._*-]+)*$",
-        max_length = 2048
-    )]
+    #[schema(value_type = IdentityPatternText)]
     identity: String,
     /// A namespace name, or `*` for every namespace.
-    #[schema(example = "default", pattern = "^([*]|[a-z0-9.-]{1,63})$")]
+    #[schema(value_type = NamespacePatternText)]
     namespace: String,
     /// A pool handle pattern (`*` matches any run of bytes), 1 to 256 bytes.
     #[schema(example = "echo", min_length = 1, max_length = 256)]

@@ -12,6 +12,7 @@ use crate::auth::{AdminOnly, Authorized, ReadOps};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::Scope;
+use crate::schema::NamespaceName;
 use crate::state::App;
 
 /// A namespace.
@@ -37,7 +38,7 @@ impl From<db::Namespace> for Namespace {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewNamespace {
     /// 1 to 63 bytes of `a-z 0-9 - .`.
-    #[schema(pattern = "^[a-z0-9.-]{1,63}$", example = "lab")]
+    #[schema(value_type = NamespaceName)]
     name: String,
 }
 
@@ -81,7 +82,7 @@ pub(crate) async fn create(
 
 /// One namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}", tag = "namespaces",
-    params(("namespace" = String, Path, description = "The namespace")),
+    params(("namespace" = NamespaceName, Path, description = "The namespace")),
     responses(
         (status = 200, description = "The namespace", body = Namespace),
         (status = 404, description = "No such namespace"),
@@ -105,7 +106,7 @@ pub(crate) async fn get(
 /// Deletes a namespace and its pool declarations, and deregisters its PEs. Grants that
 /// name it stay.
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}", tag = "namespaces",
-    params(("namespace" = String, Path, description = "The namespace")),
+    params(("namespace" = NamespaceName, Path, description = "The namespace")),
     responses(
         (status = 204, description = "Deleted; its PEs are deregistered"),
         (status = 404, description = "No such namespace"),

@@ -14,6 +14,7 @@ use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::{PeView, PoolView, Scope};
 use crate::routes::{handle_text, path_handle, path_namespace, require_namespace};
+use crate::schema::{NamespaceName, PeIdText, PoolHandleText};
 use crate::state::App;
 
 /// An RFC 5356 pool policy (spec §5.1), by name.
@@ -127,14 +128,15 @@ pub(crate) struct PoolLimits {
     #[serde(default)]
     policy: Option<PolicyName>,
     /// At most this many PEs (at least 1); absent or `null`: the registrar-wide limit.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number")]
+    // Not `int32` (what utoipa says of a u32): that format ends at 2^31 - 1.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
     max_pes: Option<u32>,
 }
 
 /// Every pool of a namespace that has live PEs or a declaration, by handle.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/pools", tag = "pools",
-    params(("namespace" = String, Path, description = "The namespace")),
+    params(("namespace" = NamespaceName, Path, description = "The namespace")),
     responses(
         (status = 200, description = "The pools", body = [Pool]),
         (status = 404, description = "No such namespace"),
@@ -194,8 +196,8 @@ async fn find(app: &App, namespace: &str, handle_param: &str) -> Result<(Vec<u8>
 /// One pool.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/pools/{pool}", tag = "pools",
     params(
-        ("namespace" = String, Path, description = "The namespace"),
-        ("pool" = String, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
     ),
     responses(
         (status = 200, description = "The pool", body = Pool),
@@ -212,8 +214,8 @@ pub(crate) async fn get(
 /// Declares a pool's limits (or replaces its declaration).
 #[utoipa::path(put, path = "/v1/namespaces/{namespace}/pools/{pool}", tag = "pools",
     params(
-        ("namespace" = String, Path, description = "The namespace"),
-        ("pool" = String, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
     ),
     request_body = PoolLimits,
     responses(
@@ -278,8 +280,8 @@ pub(crate) async fn put(
 /// Deletes a pool: its declaration, and every live PE is deregistered.
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/pools/{pool}", tag = "pools",
     params(
-        ("namespace" = String, Path, description = "The namespace"),
-        ("pool" = String, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
     ),
     responses(
         (status = 204, description = "Deleted; its PEs are deregistered"),
@@ -321,8 +323,8 @@ pub(crate) async fn delete(
 /// The live PEs of a pool.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/pools/{pool}/pool-elements", tag = "pools",
     params(
-        ("namespace" = String, Path, description = "The namespace"),
-        ("pool" = String, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
     ),
     responses(
         (status = 200, description = "The PEs, by PE ID", body = [PeView]),
@@ -339,7 +341,7 @@ pub(crate) async fn list_pes(
 }
 
 /// A PE ID as the API writes it (`0x1a2b3c4d`) or in decimal.
-fn parse_pe_id(text: &str) -> Option<u32> {
+pub(crate) fn parse_pe_id(text: &str) -> Option<u32> {
     match text.strip_prefix("0x") {
         Some(hex) if !hex.is_empty() && hex.len() <= 8 => u32::from_str_radix(hex, 16).ok(),
         Some(_) => None,
@@ -351,9 +353,9 @@ fn parse_pe_id(text: &str) -> Option<u32> {
 /// Force-deregisters one PE.
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}", tag = "pools",
     params(
-        ("namespace" = String, Path, description = "The namespace"),
-        ("pool" = String, Path, description = "The pool handle: text, or `hex:` and hex digits"),
-        ("pe_id" = String, Path, description = "The PE ID: `0x` and up to 8 hex digits, or decimal"),
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("pe_id" = PeIdText, Path, description = "The PE ID: `0x` and up to 8 hex digits, or decimal"),
     ),
     responses(
         (status = 204, description = "Deregistered"),

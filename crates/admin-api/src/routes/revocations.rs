@@ -16,6 +16,7 @@ use crate::auth::{Authorized, Operate, ReadOps};
 use crate::extract::{ApiJson, ApiPath, PemBody};
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::trust_domains::pem_blocks;
+use crate::schema::{Reason, SerialText, SpiffeIdText, TrustDomainName};
 use crate::state::App;
 
 /// What to revoke.
@@ -25,34 +26,34 @@ pub(crate) enum NewRevocation {
     /// One certificate, by serial number and issuing trust domain.
     Serial {
         /// The issuing trust domain.
-        #[schema(pattern = "^[a-z0-9._-]{1,255}$")]
+        #[schema(value_type = TrustDomainName)]
         trust_domain: String,
         /// The serial number in hex (`:` separators and a `0x` prefix are accepted).
-        #[schema(pattern = "^(0x)?[0-9A-Fa-f]{1,2}(:?[0-9A-Fa-f]{2}){0,19}$")]
+        #[schema(value_type = SerialText)]
         serial: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
+        #[schema(value_type = Option<Reason>)]
         reason: Option<String>,
     },
     /// Every certificate of an identity.
     SpiffeId {
         /// The SPIFFE ID.
-        #[schema(
-            pattern = "^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
-            max_length = 2048
-        )]
+        #[schema(value_type = SpiffeIdText)]
         spiffe_id: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
+        #[schema(value_type = Option<Reason>)]
         reason: Option<String>,
     },
     /// A whole federated trust domain: it is no longer trusted and cannot be added again.
     TrustDomain {
         /// The trust domain (not the local one).
-        #[schema(pattern = "^[a-z0-9._-]{1,255}$")]
+        #[schema(value_type = TrustDomainName)]
         trust_domain: String,
         /// Why, for the record (at most 4096 bytes).
         #[serde(default)]
+        #[schema(value_type = Option<Reason>)]
         reason: Option<String>,
     },
 }
@@ -228,7 +229,7 @@ pub(crate) struct CrlsApplied {
 /// nothing changes. New handshakes of the listed serials fail at once; their live
 /// connections close and their PEs are deregistered.
 #[utoipa::path(put, path = "/v1/revocations/crls/{trust_domain}", tag = "revocations",
-    params(("trust_domain" = String, Path, description = "The trust domain whose CA signed the CRLs")),
+    params(("trust_domain" = TrustDomainName, Path, description = "The trust domain whose CA signed the CRLs")),
     request_body(content((String = "application/x-pem-file")),
         description = "One or more CRLs in PEM (`-----BEGIN X509 CRL-----`)"),
     responses(

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
+use crate::schema::{TokenId, TokenName};
 use crate::state::App;
 
 /// Longest token lifetime: ten years, in seconds.
@@ -54,12 +55,12 @@ impl RoleName {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewToken {
     /// A label (1 to 128 bytes, no control characters).
-    #[schema(min_length = 1, max_length = 128, example = "ci")]
+    #[schema(value_type = TokenName)]
     name: String,
     /// Its role.
     role: RoleName,
     /// Lifetime in seconds (1 to ten years); absent or `null`: it never expires.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number")]
     #[schema(minimum = 1, maximum = 316_224_000)]
     ttl_seconds: Option<u64>,
 }
@@ -176,7 +177,7 @@ pub(crate) async fn create(
 /// Revokes a token at once (it stays listed, marked revoked). Revoking twice keeps the
 /// first time.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "The token id (16 hex digits)")),
+    params(("id" = TokenId, Path, description = "The token id (16 hex digits)")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "No such token"),

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiPath, ApiQuery, PemBody};
 use crate::problem::{ApiError, ProblemKind};
+use crate::schema::TrustDomainName;
 use crate::state::App;
 
 /// A trust domain and its bundle.
@@ -91,6 +92,7 @@ pub(crate) fn pem_blocks(text: &str, labels: &[&str]) -> String {
 pub(crate) struct BundleQuery {
     /// The trust domain; required unless the bundle names it in a `trust-domain:` line
     /// (as `rsp-pki bundle export` writes it).
+    #[param(value_type = Option<TrustDomainName>)]
     trust_domain: Option<String>,
 }
 
@@ -216,7 +218,7 @@ fn not_found(name: &str) -> ApiError {
 
 /// One trust domain.
 #[utoipa::path(get, path = "/v1/trust-domains/{name}", tag = "trust domains",
-    params(("name" = String, Path, description = "The trust domain")),
+    params(("name" = TrustDomainName, Path, description = "The trust domain")),
     responses(
         (status = 200, description = "The trust domain", body = TrustDomainView),
         (status = 404, description = "No such trust domain"),
@@ -239,7 +241,7 @@ pub(crate) async fn get(
 /// connections close and its PEs are deregistered. It can be added again later (to
 /// refuse it for good, revoke it).
 #[utoipa::path(delete, path = "/v1/trust-domains/{name}", tag = "trust domains",
-    params(("name" = String, Path, description = "The trust domain")),
+    params(("name" = TrustDomainName, Path, description = "The trust domain")),
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such trust domain"),
