@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod checkpoint;
 pub mod checksum;
+pub mod config;
 pub mod daemon;
 pub mod handlespace;
 pub mod registrar;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use asap::transport::Endpoint;
 use asap::wire::param::Namespace;
-use clap::{Parser, Subcommand, ValueEnum};
-use enrp::daemon::{Daemon, LegacyPeer, Settings, now_ms};
+use clap::{Parser, Subcommand};
+use enrp::config::{LogFormat, RunConfig, SctpMode};
+use enrp::daemon::{Daemon, Settings, now_ms};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
 use trust::audit::{AuditConfig, AuditLog};
@@ -132,200 +133,363 @@ enum AuditCommand {
     },
 }
 
-#[derive(clap::Args)]
+/// `enrpd run`'s flags: the options of [`RunConfig`], one row each (its key, how the flag
+/// takes it, its help), and `--config`. The flag is `--` plus the key in kebab case, the
+/// variable `ENRPD_` plus the key in upper case; `--help` adds each default and variable
+/// from [`RunConfig::default`], so that neither is written twice.
+const OPTIONS: &[(&str, Takes, &str)] = &[
+    (
+        "data",
+        Takes::Value("DIR"),
+        "The data directory made by `enrpd init`.",
+    ),
+    (
+        "asap_listen",
+        Takes::Value("ADDR"),
+        "Where to serve ASAP over TLS/TCP (spec §2: port 3864).",
+    ),
+    (
+        "enrp_listen",
+        Takes::Value("ADDR|off"),
+        "Where to serve ENRP over TLS/TCP for peer registrars (spec §2.1: port 9902), or `off`.",
+    ),
+    (
+        "peers",
+        Takes::Repeated("peer", "HOST:PORT[=SPIFFE-ID]"),
+        "A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable takes a comma-separated list). Peers need the `peer` grant. `HOST:PORT=spiffe://…` also binds the Server ID of that identity to it from the start: no other identity may use it (docs/ENRP-TRUST.md §4).",
+    ),
+    (
+        "admin_listen",
+        Takes::Value("ADDR|off"),
+        "Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.",
+    ),
+    (
+        "keep_alive_interval_ms",
+        Takes::Value("DURATION"),
+        "Endpoint keep-alive interval (spec §7.5): a duration (`5s`, `250ms`) or milliseconds.",
+    ),
+    (
+        "keep_alive_timeout_ms",
+        Takes::Value("DURATION"),
+        "Endpoint keep-alive timeout (spec §7.5); also the grace period of a lost connection (spec §12.6). A duration or milliseconds.",
+    ),
+    (
+        "peer_heartbeat_ms",
+        Takes::Value("DURATION"),
+        "PEER-HEARTBEAT-CYCLE: a PRESENCE to every peer this often (spec §9.5). A duration or milliseconds.",
+    ),
+    (
+        "peer_last_heard_ms",
+        Takes::Value("DURATION"),
+        "MAX-TIME-LAST-HEARD: a peer silent this long is probed (spec §9.5). A duration or milliseconds.",
+    ),
+    (
+        "peer_no_response_ms",
+        Takes::Value("DURATION"),
+        "MAX-TIME-NO-RESPONSE: a probed or disconnected peer silent this long is dead, and its PEs are taken over (spec §9.5, §9.8). A duration or milliseconds.",
+    ),
+    (
+        "takeover_expiry_ms",
+        Takes::Value("DURATION"),
+        "Takeover expiry: a takeover still missing acknowledgements is abandoned (spec §9.8). A duration or milliseconds.",
+    ),
+    (
+        "mentor_timeout_ms",
+        Takes::Value("DURATION"),
+        "Mentor discovery timeout: a registrar started with peers serves alone after this long without a mentor's handle table (spec §9.3). A duration or milliseconds.",
+    ),
+    (
+        "max_pes_per_peer",
+        Takes::Value("N"),
+        "Most PEs one ENRP peer may own in this registrar's handlespace; its PEs beyond are refused and audited (docs/ENRP-TRUST.md §3).",
+    ),
+    (
+        "refusal_audit_budget",
+        Takes::Value("N"),
+        "Kinds of refusal (failed handshakes per source address, repeated refused requests) audited one record each per listener per second; more are counted into summary records (docs/SECURITY.md).",
+    ),
+    (
+        "rate_resolutions",
+        Takes::Value("N"),
+        "Handle resolutions a connection may send per second (bursts of twice that; an identity ten times that over all its connections); more are answered with cause 0x6. 0: no limit.",
+    ),
+    (
+        "rate_registrations",
+        Takes::Value("N"),
+        "Registrations and deregistrations a connection may send per second (as --rate-resolutions).",
+    ),
+    (
+        "rate_unreachable",
+        Takes::Value("N"),
+        "Endpoint unreachable reports a connection may send per second (as --rate-resolutions; more are dropped).",
+    ),
+    (
+        "max_connections_per_ip",
+        Takes::Value("N"),
+        "Connections from one IP address per listener (ASAP, ENRP, legacy); more are closed at once, counted and audited in aggregate.",
+    ),
+    (
+        "max_handshakes_per_ip",
+        Takes::Value("N"),
+        "Of those, connections still in their TLS handshake.",
+    ),
+    (
+        "max_connections_per_identity",
+        Takes::Value("N"),
+        "Authenticated ASAP connections of one identity at once; more are closed after the handshake and audited.",
+    ),
+    (
+        "min_free_mib",
+        Takes::Value("MIB"),
+        "Free space (MiB) the data directory must keep: below it registrations are refused (cause 0x6) and admin writes too (507), resolutions and keep-alives go on, the state is logged and exported (`rsp_low_disk`); enrpd never exits for it.",
+    ),
+    (
+        "checkpoint_log_secs",
+        Takes::Value("DURATION"),
+        "Interval of signed audit checkpoints written to the log (one JSON line, the same as `enrpd audit checkpoint` writes), so that log shipping anchors the chain's head elsewhere: a duration (`1h`) or seconds; 0: none.",
+    ),
+    (
+        "max_pools_per_identity",
+        Takes::Value("N"),
+        "Pools one identity may have created in one namespace (that still exist); a registration creating one more is refused with cause 0x6.",
+    ),
+    (
+        "sctp",
+        Takes::Value("auto|on|off"),
+        "SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP, `on` insists (start-up fails without it), `off` serves TCP only.",
+    ),
+    (
+        "asap_sctp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "Where to serve ASAP over TLS/SCTP instead (one port, several addresses: multi-homed). Implies SCTP.",
+    ),
+    (
+        "enrp_sctp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "Where to serve ENRP over TLS/SCTP instead. Implies SCTP.",
+    ),
+    (
+        "legacy_asap_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "INSECURE, for RSPLIB and other legacy clients only: also serve ASAP over plain SCTP here (spec: port 3863). Its clients are not authenticated: they are known by their address, confined to --legacy-namespace (required), and every message they send is audited as unauthenticated. Off unless given.",
+    ),
+    (
+        "legacy_enrp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "INSECURE, for RSPLIB's rspregistrar only: also serve ENRP over plain SCTP here (spec: port 9901, PPID 12). Only --legacy-peer registrars are admitted (by address and Server ID, not authenticated), they speak and hear of --legacy-namespace (required) only, and what they do is audited as unauthenticated.",
+    ),
+    (
+        "legacy_peers",
+        Takes::Repeated("legacy-peer", "sctp:IP:PORT=SERVERID"),
+        "INSECURE: a legacy ENRP peer (RSPLIB's rspregistrar) (repeatable; the Server ID as 0x11111111 or decimal): dialed over plain SCTP, and admitted on --legacy-enrp-listen (required) from that address with that Server ID.",
+    ),
+    (
+        "legacy_namespace",
+        Takes::Value("NAMESPACE"),
+        "The one namespace legacy clients may use (it must exist; nothing else is open to them).",
+    ),
+    (
+        "allow_loopback",
+        Takes::Switch,
+        "Accept loopback addresses in PE user transports (single-host setups and tests).",
+    ),
+    (
+        "no_address_check",
+        Takes::Switch,
+        "Do not require every address of a PE's user transport to be one of its connection's (its SCTP association's peer addresses) (behind NAT or a proxy).",
+    ),
+    ("log_format", Takes::Value("text|json"), "Log format."),
+];
+
+/// How a flag takes its option.
+#[derive(Clone, Copy)]
+enum Takes {
+    /// `--key VALUE`.
+    Value(&'static str),
+    /// `--NAME VALUE`, repeatable (a list).
+    Repeated(&'static str, &'static str),
+    /// `--key` alone: true.
+    Switch,
+}
+
+/// `enrpd run`'s arguments: the config file, and the options given as flags (the top
+/// layer).
 struct RunArgs {
-    /// A TOML file with any of the options below (names with `_` instead of `-`, e.g.
-    /// `asap_listen = "[::]:3864"`). Flags and ENRPD_* variables override it.
-    #[arg(long, env = "ENRPD_CONFIG")]
     config: Option<PathBuf>,
-    /// The data directory made by `enrpd init`.
-    #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
-    data: PathBuf,
-    /// Where to serve ASAP over TLS/TCP (spec §2: port 3864).
-    #[arg(long, env = "ENRPD_ASAP_LISTEN", default_value = "[::]:3864")]
-    asap_listen: SocketAddr,
-    /// Where to serve ENRP over TLS/TCP for peer registrars (spec §2.1: port 9902), or `off`.
-    #[arg(long, env = "ENRPD_ENRP_LISTEN", default_value = "[::]:9902", value_parser = parse_listen)]
-    enrp_listen: Listen,
-    /// A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable
-    /// takes a comma-separated list). Peers need the `peer` grant. `HOST:PORT=spiffe://…`
-    /// also binds the Server ID of that identity to it from the start: no other identity
-    /// may use it (docs/ENRP-TRUST.md §4).
-    #[arg(long = "peer", env = "ENRPD_PEERS", value_delimiter = ',')]
-    peers: Vec<String>,
-    /// Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.
-    #[arg(long, env = "ENRPD_ADMIN_LISTEN", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
-    admin_listen: Listen,
-    /// Endpoint keep-alive interval in milliseconds (spec §7.5).
-    #[arg(long, env = "ENRPD_KEEP_ALIVE_INTERVAL_MS", default_value_t = 5000)]
-    keep_alive_interval_ms: u64,
-    /// Endpoint keep-alive timeout in milliseconds (spec §7.5); also the grace period of a
-    /// lost connection (spec §12.6).
-    #[arg(long, env = "ENRPD_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 5000)]
-    keep_alive_timeout_ms: u64,
-    /// PEER-HEARTBEAT-CYCLE in milliseconds: a PRESENCE to every peer this often (spec §9.5).
-    #[arg(long, env = "ENRPD_PEER_HEARTBEAT_MS", default_value_t = 30_000)]
-    peer_heartbeat_ms: u64,
-    /// MAX-TIME-LAST-HEARD in milliseconds: a peer silent this long is probed (spec §9.5).
-    #[arg(long, env = "ENRPD_PEER_LAST_HEARD_MS", default_value_t = 61_000)]
-    peer_last_heard_ms: u64,
-    /// MAX-TIME-NO-RESPONSE in milliseconds: a probed or disconnected peer silent this long
-    /// is dead, and its PEs are taken over (spec §9.5, §9.8).
-    #[arg(long, env = "ENRPD_PEER_NO_RESPONSE_MS", default_value_t = 5_000)]
-    peer_no_response_ms: u64,
-    /// Takeover expiry in milliseconds: a takeover still missing acknowledgements is
-    /// abandoned (spec §9.8).
-    #[arg(long, env = "ENRPD_TAKEOVER_EXPIRY_MS", default_value_t = 30_000)]
-    takeover_expiry_ms: u64,
-    /// Mentor discovery timeout in milliseconds: a registrar started with peers serves
-    /// alone after this long without a mentor's handle table (spec §9.3).
-    #[arg(long, env = "ENRPD_MENTOR_TIMEOUT_MS", default_value_t = 5_000)]
-    mentor_timeout_ms: u64,
-    /// Most PEs one ENRP peer may own in this registrar's handlespace; its PEs beyond are
-    /// refused and audited (docs/ENRP-TRUST.md §3).
-    #[arg(long, env = "ENRPD_MAX_PES_PER_PEER", default_value_t = 250_000)]
-    max_pes_per_peer: usize,
-    /// Kinds of refusal (failed handshakes per source address, repeated refused requests)
-    /// audited one record each per listener per second; more are counted into summary
-    /// records (docs/SECURITY.md).
-    #[arg(long, env = "ENRPD_REFUSAL_AUDIT_BUDGET", default_value_t = 20)]
-    refusal_audit_budget: u32,
-    /// Handle resolutions a connection may send per second (bursts of twice that; an
-    /// identity ten times that over all its connections); more are answered with cause
-    /// 0x6. 0: no limit.
-    #[arg(long, env = "ENRPD_RATE_RESOLUTIONS", default_value_t = 100)]
-    rate_resolutions: u32,
-    /// Registrations and deregistrations a connection may send per second (as
-    /// --rate-resolutions).
-    #[arg(long, env = "ENRPD_RATE_REGISTRATIONS", default_value_t = 100)]
-    rate_registrations: u32,
-    /// Endpoint unreachable reports a connection may send per second (as
-    /// --rate-resolutions; more are dropped).
-    #[arg(long, env = "ENRPD_RATE_UNREACHABLE", default_value_t = 10)]
-    rate_unreachable: u32,
-    /// Connections from one IP address per listener (ASAP, ENRP, legacy); more are
-    /// closed at once, counted and audited in aggregate.
-    #[arg(long, env = "ENRPD_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
-    max_connections_per_ip: usize,
-    /// Of those, connections still in their TLS handshake.
-    #[arg(long, env = "ENRPD_MAX_HANDSHAKES_PER_IP", default_value_t = 64)]
-    max_handshakes_per_ip: usize,
-    /// Authenticated ASAP connections of one identity at once; more are closed after
-    /// the handshake and audited.
-    #[arg(
-        long,
-        env = "ENRPD_MAX_CONNECTIONS_PER_IDENTITY",
-        default_value_t = 256
-    )]
-    max_connections_per_identity: usize,
-    /// Free space (MiB) the data directory must keep: below it registrations are refused
-    /// (cause 0x6) and admin writes too (507), resolutions and keep-alives go on, the
-    /// state is logged and exported (`rsp_low_disk`); enrpd never exits for it.
-    #[arg(long, env = "ENRPD_MIN_FREE_MIB", default_value_t = 64)]
-    min_free_mib: u64,
-    /// Seconds between signed audit checkpoints written to the log (one JSON line, the
-    /// same as `enrpd audit checkpoint` writes), so that log shipping anchors the chain's
-    /// head elsewhere; 0: none.
-    #[arg(long, env = "ENRPD_CHECKPOINT_LOG_SECS", default_value_t = 3600)]
-    checkpoint_log_secs: u64,
-    /// Pools one identity may have created in one namespace (that still exist); a
-    /// registration creating one more is refused with cause 0x6.
-    #[arg(long, env = "ENRPD_MAX_POOLS_PER_IDENTITY", default_value_t = 100)]
-    max_pools_per_identity: usize,
-    /// SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over
-    /// TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP,
-    /// `on` insists (start-up fails without it), `off` serves TCP only.
-    #[arg(long, env = "ENRPD_SCTP", value_enum, default_value_t = SctpMode::Auto)]
-    sctp: SctpMode,
-    /// Where to serve ASAP over TLS/SCTP instead, IP:PORT[+IP:PORT...] (one port,
-    /// several addresses: multi-homed). Implies SCTP.
-    #[arg(long, env = "ENRPD_ASAP_SCTP_LISTEN", value_parser = parse_endpoint)]
-    asap_sctp_listen: Option<Endpoint>,
-    /// Where to serve ENRP over TLS/SCTP instead, IP:PORT[+IP:PORT...]. Implies SCTP.
-    #[arg(long, env = "ENRPD_ENRP_SCTP_LISTEN", value_parser = parse_endpoint)]
-    enrp_sctp_listen: Option<Endpoint>,
-    /// INSECURE, for RSPLIB and other legacy clients only: also serve ASAP over plain
-    /// SCTP here (spec: port 3863), IP:PORT[+IP:PORT...]. Its clients are not
-    /// authenticated: they are known by their address, confined to --legacy-namespace,
-    /// and every message they send is audited as unauthenticated. Off unless given.
-    #[arg(long, env = "ENRPD_LEGACY_ASAP_LISTEN", value_parser = parse_endpoint, requires = "legacy_namespace")]
-    legacy_asap_listen: Option<Endpoint>,
-    /// INSECURE, for RSPLIB's rspregistrar only: also serve ENRP over plain SCTP here
-    /// (spec: port 9901, PPID 12), IP:PORT[+IP:PORT...]. Only --legacy-peer registrars are
-    /// admitted (by address and Server ID, not authenticated), they speak and hear of
-    /// --legacy-namespace only, and what they do is audited as unauthenticated.
-    #[arg(long, env = "ENRPD_LEGACY_ENRP_LISTEN", value_parser = parse_endpoint, requires = "legacy_namespace")]
-    legacy_enrp_listen: Option<Endpoint>,
-    /// INSECURE: a legacy ENRP peer (RSPLIB's rspregistrar), sctp:IP:PORT=SERVERID
-    /// (repeatable; the Server ID as 0x11111111 or decimal): dialed over plain SCTP, and
-    /// admitted on --legacy-enrp-listen (required) from that address with that Server ID.
-    #[arg(long = "legacy-peer", env = "ENRPD_LEGACY_PEERS", value_delimiter = ',', value_parser = parse_legacy_peer, requires = "legacy_enrp_listen")]
-    legacy_peers: Vec<LegacyPeer>,
-    /// The one namespace legacy clients may use (it must exist; nothing else is open to
-    /// them).
-    #[arg(long, env = "ENRPD_LEGACY_NAMESPACE")]
-    legacy_namespace: Option<String>,
-    /// Accept loopback addresses in PE user transports (single-host setups and tests).
-    #[arg(long, env = "ENRPD_ALLOW_LOOPBACK")]
-    allow_loopback: bool,
-    /// Do not require every address of a PE's user transport to be one of its
-    /// connection's (its SCTP association's peer addresses) (behind NAT or a proxy).
-    #[arg(long, env = "ENRPD_NO_ADDRESS_CHECK")]
-    no_address_check: bool,
-    /// Log format.
-    #[arg(long, env = "ENRPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    flags: figment::value::Dict,
 }
 
-/// `enrpd run --config FILE`: the same options as the flags, all optional.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data: Option<PathBuf>,
-    asap_listen: Option<SocketAddr>,
-    enrp_listen: Option<String>,
-    peers: Option<Vec<String>>,
-    admin_listen: Option<String>,
-    keep_alive_interval_ms: Option<u64>,
-    keep_alive_timeout_ms: Option<u64>,
-    peer_heartbeat_ms: Option<u64>,
-    peer_last_heard_ms: Option<u64>,
-    peer_no_response_ms: Option<u64>,
-    takeover_expiry_ms: Option<u64>,
-    mentor_timeout_ms: Option<u64>,
-    max_pes_per_peer: Option<usize>,
-    refusal_audit_budget: Option<u32>,
-    rate_resolutions: Option<u32>,
-    rate_registrations: Option<u32>,
-    rate_unreachable: Option<u32>,
-    max_connections_per_ip: Option<usize>,
-    max_handshakes_per_ip: Option<usize>,
-    max_connections_per_identity: Option<usize>,
-    min_free_mib: Option<u64>,
-    checkpoint_log_secs: Option<u64>,
-    max_pools_per_identity: Option<usize>,
-    allow_loopback: Option<bool>,
-    no_address_check: Option<bool>,
-    log_format: Option<LogFormat>,
-    sctp: Option<SctpMode>,
-    asap_sctp_listen: Option<String>,
-    enrp_sctp_listen: Option<String>,
-    legacy_asap_listen: Option<String>,
-    legacy_namespace: Option<String>,
-    legacy_enrp_listen: Option<String>,
-    legacy_peers: Option<Vec<String>>,
+impl clap::Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let defaults = serde_json::to_value(RunConfig::default()).unwrap_or_default();
+        let config = clap::Arg::new("config")
+            .long("config")
+            .env("ENRPD_CONFIG")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("A TOML file with any of the options below (names with `_` instead of `-`, e.g. `asap_listen = \"[::]:3864\"`). Flags and ENRPD_* variables override it.");
+        cmd.arg(config)
+            .args(OPTIONS.iter().map(|&(key, takes, help)| {
+                let mut help = help.to_owned();
+                match defaults.get(key) {
+                    Some(serde_json::Value::String(s)) => {
+                        help.push_str(&format!(" [default: {s}]"))
+                    }
+                    Some(serde_json::Value::Number(n)) => {
+                        help.push_str(&format!(" [default: {n}]"))
+                    }
+                    _ => {}
+                }
+                help.push_str(&format!(" [env: ENRPD_{}]", key.to_uppercase()));
+                let arg = clap::Arg::new(key).help(help);
+                match takes {
+                    Takes::Value(name) => arg
+                        .long(key.replace('_', "-"))
+                        .value_name(name)
+                        .action(clap::ArgAction::Set),
+                    Takes::Repeated(flag, name) => arg
+                        .long(flag)
+                        .value_name(name)
+                        .action(clap::ArgAction::Append),
+                    Takes::Switch => arg
+                        .long(key.replace('_', "-"))
+                        .action(clap::ArgAction::SetTrue),
+                }
+            }))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
-/// The config file as a table, after checking that it is a valid [`FileConfig`].
-fn read_config_table(path: &std::path::Path) -> anyhow::Result<toml::Table> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let _: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+impl clap::FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        use figment::value::Value;
+        let mut flags = figment::value::Dict::new();
+        for &(key, takes, _) in OPTIONS {
+            if matches.value_source(key) != Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            let values = || {
+                matches
+                    .get_many::<String>(key)
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.parse::<Value>().unwrap_or_else(|e| match e {}))
+            };
+            let value = match takes {
+                Takes::Switch => Value::from(true),
+                Takes::Repeated(..) => Value::from(values().collect::<Vec<_>>()),
+                Takes::Value(_) => match values().next() {
+                    Some(v) => v,
+                    None => continue,
+                },
+            };
+            flags.insert(key.to_owned(), value);
+        }
+        Ok(Self {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            flags,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// The flags as figment's top layer.
+struct Flags(figment::value::Dict);
+
+impl figment::Provider for Flags {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("the command line")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
+}
+
+/// The ENRPD_* variables of the options (not ENRPD_LOG, ENRPD_CONFIG, …).
+fn env_layer() -> figment::providers::Env {
+    let keys = RunConfig::keys();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    figment::providers::Env::prefixed("ENRPD_").only(&keys)
+}
+
+impl RunArgs {
+    /// The layers, lowest first: the defaults (`RunConfig`'s), the config file, the
+    /// ENRPD_* variables, the flags.
+    fn figment(&self) -> figment::Figment {
+        use figment::providers::Format as _;
+        let mut layers = figment::Figment::new();
+        if let Some(path) = &self.config {
+            layers = layers.merge(figment::providers::Toml::file_exact(path));
+        }
+        layers.merge(env_layer()).merge(Flags(self.flags.clone()))
+    }
+
+    /// The merged configuration, or one line naming the key at fault and where it came
+    /// from.
+    fn load(&self) -> Result<RunConfig, String> {
+        let config: RunConfig = self
+            .figment()
+            .extract()
+            .map_err(|e| describe(e, self.config.as_deref()))?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// The config file's keys and values as written (what a SIGHUP compares), after
+    /// checking that the layers with it still make a valid configuration.
+    fn file_table(&self) -> Result<Option<figment::value::Dict>, String> {
+        use figment::providers::Format as _;
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        self.load()?;
+        let mut data = figment::Provider::data(&figment::providers::Toml::file_exact(path))
+            .map_err(|e| describe(e, Some(path)))?;
+        Ok(Some(
+            data.remove(&figment::Profile::Default).unwrap_or_default(),
+        ))
+    }
+}
+
+/// One line for a configuration error: the key (as the variable, if it came from one),
+/// what is wrong, and the layer.
+fn describe(e: figment::Error, file: Option<&std::path::Path>) -> String {
+    use figment::error::Kind;
+    let key = e.path.join(".");
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let layer = match (&e.metadata, file) {
+        (Some(m), _) if from_env => format!(" (from {})", m.name),
+        (Some(m), _) => match &m.source {
+            Some(source) => format!(" (in {source})"),
+            None => format!(" (from {})", m.name),
+        },
+        (None, Some(f)) => format!(" (in {})", f.display()),
+        (None, None) => String::new(),
+    };
+    match &e.kind {
+        Kind::UnknownField(field, _) => format!("unknown key `{field}`{layer}"),
+        Kind::MissingField(field) => format!("missing key `{field}`{layer}"),
+        kind if from_env => format!("ENRPD_{}: {kind}{layer}", key.to_uppercase()),
+        kind if key.is_empty() => format!("{kind}{layer}"),
+        kind => format!("{key}: {kind}{layer}"),
+    }
 }
 
 /// The keys whose values differ between two versions of the config file, sorted.
-fn changed_keys(before: &toml::Table, after: &toml::Table) -> Vec<String> {
+fn changed_keys(before: &figment::value::Dict, after: &figment::value::Dict) -> Vec<String> {
     let mut keys: Vec<String> = before
         .keys()
         .chain(after.keys())
@@ -337,207 +501,10 @@ fn changed_keys(before: &toml::Table, after: &toml::Table) -> Vec<String> {
     keys
 }
 
-impl RunArgs {
-    /// Fills every option not given by flag or environment from the config file.
-    fn merge_file(mut self, matches: &clap::ArgMatches) -> anyhow::Result<Self> {
-        let Some(path) = &self.config else {
-            return Ok(self);
-        };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: FileConfig =
-            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-        let unset = |id: &str| {
-            !matches!(
-                matches.value_source(id),
-                Some(
-                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
-                )
-            )
-        };
-        if let Some(v) = file.data.filter(|_| unset("data")) {
-            self.data = v;
-        }
-        if let Some(v) = file.asap_listen.filter(|_| unset("asap_listen")) {
-            self.asap_listen = v;
-        }
-        if let Some(v) = file.enrp_listen.filter(|_| unset("enrp_listen")) {
-            self.enrp_listen = parse_listen(&v).map_err(anyhow::Error::msg)?;
-        }
-        if let Some(v) = file.peers.filter(|_| unset("peers")) {
-            self.peers = v;
-        }
-        if let Some(v) = file.admin_listen.filter(|_| unset("admin_listen")) {
-            self.admin_listen = parse_listen(&v).map_err(anyhow::Error::msg)?;
-        }
-        if let Some(v) = file
-            .keep_alive_interval_ms
-            .filter(|_| unset("keep_alive_interval_ms"))
-        {
-            self.keep_alive_interval_ms = v;
-        }
-        if let Some(v) = file
-            .keep_alive_timeout_ms
-            .filter(|_| unset("keep_alive_timeout_ms"))
-        {
-            self.keep_alive_timeout_ms = v;
-        }
-        // The ENRP timers (spec §9.5, §9.8).
-        if let Some(v) = file
-            .peer_heartbeat_ms
-            .filter(|_| unset("peer_heartbeat_ms"))
-        {
-            self.peer_heartbeat_ms = v;
-        }
-        if let Some(v) = file
-            .peer_last_heard_ms
-            .filter(|_| unset("peer_last_heard_ms"))
-        {
-            self.peer_last_heard_ms = v;
-        }
-        if let Some(v) = file
-            .peer_no_response_ms
-            .filter(|_| unset("peer_no_response_ms"))
-        {
-            self.peer_no_response_ms = v;
-        }
-        if let Some(v) = file
-            .takeover_expiry_ms
-            .filter(|_| unset("takeover_expiry_ms"))
-        {
-            self.takeover_expiry_ms = v;
-        }
-        if let Some(v) = file
-            .mentor_timeout_ms
-            .filter(|_| unset("mentor_timeout_ms"))
-        {
-            self.mentor_timeout_ms = v;
-        }
-        if let Some(v) = file.max_pes_per_peer.filter(|_| unset("max_pes_per_peer")) {
-            self.max_pes_per_peer = v;
-        }
-        if let Some(v) = file
-            .refusal_audit_budget
-            .filter(|_| unset("refusal_audit_budget"))
-        {
-            self.refusal_audit_budget = v;
-        }
-        if let Some(v) = file.rate_resolutions.filter(|_| unset("rate_resolutions")) {
-            self.rate_resolutions = v;
-        }
-        if let Some(v) = file
-            .rate_registrations
-            .filter(|_| unset("rate_registrations"))
-        {
-            self.rate_registrations = v;
-        }
-        if let Some(v) = file.rate_unreachable.filter(|_| unset("rate_unreachable")) {
-            self.rate_unreachable = v;
-        }
-        if let Some(v) = file
-            .max_connections_per_ip
-            .filter(|_| unset("max_connections_per_ip"))
-        {
-            self.max_connections_per_ip = v;
-        }
-        if let Some(v) = file
-            .max_handshakes_per_ip
-            .filter(|_| unset("max_handshakes_per_ip"))
-        {
-            self.max_handshakes_per_ip = v;
-        }
-        if let Some(v) = file
-            .max_connections_per_identity
-            .filter(|_| unset("max_connections_per_identity"))
-        {
-            self.max_connections_per_identity = v;
-        }
-        if let Some(v) = file.min_free_mib.filter(|_| unset("min_free_mib")) {
-            self.min_free_mib = v;
-        }
-        if let Some(v) = file
-            .checkpoint_log_secs
-            .filter(|_| unset("checkpoint_log_secs"))
-        {
-            self.checkpoint_log_secs = v;
-        }
-        if let Some(v) = file
-            .max_pools_per_identity
-            .filter(|_| unset("max_pools_per_identity"))
-        {
-            self.max_pools_per_identity = v;
-        }
-        if let Some(v) = file.allow_loopback.filter(|_| unset("allow_loopback")) {
-            self.allow_loopback = v;
-        }
-        if let Some(v) = file.no_address_check.filter(|_| unset("no_address_check")) {
-            self.no_address_check = v;
-        }
-        if let Some(v) = file.log_format.filter(|_| unset("log_format")) {
-            self.log_format = v;
-        }
-        if let Some(v) = file.sctp.filter(|_| unset("sctp")) {
-            self.sctp = v;
-        }
-        let endpoint = |v: String| parse_endpoint(&v).map_err(anyhow::Error::msg);
-        if let Some(v) = file.asap_sctp_listen.filter(|_| unset("asap_sctp_listen")) {
-            self.asap_sctp_listen = Some(endpoint(v)?);
-        }
-        if let Some(v) = file.enrp_sctp_listen.filter(|_| unset("enrp_sctp_listen")) {
-            self.enrp_sctp_listen = Some(endpoint(v)?);
-        }
-        if let Some(v) = file
-            .legacy_asap_listen
-            .filter(|_| unset("legacy_asap_listen"))
-        {
-            self.legacy_asap_listen = Some(endpoint(v)?);
-        }
-        if let Some(v) = file.legacy_namespace.filter(|_| unset("legacy_namespace")) {
-            self.legacy_namespace = Some(v);
-        }
-        if let Some(v) = file
-            .legacy_enrp_listen
-            .filter(|_| unset("legacy_enrp_listen"))
-        {
-            self.legacy_enrp_listen = Some(endpoint(v)?);
-        }
-        if let Some(v) = file.legacy_peers.filter(|_| unset("legacy_peers")) {
-            self.legacy_peers = v
-                .iter()
-                .map(|p| parse_legacy_peer(p).map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<_>>()?;
-        }
-        if self.legacy_enrp_listen.is_some() && self.legacy_namespace.is_none() {
-            bail!("legacy_enrp_listen needs legacy_namespace");
-        }
-        if !self.legacy_peers.is_empty() && self.legacy_enrp_listen.is_none() {
-            bail!("legacy_peers need legacy_enrp_listen");
-        }
-        Ok(self)
-    }
-}
-
-/// Whether to serve SCTP (see `--sctp`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum SctpMode {
-    Auto,
-    On,
-    Off,
-}
-
-fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    Endpoint::parse(s.trim_start_matches("sctp:")).map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn parse_legacy_peer(s: &str) -> Result<LegacyPeer, String> {
-    s.parse()
-}
-
 /// The SCTP listeners to open: explicit ones, or in `auto`/`on` mode the TCP listeners'
 /// addresses (after binding, so that a TCP port 0 is the same SCTP port where free).
 fn sctp_endpoints(
-    args: &RunArgs,
+    args: &RunConfig,
     available: bool,
 ) -> anyhow::Result<(Option<Endpoint>, Option<Endpoint>)> {
     match args.sctp {
@@ -568,33 +535,8 @@ fn sctp_endpoints(
     }
 }
 
-/// A listening address, or `off`.
-#[derive(Clone, Copy, Debug)]
-struct Listen(Option<SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    if s == "off" {
-        return Ok(Listen(None));
-    }
-    s.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|_| format!("{s:?} is neither an address (127.0.0.1:8443) nor `off`"))
-}
-
-#[derive(Clone, Copy, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    let run_matches = matches.subcommand_matches("run").cloned();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -602,7 +544,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, run_matches)) {
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -611,7 +553,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init {
             files: PkiFiles { pki, name, data },
@@ -646,11 +588,9 @@ async fn run(cli: Cli, run_matches: Option<clap::ArgMatches>) -> anyhow::Result<
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let args = match &run_matches {
-                Some(m) => args.merge_file(m)?,
-                None => *args,
-            };
-            serve(args).await.map(|()| ExitCode::SUCCESS)
+            // A bad file or value: one line naming the key, nothing started.
+            let config = args.load().map_err(anyhow::Error::msg)?;
+            serve(*args, config).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Token { command } => token(command).await,
         Command::Audit {
@@ -846,7 +786,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: RunArgs) -> anyhow::Result<()> {
+async fn serve(run: RunArgs, args: RunConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENRPD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -864,14 +804,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.data.display()))?;
     let mut config = Config::new(loaded.server_id);
     config.timing = Timing {
-        keep_alive_interval: Duration::from_millis(args.keep_alive_interval_ms),
-        keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms),
-        connection_grace: Duration::from_millis(args.keep_alive_timeout_ms),
-        peer_heartbeat: Duration::from_millis(args.peer_heartbeat_ms),
-        peer_last_heard: Duration::from_millis(args.peer_last_heard_ms),
-        peer_no_response: Duration::from_millis(args.peer_no_response_ms),
-        takeover_expiry: Duration::from_millis(args.takeover_expiry_ms),
-        mentor_timeout: Duration::from_millis(args.mentor_timeout_ms),
+        keep_alive_interval: args.keep_alive_interval_ms.0,
+        keep_alive_timeout: args.keep_alive_timeout_ms.0,
+        connection_grace: args.keep_alive_timeout_ms.0,
+        peer_heartbeat: args.peer_heartbeat_ms.0,
+        peer_last_heard: args.peer_last_heard_ms.0,
+        peer_no_response: args.peer_no_response_ms.0,
+        takeover_expiry: args.takeover_expiry_ms.0,
+        mentor_timeout: args.mentor_timeout_ms.0,
         ..Timing::default()
     };
     config.allow_loopback = args.allow_loopback;
@@ -984,9 +924,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     });
     // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
     // rewritten chain (`enrpd audit verify --checkpoint`).
-    if args.checkpoint_log_secs > 0 {
+    if !args.checkpoint_log_secs.0.is_zero() {
         let (store, data) = (loaded.store.clone(), args.data.clone());
-        let every = Duration::from_secs(args.checkpoint_log_secs);
+        let every = args.checkpoint_log_secs.0;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -1004,10 +944,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
     // Every setting of the config file takes effect at start only: on SIGHUP, say which
     // changed rather than let an operator believe they apply.
-    let config_file = match &args.config {
-        Some(path) => Some((path.clone(), read_config_table(path)?)),
-        None => None,
-    };
+    let config_file = run.file_table().map_err(anyhow::Error::msg)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -1044,10 +981,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     }
                     Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
                 }
-                if let Some((path, at_start)) = &config_file {
-                    match read_config_table(path) {
+                if let (Some(path), Some(at_start)) = (&run.config, &config_file) {
+                    match run.file_table() {
                         Ok(now) => {
-                            let changed = changed_keys(at_start, &now);
+                            let changed = changed_keys(at_start, &now.unwrap_or_default());
                             if !changed.is_empty() {
                                 tracing::warn!(
                                     file = %path.display(),
@@ -1056,7 +993,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                                 );
                             }
                         }
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "the config file is invalid; the next start will fail"),
+                        Err(e) => tracing::error!(error = %e, "the config file is invalid; the next start will fail"),
                     }
                 }
             }
@@ -1187,6 +1124,8 @@ async fn bind_configured_peer(
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -1202,26 +1141,162 @@ mod tests {
         assert!(split_peer("a:9902=registrar/a").is_err());
     }
 
+    /// `enrpd run ARGS…` as parsed.
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["enrpd", "run"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Run(args) => *args,
+            _ => unreachable!("run"),
+        }
+    }
+
+    #[test]
+    fn a_flag_beats_a_variable_beats_the_file_beats_the_default() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "enrpd.toml",
+                "rate_resolutions = 1\nrate_registrations = 2\nrate_unreachable = 3\npeers = [\"f:1\"]\n",
+            )?;
+            jail.set_env("ENRPD_RATE_RESOLUTIONS", "10");
+            jail.set_env("ENRPD_RATE_REGISTRATIONS", "20");
+            jail.set_env("ENRPD_PEERS", "e:1,e:2");
+            jail.set_env("ENRPD_ALLOW_LOOPBACK", "1");
+            // Not options: ignored, as before.
+            jail.set_env("ENRPD_LOG", "debug");
+            let c = run_args(&["--config", "enrpd.toml", "--rate-resolutions", "100"])
+                .load()
+                .expect("valid");
+            assert_eq!(c.rate_resolutions, 100, "the flag");
+            assert_eq!(c.rate_registrations, 20, "the variable");
+            assert_eq!(c.rate_unreachable, 3, "the file");
+            assert_eq!(c.max_pools_per_identity, 100, "the default");
+            assert_eq!(c.peers, ["e:1", "e:2"], "a comma-separated variable");
+            assert!(c.allow_loopback);
+            let c = run_args(&["--config", "enrpd.toml", "--peer", "a:1", "--peer", "b:1"])
+                .load()
+                .expect("valid");
+            assert_eq!(c.peers, ["a:1", "b:1"], "repeated flags beat the variable");
+            let c = run_args(&[]).load().expect("no file");
+            assert_eq!(c.rate_unreachable, 10, "without --config the default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_are_humane_strings_or_numbers_in_every_layer() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "enrpd.toml",
+                "keep_alive_interval_ms = \"250ms\"\nkeep_alive_timeout_ms = 1500\ncheckpoint_log_secs = \"1h\"\n",
+            )?;
+            jail.set_env("ENRPD_PEER_HEARTBEAT_MS", "2s");
+            jail.set_env("ENRPD_TAKEOVER_EXPIRY_MS", "9000");
+            let c = run_args(&["--config", "enrpd.toml", "--mentor-timeout-ms", "1m"])
+                .load()
+                .expect("valid");
+            assert_eq!(c.keep_alive_interval_ms.0, Duration::from_millis(250));
+            assert_eq!(c.keep_alive_timeout_ms.0, Duration::from_millis(1500));
+            assert_eq!(c.checkpoint_log_secs.0, Duration::from_secs(3600));
+            assert_eq!(c.peer_heartbeat_ms.0, Duration::from_secs(2));
+            assert_eq!(c.takeover_expiry_ms.0, Duration::from_secs(9));
+            assert_eq!(c.mentor_timeout_ms.0, Duration::from_secs(60));
+            let c = run_args(&["--keep-alive-interval-ms", "200"])
+                .load()
+                .expect("valid");
+            assert_eq!(c.keep_alive_interval_ms.0, Duration::from_millis(200));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_key_or_value_is_one_line_naming_the_key_and_its_layer() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "asap_listn = \"[::]:3864\"\n")?;
+            let err = run_args(&["--config", "typo.toml"])
+                .load()
+                .expect_err("typo");
+            assert!(
+                err.contains("asap_listn") && err.contains("typo.toml"),
+                "{err}"
+            );
+            jail.create_file("bad.toml", "rate_resolutions = \"lots\"\n")?;
+            let err = run_args(&["--config", "bad.toml"])
+                .load()
+                .expect_err("bad value");
+            assert!(
+                err.starts_with("rate_resolutions: ") && err.contains("bad.toml"),
+                "{err}"
+            );
+            let err = run_args(&["--keep-alive-timeout-ms", "soon"])
+                .load()
+                .expect_err("flag");
+            assert!(
+                err.starts_with("keep_alive_timeout_ms: ") && err.contains("command line"),
+                "{err}"
+            );
+            let err = run_args(&["--config", "missing.toml"])
+                .load()
+                .expect_err("no file");
+            assert!(err.contains("missing.toml"), "{err}");
+            jail.set_env("ENRPD_ADMIN_LISTEN", "nowhere");
+            let err = run_args(&[]).load().expect_err("variable");
+            assert!(
+                err.starts_with("ENRPD_ADMIN_LISTEN: ") && err.contains("nowhere"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+            let err = run_args(&[
+                "--legacy-peer",
+                "sctp:127.0.0.1:9901=7",
+                "--admin-listen",
+                "off",
+            ])
+            .load()
+            .expect_err("needs its listener");
+            assert_eq!(err, "legacy_peers needs legacy_enrp_listen");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_option_has_a_flag_and_every_flag_an_option() {
+        let keys = RunConfig::keys();
+        let mut flags: Vec<&str> = OPTIONS.iter().map(|(k, ..)| *k).collect();
+        flags.sort_unstable();
+        assert_eq!(keys, flags);
+        let help = <Cli as clap::CommandFactory>::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_help()
+            .to_string();
+        assert!(
+            help.contains("[default: 5000]") && help.contains("[env: ENRPD_RATE_UNREACHABLE]"),
+            "{help}"
+        );
+    }
+
     #[test]
     fn a_reload_names_the_config_keys_that_changed_and_refuses_a_bad_file() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("enrpd.toml");
+        let path_text = path.to_str().expect("utf-8");
         std::fs::write(
             &path,
             "asap_listen = \"[::]:3864\"\nallow_loopback = true\n",
         )
         .expect("write");
-        let before = read_config_table(&path).expect("valid");
+        let args = run_args(&["--config", path_text]);
+        let before = args.file_table().expect("valid").expect("a file");
         std::fs::write(
             &path,
             "asap_listen = \"[::]:3865\"\nallow_loopback = true\npeers = [\"b:9902\"]\n",
         )
         .expect("write");
-        let after = read_config_table(&path).expect("valid");
+        let after = args.file_table().expect("valid").expect("a file");
         assert_eq!(changed_keys(&before, &after), ["asap_listen", "peers"]);
         assert!(changed_keys(&after, &after).is_empty());
         std::fs::write(&path, "asap_listn = \"[::]:3864\"\n").expect("write");
-        let err = read_config_table(&path).expect_err("unknown key");
-        assert!(format!("{err:#}").contains("asap_listn"), "{err:#}");
+        let err = args.file_table().expect_err("unknown key");
+        assert!(err.contains("asap_listn"), "{err}");
     }
 }
