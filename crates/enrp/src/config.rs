@@ -331,7 +331,27 @@ fn text<'de, D: Deserializer<'de>, T: From<String>>(d: D) -> Result<T, D::Error>
 }
 
 fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    text(d).map(Some)
+    struct OptionalText;
+    impl<'de> de::Visitor<'de> for OptionalText {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            text(d).map(Some)
+        }
+    }
+    d.deserialize_option(OptionalText)
 }
 
 /// A list (file), or one comma-separated string (an environment variable).
@@ -412,7 +432,9 @@ mod endpoint {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Endpoint>, D::Error> {
-        let text = String::deserialize(d)?;
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
         super::parse_endpoint(&text)
             .map(Some)
             .map_err(de::Error::custom)

@@ -9,7 +9,11 @@ pub mod admin;
 pub mod checkpoint;
 pub mod checksum;
 pub mod config;
+pub mod control_plane;
 pub mod daemon;
 pub mod handlespace;
 pub mod registrar;
+pub mod running;
 pub mod setup;
+
+pub use running::{RunError, Running, run, run_with};

@@ -1,20 +1,14 @@
 //! `enrpd`: the rsp registrar. Thin: flags and logging here, the work in `enrp`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use asap::transport::Endpoint;
-use asap::wire::param::Namespace;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use enrp::config::{LogFormat, RunConfig, SctpMode};
-use enrp::daemon::{Daemon, Settings, now_ms};
-use enrp::registrar::{Config, Timing};
+use enrp::config::{LogFormat, RunConfig};
+use enrp::daemon::now_ms;
 use enrp::setup;
-use trust::audit::{AuditConfig, AuditLog};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// An ENRP registrar: keeps the handlespace of pools, serves ASAP over mutual TLS, audits
 /// every operation.
@@ -501,40 +495,6 @@ fn changed_keys(before: &figment::value::Dict, after: &figment::value::Dict) -> 
     keys
 }
 
-/// The SCTP listeners to open: explicit ones, or in `auto`/`on` mode the TCP listeners'
-/// addresses (after binding, so that a TCP port 0 is the same SCTP port where free).
-fn sctp_endpoints(
-    args: &RunConfig,
-    available: bool,
-) -> anyhow::Result<(Option<Endpoint>, Option<Endpoint>)> {
-    match args.sctp {
-        SctpMode::Off => {
-            if args.asap_sctp_listen.is_some() || args.enrp_sctp_listen.is_some() {
-                bail!("--sctp off contradicts --asap-sctp-listen / --enrp-sctp-listen");
-            }
-            Ok((None, None))
-        }
-        SctpMode::On if !available => bail!("--sctp on: {}", enrp::daemon::SCTP_UNAVAILABLE),
-        SctpMode::Auto if !available => {
-            if args.asap_sctp_listen.is_some() || args.enrp_sctp_listen.is_some() {
-                bail!("{}", enrp::daemon::SCTP_UNAVAILABLE);
-            }
-            tracing::info!("{}", enrp::daemon::SCTP_UNAVAILABLE);
-            Ok((None, None))
-        }
-        SctpMode::Auto | SctpMode::On => Ok((
-            Some(
-                args.asap_sctp_listen
-                    .clone()
-                    .unwrap_or_else(|| Endpoint::single(args.asap_listen)),
-            ),
-            args.enrp_sctp_listen
-                .clone()
-                .or_else(|| args.enrp_listen.0.map(Endpoint::single)),
-        )),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -626,30 +586,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
-}
-
-/// The stored chain head, signed with the registrar's current key (the periodic log
-/// checkpoint; the chain itself is checked by `enrpd audit verify`).
-async fn checkpoint_now(
-    store: &trust::db::Store,
-    data: &std::path::Path,
-) -> anyhow::Result<enrp::checkpoint::Checkpoint> {
-    let mut conn = store.acquire().await?;
-    let (id, hash) = trust::audit::head(&mut conn).await?;
-    drop(conn);
-    // Row ids are positive (INTEGER PRIMARY KEY from 1).
-    let id = u64::try_from(id).unwrap_or(0);
-    let install = setup::read_install(data)?;
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    enrp::checkpoint::Checkpoint::sign(
-        id,
-        &hash,
-        now_ms(),
-        &read(&install.cert)?,
-        &read(&install.key)?,
-    )
-    .map_err(|e| anyhow::anyhow!("signing the checkpoint: {e}"))
 }
 
 /// `enrpd audit checkpoint`: the intact chain's head, signed.
@@ -786,203 +722,50 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(run: RunArgs, args: RunConfig) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, config: RunConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENRPD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    if let Some(warning) = trust::key_log_warning() {
-        tracing::warn!("{warning}");
-    }
-    let loaded = setup::load(&args.data)
-        .await
-        .with_context(|| format!("loading {}", args.data.display()))?;
-    let mut config = Config::new(loaded.server_id);
-    config.timing = Timing {
-        keep_alive_interval: args.keep_alive_interval_ms.0,
-        keep_alive_timeout: args.keep_alive_timeout_ms.0,
-        connection_grace: args.keep_alive_timeout_ms.0,
-        peer_heartbeat: args.peer_heartbeat_ms.0,
-        peer_last_heard: args.peer_last_heard_ms.0,
-        peer_no_response: args.peer_no_response_ms.0,
-        takeover_expiry: args.takeover_expiry_ms.0,
-        mentor_timeout: args.mentor_timeout_ms.0,
-        ..Timing::default()
-    };
-    config.allow_loopback = args.allow_loopback;
-    config.max_pes_per_peer = args.max_pes_per_peer;
-    config.check_user_address = !args.no_address_check;
-    if let Some(name) = &args.legacy_namespace {
-        let ns = Namespace::new(name)
-            .with_context(|| format!("--legacy-namespace {name:?}: 1-63 bytes of a-z 0-9 - ."))?;
-        let mut conn = loaded.store.acquire().await.context("opening the store")?;
-        if trust::db::get_namespace(&mut conn, name).await?.is_none() {
-            bail!("--legacy-namespace {name:?}: no such namespace (create it with the admin API)");
-        }
-        config.legacy_namespace = Some(ns);
-    }
-    config.max_pools_per_identity = args.max_pools_per_identity;
-    config.rng_seed = now_ms();
-    let audit = AuditLog::start(&loaded.store, AuditConfig::default())
-        .await
-        .context("starting the audit log")?;
-    let mut settings = Settings::new(args.asap_listen, config);
-    settings.enrp_listen = args.enrp_listen.0;
-    (settings.asap_sctp_listen, settings.enrp_sctp_listen) =
-        sctp_endpoints(&args, enrp::daemon::sctp_available())?;
-    settings.legacy_asap_listen = args.legacy_asap_listen.clone();
-    settings.legacy_enrp_listen = args.legacy_enrp_listen.clone();
-    settings.legacy_peers = args.legacy_peers.clone();
-    let mut peers = Vec::new();
-    for p in &args.peers {
-        let (addr, identity) = split_peer(p)?;
-        if addr.starts_with("sctp:") {
-            addr.parse::<asap::transport::TransportAddr>()
-                .map_err(|e| anyhow::anyhow!("--peer {p:?}: {e}"))?;
-        }
-        if let Some(id) = identity {
-            bind_configured_peer(&loaded, p, id, &mut settings.server_id_bindings).await?;
-        }
-        peers.push(addr.to_owned());
-    }
-    settings.peers = peers;
-    settings.default_namespaces = loaded.default_namespaces;
-    settings.revocations = loaded.revocations;
-    settings
-        .server_id_bindings
-        .extend(loaded.server_id_bindings.iter().cloned());
-    settings.bindings_store = Some(loaded.store.clone());
-    settings.refusal_audit_budget = args.refusal_audit_budget;
-    settings.max_connections_per_ip = args.max_connections_per_ip;
-    settings.max_handshakes_per_ip = args.max_handshakes_per_ip;
-    settings.max_connections_per_identity = args.max_connections_per_identity;
-    settings.data_dir = Some(args.data.clone());
-    settings.min_free_bytes = args.min_free_mib.saturating_mul(1 << 20);
-    let rate = |per_sec| enrp::daemon::Rate { per_sec };
-    settings.rate_limits = enrp::daemon::RateLimits {
-        resolutions: rate(args.rate_resolutions),
-        registrations: rate(args.rate_registrations),
-        unreachable: rate(args.rate_unreachable),
-    };
-    let daemon = Daemon::start(settings, Arc::clone(&loaded.trust), audit, loaded.grants).await?;
-    // Declared pools are enforced from the first registration on.
-    for decl in &loaded.pools {
-        admin_api::Registrar::declare_pool(
-            &daemon.control(),
-            admin_api::PoolDeclaration {
-                namespace: decl.namespace.clone(),
-                handle: decl.handle.clone(),
-                limits: Some((decl.policy, decl.max_pes)),
-            },
-        )
-        .await;
-    }
-    let admin = match args.admin_listen.0 {
-        Some(addr) => match start_admin(addr, &loaded.store, &loaded.trust, daemon.control()).await
-        {
-            Ok(admin) => Some(admin),
-            Err(e) => {
-                // Stop what started, flushing the audit log, then report the cause.
-                let _ = daemon.shutdown().await;
-                return Err(e);
-            }
-        },
-        None => None,
-    };
+    // Every setting of the config file takes effect at start only: on SIGHUP, say which
+    // changed rather than let an operator believe they apply.
+    let at_start = args.file_table().map_err(anyhow::Error::msg)?;
+    let running = enrp::run(config).await?;
     // Handlers first: a SIGHUP right after the "serving" line must not kill the process.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let admin_text = admin.as_ref().map_or_else(String::new, |a| {
-        format!(", admin API on https://{}", a.addr)
-    });
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let admin_text = running
+        .admin_addr()
+        .map_or_else(String::new, |a| format!(", admin API on https://{a}"));
     // Tests parse this line: the ASAP address first, then the admin API's, then ENRP's.
-    let mut enrp_text = daemon
+    let mut enrp_text = running
         .enrp_addr()
         .map_or_else(String::new, |a| format!(", ENRP on {a}"));
-    for (what, at) in daemon.sctp_addrs() {
+    for (what, at) in running.sctp_addrs() {
         enrp_text.push_str(&format!(", {what} on sctp:{at}"));
     }
     println!(
         "enrpd: serving ASAP on {} (Server ID {}){admin_text}{enrp_text}",
-        daemon.asap_addr(),
-        loaded.server_id
+        running.asap_addr(),
+        running.server_id()
     );
-    // CRLs do not expire silently: a warning from a week before, an error after.
-    let crl_trust = Arc::clone(&loaded.trust);
-    tokio::spawn(async move {
-        loop {
-            warn_crl_expiry(&crl_trust);
-            tokio::time::sleep(CRL_CHECK).await;
-        }
-    });
-    // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
-    // rewritten chain (`enrpd audit verify --checkpoint`).
-    if !args.checkpoint_log_secs.0.is_zero() {
-        let (store, data) = (loaded.store.clone(), args.data.clone());
-        let every = args.checkpoint_log_secs.0;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match checkpoint_now(&store, &data).await {
-                    Ok(c) => tracing::info!(
-                        checkpoint = %serde_json::to_string(&c).unwrap_or_default(),
-                        "audit checkpoint: record {}, head {}", c.id, c.hash
-                    ),
-                    Err(e) => tracing::error!(error = %e, "no audit checkpoint"),
-                }
-            }
-        });
-    }
-    // Serials already applied: a reload only acts on what the CRL newly lists.
-    let mut applied: std::collections::HashSet<_> = loaded.revoked.iter().cloned().collect();
-    // Every setting of the config file takes effect at start only: on SIGHUP, say which
-    // changed rather than let an operator believe they apply.
-    let config_file = run.file_table().map_err(anyhow::Error::msg)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
             _ = hup.recv() => {
-                // SIGHUP: certificate, CRL, grants, default namespaces, without a restart. A bad file changes
-                // nothing and is logged; the registrar keeps serving.
-                match setup::reload(&args.data, &loaded.store).await {
-                    Ok(r) => {
-                        tracing::info!(revoked = r.revoked.len(), grants = r.grants.len(), "reloaded");
-                        // A renewed certificate serves from the next handshake; live
-                        // connections keep the one they proved.
-                        let serial = r.identity.as_peer().serial().to_hex();
-                        match loaded.trust.set_identity(r.identity, std::time::UNIX_EPOCH + Duration::from_millis(now_ms())) {
-                            Ok(()) => tracing::info!(%serial, "presenting certificate"),
-                            Err(e) => tracing::error!(error = %e, "the certificate was not replaced"),
-                        }
-                        daemon.set_grants(r.grants).await;
-                        daemon.set_default_namespaces(r.default_namespaces).await;
-                        // The core first (it removes the PEs and refuses the serials), then
-                        // the TLS layer (new handshakes fail, live connections close).
-                        // The local domain's CRL: its serials are the local CA's.
-                        let domain = loaded.trust.identity().id().trust_domain();
-                        for serial in r.revoked.into_iter().filter(|s| applied.insert(s.clone())) {
-                            let domain = domain.clone();
-                            daemon.revoke(enrp::registrar::Revocation::Serial { domain, serial }).await;
-                        }
-                        if let Some(crls) = r.crls {
-                            let local = loaded.trust.identity().id().trust_domain();
-                            if let Err(e) = loaded.trust.set_crls(&local, crls) {
-                                tracing::error!(error = %e, "the new CRL was refused");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
+                // SIGHUP: certificate, CRL, grants, default namespaces, without a restart.
+                // A bad file changes nothing and is logged; the registrar keeps serving.
+                if let Err(e) = running.reload().await {
+                    tracing::error!(error = %e, "reload failed; nothing changed");
                 }
-                if let (Some(path), Some(at_start)) = (&run.config, &config_file) {
-                    match run.file_table() {
+                if let (Some(path), Some(at_start)) = (&args.config, &at_start) {
+                    match args.file_table() {
                         Ok(now) => {
                             let changed = changed_keys(at_start, &now.unwrap_or_default());
                             if !changed.is_empty() {
@@ -1000,76 +783,7 @@ async fn serve(run: RunArgs, args: RunConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping");
-    if let Some(admin) = admin {
-        admin.stop().await;
-    }
-    daemon.shutdown().await.context("shutting down")?;
-    loaded.store.close().await;
-    Ok(())
-}
-
-/// The admin API server task.
-struct Admin {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Admin {
-    /// Stops accepting and lets requests in flight finish (bounded by the serve options).
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-async fn start_admin(
-    addr: SocketAddr,
-    store: &trust::db::Store,
-    trust: &Arc<trust::TrustStore>,
-    control: enrp::daemon::Control,
-) -> anyhow::Result<Admin> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
-    let addr = listener.local_addr()?;
-    let state = admin_api::AdminState::new(
-        store.clone(),
-        Arc::clone(trust),
-        Arc::new(control),
-        trust::db::TokenHasher::default(),
-        now_ms,
-    );
-    let mut options = admin_api::ServeOptions::new(state.serve_counters());
-    // Certificate sessions are registered, so that a revocation closes them too.
-    options.trust = Some(Arc::clone(trust));
-    let router = admin_api::router(state);
-    let trust = Arc::clone(trust);
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(admin_api::serve(
-        listener,
-        move || trust.admin_server_config(),
-        router,
-        options,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    tracing::info!(%addr, "serving the admin API over HTTPS");
-    Ok(Admin { addr, stop, task })
-}
-
-/// `HOST:PORT` or `HOST:PORT=spiffe://…` of `--peer`: the address, and the identity
-/// its Server ID is bound to.
-fn split_peer(p: &str) -> anyhow::Result<(&str, Option<trust::SpiffeId>)> {
-    match p.split_once('=') {
-        None => Ok((p, None)),
-        Some((addr, id)) => {
-            let id = trust::SpiffeId::parse(id)
-                .map_err(|e| anyhow::anyhow!("--peer {p:?}: {id:?} is no SPIFFE ID: {e}"))?;
-            Ok((addr, Some(id)))
-        }
-    }
+    running.shutdown().await.context("shutting down")
 }
 
 /// `days` after `now_ms`, in unix ms (token expiries).
@@ -1077,69 +791,13 @@ fn days_after(now_ms: u64, days: u32) -> u64 {
     now_ms + u64::from(days) * 86_400_000
 }
 
-/// How long before a CRL's nextUpdate `enrpd` warns (issue 17): once it passes, every
-/// handshake of that domain fails closed; a week leaves room for a weekend and a holiday.
-const CRL_WARNING: Duration = Duration::from_secs(7 * 86_400);
-/// How often the CRLs' nextUpdate is checked (and the warning repeated).
-const CRL_CHECK: Duration = Duration::from_secs(3600);
-
-/// Logs a warning for each trust domain whose CRLs stop being current within
-/// [`CRL_WARNING`], an error for each whose CRLs have (`/metrics` has the same as
-/// `rsp_crl_next_update_seconds`).
-fn warn_crl_expiry(trust: &trust::TrustStore) {
-    let now = std::time::UNIX_EPOCH + Duration::from_millis(now_ms());
-    for (domain, at) in trust.crl_next_updates() {
-        match at.duration_since(now) {
-            Err(past) => tracing::error!(
-                trust_domain = %domain,
-                expired_s_ago = past.duration().as_secs(),
-                "the CRL has expired: every handshake of this trust domain fails until it is re-signed (rsp-pki crl, enrpd update-pki, then SIGHUP enrpd)"
-            ),
-            Ok(left) if left <= CRL_WARNING => tracing::warn!(
-                trust_domain = %domain,
-                seconds_left = left.as_secs(),
-                "the CRL expires soon: re-sign it (rsp-pki crl, enrpd update-pki, then SIGHUP enrpd) or every handshake of this trust domain fails"
-            ),
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Binds the Server ID of a configured peer's identity for good (stored), unless the
-/// store binds it to another identity already: then enrpd does not start.
-async fn bind_configured_peer(
-    loaded: &setup::Loaded,
-    p: &str,
-    id: trust::SpiffeId,
-    bindings: &mut Vec<(asap::wire::param::ServerId, trust::SpiffeId)>,
-) -> anyhow::Result<()> {
-    let server_id = setup::server_id_of(&id);
-    let mut conn = loaded.store.acquire().await.context("opening the store")?;
-    let bound = trust::db::bind_server_id(&mut conn, server_id.get(), &id, now_ms()).await?;
-    if bound != id {
-        bail!("--peer {p:?}: Server ID {server_id} is bound to {bound} in the store");
-    }
-    bindings.push((server_id, id));
-    Ok(())
-}
-
 #[cfg(test)]
 // figment::Jail's closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn a_peer_may_name_the_identity_its_server_id_is_bound_to() {
-        assert_eq!(split_peer("a:9902").expect("plain"), ("a:9902", None));
-        let (addr, id) = split_peer("a:9902=spiffe://acme.test/registrar/a").expect("bound");
-        assert_eq!(addr, "a:9902");
-        assert_eq!(
-            id.map(|i| i.to_string()).as_deref(),
-            Some("spiffe://acme.test/registrar/a")
-        );
-        assert!(split_peer("a:9902=registrar/a").is_err());
-    }
+    use super::*;
 
     /// `enrpd run ARGS…` as parsed.
     fn run_args(args: &[&str]) -> RunArgs {
