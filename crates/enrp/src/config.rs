@@ -356,21 +356,31 @@ fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 
 /// A list (file), or one comma-separated string (an environment variable).
 fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Items {
-        List(Vec<String>),
-        Commas(String),
+    struct List;
+    impl<'de> de::Visitor<'de> for List {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of strings or one comma-separated string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
     }
-    Ok(match Items::deserialize(d)? {
-        Items::List(items) => items,
-        Items::Commas(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
+    d.deserialize_any(List)
 }
 
 /// A boolean, also `1`/`0`, `yes`/`no`, `on`/`off` (an environment variable).

@@ -65,6 +65,9 @@ pub async fn run_with(
     config: RunConfig,
     adjust: impl FnOnce(&mut Settings),
 ) -> Result<Running, RunError> {
+    config
+        .validate()
+        .map_err(|e| RunError::Config(e.to_string()))?;
     if let Some(warning) = trust::key_log_warning() {
         tracing::warn!("{warning}");
     }

@@ -353,12 +353,22 @@ fn describe(e: figment::Error, file: Option<&std::path::Path>) -> String {
         (None, Some(f)) => format!(" (in {})", f.display()),
         (None, None) => String::new(),
     };
+    // Some messages span lines (a TOML parse error quotes the line with a caret): keep
+    // the prose, one line.
+    let kind = e
+        .kind
+        .to_string()
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !l.starts_with(' ') && !l.contains(" | "))
+        .collect::<Vec<_>>()
+        .join(": ");
     match &e.kind {
         Kind::UnknownField(field, _) => format!("unknown key `{field}`{layer}"),
         Kind::MissingField(field) => format!("missing key `{field}`{layer}"),
-        kind if from_env => format!("ENRPD_{}: {kind}{layer}", key.to_uppercase()),
-        kind if key.is_empty() => format!("{kind}{layer}"),
-        kind => format!("{key}: {kind}{layer}"),
+        _ if from_env => format!("ENRPD_{}: {kind}{layer}", key.to_uppercase()),
+        _ if key.is_empty() => format!("{kind}{layer}"),
+        _ => format!("{key}: {kind}{layer}"),
     }
 }
 
@@ -479,10 +489,23 @@ mod tests {
                 err.starts_with("keep_alive_timeout_ms: ") && err.contains("command line"),
                 "{err}"
             );
+            jail.create_file("broken.toml", "asap_listen = [\n")?;
+            let err = run_args(&["--config", "broken.toml"])
+                .load()
+                .expect_err("no TOML");
+            assert!(
+                err.contains("line 1") && err.contains("broken.toml") && !err.contains('\n'),
+                "{err}"
+            );
+            jail.create_file("peers.toml", "peers = 5\n")?;
+            let err = run_args(&["--config", "peers.toml"])
+                .load()
+                .expect_err("no list");
+            assert!(err.starts_with("peers: ") && err.contains("list"), "{err}");
             let err = run_args(&["--config", "missing.toml"])
                 .load()
                 .expect_err("no file");
-            assert!(err.contains("missing.toml"), "{err}");
+            assert!(err.contains("missing.toml") && !err.contains('\n'), "{err}");
             jail.set_env("ENRPD_ADMIN_LISTEN", "nowhere");
             let err = run_args(&[]).load().expect_err("variable");
             assert!(
