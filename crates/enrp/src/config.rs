@@ -1,5 +1,5 @@
-//! `enrpd run`'s options as one type (issue 24): [`RunConfig`] names every option once;
-//! its field is the config-file key, `--` plus the key in kebab case is the flag and
+//! `enrpd run`'s options as one type (issue 24): [`RunConfig`] names every option once,
+//! with its default; [`OPTIONS`] gives each its help. Its field is the config-file key, `--` plus the key in kebab case is the flag and
 //! `ENRPD_` plus the key in upper case the environment variable (`peers` and
 //! `legacy_peers` keep their singular flags `--peer` and `--legacy-peer`). The layers
 //! (defaults < file < variables < flags) are merged by `enrpd`; every layer is read by
@@ -138,6 +138,185 @@ impl Default for RunConfig {
             log_format: LogFormat::Text,
         }
     }
+}
+
+/// Every option of [`RunConfig`], one row each: its key, how its flag takes it, its help
+/// (what `enrpd run --help` shows). The flag is `--` plus the key in kebab case (unless
+/// [`Takes::Repeated`] names it), the variable `ENRPD_` plus the key in upper case; the
+/// help gets each default from [`RunConfig::default`], so that none is written twice.
+pub const OPTIONS: &[(&str, Takes, &str)] = &[
+    (
+        "data",
+        Takes::Value("DIR"),
+        "The data directory made by `enrpd init`.",
+    ),
+    (
+        "asap_listen",
+        Takes::Value("ADDR"),
+        "Where to serve ASAP over TLS/TCP (spec §2: port 3864).",
+    ),
+    (
+        "enrp_listen",
+        Takes::Value("ADDR|off"),
+        "Where to serve ENRP over TLS/TCP for peer registrars (spec §2.1: port 9902), or `off`.",
+    ),
+    (
+        "peers",
+        Takes::Repeated("peer", "HOST:PORT[=SPIFFE-ID]"),
+        "A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable takes a comma-separated list). Peers need the `peer` grant. `HOST:PORT=spiffe://…` also binds the Server ID of that identity to it from the start: no other identity may use it (docs/ENRP-TRUST.md §4).",
+    ),
+    (
+        "admin_listen",
+        Takes::Value("ADDR|off"),
+        "Where to serve the admin API over HTTPS (ARCHITECTURE.md §7), or `off`.",
+    ),
+    (
+        "keep_alive_interval_ms",
+        Takes::Value("DURATION"),
+        "Endpoint keep-alive interval (spec §7.5): a duration (`5s`, `250ms`) or milliseconds.",
+    ),
+    (
+        "keep_alive_timeout_ms",
+        Takes::Value("DURATION"),
+        "Endpoint keep-alive timeout (spec §7.5); also the grace period of a lost connection (spec §12.6). A duration or milliseconds.",
+    ),
+    (
+        "peer_heartbeat_ms",
+        Takes::Value("DURATION"),
+        "PEER-HEARTBEAT-CYCLE: a PRESENCE to every peer this often (spec §9.5). A duration or milliseconds.",
+    ),
+    (
+        "peer_last_heard_ms",
+        Takes::Value("DURATION"),
+        "MAX-TIME-LAST-HEARD: a peer silent this long is probed (spec §9.5). A duration or milliseconds.",
+    ),
+    (
+        "peer_no_response_ms",
+        Takes::Value("DURATION"),
+        "MAX-TIME-NO-RESPONSE: a probed or disconnected peer silent this long is dead, and its PEs are taken over (spec §9.5, §9.8). A duration or milliseconds.",
+    ),
+    (
+        "takeover_expiry_ms",
+        Takes::Value("DURATION"),
+        "Takeover expiry: a takeover still missing acknowledgements is abandoned (spec §9.8). A duration or milliseconds.",
+    ),
+    (
+        "mentor_timeout_ms",
+        Takes::Value("DURATION"),
+        "Mentor discovery timeout: a registrar started with peers serves alone after this long without a mentor's handle table (spec §9.3). A duration or milliseconds.",
+    ),
+    (
+        "max_pes_per_peer",
+        Takes::Value("N"),
+        "Most PEs one ENRP peer may own in this registrar's handlespace; its PEs beyond are refused and audited (docs/ENRP-TRUST.md §3).",
+    ),
+    (
+        "refusal_audit_budget",
+        Takes::Value("N"),
+        "Kinds of refusal (failed handshakes per source address, repeated refused requests) audited one record each per listener per second; more are counted into summary records (docs/SECURITY.md).",
+    ),
+    (
+        "rate_resolutions",
+        Takes::Value("N"),
+        "Handle resolutions a connection may send per second (bursts of twice that; an identity ten times that over all its connections); more are answered with cause 0x6. 0: no limit.",
+    ),
+    (
+        "rate_registrations",
+        Takes::Value("N"),
+        "Registrations and deregistrations a connection may send per second (as --rate-resolutions).",
+    ),
+    (
+        "rate_unreachable",
+        Takes::Value("N"),
+        "Endpoint unreachable reports a connection may send per second (as --rate-resolutions; more are dropped).",
+    ),
+    (
+        "max_connections_per_ip",
+        Takes::Value("N"),
+        "Connections from one IP address per listener (ASAP, ENRP, legacy); more are closed at once, counted and audited in aggregate.",
+    ),
+    (
+        "max_handshakes_per_ip",
+        Takes::Value("N"),
+        "Of those, connections still in their TLS handshake.",
+    ),
+    (
+        "max_connections_per_identity",
+        Takes::Value("N"),
+        "Authenticated ASAP connections of one identity at once; more are closed after the handshake and audited.",
+    ),
+    (
+        "min_free_mib",
+        Takes::Value("MIB"),
+        "Free space (MiB) the data directory must keep: below it registrations are refused (cause 0x6) and admin writes too (507), resolutions and keep-alives go on, the state is logged and exported (`rsp_low_disk`); enrpd never exits for it.",
+    ),
+    (
+        "checkpoint_log_secs",
+        Takes::Value("DURATION"),
+        "Interval of signed audit checkpoints written to the log (one JSON line, the same as `enrpd audit checkpoint` writes), so that log shipping anchors the chain's head elsewhere: a duration (`1h`) or seconds; 0: none.",
+    ),
+    (
+        "max_pools_per_identity",
+        Takes::Value("N"),
+        "Pools one identity may have created in one namespace (that still exist); a registration creating one more is refused with cause 0x6.",
+    ),
+    (
+        "sctp",
+        Takes::Value("auto|on|off"),
+        "SCTP, the transport RFC 5352/5353 require: `auto` serves ASAP and ENRP over TLS/SCTP at the TLS/TCP listeners' addresses and ports when the kernel has SCTP, `on` insists (start-up fails without it), `off` serves TCP only.",
+    ),
+    (
+        "asap_sctp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "Where to serve ASAP over TLS/SCTP instead (one port, several addresses: multi-homed). Implies SCTP.",
+    ),
+    (
+        "enrp_sctp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "Where to serve ENRP over TLS/SCTP instead. Implies SCTP.",
+    ),
+    (
+        "legacy_asap_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "INSECURE, for RSPLIB and other legacy clients only: also serve ASAP over plain SCTP here (spec: port 3863). Its clients are not authenticated: they are known by their address, confined to --legacy-namespace (required), and every message they send is audited as unauthenticated. Off unless given.",
+    ),
+    (
+        "legacy_enrp_listen",
+        Takes::Value("IP:PORT[+IP:PORT...]"),
+        "INSECURE, for RSPLIB's rspregistrar only: also serve ENRP over plain SCTP here (spec: port 9901, PPID 12). Only --legacy-peer registrars are admitted (by address and Server ID, not authenticated), they speak and hear of --legacy-namespace (required) only, and what they do is audited as unauthenticated.",
+    ),
+    (
+        "legacy_peers",
+        Takes::Repeated("legacy-peer", "sctp:IP:PORT=SERVERID"),
+        "INSECURE: a legacy ENRP peer (RSPLIB's rspregistrar) (repeatable; the Server ID as 0x11111111 or decimal): dialed over plain SCTP, and admitted on --legacy-enrp-listen (required) from that address with that Server ID.",
+    ),
+    (
+        "legacy_namespace",
+        Takes::Value("NAMESPACE"),
+        "The one namespace legacy clients may use (it must exist; nothing else is open to them).",
+    ),
+    (
+        "allow_loopback",
+        Takes::Switch,
+        "Accept loopback addresses in PE user transports (single-host setups and tests).",
+    ),
+    (
+        "no_address_check",
+        Takes::Switch,
+        "Do not require every address of a PE's user transport to be one of its connection's (its SCTP association's peer addresses) (behind NAT or a proxy).",
+    ),
+    ("log_format", Takes::Value("text|json"), "Log format."),
+];
+
+/// How a flag takes its option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takes {
+    /// `--key VALUE` (the value's name in the help).
+    Value(&'static str),
+    /// `--FLAG VALUE`, repeatable (a list): the flag's name, the value's name.
+    Repeated(&'static str, &'static str),
+    /// `--key` alone: true.
+    Switch,
 }
 
 /// A configuration that does not hold together (checked after the layers are merged,
@@ -511,6 +690,14 @@ mod tests {
         assert_eq!(keys.len(), 33, "{keys:?}");
         assert!(keys.iter().any(|k| k == "keep_alive_interval_ms"));
         assert_eq!(d.validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_option_has_a_row_and_every_row_an_option() {
+        let keys = RunConfig::keys();
+        let mut rows: Vec<&str> = OPTIONS.iter().map(|(k, ..)| *k).collect();
+        rows.sort_unstable();
+        assert_eq!(keys, rows);
     }
 
     #[test]
