@@ -48,26 +48,36 @@ pub struct RunConfig {
     /// Mentor discovery timeout (spec §9.3).
     pub mentor_timeout_ms: Millis,
     /// Most PEs one ENRP peer may own here.
+    #[serde(deserialize_with = "number")]
     pub max_pes_per_peer: usize,
     /// Refusal kinds audited individually per listener and second.
+    #[serde(deserialize_with = "number")]
     pub refusal_audit_budget: u32,
     /// Handle resolutions per connection and second (0: no limit).
+    #[serde(deserialize_with = "number")]
     pub rate_resolutions: u32,
     /// Registrations and deregistrations per connection and second (0: no limit).
+    #[serde(deserialize_with = "number")]
     pub rate_registrations: u32,
     /// Endpoint unreachable reports per connection and second (0: no limit).
+    #[serde(deserialize_with = "number")]
     pub rate_unreachable: u32,
     /// Connections from one IP address per listener.
+    #[serde(deserialize_with = "number")]
     pub max_connections_per_ip: usize,
     /// Of those, connections still in their TLS handshake.
+    #[serde(deserialize_with = "number")]
     pub max_handshakes_per_ip: usize,
     /// Authenticated ASAP connections of one identity.
+    #[serde(deserialize_with = "number")]
     pub max_connections_per_identity: usize,
     /// Free space (MiB) the data directory must keep.
+    #[serde(deserialize_with = "number")]
     pub min_free_mib: u64,
     /// Interval of signed audit checkpoints in the log; 0: none.
     pub checkpoint_log_secs: Secs,
     /// Pools one identity may have created in one namespace.
+    #[serde(deserialize_with = "number")]
     pub max_pools_per_identity: usize,
     /// Whether to serve SCTP.
     pub sctp: SctpMode,
@@ -562,7 +572,42 @@ fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_any(List)
 }
 
-/// A boolean, also `1`/`0`, `yes`/`no`, `on`/`off` (an environment variable).
+/// A number, also written as text (a flag or a variable).
+fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<u64>,
+{
+    struct Number<T>(std::marker::PhantomData<T>);
+    impl<T: std::str::FromStr + TryFrom<u64>> de::Visitor<'_> for Number<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            u64::try_from(v)
+                .ok()
+                .and_then(|v| T::try_from(v).ok())
+                .ok_or_else(|| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            v.trim()
+                .parse()
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(Number(std::marker::PhantomData))
+}
+
+/// A boolean, also as a flag or a variable takes it: `0`, `false`, `no`, `off`, `n`,
+/// `f` or nothing is false, any other text true (as enrpd's variables always were).
 fn switch<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     struct Switch;
     impl de::Visitor<'_> for Switch {
@@ -577,27 +622,18 @@ fn switch<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         }
 
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
-            match v {
-                0 => Ok(false),
-                1 => Ok(true),
-                _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
-            }
+            Ok(v != 0)
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
-            match v {
-                0 => Ok(false),
-                1 => Ok(true),
-                _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
-            }
+            Ok(v != 0)
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-            match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => Ok(true),
-                "false" | "no" | "off" | "0" | "" => Ok(false),
-                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-            }
+            Ok(!matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "false" | "no" | "off" | "0" | "n" | "f" | ""
+            ))
         }
     }
     d.deserialize_any(Switch)

@@ -71,7 +71,9 @@ impl clap::FromArgMatches for RunArgs {
                     .get_many::<String>(key)
                     .into_iter()
                     .flatten()
-                    .map(|v| v.parse::<Value>().unwrap_or_else(|e| match e {}))
+                    // As written: `RunConfig` reads every value from text as from the
+                    // file's types (`--legacy-namespace 007` stays `007`).
+                    .map(|v| Value::from(v.clone()))
             };
             let value = match takes {
                 Takes::Switch => Value::from(true),
@@ -95,26 +97,41 @@ impl clap::FromArgMatches for RunArgs {
     }
 }
 
-/// The flags as figment's top layer.
-struct Flags(figment::value::Dict);
+/// A layer of values as written: the flags, or the variables.
+struct Layer {
+    name: &'static str,
+    values: figment::value::Dict,
+}
 
-impl figment::Provider for Flags {
+/// [`Layer::name`] of the variables (errors name the variable, not the key).
+const VARIABLES: &str = "the ENRPD_ variables";
+
+impl figment::Provider for Layer {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("the command line")
+        figment::Metadata::named(self.name)
     }
 
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        Ok(figment::Profile::Default.collect(self.0.clone()))
+        Ok(figment::Profile::Default.collect(self.values.clone()))
     }
 }
 
-/// The ENRPD_* variables of the options (not ENRPD_LOG, ENRPD_CONFIG, …).
-fn env_layer() -> figment::providers::Env {
+/// The ENRPD_* variables of the options (not ENRPD_LOG, ENRPD_CONFIG, …), as written:
+/// figment's own parsing would read `ENRPD_LEGACY_NAMESPACE=007` as the number 7.
+fn env_layer() -> Layer {
     let keys = RunConfig::keys();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    figment::providers::Env::prefixed("ENRPD_").only(&keys)
+    let values = figment::providers::Env::prefixed("ENRPD_")
+        .only(&keys)
+        .iter()
+        .map(|(key, value)| (key.to_string(), figment::value::Value::from(value)))
+        .collect();
+    Layer {
+        name: VARIABLES,
+        values,
+    }
 }
 
 impl RunArgs {
@@ -126,7 +143,10 @@ impl RunArgs {
         if let Some(path) = &self.config {
             layers = layers.merge(figment::providers::Toml::file_exact(path));
         }
-        layers.merge(env_layer()).merge(Flags(self.flags.clone()))
+        layers.merge(env_layer()).merge(Layer {
+            name: "the command line",
+            values: self.flags.clone(),
+        })
     }
 
     /// The merged configuration, or one line naming the key at fault and where it came
@@ -161,10 +181,7 @@ impl RunArgs {
 fn describe(e: figment::Error, file: Option<&std::path::Path>) -> String {
     use figment::error::Kind;
     let key = e.path.join(".");
-    let from_env = e
-        .metadata
-        .as_ref()
-        .is_some_and(|m| m.name.contains("environment"));
+    let from_env = e.metadata.as_ref().is_some_and(|m| m.name == VARIABLES);
     let layer = match (&e.metadata, file) {
         (Some(m), _) if from_env => format!(" (from {})", m.name),
         (Some(m), _) => match &m.source {
@@ -237,6 +254,7 @@ mod tests {
             jail.set_env("ENRPD_RATE_REGISTRATIONS", "20");
             jail.set_env("ENRPD_PEERS", "e:1,e:2");
             jail.set_env("ENRPD_ALLOW_LOOPBACK", "1");
+            jail.set_env("ENRPD_LEGACY_NAMESPACE", "007");
             // Not options: ignored, as before.
             jail.set_env("ENRPD_LOG", "debug");
             let c = run_args(&["--config", "enrpd.toml", "--rate-resolutions", "100"])
@@ -248,6 +266,11 @@ mod tests {
             assert_eq!(c.max_pools_per_identity, 100, "the default");
             assert_eq!(c.peers, ["e:1", "e:2"], "a comma-separated variable");
             assert!(c.allow_loopback);
+            assert_eq!(
+                c.legacy_namespace.as_deref(),
+                Some("007"),
+                "text stays text"
+            );
             let c = run_args(&["--config", "enrpd.toml", "--peer", "a:1", "--peer", "b:1"])
                 .load()
                 .expect("valid");
