@@ -14,18 +14,15 @@ use std::time::Duration;
 
 use asap::client::pe::{PeConfig, run as run_pe};
 use asap::wire::param::{Address, PeId, Policy, PoolHandle, Transport, TransportUse};
-use enrp::daemon::{Daemon, Settings};
+use enrp::config::{Listen, Millis, RunConfig, SctpMode, Secs};
+use enrp::daemon::now_ms;
 use enrp::handlespace::Limits;
-use enrp::registrar::{Config, Timing};
 use enrp::setup;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
-use trust::audit::{AuditConfig, AuditLog};
-use trust::db::{Store, StoreOptions};
-use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
 
 use crate::floor;
-use crate::pki::{DOMAIN, store_from};
+use crate::pki::store_from;
 use crate::stats::Proc;
 
 /// The first argument that makes this binary a child.
@@ -64,55 +61,45 @@ pub(crate) fn commands() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// The registrar, started as `enrpd run` starts it: SQLite store (WAL,
-/// `synchronous=FULL`), the audit log on, the default grants; loopback PEs allowed.
+/// The registrar, started as `enrpd run` starts it (`enrpd init`, then [`enrp::run`]):
+/// SQLite store (WAL, `synchronous=FULL`), the audit log on, the default grants; loopback
+/// PEs allowed; no admin API, ENRP or SCTP listener.
 async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
-    let read = |f: &str| std::fs::read(pki.join(f)).expect("PKI file");
-    let identity =
-        LocalIdentity::from_pem(&read("registrar.pem"), &read("registrar.key")).expect("identity");
-    let server_id = setup::server_id_of(identity.id());
-    let domain = TrustDomain::new(DOMAIN).expect("domain");
-    let trust = TrustStore::new(identity).expect("trust store");
-    trust
-        .add_domain(DomainBundle::from_pem(domain.clone(), &read("ca.pem")).expect("bundle"))
-        .expect("add domain");
-    let store = Store::open(data, &StoreOptions::default())
+    setup::init(pki, Some("bench"), data, now_ms())
         .await
-        .expect("store");
-    let audit = AuditLog::start(&store, AuditConfig::default())
-        .await
-        .expect("audit log");
-    let mut config = Config::new(server_id);
-    config.timing = Timing {
-        keep_alive_interval: keep_alive,
-        keep_alive_timeout: keep_alive,
-        connection_grace: keep_alive,
-        ..Timing::default()
+        .expect("enrpd init");
+    let config = RunConfig {
+        data: data.to_owned(),
+        asap_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        enrp_listen: Listen(None),
+        admin_listen: Listen(None),
+        sctp: SctpMode::Off,
+        keep_alive_interval_ms: Millis(keep_alive),
+        keep_alive_timeout_ms: Millis(keep_alive),
+        allow_loopback: true, // `--allow-loopback`: PEs advertise 127.0.0.1
+        checkpoint_log_secs: Secs(Duration::ZERO),
+        ..RunConfig::default()
     };
-    config.allow_loopback = true; // `--allow-loopback`: PEs advertise 127.0.0.1
-    // Registration storms and the keep-alive load register more PEs per identity and per
-    // pool than the defaults allow; the limits are checks, not costs, when not reached.
-    config.limits = Limits {
-        max_pools_per_namespace: 10_000,
-        max_pes_per_pool: 1_000_000,
-        max_pes: 2_000_000,
-        max_pes_per_registrant: 1_000_000,
-    };
-    config.max_pools_per_identity = usize::MAX;
-    config.rng_seed = 1;
-    // The benchmark's clients load the registrar on purpose, from one address and one
-    // identity: no per-client limits.
-    let settings =
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits();
-    let daemon = Daemon::start(
-        settings,
-        Arc::new(trust),
-        audit.clone(),
-        setup::default_grants(&domain),
-    )
+    let running = enrp::run_with(config, |settings| {
+        // Registration storms and the keep-alive load register more PEs per identity and
+        // per pool than the defaults allow; the limits are checks, not costs, when not
+        // reached.
+        settings.registrar.limits = Limits {
+            max_pools_per_namespace: 10_000,
+            max_pes_per_pool: 1_000_000,
+            max_pes: 2_000_000,
+            max_pes_per_registrant: 1_000_000,
+        };
+        settings.registrar.max_pools_per_identity = usize::MAX;
+        settings.registrar.rng_seed = 1;
+        // The benchmark's clients load the registrar on purpose, from one address and one
+        // identity: no per-client limits.
+        settings.lift_client_limits();
+    })
     .await
-    .expect("daemon");
-    println!("listening {}", daemon.asap_addr());
+    .expect("registrar");
+    let audit = running.audit().clone();
+    println!("listening {}", running.asap_addr());
     let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
@@ -124,8 +111,7 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
             _ => {}
         }
     }
-    daemon.shutdown().await.expect("shutdown");
-    store.close().await;
+    running.shutdown().await.expect("shutdown");
     println!("stopped");
 }
 

@@ -3,8 +3,8 @@
 //! two baselines: a minimal TLS server with the same TLS setup (the floor) and etcd 3.4
 //! with client certificates. See docs/BENCHMARKS.md for the commands and the figures.
 //!
-//! Everything is real: the registrar is `enrp::daemon::Daemon` in a child process, started
-//! as `enrpd run` starts it (SQLite store in a fresh directory, WAL, `synchronous=FULL`,
+//! Everything is real: the registrar is `enrp::run` in a child process, started as
+//! `enrpd run` starts it (SQLite store in a fresh directory, WAL, `synchronous=FULL`,
 //! the audit log on), the clients are `asap::client` connections, certificates come from
 //! one fresh test PKI (ECDSA P-256). Servers run in child processes so that /proc gives
 //! each one's CPU and memory; the load generators stay in this process. All share the

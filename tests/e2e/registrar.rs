@@ -644,6 +644,90 @@ fn enrpd_reads_a_config_file_and_refuses_a_bad_one() {
     assert!(!line.contains("ENRP on"), "{line}");
 }
 
+/// Issue 24: durations in the file as humane strings; on SIGHUP enrpd names the keys of
+/// its config file that changed (they apply at the next start) and reports a file that
+/// no longer parses, serving on either way.
+#[test]
+fn on_sighup_enrpd_names_the_changed_config_keys_and_a_broken_file() {
+    use std::io::BufRead as _;
+    let lab = Lab::new();
+    lab.init_registrar();
+    let file = lab.path("enrpd.toml");
+    let data = lab.path("data");
+    let base = format!(
+        "data = {:?}\nasap_listen = \"127.0.0.1:0\"\nadmin_listen = \"off\"\nenrp_listen = \"off\"\nkeep_alive_timeout_ms = \"2s\"\nmentor_timeout_ms = \"1500ms\"\n",
+        data.to_str().expect("utf-8 path")
+    );
+    std::fs::write(&file, &base).expect("write");
+    let mut child = std::process::Command::new(crate::support::bin("enrpd"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("ENRPD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn enrpd");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert!(line.contains("serving ASAP on 127.0.0.1:"), "{line}");
+    let asap: std::net::SocketAddr = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    // The log lines, as they come.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let hup = |child: &std::process::Child| {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status();
+    };
+    let wait_for = |what: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {what:?} within 30 s"),
+            }
+        }
+    };
+
+    std::fs::write(
+        &file,
+        format!("{base}rate_resolutions = 5\nmentor_timeout_ms = \"3s\"\n")
+            .replace("mentor_timeout_ms = \"1500ms\"\n", ""),
+    )
+    .expect("write");
+    hup(&child);
+    let changed = wait_for("take effect at the next start");
+    assert!(
+        changed.contains("mentor_timeout_ms, rate_resolutions"),
+        "{changed}"
+    );
+
+    std::fs::write(&file, format!("{base}rate_resolutions = \"lots\"\n")).expect("write");
+    hup(&child);
+    let broken = wait_for("the next start will fail");
+    assert!(broken.contains("rate_resolutions"), "{broken}");
+    // Still serving.
+    std::net::TcpStream::connect(asap).expect("still listening");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn enrpd_creates_lists_and_revokes_admin_tokens_and_audits_each() {
     let lab = Lab::new();

@@ -1,5 +1,7 @@
-//! The admin API's view of this registrar: [`admin_api::Registrar`] for the daemon's
-//! [`Control`] handle. Only conversions here; the work is in the core and the daemon.
+//! The admin API's view of this registrar: [`admin_api::Registrar`] for the
+//! [`ControlPlane`], which applies its changes (grants, revocations, …) as it applies a
+//! reload's; its queries go to the daemon's [`crate::daemon::Control`] handle. Only
+//! conversions here; the work is in the core and the daemon.
 
 use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
@@ -9,21 +11,31 @@ use admin_api::{
 use trust::db::Revoked;
 use trust::{Grant, TrustDomain};
 
-use crate::daemon::{Control, PoolSnapshot};
-use crate::registrar::{self, Declared, Revocation};
+use crate::control_plane::ControlPlane;
+use crate::daemon::PoolSnapshot;
+use crate::registrar::{self, Declared};
 
-impl Registrar for Control {
+impl Registrar for ControlPlane {
     async fn pools(&self, namespace: &str) -> Vec<PoolView> {
         let Some(ns) = Namespace::new(namespace) else {
             return Vec::new();
         };
-        Self::pools(self, ns).await.iter().map(pool_view).collect()
+        self.control()
+            .pools(ns)
+            .await
+            .iter()
+            .map(pool_view)
+            .collect()
     }
 
     async fn pool(&self, namespace: &str, handle: &[u8]) -> Option<PoolView> {
         let ns = Namespace::new(namespace)?;
         let handle = PoolHandle::new(handle)?;
-        Self::pool(self, ns, handle).await.as_ref().map(pool_view)
+        self.control()
+            .pool(ns, handle)
+            .await
+            .as_ref()
+            .map(pool_view)
     }
 
     async fn remove(&self, scope: Scope, actor: Actor) -> usize {
@@ -43,7 +55,7 @@ impl Registrar for Control {
         };
         // A name the handlespace cannot hold has no PEs to remove.
         match scope {
-            Some(scope) => Self::remove(self, scope, actor.to_string()).await,
+            Some(scope) => self.control().remove(scope, actor.to_string()).await,
             None => 0,
         }
     }
@@ -57,22 +69,11 @@ impl Registrar for Control {
     }
 
     async fn revoke(&self, revoked: Revoked) {
-        let revocation = match revoked {
-            Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
-            Revoked::Identity(id) => Revocation::Identity(id),
-            Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
-            // A kind this registrar does not know yet cannot be enforced: say so loudly
-            // rather than pretend (the TLS layer still refuses new handshakes).
-            other => {
-                tracing::error!(revoked = %other, "revocation kind not enforced on live PEs");
-                return;
-            }
-        };
-        Self::revoke(self, revocation).await;
+        Self::revoke(self, revoked).await;
     }
 
     async fn domain_removed(&self, domain: &TrustDomain) {
-        Self::domain_removed(self, domain.as_str().to_owned()).await;
+        Self::domain_removed(self, domain).await;
     }
 
     async fn declare_pool(&self, d: PoolDeclaration) {
@@ -84,11 +85,12 @@ impl Registrar for Control {
             policy: policy.map(PolicyType),
             max_pes,
         });
-        Self::declare_pool(self, ns, handle, declared).await;
+        self.control().declare_pool(ns, handle, declared).await;
     }
 
     async fn peers(&self) -> Vec<PeerView> {
-        Self::peers(self)
+        self.control()
+            .peers()
             .await
             .into_iter()
             .map(|p| PeerView {
@@ -103,7 +105,7 @@ impl Registrar for Control {
     }
 
     async fn metrics(&self) -> Metrics {
-        let s = self.snapshot().await;
+        let s = self.control().snapshot().await;
         Metrics {
             connections: s.connections,
             pool_elements: s.pool_elements,
@@ -124,11 +126,11 @@ impl Registrar for Control {
     }
 
     fn ready(&self) -> bool {
-        Self::ready(self)
+        self.control().ready()
     }
 
     fn low_disk(&self) -> bool {
-        Self::low_disk(self)
+        self.control().low_disk()
     }
 }
 

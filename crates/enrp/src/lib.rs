@@ -8,8 +8,13 @@
 
 pub mod admin;
 pub mod checkpoint;
+pub mod config;
+pub mod control_plane;
 pub mod daemon;
+pub mod running;
 pub mod setup;
+
+pub use running::{RunError, Running, run, run_with};
 
 // Transitional (issue 24): the pure core moved to `enrp-core`; these re-exports keep the
 // `enrp::registrar`, `enrp::handlespace` and `enrp::checksum` paths working.

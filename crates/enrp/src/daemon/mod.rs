@@ -161,11 +161,16 @@ impl Settings {
     /// identity): for benchmarks, whose clients load the registrar on purpose from one
     /// address and often one identity. Never for a registrar that serves anyone.
     pub fn without_client_limits(mut self) -> Self {
+        self.lift_client_limits();
+        self
+    }
+
+    /// [`Settings::without_client_limits`] in place (for [`crate::run_with`]).
+    pub fn lift_client_limits(&mut self) {
         self.rate_limits = RateLimits::UNLIMITED;
         self.max_connections_per_ip = usize::MAX;
         self.max_handshakes_per_ip = usize::MAX;
         self.max_connections_per_identity = usize::MAX;
-        self
     }
 }
 

@@ -1,0 +1,138 @@
+//! The control plane (issue 24): one service that applies grants, default namespaces,
+//! revocations, trust-domain removals, CRLs and the registrar's own certificate to a
+//! running registrar — to its core (PEs removed, requests refused) and to its TLS layer
+//! (handshakes refused, live connections closed) — for every caller: the admin API (it
+//! sees the registrar through [`admin_api::Registrar`], implemented for the plane in
+//! [`crate::admin`]) and a reload
+//! of the data directory ([`ControlPlane::apply_reload`], what SIGHUP does).
+//!
+//! The admin API still changes the TLS layer itself inside its store transaction (a
+//! revocation refuses handshakes before it commits, which errs on the safe side), then
+//! calls this plane for the core.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
+use trust::db::Revoked;
+use trust::{Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
+
+use crate::daemon::{Control, now_ms};
+use crate::registrar::Revocation;
+use crate::setup::Reloaded;
+
+/// Applies control-plane changes to one running registrar (see the module doc).
+pub struct ControlPlane {
+    trust: Arc<TrustStore>,
+    control: Control,
+    /// The local CRL's serials already applied: a reload only acts on what the CRL newly
+    /// lists.
+    applied: Mutex<HashSet<Serial>>,
+}
+
+impl ControlPlane {
+    /// The plane of the registrar that `control` drives and `trust` secures, whose local
+    /// CRL listed `applied` at start (enforced from the start by the data directory).
+    pub fn new(
+        trust: Arc<TrustStore>,
+        control: Control,
+        applied: impl IntoIterator<Item = Serial>,
+    ) -> Self {
+        Self {
+            trust,
+            control,
+            applied: Mutex::new(applied.into_iter().collect()),
+        }
+    }
+
+    /// The grants now in force.
+    pub async fn set_grants(&self, grants: Vec<Grant>) {
+        self.control.set_grants(grants).await;
+    }
+
+    /// The default-namespace rules now in force.
+    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+        self.control.set_default_namespaces(rules).await;
+    }
+
+    /// Enforces a stored revocation in the core: the PEs it covers are removed and its
+    /// requests refused (the TLS layer is the caller's, see the module doc).
+    pub async fn revoke(&self, revoked: Revoked) {
+        let revocation = match revoked {
+            Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
+            Revoked::Identity(id) => Revocation::Identity(id),
+            Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
+            // A kind this registrar does not know yet cannot be enforced: say so loudly
+            // rather than pretend (the TLS layer still refuses new handshakes).
+            other => {
+                tracing::error!(revoked = %other, "revocation kind not enforced on live PEs");
+                return;
+            }
+        };
+        self.control.revoke(revocation).await;
+    }
+
+    /// A trust domain no longer trusted: its PEs go.
+    pub async fn domain_removed(&self, domain: &TrustDomain) {
+        self.control
+            .domain_removed(domain.as_str().to_owned())
+            .await;
+    }
+
+    /// The local trust domain's CRLs as a reload read them: the core first (it removes
+    /// the PEs of the serials newly listed and refuses them), then the TLS layer (new
+    /// handshakes fail, live connections close).
+    pub async fn apply_local_crls(
+        &self,
+        serials: Vec<Serial>,
+        crls: Option<Vec<CertificateRevocationListDer<'static>>>,
+    ) {
+        let domain = self.trust.identity().id().trust_domain();
+        let new: Vec<Serial> = {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            serials
+                .into_iter()
+                .filter(|s| applied.insert(s.clone()))
+                .collect()
+        };
+        for serial in new {
+            self.revoke(Revoked::Serial {
+                domain: domain.clone(),
+                serial,
+            })
+            .await;
+        }
+        if let Some(crls) = crls
+            && let Err(e) = self.trust.set_crls(&domain, crls)
+        {
+            tracing::error!(error = %e, "the new CRL was refused");
+        }
+    }
+
+    /// The registrar's renewed certificate and key: served from the next handshake; live
+    /// connections keep the one they proved.
+    pub fn set_identity(&self, identity: LocalIdentity) {
+        let serial = identity.as_peer().serial().to_hex();
+        match self.trust.set_identity(
+            identity,
+            std::time::UNIX_EPOCH + Duration::from_millis(now_ms()),
+        ) {
+            Ok(()) => tracing::info!(%serial, "presenting certificate"),
+            Err(e) => tracing::error!(error = %e, "the certificate was not replaced"),
+        }
+    }
+
+    /// Applies what a reload of the data directory read ([`crate::setup::reload`]).
+    pub async fn apply_reload(&self, r: Reloaded) {
+        self.set_identity(r.identity);
+        self.set_grants(r.grants).await;
+        self.set_default_namespaces(r.default_namespaces).await;
+        self.apply_local_crls(r.revoked, r.crls).await;
+    }
+
+    /// The daemon's control handle (the admin API's queries).
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+}
