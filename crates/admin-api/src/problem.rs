@@ -117,7 +117,7 @@ impl ProblemKind {
             Self::Unauthenticated => "authentication required",
             Self::Forbidden => "not allowed",
             Self::NotFound => "not found",
-            Self::Conflict => "already exists",
+            Self::Conflict => "conflicts with the current state",
             Self::BadRequest => "bad request",
             Self::Invalid => "invalid value",
             Self::MethodNotAllowed => "method not allowed",
@@ -219,7 +219,9 @@ impl ApiError {
         match self {
             Self::Problem { kind, .. } => *kind,
             Self::Store(Db::Invalid { .. }) => ProblemKind::Invalid,
-            Self::Store(Db::AlreadyExists { .. } | Db::InUse { .. }) => ProblemKind::Conflict,
+            Self::Store(Db::AlreadyExists { .. } | Db::InUse { .. } | Db::Conflict { .. }) => {
+                ProblemKind::Conflict
+            }
             Self::Store(Db::NotFound { .. }) => ProblemKind::NotFound,
             Self::Store(Db::Token(_)) => ProblemKind::Unauthenticated,
             Self::Store(_) => ProblemKind::Internal,

@@ -56,13 +56,19 @@ async fn an_admin_archives_the_audit_log_and_others_are_refused_and_audited() {
     assert_eq!(listed.status, 200, "{}", listed.text);
     assert_eq!(listed.json(), json!({"archives": [], "live_from": 1}));
 
-    // Bad requests: refused, audited, nothing archived.
-    for bad in [
-        json!({}),
-        json!({"before": "2999-01-01T00:00:00Z"}),
-        json!({"before": "yesterday"}),
-        json!({"before_seq": 1}),
-        json!({"before_seq": 3, "before": "2023-11-14T22:13:20Z"}),
+    // Bad requests: refused, audited, nothing archived. Malformed ones are 422; a
+    // well-formed cut the log cannot carry out now (in the future, past the head) is 409.
+    for (bad, status, kind) in [
+        (json!({}), 422, "invalid"),
+        (json!({"before": "2999-01-01T00:00:00Z"}), 409, "conflict"),
+        (json!({"before": "yesterday"}), 422, "invalid"),
+        (json!({"before_seq": 1}), 422, "invalid"),
+        (json!({"before_seq": 1000}), 409, "conflict"),
+        (
+            json!({"before_seq": 3, "before": "2023-11-14T22:13:20Z"}),
+            422,
+            "invalid",
+        ),
     ] {
         f.call(
             "POST",
@@ -71,9 +77,11 @@ async fn an_admin_archives_the_audit_log_and_others_are_refused_and_audited() {
             Some(bad.clone()),
         )
         .await
-        .problem(422, "invalid");
+        .problem(status, kind);
     }
-    assert_eq!(f.audit("admin:audit.archive").await.len(), 5);
+    // The first and last bodies fit neither shape of the document's `oneOf`: the body
+    // extractor refuses them, as every route's malformed body, before the handler audits.
+    assert_eq!(f.audit("admin:audit.archive").await.len(), 4);
 
     // The admin archives records 1 and 2.
     let r = f

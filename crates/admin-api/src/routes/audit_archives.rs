@@ -18,7 +18,7 @@ use trust::audit::archive::{self, Anchor, Cut, Target};
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, whole_number};
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::hex;
 use crate::state::App;
@@ -26,20 +26,37 @@ use crate::state::App;
 /// The media type of an archive.
 const GZIP: &str = "application/gzip";
 
-/// What to archive: exactly one of `before` and `before_seq`.
+/// What to archive: exactly one of `before` and `before_seq` (the document says so with
+/// `oneOf`, so that generated clients never send both).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(untagged)]
 // One example for the whole body: examples per field would make one body with both.
 #[schema(example = json!({"before_seq": 2}))]
-pub(crate) struct ArchiveRequest {
+pub(crate) enum ArchiveRequest {
+    /// By time.
+    Before(ArchiveBefore),
+    /// By sequence number.
+    BeforeSeq(ArchiveBeforeSeq),
+}
+
+/// Archive by time.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ArchiveBefore {
     /// Archive the records before this RFC 3339 time (up to the first record stamped at
     /// or after it); not in the future.
-    #[serde(default)]
     #[schema(format = DateTime)]
-    before: Option<String>,
+    before: String,
+}
+
+/// Archive by sequence number.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ArchiveBeforeSeq {
     /// Archive the records with a sequence number (id) below this one.
-    #[serde(default)]
-    #[schema(minimum = 2, maximum = 9_223_372_036_854_775_807_i64)]
+    // Always present: without `serde(default)` a missing field is an error.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(value_type = u64, required = true, minimum = 2, maximum = 9_223_372_036_854_775_807_i64)]
     before_seq: Option<u64>,
 }
 
@@ -136,9 +153,11 @@ impl App {
     request_body = ArchiveRequest,
     responses(
         (status = 201, description = "Archived", body = CreatedArchive),
-        (status = 409, description = "The file exists already, or no archive directory"),
-        (status = 422, description = "Neither or both of `before` and `before_seq`, a time \
-            in the future, a sequence number past the head, or nothing to archive"),
+        (status = 409, description = "Not now: a time in the future, a sequence number \
+            past the head, nothing to archive, the file exists already, or no archive \
+            directory"),
+        (status = 422, description = "Neither or both of `before` and `before_seq`, or a \
+            value of the wrong shape"),
     ))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
@@ -148,13 +167,17 @@ pub(crate) async fn create(
     let now = app.now();
     let record = caller.record(now, "admin:audit.archive");
     let result = async {
-        let cut = match (body.before.as_deref(), body.before_seq) {
-            (Some(t), None) => Cut::Before(archive::parse_time(t)?),
-            (None, Some(n)) => Cut::BeforeId(n),
-            _ => {
+        let cut = match body {
+            ArchiveRequest::Before(b) => Cut::Before(archive::parse_time(&b.before)?),
+            // Record 1 is the first: below 2 there is nothing, whatever the log holds
+            // (the document's `minimum`).
+            ArchiveRequest::BeforeSeq(ArchiveBeforeSeq {
+                before_seq: Some(n),
+            }) if n >= 2 => Cut::BeforeId(n),
+            ArchiveRequest::BeforeSeq(_) => {
                 return Err(ApiError::new(
                     ProblemKind::Invalid,
-                    "give exactly one of `before` (an RFC 3339 time) and `before_seq`",
+                    "give exactly one of `before` (an RFC 3339 time) and `before_seq` (2 or more)",
                 ));
             }
         };

@@ -253,7 +253,9 @@ pub fn parse_time(text: &str) -> Result<u64> {
     };
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|_| invalid("not an RFC 3339 time such as 2026-12-01T00:00:00Z"))?;
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid("before 1970"))
+    // Before 1970 is a valid time before every record: the cut then finds nothing to
+    // archive (a conflict with the log, not bad input).
+    Ok(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
 /// Moves the rows before `cut` (after the previous archive) into an archive at `target`
@@ -381,7 +383,7 @@ fn refuse_existing(path: &Path) -> Result<()> {
 
 /// The last row of an archive starting at `first` and ending before `cut`.
 async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64) -> Result<u64> {
-    let nothing = Error::Invalid {
+    let nothing = Error::Conflict {
         what: "archive",
         reason: "nothing to archive: no record before the cut that is not archived already",
     };
@@ -390,7 +392,7 @@ async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64)
     let end = match cut {
         Cut::Before(ms) => {
             if ms > now_ms {
-                return Err(Error::Invalid {
+                return Err(Error::Conflict {
                     what: "before",
                     reason: "is in the future: records not yet written cannot be archived",
                 });
@@ -410,7 +412,7 @@ async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64)
         }
         Cut::BeforeId(id) => {
             if id > head_id + 1 {
-                return Err(Error::Invalid {
+                return Err(Error::Conflict {
                     what: "before-seq",
                     reason: "is beyond the head of the log",
                 });

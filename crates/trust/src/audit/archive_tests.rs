@@ -290,7 +290,7 @@ async fn bad_archive_requests_change_nothing() {
         .await
         .expect_err("future");
     assert!(
-        matches!(err, Error::Invalid { what: "before", .. }),
+        matches!(err, Error::Conflict { what: "before", .. }),
         "{err}"
     );
     let err = archive_to(&store, &file, Cut::BeforeId(7))
@@ -299,7 +299,7 @@ async fn bad_archive_requests_change_nothing() {
     assert!(
         matches!(
             err,
-            Error::Invalid {
+            Error::Conflict {
                 what: "before-seq",
                 ..
             }

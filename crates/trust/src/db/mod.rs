@@ -101,6 +101,16 @@ pub enum Error {
         /// What refers to it.
         by: String,
     },
+    /// A well-formed request the current state cannot carry out (e.g. an audit archive
+    /// cut past the head of the log, or with nothing left to archive): it may succeed
+    /// later, so it is not invalid input (the admin API answers 409).
+    #[error("{what}: {reason}")]
+    Conflict {
+        /// Which argument.
+        what: &'static str,
+        /// Why not now.
+        reason: &'static str,
+    },
     /// A stored row does not decode: the database was edited outside rsp or is damaged.
     #[error("corrupt row {id} in {table}: {reason}")]
     Corrupt {
