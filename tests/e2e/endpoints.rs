@@ -466,7 +466,22 @@ fn a_session_survives_the_death_of_its_pe_through_the_cookie() {
     assert_eq!(ask("d"), "4 d");
     drop(pu);
 
-    let reports: Vec<String> = reports.try_iter().collect();
+    // The PU's standard error is read on its own thread: its report of the failover may
+    // come after the answers on standard output.
+    let mut collected: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !collected
+        .iter()
+        .any(|l| l.starts_with("failed over from PE "))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reports.recv_timeout(left) {
+            Ok(line) => collected.push(line),
+            Err(_) => break,
+        }
+    }
+    collected.extend(reports.try_iter());
+    let reports = collected;
     let failover = reports
         .iter()
         .find_map(|l| {

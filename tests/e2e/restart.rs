@@ -570,6 +570,23 @@ async fn a_whole_fleet_comes_back_by_itself() {
     let pus: Vec<_> = (0..2)
         .map(|i| spawn_pu(&lab, &all.join(","), "echo", &format!("pu {i}")))
         .collect();
+    // Each PU's session is up (it resolved the pool and a PE answered) before the fleet
+    // goes down: a PU that starts against a registrar whose handlespace is still empty is
+    // told the pool is unknown (0x9) and, with nothing cached, rightly gives up.
+    let pus: Vec<_> = pus
+        .into_iter()
+        .map(|(proc_, mut stdin, out, err)| {
+            writeln!(stdin, "ping 0").expect("write to rsp pu");
+            let first = out.recv_timeout(Duration::from_secs(30));
+            assert_eq!(
+                first.as_deref(),
+                Ok("ping 0"),
+                "the PU's first answer; notes {:?}",
+                err.try_iter().collect::<Vec<_>>()
+            );
+            (proc_, stdin, out, err)
+        })
+        .collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let talkers: Vec<_> = pus
         .into_iter()
