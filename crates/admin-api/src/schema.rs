@@ -29,7 +29,7 @@ fn entry<T: ToSchema>() -> (String, RefOr<Schema>) {
 
 /// Every schema of this module: path parameters refer to them, but utoipa collects only
 /// the schemas of bodies, so [`crate::openapi::finish`] adds them.
-pub(crate) fn components() -> [(String, RefOr<Schema>); 13] {
+pub(crate) fn components() -> [(String, RefOr<Schema>); 14] {
     [
         entry::<AuditActor>(),
         entry::<AuditOutcome>(),
@@ -44,6 +44,7 @@ pub(crate) fn components() -> [(String, RefOr<Schema>); 13] {
         entry::<TokenId>(),
         entry::<PeIdText>(),
         entry::<PoolHandleText>(),
+        entry::<PoolPatternText>(),
     ]
 }
 
@@ -138,6 +139,15 @@ text_schema! {
     PoolHandleText {
         pattern = r"^(hex:([0-9A-Fa-f]{2}){1,32}|[\x20-\x7e]{1,3}|([\x20-\x67\x69-\x7e][\x20-\x7e]{3}|h[\x20-\x64\x66-\x7e][\x20-\x7e]{2}|he[\x20-\x77\x79-\x7e][\x20-\x7e]|hex[\x20-\x39\x3b-\x7e])[\x20-\x7e]{0,28})$",
     example = "echo"
+    }
+}
+
+text_schema! {
+    /// A grant's pool handle pattern: 1 to 256 bytes, `*` matching any run of bytes. The
+    /// pattern states printable ASCII (a length in characters is then one in bytes); other
+    /// UTF-8 text is accepted too, within the 256 bytes.
+    PoolPatternText {
+        pattern = r"^[\x20-\x7e]{1,256}$", example = "echo*"
     }
 }
 
@@ -382,6 +392,21 @@ mod tests {
             assert!(re.is_match(v), "{v}");
         }
         for v in ["", "hex:", "hex:0", "hex:zz", &"x".repeat(33), "e\u{e9}"] {
+            assert!(!re.is_match(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn pool_patterns() {
+        allows_only_accepted("PoolPatternText", |v| {
+            identity::PoolPattern::new(v.as_bytes()).is_ok()
+        });
+        let re = Regex::new(&pattern("PoolPatternText")).expect("valid");
+        for v in ["*", "echo*", &"x".repeat(256)] {
+            assert!(re.is_match(v), "{v}");
+        }
+        // Over 256 characters, or text whose characters are more bytes than that.
+        for v in ["", &"x".repeat(257), &"\u{1e70}".repeat(100)] {
             assert!(!re.is_match(v), "{v}");
         }
     }

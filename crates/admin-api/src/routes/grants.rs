@@ -16,7 +16,7 @@ use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::handle_text;
-use crate::schema::{IdentityPatternText, NamespacePatternText};
+use crate::schema::{IdentityPatternText, NamespacePatternText, PoolPatternText};
 use crate::state::App;
 
 /// An action a grant allows.
@@ -84,7 +84,7 @@ pub(crate) struct NewGrant {
     #[schema(value_type = NamespacePatternText)]
     namespace: String,
     /// A pool handle pattern (`*` matches any run of bytes), 1 to 256 bytes.
-    #[schema(example = "echo", min_length = 1, max_length = 256)]
+    #[schema(value_type = PoolPatternText)]
     pools: String,
     /// What it allows (at least one).
     #[schema(min_items = 1)]
