@@ -715,8 +715,11 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
         .ok_or_else(|| archive_error(path, "header: prev_hash is not 32 bytes of hex"))?;
     let last_hash = unhex32(&header.last_hash)
         .ok_or_else(|| archive_error(path, "header: last_hash is not 32 bytes of hex"))?;
+    // Record ids are SQLite rowids (at most i64::MAX): a larger id is no archive of ours,
+    // and bounding it keeps `last_id + 1` below from overflowing.
     if header.first_id == 0
         || header.last_id < header.first_id
+        || header.last_id > i64::MAX as u64
         || header.records != header.last_id - header.first_id + 1
     {
         return Err(archive_error(

@@ -168,6 +168,16 @@ async fn a_tampered_or_cut_archive_is_detected() {
     write_lines(&path, &rehead);
     assert!(verify_archive(&path, None).is_err());
 
+    // A header whose range no log can hold (ids past i64::MAX): refused, not a panic.
+    let mut header: serde_json::Value = serde_json::from_str(&original[0]).expect("header");
+    header["first_id"] = serde_json::json!(1);
+    header["last_id"] = serde_json::json!(u64::MAX);
+    header["records"] = serde_json::json!(u64::MAX);
+    let path = tmp.path().join("huge.jsonl.gz");
+    write_lines(&path, &[header.to_string()]);
+    let err = verify_archive(&path, None).expect_err("range past i64::MAX");
+    assert!(err.to_string().contains("range"), "{err}");
+
     // Not gzip at all.
     let path = tmp.path().join("plain.jsonl.gz");
     std::fs::write(&path, original.join("\n")).expect("write");
