@@ -13,15 +13,22 @@
 //!
 //! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`,
 //! the ENRP procedures of spec §9 (peers, handle updates, liveness, handle tables,
-//! takeover) in `enrp.rs`.
+//! takeover) in `enrp/`. This file holds the types the driver sees ([`Input`], [`Action`],
+//! the audit records) and the dispatch ([`Core::handle`], [`Core::handle_timeout`]); the
+//! configuration is in `config.rs`, the legacy (RSPLIB) identities in `legacy.rs`, the
+//! removals an operator, a revocation or a grant change causes in `removals.rs`, the
+//! timer queue in `timers.rs`.
 
 mod asap;
+mod config;
 mod enrp;
+mod legacy;
+mod removals;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
@@ -29,9 +36,15 @@ use identity::{DefaultNamespace, Grant, Serial, SpiffeId, TrustDomain};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
-use crate::handlespace::{Handlespace, Limits};
+use crate::handlespace::Handlespace;
 
+pub use config::{Config, Timing};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
+pub use legacy::{
+    LEGACY_TRUST_DOMAIN, is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity,
+    legacy_registrant,
+};
+use removals::audit_removal;
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -47,198 +60,6 @@ pub struct Client {
     pub serial: Serial,
     /// The remote address of the connection.
     pub addr: SocketAddr,
-}
-
-/// The durations of spec §10 that the registrar uses. [`Timing::default`] has the
-/// project defaults; tests use [`Timing::fast`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
-    /// Endpoint keep-alive interval (spec §7.5). Default 5 s.
-    pub keep_alive_interval: Duration,
-    /// Endpoint keep-alive timeout (spec §7.5). Default 5 s.
-    pub keep_alive_timeout: Duration,
-    /// How long the PEs of a closed connection stay, waiting for a re-registration
-    /// (spec §12.6). Default: the keep-alive timeout.
-    pub connection_grace: Duration,
-    /// Window of the per-PU limit on endpoint unreachable reports (spec §7.6). 1 s.
-    pub report_window: Duration,
-    /// PEER-HEARTBEAT-CYCLE: a PRESENCE to every peer this often (spec §9.5). 30 s.
-    pub peer_heartbeat: Duration,
-    /// MAX-TIME-LAST-HEARD: a peer silent this long is probed with PRESENCE R=1
-    /// (spec §9.5). 61 s.
-    pub peer_last_heard: Duration,
-    /// MAX-TIME-NO-RESPONSE: a probed (or disconnected) peer that says nothing for this
-    /// long is dead (spec §9.5, §12.4). 5 s.
-    pub peer_no_response: Duration,
-    /// Takeover expiry: a takeover still missing acknowledgements this long after it
-    /// started is abandoned (spec §9.8 step 5). 30 s.
-    pub takeover_expiry: Duration,
-    /// Mentor discovery timeout: a registrar started with peers serves alone after this
-    /// long without a complete handle table download from a mentor (spec §9.3). 5 s.
-    pub mentor_timeout: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            keep_alive_interval: Duration::from_secs(5),
-            keep_alive_timeout: Duration::from_secs(5),
-            connection_grace: Duration::from_secs(5),
-            report_window: Duration::from_secs(1),
-            peer_heartbeat: Duration::from_secs(30),
-            peer_last_heard: Duration::from_secs(61),
-            peer_no_response: Duration::from_secs(5),
-            takeover_expiry: Duration::from_secs(30),
-            mentor_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Timing {
-    /// Short timers for tests: 200 ms keep-alive interval, timeout and grace; peers: a
-    /// heartbeat every 200 ms, probed after 400 ms of silence, dead 200 ms later; a
-    /// takeover expires after 1 s; the mentor timeout is 1 s.
-    pub fn fast() -> Self {
-        Self {
-            keep_alive_interval: Duration::from_millis(200),
-            keep_alive_timeout: Duration::from_millis(200),
-            connection_grace: Duration::from_millis(200),
-            report_window: Duration::from_millis(200),
-            peer_heartbeat: Duration::from_millis(200),
-            peer_last_heard: Duration::from_millis(400),
-            peer_no_response: Duration::from_millis(200),
-            takeover_expiry: Duration::from_secs(1),
-            mentor_timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-/// How the registrar behaves.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// This registrar's Server ID (derived from its SPIFFE ID, ARCHITECTURE.md §3).
-    pub server_id: ServerId,
-    /// Timers.
-    pub timing: Timing,
-    /// Handlespace limits (cause 0x6 beyond them).
-    pub limits: Limits,
-    /// PEs returned by a handle resolution without the option (spec §7.3). Default 3.
-    pub default_resolution_items: usize,
-    /// Most PEs returned by one handle resolution (spec §4.8, §3.5). Default 128.
-    pub max_resolution_items: usize,
-    /// MAX-BAD-PE-REPORT: distinct reporters before the PE is probed (spec §7.6). 3.
-    pub max_bad_pe_reports: usize,
-    /// Endpoint unreachable reports one PU may make per [`Timing::report_window`]. 10.
-    pub max_reports_per_window: u32,
-    /// Accept loopback addresses in PE user transports (spec §4.2 [P]): for tests and
-    /// single-host setups.
-    pub allow_loopback: bool,
-    /// Require every address of a PE's user transport to be one of the connection's
-    /// (its remote address; over SCTP, its association's peer addresses) (spec §7.1 PR
-    /// step 3 [P]). On by default; off behind NAT or a proxy.
-    pub check_user_address: bool,
-    /// Seed of the core's RNG (random policies), so that runs replay.
-    pub rng_seed: u64,
-    /// Where this registrar serves ENRP over TLS/TCP, sent to peers in PRESENCE (spec §4.5)
-    /// unless it has a TLS/SCTP endpoint; `None` (or an unspecified address) sends none.
-    pub enrp_addr: Option<SocketAddr>,
-    /// Where it serves ENRP over TLS/SCTP: sent to peers in PRESENCE (spec §4.5, every
-    /// address) in preference to [`Config::enrp_addr`]. Default empty.
-    pub enrp_sctp_addrs: Vec<SocketAddr>,
-    /// Most PEs in one handle table response (spec §9.7, §10). Default 128.
-    pub handle_table_pes: usize,
-    /// Most bytes of PEs in one handle table response (spec §10). Default 16 KiB.
-    pub handle_table_bytes: usize,
-    /// The namespace legacy (unauthenticated, plain SCTP) clients are confined to: they may
-    /// register, resolve and report in it, and nowhere else (ARCHITECTURE.md §4). `None`:
-    /// no legacy clients. Default `None`.
-    pub legacy_namespace: Option<Namespace>,
-    /// Where this registrar serves ENRP to legacy peers (plain SCTP), sent to them as the
-    /// SCTP transport of its Server Information, non-loopback addresses first (RSPLIB
-    /// drops loopback ones and refuses a Server Information left with none). Empty: the
-    /// Server Information is left out. Default empty.
-    pub legacy_enrp_addrs: Vec<SocketAddr>,
-    /// Most PEs one peer may own in this registrar's handlespace (issue 16): its ADD_PEs
-    /// and handle table entries beyond it are refused, so that one peer cannot fill the
-    /// handlespace ([`Limits::max_pes`]) by itself. Default 250,000, a quarter of it.
-    pub max_pes_per_peer: usize,
-    /// Pools one identity may have created in one namespace (those of them that still
-    /// exist); a registration that would create one more is refused with 0x6, so that one
-    /// PE cannot take the namespace's whole pool limit (issue 18). Default 100.
-    pub max_pools_per_identity: usize,
-}
-
-pub use identity::LEGACY_TRUST_DOMAIN;
-
-/// `spiffe://legacy.invalid/KIND/IP[/...]`, an IPv6 address's `:` written `-`.
-fn legacy_id(kind: &str, addr: std::net::IpAddr, rest: &str) -> SpiffeId {
-    let ip = addr.to_canonical().to_string().replace(':', "-");
-    SpiffeId::parse(&format!("spiffe://{LEGACY_TRUST_DOMAIN}/{kind}/{ip}{rest}"))
-        .expect("an IP address and a Server ID are valid SPIFFE path segments")
-}
-
-/// The identity of a legacy client: its address (`spiffe://legacy.invalid/sctp/IP`).
-/// Legacy PEs re-registering from another port of the same host are the same registrant.
-pub fn legacy_identity(addr: std::net::IpAddr) -> SpiffeId {
-    legacy_id("sctp", addr, "")
-}
-
-/// Whether `id` is a legacy identity: a legacy client's or a legacy peer's.
-pub fn is_legacy(id: &SpiffeId) -> bool {
-    id.is_legacy()
-}
-
-/// The registrant of a PE in the legacy namespace, whether it registered through the
-/// legacy listener or was learnt from a legacy peer (which sends no registrants): the
-/// legacy identity of its user transport's first address. Legacy PEs are known by address
-/// (ARCHITECTURE.md §4), and registration step 3 (spec §7.1 [P]) proved that address is
-/// its association's; so one PE is one registrant whichever of its addresses, or which
-/// registrar, it came through, and can move between RSPLIB's registrars and this one.
-pub fn legacy_registrant(
-    pe: &::asap::wire::param::PoolElement,
-) -> Option<::asap::wire::param::RegistrantIdentity> {
-    let ip = pe.user_transport.addresses().first()?.ip();
-    ::asap::wire::param::RegistrantIdentity::new(legacy_identity(ip).as_str())
-}
-
-/// The identity of a legacy ENRP peer (RSPLIB's `rspregistrar`): its address and its
-/// configured Server ID (`spiffe://legacy.invalid/enrp/IP/0x11111111`). The driver
-/// announces one only for an association with a configured legacy peer's address whose
-/// messages carry that peer's configured Server ID; a legacy client's identity
-/// (`/sctp/IP`) is never a peer's.
-pub fn legacy_peer_identity(addr: std::net::IpAddr, server_id: ServerId) -> SpiffeId {
-    legacy_id("enrp", addr, &format!("/{server_id}"))
-}
-
-/// Whether `id` is a legacy ENRP peer's identity ([`legacy_peer_identity`]).
-pub fn is_legacy_peer(id: &SpiffeId) -> bool {
-    id.is_legacy() && id.path().starts_with("/enrp/")
-}
-
-impl Config {
-    /// The defaults for a registrar with this Server ID.
-    pub fn new(server_id: ServerId) -> Self {
-        Self {
-            server_id,
-            timing: Timing::default(),
-            limits: Limits::default(),
-            default_resolution_items: 3,
-            max_resolution_items: ::asap::wire::limits::MAX_RESOLUTION_PES,
-            max_bad_pe_reports: 3,
-            max_reports_per_window: 10,
-            allow_loopback: false,
-            check_user_address: true,
-            rng_seed: 0,
-            enrp_addr: None,
-            enrp_sctp_addrs: Vec::new(),
-            handle_table_pes: 128,
-            handle_table_bytes: 16 * 1024,
-            legacy_namespace: None,
-            legacy_enrp_addrs: Vec::new(),
-            max_pes_per_peer: 250_000,
-            max_pools_per_identity: 100,
-        }
-    }
 }
 
 /// What happens to the registrar.
@@ -1012,74 +833,6 @@ impl Core {
         }
     }
 
-    fn on_revoked(&mut self, revocation: &Revocation, out: &mut Vec<Action>) {
-        let mut closing: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| revocation.covers(&c.client))
-            .map(|(id, _)| *id)
-            .collect();
-        closing.sort_unstable();
-        // Every PE whose registrant is revoked goes, wherever it registered. A serial names
-        // one certificate: its PEs are those registered with it (`by_serial`), and the
-        // whole handlespace need not be walked for it.
-        let registrant_revoked = |r: &str| match revocation {
-            Revocation::Identity(id) => r == id.as_str(),
-            Revocation::TrustDomain(d) => {
-                SpiffeId::parse(r).is_ok_and(|id| id.trust_domain_str() == d)
-            }
-            Revocation::Serial { .. } => false,
-        };
-        let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial { .. }) {
-            Vec::new()
-        } else {
-            self.handlespace
-                .iter()
-                .filter(|(_, _, e)| {
-                    e.registrant
-                        .as_ref()
-                        .is_some_and(|r| registrant_revoked(r.as_str()))
-                })
-                .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
-                .collect()
-        };
-        let by_serial = self.owned.iter().filter_map(|(pe, o)| match revocation {
-            Revocation::Serial { domain, serial } => o
-                .serial
-                .as_ref()
-                .is_some_and(|(d, s)| d == domain && s == serial)
-                .then(|| pe.clone()),
-            _ => None,
-        });
-        let mut pes: Vec<PeKey> = closing
-            .iter()
-            .filter_map(|c| self.conns.get(c))
-            .flat_map(|c| c.pes.iter().cloned())
-            .chain(revoked_pes)
-            .chain(by_serial)
-            .collect();
-        pes.sort();
-        pes.dedup();
-        for pe in pes {
-            if self.owned.contains_key(&pe) {
-                self.remove_owned(&pe, AuditAction::RemoveRevoked, out);
-            } else if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
-                out.push(audit_removal(&removed, AuditAction::RemoveRevoked));
-                self.after_removal(&removed, out);
-            }
-        }
-        for conn in closing {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.revoked = true;
-            }
-            out.push(Action::Close {
-                conn,
-                reason: "certificate revoked",
-            });
-        }
-        self.close_revoked_peers(revocation, out);
-    }
-
     /// Whether `id` may do `action` on `handle` in `ns`: the grants, or for a legacy
     /// identity, the legacy namespace: a legacy client every ASAP action there and no
     /// peering, a legacy peer (configured by address and Server ID) peering there and no
@@ -1102,125 +855,6 @@ impl Core {
             Some(handle.as_bytes()),
             action,
         )
-    }
-
-    /// Removes the PEs whose registration the grants no longer allow: a registrant keeps
-    /// a PE only while some grant lets it register in that namespace and pool (here: a
-    /// peer's PE goes from this registrar's handlespace, not from its home's).
-    fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
-        // Peers' PEs too (issue 16): a PE learnt from a peer obeys this registrar's grants
-        // for its registrant, as when it was learnt.
-        let mut ungranted: Vec<PeKey> = self
-            .handlespace
-            .iter()
-            .filter(|(ns, handle, e)| {
-                let Some(r) = &e.registrant else { return false };
-                // A registrant the grants cannot even parse is not allowed anything.
-                SpiffeId::parse(r.as_str()).map_or(true, |id| {
-                    !self.permits(&id, ns, handle, identity::Action::Register)
-                })
-            })
-            .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))
-            .collect();
-        ungranted.sort();
-        for pe in ungranted {
-            self.remove_any(&pe, AuditAction::RemoveUngranted, None, out);
-        }
-        self.close_ungranted_peers(out);
-    }
-
-    /// An operator's removal: every PE in `scope`, each audited with the operator.
-    fn on_admin_remove(&mut self, scope: &Scope, actor: &str, out: &mut Vec<Action>) {
-        let mut pes: Vec<PeKey> = match scope {
-            Scope::Pe(pe) => vec![pe.clone()],
-            Scope::Pool(ns, handle) => self
-                .handlespace
-                .pool(ns, handle)
-                .map(|p| {
-                    p.entries()
-                        .map(|e| (ns.clone(), handle.clone(), e.pool_element.pe_id))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Scope::Namespace(ns) => self
-                .handlespace
-                .pools(ns)
-                .flat_map(|(h, p)| {
-                    p.entries()
-                        .map(|e| (ns.clone(), h.clone(), e.pool_element.pe_id))
-                })
-                .collect(),
-        };
-        pes.sort();
-        for pe in pes {
-            self.remove_any(&pe, AuditAction::RemoveAdmin, Some(actor), out);
-        }
-    }
-
-    /// Removes a PE, owned or not, with an audit record naming `why` (and the operator).
-    fn remove_any(
-        &mut self,
-        pe: &PeKey,
-        why: AuditAction,
-        operator: Option<&str>,
-        out: &mut Vec<Action>,
-    ) {
-        self.forget_owned(pe);
-        if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
-            let mut audit = audit_removal(&removed, why);
-            if let (Some(op), Action::Audit { event, .. }) = (operator, &mut audit) {
-                let registrant = event.detail.take().unwrap_or_default();
-                event.detail = Some(
-                    format!("by {op}; {registrant}")
-                        .trim_end_matches("; ")
-                        .to_owned(),
-                );
-            }
-            out.push(audit);
-            self.after_removal(&removed, out);
-        }
-    }
-
-    /// Removes an owned PE and forgets its timers and connection binding.
-    fn remove_owned(&mut self, pe: &PeKey, why: AuditAction, out: &mut Vec<Action>) {
-        self.forget_owned(pe);
-        if let Some(removed) = self.handlespace.remove(&pe.0, &pe.1, pe.2) {
-            out.push(audit_removal(&removed, why));
-            self.after_removal(&removed, out);
-        }
-    }
-
-    /// Forgets the registrar-side state of a PE: timers, ownership, connection binding.
-    /// Harmless for a PE this registrar does not own.
-    fn forget_owned(&mut self, pe: &PeKey) {
-        self.timers.stop(&TimerKey::KeepAlive(pe.clone()));
-        self.timers.stop(&TimerKey::KeepAliveTimeout(pe.clone()));
-        self.timers.stop(&TimerKey::Orphaned(pe.clone()));
-        if let Some(o) = self.owned.remove(pe)
-            && let Some(c) = o.conn.and_then(|c| self.conns.get_mut(&c))
-        {
-            c.remove_pe(pe);
-        }
-    }
-}
-
-fn audit_removal(removed: &crate::handlespace::Removed, why: AuditAction) -> Action {
-    Action::Audit {
-        event: AuditEvent {
-            actor: None,
-            remote: None,
-            namespace: Some(removed.namespace.clone()),
-            pool_handle: Some(removed.pool_handle.clone()),
-            pe_id: Some(removed.entry.pool_element.pe_id),
-            action: why,
-            outcome: None,
-            detail: removed
-                .entry
-                .registrant
-                .as_ref()
-                .map(|r| format!("registrant {}", r.as_str())),
-        },
-        durability: Durability::BeforeReply,
     }
 }
 
