@@ -14,7 +14,9 @@ mod pool;
 use std::collections::{BTreeMap, HashMap};
 
 use asap::policy::PolicyRegistry;
-use asap::wire::param::{Namespace, PeId, PoolElement, PoolHandle, RegistrantIdentity, ServerId};
+use asap::wire::param::{
+    ErrorCause, Namespace, PeId, PoolElement, PoolHandle, RegistrantIdentity, ServerId,
+};
 use rand_core::Rng;
 
 use crate::checksum::PeChecksum;
@@ -84,15 +86,21 @@ impl Reject {
     /// The spec §4.7 cause code to answer with.
     pub const fn cause_code(&self) -> u16 {
         match self {
-            Self::UnsupportedPolicy => 0x3,
-            Self::NonUniquePeId => 0x4,
-            Self::InconsistentPolicy => 0x5,
-            Self::LackOfResources(_) => 0x6,
-            Self::InconsistentTransport => 0x7,
-            Self::InconsistentDataControl => 0x8,
-            Self::UnknownPool => 0x9,
-            Self::NotRegistrant => 0xA,
+            Self::UnsupportedPolicy => ErrorCause::INVALID_VALUES,
+            Self::NonUniquePeId => ErrorCause::NON_UNIQUE_PE_ID,
+            Self::InconsistentPolicy => ErrorCause::INCONSISTENT_POLICY,
+            Self::LackOfResources(_) => ErrorCause::LACK_OF_RESOURCES,
+            Self::InconsistentTransport => ErrorCause::INCONSISTENT_TRANSPORT,
+            Self::InconsistentDataControl => ErrorCause::INCONSISTENT_DATA_CONTROL,
+            Self::UnknownPool => ErrorCause::UNKNOWN_POOL_HANDLE,
+            Self::NotRegistrant => ErrorCause::SECURITY_REJECTION,
         }
+    }
+
+    /// The cause to answer with, without cause-specific information: the registrar adds
+    /// the offending parameter where spec §4.7 has one (0x5, 0x7).
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::from_parts(self.cause_code(), &[])
     }
 }
 

@@ -99,7 +99,7 @@ fn mixed_policy_types_are_rejected_with_cause_5() {
         .register(&d, &h, pe(2, HOME, Policy::Random), who("a"))
         .expect_err("another policy type");
     assert_eq!(err, Reject::InconsistentPolicy);
-    assert_eq!(err.cause_code(), 0x5);
+    assert_eq!(err.cause_code(), ErrorCause::INCONSISTENT_POLICY);
     assert_eq!(hs.pe_count(), 1);
     // Different values of the same type are fine.
     hs.register(
@@ -125,13 +125,13 @@ fn inconsistent_transport_and_data_control_are_rejected() {
     let err = hs
         .register(&d, &h, udp, who("a"))
         .expect_err("UDP in a TCP pool");
-    assert_eq!(err.cause_code(), 0x7);
+    assert_eq!(err.cause_code(), ErrorCause::INCONSISTENT_TRANSPORT);
     let mut control = pe(3, HOME, Policy::RoundRobin);
     control.user_transport = tcp(9, TransportUse::DataPlusControl);
     let err = hs
         .register(&d, &h, control, who("a"))
         .expect_err("data+control");
-    assert_eq!(err.cause_code(), 0x8);
+    assert_eq!(err.cause_code(), ErrorCause::INCONSISTENT_DATA_CONTROL);
     assert_eq!(hs.pe_count(), 1);
 }
 
@@ -219,7 +219,10 @@ fn limits_answer_lack_of_resources() {
         .expect("5");
     let e = hs.register(&ns("other"), &handle("a"), pe(6, HOME, rr), who("z"));
     assert_eq!(e, Err(Reject::LackOfResources("PEs in the handlespace")));
-    assert_eq!(e.map_err(|r| r.cause_code()), Err(0x6));
+    assert_eq!(
+        e.map_err(|r| r.cause_code()),
+        Err(ErrorCause::LACK_OF_RESOURCES)
+    );
     // A re-registration is not a new PE: allowed at the limit.
     hs.register(&d, &handle("a"), pe(1, HOME, rr), who("x"))
         .expect("update");

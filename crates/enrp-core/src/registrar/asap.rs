@@ -11,7 +11,7 @@ use ::asap::wire::{AsapMsg, DecodeError, Decoded, PeEntry, Resolution};
 use identity::Action as Grantable;
 
 use super::{Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, TimerKey};
-use crate::handlespace::Registered;
+use crate::handlespace::{Registered, Reject};
 
 impl Core {
     pub(super) fn on_asap(
@@ -287,7 +287,7 @@ impl Core {
             if is_new && d.max_pes.is_some_and(|m| count >= m as usize) {
                 return reject(
                     self,
-                    ErrorCause::from_parts(0x6, &[]),
+                    ErrorCause::LackOfResources,
                     "the pool holds its declared maximum of PEs",
                     out,
                 );
@@ -319,10 +319,12 @@ impl Core {
         let registered = match result {
             Ok(r) => r,
             Err(e) => {
-                let cause = match e.cause_code() {
-                    0x5 => ErrorCause::InconsistentPolicy(tlv(&pe.policy)),
-                    0x7 => ErrorCause::InconsistentTransport(tlv(&pe.user_transport)),
-                    code => ErrorCause::from_parts(code, &[]),
+                let cause = match &e {
+                    Reject::InconsistentPolicy => ErrorCause::InconsistentPolicy(tlv(&pe.policy)),
+                    Reject::InconsistentTransport => {
+                        ErrorCause::InconsistentTransport(tlv(&pe.user_transport))
+                    }
+                    other => other.cause(),
                 };
                 return reject(self, cause, &e.to_string(), out);
             }
@@ -435,7 +437,7 @@ impl Core {
                     }
                     Ok(())
                 }
-                Err(e) => Err(ErrorCause::from_parts(e.cause_code(), &[])),
+                Err(e) => Err(e.cause()),
             }
         };
         let code = outcome.as_ref().err().map(ErrorCause::code);

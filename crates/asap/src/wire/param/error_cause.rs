@@ -59,21 +59,48 @@ pub enum ErrorCause {
     },
 }
 
+/// The Cause Codes of spec §4.7 (RFC 5352 §3.12) by name, for where a code stands without
+/// its cause (an audit record's outcome, a handlespace refusal): no bare `0x6` in the code.
+impl ErrorCause {
+    /// 0x0, [`Self::Unspecified`].
+    pub const UNSPECIFIED: u16 = 0x0;
+    /// 0x1, [`Self::UnrecognizedParameter`].
+    pub const UNRECOGNIZED_PARAMETER: u16 = 0x1;
+    /// 0x2, [`Self::UnrecognizedMessage`].
+    pub const UNRECOGNIZED_MESSAGE: u16 = 0x2;
+    /// 0x3, [`Self::InvalidValues`].
+    pub const INVALID_VALUES: u16 = 0x3;
+    /// 0x4, [`Self::NonUniquePeId`].
+    pub const NON_UNIQUE_PE_ID: u16 = 0x4;
+    /// 0x5, [`Self::InconsistentPolicy`].
+    pub const INCONSISTENT_POLICY: u16 = 0x5;
+    /// 0x6, [`Self::LackOfResources`].
+    pub const LACK_OF_RESOURCES: u16 = 0x6;
+    /// 0x7, [`Self::InconsistentTransport`].
+    pub const INCONSISTENT_TRANSPORT: u16 = 0x7;
+    /// 0x8, [`Self::InconsistentDataControl`].
+    pub const INCONSISTENT_DATA_CONTROL: u16 = 0x8;
+    /// 0x9, [`Self::UnknownPoolHandle`].
+    pub const UNKNOWN_POOL_HANDLE: u16 = 0x9;
+    /// 0xA, [`Self::SecurityRejection`].
+    pub const SECURITY_REJECTION: u16 = 0xA;
+}
+
 impl ErrorCause {
     /// The Cause Code.
     pub const fn code(&self) -> u16 {
         match self {
-            Self::Unspecified => 0x0,
-            Self::UnrecognizedParameter(_) => 0x1,
-            Self::UnrecognizedMessage(_) => 0x2,
-            Self::InvalidValues(_) => 0x3,
-            Self::NonUniquePeId => 0x4,
-            Self::InconsistentPolicy(_) => 0x5,
-            Self::LackOfResources => 0x6,
-            Self::InconsistentTransport(_) => 0x7,
-            Self::InconsistentDataControl => 0x8,
-            Self::UnknownPoolHandle => 0x9,
-            Self::SecurityRejection => 0xA,
+            Self::Unspecified => Self::UNSPECIFIED,
+            Self::UnrecognizedParameter(_) => Self::UNRECOGNIZED_PARAMETER,
+            Self::UnrecognizedMessage(_) => Self::UNRECOGNIZED_MESSAGE,
+            Self::InvalidValues(_) => Self::INVALID_VALUES,
+            Self::NonUniquePeId => Self::NON_UNIQUE_PE_ID,
+            Self::InconsistentPolicy(_) => Self::INCONSISTENT_POLICY,
+            Self::LackOfResources => Self::LACK_OF_RESOURCES,
+            Self::InconsistentTransport(_) => Self::INCONSISTENT_TRANSPORT,
+            Self::InconsistentDataControl => Self::INCONSISTENT_DATA_CONTROL,
+            Self::UnknownPoolHandle => Self::UNKNOWN_POOL_HANDLE,
+            Self::SecurityRejection => Self::SECURITY_REJECTION,
             Self::Other { code, .. } => *code,
         }
     }
@@ -123,17 +150,17 @@ impl ErrorCause {
     /// ignored (spec §4.7 defines none for them).
     pub fn from_parts(code: u16, info: &[u8]) -> Self {
         match code {
-            0x0 => Self::Unspecified,
-            0x1 => Self::UnrecognizedParameter(info.to_vec()),
-            0x2 => Self::UnrecognizedMessage(info.to_vec()),
-            0x3 => Self::InvalidValues(info.to_vec()),
-            0x4 => Self::NonUniquePeId,
-            0x5 => Self::InconsistentPolicy(info.to_vec()),
-            0x6 => Self::LackOfResources,
-            0x7 => Self::InconsistentTransport(info.to_vec()),
-            0x8 => Self::InconsistentDataControl,
-            0x9 => Self::UnknownPoolHandle,
-            0xA => Self::SecurityRejection,
+            Self::UNSPECIFIED => Self::Unspecified,
+            Self::UNRECOGNIZED_PARAMETER => Self::UnrecognizedParameter(info.to_vec()),
+            Self::UNRECOGNIZED_MESSAGE => Self::UnrecognizedMessage(info.to_vec()),
+            Self::INVALID_VALUES => Self::InvalidValues(info.to_vec()),
+            Self::NON_UNIQUE_PE_ID => Self::NonUniquePeId,
+            Self::INCONSISTENT_POLICY => Self::InconsistentPolicy(info.to_vec()),
+            Self::LACK_OF_RESOURCES => Self::LackOfResources,
+            Self::INCONSISTENT_TRANSPORT => Self::InconsistentTransport(info.to_vec()),
+            Self::INCONSISTENT_DATA_CONTROL => Self::InconsistentDataControl,
+            Self::UNKNOWN_POOL_HANDLE => Self::UnknownPoolHandle,
+            Self::SECURITY_REJECTION => Self::SecurityRejection,
             code => Self::Other {
                 code,
                 info: info.to_vec(),

@@ -41,8 +41,11 @@ fn unauthorized_registration_and_resolution_are_refused_and_audited() {
     let mut h = Harness::new();
     let pe_conn = h.connect(1, PE_A);
     let out = h.send(pe_conn, registration("secret", 7));
-    assert_eq!(reg_cause(&out), Some(0xA));
-    assert_eq!(audits(&out), [(AuditAction::Register, Some(0xA))]);
+    assert_eq!(reg_cause(&out), Some(ErrorCause::SECURITY_REJECTION));
+    assert_eq!(
+        audits(&out),
+        [(AuditAction::Register, Some(ErrorCause::SECURITY_REJECTION))]
+    );
     // A PE identity may resolve the pool it may register in (issue 25: its business
     // card names the pool's other PEs), and no other: that one looks like it does not
     // exist.
@@ -62,7 +65,10 @@ fn unauthorized_registration_and_resolution_are_refused_and_audited() {
             option: None,
         },
     );
-    assert_eq!(audits(&out), [(AuditAction::Resolve, Some(0x9))]);
+    assert_eq!(
+        audits(&out),
+        [(AuditAction::Resolve, Some(ErrorCause::UNKNOWN_POOL_HANDLE))]
+    );
     assert!(matches!(
         sent(&out).as_slice(),
         [AsapMsg::HandleResolutionResponse { result: Resolution::Error(e), .. }]
@@ -77,7 +83,10 @@ fn only_the_registrant_may_reregister_or_deregister() {
     let b = h.connect(2, PE_B);
     let pu = h.connect(3, PU_1);
     h.send(a, registration("echo", 7));
-    assert_eq!(reg_cause(&h.send(b, registration("echo", 7))), Some(0x4));
+    assert_eq!(
+        reg_cause(&h.send(b, registration("echo", 7))),
+        Some(ErrorCause::NON_UNIQUE_PE_ID)
+    );
     let out = h.send(
         b,
         AsapMsg::Deregistration {
@@ -88,7 +97,7 @@ fn only_the_registrant_may_reregister_or_deregister() {
     );
     assert!(matches!(
         sent(&out).as_slice(),
-        [AsapMsg::DeregistrationResponse { error: Some(e), .. }] if e.causes()[0].code() == 0xA
+        [AsapMsg::DeregistrationResponse { error: Some(e), .. }] if e.causes()[0].code() == ErrorCause::SECURITY_REJECTION
     ));
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [7]);
     // The registrant itself re-registers (an update) and deregisters.
@@ -217,7 +226,13 @@ fn unreachable_reports_need_distinct_reporters_and_a_failed_probe() {
         assert!(sent(&out).is_empty(), "no probe from a single reporter");
         outcomes.extend(audits(&out));
     }
-    assert_eq!(outcomes.iter().filter(|(_, o)| *o == Some(0x6)).count(), 2);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(_, o)| *o == Some(ErrorCause::LACK_OF_RESOURCES))
+            .count(),
+        2
+    );
     let pu2 = h.connect(3, "spiffe://acme.test/pu/2");
     assert!(sent(&h.send(pu2, report())).is_empty());
     let pu3 = h.connect(4, "spiffe://acme.test/pu/3");
@@ -238,7 +253,10 @@ fn unreachable_reports_need_distinct_reporters_and_a_failed_probe() {
     assert_eq!(found_ids(&h.resolve(pu1, "echo")), [7]);
     // A PE identity may not report at all.
     let out = h.send(a, report());
-    assert_eq!(audits(&out), [(AuditAction::Report, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        [(AuditAction::Report, Some(ErrorCause::SECURITY_REJECTION))]
+    );
 }
 
 #[test]
@@ -259,7 +277,7 @@ fn the_user_address_must_be_the_connections() {
             pool_element: m,
         },
     );
-    assert_eq!(reg_cause(&out), Some(0xA));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::SECURITY_REJECTION));
     let mut m = pe(7);
     m.registration_life = 0;
     let out = h.send(
@@ -270,7 +288,7 @@ fn the_user_address_must_be_the_connections() {
             pool_element: m,
         },
     );
-    assert_eq!(reg_cause(&out), Some(0x3));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::INVALID_VALUES));
 }
 
 #[test]
@@ -283,7 +301,7 @@ fn malformed_input_gets_the_spec_answer() {
     let out = h.core.handle(Input::Malformed { conn: a, error }, h.now);
     assert!(matches!(
         sent(&out).as_slice(),
-        [AsapMsg::Error(e)] if e.causes()[0].code() == 0x2
+        [AsapMsg::Error(e)] if e.causes()[0].code() == ErrorCause::UNRECOGNIZED_MESSAGE
     ));
     // A framing fault (length not a multiple of 4) closes without reply (spec §12.2).
     let error = AsapMsg::decode(&[1, 0, 0, 5, 0]).expect_err("bad length");
@@ -331,8 +349,11 @@ fn a_declared_pool_refuses_other_policies_and_more_pes_than_declared() {
     assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 2))), None);
     // Full: a third PE is refused; a re-registration of one inside is not.
     let out = h.send(pe_a, registration("echo", 3));
-    assert_eq!(reg_cause(&out), Some(0x6));
-    assert_eq!(audits(&out), [(AuditAction::Register, Some(0x6))]);
+    assert_eq!(reg_cause(&out), Some(ErrorCause::LACK_OF_RESOURCES));
+    assert_eq!(
+        audits(&out),
+        [(AuditAction::Register, Some(ErrorCause::LACK_OF_RESOURCES))]
+    );
     assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 2))), None);
     // Another policy type is refused even with room.
     declare(
@@ -346,7 +367,10 @@ fn a_declared_pool_refuses_other_policies_and_more_pes_than_declared() {
     if let AsapMsg::Registration { pool_element, .. } = &mut weighted {
         pool_element.policy = Policy::WeightedRoundRobin { weight: 2 };
     }
-    assert_eq!(reg_cause(&h.send(pe_a, weighted)), Some(0x5));
+    assert_eq!(
+        reg_cause(&h.send(pe_a, weighted)),
+        Some(ErrorCause::INCONSISTENT_POLICY)
+    );
     assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 4))), None);
     // Undeclared: only the registrar-wide limits apply.
     declare(&mut h, None);
@@ -444,10 +468,14 @@ fn a_registration_with_a_foreign_address_is_rejected() {
     let before = h.resolve(pu, "echo");
     for id in [1, 2] {
         let out = h.send(c, sctp_registration(id, &[DOC_1, DOC_2, FOREIGN]));
-        assert_eq!(reg_cause(&out), Some(0xA), "PE {id}");
+        assert_eq!(
+            reg_cause(&out),
+            Some(ErrorCause::SECURITY_REJECTION),
+            "PE {id}"
+        );
         assert_eq!(
             audits(&out),
-            [(AuditAction::Register, Some(0xA))],
+            [(AuditAction::Register, Some(ErrorCause::SECURITY_REJECTION))],
             "PE {id}"
         );
         assert_eq!(
@@ -460,7 +488,7 @@ fn a_registration_with_a_foreign_address_is_rejected() {
     // another is refused as well.
     let tcp = h.connect_from(3, PE_B, SocketAddr::from((DOC_1, 40001)), &[]);
     let out = h.send(tcp, sctp_registration(3, &[DOC_1, DOC_2]));
-    assert_eq!(reg_cause(&out), Some(0xA));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::SECURITY_REJECTION));
     assert_eq!(h.resolve(pu, "echo"), before);
     // Unless the check is off (--no-address-check: behind NAT or a proxy).
     h.core.config.check_user_address = false;

@@ -75,7 +75,13 @@ fn a_list_response_dials_only_unknown_registrars_and_at_most_a_bounded_number() 
         },
     );
     assert!(dials(&out).is_empty());
-    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerIgnored,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     // A rejected list dials nothing.
     h.peer_up(12, PR_B, SID_B); // B reconnects: asked again
     let out = h.enrp(
@@ -182,7 +188,13 @@ fn a_peer_without_the_peer_grant_is_refused_and_audited() {
     let mut h = Harness::new(); // grants() has no `peer` action
     let out = h.peer_up(10, PR_B, SID_B);
     assert!(closed(&out));
-    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerRefused,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     assert!(h.core.peers().is_empty());
     // What it sends afterwards counts for nothing.
     let out = h.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
@@ -197,12 +209,24 @@ fn a_sender_id_not_the_identitys_closes_the_connection_and_changes_nothing() {
     h.peer_up(10, PR_B, SID_B);
     let out = h.enrp(10, 0x0bad_0bad, add_pe(0x0bad_0bad, "echo", 5, PE_A));
     assert!(closed(&out));
-    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerRefused,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     assert_eq!(h.core.stats().pes, 0);
     // A second identity claiming B's live Server ID is refused too (spec §9.1).
     let out = h.peer_up(11, "spiffe://acme.test/registrar/impostor", SID_B);
     assert!(closed(&out));
-    assert_eq!(audits(&out), vec![(AuditAction::PeerRefused, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerRefused,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
 }
 
 #[test]

@@ -116,7 +116,10 @@ fn a_withdrawn_grant_removes_the_pes_it_allowed_and_only_those() {
     let out = h.core.handle(Input::Grants(without), h.now);
     assert_eq!(audits(&out), vec![(AuditAction::RemoveUngranted, None)]);
     assert!(matches!(h.resolve(pu, "echo"), Resolution::Error(_)));
-    assert_eq!(reg_cause(&h.send(pe_a, registration("echo", 1))), Some(0xA));
+    assert_eq!(
+        reg_cause(&h.send(pe_a, registration("echo", 1))),
+        Some(ErrorCause::SECURITY_REJECTION)
+    );
     // Its keep-alive timers went with it.
     assert!(audits(&h.advance(1_000)).is_empty());
 }
@@ -204,7 +207,13 @@ fn a_revocation_removes_the_revoked_registrants_pes_learnt_from_peers() {
     assert_eq!(a.home_of(6), Some(SID_B));
     // B announcing it again changes nothing.
     let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 5, PE_A));
-    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerIgnored,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     assert_eq!(a.home_of(5), None);
 }
 

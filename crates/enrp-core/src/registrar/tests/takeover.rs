@@ -206,7 +206,7 @@ fn a_takeover_by_a_peer_is_checked_against_the_takers_own_table() {
         out.iter().any(|a| {
             matches!(a, Action::Audit { event, .. }
                 if event.action == AuditAction::TakeoverRefused
-                    && event.outcome == Some(0xA)
+                    && event.outcome == Some(ErrorCause::SECURITY_REJECTION)
                     && event.actor.as_ref().is_some_and(|(id, _)| id.as_str() == PR_B)
                     && event.detail.as_deref().is_some_and(|d| d.contains(what)))
         })

@@ -70,14 +70,26 @@ fn a_peers_pe_is_served_but_only_its_home_may_change_it() {
     assert_eq!(h.core.peers()[0].checksum_match, None);
     // C claims a PE whose home is B: ignored and audited (spec §9.4 [P]).
     let out = h.enrp(11, c, add_pe(SID_B, "echo", 6, PE_A));
-    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerIgnored,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     // C tries to delete B's PE: ignored and audited.
     let mut del = add_pe(c, "echo", 5, PE_A);
     if let EnrpBody::HandleUpdate { action, .. } = &mut del {
         *action = UpdateAction::DelPe;
     }
     let out = h.enrp(11, c, del);
-    assert_eq!(audits(&out), vec![(AuditAction::PeerIgnored, Some(0xA))]);
+    assert_eq!(
+        audits(&out),
+        vec![(
+            AuditAction::PeerIgnored,
+            Some(ErrorCause::SECURITY_REJECTION)
+        )]
+    );
     assert_eq!(found_ids(&h.resolve(pu, "echo")), vec![5]);
     // B deletes its own.
     let mut del = add_pe(SID_B, "echo", 5, PE_A);
@@ -334,6 +346,6 @@ fn a_peer_has_a_bounded_share_of_the_handlespace() {
     let pe_conn = b.connect(3, PE_A);
     assert_eq!(
         reg_cause(&b.send(pe_conn, registration("echo", 9))),
-        Some(0x6)
+        Some(ErrorCause::LACK_OF_RESOURCES)
     );
 }
