@@ -51,9 +51,16 @@ pub use timers::Timers;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
-/// What the TLS handshake proved about an ASAP client (a PE or a PU), and where it is.
+/// The former name of [`Remote`] (issue 24: it named ENRP peers too). Kept while
+/// crates/enrp, the simulator and the benches use it; new code says `Remote`.
+pub use Remote as Client;
+
+/// The authenticated remote of a connection, ASAP or ENRP: what the TLS handshake proved
+/// about it (for a legacy SCTP association: its address, [`legacy_identity`]), and where it
+/// is. On an ASAP connection it is a client (a PE or a PU); on an ENRP connection a peer
+/// registrar. "Peer" in the core means only an ENRP peer registrar.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Client {
+pub struct Remote {
     /// The SPIFFE ID of its certificate.
     pub id: SpiffeId,
     /// Its certificate's serial.
@@ -70,7 +77,7 @@ pub enum Input {
         /// The connection.
         conn: ConnId,
         /// Who it is.
-        client: Client,
+        client: Remote,
         /// Every address of the client's end: over SCTP the association's peer
         /// addresses (the kernel's `sctp_getpaddrs`); over TCP, or when the kernel did not
         /// tell them, none. `client.addr` counts in any case. A PE may register only these
@@ -130,7 +137,7 @@ pub enum Input {
         /// The connection (numbered like ASAP connections, from the same counter).
         conn: ConnId,
         /// Who it is.
-        peer: Client,
+        peer: Remote,
         /// The Server ID its identity implies: every message must carry it.
         server_id: ServerId,
         /// Whether this registrar dialed it (`--peer`) rather than accepted it: of two
@@ -468,7 +475,7 @@ struct Owned {
 
 #[derive(Debug)]
 struct Connection {
-    client: Client,
+    client: Remote,
     /// The client's addresses in canonical form (IPv4-mapped IPv6 as IPv4), `client.addr`
     /// first: what its PEs may register (spec §7.1 PR step 3).
     addrs: Vec<std::net::IpAddr>,

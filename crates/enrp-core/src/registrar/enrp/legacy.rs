@@ -13,7 +13,7 @@ impl Core {
     pub(super) fn is_legacy_peer_sid(&self, sid: ServerId) -> bool {
         self.peers
             .get(&sid)
-            .is_some_and(|p| is_legacy(&p.client.id))
+            .is_some_and(|p| is_legacy(&p.remote.id))
     }
 
     /// The checksum of the PEs this registrar owns in the legacy namespace: what a legacy
@@ -154,7 +154,7 @@ impl Core {
         let legacy_conn = |conn: &ConnId| {
             self.peer_conns
                 .get(conn)
-                .is_some_and(|pc| is_legacy(&pc.client.id))
+                .is_some_and(|pc| is_legacy(&pc.remote.id))
         };
         if !out
             .iter()

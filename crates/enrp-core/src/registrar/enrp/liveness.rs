@@ -122,7 +122,7 @@ impl Core {
                 reason: "peer did not answer",
             });
         }
-        let client = p.client.clone();
+        let remote = p.remote.clone();
         // Keep looking for it where it said it serves (spec §9.2 [P]): it may come back
         // with no peer configured that would find us, and a peer list that named it
         // while we still thought it alive made us dial nothing (the deterministic
@@ -133,7 +133,7 @@ impl Core {
         }
         out.push(Action::Audit {
             event: Self::peer_event(
-                &client,
+                &remote,
                 AuditAction::PeerDead,
                 None,
                 format!("Server ID {sid}: no answer; it owns {owned_there} PEs here"),
@@ -179,15 +179,15 @@ impl Core {
             .collect();
         self.pending_inits.retain(|(target, _), _| *target != sid);
         for (by, until) in pending {
-            let Some((conn, client)) = self
+            let Some((conn, remote)) = self
                 .peers
                 .get(&by)
                 .filter(|p| p.state != PeerState::Dead)
-                .and_then(|p| Some((p.conn?, p.client.clone())))
+                .and_then(|p| Some((p.conn?, p.remote.clone())))
             else {
                 continue;
             };
-            self.ack_takeover(conn, by, &client, sid, until, out);
+            self.ack_takeover(conn, by, &remote, sid, until, out);
         }
         if owned_there > 0 {
             self.start_takeover(sid, now, out);

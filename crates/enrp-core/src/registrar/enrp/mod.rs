@@ -62,7 +62,7 @@ use ::asap::wire::{
 use identity::SpiffeId;
 
 use super::{
-    Action, AuditAction, AuditEvent, Client, ConnId, Core, Durability, PeKey, Revocation, TimerKey,
+    Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, Revocation, TimerKey,
     is_legacy, is_legacy_peer,
 };
 use crate::checksum::PeChecksum as Checksum;
@@ -107,14 +107,14 @@ impl Core {
             return;
         }
         let sid = pc.server_id;
-        let client = pc.client.clone();
+        let remote = pc.remote.clone();
         let mut msg = msg.msg;
         // Spec §11.2: the Sender ID must be the one the TLS identity implies.
         if msg.sender != sid {
             pc.closing = true;
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    &client,
+                    &remote,
                     AuditAction::PeerRefused,
                     Some(ErrorCause::SecurityRejection.code()),
                     format!(
@@ -135,7 +135,7 @@ impl Core {
         if msg.receiver != 0 && msg.receiver != self.config.server_id.get() {
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    &client,
+                    &remote,
                     AuditAction::PeerIgnored,
                     None,
                     format!("message addressed to {:#010x}", msg.receiver),
@@ -144,7 +144,7 @@ impl Core {
             });
             return;
         }
-        if is_legacy(&client.id) {
+        if is_legacy(&remote.id) {
             self.confine_from_legacy_peer(&mut msg.body);
         }
         match msg.body {
@@ -157,7 +157,7 @@ impl Core {
                 // Only its own address counts: a peer does not speak for another's. A
                 // legacy peer's is not kept: it speaks plain ENRP, only where configured.
                 let advertised = server_info
-                    .filter(|i| i.server_id == sid && !is_legacy(&client.id))
+                    .filter(|i| i.server_id == sid && !is_legacy(&remote.id))
                     .as_ref()
                     .and_then(dialable)
                     .filter(|a| self.may_dial(a));
@@ -184,7 +184,7 @@ impl Core {
                 reject,
                 more,
                 pools,
-            } => self.on_handle_table(sid, &client, reject, more, pools, now, out),
+            } => self.on_handle_table(sid, &remote, reject, more, pools, now, out),
             EnrpBody::HandleUpdate {
                 action,
                 namespace,
@@ -201,17 +201,17 @@ impl Core {
                         let mut tally = Tally::default();
                         self.accept_peer_pe(
                             sid,
-                            &client,
+                            &remote,
                             (namespace, pool_handle),
                             entry,
                             now,
                             &mut tally,
                             out,
                         );
-                        tally.emit(&client, "ADD_PE", out);
+                        tally.emit(&remote, "ADD_PE", out);
                     }
                     UpdateAction::DelPe => {
-                        self.delete_peer_pe(sid, &client, namespace, pool_handle, &entry, now, out);
+                        self.delete_peer_pe(sid, &remote, namespace, pool_handle, &entry, now, out);
                     }
                 }
             }
@@ -230,7 +230,7 @@ impl Core {
             }
             EnrpBody::Error(e) => out.push(Action::Audit {
                 event: Self::peer_event(
-                    &client,
+                    &remote,
                     AuditAction::PeerIgnored,
                     e.causes().first().map(ErrorCause::code),
                     "ENRP_ERROR from the peer".to_owned(),
@@ -238,7 +238,7 @@ impl Core {
                 durability: Durability::Batched,
             }),
             EnrpBody::InitTakeover { target } => {
-                self.on_init_takeover(conn, sid, &client, target, now, out);
+                self.on_init_takeover(conn, sid, &remote, target, now, out);
             }
             EnrpBody::InitTakeoverAck { target } => {
                 if let Some(t) = self.takeovers.get_mut(&target) {
@@ -247,7 +247,7 @@ impl Core {
                 }
             }
             EnrpBody::TakeoverServer { target } => {
-                self.on_takeover_server(sid, &client, target, out);
+                self.on_takeover_server(sid, &remote, target, out);
             }
             EnrpBody::ListResponse { reject, servers } => {
                 // Only the answer to our own request (issue 16): a peer cannot make this
@@ -259,7 +259,7 @@ impl Core {
                 if !asked {
                     out.push(Action::Audit {
                         event: Self::peer_event(
-                            &client,
+                            &remote,
                             AuditAction::PeerIgnored,
                             Some(ErrorCause::SecurityRejection.code()),
                             "ENRP_LIST_RESPONSE we did not ask for".to_owned(),
@@ -267,7 +267,7 @@ impl Core {
                         durability: Durability::Batched,
                     });
                 } else if !reject {
-                    self.on_peer_list(&client, &servers, out);
+                    self.on_peer_list(&remote, &servers, out);
                 }
             }
         }
@@ -286,7 +286,7 @@ impl Core {
         };
         out.push(Action::Audit {
             event: Self::peer_event(
-                &pc.client,
+                &pc.remote,
                 AuditAction::Malformed,
                 error.cause().map(|c| c.code()),
                 error.to_string(),

@@ -53,7 +53,7 @@ pub struct PeerStatus {
 /// What the core remembers of a peer registrar.
 #[derive(Debug)]
 pub(in crate::registrar) struct Peer {
-    pub(super) client: Client,
+    pub(super) remote: Remote,
     /// The connection in use, if any.
     pub(super) conn: Option<ConnId>,
     pub(super) state: PeerState,
@@ -108,7 +108,7 @@ pub(super) fn server_transport(addr: &TransportAddr) -> Option<Transport> {
 #[derive(Debug)]
 pub(in crate::registrar) struct PeerConn {
     pub(super) server_id: ServerId,
-    pub(super) client: Client,
+    pub(super) remote: Remote,
     /// Dialed by the lower of the two Server IDs: of two connections between the same
     /// pair, both sides keep that one.
     pub(super) dialed_by_lower: bool,
@@ -122,7 +122,7 @@ impl Core {
         self.peers
             .iter()
             .map(|(sid, p)| PeerStatus {
-                identity: p.client.id.clone(),
+                identity: p.remote.id.clone(),
                 server_id: *sid,
                 state: p.state,
                 connected: p.conn.is_some(),
@@ -149,20 +149,20 @@ impl Core {
     }
 
     pub(super) fn peer_event(
-        client: &Client,
+        remote: &Remote,
         action: AuditAction,
         outcome: Option<u16>,
         detail: String,
     ) -> AuditEvent {
         // ARCHITECTURE.md §4: whatever a legacy peer says is marked so.
-        let detail = if is_legacy(&client.id) {
+        let detail = if is_legacy(&remote.id) {
             format!("{detail}; unauthenticated: legacy SCTP peer")
         } else {
             detail
         };
         AuditEvent {
-            actor: Some((client.id.clone(), client.serial.clone())),
-            remote: Some(client.addr),
+            actor: Some((remote.id.clone(), remote.serial.clone())),
+            remote: Some(remote.addr),
             namespace: None,
             pool_handle: None,
             pe_id: None,
@@ -178,7 +178,7 @@ impl Core {
     pub(in crate::registrar) fn on_peer_up(
         &mut self,
         conn: ConnId,
-        peer: Client,
+        peer: Remote,
         server_id: ServerId,
         outbound: bool,
         now: Instant,
@@ -203,7 +203,7 @@ impl Core {
                     self.peers
                         .get(&server_id)
                         .filter(|p| p.state != PeerState::Dead)
-                        .map(|p| &p.client.id)
+                        .map(|p| &p.remote.id)
                 })
                 .filter(|id| **id != peer.id)
                 .cloned();
@@ -271,13 +271,13 @@ impl Core {
             conn,
             PeerConn {
                 server_id,
-                client: peer.clone(),
+                remote: peer.clone(),
                 dialed_by_lower,
                 closing: false,
             },
         );
         let p = self.peers.entry(server_id).or_insert_with(|| Peer {
-            client: peer.clone(),
+            remote: peer.clone(),
             conn: None,
             state: PeerState::Active,
             last_heard: None,
@@ -289,7 +289,7 @@ impl Core {
             list_asked: false,
             conflict: None,
         });
-        p.client = peer.clone();
+        p.remote = peer.clone();
         p.conn = Some(conn);
         p.continuation.clear();
         self.timers.stop(&TimerKey::Continuation(server_id, true));
@@ -397,7 +397,7 @@ impl Core {
     /// authenticated like a configured peer: the list grants no trust.
     pub(super) fn on_peer_list(
         &self,
-        from: &Client,
+        from: &Remote,
         servers: &[ServerInformation],
         out: &mut Vec<Action>,
     ) {
@@ -506,7 +506,7 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .peer_conns
             .iter()
-            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.client))
+            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.remote))
             .map(|(c, _)| *c)
             .collect();
         closing.sort_unstable();
@@ -526,7 +526,7 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .peer_conns
             .iter()
-            .filter(|(_, pc)| !pc.closing && !self.peer_granted(&pc.client.id))
+            .filter(|(_, pc)| !pc.closing && !self.peer_granted(&pc.remote.id))
             .map(|(c, _)| *c)
             .collect();
         closing.sort_unstable();
@@ -536,7 +536,7 @@ impl Core {
             };
             pc.closing = true;
             let event = Self::peer_event(
-                &pc.client,
+                &pc.remote,
                 AuditAction::PeerRefused,
                 Some(ErrorCause::SecurityRejection.code()),
                 "peer grant withdrawn".to_owned(),

@@ -50,7 +50,7 @@ impl Core {
     pub(in crate::registrar) fn end_startup(
         &mut self,
         why: AuditAction,
-        mentor: Option<&Client>,
+        mentor: Option<&Remote>,
         out: &mut Vec<Action>,
     ) {
         if !self.starting {
@@ -182,7 +182,7 @@ impl Core {
     pub(super) fn on_handle_table(
         &mut self,
         sid: ServerId,
-        client: &Client,
+        remote: &Remote,
         reject: bool,
         more: bool,
         pools: Vec<PoolEntries>,
@@ -199,7 +199,7 @@ impl Core {
             }
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    client,
+                    remote,
                     AuditAction::PeerIgnored,
                     None,
                     "the peer rejected our handle table request".to_owned(),
@@ -213,7 +213,7 @@ impl Core {
         if self.peers.get(&sid).is_none_or(|p| p.sync.is_none()) {
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    client,
+                    remote,
                     AuditAction::PeerIgnored,
                     Some(ErrorCause::SecurityRejection.code()),
                     "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned(),
@@ -237,7 +237,7 @@ impl Core {
                 }
                 if let Some(key) = self.accept_peer_pe(
                     sid,
-                    client,
+                    remote,
                     (group.namespace.clone(), group.pool_handle.clone()),
                     entry,
                     now,
@@ -248,7 +248,7 @@ impl Core {
                 }
             }
         }
-        tally.emit(client, "handle table page", out);
+        tally.emit(remote, "handle table page", out);
         let Some(p) = self.peers.get_mut(&sid) else {
             return;
         };
@@ -291,7 +291,7 @@ impl Core {
         if purged > 0 {
             // One record for the whole purge, naming the peer (issue 16).
             let mut event = Self::peer_event(
-                client,
+                remote,
                 AuditAction::RemoveResync,
                 None,
                 format!("{purged} PEs its handle table no longer lists"),
@@ -323,7 +323,7 @@ impl Core {
             self.remove_owned(&k, AuditAction::RemoveResync, out);
         }
         if mentor_done {
-            self.end_startup(AuditAction::MentorDone, Some(client), out);
+            self.end_startup(AuditAction::MentorDone, Some(remote), out);
         }
     }
 }

@@ -25,7 +25,7 @@ impl Core {
         let who = self
             .peers
             .get(&target)
-            .map(|p| format!(" ({})", p.client.id))
+            .map(|p| format!(" ({})", p.remote.id))
             .unwrap_or_default();
         Action::Audit {
             event: AuditEvent {
@@ -248,7 +248,7 @@ impl Core {
         &mut self,
         conn: ConnId,
         from: ServerId,
-        client: &Client,
+        remote: &Remote,
         target: ServerId,
         now: Instant,
         out: &mut Vec<Action>,
@@ -280,7 +280,7 @@ impl Core {
             self.pending_inits.insert((target, from), until);
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    client,
+                    remote,
                     AuditAction::TakeoverRefused,
                     Some(ErrorCause::SecurityRejection.code()),
                     format!("INIT_TAKEOVER of {target}: not acknowledged, it is {state} here"),
@@ -289,7 +289,7 @@ impl Core {
             });
             return;
         }
-        self.ack_takeover(conn, from, client, target, until, out);
+        self.ack_takeover(conn, from, remote, target, until, out);
     }
 
     /// Step 2, the acknowledgement: `from` takes over `target` (dead here); this registrar
@@ -298,7 +298,7 @@ impl Core {
         &mut self,
         conn: ConnId,
         from: ServerId,
-        client: &Client,
+        remote: &Remote,
         target: ServerId,
         until: Instant,
         out: &mut Vec<Action>,
@@ -321,7 +321,7 @@ impl Core {
         }
         out.push(Action::Audit {
             event: Self::peer_event(
-                client,
+                remote,
                 AuditAction::TakeoverAcked,
                 None,
                 format!("Server ID {from} takes over {target}"),
@@ -340,7 +340,7 @@ impl Core {
     pub(super) fn on_takeover_server(
         &mut self,
         from: ServerId,
-        client: &Client,
+        remote: &Remote,
         target: ServerId,
         out: &mut Vec<Action>,
     ) {
@@ -365,7 +365,7 @@ impl Core {
         if let Some(why) = refusal {
             out.push(Action::Audit {
                 event: Self::peer_event(
-                    client,
+                    remote,
                     AuditAction::TakeoverRefused,
                     Some(ErrorCause::SecurityRejection.code()),
                     format!("TAKEOVER_SERVER of {target}: {why}"),
@@ -389,7 +389,7 @@ impl Core {
         let mut moved = 0usize;
         let mut tally = Tally::default();
         for (key, mut entry) in pes {
-            if !self.permits(&client.id, &key.0, &key.1, identity::Action::Peer) {
+            if !self.permits(&remote.id, &key.0, &key.1, identity::Action::Peer) {
                 let why = "no peer grant for this namespace and pool".to_owned();
                 tally.refuse(key, why);
                 continue;
@@ -405,14 +405,14 @@ impl Core {
         }
         out.push(Action::Audit {
             event: Self::peer_event(
-                client,
+                remote,
                 AuditAction::TakeoverApplied,
                 None,
                 format!("Server ID {from} took over {target}: {moved} PEs moved"),
             ),
             durability: Durability::BeforeReply,
         });
-        tally.emit(client, "TAKEOVER_SERVER", out);
+        tally.emit(remote, "TAKEOVER_SERVER", out);
         // The taker may not have known every PE moved here (it missed an update): its
         // own table, asked for now, confirms the rest and purges those (spec §9.6),
         // rather than leave them under its name until the next checksum mismatch.

@@ -49,8 +49,8 @@ impl Tally {
         }
     }
 
-    /// The audit records, naming the peer `client`; `what` names the message.
-    pub(super) fn emit(self, client: &Client, what: &str, out: &mut Vec<Action>) {
+    /// The audit records, naming the peer `remote`; `what` names the message.
+    pub(super) fn emit(self, remote: &Remote, what: &str, out: &mut Vec<Action>) {
         let name = |event: &mut AuditEvent, key: &PeKey| {
             event.namespace = Some(key.0.clone());
             event.pool_handle = Some(key.1.clone());
@@ -59,7 +59,7 @@ impl Tally {
         let changes = self.added + self.rehomed + self.removed;
         if changes > 0 {
             let mut event = Core::peer_event(
-                client,
+                remote,
                 AuditAction::PeerUpdate,
                 None,
                 format!(
@@ -82,7 +82,7 @@ impl Tally {
                 format!("{what}: {} PEs refused; the first: {why}", self.refused)
             };
             let mut event = Core::peer_event(
-                client,
+                remote,
                 AuditAction::PeerIgnored,
                 Some(ErrorCause::SecurityRejection.code()),
                 detail,
@@ -195,7 +195,7 @@ impl Core {
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ignore_pe(
-        client: &Client,
+        remote: &Remote,
         ns: &Namespace,
         handle: &PoolHandle,
         pe_id: PeId,
@@ -203,7 +203,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let mut event = Self::peer_event(
-            client,
+            remote,
             AuditAction::PeerIgnored,
             Some(ErrorCause::SecurityRejection.code()),
             why,
@@ -227,7 +227,7 @@ impl Core {
     pub(super) fn accept_peer_pe(
         &mut self,
         sid: ServerId,
-        client: &Client,
+        remote: &Remote,
         (ns, handle): (Namespace, PoolHandle),
         entry: PeEntry,
         now: Instant,
@@ -241,7 +241,7 @@ impl Core {
                 "not the sender's PE: its home is {:#010x}",
                 pe.home_server_id
             ))
-        } else if !self.permits(&client.id, &key.0, &key.1, identity::Action::Peer) {
+        } else if !self.permits(&remote.id, &key.0, &key.1, identity::Action::Peer) {
             Some("no peer grant for this namespace and pool".to_owned())
         } else if !pe.registration_life_valid() {
             Some("registration life out of range".to_owned())
@@ -409,7 +409,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let mut by: std::collections::BTreeMap<ServerId, (Client, Tally)> = Default::default();
+        let mut by: std::collections::BTreeMap<ServerId, (Remote, Tally)> = Default::default();
         for key in keys {
             let Some(claim) = self.claims.remove(key) else {
                 continue;
@@ -417,25 +417,25 @@ impl Core {
             let life = Duration::from_millis(
                 u64::try_from(claim.entry.pool_element.registration_life).unwrap_or(0),
             );
-            let Some(client) = self
+            let Some(remote) = self
                 .peers
                 .get(&claim.by)
                 .filter(|p| p.state != PeerState::Dead && p.conn.is_some())
-                .map(|p| p.client.clone())
+                .map(|p| p.remote.clone())
             else {
                 continue;
             };
             if claim.at + life <= now {
                 continue;
             }
-            let (client, tally) = by
+            let (remote, tally) = by
                 .entry(claim.by)
-                .or_insert_with(|| (client, Tally::default()));
-            let client = client.clone();
+                .or_insert_with(|| (remote, Tally::default()));
+            let remote = remote.clone();
             let ns_handle = (key.0.clone(), key.1.clone());
             self.accept_peer_pe(
                 claim.by,
-                &client,
+                &remote,
                 ns_handle,
                 claim.entry,
                 claim.at,
@@ -443,8 +443,8 @@ impl Core {
                 out,
             );
         }
-        for (_, (client, tally)) in by {
-            tally.emit(&client, "re-home once the old home let the PE go", out);
+        for (_, (remote, tally)) in by {
+            tally.emit(&remote, "re-home once the old home let the PE go", out);
         }
     }
 
@@ -469,7 +469,7 @@ impl Core {
     pub(super) fn delete_peer_pe(
         &mut self,
         sid: ServerId,
-        client: &Client,
+        remote: &Remote,
         ns: Namespace,
         handle: PoolHandle,
         entry: &PeEntry,
@@ -491,11 +491,11 @@ impl Core {
         let Some(home) = home else { return };
         if home != sid.get() || entry.pool_element.home_server_id != sid.get() {
             let why = format!("not the sender's PE: its home is {home:#010x}");
-            return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+            return Self::ignore_pe(remote, &ns, &handle, pe_id, why, out);
         }
-        if !self.permits(&client.id, &ns, &handle, identity::Action::Peer) {
+        if !self.permits(&remote.id, &ns, &handle, identity::Action::Peer) {
             let why = "no peer grant for this namespace and pool".to_owned();
-            return Self::ignore_pe(client, &ns, &handle, pe_id, why, out);
+            return Self::ignore_pe(remote, &ns, &handle, pe_id, why, out);
         }
         if let Some(removed) = self.handlespace.remove(&ns, &handle, pe_id) {
             self.after_removal(&removed, out);
@@ -505,7 +505,7 @@ impl Core {
                 ..Tally::default()
             };
             tally.changed(&key);
-            tally.emit(client, "DEL_PE", out);
+            tally.emit(remote, "DEL_PE", out);
             // Its home let it go: a peer's re-home waiting for that applies now.
             self.settle_claims(&[key], now, out);
         }

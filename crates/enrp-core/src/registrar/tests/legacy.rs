@@ -23,7 +23,7 @@ fn a_legacy_peer_is_confined_to_the_legacy_namespace() {
     let out = h.core.handle(
         Input::PeerUp {
             conn: ConnId(19),
-            peer: Client {
+            peer: Remote {
                 id: legacy_identity(Ipv4Addr::new(192, 0, 2, 9).into()),
                 serial: Serial::from_bytes(&[]),
                 addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
@@ -34,7 +34,7 @@ fn a_legacy_peer_is_confined_to_the_legacy_namespace() {
         h.now,
     );
     assert!(closed(&out), "{out:?}");
-    let rsplib = Client {
+    let rsplib = Remote {
         id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into(), sid(SID_R)),
         serial: Serial::from_bytes(&[]),
         addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
@@ -193,7 +193,7 @@ fn a_legacy_peers_pe_re_registers_here_and_is_dialed_over_sctp_on_a_takeover() {
     config.legacy_namespace = Some(legacy_ns.clone());
     let mut h = Harness::new();
     h.core = Core::new(config, peer_grants());
-    let rsplib = Client {
+    let rsplib = Remote {
         id: legacy_peer_identity(Ipv4Addr::new(192, 0, 2, 9).into(), sid(SID_R)),
         serial: Serial::from_bytes(&[]),
         addr: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9911)),
@@ -241,7 +241,7 @@ fn a_legacy_peers_pe_re_registers_here_and_is_dialed_over_sctp_on_a_takeover() {
     );
     // From another address it would be someone else: refused, nothing changes.
     let elsewhere = Ipv4Addr::new(192, 0, 2, 7);
-    let client = Client {
+    let client = Remote {
         id: legacy_identity(elsewhere.into()),
         serial: Serial::from_bytes(&[]),
         addr: SocketAddr::from((elsewhere, 40000)),

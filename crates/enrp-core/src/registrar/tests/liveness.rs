@@ -43,7 +43,7 @@ fn a_dead_peer_is_dialed_at_its_advertised_address() {
     h.core.handle(
         Input::PeerUp {
             conn: ConnId(10),
-            peer: Client {
+            peer: Remote {
                 id: SpiffeId::parse(PR_B).expect("SPIFFE ID"),
                 serial: Serial::from_bytes(&[1]),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
@@ -75,7 +75,7 @@ fn a_lost_connection_is_probed_and_a_reconnect_revives_the_peer() {
     let out = h.core.handle(
         Input::PeerUp {
             conn: ConnId(12),
-            peer: Client {
+            peer: Remote {
                 id: SpiffeId::parse(PR_B).expect("SPIFFE ID"),
                 serial: Serial::from_bytes(&[1]),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9902)),

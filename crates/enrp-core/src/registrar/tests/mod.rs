@@ -85,7 +85,7 @@ impl Harness {
         addr: SocketAddr,
         addrs: &[std::net::IpAddr],
     ) -> ConnId {
-        let client = Client {
+        let client = Remote {
             id: SpiffeId::parse(id).expect("SPIFFE ID"),
             serial: Serial::from_bytes(&conn.to_be_bytes()),
             addr,
@@ -226,7 +226,7 @@ impl Harness {
     }
 
     fn peer_up(&mut self, conn: u64, id: &str, server_id: u32) -> Vec<Action> {
-        let peer = Client {
+        let peer = Remote {
             id: SpiffeId::parse(id).expect("SPIFFE ID"),
             serial: Serial::from_bytes(&conn.to_be_bytes()),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9902)),

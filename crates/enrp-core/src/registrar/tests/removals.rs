@@ -75,7 +75,7 @@ fn revoking_a_serial_removes_its_pes_even_after_their_connection_closed() {
     assert_eq!(h.core.stats().timers, 0);
     // A connection with that certificate that finished its handshake before the TLS
     // layer knew is closed at once, and what it sends is ignored.
-    let client = Client {
+    let client = Remote {
         id: SpiffeId::parse(PE_A).expect("SPIFFE ID"),
         serial: Serial::from_bytes(&1u64.to_be_bytes()),
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 40001)),
