@@ -8,7 +8,8 @@
 //! later action of the same batch (raft's "persist before send"), so that no registration
 //! is acknowledged before its audit record is durable.
 //!
-//! Time comes in as `now`; the one RNG is seeded from [`Config::rng_seed`]. Timers are
+//! Time comes in as `now`; the one RNG, a ChaCha8 stream (the same for a seed whatever
+//! the `rand` release), is seeded from [`Config::rng_seed`]. Timers are
 //! values ([`Core::next_timeout`], [`Core::handle_timeout`]).
 //!
 //! Read [`Core::handle`] first; the ASAP server procedures of spec §7 are in `asap.rs`,
@@ -33,8 +34,8 @@ use std::time::Instant;
 use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
 use ::asap::wire::{AsapMsg, DecodeError, Decoded, EnrpMsg};
 use identity::{DefaultNamespace, Grant, Serial, SpiffeId, TrustDomain};
-use rand::SeedableRng as _;
-use rand::rngs::StdRng;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng as _;
 
 use crate::handlespace::Handlespace;
 
@@ -548,7 +549,7 @@ pub struct Core {
     conns: HashMap<ConnId, Connection>,
     owned: HashMap<PeKey, Owned>,
     timers: Timers<TimerKey>,
-    rng: StdRng,
+    rng: ChaCha8Rng,
     /// Revocations heard of: a connection they cover is closed as soon as it is
     /// announced (it may have finished its handshake before the TLS layer knew).
     revocations: Vec<Revocation>,
@@ -588,7 +589,7 @@ impl Core {
     pub fn new(config: Config, grants: Vec<Grant>) -> Self {
         Self {
             handlespace: Handlespace::new(config.limits),
-            rng: StdRng::seed_from_u64(config.rng_seed),
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
             grants,
             default_namespaces: Vec::new(),
