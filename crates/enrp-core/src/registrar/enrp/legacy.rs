@@ -5,7 +5,18 @@
 //! dispatch in `super` and the driver's sends (`Core::confine_legacy_sends`) pass through
 //! here.
 
-use super::*;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+
+use ::asap::addr::{Endpoint, TransportAddr};
+use ::asap::wire::param::{
+    Address, Namespace, PoolHandle, SctpAddresses, ServerId, ServerInformation, Transport,
+    TransportUse,
+};
+use ::asap::wire::{EnrpBody, EnrpMsg, PeEntry, PoolEntries};
+
+use crate::checksum::PeChecksum as Checksum;
+use crate::registrar::{Action, ConnId, Core, PeKey, is_legacy};
 
 impl Core {
     /// Whether `sid` is a legacy peer (RSPLIB): it speaks and hears only the legacy

@@ -3,7 +3,13 @@
 //! dead peer when MAX-TIME-NO-RESPONSE passes too. The timers (`registrar/timers.rs`) call
 //! in here from `Core::handle_timeout`; a dead peer starts a takeover (`takeover.rs`).
 
-use super::*;
+use std::time::Instant;
+
+use ::asap::wire::param::{PeChecksum, ServerId};
+use ::asap::wire::{EnrpBody, EnrpMsg};
+
+use super::PeerState;
+use crate::registrar::{Action, AuditAction, ConnId, Core, Durability, PeKey, TimerKey};
 
 impl Core {
     /// Any message from a peer: it is alive (spec §9.5).

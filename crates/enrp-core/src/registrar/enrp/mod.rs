@@ -46,27 +46,12 @@
 //! applied, claims), `tables.rs` (handle table requests and responses, start-up),
 //! `takeover.rs` (§9.8 and the PE hand-over), `legacy.rs` (RSPLIB peers).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::num::NonZeroU16;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ::asap::addr::{Endpoint, TransportAddr};
-use ::asap::wire::param::{
-    Address, ErrorCause, Namespace, OperationError, Param as _, PeChecksum, PeId, PoolHandle,
-    SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
-};
-use ::asap::wire::{
-    AsapMsg, DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, PoolEntries, UpdateAction,
-};
-use identity::SpiffeId;
+use ::asap::wire::param::{ErrorCause, OperationError, ServerId};
+use ::asap::wire::{DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, UpdateAction};
 
-use super::{
-    Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, Revocation, TimerKey,
-    is_legacy, is_legacy_peer,
-};
-use crate::checksum::PeChecksum as Checksum;
-use crate::handlespace::Removed;
+use super::{Action, AuditAction, ConnId, Core, Durability, is_legacy};
 
 mod legacy;
 mod liveness;

@@ -4,7 +4,22 @@
 //! its identity is revoked. The dispatch in `super` (`Core::on_enrp`) calls in here;
 //! liveness (`liveness.rs`) moves a peer's [`PeerState`].
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::Instant;
+
+use ::asap::addr::{Endpoint, TransportAddr};
+use ::asap::wire::EnrpBody;
+use ::asap::wire::param::{
+    Address, ErrorCause, SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
+};
+use identity::SpiffeId;
+
+use crate::registrar::{
+    Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, Revocation, TimerKey,
+    is_legacy, is_legacy_peer,
+};
 
 /// Where an ENRP peer stands (spec §9.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,16 @@
 //! mentor at start-up, which ends the start-up phase. Entries are applied by
 //! `updates.rs`.
 
-use super::*;
+use std::collections::HashSet;
+use std::time::Instant;
+
+use ::asap::wire::param::{ErrorCause, Param as _, ServerId};
+use ::asap::wire::{EnrpBody, EnrpMsg, PoolEntries};
+
+use super::Tally;
+use crate::registrar::{
+    Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, TimerKey,
+};
 
 impl Core {
     /// Starts (or restarts) the download of a peer's own PEs (spec §9.6, §9.7).

@@ -4,7 +4,18 @@
 //! registrar dead here is taken over, and only after our own acknowledgement
 //! (docs/ENRP-TRUST.md). Started by `liveness.rs` when a peer dies.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use ::asap::addr::TransportAddr;
+use ::asap::wire::param::{ErrorCause, ServerId};
+use ::asap::wire::{AsapMsg, EnrpBody, PeEntry};
+use identity::SpiffeId;
+
+use super::{PeerState, Tally};
+use crate::registrar::{
+    Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, TimerKey,
+};
 
 /// A takeover of a dead peer this registrar runs (spec §9.8).
 #[derive(Debug, Default)]

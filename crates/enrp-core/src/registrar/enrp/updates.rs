@@ -5,7 +5,17 @@
 //! [`Tally`]. Called from the dispatch in `super` and from the handle tables
 //! (`tables.rs`), which apply their entries the same way.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use ::asap::wire::param::{ErrorCause, Namespace, PeId, PoolHandle, ServerId};
+use ::asap::wire::{EnrpBody, EnrpMsg, PeEntry, UpdateAction};
+use identity::SpiffeId;
+
+use super::PeerState;
+use crate::handlespace::Removed;
+use crate::registrar::{
+    Action, AuditAction, AuditEvent, Core, Durability, PeKey, Remote, Revocation, TimerKey,
+};
 
 /// Most re-homes waiting for the withdrawal of a live home (docs/ENRP-TRUST.md §2).
 /// Beyond it a re-home is refused without waiting; the §9.6 checksum audit offers it
