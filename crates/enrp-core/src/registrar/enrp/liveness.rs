@@ -9,7 +9,7 @@ use ::asap::wire::param::{PeChecksum, ServerId};
 use ::asap::wire::{EnrpBody, EnrpMsg};
 
 use super::PeerState;
-use crate::registrar::{Action, AuditAction, ConnId, Core, Durability, PeKey, TimerKey};
+use crate::registrar::{Action, AuditAction, ConnId, Core, PeKey, TimerKey};
 
 impl Core {
     /// Any message from a peer: it is alive (spec §9.5).
@@ -137,15 +137,12 @@ impl Core {
         if let Some(addr) = p.enrp_addr.clone() {
             out.push(Action::DialPeer { addr });
         }
-        out.push(Action::Audit {
-            event: Self::peer_event(
-                &remote,
-                AuditAction::PeerDead,
-                None,
-                format!("Server ID {sid}: no answer; it owns {owned_there} PEs here"),
-            ),
-            durability: Durability::Batched,
-        });
+        out.push(Self::peer_audit(
+            &remote,
+            AuditAction::PeerDead,
+            None,
+            format!("Server ID {sid}: no answer; it owns {owned_there} PEs here"),
+        ));
         // A takeover it started is not ours to wait for any more.
         self.acked_takeovers.retain(|_, (by, _)| *by != sid);
         self.pending_inits.retain(|(_, by), _| *by != sid);

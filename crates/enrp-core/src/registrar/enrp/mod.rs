@@ -51,7 +51,7 @@ use std::time::Instant;
 use ::asap::wire::param::{ErrorCause, OperationError, ServerId};
 use ::asap::wire::{DecodeError, Decoded, EnrpBody, EnrpMsg, PeEntry, UpdateAction};
 
-use super::{Action, AuditAction, ConnId, Core, Durability, is_legacy};
+use super::{Action, AuditAction, ConnId, Core, is_legacy};
 
 mod legacy;
 mod liveness;
@@ -97,18 +97,15 @@ impl Core {
         // Spec §11.2: the Sender ID must be the one the TLS identity implies.
         if msg.sender != sid {
             pc.closing = true;
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    &remote,
-                    AuditAction::PeerRefused,
-                    Some(ErrorCause::SecurityRejection.code()),
-                    format!(
-                        "sender ID {} is not {sid}, the Server ID of its identity",
-                        msg.sender
-                    ),
+            out.push(Self::peer_audit(
+                &remote,
+                AuditAction::PeerRefused,
+                Some(ErrorCause::SecurityRejection.code()),
+                format!(
+                    "sender ID {} is not {sid}, the Server ID of its identity",
+                    msg.sender
                 ),
-                durability: Durability::Batched,
-            });
+            ));
             out.push(Action::Close {
                 conn,
                 reason: "ENRP sender ID mismatch",
@@ -118,15 +115,12 @@ impl Core {
         self.heard(sid, now);
         self.target_alive(sid, out);
         if msg.receiver != 0 && msg.receiver != self.config.server_id.get() {
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    &remote,
-                    AuditAction::PeerIgnored,
-                    None,
-                    format!("message addressed to {:#010x}", msg.receiver),
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                &remote,
+                AuditAction::PeerIgnored,
+                None,
+                format!("message addressed to {:#010x}", msg.receiver),
+            ));
             return;
         }
         if is_legacy(&remote.id) {
@@ -213,15 +207,12 @@ impl Core {
                     ),
                 });
             }
-            EnrpBody::Error(e) => out.push(Action::Audit {
-                event: Self::peer_event(
-                    &remote,
-                    AuditAction::PeerIgnored,
-                    e.causes().first().map(ErrorCause::code),
-                    "ENRP_ERROR from the peer".to_owned(),
-                ),
-                durability: Durability::Batched,
-            }),
+            EnrpBody::Error(e) => out.push(Self::peer_audit(
+                &remote,
+                AuditAction::PeerIgnored,
+                e.causes().first().map(ErrorCause::code),
+                "ENRP_ERROR from the peer".to_owned(),
+            )),
             EnrpBody::InitTakeover { target } => {
                 self.on_init_takeover(conn, sid, &remote, target, now, out);
             }
@@ -242,15 +233,12 @@ impl Core {
                     .get_mut(&sid)
                     .is_some_and(|p| std::mem::take(&mut p.list_asked));
                 if !asked {
-                    out.push(Action::Audit {
-                        event: Self::peer_event(
-                            &remote,
-                            AuditAction::PeerIgnored,
-                            Some(ErrorCause::SecurityRejection.code()),
-                            "ENRP_LIST_RESPONSE we did not ask for".to_owned(),
-                        ),
-                        durability: Durability::Batched,
-                    });
+                    out.push(Self::peer_audit(
+                        &remote,
+                        AuditAction::PeerIgnored,
+                        Some(ErrorCause::SecurityRejection.code()),
+                        "ENRP_LIST_RESPONSE we did not ask for".to_owned(),
+                    ));
                 } else if !reject {
                     self.on_peer_list(&remote, &servers, out);
                 }
@@ -269,15 +257,12 @@ impl Core {
         let Some(pc) = self.peer_conns.get(&conn) else {
             return;
         };
-        out.push(Action::Audit {
-            event: Self::peer_event(
-                &pc.remote,
-                AuditAction::Malformed,
-                error.cause().map(|c| c.code()),
-                error.to_string(),
-            ),
-            durability: Durability::Batched,
-        });
+        out.push(Self::peer_audit(
+            &pc.remote,
+            AuditAction::Malformed,
+            error.cause().map(|c| c.code()),
+            error.to_string(),
+        ));
         match error.cause() {
             Some(cause) => out.push(Action::SendEnrp {
                 conn,

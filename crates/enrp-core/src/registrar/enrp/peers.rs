@@ -187,6 +187,20 @@ impl Core {
         }
     }
 
+    /// The audit record of what a peer did or was refused ([`Self::peer_event`]),
+    /// batched: no reply waits for it.
+    pub(super) fn peer_audit(
+        remote: &Remote,
+        action: AuditAction,
+        outcome: Option<u16>,
+        detail: String,
+    ) -> Action {
+        Action::Audit {
+            event: Self::peer_event(remote, action, outcome, detail),
+            durability: Durability::Batched,
+        }
+    }
+
     /// Spec §9.1, §9.2, §11.2: a peer connection is accepted when its identity holds a
     /// `peer` grant and its Server ID is not bound to another live identity. Then it is
     /// greeted with a PRESENCE and asked for its own PEs (W=1).
@@ -234,15 +248,12 @@ impl Core {
             })
         };
         if let Some(why) = refusal {
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    &peer,
-                    AuditAction::PeerRefused,
-                    Some(ErrorCause::SecurityRejection.code()),
-                    why,
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                &peer,
+                AuditAction::PeerRefused,
+                Some(ErrorCause::SecurityRejection.code()),
+                why,
+            ));
             out.push(Action::Close {
                 conn,
                 reason: "peer refused",
@@ -317,18 +328,15 @@ impl Core {
                 now + self.config.timing.peer_heartbeat,
             );
         }
-        out.push(Action::Audit {
-            event: Self::peer_event(
-                &peer,
-                AuditAction::PeerUp,
-                None,
-                format!(
-                    "Server ID {server_id}, {}",
-                    if outbound { "dialed" } else { "accepted" }
-                ),
+        out.push(Self::peer_audit(
+            &peer,
+            AuditAction::PeerUp,
+            None,
+            format!(
+                "Server ID {server_id}, {}",
+                if outbound { "dialed" } else { "accepted" }
             ),
-            durability: Durability::Batched,
-        });
+        ));
         let hello = self.presence(server_id, false);
         out.push(Action::SendEnrp { conn, msg: hello });
         // Spec §9.3: the first peer up during start-up is the mentor; its whole table.
@@ -420,15 +428,12 @@ impl Core {
         let mut refused = 0usize;
         for info in servers {
             if dialed.len() >= MAX_LIST_DIALS {
-                out.push(Action::Audit {
-                    event: Self::peer_event(
-                        from,
-                        AuditAction::PeerIgnored,
-                        None,
-                        format!("peer list beyond {MAX_LIST_DIALS} new peers"),
-                    ),
-                    durability: Durability::Batched,
-                });
+                out.push(Self::peer_audit(
+                    from,
+                    AuditAction::PeerIgnored,
+                    None,
+                    format!("peer list beyond {MAX_LIST_DIALS} new peers"),
+                ));
                 break;
             }
             let sid = info.server_id;
@@ -455,17 +460,14 @@ impl Core {
             out.push(Action::DialPeer { addr });
         }
         if refused > 0 {
-            out.push(Action::Audit {
-                event: Self::peer_event(
+            out.push(Self::peer_audit(
                     from,
                     AuditAction::PeerIgnored,
                     Some(ErrorCause::SecurityRejection.code()),
                     format!(
                         "{refused} listed addresses not dialed: loopback, unspecified, multicast or none"
                     ),
-                ),
-                durability: Durability::Batched,
-            });
+                ));
         }
     }
 

@@ -45,14 +45,18 @@ impl Core {
         p.sync_own = own_only;
         out.push(Action::SendEnrp {
             conn,
-            msg: EnrpMsg {
-                sender: self.config.server_id,
-                receiver: sid.get(),
-                body: EnrpBody::HandleTableRequest {
-                    own_children_only: own_only,
-                },
-            },
+            msg: self.table_request(sid, own_only),
         });
+    }
+
+    /// An ENRP_HANDLE_TABLE_REQUEST to `sid`: its own PEs (W=1) or all it knows (W=0).
+    fn table_request(&self, sid: ServerId, own_only: bool) -> EnrpMsg {
+        self.enrp_msg(
+            sid,
+            EnrpBody::HandleTableRequest {
+                own_children_only: own_only,
+            },
+        )
     }
 
     /// Ends the start-up phase (spec §9.3 steps 3 and 4): the registrar serves ASAP.
@@ -206,29 +210,23 @@ impl Core {
             if self.mentor == Some(sid) {
                 self.mentor = None;
             }
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    remote,
-                    AuditAction::PeerIgnored,
-                    None,
-                    "the peer rejected our handle table request".to_owned(),
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                remote,
+                AuditAction::PeerIgnored,
+                None,
+                "the peer rejected our handle table request".to_owned(),
+            ));
             return;
         }
         // Only the answer to our own request (issue 16), like a list: what a peer volunteers
         // as a table is ignored (its PEs come with its ADD_PEs).
         if self.peers.get(&sid).is_none_or(|p| p.sync.is_none()) {
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    remote,
-                    AuditAction::PeerIgnored,
-                    Some(ErrorCause::SecurityRejection.code()),
-                    "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned(),
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                remote,
+                AuditAction::PeerIgnored,
+                Some(ErrorCause::SecurityRejection.code()),
+                "ENRP_HANDLE_TABLE_RESPONSE we did not ask for".to_owned(),
+            ));
             return;
         }
         // Of a W=0 table only the sender's own PEs are taken (spec §9.4 [P]); the others
@@ -267,15 +265,10 @@ impl Core {
         sync.extend(seen);
         if more {
             if let Some(conn) = p.conn {
+                let own_only = p.sync_own;
                 out.push(Action::SendEnrp {
                     conn,
-                    msg: EnrpMsg {
-                        sender: self.config.server_id,
-                        receiver: sid.get(),
-                        body: EnrpBody::HandleTableRequest {
-                            own_children_only: p.sync_own,
-                        },
-                    },
+                    msg: self.table_request(sid, own_only),
                 });
             }
             return;

@@ -289,15 +289,12 @@ impl Core {
         {
             let state = p.state.as_str();
             self.pending_inits.insert((target, from), until);
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    remote,
-                    AuditAction::TakeoverRefused,
-                    Some(ErrorCause::SecurityRejection.code()),
-                    format!("INIT_TAKEOVER of {target}: not acknowledged, it is {state} here"),
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                remote,
+                AuditAction::TakeoverRefused,
+                Some(ErrorCause::SecurityRejection.code()),
+                format!("INIT_TAKEOVER of {target}: not acknowledged, it is {state} here"),
+            ));
             return;
         }
         self.ack_takeover(conn, from, remote, target, until, out);
@@ -374,15 +371,12 @@ impl Core {
             }
         };
         if let Some(why) = refusal {
-            out.push(Action::Audit {
-                event: Self::peer_event(
-                    remote,
-                    AuditAction::TakeoverRefused,
-                    Some(ErrorCause::SecurityRejection.code()),
-                    format!("TAKEOVER_SERVER of {target}: {why}"),
-                ),
-                durability: Durability::Batched,
-            });
+            out.push(Self::peer_audit(
+                remote,
+                AuditAction::TakeoverRefused,
+                Some(ErrorCause::SecurityRejection.code()),
+                format!("TAKEOVER_SERVER of {target}: {why}"),
+            ));
             return;
         }
         if self.takeovers.remove(&target).is_some() {
