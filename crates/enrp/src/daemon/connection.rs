@@ -576,29 +576,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Re
     let mut batch = Vec::with_capacity(4096);
     let mut next = rx.recv().await;
     while let Some(out) = next.take() {
-        let (bytes, gate) = match out {
-            Outgoing::Message { bytes, gate } => (Some(bytes), gate),
-            Outgoing::Close { gate } => (None, gate),
-        };
-        if let Some(mut gate) = gate {
-            if gate.borrow().is_none() && !batch.is_empty() {
-                // Earlier messages need not wait for this one's commit.
-                if write_message(&mut w, &batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-            // Audit before ack: wait for the record's commit; a failed commit withholds
-            // the reply and ends the connection, so the client retries elsewhere.
-            let committed = matches!(
-                gate.wait_for(Option::is_some).await.as_deref(),
-                Ok(Some(true))
-            );
-            if !committed {
-                break;
-            }
-        }
-        let Some(bytes) = bytes else {
+        // Audit before ack was kept by the core task: what arrives here may leave.
+        let Outgoing::Message { bytes } = out else {
             break;
         };
         batch.extend_from_slice(&bytes);

@@ -9,21 +9,24 @@
 //! 3. [`execute`] carries them out in order: audit records go to the audit writer through
 //!    [`forward_audit`] without waiting; messages go to their connection's send queue
 //!    ([`deliver`]), whose write loop sends them in order; dials go to the dialers.
-//! 4. The barrier: an audit record with [`Durability::BeforeReply`] gives the messages
-//!    after it a *gate* that opens when the record's transaction has committed: the core
-//!    never waits for the disk, yet no reply leaves before its record is durable, and many
-//!    records share one commit.
+//! 4. The barrier ([`super::barrier`]): an audit record with [`Durability::BeforeReply`]
+//!    gets a number, and the messages after it are held in the driver's [`Barrier`] under
+//!    that number until the commit index (the last record the writer settled) passes it;
+//!    then they go to their connections. The core never waits for the disk, yet no reply
+//!    leaves before its record is durable, each connection's messages leave in order, and
+//!    many records share one commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ::asap::transport::TransportAddr;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use trust::audit::{AuditLog, Outcome, Record};
 
 use super::audit::to_record;
-use super::{ConnHandle, Counters, Error, Event, Gate, Outgoing, connection, limits, now_ms};
+use super::barrier::{Barrier, CommitIndex, Pending};
+use super::{ConnHandle, Counters, Error, Event, Outgoing, connection, limits, now_ms};
 use crate::registrar::{Action, ConnId, Core, Durability, Input};
 
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
@@ -36,15 +39,21 @@ pub(super) async fn run_core(
     audit: mpsc::Sender<AuditJob>,
     counters: Arc<Counters>,
     dials: Dials,
+    mut index: CommitIndex,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut barrier = Barrier::default();
     // Events already queued are applied before a due timer, at most MAX_STREAK in a row:
     // a keep-alive acknowledgement waiting behind a burst of work (say, thousands of PEs
     // removed at once) must count before its PE's timeout is judged; the bound keeps
     // timers from starving under a steady flood.
     let mut streak = 0usize;
     loop {
+        // Replies whose records committed leave first, also in a streak of queued events.
+        if index.moved() {
+            release(&mut barrier, &mut index, &writers);
+        }
         let deadline = core.next_timeout().map(tokio::time::Instant::from_std);
         let mut done = None;
         let queued = if streak < MAX_STREAK {
@@ -61,6 +70,10 @@ pub(super) async fn run_core(
                     None => break,
                 },
                 () = sleep_until(deadline) => None,
+                Ok(()) = index.settled.changed() => {
+                    release(&mut barrier, &mut index, &writers);
+                    continue;
+                }
                 _ = stop.changed() => break,
             },
         };
@@ -131,30 +144,79 @@ pub(super) async fn run_core(
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
-        let gate = execute(actions, &writers, &audit, &counters, &dials);
+        let gate = execute(actions, &writers, &mut barrier, &audit, &counters, &dials);
         if let Some((conn, bytes)) = response {
-            let gate = gate.clone();
-            deliver(&writers, conn, Outgoing::Message { bytes, gate });
+            out(
+                &writers,
+                &mut barrier,
+                gate,
+                conn,
+                Outgoing::Message { bytes },
+            );
         }
         if let Some(reply) = done {
             // The operator hears back once the removals are durable in the audit log.
-            tokio::spawn(async move {
-                if let Some(mut gate) = gate {
-                    let _ = gate.wait_for(Option::is_some).await;
-                }
-                let _ = reply.send(removed);
-            });
+            if let Some(now) = barrier.hold(gate, None, Deferred::Removed(reply, removed)) {
+                now.carry_out(&writers, true);
+            }
+        }
+    }
+    // What waits for its record leaves once the record settled (the writer runs until
+    // the daemon has stopped): no reply is lost to a shutdown, none leaves early.
+    drop(audit);
+    while !barrier.is_empty() {
+        let ended = index.settled.changed().await.is_err();
+        release(&mut barrier, &mut index, &writers);
+        if ended {
+            // Every record handed over has settled.
+            break;
         }
     }
     // Dropping the writers lets every connection task end after what it was sent.
     Ok(())
 }
 
-/// An audit record on its way from the core task to the writer; `gate` opens with
-/// whether it committed ([`Durability::BeforeReply`]).
+/// An audit record on its way from the core task to the writer, with its number if it is
+/// [`Durability::BeforeReply`] ([`Barrier::number`]).
 pub(super) struct AuditJob {
     record: Record,
-    gate: Option<watch::Sender<Option<bool>>>,
+    seq: Option<u64>,
+}
+
+/// What the driver holds back until an audit record settled.
+#[derive(Debug)]
+enum Deferred {
+    /// A message or a close for a connection.
+    Out(ConnId, Outgoing),
+    /// The count of PEs an operator's command removed ([`Event::Command`]).
+    Removed(oneshot::Sender<usize>, usize),
+}
+
+impl Deferred {
+    /// Carries it out now; `committed`: whether the record it waited for committed.
+    fn carry_out(self, writers: &HashMap<ConnId, ConnHandle>, committed: bool) {
+        match self {
+            Self::Out(conn, out) if committed => deliver(writers, conn, out),
+            // Audit before ack: a record that did not commit withholds the reply and ends
+            // the connection, so that the client retries elsewhere.
+            Self::Out(conn, _) => deliver(writers, conn, Outgoing::Close),
+            Self::Removed(reply, removed) => {
+                let _ = reply.send(removed);
+            }
+        }
+    }
+}
+
+/// Applies the commit index: carries out what it releases.
+fn release(
+    barrier: &mut Barrier<Deferred>,
+    index: &mut CommitIndex,
+    writers: &HashMap<ConnId, ConnHandle>,
+) {
+    let (settled, failed) = index.take();
+    for (deferred, committed) in barrier.release(settled, failed) {
+        deferred.carry_out(writers, committed);
+    }
 }
 
 /// Records the core task hands over without waiting, beyond the writer's own queue (8,192).
@@ -164,10 +226,15 @@ pub(super) struct AuditJob {
 pub(super) const AUDIT_BACKLOG: usize = 65_536;
 
 /// Hands the core's records to the audit writer in order, waiting for room in its queue
-/// (the core task does not), until the core task ends.
-pub(super) async fn forward_audit(mut jobs: mpsc::Receiver<AuditJob>, audit: AuditLog) {
-    while let Some(AuditJob { record, gate }) = jobs.recv().await {
-        let Some(gate) = gate else {
+/// (the core task does not), until the core task ends; the numbered ones, with the writer's
+/// answer, go on to the commit index ([`super::barrier::commit_index`]) in the same order.
+pub(super) async fn forward_audit(
+    mut jobs: mpsc::Receiver<AuditJob>,
+    audit: AuditLog,
+    pending: mpsc::Sender<Pending>,
+) {
+    while let Some(AuditJob { record, seq }) = jobs.recv().await {
+        let Some(seq) = seq else {
             if let Err(e) = audit
                 .append(record, trust::audit::Durability::Batched)
                 .await
@@ -176,20 +243,16 @@ pub(super) async fn forward_audit(mut jobs: mpsc::Receiver<AuditJob>, audit: Aud
             }
             continue;
         };
-        match audit.enqueue_before_reply(record).await {
-            Ok(committed) => {
-                tokio::spawn(async move {
-                    let ok = matches!(committed.await, Ok(Ok(())));
-                    if !ok {
-                        tracing::error!("audit commit failed: the reply is withheld");
-                    }
-                    let _ = gate.send(Some(ok));
-                });
-            }
+        let committed = match audit.enqueue_before_reply(record).await {
+            Ok(committed) => committed,
             Err(e) => {
                 tracing::error!(error = %e, "cannot audit: the reply is withheld");
-                let _ = gate.send(Some(false));
+                // An answer that never comes: the index counts the record as failed.
+                oneshot::channel().1
             }
+        };
+        if pending.send((seq, committed)).await.is_err() {
+            return; // The commit index is gone: the daemon has stopped.
         }
     }
 }
@@ -219,7 +282,7 @@ fn record_gap(audit: &mpsc::Sender<AuditJob>, counters: &Counters) {
         "{missing} audit records were not written: the audit backlog was full \
          (rsp_audit_dropped_total)"
     ));
-    if audit.try_send(AuditJob { record, gate: None }).is_ok() {
+    if audit.try_send(AuditJob { record, seq: None }).is_ok() {
         counters.audit_gap.fetch_sub(missing, Ordering::Relaxed);
     }
 }
@@ -231,16 +294,17 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Carries out the core's actions in order (see the module docs for the gate); returns
-/// the gate of the last record that had one.
+/// Carries out the core's actions in order (see the module docs for the barrier); returns
+/// the number of the last record that the messages after it wait for.
 fn execute(
     actions: Vec<Action>,
     writers: &HashMap<ConnId, ConnHandle>,
+    barrier: &mut Barrier<Deferred>,
     audit: &mpsc::Sender<AuditJob>,
     counters: &Counters,
     dials: &Dials,
-) -> Option<Gate> {
-    let mut gate: Option<Gate> = None;
+) -> Option<u64> {
+    let mut gate: Option<u64> = None;
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
@@ -262,21 +326,13 @@ fn execute(
                     continue;
                 }
                 // Handed over without waiting: a slow disk delays only the replies that
-                // wait for their record (the gate), never this task (keep-alives,
+                // wait for their record (the barrier), never this task (keep-alives,
                 // heartbeats, resolutions).
-                let (job, rx) = match durability {
-                    Durability::Batched => (AuditJob { record, gate: None }, None),
-                    Durability::BeforeReply => {
-                        let (tx, rx) = watch::channel(None);
-                        (
-                            AuditJob {
-                                record,
-                                gate: Some(tx),
-                            },
-                            Some(rx),
-                        )
-                    }
+                let seq = match durability {
+                    Durability::Batched => None,
+                    Durability::BeforeReply => Some(barrier.number()),
                 };
+                let job = AuditJob { record, seq };
                 record_gap(audit, counters);
                 if let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) {
                     // The writer's queue and this backlog are full: the disk is far
@@ -285,8 +341,8 @@ fn execute(
                     // theirs are refused: their replies are withheld.
                     let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     counters.audit_gap.fetch_add(1, Ordering::Relaxed);
-                    if let Some(tx) = job.gate {
-                        let _ = tx.send(Some(false));
+                    if let Some(seq) = job.seq {
+                        barrier.refused(seq);
                     }
                     // Loud, but not a line per record.
                     if dropped == 1 || dropped.is_multiple_of(1000) {
@@ -296,17 +352,17 @@ fn execute(
                         );
                     }
                 }
-                if let Some(rx) = rx {
-                    gate = Some(rx);
+                if seq.is_some() {
+                    gate = seq;
                 }
             }
             Action::Send { conn, msg } => {
                 let bytes = msg.to_bytes().map_err(|e| (e, msg.name()));
-                send(writers, conn, bytes, gate.as_ref());
+                send(writers, barrier, gate, conn, bytes);
             }
             Action::SendEnrp { conn, msg } => {
                 let bytes = msg.to_bytes().map_err(|e| (e, "an ENRP message"));
-                send(writers, conn, bytes, gate.as_ref());
+                send(writers, barrier, gate, conn, bytes);
             }
             Action::BindServerId {
                 server_id,
@@ -363,30 +419,48 @@ fn execute(
             }
             Action::Close { conn, reason } => {
                 tracing::info!(?conn, reason, "closing connection");
-                deliver(writers, conn, Outgoing::Close { gate: gate.clone() });
+                out(writers, barrier, gate, conn, Outgoing::Close);
             }
         }
     }
     gate
 }
 
-/// Delivers an encoded message behind `gate`, or logs why it could not be encoded.
+/// Sends an encoded message behind record `gate` ([`out`]), or logs why it could not be
+/// encoded.
 fn send(
     writers: &HashMap<ConnId, ConnHandle>,
+    barrier: &mut Barrier<Deferred>,
+    gate: Option<u64>,
     conn: ConnId,
     bytes: Result<Vec<u8>, (::asap::wire::EncodeError, &str)>,
-    gate: Option<&Gate>,
 ) {
     match bytes {
-        Ok(bytes) => deliver(
-            writers,
-            conn,
-            Outgoing::Message {
-                bytes,
-                gate: gate.cloned(),
-            },
-        ),
+        Ok(bytes) => out(writers, barrier, gate, conn, Outgoing::Message { bytes }),
         Err((e, msg)) => tracing::error!(?conn, error = %e, msg, "cannot encode"),
+    }
+}
+
+/// Delivers `message` to `conn` once record `gate` committed and what `conn` has held
+/// before it has gone; at once if it waits for nothing.
+fn out(
+    writers: &HashMap<ConnId, ConnHandle>,
+    barrier: &mut Barrier<Deferred>,
+    gate: Option<u64>,
+    conn: ConnId,
+    message: Outgoing,
+) {
+    let Some(w) = writers.get(&conn) else {
+        return; // Already closed.
+    };
+    match barrier.hold(gate, Some(conn), Deferred::Out(conn, message)) {
+        Some(now) => now.carry_out(writers, true),
+        // What is held counts against the connection's send queue too (threat T-15).
+        None if barrier.held_for(conn) > w.tx.capacity() => {
+            tracing::warn!(?conn, "send queue full: closing the connection");
+            w.kill.notify_one();
+        }
+        None => {}
     }
 }
 
@@ -437,6 +511,7 @@ mod tests {
             execute(
                 (0..n).map(|_| resolution()).collect(),
                 &HashMap::new(),
+                &mut Barrier::default(),
                 &audit,
                 &counters,
                 &dials,

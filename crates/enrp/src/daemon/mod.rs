@@ -12,6 +12,7 @@
 //! - This file starts it all ([`Daemon::start`]) from [`Settings`] and stops it.
 
 mod audit;
+mod barrier;
 mod connection;
 mod control;
 mod driver;
@@ -128,13 +129,14 @@ enum Event {
     },
 }
 
-/// What the core task tells a connection task.
+/// What the core task tells a connection task (once the audit records it waits for
+/// committed: [`barrier`]).
 #[derive(Debug)]
 enum Outgoing {
-    /// Write this message once `gate` (if any) says its audit record committed.
-    Message { bytes: Vec<u8>, gate: Option<Gate> },
-    /// Close the connection (after the gate, if any).
-    Close { gate: Option<Gate> },
+    /// Write this message.
+    Message { bytes: Vec<u8> },
+    /// Close the connection (after what was sent before).
+    Close,
 }
 
 /// The core task's way to a connection task.
@@ -183,9 +185,6 @@ impl Shared {
         )
     }
 }
-
-/// Opens with `true` when an audit record committed, `false` if the commit failed.
-type Gate = watch::Receiver<Option<bool>>;
 
 /// A running registrar. Dropping it does not stop it: call [`Daemon::shutdown`].
 #[derive(Debug)]
@@ -337,7 +336,13 @@ impl Daemon {
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
-        let audit_task = tokio::spawn(forward_audit(audit_jobs_rx, audit.clone()));
+        let (pending, settle, index) = barrier::commit_index();
+        let forward = forward_audit(audit_jobs_rx, audit.clone(), pending);
+        let audit_task = tokio::spawn(async move {
+            let settle = tokio::spawn(settle);
+            forward.await;
+            let _ = settle.await;
+        });
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
@@ -348,6 +353,7 @@ impl Daemon {
                 pes: pe_dial_tx,
                 bindings: settings.bindings_store.clone(),
             },
+            index,
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);
