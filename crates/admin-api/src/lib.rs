@@ -39,7 +39,7 @@ pub use auth::RemoteAddr;
 pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
 pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
 pub use registrar::{
-    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope,
+    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
 };
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};
 pub use serve::{ServeCounters, ServeOptions, serve};

@@ -1,19 +1,48 @@
 //! What the admin API sees of the running registrar (ARCHITECTURE.md §2: `enrp` serves the
 //! API and implements this trait; the API never depends on `enrp`).
 //!
-//! Everything the API changes in SQLite (grants, revocations, trust domains) it applies to
-//! the [`trust::TrustStore`] itself, so that the next handshake sees it; this trait is for
-//! what only the registrar holds: the live handlespace, its connections and its counters.
+//! Everything the API changes in SQLite it applies to the running registrar through this
+//! trait: to its TLS layer (revocations, trust domains, CRLs: the next handshake sees
+//! them: [`TlsLayer`]) and to what only the registrar holds (the live handlespace,
+//! its connections and its counters). `enrpd` implements it with its control plane, which
+//! applies a reload (SIGHUP) by the same code. The API reads the trust store itself.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use rustls_pki_types::CertificateRevocationListDer;
 use serde::Serialize;
 use trust::db::Revoked;
-use trust::{Grant, SpiffeId};
+use trust::{DomainBundle, Grant, SpiffeId, TrustDomain};
+
+/// The registrar's TLS layer, as the admin API changes it: what the next handshake
+/// accepts. Applied inside the API's store transaction, before it commits.
+pub trait TlsLayer {
+    /// The TLS half of a revocation, applied before the store commits it (should the
+    /// commit fail, the registrar refuses a little more than the store says until a
+    /// restart, which errs on the safe side): new handshakes of `revoked` fail, and a
+    /// revoked trust domain is no longer trusted. A kind the TLS layer does not know is
+    /// left to [`Registrar::revoke`].
+    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error>;
+
+    /// A federated trust domain is trusted from the next handshake.
+    fn add_domain(&self, bundle: DomainBundle) -> Result<(), trust::Error>;
+
+    /// A trust domain is no longer trusted from the next handshake (one that was not is
+    /// no error); what it has live goes with [`Registrar::domain_removed`].
+    fn remove_domain(&self, domain: &TrustDomain) -> Result<(), trust::Error>;
+
+    /// A trust domain's CRLs are replaced: new handshakes of the certificates they list
+    /// fail at once; their PEs go with [`Registrar::revoke`].
+    fn set_crls(
+        &self,
+        domain: &TrustDomain,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), trust::Error>;
+}
 
 /// The live registrar, as the admin API drives it.
-pub trait Registrar: Send + Sync + 'static {
+pub trait Registrar: TlsLayer + Send + Sync + 'static {
     /// The pools of `namespace` that have PEs, by pool handle.
     fn pools(&self, namespace: &str) -> impl Future<Output = Vec<PoolView>> + Send;
 
@@ -36,14 +65,14 @@ pub trait Registrar: Send + Sync + 'static {
         rules: Vec<trust::DefaultNamespace>,
     ) -> impl Future<Output = ()> + Send;
 
-    /// `revoked` was revoked (the caller has already denied it in the trust store, so it
-    /// cannot handshake again): its live connections close and its PEs are removed.
+    /// `revoked` was revoked (and denied with [`TlsLayer::deny`], so it cannot handshake
+    /// again): its live connections close and its PEs are removed.
     fn revoke(&self, revoked: Revoked) -> impl Future<Output = ()> + Send;
 
     /// A federated trust domain was removed (already gone from the trust store): its
     /// connections close and its PEs are removed, but nothing is remembered, so that the
     /// domain can be added again.
-    fn domain_removed(&self, domain: &trust::TrustDomain) -> impl Future<Output = ()> + Send;
+    fn domain_removed(&self, domain: &TrustDomain) -> impl Future<Output = ()> + Send;
 
     /// A pool's declaration changed (`None`: withdrawn): from now on new registrations
     /// must use its policy and fit its most PEs. PEs already registered stay.
@@ -199,14 +228,14 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// [`Registrar`] with boxed futures, so that the router holds one `Arc<dyn ..>` and its
 /// handlers are not generic (utoipa-axum's `routes!` takes plain handler paths).
-pub(crate) trait DynRegistrar: Send + Sync + 'static {
+pub(crate) trait DynRegistrar: TlsLayer + Send + Sync + 'static {
     fn pools<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<PoolView>>;
     fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>>;
     fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize>;
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
     fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) -> BoxFuture<'_, ()>;
     fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()>;
-    fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()>;
+    fn domain_removed<'a>(&'a self, domain: &'a TrustDomain) -> BoxFuture<'a, ()>;
     fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()>;
     fn peers(&self) -> BoxFuture<'_, Vec<PeerView>>;
     fn metrics(&self) -> BoxFuture<'_, Metrics>;
@@ -233,7 +262,7 @@ impl<R: Registrar> DynRegistrar for R {
     fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::revoke(self, revoked))
     }
-    fn domain_removed<'a>(&'a self, domain: &'a trust::TrustDomain) -> BoxFuture<'a, ()> {
+    fn domain_removed<'a>(&'a self, domain: &'a TrustDomain) -> BoxFuture<'a, ()> {
         Box::pin(Registrar::domain_removed(self, domain))
     }
     fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()> {

@@ -2,7 +2,7 @@
 //! `tower::ServiceExt::oneshot`, plus one real HTTPS connection through [`crate::serve`].
 //!
 //! The registrar here is [`Recorder`]: it holds no handlespace and only records what the
-//! API asked of it. The registrar side of each route (PEs listed and removed, connections
+//! API asked of it, and applies the TLS-layer changes to the fixture's real trust store. The registrar side of each route (PEs listed and removed, connections
 //! closed on revocation, grants enforced) is covered end to end against a real `enrpd` in
 //! `tests/e2e/admin.rs`.
 
@@ -19,7 +19,7 @@ use trust::testing::{TestCa, pem};
 use trust::{Grant, Peer, TrustStore};
 
 use crate::registrar::Actor;
-use crate::{AdminState, Metrics, PeerView, PoolView, Registrar, Revoked, Scope, router};
+use crate::{AdminState, Metrics, PeerView, PoolView, Registrar, Revoked, Scope, TlsLayer, router};
 
 /// A fixed clock: 2023-11-14, in unix ms.
 const NOW: u64 = 1_700_000_000_000;
@@ -28,9 +28,9 @@ fn clock() -> u64 {
 }
 
 /// Records the calls; see the module docs.
-#[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
+    trust: Arc<TrustStore>,
 }
 
 impl Recorder {
@@ -39,6 +39,34 @@ impl Recorder {
     }
     fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("not poisoned").clone()
+    }
+}
+
+impl TlsLayer for Recorder {
+    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+        match revoked {
+            Revoked::Serial { domain, serial } => self.trust.deny_serial(domain, serial.clone()),
+            Revoked::Identity(id) => self.trust.deny_identity(id.clone()),
+            Revoked::TrustDomain(domain) => return self.remove_domain(domain),
+            _ => return Ok(()),
+        }
+        .map(drop)
+    }
+    fn add_domain(&self, bundle: trust::DomainBundle) -> Result<(), trust::Error> {
+        self.trust.add_domain(bundle)
+    }
+    fn remove_domain(&self, domain: &trust::TrustDomain) -> Result<(), trust::Error> {
+        match self.trust.remove_domain(domain) {
+            Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    fn set_crls(
+        &self,
+        domain: &trust::TrustDomain,
+        crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<(), trust::Error> {
+        self.trust.set_crls(domain, crls).map(drop)
     }
 }
 
@@ -120,7 +148,10 @@ async fn fixture() -> Fixture {
             tokens.push(new.token);
         }
     }
-    let registrar = Arc::new(Recorder::default());
+    let registrar = Arc::new(Recorder {
+        calls: Mutex::default(),
+        trust: Arc::clone(&trust),
+    });
     let state = AdminState::new(
         store.clone(),
         trust.clone(),

@@ -6,14 +6,38 @@
 use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
 use admin_api::{
-    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, handle_text,
+    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
+    handle_text,
 };
+use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
 use trust::db::Revoked;
-use trust::{Grant, TrustDomain};
+use trust::{DomainBundle, Grant, TrustDomain};
 
 use crate::control_plane::ControlPlane;
 use crate::daemon::PoolSnapshot;
 use crate::registrar::{self, Declared};
+
+impl TlsLayer for ControlPlane {
+    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+        Self::deny(self, revoked)
+    }
+
+    fn add_domain(&self, bundle: DomainBundle) -> Result<(), trust::Error> {
+        Self::add_domain(self, bundle)
+    }
+
+    fn remove_domain(&self, domain: &TrustDomain) -> Result<(), trust::Error> {
+        Self::remove_domain(self, domain)
+    }
+
+    fn set_crls(
+        &self,
+        domain: &TrustDomain,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), trust::Error> {
+        Self::set_crls(self, domain, crls)
+    }
+}
 
 impl Registrar for ControlPlane {
     async fn pools(&self, namespace: &str) -> Vec<PoolView> {

@@ -6,9 +6,11 @@
 //! [`crate::admin`]) and a reload
 //! of the data directory ([`ControlPlane::apply_reload`], what SIGHUP does).
 //!
-//! The admin API still changes the TLS layer itself inside its store transaction (a
-//! revocation refuses handshakes before it commits, which errs on the safe side), then
-//! calls this plane for the core.
+//! The admin API calls the TLS half ([`ControlPlane::deny`], [`ControlPlane::add_domain`],
+//! [`ControlPlane::remove_domain`], [`ControlPlane::set_crls`]) inside its store
+//! transaction (a revocation refuses handshakes before it commits, which errs on the safe
+//! side), and the core half ([`ControlPlane::revoke`], [`ControlPlane::domain_removed`])
+//! once it has committed; a reload calls the same methods.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
 use trust::db::Revoked;
-use trust::{Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
+use trust::{DomainBundle, Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
 
 use crate::daemon::{Control, now_ms};
 use crate::registrar::Revocation;
@@ -56,8 +58,46 @@ impl ControlPlane {
         self.control.set_default_namespaces(rules).await;
     }
 
+    /// The TLS half of a revocation: new handshakes of `revoked` fail (a revoked trust
+    /// domain is no longer trusted). A kind the TLS layer does not know changes nothing
+    /// here ([`ControlPlane::revoke`] says so).
+    pub fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+        match revoked {
+            Revoked::Serial { domain, serial } => {
+                self.trust.deny_serial(domain, serial.clone()).map(drop)
+            }
+            Revoked::Identity(id) => self.trust.deny_identity(id.clone()).map(drop),
+            Revoked::TrustDomain(domain) => self.remove_domain(domain),
+            _ => Ok(()),
+        }
+    }
+
+    /// A federated trust domain, trusted from the next handshake.
+    pub fn add_domain(&self, bundle: DomainBundle) -> Result<(), trust::Error> {
+        self.trust.add_domain(bundle)
+    }
+
+    /// A trust domain no longer trusted from the next handshake (one that was not is no
+    /// error); its PEs go with [`ControlPlane::domain_removed`].
+    pub fn remove_domain(&self, domain: &TrustDomain) -> Result<(), trust::Error> {
+        match self.trust.remove_domain(domain) {
+            Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A trust domain's CRLs: new handshakes of what they list fail at once (their PEs go
+    /// with [`ControlPlane::revoke`]).
+    pub fn set_crls(
+        &self,
+        domain: &TrustDomain,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<(), trust::Error> {
+        self.trust.set_crls(domain, crls).map(drop)
+    }
+
     /// Enforces a stored revocation in the core: the PEs it covers are removed and its
-    /// requests refused (the TLS layer is the caller's, see the module doc).
+    /// requests refused (the TLS half is [`ControlPlane::deny`]).
     pub async fn revoke(&self, revoked: Revoked) {
         let revocation = match revoked {
             Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
@@ -104,7 +144,7 @@ impl ControlPlane {
             .await;
         }
         if let Some(crls) = crls
-            && let Err(e) = self.trust.set_crls(&domain, crls)
+            && let Err(e) = self.set_crls(&domain, crls)
         {
             tracing::error!(error = %e, "the new CRL was refused");
         }

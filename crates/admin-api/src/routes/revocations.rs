@@ -183,27 +183,16 @@ pub(crate) async fn create(
     let result = async {
         let (revoked, reason) = parsed?;
         let row = db::add_revocation(&mut tx, &revoked, reason.as_deref(), now).await?;
-        // Applied before the commit: should the commit fail, the trust store refuses a
-        // little more than the store says until a restart, which errs on the safe side.
-        match &revoked {
-            Revoked::Serial { domain, serial } => {
-                app.trust().deny_serial(domain, serial.clone())?;
+        if let Revoked::TrustDomain(domain) = &revoked {
+            match db::remove_trust_domain(&mut tx, domain).await {
+                Ok(()) | Err(db::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            Revoked::Identity(id) => {
-                app.trust().deny_identity(id.clone())?;
-            }
-            Revoked::TrustDomain(domain) => {
-                match db::remove_trust_domain(&mut tx, domain).await {
-                    Ok(()) | Err(db::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                match app.trust().remove_domain(domain) {
-                    Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            _ => {}
         }
+        // Applied before the commit, by the registrar's control plane: should the commit
+        // fail, the trust store refuses a little more than the store says until a
+        // restart, which errs on the safe side.
+        app.registrar().deny(&revoked)?;
         Ok(row)
     }
     .await;
@@ -275,7 +264,7 @@ pub(crate) async fn put_crls(
         }
         db::set_trust_domain_crls(&mut tx, &domain, Some(&pem)).await?;
         let count = crls.len();
-        app.trust().set_crls(&domain, crls)?;
+        app.registrar().set_crls(&domain, crls)?;
         Ok((count, serials))
     }
     .await;

@@ -143,7 +143,7 @@ pub(crate) async fn add(
             now,
         )
         .await?;
-        app.trust().add_domain(bundle)?;
+        app.registrar().add_domain(bundle)?;
         applied = Some(domain);
         Ok(row)
     }
@@ -153,7 +153,7 @@ pub(crate) async fn add(
         && let Some(domain) = applied
     {
         // Not stored: not trusted either.
-        let _ = app.trust().remove_domain(&domain);
+        let _ = app.registrar().remove_domain(&domain);
     }
     Ok((StatusCode::CREATED, axum::Json(outcome?.into())))
 }
@@ -267,10 +267,7 @@ pub(crate) async fn remove(
         db::remove_trust_domain(&mut tx, &domain).await?;
         // Removed from the trust store before the commit: if the commit fails, the domain
         // is untrusted until a restart reloads it, which errs on the safe side.
-        match app.trust().remove_domain(&domain) {
-            Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(app.registrar().remove_domain(&domain)?)
     }
     .await;
     app.finish(tx, record, result).await?;

@@ -14,7 +14,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
-use super::{ConnHandle, Counters, Event, Outgoing, Settings};
+use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
 use crate::registrar::{Client, ConnId, Input};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -22,18 +22,9 @@ pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// Accepts ASAP connections on `listener` until the daemon stops: mutual TLS, or with
 /// `legacy`, none (a plain SCTP listener for RSPLIB and the like; its clients are known
 /// by their address and confined to the core's legacy namespace).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn accept_loop(
-    listener: Listener,
-    legacy: bool,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = listen::slots(&settings, &counters, Protocol::Asap);
+pub(super) async fn accept_loop(listener: Listener, legacy: bool, shared: Shared) {
+    let mut stop = shared.stop.clone();
+    let slots = listen::slots(&shared.settings, &shared.counters, Protocol::Asap);
     loop {
         let Some((stream, addr, addrs, slot)) =
             listen::next_association(&listener, &slots, &mut stop, "ASAP").await
@@ -41,19 +32,7 @@ pub(super) async fn accept_loop(
             return;
         };
         let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-        let task = serve(
-            conn,
-            (stream, slot),
-            addr,
-            addrs,
-            legacy,
-            Arc::clone(&settings),
-            Arc::clone(&trust),
-            events.clone(),
-            audit.clone(),
-            Arc::clone(&counters),
-            stop.clone(),
-        );
+        let task = serve(conn, (stream, slot), addr, addrs, legacy, shared.clone());
         tokio::spawn(task);
     }
 }
@@ -178,20 +157,15 @@ pub(super) async fn authenticate<T: TlsSession>(
     None
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ConnId,
     (stream, mut slot): (BoxStream, listen::Slot),
     addr: std::net::SocketAddr,
     addrs: Vec<std::net::IpAddr>,
     legacy: bool,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    stop: watch::Receiver<bool>,
+    shared: Shared,
 ) {
+    let (settings, trust, events, audit, counters, stop) = shared.parts();
     if legacy {
         // No handshake: admitted as it is (the address is all there is to know).
         slot.established();
@@ -334,15 +308,8 @@ pub(super) struct PeDial {
 /// authenticated as the identity it registered with, then served like an accepted
 /// connection, starting with the H=1 keep-alive. A legacy PE (RSPLIB's) is dialed over
 /// plain SCTP and served like a client of the legacy listener: known by its address.
-pub(super) async fn dial_pes(
-    mut dials: mpsc::Receiver<PeDial>,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) {
+    let (settings, trust, events, audit, counters, mut stop) = shared.parts();
     let slots = Arc::new(Semaphore::new(MAX_PE_DIALS));
     loop {
         let dial = tokio::select! {
@@ -609,29 +576,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Re
     let mut batch = Vec::with_capacity(4096);
     let mut next = rx.recv().await;
     while let Some(out) = next.take() {
-        let (bytes, gate) = match out {
-            Outgoing::Message { bytes, gate } => (Some(bytes), gate),
-            Outgoing::Close { gate } => (None, gate),
-        };
-        if let Some(mut gate) = gate {
-            if gate.borrow().is_none() && !batch.is_empty() {
-                // Earlier messages need not wait for this one's commit.
-                if write_message(&mut w, &batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-            // Audit before ack: wait for the record's commit; a failed commit withholds
-            // the reply and ends the connection, so the client retries elsewhere.
-            let committed = matches!(
-                gate.wait_for(Option::is_some).await.as_deref(),
-                Ok(Some(true))
-            );
-            if !committed {
-                break;
-            }
-        }
-        let Some(bytes) = bytes else {
+        // Audit before ack was kept by the core task: what arrives here may leave.
+        let Outgoing::Message { bytes } = out else {
             break;
         };
         batch.extend_from_slice(&bytes);

@@ -29,7 +29,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
 use super::listen::{self, BoxStream, Listener, Security};
-use super::{ConnHandle, Counters, Event, LegacyPeer, Settings};
+use super::{ConnHandle, Counters, Event, LegacyPeer, Settings, Shared};
 use crate::registrar::{Client, ConnId, Input, legacy_peer_identity};
 use crate::setup::server_id_of;
 
@@ -53,17 +53,8 @@ const MAX_DISCOVERED: usize = 256;
 /// Those have no handshake: one is admitted when its first message's Sender ID is a
 /// configured legacy peer's and its address is that peer's (ARCHITECTURE.md §4);
 /// otherwise it is audited and closed.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn accept_loop(
-    listener: Listener,
-    security: Security,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn accept_loop(listener: Listener, security: Security, shared: Shared) {
+    let (settings, trust, events, audit, counters, mut stop) = shared.parts();
     let slots = listen::slots(&settings, &counters, Protocol::Enrp);
     let what = match security {
         Security::Tls => "ENRP",
@@ -112,17 +103,8 @@ pub(super) async fn accept_loop(
 /// Dials `target` (`HOST:PORT` over TCP, `sctp:IP:PORT[+IP:PORT...]` over SCTP) and keeps a connection to it while the daemon runs, or,
 /// with `give_up`, until it has had no connection for that long (a learnt peer that is
 /// gone for good is not dialed forever).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn dial_loop(
-    target: String,
-    give_up: Option<Duration>,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    stop: watch::Receiver<bool>,
-) {
+pub(super) async fn dial_loop(target: String, give_up: Option<Duration>, shared: Shared) {
+    let (settings, trust, events, audit, counters, stop) = shared.parts();
     let mut delay = REDIAL_MIN;
     let mut last_up = tokio::time::Instant::now();
     // The Server ID that answered here last: while the core has another connection to it
@@ -226,15 +208,9 @@ async fn peer_connected(events: &mpsc::Sender<Event>, server_id: ServerId) -> bo
 /// peer without a connection for [`Settings::learnt_peer_give_up`] is dropped; a later
 /// list may bring it back. An SCTP endpoint is dialed over TLS/SCTP, or, where this
 /// host has no SCTP, over TLS/TCP at its primary address ([`dial_target`]).
-pub(super) async fn dial_discovered(
-    mut addrs: mpsc::Receiver<TransportAddr>,
-    settings: Arc<Settings>,
-    trust: Arc<TrustStore>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn dial_discovered(mut addrs: mpsc::Receiver<TransportAddr>, shared: Shared) {
+    let settings = Arc::clone(&shared.settings);
+    let mut stop = shared.stop.clone();
     // A configured peer named by host name is compared by its text only.
     let configured: Vec<TransportAddr> = settings
         .peers
@@ -270,12 +246,7 @@ pub(super) async fn dial_discovered(
         let dial = dial_loop(
             target.clone(),
             Some(settings.learnt_peer_give_up),
-            Arc::clone(&settings),
-            Arc::clone(&trust),
-            events.clone(),
-            audit.clone(),
-            Arc::clone(&counters),
-            stop.clone(),
+            shared.clone(),
         );
         tasks.spawn(async move {
             dial.await;
@@ -299,14 +270,8 @@ fn dial_target(addr: &TransportAddr, sctp_here: bool) -> String {
 /// Dials a configured legacy peer over plain SCTP and keeps an association to it while the
 /// daemon runs, unless it has one to us (RSPLIB sends on the one it dialed: the core keeps
 /// that one and closes ours).
-pub(super) async fn legacy_dial_loop(
-    peer: LegacyPeer,
-    settings: Arc<Settings>,
-    events: mpsc::Sender<Event>,
-    audit: AuditLog,
-    counters: Arc<Counters>,
-    stop: watch::Receiver<bool>,
-) {
+pub(super) async fn legacy_dial_loop(peer: LegacyPeer, shared: Shared) {
+    let (settings, _, events, audit, counters, stop) = shared.parts();
     let to = ::asap::transport::TransportAddr::Sctp(peer.at.clone());
     let mut delay = REDIAL_MIN;
     while !*stop.borrow() {
@@ -699,12 +664,14 @@ mod tests {
             tokio::spawn(dial_loop(
                 closed.to_string(),
                 give_up,
-                Arc::clone(&settings),
-                Arc::clone(&trust),
-                events.clone(),
-                audit.clone(),
-                Arc::new(Counters::default()),
-                stop.clone(),
+                Shared {
+                    settings: Arc::clone(&settings),
+                    trust: Arc::clone(&trust),
+                    events: events.clone(),
+                    audit: audit.clone(),
+                    counters: Arc::new(Counters::default()),
+                    stop: stop.clone(),
+                },
             ))
         };
         let learnt = dial(Some(Duration::from_millis(300)));
