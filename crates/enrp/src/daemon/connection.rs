@@ -15,7 +15,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
-use crate::registrar::{Client, ConnId, Input};
+use crate::registrar::{ConnId, Input, Remote};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -236,8 +236,8 @@ async fn serve(
 }
 
 /// A legacy client: no handshake and no certificate, the address is all there is to know.
-fn legacy_client(addr: std::net::SocketAddr) -> Client {
-    Client {
+fn legacy_client(addr: std::net::SocketAddr) -> Remote {
+    Remote {
         id: crate::registrar::legacy_identity(addr.ip()),
         serial: trust::Serial::from_bytes(&[]),
         addr,
@@ -253,10 +253,10 @@ async fn admit(
     trust: &TrustStore,
     audit: &AuditLog,
     counters: &Counters,
-) -> Option<(Client, LiveConnection)> {
+) -> Option<(Remote, LiveConnection)> {
     match trust.register_connection(peer) {
         Ok(live) => Some((
-            Client {
+            Remote {
                 id: peer.id().clone(),
                 serial: peer.serial().clone(),
                 addr,
@@ -434,7 +434,7 @@ async fn dial_pe(
 async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     conn: ConnId,
     stream: S,
-    client: Client,
+    client: Remote,
     addrs: Vec<std::net::IpAddr>,
     mut live: Option<LiveConnection>,
     io: Io<'_>,
@@ -500,7 +500,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
     idle_timeout: std::time::Duration,
-    client: &Client,
+    client: &Remote,
     counters: &Counters,
 ) {
     let mut buckets = Buckets::default();

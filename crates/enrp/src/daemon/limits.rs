@@ -17,7 +17,7 @@ use ::asap::wire::param::{ErrorCause, OperationError};
 use ::asap::wire::{AsapMsg, Resolution};
 use trust::SpiffeId;
 
-use crate::registrar::{Action, AuditAction, AuditEvent, Client, ConnId, Durability};
+use crate::registrar::{Action, AuditAction, AuditEvent, ConnId, Durability, Remote};
 
 /// A rate: `per_sec` requests a second on average, bursts of up to twice that. 0: no
 /// limit.
@@ -256,7 +256,7 @@ pub(super) fn refusal(msg: &AsapMsg) -> Option<AsapMsg> {
 
 /// What the core task does with a request refused by a rate limit: audit it (a refusal,
 /// aggregated when it repeats) and answer it ([`refusal`]).
-pub(super) fn refused(conn: ConnId, client: &Client, msg: &AsapMsg, over: Over) -> Vec<Action> {
+pub(super) fn refused(conn: ConnId, client: &Remote, msg: &AsapMsg, over: Over) -> Vec<Action> {
     let (action, namespace, pool_handle, pe_id) = match msg {
         AsapMsg::Registration {
             namespace,
@@ -404,7 +404,7 @@ mod tests {
             Some(AsapMsg::HandleResolutionResponse {
                 result: Resolution::Error(e),
                 ..
-            }) => assert_eq!(e.causes()[0].code(), 0x6),
+            }) => assert_eq!(e.causes()[0].code(), ErrorCause::LACK_OF_RESOURCES),
             other => panic!("{other:?}"),
         }
     }

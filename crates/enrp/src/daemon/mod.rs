@@ -42,7 +42,7 @@ use listen::{Listener, Security};
 
 use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
 
-use crate::registrar::{Client, ConnId, Core, Input, Revocation};
+use crate::registrar::{ConnId, Core, Input, Remote, Revocation};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub const SCTP_UNAVAILABLE: &str = "no SCTP: this kernel has none (socket(IPPROT
 enum Event {
     Connected {
         conn: ConnId,
-        client: Client,
+        client: Remote,
         /// [`Input::Connected`]'s `addrs`.
         addrs: Vec<std::net::IpAddr>,
         writer: ConnHandle,
@@ -116,7 +116,7 @@ enum Event {
     /// A request refused by a rate limit before it reached the core ([`limits`]).
     Limited {
         conn: ConnId,
-        client: Client,
+        client: Remote,
         msg: ::asap::wire::AsapMsg,
         over: limits::Over,
     },

@@ -7,7 +7,7 @@
 //! [`connect_tls`]) and the connection itself ([`serve_peer`]) are generic over the stream
 //! (`AsyncRead + AsyncWrite`), so that a simulated network (turmoil) can carry them.
 //!
-//! Which peer may do what is the core's decision (`registrar/enrp.rs`): this file proves
+//! Which peer may do what is the core's decision (`enrp_core::registrar::enrp`, `crates/enrp-core/src/registrar/enrp/`): this file proves
 //! the identity (mutual TLS, ALPN `rserpool-enrp/1`) and derives the Server ID that
 //! every message of the connection must carry (ARCHITECTURE.md §3).
 
@@ -30,7 +30,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
 use super::listen::{self, BoxStream, Listener, Security};
 use super::{ConnHandle, Counters, Event, LegacyPeer, Settings, Shared};
-use crate::registrar::{Client, ConnId, Input, legacy_peer_identity};
+use crate::registrar::{ConnId, Input, Remote, legacy_peer_identity};
 use crate::setup::server_id_of;
 
 /// First redial delay after a lost or refused connection; doubles up to [`REDIAL_MAX`].
@@ -259,7 +259,7 @@ pub(super) async fn dial_discovered(mut addrs: mpsc::Receiver<TransportAddr>, sh
 /// What [`dial_loop`] dials for an advertised ENRP address: an SCTP endpoint over
 /// TLS/SCTP where this host has SCTP, else over TLS/TCP at its primary address, where an
 /// rsp registrar serving both serves TLS/TCP too (the address it advertises first,
-/// `registrar/enrp.rs`).
+/// `crates/enrp-core/src/registrar/enrp/peers.rs`).
 fn dial_target(addr: &TransportAddr, sctp_here: bool) -> String {
     match addr {
         TransportAddr::Sctp(_) if !sctp_here => addr.primary().to_string(),
@@ -374,7 +374,7 @@ async fn serve_legacy(
         }
     };
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-    let client = Client {
+    let client = Remote {
         id: legacy_peer_identity(addr.ip(), server_id),
         serial: trust::Serial::from_bytes(&[]),
         addr,
@@ -393,7 +393,7 @@ async fn serve_legacy(
 /// A peer connection as the core is told of it.
 struct Announce {
     conn: ConnId,
-    client: Client,
+    client: Remote,
     server_id: ServerId,
     outbound: bool,
     /// A message read before the announcement (a legacy peer's first, which named it).
@@ -558,7 +558,7 @@ pub(super) async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let server_id = server_id_of(peer.id());
-    let client = Client {
+    let client = Remote {
         id: peer.id().clone(),
         serial: peer.serial().clone(),
         addr,
