@@ -2,7 +2,7 @@
 //! [`enrp::registrar::Core`]s, pool elements and pool users in one process, on a simulated
 //! network with a simulated clock, driven from one seed. Partitions, message delays,
 //! registrar crashes and restarts, PE registrations, re-registrations, deregistrations,
-//! hangs and crashes; every run checks the invariants listed in `world.rs`.
+//! hangs and crashes; every run checks the invariants listed in `world/mod.rs`.
 //!
 //! ```text
 //! cargo test -p enrp-core --test sim                           # the CI seeds (0..RSP_SIM_SEEDS)
