@@ -25,7 +25,8 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line};
+use testkit::msg::registration;
 
 use std::io::{BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};

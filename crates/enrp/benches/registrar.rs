@@ -30,7 +30,9 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line};
+use testkit::client::{answer_keep_alive, register};
+use testkit::msg::{pool, registration};
 
 use std::io::{BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -421,44 +423,6 @@ impl Drop for Registrar {
 
 // ---------------------------------------------------------------------------------------
 // Messages
-
-fn pool(name: &str) -> PoolHandle {
-    PoolHandle::new(name).expect("pool handle")
-}
-
-/// Answers a keep-alive as a PE does (spec §7.5); `true` if `msg` was one.
-async fn answer_keep_alive(conn: &mut Connection, msg: &AsapMsg) -> bool {
-    let AsapMsg::EndpointKeepAlive {
-        pool_handle,
-        pe_id: Some(pe_id),
-        ..
-    } = msg
-    else {
-        return false;
-    };
-    conn.send(&AsapMsg::EndpointKeepAliveAck {
-        pool_handle: pool_handle.clone(),
-        pe_id: *pe_id,
-    })
-    .await
-    .expect("send keep-alive ack");
-    true
-}
-
-/// Registers and waits for the acceptance, answering keep-alives meanwhile.
-async fn register(conn: &mut Connection, msg: &AsapMsg) {
-    conn.send(msg).await.expect("send registration");
-    loop {
-        let reply = conn.recv().await.expect("registration response");
-        match &reply {
-            AsapMsg::RegistrationResponse { reject: false, .. } => return,
-            AsapMsg::RegistrationResponse { .. } => panic!("registration refused: {reply:?}"),
-            _ => {
-                answer_keep_alive(conn, &reply).await;
-            }
-        }
-    }
-}
 
 async fn resolve(conn: &mut Connection, msg: &AsapMsg) {
     conn.send(msg).await.expect("send resolution");

@@ -1,15 +1,11 @@
 //! What the registrar benches share (`benches/registrar.rs`, `benches/download.rs`): the
-//! test PKI, the child-process protocol's line reader, the clock tick of /proc times, and
-//! the registration a bench PE sends.
+//! test PKI, the child-process protocol's line reader, the clock tick of /proc times (the
+//! registration a bench PE sends is `testkit::msg::registration`).
 
 use std::io::BufRead;
-use std::net::IpAddr;
-use std::num::NonZeroU16;
 use std::process::Command;
 use std::sync::Arc;
 
-use asap::wire::AsapMsg;
-use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
 use trust::TrustStore;
 use trust::testing::TestCa;
 
@@ -69,25 +65,4 @@ pub(crate) fn clock_ticks() -> u64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100)
     })
-}
-
-/// A registration of PE `pe_id` in `pool_handle`, reachable at `ip` (the connection's own
-/// address: the registrar's address check, spec §7.1 step 3).
-pub(crate) fn registration(pool_handle: &PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg {
-    AsapMsg::Registration {
-        namespace: None,
-        pool_handle: pool_handle.clone(),
-        pool_element: PoolElement {
-            pe_id: PeId::new(pe_id).expect("PE IDs start at 1"),
-            home_server_id: 0,
-            registration_life: 300_000,
-            user_transport: Transport::Tcp {
-                port: NonZeroU16::new(7777).expect("non-zero"),
-                transport_use: TransportUse::DataOnly,
-                addr: Address::new(ip),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
-    }
 }

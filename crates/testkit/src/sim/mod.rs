@@ -82,6 +82,7 @@ mod invariants;
 mod net;
 mod pe;
 mod pu;
+pub mod rng;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -95,12 +96,13 @@ use asap::wire::param::{
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
 use enrp_core::registrar::{
-    Action, AuditAction, Client, Config, ConnId, Core, Durability, Input, PeKey, PeerState, Timing,
+    Action, AuditAction, Client, Config, ConnId, Core, Input, PeKey, PeerState, Timing,
 };
 use enrp_core::server_id_of;
 use identity::{Grant, Serial, SpiffeId};
 
-use crate::rng::Rng;
+use crate::msg::grant;
+use rng::Rng;
 
 /// `daemon/peer.rs`: first redial delay, longest, and what counts as a stable connection.
 const REDIAL_MIN: Duration = Duration::from_millis(100);
@@ -123,30 +125,30 @@ const TRACE_TAIL: usize = 60;
 
 /// The knobs of one run, all drawn from its seed.
 #[derive(Clone, Debug)]
-pub(crate) struct Scenario {
-    pub(crate) seed: u64,
-    pub(crate) registrars: usize,
-    pub(crate) pes: usize,
-    pub(crate) pus: usize,
-    pub(crate) pools: usize,
+pub struct Scenario {
+    pub seed: u64,
+    pub registrars: usize,
+    pub pes: usize,
+    pub pus: usize,
+    pub pools: usize,
     /// Registrars crash and restart.
-    pub(crate) crashes: bool,
+    pub crashes: bool,
     /// The registrars' network splits.
-    pub(crate) partitions: bool,
+    pub partitions: bool,
     /// PEs deregister, hang, crash and lose connections.
-    pub(crate) pe_churn: bool,
+    pub pe_churn: bool,
     /// Longest one-way delay of a message.
-    pub(crate) max_delay: Duration,
+    pub max_delay: Duration,
     /// How long chaos lasts, then how long everything is left alone before the final check.
-    pub(crate) chaos: Duration,
-    pub(crate) quiet: Duration,
+    pub chaos: Duration,
+    pub quiet: Duration,
     /// The last registrar forges messages during the chaos (invariant 6).
-    pub(crate) byzantine: bool,
+    pub byzantine: bool,
 }
 
 impl Scenario {
     /// `heavy` (`RSP_SIM_HEAVY=1`): more registrars, PEs, delay and chaos, for sweeps.
-    pub(crate) fn from_seed(seed: u64, heavy: bool) -> Self {
+    pub fn from_seed(seed: u64, heavy: bool) -> Self {
         let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(17));
         // One run in three crashes only, one partitions only, one does both: crashes
         // alone are where invariant 3a can be checked.
@@ -177,40 +179,40 @@ impl Scenario {
 
 /// What a run found.
 #[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) scenario: Scenario,
-    pub(crate) failure: Option<String>,
-    pub(crate) trace_tail: Vec<String>,
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub failure: Option<String>,
+    pub trace_tail: Vec<String>,
     /// A hash of every delivery (time, receiver, bytes): equal for equal runs.
-    pub(crate) digest: u64,
-    pub(crate) simulated: Duration,
-    pub(crate) stats: Stats,
+    pub digest: u64,
+    pub simulated: Duration,
+    pub stats: Stats,
 }
 
 /// Counters, to see what the seeds covered.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Stats {
-    pub(crate) messages: u64,
-    pub(crate) resolutions: u64,
-    pub(crate) returned_pes: u64,
-    pub(crate) crashes: u64,
-    pub(crate) partitions: u64,
-    pub(crate) takeovers: u64,
+pub struct Stats {
+    pub messages: u64,
+    pub resolutions: u64,
+    pub returned_pes: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub takeovers: u64,
     /// Crash episodes for which invariant 3a was checked.
-    pub(crate) takeover_episodes_checked: u64,
-    pub(crate) pe_deaths: u64,
-    pub(crate) stale_checks_4b: u64,
+    pub takeover_episodes_checked: u64,
+    pub pe_deaths: u64,
+    pub stale_checks_4b: u64,
     /// Messages the Byzantine registrar forged (invariant 6).
-    pub(crate) forged: u64,
+    pub forged: u64,
     /// Registrations refused with 0x6 Lack of Resources (a registrar starting), ridden
     /// out (invariant 7).
-    pub(crate) refusals_0x6: u64,
+    pub refusals_0x6: u64,
     /// Runs' moments when every registrar crashed at once.
-    pub(crate) fleet_restarts: u64,
+    pub fleet_restarts: u64,
 }
 
 impl Stats {
-    pub(crate) fn add(&mut self, o: &Self) {
+    pub fn add(&mut self, o: &Self) {
         self.messages += o.messages;
         self.resolutions += o.resolutions;
         self.returned_pes += o.returned_pes;
@@ -405,7 +407,7 @@ struct Partition {
     side: Vec<bool>,
 }
 
-pub(crate) struct World {
+pub struct World {
     sc: Scenario,
     rng: Rng,
     base: Instant,
@@ -472,15 +474,6 @@ fn policy(pool: usize) -> Policy {
     }
 }
 
-fn grant(identity: &str, pools: &str, actions: &[identity::Action]) -> Grant {
-    Grant {
-        identity: identity.parse().expect("identity pattern"),
-        namespace: "default".parse().expect("namespace pattern"),
-        pools: pools.parse().expect("pool pattern"),
-        actions: actions.iter().copied().collect(),
-    }
-}
-
 fn spiffe(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://sim.test/{path}")).expect("SPIFFE ID")
 }
@@ -494,7 +487,7 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
 }
 
 impl World {
-    pub(crate) fn new(sc: Scenario) -> Self {
+    pub fn new(sc: Scenario) -> Self {
         let mut rng = Rng::new(sc.seed);
         let grants = vec![
             grant(
@@ -632,7 +625,7 @@ impl World {
         self.rng.us(200, max.max(200))
     }
 
-    pub(crate) fn run(mut self) -> Outcome {
+    pub fn run(mut self) -> Outcome {
         for i in 0..self.regs.len() {
             // Registrars come up over the first half second.
             let t = self.rng.ms(0, 500);

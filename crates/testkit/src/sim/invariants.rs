@@ -3,6 +3,8 @@
 //! Byzantine) and after the quiet period (1, 2, 3a).
 
 use super::*;
+use crate::invariants;
+use enrp_core::handlespace::Handlespace;
 
 impl World {
     // ---- invariants ----
@@ -200,7 +202,6 @@ impl World {
         if self.failure.is_some() {
             return;
         }
-        let n = self.regs.len();
         if self.regs.iter().all(|r| r.core.is_some()) {
             self.check_owners();
             if self.failure.is_some() {
@@ -244,48 +245,25 @@ impl World {
                 s => return self.fail(format!("1: pe{p} is still {s:?} after the quiet period")),
             }
         }
-        let views: Vec<Vec<(Namespace, PoolHandle, PeEntry)>> = self
+        let hss: Vec<(ServerId, &Handlespace)> = self
             .regs
             .iter()
-            .map(|r| {
-                r.core
-                    .as_ref()
-                    .expect("checked")
-                    .handlespace()
-                    .iter()
-                    .map(|(ns, h, e)| (ns.clone(), h.clone(), e.clone()))
-                    .collect()
-            })
+            .map(|r| (r.sid, r.core.as_ref().expect("checked").handlespace()))
             .collect();
-        for i in 1..n {
-            if views[i] != views[0] {
-                return self.fail(format!(
-                    "1: r{i}'s handlespace differs from r0's:\n  r0: {:?}\n  r{i}: {:?}",
-                    summary(&views[0]),
-                    summary(&views[i])
-                ));
+        if let Err(msg) = invariants::handlespaces_agree(&hss) {
+            return self.fail(format!("1: {msg}"));
+        }
+        // Each handlespace's own bookkeeping (counts, incremental checksums) agrees with
+        // its entries, for every registrar as home.
+        for (i, (_, hs)) in hss.iter().enumerate() {
+            if let Err(msg) =
+                invariants::handlespace_consistent(hs, self.regs.iter().map(|r| r.sid))
+            {
+                return self.fail(format!("1: r{i}: {msg}"));
             }
         }
-        for h in &self.regs {
-            let sums: BTreeSet<u16> = self
-                .regs
-                .iter()
-                .map(|r| {
-                    r.core
-                        .as_ref()
-                        .expect("checked")
-                        .handlespace()
-                        .checksum(h.sid)
-                })
-                .collect();
-            if sums.len() != 1 {
-                return self.fail(format!(
-                    "1: the checksums of {}'s PEs differ: {sums:?}",
-                    h.sid
-                ));
-            }
-        }
-        let held: BTreeSet<(u32, u32)> = views[0]
+        let held: BTreeSet<(u32, u32)> = hss[0]
+            .1
             .iter()
             .map(|(_, _, e)| (e.pool_element.pe_id.get(), e.pool_element.home_server_id))
             .collect();
@@ -298,21 +276,13 @@ impl World {
 
     /// Invariant 2: no PE has two registrars that each hold it as their own.
     pub(super) fn check_owners(&mut self) {
-        let mut owners: BTreeMap<PeKey, Vec<usize>> = BTreeMap::new();
-        for (i, r) in self.regs.iter().enumerate() {
-            let Some(core) = &r.core else { continue };
-            for (ns, h, e) in core.handlespace().iter() {
-                if e.pool_element.home_server_id == r.sid.get() {
-                    let key = (ns.clone(), h.clone(), e.pool_element.pe_id);
-                    owners.entry(key).or_default().push(i);
-                }
-            }
-        }
-        if let Some((k, o)) = owners.iter().find(|(_, o)| o.len() > 1) {
-            let msg = format!("2: PE {} is owned by registrars {o:?}", k.2.get());
-            self.fail(msg);
+        let regs = self.regs.iter().enumerate();
+        let live = regs.filter_map(|(i, r)| Some((i, r.sid, r.core.as_ref()?.handlespace())));
+        if let Err(msg) = invariants::one_owner_each(live) {
+            self.fail(format!("2: {msg}"));
         }
     }
+
     /// The Byzantine registrar's index, when this run has one.
     pub(super) fn byzantine(&self) -> Option<usize> {
         self.sc.byzantine.then(|| self.regs.len() - 1)
@@ -398,10 +368,4 @@ impl World {
         let claimed = self.claimed.get(&(reg, inc, key.clone(), home)).copied();
         refreshed.max(claimed)
     }
-}
-
-fn summary(view: &[(Namespace, PoolHandle, PeEntry)]) -> Vec<(u32, u32)> {
-    view.iter()
-        .map(|(_, _, e)| (e.pool_element.pe_id.get(), e.pool_element.home_server_id))
-        .collect()
 }

@@ -4,6 +4,7 @@
 //! dial loop for its configured and discovered peers (`daemon/peer.rs`'s back-off).
 
 use super::*;
+use crate::invariants::DurableBeforeReply;
 
 impl World {
     // ---- registrars ----
@@ -88,16 +89,17 @@ impl World {
     pub(super) fn execute(&mut self, reg: usize, actions: Vec<Action>) {
         let inc = self.regs[reg].inc;
         // Invariant 5: what this batch recorded durably before replying.
-        let mut durable: Vec<(AuditAction, PeId)> = Vec::new();
+        let mut durable = DurableBeforeReply::new();
         for action in actions {
+            if let Err(pe_id) = durable.observe(&action) {
+                let msg = format!(
+                    "5: r{reg} acknowledged PE {} before a durable audit record",
+                    pe_id.get()
+                );
+                self.fail(msg);
+            }
             match action {
-                Action::Audit { event, durability } => {
-                    if durability == Durability::BeforeReply
-                        && event.outcome.is_none()
-                        && let Some(pe_id) = event.pe_id
-                    {
-                        durable.push((event.action, pe_id));
-                    }
+                Action::Audit { event, .. } => {
                     if matches!(
                         event.action,
                         AuditAction::PeerDead
@@ -132,28 +134,6 @@ impl World {
                     }
                 }
                 Action::Send { conn, msg } => {
-                    let acked = match &msg {
-                        AsapMsg::RegistrationResponse {
-                            reject: false,
-                            pe_id,
-                            ..
-                        } => Some((*pe_id, [AuditAction::Register, AuditAction::Reregister])),
-                        AsapMsg::DeregistrationResponse {
-                            pe_id, error: None, ..
-                        } => Some((*pe_id, [AuditAction::Deregister; 2])),
-                        _ => None,
-                    };
-                    if let Some((pe_id, kinds)) = acked
-                        && !durable
-                            .iter()
-                            .any(|(a, p)| *p == pe_id && kinds.contains(a))
-                    {
-                        let msg = format!(
-                            "5: r{reg} acknowledged PE {} before a durable audit record",
-                            pe_id.get()
-                        );
-                        self.fail(msg);
-                    }
                     if let AsapMsg::HandleResolutionResponse {
                         pool_handle,
                         result,

@@ -1,0 +1,21 @@
+//! One test kit (issue 24, item 5), used by tests, benches and fuzz targets alike:
+//!
+//! - [`sim`]: the deterministic simulation of several registrar cores, PEs and PUs on a
+//!   simulated network (`cargo test -p enrp-core --test sim` runs its seeds);
+//! - [`invariants`]: what must hold of a core whatever its inputs (handlespace
+//!   bookkeeping and checksums, audit before acknowledgement, one owner per PE), checked
+//!   by the simulation and by [`drive`];
+//! - [`drive`]: one core driven by arbitrary bytes (messages from a few connections and
+//!   peers, timer firings, time steps), the body of the `core` fuzz target;
+//! - [`msg`]: message builders (a PE's registration);
+//! - `client` (feature `client`): a PE's side of a registration over `asap::client`.
+//!
+//! Without features the crate is pure like `enrp-core` (no tokio, no TLS).
+
+pub mod drive;
+pub mod invariants;
+pub mod msg;
+pub mod sim;
+
+#[cfg(feature = "client")]
+pub mod client;
