@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use asap::client::Connection;
-use asap::wire::AsapMsg;
 use asap::wire::param::PoolHandle;
-use testkit::client::answer_keep_alive;
-use testkit::msg::{pool, registration};
+use testkit::client::{answer_keep_alives_until, register_windowed};
+use testkit::msg::pool;
 use tokio::sync::{mpsc, watch};
 
 use crate::child::ChildProc;
@@ -75,37 +74,11 @@ pub(crate) async fn keep_alive_connection(
     count: u32,
     registered: mpsc::Sender<()>,
     keep_alives: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Connection {
-    let ip = conn.local_addr().ip();
-    let (mut sent, mut acked) = (0, 0);
-    while acked < count {
-        while sent < count && (sent - acked) < REGISTRATION_WINDOW {
-            conn.send(&registration(&handle, first_id + sent, ip))
-                .await
-                .expect("send registration");
-            sent += 1;
-        }
-        let reply = conn.recv().await.expect("registration response");
-        match &reply {
-            AsapMsg::RegistrationResponse { reject: false, .. } => acked += 1,
-            AsapMsg::RegistrationResponse { .. } => panic!("registration refused: {reply:?}"),
-            _ => {
-                answer_keep_alive(&mut conn, &reply).await;
-            }
-        }
-    }
+    register_windowed(&mut conn, &handle, first_id, count, REGISTRATION_WINDOW).await;
     let _ = registered.send(()).await;
-    loop {
-        tokio::select! {
-            msg = conn.recv() => {
-                if answer_keep_alive(&mut conn, &msg.expect("PE connection")).await {
-                    keep_alives.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            _ = stop.changed() => return conn,
-        }
-    }
+    answer_keep_alives_until(conn, stop, keep_alives).await
 }
 
 /// `opts.pes` PEs on a fresh registrar with `opts.keep_alive_secs` keep-alives: the

@@ -9,7 +9,7 @@ use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::{PeId, PoolHandle};
 use indicatif::ProgressBar;
-use testkit::client::{answer_keep_alive, register};
+use testkit::client::{answer_keep_alive, answer_keep_alives_until, register};
 use testkit::msg::{pool, registration};
 use tokio::sync::watch;
 
@@ -208,16 +208,9 @@ pub(crate) async fn standing_pool(
     for id in 1..=n {
         register(&mut pe, &registration(handle, id, ip)).await;
     }
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let keeper = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                msg = pe.recv() => {
-                    answer_keep_alive(&mut pe, &msg.expect("PE connection")).await;
-                }
-                _ = stopped.changed() => return,
-            }
-        }
+        answer_keep_alives_until(pe, stopped, Arc::default()).await;
     });
     (stop, keeper)
 }

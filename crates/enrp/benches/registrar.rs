@@ -31,7 +31,7 @@
 mod support;
 
 use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line};
-use testkit::client::{answer_keep_alive, register};
+use testkit::client::{answer_keep_alives_until, register, register_windowed};
 use testkit::msg::{pool, registration};
 
 use std::io::{BufReader, Write as _};
@@ -637,16 +637,9 @@ async fn resolutions(pki: &Pki, opts: &Options) -> Throughput {
     for id in 1..=10 {
         register(&mut pe, &registration(&handle, id, ip)).await;
     }
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let keeper = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                msg = pe.recv() => {
-                    answer_keep_alive(&mut pe, &msg.expect("PE connection")).await;
-                }
-                _ = stopped.changed() => return,
-            }
-        }
+        answer_keep_alives_until(pe, stopped, Arc::default()).await;
     });
     let stores: Vec<_> = (0..opts.clients)
         .map(|i| pki.client(&format!("pu/res-{i}")))
@@ -748,37 +741,18 @@ async fn keep_alive_connection(
     count: u32,
     registered: mpsc::Sender<()>,
     keep_alives: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Connection {
-    let ip = conn.local_addr().ip();
-    let (mut sent, mut acked) = (0, 0);
-    while acked < count {
-        while sent < count && (sent - acked) < REGISTRATION_WINDOW as u32 {
-            conn.send(&registration(&handle, first_id + sent, ip))
-                .await
-                .expect("send registration");
-            sent += 1;
-        }
-        let reply = conn.recv().await.expect("registration response");
-        match &reply {
-            AsapMsg::RegistrationResponse { reject: false, .. } => acked += 1,
-            AsapMsg::RegistrationResponse { .. } => panic!("registration refused: {reply:?}"),
-            _ => {
-                answer_keep_alive(&mut conn, &reply).await;
-            }
-        }
-    }
+    register_windowed(
+        &mut conn,
+        &handle,
+        first_id,
+        count,
+        REGISTRATION_WINDOW as u32,
+    )
+    .await;
     let _ = registered.send(()).await;
-    loop {
-        tokio::select! {
-            msg = conn.recv() => {
-                if answer_keep_alive(&mut conn, &msg.expect("PE connection")).await {
-                    keep_alives.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            _ = stop.changed() => return conn,
-        }
-    }
+    answer_keep_alives_until(conn, stop, keep_alives).await
 }
 
 /// Measurement 3 with `pes` PEs.
