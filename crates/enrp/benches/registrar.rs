@@ -30,9 +30,10 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, read_line};
 use testkit::client::{answer_keep_alives_until, register, register_windowed};
 use testkit::msg::{pool, registration};
+use testkit::proc::{Proc, clock_ticks};
 
 use std::io::{BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -335,36 +336,14 @@ impl Registrar {
         }
     }
 
-    fn proc_file(&self, name: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).expect("/proc")
-    }
-
     /// (VmRSS, VmHWM) in KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = self.proc_file("status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        Proc(self.child.id()).rss_kib()
     }
 
     /// User plus system CPU time of all the registrar's threads.
     fn cpu(&self) -> Duration {
-        let stat = self.proc_file("stat");
-        // Fields after the command name (which may hold spaces): state is field 3, utime
-        // and stime are fields 14 and 15 (proc(5)).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+        Proc(self.child.id()).cpu()
     }
 
     fn audit(&mut self) -> AuditCount {

@@ -7,14 +7,17 @@
 //!   by the simulation and by [`drive`];
 //! - [`drive`]: one core driven by arbitrary bytes (messages from a few connections and
 //!   peers, timer firings, time steps), the body of the `core` fuzz target;
-//! - [`msg`]: message builders (a PE's registration);
+//! - [`msg`]: message and grant builders (a PE's registration);
+//! - [`proc`]: a process's CPU time and memory from /proc (benches);
 //! - `client` (feature `client`): a PE's side of a registration over `asap::client`.
 //!
-//! Without features the crate is pure like `enrp-core` (no tokio, no TLS).
+//! Without features the crate depends on no async runtime, TLS, SQL or HTTP crate, like
+//! `enrp-core` (`.ci/pure-crates`).
 
 pub mod drive;
 pub mod invariants;
 pub mod msg;
+pub mod proc;
 pub mod sim;
 
 #[cfg(feature = "client")]

@@ -1,9 +1,8 @@
 //! What the registrar benches share (`benches/registrar.rs`, `benches/download.rs`): the
-//! test PKI, the child-process protocol's line reader, the clock tick of /proc times (the
-//! registration a bench PE sends is `testkit::msg::registration`).
+//! test PKI, the child-process protocol's line reader (the registration a bench PE sends is
+//! `testkit::msg::registration`, /proc readings `testkit::proc`).
 
 use std::io::BufRead;
-use std::process::Command;
 use std::sync::Arc;
 
 use trust::TrustStore;
@@ -51,18 +50,4 @@ pub(crate) fn read_line(r: &mut impl BufRead) -> String {
     let mut line = String::new();
     r.read_line(&mut line).expect("registrar stdout");
     line.trim().to_owned()
-}
-
-/// `getconf CLK_TCK` (the unit of /proc/PID/stat times), 100 if it cannot be asked.
-pub(crate) fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
 }
