@@ -25,7 +25,8 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, read_line};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use testkit::child::{commands, read_line};
 use testkit::msg::registration;
 use testkit::proc::Proc;
 
@@ -42,7 +43,6 @@ use asap::wire::param::PoolHandle;
 use enrp::daemon::{Daemon, Settings};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
-use tokio::sync::mpsc;
 use trust::audit::{AuditConfig, AuditLog};
 use trust::db::{Store, StoreOptions};
 use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
@@ -204,15 +204,7 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
             Proc::this().cpu().as_secs_f64() * 1e3
         );
     }
-    let (tx, mut commands) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
             "count" => println!("count {}", control.snapshot().await.pool_elements),

@@ -30,7 +30,8 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, read_line};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use testkit::child::{commands, read_line};
 use testkit::client::{answer_keep_alives_until, register, register_windowed};
 use testkit::msg::{pool, registration};
 use testkit::proc::{Proc, clock_ticks};
@@ -240,15 +241,7 @@ async fn serve_registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     .await
     .expect("daemon");
     println!("listening {}", daemon.asap_addr());
-    let (tx, mut commands) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
             "stats" => {

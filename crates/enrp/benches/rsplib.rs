@@ -26,7 +26,8 @@
 #[allow(dead_code)]
 mod support;
 
-use support::{CHILD_ARG, read_line};
+use support::CHILD_ARG;
+use testkit::child::read_line;
 use testkit::proc::Proc;
 
 use std::io::BufReader;

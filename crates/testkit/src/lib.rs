@@ -9,7 +9,8 @@
 //!   peers, timer firings, time steps), the body of the `core` fuzz target;
 //! - [`msg`]: message and grant builders (a PE's registration);
 //! - [`proc`]: a process's CPU time and memory from /proc (benches);
-//! - `client` (feature `client`): a PE's side of a registration over `asap::client`.
+//! - `client` (feature `client`): a PE's side of registrations over `asap::client`;
+//!   `child`: the line protocol between a bench and its server child process.
 //!
 //! Without features the crate depends on no async runtime, TLS, SQL or HTTP crate, like
 //! `enrp-core` (`.ci/pure-crates`).
@@ -20,5 +21,7 @@ pub mod msg;
 pub mod proc;
 pub mod sim;
 
+#[cfg(feature = "client")]
+pub mod child;
 #[cfg(feature = "client")]
 pub mod client;

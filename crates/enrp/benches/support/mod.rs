@@ -1,8 +1,8 @@
 //! What the registrar benches share (`benches/registrar.rs`, `benches/download.rs`): the
-//! test PKI, the child-process protocol's line reader (the registration a bench PE sends is
-//! `testkit::msg::registration`, /proc readings `testkit::proc`).
+//! test PKI and the child argument. The child-process line protocol is `testkit::child`,
+//! the registration a bench PE sends `testkit::msg::registration`, /proc readings
+//! `testkit::proc`.
 
-use std::io::BufRead;
 use std::sync::Arc;
 
 use trust::TrustStore;
@@ -43,11 +43,4 @@ impl Pki {
         store.add_domain(self.ca.bundle()).expect("bundle");
         Arc::new(store)
     }
-}
-
-/// One line from a registrar child, trimmed.
-pub(crate) fn read_line(r: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("registrar stdout");
-    line.trim().to_owned()
 }
