@@ -4,14 +4,24 @@
 use testkit::drive::{self, LIMITS, MAX_STEPS, Report};
 use testkit::sim::rng::Rng;
 
-/// Programs per run: a few hundred, about a second of a debug build.
+/// Programs per run: a few hundred, about two seconds of a debug build here;
+/// `RSP_DRIVE_PROGRAMS=N` runs more.
 const PROGRAMS: u64 = 400;
+
+fn programs() -> u64 {
+    std::env::var("RSP_DRIVE_PROGRAMS").map_or(PROGRAMS, |v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("RSP_DRIVE_PROGRAMS={v:?} is not a number"))
+    })
+}
 
 #[test]
 fn random_programs_keep_the_invariants() {
     let mut rng = Rng::new(0x00c0_ffee);
     let mut total = Report::default();
-    for i in 0..PROGRAMS {
+    let programs = programs();
+    for i in 0..programs {
         let len = rng.range(0, 3000) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let report = drive::run(&bytes).unwrap_or_else(|e| {
@@ -22,7 +32,7 @@ fn random_programs_keep_the_invariants() {
         total.accepted += report.accepted;
         total.most_pes = total.most_pes.max(report.most_pes);
     }
-    println!("{PROGRAMS} programs: {total:?}");
+    println!("{programs} programs: {total:?}");
     // Not vacuous: the programs register PEs, several at once (closes, removals and time
     // steps churn them; the directed test below fills the handlespace).
     assert!(total.accepted > 100, "too few registrations: {total:?}");
