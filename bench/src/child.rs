@@ -4,7 +4,7 @@
 //! The protocol with the parent: the child prints `listening ADDR` when it serves, then
 //! reads commands on stdin (`stats`, `stop`); end of input stops it too.
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::path::Path;
@@ -18,8 +18,8 @@ use enrp::config::{Listen, Millis, RunConfig, SctpMode, Secs};
 use enrp::daemon::now_ms;
 use enrp::handlespace::Limits;
 use enrp::setup;
+use testkit::child::{commands, read_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::mpsc;
 
 use crate::floor;
 use crate::pki::store_from;
@@ -45,20 +45,6 @@ pub(crate) fn main(args: &[String]) {
         )),
         _ => panic!("usage: {CHILD_ARG} registrar|floor|pe ARGS"),
     }
-}
-
-/// Lines of stdin, read on a thread (tokio's stdin needs a feature for little gain).
-pub(crate) fn commands() -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// The registrar, started as `enrpd run` starts it (`enrpd init`, then [`enrp::run`]):
@@ -249,10 +235,4 @@ impl Drop for ChildProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn read_line(r: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("child stdout");
-    line.trim().to_owned()
 }

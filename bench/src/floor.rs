@@ -10,12 +10,11 @@ use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject as _;
+use testkit::child::commands;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use trust::{Protocol, TrustStore};
-
-use crate::child::commands;
 
 /// Request and reply sizes (issue 9).
 pub(crate) const REQUEST: usize = 16;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+// The /proc readings, shared with the workspace's benches.
+pub(crate) use testkit::proc::{Proc, clock_ticks};
 
 /// Latencies in microseconds, 1 µs to 10 min, 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -97,56 +99,4 @@ impl Figures {
             "per_server_core_second": self.per_server_core_second(),
         })
     }
-}
-
-/// A process's CPU time and memory, from /proc/PID/stat and /proc/PID/status.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Proc(pub(crate) u32);
-
-impl Proc {
-    fn file(self, name: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{name}", self.0)).unwrap_or_default()
-    }
-
-    /// User plus system CPU time of all its threads.
-    pub(crate) fn cpu(self) -> Duration {
-        let stat = self.file("stat");
-        // After the command name (which may hold spaces and parentheses): utime and stime
-        // are fields 14 and 15 of proc(5), so 12 and 13 after the `)`.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
-    }
-
-    /// (VmRSS, VmHWM) in KiB.
-    pub(crate) fn rss_kib(self) -> (u64, u64) {
-        let status = self.file("status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-/// `getconf CLK_TCK` (the unit of /proc/PID/stat times), 100 if it cannot be asked.
-pub(crate) fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
 }

@@ -12,12 +12,11 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Lab, Registrar, bin};
+use crate::support::{Lab, Registrar, Serving, admin_token, bin, serving};
 
 /// The network namespaces of one test run, deleted when dropped (also on a panic). Their
 /// names carry the process ID, so that runs side by side do not clash; the veth pairs
@@ -147,11 +146,7 @@ fn start_registrar(lab: &Lab, name: &'static str, ns: &str, ip: &str, peers: &[&
             .arg("--data")
             .arg(lab.path(&data)),
     );
-    let token = String::from_utf8_lossy(&init.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("rsp_"))
-        .expect("enrpd init prints the admin token")
-        .to_owned();
+    let token = admin_token(&init);
     let mut cmd = in_ns(ns, &bin("enrpd"));
     cmd.arg("run")
         .arg("--data")
@@ -167,19 +162,12 @@ fn start_registrar(lab: &Lab, name: &'static str, ns: &str, ip: &str, peers: &[&
         cmd.args(["--peer", &format!("{}:9902", p.ip)]);
     }
     let mut child = cmd.spawn().expect("spawn enrpd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("enrpd prints its addresses");
-    // "enrpd: serving ASAP on A (Server ID X), admin API on https://B, ENRP on C"
-    let addrs: Vec<SocketAddr> = line
-        .split([' ', ',', '/', ')', '\n'])
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let server_id = line
-        .split_once("(Server ID ")
-        .and_then(|(_, rest)| rest.split(')').next())
-        .and_then(hex);
+    let Serving {
+        line,
+        addrs,
+        server_id,
+    } = serving(&mut child);
+    let server_id = hex(&server_id);
     let (Some(server_id), [addr, admin, _enrp]) = (server_id, &addrs[..]) else {
         let _ = child.kill();
         let _ = child.wait();

@@ -2,32 +2,17 @@
 //! authorization, keep-alives, malformed input, the audit log.
 
 use std::net::Ipv4Addr;
-use std::num::NonZeroU16;
 use std::time::Duration;
 
 use asap::wire::AsapMsg;
 use asap::wire::Resolution;
-use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
+use asap::wire::param::{PeId, Policy, PoolHandle};
 
 use crate::support::{Asap, Lab};
 
+/// A registration of PE `id` in `pool` at 127.0.0.1 (port 7777, round robin, 300 s).
 pub(crate) fn registration(pool: &str, id: u32) -> AsapMsg {
-    AsapMsg::Registration {
-        namespace: None,
-        pool_handle: PoolHandle::new(pool).expect("pool handle"),
-        pool_element: PoolElement {
-            pe_id: PeId::new(id).expect("non-zero"),
-            home_server_id: 0,
-            registration_life: 300_000,
-            user_transport: Transport::Tcp {
-                port: NonZeroU16::new(7777).expect("non-zero"),
-                transport_use: TransportUse::DataOnly,
-                addr: Address::new(Ipv4Addr::LOCALHOST),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
-    }
+    testkit::msg::registration(&testkit::msg::pool(pool), id, Ipv4Addr::LOCALHOST.into())
 }
 
 pub(crate) fn resolution(pool: &str) -> AsapMsg {

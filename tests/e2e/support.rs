@@ -1,7 +1,6 @@
 //! What the end-to-end tests share: finding the real binaries, a PKI made with the real
 //! `rsp-pki`, a real `enrpd` on a loopback port, and an ASAP client over real mutual TLS.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -18,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
 
-pub(crate) use crate::binaries::{bin, run_ok};
+pub(crate) use crate::binaries::{Serving, admin_token, bin, run_ok, serving};
 
 /// A temporary directory with a PKI for `acme.test`: a registrar, two PEs, a PU.
 pub(crate) struct Lab {
@@ -130,21 +129,10 @@ impl Lab {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn enrpd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("enrpd prints its address");
-        // "enrpd: serving ASAP on A (Server ID X), admin API on https://B"
-        let mut addrs = line
-            .split([' ', ',', '/', '\n'])
-            .filter_map(|w| w.parse::<SocketAddr>().ok());
-        let addr = addrs
-            .next()
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let admin = addrs
-            .next()
-            .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+        let first = serving(&mut child);
+        let [addr, admin, ..] = first.addrs[..] else {
+            panic!("no ASAP and admin addresses in {:?}", first.line);
+        };
         Registrar { child, addr, admin }
     }
 
@@ -221,11 +209,7 @@ impl Lab {
                 .arg("--data")
                 .arg(self.path(data)),
         );
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .find(|w| w.starts_with("rsp_"))
-            .expect("enrpd init prints the admin token")
-            .to_owned()
+        admin_token(&out)
     }
 
     /// `enrpd run` on the data directory `DATA` with ASAP, ENRP and the admin API on free
@@ -287,21 +271,11 @@ impl Lab {
             cmd.args(["--peer", &p.to_string()]);
         }
         let mut child = cmd.spawn().expect("spawn enrpd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("enrpd prints its addresses");
-        // "enrpd: serving ASAP on A (Server ID X), admin API on https://B, ENRP on C"
-        let addrs: Vec<SocketAddr> = line
-            .split([' ', ',', '/', ')', '\n'])
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let server_id = line
-            .split_once("(Server ID ")
-            .and_then(|(_, rest)| rest.split(')').next())
-            .unwrap_or_default()
-            .to_owned();
+        let Serving {
+            line,
+            addrs,
+            server_id,
+        } = serving(&mut child);
         let [addr, admin, enrp] = addrs[..] else {
             let _ = child.kill();
             let _ = child.wait();

@@ -15,9 +15,9 @@
 mod binaries;
 mod capture;
 
-pub(crate) use binaries::{bin, run_ok};
+pub(crate) use binaries::{admin_token, bin, run_ok, serving};
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -161,11 +161,7 @@ impl Lab {
                 .args(["--name", name, "--data"])
                 .arg(self.path(data)),
         );
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .find(|w| w.starts_with("rsp_"))
-            .expect("enrpd init prints the admin token")
-            .to_owned()
+        admin_token(&out)
     }
 
     /// `enrpd run` on `data` with SCTP on, everything on free loopback ports, and `extra`.
@@ -190,10 +186,7 @@ impl Lab {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn enrpd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("enrpd prints where it serves");
+        let line = serving(&mut child).line;
         let admin = line
             .split_once("https://")
             .and_then(|(_, rest)| rest.split(',').next())

@@ -25,7 +25,10 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use testkit::child::{commands, read_line};
+use testkit::msg::registration;
+use testkit::proc::Proc;
 
 use std::io::{BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -40,7 +43,6 @@ use asap::wire::param::PoolHandle;
 use enrp::daemon::{Daemon, Settings};
 use enrp::registrar::{Config, Timing};
 use enrp::setup;
-use tokio::sync::mpsc;
 use trust::audit::{AuditConfig, AuditLog};
 use trust::db::{Store, StoreOptions};
 use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
@@ -199,18 +201,10 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
         println!(
             "ready {:.1} {pes} {:.0}",
             elapsed.as_secs_f64() * 1e3,
-            own_cpu().as_secs_f64() * 1e3
+            Proc::this().cpu().as_secs_f64() * 1e3
         );
     }
-    let (tx, mut commands) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
             "count" => println!("count {}", control.snapshot().await.pool_elements),
@@ -220,22 +214,6 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
     }
     daemon.shutdown().await.expect("shutdown");
     store.close().await;
-}
-
-/// User plus system CPU time of this process so far (proc(5): fields 14 and 15).
-fn own_cpu() -> Duration {
-    cpu_of("self")
-}
-
-fn cpu_of(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
 }
 
 /// A registrar child as the parent sees it.
@@ -286,7 +264,7 @@ impl Registrar {
     }
 
     fn cpu(&self) -> Duration {
-        cpu_of(&self.child.id().to_string())
+        Proc(self.child.id()).cpu()
     }
 
     /// PEs in its handlespace.

@@ -30,7 +30,11 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki, clock_ticks, read_line, registration};
+use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use testkit::child::{commands, read_line};
+use testkit::client::{answer_keep_alives_until, register, register_windowed};
+use testkit::msg::{pool, registration};
+use testkit::proc::{Proc, clock_ticks};
 
 use std::io::{BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -237,15 +241,7 @@ async fn serve_registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     .await
     .expect("daemon");
     println!("listening {}", daemon.asap_addr());
-    let (tx, mut commands) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
             "stats" => {
@@ -333,36 +329,14 @@ impl Registrar {
         }
     }
 
-    fn proc_file(&self, name: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).expect("/proc")
-    }
-
     /// (VmRSS, VmHWM) in KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = self.proc_file("status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        Proc(self.child.id()).rss_kib()
     }
 
     /// User plus system CPU time of all the registrar's threads.
     fn cpu(&self) -> Duration {
-        let stat = self.proc_file("stat");
-        // Fields after the command name (which may hold spaces): state is field 3, utime
-        // and stime are fields 14 and 15 (proc(5)).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+        Proc(self.child.id()).cpu()
     }
 
     fn audit(&mut self) -> AuditCount {
@@ -421,44 +395,6 @@ impl Drop for Registrar {
 
 // ---------------------------------------------------------------------------------------
 // Messages
-
-fn pool(name: &str) -> PoolHandle {
-    PoolHandle::new(name).expect("pool handle")
-}
-
-/// Answers a keep-alive as a PE does (spec §7.5); `true` if `msg` was one.
-async fn answer_keep_alive(conn: &mut Connection, msg: &AsapMsg) -> bool {
-    let AsapMsg::EndpointKeepAlive {
-        pool_handle,
-        pe_id: Some(pe_id),
-        ..
-    } = msg
-    else {
-        return false;
-    };
-    conn.send(&AsapMsg::EndpointKeepAliveAck {
-        pool_handle: pool_handle.clone(),
-        pe_id: *pe_id,
-    })
-    .await
-    .expect("send keep-alive ack");
-    true
-}
-
-/// Registers and waits for the acceptance, answering keep-alives meanwhile.
-async fn register(conn: &mut Connection, msg: &AsapMsg) {
-    conn.send(msg).await.expect("send registration");
-    loop {
-        let reply = conn.recv().await.expect("registration response");
-        match &reply {
-            AsapMsg::RegistrationResponse { reject: false, .. } => return,
-            AsapMsg::RegistrationResponse { .. } => panic!("registration refused: {reply:?}"),
-            _ => {
-                answer_keep_alive(conn, &reply).await;
-            }
-        }
-    }
-}
 
 async fn resolve(conn: &mut Connection, msg: &AsapMsg) {
     conn.send(msg).await.expect("send resolution");
@@ -673,16 +609,9 @@ async fn resolutions(pki: &Pki, opts: &Options) -> Throughput {
     for id in 1..=10 {
         register(&mut pe, &registration(&handle, id, ip)).await;
     }
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let keeper = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                msg = pe.recv() => {
-                    answer_keep_alive(&mut pe, &msg.expect("PE connection")).await;
-                }
-                _ = stopped.changed() => return,
-            }
-        }
+        answer_keep_alives_until(pe, stopped, Arc::default()).await;
     });
     let stores: Vec<_> = (0..opts.clients)
         .map(|i| pki.client(&format!("pu/res-{i}")))
@@ -784,37 +713,18 @@ async fn keep_alive_connection(
     count: u32,
     registered: mpsc::Sender<()>,
     keep_alives: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Connection {
-    let ip = conn.local_addr().ip();
-    let (mut sent, mut acked) = (0, 0);
-    while acked < count {
-        while sent < count && (sent - acked) < REGISTRATION_WINDOW as u32 {
-            conn.send(&registration(&handle, first_id + sent, ip))
-                .await
-                .expect("send registration");
-            sent += 1;
-        }
-        let reply = conn.recv().await.expect("registration response");
-        match &reply {
-            AsapMsg::RegistrationResponse { reject: false, .. } => acked += 1,
-            AsapMsg::RegistrationResponse { .. } => panic!("registration refused: {reply:?}"),
-            _ => {
-                answer_keep_alive(&mut conn, &reply).await;
-            }
-        }
-    }
+    register_windowed(
+        &mut conn,
+        &handle,
+        first_id,
+        count,
+        REGISTRATION_WINDOW as u32,
+    )
+    .await;
     let _ = registered.send(()).await;
-    loop {
-        tokio::select! {
-            msg = conn.recv() => {
-                if answer_keep_alive(&mut conn, &msg.expect("PE connection")).await {
-                    keep_alives.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            _ = stop.changed() => return conn,
-        }
-    }
+    answer_keep_alives_until(conn, stop, keep_alives).await
 }
 
 /// Measurement 3 with `pes` PEs.

@@ -22,11 +22,13 @@
 // A benchmark measures wall time: it is a driver, not a core.
 #![allow(clippy::disallowed_methods)]
 
-// The shared bench module; this bench uses its child protocol and clock only.
+// The shared bench module; this bench uses its child protocol only.
 #[allow(dead_code)]
 mod support;
 
-use support::{CHILD_ARG, clock_ticks, read_line};
+use support::CHILD_ARG;
+use testkit::child::read_line;
+use testkit::proc::Proc;
 
 use std::io::BufReader;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -228,16 +230,7 @@ impl Server {
 
     /// The process's CPU time so far, seconds.
     fn cpu(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        ticks as f64 / clock_ticks() as f64
+        Proc(self.child.id()).cpu().as_secs_f64()
     }
 }
 

@@ -2,7 +2,8 @@
 //! [`enrp::registrar::Core`]s, pool elements and pool users in one process, on a simulated
 //! network with a simulated clock, driven from one seed. Partitions, message delays,
 //! registrar crashes and restarts, PE registrations, re-registrations, deregistrations,
-//! hangs and crashes; every run checks the invariants listed in `world.rs`.
+//! hangs and crashes; every run checks the invariants listed in
+//! `crates/testkit/src/sim/mod.rs` (the simulator is `testkit::sim`, shared with other tests).
 //!
 //! ```text
 //! cargo test -p enrp-core --test sim                           # the CI seeds (0..RSP_SIM_SEEDS)
@@ -14,14 +15,11 @@
 //! A failing run prints its seed, the broken invariant and the last lines of its trace;
 //! the same seed replays the same run exactly (`a_seed_replays_exactly`).
 
-mod rng;
-mod world;
-
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use world::{Outcome, Scenario, World};
+use testkit::sim::{self as world, Outcome, Scenario, World};
 
 /// Seeds a plain `cargo test` runs (CI runs "a few hundred", issue 7): enough to meet
 /// every knob often, small enough for CI (200 took about 22 s of CPU in a debug build

@@ -1,15 +1,10 @@
 //! What the registrar benches share (`benches/registrar.rs`, `benches/download.rs`): the
-//! test PKI, the child-process protocol's line reader, the clock tick of /proc times, and
-//! the registration a bench PE sends.
+//! test PKI and the child argument. The child-process line protocol is `testkit::child`,
+//! the registration a bench PE sends `testkit::msg::registration`, /proc readings
+//! `testkit::proc`.
 
-use std::io::BufRead;
-use std::net::IpAddr;
-use std::num::NonZeroU16;
-use std::process::Command;
 use std::sync::Arc;
 
-use asap::wire::AsapMsg;
-use asap::wire::param::{Address, PeId, Policy, PoolElement, PoolHandle, Transport, TransportUse};
 use trust::TrustStore;
 use trust::testing::TestCa;
 
@@ -47,47 +42,5 @@ impl Pki {
         let store = TrustStore::new(self.ca.leaf(path).issue().identity()).expect("trust store");
         store.add_domain(self.ca.bundle()).expect("bundle");
         Arc::new(store)
-    }
-}
-
-/// One line from a registrar child, trimmed.
-pub(crate) fn read_line(r: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("registrar stdout");
-    line.trim().to_owned()
-}
-
-/// `getconf CLK_TCK` (the unit of /proc/PID/stat times), 100 if it cannot be asked.
-pub(crate) fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
-/// A registration of PE `pe_id` in `pool_handle`, reachable at `ip` (the connection's own
-/// address: the registrar's address check, spec §7.1 step 3).
-pub(crate) fn registration(pool_handle: &PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg {
-    AsapMsg::Registration {
-        namespace: None,
-        pool_handle: pool_handle.clone(),
-        pool_element: PoolElement {
-            pe_id: PeId::new(pe_id).expect("PE IDs start at 1"),
-            home_server_id: 0,
-            registration_life: 300_000,
-            user_transport: Transport::Tcp {
-                port: NonZeroU16::new(7777).expect("non-zero"),
-                transport_use: TransportUse::DataOnly,
-                addr: Address::new(ip),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
     }
 }
