@@ -32,7 +32,7 @@ use asap::wire::param::{
 use asap::wire::{AsapMsg, EnrpBody, EnrpMsg, UpdateAction};
 use enrp_core::checksum::PeChecksum;
 use enrp_core::handlespace::Limits;
-use enrp_core::registrar::{Action, Client, Config, ConnId, Core, Input, Scope, Timing};
+use enrp_core::registrar::{Action, Config, ConnId, Core, Input, Remote, Scope, Timing};
 use enrp_core::server_id_of;
 use identity::{Action as Grantable, Grant, Serial, SpiffeId};
 
@@ -308,7 +308,7 @@ impl Driver {
         let addr = SocketAddr::new(IpAddr::V4(client_ip(c)), 40_000 + c as u16);
         self.feed(Input::Connected {
             conn: ConnId(conn),
-            client: Client {
+            client: Remote {
                 id: spiffe(CLIENTS[c].0),
                 serial: Serial::from_bytes(&[c as u8 + 1]),
                 addr,
@@ -326,7 +326,7 @@ impl Driver {
         let server_id = server_id_of(&id);
         self.feed(Input::PeerUp {
             conn: ConnId(conn),
-            peer: Client {
+            peer: Remote {
                 id,
                 serial: Serial::from_bytes(&[0x10 + i as u8]),
                 addr: SocketAddr::new(IpAddr::V4(peer_ip(i)), 9902),
@@ -455,7 +455,7 @@ impl Driver {
         }
     }
 
-    /// Client `c` sends `msg`: encoded and decoded as on a real connection.
+    /// Remote `c` sends `msg`: encoded and decoded as on a real connection.
     fn send_asap(&mut self, c: usize, msg: &AsapMsg) -> Result<(), String> {
         let bytes = msg
             .to_bytes()

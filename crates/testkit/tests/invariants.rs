@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use asap::wire::AsapMsg;
-use enrp_core::registrar::{Action, Client, Config, ConnId, Core, Input};
+use enrp_core::registrar::{Action, Config, ConnId, Core, Input, Remote};
 use enrp_core::server_id_of;
 use identity::{Action as Grantable, Serial, SpiffeId};
 use testkit::invariants::{
@@ -33,7 +33,7 @@ fn registered(name: &str) -> (Core, Vec<Action>) {
     core.handle(
         Input::Connected {
             conn,
-            client: Client {
+            client: Remote {
                 id: spiffe("pe/p0"),
                 serial: Serial::from_bytes(&[1]),
                 addr: SocketAddr::new(ip, 40_000),

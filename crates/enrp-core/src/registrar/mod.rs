@@ -52,10 +52,6 @@ pub use timers::Timers;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
-/// The former name of [`Remote`] (issue 24: it named ENRP peers too). Kept while
-/// crates/enrp, the simulator and the benches use it; new code says `Remote`.
-pub use Remote as Client;
-
 /// The authenticated remote of a connection, ASAP or ENRP: what the TLS handshake proved
 /// about it (for a legacy SCTP association: its address, [`legacy_identity`]), and where it
 /// is. On an ASAP connection it is a client (a PE or a PU); on an ENRP connection a peer
@@ -212,7 +208,7 @@ pub enum Revocation {
 }
 
 impl Revocation {
-    fn covers(&self, client: &Client) -> bool {
+    fn covers(&self, client: &Remote) -> bool {
         match self {
             Self::Identity(id) => client.id == *id,
             Self::Serial { domain, serial } => {

@@ -96,7 +96,7 @@ use asap::wire::param::{
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
 use enrp_core::registrar::{
-    Action, AuditAction, Client, Config, ConnId, Core, Input, PeKey, PeerState, Timing,
+    Action, AuditAction, Config, ConnId, Core, Input, PeKey, PeerState, Remote, Timing,
 };
 use enrp_core::server_id_of;
 use identity::{Grant, Serial, SpiffeId};

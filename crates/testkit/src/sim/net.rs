@@ -234,7 +234,7 @@ impl World {
     }
 
     /// The identity and address that end `side` of a link sees at its other end.
-    pub(super) fn client_of(&mut self, other: Node, side: usize) -> (Client, Option<ServerId>) {
+    pub(super) fn client_of(&mut self, other: Node, side: usize) -> (Remote, Option<ServerId>) {
         let port = self.rng.range(30_000, 60_000) as u16;
         let (id, ip, sid, serial) = match other {
             Node::Reg(j) => {
@@ -257,7 +257,7 @@ impl World {
         };
         // The dialer sees the acceptor's listening port; the acceptor an ephemeral one.
         let port = if side == 0 { 9902 } else { port };
-        let client = Client {
+        let client = Remote {
             id,
             serial: Serial::from_bytes(&serial),
             addr: SocketAddr::new(IpAddr::V4(ip), port),
