@@ -1,5 +1,6 @@
 //! `rsp`: the RSerPool command line. Thin: flags here, work in the `asap` library.
 
+mod config;
 mod services;
 
 use std::io::{self, Read as _};
@@ -26,11 +27,12 @@ use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Defaults for --cert, --key, --ca, --crl, --registrar, --registrar-id and --namespace
-    /// from a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
+    /// A TOML file with any of the options --cert, --key, --ca, --crl, --registrar,
+    /// --registrar-id, --namespace and --insecure-legacy, under their keys in
+    /// rsp/src/config.rs (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
     /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
-    /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
-    /// variables override it.
+    /// `namespace`, `insecure_legacy = true`; relative paths are from the file's
+    /// directory). Flags and RSP_* variables override it.
     #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -68,16 +70,16 @@ enum Command {
         /// sctp:IP:PORT[+IP:PORT...] over SCTP (a multi-homed PE registers every address).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: TransportAddr,
-        /// Registration Life in seconds (spec §4.4).
-        #[arg(long, default_value_t = 300)]
-        registration_life: u64,
+        /// Registration Life (spec §4.4): a duration (`5m`, `90s`) or seconds.
+        #[arg(long, default_value = "300", value_parser = config::secs)]
+        registration_life: Duration,
         /// The pool's cookie key: a file of at least 32 secret bytes shared by the pool's
         /// PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.
         #[arg(long, env = "RSP_COOKIE_KEY")]
         cookie_key: Option<PathBuf>,
-        /// How long a session cookie stays valid, in seconds.
-        #[arg(long, default_value_t = 600)]
-        cookie_lifetime: u64,
+        /// How long a session cookie stays valid: a duration (`10m`, `90s`) or seconds.
+        #[arg(long, default_value = "600", value_parser = config::secs)]
+        cookie_lifetime: Duration,
         /// With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions
         /// / N, re-registering when it changes (at most 4 times a second), so that the
         /// registrar sends PUs to the least loaded PE.
@@ -95,7 +97,7 @@ enum Command {
         #[arg(long, default_value = "auto", value_name = "self|auto|PE_ID,...")]
         business_card: client::card::Alternates,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// Resolve a pool handle and print the PEs the registrar returns.
     Resolve {
@@ -108,7 +110,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// A gateway for clients that do not speak ASAP: every TCP connection accepted on
     /// --listen is carried over TLS to a PE of the pool; failed PEs are reported and
@@ -121,7 +123,7 @@ enum Command {
         #[arg(long)]
         pool: String,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// A pool user: send standard input lines to a PE of the pool, print its answers;
     /// fail over to another PE when one fails.
@@ -129,58 +131,36 @@ enum Command {
         /// The pool.
         pool: String,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
 }
 
-/// Identity, trust and registrars: the same for every command that talks to a registrar.
-#[derive(clap::Args)]
+/// Identity, trust and registrars: the same for every command that talks to a registrar
+/// (the options of [`config::OPTIONS`], merged).
 struct Common {
-    /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem. Required, here
-    /// or in the config file, except with --insecure-legacy when every hop is plain text
-    /// (SCTP registrars only; for `rsp pe`, an SCTP --listen and no --asap-listen).
-    #[arg(long, env = "RSP_CERT")]
     cert: Option<PathBuf>,
-    /// Its private key (PEM); default: the certificate's path with .key.
-    #[arg(long, env = "RSP_KEY")]
     key: Option<PathBuf>,
-    /// The trust bundle of the local trust domain.
-    #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
     ca: PathBuf,
-    /// The trust domain's CRLs (PEM, as `rsp-pki` writes them): peers whose certificate,
-    /// or any certificate of whose chain, they list are refused, registrar, PE and PU
-    /// alike. Default: crl.pem beside --ca when it exists.
-    #[arg(long, env = "RSP_CRL")]
     crl: Option<PathBuf>,
-    /// Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for
-    /// ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.
-    #[arg(
-        long = "registrar",
-        env = "RSP_REGISTRAR",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:3864"
-    )]
     registrars: Vec<TransportAddr>,
-    /// INSECURE, for legacy registrars (RSPLIB's rspregistrar) only: talk to the SCTP
-    /// registrars in plain text, with no authentication of either side, so that anyone
-    /// who answers at their address can swallow registrations and forge resolutions. A
-    /// PE also serves its legacy pool users (rspterminal) in plain text over SCTP.
-    #[arg(long, env = "RSP_INSECURE_LEGACY")]
     insecure_legacy: bool,
-    /// The namespace (default: the identity's default namespace).
-    #[arg(long, env = "RSP_NAMESPACE")]
     namespace: Option<String>,
-    /// Whom to accept as registrar: a SPIFFE ID pattern such as
-    /// spiffe://acme.test/registrar/enrp-* (repeat the flag or separate with commas).
-    /// Default: spiffe://<trusted domain>/registrar/*. A registrar presenting another
-    /// identity (a PE certificate, say) fails the handshake.
-    #[arg(
-        long = "registrar-id",
-        env = "RSP_REGISTRAR_ID",
-        value_delimiter = ',',
-        value_name = "PATTERN"
-    )]
     registrar_ids: Vec<IdentityPattern>,
+}
+
+impl From<config::Options> for Common {
+    fn from(o: config::Options) -> Self {
+        Self {
+            cert: o.cert.map(|p| p.relative()),
+            key: o.key.map(|p| p.relative()),
+            ca: o.ca.relative(),
+            crl: o.crl.map(|p| p.relative()),
+            registrars: o.registrars,
+            insecure_legacy: o.insecure_legacy,
+            namespace: o.namespace,
+            registrar_ids: o.registrar_ids,
+        }
+    }
 }
 
 impl Common {
@@ -309,100 +289,8 @@ fn anonymous() -> anyhow::Result<Arc<TrustStore>> {
     Ok(Arc::new(TrustStore::new(identity)?))
 }
 
-/// `rsp --config FILE`: defaults for [`Common`].
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    crl: Option<PathBuf>,
-    registrars: Option<Vec<String>>,
-    namespace: Option<String>,
-    registrar_ids: Option<Vec<String>>,
-}
-
-impl FileConfig {
-    /// Reads `path`; a bad file is one line naming it, the line and the reason.
-    fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        let mut file: Self = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1
-            });
-            let at = line.map_or_else(String::new, |l| format!(" line {l}"));
-            anyhow::anyhow!(
-                "the config file {}{at}: {}",
-                path.display(),
-                e.message().trim().replace('\n', " ")
-            )
-        })?;
-        // Relative paths are from the file, so that it works from any directory.
-        let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
-        for p in [&mut file.cert, &mut file.key, &mut file.ca, &mut file.crl]
-            .into_iter()
-            .flatten()
-        {
-            *p = dir.join(&*p);
-        }
-        Ok(file)
-    }
-
-    /// Fills what `matches` did not get from a flag or the environment.
-    fn apply(self, common: &mut Common, matches: &clap::ArgMatches) -> anyhow::Result<()> {
-        use clap::parser::ValueSource;
-        let unset = |id: &str| {
-            !matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        if let Some(v) = self.cert.filter(|_| unset("cert")) {
-            common.cert = Some(v);
-        }
-        if let Some(v) = self.key.filter(|_| unset("key")) {
-            common.key = Some(v);
-        }
-        if let Some(v) = self.ca.filter(|_| unset("ca")) {
-            common.ca = v;
-        }
-        if let Some(v) = self.crl.filter(|_| unset("crl")) {
-            common.crl = Some(v);
-        }
-        if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
-            common.registrars = parse_all("registrar", &v)?;
-        }
-        if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
-            common.namespace = Some(v);
-        }
-        if let Some(v) = self.registrar_ids.filter(|_| unset("registrar_ids")) {
-            common.registrar_ids = parse_all("registrar_ids", &v)?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses each of a config file's `key` values; a bad one is named in the error.
-fn parse_all<T: std::str::FromStr>(key: &str, values: &[String]) -> anyhow::Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    values
-        .iter()
-        .map(|v| {
-            v.parse()
-                .map_err(|e| anyhow::anyhow!("the config file's {key} {v:?}: {e}"))
-        })
-        .collect()
-}
-
 impl Command {
-    fn common_mut(&mut self) -> Option<&mut Common> {
+    fn flags(&self) -> Option<&config::Flags> {
         match self {
             Self::Decode { .. } => None,
             Self::Pe { common, .. }
@@ -413,19 +301,23 @@ impl Command {
     }
 }
 
-/// The command line, with defaults from the config file where flags and variables left
-/// them unset.
-fn parse_cli() -> anyhow::Result<Cli> {
-    use clap::{CommandFactory as _, FromArgMatches as _};
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(path) = &cli.config {
-        let file = FileConfig::load(path)?;
-        if let (Some(common), Some((_, sub))) = (cli.command.common_mut(), matches.subcommand()) {
-            file.apply(common, sub)?;
-        }
-    }
-    Ok(cli)
+/// The command line, and its identity, trust and registrar options merged with the
+/// `RSP_*` variables and the config file (for the commands that have them).
+fn parse_cli() -> anyhow::Result<(Cli, Option<Common>)> {
+    let cli = Cli::parse();
+    let common = cli
+        .command
+        .flags()
+        .map(|f| f.load(cli.config.as_deref(), |v| std::env::var(v).ok()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .map(Common::from);
+    Ok((cli, common))
+}
+
+/// The merged options of a command that has them ([`parse_cli`] made them).
+fn merged(common: Option<Common>) -> anyhow::Result<Common> {
+    common.context("this command takes no registrar options")
 }
 
 fn pool_handle(name: &str) -> anyhow::Result<PoolHandle> {
@@ -494,8 +386,8 @@ pub(crate) fn chain(err: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = match parse_cli() {
-        Ok(cli) => cli,
+    let (cli, common) = match parse_cli() {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("error: {}", chain(&err));
             return ExitCode::from(2);
@@ -511,7 +403,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, common)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", chain(&err));
@@ -520,7 +412,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, common: Option<Common>) -> anyhow::Result<()> {
     match cli.command {
         Command::Decode { enrp, hex } => decode(enrp, hex),
         Command::Pe {
@@ -534,7 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             capacity,
             asap_listen,
             business_card,
-            common,
+            common: _,
         } => {
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
@@ -544,7 +436,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     key: session::CookieKey::from_file(&path)
                         .with_context(|| format!("the cookie key {}", path.display()))?,
                     pool_handle: pool_handle(&pool)?,
-                    lifetime: Duration::from_secs(cookie_lifetime),
+                    lifetime: cookie_lifetime,
                     // Set by run_pe, once the PE's ID and transport are known.
                     card: None,
                 }),
@@ -564,20 +456,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 asap_listen,
                 business_card,
             };
-            run_pe(pe, common).await
+            run_pe(pe, merged(common)?).await
         }
         Command::Resolve {
             pool,
             items,
             json,
-            common,
-        } => run_resolve(pool, items, json, common).await,
-        Command::Pu { pool, common } => run_pu(pool, common).await,
+            common: _,
+        } => run_resolve(pool, items, json, merged(common)?).await,
+        Command::Pu { pool, common: _ } => run_pu(pool, merged(common)?).await,
         Command::Gateway {
             listen,
             pool,
-            common,
-        } => run_gateway(listen, pool, common).await,
+            common: _,
+        } => run_gateway(listen, pool, merged(common)?).await,
     }
 }
 
@@ -616,7 +508,7 @@ struct PeArgs {
     service: services::Service,
     policy: Policy,
     listen: TransportAddr,
-    registration_life: u64,
+    registration_life: Duration,
     sessions: Option<services::Sessions>,
     capacity: Option<std::num::NonZeroUsize>,
     asap_listen: Option<SocketAddr>,
@@ -705,7 +597,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         pe_id: random_pe_id()?,
         policy,
         user_transport,
-        registration_life: Duration::from_secs(registration_life),
+        registration_life,
         liveness: Duration::from_secs(15),
         load,
         asap_listen,
