@@ -13,15 +13,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
-use asap::client::{self, Connection, pe, pu, session};
+use asap::client::{self, Connection, failover, pe, pu, session};
 use asap::transport::TransportAddr;
 use asap::wire::param::{
-    Address, Cookie, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
+    Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, EnrpMsg, Framer, limits::MAX_MESSAGE_LEN};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
+use trust::{IdentityPattern, TrustStore};
 
 /// Reliable Server Pooling (ASAP/ENRP) tools.
 #[derive(Parser)]
@@ -371,16 +371,20 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 /// source in their own message too (`framing: read failed: X` over `read failed: X` over
 /// `X`), which `{:#}` would print three times.
 pub(crate) fn chain(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
+    error_chain(&**err)
+}
+
+/// [`chain`] for any error: it and its sources, each said once.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
         let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
+        if !line.contains(&text) {
             line.push_str(": ");
+            line.push_str(&text);
         }
-        line.push_str(&text);
+        source = cause.source();
     }
     line
 }
@@ -746,13 +750,6 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// A channel to the PE in use: plain lines, or the session framing when the PE registered
-/// with Transport Use = data plus control.
-enum PeChannel {
-    Line(services::Line),
-    Session(services::SessionChannel),
-}
-
 fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Result<PoolUser> {
     let mut config = pu::PuConfig::new(common.registrars.clone(), pool_handle(pool)?);
     config.namespace = common.namespace()?;
@@ -762,166 +759,67 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 
 /// The pool user: lines to a PE chosen by the pool policy, answers back; on failure the
 /// PE is reported (spec §7.6) and the next one used, the session resumed from its last
-/// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
+/// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5). The
+/// loop is `asap::client::failover::Session`; here, its events become lines on stderr.
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust_for(true)?;
     common.keep_reloaded(&trust)?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
-    let mut affinity = users.session();
-    let mut current: Option<(PeId, PeChannel)> = None;
-    let mut cookie: Option<Cookie> = None;
-    // Set when a PE failed under a request: from then until the next answer is the
-    // failover time the PU sees.
-    let mut failed_at: Option<(PeId, tokio::time::Instant)> = None;
-    // What was last said about a registrar outage, so that it is said once.
-    let (mut waiting, mut stale_noted) = (false, None);
+    let mut session = failover::Session::new(&users);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     while let Some(line) = stdin.next_line().await? {
-        loop {
-            if current.is_none() {
-                let e = match affinity.pe().await {
-                    Ok(e) => e,
-                    // No registrar answers and nothing is cached: the session waits for
-                    // one, saying so once; a permanent refusal ends it.
-                    Err(err) if err.is_transient() => {
-                        if !waiting {
-                            eprintln!("no PE of {pool} known yet ({err}); retrying");
-                            waiting = true;
-                        }
-                        tokio::time::sleep(client::BACKOFF_CAP).await;
-                        continue;
-                    }
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("no PE of {pool} is reachable"));
-                    }
-                };
-                waiting = false;
-                let stale = users.staleness().await.map(|s| s.error);
-                if stale != stale_noted {
-                    if let Some(why) = &stale {
-                        eprintln!("using the cached resolution of {pool}, stale: {why}");
-                    }
-                    stale_noted = stale;
-                }
-                let pe_id = e.pool_element.pe_id;
-                match connect_pe(&trust, &e, cookie.as_ref(), common.insecure_legacy).await {
-                    Ok(c) => {
-                        eprintln!("using PE {pe_id}");
-                        current = Some((pe_id, c));
-                    }
-                    Err(err) => {
-                        eprintln!("PE {pe_id} unreachable ({}); failing over", chain(&err));
-                        failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                        affinity.failed().await;
-                        continue;
-                    }
-                }
-            }
-            let Some((pe_id, conn)) = current.as_mut() else {
-                continue;
-            };
-            let pe_id = *pe_id;
-            let mut notes = services::Notes::default();
-            let answer = match conn {
-                PeChannel::Line(l) => l.exchange(&line).await.map_err(anyhow::Error::from),
-                PeChannel::Session(s) => s.exchange(&line, &mut cookie, &mut notes).await,
-            };
-            for cause in notes.refusals {
-                eprintln!(
-                    "PE {pe_id} refused the session cookie (cause {cause:#x}); the session starts afresh"
-                );
-            }
-            for (card_pool, pes) in notes.cards {
-                match affinity.business_card(&card_pool, &pes) {
-                    Ok(order) => {
-                        let order: Vec<String> = order.iter().map(ToString::to_string).collect();
-                        eprintln!(
-                            "business card: pool {card_pool}, {} PEs (failover order {})",
-                            pes.len(),
-                            order.join(" ")
-                        );
-                    }
-                    Err(err) => eprintln!("refused a business card from PE {pe_id}: {err}"),
-                }
-            }
-            match answer {
-                Ok(answer) => {
-                    if let Some((from, at)) = failed_at.take() {
-                        eprintln!(
-                            "failed over from PE {from} to PE {pe_id} in {:.1} ms",
-                            at.elapsed().as_secs_f64() * 1000.0
-                        );
-                    }
-                    stdout.write_all(answer.as_bytes()).await?;
-                    stdout.write_all(b"\n").await?;
-                    stdout.flush().await?;
-                    break;
-                }
-                Err(err) => {
-                    eprintln!("PE {pe_id} failed ({}); failing over", chain(&err));
-                    failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                    affinity.failed().await;
-                    current = None;
-                }
-            }
-        }
+        let answer = session
+            .exchange(&line, |event| report(&pool, event))
+            .await
+            .with_context(|| format!("no PE of {pool} is reachable"))?;
+        stdout.write_all(answer.as_bytes()).await?;
+        stdout.write_all(b"\n").await?;
+        stdout.flush().await?;
     }
     Ok(())
 }
 
-/// Connects to a PE, insisting on the identity the registrar vouched for (0x8101), with
-/// the session framing if the PE registered for it, echoing `cookie` then.
-async fn connect_pe(
-    trust: &TrustStore,
-    e: &asap::wire::PeEntry,
-    cookie: Option<&Cookie>,
-    insecure_legacy: bool,
-) -> anyhow::Result<PeChannel> {
-    let transport = &e.pool_element.user_transport;
-    // A legacy PE (registered through a legacy listener, or known from a legacy
-    // registrar, which names no registrant) has no certificate: plain SCTP, and only
-    // when asked for.
-    let legacy = e
-        .registrant
-        .as_ref()
-        .is_none_or(|r| SpiffeId::parse(r.as_str()).is_ok_and(|id| id.is_legacy()));
-    if legacy && matches!(transport, Transport::Sctp { .. }) {
-        if !insecure_legacy {
-            bail!("a legacy PE (no certificate): reaching it needs --insecure-legacy");
+/// One line on stderr for what a PU session does (the e2e tests read them).
+fn report(pool: &str, event: failover::Event<'_>) {
+    use failover::Event;
+    match event {
+        Event::Waiting(err) => eprintln!("no PE of {pool} known yet ({err}); retrying"),
+        Event::Stale(why) => eprintln!("using the cached resolution of {pool}, stale: {why}"),
+        Event::Using(pe_id) => eprintln!("using PE {pe_id}"),
+        Event::Unreachable(pe_id, err) => {
+            eprintln!(
+                "PE {pe_id} unreachable ({}); failing over",
+                error_chain(err)
+            );
         }
-        return Ok(PeChannel::Line(
-            services::Line::connect(transport, None).await?,
-        ));
-    }
-    if trust.identity().id().as_str() == ANONYMOUS {
-        bail!("this PE speaks TLS only, and this rsp runs without a certificate: give --cert");
-    }
-    let (config, addr) = pe_target(trust, e)?;
-    Ok(match transport.transport_use() {
-        Some(TransportUse::DataPlusControl) if !matches!(transport, Transport::Sctp { .. }) => {
-            PeChannel::Session(services::SessionChannel::connect(config, addr, cookie).await?)
+        Event::Failed(pe_id, err) => {
+            eprintln!("PE {pe_id} failed ({}); failing over", error_chain(err));
         }
-        // Data only, or over SCTP: plain lines.
-        _ => PeChannel::Line(services::Line::connect(transport, Some(config)).await?),
-    })
-}
-
-/// Where a PE is, and a TLS configuration that accepts only the identity the registrar
-/// vouched for (project parameter 0x8101): a PE with another certificate is refused.
-fn pe_target(
-    trust: &TrustStore,
-    e: &asap::wire::PeEntry,
-) -> anyhow::Result<(Arc<tokio_rustls::rustls::ClientConfig>, SocketAddr)> {
-    let registrant = e
-        .registrant
-        .as_ref()
-        .context("the registrar did not say who registered this PE")?;
-    let id = SpiffeId::parse(registrant.as_str()).context("the registrant is not a SPIFFE ID")?;
-    let config = trust.client_config_expecting(Protocol::Asap, IdentityPattern::exact(&id))?;
-    let t = &e.pool_element.user_transport;
-    let ip = t.addresses().first().context("the PE has no address")?.ip();
-    Ok((config, SocketAddr::new(ip, t.port().get())))
+        Event::CookieRefused { pe, cause } => eprintln!(
+            "PE {pe} refused the session cookie (cause {cause:#x}); the session starts afresh"
+        ),
+        Event::BusinessCard {
+            pe,
+            pool: card_pool,
+            pes,
+            order,
+        } => match order {
+            Ok(order) => {
+                let order: Vec<String> = order.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "business card: pool {card_pool}, {pes} PEs (failover order {})",
+                    order.join(" ")
+                );
+            }
+            Err(err) => eprintln!("refused a business card from PE {pe}: {err}"),
+        },
+        Event::FailedOver { from, to, took } => eprintln!(
+            "failed over from PE {from} to PE {to} in {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        ),
+        _ => {}
+    }
 }
 
 /// The gateway for clients that do not speak ASAP (draft-tuexen-rserpool-reqts §2.5.2):
@@ -983,8 +881,8 @@ async fn forward(
             .await
             .context("no PE of the pool is reachable")?;
         let pe_id = e.pool_element.pe_id;
-        let connected = match pe_target(trust, &e) {
-            Ok((config, addr)) => services::connect_tls(config, addr).await,
+        let connected = match failover::pe_target(trust, &e) {
+            Ok((config, addr)) => failover::connect_tls(config, addr).await,
             Err(err) => Err(err),
         };
         match connected {
@@ -993,7 +891,10 @@ async fn forward(
                 return Ok(());
             }
             Err(err) => {
-                eprintln!("PE {pe_id} unreachable ({}); trying the next", chain(&err));
+                eprintln!(
+                    "PE {pe_id} unreachable ({}); trying the next",
+                    error_chain(&err)
+                );
                 users.report_unreachable(pe_id).await;
             }
         }
