@@ -206,13 +206,13 @@ const VARIABLES: &str = "the RSP_ variables";
 const FLAGS: &str = "the command line";
 
 /// The `RSP_*` variables of [`OPTIONS`], as written (`RSP_NAMESPACE=007` stays text),
-/// except a switch's: true unless 0, false, no, off, n, f or empty, as clap read
-/// `RSP_INSECURE_LEGACY` before.
+/// except a switch's: true unless 0, false, no, off, n, f, as clap read
+/// `RSP_INSECURE_LEGACY` before. An empty variable is unset (for a switch: off, as before).
 fn env_layer(var: impl Fn(&str) -> Option<String>) -> Layer {
     let values = OPTIONS
         .iter()
         .filter_map(|o| {
-            let text = var(&o.env())?;
+            let text = var(&o.env()).filter(|t| !t.is_empty())?;
             let value = match o.takes {
                 Takes::Switch => Value::from(!matches!(
                     text.trim().to_ascii_lowercase().as_str(),
@@ -494,8 +494,14 @@ mod tests {
                 "{off:?}"
             );
         }
-        // A variable that says no beats the file.
+        // A variable that says no beats the file; an empty one is unset.
         assert!(!legacy(&[], Some(&file), &[("RSP_INSECURE_LEGACY", "0")]));
+        assert!(legacy(&[], Some(&file), &[("RSP_INSECURE_LEGACY", "")]));
+        let o = flags(&[])
+            .load(None, env(&[("RSP_CERT", ""), ("RSP_CA", "")]))
+            .expect("empty variables are unset");
+        assert!(o.cert.is_none());
+        assert_eq!(o.ca.relative(), PathBuf::from("pki/ca.pem"));
     }
 
     #[test]
