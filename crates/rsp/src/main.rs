@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
-use asap::client::{self, Connection, failover, pe, pu, session};
+use asap::client::{self, Connection, failover, gateway, pe, pu, session};
 use asap::transport::TransportAddr;
 use asap::wire::param::{
     Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
@@ -859,45 +859,19 @@ async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow
             },
             () = &mut shutdown => return Ok(()),
         };
-        let (trust, users) = (Arc::clone(&trust), Arc::clone(&users));
+        let users = Arc::clone(&users);
         tokio::spawn(async move {
-            if let Err(e) = forward(client, &trust, &users).await {
-                eprintln!("client {peer}: {}", chain(&e));
-            }
-        });
-    }
-}
-
-/// Carries one client to a PE chosen by the pool policy; a PE that cannot be reached is
-/// reported (spec §7.6) and the next one chosen, until the pool has none left.
-async fn forward(
-    mut client: tokio::net::TcpStream,
-    trust: &TrustStore,
-    users: &PoolUser,
-) -> anyhow::Result<()> {
-    loop {
-        let e = users
-            .select()
-            .await
-            .context("no PE of the pool is reachable")?;
-        let pe_id = e.pool_element.pe_id;
-        let connected = match failover::pe_target(trust, &e) {
-            Ok((config, addr)) => failover::connect_tls(config, addr).await,
-            Err(err) => Err(err),
-        };
-        match connected {
-            Ok(mut pe) => {
-                tokio::io::copy_bidirectional(&mut client, &mut pe).await?;
-                return Ok(());
-            }
-            Err(err) => {
+            let mut client = client;
+            let carried = gateway::forward(&mut client, &users, |pe_id, err| {
                 eprintln!(
                     "PE {pe_id} unreachable ({}); trying the next",
-                    error_chain(&err)
+                    error_chain(err)
                 );
-                users.report_unreachable(pe_id).await;
+            });
+            if let Err(e) = carried.await {
+                eprintln!("client {peer}: {}", error_chain(&e));
             }
-        }
+        });
     }
 }
 
