@@ -1,8 +1,9 @@
 //! `rsp`: the RSerPool command line. Thin: flags here, work in the `asap` library.
 
+mod config;
+mod decode;
 mod services;
 
-use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,25 +13,25 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
-use asap::client::{self, Connection, pe, pu, session};
+use asap::client::{self, Connection, failover, gateway, pe, pu, session};
 use asap::transport::TransportAddr;
 use asap::wire::param::{
-    Address, Cookie, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
+    Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
-use asap::wire::{AsapMsg, EnrpMsg, Framer, limits::MAX_MESSAGE_LEN};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
+use trust::{IdentityPattern, TrustStore};
 
 /// Reliable Server Pooling (ASAP/ENRP) tools.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Defaults for --cert, --key, --ca, --crl, --registrar, --registrar-id and --namespace
-    /// from a TOML file (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
+    /// A TOML file with any of the options --cert, --key, --ca, --crl, --registrar,
+    /// --registrar-id, --namespace and --insecure-legacy, under their keys in
+    /// rsp/src/config.rs (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
     /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
-    /// `namespace`; relative paths are from the file's directory). Flags and RSP_*
-    /// variables override it.
+    /// `namespace`, `insecure_legacy = true`; relative paths are from the file's
+    /// directory). Flags and RSP_* variables override it.
     #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -68,16 +69,16 @@ enum Command {
         /// sctp:IP:PORT[+IP:PORT...] over SCTP (a multi-homed PE registers every address).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: TransportAddr,
-        /// Registration Life in seconds (spec §4.4).
-        #[arg(long, default_value_t = 300)]
-        registration_life: u64,
+        /// Registration Life (spec §4.4): a duration (`5m`, `90s`) or seconds.
+        #[arg(long, default_value = "300", value_parser = config::secs)]
+        registration_life: Duration,
         /// The pool's cookie key: a file of at least 32 secret bytes shared by the pool's
         /// PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.
         #[arg(long, env = "RSP_COOKIE_KEY")]
         cookie_key: Option<PathBuf>,
-        /// How long a session cookie stays valid, in seconds.
-        #[arg(long, default_value_t = 600)]
-        cookie_lifetime: u64,
+        /// How long a session cookie stays valid: a duration (`10m`, `90s`) or seconds.
+        #[arg(long, default_value = "600", value_parser = config::secs)]
+        cookie_lifetime: Duration,
         /// With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions
         /// / N, re-registering when it changes (at most 4 times a second), so that the
         /// registrar sends PUs to the least loaded PE.
@@ -95,7 +96,7 @@ enum Command {
         #[arg(long, default_value = "auto", value_name = "self|auto|PE_ID,...")]
         business_card: client::card::Alternates,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// Resolve a pool handle and print the PEs the registrar returns.
     Resolve {
@@ -108,7 +109,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// A gateway for clients that do not speak ASAP: every TCP connection accepted on
     /// --listen is carried over TLS to a PE of the pool; failed PEs are reported and
@@ -121,7 +122,7 @@ enum Command {
         #[arg(long)]
         pool: String,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
     /// A pool user: send standard input lines to a PE of the pool, print its answers;
     /// fail over to another PE when one fails.
@@ -129,58 +130,36 @@ enum Command {
         /// The pool.
         pool: String,
         #[command(flatten)]
-        common: Common,
+        common: config::Flags,
     },
 }
 
-/// Identity, trust and registrars: the same for every command that talks to a registrar.
-#[derive(clap::Args)]
+/// Identity, trust and registrars: the same for every command that talks to a registrar
+/// (the options of [`config::OPTIONS`], merged).
 struct Common {
-    /// This identity's certificate chain (PEM), e.g. pki/pe-echo-1.pem. Required, here
-    /// or in the config file, except with --insecure-legacy when every hop is plain text
-    /// (SCTP registrars only; for `rsp pe`, an SCTP --listen and no --asap-listen).
-    #[arg(long, env = "RSP_CERT")]
     cert: Option<PathBuf>,
-    /// Its private key (PEM); default: the certificate's path with .key.
-    #[arg(long, env = "RSP_KEY")]
     key: Option<PathBuf>,
-    /// The trust bundle of the local trust domain.
-    #[arg(long, env = "RSP_CA", default_value = "pki/ca.pem")]
     ca: PathBuf,
-    /// The trust domain's CRLs (PEM, as `rsp-pki` writes them): peers whose certificate,
-    /// or any certificate of whose chain, they list are refused, registrar, PE and PU
-    /// alike. Default: crl.pem beside --ca when it exists.
-    #[arg(long, env = "RSP_CRL")]
     crl: Option<PathBuf>,
-    /// Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for
-    /// ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.
-    #[arg(
-        long = "registrar",
-        env = "RSP_REGISTRAR",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:3864"
-    )]
     registrars: Vec<TransportAddr>,
-    /// INSECURE, for legacy registrars (RSPLIB's rspregistrar) only: talk to the SCTP
-    /// registrars in plain text, with no authentication of either side, so that anyone
-    /// who answers at their address can swallow registrations and forge resolutions. A
-    /// PE also serves its legacy pool users (rspterminal) in plain text over SCTP.
-    #[arg(long, env = "RSP_INSECURE_LEGACY")]
     insecure_legacy: bool,
-    /// The namespace (default: the identity's default namespace).
-    #[arg(long, env = "RSP_NAMESPACE")]
     namespace: Option<String>,
-    /// Whom to accept as registrar: a SPIFFE ID pattern such as
-    /// spiffe://acme.test/registrar/enrp-* (repeat the flag or separate with commas).
-    /// Default: spiffe://<trusted domain>/registrar/*. A registrar presenting another
-    /// identity (a PE certificate, say) fails the handshake.
-    #[arg(
-        long = "registrar-id",
-        env = "RSP_REGISTRAR_ID",
-        value_delimiter = ',',
-        value_name = "PATTERN"
-    )]
     registrar_ids: Vec<IdentityPattern>,
+}
+
+impl From<config::Options> for Common {
+    fn from(o: config::Options) -> Self {
+        Self {
+            cert: o.cert.map(|p| p.relative()),
+            key: o.key.map(|p| p.relative()),
+            ca: o.ca.relative(),
+            crl: o.crl.map(|p| p.relative()),
+            registrars: o.registrars,
+            insecure_legacy: o.insecure_legacy,
+            namespace: o.namespace,
+            registrar_ids: o.registrar_ids,
+        }
+    }
 }
 
 impl Common {
@@ -309,100 +288,8 @@ fn anonymous() -> anyhow::Result<Arc<TrustStore>> {
     Ok(Arc::new(TrustStore::new(identity)?))
 }
 
-/// `rsp --config FILE`: defaults for [`Common`].
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    crl: Option<PathBuf>,
-    registrars: Option<Vec<String>>,
-    namespace: Option<String>,
-    registrar_ids: Option<Vec<String>>,
-}
-
-impl FileConfig {
-    /// Reads `path`; a bad file is one line naming it, the line and the reason.
-    fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        let mut file: Self = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1
-            });
-            let at = line.map_or_else(String::new, |l| format!(" line {l}"));
-            anyhow::anyhow!(
-                "the config file {}{at}: {}",
-                path.display(),
-                e.message().trim().replace('\n', " ")
-            )
-        })?;
-        // Relative paths are from the file, so that it works from any directory.
-        let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
-        for p in [&mut file.cert, &mut file.key, &mut file.ca, &mut file.crl]
-            .into_iter()
-            .flatten()
-        {
-            *p = dir.join(&*p);
-        }
-        Ok(file)
-    }
-
-    /// Fills what `matches` did not get from a flag or the environment.
-    fn apply(self, common: &mut Common, matches: &clap::ArgMatches) -> anyhow::Result<()> {
-        use clap::parser::ValueSource;
-        let unset = |id: &str| {
-            !matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        if let Some(v) = self.cert.filter(|_| unset("cert")) {
-            common.cert = Some(v);
-        }
-        if let Some(v) = self.key.filter(|_| unset("key")) {
-            common.key = Some(v);
-        }
-        if let Some(v) = self.ca.filter(|_| unset("ca")) {
-            common.ca = v;
-        }
-        if let Some(v) = self.crl.filter(|_| unset("crl")) {
-            common.crl = Some(v);
-        }
-        if let Some(v) = self.registrars.filter(|_| unset("registrars")) {
-            common.registrars = parse_all("registrar", &v)?;
-        }
-        if let Some(v) = self.namespace.filter(|_| unset("namespace")) {
-            common.namespace = Some(v);
-        }
-        if let Some(v) = self.registrar_ids.filter(|_| unset("registrar_ids")) {
-            common.registrar_ids = parse_all("registrar_ids", &v)?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses each of a config file's `key` values; a bad one is named in the error.
-fn parse_all<T: std::str::FromStr>(key: &str, values: &[String]) -> anyhow::Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    values
-        .iter()
-        .map(|v| {
-            v.parse()
-                .map_err(|e| anyhow::anyhow!("the config file's {key} {v:?}: {e}"))
-        })
-        .collect()
-}
-
 impl Command {
-    fn common_mut(&mut self) -> Option<&mut Common> {
+    fn flags(&self) -> Option<&config::Flags> {
         match self {
             Self::Decode { .. } => None,
             Self::Pe { common, .. }
@@ -413,19 +300,23 @@ impl Command {
     }
 }
 
-/// The command line, with defaults from the config file where flags and variables left
-/// them unset.
-fn parse_cli() -> anyhow::Result<Cli> {
-    use clap::{CommandFactory as _, FromArgMatches as _};
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(path) = &cli.config {
-        let file = FileConfig::load(path)?;
-        if let (Some(common), Some((_, sub))) = (cli.command.common_mut(), matches.subcommand()) {
-            file.apply(common, sub)?;
-        }
-    }
-    Ok(cli)
+/// The command line, and its identity, trust and registrar options merged with the
+/// `RSP_*` variables and the config file (for the commands that have them).
+fn parse_cli() -> anyhow::Result<(Cli, Option<Common>)> {
+    let cli = Cli::parse();
+    let common = cli
+        .command
+        .flags()
+        .map(|f| f.load(cli.config.as_deref(), |v| std::env::var(v).ok()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .map(Common::from);
+    Ok((cli, common))
+}
+
+/// The merged options of a command that has them ([`parse_cli`] made them).
+fn merged(common: Option<Common>) -> anyhow::Result<Common> {
+    common.context("this command takes no registrar options")
 }
 
 fn pool_handle(name: &str) -> anyhow::Result<PoolHandle> {
@@ -479,23 +370,27 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 /// source in their own message too (`framing: read failed: X` over `read failed: X` over
 /// `X`), which `{:#}` would print three times.
 pub(crate) fn chain(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
+    error_chain(&**err)
+}
+
+/// [`chain`] for any error: it and its sources, each said once.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
         let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
+        if !line.contains(&text) {
             line.push_str(": ");
+            line.push_str(&text);
         }
-        line.push_str(&text);
+        source = cause.source();
     }
     line
 }
 
 fn main() -> ExitCode {
-    let cli = match parse_cli() {
-        Ok(cli) => cli,
+    let (cli, common) = match parse_cli() {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("error: {}", chain(&err));
             return ExitCode::from(2);
@@ -511,7 +406,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, common)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", chain(&err));
@@ -520,9 +415,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, common: Option<Common>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Decode { enrp, hex } => decode(enrp, hex),
+        Command::Decode { enrp, hex } => decode::run(enrp, hex),
         Command::Pe {
             pool,
             serve,
@@ -534,7 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             capacity,
             asap_listen,
             business_card,
-            common,
+            common: _,
         } => {
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
@@ -544,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     key: session::CookieKey::from_file(&path)
                         .with_context(|| format!("the cookie key {}", path.display()))?,
                     pool_handle: pool_handle(&pool)?,
-                    lifetime: Duration::from_secs(cookie_lifetime),
+                    lifetime: cookie_lifetime,
                     // Set by run_pe, once the PE's ID and transport are known.
                     card: None,
                 }),
@@ -564,20 +459,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 asap_listen,
                 business_card,
             };
-            run_pe(pe, common).await
+            run_pe(pe, merged(common)?).await
         }
         Command::Resolve {
             pool,
             items,
             json,
-            common,
-        } => run_resolve(pool, items, json, common).await,
-        Command::Pu { pool, common } => run_pu(pool, common).await,
+            common: _,
+        } => run_resolve(pool, items, json, merged(common)?).await,
+        Command::Pu { pool, common: _ } => run_pu(pool, merged(common)?).await,
         Command::Gateway {
             listen,
             pool,
-            common,
-        } => run_gateway(listen, pool, common).await,
+            common: _,
+        } => run_gateway(listen, pool, merged(common)?).await,
     }
 }
 
@@ -616,7 +511,7 @@ struct PeArgs {
     service: services::Service,
     policy: Policy,
     listen: TransportAddr,
-    registration_life: u64,
+    registration_life: Duration,
     sessions: Option<services::Sessions>,
     capacity: Option<std::num::NonZeroUsize>,
     asap_listen: Option<SocketAddr>,
@@ -705,7 +600,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         pe_id: random_pe_id()?,
         policy,
         user_transport,
-        registration_life: Duration::from_secs(registration_life),
+        registration_life,
         liveness: Duration::from_secs(15),
         load,
         asap_listen,
@@ -854,13 +749,6 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// A channel to the PE in use: plain lines, or the session framing when the PE registered
-/// with Transport Use = data plus control.
-enum PeChannel {
-    Line(services::Line),
-    Session(services::SessionChannel),
-}
-
 fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Result<PoolUser> {
     let mut config = pu::PuConfig::new(common.registrars.clone(), pool_handle(pool)?);
     config.namespace = common.namespace()?;
@@ -870,166 +758,67 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 
 /// The pool user: lines to a PE chosen by the pool policy, answers back; on failure the
 /// PE is reported (spec §7.6) and the next one used, the session resumed from its last
-/// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5).
+/// cookie (spec §7.8). Stays with a PE while it works (session affinity, draft §5). The
+/// loop is `asap::client::failover::Session`; here, its events become lines on stderr.
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust_for(true)?;
     common.keep_reloaded(&trust)?;
     let users = pool_user(&common, Arc::clone(&trust), &pool)?;
-    let mut affinity = users.session();
-    let mut current: Option<(PeId, PeChannel)> = None;
-    let mut cookie: Option<Cookie> = None;
-    // Set when a PE failed under a request: from then until the next answer is the
-    // failover time the PU sees.
-    let mut failed_at: Option<(PeId, tokio::time::Instant)> = None;
-    // What was last said about a registrar outage, so that it is said once.
-    let (mut waiting, mut stale_noted) = (false, None);
+    let mut session = failover::Session::new(&users);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     while let Some(line) = stdin.next_line().await? {
-        loop {
-            if current.is_none() {
-                let e = match affinity.pe().await {
-                    Ok(e) => e,
-                    // No registrar answers and nothing is cached: the session waits for
-                    // one, saying so once; a permanent refusal ends it.
-                    Err(err) if err.is_transient() => {
-                        if !waiting {
-                            eprintln!("no PE of {pool} known yet ({err}); retrying");
-                            waiting = true;
-                        }
-                        tokio::time::sleep(client::BACKOFF_CAP).await;
-                        continue;
-                    }
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("no PE of {pool} is reachable"));
-                    }
-                };
-                waiting = false;
-                let stale = users.staleness().await.map(|s| s.error);
-                if stale != stale_noted {
-                    if let Some(why) = &stale {
-                        eprintln!("using the cached resolution of {pool}, stale: {why}");
-                    }
-                    stale_noted = stale;
-                }
-                let pe_id = e.pool_element.pe_id;
-                match connect_pe(&trust, &e, cookie.as_ref(), common.insecure_legacy).await {
-                    Ok(c) => {
-                        eprintln!("using PE {pe_id}");
-                        current = Some((pe_id, c));
-                    }
-                    Err(err) => {
-                        eprintln!("PE {pe_id} unreachable ({}); failing over", chain(&err));
-                        failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                        affinity.failed().await;
-                        continue;
-                    }
-                }
-            }
-            let Some((pe_id, conn)) = current.as_mut() else {
-                continue;
-            };
-            let pe_id = *pe_id;
-            let mut notes = services::Notes::default();
-            let answer = match conn {
-                PeChannel::Line(l) => l.exchange(&line).await.map_err(anyhow::Error::from),
-                PeChannel::Session(s) => s.exchange(&line, &mut cookie, &mut notes).await,
-            };
-            for cause in notes.refusals {
-                eprintln!(
-                    "PE {pe_id} refused the session cookie (cause {cause:#x}); the session starts afresh"
-                );
-            }
-            for (card_pool, pes) in notes.cards {
-                match affinity.business_card(&card_pool, &pes) {
-                    Ok(order) => {
-                        let order: Vec<String> = order.iter().map(ToString::to_string).collect();
-                        eprintln!(
-                            "business card: pool {card_pool}, {} PEs (failover order {})",
-                            pes.len(),
-                            order.join(" ")
-                        );
-                    }
-                    Err(err) => eprintln!("refused a business card from PE {pe_id}: {err}"),
-                }
-            }
-            match answer {
-                Ok(answer) => {
-                    if let Some((from, at)) = failed_at.take() {
-                        eprintln!(
-                            "failed over from PE {from} to PE {pe_id} in {:.1} ms",
-                            at.elapsed().as_secs_f64() * 1000.0
-                        );
-                    }
-                    stdout.write_all(answer.as_bytes()).await?;
-                    stdout.write_all(b"\n").await?;
-                    stdout.flush().await?;
-                    break;
-                }
-                Err(err) => {
-                    eprintln!("PE {pe_id} failed ({}); failing over", chain(&err));
-                    failed_at.get_or_insert_with(|| (pe_id, tokio::time::Instant::now()));
-                    affinity.failed().await;
-                    current = None;
-                }
-            }
-        }
+        let answer = session
+            .exchange(&line, |event| report(&pool, event))
+            .await
+            .with_context(|| format!("no PE of {pool} is reachable"))?;
+        stdout.write_all(answer.as_bytes()).await?;
+        stdout.write_all(b"\n").await?;
+        stdout.flush().await?;
     }
     Ok(())
 }
 
-/// Connects to a PE, insisting on the identity the registrar vouched for (0x8101), with
-/// the session framing if the PE registered for it, echoing `cookie` then.
-async fn connect_pe(
-    trust: &TrustStore,
-    e: &asap::wire::PeEntry,
-    cookie: Option<&Cookie>,
-    insecure_legacy: bool,
-) -> anyhow::Result<PeChannel> {
-    let transport = &e.pool_element.user_transport;
-    // A legacy PE (registered through a legacy listener, or known from a legacy
-    // registrar, which names no registrant) has no certificate: plain SCTP, and only
-    // when asked for.
-    let legacy = e
-        .registrant
-        .as_ref()
-        .is_none_or(|r| SpiffeId::parse(r.as_str()).is_ok_and(|id| id.is_legacy()));
-    if legacy && matches!(transport, Transport::Sctp { .. }) {
-        if !insecure_legacy {
-            bail!("a legacy PE (no certificate): reaching it needs --insecure-legacy");
+/// One line on stderr for what a PU session does (the e2e tests read them).
+fn report(pool: &str, event: failover::Event<'_>) {
+    use failover::Event;
+    match event {
+        Event::Waiting(err) => eprintln!("no PE of {pool} known yet ({err}); retrying"),
+        Event::Stale(why) => eprintln!("using the cached resolution of {pool}, stale: {why}"),
+        Event::Using(pe_id) => eprintln!("using PE {pe_id}"),
+        Event::Unreachable(pe_id, err) => {
+            eprintln!(
+                "PE {pe_id} unreachable ({}); failing over",
+                error_chain(err)
+            );
         }
-        return Ok(PeChannel::Line(
-            services::Line::connect(transport, None).await?,
-        ));
-    }
-    if trust.identity().id().as_str() == ANONYMOUS {
-        bail!("this PE speaks TLS only, and this rsp runs without a certificate: give --cert");
-    }
-    let (config, addr) = pe_target(trust, e)?;
-    Ok(match transport.transport_use() {
-        Some(TransportUse::DataPlusControl) if !matches!(transport, Transport::Sctp { .. }) => {
-            PeChannel::Session(services::SessionChannel::connect(config, addr, cookie).await?)
+        Event::Failed(pe_id, err) => {
+            eprintln!("PE {pe_id} failed ({}); failing over", error_chain(err));
         }
-        // Data only, or over SCTP: plain lines.
-        _ => PeChannel::Line(services::Line::connect(transport, Some(config)).await?),
-    })
-}
-
-/// Where a PE is, and a TLS configuration that accepts only the identity the registrar
-/// vouched for (project parameter 0x8101): a PE with another certificate is refused.
-fn pe_target(
-    trust: &TrustStore,
-    e: &asap::wire::PeEntry,
-) -> anyhow::Result<(Arc<tokio_rustls::rustls::ClientConfig>, SocketAddr)> {
-    let registrant = e
-        .registrant
-        .as_ref()
-        .context("the registrar did not say who registered this PE")?;
-    let id = SpiffeId::parse(registrant.as_str()).context("the registrant is not a SPIFFE ID")?;
-    let config = trust.client_config_expecting(Protocol::Asap, IdentityPattern::exact(&id))?;
-    let t = &e.pool_element.user_transport;
-    let ip = t.addresses().first().context("the PE has no address")?.ip();
-    Ok((config, SocketAddr::new(ip, t.port().get())))
+        Event::CookieRefused { pe, cause } => eprintln!(
+            "PE {pe} refused the session cookie (cause {cause:#x}); the session starts afresh"
+        ),
+        Event::BusinessCard {
+            pe,
+            pool: card_pool,
+            pes,
+            order,
+        } => match order {
+            Ok(order) => {
+                let order: Vec<String> = order.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "business card: pool {card_pool}, {pes} PEs (failover order {})",
+                    order.join(" ")
+                );
+            }
+            Err(err) => eprintln!("refused a business card from PE {pe}: {err}"),
+        },
+        Event::FailedOver { from, to, took } => eprintln!(
+            "failed over from PE {from} to PE {to} in {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        ),
+        _ => {}
+    }
 }
 
 /// The gateway for clients that do not speak ASAP (draft-tuexen-rserpool-reqts §2.5.2):
@@ -1069,127 +858,26 @@ async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow
             },
             () = &mut shutdown => return Ok(()),
         };
-        let (trust, users) = (Arc::clone(&trust), Arc::clone(&users));
+        let users = Arc::clone(&users);
         tokio::spawn(async move {
-            if let Err(e) = forward(client, &trust, &users).await {
-                eprintln!("client {peer}: {}", chain(&e));
+            let mut client = client;
+            let carried = gateway::forward(&mut client, &users, |pe_id, err| {
+                eprintln!(
+                    "PE {pe_id} unreachable ({}); trying the next",
+                    error_chain(err)
+                );
+            });
+            if let Err(e) = carried.await {
+                eprintln!("client {peer}: {}", error_chain(&e));
             }
         });
     }
 }
 
-/// Carries one client to a PE chosen by the pool policy; a PE that cannot be reached is
-/// reported (spec §7.6) and the next one chosen, until the pool has none left.
-async fn forward(
-    mut client: tokio::net::TcpStream,
-    trust: &TrustStore,
-    users: &PoolUser,
-) -> anyhow::Result<()> {
-    loop {
-        let e = users
-            .select()
-            .await
-            .context("no PE of the pool is reachable")?;
-        let pe_id = e.pool_element.pe_id;
-        let connected = match pe_target(trust, &e) {
-            Ok((config, addr)) => services::connect_tls(config, addr).await,
-            Err(err) => Err(err),
-        };
-        match connected {
-            Ok(mut pe) => {
-                tokio::io::copy_bidirectional(&mut client, &mut pe).await?;
-                return Ok(());
-            }
-            Err(err) => {
-                eprintln!("PE {pe_id} unreachable ({}); trying the next", chain(&err));
-                users.report_unreachable(pe_id).await;
-            }
-        }
-    }
-}
-
-fn decode(enrp: bool, hex: Vec<String>) -> anyhow::Result<()> {
-    let text = if hex.is_empty() {
-        let mut s = String::new();
-        io::stdin()
-            .read_to_string(&mut s)
-            .context("reading standard input")?;
-        s
-    } else {
-        hex.join("")
-    };
-    let bytes = parse_hex(&text)?;
-    if bytes.is_empty() {
-        bail!("no bytes to decode");
-    }
-    let mut framer = if enrp {
-        Framer::enrp(MAX_MESSAGE_LEN)
-    } else {
-        Framer::asap(MAX_MESSAGE_LEN)
-    };
-    let mut offset = 0;
-    let mut rest = &bytes[..];
-    while !rest.is_empty() {
-        let n = rest.len().min(framer.available());
-        framer
-            .push(&rest[..n])
-            .with_context(|| format!("framing the message at byte {offset}"))?;
-        rest = &rest[n..];
-        while let Some(frame) = framer
-            .pop()
-            .with_context(|| format!("framing the message at byte {offset}"))?
-        {
-            print_message(enrp, &frame).with_context(|| format!("message at byte {offset}"))?;
-            offset += frame.len();
-        }
-    }
-    if framer.buffered() > 0 {
-        bail!(
-            "{} bytes at byte {offset} are not a whole message (truncated)",
-            framer.buffered()
-        );
-    }
-    Ok(())
-}
-
-fn print_message(enrp: bool, frame: &[u8]) -> anyhow::Result<()> {
-    let unrecognized = if enrp {
-        let d = EnrpMsg::decode(frame)?;
-        println!("{:#?}", d.msg);
-        d.unrecognized
-    } else {
-        let d = AsapMsg::decode(frame)?;
-        println!("{:#?}", d.msg);
-        d.unrecognized
-    };
-    for p in unrecognized {
-        println!("(unrecognized parameter to report: {p:?})");
-    }
-    Ok(())
-}
-
-fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace() && *b != b':')
-        .collect();
-    if !digits.len().is_multiple_of(2) {
-        bail!("odd number of hex digits ({})", digits.len());
-    }
-    digits
-        .chunks(2)
-        .enumerate()
-        .map(|(i, pair)| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|s| u8::from_str_radix(s, 16).ok())
-                .with_context(|| format!("not a hex byte at position {}", i * 2))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! The demo services a `rsp pe` offers (echo RFC 862, discard RFC 863, daytime RFC 867,
 //! chargen RFC 864, and `counter`, a session whose state survives failover in ASAP
-//! cookies, spec §7.8), over TLS with the PE's certificate, and the clients `rsp pu` uses.
+//! cookies, spec §7.8), over TLS with the PE's certificate. (`rsp pu`'s side is
+//! `asap::client::failover`.)
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -8,17 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
+use asap::client::failover::{PPID_SERVICE, Stream};
 use asap::client::session::{self, Binding, CookieKey, Frame};
 use asap::wire::AsapMsg;
-use asap::wire::param::{Cookie, ErrorCause, Load, OperationError, PoolElement, PoolHandle};
+use asap::wire::param::{ErrorCause, Load, OperationError, PoolHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::rustls::ClientConfig;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trust::{Peer, Protocol, TrustStore};
 
 /// Longest line echoed; a longer one ends the session (bounded memory per client).
@@ -319,14 +318,6 @@ fn daytime() -> String {
     )
 }
 
-/// A connection's bytes, whatever carries them.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-/// The PPID of the demo services' data over SCTP: 0 (unspecified), as RSPLIB's
-/// rspserver and rspterminal use; ASAP control messages (PPID 11) never travel on it here.
-pub(crate) const PPID_SERVICE: u32 = 0;
-
 /// Where a PE serves its demo service.
 pub(crate) enum PeListener {
     /// TLS over TCP.
@@ -353,174 +344,5 @@ impl PeListener {
                 Ok((Box::new(conn), addr, *plain))
             }
         }
-    }
-}
-
-/// A stream to a PE at `transport`'s first address: TLS with `config` (which checks the
-/// PE's identity), or with `None`, plain (legacy PEs over SCTP only).
-pub(crate) async fn connect_pe_stream(
-    transport: &asap::wire::param::Transport,
-    config: Option<Arc<ClientConfig>>,
-) -> anyhow::Result<Box<dyn Stream>> {
-    use asap::transport::TransportAddr;
-    use asap::transport::sctp::{Framing, SctpConnection};
-    // All of a multi-homed PE's addresses: the association survives losing one.
-    let to = TransportAddr::of_transport(transport)
-        .context("the PE's transport is neither TCP nor SCTP, or has no address to dial")?;
-    let first = to.primary();
-    match (to, config) {
-        (TransportAddr::Tcp(_), Some(config)) => Ok(Box::new(connect_tls(config, first).await?)),
-        (TransportAddr::Sctp(to), config) => {
-            let conn = tokio::time::timeout(
-                Duration::from_secs(5),
-                SctpConnection::connect(&to, PPID_SERVICE, Framing::Stream),
-            )
-            .await
-            .context("connect timed out")?
-            .with_context(|| format!("connecting to {}", TransportAddr::Sctp(to.clone())))?;
-            let Some(config) = config else {
-                return Ok(Box::new(conn));
-            };
-            let tls = tokio::time::timeout(
-                Duration::from_secs(10),
-                TlsConnector::from(config).connect(ServerName::IpAddress(first.ip().into()), conn),
-            )
-            .await
-            .context("TLS handshake with the PE timed out")?
-            .context("TLS handshake with the PE")?;
-            Ok(Box::new(tls))
-        }
-        (TransportAddr::Tcp(_), None) => {
-            anyhow::bail!("plaintext to a PE is for legacy PEs over SCTP only")
-        }
-    }
-}
-
-/// A TLS session with a PE; `config` checks the PE's identity.
-pub(crate) async fn connect_tls(
-    config: Arc<ClientConfig>,
-    addr: SocketAddr,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .context("connect timed out")??;
-    // Requests are small and a resumed session writes Cookie Echo and the request back to
-    // back: without this, Nagle holds the second until the first is acknowledged (up to
-    // the peer's delayed-ACK timer, 40 ms on Linux), which is most of a failover.
-    let _ = tcp.set_nodelay(true);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp),
-    )
-    .await
-    .context("TLS handshake with the PE timed out")?
-    .context("TLS handshake with the PE")
-}
-
-/// A line-oriented session with a PE (TLS, or plain to a legacy PE).
-pub(crate) struct Line {
-    reader: BufReader<tokio::io::ReadHalf<Box<dyn Stream>>>,
-    writer: tokio::io::WriteHalf<Box<dyn Stream>>,
-}
-
-impl Line {
-    /// Connects to `transport` with `config`, which checks the PE's identity (`None`:
-    /// plain, legacy PEs over SCTP only).
-    pub(crate) async fn connect(
-        transport: &asap::wire::param::Transport,
-        config: Option<Arc<ClientConfig>>,
-    ) -> anyhow::Result<Self> {
-        let (r, w) = tokio::io::split(connect_pe_stream(transport, config).await?);
-        Ok(Self {
-            reader: BufReader::new(r),
-            writer: w,
-        })
-    }
-
-    /// Sends one line and reads one line back.
-    pub(crate) async fn exchange(&mut self, line: &str) -> std::io::Result<String> {
-        self.writer.write_all(line.as_bytes()).await?;
-        self.writer.write_all(b"\n").await?;
-        self.writer.flush().await?;
-        let mut answer = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut answer))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the PE closed",
-            ));
-        }
-        Ok(answer.trim_end_matches(['\r', '\n']).to_owned())
-    }
-}
-
-/// What the PU learns from a session exchange besides the answer.
-#[derive(Debug, Default)]
-pub(crate) struct Notes {
-    /// Causes of ASAP_ERRORs the PE sent (e.g. 0xA: it refused the echoed cookie).
-    pub(crate) refusals: Vec<u16>,
-    /// Business cards the PE sent: pool handle and PEs, not yet checked.
-    pub(crate) cards: Vec<(PoolHandle, Vec<PoolElement>)>,
-}
-
-/// A session channel with a PE (spec §12.7 framing), PU side. It keeps the latest cookie
-/// the PE sent (spec §7.8: only the latest).
-pub(crate) struct SessionChannel {
-    reader: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
-    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
-}
-
-impl SessionChannel {
-    /// Connects with `config` (which checks the PE's identity) and, when resuming a
-    /// session, echoes its last cookie first.
-    pub(crate) async fn connect(
-        config: Arc<ClientConfig>,
-        addr: SocketAddr,
-        cookie: Option<&Cookie>,
-    ) -> anyhow::Result<Self> {
-        let (reader, mut writer) = tokio::io::split(connect_tls(config, addr).await?);
-        if let Some(c) = cookie {
-            session::write_control(&mut writer, &AsapMsg::CookieEcho(c.clone())).await?;
-        }
-        Ok(Self { reader, writer })
-    }
-
-    /// Sends one request and reads frames up to its answer; a Cookie on the way replaces
-    /// `cookie`.
-    pub(crate) async fn exchange(
-        &mut self,
-        line: &str,
-        cookie: &mut Option<Cookie>,
-        notes: &mut Notes,
-    ) -> anyhow::Result<String> {
-        session::write_data(&mut self.writer, 0, line.as_bytes()).await?;
-        let read = async {
-            loop {
-                match session::read_frame(&mut self.reader).await? {
-                    None => anyhow::bail!("the PE closed"),
-                    Some(Frame::Data { payload, .. }) => {
-                        return Ok(String::from_utf8_lossy(&payload).into_owned());
-                    }
-                    Some(Frame::Control(AsapMsg::Cookie(c))) => *cookie = Some(c),
-                    Some(Frame::Control(AsapMsg::Error(e))) => {
-                        notes
-                            .refusals
-                            .extend(e.causes().iter().map(ErrorCause::code));
-                    }
-                    Some(Frame::Control(AsapMsg::BusinessCard {
-                        pool_handle,
-                        pool_elements,
-                        ..
-                    })) => notes.cards.push((pool_handle, pool_elements)),
-                    // A malformed card (or other control message) changes nothing.
-                    Some(Frame::Control(_) | Frame::BadControl(_)) => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), read)
-            .await
-            .context("no answer")?
     }
 }

@@ -6,9 +6,14 @@
 //! - [`pe`]: a PE that registers, answers keep-alives, re-registers, survives registrar
 //!   loss with the same PE ID (spec §7.1, §7.5, §12.6) and deregisters on shutdown.
 //! - [`pu`]: handle resolution and endpoint unreachable reports (spec §7.3, §7.6).
+//! - [`failover`]: a PU session that fails over between PEs and resumes from the last
+//!   cookie (spec §7.8), what `rsp pu` runs.
+//! - [`gateway`]: a client that does not speak ASAP carried to a PE of the pool.
 
 mod backoff;
 pub mod card;
+pub mod failover;
+pub mod gateway;
 pub mod pe;
 pub mod pu;
 pub mod reload;

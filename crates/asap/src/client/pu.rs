@@ -231,6 +231,17 @@ impl PoolUser {
         }
     }
 
+    /// The identity it presents and the trust it applies.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// Whether it may reach legacy PEs and registrars in plain text
+    /// ([`PuConfig::insecure_legacy`]).
+    pub fn insecure_legacy(&self) -> bool {
+        self.config.insecure_legacy
+    }
+
     /// The pool.
     pub fn pool_handle(&self) -> &PoolHandle {
         &self.config.pool_handle
