@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
-use trust::db::Revoked;
 use trust::{Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
 
 use crate::daemon::{Control, now_ms};
@@ -58,18 +57,7 @@ impl ControlPlane {
 
     /// Enforces a stored revocation in the core: the PEs it covers are removed and its
     /// requests refused (the TLS layer is the caller's, see the module doc).
-    pub async fn revoke(&self, revoked: Revoked) {
-        let revocation = match revoked {
-            Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
-            Revoked::Identity(id) => Revocation::Identity(id),
-            Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
-            // A kind this registrar does not know yet cannot be enforced: say so loudly
-            // rather than pretend (the TLS layer still refuses new handshakes).
-            other => {
-                tracing::error!(revoked = %other, "revocation kind not enforced on live PEs");
-                return;
-            }
-        };
+    pub async fn revoke(&self, revocation: Revocation) {
         self.control.revoke(revocation).await;
     }
 
@@ -97,7 +85,7 @@ impl ControlPlane {
                 .collect()
         };
         for serial in new {
-            self.revoke(Revoked::Serial {
+            self.revoke(Revocation::Serial {
                 domain: domain.clone(),
                 serial,
             })

@@ -402,25 +402,17 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     // Revocations made through the admin API stay in force across restarts: in the TLS
     // layer from the first handshake.
     for r in db::list_revocations(&mut conn).await? {
-        match &r.revoked {
-            db::Revoked::Serial { domain, serial } => {
+        match &r.revocation {
+            db::Revocation::Serial { domain, serial } => {
                 trust.deny_serial(domain, serial.clone())?;
-                revocations.push(crate::registrar::Revocation::Serial {
-                    domain: domain.clone(),
-                    serial: serial.clone(),
-                });
             }
-            db::Revoked::Identity(id) => {
+            db::Revocation::Identity(id) => {
                 trust.deny_identity(id.clone())?;
-                revocations.push(crate::registrar::Revocation::Identity(id.clone()));
             }
-            db::Revoked::TrustDomain(domain) => {
+            db::Revocation::TrustDomain(domain) => {
                 if trust.is_trusted(domain) {
                     trust.remove_domain(domain)?;
                 }
-                revocations.push(crate::registrar::Revocation::TrustDomain(
-                    domain.as_str().to_owned(),
-                ));
             }
             other => {
                 return Err(Error::Install {
@@ -429,6 +421,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
                 });
             }
         }
+        revocations.push(r.revocation);
     }
     let grants = db::list_grants(&mut conn)
         .await?

@@ -339,7 +339,11 @@ impl Core {
     ) {
         let refusal = if !self.peer_granted(&peer.id) {
             Some("no peer grant".to_owned())
-        } else if self.revocations.iter().any(|r| r.covers(&peer)) {
+        } else if self
+            .revocations
+            .iter()
+            .any(|r| r.covers(&peer.id, &peer.serial))
+        {
             Some("certificate revoked".to_owned())
         } else if server_id == self.config.server_id {
             Some(format!("claims this registrar's Server ID {server_id}"))
@@ -1660,11 +1664,7 @@ impl Core {
         let Ok(id) = SpiffeId::parse(registrant) else {
             return false;
         };
-        self.revocations.iter().any(|r| match r {
-            Revocation::Identity(i) => *i == id,
-            Revocation::TrustDomain(d) => id.trust_domain_str() == d,
-            Revocation::Serial { .. } => false,
-        })
+        self.revocations.iter().any(|r| r.covers_identity(&id))
     }
 
     /// DEL_PE from peer `sid`: only for a PE whose home, in our handlespace, is the
@@ -1969,7 +1969,7 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .peer_conns
             .iter()
-            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.client))
+            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.client.id, &pc.client.serial))
             .map(|(c, _)| *c)
             .collect();
         closing.sort_unstable();

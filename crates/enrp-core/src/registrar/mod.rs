@@ -32,6 +32,10 @@ use rand::rngs::StdRng;
 use crate::handlespace::{Handlespace, Limits};
 
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
+/// What a revocation names: one type for the core, the store and the admin API.
+pub use identity::Revocation;
+/// When an audit record must be durable: one type for the core and `trust::audit`.
+pub use identity::audit::Durability;
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -364,36 +368,6 @@ pub enum Scope {
     Pe(PeKey),
 }
 
-/// What a revocation names (ARCHITECTURE.md §3).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Revocation {
-    /// Every certificate of this SPIFFE ID.
-    Identity(SpiffeId),
-    /// One certificate: a serial of the CA of one trust domain (serials are unique per
-    /// CA only, so a federated domain's serial must not revoke a local certificate
-    /// that happens to have the same one).
-    Serial {
-        /// The trust domain whose CA issued it.
-        domain: TrustDomain,
-        /// Its serial.
-        serial: Serial,
-    },
-    /// Every identity of this trust domain.
-    TrustDomain(String),
-}
-
-impl Revocation {
-    fn covers(&self, client: &Client) -> bool {
-        match self {
-            Self::Identity(id) => client.id == *id,
-            Self::Serial { domain, serial } => {
-                client.serial == *serial && client.id.trust_domain_str() == domain.as_str()
-            }
-            Self::TrustDomain(d) => client.id.trust_domain_str() == d,
-        }
-    }
-}
-
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -455,16 +429,6 @@ pub enum Action {
         /// When it must be durable.
         durability: Durability,
     },
-}
-
-/// When an audit record must be durable (STYLE.md §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Before any later action of the same batch is carried out (state changes: the
-    /// acknowledgement waits for the record).
-    BeforeReply,
-    /// Within a bounded delay (resolutions, reports).
-    Batched,
 }
 
 /// What an audit record says happened.
@@ -875,7 +839,10 @@ impl Core {
                 client,
                 addrs,
             } => {
-                let revoked = self.revocations.iter().any(|r| r.covers(&client));
+                let revoked = self
+                    .revocations
+                    .iter()
+                    .any(|r| r.covers(&client.id, &client.serial));
                 if revoked {
                     out.push(Action::Close {
                         conn,
@@ -918,7 +885,10 @@ impl Core {
                 }
             }
             Input::DomainRemoved(domain) => {
-                self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
+                // A name that is not a trust domain's names no identity: nothing to remove.
+                if let Ok(domain) = TrustDomain::new(&domain) {
+                    self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
+                }
             }
             Input::Remove { scope, actor } => self.on_admin_remove(&scope, &actor, &mut out),
             Input::DeclarePool {
@@ -1016,20 +986,15 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| revocation.covers(&c.client))
+            .filter(|(_, c)| revocation.covers(&c.client.id, &c.client.serial))
             .map(|(id, _)| *id)
             .collect();
         closing.sort_unstable();
         // Every PE whose registrant is revoked goes, wherever it registered. A serial names
         // one certificate: its PEs are those registered with it (`by_serial`), and the
         // whole handlespace need not be walked for it.
-        let registrant_revoked = |r: &str| match revocation {
-            Revocation::Identity(id) => r == id.as_str(),
-            Revocation::TrustDomain(d) => {
-                SpiffeId::parse(r).is_ok_and(|id| id.trust_domain_str() == d)
-            }
-            Revocation::Serial { .. } => false,
-        };
+        let registrant_revoked =
+            |r: &str| SpiffeId::parse(r).is_ok_and(|id| revocation.covers_identity(&id));
         let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial { .. }) {
             Vec::new()
         } else {

@@ -728,10 +728,7 @@ async fn watch_disk(
 
 async fn write_refusals(audit: &AuditLog, counters: &Counters) {
     for record in counters.flush_refusals() {
-        if let Err(e) = audit
-            .append(record, trust::audit::Durability::Batched)
-            .await
-        {
+        if let Err(e) = audit.append(record, Durability::Batched).await {
             tracing::error!(error = %e, "cannot audit refusals in aggregate");
         }
     }
@@ -879,10 +876,7 @@ const AUDIT_BACKLOG: usize = 65_536;
 async fn forward_audit(mut jobs: mpsc::Receiver<AuditJob>, audit: AuditLog) {
     while let Some(AuditJob { record, gate }) = jobs.recv().await {
         let Some(gate) = gate else {
-            if let Err(e) = audit
-                .append(record, trust::audit::Durability::Batched)
-                .await
-            {
+            if let Err(e) = audit.append(record, Durability::Batched).await {
                 tracing::error!(error = %e, "cannot audit: record lost");
             }
             continue;

@@ -51,16 +51,8 @@ pub const GENESIS: Hash = [0; 32];
 /// Longest action name, in bytes.
 pub const MAX_ACTION_LEN: usize = 64;
 
-/// When an appended record must be durable (STYLE.md §2, "audit before ack").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Durability {
-    /// [`AuditLog::append`] returns only after the record's transaction committed: for state
-    /// changes, whose reply must not leave before their audit record is durable.
-    BeforeReply,
-    /// [`AuditLog::append`] returns once the record is queued; it is committed within the
-    /// writer's batch delay (resolutions).
-    Batched,
-}
+/// When an appended record must be durable: one type for the registrar core and the log.
+pub use identity::audit::Durability;
 
 /// The result of the audited operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1039,55 +1039,41 @@ pub async fn delete_default_namespace(
 // ---------------------------------------------------------------------------------------
 // Revocations
 
-/// What a revocation covers.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Revoked {
-    /// One certificate: a serial number issued in a trust domain.
-    Serial {
-        /// The issuing trust domain.
-        domain: TrustDomain,
-        /// The serial number.
-        serial: Serial,
-    },
-    /// Every certificate of one identity.
-    Identity(SpiffeId),
-    /// A whole trust domain.
-    TrustDomain(TrustDomain),
-}
+/// What a revocation covers: one type for the core, the store and the admin API.
+pub use identity::Revocation;
 
-impl Revoked {
-    fn columns(&self) -> (&'static str, String, String) {
-        match self {
-            Self::Serial { domain, serial } => ("serial", domain.to_string(), serial.to_hex()),
-            Self::Identity(id) => (
-                "spiffe_id",
-                id.trust_domain_str().to_owned(),
-                id.to_string(),
-            ),
-            Self::TrustDomain(domain) => ("trust_domain", domain.to_string(), domain.to_string()),
+/// The former name of [`Revocation`], kept so that callers need not change at once.
+pub type Revoked = Revocation;
+
+/// The store's columns of a revocation: (kind, trust domain, value).
+fn revocation_columns(revocation: &Revocation) -> Result<(&'static str, String, String)> {
+    let value = match revocation {
+        Revocation::Serial { serial, .. } => serial.to_hex(),
+        Revocation::Identity(id) => id.to_string(),
+        Revocation::TrustDomain(domain) => domain.to_string(),
+        // A kind this store has no column for is refused, not stored half.
+        _ => {
+            return Err(Error::Invalid {
+                what: "revocation",
+                reason: "a kind this store cannot record",
+            });
         }
-    }
+    };
+    Ok((
+        revocation.kind(),
+        revocation.trust_domain().to_string(),
+        value,
+    ))
 }
 
-impl fmt::Display for Revoked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Serial { domain, serial } => write!(f, "serial {serial} of {domain}"),
-            Self::Identity(id) => write!(f, "identity {id}"),
-            Self::TrustDomain(domain) => write!(f, "trust domain {domain}"),
-        }
-    }
-}
-
-/// A stored revocation.
+/// A stored revocation: what is revoked, and the row's id, reason and time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Revocation {
+pub struct RevocationRecord {
     /// Row id.
     pub id: i64,
     /// What is revoked.
-    pub revoked: Revoked,
+    pub revocation: Revocation,
     /// Why, as the operator wrote it.
     pub reason: Option<String>,
     /// When (unix ms).
@@ -1104,7 +1090,7 @@ struct RevocationRow {
     created_ms: i64,
 }
 
-impl TryFrom<RevocationRow> for Revocation {
+impl TryFrom<RevocationRow> for RevocationRecord {
     type Error = Error;
     fn try_from(row: RevocationRow) -> Result<Self> {
         let corrupt = |reason| Error::Corrupt {
@@ -1114,8 +1100,8 @@ impl TryFrom<RevocationRow> for Revocation {
         };
         let domain =
             TrustDomain::new(&row.trust_domain).map_err(|_| corrupt("invalid trust domain"))?;
-        let revoked = match row.kind.as_str() {
-            "serial" => Revoked::Serial {
+        let revocation = match row.kind.as_str() {
+            "serial" => Revocation::Serial {
                 domain,
                 serial: Serial::from_str(&row.value).map_err(|_| corrupt("invalid serial"))?,
             },
@@ -1124,14 +1110,14 @@ impl TryFrom<RevocationRow> for Revocation {
                 if id.trust_domain_str() != domain.as_str() {
                     return Err(corrupt("SPIFFE ID outside its trust domain"));
                 }
-                Revoked::Identity(id)
+                Revocation::Identity(id)
             }
-            "trust_domain" if row.value == row.trust_domain => Revoked::TrustDomain(domain),
+            "trust_domain" if row.value == row.trust_domain => Revocation::TrustDomain(domain),
             _ => return Err(corrupt("unknown kind")),
         };
         Ok(Self {
             id: row.id,
-            revoked,
+            revocation,
             reason: row.reason,
             created_ms: i64_to_ms(row.created_ms, "revocations", &row.id)?,
         })
@@ -1141,15 +1127,15 @@ impl TryFrom<RevocationRow> for Revocation {
 /// Records a revocation. [`Error::AlreadyExists`] if the same thing is revoked already.
 pub async fn add_revocation(
     conn: &mut SqliteConnection,
-    revoked: &Revoked,
+    revocation: &Revocation,
     reason: Option<&str>,
     now_ms: u64,
-) -> Result<Revocation> {
+) -> Result<RevocationRecord> {
     if let Some(reason) = reason {
         check_text(reason, "reason")?;
     }
     let now = ms_to_i64(now_ms, "time")?;
-    let (kind, domain, value) = revoked.columns();
+    let (kind, domain, value) = revocation_columns(revocation)?;
     let row: RevocationRow = sqlx::query_as(
         "INSERT INTO revocations (kind, trust_domain, value, reason, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -1166,7 +1152,7 @@ pub async fn add_revocation(
         if is_unique_violation(&err) {
             Error::AlreadyExists {
                 what: "revocation",
-                key: revoked.to_string(),
+                key: revocation.to_string(),
             }
         } else {
             err.into()
@@ -1176,13 +1162,13 @@ pub async fn add_revocation(
 }
 
 /// Every revocation, oldest first (the order to replay them into the trust store).
-pub async fn list_revocations(conn: &mut SqliteConnection) -> Result<Vec<Revocation>> {
+pub async fn list_revocations(conn: &mut SqliteConnection) -> Result<Vec<RevocationRecord>> {
     let rows: Vec<RevocationRow> = sqlx::query_as(
         "SELECT id, kind, trust_domain, value, reason, created_ms FROM revocations ORDER BY id",
     )
     .fetch_all(conn)
     .await?;
-    rows.into_iter().map(Revocation::try_from).collect()
+    rows.into_iter().map(RevocationRecord::try_from).collect()
 }
 
 // ---------------------------------------------------------------------------------------
