@@ -544,11 +544,15 @@ pub async fn create_token(
             now_ms,
         )
         .await?;
-        let record = trust::audit::Record::new(now_ms, "token:create", trust::audit::Outcome::Ok)
-            .detail(format!(
-                "token {} ({}, {}) by the enrpd command line",
-                token.info.id, token.info.name, token.info.role
-            ));
+        let record = trust::audit::Record::new(
+            now_ms,
+            trust::audit::AuditAction::TokenCreate,
+            trust::audit::Outcome::Ok,
+        )
+        .detail(format!(
+            "token {} ({}, {}) by the enrpd command line",
+            token.info.id, token.info.name, token.info.role
+        ));
         trust::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(token)
@@ -576,8 +580,12 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
     let result = async {
         let mut tx = store.begin().await?;
         let info = db::revoke_token(&mut tx, id, now_ms).await?;
-        let record = trust::audit::Record::new(now_ms, "token:revoke", trust::audit::Outcome::Ok)
-            .detail(format!("token {} by the enrpd command line", info.id));
+        let record = trust::audit::Record::new(
+            now_ms,
+            trust::audit::AuditAction::TokenRevoke,
+            trust::audit::Outcome::Ok,
+        )
+        .detail(format!("token {} by the enrpd command line", info.id));
         trust::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(info)

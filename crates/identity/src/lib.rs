@@ -9,7 +9,8 @@
 //! - [`RegistrarIds`]: which identities are accepted as a registrar (spec §11.1).
 //! - [`Serial`]: a certificate serial number, normalised.
 //! - [`Revocation`]: what a revocation names (identity, serial, trust domain).
-//! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::Durability`]).
+//! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::AuditAction`],
+//!   [`audit::Durability`]).
 #![warn(missing_docs)]
 
 pub mod audit;

@@ -34,8 +34,9 @@ use crate::handlespace::{Handlespace, Limits};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 /// What a revocation names: one type for the core, the store and the admin API.
 pub use identity::Revocation;
-/// When an audit record must be durable: one type for the core and `trust::audit`.
-pub use identity::audit::Durability;
+/// What an audit record says happened, and when it must be durable: one vocabulary for
+/// the core and `trust::audit`.
+pub use identity::audit::{AuditAction, Durability};
 pub use timers::Timers;
 
 /// A connection of the driver, named by a number the driver chooses.
@@ -429,119 +430,6 @@ pub enum Action {
         /// When it must be durable.
         durability: Durability,
     },
-}
-
-/// What an audit record says happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AuditAction {
-    /// A registration (new PE).
-    Register,
-    /// A re-registration of an existing PE.
-    Reregister,
-    /// A deregistration by its registrant.
-    Deregister,
-    /// A handle resolution.
-    Resolve,
-    /// An endpoint unreachable report.
-    Report,
-    /// A PE removed: no keep-alive acknowledgement in time (spec §7.5).
-    RemoveTimeout,
-    /// A PE removed: its connection closed and it did not come back (spec §12.6).
-    RemoveConnectionLoss,
-    /// A PE removed: its registrant's certificate was revoked.
-    RemoveRevoked,
-    /// A PE removed: the grant that allowed its registration is gone.
-    RemoveUngranted,
-    /// A PE removed by an operator (admin API).
-    RemoveAdmin,
-    /// A message that did not decode.
-    Malformed,
-    /// A peer's PE removed: its home registrar did not refresh it within its
-    /// registration life (spec §9.4, §9.8 step 5).
-    RemoveExpired,
-    /// A peer's PE removed: the peer's handle table no longer lists it (spec §9.6).
-    RemoveResync,
-    /// An ENRP peer connected and was accepted.
-    PeerUp,
-    /// An ENRP peer was refused or disconnected: no `peer` grant, a Sender ID that is
-    /// not its identity's, a Server ID bound to another identity.
-    PeerRefused,
-    /// An ENRP peer stopped answering (spec §9.5).
-    PeerDead,
-    /// Part of an ENRP message ignored: a PE the sender does not own, a namespace or pool
-    /// it may not speak for, a value or a PE ID that does not fit.
-    PeerIgnored,
-    /// This registrar started a takeover of a dead peer (spec §9.8 step 1).
-    TakeoverStarted,
-    /// This registrar acknowledged a peer's takeover of another (spec §9.8 step 2).
-    TakeoverAcked,
-    /// A takeover of ours was given up: the target spoke, a peer with a lower Server ID
-    /// takes it over, or acknowledgements were missing at the expiry (spec §9.8).
-    TakeoverAbandoned,
-    /// This registrar took over a dead peer's PEs (spec §9.8 step 3).
-    TakeoverCompleted,
-    /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
-    TakeoverApplied,
-    /// PEs added, re-homed or removed here because of a peer's message (one record per
-    /// message, with the counts, naming the peer).
-    PeerUpdate,
-    /// A peer's takeover was not acknowledged or not applied: its target is alive here,
-    /// not a peer, or this registrar did not acknowledge that peer's INIT_TAKEOVER for it
-    /// (docs/ENRP-TRUST.md).
-    TakeoverRefused,
-    /// The start-up phase ended: the mentor's handle table is downloaded (spec §9.3).
-    MentorDone,
-    /// The start-up phase ended: no mentor download completed in time (spec §9.3 step 4).
-    MentorTimeout,
-}
-
-impl AuditAction {
-    /// Whether the record is of a PE's removal by the registrar (not by its registrant).
-    pub const fn is_removal(self) -> bool {
-        matches!(
-            self,
-            Self::RemoveTimeout
-                | Self::RemoveConnectionLoss
-                | Self::RemoveRevoked
-                | Self::RemoveUngranted
-                | Self::RemoveAdmin
-                | Self::RemoveExpired
-                | Self::RemoveResync
-        )
-    }
-
-    /// The name stored in the audit log.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Register => "register",
-            Self::Reregister => "reregister",
-            Self::Deregister => "deregister",
-            Self::Resolve => "resolve",
-            Self::Report => "report",
-            Self::RemoveTimeout => "remove:timeout",
-            Self::RemoveConnectionLoss => "remove:connection-loss",
-            Self::RemoveRevoked => "remove:revoked",
-            Self::RemoveUngranted => "remove:ungranted",
-            Self::RemoveAdmin => "remove:admin",
-            Self::Malformed => "malformed",
-            Self::RemoveExpired => "remove:expired",
-            Self::RemoveResync => "remove:resync",
-            Self::PeerUp => "peer:up",
-            Self::PeerRefused => "peer:refused",
-            Self::PeerDead => "peer:dead",
-            Self::PeerIgnored => "peer:ignored",
-            Self::TakeoverStarted => "takeover:started",
-            Self::TakeoverAcked => "takeover:acked",
-            Self::TakeoverAbandoned => "takeover:abandoned",
-            Self::TakeoverCompleted => "takeover:completed",
-            Self::TakeoverApplied => "takeover:applied",
-            Self::PeerUpdate => "peer:update",
-            Self::TakeoverRefused => "takeover:refused",
-            Self::MentorDone => "mentor:done",
-            Self::MentorTimeout => "mentor:timeout",
-        }
-    }
 }
 
 /// One audit record as the core produces it; the driver adds the time and the chain.

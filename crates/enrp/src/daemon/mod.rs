@@ -1115,7 +1115,7 @@ fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {
 
 fn to_record(event: AuditEvent) -> Record {
     let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
-    let mut r = Record::new(now_ms(), event.action.as_str(), outcome);
+    let mut r = Record::new(now_ms(), event.action, outcome);
     if let Some((id, serial)) = event.actor {
         r.actor = Some(id);
         r.serial = Some(serial);
