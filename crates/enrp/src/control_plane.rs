@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
-use trust::db::Revoked;
 use trust::{DomainBundle, Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
 
 use crate::daemon::{Control, now_ms};
@@ -61,13 +60,13 @@ impl ControlPlane {
     /// The TLS half of a revocation: new handshakes of `revoked` fail (a revoked trust
     /// domain is no longer trusted). A kind the TLS layer does not know changes nothing
     /// here ([`ControlPlane::revoke`] says so).
-    pub fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+    pub fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error> {
         match revoked {
-            Revoked::Serial { domain, serial } => {
+            Revocation::Serial { domain, serial } => {
                 self.trust.deny_serial(domain, serial.clone()).map(drop)
             }
-            Revoked::Identity(id) => self.trust.deny_identity(id.clone()).map(drop),
-            Revoked::TrustDomain(domain) => self.remove_domain(domain),
+            Revocation::Identity(id) => self.trust.deny_identity(id.clone()).map(drop),
+            Revocation::TrustDomain(domain) => self.remove_domain(domain),
             _ => Ok(()),
         }
     }
@@ -98,18 +97,7 @@ impl ControlPlane {
 
     /// Enforces a stored revocation in the core: the PEs it covers are removed and its
     /// requests refused (the TLS half is [`ControlPlane::deny`]).
-    pub async fn revoke(&self, revoked: Revoked) {
-        let revocation = match revoked {
-            Revoked::Serial { domain, serial } => Revocation::Serial { domain, serial },
-            Revoked::Identity(id) => Revocation::Identity(id),
-            Revoked::TrustDomain(d) => Revocation::TrustDomain(d.as_str().to_owned()),
-            // A kind this registrar does not know yet cannot be enforced: say so loudly
-            // rather than pretend (the TLS layer still refuses new handshakes).
-            other => {
-                tracing::error!(revoked = %other, "revocation kind not enforced on live PEs");
-                return;
-            }
-        };
+    pub async fn revoke(&self, revocation: Revocation) {
         self.control.revoke(revocation).await;
     }
 
@@ -137,7 +125,7 @@ impl ControlPlane {
                 .collect()
         };
         for serial in new {
-            self.revoke(Revoked::Serial {
+            self.revoke(Revocation::Serial {
                 domain: domain.clone(),
                 serial,
             })

@@ -402,25 +402,17 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     // Revocations made through the admin API stay in force across restarts: in the TLS
     // layer from the first handshake.
     for r in db::list_revocations(&mut conn).await? {
-        match &r.revoked {
-            db::Revoked::Serial { domain, serial } => {
+        match &r.revocation {
+            db::Revocation::Serial { domain, serial } => {
                 trust.deny_serial(domain, serial.clone())?;
-                revocations.push(crate::registrar::Revocation::Serial {
-                    domain: domain.clone(),
-                    serial: serial.clone(),
-                });
             }
-            db::Revoked::Identity(id) => {
+            db::Revocation::Identity(id) => {
                 trust.deny_identity(id.clone())?;
-                revocations.push(crate::registrar::Revocation::Identity(id.clone()));
             }
-            db::Revoked::TrustDomain(domain) => {
+            db::Revocation::TrustDomain(domain) => {
                 if trust.is_trusted(domain) {
                     trust.remove_domain(domain)?;
                 }
-                revocations.push(crate::registrar::Revocation::TrustDomain(
-                    domain.as_str().to_owned(),
-                ));
             }
             other => {
                 return Err(Error::Install {
@@ -429,6 +421,7 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
                 });
             }
         }
+        revocations.push(r.revocation);
     }
     let grants = db::list_grants(&mut conn)
         .await?
@@ -551,11 +544,15 @@ pub async fn create_token(
             now_ms,
         )
         .await?;
-        let record = trust::audit::Record::new(now_ms, "token:create", trust::audit::Outcome::Ok)
-            .detail(format!(
-                "token {} ({}, {}) by the enrpd command line",
-                token.info.id, token.info.name, token.info.role
-            ));
+        let record = trust::audit::Record::new(
+            now_ms,
+            trust::audit::AuditAction::TokenCreate,
+            trust::audit::Outcome::Ok,
+        )
+        .detail(format!(
+            "token {} ({}, {}) by the enrpd command line",
+            token.info.id, token.info.name, token.info.role
+        ));
         trust::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(token)
@@ -583,8 +580,12 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
     let result = async {
         let mut tx = store.begin().await?;
         let info = db::revoke_token(&mut tx, id, now_ms).await?;
-        let record = trust::audit::Record::new(now_ms, "token:revoke", trust::audit::Outcome::Ok)
-            .detail(format!("token {} by the enrpd command line", info.id));
+        let record = trust::audit::Record::new(
+            now_ms,
+            trust::audit::AuditAction::TokenRevoke,
+            trust::audit::Outcome::Ok,
+        )
+        .detail(format!("token {} by the enrpd command line", info.id));
         trust::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(info)

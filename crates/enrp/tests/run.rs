@@ -107,3 +107,60 @@ async fn options_that_do_not_fit_start_nothing_and_name_the_cause() {
         other => panic!("expected a load error, got {:?}", other.err()),
     }
 }
+
+/// Issue 24: the revocations made through the admin API are one type from the store to the
+/// core. At start-up every stored kind (a serial of a domain's CA, an identity, a trust
+/// domain) reaches the core as it was stored, in the order it was made, so that no peer can
+/// bring back a revoked identity's PEs after a restart; a revoked federated domain is not
+/// trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_revocations_of_every_kind_are_loaded_for_the_core_in_order() {
+    use trust::db::{self, Revocation, Store, StoreOptions};
+    use trust::{Serial, SpiffeId, TrustDomain};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = initialised(dir.path()).await;
+    let local = TrustDomain::new("acme.test").expect("domain");
+    let partner = TrustDomain::new("partner.test").expect("domain");
+    let stored = [
+        Revocation::Identity(SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id")),
+        Revocation::Serial {
+            domain: local,
+            serial: "0aff".parse::<Serial>().expect("serial"),
+        },
+        Revocation::TrustDomain(partner.clone()),
+    ];
+    {
+        let store = Store::open(&config.data, &StoreOptions::default())
+            .await
+            .expect("store");
+        let mut conn = store.acquire().await.expect("connection");
+        let partner_ca = TestCa::new("partner.test");
+        db::add_trust_domain(
+            &mut conn,
+            &partner,
+            false,
+            &partner_ca.root_pem(),
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("federated domain");
+        for (i, r) in stored.iter().enumerate() {
+            db::add_revocation(&mut conn, r, Some("test"), now_ms() + i as u64)
+                .await
+                .expect("revoked");
+        }
+        // The same thing twice is refused and changes nothing.
+        assert!(matches!(
+            db::add_revocation(&mut conn, &stored[0], None, now_ms()).await,
+            Err(db::Error::AlreadyExists { .. })
+        ));
+        // `close` waits for every connection to come back.
+        drop(conn);
+        store.close().await;
+    }
+    let loaded = setup::load(&config.data).await.expect("loads");
+    assert_eq!(loaded.revocations, stored);
+    assert!(!loaded.trust.is_trusted(&partner), "a revoked domain");
+}

@@ -8,12 +8,17 @@
 //! - [`IdentityPattern`], [`PoolPattern`], [`Grant`], [`allowed`]: authorization, default deny.
 //! - [`RegistrarIds`]: which identities are accepted as a registrar (spec §11.1).
 //! - [`Serial`]: a certificate serial number, normalised.
+//! - [`Revocation`]: what a revocation names (identity, serial, trust domain).
+//! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::AuditAction`],
+//!   [`audit::Durability`]).
 #![warn(missing_docs)]
 
+pub mod audit;
 mod error;
 mod grant;
 mod pattern;
 mod registrar_ids;
+mod revocation;
 mod serial;
 mod spiffe;
 
@@ -23,6 +28,7 @@ pub use grant::{
 };
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registrar_ids::{DEFAULT_REGISTRAR_ID, RegistrarIds};
+pub use revocation::Revocation;
 pub use serial::Serial;
 pub use spiffe::{
     LEGACY_TRUST_DOMAIN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain, echo,

@@ -37,8 +37,9 @@ const MAX_REMEMBERED_ISSUERS: usize = 8;
 const SEQUENCE: u8 = 0x30;
 const BIT_STRING: u8 = 0x03;
 
-/// How a domain's chains are checked for revocation.
-pub(crate) enum Revocation {
+/// How a domain's chains are checked for revocation by its CRLs (not a revocation: see
+/// [`identity::Revocation`] for what an operator revokes).
+pub(crate) enum CrlCheck {
     /// No CRL configured: no revocation check (the deny-list still applies).
     None,
     /// CRLs verified at load (roots) or once per issuer (intermediates).
@@ -48,7 +49,7 @@ pub(crate) enum Revocation {
     Webpki(Vec<CertRevocationList<'static>>),
 }
 
-impl Revocation {
+impl CrlCheck {
     /// Parses a domain's CRLs and verifies those its roots issued: a CRL that names a root
     /// as its issuer but that no root of that name signed is refused. An expired CRL is
     /// accepted here and refuses handshakes that need it, as webpki does.

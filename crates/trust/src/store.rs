@@ -16,7 +16,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::cert::Peer;
-use crate::crl::Revocation;
+use crate::crl::CrlCheck;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::verify::{
     DomainAnchors, Expected, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
@@ -214,7 +214,7 @@ impl DomainBundle {
             hints.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             roots.push(anchor);
         }
-        let revocation = Revocation::load(
+        let revocation = CrlCheck::load(
             &self.domain,
             &roots,
             &self.crls,

@@ -20,7 +20,7 @@ use webpki::{
 };
 
 use crate::cert::{leaf_facts, spiffe_id_of};
-use crate::crl::{Revocation, check_path};
+use crate::crl::{CrlCheck, check_path};
 
 /// Why a certificate was refused by the SPIFFE rules of this crate (chain, validity and
 /// CRL failures are reported with rustls' own [`CertificateError`] variants instead).
@@ -127,7 +127,7 @@ impl From<Rejection> for rustls::Error {
 /// One trust domain's verification material.
 pub(crate) struct DomainAnchors {
     pub(crate) roots: Vec<TrustAnchor<'static>>,
-    pub(crate) revocation: Revocation,
+    pub(crate) revocation: CrlCheck,
 }
 
 /// An immutable view of the trust store that the verifiers of one configuration use.
@@ -214,7 +214,7 @@ impl Snapshot {
         // With CRLs: check the whole chain, treat an unknown status or an expired CRL as
         // a failure (security first; rsp-pki publishes a root CRL covering intermediates).
         let verified = match &anchors.revocation {
-            Revocation::None => ee.verify_for_usage(
+            CrlCheck::None => ee.verify_for_usage(
                 self.algs.all,
                 &anchors.roots,
                 intermediates,
@@ -225,7 +225,7 @@ impl Snapshot {
             ),
             // Checked on each candidate path webpki builds: a revoked path makes webpki
             // try the next one, as its own CRL check does.
-            Revocation::Checked(crls) => ee.verify_for_usage(
+            CrlCheck::Checked(crls) => ee.verify_for_usage(
                 self.algs.all,
                 &anchors.roots,
                 intermediates,
@@ -234,7 +234,7 @@ impl Snapshot {
                 None,
                 Some(&|path: &VerifiedPath<'_>| check_path(crls, path, now, self.algs.all)),
             ),
-            Revocation::Webpki(crls) => {
+            CrlCheck::Webpki(crls) => {
                 let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
                 let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
                     b.with_depth(RevocationCheckDepth::Chain)

@@ -118,9 +118,9 @@ pub(crate) struct RevocationView {
     created_ms: u64,
 }
 
-impl From<db::Revocation> for RevocationView {
-    fn from(r: db::Revocation) -> Self {
-        let (kind, trust_domain, serial, spiffe_id) = match &r.revoked {
+impl From<db::RevocationRecord> for RevocationView {
+    fn from(r: db::RevocationRecord) -> Self {
+        let (kind, trust_domain, serial, spiffe_id) = match &r.revocation {
             Revoked::Serial { domain, serial } => {
                 ("serial", domain.to_string(), Some(serial.to_hex()), None)
             }
@@ -197,7 +197,7 @@ pub(crate) async fn create(
     }
     .await;
     let row = app.finish(tx, record, result).await?;
-    app.registrar().revoke(row.revoked.clone()).await;
+    app.registrar().revoke(row.revocation.clone()).await;
     Ok((StatusCode::CREATED, axum::Json(row.into())))
 }
 

@@ -127,7 +127,7 @@ pub(crate) async fn add(
         let revoked = db::list_revocations(&mut tx)
             .await?
             .into_iter()
-            .any(|r| r.revoked == Revoked::TrustDomain(domain.clone()));
+            .any(|r| r.revocation == Revoked::TrustDomain(domain.clone()));
         if revoked {
             return Err(ApiError::new(
                 ProblemKind::Conflict,

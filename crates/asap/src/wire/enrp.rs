@@ -15,8 +15,8 @@
 //! +---------------------------------------------------------------+
 //! ```
 
+use super::asap::{PeEntry, fixed_server_id};
 use super::error::{DecodeError, DecodeErrorKind, EncodeError};
-use super::msg::{PeEntry, fixed_server_id};
 use super::param::{
     self, Namespace, OperationError, Param, ParamType, PeChecksum, PoolElement, PoolHandle,
     RegistrantIdentity, ServerId, ServerInformation, UnknownParam,

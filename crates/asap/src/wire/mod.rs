@@ -1,6 +1,7 @@
 //! The RSerPool wire codec (spec §3–§8, §12): bytes ↔ typed messages.
 //!
-//! - [`AsapMsg`] and [`EnrpMsg`]: every message of spec §6.1 and §8.1, with
+//! - [`asap`] and [`enrp`]: the two protocols' messages, [`AsapMsg`] and [`EnrpMsg`]
+//!   (re-exported here): every message of spec §6.1 and §8.1, with
 //!   `decode(&[u8]) -> Result<Decoded<_>, DecodeError>` for one whole message and
 //!   `encode(&self, &mut Vec<u8>) -> Result<(), EncodeError>` (fails only on message-level
 //!   rules such as the 65532-byte maximum; parameters always encode).
@@ -22,11 +23,11 @@
 //! | `Err(e)`, [`e.cause()`](DecodeError::cause) is `None` | discard the message silently, keep the connection |
 //! | `Err(e)`, `e.cause()` is `Some(c)` | answer with `c` (in the response if the message has one, else in an error message), keep the connection; never answer an error message with an error |
 
-mod enrp;
+pub mod asap;
+pub mod enrp;
 mod error;
 mod framer;
 pub mod limits;
-mod msg;
 mod names;
 pub mod param;
 mod reader;
@@ -36,10 +37,10 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use asap::{AsapMsg, PeEntry, Resolution};
 pub use enrp::{EnrpBody, EnrpMsg, PoolEntries, UpdateAction};
 pub use error::{DecodeError, DecodeErrorKind, EncodeError};
 pub use framer::Framer;
-pub use msg::{AsapMsg, PeEntry, Resolution};
 pub use reader::{Params, RawParam, Reader};
 pub use rejection::rejection;
 pub use writer::Writer;

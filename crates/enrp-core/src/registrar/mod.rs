@@ -41,6 +41,11 @@ use crate::handlespace::Handlespace;
 
 pub use config::{Config, Timing};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
+/// What a revocation names: one type for the core, the store and the admin API.
+pub use identity::Revocation;
+/// What an audit record says happened, and when it must be durable: one vocabulary for
+/// the core and `trust::audit`.
+pub use identity::audit::{AuditAction, Durability};
 pub use legacy::{
     LEGACY_TRUST_DOMAIN, is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity,
     legacy_registrant,
@@ -189,36 +194,6 @@ pub enum Scope {
     Pe(PeKey),
 }
 
-/// What a revocation names (ARCHITECTURE.md §3).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Revocation {
-    /// Every certificate of this SPIFFE ID.
-    Identity(SpiffeId),
-    /// One certificate: a serial of the CA of one trust domain (serials are unique per
-    /// CA only, so a federated domain's serial must not revoke a local certificate
-    /// that happens to have the same one).
-    Serial {
-        /// The trust domain whose CA issued it.
-        domain: TrustDomain,
-        /// Its serial.
-        serial: Serial,
-    },
-    /// Every identity of this trust domain.
-    TrustDomain(String),
-}
-
-impl Revocation {
-    fn covers(&self, client: &Remote) -> bool {
-        match self {
-            Self::Identity(id) => client.id == *id,
-            Self::Serial { domain, serial } => {
-                client.serial == *serial && client.id.trust_domain_str() == domain.as_str()
-            }
-            Self::TrustDomain(d) => client.id.trust_domain_str() == d,
-        }
-    }
-}
-
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -280,129 +255,6 @@ pub enum Action {
         /// When it must be durable.
         durability: Durability,
     },
-}
-
-/// When an audit record must be durable (STYLE.md §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Before any later action of the same batch is carried out (state changes: the
-    /// acknowledgement waits for the record).
-    BeforeReply,
-    /// Within a bounded delay (resolutions, reports).
-    Batched,
-}
-
-/// What an audit record says happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AuditAction {
-    /// A registration (new PE).
-    Register,
-    /// A re-registration of an existing PE.
-    Reregister,
-    /// A deregistration by its registrant.
-    Deregister,
-    /// A handle resolution.
-    Resolve,
-    /// An endpoint unreachable report.
-    Report,
-    /// A PE removed: no keep-alive acknowledgement in time (spec §7.5).
-    RemoveTimeout,
-    /// A PE removed: its connection closed and it did not come back (spec §12.6).
-    RemoveConnectionLoss,
-    /// A PE removed: its registrant's certificate was revoked.
-    RemoveRevoked,
-    /// A PE removed: the grant that allowed its registration is gone.
-    RemoveUngranted,
-    /// A PE removed by an operator (admin API).
-    RemoveAdmin,
-    /// A message that did not decode.
-    Malformed,
-    /// A peer's PE removed: its home registrar did not refresh it within its
-    /// registration life (spec §9.4, §9.8 step 5).
-    RemoveExpired,
-    /// A peer's PE removed: the peer's handle table no longer lists it (spec §9.6).
-    RemoveResync,
-    /// An ENRP peer connected and was accepted.
-    PeerUp,
-    /// An ENRP peer was refused or disconnected: no `peer` grant, a Sender ID that is
-    /// not its identity's, a Server ID bound to another identity.
-    PeerRefused,
-    /// An ENRP peer stopped answering (spec §9.5).
-    PeerDead,
-    /// Part of an ENRP message ignored: a PE the sender does not own, a namespace or pool
-    /// it may not speak for, a value or a PE ID that does not fit.
-    PeerIgnored,
-    /// This registrar started a takeover of a dead peer (spec §9.8 step 1).
-    TakeoverStarted,
-    /// This registrar acknowledged a peer's takeover of another (spec §9.8 step 2).
-    TakeoverAcked,
-    /// A takeover of ours was given up: the target spoke, a peer with a lower Server ID
-    /// takes it over, or acknowledgements were missing at the expiry (spec §9.8).
-    TakeoverAbandoned,
-    /// This registrar took over a dead peer's PEs (spec §9.8 step 3).
-    TakeoverCompleted,
-    /// A peer took over a dead registrar: its PEs now have that peer as home (§9.8 step 4).
-    TakeoverApplied,
-    /// PEs added, re-homed or removed here because of a peer's message (one record per
-    /// message, with the counts, naming the peer).
-    PeerUpdate,
-    /// A peer's takeover was not acknowledged or not applied: its target is alive here,
-    /// not a peer, or this registrar did not acknowledge that peer's INIT_TAKEOVER for it
-    /// (docs/ENRP-TRUST.md).
-    TakeoverRefused,
-    /// The start-up phase ended: the mentor's handle table is downloaded (spec §9.3).
-    MentorDone,
-    /// The start-up phase ended: no mentor download completed in time (spec §9.3 step 4).
-    MentorTimeout,
-}
-
-impl AuditAction {
-    /// Whether the record is of a PE's removal by the registrar (not by its registrant).
-    pub const fn is_removal(self) -> bool {
-        matches!(
-            self,
-            Self::RemoveTimeout
-                | Self::RemoveConnectionLoss
-                | Self::RemoveRevoked
-                | Self::RemoveUngranted
-                | Self::RemoveAdmin
-                | Self::RemoveExpired
-                | Self::RemoveResync
-        )
-    }
-
-    /// The name stored in the audit log.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Register => "register",
-            Self::Reregister => "reregister",
-            Self::Deregister => "deregister",
-            Self::Resolve => "resolve",
-            Self::Report => "report",
-            Self::RemoveTimeout => "remove:timeout",
-            Self::RemoveConnectionLoss => "remove:connection-loss",
-            Self::RemoveRevoked => "remove:revoked",
-            Self::RemoveUngranted => "remove:ungranted",
-            Self::RemoveAdmin => "remove:admin",
-            Self::Malformed => "malformed",
-            Self::RemoveExpired => "remove:expired",
-            Self::RemoveResync => "remove:resync",
-            Self::PeerUp => "peer:up",
-            Self::PeerRefused => "peer:refused",
-            Self::PeerDead => "peer:dead",
-            Self::PeerIgnored => "peer:ignored",
-            Self::TakeoverStarted => "takeover:started",
-            Self::TakeoverAcked => "takeover:acked",
-            Self::TakeoverAbandoned => "takeover:abandoned",
-            Self::TakeoverCompleted => "takeover:completed",
-            Self::TakeoverApplied => "takeover:applied",
-            Self::PeerUpdate => "peer:update",
-            Self::TakeoverRefused => "takeover:refused",
-            Self::MentorDone => "mentor:done",
-            Self::MentorTimeout => "mentor:timeout",
-        }
-    }
 }
 
 /// One audit record as the core produces it; the driver adds the time and the chain.
@@ -700,7 +552,10 @@ impl Core {
                 client,
                 addrs,
             } => {
-                let revoked = self.revocations.iter().any(|r| r.covers(&client));
+                let revoked = self
+                    .revocations
+                    .iter()
+                    .any(|r| r.covers(&client.id, &client.serial));
                 if revoked {
                     out.push(Action::Close {
                         conn,
@@ -743,7 +598,10 @@ impl Core {
                 }
             }
             Input::DomainRemoved(domain) => {
-                self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
+                // A name that is not a trust domain's names no identity: nothing to remove.
+                if let Ok(domain) = TrustDomain::new(&domain) {
+                    self.on_revoked(&Revocation::TrustDomain(domain), &mut out);
+                }
             }
             Input::Remove { scope, actor } => self.on_admin_remove(&scope, &actor, &mut out),
             Input::DeclarePool {

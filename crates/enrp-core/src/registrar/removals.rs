@@ -37,20 +37,15 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| revocation.covers(&c.client))
+            .filter(|(_, c)| revocation.covers(&c.client.id, &c.client.serial))
             .map(|(id, _)| *id)
             .collect();
         closing.sort_unstable();
         // Every PE whose registrant is revoked goes, wherever it registered. A serial names
         // one certificate: its PEs are those registered with it (`by_serial`), and the
         // whole handlespace need not be walked for it.
-        let registrant_revoked = |r: &str| match revocation {
-            Revocation::Identity(id) => r == id.as_str(),
-            Revocation::TrustDomain(d) => {
-                SpiffeId::parse(r).is_ok_and(|id| id.trust_domain_str() == d)
-            }
-            Revocation::Serial { .. } => false,
-        };
+        let registrant_revoked =
+            |r: &str| SpiffeId::parse(r).is_ok_and(|id| revocation.covers_identity(&id));
         let revoked_pes: Vec<PeKey> = if matches!(revocation, Revocation::Serial { .. }) {
             Vec::new()
         } else {

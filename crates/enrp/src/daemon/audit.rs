@@ -7,7 +7,7 @@ use crate::registrar::AuditEvent;
 
 pub(super) fn to_record(event: AuditEvent) -> Record {
     let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
-    let mut r = Record::new(now_ms(), event.action.as_str(), outcome);
+    let mut r = Record::new(now_ms(), event.action, outcome);
     if let Some((id, serial)) = event.actor {
         r.actor = Some(id);
         r.serial = Some(serial);

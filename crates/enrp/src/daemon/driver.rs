@@ -235,10 +235,7 @@ pub(super) async fn forward_audit(
 ) {
     while let Some(AuditJob { record, seq }) = jobs.recv().await {
         let Some(seq) = seq else {
-            if let Err(e) = audit
-                .append(record, trust::audit::Durability::Batched)
-                .await
-            {
+            if let Err(e) = audit.append(record, Durability::Batched).await {
                 tracing::error!(error = %e, "cannot audit: record lost");
             }
             continue;

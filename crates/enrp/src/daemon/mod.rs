@@ -42,7 +42,7 @@ use listen::{Listener, Security};
 
 use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
 
-use crate::registrar::{ConnId, Core, Input, Remote, Revocation};
+use crate::registrar::{ConnId, Core, Durability, Input, Remote, Revocation};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -568,10 +568,7 @@ async fn watch_disk(
 
 async fn write_refusals(audit: &AuditLog, counters: &Counters) {
     for record in counters.flush_refusals() {
-        if let Err(e) = audit
-            .append(record, trust::audit::Durability::Batched)
-            .await
-        {
+        if let Err(e) = audit.append(record, Durability::Batched).await {
             tracing::error!(error = %e, "cannot audit refusals in aggregate");
         }
     }

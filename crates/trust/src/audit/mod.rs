@@ -51,16 +51,9 @@ pub const GENESIS: Hash = [0; 32];
 /// Longest action name, in bytes.
 pub const MAX_ACTION_LEN: usize = 64;
 
-/// When an appended record must be durable (STYLE.md §2, "audit before ack").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Durability {
-    /// [`AuditLog::append`] returns only after the record's transaction committed: for state
-    /// changes, whose reply must not leave before their audit record is durable.
-    BeforeReply,
-    /// [`AuditLog::append`] returns once the record is queued; it is committed within the
-    /// writer's batch delay (resolutions).
-    Batched,
-}
+/// What a record says happened, and when an appended record must be durable: one
+/// vocabulary for the registrar core, `enrpd`, the admin API and the log.
+pub use identity::audit::{AuditAction, Durability};
 
 /// The result of the audited operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -162,7 +155,9 @@ pub struct Record {
     /// The pool element identifier.
     pub pe_id: Option<u32>,
     /// What was attempted: 1–64 bytes of `a-z 0-9 . _ : -`, e.g. `register`, `resolve`,
-    /// `remove.timeout`, `admin:grant.create`.
+    /// `remove:timeout`, `admin:grant.create`. Written from an [`AuditAction`] (`Record::new`
+    /// takes one); kept as its stored name so that a log written by another version, whose
+    /// actions this one may not know, still reads and verifies ([`Record::action_kind`]).
     pub action: Cow<'static, str>,
     /// How it ended.
     pub outcome: Outcome,
@@ -185,6 +180,11 @@ impl Record {
             outcome,
             detail: None,
         }
+    }
+
+    /// The action as one this version knows, `None` for a name it does not.
+    pub fn action_kind(&self) -> Option<AuditAction> {
+        AuditAction::from_name(&self.action)
     }
 
     /// Sets the actor and serial from an authenticated peer.
@@ -633,10 +633,10 @@ pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
 // ---------------------------------------------------------------------------------------
 // Queries
 
-/// A stored audit record.
+/// A stored audit record: the [`Record`] with its place in the hash chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct AuditEvent {
+pub struct ChainedRecord {
     /// Row id: its position in the chain, from 1. Also the pagination cursor.
     pub id: u64,
     /// The record.
@@ -647,7 +647,11 @@ pub struct AuditEvent {
     pub hash: Hash,
 }
 
-impl TryFrom<ChainRow> for AuditEvent {
+/// The former name of [`ChainedRecord`] (it is a stored row, not an event), kept so that
+/// callers need not change at once.
+pub type AuditEvent = ChainedRecord;
+
+impl TryFrom<ChainRow> for ChainedRecord {
     type Error = Error;
     fn try_from(row: ChainRow) -> Result<Self> {
         let corrupt = |reason| Error::Corrupt {
@@ -742,7 +746,7 @@ pub struct AuditFilter {
 #[non_exhaustive]
 pub struct AuditPage {
     /// The records, in the requested order.
-    pub events: Vec<AuditEvent>,
+    pub events: Vec<ChainedRecord>,
     /// The cursor of the next page, or `None` if this was the last.
     pub next: Option<u64>,
 }
@@ -819,7 +823,7 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
     let events = rows
         .into_iter()
         .take(limit as usize)
-        .map(AuditEvent::try_from)
+        .map(ChainedRecord::try_from)
         .collect::<Result<Vec<_>>>()?;
     let next = if more {
         events.last().map(|e| e.id)

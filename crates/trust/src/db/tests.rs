@@ -2,9 +2,12 @@
 
 use std::str::FromStr;
 
+use identity::{Action, DefaultNamespace, Grant, IdentityPattern, NamespacePattern, PoolPattern};
 use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteConnection;
 
 use super::*;
+use crate::{Serial, SpiffeId, TrustDomain};
 
 async fn memory() -> (Store, PoolConnection<Sqlite>) {
     let store = Store::in_memory().await.expect("in-memory store");
@@ -493,18 +496,18 @@ async fn delete_grant_returns_the_removed_grant() {
 async fn add_revocation_of_each_kind() {
     let (_store, mut conn) = memory().await;
     let kinds = [
-        Revoked::Serial {
+        Revocation::Serial {
             domain: domain("acme.test"),
             serial: Serial::from_str("00:0a:ff").expect("serial"),
         },
-        Revoked::Identity(SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id")),
-        Revoked::TrustDomain(domain("partner.test")),
+        Revocation::Identity(SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id")),
+        Revocation::TrustDomain(domain("partner.test")),
     ];
     for (i, revoked) in kinds.iter().enumerate() {
         let row = add_revocation(&mut conn, revoked, Some("key compromise"), 100 + i as u64)
             .await
             .expect("add");
-        assert_eq!(&row.revoked, revoked);
+        assert_eq!(&row.revocation, revoked);
         assert_eq!(row.reason.as_deref(), Some("key compromise"));
         let err = add_revocation(&mut conn, revoked, None, 200)
             .await
@@ -528,17 +531,17 @@ async fn add_revocation_of_each_kind() {
 #[tokio::test]
 async fn list_revocations_oldest_first() {
     let (_store, mut conn) = memory().await;
-    let first = Revoked::TrustDomain(domain("b.test"));
-    let second = Revoked::Identity(SpiffeId::parse("spiffe://a.test/pu/x").expect("id"));
+    let first = Revocation::TrustDomain(domain("b.test"));
+    let second = Revocation::Identity(SpiffeId::parse("spiffe://a.test/pu/x").expect("id"));
     add_revocation(&mut conn, &first, None, 1).await.expect("1");
     add_revocation(&mut conn, &second, None, 2)
         .await
         .expect("2");
-    let listed: Vec<Revoked> = list_revocations(&mut conn)
+    let listed: Vec<Revocation> = list_revocations(&mut conn)
         .await
         .expect("list")
         .into_iter()
-        .map(|r| r.revoked)
+        .map(|r| r.revocation)
         .collect();
     assert_eq!(listed, [first, second]);
 }

@@ -215,7 +215,11 @@ impl Core {
     ) {
         let refusal = if !self.peer_granted(&peer.id) {
             Some("no peer grant".to_owned())
-        } else if self.revocations.iter().any(|r| r.covers(&peer)) {
+        } else if self
+            .revocations
+            .iter()
+            .any(|r| r.covers(&peer.id, &peer.serial))
+        {
             Some("certificate revoked".to_owned())
         } else if server_id == self.config.server_id {
             Some(format!("claims this registrar's Server ID {server_id}"))
@@ -523,7 +527,7 @@ impl Core {
         let mut closing: Vec<ConnId> = self
             .peer_conns
             .iter()
-            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.remote))
+            .filter(|(_, pc)| !pc.closing && revocation.covers(&pc.remote.id, &pc.remote.serial))
             .map(|(c, _)| *c)
             .collect();
         closing.sort_unstable();

@@ -14,7 +14,7 @@ use identity::SpiffeId;
 use super::PeerState;
 use crate::handlespace::Removed;
 use crate::registrar::{
-    Action, AuditAction, AuditEvent, Core, Durability, PeKey, Remote, Revocation, TimerKey,
+    Action, AuditAction, AuditEvent, Core, Durability, PeKey, Remote, TimerKey,
 };
 
 /// Most re-homes waiting for the withdrawal of a live home (docs/ENRP-TRUST.md §2).
@@ -466,11 +466,7 @@ impl Core {
         let Ok(id) = SpiffeId::parse(registrant) else {
             return false;
         };
-        self.revocations.iter().any(|r| match r {
-            Revocation::Identity(i) => *i == id,
-            Revocation::TrustDomain(d) => id.trust_domain_str() == d,
-            Revocation::Serial { .. } => false,
-        })
+        self.revocations.iter().any(|r| r.covers_identity(&id))
     }
 
     /// DEL_PE from peer `sid`: only for a PE whose home, in our handlespace, is the

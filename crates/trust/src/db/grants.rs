@@ -1,0 +1,135 @@
+//! Grants: which identity may do what on which namespaces and pools (default deny).
+
+use std::str::FromStr;
+
+use identity::{Action, Actions, Grant, IdentityPattern, NamespacePattern, PoolPattern};
+use sqlx::sqlite::SqliteConnection;
+
+use super::{Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64};
+
+/// A stored grant with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrantRow {
+    /// Row id (stable; the admin API's `/v1/grants/{id}`).
+    pub id: i64,
+    /// The grant.
+    pub grant: Grant,
+    /// When it was created (unix ms).
+    pub created_ms: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct GrantDbRow {
+    id: i64,
+    identity: String,
+    namespace: String,
+    pools: Vec<u8>,
+    actions: String,
+    created_ms: i64,
+}
+
+fn actions_to_text(actions: Actions) -> String {
+    actions
+        .iter()
+        .map(Action::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl TryFrom<GrantDbRow> for GrantRow {
+    type Error = Error;
+    fn try_from(row: GrantDbRow) -> Result<Self> {
+        let corrupt = |reason| Error::Corrupt {
+            table: "grants",
+            id: row.id.to_string(),
+            reason,
+        };
+        let identity =
+            IdentityPattern::parse(&row.identity).map_err(|_| corrupt("invalid identity"))?;
+        let namespace = NamespacePattern::from_str(&row.namespace)
+            .map_err(|_| corrupt("invalid namespace pattern"))?;
+        let pools = PoolPattern::new(row.pools.clone()).map_err(|_| corrupt("invalid pools"))?;
+        let actions = row
+            .actions
+            .split(',')
+            .map(Action::from_str)
+            .collect::<Result<Actions, _>>()
+            .map_err(|_| corrupt("invalid actions"))?;
+        Ok(Self {
+            id: row.id,
+            grant: Grant {
+                identity,
+                namespace,
+                pools,
+                actions,
+            },
+            created_ms: i64_to_ms(row.created_ms, "grants", &row.id)?,
+        })
+    }
+}
+
+/// Stores a grant. [`Error::AlreadyExists`] if a grant with the same identity, namespace
+/// and pool patterns exists (delete it and add the new actions instead);
+/// [`Error::Invalid`] if it has no action.
+pub async fn add_grant(
+    conn: &mut SqliteConnection,
+    grant: &Grant,
+    now_ms: u64,
+) -> Result<GrantRow> {
+    if grant.actions.is_empty() {
+        return Err(Error::Invalid {
+            what: "grant",
+            reason: "grants no action",
+        });
+    }
+    if let NamespacePattern::Exact(name) = &grant.namespace {
+        check_namespace(name)?;
+    }
+    let now = ms_to_i64(now_ms, "time")?;
+    let row: GrantDbRow = sqlx::query_as(
+        "INSERT INTO grants (identity, namespace, pools, actions, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         RETURNING id, identity, namespace, pools, actions, created_ms",
+    )
+    .bind(grant.identity.as_str())
+    .bind(grant.namespace.to_string())
+    .bind(grant.pools.as_bytes())
+    .bind(actions_to_text(grant.actions))
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(already_exists("grant", || {
+        format!("{} {} {}", grant.identity, grant.namespace, grant.pools)
+    }))?;
+    row.try_into()
+}
+
+/// Every grant, by id.
+pub async fn list_grants(conn: &mut SqliteConnection) -> Result<Vec<GrantRow>> {
+    let rows: Vec<GrantDbRow> = sqlx::query_as(
+        "SELECT id, identity, namespace, pools, actions, created_ms FROM grants ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(GrantRow::try_from).collect()
+}
+
+/// Deletes a grant and returns it (the caller removes the registrations it allowed).
+/// [`Error::NotFound`] if there is none with this id.
+pub async fn delete_grant(conn: &mut SqliteConnection, id: i64) -> Result<GrantRow> {
+    let row: Option<GrantDbRow> = sqlx::query_as(
+        "DELETE FROM grants WHERE id = ?1
+         RETURNING id, identity, namespace, pools, actions, created_ms",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        Some(row) => row.try_into(),
+        None => Err(Error::NotFound {
+            what: "grant",
+            key: id.to_string(),
+        }),
+    }
+}
