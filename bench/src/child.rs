@@ -16,7 +16,7 @@ use asap::client::pe::{PeConfig, run as run_pe};
 use asap::wire::param::{Address, PeId, Policy, PoolHandle, Transport, TransportUse};
 use enrp::config::{Listen, Millis, RunConfig, SctpMode, Secs};
 use enrp::daemon::now_ms;
-use enrp::handlespace::Limits;
+use enrp_core::handlespace::Limits;
 use enrp::setup;
 use testkit::child::{commands, read_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -128,7 +128,7 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
         }
     });
     let config = PeConfig {
-        registrars: vec![asap::transport::TransportAddr::Tcp(registrar)],
+        registrars: vec![asap::addr::TransportAddr::Tcp(registrar)],
         insecure_legacy: false,
         namespace: None,
         pool_handle: PoolHandle::new("failover").expect("pool handle"),

@@ -70,7 +70,7 @@ pub(crate) fn store_from(dir: &Path, stem: &str) -> TrustStore {
     )
     .expect("identity");
     let store = TrustStore::new(identity).expect("trust store");
-    let domain = trust::TrustDomain::new(DOMAIN).expect("domain");
+    let domain = identity::TrustDomain::new(DOMAIN).expect("domain");
     store
         .add_domain(trust::DomainBundle::from_pem(domain, &read("ca.pem")).expect("bundle"))
         .expect("add domain");

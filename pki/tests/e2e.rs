@@ -5,11 +5,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use identity::TrustDomain;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use trust::{DomainBundle, LocalIdentity, Peer, Protocol, TrustDomain, TrustStore};
+use trust::{DomainBundle, LocalIdentity, Peer, Protocol, TrustStore};
 
 fn rsp_pki(dir: &Path, args: &[&str]) -> Output {
     rsp_pki_env(dir, args, None)

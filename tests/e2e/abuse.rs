@@ -56,16 +56,16 @@ async fn handshake_without_certificate(config: Arc<rustls::ClientConfig>, to: So
 }
 
 /// The audit records of `actions`, read from the data directory after enrpd stopped.
-async fn audit_rows(lab: &Lab, actions: &[&str]) -> Vec<trust::audit::Record> {
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+async fn audit_rows(lab: &Lab, actions: &[&str]) -> Vec<store::audit::Record> {
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");
-    let mut filter = trust::audit::AuditFilter::default();
+    let mut filter = store::audit::AuditFilter::default();
     filter.limit = 1000;
     let mut rows = Vec::new();
     loop {
-        let page = trust::audit::query(&mut conn, &filter)
+        let page = store::audit::query(&mut conn, &filter)
             .await
             .expect("query");
         rows.extend(
@@ -82,7 +82,7 @@ async fn audit_rows(lab: &Lab, actions: &[&str]) -> Vec<trust::audit::Record> {
 }
 
 /// How many refusals a record stands for: 1, or the count of a summary record.
-fn refusals_in(r: &trust::audit::Record) -> u64 {
+fn refusals_in(r: &store::audit::Record) -> u64 {
     let detail = r.detail.as_deref().unwrap_or_default();
     if !detail.contains("aggregated") {
         return 1;
@@ -240,7 +240,7 @@ async fn resolutions_over_the_rate_limit_get_0x6_and_other_clients_do_not_notice
     let rows: Vec<_> = audit_rows(&lab, &["resolve"])
         .await
         .into_iter()
-        .filter(|r| r.outcome == trust::audit::Outcome::Cause(0x6))
+        .filter(|r| r.outcome == store::audit::Outcome::Cause(0x6))
         .collect();
     let counted: u64 = rows.iter().map(refusals_in).sum();
     assert_eq!(counted, limited as u64, "{rows:?}");
@@ -344,7 +344,7 @@ async fn per_address_and_per_identity_connection_caps_hold_and_spare_other_clien
     for reason in ["per-ip-cap", "per-identity-cap"] {
         assert!(
             rows.iter()
-                .any(|r| r.outcome == trust::audit::Outcome::Refused(reason.into())),
+                .any(|r| r.outcome == store::audit::Outcome::Refused(reason.into())),
             "{reason} audited: {rows:?}"
         );
     }
@@ -440,7 +440,7 @@ async fn a_stalled_audit_writer_delays_no_resolution_of_another_client() {
 
     // The disk stalls: another connection holds SQLite's write lock, so the audit writer
     // waits (up to its busy timeout, 5 s) and its queue fills.
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut lock = store.acquire().await.expect("connection");

@@ -5,7 +5,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
+use identity::TrustDomain;
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::support::{Asap, Lab, Registrar, bin, run_ok};

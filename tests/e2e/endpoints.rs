@@ -528,11 +528,12 @@ async fn threat_t9_forged_stale_rebound_and_oversize_cookies_are_refused_by_the_
     let (_pe, pe_id, addr) = start_counter_pe(&lab, registrar.addr, "pe-echo-1");
     let pu = lab.identity("pu-client-1");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let pe_identity = trust::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("PE identity");
+    let pe_identity =
+        identity::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("PE identity");
     let to_pe = pu
         .client_config_expecting(
             trust::Protocol::Asap,
-            trust::IdentityPattern::exact(&pe_identity),
+            identity::IdentityPattern::exact(&pe_identity),
         )
         .expect("config");
     let tls = TlsConnector::from(to_pe)
@@ -852,9 +853,9 @@ async fn least_used_prefers_the_other_pe_while_one_is_loaded() {
     let (busy, port, registrant) = pes[0].clone();
     let other = pes[1].0.clone();
     let pu = lab.identity("pu-client-1");
-    let id = trust::SpiffeId::parse(&registrant).expect("SPIFFE ID");
+    let id = identity::SpiffeId::parse(&registrant).expect("SPIFFE ID");
     let config = pu
-        .client_config_expecting(trust::Protocol::Asap, trust::IdentityPattern::exact(&id))
+        .client_config_expecting(trust::Protocol::Asap, identity::IdentityPattern::exact(&id))
         .expect("client config");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -889,14 +889,14 @@ async fn a_stored_server_id_binding_holds_across_a_restart() {
     let a = lab.start_peer("data-a", &[]);
     let mut b = lab.start_peer("data-b", &[a.enrp]);
     let a_sid = u32::from_str_radix(a.server_id.trim_start_matches("0x"), 16).expect("hex");
-    let a_id = trust::SpiffeId::parse("spiffe://acme.test/registrar/a").expect("SPIFFE ID");
-    let store = trust::db::Store::open(&lab.path("data-b"), &Default::default())
+    let a_id = identity::SpiffeId::parse("spiffe://acme.test/registrar/a").expect("SPIFFE ID");
+    let store = store::db::Store::open(&lab.path("data-b"), &Default::default())
         .await
         .expect("B's store");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut conn = store.acquire().await.expect("connection");
-        let bound = trust::db::list_server_id_bindings(&mut conn)
+        let bound = store::db::list_server_id_bindings(&mut conn)
             .await
             .expect("bindings");
         if bound.contains(&(a_sid, a_id.clone())) {
@@ -912,7 +912,7 @@ async fn a_stored_server_id_binding_holds_across_a_restart() {
     b.registrar.child.kill().expect("stop B");
     let _ = b.registrar.child.wait();
     let first = "spiffe://acme.test/registrar/first";
-    let db = lab.path("data-b").join(trust::db::DB_FILE);
+    let db = lab.path("data-b").join(store::db::DB_FILE);
     let out = std::process::Command::new("sqlite3")
         .arg(&db)
         .arg(format!(

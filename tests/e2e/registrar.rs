@@ -105,11 +105,11 @@ async fn pe_registers_pu_resolves_and_both_are_audited() {
     assert!(text.contains("intact"), "{text}");
 
     // The records, with identities (read back through the store).
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");
-    let page = trust::audit::query(&mut conn, &Default::default())
+    let page = store::audit::query(&mut conn, &Default::default())
         .await
         .expect("query");
     let has = |action: &str, actor: Option<&str>, outcome: &str| {
@@ -217,7 +217,7 @@ async fn refusals_are_answered_and_audited() {
     store
         .add_domain(
             trust::DomainBundle::from_pem(
-                trust::TrustDomain::new("acme.test").expect("domain"),
+                identity::TrustDomain::new("acme.test").expect("domain"),
                 &std::fs::read(lab.path("pki/ca.pem")).expect("ca"),
             )
             .expect("bundle"),
@@ -235,11 +235,11 @@ async fn refusals_are_answered_and_audited() {
 
     drop((a, b, c, d));
     assert!(registrar.terminate().success());
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");
-    let page = trust::audit::query(&mut conn, &Default::default())
+    let page = store::audit::query(&mut conn, &Default::default())
         .await
         .expect("query");
     let outcomes: Vec<(String, String)> = page
@@ -445,14 +445,14 @@ async fn sigkill_during_registrations_loses_no_acknowledged_record() {
         verify.status.success(),
         "the chain survives SIGKILL: {text}"
     );
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");
     let mut logged = std::collections::HashSet::new();
-    let mut filter = trust::audit::AuditFilter::default();
+    let mut filter = store::audit::AuditFilter::default();
     loop {
-        let page = trust::audit::query(&mut conn, &filter)
+        let page = store::audit::query(&mut conn, &filter)
             .await
             .expect("query");
         for e in &page.events {

@@ -141,7 +141,7 @@ async fn archive_next_to_a_running_registrar_verifies_and_the_chain_goes_on() {
     let late = lab.path("late.json");
     checkpoint(&lab, &late);
     drop(registrar);
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");

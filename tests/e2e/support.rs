@@ -10,12 +10,13 @@ use std::time::Duration;
 use asap::transport::{MessageReader, write_message};
 use asap::wire::limits::MAX_MESSAGE_LEN;
 use asap::wire::{AsapMsg, Framer};
+use identity::TrustDomain;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
+use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
 
 pub(crate) use crate::binaries::{Serving, admin_token, bin, run_ok, serving};
 
@@ -316,9 +317,9 @@ impl Asap {
         addr: SocketAddr,
         pe: &str,
     ) -> std::io::Result<Self> {
-        let id = trust::SpiffeId::parse(pe).expect("SPIFFE ID");
+        let id = identity::SpiffeId::parse(pe).expect("SPIFFE ID");
         let config = store
-            .client_config_expecting(Protocol::Asap, trust::IdentityPattern::exact(&id))
+            .client_config_expecting(Protocol::Asap, identity::IdentityPattern::exact(&id))
             .expect("config");
         Self::connect_with(config, addr, std::net::Ipv4Addr::LOCALHOST).await
     }
@@ -392,7 +393,7 @@ impl Asap {
 /// Drops the last audit record of the lab's data directory (`enrpd` stopped), as someone
 /// holding the directory could: the chain alone still looks intact, a checkpoint does not.
 pub(crate) async fn cut_audit_tail(lab: &Lab) {
-    let store = trust::db::Store::open(&lab.path("data"), &Default::default())
+    let store = store::db::Store::open(&lab.path("data"), &Default::default())
         .await
         .expect("store");
     let mut conn = store.acquire().await.expect("connection");

@@ -261,11 +261,11 @@ fn hup(child: &std::process::Child) {
 }
 
 /// The serial of the certificate the PE listening on `port` presents to a new handshake.
-async fn presented_serial(lab: &Lab, port: u16) -> trust::Serial {
+async fn presented_serial(lab: &Lab, port: u16) -> identity::Serial {
     let pu = lab.identity("pu-client-1");
-    let pe = trust::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
+    let pe = identity::SpiffeId::parse("spiffe://acme.test/pe/echo-1").expect("id");
     let config = pu
-        .client_config_expecting(Protocol::Asap, trust::IdentityPattern::exact(&pe))
+        .client_config_expecting(Protocol::Asap, identity::IdentityPattern::exact(&pe))
         .expect("config");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -281,7 +281,7 @@ async fn presented_serial(lab: &Lab, port: u16) -> trust::Serial {
         .clone()
 }
 
-fn serial_of(lab: &Lab, cert: &str) -> trust::Serial {
+fn serial_of(lab: &Lab, cert: &str) -> identity::Serial {
     let pem = std::fs::read(lab.path(&format!("pki/{cert}.pem"))).expect("certificate");
     let chain = trust::certs_from_pem(&pem).expect("PEM");
     trust::Peer::from_certificate(&chain[0])

@@ -240,8 +240,9 @@ fn legacy_register(
     pe_id: u32,
     addrs: &[std::net::Ipv4Addr],
 ) -> Option<u16> {
+    use asap::addr::Endpoint;
     use asap::transport::sctp::{Framing, PPID_ASAP, SctpConnection};
-    use asap::transport::{Endpoint, MessageReader, write_message};
+    use asap::transport::{MessageReader, write_message};
     use asap::wire::param::{
         Address, PeId, Policy, PoolElement, PoolHandle, SctpAddresses, Transport, TransportUse,
     };

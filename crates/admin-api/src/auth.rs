@@ -25,10 +25,11 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use identity::{Action, NamespacePattern, Serial, SpiffeId};
 use sha2::{Digest as _, Sha256};
-use trust::audit::{Outcome, Record};
-use trust::db::{self, Role, TokenInfo};
-use trust::{Action, NamespacePattern, Peer, Serial, SpiffeId};
+use store::audit::{Outcome, Record};
+use store::db::{self, Role, TokenInfo};
+use trust::Peer;
 
 use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::Actor;
@@ -124,7 +125,7 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
                 let mut record = Record::new(now, "admin:request", Outcome::Ok).detail(request);
                 record.remote = remote;
                 if let Some(peer) = parts.extensions.get::<Peer>() {
-                    record = record.peer(peer);
+                    record = record.peer(peer.id(), peer.serial());
                 }
                 app.audit_refusal(record, &err).await;
                 return Err(err);
@@ -311,7 +312,7 @@ async fn authenticate(
 }
 
 /// The admin role that `grants` give `id` (see the module docs).
-pub(crate) fn certificate_role(grants: &[trust::Grant], id: &SpiffeId) -> Option<Role> {
+pub(crate) fn certificate_role(grants: &[identity::Grant], id: &SpiffeId) -> Option<Role> {
     let has = |action| {
         grants.iter().any(|g| {
             g.namespace == NamespacePattern::Any
@@ -333,8 +334,8 @@ pub(crate) fn certificate_role(grants: &[trust::Grant], id: &SpiffeId) -> Option
 mod tests {
     use super::*;
 
-    fn grant(identity: &str, namespace: &str, actions: &[Action]) -> trust::Grant {
-        trust::Grant {
+    fn grant(identity: &str, namespace: &str, actions: &[Action]) -> identity::Grant {
+        identity::Grant {
             identity: identity.parse().expect("valid pattern"),
             namespace: namespace.parse().expect("valid namespace pattern"),
             pools: "*".parse().expect("valid pool pattern"),

@@ -44,7 +44,6 @@ pub use registrar::{
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};
 pub use serve::{ServeCounters, ServeOptions, serve};
 pub use state::AdminState;
-pub use trust::db::Revoked;
 
 use crate::routes::{
     audit, audit_archives, default_namespaces, grants, health, namespaces, peers, pools,

@@ -190,7 +190,7 @@ pub enum ApiError {
     },
     /// The store or the audit log failed (or refused an argument: see [`ApiError::kind`]).
     #[error("store: {0}")]
-    Store(#[from] trust::db::Error),
+    Store(#[from] store::db::Error),
     /// The trust store refused a change or an input did not parse.
     #[error("trust: {0}")]
     Trust(#[from] trust::Error),
@@ -215,7 +215,7 @@ impl ApiError {
 
     /// The problem kind this error answers with.
     pub fn kind(&self) -> ProblemKind {
-        use trust::db::Error as Db;
+        use store::db::Error as Db;
         match self {
             Self::Problem { kind, .. } => *kind,
             Self::Store(Db::Invalid { .. }) => ProblemKind::Invalid,
@@ -285,12 +285,12 @@ mod tests {
 
     #[test]
     fn store_errors_map_to_kinds_and_internal_faults_hide_their_cause() {
-        let e = ApiError::from(trust::db::Error::AlreadyExists {
+        let e = ApiError::from(store::db::Error::AlreadyExists {
             what: "namespace",
             key: "x".into(),
         });
         assert_eq!(e.kind(), ProblemKind::Conflict);
-        let e = ApiError::from(trust::db::Error::AuditClosed);
+        let e = ApiError::from(store::db::Error::AuditClosed);
         assert_eq!(e.kind(), ProblemKind::Internal);
         assert!(!e.problem().detail.unwrap_or_default().contains("audit"));
     }

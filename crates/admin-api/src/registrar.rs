@@ -10,10 +10,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use identity::Revocation;
+use identity::{Grant, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateRevocationListDer;
 use serde::Serialize;
-use trust::db::Revoked;
-use trust::{DomainBundle, Grant, SpiffeId, TrustDomain};
+use trust::DomainBundle;
 
 /// The registrar's TLS layer, as the admin API changes it: what the next handshake
 /// accepts. Applied inside the API's store transaction, before it commits.
@@ -23,7 +24,7 @@ pub trait TlsLayer {
     /// restart, which errs on the safe side): new handshakes of `revoked` fail, and a
     /// revoked trust domain is no longer trusted. A kind the TLS layer does not know is
     /// left to [`Registrar::revoke`].
-    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error>;
+    fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error>;
 
     /// A federated trust domain is trusted from the next handshake.
     fn add_domain(&self, bundle: DomainBundle) -> Result<(), trust::Error>;
@@ -62,12 +63,12 @@ pub trait Registrar: TlsLayer + Send + Sync + 'static {
     /// where `rules` say from now on (PEs already registered stay where they are).
     fn set_default_namespaces(
         &self,
-        rules: Vec<trust::DefaultNamespace>,
+        rules: Vec<identity::DefaultNamespace>,
     ) -> impl Future<Output = ()> + Send;
 
     /// `revoked` was revoked (and denied with [`TlsLayer::deny`], so it cannot handshake
     /// again): its live connections close and its PEs are removed.
-    fn revoke(&self, revoked: Revoked) -> impl Future<Output = ()> + Send;
+    fn revoke(&self, revoked: Revocation) -> impl Future<Output = ()> + Send;
 
     /// A federated trust domain was removed (already gone from the trust store): its
     /// connections close and its PEs are removed, but nothing is remembered, so that the
@@ -233,8 +234,8 @@ pub(crate) trait DynRegistrar: TlsLayer + Send + Sync + 'static {
     fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>>;
     fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize>;
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
-    fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) -> BoxFuture<'_, ()>;
-    fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()>;
+    fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) -> BoxFuture<'_, ()>;
+    fn revoke(&self, revoked: Revocation) -> BoxFuture<'_, ()>;
     fn domain_removed<'a>(&'a self, domain: &'a TrustDomain) -> BoxFuture<'a, ()>;
     fn declare_pool(&self, declaration: PoolDeclaration) -> BoxFuture<'_, ()>;
     fn peers(&self) -> BoxFuture<'_, Vec<PeerView>>;
@@ -256,10 +257,10 @@ impl<R: Registrar> DynRegistrar for R {
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::set_grants(self, grants))
     }
-    fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) -> BoxFuture<'_, ()> {
+    fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::set_default_namespaces(self, rules))
     }
-    fn revoke(&self, revoked: Revoked) -> BoxFuture<'_, ()> {
+    fn revoke(&self, revoked: Revocation) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::revoke(self, revoked))
     }
     fn domain_removed<'a>(&'a self, domain: &'a TrustDomain) -> BoxFuture<'a, ()> {

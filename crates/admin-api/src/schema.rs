@@ -172,11 +172,11 @@ text_schema! {
 
 #[cfg(test)]
 mod tests {
+    use identity::{IdentityPattern, Serial, SpiffeId, TrustDomain};
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
     use regex::Regex;
     use serde_json::Value;
-    use trust::{IdentityPattern, Serial, SpiffeId, TrustDomain};
 
     /// The document as served, and one of its component schemas.
     fn component(name: &str) -> Value {
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn spiffe_ids_with_a_path() {
         holds("SpiffeIdText", ID_CHARS, |v| {
-            v.len() <= trust::MAX_SPIFFE_ID_LEN
+            v.len() <= identity::MAX_SPIFFE_ID_LEN
                 && SpiffeId::parse(v).is_ok_and(|id| !id.path().is_empty())
         });
         // Prefixed, so that the alphabet above reaches past the scheme.
@@ -331,10 +331,10 @@ mod tests {
     #[test]
     fn namespaces_and_namespace_patterns() {
         holds("NamespaceName", "az09-._A*/ ", |v| {
-            trust::db::check_namespace(v).is_ok()
+            store::db::check_namespace(v).is_ok()
         });
         holds("NamespacePatternText", "az09-._A*/ ", |v| {
-            v == "*" || trust::db::check_namespace(v).is_ok()
+            v == "*" || store::db::check_namespace(v).is_ok()
         });
         let re = Regex::new(&pattern("NamespaceName")).expect("valid");
         assert!(re.is_match(&"a".repeat(63)) && !re.is_match(&"a".repeat(64)));
@@ -420,7 +420,7 @@ mod tests {
         };
         holds("AuditActor", "spife:/.atokn-*", actor);
         holds("AuditActor", "token:.a-*/", actor);
-        let outcome = |v: &str| v.parse::<trust::audit::Outcome>().is_ok();
+        let outcome = |v: &str| v.parse::<store::audit::Outcome>().is_ok();
         holds("AuditOutcome", "okcause:0x1f.-_Z", outcome);
         let re = Regex::new(&pattern("AuditOutcome")).expect("valid");
         for v in [

@@ -3,10 +3,11 @@
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use identity::TrustDomain;
 use sqlx::{Sqlite, Transaction};
-use trust::audit::{self, Outcome, Record};
-use trust::db::{Store, TokenHasher};
-use trust::{TrustDomain, TrustStore};
+use store::audit::{self, Outcome, Record};
+use store::db::{Store, TokenHasher};
+use trust::TrustStore;
 
 use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::{DynRegistrar, Registrar};
@@ -62,7 +63,7 @@ impl AdminState {
 
     /// Where `POST /v1/audit/archives` writes archives and `GET
     /// /v1/audit/archives/{name}` reads them: `<data>/audit-archive`
-    /// (`trust::audit::archive::ARCHIVE_DIR`) in `enrpd`. Without it, archiving through
+    /// (`store::audit::archive::ARCHIVE_DIR`) in `enrpd`. Without it, archiving through
     /// the API is refused (409) and listing still works.
     #[must_use]
     pub fn with_archive_dir(mut self, dir: std::path::PathBuf) -> Self {
@@ -148,7 +149,7 @@ impl App {
         match result {
             Ok(value) => {
                 audit::append_in(&mut tx, &[clipped(record)]).await?;
-                tx.commit().await.map_err(trust::db::Error::from)?;
+                tx.commit().await.map_err(store::db::Error::from)?;
                 Ok(value)
             }
             Err(err) => {
@@ -164,7 +165,7 @@ impl App {
     pub(crate) async fn audit(&self, record: Record) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
         audit::append_in(&mut tx, &[clipped(record)]).await?;
-        tx.commit().await.map_err(trust::db::Error::from)?;
+        tx.commit().await.map_err(store::db::Error::from)?;
         Ok(())
     }
 
@@ -221,10 +222,10 @@ fn clipped(mut record: Record) -> Record {
 
 /// Free text fit for an audit detail: at most 4096 bytes, control characters replaced.
 pub(crate) fn clip(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(trust::db::MAX_TEXT_LEN));
+    let mut out = String::with_capacity(text.len().min(store::db::MAX_TEXT_LEN));
     for c in text.chars() {
         let c = if c.is_control() { ' ' } else { c };
-        if out.len() + c.len_utf8() > trust::db::MAX_TEXT_LEN {
+        if out.len() + c.len_utf8() > store::db::MAX_TEXT_LEN {
             break;
         }
         out.push(c);

@@ -11,15 +11,17 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use identity::Grant;
 use serde_json::{Value, json};
+use store::audit::{self, AuditFilter};
+use store::db::{self, Role, Store, StoreOptions, TokenHasher};
 use tower::ServiceExt;
-use trust::audit::{self, AuditFilter};
-use trust::db::{self, Role, Store, StoreOptions, TokenHasher};
 use trust::testing::{TestCa, pem};
-use trust::{Grant, Peer, TrustStore};
+use trust::{Peer, TrustStore};
 
 use crate::registrar::Actor;
-use crate::{AdminState, Metrics, PeerView, PoolView, Registrar, Revoked, Scope, TlsLayer, router};
+use crate::{AdminState, Metrics, PeerView, PoolView, Registrar, Scope, TlsLayer, router};
+use identity::Revocation;
 
 /// A fixed clock: 2023-11-14, in unix ms.
 const NOW: u64 = 1_700_000_000_000;
@@ -43,11 +45,11 @@ impl Recorder {
 }
 
 impl TlsLayer for Recorder {
-    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+    fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error> {
         match revoked {
-            Revoked::Serial { domain, serial } => self.trust.deny_serial(domain, serial.clone()),
-            Revoked::Identity(id) => self.trust.deny_identity(id.clone()),
-            Revoked::TrustDomain(domain) => return self.remove_domain(domain),
+            Revocation::Serial { domain, serial } => self.trust.deny_serial(domain, serial.clone()),
+            Revocation::Identity(id) => self.trust.deny_identity(id.clone()),
+            Revocation::TrustDomain(domain) => return self.remove_domain(domain),
             _ => return Ok(()),
         }
         .map(drop)
@@ -55,7 +57,7 @@ impl TlsLayer for Recorder {
     fn add_domain(&self, bundle: trust::DomainBundle) -> Result<(), trust::Error> {
         self.trust.add_domain(bundle)
     }
-    fn remove_domain(&self, domain: &trust::TrustDomain) -> Result<(), trust::Error> {
+    fn remove_domain(&self, domain: &identity::TrustDomain) -> Result<(), trust::Error> {
         match self.trust.remove_domain(domain) {
             Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
             Err(e) => Err(e),
@@ -63,7 +65,7 @@ impl TlsLayer for Recorder {
     }
     fn set_crls(
         &self,
-        domain: &trust::TrustDomain,
+        domain: &identity::TrustDomain,
         crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
     ) -> Result<(), trust::Error> {
         self.trust.set_crls(domain, crls).map(drop)
@@ -84,13 +86,13 @@ impl Registrar for Recorder {
     async fn set_grants(&self, grants: Vec<Grant>) {
         self.log(format!("set_grants {}", grants.len()));
     }
-    async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+    async fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) {
         self.log(format!("set_default_namespaces {}", rules.len()));
     }
-    async fn revoke(&self, revoked: Revoked) {
+    async fn revoke(&self, revoked: Revocation) {
         self.log(format!("revoke {revoked}"));
     }
-    async fn domain_removed(&self, domain: &trust::TrustDomain) {
+    async fn domain_removed(&self, domain: &identity::TrustDomain) {
         self.log(format!("domain_removed {domain}"));
     }
     async fn declare_pool(&self, d: crate::PoolDeclaration) {
@@ -270,7 +272,7 @@ impl Fixture {
         }
     }
 
-    async fn audit(&self, action: &str) -> Vec<audit::AuditEvent> {
+    async fn audit(&self, action: &str) -> Vec<audit::ChainedRecord> {
         let mut conn = self.store.acquire().await.expect("a connection");
         let mut filter = AuditFilter::default();
         filter.action = Some(action.to_owned());
@@ -910,7 +912,7 @@ async fn revocations_apply_to_the_trust_store_before_the_answer() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.json()["kind"], "spiffe_id");
-    let id: trust::SpiffeId = "spiffe://acme.test/pe/echo-2".parse().expect("valid");
+    let id: identity::SpiffeId = "spiffe://acme.test/pe/echo-2".parse().expect("valid");
     assert!(
         f.trust.allow_identity(&id).expect("lifted"),
         "it was denied"

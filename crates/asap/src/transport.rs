@@ -5,10 +5,6 @@
 #[cfg(feature = "sctp")]
 pub mod sctp;
 
-// Transitional (issue 24): the pure address types live in `asap::addr`, which needs no
-// feature; this re-export keeps the old paths working.
-pub use crate::addr::{Endpoint, EndpointError, MAX_ENDPOINT_ADDRESSES, TransportAddr};
-
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};

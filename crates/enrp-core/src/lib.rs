@@ -3,9 +3,9 @@
 //! inputs, the time as a value and timers, returning actions.
 //!
 //! No I/O: no sockets, no TLS, no SQL, no clock, no tokio (`.ci/run` checks the dependency
-//! tree). The `enrp` crate drives it over TLS and SCTP, stores and audits what it decides,
-//! and re-exports these modules as `enrp::registrar`, `enrp::handlespace`,
-//! `enrp::checksum`. Read [`registrar::Core::handle`] first.
+//! tree). The `enrp` crate drives it over TLS and SCTP and stores and audits what it
+//! decides; its users import these modules from here. Read [`registrar::Core::handle`]
+//! first.
 #![warn(missing_docs)]
 
 pub mod checksum;

@@ -41,11 +41,12 @@ use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::PoolHandle;
 use enrp::daemon::{Daemon, Settings};
-use enrp::registrar::{Config, Timing};
 use enrp::setup;
-use trust::audit::{AuditConfig, AuditLog};
-use trust::db::{Store, StoreOptions};
-use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
+use enrp_core::registrar::{Config, Timing};
+use identity::TrustDomain;
+use store::audit::{AuditConfig, AuditLog};
+use store::db::{Store, StoreOptions};
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 /// PEs per pool: 100,000 PEs make 10,000 pools, the default limit per namespace.
 const PES_PER_POOL: usize = 10;
@@ -147,7 +148,7 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
     let identity =
         LocalIdentity::from_pem(&read(&format!("{name}.pem")), &read(&format!("{name}.key")))
             .expect("identity");
-    let server_id = setup::server_id_of(identity.id());
+    let server_id = enrp_core::server_id_of(identity.id());
     let domain = TrustDomain::new(DOMAIN).expect("domain");
     let trust = TrustStore::new(identity).expect("trust store");
     trust

@@ -48,14 +48,15 @@ use asap::client::Connection;
 use asap::wire::param::PoolHandle;
 use asap::wire::{AsapMsg, Resolution};
 use enrp::daemon::{Daemon, Settings};
-use enrp::handlespace::Limits;
-use enrp::registrar::{Config, Timing};
 use enrp::setup;
+use enrp_core::handlespace::Limits;
+use enrp_core::registrar::{Config, Timing};
+use identity::TrustDomain;
 use serde_json::json;
+use store::audit::{AuditConfig, AuditFilter, AuditLog, MAX_PAGE};
+use store::db::{Store, StoreOptions};
 use tokio::sync::{Barrier, mpsc, watch};
-use trust::audit::{AuditConfig, AuditFilter, AuditLog, MAX_PAGE};
-use trust::db::{Store, StoreOptions};
-use trust::{DomainBundle, LocalIdentity, TrustDomain, TrustStore};
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 /// Registrations a keep-alive connection keeps in flight while it registers its PEs.
 const REGISTRATION_WINDOW: usize = 64;
@@ -201,7 +202,7 @@ async fn serve_registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     let read = |f: &str| std::fs::read(pki.join(f)).expect("PKI file");
     let identity =
         LocalIdentity::from_pem(&read("registrar.pem"), &read("registrar.key")).expect("identity");
-    let server_id = setup::server_id_of(identity.id());
+    let server_id = enrp_core::server_id_of(identity.id());
     let domain = TrustDomain::new(DOMAIN).expect("domain");
     let trust = TrustStore::new(identity).expect("trust store");
     trust
@@ -267,7 +268,7 @@ async fn count_audited(store: &Store, action: &str) -> usize {
     filter.limit = MAX_PAGE;
     let mut n = 0;
     loop {
-        let page = trust::audit::query(&mut conn, &filter)
+        let page = store::audit::query(&mut conn, &filter)
             .await
             .expect("audit query");
         n += page.events.len();

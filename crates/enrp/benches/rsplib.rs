@@ -38,17 +38,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use asap::addr::{Endpoint, TransportAddr};
 use asap::client::Connection;
-use asap::transport::{Endpoint, TransportAddr};
 use asap::wire::AsapMsg;
 use asap::wire::param::{
     Address, Namespace, PeId, Policy, PoolElement, PoolHandle, SctpAddresses, Transport,
     TransportUse,
 };
 use enrp::daemon::{Daemon, Settings};
-use enrp::registrar::Config;
-use trust::audit::{AuditConfig, AuditLog};
-use trust::db::{Store, StoreOptions};
+use enrp_core::registrar::Config;
+use store::audit::{AuditConfig, AuditLog};
+use store::db::{Store, StoreOptions};
 use trust::testing::TestCa;
 
 /// The documentation address the guest has on `lo`; RSPLIB needs a non-loopback one.
@@ -409,7 +409,7 @@ fn child_main(args: &[String]) {
     rt.block_on(async {
         let ca = TestCa::new("bench.test");
         let identity = ca.leaf("registrar/rsp").issue().identity();
-        let server_id = enrp::setup::server_id_of(identity.id());
+        let server_id = enrp_core::server_id_of(identity.id());
         let trust = trust::TrustStore::new(identity).expect("trust store");
         trust.add_domain(ca.bundle()).expect("bundle");
         let store = Store::open(Path::new(data), &StoreOptions::default())

@@ -9,16 +9,17 @@ use admin_api::{
     Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
     handle_text,
 };
+use identity::Revocation;
+use identity::{Grant, TrustDomain};
 use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
-use trust::db::Revoked;
-use trust::{DomainBundle, Grant, TrustDomain};
+use trust::DomainBundle;
 
 use crate::control_plane::ControlPlane;
 use crate::daemon::PoolSnapshot;
-use crate::registrar::{self, Declared};
+use enrp_core::registrar::{self, Declared};
 
 impl TlsLayer for ControlPlane {
-    fn deny(&self, revoked: &Revoked) -> Result<(), trust::Error> {
+    fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error> {
         Self::deny(self, revoked)
     }
 
@@ -88,11 +89,11 @@ impl Registrar for ControlPlane {
         Self::set_grants(self, grants).await;
     }
 
-    async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+    async fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) {
         Self::set_default_namespaces(self, rules).await;
     }
 
-    async fn revoke(&self, revoked: Revoked) {
+    async fn revoke(&self, revoked: Revocation) {
         Self::revoke(self, revoked).await;
     }
 

@@ -11,10 +11,10 @@
 //! does not invalidate older checkpoints).
 
 use serde::{Deserialize, Serialize};
+use store::audit::Hash;
 use tokio_rustls::rustls::SignatureScheme;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use trust::audit::Hash;
 
 /// The format tag, first in the signed message.
 pub const FORMAT: &str = "rsp-audit-checkpoint/1";

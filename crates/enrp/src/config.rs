@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use asap::transport::Endpoint;
+use asap::addr::Endpoint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::daemon::LegacyPeer;

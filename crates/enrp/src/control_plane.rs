@@ -16,12 +16,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use identity::{Grant, Serial, TrustDomain};
 use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
-use trust::{DomainBundle, Grant, LocalIdentity, Serial, TrustDomain, TrustStore};
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 use crate::daemon::{Control, now_ms};
-use crate::registrar::Revocation;
 use crate::setup::Reloaded;
+use identity::Revocation;
 
 /// Applies control-plane changes to one running registrar (see the module doc).
 pub struct ControlPlane {
@@ -53,7 +54,7 @@ impl ControlPlane {
     }
 
     /// The default-namespace rules now in force.
-    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+    pub async fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) {
         self.control.set_default_namespaces(rules).await;
     }
 

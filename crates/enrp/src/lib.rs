@@ -15,7 +15,3 @@ pub mod running;
 pub mod setup;
 
 pub use running::{RunError, Running, run, run_with};
-
-// Transitional (issue 24): the pure core moved to `enrp-core`; these re-exports keep the
-// `enrp::registrar`, `enrp::handlespace` and `enrp::checksum` paths working.
-pub use enrp_core::{checksum, handlespace, registrar};

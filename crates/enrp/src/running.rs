@@ -10,17 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use asap::transport::Endpoint;
+use asap::addr::Endpoint;
 use asap::wire::param::{Namespace, ServerId};
-use trust::audit::{AuditConfig, AuditLog};
-use trust::db::Store;
-use trust::{SpiffeId, TrustStore};
+use identity::SpiffeId;
+use store::audit::{AuditConfig, AuditLog};
+use store::db::Store;
+use trust::TrustStore;
 
 use crate::config::{RunConfig, SctpMode};
 use crate::control_plane::ControlPlane;
 use crate::daemon::{self, Daemon, Settings, now_ms};
-use crate::registrar::{Config, Timing};
 use crate::setup;
+use enrp_core::registrar::{Config, Timing};
 
 /// Why a registrar did not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ pub enum RunError {
     Config(String),
     /// The store refused a read or write at start.
     #[error("the store")]
-    Store(#[from] trust::db::Error),
+    Store(#[from] store::db::Error),
     /// The daemon did not start.
     #[error(transparent)]
     Daemon(#[from] daemon::Error),
@@ -99,7 +100,7 @@ pub async fn run_with(
             ))
         })?;
         let mut conn = loaded.store.acquire().await?;
-        if trust::db::get_namespace(&mut conn, name).await?.is_none() {
+        if store::db::get_namespace(&mut conn, name).await?.is_none() {
             return Err(RunError::Config(format!(
                 "--legacy-namespace {name:?}: no such namespace (create it with the admin API)"
             )));
@@ -118,7 +119,7 @@ pub async fn run_with(
     for p in &config.peers {
         let (addr, identity) = split_peer(p)?;
         if addr.starts_with("sctp:") {
-            addr.parse::<asap::transport::TransportAddr>()
+            addr.parse::<asap::addr::TransportAddr>()
                 .map_err(|e| RunError::Config(format!("--peer {p:?}: {e}")))?;
         }
         if let Some(id) = identity {
@@ -355,9 +356,9 @@ fn split_peer(p: &str) -> Result<(&str, Option<SpiffeId>), RunError> {
 /// Binds the Server ID of a configured peer's identity for good (stored), unless the
 /// store binds it to another identity already: then the registrar does not start.
 async fn bind_configured_peer(store: &Store, p: &str, id: &SpiffeId) -> Result<ServerId, RunError> {
-    let server_id = setup::server_id_of(id);
+    let server_id = enrp_core::server_id_of(id);
     let mut conn = store.acquire().await?;
-    let bound = trust::db::bind_server_id(&mut conn, server_id.get(), id, now_ms()).await?;
+    let bound = store::db::bind_server_id(&mut conn, server_id.get(), id, now_ms()).await?;
     if &bound != id {
         return Err(RunError::Config(format!(
             "--peer {p:?}: Server ID {server_id} is bound to {bound} in the store"
@@ -398,10 +399,10 @@ async fn start_admin(
         store.clone(),
         Arc::clone(trust),
         Arc::clone(plane),
-        trust::db::TokenHasher::default(),
+        store::db::TokenHasher::default(),
         now_ms,
     )
-    .with_archive_dir(data.join(trust::audit::archive::ARCHIVE_DIR));
+    .with_archive_dir(data.join(store::audit::archive::ARCHIVE_DIR));
     let mut options = admin_api::ServeOptions::new(state.serve_counters());
     // Certificate sessions are registered, so that a revocation closes them too.
     options.trust = Some(Arc::clone(trust));
@@ -454,7 +455,7 @@ fn warn_crl_expiry(trust: &TrustStore) {
 #[derive(Debug, thiserror::Error)]
 enum CheckpointError {
     #[error(transparent)]
-    Store(#[from] trust::db::Error),
+    Store(#[from] store::db::Error),
     #[error(transparent)]
     Setup(#[from] setup::Error),
     #[error("reading {}: {source}", path.display())]
@@ -473,7 +474,7 @@ async fn checkpoint_now(
     data: &Path,
 ) -> Result<crate::checkpoint::Checkpoint, CheckpointError> {
     let mut conn = store.acquire().await?;
-    let (id, hash) = trust::audit::head(&mut conn).await?;
+    let (id, hash) = store::audit::head(&mut conn).await?;
     drop(conn);
     // Row ids are positive (INTEGER PRIMARY KEY from 1).
     let id = u64::try_from(id).unwrap_or(0);

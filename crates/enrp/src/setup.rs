@@ -2,16 +2,18 @@
 //! registrar's identity from an `rsp-pki` directory, and the first grants and admin token.
 //!
 //! Data directory layout: `enrpd.json` (where the PKI files are, written by `init`) and
-//! the store (`rsp.db`, see `trust::db`).
+//! the store (`rsp.db`, see `store::db`).
 
+use enrp_core::server_id_of;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use asap::wire::param::ServerId;
+use identity::{Grant, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
-use trust::db::{self, Store, StoreOptions};
-use trust::{DomainBundle, Grant, LocalIdentity, SpiffeId, TrustDomain, TrustStore};
+use store::db::{self, Store, StoreOptions};
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 /// Name of the installation file in the data directory.
 pub const INSTALL_FILE: &str = "enrpd.json";
@@ -79,9 +81,6 @@ pub struct InitReport {
     pub admin_token: String,
 }
 
-// Transitional (issue 24): pure, so it lives in the core crate (the simulation needs it).
-pub use enrp_core::server_id_of;
-
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
     fs::read(path).map_err(|source| Error::File {
         path: path.to_owned(),
@@ -146,7 +145,7 @@ fn registrar_files(pki: &Path, name: Option<&str>) -> Result<Install, Error> {
 /// tightens them over the admin API.
 pub fn default_grants(domain: &TrustDomain) -> Vec<Grant> {
     let d = domain.as_str();
-    let grant = |who: String, actions: &[trust::Action]| -> Grant {
+    let grant = |who: String, actions: &[identity::Action]| -> Grant {
         Grant {
             identity: who
                 .parse()
@@ -157,16 +156,19 @@ pub fn default_grants(domain: &TrustDomain) -> Vec<Grant> {
         }
     };
     vec![
-        grant(format!("spiffe://{d}/pe/*"), &[trust::Action::Register]),
+        grant(format!("spiffe://{d}/pe/*"), &[identity::Action::Register]),
         grant(
             format!("spiffe://{d}/pu/*"),
-            &[trust::Action::Resolve, trust::Action::Report],
+            &[identity::Action::Resolve, identity::Action::Report],
         ),
         grant(
             format!("spiffe://{d}/gateway/*"),
-            &[trust::Action::Resolve, trust::Action::Report],
+            &[identity::Action::Resolve, identity::Action::Report],
         ),
-        grant(format!("spiffe://{d}/registrar/*"), &[trust::Action::Peer]),
+        grant(
+            format!("spiffe://{d}/registrar/*"),
+            &[identity::Action::Peer],
+        ),
     ]
 }
 
@@ -305,7 +307,7 @@ pub fn update_pki(
     pki: &Path,
     name: Option<&str>,
     data: &Path,
-) -> Result<(SpiffeId, trust::Serial), Error> {
+) -> Result<(SpiffeId, identity::Serial), Error> {
     let installed = read_install(data)?;
     let current = LocalIdentity::from_pem(&read(&installed.cert)?, &read(&installed.key)?)?;
     // Without a name, this registrar's own (`spiffe://D/registrar/NAME` → registrar-NAME).
@@ -356,14 +358,14 @@ pub struct Loaded {
     pub server_id: ServerId,
     /// The serials the local trust domain's CRL lists at start-up: in force from the first
     /// handshake, so a later reload need only act on serials added since.
-    pub revoked: Vec<trust::Serial>,
+    pub revoked: Vec<identity::Serial>,
     /// The pools operators declared (policy, most PEs), for the registrar to enforce.
     pub pools: Vec<db::PoolDecl>,
     /// Where requests without a Namespace parameter go.
-    pub default_namespaces: Vec<trust::DefaultNamespace>,
+    pub default_namespaces: Vec<identity::DefaultNamespace>,
     /// The stored revocations (admin API), for the registrar core: so that no peer can
     /// bring back a revoked identity's PEs after a restart (issue 16).
-    pub revocations: Vec<crate::registrar::Revocation>,
+    pub revocations: Vec<identity::Revocation>,
     /// The Server IDs bound to identities (docs/ENRP-TRUST.md §4).
     pub server_id_bindings: Vec<(ServerId, SpiffeId)>,
 }
@@ -403,13 +405,13 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     // layer from the first handshake.
     for r in db::list_revocations(&mut conn).await? {
         match &r.revocation {
-            db::Revocation::Serial { domain, serial } => {
+            identity::Revocation::Serial { domain, serial } => {
                 trust.deny_serial(domain, serial.clone())?;
             }
-            db::Revocation::Identity(id) => {
+            identity::Revocation::Identity(id) => {
                 trust.deny_identity(id.clone())?;
             }
-            db::Revocation::TrustDomain(domain) => {
+            identity::Revocation::TrustDomain(domain) => {
                 if trust.is_trusted(domain) {
                     trust.remove_domain(domain)?;
                 }
@@ -477,9 +479,9 @@ pub struct Reloaded {
     /// The grants now in force.
     pub grants: Vec<Grant>,
     /// The default-namespace rules now in force.
-    pub default_namespaces: Vec<trust::DefaultNamespace>,
+    pub default_namespaces: Vec<identity::DefaultNamespace>,
     /// Every serial the local trust domain's CRL lists.
-    pub revoked: Vec<trust::Serial>,
+    pub revoked: Vec<identity::Serial>,
     /// The local trust domain's CRLs, to apply with [`TrustStore::set_crls`] once the
     /// registrar has been told of `revoked` (so that it removes their PEs before their
     /// connections close).
@@ -544,16 +546,16 @@ pub async fn create_token(
             now_ms,
         )
         .await?;
-        let record = trust::audit::Record::new(
+        let record = store::audit::Record::new(
             now_ms,
-            trust::audit::AuditAction::TokenCreate,
-            trust::audit::Outcome::Ok,
+            identity::audit::AuditAction::TokenCreate,
+            store::audit::Outcome::Ok,
         )
         .detail(format!(
             "token {} ({}, {}) by the enrpd command line",
             token.info.id, token.info.name, token.info.role
         ));
-        trust::audit::append_in(&mut tx, &[record]).await?;
+        store::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(token)
     }
@@ -580,13 +582,13 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
     let result = async {
         let mut tx = store.begin().await?;
         let info = db::revoke_token(&mut tx, id, now_ms).await?;
-        let record = trust::audit::Record::new(
+        let record = store::audit::Record::new(
             now_ms,
-            trust::audit::AuditAction::TokenRevoke,
-            trust::audit::Outcome::Ok,
+            identity::audit::AuditAction::TokenRevoke,
+            store::audit::Outcome::Ok,
         )
         .detail(format!("token {} by the enrpd command line", info.id));
-        trust::audit::append_in(&mut tx, &[record]).await?;
+        store::audit::append_in(&mut tx, &[record]).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok::<_, Error>(info)
     }
@@ -616,33 +618,33 @@ mod tests {
         let g = default_grants(&d);
         let pe: SpiffeId = "spiffe://acme.test/pe/echo-1".parse().expect("valid");
         let pu: SpiffeId = "spiffe://acme.test/pu/c".parse().expect("valid");
-        assert!(trust::allowed(
+        assert!(identity::allowed(
             &g,
             &pe,
             "default",
             Some(b"echo"),
-            trust::Action::Register
+            identity::Action::Register
         ));
-        assert!(!trust::allowed(
+        assert!(!identity::allowed(
             &g,
             &pe,
             "default",
             Some(b"echo"),
-            trust::Action::Resolve
+            identity::Action::Resolve
         ));
-        assert!(trust::allowed(
+        assert!(identity::allowed(
             &g,
             &pu,
             "default",
             Some(b"echo"),
-            trust::Action::Resolve
+            identity::Action::Resolve
         ));
-        assert!(!trust::allowed(
+        assert!(!identity::allowed(
             &g,
             &pu,
             "other",
             Some(b"echo"),
-            trust::Action::Resolve
+            identity::Action::Resolve
         ));
     }
 }

@@ -21,13 +21,13 @@ use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::PoolHandle;
 use enrp::daemon::{Daemon, Settings};
-use enrp::registrar::Config;
 use enrp::setup;
+use enrp_core::registrar::Config;
+use identity::TrustDomain;
+use store::audit::{AuditConfig, AuditLog};
+use store::db::{Store, StoreOptions};
 use support::{DOMAIN, Pki};
 use testkit::msg::registration;
-use trust::TrustDomain;
-use trust::audit::{AuditConfig, AuditLog};
-use trust::db::{Store, StoreOptions};
 
 /// PEs registering at once, each on its own connection with its own identity.
 const PES: u32 = 16;
@@ -55,7 +55,7 @@ async fn no_acceptance_leaves_before_its_record_commits_and_each_connection_keep
     let pki = Pki::new();
     let domain = TrustDomain::new(DOMAIN).expect("domain");
     let trust = pki.client("registrar/a");
-    let mut config = Config::new(setup::server_id_of(trust.identity().id()));
+    let mut config = Config::new(enrp_core::server_id_of(trust.identity().id()));
     config.allow_loopback = true; // the PEs advertise 127.0.0.1
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), &StoreOptions::default())

@@ -115,8 +115,9 @@ async fn options_that_do_not_fit_start_nothing_and_name_the_cause() {
 /// trusted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_revocations_of_every_kind_are_loaded_for_the_core_in_order() {
-    use trust::db::{self, Revocation, Store, StoreOptions};
-    use trust::{Serial, SpiffeId, TrustDomain};
+    use identity::Revocation;
+    use identity::{Serial, SpiffeId, TrustDomain};
+    use store::db::{self, Store, StoreOptions};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = initialised(dir.path()).await;

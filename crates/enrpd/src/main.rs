@@ -86,7 +86,7 @@ enum TokenCommand {
         name: String,
         /// admin (everything), operator (pools, PEs, revocations) or auditor (read-only).
         #[arg(long)]
-        role: trust::db::Role,
+        role: store::db::Role,
         /// Days until it expires (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
@@ -225,10 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let cut = match (before, before_seq) {
-                (Some(t), _) => trust::audit::archive::Cut::Before(
-                    trust::audit::archive::parse_time(&t).context("--before")?,
+                (Some(t), _) => store::audit::archive::Cut::Before(
+                    store::audit::archive::parse_time(&t).context("--before")?,
                 ),
-                (None, Some(n)) => trust::audit::archive::Cut::BeforeId(n),
+                (None, Some(n)) => store::audit::archive::Cut::BeforeId(n),
                 (None, None) => bail!("give --before TIME or --before-seq N"),
             };
             let loaded = setup::load(&data)
@@ -236,11 +236,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("loading the data directory")?;
             let server = loaded.trust.identity().id().clone();
             let record =
-                trust::audit::Record::new(now_ms(), "audit:archive", trust::audit::Outcome::Ok)
+                store::audit::Record::new(now_ms(), "audit:archive", store::audit::Outcome::Ok)
                     .detail("enrpd audit archive");
-            let done = trust::audit::archive::archive(
+            let done = store::audit::archive::archive(
                 &loaded.store,
-                &trust::audit::archive::Target::File(to),
+                &store::audit::archive::Target::File(to),
                 cut,
                 Some(&server),
                 record,
@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 done.anchor.last_id,
                 done.path.display(),
                 done.bytes,
-                trust::db::hex(&done.anchor.sha256),
+                store::db::hex(&done.anchor.sha256),
                 done.anchor.last_id + 1,
                 done.record_id
             );
@@ -273,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("loading the data directory")?;
             let mut conn = loaded.store.acquire().await?;
-            let report = trust::audit::verify(&mut conn).await?;
+            let report = store::audit::verify(&mut conn).await?;
             match report.broken {
                 None => {
                     println!(
@@ -285,7 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!(
                             "  starting after archived record {} (hash {}, last archive {})",
                             a.last_id,
-                            trust::db::hex(&a.last_hash),
+                            store::db::hex(&a.last_hash),
                             a.file
                         );
                     }
@@ -300,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .as_ref()
                             .and_then(|c| c.as_ref().ok())
                             .map(|c| c.id);
-                        match trust::audit::archive::check_archives(&mut conn, &archive, probe)
+                        match store::audit::archive::check_archives(&mut conn, &archive, probe)
                             .await?
                         {
                             Ok(check) => {
@@ -345,7 +345,7 @@ async fn write_checkpoint(
         .await
         .context("loading the data directory")?;
     let mut conn = loaded.store.acquire().await?;
-    let report = trust::audit::verify(&mut conn).await?;
+    let report = store::audit::verify(&mut conn).await?;
     if let Some(link) = report.broken {
         println!(
             "audit chain broken at record {}: {}: no checkpoint",
@@ -394,14 +394,14 @@ fn read_checkpoint(
 }
 
 /// `enrpd audit verify --archive FILE…`: what the archives cover.
-fn print_archives(check: &trust::audit::archive::ArchiveCheck) {
+fn print_archives(check: &store::audit::archive::ArchiveCheck) {
     for a in &check.archives {
         println!(
             "archive {}: records {}-{} intact, sha256 {}",
             a.path.display(),
             a.header.first_id,
             a.header.last_id,
-            trust::db::hex(&a.sha256)
+            store::db::hex(&a.sha256)
         );
     }
     for name in &check.links.sha256_differs {
@@ -422,9 +422,9 @@ fn print_archives(check: &trust::audit::archive::ArchiveCheck) {
 /// or in an archive given with `--archive`).
 async fn check_checkpoint(
     checkpoint: Result<enrp::checkpoint::Checkpoint, String>,
-    report: &trust::audit::VerifyReport,
-    archived: Option<&trust::audit::archive::ArchiveCheck>,
-    store: &trust::db::Store,
+    report: &store::audit::VerifyReport,
+    archived: Option<&store::audit::archive::ArchiveCheck>,
+    store: &store::db::Store,
 ) -> anyhow::Result<ExitCode> {
     let checkpoint = match checkpoint {
         Ok(c) => c,
@@ -442,10 +442,10 @@ async fn check_checkpoint(
     }
     let anchored = report.anchor.as_ref().map_or(0, |a| a.last_id);
     let stored = if checkpoint.id == 0 {
-        Some(trust::audit::GENESIS)
+        Some(store::audit::GENESIS)
     } else if checkpoint.id <= anchored {
         let mut conn = store.acquire().await?;
-        let anchors = trust::audit::archive::anchors(&mut conn).await?;
+        let anchors = store::audit::archive::anchors(&mut conn).await?;
         let holder = anchors
             .iter()
             .find(|a| (a.first_id..=a.last_id).contains(&checkpoint.id));
@@ -464,12 +464,12 @@ async fn check_checkpoint(
             }
         }
     } else {
-        let mut filter = trust::audit::AuditFilter::default();
-        filter.order = trust::audit::Order::OldestFirst;
+        let mut filter = store::audit::AuditFilter::default();
+        filter.order = store::audit::Order::OldestFirst;
         filter.cursor = Some(checkpoint.id - 1);
         filter.limit = 1;
         let mut conn = store.acquire().await?;
-        trust::audit::query(&mut conn, &filter)
+        store::audit::query(&mut conn, &filter)
             .await?
             .events
             .first()

@@ -1,5 +1,5 @@
 //! The audit vocabulary shared by the registrar core (which says what to record and how
-//! soon) and `trust::audit` (which chains and stores it): pure values, so that the core
+//! soon) and `store::audit` (which chains and stores it): pure values, so that the core
 //! need not depend on the store (issue 24 item 4).
 
 use std::borrow::Cow;
@@ -8,7 +8,7 @@ use std::fmt;
 /// When an audit record must be durable (STYLE.md §2, "audit before ack").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Durability {
-    /// Committed before the reply: `trust::audit::AuditLog::append` returns only after
+    /// Committed before the reply: `store::audit::AuditLog::append` returns only after
     /// the record's transaction committed, and the registrar's driver carries out no later
     /// action of the same batch before (state changes: the acknowledgement waits for it).
     BeforeReply,
@@ -267,7 +267,7 @@ impl fmt::Display for AuditAction {
     }
 }
 
-/// So that `trust::audit::Record::new` takes an [`AuditAction`] where it takes a name.
+/// So that `store::audit::Record::new` takes an [`AuditAction`] where it takes a name.
 impl From<AuditAction> for Cow<'static, str> {
     fn from(action: AuditAction) -> Self {
         Cow::Borrowed(action.as_str())
@@ -279,7 +279,7 @@ mod tests {
     use super::*;
 
     /// The stored names are the log's: distinct, and each a valid action column value
-    /// (1-64 bytes of `a-z 0-9 . _ : -`, checked again by `trust::audit::Record::check`).
+    /// (1-64 bytes of `a-z 0-9 . _ : -`, checked again by `store::audit::Record::check`).
     #[test]
     fn every_action_has_one_distinct_stored_name_that_reads_back() {
         let mut seen = std::collections::HashSet::new();

@@ -1,6 +1,6 @@
 //! What a revocation names: one identity, one certificate (a serial of one trust domain's
 //! CA) or a whole trust domain. One type for the registrar core (which PEs go), the store
-//! (`trust::db::RevocationRecord`) and the admin API (issue 24 item 4).
+//! (`store::db::RevocationRecord`) and the admin API (issue 24 item 4).
 
 use std::fmt;
 

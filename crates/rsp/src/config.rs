@@ -10,10 +10,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use asap::transport::TransportAddr;
+use asap::addr::TransportAddr;
 use figment::value::{Dict, Value, magic::RelativePathBuf};
+use identity::IdentityPattern;
 use serde::{Deserialize, Deserializer, de};
-use trust::IdentityPattern;
 
 /// How an option's flag takes its value.
 #[derive(Clone, Copy)]

@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use asap::addr::TransportAddr;
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
 use asap::client::{self, Connection, failover, gateway, pe, pu, session};
-use asap::transport::TransportAddr;
 use asap::wire::param::{
     Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
 use clap::{Parser, Subcommand};
+use identity::IdentityPattern;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use trust::{IdentityPattern, TrustStore};
+use trust::TrustStore;
 
 /// Reliable Server Pooling (ASAP/ENRP) tools.
 #[derive(Parser)]
@@ -270,7 +271,7 @@ impl Common {
 }
 
 /// The SPIFFE ID of `rsp --insecure-legacy` without a certificate: in the legacy domain,
-/// which no trust store may trust (trust::LEGACY_TRUST_DOMAIN).
+/// which no trust store may trust (identity::LEGACY_TRUST_DOMAIN).
 const ANONYMOUS: &str = "spiffe://legacy.invalid/anonymous";
 
 /// A throwaway self-signed identity trusting no domain, for plain-text-only paths: no

@@ -9,7 +9,8 @@ use asap::wire::param::{Namespace, PeId, PoolHandle, ServerId};
 use asap::wire::{AsapMsg, PeEntry};
 use enrp_core::checksum::PeChecksum;
 use enrp_core::handlespace::Handlespace;
-use enrp_core::registrar::{Action, AuditAction, Durability, PeKey};
+use enrp_core::registrar::{Action, PeKey};
+use identity::audit::{AuditAction, Durability};
 
 /// Invariant 5 (STYLE.md §2): every acknowledged registration, re-registration and
 /// deregistration is preceded in its batch of actions by its audit record with

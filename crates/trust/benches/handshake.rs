@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use identity::TrustDomain;
 use rustls::HandshakeKind;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trust::testing::{KeyAlg, TestCa, pem};
-use trust::{DomainBundle, LocalIdentity, Protocol, TrustDomain, TrustStore};
+use trust::{DomainBundle, LocalIdentity, Protocol, TrustStore};
 
 fn main() {
     let args: Vec<String> = std::env::args()

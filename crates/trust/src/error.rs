@@ -35,9 +35,9 @@ pub enum Error {
     #[error("the new certificate is for {to}, not {from}: a different identity needs a restart")]
     IdentityChanged {
         /// The identity in use.
-        from: crate::SpiffeId,
+        from: identity::SpiffeId,
         /// The one offered.
-        to: crate::SpiffeId,
+        to: identity::SpiffeId,
     },
     /// A certificate was refused by the SPIFFE rules (see [`Rejection`](crate::Rejection)).
     #[error(transparent)]

@@ -1,8 +1,8 @@
 //! Who may do what in rsp: SPIFFE identities, trust domains, the rustls configurations that
 //! authenticate every ASAP and ENRP connection, revocation, and grants.
 //!
-//! - [`SpiffeId`], [`TrustDomain`], [`IdentityPattern`], [`PoolPattern`], [`Grant`],
-//!   [`allowed`]: the pure identity types of the `identity` crate, re-exported.
+//! The identity types it checks certificates against (`SpiffeId`, `TrustDomain`, `Serial`,
+//! `RegistrarIds`, grants) are the pure `identity` crate's; import them from there.
 //! - [`TrustStore`]: trust domains, CRLs and a deny-list; builds TLS 1.3 rustls
 //!   configurations (ring, client certificates required; optional on the admin listener)
 //!   and swaps them on every change; each writes the NSS key log when `SSLKEYLOGFILE` is
@@ -11,12 +11,8 @@
 //!   closed on revocation.
 #![warn(missing_docs)]
 
-#[cfg(feature = "db")]
-pub mod audit;
 mod cert;
 mod crl;
-#[cfg(feature = "db")]
-pub mod db;
 mod error;
 mod keylog;
 mod registry;
@@ -27,15 +23,6 @@ mod verify;
 
 pub use cert::Peer;
 pub use error::Error;
-// Transitional (issue 24): the pure identity types live in the `identity` crate; these
-// re-exports keep the `trust::SpiffeId`, `trust::Grant`, … paths working. New code that
-// needs no TLS imports `identity` directly.
-pub use identity::{
-    Action, Actions, DEFAULT_REGISTRAR_ID, DefaultNamespace, Grant, IdentityPattern,
-    LEGACY_TRUST_DOMAIN, MAX_POOL_PATTERN_LEN, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
-    NamespacePattern, PoolPattern, RegistrarIds, Serial, SpiffeId, TrustDomain, allowed,
-    default_namespace,
-};
 pub use keylog::{KEY_LOG_ENV, key_log_warning};
 pub use registry::{CloseReason, ConnectionRegistry, LiveConnection};
 pub use store::{

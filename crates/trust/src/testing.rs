@@ -14,7 +14,8 @@ use rustls_pki_types::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{DomainBundle, LocalIdentity, Serial, TrustDomain};
+use crate::{DomainBundle, LocalIdentity};
+use identity::{Serial, TrustDomain};
 
 /// The key algorithm of a test key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::State;
+use identity::SpiffeId;
 use serde::{Deserialize, Serialize};
-use trust::SpiffeId;
-use trust::audit::{self, AuditEvent, AuditFilter, Order, Outcome};
+use store::audit::{self, AuditFilter, ChainedRecord, Order, Outcome};
 use utoipa::ToSchema;
 
 use crate::auth::{Authorized, ReadAll, TOKEN_ACTOR_SEGMENT};
@@ -95,8 +95,8 @@ pub(crate) struct AuditEventView {
     hash: String,
 }
 
-impl From<AuditEvent> for AuditEventView {
-    fn from(e: AuditEvent) -> Self {
+impl From<ChainedRecord> for AuditEventView {
+    fn from(e: ChainedRecord) -> Self {
         let r = e.record;
         Self {
             id: e.id,

@@ -1,5 +1,5 @@
 //! `/v1/audit/archives`: audit retention through the API (issue 18 item 5; the same as
-//! `enrpd audit archive`, trust::audit::archive). An admin moves the old records into a
+//! `enrpd audit archive`, store::audit::archive). An admin moves the old records into a
 //! gzip'd JSON Lines archive in `<data>/audit-archive/`; admins and auditors list the
 //! archives (their anchors in the live log) and download them.
 
@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use store::audit::archive::{self, Anchor, Cut, Target};
 use tokio::io::{AsyncRead, ReadBuf};
-use trust::audit::archive::{self, Anchor, Cut, Target};
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::{DefaultNamespace, IdentityPattern};
 use serde::{Deserialize, Serialize};
-use trust::db::{self, DefaultNamespaceRow};
-use trust::{DefaultNamespace, IdentityPattern};
+use store::db::{self, DefaultNamespaceRow};
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};

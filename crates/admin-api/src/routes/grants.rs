@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::{Action, Grant, IdentityPattern, NamespacePattern, PoolPattern};
 use serde::{Deserialize, Serialize};
-use trust::db::{self, GrantRow};
-use trust::{Action, Grant, IdentityPattern, NamespacePattern, PoolPattern};
+use store::db::{self, GrantRow};
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};

@@ -60,7 +60,7 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<Sta
 
 /// Seconds until each trusted domain's CRLs stop being current (their earliest
 /// nextUpdate), negative once past.
-fn crl_seconds_left(app: &App) -> Vec<(trust::TrustDomain, i64)> {
+fn crl_seconds_left(app: &App) -> Vec<(identity::TrustDomain, i64)> {
     let now = i64::try_from(app.now() / 1000).unwrap_or(i64::MAX);
     app.trust()
         .crl_next_updates()

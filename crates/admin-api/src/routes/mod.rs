@@ -61,14 +61,14 @@ pub fn parse_handle(text: &str) -> Option<Vec<u8>> {
         Some(digits) => unhex(digits)?,
         None => text.as_bytes().to_vec(),
     };
-    (1..=trust::db::MAX_POOL_HANDLE_LEN)
+    (1..=store::db::MAX_POOL_HANDLE_LEN)
         .contains(&bytes.len())
         .then_some(bytes)
 }
 
 /// The namespace of a path: a name that cannot exist is simply not found.
 pub(crate) fn path_namespace(name: &str) -> Result<(), ApiError> {
-    trust::db::check_namespace(name)
+    store::db::check_namespace(name)
         .map_err(|_| ApiError::new(ProblemKind::NotFound, format!("no namespace {name:?}")))
 }
 
@@ -88,7 +88,7 @@ pub(crate) async fn require_namespace(
     namespace: &str,
 ) -> Result<(), ApiError> {
     path_namespace(namespace)?;
-    match trust::db::get_namespace(conn, namespace).await? {
+    match store::db::get_namespace(conn, namespace).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             ProblemKind::NotFound,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use trust::db;
+use store::db;
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadOps};

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::Revocation;
+use identity::{Serial, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
-use trust::db::{self, Revoked};
-use trust::{Serial, SpiffeId, TrustDomain};
+use store::db::{self};
 use utoipa::ToSchema;
 
 use crate::auth::{Authorized, Operate, ReadOps};
@@ -59,14 +60,14 @@ pub(crate) enum NewRevocation {
 }
 
 impl NewRevocation {
-    fn parse(self, local: &TrustDomain) -> Result<(Revoked, Option<String>), ApiError> {
+    fn parse(self, local: &TrustDomain) -> Result<(Revocation, Option<String>), ApiError> {
         Ok(match self {
             Self::Serial {
                 trust_domain,
                 serial,
                 reason,
             } => (
-                Revoked::Serial {
+                Revocation::Serial {
                     domain: TrustDomain::new(&trust_domain)?,
                     serial: serial.parse::<Serial>()?,
                 },
@@ -80,7 +81,7 @@ impl NewRevocation {
                         "a SPIFFE ID without a path names a trust domain: revoke the trust domain",
                     ));
                 }
-                (Revoked::Identity(id), reason)
+                (Revocation::Identity(id), reason)
             }
             Self::TrustDomain {
                 trust_domain,
@@ -93,7 +94,7 @@ impl NewRevocation {
                         "the local trust domain cannot be revoked",
                     ));
                 }
-                (Revoked::TrustDomain(domain), reason)
+                (Revocation::TrustDomain(domain), reason)
             }
         })
     }
@@ -121,16 +122,16 @@ pub(crate) struct RevocationView {
 impl From<db::RevocationRecord> for RevocationView {
     fn from(r: db::RevocationRecord) -> Self {
         let (kind, trust_domain, serial, spiffe_id) = match &r.revocation {
-            Revoked::Serial { domain, serial } => {
+            Revocation::Serial { domain, serial } => {
                 ("serial", domain.to_string(), Some(serial.to_hex()), None)
             }
-            Revoked::Identity(id) => (
+            Revocation::Identity(id) => (
                 "spiffe_id",
                 id.trust_domain_str().to_owned(),
                 None,
                 Some(id.to_string()),
             ),
-            Revoked::TrustDomain(domain) => ("trust_domain", domain.to_string(), None, None),
+            Revocation::TrustDomain(domain) => ("trust_domain", domain.to_string(), None, None),
             // Kinds added later are listed by their description.
             other => ("other", other.to_string(), None, None),
         };
@@ -183,7 +184,7 @@ pub(crate) async fn create(
     let result = async {
         let (revoked, reason) = parsed?;
         let row = db::add_revocation(&mut tx, &revoked, reason.as_deref(), now).await?;
-        if let Revoked::TrustDomain(domain) = &revoked {
+        if let Revocation::TrustDomain(domain) = &revoked {
             match db::remove_trust_domain(&mut tx, domain).await {
                 Ok(()) | Err(db::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -276,7 +277,7 @@ pub(crate) async fn put_crls(
     };
     for serial in serials {
         app.registrar()
-            .revoke(Revoked::Serial {
+            .revoke(Revocation::Serial {
                 domain: domain.clone(),
                 serial,
             })

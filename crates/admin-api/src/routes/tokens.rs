@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use trust::db::{self, Role, TokenInfo};
+use store::db::{self, Role, TokenInfo};
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};

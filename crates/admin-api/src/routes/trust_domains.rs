@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::Revocation;
+use identity::TrustDomain;
 use serde::{Deserialize, Serialize};
-use trust::db::{self, Revoked};
-use trust::{DomainBundle, TrustDomain};
+use store::db::{self};
+use trust::DomainBundle;
 use utoipa::ToSchema;
 
 use crate::auth::{AdminOnly, Authorized, ReadAll};
@@ -127,7 +129,7 @@ pub(crate) async fn add(
         let revoked = db::list_revocations(&mut tx)
             .await?
             .into_iter()
-            .any(|r| r.revocation == Revoked::TrustDomain(domain.clone()));
+            .any(|r| r.revocation == Revocation::TrustDomain(domain.clone()));
         if revoked {
             return Err(ApiError::new(
                 ProblemKind::Conflict,

@@ -39,18 +39,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use identity::{IdentityPattern, SpiffeId};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
-use trust::{IdentityPattern, Protocol, SpiffeId, TrustStore};
+use trust::{Protocol, TrustStore};
 
 use super::Error;
 use super::pu::{Affinity, CardError, PoolUser};
 use super::session::{self, ChannelError, Frame};
-use crate::transport::TransportAddr;
+use crate::addr::TransportAddr;
 use crate::wire::param::{Cookie, ErrorCause, PeId, PoolHandle, Transport, TransportUse};
 use crate::wire::{AsapMsg, PeEntry};
 

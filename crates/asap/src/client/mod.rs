@@ -34,7 +34,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 use trust::{DomainBundle, LiveConnection, LocalIdentity, Peer, Protocol, TrustStore};
 
-use crate::transport::{MessageReader, ReadError, TransportAddr, write_message};
+use crate::addr::TransportAddr;
+use crate::transport::{MessageReader, ReadError, write_message};
 use crate::wire::limits::MAX_MESSAGE_LEN;
 use crate::wire::param::ErrorCause;
 use crate::wire::{AsapMsg, DecodeError, EncodeError, Framer};
@@ -219,11 +220,11 @@ pub const MAX_BUNDLE_DOMAINS: usize = 64;
 /// lets it resolve. Certificates before any `trust-domain:` line are `own`'s. Refused
 /// (one line saying why): no roots for `own`, a domain named twice or without
 /// certificates, more than [`MAX_BUNDLE_DOMAINS`] domains, PEM that does not parse.
-pub fn trust_bundles(own: &trust::TrustDomain, text: &str) -> Result<Vec<DomainBundle>, String> {
-    let mut sections: Vec<(trust::TrustDomain, String)> = vec![(own.clone(), String::new())];
+pub fn trust_bundles(own: &identity::TrustDomain, text: &str) -> Result<Vec<DomainBundle>, String> {
+    let mut sections: Vec<(identity::TrustDomain, String)> = vec![(own.clone(), String::new())];
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("trust-domain:") {
-            let domain = trust::TrustDomain::new(name.trim()).map_err(|e| e.to_string())?;
+            let domain = identity::TrustDomain::new(name.trim()).map_err(|e| e.to_string())?;
             sections.push((domain, String::new()));
         } else if let Some((_, pem)) = sections.last_mut() {
             pem.push_str(line);
@@ -344,7 +345,7 @@ impl Connection {
     #[cfg(feature = "sctp")]
     async fn connect_sctp(
         trust: &TrustStore,
-        endpoint: &crate::transport::Endpoint,
+        endpoint: &crate::addr::Endpoint,
         insecure_legacy: bool,
     ) -> Result<Self, Error> {
         use crate::transport::sctp::{self, Framing, PPID_ASAP, SctpConnection};
@@ -492,7 +493,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(Protocol::Asap));
         // A PU dials a PE: it expects that PE's identity, not a registrar's.
-        let expected = trust::IdentityPattern::exact(server.identity().id());
+        let expected = identity::IdentityPattern::exact(server.identity().id());
         let Ok(config) = client.client_config_expecting(Protocol::Asap, expected) else {
             return false;
         };

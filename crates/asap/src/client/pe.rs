@@ -19,7 +19,7 @@ use trust::{Peer, Protocol, TrustStore};
 use super::backoff::Backoff;
 use super::card::Alternates;
 use super::{CONNECT_TIMEOUT, Connection, Error};
-use crate::transport::TransportAddr;
+use crate::addr::TransportAddr;
 use crate::wire::AsapMsg;
 use crate::wire::param::{
     Address, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,

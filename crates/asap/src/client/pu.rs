@@ -11,8 +11,8 @@ use trust::TrustStore;
 
 use super::backoff::Backoff;
 use super::{Connection, Error};
+use crate::addr::TransportAddr;
 use crate::policy::{PolicyRegistry, PoolSelection};
-use crate::transport::TransportAddr;
 use crate::wire::limits::MAX_RESOLUTION_PES;
 use crate::wire::param::{
     HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle,

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use trust::{DomainBundle, LocalIdentity, Serial, TrustStore};
+use identity::Serial;
+use trust::{DomainBundle, LocalIdentity, TrustStore};
 
 use super::{Error, read};
 

@@ -23,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_sctp::{RecvFlags, SctpSocket, SendOptions};
 
-pub use crate::addr::{Endpoint, EndpointError};
+use crate::addr::{Endpoint, EndpointError};
 
 /// The SCTP Payload Protocol Identifier of ASAP (spec §2, IANA).
 pub const PPID_ASAP: u32 = 11;

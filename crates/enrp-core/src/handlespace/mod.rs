@@ -21,7 +21,7 @@ use rand_core::Rng;
 
 use crate::checksum::PeChecksum;
 
-pub use asap::wire::PeEntry;
+use asap::wire::PeEntry;
 pub use pool::Pool;
 
 /// Limits that keep one registrant or one pool from exhausting the registrar (spec §3.5,

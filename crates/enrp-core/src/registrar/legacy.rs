@@ -6,7 +6,7 @@
 use ::asap::wire::param::ServerId;
 use identity::SpiffeId;
 
-pub use identity::LEGACY_TRUST_DOMAIN;
+use identity::LEGACY_TRUST_DOMAIN;
 
 /// `spiffe://legacy.invalid/KIND/IP[/...]`, an IPv6 address's `:` written `-`.
 pub(super) fn legacy_id(kind: &str, addr: std::net::IpAddr, rest: &str) -> SpiffeId {

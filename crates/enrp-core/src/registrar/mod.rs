@@ -41,14 +41,12 @@ use crate::handlespace::Handlespace;
 
 pub use config::{Config, Timing};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
-/// What a revocation names: one type for the core, the store and the admin API.
-pub use identity::Revocation;
-/// What an audit record says happened, and when it must be durable: one vocabulary for
-/// the core and `trust::audit`.
-pub use identity::audit::{AuditAction, Durability};
+// What a revocation names, what an audit record says happened and when it must be
+// durable: `identity`'s, one vocabulary for the core, the store and the admin API.
+use identity::Revocation;
+use identity::audit::{AuditAction, Durability};
 pub use legacy::{
-    LEGACY_TRUST_DOMAIN, is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity,
-    legacy_registrant,
+    is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity, legacy_registrant,
 };
 use removals::audit_removal;
 pub use timers::Timers;

@@ -1,5 +1,5 @@
 //! Deterministic simulation of the registrar (issue 7): several real
-//! [`enrp::registrar::Core`]s, pool elements and pool users in one process, on a simulated
+//! [`enrp_core::registrar::Core`]s, pool elements and pool users in one process, on a simulated
 //! network with a simulated clock, driven from one seed. Partitions, message delays,
 //! registrar crashes and restarts, PE registrations, re-registrations, deregistrations,
 //! hangs and crashes; every run checks the invariants listed in

@@ -1,9 +1,9 @@
 //! Core audit events become audit log records.
 
-use trust::audit::{Outcome, Record};
+use store::audit::{Outcome, Record};
 
 use super::now_ms;
-use crate::registrar::AuditEvent;
+use enrp_core::registrar::AuditEvent;
 
 pub(super) fn to_record(event: AuditEvent) -> Record {
     let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);

@@ -13,14 +13,14 @@
 //! A failed record withholds what waits for it: the driver closes those connections, so
 //! that their clients retry elsewhere (docs/SECURITY.md, issue 18).
 //!
-//! [`Durability::BeforeReply`]: crate::registrar::Durability::BeforeReply
+//! [`Durability::BeforeReply`]: identity::audit::Durability::BeforeReply
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::registrar::ConnId;
+use enrp_core::registrar::ConnId;
 
 /// Messages (or other deferred work, `T`) held until their audit records settled.
 #[derive(Debug)]
@@ -153,7 +153,7 @@ impl CommitIndex {
 }
 
 /// A record's number and the writer's answer when its transaction committed (or failed).
-pub(super) type Pending = (u64, oneshot::Receiver<trust::db::Result<()>>);
+pub(super) type Pending = (u64, oneshot::Receiver<store::db::Result<()>>);
 
 /// Starts the commit index: a channel for the records handed to the writer, in order, and
 /// the index [`settle`] publishes from their answers.

@@ -6,16 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Framer};
+use identity::audit::Durability;
+use store::audit::{AuditLog, Outcome, Record};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use trust::audit::{AuditLog, Durability, Outcome, Record};
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
-use crate::registrar::{ConnId, Input, Remote};
+use enrp_core::registrar::{ConnId, Input, Remote};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -238,8 +239,8 @@ async fn serve(
 /// A legacy client: no handshake and no certificate, the address is all there is to know.
 fn legacy_client(addr: std::net::SocketAddr) -> Remote {
     Remote {
-        id: crate::registrar::legacy_identity(addr.ip()),
-        serial: trust::Serial::from_bytes(&[]),
+        id: enrp_core::registrar::legacy_identity(addr.ip()),
+        serial: identity::Serial::from_bytes(&[]),
         addr,
     }
 }
@@ -296,12 +297,12 @@ pub(super) const MAX_PE_DIALS: usize = 64;
 /// A connect to a PE's listener (TCP or SCTP) that takes longer is abandoned.
 const PE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// What [`Action::DialPe`](crate::registrar::Action::DialPe) asks for.
+/// What [`Action::DialPe`](enrp_core::registrar::Action::DialPe) asks for.
 #[derive(Debug)]
 pub(super) struct PeDial {
-    pub(super) pe: crate::registrar::PeKey,
-    pub(super) addr: ::asap::transport::TransportAddr,
-    pub(super) registrant: trust::SpiffeId,
+    pub(super) pe: enrp_core::registrar::PeKey,
+    pub(super) addr: ::asap::addr::TransportAddr,
+    pub(super) registrant: identity::SpiffeId,
 }
 
 /// Dials taken-over PEs (spec §12.6), at most [`MAX_PE_DIALS`] at a time. Each is
@@ -322,7 +323,7 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
         let (settings, trust, events) = (Arc::clone(&settings), Arc::clone(&trust), events.clone());
         let (audit, counters, stop) = (audit.clone(), Arc::clone(&counters), stop.clone());
         tokio::spawn(async move {
-            let legacy = crate::registrar::is_legacy(&dial.registrant);
+            let legacy = enrp_core::registrar::is_legacy(&dial.registrant);
             let security = if legacy {
                 listen::Security::Plain
             } else {
@@ -372,7 +373,7 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
 
 /// Opens the transport to a PE's listener, bounded by [`PE_CONNECT_TIMEOUT`].
 async fn connect_pe(
-    to: &::asap::transport::TransportAddr,
+    to: &::asap::addr::TransportAddr,
     security: listen::Security,
 ) -> Option<(BoxStream, std::net::SocketAddr, Vec<std::net::IpAddr>)> {
     match tokio::time::timeout(
@@ -404,7 +405,7 @@ async fn dial_pe(
     audit: &AuditLog,
     counters: &Counters,
 ) -> Option<(tokio_rustls::client::TlsStream<BoxStream>, Peer)> {
-    let expected = trust::IdentityPattern::exact(&dial.registrant);
+    let expected = identity::IdentityPattern::exact(&dial.registrant);
     let config = match trust.client_config_expecting(Protocol::Asap, expected) {
         Ok(c) => c,
         Err(e) => {

@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, Policy, PoolHandle, ServerId};
+use identity::Grant;
+use store::audit::{AuditLog, Record};
 use tokio::sync::{mpsc, oneshot};
-use trust::Grant;
-use trust::audit::{AuditLog, Record};
 
 use super::Event;
 use super::refusals::Refusals;
-use crate::registrar::{AuditAction, AuditEvent, Core, Declared, Input, Revocation, Scope};
+use enrp_core::registrar::{AuditEvent, Core, Declared, Input, Scope};
+use identity::Revocation;
+use identity::audit::AuditAction;
 
 /// A pool as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,13 +198,14 @@ pub(super) enum Query {
 impl Query {
     pub(super) fn answer(self, core: &Core, now: std::time::Instant) {
         let hs = core.handlespace();
-        let snapshot =
-            |ns: &Namespace, handle: &PoolHandle, pool: &crate::handlespace::Pool| PoolSnapshot {
-                namespace: ns.clone(),
-                handle: handle.clone(),
-                policy: pool.policy().cloned(),
-                pool_elements: pool.entries().cloned().collect(),
-            };
+        let snapshot = |ns: &Namespace,
+                        handle: &PoolHandle,
+                        pool: &enrp_core::handlespace::Pool| PoolSnapshot {
+            namespace: ns.clone(),
+            handle: handle.clone(),
+            policy: pool.policy().cloned(),
+            pool_elements: pool.entries().cloned().collect(),
+        };
         match self {
             Self::Pools { namespace, reply } => {
                 let pools = hs
@@ -341,7 +344,7 @@ impl Control {
     }
 
     /// Replaces the default-namespace rules.
-    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+    pub async fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) {
         self.command(Input::DefaultNamespaces(rules)).await;
     }
 

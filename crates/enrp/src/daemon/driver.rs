@@ -20,14 +20,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ::asap::transport::TransportAddr;
+use ::asap::addr::TransportAddr;
+use store::audit::{AuditLog, Outcome, Record};
 use tokio::sync::{mpsc, oneshot, watch};
-use trust::audit::{AuditLog, Outcome, Record};
 
 use super::audit::to_record;
 use super::barrier::{Barrier, CommitIndex, Pending};
 use super::{ConnHandle, Counters, Error, Event, Outgoing, connection, limits, now_ms};
-use crate::registrar::{Action, ConnId, Core, Durability, Input};
+use enrp_core::registrar::{Action, ConnId, Core, Input};
+use identity::audit::Durability;
 
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
 /// event channel: one queue's worth).
@@ -259,7 +260,7 @@ pub(super) struct Dials {
     pub(super) peers: mpsc::Sender<TransportAddr>,
     pub(super) pes: mpsc::Sender<connection::PeDial>,
     /// Where Server ID bindings are stored ([`Action::BindServerId`]).
-    pub(super) bindings: Option<trust::db::Store>,
+    pub(super) bindings: Option<store::db::Store>,
 }
 
 /// After records were dropped (the audit backlog was full), one `audit:gap` record says
@@ -371,7 +372,7 @@ fn execute(
                     tokio::spawn(async move {
                         let bound = match store.acquire().await {
                             Ok(mut conn) => {
-                                trust::db::bind_server_id(
+                                store::db::bind_server_id(
                                     &mut conn,
                                     server_id.get(),
                                     &identity,
@@ -476,7 +477,8 @@ fn deliver(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, out: Outgoing) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registrar::{AuditAction, AuditEvent};
+    use enrp_core::registrar::AuditEvent;
+    use identity::audit::AuditAction;
 
     /// Issue 18 item 4: records dropped while the backlog is full are accounted for by one
     /// `audit:gap` record with their count, written first once there is room again.

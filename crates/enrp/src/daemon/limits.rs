@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use ::asap::wire::param::{ErrorCause, OperationError};
 use ::asap::wire::{AsapMsg, Resolution};
-use trust::SpiffeId;
+use identity::SpiffeId;
 
-use crate::registrar::{Action, AuditAction, AuditEvent, ConnId, Durability, Remote};
+use enrp_core::registrar::{Action, AuditEvent, ConnId, Remote};
+use identity::audit::{AuditAction, Durability};
 
 /// A rate: `per_sec` requests a second on average, bursts of up to twice that. 0: no
 /// limit.

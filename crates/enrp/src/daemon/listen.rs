@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-use ::asap::transport::{Endpoint, TransportAddr};
+use ::asap::addr::{Endpoint, TransportAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -227,10 +227,10 @@ impl Drop for Slot {
 /// Authenticated ASAP connections per identity, over all listeners
 /// ([`Settings::max_connections_per_identity`](super::Settings::max_connections_per_identity)).
 #[derive(Debug, Default)]
-pub(super) struct PerIdentity(Mutex<HashMap<trust::SpiffeId, usize>>);
+pub(super) struct PerIdentity(Mutex<HashMap<identity::SpiffeId, usize>>);
 
 impl PerIdentity {
-    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<trust::SpiffeId, usize>> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<identity::SpiffeId, usize>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -240,13 +240,13 @@ impl PerIdentity {
 /// One connection counted against its identity; given back when dropped.
 pub(super) struct IdentitySlot {
     counters: Arc<super::Counters>,
-    id: trust::SpiffeId,
+    id: identity::SpiffeId,
 }
 
 /// A place for one more connection of `id`, or `None` when it has `cap` already.
 pub(super) fn admit_identity(
     counters: &Arc<super::Counters>,
-    id: &trust::SpiffeId,
+    id: &identity::SpiffeId,
     cap: usize,
 ) -> Option<IdentitySlot> {
     let mut open = counters.identities.locked();

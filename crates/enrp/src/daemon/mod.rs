@@ -32,17 +32,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::asap::transport::{Endpoint, TransportAddr};
+use ::asap::addr::{Endpoint, TransportAddr};
+use identity::Grant;
+use store::audit::AuditLog;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use trust::audit::AuditLog;
-use trust::{Grant, Protocol, TrustStore};
+use trust::{Protocol, TrustStore};
 
 use listen::{Listener, Security};
 
 use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
 
-use crate::registrar::{ConnId, Core, Durability, Input, Remote, Revocation};
+use enrp_core::registrar::{ConnId, Core, Input, Remote};
+use identity::Revocation;
+use identity::audit::Durability;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,7 @@ pub enum Error {
     /// The audit log could not be flushed at shutdown. (While it runs, a failing audit
     /// log refuses the operations it cannot record; it does not stop the registrar.)
     #[error("audit log: {0}")]
-    Audit(#[from] trust::db::Error),
+    Audit(#[from] store::db::Error),
 }
 
 /// The namespace a legacy listener at `e` confines its clients and peers to; starting one
@@ -455,7 +458,7 @@ impl Daemon {
     }
 
     /// Replaces the default-namespace rules (admin API, reload).
-    pub async fn set_default_namespaces(&self, rules: Vec<trust::DefaultNamespace>) {
+    pub async fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) {
         let _ = self
             .events
             .send(Event::Input(Input::DefaultNamespaces(rules)))

@@ -16,22 +16,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ::asap::transport::{MessageReader, ReadError, TransportAddr};
+use ::asap::addr::TransportAddr;
+use ::asap::transport::{MessageReader, ReadError};
 use ::asap::wire::param::ServerId;
 use ::asap::wire::{EnrpMsg, Framer};
+use store::audit::AuditLog;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use trust::audit::AuditLog;
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
 use super::connection::{NEXT_CONN, audit_refusal, authenticate, stopped, write_loop};
 use super::listen::{self, BoxStream, Listener, Security};
 use super::{ConnHandle, Counters, Event, LegacyPeer, Settings, Shared};
-use crate::registrar::{ConnId, Input, Remote, legacy_peer_identity};
-use crate::setup::server_id_of;
+use enrp_core::registrar::{ConnId, Input, Remote, legacy_peer_identity};
+use enrp_core::server_id_of;
 
 /// First redial delay after a lost or refused connection; doubles up to [`REDIAL_MAX`].
 const REDIAL_MIN: Duration = Duration::from_millis(100);
@@ -201,7 +202,7 @@ async fn peer_connected(events: &mpsc::Sender<Event>, server_id: ServerId) -> bo
     rx.await.unwrap_or(false)
 }
 
-/// Dials each address the core asks for ([`Action::DialPeer`](crate::registrar::Action):
+/// Dials each address the core asks for ([`Action::DialPeer`](enrp_core::registrar::Action):
 /// a registrar named in a peer list, or a dead peer at its advertised address)
 /// with [`dial_loop`], once per registrar (an address shared with a configured peer or
 /// one being dialed is not dialed again), at most [`MAX_DISCOVERED`] at once. A learnt
@@ -272,7 +273,7 @@ fn dial_target(addr: &TransportAddr, sctp_here: bool) -> String {
 /// that one and closes ours).
 pub(super) async fn legacy_dial_loop(peer: LegacyPeer, shared: Shared) {
     let (settings, _, events, audit, counters, stop) = shared.parts();
-    let to = ::asap::transport::TransportAddr::Sctp(peer.at.clone());
+    let to = ::asap::addr::TransportAddr::Sctp(peer.at.clone());
     let mut delay = REDIAL_MIN;
     while !*stop.borrow() {
         let wait = if peer_connected(&events, peer.server_id).await {
@@ -376,7 +377,7 @@ async fn serve_legacy(
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let client = Remote {
         id: legacy_peer_identity(addr.ip(), server_id),
-        serial: trust::Serial::from_bytes(&[]),
+        serial: identity::Serial::from_bytes(&[]),
         addr,
     };
     tracing::info!(?conn, %addr, %server_id, outbound = dialed.is_some(), "legacy ENRP association (unauthenticated)");
@@ -623,8 +624,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registrar::Config;
     use asap::wire::param::ServerId;
+    use enrp_core::registrar::Config;
 
     #[test]
     fn an_sctp_peer_is_dialed_over_tcp_where_there_is_no_sctp() {
@@ -646,8 +647,8 @@ mod tests {
         let trust = Arc::new(
             TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("trust store"),
         );
-        let store = trust::db::Store::in_memory().await.expect("store");
-        let audit = AuditLog::start(&store, trust::audit::AuditConfig::default())
+        let store = store::db::Store::in_memory().await.expect("store");
+        let audit = AuditLog::start(&store, store::audit::AuditConfig::default())
             .await
             .expect("audit log");
         // A port nobody listens on: every connect is refused at once.

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use trust::audit::Record;
+use store::audit::Record;
 
 /// How long repeats are gathered into one summary record. One second: the budget is
 /// "per listener per second" (issue 18), and an operator sees a flood in the log within
@@ -219,7 +219,7 @@ fn summary(count: u64, what: &str, scope: &'static str, first: Option<&str>) -> 
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-    use trust::audit::Outcome;
+    use store::audit::Outcome;
 
     fn unauthenticated(addr: &str, reason: &'static str) -> Record {
         let mut r = Record::new(1, "handshake", Outcome::Refused(reason.into()));
@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn authenticated_refusals_repeat_per_kind() {
         let mut agg = Refusals::new(20);
-        let actor: trust::SpiffeId = "spiffe://acme.test/pu/x".parse().expect("id");
+        let actor: identity::SpiffeId = "spiffe://acme.test/pu/x".parse().expect("id");
         let refused = |pool: &str| {
             let mut r = Record::new(1, "resolve", Outcome::Cause(0x000a)).actor(actor.clone());
             r.pool = Some(pool.as_bytes().to_vec());

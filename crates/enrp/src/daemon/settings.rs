@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ::asap::transport::{Endpoint, TransportAddr};
+use ::asap::addr::{Endpoint, TransportAddr};
 
 use super::limits::RateLimits;
 use super::refusals;
-use crate::registrar::{Config, Revocation};
+use enrp_core::registrar::Config;
+use identity::Revocation;
 
 /// What the daemon needs besides the trust store and the audit log.
 #[derive(Clone, Debug)]
@@ -47,11 +48,11 @@ pub struct Settings {
     /// Default `None`.
     pub enrp_sctp_listen: Option<Endpoint>,
     /// A plain SCTP ASAP listener for legacy clients such as RSPLIB (spec: 3863), confined
-    /// to [`Config::legacy_namespace`](crate::registrar::Config::legacy_namespace), which
+    /// to [`Config::legacy_namespace`](enrp_core::registrar::Config::legacy_namespace), which
     /// must be set with it. Off (`None`) unless configured.
     pub legacy_asap_listen: Option<Endpoint>,
     /// A plain SCTP ENRP listener for legacy peers such as RSPLIB's `rspregistrar` (spec:
-    /// 9901, PPID 12), who speak for [`Config::legacy_namespace`](crate::registrar::Config::legacy_namespace)
+    /// 9901, PPID 12), who speak for [`Config::legacy_namespace`](enrp_core::registrar::Config::legacy_namespace)
     /// only, which must be set with it. An association is admitted only from a
     /// [`Settings::legacy_peers`] address with that peer's Server ID. Off (`None`) unless
     /// configured.
@@ -64,7 +65,7 @@ pub struct Settings {
     pub peers: Vec<String>,
     /// Where requests without a Namespace parameter go, from the first connection on
     /// (ARCHITECTURE.md §3; changes arrive through [`Daemon::set_default_namespaces`]).
-    pub default_namespaces: Vec<trust::DefaultNamespace>,
+    pub default_namespaces: Vec<identity::DefaultNamespace>,
     /// A peer learnt from a list (not configured) that has had no connection for this
     /// long is no longer dialed (until the core asks again: a list naming it at a new
     /// address; or it dials us). Default 10 min.
@@ -74,9 +75,9 @@ pub struct Settings {
     pub revocations: Vec<Revocation>,
     /// The Server ID bindings stored before the start, and where new ones are stored
     /// (docs/ENRP-TRUST.md §4). `None`: bindings last as long as the process.
-    pub server_id_bindings: Vec<(::asap::wire::param::ServerId, trust::SpiffeId)>,
+    pub server_id_bindings: Vec<(::asap::wire::param::ServerId, identity::SpiffeId)>,
     /// The store that keeps new Server ID bindings.
-    pub bindings_store: Option<trust::db::Store>,
+    pub bindings_store: Option<store::db::Store>,
     /// Kinds of refusal (failed handshakes per source, repeated refused requests) audited
     /// one record each per listener per second; more are counted into summary records
     /// (docs/SECURITY.md). Default 20.

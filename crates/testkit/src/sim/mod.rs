@@ -95,10 +95,9 @@ use asap::wire::param::{
     ServerId, Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, Decoded, EnrpBody, EnrpMsg, PeEntry, Resolution, UpdateAction};
-use enrp_core::registrar::{
-    Action, AuditAction, Config, ConnId, Core, Input, PeKey, PeerState, Remote, Timing,
-};
+use enrp_core::registrar::{Action, Config, ConnId, Core, Input, PeKey, PeerState, Remote, Timing};
 use enrp_core::server_id_of;
+use identity::audit::AuditAction;
 use identity::{Grant, Serial, SpiffeId};
 
 use crate::msg::grant;

@@ -144,7 +144,7 @@ async fn admin_listener_takes_optional_client_certificates() {
     assert!(err.contains("revoked (deny-list)"), "{err}");
     let carol = ca.leaf("admin/carol").issue();
     store
-        .deny_identity(trust::SpiffeId::parse("spiffe://acme.test/admin/carol").expect("id"))
+        .deny_identity(identity::SpiffeId::parse("spiffe://acme.test/admin/carol").expect("id"))
         .expect("deny");
     let (server, _) = connect(addr, client(&ca, Some(&carol)), &mut seen).await;
     let err = server.expect_err("refused");
@@ -165,7 +165,7 @@ async fn admin_configuration_follows_the_store() {
     assert_eq!(admin.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
     // A change to the store rebuilds the admin configuration too.
     store
-        .deny_serial(ca.domain(), trust::Serial::from_bytes(&[1]))
+        .deny_serial(ca.domain(), identity::Serial::from_bytes(&[1]))
         .expect("deny");
     assert!(!Arc::ptr_eq(&admin, &store.admin_server_config()));
 }

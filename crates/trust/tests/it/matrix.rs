@@ -1,8 +1,8 @@
 //! The handshake matrix of issue 3: each case ends as expected, with the reason visible.
 
+use identity::{SpiffeId, TrustDomain};
 use time::Duration;
 use trust::testing::{KeyAlg, TestCa};
-use trust::{SpiffeId, TrustDomain};
 
 use crate::harness::{Server, assert_refused, handshake};
 
@@ -299,7 +299,8 @@ async fn pem_round_trip_of_test_material() {
 /// over ASAP, a registrar dialling a peer over ENRP), and the error names it.
 #[tokio::test]
 async fn a_pe_certificate_posing_as_registrar_is_refused_by_every_client() {
-    use trust::{IdentityPattern, Protocol};
+    use identity::IdentityPattern;
+    use trust::Protocol;
 
     use crate::harness::{dial, serve, store_of};
     let ca = TestCa::new("acme.test");
@@ -431,14 +432,15 @@ async fn a_federated_serial_equal_to_a_local_one_revokes_only_the_federated_cert
 /// `rsp pe`/`rsp pu` do): returns a PE store, a PU store and the PU's config to the PE.
 fn pu_and_pe(
     ca: &TestCa,
-    revoked: &[&trust::Serial],
+    revoked: &[&identity::Serial],
     pe: &trust::testing::TestLeaf,
     pu: &trust::testing::TestLeaf,
 ) -> (
     std::sync::Arc<trust::TrustStore>,
     std::sync::Arc<rustls::ClientConfig>,
 ) {
-    use trust::{IdentityPattern, Protocol, TrustStore};
+    use identity::IdentityPattern;
+    use trust::{Protocol, TrustStore};
     let with_crl = |leaf: &trust::testing::TestLeaf| {
         let store = TrustStore::new(leaf.identity()).expect("store");
         store

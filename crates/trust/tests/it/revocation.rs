@@ -1,8 +1,9 @@
 //! Revocations take effect on a running listener: the next handshake fails and live
 //! connections of the revoked identity are closed.
 
+use identity::SpiffeId;
+use trust::CloseReason;
 use trust::testing::TestCa;
-use trust::{CloseReason, SpiffeId};
 
 use crate::harness::{Server, assert_refused, connect, handshake, raw_client};
 

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use identity::IdentityPattern;
 use trust::testing::TestCa;
-use trust::{IdentityPattern, Peer, Protocol, TrustStore};
+use trust::{Peer, Protocol, TrustStore};
 
 use crate::harness::Server;
 

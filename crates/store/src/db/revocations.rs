@@ -4,15 +4,9 @@ use std::str::FromStr;
 
 use sqlx::sqlite::SqliteConnection;
 
-use crate::{Serial, SpiffeId, TrustDomain};
+use identity::{Revocation, Serial, SpiffeId, TrustDomain};
 
 use super::{Error, Result, already_exists, check_text, i64_to_ms, ms_to_i64};
-
-/// What a revocation covers: one type for the core, the store and the admin API.
-pub use identity::Revocation;
-
-/// The former name of [`Revocation`], kept so that callers need not change at once.
-pub type Revoked = Revocation;
 
 /// The store's columns of a revocation: (kind, trust domain, value).
 fn revocation_columns(revocation: &Revocation) -> Result<(&'static str, String, String)> {

@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
 use super::{ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
-use crate::SpiffeId;
 use crate::db::{Error, Result, Store, hex};
+use identity::SpiffeId;
 
 /// The format tag of an archive's header line.
 pub const ARCHIVE_FORMAT: &str = "rsp-audit-archive/1";

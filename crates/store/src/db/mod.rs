@@ -48,7 +48,7 @@ pub use namespaces::{
 };
 pub use peers::{PeerRow, list_peers, upsert_peer};
 pub use pools::{PoolDecl, delete_pool, get_pool, list_pools, put_pool};
-pub use revocations::{Revocation, RevocationRecord, Revoked, add_revocation, list_revocations};
+pub use revocations::{RevocationRecord, add_revocation, list_revocations};
 pub use server_ids::{bind_server_id, list_server_id_bindings};
 pub use tokens::{
     NewToken, Role, TokenHasher, TokenInfo, TokenRejection, create_token, list_tokens,

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::db::{Error, MAX_TEXT_LEN, Result, check_namespace, hex};
-use crate::{Peer, Serial, SpiffeId};
+use identity::{Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats};
 
@@ -51,9 +51,7 @@ pub const GENESIS: Hash = [0; 32];
 /// Longest action name, in bytes.
 pub const MAX_ACTION_LEN: usize = 64;
 
-/// What a record says happened, and when an appended record must be durable: one
-/// vocabulary for the registrar core, `enrpd`, the admin API and the log.
-pub use identity::audit::{AuditAction, Durability};
+use identity::audit::{AuditAction, Durability};
 
 /// The result of the audited operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -187,11 +185,12 @@ impl Record {
         AuditAction::from_name(&self.action)
     }
 
-    /// Sets the actor and serial from an authenticated peer.
+    /// Sets the actor and serial of an authenticated peer (`trust::Peer`'s `id()` and
+    /// `serial()`; the store names no TLS type, so it sits beside `trust`, not above it).
     #[must_use]
-    pub fn peer(mut self, peer: &Peer) -> Self {
-        self.actor = Some(peer.id().clone());
-        self.serial = Some(peer.serial().clone());
+    pub fn peer(mut self, id: &SpiffeId, serial: &Serial) -> Self {
+        self.actor = Some(id.clone());
+        self.serial = Some(serial.clone());
         self
     }
 
@@ -646,10 +645,6 @@ pub struct ChainedRecord {
     /// This row's hash.
     pub hash: Hash,
 }
-
-/// The former name of [`ChainedRecord`] (it is a stored row, not an event), kept so that
-/// callers need not change at once.
-pub type AuditEvent = ChainedRecord;
 
 impl TryFrom<ChainRow> for ChainedRecord {
     type Error = Error;

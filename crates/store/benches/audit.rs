@@ -1,4 +1,4 @@
-//! Audit log throughput: `cargo bench -p trust --features db --bench audit`.
+//! Audit log throughput: `cargo bench -p store --bench audit`.
 //!
 //! Appends records through `AuditLog` into a real SQLite file in a temporary directory and
 //! prints appends/s (and latency percentiles for `BeforeReply`), for `synchronous=FULL`
@@ -11,9 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trust::SpiffeId;
-use trust::audit::{AuditConfig, AuditLog, Durability, Outcome, Record};
-use trust::db::{Store, StoreOptions, Synchronous};
+use identity::SpiffeId;
+use identity::audit::Durability;
+use store::audit::{AuditConfig, AuditLog, Outcome, Record};
+use store::db::{Store, StoreOptions, Synchronous};
 
 const CALLERS: usize = 64;
 

@@ -2,12 +2,14 @@
 
 use std::str::FromStr;
 
-use identity::{Action, DefaultNamespace, Grant, IdentityPattern, NamespacePattern, PoolPattern};
+use identity::{
+    Action, DefaultNamespace, Grant, IdentityPattern, NamespacePattern, PoolPattern, Revocation,
+    Serial, SpiffeId, TrustDomain,
+};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
 
 use super::*;
-use crate::{Serial, SpiffeId, TrustDomain};
 
 async fn memory() -> (Store, PoolConnection<Sqlite>) {
     let store = Store::in_memory().await.expect("in-memory store");

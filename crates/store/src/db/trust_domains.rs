@@ -2,7 +2,7 @@
 
 use sqlx::sqlite::SqliteConnection;
 
-use crate::TrustDomain;
+use identity::TrustDomain;
 
 use super::{Error, Result, already_exists, i64_to_ms, ms_to_i64};
 
@@ -50,7 +50,7 @@ impl TryFrom<DomainRow> for TrustDomainRow {
 }
 
 /// Adds a trust domain. The PEM is stored as given: the caller has parsed it (through
-/// [`crate::DomainBundle::from_pem`]) before. [`Error::AlreadyExists`] if the domain is
+/// `trust::DomainBundle::from_pem`) before. [`Error::AlreadyExists`] if the domain is
 /// stored, or if `is_local` and a local domain exists.
 pub async fn add_trust_domain(
     conn: &mut SqliteConnection,

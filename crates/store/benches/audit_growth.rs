@@ -1,9 +1,9 @@
 //! Audit log disk growth (issue 18 item 5, docs/SECURITY.md "Audit retention"):
-//! `cargo bench -p trust --features db --bench audit_growth`.
+//! `cargo bench -p store --bench audit_growth`.
 //!
 //! Appends `RSP_BENCH_RECORDS` (default 100,000) typical records of each kind into a real
 //! SQLite audit log in a temporary directory, in transactions of 1,000 (as the writer's
-//! group commit does), then archives them all with `trust::audit::archive`, and prints the
+//! group commit does), then archives them all with `store::audit::archive`, and prints the
 //! bytes each record takes in the database and in the gzip'd archive, and per million.
 //! Sizes do not depend on the build profile (`--profile dev` gives the same figures).
 
@@ -12,10 +12,10 @@
 
 use std::time::Instant;
 
-use trust::audit::archive::{self, Cut, Target};
-use trust::audit::{Outcome, Record, append_in};
-use trust::db::{Store, StoreOptions};
-use trust::{Serial, SpiffeId};
+use identity::{Serial, SpiffeId};
+use store::audit::archive::{self, Cut, Target};
+use store::audit::{Outcome, Record, append_in};
+use store::db::{Store, StoreOptions};
 
 /// Records per transaction.
 const BATCH: u64 = 1000;

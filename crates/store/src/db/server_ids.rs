@@ -2,7 +2,7 @@
 
 use sqlx::sqlite::SqliteConnection;
 
-use crate::SpiffeId;
+use identity::SpiffeId;
 
 use super::{Error, Result, ms_to_i64};
 
