@@ -104,21 +104,6 @@ fn derive(
     Ok(LessSafeKey::new(unbound))
 }
 
-#[cfg(test)]
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Encrypts a private key's PEM (PKCS#8, `PRIVATE KEY`, as rcgen writes it) into a
 /// PKCS#8 `EncryptedPrivateKeyInfo` (PBES2: scrypt, AES-256-CBC).
 pub fn encrypt(key_pem: &str, pass: &Passphrase) -> Result<String, PkiError> {
@@ -215,9 +200,9 @@ fn encrypt_legacy(key_pem: &str, pass: &Passphrase) -> Result<String, PkiError> 
     .map_err(|_| PkiError::Crypto("encryption failed"))?;
     Ok(format!(
         "{BEGIN}\n{kdf}\nsalt: {}\nnonce: {}\ndata: {}\n{END}\n",
-        hex(&salt),
-        hex(&nonce),
-        hex(&data)
+        hex::encode(salt),
+        hex::encode(nonce),
+        hex::encode(&data)
     ))
 }
 
@@ -257,14 +242,14 @@ fn decrypt_legacy(text: &str, pass: &Passphrase, path: &Path) -> Result<String, 
         return Err(bad("kdf parameters out of bounds"));
     }
     let salt = field("salt:")
-        .and_then(unhex)
+        .and_then(|text| hex::decode(text).ok())
         .ok_or_else(|| bad("malformed salt"))?;
     let nonce: [u8; 12] = field("nonce:")
-        .and_then(unhex)
+        .and_then(|text| hex::decode(text).ok())
         .and_then(|n| n.try_into().ok())
         .ok_or_else(|| bad("malformed nonce"))?;
     let mut data = field("data:")
-        .and_then(unhex)
+        .and_then(|text| hex::decode(text).ok())
         .ok_or_else(|| bad("malformed data"))?;
     let key = derive(pass, &salt, m, t, p).map_err(bad)?;
     let plain = key

@@ -480,10 +480,7 @@ async fn sigkill_during_registrations_loses_no_acknowledged_record() {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    ::hex::decode(s).expect("hex")
 }
 
 /// A response whose Pool Handle or PE ID is itself invalid, so that only its bytes can

@@ -146,7 +146,7 @@ async fn an_admin_archives_the_audit_log_and_others_are_refused_and_audited() {
     std::fs::write(&copy, &bytes).expect("write");
     let summary = audit::archive::verify_archive(&copy, None).expect("verifies");
     assert_eq!(summary.header.last_id, 2);
-    assert_eq!(db::hex(&summary.sha256), created["sha256"]);
+    assert_eq!(hex::encode(summary.sha256), created["sha256"]);
 
     // Unknown names and paths that are not archive names are simply not found.
     for name in ["audit-3-4.jsonl.gz", "..%2Frsp.db", "rsp.db"] {

@@ -83,17 +83,17 @@ impl Checkpoint {
         let mut checkpoint = Self {
             format: FORMAT.to_owned(),
             id,
-            hash: hex(hash),
+            hash: hex::encode(hash),
             time_ms,
             signer: signer.id().as_str().to_owned(),
-            certificate: hex(&leaf),
+            certificate: hex::encode(&leaf),
             scheme: u16::from(signing.scheme()),
             signature: String::new(),
         };
         let signature = signing
             .sign(&checkpoint.message())
             .map_err(|e| format!("signing: {e}"))?;
-        checkpoint.signature = hex(&signature);
+        checkpoint.signature = hex::encode(&signature);
         Ok(checkpoint)
     }
 
@@ -103,8 +103,10 @@ impl Checkpoint {
         if self.format != FORMAT {
             return Err(format!("not a checkpoint: format {:?}", self.format));
         }
-        let der = CertificateDer::from(unhex(&self.certificate).ok_or("certificate: not hex")?);
-        let signature = unhex(&self.signature).ok_or("signature: not hex")?;
+        let der = CertificateDer::from(
+            hex::decode(&self.certificate).map_err(|_| "certificate: not hex")?,
+        );
+        let signature = hex::decode(&self.signature).map_err(|_| "signature: not hex")?;
         let cas = trust::certs_from_pem(ca_pem).map_err(|e| e.to_string())?;
         let anchors = cas
             .iter()
@@ -148,20 +150,6 @@ impl Checkpoint {
 
     /// The head hash, if it is 32 bytes of hex.
     pub fn head(&self) -> Option<Hash> {
-        unhex(&self.hash)?.try_into().ok()
+        hex::decode(&self.hash).ok()?.try_into().ok()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }

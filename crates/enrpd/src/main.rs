@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 done.anchor.last_id,
                 done.path.display(),
                 done.bytes,
-                store::db::hex(&done.anchor.sha256),
+                hex::encode(done.anchor.sha256),
                 done.anchor.last_id + 1,
                 done.record_id
             );
@@ -285,7 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!(
                             "  starting after archived record {} (hash {}, last archive {})",
                             a.last_id,
-                            store::db::hex(&a.last_hash),
+                            hex::encode(a.last_hash),
                             a.file
                         );
                     }
@@ -401,7 +401,7 @@ fn print_archives(check: &store::audit::archive::ArchiveCheck) {
             a.path.display(),
             a.header.first_id,
             a.header.last_id,
-            store::db::hex(&a.sha256)
+            hex::encode(a.sha256)
         );
     }
     for name in &check.links.sha256_differs {

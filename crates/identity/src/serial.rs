@@ -33,7 +33,7 @@ impl Serial {
 
     /// Lowercase hexadecimal, no separators (the form `rsp-pki` prints and accepts).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&self.0)
     }
 }
 
@@ -76,11 +76,7 @@ impl FromStr for Serial {
         } else {
             hex
         };
-        let bytes = (0..padded.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&padded[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| invalid("not hexadecimal"))?;
+        let bytes = hex::decode(padded).map_err(|_| invalid("not hexadecimal"))?;
         Ok(Self::from_bytes(&bytes))
     }
 }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{Authorized, ReadAll, TOKEN_ACTOR_SEGMENT};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
-use crate::routes::{handle_text, hex, parse_handle};
+use crate::routes::{handle_text, parse_handle};
 use crate::schema::{AuditActor, AuditOutcome, NamespaceName, PoolHandleText};
 use crate::state::App;
 
@@ -110,8 +110,8 @@ impl From<ChainedRecord> for AuditEventView {
             action: r.action.into_owned(),
             outcome: r.outcome.to_string(),
             detail: r.detail,
-            prev_hash: hex(&e.prev_hash),
-            hash: hex(&e.hash),
+            prev_hash: hex::encode(e.prev_hash),
+            hash: hex::encode(e.hash),
         }
     }
 }

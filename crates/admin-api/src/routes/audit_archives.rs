@@ -20,7 +20,6 @@ use utoipa::ToSchema;
 use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath, whole_number};
 use crate::problem::{ApiError, ProblemKind};
-use crate::routes::hex;
 use crate::state::App;
 
 /// The media type of an archive.
@@ -125,10 +124,10 @@ impl App {
             downloadable,
             first_id: anchor.first_id,
             last_id: anchor.last_id,
-            first_prev_hash: hex(&anchor.first_prev_hash),
-            last_hash: hex(&anchor.last_hash),
+            first_prev_hash: hex::encode(anchor.first_prev_hash),
+            last_hash: hex::encode(anchor.last_hash),
             time_ms: anchor.time_ms,
-            sha256: hex(&anchor.sha256),
+            sha256: hex::encode(anchor.sha256),
             file: anchor.file,
             name,
         }

@@ -21,25 +21,6 @@ use crate::problem::{ApiError, ProblemKind};
 /// The `application/json` media type.
 pub(crate) const JSON: &str = "application/json";
 
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
-
 /// Prefix of a pool handle written in hex.
 pub const HEX_PREFIX: &str = "hex:";
 
@@ -51,14 +32,14 @@ pub fn handle_text(handle: &[u8]) -> String {
         Ok(text) if !text.starts_with(HEX_PREFIX) && !text.chars().any(char::is_control) => {
             text.to_owned()
         }
-        _ => format!("{HEX_PREFIX}{}", hex(handle)),
+        _ => format!("{HEX_PREFIX}{}", hex::encode(handle)),
     }
 }
 
 /// Reads a pool handle written as [`handle_text`] writes it: 1 to 32 bytes.
 pub fn parse_handle(text: &str) -> Option<Vec<u8>> {
     let bytes = match text.strip_prefix(HEX_PREFIX) {
-        Some(digits) => unhex(digits)?,
+        Some(digits) => hex::decode(digits).ok()?,
         None => text.as_bytes().to_vec(),
     };
     (1..=store::db::MAX_POOL_HANDLE_LEN)

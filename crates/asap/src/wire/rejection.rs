@@ -80,10 +80,7 @@ mod tests {
     use crate::wire::{AsapMsg, DecodeError};
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+        ::hex::decode(s).expect("hex")
     }
 
     /// Spec §13.6's registration with PE ID `id` and pool handle param `handle`.

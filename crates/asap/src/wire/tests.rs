@@ -15,15 +15,11 @@ use super::{
 };
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("test hex"))
-        .collect()
+    ::hex::decode(s).expect("test hex")
 }
 
 fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    ::hex::encode(b)
 }
 
 // The §13.6 values: pool handle "EchoPool", PE ID 0xDEADBEEF, PR IDs 0x11223344 /

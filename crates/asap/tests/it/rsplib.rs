@@ -170,11 +170,7 @@ const VECTORS: &[(&str, Proto, &str)] = &[
 ];
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
+    ::hex::decode(s).expect("hex digit")
 }
 
 fn vector(name: &str) -> Vec<u8> {

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
 use super::{ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
-use crate::db::{Error, Result, Store, hex};
+use crate::db::{Error, Result, Store};
 use identity::SpiffeId;
 
 /// The format tag of an archive's header line.
@@ -302,8 +302,8 @@ pub async fn archive(
         first_id: first,
         last_id: last,
         records: last - first + 1,
-        prev_hash: hex(&previous.as_ref().map_or(GENESIS, |a| a.last_hash)),
-        last_hash: hex(&row_hash(&mut conn, last).await?),
+        prev_hash: hex::encode(previous.as_ref().map_or(GENESIS, |a| a.last_hash)),
+        last_hash: hex::encode(row_hash(&mut conn, last).await?),
         created_ms: now_ms,
     };
     write_file(&mut conn, &path, &header).await?;
@@ -335,7 +335,7 @@ pub async fn archive(
     let detail = format!(
         "archived records {first}-{last} to {} (sha256 {})",
         anchor.file,
-        hex(&anchor.sha256)
+        hex::encode(anchor.sha256)
     );
     record.detail = Some(match record.detail.take() {
         Some(d) => format!("{d}: {detail}"),
@@ -546,13 +546,13 @@ impl From<ChainRow> for ArchiveLine {
             serial: c.serial,
             remote: c.remote,
             namespace: c.namespace,
-            pool: c.pool.as_deref().map(hex),
+            pool: c.pool.as_deref().map(hex::encode),
             pe_id: c.pe_id,
             action: c.action,
             outcome: c.outcome,
             detail: c.detail,
-            prev_hash: hex(&r.prev_hash),
-            hash: hex(&r.hash),
+            prev_hash: hex::encode(&r.prev_hash),
+            hash: hex::encode(&r.hash),
         }
     }
 }
@@ -805,7 +805,7 @@ impl ArchiveLine {
     /// Id, prev_hash, hash and the hashed columns; `None` if a hex field is not hex.
     fn into_parts(self) -> Option<(i64, Hash, Hash, Columns)> {
         let pool = match self.pool {
-            Some(p) => Some(unhex(&p)?),
+            Some(p) => Some(hex::decode(&p).ok()?),
             None => None,
         };
         Some((
@@ -828,18 +828,8 @@ impl ArchiveLine {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn unhex32(s: &str) -> Option<Hash> {
-    unhex(s)?.try_into().ok()
+    hex::decode(s).ok()?.try_into().ok()
 }
 
 /// What [`check_links`] found when the archives given and the anchors form one chain.

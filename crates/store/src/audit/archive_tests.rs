@@ -86,10 +86,10 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head() {
     let header: serde_json::Value = serde_json::from_str(&text[0]).expect("JSON header");
     assert_eq!(header["format"], "rsp-audit-archive/1");
     assert_eq!(header["trust_domain"], "acme.test");
-    assert_eq!(header["prev_hash"], hex(&GENESIS));
+    assert_eq!(header["prev_hash"], hex::encode(GENESIS));
     let row: serde_json::Value = serde_json::from_str(&text[1]).expect("JSON record");
     assert_eq!(row["id"], 1);
-    assert_eq!(row["pool"], hex(b"echo"));
+    assert_eq!(row["pool"], hex::encode(b"echo"));
     assert_eq!(row["action"], "register");
     let summary = verify_archive(&file, Some(3)).expect("the archive verifies");
     assert_eq!(summary.sha256, done.anchor.sha256);

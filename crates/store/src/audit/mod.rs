@@ -37,7 +37,7 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
-use crate::db::{Error, MAX_TEXT_LEN, Result, check_namespace, hex};
+use crate::db::{Error, MAX_TEXT_LEN, Result, check_namespace};
 use identity::{Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats};
@@ -550,7 +550,7 @@ impl VerifyReport {
 
     /// [`VerifyReport::head`] in hex.
     pub fn head_hex(&self) -> String {
-        hex(&self.head)
+        hex::encode(self.head)
     }
 }
 

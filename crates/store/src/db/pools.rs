@@ -2,7 +2,7 @@
 
 use sqlx::sqlite::SqliteConnection;
 
-use super::{Error, Result, check_namespace, check_pool_handle, hex, i64_to_ms, ms_to_i64};
+use super::{Error, Result, check_namespace, check_pool_handle, i64_to_ms, ms_to_i64};
 
 /// A declared pool: limits and policy an operator set for a pool handle.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ struct PoolRow {
 impl TryFrom<PoolRow> for PoolDecl {
     type Error = Error;
     fn try_from(row: PoolRow) -> Result<Self> {
-        let key = format!("{}/{}", row.namespace, hex(&row.handle));
+        let key = format!("{}/{}", row.namespace, hex::encode(&row.handle));
         let corrupt = |reason| Error::Corrupt {
             table: "pools",
             id: key.clone(),
@@ -157,7 +157,7 @@ pub async fn delete_pool(
     if done.rows_affected() == 0 {
         return Err(Error::NotFound {
             what: "pool",
-            key: format!("{namespace}/{}", hex(handle)),
+            key: format!("{namespace}/{}", hex::encode(handle)),
         });
     }
     Ok(())

@@ -12,7 +12,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sqlx::sqlite::SqliteConnection;
 
-use super::{Error, Result, check_text, hex, i64_to_ms, ms_to_i64};
+use super::{Error, Result, check_text, i64_to_ms, ms_to_i64};
 
 const PREFIX: &str = "rsp_";
 const ID_BYTES: usize = 8;
@@ -231,8 +231,8 @@ pub async fn create_token(
             reason: "is not in the future",
         });
     }
-    let id = hex(&random_bytes::<ID_BYTES>()?);
-    let secret = hex(&random_bytes::<SECRET_BYTES>()?);
+    let id = hex::encode(random_bytes::<ID_BYTES>()?);
+    let secret = hex::encode(random_bytes::<SECRET_BYTES>()?);
     let argon2 = hasher.argon2();
     let secret_for_hash = secret.clone();
     let hash = blocking(move || {
