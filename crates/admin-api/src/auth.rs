@@ -25,6 +25,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use identity::audit::AuditAction;
 use identity::{Action, NamespacePattern, Serial, SpiffeId};
 use sha2::{Digest as _, Sha256};
 use store::audit::{Outcome, Record};
@@ -59,7 +60,7 @@ pub(crate) struct Caller {
 
 impl Caller {
     /// An audit record of `action` by this caller at `now`, outcome `ok`.
-    pub(crate) fn record(&self, now: u64, action: &'static str) -> Record {
+    pub(crate) fn record(&self, now: u64, action: AuditAction) -> Record {
         let mut record = Record::new(now, action, Outcome::Ok).actor(self.audit_id.clone());
         record.serial = self.serial.clone();
         record.remote = self.remote;
@@ -122,7 +123,8 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
         let caller = match authenticate(app, parts, now, remote).await {
             Ok(caller) => caller,
             Err(err) => {
-                let mut record = Record::new(now, "admin:request", Outcome::Ok).detail(request);
+                let mut record =
+                    Record::new(now, AuditAction::AdminRequest, Outcome::Ok).detail(request);
                 record.remote = remote;
                 if let Some(peer) = parts.extensions.get::<Peer>() {
                     record = record.peer(peer.id(), peer.serial());
@@ -152,7 +154,7 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
                         P::ROLES
                     ),
                 );
-                let record = caller.record(now, "admin:request");
+                let record = caller.record(now, AuditAction::AdminRequest);
                 app.audit_refusal(record, &err).await;
                 Err(err)
             }

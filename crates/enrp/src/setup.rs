@@ -564,6 +564,34 @@ pub async fn create_token(
     result
 }
 
+/// `enrpd audit archive`: moves the records before `cut` of the loaded data directory's log
+/// to the file `to`, audited as [`AuditAction::AuditArchive`] by this registrar.
+///
+/// [`AuditAction::AuditArchive`]: identity::audit::AuditAction::AuditArchive
+pub async fn archive_audit(
+    loaded: &Loaded,
+    to: PathBuf,
+    cut: store::audit::archive::Cut,
+    now_ms: u64,
+) -> Result<store::audit::archive::Archived, db::Error> {
+    let server = loaded.trust.identity().id().clone();
+    let record = store::audit::Record::new(
+        now_ms,
+        identity::audit::AuditAction::AuditArchive,
+        store::audit::Outcome::Ok,
+    )
+    .detail("enrpd audit archive");
+    store::audit::archive::archive(
+        &loaded.store,
+        &store::audit::archive::Target::File(to),
+        cut,
+        Some(&server),
+        record,
+        now_ms,
+    )
+    .await
+}
+
 /// `enrpd token list`: every token, without secrets.
 pub async fn list_tokens(data: &Path) -> Result<Vec<db::TokenInfo>, Error> {
     let store = open_existing(data).await?;

@@ -234,20 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = setup::load(&data)
                 .await
                 .context("loading the data directory")?;
-            let server = loaded.trust.identity().id().clone();
-            let record =
-                store::audit::Record::new(now_ms(), "audit:archive", store::audit::Outcome::Ok)
-                    .detail("enrpd audit archive");
-            let done = store::audit::archive::archive(
-                &loaded.store,
-                &store::audit::archive::Target::File(to),
-                cut,
-                Some(&server),
-                record,
-                now_ms(),
-            )
-            .await
-            .context("enrpd audit archive")?;
+            let done = setup::archive_audit(&loaded, to, cut, now_ms())
+                .await
+                .context("enrpd audit archive")?;
             println!(
                 "archived records {}-{} to {} ({} bytes, sha256 {}); the live log continues \
                  from record {} (audited as record {})",

@@ -267,7 +267,7 @@ impl fmt::Display for AuditAction {
     }
 }
 
-/// So that `store::audit::Record::new` takes an [`AuditAction`] where it takes a name.
+/// An action as its stored name (`store::audit::Record`'s `action` field is one).
 impl From<AuditAction> for Cow<'static, str> {
     fn from(action: AuditAction) -> Self {
         Cow::Borrowed(action.as_str())

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use identity::SpiffeId;
-use identity::audit::Durability;
+use identity::audit::{AuditAction, Durability};
 use store::audit::{AuditConfig, AuditLog, Outcome, Record};
 use store::db::{Store, StoreOptions, Synchronous};
 
 const CALLERS: usize = 64;
 
 fn record(i: u64, actor: &SpiffeId) -> Record {
-    Record::new(1_700_000_000_000 + i, "register", Outcome::Ok)
+    Record::new(1_700_000_000_000 + i, AuditAction::Register, Outcome::Ok)
         .actor(actor.clone())
         .remote(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)))
         .namespace("default")

@@ -12,6 +12,7 @@
 
 use std::time::Instant;
 
+use identity::audit::AuditAction;
 use identity::{Serial, SpiffeId};
 use store::audit::archive::{self, Cut, Target};
 use store::audit::{Outcome, Record, append_in};
@@ -35,7 +36,7 @@ fn record(kind: &str, i: u64) -> Record {
     let t = 1_800_000_000_000 + i;
     match kind {
         "register" => {
-            let mut r = Record::new(t, "register", Outcome::Ok)
+            let mut r = Record::new(t, AuditAction::Register, Outcome::Ok)
                 .actor(actor(format!("pe/echo-{}", i % 100)))
                 .remote(remote)
                 .namespace("default")
@@ -45,7 +46,7 @@ fn record(kind: &str, i: u64) -> Record {
             r
         }
         "resolve" => {
-            let mut r = Record::new(t, "resolve", Outcome::Ok)
+            let mut r = Record::new(t, AuditAction::Resolve, Outcome::Ok)
                 .actor(actor(format!("pu/client-{}", i % 1000)))
                 .remote(remote)
                 .namespace("default")
@@ -54,7 +55,7 @@ fn record(kind: &str, i: u64) -> Record {
             r
         }
         // One aggregate of refused handshakes from one source in one second.
-        _ => Record::new(t, "handshake", Outcome::Refused("tls".into()))
+        _ => Record::new(t, AuditAction::Handshake, Outcome::Refused("tls".into()))
             .remote(remote)
             .detail(format!(
                 "{} more like this one (asap, last 1 s, aggregated): peer sent no certificates",
@@ -135,7 +136,7 @@ async fn measure(kinds: &[&str], n: u64) {
         &Target::File(file),
         Cut::BeforeId(n + 1),
         None,
-        Record::new(1_900_000_000_000, "audit:archive", Outcome::Ok),
+        Record::new(1_900_000_000_000, AuditAction::AuditArchive, Outcome::Ok),
         1_900_000_000_000,
     )
     .await

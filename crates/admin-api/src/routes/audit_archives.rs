@@ -12,6 +12,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use identity::audit::AuditAction;
 use serde::{Deserialize, Serialize};
 use store::audit::archive::{self, Anchor, Cut, Target};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -164,7 +165,7 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<ArchiveRequest>,
 ) -> Result<Response, ApiError> {
     let now = app.now();
-    let record = caller.record(now, "admin:audit.archive");
+    let record = caller.record(now, AuditAction::AdminAuditArchive);
     let result = async {
         let cut = match body {
             ArchiveRequest::Before(b) => Cut::Before(archive::parse_time(&b.before)?),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::audit::AuditAction;
 use identity::{DefaultNamespace, IdentityPattern};
 use serde::{Deserialize, Serialize};
 use store::db::{self, DefaultNamespaceRow};
@@ -84,7 +85,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, axum::Json<DefaultNamespaceView>), ApiError> {
     let now = app.now();
     let record = caller
-        .record(now, "admin:default-namespace.create")
+        .record(now, AuditAction::AdminDefaultNamespaceCreate)
         .namespace(&body.namespace)
         .detail(body.identity.clone());
     let mut tx = app.begin().await?;
@@ -153,7 +154,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let wanted: i64 = id.parse().map_err(|_| not_found(&id))?;
     let record = caller
-        .record(app.now(), "admin:default-namespace.delete")
+        .record(app.now(), AuditAction::AdminDefaultNamespaceDelete)
         .detail(format!("rule {wanted}"));
     let mut tx = app.begin().await?;
     let result = async {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::audit::AuditAction;
 use identity::{Action, Grant, IdentityPattern, NamespacePattern, PoolPattern};
 use serde::{Deserialize, Serialize};
 use store::db::{self, GrantRow};
@@ -169,10 +170,12 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewGrant>,
 ) -> Result<(StatusCode, axum::Json<GrantView>), ApiError> {
     let now = app.now();
-    let record = caller.record(now, "admin:grant.create").detail(format!(
-        "{} {} {} {:?}",
-        body.identity, body.namespace, body.pools, body.actions
-    ));
+    let record = caller
+        .record(now, AuditAction::AdminGrantCreate)
+        .detail(format!(
+            "{} {} {} {:?}",
+            body.identity, body.namespace, body.pools, body.actions
+        ));
     let mut tx = app.begin().await?;
     let result = async {
         let grant = body.parse()?;
@@ -232,7 +235,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let wanted: i64 = id.parse().map_err(|_| not_found(&id))?;
     let record = caller
-        .record(app.now(), "admin:grant.delete")
+        .record(app.now(), AuditAction::AdminGrantDelete)
         .detail(format!("grant {wanted}"));
     let mut tx = app.begin().await?;
     let result = async {

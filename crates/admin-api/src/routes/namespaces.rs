@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::audit::AuditAction;
 use serde::{Deserialize, Serialize};
 use store::db;
 use utoipa::ToSchema;
@@ -68,7 +69,7 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewNamespace>,
 ) -> Result<(StatusCode, axum::Json<Namespace>), ApiError> {
     let now = app.now();
-    let mut record = caller.record(now, "admin:namespace.create");
+    let mut record = caller.record(now, AuditAction::AdminNamespaceCreate);
     if db::check_namespace(&body.name).is_ok() {
         record = record.namespace(body.name.clone());
     }
@@ -119,7 +120,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     crate::routes::path_namespace(&name)?;
     let record = caller
-        .record(app.now(), "admin:namespace.delete")
+        .record(app.now(), AuditAction::AdminNamespaceDelete)
         .namespace(name.clone());
     let mut tx = app.begin().await?;
     let result = db::delete_namespace(&mut tx, &name)

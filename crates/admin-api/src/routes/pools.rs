@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use identity::audit::AuditAction;
 use serde::{Deserialize, Serialize};
 use store::db;
 use utoipa::ToSchema;
@@ -232,7 +233,7 @@ pub(crate) async fn put(
     path_namespace(&namespace)?;
     let now = app.now();
     let mut record = caller
-        .record(now, "admin:pool.declare")
+        .record(now, AuditAction::AdminPoolDeclare)
         .namespace(namespace.clone());
     let result = async {
         let handle = crate::routes::parse_handle(&handle_param).ok_or_else(|| {
@@ -294,7 +295,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let (handle, view) = find(&app, &namespace, &handle_param).await?;
     let record = caller
-        .record(app.now(), "admin:pool.delete")
+        .record(app.now(), AuditAction::AdminPoolDelete)
         .namespace(namespace.clone())
         .pool(handle.clone())
         .detail(format!("{} live PEs", view.pool_elements.len()));
@@ -386,7 +387,7 @@ pub(crate) async fn delete_pe(
     };
     let removed = app.registrar().remove(scope, caller.actor.clone()).await;
     let record = caller
-        .record(app.now(), "admin:pe.deregister")
+        .record(app.now(), AuditAction::AdminPeDeregister)
         .namespace(namespace.clone())
         .pool(handle)
         .pe_id(pe_id);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use identity::Revocation;
+use identity::audit::AuditAction;
 use identity::{Serial, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use store::db::{self};
@@ -175,7 +176,7 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewRevocation>,
 ) -> Result<(StatusCode, axum::Json<RevocationView>), ApiError> {
     let now = app.now();
-    let mut record = caller.record(now, "admin:revoke");
+    let mut record = caller.record(now, AuditAction::AdminRevoke);
     let parsed = body.parse(&app.local_domain);
     if let Ok((revoked, _)) = &parsed {
         record = record.detail(revoked.to_string());
@@ -236,7 +237,7 @@ pub(crate) async fn put_crls(
     let domain = TrustDomain::new(&name)
         .map_err(|_| ApiError::new(ProblemKind::NotFound, format!("no trust domain {name:?}")))?;
     let record = caller
-        .record(app.now(), "admin:crl.set")
+        .record(app.now(), AuditAction::AdminCrlSet)
         .detail(format!("trust domain {domain}"));
     let mut tx = app.begin().await?;
     let result = async {

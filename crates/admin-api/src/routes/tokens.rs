@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use identity::audit::AuditAction;
 use serde::{Deserialize, Serialize};
 use store::db::{self, Role, TokenInfo};
 use utoipa::ToSchema;
@@ -130,7 +131,7 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<Response, ApiError> {
     let now = app.now();
-    let record = caller.record(now, "admin:token.create");
+    let record = caller.record(now, AuditAction::AdminTokenCreate);
     let mut tx = app.begin().await?;
     let result = async {
         let expires_ms = match body.ttl_seconds {
@@ -188,7 +189,7 @@ pub(crate) async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let record = caller
-        .record(app.now(), "admin:token.revoke")
+        .record(app.now(), AuditAction::AdminTokenRevoke)
         .detail(format!("token {id}"));
     let now = app.now();
     let mut tx = app.begin().await?;

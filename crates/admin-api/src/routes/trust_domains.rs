@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use identity::Revocation;
 use identity::TrustDomain;
+use identity::audit::AuditAction;
 use serde::{Deserialize, Serialize};
 use store::db::{self};
 use trust::DomainBundle;
@@ -116,7 +117,7 @@ pub(crate) async fn add(
     PemBody(text): PemBody,
 ) -> Result<(StatusCode, axum::Json<TrustDomainView>), ApiError> {
     let now = app.now();
-    let mut record = caller.record(now, "admin:trust-domain.add");
+    let mut record = caller.record(now, AuditAction::AdminTrustDomainAdd);
     let parsed = parse_bundle(&app, query.trust_domain.as_deref(), &text);
     if let Ok((bundle, ..)) = &parsed {
         record = record.detail(format!("trust domain {}", bundle.domain()));
@@ -256,7 +257,7 @@ pub(crate) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let domain = TrustDomain::new(&name).map_err(|_| not_found(&name))?;
     let record = caller
-        .record(app.now(), "admin:trust-domain.remove")
+        .record(app.now(), AuditAction::AdminTrustDomainRemove)
         .detail(format!("trust domain {domain}"));
     let mut tx = app.begin().await?;
     let result = async {

@@ -32,12 +32,13 @@ pub(crate) fn audit_text(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use identity::audit::AuditAction;
 
     #[test]
     fn audit_text_is_bounded_and_printable() {
         assert_eq!(audit_text("bad\ncert\u{1b}[31m"), "bad cert [31m");
         assert_eq!(audit_text(&"é".repeat(1000)).chars().count(), 512);
-        let mut r = Record::new(1, "handshake", Outcome::Ok);
+        let mut r = Record::new(1, AuditAction::Handshake, Outcome::Ok);
         r.detail = Some(audit_text(&"x\r\n".repeat(10_000)));
         assert!(r.check().is_ok());
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Framer};
-use identity::audit::Durability;
+use identity::audit::{AuditAction, Durability};
 use store::audit::{AuditLog, Outcome, Record};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -86,7 +86,7 @@ fn refusal(
     counters.handshake_failed(reason);
     let mut record = Record::new(
         super::now_ms(),
-        "handshake",
+        AuditAction::Handshake,
         Outcome::Refused(reason.into()),
     );
     record.remote = Some(addr);

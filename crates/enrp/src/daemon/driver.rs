@@ -28,7 +28,7 @@ use super::audit::to_record;
 use super::barrier::{Barrier, CommitIndex, Pending};
 use super::{ConnHandle, Counters, Error, Event, Outgoing, connection, limits, now_ms};
 use enrp_core::registrar::{Action, ConnId, Core, Input};
-use identity::audit::Durability;
+use identity::audit::{AuditAction, Durability};
 
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
 /// event channel: one queue's worth).
@@ -273,7 +273,7 @@ fn record_gap(audit: &mpsc::Sender<AuditJob>, counters: &Counters) {
     }
     let mut record = Record::new(
         now_ms(),
-        "audit:gap",
+        AuditAction::AuditGap,
         Outcome::Refused("backlog-full".into()),
     );
     record.detail = Some(format!(

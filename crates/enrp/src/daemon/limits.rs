@@ -298,7 +298,7 @@ pub(super) fn refused(conn: ConnId, client: &Remote, msg: &AsapMsg, over: Over) 
         pool_handle: Some(pool_handle.clone()),
         pe_id,
         action,
-        outcome: Some(ErrorCause::LackOfResources.code()),
+        outcome: Some(ErrorCause::LACK_OF_RESOURCES),
         detail: Some(
             match over {
                 Over::Connection => "rate limit of the connection",

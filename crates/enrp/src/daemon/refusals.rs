@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use identity::audit::AuditAction;
 use store::audit::Record;
 
 /// How long repeats are gathered into one summary record. One second: the budget is
@@ -183,7 +184,7 @@ impl Refusals {
         }
         for (scope, o) in self.overflow.drain() {
             let first = o.first;
-            let mut r = Record::new(now_ms, "refusals", first.outcome.clone());
+            let mut r = Record::new(now_ms, AuditAction::Refusals, first.outcome.clone());
             r.remote = first.remote;
             let what = match &first.actor {
                 Some(actor) => format!("refusals over the audit budget, the first by {actor}"),
@@ -218,11 +219,12 @@ fn summary(count: u64, what: &str, scope: &'static str, first: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::asap::wire::param::ErrorCause;
     use std::net::SocketAddr;
     use store::audit::Outcome;
 
     fn unauthenticated(addr: &str, reason: &'static str) -> Record {
-        let mut r = Record::new(1, "handshake", Outcome::Refused(reason.into()));
+        let mut r = Record::new(1, AuditAction::Handshake, Outcome::Refused(reason.into()));
         r.remote = Some(addr.parse::<SocketAddr>().expect("addr"));
         r.detail = Some("no certificate".into());
         r
@@ -288,7 +290,12 @@ mod tests {
         let mut agg = Refusals::new(20);
         let actor: identity::SpiffeId = "spiffe://acme.test/pu/x".parse().expect("id");
         let refused = |pool: &str| {
-            let mut r = Record::new(1, "resolve", Outcome::Cause(0x000a)).actor(actor.clone());
+            let mut r = Record::new(
+                1,
+                AuditAction::Resolve,
+                Outcome::Cause(ErrorCause::SECURITY_REJECTION),
+            )
+            .actor(actor.clone());
             r.pool = Some(pool.as_bytes().to_vec());
             r
         };
@@ -298,6 +305,9 @@ mod tests {
         let summary = agg.flush(2);
         assert_eq!(summary.len(), 1);
         assert_eq!(summary[0].pool.as_deref(), Some(&b"a"[..]));
-        assert_eq!(summary[0].outcome, Outcome::Cause(0x000a));
+        assert_eq!(
+            summary[0].outcome,
+            Outcome::Cause(ErrorCause::SECURITY_REJECTION)
+        );
     }
 }

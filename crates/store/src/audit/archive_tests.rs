@@ -11,7 +11,7 @@ use super::*;
 
 /// The record of an archive operation, as `enrpd audit archive` makes it.
 fn op(now: u64) -> Record {
-    Record::new(now, "audit:archive", Outcome::Ok)
+    Record::new(now, AuditAction::AuditArchive, Outcome::Ok)
 }
 
 /// Later than every sample's time.

@@ -154,7 +154,7 @@ pub struct Record {
     pub pe_id: Option<u32>,
     /// What was attempted: 1–64 bytes of `a-z 0-9 . _ : -`, e.g. `register`, `resolve`,
     /// `remove:timeout`, `admin:grant.create`. Written from an [`AuditAction`] (`Record::new`
-    /// takes one); kept as its stored name so that a log written by another version, whose
+    /// takes only that); kept as its stored name so that a log written by another version, whose
     /// actions this one may not know, still reads and verifies ([`Record::action_kind`]).
     pub action: Cow<'static, str>,
     /// How it ended.
@@ -164,8 +164,22 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record of `action` with `outcome` at `time_ms`, all other fields empty.
-    pub fn new(time_ms: u64, action: impl Into<Cow<'static, str>>, outcome: Outcome) -> Self {
+    /// A record of `action` with `outcome` at `time_ms`, all other fields empty. Only a
+    /// typed [`AuditAction`] is written (issue 24): a name this version does not know
+    /// comes only from reading a stored row.
+    ///
+    /// ```
+    /// use identity::audit::AuditAction;
+    /// use store::audit::{Outcome, Record};
+    /// let record = Record::new(1, AuditAction::AdminGrantCreate, Outcome::Ok);
+    /// assert_eq!(record.action, "admin:grant.create");
+    /// ```
+    /// An action given as text does not compile:
+    /// ```compile_fail
+    /// use store::audit::{Outcome, Record};
+    /// let record = Record::new(1, "admin:grant.create", Outcome::Ok);
+    /// ```
+    pub fn new(time_ms: u64, action: AuditAction, outcome: Outcome) -> Self {
         Self {
             time_ms,
             actor: None,
@@ -174,7 +188,7 @@ impl Record {
             namespace: None,
             pool: None,
             pe_id: None,
-            action: action.into(),
+            action: Cow::Borrowed(action.as_str()),
             outcome,
             detail: None,
         }
