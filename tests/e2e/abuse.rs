@@ -240,7 +240,10 @@ async fn resolutions_over_the_rate_limit_get_0x6_and_other_clients_do_not_notice
     let rows: Vec<_> = audit_rows(&lab, &["resolve"])
         .await
         .into_iter()
-        .filter(|r| r.outcome == store::audit::Outcome::Cause(0x6))
+        .filter(|r| {
+            r.outcome
+                == store::audit::Outcome::Cause(asap::wire::param::ErrorCause::LACK_OF_RESOURCES)
+        })
         .collect();
     let counted: u64 = rows.iter().map(refusals_in).sum();
     assert_eq!(counted, limited as u64, "{rows:?}");
