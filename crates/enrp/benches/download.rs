@@ -1,9 +1,9 @@
 //! A registrar started later learns the whole handlespace from its mentor (issue 7,
 //! spec §9.3, §9.7): `cargo bench -p enrp --bench download [-- --pes 10000,100000]`.
 //!
-//! Everything is real, as in `benches/registrar.rs`: each registrar is [`Daemon::start`]
-//! in a **child process** (this binary re-executed with [`CHILD_ARG`], started as
-//! `enrpd run` starts it), with its own SQLite store (WAL, `synchronous=FULL`) and audit
+//! Everything is real, as in `benches/registrar.rs`: each registrar is started by
+//! `enrpd init` and [`enrp::run_with`] in a **child process** (this binary re-executed
+//! with [`CHILD_ARG`], started as `enrpd run` starts it), with its own SQLite store (WAL, `synchronous=FULL`) and audit
 //! log, mutual TLS 1.3 over loopback with certificates from `trust::testing`.
 //!
 //! 1. Registrar A starts alone; PEs register with it over ASAP, 1,000 per connection and
@@ -13,7 +13,7 @@
 //! 2. Registrar B starts with `--peer A` (a fresh data directory and identity each run).
 //!    It dials A, takes A as its mentor and downloads A's handle table (W=0), 128 PEs or
 //!    16 KiB per page (the defaults), serving nothing meanwhile. B itself times it: from
-//!    just before `Daemon::start` until its readiness (what `/readyz` answers) turns
+//!    just before the daemon starts (the last step of `enrp::run_with`) until its readiness (what `/readyz` answers) turns
 //!    true, then counts its PEs, which must equal A's. The mentor timeout is 10 min, so
 //!    readiness can only come from a finished download.
 //!
@@ -25,7 +25,7 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use support::{CHILD_ARG, PES_PER_CONN, Pki, init_registrar};
 use testkit::child::{commands, read_line};
 use testkit::msg::registration;
 use testkit::proc::Proc;
@@ -34,19 +34,12 @@ use std::io::{BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::PoolHandle;
-use enrp::daemon::{Daemon, Settings};
-use enrp::setup;
-use enrp_core::registrar::{Config, Timing};
-use identity::TrustDomain;
-use store::audit::{AuditConfig, AuditLog};
-use store::db::{Store, StoreOptions};
-use trust::{DomainBundle, LocalIdentity, TrustStore};
+use enrp::config::{Listen, Millis};
 
 /// PEs per pool: 100,000 PEs make 10,000 pools, the default limit per namespace.
 const PES_PER_POOL: usize = 10;
@@ -144,53 +137,31 @@ fn child_main(args: &[String]) {
 }
 
 async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<String>) {
-    let read = |f: &str| std::fs::read(pki.join(f)).expect("PKI file");
-    let identity =
-        LocalIdentity::from_pem(&read(&format!("{name}.pem")), &read(&format!("{name}.key")))
-            .expect("identity");
-    let server_id = enrp_core::server_id_of(identity.id());
-    let domain = TrustDomain::new(DOMAIN).expect("domain");
-    let trust = TrustStore::new(identity).expect("trust store");
-    trust
-        .add_domain(DomainBundle::from_pem(domain.clone(), &read("ca.pem")).expect("bundle"))
-        .expect("add domain");
-    let store = Store::open(data, &StoreOptions::default())
-        .await
-        .expect("store");
-    let audit = AuditLog::start(&store, AuditConfig::default())
-        .await
-        .expect("audit log");
-    let mut config = Config::new(server_id);
-    config.timing = Timing {
-        keep_alive_interval: LONG,
-        keep_alive_timeout: LONG,
-        connection_grace: LONG,
-        mentor_timeout: LONG,
-        ..Timing::default()
-    };
-    config.allow_loopback = true; // `--allow-loopback`: PEs advertise 127.0.0.1
-    config.rng_seed = 1;
-    // Its clients load the registrar on purpose: no per-client limits.
-    let mut settings =
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits();
-    settings.enrp_listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-    settings.idle_timeout = LONG; // the PE connections are idle once registered
-    settings.peers = peer.into_iter().collect();
-    let with_peer = !settings.peers.is_empty();
-    let t0 = Instant::now();
-    let daemon = Daemon::start(
-        settings,
-        Arc::new(trust),
-        audit,
-        setup::default_grants(&domain),
-    )
+    let mut config = init_registrar(pki, name, data).await;
+    config.enrp_listen = Listen(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))));
+    config.keep_alive_interval_ms = Millis(LONG);
+    config.keep_alive_timeout_ms = Millis(LONG);
+    config.mentor_timeout_ms = Millis(LONG);
+    config.peers = peer.into_iter().collect();
+    let with_peer = !config.peers.is_empty();
+    // Set by the hook, which runs just before the daemon starts: the data directory's
+    // loading is not the download's.
+    let mut t0 = None;
+    let running = enrp::run_with(config, |settings| {
+        settings.registrar.rng_seed = 1;
+        settings.idle_timeout = LONG; // the PE connections are idle once registered
+        // Its clients load the registrar on purpose: no per-client limits.
+        settings.lift_client_limits();
+        t0 = Some(Instant::now());
+    })
     .await
-    .expect("daemon");
-    let control = daemon.control();
+    .expect("registrar");
+    let t0 = t0.expect("the hook ran");
+    let control = running.control_plane().control().clone();
     println!(
         "listening {} {}",
-        daemon.asap_addr(),
-        daemon.enrp_addr().expect("ENRP listener")
+        running.asap_addr(),
+        running.enrp_addr().expect("ENRP listener")
     );
     if with_peer {
         // What `/readyz` answers, read without the HTTP round trip.
@@ -213,8 +184,7 @@ async fn serve_registrar(name: &str, pki: &Path, data: &Path, peer: Option<Strin
             _ => {}
         }
     }
-    daemon.shutdown().await.expect("shutdown");
-    store.close().await;
+    running.shutdown().await.expect("shutdown");
 }
 
 /// A registrar child as the parent sees it.

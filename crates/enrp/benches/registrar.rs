@@ -1,8 +1,8 @@
 //! The registrar under load (issue 4, "Benchmarks in the closing note"):
 //! `cargo bench -p enrp --bench registrar [-- --json] [-- --pes 20000,50000,100000]`.
 //!
-//! Everything is real: the registrar is [`Daemon::start`] with a SQLite store in a
-//! temporary directory (WAL, `synchronous=FULL`, the default), the audit log on, mutual
+//! Everything is real: the registrar is started by `enrpd init` and [`enrp::run_with`], as
+//! `enrpd run` starts it, with a SQLite store in a temporary directory (WAL, `synchronous=FULL`, the default), the audit log on, mutual
 //! TLS 1.3 over loopback with certificates from `trust::testing`, and the clients are
 //! [`asap::client::Connection`]s. Three measurements, printed as Markdown tables:
 //!
@@ -30,14 +30,14 @@
 
 mod support;
 
-use support::{CHILD_ARG, DOMAIN, PES_PER_CONN, Pki};
+use support::{CHILD_ARG, PES_PER_CONN, Pki, init_registrar};
 use testkit::child::{commands, read_line};
 use testkit::client::{answer_keep_alives_until, register, register_windowed};
 use testkit::msg::{pool, registration};
 use testkit::proc::{Proc, clock_ticks};
 
 use std::io::{BufReader, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -47,16 +47,13 @@ use std::time::{Duration, Instant};
 use asap::client::Connection;
 use asap::wire::param::PoolHandle;
 use asap::wire::{AsapMsg, Resolution};
-use enrp::daemon::{Daemon, Settings};
-use enrp::setup;
+use enrp::config::Millis;
 use enrp_core::handlespace::Limits;
-use enrp_core::registrar::{Config, Timing};
-use identity::TrustDomain;
 use serde_json::json;
-use store::audit::{AuditConfig, AuditFilter, AuditLog, MAX_PAGE};
+use store::audit::{AuditFilter, MAX_PAGE};
 use store::db::{Store, StoreOptions};
 use tokio::sync::{Barrier, mpsc, watch};
-use trust::{DomainBundle, LocalIdentity, TrustStore};
+use trust::TrustStore;
 
 /// Registrations a keep-alive connection keeps in flight while it registers its PEs.
 const REGISTRATION_WINDOW: usize = 64;
@@ -199,49 +196,26 @@ fn child_main(args: &[String]) {
 }
 
 async fn serve_registrar(pki: &Path, data: &Path, keep_alive: Duration) {
-    let read = |f: &str| std::fs::read(pki.join(f)).expect("PKI file");
-    let identity =
-        LocalIdentity::from_pem(&read("registrar.pem"), &read("registrar.key")).expect("identity");
-    let server_id = enrp_core::server_id_of(identity.id());
-    let domain = TrustDomain::new(DOMAIN).expect("domain");
-    let trust = TrustStore::new(identity).expect("trust store");
-    trust
-        .add_domain(DomainBundle::from_pem(domain.clone(), &read("ca.pem")).expect("bundle"))
-        .expect("add domain");
-    // The defaults: WAL, synchronous=FULL.
-    let store = Store::open(data, &StoreOptions::default())
-        .await
-        .expect("store");
-    let audit = AuditLog::start(&store, AuditConfig::default())
-        .await
-        .expect("audit log");
-    let mut config = Config::new(server_id);
-    config.timing = Timing {
-        keep_alive_interval: keep_alive,
-        keep_alive_timeout: keep_alive,
-        connection_grace: keep_alive,
-        ..Timing::default()
-    };
-    config.allow_loopback = true; // `--allow-loopback`: PEs advertise 127.0.0.1
-    // The defaults, spelled out because measurement 3 depends on them: each identity
-    // registers at most 1,000 PEs, each pool holds at most 10,000, 100,000 in all.
-    config.limits = Limits {
-        max_pools_per_namespace: 10_000,
-        max_pes_per_pool: 100_000,
-        max_pes: 1_000_000,
-        max_pes_per_registrant: 10_000,
-    };
-    config.rng_seed = 1;
-    let daemon = Daemon::start(
+    let mut config = init_registrar(pki, "registrar", data).await;
+    config.keep_alive_interval_ms = Millis(keep_alive);
+    config.keep_alive_timeout_ms = Millis(keep_alive);
+    let running = enrp::run_with(config, |settings| {
+        // The defaults, spelled out because measurement 3 depends on them: each identity
+        // registers at most 10,000 PEs, each pool holds at most 100,000, 1,000,000 in all.
+        settings.registrar.limits = Limits {
+            max_pools_per_namespace: 10_000,
+            max_pes_per_pool: 100_000,
+            max_pes: 1_000_000,
+            max_pes_per_registrant: 10_000,
+        };
+        settings.registrar.rng_seed = 1;
         // Its clients load the registrar on purpose: no per-client limits.
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits(),
-        Arc::new(trust),
-        audit.clone(),
-        setup::default_grants(&domain),
-    )
+        settings.lift_client_limits();
+    })
     .await
-    .expect("daemon");
-    println!("listening {}", daemon.asap_addr());
+    .expect("registrar");
+    let audit = running.audit().clone();
+    println!("listening {}", running.asap_addr());
     let mut commands = commands();
     while let Some(command) = commands.recv().await {
         match command.trim() {
@@ -253,7 +227,11 @@ async fn serve_registrar(pki: &Path, data: &Path, keep_alive: Duration) {
             _ => {}
         }
     }
-    daemon.shutdown().await.expect("shutdown");
+    running.shutdown().await.expect("shutdown");
+    // The removals, from the audit log the stopped registrar left in its store.
+    let store = Store::open(data, &StoreOptions::default())
+        .await
+        .expect("store");
     let timeouts = count_audited(&store, "remove:timeout").await;
     let lost = count_audited(&store, "remove:connection-loss").await;
     store.close().await;

@@ -22,11 +22,11 @@
 // A benchmark measures wall time: it is a driver, not a core.
 #![allow(clippy::disallowed_methods)]
 
-// The shared bench module; this bench uses its child protocol only.
+// The shared bench module; this bench uses its child protocol and start-up only.
 #[allow(dead_code)]
 mod support;
 
-use support::CHILD_ARG;
+use support::{CHILD_ARG, Pki, init_registrar};
 use testkit::child::read_line;
 use testkit::proc::Proc;
 
@@ -42,13 +42,8 @@ use asap::addr::{Endpoint, TransportAddr};
 use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::{
-    Address, Namespace, PeId, Policy, PoolElement, PoolHandle, SctpAddresses, Transport,
-    TransportUse,
+    Address, PeId, Policy, PoolElement, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
-use enrp::daemon::{Daemon, Settings};
-use enrp_core::registrar::Config;
-use store::audit::{AuditConfig, AuditLog};
-use store::db::{Store, StoreOptions};
 use trust::testing::TestCa;
 
 /// The documentation address the guest has on `lo`; RSPLIB needs a non-loopback one.
@@ -386,7 +381,7 @@ async fn registrations(addr: SocketAddr, opts: &Opts, round: usize) -> (f64, (f6
     .await
 }
 
-/// The rsp registrar: `CHILD_ARG DATA_DIR`. The daemon as `enrpd run` starts it, with
+/// The rsp registrar: `CHILD_ARG DATA_DIR`. Started as `enrpd init` + `enrpd run` start it, with
 /// its legacy listener on DOC_ADDR:RSP_PORT confined to `default`; prints `listening`
 /// and serves until killed.
 fn child_main(args: &[String]) {
@@ -407,27 +402,17 @@ fn child_main(args: &[String]) {
     }
     .expect("runtime");
     rt.block_on(async {
-        let ca = TestCa::new("bench.test");
-        let identity = ca.leaf("registrar/rsp").issue().identity();
-        let server_id = enrp_core::server_id_of(identity.id());
-        let trust = trust::TrustStore::new(identity).expect("trust store");
-        trust.add_domain(ca.bundle()).expect("bundle");
-        let store = Store::open(Path::new(data), &StoreOptions::default())
-            .await
-            .expect("store");
-        let audit = AuditLog::start(&store, AuditConfig::default())
-            .await
-            .expect("audit log");
-        let mut config = Config::new(server_id);
-        config.legacy_namespace = Some(Namespace::default_namespace());
+        let pki = Pki::new();
+        pki.registrar("rsp");
+        let mut config = init_registrar(pki.dir.path(), "rsp", Path::new(data)).await;
+        // Its PEs advertise DOC_ADDR, not loopback.
+        config.allow_loopback = false;
+        config.legacy_asap_listen = Some(Endpoint::single(SocketAddr::from((DOC_ADDR, RSP_PORT))));
+        config.legacy_namespace = Some("default".to_owned());
         // Its clients load the registrar on purpose: no per-client limits.
-        let mut settings = Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
-            .without_client_limits();
-        settings.legacy_asap_listen =
-            Some(Endpoint::single(SocketAddr::from((DOC_ADDR, RSP_PORT))));
-        let _daemon = Daemon::start(settings, Arc::new(trust), audit, Vec::new())
+        let _running = enrp::run_with(config, |settings| settings.lift_client_limits())
             .await
-            .expect("daemon");
+            .expect("registrar");
         println!("listening");
         std::future::pending::<()>().await;
     });

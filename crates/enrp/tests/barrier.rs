@@ -1,7 +1,8 @@
 //! Audit before ack under load (issue 24 item 3, the commit index): a registration's
 //! acceptance never leaves the registrar before its audit record has committed, and each
 //! connection's answers come in the order of its requests, with many PEs registering at
-//! once. Real TLS, a real SQLite file, the real daemon.
+//! once. Real TLS, a real SQLite file, the registrar started as `enrpd init` + `enrpd run`
+//! start it (`enrp::run_with`).
 
 // A test measures wall time around a stalled disk: it is a driver, not a core.
 #![allow(clippy::disallowed_methods)]
@@ -13,20 +14,15 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use asap::client::Connection;
 use asap::wire::AsapMsg;
 use asap::wire::param::PoolHandle;
-use enrp::daemon::{Daemon, Settings};
-use enrp::setup;
-use enrp_core::registrar::Config;
-use identity::TrustDomain;
-use store::audit::{AuditConfig, AuditLog};
 use store::db::{Store, StoreOptions};
-use support::{DOMAIN, Pki};
+use support::{Pki, init_registrar};
 use testkit::msg::registration;
 
 /// PEs registering at once, each on its own connection with its own identity.
@@ -53,26 +49,15 @@ async fn audited(store: &Store, pe_id: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acceptance_leaves_before_its_record_commits_and_each_connection_keeps_its_order() {
     let pki = Pki::new();
-    let domain = TrustDomain::new(DOMAIN).expect("domain");
-    let trust = pki.client("registrar/a");
-    let mut config = Config::new(enrp_core::server_id_of(trust.identity().id()));
-    config.allow_loopback = true; // the PEs advertise 127.0.0.1
+    pki.registrar("a");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path(), &StoreOptions::default())
+    // Loopback PEs allowed (they advertise 127.0.0.1), the default grants.
+    let config = init_registrar(pki.dir.path(), "a", dir.path()).await;
+    // Sixteen PEs from one address: no per-client limits.
+    let running = enrp::run_with(config, |s| s.lift_client_limits())
         .await
-        .expect("store");
-    let audit = AuditLog::start(&store, AuditConfig::default())
-        .await
-        .expect("audit log");
-    let daemon = Daemon::start(
-        Settings::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).without_client_limits(),
-        trust,
-        audit,
-        setup::default_grants(&domain),
-    )
-    .await
-    .expect("daemon");
-    let addr = daemon.asap_addr();
+        .expect("registrar");
+    let addr = running.asap_addr();
     let mut conns = Vec::new();
     for i in 0..PES {
         let client = pki.client(&format!("pe/p{i}"));
@@ -156,6 +141,5 @@ async fn no_acceptance_leaves_before_its_record_commits_and_each_connection_keep
         t.await.expect("a PE's checks");
     }
     reader.close().await;
-    daemon.shutdown().await.expect("stops cleanly");
-    store.close().await;
+    running.shutdown().await.expect("stops cleanly");
 }

@@ -5,15 +5,28 @@
 //! (defaults < `--config` file < `RSP_*` variables < flags) are merged by figment and read
 //! by [`Options`]' one `Deserialize`, so a value means the same wherever it is given.
 //! Relative paths in the file are from the file's directory.
+//!
+//! A command's own options ([`PE_OPTIONS`], [`RESOLVE_OPTIONS`], [`GATEWAY_OPTIONS`]) are
+//! layered the same way, each [`Table`] defined once; in the file they sit under the
+//! command's table (`[pe]`, `[resolve]`, `[gateway]`), so that one file serves every
+//! command.
 
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use asap::addr::TransportAddr;
+use asap::client::card::Alternates;
+use asap::wire::param::Policy;
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, de};
+
+use crate::services::Service;
 
 /// How an option's flag takes its value.
 #[derive(Clone, Copy)]
@@ -105,6 +118,193 @@ pub(crate) const OPTIONS: &[Opt] = &[
     },
 ];
 
+/// `rsp pe`'s own options (`[pe]` in the config file).
+pub(crate) const PE_OPTIONS: &[Opt] = &[
+    Opt {
+        key: "serve",
+        flag: "serve",
+        takes: Takes::Value("SERVICE"),
+        default: Some("echo"),
+        help: "The service to offer: echo (each line comes back), discard, daytime, chargen, or counter (a session whose running count the PE hands the PU as an ASAP cookie, so that it survives a failover; needs --cookie-key).",
+    },
+    Opt {
+        key: "policy",
+        flag: "policy",
+        takes: Takes::Value("POLICY"),
+        default: Some("rr"),
+        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent).",
+    },
+    Opt {
+        key: "listen",
+        flag: "listen",
+        takes: Takes::Value("ADDR"),
+        default: Some("127.0.0.1:0"),
+        help: "Where to serve (port 0: any free port): IP:PORT over TLS/TCP, or sctp:IP:PORT[+IP:PORT...] over SCTP (a multi-homed PE registers every address).",
+    },
+    Opt {
+        key: "registration_life",
+        flag: "registration-life",
+        takes: Takes::Value("DURATION"),
+        default: Some("5m"),
+        help: "Registration Life (spec §4.4): a duration (`5m`, `90s`) or seconds.",
+    },
+    Opt {
+        key: "cookie_key",
+        flag: "cookie-key",
+        takes: Takes::Value("FILE"),
+        default: None,
+        help: "The pool's cookie key: a file of at least 32 secret bytes shared by the pool's PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.",
+    },
+    Opt {
+        key: "cookie_lifetime",
+        flag: "cookie-lifetime",
+        takes: Takes::Value("DURATION"),
+        default: Some("10m"),
+        help: "How long a session cookie stays valid: a duration (`10m`, `90s`) or seconds.",
+    },
+    Opt {
+        key: "capacity",
+        flag: "capacity",
+        takes: Takes::Value("N"),
+        default: None,
+        help: "With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions / N, re-registering when it changes (at most 4 times a second), so that the registrar sends PUs to the least loaded PE.",
+    },
+    Opt {
+        key: "asap_listen",
+        flag: "asap-listen",
+        takes: Takes::Value("ADDR"),
+        default: None,
+        help: "Also listen for registrars here (ASAP over TLS, registrar identities only), so that one taking over from a dead home registrar can adopt this PE (spec §7.4, §12.6). Port 0: any free port.",
+    },
+    Opt {
+        key: "business_card",
+        flag: "business-card",
+        takes: Takes::Value("self|auto|PE_ID,..."),
+        default: Some("auto"),
+        help: "Which PEs the business card (sent at the start of each --serve counter session, spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`, the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8); `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.",
+    },
+];
+
+/// `rsp resolve`'s own options (`[resolve]` in the config file).
+pub(crate) const RESOLVE_OPTIONS: &[Opt] = &[
+    Opt {
+        key: "items",
+        flag: "items",
+        takes: Takes::Value("N"),
+        default: None,
+        help: "How many PEs to ask for.",
+    },
+    Opt {
+        key: "json",
+        flag: "json",
+        takes: Takes::Switch,
+        default: None,
+        help: "Print JSON.",
+    },
+];
+
+/// `rsp gateway`'s own options (`[gateway]` in the config file).
+pub(crate) const GATEWAY_OPTIONS: &[Opt] = &[Opt {
+    key: "listen",
+    flag: "listen",
+    takes: Takes::Value("ADDR"),
+    default: None,
+    help: "Where plain TCP clients connect (IP:PORT). Required, here or in the config file.",
+}];
+
+/// A table of options and where it sits in the config file: at the top (the shared
+/// ones) or under `[SECTION]` (a command's own).
+pub(crate) trait Table: Clone + Default + std::fmt::Debug + Send + Sync + 'static {
+    const SECTION: Option<&'static str>;
+    const OPTIONS: &'static [Opt];
+    /// What the options merge into.
+    type Options: DeserializeOwned;
+}
+
+/// [`OPTIONS`]: identity, trust and registrars, shared by every command.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Shared;
+/// [`PE_OPTIONS`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pe;
+/// [`RESOLVE_OPTIONS`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resolve;
+/// [`GATEWAY_OPTIONS`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gateway;
+
+impl Table for Shared {
+    const SECTION: Option<&'static str> = None;
+    const OPTIONS: &'static [Opt] = OPTIONS;
+    type Options = Options;
+}
+impl Table for Pe {
+    const SECTION: Option<&'static str> = Some("pe");
+    const OPTIONS: &'static [Opt] = PE_OPTIONS;
+    type Options = PeOptions;
+}
+impl Table for Resolve {
+    const SECTION: Option<&'static str> = Some("resolve");
+    const OPTIONS: &'static [Opt] = RESOLVE_OPTIONS;
+    type Options = ResolveOptions;
+}
+impl Table for Gateway {
+    const SECTION: Option<&'static str> = Some("gateway");
+    const OPTIONS: &'static [Opt] = GATEWAY_OPTIONS;
+    type Options = GatewayOptions;
+}
+
+/// `rsp pe`'s options of [`PE_OPTIONS`], merged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeOptions {
+    #[serde(deserialize_with = "service")]
+    pub(crate) serve: Service,
+    #[serde(deserialize_with = "policy_of")]
+    pub(crate) policy: Policy,
+    #[serde(deserialize_with = "parsed")]
+    pub(crate) listen: TransportAddr,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) registration_life: Duration,
+    pub(crate) cookie_key: Option<RelativePathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) cookie_lifetime: Duration,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) capacity: Option<NonZeroUsize>,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) asap_listen: Option<SocketAddr>,
+    #[serde(deserialize_with = "parsed")]
+    pub(crate) business_card: Alternates,
+}
+
+/// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResolveOptions {
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) items: Option<u32>,
+    #[serde(default)]
+    pub(crate) json: bool,
+}
+
+/// `rsp gateway`'s options of [`GATEWAY_OPTIONS`], merged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewayOptions {
+    #[serde(default, deserialize_with = "some_parsed")]
+    listen: Option<SocketAddr>,
+}
+
+impl GatewayOptions {
+    /// `--listen`, which has no default.
+    pub(crate) fn listen(&self) -> Result<SocketAddr, String> {
+        self.listen.ok_or_else(|| {
+            "rsp gateway needs --listen ADDR (or RSP_LISTEN, or listen under [gateway] in the config file)".to_owned()
+        })
+    }
+}
+
 /// The options, merged (see the module doc). Paths from the config file are relative to
 /// its directory.
 #[derive(Debug, Deserialize)]
@@ -121,15 +321,23 @@ pub(crate) struct Options {
     pub(crate) namespace: Option<String>,
     #[serde(default, deserialize_with = "parsed_list")]
     pub(crate) registrar_ids: Vec<IdentityPattern>,
+    // The commands' own tables, read by their own [`Table`]s.
+    #[serde(default, rename = "pe")]
+    _pe: Option<de::IgnoredAny>,
+    #[serde(default, rename = "resolve")]
+    _resolve: Option<de::IgnoredAny>,
+    #[serde(default, rename = "gateway")]
+    _gateway: Option<de::IgnoredAny>,
 }
 
-/// The options given as flags (the top layer); `clap` fills it from [`OPTIONS`].
+/// The options of table `T` given as flags (the top layer); `clap` fills it from
+/// `T::OPTIONS`.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Flags(Dict);
+pub(crate) struct Flags<T = Shared>(Dict, PhantomData<T>);
 
-impl clap::Args for Flags {
+impl<T: Table> clap::Args for Flags<T> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        cmd.args(OPTIONS.iter().map(|o| {
+        cmd.args(T::OPTIONS.iter().map(|o| {
             let mut help = o.help.to_owned();
             if let Some(d) = o.default {
                 help.push_str(&format!(" [default: {d}]"));
@@ -152,10 +360,10 @@ impl clap::Args for Flags {
     }
 }
 
-impl clap::FromArgMatches for Flags {
+impl<T: Table> clap::FromArgMatches for Flags<T> {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
         let mut flags = Dict::new();
-        for o in OPTIONS {
+        for o in T::OPTIONS {
             if matches.value_source(o.key) != Some(clap::parser::ValueSource::CommandLine) {
                 continue;
             }
@@ -176,7 +384,7 @@ impl clap::FromArgMatches for Flags {
             };
             flags.insert(o.key.to_owned(), value);
         }
-        Ok(Self(flags))
+        Ok(Self(flags, PhantomData))
     }
 
     fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
@@ -205,11 +413,40 @@ const DEFAULTS: &str = "the defaults";
 const VARIABLES: &str = "the RSP_ variables";
 const FLAGS: &str = "the command line";
 
-/// The `RSP_*` variables of [`OPTIONS`], as written (`RSP_NAMESPACE=007` stays text),
+/// The `[SECTION]` table of the config file as a layer of its own, its keys at the top
+/// (the other tables and keys are another [`Table`]'s).
+struct SectionOf<P> {
+    file: P,
+    section: &'static str,
+}
+
+impl<P: figment::Provider> figment::Provider for SectionOf<P> {
+    fn metadata(&self) -> figment::Metadata {
+        self.file.metadata()
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        let mut data = self.file.data()?;
+        for dict in data.values_mut() {
+            *dict = match dict.remove(self.section) {
+                None => Dict::new(),
+                Some(Value::Dict(_, table)) => table,
+                Some(_) => {
+                    let mut e = figment::Error::from(format!("`{}` is not a table", self.section));
+                    e.path = vec![self.section.to_owned()];
+                    return Err(e);
+                }
+            };
+        }
+        Ok(data)
+    }
+}
+
+/// The `RSP_*` variables of `options`, as written (`RSP_NAMESPACE=007` stays text),
 /// except a switch's: true unless 0, false, no, off, n, f, as clap read
 /// `RSP_INSECURE_LEGACY` before. An empty variable is unset (for a switch: off, as before).
-fn env_layer(var: impl Fn(&str) -> Option<String>) -> Layer {
-    let values = OPTIONS
+fn env_layer(options: &[Opt], var: impl Fn(&str) -> Option<String>) -> Layer {
+    let values = options
         .iter()
         .filter_map(|o| {
             let text = var(&o.env()).filter(|t| !t.is_empty())?;
@@ -229,16 +466,17 @@ fn env_layer(var: impl Fn(&str) -> Option<String>) -> Layer {
     }
 }
 
-impl Flags {
-    /// The merged options, or one line naming the file (and line), variable or flag at
-    /// fault. `var` reads the environment (a parameter, so that tests need not set it).
+impl<T: Table> Flags<T> {
+    /// Table `T`'s layers (defaults < file < variables < flags) merged, or one line naming
+    /// the file (and line), variable or flag at fault. `var` reads the environment (a
+    /// parameter, so that tests need not set it).
     pub(crate) fn load(
         &self,
         file: Option<&Path>,
         var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Options, String> {
-        use figment::providers::Format as _;
-        let defaults = OPTIONS
+    ) -> Result<T::Options, String> {
+        use figment::providers::{Format as _, Toml};
+        let defaults = T::OPTIONS
             .iter()
             .filter_map(|o| Some((o.key.to_owned(), Value::from(o.default?))))
             .collect();
@@ -247,26 +485,37 @@ impl Flags {
             values: defaults,
         });
         if let Some(path) = file {
-            layers = layers.merge(figment::providers::Toml::file_exact(path));
+            layers = match T::SECTION {
+                None => layers.merge(Toml::file_exact(path)),
+                Some(section) => layers.merge(SectionOf {
+                    file: Toml::file_exact(path),
+                    section,
+                }),
+            };
         }
         layers
-            .merge(env_layer(var))
+            .merge(env_layer(T::OPTIONS, var))
             .merge(Layer {
                 name: FLAGS,
                 values: self.0.clone(),
             })
             .extract()
-            .map_err(|e| describe(&e, file))
+            .map_err(|e| describe(&e, file, T::SECTION, T::OPTIONS))
     }
 }
 
 /// One line for a configuration error: for the file, `the config file F line N: …` (as
 /// before figment: the e2e `cli::` tests read it); for a variable or flag, its name.
-fn describe(e: &figment::Error, file: Option<&Path>) -> String {
+fn describe(
+    e: &figment::Error,
+    file: Option<&Path>,
+    section: Option<&str>,
+    options: &[Opt],
+) -> String {
     use figment::error::Kind;
     let key = e.path.join(".");
     let layer = e.metadata.as_ref().map(|m| m.name.as_ref());
-    let opt = OPTIONS.iter().find(|o| o.key == key);
+    let opt = options.iter().find(|o| o.key == key);
     // Messages may span lines (a TOML parse error quotes the line with a caret): keep
     // the prose, one line.
     let prose = |text: String| {
@@ -288,41 +537,59 @@ fn describe(e: &figment::Error, file: Option<&Path>) -> String {
     };
     match (layer, opt, &e.kind) {
         // Only the file can hold an unknown key (the others are built from OPTIONS).
-        (_, _, Kind::UnknownField(..)) => in_file(file, &key, what, &e.kind),
+        (_, _, Kind::UnknownField(..)) => in_file(file, section, &key, what, &e.kind),
         (Some(VARIABLES), Some(o), _) => format!("{}: {what}", o.env()),
         (Some(FLAGS), Some(o), _) => format!("--{}: {what}", o.flag),
-        _ => in_file(file, &key, what, &e.kind),
+        _ => in_file(file, section, &key, what, &e.kind),
     }
 }
 
-/// `the config file F line N: key: what` (`what` alone without a file).
-fn in_file(file: Option<&Path>, key: &str, what: String, kind: &figment::error::Kind) -> String {
+/// `the config file F line N: key: what` (`what` alone without a file); a key of a
+/// command's table is named `SECTION.key`, as TOML would write it on one line.
+fn in_file(
+    file: Option<&Path>,
+    section: Option<&str>,
+    key: &str,
+    what: String,
+    kind: &figment::error::Kind,
+) -> String {
     let Some(path) = file else {
         return what;
     };
     // An unknown key is named in `what`; any other error says its key first.
-    let (named, what) = match kind {
-        figment::error::Kind::UnknownField(field, _) => (field.as_str(), what),
+    let (named, what) = match (kind, section) {
+        (figment::error::Kind::UnknownField(field, _), None) => (field.as_str(), what),
+        (figment::error::Kind::UnknownField(field, _), Some(s)) => {
+            (field.as_str(), format!("[{s}]: {what}"))
+        }
         _ if key.is_empty() => ("", what),
-        _ => (key, format!("{key}: {what}")),
+        (_, None) => (key, format!("{key}: {what}")),
+        (_, Some(s)) => (key, format!("{s}.{key}: {what}")),
     };
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let line = line_of(&text, named).or_else(|| parse_error_line(&what));
+    let line = line_of(&text, section, named).or_else(|| parse_error_line(&what));
     let at = line.map_or_else(String::new, |l| format!(" line {l}"));
     format!("the config file {}{at}: {what}", path.display())
 }
 
-/// The line (from 1) where `key` is set in a TOML file, if it is at the start of one.
-fn line_of(text: &str, key: &str) -> Option<usize> {
+/// The line (from 1) where `key` is set in a TOML file, if it is at the start of one: at
+/// the top (no `section`) or in the table `[section]`.
+fn line_of(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     if key.is_empty() {
         return None;
     }
+    let mut table: Option<&str> = None;
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key)
-                .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            if let Some(header) = l.strip_prefix('[') {
+                table = header.split(']').next().map(str::trim);
+                return false;
+            }
+            table == section
+                && l.strip_prefix(key)
+                    .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
 }
@@ -343,6 +610,114 @@ pub(crate) fn secs(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `rr`, `wrr:W`, `rand`, `wrand:W`, `pri:P`, `lu:L`, `lud:L:D`, `plu:L:D`, `rlu:L`.
+pub(crate) fn policy(s: &str) -> Result<Policy, String> {
+    let mut parts = s.split(':');
+    let name = parts.next().unwrap_or_default();
+    let nums: Vec<u32> = parts
+        .map(|p| {
+            p.parse::<u32>()
+                .map_err(|_| format!("{p:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    // Loads are given in percent; the wire wants a fraction of u32::MAX (spec §5.1).
+    let load = |pct: u32| -> Result<u32, String> {
+        if pct > 100 {
+            return Err(format!("load {pct}% is above 100%"));
+        }
+        Ok((u64::from(u32::MAX) * u64::from(pct) / 100) as u32)
+    };
+    Ok(match (name, nums.as_slice()) {
+        ("rr", []) => Policy::RoundRobin,
+        ("wrr", [w]) => Policy::WeightedRoundRobin { weight: *w },
+        ("rand", []) => Policy::Random,
+        ("wrand", [w]) => Policy::WeightedRandom { weight: *w },
+        ("pri", [p]) => Policy::Priority { priority: *p },
+        ("lu", [l]) => Policy::LeastUsed { load: load(*l)? },
+        ("lu", []) => Policy::LeastUsed { load: 0 },
+        ("lud", [l, d]) => Policy::LeastUsedDegradation {
+            load: load(*l)?,
+            degradation: load(*d)?,
+        },
+        ("plu", [l, d]) => Policy::PriorityLeastUsed {
+            load: load(*l)?,
+            degradation: load(*d)?,
+        },
+        ("rlu", [l]) => Policy::RandomizedLeastUsed { load: load(*l)? },
+        ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
+        _ => {
+            return Err(format!(
+                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L"
+            ));
+        }
+    })
+}
+
+/// A value as written: text (flags, variables, a TOML string) or a TOML number.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Text;
+    impl de::Visitor<'_> for Text {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a number")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(Text)
+}
+
+/// A value parsed by its `FromStr`, as its flag parses it.
+fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    text(d)?.parse().map_err(de::Error::custom)
+}
+
+/// [`parsed`], for an option without a default.
+fn some_parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    parsed(d).map(Some)
+}
+
+/// A duration: humane (`5m`, `90s`) or seconds ([`secs`]).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    secs(&text(d)?).map_err(de::Error::custom)
+}
+
+/// A policy ([`policy`]).
+fn policy_of<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
+    policy(&text(d)?).map_err(de::Error::custom)
+}
+
+/// A demo service by its name, as the flag took it.
+fn service<'de, D: Deserializer<'de>>(d: D) -> Result<Service, D::Error> {
+    let name = text(d)?;
+    <Service as clap::ValueEnum>::from_str(&name, false).map_err(|_| {
+        de::Error::custom(format!(
+            "unknown service {name:?}: use echo, discard, daytime, chargen or counter"
+        ))
+    })
+}
+
 /// A list given as a list of strings (the file) or comma-separated (a variable), each
 /// parsed; a bad one is named.
 fn parsed_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
@@ -351,7 +726,7 @@ where
     T: FromStr,
     T::Err: std::fmt::Display,
 {
-    struct List<T>(std::marker::PhantomData<T>);
+    struct List<T>(PhantomData<T>);
     impl<'de, T: FromStr> de::Visitor<'de> for List<T>
     where
         T::Err: std::fmt::Display,
@@ -374,7 +749,7 @@ where
             Ok(items)
         }
     }
-    d.deserialize_any(List(std::marker::PhantomData))
+    d.deserialize_any(List(PhantomData))
 }
 
 /// Each comma-separated item of `v`, parsed; a bad one is named.
@@ -397,13 +772,18 @@ mod tests {
 
     use super::*;
 
-    /// The flags of `rsp resolve ARGS…` as parsed.
-    fn flags(args: &[&str]) -> Flags {
-        let cmd = <Flags as clap::Args>::augment_args(clap::Command::new("resolve"));
+    /// The flags of table `T` in `rsp COMMAND ARGS…`, as parsed.
+    fn flags_of<T: Table>(args: &[&str]) -> Flags<T> {
+        let cmd = <Flags<T> as clap::Args>::augment_args(clap::Command::new("rsp"));
         let matches = cmd
-            .try_get_matches_from(["resolve"].iter().chain(args))
+            .try_get_matches_from(["rsp"].iter().chain(args))
             .expect("parses");
-        <Flags as clap::FromArgMatches>::from_arg_matches(&matches).expect("flags")
+        <Flags<T> as clap::FromArgMatches>::from_arg_matches(&matches).expect("flags")
+    }
+
+    /// The shared flags.
+    fn flags(args: &[&str]) -> Flags {
+        flags_of(args)
     }
 
     /// An environment of these variables only.
@@ -553,6 +933,164 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    /// `rsp pe`'s own flags.
+    fn pe_flags(args: &[&str]) -> Flags<Pe> {
+        flags_of(args)
+    }
+
+    #[test]
+    fn a_pe_option_is_a_flag_a_variable_a_key_of_the_pe_table_or_its_default() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(
+            &file,
+            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\n",
+        )
+        .expect("write");
+        let life = |args: &[&str], file: Option<&Path>, vars: &[(&str, &str)]| {
+            pe_flags(args)
+                .load(file, env(vars))
+                .expect("valid")
+                .registration_life
+        };
+        let vars = [("RSP_REGISTRATION_LIFE", "45s")];
+        assert_eq!(
+            life(&["--registration-life", "7"], Some(&file), &vars),
+            Duration::from_secs(7),
+            "the flag, in seconds as before"
+        );
+        assert_eq!(
+            life(&[], Some(&file), &vars),
+            Duration::from_secs(45),
+            "the variable"
+        );
+        assert_eq!(
+            life(&[], Some(&file), &[]),
+            Duration::from_secs(120),
+            "the file"
+        );
+        assert_eq!(
+            life(&[], None, &[]),
+            Duration::from_secs(300),
+            "the default"
+        );
+        let o = pe_flags(&[]).load(Some(&file), env(&[])).expect("valid");
+        assert!(matches!(o.policy, Policy::LeastUsed { .. }));
+        assert_eq!(o.cookie_lifetime, Duration::from_secs(90), "a TOML number");
+        assert_eq!(
+            o.cookie_key.expect("key").relative(),
+            dir.path().join("pool.key"),
+            "from the file's directory"
+        );
+        assert_eq!(o.capacity.map(NonZeroUsize::get), Some(8));
+        assert_eq!(o.listen, "127.0.0.1:0".parse().expect("address"));
+        assert_eq!(o.business_card, Alternates::Auto);
+        // The shared options ignore the [pe] table; the PE's ignore the shared keys.
+        let shared = flags(&[]).load(Some(&file), env(&[])).expect("valid");
+        assert!(shared.cert.is_some());
+        // Today's forms still work as flags.
+        let o = pe_flags(&[
+            "--serve",
+            "counter",
+            "--policy",
+            "wrr:3",
+            "--listen",
+            "sctp:127.0.0.1:0",
+            "--cookie-lifetime",
+            "600",
+            "--asap-listen",
+            "127.0.0.1:0",
+            "--business-card",
+            "0x1a2b3c4d,7",
+        ])
+        .load(None, env(&[]))
+        .expect("valid");
+        assert!(o.serve.has_sessions());
+        assert_eq!(o.policy, Policy::WeightedRoundRobin { weight: 3 });
+        assert!(matches!(o.listen, TransportAddr::Sctp(_)));
+        assert_eq!(o.cookie_lifetime, Duration::from_secs(600));
+        assert!(o.asap_listen.is_some());
+        assert!(matches!(o.business_card, Alternates::Listed(ref ids) if ids.len() == 2));
+    }
+
+    #[test]
+    fn a_bad_pe_option_names_the_file_and_line_the_variable_or_the_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(&file, "policy = \"rr\"\n[pe]\npolicy = \"fastest\"\n").expect("write");
+        // At the top, `policy` is no shared option: the file names where it belongs.
+        let err = flags(&[])
+            .load(Some(&file), env(&[]))
+            .expect_err("unknown key");
+        assert!(
+            err.contains("rsp.toml line 1: unknown field `policy`"),
+            "{err}"
+        );
+        let err = pe_flags(&[])
+            .load(Some(&file), env(&[]))
+            .expect_err("bad policy");
+        assert!(
+            err.contains("rsp.toml line 3: pe.policy: ") && err.contains("fastest"),
+            "{err}"
+        );
+        std::fs::write(&file, "[pe]\nregistration_lif = \"5m\"\n").expect("write");
+        let err = pe_flags(&[]).load(Some(&file), env(&[])).expect_err("typo");
+        assert!(
+            err.contains("rsp.toml line 2: [pe]: unknown field `registration_lif`"),
+            "{err}"
+        );
+        std::fs::write(&file, "pe = 3\n").expect("write");
+        let err = pe_flags(&[])
+            .load(Some(&file), env(&[]))
+            .expect_err("no table");
+        assert!(err.contains("`pe` is not a table"), "{err}");
+        let err = pe_flags(&[])
+            .load(None, env(&[("RSP_REGISTRATION_LIFE", "soon")]))
+            .expect_err("bad duration");
+        assert!(
+            err.starts_with("RSP_REGISTRATION_LIFE: ") && err.contains("soon"),
+            "{err}"
+        );
+        let err = pe_flags(&["--capacity", "0"])
+            .load(None, env(&[]))
+            .expect_err("zero capacity");
+        assert!(err.starts_with("--capacity: "), "{err}");
+        let err = pe_flags(&["--serve", "ftp"])
+            .load(None, env(&[]))
+            .expect_err("unknown service");
+        assert!(err.starts_with("--serve: ") && err.contains("ftp"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn the_gateway_needs_listen_and_resolve_takes_its_switch_from_anywhere() {
+        let gateway = |args: &[&str], vars: &[(&str, &str)]| {
+            let cmd = <Flags<Gateway> as clap::Args>::augment_args(clap::Command::new("gateway"));
+            let m = cmd
+                .try_get_matches_from(["gateway"].iter().chain(args))
+                .expect("parses");
+            <Flags<Gateway> as clap::FromArgMatches>::from_arg_matches(&m)
+                .expect("flags")
+                .load(None, env(vars))
+                .expect("valid")
+                .listen()
+        };
+        let err = gateway(&[], &[]).expect_err("no --listen");
+        assert!(err.contains("--listen"), "{err}");
+        assert_eq!(
+            gateway(&[], &[("RSP_LISTEN", "127.0.0.1:7000")]),
+            Ok("127.0.0.1:7000".parse().expect("address"))
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(&file, "[resolve]\njson = true\nitems = 3\n").expect("write");
+        let o = flags_of::<Resolve>(&[])
+            .load(Some(&file), env(&[]))
+            .expect("valid");
+        assert!(o.json);
+        assert_eq!(o.items, Some(3));
     }
 
     #[test]

@@ -32,7 +32,9 @@ struct Cli {
     /// rsp/src/config.rs (`cert = "pki/pu-client-1.pem"`, `key`, `ca`, `crl`, `registrars =
     /// ["127.0.0.1:3864"]`, `registrar_ids = ["spiffe://acme.test/registrar/*"]`,
     /// `namespace`, `insecure_legacy = true`; relative paths are from the file's
-    /// directory). Flags and RSP_* variables override it.
+    /// directory), and each command's own options under its table (`[pe]` with `policy =
+    /// "lu"`, `registration_life = "5m"`, …; `[resolve]`; `[gateway]`). Flags and RSP_*
+    /// variables override it.
     #[arg(long, env = "RSP_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -59,43 +61,8 @@ enum Command {
         /// The pool to join.
         #[arg(long)]
         pool: String,
-        /// The service to offer.
-        #[arg(long, value_enum, default_value_t = services::Service::Echo)]
-        serve: services::Service,
-        /// Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L,
-        /// lud:L:D, plu:L:D, rlu:L (loads in percent).
-        #[arg(long, default_value = "rr", value_parser = parse_policy)]
-        policy: Policy,
-        /// Where to serve (port 0: any free port): IP:PORT over TLS/TCP, or
-        /// sctp:IP:PORT[+IP:PORT...] over SCTP (a multi-homed PE registers every address).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: TransportAddr,
-        /// Registration Life (spec §4.4): a duration (`5m`, `90s`) or seconds.
-        #[arg(long, default_value = "300", value_parser = config::secs)]
-        registration_life: Duration,
-        /// The pool's cookie key: a file of at least 32 secret bytes shared by the pool's
-        /// PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.
-        #[arg(long, env = "RSP_COOKIE_KEY")]
-        cookie_key: Option<PathBuf>,
-        /// How long a session cookie stays valid: a duration (`10m`, `90s`) or seconds.
-        #[arg(long, default_value = "600", value_parser = config::secs)]
-        cookie_lifetime: Duration,
-        /// With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions
-        /// / N, re-registering when it changes (at most 4 times a second), so that the
-        /// registrar sends PUs to the least loaded PE.
-        #[arg(long, value_name = "N")]
-        capacity: Option<std::num::NonZeroUsize>,
-        /// Also listen for registrars here (ASAP over TLS, registrar identities only), so
-        /// that one taking over from a dead home registrar can adopt this PE (spec §7.4,
-        /// §12.6). Port 0: any free port.
-        #[arg(long, value_name = "ADDR")]
-        asap_listen: Option<SocketAddr>,
-        /// Which PEs the business card (sent at the start of each --serve counter session,
-        /// spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`,
-        /// the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8);
-        /// `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.
-        #[arg(long, default_value = "auto", value_name = "self|auto|PE_ID,...")]
-        business_card: client::card::Alternates,
+        #[command(flatten)]
+        own: config::Flags<config::Pe>,
         #[command(flatten)]
         common: config::Flags,
     },
@@ -103,12 +70,8 @@ enum Command {
     Resolve {
         /// The pool.
         pool: String,
-        /// How many PEs to ask for.
-        #[arg(long)]
-        items: Option<u32>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        own: config::Flags<config::Resolve>,
         #[command(flatten)]
         common: config::Flags,
     },
@@ -116,12 +79,11 @@ enum Command {
     /// --listen is carried over TLS to a PE of the pool; failed PEs are reported and
     /// skipped.
     Gateway {
-        /// Where plain TCP clients connect.
-        #[arg(long)]
-        listen: SocketAddr,
         /// The pool to forward to.
         #[arg(long)]
         pool: String,
+        #[command(flatten)]
+        own: config::Flags<config::Gateway>,
         #[command(flatten)]
         common: config::Flags,
     },
@@ -289,82 +251,89 @@ fn anonymous() -> anyhow::Result<Arc<TrustStore>> {
     Ok(Arc::new(TrustStore::new(identity)?))
 }
 
-impl Command {
-    fn flags(&self) -> Option<&config::Flags> {
-        match self {
-            Self::Decode { .. } => None,
-            Self::Pe { common, .. }
-            | Self::Resolve { common, .. }
-            | Self::Gateway { common, .. }
-            | Self::Pu { common, .. } => Some(common),
-        }
-    }
+/// A command with its options merged: flags over `RSP_*` variables over the config file
+/// over the defaults ([`config`]).
+enum Job {
+    Decode {
+        enrp: bool,
+        hex: Vec<String>,
+    },
+    Pe {
+        pool: String,
+        own: config::PeOptions,
+        common: Common,
+    },
+    Resolve {
+        pool: String,
+        own: config::ResolveOptions,
+        common: Common,
+    },
+    Gateway {
+        pool: String,
+        listen: SocketAddr,
+        common: Common,
+    },
+    Pu {
+        pool: String,
+        common: Common,
+    },
 }
 
-/// The command line, and its identity, trust and registrar options merged with the
-/// `RSP_*` variables and the config file (for the commands that have them).
-fn parse_cli() -> anyhow::Result<(Cli, Option<Common>)> {
+/// The command line, its options merged with the `RSP_*` variables and the config file;
+/// an error is one line naming the flag, variable or file (and line) at fault.
+fn parse_cli() -> Result<Job, String> {
     let cli = Cli::parse();
-    let common = cli
-        .command
-        .flags()
-        .map(|f| f.load(cli.config.as_deref(), |v| std::env::var(v).ok()))
-        .transpose()
-        .map_err(anyhow::Error::msg)?
-        .map(Common::from);
-    Ok((cli, common))
-}
-
-/// The merged options of a command that has them ([`parse_cli`] made them).
-fn merged(common: Option<Common>) -> anyhow::Result<Common> {
-    common.context("this command takes no registrar options")
+    let file = cli.config.as_deref();
+    let var = |v: &str| std::env::var(v).ok();
+    let common = |flags: &config::Flags| flags.load(file, var).map(Common::from);
+    // The shared options first: their errors come first, as before.
+    Ok(match cli.command {
+        Command::Decode { enrp, hex } => Job::Decode { enrp, hex },
+        Command::Pe {
+            pool,
+            own,
+            common: c,
+        } => {
+            let common = common(&c)?;
+            Job::Pe {
+                pool,
+                own: own.load(file, var)?,
+                common,
+            }
+        }
+        Command::Resolve {
+            pool,
+            own,
+            common: c,
+        } => {
+            let common = common(&c)?;
+            Job::Resolve {
+                pool,
+                own: own.load(file, var)?,
+                common,
+            }
+        }
+        Command::Gateway {
+            pool,
+            own,
+            common: c,
+        } => {
+            let common = common(&c)?;
+            Job::Gateway {
+                pool,
+                listen: own.load(file, var)?.listen()?,
+                common,
+            }
+        }
+        Command::Pu { pool, common: c } => Job::Pu {
+            pool,
+            common: common(&c)?,
+        },
+    })
 }
 
 fn pool_handle(name: &str) -> anyhow::Result<PoolHandle> {
     PoolHandle::new(name).with_context(|| format!("bad pool handle {name:?}: 1 to 32 bytes"))
-}
-
-/// `rr`, `wrr:W`, `rand`, `wrand:W`, `pri:P`, `lu:L`, `lud:L:D`, `plu:L:D`, `rlu:L`.
-fn parse_policy(s: &str) -> Result<Policy, String> {
-    let mut parts = s.split(':');
-    let name = parts.next().unwrap_or_default();
-    let nums: Vec<u32> = parts
-        .map(|p| {
-            p.parse::<u32>()
-                .map_err(|_| format!("{p:?} is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    // Loads are given in percent; the wire wants a fraction of u32::MAX (spec §5.1).
-    let load = |pct: u32| -> Result<u32, String> {
-        if pct > 100 {
-            return Err(format!("load {pct}% is above 100%"));
-        }
-        Ok((u64::from(u32::MAX) * u64::from(pct) / 100) as u32)
-    };
-    Ok(match (name, nums.as_slice()) {
-        ("rr", []) => Policy::RoundRobin,
-        ("wrr", [w]) => Policy::WeightedRoundRobin { weight: *w },
-        ("rand", []) => Policy::Random,
-        ("wrand", [w]) => Policy::WeightedRandom { weight: *w },
-        ("pri", [p]) => Policy::Priority { priority: *p },
-        ("lu", [l]) => Policy::LeastUsed { load: load(*l)? },
-        ("lu", []) => Policy::LeastUsed { load: 0 },
-        ("lud", [l, d]) => Policy::LeastUsedDegradation {
-            load: load(*l)?,
-            degradation: load(*d)?,
-        },
-        ("plu", [l, d]) => Policy::PriorityLeastUsed {
-            load: load(*l)?,
-            degradation: load(*d)?,
-        },
-        ("rlu", [l]) => Policy::RandomizedLeastUsed { load: load(*l)? },
-        ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
-        _ => {
-            return Err(format!(
-                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L"
-            ));
-        }
-    })
 }
 
 /// An error and its causes on one line, each said once: library errors name their
@@ -390,10 +359,10 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn main() -> ExitCode {
-    let (cli, common) = match parse_cli() {
-        Ok(parsed) => parsed,
+    let job = match parse_cli() {
+        Ok(job) => job,
         Err(err) => {
-            eprintln!("error: {}", chain(&err));
+            eprintln!("error: {err}");
             return ExitCode::from(2);
         }
     };
@@ -407,7 +376,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, common)) {
+    match runtime.block_on(run(job)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", chain(&err));
@@ -416,26 +385,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, common: Option<Common>) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Decode { enrp, hex } => decode::run(enrp, hex),
-        Command::Pe {
-            pool,
-            serve,
-            policy,
-            listen,
-            registration_life,
-            cookie_key,
-            cookie_lifetime,
-            capacity,
-            asap_listen,
-            business_card,
-            common: _,
-        } => {
+async fn run(job: Job) -> anyhow::Result<()> {
+    match job {
+        Job::Decode { enrp, hex } => decode::run(enrp, hex),
+        Job::Pe { pool, own, common } => {
+            let config::PeOptions {
+                serve,
+                policy,
+                listen,
+                registration_life,
+                cookie_key,
+                cookie_lifetime,
+                capacity,
+                asap_listen,
+                business_card,
+            } = own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
             }
-            let sessions = match (serve.has_sessions(), cookie_key) {
+            let sessions = match (serve.has_sessions(), cookie_key.map(|p| p.relative())) {
                 (true, Some(path)) => Some(services::Sessions {
                     key: session::CookieKey::from_file(&path)
                         .with_context(|| format!("the cookie key {}", path.display()))?,
@@ -460,20 +428,15 @@ async fn run(cli: Cli, common: Option<Common>) -> anyhow::Result<()> {
                 asap_listen,
                 business_card,
             };
-            run_pe(pe, merged(common)?).await
+            run_pe(pe, common).await
         }
-        Command::Resolve {
+        Job::Resolve { pool, own, common } => run_resolve(pool, own.items, own.json, common).await,
+        Job::Pu { pool, common } => run_pu(pool, common).await,
+        Job::Gateway {
             pool,
-            items,
-            json,
-            common: _,
-        } => run_resolve(pool, items, json, merged(common)?).await,
-        Command::Pu { pool, common: _ } => run_pu(pool, merged(common)?).await,
-        Command::Gateway {
             listen,
-            pool,
-            common: _,
-        } => run_gateway(listen, pool, merged(common)?).await,
+            common,
+        } => run_gateway(listen, pool, common).await,
     }
 }
 
