@@ -40,7 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::{IdentityPattern, SpiffeId};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -123,6 +125,10 @@ pub enum PeError {
     /// The PE closed the connection.
     #[error("the PE closed")]
     Closed,
+    /// The PE's answer line passed [`session::MAX_DATA_LEN`] bytes: a PE cannot make the
+    /// pool user buffer without bound.
+    #[error("the PE's answer is longer than {} bytes", session::MAX_DATA_LEN)]
+    AnswerTooLong,
 }
 
 /// Where a PE is, and a TLS configuration that accepts only the identity the registrar
@@ -233,11 +239,19 @@ impl Line {
         self.writer.write_all(b"\n").await?;
         self.writer.flush().await?;
         let mut answer = String::new();
-        let n = tokio::time::timeout(ANSWER_TIMEOUT, self.reader.read_line(&mut answer))
-            .await
-            .map_err(|_| PeError::Timeout("waiting for the answer"))??;
+        // One byte past the limit tells an over-long line from one of exactly the limit.
+        let limit = session::MAX_DATA_LEN as u64 + 1;
+        let n = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            (&mut self.reader).take(limit).read_line(&mut answer),
+        )
+        .await
+        .map_err(|_| PeError::Timeout("waiting for the answer"))??;
         if n == 0 {
             return Err(PeError::Closed);
+        }
+        if answer.trim_end_matches(['\r', '\n']).len() > session::MAX_DATA_LEN {
+            return Err(PeError::AnswerTooLong);
         }
         Ok(answer.trim_end_matches(['\r', '\n']).to_owned())
     }
@@ -538,6 +552,44 @@ impl<'a> Session<'a> {
                     self.current = None;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Line` over one end of an in-memory pipe; the other end plays the PE.
+    fn line() -> (Line, tokio::io::DuplexStream) {
+        let (ours, pe) = tokio::io::duplex(256 * 1024);
+        let (r, w) = tokio::io::split(Box::new(ours) as Box<dyn Stream>);
+        let line = Line {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        (line, pe)
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_the_limit_is_refused_and_one_at_the_limit_is_not() {
+        let (mut line, mut pe) = line();
+        let mut at_limit = vec![b'a'; session::MAX_DATA_LEN];
+        at_limit.push(b'\n');
+        pe.write_all(&at_limit).await.expect("write");
+        let answer = line
+            .exchange("hello")
+            .await
+            .expect("an answer at the limit");
+        assert_eq!(answer.len(), session::MAX_DATA_LEN);
+
+        // A PE that never ends its line: the pool user stops one byte past the limit.
+        pe.write_all(&vec![b'b'; 2 * session::MAX_DATA_LEN])
+            .await
+            .expect("write");
+        match line.exchange("again").await {
+            Err(PeError::AnswerTooLong) => {}
+            other => panic!("{other:?}"),
         }
     }
 }
