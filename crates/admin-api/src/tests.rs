@@ -46,22 +46,13 @@ impl Recorder {
 
 impl TlsLayer for Recorder {
     fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error> {
-        match revoked {
-            Revocation::Serial { domain, serial } => self.trust.deny_serial(domain, serial.clone()),
-            Revocation::Identity(id) => self.trust.deny_identity(id.clone()),
-            Revocation::TrustDomain(domain) => return self.remove_domain(domain),
-            _ => return Ok(()),
-        }
-        .map(drop)
+        self.trust.revoke(revoked).map(drop)
     }
     fn add_domain(&self, bundle: trust::DomainBundle) -> Result<(), trust::Error> {
         self.trust.add_domain(bundle)
     }
     fn remove_domain(&self, domain: &identity::TrustDomain) -> Result<(), trust::Error> {
-        match self.trust.remove_domain(domain) {
-            Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.trust.forget_domain(domain).map(drop)
     }
     fn set_crls(
         &self,

@@ -62,14 +62,7 @@ impl ControlPlane {
     /// domain is no longer trusted). A kind the TLS layer does not know changes nothing
     /// here ([`ControlPlane::revoke`] says so).
     pub fn deny(&self, revoked: &Revocation) -> Result<(), trust::Error> {
-        match revoked {
-            Revocation::Serial { domain, serial } => {
-                self.trust.deny_serial(domain, serial.clone()).map(drop)
-            }
-            Revocation::Identity(id) => self.trust.deny_identity(id.clone()).map(drop),
-            Revocation::TrustDomain(domain) => self.remove_domain(domain),
-            _ => Ok(()),
-        }
+        self.trust.revoke(revoked).map(drop)
     }
 
     /// A federated trust domain, trusted from the next handshake.
@@ -80,10 +73,7 @@ impl ControlPlane {
     /// A trust domain no longer trusted from the next handshake (one that was not is no
     /// error); its PEs go with [`ControlPlane::domain_removed`].
     pub fn remove_domain(&self, domain: &TrustDomain) -> Result<(), trust::Error> {
-        match self.trust.remove_domain(domain) {
-            Ok(_) | Err(trust::Error::UnknownTrustDomain(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.trust.forget_domain(domain).map(drop)
     }
 
     /// A trust domain's CRLs: new handshakes of what they list fail at once (their PEs go

@@ -404,25 +404,19 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
     // Revocations made through the admin API stay in force across restarts: in the TLS
     // layer from the first handshake.
     for r in db::list_revocations(&mut conn).await? {
-        match &r.revocation {
-            identity::Revocation::Serial { domain, serial } => {
-                trust.deny_serial(domain, serial.clone())?;
-            }
-            identity::Revocation::Identity(id) => {
-                trust.deny_identity(id.clone())?;
-            }
-            identity::Revocation::TrustDomain(domain) => {
-                if trust.is_trusted(domain) {
-                    trust.remove_domain(domain)?;
-                }
-            }
-            other => {
-                return Err(Error::Install {
-                    path: data.join(db::DB_FILE),
-                    reason: format!("revocation {other} of a kind this enrpd cannot enforce"),
-                });
-            }
+        use identity::Revocation::{Identity, Serial, TrustDomain};
+        // A kind this enrpd cannot enforce stops the start-up (fail closed) rather than
+        // being skipped as the TLS layer skips it.
+        if !matches!(r.revocation, Serial { .. } | Identity(_) | TrustDomain(_)) {
+            return Err(Error::Install {
+                path: data.join(db::DB_FILE),
+                reason: format!(
+                    "revocation {} of a kind this enrpd cannot enforce",
+                    r.revocation
+                ),
+            });
         }
+        trust.revoke(&r.revocation)?;
         revocations.push(r.revocation);
     }
     let grants = db::list_grants(&mut conn)

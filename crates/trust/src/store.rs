@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use identity::{IdentityPattern, RegistrarIds, Serial, SpiffeId, TrustDomain};
+use identity::{IdentityPattern, RegistrarIds, Revocation, Serial, SpiffeId, TrustDomain};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
@@ -575,6 +575,28 @@ impl TrustStore {
         Ok(self.connections.close_identity(&id))
     }
 
+    /// The TLS half of a revocation, whoever asks (admin API, SIGHUP, start-up): new
+    /// handshakes of what it names fail and its live connections are told to close; a
+    /// revoked trust domain is no longer trusted ([`TrustStore::forget_domain`]). A kind
+    /// this layer does not know changes nothing. Returns how many connections close.
+    pub fn revoke(&self, revocation: &Revocation) -> Result<usize, Error> {
+        match revocation {
+            Revocation::Serial { domain, serial } => self.deny_serial(domain, serial.clone()),
+            Revocation::Identity(id) => self.deny_identity(id.clone()),
+            Revocation::TrustDomain(domain) => self.forget_domain(domain),
+            _ => Ok(0),
+        }
+    }
+
+    /// [`TrustStore::remove_domain`] where a domain not trusted is no error: what an
+    /// operator's removal or revocation of a domain means (it may be applied twice).
+    pub fn forget_domain(&self, domain: &TrustDomain) -> Result<usize, Error> {
+        match self.remove_domain(domain) {
+            Err(Error::UnknownTrustDomain(_)) => Ok(0),
+            other => other,
+        }
+    }
+
     /// Lifts a serial denial; returns whether it was denied.
     pub fn allow_serial(&self, domain: &TrustDomain, serial: &Serial) -> Result<bool, Error> {
         self.update(|state| {
@@ -771,6 +793,45 @@ fn client_config(
 mod tests {
     use super::*;
     use crate::testing::TestCa;
+
+    /// `revoke` is the one way every caller applies a revocation to the TLS layer: each
+    /// kind refuses what it names and only that, and a trust domain revoked (or removed)
+    /// twice is no error the second time.
+    #[test]
+    fn each_kind_of_revocation_refuses_what_it_names_and_only_that() {
+        let ca = TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("store");
+        store.add_domain(ca.bundle()).expect("domain");
+        let peer = |path: &str| {
+            let leaf = ca.leaf(path).issue();
+            (
+                Peer::from_certificate(&leaf.chain[0]).expect("peer"),
+                leaf.serial,
+            )
+        };
+        let (by_id, _) = peer("pe/by-id");
+        let (by_serial, serial) = peer("pe/by-serial");
+        let (other, _) = peer("pe/other");
+
+        store
+            .revoke(&Revocation::Identity(by_id.id().clone()))
+            .expect("identity");
+        store
+            .revoke(&Revocation::Serial {
+                domain: ca.domain().clone(),
+                serial,
+            })
+            .expect("serial");
+        assert!(store.register_connection(&by_id).is_err());
+        assert!(store.register_connection(&by_serial).is_err());
+        assert!(store.register_connection(&other).is_ok());
+
+        let domain = Revocation::TrustDomain(ca.domain().clone());
+        store.revoke(&domain).expect("domain");
+        assert!(!store.is_trusted(ca.domain()));
+        assert_eq!(store.revoke(&domain).expect("again"), 0);
+        assert_eq!(store.forget_domain(ca.domain()).expect("and again"), 0);
+    }
 
     /// A connection that passed its handshake while its intermediate was good, and
     /// registers after a CRL revoked the intermediate, is refused; one whose leaf has the
