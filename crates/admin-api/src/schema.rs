@@ -100,8 +100,8 @@ text_schema! {
 }
 
 text_schema! {
-    /// A token's label: 1 to 128 bytes, no control characters other than tab and newline.
-    /// The pattern states printable ASCII (a length in characters is then one in bytes); other
+    /// A token's label: 1 to 128 bytes, no control characters other than tab and newline, no
+    /// invisible formatting (bidirectional overrides, zero-width characters). The pattern states printable ASCII (a length in characters is then one in bytes); other
     /// UTF-8 text is accepted too, within the 128 bytes.
     TokenName {
         pattern = r"^[\t\n\x20-\x7e]{1,128}$", example = "ci"
@@ -110,7 +110,8 @@ text_schema! {
 
 text_schema! {
     /// Why, for the record: at most 4096 bytes, no control characters other than tab and
-    /// newline. The pattern states printable ASCII; other UTF-8 text is accepted too, within
+    /// newline, no invisible formatting (bidirectional overrides, zero-width characters). The
+    /// pattern states printable ASCII; other UTF-8 text is accepted too, within
     /// the 4096 bytes.
     Reason {
         pattern = r"^[\t\n\x20-\x7e]{0,4096}$", example = "key compromise"

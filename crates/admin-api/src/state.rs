@@ -220,11 +220,11 @@ fn clipped(mut record: Record) -> Record {
     record
 }
 
-/// Free text fit for an audit detail: at most 4096 bytes, control characters replaced.
+/// Free text fit for an audit detail: at most 4096 bytes, control and invisible formatting
+/// characters replaced ([`identity::text::printable`]).
 pub(crate) fn clip(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(store::db::MAX_TEXT_LEN));
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
+    for c in text.chars().map(identity::text::printable) {
         if out.len() + c.len_utf8() > store::db::MAX_TEXT_LEN {
             break;
         }

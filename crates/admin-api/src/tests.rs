@@ -693,6 +693,52 @@ async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
 }
 
 #[tokio::test]
+async fn names_and_reasons_that_would_display_as_other_text_are_refused_and_audited() {
+    let f = fixture().await;
+    // "adm\u{202e}nimda" shows as "admadmin" reversed: a token name that lies to the
+    // operator who later reads the list or the audit log.
+    for name in ["adm\u{202e}nimda", "ci\u{200b}", "a\u{2028}b"] {
+        f.call(
+            "POST",
+            "/v1/tokens",
+            Some(&f.admin),
+            Some(json!({"name": name, "role": "operator", "ttl_seconds": 60})),
+        )
+        .await
+        .problem(422, "invalid");
+    }
+    let list = f.call("GET", "/v1/tokens", Some(&f.auditor), None).await;
+    assert_eq!(
+        list.json().as_array().map(Vec::len),
+        Some(3),
+        "none created"
+    );
+    f.call(
+        "POST",
+        "/v1/revocations",
+        Some(&f.operator),
+        Some(json!({"kind": "spiffe_id", "spiffe_id": "spiffe://acme.test/pe/echo-2", "reason": "lost\u{2066}"})),
+    )
+    .await
+    .problem(422, "invalid");
+    let list = f
+        .call("GET", "/v1/revocations", Some(&f.auditor), None)
+        .await;
+    assert_eq!(list.json(), json!([]), "nothing revoked");
+    let refused = f.audit("admin:token.create").await;
+    assert_eq!(refused.len(), 3, "each refusal is audited");
+    for entry in &refused {
+        assert_ne!(entry.record.outcome.to_string(), "ok");
+        let detail = entry.record.detail.as_deref().unwrap_or("");
+        assert!(
+            !detail.chars().any(identity::text::is_invisible),
+            "{detail:?}"
+        );
+    }
+    assert_eq!(f.audit("admin:revoke").await.len(), 1);
+}
+
+#[tokio::test]
 async fn failed_token_attempts_are_limited_per_address() {
     let f = fixture().await;
     let from = |ip: [u8; 4], token: &str| {

@@ -11,6 +11,8 @@
 //! - [`Revocation`]: what a revocation names (identity, serial, trust domain).
 //! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::AuditAction`],
 //!   [`audit::Durability`]).
+//! - [`text`]: which characters stored free text may not carry (controls, bidirectional
+//!   overrides and other invisible formatting).
 #![warn(missing_docs)]
 
 pub mod audit;
@@ -21,6 +23,7 @@ mod registrar_ids;
 mod revocation;
 mod serial;
 mod spiffe;
+pub mod text;
 
 pub use error::Error;
 pub use grant::{

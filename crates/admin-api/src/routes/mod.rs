@@ -24,12 +24,18 @@ pub(crate) const JSON: &str = "application/json";
 /// Prefix of a pool handle written in hex.
 pub const HEX_PREFIX: &str = "hex:";
 
-/// A pool handle as the API writes it: as text when it is UTF-8 without control
-/// characters and does not start with `hex:`, else `hex:` and its bytes in lowercase hex.
+/// A pool handle as the API writes it: as text when it is UTF-8 without control or
+/// invisible formatting characters (a handle must not display as another one) and does not
+/// start with `hex:`, else `hex:` and its bytes in lowercase hex.
 /// [`crate::PoolView::handle`] must use this form.
 pub fn handle_text(handle: &[u8]) -> String {
     match std::str::from_utf8(handle) {
-        Ok(text) if !text.starts_with(HEX_PREFIX) && !text.chars().any(char::is_control) => {
+        Ok(text)
+            if !text.starts_with(HEX_PREFIX)
+                && !text
+                    .chars()
+                    .any(|c| c.is_control() || identity::text::is_invisible(c)) =>
+        {
             text.to_owned()
         }
         _ => format!("{HEX_PREFIX}{}", hex::encode(handle)),

@@ -20,13 +20,10 @@ pub(super) fn to_record(event: AuditEvent) -> Record {
     r
 }
 
-/// Detail text as the audit log accepts it: no control characters (they could forge log
-/// lines), at most 512 characters. Some of it comes from peers (TLS errors, certificates).
+/// Detail text as the audit log accepts it: no control or invisible formatting characters
+/// (they could forge log lines or reorder what an operator reads), at most 512 characters. Some of it comes from peers (TLS errors, certificates).
 pub(crate) fn audit_text(s: &str) -> String {
-    s.chars()
-        .take(512)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().take(512).map(identity::text::printable).collect()
 }
 
 #[cfg(test)]
@@ -37,6 +34,7 @@ mod tests {
     #[test]
     fn audit_text_is_bounded_and_printable() {
         assert_eq!(audit_text("bad\ncert\u{1b}[31m"), "bad cert [31m");
+        assert_eq!(audit_text("peer \u{202e}gnp.exe"), "peer  gnp.exe");
         assert_eq!(audit_text(&"é".repeat(1000)).chars().count(), 512);
         let mut r = Record::new(1, AuditAction::Handshake, Outcome::Ok);
         r.detail = Some(audit_text(&"x\r\n".repeat(10_000)));

@@ -37,7 +37,7 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
-use crate::db::{Error, MAX_TEXT_LEN, Result, check_namespace};
+use crate::db::{Error, Result, check_namespace, check_text};
 use identity::{Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats};
@@ -277,21 +277,7 @@ impl Record {
         }
         self.outcome.check()?;
         if let Some(detail) = &self.detail {
-            if detail.len() > MAX_TEXT_LEN {
-                return Err(Error::Invalid {
-                    what: "detail",
-                    reason: "longer than 4096 bytes",
-                });
-            }
-            if detail
-                .chars()
-                .any(|c| c.is_control() && c != '\n' && c != '\t')
-            {
-                return Err(Error::Invalid {
-                    what: "detail",
-                    reason: "contains control characters",
-                });
-            }
+            check_text(detail, "detail")?;
         }
         Ok(())
     }

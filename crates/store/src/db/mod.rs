@@ -345,20 +345,22 @@ fn i64_to_ms(ms: i64, table: &'static str, id: &dyn fmt::Display) -> Result<u64>
     })
 }
 
-fn check_text(text: &str, what: &'static str) -> Result<()> {
+/// Why stored free text was refused for its characters ([`identity::text::is_refused`]).
+pub(crate) const REFUSED_CHARACTERS: &str =
+    "contains control characters or invisible formatting (e.g. a bidirectional override)";
+
+/// Free text as the store accepts it: at most [`MAX_TEXT_LEN`] bytes, no refused characters.
+pub(crate) fn check_text(text: &str, what: &'static str) -> Result<()> {
     if text.len() > MAX_TEXT_LEN {
         return Err(Error::Invalid {
             what,
             reason: "longer than 4096 bytes",
         });
     }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    if text.chars().any(identity::text::is_refused) {
         return Err(Error::Invalid {
             what,
-            reason: "contains control characters",
+            reason: REFUSED_CHARACTERS,
         });
     }
     Ok(())

@@ -523,6 +523,14 @@ async fn add_revocation_of_each_kind() {
         matches!(err, Error::Invalid { what: "reason", .. }),
         "{err}"
     );
+    // A bidirectional override would make the reason display as other text.
+    let err = add_revocation(&mut conn, &kinds[2], Some("lost \u{202e}tpmorp"), 1)
+        .await
+        .expect_err("bidi override");
+    assert!(
+        matches!(err, Error::Invalid { what: "reason", .. }),
+        "{err}"
+    );
     let (value,): (String,) = sqlx::query_as("SELECT value FROM revocations WHERE kind = 'serial'")
         .fetch_one(&mut *conn)
         .await
@@ -626,6 +634,19 @@ async fn create_token_stores_only_an_argon2id_hash() {
         .await
         .expect_err("empty name");
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let err = create_token(&mut conn, &fast(), "adm\u{202e}nimda", Role::Admin, None, 1)
+        .await
+        .expect_err("a name that displays as another");
+    assert!(
+        matches!(
+            err,
+            Error::Invalid {
+                what: "token name",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = create_token(&mut conn, &fast(), "old", Role::Admin, Some(5), 5)
         .await
         .expect_err("expired at birth");
