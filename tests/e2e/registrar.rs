@@ -457,7 +457,7 @@ async fn sigkill_during_registrations_loses_no_acknowledged_record() {
             .expect("query");
         for e in &page.events {
             if e.record.action == "register" && e.record.outcome.to_text() == "ok" {
-                logged.extend(e.record.pe_id);
+                logged.extend(e.record.pe_id.map(PeId::get));
             }
         }
         match page.next {

@@ -503,7 +503,14 @@ async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
         .filter(|e| e.record.outcome.to_string() == "ok")
         .collect();
     assert_eq!(ok.len(), 1);
-    assert_eq!(ok[0].record.namespace.as_deref(), Some("lab"));
+    assert_eq!(
+        ok[0]
+            .record
+            .namespace
+            .as_ref()
+            .map(identity::Namespace::as_str),
+        Some("lab")
+    );
     assert!(
         ok[0]
             .record
@@ -1190,6 +1197,50 @@ async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
     f.call("GET", "/v1/audit?identity=nobody", Some(&f.auditor), None)
         .await
         .problem(422, "invalid");
+    // A namespace or pool handle no record can hold is refused, saying why, not answered
+    // with an empty page (issue 24: the filters are typed).
+    for (query, says) in [
+        (
+            "namespace=UPPER",
+            "invalid namespace \"UPPER\": only a-z, 0-9, '-' and '.'",
+        ),
+        (
+            "namespace=",
+            "invalid namespace \"\": must be 1 to 63 bytes",
+        ),
+        (
+            &*format!("namespace={}", "a".repeat(64)),
+            "must be 1 to 63 bytes",
+        ),
+        (
+            &*format!("pool={}", "p".repeat(33)),
+            "a pool handle is 1 to 32 bytes",
+        ),
+        ("pool=hex:", "a pool handle is 1 to 32 bytes"),
+    ] {
+        let r = f
+            .call("GET", &format!("/v1/audit?{query}"), Some(&f.auditor), None)
+            .await;
+        r.problem(422, "invalid");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(says)),
+            "{query}: {}",
+            r.text
+        );
+    }
+    // At the limits, the same filters are valid (and match nothing here).
+    for query in [
+        format!("namespace={}", "a".repeat(63)),
+        format!("pool={}", "p".repeat(32)),
+    ] {
+        let page = f
+            .call("GET", &format!("/v1/audit?{query}"), Some(&f.auditor), None)
+            .await
+            .json();
+        assert_eq!(page["events"], json!([]), "{query}");
+    }
     let verify = f
         .call("GET", "/v1/audit/verify", Some(&f.auditor), None)
         .await

@@ -1,9 +1,36 @@
 //! The audit vocabulary shared by the registrar core (which says what to record and how
 //! soon) and `store::audit` (which chains and stores it): pure values, so that the core
-//! need not depend on the store (issue 24 item 4).
+//! need not depend on the store (issue 24 item 4): the core's [`AuditEvent`], the actions
+//! and how soon a record must be durable.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::SocketAddr;
+
+use crate::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
+
+/// One audit record as the registrar core produces it, with typed subjects: the driver
+/// adds the time (`store::audit::Record::from_event`) and the store the chain. The
+/// `store::audit::Record` has the same subjects, of the same types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Who asked (`None` when the registrar acted on its own, e.g. a timeout).
+    pub actor: Option<(SpiffeId, Serial)>,
+    /// The remote address of the request's connection.
+    pub remote: Option<SocketAddr>,
+    /// The namespace.
+    pub namespace: Option<Namespace>,
+    /// The pool.
+    pub pool_handle: Option<PoolHandle>,
+    /// The PE.
+    pub pe_id: Option<PeId>,
+    /// What.
+    pub action: AuditAction,
+    /// `None` for success, else the spec §4.7 cause code of the refusal.
+    pub outcome: Option<u16>,
+    /// A short reason, when there is more to say than the cause.
+    pub detail: Option<String>,
+}
 
 /// When an audit record must be durable (STYLE.md §2, "audit before ack").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

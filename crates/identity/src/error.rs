@@ -43,4 +43,18 @@ pub enum Error {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// A string is not a valid namespace name.
+    #[error("invalid namespace {input:?}: {reason}")]
+    InvalidNamespace {
+        /// The input, shortened if long.
+        input: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A pool handle is empty or longer than 32 bytes.
+    #[error("invalid pool handle: {len} bytes, a pool handle is 1 to 32 bytes")]
+    InvalidPoolHandle {
+        /// Its length.
+        len: usize,
+    },
 }

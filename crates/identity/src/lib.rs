@@ -9,8 +9,11 @@
 //! - [`RegistrarIds`]: which identities are accepted as a registrar (spec §11.1).
 //! - [`Serial`]: a certificate serial number, normalised.
 //! - [`Revocation`]: what a revocation names (identity, serial, trust domain).
-//! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::AuditAction`],
-//!   [`audit::Durability`]).
+//! - [`Namespace`], [`PoolHandle`], [`PeId`]: the handlespace's names, validated (the wire
+//!   codec `asap::wire::param` encodes them; the core, the audit log and the admin API use
+//!   them).
+//! - [`audit`]: the audit vocabulary shared by the core and the store ([`audit::AuditEvent`],
+//!   [`audit::AuditAction`], [`audit::Durability`]).
 //! - [`text`]: which characters stored free text may not carry (controls, bidirectional
 //!   overrides and other invisible formatting).
 #![warn(missing_docs)]
@@ -18,6 +21,7 @@
 pub mod audit;
 mod error;
 mod grant;
+mod handlespace;
 mod pattern;
 mod registrar_ids;
 mod revocation;
@@ -29,6 +33,7 @@ pub use error::Error;
 pub use grant::{
     Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
 };
+pub use handlespace::{MAX_NAMESPACE_LEN, Namespace, PeId, PoolHandle};
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registrar_ids::{DEFAULT_REGISTRAR_ID, RegistrarIds};
 pub use revocation::Revocation;

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use identity::SpiffeId;
 use identity::audit::{AuditAction, Durability};
+use identity::{Namespace, PeId, PoolHandle, SpiffeId};
 use store::audit::{AuditConfig, AuditLog, Outcome, Record};
 use store::db::{Store, StoreOptions, Synchronous};
 
@@ -22,9 +22,9 @@ fn record(i: u64, actor: &SpiffeId) -> Record {
     Record::new(1_700_000_000_000 + i, AuditAction::Register, Outcome::Ok)
         .actor(actor.clone())
         .remote(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)))
-        .namespace("default")
-        .pool(b"echo".to_vec())
-        .pe_id(u32::try_from(i % u64::from(u32::MAX)).unwrap_or(1))
+        .namespace(Namespace::new("default").expect("namespace"))
+        .pool(PoolHandle::new(b"echo").expect("pool handle"))
+        .pe_id(PeId::new(u32::try_from(i % u64::from(u32::MAX)).unwrap_or(0) + 1).expect("PE ID"))
 }
 
 struct Run {

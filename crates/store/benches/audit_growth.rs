@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use identity::audit::AuditAction;
-use identity::{Serial, SpiffeId};
+use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 use store::audit::archive::{self, Cut, Target};
 use store::audit::{Outcome, Record, append_in};
 use store::db::{Store, StoreOptions};
@@ -23,7 +23,7 @@ const BATCH: u64 = 1000;
 
 /// A record of `kind` as the registrar writes it (daemon::to_record, daemon::refusals).
 fn record(kind: &str, i: u64) -> Record {
-    let pe = u32::try_from(i % 4_000_000_000).unwrap_or(1) + 1;
+    let pe = PeId::new(u32::try_from(i % 4_000_000_000).unwrap_or(1) + 1).expect("nonzero");
     let actor = |path: String| SpiffeId::parse(&format!("spiffe://acme.test/{path}")).expect("id");
     let remote = std::net::SocketAddr::from((
         [10, 1, (i % 200) as u8, (i % 250) as u8],
@@ -39,8 +39,8 @@ fn record(kind: &str, i: u64) -> Record {
             let mut r = Record::new(t, AuditAction::Register, Outcome::Ok)
                 .actor(actor(format!("pe/echo-{}", i % 100)))
                 .remote(remote)
-                .namespace("default")
-                .pool(b"echo".to_vec())
+                .namespace(Namespace::new("default").expect("namespace"))
+                .pool(PoolHandle::new(b"echo").expect("pool handle"))
                 .pe_id(pe);
             r.serial = Some(serial);
             r
@@ -49,8 +49,8 @@ fn record(kind: &str, i: u64) -> Record {
             let mut r = Record::new(t, AuditAction::Resolve, Outcome::Ok)
                 .actor(actor(format!("pu/client-{}", i % 1000)))
                 .remote(remote)
-                .namespace("default")
-                .pool(b"echo".to_vec());
+                .namespace(Namespace::new("default").expect("namespace"))
+                .pool(PoolHandle::new(b"echo").expect("pool handle"));
             r.serial = Some(serial);
             r
         }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use identity::SpiffeId;
+use identity::{Namespace, PoolHandle, SpiffeId};
 use serde::{Deserialize, Serialize};
 use store::audit::{self, AuditFilter, ChainedRecord, Order, Outcome};
 use utoipa::ToSchema;
@@ -98,15 +98,22 @@ pub(crate) struct AuditEventView {
 impl From<ChainedRecord> for AuditEventView {
     fn from(e: ChainedRecord) -> Self {
         let r = e.record;
+        // A stored subject this version's types refuse is shown as stored.
+        let unparsed = e.unparsed;
+        let pool = r.pool.map(|p| p.as_bytes().to_vec()).or(unparsed.pool);
         Self {
             id: e.id,
             time_ms: r.time_ms,
             actor: r.actor.map(|a| a.to_string()),
             serial: r.serial.map(|s| s.to_hex()),
             remote: r.remote.map(|a| a.to_string()),
-            namespace: r.namespace,
-            pool: r.pool.as_deref().map(handle_text),
-            pe_id: r.pe_id.map(|id| format!("{id:#010x}")),
+            namespace: r.namespace.map(|n| n.to_string()).or(unparsed.namespace),
+            pool: pool.as_deref().map(handle_text),
+            pe_id: r
+                .pe_id
+                .map(|id| i64::from(id.get()))
+                .or(unparsed.pe_id)
+                .map(|id| format!("{id:#010x}")),
             action: r.action.into_owned(),
             outcome: r.outcome.to_string(),
             detail: r.detail,
@@ -139,10 +146,20 @@ impl AuditQuery {
                 None => SpiffeId::parse(text)?,
             }),
         };
+        // A filter value that cannot be stored is an error, not an empty page.
+        let namespace = self
+            .namespace
+            .as_deref()
+            .map(Namespace::parse)
+            .transpose()?;
         let pool = self
             .pool
             .as_deref()
-            .map(|p| parse_handle(p).ok_or_else(|| invalid("a pool handle is 1 to 32 bytes")))
+            .map(|p| {
+                parse_handle(p).and_then(PoolHandle::new).ok_or_else(|| {
+                    invalid("a pool handle is 1 to 32 bytes: text, or `hex:` and hex digits")
+                })
+            })
             .transpose()?;
         let outcome = self.outcome.as_deref().map(Outcome::from_str).transpose()?;
         let limit = match self.limit {
@@ -154,7 +171,7 @@ impl AuditQuery {
         filter.since_ms = self.since_ms;
         filter.until_ms = self.until_ms;
         filter.actor = actor;
-        filter.namespace = self.namespace;
+        filter.namespace = namespace;
         filter.pool = pool;
         filter.action = self.action;
         filter.outcome = outcome;

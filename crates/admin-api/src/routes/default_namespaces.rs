@@ -84,10 +84,11 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<NewDefaultNamespace>,
 ) -> Result<(StatusCode, axum::Json<DefaultNamespaceView>), ApiError> {
     let now = app.now();
-    let record = caller
+    let mut record = caller
         .record(now, AuditAction::AdminDefaultNamespaceCreate)
-        .namespace(&body.namespace)
         .detail(body.identity.clone());
+    // A name that is no namespace is refused below, and audited without it.
+    record.namespace = identity::Namespace::new(&body.namespace);
     let mut tx = app.begin().await?;
     let result = async {
         let rule = DefaultNamespace {

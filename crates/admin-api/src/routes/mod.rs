@@ -54,9 +54,9 @@ pub fn parse_handle(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The namespace of a path: a name that cannot exist is simply not found.
-pub(crate) fn path_namespace(name: &str) -> Result<(), ApiError> {
-    store::db::check_namespace(name)
-        .map_err(|_| ApiError::new(ProblemKind::NotFound, format!("no namespace {name:?}")))
+pub(crate) fn path_namespace(name: &str) -> Result<identity::Namespace, ApiError> {
+    identity::Namespace::new(name)
+        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, format!("no namespace {name:?}")))
 }
 
 /// The pool handle of a path: a handle that cannot exist is simply not found.

@@ -70,9 +70,8 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, axum::Json<Namespace>), ApiError> {
     let now = app.now();
     let mut record = caller.record(now, AuditAction::AdminNamespaceCreate);
-    if db::check_namespace(&body.name).is_ok() {
-        record = record.namespace(body.name.clone());
-    }
+    // A name that is no namespace is refused below, and audited without it.
+    record.namespace = identity::Namespace::new(&body.name);
     let mut tx = app.begin().await?;
     let result = db::create_namespace(&mut tx, &body.name, now)
         .await
@@ -118,10 +117,10 @@ pub(crate) async fn delete(
     Authorized(caller, ..): Authorized<AdminOnly>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    crate::routes::path_namespace(&name)?;
+    let subject = crate::routes::path_namespace(&name)?;
     let record = caller
         .record(app.now(), AuditAction::AdminNamespaceDelete)
-        .namespace(name.clone());
+        .namespace(subject);
     let mut tx = app.begin().await?;
     let result = db::delete_namespace(&mut tx, &name)
         .await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use identity::audit::AuditAction;
+use identity::{PeId, PoolHandle};
 use serde::{Deserialize, Serialize};
 use store::db;
 use utoipa::ToSchema;
@@ -230,11 +231,11 @@ pub(crate) async fn put(
     ApiPath((namespace, handle_param)): ApiPath<(String, String)>,
     ApiJson(limits): ApiJson<PoolLimits>,
 ) -> Result<axum::Json<Pool>, ApiError> {
-    path_namespace(&namespace)?;
+    let subject = path_namespace(&namespace)?;
     let now = app.now();
     let mut record = caller
         .record(now, AuditAction::AdminPoolDeclare)
-        .namespace(namespace.clone());
+        .namespace(subject);
     let result = async {
         let handle = crate::routes::parse_handle(&handle_param).ok_or_else(|| {
             ApiError::new(
@@ -251,7 +252,8 @@ pub(crate) async fn put(
     let mut tx = app.begin().await?;
     let result = match result {
         Ok(decl) => {
-            record = record.pool(decl.handle.clone()).detail(format!(
+            record.pool = PoolHandle::new(&decl.handle);
+            record = record.detail(format!(
                 "policy {:?}, max_pes {:?}",
                 limits.policy, limits.max_pes
             ));
@@ -294,11 +296,11 @@ pub(crate) async fn delete(
     ApiPath((namespace, handle_param)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (handle, view) = find(&app, &namespace, &handle_param).await?;
-    let record = caller
+    let mut record = caller
         .record(app.now(), AuditAction::AdminPoolDelete)
-        .namespace(namespace.clone())
-        .pool(handle.clone())
+        .namespace(path_namespace(&namespace)?)
         .detail(format!("{} live PEs", view.pool_elements.len()));
+    record.pool = PoolHandle::new(&handle);
     let mut tx = app.begin().await?;
     let result = if view.declared.is_some() {
         db::delete_pool(&mut tx, &namespace, &handle)
@@ -367,7 +369,7 @@ pub(crate) async fn delete_pe(
     Authorized(caller, ..): Authorized<Operate>,
     ApiPath((namespace, handle_param, pe_param)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    path_namespace(&namespace)?;
+    let subject = path_namespace(&namespace)?;
     let handle = path_handle(&namespace, &handle_param)?;
     let not_found = || {
         ApiError::new(
@@ -386,11 +388,12 @@ pub(crate) async fn delete_pe(
         pe_id,
     };
     let removed = app.registrar().remove(scope, caller.actor.clone()).await;
-    let record = caller
+    let mut record = caller
         .record(app.now(), AuditAction::AdminPeDeregister)
-        .namespace(namespace.clone())
-        .pool(handle)
-        .pe_id(pe_id);
+        .namespace(subject);
+    record.pool = PoolHandle::new(&handle);
+    // PE ID 0 is no PE's (spec §4.4): its refusal is audited without it.
+    record.pe_id = PeId::new(pe_id);
     if removed == 0 {
         let err = not_found();
         app.audit_refusal(record, &err).await;

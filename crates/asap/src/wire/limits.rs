@@ -42,7 +42,7 @@ pub const MAX_POOL_HANDLE_LEN: usize = super::param::PoolHandle::MAX_LEN;
 
 /// Namespace name length (spec §12.9). Enforced by
 /// [`Namespace::new`](super::param::Namespace::new) and the namespace decoder.
-pub const MAX_NAMESPACE_LEN: usize = 63;
+pub const MAX_NAMESPACE_LEN: usize = identity::MAX_NAMESPACE_LEN;
 
 /// Registrant Identity length (spec §12.9). Enforced by
 /// [`RegistrantIdentity::new`](super::param::RegistrantIdentity::new) and its decoder.

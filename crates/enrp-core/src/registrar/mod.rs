@@ -44,6 +44,9 @@ pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 // What a revocation names, what an audit record says happened and when it must be
 // durable: `identity`'s, one vocabulary for the core, the store and the admin API.
 use identity::Revocation;
+/// The core's audit records are `identity`'s (typed subjects, one type from the core to the
+/// store, issue 24); re-exported so that the core's modules and the driver keep one path.
+pub use identity::audit::AuditEvent;
 use identity::audit::{AuditAction, Durability};
 pub use legacy::{
     is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity, legacy_registrant,
@@ -253,27 +256,6 @@ pub enum Action {
         /// When it must be durable.
         durability: Durability,
     },
-}
-
-/// One audit record as the core produces it; the driver adds the time and the chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEvent {
-    /// Who asked (`None` when the registrar acted on its own, e.g. a timeout).
-    pub actor: Option<(SpiffeId, Serial)>,
-    /// The remote address of the request's connection.
-    pub remote: Option<SocketAddr>,
-    /// The namespace.
-    pub namespace: Option<Namespace>,
-    /// The pool.
-    pub pool_handle: Option<PoolHandle>,
-    /// The PE.
-    pub pe_id: Option<PeId>,
-    /// What.
-    pub action: AuditAction,
-    /// `None` for success, else the spec §4.7 cause code of the refusal.
-    pub outcome: Option<u16>,
-    /// A short reason, when there is more to say than the cause.
-    pub detail: Option<String>,
 }
 
 /// A PE this registrar knows, as a key: (namespace, pool handle, PE ID).

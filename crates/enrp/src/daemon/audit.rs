@@ -1,23 +1,16 @@
-//! Core audit events become audit log records.
+//! Core audit events become audit log records: the same typed subjects
+//! (`identity::audit::AuditEvent`, issue 24), stamped with the time.
 
-use store::audit::{Outcome, Record};
+use store::audit::Record;
 
 use super::now_ms;
 use enrp_core::registrar::AuditEvent;
 
-pub(super) fn to_record(event: AuditEvent) -> Record {
-    let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
-    let mut r = Record::new(now_ms(), event.action, outcome);
-    if let Some((id, serial)) = event.actor {
-        r.actor = Some(id);
-        r.serial = Some(serial);
-    }
-    r.remote = event.remote;
-    r.namespace = event.namespace.map(|n| n.as_str().to_owned());
-    r.pool = event.pool_handle.map(|h| h.as_bytes().to_vec());
-    r.pe_id = event.pe_id.map(|p| p.get());
-    r.detail = event.detail.map(|d| audit_text(&d));
-    r
+/// The record of `event`, now; its detail made printable ([`audit_text`]: some of it comes
+/// from peers).
+pub(super) fn to_record(mut event: AuditEvent) -> Record {
+    event.detail = event.detail.map(|d| audit_text(&d));
+    Record::from_event(now_ms(), event)
 }
 
 /// Detail text as the audit log accepts it: no control or invisible formatting characters
@@ -30,6 +23,7 @@ pub(crate) fn audit_text(s: &str) -> String {
 mod tests {
     use super::*;
     use identity::audit::AuditAction;
+    use store::audit::Outcome;
 
     #[test]
     fn audit_text_is_bounded_and_printable() {

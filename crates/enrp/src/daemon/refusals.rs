@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use identity::audit::AuditAction;
+use identity::{Namespace, PeId, PoolHandle};
 use store::audit::Record;
 
 /// How long repeats are gathered into one summary record. One second: the budget is
@@ -45,9 +46,9 @@ struct Key {
     actor: Option<String>,
     action: String,
     outcome: String,
-    namespace: Option<String>,
-    pool: Option<Vec<u8>>,
-    pe_id: Option<u32>,
+    namespace: Option<Namespace>,
+    pool: Option<PoolHandle>,
+    pe_id: Option<PeId>,
     /// Why, for authenticated refusals: two refusals of one actor for different reasons
     /// (a forged TAKEOVER_SERVER and a forged INIT_TAKEOVER, say) are two kinds, each
     /// written once; the per-scope budget still bounds how many kinds are written.
@@ -296,7 +297,7 @@ mod tests {
                 Outcome::Cause(ErrorCause::SECURITY_REJECTION),
             )
             .actor(actor.clone());
-            r.pool = Some(pool.as_bytes().to_vec());
+            r.pool = PoolHandle::new(pool);
             r
         };
         assert!(agg.note("core", refused("a")).is_some());
@@ -304,7 +305,7 @@ mod tests {
         assert!(agg.note("core", refused("b")).is_some(), "another pool");
         let summary = agg.flush(2);
         assert_eq!(summary.len(), 1);
-        assert_eq!(summary[0].pool.as_deref(), Some(&b"a"[..]));
+        assert_eq!(summary[0].pool, PoolHandle::new("a"));
         assert_eq!(
             summary[0].outcome,
             Outcome::Cause(ErrorCause::SECURITY_REJECTION)

@@ -37,8 +37,8 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
-use crate::db::{Error, Result, check_namespace, check_text};
-use identity::{Serial, SpiffeId};
+use crate::db::{Error, Result, check_text};
+use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats};
 
@@ -51,7 +51,7 @@ pub const GENESIS: Hash = [0; 32];
 /// Longest action name, in bytes.
 pub const MAX_ACTION_LEN: usize = 64;
 
-use identity::audit::{AuditAction, Durability};
+use identity::audit::{AuditAction, AuditEvent, Durability};
 
 /// The result of the audited operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -146,12 +146,12 @@ pub struct Record {
     pub serial: Option<Serial>,
     /// The remote transport address.
     pub remote: Option<SocketAddr>,
-    /// The namespace.
-    pub namespace: Option<String>,
-    /// The pool handle (1–32 bytes).
-    pub pool: Option<Vec<u8>>,
-    /// The pool element identifier.
-    pub pe_id: Option<u32>,
+    /// The namespace (stored as its name).
+    pub namespace: Option<Namespace>,
+    /// The pool handle (stored as its bytes).
+    pub pool: Option<PoolHandle>,
+    /// The pool element identifier (stored as an integer).
+    pub pe_id: Option<PeId>,
     /// What was attempted: 1–64 bytes of `a-z 0-9 . _ : -`, e.g. `register`, `resolve`,
     /// `remove:timeout`, `admin:grant.create`. Written from an [`AuditAction`] (`Record::new`
     /// takes only that); kept as its stored name so that a log written by another version, whose
@@ -194,6 +194,25 @@ impl Record {
         }
     }
 
+    /// The record of the registrar core's `event` at `time_ms`: the same typed subjects
+    /// (issue 24: one audit event type from the core to the log), the cause code as
+    /// [`Outcome::Cause`]. The detail is taken as it is: [`Record::check`] still refuses
+    /// control characters in it.
+    pub fn from_event(time_ms: u64, event: AuditEvent) -> Self {
+        let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
+        let (actor, serial) = event.actor.unzip();
+        Self {
+            actor,
+            serial,
+            remote: event.remote,
+            namespace: event.namespace,
+            pool: event.pool_handle,
+            pe_id: event.pe_id,
+            detail: event.detail,
+            ..Self::new(time_ms, event.action, outcome)
+        }
+    }
+
     /// The action as one this version knows, `None` for a name it does not.
     pub fn action_kind(&self) -> Option<AuditAction> {
         AuditAction::from_name(&self.action)
@@ -224,21 +243,21 @@ impl Record {
 
     /// Sets the namespace.
     #[must_use]
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = Some(namespace);
         self
     }
 
     /// Sets the pool handle.
     #[must_use]
-    pub fn pool(mut self, pool: impl Into<Vec<u8>>) -> Self {
-        self.pool = Some(pool.into());
+    pub fn pool(mut self, pool: PoolHandle) -> Self {
+        self.pool = Some(pool);
         self
     }
 
     /// Sets the pool element identifier.
     #[must_use]
-    pub fn pe_id(mut self, pe_id: u32) -> Self {
+    pub fn pe_id(mut self, pe_id: PeId) -> Self {
         self.pe_id = Some(pe_id);
         self
     }
@@ -251,22 +270,12 @@ impl Record {
     }
 
     /// Checks every field; [`AuditLog::append`] and [`append_in`] call it before queueing.
+    /// The namespace, pool handle and PE ID are valid by their types.
     pub fn check(&self) -> Result<()> {
         if i64::try_from(self.time_ms).is_err() {
             return Err(Error::Invalid {
                 what: "time",
                 reason: "past the year 292 million",
-            });
-        }
-        if let Some(namespace) = &self.namespace {
-            check_namespace(namespace)?;
-        }
-        if let Some(pool) = &self.pool
-            && (pool.is_empty() || pool.len() > crate::db::MAX_POOL_HANDLE_LEN)
-        {
-            return Err(Error::Invalid {
-                what: "pool handle",
-                reason: "must be 1 to 32 bytes",
             });
         }
         if !is_token(&self.action) {
@@ -289,9 +298,9 @@ impl Record {
             actor: self.actor.as_ref().map(|a| a.as_str().to_owned()),
             serial: self.serial.as_ref().map(Serial::to_hex),
             remote: self.remote.map(|r| r.to_string()),
-            namespace: self.namespace.clone(),
-            pool: self.pool.clone(),
-            pe_id: self.pe_id.map(i64::from),
+            namespace: self.namespace.as_ref().map(|n| n.as_str().to_owned()),
+            pool: self.pool.as_ref().map(|p| p.as_bytes().to_vec()),
+            pe_id: self.pe_id.map(|id| i64::from(id.get())),
             action: self.action.to_string(),
             outcome: self.outcome.to_text().into_owned(),
             detail: self.detail.clone(),
@@ -433,25 +442,38 @@ async fn insert_checked(conn: &mut SqliteConnection, records: &[&Record]) -> Res
         };
         let mut query = sqlx::query(sql);
         for (id, c, prev, hash) in rows.by_ref().take(n) {
-            query = query
-                .bind(id)
-                .bind(c.time_ms)
-                .bind(c.actor)
-                .bind(c.serial)
-                .bind(c.remote)
-                .bind(c.namespace)
-                .bind(c.pool)
-                .bind(c.pe_id)
-                .bind(c.action)
-                .bind(c.outcome)
-                .bind(c.detail)
-                .bind(prev.to_vec())
-                .bind(hash.to_vec());
+            query = bind_row(query, id, c, &prev, &hash);
         }
         query.execute(&mut *conn).await?;
         left -= n;
     }
     Ok(ids)
+}
+
+type InsertQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds one row's 13 values, in the order of [`insert_sql`]'s columns.
+fn bind_row<'q>(
+    query: InsertQuery<'q>,
+    id: i64,
+    c: Columns,
+    prev: &Hash,
+    hash: &Hash,
+) -> InsertQuery<'q> {
+    query
+        .bind(id)
+        .bind(c.time_ms)
+        .bind(c.actor)
+        .bind(c.serial)
+        .bind(c.remote)
+        .bind(c.namespace)
+        .bind(c.pool)
+        .bind(c.pe_id)
+        .bind(c.action)
+        .bind(c.outcome)
+        .bind(c.detail)
+        .bind(prev.to_vec())
+        .bind(hash.to_vec())
 }
 
 /// Rows per statement of the widest insert (13 parameters a row: 832 parameters, far
@@ -644,6 +666,46 @@ pub struct ChainedRecord {
     pub prev_hash: Hash,
     /// This row's hash.
     pub hash: Hash,
+    /// Stored subjects the record's types refuse, as stored (usually none).
+    pub unparsed: Unparsed,
+}
+
+/// The stored namespace, pool handle or PE ID of a row that this version's types refuse
+/// (a row written by another version, or outside rsp): the record's typed field is then
+/// `None` and the stored value is here, as stored. Such a row still reads, and verifies:
+/// the chain is computed over the stored columns, never over the typed record. Every row
+/// this version writes has typed subjects, so this is empty for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unparsed {
+    /// A namespace that is not 1–63 bytes of `a-z 0-9 - .`.
+    pub namespace: Option<String>,
+    /// A pool handle that is empty or longer than 32 bytes.
+    pub pool: Option<Vec<u8>>,
+    /// A PE ID that is 0 or not 32 bits.
+    pub pe_id: Option<i64>,
+}
+
+impl Unparsed {
+    /// True when every stored subject had its type.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A stored value as its type, or, when the type refuses it, `None` and the value in
+/// `unparsed` (see [`Unparsed`]).
+fn typed<S, T>(
+    stored: Option<S>,
+    parse: impl FnOnce(&S) -> Option<T>,
+    unparsed: &mut Option<S>,
+) -> Option<T> {
+    let stored = stored?;
+    let value = parse(&stored);
+    if value.is_none() {
+        *unparsed = Some(stored);
+    }
+    value
 }
 
 impl TryFrom<ChainRow> for ChainedRecord {
@@ -655,6 +717,7 @@ impl TryFrom<ChainRow> for ChainedRecord {
             reason,
         };
         let c = row.columns;
+        let mut unparsed = Unparsed::default();
         let record = Record {
             time_ms: u64::try_from(c.time_ms).map_err(|_| corrupt("negative time"))?,
             actor: c
@@ -675,13 +738,13 @@ impl TryFrom<ChainRow> for ChainedRecord {
                 .map(SocketAddr::from_str)
                 .transpose()
                 .map_err(|_| corrupt("invalid remote address"))?,
-            namespace: c.namespace,
-            pool: c.pool,
-            pe_id: c
-                .pe_id
-                .map(u32::try_from)
-                .transpose()
-                .map_err(|_| corrupt("PE id out of range"))?,
+            namespace: typed(c.namespace, |n| Namespace::new(n), &mut unparsed.namespace),
+            pool: typed(c.pool, |p| PoolHandle::new(p), &mut unparsed.pool),
+            pe_id: typed(
+                c.pe_id,
+                |&id| u32::try_from(id).ok().and_then(PeId::new),
+                &mut unparsed.pe_id,
+            ),
             action: Cow::Owned(c.action),
             outcome: Outcome::from_str(&c.outcome).map_err(|_| corrupt("invalid outcome"))?,
             detail: c.detail,
@@ -693,6 +756,7 @@ impl TryFrom<ChainRow> for ChainedRecord {
                 .map_err(|_| corrupt("prev_hash is not 32 bytes"))?,
             hash: Hash::try_from(row.hash.as_slice())
                 .map_err(|_| corrupt("hash is not 32 bytes"))?,
+            unparsed,
         })
     }
 }
@@ -721,9 +785,9 @@ pub struct AuditFilter {
     /// Records of this actor (exact SPIFFE ID).
     pub actor: Option<SpiffeId>,
     /// Records in this namespace.
-    pub namespace: Option<String>,
+    pub namespace: Option<Namespace>,
     /// Records about this pool handle.
-    pub pool: Option<Vec<u8>>,
+    pub pool: Option<PoolHandle>,
     /// Records of this action.
     pub action: Option<String>,
     /// Records with this outcome.
@@ -775,9 +839,6 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
             })
         })
         .transpose()?;
-    if let Some(namespace) = &filter.namespace {
-        check_namespace(namespace)?;
-    }
     // The SQL is static: a NULL parameter disables its condition.
     let sql = match filter.order {
         Order::NewestFirst => {
@@ -806,8 +867,8 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
         .bind(since)
         .bind(until)
         .bind(filter.actor.as_ref().map(|a| a.as_str().to_owned()))
-        .bind(filter.namespace.clone())
-        .bind(filter.pool.clone())
+        .bind(filter.namespace.as_ref().map(|n| n.as_str().to_owned()))
+        .bind(filter.pool.as_ref().map(|p| p.as_bytes().to_vec()))
         .bind(filter.action.clone())
         .bind(filter.outcome.as_ref().map(|o| o.to_text().into_owned()))
         .bind(cursor)

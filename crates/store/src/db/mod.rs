@@ -62,11 +62,11 @@ pub use trust_domains::{
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "rsp.db";
 
-/// Longest namespace name (spec §12.9, parameter 0x8100).
-pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest namespace name (spec §12.9, parameter 0x8100): `identity::Namespace`'s rule.
+pub const MAX_NAMESPACE_LEN: usize = identity::MAX_NAMESPACE_LEN;
 
-/// Longest pool handle (spec §3.5).
-pub const MAX_POOL_HANDLE_LEN: usize = 32;
+/// Longest pool handle (spec §3.5): `identity::PoolHandle`'s rule.
+pub const MAX_POOL_HANDLE_LEN: usize = identity::PoolHandle::MAX_LEN;
 
 /// Longest free-text field (revocation reason, token name, audit detail), in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
@@ -366,34 +366,29 @@ pub(crate) fn check_text(text: &str, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a namespace name: 1–63 bytes of `a-z 0-9 - .` (spec §12.9).
+/// Checks a namespace name: 1–63 bytes of `a-z 0-9 - .` (spec §12.9). The rule is
+/// [`identity::Namespace`]'s, the one the wire codec, the core and the audit log use.
 pub fn check_namespace(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_NAMESPACE_LEN {
-        return Err(Error::Invalid {
+    match identity::Namespace::parse(name) {
+        Ok(_) => Ok(()),
+        Err(identity::Error::InvalidNamespace { reason, .. }) => Err(Error::Invalid {
             what: "namespace",
-            reason: "must be 1 to 63 bytes",
-        });
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
-        return Err(Error::Invalid {
+            reason,
+        }),
+        Err(_) => Err(Error::Invalid {
             what: "namespace",
-            reason: "only a-z, 0-9, '-' and '.' are allowed",
-        });
+            reason: "not a namespace name",
+        }),
     }
-    Ok(())
 }
 
 fn check_pool_handle(handle: &[u8]) -> Result<()> {
-    if handle.is_empty() || handle.len() > MAX_POOL_HANDLE_LEN {
-        return Err(Error::Invalid {
+    identity::PoolHandle::parse(handle)
+        .map(drop)
+        .map_err(|_| Error::Invalid {
             what: "pool handle",
             reason: "must be 1 to 32 bytes",
-        });
-    }
-    Ok(())
+        })
 }
 
 #[cfg(test)]

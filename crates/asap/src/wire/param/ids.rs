@@ -1,34 +1,7 @@
-//! The 32-bit identifiers: PE ID (spec §1, §4.4) and registrar Server ID (spec §4.5, §9.1).
+//! The registrar Server ID (spec §4.5, §9.1). The other 32-bit identifier, the PE ID
+//! (spec §1, §4.4), is [`identity::PeId`].
 
 use std::fmt;
-
-/// A pool element identifier: chosen by the PE, unique within its pool, never 0.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeId(u32);
-
-impl PeId {
-    /// A PE ID; `None` for 0, which the spec reserves (§4.4).
-    pub const fn new(id: u32) -> Option<Self> {
-        if id == 0 { None } else { Some(Self(id)) }
-    }
-
-    /// The identifier as sent on the wire.
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Debug for PeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeId({:#010x})", self.0)
-    }
-}
-
-impl fmt::Display for PeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
-    }
-}
 
 /// A registrar's (ENRP server's) identifier. Spec §4.5, §9.1.
 ///

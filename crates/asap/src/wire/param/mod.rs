@@ -20,12 +20,14 @@ use std::fmt;
 pub use address::Address;
 pub use cookie::Cookie;
 pub use error_cause::{ErrorCause, OperationError};
-pub use ids::{PeId, ServerId};
-pub use namespace::{Namespace, RegistrantIdentity};
+/// The handlespace's names are `identity`'s (one type per concept, issue 24); re-exported
+/// here, beside their wire encodings, so that every user of the codec keeps one path.
+pub use identity::{Namespace, PeId, PoolHandle};
+pub use ids::ServerId;
+pub use namespace::RegistrantIdentity;
 pub use pe_identifier::{HandleResolutionOption, PeChecksum};
 pub use policy::{Load, Policy, PolicyType};
 pub use pool_element::PoolElement;
-pub use pool_handle::PoolHandle;
 pub use server_information::ServerInformation;
 pub use transport::{SctpAddresses, Transport, TransportUse};
 

@@ -11,61 +11,14 @@
 
 use std::fmt;
 
-use super::{Param, ParamType, UnknownParam};
+use super::{Namespace, Param, ParamType, UnknownParam};
 use crate::wire::error::{DecodeError, DecodeErrorKind};
 use crate::wire::limits::{MAX_NAMESPACE_LEN, MAX_REGISTRANT_IDENTITY_LEN};
 use crate::wire::reader::{RawParam, Reader};
 use crate::wire::writer::Writer;
 
-/// The name of an independent handlespace (spec §12.9, D-7): 1 to
-/// [`MAX_NAMESPACE_LEN`] bytes of `a-z 0-9 - .`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Namespace(Box<str>);
-
-impl Namespace {
-    /// The namespace ENRP messages mean when they carry no Namespace parameter.
-    pub const DEFAULT: &'static str = "default";
-
-    /// `None` unless 1 to 63 bytes of `a-z 0-9 - .`.
-    pub fn new(name: &str) -> Option<Self> {
-        Self::is_valid(name.as_bytes()).then(|| Self(name.into()))
-    }
-
-    /// The namespace named [`Self::DEFAULT`].
-    pub fn default_namespace() -> Self {
-        Self(Self::DEFAULT.into())
-    }
-
-    /// True for [`Self::DEFAULT`].
-    pub fn is_default(&self) -> bool {
-        &*self.0 == Self::DEFAULT
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn is_valid(b: &[u8]) -> bool {
-        !b.is_empty()
-            && b.len() <= MAX_NAMESPACE_LEN
-            && b.iter()
-                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
-    }
-}
-
-impl fmt::Debug for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Namespace({})", self.0)
-    }
-}
-
-impl fmt::Display for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
+/// The namespace's wire encoding; the type, its rules and its text forms are
+/// [`identity::Namespace`]'s (one name per concept, issue 24).
 impl Param for Namespace {
     fn param_type(&self) -> ParamType {
         ParamType::NAMESPACE
@@ -76,7 +29,7 @@ impl Param for Namespace {
     }
 
     fn write_value(&self, w: &mut Writer<'_>) {
-        w.bytes(self.0.as_bytes());
+        w.bytes(self.as_str().as_bytes());
     }
 
     fn read_value(

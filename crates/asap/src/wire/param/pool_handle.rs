@@ -8,57 +8,14 @@
 //! +---------------------------------------------------------------+
 //! ```
 
-use std::fmt;
-
-use super::{Param, ParamType, UnknownParam};
+use super::{Param, ParamType, PoolHandle, UnknownParam};
 use crate::wire::error::{DecodeError, DecodeErrorKind};
 use crate::wire::reader::{RawParam, Reader};
 use crate::wire::writer::Writer;
 
-/// The name of a pool: an opaque byte string of 1 to 32 bytes, compared byte for byte.
-///
-/// Spec §1, §3.5: the RFCs set no maximum; rsplib's `MAX_POOLHANDLESIZE` (32) is ours too.
-/// The only way to build one is [`PoolHandle::new`], so an invalid handle never leaves the
-/// codec.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PoolHandle(Box<[u8]>);
-
-impl PoolHandle {
-    /// Longest pool handle accepted (spec §3.5).
-    pub const MAX_LEN: usize = 32;
-
-    /// A pool handle from its bytes; `None` when empty or longer than [`Self::MAX_LEN`].
-    pub fn new(bytes: impl AsRef<[u8]>) -> Option<Self> {
-        let bytes = bytes.as_ref();
-        (!bytes.is_empty() && bytes.len() <= Self::MAX_LEN).then(|| Self(bytes.into()))
-    }
-
-    /// The handle's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PoolHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PoolHandle({self})")
-    }
-}
-
-/// Printable bytes as they are, others as `\xNN`, so logs cannot be forged with newlines.
-impl fmt::Display for PoolHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0.iter() {
-            if b.is_ascii_graphic() || b == b' ' {
-                write!(f, "{}", b as char)?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
+/// The pool handle's wire encoding; the type and its rules (1 to
+/// [`PoolHandle::MAX_LEN`] bytes) are [`identity::PoolHandle`]'s (issue 24). The only way
+/// to build one is its checked constructor, so an invalid handle never leaves the codec.
 impl Param for PoolHandle {
     fn param_type(&self) -> ParamType {
         ParamType::POOL_HANDLE
@@ -69,7 +26,7 @@ impl Param for PoolHandle {
     }
 
     fn write_value(&self, w: &mut Writer<'_>) {
-        w.bytes(&self.0);
+        w.bytes(self.as_bytes());
     }
 
     fn read_value(
