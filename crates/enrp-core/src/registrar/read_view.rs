@@ -66,6 +66,17 @@ pub struct Resolved {
     pub event: AuditEvent,
 }
 
+/// One connection's selection stream ([`ReadView::rng_for`]).
+#[derive(Debug)]
+pub struct ConnRng(ChaCha8Rng);
+
+impl ConnRng {
+    /// The stream, for [`ReadView::resolve`].
+    pub fn rng(&mut self) -> &mut dyn Rng {
+        &mut self.0
+    }
+}
+
 impl ClientView {
     pub(super) fn new(client: Remote, default_namespace: Namespace, revoked: bool) -> Self {
         Self {
@@ -132,10 +143,10 @@ impl ReadView {
     /// The selection RNG of connection `conn`'s own resolutions: a ChaCha8 stream seeded
     /// from the core's seed and the connection's number, so that runs replay from the seed
     /// and no two connections draw the same stream. (The core keeps its own stream.)
-    pub fn rng_for(&self, conn: ConnId) -> ChaCha8Rng {
+    pub fn rng_for(&self, conn: ConnId) -> ConnRng {
         // An odd multiplier spreads consecutive connection numbers over the seed space.
         let mix = conn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        ChaCha8Rng::seed_from_u64(self.rng_seed ^ mix)
+        ConnRng(ChaCha8Rng::seed_from_u64(self.rng_seed ^ mix))
     }
 
     /// Whether the registrar is still in its start-up phase (spec §9.3).

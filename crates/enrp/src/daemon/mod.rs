@@ -43,7 +43,7 @@ use listen::{Listener, Security};
 
 use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
 
-use enrp_core::registrar::{ConnId, Core, Input, Remote};
+use enrp_core::registrar::{ConnId, Core, Input, ReadView, Remote};
 use identity::Revocation;
 use identity::audit::Durability;
 
@@ -138,6 +138,10 @@ enum Event {
 enum Outgoing {
     /// Write this message.
     Message { bytes: Vec<u8> },
+    /// Write this answer that the connection task made itself (a resolution from the
+    /// [`ReadView`]): in order with the rest, and not the answer to a request in flight at
+    /// the core ([`connection`]'s read-your-writes rule).
+    Served { bytes: Vec<u8> },
     /// Close the connection (after what was sent before).
     Close,
 }
@@ -160,6 +164,8 @@ struct Shared {
     audit: AuditLog,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
+    /// What the core publishes for resolutions answered where they arrive.
+    view: Arc<ReadView>,
 }
 
 impl Shared {
@@ -334,6 +340,7 @@ impl Daemon {
             core.begin_startup(tokio::time::Instant::now().into_std());
         }
         counters.starting.store(core.starting(), Ordering::Relaxed);
+        let view = Arc::clone(core.read_view());
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
@@ -367,6 +374,7 @@ impl Daemon {
             audit: audit.clone(),
             counters: Arc::clone(&counters),
             stop: stop_rx.clone(),
+            view,
         };
         let mut peer_tasks = vec![tokio::spawn(audit_refusals(
             audit.clone(),
