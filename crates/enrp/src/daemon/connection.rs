@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
+use super::driver::{self, AuditJob};
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
@@ -166,7 +167,7 @@ async fn serve(
     legacy: bool,
     shared: Shared,
 ) {
-    let view = Arc::clone(&shared.view);
+    let (view, jobs) = (Arc::clone(&shared.view), shared.audit_jobs.clone());
     let (settings, trust, events, audit, counters, stop) = shared.parts();
     if legacy {
         // No handshake: admitted as it is (the address is all there is to know).
@@ -177,7 +178,7 @@ async fn serve(
             events: &events,
             counters: &counters,
             view: &view,
-            audit: &audit,
+            jobs: &jobs,
         };
         run(
             conn,
@@ -236,7 +237,7 @@ async fn serve(
         events: &events,
         counters: &counters,
         view: &view,
-        audit: &audit,
+        jobs: &jobs,
     };
     run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
@@ -295,8 +296,8 @@ struct Io<'a> {
     counters: &'a Counters,
     /// Resolutions are answered from it, where they arrive ([`read_loop`]).
     view: &'a ReadView,
-    /// Where those resolutions are audited.
-    audit: &'a AuditLog,
+    /// Where those resolutions are audited: the core task's way to the audit writer.
+    jobs: &'a mpsc::WeakSender<AuditJob>,
 }
 
 /// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
@@ -319,7 +320,7 @@ pub(super) struct PeDial {
 /// connection, starting with the H=1 keep-alive. A legacy PE (RSPLIB's) is dialed over
 /// plain SCTP and served like a client of the legacy listener: known by its address.
 pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) {
-    let view = Arc::clone(&shared.view);
+    let (view, jobs) = (Arc::clone(&shared.view), shared.audit_jobs.clone());
     let (settings, trust, events, audit, counters, mut stop) = shared.parts();
     let slots = Arc::new(Semaphore::new(MAX_PE_DIALS));
     loop {
@@ -332,7 +333,7 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
         };
         let (settings, trust, events) = (Arc::clone(&settings), Arc::clone(&trust), events.clone());
         let (audit, counters, stop) = (audit.clone(), Arc::clone(&counters), stop.clone());
-        let view = Arc::clone(&view);
+        let (view, jobs) = (Arc::clone(&view), jobs.clone());
         tokio::spawn(async move {
             let legacy = enrp_core::registrar::is_legacy(&dial.registrant);
             let security = if legacy {
@@ -346,7 +347,7 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
                 events: &events,
                 counters: &counters,
                 view: &view,
-                audit: &audit,
+                jobs: &jobs,
             };
             let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
             let then = Some(Input::PeDialed {
@@ -460,7 +461,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         events,
         counters,
         view,
-        audit,
+        jobs,
     } = io;
     let addr = client.addr;
     let limited = client.clone();
@@ -470,7 +471,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let in_flight = AtomicUsize::new(0);
     let here = Here {
         view,
-        audit,
+        jobs,
         tx: tx.clone(),
         in_flight: &in_flight,
         client: None,
@@ -533,7 +534,7 @@ pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
 /// the view (changed in the same core step) has them.
 struct Here<'a> {
     view: &'a ReadView,
-    audit: &'a AuditLog,
+    jobs: &'a mpsc::WeakSender<AuditJob>,
     tx: mpsc::Sender<Outgoing>,
     in_flight: &'a AtomicUsize,
     /// The connection as the core announced it; `None` until the core has it.
@@ -584,7 +585,9 @@ impl Here<'_> {
             return Served::Done;
         };
         // Audited before the answer leaves, like the core's (Batched: not waited for).
-        audit_served(resolved.event, self.audit, counters).await;
+        if !audit_served(resolved.event, self.jobs, counters) {
+            return Served::Done; // The daemon is stopping: no answer without its record.
+        }
         let bytes = match resolved.response.to_bytes() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -599,25 +602,23 @@ impl Here<'_> {
     }
 }
 
-/// Hands a resolution's audit event to the writer as the core task does ([`super::driver`]):
-/// counted, a refusal aggregated with the core's, checked, then queued (Batched).
-async fn audit_served(
+/// Hands a resolution's audit event to the writer as the core task does
+/// ([`super::driver`]): counted, a refusal aggregated with the core's, checked, then
+/// queued (Batched) without waiting, so that a stalled disk delays no resolution (when
+/// the backlog is full the record is dropped and counted in an `audit:gap` record, as
+/// the core task's). `false` when the core task is gone (the daemon is stopping).
+fn audit_served(
     event: enrp_core::registrar::AuditEvent,
-    audit: &AuditLog,
+    jobs: &mpsc::WeakSender<AuditJob>,
     counters: &Counters,
-) {
-    counters.count(&event);
-    let refused = event.outcome.is_some();
-    let mut record = super::audit::to_record(event);
-    if refused {
-        match counters.note_refusal("core", record) {
-            Some(r) => record = r,
-            None => return,
-        }
+) -> bool {
+    let Some(jobs) = jobs.upgrade() else {
+        return false;
+    };
+    if let Some(record) = driver::record_of(event, counters) {
+        let _ = driver::hand_over(AuditJob::batched(record), &jobs, counters);
     }
-    if let Err(e) = audit.append(record, Durability::Batched).await {
-        tracing::error!(error = %e, "cannot audit a resolution");
-    }
+    true
 }
 
 /// Whether a request's message gets exactly one answer of its own kind from the core

@@ -3,8 +3,9 @@
 //!
 //! - A connection task does the TLS handshake (a fresh rustls `ServerConfig` from the
 //!   trust store per accept, so revocations and new trust domains apply to the next
-//!   handshake), cuts frames, decodes them and hands them to the core task; it also
-//!   writes what the core sends, in order ([`connection`], [`peer`] for ENRP, [`listen`],
+//!   handshake), cuts frames, decodes them and hands them to the core task, except the
+//!   handle resolutions it answers itself from the core's [`ReadView`]; it also writes
+//!   what the core sends, in order ([`connection`], [`peer`] for ENRP, [`listen`],
 //!   [`limits`], [`refusals`]).
 //! - The core task ([`driver`]) feeds inputs and timeouts to the core and carries out its
 //!   actions; its module doc says how a message flows and how no reply leaves before its
@@ -41,7 +42,7 @@ use trust::{Protocol, TrustStore};
 
 use listen::{Listener, Security};
 
-use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
+use driver::{AUDIT_BACKLOG, AuditJob, Dials, forward_audit, run_core};
 
 use enrp_core::registrar::{ConnId, Core, Input, ReadView, Remote};
 use identity::Revocation;
@@ -166,6 +167,9 @@ struct Shared {
     stop: watch::Receiver<bool>,
     /// What the core publishes for resolutions answered where they arrive.
     view: Arc<ReadView>,
+    /// The core task's way to the audit writer, for those resolutions' records (weak: the
+    /// writer's forwarder ends when the core task does, whatever connection tasks hold).
+    audit_jobs: mpsc::WeakSender<AuditJob>,
 }
 
 impl Shared {
@@ -346,6 +350,7 @@ impl Daemon {
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
+        let weak_audit_jobs = audit_jobs.downgrade();
         let (pending, settle, index) = barrier::commit_index();
         let forward = forward_audit(audit_jobs_rx, audit.clone(), pending);
         let audit_task = tokio::spawn(async move {
@@ -375,6 +380,7 @@ impl Daemon {
             counters: Arc::clone(&counters),
             stop: stop_rx.clone(),
             view,
+            audit_jobs: weak_audit_jobs,
         };
         let mut peer_tasks = vec![tokio::spawn(audit_refusals(
             audit.clone(),
