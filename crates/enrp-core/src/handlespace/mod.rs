@@ -10,8 +10,10 @@
 //! 4–7 (authentication, authorization and the address check happen before it).
 
 mod pool;
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use asap::policy::PolicyRegistry;
 use asap::wire::param::{
@@ -23,6 +25,7 @@ use crate::checksum::PeChecksum;
 
 use asap::wire::PeEntry;
 pub use pool::Pool;
+pub use view::{HandlespaceView, PoolView, Selected};
 
 /// Limits that keep one registrant or one pool from exhausting the registrar (spec §3.5,
 /// threat T-1, T-15). Exceeding one answers cause 0x6 Lack of Resources.
@@ -141,6 +144,8 @@ pub struct Handlespace {
     per_home: HashMap<u32, usize>,
     per_registrant: HashMap<RegistrantIdentity, usize>,
     pe_count: usize,
+    /// The pools as readers outside the core find them ([`view`]).
+    view: Arc<HandlespaceView>,
 }
 
 impl Handlespace {
@@ -160,7 +165,14 @@ impl Handlespace {
             per_home: HashMap::new(),
             per_registrant: HashMap::new(),
             pe_count: 0,
+            view: Arc::default(),
         }
+    }
+
+    /// The pools as readers outside the core see them, always in step with this
+    /// handlespace (the module docs of [`view`]).
+    pub fn view(&self) -> &Arc<HandlespaceView> {
+        &self.view
     }
 
     /// The limits in force.
@@ -279,6 +291,10 @@ impl Handlespace {
                 return Err(e);
             }
         };
+        if fresh_pool {
+            self.view
+                .publish(namespace, pool_handle, Arc::clone(pool.view()));
+        }
         match result {
             Registered::New => {
                 self.pe_count += 1;
@@ -394,6 +410,7 @@ impl Handlespace {
         let pool = pools.get_mut(pool_handle)?;
         let entry = pool.remove(pe_id)?;
         if pool.is_empty() {
+            self.view.withdraw(namespace, pool_handle);
             pools.remove(pool_handle);
             if pools.is_empty() {
                 self.namespaces.remove(namespace);
@@ -420,21 +437,20 @@ impl Handlespace {
     }
 
     /// Chooses up to `n` PEs of a pool with its policy for a handle resolution response
-    /// (spec §7.3), advancing the policy's state. [`Reject::UnknownPool`] when the pool
-    /// does not exist in this namespace.
+    /// (spec §7.3), advancing the policy's state (shared with [`HandlespaceView`]'s
+    /// readers: [`PoolView::select`] is the one selection). [`Reject::UnknownPool`] when
+    /// the pool does not exist in this namespace.
     pub fn resolve(
-        &mut self,
+        &self,
         namespace: &Namespace,
         pool_handle: &PoolHandle,
         n: usize,
         rng: &mut dyn Rng,
-    ) -> Result<Vec<&PeEntry>, Reject> {
-        let pool = self
-            .namespaces
-            .get_mut(namespace)
-            .and_then(|p| p.get_mut(pool_handle))
-            .ok_or(Reject::UnknownPool)?;
-        Ok(pool.select(n, rng))
+    ) -> Result<Vec<Arc<PeEntry>>, Reject> {
+        self.pool(namespace, pool_handle)
+            .and_then(|pool| pool.select(n, rng))
+            .map(|(_, pes)| pes)
+            .ok_or(Reject::UnknownPool)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One pool: its PEs and its selection state (spec §5.2, §5.3).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use asap::policy::{PolicyError, PolicyRegistry, PoolSelection};
 use asap::wire::PeEntry;
@@ -9,16 +10,19 @@ use asap::wire::param::{
 };
 use rand_core::Rng;
 
+use super::view::{PoolView, Selected};
 use super::{Registered, Reject};
 
 /// The PEs of one pool handle in one namespace, with the pool's policy state.
 ///
 /// PEs are kept in PE ID order, so that handle table paging (spec §9.7) can continue
-/// after the last (pool handle, PE ID) sent.
+/// after the last (pool handle, PE ID) sent. The selection state and the PEs by ID are
+/// in the pool's [`PoolView`], shared with readers outside the core and changed in the
+/// same call as `entries` (the entries themselves are shared, not copied).
 #[derive(Debug, Default)]
 pub struct Pool {
-    selection: PoolSelection,
-    entries: BTreeMap<PeId, PeEntry>,
+    entries: BTreeMap<PeId, Arc<PeEntry>>,
+    view: Arc<PoolView>,
 }
 
 impl Pool {
@@ -34,12 +38,12 @@ impl Pool {
 
     /// The PE with this ID.
     pub fn entry(&self, pe_id: PeId) -> Option<&PeEntry> {
-        self.entries.get(&pe_id)
+        self.entries.get(&pe_id).map(|e| &**e)
     }
 
     /// The PEs in PE ID order.
     pub fn entries(&self) -> impl Iterator<Item = &PeEntry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// The PEs whose ID is greater than `after` (all with `None`), in order (handle table
@@ -48,13 +52,18 @@ impl Pool {
         use std::ops::Bound::{Excluded, Unbounded};
         self.entries
             .range((after.map_or(Unbounded, Excluded), Unbounded))
-            .map(|(_, e)| e)
+            .map(|(_, e)| &**e)
     }
 
     /// The pool's policy (the first PE's, spec §5.3: the "overall PE selection policy"
     /// of a handle resolution response).
     pub fn policy(&self) -> Option<&asap::wire::param::Policy> {
         self.entries.values().next().map(|e| &e.pool_element.policy)
+    }
+
+    /// What readers outside the core see of this pool.
+    pub(super) fn view(&self) -> &Arc<PoolView> {
+        &self.view
     }
 
     /// Spec §5.3: transport protocol and data/control use are fixed by the pool's PEs.
@@ -93,23 +102,28 @@ impl Pool {
         self.check_transport(&pe)?;
         let pe_id = pe.pe_id;
         let lone_update = self.entries.len() == 1 && self.entries.contains_key(&pe_id);
+        let mut shared = self.view.lock();
         if lone_update {
             // The only PE may change the pool's policy type: start the pool's state afresh.
             let mut fresh = PoolSelection::new();
             fresh
                 .insert_or_update(registry, pe_id, &pe.policy)
                 .map_err(reject_of)?;
-            self.selection = fresh;
+            shared.selection = fresh;
         } else {
-            self.selection
+            shared
+                .selection
                 .insert_or_update(registry, pe_id, &pe.policy)
                 .map_err(reject_of)?;
         }
-        let entry = PeEntry {
+        let entry = Arc::new(PeEntry {
             pool_element: pe,
             registrant,
-        };
-        Ok(match self.entries.insert(pe_id, entry) {
+        });
+        shared.by_id.insert(pe_id, Arc::clone(&entry));
+        let old = self.entries.insert(pe_id, entry);
+        shared.policy = self.policy().copied();
+        Ok(match old {
             None => Registered::New,
             Some(old) => Registered::Updated {
                 previous_home: old.pool_element.home_server_id,
@@ -117,16 +131,20 @@ impl Pool {
         })
     }
 
+    /// Removes a PE; the entry is returned as it was (a copy only if a reader still
+    /// holds it for a response being encoded).
     pub(super) fn remove(&mut self, pe_id: PeId) -> Option<PeEntry> {
         let e = self.entries.remove(&pe_id)?;
-        self.selection.remove(pe_id);
-        Some(e)
+        let mut shared = self.view.lock();
+        shared.selection.remove(pe_id);
+        shared.by_id.remove(&pe_id);
+        shared.policy = self.policy().copied();
+        drop(shared);
+        Some(Arc::unwrap_or_clone(e))
     }
 
-    pub(super) fn select(&mut self, n: usize, rng: &mut dyn Rng) -> Vec<&PeEntry> {
-        let mut ids = Vec::with_capacity(n.min(self.entries.len()));
-        self.selection.select(n, rng, &mut ids);
-        ids.iter().filter_map(|id| self.entries.get(id)).collect()
+    pub(super) fn select(&self, n: usize, rng: &mut dyn Rng) -> Option<Selected> {
+        self.view.select(n, rng)
     }
 }
 

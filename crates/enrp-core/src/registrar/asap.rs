@@ -7,10 +7,10 @@ use ::asap::wire::param::{
     ErrorCause, HandleResolutionOption, Namespace, OperationError, PeId, PoolElement, PoolHandle,
     RegistrantIdentity, UnknownParam,
 };
-use ::asap::wire::{AsapMsg, DecodeError, Decoded, PeEntry, Resolution};
+use ::asap::wire::{AsapMsg, DecodeError, Decoded};
 use identity::Action as Grantable;
 
-use super::{Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, TimerKey};
+use super::{Action, AuditAction, AuditEvent, ConnId, Core, Durability, PeKey, Remote, TimerKey};
 use crate::handlespace::{Registered, Reject};
 
 impl Core {
@@ -23,7 +23,7 @@ impl Core {
     ) {
         // The driver announces every connection first; ignore stragglers, and anything
         // from a connection whose certificate was revoked (it is being closed).
-        if self.conns.get(&conn).is_none_or(|c| c.revoked) {
+        if self.conns.get(&conn).is_none_or(|c| c.view.revoked()) {
             return;
         }
         let Decoded { msg, unrecognized } = msg;
@@ -138,7 +138,7 @@ impl Core {
     /// ARCHITECTURE.md §3: without 0x8100 the connection's default namespace applies.
     fn namespace_of(&self, conn: ConnId, requested: Option<Namespace>) -> Namespace {
         requested
-            .or_else(|| Some(self.conns.get(&conn)?.default_namespace.clone()))
+            .or_else(|| Some(self.conns.get(&conn)?.view.default_namespace()))
             .unwrap_or_else(Namespace::default_namespace)
     }
 
@@ -158,19 +158,7 @@ impl Core {
         outcome: Option<u16>,
     ) -> AuditEvent {
         let client = self.conns.get(&conn).map(|c| &c.client);
-        AuditEvent {
-            actor: client.map(|c| (c.id.clone(), c.serial.clone())),
-            remote: client.map(|c| c.addr),
-            namespace: Some(ns.clone()),
-            pool_handle: Some(pool.clone()),
-            pe_id,
-            action,
-            outcome,
-            // ARCHITECTURE.md §4: whatever a legacy listener carries is marked so.
-            detail: client
-                .filter(|c| super::is_legacy(&c.id))
-                .map(|_| "unauthenticated: legacy SCTP listener".to_owned()),
-        }
+        client_event(client, ns, pool, pe_id, action, outcome)
     }
 
     /// Spec §7.1, the registrar side, in the spec's order.
@@ -466,7 +454,9 @@ impl Core {
         });
     }
 
-    /// Spec §7.3. A pool the PU may not resolve answers 0x9 as if it did not exist.
+    /// Spec §7.3, as the connection tasks answer it themselves ([`super::ReadView::resolve`],
+    /// the one procedure for both): the core answers the resolutions they hand over (a
+    /// connection not yet announced, or with requests in flight here).
     fn on_resolution(
         &mut self,
         conn: ConnId,
@@ -475,101 +465,22 @@ impl Core {
         option: Option<HandleResolutionOption>,
         out: &mut Vec<Action>,
     ) {
-        let ns = self.namespace_of(conn, namespace);
-        // Spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool" wrongly.
-        if self.starting {
-            let cause = ErrorCause::LackOfResources;
-            let mut event = self.event(
-                conn,
-                &ns,
-                &pool_handle,
-                None,
-                AuditAction::Resolve,
-                Some(cause.code()),
-            );
-            event.detail = Some("registrar starting: handlespace not yet synchronised".to_owned());
-            out.push(Action::Audit {
-                event,
-                durability: Durability::Batched,
-            });
-            out.push(Action::Send {
-                conn,
-                msg: AsapMsg::HandleResolutionResponse {
-                    pool_handle,
-                    result: Resolution::Error(OperationError::single(cause)),
-                },
-            });
+        let Some(c) = self.conns.get(&conn) else {
             return;
-        }
-        let wanted = option.map_or(self.config.default_resolution_items, |o| {
-            usize::try_from(o.items).unwrap_or(usize::MAX)
-        });
-        let n = wanted.clamp(1, self.config.max_resolution_items.max(1));
-        // A PE granted to register in the pool may resolve it too (and no other pool
-        // through that grant): it is a member, and its business card names the pool's
-        // other PEs as failover candidates (spec §7.8, issue 25; docs/CLIENTS.md).
-        let found = if self.allowed(conn, &ns, &pool_handle, Grantable::Resolve)
-            || self.allowed(conn, &ns, &pool_handle, Grantable::Register)
-        {
-            let policy = self
-                .handlespace
-                .pool(&ns, &pool_handle)
-                .and_then(|p| p.policy().copied());
-            self.handlespace
-                .resolve(&ns, &pool_handle, n, &mut self.rng)
-                .ok()
-                .map(|pes| (policy, pes.into_iter().cloned().collect::<Vec<PeEntry>>()))
-        } else {
-            None
         };
-        let (result, outcome, count) = match found {
-            Some((policy, pool_elements)) => {
-                let count = pool_elements.len();
-                (
-                    Resolution::Found {
-                        policy,
-                        pool_elements,
-                    },
-                    None,
-                    count,
-                )
-            }
-            None => (
-                Resolution::Error(OperationError::single(ErrorCause::UnknownPoolHandle)),
-                Some(ErrorCause::UnknownPoolHandle.code()),
-                0,
-            ),
+        let Some(resolved) =
+            self.view
+                .resolve(&c.view, namespace, pool_handle, option, &mut self.rng)
+        else {
+            return;
         };
-        let mut event = self.event(conn, &ns, &pool_handle, None, AuditAction::Resolve, outcome);
-        if outcome.is_none() {
-            event.detail = Some(match event.detail.take() {
-                Some(d) => format!("{count} PEs; {d}"),
-                None => format!("{count} PEs"),
-            });
-        }
         out.push(Action::Audit {
-            event,
+            event: resolved.event,
             durability: Durability::Batched,
         });
-        let mut result = result;
-        // A legacy client cannot check a registrant, and RSPLIB loses its place in a
-        // message at a parameter whose length is not a multiple of 4: send none.
-        if self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| super::is_legacy(&c.client.id))
-            && let Resolution::Found { pool_elements, .. } = &mut result
-        {
-            for e in pool_elements {
-                e.registrant = None;
-            }
-        }
         out.push(Action::Send {
             conn,
-            msg: AsapMsg::HandleResolutionResponse {
-                pool_handle,
-                result,
-            },
+            msg: resolved.response,
         });
     }
 
@@ -702,6 +613,30 @@ impl Core {
         owned.reporters.clear();
         self.send_keep_alive(key, false, now, out);
         Ok("threshold reached: probing")
+    }
+}
+
+/// An audit event of a request from `client` (the core's and the [`super::ReadView`]'s).
+pub(super) fn client_event(
+    client: Option<&Remote>,
+    ns: &Namespace,
+    pool: &PoolHandle,
+    pe_id: Option<PeId>,
+    action: AuditAction,
+    outcome: Option<u16>,
+) -> AuditEvent {
+    AuditEvent {
+        actor: client.map(|c| (c.id.clone(), c.serial.clone())),
+        remote: client.map(|c| c.addr),
+        namespace: Some(ns.clone()),
+        pool_handle: Some(pool.clone()),
+        pe_id,
+        action,
+        outcome,
+        // ARCHITECTURE.md §4: whatever a legacy listener carries is marked so.
+        detail: client
+            .filter(|c| super::is_legacy(&c.id))
+            .map(|_| "unauthenticated: legacy SCTP listener".to_owned()),
     }
 }
 

@@ -24,11 +24,13 @@ mod asap;
 mod config;
 mod enrp;
 mod legacy;
+mod read_view;
 mod removals;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ::asap::wire::param::{Namespace, PeId, PolicyType, PoolHandle, ServerId};
@@ -43,6 +45,7 @@ pub use config::{Config, Timing};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 // What a revocation names, what an audit record says happened and when it must be
 // durable: `identity`'s, one vocabulary for the core, the store and the admin API.
+use asap::client_event;
 use identity::Revocation;
 /// The core's audit records are `identity`'s (typed subjects, one type from the core to the
 /// store, issue 24); re-exported so that the core's modules and the driver keep one path.
@@ -51,6 +54,7 @@ use identity::audit::{AuditAction, Durability};
 pub use legacy::{
     is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity, legacy_registrant,
 };
+pub use read_view::{ClientView, ConnRng, ReadView, Resolved};
 use removals::audit_removal;
 pub use timers::Timers;
 
@@ -316,11 +320,11 @@ struct Connection {
     namespaces: BTreeMap<Namespace, usize>,
     /// Unreachable reports in the current window.
     reports: u32,
-    /// Its certificate is revoked: it is being closed and nothing it sends counts.
-    revoked: bool,
-    /// Where its requests without a Namespace parameter go: worked out from the rules
-    /// when it connects and when they change, not per request.
-    default_namespace: Namespace,
+    /// What readers see of it ([`ReadView`]): whether it was revoked (it is being closed
+    /// and nothing it sends counts) and where its requests without a Namespace parameter
+    /// go (worked out from the rules when it connects and when they change, not per
+    /// request).
+    view: Arc<ClientView>,
 }
 
 impl Connection {
@@ -371,7 +375,11 @@ pub struct Stats {
 pub struct Core {
     config: Config,
     handlespace: Handlespace,
-    grants: Vec<Grant>,
+    /// The grants; the same `Arc` is in [`Self::view`].
+    grants: Arc<Vec<Grant>>,
+    /// What connection tasks read to answer resolutions themselves, changed in the same
+    /// step as the core's state ([`ReadView`]).
+    view: Arc<ReadView>,
     /// Where requests without a Namespace parameter go (ARCHITECTURE.md §3).
     default_namespaces: Vec<DefaultNamespace>,
     conns: HashMap<ConnId, Connection>,
@@ -415,8 +423,16 @@ pub struct Core {
 impl Core {
     /// A registrar with an empty handlespace and these grants.
     pub fn new(config: Config, grants: Vec<Grant>) -> Self {
+        let handlespace = Handlespace::new(config.limits);
+        let grants = Arc::new(grants);
+        let view = Arc::new(ReadView::new(
+            &config,
+            Arc::clone(handlespace.view()),
+            Arc::clone(&grants),
+        ));
         Self {
-            handlespace: Handlespace::new(config.limits),
+            handlespace,
+            view,
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
             grants,
@@ -467,8 +483,8 @@ impl Core {
             .collect();
         for (conn, id) in ids {
             let ns = self.default_namespace_of(&id);
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.default_namespace = ns;
+            if let Some(c) = self.conns.get(&conn) {
+                c.view.set_default_namespace(ns);
             }
         }
     }
@@ -491,7 +507,7 @@ impl Core {
     /// when peers are configured. ASAP registrations and resolutions are refused until a
     /// mentor's handle table is downloaded or [`Timing::mentor_timeout`] passes.
     pub fn begin_startup(&mut self, now: Instant) {
-        self.starting = true;
+        self.set_starting(true);
         self.timers.set(
             TimerKey::MentorTimeout,
             now + self.config.timing.mentor_timeout,
@@ -501,6 +517,16 @@ impl Core {
     /// Whether the registrar is still in its start-up phase (not serving ASAP).
     pub fn starting(&self) -> bool {
         self.starting
+    }
+
+    fn set_starting(&mut self, starting: bool) {
+        self.starting = starting;
+        self.view.set_starting(starting);
+    }
+
+    /// What connection tasks read to answer resolutions themselves ([`ReadView`]).
+    pub fn read_view(&self) -> &Arc<ReadView> {
+        &self.view
     }
 
     /// The configuration.
@@ -543,6 +569,8 @@ impl Core {
                     });
                 }
                 let default_namespace = self.default_namespace_of(&client.id);
+                let view = Arc::new(ClientView::new(client.clone(), default_namespace, revoked));
+                self.view.add_client(conn, Arc::clone(&view));
                 let mut canonical = vec![client.addr.ip().to_canonical()];
                 for ip in addrs.into_iter().map(|a| a.to_canonical()) {
                     if !canonical.contains(&ip) {
@@ -557,8 +585,7 @@ impl Core {
                         pes: HashSet::new(),
                         namespaces: BTreeMap::new(),
                         reports: 0,
-                        revoked,
-                        default_namespace,
+                        view,
                     },
                 );
             }
@@ -566,7 +593,8 @@ impl Core {
             Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
             Input::Closed { conn } => self.on_closed(conn, now),
             Input::Grants(grants) => {
-                self.grants = grants;
+                self.grants = Arc::new(grants);
+                self.view.set_grants(Arc::clone(&self.grants));
                 self.on_grants_changed(&mut out);
             }
             Input::DefaultNamespaces(rules) => self.set_default_namespaces(rules),
@@ -662,6 +690,7 @@ impl Core {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.view.remove_client(conn);
         self.timers.stop(&TimerKey::ReportWindow(conn));
         // Spec §12.6: the PEs wait one grace period for their re-registration elsewhere.
         let grace = now + self.config.timing.connection_grace;
@@ -686,18 +715,26 @@ impl Core {
         handle: &PoolHandle,
         action: identity::Action,
     ) -> bool {
-        if is_legacy(id) {
-            return (action == identity::Action::Peer) == is_legacy_peer(id)
-                && self.config.legacy_namespace.as_ref() == Some(ns);
-        }
-        identity::allowed(
-            &self.grants,
-            id,
-            ns.as_str(),
-            Some(handle.as_bytes()),
-            action,
-        )
+        let legacy = self.config.legacy_namespace.as_ref();
+        permits(&self.grants, legacy, id, ns, handle, action)
     }
+}
+
+/// Whether `id` may do `action` on `handle` in `ns` under `grants`, or for a legacy
+/// identity, in the legacy namespace ([`Core::permits`]; the [`ReadView`] asks the same).
+fn permits(
+    grants: &[Grant],
+    legacy_namespace: Option<&Namespace>,
+    id: &SpiffeId,
+    ns: &Namespace,
+    handle: &PoolHandle,
+    action: identity::Action,
+) -> bool {
+    if is_legacy(id) {
+        return (action == identity::Action::Peer) == is_legacy_peer(id)
+            && legacy_namespace == Some(ns);
+    }
+    identity::allowed(grants, id, ns.as_str(), Some(handle.as_bytes()), action)
 }
 
 #[cfg(test)]

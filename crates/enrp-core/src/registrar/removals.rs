@@ -85,8 +85,8 @@ impl Core {
             }
         }
         for conn in closing {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.revoked = true;
+            if let Some(c) = self.conns.get(&conn) {
+                c.view.revoke();
             }
             out.push(Action::Close {
                 conn,

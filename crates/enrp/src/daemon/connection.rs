@@ -2,10 +2,10 @@
 //! frames for the core and writing what the core sends, until either side ends it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ::asap::transport::{MessageReader, ReadError, write_message};
-use ::asap::wire::{AsapMsg, Framer};
+use ::asap::wire::{AsapMsg, Decoded, Framer, MsgType};
 use identity::audit::{AuditAction, Durability};
 use store::audit::{AuditLog, Outcome, Record};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -13,10 +13,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use trust::{LiveConnection, Peer, Protocol, TrustStore};
 
+use super::driver::{self, AuditJob};
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
-use enrp_core::registrar::{ConnId, Input, Remote};
+use enrp_core::registrar::{ClientView, ConnId, ConnRng, Input, ReadView, Remote};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -166,6 +167,7 @@ async fn serve(
     legacy: bool,
     shared: Shared,
 ) {
+    let (view, jobs) = (Arc::clone(&shared.view), shared.audit_jobs.clone());
     let (settings, trust, events, audit, counters, stop) = shared.parts();
     if legacy {
         // No handshake: admitted as it is (the address is all there is to know).
@@ -175,6 +177,8 @@ async fn serve(
             settings: &settings,
             events: &events,
             counters: &counters,
+            view: &view,
+            jobs: &jobs,
         };
         run(
             conn,
@@ -232,6 +236,8 @@ async fn serve(
         settings: &settings,
         events: &events,
         counters: &counters,
+        view: &view,
+        jobs: &jobs,
     };
     run(conn, tls, client, addrs, Some(live), io, stop, None).await;
 }
@@ -288,6 +294,10 @@ struct Io<'a> {
     events: &'a mpsc::Sender<Event>,
     /// Also the rate limiter ([`super::limits`]).
     counters: &'a Counters,
+    /// Resolutions are answered from it, where they arrive ([`read_loop`]).
+    view: &'a ReadView,
+    /// Where those resolutions are audited: the core task's way to the audit writer.
+    jobs: &'a mpsc::WeakSender<AuditJob>,
 }
 
 /// Most handshakes with taken-over PEs in flight at once (spec §12.6): a takeover of
@@ -310,6 +320,7 @@ pub(super) struct PeDial {
 /// connection, starting with the H=1 keep-alive. A legacy PE (RSPLIB's) is dialed over
 /// plain SCTP and served like a client of the legacy listener: known by its address.
 pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) {
+    let (view, jobs) = (Arc::clone(&shared.view), shared.audit_jobs.clone());
     let (settings, trust, events, audit, counters, mut stop) = shared.parts();
     let slots = Arc::new(Semaphore::new(MAX_PE_DIALS));
     loop {
@@ -322,6 +333,7 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
         };
         let (settings, trust, events) = (Arc::clone(&settings), Arc::clone(&trust), events.clone());
         let (audit, counters, stop) = (audit.clone(), Arc::clone(&counters), stop.clone());
+        let (view, jobs) = (Arc::clone(&view), jobs.clone());
         tokio::spawn(async move {
             let legacy = enrp_core::registrar::is_legacy(&dial.registrant);
             let security = if legacy {
@@ -334,6 +346,8 @@ pub(super) async fn dial_pes(mut dials: mpsc::Receiver<PeDial>, shared: Shared) 
                 settings: &settings,
                 events: &events,
                 counters: &counters,
+                view: &view,
+                jobs: &jobs,
             };
             let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
             let then = Some(Input::PeDialed {
@@ -446,12 +460,23 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         settings,
         events,
         counters,
+        view,
+        jobs,
     } = io;
     let addr = client.addr;
     let limited = client.clone();
     tracing::debug!(?conn, %addr, id = %client.id, "ASAP connection");
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
+    let in_flight = AtomicUsize::new(0);
+    let here = Here {
+        view,
+        jobs,
+        tx: tx.clone(),
+        in_flight: &in_flight,
+        client: None,
+        rng: None,
+    };
     let handle = ConnHandle {
         tx,
         kill: Arc::clone(&kill),
@@ -483,8 +508,8 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     };
     tokio::select! {
-        () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters) => {}
-        () = write_loop(write_half, rx) => {}
+        () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters, here) => {}
+        () = write_counted(write_half, rx, &in_flight) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
@@ -496,6 +521,131 @@ pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// What a connection task needs to answer resolutions itself (issue 20, "reads where
+/// they arrive"): the core's [`ReadView`], the audit log, its own send queue, and the
+/// count of requests it handed to the core whose answers the write loop has not yet taken
+/// (registrations, deregistrations, resolutions: each gets exactly one answer of its
+/// kind, [`answers_request`]).
+///
+/// Read-your-writes: while that count is not zero, resolutions go to the core too, behind
+/// the requests in flight. So a PE whose registration's answer is still held for its
+/// durable audit record gets its resolution's answer after it, and sees itself; once the
+/// count is zero, the core has carried out every change this connection asked for, and
+/// the view (changed in the same core step) has them.
+struct Here<'a> {
+    view: &'a ReadView,
+    jobs: &'a mpsc::WeakSender<AuditJob>,
+    tx: mpsc::Sender<Outgoing>,
+    in_flight: &'a AtomicUsize,
+    /// The connection as the core announced it; `None` until the core has it.
+    client: Option<Arc<ClientView>>,
+    /// This connection's selection stream ([`ReadView::rng_for`]), made at first use.
+    rng: Option<ConnRng>,
+}
+
+/// Whether the fast path ended the connection.
+enum Served {
+    /// Answered here (or dropped: a revoked client's request counts for nothing).
+    Done,
+    /// Not for here: the core answers it.
+    ToCore(Decoded<AsapMsg>),
+    /// The send queue is full: the client does not read its answers (threat T-15).
+    Full,
+}
+
+impl Here<'_> {
+    /// Answers `msg` here if it is a resolution this task may answer; else hands it back.
+    async fn serve(&mut self, conn: ConnId, msg: Decoded<AsapMsg>, counters: &Counters) -> Served {
+        // Unrecognized parameters are reported by the core, after the answer (spec §3.3).
+        let AsapMsg::HandleResolution { .. } = &msg.msg else {
+            return Served::ToCore(msg);
+        };
+        if !msg.unrecognized.is_empty() || self.in_flight.load(Ordering::Acquire) != 0 {
+            return Served::ToCore(msg);
+        }
+        if self.client.is_none() {
+            self.client = self.view.client(conn);
+        }
+        let Some(client) = &self.client else {
+            return Served::ToCore(msg); // The core has not had its `Connected` yet.
+        };
+        let AsapMsg::HandleResolution {
+            namespace,
+            pool_handle,
+            option,
+        } = msg.msg
+        else {
+            return Served::Done; // Unreachable: matched above.
+        };
+        let rng = self.rng.get_or_insert_with(|| self.view.rng_for(conn));
+        let Some(resolved) = self
+            .view
+            .resolve(client, namespace, pool_handle, option, rng.rng())
+        else {
+            return Served::Done;
+        };
+        // Audited before the answer leaves, like the core's (Batched: not waited for).
+        if !audit_served(resolved.event, self.jobs, counters) {
+            return Served::Done; // The daemon is stopping: no answer without its record.
+        }
+        let bytes = match resolved.response.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(?conn, error = %e, "cannot encode a resolution response");
+                return Served::Done;
+            }
+        };
+        match self.tx.try_send(Outgoing::Served { bytes }) {
+            Err(mpsc::error::TrySendError::Full(_)) => Served::Full,
+            _ => Served::Done,
+        }
+    }
+}
+
+/// Hands a resolution's audit event to the writer as the core task does
+/// ([`super::driver`]): counted, a refusal aggregated with the core's, checked, then
+/// queued (Batched) without waiting, so that a stalled disk delays no resolution (when
+/// the backlog is full the record is dropped and counted in an `audit:gap` record, as
+/// the core task's). `false` when the core task is gone (the daemon is stopping).
+fn audit_served(
+    event: enrp_core::registrar::AuditEvent,
+    jobs: &mpsc::WeakSender<AuditJob>,
+    counters: &Counters,
+) -> bool {
+    let Some(jobs) = jobs.upgrade() else {
+        return false;
+    };
+    if let Some(record) = driver::record_of(event, counters) {
+        let _ = driver::hand_over(AuditJob::batched(record), &jobs, counters);
+    }
+    true
+}
+
+/// Whether a request's message gets exactly one answer of its own kind from the core
+/// ([`answers_request`]): registrations, deregistrations, resolutions.
+fn awaits_answer(msg: &AsapMsg) -> bool {
+    matches!(
+        msg,
+        AsapMsg::Registration { .. }
+            | AsapMsg::Deregistration { .. }
+            | AsapMsg::HandleResolution { .. }
+    )
+}
+
+/// Whether `bytes` (one encoded message) answers a request [`awaits_answer`] counted: its
+/// message type is the first byte (spec §6).
+fn answers_request(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|&t| {
+        [
+            MsgType::ASAP_REGISTRATION_RESPONSE,
+            MsgType::ASAP_DEREGISTRATION_RESPONSE,
+            MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE,
+        ]
+        .iter()
+        .any(|m| m.0 == t)
+    })
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     conn: ConnId,
     mut reader: MessageReader<R>,
@@ -503,6 +653,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     idle_timeout: std::time::Duration,
     client: &Remote,
     counters: &Counters,
+    mut here: Here<'_>,
 ) {
     let mut buckets = Buckets::default();
     loop {
@@ -524,15 +675,27 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     } else {
                         kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now))
                     };
-                    match admitted {
+                    let counted = awaits_answer(&msg.msg);
+                    let event = match admitted {
                         Some(Err(over)) => Event::Limited {
                             conn,
                             client: client.clone(),
                             msg: msg.msg,
                             over,
                         },
-                        _ => Event::Input(Input::Asap { conn, msg }),
+                        _ => match here.serve(conn, msg, counters).await {
+                            Served::Done => continue,
+                            Served::Full => {
+                                tracing::warn!(?conn, "send queue full: closing the connection");
+                                return;
+                            }
+                            Served::ToCore(msg) => Event::Input(Input::Asap { conn, msg }),
+                        },
+                    };
+                    if counted {
+                        here.in_flight.fetch_add(1, Ordering::AcqRel);
                     }
+                    event
                 }
                 // A registration or deregistration that fails validation gets its own
                 // response (spec §7.1, §7.9), built from its bytes: the core, which sees
@@ -541,11 +704,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .cause()
                     .and_then(|cause| ::asap::wire::rejection(&frame, &cause))
                 {
-                    Some(response) => Event::Invalid {
-                        conn,
-                        error,
-                        response,
-                    },
+                    Some(response) => {
+                        // Answered (by the core task) with a registration or
+                        // deregistration response: in flight like the valid ones.
+                        here.in_flight.fetch_add(1, Ordering::AcqRel);
+                        Event::Invalid {
+                            conn,
+                            error,
+                            response,
+                        }
+                    }
                     None => Event::Input(Input::Malformed { conn, error }),
                 },
             },
@@ -573,13 +741,34 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// bursts) leave in one TLS record and one system call instead of one each.
 const MAX_BATCH: usize = 64 * 1024;
 
-pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) {
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(w: W, rx: mpsc::Receiver<Outgoing>) {
+    write_counted(w, rx, &AtomicUsize::new(0)).await;
+}
+
+/// [`write_loop`], counting down `in_flight` for each answer of the core to a counted
+/// request ([`Here`]) as it takes it: what the read loop answers itself after that
+/// leaves after it.
+async fn write_counted<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    in_flight: &AtomicUsize,
+) {
     let mut batch = Vec::with_capacity(4096);
     let mut next = rx.recv().await;
     while let Some(out) = next.take() {
         // Audit before ack was kept by the core task: what arrives here may leave.
-        let Outgoing::Message { bytes } = out else {
-            break;
+        let bytes = match out {
+            Outgoing::Message { bytes } => {
+                if answers_request(&bytes) {
+                    // Never below zero (every answer of these kinds was counted by the
+                    // read loop, but a wrap would send every resolution to the core).
+                    let _ = in_flight
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                }
+                bytes
+            }
+            Outgoing::Served { bytes } => bytes,
+            Outgoing::Close => break,
         };
         batch.extend_from_slice(&bytes);
         next = match rx.try_recv() {

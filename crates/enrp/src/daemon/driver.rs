@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::audit::to_record;
 use super::barrier::{Barrier, CommitIndex, Pending};
 use super::{ConnHandle, Counters, Error, Event, Outgoing, connection, limits, now_ms};
-use enrp_core::registrar::{Action, ConnId, Core, Input};
+use enrp_core::registrar::{Action, AuditEvent, ConnId, Core, Input};
 use identity::audit::{AuditAction, Durability};
 
 /// Most queued events applied in a row before a due timer gets its turn (the size of the
@@ -177,11 +177,19 @@ pub(super) async fn run_core(
     Ok(())
 }
 
-/// An audit record on its way from the core task to the writer, with its number if it is
+/// An audit record on its way from the core task (or a connection task: a resolution it
+/// answered, never numbered) to the writer, with its number if it is
 /// [`Durability::BeforeReply`] ([`Barrier::number`]).
 pub(super) struct AuditJob {
     record: Record,
     seq: Option<u64>,
+}
+
+impl AuditJob {
+    /// A [`Durability::Batched`] record: nothing waits for its commit.
+    pub(super) fn batched(record: Record) -> Self {
+        Self { record, seq: None }
+    }
 }
 
 /// What the driver holds back until an audit record settled.
@@ -306,23 +314,9 @@ fn execute(
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
-                counters.count(&event);
-                let refused = event.outcome.is_some();
-                let mut record = to_record(event);
-                // A refusal changes nothing: its repeats are audited in aggregate, so that
-                // an authenticated client cannot make a row per request either.
-                if refused {
-                    match counters.note_refusal("core", record) {
-                        Some(r) => record = r,
-                        None => continue,
-                    }
-                }
-                // A record the log refuses is a bug here, not a reason to stop serving
-                // everyone (checked now: the writer would refuse it later).
-                if let Err(e) = record.check() {
-                    tracing::error!(error = %e, "audit record refused; operation not recorded");
+                let Some(record) = record_of(event, counters) else {
                     continue;
-                }
+                };
                 // Handed over without waiting: a slow disk delays only the replies that
                 // wait for their record (the barrier), never this task (keep-alives,
                 // heartbeats, resolutions).
@@ -330,25 +324,10 @@ fn execute(
                     Durability::Batched => None,
                     Durability::BeforeReply => Some(barrier.number()),
                 };
-                let job = AuditJob { record, seq };
-                record_gap(audit, counters);
-                if let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) {
-                    // The writer's queue and this backlog are full: the disk is far
-                    // behind. Batched records are dropped (counted, and accounted for by
-                    // an `audit:gap` record once there is room), operations that need
-                    // theirs are refused: their replies are withheld.
-                    let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    counters.audit_gap.fetch_add(1, Ordering::Relaxed);
-                    if let Some(seq) = job.seq {
-                        barrier.refused(seq);
-                    }
-                    // Loud, but not a line per record.
-                    if dropped == 1 || dropped.is_multiple_of(1000) {
-                        tracing::error!(
-                            dropped,
-                            "AUDIT BACKLOG FULL: records dropped, replies that wait for theirs withheld"
-                        );
-                    }
+                if let Some(job) = hand_over(AuditJob { record, seq }, audit, counters)
+                    && let Some(seq) = job.seq
+                {
+                    barrier.refused(seq);
                 }
                 if seq.is_some() {
                     gate = seq;
@@ -422,6 +401,53 @@ fn execute(
         }
     }
     gate
+}
+
+/// The record of a core audit event (also of the resolutions the connection tasks answer),
+/// counted; `None` when nothing is to be written now: a repeated refusal (aggregated), or
+/// a record the log would refuse (logged).
+pub(super) fn record_of(event: AuditEvent, counters: &Counters) -> Option<Record> {
+    counters.count(&event);
+    let refused = event.outcome.is_some();
+    let mut record = to_record(event);
+    // A refusal changes nothing: its repeats are audited in aggregate, so that an
+    // authenticated client cannot make a row per request either.
+    if refused {
+        record = counters.note_refusal("core", record)?;
+    }
+    // A record the log refuses is a bug here, not a reason to stop serving everyone
+    // (checked now: the writer would refuse it later).
+    if let Err(e) = record.check() {
+        tracing::error!(error = %e, "audit record refused; operation not recorded");
+        return None;
+    }
+    Some(record)
+}
+
+/// Hands `job` to the audit writer without waiting; gives it back when it was dropped
+/// because the writer's queue and the backlog are full.
+pub(super) fn hand_over(
+    job: AuditJob,
+    audit: &mpsc::Sender<AuditJob>,
+    counters: &Counters,
+) -> Option<AuditJob> {
+    record_gap(audit, counters);
+    let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) else {
+        return None;
+    };
+    // The disk is far behind. Batched records are dropped (counted, and accounted for by
+    // an `audit:gap` record once there is room), operations that need theirs are
+    // refused: their replies are withheld.
+    let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+    counters.audit_gap.fetch_add(1, Ordering::Relaxed);
+    // Loud, but not a line per record.
+    if dropped == 1 || dropped.is_multiple_of(1000) {
+        tracing::error!(
+            dropped,
+            "AUDIT BACKLOG FULL: records dropped, replies that wait for theirs withheld"
+        );
+    }
+    Some(job)
 }
 
 /// Sends an encoded message behind record `gate` ([`out`]), or logs why it could not be

@@ -3,8 +3,9 @@
 //!
 //! - A connection task does the TLS handshake (a fresh rustls `ServerConfig` from the
 //!   trust store per accept, so revocations and new trust domains apply to the next
-//!   handshake), cuts frames, decodes them and hands them to the core task; it also
-//!   writes what the core sends, in order ([`connection`], [`peer`] for ENRP, [`listen`],
+//!   handshake), cuts frames, decodes them and hands them to the core task, except the
+//!   handle resolutions it answers itself from the core's [`ReadView`]; it also writes
+//!   what the core sends, in order ([`connection`], [`peer`] for ENRP, [`listen`],
 //!   [`limits`], [`refusals`]).
 //! - The core task ([`driver`]) feeds inputs and timeouts to the core and carries out its
 //!   actions; its module doc says how a message flows and how no reply leaves before its
@@ -41,9 +42,9 @@ use trust::{Protocol, TrustStore};
 
 use listen::{Listener, Security};
 
-use driver::{AUDIT_BACKLOG, Dials, forward_audit, run_core};
+use driver::{AUDIT_BACKLOG, AuditJob, Dials, forward_audit, run_core};
 
-use enrp_core::registrar::{ConnId, Core, Input, Remote};
+use enrp_core::registrar::{ConnId, Core, Input, ReadView, Remote};
 use identity::Revocation;
 use identity::audit::Durability;
 
@@ -138,6 +139,10 @@ enum Event {
 enum Outgoing {
     /// Write this message.
     Message { bytes: Vec<u8> },
+    /// Write this answer that the connection task made itself (a resolution from the
+    /// [`ReadView`]): in order with the rest, and not the answer to a request in flight at
+    /// the core ([`connection`]'s read-your-writes rule).
+    Served { bytes: Vec<u8> },
     /// Close the connection (after what was sent before).
     Close,
 }
@@ -160,6 +165,11 @@ struct Shared {
     audit: AuditLog,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
+    /// What the core publishes for resolutions answered where they arrive.
+    view: Arc<ReadView>,
+    /// The core task's way to the audit writer, for those resolutions' records (weak: the
+    /// writer's forwarder ends when the core task does, whatever connection tasks hold).
+    audit_jobs: mpsc::WeakSender<AuditJob>,
 }
 
 impl Shared {
@@ -334,11 +344,13 @@ impl Daemon {
             core.begin_startup(tokio::time::Instant::now().into_std());
         }
         counters.starting.store(core.starting(), Ordering::Relaxed);
+        let view = Arc::clone(core.read_view());
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
+        let weak_audit_jobs = audit_jobs.downgrade();
         let (pending, settle, index) = barrier::commit_index();
         let forward = forward_audit(audit_jobs_rx, audit.clone(), pending);
         let audit_task = tokio::spawn(async move {
@@ -367,6 +379,8 @@ impl Daemon {
             audit: audit.clone(),
             counters: Arc::clone(&counters),
             stop: stop_rx.clone(),
+            view,
+            audit_jobs: weak_audit_jobs,
         };
         let mut peer_tasks = vec![tokio::spawn(audit_refusals(
             audit.clone(),

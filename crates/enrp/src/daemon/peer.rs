@@ -661,6 +661,8 @@ mod tests {
         ));
         let (events, _rx) = mpsc::channel(8);
         let (stop_tx, stop) = watch::channel(false);
+        let core = enrp_core::registrar::Core::new(settings.registrar.clone(), Vec::new());
+        let (jobs, _jobs_rx) = mpsc::channel(1);
         let dial = |give_up| {
             tokio::spawn(dial_loop(
                 closed.to_string(),
@@ -672,6 +674,8 @@ mod tests {
                     audit: audit.clone(),
                     counters: Arc::new(Counters::default()),
                     stop: stop.clone(),
+                    view: Arc::clone(core.read_view()),
+                    audit_jobs: jobs.downgrade(),
                 },
             ))
         };

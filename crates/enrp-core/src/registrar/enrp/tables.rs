@@ -69,7 +69,7 @@ impl Core {
         if !self.starting {
             return;
         }
-        self.starting = false;
+        self.set_starting(false);
         self.mentor = None;
         self.timers.stop(&TimerKey::MentorTimeout);
         let detail = match mentor {

@@ -18,6 +18,7 @@ mod asap;
 mod legacy;
 mod liveness;
 mod peers;
+mod read_view;
 mod removals;
 mod tables;
 mod takeover;

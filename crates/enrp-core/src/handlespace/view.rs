@@ -1,0 +1,100 @@
+//! The handlespace as readers outside the core see it (issue 20, "reads where they
+//! arrive"): a connection task answers a handle resolution from here without a trip to
+//! the core task.
+//!
+//! Not a copy: each [`Pool`](super::Pool) keeps its selection state and its PEs by ID in
+//! one [`PoolView`] that the core and the readers share, and the core changes it in the
+//! same [`Handlespace`](super::Handlespace) call that changes the pool. So a reader is
+//! never behind the core: a resolution served after a change's actions were carried out
+//! sees the change (the staleness bound is zero committed steps). The PE entries are
+//! `Arc`s shared with the core's ordered map, so the view adds an index entry and a
+//! pointer per PE, not a second PE.
+//!
+//! Locks: the pools map is read-locked only to find a pool (written when a pool is
+//! created or deleted); a pool's lock is held for one selection, O(k log n) in the pool
+//! size, or one change. The order is always map, then pool, never the other way round.
+//! The policy state (round robin positions and the like) advances under the pool's lock,
+//! so concurrent readers and the core share one cycle, as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use asap::policy::PoolSelection;
+use asap::wire::PeEntry;
+use asap::wire::param::{Namespace, PeId, Policy, PoolHandle};
+use rand_core::Rng;
+
+/// What readers need of one pool: its PEs by ID, its selection state and its overall
+/// policy (spec §5.3: the first PE's, in PE ID order).
+#[derive(Debug, Default)]
+pub struct PoolView {
+    state: Mutex<Selectable>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Selectable {
+    pub(super) selection: PoolSelection,
+    pub(super) by_id: HashMap<PeId, Arc<PeEntry>>,
+    pub(super) policy: Option<Policy>,
+}
+
+/// A pool's answer to a resolution: the pool's policy and the PEs chosen, in order.
+pub type Selected = (Option<Policy>, Vec<Arc<PeEntry>>);
+
+impl PoolView {
+    /// Chooses up to `n` PEs with the pool's policy (spec §5.2, §7.3), advancing the
+    /// policy's state. `None` when the pool has no PE: it was deleted after the caller
+    /// found it, and answers as an unknown pool.
+    pub fn select(&self, n: usize, rng: &mut dyn Rng) -> Option<Selected> {
+        let mut s = self.lock();
+        if s.by_id.is_empty() {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(n.min(s.by_id.len()));
+        s.selection.select(n, rng, &mut ids);
+        let pes = ids
+            .iter()
+            .filter_map(|id| s.by_id.get(id).cloned())
+            .collect();
+        Some((s.policy, pes))
+    }
+
+    /// The state, for the core's changes ([`super::Pool`]).
+    pub(super) fn lock(&self) -> MutexGuard<'_, Selectable> {
+        // A panic while it was held left a whole state (each change is one call that
+        // cannot fail half-way): keep serving it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The pools of every namespace, as readers find them.
+#[derive(Debug, Default)]
+pub struct HandlespaceView {
+    pools: RwLock<HashMap<Namespace, HashMap<PoolHandle, Arc<PoolView>>>>,
+}
+
+impl HandlespaceView {
+    /// The pool `handle` of `namespace`, if it has PEs.
+    pub fn pool(&self, namespace: &Namespace, handle: &PoolHandle) -> Option<Arc<PoolView>> {
+        let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+        pools.get(namespace)?.get(handle).cloned()
+    }
+
+    pub(super) fn publish(&self, namespace: &Namespace, handle: &PoolHandle, pool: Arc<PoolView>) {
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .entry(namespace.clone())
+            .or_default()
+            .insert(handle.clone(), pool);
+    }
+
+    pub(super) fn withdraw(&self, namespace: &Namespace, handle: &PoolHandle) {
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ns) = pools.get_mut(namespace) {
+            ns.remove(handle);
+            if ns.is_empty() {
+                pools.remove(namespace);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! What the core publishes so that a connection task can answer a handle resolution
+//! itself (spec §7.3; issue 20, "reads where they arrive"), and the one resolution
+//! procedure that the core ([`Core::handle`](super::Core::handle)) and the connection
+//! tasks both run.
+//!
+//! The [`ReadView`] holds the handlespace's [`HandlespaceView`] (the pools, shared with
+//! the core, see its module docs), the grants (an `Arc` swapped when
+//! [`Input::Grants`](super::Input::Grants) arrives), the start-up flag (spec §9.3) and,
+//! per announced connection, a [`ClientView`]: who it is, its default namespace and
+//! whether it was revoked. The core changes each of them in the same `handle` step that
+//! changes its own state, before it returns the step's actions: a resolution served after
+//! a change's actions were carried out sees the change; one served while the step runs
+//! sees the state before or after it, never a mix within one pool. So the view lags the
+//! core by at most the step in progress, and the simulation's invariant (no resolution
+//! returns a PE after its removal + detection + one keep-alive timeout) holds for the
+//! fast path as for the core.
+//!
+//! A connection not yet announced to the core (its `Connected` still queued) has no
+//! [`ClientView`]: its resolutions go through the core, in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use ::asap::wire::param::{
+    ErrorCause, HandleResolutionOption, Namespace, OperationError, PoolHandle,
+};
+use ::asap::wire::{AsapMsg, Resolution};
+use identity::Grant;
+use identity::audit::AuditAction;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng as _};
+
+use super::{AuditEvent, Config, ConnId, Remote, client_event, is_legacy, permits};
+use crate::handlespace::HandlespaceView;
+
+/// What a connection task reads to answer a resolution (module docs).
+#[derive(Debug)]
+pub struct ReadView {
+    handlespace: Arc<HandlespaceView>,
+    grants: RwLock<Arc<Vec<Grant>>>,
+    starting: AtomicBool,
+    clients: RwLock<HashMap<ConnId, Arc<ClientView>>>,
+    legacy_namespace: Option<Namespace>,
+    default_resolution_items: usize,
+    max_resolution_items: usize,
+    rng_seed: u64,
+}
+
+/// One announced connection as readers see it.
+#[derive(Debug)]
+pub struct ClientView {
+    client: Remote,
+    /// Where its requests without a Namespace parameter go (rules change at run time).
+    default_namespace: RwLock<Namespace>,
+    /// Its certificate is revoked: it is being closed and nothing it sends counts.
+    revoked: AtomicBool,
+}
+
+/// A resolution's answer and its audit event (written [`Batched`](identity::audit::Durability::Batched)).
+#[derive(Debug)]
+pub struct Resolved {
+    /// The HANDLE_RESOLUTION_RESPONSE.
+    pub response: AsapMsg,
+    /// What the audit log records of it.
+    pub event: AuditEvent,
+}
+
+/// One connection's selection stream ([`ReadView::rng_for`]).
+#[derive(Debug)]
+pub struct ConnRng(ChaCha8Rng);
+
+impl ConnRng {
+    /// The stream, for [`ReadView::resolve`].
+    pub fn rng(&mut self) -> &mut dyn Rng {
+        &mut self.0
+    }
+}
+
+impl ClientView {
+    pub(super) fn new(client: Remote, default_namespace: Namespace, revoked: bool) -> Self {
+        Self {
+            client,
+            default_namespace: RwLock::new(default_namespace),
+            revoked: AtomicBool::new(revoked),
+        }
+    }
+
+    /// Who it is.
+    pub fn client(&self) -> &Remote {
+        &self.client
+    }
+
+    /// Where its requests without a Namespace parameter go (ARCHITECTURE.md §3).
+    pub fn default_namespace(&self) -> Namespace {
+        self.default_namespace
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn set_default_namespace(&self, ns: Namespace) {
+        *self
+            .default_namespace
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = ns;
+    }
+
+    /// Whether its certificate was revoked (nothing it sends is answered).
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    pub(super) fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+}
+
+impl ReadView {
+    pub(super) fn new(
+        config: &Config,
+        handlespace: Arc<HandlespaceView>,
+        grants: Arc<Vec<Grant>>,
+    ) -> Self {
+        Self {
+            handlespace,
+            grants: RwLock::new(grants),
+            starting: AtomicBool::new(false),
+            clients: RwLock::new(HashMap::new()),
+            legacy_namespace: config.legacy_namespace.clone(),
+            default_resolution_items: config.default_resolution_items,
+            max_resolution_items: config.max_resolution_items,
+            rng_seed: config.rng_seed,
+        }
+    }
+
+    /// The connection `conn` once the core has it (after its `Connected`), until it closed.
+    pub fn client(&self, conn: ConnId) -> Option<Arc<ClientView>> {
+        let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+        clients.get(&conn).cloned()
+    }
+
+    /// The selection RNG of connection `conn`'s own resolutions: a ChaCha8 stream seeded
+    /// from the core's seed and the connection's number, so that runs replay from the seed
+    /// and no two connections draw the same stream. (The core keeps its own stream.)
+    pub fn rng_for(&self, conn: ConnId) -> ConnRng {
+        // An odd multiplier spreads consecutive connection numbers over the seed space.
+        let mix = conn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ConnRng(ChaCha8Rng::seed_from_u64(self.rng_seed ^ mix))
+    }
+
+    /// Whether the registrar is still in its start-up phase (spec §9.3).
+    pub fn starting(&self) -> bool {
+        self.starting.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_starting(&self, starting: bool) {
+        self.starting.store(starting, Ordering::Release);
+    }
+
+    pub(super) fn set_grants(&self, grants: Arc<Vec<Grant>>) {
+        *self.grants.write().unwrap_or_else(PoisonError::into_inner) = grants;
+    }
+
+    pub(super) fn add_client(&self, conn: ConnId, client: Arc<ClientView>) {
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        clients.insert(conn, client);
+    }
+
+    pub(super) fn remove_client(&self, conn: ConnId) {
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        clients.remove(&conn);
+    }
+
+    fn may_resolve(&self, id: &identity::SpiffeId, ns: &Namespace, pool: &PoolHandle) -> bool {
+        let grants = self.grants.read().unwrap_or_else(PoisonError::into_inner);
+        let legacy = self.legacy_namespace.as_ref();
+        // A PE granted to register in the pool may resolve it too (and no other pool
+        // through that grant): it is a member, and its business card names the pool's
+        // other PEs as failover candidates (spec §7.8, issue 25; docs/CLIENTS.md).
+        permits(&grants, legacy, id, ns, pool, identity::Action::Resolve)
+            || permits(&grants, legacy, id, ns, pool, identity::Action::Register)
+    }
+
+    /// Spec §7.3 for `client`: the answer and its audit event. A pool the PU may not
+    /// resolve answers 0x9 as if it did not exist; a registrar still starting answers
+    /// 0x6 (spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool"
+    /// wrongly). `None` when the client was revoked: nothing it sends is answered.
+    pub fn resolve(
+        &self,
+        client: &ClientView,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        option: Option<HandleResolutionOption>,
+        rng: &mut dyn Rng,
+    ) -> Option<Resolved> {
+        if client.revoked() {
+            return None;
+        }
+        let ns = namespace.unwrap_or_else(|| client.default_namespace());
+        let remote = Some(&client.client);
+        let refuse = |cause: ErrorCause, detail: Option<&str>| {
+            let mut event = client_event(
+                remote,
+                &ns,
+                &pool_handle,
+                None,
+                AuditAction::Resolve,
+                Some(cause.code()),
+            );
+            if let Some(d) = detail {
+                event.detail = Some(d.to_owned());
+            }
+            Resolved {
+                response: AsapMsg::HandleResolutionResponse {
+                    pool_handle: pool_handle.clone(),
+                    result: Resolution::Error(OperationError::single(cause)),
+                },
+                event,
+            }
+        };
+        if self.starting() {
+            return Some(refuse(
+                ErrorCause::LackOfResources,
+                Some("registrar starting: handlespace not yet synchronised"),
+            ));
+        }
+        let wanted = option.map_or(self.default_resolution_items, |o| {
+            usize::try_from(o.items).unwrap_or(usize::MAX)
+        });
+        let n = wanted.clamp(1, self.max_resolution_items.max(1));
+        let found = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
+            self.handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|pool| pool.select(n, rng))
+        } else {
+            None
+        };
+        let Some((policy, pes)) = found else {
+            return Some(refuse(ErrorCause::UnknownPoolHandle, None));
+        };
+        // A legacy client cannot check a registrant, and RSPLIB loses its place in a
+        // message at a parameter whose length is not a multiple of 4: send none.
+        let legacy = is_legacy(&client.client.id);
+        let pool_elements: Vec<_> = pes
+            .iter()
+            .map(|e| {
+                let mut e = (**e).clone();
+                if legacy {
+                    e.registrant = None;
+                }
+                e
+            })
+            .collect();
+        let mut event = client_event(remote, &ns, &pool_handle, None, AuditAction::Resolve, None);
+        let count = pool_elements.len();
+        event.detail = Some(match event.detail.take() {
+            Some(d) => format!("{count} PEs; {d}"),
+            None => format!("{count} PEs"),
+        });
+        Some(Resolved {
+            response: AsapMsg::HandleResolutionResponse {
+                pool_handle,
+                result: Resolution::Found {
+                    policy,
+                    pool_elements,
+                },
+            },
+            event,
+        })
+    }
+}

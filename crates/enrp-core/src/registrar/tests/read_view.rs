@@ -1,0 +1,91 @@
+//! The read view (`registrar/read_view.rs`) follows the core in the same step: what a
+//! connection task answers from it after a step is what the core would answer.
+
+use super::*;
+
+/// What the view answers `conn` for `pool` (its own stream, as a connection task).
+fn from_view(h: &Harness, conn: ConnId, pool: &str) -> Option<Resolution> {
+    let view = h.core.read_view();
+    let client = view.client(conn)?;
+    let mut rng = view.rng_for(conn);
+    let resolved = view.resolve(&client, None, handle(pool), None, rng.rng())?;
+    match resolved.response {
+        AsapMsg::HandleResolutionResponse { result, .. } => Some(result),
+        other => panic!("not a resolution response: {other:?}"),
+    }
+}
+
+fn cause_of(r: Option<Resolution>) -> Option<u16> {
+    match r {
+        Some(Resolution::Error(e)) => e.causes().first().map(ErrorCause::code),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_view_changes_in_the_step_that_changes_the_core() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    assert_eq!(
+        cause_of(from_view(&h, pu, "echo")),
+        Some(ErrorCause::UNKNOWN_POOL_HANDLE)
+    );
+    h.send(a, registration("echo", 7));
+    h.send(a, registration("echo", 8));
+    assert_eq!(
+        found_ids(&from_view(&h, pu, "echo").expect("answered")),
+        [7, 8]
+    );
+    // A deregistration: gone from the view before its response leaves.
+    h.send(
+        a,
+        AsapMsg::Deregistration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(7).expect("non-zero"),
+        },
+    );
+    assert_eq!(
+        found_ids(&from_view(&h, pu, "echo").expect("answered")),
+        [8]
+    );
+    // The PU's grant withdrawn: refused as if the pool did not exist.
+    let pe_only = vec![grant(
+        "spiffe://acme.test/pe/*",
+        "echo",
+        &[identity::Action::Register],
+    )];
+    h.core.handle(Input::Grants(pe_only), h.now);
+    assert_eq!(
+        cause_of(from_view(&h, pu, "echo")),
+        Some(ErrorCause::UNKNOWN_POOL_HANDLE)
+    );
+    // The PE still resolves its own pool (a register grant is membership).
+    assert_eq!(found_ids(&from_view(&h, a, "echo").expect("answered")), [8]);
+    // Revoked: nothing it sends is answered, from the view either.
+    let id = SpiffeId::parse(PE_A).expect("SPIFFE ID");
+    h.core
+        .handle(Input::Revoked(Revocation::Identity(id)), h.now);
+    assert!(from_view(&h, a, "echo").is_none());
+    // Closed: the view forgets the connection (its resolutions would go to the core).
+    h.core.handle(Input::Closed { conn: pu }, h.now);
+    assert!(h.core.read_view().client(pu).is_none());
+}
+
+#[test]
+fn a_starting_registrar_answers_lack_of_resources_from_the_view() {
+    let mut h = Harness::new();
+    let pu = h.connect(2, PU_1);
+    h.core.begin_startup(h.now);
+    assert_eq!(
+        cause_of(from_view(&h, pu, "echo")),
+        Some(ErrorCause::LACK_OF_RESOURCES)
+    );
+    // The mentor timeout ends it: served again (an unknown pool now).
+    h.advance(60_000);
+    assert_eq!(
+        cause_of(from_view(&h, pu, "echo")),
+        Some(ErrorCause::UNKNOWN_POOL_HANDLE)
+    );
+}
