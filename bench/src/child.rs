@@ -16,12 +16,13 @@ use asap::client::pe::{PeConfig, run as run_pe};
 use asap::wire::param::{Address, PeId, Policy, PoolHandle, Transport, TransportUse};
 use enrp::config::{Listen, Millis, RunConfig, SctpMode, Secs};
 use enrp::daemon::now_ms;
-use enrp_core::handlespace::Limits;
 use enrp::setup;
+use enrp_core::handlespace::Limits;
 use testkit::child::{commands, read_line};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::floor;
+use crate::pin::{self, Cpus};
 use crate::pki::store_from;
 use crate::stats::Proc;
 
@@ -167,15 +168,16 @@ pub(crate) struct ChildProc {
 }
 
 impl ChildProc {
-    /// Starts `rsp-bench --child ARGS…` and waits for its `listening ADDR`.
-    pub(crate) fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
+    /// Starts `rsp-bench --child ARGS…`, on `cpus` if given, and waits for its
+    /// `listening ADDR`.
+    pub(crate) fn start(args: &[&str], cpus: Option<&Cpus>) -> Self {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command
             .arg(CHILD_ARG)
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a child");
+            .stdout(Stdio::piped());
+        let mut child = pin::spawn(&mut command, cpus).expect("spawn a child");
         let stdin = child.stdin.take();
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let line = read_line(&mut stdout);

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::pin::Cpus;
+
 /// Measurements, in the order they run.
 pub(crate) const ALL: &[&str] = &[
     "resolve",
@@ -64,6 +66,15 @@ pub(crate) struct Opts {
     /// Also write the JSON report to this file (with the tables on stdout).
     #[arg(long)]
     pub(crate) json_file: Option<std::path::PathBuf>,
+    /// Pin the servers under test (floor, rsp's registrar, etcd) to these CPUs, as
+    /// taskset's list: `1`, `0-1`, `0,2-3`. Each server runs as many tokio workers as it
+    /// has CPUs.
+    #[arg(long, value_name = "LIST")]
+    pub(crate) server_cpus: Option<Cpus>,
+    /// Pin the load generators (this process's runtime, and the failover measurement's
+    /// PE processes) to these CPUs.
+    #[arg(long, value_name = "LIST")]
+    pub(crate) client_cpus: Option<Cpus>,
     /// A smoke run of a few seconds with tiny numbers (checks that everything works).
     #[arg(long)]
     pub(crate) quick: bool,

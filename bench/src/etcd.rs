@@ -16,6 +16,7 @@ use etcd_client::{
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::pin::{self, Cpus};
 use crate::stats::Proc;
 
 /// The running etcd.
@@ -44,15 +45,17 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
-    /// Starts etcd with the PKI in `pki` and waits until it answers a get (at most 30 s).
-    pub(crate) async fn start(exe: &Path, pki: &Path) -> Result<Self, String> {
+    /// Starts etcd with the PKI in `pki`, on `cpus` if given (Go sizes GOMAXPROCS by the
+    /// affinity, as tokio does), and waits until it answers a get (at most 30 s).
+    pub(crate) async fn start(exe: &Path, pki: &Path, cpus: Option<&Cpus>) -> Result<Self, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (client_port, peer_port) = (free_port(), free_port());
         let client_url = format!("https://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(data.path().join("etcd.log")).map_err(|e| e.to_string())?;
         let p = |f: &str| pki.join(f).display().to_string();
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["--name", "bench"])
             .arg("--data-dir")
             .arg(data.path().join("member"))
@@ -67,8 +70,8 @@ impl Etcd {
             .args(["--key-file", &p("etcd.key")])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        let child = pin::spawn(&mut command, cpus)
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let read = |f: &str| std::fs::read(pki.join(f)).map_err(|e| e.to_string());
         let tls = TlsOptions::new()

@@ -43,7 +43,7 @@ pub(crate) async fn failover(opts: &Opts, pki: &Pki, registrar: &ChildProc) -> F
     let handle = pool("failover");
     let pki_dir = pki.path().display().to_string();
     let reg = registrar.addr.to_string();
-    let start_pe = |id: u32| ChildProc::start(&["pe", &pki_dir, &reg, &id.to_string()]);
+    let start_pe = |id: u32| ChildProc::start(&["pe", &pki_dir, &reg, &id.to_string()], None);
     let mut pes: Vec<(u32, ChildProc)> = (1..=FAILOVER_PES).map(|id| (id, start_pe(id))).collect();
     // Which PE (port) each PU last succeeded on, and its failovers: (from port, when).
     let on: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![0; opts.pus]));

@@ -92,12 +92,15 @@ pub(crate) async fn keep_alives(opts: &Opts, pki: &Pki) -> Steady {
         .collect();
     let pki_dir = pki.path().display().to_string();
     let data = registrar_data();
-    let registrar = ChildProc::start(&[
-        "registrar",
-        &pki_dir,
-        &data.path().display().to_string(),
-        &keep_alive.as_millis().to_string(),
-    ]);
+    let registrar = ChildProc::start(
+        &[
+            "registrar",
+            &pki_dir,
+            &data.path().display().to_string(),
+            &keep_alive.as_millis().to_string(),
+        ],
+        opts.server_cpus.as_ref(),
+    );
     // Let the child settle (runtime, SQLite, TLS configuration) before the idle figure.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_idle, _) = registrar.proc().rss_kib();

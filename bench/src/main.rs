@@ -26,6 +26,7 @@ mod etcd;
 mod failover;
 mod floor;
 mod keep_alive;
+mod pin;
 mod pki;
 mod report;
 mod rounds;
@@ -68,7 +69,13 @@ fn main() {
             "unknown measurement {o:?}: one of {ALL:?}"
         );
     }
+    if let Err(e) = pinning(&opts) {
+        eprintln!("rsp-bench: {e}");
+        std::process::exit(2);
+    }
     stats::clock_ticks(); // asks `getconf` now, not inside a measurement
+    // With --client-cpus, this thread is pinned: the runtime's workers inherit it, and
+    // `available_parallelism` (their number) counts those CPUs only.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,6 +89,27 @@ fn main() {
     } else {
         report.print(&opts);
     }
+}
+
+/// Checks `--server-cpus` and `--client-cpus` against the CPUs this process may use, then
+/// pins this (still the only) thread to the client CPUs.
+fn pinning(opts: &Opts) -> Result<(), String> {
+    let available =
+        pin::Cpus::available().map_err(|e| format!("cannot read the CPU affinity: {e}"))?;
+    if let Some(cpus) = &opts.server_cpus {
+        cpus.check("--server-cpus", &available)?;
+    }
+    if let Some(cpus) = &opts.client_cpus {
+        cpus.check("--client-cpus", &available)?;
+        cpus.pin_this_thread()
+            .map_err(|e| format!("cannot pin to CPUs {cpus}: {e}"))?;
+    }
+    if let (Some(s), Some(c)) = (&opts.server_cpus, &opts.client_cpus)
+        && s.overlaps(c)
+    {
+        eprintln!("rsp-bench: note: --server-cpus {s} and --client-cpus {c} overlap");
+    }
+    Ok(())
 }
 
 async fn run(opts: &Opts) -> Report {
@@ -101,8 +129,10 @@ async fn run(opts: &Opts) -> Report {
     let pki_dir = pki.path().display().to_string();
     let data = registrar_data();
     let data_dir = data.path().display().to_string();
-    let mut registrar = ChildProc::start(&["registrar", &pki_dir, &data_dir, "5000"]);
-    let mut floor = ChildProc::start(&["floor", &pki_dir]);
+    let server_cpus = opts.server_cpus.as_ref();
+    let mut registrar = ChildProc::start(&["registrar", &pki_dir, &data_dir, "5000"], server_cpus);
+    let mut floor = ChildProc::start(&["floor", &pki_dir], server_cpus);
+    report.cpus = report::Placement::read(opts, &registrar, &floor);
     // The keep-alive load starts a fresh etcd (as it starts a fresh registrar).
     let mut etcd_exe = None;
     let etcd = if opts.no_etcd {
@@ -117,7 +147,7 @@ async fn run(opts: &Opts) -> Report {
                 report.etcd_note = Some(note.into());
                 None
             }
-            Some(exe) => match etcd::Etcd::start(&exe, pki.path()).await {
+            Some(exe) => match etcd::Etcd::start(&exe, pki.path(), server_cpus).await {
                 Ok(e) => {
                     etcd_exe = Some(exe);
                     Some(e)
@@ -189,7 +219,7 @@ async fn run(opts: &Opts) -> Report {
                 .etcd_leases
                 .unwrap_or_else(|| opts.pes.min(ETCD_LEASES));
             bar.set_message(format!("keep-alive load, {leases} etcd leases"));
-            match etcd::Etcd::start(exe, pki.path()).await {
+            match etcd::Etcd::start(exe, pki.path(), server_cpus).await {
                 Ok(e) => report
                     .keep_alive
                     .push(etcd_keep_alives(opts, &e, leases).await),

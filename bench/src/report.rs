@@ -4,9 +4,11 @@
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::child::ChildProc;
 use crate::cli::Opts;
 use crate::failover::{FAILOVER_PES, Failover};
 use crate::keep_alive::{PES_PER_CONN, Steady};
+use crate::pin;
 use crate::stats::Figures;
 
 /// Everything measured in one run.
@@ -23,6 +25,75 @@ pub(crate) struct Report {
     pub(crate) keep_alive: Vec<Steady>,
     /// The main registrar's RSS and peak RSS at the end, KiB.
     pub(crate) registrar_rss: (u64, u64),
+    /// Which CPUs each side had.
+    pub(crate) cpus: Placement,
+}
+
+/// Which CPUs the servers and the load generators had, as the kernel reports them
+/// (`Cpus_allowed_list`), read back after the children started rather than assumed from
+/// the options.
+#[derive(Default)]
+pub(crate) struct Placement {
+    /// Whether `--server-cpus` or `--client-cpus` was given.
+    pub(crate) pinned: bool,
+    pub(crate) registrar: String,
+    pub(crate) floor: String,
+    /// This process: the load generators.
+    pub(crate) client: String,
+    /// How many CPUs the registrar may use: no server's CPU time can exceed this many
+    /// cores.
+    pub(crate) server_cpus: usize,
+    /// The load generators' tokio workers.
+    pub(crate) client_workers: usize,
+}
+
+impl Placement {
+    pub(crate) fn read(opts: &Opts, registrar: &ChildProc, floor: &ChildProc) -> Self {
+        let allowed = |pid| pin::allowed_list(pid).unwrap_or_else(|| "?".to_owned());
+        let registrar = allowed(registrar.proc().0);
+        Self {
+            pinned: opts.server_cpus.is_some() || opts.client_cpus.is_some(),
+            server_cpus: registrar.parse::<pin::Cpus>().map_or(0, |c| c.len()),
+            registrar,
+            floor: allowed(floor.proc().0),
+            client: allowed(std::process::id()),
+            client_workers: std::thread::available_parallelism().map_or(0, usize::from),
+        }
+    }
+
+    fn line(&self) -> String {
+        let how = if self.pinned {
+            "pinned (--server-cpus, --client-cpus)"
+        } else {
+            "not pinned: all share the machine's CPUs"
+        };
+        format!(
+            "CPUs, {how}: the servers under test (rsp's registrar, etcd) on {} (the floor on \
+             {}); the load generators on {} ({} tokio workers).",
+            self.registrar, self.floor, self.client, self.client_workers
+        )
+    }
+
+    /// A server that used more cores than it has CPUs means the CPU figures are wrong.
+    fn check(&self, system: &str, f: &Figures) -> Option<String> {
+        let cores = f.server_cores();
+        (self.server_cpus > 0 && cores > self.server_cpus as f64 * 1.02).then(|| {
+            format!(
+                "**Check failed**: {system} used {cores:.2} cores on {} CPUs: its CPU figures are wrong.",
+                self.server_cpus
+            )
+        })
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "pinned": self.pinned,
+            "registrar": self.registrar,
+            "floor": self.floor,
+            "client": self.client,
+            "client_workers": self.client_workers,
+        })
+    }
 }
 
 /// (measurement, target text, rsp/floor minimum, rsp/etcd minimum, p99 maximum in ms).
@@ -70,7 +141,10 @@ impl Report {
                 "connections": opts.connections, "pes": opts.pes,
                 "keep_alive_secs": opts.keep_alive_secs, "window_secs": opts.window_secs,
                 "trials": opts.trials, "pus": opts.pus,
+                "server_cpus": opts.server_cpus.as_ref().map(ToString::to_string),
+                "client_cpus": opts.client_cpus.as_ref().map(ToString::to_string),
             },
+            "cpus": self.cpus.json(),
             "etcd_note": self.etcd_note,
             "throughput": throughput,
             "audit": self.audit.iter().map(|(w, records, ops)| json!({
@@ -114,6 +188,7 @@ impl Report {
              round, after a 1 s warm-up round. Latencies are per operation, closed loop.\n",
             opts.clients, opts.rounds, opts.seconds
         );
+        println!("{}\n", self.cpus.line());
         if let Some(n) = &self.etcd_note {
             println!("Note: {n}\n");
         }
@@ -145,7 +220,9 @@ impl Report {
                 "| system | ops/s | ops/s by round | p50 ms | p90 ms | p99 ms | max ms | server cores | ops per server core-s | rsp ÷ this |"
             );
             println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+            let mut checks = Vec::new();
             for (_, system, f) in rows {
+                checks.extend(self.cpus.check(system, f));
                 let ratio = if *system == "rsp" {
                     "—".to_owned()
                 } else {
@@ -166,6 +243,9 @@ impl Report {
                     f.server_cores(),
                     f.per_server_core_second(),
                 );
+            }
+            for c in checks {
+                println!("\n{c}");
             }
             if let Some((_, records, ops)) = self.audit.iter().find(|(w, _, _)| *w == what) {
                 println!(
@@ -301,8 +381,8 @@ pub(crate) fn hist_json(h: &Histogram<u64>) -> Value {
 
 /// nproc, CPU model and kernel of this machine.
 pub(crate) fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
         .lines()
         .find_map(|l| {
             l.strip_prefix("model name")
@@ -314,7 +394,8 @@ pub(crate) fn machine() -> Value {
         .trim()
         .to_owned();
     json!({
-        "nproc": std::thread::available_parallelism().map_or(0, usize::from),
+        // The machine's CPUs, not this process's share (--client-cpus narrows that).
+        "nproc": cpuinfo.lines().filter(|l| l.starts_with("processor")).count(),
         "cpu": cpu,
         "kernel": kernel,
     })

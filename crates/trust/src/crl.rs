@@ -76,6 +76,25 @@ impl CrlCheck {
     }
 }
 
+impl CrlCheck {
+    /// Until when (seconds since the epoch, exclusive) a chain this check passed keeps
+    /// passing as far as the CRLs go: the earliest nextUpdate (past it webpki refuses the
+    /// CRL as expired); `u64::MAX` without CRLs. `None` with [`CrlCheck::Webpki`], whose
+    /// scope rules are webpki's alone: such chains are verified on every handshake.
+    pub(crate) fn passes_until(&self) -> Option<u64> {
+        match self {
+            Self::None => Some(u64::MAX),
+            Self::Checked(crls) => Some(
+                crls.iter()
+                    .map(|c| c.next_update.as_secs())
+                    .min()
+                    .unwrap_or(u64::MAX),
+            ),
+            Self::Webpki(_) => None,
+        }
+    }
+}
+
 /// Checks every certificate of a verified path but the anchor against `crls`, from the
 /// anchor's side down, like webpki's `RevocationCheckDepth::Chain` with
 /// `UnknownStatusPolicy::Deny` and `ExpirationPolicy::Enforce`.

@@ -20,6 +20,7 @@ use crate::crl::CrlCheck;
 use crate::registry::{ConnectionRegistry, LiveConnection};
 use crate::verify::{
     DomainAnchors, Expected, Rejection, Snapshot, SpiffeClientVerifier, SpiffeServerVerifier,
+    VerifiedChains,
 };
 use crate::{ALPN_ASAP, ALPN_ENRP, Error};
 
@@ -717,6 +718,7 @@ fn build(identity: &LocalIdentity, state: &State) -> Result<Configs, Error> {
         denied_ids: state.denied_ids.clone(),
         hints,
         algs: provider.signature_verification_algorithms,
+        verified: VerifiedChains::default(),
     });
     let server = |protocol: Protocol| {
         server_config(
@@ -793,6 +795,7 @@ fn client_config(
 mod tests {
     use super::*;
     use crate::testing::TestCa;
+    use rustls::CertificateError;
 
     /// `revoke` is the one way every caller applies a revocation to the TLS layer: each
     /// kind refuses what it names and only that, and a trust domain revoked (or removed)
@@ -831,6 +834,88 @@ mod tests {
         assert!(!store.is_trusted(ca.domain()));
         assert_eq!(store.revoke(&domain).expect("again"), 0);
         assert_eq!(store.forget_domain(ca.domain()).expect("and again"), 0);
+    }
+
+    /// Seconds from now, as the verifiers take the time.
+    fn at(secs_from_now: i64) -> rustls_pki_types::UnixTime {
+        let now = rustls_pki_types::UnixTime::now().as_secs();
+        rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            now.saturating_add_signed(secs_from_now),
+        ))
+    }
+
+    /// A chain verified once is remembered by the snapshot, but only while the same
+    /// checks would pass: past its certificate's notAfter, or after a revocation (a new
+    /// snapshot), the same chain is refused.
+    #[test]
+    fn a_remembered_chain_is_refused_once_expired_or_revoked() {
+        use crate::verify::Usage;
+        let ca = TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("store");
+        store.add_domain(ca.bundle()).expect("domain");
+        let leaf = ca
+            .leaf("pu/again")
+            .valid(time::Duration::hours(-1), time::Duration::hours(1))
+            .issue();
+        let snapshot = store.current().snapshot.clone();
+        let verify = |now| snapshot.verify(&leaf.chain[0], &leaf.chain[1..], now, Usage::Client);
+        assert_eq!(
+            verify(at(0)).expect("valid").as_str(),
+            "spiffe://acme.test/pu/again"
+        );
+        assert_eq!(snapshot.verified.len(), 1, "remembered");
+        verify(at(1)).expect("still valid");
+        let err = verify(at(2 * 3600)).expect_err("expired");
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+            ),
+            "{err:?}"
+        );
+
+        let id = Peer::from_certificate(&leaf.chain[0])
+            .expect("peer")
+            .id()
+            .clone();
+        store.revoke(&Revocation::Identity(id)).expect("revoke");
+        let snapshot = store.current().snapshot.clone();
+        let err = snapshot
+            .verify(&leaf.chain[0], &leaf.chain[1..], at(0), Usage::Client)
+            .expect_err("revoked");
+        assert!(err.to_string().contains("revoked (deny-list)"), "{err}");
+    }
+
+    /// With CRLs, a remembered chain is good only until the CRLs' nextUpdate: past it the
+    /// handshake fails closed, as without the cache.
+    #[test]
+    fn a_remembered_chain_is_refused_once_the_crl_expires() {
+        use crate::verify::Usage;
+        let ca = TestCa::new("acme.test");
+        let store = TrustStore::new(ca.leaf("registrar/r1").issue().identity()).expect("store");
+        store.add_domain(ca.bundle()).expect("domain");
+        let next_update = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        store
+            .set_crls(ca.domain(), vec![ca.crl_with_next_update(&[], next_update)])
+            .expect("CRL");
+        let leaf = ca
+            .leaf("pu/again")
+            .valid(time::Duration::hours(-1), time::Duration::days(30))
+            .issue();
+        let snapshot = store.current().snapshot.clone();
+        let verify = |now| snapshot.verify(&leaf.chain[0], &leaf.chain[1..], now, Usage::Client);
+        verify(at(0)).expect("valid");
+        assert_eq!(snapshot.verified.len(), 1, "remembered");
+        let err = verify(at(2 * 3600)).expect_err("CRL expired");
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::ExpiredRevocationListContext { .. }
+                )
+            ),
+            "{err:?}"
+        );
     }
 
     /// A connection that passed its handshake while its intermediate was good, and

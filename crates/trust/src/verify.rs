@@ -1,9 +1,9 @@
 //! The certificate verifiers: webpki chain verification against the claimed trust
 //! domain's roots, revocation against its CRLs (`crl`), plus the SPIFFE rules.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use identity::{IdentityPattern, RegistrarIds, Serial, SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -141,6 +141,113 @@ pub(crate) struct Snapshot {
     pub(crate) denied_ids: HashSet<SpiffeId>,
     pub(crate) hints: Vec<DistinguishedName>,
     pub(crate) algs: WebPkiSupportedAlgorithms,
+    /// Chains this snapshot verified ([`VerifiedChains`]).
+    pub(crate) verified: VerifiedChains,
+}
+
+/// Most chains a [`Snapshot`] remembers as verified: ~1 KiB of DER each, so a few MiB at
+/// most. Only chains that passed every check get in (a valid certificate of a trusted
+/// domain is needed to add one); when full, it is emptied and fills again.
+pub(crate) const MAX_VERIFIED_CHAINS: usize = 4096;
+
+/// The chains (exact DER bytes, leaf and intermediates, and the key usage) that passed
+/// [`Snapshot::verify`], with the SPIFFE ID they proved and the time window in which the
+/// same checks give the same answer: from the verification until the first notAfter of
+/// the chain or nextUpdate of the domain's CRLs. A peer presenting the same chain again
+/// (a PU or PE reconnecting) then costs no chain signature verification and no parse of
+/// its leaf: the ECDSA verification of its chain was a seventh of a registrar's
+/// handshake CPU. Nothing is weakened: the snapshot is immutable (any change of trust
+/// domains, CRLs or deny-lists builds a new one, with an empty cache), the inputs are
+/// compared byte for byte, the time window is the one webpki's checks give, and the
+/// handshake's own signature (the peer holds the key) is verified every time by rustls.
+#[derive(Default)]
+pub(crate) struct VerifiedChains(Mutex<HashMap<Box<[u8]>, Verified>>);
+
+struct Verified {
+    id: SpiffeId,
+    /// Seconds since the epoch: valid for `since <= now < until`.
+    since: u64,
+    until: u64,
+}
+
+/// Which side a chain authenticates (the extended key usage it needs).
+#[derive(Clone, Copy)]
+pub(crate) enum Usage {
+    Client,
+    Server,
+}
+
+impl Usage {
+    fn key_usage(self) -> KeyUsage {
+        match self {
+            Self::Client => KeyUsage::client_auth(),
+            Self::Server => KeyUsage::server_auth(),
+        }
+    }
+}
+
+impl VerifiedChains {
+    /// The cache key: the usage, then each certificate's length and bytes.
+    fn key(usage: Usage, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> Box<[u8]> {
+        let certs = std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref()));
+        let mut key = Vec::with_capacity(1 + certs.clone().map(|c| c.len() + 4).sum::<usize>());
+        key.push(match usage {
+            Usage::Client => 0,
+            Usage::Server => 1,
+        });
+        for c in certs {
+            key.extend_from_slice(&u32::try_from(c.len()).unwrap_or(u32::MAX).to_be_bytes());
+            key.extend_from_slice(c);
+        }
+        key.into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Verified>> {
+        // Every operation is one lookup, insert or clear: a poisoned map is consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &[u8], now: UnixTime) -> Option<SpiffeId> {
+        let now = now.as_secs();
+        self.lock()
+            .get(key)
+            .filter(|v| v.since <= now && now < v.until)
+            .map(|v| v.id.clone())
+    }
+
+    fn insert(&self, key: Box<[u8]>, verified: Verified) {
+        let mut map = self.lock();
+        if map.len() >= MAX_VERIFIED_CHAINS {
+            map.clear();
+        }
+        map.insert(key, verified);
+    }
+
+    /// How many chains it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Until when (exclusive, seconds since the epoch) a chain verified now stays valid: its
+/// certificates' notAfter (webpki accepts up to and including it; one second is given
+/// up) and the CRLs' nextUpdate. `None` if an intermediate does not parse or the CRLs
+/// are webpki's to check: then the chain is not remembered.
+fn valid_until(
+    leaf_not_after: i64,
+    intermediates: &[CertificateDer<'_>],
+    crls: &CrlCheck,
+) -> Option<u64> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let mut until = crls
+        .passes_until()?
+        .min(u64::try_from(leaf_not_after).ok()?);
+    for der in intermediates {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        until = until.min(u64::try_from(cert.validity().not_after.timestamp()).ok()?);
+    }
+    Some(until)
 }
 
 impl Snapshot {
@@ -176,15 +283,45 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Verifies a leaf and chain for `usage` and returns the SPIFFE ID it proves.
+    /// Verifies a leaf and chain for `usage` and returns the SPIFFE ID it proves (from
+    /// [`VerifiedChains`] when this snapshot verified the same chain before and the
+    /// answer cannot have changed).
     pub(crate) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-        usage: KeyUsage,
+        usage: Usage,
     ) -> Result<SpiffeId, rustls::Error> {
-        let usage = &usage;
+        let key = VerifiedChains::key(usage, end_entity, intermediates);
+        if let Some(id) = self.verified.get(&key, now) {
+            return Ok(id);
+        }
+        let (id, until) = self.verify_afresh(end_entity, intermediates, now, usage)?;
+        if let Some(until) = until {
+            let since = now.as_secs();
+            self.verified.insert(
+                key,
+                Verified {
+                    id: id.clone(),
+                    since,
+                    until,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// [`Snapshot::verify`] without the cache: the SPIFFE ID, and until when the answer
+    /// holds (`None`: do not remember it).
+    fn verify_afresh(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> Result<(SpiffeId, Option<u64>), rustls::Error> {
+        let usage = &usage.key_usage();
         let facts = leaf_facts(end_entity)?;
         let id = spiffe_id_of(&facts)?;
         if self.denied_ids.contains(&id) {
@@ -254,7 +391,10 @@ impl Snapshot {
             }
         };
         match verified {
-            Ok(_) => Ok(id),
+            Ok(_) => Ok((
+                id,
+                valid_until(facts.not_after, intermediates, &anchors.revocation),
+            )),
             Err(webpki::Error::UnknownIssuer) => Err(self.mismatch_or(
                 &id,
                 end_entity,
@@ -396,7 +536,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.snapshot
-            .verify(end_entity, intermediates, now, KeyUsage::client_auth())?;
+            .verify(end_entity, intermediates, now, Usage::Client)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -477,7 +617,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = self
             .snapshot
-            .verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
+            .verify(end_entity, intermediates, now, Usage::Server)?;
         if !self.expected.matches(&id) {
             return Err(Rejection::UnexpectedIdentity {
                 id,
@@ -508,5 +648,39 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.snapshot.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache holds at most [`MAX_VERIFIED_CHAINS`]: one more empties it first.
+    #[test]
+    fn the_verified_chains_are_bounded() {
+        let chains = VerifiedChains::default();
+        let id = SpiffeId::parse("spiffe://acme.test/pu/one").expect("ID");
+        let entry = || Verified {
+            id: id.clone(),
+            since: 0,
+            until: u64::MAX,
+        };
+        for n in 0..MAX_VERIFIED_CHAINS {
+            chains.insert(
+                VerifiedChains::key(Usage::Client, &n.to_be_bytes(), &[]),
+                entry(),
+            );
+        }
+        assert_eq!(chains.len(), MAX_VERIFIED_CHAINS);
+        let first = VerifiedChains::key(Usage::Client, &0usize.to_be_bytes(), &[]);
+        assert!(chains.get(&first, UnixTime::now()).is_some());
+        let last = VerifiedChains::key(Usage::Client, b"one more", &[]);
+        chains.insert(last.clone(), entry());
+        assert_eq!(chains.len(), 1, "emptied, then the new chain");
+        assert!(chains.get(&first, UnixTime::now()).is_none());
+        assert!(chains.get(&last, UnixTime::now()).is_some());
+        // The usage is part of the key: a chain verified for clients is not one for servers.
+        let server = VerifiedChains::key(Usage::Server, b"one more", &[]);
+        assert!(chains.get(&server, UnixTime::now()).is_none());
     }
 }
