@@ -11,7 +11,7 @@
 
 mod pool;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use asap::policy::PolicyRegistry;
 use asap::wire::param::{
@@ -20,6 +20,7 @@ use asap::wire::param::{
 use rand_core::Rng;
 
 use crate::checksum::PeChecksum;
+use crate::hash::HashMap;
 
 use asap::wire::PeEntry;
 pub use pool::Pool;
@@ -156,9 +157,9 @@ impl Handlespace {
             registry,
             limits,
             namespaces: BTreeMap::new(),
-            checksums: HashMap::new(),
-            per_home: HashMap::new(),
-            per_registrant: HashMap::new(),
+            checksums: HashMap::default(),
+            per_home: HashMap::default(),
+            per_registrant: HashMap::default(),
             pe_count: 0,
         }
     }
