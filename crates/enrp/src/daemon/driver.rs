@@ -538,6 +538,32 @@ mod tests {
     use enrp_core::registrar::AuditEvent;
     use identity::audit::AuditAction;
 
+    /// Dial queues nobody reads (the tests dial nothing).
+    fn no_dials() -> Dials {
+        Dials {
+            peers: mpsc::channel(1).0,
+            pes: mpsc::channel(1).0,
+            bindings: None,
+        }
+    }
+
+    /// A successful `action` without subjects, as an audit action.
+    fn audited(action: AuditAction, durability: Durability) -> Action {
+        Action::Audit {
+            event: AuditEvent {
+                actor: None,
+                remote: None,
+                namespace: None,
+                pool_handle: None,
+                pe_id: None,
+                action,
+                outcome: None,
+                detail: None,
+            },
+            durability,
+        }
+    }
+
     /// A step's immediate messages for one connection leave as one queued message, in the
     /// core's order; a reply held for its record, and what follows it, leave only after the
     /// record settled; a close goes after what was gathered before it.
@@ -547,13 +573,7 @@ mod tests {
         use ::asap::wire::param::{PeId, PoolHandle, ServerId};
         let (audit, _backlog) = mpsc::channel(16);
         let counters = Counters::default();
-        let (peers, _peers_rx) = mpsc::channel(1);
-        let (pes, _pes_rx) = mpsc::channel(1);
-        let dials = Dials {
-            peers,
-            pes,
-            bindings: None,
-        };
+        let dials = no_dials();
         let conn = ConnId(7);
         let (tx, mut rx) = mpsc::channel(16);
         let writers = HashMap::from([(
@@ -574,19 +594,7 @@ mod tests {
             conn,
             msg: keep_alive(id),
         };
-        let record = || Action::Audit {
-            event: AuditEvent {
-                actor: None,
-                remote: None,
-                namespace: None,
-                pool_handle: None,
-                pe_id: None,
-                action: AuditAction::Register,
-                outcome: None,
-                detail: None,
-            },
-            durability: Durability::BeforeReply,
-        };
+        let record = || audited(AuditAction::Register, Durability::BeforeReply);
         let mut barrier = Barrier::default();
         let gate = execute(
             vec![send(1), send(2), record(), send(3), send(4)],
@@ -635,26 +643,8 @@ mod tests {
     fn dropped_records_leave_a_gap_record_with_their_count() {
         let (audit, mut backlog) = mpsc::channel(1);
         let counters = Counters::default();
-        let (peers, _peers_rx) = mpsc::channel(1);
-        let (pes, _pes_rx) = mpsc::channel(1);
-        let dials = Dials {
-            peers,
-            pes,
-            bindings: None,
-        };
-        let resolution = || Action::Audit {
-            event: AuditEvent {
-                actor: None,
-                remote: None,
-                namespace: None,
-                pool_handle: None,
-                pe_id: None,
-                action: AuditAction::Resolve,
-                outcome: None,
-                detail: None,
-            },
-            durability: Durability::Batched,
-        };
+        let dials = no_dials();
+        let resolution = || audited(AuditAction::Resolve, Durability::Batched);
         let run = |n: usize| {
             execute(
                 (0..n).map(|_| resolution()).collect(),
