@@ -26,6 +26,12 @@ use crate::pin::{self, Cpus};
 use crate::pki::store_from;
 use crate::stats::Proc;
 
+/// The registrar child runs on enrpd's allocator (crates/enrpd/src/main.rs says why). A
+/// global allocator is the whole process's: the floor and the load generator get it too,
+/// so the ratios compare servers on the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The first argument that makes this binary a child.
 pub(crate) const CHILD_ARG: &str = "--child";
 

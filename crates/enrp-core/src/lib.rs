@@ -10,6 +10,7 @@
 
 pub mod checksum;
 pub mod handlespace;
+mod hash;
 pub mod registrar;
 mod server_id;
 

@@ -12,7 +12,7 @@
 mod pool;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use asap::policy::PolicyRegistry;
@@ -22,6 +22,7 @@ use asap::wire::param::{
 use rand_core::Rng;
 
 use crate::checksum::PeChecksum;
+use crate::hash::HashMap;
 
 use asap::wire::PeEntry;
 pub use pool::Pool;
@@ -161,9 +162,9 @@ impl Handlespace {
             registry,
             limits,
             namespaces: BTreeMap::new(),
-            checksums: HashMap::new(),
-            per_home: HashMap::new(),
-            per_registrant: HashMap::new(),
+            checksums: HashMap::default(),
+            per_home: HashMap::default(),
+            per_registrant: HashMap::default(),
             pe_count: 0,
             view: Arc::default(),
         }

@@ -28,7 +28,7 @@ mod read_view;
 mod removals;
 mod timers;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +40,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng as _;
 
 use crate::handlespace::Handlespace;
+use crate::hash::{HashMap, HashSet};
 
 pub use config::{Config, Timing};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
@@ -437,13 +438,13 @@ impl Core {
             config,
             grants,
             default_namespaces: Vec::new(),
-            conns: HashMap::new(),
-            owned: HashMap::new(),
+            conns: HashMap::default(),
+            owned: HashMap::default(),
             timers: Timers::default(),
             revocations: Vec::new(),
-            declared: HashMap::new(),
+            declared: HashMap::default(),
             peers: BTreeMap::new(),
-            peer_conns: HashMap::new(),
+            peer_conns: HashMap::default(),
             takeovers: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
             pending_inits: BTreeMap::new(),
@@ -451,7 +452,7 @@ impl Core {
             bindings: BTreeMap::new(),
             starting: false,
             mentor: None,
-            pool_creators: HashMap::new(),
+            pool_creators: HashMap::default(),
         }
     }
 
@@ -582,7 +583,7 @@ impl Core {
                     Connection {
                         client,
                         addrs: canonical,
-                        pes: HashSet::new(),
+                        pes: HashSet::default(),
                         namespaces: BTreeMap::new(),
                         reports: 0,
                         view,

@@ -1,9 +1,11 @@
 //! One timer structure for every deadline of the registrar (STYLE.md §5): not one task
 //! per PE, so 100,000 PEs cost one ordered set, and runs are deterministic.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::time::Instant;
+
+use crate::hash::HashMap;
 
 /// Deadlines keyed by `K`: `set` replaces a key's deadline, `stop` removes it, and
 /// `expired` pops every deadline ≤ `now` in (deadline, key) order.
@@ -17,7 +19,7 @@ impl<K: Ord + Hash + Clone> Default for Timers<K> {
     fn default() -> Self {
         Self {
             by_deadline: BTreeSet::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
         }
     }
 }

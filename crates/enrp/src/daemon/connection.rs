@@ -525,7 +525,7 @@ pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
 /// they arrive"): the core's [`ReadView`], the audit log, its own send queue, and the
 /// count of requests it handed to the core whose answers the write loop has not yet taken
 /// (registrations, deregistrations, resolutions: each gets exactly one answer of its
-/// kind, [`answers_request`]).
+/// kind, [`answers_in`]).
 ///
 /// Read-your-writes: while that count is not zero, resolutions go to the core too, behind
 /// the requests in flight. So a PE whose registration's answer is still held for its
@@ -622,7 +622,7 @@ fn audit_served(
 }
 
 /// Whether a request's message gets exactly one answer of its own kind from the core
-/// ([`answers_request`]): registrations, deregistrations, resolutions.
+/// ([`answers_in`]): registrations, deregistrations, resolutions.
 fn awaits_answer(msg: &AsapMsg) -> bool {
     matches!(
         msg,
@@ -632,18 +632,27 @@ fn awaits_answer(msg: &AsapMsg) -> bool {
     )
 }
 
-/// Whether `bytes` (one encoded message) answers a request [`awaits_answer`] counted: its
-/// message type is the first byte (spec §6).
-fn answers_request(bytes: &[u8]) -> bool {
-    bytes.first().is_some_and(|&t| {
-        [
-            MsgType::ASAP_REGISTRATION_RESPONSE,
-            MsgType::ASAP_DEREGISTRATION_RESPONSE,
-            MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE,
-        ]
-        .iter()
-        .any(|m| m.0 == t)
-    })
+/// How many answers to requests [`awaits_answer`] counted `bytes` holds. The driver gathers
+/// a step's messages for a connection into one buffer, so it may hold several messages:
+/// each begins with its 4-byte header, type first and length last (spec §6, §12.2), back
+/// to back as the driver encoded them.
+fn answers_in(bytes: &[u8]) -> usize {
+    let answers = [
+        MsgType::ASAP_REGISTRATION_RESPONSE,
+        MsgType::ASAP_DEREGISTRATION_RESPONSE,
+        MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE,
+    ];
+    let mut n = 0;
+    let mut rest = bytes;
+    while let [t, _, hi, lo, ..] = *rest {
+        if answers.iter().any(|m| m.0 == t) {
+            n += 1;
+        }
+        // Our own encoder wrote these lengths (≥ 4); a shorter one would loop forever.
+        let len = usize::from(u16::from_be_bytes([hi, lo])).max(4);
+        rest = rest.get(len..).unwrap_or_default();
+    }
+    n
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -759,11 +768,13 @@ async fn write_counted<W: AsyncWrite + Unpin>(
         // Audit before ack was kept by the core task: what arrives here may leave.
         let bytes = match out {
             Outgoing::Message { bytes } => {
-                if answers_request(&bytes) {
+                let answers = answers_in(&bytes);
+                if answers > 0 {
                     // Never below zero (every answer of these kinds was counted by the
                     // read loop, but a wrap would send every resolution to the core).
-                    let _ = in_flight
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                    let _ = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(answers))
+                    });
                 }
                 bytes
             }
@@ -793,4 +804,43 @@ async fn write_counted<W: AsyncWrite + Unpin>(
         let _ = write_message(&mut w, &batch).await;
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::asap::wire::param::{PeId, PoolHandle, ServerId};
+
+    #[test]
+    fn every_answer_of_a_gathered_buffer_is_counted() {
+        let handle = PoolHandle::new(b"echo").expect("a handle");
+        let pe_id = PeId::new(7).expect("an id");
+        let answer = AsapMsg::RegistrationResponse {
+            reject: false,
+            pool_handle: handle.clone(),
+            pe_id,
+            error: None,
+        };
+        let keep_alive = AsapMsg::EndpointKeepAlive {
+            home: false,
+            server_id: ServerId::new(1).expect("an id"),
+            pool_handle: handle.clone(),
+            pe_id: Some(pe_id),
+        };
+        let gone = AsapMsg::DeregistrationResponse {
+            pool_handle: handle,
+            pe_id,
+            error: None,
+        };
+        let mut gathered = Vec::new();
+        for msg in [&keep_alive, &answer, &keep_alive, &gone, &keep_alive] {
+            msg.encode(&mut gathered).expect("encodes");
+        }
+        assert_eq!(answers_in(&gathered), 2);
+        assert_eq!(answers_in(&keep_alive.to_bytes().expect("encodes")), 0);
+        assert_eq!(answers_in(&answer.to_bytes().expect("encodes")), 1);
+        assert_eq!(answers_in(&[]), 0);
+        // A truncated buffer (never written by the driver) ends the count, not the task.
+        assert_eq!(answers_in(&gathered[..gathered.len() - 3]), 2);
+    }
 }

@@ -3,12 +3,17 @@
 //! How a message flows:
 //! 1. A listener ([`super::listen`]) accepts; a connection task ([`super::connection`], or
 //!    [`super::peer`] for ENRP) does the TLS handshake, cuts frames, decodes them, applies
-//!    the rate limits ([`super::limits`]) and sends an [`Event`] to this task.
+//!    the rate limits ([`super::limits`]) and sends an [`Event`] to this task. A handle
+//!    resolution does not come here: the connection task answers it from the core's read
+//!    view ([`enrp_core::registrar::ReadView`]) and hands its audit record to the writer
+//!    ([`record_of`], [`hand_over`]), unless the connection still waits for answers from
+//!    this task (then the resolution queues behind them, to keep the connection's order).
 //! 2. [`run_core`] turns the event into a core input ([`Core::handle`]), or a due timer
 //!    into [`Core::handle_timeout`], and gets back a list of actions.
 //! 3. [`execute`] carries them out in order: audit records go to the audit writer through
-//!    [`forward_audit`] without waiting; messages go to their connection's send queue
-//!    ([`deliver`]), whose write loop sends them in order; dials go to the dialers.
+//!    [`forward_audit`] without waiting; messages are encoded into one buffer per connection
+//!    per step ([`Outbox`]) and go to its send queue ([`deliver`]), whose write loop sends
+//!    them in order; dials go to the dialers.
 //! 4. The barrier ([`super::barrier`]): an audit record with [`Durability::BeforeReply`]
 //!    gets a number, and the messages after it are held in the driver's [`Barrier`] under
 //!    that number until the commit index (the last record the writer settled) passes it;
@@ -311,6 +316,7 @@ fn execute(
     dials: &Dials,
 ) -> Option<u64> {
     let mut gate: Option<u64> = None;
+    let mut outbox = Outbox::default();
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
@@ -334,12 +340,16 @@ fn execute(
                 }
             }
             Action::Send { conn, msg } => {
-                let bytes = msg.to_bytes().map_err(|e| (e, msg.name()));
-                send(writers, barrier, gate, conn, bytes);
+                let encoded = outbox.send(writers, barrier, gate, conn, |b| msg.encode(b));
+                if let Err(e) = encoded {
+                    tracing::error!(?conn, error = %e, msg = msg.name(), "cannot encode");
+                }
             }
             Action::SendEnrp { conn, msg } => {
-                let bytes = msg.to_bytes().map_err(|e| (e, "an ENRP message"));
-                send(writers, barrier, gate, conn, bytes);
+                let encoded = outbox.send(writers, barrier, gate, conn, |b| msg.encode(b));
+                if let Err(e) = encoded {
+                    tracing::error!(?conn, error = %e, msg = "an ENRP message", "cannot encode");
+                }
             }
             Action::BindServerId {
                 server_id,
@@ -396,10 +406,13 @@ fn execute(
             }
             Action::Close { conn, reason } => {
                 tracing::info!(?conn, reason, "closing connection");
+                // What was gathered for it leaves first.
+                outbox.flush(writers, conn);
                 out(writers, barrier, gate, conn, Outgoing::Close);
             }
         }
     }
+    outbox.flush_all(writers);
     gate
 }
 
@@ -450,18 +463,68 @@ pub(super) fn hand_over(
     Some(job)
 }
 
-/// Sends an encoded message behind record `gate` ([`out`]), or logs why it could not be
-/// encoded.
-fn send(
-    writers: &HashMap<ConnId, ConnHandle>,
-    barrier: &mut Barrier<Deferred>,
-    gate: Option<u64>,
-    conn: ConnId,
-    bytes: Result<Vec<u8>, (::asap::wire::EncodeError, &str)>,
-) {
-    match bytes {
-        Ok(bytes) => out(writers, barrier, gate, conn, Outgoing::Message { bytes }),
-        Err((e, msg)) => tracing::error!(?conn, error = %e, msg, "cannot encode"),
+/// Most bytes gathered for one connection into one queued message ([`Outbox`]): a queued
+/// message's size stays bounded, so the send queue's bound in messages (threat T-15) is
+/// still a bound in bytes.
+const MAX_GATHERED: usize = 64 * 1024;
+
+/// The messages of one step of the core that may leave at once, gathered per connection:
+/// each connection gets one buffer and one send on its queue per step instead of one per
+/// message (the keep-alives of a connection's PEs fall due together by the thousand), and
+/// the messages are encoded straight into that buffer.
+#[derive(Default)]
+struct Outbox {
+    gathered: HashMap<ConnId, Vec<u8>>,
+}
+
+impl Outbox {
+    /// Encodes a message for `conn` with `encode` (which writes nothing when it fails) and
+    /// sends it behind record `gate`: into the connection's buffer when it waits for
+    /// nothing and the connection has nothing held (so the buffer, sent at the end of the
+    /// step, keeps the connection's order), otherwise through the barrier ([`out`]).
+    fn send<E>(
+        &mut self,
+        writers: &HashMap<ConnId, ConnHandle>,
+        barrier: &mut Barrier<Deferred>,
+        gate: Option<u64>,
+        conn: ConnId,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !writers.contains_key(&conn) {
+            return Ok(()); // Already closed.
+        }
+        if gate.is_some() || barrier.held_for(conn) > 0 {
+            // Held: what was gathered for the connection leaves at the end of the step,
+            // before anything the barrier releases (release runs between steps).
+            let mut bytes = Vec::new();
+            encode(&mut bytes)?;
+            out(writers, barrier, gate, conn, Outgoing::Message { bytes });
+            return Ok(());
+        }
+        let buf = self.gathered.entry(conn).or_default();
+        if buf.len() >= MAX_GATHERED {
+            let full = std::mem::take(buf);
+            deliver(writers, conn, Outgoing::Message { bytes: full });
+        }
+        encode(self.gathered.entry(conn).or_default())
+    }
+
+    /// Sends what was gathered for `conn`.
+    fn flush(&mut self, writers: &HashMap<ConnId, ConnHandle>, conn: ConnId) {
+        if let Some(bytes) = self.gathered.remove(&conn)
+            && !bytes.is_empty()
+        {
+            deliver(writers, conn, Outgoing::Message { bytes });
+        }
+    }
+
+    /// Sends what was gathered, connection by connection.
+    fn flush_all(self, writers: &HashMap<ConnId, ConnHandle>) {
+        for (conn, bytes) in self.gathered {
+            if !bytes.is_empty() {
+                deliver(writers, conn, Outgoing::Message { bytes });
+            }
+        }
     }
 }
 
@@ -506,32 +569,113 @@ mod tests {
     use enrp_core::registrar::AuditEvent;
     use identity::audit::AuditAction;
 
-    /// Issue 18 item 4: records dropped while the backlog is full are accounted for by one
-    /// `audit:gap` record with their count, written first once there is room again.
-    #[test]
-    fn dropped_records_leave_a_gap_record_with_their_count() {
-        let (audit, mut backlog) = mpsc::channel(1);
-        let counters = Counters::default();
-        let (peers, _peers_rx) = mpsc::channel(1);
-        let (pes, _pes_rx) = mpsc::channel(1);
-        let dials = Dials {
-            peers,
-            pes,
+    /// Dial queues nobody reads (the tests dial nothing).
+    fn no_dials() -> Dials {
+        Dials {
+            peers: mpsc::channel(1).0,
+            pes: mpsc::channel(1).0,
             bindings: None,
-        };
-        let resolution = || Action::Audit {
+        }
+    }
+
+    /// A successful `action` without subjects, as an audit action.
+    fn audited(action: AuditAction, durability: Durability) -> Action {
+        Action::Audit {
             event: AuditEvent {
                 actor: None,
                 remote: None,
                 namespace: None,
                 pool_handle: None,
                 pe_id: None,
-                action: AuditAction::Resolve,
+                action,
                 outcome: None,
                 detail: None,
             },
-            durability: Durability::Batched,
+            durability,
+        }
+    }
+
+    /// A step's immediate messages for one connection leave as one queued message, in the
+    /// core's order; a reply held for its record, and what follows it, leave only after the
+    /// record settled; a close goes after what was gathered before it.
+    #[test]
+    fn a_steps_messages_for_a_connection_leave_gathered_and_in_order() {
+        use ::asap::wire::AsapMsg;
+        use ::asap::wire::param::{PeId, PoolHandle, ServerId};
+        let (audit, _backlog) = mpsc::channel(16);
+        let counters = Counters::default();
+        let dials = no_dials();
+        let conn = ConnId(7);
+        let (tx, mut rx) = mpsc::channel(16);
+        let writers = HashMap::from([(
+            conn,
+            ConnHandle {
+                tx,
+                kill: Arc::new(tokio::sync::Notify::new()),
+            },
+        )]);
+        let keep_alive = |id: u32| AsapMsg::EndpointKeepAlive {
+            home: false,
+            server_id: ServerId::new(1).expect("server id"),
+            pool_handle: PoolHandle::new("p").expect("pool handle"),
+            pe_id: PeId::new(id),
         };
+        let bytes = |id: u32| keep_alive(id).to_bytes().expect("encodes");
+        let send = |id: u32| Action::Send {
+            conn,
+            msg: keep_alive(id),
+        };
+        let record = || audited(AuditAction::Register, Durability::BeforeReply);
+        let mut barrier = Barrier::default();
+        let gate = execute(
+            vec![send(1), send(2), record(), send(3), send(4)],
+            &writers,
+            &mut barrier,
+            &audit,
+            &counters,
+            &dials,
+        );
+        // 1 and 2 in one message; 3 waits for the record, 4 behind it.
+        let Ok(Outgoing::Message { bytes: first }) = rx.try_recv() else {
+            panic!("the gathered messages");
+        };
+        assert_eq!(first, [bytes(1), bytes(2)].concat());
+        assert!(rx.try_recv().is_err(), "nothing before the record settled");
+        let seq = gate.expect("the record's number");
+        for (deferred, committed) in barrier.release(seq, vec![]) {
+            deferred.carry_out(&writers, committed);
+        }
+        for id in [3, 4] {
+            let Ok(Outgoing::Message { bytes: b }) = rx.try_recv() else {
+                panic!("message {id}");
+            };
+            assert_eq!(b, bytes(id));
+        }
+        // A close goes after what was gathered before it.
+        let close = Action::Close {
+            conn,
+            reason: "test",
+        };
+        execute(
+            vec![send(5), close],
+            &writers,
+            &mut barrier,
+            &audit,
+            &counters,
+            &dials,
+        );
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Message { bytes: b }) if b == bytes(5)));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Close)));
+    }
+
+    /// Issue 18 item 4: records dropped while the backlog is full are accounted for by one
+    /// `audit:gap` record with their count, written first once there is room again.
+    #[test]
+    fn dropped_records_leave_a_gap_record_with_their_count() {
+        let (audit, mut backlog) = mpsc::channel(1);
+        let counters = Counters::default();
+        let dials = no_dials();
+        let resolution = || audited(AuditAction::Resolve, Durability::Batched);
         let run = |n: usize| {
             execute(
                 (0..n).map(|_| resolution()).collect(),

@@ -4,7 +4,7 @@
 //! its identity is revoked. The dispatch in `super` (`Core::on_enrp`) calls in here;
 //! liveness (`liveness.rs`) moves a peer's [`PeerState`].
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::Instant;
@@ -314,7 +314,7 @@ impl Core {
             their_checksum: None,
             sync: None,
             sync_own: true,
-            continuation: HashMap::new(),
+            continuation: HashMap::default(),
             enrp_addr: None,
             list_asked: false,
             conflict: None,
@@ -428,7 +428,7 @@ impl Core {
         servers: &[ServerInformation],
         out: &mut Vec<Action>,
     ) {
-        let mut dialed = HashSet::new();
+        let mut dialed = HashSet::default();
         let mut refused = 0usize;
         for info in servers {
             if dialed.len() >= MAX_LIST_DIALS {

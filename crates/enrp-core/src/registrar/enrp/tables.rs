@@ -4,7 +4,7 @@
 //! mentor at start-up, which ends the start-up phase. Entries are applied by
 //! `updates.rs`.
 
-use std::collections::HashSet;
+use crate::hash::HashSet;
 use std::time::Instant;
 
 use ::asap::wire::param::{ErrorCause, Param as _, ServerId};
@@ -41,7 +41,7 @@ impl Core {
             return;
         };
         let Some(conn) = p.conn else { return };
-        p.sync = Some(HashSet::new());
+        p.sync = Some(HashSet::default());
         p.sync_own = own_only;
         out.push(Action::SendEnrp {
             conn,
