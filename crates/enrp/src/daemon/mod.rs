@@ -22,11 +22,13 @@ mod listen;
 mod peer;
 mod refusals;
 mod settings;
+mod tally;
 
 pub(crate) use audit::audit_text;
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
 pub use limits::{IDENTITY_FACTOR, Rate, RateLimits};
 pub use settings::{LegacyPeer, Settings};
+pub use tally::resolutions_in;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
