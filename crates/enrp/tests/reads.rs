@@ -318,6 +318,14 @@ async fn resolution_details(store: &Store, actor: &str) -> Vec<Option<String>> {
         .expect("query")
 }
 
+/// How many resolutions these records account for (a compacted record counts its own).
+fn counted(details: &[Option<String>]) -> u64 {
+    details
+        .iter()
+        .map(|d| enrp::daemon::resolutions_in(d.as_deref()))
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_resolution_is_counted_in_the_compacted_audit_refusals_and_close_included() {
     const FOUND: u64 = 300;
@@ -348,20 +356,14 @@ async fn every_resolution_is_counted_in_the_compacted_audit_refusals_and_close_i
     let deadline = Instant::now() + Duration::from_secs(10);
     let details = loop {
         let details = resolution_details(&store, &actor).await;
-        let counted: u64 = details
-            .iter()
-            .map(|d| enrp::daemon::resolutions_in(d.as_deref()))
-            .sum();
-        if counted >= FOUND + REFUSED || Instant::now() > deadline {
+        let n = counted(&details);
+        if n >= FOUND + REFUSED || Instant::now() > deadline {
             break details;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let counted: u64 = details
-        .iter()
-        .map(|d| enrp::daemon::resolutions_in(d.as_deref()))
-        .sum();
-    assert_eq!(counted, FOUND + REFUSED, "{details:?}");
+    let n = counted(&details);
+    assert_eq!(n, FOUND + REFUSED, "{details:?}");
     // Compacted: a record per pool and outcome per interval, not one per resolution.
     assert!(details.len() < 40, "{} records: {details:?}", details.len());
     let aggregated = details
@@ -380,4 +382,28 @@ async fn every_resolution_is_counted_in_the_compacted_audit_refusals_and_close_i
     );
     store.close().await;
     r.running.shutdown().await.expect("stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_tallied_when_the_daemon_stops_are_in_its_audit() {
+    const N: u64 = 200;
+    let r = start(|_| {}).await;
+    let echo = pool("echo");
+    let mut pe = r.connect("pe/p1").await;
+    register(&mut pe, &echo, 1).await;
+    let mut pu = r.connect("pu/u1").await;
+    for _ in 0..N {
+        assert_eq!(pe_ids(&resolve(&mut pu, &echo).await), [1]);
+    }
+    // Stopped with the connection still open, within the tally's interval.
+    let dir = r.dir;
+    r.running.shutdown().await.expect("stops cleanly");
+    let store = Store::open(dir.path(), &StoreOptions::default())
+        .await
+        .expect("the store after the stop");
+    let details = resolution_details(&store, &format!("spiffe://{DOMAIN}/pu/u1")).await;
+    let n = counted(&details);
+    assert_eq!(n, N, "{details:?}");
+    store.close().await;
+    drop((pe, pu));
 }

@@ -470,7 +470,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
     let in_flight = AtomicUsize::new(0);
-    let (resolutions, noted) = (Mutex::new(Tally::default()), Notify::new());
+    let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
     let here = Here {
         view,
         jobs,
@@ -495,11 +495,13 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         .await
         .is_err()
     {
+        counters.tallies.end(conn);
         return; // Shutting down.
     }
     if let Some(input) = then
         && events.send(Event::Input(input)).await.is_err()
     {
+        counters.tallies.end(conn);
         return;
     }
     let (read_half, write_half) = tokio::io::split(stream);
@@ -521,6 +523,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     }
     // Nothing counted is lost when the connection ends (or the daemon stops).
     write_tally(&resolutions, jobs, counters);
+    counters.tallies.end(conn);
     let _ = events.send(Event::Input(Input::Closed { conn })).await;
 }
 
@@ -648,23 +651,18 @@ async fn write_tally_every(
     }
 }
 
-/// Hands what the tally holds to the audit writer (lost, and logged, only when the core
-/// task is already gone: the daemon has stopped).
+/// Hands what the tally holds to the audit writer. When the core task is already gone
+/// (the daemon is stopping) it stays in the tally: the daemon's stop writes it
+/// ([`tally::Tallies::drain`]).
 fn write_tally(resolutions: &Mutex<Tally>, jobs: &mpsc::WeakSender<AuditJob>, counters: &Counters) {
+    let Some(jobs) = jobs.upgrade() else {
+        return;
+    };
     let records = resolutions
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take(super::now_ms());
-    if records.is_empty() {
-        return;
-    }
-    match jobs.upgrade() {
-        Some(jobs) => hand_records(records, &jobs, counters),
-        None => tracing::warn!(
-            records = records.len(),
-            "the daemon stopped before a connection's resolutions were audited"
-        ),
-    }
+    hand_records(records, &jobs, counters);
 }
 
 /// Hands resolution records to the writer as the core task hands its own

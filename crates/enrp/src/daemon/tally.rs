@@ -18,10 +18,12 @@
 //! Pure: the connection task calls [`Tally::note`] per resolution and [`Tally::take`] when
 //! its interval is over or it ends, and hands the records to the audit writer.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use asap::wire::param::{Namespace, PoolHandle};
-use enrp_core::registrar::AuditEvent;
+use enrp_core::registrar::{AuditEvent, ConnId};
 use store::audit::Record;
 
 use super::audit::to_record;
@@ -142,6 +144,46 @@ impl Tally {
                     ));
                 }
                 r
+            })
+            .collect()
+    }
+}
+
+/// The tallies of the connection tasks still running, so that the daemon's stop writes
+/// what they hold: a connection task that sees the stop after the core task ended has no
+/// way left to the audit writer ([`Tallies::drain`]).
+#[derive(Debug, Default)]
+pub(crate) struct Tallies(Mutex<HashMap<ConnId, Arc<Mutex<Tally>>>>);
+
+impl Tallies {
+    /// A new connection's tally, registered until [`Tallies::end`].
+    pub(crate) fn start(&self, conn: ConnId) -> Arc<Mutex<Tally>> {
+        let tally = Arc::default();
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.insert(conn, Arc::clone(&tally));
+        tally
+    }
+
+    /// Forgets `conn`'s tally unless it still holds resolutions (its task could not write
+    /// them: the daemon is stopping, and [`Tallies::drain`] will).
+    pub(crate) fn end(&self, conn: ConnId) {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = all
+            .get(&conn)
+            .is_some_and(|t| t.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+        if written {
+            all.remove(&conn);
+        }
+    }
+
+    /// The records of every tally, stamped `now_ms`, emptying them.
+    pub(crate) fn drain(&self, now_ms: u64) -> Vec<Record> {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.values()
+            .flat_map(|t| {
+                t.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(now_ms)
             })
             .collect()
     }
