@@ -98,7 +98,8 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         match command.trim() {
             "stats" => {
                 let s = audit.stats();
-                println!("stats {} {}", s.records, s.transactions);
+                let resolutions = audited_resolutions(data).await;
+                println!("stats {} {} {resolutions}", s.records, s.transactions);
             }
             "stop" => break,
             _ => {}
@@ -106,6 +107,38 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
     }
     running.shutdown().await.expect("shutdown");
     println!("stopped");
+}
+
+/// How many resolutions the committed `resolve` records account for: fast-path ones are
+/// audited in aggregate, a record per connection, pool and outcome per second with its
+/// count (`enrp::daemon::resolutions_in`). Read back from the audit table, as an auditor
+/// would.
+async fn audited_resolutions(data: &Path) -> u64 {
+    let store = store::db::Store::open(data, &Default::default())
+        .await
+        .expect("a second store on the registrar's file");
+    let mut conn = store.acquire().await.expect("connection");
+    let mut filter = store::audit::AuditFilter::default();
+    filter.action = Some("resolve".into());
+    filter.limit = 1000;
+    let mut sum = 0;
+    loop {
+        let page = store::audit::query(&mut conn, &filter)
+            .await
+            .expect("audit query");
+        sum += page
+            .events
+            .iter()
+            .map(|e| enrp::daemon::resolutions_in(e.record.detail.as_deref()))
+            .sum::<u64>();
+        match page.next {
+            Some(next) => filter.cursor = Some(next),
+            None => break,
+        }
+    }
+    drop(conn);
+    store.close().await;
+    sum
 }
 
 /// A PE process (the failover measurement kills it): a plain TCP service that answers
@@ -210,8 +243,9 @@ impl ChildProc {
         read_line(&mut self.stdout)
     }
 
-    /// Audit records and transactions committed so far (registrar only).
-    pub(crate) fn audit(&mut self) -> (u64, u64) {
+    /// Audit records and transactions committed so far, and the resolutions the records
+    /// account for (registrar only).
+    pub(crate) fn audit(&mut self) -> (u64, u64, u64) {
         let line = self.ask("stats");
         let n: Vec<u64> = line
             .strip_prefix("stats ")
@@ -219,7 +253,7 @@ impl ChildProc {
             .split_whitespace()
             .filter_map(|v| v.parse().ok())
             .collect();
-        (n[0], n[1])
+        (n[0], n[1], n[2])
     }
 
     /// SIGKILL: the process dies as a crashed PE does, without deregistering.

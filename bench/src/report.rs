@@ -17,8 +17,9 @@ pub(crate) struct Report {
     pub(crate) etcd_note: Option<String>,
     /// (measurement, system, figures), e.g. ("resolve", "rsp", …).
     pub(crate) throughput: Vec<(&'static str, &'static str, Figures)>,
-    /// Audit records committed / operations, per rsp measurement.
-    pub(crate) audit: Vec<(&'static str, u64, u64)>,
+    /// Audit records committed, the operations they account for (a compacted resolution
+    /// record counts its resolutions) / operations, per rsp measurement.
+    pub(crate) audit: Vec<(&'static str, u64, u64, u64)>,
     pub(crate) churn: Option<Figures>,
     pub(crate) failover: Option<Failover>,
     /// The keep-alive load: rsp, then etcd.
@@ -147,8 +148,9 @@ impl Report {
             "cpus": self.cpus.json(),
             "etcd_note": self.etcd_note,
             "throughput": throughput,
-            "audit": self.audit.iter().map(|(w, records, ops)| json!({
-                "measurement": w, "audit_records": records, "operations": ops,
+            "audit": self.audit.iter().map(|(w, records, audited, ops)| json!({
+                "measurement": w, "audit_records": records, "audited_operations": audited,
+                "operations": ops,
             })).collect::<Vec<_>>(),
             "churn": self.churn.as_ref().map(Figures::json),
             "failover": self.failover.as_ref().map(|f| json!({
@@ -247,9 +249,11 @@ impl Report {
             for c in checks {
                 println!("\n{c}");
             }
-            if let Some((_, records, ops)) = self.audit.iter().find(|(w, _, _)| *w == what) {
+            if let Some((_, records, audited, ops)) =
+                self.audit.iter().find(|(w, _, _, _)| *w == what)
+            {
                 println!(
-                    "\nrsp audit records committed: {records} for {ops} operations (warm-up included)."
+                    "\nrsp audit records committed: {records}, accounting for {audited} of {ops} operations (warm-up included)."
                 );
             }
             for &(w, floor_min, etcd_min, p99_max) in TARGETS {

@@ -256,14 +256,22 @@ pub(crate) async fn rsp_connections(
     v
 }
 
-/// Waits until the registrar's committed audit records stop changing (batched records
-/// are committed within the batch delay), at most 5 s; returns the count.
-pub(crate) async fn settled_audit(registrar: &mut ChildProc) -> u64 {
-    let mut last = registrar.audit().0;
-    for _ in 0..25 {
+/// Waits until the registrar's committed audit records, and the resolutions they account
+/// for, stop changing for 1.2 s (batched records are committed within the batch delay; a
+/// connection's resolutions are written once a second, `enrp`'s `tally::INTERVAL`), at
+/// most 10 s; returns (records, resolutions audited).
+pub(crate) async fn settled_audit(registrar: &mut ChildProc) -> (u64, u64) {
+    let counts = |r: &mut ChildProc| {
+        let (records, _, resolutions) = r.audit();
+        (records, resolutions)
+    };
+    let mut last = counts(registrar);
+    let mut same = 0;
+    for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = registrar.audit().0;
-        if now == last {
+        let now = counts(registrar);
+        same = if now == last { same + 1 } else { 0 };
+        if same == 6 {
             break;
         }
         last = now;

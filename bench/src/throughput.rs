@@ -113,8 +113,12 @@ pub(crate) async fn resolutions(
         bar,
     )
     .await;
-    let audited = settled_audit(registrar).await - audit0;
-    report.audit.push(("resolve", audited, ops));
+    let (records, resolutions) = settled_audit(registrar).await;
+    // Rows, and the resolutions they account for (compacted: a row per connection and
+    // pool per second): every resolution must be in the second.
+    report
+        .audit
+        .push(("resolve", records - audit0.0, resolutions - audit0.1, ops));
     let _ = stop.send(true);
     let _ = keeper.await;
 }
@@ -189,8 +193,8 @@ pub(crate) async fn registrations(
         bar,
     )
     .await;
-    let audited = settled_audit(registrar).await - audit0;
-    report.audit.push(("register", audited, ops));
+    let records = settled_audit(registrar).await.0 - audit0.0;
+    report.audit.push(("register", records, records, ops));
 }
 
 /// Registers `n` PEs in `handle` on one connection and keeps them alive until the

@@ -307,3 +307,103 @@ async fn a_pe_sees_its_own_registration_in_order() {
     release.await.expect("released");
     r.running.shutdown().await.expect("stops cleanly");
 }
+
+/// The `detail` of every resolution record of `actor` (any outcome).
+async fn resolution_details(store: &Store, actor: &str) -> Vec<Option<String>> {
+    let mut conn = store.acquire().await.expect("connection");
+    sqlx::query_scalar("SELECT detail FROM audit_events WHERE action = 'resolve' AND actor = ?")
+        .bind(actor)
+        .fetch_all(&mut *conn)
+        .await
+        .expect("query")
+}
+
+/// How many resolutions these records account for (a compacted record counts its own).
+fn counted(details: &[Option<String>]) -> u64 {
+    details
+        .iter()
+        .map(|d| enrp::daemon::resolutions_in(d.as_deref()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resolution_is_counted_in_the_compacted_audit_refusals_and_close_included() {
+    const FOUND: u64 = 300;
+    const REFUSED: u64 = 120;
+    let r = start(|_| {}).await;
+    let echo = pool("echo");
+    let mut pe = r.connect("pe/p1").await;
+    register(&mut pe, &echo, 1).await;
+    let mut pu = r.connect("pu/u1").await;
+    // Two pools that do not exist: refusals keep their own keys.
+    let (nope, gone) = (pool("nope"), pool("gone"));
+    for i in 0..FOUND {
+        assert_eq!(pe_ids(&resolve(&mut pu, &echo).await), [1]);
+        if i < REFUSED {
+            let unknown = if i % 2 == 0 { &nope } else { &gone };
+            assert_eq!(
+                cause(&resolve(&mut pu, unknown).await),
+                Some(ErrorCause::UNKNOWN_POOL_HANDLE)
+            );
+        }
+    }
+    // Closed right after its last answer: what it tallied is written all the same.
+    drop(pu);
+    let actor = format!("spiffe://{DOMAIN}/pu/u1");
+    let store = Store::open(r.dir.path(), &StoreOptions::default())
+        .await
+        .expect("a second store on the file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let details = loop {
+        let details = resolution_details(&store, &actor).await;
+        let n = counted(&details);
+        if n >= FOUND + REFUSED || Instant::now() > deadline {
+            break details;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let n = counted(&details);
+    assert_eq!(n, FOUND + REFUSED, "{details:?}");
+    // Compacted: a record per pool and outcome per interval, not one per resolution.
+    assert!(details.len() < 40, "{} records: {details:?}", details.len());
+    let aggregated = details
+        .iter()
+        .flatten()
+        .find(|d| d.contains("aggregated") && !d.contains(" 0 PEs"))
+        .expect("a summary of the found ones");
+    let pes: u64 = aggregated
+        .split(' ')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("`{count} resolutions, {pes} PEs (...)`");
+    assert!(
+        aggregated.starts_with(&format!("{} resolutions, {pes} PEs", pes)),
+        "one PE per resolution: {aggregated}"
+    );
+    store.close().await;
+    r.running.shutdown().await.expect("stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_tallied_when_the_daemon_stops_are_in_its_audit() {
+    const N: u64 = 200;
+    let r = start(|_| {}).await;
+    let echo = pool("echo");
+    let mut pe = r.connect("pe/p1").await;
+    register(&mut pe, &echo, 1).await;
+    let mut pu = r.connect("pu/u1").await;
+    for _ in 0..N {
+        assert_eq!(pe_ids(&resolve(&mut pu, &echo).await), [1]);
+    }
+    // Stopped with the connection still open, within the tally's interval.
+    let dir = r.dir;
+    r.running.shutdown().await.expect("stops cleanly");
+    let store = Store::open(dir.path(), &StoreOptions::default())
+        .await
+        .expect("the store after the stop");
+    let details = resolution_details(&store, &format!("spiffe://{DOMAIN}/pu/u1")).await;
+    let n = counted(&details);
+    assert_eq!(n, N, "{details:?}");
+    store.close().await;
+    drop((pe, pu));
+}

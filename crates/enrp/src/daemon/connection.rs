@@ -1,8 +1,8 @@
 //! One task per ASAP connection: TLS handshake (none on a legacy listener), then reading
 //! frames for the core and writing what the core sends, until either side ends it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::asap::transport::{MessageReader, ReadError, write_message};
 use ::asap::wire::{AsapMsg, Decoded, Framer, MsgType};
@@ -16,6 +16,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 use super::driver::{self, AuditJob};
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
+use super::tally::{self, Tally};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
 use enrp_core::registrar::{ClientView, ConnId, ConnRng, Input, ReadView, Remote};
 
@@ -469,6 +470,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (tx, rx) = mpsc::channel(settings.send_queue);
     let kill = Arc::new(Notify::new());
     let in_flight = AtomicUsize::new(0);
+    let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
     let here = Here {
         view,
         jobs,
@@ -476,6 +478,8 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         in_flight: &in_flight,
         client: None,
         rng: None,
+        resolutions: &resolutions,
+        noted: &noted,
     };
     let handle = ConnHandle {
         tx,
@@ -491,11 +495,13 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         .await
         .is_err()
     {
+        counters.tallies.end(conn);
         return; // Shutting down.
     }
     if let Some(input) = then
         && events.send(Event::Input(input)).await.is_err()
     {
+        counters.tallies.end(conn);
         return;
     }
     let (read_half, write_half) = tokio::io::split(stream);
@@ -513,7 +519,11 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
+        () = write_tally_every(&resolutions, &noted, jobs, counters) => {}
     }
+    // Nothing counted is lost when the connection ends (or the daemon stops).
+    write_tally(&resolutions, jobs, counters);
+    counters.tallies.end(conn);
     let _ = events.send(Event::Input(Input::Closed { conn })).await;
 }
 
@@ -541,6 +551,10 @@ struct Here<'a> {
     client: Option<Arc<ClientView>>,
     /// This connection's selection stream ([`ReadView::rng_for`]), made at first use.
     rng: Option<ConnRng>,
+    /// Its resolutions answered here, not yet audited ([`tally`]); written by
+    /// [`write_tally_every`], told by `noted` when the first is in.
+    resolutions: &'a Mutex<Tally>,
+    noted: &'a Notify,
 }
 
 /// Whether the fast path ended the connection.
@@ -584,10 +598,30 @@ impl Here<'_> {
         else {
             return Served::Done;
         };
-        // Audited before the answer leaves, like the core's (Batched: not waited for).
-        if !audit_served(resolved.event, self.jobs, counters) {
+        // Counted before the answer leaves; its record, in aggregate, within the interval
+        // or when the connection ends ([`tally`]).
+        let Some(jobs) = self.jobs.upgrade() else {
             return Served::Done; // The daemon is stopping: no answer without its record.
+        };
+        counters.count(&resolved.event);
+        let pes = match &resolved.response {
+            AsapMsg::HandleResolutionResponse {
+                result: ::asap::wire::Resolution::Found { pool_elements, .. },
+                ..
+            } => pool_elements.len(),
+            _ => 0,
+        };
+        let (first, written) = {
+            let mut t = self
+                .resolutions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (t.is_empty(), t.note(resolved.event, pes, super::now_ms()))
+        };
+        if first {
+            self.noted.notify_one();
         }
+        hand_records(written, &jobs, counters);
         let bytes = match resolved.response.to_bytes() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -602,23 +636,48 @@ impl Here<'_> {
     }
 }
 
-/// Hands a resolution's audit event to the writer as the core task does
-/// ([`super::driver`]): counted, a refusal aggregated with the core's, checked, then
-/// queued (Batched) without waiting, so that a stalled disk delays no resolution (when
-/// the backlog is full the record is dropped and counted in an `audit:gap` record, as
-/// the core task's). `false` when the core task is gone (the daemon is stopping).
-fn audit_served(
-    event: enrp_core::registrar::AuditEvent,
+/// Writes a connection's tally every [`tally::INTERVAL`] after its first resolution in
+/// it; never ends.
+async fn write_tally_every(
+    resolutions: &Mutex<Tally>,
+    noted: &Notify,
     jobs: &mpsc::WeakSender<AuditJob>,
     counters: &Counters,
-) -> bool {
-    let Some(jobs) = jobs.upgrade() else {
-        return false;
-    };
-    if let Some(record) = driver::record_of(event, counters) {
-        let _ = driver::hand_over(AuditJob::batched(record), &jobs, counters);
+) {
+    loop {
+        noted.notified().await;
+        tokio::time::sleep(tally::INTERVAL).await;
+        write_tally(resolutions, jobs, counters);
     }
-    true
+}
+
+/// Hands what the tally holds to the audit writer. When the core task is already gone
+/// (the daemon is stopping) it stays in the tally: the daemon's stop writes it
+/// ([`tally::Tallies::drain`]).
+fn write_tally(resolutions: &Mutex<Tally>, jobs: &mpsc::WeakSender<AuditJob>, counters: &Counters) {
+    let Some(jobs) = jobs.upgrade() else {
+        return;
+    };
+    let records = resolutions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(super::now_ms());
+    hand_records(records, &jobs, counters);
+}
+
+/// Hands resolution records to the writer as the core task hands its own
+/// ([`driver::hand_over`]): checked, then queued (Batched) without waiting, so that a
+/// stalled disk delays no resolution (when the backlog is full a record is dropped and
+/// counted in an `audit:gap` record).
+fn hand_records(records: Vec<Record>, jobs: &mpsc::Sender<AuditJob>, counters: &Counters) {
+    for record in records {
+        // A record the log would refuse is a bug here (as in [`driver::record_of`]).
+        if let Err(e) = record.check() {
+            tracing::error!(error = %e, "audit record refused; resolutions not recorded");
+            continue;
+        }
+        let _ = driver::hand_over(AuditJob::batched(record), jobs, counters);
+    }
 }
 
 /// Whether a request's message gets exactly one answer of its own kind from the core

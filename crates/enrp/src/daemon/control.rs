@@ -103,6 +103,8 @@ pub struct Counters {
     pub(super) audit_dropped: AtomicU64,
     /// Of those, how many no `audit:gap` record has accounted for yet.
     pub(super) audit_gap: AtomicU64,
+    /// The connection tasks' resolutions not yet audited ([`super::tally`]).
+    pub(super) tallies: super::tally::Tallies,
 }
 
 impl Default for Counters {
@@ -130,6 +132,7 @@ impl Counters {
             low_disk: AtomicBool::new(false),
             audit_dropped: AtomicU64::new(0),
             audit_gap: AtomicU64::new(0),
+            tallies: super::tally::Tallies::default(),
         }
     }
 

@@ -416,7 +416,8 @@ fn execute(
     gate
 }
 
-/// The record of a core audit event (also of the resolutions the connection tasks answer),
+/// The record of a core audit event (the resolutions the connection tasks answer are
+/// audited in aggregate instead, [`super::tally`]),
 /// counted; `None` when nothing is to be written now: a repeated refusal (aggregated), or
 /// a record the log would refuse (logged).
 pub(super) fn record_of(event: AuditEvent, counters: &Counters) -> Option<Record> {

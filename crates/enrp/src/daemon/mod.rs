@@ -22,11 +22,13 @@ mod listen;
 mod peer;
 mod refusals;
 mod settings;
+mod tally;
 
 pub(crate) use audit::audit_text;
 pub use control::{Control, Counters, PeerSnapshot, PoolSnapshot, Snapshot};
 pub use limits::{IDENTITY_FACTOR, Rate, RateLimits};
 pub use settings::{LegacyPeer, Settings};
+pub use tally::resolutions_in;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -501,6 +503,13 @@ impl Daemon {
         let _ = self.audit_task.await;
         // The core's last refusals, after the flush task's last round.
         write_refusals(&self.audit, &self.control.counters()).await;
+        // The resolutions connection tasks tallied but could no longer hand over (the
+        // core task, their way to the writer, has ended: no more are answered).
+        for record in self.control.counters().tallies.drain(now_ms()) {
+            if let Err(e) = self.audit.append(record, Durability::Batched).await {
+                tracing::error!(error = %e, "cannot audit resolutions at the stop");
+            }
+        }
         let flushed = self.audit.shutdown().await.map_err(Error::from);
         core.and(flushed)
     }

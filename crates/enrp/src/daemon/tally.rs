@@ -1,0 +1,279 @@
+//! The audit of the resolutions a connection task answers itself, compacted (issue 20;
+//! docs/SECURITY.md, "Resolutions audited in aggregate").
+//!
+//! A row per resolution made the audit writer's SQLite thread the largest cost of a
+//! resolution. Instead, each connection task keeps a [`Tally`] of its resolutions by
+//! (namespace, pool handle, outcome) — how many, how many PEs they returned — and writes
+//! one record per key per [`INTERVAL`], when the connection ends and early when
+//! [`MAX_KEYS`] keys are held. Every resolution is still counted in a record:
+//!
+//! - one resolution of its key in the interval: the record it always had (detail
+//!   `3 PEs`, or the refusal's reason);
+//! - more: one record with the connection's identity, serial and address, the key, the
+//!   time of the interval's end, and the detail
+//!   `{count} resolutions, {pes} PEs (connection, last {ms} ms, aggregated)` — the count
+//!   first, like the refusal summaries of [`super::refusals`] ([`resolutions_in`] reads
+//!   either).
+//!
+//! Pure: the connection task calls [`Tally::note`] per resolution and [`Tally::take`] when
+//! its interval is over or it ends, and hands the records to the audit writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use asap::wire::param::{Namespace, PoolHandle};
+use enrp_core::registrar::{AuditEvent, ConnId};
+use store::audit::Record;
+
+use super::audit::to_record;
+
+/// How long a connection's resolutions are gathered into one record per key. One second,
+/// as the refusal summaries ([`super::refusals::INTERVAL`]): an operator reading the log
+/// sees a resolution within a second of it, and a busy connection writes a record a
+/// second per pool instead of one per resolution.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most keys a connection's tally holds (the limit: a client probing many pools
+/// cannot grow it). A new successful key beyond it writes the tally out at once; a new
+/// refused key beyond it is counted under its outcome without its pool (one record per
+/// outcome, detail "… of pools beyond the 64 tallied"), so that probing unknown pools
+/// writes at most `MAX_KEYS` + a few records per connection per interval.
+pub(crate) const MAX_KEYS: usize = 64;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    namespace: Option<Namespace>,
+    pool: Option<PoolHandle>,
+    outcome: Option<u16>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Key,
+    /// The first resolution's record: written as it is when it stays alone.
+    record: Record,
+    count: u64,
+    pes: u64,
+}
+
+/// One connection's resolutions not yet written (module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    entries: Vec<Entry>,
+    /// When the first of them was noted (unix ms).
+    since_ms: u64,
+}
+
+impl Tally {
+    /// Whether nothing is waiting to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Counts one resolution (its audit event, the PEs it returned) at `now_ms`; the
+    /// records to write at once when [`MAX_KEYS`] was reached.
+    pub(crate) fn note(&mut self, mut event: AuditEvent, pes: usize, now_ms: u64) -> Vec<Record> {
+        let pes = u64::try_from(pes).unwrap_or(u64::MAX);
+        let mut key = Key {
+            namespace: event.namespace.clone(),
+            pool: event.pool_handle.clone(),
+            outcome: event.outcome,
+        };
+        if self.add(&key, pes) {
+            return Vec::new();
+        }
+        let mut written = Vec::new();
+        if self.entries.len() >= MAX_KEYS {
+            if key.outcome.is_some() {
+                // A refusal for one more pool: counted under its outcome alone.
+                key = Key {
+                    namespace: None,
+                    pool: None,
+                    outcome: key.outcome,
+                };
+                event.namespace = None;
+                event.pool_handle = None;
+                event.detail = Some(format!("of pools beyond the {MAX_KEYS} tallied"));
+                if self.add(&key, pes) {
+                    return written;
+                }
+            } else {
+                written = self.take(now_ms);
+            }
+        }
+        if self.entries.is_empty() {
+            self.since_ms = now_ms;
+        }
+        self.entries.push(Entry {
+            key,
+            record: to_record(event),
+            count: 1,
+            pes,
+        });
+        written
+    }
+
+    /// Adds to `key`'s entry; `false` when it has none.
+    fn add(&mut self, key: &Key, pes: u64) -> bool {
+        let Some(e) = self.entries.iter_mut().find(|e| e.key == *key) else {
+            return false;
+        };
+        e.count += 1;
+        e.pes = e.pes.saturating_add(pes);
+        true
+    }
+
+    /// The records of everything noted, one per key, stamped `now_ms`; empties the tally.
+    pub(crate) fn take(&mut self, now_ms: u64) -> Vec<Record> {
+        let span = now_ms.saturating_sub(self.since_ms);
+        self.entries
+            .drain(..)
+            .map(|e| {
+                let mut r = e.record;
+                if e.count > 1 {
+                    r.time_ms = now_ms;
+                    let why = match (&e.key.outcome, r.detail.take()) {
+                        // A refusal's reason stays; a success's detail was its PE count.
+                        (Some(_), Some(d)) => format!(": {d}"),
+                        _ => String::new(),
+                    };
+                    r.detail = Some(format!(
+                        "{} resolutions, {} PEs (connection, last {span} ms, aggregated){why}",
+                        e.count, e.pes
+                    ));
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+/// The tallies of the connection tasks still running, so that the daemon's stop writes
+/// what they hold: a connection task that sees the stop after the core task ended has no
+/// way left to the audit writer ([`Tallies::drain`]).
+#[derive(Debug, Default)]
+pub(crate) struct Tallies(Mutex<HashMap<ConnId, Arc<Mutex<Tally>>>>);
+
+impl Tallies {
+    /// A new connection's tally, registered until [`Tallies::end`].
+    pub(crate) fn start(&self, conn: ConnId) -> Arc<Mutex<Tally>> {
+        let tally = Arc::default();
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.insert(conn, Arc::clone(&tally));
+        tally
+    }
+
+    /// Forgets `conn`'s tally unless it still holds resolutions (its task could not write
+    /// them: the daemon is stopping, and [`Tallies::drain`] will).
+    pub(crate) fn end(&self, conn: ConnId) {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = all
+            .get(&conn)
+            .is_some_and(|t| t.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+        if written {
+            all.remove(&conn);
+        }
+    }
+
+    /// The records of every tally, stamped `now_ms`, emptying them.
+    pub(crate) fn drain(&self, now_ms: u64) -> Vec<Record> {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.values()
+            .flat_map(|t| {
+                t.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(now_ms)
+            })
+            .collect()
+    }
+}
+
+/// How many resolutions (or refusals) an audit record accounts for: the count a summary
+/// record starts with (its detail says `aggregated`), else one. For tests and the
+/// benchmark that check that every resolution was audited.
+pub fn resolutions_in(detail: Option<&str>) -> u64 {
+    match detail {
+        Some(d) if d.contains("aggregated") => d
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1),
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use identity::audit::AuditAction;
+
+    fn event(pool: &str, outcome: Option<u16>) -> AuditEvent {
+        AuditEvent {
+            actor: None,
+            remote: None,
+            namespace: Some(Namespace::new("default").expect("namespace")),
+            pool_handle: Some(PoolHandle::new(pool.as_bytes()).expect("pool")),
+            pe_id: None,
+            action: AuditAction::Resolve,
+            outcome,
+            detail: outcome.is_none().then(|| "3 PEs".to_owned()),
+        }
+    }
+
+    fn total(records: &[Record]) -> u64 {
+        records
+            .iter()
+            .map(|r| resolutions_in(r.detail.as_deref()))
+            .sum()
+    }
+
+    #[test]
+    fn one_resolution_keeps_its_record_and_repeats_are_counted_in_one() {
+        let mut t = Tally::default();
+        assert!(t.note(event("echo", None), 3, 1_000).is_empty());
+        assert_eq!(t.take(1_500)[0].detail.as_deref(), Some("3 PEs"));
+        for _ in 0..1234 {
+            assert!(t.note(event("echo", None), 3, 2_000).is_empty());
+        }
+        t.note(event("echo", Some(9)), 0, 2_100);
+        let records = t.take(3_000);
+        assert_eq!(records.len(), 2, "one per (pool, outcome)");
+        assert_eq!(
+            records[0].detail.as_deref(),
+            Some("1234 resolutions, 3702 PEs (connection, last 1000 ms, aggregated)")
+        );
+        assert_eq!(records[0].time_ms, 3_000);
+        assert_eq!(total(&records), 1235);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_key_bound_holds_and_no_resolution_is_lost() {
+        let mut t = Tally::default();
+        let mut written = Vec::new();
+        // Refusals of many pools: the bound, then one entry for the rest.
+        for i in 0..1000 {
+            written.extend(t.note(event(&format!("p{i}"), Some(9)), 0, 0));
+            assert!(t.entries.len() <= MAX_KEYS + 1);
+        }
+        assert!(written.is_empty());
+        // A new successful key at the bound writes the tally out.
+        written.extend(t.note(event("echo", None), 3, 10));
+        assert_eq!(written.len(), MAX_KEYS + 1);
+        assert_eq!(t.entries.len(), 1);
+        written.extend(t.take(20));
+        assert_eq!(total(&written), 1001);
+        let beyond = written
+            .iter()
+            .find(|r| r.pool.is_none())
+            .expect("the refusals beyond the bound");
+        assert!(
+            beyond
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with(&format!("{} resolutions", 1000 - MAX_KEYS))),
+            "{beyond:?}"
+        );
+    }
+}
