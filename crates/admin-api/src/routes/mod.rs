@@ -30,23 +30,28 @@ pub const HEX_PREFIX: &str = "hex:";
 /// [`crate::PoolView::handle`] must use this form.
 pub fn handle_text(handle: &[u8]) -> String {
     match std::str::from_utf8(handle) {
-        Ok(text)
-            if !text.starts_with(HEX_PREFIX)
-                && !text
-                    .chars()
-                    .any(|c| c.is_control() || identity::text::is_invisible(c)) =>
-        {
-            text.to_owned()
-        }
+        Ok(text) if is_plain(text) => text.to_owned(),
         _ => format!("{HEX_PREFIX}{}", hex::encode(handle)),
     }
 }
 
-/// Reads a pool handle written as [`handle_text`] writes it: 1 to 32 bytes.
+/// Whether a handle's text is written as itself: no `hex:` prefix, no control or invisible
+/// formatting character.
+fn is_plain(text: &str) -> bool {
+    !text.starts_with(HEX_PREFIX)
+        && !text
+            .chars()
+            .any(|c| c.is_control() || identity::text::is_invisible(c))
+}
+
+/// Reads a pool handle written as [`handle_text`] writes it: 1 to 32 bytes. A handle with
+/// control or invisible characters is accepted only in its `hex:` form, the one the API
+/// writes it in (and the one the OpenAPI pattern states).
 pub fn parse_handle(text: &str) -> Option<Vec<u8>> {
     let bytes = match text.strip_prefix(HEX_PREFIX) {
         Some(digits) => hex::decode(digits).ok()?,
-        None => text.as_bytes().to_vec(),
+        None if is_plain(text) => text.as_bytes().to_vec(),
+        None => return None,
     };
     (1..=store::db::MAX_POOL_HANDLE_LEN)
         .contains(&bytes.len())
@@ -99,5 +104,10 @@ mod tests {
         assert_eq!(parse_handle("hex:"), None);
         assert_eq!(parse_handle("hex:0"), None);
         assert_eq!(parse_handle(&"x".repeat(33)), None);
+        // Control and invisible characters only in hex, as the API writes them.
+        assert_eq!(parse_handle("\u{4}\u{2}"), None);
+        assert_eq!(parse_handle("a\nb"), None);
+        assert_eq!(parse_handle("ec\u{202e}ho"), None);
+        assert_eq!(parse_handle("hex:0402").as_deref(), Some(&b"\x04\x02"[..]));
     }
 }
