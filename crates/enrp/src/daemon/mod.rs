@@ -211,7 +211,7 @@ pub struct Daemon {
     events: mpsc::Sender<Event>,
     stop: watch::Sender<bool>,
     core_task: JoinHandle<Result<(), Error>>,
-    /// Forwards the core's audit records to the writer ([`forward_audit`]).
+    /// Forwards the connection tasks' audit records to the writer ([`forward_audit`]).
     audit_task: JoinHandle<()>,
     accept_task: JoinHandle<()>,
     audit: AuditLog,
@@ -351,16 +351,15 @@ impl Daemon {
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
         let weak_audit_jobs = audit_jobs.downgrade();
-        let (pending, settle, index) = barrier::commit_index();
-        let forward = forward_audit(audit_jobs_rx, audit.clone(), pending);
-        let audit_task = tokio::spawn(async move {
-            let settle = tokio::spawn(settle);
-            forward.await;
-            let _ = settle.await;
-        });
+        let audit_task = tokio::spawn(forward_audit(
+            audit_jobs_rx,
+            audit.clone(),
+            Arc::clone(&counters),
+        ));
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
+            audit.clone(),
             audit_jobs,
             Arc::clone(&counters),
             Dials {
@@ -368,7 +367,6 @@ impl Daemon {
                 pes: pe_dial_tx,
                 bindings: settings.bindings_store.clone(),
             },
-            index,
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);

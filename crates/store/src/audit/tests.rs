@@ -714,35 +714,47 @@ async fn before_reply_resolves_only_after_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enqueue_before_reply_answers_after_commit_in_queue_order() {
+async fn the_commit_index_passes_numbered_records_after_their_commit_in_queue_order() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(tmp.path()).await;
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
+    let mut index = log.commit_index();
     let mut other = second_connection(tmp.path()).await;
-    // A driver queues without waiting for the disk, then holds each reply on its receiver.
-    let mut pending = Vec::new();
-    for i in 0..50u64 {
-        let record = sample(i).detail(format!("q{i}"));
-        if i % 2 == 0 {
-            pending.push((i, log.enqueue_before_reply(record).await.expect("queue")));
-        } else {
-            log.append(record, Durability::Batched)
-                .await
-                .expect("queue");
-        }
+    // A driver queues a step's records at once without waiting for the disk, numbering
+    // those whose replies it holds, and waits for the index to pass them.
+    let mut seq = 0;
+    let mut numbered = Vec::new();
+    for step in 0..10u64 {
+        let batch = (0..5u64)
+            .map(|j| {
+                let i = step * 5 + j;
+                let record = sample(i).detail(format!("q{i}"));
+                if i % 2 == 0 {
+                    seq += 1;
+                    numbered.push((seq, i));
+                    Queued::new(record, Some(seq))
+                } else {
+                    Queued::new(record, None)
+                }
+            })
+            .collect();
+        assert!(log.try_queue(batch).expect("queued").is_empty());
     }
-    for (i, committed) in pending {
-        committed.await.expect("answered").expect("committed");
+    while index.take().0 < seq {
+        index.changed().await.expect("the index moves");
+    }
+    assert_eq!(index.take(), (seq, vec![]), "nothing failed");
+    for (_, i) in numbered {
         assert_eq!(rows_with_detail(&mut other, &format!("q{i}")).await, 1);
     }
     let err = log
-        .enqueue_before_reply(stored_as(""))
-        .await
+        .try_queue(vec![Queued::new(stored_as(""), Some(seq + 1))])
         .expect_err("invalid");
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
     log.shutdown().await.expect("shutdown");
+    assert!(index.changed().await.is_err(), "the writer stopped");
     let mut conn = store.acquire().await.expect("conn");
     let page = oldest_first(&mut conn).await;
     let details: Vec<String> = page
@@ -752,6 +764,65 @@ async fn enqueue_before_reply_answers_after_commit_in_queue_order() {
         .collect();
     let expected: Vec<String> = (0..50).map(|i| format!("q{i}")).collect();
     assert_eq!(details, expected, "queue order");
+}
+
+/// The limit of `try_queue`: `queue + backlog` records waiting; what does not fit comes
+/// back (from the end) and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_queue_gives_back_what_does_not_fit_while_the_writer_is_stalled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            queue: 2,
+            backlog: 1,
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    let mut index = log.commit_index();
+    // Another connection holds the write lock: the writer takes one batch and waits.
+    let mut other = second_connection(tmp.path()).await;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    let first = vec![Queued::new(sample(0).detail("first"), Some(1))];
+    assert!(log.try_queue(first).expect("queued").is_empty());
+    let taken = Instant::now();
+    while log.stats().queued > 0 {
+        assert!(taken.elapsed() < Duration::from_secs(20), "never taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let batch = (1..6u64)
+        .map(|i| Queued::new(sample(i).detail(format!("b{i}")), Some(i + 1)))
+        .collect();
+    let refused = log.try_queue(batch).expect("queued in part");
+    let refused: Vec<Option<u64>> = refused.iter().map(|q| q.seq).collect();
+    assert_eq!(
+        refused,
+        vec![Some(5), Some(6)],
+        "three fit, the tail comes back"
+    );
+    assert_eq!(log.stats().queued, 3);
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("unlock");
+    while index.take().0 < 4 {
+        index.changed().await.expect("the index moves");
+    }
+    log.shutdown().await.expect("shutdown");
+    assert_eq!(
+        rows_with_detail(&mut other, "b4").await,
+        0,
+        "refused: not written"
+    );
+    assert_eq!(rows_with_detail(&mut other, "b3").await, 1);
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,6 +866,7 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
             queue: 1,
             max_batch: 3,
             batch_delay: Duration::from_millis(1),
+            ..AuditConfig::default()
         },
     )
     .await
