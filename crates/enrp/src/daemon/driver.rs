@@ -276,13 +276,18 @@ fn queue(audit: &AuditLog, mut batch: Vec<Queued>, counters: &Counters) -> Vec<u
         batch.insert(0, Queued::new(record.clone(), None));
     }
     let n = batch.len();
+    // Kept only in case the whole batch is refused (below).
+    let numbered: Vec<u64> = batch.iter().filter_map(|q| q.seq).collect();
     let refused = match audit.try_queue(batch) {
         Ok(refused) => refused,
         Err(e) => {
             // Closed (the daemon stops) or a record the log refuses (checked before, in
-            // [`record_of`]): nothing of it was queued. Nothing waits for the gap record.
+            // [`record_of`]): nothing of it was queued, and what waits for it is withheld.
             tracing::error!(error = %e, records = n, "cannot audit: records lost, replies that wait for theirs withheld");
-            return Vec::new();
+            for _ in usize::from(gap.is_some())..n {
+                dropped(counters);
+            }
+            return numbered;
         }
     };
     if let Some((_, missing)) = gap
@@ -808,6 +813,16 @@ mod tests {
             counters.audit_gap.load(Ordering::Relaxed),
             0,
             "accounted for"
+        );
+        // A log that no longer takes records (closed) withholds what waits for them too.
+        let register = audited(AuditAction::Register, Durability::BeforeReply);
+        let gate = run(vec![register], &mut barrier).expect("numbered");
+        let reply = Deferred::Removed(oneshot::channel().0, 0);
+        assert!(barrier.hold(Some(gate), None, reply).is_none());
+        let released = barrier.release(0, vec![]);
+        assert!(
+            matches!(released[..], [(Deferred::Removed(..), false)]),
+            "withheld: {released:?}"
         );
     }
 }

@@ -167,8 +167,9 @@ struct Shared {
     stop: watch::Receiver<bool>,
     /// What the core publishes for resolutions answered where they arrive.
     view: Arc<ReadView>,
-    /// The core task's way to the audit writer, for those resolutions' records (weak: the
-    /// writer's forwarder ends when the core task does, whatever connection tasks hold).
+    /// The way to the audit writer for those resolutions' records, through
+    /// [`forward_audit`] (weak: the core task holds the sender, so the forwarder ends when
+    /// the core task does, whatever connection tasks hold).
     audit_jobs: mpsc::WeakSender<AuditJob>,
 }
 
