@@ -713,15 +713,21 @@ async fn before_reply_resolves_only_after_commit() {
     log.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_commit_index_passes_numbered_records_after_their_commit_in_queue_order() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+/// A store in `dir` with a writer of the default configuration, its commit index, and a
+/// connection of its own (it sees committed rows only).
+async fn with_index(dir: &Path) -> (Store, AuditLog, CommitIndex, SqliteConnection) {
+    let store = open(dir).await;
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
-    let mut index = log.commit_index();
-    let mut other = second_connection(tmp.path()).await;
+    let index = log.commit_index();
+    (store, log, index, second_connection(dir).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_index_passes_numbered_records_after_their_commit_in_queue_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, log, mut index, mut other) = with_index(tmp.path()).await;
     // A driver queues a step's records at once without waiting for the disk, numbering
     // those whose replies it holds, and waits for the index to pass them.
     let mut seq = 0;
@@ -742,10 +748,11 @@ async fn the_commit_index_passes_numbered_records_after_their_commit_in_queue_or
             .collect();
         assert!(log.try_queue(batch).expect("queued").is_empty());
     }
-    while index.take().0 < seq {
-        index.changed().await.expect("the index moves");
-    }
-    assert_eq!(index.take(), (seq, vec![]), "nothing failed");
+    assert_eq!(
+        index_past(&mut index, seq).await,
+        Vec::<u64>::new(),
+        "nothing failed"
+    );
     for (_, i) in numbered {
         assert_eq!(rows_with_detail(&mut other, &format!("q{i}")).await, 1);
     }
@@ -1033,6 +1040,52 @@ async fn a_failing_commit_refuses_its_batch_and_the_writer_recovers() {
     let report = verify(&mut conn).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(count(&mut conn).await.expect("count"), 2);
+}
+
+/// Waits until the commit index passes `seq`; returns the failures it listed on the way.
+async fn index_past(index: &mut CommitIndex, seq: u64) -> Vec<u64> {
+    let mut failed = Vec::new();
+    loop {
+        let (settled, mut f) = index.take();
+        failed.append(&mut f);
+        if settled >= seq {
+            return failed;
+        }
+        index.changed().await.expect("the index moves");
+    }
+}
+
+/// A numbered record whose commit fails is listed as failed before the index passes it
+/// (what waits for it is withheld); a batched one in the same transaction is counted lost;
+/// the next numbers commit once the disk is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_index_lists_the_numbers_whose_commit_failed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_store, log, mut index, mut other) = with_index(tmp.path()).await;
+    let first = vec![Queued::new(sample(0), Some(1))];
+    assert!(log.try_queue(first).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 1).await, Vec::<u64>::new());
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&mut other)
+        .await
+        .expect("break the table");
+    let failing = vec![
+        Queued::new(sample(1), None),
+        Queued::new(sample(2), Some(2)),
+        Queued::new(sample(3), Some(3)),
+    ];
+    assert!(log.try_queue(failing).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 3).await, vec![2, 3]);
+    assert_eq!(log.stats().lost, 1, "the batched record");
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events")
+        .execute(&mut other)
+        .await
+        .expect("mend the table");
+    let again = vec![Queued::new(sample(4), Some(4))];
+    assert!(log.try_queue(again).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 4).await, Vec::<u64>::new());
+    log.shutdown().await.expect("shutdown");
+    assert_eq!(count(&mut other).await.expect("count"), 2);
 }
 
 #[tokio::test]

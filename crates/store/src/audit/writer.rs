@@ -449,8 +449,12 @@ async fn run(
                 // tell the driver, which logs it.
                 counters.failed.store(true, Ordering::Relaxed);
                 counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                // Nothing waits for a Batched record: it is counted lost (before the index
+                // moves, so that whoever watches it sees the count).
+                let lost = batch.iter().filter(|job| !job.urgent()).count();
+                counters.lost.fetch_add(lost as u64, Ordering::Relaxed);
                 index.settle(&batch, true);
-                fail_all(std::mem::replace(&mut batch, rest), &reason, &counters);
+                fail_all(std::mem::replace(&mut batch, rest), &reason);
                 result = Err(reason);
                 continue;
             }
@@ -571,19 +575,10 @@ async fn try_commit(conn: &mut PoolConnection<Sqlite>, batch: &[Job]) -> Result<
     Ok(())
 }
 
-fn fail_all(batch: Vec<Job>, reason: &str, counters: &Counters) {
-    for job in batch {
-        match job.done {
-            Some(done) => {
-                let _ = done.send(Err(Error::AuditWrite {
-                    reason: reason.to_owned(),
-                }));
-            }
-            // The commit index tells whoever waits for it.
-            None if job.seq.is_some() => {}
-            None => {
-                counters.lost.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+fn fail_all(batch: Vec<Job>, reason: &str) {
+    for done in batch.into_iter().filter_map(|job| job.done) {
+        let _ = done.send(Err(Error::AuditWrite {
+            reason: reason.to_owned(),
+        }));
     }
 }
