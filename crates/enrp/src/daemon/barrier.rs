@@ -2,9 +2,9 @@
 //! here until that record's transaction has committed.
 //!
 //! The driver numbers those records 1, 2, 3, … in the order it hands them to the audit
-//! writer, which commits in queue order. [`settle`] publishes the *commit index*, the
-//! number of the last record settled (committed, or failed after the writer's retries),
-//! and the numbers that failed. A [`Barrier`] holds each message under the number of the
+//! writer, which commits in queue order and publishes the *commit index*
+//! ([`store::audit::CommitIndex`]): the number of the last record settled (committed, or
+//! failed after the writer's retries), and the numbers that failed. A [`Barrier`] holds each message under the number of the
 //! record it waits for and releases it once the index has passed that number: one queue in
 //! the driver instead of a task and a channel per record. A message for a connection that
 //! has messages held goes behind them (each connection's messages leave in the order the
@@ -16,9 +16,6 @@
 //! [`Durability::BeforeReply`]: identity::audit::Durability::BeforeReply
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use tokio::sync::{mpsc, oneshot, watch};
 
 use enrp_core::registrar::ConnId;
 
@@ -93,6 +90,12 @@ impl<T> Barrier<T> {
         self.held.is_empty()
     }
 
+    /// Whether a failed record may withhold something held: [`Barrier::release`] withholds
+    /// it without waiting for the index to move.
+    pub(super) fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
     /// Applies the commit index (`settled`, and the numbers that failed) and returns what
     /// it releases, in order, each with whether the record it waited for committed.
     pub(super) fn release(&mut self, settled: u64, failed: Vec<u64>) -> Vec<(T, bool)> {
@@ -123,97 +126,6 @@ impl<T> Barrier<T> {
             None => self.failed.clear(),
         }
         out
-    }
-}
-
-/// The driver's side of the commit index.
-#[derive(Debug)]
-pub(super) struct CommitIndex {
-    /// The number of the last record settled.
-    pub(super) settled: watch::Receiver<u64>,
-    /// The numbers of records whose commit failed, in order; pushed before the index
-    /// passes them, taken by the driver.
-    failed: Arc<Mutex<Vec<u64>>>,
-}
-
-impl CommitIndex {
-    /// Whether the index moved since the driver last looked.
-    pub(super) fn moved(&self) -> bool {
-        self.settled.has_changed().unwrap_or(false)
-    }
-
-    /// The index now, and the failures it passed since the last call.
-    pub(super) fn take(&mut self) -> (u64, Vec<u64>) {
-        let settled = *self.settled.borrow_and_update();
-        // Read after the index: every failure up to it was pushed before it was published.
-        let failed =
-            std::mem::take(&mut *self.failed.lock().unwrap_or_else(PoisonError::into_inner));
-        (settled, failed)
-    }
-}
-
-/// A record's number and the writer's answer when its transaction committed (or failed).
-pub(super) type Pending = (u64, oneshot::Receiver<store::db::Result<()>>);
-
-/// Starts the commit index: a channel for the records handed to the writer, in order, and
-/// the index [`settle`] publishes from their answers.
-pub(super) fn commit_index() -> (
-    mpsc::Sender<Pending>,
-    impl Future<Output = ()> + Send + 'static,
-    CommitIndex,
-) {
-    // As many as the audit backlog and the writer's queue hold, so that handing a record
-    // over never waits for this channel in practice (it is drained as commits happen).
-    let (pending, pending_rx) = mpsc::channel(super::driver::AUDIT_BACKLOG);
-    let (settled_tx, settled) = watch::channel(0);
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let task = settle(pending_rx, settled_tx, Arc::clone(&failed));
-    (pending, task, CommitIndex { settled, failed })
-}
-
-/// Waits for the writer's answers in order (the writer commits in queue order) and
-/// publishes the commit index: once per wake, however many records it settled.
-async fn settle(
-    mut pending: mpsc::Receiver<Pending>,
-    settled: watch::Sender<u64>,
-    failed: Arc<Mutex<Vec<u64>>>,
-) {
-    let mut next = pending.recv().await;
-    while let Some((seq, committed)) = next.take() {
-        let mut last = seq;
-        note(seq, matches!(committed.await, Ok(Ok(()))), &failed);
-        // Those already answered too, then one publication for all of them.
-        while let Ok((seq, mut committed)) = pending.try_recv() {
-            match committed.try_recv() {
-                Ok(answer) => {
-                    note(seq, answer.is_ok(), &failed);
-                    last = seq;
-                }
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    note(seq, false, &failed);
-                    last = seq;
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    next = Some((seq, committed));
-                    break;
-                }
-            }
-        }
-        settled.send_replace(last);
-        if next.is_none() {
-            next = pending.recv().await;
-        }
-    }
-}
-
-/// Notes a failed commit (before the index passes it).
-fn note(seq: u64, committed: bool, failed: &Mutex<Vec<u64>>) {
-    if !committed {
-        tracing::error!(seq, "audit commit failed: the reply is withheld");
-        failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(seq);
     }
 }
 
@@ -292,33 +204,5 @@ mod tests {
             vec![("a1", true), ("a2", false)]
         );
         assert!(b.is_empty());
-    }
-
-    /// The commit index is published once per wake and carries the failures it passed.
-    #[tokio::test]
-    async fn the_index_passes_each_record_in_order_with_its_failures() {
-        let (pending, task, mut index) = commit_index();
-        let settler = tokio::spawn(task);
-        let mut answers = Vec::new();
-        for seq in 1..=3 {
-            let (tx, rx) = oneshot::channel();
-            pending.send((seq, rx)).await.expect("queued");
-            answers.push(tx);
-        }
-        let mut answers = answers.into_iter();
-        answers.next().expect("1").send(Ok(())).expect("sent");
-        index.settled.changed().await.expect("moved");
-        assert_eq!(index.take(), (1, vec![]));
-        // Two fails (the writer dropped it); three commits.
-        drop(answers.next());
-        answers.next().expect("3").send(Ok(())).expect("sent");
-        index
-            .settled
-            .wait_for(|&s| s == 3)
-            .await
-            .expect("passes three");
-        assert_eq!(index.take(), (3, vec![2]));
-        drop(pending);
-        settler.await.expect("the settler ends with its channel");
     }
 }

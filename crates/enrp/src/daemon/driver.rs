@@ -6,31 +6,34 @@
 //!    the rate limits ([`super::limits`]) and sends an [`Event`] to this task. A handle
 //!    resolution does not come here: the connection task answers it from the core's read
 //!    view ([`enrp_core::registrar::ReadView`]) and hands its audit record to the writer
-//!    ([`record_of`], [`hand_over`]), unless the connection still waits for answers from
+//!    ([`record_of`], [`hand_over`]: through [`forward_audit`], which hands what is queued
+//!    to the writer as one batch), unless the connection still waits for answers from
 //!    this task (then the resolution queues behind them, to keep the connection's order).
 //! 2. [`run_core`] turns the event into a core input ([`Core::handle`]), or a due timer
 //!    into [`Core::handle_timeout`], and gets back a list of actions.
-//! 3. [`execute`] carries them out in order: audit records go to the audit writer through
-//!    [`forward_audit`] without waiting; messages are encoded into one buffer per connection
+//! 3. [`execute`] carries them out in order: the step's audit records go to the audit
+//!    writer as one batch ([`AuditLog::try_queue`], one message and one wake-up of the
+//!    writer per step) without waiting; messages are encoded into one buffer per connection
 //!    per step ([`Outbox`]) and go to its send queue ([`deliver`]), whose write loop sends
 //!    them in order; dials go to the dialers.
 //! 4. The barrier ([`super::barrier`]): an audit record with [`Durability::BeforeReply`]
 //!    gets a number, and the messages after it are held in the driver's [`Barrier`] under
-//!    that number until the commit index (the last record the writer settled) passes it;
-//!    then they go to their connections. The core never waits for the disk, yet no reply
-//!    leaves before its record is durable, each connection's messages leave in order, and
-//!    many records share one commit.
+//!    that number until the commit index the writer publishes ([`AuditLog::commit_index`]:
+//!    the number up to which every record settled) passes it; then they go to their
+//!    connections. The core never waits for the disk, yet no reply leaves before its record
+//!    is durable, each connection's messages leave in order, and many records share one
+//!    commit; no task, channel or answer per record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ::asap::addr::TransportAddr;
-use store::audit::{AuditLog, Outcome, Record};
+use store::audit::{AuditLog, CommitIndex, Outcome, Queued, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::audit::to_record;
-use super::barrier::{Barrier, CommitIndex, Pending};
+use super::barrier::Barrier;
 use super::{ConnHandle, Counters, Error, Event, Outgoing, connection, limits, now_ms};
 use enrp_core::registrar::{Action, AuditEvent, ConnId, Core, Input};
 use identity::audit::{AuditAction, Durability};
@@ -42,12 +45,13 @@ const MAX_STREAK: usize = 8192;
 pub(super) async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
-    audit: mpsc::Sender<AuditJob>,
+    audit: AuditLog,
+    jobs: mpsc::Sender<AuditJob>,
     counters: Arc<Counters>,
     dials: Dials,
-    mut index: CommitIndex,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    let mut index = audit.commit_index();
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
     let mut barrier = Barrier::default();
     // Events already queued are applied before a due timer, at most MAX_STREAK in a row:
@@ -56,8 +60,9 @@ pub(super) async fn run_core(
     // timers from starving under a steady flood.
     let mut streak = 0usize;
     loop {
-        // Replies whose records committed leave first, also in a streak of queued events.
-        if index.moved() {
+        // Replies whose records committed leave first, also in a streak of queued events
+        // (and what waits for a record refused at once: it is withheld now).
+        if index.moved() || barrier.has_failed() {
             release(&mut barrier, &mut index, &writers);
         }
         let deadline = core.next_timeout().map(tokio::time::Instant::from_std);
@@ -76,7 +81,7 @@ pub(super) async fn run_core(
                     None => break,
                 },
                 () = sleep_until(deadline) => None,
-                Ok(()) = index.settled.changed() => {
+                Ok(()) = index.changed() => {
                     release(&mut barrier, &mut index, &writers);
                     continue;
                 }
@@ -167,33 +172,34 @@ pub(super) async fn run_core(
             }
         }
     }
+    // The connection tasks see the core task gone: they answer no more resolutions.
+    drop(jobs);
     // What waits for its record leaves once the record settled (the writer runs until
     // the daemon has stopped): no reply is lost to a shutdown, none leaves early.
-    drop(audit);
-    while !barrier.is_empty() {
-        let ended = index.settled.changed().await.is_err();
+    loop {
         release(&mut barrier, &mut index, &writers);
-        if ended {
-            // Every record handed over has settled.
+        if barrier.is_empty() || index.changed().await.is_err() {
             break;
         }
+    }
+    if !barrier.is_empty() {
+        // The writer stopped first: every record handed over has settled.
+        release(&mut barrier, &mut index, &writers);
     }
     // Dropping the writers lets every connection task end after what it was sent.
     Ok(())
 }
 
-/// An audit record on its way from the core task (or a connection task: a resolution it
-/// answered, never numbered) to the writer, with its number if it is
-/// [`Durability::BeforeReply`] ([`Barrier::number`]).
+/// An audit record on its way from a connection task (a resolution it answered) to the
+/// writer through [`forward_audit`]: [`Durability::Batched`], nothing waits for it.
 pub(super) struct AuditJob {
     record: Record,
-    seq: Option<u64>,
 }
 
 impl AuditJob {
     /// A [`Durability::Batched`] record: nothing waits for its commit.
     pub(super) fn batched(record: Record) -> Self {
-        Self { record, seq: None }
+        Self { record }
     }
 }
 
@@ -233,39 +239,68 @@ fn release(
     }
 }
 
-/// Records the core task hands over without waiting, beyond the writer's own queue (8,192).
-/// When both are full the disk is far behind: batched records are dropped (counted,
-/// `rsp_audit_dropped_total`) and operations that need theirs are refused, rather than the
-/// core task, and with it every keep-alive and heartbeat, waiting for the disk.
+/// Resolution records the connection tasks hand over without waiting, before
+/// [`forward_audit`] takes them. Beyond it, the writer's queue and backlog
+/// ([`store::audit::AuditConfig`]: 8,192 + 65,536 records). When they are full the disk is
+/// far behind: batched records are dropped (counted, `rsp_audit_dropped_total`) and
+/// operations that need theirs are refused, rather than the core task, and with it every
+/// keep-alive and heartbeat, waiting for the disk.
 pub(super) const AUDIT_BACKLOG: usize = 65_536;
 
-/// Hands the core's records to the audit writer in order, waiting for room in its queue
-/// (the core task does not), until the core task ends; the numbered ones, with the writer's
-/// answer, go on to the commit index ([`super::barrier::commit_index`]) in the same order.
+/// Most records [`forward_audit`] takes in one wake-up (one message to the writer).
+const FORWARD_BATCH: usize = 1024;
+
+/// Hands the connection tasks' records to the audit writer, everything queued at once as
+/// one batch, until the core task ends.
 pub(super) async fn forward_audit(
     mut jobs: mpsc::Receiver<AuditJob>,
     audit: AuditLog,
-    pending: mpsc::Sender<Pending>,
+    counters: Arc<Counters>,
 ) {
-    while let Some(AuditJob { record, seq }) = jobs.recv().await {
-        let Some(seq) = seq else {
-            if let Err(e) = audit.append(record, Durability::Batched).await {
-                tracing::error!(error = %e, "cannot audit: record lost");
-            }
-            continue;
-        };
-        let committed = match audit.enqueue_before_reply(record).await {
-            Ok(committed) => committed,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot audit: the reply is withheld");
-                // An answer that never comes: the index counts the record as failed.
-                oneshot::channel().1
-            }
-        };
-        if pending.send((seq, committed)).await.is_err() {
-            return; // The commit index is gone: the daemon has stopped.
-        }
+    let mut taken = Vec::with_capacity(FORWARD_BATCH);
+    while jobs.recv_many(&mut taken, FORWARD_BATCH).await > 0 {
+        let batch = taken
+            .drain(..)
+            .map(|job| Queued::new(job.record, None))
+            .collect();
+        queue(&audit, batch, &counters);
     }
+}
+
+/// Queues a batch of records for the writer without waiting, behind an `audit:gap` record
+/// if records were dropped before (see [`record_gap`]); returns the numbers of those that
+/// did not fit (the writer's queue and backlog are full), which never reach the writer.
+fn queue(audit: &AuditLog, mut batch: Vec<Queued>, counters: &Counters) -> Vec<u64> {
+    let gap = record_gap(counters);
+    if let Some((record, _)) = &gap {
+        batch.insert(0, Queued::new(record.clone(), None));
+    }
+    let n = batch.len();
+    // Kept only in case the whole batch is refused (below).
+    let numbered: Vec<u64> = batch.iter().filter_map(|q| q.seq).collect();
+    let refused = match audit.try_queue(batch) {
+        Ok(refused) => refused,
+        Err(e) => {
+            // Closed (the daemon stops) or a record the log refuses (checked before, in
+            // [`record_of`]): nothing of it was queued, and what waits for it is withheld.
+            tracing::error!(error = %e, records = n, "cannot audit: records lost, replies that wait for theirs withheld");
+            for _ in usize::from(gap.is_some())..n {
+                dropped(counters);
+            }
+            return numbered;
+        }
+    };
+    if let Some((_, missing)) = gap
+        && refused.len() < n
+    {
+        counters.audit_gap.fetch_sub(missing, Ordering::Relaxed);
+    }
+    // The gap record comes first: when it is refused, so is everything after it.
+    let refused_gap = usize::from(gap.is_some() && refused.len() == n);
+    for _ in refused_gap..refused.len() {
+        dropped(counters);
+    }
+    refused.into_iter().filter_map(|q| q.seq).collect()
 }
 
 /// Where the core's dial requests go: registrars from peer lists, taken-over PEs.
@@ -278,11 +313,11 @@ pub(super) struct Dials {
 
 /// After records were dropped (the audit backlog was full), one `audit:gap` record says
 /// how many, as soon as the backlog has room for it: the hash chain then shows the gap
-/// and its size instead of hiding it.
-fn record_gap(audit: &mpsc::Sender<AuditJob>, counters: &Counters) {
+/// and its size instead of hiding it. The record and the count it accounts for.
+fn record_gap(counters: &Counters) -> Option<(Record, u64)> {
     let missing = counters.audit_gap.load(Ordering::Relaxed);
     if missing == 0 {
-        return;
+        return None;
     }
     let mut record = Record::new(
         now_ms(),
@@ -293,9 +328,7 @@ fn record_gap(audit: &mpsc::Sender<AuditJob>, counters: &Counters) {
         "{missing} audit records were not written: the audit backlog was full \
          (rsp_audit_dropped_total)"
     ));
-    if audit.try_send(AuditJob { record, seq: None }).is_ok() {
-        counters.audit_gap.fetch_sub(missing, Ordering::Relaxed);
-    }
+    Some((record, missing))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -311,30 +344,27 @@ fn execute(
     actions: Vec<Action>,
     writers: &HashMap<ConnId, ConnHandle>,
     barrier: &mut Barrier<Deferred>,
-    audit: &mpsc::Sender<AuditJob>,
+    audit: &AuditLog,
     counters: &Counters,
     dials: &Dials,
 ) -> Option<u64> {
     let mut gate: Option<u64> = None;
     let mut outbox = Outbox::default();
+    let mut records = Vec::new();
     for action in actions {
         match action {
             Action::Audit { event, durability } => {
                 let Some(record) = record_of(event, counters) else {
                     continue;
                 };
-                // Handed over without waiting: a slow disk delays only the replies that
-                // wait for their record (the barrier), never this task (keep-alives,
-                // heartbeats, resolutions).
+                // Handed over at the end of the step without waiting: a slow disk delays
+                // only the replies that wait for their record (the barrier), never this
+                // task (keep-alives, heartbeats, resolutions).
                 let seq = match durability {
                     Durability::Batched => None,
                     Durability::BeforeReply => Some(barrier.number()),
                 };
-                if let Some(job) = hand_over(AuditJob { record, seq }, audit, counters)
-                    && let Some(seq) = job.seq
-                {
-                    barrier.refused(seq);
-                }
+                records.push(Queued::new(record, seq));
                 if seq.is_some() {
                     gate = seq;
                 }
@@ -412,6 +442,13 @@ fn execute(
             }
         }
     }
+    // The step's records as one batch, before its messages leave; a number that did not
+    // fit withholds what waits for it (the barrier releases it as failed).
+    if !records.is_empty() {
+        for seq in queue(audit, records, counters) {
+            barrier.refused(seq);
+        }
+    }
     outbox.flush_all(writers);
     gate
 }
@@ -438,20 +475,24 @@ pub(super) fn record_of(event: AuditEvent, counters: &Counters) -> Option<Record
     Some(record)
 }
 
-/// Hands `job` to the audit writer without waiting; gives it back when it was dropped
-/// because the writer's queue and the backlog are full.
+/// Hands `job` to the audit writer ([`forward_audit`]) without waiting; gives it back when
+/// it was dropped because the backlog is full.
 pub(super) fn hand_over(
     job: AuditJob,
     audit: &mpsc::Sender<AuditJob>,
     counters: &Counters,
 ) -> Option<AuditJob> {
-    record_gap(audit, counters);
     let Err(mpsc::error::TrySendError::Full(job)) = audit.try_send(job) else {
         return None;
     };
-    // The disk is far behind. Batched records are dropped (counted, and accounted for by
-    // an `audit:gap` record once there is room), operations that need theirs are
-    // refused: their replies are withheld.
+    dropped(counters);
+    Some(job)
+}
+
+/// Counts a record dropped because the disk is far behind. Batched records are dropped
+/// (counted, and accounted for by an `audit:gap` record once there is room), operations
+/// that need theirs are refused: their replies are withheld.
+fn dropped(counters: &Counters) {
     let dropped = counters.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
     counters.audit_gap.fetch_add(1, Ordering::Relaxed);
     // Loud, but not a line per record.
@@ -461,7 +502,6 @@ pub(super) fn hand_over(
             "AUDIT BACKLOG FULL: records dropped, replies that wait for theirs withheld"
         );
     }
-    Some(job)
 }
 
 /// Most bytes gathered for one connection into one queued message ([`Outbox`]): a queued
@@ -579,6 +619,38 @@ mod tests {
         }
     }
 
+    /// An audit log in `dir` whose writer takes at most `room` records queued; and a
+    /// connection of its own to the same file, which can hold the write lock (stalling the
+    /// writer: a full or slow disk).
+    async fn audit_log(dir: &std::path::Path, room: usize) -> (AuditLog, sqlx::SqliteConnection) {
+        use sqlx::Connection;
+        let store = store::db::Store::open(dir, &store::db::StoreOptions::default())
+            .await
+            .expect("store");
+        let mut config = store::audit::AuditConfig::default();
+        config.queue = room;
+        config.backlog = 0;
+        let log = AuditLog::start(&store, config).await.expect("audit log");
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join(store::db::DB_FILE));
+        let other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("second connection");
+        (log, other)
+    }
+
+    /// Waits until the writer took everything queued.
+    async fn taken(log: &AuditLog) {
+        let poll = async {
+            while log.stats().queued > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), poll)
+            .await
+            .expect("the writer takes what is queued");
+    }
+
     /// A successful `action` without subjects, as an audit action.
     fn audited(action: AuditAction, durability: Durability) -> Action {
         Action::Audit {
@@ -599,11 +671,12 @@ mod tests {
     /// A step's immediate messages for one connection leave as one queued message, in the
     /// core's order; a reply held for its record, and what follows it, leave only after the
     /// record settled; a close goes after what was gathered before it.
-    #[test]
-    fn a_steps_messages_for_a_connection_leave_gathered_and_in_order() {
+    #[tokio::test]
+    async fn a_steps_messages_for_a_connection_leave_gathered_and_in_order() {
         use ::asap::wire::AsapMsg;
         use ::asap::wire::param::{PeId, PoolHandle, ServerId};
-        let (audit, _backlog) = mpsc::channel(16);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (audit, _other) = audit_log(tmp.path(), 16).await;
         let counters = Counters::default();
         let dials = no_dials();
         let conn = ConnId(7);
@@ -670,43 +743,87 @@ mod tests {
     }
 
     /// Issue 18 item 4: records dropped while the backlog is full are accounted for by one
-    /// `audit:gap` record with their count, written first once there is room again.
-    #[test]
-    fn dropped_records_leave_a_gap_record_with_their_count() {
-        let (audit, mut backlog) = mpsc::channel(1);
+    /// `audit:gap` record with their count, written first once there is room again; a
+    /// reply that waits for a dropped record is withheld at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_records_leave_a_gap_record_with_their_count() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // The writer's queue holds two records.
+        let (audit, mut other) = audit_log(tmp.path(), 2).await;
         let counters = Counters::default();
         let dials = no_dials();
         let resolution = || audited(AuditAction::Resolve, Durability::Batched);
-        let run = |n: usize| {
-            execute(
-                (0..n).map(|_| resolution()).collect(),
-                &HashMap::new(),
-                &mut Barrier::default(),
-                &audit,
-                &counters,
-                &dials,
-            )
+        let run = |actions: Vec<Action>, barrier: &mut Barrier<Deferred>| {
+            execute(actions, &HashMap::new(), barrier, &audit, &counters, &dials)
         };
-        // The backlog holds one record: the next three are dropped.
-        run(4);
+        let mut barrier = Barrier::default();
+        // The disk stalls: the writer takes a first record and waits for the lock.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .expect("lock");
+        run(vec![resolution()], &mut barrier);
+        taken(&audit).await;
+        // Two more fit; the next two are dropped, and so is a registration's record: what
+        // waits for it is withheld at once.
+        let register = audited(AuditAction::Register, Durability::BeforeReply);
+        let mut actions: Vec<Action> = (0..4).map(|_| resolution()).collect();
+        actions.push(register);
+        let gate = run(actions, &mut barrier).expect("numbered");
         assert_eq!(counters.audit_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            backlog.try_recv().expect("the first").record.action,
-            "resolve"
-        );
-        // Room again: the gap record goes first, with the count, then the new record.
-        run(1);
-        let gap = backlog.try_recv().expect("the gap record").record;
-        assert_eq!(gap.action, "audit:gap");
+        let reply = Deferred::Removed(oneshot::channel().0, 0);
+        assert!(barrier.hold(Some(gate), None, reply).is_none());
+        assert!(barrier.has_failed());
+        let released = barrier.release(0, vec![]);
         assert!(
-            gap.detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with("3 audit records"))
+            matches!(released[..], [(Deferred::Removed(..), false)]),
+            "withheld: {released:?}"
         );
-        assert!(gap.check().is_ok());
-        // The gap of 3 is settled; the resolution after the gap record found the backlog
-        // of one full again: a new gap of 1, for the next record to account for.
-        assert_eq!(counters.audit_dropped.load(Ordering::Relaxed), 4);
-        assert_eq!(counters.audit_gap.load(Ordering::Relaxed), 1);
+        // The disk is back: the gap record goes first, with the count, then the new record.
+        sqlx::query("ROLLBACK")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+        taken(&audit).await;
+        run(vec![resolution()], &mut Barrier::default());
+        audit.shutdown().await.expect("shutdown");
+        let mut filter = store::audit::AuditFilter::default();
+        filter.order = store::audit::Order::OldestFirst;
+        let page = store::audit::query(&mut other, &filter)
+            .await
+            .expect("query");
+        let actions: Vec<&str> = page.events.iter().map(|e| &*e.record.action).collect();
+        assert_eq!(
+            actions,
+            ["resolve", "resolve", "resolve", "audit:gap", "resolve"]
+        );
+        let gap = page
+            .events
+            .iter()
+            .find(|e| e.record.action == "audit:gap")
+            .expect("the gap record");
+        assert!(
+            gap.record
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("3 audit records")),
+            "{:?}",
+            gap.record.detail
+        );
+        assert_eq!(
+            counters.audit_gap.load(Ordering::Relaxed),
+            0,
+            "accounted for"
+        );
+        // A log that no longer takes records (closed) withholds what waits for them too.
+        let register = audited(AuditAction::Register, Durability::BeforeReply);
+        let gate = run(vec![register], &mut barrier).expect("numbered");
+        let reply = Deferred::Removed(oneshot::channel().0, 0);
+        assert!(barrier.hold(Some(gate), None, reply).is_none());
+        let released = barrier.release(0, vec![]);
+        assert!(
+            matches!(released[..], [(Deferred::Removed(..), false)]),
+            "withheld: {released:?}"
+        );
     }
 }

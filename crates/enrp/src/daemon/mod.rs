@@ -169,8 +169,9 @@ struct Shared {
     stop: watch::Receiver<bool>,
     /// What the core publishes for resolutions answered where they arrive.
     view: Arc<ReadView>,
-    /// The core task's way to the audit writer, for those resolutions' records (weak: the
-    /// writer's forwarder ends when the core task does, whatever connection tasks hold).
+    /// The way to the audit writer for those resolutions' records, through
+    /// [`forward_audit`] (weak: the core task holds the sender, so the forwarder ends when
+    /// the core task does, whatever connection tasks hold).
     audit_jobs: mpsc::WeakSender<AuditJob>,
 }
 
@@ -213,7 +214,7 @@ pub struct Daemon {
     events: mpsc::Sender<Event>,
     stop: watch::Sender<bool>,
     core_task: JoinHandle<Result<(), Error>>,
-    /// Forwards the core's audit records to the writer ([`forward_audit`]).
+    /// Forwards the connection tasks' audit records to the writer ([`forward_audit`]).
     audit_task: JoinHandle<()>,
     accept_task: JoinHandle<()>,
     audit: AuditLog,
@@ -353,16 +354,15 @@ impl Daemon {
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
         let weak_audit_jobs = audit_jobs.downgrade();
-        let (pending, settle, index) = barrier::commit_index();
-        let forward = forward_audit(audit_jobs_rx, audit.clone(), pending);
-        let audit_task = tokio::spawn(async move {
-            let settle = tokio::spawn(settle);
-            forward.await;
-            let _ = settle.await;
-        });
+        let audit_task = tokio::spawn(forward_audit(
+            audit_jobs_rx,
+            audit.clone(),
+            Arc::clone(&counters),
+        ));
         let core_task = tokio::spawn(run_core(
             core,
             events_rx,
+            audit.clone(),
             audit_jobs,
             Arc::clone(&counters),
             Dials {
@@ -370,7 +370,6 @@ impl Daemon {
                 pes: pe_dial_tx,
                 bindings: settings.bindings_store.clone(),
             },
-            index,
             stop_rx.clone(),
         ));
         let settings = Arc::new(settings);

@@ -40,7 +40,7 @@ use sqlx::sqlite::SqliteConnection;
 use crate::db::{Error, Result, check_text};
 use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 
-pub use writer::{AuditConfig, AuditLog, AuditStats};
+pub use writer::{AuditConfig, AuditLog, AuditStats, CommitIndex, Queued};
 
 /// A SHA-256 digest of the chain.
 pub type Hash = [u8; 32];

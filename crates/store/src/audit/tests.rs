@@ -713,36 +713,55 @@ async fn before_reply_resolves_only_after_commit() {
     log.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enqueue_before_reply_answers_after_commit_in_queue_order() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+/// A store in `dir` with a writer of the default configuration, its commit index, and a
+/// connection of its own (it sees committed rows only).
+async fn with_index(dir: &Path) -> (Store, AuditLog, CommitIndex, SqliteConnection) {
+    let store = open(dir).await;
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
-    let mut other = second_connection(tmp.path()).await;
-    // A driver queues without waiting for the disk, then holds each reply on its receiver.
-    let mut pending = Vec::new();
-    for i in 0..50u64 {
-        let record = sample(i).detail(format!("q{i}"));
-        if i % 2 == 0 {
-            pending.push((i, log.enqueue_before_reply(record).await.expect("queue")));
-        } else {
-            log.append(record, Durability::Batched)
-                .await
-                .expect("queue");
-        }
+    let index = log.commit_index();
+    (store, log, index, second_connection(dir).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_index_passes_numbered_records_after_their_commit_in_queue_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, log, mut index, mut other) = with_index(tmp.path()).await;
+    // A driver queues a step's records at once without waiting for the disk, numbering
+    // those whose replies it holds, and waits for the index to pass them.
+    let mut seq = 0;
+    let mut numbered = Vec::new();
+    for step in 0..10u64 {
+        let batch = (0..5u64)
+            .map(|j| {
+                let i = step * 5 + j;
+                let record = sample(i).detail(format!("q{i}"));
+                if i % 2 == 0 {
+                    seq += 1;
+                    numbered.push((seq, i));
+                    Queued::new(record, Some(seq))
+                } else {
+                    Queued::new(record, None)
+                }
+            })
+            .collect();
+        assert!(log.try_queue(batch).expect("queued").is_empty());
     }
-    for (i, committed) in pending {
-        committed.await.expect("answered").expect("committed");
+    assert_eq!(
+        index_past(&mut index, seq).await,
+        Vec::<u64>::new(),
+        "nothing failed"
+    );
+    for (_, i) in numbered {
         assert_eq!(rows_with_detail(&mut other, &format!("q{i}")).await, 1);
     }
     let err = log
-        .enqueue_before_reply(stored_as(""))
-        .await
+        .try_queue(vec![Queued::new(stored_as(""), Some(seq + 1))])
         .expect_err("invalid");
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
     log.shutdown().await.expect("shutdown");
+    assert!(index.changed().await.is_err(), "the writer stopped");
     let mut conn = store.acquire().await.expect("conn");
     let page = oldest_first(&mut conn).await;
     let details: Vec<String> = page
@@ -752,6 +771,65 @@ async fn enqueue_before_reply_answers_after_commit_in_queue_order() {
         .collect();
     let expected: Vec<String> = (0..50).map(|i| format!("q{i}")).collect();
     assert_eq!(details, expected, "queue order");
+}
+
+/// The limit of `try_queue`: `queue + backlog` records waiting; what does not fit comes
+/// back (from the end) and nothing of it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_queue_gives_back_what_does_not_fit_while_the_writer_is_stalled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            queue: 2,
+            backlog: 1,
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    let mut index = log.commit_index();
+    // Another connection holds the write lock: the writer takes one batch and waits.
+    let mut other = second_connection(tmp.path()).await;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    let first = vec![Queued::new(sample(0).detail("first"), Some(1))];
+    assert!(log.try_queue(first).expect("queued").is_empty());
+    let taken = Instant::now();
+    while log.stats().queued > 0 {
+        assert!(taken.elapsed() < Duration::from_secs(20), "never taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let batch = (1..6u64)
+        .map(|i| Queued::new(sample(i).detail(format!("b{i}")), Some(i + 1)))
+        .collect();
+    let refused = log.try_queue(batch).expect("queued in part");
+    let refused: Vec<Option<u64>> = refused.iter().map(|q| q.seq).collect();
+    assert_eq!(
+        refused,
+        vec![Some(5), Some(6)],
+        "three fit, the tail comes back"
+    );
+    assert_eq!(log.stats().queued, 3);
+    sqlx::query("ROLLBACK")
+        .execute(&mut other)
+        .await
+        .expect("unlock");
+    while index.take().0 < 4 {
+        index.changed().await.expect("the index moves");
+    }
+    log.shutdown().await.expect("shutdown");
+    assert_eq!(
+        rows_with_detail(&mut other, "b4").await,
+        0,
+        "refused: not written"
+    );
+    assert_eq!(rows_with_detail(&mut other, "b3").await, 1);
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(count(&mut conn).await.expect("count"), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,6 +873,7 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
             queue: 1,
             max_batch: 3,
             batch_delay: Duration::from_millis(1),
+            ..AuditConfig::default()
         },
     )
     .await
@@ -961,6 +1040,52 @@ async fn a_failing_commit_refuses_its_batch_and_the_writer_recovers() {
     let report = verify(&mut conn).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(count(&mut conn).await.expect("count"), 2);
+}
+
+/// Waits until the commit index passes `seq`; returns the failures it listed on the way.
+async fn index_past(index: &mut CommitIndex, seq: u64) -> Vec<u64> {
+    let mut failed = Vec::new();
+    loop {
+        let (settled, mut f) = index.take();
+        failed.append(&mut f);
+        if settled >= seq {
+            return failed;
+        }
+        index.changed().await.expect("the index moves");
+    }
+}
+
+/// A numbered record whose commit fails is listed as failed before the index passes it
+/// (what waits for it is withheld); a batched one in the same transaction is counted lost;
+/// the next numbers commit once the disk is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_index_lists_the_numbers_whose_commit_failed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_store, log, mut index, mut other) = with_index(tmp.path()).await;
+    let first = vec![Queued::new(sample(0), Some(1))];
+    assert!(log.try_queue(first).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 1).await, Vec::<u64>::new());
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&mut other)
+        .await
+        .expect("break the table");
+    let failing = vec![
+        Queued::new(sample(1), None),
+        Queued::new(sample(2), Some(2)),
+        Queued::new(sample(3), Some(3)),
+    ];
+    assert!(log.try_queue(failing).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 3).await, vec![2, 3]);
+    assert_eq!(log.stats().lost, 1, "the batched record");
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events")
+        .execute(&mut other)
+        .await
+        .expect("mend the table");
+    let again = vec![Queued::new(sample(4), Some(4))];
+    assert!(log.try_queue(again).expect("queued").is_empty());
+    assert_eq!(index_past(&mut index, 4).await, Vec::<u64>::new());
+    log.shutdown().await.expect("shutdown");
+    assert_eq!(count(&mut other).await.expect("count"), 2);
 }
 
 #[tokio::test]

@@ -7,6 +7,14 @@
 //! `synchronous=FULL`), new records queue up and go into the next transaction together:
 //! the more concurrent callers, the more records per fsync.
 //!
+//! A driver that must not wait for the disk (the registrar's core task) hands a whole
+//! step's records over as one message with [`AuditLog::try_queue`], without waiting, its
+//! [`Durability::BeforeReply`] records numbered 1, 2, 3, … in order; the writer publishes
+//! the *commit index* ([`AuditLog::commit_index`]): the number up to which every such
+//! record is settled (committed, or failed after the retries), and which numbers failed.
+//! One wake-up of the writer per batch and one watch for all waiters, instead of a task,
+//! a channel and an answer per record.
+//!
 //! A commit that fails is retried with a back-off; if it keeps failing, the callers
 //! waiting for that batch get [`Error::AuditWrite`] (and must refuse the state changes
 //! they meant to audit), its batched records are counted as lost, and the writer goes on
@@ -14,13 +22,13 @@
 //! for as long as it lasts, it does not stop the registrar (issue 18). The log closes
 //! only at [`AuditLog::shutdown`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Sqlite};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
@@ -43,11 +51,16 @@ pub struct AuditConfig {
     /// queued, or plus two when a commit was in progress at the deadline. Default 50 ms
     /// (issue 4 asks for ≤ 100 ms).
     pub batch_delay: Duration,
+    /// Records [`AuditLog::try_queue`] may add beyond `queue` (it never waits: a caller
+    /// that must not wait for the disk gets more room before its records are refused).
+    /// Default 65,536.
+    pub backlog: usize,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            backlog: 65_536,
             queue: 8192,
             max_batch: 1024,
             batch_delay: Duration::from_millis(50),
@@ -76,6 +89,11 @@ pub struct AuditStats {
 
 #[derive(Default)]
 struct Counters {
+    /// Records sent to the writer and not yet taken by it: the queue's bound is kept here
+    /// (the channel itself is unbounded, so that a batch is one message).
+    queued: AtomicUsize,
+    /// Woken when the writer took records (room for [`AuditLog::append`]) or stopped.
+    room: Notify,
     transactions: AtomicU64,
     records: AtomicU64,
     failed: AtomicBool,
@@ -83,29 +101,110 @@ struct Counters {
     failed_commits: AtomicU64,
 }
 
+/// A record for [`AuditLog::try_queue`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Queued {
+    /// The record.
+    pub record: Record,
+    /// Its number if it is [`Durability::BeforeReply`] (see [`CommitIndex`]); `None` for
+    /// [`Durability::Batched`].
+    pub seq: Option<u64>,
+}
+
+impl Queued {
+    /// A record; `seq`: its number if something waits for its commit.
+    pub fn new(record: Record, seq: Option<u64>) -> Self {
+        Self { record, seq }
+    }
+}
+
 struct Job {
     record: Record,
     /// When the caller queued it: the batch delay counts from here.
     queued_at: Instant,
-    /// `Some` for [`Durability::BeforeReply`]: answered after the commit.
+    /// Its number in the commit index, if something waits for it.
+    seq: Option<u64>,
+    /// `Some` for an [`AuditLog::append`] with [`Durability::BeforeReply`]: answered after
+    /// the commit.
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "records are nearly every message; boxing would allocate once per record"
-)]
+impl Job {
+    /// Whether something waits for its commit (the writer commits at once).
+    fn urgent(&self) -> bool {
+        self.seq.is_some() || self.done.is_some()
+    }
+}
+
 enum Msg {
-    Record(Job),
+    Records(Vec<Job>),
     Shutdown(oneshot::Sender<Result<()>>),
+}
+
+/// The commit index the writer publishes for the records numbered in
+/// [`AuditLog::try_queue`]: every record up to [`CommitIndex::take`]'s number is settled,
+/// the listed ones failed. One reader takes the failures (the caller that numbers).
+#[derive(Debug)]
+pub struct CommitIndex {
+    settled: watch::Receiver<u64>,
+    failed: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl CommitIndex {
+    /// Whether the index moved since it was last taken.
+    pub fn moved(&self) -> bool {
+        self.settled.has_changed().unwrap_or(false)
+    }
+
+    /// Waits until the index moves; [`Error::AuditClosed`] once the writer has stopped
+    /// (everything it was handed has settled then).
+    pub async fn changed(&mut self) -> Result<()> {
+        self.settled.changed().await.map_err(|_| Error::AuditClosed)
+    }
+
+    /// The index now, and the numbers that failed since the last call.
+    pub fn take(&mut self) -> (u64, Vec<u64>) {
+        let settled = *self.settled.borrow_and_update();
+        // Read after the index: every failure up to it was pushed before it was published.
+        let failed =
+            std::mem::take(&mut *self.failed.lock().unwrap_or_else(PoisonError::into_inner));
+        (settled, failed)
+    }
+}
+
+/// The writer's side of the commit index.
+struct Publisher {
+    settled: watch::Sender<u64>,
+    failed: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Publisher {
+    /// Publishes that the numbered records of `jobs` settled; `failed`: their commit failed.
+    fn settle(&self, jobs: &[Job], failed: bool) {
+        let Some(last) = jobs.iter().filter_map(|j| j.seq).max() else {
+            return;
+        };
+        if failed {
+            // Before the index passes them.
+            let mut list = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            list.extend(jobs.iter().filter_map(|j| j.seq));
+        }
+        self.settled.send_replace(last);
+    }
 }
 
 /// Handle to the audit writer task. Cheap to clone; every clone feeds the same writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Records queued before [`AuditLog::append`] waits.
     capacity: usize,
+    /// Records queued before [`AuditLog::try_queue`] refuses.
+    limit: usize,
     counters: Arc<Counters>,
+    index: watch::Receiver<u64>,
+    failed: Arc<std::sync::Mutex<Vec<u64>>>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -131,14 +230,89 @@ impl AuditLog {
         let mut conn = store.acquire().await?;
         // Fail now rather than on the first record if the table is unreadable.
         super::head(&mut conn).await?;
-        let (tx, rx) = mpsc::channel(config.queue);
+        let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(conn, rx, config.clone(), Arc::clone(&counters)));
+        let (settled, index) = watch::channel(0);
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let publisher = Publisher {
+            settled,
+            failed: Arc::clone(&failed),
+        };
+        let task = tokio::spawn(run(
+            conn,
+            rx,
+            config.clone(),
+            Arc::clone(&counters),
+            publisher,
+        ));
         Ok(Self {
             tx,
             capacity: config.queue,
+            limit: config.queue.saturating_add(config.backlog),
             counters,
+            index,
+            failed,
             task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// The commit index of the records numbered in [`AuditLog::try_queue`]. The failures
+    /// go to one reader: the caller that numbers the records.
+    pub fn commit_index(&self) -> CommitIndex {
+        CommitIndex {
+            settled: self.index.clone(),
+            failed: Arc::clone(&self.failed),
+        }
+    }
+
+    /// Queues `records` in order as one message to the writer, without waiting; returns
+    /// those that did not fit, from the end (the queue holds `queue + backlog` records:
+    /// [`AuditConfig::backlog`]). The numbered ones ([`Queued::seq`]) must be numbered
+    /// 1, 2, 3, … in the order they are queued, by one caller; the [`CommitIndex`] passes
+    /// each once it settled, and lists it if it failed. A number that did not fit never
+    /// reaches the writer: the caller counts it as failed. Errors: [`Error::Invalid`] for
+    /// a bad record (nothing queued), [`Error::AuditClosed`] after shutdown.
+    pub fn try_queue(&self, mut records: Vec<Queued>) -> Result<Vec<Queued>> {
+        for q in &records {
+            q.record.check()?;
+        }
+        let fit = self.reserve(records.len(), self.limit);
+        let refused = records.split_off(fit);
+        if fit > 0 {
+            let queued_at = Instant::now();
+            let jobs = records
+                .into_iter()
+                .map(|q| Job {
+                    record: q.record,
+                    queued_at,
+                    seq: q.seq,
+                    done: None,
+                })
+                .collect();
+            self.send(jobs, fit)?;
+        }
+        Ok(refused)
+    }
+
+    /// Takes room for up to `want` records while fewer than `limit` are queued; returns
+    /// how many it took.
+    fn reserve(&self, want: usize, limit: usize) -> usize {
+        let mut granted = 0;
+        let _ = self
+            .counters
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                granted = want.min(limit.saturating_sub(queued));
+                (granted > 0).then_some(queued + granted)
+            });
+        granted
+    }
+
+    /// Sends `jobs` (`n` records, room already taken) to the writer.
+    fn send(&self, jobs: Vec<Job>, n: usize) -> Result<()> {
+        self.tx.send(Msg::Records(jobs)).map_err(|_| {
+            self.counters.queued.fetch_sub(n, Ordering::AcqRel);
+            Error::AuditClosed
         })
     }
 
@@ -159,33 +333,30 @@ impl AuditLog {
         }
     }
 
-    /// Queues a [`Durability::BeforeReply`] record and returns at once (after waiting for
-    /// queue space) with a receiver that answers when its transaction committed. A driver
-    /// that must not wait for the disk itself (the registrar core task) holds its replies
-    /// on this receiver, so many records share one commit. Records are committed in the
-    /// order they are queued.
-    pub async fn enqueue_before_reply(
-        &self,
-        record: Record,
-    ) -> Result<oneshot::Receiver<Result<()>>> {
-        record.check()?;
-        let (done, committed) = oneshot::channel();
-        self.queue(record, Some(done)).await?;
-        Ok(committed)
-    }
-
     /// Queues a checked record, waiting for space.
     async fn queue(&self, record: Record, done: Option<oneshot::Sender<Result<()>>>) -> Result<()> {
+        loop {
+            // Registered before looking, so that room made meanwhile is not missed.
+            let room = self.counters.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.tx.is_closed() {
+                return Err(Error::AuditClosed);
+            }
+            if self.reserve(1, self.capacity) == 1 {
+                break;
+            }
+            room.await;
+        }
         // The driver's clock, for the batch delay only; the record carries its own time.
         let queued_at = Instant::now();
-        self.tx
-            .send(Msg::Record(Job {
-                record,
-                queued_at,
-                done,
-            }))
-            .await
-            .map_err(|_| Error::AuditClosed)
+        let job = Job {
+            record,
+            queued_at,
+            seq: None,
+            done,
+        };
+        self.send(vec![job], 1)
     }
 
     /// The writer's counters.
@@ -193,7 +364,7 @@ impl AuditLog {
         AuditStats {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             records: self.counters.records.load(Ordering::Relaxed),
-            queued: self.capacity.saturating_sub(self.tx.capacity()),
+            queued: self.counters.queued.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             lost: self.counters.lost.load(Ordering::Relaxed),
             failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
@@ -205,7 +376,7 @@ impl AuditLog {
     /// harmless. Returns [`Error::AuditWrite`] if the last commits failed.
     pub async fn shutdown(&self) -> Result<()> {
         let (done, flushed) = oneshot::channel();
-        let result = match self.tx.send(Msg::Shutdown(done)).await {
+        let result = match self.tx.send(Msg::Shutdown(done)) {
             Ok(()) => flushed.await.unwrap_or(Err(Error::AuditClosed)),
             // Already stopped.
             Err(_) => Ok(()),
@@ -231,9 +402,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 
 async fn run(
     mut conn: PoolConnection<Sqlite>,
-    mut rx: mpsc::Receiver<Msg>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
     config: AuditConfig,
     counters: Arc<Counters>,
+    index: Publisher,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(config.max_batch);
     let mut shutdowns: Vec<oneshot::Sender<Result<()>>> = Vec::new();
@@ -242,19 +414,29 @@ async fn run(
         // Wait for the first message of a batch.
         if !closing {
             match rx.recv().await {
-                Some(msg) => take(msg, &mut batch, &mut shutdowns, &mut closing),
+                Some(msg) => take(msg, &mut batch, &mut shutdowns, &mut closing, &counters),
                 None => closing = true,
             }
         }
         if !closing {
-            gather(&mut rx, &config, &mut batch, &mut shutdowns, &mut closing).await;
+            gather(
+                &mut rx,
+                &config,
+                &mut batch,
+                &mut shutdowns,
+                &mut closing,
+                &counters,
+            )
+            .await;
         }
         if closing {
             // Refuse new messages, and take every one already queued (also those queued
             // after the shutdown request): an accepted record is never dropped.
             rx.close();
+            // Waiting appenders see the log closed.
+            counters.room.notify_waiters();
             while let Some(msg) = rx.recv().await {
-                take(msg, &mut batch, &mut shutdowns, &mut closing);
+                take(msg, &mut batch, &mut shutdowns, &mut closing, &counters);
             }
         }
         let mut result = Ok(());
@@ -267,12 +449,18 @@ async fn run(
                 // tell the driver, which logs it.
                 counters.failed.store(true, Ordering::Relaxed);
                 counters.failed_commits.fetch_add(1, Ordering::Relaxed);
-                fail_all(std::mem::replace(&mut batch, rest), &reason, &counters);
+                // Nothing waits for a Batched record: it is counted lost (before the index
+                // moves, so that whoever watches it sees the count).
+                let lost = batch.iter().filter(|job| !job.urgent()).count();
+                counters.lost.fetch_add(lost as u64, Ordering::Relaxed);
+                index.settle(&batch, true);
+                fail_all(std::mem::replace(&mut batch, rest), &reason);
                 result = Err(reason);
                 continue;
             }
             counters.failed.store(false, Ordering::Relaxed);
             result = Ok(());
+            index.settle(&batch, false);
             for job in std::mem::replace(&mut batch, rest) {
                 if let Some(done) = job.done {
                     // The caller may have given up waiting; the record is committed anyway.
@@ -299,9 +487,14 @@ fn take(
     batch: &mut Vec<Job>,
     shutdowns: &mut Vec<oneshot::Sender<Result<()>>>,
     closing: &mut bool,
+    counters: &Counters,
 ) {
     match msg {
-        Msg::Record(job) => batch.push(job),
+        Msg::Records(mut jobs) => {
+            counters.queued.fetch_sub(jobs.len(), Ordering::AcqRel);
+            counters.room.notify_waiters();
+            batch.append(&mut jobs);
+        }
         Msg::Shutdown(done) => {
             shutdowns.push(done);
             *closing = true;
@@ -312,11 +505,12 @@ fn take(
 /// Adds to `batch` what is queued now, then, unless a record needs to be durable before
 /// its reply, what arrives within the batch delay.
 async fn gather(
-    rx: &mut mpsc::Receiver<Msg>,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
     config: &AuditConfig,
     batch: &mut Vec<Job>,
     shutdowns: &mut Vec<oneshot::Sender<Result<()>>>,
     closing: &mut bool,
+    counters: &Counters,
 ) {
     // Counted from when the oldest record was queued, not from when the writer took it:
     // time spent queued behind a commit counts against the delay.
@@ -327,16 +521,16 @@ async fn gather(
     loop {
         while batch.len() < config.max_batch && !*closing {
             match rx.try_recv() {
-                Ok(msg) => take(msg, batch, shutdowns, closing),
+                Ok(msg) => take(msg, batch, shutdowns, closing, counters),
                 Err(_) => break,
             }
         }
-        let urgent = batch.iter().any(|job| job.done.is_some());
+        let urgent = batch.iter().any(Job::urgent);
         if urgent || *closing || batch.len() >= config.max_batch {
             return;
         }
         match timeout_at(deadline, rx.recv()).await {
-            Ok(Some(msg)) => take(msg, batch, shutdowns, closing),
+            Ok(Some(msg)) => take(msg, batch, shutdowns, closing, counters),
             Ok(None) => {
                 *closing = true;
                 return;
@@ -381,17 +575,10 @@ async fn try_commit(conn: &mut PoolConnection<Sqlite>, batch: &[Job]) -> Result<
     Ok(())
 }
 
-fn fail_all(batch: Vec<Job>, reason: &str, counters: &Counters) {
-    for job in batch {
-        match job.done {
-            Some(done) => {
-                let _ = done.send(Err(Error::AuditWrite {
-                    reason: reason.to_owned(),
-                }));
-            }
-            None => {
-                counters.lost.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+fn fail_all(batch: Vec<Job>, reason: &str) {
+    for done in batch.into_iter().filter_map(|job| job.done) {
+        let _ = done.send(Err(Error::AuditWrite {
+            reason: reason.to_owned(),
+        }));
     }
 }
