@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use asap::wire::param::{Namespace, PoolHandle};
 use enrp_core::registrar::{AuditEvent, ConnId};
-use store::audit::Record;
+use store::audit::{Outcome, Record};
 
 use super::audit::to_record;
 
@@ -41,20 +41,24 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// writes at most `MAX_KEYS` + a few records per connection per interval.
 pub(crate) const MAX_KEYS: usize = 64;
 
-#[derive(Debug, PartialEq, Eq)]
-struct Key {
-    namespace: Option<Namespace>,
-    pool: Option<PoolHandle>,
-    outcome: Option<u16>,
-}
-
+/// One key's resolutions. The key (namespace, pool handle, outcome) is the first
+/// resolution's record's own, compared in place ([`Entry::is_for`]): nothing is cloned for
+/// a resolution whose key is already tallied.
 #[derive(Debug)]
 struct Entry {
-    key: Key,
     /// The first resolution's record: written as it is when it stays alone.
     record: Record,
     count: u64,
     pes: u64,
+}
+
+impl Entry {
+    /// Whether a resolution with these subjects and this outcome counts here.
+    fn is_for(&self, ns: Option<&Namespace>, pool: Option<&PoolHandle>, outcome: &Outcome) -> bool {
+        self.record.outcome == *outcome
+            && self.record.namespace.as_ref() == ns
+            && self.record.pool.as_ref() == pool
+    }
 }
 
 /// One connection's resolutions not yet written (module docs).
@@ -75,29 +79,21 @@ impl Tally {
     /// records to write at once when [`MAX_KEYS`] was reached.
     pub(crate) fn note(&mut self, mut event: AuditEvent, pes: usize, now_ms: u64) -> Vec<Record> {
         let pes = u64::try_from(pes).unwrap_or(u64::MAX);
-        let mut key = Key {
-            namespace: event.namespace.clone(),
-            pool: event.pool_handle.clone(),
-            outcome: event.outcome,
-        };
-        if self.add(&key, pes) {
+        let outcome = event.outcome.map_or(Outcome::Ok, Outcome::Cause);
+        let (ns, pool) = (event.namespace.as_ref(), event.pool_handle.as_ref());
+        if self.add(ns, pool, &outcome, pes) {
             return Vec::new();
         }
         let mut written = Vec::new();
         if self.entries.len() >= MAX_KEYS {
-            if key.outcome.is_some() {
+            if outcome != Outcome::Ok {
                 // A refusal for one more pool: counted under its outcome alone.
-                key = Key {
-                    namespace: None,
-                    pool: None,
-                    outcome: key.outcome,
-                };
+                if self.add(None, None, &outcome, pes) {
+                    return written;
+                }
                 event.namespace = None;
                 event.pool_handle = None;
                 event.detail = Some(format!("of pools beyond the {MAX_KEYS} tallied"));
-                if self.add(&key, pes) {
-                    return written;
-                }
             } else {
                 written = self.take(now_ms);
             }
@@ -106,7 +102,6 @@ impl Tally {
             self.since_ms = now_ms;
         }
         self.entries.push(Entry {
-            key,
             record: to_record(event),
             count: 1,
             pes,
@@ -114,9 +109,19 @@ impl Tally {
         written
     }
 
-    /// Adds to `key`'s entry; `false` when it has none.
-    fn add(&mut self, key: &Key, pes: u64) -> bool {
-        let Some(e) = self.entries.iter_mut().find(|e| e.key == *key) else {
+    /// Adds to the entry of (`ns`, `pool`, `outcome`); `false` when it has none.
+    fn add(
+        &mut self,
+        ns: Option<&Namespace>,
+        pool: Option<&PoolHandle>,
+        outcome: &Outcome,
+        pes: u64,
+    ) -> bool {
+        let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.is_for(ns, pool, outcome))
+        else {
             return false;
         };
         e.count += 1;
@@ -133,9 +138,10 @@ impl Tally {
                 let mut r = e.record;
                 if e.count > 1 {
                     r.time_ms = now_ms;
-                    let why = match (&e.key.outcome, r.detail.take()) {
+                    let detail = r.detail.take();
+                    let why = match detail {
                         // A refusal's reason stays; a success's detail was its PE count.
-                        (Some(_), Some(d)) => format!(": {d}"),
+                        Some(d) if r.outcome != Outcome::Ok => format!(": {d}"),
                         _ => String::new(),
                     };
                     r.detail = Some(format!(
