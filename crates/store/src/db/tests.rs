@@ -9,7 +9,91 @@ use identity::{
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
 
+use super::test_db::{TestDb, on_both_backends};
 use super::*;
+
+on_both_backends!(
+    create_namespace_validates_and_refuses_duplicates,
+    list_namespaces_is_sorted_by_name,
+    get_namespace_finds_or_returns_none,
+    audit_tables_refuse_update_delete_truncate,
+);
+
+/// The append-only protection of the audit log holds on both backends' migrations (SQLite
+/// triggers; PostgreSQL PL/pgSQL triggers, also for TRUNCATE, which fires no row trigger).
+async fn audit_tables_refuse_update_delete_truncate(db: &TestDb) {
+    let (store, mut conn) = db.open().await;
+    let (zero, one) = (vec![0u8; 32], vec![1u8; 32]);
+    with_conn!(
+        &mut conn,
+        "INSERT INTO audit_events (id, time_ms, action, outcome, prev_hash, hash)
+         VALUES (1, 1, 'register', 'ok', ?1, ?2)",
+        |c, sql| sqlx::query(sql)
+            .bind(&zero)
+            .bind(&one)
+            .execute(c)
+            .await
+            .map(drop)
+            .expect("append")
+    );
+    let mut statements = vec![
+        "UPDATE audit_events SET time_ms = 2",
+        "DELETE FROM audit_events",
+        // An anchor that names no archived rows cannot excuse a deletion.
+        "INSERT INTO audit_archives (last_id, first_id, first_prev_hash, last_hash, time_ms, \
+         file, sha256) VALUES (1, 1, zeroblob(32), zeroblob(32), 1, 'x', zeroblob(32))",
+    ];
+    if store.backend() == Backend::Postgres {
+        statements[2] = "INSERT INTO audit_archives (last_id, first_id, first_prev_hash, \
+             last_hash, time_ms, file, sha256) VALUES (1, 1, decode(repeat('00', 32), 'hex'), \
+             decode(repeat('00', 32), 'hex'), 1, 'x', decode(repeat('00', 32), 'hex'))";
+        statements.push("TRUNCATE audit_events");
+        statements.push("TRUNCATE audit_archives");
+    }
+    for statement in statements {
+        let err = with_conn!(&mut conn, statement, |c, sql| sqlx::query(sql)
+            .execute(c)
+            .await
+            .expect_err(statement));
+        let err = err.to_string();
+        assert!(
+            err.contains("append-only") || err.contains("audit archive does not match"),
+            "{statement}: {err}"
+        );
+    }
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM audit_events").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn connect_opens_sqlite_urls_and_refuses_other_schemes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("by-url.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("sqlite URL");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    let mut tx = store.begin_any().await.expect("begin");
+    create_namespace(&mut tx, "lab", 1).await.expect("create");
+    tx.commit().await.expect("commit");
+    store.close().await;
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("reopen");
+    let mut conn = store.acquire_any().await.expect("conn");
+    assert_eq!(list_namespaces(&mut conn).await.expect("list").len(), 1);
+
+    for bad in ["mysql://u:hunter2@db/rsp", "rsp.db", "sqlite://"] {
+        let err = Store::connect(bad, &StoreOptions::default())
+            .await
+            .expect_err(bad);
+        assert!(matches!(err, Error::Url { .. }), "{bad}: {err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
 
 async fn memory() -> (Store, PoolConnection<Sqlite>) {
     let store = Store::in_memory().await.expect("in-memory store");
@@ -30,8 +114,11 @@ fn domain(name: &str) -> TrustDomain {
     TrustDomain::new(name).expect("trust domain")
 }
 
-async fn count(conn: &mut SqliteConnection, sql: &'static str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(conn).await.expect("count");
+async fn count<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> i64 {
+    let (n,): (i64,) = with_conn!(conn, sql, |c, sql| sqlx::query_as(sql)
+        .fetch_one(c)
+        .await
+        .expect("count"));
     n
 }
 
@@ -114,9 +201,8 @@ async fn open_refuses_a_file_as_data_dir() {
     assert!(matches!(err, Error::DataDir { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn create_namespace_validates_and_refuses_duplicates() {
-    let (_store, mut conn) = memory().await;
+async fn create_namespace_validates_and_refuses_duplicates(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let ns = create_namespace(&mut conn, "default", 42)
         .await
         .expect("create");
@@ -154,9 +240,8 @@ async fn create_namespace_validates_and_refuses_duplicates() {
     assert_eq!(count(&mut conn, "SELECT count(*) FROM namespaces").await, 2);
 }
 
-#[tokio::test]
-async fn list_namespaces_is_sorted_by_name() {
-    let (_store, mut conn) = memory().await;
+async fn list_namespaces_is_sorted_by_name(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     assert!(list_namespaces(&mut conn).await.expect("empty").is_empty());
     for name in ["prod", "default", "lab.1"] {
         create_namespace(&mut conn, name, 1).await.expect("create");
@@ -170,9 +255,8 @@ async fn list_namespaces_is_sorted_by_name() {
     assert_eq!(names, ["default", "lab.1", "prod"]);
 }
 
-#[tokio::test]
-async fn get_namespace_finds_or_returns_none() {
-    let (_store, mut conn) = memory().await;
+async fn get_namespace_finds_or_returns_none(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "default", 7)
         .await
         .expect("create");
