@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::Connection;
-use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tokio::time::Instant;
 
 use super::*;
@@ -229,7 +229,7 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
         let (last, prev) = head(&mut conn).await.expect("head");
         let id = last + 1;
         let hash = chain_hash(&prev, id, &columns);
-        bind_row(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
+        bind_row!(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
             .execute(&mut *conn)
             .await
             .expect("insert");
