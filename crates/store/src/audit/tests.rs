@@ -9,7 +9,21 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tokio::time::Instant;
 
 use super::*;
-use crate::db::{Store, StoreOptions};
+use crate::db::test_db::{TestDb, on_both_backends};
+use crate::db::{Conn, DbConn, Store, StoreConn, StoreOptions};
+
+// The audit log on both backends; `file`: SQLite in a file, since the writer keeps a
+// connection of its own (an in-memory store has one).
+on_both_backends!(file:
+    encoding_and_chain_hashes_are_those_of_earlier_versions,
+    chain_starts_at_genesis_and_links_rows,
+    triggers_refuse_update_and_delete,
+    verify_detects_an_edited_row,
+    append_in_commits_with_the_change_or_not_at_all,
+    append_in_next_to_a_running_writer_keeps_one_chain,
+    group_commit_puts_many_records_in_one_transaction,
+    query_filters_and_pages
+);
 
 async fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions::default())
@@ -52,30 +66,48 @@ fn sample(i: u64) -> Record {
 
 async fn append_samples(store: &Store, range: std::ops::Range<u64>) {
     let records: Vec<Record> = range.map(sample).collect();
-    let mut tx = store.begin().await.expect("begin");
+    let mut tx = store.begin_any().await.expect("begin");
     append_in(&mut tx, &records).await.expect("append");
     tx.commit().await.expect("commit");
 }
 
 async fn verify_store(store: &Store) -> VerifyReport {
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     verify(&mut conn).await.expect("verify")
 }
 
 /// Lifts the append-only triggers, as someone editing the file would.
-async fn drop_triggers(conn: &mut SqliteConnection) {
-    sqlx::query("DROP TRIGGER audit_events_no_update")
-        .execute(&mut *conn)
-        .await
-        .expect("drop trigger");
-    sqlx::query("DROP TRIGGER audit_events_no_delete")
-        .execute(&mut *conn)
-        .await
-        .expect("drop trigger");
+async fn drop_triggers<C: Conn + ?Sized>(conn: &mut C) {
+    for statement in [
+        "DROP TRIGGER audit_events_no_update",
+        "DROP TRIGGER audit_events_no_delete",
+    ] {
+        exec(conn, statement).await.expect("drop trigger");
+    }
+}
+
+/// Runs one statement on either backend; `DROP TRIGGER x` gets PostgreSQL's `ON` clause.
+async fn exec<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> sqlx::Result<()> {
+    match conn.db() {
+        DbConn::Sqlite(c) => sqlx::query(sql).execute(c).await.map(drop),
+        DbConn::Postgres(c) => {
+            let sql = if sql.starts_with("DROP TRIGGER") {
+                match sql {
+                    "DROP TRIGGER audit_events_no_update" => {
+                        "DROP TRIGGER audit_events_no_update ON audit_events"
+                    }
+                    _ => "DROP TRIGGER audit_events_no_delete ON audit_events",
+                }
+            } else {
+                sql
+            };
+            sqlx::query(sql).execute(c).await.map(drop)
+        }
+    }
 }
 
 /// The first page of the log, oldest first.
-async fn oldest_first(conn: &mut SqliteConnection) -> AuditPage {
+async fn oldest_first<C: Conn + ?Sized>(conn: &mut C) -> AuditPage {
     let filter = AuditFilter {
         order: Order::OldestFirst,
         ..AuditFilter::default()
@@ -143,8 +175,7 @@ fn canonical_encoding_separates_fields_and_nulls() {
 /// written out by hand, and the head of a three-row chain as the store wrote it before the
 /// change (hash taken at `d9e1e68`). A log written by an earlier version therefore still
 /// verifies.
-#[tokio::test]
-async fn encoding_and_chain_hashes_are_those_of_earlier_versions() {
+async fn encoding_and_chain_hashes_are_those_of_earlier_versions(db: &TestDb) {
     let mut expected = b"rsp-audit-v1\0".to_vec();
     expected.extend_from_slice(&7_i64.to_be_bytes());
     expected.extend_from_slice(&1_700_000_000_003_i64.to_be_bytes());
@@ -164,8 +195,7 @@ async fn encoding_and_chain_hashes_are_those_of_earlier_versions() {
     field(b"n3");
     assert_eq!(canonical_encoding(7, &sample(3).to_columns()), expected);
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 1..4).await;
     let report = verify_store(&store).await;
     assert!(report.is_intact());
@@ -273,13 +303,11 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
     assert_eq!(by_namespace.events.len(), 3);
 }
 
-#[tokio::test]
-async fn chain_starts_at_genesis_and_links_rows() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn chain_starts_at_genesis_and_links_rows(db: &TestDb) {
+    let store = db.store.clone();
     assert_eq!(verify_store(&store).await.head, GENESIS);
     append_samples(&store, 0..3).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     let page = oldest_first(&mut conn).await;
     let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
     assert_eq!(ids, [1, 2, 3]);
@@ -348,36 +376,35 @@ async fn records_survive_reopen_and_the_chain_continues() {
     assert_eq!(details, expected, "every record, in order");
 }
 
-#[tokio::test]
-async fn triggers_refuse_update_and_delete() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn triggers_refuse_update_and_delete(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..2).await;
-    let mut conn = store.acquire().await.expect("conn");
-    let err = sqlx::query("UPDATE audit_events SET detail = 'x' WHERE id = 1")
-        .execute(&mut *conn)
-        .await
-        .expect_err("update");
+    let mut conn = store.acquire_any().await.expect("conn");
+    let err = exec(
+        &mut conn,
+        "UPDATE audit_events SET detail = 'x' WHERE id = 1",
+    )
+    .await
+    .expect_err("update");
     assert!(err.to_string().contains("append-only"), "{err}");
-    let err = sqlx::query("DELETE FROM audit_events WHERE id = 2")
-        .execute(&mut *conn)
+    let err = exec(&mut conn, "DELETE FROM audit_events WHERE id = 2")
         .await
         .expect_err("delete");
     assert!(err.to_string().contains("append-only"), "{err}");
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_an_edited_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     drop_triggers(&mut conn).await;
-    sqlx::query("UPDATE audit_events SET outcome = 'cause:0x000a' WHERE id = 5")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    exec(
+        &mut conn,
+        "UPDATE audit_events SET outcome = 'cause:0x000a' WHERE id = 5",
+    )
+    .await
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -566,14 +593,12 @@ async fn invalid_records_are_refused_before_queueing() {
     assert_eq!(count(&mut conn).await.expect("count"), 0);
 }
 
-#[tokio::test]
-async fn append_in_commits_with_the_change_or_not_at_all() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
+    let store = db.store.clone();
     let record =
         Record::new(5, AuditAction::AdminNamespaceCreate, Outcome::Ok).namespace(ns("lab"));
     {
-        let mut tx = store.begin().await.expect("begin");
+        let mut tx = store.begin_any().await.expect("begin");
         crate::db::create_namespace(&mut tx, "lab", 5)
             .await
             .expect("create");
@@ -582,7 +607,7 @@ async fn append_in_commits_with_the_change_or_not_at_all() {
             .expect("audit");
         tx.rollback().await.expect("rollback");
     }
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 0);
     assert_eq!(
         crate::db::get_namespace(&mut conn, "lab")
@@ -592,7 +617,7 @@ async fn append_in_commits_with_the_change_or_not_at_all() {
     );
     drop(conn);
 
-    let mut tx = store.begin().await.expect("begin");
+    let mut tx = store.begin_any().await.expect("begin");
     crate::db::create_namespace(&mut tx, "lab", 5)
         .await
         .expect("create");
@@ -601,7 +626,7 @@ async fn append_in_commits_with_the_change_or_not_at_all() {
         .expect("audit");
     tx.commit().await.expect("commit");
     assert_eq!(ids, [1]);
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert!(
         crate::db::get_namespace(&mut conn, "lab")
             .await
@@ -611,10 +636,8 @@ async fn append_in_commits_with_the_change_or_not_at_all() {
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_in_next_to_a_running_writer_keeps_one_chain() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn append_in_next_to_a_running_writer_keeps_one_chain(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -638,10 +661,8 @@ async fn append_in_next_to_a_running_writer_keeps_one_chain() {
     assert_eq!(report.last_id, 300);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_puts_many_records_in_one_transaction() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn group_commit_puts_many_records_in_one_transaction(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -1088,10 +1109,8 @@ async fn the_commit_index_lists_the_numbers_whose_commit_failed() {
     assert_eq!(count(&mut other).await.expect("count"), 2);
 }
 
-#[tokio::test]
-async fn query_filters_and_pages() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn query_filters_and_pages(db: &TestDb) {
+    let store = db.store.clone();
     let pu = id("spiffe://acme.test/pu/client-1");
     let mut records = Vec::new();
     for i in 0..30u64 {
@@ -1110,12 +1129,12 @@ async fn query_filters_and_pages() {
         }
         records.push(r);
     }
-    let mut tx = store.begin().await.expect("begin");
+    let mut tx = store.begin_any().await.expect("begin");
     append_in(&mut tx, &records).await.expect("append");
     tx.commit().await.expect("commit");
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
 
-    let ids = async |conn: &mut SqliteConnection, filter: AuditFilter| -> Vec<u64> {
+    let ids = async |conn: &mut StoreConn, filter: AuditFilter| -> Vec<u64> {
         let page = query(conn, &filter).await.expect("query");
         page.events.into_iter().map(|e| e.id).collect()
     };

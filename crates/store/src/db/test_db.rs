@@ -19,6 +19,7 @@ use super::{Store, StoreConn, StoreOptions};
 pub(crate) struct TestDb {
     pub(crate) store: Store,
     postgres: Option<(PgConnectOptions, String)>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
@@ -34,6 +35,21 @@ pub(crate) async fn sqlite() -> TestDb {
     TestDb {
         store: Store::in_memory().await.expect("in-memory store"),
         postgres: None,
+        _dir: None,
+    }
+}
+
+/// A migrated SQLite database in a file of a temporary directory (a store with more than
+/// one connection, as the audit writer needs).
+pub(crate) async fn sqlite_file() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), &StoreOptions::default())
+        .await
+        .expect("SQLite store");
+    TestDb {
+        store,
+        postgres: None,
+        _dir: Some(dir),
     }
 }
 
@@ -75,6 +91,7 @@ pub(crate) async fn postgres(test: &str) -> Option<TestDb> {
     Some(TestDb {
         store,
         postgres: Some((admin, name)),
+        _dir: None,
     })
 }
 
@@ -108,8 +125,24 @@ impl Drop for TestDb {
 }
 
 /// Runs each named `async fn NAME(db: &TestDb)` of the enclosing module on SQLite and on
-/// PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`.
+/// PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`. With `file:`, SQLite is a
+/// file (not in memory) and the runtime has two worker threads (tests of the audit writer).
 macro_rules! on_both_backends {
+    (file: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(&$crate::db::test_db::sqlite_file().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::db::test_db::postgres(test).await {
+                    super::$name(&db).await;
+                }
+            }
+        }
+    )*};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test]
