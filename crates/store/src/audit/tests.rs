@@ -22,7 +22,16 @@ on_both_backends!(file:
     append_in_commits_with_the_change_or_not_at_all,
     append_in_next_to_a_running_writer_keeps_one_chain,
     group_commit_puts_many_records_in_one_transaction,
-    query_filters_and_pages
+    query_filters_and_pages,
+    verify_detects_an_edited_row_whose_hash_was_recomputed,
+    verify_detects_a_deleted_row,
+    verify_detects_a_deleted_first_row,
+    verify_detects_reordered_rows,
+    verify_walks_more_than_one_page,
+    invalid_records_are_refused_before_queueing,
+    a_tiny_queue_applies_backpressure_and_loses_nothing,
+    shutdown_flushes_and_later_appends_fail,
+    every_accepted_record_is_committed_when_shutdown_races_appends,
 );
 
 async fn open(dir: &Path) -> Store {
@@ -416,27 +425,32 @@ async fn verify_detects_an_edited_row(db: &TestDb) {
     assert_eq!((report.checked, report.last_id), (5, 4));
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_row_whose_hash_was_recomputed() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     drop_triggers(&mut conn).await;
     // The tamperer fixes row 5's own hash; row 6 still names the old one.
     let mut edited = sample(4);
     edited.detail = Some("nothing happened".into());
-    let prev: (Vec<u8>,) = sqlx::query_as("SELECT hash FROM audit_events WHERE id = 4")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("prev");
+    let prev: (Vec<u8>,) = with_conn!(
+        &mut conn,
+        "SELECT hash FROM audit_events WHERE id = 4",
+        |c, sql| sqlx::query_as(sql).fetch_one(c).await
+    )
+    .expect("prev");
     let prev = Hash::try_from(prev.0.as_slice()).expect("32 bytes");
     let hash = chain_hash(&prev, 5, &edited.to_columns());
-    sqlx::query("UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5")
-        .bind(hash.to_vec())
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5",
+        |c, sql| sqlx::query(sql)
+            .bind(hash.to_vec())
+            .execute(c)
+            .await
+            .map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -447,17 +461,17 @@ async fn verify_detects_an_edited_row_whose_hash_was_recomputed() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_a_deleted_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_a_deleted_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     drop_triggers(&mut conn).await;
-    sqlx::query("DELETE FROM audit_events WHERE id = 7")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "DELETE FROM audit_events WHERE id = 7",
+        |c, sql| sqlx::query(sql).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -469,24 +483,23 @@ async fn verify_detects_a_deleted_row() {
     assert_eq!(report.last_id, 6);
 }
 
-#[tokio::test]
-async fn verify_detects_a_deleted_first_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_a_deleted_first_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..3).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert_first_row_deleted_is_a_gap(&mut conn, 1).await;
 }
 
 /// Deletes row `id`, the first of the live log, behind the triggers' back: the chain
 /// then breaks at the next row with an id gap.
-async fn assert_first_row_deleted_is_a_gap(conn: &mut SqliteConnection, id: i64) {
+async fn assert_first_row_deleted_is_a_gap<C: Conn + ?Sized>(conn: &mut C, id: i64) {
     drop_triggers(&mut *conn).await;
-    sqlx::query("DELETE FROM audit_events WHERE id = ?1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut *conn,
+        "DELETE FROM audit_events WHERE id = ?1",
+        |c, sql| sqlx::query(sql).bind(id).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut *conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -499,12 +512,10 @@ async fn assert_first_row_deleted_is_a_gap(conn: &mut SqliteConnection, id: i64)
     );
 }
 
-#[tokio::test]
-async fn verify_detects_reordered_rows() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_reordered_rows(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     drop_triggers(&mut conn).await;
     // Swap rows 4 and 5 (ids and all).
     for sql in [
@@ -512,7 +523,7 @@ async fn verify_detects_reordered_rows() {
         "UPDATE audit_events SET id = 4 WHERE id = 5",
         "UPDATE audit_events SET id = 5 WHERE id = -1",
     ] {
-        sqlx::query(sql).execute(&mut *conn).await.expect("swap");
+        exec(&mut conn, sql).await.expect("swap");
     }
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
@@ -524,20 +535,20 @@ async fn verify_detects_reordered_rows() {
     );
 }
 
-#[tokio::test]
-async fn verify_walks_more_than_one_page() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_walks_more_than_one_page(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..2500).await;
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     let report = verify(&mut conn).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.checked, 2500);
     drop_triggers(&mut conn).await;
-    sqlx::query("UPDATE audit_events SET time_ms = time_ms + 1 WHERE id = 2001")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "UPDATE audit_events SET time_ms = time_ms + 1 WHERE id = 2001",
+        |c, sql| sqlx::query(sql).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(report.broken.map(|b| b.id), Some(2001));
 }
@@ -551,10 +562,8 @@ fn stored_as(name: impl Into<Cow<'static, str>>) -> Record {
     record
 }
 
-#[tokio::test]
-async fn invalid_records_are_refused_before_queueing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn invalid_records_are_refused_before_queueing(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -580,7 +589,7 @@ async fn invalid_records_are_refused_before_queueing() {
                 .expect_err("invalid");
             assert!(matches!(err, Error::Invalid { .. }), "{record:?}: {err}");
         }
-        let mut tx = store.begin().await.expect("begin");
+        let mut tx = store.begin_any().await.expect("begin");
         // One bad record among good ones: nothing is written.
         let err = append_in(&mut tx, &[sample(1), record])
             .await
@@ -589,7 +598,7 @@ async fn invalid_records_are_refused_before_queueing() {
         tx.commit().await.expect("commit");
     }
     log.shutdown().await.expect("shutdown");
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 0);
 }
 
@@ -884,10 +893,8 @@ async fn batched_records_are_committed_within_the_delay() {
     eprintln!("batched record visible after at most {worst:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn a_tiny_queue_applies_backpressure_and_loses_nothing(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -926,15 +933,13 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
         stats.transactions >= 500 / 3,
         "max_batch respected: {stats:?}"
     );
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 500);
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_flushes_and_later_appends_fail() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn shutdown_flushes_and_later_appends_fail(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -961,16 +966,14 @@ async fn shutdown_flushes_and_later_appends_fail() {
         .expect_err("closed");
     assert!(matches!(err, Error::AuditClosed), "{err}");
     log.shutdown().await.expect("second shutdown is harmless");
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 2000);
     assert!(verify(&mut conn).await.expect("verify").is_intact());
     assert_eq!(log.stats().records, 2000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_accepted_record_is_committed_when_shutdown_races_appends() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn every_accepted_record_is_committed_when_shutdown_races_appends(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -1008,7 +1011,7 @@ async fn every_accepted_record_is_committed_when_shutdown_races_appends() {
     for task in tasks {
         accepted += task.await.expect("task");
     }
-    let mut conn = store.acquire().await.expect("conn");
+    let mut conn = store.acquire_any().await.expect("conn");
     let stored = count(&mut conn).await.expect("count");
     assert!(accepted > 0);
     // Accepted (queued) records are committed, refused ones are not: no silent loss.
