@@ -110,7 +110,12 @@ async fn exec<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> sqlx::Result
             } else {
                 sql
             };
-            sqlx::query(sql).execute(c).await.map(drop)
+            // SQLite's zeroblob(32) is PostgreSQL's 32 zero bytes.
+            let sql = sql.replace("zeroblob(32)", "decode(repeat('00', 32), 'hex')");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(drop)
         }
     }
 }
