@@ -278,7 +278,7 @@ pub async fn archive(
     if let Target::File(path) = target {
         refuse_existing(path)?;
     }
-    let mut conn = store.acquire_any().await?;
+    let mut conn = store.acquire().await?;
     let previous = latest_anchor(&mut conn).await?;
     if let Some(previous) = &previous {
         // Rows of the previous archive left by an interrupted deletion.
@@ -576,7 +576,7 @@ async fn commit(
     previous: Option<&Anchor>,
     record: Record,
 ) -> Result<u64> {
-    let mut tx = store.begin_any().await?;
+    let mut tx = store.begin().await?;
     // Another archive since this one started would make the file overlap it.
     if latest_anchor(&mut tx).await?.as_ref().map(|a| a.last_id) != previous.map(|a| a.last_id) {
         return Err(Error::Invalid {
@@ -640,7 +640,7 @@ async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, last_id: u64) -> Result<u6
 /// transaction, letting other writers in between.
 async fn purge_archived(store: &Store, last_id: u64) -> Result<()> {
     loop {
-        let mut tx = store.begin_any().await?;
+        let mut tx = store.begin().await?;
         let deleted = delete_chunk(&mut tx, last_id).await?;
         tx.commit().await?;
         if deleted == 0 {

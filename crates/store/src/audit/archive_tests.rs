@@ -8,6 +8,7 @@ use flate2::write::GzEncoder;
 
 use super::archive::{self, Cut, Target, check_links, verify_archive};
 use super::*;
+use crate::db::test_db::sqlite_conn;
 
 // Archives on both backends (the archive files in a temporary directory either way).
 on_both_backends!(file:
@@ -61,7 +62,7 @@ fn write_lines_at(path: &Path, lines: &[String], level: flate2::Compression) {
 }
 
 async fn live_ids(store: &Store) -> Vec<i64> {
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let ids: Vec<(i64,)> = with_conn!(
         &mut conn,
         "SELECT id FROM audit_events ORDER BY id",
@@ -122,7 +123,7 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: 
     assert!(verify_store(&store).await.is_intact());
     let a = verify_archive(&file, None).expect("first");
     let b = verify_archive(&second, None).expect("second");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let anchors = archive::anchors(&mut conn).await.expect("anchors");
     let links = check_links(&[b.clone(), a], &anchors).expect("they link, in any order");
     assert_eq!(links.from_id, 1);
@@ -194,7 +195,7 @@ async fn a_tampered_or_cut_archive_is_detected(db: &TestDb) {
     let path = tmp.path().join("recompressed.jsonl.gz");
     write_lines_at(&path, &original, flate2::Compression::fast());
     let summary = verify_archive(&path, None).expect("intact records");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let anchors = archive::anchors(&mut conn).await.expect("anchors");
     let links = check_links(&[summary], &anchors).expect("links");
     assert_eq!(links.sha256_differs.len(), 1);
@@ -208,7 +209,7 @@ async fn a_gap_between_archives_and_the_live_log_is_detected(db: &TestDb) {
     let b = tmp.path().join("b.jsonl.gz");
     archive_to(&store, &a, Cut::BeforeId(4)).await.expect("a");
     archive_to(&store, &b, Cut::BeforeId(9)).await.expect("b");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let anchors = archive::anchors(&mut conn).await.expect("anchors");
     let a = verify_archive(&a, None).expect("a verifies");
     let b = verify_archive(&b, None).expect("b verifies");
@@ -226,7 +227,7 @@ async fn deletes_stay_refused_except_the_archived_prefix(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = db.store.clone();
     append_samples(&store, 0..6).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let refused = |r: sqlx::Result<()>| {
         let err = r.expect_err("refused");
         assert!(
@@ -244,7 +245,7 @@ async fn deletes_stay_refused_except_the_archived_prefix(db: &TestDb) {
     archive_to(&store, &tmp.path().join("a.jsonl.gz"), Cut::BeforeId(4))
         .await
         .expect("archive");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     // After the archive: a plain DELETE of any live row, of all rows, an update, and
     // touching the anchors are all refused.
     refused(exec(&mut conn, "DELETE FROM audit_events WHERE id = 4").await);
@@ -269,7 +270,7 @@ async fn bad_archive_requests_change_nothing(db: &TestDb) {
     let file = tmp.path().join("a.jsonl.gz");
     let unchanged = |store: Store| async move {
         assert_eq!(live_ids(&store).await, (1..=5).collect::<Vec<_>>());
-        let mut conn = store.acquire_any().await.expect("conn");
+        let mut conn = store.acquire().await.expect("conn");
         assert!(
             archive::anchors(&mut conn)
                 .await
@@ -388,8 +389,14 @@ async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_la
         )
         .bind(i64::try_from(id).expect("id"))
     };
-    let (first_prev, _) = row(n).fetch_one(&mut *conn).await.expect("first");
-    let (_, last_hash) = row(n + 5).fetch_one(&mut *conn).await.expect("last");
+    let (first_prev, _) = row(n)
+        .fetch_one(sqlite_conn(&mut conn))
+        .await
+        .expect("first");
+    let (_, last_hash) = row(n + 5)
+        .fetch_one(sqlite_conn(&mut conn))
+        .await
+        .expect("last");
     sqlx::query(
         "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash, time_ms,
              file, sha256) VALUES (?1, ?2, ?3, ?4, 0, 'b.jsonl.gz', zeroblob(32))",
@@ -398,7 +405,7 @@ async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_la
     .bind(i64::try_from(n + 5).expect("id"))
     .bind(first_prev)
     .bind(last_hash)
-    .execute(&mut *conn)
+    .execute(sqlite_conn(&mut conn))
     .await
     .expect("an anchor matching the chain");
     let report = verify(&mut conn).await.expect("verify");

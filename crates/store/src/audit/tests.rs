@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tokio::time::Instant;
 
 use super::*;
-use crate::db::test_db::{TestDb, on_both_backends};
+use crate::db::test_db::{TestDb, on_both_backends, sqlite_conn};
 use crate::db::{Conn, DbConn, Store, StoreConn, StoreOptions};
 
 // The audit log on both backends; `file`: SQLite in a file, since the writer keeps a
@@ -75,13 +75,13 @@ fn sample(i: u64) -> Record {
 
 async fn append_samples(store: &Store, range: std::ops::Range<u64>) {
     let records: Vec<Record> = range.map(sample).collect();
-    let mut tx = store.begin_any().await.expect("begin");
+    let mut tx = store.begin().await.expect("begin");
     append_in(&mut tx, &records).await.expect("append");
     tx.commit().await.expect("commit");
 }
 
 async fn verify_store(store: &Store) -> VerifyReport {
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     verify(&mut conn).await.expect("verify")
 }
 
@@ -274,7 +274,7 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
         let id = last + 1;
         let hash = chain_hash(&prev, id, &columns);
         bind_row!(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
-            .execute(&mut *conn)
+            .execute(sqlite_conn(&mut conn))
             .await
             .expect("insert");
     }
@@ -321,7 +321,7 @@ async fn chain_starts_at_genesis_and_links_rows(db: &TestDb) {
     let store = db.store.clone();
     assert_eq!(verify_store(&store).await.head, GENESIS);
     append_samples(&store, 0..3).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let page = oldest_first(&mut conn).await;
     let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
     assert_eq!(ids, [1, 2, 3]);
@@ -393,7 +393,7 @@ async fn records_survive_reopen_and_the_chain_continues() {
 async fn triggers_refuse_update_and_delete(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..2).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let err = exec(
         &mut conn,
         "UPDATE audit_events SET detail = 'x' WHERE id = 1",
@@ -411,7 +411,7 @@ async fn triggers_refuse_update_and_delete(db: &TestDb) {
 async fn verify_detects_an_edited_row(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
     exec(
         &mut conn,
@@ -433,7 +433,7 @@ async fn verify_detects_an_edited_row(db: &TestDb) {
 async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
     // The tamperer fixes row 5's own hash; row 6 still names the old one.
     let mut edited = sample(4);
@@ -469,7 +469,7 @@ async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
 async fn verify_detects_a_deleted_row(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
     with_conn!(
         &mut conn,
@@ -491,7 +491,7 @@ async fn verify_detects_a_deleted_row(db: &TestDb) {
 async fn verify_detects_a_deleted_first_row(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..3).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_first_row_deleted_is_a_gap(&mut conn, 1).await;
 }
 
@@ -520,7 +520,7 @@ async fn assert_first_row_deleted_is_a_gap<C: Conn + ?Sized>(conn: &mut C, id: i
 async fn verify_detects_reordered_rows(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..10).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
     // Swap rows 4 and 5 (ids and all).
     for sql in [
@@ -543,7 +543,7 @@ async fn verify_detects_reordered_rows(db: &TestDb) {
 async fn verify_walks_more_than_one_page(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..2500).await;
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let report = verify(&mut conn).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.checked, 2500);
@@ -594,7 +594,7 @@ async fn invalid_records_are_refused_before_queueing(db: &TestDb) {
                 .expect_err("invalid");
             assert!(matches!(err, Error::Invalid { .. }), "{record:?}: {err}");
         }
-        let mut tx = store.begin_any().await.expect("begin");
+        let mut tx = store.begin().await.expect("begin");
         // One bad record among good ones: nothing is written.
         let err = append_in(&mut tx, &[sample(1), record])
             .await
@@ -603,7 +603,7 @@ async fn invalid_records_are_refused_before_queueing(db: &TestDb) {
         tx.commit().await.expect("commit");
     }
     log.shutdown().await.expect("shutdown");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 0);
 }
 
@@ -612,7 +612,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
     let record =
         Record::new(5, AuditAction::AdminNamespaceCreate, Outcome::Ok).namespace(ns("lab"));
     {
-        let mut tx = store.begin_any().await.expect("begin");
+        let mut tx = store.begin().await.expect("begin");
         crate::db::create_namespace(&mut tx, "lab", 5)
             .await
             .expect("create");
@@ -621,7 +621,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
             .expect("audit");
         tx.rollback().await.expect("rollback");
     }
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 0);
     assert_eq!(
         crate::db::get_namespace(&mut conn, "lab")
@@ -631,7 +631,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
     );
     drop(conn);
 
-    let mut tx = store.begin_any().await.expect("begin");
+    let mut tx = store.begin().await.expect("begin");
     crate::db::create_namespace(&mut tx, "lab", 5)
         .await
         .expect("create");
@@ -640,7 +640,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
         .expect("audit");
     tx.commit().await.expect("commit");
     assert_eq!(ids, [1]);
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert!(
         crate::db::get_namespace(&mut conn, "lab")
             .await
@@ -938,7 +938,7 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing(db: &TestDb) {
         stats.transactions >= 500 / 3,
         "max_batch respected: {stats:?}"
     );
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 500);
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
@@ -971,7 +971,7 @@ async fn shutdown_flushes_and_later_appends_fail(db: &TestDb) {
         .expect_err("closed");
     assert!(matches!(err, Error::AuditClosed), "{err}");
     log.shutdown().await.expect("second shutdown is harmless");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 2000);
     assert!(verify(&mut conn).await.expect("verify").is_intact());
     assert_eq!(log.stats().records, 2000);
@@ -1016,7 +1016,7 @@ async fn every_accepted_record_is_committed_when_shutdown_races_appends(db: &Tes
     for task in tasks {
         accepted += task.await.expect("task");
     }
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     let stored = count(&mut conn).await.expect("count");
     assert!(accepted > 0);
     // Accepted (queued) records are committed, refused ones are not: no silent loss.
@@ -1137,10 +1137,10 @@ async fn query_filters_and_pages(db: &TestDb) {
         }
         records.push(r);
     }
-    let mut tx = store.begin_any().await.expect("begin");
+    let mut tx = store.begin().await.expect("begin");
     append_in(&mut tx, &records).await.expect("append");
     tx.commit().await.expect("commit");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
 
     let ids = async |conn: &mut StoreConn, filter: AuditFilter| -> Vec<u64> {
         let page = query(conn, &filter).await.expect("query");

@@ -226,7 +226,7 @@ impl AuditLog {
                 reason: "queue and max_batch must be at least 1",
             });
         }
-        let mut conn = store.acquire_any().await?;
+        let mut conn = store.acquire().await?;
         // Fail now rather than on the first record if the table is unreadable.
         super::head(&mut conn).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -563,7 +563,7 @@ async fn commit(conn: &mut StoreConn, batch: &[Job], counters: &Counters) -> Res
 }
 
 /// One transaction that holds the store's write lock (`BEGIN IMMEDIATE` on SQLite,
-/// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin_any`]) while it reads the chain head
+/// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin`]) while it reads the chain head
 /// and appends after it.
 async fn try_commit(conn: &mut StoreConn, batch: &[Job]) -> Result<()> {
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();

@@ -2,7 +2,7 @@
 //!
 //! A store function takes `&mut C` for any [`Conn`]: a connection, a pooled connection or a
 //! transaction of either backend, or the backend-neutral [`StoreConn`] and [`StoreTx`] of
-//! [`super::Store::acquire_any`] and [`super::Store::begin_any`]. Callers that hold SQLite
+//! [`super::Store::acquire`] and [`super::Store::begin`]. Callers that hold SQLite
 //! types (`&mut tx` of `Store::begin`) compile unchanged.
 //!
 //! Inside a function, [`with_conn!`] runs the same query code on the backend's own
@@ -90,13 +90,24 @@ impl Conn for Transaction<'_, Postgres> {
     }
 }
 
-/// A pooled connection of either backend ([`super::Store::acquire_any`]).
+/// A pooled connection of either backend ([`super::Store::acquire`]).
 #[derive(Debug)]
 pub enum StoreConn {
     /// SQLite.
     Sqlite(PoolConnection<Sqlite>),
     /// PostgreSQL.
     Postgres(PoolConnection<Postgres>),
+}
+
+impl StoreConn {
+    /// The SQLite connection, or `None` on PostgreSQL: for what only SQLite has (pragmas,
+    /// holding its write lock in a test).
+    pub fn sqlite(&mut self) -> Option<&mut SqliteConnection> {
+        match self {
+            Self::Sqlite(c) => Some(c),
+            Self::Postgres(_) => None,
+        }
+    }
 }
 
 impl Conn for StoreConn {
@@ -108,7 +119,7 @@ impl Conn for StoreConn {
     }
 }
 
-/// A write transaction of either backend ([`super::Store::begin_any`]). Dropped without
+/// A write transaction of either backend ([`super::Store::begin`]). Dropped without
 /// [`StoreTx::commit`], it rolls back.
 #[derive(Debug)]
 pub enum StoreTx {

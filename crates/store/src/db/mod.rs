@@ -37,7 +37,6 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
 
 mod backend;
 pub use backend::{Backend, Conn, DbConn, StoreConn, StoreTx};
@@ -342,19 +341,20 @@ impl Store {
         }
     }
 
-    /// A connection from the pool, on either backend.
-    pub async fn acquire_any(&self) -> Result<StoreConn> {
+    /// A connection from the pool, for reads or single statements.
+    pub async fn acquire(&self) -> Result<StoreConn> {
         Ok(match &self.pool {
             Pool::Sqlite(pool) => StoreConn::Sqlite(pool.acquire().await?),
             Pool::Postgres(pool) => StoreConn::Postgres(pool.acquire().await?),
         })
     }
 
-    /// Begins a write transaction on either backend. Write transactions are serialised on
-    /// both: SQLite's `BEGIN IMMEDIATE` takes the database's write lock; on PostgreSQL the
+    /// Begins a write transaction. Write transactions are serialised on both backends:
+    /// SQLite's `BEGIN IMMEDIATE` takes the database's write lock at once (so a
+    /// read-then-write inside it cannot fail with a stale snapshot); on PostgreSQL the
     /// transaction takes [`WRITE_LOCK`] (a transaction-scoped advisory lock) first, so a
     /// read-then-write inside it sees no concurrent writer of the store, as on SQLite.
-    pub async fn begin_any(&self) -> Result<StoreTx> {
+    pub async fn begin(&self) -> Result<StoreTx> {
         Ok(match &self.pool {
             Pool::Sqlite(pool) => StoreTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(pool) => {
@@ -402,22 +402,6 @@ impl Store {
         self.sqlite("").ok()
     }
 
-    /// A SQLite connection from the pool, for reads or single statements
-    /// ([`Error::Unsupported`] on PostgreSQL: use [`Store::acquire_any`]).
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
-        Ok(self.sqlite("a SQLite connection")?.acquire().await?)
-    }
-
-    /// Begins a SQLite write transaction (`BEGIN IMMEDIATE`: takes the write lock at once,
-    /// so a read-then-write inside it cannot fail with a stale snapshot).
-    /// [`Error::Unsupported`] on PostgreSQL: use [`Store::begin_any`].
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self
-            .sqlite("a SQLite transaction")?
-            .begin_with("BEGIN IMMEDIATE")
-            .await?)
-    }
-
     /// Closes every connection (waits for connections in use to be returned).
     pub async fn close(&self) {
         match &self.pool {
@@ -427,7 +411,7 @@ impl Store {
     }
 }
 
-/// The PostgreSQL advisory lock every store write transaction takes ([`Store::begin_any`]):
+/// The PostgreSQL advisory lock every store write transaction takes ([`Store::begin`]):
 /// the store's equivalent of SQLite's single writer. Its value is arbitrary ("rsp" in
 /// ASCII); only rsp's store uses advisory locks in its database.
 pub const WRITE_LOCK: i64 = 0x0072_7370;

@@ -25,7 +25,7 @@ pub(crate) struct TestDb {
 impl TestDb {
     /// The store and one pooled connection.
     pub(crate) async fn open(&self) -> (Store, StoreConn) {
-        let conn = self.store.acquire_any().await.expect("connection");
+        let conn = self.store.acquire().await.expect("connection");
         (self.store.clone(), conn)
     }
 }
@@ -160,3 +160,10 @@ macro_rules! on_both_backends {
     )*};
 }
 pub(crate) use on_both_backends;
+
+/// The SQLite connection of a test that is about SQLite itself (pragmas, a second
+/// connection's lock).
+pub(crate) fn sqlite_conn(conn: &mut StoreConn) -> &mut sqlx::SqliteConnection {
+    conn.sqlite()
+        .expect("a SQLite-only test got a PostgreSQL connection")
+}

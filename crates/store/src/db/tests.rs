@@ -7,7 +7,7 @@ use identity::{
     Serial, SpiffeId, TrustDomain,
 };
 
-use super::test_db::{TestDb, on_both_backends};
+use super::test_db::{TestDb, on_both_backends, sqlite_conn};
 use super::*;
 
 on_both_backends!(
@@ -97,14 +97,14 @@ async fn connect_opens_sqlite_urls_and_refuses_other_schemes() {
         .await
         .expect("sqlite URL");
     assert_eq!(store.backend(), Backend::Sqlite);
-    let mut tx = store.begin_any().await.expect("begin");
+    let mut tx = store.begin().await.expect("begin");
     create_namespace(&mut tx, "lab", 1).await.expect("create");
     tx.commit().await.expect("commit");
     store.close().await;
     let store = Store::connect(&url, &StoreOptions::default())
         .await
         .expect("reopen");
-    let mut conn = store.acquire_any().await.expect("conn");
+    let mut conn = store.acquire().await.expect("conn");
     assert_eq!(list_namespaces(&mut conn).await.expect("list").len(), 1);
 
     for bad in ["mysql://u:hunter2@db/rsp", "rsp.db", "sqlite://"] {
@@ -160,23 +160,23 @@ async fn open_creates_private_dir_wal_full_and_reopens() {
     }
     let mut conn = store.acquire().await.expect("conn");
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(mode, "wal");
     let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(sync, 2, "synchronous=FULL");
     let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(fk, 1);
     let (temp_store, cache): (i64, i64) =
         sqlx::query_as("SELECT * FROM pragma_temp_store, pragma_cache_size")
-            .fetch_one(&mut *conn)
+            .fetch_one(sqlite_conn(&mut conn))
             .await
             .expect("pragma");
     assert_eq!(
@@ -209,7 +209,7 @@ async fn open_with_synchronous_normal() {
     let store = Store::open(tmp.path(), &options).await.expect("open");
     let mut conn = store.acquire().await.expect("conn");
     let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(sync, 1, "synchronous=NORMAL");
