@@ -522,7 +522,7 @@ fn check_pool_handle(handle: &[u8]) -> Result<()> {
         })
 }
 
-#[cfg(test)]
-pub(crate) mod test_db;
+#[cfg(any(test, feature = "testing"))]
+pub mod test_db;
 #[cfg(test)]
 mod tests;

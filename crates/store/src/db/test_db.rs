@@ -15,23 +15,25 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::{Store, StoreConn, StoreOptions};
 
-/// A test's database; a PostgreSQL one is dropped with it.
-pub(crate) struct TestDb {
-    pub(crate) store: Store,
+/// A test's database; a PostgreSQL one is dropped with it (feature `testing` for other
+/// crates' tests).
+pub struct TestDb {
+    /// The store on the test's database.
+    pub store: Store,
     postgres: Option<(PgConnectOptions, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
     /// The store and one pooled connection.
-    pub(crate) async fn open(&self) -> (Store, StoreConn) {
+    pub async fn open(&self) -> (Store, StoreConn) {
         let conn = self.store.acquire().await.expect("connection");
         (self.store.clone(), conn)
     }
 }
 
 /// A migrated in-memory SQLite database.
-pub(crate) async fn sqlite() -> TestDb {
+pub async fn sqlite() -> TestDb {
     TestDb {
         store: Store::in_memory().await.expect("in-memory store"),
         postgres: None,
@@ -41,7 +43,7 @@ pub(crate) async fn sqlite() -> TestDb {
 
 /// A migrated SQLite database in a file of a temporary directory (a store with more than
 /// one connection, as the audit writer needs).
-pub(crate) async fn sqlite_file() -> TestDb {
+pub async fn sqlite_file() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), &StoreOptions::default())
         .await
@@ -55,7 +57,7 @@ pub(crate) async fn sqlite_file() -> TestDb {
 
 /// A migrated, empty PostgreSQL database of its own, or `None` (printed) when no server is
 /// configured and none is required.
-pub(crate) async fn postgres(test: &str) -> Option<TestDb> {
+pub async fn postgres(test: &str) -> Option<TestDb> {
     let Ok(url) = std::env::var("RSP_TEST_POSTGRES") else {
         assert!(
             std::env::var("RSP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
@@ -127,6 +129,7 @@ impl Drop for TestDb {
 /// Runs each named `async fn NAME(db: &TestDb)` of the enclosing module on SQLite and on
 /// PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`. With `file:`, SQLite is a
 /// file (not in memory) and the runtime has two worker threads (tests of the audit writer).
+#[cfg(test)]
 macro_rules! on_both_backends {
     (file: $($name:ident),* $(,)?) => {$(
         mod $name {
@@ -159,11 +162,12 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+#[cfg(test)]
 pub(crate) use on_both_backends;
 
 /// The SQLite connection of a test that is about SQLite itself (pragmas, a second
 /// connection's lock).
-pub(crate) fn sqlite_conn(conn: &mut StoreConn) -> &mut sqlx::SqliteConnection {
+pub fn sqlite_conn(conn: &mut StoreConn) -> &mut sqlx::SqliteConnection {
     conn.sqlite()
         .expect("a SQLite-only test got a PostgreSQL connection")
 }
