@@ -10,11 +10,12 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::db::test_db::{TestDb, on_both_backends, sqlite_conn};
-use crate::db::{Conn, DbConn, Store, StoreConn, StoreOptions};
+use crate::db::{Conn, DbConn, Store, StoreConn, StoreOptions, WRITE_LOCK};
 
 // The audit log on both backends; `file`: SQLite in a file, since the writer keeps a
 // connection of its own (an in-memory store has one).
 on_both_backends!(file:
+    the_writer_waits_for_the_store_write_lock,
     encoding_and_chain_hashes_are_those_of_earlier_versions,
     chain_starts_at_genesis_and_links_rows,
     triggers_refuse_update_and_delete,
@@ -129,13 +130,70 @@ async fn oldest_first<C: Conn + ?Sized>(conn: &mut C) -> AuditPage {
     query(conn, &filter).await.expect("every row reads")
 }
 
-async fn rows_with_detail(conn: &mut SqliteConnection, detail: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events WHERE detail = ?1")
-        .bind(detail.to_owned())
-        .fetch_one(conn)
-        .await
-        .expect("count");
+async fn rows_with_detail<C: Conn + ?Sized>(conn: &mut C, detail: &str) -> i64 {
+    let (n,): (i64,) = with_conn!(
+        conn,
+        "SELECT count(*) FROM audit_events WHERE detail = ?1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(detail.to_owned())
+            .fetch_one(c)
+            .await
+            .expect("count")
+    );
     n
+}
+
+/// Takes (`hold`) or releases the store's write lock on `conn`, as another writer of the
+/// database would: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's advisory [`WRITE_LOCK`].
+async fn write_lock(conn: &mut StoreConn, hold: bool) {
+    match conn {
+        StoreConn::Sqlite(c) => {
+            let sql = if hold { "BEGIN IMMEDIATE" } else { "ROLLBACK" };
+            sqlx::query(sql).execute(&mut **c).await.map(drop)
+        }
+        StoreConn::Postgres(c) => {
+            let sql = if hold {
+                "SELECT pg_advisory_lock($1)"
+            } else {
+                "SELECT pg_advisory_unlock($1)"
+            };
+            sqlx::query(sql)
+                .bind(WRITE_LOCK)
+                .execute(&mut **c)
+                .await
+                .map(drop)
+        }
+    }
+    .expect("write lock");
+}
+
+/// The writer commits only under the store's write lock, on both backends: while another
+/// connection holds it, a `BeforeReply` append does not return (nor is its row visible);
+/// once released, it commits.
+async fn the_writer_waits_for_the_store_write_lock(db: &TestDb) {
+    let store = db.store.clone();
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let mut holder = store.acquire().await.expect("conn");
+    write_lock(&mut holder, true).await;
+    let append = tokio::spawn({
+        let log = log.clone();
+        async move {
+            log.append(sample(1).detail("held"), Durability::BeforeReply)
+                .await
+        }
+    });
+    // Within SQLite's busy timeout (5 s): the writer waits, it does not fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !append.is_finished(),
+        "an append returned while another connection held the write lock"
+    );
+    write_lock(&mut holder, false).await;
+    append.await.expect("task").expect("append");
+    assert_eq!(rows_with_detail(&mut holder, "held").await, 1);
+    log.shutdown().await.expect("shutdown");
 }
 
 #[test]
