@@ -448,7 +448,7 @@ async fn a_stalled_audit_writer_delays_no_resolution_of_another_client() {
         .expect("store");
     let mut lock = store.acquire().await.expect("connection");
     sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
+        .execute(lock.sqlite().expect("SQLite"))
         .await
         .expect("write lock");
     let locked_at = Instant::now();
@@ -480,7 +480,7 @@ async fn a_stalled_audit_writer_delays_no_resolution_of_another_client() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sqlx::query("ROLLBACK")
-        .execute(&mut *lock)
+        .execute(lock.sqlite().expect("SQLite"))
         .await
         .expect("release");
     drop(lock);

@@ -147,7 +147,7 @@ async fn archive_next_to_a_running_registrar_verifies_and_the_chain_goes_on() {
     let mut conn = store.acquire().await.expect("connection");
     // A plain delete of a live record is refused, as before any archive.
     let err = sqlx::query("DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)")
-        .execute(&mut *conn)
+        .execute(conn.sqlite().expect("SQLite"))
         .await
         .expect_err("append-only");
     assert!(err.to_string().contains("append-only"), "{err}");

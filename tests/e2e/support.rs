@@ -401,7 +401,10 @@ pub(crate) async fn cut_audit_tail(lab: &Lab) {
         "DROP TRIGGER audit_events_no_delete",
         "DELETE FROM audit_events WHERE id = (SELECT MAX(id) FROM audit_events)",
     ] {
-        sqlx::query(sql).execute(&mut *conn).await.expect("tamper");
+        sqlx::query(sql)
+            .execute(conn.sqlite().expect("SQLite"))
+            .await
+            .expect("tamper");
     }
     drop(conn);
     store.close().await;

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use identity::TrustDomain;
-use sqlx::{Sqlite, Transaction};
 use store::audit::{self, Outcome, Record};
 use store::db::{Store, TokenHasher};
 use trust::TrustStore;
@@ -13,8 +12,9 @@ use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::{DynRegistrar, Registrar};
 use crate::serve::ServeCounters;
 
-/// A write transaction (`BEGIN IMMEDIATE`).
-pub(crate) type Tx = Transaction<'static, Sqlite>;
+/// A write transaction (`BEGIN IMMEDIATE` on SQLite, the store's write lock on
+/// PostgreSQL: `store::db::Store::begin`).
+pub(crate) type Tx = store::db::StoreTx;
 
 /// What the admin API needs from its host (`enrpd`): build it with [`AdminState::new`] and
 /// hand it to [`crate::router`].
@@ -149,7 +149,7 @@ impl App {
         match result {
             Ok(value) => {
                 audit::append_in(&mut tx, &[clipped(record)]).await?;
-                tx.commit().await.map_err(store::db::Error::from)?;
+                tx.commit().await?;
                 Ok(value)
             }
             Err(err) => {
@@ -165,7 +165,7 @@ impl App {
     pub(crate) async fn audit(&self, record: Record) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
         audit::append_in(&mut tx, &[clipped(record)]).await?;
-        tx.commit().await.map_err(store::db::Error::from)?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -14,7 +14,8 @@ use http_body_util::BodyExt;
 use identity::Grant;
 use serde_json::{Value, json};
 use store::audit::{self, AuditFilter};
-use store::db::{self, Role, Store, StoreOptions, TokenHasher};
+use store::db::test_db::{self, TestDb};
+use store::db::{self, Role, Store, TokenHasher};
 use tower::ServiceExt;
 use trust::testing::{TestCa, pem};
 use trust::{Peer, TrustStore};
@@ -105,8 +106,52 @@ impl Registrar for Recorder {
     }
 }
 
+/// Runs each named `async fn NAME(f: Fixture)` on SQLite and on PostgreSQL, as the tests
+/// `NAME::sqlite` and `NAME::postgres` (skipped, with the reason printed, without
+/// `RSP_TEST_POSTGRES`; failing then under `RSP_REQUIRE_POSTGRES=1`).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::fixture().await).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = store::db::test_db::postgres(test).await {
+                    super::$name(super::fixture_on(db).await).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    missing_or_wrong_credentials_are_401_with_a_challenge_and_audited,
+    roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_caller,
+    default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespace,
+    namespaces_create_list_get_delete_with_audit_in_the_same_commit,
+    writes_from_another_site_and_pem_as_text_plain_are_refused,
+    bodies_are_validated_and_refused_as_problems,
+    tokens_show_their_secret_once_and_stop_working_when_revoked,
+    names_and_reasons_that_would_display_as_other_text_are_refused_and_audited,
+    failed_token_attempts_are_limited_per_address,
+    grants_are_stored_pushed_to_the_registrar_and_deleted,
+    an_admin_certificate_takes_its_role_from_the_grants,
+    trust_domains_are_added_from_a_bundle_applied_at_once_and_removed,
+    revocations_apply_to_the_trust_store_before_the_answer,
+    a_crl_not_signed_by_the_domains_ca_is_refused,
+    the_audit_log_is_filtered_paged_by_cursor_and_verified,
+    crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness,
+    probes_metrics_and_pools,
+    the_openapi_document_lists_every_route_with_its_errors,
+    json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction,
+);
+
 struct Fixture {
     _dir: tempfile::TempDir,
+    _db: TestDb,
     store: Store,
     ca: TestCa,
     trust: Arc<TrustStore>,
@@ -118,10 +163,14 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(test_db::sqlite_file().await).await
+}
+
+/// The fixture on a test database of either backend (`store::db::test_db`).
+async fn fixture_on(db: TestDb) -> Fixture {
+    // Archives and downloads go here whatever the backend.
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = Store::open(dir.path(), &StoreOptions::default())
-        .await
-        .expect("a store");
+    let store = db.store.clone();
     let ca = TestCa::new("acme.test");
     let trust = Arc::new(
         TrustStore::new(ca.leaf("registrar/enrp-1").issue().identity()).expect("a trust store"),
@@ -156,6 +205,7 @@ async fn fixture() -> Fixture {
     let [admin, operator, auditor] = <[String; 3]>::try_from(tokens).expect("three tokens");
     Fixture {
         _dir: dir,
+        _db: db,
         store,
         ca,
         trust,
@@ -275,9 +325,7 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_audited() {
-    let f = fixture().await;
+async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_audited(f: Fixture) {
     let r = f.call("GET", "/v1/namespaces", None, None).await;
     r.problem(401, "unauthenticated");
     assert!(
@@ -314,9 +362,7 @@ async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_audited() {
     }));
 }
 
-#[tokio::test]
-async fn roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_caller() {
-    let f = fixture().await;
+async fn roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_caller(f: Fixture) {
     let body = json!({"name": "lab"});
     f.call(
         "POST",
@@ -365,9 +411,7 @@ async fn roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_calle
     );
 }
 
-#[tokio::test]
-async fn default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespace() {
-    let f = fixture().await;
+async fn default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespace(f: Fixture) {
     let post = |body| f.call("POST", "/v1/default-namespaces", Some(&f.admin), Some(body));
     post(json!({"identity": "spiffe://acme.test/pe/lab-*", "namespace": "lab"}))
         .await
@@ -442,9 +486,7 @@ async fn default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespa
     assert_eq!(f.audit("admin:default-namespace.delete").await.len(), 2);
 }
 
-#[tokio::test]
-async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
-    let f = fixture().await;
+async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit(f: Fixture) {
     let r = f
         .call(
             "POST",
@@ -520,9 +562,7 @@ async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit() {
     );
 }
 
-#[tokio::test]
-async fn writes_from_another_site_and_pem_as_text_plain_are_refused() {
-    let f = fixture().await;
+async fn writes_from_another_site_and_pem_as_text_plain_are_refused(f: Fixture) {
     let post = |origin: Option<&'static str>, fetch_site: Option<&'static str>| {
         let mut r = Request::builder()
             .method("POST")
@@ -584,9 +624,7 @@ async fn writes_from_another_site_and_pem_as_text_plain_are_refused() {
         .problem(415, "unsupported-media-type");
 }
 
-#[tokio::test]
-async fn bodies_are_validated_and_refused_as_problems() {
-    let f = fixture().await;
+async fn bodies_are_validated_and_refused_as_problems(f: Fixture) {
     let post = |body: &'static str, content_type: &'static str| {
         Request::builder()
             .method("POST")
@@ -639,9 +677,7 @@ async fn bodies_are_validated_and_refused_as_problems() {
     assert_eq!(list.json(), json!([]), "nothing was created");
 }
 
-#[tokio::test]
-async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
-    let f = fixture().await;
+async fn tokens_show_their_secret_once_and_stop_working_when_revoked(f: Fixture) {
     let r = f
         .call(
             "POST",
@@ -699,9 +735,7 @@ async fn tokens_show_their_secret_once_and_stop_working_when_revoked() {
     .problem(404, "not-found");
 }
 
-#[tokio::test]
-async fn names_and_reasons_that_would_display_as_other_text_are_refused_and_audited() {
-    let f = fixture().await;
+async fn names_and_reasons_that_would_display_as_other_text_are_refused_and_audited(f: Fixture) {
     // "adm\u{202e}nimda" shows as "admadmin" reversed: a token name that lies to the
     // operator who later reads the list or the audit log.
     for name in ["adm\u{202e}nimda", "ci\u{200b}", "a\u{2028}b"] {
@@ -745,9 +779,7 @@ async fn names_and_reasons_that_would_display_as_other_text_are_refused_and_audi
     assert_eq!(f.audit("admin:revoke").await.len(), 1);
 }
 
-#[tokio::test]
-async fn failed_token_attempts_are_limited_per_address() {
-    let f = fixture().await;
+async fn failed_token_attempts_are_limited_per_address(f: Fixture) {
     let from = |ip: [u8; 4], token: &str| {
         let mut r = Request::builder()
             .uri("/v1/revocations")
@@ -783,9 +815,7 @@ async fn failed_token_attempts_are_limited_per_address() {
     assert_eq!(f.send(from(attacker, &f.operator)).await.status, 200);
 }
 
-#[tokio::test]
-async fn grants_are_stored_pushed_to_the_registrar_and_deleted() {
-    let f = fixture().await;
+async fn grants_are_stored_pushed_to_the_registrar_and_deleted(f: Fixture) {
     let grant = json!({"identity": "spiffe://acme.test/pe/*", "namespace": "default", "pools": "echo", "actions": ["register"]});
     let r = f
         .call("POST", "/v1/grants", Some(&f.admin), Some(grant.clone()))
@@ -834,9 +864,7 @@ async fn grants_are_stored_pushed_to_the_registrar_and_deleted() {
     );
 }
 
-#[tokio::test]
-async fn an_admin_certificate_takes_its_role_from_the_grants() {
-    let f = fixture().await;
+async fn an_admin_certificate_takes_its_role_from_the_grants(f: Fixture) {
     let leaf = f.ca.leaf("admin/ops").issue();
     let peer = Peer::from_certificate(&leaf.chain[0]).expect("a peer");
     let get = || {
@@ -874,9 +902,7 @@ async fn an_admin_certificate_takes_its_role_from_the_grants() {
     );
 }
 
-#[tokio::test]
-async fn trust_domains_are_added_from_a_bundle_applied_at_once_and_removed() {
-    let f = fixture().await;
+async fn trust_domains_are_added_from_a_bundle_applied_at_once_and_removed(f: Fixture) {
     let partner = TestCa::new("partner.test");
     let bundle = format!("trust-domain: partner.test\n{}", partner.root_pem());
     let r = f
@@ -947,9 +973,7 @@ async fn trust_domains_are_added_from_a_bundle_applied_at_once_and_removed() {
     );
 }
 
-#[tokio::test]
-async fn revocations_apply_to_the_trust_store_before_the_answer() {
-    let f = fixture().await;
+async fn revocations_apply_to_the_trust_store_before_the_answer(f: Fixture) {
     let pe = f.ca.leaf("pe/echo-1").issue();
     let r = f
         .call("POST", "/v1/revocations", Some(&f.operator), Some(json!({"kind": "spiffe_id", "spiffe_id": "spiffe://acme.test/pe/echo-2", "reason": "lost"})))
@@ -1071,9 +1095,7 @@ async fn revocations_apply_to_the_trust_store_before_the_answer() {
 /// CA (whose issuer names no root, so the trust store alone would have taken it) is
 /// refused with a problem and changes nothing; an intermediate's is taken when its
 /// certificate, chaining to the root, comes along.
-#[tokio::test]
-async fn a_crl_not_signed_by_the_domains_ca_is_refused() {
-    let f = fixture().await;
+async fn a_crl_not_signed_by_the_domains_ca_is_refused(f: Fixture) {
     let pe = f.ca.leaf("pe/echo-1").issue();
     let other = TestCa::new("other.test");
     let forged = pem("X509 CRL", &other.crl(&[&pe.serial]));
@@ -1143,9 +1165,7 @@ async fn a_crl_not_signed_by_the_domains_ca_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
-    let f = fixture().await;
+async fn the_audit_log_is_filtered_paged_by_cursor_and_verified(f: Fixture) {
     f.create_namespaces(&["a", "b", "c"]).await;
     let page = f
         .call(
@@ -1253,9 +1273,7 @@ async fn the_audit_log_is_filtered_paged_by_cursor_and_verified() {
 /// Issue 17: a CRL does not expire silently. `/metrics` says how long each domain's CRLs
 /// stay current, and `/readyz` fails naming the cause once the local domain's has expired
 /// (every handshake of its identities then fails closed).
-#[tokio::test]
-async fn crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness() {
-    let f = fixture().await;
+async fn crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness(f: Fixture) {
     let at = |secs_from_now: i64| {
         time::OffsetDateTime::from_unix_timestamp(NOW as i64 / 1000 + secs_from_now).expect("time")
     };
@@ -1297,9 +1315,7 @@ async fn crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness() 
     );
 }
 
-#[tokio::test]
-async fn probes_metrics_and_pools() {
-    let f = fixture().await;
+async fn probes_metrics_and_pools(f: Fixture) {
     assert_eq!(
         f.call("GET", "/healthz", None, None).await.json(),
         json!({"status": "ok"})
@@ -1405,9 +1421,7 @@ async fn probes_metrics_and_pools() {
     );
 }
 
-#[tokio::test]
-async fn the_openapi_document_lists_every_route_with_its_errors() {
-    let f = fixture().await;
+async fn the_openapi_document_lists_every_route_with_its_errors(f: Fixture) {
     let r = f.call("GET", "/v1/openapi.json", None, None).await;
     assert_eq!(r.status, 200);
     let doc = r.json();
@@ -1677,9 +1691,7 @@ async fn silent_connections_are_capped_per_address_and_closed_before_a_first_req
     https.stop().await;
 }
 
-#[tokio::test]
-async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction() {
-    let f = fixture().await;
+async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction(f: Fixture) {
     let r = f
         .call(
             "POST",

@@ -550,7 +550,7 @@ pub async fn create_token(
             token.info.id, token.info.name, token.info.role
         ));
         store::audit::append_in(&mut tx, &[record]).await?;
-        tx.commit().await.map_err(db::Error::from)?;
+        tx.commit().await?;
         Ok::<_, Error>(token)
     }
     .await;
@@ -611,7 +611,7 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
         )
         .detail(format!("token {} by the enrpd command line", info.id));
         store::audit::append_in(&mut tx, &[record]).await?;
-        tx.commit().await.map_err(db::Error::from)?;
+        tx.commit().await?;
         Ok::<_, Error>(info)
     }
     .await;

@@ -40,7 +40,7 @@ async fn audited(store: &Store, pe_id: u32) -> bool {
         "SELECT COUNT(*) FROM audit_events WHERE pe_id = ? AND action = 'register'",
     )
     .bind(i64::from(pe_id))
-    .fetch_one(&mut *conn)
+    .fetch_one(conn.sqlite().expect("SQLite"))
     .await
     .expect("query");
     n > 0
@@ -71,7 +71,7 @@ async fn no_acceptance_leaves_before_its_record_commits_and_each_connection_keep
         .expect("a second store on the file");
     let mut lock = reader.acquire().await.expect("connection");
     sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
+        .execute(lock.sqlite().expect("SQLite"))
         .await
         .expect("write lock");
     let reader = Arc::new(reader);
@@ -133,7 +133,7 @@ async fn no_acceptance_leaves_before_its_record_commits_and_each_connection_keep
     // Set before the lock goes: an acceptance seen after it may be a legitimate one.
     released_tx.send_replace(Some(Instant::now()));
     sqlx::query("ROLLBACK")
-        .execute(&mut *lock)
+        .execute(lock.sqlite().expect("SQLite"))
         .await
         .expect("release");
     drop(lock);

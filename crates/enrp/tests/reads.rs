@@ -138,7 +138,7 @@ async fn audited_resolution(dir: &std::path::Path, actor: &str, pool: &str, outc
         .bind(actor)
         .bind(pool.as_bytes())
         .bind(outcome)
-        .fetch_one(&mut *conn)
+        .fetch_one(conn.sqlite().expect("SQLite"))
         .await
         .expect("query");
         if n > 0 {
@@ -280,7 +280,7 @@ async fn a_pe_sees_its_own_registration_in_order() {
         .expect("a second store on the file");
     let mut lock = stall.acquire().await.expect("connection");
     sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *lock)
+        .execute(lock.sqlite().expect("SQLite"))
         .await
         .expect("write lock");
     // Registration and resolution back to back, without waiting for the first answer.
@@ -289,7 +289,7 @@ async fn a_pe_sees_its_own_registration_in_order() {
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         sqlx::query("ROLLBACK")
-            .execute(&mut *lock)
+            .execute(lock.sqlite().expect("SQLite"))
             .await
             .expect("release");
         drop(lock);
@@ -313,7 +313,7 @@ async fn resolution_details(store: &Store, actor: &str) -> Vec<Option<String>> {
     let mut conn = store.acquire().await.expect("connection");
     sqlx::query_scalar("SELECT detail FROM audit_events WHERE action = 'resolve' AND actor = ?")
         .bind(actor)
-        .fetch_all(&mut *conn)
+        .fetch_all(conn.sqlite().expect("SQLite"))
         .await
         .expect("query")
 }

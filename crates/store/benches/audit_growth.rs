@@ -68,20 +68,20 @@ fn record(kind: &str, i: u64) -> Record {
 async fn used_bytes(store: &Store) -> (u64, u64) {
     let mut conn = store.acquire().await.expect("connection");
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&mut *conn)
+        .execute(conn.sqlite().expect("SQLite"))
         .await
         .expect("checkpoint");
     let q = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql);
     let (pages,) = q("PRAGMA page_count")
-        .fetch_one(&mut *conn)
+        .fetch_one(conn.sqlite().expect("SQLite"))
         .await
         .expect("pages");
     let (free,) = q("PRAGMA freelist_count")
-        .fetch_one(&mut *conn)
+        .fetch_one(conn.sqlite().expect("SQLite"))
         .await
         .expect("free");
     let (size,) = q("PRAGMA page_size")
-        .fetch_one(&mut *conn)
+        .fetch_one(conn.sqlite().expect("SQLite"))
         .await
         .expect("size");
     let bytes = |pages: i64| u64::try_from(pages * size).unwrap_or_default();

@@ -75,8 +75,8 @@ pub(crate) fn path_handle(namespace: &str, text: &str) -> Result<Vec<u8>, ApiErr
 }
 
 /// Fails with 404 unless `namespace` is stored.
-pub(crate) async fn require_namespace(
-    conn: &mut sqlx::SqliteConnection,
+pub(crate) async fn require_namespace<C: store::db::Conn + ?Sized>(
+    conn: &mut C,
     namespace: &str,
 ) -> Result<(), ApiError> {
     path_namespace(namespace)?;

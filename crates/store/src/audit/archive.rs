@@ -29,10 +29,9 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteConnection;
 
 use super::{ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
-use crate::db::{Error, Result, Store};
+use crate::db::{Conn, Error, Result, Store, with_conn};
 use identity::SpiffeId;
 
 /// The format tag of an archive's header line.
@@ -168,24 +167,24 @@ impl TryFrom<AnchorRow> for Anchor {
 }
 
 /// Every anchor, oldest first (one per archive: a small table).
-pub async fn anchors(conn: &mut SqliteConnection) -> Result<Vec<Anchor>> {
-    let rows: Vec<AnchorRow> = sqlx::query_as(
+pub async fn anchors<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<Anchor>> {
+    let rows: Vec<AnchorRow> = with_conn!(
+        conn,
         "SELECT first_id, last_id, first_prev_hash, last_hash, time_ms, file, sha256
          FROM audit_archives ORDER BY last_id",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(Anchor::try_from).collect()
 }
 
 /// The latest anchor: where the live log starts. `None` before the first archive.
-pub async fn latest_anchor(conn: &mut SqliteConnection) -> Result<Option<Anchor>> {
-    let row: Option<AnchorRow> = sqlx::query_as(
+pub async fn latest_anchor<C: Conn + ?Sized>(conn: &mut C) -> Result<Option<Anchor>> {
+    let row: Option<AnchorRow> = with_conn!(
+        conn,
         "SELECT first_id, last_id, first_prev_hash, last_hash, time_ms, file, sha256
          FROM audit_archives ORDER BY last_id DESC LIMIT 1",
-    )
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_optional(c).await
+    )?;
     row.map(Anchor::try_from).transpose()
 }
 
@@ -382,7 +381,7 @@ fn refuse_existing(path: &Path) -> Result<()> {
 }
 
 /// The last row of an archive starting at `first` and ending before `cut`.
-async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64) -> Result<u64> {
+async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u64) -> Result<u64> {
     let nothing = Error::Conflict {
         what: "archive",
         reason: "nothing to archive: no record before the cut that is not archived already",
@@ -398,13 +397,15 @@ async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64)
                 });
             }
             let ms = crate::db::ms_to_i64(ms, "before")?;
-            let at: Option<(i64,)> = sqlx::query_as(
+            let at: Option<(i64,)> = with_conn!(
+                conn,
                 "SELECT id FROM audit_events WHERE id >= ?1 AND time_ms >= ?2 ORDER BY id LIMIT 1",
-            )
-            .bind(i64::try_from(first).unwrap_or(i64::MAX))
-            .bind(ms)
-            .fetch_optional(&mut *conn)
-            .await?;
+                |c, sql| sqlx::query_as(sql)
+                    .bind(i64::try_from(first).unwrap_or(i64::MAX))
+                    .bind(ms)
+                    .fetch_optional(c)
+                    .await
+            )?;
             match at {
                 Some((id,)) => u64::try_from(id).unwrap_or(0).saturating_sub(1),
                 None => head_id,
@@ -426,11 +427,15 @@ async fn cut_end(conn: &mut SqliteConnection, first: u64, cut: Cut, now_ms: u64)
     Ok(end)
 }
 
-async fn row_hash(conn: &mut SqliteConnection, id: u64) -> Result<Hash> {
-    let (hash,): (Vec<u8>,) = sqlx::query_as("SELECT hash FROM audit_events WHERE id = ?1")
-        .bind(i64::try_from(id).unwrap_or(i64::MAX))
-        .fetch_one(conn)
-        .await?;
+async fn row_hash<C: Conn + ?Sized>(conn: &mut C, id: u64) -> Result<Hash> {
+    let (hash,): (Vec<u8>,) = with_conn!(
+        conn,
+        "SELECT hash FROM audit_events WHERE id = ?1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(i64::try_from(id).unwrap_or(i64::MAX))
+            .fetch_one(c)
+            .await
+    )?;
     Hash::try_from(hash.as_slice()).map_err(|_| Error::Corrupt {
         table: "audit_events",
         id: id.to_string(),
@@ -451,8 +456,8 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 /// Writes the header and rows `header.first_id..=last_id` to a temporary file beside
 /// `path`, checking the chain as it goes, then makes it durable and links it to `path`.
-async fn write_file(
-    conn: &mut SqliteConnection,
+async fn write_file<C: Conn + ?Sized>(
+    conn: &mut C,
     path: &Path,
     header: &ArchiveHeader,
 ) -> Result<()> {
@@ -475,7 +480,11 @@ async fn write_file(
     result
 }
 
-async fn write_rows(conn: &mut SqliteConnection, tmp: &Path, header: &ArchiveHeader) -> Result<()> {
+async fn write_rows<C: Conn + ?Sized>(
+    conn: &mut C,
+    tmp: &Path,
+    header: &ArchiveHeader,
+) -> Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     // Audit records name identities and addresses: readable by the registrar's user only,
@@ -491,16 +500,18 @@ async fn write_rows(conn: &mut SqliteConnection, tmp: &Path, header: &ArchiveHea
     let mut prev = unhex32(&header.prev_hash).unwrap_or(GENESIS);
     let mut next = header.first_id;
     while next <= header.last_id {
-        let rows: Vec<ChainRow> = sqlx::query_as(
+        let rows: Vec<ChainRow> = with_conn!(
+            conn,
             "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
                  outcome, detail, prev_hash, hash
              FROM audit_events WHERE id >= ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-        )
-        .bind(i64::try_from(next).unwrap_or(i64::MAX))
-        .bind(i64::try_from(header.last_id).unwrap_or(i64::MAX))
-        .bind(PAGE)
-        .fetch_all(&mut *conn)
-        .await?;
+            |c, sql| sqlx::query_as(sql)
+                .bind(i64::try_from(next).unwrap_or(i64::MAX))
+                .bind(i64::try_from(header.last_id).unwrap_or(i64::MAX))
+                .bind(PAGE)
+                .fetch_all(c)
+                .await
+        )?;
         if rows.is_empty() {
             return Err(broken(next, "missing"));
         }
@@ -576,19 +587,22 @@ async fn commit(
     let id = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     // The insert trigger checks the anchor against the rows; the delete trigger then lets
     // exactly the rows up to it go.
-    sqlx::query(
+    with_conn!(
+        &mut tx,
         "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash, time_ms,
              file, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(id(anchor.first_id))
-    .bind(id(anchor.last_id))
-    .bind(anchor.first_prev_hash.to_vec())
-    .bind(anchor.last_hash.to_vec())
-    .bind(id(anchor.time_ms))
-    .bind(&anchor.file)
-    .bind(anchor.sha256.to_vec())
-    .execute(&mut *tx)
-    .await?;
+        |c, sql| sqlx::query(sql)
+            .bind(id(anchor.first_id))
+            .bind(id(anchor.last_id))
+            .bind(anchor.first_prev_hash.to_vec())
+            .bind(anchor.last_hash.to_vec())
+            .bind(id(anchor.time_ms))
+            .bind(&anchor.file)
+            .bind(anchor.sha256.to_vec())
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
     delete_chunk(&mut tx, anchor.last_id).await?;
     let ids = super::append_in(&mut tx, &[record]).await?;
     tx.commit().await?;
@@ -607,16 +621,19 @@ pub const DELETE_CHUNK: i64 = 5000;
 
 /// Deletes up to [`DELETE_CHUNK`] of the oldest rows with an id up to `last_id` (the
 /// delete trigger allows only rows an anchor covers). Returns how many.
-async fn delete_chunk(conn: &mut SqliteConnection, last_id: u64) -> Result<u64> {
-    let done = sqlx::query(
+async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, last_id: u64) -> Result<u64> {
+    let done = with_conn!(
+        conn,
         "DELETE FROM audit_events WHERE id IN
              (SELECT id FROM audit_events WHERE id <= ?1 ORDER BY id LIMIT ?2)",
-    )
-    .bind(i64::try_from(last_id).unwrap_or(i64::MAX))
-    .bind(DELETE_CHUNK)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+        |c, sql| sqlx::query(sql)
+            .bind(i64::try_from(last_id).unwrap_or(i64::MAX))
+            .bind(DELETE_CHUNK)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    )?;
+    Ok(done)
 }
 
 /// Deletes the archived rows up to `last_id` still in the live log, a chunk per
@@ -931,8 +948,8 @@ impl ArchiveCheck {
 /// returning the hash of row `probe`: a checkpoint's) and that they link to the anchors
 /// and the live log ([`check_links`]). The outer error is the database's; the inner one
 /// the first finding, for the operator.
-pub async fn check_archives(
-    conn: &mut SqliteConnection,
+pub async fn check_archives<C: Conn + ?Sized>(
+    conn: &mut C,
     files: &[PathBuf],
     probe: Option<u64>,
 ) -> Result<std::result::Result<ArchiveCheck, String>> {

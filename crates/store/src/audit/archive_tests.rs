@@ -8,6 +8,17 @@ use flate2::write::GzEncoder;
 
 use super::archive::{self, Cut, Target, check_links, verify_archive};
 use super::*;
+use crate::db::test_db::sqlite_conn;
+
+// Archives on both backends (the archive files in a temporary directory either way).
+on_both_backends!(file:
+    an_archive_verifies_alone_and_the_live_log_continues_from_its_head,
+    a_tampered_or_cut_archive_is_detected,
+    a_gap_between_archives_and_the_live_log_is_detected,
+    deletes_stay_refused_except_the_archived_prefix,
+    bad_archive_requests_change_nothing,
+    archiving_next_to_a_running_writer_keeps_one_chain,
+);
 
 /// The record of an archive operation, as `enrpd audit archive` makes it.
 fn op(now: u64) -> Record {
@@ -52,19 +63,17 @@ fn write_lines_at(path: &Path, lines: &[String], level: flate2::Compression) {
 
 async fn live_ids(store: &Store) -> Vec<i64> {
     let mut conn = store.acquire().await.expect("conn");
-    sqlx::query_as::<_, (i64,)>("SELECT id FROM audit_events ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await
-        .expect("ids")
-        .into_iter()
-        .map(|(id,)| id)
-        .collect()
+    let ids: Vec<(i64,)> = with_conn!(
+        &mut conn,
+        "SELECT id FROM audit_events ORDER BY id",
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await.expect("ids")
+    );
+    ids.into_iter().map(|(id,)| id).collect()
 }
 
-#[tokio::test]
-async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head() {
+async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let before = verify_store(&store).await;
 
@@ -123,10 +132,9 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head() {
     assert_eq!(check_links(&[b], &anchors).expect("a suffix").from_id, 6);
 }
 
-#[tokio::test]
-async fn a_tampered_or_cut_archive_is_detected() {
+async fn a_tampered_or_cut_archive_is_detected(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..8).await;
     let file = tmp.path().join("a.jsonl.gz");
     archive_to(&store, &file, Cut::BeforeId(8))
@@ -193,10 +201,9 @@ async fn a_tampered_or_cut_archive_is_detected() {
     assert_eq!(links.sha256_differs.len(), 1);
 }
 
-#[tokio::test]
-async fn a_gap_between_archives_and_the_live_log_is_detected() {
+async fn a_gap_between_archives_and_the_live_log_is_detected(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let a = tmp.path().join("a.jsonl.gz");
     let b = tmp.path().join("b.jsonl.gz");
@@ -216,32 +223,23 @@ async fn a_gap_between_archives_and_the_live_log_is_detected() {
     assert_first_row_deleted_is_a_gap(&mut conn, 9).await;
 }
 
-#[tokio::test]
-async fn deletes_stay_refused_except_the_archived_prefix() {
+async fn deletes_stay_refused_except_the_archived_prefix(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..6).await;
     let mut conn = store.acquire().await.expect("conn");
-    let refused = |r: std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>| {
+    let refused = |r: sqlx::Result<()>| {
         let err = r.expect_err("refused");
         assert!(
             err.to_string().contains("append-only") || err.to_string().contains("audit archive"),
             "{err}"
         );
     };
-    refused(
-        sqlx::query("DELETE FROM audit_events WHERE id = 1")
-            .execute(&mut *conn)
-            .await,
-    );
+    refused(exec(&mut conn, "DELETE FROM audit_events WHERE id = 1").await);
     // An anchor that does not match the chain cannot be made up to excuse a delete.
     refused(
-        sqlx::query(
-            "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash,
-                 time_ms, file, sha256) VALUES (1, 3, zeroblob(32), zeroblob(32), 0, 'x', zeroblob(32))",
-        )
-        .execute(&mut *conn)
-        .await,
+        exec(&mut conn, "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash,
+                 time_ms, file, sha256) VALUES (1, 3, zeroblob(32), zeroblob(32), 0, 'x', zeroblob(32))").await,
     );
     drop(conn);
     archive_to(&store, &tmp.path().join("a.jsonl.gz"), Cut::BeforeId(4))
@@ -250,39 +248,24 @@ async fn deletes_stay_refused_except_the_archived_prefix() {
     let mut conn = store.acquire().await.expect("conn");
     // After the archive: a plain DELETE of any live row, of all rows, an update, and
     // touching the anchors are all refused.
+    refused(exec(&mut conn, "DELETE FROM audit_events WHERE id = 4").await);
+    refused(exec(&mut conn, "DELETE FROM audit_events").await);
     refused(
-        sqlx::query("DELETE FROM audit_events WHERE id = 4")
-            .execute(&mut *conn)
-            .await,
+        exec(
+            &mut conn,
+            "UPDATE audit_events SET detail = 'x' WHERE id = 5",
+        )
+        .await,
     );
-    refused(
-        sqlx::query("DELETE FROM audit_events")
-            .execute(&mut *conn)
-            .await,
-    );
-    refused(
-        sqlx::query("UPDATE audit_events SET detail = 'x' WHERE id = 5")
-            .execute(&mut *conn)
-            .await,
-    );
-    refused(
-        sqlx::query("DELETE FROM audit_archives")
-            .execute(&mut *conn)
-            .await,
-    );
-    refused(
-        sqlx::query("UPDATE audit_archives SET file = 'y'")
-            .execute(&mut *conn)
-            .await,
-    );
+    refused(exec(&mut conn, "DELETE FROM audit_archives").await);
+    refused(exec(&mut conn, "UPDATE audit_archives SET file = 'y'").await);
     assert_eq!(live_ids(&store).await, (4..=7).collect::<Vec<_>>());
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test]
-async fn bad_archive_requests_change_nothing() {
+async fn bad_archive_requests_change_nothing(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..5).await;
     let file = tmp.path().join("a.jsonl.gz");
     let unchanged = |store: Store| async move {
@@ -348,10 +331,9 @@ async fn bad_archive_requests_change_nothing() {
     unchanged(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archiving_next_to_a_running_writer_keeps_one_chain() {
+async fn archiving_next_to_a_running_writer_keeps_one_chain(db: &TestDb) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 0..50).await;
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
@@ -407,8 +389,14 @@ async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_la
         )
         .bind(i64::try_from(id).expect("id"))
     };
-    let (first_prev, _) = row(n).fetch_one(&mut *conn).await.expect("first");
-    let (_, last_hash) = row(n + 5).fetch_one(&mut *conn).await.expect("last");
+    let (first_prev, _) = row(n)
+        .fetch_one(sqlite_conn(&mut conn))
+        .await
+        .expect("first");
+    let (_, last_hash) = row(n + 5)
+        .fetch_one(sqlite_conn(&mut conn))
+        .await
+        .expect("last");
     sqlx::query(
         "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash, time_ms,
              file, sha256) VALUES (?1, ?2, ?3, ?4, 0, 'b.jsonl.gz', zeroblob(32))",
@@ -417,7 +405,7 @@ async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_la
     .bind(i64::try_from(n + 5).expect("id"))
     .bind(first_prev)
     .bind(last_hash)
-    .execute(&mut *conn)
+    .execute(sqlite_conn(&mut conn))
     .await
     .expect("an anchor matching the chain");
     let report = verify(&mut conn).await.expect("verify");

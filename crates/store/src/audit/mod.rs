@@ -35,9 +35,8 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteConnection;
 
-use crate::db::{Error, Result, check_text};
+use crate::db::{Conn, Error, Result, check_text, with_conn};
 use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats, CommitIndex, Queued};
@@ -378,11 +377,12 @@ fn chain_hash(prev: &Hash, id: i64, columns: &Columns) -> Hash {
 /// The last row's id and hash, or `(0, GENESIS)` for an empty log: the head as stored,
 /// read without walking the chain (periodic checkpoints; [`verify`] checks the chain).
 /// A log whose every row was archived continues from the latest archive's anchor.
-pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
-    let row: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
+pub async fn head<C: Conn + ?Sized>(conn: &mut C) -> Result<(i64, Hash)> {
+    let row: Option<(i64, Vec<u8>)> = with_conn!(
+        conn,
+        "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1",
+        |c, sql| sqlx::query_as(sql).fetch_optional(c).await
+    )?;
     match row {
         None => Ok(match archive::latest_anchor(conn).await? {
             Some(a) => (i64::try_from(a.last_id).unwrap_or(i64::MAX), a.last_hash),
@@ -404,7 +404,7 @@ pub async fn head(conn: &mut SqliteConnection) -> Result<(i64, Hash)> {
 /// its record commit together. Reads the chain head inside that transaction, so it is
 /// safe next to a running [`AuditLog`]. Returns the new rows' ids. Checks every record
 /// before writing any.
-pub async fn append_in(conn: &mut SqliteConnection, records: &[Record]) -> Result<Vec<u64>> {
+pub async fn append_in<C: Conn + ?Sized>(conn: &mut C, records: &[Record]) -> Result<Vec<u64>> {
     for record in records {
         record.check()?;
     }
@@ -413,7 +413,7 @@ pub async fn append_in(conn: &mut SqliteConnection, records: &[Record]) -> Resul
 }
 
 /// [`append_in`] for records already checked.
-async fn insert_checked(conn: &mut SqliteConnection, records: &[&Record]) -> Result<Vec<u64>> {
+async fn insert_checked<C: Conn + ?Sized>(conn: &mut C, records: &[&Record]) -> Result<Vec<u64>> {
     let (mut id, mut prev) = head(&mut *conn).await?;
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
@@ -440,41 +440,40 @@ async fn insert_checked(conn: &mut SqliteConnection, records: &[&Record]) -> Res
         } else {
             (1, INSERT_ONE.as_str())
         };
-        let mut query = sqlx::query(sql);
-        for (id, c, prev, hash) in rows.by_ref().take(n) {
-            query = bind_row(query, id, c, &prev, &hash);
-        }
-        query.execute(&mut *conn).await?;
+        with_conn!(&mut *conn, sql, |c, sql| {
+            let mut query = sqlx::query(sql);
+            for (id, cols, prev, hash) in rows.by_ref().take(n) {
+                query = bind_row!(query, id, cols, &prev, &hash);
+            }
+            query.execute(c).await.map(drop)
+        })?;
         left -= n;
     }
     Ok(ids)
 }
 
-type InsertQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// Binds one row's 13 values, in the order of [`insert_sql`]'s columns.
-fn bind_row<'q>(
-    query: InsertQuery<'q>,
-    id: i64,
-    c: Columns,
-    prev: &Hash,
-    hash: &Hash,
-) -> InsertQuery<'q> {
-    query
-        .bind(id)
-        .bind(c.time_ms)
-        .bind(c.actor)
-        .bind(c.serial)
-        .bind(c.remote)
-        .bind(c.namespace)
-        .bind(c.pool)
-        .bind(c.pe_id)
-        .bind(c.action)
-        .bind(c.outcome)
-        .bind(c.detail)
-        .bind(prev.to_vec())
-        .bind(hash.to_vec())
+/// Binds one row's 13 values, in the order of [`insert_sql`]'s columns, to a query of
+/// either backend.
+macro_rules! bind_row {
+    ($query:expr, $id:expr, $c:expr, $prev:expr, $hash:expr) => {{
+        let c = $c;
+        $query
+            .bind($id)
+            .bind(c.time_ms)
+            .bind(c.actor)
+            .bind(c.serial)
+            .bind(c.remote)
+            .bind(c.namespace)
+            .bind(c.pool)
+            .bind(c.pe_id)
+            .bind(c.action)
+            .bind(c.outcome)
+            .bind(c.detail)
+            .bind($prev.to_vec())
+            .bind($hash.to_vec())
+    }};
 }
+use bind_row;
 
 /// Rows per statement of the widest insert (13 parameters a row: 832 parameters, far
 /// below SQLite's limit of 32766).
@@ -593,7 +592,7 @@ const VERIFY_PAGE: i64 = 1000;
 /// the latest anchor: the first live row must be the next id and chain from its hash, and
 /// the anchors must continue one another (the archive files themselves are checked by
 /// [`archive::verify_archive`] and [`archive::check_links`]).
-pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
+pub async fn verify<C: Conn + ?Sized>(conn: &mut C) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         checked: 0,
         last_id: 0,
@@ -615,15 +614,17 @@ pub async fn verify(conn: &mut SqliteConnection) -> Result<VerifyReport> {
     }
     let mut last = i64::try_from(report.last_id).unwrap_or(i64::MAX);
     loop {
-        let rows: Vec<ChainRow> = sqlx::query_as(
+        let rows: Vec<ChainRow> = with_conn!(
+            conn,
             "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
                  outcome, detail, prev_hash, hash
              FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )
-        .bind(last)
-        .bind(VERIFY_PAGE)
-        .fetch_all(&mut *conn)
-        .await?;
+            |c, sql| sqlx::query_as(sql)
+                .bind(last)
+                .bind(VERIFY_PAGE)
+                .fetch_all(c)
+                .await
+        )?;
         let Some(page_last) = rows.last().map(|r| r.id) else {
             return Ok(report);
         };
@@ -811,7 +812,7 @@ pub struct AuditPage {
 }
 
 /// Reads one page of audit records matching `filter`.
-pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<AuditPage> {
+pub async fn query<C: Conn + ?Sized>(conn: &mut C, filter: &AuditFilter) -> Result<AuditPage> {
     let limit = match filter.limit {
         0 => 100,
         n if n > MAX_PAGE => {
@@ -863,7 +864,7 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
         }
     };
     // One more than the page, to know whether another page follows.
-    let rows: Vec<ChainRow> = sqlx::query_as(sql)
+    let rows: Vec<ChainRow> = with_conn!(conn, sql, |c, sql| sqlx::query_as(sql)
         .bind(since)
         .bind(until)
         .bind(filter.actor.as_ref().map(|a| a.as_str().to_owned()))
@@ -873,8 +874,8 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
         .bind(filter.outcome.as_ref().map(|o| o.to_text().into_owned()))
         .bind(cursor)
         .bind(i64::from(limit) + 1)
-        .fetch_all(conn)
-        .await?;
+        .fetch_all(c)
+        .await)?;
     let more = rows.len() > limit as usize;
     let events = rows
         .into_iter()
@@ -890,10 +891,10 @@ pub async fn query(conn: &mut SqliteConnection, filter: &AuditFilter) -> Result<
 }
 
 /// Number of rows in the log.
-pub async fn count(conn: &mut SqliteConnection) -> Result<u64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events")
-        .fetch_one(conn)
-        .await?;
+pub async fn count<C: Conn + ?Sized>(conn: &mut C) -> Result<u64> {
+    let (n,): (i64,) = with_conn!(conn, "SELECT count(*) FROM audit_events", |c, sql| {
+        sqlx::query_as(sql).fetch_one(c).await
+    })?;
     Ok(u64::try_from(n).unwrap_or_default())
 }
 

@@ -5,11 +5,35 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::Connection;
-use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tokio::time::Instant;
 
 use super::*;
-use crate::db::{Store, StoreOptions};
+use crate::db::test_db::{TestDb, on_both_backends, sqlite_conn};
+use crate::db::{Conn, DbConn, Store, StoreConn, StoreOptions, WRITE_LOCK};
+
+// The audit log on both backends; `file`: SQLite in a file, since the writer keeps a
+// connection of its own (an in-memory store has one).
+on_both_backends!(file:
+    the_writer_waits_for_the_store_write_lock,
+    encoding_and_chain_hashes_are_those_of_earlier_versions,
+    chain_starts_at_genesis_and_links_rows,
+    triggers_refuse_update_and_delete,
+    verify_detects_an_edited_row,
+    append_in_commits_with_the_change_or_not_at_all,
+    append_in_next_to_a_running_writer_keeps_one_chain,
+    group_commit_puts_many_records_in_one_transaction,
+    query_filters_and_pages,
+    verify_detects_an_edited_row_whose_hash_was_recomputed,
+    verify_detects_a_deleted_row,
+    verify_detects_a_deleted_first_row,
+    verify_detects_reordered_rows,
+    verify_walks_more_than_one_page,
+    invalid_records_are_refused_before_queueing,
+    a_tiny_queue_applies_backpressure_and_loses_nothing,
+    shutdown_flushes_and_later_appends_fail,
+    every_accepted_record_is_committed_when_shutdown_races_appends,
+);
 
 async fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions::default())
@@ -63,19 +87,42 @@ async fn verify_store(store: &Store) -> VerifyReport {
 }
 
 /// Lifts the append-only triggers, as someone editing the file would.
-async fn drop_triggers(conn: &mut SqliteConnection) {
-    sqlx::query("DROP TRIGGER audit_events_no_update")
-        .execute(&mut *conn)
-        .await
-        .expect("drop trigger");
-    sqlx::query("DROP TRIGGER audit_events_no_delete")
-        .execute(&mut *conn)
-        .await
-        .expect("drop trigger");
+async fn drop_triggers<C: Conn + ?Sized>(conn: &mut C) {
+    for statement in [
+        "DROP TRIGGER audit_events_no_update",
+        "DROP TRIGGER audit_events_no_delete",
+    ] {
+        exec(conn, statement).await.expect("drop trigger");
+    }
+}
+
+/// Runs one statement on either backend; `DROP TRIGGER x` gets PostgreSQL's `ON` clause.
+async fn exec<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> sqlx::Result<()> {
+    match conn.db() {
+        DbConn::Sqlite(c) => sqlx::query(sql).execute(c).await.map(drop),
+        DbConn::Postgres(c) => {
+            let sql = if sql.starts_with("DROP TRIGGER") {
+                match sql {
+                    "DROP TRIGGER audit_events_no_update" => {
+                        "DROP TRIGGER audit_events_no_update ON audit_events"
+                    }
+                    _ => "DROP TRIGGER audit_events_no_delete ON audit_events",
+                }
+            } else {
+                sql
+            };
+            // SQLite's zeroblob(32) is PostgreSQL's 32 zero bytes.
+            let sql = sql.replace("zeroblob(32)", "decode(repeat('00', 32), 'hex')");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(c)
+                .await
+                .map(drop)
+        }
+    }
 }
 
 /// The first page of the log, oldest first.
-async fn oldest_first(conn: &mut SqliteConnection) -> AuditPage {
+async fn oldest_first<C: Conn + ?Sized>(conn: &mut C) -> AuditPage {
     let filter = AuditFilter {
         order: Order::OldestFirst,
         ..AuditFilter::default()
@@ -83,13 +130,70 @@ async fn oldest_first(conn: &mut SqliteConnection) -> AuditPage {
     query(conn, &filter).await.expect("every row reads")
 }
 
-async fn rows_with_detail(conn: &mut SqliteConnection, detail: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events WHERE detail = ?1")
-        .bind(detail.to_owned())
-        .fetch_one(conn)
-        .await
-        .expect("count");
+async fn rows_with_detail<C: Conn + ?Sized>(conn: &mut C, detail: &str) -> i64 {
+    let (n,): (i64,) = with_conn!(
+        conn,
+        "SELECT count(*) FROM audit_events WHERE detail = ?1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(detail.to_owned())
+            .fetch_one(c)
+            .await
+            .expect("count")
+    );
     n
+}
+
+/// Takes (`hold`) or releases the store's write lock on `conn`, as another writer of the
+/// database would: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's advisory [`WRITE_LOCK`].
+async fn write_lock(conn: &mut StoreConn, hold: bool) {
+    match conn {
+        StoreConn::Sqlite(c) => {
+            let sql = if hold { "BEGIN IMMEDIATE" } else { "ROLLBACK" };
+            sqlx::query(sql).execute(&mut **c).await.map(drop)
+        }
+        StoreConn::Postgres(c) => {
+            let sql = if hold {
+                "SELECT pg_advisory_lock($1)"
+            } else {
+                "SELECT pg_advisory_unlock($1)"
+            };
+            sqlx::query(sql)
+                .bind(WRITE_LOCK)
+                .execute(&mut **c)
+                .await
+                .map(drop)
+        }
+    }
+    .expect("write lock");
+}
+
+/// The writer commits only under the store's write lock, on both backends: while another
+/// connection holds it, a `BeforeReply` append does not return (nor is its row visible);
+/// once released, it commits.
+async fn the_writer_waits_for_the_store_write_lock(db: &TestDb) {
+    let store = db.store.clone();
+    let log = AuditLog::start(&store, AuditConfig::default())
+        .await
+        .expect("start");
+    let mut holder = store.acquire().await.expect("conn");
+    write_lock(&mut holder, true).await;
+    let append = tokio::spawn({
+        let log = log.clone();
+        async move {
+            log.append(sample(1).detail("held"), Durability::BeforeReply)
+                .await
+        }
+    });
+    // Within SQLite's busy timeout (5 s): the writer waits, it does not fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !append.is_finished(),
+        "an append returned while another connection held the write lock"
+    );
+    write_lock(&mut holder, false).await;
+    append.await.expect("task").expect("append");
+    assert_eq!(rows_with_detail(&mut holder, "held").await, 1);
+    log.shutdown().await.expect("shutdown");
 }
 
 #[test]
@@ -143,8 +247,7 @@ fn canonical_encoding_separates_fields_and_nulls() {
 /// written out by hand, and the head of a three-row chain as the store wrote it before the
 /// change (hash taken at `d9e1e68`). A log written by an earlier version therefore still
 /// verifies.
-#[tokio::test]
-async fn encoding_and_chain_hashes_are_those_of_earlier_versions() {
+async fn encoding_and_chain_hashes_are_those_of_earlier_versions(db: &TestDb) {
     let mut expected = b"rsp-audit-v1\0".to_vec();
     expected.extend_from_slice(&7_i64.to_be_bytes());
     expected.extend_from_slice(&1_700_000_000_003_i64.to_be_bytes());
@@ -164,8 +267,7 @@ async fn encoding_and_chain_hashes_are_those_of_earlier_versions() {
     field(b"n3");
     assert_eq!(canonical_encoding(7, &sample(3).to_columns()), expected);
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+    let store = db.store.clone();
     append_samples(&store, 1..4).await;
     let report = verify_store(&store).await;
     assert!(report.is_intact());
@@ -229,8 +331,8 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
         let (last, prev) = head(&mut conn).await.expect("head");
         let id = last + 1;
         let hash = chain_hash(&prev, id, &columns);
-        bind_row(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
-            .execute(&mut *conn)
+        bind_row!(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
+            .execute(sqlite_conn(&mut conn))
             .await
             .expect("insert");
     }
@@ -273,10 +375,8 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
     assert_eq!(by_namespace.events.len(), 3);
 }
 
-#[tokio::test]
-async fn chain_starts_at_genesis_and_links_rows() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn chain_starts_at_genesis_and_links_rows(db: &TestDb) {
+    let store = db.store.clone();
     assert_eq!(verify_store(&store).await.head, GENESIS);
     append_samples(&store, 0..3).await;
     let mut conn = store.acquire().await.expect("conn");
@@ -348,36 +448,35 @@ async fn records_survive_reopen_and_the_chain_continues() {
     assert_eq!(details, expected, "every record, in order");
 }
 
-#[tokio::test]
-async fn triggers_refuse_update_and_delete() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn triggers_refuse_update_and_delete(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..2).await;
     let mut conn = store.acquire().await.expect("conn");
-    let err = sqlx::query("UPDATE audit_events SET detail = 'x' WHERE id = 1")
-        .execute(&mut *conn)
-        .await
-        .expect_err("update");
+    let err = exec(
+        &mut conn,
+        "UPDATE audit_events SET detail = 'x' WHERE id = 1",
+    )
+    .await
+    .expect_err("update");
     assert!(err.to_string().contains("append-only"), "{err}");
-    let err = sqlx::query("DELETE FROM audit_events WHERE id = 2")
-        .execute(&mut *conn)
+    let err = exec(&mut conn, "DELETE FROM audit_events WHERE id = 2")
         .await
         .expect_err("delete");
     assert!(err.to_string().contains("append-only"), "{err}");
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_an_edited_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
-    sqlx::query("UPDATE audit_events SET outcome = 'cause:0x000a' WHERE id = 5")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    exec(
+        &mut conn,
+        "UPDATE audit_events SET outcome = 'cause:0x000a' WHERE id = 5",
+    )
+    .await
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -389,27 +488,32 @@ async fn verify_detects_an_edited_row() {
     assert_eq!((report.checked, report.last_id), (5, 4));
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_row_whose_hash_was_recomputed() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
     // The tamperer fixes row 5's own hash; row 6 still names the old one.
     let mut edited = sample(4);
     edited.detail = Some("nothing happened".into());
-    let prev: (Vec<u8>,) = sqlx::query_as("SELECT hash FROM audit_events WHERE id = 4")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("prev");
+    let prev: (Vec<u8>,) = with_conn!(
+        &mut conn,
+        "SELECT hash FROM audit_events WHERE id = 4",
+        |c, sql| sqlx::query_as(sql).fetch_one(c).await
+    )
+    .expect("prev");
     let prev = Hash::try_from(prev.0.as_slice()).expect("32 bytes");
     let hash = chain_hash(&prev, 5, &edited.to_columns());
-    sqlx::query("UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5")
-        .bind(hash.to_vec())
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5",
+        |c, sql| sqlx::query(sql)
+            .bind(hash.to_vec())
+            .execute(c)
+            .await
+            .map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -420,17 +524,17 @@ async fn verify_detects_an_edited_row_whose_hash_was_recomputed() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_a_deleted_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_a_deleted_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
-    sqlx::query("DELETE FROM audit_events WHERE id = 7")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "DELETE FROM audit_events WHERE id = 7",
+        |c, sql| sqlx::query(sql).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -442,10 +546,8 @@ async fn verify_detects_a_deleted_row() {
     assert_eq!(report.last_id, 6);
 }
 
-#[tokio::test]
-async fn verify_detects_a_deleted_first_row() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_a_deleted_first_row(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..3).await;
     let mut conn = store.acquire().await.expect("conn");
     assert_first_row_deleted_is_a_gap(&mut conn, 1).await;
@@ -453,13 +555,14 @@ async fn verify_detects_a_deleted_first_row() {
 
 /// Deletes row `id`, the first of the live log, behind the triggers' back: the chain
 /// then breaks at the next row with an id gap.
-async fn assert_first_row_deleted_is_a_gap(conn: &mut SqliteConnection, id: i64) {
+async fn assert_first_row_deleted_is_a_gap<C: Conn + ?Sized>(conn: &mut C, id: i64) {
     drop_triggers(&mut *conn).await;
-    sqlx::query("DELETE FROM audit_events WHERE id = ?1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut *conn,
+        "DELETE FROM audit_events WHERE id = ?1",
+        |c, sql| sqlx::query(sql).bind(id).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut *conn).await.expect("verify");
     assert_eq!(
         report.broken,
@@ -472,10 +575,8 @@ async fn assert_first_row_deleted_is_a_gap(conn: &mut SqliteConnection, id: i64)
     );
 }
 
-#[tokio::test]
-async fn verify_detects_reordered_rows() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_detects_reordered_rows(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..10).await;
     let mut conn = store.acquire().await.expect("conn");
     drop_triggers(&mut conn).await;
@@ -485,7 +586,7 @@ async fn verify_detects_reordered_rows() {
         "UPDATE audit_events SET id = 4 WHERE id = 5",
         "UPDATE audit_events SET id = 5 WHERE id = -1",
     ] {
-        sqlx::query(sql).execute(&mut *conn).await.expect("swap");
+        exec(&mut conn, sql).await.expect("swap");
     }
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(
@@ -497,20 +598,20 @@ async fn verify_detects_reordered_rows() {
     );
 }
 
-#[tokio::test]
-async fn verify_walks_more_than_one_page() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn verify_walks_more_than_one_page(db: &TestDb) {
+    let store = db.store.clone();
     append_samples(&store, 0..2500).await;
     let mut conn = store.acquire().await.expect("conn");
     let report = verify(&mut conn).await.expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.checked, 2500);
     drop_triggers(&mut conn).await;
-    sqlx::query("UPDATE audit_events SET time_ms = time_ms + 1 WHERE id = 2001")
-        .execute(&mut *conn)
-        .await
-        .expect("tamper");
+    with_conn!(
+        &mut conn,
+        "UPDATE audit_events SET time_ms = time_ms + 1 WHERE id = 2001",
+        |c, sql| sqlx::query(sql).execute(c).await.map(drop)
+    )
+    .expect("tamper");
     let report = verify(&mut conn).await.expect("verify");
     assert_eq!(report.broken.map(|b| b.id), Some(2001));
 }
@@ -524,10 +625,8 @@ fn stored_as(name: impl Into<Cow<'static, str>>) -> Record {
     record
 }
 
-#[tokio::test]
-async fn invalid_records_are_refused_before_queueing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn invalid_records_are_refused_before_queueing(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -566,10 +665,8 @@ async fn invalid_records_are_refused_before_queueing() {
     assert_eq!(count(&mut conn).await.expect("count"), 0);
 }
 
-#[tokio::test]
-async fn append_in_commits_with_the_change_or_not_at_all() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
+    let store = db.store.clone();
     let record =
         Record::new(5, AuditAction::AdminNamespaceCreate, Outcome::Ok).namespace(ns("lab"));
     {
@@ -611,10 +708,8 @@ async fn append_in_commits_with_the_change_or_not_at_all() {
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_in_next_to_a_running_writer_keeps_one_chain() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn append_in_next_to_a_running_writer_keeps_one_chain(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -638,10 +733,8 @@ async fn append_in_next_to_a_running_writer_keeps_one_chain() {
     assert_eq!(report.last_id, 300);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_puts_many_records_in_one_transaction() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn group_commit_puts_many_records_in_one_transaction(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("start");
@@ -863,10 +956,8 @@ async fn batched_records_are_committed_within_the_delay() {
     eprintln!("batched record visible after at most {worst:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn a_tiny_queue_applies_backpressure_and_loses_nothing(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -910,10 +1001,8 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
     assert!(verify(&mut conn).await.expect("verify").is_intact());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_flushes_and_later_appends_fail() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn shutdown_flushes_and_later_appends_fail(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -946,10 +1035,8 @@ async fn shutdown_flushes_and_later_appends_fail() {
     assert_eq!(log.stats().records, 2000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_accepted_record_is_committed_when_shutdown_races_appends() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn every_accepted_record_is_committed_when_shutdown_races_appends(db: &TestDb) {
+    let store = db.store.clone();
     let log = AuditLog::start(
         &store,
         AuditConfig {
@@ -1088,10 +1175,8 @@ async fn the_commit_index_lists_the_numbers_whose_commit_failed() {
     assert_eq!(count(&mut other).await.expect("count"), 2);
 }
 
-#[tokio::test]
-async fn query_filters_and_pages() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(tmp.path()).await;
+async fn query_filters_and_pages(db: &TestDb) {
+    let store = db.store.clone();
     let pu = id("spiffe://acme.test/pu/client-1");
     let mut records = Vec::new();
     for i in 0..30u64 {
@@ -1115,7 +1200,7 @@ async fn query_filters_and_pages() {
     tx.commit().await.expect("commit");
     let mut conn = store.acquire().await.expect("conn");
 
-    let ids = async |conn: &mut SqliteConnection, filter: AuditFilter| -> Vec<u64> {
+    let ids = async |conn: &mut StoreConn, filter: AuditFilter| -> Vec<u64> {
         let page = query(conn, &filter).await.expect("query");
         page.events.into_iter().map(|e| e.id).collect()
     };

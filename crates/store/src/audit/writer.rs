@@ -26,14 +26,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite};
+use sqlx::Connection;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
 use super::{Durability, Record, insert_checked};
-use crate::db::{Error, Result, Store};
+use crate::db::{Error, Result, Store, StoreConn, WRITE_LOCK};
 
 /// Configuration of the [`AuditLog`] writer.
 #[derive(Clone, Debug)]
@@ -401,7 +400,7 @@ const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 
 async fn run(
-    mut conn: PoolConnection<Sqlite>,
+    mut conn: StoreConn,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     config: AuditConfig,
     counters: Arc<Counters>,
@@ -542,11 +541,7 @@ async fn gather(
 
 /// Commits `batch` in one transaction, retrying with a back-off. Returns SQLite's message
 /// after the last failed attempt.
-async fn commit(
-    conn: &mut PoolConnection<Sqlite>,
-    batch: &[Job],
-    counters: &Counters,
-) -> Result<(), String> {
+async fn commit(conn: &mut StoreConn, batch: &[Job], counters: &Counters) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
@@ -567,11 +562,27 @@ async fn commit(
     Ok(())
 }
 
-async fn try_commit(conn: &mut PoolConnection<Sqlite>, batch: &[Job]) -> Result<()> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+/// One transaction that holds the store's write lock (`BEGIN IMMEDIATE` on SQLite,
+/// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin`]) while it reads the chain head
+/// and appends after it.
+async fn try_commit(conn: &mut StoreConn, batch: &[Job]) -> Result<()> {
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();
-    insert_checked(&mut tx, &records).await?;
-    tx.commit().await?;
+    match conn {
+        StoreConn::Sqlite(conn) => {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            insert_checked(&mut tx, &records).await?;
+            tx.commit().await?;
+        }
+        StoreConn::Postgres(conn) => {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            insert_checked(&mut tx, &records).await?;
+            tx.commit().await?;
+        }
+    }
     Ok(())
 }
 

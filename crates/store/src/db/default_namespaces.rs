@@ -1,10 +1,10 @@
 //! Default namespaces: the namespace an identity's requests without one go to.
 
 use identity::{DefaultNamespace, IdentityPattern};
-use sqlx::sqlite::SqliteConnection;
 
 use super::{
-    Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64, namespaces::get_namespace,
+    Conn, Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64,
+    namespaces::get_namespace, with_conn,
 };
 
 /// A stored default-namespace rule with its id.
@@ -48,8 +48,8 @@ impl TryFrom<DefaultNamespaceDbRow> for DefaultNamespaceRow {
 
 /// Stores a default-namespace rule. [`Error::AlreadyExists`] if the identity pattern has
 /// one (delete it first); [`Error::NotFound`] if the namespace does not exist.
-pub async fn add_default_namespace(
-    conn: &mut SqliteConnection,
+pub async fn add_default_namespace<C: Conn + ?Sized>(
+    conn: &mut C,
     rule: &DefaultNamespace,
     now_ms: u64,
 ) -> Result<DefaultNamespaceRow> {
@@ -61,15 +61,17 @@ pub async fn add_default_namespace(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
-    let row: DefaultNamespaceDbRow = sqlx::query_as(
+    let row: DefaultNamespaceDbRow = with_conn!(
+        conn,
         "INSERT INTO default_namespaces (identity, namespace, created_ms) VALUES (?1, ?2, ?3)
          RETURNING id, identity, namespace, created_ms",
+        |c, sql| sqlx::query_as(sql)
+            .bind(rule.identity.as_str())
+            .bind(&rule.namespace)
+            .bind(now)
+            .fetch_one(c)
+            .await
     )
-    .bind(rule.identity.as_str())
-    .bind(&rule.namespace)
-    .bind(now)
-    .fetch_one(conn)
-    .await
     .map_err(already_exists("default namespace of", || {
         rule.identity.to_string()
     }))?;
@@ -77,30 +79,29 @@ pub async fn add_default_namespace(
 }
 
 /// Every default-namespace rule, oldest first (the order ties are broken in).
-pub async fn list_default_namespaces(
-    conn: &mut SqliteConnection,
+pub async fn list_default_namespaces<C: Conn + ?Sized>(
+    conn: &mut C,
 ) -> Result<Vec<DefaultNamespaceRow>> {
-    let rows: Vec<DefaultNamespaceDbRow> = sqlx::query_as(
+    let rows: Vec<DefaultNamespaceDbRow> = with_conn!(
+        conn,
         "SELECT id, identity, namespace, created_ms FROM default_namespaces ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(TryInto::try_into).collect()
 }
 
 /// Deletes a default-namespace rule and returns it. [`Error::NotFound`] if there is none
 /// with this id.
-pub async fn delete_default_namespace(
-    conn: &mut SqliteConnection,
+pub async fn delete_default_namespace<C: Conn + ?Sized>(
+    conn: &mut C,
     id: i64,
 ) -> Result<DefaultNamespaceRow> {
-    let row: Option<DefaultNamespaceDbRow> = sqlx::query_as(
+    let row: Option<DefaultNamespaceDbRow> = with_conn!(
+        conn,
         "DELETE FROM default_namespaces WHERE id = ?1
          RETURNING id, identity, namespace, created_ms",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).bind(id).fetch_optional(c).await
+    )?;
     match row {
         Some(row) => row.try_into(),
         None => Err(Error::NotFound {

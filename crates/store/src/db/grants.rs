@@ -3,9 +3,10 @@
 use std::str::FromStr;
 
 use identity::{Action, Actions, Grant, IdentityPattern, NamespacePattern, PoolPattern};
-use sqlx::sqlite::SqliteConnection;
 
-use super::{Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64};
+use super::{
+    Conn, Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64, with_conn,
+};
 
 /// A stored grant with its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +73,8 @@ impl TryFrom<GrantDbRow> for GrantRow {
 /// Stores a grant. [`Error::AlreadyExists`] if a grant with the same identity, namespace
 /// and pool patterns exists (delete it and add the new actions instead);
 /// [`Error::Invalid`] if it has no action.
-pub async fn add_grant(
-    conn: &mut SqliteConnection,
+pub async fn add_grant<C: Conn + ?Sized>(
+    conn: &mut C,
     grant: &Grant,
     now_ms: u64,
 ) -> Result<GrantRow> {
@@ -87,18 +88,20 @@ pub async fn add_grant(
         check_namespace(name)?;
     }
     let now = ms_to_i64(now_ms, "time")?;
-    let row: GrantDbRow = sqlx::query_as(
+    let row: GrantDbRow = with_conn!(
+        conn,
         "INSERT INTO grants (identity, namespace, pools, actions, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
          RETURNING id, identity, namespace, pools, actions, created_ms",
+        |c, sql| sqlx::query_as(sql)
+            .bind(grant.identity.as_str())
+            .bind(grant.namespace.to_string())
+            .bind(grant.pools.as_bytes())
+            .bind(actions_to_text(grant.actions))
+            .bind(now)
+            .fetch_one(c)
+            .await
     )
-    .bind(grant.identity.as_str())
-    .bind(grant.namespace.to_string())
-    .bind(grant.pools.as_bytes())
-    .bind(actions_to_text(grant.actions))
-    .bind(now)
-    .fetch_one(conn)
-    .await
     .map_err(already_exists("grant", || {
         format!("{} {} {}", grant.identity, grant.namespace, grant.pools)
     }))?;
@@ -106,25 +109,24 @@ pub async fn add_grant(
 }
 
 /// Every grant, by id.
-pub async fn list_grants(conn: &mut SqliteConnection) -> Result<Vec<GrantRow>> {
-    let rows: Vec<GrantDbRow> = sqlx::query_as(
+pub async fn list_grants<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<GrantRow>> {
+    let rows: Vec<GrantDbRow> = with_conn!(
+        conn,
         "SELECT id, identity, namespace, pools, actions, created_ms FROM grants ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(GrantRow::try_from).collect()
 }
 
 /// Deletes a grant and returns it (the caller removes the registrations it allowed).
 /// [`Error::NotFound`] if there is none with this id.
-pub async fn delete_grant(conn: &mut SqliteConnection, id: i64) -> Result<GrantRow> {
-    let row: Option<GrantDbRow> = sqlx::query_as(
+pub async fn delete_grant<C: Conn + ?Sized>(conn: &mut C, id: i64) -> Result<GrantRow> {
+    let row: Option<GrantDbRow> = with_conn!(
+        conn,
         "DELETE FROM grants WHERE id = ?1
          RETURNING id, identity, namespace, pools, actions, created_ms",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).bind(id).fetch_optional(c).await
+    )?;
     match row {
         Some(row) => row.try_into(),
         None => Err(Error::NotFound {

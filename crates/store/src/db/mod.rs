@@ -33,10 +33,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+
+mod backend;
+pub use backend::{Backend, Conn, DbConn, StoreConn, StoreTx};
+pub(crate) use backend::{postgres_sql, with_conn};
 
 // One module per table or concern; their items are this module's public API.
 pub use default_namespaces::{
@@ -169,6 +173,23 @@ pub enum Error {
         /// SQLite's message.
         reason: String,
     },
+    /// The store URL is neither `sqlite://…` nor `postgres://…` (or `postgresql://…`).
+    #[error("store URL {url:?}: {reason}")]
+    Url {
+        /// The URL, without its password.
+        url: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The operation is not available on this store's backend yet (docs/STORE.md lists
+    /// what remains on PostgreSQL).
+    #[error("{what} is not supported on {backend} yet")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The backend.
+        backend: Backend,
+    },
 }
 
 /// Result of the store and audit functions.
@@ -214,14 +235,24 @@ impl Default for StoreOptions {
     }
 }
 
-/// The store: a pool of SQLite connections to one migrated database.
+/// The store: a pool of connections to one migrated database, SQLite or PostgreSQL
+/// (docs/STORE.md).
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 /// The migrations of the repository's `migrations/` directory, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// The same schema in PostgreSQL's dialect (`migrations/postgres/`, same versions).
+pub static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 impl Store {
     /// Opens (creating if needed) `data_dir/rsp.db`, creating `data_dir` (mode 0700 on Unix)
@@ -257,7 +288,94 @@ impl Store {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Connects to the database a store URL names and runs pending migrations:
+    /// `sqlite://PATH` (the file is created if missing) or `postgres://…` /
+    /// `postgresql://…` (the database must exist; sqlx's URL parameters apply, e.g.
+    /// `?host=/run/postgresql` for a Unix socket). No TLS to PostgreSQL yet: use a Unix
+    /// socket or loopback (docs/STORE.md).
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(Error::Url {
+                    url: url.to_owned(),
+                    reason: "no file after sqlite://",
+                });
+            }
+            return Self::open_file(Path::new(path), options).await;
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::connect_postgres(PgConnectOptions::from_str(url)?, options).await;
+        }
+        Err(Error::Url {
+            url: redact_url(url),
+            reason: "expected sqlite://PATH or postgres://…",
+        })
+    }
+
+    /// Connects to an existing PostgreSQL database and runs pending migrations.
+    pub async fn connect_postgres(
+        connect: PgConnectOptions,
+        options: &StoreOptions,
+    ) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.busy_timeout.max(Duration::from_secs(5)))
+            .connect_with(connect)
+            .await?;
+        MIGRATOR_POSTGRES.run(&pool).await?;
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A connection from the pool, for reads or single statements.
+    pub async fn acquire(&self) -> Result<StoreConn> {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => StoreConn::Sqlite(pool.acquire().await?),
+            Pool::Postgres(pool) => StoreConn::Postgres(pool.acquire().await?),
+        })
+    }
+
+    /// Begins a write transaction. Write transactions are serialised on both backends:
+    /// SQLite's `BEGIN IMMEDIATE` takes the database's write lock at once (so a
+    /// read-then-write inside it cannot fail with a stale snapshot); on PostgreSQL the
+    /// transaction takes [`WRITE_LOCK`] (a transaction-scoped advisory lock) first, so a
+    /// read-then-write inside it sees no concurrent writer of the store, as on SQLite.
+    pub async fn begin(&self) -> Result<StoreTx> {
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => StoreTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                StoreTx::Postgres(tx)
+            }
+        })
+    }
+
+    fn sqlite(&self, what: &'static str) -> Result<&SqlitePool> {
+        match &self.pool {
+            Pool::Sqlite(pool) => Ok(pool),
+            Pool::Postgres(_) => Err(Error::Unsupported {
+                what,
+                backend: Backend::Postgres,
+            }),
+        }
     }
 
     /// A migrated in-memory database (one connection, lost when the store is dropped). For
@@ -274,28 +392,41 @@ impl Store {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
     }
 
-    /// The connection pool.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// A connection from the pool, for reads or single statements.
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>> {
-        Ok(self.pool.acquire().await?)
-    }
-
-    /// Begins a write transaction (`BEGIN IMMEDIATE`: takes the write lock at once, so a
-    /// read-then-write inside it cannot fail with a stale snapshot).
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// The SQLite connection pool, or `None` on PostgreSQL.
+    pub fn pool(&self) -> Option<&SqlitePool> {
+        self.sqlite("").ok()
     }
 
     /// Closes every connection (waits for connections in use to be returned).
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// The PostgreSQL advisory lock every store write transaction takes ([`Store::begin`]):
+/// the store's equivalent of SQLite's single writer. Its value is arbitrary ("rsp" in
+/// ASCII); only rsp's store uses advisory locks in its database.
+pub const WRITE_LOCK: i64 = 0x0072_7370;
+
+/// `url` with any password replaced, for error messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -391,5 +522,7 @@ fn check_pool_handle(handle: &[u8]) -> Result<()> {
         })
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod test_db;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 //! Namespaces: created before pools are declared in them or PEs registered (ARCHITECTURE.md §6).
 
-use sqlx::sqlite::SqliteConnection;
-
-use super::{Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64};
+use super::{
+    Conn, Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64, with_conn,
+};
 
 /// A namespace row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,55 +32,57 @@ impl TryFrom<NamespaceRow> for Namespace {
 }
 
 /// Creates a namespace. [`Error::AlreadyExists`] if it exists.
-pub async fn create_namespace(
-    conn: &mut SqliteConnection,
+pub async fn create_namespace<C: Conn + ?Sized>(
+    conn: &mut C,
     name: &str,
     now_ms: u64,
 ) -> Result<Namespace> {
     check_namespace(name)?;
     let now = ms_to_i64(now_ms, "time")?;
-    let row: NamespaceRow = sqlx::query_as(
+    let row: NamespaceRow = with_conn!(
+        conn,
         "INSERT INTO namespaces (name, created_ms) VALUES (?1, ?2) RETURNING name, created_ms",
+        |c, sql| sqlx::query_as(sql).bind(name).bind(now).fetch_one(c).await
     )
-    .bind(name)
-    .bind(now)
-    .fetch_one(conn)
-    .await
     .map_err(already_exists("namespace", || name.to_owned()))?;
     row.try_into()
 }
 
 /// Every namespace, by name.
-pub async fn list_namespaces(conn: &mut SqliteConnection) -> Result<Vec<Namespace>> {
-    let rows: Vec<NamespaceRow> =
-        sqlx::query_as("SELECT name, created_ms FROM namespaces ORDER BY name")
-            .fetch_all(conn)
-            .await?;
+pub async fn list_namespaces<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<Namespace>> {
+    let rows: Vec<NamespaceRow> = with_conn!(
+        conn,
+        "SELECT name, created_ms FROM namespaces ORDER BY name",
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(Namespace::try_from).collect()
 }
 
 /// One namespace, or `None`.
-pub async fn get_namespace(conn: &mut SqliteConnection, name: &str) -> Result<Option<Namespace>> {
+pub async fn get_namespace<C: Conn + ?Sized>(
+    conn: &mut C,
+    name: &str,
+) -> Result<Option<Namespace>> {
     check_namespace(name)?;
-    let row: Option<NamespaceRow> =
-        sqlx::query_as("SELECT name, created_ms FROM namespaces WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(conn)
-            .await?;
+    let row: Option<NamespaceRow> = with_conn!(
+        conn,
+        "SELECT name, created_ms FROM namespaces WHERE name = ?1",
+        |c, sql| sqlx::query_as(sql).bind(name).fetch_optional(c).await
+    )?;
     row.map(Namespace::try_from).transpose()
 }
 
 /// Deletes a namespace and its declared pools. [`Error::NotFound`] if it does not exist.
 /// Grants naming it stay (a namespace created again under the same name gets them back);
 /// the caller removes its live pool elements from the handlespace.
-pub async fn delete_namespace(conn: &mut SqliteConnection, name: &str) -> Result<()> {
+pub async fn delete_namespace<C: Conn + ?Sized>(conn: &mut C, name: &str) -> Result<()> {
     check_namespace(name)?;
     // Refused while a default-namespace rule sends requests there (the rule goes first).
-    let users: Vec<(String,)> =
-        sqlx::query_as("SELECT identity FROM default_namespaces WHERE namespace = ?1 ORDER BY id")
-            .bind(name)
-            .fetch_all(&mut *conn)
-            .await?;
+    let users: Vec<(String,)> = with_conn!(
+        conn,
+        "SELECT identity FROM default_namespaces WHERE namespace = ?1 ORDER BY id",
+        |c, sql| sqlx::query_as(sql).bind(name).fetch_all(c).await
+    )?;
     if let Some((identity,)) = users.into_iter().next() {
         return Err(Error::InUse {
             what: "namespace",
@@ -88,11 +90,14 @@ pub async fn delete_namespace(conn: &mut SqliteConnection, name: &str) -> Result
             by: format!("the default namespace of {identity}"),
         });
     }
-    let done = sqlx::query("DELETE FROM namespaces WHERE name = ?1")
-        .bind(name)
-        .execute(conn)
-        .await?;
-    if done.rows_affected() == 0 {
+    let affected = with_conn!(conn, "DELETE FROM namespaces WHERE name = ?1", |c, sql| {
+        sqlx::query(sql)
+            .bind(name)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    })?;
+    if affected == 0 {
         return Err(Error::NotFound {
             what: "namespace",
             key: name.to_owned(),

@@ -1,10 +1,8 @@
 //! ENRP peers this registrar has known.
 
-use sqlx::sqlite::SqliteConnection;
-
 use identity::SpiffeId;
 
-use super::{Error, Result, i64_to_ms, ms_to_i64};
+use super::{Conn, Error, Result, i64_to_ms, ms_to_i64, with_conn};
 
 /// A configured or learnt ENRP peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,8 +61,8 @@ impl TryFrom<PeerDbRow> for PeerRow {
 }
 
 /// Records a peer, or updates what is known of it (identity, Server ID, last seen).
-pub async fn upsert_peer(
-    conn: &mut SqliteConnection,
+pub async fn upsert_peer<C: Conn + ?Sized>(
+    conn: &mut C,
     address: &str,
     spiffe_id: Option<&SpiffeId>,
     server_id: Option<u32>,
@@ -83,31 +81,33 @@ pub async fn upsert_peer(
         });
     }
     let now = ms_to_i64(seen_ms, "time")?;
-    let row: PeerDbRow = sqlx::query_as(
+    let row: PeerDbRow = with_conn!(
+        conn,
         "INSERT INTO peers (address, spiffe_id, server_id, created_ms, last_seen_ms)
          VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT (address) DO UPDATE SET
-             spiffe_id = coalesce(excluded.spiffe_id, spiffe_id),
-             server_id = coalesce(excluded.server_id, server_id),
+             spiffe_id = coalesce(excluded.spiffe_id, peers.spiffe_id),
+             server_id = coalesce(excluded.server_id, peers.server_id),
              last_seen_ms = excluded.last_seen_ms
          RETURNING address, spiffe_id, server_id, created_ms, last_seen_ms",
-    )
-    .bind(address)
-    .bind(spiffe_id.map(SpiffeId::as_str))
-    .bind(server_id.map(i64::from))
-    .bind(now)
-    .fetch_one(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql)
+            .bind(address)
+            .bind(spiffe_id.map(SpiffeId::as_str))
+            .bind(server_id.map(i64::from))
+            .bind(now)
+            .fetch_one(c)
+            .await
+    )?;
     row.try_into()
 }
 
 /// Every peer, by address.
-pub async fn list_peers(conn: &mut SqliteConnection) -> Result<Vec<PeerRow>> {
-    let rows: Vec<PeerDbRow> = sqlx::query_as(
+pub async fn list_peers<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<PeerRow>> {
+    let rows: Vec<PeerDbRow> = with_conn!(
+        conn,
         "SELECT address, spiffe_id, server_id, created_ms, last_seen_ms FROM peers
          ORDER BY address",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(PeerRow::try_from).collect()
 }

@@ -1,8 +1,8 @@
 //! Pool declarations: a pool's policy and limits, stated before its PEs register.
 
-use sqlx::sqlite::SqliteConnection;
-
-use super::{Error, Result, check_namespace, check_pool_handle, i64_to_ms, ms_to_i64};
+use super::{
+    Conn, Error, Result, check_namespace, check_pool_handle, i64_to_ms, ms_to_i64, with_conn,
+};
 
 /// A declared pool: limits and policy an operator set for a pool handle.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +72,8 @@ impl TryFrom<PoolRow> for PoolDecl {
 
 /// Declares a pool, or replaces the declaration of `(namespace, handle)`; `created_ms` of
 /// `decl` is ignored and `now_ms` used. [`Error::NotFound`] if the namespace does not exist.
-pub async fn put_pool(
-    conn: &mut SqliteConnection,
+pub async fn put_pool<C: Conn + ?Sized>(
+    conn: &mut C,
     decl: &PoolDecl,
     now_ms: u64,
 ) -> Result<PoolDecl> {
@@ -86,20 +86,22 @@ pub async fn put_pool(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
-    let row: Option<PoolRow> = sqlx::query_as(
+    let row: Option<PoolRow> = with_conn!(
+        conn,
         "INSERT INTO pools (namespace, handle, policy, max_pes, created_ms)
          SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM namespaces WHERE name = ?1)
          ON CONFLICT (namespace, handle) DO UPDATE
              SET policy = excluded.policy, max_pes = excluded.max_pes
          RETURNING namespace, handle, policy, max_pes, created_ms",
-    )
-    .bind(&decl.namespace)
-    .bind(&decl.handle)
-    .bind(decl.policy.map(i64::from))
-    .bind(decl.max_pes.map(i64::from))
-    .bind(now)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql)
+            .bind(&decl.namespace)
+            .bind(&decl.handle)
+            .bind(decl.policy.map(i64::from))
+            .bind(decl.max_pes.map(i64::from))
+            .bind(now)
+            .fetch_optional(c)
+            .await
+    )?;
     match row {
         Some(row) => row.try_into(),
         None => Err(Error::NotFound {
@@ -110,51 +112,57 @@ pub async fn put_pool(
 }
 
 /// The declared pools of a namespace, by handle.
-pub async fn list_pools(conn: &mut SqliteConnection, namespace: &str) -> Result<Vec<PoolDecl>> {
+pub async fn list_pools<C: Conn + ?Sized>(conn: &mut C, namespace: &str) -> Result<Vec<PoolDecl>> {
     check_namespace(namespace)?;
-    let rows: Vec<PoolRow> = sqlx::query_as(
+    let rows: Vec<PoolRow> = with_conn!(
+        conn,
         "SELECT namespace, handle, policy, max_pes, created_ms FROM pools
          WHERE namespace = ?1 ORDER BY handle",
-    )
-    .bind(namespace)
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).bind(namespace).fetch_all(c).await
+    )?;
     rows.into_iter().map(PoolDecl::try_from).collect()
 }
 
 /// One declared pool, or `None`.
-pub async fn get_pool(
-    conn: &mut SqliteConnection,
+pub async fn get_pool<C: Conn + ?Sized>(
+    conn: &mut C,
     namespace: &str,
     handle: &[u8],
 ) -> Result<Option<PoolDecl>> {
     check_namespace(namespace)?;
     check_pool_handle(handle)?;
-    let row: Option<PoolRow> = sqlx::query_as(
+    let row: Option<PoolRow> = with_conn!(
+        conn,
         "SELECT namespace, handle, policy, max_pes, created_ms FROM pools
          WHERE namespace = ?1 AND handle = ?2",
-    )
-    .bind(namespace)
-    .bind(handle)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql)
+            .bind(namespace)
+            .bind(handle)
+            .fetch_optional(c)
+            .await
+    )?;
     row.map(PoolDecl::try_from).transpose()
 }
 
 /// Deletes a pool declaration. [`Error::NotFound`] if there is none.
-pub async fn delete_pool(
-    conn: &mut SqliteConnection,
+pub async fn delete_pool<C: Conn + ?Sized>(
+    conn: &mut C,
     namespace: &str,
     handle: &[u8],
 ) -> Result<()> {
     check_namespace(namespace)?;
     check_pool_handle(handle)?;
-    let done = sqlx::query("DELETE FROM pools WHERE namespace = ?1 AND handle = ?2")
-        .bind(namespace)
-        .bind(handle)
-        .execute(conn)
-        .await?;
-    if done.rows_affected() == 0 {
+    let done = with_conn!(
+        conn,
+        "DELETE FROM pools WHERE namespace = ?1 AND handle = ?2",
+        |c, sql| sqlx::query(sql)
+            .bind(namespace)
+            .bind(handle)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    )?;
+    if done == 0 {
         return Err(Error::NotFound {
             what: "pool",
             key: format!("{namespace}/{}", hex::encode(handle)),

@@ -2,11 +2,9 @@
 
 use std::str::FromStr;
 
-use sqlx::sqlite::SqliteConnection;
-
 use identity::{Revocation, Serial, SpiffeId, TrustDomain};
 
-use super::{Error, Result, already_exists, check_text, i64_to_ms, ms_to_i64};
+use super::{Conn, Error, Result, already_exists, check_text, i64_to_ms, ms_to_i64, with_conn};
 
 /// The store's columns of a revocation: (kind, trust domain, value).
 fn revocation_columns(revocation: &Revocation) -> Result<(&'static str, String, String)> {
@@ -88,8 +86,8 @@ impl TryFrom<RevocationRow> for RevocationRecord {
 }
 
 /// Records a revocation. [`Error::AlreadyExists`] if the same thing is revoked already.
-pub async fn add_revocation(
-    conn: &mut SqliteConnection,
+pub async fn add_revocation<C: Conn + ?Sized>(
+    conn: &mut C,
     revocation: &Revocation,
     reason: Option<&str>,
     now_ms: u64,
@@ -99,28 +97,30 @@ pub async fn add_revocation(
     }
     let now = ms_to_i64(now_ms, "time")?;
     let (kind, domain, value) = revocation_columns(revocation)?;
-    let row: RevocationRow = sqlx::query_as(
+    let row: RevocationRow = with_conn!(
+        conn,
         "INSERT INTO revocations (kind, trust_domain, value, reason, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
          RETURNING id, kind, trust_domain, value, reason, created_ms",
+        |c, sql| sqlx::query_as(sql)
+            .bind(kind)
+            .bind(domain)
+            .bind(value)
+            .bind(reason)
+            .bind(now)
+            .fetch_one(c)
+            .await
     )
-    .bind(kind)
-    .bind(domain)
-    .bind(value)
-    .bind(reason)
-    .bind(now)
-    .fetch_one(conn)
-    .await
     .map_err(already_exists("revocation", || revocation.to_string()))?;
     row.try_into()
 }
 
 /// Every revocation, oldest first (the order to replay them into the trust store).
-pub async fn list_revocations(conn: &mut SqliteConnection) -> Result<Vec<RevocationRecord>> {
-    let rows: Vec<RevocationRow> = sqlx::query_as(
+pub async fn list_revocations<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<RevocationRecord>> {
+    let rows: Vec<RevocationRow> = with_conn!(
+        conn,
         "SELECT id, kind, trust_domain, value, reason, created_ms FROM revocations ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(RevocationRecord::try_from).collect()
 }

@@ -1,15 +1,13 @@
 //! Server ID bindings (issue 16): the identity each ENRP Server ID was first proved by.
 
-use sqlx::sqlite::SqliteConnection;
-
 use identity::SpiffeId;
 
-use super::{Error, Result, ms_to_i64};
+use super::{Conn, Error, Result, ms_to_i64, with_conn};
 
 /// Binds `server_id` to `identity` unless it is bound already; returns the identity it
 /// is bound to (the earlier one when there is one: a binding never changes).
-pub async fn bind_server_id(
-    conn: &mut SqliteConnection,
+pub async fn bind_server_id<C: Conn + ?Sized>(
+    conn: &mut C,
     server_id: u32,
     identity: &SpiffeId,
     now_ms: u64,
@@ -21,20 +19,26 @@ pub async fn bind_server_id(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
-    sqlx::query(
+    with_conn!(
+        conn,
         "INSERT INTO server_id_bindings (server_id, spiffe_id, created_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT (server_id) DO NOTHING",
-    )
-    .bind(i64::from(server_id))
-    .bind(identity.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    let (bound,): (String,) =
-        sqlx::query_as("SELECT spiffe_id FROM server_id_bindings WHERE server_id = ?1")
+        |c, sql| sqlx::query(sql)
             .bind(i64::from(server_id))
-            .fetch_one(&mut *conn)
-            .await?;
+            .bind(identity.as_str())
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    )?;
+    let (bound,): (String,) = with_conn!(
+        conn,
+        "SELECT spiffe_id FROM server_id_bindings WHERE server_id = ?1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(i64::from(server_id))
+            .fetch_one(c)
+            .await
+    )?;
     SpiffeId::parse(&bound).map_err(|_| Error::Corrupt {
         table: "server_id_bindings",
         id: server_id.to_string(),
@@ -43,11 +47,14 @@ pub async fn bind_server_id(
 }
 
 /// Every Server ID binding, by Server ID.
-pub async fn list_server_id_bindings(conn: &mut SqliteConnection) -> Result<Vec<(u32, SpiffeId)>> {
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT server_id, spiffe_id FROM server_id_bindings ORDER BY server_id")
-            .fetch_all(conn)
-            .await?;
+pub async fn list_server_id_bindings<C: Conn + ?Sized>(
+    conn: &mut C,
+) -> Result<Vec<(u32, SpiffeId)>> {
+    let rows: Vec<(i64, String)> = with_conn!(
+        conn,
+        "SELECT server_id, spiffe_id FROM server_id_bindings ORDER BY server_id",
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter()
         .map(|(sid, id)| {
             let corrupt = |reason| Error::Corrupt {

@@ -6,15 +6,114 @@ use identity::{
     Action, DefaultNamespace, Grant, IdentityPattern, NamespacePattern, PoolPattern, Revocation,
     Serial, SpiffeId, TrustDomain,
 };
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteConnection;
 
+use super::test_db::{TestDb, on_both_backends, sqlite_conn};
 use super::*;
 
-async fn memory() -> (Store, PoolConnection<Sqlite>) {
-    let store = Store::in_memory().await.expect("in-memory store");
-    let conn = store.acquire().await.expect("connection");
-    (store, conn)
+on_both_backends!(
+    create_namespace_validates_and_refuses_duplicates,
+    list_namespaces_is_sorted_by_name,
+    get_namespace_finds_or_returns_none,
+    audit_tables_refuse_update_delete_truncate,
+    delete_namespace_cascades_to_pools,
+    put_pool_inserts_then_replaces_limits,
+    list_pools_of_one_namespace,
+    get_pool_by_namespace_and_handle,
+    delete_pool_removes_one_declaration,
+    add_trust_domain_allows_one_local,
+    list_trust_domains_local_first,
+    set_trust_domain_crls_replaces_or_clears,
+    remove_trust_domain_keeps_the_local_one,
+    add_grant_round_trips_and_refuses_duplicates,
+    list_grants_by_id_and_detects_corrupt_rows,
+    delete_grant_returns_the_removed_grant,
+    add_revocation_of_each_kind,
+    list_revocations_oldest_first,
+    upsert_peer_then_update,
+    list_peers_by_address,
+    create_token_stores_only_an_argon2id_hash,
+    verify_token_accepts_the_token_and_refuses_the_rest,
+    verify_token_with_default_cost,
+    list_tokens_without_secrets,
+    revoke_token_keeps_the_first_time,
+    default_namespace_rules_round_trip_and_pin_their_namespace,
+    a_server_id_binding_never_changes,
+);
+
+/// The append-only protection of the audit log holds on both backends' migrations (SQLite
+/// triggers; PostgreSQL PL/pgSQL triggers, also for TRUNCATE, which fires no row trigger).
+async fn audit_tables_refuse_update_delete_truncate(db: &TestDb) {
+    let (store, mut conn) = db.open().await;
+    let (zero, one) = (vec![0u8; 32], vec![1u8; 32]);
+    with_conn!(
+        &mut conn,
+        "INSERT INTO audit_events (id, time_ms, action, outcome, prev_hash, hash)
+         VALUES (1, 1, 'register', 'ok', ?1, ?2)",
+        |c, sql| sqlx::query(sql)
+            .bind(&zero)
+            .bind(&one)
+            .execute(c)
+            .await
+            .map(drop)
+            .expect("append")
+    );
+    let mut statements = vec![
+        "UPDATE audit_events SET time_ms = 2",
+        "DELETE FROM audit_events",
+        // An anchor that names no archived rows cannot excuse a deletion.
+        "INSERT INTO audit_archives (last_id, first_id, first_prev_hash, last_hash, time_ms, \
+         file, sha256) VALUES (1, 1, zeroblob(32), zeroblob(32), 1, 'x', zeroblob(32))",
+    ];
+    if store.backend() == Backend::Postgres {
+        statements[2] = "INSERT INTO audit_archives (last_id, first_id, first_prev_hash, \
+             last_hash, time_ms, file, sha256) VALUES (1, 1, decode(repeat('00', 32), 'hex'), \
+             decode(repeat('00', 32), 'hex'), 1, 'x', decode(repeat('00', 32), 'hex'))";
+        statements.push("TRUNCATE audit_events");
+        statements.push("TRUNCATE audit_archives");
+    }
+    for statement in statements {
+        let err = with_conn!(&mut conn, statement, |c, sql| sqlx::query(sql)
+            .execute(c)
+            .await
+            .expect_err(statement));
+        let err = err.to_string();
+        assert!(
+            err.contains("append-only") || err.contains("audit archive does not match"),
+            "{statement}: {err}"
+        );
+    }
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM audit_events").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn connect_opens_sqlite_urls_and_refuses_other_schemes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("by-url.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("sqlite URL");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    let mut tx = store.begin().await.expect("begin");
+    create_namespace(&mut tx, "lab", 1).await.expect("create");
+    tx.commit().await.expect("commit");
+    store.close().await;
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("reopen");
+    let mut conn = store.acquire().await.expect("conn");
+    assert_eq!(list_namespaces(&mut conn).await.expect("list").len(), 1);
+
+    for bad in ["mysql://u:hunter2@db/rsp", "rsp.db", "sqlite://"] {
+        let err = Store::connect(bad, &StoreOptions::default())
+            .await
+            .expect_err(bad);
+        assert!(matches!(err, Error::Url { .. }), "{bad}: {err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 }
 
 fn grant(identity: &str, namespace: &str, pools: &str, actions: &[Action]) -> Grant {
@@ -30,8 +129,19 @@ fn domain(name: &str) -> TrustDomain {
     TrustDomain::new(name).expect("trust domain")
 }
 
-async fn count(conn: &mut SqliteConnection, sql: &'static str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(conn).await.expect("count");
+async fn one_text(conn: &mut StoreConn, sql: &'static str) -> String {
+    let (text,): (String,) = with_conn!(conn, sql, |c, sql| sqlx::query_as(sql)
+        .fetch_one(c)
+        .await
+        .expect("raw"));
+    text
+}
+
+async fn count<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> i64 {
+    let (n,): (i64,) = with_conn!(conn, sql, |c, sql| sqlx::query_as(sql)
+        .fetch_one(c)
+        .await
+        .expect("count"));
     n
 }
 
@@ -50,23 +160,23 @@ async fn open_creates_private_dir_wal_full_and_reopens() {
     }
     let mut conn = store.acquire().await.expect("conn");
     let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(mode, "wal");
     let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(sync, 2, "synchronous=FULL");
     let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(fk, 1);
     let (temp_store, cache): (i64, i64) =
         sqlx::query_as("SELECT * FROM pragma_temp_store, pragma_cache_size")
-            .fetch_one(&mut *conn)
+            .fetch_one(sqlite_conn(&mut conn))
             .await
             .expect("pragma");
     assert_eq!(
@@ -99,7 +209,7 @@ async fn open_with_synchronous_normal() {
     let store = Store::open(tmp.path(), &options).await.expect("open");
     let mut conn = store.acquire().await.expect("conn");
     let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
+        .fetch_one(sqlite_conn(&mut conn))
         .await
         .expect("pragma");
     assert_eq!(sync, 1, "synchronous=NORMAL");
@@ -114,9 +224,8 @@ async fn open_refuses_a_file_as_data_dir() {
     assert!(matches!(err, Error::DataDir { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn create_namespace_validates_and_refuses_duplicates() {
-    let (_store, mut conn) = memory().await;
+async fn create_namespace_validates_and_refuses_duplicates(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let ns = create_namespace(&mut conn, "default", 42)
         .await
         .expect("create");
@@ -154,9 +263,8 @@ async fn create_namespace_validates_and_refuses_duplicates() {
     assert_eq!(count(&mut conn, "SELECT count(*) FROM namespaces").await, 2);
 }
 
-#[tokio::test]
-async fn list_namespaces_is_sorted_by_name() {
-    let (_store, mut conn) = memory().await;
+async fn list_namespaces_is_sorted_by_name(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     assert!(list_namespaces(&mut conn).await.expect("empty").is_empty());
     for name in ["prod", "default", "lab.1"] {
         create_namespace(&mut conn, name, 1).await.expect("create");
@@ -170,9 +278,8 @@ async fn list_namespaces_is_sorted_by_name() {
     assert_eq!(names, ["default", "lab.1", "prod"]);
 }
 
-#[tokio::test]
-async fn get_namespace_finds_or_returns_none() {
-    let (_store, mut conn) = memory().await;
+async fn get_namespace_finds_or_returns_none(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "default", 7)
         .await
         .expect("create");
@@ -182,9 +289,8 @@ async fn get_namespace_finds_or_returns_none() {
     assert!(get_namespace(&mut conn, "BAD").await.is_err());
 }
 
-#[tokio::test]
-async fn delete_namespace_cascades_to_pools() {
-    let (_store, mut conn) = memory().await;
+async fn delete_namespace_cascades_to_pools(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "lab", 1).await.expect("create");
     put_pool(&mut conn, &PoolDecl::new("lab", b"echo".to_vec()), 2)
         .await
@@ -205,9 +311,8 @@ async fn delete_namespace_cascades_to_pools() {
     );
 }
 
-#[tokio::test]
-async fn put_pool_inserts_then_replaces_limits() {
-    let (_store, mut conn) = memory().await;
+async fn put_pool_inserts_then_replaces_limits(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "default", 1).await.expect("ns");
     let mut decl = PoolDecl::new("default", b"echo".to_vec());
     decl.policy = Some(1);
@@ -258,9 +363,8 @@ async fn put_pool_inserts_then_replaces_limits() {
     assert_eq!(count(&mut conn, "SELECT count(*) FROM pools").await, 1);
 }
 
-#[tokio::test]
-async fn list_pools_of_one_namespace() {
-    let (_store, mut conn) = memory().await;
+async fn list_pools_of_one_namespace(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     for ns in ["a", "b"] {
         create_namespace(&mut conn, ns, 1).await.expect("ns");
     }
@@ -278,9 +382,8 @@ async fn list_pools_of_one_namespace() {
     assert_eq!(handles, [b"\x00bin".to_vec(), b"zeta".to_vec()]);
 }
 
-#[tokio::test]
-async fn get_pool_by_namespace_and_handle() {
-    let (_store, mut conn) = memory().await;
+async fn get_pool_by_namespace_and_handle(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "a", 1).await.expect("ns");
     put_pool(&mut conn, &PoolDecl::new("a", b"echo".to_vec()), 3)
         .await
@@ -290,9 +393,8 @@ async fn get_pool_by_namespace_and_handle() {
     assert_eq!(get_pool(&mut conn, "a", b"other").await.expect("get"), None);
 }
 
-#[tokio::test]
-async fn delete_pool_removes_one_declaration() {
-    let (_store, mut conn) = memory().await;
+async fn delete_pool_removes_one_declaration(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "a", 1).await.expect("ns");
     put_pool(&mut conn, &PoolDecl::new("a", b"echo".to_vec()), 3)
         .await
@@ -306,9 +408,8 @@ async fn delete_pool_removes_one_declaration() {
 
 const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
-#[tokio::test]
-async fn add_trust_domain_allows_one_local() {
-    let (_store, mut conn) = memory().await;
+async fn add_trust_domain_allows_one_local(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let local = add_trust_domain(&mut conn, &domain("acme.test"), true, PEM, None, 1)
         .await
         .expect("local");
@@ -334,9 +435,8 @@ async fn add_trust_domain_allows_one_local() {
     );
 }
 
-#[tokio::test]
-async fn list_trust_domains_local_first() {
-    let (_store, mut conn) = memory().await;
+async fn list_trust_domains_local_first(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     add_trust_domain(&mut conn, &domain("b.test"), false, PEM, None, 1)
         .await
         .expect("b");
@@ -352,9 +452,8 @@ async fn list_trust_domains_local_first() {
     assert_eq!(domains[1].crls_pem.as_deref(), Some(PEM));
 }
 
-#[tokio::test]
-async fn set_trust_domain_crls_replaces_or_clears() {
-    let (_store, mut conn) = memory().await;
+async fn set_trust_domain_crls_replaces_or_clears(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     add_trust_domain(&mut conn, &domain("a.test"), false, PEM, None, 1)
         .await
         .expect("a");
@@ -380,9 +479,8 @@ async fn set_trust_domain_crls_replaces_or_clears() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn remove_trust_domain_keeps_the_local_one() {
-    let (_store, mut conn) = memory().await;
+async fn remove_trust_domain_keeps_the_local_one(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     add_trust_domain(&mut conn, &domain("acme.test"), true, PEM, None, 1)
         .await
         .expect("local");
@@ -403,9 +501,8 @@ async fn remove_trust_domain_keeps_the_local_one() {
     assert_eq!(list_trust_domains(&mut conn).await.expect("list").len(), 1);
 }
 
-#[tokio::test]
-async fn add_grant_round_trips_and_refuses_duplicates() {
-    let (_store, mut conn) = memory().await;
+async fn add_grant_round_trips_and_refuses_duplicates(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let g = grant(
         "spiffe://acme.test/pe/*",
         "default",
@@ -415,10 +512,7 @@ async fn add_grant_round_trips_and_refuses_duplicates() {
     let row = add_grant(&mut conn, &g, 11).await.expect("add");
     assert_eq!(row.grant, g);
     assert_eq!(row.created_ms, 11);
-    let (text,): (String,) = sqlx::query_as("SELECT actions FROM grants")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("raw");
+    let text = one_text(&mut conn, "SELECT actions FROM grants").await;
     assert_eq!(text, "register,admin:write");
     let err = add_grant(&mut conn, &g, 12).await.expect_err("dup");
     assert!(
@@ -435,9 +529,8 @@ async fn add_grant_round_trips_and_refuses_duplicates() {
     assert_eq!(count(&mut conn, "SELECT count(*) FROM grants").await, 1);
 }
 
-#[tokio::test]
-async fn list_grants_by_id_and_detects_corrupt_rows() {
-    let (_store, mut conn) = memory().await;
+async fn list_grants_by_id_and_detects_corrupt_rows(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let a = grant("spiffe://acme.test/pu/*", "*", "*", &[Action::Resolve]);
     let b = grant(
         "spiffe://acme.test/registrar/*",
@@ -455,13 +548,17 @@ async fn list_grants_by_id_and_detects_corrupt_rows() {
         .collect();
     assert_eq!(grants, [a, b]);
 
-    sqlx::query(
+    with_conn!(
+        &mut conn,
         "INSERT INTO grants (identity, namespace, pools, actions, created_ms)
-         VALUES ('spiffe://acme.test/x', '*', X'2a', 'fly', 1)",
-    )
-    .execute(&mut *conn)
-    .await
-    .expect("raw insert");
+         VALUES ('spiffe://acme.test/x', '*', ?1, 'fly', 1)",
+        |c, sql| sqlx::query(sql)
+            .bind(b"*".as_slice())
+            .execute(c)
+            .await
+            .map(drop)
+            .expect("raw insert")
+    );
     let err = list_grants(&mut conn).await.expect_err("corrupt");
     assert!(
         matches!(
@@ -475,9 +572,8 @@ async fn list_grants_by_id_and_detects_corrupt_rows() {
     );
 }
 
-#[tokio::test]
-async fn delete_grant_returns_the_removed_grant() {
-    let (_store, mut conn) = memory().await;
+async fn delete_grant_returns_the_removed_grant(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let g = grant(
         "spiffe://acme.test/pe/echo-1",
         "default",
@@ -494,9 +590,8 @@ async fn delete_grant_returns_the_removed_grant() {
     );
 }
 
-#[tokio::test]
-async fn add_revocation_of_each_kind() {
-    let (_store, mut conn) = memory().await;
+async fn add_revocation_of_each_kind(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let kinds = [
         Revocation::Serial {
             domain: domain("acme.test"),
@@ -531,16 +626,16 @@ async fn add_revocation_of_each_kind() {
         matches!(err, Error::Invalid { what: "reason", .. }),
         "{err}"
     );
-    let (value,): (String,) = sqlx::query_as("SELECT value FROM revocations WHERE kind = 'serial'")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("raw");
+    let value = one_text(
+        &mut conn,
+        "SELECT value FROM revocations WHERE kind = 'serial'",
+    )
+    .await;
     assert_eq!(value, "0aff");
 }
 
-#[tokio::test]
-async fn list_revocations_oldest_first() {
-    let (_store, mut conn) = memory().await;
+async fn list_revocations_oldest_first(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let first = Revocation::TrustDomain(domain("b.test"));
     let second = Revocation::Identity(SpiffeId::parse("spiffe://a.test/pu/x").expect("id"));
     add_revocation(&mut conn, &first, None, 1).await.expect("1");
@@ -556,9 +651,8 @@ async fn list_revocations_oldest_first() {
     assert_eq!(listed, [first, second]);
 }
 
-#[tokio::test]
-async fn upsert_peer_then_update() {
-    let (_store, mut conn) = memory().await;
+async fn upsert_peer_then_update(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let peer = upsert_peer(&mut conn, "10.0.0.2:9902", None, None, 5)
         .await
         .expect("insert");
@@ -588,9 +682,8 @@ async fn upsert_peer_then_update() {
     );
 }
 
-#[tokio::test]
-async fn list_peers_by_address() {
-    let (_store, mut conn) = memory().await;
+async fn list_peers_by_address(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     for addr in ["b:9902", "a:9902"] {
         upsert_peer(&mut conn, addr, None, None, 1)
             .await
@@ -609,9 +702,8 @@ fn fast() -> TokenHasher {
     TokenHasher::insecure_fast_for_tests()
 }
 
-#[tokio::test]
-async fn create_token_stores_only_an_argon2id_hash() {
-    let (_store, mut conn) = memory().await;
+async fn create_token_stores_only_an_argon2id_hash(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let new = create_token(&mut conn, &fast(), "ops", Role::Admin, Some(10_000), 1_000)
         .await
         .expect("create");
@@ -624,10 +716,7 @@ async fn create_token_stores_only_an_argon2id_hash() {
         !format!("{new:?}").contains(&token[21..]),
         "Debug hides the token"
     );
-    let (hash,): (String,) = sqlx::query_as("SELECT hash FROM admin_tokens")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("raw");
+    let hash = one_text(&mut conn, "SELECT hash FROM admin_tokens").await;
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains(&token[21..]));
     let err = create_token(&mut conn, &fast(), "", Role::Admin, None, 1)
@@ -660,9 +749,8 @@ async fn create_token_stores_only_an_argon2id_hash() {
     );
 }
 
-#[tokio::test]
-async fn verify_token_accepts_the_token_and_refuses_the_rest() {
-    let (_store, mut conn) = memory().await;
+async fn verify_token_accepts_the_token_and_refuses_the_rest(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let new = create_token(
         &mut conn,
         &fast(),
@@ -678,25 +766,24 @@ async fn verify_token_accepts_the_token_and_refuses_the_rest() {
         .expect("ok");
     assert_eq!(info, new.info);
 
-    let reject = async |conn: &mut SqliteConnection, token: &str, now: u64| match verify_token(
-        conn, token, now,
-    )
-    .await
-    {
-        Err(Error::Token(why)) => why,
-        other => panic!("expected a token rejection, got {other:?}"),
-    };
+    let reject =
+        async |conn: &mut StoreConn, token: &str, now: u64| match verify_token(conn, token, now)
+            .await
+        {
+            Err(Error::Token(why)) => why,
+            other => panic!("expected a token rejection, got {other:?}"),
+        };
     // One different secret digit.
     let mut wrong = new.token.clone();
     let last = if wrong.ends_with('0') { "1" } else { "0" };
     wrong.replace_range(wrong.len() - 1.., last);
     assert_eq!(
-        reject(&mut *conn, &wrong, 2_000).await,
+        reject(&mut conn, &wrong, 2_000).await,
         TokenRejection::Mismatch
     );
     let unknown = format!("rsp_{}_{}", "0".repeat(16), &new.token[21..]);
     assert_eq!(
-        reject(&mut *conn, &unknown, 2_000).await,
+        reject(&mut conn, &unknown, 2_000).await,
         TokenRejection::Unknown
     );
     for malformed in [
@@ -707,26 +794,25 @@ async fn verify_token_accepts_the_token_and_refuses_the_rest() {
         &new.token[..80],
     ] {
         assert_eq!(
-            reject(&mut *conn, malformed, 2_000).await,
+            reject(&mut conn, malformed, 2_000).await,
             TokenRejection::Malformed
         );
     }
     assert_eq!(
-        reject(&mut *conn, &new.token, 10_000).await,
+        reject(&mut conn, &new.token, 10_000).await,
         TokenRejection::Expired
     );
     revoke_token(&mut conn, &new.info.id, 3_000)
         .await
         .expect("revoke");
     assert_eq!(
-        reject(&mut *conn, &new.token, 3_001).await,
+        reject(&mut conn, &new.token, 3_001).await,
         TokenRejection::Revoked
     );
 }
 
-#[tokio::test]
-async fn verify_token_with_default_cost() {
-    let (_store, mut conn) = memory().await;
+async fn verify_token_with_default_cost(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let new = create_token(
         &mut conn,
         &TokenHasher::default(),
@@ -737,10 +823,7 @@ async fn verify_token_with_default_cost() {
     )
     .await
     .expect("create");
-    let (hash,): (String,) = sqlx::query_as("SELECT hash FROM admin_tokens")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("raw");
+    let hash = one_text(&mut conn, "SELECT hash FROM admin_tokens").await;
     assert!(
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{hash}"
@@ -750,9 +833,8 @@ async fn verify_token_with_default_cost() {
         .expect("verify");
 }
 
-#[tokio::test]
-async fn list_tokens_without_secrets() {
-    let (_store, mut conn) = memory().await;
+async fn list_tokens_without_secrets(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let a = create_token(&mut conn, &fast(), "a", Role::Admin, None, 1)
         .await
         .expect("a");
@@ -763,9 +845,8 @@ async fn list_tokens_without_secrets() {
     assert_eq!(listed, [a.info, b.info]);
 }
 
-#[tokio::test]
-async fn revoke_token_keeps_the_first_time() {
-    let (_store, mut conn) = memory().await;
+async fn revoke_token_keeps_the_first_time(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let new = create_token(&mut conn, &fast(), "a", Role::Admin, None, 1)
         .await
         .expect("a");
@@ -801,9 +882,8 @@ async fn write_transaction_rolls_back_on_drop() {
     assert_eq!(get_namespace(&mut conn, "gone").await.expect("get"), None);
 }
 
-#[tokio::test]
-async fn default_namespace_rules_round_trip_and_pin_their_namespace() {
-    let (_store, mut conn) = memory().await;
+async fn default_namespace_rules_round_trip_and_pin_their_namespace(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     create_namespace(&mut conn, "lab", 1)
         .await
         .expect("namespace");
@@ -859,9 +939,8 @@ async fn default_namespace_rules_round_trip_and_pin_their_namespace() {
     delete_namespace(&mut conn, "lab").await.expect("now free");
 }
 
-#[tokio::test]
-async fn a_server_id_binding_never_changes() {
-    let (_store, mut conn) = memory().await;
+async fn a_server_id_binding_never_changes(db: &TestDb) {
+    let (_store, mut conn) = db.open().await;
     let first = SpiffeId::parse("spiffe://acme.test/registrar/a").expect("id");
     let other = SpiffeId::parse("spiffe://acme.test/registrar/evil").expect("id");
     assert_eq!(

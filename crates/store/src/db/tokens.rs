@@ -10,9 +10,8 @@ use std::str::FromStr;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use sqlx::sqlite::SqliteConnection;
 
-use super::{Error, Result, check_text, i64_to_ms, ms_to_i64};
+use super::{Conn, Error, Result, check_text, i64_to_ms, ms_to_i64, with_conn};
 
 const PREFIX: &str = "rsp_";
 const ID_BYTES: usize = 8;
@@ -208,8 +207,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Creates a token with `role`, valid until `expires_ms` (or forever). Only the hash of
 /// its secret is stored; the token itself is in the returned [`NewToken`] and nowhere
 /// else.
-pub async fn create_token(
-    conn: &mut SqliteConnection,
+pub async fn create_token<C: Conn + ?Sized>(
+    conn: &mut C,
     hasher: &TokenHasher,
     name: &str,
     role: Role,
@@ -242,19 +241,21 @@ pub async fn create_token(
     })
     .await?
     .map_err(|_| Error::Crypto("argon2id hashing failed"))?;
-    let row: TokenRow = sqlx::query_as(
+    let row: TokenRow = with_conn!(
+        conn,
         "INSERT INTO admin_tokens (id, name, role, hash, created_ms, expires_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          RETURNING id, name, role, created_ms, expires_ms, revoked_ms",
-    )
-    .bind(&id)
-    .bind(name)
-    .bind(role.as_str())
-    .bind(hash)
-    .bind(now)
-    .bind(expires)
-    .fetch_one(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql)
+            .bind(&id)
+            .bind(name)
+            .bind(role.as_str())
+            .bind(hash)
+            .bind(now)
+            .bind(expires)
+            .fetch_one(c)
+            .await
+    )?;
     Ok(NewToken {
         token: format!("{PREFIX}{id}_{secret}"),
         info: row.try_into()?,
@@ -281,19 +282,18 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
 
 /// Checks a bearer token: one row lookup by id and one argon2id verification. Returns the
 /// token's metadata, or [`Error::Token`] with the reason it was refused.
-pub async fn verify_token(
-    conn: &mut SqliteConnection,
+pub async fn verify_token<C: Conn + ?Sized>(
+    conn: &mut C,
     token: &str,
     now_ms: u64,
 ) -> Result<TokenInfo> {
     let (id, secret) = parse_token(token).ok_or(Error::Token(TokenRejection::Malformed))?;
-    let row: Option<HashRow> = sqlx::query_as(
+    let row: Option<HashRow> = with_conn!(
+        conn,
         "SELECT id, name, role, hash, created_ms, expires_ms, revoked_ms FROM admin_tokens
          WHERE id = ?1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).bind(id).fetch_optional(c).await
+    )?;
     // An unknown id answers faster than a wrong secret. That reveals only whether a
     // 64-bit id exists, which does not help guess the 256-bit secret.
     let row = row.ok_or(Error::Token(TokenRejection::Unknown))?;
@@ -340,28 +340,34 @@ struct HashRow {
 }
 
 /// Every token's metadata, by creation time.
-pub async fn list_tokens(conn: &mut SqliteConnection) -> Result<Vec<TokenInfo>> {
-    let rows: Vec<TokenRow> = sqlx::query_as(
+pub async fn list_tokens<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<TokenInfo>> {
+    let rows: Vec<TokenRow> = with_conn!(
+        conn,
         "SELECT id, name, role, created_ms, expires_ms, revoked_ms FROM admin_tokens
          ORDER BY created_ms, id",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(TokenInfo::try_from).collect()
 }
 
 /// Revokes a token (it stays listed, marked revoked). [`Error::NotFound`] if there is no
 /// token with this id; revoking twice keeps the first time.
-pub async fn revoke_token(conn: &mut SqliteConnection, id: &str, now_ms: u64) -> Result<TokenInfo> {
+pub async fn revoke_token<C: Conn + ?Sized>(
+    conn: &mut C,
+    id: &str,
+    now_ms: u64,
+) -> Result<TokenInfo> {
     let now = ms_to_i64(now_ms, "time")?;
-    let row: Option<TokenRow> = sqlx::query_as(
+    let row: Option<TokenRow> = with_conn!(
+        conn,
         "UPDATE admin_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE id = ?1
          RETURNING id, name, role, created_ms, expires_ms, revoked_ms",
-    )
-    .bind(id)
-    .bind(now)
-    .fetch_optional(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(c)
+            .await
+    )?;
     match row {
         Some(row) => row.try_into(),
         None => Err(Error::NotFound {

@@ -1,10 +1,8 @@
 //! Trust domains: the local one and the federated ones, with their roots and CRLs.
 
-use sqlx::sqlite::SqliteConnection;
-
 use identity::TrustDomain;
 
-use super::{Error, Result, already_exists, i64_to_ms, ms_to_i64};
+use super::{Conn, Error, Result, already_exists, i64_to_ms, ms_to_i64, with_conn};
 
 /// A stored trust domain: its root bundle and CRLs, as PEM text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +50,8 @@ impl TryFrom<DomainRow> for TrustDomainRow {
 /// Adds a trust domain. The PEM is stored as given: the caller has parsed it (through
 /// `trust::DomainBundle::from_pem`) before. [`Error::AlreadyExists`] if the domain is
 /// stored, or if `is_local` and a local domain exists.
-pub async fn add_trust_domain(
-    conn: &mut SqliteConnection,
+pub async fn add_trust_domain<C: Conn + ?Sized>(
+    conn: &mut C,
     name: &TrustDomain,
     is_local: bool,
     roots_pem: &str,
@@ -73,36 +71,38 @@ pub async fn add_trust_domain(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
-    let row: DomainRow = sqlx::query_as(
+    let row: DomainRow = with_conn!(
+        conn,
         "INSERT INTO trust_domains (name, is_local, roots_pem, crls_pem, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
          RETURNING name, is_local, roots_pem, crls_pem, created_ms",
+        |c, sql| sqlx::query_as(sql)
+            .bind(name.as_str())
+            .bind(i64::from(is_local))
+            .bind(roots_pem)
+            .bind(crls_pem)
+            .bind(now)
+            .fetch_one(c)
+            .await
     )
-    .bind(name.as_str())
-    .bind(i64::from(is_local))
-    .bind(roots_pem)
-    .bind(crls_pem)
-    .bind(now)
-    .fetch_one(conn)
-    .await
     .map_err(already_exists("trust domain", || name.to_string()))?;
     row.try_into()
 }
 
 /// Every stored trust domain, the local one first.
-pub async fn list_trust_domains(conn: &mut SqliteConnection) -> Result<Vec<TrustDomainRow>> {
-    let rows: Vec<DomainRow> = sqlx::query_as(
+pub async fn list_trust_domains<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<TrustDomainRow>> {
+    let rows: Vec<DomainRow> = with_conn!(
+        conn,
         "SELECT name, is_local, roots_pem, crls_pem, created_ms FROM trust_domains
          ORDER BY is_local DESC, name",
-    )
-    .fetch_all(conn)
-    .await?;
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
     rows.into_iter().map(TrustDomainRow::try_from).collect()
 }
 
 /// Replaces the CRLs of a stored trust domain. [`Error::NotFound`] if it is not stored.
-pub async fn set_trust_domain_crls(
-    conn: &mut SqliteConnection,
+pub async fn set_trust_domain_crls<C: Conn + ?Sized>(
+    conn: &mut C,
     name: &TrustDomain,
     crls_pem: Option<&str>,
 ) -> Result<()> {
@@ -112,12 +112,17 @@ pub async fn set_trust_domain_crls(
             reason: "larger than 16 MiB",
         });
     }
-    let done = sqlx::query("UPDATE trust_domains SET crls_pem = ?2 WHERE name = ?1")
-        .bind(name.as_str())
-        .bind(crls_pem)
-        .execute(conn)
-        .await?;
-    if done.rows_affected() == 0 {
+    let done = with_conn!(
+        conn,
+        "UPDATE trust_domains SET crls_pem = ?2 WHERE name = ?1",
+        |c, sql| sqlx::query(sql)
+            .bind(name.as_str())
+            .bind(crls_pem)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    )?;
+    if done == 0 {
         return Err(Error::NotFound {
             what: "trust domain",
             key: name.to_string(),
@@ -128,12 +133,15 @@ pub async fn set_trust_domain_crls(
 
 /// Removes a federated trust domain. [`Error::NotFound`] if it is not stored;
 /// [`Error::Invalid`] for the local domain, which cannot be removed.
-pub async fn remove_trust_domain(conn: &mut SqliteConnection, name: &TrustDomain) -> Result<()> {
-    let local: Option<(i64,)> =
-        sqlx::query_as("SELECT is_local FROM trust_domains WHERE name = ?1")
+pub async fn remove_trust_domain<C: Conn + ?Sized>(conn: &mut C, name: &TrustDomain) -> Result<()> {
+    let local: Option<(i64,)> = with_conn!(
+        conn,
+        "SELECT is_local FROM trust_domains WHERE name = ?1",
+        |c, sql| sqlx::query_as(sql)
             .bind(name.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+            .fetch_optional(c)
+            .await
+    )?;
     match local {
         None => Err(Error::NotFound {
             what: "trust domain",
@@ -144,10 +152,15 @@ pub async fn remove_trust_domain(conn: &mut SqliteConnection, name: &TrustDomain
             reason: "the local trust domain cannot be removed",
         }),
         Some(_) => {
-            sqlx::query("DELETE FROM trust_domains WHERE name = ?1 AND is_local = 0")
-                .bind(name.as_str())
-                .execute(conn)
-                .await?;
+            with_conn!(
+                conn,
+                "DELETE FROM trust_domains WHERE name = ?1 AND is_local = 0",
+                |c, sql| sqlx::query(sql)
+                    .bind(name.as_str())
+                    .execute(c)
+                    .await
+                    .map(|done| done.rows_affected())
+            )?;
             Ok(())
         }
     }

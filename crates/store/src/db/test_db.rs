@@ -1,0 +1,173 @@
+//! A fresh, migrated database per test, on each backend (docs/STORE.md "Tests").
+//!
+//! SQLite: an in-memory database, as before. PostgreSQL: when `RSP_TEST_POSTGRES` holds a
+//! server URL (`.ci/postgres start` prints one), a uniquely named database is created on
+//! that server for the test and dropped when the [`TestDb`] is dropped (also when the test
+//! panics). Without the variable the PostgreSQL variant prints why and passes, unless
+//! `RSP_REQUIRE_POSTGRES=1` (CI), where it fails, as the SCTP tests do with
+//! `RSP_REQUIRE_SCTP`.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use super::{Store, StoreConn, StoreOptions};
+
+/// A test's database; a PostgreSQL one is dropped with it (feature `testing` for other
+/// crates' tests).
+pub struct TestDb {
+    /// The store on the test's database.
+    pub store: Store,
+    postgres: Option<(PgConnectOptions, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// The store and one pooled connection.
+    pub async fn open(&self) -> (Store, StoreConn) {
+        let conn = self.store.acquire().await.expect("connection");
+        (self.store.clone(), conn)
+    }
+}
+
+/// A migrated in-memory SQLite database.
+pub async fn sqlite() -> TestDb {
+    TestDb {
+        store: Store::in_memory().await.expect("in-memory store"),
+        postgres: None,
+        _dir: None,
+    }
+}
+
+/// A migrated SQLite database in a file of a temporary directory (a store with more than
+/// one connection, as the audit writer needs).
+pub async fn sqlite_file() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), &StoreOptions::default())
+        .await
+        .expect("SQLite store");
+    TestDb {
+        store,
+        postgres: None,
+        _dir: Some(dir),
+    }
+}
+
+/// A migrated, empty PostgreSQL database of its own, or `None` (printed) when no server is
+/// configured and none is required.
+pub async fn postgres(test: &str) -> Option<TestDb> {
+    let Ok(url) = std::env::var("RSP_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("RSP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "{test}: RSP_REQUIRE_POSTGRES=1 but RSP_TEST_POSTGRES is not set \
+             (bash .ci/postgres start prints a server URL)"
+        );
+        eprintln!(
+            "skipped {test} on PostgreSQL: RSP_TEST_POSTGRES is not set \
+             (bash .ci/postgres start prints a server URL)"
+        );
+        return None;
+    };
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Unique across the test binaries nextest runs at once on one server.
+    let name = format!(
+        "rsp_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = PgConnectOptions::from_str(&url).expect("RSP_TEST_POSTGRES is a postgres:// URL");
+    let mut conn = PgConnection::connect_with(&admin)
+        .await
+        .unwrap_or_else(|err| panic!("{test}: connect to RSP_TEST_POSTGRES: {err}"));
+    // A name made here of [a-z0-9_]: safe to put in the statement.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    let store = Store::connect_postgres(admin.clone().database(&name), &StoreOptions::default())
+        .await
+        .expect("migrated PostgreSQL store");
+    Some(TestDb {
+        store,
+        postgres: Some((admin, name)),
+        _dir: None,
+    })
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
+        // own with its own runtime drops the database (FORCE ends the store's connections).
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database: {dropped:?}");
+        }
+    }
+}
+
+/// Runs each named `async fn NAME(db: &TestDb)` of the enclosing module on SQLite and on
+/// PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`. With `file:`, SQLite is a
+/// file (not in memory) and the runtime has two worker threads (tests of the audit writer).
+#[cfg(test)]
+macro_rules! on_both_backends {
+    (file: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(&$crate::db::test_db::sqlite_file().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::db::test_db::postgres(test).await {
+                    super::$name(&db).await;
+                }
+            }
+        }
+    )*};
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(&$crate::db::test_db::sqlite().await).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::db::test_db::postgres(test).await {
+                    super::$name(&db).await;
+                }
+            }
+        }
+    )*};
+}
+#[cfg(test)]
+pub(crate) use on_both_backends;
+
+/// The SQLite connection of a test that is about SQLite itself (pragmas, a second
+/// connection's lock).
+pub fn sqlite_conn(conn: &mut StoreConn) -> &mut sqlx::SqliteConnection {
+    conn.sqlite()
+        .expect("a SQLite-only test got a PostgreSQL connection")
+}
