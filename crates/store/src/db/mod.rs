@@ -18,6 +18,7 @@
 //! `tokens`. This file keeps the connection pool, the migrations, [`Error`] and the
 //! checks and conversions they share.
 
+mod control;
 mod default_namespaces;
 mod grants;
 mod namespaces;
@@ -43,6 +44,7 @@ pub use backend::{Backend, Conn, DbConn, StoreConn, StoreTx};
 pub(crate) use backend::{postgres_sql, with_conn};
 
 // One module per table or concern; their items are this module's public API.
+pub use control::{CONTROL_CHANNEL, Change, ChangeFeed, Snapshot};
 pub use default_namespaces::{
     DefaultNamespaceRow, add_default_namespace, delete_default_namespace, list_default_namespaces,
 };
@@ -51,7 +53,7 @@ pub use namespaces::{
     Namespace, create_namespace, delete_namespace, get_namespace, list_namespaces,
 };
 pub use peers::{PeerRow, list_peers, upsert_peer};
-pub use pools::{PoolDecl, delete_pool, get_pool, list_pools, put_pool};
+pub use pools::{PoolDecl, delete_pool, get_pool, list_all_pools, list_pools, put_pool};
 pub use revocations::{RevocationRecord, add_revocation, list_revocations};
 pub use server_ids::{bind_server_id, list_server_id_bindings};
 pub use tokens::{

@@ -123,6 +123,18 @@ pub async fn list_pools<C: Conn + ?Sized>(conn: &mut C, namespace: &str) -> Resu
     rows.into_iter().map(PoolDecl::try_from).collect()
 }
 
+/// Every declared pool of every namespace, by namespace and handle (the shared control
+/// plane's snapshot, [`super::Snapshot`]).
+pub async fn list_all_pools<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<PoolDecl>> {
+    let rows: Vec<PoolRow> = with_conn!(
+        conn,
+        "SELECT namespace, handle, policy, max_pes, created_ms FROM pools
+         ORDER BY namespace, handle",
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?;
+    rows.into_iter().map(PoolDecl::try_from).collect()
+}
+
 /// One declared pool, or `None`.
 pub async fn get_pool<C: Conn + ?Sized>(
     conn: &mut C,
