@@ -209,6 +209,13 @@ impl TokenGuard {
         self.verified.clear();
     }
 
+    /// Forgets the verified tokens among `ids`; returns how many were cached.
+    fn forget_ids(&mut self, ids: &[String]) -> usize {
+        let before = self.verified.len();
+        self.verified.retain(|_, (info, _)| !ids.contains(&info.id));
+        before - self.verified.len()
+    }
+
     fn blocked(&self, ip: IpAddr, now: u64) -> bool {
         self.failures
             .get(&ip)
@@ -225,6 +232,24 @@ impl TokenGuard {
             *entry = (now, 0);
         }
         entry.1 += 1;
+    }
+}
+
+/// The admin API's cache of verified tokens, as its host sees it
+/// ([`crate::AdminState::token_cache`]): a token revoked in the store by another registrar
+/// of a fleet is dropped from it at once, not only when its entry expires
+/// ([`TOKEN_CACHE_MS`]).
+#[derive(Clone, Debug)]
+pub struct TokenCache(pub(crate) Arc<std::sync::Mutex<TokenGuard>>);
+
+impl TokenCache {
+    /// Forgets the cached verifications of the tokens `ids` (revoked): their next request
+    /// is verified against the store, which refuses them. Returns how many were cached.
+    pub fn forget(&self, ids: &[String]) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget_ids(ids)
     }
 }
 

@@ -26,6 +26,9 @@ pub struct AdminState {
     pub(crate) clock: fn() -> u64,
     pub(crate) counters: Arc<ServeCounters>,
     pub(crate) archive_dir: Option<std::path::PathBuf>,
+    /// Verified tokens and failed attempts ([`crate::auth::TokenGuard`]), shared with
+    /// the host through [`AdminState::token_cache`].
+    pub(crate) tokens: Arc<Mutex<crate::auth::TokenGuard>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -58,6 +61,7 @@ impl AdminState {
             clock,
             counters: Arc::new(ServeCounters::default()),
             archive_dir: None,
+            tokens: Arc::default(),
         }
     }
 
@@ -69,6 +73,12 @@ impl AdminState {
     pub fn with_archive_dir(mut self, dir: std::path::PathBuf) -> Self {
         self.archive_dir = Some(dir);
         self
+    }
+
+    /// The API's cache of verified tokens, for the host to drop tokens revoked elsewhere
+    /// (another registrar of a fleet sharing the store) at once.
+    pub fn token_cache(&self) -> crate::auth::TokenCache {
+        crate::auth::TokenCache(Arc::clone(&self.tokens))
     }
 
     /// The counters [`crate::serve`] updates (handshake failures) and `/metrics` reports:
@@ -96,8 +106,6 @@ pub(crate) struct App {
     pub(crate) local_domain: TrustDomain,
     pub(crate) openapi: OnceLock<String>,
     limiter: Mutex<RefusalLimiter>,
-    /// Verified tokens and failed attempts ([`crate::auth::TokenGuard`]).
-    tokens: Mutex<crate::auth::TokenGuard>,
 }
 
 impl App {
@@ -108,13 +116,15 @@ impl App {
             local_domain,
             openapi: OnceLock::new(),
             limiter: Mutex::new(RefusalLimiter::default()),
-            tokens: Mutex::new(crate::auth::TokenGuard::default()),
         })
     }
 
     /// The token cache and failure counts; held for a lookup, never across an await.
     pub(crate) fn tokens(&self) -> std::sync::MutexGuard<'_, crate::auth::TokenGuard> {
-        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn now(&self) -> u64 {

@@ -135,6 +135,7 @@ on_both_backends!(
     writes_from_another_site_and_pem_as_text_plain_are_refused,
     bodies_are_validated_and_refused_as_problems,
     tokens_show_their_secret_once_and_stop_working_when_revoked,
+    a_token_revoked_by_another_registrar_is_refused_once_the_cache_is_told,
     names_and_reasons_that_would_display_as_other_text_are_refused_and_audited,
     failed_token_attempts_are_limited_per_address,
     grants_are_stored_pushed_to_the_registrar_and_deleted,
@@ -156,6 +157,7 @@ struct Fixture {
     ca: TestCa,
     trust: Arc<TrustStore>,
     registrar: Arc<Recorder>,
+    token_cache: crate::TokenCache,
     router: axum::Router,
     admin: String,
     operator: String,
@@ -203,6 +205,7 @@ async fn fixture_on(db: TestDb) -> Fixture {
     )
     .with_archive_dir(dir.path().join(audit::archive::ARCHIVE_DIR));
     let [admin, operator, auditor] = <[String; 3]>::try_from(tokens).expect("three tokens");
+    let token_cache = state.token_cache();
     Fixture {
         _dir: dir,
         _db: db,
@@ -210,6 +213,7 @@ async fn fixture_on(db: TestDb) -> Fixture {
         ca,
         trust,
         registrar,
+        token_cache,
         router: router(state),
         admin,
         operator,
@@ -675,6 +679,33 @@ async fn bodies_are_validated_and_refused_as_problems(f: Fixture) {
         .problem(405, "method-not-allowed");
     let list = f.call("GET", "/v1/namespaces", Some(&f.admin), None).await;
     assert_eq!(list.json(), json!([]), "nothing was created");
+}
+
+/// A fleet shares the store: a token revoked through another registrar's API is only a
+/// row here. The host tells the cache ([`crate::TokenCache`], what enrpd's fleet sync
+/// does on the change), and the token is refused at once. The test clock stands still,
+/// so without the hook the cached verification would keep passing.
+async fn a_token_revoked_by_another_registrar_is_refused_once_the_cache_is_told(f: Fixture) {
+    let get = || f.call("GET", "/v1/revocations", Some(&f.operator), None);
+    assert_eq!(get().await.status, 200, "verified and cached");
+    let id = f.operator[4..20].to_owned();
+    {
+        let mut conn = f.store.acquire().await.expect("a connection");
+        db::revoke_token(&mut conn, &id, NOW)
+            .await
+            .expect("revoked in the store");
+    }
+    assert_eq!(get().await.status, 200, "still cached");
+    assert_eq!(f.token_cache.forget(std::slice::from_ref(&id)), 1);
+    get().await.problem(401, "unauthenticated");
+    assert_eq!(f.token_cache.forget(&[id]), 0, "not cached again");
+    assert_eq!(
+        f.call("GET", "/v1/revocations", Some(&f.admin), None)
+            .await
+            .status,
+        200,
+        "the other tokens still work"
+    );
 }
 
 async fn tokens_show_their_secret_once_and_stop_working_when_revoked(f: Fixture) {

@@ -76,6 +76,9 @@ pub struct RunConfig {
     pub min_free_mib: u64,
     /// Interval of signed audit checkpoints in the log; 0: none.
     pub checkpoint_log_secs: Secs,
+    /// With a shared (PostgreSQL) store: interval of the full re-read of the control plane,
+    /// the safety net under the change feed.
+    pub fleet_resync_secs: Secs,
     /// Pools one identity may have created in one namespace.
     #[serde(deserialize_with = "number")]
     pub max_pools_per_identity: usize,
@@ -135,6 +138,7 @@ impl Default for RunConfig {
             max_connections_per_identity: 256,
             min_free_mib: 64,
             checkpoint_log_secs: Secs(Duration::from_secs(3600)),
+            fleet_resync_secs: Secs(Duration::from_secs(10)),
             max_pools_per_identity: 100,
             sctp: SctpMode::Auto,
             asap_sctp_listen: None,
@@ -266,6 +270,11 @@ pub const OPTIONS: &[(&str, Takes, &str)] = &[
         "Interval of signed audit checkpoints written to the log (one JSON line, the same as `enrpd audit checkpoint` writes), so that log shipping anchors the chain's head elsewhere: a duration (`1h`) or seconds; 0: none.",
     ),
     (
+        "fleet_resync_secs",
+        Takes::Value("DURATION"),
+        "With a shared PostgreSQL store: how often the registrar re-reads the whole control plane (trust domains, grants, revocations, CRLs, pool declarations, default namespaces, tokens) and applies what changed, the safety net under the change feed that applies a change within 1 s; a duration (`10s`) or seconds, at least 1 s.",
+    ),
+    (
         "max_pools_per_identity",
         Takes::Value("N"),
         "Pools one identity may have created in one namespace (that still exist); a registration creating one more is refused with cause 0x6.",
@@ -342,6 +351,14 @@ pub enum ConfigError {
         /// The key it needs.
         needs: &'static str,
     },
+    /// A value out of its range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key given.
+        key: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
 }
 
 impl RunConfig {
@@ -365,6 +382,13 @@ impl RunConfig {
         }
         if !self.legacy_peers.is_empty() && self.legacy_enrp_listen.is_none() {
             return needs("legacy_peers", "legacy_enrp_listen");
+        }
+        // Zero would re-read the shared store in a busy loop.
+        if self.fleet_resync_secs.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "fleet_resync_secs",
+                reason: "at least 1 s",
+            });
         }
         Ok(())
     }
@@ -723,7 +747,7 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&d).expect("serialize")).expect("parse");
         assert_eq!(back, d);
         let keys = RunConfig::keys();
-        assert_eq!(keys.len(), 33, "{keys:?}");
+        assert_eq!(keys.len(), 34, "{keys:?}");
         assert!(keys.iter().any(|k| k == "keep_alive_interval_ms"));
         assert_eq!(d.validate(), Ok(()));
     }
@@ -752,5 +776,20 @@ mod tests {
             parse(serde_json::json!({"legacy_asap_listen": "sctp:127.0.0.1:3863"})).expect("parse");
         assert!(c.validate().is_err());
         assert!(parse(serde_json::json!({"legacy_peers": ["sctp:127.0.0.1:9901"]})).is_err());
+    }
+
+    #[test]
+    fn the_fleet_resync_interval_is_at_least_a_second() {
+        let c = parse(serde_json::json!({"fleet_resync_secs": "2s"})).expect("parse");
+        assert_eq!(c.fleet_resync_secs.0, Duration::from_secs(2));
+        assert_eq!(c.validate(), Ok(()));
+        let c = parse(serde_json::json!({"fleet_resync_secs": 0})).expect("parse");
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "fleet_resync_secs",
+                reason: "at least 1 s"
+            })
+        );
     }
 }

@@ -150,6 +150,16 @@ impl ControlPlane {
         self.apply_local_crls(r.revoked, r.crls).await;
     }
 
+    /// Whether the TLS layer trusts `domain` now.
+    pub fn is_trusted(&self, domain: &TrustDomain) -> bool {
+        self.trust.is_trusted(domain)
+    }
+
+    /// The trust domains the TLS layer trusts now.
+    pub fn trusted_domains(&self) -> Vec<TrustDomain> {
+        self.trust.domains()
+    }
+
     /// The daemon's control handle (the admin API's queries).
     pub fn control(&self) -> &Control {
         &self.control

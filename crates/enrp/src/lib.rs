@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod control_plane;
 pub mod daemon;
+pub mod fleet;
 pub mod running;
 pub mod setup;
 

@@ -20,6 +20,7 @@ use trust::TrustStore;
 use crate::config::{RunConfig, SctpMode};
 use crate::control_plane::ControlPlane;
 use crate::daemon::{self, Daemon, Settings, now_ms};
+use crate::fleet;
 use crate::setup;
 use enrp_core::registrar::{Config, Timing};
 
@@ -185,6 +186,31 @@ pub async fn run_with(
         }
         None => None,
     };
+    // A shared (PostgreSQL) store: changes made at other registrars of the fleet are
+    // applied here within 1 s (crates/enrp/src/fleet.rs). None on SQLite.
+    let fleet = fleet::sync(
+        loaded.store.clone(),
+        Arc::clone(&plane),
+        admin.as_ref().map(|a| a.tokens.clone()),
+        config.fleet_resync_secs.0,
+    )
+    .await;
+    let fleet = match fleet {
+        Ok(task) => task,
+        Err(e) => {
+            if let Some(admin) = admin {
+                admin.stop().await;
+            }
+            let _ = daemon.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    if fleet.is_some() {
+        tracing::info!(
+            resync_secs = config.fleet_resync_secs.0.as_secs(),
+            "control plane shared with the fleet (PostgreSQL change feed)"
+        );
+    }
     // CRLs do not expire silently: a warning from a week before, an error after.
     let crl_trust = Arc::clone(&loaded.trust);
     let mut tasks = vec![tokio::spawn(async move {
@@ -193,6 +219,7 @@ pub async fn run_with(
             tokio::time::sleep(CRL_CHECK).await;
         }
     })];
+    tasks.extend(fleet);
     // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
     // rewritten chain (`enrpd audit verify --checkpoint`).
     if !config.checkpoint_log_secs.0.is_zero() {
@@ -370,6 +397,8 @@ async fn bind_configured_peer(store: &Store, p: &str, id: &SpiffeId) -> Result<S
 /// The admin API server task.
 struct Admin {
     addr: SocketAddr,
+    /// Its cache of verified tokens, which the fleet sync tells of tokens revoked elsewhere.
+    tokens: admin_api::TokenCache,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -403,6 +432,7 @@ async fn start_admin(
         now_ms,
     )
     .with_archive_dir(data.join(store::audit::archive::ARCHIVE_DIR));
+    let tokens = state.token_cache();
     let mut options = admin_api::ServeOptions::new(state.serve_counters());
     // Certificate sessions are registered, so that a revocation closes them too.
     options.trust = Some(Arc::clone(trust));
@@ -419,7 +449,12 @@ async fn start_admin(
         },
     ));
     tracing::info!(%addr, "serving the admin API over HTTPS");
-    Ok(Admin { addr, stop, task })
+    Ok(Admin {
+        addr,
+        tokens,
+        stop,
+        task,
+    })
 }
 
 /// How long before a CRL's nextUpdate the registrar warns (issue 17): once it passes,
