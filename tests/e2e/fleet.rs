@@ -27,7 +27,7 @@ fn init(lab: &Lab, name: &str, data: &str, url: &str, extra: &[&str]) -> String 
 }
 
 /// Every audit record of the store `url` whose action is `action`.
-async fn audited(url: &str, action: &str) -> Vec<store::audit::Record> {
+pub(crate) async fn audited(url: &str, action: &str) -> Vec<store::audit::Record> {
     let store = store::db::Store::connect(url, &Default::default())
         .await
         .expect("store");
