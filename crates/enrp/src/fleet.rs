@@ -350,11 +350,7 @@ pub async fn sync(
             };
             let new = read(&store).await;
             let steps = diff(&applied, &new, replace_all);
-            if steps
-                .iter()
-                .any(|s| !matches!(s, Step::SetGrants(_) | Step::SetDefaultNamespaces(_)))
-                || !replace_all && !steps.is_empty()
-            {
+            if new != applied {
                 tracing::info!(steps = steps.len(), "fleet: applying control-plane changes");
             }
             apply(&plane, tokens.as_ref(), steps).await;

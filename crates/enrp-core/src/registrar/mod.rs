@@ -593,6 +593,10 @@ impl Core {
             Input::Asap { conn, msg } => self.on_asap(conn, msg, now, &mut out),
             Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
             Input::Closed { conn } => self.on_closed(conn, now),
+            // The same grants again (a fleet's periodic re-read sets them every
+            // `fleet_resync_secs`): every PE present is allowed by them already, so the
+            // walk of the whole handlespace would remove nothing.
+            Input::Grants(grants) if *self.grants == grants => {}
             Input::Grants(grants) => {
                 self.grants = Arc::new(grants);
                 self.view.set_grants(Arc::clone(&self.grants));
