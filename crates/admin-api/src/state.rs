@@ -26,6 +26,7 @@ pub struct AdminState {
     pub(crate) clock: fn() -> u64,
     pub(crate) counters: Arc<ServeCounters>,
     pub(crate) archive_dir: Option<std::path::PathBuf>,
+    pub(crate) audit_chain: audit::Chain,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -58,7 +59,17 @@ impl AdminState {
             clock,
             counters: Arc::new(ServeCounters::default()),
             archive_dir: None,
+            audit_chain: audit::Chain::Local,
         }
+    }
+
+    /// The audit chain this registrar appends its admin records to, archives and reports
+    /// as its own: [`audit::Chain::Local`] (the default) in a store of its own, its
+    /// [`audit::Chain::Registrar`] in a store a fleet shares (docs/STORE.md).
+    #[must_use]
+    pub fn with_audit_chain(mut self, chain: audit::Chain) -> Self {
+        self.audit_chain = chain;
+        self
     }
 
     /// Where `POST /v1/audit/archives` writes archives and `GET
@@ -125,6 +136,11 @@ impl App {
         &self.state.store
     }
 
+    /// This registrar's own audit chain ([`AdminState::with_audit_chain`]).
+    pub(crate) fn audit_chain(&self) -> &audit::Chain {
+        &self.state.audit_chain
+    }
+
     pub(crate) fn trust(&self) -> &TrustStore {
         &self.state.trust
     }
@@ -148,7 +164,7 @@ impl App {
     ) -> Result<T, ApiError> {
         match result {
             Ok(value) => {
-                audit::append_in(&mut tx, &[clipped(record)]).await?;
+                audit::append_in(&mut tx, &self.state.audit_chain, &[clipped(record)]).await?;
                 tx.commit().await?;
                 Ok(value)
             }
@@ -164,7 +180,7 @@ impl App {
     /// in the store, such as a forced deregistration, whose effect the registrar audits).
     pub(crate) async fn audit(&self, record: Record) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
-        audit::append_in(&mut tx, &[clipped(record)]).await?;
+        audit::append_in(&mut tx, &self.state.audit_chain, &[clipped(record)]).await?;
         tx.commit().await?;
         Ok(())
     }
