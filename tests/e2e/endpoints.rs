@@ -89,7 +89,7 @@ pub(crate) fn start_pe_lines(
     (Pe(child), rx)
 }
 
-fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {
+pub(crate) fn resolve(lab: &Lab, registrar: std::net::SocketAddr) -> Vec<String> {
     let out = rsp(lab, registrar, "pu-client-1")
         .args(["resolve", "echo", "--json"])
         .output()

@@ -8,6 +8,7 @@ mod admin;
 mod binaries;
 mod cli;
 mod endpoints;
+mod fleet;
 mod partition;
 mod peering;
 mod registrar;

@@ -24,6 +24,10 @@ pub struct RunConfig {
     /// The data directory made by `enrpd init`.
     #[serde(deserialize_with = "text")]
     pub data: PathBuf,
+    /// The store `enrpd init` recorded (`sqlite://PATH`, `postgres://…`), to check: by
+    /// default the recorded one is used.
+    #[serde(deserialize_with = "optional_text")]
+    pub store: Option<String>,
     /// Where to serve ASAP over TLS/TCP (spec §2: port 3864).
     pub asap_listen: SocketAddr,
     /// Where to serve ENRP over TLS/TCP for peer registrars (spec §2.1), or off.
@@ -114,6 +118,7 @@ impl Default for RunConfig {
         let ms = |n| Millis(Duration::from_millis(n));
         Self {
             data: PathBuf::from("enrpd-data"),
+            store: None,
             asap_listen: SocketAddr::from(([0u16; 8], 3864)),
             enrp_listen: Listen(Some(SocketAddr::from(([0u16; 8], 9902)))),
             peers: Vec::new(),
@@ -159,6 +164,11 @@ pub const OPTIONS: &[(&str, Takes, &str)] = &[
         "data",
         Takes::Value("DIR"),
         "The data directory made by `enrpd init`.",
+    ),
+    (
+        "store",
+        Takes::Value("URL"),
+        "The store (`sqlite://PATH` or `postgres://…`, docs/STORE.md). `enrpd init --store` records it in the data directory and `run` uses the recorded one: given here, it must be the same (a registrar never opens another store than its own). Default: the recorded store, else the data directory's rsp.db.",
     ),
     (
         "asap_listen",
@@ -723,7 +733,7 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&d).expect("serialize")).expect("parse");
         assert_eq!(back, d);
         let keys = RunConfig::keys();
-        assert_eq!(keys.len(), 33, "{keys:?}");
+        assert_eq!(keys.len(), 34, "{keys:?}");
         assert!(keys.iter().any(|k| k == "keep_alive_interval_ms"));
         assert_eq!(d.validate(), Ok(()));
     }

@@ -72,7 +72,7 @@ pub async fn run_with(
     if let Some(warning) = trust::key_log_warning() {
         tracing::warn!("{warning}");
     }
-    let loaded = setup::load(&config.data)
+    let loaded = setup::load_with_store(&config.data, config.store.as_deref())
         .await
         .map_err(|source| RunError::Load {
             data: config.data.clone(),

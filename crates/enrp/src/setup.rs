@@ -1,8 +1,11 @@
 //! `enrpd init` and what `enrpd run` loads: the data directory, its SQLite store, the
 //! registrar's identity from an `rsp-pki` directory, and the first grants and admin token.
 //!
-//! Data directory layout: `enrpd.json` (where the PKI files are, written by `init`) and
-//! the store (`rsp.db`, see `store::db`).
+//! Data directory layout: `enrpd.json` (where the PKI files and the store are, written by
+//! `init`), the registrar's copies of its PKI files, and the store when it is the default
+//! SQLite file (`rsp.db`, see `store::db`). A store given with `--store URL` (a SQLite file
+//! elsewhere, or a PostgreSQL database that a fleet of registrars shares: docs/STORE.md)
+//! is recorded in `enrpd.json`, so that every subcommand opens the same one.
 
 use enrp_core::server_id_of;
 use std::fs;
@@ -53,6 +56,47 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] db::Error),
+    /// A store URL that rsp does not take.
+    #[error("store URL {url}: {reason}")]
+    StoreUrl {
+        /// The URL, without a password.
+        url: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// `--store` names another store than the one `enrpd init` recorded.
+    #[error(
+        "{data} was initialised with the store {recorded}, not {given}: drop --store (and \
+         ENRPD_STORE, `store` in the config file) or give the recorded one"
+    )]
+    StoreMismatch {
+        /// The data directory.
+        data: PathBuf,
+        /// The store its `enrpd.json` records.
+        recorded: String,
+        /// The store given.
+        given: String,
+    },
+    /// `init` (not `--join`) on a store that another installation initialised already.
+    #[error(
+        "the store {url} already holds the local trust domain {domain} (another registrar \
+         initialised it): to add this registrar to that fleet, run `enrpd init --join \
+         --store {url} --pki DIR --data DIR` (it shares the fleet's grants and tokens)"
+    )]
+    StoreInitialised {
+        /// The store, without a password.
+        url: String,
+        /// Its local trust domain.
+        domain: String,
+    },
+    /// `init --join` on a store that is not a fleet this registrar can join.
+    #[error("cannot join the store {url}: {reason}")]
+    Join {
+        /// The store, without a password.
+        url: String,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 /// Where `enrpd run` finds its PKI files; written by `init` as `enrpd.json`. Since issue
@@ -68,6 +112,79 @@ pub struct Install {
     pub ca: PathBuf,
     /// The local trust domain's CRL (PEM), used when the file exists.
     pub crl: PathBuf,
+    /// The store (`--store URL` of `init`, never with a password); absent (as in every
+    /// installation before issue 19): the data directory's `rsp.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+}
+
+/// Checks a store URL and returns it as `enrpd.json` records it: `sqlite://` with an
+/// absolute path (`enrpd run` may start elsewhere), `postgres://` / `postgresql://` as
+/// given. A password in the URL is refused: it would be written to `enrpd.json` and show
+/// in `ps`; PostgreSQL's own `PGPASSWORD` or a passfile (`~/.pgpass`, `PGPASSFILE`), which
+/// sqlx reads when the URL has none, keep it out of both (docs/STORE.md).
+pub fn check_store_url(url: &str) -> Result<String, Error> {
+    let refuse = |reason: &str| Error::StoreUrl {
+        url: db::redact_url(url),
+        reason: reason.to_owned(),
+    };
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(refuse("no file after sqlite://"));
+        }
+        let path = Path::new(path);
+        let abs = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(|source| Error::File {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .join(path)
+        };
+        return Ok(format!("sqlite://{}", abs.display()));
+    }
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err(refuse("expected sqlite://PATH or postgres://…"));
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or("");
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'));
+    let in_query = query
+        .split('&')
+        .any(|p| p.split('=').next().is_some_and(|k| k == "password"));
+    if in_userinfo || in_query {
+        return Err(refuse(
+            "a password in the URL would be recorded in enrpd.json and seen in `ps`: give \
+             it with PGPASSWORD or a passfile (~/.pgpass or PGPASSFILE) instead",
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+/// The store an installation uses, as a URL (for messages and comparisons).
+fn store_url_of(data: &Path, install: &Install) -> String {
+    match &install.store {
+        Some(url) => url.clone(),
+        None => {
+            let data = fs::canonicalize(data).unwrap_or_else(|_| data.to_owned());
+            format!("sqlite://{}", data.join(db::DB_FILE).display())
+        }
+    }
+}
+
+/// Opens an installation's store (running pending migrations).
+async fn open_store(data: &Path, install: &Install) -> Result<Store, Error> {
+    Ok(match &install.store {
+        Some(url) => Store::connect(url, &StoreOptions::default()).await?,
+        None => Store::open(data, &StoreOptions::default()).await?,
+    })
 }
 
 /// What `init` did, for the one message it prints.
@@ -77,8 +194,25 @@ pub struct InitReport {
     pub identity: SpiffeId,
     /// Its Server ID.
     pub server_id: ServerId,
-    /// The first admin token; shown once, only its hash is stored.
-    pub admin_token: String,
+    /// The first admin token; shown once, only its hash is stored. `None` when the
+    /// registrar joined a fleet's store: the fleet's tokens apply.
+    pub admin_token: Option<String>,
+    /// The store, as recorded (the data directory's `rsp.db` by default).
+    pub store: String,
+}
+
+/// What `enrpd init` is given.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Which registrar certificate of the PKI directory (`--name`).
+    pub name: Option<String>,
+    /// When the first admin token expires (unix ms; `None`: never).
+    pub token_expires_ms: Option<u64>,
+    /// `--store URL`; `None`: the data directory's `rsp.db`.
+    pub store: Option<String>,
+    /// `--join`: the store is a fleet's that another registrar initialised; this one
+    /// installs its own files and shares the fleet's trust domain, grants and tokens.
+    pub join: bool,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
@@ -131,6 +265,7 @@ fn registrar_files(pki: &Path, name: Option<&str>) -> Result<Install, Error> {
         key: abs.join(format!("{stem}.key")),
         ca: abs.join("ca.pem"),
         crl: abs.join("crl.pem"),
+        store: None,
     };
     for f in [&install.cert, &install.key, &install.ca] {
         if !f.exists() {
@@ -193,11 +328,42 @@ pub async fn init_with_token_expiry(
     now_ms: u64,
     token_expires_ms: Option<u64>,
 ) -> Result<InitReport, Error> {
+    let options = InitOptions {
+        name: name.map(str::to_owned),
+        token_expires_ms,
+        ..InitOptions::default()
+    };
+    init_with(pki, data, &options, now_ms).await
+}
+
+/// `enrpd init [--store URL] [--join]`: [`init`] on the store `options` name. A store
+/// (any backend) that holds a local trust domain already is refused, unless `join`: then
+/// it must hold this registrar's trust domain with the same roots, and nothing is added
+/// to it; the registrar's own files go to `data` as always. Everything written to the
+/// store is one transaction (on PostgreSQL under the store's write lock, so two
+/// concurrent `init`s cannot both create a fleet).
+pub async fn init_with(
+    pki: &Path,
+    data: &Path,
+    options: &InitOptions,
+    now_ms: u64,
+) -> Result<InitReport, Error> {
     let install_path = data.join(INSTALL_FILE);
-    if install_path.exists() || data.join(db::DB_FILE).exists() {
+    let store_url = options.store.as_deref().map(check_store_url).transpose()?;
+    if install_path.exists() || (store_url.is_none() && data.join(db::DB_FILE).exists()) {
         return Err(Error::AlreadyInitialised(data.to_owned()));
     }
-    let install = registrar_files(pki, name)?;
+    let shown = |url: &Option<String>| {
+        url.as_deref()
+            .map_or_else(|| "rsp.db".into(), db::redact_url)
+    };
+    if options.join && !store_url.as_deref().is_some_and(is_postgres) {
+        return Err(Error::Join {
+            url: shown(&store_url),
+            reason: "--join takes a fleet's shared store: --store postgres://…".into(),
+        });
+    }
+    let mut install = registrar_files(pki, options.name.as_deref())?;
     let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
     let id = identity.id().clone();
     let domain = id.trust_domain();
@@ -207,49 +373,120 @@ pub async fn init_with_token_expiry(
         path: install.ca.clone(),
         reason: "not UTF-8 PEM".into(),
     })?;
-    let created = !data.exists(); // Store::open creates it, mode 0700.
+    install.store = store_url.clone();
+    // What this run creates, to remove on failure: the directory, a SQLite file.
+    let created = !data.exists();
+    let sqlite_file = match &store_url {
+        None => Some(data.join(db::DB_FILE)),
+        Some(url) => url.strip_prefix("sqlite://").map(PathBuf::from),
+    }
+    .filter(|f| !f.exists());
     let result = async {
-        let store = Store::open(data, &StoreOptions::default()).await?;
-        // The registrar's own copies: it never reads the directory that holds the CA keys.
-        let copies = install_copies(&install, data)?;
-        let mut conn = store.acquire().await?;
-        db::add_trust_domain(&mut conn, &domain, true, &roots, None, now_ms).await?;
-        db::create_namespace(&mut conn, "default", now_ms).await?;
-        for g in default_grants(&domain) {
-            db::add_grant(&mut conn, &g, now_ms).await?;
+        db::create_private_dir(data)?;
+        let store = open_store(data, &install).await?;
+        let written = async {
+            let mut tx = store.begin().await?;
+            let local = db::list_trust_domains(&mut tx)
+                .await?
+                .into_iter()
+                .find(|d| d.is_local);
+            let token = match (local, options.join) {
+                (Some(d), false) => {
+                    return Err(Error::StoreInitialised {
+                        url: shown(&store_url),
+                        domain: d.name.to_string(),
+                    });
+                }
+                (None, true) => {
+                    return Err(Error::Join {
+                        url: shown(&store_url),
+                        reason: "it holds no fleet yet: initialise it with `enrpd init \
+                                 --store URL` (without --join) on the first registrar"
+                            .into(),
+                    });
+                }
+                (Some(d), true) => {
+                    if d.name != domain {
+                        return Err(Error::Join {
+                            url: shown(&store_url),
+                            reason: format!(
+                                "its trust domain is {}, this registrar's {domain}",
+                                d.name
+                            ),
+                        });
+                    }
+                    if d.roots_pem.trim() != roots.trim() {
+                        return Err(Error::Join {
+                            url: shown(&store_url),
+                            reason: format!(
+                                "{} is not the fleet's CA bundle for {domain}: issue this \
+                                 registrar's certificate from the fleet's PKI",
+                                install.ca.display()
+                            ),
+                        });
+                    }
+                    None
+                }
+                (None, false) => {
+                    db::add_trust_domain(&mut tx, &domain, true, &roots, None, now_ms).await?;
+                    db::create_namespace(&mut tx, "default", now_ms).await?;
+                    for g in default_grants(&domain) {
+                        db::add_grant(&mut tx, &g, now_ms).await?;
+                    }
+                    let token = db::create_token(
+                        &mut tx,
+                        &db::TokenHasher::default(),
+                        "initial admin",
+                        db::Role::Admin,
+                        options.token_expires_ms,
+                        now_ms,
+                    )
+                    .await?;
+                    Some(token.token)
+                }
+            };
+            tx.commit().await?;
+            Ok::<_, Error>(token)
         }
-        let token = db::create_token(
-            &mut conn,
-            &db::TokenHasher::default(),
-            "initial admin",
-            db::Role::Admin,
-            token_expires_ms,
-            now_ms,
-        )
-        .await?;
-        drop(conn);
+        .await;
         store.close().await;
-        Ok::<_, Error>((token.token, copies))
+        let token = written?;
+        // The registrar's own copies: it never reads the directory that holds the CA keys.
+        let mut copies = install_copies(&install, data)?;
+        copies.store = store_url.clone();
+        let json = serde_json::to_vec_pretty(&copies).expect("plain struct serializes");
+        write_new(&install_path, &json)?;
+        Ok::<_, Error>((token, copies))
     }
     .await;
     let (admin_token, install) = match result {
         Ok(t) => t,
         Err(e) => {
             // Nothing half-written: remove what this run created.
-            let _ = fs::remove_file(data.join(db::DB_FILE));
+            if let Some(file) = &sqlite_file {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut f = file.clone().into_os_string();
+                    f.push(suffix);
+                    let _ = fs::remove_file(f);
+                }
+            }
             if created {
                 let _ = fs::remove_dir_all(data);
             }
             return Err(e);
         }
     };
-    let json = serde_json::to_vec_pretty(&install).expect("plain struct serializes");
-    write_new(&install_path, &json)?;
     Ok(InitReport {
         server_id: server_id_of(&id),
         identity: id,
         admin_token,
+        store: store_url_of(data, &install),
     })
+}
+
+/// Whether a (checked) store URL names PostgreSQL.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Copies what the registrar reads from the PKI directory (its certificate and key, the
@@ -267,6 +504,7 @@ fn install_copies(from: &Install, data: &Path) -> Result<Install, Error> {
         key: data.join("registrar.key"),
         ca: data.join("ca.pem"),
         crl: data.join("crl.pem"),
+        store: from.store.clone(),
     };
     copy_file(&from.cert, &to.cert, 0o644)?;
     copy_file(&from.key, &to.key, 0o600)?;
@@ -326,6 +564,10 @@ pub fn update_pki(
     if from.crl.exists() {
         trust::crls_from_pem(&read(&from.crl)?)?;
     }
+    let from = Install {
+        store: installed.store.clone(),
+        ..from
+    };
     let copies = install_copies(&from, data)?;
     if copies != installed {
         // An installation from before the copies: from now on it reads them.
@@ -400,13 +642,20 @@ fn command_line_chain(data: &Path, store: &Store) -> Result<store::audit::Chain,
 }
 
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
-/// grants from the store.
+/// grants from the store `enrpd init` recorded.
 pub async fn load(data: &Path) -> Result<Loaded, Error> {
+    load_with_store(data, None).await
+}
+
+/// [`load`], where `given` (`enrpd run --store URL`) must name the store `enrpd init`
+/// recorded: a registrar never silently opens another store than its own.
+pub async fn load_with_store(data: &Path, given: Option<&str>) -> Result<Loaded, Error> {
     let install = read_install(data)?;
+    check_given_store(data, &install, given)?;
     let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
     let server_id = server_id_of(identity.id());
     let trust = TrustStore::new(identity)?;
-    let store = Store::open(data, &StoreOptions::default()).await?;
+    let store = open_store(data, &install).await?;
     let mut conn = store.acquire().await?;
     let mut revoked = Vec::new();
     let mut revocations = Vec::new();
@@ -479,6 +728,66 @@ pub async fn load(data: &Path) -> Result<Loaded, Error> {
         revocations,
         server_id_bindings,
     })
+}
+
+/// Refuses a `--store` that is not the one recorded (the data directory's `rsp.db` also
+/// matches its `sqlite://` URL).
+fn check_given_store(data: &Path, install: &Install, given: Option<&str>) -> Result<(), Error> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    let recorded = store_url_of(data, install);
+    let given = check_store_url(given)?;
+    // Compared as paths for SQLite (`sqlite://./d/rsp.db` is `sqlite:///abs/d/rsp.db`).
+    let same = match (
+        given.strip_prefix("sqlite://"),
+        recorded.strip_prefix("sqlite://"),
+    ) {
+        (Some(a), Some(b)) => {
+            let canon = |p: &str| fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            canon(a) == canon(b)
+        }
+        _ => given == recorded,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(Error::StoreMismatch {
+            data: data.to_owned(),
+            recorded: db::redact_url(&recorded),
+            given: db::redact_url(&given),
+        })
+    }
+}
+
+/// `enrpd migrate`: opens the store (`url`, or the one the data directory `data`
+/// recorded), which runs its pending migrations, and returns its URL and the schema
+/// version it is at. A store written by a newer rsp is refused (sqlx's migrator: a
+/// version it does not know), changing nothing.
+pub async fn migrate(url: Option<&str>, data: Option<&Path>) -> Result<(String, i64), Error> {
+    let (store, url) = match (url, data) {
+        (Some(url), _) => {
+            let url = check_store_url(url)?;
+            (Store::connect(&url, &StoreOptions::default()).await?, url)
+        }
+        (None, Some(data)) => {
+            let install = read_install(data)?;
+            (open_existing(data).await?, store_url_of(data, &install))
+        }
+        (None, None) => {
+            return Err(Error::StoreUrl {
+                url: String::new(),
+                reason: "give --store URL or --data DIR".into(),
+            });
+        }
+    };
+    store.close().await;
+    let migrator = match store.backend() {
+        db::Backend::Postgres => &db::MIGRATOR_POSTGRES,
+        _ => &db::MIGRATOR,
+    };
+    let version = migrator.iter().map(|m| m.version).max();
+    Ok((db::redact_url(&url), version.unwrap_or(0)))
 }
 
 /// Where an initialised data directory's PKI files are (its install record).
@@ -651,15 +960,17 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
     result
 }
 
-/// Opens the store of a data directory made by `enrpd init` (not a fresh one).
+/// Opens the store of a data directory made by `enrpd init` (not a fresh one): the one
+/// its `enrpd.json` records, by default its `rsp.db`.
 async fn open_existing(data: &Path) -> Result<Store, Error> {
-    if !data.join(db::DB_FILE).is_file() {
+    let install = read_install(data)?;
+    if install.store.is_none() && !data.join(db::DB_FILE).is_file() {
         return Err(Error::Install {
             path: data.to_path_buf(),
             reason: "no store here: run `enrpd init` first".into(),
         });
     }
-    Ok(Store::open(data, &StoreOptions::default()).await?)
+    open_store(data, &install).await
 }
 
 #[cfg(test)]

@@ -282,6 +282,38 @@ mod tests {
     }
 
     #[test]
+    fn the_store_url_comes_from_the_file_the_variable_or_the_flag() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("enrpd.toml", "store = \"postgres://rsp@db/fleet\"\n")?;
+            let c = run_args(&["--config", "enrpd.toml"]).load().expect("valid");
+            assert_eq!(
+                c.store.as_deref(),
+                Some("postgres://rsp@db/fleet"),
+                "the file"
+            );
+            jail.set_env("ENRPD_STORE", "postgres://rsp@db/other");
+            let c = run_args(&["--config", "enrpd.toml"]).load().expect("valid");
+            assert_eq!(
+                c.store.as_deref(),
+                Some("postgres://rsp@db/other"),
+                "the variable"
+            );
+            let c = run_args(&["--store", "sqlite:///var/lib/rsp.db"])
+                .load()
+                .expect("valid");
+            assert_eq!(
+                c.store.as_deref(),
+                Some("sqlite:///var/lib/rsp.db"),
+                "the flag"
+            );
+            jail.clear_env();
+            let c = run_args(&[]).load().expect("valid");
+            assert_eq!(c.store, None, "the default: the store init recorded");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_are_humane_strings_or_numbers_in_every_layer() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -35,6 +35,28 @@ enum Command {
         /// `enrpd token create` or the API before it does.
         #[arg(long, value_name = "DAYS")]
         admin_token_expires_in_days: Option<u32>,
+        /// The store: `sqlite://PATH`, or `postgres://USER@HOST/DB` (also
+        /// `?host=/run/postgresql` for a Unix socket) for a fleet of registrars sharing
+        /// one (docs/STORE.md). Recorded in the data directory, so that `run` and every
+        /// other subcommand use it. No password in the URL: PGPASSWORD or ~/.pgpass.
+        /// Default: the data directory's rsp.db.
+        #[arg(long, env = "ENRPD_STORE", value_name = "URL")]
+        store: Option<String>,
+        /// Join the fleet whose PostgreSQL store (--store) another registrar initialised:
+        /// install this registrar's own files and share the fleet's trust domain, grants
+        /// and tokens (no new admin token).
+        #[arg(long, requires = "store")]
+        join: bool,
+    },
+    /// Run the store's pending migrations (`init` and `run` do too) and print its schema
+    /// version; a store written by a newer rsp is refused.
+    Migrate {
+        /// The store URL (as `init --store`).
+        #[arg(long, env = "ENRPD_STORE", value_name = "URL", conflicts_with = "data")]
+        store: Option<String>,
+        /// Or the data directory whose store to migrate.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
     },
     /// Copy the registrar's renewed certificate and key, the CA bundle and the CRL from
     /// the PKI directory into the data directory (after `rsp-pki issue --renew`,
@@ -185,10 +207,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init {
             files: PkiFiles { pki, name, data },
             admin_token_expires_in_days,
+            store,
+            join,
         } => {
             let now = now_ms();
-            let expires = admin_token_expires_in_days.map(|d| days_after(now, d));
-            let report = setup::init_with_token_expiry(&pki, name.as_deref(), &data, now, expires)
+            let options = setup::InitOptions {
+                name,
+                token_expires_ms: admin_token_expires_in_days.map(|d| days_after(now, d)),
+                store,
+                join,
+            };
+            let report = setup::init_with(&pki, &data, &options, now)
                 .await
                 .context("enrpd init")?;
             println!("initialised {}", data.display());
@@ -196,12 +225,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "  registrar  {} (Server ID {})",
                 report.identity, report.server_id
             );
-            let expiry = admin_token_expires_in_days
-                .map_or_else(String::new, |d| format!("; it expires in {d} days"));
-            println!(
-                "  admin token (shown once, store it now{expiry}): {}",
-                report.admin_token
-            );
+            println!("  store      {}", report.store);
+            match report.admin_token {
+                Some(token) => {
+                    let expiry = admin_token_expires_in_days
+                        .map_or_else(String::new, |d| format!("; it expires in {d} days"));
+                    println!("  admin token (shown once, store it now{expiry}): {token}");
+                }
+                None => {
+                    println!("  joined the fleet's store: its grants and admin tokens apply here")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { store, data } => {
+            let (url, version) = setup::migrate(store.as_deref(), data.as_deref())
+                .await
+                .context("enrpd migrate")?;
+            println!("{url}: schema at version {version}");
             Ok(ExitCode::SUCCESS)
         }
         Command::UpdatePki(PkiFiles { pki, name, data }) => {

@@ -416,21 +416,40 @@ impl Store {
 /// ASCII); only rsp's store uses advisory locks in its database.
 pub const WRITE_LOCK: i64 = 0x0072_7370;
 
-/// `url` with any password replaced, for error messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// `url` with any password replaced (in its user info or a `password=` parameter), for
+/// error messages.
+pub fn redact_url(url: &str) -> String {
+    let (base, params) = url
+        .split_once('?')
+        .map_or((url, None), |(b, p)| (b, Some(p)));
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+            let userinfo = &base[scheme + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+                Some((user, _)) => {
+                    format!("{}{user}:<redacted>{}", &base[..scheme + 3], &base[at..])
+                }
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(params) = params {
+        let params: Vec<String> = params
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some(("password", _)) => "password=<redacted>".to_owned(),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` and its parents, `dir` with mode 0700 on Unix (a data directory).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

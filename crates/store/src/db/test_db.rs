@@ -55,9 +55,9 @@ pub async fn sqlite_file() -> TestDb {
     }
 }
 
-/// A migrated, empty PostgreSQL database of its own, or `None` (printed) when no server is
-/// configured and none is required.
-pub async fn postgres(test: &str) -> Option<TestDb> {
+/// The server of `RSP_TEST_POSTGRES`, or `None` (printed) when it is not set and
+/// `RSP_REQUIRE_POSTGRES=1` does not require it.
+fn postgres_server(test: &str) -> Option<String> {
     let Ok(url) = std::env::var("RSP_TEST_POSTGRES") else {
         assert!(
             std::env::var("RSP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
@@ -70,6 +70,12 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         );
         return None;
     };
+    Some(url)
+}
+
+/// Creates a uniquely named, empty database on the server `url` names; returns the
+/// server's options and the name.
+async fn create_database(test: &str, url: &str) -> (PgConnectOptions, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Unique across the test binaries nextest runs at once on one server.
     let name = format!(
@@ -77,7 +83,7 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = PgConnectOptions::from_str(&url).expect("RSP_TEST_POSTGRES is a postgres:// URL");
+    let admin = PgConnectOptions::from_str(url).expect("RSP_TEST_POSTGRES is a postgres:// URL");
     let mut conn = PgConnection::connect_with(&admin)
         .await
         .unwrap_or_else(|err| panic!("{test}: connect to RSP_TEST_POSTGRES: {err}"));
@@ -87,6 +93,14 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         .await
         .expect("create test database");
     conn.close().await.ok();
+    (admin, name)
+}
+
+/// A migrated, empty PostgreSQL database of its own, or `None` (printed) when no server is
+/// configured and none is required.
+pub async fn postgres(test: &str) -> Option<TestDb> {
+    let url = postgres_server(test)?;
+    let (admin, name) = create_database(test, &url).await;
     let store = Store::connect_postgres(admin.clone().database(&name), &StoreOptions::default())
         .await
         .expect("migrated PostgreSQL store");
@@ -97,33 +111,97 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
     })
 }
 
+/// An empty PostgreSQL database (not migrated) for a test that runs `enrpd` on it: its
+/// URL, for `--store`; dropped with it.
+pub struct EmptyPostgres {
+    /// `postgres://…` naming the database, with the server URL's parameters.
+    pub url: String,
+    admin: PgConnectOptions,
+    name: String,
+}
+
+/// A fresh [`EmptyPostgres`] on the server of `RSP_TEST_POSTGRES`, or `None` (printed) as
+/// [`postgres`].
+pub async fn empty_postgres(test: &str) -> Option<EmptyPostgres> {
+    let server = postgres_server(test)?;
+    let (admin, name) = create_database(test, &server).await;
+    Some(EmptyPostgres {
+        url: with_database(&server, &name),
+        admin,
+        name,
+    })
+}
+
+/// `url` (`postgres://USER@HOST/DB?PARAMS`) with the database `name` instead.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, params) = url
+        .split_once('?')
+        .map_or((url, None), |(b, p)| (b, Some(p)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(p) = params {
+        out.push('?');
+        out.push_str(p);
+    }
+    out
+}
+
+impl Drop for EmptyPostgres {
+    fn drop(&mut self) {
+        drop_database(self.admin.clone(), std::mem::take(&mut self.name));
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((admin, name)) = self.postgres.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
-        // own with its own runtime drops the database (FORCE ends the store's connections).
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut conn = PgConnection::connect_with(&admin).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test database: {dropped:?}");
+        if let Some((admin, name)) = self.postgres.take() {
+            drop_database(admin, name);
         }
     }
+}
+
+/// Drops a test's database (`WITH (FORCE)`: it ends the connections still open to it).
+fn drop_database(admin: PgConnectOptions, name: String) {
+    // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
+    // own with its own runtime drops the database.
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut conn = PgConnection::connect_with(&admin).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await
+        })
+    })
+    .join();
+    if !matches!(dropped, Ok(Ok(()))) {
+        eprintln!("could not drop the test database: {dropped:?}");
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn with_database_replaces_only_the_database() {
+    assert_eq!(
+        with_database(
+            "postgres://rsp@localhost/postgres?host=/tmp/x",
+            "rsp_test_1_2"
+        ),
+        "postgres://rsp@localhost/rsp_test_1_2?host=/tmp/x"
+    );
+    assert_eq!(
+        with_database("postgresql://u@h:5433", "d"),
+        "postgresql://u@h:5433/d"
+    );
 }
 
 /// Runs each named `async fn NAME(db: &TestDb)` of the enclosing module on SQLite and on

@@ -1,0 +1,154 @@
+//! Registrars on a PostgreSQL store (issue 19): `enrpd init --store postgres://…`, a
+//! second registrar that joins the same database with `--join`, and everything that opens
+//! the store (`run`, `audit verify`, `token`) using the recorded one. Needs a server in
+//! `RSP_TEST_POSTGRES` (`bash .ci/postgres start`); each test gets a fresh, empty database.
+//! Without it the tests print why and pass, unless `RSP_REQUIRE_POSTGRES=1`.
+
+use std::process::Command;
+
+use crate::admin::{admin_token, api};
+use crate::endpoints::{resolve, start_pe_lines};
+use crate::support::{Lab, bin, run_ok};
+
+/// `enrpd init --store URL` into `data` with the registrar certificate `name`, plus
+/// `extra` flags; its standard output.
+fn init(lab: &Lab, name: &str, data: &str, url: &str, extra: &[&str]) -> String {
+    let out = run_ok(
+        Command::new(bin("enrpd"))
+            .arg("init")
+            .arg("--pki")
+            .arg(lab.path("pki"))
+            .args(["--name", name, "--store", url])
+            .arg("--data")
+            .arg(lab.path(data))
+            .args(extra),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every audit record of the store `url` whose action is `action`.
+async fn audited(url: &str, action: &str) -> Vec<store::audit::Record> {
+    let store = store::db::Store::connect(url, &Default::default())
+        .await
+        .expect("store");
+    let mut conn = store.acquire().await.expect("connection");
+    let mut filter = store::audit::AuditFilter::default();
+    filter.limit = 1000;
+    let rows = store::audit::query(&mut conn, &filter)
+        .await
+        .expect("query")
+        .events
+        .into_iter()
+        .map(|e| e.record)
+        .filter(|r| r.action.as_ref() == action)
+        .collect();
+    drop(conn);
+    store.close().await;
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_on_postgres_registers_resolves_audits_and_a_second_joins() {
+    let Some(db) = store::db::test_db::empty_postgres("fleet::on_postgres").await else {
+        return;
+    };
+    let lab = Lab::new();
+    let first = init(&lab, "enrp-1", "data", &db.url, &[]);
+    assert!(first.contains(&format!("store      {}", db.url)), "{first}");
+    let token = admin_token(&first);
+    assert!(!lab.path("data/rsp.db").exists(), "no SQLite file: {first}");
+    // `enrpd run` finds the store in the data directory; a --store naming another one is
+    // refused before anything starts.
+    let other = format!("sqlite://{}", lab.path("other.db").display());
+    let out = Command::new(bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path("data"))
+        .args(["--store", &other, "--asap-listen", "127.0.0.1:0"])
+        .output()
+        .expect("enrpd run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("was initialised with the store"),
+        "{err}"
+    );
+    assert!(!lab.path("other.db").exists());
+
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let (pe, _lines) = start_pe_lines(
+        &lab,
+        registrar.addr,
+        "pe-echo-1",
+        &["--pool", "echo", "--serve", "echo"],
+    );
+    assert_eq!(resolve(&lab, registrar.addr).len(), 1);
+
+    // A second registrar joins the fleet's database: its own files, the fleet's grants
+    // and tokens (no second admin token, no second trust domain).
+    lab.pki(&[
+        "issue",
+        "registrar",
+        "enrp-2",
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    let second = init(&lab, "enrp-2", "data-2", &db.url, &["--join"]);
+    assert!(
+        second.contains("joined the fleet's store") && !second.contains("admin token ("),
+        "{second}"
+    );
+    let joined = lab.start_peer("data-2", &[]);
+    // The token registrar 1's init printed works at registrar 2.
+    let (status, body) = api(
+        &lab,
+        &joined.registrar,
+        Some(&token),
+        "GET",
+        "/v1/grants",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    // Without --join, a third init would make a second trust domain: refused, saying how.
+    let out = Command::new(bin("enrpd"))
+        .arg("init")
+        .arg("--pki")
+        .arg(lab.path("pki"))
+        .args(["--name", "enrp-2", "--store", &db.url])
+        .arg("--data")
+        .arg(lab.path("data-3"))
+        .output()
+        .expect("enrpd init");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--join"), "{err}");
+    assert!(!lab.path("data-3").exists());
+
+    drop(pe);
+    assert!(joined.registrar.terminate().success());
+    assert!(registrar.terminate().success());
+    // The audit, in PostgreSQL, shows both; `enrpd audit verify` (which finds the store
+    // in the data directory) checks the chain.
+    assert!(!audited(&db.url, "register").await.is_empty());
+    assert!(!audited(&db.url, "resolve").await.is_empty());
+    let verify = lab.verify_audit();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && text.contains("audit chain intact"),
+        "{text}"
+    );
+    // `enrpd token list` on the joined registrar's data directory lists the fleet's token.
+    let out = run_ok(
+        Command::new(bin("enrpd"))
+            .args(["token", "list", "--data"])
+            .arg(lab.path("data-2")),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("initial admin"));
+    // `enrpd migrate --data` finds the same store: nothing to do, the version printed.
+    let out = run_ok(
+        Command::new(bin("enrpd"))
+            .args(["migrate", "--data"])
+            .arg(lab.path("data")),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version"));
+}
