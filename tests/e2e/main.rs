@@ -9,6 +9,7 @@ mod binaries;
 mod cli;
 mod endpoints;
 mod fleet;
+mod fleet_audit;
 mod partition;
 mod peering;
 mod registrar;

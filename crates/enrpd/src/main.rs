@@ -358,17 +358,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One chain's result: `audit chain intact: …` (the local chain, as before fleets) or
-/// `audit chain of spiffe://… intact: …`.
+/// One chain's result: `audit chain intact: …` as before fleets, followed by
+/// ` (registrar spiffe://…)` for a registrar's chain in a shared store.
 fn print_chain(report: &store::audit::VerifyReport) {
-    let name = match report.chain.registrar() {
-        Some(id) => format!("audit chain of {id}"),
-        None => "audit chain".to_owned(),
+    let whose = match report.chain.registrar() {
+        Some(id) => format!(" (registrar {id})"),
+        None => String::new(),
     };
     match report.broken {
         None => {
             println!(
-                "{name} intact: {} records, head {}",
+                "audit chain intact: {} records, head {}{whose}",
                 report.checked,
                 report.head_hex()
             );
@@ -382,7 +382,7 @@ fn print_chain(report: &store::audit::VerifyReport) {
             }
         }
         Some(link) => println!(
-            "{name} broken at record {}: {} (last intact record {})",
+            "audit chain broken at record {}: {} (last intact record {}){whose}",
             link.id, link.reason, report.last_id
         ),
     }
