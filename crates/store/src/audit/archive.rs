@@ -309,9 +309,10 @@ pub async fn archive(
     // Archives keep the local chain's format (contiguous ids, version 1 hashes): a
     // registrar's chain in a shared store is not archived yet (docs/STORE.md).
     if *chain != Chain::Local {
-        return Err(Error::Unsupported {
-            what: "archiving a registrar's audit chain in a shared store",
-            backend: store.backend(),
+        return Err(Error::Conflict {
+            what: "archive",
+            reason: "a registrar's audit chain in a shared store is not archived yet \
+                     (docs/STORE.md, \"The audit log in a fleet\")",
         });
     }
     if let Target::File(path) = target {

@@ -378,7 +378,16 @@ async fn archiving_a_registrar_chain_is_refused_and_changes_nothing(db: &TestDb)
     )
     .await
     .expect_err("refused");
-    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                what: "archive",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!path.exists());
     assert_eq!(verify_all(&store).await, before);
 }
