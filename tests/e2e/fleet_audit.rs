@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::admin::{admin_token, api};
 use crate::endpoints::{resolve, start_pe_lines};
 use crate::fleet::init;
-use crate::support::Lab;
+use crate::support::{Lab, enrpd_audit};
 
 const A: &str = "spiffe://acme.test/registrar/enrp-1";
 const B: &str = "spiffe://acme.test/registrar/enrp-2";
@@ -109,4 +109,27 @@ async fn two_registrars_on_postgres_append_to_their_own_chains_and_verify_both()
             "{text}"
         );
     }
+
+    // A checkpoint is of the registrar's own chain, and verifies against it.
+    let file = lab.path("a.json");
+    let file = file.to_str().expect("path");
+    let (ok, text) = enrpd_audit(&lab, &["checkpoint", "--to", file]);
+    assert!(ok, "{text}");
+    let (ok, text) = enrpd_audit(&lab, &["verify", "--checkpoint", file]);
+    assert!(ok && text.contains("checkpoint"), "{text}");
+    // Archiving a registrar's chain in a shared store is refused, with nothing changed.
+    let archive = lab.path("a.jsonl.gz");
+    let (ok, text) = enrpd_audit(
+        &lab,
+        &[
+            "archive",
+            "--before-seq",
+            "3",
+            "--to",
+            archive.to_str().expect("path"),
+        ],
+    );
+    assert!(!ok && text.contains("not archived yet"), "{text}");
+    assert!(!archive.exists());
+    assert!(lab.verify_audit().status.success());
 }
