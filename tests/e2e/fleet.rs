@@ -12,7 +12,7 @@ use crate::support::{Lab, bin, run_ok};
 
 /// `enrpd init --store URL` into `data` with the registrar certificate `name`, plus
 /// `extra` flags; its standard output.
-fn init(lab: &Lab, name: &str, data: &str, url: &str, extra: &[&str]) -> String {
+pub(crate) fn init(lab: &Lab, name: &str, data: &str, url: &str, extra: &[&str]) -> String {
     let out = run_ok(
         Command::new(bin("enrpd"))
             .arg("init")
@@ -85,15 +85,7 @@ async fn a_registrar_on_postgres_registers_resolves_audits_and_a_second_joins() 
 
     // A second registrar joins the fleet's database: its own files, the fleet's grants
     // and tokens (no second admin token, no second trust domain).
-    lab.pki(&[
-        "issue",
-        "registrar",
-        "enrp-2",
-        "--dns",
-        "localhost",
-        "--ip",
-        "127.0.0.1",
-    ]);
+    lab.issue_registrar("enrp-2");
     let second = init(&lab, "enrp-2", "data-2", &db.url, &["--join"]);
     assert!(
         second.contains("joined the fleet's store") && !second.contains("admin token ("),

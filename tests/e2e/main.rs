@@ -10,6 +10,7 @@ mod cli;
 mod endpoints;
 mod fleet;
 mod fleet_sync;
+mod fleet_audit;
 mod partition;
 mod peering;
 mod registrar;

@@ -189,9 +189,8 @@ pub(crate) struct Peered {
 }
 
 impl Lab {
-    /// Issues the registrar certificate `NAME` in this lab's PKI and runs `enrpd init`
-    /// with it into the data directory `DATA`; returns its first admin token.
-    pub(crate) fn init_peer(&self, name: &str, data: &str) -> String {
+    /// Issues the registrar certificate `name` (localhost, 127.0.0.1) in this lab's PKI.
+    pub(crate) fn issue_registrar(&self, name: &str) {
         self.pki(&[
             "issue",
             "registrar",
@@ -201,6 +200,12 @@ impl Lab {
             "--ip",
             "127.0.0.1",
         ]);
+    }
+
+    /// Issues the registrar certificate `NAME` in this lab's PKI and runs `enrpd init`
+    /// with it into the data directory `DATA`; returns its first admin token.
+    pub(crate) fn init_peer(&self, name: &str, data: &str) -> String {
+        self.issue_registrar(name);
         let out = run_ok(
             Command::new(bin("enrpd"))
                 .arg("init")

@@ -29,10 +29,11 @@ fn entry<T: ToSchema>() -> (String, RefOr<Schema>) {
 
 /// Every schema of this module: path parameters refer to them, but utoipa collects only
 /// the schemas of bodies, so [`crate::openapi::finish`] adds them.
-pub(crate) fn components() -> [(String, RefOr<Schema>); 14] {
+pub(crate) fn components() -> [(String, RefOr<Schema>); 15] {
     [
         entry::<AuditActor>(),
         entry::<AuditOutcome>(),
+        entry::<AuditRegistrar>(),
         entry::<TrustDomainName>(),
         entry::<SpiffeIdText>(),
         entry::<IdentityPatternText>(),
@@ -159,6 +160,16 @@ text_schema! {
         pattern = r"^(spiffe://[a-z0-9._-]{1,255}(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*|token:([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))$",
     max_length = 2048,
     example = "spiffe://acme.test/pe/echo-1"
+    }
+}
+
+text_schema! {
+    /// The registrar whose audit chain is meant: its SPIFFE ID, or `local` for the local
+    /// chain of a store of one registrar.
+    AuditRegistrar {
+        pattern = r"^(local|spiffe://[a-z0-9._-]{1,255}(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*)$",
+    max_length = 2048,
+    example = "spiffe://acme.test/registrar/enrp-1"
     }
 }
 
@@ -423,6 +434,8 @@ mod tests {
         holds("AuditActor", "token:.a-*/", actor);
         let outcome = |v: &str| v.parse::<store::audit::Outcome>().is_ok();
         holds("AuditOutcome", "okcause:0x1f.-_Z", outcome);
+        let registrar = |v: &str| v.parse::<store::audit::Chain>().is_ok();
+        holds("AuditRegistrar", "spife:/.alocl-*", registrar);
         let re = Regex::new(&pattern("AuditOutcome")).expect("valid");
         for v in [
             "ok",

@@ -29,6 +29,7 @@ pub struct AdminState {
     /// Verified tokens and failed attempts ([`crate::auth::TokenGuard`]), shared with
     /// the host through [`AdminState::token_cache`].
     pub(crate) tokens: Arc<Mutex<crate::auth::TokenGuard>>,
+    pub(crate) audit_chain: audit::Chain,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -62,7 +63,17 @@ impl AdminState {
             counters: Arc::new(ServeCounters::default()),
             archive_dir: None,
             tokens: Arc::default(),
+            audit_chain: audit::Chain::Local,
         }
+    }
+
+    /// The audit chain this registrar appends its admin records to, archives and reports
+    /// as its own: [`audit::Chain::Local`] (the default) in a store of its own, its
+    /// [`audit::Chain::Registrar`] in a store a fleet shares (docs/STORE.md).
+    #[must_use]
+    pub fn with_audit_chain(mut self, chain: audit::Chain) -> Self {
+        self.audit_chain = chain;
+        self
     }
 
     /// Where `POST /v1/audit/archives` writes archives and `GET
@@ -135,6 +146,11 @@ impl App {
         &self.state.store
     }
 
+    /// This registrar's own audit chain ([`AdminState::with_audit_chain`]).
+    pub(crate) fn audit_chain(&self) -> &audit::Chain {
+        &self.state.audit_chain
+    }
+
     pub(crate) fn trust(&self) -> &TrustStore {
         &self.state.trust
     }
@@ -158,7 +174,7 @@ impl App {
     ) -> Result<T, ApiError> {
         match result {
             Ok(value) => {
-                audit::append_in(&mut tx, &[clipped(record)]).await?;
+                audit::append_in(&mut tx, &self.state.audit_chain, &[clipped(record)]).await?;
                 tx.commit().await?;
                 Ok(value)
             }
@@ -174,7 +190,7 @@ impl App {
     /// in the store, such as a forced deregistration, whose effect the registrar audits).
     pub(crate) async fn audit(&self, record: Record) -> Result<(), ApiError> {
         let mut tx = self.begin().await?;
-        audit::append_in(&mut tx, &[clipped(record)]).await?;
+        audit::append_in(&mut tx, &self.state.audit_chain, &[clipped(record)]).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1825,3 +1825,6 @@ async fn json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction(f: F
 
 #[path = "tests_archives.rs"]
 mod archives;
+
+#[path = "tests_chains.rs"]
+mod chains;

@@ -152,7 +152,10 @@ pub async fn run_with(
     if has_peers && loaded.store.backend() == store::db::Backend::Sqlite {
         tracing::warn!("{LOCAL_CONTROL_PLANE}");
     }
-    let audit = AuditLog::start(&loaded.store, AuditConfig::default()).await?;
+    let chain = setup::audit_chain(&loaded.store, loaded.trust.identity().id());
+    let mut audit_config = AuditConfig::default();
+    audit_config.chain = chain.clone();
+    let audit = AuditLog::start(&loaded.store, audit_config).await?;
     let daemon = Daemon::start(
         settings,
         Arc::clone(&loaded.trust),
@@ -232,7 +235,7 @@ pub async fn run_with(
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match checkpoint_now(&store, &data).await {
+                match checkpoint_now(&store, &chain, &data).await {
                     Ok(c) => tracing::info!(
                         checkpoint = %serde_json::to_string(&c).unwrap_or_default(),
                         "audit checkpoint: record {}, head {}", c.id, c.hash
@@ -441,7 +444,8 @@ async fn start_admin(
         store::db::TokenHasher::default(),
         now_ms,
     )
-    .with_archive_dir(data.join(store::audit::archive::ARCHIVE_DIR));
+    .with_archive_dir(data.join(store::audit::archive::ARCHIVE_DIR))
+    .with_audit_chain(setup::audit_chain(store, trust.identity().id()));
     let tokens = state.token_cache();
     let mut options = admin_api::ServeOptions::new(state.serve_counters());
     // Certificate sessions are registered, so that a revocation closes them too.
@@ -512,14 +516,15 @@ enum CheckpointError {
     Sign(String),
 }
 
-/// The stored chain head, signed with the registrar's current key (the periodic log
-/// checkpoint; the chain itself is checked by `enrpd audit verify`).
+/// The stored head of this registrar's chain, signed with its current key (the periodic
+/// log checkpoint; the chain itself is checked by `enrpd audit verify`).
 async fn checkpoint_now(
     store: &Store,
+    chain: &store::audit::Chain,
     data: &Path,
 ) -> Result<crate::checkpoint::Checkpoint, CheckpointError> {
     let mut conn = store.acquire().await?;
-    let (id, hash) = store::audit::head(&mut conn).await?;
+    let (id, hash) = store::audit::head(&mut conn, chain).await?;
     drop(conn);
     // Row ids are positive (INTEGER PRIMARY KEY from 1).
     let id = u64::try_from(id).unwrap_or(0);

@@ -612,6 +612,35 @@ pub struct Loaded {
     pub server_id_bindings: Vec<(ServerId, SpiffeId)>,
 }
 
+/// The audit chain a registrar with identity `id` appends to in `store`
+/// (docs/STORE.md "The audit log in a fleet"): the local chain in a store of its own
+/// (SQLite), its own chain, keyed by its SPIFFE ID, in a store a fleet shares (PostgreSQL).
+pub fn audit_chain(store: &Store, id: &SpiffeId) -> store::audit::Chain {
+    if store.backend() == db::Backend::Sqlite {
+        store::audit::Chain::Local
+    } else {
+        store::audit::Chain::Registrar(id.clone())
+    }
+}
+
+impl Loaded {
+    /// This registrar's audit chain ([`audit_chain`]).
+    pub fn audit_chain(&self) -> store::audit::Chain {
+        audit_chain(&self.store, self.trust.identity().id())
+    }
+}
+
+/// The audit chain of the registrar of `data` in `store`, for the command line: reads
+/// its certificate only when the store is shared.
+fn command_line_chain(data: &Path, store: &Store) -> Result<store::audit::Chain, Error> {
+    if store.backend() == db::Backend::Sqlite {
+        return Ok(store::audit::Chain::Local);
+    }
+    let install = read_install(data)?;
+    let identity = LocalIdentity::from_pem(&read(&install.cert)?, &read(&install.key)?)?;
+    Ok(audit_chain(store, identity.id()))
+}
+
 /// Loads an initialised data directory: identity from the PKI files, trust domains and
 /// grants from the store `enrpd init` recorded.
 pub async fn load(data: &Path) -> Result<Loaded, Error> {
@@ -858,7 +887,8 @@ pub async fn create_token(
             "token {} ({}, {}) by the enrpd command line",
             token.info.id, token.info.name, token.info.role
         ));
-        store::audit::append_in(&mut tx, &[record]).await?;
+        let chain = command_line_chain(data, &store)?;
+        store::audit::append_in(&mut tx, &chain, &[record]).await?;
         tx.commit().await?;
         Ok::<_, Error>(token)
     }
@@ -886,6 +916,7 @@ pub async fn archive_audit(
     .detail("enrpd audit archive");
     store::audit::archive::archive(
         &loaded.store,
+        &loaded.audit_chain(),
         &store::audit::archive::Target::File(to),
         cut,
         Some(&server),
@@ -919,7 +950,8 @@ pub async fn revoke_token(data: &Path, id: &str, now_ms: u64) -> Result<db::Toke
             store::audit::Outcome::Ok,
         )
         .detail(format!("token {} by the enrpd command line", info.id));
-        store::audit::append_in(&mut tx, &[record]).await?;
+        let chain = command_line_chain(data, &store)?;
+        store::audit::append_in(&mut tx, &chain, &[record]).await?;
         tx.commit().await?;
         Ok::<_, Error>(info)
     }

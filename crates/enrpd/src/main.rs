@@ -310,67 +310,81 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = setup::load(&data)
                 .await
                 .context("loading the data directory")?;
+            let own = loaded.audit_chain();
             let mut conn = loaded.store.acquire().await?;
-            let report = store::audit::verify(&mut conn).await?;
-            match report.broken {
-                None => {
-                    println!(
-                        "audit chain intact: {} records, head {}",
-                        report.checked,
-                        report.head_hex()
-                    );
-                    if let Some(a) = &report.anchor {
-                        println!(
-                            "  starting after archived record {} (hash {}, last archive {})",
-                            a.last_id,
-                            hex::encode(a.last_hash),
-                            a.file
-                        );
+            let reports = store::audit::verify(&mut conn).await?;
+            // Every chain of the store (one per registrar of a fleet), one line each.
+            for report in &reports {
+                print_chain(report);
+            }
+            if reports.iter().any(|r| !r.is_intact()) {
+                return Ok(ExitCode::FAILURE);
+            }
+            let report = reports
+                .into_iter()
+                .find(|r| r.chain == own)
+                .unwrap_or_else(|| store::audit::VerifyReport::empty(own.clone()));
+            if report.checked == 0 && report.anchor.is_none() {
+                print_chain(&report);
+            }
+            let checkpoint = match checkpoint {
+                Some(file) => Some(read_checkpoint(&data, &file)?),
+                None => None,
+            };
+            let archived = if archive.is_empty() {
+                None
+            } else {
+                let probe = checkpoint
+                    .as_ref()
+                    .and_then(|c| c.as_ref().ok())
+                    .map(|c| c.id);
+                match store::audit::archive::check_archives(&mut conn, &archive, probe).await? {
+                    Ok(check) => {
+                        print_archives(&check);
+                        Some(check)
                     }
-                    let checkpoint = match checkpoint {
-                        Some(file) => Some(read_checkpoint(&data, &file)?),
-                        None => None,
-                    };
-                    let archived = if archive.is_empty() {
-                        None
-                    } else {
-                        let probe = checkpoint
-                            .as_ref()
-                            .and_then(|c| c.as_ref().ok())
-                            .map(|c| c.id);
-                        match store::audit::archive::check_archives(&mut conn, &archive, probe)
-                            .await?
-                        {
-                            Ok(check) => {
-                                print_archives(&check);
-                                Some(check)
-                            }
-                            Err(finding) => {
-                                println!("archives: {finding}");
-                                return Ok(ExitCode::FAILURE);
-                            }
-                        }
-                    };
-                    if let Some(checkpoint) = checkpoint {
-                        return check_checkpoint(
-                            checkpoint,
-                            &report,
-                            archived.as_ref(),
-                            &loaded.store,
-                        )
-                        .await;
+                    Err(finding) => {
+                        println!("archives: {finding}");
+                        return Ok(ExitCode::FAILURE);
                     }
-                    Ok(ExitCode::SUCCESS)
                 }
-                Some(link) => {
-                    println!(
-                        "audit chain broken at record {}: {} (last intact record {})",
-                        link.id, link.reason, report.last_id
-                    );
-                    Ok(ExitCode::FAILURE)
-                }
+            };
+            if let Some(checkpoint) = checkpoint {
+                return check_checkpoint(checkpoint, &report, archived.as_ref(), &loaded.store)
+                    .await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One chain's result: `audit chain intact: …` as before fleets, followed by
+/// ` (registrar spiffe://…)` for a registrar's chain in a shared store.
+fn print_chain(report: &store::audit::VerifyReport) {
+    let whose = match report.chain.registrar() {
+        Some(id) => format!(" (registrar {id})"),
+        None => String::new(),
+    };
+    match report.broken {
+        None => {
+            println!(
+                "audit chain intact: {} records, head {}{whose}",
+                report.checked,
+                report.head_hex()
+            );
+            if let Some(a) = &report.anchor {
+                println!(
+                    "  starting after archived record {} (hash {}, last archive {})",
+                    a.last_id,
+                    hex::encode(a.last_hash),
+                    a.file
+                );
             }
         }
+        Some(link) => println!(
+            "audit chain broken at record {}: {} (last intact record {}){whose}",
+            link.id, link.reason, report.last_id
+        ),
     }
 }
 
@@ -383,7 +397,8 @@ async fn write_checkpoint(
         .await
         .context("loading the data directory")?;
     let mut conn = loaded.store.acquire().await?;
-    let report = store::audit::verify(&mut conn).await?;
+    // The registrar checkpoints its own chain.
+    let report = store::audit::verify_chain(&mut conn, &loaded.audit_chain()).await?;
     if let Some(link) = report.broken {
         println!(
             "audit chain broken at record {}: {}: no checkpoint",
@@ -480,10 +495,10 @@ async fn check_checkpoint(
     }
     let anchored = report.anchor.as_ref().map_or(0, |a| a.last_id);
     let stored = if checkpoint.id == 0 {
-        Some(store::audit::GENESIS)
+        Some(report.chain.genesis())
     } else if checkpoint.id <= anchored {
         let mut conn = store.acquire().await?;
-        let anchors = store::audit::archive::anchors(&mut conn).await?;
+        let anchors = store::audit::archive::anchors(&mut conn, &report.chain).await?;
         let holder = anchors
             .iter()
             .find(|a| (a.first_id..=a.last_id).contains(&checkpoint.id));
@@ -505,6 +520,7 @@ async fn check_checkpoint(
         let mut filter = store::audit::AuditFilter::default();
         filter.order = store::audit::Order::OldestFirst;
         filter.cursor = Some(checkpoint.id - 1);
+        filter.chain = Some(report.chain.clone());
         filter.limit = 1;
         let mut conn = store.acquire().await?;
         store::audit::query(&mut conn, &filter)

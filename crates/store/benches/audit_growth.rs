@@ -15,7 +15,7 @@ use std::time::Instant;
 use identity::audit::AuditAction;
 use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 use store::audit::archive::{self, Cut, Target};
-use store::audit::{Outcome, Record, append_in};
+use store::audit::{Chain, Outcome, Record, append_in};
 use store::db::{Store, StoreOptions};
 
 /// Records per transaction.
@@ -101,7 +101,9 @@ async fn measure(kinds: &[&str], n: u64) {
             .map(|j| record(kinds[(j % kinds.len() as u64) as usize], j))
             .collect();
         let mut tx = store.begin().await.expect("begin");
-        append_in(&mut tx, &records).await.expect("append");
+        append_in(&mut tx, &Chain::Local, &records)
+            .await
+            .expect("append");
         tx.commit().await.expect("commit");
         i += BATCH;
     }
@@ -118,7 +120,7 @@ async fn measure(kinds: &[&str], n: u64) {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = Instant::now();
                 let mut tx = store.begin().await.expect("begin");
-                append_in(&mut tx, &[record("resolve", j)])
+                append_in(&mut tx, &Chain::Local, &[record("resolve", j)])
                     .await
                     .expect("append");
                 tx.commit().await.expect("commit");
@@ -133,6 +135,7 @@ async fn measure(kinds: &[&str], n: u64) {
     let archiving = Instant::now();
     let done = archive::archive(
         &store,
+        &Chain::Local,
         &Target::File(file),
         Cut::BeforeId(n + 1),
         None,

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use identity::{Namespace, PoolHandle, SpiffeId};
 use serde::{Deserialize, Serialize};
-use store::audit::{self, AuditFilter, ChainedRecord, Order, Outcome};
+use store::audit::{self, AuditFilter, Chain, ChainedRecord, Order, Outcome, VerifyReport};
 use utoipa::ToSchema;
 
 use crate::auth::{Authorized, ReadAll, TOKEN_ACTOR_SEGMENT};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::{handle_text, parse_handle};
-use crate::schema::{AuditActor, AuditOutcome, NamespaceName, PoolHandleText};
+use crate::schema::{AuditActor, AuditOutcome, AuditRegistrar, NamespaceName, PoolHandleText};
 use crate::state::App;
 
 /// Page direction.
@@ -53,6 +53,10 @@ pub(crate) struct AuditQuery {
     /// Records with this outcome (`ok`, `cause:0x000a`, `forbidden`, ...).
     #[param(value_type = Option<AuditOutcome>)]
     outcome: Option<String>,
+    /// Records appended by this registrar (its chain): its SPIFFE ID, or `local` for the
+    /// local chain of a store of one registrar. Left out: the whole store (the fleet).
+    #[param(value_type = Option<AuditRegistrar>)]
+    registrar: Option<String>,
     /// Page direction: `newest` (default) or `oldest` first.
     #[param(inline)]
     order: Option<OrderName>,
@@ -67,8 +71,11 @@ pub(crate) struct AuditQuery {
 /// One audit record.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditEventView {
-    /// Its position in the chain, from 1.
+    /// Its id: ids grow over the whole store (every registrar's chain), from 1.
     id: u64,
+    /// The registrar that appended it (its chain), or `null` for the local chain of a
+    /// store of one registrar.
+    registrar: Option<String>,
     /// When, unix ms.
     time_ms: u64,
     /// Who: a SPIFFE ID (`spiffe://<local domain>/token/<id>` for a token), or `null`.
@@ -103,6 +110,7 @@ impl From<ChainedRecord> for AuditEventView {
         let pool = r.pool.map(|p| p.as_bytes().to_vec()).or(unparsed.pool);
         Self {
             id: e.id,
+            registrar: e.chain.registrar().map(ToString::to_string),
             time_ms: r.time_ms,
             actor: r.actor.map(|a| a.to_string()),
             serial: r.serial.map(|s| s.to_hex()),
@@ -162,6 +170,7 @@ impl AuditQuery {
             })
             .transpose()?;
         let outcome = self.outcome.as_deref().map(Outcome::from_str).transpose()?;
+        let chain = self.registrar.as_deref().map(Chain::from_str).transpose()?;
         let limit = match self.limit {
             None => 0,
             Some(n @ 1..=audit::MAX_PAGE) => n,
@@ -175,6 +184,7 @@ impl AuditQuery {
         filter.pool = pool;
         filter.action = self.action;
         filter.outcome = outcome;
+        filter.chain = chain;
         filter.order = match self.order.unwrap_or_default() {
             OrderName::Newest => Order::NewestFirst,
             OrderName::Oldest => Order::OldestFirst,
@@ -215,42 +225,100 @@ pub(crate) struct BrokenLinkView {
     reason: String,
 }
 
-/// What the check of the chain found.
+/// What the check of one chain found.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct VerifyView {
-    /// Whether the whole chain is intact.
+pub(crate) struct ChainView {
+    /// The registrar whose chain this is, or `null` for the local chain of a store of
+    /// one registrar.
+    registrar: Option<String>,
+    /// Whether the chain is intact.
     intact: bool,
     /// Records checked.
     checked: u64,
     /// The id of the last intact record (0 if none).
     last_id: u64,
-    /// The hash of the last intact record, hex: keep it elsewhere to detect truncation.
+    /// The hash of the last intact record, hex.
     head: String,
     /// The first broken link, `null` when intact.
     broken: Option<BrokenLinkView>,
-    /// The last record moved into an archive (`/v1/audit/archives`; 0: none): the chain
-    /// is checked from the record after it, which must chain from its hash.
+    /// The last record of this chain moved into an archive (0: none).
     archived_through: u64,
 }
 
-/// Checks the audit log's hash chain from the first record to the last.
+impl From<&VerifyReport> for ChainView {
+    fn from(r: &VerifyReport) -> Self {
+        Self {
+            registrar: r.chain.registrar().map(ToString::to_string),
+            intact: r.is_intact(),
+            checked: r.checked,
+            last_id: r.last_id,
+            head: r.head_hex(),
+            broken: r.broken.map(|b| BrokenLinkView {
+                id: b.id,
+                reason: b.reason.to_string(),
+            }),
+            archived_through: r.anchor.as_ref().map_or(0, |a| a.last_id),
+        }
+    }
+}
+
+/// What the check of the audit log found: every chain of the store (one per registrar
+/// that appended to it). `last_id`, `head` and `archived_through` are those of this
+/// registrar's own chain (what a checkpoint records); `intact`, `checked` and `broken`
+/// cover every chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VerifyView {
+    /// Whether every chain is intact.
+    intact: bool,
+    /// Records checked, in every chain.
+    checked: u64,
+    /// The id of the last intact record of this registrar's chain (0 if none).
+    last_id: u64,
+    /// The hash of the last intact record of this registrar's chain, hex: keep it
+    /// elsewhere to detect truncation.
+    head: String,
+    /// The first broken link: this registrar's chain's, else the first broken chain's;
+    /// `null` when every chain is intact.
+    broken: Option<BrokenLinkView>,
+    /// The last record of this registrar's chain moved into an archive
+    /// (`/v1/audit/archives`; 0: none): the chain is checked from the record after it,
+    /// which must chain from its hash.
+    archived_through: u64,
+    /// Every chain, the local one first, then by registrar.
+    chains: Vec<ChainView>,
+}
+
+/// Checks every hash chain of the audit log from its first record (or its latest
+/// archive's anchor) to its last.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
-    responses((status = 200, description = "The result (also when the chain is broken)", body = VerifyView)))]
+    responses((status = 200, description = "The result (also when a chain is broken)", body = VerifyView)))]
 pub(crate) async fn verify(
     State(app): State<Arc<App>>,
     _: Authorized<ReadAll>,
 ) -> Result<axum::Json<VerifyView>, ApiError> {
     let mut conn = app.store().acquire().await?;
-    let report = audit::verify(&mut conn).await?;
+    let reports = audit::verify(&mut conn).await?;
+    let own = reports
+        .iter()
+        .find(|r| r.chain == *app.audit_chain())
+        .cloned()
+        .unwrap_or_else(|| VerifyReport::empty(app.audit_chain().clone()));
+    let own = ChainView::from(&own);
+    let chains: Vec<ChainView> = reports.iter().map(ChainView::from).collect();
+    let broken = own
+        .broken
+        .as_ref()
+        .or_else(|| chains.iter().find_map(|c| c.broken.as_ref()));
     Ok(axum::Json(VerifyView {
-        intact: report.is_intact(),
-        checked: report.checked,
-        last_id: report.last_id,
-        head: report.head_hex(),
-        broken: report.broken.map(|b| BrokenLinkView {
+        intact: chains.iter().all(|c| c.intact),
+        checked: chains.iter().map(|c| c.checked).sum(),
+        broken: broken.map(|b| BrokenLinkView {
             id: b.id,
-            reason: b.reason.to_string(),
+            reason: b.reason.clone(),
         }),
-        archived_through: report.anchor.map_or(0, |a| a.last_id),
+        last_id: own.last_id,
+        head: own.head,
+        archived_through: own.archived_through,
+        chains,
     }))
 }

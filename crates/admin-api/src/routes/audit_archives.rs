@@ -185,6 +185,7 @@ pub(crate) async fn create(
         let server = app.trust().identity().id().clone();
         Ok(archive::archive(
             app.store(),
+            app.audit_chain(),
             &target,
             cut,
             Some(&server),
@@ -218,7 +219,7 @@ pub(crate) async fn list(
     _: Authorized<ReadAll>,
 ) -> Result<axum::Json<ArchiveList>, ApiError> {
     let mut conn = app.store().acquire().await?;
-    let anchors = archive::anchors(&mut conn).await?;
+    let anchors = archive::anchors(&mut conn, app.audit_chain()).await?;
     let live_from = anchors.last().map_or(1, |a| a.last_id + 1);
     Ok(axum::Json(ArchiveList {
         archives: anchors.into_iter().map(|a| app.view(a)).collect(),
@@ -246,7 +247,7 @@ pub(crate) async fn get(
         return Err(not_found());
     }
     let mut conn = app.store().acquire().await?;
-    let path = archive::anchors(&mut conn)
+    let path = archive::anchors(&mut conn, app.audit_chain())
         .await?
         .iter()
         .find(|a| a.name() == name)

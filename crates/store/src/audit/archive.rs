@@ -30,7 +30,7 @@ use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
+use super::{Chain, ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
 use crate::db::{Conn, Error, Result, Store, with_conn};
 use identity::SpiffeId;
 
@@ -166,24 +166,54 @@ impl TryFrom<AnchorRow> for Anchor {
     }
 }
 
-/// Every anchor, oldest first (one per archive: a small table).
-pub async fn anchors<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<Anchor>> {
+/// Every anchor of `chain`, oldest first (one per archive: a small table).
+pub async fn anchors<C: Conn + ?Sized>(conn: &mut C, chain: &Chain) -> Result<Vec<Anchor>> {
     let rows: Vec<AnchorRow> = with_conn!(
         conn,
         "SELECT first_id, last_id, first_prev_hash, last_hash, time_ms, file, sha256
-         FROM audit_archives ORDER BY last_id",
-        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+         FROM audit_archives WHERE chain = ?1 ORDER BY last_id",
+        |c, sql| sqlx::query_as(sql).bind(chain.key()).fetch_all(c).await
     )?;
     rows.into_iter().map(Anchor::try_from).collect()
 }
 
-/// The latest anchor: where the live log starts. `None` before the first archive.
-pub async fn latest_anchor<C: Conn + ?Sized>(conn: &mut C) -> Result<Option<Anchor>> {
+/// Every anchor of every chain, with its chain's stored key, oldest first.
+pub(super) async fn all_anchors<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<(String, Anchor)>> {
+    let rows: Vec<(String, AnchorRow)> = with_conn!(
+        conn,
+        "SELECT chain, first_id, last_id, first_prev_hash, last_hash, time_ms, file, sha256
+         FROM audit_archives ORDER BY last_id",
+        |c, sql| sqlx::query_as(sql).fetch_all(c).await
+    )?
+    .into_iter()
+    .map(|r: ChainAnchorRow| (r.chain, r.anchor))
+    .collect();
+    rows.into_iter()
+        .map(|(chain, row)| Ok((chain, Anchor::try_from(row)?)))
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct ChainAnchorRow {
+    chain: String,
+    #[sqlx(flatten)]
+    anchor: AnchorRow,
+}
+
+/// The latest anchor of `chain`: where its live rows start. `None` before its first
+/// archive.
+pub async fn latest_anchor<C: Conn + ?Sized>(
+    conn: &mut C,
+    chain: &Chain,
+) -> Result<Option<Anchor>> {
     let row: Option<AnchorRow> = with_conn!(
         conn,
         "SELECT first_id, last_id, first_prev_hash, last_hash, time_ms, file, sha256
-         FROM audit_archives ORDER BY last_id DESC LIMIT 1",
-        |c, sql| sqlx::query_as(sql).fetch_optional(c).await
+         FROM audit_archives WHERE chain = ?1 ORDER BY last_id DESC LIMIT 1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(chain.key())
+            .fetch_optional(c)
+            .await
     )?;
     row.map(Anchor::try_from).transpose()
 }
@@ -268,6 +298,7 @@ pub fn parse_time(text: &str) -> Result<u64> {
 /// the future or past the head, nothing to archive, a file that exists, a broken chain.
 pub async fn archive(
     store: &Store,
+    chain: &Chain,
     target: &Target,
     cut: Cut,
     server: Option<&SpiffeId>,
@@ -275,11 +306,20 @@ pub async fn archive(
     now_ms: u64,
 ) -> Result<Archived> {
     record.check()?;
+    // Archives keep the local chain's format (contiguous ids, version 1 hashes): a
+    // registrar's chain in a shared store is not archived yet (docs/STORE.md).
+    if *chain != Chain::Local {
+        return Err(Error::Conflict {
+            what: "archive",
+            reason: "a registrar's audit chain in a shared store is not archived yet \
+                     (docs/STORE.md, \"The audit log in a fleet\")",
+        });
+    }
     if let Target::File(path) = target {
         refuse_existing(path)?;
     }
     let mut conn = store.acquire().await?;
-    let previous = latest_anchor(&mut conn).await?;
+    let previous = latest_anchor(&mut conn, chain).await?;
     if let Some(previous) = &previous {
         // Rows of the previous archive left by an interrupted deletion.
         purge_archived(store, previous.last_id).await?;
@@ -386,7 +426,7 @@ async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u
         what: "archive",
         reason: "nothing to archive: no record before the cut that is not archived already",
     };
-    let (head_id, _) = head(&mut *conn).await?;
+    let (head_id, _) = head(&mut *conn, &Chain::Local).await?;
     let head_id = u64::try_from(head_id).unwrap_or(0);
     let end = match cut {
         Cut::Before(ms) => {
@@ -399,7 +439,8 @@ async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u
             let ms = crate::db::ms_to_i64(ms, "before")?;
             let at: Option<(i64,)> = with_conn!(
                 conn,
-                "SELECT id FROM audit_events WHERE id >= ?1 AND time_ms >= ?2 ORDER BY id LIMIT 1",
+                "SELECT id FROM audit_events WHERE chain = '' AND id >= ?1 AND time_ms >= ?2
+                 ORDER BY id LIMIT 1",
                 |c, sql| sqlx::query_as(sql)
                     .bind(i64::try_from(first).unwrap_or(i64::MAX))
                     .bind(ms)
@@ -430,7 +471,7 @@ async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u
 async fn row_hash<C: Conn + ?Sized>(conn: &mut C, id: u64) -> Result<Hash> {
     let (hash,): (Vec<u8>,) = with_conn!(
         conn,
-        "SELECT hash FROM audit_events WHERE id = ?1",
+        "SELECT hash FROM audit_events WHERE chain = '' AND id = ?1",
         |c, sql| sqlx::query_as(sql)
             .bind(i64::try_from(id).unwrap_or(i64::MAX))
             .fetch_one(c)
@@ -502,9 +543,10 @@ async fn write_rows<C: Conn + ?Sized>(
     while next <= header.last_id {
         let rows: Vec<ChainRow> = with_conn!(
             conn,
-            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
-                 outcome, detail, prev_hash, hash
-             FROM audit_events WHERE id >= ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            "SELECT id, chain, time_ms, actor, serial, remote, namespace, pool, pe_id,
+                 action, outcome, detail, prev_hash, hash
+             FROM audit_events WHERE chain = '' AND id >= ?1 AND id <= ?2
+             ORDER BY id LIMIT ?3",
             |c, sql| sqlx::query_as(sql)
                 .bind(i64::try_from(next).unwrap_or(i64::MAX))
                 .bind(i64::try_from(header.last_id).unwrap_or(i64::MAX))
@@ -519,7 +561,7 @@ async fn write_rows<C: Conn + ?Sized>(
             if u64::try_from(row.id).ok() != Some(next) {
                 return Err(broken(next, "missing (id gap)"));
             }
-            let hash = chain_hash(&prev, row.id, &row.columns);
+            let hash = chain_hash(&prev, "", row.id, &row.columns);
             if row.prev_hash != prev || row.hash != hash {
                 return Err(broken(next, "breaks the chain"));
             }
@@ -578,7 +620,12 @@ async fn commit(
 ) -> Result<u64> {
     let mut tx = store.begin().await?;
     // Another archive since this one started would make the file overlap it.
-    if latest_anchor(&mut tx).await?.as_ref().map(|a| a.last_id) != previous.map(|a| a.last_id) {
+    if latest_anchor(&mut tx, &Chain::Local)
+        .await?
+        .as_ref()
+        .map(|a| a.last_id)
+        != previous.map(|a| a.last_id)
+    {
         return Err(Error::Invalid {
             what: "archive",
             reason: "another archive ran at the same time; nothing changed",
@@ -604,7 +651,7 @@ async fn commit(
             .map(drop)
     )?;
     delete_chunk(&mut tx, anchor.last_id).await?;
-    let ids = super::append_in(&mut tx, &[record]).await?;
+    let ids = super::append_in(&mut tx, &Chain::Local, &[record]).await?;
     tx.commit().await?;
     // Committed: the archive is made. What is left of the prefix goes in chunks; should
     // this stop (a crash), verification already starts after the anchor, and the next
@@ -625,7 +672,7 @@ async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, last_id: u64) -> Result<u6
     let done = with_conn!(
         conn,
         "DELETE FROM audit_events WHERE id IN
-             (SELECT id FROM audit_events WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+             (SELECT id FROM audit_events WHERE chain = '' AND id <= ?1 ORDER BY id LIMIT ?2)",
         |c, sql| sqlx::query(sql)
             .bind(i64::try_from(last_id).unwrap_or(i64::MAX))
             .bind(DELETE_CHUNK)
@@ -776,7 +823,7 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
                 "record {id}: prev_hash does not match the previous record's hash"
             )));
         }
-        let hash = chain_hash(&prev, id, &columns);
+        let hash = chain_hash(&prev, "", id, &columns);
         if stated_hash != hash {
             return Err(bad(&format!(
                 "record {id}: hash does not match the record's contents"
@@ -953,7 +1000,7 @@ pub async fn check_archives<C: Conn + ?Sized>(
     files: &[PathBuf],
     probe: Option<u64>,
 ) -> Result<std::result::Result<ArchiveCheck, String>> {
-    let anchors = anchors(conn).await?;
+    let anchors = anchors(conn, &Chain::Local).await?;
     let mut archives = Vec::with_capacity(files.len());
     for file in files {
         match verify_archive(file, probe) {

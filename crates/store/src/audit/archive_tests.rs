@@ -32,6 +32,7 @@ async fn archive_to(store: &Store, path: &Path, cut: Cut) -> Result<archive::Arc
     let server = id("spiffe://acme.test/registrar/enrp-1");
     archive::archive(
         store,
+        &Chain::Local,
         &Target::File(path.to_owned()),
         cut,
         Some(&server),
@@ -124,7 +125,9 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: 
     let a = verify_archive(&file, None).expect("first");
     let b = verify_archive(&second, None).expect("second");
     let mut conn = store.acquire().await.expect("conn");
-    let anchors = archive::anchors(&mut conn).await.expect("anchors");
+    let anchors = archive::anchors(&mut conn, &Chain::Local)
+        .await
+        .expect("anchors");
     let links = check_links(&[b.clone(), a], &anchors).expect("they link, in any order");
     assert_eq!(links.from_id, 1);
     assert!(links.sha256_differs.is_empty());
@@ -196,7 +199,9 @@ async fn a_tampered_or_cut_archive_is_detected(db: &TestDb) {
     write_lines_at(&path, &original, flate2::Compression::fast());
     let summary = verify_archive(&path, None).expect("intact records");
     let mut conn = store.acquire().await.expect("conn");
-    let anchors = archive::anchors(&mut conn).await.expect("anchors");
+    let anchors = archive::anchors(&mut conn, &Chain::Local)
+        .await
+        .expect("anchors");
     let links = check_links(&[summary], &anchors).expect("links");
     assert_eq!(links.sha256_differs.len(), 1);
 }
@@ -210,7 +215,9 @@ async fn a_gap_between_archives_and_the_live_log_is_detected(db: &TestDb) {
     archive_to(&store, &a, Cut::BeforeId(4)).await.expect("a");
     archive_to(&store, &b, Cut::BeforeId(9)).await.expect("b");
     let mut conn = store.acquire().await.expect("conn");
-    let anchors = archive::anchors(&mut conn).await.expect("anchors");
+    let anchors = archive::anchors(&mut conn, &Chain::Local)
+        .await
+        .expect("anchors");
     let a = verify_archive(&a, None).expect("a verifies");
     let b = verify_archive(&b, None).expect("b verifies");
     // The middle archive missing: a gap between the first and the live log.
@@ -260,7 +267,12 @@ async fn deletes_stay_refused_except_the_archived_prefix(db: &TestDb) {
     refused(exec(&mut conn, "DELETE FROM audit_archives").await);
     refused(exec(&mut conn, "UPDATE audit_archives SET file = 'y'").await);
     assert_eq!(live_ids(&store).await, (4..=7).collect::<Vec<_>>());
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 }
 
 async fn bad_archive_requests_change_nothing(db: &TestDb) {
@@ -272,7 +284,7 @@ async fn bad_archive_requests_change_nothing(db: &TestDb) {
         assert_eq!(live_ids(&store).await, (1..=5).collect::<Vec<_>>());
         let mut conn = store.acquire().await.expect("conn");
         assert!(
-            archive::anchors(&mut conn)
+            archive::anchors(&mut conn, &Chain::Local)
                 .await
                 .expect("anchors")
                 .is_empty()
@@ -408,7 +420,9 @@ async fn a_long_prefix_goes_in_chunks_and_an_interrupted_deletion_is_finished_la
     .execute(sqlite_conn(&mut conn))
     .await
     .expect("an anchor matching the chain");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "{:?}", report.broken);
     assert_eq!(report.checked, 6, "rows after the anchor only");
     drop(conn);

@@ -29,6 +29,7 @@ pub mod archive;
 mod writer;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -46,6 +47,98 @@ pub type Hash = [u8; 32];
 
 /// `prev_hash` of the first row.
 pub const GENESIS: Hash = [0; 32];
+
+/// The hash chain a record belongs to (issue 19 item 3; docs/STORE.md "The audit log in a
+/// fleet"): every registrar appends to its own chain, so that N registrars sharing one
+/// store (PostgreSQL) interleave in one table without forking anyone's chain.
+///
+/// Stored in the `chain` column as `''` ([`Chain::Local`]) or the SPIFFE ID. Records of the
+/// local chain hash as they always did (version 1, from [`GENESIS`]); records of a
+/// registrar's chain hash its key too (version 2, from [`Chain::genesis`]), so a record
+/// moved to another chain, or a chain's first record put at the start of another, breaks
+/// the chain it lands in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Chain {
+    /// The chain of a store that belongs to one registrar (every SQLite store), and of
+    /// every record written before chains existed. Shown as `local`.
+    Local,
+    /// The chain of the registrar with this SPIFFE ID, in a store several registrars share.
+    Registrar(SpiffeId),
+}
+
+impl Chain {
+    /// The stored key: `''` or the SPIFFE ID.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Local => "",
+            Self::Registrar(id) => id.as_str(),
+        }
+    }
+
+    /// The chain of a stored key.
+    pub fn from_key(key: &str) -> Result<Self> {
+        match key {
+            "" => Ok(Self::Local),
+            _ => Self::registrar_or(
+                key,
+                "audit chain",
+                "must be empty (the local chain) or a SPIFFE ID",
+            ),
+        }
+    }
+
+    /// The chain of the registrar `id`, or [`Error::Invalid`] with `what` and `reason`.
+    fn registrar_or(id: &str, what: &'static str, reason: &'static str) -> Result<Self> {
+        SpiffeId::parse(id)
+            .map(Self::Registrar)
+            .map_err(|_| Error::Invalid { what, reason })
+    }
+
+    /// The registrar whose chain this is; `None` for the local chain.
+    pub fn registrar(&self) -> Option<&SpiffeId> {
+        match self {
+            Self::Local => None,
+            Self::Registrar(id) => Some(id),
+        }
+    }
+
+    /// The `prev_hash` of the chain's first record: [`GENESIS`] for the local chain,
+    /// `SHA-256("rsp-audit-genesis-v2" 0x00 ‖ key)` for a registrar's. Distinct per chain,
+    /// so `prev_hash` stays unique over the whole table (migrations/0006).
+    pub fn genesis(&self) -> Hash {
+        genesis_of(self.key())
+    }
+}
+
+fn genesis_of(key: &str) -> Hash {
+    if key.is_empty() {
+        return GENESIS;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"rsp-audit-genesis-v2\0");
+    hasher.update(key.as_bytes());
+    hasher.finalize().into()
+}
+
+impl fmt::Display for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local => f.write_str("local"),
+            Self::Registrar(id) => f.write_str(id.as_str()),
+        }
+    }
+}
+
+/// `local` or a SPIFFE ID (the `registrar` filter of `GET /v1/audit`).
+impl FromStr for Chain {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            _ => Self::registrar_or(s, "registrar", "must be `local` or a SPIFFE ID"),
+        }
+    }
+}
 
 /// Longest action name, in bytes.
 pub const MAX_ACTION_LEN: usize = 64;
@@ -335,7 +428,12 @@ struct Columns {
 /// ```
 ///
 /// Every field is length-prefixed, so no two different rows have the same encoding.
-fn canonical_encoding(id: i64, c: &Columns) -> Vec<u8> {
+///
+/// A record of a registrar's chain (`chain` not empty) is encoded as version 2: the same
+/// with `"rsp-audit-v2" 0x00 ‖ 0x01 ‖ length u32 ‖ chain` in place of the tag, so that its
+/// hash binds it to its registrar. The local chain keeps version 1: the hashes of records
+/// written before chains existed do not change.
+fn canonical_encoding(chain: &str, id: i64, c: &Columns) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
         match value {
             None => out.push(0),
@@ -349,8 +447,13 @@ fn canonical_encoding(id: i64, c: &Columns) -> Vec<u8> {
             }
         }
     }
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"rsp-audit-v1\0");
+    let mut out = Vec::with_capacity(128 + chain.len());
+    if chain.is_empty() {
+        out.extend_from_slice(b"rsp-audit-v1\0");
+    } else {
+        out.extend_from_slice(b"rsp-audit-v2\0");
+        field(&mut out, Some(chain.as_bytes()));
+    }
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&c.time_ms.to_be_bytes());
     field(&mut out, c.actor.as_deref().map(str::as_bytes));
@@ -366,62 +469,107 @@ fn canonical_encoding(id: i64, c: &Columns) -> Vec<u8> {
     out
 }
 
-/// `SHA-256(prev ‖ canonical_encoding(id, columns))`.
-fn chain_hash(prev: &Hash, id: i64, columns: &Columns) -> Hash {
+/// `SHA-256(prev ‖ canonical_encoding(chain, id, columns))`; `chain`: the stored key.
+fn chain_hash(prev: &Hash, chain: &str, id: i64, columns: &Columns) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(prev);
-    hasher.update(canonical_encoding(id, columns));
+    hasher.update(canonical_encoding(chain, id, columns));
     hasher.finalize().into()
 }
 
-/// The last row's id and hash, or `(0, GENESIS)` for an empty log: the head as stored,
-/// read without walking the chain (periodic checkpoints; [`verify`] checks the chain).
-/// A log whose every row was archived continues from the latest archive's anchor.
-pub async fn head<C: Conn + ?Sized>(conn: &mut C) -> Result<(i64, Hash)> {
+/// The last row of `chain`: its id and hash, or, when the chain has no live row, its latest
+/// archive's anchor, or `(0, chain.genesis())` for a chain never written: the head as
+/// stored, read without walking the chain (checkpoints; [`verify`] checks the chain).
+pub async fn head<C: Conn + ?Sized>(conn: &mut C, chain: &Chain) -> Result<(i64, Hash)> {
     let row: Option<(i64, Vec<u8>)> = with_conn!(
         conn,
-        "SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1",
-        |c, sql| sqlx::query_as(sql).fetch_optional(c).await
+        "SELECT id, hash FROM audit_events WHERE chain = ?1 ORDER BY id DESC LIMIT 1",
+        |c, sql| sqlx::query_as(sql)
+            .bind(chain.key())
+            .fetch_optional(c)
+            .await
     )?;
     match row {
-        None => Ok(match archive::latest_anchor(conn).await? {
-            Some(a) => (i64::try_from(a.last_id).unwrap_or(i64::MAX), a.last_hash),
-            None => (0, GENESIS),
-        }),
-        Some((id, hash)) => {
-            let hash = Hash::try_from(hash.as_slice()).map_err(|_| Error::Corrupt {
-                table: "audit_events",
-                id: id.to_string(),
-                reason: "hash is not 32 bytes",
-            })?;
-            Ok((id, hash))
-        }
+        None => anchored_head(conn, chain).await,
+        Some((id, hash)) => Ok((id, stored_hash(id, &hash)?)),
     }
 }
 
-/// Appends `records`, in order, on `conn`, which should be inside a transaction begun with
-/// `BEGIN IMMEDIATE` ([`crate::db::Store::begin`]) so that the change being audited and
-/// its record commit together. Reads the chain head inside that transaction, so it is
-/// safe next to a running [`AuditLog`]. Returns the new rows' ids. Checks every record
-/// before writing any.
-pub async fn append_in<C: Conn + ?Sized>(conn: &mut C, records: &[Record]) -> Result<Vec<u64>> {
+/// The head of a chain without live rows: its latest anchor, or its genesis.
+async fn anchored_head<C: Conn + ?Sized>(conn: &mut C, chain: &Chain) -> Result<(i64, Hash)> {
+    Ok(match archive::latest_anchor(conn, chain).await? {
+        Some(a) => (i64::try_from(a.last_id).unwrap_or(i64::MAX), a.last_hash),
+        None => (0, chain.genesis()),
+    })
+}
+
+fn stored_hash(id: i64, hash: &[u8]) -> Result<Hash> {
+    Hash::try_from(hash).map_err(|_| Error::Corrupt {
+        table: "audit_events",
+        id: id.to_string(),
+        reason: "hash is not 32 bytes",
+    })
+}
+
+/// Where the next record of `chain` goes: the next id (ids are global: one past every id
+/// of every chain, archived ones included, so they are never reused and grow in commit
+/// order) and the hash it chains from. One round trip: the writer reads it per commit,
+/// under the store's write lock.
+async fn append_point<C: Conn + ?Sized>(conn: &mut C, chain: &Chain) -> Result<(i64, Hash)> {
+    let (max_id, max_archived, head_id, head_hash): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<u8>>,
+    ) = with_conn!(
+        conn,
+        "SELECT (SELECT max(id) FROM audit_events), (SELECT max(last_id) FROM audit_archives),
+                h.id, h.hash
+         FROM (SELECT 1 AS one) AS o
+         LEFT JOIN (SELECT id, hash FROM audit_events WHERE chain = ?1
+                    ORDER BY id DESC LIMIT 1) AS h ON true",
+        |c, sql| sqlx::query_as(sql).bind(chain.key()).fetch_one(c).await
+    )?;
+    let next = max_id.unwrap_or(0).max(max_archived.unwrap_or(0)) + 1;
+    let prev = match (head_id, head_hash) {
+        (Some(id), Some(hash)) => stored_hash(id, &hash)?,
+        _ => anchored_head(conn, chain).await?.1,
+    };
+    Ok((next, prev))
+}
+
+/// Appends `records`, in order, to `chain` on `conn`, which should be a transaction of
+/// [`crate::db::Store::begin`] (holding the store's write lock) so that the change being
+/// audited and its record commit together. Reads the chain head inside that transaction,
+/// so it is safe next to a running [`AuditLog`] (of this registrar or of another one
+/// sharing the store). Returns the new rows' ids. Checks every record before writing any.
+pub async fn append_in<C: Conn + ?Sized>(
+    conn: &mut C,
+    chain: &Chain,
+    records: &[Record],
+) -> Result<Vec<u64>> {
     for record in records {
         record.check()?;
     }
     let records: Vec<&Record> = records.iter().collect();
-    insert_checked(conn, &records).await
+    insert_checked(conn, chain, &records).await
 }
 
 /// [`append_in`] for records already checked.
-async fn insert_checked<C: Conn + ?Sized>(conn: &mut C, records: &[&Record]) -> Result<Vec<u64>> {
-    let (mut id, mut prev) = head(&mut *conn).await?;
+async fn insert_checked<C: Conn + ?Sized>(
+    conn: &mut C,
+    chain: &Chain,
+    records: &[&Record],
+) -> Result<Vec<u64>> {
+    let (mut id, mut prev) = append_point(&mut *conn, chain).await?;
+    let key = chain.key();
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
-        id += 1;
         let columns = record.to_columns();
-        let hash = chain_hash(&prev, id, &columns);
+        let hash = chain_hash(&prev, key, id, &columns);
         rows.push((id, columns, prev, hash));
         prev = hash;
+        id += 1;
     }
     // Ids start at 1 and only grow.
     let ids = rows
@@ -443,7 +591,7 @@ async fn insert_checked<C: Conn + ?Sized>(conn: &mut C, records: &[&Record]) -> 
         with_conn!(&mut *conn, sql, |c, sql| {
             let mut query = sqlx::query(sql);
             for (id, cols, prev, hash) in rows.by_ref().take(n) {
-                query = bind_row!(query, id, cols, &prev, &hash);
+                query = bind_row!(query, id, key, cols, &prev, &hash);
             }
             query.execute(c).await.map(drop)
         })?;
@@ -452,13 +600,22 @@ async fn insert_checked<C: Conn + ?Sized>(conn: &mut C, records: &[&Record]) -> 
     Ok(ids)
 }
 
-/// Binds one row's 13 values, in the order of [`insert_sql`]'s columns, to a query of
+/// Binds one row's 14 values, in the order of [`insert_sql`]'s columns, to a query of
 /// either backend.
 macro_rules! bind_row {
-    ($query:expr, $id:expr, $c:expr, $prev:expr, $hash:expr) => {{
+    ($query:expr, $id:expr, $chain:expr, $c:expr, $prev:expr, $hash:expr) => {{
+        bind_columns!($query.bind($id).bind($chain), $c)
+            .bind($prev.to_vec())
+            .bind($hash.to_vec())
+    }};
+}
+use bind_row;
+
+/// Binds the 10 [`Columns`] of a row, in their order.
+macro_rules! bind_columns {
+    ($query:expr, $c:expr) => {{
         let c = $c;
         $query
-            .bind($id)
             .bind(c.time_ms)
             .bind(c.actor)
             .bind(c.serial)
@@ -469,30 +626,28 @@ macro_rules! bind_row {
             .bind(c.action)
             .bind(c.outcome)
             .bind(c.detail)
-            .bind($prev.to_vec())
-            .bind($hash.to_vec())
     }};
 }
-use bind_row;
+use bind_columns;
 
-/// Rows per statement of the widest insert (13 parameters a row: 832 parameters, far
+/// Rows per statement of the widest insert (14 parameters a row: 896 parameters, far
 /// below SQLite's limit of 32766).
 const INSERT_WIDE_ROWS: usize = 64;
 /// Rows per statement of the middle insert.
 const INSERT_MID_ROWS: usize = 8;
 
-/// `INSERT INTO audit_events ... VALUES (13 placeholders) × rows`. Built once from
+/// `INSERT INTO audit_events ... VALUES (14 placeholders) × rows`. Built once from
 /// constants, never from data.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO audit_events (id, time_ms, actor, serial, remote, namespace, pool, \
-         pe_id, action, outcome, detail, prev_hash, hash) VALUES ",
+        "INSERT INTO audit_events (id, chain, time_ms, actor, serial, remote, namespace, \
+         pool, pe_id, action, outcome, detail, prev_hash, hash) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql
 }
@@ -509,15 +664,18 @@ static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
 #[non_exhaustive]
 pub enum BreakReason {
     /// The row's id is not the previous id + 1: rows were deleted (or inserted with a
-    /// chosen id) before it.
+    /// chosen id) before it. Only on the local chain, whose ids are contiguous (ids of
+    /// another chain in between are no gap); a registrar's chain shares the ids with the
+    /// other registrars', so there `prev_hash` finds a deleted row.
     IdGap {
         /// The id the row should have had.
         expected: u64,
     },
     /// `prev_hash` is not the previous row's hash: rows were reordered, deleted or
-    /// inserted before it.
+    /// inserted before it, or moved to this chain from another one.
     PrevHash,
-    /// `hash` does not match the row's contents: the row was edited.
+    /// `hash` does not match the row's contents: the row was edited (or, on a
+    /// registrar's chain, moved to it from another chain).
     Hash,
     /// The archive anchors do not continue one another (`audit_archives` edited): the
     /// id is the last row of the first anchor that does not.
@@ -544,26 +702,40 @@ pub struct BrokenLink {
     pub reason: BreakReason,
 }
 
-/// What [`verify`] found.
+/// What [`verify`] found in one chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
+    /// The chain.
+    pub chain: Chain,
     /// Rows checked (all of them when the chain is intact; up to the broken link
     /// otherwise, that row included).
     pub checked: u64,
     /// The id of the last intact row (0 if none).
     pub last_id: u64,
-    /// The hash of the last intact row ([`GENESIS`] if none): record it elsewhere to
-    /// detect truncation later.
+    /// The hash of the last intact row (the chain's genesis, [`Chain::genesis`], if
+    /// none): record it elsewhere to detect truncation later.
     pub head: Hash,
     /// The first broken link, or `None` if the chain is intact.
     pub broken: Option<BrokenLink>,
     /// The latest archive's anchor, where the live rows start (`None`: nothing archived,
-    /// the chain starts at row 1). `checked` counts live rows only.
+    /// the chain starts at its first row). `checked` counts live rows only.
     pub anchor: Option<archive::Anchor>,
 }
 
 impl VerifyReport {
+    /// The report of a chain with no row and no anchor (never written).
+    pub fn empty(chain: Chain) -> Self {
+        Self {
+            head: chain.genesis(),
+            chain,
+            checked: 0,
+            last_id: 0,
+            broken: None,
+            anchor: None,
+        }
+    }
+
     /// Whether the whole chain is intact.
     pub fn is_intact(&self) -> bool {
         self.broken.is_none()
@@ -578,6 +750,7 @@ impl VerifyReport {
 #[derive(sqlx::FromRow)]
 struct ChainRow {
     id: i64,
+    chain: String,
     #[sqlx(flatten)]
     columns: Columns,
     prev_hash: Vec<u8>,
@@ -587,36 +760,45 @@ struct ChainRow {
 /// Rows read per query while verifying (bounds memory).
 const VERIFY_PAGE: i64 = 1000;
 
-/// Walks the whole chain in id order and reports the first broken link. Reads in pages,
-/// so memory stays bounded whatever the log's size. After archives, the chain starts from
-/// the latest anchor: the first live row must be the next id and chain from its hash, and
-/// the anchors must continue one another (the archive files themselves are checked by
-/// [`archive::verify_archive`] and [`archive::check_links`]).
-pub async fn verify<C: Conn + ?Sized>(conn: &mut C) -> Result<VerifyReport> {
-    let mut report = VerifyReport {
-        checked: 0,
-        last_id: 0,
-        head: GENESIS,
-        broken: None,
-        anchor: None,
-    };
-    for anchor in archive::anchors(&mut *conn).await? {
-        if anchor.first_id != report.last_id + 1 || anchor.first_prev_hash != report.head {
+/// Walks every chain, in one pass over the table in id order, and reports the first
+/// broken link of each: one report per chain that has a row or an anchor, the local
+/// chain first, then by SPIFFE ID. A break in one chain leaves the others' reports
+/// intact. Reads in pages, so memory stays bounded whatever the log's size (one state per
+/// chain). After archives, a chain starts from its latest anchor: its first live row must
+/// chain from the anchor's hash, and its anchors must continue one another (the archive
+/// files themselves are checked by [`archive::verify_archive`] and
+/// [`archive::check_links`]).
+pub async fn verify<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<VerifyReport>> {
+    let mut chains = BTreeMap::new();
+    for (key, anchor) in archive::all_anchors(&mut *conn).await? {
+        let report = chain_report(&mut chains, &key)?;
+        if report.broken.is_some() {
+            continue;
+        }
+        let continues = if key.is_empty() {
+            anchor.first_id == report.last_id + 1
+        } else {
+            anchor.first_id > report.last_id
+        };
+        if !continues || anchor.first_prev_hash != report.head {
             report.broken = Some(BrokenLink {
                 id: i64::try_from(anchor.last_id).unwrap_or(i64::MAX),
                 reason: BreakReason::Anchor,
             });
-            return Ok(report);
+            continue;
         }
         report.last_id = anchor.last_id;
         report.head = anchor.last_hash;
         report.anchor = Some(anchor);
     }
-    let mut last = i64::try_from(report.last_id).unwrap_or(i64::MAX);
+    // Ids the pass saw without a hole from `run_start` to the previous row: a gap in the
+    // local chain filled by other chains' rows is no gap.
+    let (mut previous, mut run_start) = (0_i64, 1_i64);
+    let mut last = 0_i64;
     loop {
         let rows: Vec<ChainRow> = with_conn!(
             conn,
-            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
+            "SELECT id, chain, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
                  outcome, detail, prev_hash, hash
              FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2",
             |c, sql| sqlx::query_as(sql)
@@ -626,30 +808,72 @@ pub async fn verify<C: Conn + ?Sized>(conn: &mut C) -> Result<VerifyReport> {
                 .await
         )?;
         let Some(page_last) = rows.last().map(|r| r.id) else {
-            return Ok(report);
+            return Ok(chains.into_values().collect());
         };
         for row in rows {
+            if row.id != previous + 1 {
+                run_start = row.id;
+            }
+            previous = row.id;
+            let report = chain_report(&mut chains, &row.chain)?;
+            let archived = report.anchor.as_ref().map_or(0, |a| a.last_id);
+            // Rows an interrupted archive left behind are not part of the live chain.
+            if report.broken.is_some() || u64::try_from(row.id).unwrap_or(0) <= archived {
+                continue;
+            }
             report.checked += 1;
             let expected = report.last_id + 1;
-            let reason = if u64::try_from(row.id).ok() != Some(expected) {
+            let gap = row.chain.is_empty()
+                && u64::try_from(row.id).ok() != Some(expected)
+                && u64::try_from(run_start).unwrap_or(0) > expected;
+            let reason = if gap {
                 Some(BreakReason::IdGap { expected })
             } else if row.prev_hash != report.head {
                 Some(BreakReason::PrevHash)
-            } else if row.hash != chain_hash(&report.head, row.id, &row.columns) {
+            } else if row.hash != chain_hash(&report.head, &row.chain, row.id, &row.columns) {
                 Some(BreakReason::Hash)
             } else {
                 None
             };
             if let Some(reason) = reason {
                 report.broken = Some(BrokenLink { id: row.id, reason });
-                return Ok(report);
+                continue;
             }
-            report.last_id = expected;
+            report.last_id = u64::try_from(row.id).unwrap_or(0);
             // Checked equal to a 32-byte value just above.
             report.head = Hash::try_from(row.hash.as_slice()).unwrap_or(GENESIS);
         }
         last = page_last;
     }
+}
+
+/// The report of the chain stored as `key`, added when first seen.
+fn chain_report<'a>(
+    chains: &'a mut BTreeMap<String, VerifyReport>,
+    key: &str,
+) -> Result<&'a mut VerifyReport> {
+    use std::collections::btree_map::Entry;
+    // One small allocation per row; hashing the row costs far more.
+    Ok(match chains.entry(key.to_owned()) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => {
+            let chain = Chain::from_key(key).map_err(|_| Error::Corrupt {
+                table: "audit_events",
+                id: String::new(),
+                reason: "a chain is neither empty nor a SPIFFE ID",
+            })?;
+            v.insert(VerifyReport::empty(chain))
+        }
+    })
+}
+
+/// [`verify`]'s report of one chain (a chain never written is intact and empty).
+pub async fn verify_chain<C: Conn + ?Sized>(conn: &mut C, chain: &Chain) -> Result<VerifyReport> {
+    Ok(verify(conn)
+        .await?
+        .into_iter()
+        .find(|r| r.chain == *chain)
+        .unwrap_or_else(|| VerifyReport::empty(chain.clone())))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -659,8 +883,10 @@ pub async fn verify<C: Conn + ?Sized>(conn: &mut C) -> Result<VerifyReport> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChainedRecord {
-    /// Row id: its position in the chain, from 1. Also the pagination cursor.
+    /// Row id: ids grow over the whole table (every chain), from 1; the pagination cursor.
     pub id: u64,
+    /// The chain it belongs to: the registrar that appended it.
+    pub chain: Chain,
     /// The record.
     pub record: Record,
     /// The previous row's hash.
@@ -752,6 +978,7 @@ impl TryFrom<ChainRow> for ChainedRecord {
         };
         Ok(Self {
             id: u64::try_from(row.id).map_err(|_| corrupt("negative id"))?,
+            chain: Chain::from_key(&row.chain).map_err(|_| corrupt("invalid chain"))?,
             record,
             prev_hash: Hash::try_from(row.prev_hash.as_slice())
                 .map_err(|_| corrupt("prev_hash is not 32 bytes"))?,
@@ -793,6 +1020,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Records with this outcome.
     pub outcome: Option<Outcome>,
+    /// Records of this chain (appended by this registrar).
+    pub chain: Option<Chain>,
     /// Page direction.
     pub order: Order,
     /// Continue after this cursor ([`AuditPage::next`] of the previous page).
@@ -843,23 +1072,25 @@ pub async fn query<C: Conn + ?Sized>(conn: &mut C, filter: &AuditFilter) -> Resu
     // The SQL is static: a NULL parameter disables its condition.
     let sql = match filter.order {
         Order::NewestFirst => {
-            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
-                 outcome, detail, prev_hash, hash
+            "SELECT id, chain, time_ms, actor, serial, remote, namespace, pool, pe_id,
+                 action, outcome, detail, prev_hash, hash
              FROM audit_events
              WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR time_ms < ?2)
                AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR namespace = ?4)
                AND (?5 IS NULL OR pool = ?5) AND (?6 IS NULL OR action = ?6)
                AND (?7 IS NULL OR outcome = ?7) AND (?8 IS NULL OR id < ?8)
+               AND (?10 IS NULL OR chain = ?10)
              ORDER BY id DESC LIMIT ?9"
         }
         Order::OldestFirst => {
-            "SELECT id, time_ms, actor, serial, remote, namespace, pool, pe_id, action,
-                 outcome, detail, prev_hash, hash
+            "SELECT id, chain, time_ms, actor, serial, remote, namespace, pool, pe_id,
+                 action, outcome, detail, prev_hash, hash
              FROM audit_events
              WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR time_ms < ?2)
                AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR namespace = ?4)
                AND (?5 IS NULL OR pool = ?5) AND (?6 IS NULL OR action = ?6)
                AND (?7 IS NULL OR outcome = ?7) AND (?8 IS NULL OR id > ?8)
+               AND (?10 IS NULL OR chain = ?10)
              ORDER BY id ASC LIMIT ?9"
         }
     };
@@ -874,6 +1105,7 @@ pub async fn query<C: Conn + ?Sized>(conn: &mut C, filter: &AuditFilter) -> Resu
         .bind(filter.outcome.as_ref().map(|o| o.to_text().into_owned()))
         .bind(cursor)
         .bind(i64::from(limit) + 1)
+        .bind(filter.chain.as_ref().map(|c| c.key().to_owned()))
         .fetch_all(c)
         .await)?;
     let more = rows.len() > limit as usize;
@@ -898,5 +1130,7 @@ pub async fn count<C: Conn + ?Sized>(conn: &mut C) -> Result<u64> {
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod tests;

@@ -49,7 +49,7 @@ async fn second_connection(dir: &Path) -> SqliteConnection {
         .expect("second connection")
 }
 
-fn id(s: &str) -> SpiffeId {
+pub(super) fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).expect("SPIFFE ID")
 }
 
@@ -62,7 +62,7 @@ fn handle(bytes: &[u8]) -> PoolHandle {
 }
 
 /// Record `i`; its PE ID is `i` (none for 0, which is no PE ID).
-fn sample(i: u64) -> Record {
+pub(super) fn sample(i: u64) -> Record {
     let mut record = Record::new(1_700_000_000_000 + i, AuditAction::Register, Outcome::Ok)
         .actor(id("spiffe://acme.test/pe/echo-1"))
         .remote("127.0.0.1:40000".parse().expect("addr"))
@@ -77,13 +77,17 @@ fn sample(i: u64) -> Record {
 async fn append_samples(store: &Store, range: std::ops::Range<u64>) {
     let records: Vec<Record> = range.map(sample).collect();
     let mut tx = store.begin().await.expect("begin");
-    append_in(&mut tx, &records).await.expect("append");
+    append_in(&mut tx, &Chain::Local, &records)
+        .await
+        .expect("append");
     tx.commit().await.expect("commit");
 }
 
 async fn verify_store(store: &Store) -> VerifyReport {
     let mut conn = store.acquire().await.expect("conn");
-    verify(&mut conn).await.expect("verify")
+    verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify")
 }
 
 /// Lifts the append-only triggers, as someone editing the file would.
@@ -97,7 +101,7 @@ async fn drop_triggers<C: Conn + ?Sized>(conn: &mut C) {
 }
 
 /// Runs one statement on either backend; `DROP TRIGGER x` gets PostgreSQL's `ON` clause.
-async fn exec<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> sqlx::Result<()> {
+pub(super) async fn exec<C: Conn + ?Sized>(conn: &mut C, sql: &'static str) -> sqlx::Result<()> {
     match conn.db() {
         DbConn::Sqlite(c) => sqlx::query(sql).execute(c).await.map(drop),
         DbConn::Postgres(c) => {
@@ -227,18 +231,24 @@ fn canonical_encoding_separates_fields_and_nulls() {
     shifted.action = "registe".into();
     shifted.outcome = format!("r{}", base.outcome);
     assert_ne!(
-        canonical_encoding(1, &base),
-        canonical_encoding(1, &shifted)
+        canonical_encoding("", 1, &base),
+        canonical_encoding("", 1, &shifted)
     );
     let mut null = base.clone();
     null.detail = None;
     let mut empty = base.clone();
     empty.detail = Some(String::new());
-    assert_ne!(canonical_encoding(1, &null), canonical_encoding(1, &empty));
-    assert_ne!(canonical_encoding(1, &base), canonical_encoding(2, &base));
     assert_ne!(
-        chain_hash(&GENESIS, 1, &base),
-        chain_hash(&[1; 32], 1, &base)
+        canonical_encoding("", 1, &null),
+        canonical_encoding("", 1, &empty)
+    );
+    assert_ne!(
+        canonical_encoding("", 1, &base),
+        canonical_encoding("", 2, &base)
+    );
+    assert_ne!(
+        chain_hash(&GENESIS, "", 1, &base),
+        chain_hash(&[1; 32], "", 1, &base)
     );
 }
 
@@ -265,7 +275,7 @@ async fn encoding_and_chain_hashes_are_those_of_earlier_versions(db: &TestDb) {
     field(b"register");
     field(b"ok");
     field(b"n3");
-    assert_eq!(canonical_encoding(7, &sample(3).to_columns()), expected);
+    assert_eq!(canonical_encoding("", 7, &sample(3).to_columns()), expected);
 
     let store = db.store.clone();
     append_samples(&store, 1..4).await;
@@ -328,15 +338,24 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
     wide.pool = Some(Vec::new());
     wide.pe_id = Some(1 << 32);
     for columns in [odd, wide] {
-        let (last, prev) = head(&mut conn).await.expect("head");
+        let (last, prev) = head(&mut conn, &Chain::Local).await.expect("head");
         let id = last + 1;
-        let hash = chain_hash(&prev, id, &columns);
-        bind_row!(sqlx::query(INSERT_ONE.as_str()), id, columns, &prev, &hash)
-            .execute(sqlite_conn(&mut conn))
-            .await
-            .expect("insert");
+        let hash = chain_hash(&prev, "", id, &columns);
+        bind_row!(
+            sqlx::query(INSERT_ONE.as_str()),
+            id,
+            "",
+            columns,
+            &prev,
+            &hash
+        )
+        .execute(sqlite_conn(&mut conn))
+        .await
+        .expect("insert");
     }
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.checked, 4);
 
@@ -387,7 +406,9 @@ async fn chain_starts_at_genesis_and_links_rows(db: &TestDb) {
     assert_eq!(page.events[1].prev_hash, page.events[0].hash);
     assert_eq!(page.events[2].prev_hash, page.events[1].hash);
     assert_eq!(page.events[1].record, sample(1));
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "{report:?}");
     assert_eq!((report.checked, report.last_id), (3, 3));
     assert_eq!(report.head, page.events[2].hash);
@@ -463,7 +484,12 @@ async fn triggers_refuse_update_and_delete(db: &TestDb) {
         .await
         .expect_err("delete");
     assert!(err.to_string().contains("append-only"), "{err}");
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 }
 
 async fn verify_detects_an_edited_row(db: &TestDb) {
@@ -477,7 +503,9 @@ async fn verify_detects_an_edited_row(db: &TestDb) {
     )
     .await
     .expect("tamper");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
@@ -503,7 +531,7 @@ async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
     )
     .expect("prev");
     let prev = Hash::try_from(prev.0.as_slice()).expect("32 bytes");
-    let hash = chain_hash(&prev, 5, &edited.to_columns());
+    let hash = chain_hash(&prev, "", 5, &edited.to_columns());
     with_conn!(
         &mut conn,
         "UPDATE audit_events SET detail = 'nothing happened', hash = ?1 WHERE id = 5",
@@ -514,7 +542,9 @@ async fn verify_detects_an_edited_row_whose_hash_was_recomputed(db: &TestDb) {
             .map(drop)
     )
     .expect("tamper");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
@@ -535,7 +565,9 @@ async fn verify_detects_a_deleted_row(db: &TestDb) {
         |c, sql| sqlx::query(sql).execute(c).await.map(drop)
     )
     .expect("tamper");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
@@ -563,7 +595,9 @@ async fn assert_first_row_deleted_is_a_gap<C: Conn + ?Sized>(conn: &mut C, id: i
         |c, sql| sqlx::query(sql).bind(id).execute(c).await.map(drop)
     )
     .expect("tamper");
-    let report = verify(&mut *conn).await.expect("verify");
+    let report = verify_chain(&mut *conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
@@ -588,7 +622,9 @@ async fn verify_detects_reordered_rows(db: &TestDb) {
     ] {
         exec(&mut conn, sql).await.expect("swap");
     }
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(
         report.broken,
         Some(BrokenLink {
@@ -602,7 +638,9 @@ async fn verify_walks_more_than_one_page(db: &TestDb) {
     let store = db.store.clone();
     append_samples(&store, 0..2500).await;
     let mut conn = store.acquire().await.expect("conn");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert!(report.is_intact());
     assert_eq!(report.checked, 2500);
     drop_triggers(&mut conn).await;
@@ -612,7 +650,9 @@ async fn verify_walks_more_than_one_page(db: &TestDb) {
         |c, sql| sqlx::query(sql).execute(c).await.map(drop)
     )
     .expect("tamper");
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert_eq!(report.broken.map(|b| b.id), Some(2001));
 }
 
@@ -654,7 +694,7 @@ async fn invalid_records_are_refused_before_queueing(db: &TestDb) {
         }
         let mut tx = store.begin().await.expect("begin");
         // One bad record among good ones: nothing is written.
-        let err = append_in(&mut tx, &[sample(1), record])
+        let err = append_in(&mut tx, &Chain::Local, &[sample(1), record])
             .await
             .expect_err("invalid");
         assert!(matches!(err, Error::Invalid { .. }), "{err}");
@@ -674,7 +714,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
         crate::db::create_namespace(&mut tx, "lab", 5)
             .await
             .expect("create");
-        append_in(&mut tx, std::slice::from_ref(&record))
+        append_in(&mut tx, &Chain::Local, std::slice::from_ref(&record))
             .await
             .expect("audit");
         tx.rollback().await.expect("rollback");
@@ -693,7 +733,7 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
     crate::db::create_namespace(&mut tx, "lab", 5)
         .await
         .expect("create");
-    let ids = append_in(&mut tx, std::slice::from_ref(&record))
+    let ids = append_in(&mut tx, &Chain::Local, std::slice::from_ref(&record))
         .await
         .expect("audit");
     tx.commit().await.expect("commit");
@@ -705,7 +745,12 @@ async fn append_in_commits_with_the_change_or_not_at_all(db: &TestDb) {
             .expect("get")
             .is_some()
     );
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 }
 
 async fn append_in_next_to_a_running_writer_keeps_one_chain(db: &TestDb) {
@@ -998,7 +1043,12 @@ async fn a_tiny_queue_applies_backpressure_and_loses_nothing(db: &TestDb) {
     );
     let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 500);
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 }
 
 async fn shutdown_flushes_and_later_appends_fail(db: &TestDb) {
@@ -1031,7 +1081,12 @@ async fn shutdown_flushes_and_later_appends_fail(db: &TestDb) {
     log.shutdown().await.expect("second shutdown is harmless");
     let mut conn = store.acquire().await.expect("conn");
     assert_eq!(count(&mut conn).await.expect("count"), 2000);
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
     assert_eq!(log.stats().records, 2000);
 }
 
@@ -1080,7 +1135,12 @@ async fn every_accepted_record_is_committed_when_shutdown_races_appends(db: &Tes
     // Accepted (queued) records are committed, refused ones are not: no silent loss.
     assert_eq!(stored, accepted);
     assert_eq!(log.stats().lost, 0);
-    assert!(verify(&mut conn).await.expect("verify").is_intact());
+    assert!(
+        verify_chain(&mut conn, &Chain::Local)
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1124,7 +1184,9 @@ async fn a_failing_commit_refuses_its_batch_and_the_writer_recovers() {
     assert_eq!(log.stats().failed_commits, 2);
     log.shutdown().await.expect("shutdown");
     let mut conn = second_connection(tmp.path()).await;
-    let report = verify(&mut conn).await.expect("verify");
+    let report = verify_chain(&mut conn, &Chain::Local)
+        .await
+        .expect("verify");
     assert!(report.is_intact());
     assert_eq!(count(&mut conn).await.expect("count"), 2);
 }
@@ -1196,7 +1258,9 @@ async fn query_filters_and_pages(db: &TestDb) {
         records.push(r);
     }
     let mut tx = store.begin().await.expect("begin");
-    append_in(&mut tx, &records).await.expect("append");
+    append_in(&mut tx, &Chain::Local, &records)
+        .await
+        .expect("append");
     tx.commit().await.expect("commit");
     let mut conn = store.acquire().await.expect("conn");
 
@@ -1310,8 +1374,8 @@ fn a_typed_action_is_stored_as_its_name() {
         typed.check().expect("every action is a valid name");
         assert_eq!(typed, named);
         assert_eq!(
-            canonical_encoding(7, &typed.to_columns()),
-            canonical_encoding(7, &named.to_columns())
+            canonical_encoding("", 7, &typed.to_columns()),
+            canonical_encoding("", 7, &named.to_columns())
         );
         assert_eq!(typed.action_kind(), Some(action));
     }

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use super::{Durability, Record, insert_checked};
+use super::{Chain, Durability, Record, insert_checked};
 use crate::db::{Error, Result, Store, StoreConn, WRITE_LOCK};
 
 /// Configuration of the [`AuditLog`] writer.
@@ -54,6 +54,9 @@ pub struct AuditConfig {
     /// that must not wait for the disk gets more room before its records are refused).
     /// Default 65,536.
     pub backlog: usize,
+    /// The chain the writer appends to: [`Chain::Local`] (the default) in a store of one
+    /// registrar, the registrar's own [`Chain::Registrar`] in a store several share.
+    pub chain: Chain,
 }
 
 impl Default for AuditConfig {
@@ -63,6 +66,7 @@ impl Default for AuditConfig {
             queue: 8192,
             max_batch: 1024,
             batch_delay: Duration::from_millis(50),
+            chain: Chain::Local,
         }
     }
 }
@@ -228,7 +232,7 @@ impl AuditLog {
         }
         let mut conn = store.acquire().await?;
         // Fail now rather than on the first record if the table is unreadable.
-        super::head(&mut conn).await?;
+        super::head(&mut conn, &config.chain).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let (settled, index) = watch::channel(0);
@@ -442,7 +446,7 @@ async fn run(
         // At shutdown the batch may exceed max_batch: commit it in pieces.
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(config.max_batch));
-            if let Err(reason) = commit(&mut conn, &batch, &counters).await {
+            if let Err(reason) = commit(&mut conn, &config.chain, &batch, &counters).await {
                 // This batch is refused; the next one is tried afresh (the disk may have
                 // room again). Its callers refuse what they meant to audit; the counters
                 // tell the driver, which logs it.
@@ -541,11 +545,16 @@ async fn gather(
 
 /// Commits `batch` in one transaction, retrying with a back-off. Returns SQLite's message
 /// after the last failed attempt.
-async fn commit(conn: &mut StoreConn, batch: &[Job], counters: &Counters) -> Result<(), String> {
+async fn commit(
+    conn: &mut StoreConn,
+    chain: &Chain,
+    batch: &[Job],
+    counters: &Counters,
+) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
-        match try_commit(conn, batch).await {
+        match try_commit(conn, chain, batch).await {
             Ok(()) => break,
             Err(_) if attempt < ATTEMPTS => {
                 sleep(backoff).await;
@@ -564,13 +573,14 @@ async fn commit(conn: &mut StoreConn, batch: &[Job], counters: &Counters) -> Res
 
 /// One transaction that holds the store's write lock (`BEGIN IMMEDIATE` on SQLite,
 /// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin`]) while it reads the chain head
-/// and appends after it.
-async fn try_commit(conn: &mut StoreConn, batch: &[Job]) -> Result<()> {
+/// and the next id and appends after them: writers of other chains in the same store
+/// (other registrars) take the same lock, so nobody's chain forks and ids stay unique.
+async fn try_commit(conn: &mut StoreConn, chain: &Chain, batch: &[Job]) -> Result<()> {
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();
     match conn {
         StoreConn::Sqlite(conn) => {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            insert_checked(&mut tx, &records).await?;
+            insert_checked(&mut tx, chain, &records).await?;
             tx.commit().await?;
         }
         StoreConn::Postgres(conn) => {
@@ -579,7 +589,7 @@ async fn try_commit(conn: &mut StoreConn, batch: &[Job]) -> Result<()> {
                 .bind(WRITE_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            insert_checked(&mut tx, &records).await?;
+            insert_checked(&mut tx, chain, &records).await?;
             tx.commit().await?;
         }
     }
