@@ -34,7 +34,7 @@ echo "== 1. a PKI for the trust domain acme.test (rsp-pki)"
 
 echo "== 2. a registrar (enrpd): store, default grants, admin token; ASAP over TLS on 3864, admin API on 8443"
 "$enrpd" init --pki pki --data data | tee init.out
-token=$(grep -o 'rsp_[0-9a-f_]*' init.out)
+token=$(sed -n 's/.*admin token.*: \(rsp_[0-9a-f_]*\).*/\1/p' init.out)
 "$enrpd" run --data data --asap-listen 127.0.0.1:3864 --admin-listen 127.0.0.1:8443 --allow-loopback > enrpd.out 2> enrpd.log &
 pids+=($!)
 for _ in $(seq 100); do grep -q serving enrpd.out 2>/dev/null && break; sleep 0.1; done

@@ -235,3 +235,163 @@ fn registrars_with_peers_and_sqlite_stores_say_their_control_plane_is_local() {
     assert!(b.terminate().success());
     assert!(a.terminate().success());
 }
+
+/// A PostgreSQL cluster of this test's own (`.ci/postgres start`), that it may stop and
+/// start again; deleted when dropped.
+struct OwnCluster {
+    dir: String,
+    url: String,
+}
+
+impl OwnCluster {
+    /// A fresh cluster, or `None` (printed) where PostgreSQL tests do not run.
+    fn start(test: &str) -> Option<Self> {
+        if std::env::var("RSP_TEST_POSTGRES").is_err() {
+            assert!(
+                std::env::var("RSP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "{test}: RSP_REQUIRE_POSTGRES=1 but RSP_TEST_POSTGRES is not set"
+            );
+            eprintln!("skipped {test}: RSP_TEST_POSTGRES is not set (no PostgreSQL here)");
+            return None;
+        }
+        let out = run_ok(Command::new("bash").arg(Self::script()).arg("start"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let (Some(dir), Some(url)) = (lines.next(), lines.next()) else {
+            panic!(".ci/postgres start printed {text:?}");
+        };
+        Some(Self {
+            dir: dir.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres")
+    }
+
+    /// `.ci/postgres pause|resume DIR`.
+    fn server(&self, what: &str) {
+        run_ok(
+            Command::new("bash")
+                .arg(Self::script())
+                .args([what, &self.dir]),
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .args(["stop", &self.dir])
+            .status();
+    }
+}
+
+/// `/readyz` until its body contains `want` (10 s at most).
+fn ready_says(lab: &Lab, reg: &crate::support::Registrar, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = api(lab, reg, None, "GET", "/readyz", None);
+        if body.contains(want) {
+            assert_eq!(status, 200, "ready for PUs also without its store: {body}");
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Issue 19 item 4: PostgreSQL stopped for ~10 s. The registrar keeps resolving and
+/// serving from memory, refuses registrations with 0x6, says so in `/readyz` and once in
+/// its log; once PostgreSQL is back registrations succeed, the store says so once, and
+/// the audit chain verifies with every acknowledged registration in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_stopped_resolutions_go_on_registrations_are_refused_then_resume() {
+    use crate::registrar::{accepted, registration, rejected_with, resolution, resolved};
+    use crate::support::Asap;
+
+    let Some(pg) = OwnCluster::start("fleet::with_postgres_stopped") else {
+        return;
+    };
+    let lab = Lab::new();
+    let token = admin_token(&init(&lab, "enrp-1", "data", &pg.url, &[]));
+    let long = [
+        "--keep-alive-interval-ms",
+        "60000",
+        "--keep-alive-timeout-ms",
+        "60000",
+    ];
+    let mut extra = vec!["--allow-loopback"];
+    extra.extend(long);
+    let (registrar, _, log) = spawn_logged(&lab, "data", &extra);
+    let mut pe1 = Asap::connect(&lab.identity("pe-echo-1"), registrar.addr)
+        .await
+        .expect("PE 1");
+    pe1.send(&registration("echo", 1)).await;
+    assert!(accepted(pe1.recv_reply().await));
+    ready_says(&lab, &registrar, r#""store":"up""#);
+
+    pg.server("pause");
+    let down_at = std::time::Instant::now();
+    ready_says(&lab, &registrar, r#""store":"down""#);
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), registrar.addr)
+        .await
+        .expect("PU");
+    let mut pe2 = Asap::connect(&lab.identity("pe-echo-2"), registrar.addr)
+        .await
+        .expect("PE 2");
+    pe2.send(&registration("echo", 2)).await;
+    assert_eq!(rejected_with(pe2.recv_reply().await), Some(0x6));
+    // Resolutions all along the outage, answered from memory.
+    while down_at.elapsed() < std::time::Duration::from_secs(10) {
+        pu.send(&resolution("echo")).await;
+        let found = resolved(pu.recv_reply().await).expect("resolved while the store is down");
+        assert_eq!(found.len(), 1, "{found:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // An admin write is refused with 503 (problem+json), not a 500.
+    let (status, body) = api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "POST",
+        "/v1/namespaces",
+        Some(r#"{"name":"during"}"#),
+    );
+    assert_eq!(status, 503, "{body}");
+
+    pg.server("resume");
+    ready_says(&lab, &registrar, r#""store":"up""#);
+    pe2.send(&registration("echo", 2)).await;
+    // Also the audit writer is back (a fresh connection: the old one died with the
+    // server), or this registration would wait for a commit that never comes.
+    let reply = pe2.recv_reply().await;
+    assert!(
+        accepted(reply.clone()),
+        "{reply:?}\n{:#?}",
+        log.try_iter().collect::<Vec<_>>()
+    );
+    pu.send(&resolution("echo")).await;
+    assert_eq!(resolved(pu.recv_reply().await).expect("resolved").len(), 2);
+    drop((pe1, pe2, pu));
+    assert!(registrar.terminate().success());
+    let lines: Vec<String> = log.try_iter().collect();
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("STORE DOWN"), 1, "{lines:#?}");
+    assert_eq!(count("store back"), 1, "{lines:#?}");
+    // Nothing acknowledged is lost: both accepted registrations are in the chain.
+    let registered: Vec<_> = audited(&pg.url, "register")
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == store::audit::Outcome::Ok)
+        .collect();
+    assert_eq!(registered.len(), 2, "{registered:?}");
+    let verify = lab.verify_audit();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && text.contains("audit chain intact"),
+        "{text}"
+    );
+}

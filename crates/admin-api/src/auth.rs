@@ -120,6 +120,16 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
         let now = app.now();
         let remote = parts.extensions.get::<RemoteAddr>().map(|r| r.0);
         let request = format!("{} {}", parts.method, parts.uri.path());
+        // The store does not answer: no write can commit, and a token cannot be checked
+        // (tokens live in the store), so a write is refused at once, before any attempt
+        // to authenticate or audit, rather than after the pool's timeout. Not audited:
+        // the audit log is in that store. The state is public in `/readyz` already.
+        if !parts.method.is_safe() && app.registrar().store_down() {
+            return Err(ApiError::new(
+                ProblemKind::Unavailable,
+                "the registrar's store does not answer: writes are refused until it is back",
+            ));
+        }
         let caller = match authenticate(app, parts, now, remote).await {
             Ok(caller) => caller,
             Err(err) => {

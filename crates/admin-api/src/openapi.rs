@@ -80,7 +80,7 @@ fn add_missing(op: &mut Operation, status: &str, description: &str) {
         .or_insert_with(|| problem_response(description, status == "401"));
 }
 
-fn finish_operation(op: &mut Operation) {
+fn finish_operation(op: &mut Operation, write: bool) {
     let public = op
         .security
         .as_ref()
@@ -110,6 +110,20 @@ fn finish_operation(op: &mut Operation) {
             add_missing(op, "422", "The body's fields are wrong, missing or unknown");
         }
     }
+    if write && !public {
+        // Refused before the handler runs (auth.rs): the store does not answer, or the
+        // data directory is below its free-space watermark.
+        add_missing(
+            op,
+            "503",
+            "The store does not answer: writes are refused until it is back",
+        );
+        add_missing(
+            op,
+            "507",
+            "The data directory is below its free-space watermark",
+        );
+    }
     // Error responses declared by a handler without a body get the problem schema.
     for (status, response) in &mut op.responses.responses {
         if let RefOr::T(response) = response
@@ -125,17 +139,16 @@ fn finish_operation(op: &mut Operation) {
 /// Completes the document generated from the routes (see the module docs).
 pub(crate) fn finish(mut doc: OpenApi) -> OpenApi {
     for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            finish_operation(op);
+        for (op, write) in [
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+            (&mut item.patch, true),
+        ] {
+            if let Some(op) = op {
+                finish_operation(op, write);
+            }
         }
     }
     let components = doc.components.get_or_insert_with(Components::new);

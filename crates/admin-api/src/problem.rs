@@ -224,6 +224,11 @@ impl ApiError {
             }
             Self::Store(Db::NotFound { .. }) => ProblemKind::NotFound,
             Self::Store(Db::Token(_)) => ProblemKind::Unauthenticated,
+            // The store did not answer in time or the connection broke (PostgreSQL down):
+            // the registrar is fine, try again.
+            Self::Store(Db::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))) => {
+                ProblemKind::Unavailable
+            }
             Self::Store(_) => ProblemKind::Internal,
             Self::Trust(err) => match err {
                 trust::Error::DuplicateTrustDomain(_) => ProblemKind::Conflict,

@@ -94,6 +94,12 @@ pub trait Registrar: TlsLayer + Send + Sync + 'static {
     fn low_disk(&self) -> bool {
         false
     }
+
+    /// Whether its store does not answer (PostgreSQL down): writes are then refused with
+    /// 503. Default: never.
+    fn store_down(&self) -> bool {
+        false
+    }
 }
 
 /// Who made an admin change, for the registrar's audit records.
@@ -242,6 +248,7 @@ pub(crate) trait DynRegistrar: TlsLayer + Send + Sync + 'static {
     fn metrics(&self) -> BoxFuture<'_, Metrics>;
     fn ready(&self) -> bool;
     fn low_disk(&self) -> bool;
+    fn store_down(&self) -> bool;
 }
 
 impl<R: Registrar> DynRegistrar for R {
@@ -280,5 +287,8 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn low_disk(&self) -> bool {
         Registrar::low_disk(self)
+    }
+    fn store_down(&self) -> bool {
+        Registrar::store_down(self)
     }
 }

@@ -34,6 +34,8 @@ fn clock() -> u64 {
 struct Recorder {
     calls: Mutex<Vec<String>>,
     trust: Arc<TrustStore>,
+    /// What `store_down` answers (a test turns it on).
+    store_down: std::sync::atomic::AtomicBool,
 }
 
 impl Recorder {
@@ -67,6 +69,10 @@ impl TlsLayer for Recorder {
 impl Registrar for Recorder {
     async fn pools(&self, _: &str) -> Vec<PoolView> {
         Vec::new()
+    }
+
+    fn store_down(&self) -> bool {
+        self.store_down.load(std::sync::atomic::Ordering::Relaxed)
     }
     async fn pool(&self, _: &str, _: &[u8]) -> Option<PoolView> {
         None
@@ -147,6 +153,7 @@ on_both_backends!(
     crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness,
     probes_metrics_and_pools,
     peers_and_metrics_say_whether_the_control_plane_is_shared,
+    while_the_store_is_down_writes_are_503_and_the_probes_say_so,
     the_openapi_document_lists_every_route_with_its_errors,
     json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction,
 );
@@ -196,6 +203,7 @@ async fn fixture_on(db: TestDb) -> Fixture {
     let registrar = Arc::new(Recorder {
         calls: Mutex::default(),
         trust: Arc::clone(&trust),
+        store_down: std::sync::atomic::AtomicBool::new(false),
     });
     let state = AdminState::new(
         store.clone(),
@@ -1354,7 +1362,7 @@ async fn probes_metrics_and_pools(f: Fixture) {
     );
     assert_eq!(
         f.call("GET", "/readyz", None, None).await.json(),
-        json!({"status": "ready"})
+        json!({"status": "ready", "store": "up"})
     );
     f.call("GET", "/metrics", None, None)
         .await
@@ -1451,6 +1459,47 @@ async fn probes_metrics_and_pools(f: Fixture) {
             .json()["peers"],
         json!([])
     );
+}
+
+/// Issue 19 item 4: while the registrar's store does not answer, an admin write is
+/// refused with 503 at once (before the token, which lives in the store, is checked),
+/// reads of the registrar go on, `/readyz` stays ready and says `"store": "down"`, and
+/// `rsp_store_up` is 0.
+async fn while_the_store_is_down_writes_are_503_and_the_probes_say_so(f: Fixture) {
+    f.registrar
+        .store_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    f.call(
+        "POST",
+        "/v1/namespaces",
+        Some(&f.admin),
+        Some(json!({"name": "during"})),
+    )
+    .await
+    .problem(503, "unavailable");
+    // Also without a credential: nothing can be checked or written.
+    f.call("DELETE", "/v1/tokens/x", None, None)
+        .await
+        .problem(503, "unavailable");
+    let ready = f.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json(), json!({"status": "ready", "store": "down"}));
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(m.text.contains("\nrsp_store_up 0\n"), "{}", m.text);
+    f.registrar
+        .store_down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let created = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "after"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(m.text.contains("\nrsp_store_up 1\n"), "{}", m.text);
 }
 
 /// Issue 19 item 5: a registrar says whether its control plane is its own (SQLite) or

@@ -157,6 +157,10 @@ impl Registrar for ControlPlane {
     fn low_disk(&self) -> bool {
         self.control().low_disk()
     }
+
+    fn store_down(&self) -> bool {
+        self.control().store_down()
+    }
 }
 
 fn pool_view(p: &PoolSnapshot) -> PoolView {

@@ -18,13 +18,21 @@ use crate::state::App;
 pub(crate) struct Status {
     /// `ok` or `ready`.
     status: &'static str,
+    /// `/readyz` only: `up`, or `down` while the store does not answer. The registrar
+    /// stays ready then (it serves resolutions and keep-alives to PUs and PEs from
+    /// memory); registrations and admin writes are refused until the store is back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'static str>,
 }
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()),
     responses((status = 200, description = "Alive", body = Status)))]
 pub(crate) async fn healthz() -> axum::Json<Status> {
-    axum::Json(Status { status: "ok" })
+    axum::Json(Status {
+        status: "ok",
+        store: None,
+    })
 }
 
 /// Readiness: the registrar serves (not while it starts, stops or waits for its mentor).
@@ -55,7 +63,14 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<Sta
             ),
         ));
     }
-    Ok(axum::Json(Status { status: "ready" }))
+    Ok(axum::Json(Status {
+        status: "ready",
+        store: Some(if app.registrar().store_down() {
+            "down"
+        } else {
+            "up"
+        }),
+    }))
 }
 
 /// Seconds until each trusted domain's CRLs stop being current (their earliest
@@ -185,6 +200,13 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
         "gauge",
         "1 while the data directory is below its free-space watermark (registrations and admin writes refused).",
         &one(u64::from(m.low_disk)),
+    );
+    metric(
+        &mut out,
+        "rsp_store_up",
+        "gauge",
+        "1 while the store answers its ping (every second); 0 while it does not: registrations refused (0x6), admin writes refused (503), resolutions and keep-alives served from memory.",
+        &one(u64::from(!app.registrar().store_down())),
     );
     metric(
         &mut out,

@@ -736,10 +736,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let now = tokio::time::Instant::now().into_std();
                     // Low disk: no new registrations (their records may not fit); the
                     // rest, deregistrations included, is served.
-                    let low_disk = matches!(msg.msg, AsapMsg::Registration { .. })
-                        && counters.low_disk.load(Ordering::Relaxed);
-                    let admitted = if low_disk {
+                    // Nor while the store does not answer: their records cannot be made
+                    // durable, so they would be refused after the commit's timeout anyway.
+                    let registration = matches!(msg.msg, AsapMsg::Registration { .. });
+                    let admitted = if registration && counters.low_disk.load(Ordering::Relaxed) {
                         Some(Err(Over::Disk))
+                    } else if registration && counters.store_down.load(Ordering::Relaxed) {
+                        Some(Err(Over::Store))
                     } else {
                         kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now))
                     };

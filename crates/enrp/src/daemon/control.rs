@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub refusals_aggregated: u64,
     /// The data directory is below its free-space watermark (a gauge, 0 or 1).
     pub low_disk: bool,
+    /// The store does not answer (a gauge, 0 or 1).
+    pub store_down: bool,
     /// Audit batches whose commit failed, since the start.
     pub audit_failed_commits: u64,
     /// Audit records dropped because the writer's queue and the backlog were full.
@@ -99,6 +101,8 @@ pub struct Counters {
     pub(super) identities: super::listen::PerIdentity,
     /// The data directory is below its free-space watermark (`watch_disk`).
     pub(super) low_disk: AtomicBool,
+    /// The store does not answer (`watch_disk`'s ping, PostgreSQL down or unreachable).
+    pub(super) store_down: AtomicBool,
     /// Audit records dropped because the writer and the backlog were full.
     pub(super) audit_dropped: AtomicU64,
     /// Of those, how many no `audit:gap` record has accounted for yet.
@@ -130,6 +134,7 @@ impl Counters {
             limiter: super::limits::Limiter::new(rate_limits),
             identities: super::listen::PerIdentity::default(),
             low_disk: AtomicBool::new(false),
+            store_down: AtomicBool::new(false),
             audit_dropped: AtomicU64::new(0),
             audit_gap: AtomicU64::new(0),
             tallies: super::tally::Tallies::default(),
@@ -300,6 +305,12 @@ impl Control {
         self.counters.low_disk.load(Ordering::Relaxed)
     }
 
+    /// Whether the store did not answer its last ping (registrations refused with 0x6,
+    /// admin writes with 503; resolutions and keep-alives served from memory).
+    pub fn store_down(&self) -> bool {
+        self.counters.store_down.load(Ordering::Relaxed)
+    }
+
     /// Whether the registrar serves (not during its start-up phase, spec §9.3).
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
@@ -403,6 +414,7 @@ impl Control {
             audit_queue: self.audit.stats().queued as u64,
             refusals_aggregated: locked(&self.counters.refusals).aggregated(),
             low_disk: self.low_disk(),
+            store_down: self.store_down(),
             audit_failed_commits: self.audit.stats().failed_commits,
             audit_dropped: self.counters.audit_dropped.load(Ordering::Relaxed),
         }

@@ -172,6 +172,9 @@ pub(super) enum Over {
     Identity,
     /// The data directory is below its free-space watermark (registrations only).
     Disk,
+    /// The store does not answer: a registration's record could not be made durable
+    /// (registrations only).
+    Store,
 }
 
 /// The limits and the identities' buckets, shared by all connection tasks.
@@ -304,6 +307,7 @@ pub(super) fn refused(conn: ConnId, client: &Remote, msg: &AsapMsg, over: Over) 
                 Over::Connection => "rate limit of the connection",
                 Over::Identity => "rate limit of the identity",
                 Over::Disk => "low disk: below the free-space watermark",
+                Over::Store => "the store does not answer",
             }
             .to_owned(),
         ),

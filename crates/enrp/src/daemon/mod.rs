@@ -397,6 +397,7 @@ impl Daemon {
         peer_tasks.push(tokio::spawn(watch_disk(
             settings.data_dir.clone(),
             settings.min_free_bytes,
+            settings.bindings_store.clone(),
             audit.clone(),
             Arc::clone(&counters),
             stop_rx.clone(),
@@ -553,6 +554,7 @@ const DISK_CHECK: Duration = Duration::from_secs(1);
 async fn watch_disk(
     dir: Option<std::path::PathBuf>,
     min_free: u64,
+    store: Option<store::db::Store>,
     audit: AuditLog,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
@@ -575,6 +577,9 @@ async fn watch_disk(
             );
             failed_commits = stats.failed_commits;
         }
+        if let Some(store) = &store {
+            watch_store(store, &counters).await;
+        }
         let Some(dir) = &dir else { continue };
         let free = match rustix::fs::statvfs(dir) {
             Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
@@ -592,6 +597,33 @@ async fn watch_disk(
                 );
             } else {
                 tracing::warn!(dir = %dir.display(), free, min_free, "disk space back above the watermark: registrations accepted again");
+            }
+        }
+    }
+}
+
+/// How long the store's ping may take before the store counts as down.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pings the store and records whether it answers (`Counters::store_down`): one log line
+/// when it stops answering, one when it is back, never one per request. While it is down
+/// registrations are refused with 0x6 and admin writes with 503; resolutions and
+/// keep-alives are served from memory; sqlx's pool reconnects by itself (docs/STORE.md).
+async fn watch_store(store: &store::db::Store, counters: &Counters) {
+    let answer = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {STORE_PING_TIMEOUT:?}")),
+    };
+    let down = answer.is_err();
+    if counters.store_down.swap(down, Ordering::Relaxed) != down {
+        match answer {
+            Err(error) => tracing::error!(
+                backend = %store.backend(), %error,
+                "STORE DOWN: refusing registrations (0x6) and admin writes (503), serving resolutions and keep-alives from memory"
+            ),
+            Ok(()) => {
+                tracing::warn!(backend = %store.backend(), "store back: registrations and admin writes accepted again")
             }
         }
     }

@@ -242,6 +242,7 @@ impl AuditLog {
             failed: Arc::clone(&failed),
         };
         let task = tokio::spawn(run(
+            store.clone(),
             conn,
             rx,
             config.clone(),
@@ -404,6 +405,7 @@ const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 
 async fn run(
+    store: Store,
     mut conn: StoreConn,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     config: AuditConfig,
@@ -459,6 +461,14 @@ async fn run(
                 index.settle(&batch, true);
                 fail_all(std::mem::replace(&mut batch, rest), &reason);
                 result = Err(reason);
+                // A PostgreSQL connection does not survive its server's restart: the next
+                // batch takes a fresh one from the pool (which reconnects), or this writer
+                // would fail for good once the server is back. SQLite's stays.
+                if store.backend() == crate::db::Backend::Postgres
+                    && let Ok(fresh) = store.acquire().await
+                {
+                    conn = fresh;
+                }
                 continue;
             }
             counters.failed.store(false, Ordering::Relaxed);
