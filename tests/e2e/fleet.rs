@@ -110,6 +110,17 @@ async fn a_registrar_on_postgres_registers_resolves_audits_and_a_second_joins() 
         None,
     );
     assert_eq!(status, 200, "{body}");
+    // Both say that their control plane is shared (issue 19 item 5).
+    for reg in [&registrar, &joined.registrar] {
+        let (status, body) = api(&lab, reg, Some(&token), "GET", "/v1/peers", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""control_plane":"shared""#), "{body}");
+        let (_, metrics) = api(&lab, reg, Some(&token), "GET", "/metrics", None);
+        assert!(
+            metrics.contains("\nrsp_control_plane_shared 1\n"),
+            "{metrics}"
+        );
+    }
     // Without --join, a third init would make a second trust domain: refused, saying how.
     let out = Command::new(bin("enrpd"))
         .arg("init")
@@ -151,4 +162,84 @@ async fn a_registrar_on_postgres_registers_resolves_audits_and_a_second_joins() 
             .arg(lab.path("data")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("schema at version"));
+}
+
+/// `enrpd run --data DATA EXTRA…` on loopback ports with its log (warnings) on a channel:
+/// the registrar, its ENRP address, the log lines.
+fn spawn_logged(
+    lab: &Lab,
+    data: &str,
+    extra: &[&str],
+) -> (
+    crate::support::Registrar,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(bin("enrpd"))
+        .arg("run")
+        .arg("--data")
+        .arg(lab.path(data))
+        .args([
+            "--asap-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--enrp-listen", "127.0.0.1:0", "--mentor-timeout-ms", "200"])
+        .args(extra)
+        .env("ENRPD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn enrpd");
+    // Every line is read (a full pipe would stall enrpd).
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let serving = crate::support::serving(&mut child);
+    let [addr, admin, enrp] = serving.addrs[..] else {
+        panic!("no addresses in {:?}", serving.line);
+    };
+    (crate::support::Registrar { child, addr, admin }, enrp, rx)
+}
+
+/// The first line of `log` that contains `needle`, waiting up to 10 s for each.
+fn logged(log: &std::sync::mpsc::Receiver<String>, needle: &str) -> Option<String> {
+    std::iter::from_fn(|| log.recv_timeout(std::time::Duration::from_secs(10)).ok())
+        .find(|l| l.contains(needle))
+}
+
+/// Issue 19 item 5: registrars peered over ENRP, each on its own SQLite store, are no fleet.
+/// A registrar with a configured peer says so at start-up, one without when its first
+/// peer connects; both in `GET /v1/peers` and in `/metrics`.
+#[test]
+fn registrars_with_peers_and_sqlite_stores_say_their_control_plane_is_local() {
+    let lab = Lab::new();
+    let token = admin_token(&lab.init_registrar());
+    lab.init_peer("enrp-2", "data-2");
+    let (a, a_enrp, a_log) = spawn_logged(&lab, "data", &[]);
+    let (b, _, b_log) = spawn_logged(&lab, "data-2", &["--peer", &a_enrp.to_string()]);
+    const WARNING: &str = "control plane is local (SQLite)";
+    let at_start = logged(&b_log, WARNING).expect("B warns at start-up");
+    assert!(at_start.contains("use --store postgres://"), "{at_start}");
+    assert!(at_start.contains("enrp::running"), "{at_start}");
+    let connected = logged(&a_log, WARNING).expect("A warns when B connects");
+    assert!(connected.contains("enrp::daemon"), "{connected}");
+    let (status, body) = api(&lab, &a, Some(&token), "GET", "/v1/peers", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""control_plane":"local""#), "{body}");
+    let (_, metrics) = api(&lab, &a, Some(&token), "GET", "/metrics", None);
+    assert!(
+        metrics.contains("\nrsp_control_plane_shared 0\n"),
+        "{metrics}"
+    );
+    assert!(b.terminate().success());
+    assert!(a.terminate().success());
 }

@@ -303,7 +303,7 @@ fn peers_at(lab: &Lab, node: &Node) -> Vec<(String, String, Option<bool>)> {
     let (status, body) = admin_get(lab, node, "/v1/peers");
     assert_eq!(status, 200, "{}: {body}", node.name);
     let peers: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    peers
+    peers["peers"]
         .as_array()
         .expect("a list")
         .iter()

@@ -161,7 +161,7 @@ async fn three_registrars_replicate_and_a_late_one_learns_the_pes() {
     );
     assert_eq!(status, 200, "{peers}");
     let peers: serde_json::Value = serde_json::from_str(&peers).expect("JSON");
-    let peers = peers.as_array().expect("a list");
+    let peers = peers["peers"].as_array().expect("a list");
     for (name, p) in [("a", &a), ("b", &b)] {
         let view = peers
             .iter()
@@ -433,7 +433,7 @@ async fn peer_view(
         let (status, peers) = crate::admin::api(lab, reg, Some(token), "GET", "/v1/peers", None);
         assert_eq!(status, 200, "{peers}");
         let peers: serde_json::Value = serde_json::from_str(&peers).expect("JSON");
-        if let Some(v) = peers
+        if let Some(v) = peers["peers"]
             .as_array()
             .expect("a list")
             .iter()

@@ -414,7 +414,7 @@ async fn fleet_agrees(
             return Err(format!("{}: GET /v1/peers {status} {body}", m.data));
         }
         let peers: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let peers = peers.as_array().expect("a list");
+        let peers = peers["peers"].as_array().expect("a list");
         for (other, _) in live.iter().filter(|(o, _)| o.data != m.data) {
             let name = other.data.trim_start_matches("data-");
             let id = format!("spiffe://acme.test/registrar/{name}");

@@ -41,6 +41,7 @@ pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
 pub use registrar::{
     Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
 };
+pub use routes::peers::ControlPlaneScope;
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};
 pub use serve::{ServeCounters, ServeOptions, serve};
 pub use state::AdminState;

@@ -146,6 +146,7 @@ on_both_backends!(
     the_audit_log_is_filtered_paged_by_cursor_and_verified,
     crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness,
     probes_metrics_and_pools,
+    peers_and_metrics_say_whether_the_control_plane_is_shared,
     the_openapi_document_lists_every_route_with_its_errors,
     json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction,
 );
@@ -1447,8 +1448,33 @@ async fn probes_metrics_and_pools(f: Fixture) {
     assert_eq!(
         f.call("GET", "/v1/peers", Some(&f.auditor), None)
             .await
-            .json(),
+            .json()["peers"],
         json!([])
+    );
+}
+
+/// Issue 19 item 5: a registrar says whether its control plane is its own (SQLite) or
+/// shared by a fleet (PostgreSQL), in `GET /v1/peers` and in `/metrics`, so that nobody
+/// mistakes registrars peered over ENRP, each on its own SQLite file, for a fleet.
+async fn peers_and_metrics_say_whether_the_control_plane_is_shared(f: Fixture) {
+    let (plane, shared) = match f.store.backend() {
+        db::Backend::Postgres => ("shared", 1),
+        _ => ("local", 0),
+    };
+    let peers = f.call("GET", "/v1/peers", Some(&f.auditor), None).await;
+    assert_eq!(peers.status, 200);
+    assert_eq!(
+        peers.json(),
+        json!({"control_plane": plane, "peers": []}),
+        "on {:?}",
+        f.store.backend()
+    );
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert!(
+        m.text
+            .contains(&format!("\nrsp_control_plane_shared {shared}\n")),
+        "{}",
+        m.text
     );
 }
 

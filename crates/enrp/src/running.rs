@@ -148,6 +148,10 @@ pub async fn run_with(
         unreachable: rate(config.rate_unreachable),
     };
     adjust(&mut settings);
+    let has_peers = !config.peers.is_empty() || !config.legacy_peers.is_empty();
+    if has_peers && loaded.store.backend() == store::db::Backend::Sqlite {
+        tracing::warn!("{LOCAL_CONTROL_PLANE}");
+    }
     let audit = AuditLog::start(&loaded.store, AuditConfig::default()).await?;
     let daemon = Daemon::start(
         settings,
@@ -365,6 +369,12 @@ fn sctp_endpoints(
         )),
     }
 }
+
+/// What a registrar with ENRP peers and its own SQLite store logs, at start-up (configured
+/// peers) or when the first peer connects; `GET /v1/peers` (`control_plane`) and
+/// `rsp_control_plane_shared` say the same (issue 19).
+pub const LOCAL_CONTROL_PLANE: &str = "control plane is local (SQLite): revocations, grants, \
+     trust domains made here do not reach peers; use --store postgres://… for a fleet";
 
 /// `HOST:PORT` or `HOST:PORT=spiffe://…` of `--peer`: the address, and the identity
 /// its Server ID is bound to.

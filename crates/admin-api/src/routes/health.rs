@@ -188,6 +188,16 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
     );
     metric(
         &mut out,
+        "rsp_control_plane_shared",
+        "gauge",
+        "1 when the store is PostgreSQL shared by a fleet; 0 when it is this registrar's own SQLite: grants, revocations and trust domains made here do not reach its peers.",
+        &one(u64::from(
+            crate::routes::peers::ControlPlaneScope::of(app.store())
+                == crate::routes::peers::ControlPlaneScope::Shared,
+        )),
+    );
+    metric(
+        &mut out,
         "rsp_audit_failed_commits_total",
         "counter",
         "Audit batches whose commit failed (their operations were refused).",

@@ -59,6 +59,7 @@ pub(super) async fn run_core(
     // removed at once) must count before its PE's timeout is judged; the bound keeps
     // timers from starving under a steady flood.
     let mut streak = 0usize;
+    let mut warn_local_plane = dials.warn_local_plane;
     loop {
         // Replies whose records committed leave first, also in a streak of queued events
         // (and what waits for a record refused at once: it is withheld now).
@@ -111,6 +112,9 @@ pub(super) async fn run_core(
             Some(Event::PeerConnected { input, writer }) => {
                 if let Input::PeerUp { conn, .. } = &input {
                     writers.insert(*conn, writer);
+                }
+                if std::mem::take(&mut warn_local_plane) {
+                    tracing::warn!("{}", crate::running::LOCAL_CONTROL_PLANE);
                 }
                 core.handle(input, now)
             }
@@ -309,6 +313,10 @@ pub(super) struct Dials {
     pub(super) pes: mpsc::Sender<connection::PeDial>,
     /// Where Server ID bindings are stored ([`Action::BindServerId`]).
     pub(super) bindings: Option<store::db::Store>,
+    /// Warn once, at the first peer that connects, that the control plane is local: the
+    /// store is SQLite and no peer was configured (configured ones are warned of at
+    /// start-up, `running::LOCAL_CONTROL_PLANE`; issue 19).
+    pub(super) warn_local_plane: bool,
 }
 
 /// After records were dropped (the audit backlog was full), one `audit:gap` record says
@@ -616,6 +624,7 @@ mod tests {
             peers: mpsc::channel(1).0,
             pes: mpsc::channel(1).0,
             bindings: None,
+            warn_local_plane: false,
         }
     }
 

@@ -369,6 +369,12 @@ impl Daemon {
                 peers: dial_tx,
                 pes: pe_dial_tx,
                 bindings: settings.bindings_store.clone(),
+                warn_local_plane: settings
+                    .bindings_store
+                    .as_ref()
+                    .is_some_and(|s| s.backend() == store::db::Backend::Sqlite)
+                    && settings.peers.is_empty()
+                    && settings.legacy_peers.is_empty(),
             },
             stop_rx.clone(),
         ));
