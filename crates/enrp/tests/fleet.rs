@@ -475,3 +475,48 @@ async fn a_crl_stored_elsewhere_revokes_here_and_the_periodic_re_read_catches_a_
     removal_audited(dir.path(), 2, "remove:revoked").await;
     running.shutdown().await.expect("stops cleanly");
 }
+
+/// The listener's connection killed (`pg_terminate_backend`) and a revocation written at
+/// once, while it reconnects: its notice is lost, and the resync after the reconnect
+/// applies it well before the periodic re-read (10 s here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_the_listener_reconnects_is_applied_by_the_resync() {
+    let Some((pki, dir, running, shared)) = registrar("fleet::resync").await else {
+        return;
+    };
+    let _fleet = sync(&shared.store, &running).await;
+    let addr = running.asap_addr();
+    let mut pe = Connection::connect(&pki.client("pe/a"), addr)
+        .await
+        .expect("connect");
+    register(&mut pe, 1).await;
+    let revoked = Revocation::Identity(SpiffeId::parse("spiffe://bench.test/pe/a").expect("id"));
+    let start = Instant::now();
+    {
+        let mut tx = shared.store.begin().await.expect("begin");
+        let db::StoreTx::Postgres(pg) = &mut tx else {
+            unreachable!("a PostgreSQL store");
+        };
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&mut **pg)
+        .await
+        .expect("terminate");
+        assert_eq!(killed, 1, "the fleet's listener");
+        db::add_revocation(&mut tx, &revoked, None, 2)
+            .await
+            .expect("revoke");
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        closed(&mut pe).await,
+        "the revoked PE's connection stays open"
+    );
+    let took = start.elapsed();
+    eprintln!("revocation while the listener reconnects -> connection closed here: {took:?}");
+    assert!(took < 2 * WITHIN, "{took:?}");
+    removal_audited(dir.path(), 1, "remove:revoked").await;
+    running.shutdown().await.expect("stops cleanly");
+}
