@@ -497,14 +497,11 @@ async fn a_change_made_while_the_listener_reconnects_is_applied_by_the_resync() 
         let db::StoreTx::Postgres(pg) = &mut tx else {
             unreachable!("a PostgreSQL store");
         };
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&mut **pg)
-        .await
-        .expect("terminate");
-        assert_eq!(killed, 1, "the fleet's listener");
+        assert_eq!(
+            test_db::terminate_listeners(pg).await,
+            1,
+            "the fleet's listener"
+        );
         db::add_revocation(&mut tx, &revoked, None, 2)
             .await
             .expect("revoke");
