@@ -225,7 +225,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "  registrar  {} (Server ID {})",
                 report.identity, report.server_id
             );
-            println!("  store      {}", report.store);
             match report.admin_token {
                 Some(token) => {
                     let expiry = admin_token_expires_in_days
@@ -236,6 +235,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("  joined the fleet's store: its grants and admin tokens apply here")
                 }
             }
+            // After the token: scripts take the first `rsp_…` word of the output.
+            println!("  store      {}", report.store);
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { store, data } => {
