@@ -162,13 +162,12 @@ async fn a_change_at_one_registrar_reaches_the_others_within_a_second() {
             .filter(|r| r.pe_id.map(|p| p.get()) == Some(id))
             .collect::<Vec<_>>()
     };
-    let refusals = of_pe(audited(&db.url, "register").await, 2);
-    assert!(
-        refusals
+    until("the refusal audited", || async {
+        of_pe(audited(&db.url, "register").await, 2)
             .iter()
-            .any(|r| r.outcome != store::audit::Outcome::Ok),
-        "the refusal is audited: {refusals:?}"
-    );
+            .any(|r| r.outcome != store::audit::Outcome::Ok)
+    })
+    .await;
     let grant = r#"{"identity": "spiffe://acme.test/pe/*", "namespace": "*", "pools": "*", "actions": ["register"]}"#;
     let (start, _) = call(&lab, &b, &token, "POST", "/v1/grants", Some(grant), 201);
     loop {
@@ -214,6 +213,10 @@ async fn a_change_at_one_registrar_reaches_the_others_within_a_second() {
     // second time. (A peer may also have dropped its copy on C's ENRP deregistration
     // first, which is no such record: between one and three, never more.)
     for (action, id) in [("remove:ungranted", 1), ("remove:revoked", 2)] {
+        until("the removal audited", || async {
+            !of_pe(audited(&db.url, action).await, id).is_empty()
+        })
+        .await;
         let n = of_pe(audited(&db.url, action).await, id).len();
         eprintln!("{action} records of PE {id}: {n} (one per registrar at most)");
         assert!((1..=3).contains(&n), "{action}: {n} records");

@@ -338,6 +338,8 @@ pub async fn sync(
         let _forward = AbortOnDrop(forward);
         let mut applied = first;
         let mut tick = tokio::time::interval(every);
+        // After a long failed read, one re-read, not a burst of the ticks missed.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // The first tick is now: just read.
         loop {
             let replace_all = tokio::select! {

@@ -116,15 +116,35 @@ async fn registrar(test: &str) -> Option<(Pki, tempfile::TempDir, enrp::Running,
 
 /// Starts the fleet sync of `running` on the shared store.
 async fn sync(shared: &Store, running: &enrp::Running) -> tokio::task::JoinHandle<()> {
+    sync_every(shared, running, Duration::from_secs(10)).await
+}
+
+/// [`sync`] with a re-read every `every`.
+async fn sync_every(
+    shared: &Store,
+    running: &enrp::Running,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     enrp::fleet::sync(
         shared.clone(),
         Arc::clone(running.control_plane()),
         None,
-        Duration::from_secs(10),
+        every,
     )
     .await
     .expect("fleet sync")
     .expect("a shared store")
+}
+
+/// Waits until the registrar's audit holds one `action` record of PE `pe_id` (the
+/// record commits just after the handlespace changed), and checks it stays one.
+async fn removal_audited(data: &std::path::Path, pe_id: u32, action: &str) {
+    until(action, || async { audited(data, pe_id, action).await >= 1 }).await;
+    assert_eq!(
+        audited(data, pe_id, action).await,
+        1,
+        "{action} of PE {pe_id}"
+    );
 }
 
 /// Polls `done` every 10 ms until it holds; returns how long that took (panics past 5 s).
@@ -180,7 +200,7 @@ async fn a_revocation_and_a_withdrawn_grant_committed_elsewhere_take_effect_here
         pes(&running).await == [2]
     })
     .await;
-    assert_eq!(audited(dir.path(), 1, "remove:revoked").await, 1);
+    removal_audited(dir.path(), 1, "remove:revoked").await;
     // A revoked identity cannot come back: its handshake is refused (with TLS 1.3 the
     // client learns it at its first read).
     let refused = match Connection::connect(&pki.client("pe/a"), addr).await {
@@ -217,14 +237,14 @@ async fn a_revocation_and_a_withdrawn_grant_committed_elsewhere_take_effect_here
         start.elapsed()
     );
     assert!(took < WITHIN, "{took:?}");
-    assert_eq!(audited(dir.path(), 2, "remove:ungranted").await, 1);
+    removal_audited(dir.path(), 2, "remove:ungranted").await;
 
     // Applying the same state again (the periodic re-read) changes nothing and audits
     // nothing more.
     fleet.abort();
     let again = sync(&shared.store, &running).await;
-    assert_eq!(audited(dir.path(), 1, "remove:revoked").await, 1);
-    assert_eq!(audited(dir.path(), 2, "remove:ungranted").await, 1);
+    removal_audited(dir.path(), 1, "remove:revoked").await;
+    removal_audited(dir.path(), 2, "remove:ungranted").await;
     again.abort();
     running.shutdown().await.expect("stops cleanly");
 }
@@ -298,10 +318,10 @@ async fn a_trust_domain_and_grant_created_elsewhere_admit_a_pe_here_and_its_remo
         matches!(answer, AsapMsg::RegistrationResponse { reject: true, .. }),
         "{answer:?}"
     );
-    assert!(
-        audited(dir.path(), 7, "register").await >= 1,
-        "the refusal is audited"
-    );
+    until("the refusal audited", || async {
+        audited(dir.path(), 7, "register").await >= 1
+    })
+    .await;
 
     // The grant created elsewhere: the same PE registers here.
     let grant = identity::Grant {
@@ -361,5 +381,139 @@ async fn a_trust_domain_and_grant_created_elsewhere_admit_a_pe_here_and_its_remo
     })
     .await;
     assert!(!running.control_plane().is_trusted(&name));
+    running.shutdown().await.expect("stops cleanly");
+}
+
+/// A CRL stored elsewhere for the local domain closes the listed PE's connection here and
+/// removes its PE (the core half of a CRL upload, for the serials it newly lists). And the
+/// safety net: a revocation written with the notice trigger disabled (as if the notice
+/// were lost) is applied by the periodic re-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_stored_elsewhere_revokes_here_and_the_periodic_re_read_catches_a_lost_notice() {
+    let Some((pki, dir, running, shared)) = registrar("fleet::crl_and_safety_net").await else {
+        return;
+    };
+    let every = Duration::from_secs(1);
+    let _fleet = sync_every(&shared.store, &running, every).await;
+    let connect = |leaf: &trust::testing::TestLeaf| {
+        let store = trust::TrustStore::new(leaf.identity()).expect("trust store");
+        store
+            .add_domain(pki.ca.bundle())
+            .expect("the registrar's CA");
+        Arc::new(store)
+    };
+    let (x, y) = (pki.ca.leaf("pe/x").issue(), pki.ca.leaf("pe/y").issue());
+    let addr = running.asap_addr();
+    let mut pe_x = Connection::connect(&connect(&x), addr)
+        .await
+        .expect("connect");
+    let mut pe_y = Connection::connect(&connect(&y), addr)
+        .await
+        .expect("connect");
+    register(&mut pe_x, 1).await;
+    register(&mut pe_y, 2).await;
+
+    let crl = trust::testing::pem("X509 CRL", &pki.ca.crl(&[&x.serial]));
+    let local = identity::TrustDomain::new(support::DOMAIN).expect("domain");
+    let start = Instant::now();
+    {
+        let mut tx = shared.store.begin().await.expect("begin");
+        db::set_trust_domain_crls(&mut tx, &local, Some(&crl))
+            .await
+            .expect("CRL");
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        closed(&mut pe_x).await,
+        "the listed PE's connection stays open"
+    );
+    let took = start.elapsed();
+    eprintln!("CRL stored elsewhere -> connection closed here: {took:?}");
+    assert!(took < WITHIN, "{took:?}");
+    until("the listed PE removed", || async {
+        pes(&running).await == [2]
+    })
+    .await;
+    removal_audited(dir.path(), 1, "remove:revoked").await;
+
+    // No notice: the trigger is off while the revocation is written.
+    let revoked = Revocation::Identity(SpiffeId::parse("spiffe://bench.test/pe/y").expect("id"));
+    let start = Instant::now();
+    {
+        let mut tx = shared.store.begin().await.expect("begin");
+        let quiet = |sql: &'static str| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
+        let db::StoreTx::Postgres(pg) = &mut tx else {
+            unreachable!("a PostgreSQL store");
+        };
+        quiet("ALTER TABLE revocations DISABLE TRIGGER revocations_changed")
+            .execute(&mut **pg)
+            .await
+            .expect("trigger off");
+        db::add_revocation(&mut tx, &revoked, None, 3)
+            .await
+            .expect("revoke");
+        let db::StoreTx::Postgres(pg) = &mut tx else {
+            unreachable!("a PostgreSQL store");
+        };
+        quiet("ALTER TABLE revocations ENABLE TRIGGER revocations_changed")
+            .execute(&mut **pg)
+            .await
+            .expect("trigger on");
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        closed(&mut pe_y).await,
+        "the revoked PE's connection stays open"
+    );
+    let took = start.elapsed();
+    eprintln!("revocation without a notice -> connection closed here: {took:?}");
+    assert!(took < every + WITHIN, "{took:?}");
+    until("the revoked PE removed", || async {
+        pes(&running).await.is_empty()
+    })
+    .await;
+    removal_audited(dir.path(), 2, "remove:revoked").await;
+    running.shutdown().await.expect("stops cleanly");
+}
+
+/// The listener's connection killed (`pg_terminate_backend`) and a revocation written at
+/// once, while it reconnects: its notice is lost, and the resync after the reconnect
+/// applies it well before the periodic re-read (10 s here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_the_listener_reconnects_is_applied_by_the_resync() {
+    let Some((pki, dir, running, shared)) = registrar("fleet::resync").await else {
+        return;
+    };
+    let _fleet = sync(&shared.store, &running).await;
+    let addr = running.asap_addr();
+    let mut pe = Connection::connect(&pki.client("pe/a"), addr)
+        .await
+        .expect("connect");
+    register(&mut pe, 1).await;
+    let revoked = Revocation::Identity(SpiffeId::parse("spiffe://bench.test/pe/a").expect("id"));
+    let start = Instant::now();
+    {
+        let mut tx = shared.store.begin().await.expect("begin");
+        let db::StoreTx::Postgres(pg) = &mut tx else {
+            unreachable!("a PostgreSQL store");
+        };
+        assert_eq!(
+            test_db::terminate_listeners(pg).await,
+            1,
+            "the fleet's listener"
+        );
+        db::add_revocation(&mut tx, &revoked, None, 2)
+            .await
+            .expect("revoke");
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        closed(&mut pe).await,
+        "the revoked PE's connection stays open"
+    );
+    let took = start.elapsed();
+    eprintln!("revocation while the listener reconnects -> connection closed here: {took:?}");
+    assert!(took < 2 * WITHIN, "{took:?}");
+    removal_audited(dir.path(), 1, "remove:revoked").await;
     running.shutdown().await.expect("stops cleanly");
 }

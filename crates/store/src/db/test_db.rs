@@ -249,3 +249,15 @@ pub fn sqlite_conn(conn: &mut StoreConn) -> &mut sqlx::SqliteConnection {
     conn.sqlite()
         .expect("a SQLite-only test got a PostgreSQL connection")
 }
+
+/// Ends the connection of every change-feed listener of `conn`'s database
+/// (`pg_terminate_backend`, as a restart or a network cut would): how many there were.
+pub async fn terminate_listeners(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("terminate the listeners")
+}

@@ -165,14 +165,7 @@ async fn a_listener_whose_connection_is_killed_comes_back_and_asks_for_a_resync(
     let StoreConn::Postgres(c) = &mut conn else {
         unreachable!("a PostgreSQL store");
     };
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_one(&mut **c)
-    .await
-    .expect("terminate");
-    assert_eq!(killed, 1, "one listener");
+    assert_eq!(test_db::terminate_listeners(c).await, 1, "one listener");
     match next_within(&mut feed, Duration::from_secs(5)).await {
         Some(Change::Lost(why)) => eprintln!("lost: {why}"),
         other => panic!("expected Lost, got {other:?}"),
