@@ -415,6 +415,8 @@ async fn run(
     let mut batch: Vec<Job> = Vec::with_capacity(config.max_batch);
     let mut shutdowns: Vec<oneshot::Sender<Result<()>>> = Vec::new();
     let mut closing = false;
+    // Whether `conn` failed and is to be replaced before the next attempt (PostgreSQL).
+    let mut stale = false;
     loop {
         // Wait for the first message of a batch.
         if !closing {
@@ -448,7 +450,16 @@ async fn run(
         // At shutdown the batch may exceed max_batch: commit it in pieces.
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(config.max_batch));
-            if let Err(reason) = commit(&mut conn, &config.chain, &batch, &counters).await {
+            if let Err(reason) = commit(
+                &store,
+                &mut conn,
+                &mut stale,
+                &config.chain,
+                &batch,
+                &counters,
+            )
+            .await
+            {
                 // This batch is refused; the next one is tried afresh (the disk may have
                 // room again). Its callers refuse what they meant to audit; the counters
                 // tell the driver, which logs it.
@@ -461,14 +472,6 @@ async fn run(
                 index.settle(&batch, true);
                 fail_all(std::mem::replace(&mut batch, rest), &reason);
                 result = Err(reason);
-                // A PostgreSQL connection does not survive its server's restart: the next
-                // batch takes a fresh one from the pool (which reconnects), or this writer
-                // would fail for good once the server is back. SQLite's stays.
-                if store.backend() == crate::db::Backend::Postgres
-                    && let Ok(fresh) = store.acquire().await
-                {
-                    conn = fresh;
-                }
                 continue;
             }
             counters.failed.store(false, Ordering::Relaxed);
@@ -556,22 +559,49 @@ async fn gather(
 /// Commits `batch` in one transaction, retrying with a back-off. Returns SQLite's message
 /// after the last failed attempt.
 async fn commit(
+    store: &Store,
     conn: &mut StoreConn,
+    stale: &mut bool,
     chain: &Chain,
     batch: &[Job],
     counters: &Counters,
 ) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
+    // A PostgreSQL connection does not survive its server's restart: after a failed
+    // attempt the writer takes a fresh one from the pool (which reconnects) before it
+    // tries again, also for the first attempt of the next batch, or it would keep
+    // failing on a dead connection once the server is back. SQLite's connection stays.
+    let postgres = store.backend() == crate::db::Backend::Postgres;
     loop {
+        if *stale {
+            match store.acquire().await {
+                Ok(fresh) => {
+                    *conn = fresh;
+                    *stale = false;
+                }
+                Err(err) if attempt >= ATTEMPTS => return Err(err.to_string()),
+                Err(_) => {
+                    sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                    continue;
+                }
+            }
+        }
         match try_commit(conn, chain, batch).await {
             Ok(()) => break,
             Err(_) if attempt < ATTEMPTS => {
+                *stale = postgres;
                 sleep(backoff).await;
                 backoff *= 2;
                 attempt += 1;
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => {
+                // The next batch starts on a fresh connection.
+                *stale = postgres;
+                return Err(err.to_string());
+            }
         }
     }
     counters.transactions.fetch_add(1, Ordering::Relaxed);
