@@ -40,9 +40,15 @@ pub(crate) fn main(args: &[String]) {
     // `enrpd` uses `Runtime::new()`: one worker per core. So do the other servers.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     match args {
-        [kind, pki, data, keep_alive_ms] if kind == "registrar" => {
+        [kind, pki, data, keep_alive_ms, rest @ ..] if kind == "registrar" => {
             let keep_alive = Duration::from_millis(keep_alive_ms.parse().expect("ms"));
-            rt.block_on(registrar(Path::new(pki), Path::new(data), keep_alive));
+            let postgres = matches!(rest, [p] if p == "postgres");
+            rt.block_on(registrar(
+                Path::new(pki),
+                Path::new(data),
+                keep_alive,
+                postgres,
+            ));
         }
         [kind, pki] if kind == "floor" => rt.block_on(floor::serve(Path::new(pki))),
         [kind, pki, registrar, pe_id] if kind == "pe" => rt.block_on(pe(
@@ -55,10 +61,27 @@ pub(crate) fn main(args: &[String]) {
 }
 
 /// The registrar, started as `enrpd run` starts it (`enrpd init`, then [`enrp::run`]):
-/// SQLite store (WAL, `synchronous=FULL`), the audit log on, the default grants; loopback
-/// PEs allowed; no admin API, ENRP or SCTP listener.
-async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
-    setup::init(pki, Some("bench"), data, now_ms())
+/// SQLite store (WAL, `synchronous=FULL`), or with `postgres` a fresh database on the
+/// server of `RSP_TEST_POSTGRES` (set by the parent from `--postgres`; `enrpd init
+/// --store`); the audit log on, the default grants; loopback PEs allowed; no admin API,
+/// ENRP or SCTP listener.
+async fn registrar(pki: &Path, data: &Path, keep_alive: Duration, postgres: bool) {
+    let database = if postgres {
+        Some(
+            store::db::test_db::empty_postgres("rsp-bench")
+                .await
+                .expect("--postgres sets RSP_TEST_POSTGRES"),
+        )
+    } else {
+        None
+    };
+    let store_url = database.as_ref().map(|d| d.url.clone());
+    let options = setup::InitOptions {
+        name: Some("bench".into()),
+        store: store_url.clone(),
+        ..setup::InitOptions::default()
+    };
+    setup::init_with(pki, data, &options, now_ms())
         .await
         .expect("enrpd init");
     let config = RunConfig {
@@ -98,7 +121,7 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         match command.trim() {
             "stats" => {
                 let s = audit.stats();
-                let resolutions = audited_resolutions(data).await;
+                let resolutions = audited_resolutions(data, store_url.as_deref()).await;
                 println!("stats {} {} {resolutions}", s.records, s.transactions);
             }
             "stop" => break,
@@ -106,6 +129,7 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
         }
     }
     running.shutdown().await.expect("shutdown");
+    drop(database);
     println!("stopped");
 }
 
@@ -113,10 +137,12 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration) {
 /// audited in aggregate, a record per connection, pool and outcome per second with its
 /// count (`enrp::daemon::resolutions_in`). Read back from the audit table, as an auditor
 /// would.
-async fn audited_resolutions(data: &Path) -> u64 {
-    let store = store::db::Store::open(data, &Default::default())
-        .await
-        .expect("a second store on the registrar's file");
+async fn audited_resolutions(data: &Path, url: Option<&str>) -> u64 {
+    let store = match url {
+        Some(url) => store::db::Store::connect(url, &Default::default()).await,
+        None => store::db::Store::open(data, &Default::default()).await,
+    }
+    .expect("a second store on the registrar's database");
     let mut conn = store.acquire().await.expect("connection");
     let mut filter = store::audit::AuditFilter::default();
     filter.action = Some("resolve".into());
@@ -210,8 +236,14 @@ impl ChildProc {
     /// Starts `rsp-bench --child ARGS…`, on `cpus` if given, and waits for its
     /// `listening ADDR`.
     pub(crate) fn start(args: &[&str], cpus: Option<&Cpus>) -> Self {
+        Self::start_env(args, cpus, &[])
+    }
+
+    /// [`ChildProc::start`] with these environment variables.
+    pub(crate) fn start_env(args: &[&str], cpus: Option<&Cpus>, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(std::env::current_exe().expect("own path"));
         command
+            .envs(env.iter().copied())
             .arg(CHILD_ARG)
             .args(args)
             .stdin(Stdio::piped())

@@ -57,6 +57,13 @@ pub(crate) struct Opts {
     /// failover, keepalive.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
+    /// Also measure resolutions and registrations with the registrar on PostgreSQL: the
+    /// server's URL (`postgres://rsp@localhost/postgres?host=/tmp/…`, as `.ci/postgres
+    /// start` prints); each registrar child gets a fresh database there, dropped after it.
+    /// The rows are labelled `rsp-pg`; the PostgreSQL server's own CPU is not in their
+    /// server figures (docs/BENCHMARKS.md).
+    #[arg(long, value_name = "URL")]
+    pub(crate) postgres: Option<String>,
     /// Leave etcd out even if it is installed.
     #[arg(long)]
     pub(crate) no_etcd: bool,

@@ -209,6 +209,10 @@ async fn run(opts: &Opts) -> Report {
     drop(etcd);
     report.registrar_rss = registrar.proc().rss_kib();
     registrar.stop();
+    if let Some(url) = &opts.postgres {
+        bar.set_message("on PostgreSQL");
+        on_postgres(opts, &pki, url, &floor, &mut report, &bar).await;
+    }
     let _ = floor.ask("stop");
     floor.stop();
     if opts.wants("keepalive") {
@@ -230,6 +234,45 @@ async fn run(opts: &Opts) -> Report {
     }
     bar.finish_and_clear();
     report
+}
+
+/// Resolutions and registrations again, against a registrar on a fresh PostgreSQL
+/// database of the server `url` (the floor alongside again): rows `rsp-pg` and
+/// `floor-pg` beside the SQLite registrar's.
+async fn on_postgres(
+    opts: &Opts,
+    pki: &Pki,
+    url: &str,
+    floor: &ChildProc,
+    report: &mut Report,
+    bar: &ProgressBar,
+) {
+    let data = registrar_data();
+    let (pki_dir, data_dir) = (
+        pki.path().display().to_string(),
+        data.path().display().to_string(),
+    );
+    let mut registrar = ChildProc::start_env(
+        &["registrar", &pki_dir, &data_dir, "5000", "postgres"],
+        opts.server_cpus.as_ref(),
+        &[("RSP_TEST_POSTGRES", url)],
+    );
+    let (throughput, audit) = (report.throughput.len(), report.audit.len());
+    if opts.wants("resolve") {
+        resolutions(opts, pki, &mut registrar, floor, None, report, bar).await;
+    }
+    if opts.wants("register") {
+        registrations(opts, pki, &mut registrar, floor, None, report, bar).await;
+    }
+    for (_, system, _) in &mut report.throughput[throughput..] {
+        *system = if *system == "rsp" {
+            "rsp-pg"
+        } else {
+            "floor-pg"
+        };
+    }
+    report.audit_pg = report.audit.split_off(audit);
+    registrar.stop();
 }
 
 /// A fresh data directory for a registrar child. Declare it before the child: locals drop

@@ -20,6 +20,8 @@ pub(crate) struct Report {
     /// Audit records committed, the operations they account for (a compacted resolution
     /// record counts its resolutions) / operations, per rsp measurement.
     pub(crate) audit: Vec<(&'static str, u64, u64, u64)>,
+    /// The same, of the registrar on PostgreSQL (`--postgres`).
+    pub(crate) audit_pg: Vec<(&'static str, u64, u64, u64)>,
     pub(crate) churn: Option<Figures>,
     pub(crate) failover: Option<Failover>,
     /// The keep-alive load: rsp, then etcd.
@@ -254,6 +256,24 @@ impl Report {
             {
                 println!(
                     "\nrsp audit records committed: {records}, accounting for {audited} of {ops} operations (warm-up included)."
+                );
+            }
+            if let (Some(pg), Some(floor)) =
+                (self.figures(what, "rsp-pg"), self.figures(what, "floor-pg"))
+            {
+                println!(
+                    "\nOn PostgreSQL: rsp-pg ÷ floor-pg {:.2}; per server CPU-second rsp {:.0}, rsp-pg {:.0} (the PostgreSQL server's CPU not included).",
+                    pg.rate() / floor.rate(),
+                    self.figures(what, "rsp")
+                        .map_or(0.0, Figures::per_server_core_second),
+                    pg.per_server_core_second()
+                );
+            }
+            if let Some((_, records, audited, ops)) =
+                self.audit_pg.iter().find(|(w, _, _, _)| *w == what)
+            {
+                println!(
+                    "rsp-pg audit records committed: {records}, accounting for {audited} of {ops} operations (warm-up included)."
                 );
             }
             for &(w, floor_min, etcd_min, p99_max) in TARGETS {

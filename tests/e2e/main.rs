@@ -16,5 +16,6 @@ mod peering;
 mod registrar;
 mod restart;
 mod retention;
+mod store_copy;
 mod support;
 mod trust_edges;

@@ -790,6 +790,101 @@ pub async fn migrate(url: Option<&str>, data: Option<&Path>) -> Result<(String, 
     Ok((db::redact_url(&url), version.unwrap_or(0)))
 }
 
+/// What `enrpd store copy` did, for its message.
+#[derive(Debug)]
+pub struct StoreCopied {
+    /// The SQLite file copied (left as it was: the fallback).
+    pub from: PathBuf,
+    /// The PostgreSQL store the data directory now records, without a password.
+    pub to: String,
+    /// The previous `enrpd.json`, kept.
+    pub backup: PathBuf,
+    /// Rows and audit chains copied.
+    pub report: db::CopyReport,
+}
+
+/// `enrpd store copy`: copies the data directory's SQLite store into the empty PostgreSQL
+/// database `to` (migrating it), verifies that the copy's audit chains have the source's
+/// ids and heads, then records `to` in `enrpd.json` (the old file kept as
+/// `enrpd.json.sqlite-<ms>`) so that `enrpd run --data DIR` uses PostgreSQL. The SQLite
+/// file is not written. The registrar must be stopped: the copy holds SQLite's write lock
+/// throughout, and a SQLite database another process is writing (busy for more than
+/// 1 s) is refused. Refused, changing nothing: a data directory already on PostgreSQL, a
+/// target with rows (docs/STORE.md "Moving a registrar to PostgreSQL").
+pub async fn copy_store(data: &Path, to: &str, now_ms: u64) -> Result<StoreCopied, Error> {
+    let install = read_install(data)?;
+    let from = match install.store.as_deref() {
+        None => data.join(db::DB_FILE),
+        Some(url) => match url.strip_prefix("sqlite://") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                return Err(Error::StoreUrl {
+                    url: db::redact_url(url),
+                    reason: format!(
+                        "{} already uses this PostgreSQL store: there is nothing to copy",
+                        data.display()
+                    ),
+                });
+            }
+        },
+    };
+    if !from.is_file() {
+        return Err(Error::Install {
+            path: from,
+            reason: "no SQLite store here to copy".into(),
+        });
+    }
+    let to = check_store_url(to)?;
+    if !is_postgres(&to) {
+        return Err(Error::StoreUrl {
+            url: db::redact_url(&to),
+            reason: "the copy goes to PostgreSQL: give postgres://…".into(),
+        });
+    }
+    // A registrar running on the file keeps its WAL files (SQLite deletes them when the
+    // last connection closes): copying then would miss what it writes next.
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", from.display()));
+        if side.exists() {
+            return Err(Error::Install {
+                path: side,
+                reason: "the SQLite store is open (is the registrar running?): stop it \
+                         first. After a crash, `enrpd audit verify --data DIR` opens and \
+                         closes it cleanly"
+                    .into(),
+            });
+        }
+    }
+    // A short busy timeout: a process writing to the file meanwhile makes the copy fail
+    // at once rather than wait.
+    let mut options = StoreOptions::default();
+    options.busy_timeout = std::time::Duration::from_secs(1);
+    let source = Store::open_file(&from, &options).await?;
+    let target = Store::connect(&to, &StoreOptions::default()).await?;
+    let copied = db::copy_sqlite_to_postgres(&source, &target).await;
+    source.close().await;
+    target.close().await;
+    let report = copied?;
+    let path = data.join(INSTALL_FILE);
+    let backup = data.join(format!("{INSTALL_FILE}.sqlite-{now_ms}"));
+    fs::copy(&path, &backup).map_err(|source| Error::File {
+        path: backup.clone(),
+        source,
+    })?;
+    let moved = Install {
+        store: Some(to.clone()),
+        ..install
+    };
+    let json = serde_json::to_vec_pretty(&moved).expect("plain struct serializes");
+    write_new(&path, &json)?;
+    Ok(StoreCopied {
+        from,
+        to: db::redact_url(&to),
+        backup,
+        report,
+    })
+}
+
 /// Where an initialised data directory's PKI files are (its install record).
 pub fn read_install(data: &Path) -> Result<Install, Error> {
     let path = data.join(INSTALL_FILE);

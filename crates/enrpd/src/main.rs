@@ -68,6 +68,11 @@ enum Command {
     /// (flags, variables, the config file) take effect at start only, and SIGHUP logs
     /// which keys of the config file changed.
     Run(Box<RunArgs>),
+    /// Move the registrar's store (`store copy`: from its SQLite file to PostgreSQL).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Inspect the audit log.
     Audit {
         #[command(subcommand)]
@@ -94,6 +99,23 @@ struct PkiFiles {
     /// The registrar's data directory (init creates it).
     #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
     data: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the data directory's SQLite store, row for row with its audit log, into an
+    /// empty PostgreSQL database, verify the copy's audit chains, and make the data
+    /// directory use it. Stop the registrar first. The SQLite file is left as it was (the
+    /// fallback: the saved enrpd.json.sqlite-<ms> points back to it).
+    Copy {
+        /// The data directory.
+        #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]
+        data: PathBuf,
+        /// The empty PostgreSQL database: `postgres://USER@HOST/DB` (no password: use
+        /// PGPASSWORD or ~/.pgpass).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +284,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(*args, config).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Token { command } => token(command).await,
+        Command::Store {
+            command: StoreCommand::Copy { data, to },
+        } => {
+            let done = setup::copy_store(&data, &to, now_ms())
+                .await
+                .context("enrpd store copy")?;
+            println!("copied {} to {}:", done.from.display(), done.to);
+            for (table, rows) in &done.report.rows {
+                println!("  {table:<20} {rows} rows");
+            }
+            for chain in &done.report.chains {
+                println!(
+                    "  audit chain {} verified: {} records to id {}, head {}",
+                    chain.chain,
+                    chain.checked,
+                    chain.last_id,
+                    chain.head_hex()
+                );
+            }
+            println!(
+                "{} now uses {}; the SQLite file is unchanged (the fallback: {} restores it)",
+                data.display(),
+                done.to,
+                done.backup.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Checkpoint { data, to },
         } => write_checkpoint(&data, to.as_deref()).await,

@@ -19,6 +19,7 @@
 //! checks and conversions they share.
 
 mod control;
+mod copy;
 mod default_namespaces;
 mod grants;
 mod namespaces;
@@ -45,6 +46,7 @@ pub(crate) use backend::{postgres_sql, with_conn};
 
 // One module per table or concern; their items are this module's public API.
 pub use control::{CONTROL_CHANNEL, Change, ChangeFeed, Snapshot};
+pub use copy::{CopyReport, copy_sqlite_to_postgres};
 pub use default_namespaces::{
     DefaultNamespaceRow, add_default_namespace, delete_default_namespace, list_default_namespaces,
 };
@@ -187,6 +189,11 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A store copy was refused or failed (`enrpd store copy`): the target is not
+    /// empty, the source's audit log is broken, or the copy does not verify; the target
+    /// is unchanged.
+    #[error("store copy: {0}")]
+    Copy(String),
     /// The operation is not available on this store's backend yet (docs/STORE.md lists
     /// what remains on PostgreSQL).
     #[error("{what} is not supported on {backend} yet")]
