@@ -260,4 +260,36 @@ async fn a_change_at_one_registrar_reaches_the_others_within_a_second() {
     let took = until("the revoked token refused at B", || async { at_b() == 401 }).await;
     eprintln!("token revoked at A -> refused at B: {:?}", start.elapsed());
     assert!(took < WITHIN, "{took:?}");
+
+    // One audit query at A shows the three registrars' records, and each registrar's
+    // API verifies the three chains.
+    let ids = ["enrp-1", "enrp-2", "enrp-3"].map(|n| format!("spiffe://acme.test/registrar/{n}"));
+    let (_, body) = call(&lab, &a, &token, "GET", "/v1/audit?limit=1000", None, 200);
+    let page = json(&body);
+    let registrars: std::collections::BTreeSet<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["registrar"].as_str())
+        .collect();
+    for id in &ids {
+        assert!(
+            registrars.contains(id.as_str()),
+            "{id} missing from {registrars:?}"
+        );
+    }
+    for r in all {
+        let (_, body) = call(&lab, r, &token, "GET", "/v1/audit/verify", None, 200);
+        let report = json(&body);
+        assert_eq!(report["intact"], true, "{body}");
+        let chains: std::collections::BTreeSet<&str> = report["chains"]
+            .as_array()
+            .expect("chains")
+            .iter()
+            .filter_map(|c| c["registrar"].as_str())
+            .collect();
+        for id in &ids {
+            assert!(chains.contains(id.as_str()), "{id} not verified: {body}");
+        }
+    }
 }
