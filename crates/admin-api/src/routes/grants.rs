@@ -135,6 +135,19 @@ impl NewGrant {
                 "a grant needs an action",
             ));
         }
+        // A pattern is text an operator reads back: control and invisible characters
+        // would hide what it matches (as in pool handles, routes/mod.rs). `*` matches
+        // pool handles that hold such bytes.
+        if self
+            .pools
+            .chars()
+            .any(|c| c.is_control() || identity::text::is_invisible(c))
+        {
+            return Err(ApiError::new(
+                ProblemKind::Invalid,
+                "pools: control or invisible characters are refused (`*` matches pool handles that hold them)",
+            ));
+        }
         Ok(Grant {
             identity: IdentityPattern::parse(&self.identity)?,
             namespace: NamespacePattern::from_str(&self.namespace)?,
