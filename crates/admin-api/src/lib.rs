@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod early_answer;
 mod extract;
 mod openapi;
 mod problem;
@@ -105,6 +106,9 @@ pub fn router(state: AdminState) -> axum::Router {
         // Routes that take PEM raise this limit for themselves.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(same_site_writes))
+        // Outermost, so that every early answer (including the one above) waits for
+        // the rest of its request's body: see early_answer.rs.
+        .layer(axum::middleware::from_fn(early_answer::drain_unread_body))
         .with_state(app)
 }
 
