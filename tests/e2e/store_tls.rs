@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::admin::admin_token;
 use crate::fleet::{OwnCluster, audited, init, spawn_logged};
 use crate::registrar::{accepted, registration};
-use crate::support::{Asap, Lab, bin};
+use crate::support::{Asap, Lab, bin, run_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registrar_on_postgres_over_verified_tls_registers_a_pe() {
@@ -54,6 +54,38 @@ async fn a_registrar_on_postgres_over_verified_tls_registers_a_pe() {
         "{text}"
     );
     assert!(!lab.path("data").exists());
+
+    // The roots (docs/STORE.md "Connecting", the trap): sqlx trusts the system's roots
+    // beside `sslrootcert`, and `SSL_CERT_FILE` replaces the system's roots.
+    run_ok(
+        Command::new(bin("rsp-pki"))
+            .arg("--dir")
+            .arg(lab.path("other-pki"))
+            .args(["init", "--trust-domain", "other.test"]),
+    );
+    let other = lab.path("other-pki/ca.pem");
+    let migrate = |root: &std::path::Path, system: Option<&std::path::Path>| {
+        let mut cmd = Command::new(bin("enrpd"));
+        cmd.args(["migrate", "--store"]).arg(format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url,
+            root.display()
+        ));
+        if let Some(system) = system {
+            cmd.env("SSL_CERT_FILE", system);
+        }
+        let out = cmd.output().expect("enrpd migrate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text) = migrate(&other, None);
+    assert!(!ok && text.contains("UnknownIssuer"), "{text}");
+    let (ok, text) = migrate(&other, Some(&ca));
+    assert!(ok, "a CA in SSL_CERT_FILE is trusted too: {text}");
+    let (ok, text) = migrate(&ca, Some(&other));
+    assert!(ok, "{text}");
 
     let url = format!(
         "{}?sslmode=verify-full&sslrootcert={}",
