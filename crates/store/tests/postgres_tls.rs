@@ -32,7 +32,7 @@ impl TlsCluster {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/postgres")
     }
 
-    fn start(cert: &Path, key: &Path) -> Self {
+    fn start(cert: &Path, key: &Path, client_ca: &Path) -> Self {
         // A free port: the kernel's pick, released for the server to bind.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -43,6 +43,7 @@ impl TlsCluster {
             .arg("start-tls")
             .args([cert, key])
             .arg(port.to_string())
+            .arg(client_ca)
             .output()
             .expect(".ci/postgres");
         assert!(
@@ -99,7 +100,22 @@ async fn the_store_connects_over_verified_tls_only() {
     let ca_path = write("ca.pem", &server_ca.pem());
     let other_path = write("other-ca.pem", &other_ca.pem());
 
-    let pg = TlsCluster::start(&cert_path, &key_path);
+    // Client certificates for role `rsp_cert` (`cert` auth) come from their own CA.
+    let client_ca = ca("rsp test PostgreSQL client CA");
+    let client_key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "rsp_cert");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = params
+        .signed_by(&client_key, &client_ca)
+        .expect("client cert");
+    let client_ca_path = write("client-ca.pem", &client_ca.pem());
+    let client_cert_path = write("client.pem", &client.pem());
+    let client_key_path = write("client.key", &client_key.serialize_pem());
+
+    let pg = TlsCluster::start(&cert_path, &key_path, &client_ca_path);
     let options = StoreOptions::default();
 
     // verify-full with the server's CA: the store connects, migrates and answers, and
@@ -123,7 +139,43 @@ async fn the_store_connects_over_verified_tls_only() {
             .await
             .expect("pg_stat_ssl");
     assert!(ssl, "the session is not encrypted");
+    sqlx::query("CREATE ROLE rsp_cert LOGIN")
+        .execute(&mut raw)
+        .await
+        .expect("role");
     raw.close().await.expect("close");
+
+    // Client-certificate authentication (`sslcert`/`sslkey`, sqlx's rustls path): the
+    // server accepts `rsp_cert` with its certificate, and refuses it without one.
+    let as_cert = |extra: &str| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}{extra}",
+            pg.url.replacen("rsp@", "rsp_cert@", 1),
+            ca_path.display()
+        )
+    };
+    let with_cert = as_cert(&format!(
+        "&sslcert={}&sslkey={}",
+        client_cert_path.display(),
+        client_key_path.display()
+    ));
+    let mut conn = sqlx::PgConnection::connect(&with_cert)
+        .await
+        .expect("client certificate");
+    let (user,): (String,) = sqlx::query_as("SELECT current_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .expect("current_user");
+    assert_eq!(user, "rsp_cert");
+    conn.close().await.expect("close");
+    let err = sqlx::PgConnection::connect(&as_cert(""))
+        .await
+        .expect_err("no client certificate must be refused")
+        .to_string();
+    assert!(
+        err.contains("connection requires a valid client certificate"),
+        "{err}"
+    );
 
     // Another CA: the server's certificate is not trusted and nothing is sent.
     let wrong = format!(
