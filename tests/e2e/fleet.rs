@@ -158,7 +158,7 @@ async fn a_registrar_on_postgres_registers_resolves_audits_and_a_second_joins() 
 
 /// `enrpd run --data DATA EXTRA…` on loopback ports with its log (warnings) on a channel:
 /// the registrar, its ENRP address, the log lines.
-fn spawn_logged(
+pub(crate) fn spawn_logged(
     lab: &Lab,
     data: &str,
     extra: &[&str],
@@ -238,32 +238,49 @@ fn registrars_with_peers_and_sqlite_stores_say_their_control_plane_is_local() {
 
 /// A PostgreSQL cluster of this test's own (`.ci/postgres start`), that it may stop and
 /// start again; deleted when dropped.
-struct OwnCluster {
+pub(crate) struct OwnCluster {
     dir: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl OwnCluster {
-    /// A fresh cluster, or `None` (printed) where PostgreSQL tests do not run.
-    fn start(test: &str) -> Option<Self> {
+    /// Whether PostgreSQL tests run here (else printed, or a failure with
+    /// `RSP_REQUIRE_POSTGRES=1`).
+    pub(crate) fn tests_run(test: &str) -> bool {
         if std::env::var("RSP_TEST_POSTGRES").is_err() {
             assert!(
                 std::env::var("RSP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
                 "{test}: RSP_REQUIRE_POSTGRES=1 but RSP_TEST_POSTGRES is not set"
             );
             eprintln!("skipped {test}: RSP_TEST_POSTGRES is not set (no PostgreSQL here)");
-            return None;
+            return false;
         }
-        let out = run_ok(Command::new("bash").arg(Self::script()).arg("start"));
+        true
+    }
+
+    /// A fresh cluster, or `None` (printed) where PostgreSQL tests do not run.
+    fn start(test: &str) -> Option<Self> {
+        Self::tests_run(test).then(|| Self::launch(&["start"]))
+    }
+
+    /// `.ci/postgres start-tls`: a fresh cluster on 127.0.0.1:`port` that accepts TLS
+    /// only, with `cert` and `key` (PEM) as its certificate; `url` has no `sslmode` yet.
+    pub(crate) fn start_tls(cert: &std::path::Path, key: &std::path::Path, port: u16) -> Self {
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        Self::launch(&["start-tls", &cert, &key, &port.to_string()])
+    }
+
+    fn launch(args: &[&str]) -> Self {
+        let out = run_ok(Command::new("bash").arg(Self::script()).args(args));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = text.lines();
         let (Some(dir), Some(url)) = (lines.next(), lines.next()) else {
-            panic!(".ci/postgres start printed {text:?}");
+            panic!(".ci/postgres {args:?} printed {text:?}");
         };
-        Some(Self {
+        Self {
             dir: dir.to_owned(),
             url: url.to_owned(),
-        })
+        }
     }
 
     fn script() -> std::path::PathBuf {

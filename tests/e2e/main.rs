@@ -17,5 +17,6 @@ mod registrar;
 mod restart;
 mod retention;
 mod store_copy;
+mod store_tls;
 mod support;
 mod trust_edges;

@@ -122,7 +122,9 @@ pub struct Install {
 /// absolute path (`enrpd run` may start elsewhere), `postgres://` / `postgresql://` as
 /// given. A password in the URL is refused: it would be written to `enrpd.json` and show
 /// in `ps`; PostgreSQL's own `PGPASSWORD` or a passfile (`~/.pgpass`, `PGPASSFILE`), which
-/// sqlx reads when the URL has none, keep it out of both (docs/STORE.md).
+/// sqlx reads when the URL has none, keep it out of both (docs/STORE.md). A server that is
+/// not reached over a Unix socket or loopback must be reached with `sslmode=verify-full`
+/// or `verify-ca` ([`db::check_postgres_transport`]).
 pub fn check_store_url(url: &str) -> Result<String, Error> {
     let refuse = |reason: &str| Error::StoreUrl {
         url: db::redact_url(url),
@@ -165,6 +167,8 @@ pub fn check_store_url(url: &str) -> Result<String, Error> {
              it with PGPASSWORD or a passfile (~/.pgpass or PGPASSFILE) instead",
         ));
     }
+    // A server off this machine only with TLS that verifies it (docs/SECURITY.md).
+    db::check_postgres_transport(url).map_err(|e| refuse(&e.to_string()))?;
     Ok(url.to_owned())
 }
 

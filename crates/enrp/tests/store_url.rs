@@ -236,3 +236,50 @@ async fn a_password_in_the_store_url_is_refused_and_nothing_is_written() {
         "{abs}"
     );
 }
+
+/// The store's transport policy (docs/SECURITY.md): a PostgreSQL server off this machine
+/// only with `sslmode=verify-full` or `verify-ca`; a Unix socket or loopback as it is.
+/// (Assumes `PGHOST`/`PGSSLMODE` are unset, as in CI.)
+#[test]
+fn a_remote_postgres_store_needs_verified_tls() {
+    let accepted = [
+        "postgres://rsp@127.0.0.1/rsp",
+        "postgres://rsp@127.0.0.2:5433/rsp?sslmode=disable",
+        "postgres://rsp@[::1]/rsp",
+        "postgresql://rsp@localhost/rsp",
+        "postgres://rsp@localhost/rsp?host=/run/postgresql",
+        "postgres://rsp@db.example.net/rsp?host=/run/postgresql",
+        "postgres://rsp@db.example.net/rsp?sslmode=verify-full&sslrootcert=/etc/rsp/pg-ca.pem",
+        "postgres://rsp@10.0.0.5/rsp?sslmode=verify-ca&sslrootcert=/etc/rsp/pg-ca.pem",
+        "postgres://rsp@[2001:db8::5]/rsp?sslmode=verify-full",
+    ];
+    for url in accepted {
+        match setup::check_store_url(url) {
+            Ok(recorded) => assert_eq!(recorded, url),
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+    let refused = [
+        "postgres://rsp@db.example.net/rsp",
+        "postgres://rsp@db.example.net/rsp?sslmode=disable",
+        "postgres://rsp@db.example.net/rsp?sslmode=allow",
+        "postgres://rsp@10.0.0.5/rsp?sslmode=prefer",
+        "postgres://rsp@10.0.0.5/rsp?sslmode=require&sslrootcert=/etc/rsp/pg-ca.pem",
+        "postgres://rsp@[2001:db8::5]/rsp?sslmode=require",
+        // The parameter overrides the URL's loopback host, as in sqlx.
+        "postgres://rsp@127.0.0.1/rsp?host=db.example.net",
+        "postgres://rsp@localhost/rsp?hostaddr=192.0.2.7",
+    ];
+    for url in refused {
+        let r = setup::check_store_url(url);
+        let Err(e @ Error::StoreUrl { .. }) = &r else {
+            panic!("{url}: {r:?}");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("not on this machine")
+                && text.contains("add sslmode=verify-full&sslrootcert="),
+            "{url}: {text}"
+        );
+    }
+}

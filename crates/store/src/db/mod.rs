@@ -442,6 +442,65 @@ impl Store {
 /// ASCII); only rsp's store uses advisory locks in its database.
 pub const WRITE_LOCK: i64 = 0x0072_7370;
 
+/// A PostgreSQL store URL whose connection could be read or redirected on the network
+/// ([`check_postgres_transport`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsecureTransport {
+    /// sqlx cannot parse the URL.
+    #[error("not a PostgreSQL URL sqlx accepts: {0}")]
+    Unparsable(String),
+    /// A server off this machine with a `sslmode` that does not verify its certificate.
+    #[error(
+        "the PostgreSQL server {host} is not on this machine and sslmode is {mode}, which \
+         does not verify the server's certificate: the control plane, token hashes and audit \
+         log would cross the network open to reading or redirection; add \
+         sslmode=verify-full&sslrootcert=/path/to/ca.pem to the URL"
+    )]
+    Unverified {
+        /// The host the URL names.
+        host: String,
+        /// The effective `sslmode` (the URL's, else `PGSSLMODE`, else `prefer`).
+        mode: &'static str,
+    },
+}
+
+/// The store's transport policy (docs/STORE.md "Connecting", docs/SECURITY.md): a
+/// PostgreSQL server reached over a Unix socket or a loopback address (`localhost`,
+/// 127.0.0.0/8, `::1`) never leaves the machine; any other host must be reached with
+/// `sslmode=verify-full` (or `verify-ca`), i.e. TLS that authenticates the server with the
+/// operator's CA. `disable`, `allow` and `prefer` may send everything in clear, and
+/// `require` encrypts but accepts any certificate (an active attacker reads it all). The
+/// URL is read as sqlx reads it (its `host=`/`hostaddr=` parameters and the `PGHOST`,
+/// `PGSSLMODE` variables included), so what is checked is what sqlx will do.
+pub fn check_postgres_transport(url: &str) -> Result<(), InsecureTransport> {
+    use sqlx::postgres::PgSslMode;
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| InsecureTransport::Unparsable(e.to_string()))?;
+    let host = options.get_host();
+    if options.get_socket().is_some() || host.starts_with('/') {
+        return Ok(());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mode = match options.get_ssl_mode() {
+        PgSslMode::VerifyFull | PgSslMode::VerifyCa => return Ok(()),
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+    };
+    if loopback {
+        return Ok(());
+    }
+    Err(InsecureTransport::Unverified {
+        host: host.to_owned(),
+        mode,
+    })
+}
+
 /// `url` with any password replaced (in its user info or a `password=` parameter), for
 /// error messages.
 pub fn redact_url(url: &str) -> String {
