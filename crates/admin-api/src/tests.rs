@@ -178,6 +178,11 @@ async fn fixture() -> Fixture {
 
 /// The fixture on a test database of either backend (`store::db::test_db`).
 async fn fixture_on(db: TestDb) -> Fixture {
+    fixture_with_chain(db, audit::Chain::Local).await
+}
+
+/// [`fixture_on`], the registrar appending to `chain` (its own in a shared store).
+async fn fixture_with_chain(db: TestDb, chain: audit::Chain) -> Fixture {
     // Archives and downloads go here whatever the backend.
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = db.store.clone();
@@ -212,7 +217,8 @@ async fn fixture_on(db: TestDb) -> Fixture {
         TokenHasher::insecure_fast_for_tests(),
         clock,
     )
-    .with_archive_dir(dir.path().join(audit::archive::ARCHIVE_DIR));
+    .with_archive_dir(dir.path().join(audit::archive::ARCHIVE_DIR))
+    .with_audit_chain(chain);
     let [admin, operator, auditor] = <[String; 3]>::try_from(tokens).expect("three tokens");
     let token_cache = state.token_cache();
     Fixture {

@@ -336,12 +336,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let done = setup::archive_audit(&loaded, to, cut, now_ms())
                 .await
                 .context("enrpd audit archive")?;
+            // In a shared store only this registrar's records of the range are archived.
             println!(
-                "archived records {}-{} to {} ({} bytes, sha256 {}); the live log continues \
-                 from record {} (audited as record {})",
+                "archived records {}-{} to {} ({} records, {} bytes, sha256 {}); the live log \
+                 continues from record {} (audited as record {})",
                 done.anchor.first_id,
                 done.anchor.last_id,
                 done.path.display(),
+                done.records,
                 done.bytes,
                 hex::encode(done.anchor.sha256),
                 done.anchor.last_id + 1,
@@ -496,27 +498,41 @@ fn read_checkpoint(
     Ok(checkpoint.check(&ca).map(|()| checkpoint))
 }
 
-/// `enrpd audit verify --archive FILE…`: what the archives cover.
+/// `enrpd audit verify --archive FILE…`: what the archives cover, per chain.
 fn print_archives(check: &store::audit::archive::ArchiveCheck) {
     for a in &check.archives {
+        let whose = match a.chain.registrar() {
+            Some(id) => format!(" (registrar {id})"),
+            None => String::new(),
+        };
         println!(
-            "archive {}: records {}-{} intact, sha256 {}",
+            "archive {}: records {}-{} intact, sha256 {}{whose}",
             a.path.display(),
             a.header.first_id,
             a.header.last_id,
             hex::encode(a.sha256)
         );
     }
-    for name in &check.links.sha256_differs {
-        println!("  note: {name} is not the file archived (recompressed?); its records verify");
-    }
-    if check.links.from_id > 1 {
-        println!(
-            "archives link to the live log; records 1-{} not checked (their archives not given)",
-            check.links.from_id - 1
-        );
-    } else {
-        println!("archives link to the live log: the whole chain from record 1 verifies");
+    for links in &check.links {
+        for name in &links.sha256_differs {
+            println!("  note: {name} is not the file archived (recompressed?); its records verify");
+        }
+        let whose = match links.chain.registrar() {
+            Some(id) => format!(" of registrar {id}"),
+            None => String::new(),
+        };
+        if links.from_genesis {
+            println!(
+                "archives{whose} link to the live log: the whole chain from record {} verifies",
+                links.from_id
+            );
+        } else {
+            println!(
+                "archives{whose} link to the live log; records before {} not checked \
+                 (their archives not given)",
+                links.from_id
+            );
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `/v1/audit/archives`: audit retention through the API (issue 18 item 5; the same as
-//! `enrpd audit archive`, store::audit::archive). An admin moves the old records into a
-//! gzip'd JSON Lines archive in `<data>/audit-archive/`; admins and auditors list the
-//! archives (their anchors in the live log) and download them.
+//! `enrpd audit archive`, store::audit::archive). An admin moves the old records of this
+//! registrar's chain into a gzip'd JSON Lines archive in `<data>/audit-archive/`; admins
+//! and auditors list the archives (their anchors in the live log) and download them. In a
+//! store a fleet shares, each registrar archives, lists and serves its own chain only.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -84,12 +85,14 @@ pub(crate) struct ArchiveView {
     sha256: String,
 }
 
-/// The archives, oldest first, and where the live log starts.
+/// The archives of this registrar's chain, oldest first, and where its live log starts.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ArchiveList {
-    /// Every archive made of this log.
+    /// Every archive made of this registrar's chain (in a shared store, each registrar
+    /// lists its own: docs/STORE.md "Archives in a fleet").
     archives: Vec<ArchiveView>,
-    /// The first record still in the live log's chain (1 when nothing was archived).
+    /// The live log holds this chain's records from this sequence number on (1 when
+    /// nothing was archived).
     live_from: u64,
 }
 
@@ -146,9 +149,10 @@ impl App {
     }
 }
 
-/// Moves the audit records before `before` (or below `before_seq`) into a new archive in
-/// the registrar's archive directory, and deletes them from the live log, which keeps the
-/// archived head as its anchor. The operation is audited at the head of the live log.
+/// Moves this registrar's audit records before `before` (or below `before_seq`) into a
+/// new archive in its archive directory, and deletes them from the live log, which keeps
+/// the archived head as its anchor. In a shared store only this registrar's chain is
+/// archived; the others' records stay. The operation is audited at the head of its chain.
 #[utoipa::path(post, path = "/v1/audit/archives", tag = "audit",
     request_body = ArchiveRequest,
     responses(
@@ -203,7 +207,7 @@ pub(crate) async fn create(
         }
     };
     let body = CreatedArchive {
-        records: done.anchor.last_id - done.anchor.first_id + 1,
+        records: done.records,
         bytes: done.bytes,
         record_id: done.record_id,
         archive: app.view(done.anchor),

@@ -2,10 +2,15 @@
 //! chain moves into a compressed archive that verifies on its own, and the live log keeps
 //! the link.
 //!
-//! [`archive`] writes rows `first..=last` (the rows after the previous archive, up to the
-//! cut) as gzip'd JSON Lines: a header line ([`ArchiveHeader`]: format, server, range, the
-//! hash the first row chains from, the last row's hash), then one line per row with every
-//! column the hash covers ([`ArchiveLine`]), readable with `zcat FILE | jq`. The file is
+//! [`archive`] writes one chain's rows `first..=last` (its rows after its previous
+//! archive, up to the cut) as gzip'd JSON Lines: a header line ([`ArchiveHeader`]: format,
+//! chain, server, range, the hash the first row chains from, the last row's hash), then
+//! one line per row with every column the hash covers ([`ArchiveLine`]), readable with
+//! `zcat FILE | jq`. Two formats (docs/STORE.md "Archives in a fleet"):
+//! [`ARCHIVE_FORMAT`] for the local chain (contiguous ids, version-1 hashes, as every
+//! archive before fleets) and [`ARCHIVE_FORMAT_CHAIN`] for a registrar's chain in a shared
+//! store (the chain named in the header, ids increasing with gaps: the other registrars'
+//! rows, version-2 hashes); [`verify_archive`] reads both. The file is
 //! written under a temporary name, fsynced, linked into place (never over an existing
 //! file), its directory fsynced, read back and verified; only then, in one transaction,
 //! the anchor row ([`Anchor`], table `audit_archives`) is written, the first
@@ -30,12 +35,17 @@ use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Chain, ChainRow, Columns, GENESIS, Hash, Record, chain_hash, head};
+use super::{Chain, ChainRow, Columns, GENESIS, Hash, Record, chain_hash};
 use crate::db::{Conn, Error, Result, Store, with_conn};
 use identity::SpiffeId;
 
-/// The format tag of an archive's header line.
+/// The format tag of an archive of the local chain (and of every archive made before
+/// fleets): no `chain` in the header, ids contiguous.
 pub const ARCHIVE_FORMAT: &str = "rsp-audit-archive/1";
+
+/// The format tag of an archive of a registrar's chain in a shared store: the header's
+/// `chain` names it (the hashes cover it), ids increase with gaps.
+pub const ARCHIVE_FORMAT_CHAIN: &str = "rsp-audit-archive/2";
 
 /// The directory, inside the data directory, where the admin API writes archives.
 pub const ARCHIVE_DIR: &str = "audit-archive";
@@ -52,8 +62,12 @@ const PAGE: i64 = 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ArchiveHeader {
-    /// [`ARCHIVE_FORMAT`].
+    /// [`ARCHIVE_FORMAT`] or [`ARCHIVE_FORMAT_CHAIN`].
     pub format: String,
+    /// The chain's key, the registrar's SPIFFE ID ([`ARCHIVE_FORMAT_CHAIN`]); absent in
+    /// an archive of the local chain, so that those stay as they were written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// The trust domain of the registrar whose log this is.
     pub trust_domain: Option<String>,
     /// The registrar's SPIFFE ID.
@@ -62,9 +76,11 @@ pub struct ArchiveHeader {
     pub first_id: u64,
     /// The last row's id.
     pub last_id: u64,
-    /// Rows in the archive (`last_id - first_id + 1`).
+    /// Rows in the archive (`last_id - first_id + 1` on the local chain; fewer on a
+    /// registrar's, whose ids have gaps).
     pub records: u64,
-    /// The hash the first row chains from (hex; 64 zeros when `first_id` is 1).
+    /// The hash the first row chains from (hex; the chain's genesis for its first
+    /// archive: 64 zeros on the local chain).
     pub prev_hash: String,
     /// The last row's hash (hex): the live log's first remaining row chains from it.
     pub last_hash: String,
@@ -268,6 +284,9 @@ pub struct Archived {
     pub anchor: Anchor,
     /// The file written.
     pub path: PathBuf,
+    /// Records archived (on a registrar's chain fewer than the range: the other
+    /// registrars' rows are not its).
+    pub records: u64,
     /// Its size in bytes.
     pub bytes: u64,
     /// The id of the audit record of the archive operation, in the live log.
@@ -287,15 +306,17 @@ pub fn parse_time(text: &str) -> Result<u64> {
     Ok(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
-/// Moves the rows before `cut` (after the previous archive) into an archive at `target`
-/// (see the module docs), and appends `record` (its detail extended with the range, the
-/// file and its SHA-256) to the live log in the same transaction as the deletion.
-/// `server` names the registrar in the header. `now_ms`: the time of the anchor and the
-/// header; a [`Cut::Before`] later than it is refused.
+/// Moves `chain`'s rows before `cut` (after its previous archive) into an archive at
+/// `target` (see the module docs), and appends `record` (its detail extended with the
+/// range, the file and its SHA-256) to `chain` in the same transaction as the deletion.
+/// Other chains' rows are neither read nor deleted. `server` names the registrar in the
+/// header. `now_ms`: the time of the anchor and the header; a [`Cut::Before`] later than
+/// it is refused.
 ///
-/// Safe next to a running [`super::AuditLog`]: it only appends at the head, and the
-/// deletion takes the write lock once, briefly. Refused with nothing changed: a cut in
-/// the future or past the head, nothing to archive, a file that exists, a broken chain.
+/// Safe next to running [`super::AuditLog`]s (this registrar's, and the other registrars'
+/// of a shared store): it only appends at the head, and the deletion takes the write lock
+/// once, briefly. Refused with nothing changed: a cut in the future or past the log's
+/// head, nothing to archive, a file that exists, a broken chain.
 pub async fn archive(
     store: &Store,
     chain: &Chain,
@@ -306,15 +327,6 @@ pub async fn archive(
     now_ms: u64,
 ) -> Result<Archived> {
     record.check()?;
-    // Archives keep the local chain's format (contiguous ids, version 1 hashes): a
-    // registrar's chain in a shared store is not archived yet (docs/STORE.md).
-    if *chain != Chain::Local {
-        return Err(Error::Conflict {
-            what: "archive",
-            reason: "a registrar's audit chain in a shared store is not archived yet \
-                     (docs/STORE.md, \"The audit log in a fleet\")",
-        });
-    }
     if let Target::File(path) = target {
         refuse_existing(path)?;
     }
@@ -322,10 +334,10 @@ pub async fn archive(
     let previous = latest_anchor(&mut conn, chain).await?;
     if let Some(previous) = &previous {
         // Rows of the previous archive left by an interrupted deletion.
-        purge_archived(store, previous.last_id).await?;
+        purge_archived(store, chain, previous.last_id).await?;
     }
-    let first = previous.as_ref().map_or(1, |a| a.last_id + 1);
-    let last = cut_end(&mut conn, first, cut, now_ms).await?;
+    let after = previous.as_ref().map_or(0, |a| a.last_id);
+    let (first, last, records) = cut_range(&mut conn, chain, after, cut, now_ms).await?;
     let path = match target {
         Target::File(path) => absolute(path)?,
         Target::Dir(dir) => {
@@ -334,18 +346,26 @@ pub async fn archive(
         }
     };
     refuse_existing(&path)?;
+    let first_prev_hash = previous
+        .as_ref()
+        .map_or_else(|| chain.genesis(), |a| a.last_hash);
     let header = ArchiveHeader {
-        format: ARCHIVE_FORMAT.to_owned(),
+        format: match chain {
+            Chain::Local => ARCHIVE_FORMAT,
+            Chain::Registrar(_) => ARCHIVE_FORMAT_CHAIN,
+        }
+        .to_owned(),
+        chain: chain.registrar().map(|id| id.as_str().to_owned()),
         trust_domain: server.map(|s| s.trust_domain().to_string()),
         server: server.map(|s| s.as_str().to_owned()),
         first_id: first,
         last_id: last,
-        records: last - first + 1,
-        prev_hash: hex::encode(previous.as_ref().map_or(GENESIS, |a| a.last_hash)),
-        last_hash: hex::encode(row_hash(&mut conn, last).await?),
+        records,
+        prev_hash: hex::encode(first_prev_hash),
+        last_hash: hex::encode(row_hash(&mut conn, chain, last).await?),
         created_ms: now_ms,
     };
-    write_file(&mut conn, &path, &header).await?;
+    write_file(&mut conn, chain, &path, &header).await?;
     drop(conn);
     // Read back what reached the disk: the rows are deleted only if it verifies.
     let summary = match verify_archive(&path, None) {
@@ -365,7 +385,7 @@ pub async fn archive(
     let anchor = Anchor {
         first_id: first,
         last_id: last,
-        first_prev_hash: previous.as_ref().map_or(GENESIS, |a| a.last_hash),
+        first_prev_hash,
         last_hash: summary.last_hash,
         time_ms: now_ms,
         file: path.display().to_string(),
@@ -380,9 +400,10 @@ pub async fn archive(
         Some(d) => format!("{d}: {detail}"),
         None => detail,
     });
-    match commit(store, &anchor, previous.as_ref(), record).await {
+    match commit(store, chain, &anchor, previous.as_ref(), record).await {
         Ok(record_id) => Ok(Archived {
             anchor,
+            records,
             bytes: summary.bytes,
             path,
             record_id,
@@ -420,15 +441,29 @@ fn refuse_existing(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The last row of an archive starting at `first` and ending before `cut`.
-async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u64) -> Result<u64> {
+/// The range of `chain`'s next archive: its rows after `after` (its previous archive's
+/// last row) and before `cut`. Returns the first and last row ids and how many rows of
+/// the chain lie between them (on the local chain, `last - first + 1`; on a registrar's
+/// chain the other registrars' rows fill the gaps).
+async fn cut_range<C: Conn + ?Sized>(
+    conn: &mut C,
+    chain: &Chain,
+    after: u64,
+    cut: Cut,
+    now_ms: u64,
+) -> Result<(u64, u64, u64)> {
     let nothing = Error::Conflict {
         what: "archive",
         reason: "nothing to archive: no record before the cut that is not archived already",
     };
-    let (head_id, _) = head(&mut *conn, &Chain::Local).await?;
-    let head_id = u64::try_from(head_id).unwrap_or(0);
-    let end = match cut {
+    // The local chain's ids are contiguous: its next archive starts right after the last
+    // (the anchor trigger requires it). A registrar's starts at its next row, whatever
+    // other chains wrote in between.
+    let from = i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1);
+    // Rows not yet written cannot be archived: a cut past the log's next id (over every
+    // chain: a registrar's sequence numbers are the table's) is refused.
+    let (next_id, _) = super::append_point(&mut *conn, chain).await?;
+    let below = match cut {
         Cut::Before(ms) => {
             if ms > now_ms {
                 return Err(Error::Conflict {
@@ -437,42 +472,63 @@ async fn cut_end<C: Conn + ?Sized>(conn: &mut C, first: u64, cut: Cut, now_ms: u
                 });
             }
             let ms = crate::db::ms_to_i64(ms, "before")?;
-            let at: Option<(i64,)> = with_conn!(
+            // Times are the callers' clocks: the archive ends before the chain's first
+            // row at or after the time, so that it stays a prefix.
+            let at: (Option<i64>,) = with_conn!(
                 conn,
-                "SELECT id FROM audit_events WHERE chain = '' AND id >= ?1 AND time_ms >= ?2
-                 ORDER BY id LIMIT 1",
+                "SELECT min(id) FROM audit_events WHERE chain = ?1 AND id >= ?2 AND time_ms >= ?3",
                 |c, sql| sqlx::query_as(sql)
-                    .bind(i64::try_from(first).unwrap_or(i64::MAX))
+                    .bind(chain.key())
+                    .bind(from)
                     .bind(ms)
-                    .fetch_optional(c)
+                    .fetch_one(c)
                     .await
             )?;
-            match at {
-                Some((id,)) => u64::try_from(id).unwrap_or(0).saturating_sub(1),
-                None => head_id,
-            }
+            at.0.unwrap_or(next_id)
         }
         Cut::BeforeId(id) => {
-            if id > head_id + 1 {
+            if id > u64::try_from(next_id).unwrap_or(0) {
                 return Err(Error::Conflict {
                     what: "before-seq",
                     reason: "is beyond the head of the log",
                 });
             }
-            id.saturating_sub(1)
+            i64::try_from(id).unwrap_or(i64::MAX)
         }
     };
-    if end < first {
+    let (first, last, rows): (Option<i64>, Option<i64>, i64) = with_conn!(
+        conn,
+        "SELECT min(id), max(id), count(*) FROM audit_events
+         WHERE chain = ?1 AND id >= ?2 AND id < ?3",
+        |c, sql| sqlx::query_as(sql)
+            .bind(chain.key())
+            .bind(from)
+            .bind(below)
+            .fetch_one(c)
+            .await
+    )?;
+    let (Some(first), Some(last)) = (first, last) else {
         return Err(nothing);
-    }
-    Ok(end)
+    };
+    let id = |n: i64| u64::try_from(n).unwrap_or(0);
+    let (first, last) = match chain {
+        // A row missing at the start of the local chain is found by `write_rows`.
+        Chain::Local => (after + 1, id(last)),
+        Chain::Registrar(_) => (id(first), id(last)),
+    };
+    let records = match chain {
+        Chain::Local => last - first + 1,
+        Chain::Registrar(_) => id(rows),
+    };
+    Ok((first, last, records))
 }
 
-async fn row_hash<C: Conn + ?Sized>(conn: &mut C, id: u64) -> Result<Hash> {
+async fn row_hash<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, id: u64) -> Result<Hash> {
     let (hash,): (Vec<u8>,) = with_conn!(
         conn,
-        "SELECT hash FROM audit_events WHERE chain = '' AND id = ?1",
+        "SELECT hash FROM audit_events WHERE chain = ?1 AND id = ?2",
         |c, sql| sqlx::query_as(sql)
+            .bind(chain.key())
             .bind(i64::try_from(id).unwrap_or(i64::MAX))
             .fetch_one(c)
             .await
@@ -495,10 +551,12 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| archive_error(path, e.to_string())
 }
 
-/// Writes the header and rows `header.first_id..=last_id` to a temporary file beside
-/// `path`, checking the chain as it goes, then makes it durable and links it to `path`.
+/// Writes the header and `chain`'s rows `header.first_id..=last_id` to a temporary file
+/// beside `path`, checking the chain as it goes, then makes it durable and links it to
+/// `path`.
 async fn write_file<C: Conn + ?Sized>(
     conn: &mut C,
+    chain: &Chain,
     path: &Path,
     header: &ArchiveHeader,
 ) -> Result<()> {
@@ -510,7 +568,7 @@ async fn write_file<C: Conn + ?Sized>(
         .file_name()
         .ok_or_else(|| archive_error(path, "not a file name"))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let result = write_rows(conn, &tmp, header).await.and_then(|()| {
+    let result = write_rows(conn, chain, &tmp, header).await.and_then(|()| {
         // A hard link fails if `path` exists (a rename would replace it).
         std::fs::hard_link(&tmp, path).map_err(io_error(path))?;
         File::open(&dir)
@@ -523,6 +581,7 @@ async fn write_file<C: Conn + ?Sized>(
 
 async fn write_rows<C: Conn + ?Sized>(
     conn: &mut C,
+    chain: &Chain,
     tmp: &Path,
     header: &ArchiveHeader,
 ) -> Result<()> {
@@ -538,19 +597,22 @@ async fn write_rows<C: Conn + ?Sized>(
     let mut line = serde_json::to_vec(header).map_err(|e| archive_error(tmp, e.to_string()))?;
     line.push(b'\n');
     out.write_all(&line).map_err(&io)?;
+    let key = chain.key();
     let mut prev = unhex32(&header.prev_hash).unwrap_or(GENESIS);
     let mut next = header.first_id;
+    let mut written = 0_u64;
     while next <= header.last_id {
         let rows: Vec<ChainRow> = with_conn!(
             conn,
             "SELECT id, chain, time_ms, actor, serial, remote, namespace, pool, pe_id,
                  action, outcome, detail, prev_hash, hash
-             FROM audit_events WHERE chain = '' AND id >= ?1 AND id <= ?2
+             FROM audit_events WHERE chain = ?4 AND id >= ?1 AND id <= ?2
              ORDER BY id LIMIT ?3",
             |c, sql| sqlx::query_as(sql)
                 .bind(i64::try_from(next).unwrap_or(i64::MAX))
                 .bind(i64::try_from(header.last_id).unwrap_or(i64::MAX))
                 .bind(PAGE)
+                .bind(key)
                 .fetch_all(c)
                 .await
         )?;
@@ -558,10 +620,17 @@ async fn write_rows<C: Conn + ?Sized>(
             return Err(broken(next, "missing"));
         }
         for row in rows {
-            if u64::try_from(row.id).ok() != Some(next) {
+            let id = u64::try_from(row.id).unwrap_or(0);
+            // Only the local chain's ids are contiguous; a registrar's has the others'
+            // rows in between.
+            let in_place = match chain {
+                Chain::Local => id == next,
+                Chain::Registrar(_) => id >= next && (written > 0 || id == header.first_id),
+            };
+            if !in_place {
                 return Err(broken(next, "missing (id gap)"));
             }
-            let hash = chain_hash(&prev, "", row.id, &row.columns);
+            let hash = chain_hash(&prev, key, row.id, &row.columns);
             if row.prev_hash != prev || row.hash != hash {
                 return Err(broken(next, "breaks the chain"));
             }
@@ -570,8 +639,13 @@ async fn write_rows<C: Conn + ?Sized>(
                 .map_err(|e| archive_error(tmp, e.to_string()))?;
             line.push(b'\n');
             out.write_all(&line).map_err(&io)?;
-            next += 1;
+            next = id + 1;
+            written += 1;
         }
+    }
+    // Rows deleted meanwhile (another archive of this chain) would leave fewer.
+    if written != header.records {
+        return Err(broken(header.last_id, "changed while it was archived"));
     }
     let file = out
         .finish()
@@ -614,13 +688,14 @@ impl From<ChainRow> for ArchiveLine {
 /// record's id.
 async fn commit(
     store: &Store,
+    chain: &Chain,
     anchor: &Anchor,
     previous: Option<&Anchor>,
     record: Record,
 ) -> Result<u64> {
     let mut tx = store.begin().await?;
-    // Another archive since this one started would make the file overlap it.
-    if latest_anchor(&mut tx, &Chain::Local)
+    // Another archive of this chain since this one started would make the file overlap it.
+    if latest_anchor(&mut tx, chain)
         .await?
         .as_ref()
         .map(|a| a.last_id)
@@ -636,8 +711,8 @@ async fn commit(
     // exactly the rows up to it go.
     with_conn!(
         &mut tx,
-        "INSERT INTO audit_archives (first_id, last_id, first_prev_hash, last_hash, time_ms,
-             file, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit_archives (chain, first_id, last_id, first_prev_hash, last_hash,
+             time_ms, file, sha256) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         |c, sql| sqlx::query(sql)
             .bind(id(anchor.first_id))
             .bind(id(anchor.last_id))
@@ -646,17 +721,18 @@ async fn commit(
             .bind(id(anchor.time_ms))
             .bind(&anchor.file)
             .bind(anchor.sha256.to_vec())
+            .bind(chain.key())
             .execute(c)
             .await
             .map(drop)
     )?;
-    delete_chunk(&mut tx, anchor.last_id).await?;
-    let ids = super::append_in(&mut tx, &Chain::Local, &[record]).await?;
+    delete_chunk(&mut tx, chain, anchor.last_id).await?;
+    let ids = super::append_in(&mut tx, chain, &[record]).await?;
     tx.commit().await?;
     // Committed: the archive is made. What is left of the prefix goes in chunks; should
     // this stop (a crash), verification already starts after the anchor, and the next
     // archive finishes the deletion first.
-    purge_archived(store, anchor.last_id).await?;
+    purge_archived(store, chain, anchor.last_id).await?;
     Ok(ids.first().copied().unwrap_or_default())
 }
 
@@ -666,16 +742,18 @@ async fn commit(
 /// a concurrent writer waits for one chunk at most (docs/SECURITY.md).
 pub const DELETE_CHUNK: i64 = 5000;
 
-/// Deletes up to [`DELETE_CHUNK`] of the oldest rows with an id up to `last_id` (the
-/// delete trigger allows only rows an anchor covers). Returns how many.
-async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, last_id: u64) -> Result<u64> {
+/// Deletes up to [`DELETE_CHUNK`] of `chain`'s oldest rows with an id up to `last_id`
+/// (the delete trigger allows only rows an anchor of their chain covers). Returns how
+/// many.
+async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, last_id: u64) -> Result<u64> {
     let done = with_conn!(
         conn,
         "DELETE FROM audit_events WHERE id IN
-             (SELECT id FROM audit_events WHERE chain = '' AND id <= ?1 ORDER BY id LIMIT ?2)",
+             (SELECT id FROM audit_events WHERE chain = ?3 AND id <= ?1 ORDER BY id LIMIT ?2)",
         |c, sql| sqlx::query(sql)
             .bind(i64::try_from(last_id).unwrap_or(i64::MAX))
             .bind(DELETE_CHUNK)
+            .bind(chain.key())
             .execute(c)
             .await
             .map(|done| done.rows_affected())
@@ -683,12 +761,12 @@ async fn delete_chunk<C: Conn + ?Sized>(conn: &mut C, last_id: u64) -> Result<u6
     Ok(done)
 }
 
-/// Deletes the archived rows up to `last_id` still in the live log, a chunk per
+/// Deletes `chain`'s archived rows up to `last_id` still in the live log, a chunk per
 /// transaction, letting other writers in between.
-async fn purge_archived(store: &Store, last_id: u64) -> Result<()> {
+async fn purge_archived(store: &Store, chain: &Chain, last_id: u64) -> Result<()> {
     loop {
         let mut tx = store.begin().await?;
-        let deleted = delete_chunk(&mut tx, last_id).await?;
+        let deleted = delete_chunk(&mut tx, chain, last_id).await?;
         tx.commit().await?;
         if deleted == 0 {
             return Ok(());
@@ -709,6 +787,9 @@ pub struct ArchiveSummary {
     pub path: PathBuf,
     /// Its header.
     pub header: ArchiveHeader,
+    /// The chain it is of: [`Chain::Local`] for [`ARCHIVE_FORMAT`], the header's for
+    /// [`ARCHIVE_FORMAT_CHAIN`].
+    pub chain: Chain,
     /// The hash the first row chains from.
     pub prev_hash: Hash,
     /// The last row's hash.
@@ -737,10 +818,12 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Reads and checks an archive on its own: the header, every row's hash and link, ids
-/// contiguous from `first_id` to `last_id`, a first archive chaining from the genesis, the
-/// last hash the header's. `probe`: also return the hash of that row. Any fault is
-/// [`Error::Archive`] naming the line.
+/// Reads and checks an archive on its own, of either format: the header, every row's
+/// hash (with the header's chain) and link, ids from `first_id` to `last_id` (contiguous
+/// on the local chain, increasing on a registrar's), as many rows as the header says, a
+/// local chain's first archive chaining from the genesis, the last hash the header's.
+/// `probe`: also return the hash of that row. Any fault is [`Error::Archive`] naming the
+/// line.
 pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary> {
     let file = File::open(path).map_err(io_error(path))?;
     let mut hashing = Hashing {
@@ -769,12 +852,31 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
     }
     let header: ArchiveHeader = serde_json::from_str(&buf)
         .map_err(|e| archive_error(path, format!("line 1 is not an archive header: {e}")))?;
-    if header.format != ARCHIVE_FORMAT {
-        return Err(archive_error(
-            path,
-            format!("format {:?}, not {ARCHIVE_FORMAT}", header.format),
-        ));
-    }
+    let chain = match (header.format.as_str(), header.chain.as_deref()) {
+        (ARCHIVE_FORMAT, None) => Chain::Local,
+        (ARCHIVE_FORMAT_CHAIN, Some(key)) => match Chain::from_key(key) {
+            Ok(chain @ Chain::Registrar(_)) => chain,
+            _ => {
+                return Err(archive_error(
+                    path,
+                    "header: chain is not a registrar's SPIFFE ID",
+                ));
+            }
+        },
+        (ARCHIVE_FORMAT, Some(_)) | (ARCHIVE_FORMAT_CHAIN, None) => {
+            return Err(archive_error(
+                path,
+                format!("header: {ARCHIVE_FORMAT} has no chain, {ARCHIVE_FORMAT_CHAIN} names one"),
+            ));
+        }
+        (other, _) => {
+            return Err(archive_error(
+                path,
+                format!("format {other:?}, not {ARCHIVE_FORMAT} or {ARCHIVE_FORMAT_CHAIN}"),
+            ));
+        }
+    };
+    let contiguous = chain == Chain::Local;
     let prev_hash = unhex32(&header.prev_hash)
         .ok_or_else(|| archive_error(path, "header: prev_hash is not 32 bytes of hex"))?;
     let last_hash = unhex32(&header.last_hash)
@@ -784,21 +886,26 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
     if header.first_id == 0
         || header.last_id < header.first_id
         || header.last_id > i64::MAX as u64
-        || header.records != header.last_id - header.first_id + 1
+        || header.records == 0
+        || header.records > header.last_id - header.first_id + 1
+        || (contiguous && header.records != header.last_id - header.first_id + 1)
     {
         return Err(archive_error(
             path,
             "header: the range and the record count disagree",
         ));
     }
-    if header.first_id == 1 && prev_hash != GENESIS {
+    // Record 1 is the first of its chain (zeros on the local chain).
+    if header.first_id == 1 && prev_hash != chain.genesis() {
         return Err(archive_error(
             path,
-            "header: record 1 chains from the genesis (zeros)",
+            "header: record 1 chains from its chain's genesis",
         ));
     }
+    let key = chain.key();
     let mut prev = prev_hash;
     let mut next = header.first_id;
+    let mut records = 0_u64;
     let mut probed = None;
     let mut n = 1;
     loop {
@@ -809,11 +916,21 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
         let bad = |reason: &str| archive_error(path, format!("line {n}: {reason}"));
         let line: ArchiveLine =
             serde_json::from_str(&buf).map_err(|e| bad(&format!("not an archived record: {e}")))?;
-        if next > header.last_id || u64::try_from(line.id).ok() != Some(next) {
-            return Err(bad(&format!(
-                "record {} where record {next} belongs",
-                line.id
-            )));
+        let id = u64::try_from(line.id).unwrap_or(0);
+        // The first row is `first_id`; then the local chain's ids follow one another, a
+        // registrar's only grow (the other registrars' rows are not in its archive).
+        let in_place = if contiguous || records == 0 {
+            id == next
+        } else {
+            id >= next
+        };
+        if !in_place || id > header.last_id {
+            let belongs = if contiguous || records == 0 {
+                format!("record {next}")
+            } else {
+                format!("a record after {}", next - 1)
+            };
+            return Err(bad(&format!("record {} where {belongs} belongs", line.id)));
         }
         let (id, stated_prev, stated_hash, columns) = line
             .into_parts()
@@ -823,17 +940,19 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
                 "record {id}: prev_hash does not match the previous record's hash"
             )));
         }
-        let hash = chain_hash(&prev, "", id, &columns);
+        let hash = chain_hash(&prev, key, id, &columns);
         if stated_hash != hash {
             return Err(bad(&format!(
                 "record {id}: hash does not match the record's contents"
             )));
         }
-        if probe == Some(next) {
+        let id = u64::try_from(id).unwrap_or(0);
+        if probe == Some(id) {
             probed = Some(hash);
         }
         prev = hash;
-        next += 1;
+        next = id + 1;
+        records += 1;
     }
     drop(reader);
     if next != header.last_id + 1 {
@@ -843,6 +962,15 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
                 "ends at record {}, the header says {}",
                 next - 1,
                 header.last_id
+            ),
+        ));
+    }
+    if records != header.records {
+        return Err(archive_error(
+            path,
+            format!(
+                "holds {records} records, the header says {}",
+                header.records
             ),
         ));
     }
@@ -857,6 +985,7 @@ pub fn verify_archive(path: &Path, probe: Option<u64>) -> Result<ArchiveSummary>
     Ok(ArchiveSummary {
         path: path.to_owned(),
         header,
+        chain,
         prev_hash,
         last_hash,
         sha256: hashing.hasher.finalize().into(),
@@ -900,37 +1029,53 @@ fn unhex32(s: &str) -> Option<Hash> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Links {
-    /// The first row the archives given cover (1: the whole chain from the genesis).
+    /// The chain the archives are of.
+    pub chain: Chain,
+    /// The first row the archives given cover.
     pub from_id: u64,
+    /// Whether the first archive given starts at the chain's genesis: the whole chain,
+    /// archives and live log, verifies (on the local chain: `from_id` is 1).
+    pub from_genesis: bool,
     /// Archives whose file differs from the one archived (recompressed or rewritten)
     /// although its records verify and link: their names.
     pub sha256_differs: Vec<String>,
 }
 
-/// Checks that verified `archives` (any order) and the stored `anchors` form one chain
-/// ending where the live log starts: each archive is an anchor's range with its hashes,
-/// each links to the next, and the last one to the latest anchor. The archives given may
-/// start at any archive (older ones then go unchecked: [`Links::from_id`]). `Err`: the
-/// first link that fails, for the operator.
+/// Checks that verified `archives` (any order, all of one chain) and that chain's stored
+/// `anchors` form one chain ending where the live log starts: each archive is an anchor's
+/// range with its hashes, each is followed by the next anchor's archive, and the last one
+/// is the latest anchor's. The archives given may start at any archive (older ones then
+/// go unchecked: [`Links::from_id`]). `Err`: the first link that fails, for the operator.
 pub fn check_links(
     archives: &[ArchiveSummary],
     anchors: &[Anchor],
 ) -> std::result::Result<Links, String> {
     let mut sorted: Vec<&ArchiveSummary> = archives.iter().collect();
     sorted.sort_by_key(|a| a.header.first_id);
+    let chain = sorted.first().map_or(Chain::Local, |a| a.chain.clone());
+    if let Some(other) = sorted.iter().find(|a| a.chain != chain) {
+        return Err(format!(
+            "{}: an archive of chain {}, not of {chain}",
+            other.path.display(),
+            other.chain
+        ));
+    }
     let Some(latest) = anchors.last() else {
-        return Err("no archive was made from this log (no anchor)".to_owned());
+        return Err(format!(
+            "no archive was made from this log's chain {chain} (no anchor)"
+        ));
     };
     let mut sha256_differs = Vec::new();
     for (i, a) in sorted.iter().enumerate() {
         let name = a.path.display();
         let h = &a.header;
-        let Some(anchor) = anchors.iter().find(|x| x.last_id == h.last_id) else {
+        let Some(at) = anchors.iter().position(|x| x.last_id == h.last_id) else {
             return Err(format!(
                 "{name}: records {}-{} are not an archive of this log (no anchor ends at record {})",
                 h.first_id, h.last_id, h.last_id
             ));
         };
+        let anchor = &anchors[at];
         if anchor.first_id != h.first_id
             || anchor.first_prev_hash != a.prev_hash
             || anchor.last_hash != a.last_hash
@@ -943,21 +1088,35 @@ pub fn check_links(
         if anchor.sha256 != a.sha256 {
             sha256_differs.push(name.to_string());
         }
-        let (next_id, next_prev, next_name) = match sorted.get(i + 1) {
-            Some(n) => (n.header.first_id, n.prev_hash, n.path.display().to_string()),
+        // What follows this archive: the next one given, or the live log (after the
+        // latest anchor); it must be the next anchor's archive.
+        let (next_at, next_id, next_prev, next_name) = match sorted.get(i + 1) {
+            Some(n) => (
+                anchors
+                    .iter()
+                    .position(|x| x.last_id == n.header.last_id)
+                    .unwrap_or(anchors.len()),
+                n.header.first_id,
+                n.prev_hash,
+                n.path.display().to_string(),
+            ),
             None => (
+                anchors.len(),
                 latest.last_id + 1,
                 latest.last_hash,
                 "the live log".to_owned(),
             ),
         };
-        if next_id != h.last_id + 1 {
+        if next_at != at + 1 {
+            // The archives of anchors at+1..next_at are missing.
+            let missing_to = anchors
+                .get(next_at.saturating_sub(1))
+                .map_or_else(|| next_id.saturating_sub(1), |x| x.last_id);
             return Err(format!(
                 "GAP: {name} ends at record {}, {next_name} starts at record {next_id}: \
-                 the archive of records {}-{} is missing",
+                 the archive of records {}-{missing_to} is missing",
                 h.last_id,
-                h.last_id + 1,
-                next_id.saturating_sub(1)
+                anchors.get(at + 1).map_or(h.last_id + 1, |x| x.first_id),
             ));
         }
         if next_prev != a.last_hash {
@@ -970,6 +1129,10 @@ pub fn check_links(
         from_id: sorted
             .first()
             .map_or(latest.last_id + 1, |a| a.header.first_id),
+        from_genesis: sorted
+            .first()
+            .is_some_and(|a| a.prev_hash == chain.genesis()),
+        chain,
         sha256_differs,
     })
 }
@@ -980,8 +1143,9 @@ pub fn check_links(
 pub struct ArchiveCheck {
     /// Each file, as verified, in the order given.
     pub archives: Vec<ArchiveSummary>,
-    /// How they link to each other and to the live log.
-    pub links: Links,
+    /// How they link to each other and to the live log: one entry per chain the files
+    /// are of (the local chain first, then by SPIFFE ID).
+    pub links: Vec<Links>,
 }
 
 impl ArchiveCheck {
@@ -992,15 +1156,15 @@ impl ArchiveCheck {
 }
 
 /// `enrpd audit verify --archive FILE…`: verifies each file ([`verify_archive`], also
-/// returning the hash of row `probe`: a checkpoint's) and that they link to the anchors
-/// and the live log ([`check_links`]). The outer error is the database's; the inner one
-/// the first finding, for the operator.
+/// returning the hash of row `probe`: a checkpoint's) and that the files of each chain
+/// (named in their headers: archives of several registrars of a fleet may be given
+/// together) link to that chain's anchors and live log ([`check_links`]). The outer error
+/// is the database's; the inner one the first finding, for the operator.
 pub async fn check_archives<C: Conn + ?Sized>(
     conn: &mut C,
     files: &[PathBuf],
     probe: Option<u64>,
 ) -> Result<std::result::Result<ArchiveCheck, String>> {
-    let anchors = anchors(conn, &Chain::Local).await?;
     let mut archives = Vec::with_capacity(files.len());
     for file in files {
         match verify_archive(file, probe) {
@@ -1009,5 +1173,18 @@ pub async fn check_archives<C: Conn + ?Sized>(
             Err(e) => return Err(e),
         }
     }
-    Ok(check_links(&archives, &anchors).map(|links| ArchiveCheck { archives, links }))
+    let mut by_chain: std::collections::BTreeMap<Chain, Vec<ArchiveSummary>> =
+        std::collections::BTreeMap::new();
+    for a in &archives {
+        by_chain.entry(a.chain.clone()).or_default().push(a.clone());
+    }
+    let mut links = Vec::with_capacity(by_chain.len());
+    for (chain, of_chain) in by_chain {
+        let anchors = anchors(&mut *conn, &chain).await?;
+        match check_links(&of_chain, &anchors) {
+            Ok(l) => links.push(l),
+            Err(finding) => return Ok(Err(finding)),
+        }
+    }
+    Ok(Ok(ArchiveCheck { archives, links }))
 }

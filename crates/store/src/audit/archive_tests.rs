@@ -42,7 +42,7 @@ async fn archive_to(store: &Store, path: &Path, cut: Cut) -> Result<archive::Arc
     .await
 }
 
-fn lines(path: &Path) -> Vec<String> {
+pub(in crate::audit) fn lines(path: &Path) -> Vec<String> {
     let file = std::fs::File::open(path).expect("archive");
     std::io::BufReader::new(GzDecoder::new(file))
         .lines()
@@ -50,7 +50,7 @@ fn lines(path: &Path) -> Vec<String> {
         .expect("gzip'd lines")
 }
 
-fn write_lines(path: &Path, lines: &[String]) {
+pub(in crate::audit) fn write_lines(path: &Path, lines: &[String]) {
     write_lines_at(path, lines, flate2::Compression::default());
 }
 
@@ -70,6 +70,22 @@ async fn live_ids(store: &Store) -> Vec<i64> {
         |c, sql| sqlx::query_as(sql).fetch_all(c).await.expect("ids")
     );
     ids.into_iter().map(|(id,)| id).collect()
+}
+
+/// A task appending samples `range` through `log`, each acknowledged after its commit (as
+/// a registration is), while the test archives.
+pub(in crate::audit) fn appending(
+    log: &AuditLog,
+    range: std::ops::Range<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let log = log.clone();
+    tokio::spawn(async move {
+        for i in range {
+            log.append(sample(i), Durability::BeforeReply)
+                .await
+                .expect("append");
+        }
+    })
 }
 
 async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: &TestDb) {
@@ -95,6 +111,8 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: 
     assert_eq!(text.len(), 6);
     let header: serde_json::Value = serde_json::from_str(&text[0]).expect("JSON header");
     assert_eq!(header["format"], "rsp-audit-archive/1");
+    // The local chain's archives stay as before fleets: no `chain` (docs/STORE.md).
+    assert!(header.get("chain").is_none(), "{header}");
     assert_eq!(header["trust_domain"], "acme.test");
     assert_eq!(header["prev_hash"], hex::encode(GENESIS));
     let row: serde_json::Value = serde_json::from_str(&text[1]).expect("JSON record");
@@ -350,16 +368,7 @@ async fn archiving_next_to_a_running_writer_keeps_one_chain(db: &TestDb) {
     let log = AuditLog::start(&store, AuditConfig::default())
         .await
         .expect("writer");
-    let writer = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            for i in 1000..1200 {
-                log.append(sample(i), Durability::BeforeReply)
-                    .await
-                    .expect("append");
-            }
-        })
-    };
+    let writer = appending(&log, 1000..1200);
     archive_to(&store, &tmp.path().join("a.jsonl.gz"), Cut::BeforeId(40))
         .await
         .expect("archive while writing");

@@ -15,8 +15,10 @@ on_both_backends!(file:
     a_record_moved_to_another_chain_is_detected,
     queries_filter_by_registrar_and_name_it,
     anchors_and_deletions_are_per_chain,
-    archiving_a_registrar_chain_is_refused_and_changes_nothing,
 );
+
+#[path = "archive_chain_tests.rs"]
+mod archive_chain_tests;
 
 fn chain_a() -> Chain {
     Chain::Registrar(id("spiffe://acme.test/registrar/enrp-a"))
@@ -357,39 +359,6 @@ async fn anchors_and_deletions_are_per_chain(db: &TestDb) {
         head(&mut conn, &chain_b()).await.expect("head").0,
         i64::try_from(b[2]).expect("id")
     );
-}
-
-/// A registrar's chain is not archived yet (archives keep the local chain's format):
-/// refused with nothing changed.
-async fn archiving_a_registrar_chain_is_refused_and_changes_nothing(db: &TestDb) {
-    let store = db.store.clone();
-    append(&store, &chain_a(), 0..3).await;
-    let before = verify_all(&store).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("a.jsonl.gz");
-    let err = archive::archive(
-        &store,
-        &chain_a(),
-        &archive::Target::File(path.clone()),
-        archive::Cut::BeforeId(3),
-        None,
-        Record::new(9, AuditAction::AdminAuditArchive, Outcome::Ok),
-        10,
-    )
-    .await
-    .expect_err("refused");
-    assert!(
-        matches!(
-            err,
-            Error::Conflict {
-                what: "archive",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(!path.exists());
-    assert_eq!(verify_all(&store).await, before);
 }
 
 /// `bytes` as a blob literal of the connection's backend.

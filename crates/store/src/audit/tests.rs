@@ -1359,7 +1359,7 @@ async fn query_filters_and_pages(db: &TestDb) {
 }
 
 #[path = "archive_tests.rs"]
-mod archive_tests;
+pub(super) mod archive_tests;
 
 /// Issue 24: a record written with a typed [`AuditAction`] is the record written with its
 /// name, down to the hashed bytes, and every action passes the log's check: the stored form
