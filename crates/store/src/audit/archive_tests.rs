@@ -18,6 +18,7 @@ on_both_backends!(file:
     deletes_stay_refused_except_the_archived_prefix,
     bad_archive_requests_change_nothing,
     archiving_next_to_a_running_writer_keeps_one_chain,
+    the_local_chain_is_archived_in_format_1_as_before_fleets,
 );
 
 /// The record of an archive operation, as `enrpd audit archive` makes it.
@@ -151,6 +152,59 @@ async fn an_archive_verifies_alone_and_the_live_log_continues_from_its_head(db: 
     assert!(links.sha256_differs.is_empty());
     // Only the newest archive: fine, the older records are simply not checked.
     assert_eq!(check_links(&[b], &anchors).expect("a suffix").from_id, 6);
+}
+
+/// An archive of the local chain is written, header line byte for byte, as rsp wrote
+/// archives before chains existed (format 1, the fields docs/SECURITY.md lists, no
+/// `chain`; the last hash is the head of these three samples pinned by
+/// `encoding_and_chain_hashes_are_those_of_earlier_versions`), so that archives made
+/// then and now read the same way.
+async fn the_local_chain_is_archived_in_format_1_as_before_fleets(db: &TestDb) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = db.store.clone();
+    append_samples(&store, 1..4).await;
+    let file = tmp.path().join("a.jsonl.gz");
+    archive_to(&store, &file, Cut::BeforeId(4))
+        .await
+        .expect("archive");
+    let text = lines(&file);
+    assert_eq!(
+        text[0],
+        format!(
+            "{{\"format\":\"rsp-audit-archive/1\",\"trust_domain\":\"acme.test\",\
+             \"server\":\"spiffe://acme.test/registrar/enrp-1\",\"first_id\":1,\"last_id\":3,\
+             \"records\":3,\"prev_hash\":\"{}\",\"last_hash\":\
+             \"fced2a42eaedb1af6c145b7047771aee459bfce166ed59c542f5ff6195337fb1\",\
+             \"created_ms\":{NOW}}}",
+            "0".repeat(64)
+        )
+    );
+    let row: serde_json::Value = serde_json::from_str(&text[1]).expect("JSON record");
+    let keys: Vec<&str> = row
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = vec![
+        "action",
+        "actor",
+        "detail",
+        "hash",
+        "id",
+        "namespace",
+        "outcome",
+        "pe_id",
+        "pool",
+        "prev_hash",
+        "remote",
+        "serial",
+        "time_ms",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "the columns the hash covers, as before");
+    let summary = verify_archive(&file, None).expect("verifies");
+    assert_eq!(summary.chain, Chain::Local);
 }
 
 async fn a_tampered_or_cut_archive_is_detected(db: &TestDb) {
