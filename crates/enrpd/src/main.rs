@@ -167,9 +167,10 @@ enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         archive: Vec<PathBuf>,
     },
-    /// Move the records older than --before (or below --before-seq) into a gzip'd JSON
-    /// Lines archive that verifies on its own, then delete them from the live log, which
-    /// keeps the archived head as its anchor. Works while `enrpd run` runs.
+    /// Move this registrar's records older than --before (or below --before-seq) into a
+    /// gzip'd JSON Lines archive that verifies on its own, then delete them from the live
+    /// log, which keeps the archived head as its anchor. Works while `enrpd run` runs; in
+    /// a shared store the other registrars' records stay.
     Archive {
         /// The data directory.
         #[arg(long, env = "ENRPD_DATA", default_value = "enrpd-data")]

@@ -54,7 +54,8 @@ pub(crate) struct ArchiveBefore {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ArchiveBeforeSeq {
-    /// Archive the records with a sequence number (id) below this one.
+    /// Archive this registrar's records with a sequence number (id) below this one (in a
+    /// shared store the other registrars' records stay).
     // Always present: without `serde(default)` a missing field is an error.
     #[serde(deserialize_with = "whole_number")]
     #[schema(value_type = u64, required = true, minimum = 2, maximum = 9_223_372_036_854_775_807_i64)]
