@@ -34,6 +34,12 @@ pub(crate) struct Opts {
     /// Concurrent connections of the handshake and churn measurements.
     #[arg(long, default_value_t = 16)]
     pub(crate) connections: usize,
+    /// PE IDs each registering client of the registration measurement cycles through:
+    /// after the first N registrations it re-registers the same N PEs, so that the
+    /// handlespace and its keep-alives stay at clients × N PEs. 0: a new PE every time,
+    /// whose keep-alives then grow with the run and are charged to the registrations.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) register_ids: u32,
     /// PEs of the keep-alive load.
     #[arg(long, default_value_t = 100_000)]
     pub(crate) pes: usize,

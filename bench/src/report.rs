@@ -143,7 +143,7 @@ impl Report {
                 "seconds": opts.seconds, "rounds": opts.rounds, "clients": opts.clients,
                 "connections": opts.connections, "pes": opts.pes,
                 "keep_alive_secs": opts.keep_alive_secs, "window_secs": opts.window_secs,
-                "trials": opts.trials, "pus": opts.pus,
+                "trials": opts.trials, "pus": opts.pus, "register_ids": opts.register_ids,
                 "server_cpus": opts.server_cpus.as_ref().map(ToString::to_string),
                 "client_cpus": opts.client_cpus.as_ref().map(ToString::to_string),
             },
@@ -211,8 +211,12 @@ impl Report {
                     opts.clients
                 ),
                 "register" => format!(
-                    "Registrations, {} concurrent PEs (etcd: lease grant + put)",
-                    opts.clients
+                    "Registrations, {} concurrent PEs, {} (etcd: lease grant + put)",
+                    opts.clients,
+                    match opts.register_ids {
+                        0 => "each a new PE".to_owned(),
+                        n => format!("each cycling through {n} PE IDs (re-registrations)"),
+                    }
                 ),
                 _ => format!(
                     "Full mutual-TLS handshakes + one request, {} concurrent connections",

@@ -130,6 +130,17 @@ pub(crate) struct Registering {
     pub(crate) next: u32,
 }
 
+/// The PE ID a registering client uses after `next`: the next one, or, with a ring of
+/// `ring` IDs starting at `first` (`--register-ids`), the first again after the last, so
+/// that the client re-registers the same `ring` PEs over and over.
+fn after(next: u32, first: u32, ring: u32) -> u32 {
+    if ring > 0 && next + 1 >= first + ring {
+        first
+    } else {
+        next + 1
+    }
+}
+
 pub(crate) async fn registrations(
     opts: &Opts,
     pki: &Pki,
@@ -140,7 +151,12 @@ pub(crate) async fn registrations(
     bar: &ProgressBar,
 ) {
     let handle = pool("bench-register");
-    // PE `i` registers IDs i·10⁷+1, i·10⁷+2, …: distinct, new PEs (a storm, not updates).
+    // PE `i` registers IDs i·10⁷+1, i·10⁷+2, …, i·10⁷+N and then the same N again
+    // (`--register-ids N`: re-registrations, each audited before its acknowledgement like
+    // a new one), so that the handlespace, and the keep-alives the registrar sends, stay at
+    // clients × N PEs; with `--register-ids 0` every registration is a new PE (a storm
+    // whose keep-alives grow with the run: docs/BENCHMARKS.md).
+    let ring = opts.register_ids;
     let rsp = rsp_connections(pki, registrar.addr, "pe/reg", opts.clients)
         .await
         .into_iter()
@@ -179,7 +195,8 @@ pub(crate) async fn registrations(
                 let h = h.clone();
                 async move {
                     register(&mut r.conn, &registration(&h, r.next, r.ip)).await;
-                    r.next += 1;
+                    let first = r.next - (r.next - 1) % 10_000_000;
+                    r.next = after(r.next, first, ring);
                     r
                 }
             },
@@ -310,4 +327,30 @@ pub(crate) async fn churn(opts: &Opts, pki: &Pki, registrar: &ChildProc) -> Figu
     let mut f = Figures::default();
     f.add(r.ops, r.elapsed, &r.latency, r.cpu);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    #[test]
+    fn a_ring_of_ids_starts_over_and_no_ring_never_does() {
+        let first = 30_000_001;
+        let ids: Vec<_> = std::iter::successors(Some(first), |&n| Some(after(n, first, 3)))
+            .take(7)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                first,
+                first + 1,
+                first + 2,
+                first,
+                first + 1,
+                first + 2,
+                first
+            ]
+        );
+        assert_eq!(after(first + 5, first, 0), first + 6);
+    }
 }
