@@ -219,9 +219,9 @@ impl ApiError {
         match self {
             Self::Problem { kind, .. } => *kind,
             Self::Store(Db::Invalid { .. }) => ProblemKind::Invalid,
-            Self::Store(Db::AlreadyExists { .. } | Db::InUse { .. } | Db::Conflict { .. }) => {
-                ProblemKind::Conflict
-            }
+            Self::Store(
+                Db::AlreadyExists { .. } | Db::InUse { .. } | Db::Conflict { .. } | Db::Full { .. },
+            ) => ProblemKind::Conflict,
             Self::Store(Db::NotFound { .. }) => ProblemKind::NotFound,
             Self::Store(Db::Token(_)) => ProblemKind::Unauthenticated,
             // The store did not answer in time or the connection broke (PostgreSQL down):

@@ -138,6 +138,7 @@ on_both_backends!(
     roles_limit_what_a_token_may_do_and_refusals_are_audited_with_the_caller,
     default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespace,
     namespaces_create_list_get_delete_with_audit_in_the_same_commit,
+    a_create_past_the_stores_limit_is_409_says_why_and_is_audited,
     writes_from_another_site_and_pem_as_text_plain_are_refused,
     bodies_are_validated_and_refused_as_problems,
     tokens_show_their_secret_once_and_stop_working_when_revoked,
@@ -503,6 +504,51 @@ async fn default_namespace_rules_are_checked_stored_pushed_and_pin_their_namespa
     // 404, 422, 201 and 409 (a refused token is audited as a refusal, not as this action).
     assert_eq!(f.audit("admin:default-namespace.create").await.len(), 4);
     assert_eq!(f.audit("admin:default-namespace.delete").await.len(), 2);
+}
+
+/// The store's row limits (`store::db::limits`) hold through the API: at the limit a
+/// create is refused with 409 and a detail that says which limit, nothing is written,
+/// and the refusal is in the audit log.
+async fn a_create_past_the_stores_limit_is_409_says_why_and_is_audited(f: Fixture) {
+    use store::db::limits::{MAX_NAMESPACES, Table};
+    let mut conn = f.store.acquire().await.expect("connection");
+    test_db::fill_to_one_below_limit(&mut conn, Table::Namespaces).await;
+    let last = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "last"})),
+        )
+        .await;
+    assert_eq!(last.status, 201, "{}", last.text);
+    let more = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "more"})),
+        )
+        .await;
+    more.problem(409, "conflict");
+    let detail = more.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains(&format!("{MAX_NAMESPACES} namespaces")),
+        "{detail}"
+    );
+    f.call("GET", "/v1/namespaces/more", Some(&f.admin), None)
+        .await
+        .problem(404, "not-found");
+    let refused: Vec<_> = f
+        .audit("admin:namespace.create")
+        .await
+        .into_iter()
+        .filter(|e| e.record.outcome.to_string() != "ok")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
 }
 
 async fn namespaces_create_list_get_delete_with_audit_in_the_same_commit(f: Fixture) {

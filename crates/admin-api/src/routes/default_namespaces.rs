@@ -75,7 +75,7 @@ pub(crate) async fn list(
     responses(
         (status = 201, description = "Created", body = DefaultNamespaceView),
         (status = 404, description = "No such namespace"),
-        (status = 409, description = "The identity pattern has a rule already"),
+        (status = 409, description = "The identity pattern has a rule already, or the store holds the most rules it takes"),
         (status = 422, description = "Invalid pattern or namespace name"),
     ))]
 pub(crate) async fn create(

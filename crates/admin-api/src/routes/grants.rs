@@ -174,7 +174,7 @@ pub(crate) async fn list(
     request_body = NewGrant,
     responses(
         (status = 201, description = "Created", body = GrantView),
-        (status = 409, description = "A grant with the same identity, namespace and pools exists"),
+        (status = 409, description = "A grant with the same identity, namespace and pools exists, or the store holds the most grants it takes"),
         (status = 422, description = "Invalid pattern or action"),
     ))]
 pub(crate) async fn create(

@@ -60,7 +60,7 @@ pub(crate) async fn list(
     request_body = NewNamespace,
     responses(
         (status = 201, description = "Created", body = Namespace),
-        (status = 409, description = "The namespace exists"),
+        (status = 409, description = "The namespace exists, or the store holds the most namespaces it takes"),
         (status = 422, description = "Invalid name"),
     ))]
 pub(crate) async fn create(

@@ -223,6 +223,7 @@ pub(crate) async fn get(
     responses(
         (status = 200, description = "The pool as declared", body = Pool),
         (status = 404, description = "No such namespace"),
+        (status = 409, description = "A new declaration, and the store holds the most pool declarations it takes"),
         (status = 422, description = "Invalid pool handle or limits"),
     ))]
 pub(crate) async fn put(

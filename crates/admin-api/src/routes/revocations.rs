@@ -167,7 +167,7 @@ pub(crate) async fn list(
     request_body = NewRevocation,
     responses(
         (status = 201, description = "Revoked", body = RevocationView),
-        (status = 409, description = "Already revoked"),
+        (status = 409, description = "Already revoked, or the store holds the most revocations it takes (use the CA's CRL)"),
         (status = 422, description = "Invalid serial, identity or trust domain"),
     ))]
 pub(crate) async fn create(

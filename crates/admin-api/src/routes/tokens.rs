@@ -123,6 +123,7 @@ pub(crate) async fn list(
     request_body = NewToken,
     responses(
         (status = 201, description = "Created; not cached (`Cache-Control: no-store`)", body = CreatedToken),
+        (status = 409, description = "The store holds the most active tokens it takes"),
         (status = 422, description = "Invalid name or lifetime"),
     ))]
 pub(crate) async fn create(

@@ -107,7 +107,7 @@ pub(crate) struct BundleQuery {
         description = "Root certificates (and CRLs) in PEM, optionally after a `trust-domain: NAME` line"),
     responses(
         (status = 201, description = "Added and trusted", body = TrustDomainView),
-        (status = 409, description = "Already trusted, the local domain, or revoked"),
+        (status = 409, description = "Already trusted, the local domain, or revoked; or the store holds the most trust domains it takes"),
         (status = 422, description = "The bundle or the name is not usable"),
     ))]
 pub(crate) async fn add(

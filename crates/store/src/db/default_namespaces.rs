@@ -61,6 +61,7 @@ pub async fn add_default_namespace<C: Conn + ?Sized>(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
+    super::limits::check_room(&mut *conn, super::limits::Table::DefaultNamespaces, now_ms).await?;
     let row: DefaultNamespaceDbRow = with_conn!(
         conn,
         "INSERT INTO default_namespaces (identity, namespace, created_ms) VALUES (?1, ?2, ?3)

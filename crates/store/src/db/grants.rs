@@ -88,6 +88,7 @@ pub async fn add_grant<C: Conn + ?Sized>(
         check_namespace(name)?;
     }
     let now = ms_to_i64(now_ms, "time")?;
+    super::limits::check_room(&mut *conn, super::limits::Table::Grants, now_ms).await?;
     let row: GrantDbRow = with_conn!(
         conn,
         "INSERT INTO grants (identity, namespace, pools, actions, created_ms)

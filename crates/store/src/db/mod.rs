@@ -15,13 +15,14 @@
 //!
 //! One file per table or concern, re-exported here: `namespaces`, `pools`,
 //! `trust_domains`, `grants`, `default_namespaces`, `revocations`, `peers`, `server_ids`,
-//! `tokens`. This file keeps the connection pool, the migrations, [`Error`] and the
+//! `tokens`; `limits` bounds the control-plane tables. This file keeps the connection pool, the migrations, [`Error`] and the
 //! checks and conversions they share.
 
 mod control;
 mod copy;
 mod default_namespaces;
 mod grants;
+pub mod limits;
 mod namespaces;
 mod peers;
 mod pools;
@@ -145,6 +146,15 @@ pub enum Error {
         what: &'static str,
         /// Why not now.
         reason: &'static str,
+    },
+    /// The table holds as many rows as the store takes ([`limits`]): nothing was
+    /// written; delete some first (the admin API answers 409).
+    #[error("the store holds {limit} {what}, the most it takes: delete some first")]
+    Full {
+        /// The rows, e.g. `grants`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
     },
     /// A stored row does not decode: the database was edited outside rsp or is damaged.
     #[error("corrupt row {id} in {table}: {reason}")]

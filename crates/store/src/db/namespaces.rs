@@ -39,6 +39,7 @@ pub async fn create_namespace<C: Conn + ?Sized>(
 ) -> Result<Namespace> {
     check_namespace(name)?;
     let now = ms_to_i64(now_ms, "time")?;
+    super::limits::check_room(&mut *conn, super::limits::Table::Namespaces, now_ms).await?;
     let row: NamespaceRow = with_conn!(
         conn,
         "INSERT INTO namespaces (name, created_ms) VALUES (?1, ?2) RETURNING name, created_ms",

@@ -86,6 +86,14 @@ pub async fn put_pool<C: Conn + ?Sized>(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
+    // A new declaration takes a place; replacing one does not (limits.rs).
+    if get_pool(&mut *conn, &decl.namespace, &decl.handle)
+        .await?
+        .is_none()
+    {
+        super::limits::check_room(&mut *conn, super::limits::Table::PoolDeclarations, now_ms)
+            .await?;
+    }
     let row: Option<PoolRow> = with_conn!(
         conn,
         "INSERT INTO pools (namespace, handle, policy, max_pes, created_ms)

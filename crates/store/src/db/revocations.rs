@@ -97,6 +97,7 @@ pub async fn add_revocation<C: Conn + ?Sized>(
     }
     let now = ms_to_i64(now_ms, "time")?;
     let (kind, domain, value) = revocation_columns(revocation)?;
+    super::limits::check_room(&mut *conn, super::limits::Table::Revocations, now_ms).await?;
     let row: RevocationRow = with_conn!(
         conn,
         "INSERT INTO revocations (kind, trust_domain, value, reason, created_ms)

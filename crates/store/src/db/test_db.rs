@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use super::{Store, StoreConn, StoreOptions};
+use super::{Store, StoreConn, StoreOptions, with_conn};
 
 /// A test's database; a PostgreSQL one is dropped with it (feature `testing` for other
 /// crates' tests).
@@ -260,4 +260,101 @@ pub async fn terminate_listeners(conn: &mut PgConnection) -> i64 {
     .fetch_one(conn)
     .await
     .expect("terminate the listeners")
+}
+
+/// Fills `table` with synthetic rows up to one place below its limit, in one statement,
+/// so that a limit test runs at the real figure (`db::limits`), not a lowered one. The
+/// rows are only counted, never read back as the types they would decode to.
+pub async fn fill_to_one_below_limit(conn: &mut StoreConn, table: super::limits::Table) {
+    use super::Conn as _;
+    use super::limits::Table;
+    let have = super::limits::count(conn, table, 0).await.expect("count");
+    let rows = i64::try_from(table.limit() - 1 - have).expect("rows");
+    if rows == 0 {
+        return;
+    }
+    macro_rules! series {
+        ($insert:literal) => {
+            concat!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) ",
+                $insert
+            )
+        };
+    }
+    // The namespace that pool declarations and default-namespace rules point at.
+    let parent = match table {
+        Table::PoolDeclarations => Some("fill-pools"),
+        Table::DefaultNamespaces => Some("fill-rules"),
+        _ => None,
+    };
+    if let Some(name) = parent {
+        with_conn!(
+            conn,
+            "INSERT INTO namespaces (name, created_ms) VALUES (?1, 0) ON CONFLICT DO NOTHING",
+            |c, sql| sqlx::query(sql).bind(name).execute(c).await.map(drop)
+        )
+        .expect("parent namespace");
+    }
+    let done = match table {
+        Table::Namespaces => with_conn!(
+            conn,
+            series!("INSERT INTO namespaces (name, created_ms) SELECT 'fill-' || i, 0 FROM n"),
+            |c, sql| sqlx::query(sql).bind(rows).execute(c).await.map(drop)
+        ),
+        // The handle's bytes need a backend's own conversion.
+        Table::PoolDeclarations => match conn.db() {
+            super::DbConn::Sqlite(c) => sqlx::query(series!(
+                "INSERT INTO pools (namespace, handle, created_ms) SELECT 'fill-pools', CAST('h' || i AS BLOB), 0 FROM n"
+            ))
+            .bind(rows)
+            .execute(c)
+            .await
+            .map(drop),
+            super::DbConn::Postgres(c) => sqlx::query(super::postgres_sql(series!(
+                "INSERT INTO pools (namespace, handle, created_ms) SELECT 'fill-pools', convert_to('h' || i, 'UTF8'), 0 FROM n"
+            )))
+            .bind(rows)
+            .execute(c)
+            .await
+            .map(drop),
+        },
+        Table::TrustDomains => with_conn!(
+            conn,
+            series!(
+                "INSERT INTO trust_domains (name, is_local, roots_pem, created_ms) SELECT 'fill-' || i || '.test', 0, 'not a bundle', 0 FROM n"
+            ),
+            |c, sql| sqlx::query(sql).bind(rows).execute(c).await.map(drop)
+        ),
+        Table::Grants => with_conn!(
+            conn,
+            series!(
+                "INSERT INTO grants (identity, namespace, pools, actions, created_ms) SELECT 'spiffe://fill.test/' || i, 'fill', ?2, 'resolve', 0 FROM n"
+            ),
+            |c, sql| sqlx::query(sql).bind(rows).bind(b"*".to_vec()).execute(c).await.map(drop)
+        ),
+        Table::DefaultNamespaces => with_conn!(
+            conn,
+            series!(
+                "INSERT INTO default_namespaces (identity, namespace, created_ms) SELECT 'spiffe://fill.test/' || i, 'fill-rules', 0 FROM n"
+            ),
+            |c, sql| sqlx::query(sql).bind(rows).execute(c).await.map(drop)
+        ),
+        Table::Revocations => with_conn!(
+            conn,
+            series!(
+                "INSERT INTO revocations (kind, trust_domain, value, created_ms) SELECT 'serial', 'fill.test', 'f' || i, 0 FROM n"
+            ),
+            |c, sql| sqlx::query(sql).bind(rows).execute(c).await.map(drop)
+        ),
+        Table::ActiveTokens => with_conn!(
+            conn,
+            series!(
+                "INSERT INTO admin_tokens (id, name, role, hash, created_ms) SELECT 'fill' || i, 'fill', 'auditor', '$argon2id$fill', 0 FROM n"
+            ),
+            |c, sql| sqlx::query(sql).bind(rows).execute(c).await.map(drop)
+        ),
+    };
+    done.expect("fill");
+    let now = super::limits::count(conn, table, 0).await.expect("count");
+    assert_eq!(now, table.limit() - 1, "{}", table.what());
 }

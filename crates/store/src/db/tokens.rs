@@ -230,6 +230,7 @@ pub async fn create_token<C: Conn + ?Sized>(
             reason: "is not in the future",
         });
     }
+    super::limits::check_room(&mut *conn, super::limits::Table::ActiveTokens, now_ms).await?;
     let id = hex::encode(random_bytes::<ID_BYTES>()?);
     let secret = hex::encode(random_bytes::<SECRET_BYTES>()?);
     let argon2 = hasher.argon2();

@@ -71,6 +71,7 @@ pub async fn add_trust_domain<C: Conn + ?Sized>(
         });
     }
     let now = ms_to_i64(now_ms, "time")?;
+    super::limits::check_room(&mut *conn, super::limits::Table::TrustDomains, now_ms).await?;
     let row: DomainRow = with_conn!(
         conn,
         "INSERT INTO trust_domains (name, is_local, roots_pem, crls_pem, created_ms)
