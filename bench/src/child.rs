@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::floor;
 use crate::pin::{self, Cpus};
 use crate::pki::store_from;
+use crate::rounds::Meter;
 use crate::stats::Proc;
 
 /// The registrar child runs on enrpd's allocator (crates/enrpd/src/main.rs says why). A
@@ -230,6 +231,9 @@ pub(crate) struct ChildProc {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     pub(crate) addr: SocketAddr,
+    /// The PostgreSQL postmaster of a registrar on PostgreSQL (`--postgres`), whose
+    /// processes' CPU time counts with the registrar's ([`ChildProc::meter`]).
+    pub(crate) store: Option<Proc>,
 }
 
 impl ChildProc {
@@ -261,11 +265,20 @@ impl ChildProc {
             stdin,
             stdout,
             addr,
+            store: None,
         }
     }
 
     pub(crate) fn proc(&self) -> Proc {
         Proc(self.child.id())
+    }
+
+    /// Whose CPU a measurement of this server counts: its own and its store server's.
+    pub(crate) fn meter(&self) -> Meter {
+        Meter {
+            server: self.proc(),
+            store: self.store,
+        }
     }
 
     /// Sends a command and reads the one-line answer.

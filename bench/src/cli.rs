@@ -66,10 +66,15 @@ pub(crate) struct Opts {
     /// Also measure resolutions and registrations with the registrar on PostgreSQL: the
     /// server's URL (`postgres://rsp@localhost/postgres?host=/tmp/…`, as `.ci/postgres
     /// start` prints); each registrar child gets a fresh database there, dropped after it.
-    /// The rows are labelled `rsp-pg`; the PostgreSQL server's own CPU is not in their
-    /// server figures (docs/BENCHMARKS.md).
+    /// The rows are labelled `rsp-pg`; their cost per operation is given for the registrar
+    /// and for the registrar and the PostgreSQL server together (its postmaster and every
+    /// backend: found through the URL's Unix socket, or --postgres-pid).
     #[arg(long, value_name = "URL")]
     pub(crate) postgres: Option<String>,
+    /// The PID of the --postgres server's postmaster (the first line of
+    /// DATA/postmaster.pid), for a URL over TCP; the server must run on this machine.
+    #[arg(long, value_name = "PID", requires = "postgres")]
+    pub(crate) postgres_pid: Option<u32>,
     /// Leave etcd out even if it is installed.
     #[arg(long)]
     pub(crate) no_etcd: bool,

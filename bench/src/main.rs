@@ -14,7 +14,8 @@
 //! `rounds` closed loops and the alternating rounds; the workloads `throughput`
 //! (resolutions, registrations, handshakes, churn), `failover` and `keep_alive`; the
 //! systems `child` (the registrar child process), `floor` (the bare TLS server) and `etcd`;
-//! `pki`, `stats` (histograms, /proc) and `report` (Markdown and JSON). Message builders
+//! `pki`, `stats` (histograms, /proc), `postgres` (the `--postgres` server's processes)
+//! and `report` (Markdown and JSON). Message builders
 //! and a PE's registration come from `testkit`, shared with the workspace's benches.
 
 // A benchmark driver measures wall time.
@@ -28,6 +29,7 @@ mod floor;
 mod keep_alive;
 mod pin;
 mod pki;
+mod postgres;
 mod report;
 mod rounds;
 mod stats;
@@ -73,6 +75,17 @@ fn main() {
         eprintln!("rsp-bench: {e}");
         std::process::exit(2);
     }
+    // Before anything runs: a PostgreSQL server whose CPU cannot be counted stops here.
+    let postgres = match &opts.postgres {
+        Some(url) => match postgres::postmaster(url, opts.postgres_pid) {
+            Ok(postmaster) => Some((url.clone(), postmaster)),
+            Err(e) => {
+                eprintln!("rsp-bench: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     stats::clock_ticks(); // asks `getconf` now, not inside a measurement
     // With --client-cpus, this thread is pinned: the runtime's workers inherit it, and
     // `available_parallelism` (their number) counts those CPUs only.
@@ -80,7 +93,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = rt.block_on(run(&opts));
+    let report = rt.block_on(run(&opts, postgres));
     if let Some(path) = &opts.json_file {
         std::fs::write(path, format!("{:#}\n", report.json(&opts))).expect("write the JSON report");
     }
@@ -112,7 +125,7 @@ fn pinning(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(opts: &Opts) -> Report {
+async fn run(opts: &Opts, postgres: Option<(String, stats::Proc)>) -> Report {
     let pki = Pki::new();
     let mut report = Report::default();
     let steps = ALL.iter().filter(|w| opts.wants(w)).count() as u64;
@@ -209,9 +222,9 @@ async fn run(opts: &Opts) -> Report {
     drop(etcd);
     report.registrar_rss = registrar.proc().rss_kib();
     registrar.stop();
-    if let Some(url) = &opts.postgres {
+    if let Some((url, postmaster)) = &postgres {
         bar.set_message("on PostgreSQL");
-        on_postgres(opts, &pki, url, &floor, &mut report, &bar).await;
+        on_postgres(opts, &pki, (url, *postmaster), &floor, &mut report, &bar).await;
     }
     let _ = floor.ask("stop");
     floor.stop();
@@ -238,11 +251,12 @@ async fn run(opts: &Opts) -> Report {
 
 /// Resolutions and registrations again, against a registrar on a fresh PostgreSQL
 /// database of the server `url` (the floor alongside again): rows `rsp-pg` and
-/// `floor-pg` beside the SQLite registrar's.
+/// `floor-pg` beside the SQLite registrar's, with the CPU time of the server's processes
+/// (`postmaster` and its children) counted beside the registrar's.
 async fn on_postgres(
     opts: &Opts,
     pki: &Pki,
-    url: &str,
+    (url, postmaster): (&str, stats::Proc),
     floor: &ChildProc,
     report: &mut Report,
     bar: &ProgressBar,
@@ -257,6 +271,7 @@ async fn on_postgres(
         opts.server_cpus.as_ref(),
         &[("RSP_TEST_POSTGRES", url)],
     );
+    registrar.store = Some(postmaster);
     let (throughput, audit) = (report.throughput.len(), report.audit.len());
     if opts.wants("resolve") {
         resolutions(opts, pki, &mut registrar, floor, None, report, bar).await;

@@ -266,18 +266,33 @@ impl Report {
                 (self.figures(what, "rsp-pg"), self.figures(what, "floor-pg"))
             {
                 println!(
-                    "\nOn PostgreSQL: rsp-pg ÷ floor-pg {:.2}; per server CPU-second rsp {:.0}, rsp-pg {:.0} (the PostgreSQL server's CPU not included).",
-                    pg.rate() / floor.rate(),
-                    self.figures(what, "rsp")
-                        .map_or(0.0, Figures::per_server_core_second),
-                    pg.per_server_core_second()
+                    "\nOn PostgreSQL: rsp-pg ÷ floor-pg {:.2}. CPU per operation, the whole system (SQLite runs inside the registrar; PostgreSQL's postmaster and all its processes are counted):\n",
+                    pg.rate() / floor.rate()
+                );
+                println!(
+                    "| store | registrar CPU µs / op | PostgreSQL CPU µs / op | registrar + PostgreSQL CPU µs / op | ops per CPU-second, whole system |"
+                );
+                println!("|---|---:|---:|---:|---:|");
+                let sqlite = self.figures(what, "rsp").map(|f| f.cpu_us_per_op().0);
+                if let Some(us) = sqlite {
+                    println!(
+                        "| SQLite | {us:.1} | — | {us:.1} | {:.0} |",
+                        1e6 / us.max(1e-9)
+                    );
+                }
+                let (registrar, whole) = pg.cpu_us_per_op();
+                println!(
+                    "| PostgreSQL | {registrar:.1} | {} | {} | {} |",
+                    fmt_us(whole.map(|w| w - registrar)),
+                    fmt_us(whole),
+                    whole.map_or_else(|| "—".into(), |w| format!("{:.0}", 1e6 / w.max(1e-9)))
                 );
             }
             if let Some((_, records, audited, ops)) =
                 self.audit_pg.iter().find(|(w, _, _, _)| *w == what)
             {
                 println!(
-                    "rsp-pg audit records committed: {records}, accounting for {audited} of {ops} operations (warm-up included)."
+                    "\nrsp-pg audit records committed: {records}, accounting for {audited} of {ops} operations (warm-up included)."
                 );
             }
             for &(w, floor_min, etcd_min, p99_max) in TARGETS {
@@ -395,6 +410,10 @@ impl Report {
 
 pub(crate) fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.2}"))
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{v:.1}"))
 }
 
 pub(crate) fn hist_json(h: &Histogram<u64>) -> Value {

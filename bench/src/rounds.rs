@@ -27,14 +27,34 @@ pub(crate) struct Run<C> {
     pub(crate) latency: Histogram<u64>,
     pub(crate) elapsed: Duration,
     pub(crate) cpu: Duration,
+    /// The store server's CPU time (PostgreSQL: [`Meter::store`]), if it has one.
+    pub(crate) store_cpu: Option<Duration>,
+}
+
+/// Whose CPU time a run counts: the server under test, and the database server it uses
+/// when that is a process of its own (PostgreSQL's postmaster, counted with its backends:
+/// `Proc::tree_cpu`). SQLite runs inside the registrar: no store process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meter {
+    pub(crate) server: Proc,
+    pub(crate) store: Option<Proc>,
+}
+
+impl From<Proc> for Meter {
+    fn from(server: Proc) -> Self {
+        Self {
+            server,
+            store: None,
+        }
+    }
 }
 
 /// Every client runs `op` back to back for `length` (closed loop: one operation in flight
-/// per client); `server`'s CPU time is taken around the run. An operation takes its
-/// client by value and gives it back, so that clients keep their connections from round
-/// to round.
+/// per client); the server's (and its store's) CPU time is taken around the run. An
+/// operation takes its client by value and gives it back, so that clients keep their
+/// connections from round to round.
 pub(crate) async fn closed_loop<C, F, Fut>(
-    server: Proc,
+    meter: impl Into<Meter>,
     clients: Vec<C>,
     length: Duration,
     op: F,
@@ -44,7 +64,9 @@ where
     F: Fn(C) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = C> + Send,
 {
+    let Meter { server, store } = meter.into();
     let cpu0 = server.cpu();
+    let store0 = store.map(Proc::tree_cpu);
     let t0 = Instant::now();
     let deadline = t0 + length;
     let tasks: Vec<_> = clients
@@ -70,6 +92,7 @@ where
         latency: histogram(),
         elapsed: Duration::ZERO,
         cpu: Duration::ZERO,
+        store_cpu: None,
     };
     for t in tasks {
         let (c, n, h) = t.await.expect("a client task panicked");
@@ -79,6 +102,9 @@ where
     }
     run.elapsed = t0.elapsed();
     run.cpu = server.cpu().saturating_sub(cpu0);
+    run.store_cpu = store
+        .zip(store0)
+        .map(|(p, cpu0)| p.tree_cpu().saturating_sub(cpu0));
     run
 }
 
@@ -151,7 +177,7 @@ pub(crate) struct Sides<F, R, E> {
 pub(crate) async fn alternate<F, R, E, OF, FF, OR, FR, OE, FE>(
     opts: &Opts,
     what: &'static str,
-    procs: (Proc, Proc, Option<Proc>),
+    procs: (Proc, Meter, Option<Proc>),
     mut sides: Sides<F, R, E>,
     (op_floor, op_rsp, op_etcd): (OF, OR, OE),
     idle: fn(Vec<R>) -> Idle<R>,
@@ -198,6 +224,7 @@ where
         rsp_ops += r.ops;
         if round > 0 {
             f_rsp.add(r.ops, r.elapsed, &r.latency, r.cpu);
+            f_rsp.add_store(r.store_cpu);
         }
         if let (Some(clients), Some(p)) = (sides.etcd.take(), procs.2) {
             let r = closed_loop(p, clients, length, op_etcd.clone()).await;

@@ -28,6 +28,8 @@ pub(crate) struct Figures {
     pub(crate) latency: Histogram<u64>,
     /// The server process's CPU time (user + system) while it ran.
     pub(crate) server_cpu: Duration,
+    /// Its store server's CPU time meanwhile (PostgreSQL's processes), if it has one.
+    pub(crate) store_cpu: Option<Duration>,
     /// Operations per second of each round (to show the spread).
     pub(crate) rounds: Vec<f64>,
 }
@@ -39,6 +41,7 @@ impl Default for Figures {
             elapsed: Duration::ZERO,
             latency: histogram(),
             server_cpu: Duration::ZERO,
+            store_cpu: None,
             rounds: Vec::new(),
         }
     }
@@ -60,6 +63,23 @@ impl Figures {
         self.server_cpu += cpu;
         self.rounds
             .push(ops as f64 / elapsed.as_secs_f64().max(1e-9));
+    }
+
+    /// Adds the store server's CPU time of one round (nothing for a server without one).
+    pub(crate) fn add_store(&mut self, cpu: Option<Duration>) {
+        if let Some(cpu) = cpu {
+            self.store_cpu = Some(self.store_cpu.unwrap_or_default() + cpu);
+        }
+    }
+
+    /// The server's CPU time per operation, and with its store server's (the whole
+    /// system's), in µs; the second is `None` without a store server.
+    pub(crate) fn cpu_us_per_op(&self) -> (f64, Option<f64>) {
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / self.ops.max(1) as f64;
+        (
+            per_op(self.server_cpu),
+            self.store_cpu.map(|s| per_op(self.server_cpu + s)),
+        )
     }
 
     pub(crate) fn rate(&self) -> f64 {
@@ -97,6 +117,9 @@ impl Figures {
             "max_ms": self.max_ms(),
             "server_cpu_cores": self.server_cores(),
             "per_server_core_second": self.per_server_core_second(),
+            "server_cpu_us_per_op": self.cpu_us_per_op().0,
+            "store_cpu_seconds": self.store_cpu.map(|s| s.as_secs_f64()),
+            "server_and_store_cpu_us_per_op": self.cpu_us_per_op().1,
         })
     }
 }

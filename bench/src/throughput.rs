@@ -86,7 +86,7 @@ pub(crate) async fn resolutions(
     let ops = alternate(
         opts,
         "resolve",
-        (floor.proc(), registrar.proc(), etcd.map(etcd::Etcd::proc)),
+        (floor.proc(), registrar.meter(), etcd.map(etcd::Etcd::proc)),
         sides,
         (
             |mut c| async move {
@@ -184,7 +184,7 @@ pub(crate) async fn registrations(
     let ops = alternate(
         opts,
         "register",
-        (floor.proc(), registrar.proc(), etcd_proc),
+        (floor.proc(), registrar.meter(), etcd_proc),
         sides,
         (
             |mut c| async move {

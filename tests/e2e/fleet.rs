@@ -26,8 +26,29 @@ pub(crate) fn init(lab: &Lab, name: &str, data: &str, url: &str, extra: &[&str])
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Three registrars' data directories on the store `url`: `enrp-1` in `data` creates the
+/// fleet, `enrp-2` and `enrp-3` (certificates issued here) join it in `data-2` and
+/// `data-3`. The first `init`'s standard output (with the admin token).
+pub(crate) fn init_fleet(lab: &Lab, url: &str) -> String {
+    let first = init(lab, "enrp-1", "data", url, &[]);
+    for (name, data) in [("enrp-2", "data-2"), ("enrp-3", "data-3")] {
+        lab.issue_registrar(name);
+        init(lab, name, data, url, &["--join"]);
+    }
+    first
+}
+
 /// Every audit record of the store `url` whose action is `action`.
 pub(crate) async fn audited(url: &str, action: &str) -> Vec<store::audit::Record> {
+    audited_in_chains(url, action)
+        .await
+        .into_iter()
+        .map(|e| e.record)
+        .collect()
+}
+
+/// Every audit record of the store `url` whose action is `action`, with its chain.
+pub(crate) async fn audited_in_chains(url: &str, action: &str) -> Vec<store::audit::ChainedRecord> {
     let store = store::db::Store::connect(url, &Default::default())
         .await
         .expect("store");
@@ -39,8 +60,7 @@ pub(crate) async fn audited(url: &str, action: &str) -> Vec<store::audit::Record
         .expect("query")
         .events
         .into_iter()
-        .map(|e| e.record)
-        .filter(|r| r.action.as_ref() == action)
+        .filter(|e| e.record.action.as_ref() == action)
         .collect();
     drop(conn);
     store.close().await;
@@ -320,6 +340,14 @@ fn ready_says(lab: &Lab, reg: &crate::support::Registrar, want: &str) -> String 
     }
 }
 
+/// An admin write at `reg` while its store is down: refused with 503 (problem+json), not
+/// a 500.
+fn write_unavailable(lab: &Lab, reg: &crate::support::Registrar, token: &str) {
+    let namespace = Some(r#"{"name":"during"}"#);
+    let (status, body) = api(lab, reg, Some(token), "POST", "/v1/namespaces", namespace);
+    assert_eq!(status, 503, "{}: {body}", reg.admin);
+}
+
 /// Issue 19 item 4: PostgreSQL stopped for ~10 s. The registrar keeps resolving and
 /// serving from memory, refuses registrations with 0x6, says so in `/readyz` and once in
 /// its log; once PostgreSQL is back registrations succeed, the store says so once, and
@@ -368,16 +396,7 @@ async fn with_postgres_stopped_resolutions_go_on_registrations_are_refused_then_
         assert_eq!(found.len(), 1, "{found:?}");
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    // An admin write is refused with 503 (problem+json), not a 500.
-    let (status, body) = api(
-        &lab,
-        &registrar,
-        Some(&token),
-        "POST",
-        "/v1/namespaces",
-        Some(r#"{"name":"during"}"#),
-    );
-    assert_eq!(status, 503, "{body}");
+    write_unavailable(&lab, &registrar, &token);
 
     pg.server("resume");
     ready_says(&lab, &registrar, r#""store":"up""#);
@@ -411,4 +430,246 @@ async fn with_postgres_stopped_resolutions_go_on_registrations_are_refused_then_
         verify.status.success() && text.contains("audit chain intact"),
         "{text}"
     );
+}
+
+/// A registrar's log lines ([`spawn_logged`]), kept once read so that they can be counted
+/// at the end.
+struct Log {
+    rx: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Log {
+    fn new(rx: std::sync::mpsc::Receiver<String>) -> Self {
+        Self {
+            rx,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Whether a line containing `needle` was logged, waiting up to `within` for it.
+    fn wait_for(&mut self, needle: &str, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.lines.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.lines.push(line),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// How many lines so far contain `needle`.
+    fn count(&mut self, needle: &str) -> usize {
+        self.lines.extend(self.rx.try_iter());
+        self.lines.iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Issue 19's Proof for a fleet: three registrars on one PostgreSQL database, peered over
+/// ENRP, PostgreSQL stopped for ~10 s. All along, each keeps resolving from memory and
+/// refuses registrations with 0x6 (admin writes with 503); once PostgreSQL is back each
+/// accepts registrations again, each re-listens to the change feed (a revocation made
+/// through A closes the revoked PE's connections at B and C within 1 s, with the
+/// periodic re-read an hour away), every acknowledged registration is in its registrar's
+/// chain, the three chains verify, and each log says once that the store went down and
+/// came back, and once that the change feed did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_with_postgres_stopped_resolves_refuses_registrations_then_resumes() {
+    use std::time::{Duration, Instant};
+
+    use crate::fleet_sync::{WITHIN, pe_ids, until};
+    use crate::registrar::{accepted, registration, rejected_with, resolution, resolved};
+    use crate::support::Asap;
+
+    const NAMES: [&str; 3] = ["A", "B", "C"];
+    let Some(pg) = OwnCluster::start("fleet::a_fleet_of_three_with_postgres_stopped") else {
+        return;
+    };
+    let lab = Lab::new();
+    let token = admin_token(&init_fleet(&lab, &pg.url));
+    // Keep-alives of a minute (these PEs do not answer them); the control plane's periodic
+    // re-read an hour apart, so that a change that reaches another registrar within 1 s
+    // came through the change feed.
+    let flags = [
+        "--allow-loopback",
+        "--keep-alive-interval-ms",
+        "60000",
+        "--keep-alive-timeout-ms",
+        "60000",
+        "--fleet-resync-secs",
+        "3600",
+    ];
+    let (a, a_enrp, a_log) = spawn_logged(&lab, "data", &flags);
+    let a_enrp = a_enrp.to_string();
+    let (b, b_enrp, b_log) =
+        spawn_logged(&lab, "data-2", &[&flags[..], &["--peer", &a_enrp]].concat());
+    let b_enrp = b_enrp.to_string();
+    let with_both = [&flags[..], &["--peer", &a_enrp, "--peer", &b_enrp]].concat();
+    let (c, _, c_log) = spawn_logged(&lab, "data-3", &with_both);
+    let fleet = [&a, &b, &c];
+    let mut logs = [a_log, b_log, c_log].map(Log::new);
+
+    // pe-echo-1 registers PE i+1 in pool `fleet` at registrar i; ENRP spreads them.
+    let mut homes = Vec::new();
+    for (r, id) in fleet.iter().zip(1..) {
+        let mut pe = Asap::connect(&lab.identity("pe-echo-1"), r.addr)
+            .await
+            .expect("PE connects");
+        pe.send(&registration("fleet", id)).await;
+        assert!(accepted(pe.recv_reply().await));
+        homes.push(pe);
+    }
+    for r in fleet {
+        until("the PEs resolved everywhere", || async {
+            pe_ids(&lab, r.addr, "fleet").await == [1, 2, 3]
+        })
+        .await;
+        ready_says(&lab, r, r#""store":"up""#);
+    }
+
+    pg.server("pause");
+    let down_at = Instant::now();
+    for r in fleet {
+        ready_says(&lab, r, r#""store":"down""#);
+    }
+    // At each: pe-echo-2's registration (PE 4, 5, 6 in pool `late`) refused with 0x6, an
+    // admin write with 503.
+    let mut late = Vec::new();
+    for ((r, id), name) in fleet.iter().zip(4..).zip(NAMES) {
+        let mut pe = Asap::connect(&lab.identity("pe-echo-2"), r.addr)
+            .await
+            .expect("PE connects");
+        pe.send(&registration("late", id)).await;
+        assert_eq!(rejected_with(pe.recv_reply().await), Some(0x6), "at {name}");
+        late.push(pe);
+        write_unavailable(&lab, r, &token);
+    }
+    // Resolutions at all three all along the outage, answered from memory (the PUs'
+    // handshakes too).
+    let mut pus = Vec::new();
+    for r in fleet {
+        let pu = Asap::connect(&lab.identity("pu-client-1"), r.addr).await;
+        pus.push(pu.expect("a PU connects while the store is down"));
+    }
+    let mut answered = 0;
+    while down_at.elapsed() < Duration::from_secs(10) {
+        for (pu, name) in pus.iter_mut().zip(NAMES) {
+            pu.send(&resolution("fleet")).await;
+            let found = resolved(pu.recv_reply().await)
+                .unwrap_or_else(|e| panic!("{name} refused a resolution ({e:#x})"));
+            let ids: Vec<u32> = found.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, [1, 2, 3], "at {name}");
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{answered} resolutions answered during the outage");
+
+    pg.server("resume");
+    let back_at = Instant::now();
+    for r in fleet {
+        ready_says(&lab, r, r#""store":"up""#);
+    }
+    // Registrations accepted again at each (their audit records committed first).
+    for ((pe, id), name) in late.iter_mut().zip(4..).zip(NAMES) {
+        pe.send(&registration("late", id)).await;
+        let reply = pe.recv_reply().await;
+        assert!(accepted(reply.clone()), "at {name}: {reply:?}");
+    }
+    for r in fleet {
+        until("the late PEs resolved everywhere", || async {
+            pe_ids(&lab, r.addr, "late").await == [4, 5, 6]
+        })
+        .await;
+    }
+    // Each listens to the change feed again (LISTEN re-issued on a new connection).
+    for (log, name) in logs.iter_mut().zip(NAMES) {
+        let back = log.wait_for("change feed back", Duration::from_secs(10));
+        assert!(back, "{name}'s change feed not back: {:#?}", log.lines);
+    }
+    eprintln!(
+        "change feeds back by {:?} after PostgreSQL",
+        back_at.elapsed()
+    );
+
+    // A change through A's API after the outage reaches B and C within 1 s: pe-echo-2
+    // revoked, its connection closes at every registrar.
+    let revocation = r#"{"kind": "spiffe_id", "spiffe_id": "spiffe://acme.test/pe/echo-2"}"#;
+    let start = Instant::now();
+    let (status, body) = api(
+        &lab,
+        &a,
+        Some(&token),
+        "POST",
+        "/v1/revocations",
+        Some(revocation),
+    );
+    assert_eq!(status, 201, "{body}");
+    for (pe, name) in late.iter_mut().zip(NAMES) {
+        while pe.recv().await.is_some() {}
+        let took = start.elapsed();
+        eprintln!("revoked at A after the outage -> connection closed at {name}: {took:?}");
+        assert!(took < WITHIN, "{name}: {took:?}");
+    }
+    for r in fleet {
+        until("the revoked PEs gone everywhere", || async {
+            pe_ids(&lab, r.addr, "late").await.is_empty()
+        })
+        .await;
+        assert_eq!(pe_ids(&lab, r.addr, "fleet").await, [1, 2, 3]);
+    }
+
+    drop((homes, late, pus));
+    for r in [a, b, c] {
+        assert!(r.terminate().success());
+    }
+    for (log, name) in logs.iter_mut().zip(NAMES) {
+        for needle in [
+            "STORE DOWN",
+            "store back",
+            "change feed down",
+            "change feed back",
+        ] {
+            assert_eq!(
+                log.count(needle),
+                1,
+                "{name}: {needle:?} in {:#?}",
+                log.lines
+            );
+        }
+    }
+    // Nothing acknowledged is lost: each accepted registration is in the chain of the
+    // registrar that accepted it.
+    let registrar = |i: usize| format!("spiffe://acme.test/registrar/enrp-{}", i + 1);
+    let stored: std::collections::BTreeSet<(String, u32)> = audited_in_chains(&pg.url, "register")
+        .await
+        .into_iter()
+        .filter(|e| e.record.outcome == store::audit::Outcome::Ok)
+        .filter_map(|e| Some((e.chain.to_string(), e.record.pe_id?.get())))
+        .collect();
+    let acknowledged: std::collections::BTreeSet<(String, u32)> = (0..3)
+        .flat_map(|i| [(registrar(i), i as u32 + 1), (registrar(i), i as u32 + 4)])
+        .collect();
+    assert_eq!(stored, acknowledged);
+    // `enrpd audit verify` from each data directory checks the three chains.
+    for data in ["data", "data-2", "data-3"] {
+        let out = run_ok(
+            Command::new(bin("enrpd"))
+                .args(["audit", "verify", "--data"])
+                .arg(lab.path(data)),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for i in 0..3 {
+            let id = registrar(i);
+            assert!(
+                text.lines().any(|l| l.starts_with("audit chain intact")
+                    && l.ends_with(&format!("(registrar {id})"))),
+                "{data}: {text}"
+            );
+        }
+    }
 }

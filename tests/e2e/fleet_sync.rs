@@ -8,35 +8,18 @@
 //! unless `RSP_REQUIRE_POSTGRES=1`).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::admin::{admin_token, api};
-use crate::fleet::audited;
+use crate::fleet::{audited, init_fleet};
 use crate::registrar::{accepted, registration, resolution, resolved};
-use crate::support::{Asap, Lab, Peered, bin, run_ok};
+use crate::support::{Asap, Lab, Peered};
 
 /// The fleet's budget from an API call at one registrar to its effect at another.
-const WITHIN: Duration = Duration::from_secs(1);
-
-/// `enrpd init --store URL` of registrar `name` into `data` (`--join` for all but the
-/// first); its standard output.
-fn init_on(lab: &Lab, name: &str, data: &str, url: &str, join: bool) -> String {
-    let mut cmd = Command::new(bin("enrpd"));
-    cmd.arg("init")
-        .arg("--pki")
-        .arg(lab.path("pki"))
-        .args(["--name", name, "--store", url])
-        .arg("--data")
-        .arg(lab.path(data));
-    if join {
-        cmd.arg("--join");
-    }
-    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
-}
+pub(crate) const WITHIN: Duration = Duration::from_secs(1);
 
 /// The PE IDs that registrar `at` returns for pool `pool` (empty: none).
-async fn pe_ids(lab: &Lab, at: SocketAddr, pool: &str) -> Vec<u32> {
+pub(crate) async fn pe_ids(lab: &Lab, at: SocketAddr, pool: &str) -> Vec<u32> {
     let mut pu = Asap::connect(&lab.identity("pu-client-1"), at)
         .await
         .expect("PU connects");
@@ -47,7 +30,10 @@ async fn pe_ids(lab: &Lab, at: SocketAddr, pool: &str) -> Vec<u32> {
 }
 
 /// Polls `done` every 20 ms until it holds; how long that took (panics past 10 s).
-async fn until<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) -> Duration {
+pub(crate) async fn until<F: Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) -> Duration {
     let start = Instant::now();
     while !done().await {
         assert!(
@@ -103,20 +89,7 @@ async fn a_change_at_one_registrar_reaches_the_others_within_a_second() {
         return;
     };
     let lab = Lab::new();
-    for name in ["enrp-2", "enrp-3"] {
-        lab.pki(&[
-            "issue",
-            "registrar",
-            name,
-            "--dns",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-        ]);
-    }
-    let token = admin_token(&init_on(&lab, "enrp-1", "data", &db.url, false));
-    init_on(&lab, "enrp-2", "data-2", &db.url, true);
-    init_on(&lab, "enrp-3", "data-3", &db.url, true);
+    let token = admin_token(&init_fleet(&lab, &db.url));
     let a = lab.start_peer("data", &[]);
     let b = lab.start_peer("data-2", &[a.enrp]);
     let c = lab.start_peer("data-3", &[a.enrp, b.enrp]);

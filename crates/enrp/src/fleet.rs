@@ -314,13 +314,19 @@ pub async fn sync(
     // forwarded; a full channel already holds a wake-up, so a report may be dropped.
     let (tx, mut rx) = mpsc::channel::<Change>(4);
     let forward = tokio::spawn(async move {
+        // One line when the feed goes down and one when it is back, as for the store
+        // itself: the feed retries every second or so while PostgreSQL is away.
+        let mut down = false;
         loop {
             match feed.next().await {
-                Change::Lost(why) => {
+                Change::Lost(why) if !down => {
+                    down = true;
                     tracing::warn!(%why, "fleet: change feed down, the periodic re-read goes on")
                 }
+                Change::Lost(why) => tracing::debug!(%why, "fleet: change feed still down"),
                 Change::Resync => {
-                    tracing::info!("fleet: change feed back: re-reading the control plane");
+                    down = false;
+                    tracing::warn!("fleet: change feed back: re-reading the control plane");
                     if tx.send(Change::Resync).await.is_err() {
                         return;
                     }

@@ -21,9 +21,13 @@ pub const CONTROL_CHANNEL: &str = "rsp_control";
 
 /// Reconnection backoff of the change feed: doubles from the first to the last value.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-/// See [`BACKOFF_FIRST`]. Capped so that a registrar hears of changes again within a few
-/// seconds of PostgreSQL coming back (the periodic re-read covers the gap).
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// See [`BACKOFF_FIRST`]. Capped at the store's ping interval, so that a registrar listens
+/// again (and re-reads what it missed) within about a second of PostgreSQL coming back,
+/// the fleet's budget for a change; an attempt against a server that is down costs one
+/// refused connection.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// How long the listener's connection may take to open (TLS to a remote server included).
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The control plane as stored, read in one transaction ([`Store::snapshot`]). Every list
 /// is in a stable order (by name or id), so two snapshots of the same state are equal.
@@ -92,7 +96,7 @@ impl Store {
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .acquire_timeout(BACKOFF_CAP)
+            .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
             .connect_lazy_with((*pool.connect_options()).clone());
         let listener = listen(&own).await?;
         Ok(Some(ChangeFeed {
@@ -126,7 +130,7 @@ pub enum Change {
 }
 
 /// A PostgreSQL listener on [`CONTROL_CHANNEL`] that reconnects by itself (backoff from
-/// 100 ms, capped at 5 s) and says when it did ([`Store::change_feed`]).
+/// 100 ms, capped at 1 s) and says when it did ([`Store::change_feed`]).
 #[derive(Debug)]
 pub struct ChangeFeed {
     pool: PgPool,

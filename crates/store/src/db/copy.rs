@@ -188,12 +188,14 @@ pub async fn copy_sqlite_to_postgres(from: &Store, to: &Store) -> Result<CopyRep
         ));
     };
     let source_chains = audit::verify(&mut *src).await?;
-    if let Some(broken) = source_chains.iter().find(|r| !r.is_intact()) {
-        let link = broken.broken.expect("not intact");
+    if let Some((chain, link)) = source_chains
+        .iter()
+        .find_map(|r| Some((&r.chain, r.broken.as_ref()?)))
+    {
         return Err(Error::Copy(format!(
-            "the source's audit chain {} is broken at record {} ({}): nothing copied; \
+            "the source's audit chain {chain} is broken at record {} ({}): nothing copied; \
              `enrpd audit verify` shows it",
-            broken.chain, link.id, link.reason
+            link.id, link.reason
         )));
     }
     for (table, _) in TABLES {
