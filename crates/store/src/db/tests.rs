@@ -15,6 +15,7 @@ on_both_backends!(
     list_namespaces_is_sorted_by_name,
     get_namespace_finds_or_returns_none,
     audit_tables_refuse_update_delete_truncate,
+    revocations_are_permanent,
     delete_namespace_cascades_to_pools,
     put_pool_inserts_then_replaces_limits,
     list_pools_of_one_namespace,
@@ -86,6 +87,37 @@ async fn audit_tables_refuse_update_delete_truncate(db: &TestDb) {
         count(&mut conn, "SELECT count(*) FROM audit_events").await,
         1
     );
+}
+
+/// A revocation cannot be edited or deleted in the database (migration 0007): running
+/// registrars would go on denying it while the store no longer says so.
+async fn revocations_are_permanent(db: &TestDb) {
+    let (store, mut conn) = db.open().await;
+    let revoked = Revocation::Identity(SpiffeId::parse("spiffe://acme.test/pe/x").expect("id"));
+    add_revocation(&mut conn, &revoked, Some("key compromise"), 1)
+        .await
+        .expect("revoke");
+    let mut statements = vec![
+        "UPDATE revocations SET reason = NULL",
+        "DELETE FROM revocations",
+    ];
+    if store.backend() == Backend::Postgres {
+        statements.push("TRUNCATE revocations");
+    }
+    for statement in statements {
+        let err = with_conn!(&mut conn, statement, |c, sql| sqlx::query(sql)
+            .execute(c)
+            .await
+            .expect_err(statement));
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
+    let rows = list_revocations(&mut conn).await.expect("list");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].revocation, revoked);
+    assert_eq!(rows[0].reason.as_deref(), Some("key compromise"));
 }
 
 #[tokio::test]
