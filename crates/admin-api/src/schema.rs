@@ -29,9 +29,10 @@ fn entry<T: ToSchema>() -> (String, RefOr<Schema>) {
 
 /// Every schema of this module: path parameters refer to them, but utoipa collects only
 /// the schemas of bodies, so [`crate::openapi::finish`] adds them.
-pub(crate) fn components() -> [(String, RefOr<Schema>); 15] {
+pub(crate) fn components() -> [(String, RefOr<Schema>); 16] {
     [
         entry::<AuditActor>(),
+        entry::<AuditActionName>(),
         entry::<AuditOutcome>(),
         entry::<AuditRegistrar>(),
         entry::<TrustDomainName>(),
@@ -170,6 +171,15 @@ text_schema! {
         pattern = r"^(local|spiffe://[a-z0-9._-]{1,255}(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*)$",
     max_length = 2048,
     example = "spiffe://acme.test/registrar/enrp-1"
+    }
+}
+
+text_schema! {
+    /// An audit action name: 1 to 64 bytes of `a-z 0-9 . _ : -` (`register`,
+    /// `admin:grant.create`, ...).
+    AuditActionName {
+        pattern = r"^[a-z0-9._:-]{1,64}$",
+        example = "register"
     }
 }
 
@@ -432,6 +442,11 @@ mod tests {
         };
         holds("AuditActor", "spife:/.atokn-*", actor);
         holds("AuditActor", "token:.a-*/", actor);
+        holds(
+            "AuditActionName",
+            "reg:.a_-Z0",
+            store::audit::is_action_name,
+        );
         let outcome = |v: &str| v.parse::<store::audit::Outcome>().is_ok();
         holds("AuditOutcome", "okcause:0x1f.-_Z", outcome);
         let registrar = |v: &str| v.parse::<store::audit::Chain>().is_ok();

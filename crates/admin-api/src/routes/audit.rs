@@ -14,7 +14,9 @@ use crate::auth::{Authorized, ReadAll, TOKEN_ACTOR_SEGMENT};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::{handle_text, parse_handle};
-use crate::schema::{AuditActor, AuditOutcome, AuditRegistrar, NamespaceName, PoolHandleText};
+use crate::schema::{
+    AuditActionName, AuditActor, AuditOutcome, AuditRegistrar, NamespaceName, PoolHandleText,
+};
 use crate::state::App;
 
 /// Page direction.
@@ -49,6 +51,7 @@ pub(crate) struct AuditQuery {
     #[param(value_type = Option<PoolHandleText>)]
     pool: Option<String>,
     /// Records of this action (`register`, `admin:grant.create`, ...).
+    #[param(value_type = Option<AuditActionName>)]
     action: Option<String>,
     /// Records with this outcome (`ok`, `cause:0x000a`, `forbidden`, ...).
     #[param(value_type = Option<AuditOutcome>)]
@@ -169,6 +172,11 @@ impl AuditQuery {
                 })
             })
             .transpose()?;
+        if let Some(action) = &self.action
+            && !audit::is_action_name(action)
+        {
+            return Err(invalid("an action is 1 to 64 bytes of a-z 0-9 . _ : -"));
+        }
         let outcome = self.outcome.as_deref().map(Outcome::from_str).transpose()?;
         let chain = self.registrar.as_deref().map(Chain::from_str).transpose()?;
         let limit = match self.limit {

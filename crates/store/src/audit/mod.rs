@@ -216,6 +216,12 @@ impl FromStr for Outcome {
     }
 }
 
+/// Whether `s` can be a stored action name (`register`, `admin:grant.create`, ...): the
+/// rule [`Record::check`] applies, for filters that must refuse what no record can hold.
+pub fn is_action_name(s: &str) -> bool {
+    is_token(s)
+}
+
 /// 1–64 bytes of `a-z 0-9 . _ : -`.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
