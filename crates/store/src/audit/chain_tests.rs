@@ -16,7 +16,6 @@ on_both_backends!(file:
     queries_filter_by_registrar_and_name_it,
     anchors_and_deletions_are_per_chain,
     archiving_a_registrar_chain_is_refused_and_changes_nothing,
-    a_writers_stale_append_point_is_not_used,
 );
 
 fn chain_a() -> Chain {
@@ -476,44 +475,4 @@ async fn a_database_of_version_4_migrates_with_its_chain_unchanged() {
     assert_eq!(append(&store, &Chain::Local, 4..5).await, [4]);
     append(&store, &chain_a(), 5..6).await;
     assert!(verify_all(&store).await.iter().all(VerifyReport::is_intact));
-}
-
-/// The audit writer remembers where its last commit ended and, on SQLite, appends after
-/// it without reading the head back (`append_batch`), guarded in the insert itself. Once
-/// someone else has appended (the admin API's `append_in`), that point is stale: the batch
-/// must go after the other rows, chained to them. Without the guard the insert reuses an
-/// id (an error, or with the rows archived meanwhile a fork); with a guard evaluated per
-/// row instead of once per statement, a batch inserts only its first row (an error).
-async fn a_writers_stale_append_point_is_not_used(db: &TestDb) {
-    let store = &db.store;
-    let chain = Chain::Local;
-    let records: Vec<Record> = (0..3).map(sample).collect();
-    let three: Vec<&Record> = records.iter().collect();
-    let many_records: Vec<Record> = (0..70).map(sample).collect();
-    // Two statements on SQLite: 64 rows and 6.
-    let many: Vec<&Record> = many_records.iter().collect();
-    async fn batch(store: &Store, records: &[&Record], known: Option<AppendPoint>) -> AppendPoint {
-        let mut tx = store.begin().await.expect("begin");
-        let end = append_batch(&mut tx, &Chain::Local, records, known)
-            .await
-            .expect("append_batch");
-        tx.commit().await.expect("commit");
-        end
-    }
-    let end = batch(store, &three, None).await;
-    assert_eq!(end.last_id, 3);
-    // Still the head: the next batch goes after it.
-    let end = batch(store, &three, Some(end)).await;
-    assert_eq!(end.last_id, 6);
-    assert_eq!(append(store, &chain, 10..12).await, vec![7, 8]);
-    // Stale: rows 7 and 8 came from elsewhere.
-    let end = batch(store, &three, Some(end)).await;
-    assert_eq!(end.last_id, 11);
-    let end = batch(store, &many, Some(end)).await;
-    assert_eq!(end.last_id, 81);
-    let reports = verify_all(store).await;
-    let r = report(&reports, &chain);
-    assert!(r.is_intact(), "{r:?}");
-    assert_eq!(r.checked, 81);
-    assert_eq!(r.head, end.hash, "the point returned is the chain's head");
 }

@@ -37,7 +37,7 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Conn, DbConn, Error, Result, check_text, with_conn};
+use crate::db::{Conn, Error, Result, check_text, with_conn};
 use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 
 pub use writer::{AuditConfig, AuditLog, AuditStats, CommitIndex, Queued};
@@ -561,38 +561,8 @@ async fn insert_checked<C: Conn + ?Sized>(
     chain: &Chain,
     records: &[&Record],
 ) -> Result<Vec<u64>> {
-    let (next, prev) = append_point(&mut *conn, chain).await?;
-    let (rows, _) = chain_rows(chain, records, next, prev);
-    // Ids start at 1 and only grow.
-    let ids = rows
-        .iter()
-        .map(|(id, ..)| u64::try_from(*id).unwrap_or_default())
-        .collect();
-    insert_rows(conn, chain, rows).await?;
-    Ok(ids)
-}
-
-/// Where a writer's last commit left the store: the id and hash of the last row it
-/// appended. Valid for the next batch as long as nobody else appended since (checked
-/// by [`append_after`] in the insert itself).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AppendPoint {
-    last_id: i64,
-    hash: Hash,
-}
-
-/// One row to insert: id, columns, prev_hash, hash.
-type Row = (i64, Columns, Hash, Hash);
-
-/// The rows of `records` chained from `prev`, ids from `next`, and the point they end at.
-fn chain_rows(
-    chain: &Chain,
-    records: &[&Record],
-    next: i64,
-    mut prev: Hash,
-) -> (Vec<Row>, AppendPoint) {
+    let (mut id, mut prev) = append_point(&mut *conn, chain).await?;
     let key = chain.key();
-    let mut id = next;
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
         let columns = record.to_columns();
@@ -601,17 +571,13 @@ fn chain_rows(
         prev = hash;
         id += 1;
     }
-    let end = AppendPoint {
-        last_id: id - 1,
-        hash: prev,
-    };
-    (rows, end)
-}
-
-/// Inserts chained rows, few statements per batch: every statement is a round trip to
-/// sqlx's SQLite thread, which costs more than the insert itself.
-async fn insert_rows<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, rows: Vec<Row>) -> Result<()> {
-    let key = chain.key();
+    // Ids start at 1 and only grow.
+    let ids = rows
+        .iter()
+        .map(|(id, ..)| u64::try_from(*id).unwrap_or_default())
+        .collect();
+    // Few statements per batch: every statement is a round trip to sqlx's SQLite thread,
+    // which costs more than the insert itself.
     let mut rows = rows.into_iter();
     let mut left = rows.len();
     while left > 0 {
@@ -631,103 +597,8 @@ async fn insert_rows<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, rows: Vec<Ro
         })?;
         left -= n;
     }
-    Ok(())
+    Ok(ids)
 }
-
-/// Appends `records` to `chain` in the audit writer's transaction (holding the store's
-/// write lock) and returns where they end. `known`: where the writer's previous commit
-/// ended. On SQLite the writer then skips reading the append point: each statement
-/// inserts up to [`INSERT_WIDE_ROWS`] rows chained from `known` *only if* the largest id
-/// of the store (live or archived) is still `known`'s, i.e. nobody (the admin API's
-/// [`append_in`], another process, an archive run cannot move it) appended since; ids
-/// only grow, so that check is exact. Otherwise nothing was inserted and it falls back to
-/// reading the append point, as [`append_in`] does. One statement per batch of up to 64
-/// records between `BEGIN IMMEDIATE` and `COMMIT`, instead of one read and several inserts.
-/// PostgreSQL, where a failed statement aborts the transaction, always reads the point.
-pub(crate) async fn append_batch<C: Conn + ?Sized>(
-    conn: &mut C,
-    chain: &Chain,
-    records: &[&Record],
-    known: Option<AppendPoint>,
-) -> Result<AppendPoint> {
-    if let (Some(known), DbConn::Sqlite(c)) = (known, conn.db()) {
-        let (rows, end) = chain_rows(chain, records, known.last_id + 1, known.hash);
-        if append_after(c, chain, rows, known.last_id).await? {
-            return Ok(end);
-        }
-    }
-    let (next, prev) = append_point(&mut *conn, chain).await?;
-    let (rows, end) = chain_rows(chain, records, next, prev);
-    insert_rows(conn, chain, rows).await?;
-    Ok(end)
-}
-
-/// Inserts `rows` (chained after the row `last_id`) in statements of up to
-/// [`INSERT_WIDE_ROWS`] rows, each guarded by "the largest id in the store is still the
-/// one before its first row". Returns false if the first statement's guard failed
-/// (nothing inserted: someone else appended). A later statement's guard cannot fail
-/// under the write lock; if it does, that is an error (the transaction rolls back).
-async fn append_after(
-    conn: &mut sqlx::SqliteConnection,
-    chain: &Chain,
-    rows: Vec<Row>,
-    mut last_id: i64,
-) -> Result<bool> {
-    let key = chain.key();
-    let mut rows = rows.into_iter().peekable();
-    let mut first = true;
-    while rows.peek().is_some() {
-        let n = rows.len().min(INSERT_WIDE_ROWS);
-        let mut query = sqlx::query(INSERT_AFTER[n - 1]);
-        for (id, cols, prev, hash) in rows.by_ref().take(n) {
-            query = bind_row!(query, id, key, cols, &prev, &hash);
-        }
-        let inserted = query
-            .bind(last_id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if inserted == 0 && first {
-            return Ok(false);
-        }
-        if inserted != n as u64 {
-            return Err(Error::AuditWrite {
-                reason: "the chain head moved while the write lock was held".to_owned(),
-            });
-        }
-        last_id += n as i64;
-        first = false;
-    }
-    Ok(true)
-}
-
-/// `INSERT INTO audit_events ... SELECT * FROM (VALUES (14 placeholders) × rows) WHERE`
-/// the largest id, live or archived, equals a last placeholder: [`append_after`]'s guarded
-/// insert, SQLite only, one statement per width from 1 to [`INSERT_WIDE_ROWS`] rows (sqlx
-/// keeps them prepared on the writer's connection). Built once from constants, never from
-/// data.
-static INSERT_AFTER: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    (1..=INSERT_WIDE_ROWS)
-        .map(|rows| {
-            let mut sql = String::from(
-                "INSERT INTO audit_events (id, chain, time_ms, actor, serial, remote, \
-                 namespace, pool, pe_id, action, outcome, detail, prev_hash, hash) \
-                 SELECT * FROM (VALUES ",
-            );
-            for row in 0..rows {
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-            }
-            sql.push_str(
-                ") WHERE max(coalesce((SELECT max(id) FROM audit_events), 0), \
-                 coalesce((SELECT max(last_id) FROM audit_archives), 0)) = ?",
-            );
-            &*Box::leak(sql.into_boxed_str())
-        })
-        .collect()
-});
 
 /// Binds one row's 14 values, in the order of [`insert_sql`]'s columns, to a query of
 /// either backend.

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use super::{AppendPoint, Chain, Durability, Record, append_batch};
+use super::{Chain, Durability, Record, insert_checked};
 use crate::db::{Error, Result, Store, StoreConn, WRITE_LOCK};
 
 /// Configuration of the [`AuditLog`] writer.
@@ -417,9 +417,6 @@ async fn run(
     let mut closing = false;
     // Whether `conn` failed and is to be replaced before the next attempt (PostgreSQL).
     let mut stale = false;
-    // Where the last commit left the chain, so that the next one need not read it back
-    // (`append_batch` checks that it still holds); unknown after a failure.
-    let mut known: Option<AppendPoint> = None;
     loop {
         // Wait for the first message of a batch.
         if !closing {
@@ -460,7 +457,6 @@ async fn run(
                 &config.chain,
                 &batch,
                 &counters,
-                &mut known,
             )
             .await
             {
@@ -569,7 +565,6 @@ async fn commit(
     chain: &Chain,
     batch: &[Job],
     counters: &Counters,
-    known: &mut Option<AppendPoint>,
 ) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
@@ -594,21 +589,15 @@ async fn commit(
                 }
             }
         }
-        match try_commit(conn, chain, batch, *known).await {
-            Ok(end) => {
-                *known = Some(end);
-                break;
-            }
-            // Rolled back: the next attempt reads the chain head again.
+        match try_commit(conn, chain, batch).await {
+            Ok(()) => break,
             Err(_) if attempt < ATTEMPTS => {
-                *known = None;
                 *stale = postgres;
                 sleep(backoff).await;
                 backoff *= 2;
                 attempt += 1;
             }
             Err(err) => {
-                *known = None;
                 // The next batch starts on a fresh connection.
                 *stale = postgres;
                 return Err(err.to_string());
@@ -624,22 +613,15 @@ async fn commit(
 
 /// One transaction that holds the store's write lock (`BEGIN IMMEDIATE` on SQLite,
 /// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin`]) while it reads the chain head
-/// and the next id (or checks that `known` still holds them) and appends after them:
-/// writers of other chains in the same store (other registrars) take the same lock, so
-/// nobody's chain forks and ids stay unique. Returns where the chain now ends.
-async fn try_commit(
-    conn: &mut StoreConn,
-    chain: &Chain,
-    batch: &[Job],
-    known: Option<AppendPoint>,
-) -> Result<AppendPoint> {
+/// and the next id and appends after them: writers of other chains in the same store
+/// (other registrars) take the same lock, so nobody's chain forks and ids stay unique.
+async fn try_commit(conn: &mut StoreConn, chain: &Chain, batch: &[Job]) -> Result<()> {
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();
-    let end = match conn {
+    match conn {
         StoreConn::Sqlite(conn) => {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let end = append_batch(&mut tx, chain, &records, known).await?;
+            insert_checked(&mut tx, chain, &records).await?;
             tx.commit().await?;
-            end
         }
         StoreConn::Postgres(conn) => {
             let mut tx = conn.begin().await?;
@@ -647,12 +629,11 @@ async fn try_commit(
                 .bind(WRITE_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            let end = append_batch(&mut tx, chain, &records, known).await?;
+            insert_checked(&mut tx, chain, &records).await?;
             tx.commit().await?;
-            end
         }
-    };
-    Ok(end)
+    }
+    Ok(())
 }
 
 fn fail_all(batch: Vec<Job>, reason: &str) {
