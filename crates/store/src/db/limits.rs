@@ -84,34 +84,25 @@ impl Table {
 /// The rows `table` holds now (`now_ms`: for the tokens' expiry).
 pub async fn count<C: Conn + ?Sized>(conn: &mut C, table: Table, now_ms: u64) -> Result<u64> {
     let now = ms_to_i64(now_ms, "time")?;
-    let n: i64 = match table {
-        Table::Namespaces => with_conn!(conn, "SELECT COUNT(*) FROM namespaces", |c, sql| {
-            sqlx::query_scalar(sql).fetch_one(c).await
-        })?,
-        Table::PoolDeclarations => with_conn!(conn, "SELECT COUNT(*) FROM pools", |c, sql| {
-            sqlx::query_scalar(sql).fetch_one(c).await
-        })?,
-        Table::TrustDomains => with_conn!(conn, "SELECT COUNT(*) FROM trust_domains", |c, sql| {
-            sqlx::query_scalar(sql).fetch_one(c).await
-        })?,
-        Table::Grants => with_conn!(conn, "SELECT COUNT(*) FROM grants", |c, sql| {
-            sqlx::query_scalar(sql).fetch_one(c).await
-        })?,
-        Table::DefaultNamespaces => {
-            with_conn!(conn, "SELECT COUNT(*) FROM default_namespaces", |c, sql| {
-                sqlx::query_scalar(sql).fetch_one(c).await
-            })?
-        }
-        Table::Revocations => with_conn!(conn, "SELECT COUNT(*) FROM revocations", |c, sql| {
-            sqlx::query_scalar(sql).fetch_one(c).await
-        })?,
-        Table::ActiveTokens => with_conn!(
-            conn,
+    // Active tokens are counted at `now`; every other table counts all its rows.
+    let (sql, at_now) = match table {
+        Table::Namespaces => ("SELECT COUNT(*) FROM namespaces", false),
+        Table::PoolDeclarations => ("SELECT COUNT(*) FROM pools", false),
+        Table::TrustDomains => ("SELECT COUNT(*) FROM trust_domains", false),
+        Table::Grants => ("SELECT COUNT(*) FROM grants", false),
+        Table::DefaultNamespaces => ("SELECT COUNT(*) FROM default_namespaces", false),
+        Table::Revocations => ("SELECT COUNT(*) FROM revocations", false),
+        Table::ActiveTokens => (
             "SELECT COUNT(*) FROM admin_tokens
              WHERE revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?1)",
-            |c, sql| sqlx::query_scalar(sql).bind(now).fetch_one(c).await
-        )?,
+            true,
+        ),
     };
+    let n: i64 = with_conn!(conn, sql, |c, sql| {
+        let query = sqlx::query_scalar(sql);
+        let query = if at_now { query.bind(now) } else { query };
+        query.fetch_one(c).await
+    })?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
