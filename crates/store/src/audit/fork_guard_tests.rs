@@ -1,16 +1,25 @@
-//! The fork guard of migration 0008 (issue 20; docs/STORE.md "The fork guard"): the
-//! database itself accepts an audit row only at the head of its chain, on both backends,
-//! whoever writes it (raw SQL here, bypassing the writer).
+//! The fork guard (issue 20; docs/STORE.md "The fork guard"): the database itself refuses
+//! a second audit row after one predecessor, whoever writes it (raw SQL here, bypassing
+//! the writer). On SQLite (migration 0008's trigger) it moreover accepts a row only at the
+//! head of its chain; PostgreSQL keeps `UNIQUE (prev_hash)`.
 
 use super::*;
 
 on_both_backends!(file:
-    only_an_append_at_the_head_is_accepted,
+    the_database_refuses_a_fork_and_sqlite_any_row_off_the_head,
     two_inserters_racing_cannot_fork,
 );
 
-/// What the guard says when a row does not chain from its chain's head.
+/// What SQLite's guard says when a row does not chain from its chain's head.
 const NOT_AT_HEAD: &str = "does not chain from the head of its chain";
+
+/// What each backend's guard says when a row would fork its chain.
+fn fork_refusal(conn: &crate::db::StoreConn) -> &'static str {
+    match conn {
+        crate::db::StoreConn::Sqlite(_) => NOT_AT_HEAD,
+        crate::db::StoreConn::Postgres(_) => "audit_events_prev_hash_key",
+    }
+}
 
 /// Inserts `record` as row `id` of `chain` chaining from `prev` (its hash computed as the
 /// writer computes it), in one statement on `conn`: what someone with SQL access could do.
@@ -52,12 +61,12 @@ fn refused(result: std::result::Result<(), String>, why: &str, what: &str) {
 }
 
 /// For the local chain and a registrar's chain, interleaved with another chain: a row
-/// chaining from the head's predecessor (a fork) or from a made-up hash is refused by the
-/// database, and so is one from the head but with an id below the table's largest; a row
-/// at the head is accepted; every chain still verifies. On PostgreSQL a
-/// registrar's first row must chain from its genesis (SQLite has no SHA-256: `verify`
-/// checks it there).
-async fn only_an_append_at_the_head_is_accepted(db: &TestDb) {
+/// chaining from the head's predecessor (a fork) is refused by the database on both
+/// backends; on SQLite so is one chaining from a made-up hash, or from the head but with
+/// an id below the table's largest; a row at the head is accepted; every chain still
+/// verifies. What the guard lets through (PostgreSQL's made-up predecessors; a
+/// registrar's first row, whose genesis neither checks in SQL) `verify` finds.
+async fn the_database_refuses_a_fork_and_sqlite_any_row_off_the_head(db: &TestDb) {
     let store = db.store.clone();
     for chain in [Chain::Local, chain_a()] {
         append(&store, &chain, 0..3).await;
@@ -78,19 +87,22 @@ async fn only_an_append_at_the_head_is_accepted(db: &TestDb) {
         let (head_hash, before_head) = (rows[0].hash, rows[1].hash);
         let next = max_id(&mut conn).await + 1;
         let r = sample(7);
+        let sqlite = matches!(conn, crate::db::StoreConn::Sqlite(_));
         refused(
             insert_row(&mut conn, &chain, next, &before_head, &r).await,
-            NOT_AT_HEAD,
+            fork_refusal(&conn),
             "a fork from the head's predecessor",
         );
-        refused(
-            insert_row(&mut conn, &chain, next, &[9; 32], &r).await,
-            NOT_AT_HEAD,
-            "a made-up predecessor",
-        );
+        if sqlite {
+            refused(
+                insert_row(&mut conn, &chain, next, &[9; 32], &r).await,
+                NOT_AT_HEAD,
+                "a made-up predecessor",
+            );
+        }
         // At the head: accepted. A registrar's chain may leave a gap in the ids (the local
         // chain's ids are contiguous: `verify` would report the gap).
-        let gap = i64::from(chain != Chain::Local);
+        let gap = i64::from(sqlite && chain != Chain::Local);
         insert_row(&mut conn, &chain, next + gap, &head_hash, &r)
             .await
             .expect("an append at the head");
@@ -107,47 +119,38 @@ async fn only_an_append_at_the_head_is_accepted(db: &TestDb) {
             .await
             .expect("the next append at the head");
     }
+    let reports = verify_all(&store).await;
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert!(reports.iter().all(VerifyReport::is_intact), "{reports:?}");
     let mut conn = store.acquire().await.expect("conn");
     let fresh = Chain::Registrar(id("spiffe://acme.test/registrar/enrp-g"));
     let next = max_id(&mut conn).await + 1;
-    let made_up = insert_row(&mut conn, &fresh, next, &[5; 32], &sample(1)).await;
-    match conn {
-        crate::db::StoreConn::Postgres(_) => {
-            refused(made_up, NOT_AT_HEAD, "a first row not from the genesis");
-            insert_row(&mut conn, &fresh, next, &fresh.genesis(), &sample(1))
-                .await
-                .expect("a first row from the genesis");
-        }
-        crate::db::StoreConn::Sqlite(_) => {
-            made_up.expect("SQLite does not check a registrar's genesis");
-            raw(
-                &mut conn,
-                format!("DELETE FROM audit_events WHERE id = {next}"),
-            )
-            .await
-            .expect_err("still append-only");
-            // `verify` finds it.
-            let reports = verify_all(&store).await;
-            assert!(!report(&reports, &fresh).is_intact(), "{reports:?}");
-            return;
-        }
-    }
+    insert_row(&mut conn, &fresh, next, &[5; 32], &sample(1))
+        .await
+        .expect("neither backend checks a registrar's genesis in SQL");
+    raw(
+        &mut conn,
+        format!("DELETE FROM audit_events WHERE id = {next}"),
+    )
+    .await
+    .expect_err("still append-only");
     drop(conn);
+    // `verify` finds it.
     let reports = verify_all(&store).await;
-    assert_eq!(reports.len(), 4, "{reports:?}");
-    assert!(reports.iter().all(VerifyReport::is_intact), "{reports:?}");
+    assert!(!report(&reports, &fresh).is_intact(), "{reports:?}");
 }
 
 /// Two transactions that do not take the store's write lock insert the same chain's next
 /// row, both from the same head: the second waits for the first (SQLite's single writer;
-/// on PostgreSQL the guard's own lock), then finds that the head moved and is refused.
-/// Without the guard it inserts a fork.
+/// on PostgreSQL the unique index's wait for the first's key), then is refused. Without
+/// the guard it inserts a fork.
 async fn two_inserters_racing_cannot_fork(db: &TestDb) {
     let store = db.store.clone();
     append(&store, &chain_a(), 0..3).await;
     let mut first = store.acquire().await.expect("conn");
     let mut second = store.acquire().await.expect("conn");
     let (head_id, head_hash) = head(&mut first, &chain_a()).await.expect("head");
+    let why = fork_refusal(&first);
     raw(&mut first, "BEGIN".into()).await.expect("begin");
     insert_row(&mut first, &chain_a(), head_id + 1, &head_hash, &sample(4))
         .await
@@ -165,7 +168,7 @@ async fn two_inserters_racing_cannot_fork(db: &TestDb) {
         .await
         .expect("the second inserter finishes")
         .expect("task");
-    refused(result, NOT_AT_HEAD, "a fork by a racing inserter");
+    refused(result, why, "a fork by a racing inserter");
     drop(first);
     let reports = verify_all(&store).await;
     let a = report(&reports, &chain_a());
@@ -225,8 +228,9 @@ async fn fill_version_7<C: Conn + ?Sized>(conn: &mut C) -> Version7 {
 
 /// A store of version 7 with records of two chains and an archived prefix, migrated to
 /// version 8: every row (id, chain, prev_hash, hash) unchanged, both chains verify from
-/// the same heads and anchor, `UNIQUE (prev_hash)` is gone, the append-only and delete
-/// triggers hold, the guard refuses a fork, and the chains continue and archive.
+/// the same heads and anchor, `UNIQUE (prev_hash)` is gone on SQLite and kept on
+/// PostgreSQL, the append-only and delete triggers hold, the guard refuses a fork, and
+/// the chains continue and archive.
 async fn check_migrated_from_version_7(
     store: &Store,
     before: &[(i64, String, Vec<u8>, Vec<u8>)],
@@ -247,17 +251,23 @@ async fn check_migrated_from_version_7(
             .map(|a| a.last_id),
         Some(2)
     );
-    let unique = match conn {
-        crate::db::StoreConn::Sqlite(_) => "SELECT count(*) FROM pragma_index_list('audit_events')",
-        crate::db::StoreConn::Postgres(_) => {
-            "SELECT count(*) FROM pg_constraint WHERE conname = 'audit_events_prev_hash_key'"
+    let (unique, expected) = match conn {
+        crate::db::StoreConn::Sqlite(_) => {
+            ("SELECT count(*) FROM pragma_index_list('audit_events')", 0)
         }
+        crate::db::StoreConn::Postgres(_) => (
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'audit_events_prev_hash_key'",
+            1,
+        ),
     };
     let n: i64 = with_conn!(&mut conn, unique, |c, sql| sqlx::query_scalar(sql)
         .fetch_one(c)
         .await)
     .expect("indexes");
-    assert_eq!(n, 0, "UNIQUE (prev_hash) is still there");
+    assert_eq!(
+        n, expected,
+        "UNIQUE (prev_hash): gone on SQLite, kept on PostgreSQL"
+    );
     for sql in [
         "UPDATE audit_events SET detail = 'x' WHERE id = 3",
         "DELETE FROM audit_events WHERE id = 3",
@@ -270,7 +280,7 @@ async fn check_migrated_from_version_7(
     let fork_from = Hash::try_from(&fork_from[..]).expect("hash");
     refused(
         insert_row(&mut conn, &Chain::Local, 8, &fork_from, &sample(9)).await,
-        NOT_AT_HEAD,
+        fork_refusal(&conn),
         "a fork after the migration",
     );
     insert_row(&mut conn, &Chain::Local, 8, &head_hash, &sample(9))

@@ -214,16 +214,11 @@ pub async fn copy_sqlite_to_postgres(from: &Store, to: &Store) -> Result<CopyRep
     }
     // The anchor trigger checks that an anchor names rows present in audit_events; the
     // archived rows were deleted at the source, so it is off for this transaction only
-    // (ALTER TABLE is transactional). So is the fork guard (migration 0008): the first
-    // live row chains from an anchor copied after it. Both are checked below instead:
-    // `verify` requires the anchors to continue one another and the live rows to
-    // continue them, linked, with the source's ids and heads.
-    for sql in [
-        "ALTER TABLE audit_archives DISABLE TRIGGER audit_archives_continue",
-        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_at_head",
-    ] {
-        sqlx::query(sql).execute(&mut *dst).await?;
-    }
+    // (ALTER TABLE is transactional). The anchors are checked below instead: `verify`
+    // requires them to continue one another and the live rows to continue them.
+    sqlx::query("ALTER TABLE audit_archives DISABLE TRIGGER audit_archives_continue")
+        .execute(&mut *dst)
+        .await?;
     let mut rows = Vec::with_capacity(TABLES.len());
     for (table, columns) in TABLES {
         rows.push((
@@ -231,12 +226,9 @@ pub async fn copy_sqlite_to_postgres(from: &Store, to: &Store) -> Result<CopyRep
             copy_table(&mut src, &mut dst, table, columns).await?,
         ));
     }
-    for sql in [
-        "ALTER TABLE audit_archives ENABLE TRIGGER audit_archives_continue",
-        "ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_at_head",
-    ] {
-        sqlx::query(sql).execute(&mut *dst).await?;
-    }
+    sqlx::query("ALTER TABLE audit_archives ENABLE TRIGGER audit_archives_continue")
+        .execute(&mut *dst)
+        .await?;
     for table in IDENTITY_TABLES {
         let sql =
             format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}");
