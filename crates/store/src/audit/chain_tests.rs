@@ -19,6 +19,8 @@ on_both_backends!(file:
 
 #[path = "archive_chain_tests.rs"]
 mod archive_chain_tests;
+#[path = "fork_guard_tests.rs"]
+mod fork_guard_tests;
 
 fn chain_a() -> Chain {
     Chain::Registrar(id("spiffe://acme.test/registrar/enrp-a"))
@@ -69,7 +71,7 @@ async fn tamper(store: &Store, sql: String) {
 /// chain) append thousands of records concurrently to one database: ids stay unique and
 /// increasing over the table, no record is lost, and both chains verify. Without the
 /// write lock around the head and next-id read, or with ids taken per chain, the inserts
-/// collide (primary key or `prev_hash` unique) and records are lost.
+/// collide (primary key, or the fork guard of migration 0008) and records are lost.
 async fn two_writers_on_two_chains_interleave_without_forking(db: &TestDb) {
     const PER_TASK: u64 = 500;
     const TASKS: u64 = 4;
