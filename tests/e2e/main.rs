@@ -19,4 +19,5 @@ mod retention;
 mod store_copy;
 mod store_tls;
 mod support;
+mod systemd;
 mod trust_edges;

@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::layers::{RunArgs, changed_keys};
 
 mod layers;
+mod notify;
 
 /// An ENRP registrar: keeps the handlespace of pools, serves ASAP over mutual TLS, audits
 /// every operation.
@@ -675,11 +676,24 @@ async fn serve(args: RunArgs, config: RunConfig) -> anyhow::Result<()> {
     for (what, at) in running.sctp_addrs() {
         enrp_text.push_str(&format!(", {what} on sctp:{at}"));
     }
-    println!(
+    let serving = format!(
         "enrpd: serving ASAP on {} (Server ID {}){admin_text}{enrp_text}",
         running.asap_addr(),
         running.server_id()
     );
+    println!("{serving}");
+    // systemd's Type=notify (contrib/systemd/enrpd.service): ready once the line above
+    // is true.
+    let notifier = notify::Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
+    let tell = |state: &str| {
+        if let Some(n) = &notifier {
+            n.notify(state);
+        }
+    };
+    tell(&format!(
+        "READY=1\nSTATUS={}",
+        notify::status_line(&serving)
+    ));
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -687,8 +701,16 @@ async fn serve(args: RunArgs, config: RunConfig) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 // SIGHUP: certificate, CRL, grants, default namespaces, without a restart.
                 // A bad file changes nothing and is logged; the registrar keeps serving.
-                if let Err(e) = running.reload().await {
-                    tracing::error!(error = %e, "reload failed; nothing changed");
+                tell("RELOADING=1");
+                match running.reload().await {
+                    Ok(()) => tell("READY=1\nSTATUS=reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload failed; nothing changed");
+                        tell(&format!(
+                            "READY=1\nSTATUS={}",
+                            notify::status_line(&format!("reload failed, nothing changed: {e}"))
+                        ));
+                    }
                 }
                 if let (Some(path), Some(at_start)) = (&args.config, &at_start) {
                     match args.file_table() {
@@ -709,6 +731,7 @@ async fn serve(args: RunArgs, config: RunConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping");
+    tell("STOPPING=1");
     running.shutdown().await.context("shutting down")
 }
 

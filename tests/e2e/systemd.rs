@@ -1,0 +1,125 @@
+//! enrpd as a systemd service (issue 21, item 5): the shipped unit and config in
+//! contrib/systemd, and the Type=notify protocol the unit relies on, spoken by the real
+//! `enrpd` to a socket standing in for systemd.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Lab, bin, serving};
+
+fn contrib(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/systemd")
+        .join(file)
+}
+
+/// The next notification `enrpd` sent, within 30 s.
+fn next(manager: &UnixDatagram) -> String {
+    let mut buf = [0_u8; 4096];
+    let n = manager
+        .recv(&mut buf)
+        .expect("a notification from enrpd within 30 s");
+    String::from_utf8(buf[..n].to_vec()).expect("text")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// The shipped `enrpd.toml` (its addresses moved to free loopback ports, its data
+/// directory to the lab's) starts a registrar, which then tells the notification socket
+/// READY=1 with the serving line as its status, RELOADING=1 and READY=1 around a SIGHUP,
+/// and STOPPING=1 on SIGTERM before exiting cleanly.
+#[test]
+fn enrpd_tells_systemd_when_it_serves_reloads_and_stops() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let shipped =
+        std::fs::read_to_string(contrib("enrpd.toml")).expect("contrib/systemd/enrpd.toml");
+    let mut config = String::new();
+    for line in shipped.lines() {
+        let line = match line.split_once(" = ").map(|(k, _)| k) {
+            Some("data") => format!("data = {:?}", lab.path("data").display().to_string()),
+            Some("asap_listen" | "enrp_listen" | "admin_listen") => {
+                format!(
+                    "{} = \"127.0.0.1:0\"",
+                    line.split_once(" = ").expect("key").0
+                )
+            }
+            _ => line.to_owned(),
+        };
+        config.push_str(&line);
+        config.push('\n');
+    }
+    assert!(
+        config.contains("data = \""),
+        "the shipped config names a data directory"
+    );
+    let config_file = lab.path("enrpd.toml");
+    std::fs::write(&config_file, config).expect("config");
+
+    let socket = lab.path("notify");
+    let manager = UnixDatagram::bind(&socket).expect("bind the notification socket");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut child = Command::new(bin("enrpd"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--allow-loopback")
+        .env("NOTIFY_SOCKET", &socket)
+        .env("ENRPD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn enrpd");
+    let line = serving(&mut child);
+    let ready = next(&manager);
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS={}", line.line.trim_end()),
+        "ready once serving, with the serving line as status"
+    );
+    signal(child.id(), "-HUP");
+    assert_eq!(next(&manager), "RELOADING=1");
+    assert_eq!(next(&manager), "READY=1\nSTATUS=reloaded");
+    signal(child.id(), "-TERM");
+    assert_eq!(next(&manager), "STOPPING=1");
+    let status = child.wait().expect("enrpd exits");
+    assert!(status.success(), "enrpd stopped cleanly: {status}");
+}
+
+/// `systemd-analyze verify` accepts the shipped unit (its ExecStart pointed at the built
+/// `enrpd`: verify checks that the binary exists). Skipped where systemd-analyze is not
+/// installed.
+#[test]
+fn the_shipped_unit_verifies() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: unit not verified");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = std::fs::read_to_string(contrib("enrpd.service")).expect("enrpd.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/enrpd run --config /etc/rsp/enrpd.toml"));
+    assert!(unit.contains("Type=notify"));
+    let unit = unit.replace("/usr/local/bin/enrpd", &bin("enrpd").display().to_string());
+    let file = dir.path().join("enrpd.service");
+    std::fs::write(&file, unit).expect("unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&file)
+        .output()
+        .expect("systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("enrpd.service:"),
+        "systemd-analyze verify: {stderr}"
+    );
+}
