@@ -6,19 +6,20 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use asap::client::admit::{AdmitError, Admitted, AllowedPus, accept_pu};
 use asap::client::failover::{PPID_SERVICE, Stream};
+use asap::client::forward::{ForwardError, Forwarder};
 use asap::client::session::{self, Binding, CookieKey, Frame};
 use asap::wire::AsapMsg;
 use asap::wire::param::{ErrorCause, Load, OperationError, PoolHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use trust::{Peer, Protocol, TrustStore};
+use trust::{Peer, TrustStore};
 
 /// Longest line echoed; a longer one ends the session (bounded memory per client).
 const MAX_LINE: usize = 64 * 1024;
@@ -103,19 +104,74 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Accepts TLS clients (any identity of a trusted domain: PUs present certificates too)
-/// and serves each on its own task; each counts towards `meter` while it lasts.
+/// What a PE does with each admitted PU session.
+pub(crate) enum Handler {
+    /// A demo service, with its sessions' cookie key for `counter`.
+    Demo {
+        service: Service,
+        sessions: Option<Arc<Sessions>>,
+    },
+    /// Carries the session to an existing server (`--forward`).
+    Forward(Arc<Forwarder>),
+}
+
+/// PU identities the PE refused (not allowed to use the pool), counted for the log line.
+static REFUSED_PUS: AtomicU64 = AtomicU64::new(0);
+
+/// One line for a PU the PE did not admit: a refused identity is named and counted.
+fn refused(addr: SocketAddr, e: &AdmitError) {
+    match e {
+        AdmitError::Handshake(_) => eprintln!("TLS handshake with {addr} failed: {e}"),
+        AdmitError::NotAllowed { .. } => {
+            let n = REFUSED_PUS.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!("refused PU from {addr}: {e}; {n} refused so far");
+        }
+        _ => eprintln!("refused {addr}: {e}"),
+    }
+}
+
+/// Accepts PUs over TLS, admits those `allowed` may use the pool (by default `pu/*` and
+/// `gateway/*` of a trusted domain, `asap::client::admit`), and serves each on its own
+/// task; each counts towards `meter` while it lasts.
 pub(crate) async fn serve(
     listener: PeListener,
     trust: Arc<TrustStore>,
-    service: Service,
-    sessions: Option<Arc<Sessions>>,
+    handler: Handler,
+    allowed: Arc<AllowedPus>,
     meter: Option<Arc<LoadMeter>>,
 ) {
     loop {
         let Ok((stream, addr, plain)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
+        };
+        let (service, sessions) = match &handler {
+            Handler::Forward(forwarder) => {
+                // The limit before the handshake: a PU beyond it costs no TLS work.
+                let slot = match forwarder.admit() {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        eprintln!("refused PU from {addr}: {e}");
+                        continue;
+                    }
+                };
+                let (forwarder, trust, allowed, meter) = (
+                    Arc::clone(forwarder),
+                    Arc::clone(&trust),
+                    Arc::clone(&allowed),
+                    meter.clone(),
+                );
+                tokio::spawn(async move {
+                    let _open = meter.as_ref().map(LoadMeter::open);
+                    match forwarder.session(stream, slot, &trust, &allowed).await {
+                        Ok(_) => {}
+                        Err(ForwardError::Admit(e)) => refused(addr, &e),
+                        Err(e) => eprintln!("session from {addr}: {e}"),
+                    }
+                });
+                continue;
+            }
+            Handler::Demo { service, sessions } => (*service, sessions.clone()),
         };
         if plain {
             // Legacy pool users (RSPLIB's rspterminal): no TLS, no sessions.
@@ -126,28 +182,15 @@ pub(crate) async fn serve(
             });
             continue;
         }
-        let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
         let trust = Arc::clone(&trust);
-        let sessions = sessions.clone();
+        let allowed = Arc::clone(&allowed);
         let meter = meter.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                eprintln!("TLS handshake with {addr} failed");
-                return;
-            };
             // Registered so that a CRL reloaded later closes the session of a PU it
             // revokes (and the session ends at the PU certificate's notAfter).
-            let live = Peer::from_tls(tls.get_ref().1)
-                .map_err(|e| e.to_string())
-                .and_then(|peer| trust.register_connection(&peer).map_err(|e| e.to_string()));
-            let mut live = match live {
-                Ok(live) => live,
-                Err(e) => {
-                    eprintln!("refused {addr}: {e}");
-                    return;
-                }
+            let Admitted { tls, mut live, .. } = match accept_pu(&trust, &allowed, stream).await {
+                Ok(a) => a,
+                Err(e) => return refused(addr, &e),
             };
             let _open = meter.as_ref().map(LoadMeter::open);
             let session = async {
