@@ -91,10 +91,15 @@ fn get(gw: SocketAddr) -> Result<String, String> {
     }
 }
 
-/// `rsp gateway` for pool `web` as `cert`, and its address.
-fn gateway(lab: &Lab, registrar: SocketAddr, cert: &str) -> (Pe, SocketAddr) {
+/// `rsp gateway` for `pool` as `cert` (killed on drop), and its address.
+pub(crate) fn gateway(
+    lab: &Lab,
+    registrar: SocketAddr,
+    cert: &str,
+    pool: &str,
+) -> (Pe, SocketAddr) {
     let mut gw = rsp(lab, registrar, cert)
-        .args(["gateway", "--listen", "127.0.0.1:0", "--pool", "web"])
+        .args(["gateway", "--listen", "127.0.0.1:0", "--pool", pool])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -189,7 +194,7 @@ fn two_http_servers_behind_sidecar_pes_fail_over_come_back_and_refuse_unallowed_
     assert_eq!(both.len(), 2, "{both:?}");
 
     // A plain HTTP client reaches both servers through the gateway and the pool.
-    let (_gw, gw) = gateway(&lab, registrar.addr, "gateway-gw-1");
+    let (_gw, gw) = gateway(&lab, registrar.addr, "gateway-gw-1", "web");
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
         seen.insert(get(gw).expect("an answer through the pool"));
@@ -235,7 +240,7 @@ fn two_http_servers_behind_sidecar_pes_fail_over_come_back_and_refuse_unallowed_
 
     // A gateway whose identity is valid but outside --allow-pu: every session refused,
     // and each PE logs the identity it refused.
-    let (_gw2, gw2) = gateway(&lab, registrar.addr, "gateway-gw-2");
+    let (_gw2, gw2) = gateway(&lab, registrar.addr, "gateway-gw-2", "web");
     for _ in 0..4 {
         let refused = get(gw2);
         assert!(refused.is_err(), "{refused:?}");

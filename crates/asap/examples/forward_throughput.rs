@@ -32,15 +32,33 @@ fn store(ca: &TestCa, path: &str) -> Arc<TrustStore> {
     Arc::new(s)
 }
 
-/// Runs `f` on its own thread with a single-threaded runtime.
-fn on_thread<F: Future<Output = ()> + Send + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+/// Runs `f` on its own thread with a single-threaded runtime; returns the thread's id in
+/// /proc (for its CPU time).
+fn on_thread<F: Future<Output = ()> + Send + 'static>(
+    f: impl FnOnce() -> F + Send + 'static,
+) -> String {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        // "/proc/thread-self" links to "PID/task/TID".
+        let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        let _ = tx.send(me.file_name().expect("TID").to_string_lossy().into_owned());
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(f());
     });
+    rx.recv().expect("the thread starts")
+}
+
+/// CPU seconds (user + system) a thread of this process has used.
+fn cpu_secs(tid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+    // Fields after the command's closing parenthesis: state is field 3; utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    ticks / 100.0 // USER_HZ
 }
 
 /// A loopback listener for a runtime on another thread, and its address.
@@ -64,22 +82,22 @@ async fn discard<S: tokio::io::AsyncRead + Unpin>(mut s: S, done: mpsc::Sender<u
     let _ = done.send(n);
 }
 
-/// A plain TCP discard server (the existing server behind the PE).
-fn plain_sink(done: mpsc::Sender<u64>) -> SocketAddr {
+/// A plain TCP discard server (the existing server behind the PE), and its thread.
+fn plain_sink(done: mpsc::Sender<u64>) -> (SocketAddr, String) {
     let (l, addr) = listener();
-    on_thread(move || async move {
+    let tid = on_thread(move || async move {
         let l = TcpListener::from_std(l).expect("listener");
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(discard(s, done.clone()));
         }
     });
-    addr
+    (addr, tid)
 }
 
-/// A TLS discard server presenting `pe` (the direct path).
-fn tls_sink(pe: Arc<TrustStore>, done: mpsc::Sender<u64>) -> SocketAddr {
+/// A TLS discard server presenting `pe` (the direct path), and its thread.
+fn tls_sink(pe: Arc<TrustStore>, done: mpsc::Sender<u64>) -> (SocketAddr, String) {
     let (l, addr) = listener();
-    on_thread(move || async move {
+    let tid = on_thread(move || async move {
         let l = TcpListener::from_std(l).expect("listener");
         while let Ok((s, _)) = l.accept().await {
             let _ = s.set_nodelay(true);
@@ -92,20 +110,20 @@ fn tls_sink(pe: Arc<TrustStore>, done: mpsc::Sender<u64>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, tid)
 }
 
-/// A forwarding PE presenting `pe`, to `target`.
-fn forwarding_pe(pe: Arc<TrustStore>, target: SocketAddr) -> SocketAddr {
+/// A forwarding PE presenting `pe`, to `target`, and its thread.
+fn forwarding_pe(pe: Arc<TrustStore>, target: SocketAddr) -> (SocketAddr, String) {
     let (l, addr) = listener();
-    on_thread(move || async move {
+    let tid = on_thread(move || async move {
         let l = TcpListener::from_std(l).expect("listener");
         let f = Arc::new(Forwarder::new(ForwardConfig::new(
             target.to_string().parse().expect("target"),
         )));
         f.serve(l, pe, AllowedPus::default(), |_| {}).await;
     });
-    addr
+    (addr, tid)
 }
 
 /// Sends `bytes` over mutual TLS as the PU to `addr`; the time until the sink counted
@@ -152,27 +170,50 @@ fn main() {
     let (pe, pu) = (store(&ca, "pe/bench"), store(&ca, "pu/bench"));
     let (direct_tx, direct_rx) = mpsc::channel();
     let (fwd_tx, fwd_rx) = mpsc::channel();
-    let direct = tls_sink(Arc::clone(&pe), direct_tx);
-    let forwarded = forwarding_pe(pe, plain_sink(fwd_tx));
-    let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / (1024.0 * 1024.0);
-    let (mut d, mut f) = (Vec::new(), Vec::new());
+    let (direct, direct_tid) = tls_sink(Arc::clone(&pe), direct_tx);
+    let (sink, sink_tid) = plain_sink(fwd_tx);
+    let (forwarded, pe_tid) = forwarding_pe(pe, sink);
+    let mib_f = mib as f64;
+    // One run: wall MiB/s, and MiB per CPU-second of the server side (the TLS server; or
+    // the forwarding PE alone, and the PE with the server behind it).
+    let run = |addr, done: &mpsc::Receiver<u64>, tids: &[&str]| {
+        let before: Vec<f64> = tids.iter().map(|t| cpu_secs(t)).collect();
+        let took = send(&pu, addr, bytes, done);
+        let used: Vec<f64> = tids
+            .iter()
+            .zip(&before)
+            .map(|(t, b)| cpu_secs(t) - b)
+            .collect();
+        (mib_f / took.as_secs_f64(), used)
+    };
+    let (mut wall, mut per_cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for round in 1..=rounds {
-        let td = rate(send(&pu, direct, bytes, &direct_rx));
-        let tf = rate(send(&pu, forwarded, bytes, &fwd_rx));
+        let (wd, cd) = run(direct, &direct_rx, &[&direct_tid]);
+        let (wf, cf) = run(forwarded, &fwd_rx, &[&pe_tid, &sink_tid]);
+        let (d_cpu, pe_cpu, both_cpu) = (mib_f / cd[0], mib_f / cf[0], mib_f / (cf[0] + cf[1]));
         println!(
-            "round {round}: direct TLS {td:.0} MiB/s, forwarded {tf:.0} MiB/s ({:.0} %)",
-            tf / td * 100.0
+            "round {round}: wall: direct TLS {wd:.0} MiB/s, forwarded {wf:.0} MiB/s ({:.0} %); \
+             per server CPU-second: TLS server {d_cpu:.0} MiB, forwarding PE {pe_cpu:.0} MiB \
+             ({:.0} %), PE + the server behind it {both_cpu:.0} MiB ({:.0} %)",
+            wf / wd * 100.0,
+            pe_cpu / d_cpu * 100.0,
+            both_cpu / d_cpu * 100.0,
         );
-        d.push(td);
-        f.push(tf);
+        wall.0.push(wd);
+        wall.1.push(wf);
+        per_cpu.0.push(d_cpu);
+        per_cpu.1.push(pe_cpu);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (md, mf) = (median(&mut d), median(&mut f));
+    let (wd, wf) = (median(&mut wall.0), median(&mut wall.1));
+    let (cd, cf) = (median(&mut per_cpu.0), median(&mut per_cpu.1));
     println!(
-        "{mib} MiB × {rounds}: median direct TLS {md:.0} MiB/s, forwarded {mf:.0} MiB/s: {:.0} % of direct",
-        mf / md * 100.0
+        "{mib} MiB × {rounds}, medians: wall {wf:.0} of {wd:.0} MiB/s ({:.0} %); per server \
+         CPU-second, the forwarding PE {cf:.0} of the TLS server's {cd:.0} MiB ({:.0} %)",
+        wf / wd * 100.0,
+        cf / cd * 100.0
     );
 }
