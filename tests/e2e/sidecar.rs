@@ -255,3 +255,48 @@ fn two_http_servers_behind_sidecar_pes_fail_over_come_back_and_refuse_unallowed_
     // The allowed one still gets through.
     assert!(get(gw).is_ok());
 }
+
+#[test]
+fn bad_sidecar_options_are_one_line_and_nothing_runs() {
+    let lab = Lab::new();
+    let nowhere: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    for (args, code, says) in [
+        (&["--check", "tcp"][..], 1, "--check needs --forward"),
+        (&["--forward", "nowhere"][..], 2, "--forward: "),
+        (
+            &["--forward", "127.0.0.1:8080", "--check", "ping"][..],
+            2,
+            "--check: ",
+        ),
+        (
+            &["--forward", "127.0.0.1:8080", "--allow-pu", "pu/*"][..],
+            2,
+            "--allow-pu: ",
+        ),
+        (
+            &[
+                "--forward",
+                "127.0.0.1:8080",
+                "--check",
+                "tcp",
+                "--check-interval",
+                "0",
+            ][..],
+            1,
+            "--check-interval and --check-timeout must be longer than 0",
+        ),
+    ] {
+        let out = rsp(&lab, nowhere, "pe-echo-1")
+            .args(["pe", "--pool", "web"])
+            .args(args)
+            .output()
+            .expect("rsp pe");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
