@@ -300,3 +300,151 @@ fn bad_sidecar_options_are_one_line_and_nothing_runs() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+/// A line echo server on loopback (a thread per connection), for the life of the test.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().expect("clone");
+                for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                    if writeln!(out, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A registrar, a forwarding PE of pool `web` to a line echo server with this
+/// `--drain-timeout`, and a gateway to the pool.
+struct Draining {
+    lab: Lab,
+    registrar: crate::support::Registrar,
+    pe: Pe,
+    lines: mpsc::Receiver<String>,
+    _gw: Pe,
+    gw: SocketAddr,
+}
+
+impl Draining {
+    fn start(drain_timeout: &str) -> Self {
+        let lab = Lab::new();
+        lab.pki(&["issue", "gateway", "gw-1"]);
+        lab.init_registrar();
+        let registrar = lab.start_registrar_with(300, 1000);
+        let backend = echo_server();
+        let mut child = rsp(&lab, registrar.addr, "pe-echo-1")
+            .args(["pe", "--pool", "web", "--forward", &backend.to_string()])
+            .args(["--drain-timeout", drain_timeout])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rsp pe --forward");
+        let lines = lines(child.stderr.take().expect("stderr"), "pe".into());
+        let pe = Pe(child);
+        wait_line(&lines, Duration::from_secs(20), |l| {
+            l.starts_with("registered with")
+        })
+        .unwrap_or_else(|seen| panic!("never registered: {seen:?}"));
+        let (_gw, gw) = gateway(&lab, registrar.addr, "gateway-gw-1", "web");
+        Self {
+            lab,
+            registrar,
+            pe,
+            lines,
+            _gw,
+            gw,
+        }
+    }
+
+    /// A client session through the gateway, checked with one line.
+    fn session(&self) -> (TcpStream, BufReader<TcpStream>) {
+        let mut open = TcpStream::connect(self.gw).expect("connect");
+        open.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answers = BufReader::new(open.try_clone().expect("clone"));
+        assert_eq!(exchange(&mut open, &mut answers, "one"), "one\n");
+        (open, answers)
+    }
+
+    /// SIGUSR1 to the PE; waits for its line saying it deregistered with `open` sessions.
+    fn drain(&self, open: usize) {
+        let pid = self.pe.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-USR1", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let want = format!("draining: deregistered from pool web; {open} open sessions");
+        wait_line(&self.lines, Duration::from_secs(10), |l| {
+            l.starts_with(&want)
+        })
+        .unwrap_or_else(|seen| panic!("no drain line: {seen:?}"));
+    }
+
+    /// Waits up to 10 s for the PE's line `want`.
+    fn says(&self, want: &str) {
+        wait_line(&self.lines, Duration::from_secs(10), |l| l == want)
+            .unwrap_or_else(|seen| panic!("no {want:?}: {seen:?}"));
+    }
+
+    /// Whether the PE exits within 10 s.
+    fn exits(&mut self) -> bool {
+        until(Duration::from_secs(10), || {
+            self.pe.0.try_wait().expect("wait").is_some()
+        })
+        .is_some()
+    }
+}
+
+/// One line out, one line back.
+fn exchange(out: &mut TcpStream, answers: &mut BufReader<TcpStream>, text: &str) -> String {
+    writeln!(out, "{text}").expect("write");
+    let mut line = String::new();
+    answers.read_line(&mut line).expect("read");
+    line
+}
+
+#[test]
+fn sigusr1_drains_the_pe_the_open_session_completes_then_it_exits() {
+    // Issue 21, drain: SIGUSR1 deregisters at once (the registrar stops returning the
+    // PE), new PUs are refused, the open session goes on to its end, then the PE exits.
+    let mut d = Draining::start("60s");
+    let (mut open, mut answers) = d.session();
+    d.drain(1);
+    assert!(
+        pool(&d.lab, d.registrar.addr).is_empty(),
+        "the registrar still returns it"
+    );
+    // New clients find no PE; the open session goes on.
+    assert!(get(d.gw).is_err());
+    assert_eq!(exchange(&mut open, &mut answers, "two"), "two\n");
+    assert!(d.pe.0.try_wait().expect("wait").is_none(), "still serving");
+    // The client closes (both handles of its socket): the session ends end to end.
+    drop((open, answers));
+    d.says("drained: every session ended");
+    assert!(d.exits(), "the PE exits once drained");
+}
+
+#[test]
+fn a_drain_ends_at_its_timeout_with_the_session_still_open() {
+    // The limit: a session that does not end is closed when --drain-timeout runs out.
+    let mut d = Draining::start("1s");
+    let (_open, mut answers) = d.session();
+    d.drain(1);
+    d.says("drain timeout: closing 1 open sessions");
+    assert!(d.exits(), "the PE exits at the drain timeout");
+    // The session was closed with the PE.
+    let mut rest = String::new();
+    assert!(
+        matches!(answers.read_to_string(&mut rest), Ok(0) | Err(_)),
+        "{rest:?}"
+    );
+}

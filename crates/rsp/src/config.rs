@@ -248,6 +248,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         default: Some("3"),
         help: "Failing checks in a row that take the server out of the pool.",
     },
+    Opt {
+        key: "drain_timeout",
+        flag: "drain-timeout",
+        takes: Takes::Value("DURATION"),
+        default: Some("30s"),
+        help: "On SIGUSR1 the PE drains: it deregisters (the registrar no longer returns it), refuses new sessions, and exits once the open ones have ended or after this long.",
+    },
 ];
 
 /// `rsp resolve`'s own options (`[resolve]` in the config file).
@@ -359,6 +366,8 @@ pub(crate) struct PeOptions {
     pub(crate) rise: NonZeroU32,
     #[serde(deserialize_with = "parsed")]
     pub(crate) fall: NonZeroU32,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) drain_timeout: Duration,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.

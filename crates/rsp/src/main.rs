@@ -409,6 +409,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 check_timeout,
                 rise,
                 fall,
+                drain_timeout,
             } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
@@ -464,6 +465,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 forward,
                 allowed: admit::AllowedPus::patterns(allow_pu),
                 check,
+                drain_timeout,
             };
             run_pe(pe, common).await
         }
@@ -523,6 +525,8 @@ struct PeArgs {
     allowed: admit::AllowedPus,
     /// `--check` and its timing (only with `forward`).
     check: Option<check::CheckConfig>,
+    /// `--drain-timeout`.
+    drain_timeout: Duration,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -539,6 +543,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         forward,
         allowed,
         check,
+        drain_timeout,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -658,24 +663,86 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             format!("{service:?}"),
         ),
     };
+    let gate = services::Gate::new();
     tokio::spawn(services::serve(
         listener,
         Arc::clone(&trust),
         handler,
         Arc::new(allowed),
         meter,
+        Arc::clone(&gate),
     ));
     println!(
         "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
         config.pe_id,
         trust.identity().id()
     );
+    let mut stop = stop_signals()?;
+    let stopping = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(Option::is_some).await;
+        }
+    };
     let events = |event| pe_event(event, &registered);
     match (check, forwarder) {
-        (Some(check), Some(f)) => run_checked(&trust, &config, check, f, events).await,
-        _ => pe::run(&trust, &config, shutdown_signal(), events).await,
+        (Some(check), Some(f)) => run_checked(&trust, &config, check, f, stopping, events).await,
+        _ => pe::run(&trust, &config, stopping, events).await,
     }
-    .context("registration")
+    .context("registration")?;
+    if *stop.borrow() != Some(Stop::Drain) {
+        return Ok(());
+    }
+    // Deregistered: the registrar no longer returns this PE. New PUs (from a cache) are
+    // refused so that they fail over; open sessions run to their end or the deadline.
+    gate.drain();
+    eprintln!(
+        "draining: deregistered from pool {pool}; {} open sessions, served until they end or for {}",
+        gate.open(),
+        humantime::format_duration(drain_timeout)
+    );
+    tokio::select! {
+        () = gate.idle() => eprintln!("drained: every session ended"),
+        () = tokio::time::sleep(drain_timeout) => {
+            eprintln!("drain timeout: closing {} open sessions", gate.open());
+        }
+        _ = stop.wait_for(|s| *s == Some(Stop::Terminate)) => {
+            eprintln!("stopped while draining: closing {} open sessions", gate.open());
+        }
+    }
+    Ok(())
+}
+
+/// Why `rsp pe` stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C or SIGTERM: deregister and exit.
+    Terminate,
+    /// SIGUSR1: deregister, refuse new sessions, exit once the open ones end (`--drain-timeout`).
+    Drain,
+}
+
+/// The stop signals, as they arrive (the last one wins: SIGTERM during a drain ends it).
+fn stop_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<Stop>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let mut shutdown = std::pin::pin!(shutdown_signal());
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    eprintln!("SIGUSR1: draining");
+                    tx.send_replace(Some(Stop::Drain));
+                }
+                () = &mut shutdown => {
+                    tx.send_replace(Some(Stop::Terminate));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// One line on stderr for what the PE's registration does (the e2e tests read them).
@@ -709,6 +776,7 @@ async fn run_checked(
     config: &pe::PeConfig,
     check: check::CheckConfig,
     forwarder: Arc<forward::Forwarder>,
+    shutdown: impl Future<Output = ()>,
     mut events: impl FnMut(pe::PeEvent),
 ) -> Result<(), client::Error> {
     use check::{CheckEvent, State};
@@ -728,7 +796,6 @@ async fn run_checked(
         _ => {}
     }));
     let _checks = AbortOnDrop(checks);
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use asap::client::admit::{AdmitError, Admitted, AllowedPus, accept_pu};
@@ -115,6 +115,55 @@ pub(crate) enum Handler {
     Forward(Arc<Forwarder>),
 }
 
+/// The PE's open sessions, and whether it takes new ones: a draining PE (SIGUSR1) refuses
+/// new connections before their handshake and waits for the open sessions to end.
+pub(crate) struct Gate {
+    open: watch::Sender<usize>,
+    draining: AtomicBool,
+}
+
+/// One open session of a [`Gate`].
+pub(crate) struct GateGuard(Arc<Gate>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Gate {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: watch::Sender::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a new session until the guard drops; `None` while draining.
+    fn enter(self: &Arc<Self>) -> Option<GateGuard> {
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.open.send_modify(|n| *n += 1);
+        Some(GateGuard(Arc::clone(self)))
+    }
+
+    /// From now on, new sessions are refused.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Sessions open now.
+    pub(crate) fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Resolves once no session is open.
+    pub(crate) async fn idle(&self) {
+        let _ = self.open.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
 /// PU identities the PE refused (not allowed to use the pool), counted for the log line.
 static REFUSED_PUS: AtomicU64 = AtomicU64::new(0);
 
@@ -139,10 +188,15 @@ pub(crate) async fn serve(
     handler: Handler,
     allowed: Arc<AllowedPus>,
     meter: Option<Arc<LoadMeter>>,
+    gate: Arc<Gate>,
 ) {
     loop {
         let Ok((stream, addr, plain)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Draining: closed before any TLS work, so that the PU fails over at once.
+        let Some(open) = gate.enter() else {
             continue;
         };
         let (service, sessions) = match &handler {
@@ -162,7 +216,7 @@ pub(crate) async fn serve(
                     meter.clone(),
                 );
                 tokio::spawn(async move {
-                    let _open = meter.as_ref().map(LoadMeter::open);
+                    let _open = (open, meter.as_ref().map(LoadMeter::open));
                     match forwarder.session(stream, slot, &trust, &allowed).await {
                         Ok(_) => {}
                         Err(ForwardError::Admit(e)) => refused(addr, &e),
@@ -177,7 +231,7 @@ pub(crate) async fn serve(
             // Legacy pool users (RSPLIB's rspterminal): no TLS, no sessions.
             let meter = meter.clone();
             tokio::spawn(async move {
-                let _open = meter.as_ref().map(LoadMeter::open);
+                let _open = (open, meter.as_ref().map(LoadMeter::open));
                 let _ = run(service, stream).await;
             });
             continue;
@@ -192,7 +246,7 @@ pub(crate) async fn serve(
                 Ok(a) => a,
                 Err(e) => return refused(addr, &e),
             };
-            let _open = meter.as_ref().map(LoadMeter::open);
+            let _open = (open, meter.as_ref().map(LoadMeter::open));
             let session = async {
                 match (service, sessions) {
                     (Service::Counter, Some(sessions)) => {
