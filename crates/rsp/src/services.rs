@@ -164,6 +164,48 @@ impl Gate {
     }
 }
 
+/// Refusals anyone can cause before a handshake (at `--max-sessions`, an unhealthy
+/// target): one line a second at most, with how many were not logged since, so that a
+/// flood of connections does not become a flood of log lines.
+struct Quiet {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    unlogged: AtomicU64,
+}
+
+static QUIET: Quiet = Quiet {
+    last: std::sync::Mutex::new(None),
+    unlogged: AtomicU64::new(0),
+};
+
+impl Quiet {
+    /// Logs `line` unless one was logged less than a second ago.
+    fn log(&self, line: impl FnOnce() -> String) {
+        if let Some(text) = self.line_at(tokio::time::Instant::now(), line) {
+            eprintln!("{text}");
+        }
+    }
+
+    /// The line to log at `now`, if any.
+    fn line_at(&self, now: tokio::time::Instant, line: impl FnOnce() -> String) -> Option<String> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(match self.unlogged.swap(0, Ordering::Relaxed) {
+            0 => line(),
+            n => format!(
+                "{} ({n} more like it in the last second, not logged)",
+                line()
+            ),
+        })
+    }
+}
+
 /// PU identities the PE refused (not allowed to use the pool), counted for the log line.
 static REFUSED_PUS: AtomicU64 = AtomicU64::new(0);
 
@@ -205,7 +247,7 @@ pub(crate) async fn serve(
                 let slot = match forwarder.admit() {
                     Ok(slot) => slot,
                     Err(e) => {
-                        eprintln!("refused PU from {addr}: {e}");
+                        QUIET.log(|| format!("refused PU from {addr}: {e}"));
                         continue;
                     }
                 };
@@ -441,5 +483,29 @@ impl PeListener {
                 Ok((Box::new(conn), addr, *plain))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_before_a_handshake_are_logged_at_most_once_a_second_with_a_count() {
+        let quiet = Quiet {
+            last: std::sync::Mutex::new(None),
+            unlogged: AtomicU64::new(0),
+        };
+        let t0 = tokio::time::Instant::now();
+        let at =
+            |ms: u64, text: &str| quiet.line_at(t0 + Duration::from_millis(ms), || text.to_owned());
+        assert_eq!(at(0, "a").as_deref(), Some("a"));
+        assert_eq!(at(10, "b"), None);
+        assert_eq!(at(999, "c"), None);
+        assert_eq!(
+            at(1000, "d").as_deref(),
+            Some("d (2 more like it in the last second, not logged)")
+        );
+        assert_eq!(at(2500, "e").as_deref(), Some("e"));
     }
 }
