@@ -719,6 +719,71 @@ mod tests {
         assert_eq!(finish(&mut pu, b"abc").await.expect("read"), "cba");
     }
 
+    #[tokio::test]
+    async fn a_pu_revoked_during_its_session_is_cut_off() {
+        // The PE's CRL, reloaded while a forwarded session runs, revokes the PU: the
+        // session ends at once, with the reason, as for the demo services.
+        let ca = TestCa::new("acme.test");
+        let server = counting_server().await;
+        let pe_store = {
+            let s = TrustStore::new(ca.leaf("pe/web-1").issue().identity()).expect("store");
+            s.add_domain(ca.bundle().with_crls(vec![ca.crl(&[])]))
+                .expect("domain");
+            Arc::new(s)
+        };
+        let pu_leaf = ca.leaf("pu/client-1").issue();
+        let pu_store = {
+            let s = TrustStore::new(pu_leaf.identity()).expect("store");
+            s.add_domain(ca.bundle()).expect("domain");
+            s
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let forwarder = Arc::new(Forwarder::new(ForwardConfig::new(target(server))));
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&forwarder).serve(
+            listener,
+            Arc::clone(&pe_store),
+            AllowedPus::default(),
+            move |e| {
+                let _ = tx.send(e);
+            },
+        ));
+        let pe = SpiffeId::parse("spiffe://acme.test/pe/web-1").expect("id");
+        let config = pu_store
+            .client_config_expecting(Protocol::Asap, identity::IdentityPattern::exact(&pe))
+            .expect("config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut pu = TlsConnector::from(config)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .expect("handshake");
+        pu.write_all(b"before").await.expect("write");
+        pu.flush().await.expect("flush");
+        // Wait until the PE has admitted the PU (registered its live connection).
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pe_store.connections().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the session opens");
+        let closed = pe_store
+            .set_crls(ca.domain(), vec![ca.crl(&[&pu_leaf.serial])])
+            .expect("CRL");
+        assert_eq!(closed, 1, "the PU's session was registered");
+        let ForwardEvent::Failed(_, ForwardError::Revoked(reason)) = next(&mut events).await else {
+            panic!("cut off for the revocation");
+        };
+        assert!(reason.contains("SerialRevoked"), "{reason}");
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), pu.read_to_end(&mut rest))
+            .await
+            .expect("closed at once");
+        assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+        assert_eq!(forwarder.open_sessions(), 0);
+    }
+
     #[test]
     fn targets_parse_or_say_why_not() {
         assert_eq!(
