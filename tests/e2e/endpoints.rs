@@ -191,21 +191,7 @@ fn a_plain_tcp_client_reaches_the_pool_through_the_gateway_and_fails_over() {
     let registrar = lab.start_registrar_with(300, 1000);
     let mut pe1 = start_pe(&lab, registrar.addr, "pe-echo-1");
     let _pe2 = start_pe(&lab, registrar.addr, "pe-echo-2");
-    let mut gw = rsp(&lab, registrar.addr, "gateway-gw-1")
-        .args(["gateway", "--listen", "127.0.0.1:0", "--pool", "echo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn rsp gateway");
-    let mut line = String::new();
-    BufReader::new(gw.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the gateway reports its address");
-    let gw = Pe(gw); // killed on drop
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (gw, addr) = crate::sidecar::gateway(&lab, registrar.addr, "gateway-gw-1", "echo");
 
     for i in 0..4 {
         assert_eq!(

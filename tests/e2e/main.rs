@@ -16,6 +16,7 @@ mod peering;
 mod registrar;
 mod restart;
 mod retention;
+mod sidecar;
 mod store_copy;
 mod store_tls;
 mod support;

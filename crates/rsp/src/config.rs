@@ -13,13 +13,15 @@
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use asap::addr::TransportAddr;
 use asap::client::card::Alternates;
+use asap::client::check::Check;
+use asap::client::forward::Target;
 use asap::wire::param::Policy;
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
@@ -183,6 +185,76 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         default: Some("auto"),
         help: "Which PEs the business card (sent at the start of each --serve counter session, spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`, the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8); `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.",
     },
+    Opt {
+        key: "forward",
+        flag: "forward",
+        takes: Takes::Value("HOST:PORT|unix:PATH"),
+        default: None,
+        help: "Instead of a demo service: carry each PU's session, its TLS terminated here, to this existing server over plain TCP (HOST:PORT) or a Unix socket (unix:/run/app.sock), both ways, half-close kept. The registered transport stays this PE's --listen.",
+    },
+    Opt {
+        key: "allow_pu",
+        flag: "allow-pu",
+        takes: Takes::Repeated("PATTERN"),
+        default: None,
+        help: "Which pool users may open a session here: SPIFFE ID patterns (spiffe://acme.test/pu/web-*; repeat the flag or separate with commas). Default: spiffe://<trusted domain>/pu/* and spiffe://<trusted domain>/gateway/*, the identities the registrar's default grants let resolve. Others are refused after the handshake, logged with their identity and counted.",
+    },
+    Opt {
+        key: "max_sessions",
+        flag: "max-sessions",
+        takes: Takes::Value("N"),
+        default: Some("256"),
+        help: "With --forward: the most sessions at once; a PU beyond them is closed before its handshake (two descriptors per session: raise `ulimit -n` with it).",
+    },
+    Opt {
+        key: "connect_timeout",
+        flag: "connect-timeout",
+        takes: Takes::Value("DURATION"),
+        default: Some("5s"),
+        help: "With --forward: how long reaching the server may take; a server that refuses or does not answer in time closes the PU's session at once.",
+    },
+    Opt {
+        key: "check",
+        flag: "check",
+        takes: Takes::Value("tcp|http:/PATH|exec:CMD"),
+        default: None,
+        help: "With --forward: a health check of the server. `tcp` connects to it, `http:/healthz` sends GET /healthz over HTTP/1.1 and expects 2xx, `exec:CMD` runs `sh -c CMD` and expects exit 0. After --fall failures in a row the PE deregisters; after --rise successes it registers again with the same PE ID. Default: no check, always registered.",
+    },
+    Opt {
+        key: "check_interval",
+        flag: "check-interval",
+        takes: Takes::Value("DURATION"),
+        default: Some("5s"),
+        help: "Time between two health checks.",
+    },
+    Opt {
+        key: "check_timeout",
+        flag: "check-timeout",
+        takes: Takes::Value("DURATION"),
+        default: Some("2s"),
+        help: "How long one health check may take; longer is a failure.",
+    },
+    Opt {
+        key: "rise",
+        flag: "rise",
+        takes: Takes::Value("N"),
+        default: Some("2"),
+        help: "Passing checks in a row that bring a failing server back into the pool.",
+    },
+    Opt {
+        key: "fall",
+        flag: "fall",
+        takes: Takes::Value("N"),
+        default: Some("3"),
+        help: "Failing checks in a row that take the server out of the pool.",
+    },
+    Opt {
+        key: "drain_timeout",
+        flag: "drain-timeout",
+        takes: Takes::Value("DURATION"),
+        default: Some("30s"),
+        help: "On SIGUSR1 the PE drains: it deregisters (the registrar no longer returns it), refuses new sessions, and exits once the open ones have ended or after this long.",
+    },
 ];
 
 /// `rsp resolve`'s own options (`[resolve]` in the config file).
@@ -276,6 +348,26 @@ pub(crate) struct PeOptions {
     pub(crate) asap_listen: Option<SocketAddr>,
     #[serde(deserialize_with = "parsed")]
     pub(crate) business_card: Alternates,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) forward: Option<Target>,
+    #[serde(default, deserialize_with = "parsed_list")]
+    pub(crate) allow_pu: Vec<IdentityPattern>,
+    #[serde(deserialize_with = "parsed")]
+    pub(crate) max_sessions: NonZeroUsize,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) connect_timeout: Duration,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) check: Option<Check>,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) check_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) check_timeout: Duration,
+    #[serde(deserialize_with = "parsed")]
+    pub(crate) rise: NonZeroU32,
+    #[serde(deserialize_with = "parsed")]
+    pub(crate) fall: NonZeroU32,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) drain_timeout: Duration,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
@@ -1062,6 +1154,67 @@ mod tests {
             .expect_err("unknown service");
         assert!(err.starts_with("--serve: ") && err.contains("ftp"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn the_sidecar_options_come_from_flags_or_the_pe_table_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(
+            &file,
+            "[pe]\nforward = \"unix:/run/app.sock\"\nallow_pu = [\"spiffe://acme.test/gateway/gw-1\"]\ncheck = \"http:/healthz\"\ncheck_interval = \"1s\"\nfall = 5\n",
+        )
+        .expect("write");
+        let o = pe_flags(&[]).load(Some(&file), env(&[])).expect("valid");
+        assert_eq!(o.forward, Some(Target::Unix("/run/app.sock".into())));
+        assert_eq!(o.allow_pu.len(), 1);
+        assert_eq!(
+            o.check,
+            Some(Check::Http {
+                path: "/healthz".into()
+            })
+        );
+        assert_eq!(o.check_interval, Duration::from_secs(1));
+        assert_eq!(
+            (o.rise.get(), o.fall.get()),
+            (2, 5),
+            "the default and the file"
+        );
+        assert_eq!(o.max_sessions.get(), 256);
+        assert_eq!(o.connect_timeout, Duration::from_secs(5));
+        let o = pe_flags(&[
+            "--forward",
+            "127.0.0.1:8080",
+            "--allow-pu",
+            "spiffe://acme.test/pu/a,spiffe://acme.test/pu/b",
+            "--check",
+            "exec:true",
+            "--max-sessions",
+            "3",
+            "--connect-timeout",
+            "250ms",
+        ])
+        .load(Some(&file), env(&[]))
+        .expect("valid");
+        assert_eq!(
+            o.forward.map(|t| t.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(o.allow_pu.len(), 2, "the flag replaces the file's list");
+        assert_eq!(o.max_sessions.get(), 3);
+        assert_eq!(o.connect_timeout, Duration::from_millis(250));
+        for (flag, value) in [
+            ("--forward", "nowhere"),
+            ("--check", "ping"),
+            ("--allow-pu", "acme.test/pu/*"),
+            ("--rise", "0"),
+            ("--max-sessions", "0"),
+        ] {
+            let err = pe_flags(&[flag, value])
+                .load(None, env(&[]))
+                .expect_err(value);
+            assert!(err.starts_with(&format!("{flag}: ")), "{err}");
+        }
     }
 
     #[test]

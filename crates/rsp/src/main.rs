@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use asap::addr::TransportAddr;
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
-use asap::client::{self, Connection, failover, gateway, pe, pu, session};
+use asap::client::{self, Connection, admit, check, failover, forward, gateway, pe, pu, session};
 use asap::wire::param::{
     Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
@@ -260,7 +260,8 @@ enum Job {
     },
     Pe {
         pool: String,
-        own: config::PeOptions,
+        // Boxed: the PE's options are many times the other commands'.
+        own: Box<config::PeOptions>,
         common: Common,
     },
     Resolve {
@@ -297,7 +298,7 @@ fn parse_cli() -> Result<Job, String> {
             let common = common(&c)?;
             Job::Pe {
                 pool,
-                own: own.load(file, var)?,
+                own: Box::new(own.load(file, var)?),
                 common,
             }
         }
@@ -399,11 +400,45 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 capacity,
                 asap_listen,
                 business_card,
-            } = own;
+                forward,
+                allow_pu,
+                max_sessions,
+                connect_timeout,
+                check,
+                check_interval,
+                check_timeout,
+                rise,
+                fall,
+                drain_timeout,
+            } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
             }
-            let sessions = match (serve.has_sessions(), cookie_key.map(|p| p.relative())) {
+            let forward = forward.map(|target| forward::ForwardConfig {
+                target,
+                max_sessions: max_sessions.get(),
+                connect_timeout,
+            });
+            let check = match (check, &forward) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    bail!("--check needs --forward: it checks the server the PE forwards to")
+                }
+                (Some(_), Some(_)) if check_interval.is_zero() || check_timeout.is_zero() => {
+                    bail!("--check-interval and --check-timeout must be longer than 0")
+                }
+                (Some(kind), Some(_)) => Some(check::CheckConfig {
+                    check: kind,
+                    interval: check_interval,
+                    timeout: check_timeout,
+                    rise,
+                    fall,
+                }),
+            };
+            // A forwarding PE's sessions are the server's bytes: no demo service, no
+            // cookies on the channel.
+            let serve_sessions = serve.has_sessions() && forward.is_none();
+            let sessions = match (serve_sessions, cookie_key.map(|p| p.relative())) {
                 (true, Some(path)) => Some(services::Sessions {
                     key: session::CookieKey::from_file(&path)
                         .with_context(|| format!("the cookie key {}", path.display()))?,
@@ -427,6 +462,10 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 capacity,
                 asap_listen,
                 business_card,
+                forward,
+                allowed: admit::AllowedPus::patterns(allow_pu),
+                check,
+                drain_timeout,
             };
             run_pe(pe, common).await
         }
@@ -480,6 +519,14 @@ struct PeArgs {
     capacity: Option<std::num::NonZeroUsize>,
     asap_listen: Option<SocketAddr>,
     business_card: client::card::Alternates,
+    /// `--forward`: carry sessions to this server instead of serving `service`.
+    forward: Option<forward::ForwardConfig>,
+    /// `--allow-pu`.
+    allowed: admit::AllowedPus,
+    /// `--check` and its timing (only with `forward`).
+    check: Option<check::CheckConfig>,
+    /// `--drain-timeout`.
+    drain_timeout: Duration,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -493,6 +540,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         capacity,
         asap_listen,
         business_card,
+        forward,
+        allowed,
+        check,
+        drain_timeout,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -502,7 +553,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     // Spec §7.8: cookies flow only on channels registered as data plus control; that is
     // also how a PU knows to speak the §12.7 framing to this PE.
-    let transport_use = if service.has_sessions() {
+    let transport_use = if service.has_sessions() && forward.is_none() {
         TransportUse::DataPlusControl
     } else {
         TransportUse::DataOnly
@@ -523,7 +574,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             (services::PeListener::Tcp(l), t, local.to_string())
         }
         TransportAddr::Sctp(at) => {
-            if service.has_sessions() {
+            if forward.is_some() && common.insecure_legacy {
+                bail!("--forward carries TLS sessions only: not with --insecure-legacy over SCTP");
+            }
+            if service.has_sessions() && forward.is_none() {
                 bail!("--serve counter runs over TCP only");
             }
             let l = asap::transport::sctp::SctpListener::bind(at)
@@ -593,19 +647,107 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             },
         ));
     }
+    let mut forwarder = None;
+    let (handler, serving) = match forward {
+        Some(f) => {
+            let what = format!("{} (forwarded)", f.target);
+            let f = Arc::new(forward::Forwarder::new(f));
+            forwarder = Some(Arc::clone(&f));
+            (services::Handler::Forward(f), what)
+        }
+        None => (
+            services::Handler::Demo {
+                service,
+                sessions: sessions.map(Arc::new),
+            },
+            format!("{service:?}"),
+        ),
+    };
+    let gate = services::Gate::new();
     tokio::spawn(services::serve(
         listener,
         Arc::clone(&trust),
-        service,
-        sessions.map(Arc::new),
+        handler,
+        Arc::new(allowed),
         meter,
+        Arc::clone(&gate),
     ));
     println!(
-        "rsp pe: PE {} of pool {pool} serving {service:?} on {local} as {}",
+        "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
         config.pe_id,
         trust.identity().id()
     );
-    pe::run(&trust, &config, shutdown_signal(), |event| match event {
+    let mut stop = stop_signals()?;
+    let stopping = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(Option::is_some).await;
+        }
+    };
+    let events = |event| pe_event(event, &registered);
+    match (check, forwarder) {
+        (Some(check), Some(f)) => run_checked(&trust, &config, check, f, stopping, events).await,
+        _ => pe::run(&trust, &config, stopping, events).await,
+    }
+    .context("registration")?;
+    if *stop.borrow() != Some(Stop::Drain) {
+        return Ok(());
+    }
+    // Deregistered: the registrar no longer returns this PE. New PUs (from a cache) are
+    // refused so that they fail over; open sessions run to their end or the deadline.
+    gate.drain();
+    eprintln!(
+        "draining: deregistered from pool {pool}; {} open sessions, served until they end or for {}",
+        gate.open(),
+        humantime::format_duration(drain_timeout)
+    );
+    tokio::select! {
+        () = gate.idle() => eprintln!("drained: every session ended"),
+        () = tokio::time::sleep(drain_timeout) => {
+            eprintln!("drain timeout: closing {} open sessions", gate.open());
+        }
+        _ = stop.wait_for(|s| *s == Some(Stop::Terminate)) => {
+            eprintln!("stopped while draining: closing {} open sessions", gate.open());
+        }
+    }
+    Ok(())
+}
+
+/// Why `rsp pe` stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C or SIGTERM: deregister and exit.
+    Terminate,
+    /// SIGUSR1: deregister, refuse new sessions, exit once the open ones end (`--drain-timeout`).
+    Drain,
+}
+
+/// The stop signals, as they arrive (the last one wins: SIGTERM during a drain ends it).
+fn stop_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<Stop>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let mut shutdown = std::pin::pin!(shutdown_signal());
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    eprintln!("SIGUSR1: draining");
+                    tx.send_replace(Some(Stop::Drain));
+                }
+                () = &mut shutdown => {
+                    tx.send_replace(Some(Stop::Terminate));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// One line on stderr for what the PE's registration does (the e2e tests read them).
+fn pe_event(event: pe::PeEvent, registered: &tokio::sync::Notify) {
+    match event {
         pe::PeEvent::Registered(r) => {
             registered.notify_one();
             eprintln!("registered with {r}");
@@ -623,9 +765,73 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         ),
         pe::PeEvent::Deregistered => eprintln!("deregistered"),
         _ => {}
-    })
-    .await
-    .context("registration")
+    }
+}
+
+/// The PE's registration gated by its server's health (`--check`): registered while the
+/// checks pass, deregistered after `fall` failures in a row, registered again with the same
+/// PE ID after `rise` successes, until Ctrl-C or SIGTERM.
+async fn run_checked(
+    trust: &Arc<TrustStore>,
+    config: &pe::PeConfig,
+    check: check::CheckConfig,
+    forwarder: Arc<forward::Forwarder>,
+    shutdown: impl Future<Output = ()>,
+    mut events: impl FnMut(pe::PeEvent),
+) -> Result<(), client::Error> {
+    use check::{CheckEvent, State};
+    let (tx, mut health) = tokio::sync::watch::channel(State::Unknown);
+    let (kind, rise) = (check.check.to_string(), check.rise);
+    let target = forwarder.config().target.clone();
+    let checks = tokio::spawn(check::run(check, target, tx, move |event| match event {
+        CheckEvent::Changed(state, why) => {
+            // New PUs are refused at once while failing, so that they fail over.
+            forwarder.set_healthy(state == State::Passing);
+            match why {
+                None => eprintln!("health check {kind} passing"),
+                Some(why) => eprintln!("health check {kind} failing: {why}"),
+            }
+        }
+        CheckEvent::Failed(why) => eprintln!("health check {kind} failed: {why}"),
+        _ => {}
+    }));
+    let _checks = AbortOnDrop(checks);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            passing = health.wait_for(|s| *s == State::Passing) => {
+                if passing.is_err() {
+                    return Ok(()); // the checks ended: only with the runtime
+                }
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+        let mut stopped = false;
+        let mut failing = health.clone();
+        let out = async {
+            tokio::select! {
+                _ = failing.wait_for(|s| *s == State::Failing) => {}
+                () = &mut shutdown => stopped = true,
+            }
+        };
+        pe::run(trust, config, out, &mut events).await?;
+        if stopped {
+            return Ok(());
+        }
+        eprintln!(
+            "left pool {}: its server fails its health check; PE {} registers again after {rise} passing checks",
+            config.pool_handle, config.pe_id
+        );
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn run_resolve(

@@ -6,19 +6,20 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use asap::client::admit::{AdmitError, Admitted, AllowedPus, accept_pu};
 use asap::client::failover::{PPID_SERVICE, Stream};
+use asap::client::forward::{ForwardError, Forwarder};
 use asap::client::session::{self, Binding, CookieKey, Frame};
 use asap::wire::AsapMsg;
 use asap::wire::param::{ErrorCause, Load, OperationError, PoolHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use trust::{Peer, Protocol, TrustStore};
+use trust::{Peer, TrustStore};
 
 /// Longest line echoed; a longer one ends the session (bounded memory per client).
 const MAX_LINE: usize = 64 * 1024;
@@ -103,53 +104,191 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Accepts TLS clients (any identity of a trusted domain: PUs present certificates too)
-/// and serves each on its own task; each counts towards `meter` while it lasts.
+/// What a PE does with each admitted PU session.
+pub(crate) enum Handler {
+    /// A demo service, with its sessions' cookie key for `counter`.
+    Demo {
+        service: Service,
+        sessions: Option<Arc<Sessions>>,
+    },
+    /// Carries the session to an existing server (`--forward`).
+    Forward(Arc<Forwarder>),
+}
+
+/// The PE's open sessions, and whether it takes new ones: a draining PE (SIGUSR1) refuses
+/// new connections before their handshake and waits for the open sessions to end.
+pub(crate) struct Gate {
+    open: watch::Sender<usize>,
+    draining: AtomicBool,
+}
+
+/// One open session of a [`Gate`].
+pub(crate) struct GateGuard(Arc<Gate>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Gate {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: watch::Sender::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a new session until the guard drops; `None` while draining.
+    fn enter(self: &Arc<Self>) -> Option<GateGuard> {
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.open.send_modify(|n| *n += 1);
+        Some(GateGuard(Arc::clone(self)))
+    }
+
+    /// From now on, new sessions are refused.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Sessions open now.
+    pub(crate) fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Resolves once no session is open.
+    pub(crate) async fn idle(&self) {
+        let _ = self.open.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Refusals anyone can cause before a handshake (at `--max-sessions`, an unhealthy
+/// target): one line a second at most, with how many were not logged since, so that a
+/// flood of connections does not become a flood of log lines.
+struct Quiet {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    unlogged: AtomicU64,
+}
+
+static QUIET: Quiet = Quiet {
+    last: std::sync::Mutex::new(None),
+    unlogged: AtomicU64::new(0),
+};
+
+impl Quiet {
+    /// Logs `line` unless one was logged less than a second ago.
+    fn log(&self, line: impl FnOnce() -> String) {
+        if let Some(text) = self.line_at(tokio::time::Instant::now(), line) {
+            eprintln!("{text}");
+        }
+    }
+
+    /// The line to log at `now`, if any.
+    fn line_at(&self, now: tokio::time::Instant, line: impl FnOnce() -> String) -> Option<String> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(match self.unlogged.swap(0, Ordering::Relaxed) {
+            0 => line(),
+            n => format!(
+                "{} ({n} more like it in the last second, not logged)",
+                line()
+            ),
+        })
+    }
+}
+
+/// PU identities the PE refused (not allowed to use the pool), counted for the log line.
+static REFUSED_PUS: AtomicU64 = AtomicU64::new(0);
+
+/// One line for a PU the PE did not admit: a refused identity is named and counted.
+fn refused(addr: SocketAddr, e: &AdmitError) {
+    match e {
+        AdmitError::Handshake(_) => eprintln!("TLS handshake with {addr} failed: {e}"),
+        AdmitError::NotAllowed { .. } => {
+            let n = REFUSED_PUS.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!("refused PU from {addr}: {e}; {n} refused so far");
+        }
+        _ => eprintln!("refused {addr}: {e}"),
+    }
+}
+
+/// Accepts PUs over TLS, admits those `allowed` may use the pool (by default `pu/*` and
+/// `gateway/*` of a trusted domain, `asap::client::admit`), and serves each on its own
+/// task; each counts towards `meter` while it lasts.
 pub(crate) async fn serve(
     listener: PeListener,
     trust: Arc<TrustStore>,
-    service: Service,
-    sessions: Option<Arc<Sessions>>,
+    handler: Handler,
+    allowed: Arc<AllowedPus>,
     meter: Option<Arc<LoadMeter>>,
+    gate: Arc<Gate>,
 ) {
     loop {
         let Ok((stream, addr, plain)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // Draining: closed before any TLS work, so that the PU fails over at once.
+        let Some(open) = gate.enter() else {
+            continue;
+        };
+        let (service, sessions) = match &handler {
+            Handler::Forward(forwarder) => {
+                // The limit before the handshake: a PU beyond it costs no TLS work.
+                let slot = match forwarder.admit() {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        QUIET.log(|| format!("refused PU from {addr}: {e}"));
+                        continue;
+                    }
+                };
+                let (forwarder, trust, allowed, meter) = (
+                    Arc::clone(forwarder),
+                    Arc::clone(&trust),
+                    Arc::clone(&allowed),
+                    meter.clone(),
+                );
+                tokio::spawn(async move {
+                    let _open = (open, meter.as_ref().map(LoadMeter::open));
+                    match forwarder.session(stream, slot, &trust, &allowed).await {
+                        Ok(_) => {}
+                        Err(ForwardError::Admit(e)) => refused(addr, &e),
+                        Err(e) => eprintln!("session from {addr}: {e}"),
+                    }
+                });
+                continue;
+            }
+            Handler::Demo { service, sessions } => (*service, sessions.clone()),
+        };
         if plain {
             // Legacy pool users (RSPLIB's rspterminal): no TLS, no sessions.
             let meter = meter.clone();
             tokio::spawn(async move {
-                let _open = meter.as_ref().map(LoadMeter::open);
+                let _open = (open, meter.as_ref().map(LoadMeter::open));
                 let _ = run(service, stream).await;
             });
             continue;
         }
-        let acceptor = TlsAcceptor::from(trust.server_config(Protocol::Asap));
         let trust = Arc::clone(&trust);
-        let sessions = sessions.clone();
+        let allowed = Arc::clone(&allowed);
         let meter = meter.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                eprintln!("TLS handshake with {addr} failed");
-                return;
-            };
             // Registered so that a CRL reloaded later closes the session of a PU it
             // revokes (and the session ends at the PU certificate's notAfter).
-            let live = Peer::from_tls(tls.get_ref().1)
-                .map_err(|e| e.to_string())
-                .and_then(|peer| trust.register_connection(&peer).map_err(|e| e.to_string()));
-            let mut live = match live {
-                Ok(live) => live,
-                Err(e) => {
-                    eprintln!("refused {addr}: {e}");
-                    return;
-                }
+            let Admitted { tls, mut live, .. } = match accept_pu(&trust, &allowed, stream).await {
+                Ok(a) => a,
+                Err(e) => return refused(addr, &e),
             };
-            let _open = meter.as_ref().map(LoadMeter::open);
+            let _open = (open, meter.as_ref().map(LoadMeter::open));
             let session = async {
                 match (service, sessions) {
                     (Service::Counter, Some(sessions)) => {
@@ -344,5 +483,29 @@ impl PeListener {
                 Ok((Box::new(conn), addr, *plain))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_before_a_handshake_are_logged_at_most_once_a_second_with_a_count() {
+        let quiet = Quiet {
+            last: std::sync::Mutex::new(None),
+            unlogged: AtomicU64::new(0),
+        };
+        let t0 = tokio::time::Instant::now();
+        let at =
+            |ms: u64, text: &str| quiet.line_at(t0 + Duration::from_millis(ms), || text.to_owned());
+        assert_eq!(at(0, "a").as_deref(), Some("a"));
+        assert_eq!(at(10, "b"), None);
+        assert_eq!(at(999, "c"), None);
+        assert_eq!(
+            at(1000, "d").as_deref(),
+            Some("d (2 more like it in the last second, not logged)")
+        );
+        assert_eq!(at(2500, "e").as_deref(), Some("e"));
     }
 }

@@ -9,10 +9,16 @@
 //! - [`failover`]: a PU session that fails over between PEs and resumes from the last
 //!   cookie (spec §7.8), what `rsp pu` runs.
 //! - [`gateway`]: a client that does not speak ASAP carried to a PE of the pool.
+//! - [`forward`]: the PE side's counterpart, a PE that carries its PUs' sessions to an
+//!   existing server (`rsp pe --forward`), with [`admit`] (which PUs a PE serves) and
+//!   [`check`] (health checks that take the PE out of its pool and back).
 
+pub mod admit;
 mod backoff;
 pub mod card;
+pub mod check;
 pub mod failover;
+pub mod forward;
 pub mod gateway;
 pub mod pe;
 pub mod pu;
