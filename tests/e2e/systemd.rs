@@ -95,31 +95,53 @@ fn enrpd_tells_systemd_when_it_serves_reloads_and_stops() {
     assert!(status.success(), "enrpd stopped cleanly: {status}");
 }
 
-/// `systemd-analyze verify` accepts the shipped unit (its ExecStart pointed at the built
-/// `enrpd`: verify checks that the binary exists). Skipped where systemd-analyze is not
-/// installed.
+/// `systemd-analyze verify` accepts the shipped units (their ExecStart pointed at the
+/// built binaries: verify checks that they exist; the template as one instance). Skipped
+/// where systemd-analyze is not installed.
 #[test]
-fn the_shipped_unit_verifies() {
+fn the_shipped_units_verify() {
     let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("systemd-analyze not installed: unit not verified");
+        eprintln!("systemd-analyze not installed: units not verified");
         return;
     };
     assert!(probe.status.success());
     let dir = tempfile::tempdir().expect("tempdir");
-    let unit = std::fs::read_to_string(contrib("enrpd.service")).expect("enrpd.service");
-    assert!(unit.contains("ExecStart=/usr/local/bin/enrpd run --config /etc/rsp/enrpd.toml"));
-    assert!(unit.contains("Type=notify"));
-    let unit = unit.replace("/usr/local/bin/enrpd", &bin("enrpd").display().to_string());
-    let file = dir.path().join("enrpd.service");
-    std::fs::write(&file, unit).expect("unit");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&file)
-        .output()
-        .expect("systemd-analyze verify");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (shipped, binary, start, instance) in [
+        (
+            "enrpd.service",
+            "enrpd",
+            "ExecStart=/usr/local/bin/enrpd run --config /etc/rsp/enrpd.toml",
+            "enrpd.service",
+        ),
+        (
+            "rsp-pe@.service",
+            "rsp",
+            "ExecStart=/usr/local/bin/rsp pe --pool %i --config /etc/rsp/%i.toml",
+            "rsp-pe@web.service",
+        ),
+    ] {
+        let unit = std::fs::read_to_string(contrib(shipped)).expect(shipped);
+        assert!(unit.contains(start), "{shipped}: {start}");
+        let unit = unit.replace(
+            &format!("/usr/local/bin/{binary} "),
+            &format!("{} ", bin(binary).display()),
+        );
+        let file = dir.path().join(instance);
+        std::fs::write(&file, unit).expect("unit");
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&file)
+            .output()
+            .expect("systemd-analyze verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains(".service:"),
+            "systemd-analyze verify {shipped}: {stderr}"
+        );
+    }
+    let enrpd = std::fs::read_to_string(contrib("enrpd.service")).expect("enrpd.service");
     assert!(
-        out.status.success() && !stderr.contains("enrpd.service:"),
-        "systemd-analyze verify: {stderr}"
+        enrpd.contains("Type=notify"),
+        "enrpd's unit waits for READY=1"
     );
 }
