@@ -282,6 +282,7 @@ async fn resolvable(asap: &mut crate::support::Asap, pool: &str) -> Option<usize
             namespace: None,
             pool_handle: PoolHandle::new(pool).expect("pool handle"),
             option: Some(HandleResolutionOption { items: 16 }),
+            hints: Default::default(),
         })
         .await;
     if !sent {
@@ -694,6 +695,7 @@ async fn a_pe_presenting_another_certificate_than_the_registrar_vouched_for_is_r
             },
             policy: Policy::RoundRobin,
             asap_transport: None,
+            labels: Default::default(),
         },
     })
     .await;

@@ -79,6 +79,7 @@ fn resolution(pool_handle: &PoolHandle) -> AsapMsg {
         namespace: None,
         pool_handle: pool_handle.clone(),
         option: None,
+        hints: Default::default(),
     }
 }
 

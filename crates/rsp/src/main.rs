@@ -569,6 +569,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         load,
         asap_listen,
         business_card,
+        labels: Default::default(),
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());

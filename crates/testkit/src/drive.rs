@@ -372,6 +372,7 @@ impl Driver {
                         },
                         policy,
                         asap_transport: None,
+                        labels: Default::default(),
                     },
                 }
             }
@@ -386,6 +387,7 @@ impl Driver {
                 option: (p.byte().is_multiple_of(2)).then_some(HandleResolutionOption {
                     items: u32::from(p.byte() % 8),
                 }),
+                hints: Default::default(),
             },
             4 => AsapMsg::EndpointKeepAliveAck { pool_handle, pe_id },
             _ => AsapMsg::EndpointUnreachable {
@@ -433,6 +435,7 @@ impl Driver {
                     },
                     policy: Policy::RoundRobin,
                     asap_transport: None,
+                    labels: Default::default(),
                 },
                 registrant: None,
             },

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use ::asap::wire::param::{
-    ErrorCause, HandleResolutionOption, Namespace, OperationError, PoolHandle,
+    ErrorCause, HandleResolutionOption, Labels, Namespace, OperationError, PoolHandle,
 };
 use ::asap::wire::{AsapMsg, Resolution};
 use identity::Grant;
@@ -192,6 +192,7 @@ impl ReadView {
         namespace: Option<Namespace>,
         pool_handle: PoolHandle,
         option: Option<HandleResolutionOption>,
+        hints: &Labels,
         rng: &mut dyn Rng,
     ) -> Option<Resolved> {
         if client.revoked() {
@@ -232,7 +233,7 @@ impl ReadView {
         let found = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
             self.handlespace
                 .pool(&ns, &pool_handle)
-                .and_then(|pool| pool.select(n, rng))
+                .and_then(|pool| pool.select(n, hints, rng))
         } else {
             None
         };
