@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use asap::addr::TransportAddr;
 use asap::client::card::Alternates;
-use asap::wire::param::Policy;
+use asap::wire::param::{Labels, Policy};
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
 use serde::de::DeserializeOwned;
@@ -183,6 +183,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         default: Some("auto"),
         help: "Which PEs the business card (sent at the start of each --serve counter session, spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`, the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8); `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.",
     },
+    Opt {
+        key: "labels",
+        flag: "label",
+        takes: Takes::Repeated("KEY=VALUE"),
+        default: None,
+        help: "A label registered with this PE, for policies that select by label (docs/PROTOCOL-EXTENSIONS.md); repeat the flag or separate with commas. At most 16; keys 1-32 bytes of a-z A-Z 0-9 . _ - /, values at most 64 bytes of printable ASCII.",
+    },
 ];
 
 /// `rsp resolve`'s own options (`[resolve]` in the config file).
@@ -200,6 +207,13 @@ pub(crate) const RESOLVE_OPTIONS: &[Opt] = &[
         takes: Takes::Switch,
         default: None,
         help: "Print JSON.",
+    },
+    Opt {
+        key: "hints",
+        flag: "hint",
+        takes: Takes::Repeated("KEY=VALUE"),
+        default: None,
+        help: "A hint sent with the resolution for the pool's policy, matched against PE labels by policies that read them (docs/PROTOCOL-EXTENSIONS.md); repeat the flag or separate with commas. Same bounds as rsp pe --label.",
     },
 ];
 
@@ -276,6 +290,8 @@ pub(crate) struct PeOptions {
     pub(crate) asap_listen: Option<SocketAddr>,
     #[serde(deserialize_with = "parsed")]
     pub(crate) business_card: Alternates,
+    #[serde(default, deserialize_with = "labels_of")]
+    pub(crate) labels: Labels,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
@@ -286,6 +302,8 @@ pub(crate) struct ResolveOptions {
     pub(crate) items: Option<u32>,
     #[serde(default)]
     pub(crate) json: bool,
+    #[serde(default, deserialize_with = "labels_of")]
+    pub(crate) hints: Labels,
 }
 
 /// `rsp gateway`'s options of [`GATEWAY_OPTIONS`], merged.
@@ -706,6 +724,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// A policy ([`policy`]).
 fn policy_of<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
     policy(&text(d)?).map_err(de::Error::custom)
+}
+
+/// Labels or hints: `KEY=VALUE` items as a list ([`parsed_list`]), within their bounds.
+fn labels_of<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let items: Vec<String> = parsed_list(d)?;
+    Labels::parse(items).map_err(de::Error::custom)
 }
 
 /// A demo service by its name, as the flag took it.

@@ -399,6 +399,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 capacity,
                 asap_listen,
                 business_card,
+                labels,
             } = own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
@@ -427,10 +428,11 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 capacity,
                 asap_listen,
                 business_card,
+                labels,
             };
             run_pe(pe, common).await
         }
-        Job::Resolve { pool, own, common } => run_resolve(pool, own.items, own.json, common).await,
+        Job::Resolve { pool, own, common } => run_resolve(pool, own, common).await,
         Job::Pu { pool, common } => run_pu(pool, common).await,
         Job::Gateway {
             pool,
@@ -480,6 +482,7 @@ struct PeArgs {
     capacity: Option<std::num::NonZeroUsize>,
     asap_listen: Option<SocketAddr>,
     business_card: client::card::Alternates,
+    labels: asap::wire::param::Labels,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -493,6 +496,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         capacity,
         asap_listen,
         business_card,
+        labels,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -569,7 +573,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         load,
         asap_listen,
         business_card,
-        labels: Default::default(),
+        labels,
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());
@@ -631,10 +635,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
 
 async fn run_resolve(
     pool: String,
-    items: Option<u32>,
-    json: bool,
+    own: config::ResolveOptions,
     common: Common,
 ) -> anyhow::Result<()> {
+    let config::ResolveOptions { items, json, hints } = own;
     let trust = common.trust_for(true)?;
     let (namespace, handle) = (common.namespace()?, pool_handle(&pool)?);
     // A registrar that refuses for lack of resources (still starting) is passed over for
@@ -643,7 +647,8 @@ async fn run_resolve(
     let resolved = loop {
         let (mut conn, idx) =
             Connection::hunt(&trust, &common.registrars, start, common.insecure_legacy).await?;
-        match pu::resolve(&mut conn, namespace.clone(), &handle, items).await {
+        match pu::resolve_hinted(&mut conn, namespace.clone(), &handle, items, hints.clone()).await
+        {
             Err(e) if e.is_transient() && tries < common.registrars.len() => {
                 eprintln!("{}: {e}", conn.registrar());
                 (start, tries) = (idx + 1, tries + 1);
@@ -669,20 +674,25 @@ async fn run_resolve(
             Transport::Tcp { .. } => "tcp",
             _ => "other",
         };
-        let policy = e
-            .pool_element
-            .policy
-            .policy_type()
+        let ty = e.pool_element.policy.policy_type();
+        // A private type (docs/PROTOCOL-EXTENSIONS.md) in hex.
+        let policy = ty
             .name()
-            .unwrap_or("unknown");
+            .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned);
+        let labels = &e.pool_element.labels;
         if json {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+                .collect();
             println!(
-                "{{\"pe_id\":{},\"address\":\"{addr}\",\"addresses\":[{}],\"transport\":\"{kind}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{}}}",
+                "{{\"pe_id\":{},\"address\":\"{addr}\",\"addresses\":[{}],\"transport\":\"{kind}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{},\"labels\":{{{}}}}}",
                 e.pool_element.pe_id.get(),
                 all.join(","),
                 t.port(),
                 e.pool_element.home_server_id,
                 json_string(registrant),
+                labels.join(","),
             );
         } else {
             let extra = if all.len() > 1 || kind == "sctp" {
@@ -690,8 +700,13 @@ async fn run_resolve(
             } else {
                 String::new()
             };
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" labels {labels}")
+            };
             println!(
-                "PE {} at {addr}:{}{extra} policy {policy} registrant {registrant}",
+                "PE {} at {addr}:{}{extra} policy {policy} registrant {registrant}{labels}",
                 e.pool_element.pe_id,
                 t.port()
             );
