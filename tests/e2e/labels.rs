@@ -186,3 +186,57 @@ async fn labels_and_hints_on_postgres() {
     let init = crate::fleet::init(&lab, "enrp-1", "data", &db.url, &[]);
     labels_hints_and_their_limits(&lab, &init).await;
 }
+
+/// Spec §9.4 with the extensions: a PE registered at A with labels and a private policy is
+/// seen at B (ENRP handle update) with both unchanged, and B, which has no selector for
+/// the type either, answers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_a_private_policy_travel_to_a_peer_unchanged() {
+    use asap::wire::param::{Labels, Policy, PolicyType};
+    use asap::wire::{AsapMsg, Resolution};
+
+    let lab = Lab::new();
+    for name in ["a", "b"] {
+        lab.init_peer(name, &format!("data-{name}"));
+    }
+    let a = lab.start_peer("data-a", &[]);
+    let b = lab.start_peer("data-b", &[a.enrp]);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    let policy = Policy::private(PolicyType(0xFF00_00AB), &[1, 2, 3, 4, 5]).expect("private");
+    let labels = Labels::parse(["region=eu", "zone=a1"]).expect("valid");
+    let mut msg = registration("echo", 7);
+    if let AsapMsg::Registration { pool_element, .. } = &mut msg {
+        pool_element.policy = policy;
+        pool_element.labels = labels.clone();
+    }
+    pe.send(&msg).await;
+    assert!(crate::registrar::accepted(pe.recv_reply().await));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pu.send(&crate::registrar::resolution("echo")).await;
+        if let Some(AsapMsg::HandleResolutionResponse {
+            result:
+                Resolution::Found {
+                    policy: overall,
+                    pool_elements,
+                },
+            ..
+        }) = pu.recv_reply().await
+        {
+            let e = &pool_elements[0].pool_element;
+            assert_eq!((e.pe_id.get(), e.policy, &e.labels), (7, policy, &labels));
+            assert_eq!(overall, Some(policy), "the policy as registered");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never learnt A's PE"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -29,7 +29,7 @@ use asap::wire::{AsapMsg, Resolution};
 use enrp::Running;
 use enrp::config::{Millis, RunConfig};
 use store::db::{Store, StoreOptions};
-use support::{DOMAIN, Pki, init_registrar};
+use support::{DOMAIN, Pki, answer, init_registrar};
 use testkit::msg::{grant, pool, registration};
 
 const HERE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -58,19 +58,6 @@ impl Registrar {
         Connection::connect(&client, self.running.asap_addr())
             .await
             .expect("connect")
-    }
-}
-
-/// The next message that is not a keep-alive (those come every 5 s).
-async fn answer(conn: &mut Connection) -> AsapMsg {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), conn.recv())
-            .await
-            .expect("answered in time")
-            .expect("answer");
-        if !matches!(m, AsapMsg::EndpointKeepAlive { .. }) {
-            return m;
-        }
     }
 }
 
