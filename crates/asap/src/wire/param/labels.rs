@@ -55,8 +55,11 @@ pub enum LabelError {
 
 /// Key=value pairs: a PE's labels (0x8102) or a pool user's hints (0x8103), in the order
 /// sent, keys unique. Empty means "none" (the parameter is then not sent).
+///
+/// A boxed slice, not a `Vec`: every PE entry of a registrar's handlespace holds one (16
+/// bytes, no allocation when empty).
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Vec<(Box<str>, Box<str>)>);
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
 
 fn key_ok(k: &[u8]) -> bool {
     (1..=MAX_LABEL_KEY_LEN).contains(&k.len())
@@ -94,7 +97,7 @@ impl Labels {
             }
             out.push((k.into(), v.into()));
         }
-        Ok(Self(out))
+        Ok(Self(out.into_boxed_slice()))
     }
 
     /// Parses `key=value` texts (the command line's `--label` / `--hint`); the value is
@@ -135,7 +138,7 @@ impl Labels {
     }
 
     pub(crate) fn write_pairs(&self, w: &mut Writer<'_>) {
-        for (k, v) in &self.0 {
+        for (k, v) in &*self.0 {
             // Lengths fit a byte: the constructors bound them (32, 64).
             w.u8(k.len() as u8);
             w.bytes(k.as_bytes());
@@ -174,7 +177,7 @@ impl Labels {
             }
             out.push((k.into(), v.into()));
         }
-        Ok(Self(out))
+        Ok(Self(out.into_boxed_slice()))
     }
 }
 

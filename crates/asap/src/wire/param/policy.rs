@@ -94,10 +94,11 @@ impl fmt::Debug for PolicyType {
 /// A load or load degradation: a fraction where `0` is 0 % and `u32::MAX` is 100 %.
 pub type Load = u32;
 
-/// Most policy-specific bytes of a [`Policy::Private`]: seven u32 values, more than any
-/// RFC policy has (two); the bound keeps [`Policy`] a small `Copy` value. A longer value is
-/// Invalid Values (0x3).
-pub const MAX_PRIVATE_POLICY_VALUE_LEN: usize = 28;
+/// Most policy-specific bytes of a [`Policy::Private`]: three u32 values, more than any
+/// RFC policy has (two). The bound keeps [`Policy`] a small `Copy` value (20 bytes, from
+/// 12), held by every PE entry of a registrar's handlespace. A longer value is Invalid
+/// Values (0x3).
+pub const MAX_PRIVATE_POLICY_VALUE_LEN: usize = 12;
 
 /// The policy-specific bytes of a private policy type, as sent (opaque to rsp).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -283,7 +284,7 @@ impl Param for Policy {
         if ty.is_private() {
             // The project's private range: the rest is the policy's, kept as sent.
             return Self::private(ty, r.rest()).ok_or_else(|| {
-                p.invalid(p.offset() + 2, "private policy value longer than 28 bytes")
+                p.invalid(p.offset() + 2, "private policy value longer than 12 bytes")
             });
         }
         // Otherwise only the nine RFC 5356 types (spec §5.1 [P]); Invalid Values quotes
