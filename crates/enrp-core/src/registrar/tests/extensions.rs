@@ -153,3 +153,58 @@ fn labels_travel_to_peers_in_handle_updates() {
             && pool_element.policy == private(&[5]))
     );
 }
+
+/// Labels at their bounds make 128 PEs more than one message: the answer holds the PEs
+/// that fit, in the policy's order, and encodes (without the cap it would not).
+#[test]
+fn a_resolution_of_many_labeled_pes_fits_one_message() {
+    use ::asap::wire::param::{MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS};
+
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let full: Vec<(String, String)> = (0..MAX_LABELS)
+        .map(|i| {
+            (
+                format!("{i:0>MAX_LABEL_KEY_LEN$}"),
+                "v".repeat(MAX_LABEL_VALUE_LEN),
+            )
+        })
+        .collect();
+    for id in 1..=128 {
+        let mut pe = pe(id);
+        pe.labels = Labels::new(full.clone()).expect("at the bounds");
+        let out = h.send(
+            a,
+            AsapMsg::Registration {
+                namespace: None,
+                pool_handle: handle("echo"),
+                pool_element: pe,
+            },
+        );
+        assert_eq!(reg_cause(&out), None);
+    }
+    let out = h.send(
+        pu,
+        AsapMsg::HandleResolution {
+            namespace: None,
+            pool_handle: handle("echo"),
+            option: Some(HandleResolutionOption { items: 128 }),
+            hints: Labels::default(),
+        },
+    );
+    let [answer] = sent(&out).try_into().expect("one answer");
+    let bytes = answer.to_bytes().expect("fits one message");
+    assert!(bytes.len() <= ::asap::wire::limits::MAX_MESSAGE_LEN);
+    let n = in_order(&match answer {
+        AsapMsg::HandleResolutionResponse { result, .. } => result,
+        other => panic!("{other:?}"),
+    })
+    .len();
+    assert!((12..128).contains(&n), "{n} PEs");
+    // The usual answer (3 PEs) is whole.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 3, &[])).len(),
+        3
+    );
+}
