@@ -1118,6 +1118,45 @@ mod tests {
     }
 
     #[test]
+    fn labels_and_hints_come_from_flags_variables_or_the_file_within_their_bounds() {
+        let o = flags_of::<Pe>(&["--label", "region=eu", "--label", "zone=a1,tier=gold"])
+            .load(None, env(&[]))
+            .expect("valid");
+        assert_eq!(o.labels.to_string(), "region=eu,zone=a1,tier=gold");
+        let o = flags_of::<Resolve>(&[])
+            .load(None, env(&[("RSP_HINT", "zone=a1")]))
+            .expect("valid");
+        assert_eq!(o.hints.get("zone"), Some("a1"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(&file, "[pe]\nlabels = [\"region=us\"]\n").expect("write");
+        let o = flags_of::<Pe>(&[])
+            .load(Some(&file), env(&[]))
+            .expect("valid");
+        assert_eq!(o.labels.get("region"), Some("us"));
+        // Beyond the bounds: one line naming the option and the rule, nothing runs.
+        let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+        let err = flags_of::<Pe>(&["--label", &many.join(",")])
+            .load(None, env(&[]))
+            .expect_err("17 labels");
+        assert!(
+            err.contains("labels") && err.contains("more than 16"),
+            "{err}"
+        );
+        let err = flags_of::<Resolve>(&["--hint", "no-equals"])
+            .load(None, env(&[]))
+            .expect_err("not key=value");
+        assert!(err.contains("not key=value"), "{err}");
+        assert!(
+            flags_of::<Pe>(&[])
+                .load(None, env(&[]))
+                .expect("valid")
+                .labels
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn durations_are_humane_or_seconds_as_before() {
         assert_eq!(secs("300"), Ok(Duration::from_secs(300)));
         assert_eq!(secs("5m"), Ok(Duration::from_secs(300)));
