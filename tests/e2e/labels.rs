@@ -240,3 +240,62 @@ async fn labels_and_a_private_policy_travel_to_a_peer_unchanged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `rsp pe --policy 0xff000001:0a0b` registers a private policy; the registrar (no
+/// selector for it) accepts it and answers with it as registered; `rsp pu` (none either)
+/// selects round robin, says so once, and reaches the PE.
+#[test]
+fn a_private_policy_from_the_command_line_is_served_round_robin_and_said() {
+    use std::io::Write as _;
+
+    let lab = Lab::new();
+    let token = admin_token(&lab.init_registrar());
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let (_pe, _lines) = start_pe_lines(
+        &lab,
+        registrar.addr,
+        "pe-echo-1",
+        &[
+            "--pool",
+            "echo",
+            "--serve",
+            "echo",
+            "--policy",
+            "0xff000001:0a0b",
+        ],
+    );
+    let pes = resolve(&lab, registrar.addr);
+    assert_eq!(pes.len(), 1, "{pes:?}");
+    assert_eq!(json(&pes[0])["policy"], "0xff000001", "{pes:?}");
+    // The registrar noted the fallback in the pool's first audit record.
+    let (status, body) = api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "GET",
+        "/v1/audit?pool=echo&action=register",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("policy 0xff000001 has no selector here: the pool is selected round robin"),
+        "{body}"
+    );
+    let mut pu = rsp(&lab, registrar.addr, "pu-client-1")
+        .args(["pu", "echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu");
+    let mut stdin = pu.stdin.take().expect("stdin");
+    writeln!(stdin, "one").expect("write");
+    writeln!(stdin, "two").expect("write");
+    drop(stdin);
+    let out = pu.wait_with_output().expect("rsp pu ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    let said = "pool echo: policy 0xff000001 has no selector here; selecting round robin";
+    assert_eq!(err.matches(said).count(), 1, "once: {err}");
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use asap::addr::TransportAddr;
 use asap::client::card::Alternates;
-use asap::wire::param::{Labels, Policy};
+use asap::wire::param::{Labels, Policy, PolicyType};
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
 use serde::de::DeserializeOwned;
@@ -132,7 +132,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "policy",
         takes: Takes::Value("POLICY"),
         default: Some("rr"),
-        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent).",
+        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent), or a private type 0xff000000-0xfffffffe with its values in hex (0xff000001:0a0b; docs/PROTOCOL-EXTENSIONS.md).",
     },
     Opt {
         key: "listen",
@@ -630,6 +630,16 @@ pub(crate) fn secs(text: &str) -> Result<Duration, String> {
 
 /// `rr`, `wrr:W`, `rand`, `wrand:W`, `pri:P`, `lu:L`, `lud:L:D`, `plu:L:D`, `rlu:L`.
 pub(crate) fn policy(s: &str) -> Result<Policy, String> {
+    // A private type (docs/PROTOCOL-EXTENSIONS.md): `0xff000001`, or with its values in hex
+    // (`0xff000001:0a0b`), sent as they are.
+    if let Some(ty) = s.strip_prefix("0x") {
+        let (ty, values) = ty.split_once(':').unwrap_or((ty, ""));
+        let ty = u32::from_str_radix(ty, 16).map_err(|_| format!("{s:?}: not a hex type"))?;
+        let values = crate::decode::parse_hex(values).map_err(|e| format!("{s:?}: {e}"))?;
+        return Policy::private(PolicyType(ty), &values).ok_or_else(|| {
+            format!("{s:?}: a private type is 0xff000000 to 0xfffffffe, with at most 12 bytes")
+        });
+    }
     let mut parts = s.split(':');
     let name = parts.next().unwrap_or_default();
     let nums: Vec<u32> = parts
@@ -665,7 +675,7 @@ pub(crate) fn policy(s: &str) -> Result<Policy, String> {
         ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
         _ => {
             return Err(format!(
-                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L"
+                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L, or a private type 0xff000000-0xfffffffe[:HEX]"
             ));
         }
     })
@@ -1154,6 +1164,28 @@ mod tests {
                 .labels
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_private_policy_type_is_given_in_hex() {
+        let ty = PolicyType(0xFF00_0001);
+        assert_eq!(
+            policy("0xff000001"),
+            Ok(Policy::private(ty, &[]).expect("private"))
+        );
+        assert_eq!(
+            policy("0xff000001:0a0b"),
+            Ok(Policy::private(ty, &[10, 11]).expect("private"))
+        );
+        for bad in [
+            "0x00000009",
+            "0xffffffff",
+            "0xff000001:0a0",
+            "0xzz",
+            "0xff000001:00000000000000000000000000",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -747,11 +747,20 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let mut session = failover::Session::new(&users);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
+    let mut fallback_said = false;
     while let Some(line) = stdin.next_line().await? {
         let answer = session
             .exchange(&line, |event| report(&pool, event))
             .await
             .with_context(|| format!("no PE of {pool} is reachable"))?;
+        // Once: a private policy this PU has no selector for (docs/PROTOCOL-EXTENSIONS.md).
+        if !fallback_said && let Some(ty) = users.policy_fallback().await {
+            eprintln!(
+                "pool {pool}: policy {:#010x} has no selector here; selecting round robin",
+                ty.0
+            );
+            fallback_said = true;
+        }
         stdout.write_all(answer.as_bytes()).await?;
         stdout.write_all(b"\n").await?;
         stdout.flush().await?;

@@ -15,7 +15,7 @@ use crate::addr::TransportAddr;
 use crate::policy::{PolicyRegistry, PoolSelection};
 use crate::wire::limits::MAX_RESOLUTION_PES;
 use crate::wire::param::{
-    HandleResolutionOption, Labels, Namespace, PeId, Policy, PoolElement, PoolHandle,
+    HandleResolutionOption, Labels, Namespace, PeId, Policy, PolicyType, PoolElement, PoolHandle,
 };
 use crate::wire::{AsapMsg, PeEntry, Resolution};
 
@@ -309,6 +309,16 @@ impl PoolUser {
             .get(&pe)
             .expect("selection and entries agree")
             .clone())
+    }
+
+    /// The pool's policy type when this pool user has no selector for it and selects its
+    /// cache round robin instead: a private type (docs/PROTOCOL-EXTENSIONS.md) missing
+    /// from its registry ([`PoolUser::with_registry`]). `None` otherwise, and while the
+    /// cache is empty. What a caller logs once, as a registrar audits it once per pool.
+    pub async fn policy_fallback(&self) -> Option<PolicyType> {
+        let cache = self.cache.lock().await;
+        let ty = cache.selection.policy_type()?;
+        self.registry.falls_back(ty).then_some(ty)
     }
 
     /// `Some` while selections come from a resolution past its stale time because the
@@ -681,6 +691,45 @@ mod tests {
         let third = pe_of(&mut session).await;
         assert!(third != first && third != second);
         assert_eq!(pe_of(&mut session).await, third);
+    }
+
+    /// A private policy type (docs/PROTOCOL-EXTENSIONS.md) the PU has no selector for:
+    /// its cache is selected round robin and it says so; with one registered, it does not.
+    #[tokio::test]
+    async fn a_private_policy_without_a_selector_is_selected_round_robin_and_said() {
+        let ty = PolicyType(0xFF00_0001);
+        let private = Policy::private(ty, &[7]).expect("private");
+        async fn fill(users: &PoolUser, private: Policy) {
+            let entries = (1..=3)
+                .map(|n| {
+                    let mut e = entry(n);
+                    e.pool_element.policy = private;
+                    e
+                })
+                .collect();
+            let resolved = Resolved {
+                policy: Some(private),
+                pool_elements: entries,
+            };
+            let mut cache = users.cache.lock().await;
+            users.fill(&mut cache, resolved, Instant::now());
+        }
+        let users = pool_of_three().await;
+        assert_eq!(users.policy_fallback().await, None, "round robin is served");
+        fill(&users, private).await;
+        assert_eq!(users.policy_fallback().await, Some(ty));
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            picked.push(users.select().await.expect("a PE").pool_element.pe_id.get());
+        }
+        assert_eq!(picked, [1, 2, 3, 1, 2, 3]);
+        let mut registry = PolicyRegistry::rfc5356();
+        registry.register(ty, move || {
+            Box::new(crate::policy::RoundRobinFallback::new(ty))
+        });
+        let served = pool_of_three().await.with_registry(registry);
+        fill(&served, private).await;
+        assert_eq!(served.policy_fallback().await, None);
     }
 
     #[tokio::test(start_paused = true)]
