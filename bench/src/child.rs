@@ -212,6 +212,7 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
         asap_listen: None,
         // The failover benchmark measures the pool policy's failover, not the card's.
         business_card: asap::client::card::Alternates::SelfOnly,
+        labels: Default::default(),
     };
     let mut announced = false;
     let result = run_pe(&trust, &config, std::future::pending(), |event| {

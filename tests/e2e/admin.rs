@@ -557,6 +557,7 @@ fn resolution_in(namespace: Option<&str>, pool: &str) -> asap::wire::AsapMsg {
         namespace: namespace.map(|n| asap::wire::param::Namespace::new(n).expect("namespace")),
         pool_handle: asap::wire::param::PoolHandle::new(pool).expect("pool handle"),
         option: None,
+        hints: Default::default(),
     }
 }
 

@@ -268,6 +268,7 @@ async fn resolvable(asap: &mut crate::support::Asap, pool: &str) -> Option<usize
             namespace: None,
             pool_handle: PoolHandle::new(pool).expect("pool handle"),
             option: Some(HandleResolutionOption { items: 16 }),
+            hints: Default::default(),
         })
         .await;
     if !sent {
@@ -680,6 +681,7 @@ async fn a_pe_presenting_another_certificate_than_the_registrar_vouched_for_is_r
             },
             policy: Policy::RoundRobin,
             asap_transport: None,
+            labels: Default::default(),
         },
     })
     .await;

@@ -11,6 +11,7 @@ mod endpoints;
 mod fleet;
 mod fleet_audit;
 mod fleet_sync;
+mod labels;
 mod partition;
 mod peering;
 mod registrar;

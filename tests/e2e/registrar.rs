@@ -20,6 +20,7 @@ pub(crate) fn resolution(pool: &str) -> AsapMsg {
         namespace: None,
         pool_handle: PoolHandle::new(pool).expect("pool handle"),
         option: None,
+        hints: Default::default(),
     }
 }
 

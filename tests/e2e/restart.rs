@@ -375,6 +375,7 @@ async fn echo_pes(pu: &trust::TrustStore, at: std::net::SocketAddr) -> Option<Ve
         namespace: None,
         pool_handle: PoolHandle::new("echo").expect("pool handle"),
         option: Some(HandleResolutionOption { items: 128 }),
+        hints: Default::default(),
     };
     if !asap.try_send(&ask).await {
         return None;

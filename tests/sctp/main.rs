@@ -262,6 +262,7 @@ fn legacy_register(
             },
             policy: Policy::RoundRobin,
             asap_transport: None,
+            labels: Default::default(),
         },
     };
     let mut bytes = Vec::new();

@@ -184,6 +184,9 @@ pub struct PeView {
     pub policy: String,
     /// Registration life in milliseconds.
     pub registration_life_ms: u32,
+    /// Its labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md), key → value;
+    /// empty when it registered none.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An ENRP peer's status (`GET /v1/peers`).

@@ -32,6 +32,7 @@ fn response(n: u32) -> AsapMsg {
                 },
                 policy: Policy::RoundRobin,
                 asap_transport: None,
+                labels: Default::default(),
             },
             registrant: RegistrantIdentity::new(&format!("spiffe://acme.test/pe/echo-{i}")),
         })

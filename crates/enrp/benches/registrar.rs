@@ -604,6 +604,7 @@ async fn resolutions(pki: &Pki, opts: &Options) -> Throughput {
             namespace: None,
             pool_handle: handle.clone(),
             option: None,
+            hints: Default::default(),
         },
         false,
     )

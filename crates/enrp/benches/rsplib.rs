@@ -261,6 +261,7 @@ fn registration(pe_id: u32) -> AsapMsg {
             },
             policy: Policy::RoundRobin,
             asap_transport: None,
+            labels: Default::default(),
         },
     }
 }
@@ -362,6 +363,7 @@ async fn resolutions(addr: SocketAddr, opts: &Opts) -> (f64, (f64, f64)) {
                 namespace: None,
                 pool_handle: PoolHandle::new("bench").expect("pool"),
                 option: None,
+                hints: Default::default(),
             },
             |m| matches!(m, AsapMsg::HandleResolutionResponse { .. }),
         )

@@ -170,8 +170,7 @@ fn pool_view(p: &PoolSnapshot) -> PoolView {
         policy: p
             .policy
             .as_ref()
-            .and_then(|pol| pol.policy_type().name())
-            .map(str::to_owned),
+            .map(|pol| policy_type_text(pol.policy_type())),
         pool_elements: p.pool_elements.iter().map(pe_view).collect(),
     }
 }
@@ -186,7 +185,18 @@ fn pe_view(e: &PeEntry) -> PeView {
         policy: policy_text(&pe.policy),
         // Accepted PEs have a positive life (PoolElement::REGISTRATION_LIFE_MS).
         registration_life_ms: u32::try_from(pe.registration_life).unwrap_or(0),
+        labels: pe
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
+}
+
+/// The short name of an RFC 5356 type (`rr`); a private type in hex (`0xff000001`).
+fn policy_type_text(t: PolicyType) -> String {
+    t.name()
+        .map_or_else(|| format!("{:#010x}", t.0), str::to_owned)
 }
 
 /// `tcp 192.0.2.1:7`, `sctp [10.0.0.1, 10.0.0.2]:9`.
@@ -206,11 +216,14 @@ fn transport_text(t: &Transport) -> String {
     }
 }
 
-/// The policy in the `rsp pe --policy` form, loads in percent: `wrr:2`, `lud:40:5`.
+/// The policy in the `rsp pe --policy` form, loads in percent: `wrr:2`, `lud:40:5`; a
+/// private type with its values in hex: `0xff000001:0a0b`.
 fn policy_text(p: &Policy) -> String {
     let pct = |l: u32| (u64::from(l) * 100 + u64::from(u32::MAX) / 2) / u64::from(u32::MAX);
-    let name = p.policy_type().name().unwrap_or("unknown");
+    let name = policy_type_text(p.policy_type());
     match *p {
+        Policy::Private { values, .. } if values.as_bytes().is_empty() => name,
+        Policy::Private { values, .. } => format!("{name}:{}", hex::encode(values.as_bytes())),
         Policy::RoundRobin | Policy::Random => name.to_owned(),
         Policy::WeightedRoundRobin { weight } | Policy::WeightedRandom { weight } => {
             format!("{name}:{weight}")

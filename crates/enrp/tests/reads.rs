@@ -29,7 +29,7 @@ use asap::wire::{AsapMsg, Resolution};
 use enrp::Running;
 use enrp::config::{Millis, RunConfig};
 use store::db::{Store, StoreOptions};
-use support::{DOMAIN, Pki, init_registrar};
+use support::{DOMAIN, Pki, answer, init_registrar};
 use testkit::msg::{grant, pool, registration};
 
 const HERE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -61,24 +61,12 @@ impl Registrar {
     }
 }
 
-/// The next message that is not a keep-alive (those come every 5 s).
-async fn answer(conn: &mut Connection) -> AsapMsg {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), conn.recv())
-            .await
-            .expect("answered in time")
-            .expect("answer");
-        if !matches!(m, AsapMsg::EndpointKeepAlive { .. }) {
-            return m;
-        }
-    }
-}
-
 fn resolution(pool_handle: &PoolHandle) -> AsapMsg {
     AsapMsg::HandleResolution {
         namespace: None,
         pool_handle: pool_handle.clone(),
         option: None,
+        hints: Default::default(),
     }
 }
 

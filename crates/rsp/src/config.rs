@@ -22,7 +22,7 @@ use asap::addr::TransportAddr;
 use asap::client::card::Alternates;
 use asap::client::check::Check;
 use asap::client::forward::Target;
-use asap::wire::param::Policy;
+use asap::wire::param::{Labels, Policy, PolicyType};
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
 use serde::de::DeserializeOwned;
@@ -134,7 +134,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "policy",
         takes: Takes::Value("POLICY"),
         default: Some("rr"),
-        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent).",
+        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent), or a private type 0xff000000-0xfffffffe with its values in hex (0xff000001:0a0b; docs/PROTOCOL-EXTENSIONS.md).",
     },
     Opt {
         key: "listen",
@@ -255,6 +255,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         default: Some("30s"),
         help: "On SIGUSR1 the PE drains: it deregisters (the registrar no longer returns it), refuses new sessions, and exits once the open ones have ended or after this long.",
     },
+    Opt {
+        key: "labels",
+        flag: "label",
+        takes: Takes::Repeated("KEY=VALUE"),
+        default: None,
+        help: "A label registered with this PE, for policies that select by label (docs/PROTOCOL-EXTENSIONS.md); repeat the flag or separate with commas. At most 16; keys 1-32 bytes of a-z A-Z 0-9 . _ - /, values at most 64 bytes of printable ASCII.",
+    },
 ];
 
 /// `rsp resolve`'s own options (`[resolve]` in the config file).
@@ -272,6 +279,13 @@ pub(crate) const RESOLVE_OPTIONS: &[Opt] = &[
         takes: Takes::Switch,
         default: None,
         help: "Print JSON.",
+    },
+    Opt {
+        key: "hints",
+        flag: "hint",
+        takes: Takes::Repeated("KEY=VALUE"),
+        default: None,
+        help: "A hint sent with the resolution for the pool's policy, matched against PE labels by policies that read them (docs/PROTOCOL-EXTENSIONS.md); repeat the flag or separate with commas. Same bounds as rsp pe --label.",
     },
 ];
 
@@ -368,6 +382,8 @@ pub(crate) struct PeOptions {
     pub(crate) fall: NonZeroU32,
     #[serde(deserialize_with = "duration")]
     pub(crate) drain_timeout: Duration,
+    #[serde(default, deserialize_with = "labels_of")]
+    pub(crate) labels: Labels,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
@@ -378,6 +394,8 @@ pub(crate) struct ResolveOptions {
     pub(crate) items: Option<u32>,
     #[serde(default)]
     pub(crate) json: bool,
+    #[serde(default, deserialize_with = "labels_of")]
+    pub(crate) hints: Labels,
 }
 
 /// `rsp gateway`'s options of [`GATEWAY_OPTIONS`], merged.
@@ -704,6 +722,16 @@ pub(crate) fn secs(text: &str) -> Result<Duration, String> {
 
 /// `rr`, `wrr:W`, `rand`, `wrand:W`, `pri:P`, `lu:L`, `lud:L:D`, `plu:L:D`, `rlu:L`.
 pub(crate) fn policy(s: &str) -> Result<Policy, String> {
+    // A private type (docs/PROTOCOL-EXTENSIONS.md): `0xff000001`, or with its values in hex
+    // (`0xff000001:0a0b`), sent as they are.
+    if let Some(ty) = s.strip_prefix("0x") {
+        let (ty, values) = ty.split_once(':').unwrap_or((ty, ""));
+        let ty = u32::from_str_radix(ty, 16).map_err(|_| format!("{s:?}: not a hex type"))?;
+        let values = crate::decode::parse_hex(values).map_err(|e| format!("{s:?}: {e}"))?;
+        return Policy::private(PolicyType(ty), &values).ok_or_else(|| {
+            format!("{s:?}: a private type is 0xff000000 to 0xfffffffe, with at most 12 bytes")
+        });
+    }
     let mut parts = s.split(':');
     let name = parts.next().unwrap_or_default();
     let nums: Vec<u32> = parts
@@ -739,7 +767,7 @@ pub(crate) fn policy(s: &str) -> Result<Policy, String> {
         ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
         _ => {
             return Err(format!(
-                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L"
+                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L, or a private type 0xff000000-0xfffffffe[:HEX]"
             ));
         }
     })
@@ -798,6 +826,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// A policy ([`policy`]).
 fn policy_of<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
     policy(&text(d)?).map_err(de::Error::custom)
+}
+
+/// Labels or hints: `KEY=VALUE` items as a list ([`parsed_list`]), within their bounds.
+fn labels_of<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let items: Vec<String> = parsed_list(d)?;
+    Labels::parse(items).map_err(de::Error::custom)
 }
 
 /// A demo service by its name, as the flag took it.
@@ -1244,6 +1278,67 @@ mod tests {
             .expect("valid");
         assert!(o.json);
         assert_eq!(o.items, Some(3));
+    }
+
+    #[test]
+    fn labels_and_hints_come_from_flags_variables_or_the_file_within_their_bounds() {
+        let o = flags_of::<Pe>(&["--label", "region=eu", "--label", "zone=a1,tier=gold"])
+            .load(None, env(&[]))
+            .expect("valid");
+        assert_eq!(o.labels.to_string(), "region=eu,zone=a1,tier=gold");
+        let o = flags_of::<Resolve>(&[])
+            .load(None, env(&[("RSP_HINT", "zone=a1")]))
+            .expect("valid");
+        assert_eq!(o.hints.get("zone"), Some("a1"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rsp.toml");
+        std::fs::write(&file, "[pe]\nlabels = [\"region=us\"]\n").expect("write");
+        let o = flags_of::<Pe>(&[])
+            .load(Some(&file), env(&[]))
+            .expect("valid");
+        assert_eq!(o.labels.get("region"), Some("us"));
+        // Beyond the bounds: one line naming the option and the rule, nothing runs.
+        let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+        let err = flags_of::<Pe>(&["--label", &many.join(",")])
+            .load(None, env(&[]))
+            .expect_err("17 labels");
+        assert!(
+            err.contains("labels") && err.contains("more than 16"),
+            "{err}"
+        );
+        let err = flags_of::<Resolve>(&["--hint", "no-equals"])
+            .load(None, env(&[]))
+            .expect_err("not key=value");
+        assert!(err.contains("not key=value"), "{err}");
+        assert!(
+            flags_of::<Pe>(&[])
+                .load(None, env(&[]))
+                .expect("valid")
+                .labels
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_private_policy_type_is_given_in_hex() {
+        let ty = PolicyType(0xFF00_0001);
+        assert_eq!(
+            policy("0xff000001"),
+            Ok(Policy::private(ty, &[]).expect("private"))
+        );
+        assert_eq!(
+            policy("0xff000001:0a0b"),
+            Ok(Policy::private(ty, &[10, 11]).expect("private"))
+        );
+        for bad in [
+            "0x00000009",
+            "0xffffffff",
+            "0xff000001:0a0",
+            "0xzz",
+            "0xff000001:00000000000000000000000000",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

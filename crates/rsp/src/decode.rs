@@ -67,7 +67,7 @@ fn print_message(enrp: bool, frame: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     let digits: Vec<u8> = text
         .bytes()
         .filter(|b| !b.is_ascii_whitespace() && *b != b':')

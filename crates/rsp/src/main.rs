@@ -410,6 +410,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 rise,
                 fall,
                 drain_timeout,
+                labels,
             } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
@@ -466,10 +467,11 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 allowed: admit::AllowedPus::patterns(allow_pu),
                 check,
                 drain_timeout,
+                labels,
             };
             run_pe(pe, common).await
         }
-        Job::Resolve { pool, own, common } => run_resolve(pool, own.items, own.json, common).await,
+        Job::Resolve { pool, own, common } => run_resolve(pool, own, common).await,
         Job::Pu { pool, common } => run_pu(pool, common).await,
         Job::Gateway {
             pool,
@@ -527,6 +529,7 @@ struct PeArgs {
     check: Option<check::CheckConfig>,
     /// `--drain-timeout`.
     drain_timeout: Duration,
+    labels: asap::wire::param::Labels,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -544,6 +547,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         allowed,
         check,
         drain_timeout,
+        labels,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -623,6 +627,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         load,
         asap_listen,
         business_card,
+        labels,
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());
@@ -836,10 +841,10 @@ impl Drop for AbortOnDrop {
 
 async fn run_resolve(
     pool: String,
-    items: Option<u32>,
-    json: bool,
+    own: config::ResolveOptions,
     common: Common,
 ) -> anyhow::Result<()> {
+    let config::ResolveOptions { items, json, hints } = own;
     let trust = common.trust_for(true)?;
     let (namespace, handle) = (common.namespace()?, pool_handle(&pool)?);
     // A registrar that refuses for lack of resources (still starting) is passed over for
@@ -848,7 +853,8 @@ async fn run_resolve(
     let resolved = loop {
         let (mut conn, idx) =
             Connection::hunt(&trust, &common.registrars, start, common.insecure_legacy).await?;
-        match pu::resolve(&mut conn, namespace.clone(), &handle, items).await {
+        match pu::resolve_hinted(&mut conn, namespace.clone(), &handle, items, hints.clone()).await
+        {
             Err(e) if e.is_transient() && tries < common.registrars.len() => {
                 eprintln!("{}: {e}", conn.registrar());
                 (start, tries) = (idx + 1, tries + 1);
@@ -874,20 +880,25 @@ async fn run_resolve(
             Transport::Tcp { .. } => "tcp",
             _ => "other",
         };
-        let policy = e
-            .pool_element
-            .policy
-            .policy_type()
+        let ty = e.pool_element.policy.policy_type();
+        // A private type (docs/PROTOCOL-EXTENSIONS.md) in hex.
+        let policy = ty
             .name()
-            .unwrap_or("unknown");
+            .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned);
+        let labels = &e.pool_element.labels;
         if json {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+                .collect();
             println!(
-                "{{\"pe_id\":{},\"address\":\"{addr}\",\"addresses\":[{}],\"transport\":\"{kind}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{}}}",
+                "{{\"pe_id\":{},\"address\":\"{addr}\",\"addresses\":[{}],\"transport\":\"{kind}\",\"port\":{},\"policy\":\"{policy}\",\"home\":{},\"registrant\":{},\"labels\":{{{}}}}}",
                 e.pool_element.pe_id.get(),
                 all.join(","),
                 t.port(),
                 e.pool_element.home_server_id,
                 json_string(registrant),
+                labels.join(","),
             );
         } else {
             let extra = if all.len() > 1 || kind == "sctp" {
@@ -895,8 +906,13 @@ async fn run_resolve(
             } else {
                 String::new()
             };
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" labels {labels}")
+            };
             println!(
-                "PE {} at {addr}:{}{extra} policy {policy} registrant {registrant}",
+                "PE {} at {addr}:{}{extra} policy {policy} registrant {registrant}{labels}",
                 e.pool_element.pe_id,
                 t.port()
             );
@@ -937,11 +953,20 @@ async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let mut session = failover::Session::new(&users);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
+    let mut fallback_said = false;
     while let Some(line) = stdin.next_line().await? {
         let answer = session
             .exchange(&line, |event| report(&pool, event))
             .await
             .with_context(|| format!("no PE of {pool} is reachable"))?;
+        // Once: a private policy this PU has no selector for (docs/PROTOCOL-EXTENSIONS.md).
+        if !fallback_said && let Some(ty) = users.policy_fallback().await {
+            eprintln!(
+                "pool {pool}: policy {:#010x} has no selector here; selecting round robin",
+                ty.0
+            );
+            fallback_said = true;
+        }
         stdout.write_all(answer.as_bytes()).await?;
         stdout.write_all(b"\n").await?;
         stdout.flush().await?;

@@ -26,8 +26,8 @@ use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 use asap::wire::param::{
-    Address, HandleResolutionOption, Namespace, PeChecksum as WirePeChecksum, PeId, Policy,
-    PoolElement, PoolHandle, ServerId, Transport, TransportUse,
+    Address, HandleResolutionOption, Labels, Namespace, PeChecksum as WirePeChecksum, PeId, Policy,
+    PolicyType, PoolElement, PoolHandle, ServerId, Transport, TransportUse,
 };
 use asap::wire::{AsapMsg, EnrpBody, EnrpMsg, UpdateAction};
 use enrp_core::checksum::PeChecksum;
@@ -356,6 +356,9 @@ impl Driver {
                 let policy = match p.byte() % 4 {
                     0 => Policy::Random,
                     1 => Policy::LeastUsed { load: p.u32() },
+                    // The private range, which a core without a selector for it selects
+                    // round robin (docs/PROTOCOL-EXTENSIONS.md).
+                    3 => Policy::private(PolicyType(0xFF00_0001), &[p.byte()]).expect("private"),
                     _ => Policy::RoundRobin,
                 };
                 AsapMsg::Registration {
@@ -372,6 +375,7 @@ impl Driver {
                         },
                         policy,
                         asap_transport: None,
+                        labels: zone(p),
                     },
                 }
             }
@@ -386,6 +390,7 @@ impl Driver {
                 option: (p.byte().is_multiple_of(2)).then_some(HandleResolutionOption {
                     items: u32::from(p.byte() % 8),
                 }),
+                hints: zone(p),
             },
             4 => AsapMsg::EndpointKeepAliveAck { pool_handle, pe_id },
             _ => AsapMsg::EndpointUnreachable {
@@ -433,6 +438,7 @@ impl Driver {
                     },
                     policy: Policy::RoundRobin,
                     asap_transport: None,
+                    labels: Default::default(),
                 },
                 registrant: None,
             },
@@ -542,4 +548,12 @@ impl Driver {
 
 fn default_ns() -> Namespace {
     Namespace::new("default").expect("namespace")
+}
+
+/// No labels (or hints), or a `zone` of two (docs/PROTOCOL-EXTENSIONS.md).
+fn zone(p: &mut Program<'_>) -> Labels {
+    match p.byte() % 3 {
+        0 => Labels::default(),
+        z => Labels::new([("zone", if z == 1 { "a" } else { "b" })]).expect("valid"),
+    }
 }

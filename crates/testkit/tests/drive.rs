@@ -40,11 +40,11 @@ fn random_programs_keep_the_invariants() {
 }
 
 /// One registration step: client `c` registers PE `pe_id` in pool `pool` (0 or 1) at its
-/// own address, round robin, without a Namespace parameter.
+/// own address, round robin, without a Namespace parameter or labels.
 fn register(program: &mut Vec<u8>, c: u8, pool: u8, pe_id: u8) {
     // op 2 (ASAP message), client, pool, PE ID - 1, namespace (None), kind (registration),
-    // address byte (own), policy (round robin), life.
-    program.extend([2, c, pool, pe_id - 1, 2, 0, 1, 2, 200]);
+    // address byte (own), policy (round robin), life, labels (none).
+    program.extend([2, c, pool, pe_id - 1, 2, 0, 1, 2, 200, 0]);
 }
 
 #[test]

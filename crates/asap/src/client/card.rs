@@ -199,6 +199,7 @@ mod tests {
                 },
                 policy: Policy::RoundRobin,
                 asap_transport: None,
+                labels: Default::default(),
             },
             registrant: None,
         }

@@ -22,7 +22,7 @@ use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::addr::TransportAddr;
 use crate::wire::AsapMsg;
 use crate::wire::param::{
-    Address, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
+    Address, Labels, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
     TransportUse,
 };
 
@@ -65,6 +65,9 @@ pub struct PeConfig {
     /// Which PEs this PE's business card names after itself (spec §7.8); default
     /// [`Alternates::Auto`], kept current by [`super::card::keep_current`].
     pub business_card: Alternates,
+    /// This PE's labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md), sent
+    /// with every registration; `rsp pe --label k=v`. Empty: none.
+    pub labels: Labels,
 }
 
 impl PeConfig {
@@ -99,6 +102,7 @@ impl PeConfig {
             user_transport: self.user_transport.clone(),
             policy: current_policy(self),
             asap_transport: None,
+            labels: self.labels.clone(),
         };
         AsapMsg::BusinessCard {
             pool_handle: self.pool_handle.clone(),
@@ -422,6 +426,7 @@ fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>
             user_transport: transport,
             policy: current_policy(config),
             asap_transport: listen.and_then(|l| asap_transport(l, local)),
+            labels: config.labels.clone(),
         },
     }
 }
@@ -729,6 +734,7 @@ mod tests {
             load: None,
             asap_listen: None,
             business_card: Alternates::Auto,
+            labels: Labels::default(),
         }
     }
 

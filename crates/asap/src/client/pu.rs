@@ -15,7 +15,7 @@ use crate::addr::TransportAddr;
 use crate::policy::{PolicyRegistry, PoolSelection};
 use crate::wire::limits::MAX_RESOLUTION_PES;
 use crate::wire::param::{
-    HandleResolutionOption, Namespace, PeId, Policy, PoolElement, PoolHandle,
+    HandleResolutionOption, Labels, Namespace, PeId, Policy, PolicyType, PoolElement, PoolHandle,
 };
 use crate::wire::{AsapMsg, PeEntry, Resolution};
 
@@ -39,10 +39,23 @@ pub async fn resolve(
     pool_handle: &PoolHandle,
     items: Option<u32>,
 ) -> Result<Resolved, Error> {
+    resolve_hinted(conn, namespace, pool_handle, items, Labels::default()).await
+}
+
+/// [`resolve`] with hints for the pool's policy (project parameter 0x8103,
+/// docs/PROTOCOL-EXTENSIONS.md; `rsp resolve --hint k=v`).
+pub async fn resolve_hinted(
+    conn: &mut Connection,
+    namespace: Option<Namespace>,
+    pool_handle: &PoolHandle,
+    items: Option<u32>,
+    hints: Labels,
+) -> Result<Resolved, Error> {
     conn.send(&AsapMsg::HandleResolution {
         namespace,
         pool_handle: pool_handle.clone(),
         option: items.map(|items| HandleResolutionOption { items }),
+        hints,
     })
     .await?;
     let answer = tokio::time::timeout(T1_REQUEST, async {
@@ -140,6 +153,9 @@ pub struct PuConfig {
     pub stale: Duration,
     /// T1-ENRPrequest; default [`T1_REQUEST`].
     pub request_timeout: Duration,
+    /// Hints sent with each resolution and given to the pool's policy when selecting from
+    /// the cache (project parameter 0x8103, docs/PROTOCOL-EXTENSIONS.md). Default: none.
+    pub hints: Labels,
 }
 
 impl PuConfig {
@@ -155,6 +171,7 @@ impl PuConfig {
             pool_handle,
             stale: DEFAULT_STALE,
             request_timeout: T1_REQUEST,
+            hints: Labels::default(),
         }
     }
 }
@@ -231,6 +248,15 @@ impl PoolUser {
         }
     }
 
+    /// Selects from the cache with `registry`'s selectors instead of the nine RFC 5356
+    /// policies alone: how a pool user gets a custom policy (examples/custom-policy). A
+    /// private policy type it lacks is selected round robin.
+    #[must_use]
+    pub fn with_registry(mut self, registry: PolicyRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
     /// The identity it presents and the trust it applies.
     pub fn trust(&self) -> &TrustStore {
         &self.trust
@@ -276,11 +302,23 @@ impl PoolUser {
             selection, entries, ..
         } = &mut *cache;
         let mut rng = Xorshift::new(seed());
-        let pe = selection.select_one(&mut rng).ok_or(Error::Rejected(0x9))?;
+        let mut one = Vec::with_capacity(1);
+        selection.select_hinted(1, &self.config.hints, &mut rng, &mut one);
+        let pe = one.pop().ok_or(Error::Rejected(0x9))?;
         Ok(entries
             .get(&pe)
             .expect("selection and entries agree")
             .clone())
+    }
+
+    /// The pool's policy type when this pool user has no selector for it and selects its
+    /// cache round robin instead: a private type (docs/PROTOCOL-EXTENSIONS.md) missing
+    /// from its registry ([`PoolUser::with_registry`]). `None` otherwise, and while the
+    /// cache is empty. What a caller logs once, as a registrar audits it once per pool.
+    pub async fn policy_fallback(&self) -> Option<PolicyType> {
+        let cache = self.cache.lock().await;
+        let ty = cache.selection.policy_type()?;
+        self.registry.falls_back(ty).then_some(ty)
     }
 
     /// `Some` while selections come from a resolution past its stale time because the
@@ -307,7 +345,12 @@ impl PoolUser {
             // A PE whose policy does not fit the pool's cannot be selected (spec §5.3).
             if cache
                 .selection
-                .insert_or_update(&self.registry, id, &e.pool_element.policy)
+                .insert_or_update_labeled(
+                    &self.registry,
+                    id,
+                    &e.pool_element.policy,
+                    &e.pool_element.labels,
+                )
                 .is_ok()
             {
                 cache.entries.insert(id, e);
@@ -416,11 +459,12 @@ impl PoolUser {
             let conn = registrar.conn.as_mut().expect("connected above");
             let result = tokio::time::timeout(
                 self.config.request_timeout,
-                resolve(
+                resolve_hinted(
                     conn,
                     self.config.namespace.clone(),
                     &self.config.pool_handle,
                     Some(RESOLUTION_ITEMS),
+                    self.config.hints.clone(),
                 ),
             )
             .await
@@ -592,6 +636,7 @@ mod tests {
                 },
                 policy: Policy::RoundRobin,
                 asap_transport: None,
+                labels: Default::default(),
             },
             registrant: None,
         }
@@ -646,6 +691,45 @@ mod tests {
         let third = pe_of(&mut session).await;
         assert!(third != first && third != second);
         assert_eq!(pe_of(&mut session).await, third);
+    }
+
+    /// A private policy type (docs/PROTOCOL-EXTENSIONS.md) the PU has no selector for:
+    /// its cache is selected round robin and it says so; with one registered, it does not.
+    #[tokio::test]
+    async fn a_private_policy_without_a_selector_is_selected_round_robin_and_said() {
+        let ty = PolicyType(0xFF00_0001);
+        let private = Policy::private(ty, &[7]).expect("private");
+        async fn fill(users: &PoolUser, private: Policy) {
+            let entries = (1..=3)
+                .map(|n| {
+                    let mut e = entry(n);
+                    e.pool_element.policy = private;
+                    e
+                })
+                .collect();
+            let resolved = Resolved {
+                policy: Some(private),
+                pool_elements: entries,
+            };
+            let mut cache = users.cache.lock().await;
+            users.fill(&mut cache, resolved, Instant::now());
+        }
+        let users = pool_of_three().await;
+        assert_eq!(users.policy_fallback().await, None, "round robin is served");
+        fill(&users, private).await;
+        assert_eq!(users.policy_fallback().await, Some(ty));
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            picked.push(users.select().await.expect("a PE").pool_element.pe_id.get());
+        }
+        assert_eq!(picked, [1, 2, 3, 1, 2, 3]);
+        let mut registry = PolicyRegistry::rfc5356();
+        registry.register(ty, move || {
+            Box::new(crate::policy::RoundRobinFallback::new(ty))
+        });
+        let served = pool_of_three().await.with_registry(registry);
+        fill(&served, private).await;
+        assert_eq!(served.policy_fallback().await, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,12 @@
 //! - [`PoolSelection`]: a pool's selector; the first PE fixes the pool's policy type and a
 //!   PE with another type is refused with cause 0x5 (spec §5.3).
 //! - [`PolicyRegistry`]: policy type → selector factory, by default the nine RFC policies;
-//!   a new policy is registered there, without touching the registrar.
+//!   a new policy is registered there, without touching the registrar. Types of the
+//!   private range ([`PolicyType::PRIVATE`]) it has no selector for are selected round
+//!   robin ([`RoundRobinFallback`], docs/PROTOCOL-EXTENSIONS.md).
+//! - PE labels and PU hints (project parameters, docs/PROTOCOL-EXTENSIONS.md) reach a
+//!   selector through [`Selector::insert_or_update_labeled`] and
+//!   [`Selector::select_hinted`]; the nine RFC policies ignore them.
 //!
 //! The nine policies come in two families, each with a small rule trait:
 //! [`OrderedSelector`] + [`OrderRule`] (RR, WRR, PRI, LU, LUD, PLU: a sorted set, ties
@@ -35,10 +40,10 @@ pub use least_used::{LeastUsed, LeastUsedDegradation, LudState, PriorityLeastUse
 pub use ordered::{OrderRule, OrderedSelector};
 pub use priority::Priority;
 pub use random::{Random, RandomSelector, RandomizedLeastUsed, WeightRule, WeightedRandom};
-pub use registry::{PolicyRegistry, PoolSelection, SelectorFactory};
+pub use registry::{PolicyRegistry, PoolSelection, RoundRobinFallback, SelectorFactory};
 pub use round_robin::{RoundRobin, WeightedRoundRobin, WrrState};
 
-use crate::wire::param::{PeId, Policy, PolicyType};
+use crate::wire::param::{Labels, PeId, Policy, PolicyType};
 
 /// One pool's selection state for one policy type: the PEs with their policy values, and
 /// whatever the policy remembers between selections (position in the cycle, accumulated
@@ -59,6 +64,22 @@ pub trait Selector: Send {
     /// changes then.
     fn insert_or_update(&mut self, pe: PeId, policy: &Policy) -> Result<(), PolicyError>;
 
+    /// [`Self::insert_or_update`] with the PE's labels (project parameter, spec §12.9
+    /// style; empty when it registered none). A policy that selects by label keeps them;
+    /// the default, for policies that do not, ignores them.
+    ///
+    /// # Errors
+    /// As [`Self::insert_or_update`].
+    fn insert_or_update_labeled(
+        &mut self,
+        pe: PeId,
+        policy: &Policy,
+        labels: &Labels,
+    ) -> Result<(), PolicyError> {
+        let _ = labels;
+        self.insert_or_update(pe, policy)
+    }
+
     /// Removes `pe`; returns whether it was there.
     fn remove(&mut self, pe: PeId) -> bool;
 
@@ -67,6 +88,14 @@ pub trait Selector: Send {
     /// Selecting advances the policy's state, e.g. a round robin cycle by the number of
     /// PEs selected.
     fn select(&mut self, n: usize, rng: &mut dyn Rng, out: &mut Vec<PeId>);
+
+    /// [`Self::select`] for a pool user that sent hints with its handle resolution
+    /// (key=value pairs, the labels' form; empty when it sent none). A policy that
+    /// matches hints against labels overrides it; the default ignores the hints.
+    fn select_hinted(&mut self, n: usize, hints: &Labels, rng: &mut dyn Rng, out: &mut Vec<PeId>) {
+        let _ = hints;
+        self.select(n, rng, out);
+    }
 
     /// How many PEs are registered (selectable or not).
     fn len(&self) -> usize;
@@ -102,8 +131,9 @@ pub enum PolicyError {
         /// The refused policy parameter.
         offered: Policy,
     },
-    /// No selector is registered for this policy type (spec §5.1: only the nine RFC types
-    /// are accepted). Answered with cause 0x3 "Invalid Values".
+    /// No selector is registered for this policy type and it is not a private type (spec
+    /// §5.1: only the nine RFC types are accepted). Answered with cause 0x3 "Invalid
+    /// Values".
     #[error("unsupported pool member selection policy {0:?}")]
     UnsupportedPolicy(PolicyType),
 }

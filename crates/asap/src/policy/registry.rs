@@ -12,7 +12,7 @@ use super::{
     Random, RandomSelector, RandomizedLeastUsed, RoundRobin, Selector, WeightedRandom,
     WeightedRoundRobin,
 };
-use crate::wire::param::{PeId, Policy, PolicyType};
+use crate::wire::param::{Labels, PeId, Policy, PolicyType};
 
 /// Makes an empty selector for one policy type.
 pub type SelectorFactory = Arc<dyn Fn() -> Box<dyn Selector> + Send + Sync>;
@@ -76,7 +76,8 @@ impl PolicyRegistry {
         self.factories.remove(&ty).is_some()
     }
 
-    /// Whether `ty` is served.
+    /// Whether `ty` has a selector registered (a private type without one is still
+    /// accepted, selected by [`RoundRobinFallback`]).
     pub fn supports(&self, ty: PolicyType) -> bool {
         self.factories.contains_key(&ty)
     }
@@ -86,14 +87,21 @@ impl PolicyRegistry {
         self.factories.keys().copied()
     }
 
-    /// An empty selector for `ty`; [`PolicyError::UnsupportedPolicy`] (spec §5.1: Invalid
-    /// Values, cause 0x3) when `ty` is not served.
+    /// Whether pools of type `ty` are selected by [`RoundRobinFallback`] here: a private
+    /// type without a registered selector (docs/PROTOCOL-EXTENSIONS.md).
+    pub fn falls_back(&self, ty: PolicyType) -> bool {
+        ty.is_private() && !self.supports(ty)
+    }
+
+    /// An empty selector for `ty`: the registered one; for a private type without one,
+    /// a [`RoundRobinFallback`]; otherwise [`PolicyError::UnsupportedPolicy`] (spec §5.1:
+    /// Invalid Values, cause 0x3).
     pub fn selector(&self, ty: PolicyType) -> Result<Box<dyn Selector>, PolicyError> {
-        let factory = self
-            .factories
-            .get(&ty)
-            .ok_or(PolicyError::UnsupportedPolicy(ty))?;
-        Ok(factory())
+        match self.factories.get(&ty) {
+            Some(factory) => Ok(factory()),
+            None if ty.is_private() => Ok(Box::new(RoundRobinFallback::new(ty))),
+            None => Err(PolicyError::UnsupportedPolicy(ty)),
+        }
     }
 }
 
@@ -106,6 +114,57 @@ impl Default for PolicyRegistry {
 impl fmt::Debug for PolicyRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.factories.keys()).finish()
+    }
+}
+
+/// The selector of a private policy type that a registry has no selector for
+/// (docs/PROTOCOL-EXTENSIONS.md): it accepts that type's PEs, whatever their values, and
+/// selects them round robin (spec §5.2 RR). The PEs' policy parameters are not changed:
+/// they travel on as registered, so a registrar or pool user that has the policy applies it.
+pub struct RoundRobinFallback {
+    policy_type: PolicyType,
+    inner: OrderedSelector<RoundRobin>,
+}
+
+impl RoundRobinFallback {
+    /// An empty fallback selector for `policy_type`.
+    pub fn new(policy_type: PolicyType) -> Self {
+        Self {
+            policy_type,
+            inner: OrderedSelector::new(),
+        }
+    }
+}
+
+impl Selector for RoundRobinFallback {
+    fn policy_type(&self) -> PolicyType {
+        self.policy_type
+    }
+
+    fn insert_or_update(&mut self, pe: PeId, policy: &Policy) -> Result<(), PolicyError> {
+        if policy.policy_type() != self.policy_type {
+            return Err(PolicyError::InconsistentPolicy {
+                pool: self.policy_type,
+                offered: *policy,
+            });
+        }
+        self.inner.insert_or_update(pe, &Policy::RoundRobin)
+    }
+
+    fn remove(&mut self, pe: PeId) -> bool {
+        self.inner.remove(pe)
+    }
+
+    fn select(&mut self, n: usize, rng: &mut dyn Rng, out: &mut Vec<PeId>) {
+        self.inner.select(n, rng, out);
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn contains(&self, pe: PeId) -> bool {
+        self.inner.contains(pe)
     }
 }
 
@@ -143,6 +202,21 @@ impl PoolSelection {
         pe: PeId,
         policy: &Policy,
     ) -> Result<(), PolicyError> {
+        self.insert_or_update_labeled(registry, pe, policy, &Labels::default())
+    }
+
+    /// [`Self::insert_or_update`] with the PE's labels, for policies that read them
+    /// ([`Selector::insert_or_update_labeled`]).
+    ///
+    /// # Errors
+    /// As [`Self::insert_or_update`].
+    pub fn insert_or_update_labeled(
+        &mut self,
+        registry: &PolicyRegistry,
+        pe: PeId,
+        policy: &Policy,
+        labels: &Labels,
+    ) -> Result<(), PolicyError> {
         let offered = policy.policy_type();
         if let Some(selector) = &mut self.selector {
             let pool = selector.policy_type();
@@ -152,14 +226,14 @@ impl PoolSelection {
                     offered: *policy,
                 });
             }
-            return selector.insert_or_update(pe, policy);
+            return selector.insert_or_update_labeled(pe, policy, labels);
         }
         let mut selector = registry.selector(offered)?;
         if selector.policy_type() != offered {
             // A misconfigured plug-in; refuse rather than fix the pool to a wrong type.
             return Err(PolicyError::UnsupportedPolicy(offered));
         }
-        selector.insert_or_update(pe, policy)?;
+        selector.insert_or_update_labeled(pe, policy, labels)?;
         self.selector = Some(selector);
         Ok(())
     }
@@ -182,6 +256,19 @@ impl PoolSelection {
     pub fn select(&mut self, n: usize, rng: &mut dyn Rng, out: &mut Vec<PeId>) {
         if let Some(selector) = &mut self.selector {
             selector.select(n, rng, out);
+        }
+    }
+
+    /// [`Self::select`] with a pool user's hints ([`Selector::select_hinted`]).
+    pub fn select_hinted(
+        &mut self,
+        n: usize,
+        hints: &Labels,
+        rng: &mut dyn Rng,
+        out: &mut Vec<PeId>,
+    ) {
+        if let Some(selector) = &mut self.selector {
+            selector.select_hinted(n, hints, rng, out);
         }
     }
 

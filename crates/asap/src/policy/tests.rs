@@ -960,3 +960,82 @@ proptest! {
         run_ordered::<LeastUsedDegradation>(&ops)?;
     }
 }
+
+// The project's private policy range, labels and hints (docs/PROTOCOL-EXTENSIONS.md). A
+// selector that reads labels and hints: examples/custom-policy (its tests), and the
+// registrar's, crates/enrp-core/src/registrar/tests/extensions.rs.
+
+use crate::wire::param::Labels;
+
+const PRIVATE: PolicyType = PolicyType(0xFF00_0001);
+
+fn private(values: &[u8]) -> Policy {
+    Policy::private(PRIVATE, values).expect("a private type, a short value")
+}
+
+fn labels(texts: &[&str]) -> Labels {
+    Labels::parse(texts).expect("valid labels")
+}
+
+#[test]
+fn a_private_type_without_a_selector_is_selected_round_robin() {
+    let registry = PolicyRegistry::default();
+    assert!(registry.falls_back(PRIVATE));
+    assert!(!registry.falls_back(PolicyType::ROUND_ROBIN));
+    let mut pool = PoolSelection::new();
+    for (id, values) in [(1, &[9u8][..]), (2, &[][..]), (3, &[1, 2, 3][..])] {
+        pool.insert_or_update(&registry, pe(id), &private(values))
+            .expect("accepted: the fallback takes any values of the type");
+    }
+    assert_eq!(
+        pool.policy_type(),
+        Some(PRIVATE),
+        "the pool keeps the registered type"
+    );
+    assert_eq!(singles(&mut pool, 6, &mut rng(1)), [1, 2, 3, 1, 2, 3]);
+    // One pool, one policy type (spec §5.3): another type is 0x5, as for RFC types.
+    for other in [
+        Policy::RoundRobin,
+        Policy::private(PolicyType(0xFF00_0002), &[]).expect("private"),
+    ] {
+        let e = pool
+            .insert_or_update(&registry, pe(4), &other)
+            .expect_err("inconsistent");
+        assert_eq!(
+            e.cause_code(),
+            PolicyError::CAUSE_INCONSISTENT_POOLING_POLICY
+        );
+    }
+    // Not in the range, not registered: still Invalid Values (0x3).
+    let e = PoolSelection::new()
+        .insert_or_update(&PolicyRegistry::empty(), pe(1), &Policy::RoundRobin)
+        .expect_err("unsupported");
+    assert_eq!(e.cause_code(), PolicyError::CAUSE_INVALID_VALUES);
+}
+
+#[test]
+fn the_rfc_policies_ignore_labels_and_hints() {
+    let registry = PolicyRegistry::default();
+    let mut hinted = PoolSelection::new();
+    let mut plain = pool(&[
+        (1, Policy::RoundRobin),
+        (2, Policy::RoundRobin),
+        (3, Policy::RoundRobin),
+    ]);
+    for id in 1..=3 {
+        hinted
+            .insert_or_update_labeled(
+                &registry,
+                pe(id),
+                &Policy::RoundRobin,
+                &labels(&["region=eu"]),
+            )
+            .expect("accepted");
+    }
+    let mut a = Vec::new();
+    hinted.select_hinted(2, &labels(&["region=us"]), &mut rng(1), &mut a);
+    assert_eq!(
+        a.iter().map(|p| p.get()).collect::<Vec<_>>(),
+        select(&mut plain, 2, &mut rng(1))
+    );
+}

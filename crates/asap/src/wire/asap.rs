@@ -24,8 +24,9 @@
 use super::error::{DecodeError, DecodeErrorKind, EncodeError};
 use super::limits::MAX_RESOLUTION_PES;
 use super::param::{
-    self, Cookie, HandleResolutionOption, Namespace, OperationError, Param, ParamType, PeId,
-    Policy, PoolElement, PoolHandle, RegistrantIdentity, ServerId, Transport, UnknownParam,
+    self, Cookie, HandleResolutionOption, Hints, Labels, Namespace, OperationError, Param,
+    ParamType, PeId, Policy, PoolElement, PoolHandle, RegistrantIdentity, ServerId, Transport,
+    UnknownParam,
 };
 use super::reader::{RawParam, Reader};
 use super::writer::Writer;
@@ -112,8 +113,9 @@ pub enum AsapMsg {
         /// Why it failed.
         error: Option<OperationError>,
     },
-    /// 0x05 ASAP_HANDLE_RESOLUTION: Pool Handle; [Handle Resolution Option]. PU → PR.
-    /// Flag bit 0x01 (S bit of old drafts) is ignored and sent as 0 (spec §6.2).
+    /// 0x05 ASAP_HANDLE_RESOLUTION: Pool Handle; [Handle Resolution Option]; [Selection
+    /// Hints]. PU → PR. Flag bit 0x01 (S bit of old drafts) is ignored and sent as 0
+    /// (spec §6.2).
     HandleResolution {
         /// Namespace (0x8100).
         namespace: Option<Namespace>,
@@ -121,6 +123,9 @@ pub enum AsapMsg {
         pool_handle: PoolHandle,
         /// How many PEs the PU wants (0x803F).
         option: Option<HandleResolutionOption>,
+        /// The PU's hints for the pool's policy (0x8103, docs/PROTOCOL-EXTENSIONS.md);
+        /// empty: none (the parameter is then not sent).
+        hints: Labels,
     },
     /// 0x06 ASAP_HANDLE_RESOLUTION_RESPONSE: Pool Handle; then [Policy] and Pool Element ×
     /// n (each optionally followed by a Registrant Identity), or an Operation Error.
@@ -302,10 +307,14 @@ impl AsapMsg {
                 namespace,
                 pool_handle,
                 option,
+                hints,
             } => {
                 write_opt(w, namespace.as_ref());
                 pool_handle.write(w);
                 write_opt(w, option.as_ref());
+                if !hints.is_empty() {
+                    w.param(ParamType::SELECTION_HINTS, |w| hints.write_pairs(w));
+                }
             }
             Self::HandleResolutionResponse {
                 pool_handle,
@@ -416,6 +425,7 @@ struct Body {
     error: Option<OperationError>,
     policy: Option<Policy>,
     option: Option<HandleResolutionOption>,
+    hints: Option<Hints>,
     cookie: Option<Cookie>,
     pool_elements: Vec<PeEntry>,
     transports: Vec<Transport>,
@@ -457,7 +467,7 @@ fn allows(ty: MsgType, p: ParamType) -> bool {
             ty,
             M::ASAP_HANDLE_RESOLUTION_RESPONSE | M::ASAP_BUSINESS_CARD
         ),
-        P::HANDLE_RESOLUTION_OPTION => ty == M::ASAP_HANDLE_RESOLUTION,
+        P::HANDLE_RESOLUTION_OPTION | P::SELECTION_HINTS => ty == M::ASAP_HANDLE_RESOLUTION,
         P::COOKIE => matches!(ty, M::ASAP_COOKIE | M::ASAP_COOKIE_ECHO),
         P::POOL_ELEMENT => matches!(
             ty,
@@ -527,6 +537,9 @@ impl Body {
                     param::once(&mut self.option, &q, || {
                         HandleResolutionOption::from_raw(&q, u)
                     })?;
+                }
+                ParamType::SELECTION_HINTS => {
+                    param::once(&mut self.hints, &q, || Hints::from_raw(&q, u))?;
                 }
                 ParamType::COOKIE => {
                     param::once(&mut self.cookie, &q, || Cookie::from_raw(&q, u))?;
@@ -624,6 +637,7 @@ impl Body {
                 namespace: self.namespace,
                 pool_handle: handle(self.pool_handle)?,
                 option: self.option,
+                hints: self.hints.map(|h| h.0).unwrap_or_default(),
             },
             MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE => AsapMsg::HandleResolutionResponse {
                 pool_handle: handle(self.pool_handle)?,

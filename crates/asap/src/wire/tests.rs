@@ -5,8 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU16;
 
 use super::param::{
-    Address, Cookie, ErrorCause, HandleResolutionOption, Namespace, OperationError, Param,
-    ParamAction, ParamType, PeChecksum, PeId, Policy, PoolElement, PoolHandle, RegistrantIdentity,
+    Address, Cookie, ErrorCause, HandleResolutionOption, Labels, MAX_LABELS,
+    MAX_PRIVATE_POLICY_VALUE_LEN, Namespace, OperationError, Param, ParamAction, ParamType,
+    PeChecksum, PeId, Policy, PolicyType, PoolElement, PoolHandle, RegistrantIdentity,
     SctpAddresses, ServerId, ServerInformation, Transport, TransportUse, UnknownParam,
 };
 use super::{
@@ -57,6 +58,7 @@ fn pe(home: u32, asap: Option<Transport>) -> PoolElement {
         user_transport: tcp(7777),
         policy: Policy::RoundRobin,
         asap_transport: asap,
+        labels: Default::default(),
     }
 }
 
@@ -135,6 +137,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Expect)> {
                 namespace: None,
                 pool_handle: echo(),
                 option: None,
+                hints: Default::default(),
             }),
         ),
         (
@@ -1254,7 +1257,22 @@ mod props {
             (u(), u())
                 .prop_map(|(load, degradation)| Policy::PriorityLeastUsed { load, degradation }),
             u().prop_map(|load| Policy::RandomizedLeastUsed { load }),
+            // The private range (docs/PROTOCOL-EXTENSIONS.md): opaque values of any length
+            // up to the bound, not only whole u32s.
+            (
+                PolicyType::PRIVATE,
+                vec(any::<u8>(), 0..=MAX_PRIVATE_POLICY_VALUE_LEN)
+            )
+                .prop_map(
+                    |(ty, values)| Policy::private(PolicyType(ty), &values).expect("in range")
+                ),
         ]
+    }
+
+    /// Labels or hints within their bounds (0..=16 pairs, unique keys).
+    pub(super) fn labels() -> impl Strategy<Value = Labels> {
+        proptest::collection::btree_map("[a-zA-Z0-9._/-]{1,32}", "[ -~]{0,64}", 0..=MAX_LABELS)
+            .prop_map(|m| Labels::new(m).expect("within the bounds"))
     }
 
     fn pool_handle() -> impl Strategy<Value = PoolHandle> {
@@ -1277,9 +1295,18 @@ mod props {
             transport(),
             policy(),
             option::of(transport()),
+            labels(),
         )
             .prop_map(
-                |(pe_id, home_server_id, registration_life, user_transport, policy, asap)| {
+                |(
+                    pe_id,
+                    home_server_id,
+                    registration_life,
+                    user_transport,
+                    policy,
+                    asap,
+                    labels,
+                )| {
                     PoolElement {
                         pe_id,
                         home_server_id,
@@ -1287,6 +1314,7 @@ mod props {
                         user_transport,
                         policy,
                         asap_transport: asap,
+                        labels,
                     }
                 },
             )
@@ -1363,11 +1391,12 @@ mod props {
                     error
                 }
             ),
-            (ns(), pool_handle(), option::of(any::<u32>())).prop_map(
-                |(namespace, pool_handle, items)| AsapMsg::HandleResolution {
+            (ns(), pool_handle(), option::of(any::<u32>()), labels()).prop_map(
+                |(namespace, pool_handle, items, hints)| AsapMsg::HandleResolution {
                     namespace,
                     pool_handle,
                     option: items.map(|items| HandleResolutionOption { items }),
+                    hints,
                 }
             ),
             (pool_handle(), option::of(policy()), vec(entry(), 0..4)).prop_map(
@@ -1623,4 +1652,218 @@ fn truncated_tlv_header_quotes_the_enclosing_parameter() {
     assert_eq!(e.kind, DecodeErrorKind::Truncated { need: 4 });
     assert_eq!(e.offset, 56);
     assert_eq!(e.cause(), Some(ErrorCause::InvalidValues(hex(pe))));
+}
+
+/// The project's extensions (docs/PROTOCOL-EXTENSIONS.md): private policy types, PE labels
+/// and selection hints.
+mod extensions {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::param::{Hints, LabelError, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN};
+
+    /// A Policy TLV with `ty` and `values`, padded, as another implementation would send.
+    fn policy_tlv(ty: u32, values: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0x0008u16.to_be_bytes());
+        b.extend_from_slice(
+            &u16::try_from(8 + values.len())
+                .expect("short")
+                .to_be_bytes(),
+        );
+        b.extend_from_slice(&ty.to_be_bytes());
+        b.extend_from_slice(values);
+        b.resize(b.len().next_multiple_of(4), 0);
+        b
+    }
+
+    /// A registration whose PE carries `policy` (a whole TLV), as bytes.
+    fn registration_with_policy(policy: &[u8]) -> Vec<u8> {
+        let mut pe = hex("deadbeef00000000000493e0");
+        pe.extend_from_slice(&hex("000500101e61000000010008 7f000001"
+            .replace(' ', "")
+            .as_str()));
+        pe.extend_from_slice(policy);
+        let mut body = hex("0009000c4563686f506f6f6c");
+        body.extend_from_slice(&0x000Au16.to_be_bytes());
+        body.extend_from_slice(&u16::try_from(4 + pe.len()).expect("short").to_be_bytes());
+        body.extend_from_slice(&pe);
+        let mut msg = vec![0x01, 0x00];
+        msg.extend_from_slice(&u16::try_from(4 + body.len()).expect("short").to_be_bytes());
+        msg.extend_from_slice(&body);
+        msg
+    }
+
+    proptest! {
+        /// A private type's bytes come back exactly as sent, alone and inside a
+        /// registration (whatever their length, padding included).
+        #[test]
+        fn private_policies_round_trip_byte_for_byte(
+            ty in PolicyType::PRIVATE,
+            values in vec(any::<u8>(), 0..=MAX_PRIVATE_POLICY_VALUE_LEN),
+        ) {
+            let tlv = policy_tlv(ty, &values);
+            let p = Policy::decode(&tlv).map_err(|e| TestCaseError::fail(e.to_string()))?.msg;
+            prop_assert_eq!(p.policy_type(), PolicyType(ty));
+            let Policy::Private { values: got, .. } = p else {
+                return Err(TestCaseError::fail("not a private policy"));
+            };
+            prop_assert_eq!(got.as_bytes(), &values[..]);
+            let mut again = Vec::new();
+            p.encode(&mut again);
+            prop_assert_eq!(&again, &tlv);
+            let msg = registration_with_policy(&tlv);
+            let d = AsapMsg::decode(&msg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(d.msg.to_bytes().expect("small"), msg);
+        }
+
+        /// Any other unknown type is still Invalid Values (0x3) quoting the parameter.
+        #[test]
+        fn other_unknown_policy_types_are_refused_with_0x3(
+            ty in any::<u32>().prop_filter("not RFC, not private", |t| {
+                !PolicyType(*t).is_private() && PolicyType(*t).name().is_none()
+            }),
+            values in vec(any::<u8>(), 0..=8),
+        ) {
+            let tlv = policy_tlv(ty, &values);
+            let e = AsapMsg::decode(&registration_with_policy(&tlv)).expect_err("refused");
+            prop_assert_eq!(e.cause().map(|c| c.code()), Some(0x3));
+        }
+    }
+
+    #[test]
+    fn a_private_value_longer_than_the_bound_is_invalid() {
+        let tlv = policy_tlv(0xFF00_0001, &[7; MAX_PRIVATE_POLICY_VALUE_LEN + 1]);
+        let e = AsapMsg::decode(&registration_with_policy(&tlv)).expect_err("refused");
+        assert_eq!(e.cause().map(|c| c.code()), Some(0x3));
+        // 0xFFFFFFFF stays reserved, outside the range.
+        let e = AsapMsg::decode(&registration_with_policy(&policy_tlv(u32::MAX, &[])))
+            .expect_err("refused");
+        assert_eq!(e.cause().map(|c| c.code()), Some(0x3));
+    }
+
+    /// The wire vectors of both parameters (docs/PROTOCOL-EXTENSIONS.md).
+    #[test]
+    fn label_and_hint_vectors() {
+        let labels = Labels::parse(["region=eu", "zone=a1"]).expect("valid");
+        let body = "06726567696f6e 026575 047a6f6e65 026131 0000";
+        let want = hex(&format!("81020016{body}").replace(' ', ""));
+        let mut b = Vec::new();
+        labels.encode(&mut b);
+        assert_eq!(to_hex(&b), to_hex(&want));
+        assert_eq!(Labels::decode(&want).expect("decodes").msg, labels);
+        let want = hex(&format!("81030016{body}").replace(' ', ""));
+        let mut b = Vec::new();
+        Hints(labels.clone()).encode(&mut b);
+        assert_eq!(to_hex(&b), to_hex(&want));
+        assert_eq!(Hints::decode(&want).expect("decodes").msg.0, labels);
+        assert_eq!(labels.get("zone"), Some("a1"));
+        assert_eq!(labels.to_string(), "region=eu,zone=a1");
+        // Both skip (action bits 10): a decoder that does not know them goes on.
+        assert_eq!(ParamType::PE_LABELS.action(), ParamAction::Skip);
+        assert_eq!(ParamType::SELECTION_HINTS.action(), ParamAction::Skip);
+    }
+
+    #[test]
+    fn labels_inside_a_pool_element_and_hints_in_a_resolution_round_trip() {
+        let mut e = pe(0, None);
+        e.labels = Labels::parse(["region=eu"]).expect("valid");
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        assert!(to_hex(&b).ends_with(&"8102000e 06726567696f6e026575 0000".replace(' ', "")));
+        assert_eq!(PoolElement::decode(&b).expect("decodes").msg, e);
+        let m = AsapMsg::HandleResolution {
+            namespace: None,
+            pool_handle: echo(),
+            option: None,
+            hints: Labels::parse(["region=eu"]).expect("valid"),
+        };
+        let b = m.to_bytes().expect("encodes");
+        assert_eq!(
+            to_hex(&b),
+            "05000020 0009000c4563686f506f6f6c 8103000e 06726567696f6e026575 0000".replace(' ', "")
+        );
+        assert_eq!(AsapMsg::decode(&b).expect("decodes").msg, m);
+    }
+
+    #[test]
+    fn labels_beyond_their_bounds_are_refused() {
+        let many: Vec<String> = (0..=MAX_LABELS).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(Labels::parse(&many), Err(LabelError::TooMany));
+        let long_key = "k".repeat(MAX_LABEL_KEY_LEN + 1);
+        assert!(matches!(
+            Labels::parse([format!("{long_key}=v")]),
+            Err(LabelError::Key(_))
+        ));
+        let long_value = "v".repeat(MAX_LABEL_VALUE_LEN + 1);
+        assert!(matches!(
+            Labels::parse([format!("k={long_value}")]),
+            Err(LabelError::Value(_))
+        ));
+        assert!(matches!(
+            Labels::parse(["k=a\u{7}"]),
+            Err(LabelError::Value(_))
+        ));
+        assert!(matches!(Labels::parse(["k é=a"]), Err(LabelError::Key(_))));
+        assert!(matches!(Labels::parse(["=a"]), Err(LabelError::Key(_))));
+        assert!(matches!(
+            Labels::parse(["k=1", "k=2"]),
+            Err(LabelError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            Labels::parse(["novalue"]),
+            Err(LabelError::NotKeyValue(_))
+        ));
+        // At the bounds: accepted.
+        let full: Vec<(String, String)> = (0..MAX_LABELS)
+            .map(|i| (format!("{i:0>32}"), "v".repeat(MAX_LABEL_VALUE_LEN)))
+            .collect();
+        assert_eq!(Labels::new(full).expect("at the bounds").len(), MAX_LABELS);
+    }
+
+    /// What a registrar receives from a PE that bypasses the checks: each broken bound is
+    /// Invalid Values (0x3), answered with a refused registration response.
+    #[test]
+    fn over_limit_labels_in_a_registration_are_refused_with_0x3() {
+        let pair = |k: &str, v: &str| {
+            let mut b = vec![u8::try_from(k.len()).expect("short")];
+            b.extend_from_slice(k.as_bytes());
+            b.push(u8::try_from(v.len()).expect("short"));
+            b.extend_from_slice(v.as_bytes());
+            b
+        };
+        let seventeen: Vec<u8> = (0..=MAX_LABELS)
+            .flat_map(|i| pair(&format!("k{i}"), "v"))
+            .collect();
+        let cases: Vec<Vec<u8>> = vec![
+            seventeen,
+            pair(&"k".repeat(MAX_LABEL_KEY_LEN + 1), "v"),
+            pair("k", &"v".repeat(MAX_LABEL_VALUE_LEN + 1)),
+            pair("k", "\n"),
+            [pair("k", "1"), pair("k", "2")].concat(),
+            vec![5, b'k'],
+        ];
+        for value in cases {
+            let mut labels = Vec::new();
+            labels.extend_from_slice(&0x8102u16.to_be_bytes());
+            labels.extend_from_slice(&u16::try_from(4 + value.len()).expect("short").to_be_bytes());
+            labels.extend_from_slice(&value);
+            labels.resize(labels.len().next_multiple_of(4), 0);
+            let mut with = policy_tlv(1, &[]);
+            with.extend_from_slice(&labels);
+            let msg = registration_with_policy(&with);
+            let e = AsapMsg::decode(&msg).expect_err("refused");
+            let cause = e.cause().expect("answered");
+            assert_eq!(cause.code(), 0x3, "{e}");
+            let answer = crate::wire::rejection(&msg, &cause).expect("a registration response");
+            let AsapMsg::RegistrationResponse { reject, error, .. } =
+                AsapMsg::decode(&answer).expect("decodes").msg
+            else {
+                panic!("a registration response")
+            };
+            assert!(reject);
+            assert_eq!(error.expect("a cause").causes()[0].code(), 0x3);
+        }
+    }
 }

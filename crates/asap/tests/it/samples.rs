@@ -61,6 +61,7 @@ fn pe(id: u32, home: u32, policy: Policy, transport: Transport) -> PoolElement {
         user_transport: transport,
         policy,
         asap_transport: None,
+        labels: Default::default(),
     }
 }
 
@@ -122,6 +123,7 @@ pub(crate) fn asap_messages() -> Vec<AsapMsg> {
             namespace: None,
             pool_handle: h.clone(),
             option: Some(HandleResolutionOption { items: 5 }),
+            hints: Default::default(),
         },
         AsapMsg::HandleResolutionResponse {
             pool_handle: h.clone(),

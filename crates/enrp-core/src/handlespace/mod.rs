@@ -170,6 +170,11 @@ impl Handlespace {
         }
     }
 
+    /// The pools' selectors by policy type.
+    pub fn registry(&self) -> &PolicyRegistry {
+        &self.registry
+    }
+
     /// The pools as readers outside the core see them, always in step with this
     /// handlespace (the module docs of [`view`]).
     pub fn view(&self) -> &Arc<HandlespaceView> {

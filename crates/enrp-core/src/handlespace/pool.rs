@@ -6,7 +6,7 @@ use std::sync::Arc;
 use asap::policy::{PolicyError, PolicyRegistry, PoolSelection};
 use asap::wire::PeEntry;
 use asap::wire::param::{
-    Param as _, ParamType, PeId, PoolElement, RegistrantIdentity, TransportUse,
+    Labels, Param as _, ParamType, PeId, PoolElement, RegistrantIdentity, TransportUse,
 };
 use rand_core::Rng;
 
@@ -107,13 +107,13 @@ impl Pool {
             // The only PE may change the pool's policy type: start the pool's state afresh.
             let mut fresh = PoolSelection::new();
             fresh
-                .insert_or_update(registry, pe_id, &pe.policy)
+                .insert_or_update_labeled(registry, pe_id, &pe.policy, &pe.labels)
                 .map_err(reject_of)?;
             shared.selection = fresh;
         } else {
             shared
                 .selection
-                .insert_or_update(registry, pe_id, &pe.policy)
+                .insert_or_update_labeled(registry, pe_id, &pe.policy, &pe.labels)
                 .map_err(reject_of)?;
         }
         let entry = Arc::new(PeEntry {
@@ -144,7 +144,7 @@ impl Pool {
     }
 
     pub(super) fn select(&self, n: usize, rng: &mut dyn Rng) -> Option<Selected> {
-        self.view.select(n, rng)
+        self.view.select(n, &Labels::default(), rng)
     }
 }
 

@@ -35,6 +35,7 @@ fn pe(id: u32, home: u32, policy: Policy) -> PoolElement {
         user_transport: tcp(7000 + (id % 1000) as u16, TransportUse::DataOnly),
         policy,
         asap_transport: None,
+        labels: Default::default(),
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use asap::policy::PoolSelection;
 use asap::wire::PeEntry;
-use asap::wire::param::{Namespace, PeId, Policy, PoolHandle};
+use asap::wire::param::{Labels, Namespace, PeId, Policy, PoolHandle};
 use rand_core::Rng;
 
 /// What readers need of one pool: its PEs by ID, its selection state and its overall
@@ -45,13 +45,14 @@ impl PoolView {
     /// Chooses up to `n` PEs with the pool's policy (spec §5.2, §7.3), advancing the
     /// policy's state. `None` when the pool has no PE: it was deleted after the caller
     /// found it, and answers as an unknown pool.
-    pub fn select(&self, n: usize, rng: &mut dyn Rng) -> Option<Selected> {
+    /// `hints` are the pool user's (project parameter 0x8103), for policies that read them.
+    pub fn select(&self, n: usize, hints: &Labels, rng: &mut dyn Rng) -> Option<Selected> {
         let mut s = self.lock();
         if s.by_id.is_empty() {
             return None;
         }
         let mut ids = Vec::with_capacity(n.min(s.by_id.len()));
-        s.selection.select(n, rng, &mut ids);
+        s.selection.select_hinted(n, hints, rng, &mut ids);
         let pes = ids
             .iter()
             .filter_map(|id| s.by_id.get(id).cloned())

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use ::asap::wire::param::{
-    ErrorCause, HandleResolutionOption, Namespace, OperationError, PeId, PoolElement, PoolHandle,
-    RegistrantIdentity, UnknownParam,
+    ErrorCause, HandleResolutionOption, Labels, Namespace, OperationError, PeId, PoolElement,
+    PoolHandle, RegistrantIdentity, UnknownParam,
 };
 use ::asap::wire::{AsapMsg, DecodeError, Decoded};
 use identity::Action as Grantable;
@@ -50,8 +50,9 @@ impl Core {
                 namespace,
                 pool_handle,
                 option,
+                hints,
             } => {
-                self.on_resolution(conn, namespace, pool_handle, option, out);
+                self.on_resolution(conn, namespace, pool_handle, option, &hints, out);
                 report_unrecognized(conn, &unrecognized, out);
             }
             AsapMsg::EndpointKeepAliveAck { pool_handle, pe_id } => {
@@ -350,8 +351,18 @@ impl Core {
             Registered::New => AuditAction::Register,
             Registered::Updated { .. } => AuditAction::Reregister,
         };
+        let mut event = self.event(conn, &ns, &pool_handle, Some(pe_id), action, None);
+        // A private policy type this registrar has no selector for: said once per pool,
+        // when its first PE creates it (docs/PROTOCOL-EXTENSIONS.md).
+        let ty = pe.policy.policy_type();
+        if new_pool && self.handlespace.registry().falls_back(ty) {
+            event.detail = Some(format!(
+                "policy {:#010x} has no selector here: the pool is selected round robin",
+                ty.0
+            ));
+        }
         out.push(Action::Audit {
-            event: self.event(conn, &ns, &pool_handle, Some(pe_id), action, None),
+            event,
             durability: Durability::BeforeReply,
         });
         // Spec §9.4: every add and re-registration of an owned PE goes to every peer
@@ -463,15 +474,20 @@ impl Core {
         namespace: Option<Namespace>,
         pool_handle: PoolHandle,
         option: Option<HandleResolutionOption>,
+        hints: &Labels,
         out: &mut Vec<Action>,
     ) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let Some(resolved) =
-            self.view
-                .resolve(&c.view, namespace, pool_handle, option, &mut self.rng)
-        else {
+        let Some(resolved) = self.view.resolve(
+            &c.view,
+            namespace,
+            pool_handle,
+            option,
+            hints,
+            &mut self.rng,
+        ) else {
             return;
         };
         out.push(Action::Audit {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ::asap::policy::PolicyRegistry;
 use ::asap::wire::param::{Namespace, ServerId};
 
 use crate::handlespace::Limits;
@@ -126,6 +127,11 @@ pub struct Config {
     /// exist); a registration that would create one more is refused with 0x6, so that one
     /// PE cannot take the namespace's whole pool limit (issue 18). Default 100.
     pub max_pools_per_identity: usize,
+    /// The selectors of the pools' policies: the nine RFC 5356 ones by default. A program
+    /// that runs a registrar (`enrp::run_with`) registers its own policies here
+    /// (examples/custom-policy, docs/PROTOCOL-EXTENSIONS.md); private types without one
+    /// are selected round robin.
+    pub policies: PolicyRegistry,
 }
 
 impl Config {
@@ -150,6 +156,7 @@ impl Config {
             legacy_enrp_addrs: Vec::new(),
             max_pes_per_peer: 250_000,
             max_pools_per_identity: 100,
+            policies: PolicyRegistry::rfc5356(),
         }
     }
 }

@@ -424,7 +424,7 @@ pub struct Core {
 impl Core {
     /// A registrar with an empty handlespace and these grants.
     pub fn new(config: Config, grants: Vec<Grant>) -> Self {
-        let handlespace = Handlespace::new(config.limits);
+        let handlespace = Handlespace::with_registry(config.limits, config.policies.clone());
         let grants = Arc::new(grants);
         let view = Arc::new(ReadView::new(
             &config,

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use ::asap::wire::param::{
-    ErrorCause, HandleResolutionOption, Namespace, OperationError, PoolHandle,
+    ErrorCause, HandleResolutionOption, Labels, Namespace, OperationError, PoolHandle,
 };
 use ::asap::wire::{AsapMsg, Resolution};
 use identity::Grant;
@@ -192,6 +192,7 @@ impl ReadView {
         namespace: Option<Namespace>,
         pool_handle: PoolHandle,
         option: Option<HandleResolutionOption>,
+        hints: &Labels,
         rng: &mut dyn Rng,
     ) -> Option<Resolved> {
         if client.revoked() {
@@ -232,7 +233,7 @@ impl ReadView {
         let found = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
             self.handlespace
                 .pool(&ns, &pool_handle)
-                .and_then(|pool| pool.select(n, rng))
+                .and_then(|pool| pool.select(n, hints, rng))
         } else {
             None
         };
@@ -242,7 +243,7 @@ impl ReadView {
         // A legacy client cannot check a registrant, and RSPLIB loses its place in a
         // message at a parameter whose length is not a multiple of 4: send none.
         let legacy = is_legacy(&client.client.id);
-        let pool_elements: Vec<_> = pes
+        let mut pool_elements: Vec<_> = pes
             .iter()
             .map(|e| {
                 let mut e = (**e).clone();
@@ -252,6 +253,7 @@ impl ReadView {
                 e
             })
             .collect();
+        fit_in_one_message(&pool_handle, policy.as_ref(), &mut pool_elements);
         let mut event = client_event(remote, &ns, &pool_handle, None, AuditAction::Resolve, None);
         let count = pool_elements.len();
         event.detail = Some(match event.detail.take() {
@@ -269,4 +271,39 @@ impl ReadView {
             event,
         })
     }
+}
+
+/// PEs that always fit one answer: a PE entry is at most about 4.4 KB (an SCTP user and
+/// ASAP transport of 16 IPv6 addresses each, 2 × 328; a private policy, 20; 16 labels at
+/// their bounds, 1,572; a registrant identity, 2,052; the PE's own fields, 16), and 12 of
+/// them stay below 65,532 bytes with the header, pool handle and policy.
+const ALWAYS_FIT: usize = 12;
+
+/// Drops the PEs after the first that would take the answer past the message limit (spec
+/// §3.5, 65,532 bytes): PEs with labels (docs/PROTOCOL-EXTENSIONS.md) and long registrant
+/// identities can make 128 PEs more than one message holds. The policy has selected
+/// them already; the answer keeps its order. Only counted beyond [`ALWAYS_FIT`] PEs, so
+/// the usual answers (3 PEs) cost nothing more.
+fn fit_in_one_message(
+    pool_handle: &PoolHandle,
+    policy: Option<&::asap::wire::param::Policy>,
+    pool_elements: &mut Vec<::asap::wire::PeEntry>,
+) {
+    use ::asap::wire::param::Param as _;
+    if pool_elements.len() <= ALWAYS_FIT {
+        return;
+    }
+    let mut room = ::asap::wire::limits::MAX_MESSAGE_LEN
+        - 4
+        - pool_handle.encoded_len()
+        - policy.map_or(0, |p| p.encoded_len());
+    let fit = pool_elements
+        .iter()
+        .take_while(|e| {
+            let len =
+                e.pool_element.encoded_len() + e.registrant.as_ref().map_or(0, |r| r.encoded_len());
+            room.checked_sub(len).inspect(|left| room = *left).is_some()
+        })
+        .count();
+    pool_elements.truncate(fit);
 }

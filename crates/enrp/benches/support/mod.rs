@@ -76,3 +76,21 @@ pub(crate) async fn init_registrar(pki: &Path, name: &str, data: &Path) -> RunCo
         ..RunConfig::default()
     }
 }
+
+/// The next message on `conn` that is not a keep-alive (those come every 5 s); 30 s at
+/// most (tests/reads.rs, tests/policies.rs).
+#[allow(
+    dead_code,
+    reason = "the tests' helper: the benches read no single answers"
+)]
+pub(crate) async fn answer(conn: &mut asap::client::Connection) -> asap::wire::AsapMsg {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), conn.recv())
+            .await
+            .expect("answered in time")
+            .expect("answer");
+        if !matches!(m, asap::wire::AsapMsg::EndpointKeepAlive { .. }) {
+            return m;
+        }
+    }
+}

@@ -587,14 +587,15 @@ impl Here<'_> {
             namespace,
             pool_handle,
             option,
+            hints,
         } = msg.msg
         else {
             return Served::Done; // Unreachable: matched above.
         };
         let rng = self.rng.get_or_insert_with(|| self.view.rng_for(conn));
-        let Some(resolved) = self
-            .view
-            .resolve(client, namespace, pool_handle, option, rng.rng())
+        let Some(resolved) =
+            self.view
+                .resolve(client, namespace, pool_handle, option, &hints, rng.rng())
         else {
             return Served::Done;
         };

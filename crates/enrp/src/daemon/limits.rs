@@ -404,6 +404,7 @@ mod tests {
             namespace: None,
             pool_handle: handle,
             option: None,
+            hints: Default::default(),
         };
         match refusal(&resolution) {
             Some(AsapMsg::HandleResolutionResponse {

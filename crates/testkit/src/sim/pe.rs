@@ -20,6 +20,7 @@ impl World {
             },
             policy: policy(p.pool),
             asap_transport: None,
+            labels: Default::default(),
         })
     }
 

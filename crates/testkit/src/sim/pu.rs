@@ -25,6 +25,7 @@ impl World {
                     namespace: None,
                     pool_handle: pool_handle(pool),
                     option: Some(HandleResolutionOption { items: 128 }),
+                    hints: Default::default(),
                 };
                 if let (Some(link), Ok(bytes)) = (self.pus[pu].link, msg.to_bytes()) {
                     self.send(link, 0, bytes);

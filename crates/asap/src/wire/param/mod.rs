@@ -7,6 +7,7 @@ mod address;
 mod cookie;
 mod error_cause;
 mod ids;
+mod labels;
 mod namespace;
 mod pe_identifier;
 mod policy;
@@ -24,9 +25,10 @@ pub use error_cause::{ErrorCause, OperationError};
 /// here, beside their wire encodings, so that every user of the codec keeps one path.
 pub use identity::{Namespace, PeId, PoolHandle};
 pub use ids::ServerId;
+pub use labels::{Hints, LabelError, Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS};
 pub use namespace::RegistrantIdentity;
 pub use pe_identifier::{HandleResolutionOption, PeChecksum};
-pub use policy::{Load, Policy, PolicyType};
+pub use policy::{Load, MAX_PRIVATE_POLICY_VALUE_LEN, Policy, PolicyType, PrivateValues};
 pub use pool_element::PoolElement;
 pub use server_information::ServerInformation;
 pub use transport::{SctpAddresses, Transport, TransportUse};
@@ -78,6 +80,11 @@ impl ParamType {
     pub const NAMESPACE: Self = Self(0x8100);
     /// Registrant Identity (project parameter, spec §12.9).
     pub const REGISTRANT_IDENTITY: Self = Self(0x8101);
+    /// PE Labels (project parameter, docs/PROTOCOL-EXTENSIONS.md): inside a Pool Element.
+    pub const PE_LABELS: Self = Self(0x8102);
+    /// Selection Hints (project parameter, docs/PROTOCOL-EXTENSIONS.md): in a handle
+    /// resolution.
+    pub const SELECTION_HINTS: Self = Self(0x8103);
 
     /// What a receiver that does not recognise this type must do: the top two bits
     /// (spec §3.3).
@@ -92,7 +99,7 @@ impl ParamType {
 
     /// True for the types this codec implements.
     pub const fn is_known(self) -> bool {
-        matches!(self.0, 0x0001..=0x000F | 0x803F | 0x8100 | 0x8101)
+        matches!(self.0, 0x0001..=0x000F | 0x803F | 0x8100..=0x8103)
     }
 
     /// True for the five transport parameter types (0x3–0x7).

@@ -9,8 +9,14 @@
 //! :            policy-specific u32 values (weight, load, ...)     :
 //! +---------------------------------------------------------------+
 //! ```
+//!
+//! Policy types in [`PolicyType::PRIVATE`] (0xFF000000–0xFFFFFFFE, the project's private
+//! range, docs/PROTOCOL-EXTENSIONS.md) carry up to [`MAX_PRIVATE_POLICY_VALUE_LEN`] opaque
+//! bytes after the type, kept byte for byte ([`Policy::Private`]); any other unknown type
+//! is Invalid Values (0x3) as before.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use super::{Param, ParamType, UnknownParam};
 use crate::wire::error::DecodeError;
@@ -42,9 +48,21 @@ impl PolicyType {
     /// Randomized Least Used.
     pub const RANDOMIZED_LEAST_USED: Self = Self(0x4000_0004);
 
+    /// The project's private range (docs/PROTOCOL-EXTENSIONS.md): types a deployment
+    /// defines for itself. Their values travel opaque; a registry without a selector for
+    /// one selects round robin ([`crate::policy::PolicyRegistry::selector`]). 0xFFFFFFFF
+    /// stays reserved.
+    pub const PRIVATE: RangeInclusive<u32> = 0xFF00_0000..=0xFFFF_FFFE;
+
     /// Adaptive policies (0x4000xxxx) need PEs to re-register when their load changes.
+    /// Private types are not: their bits mean nothing to rsp.
     pub const fn is_adaptive(self) -> bool {
-        self.0 & 0x4000_0000 != 0
+        self.0 & 0x4000_0000 != 0 && !self.is_private()
+    }
+
+    /// Whether the type is in [`Self::PRIVATE`].
+    pub const fn is_private(self) -> bool {
+        self.0 >= *Self::PRIVATE.start() && self.0 <= *Self::PRIVATE.end()
     }
 
     /// The short name used on command lines and in logs, for the nine RFC types.
@@ -76,8 +94,50 @@ impl fmt::Debug for PolicyType {
 /// A load or load degradation: a fraction where `0` is 0 % and `u32::MAX` is 100 %.
 pub type Load = u32;
 
-/// One of the nine RFC 5356 policies with its per-PE values (spec §5.1). Only these nine
-/// are accepted (any other type is Invalid Values, cause 0x3).
+/// Most policy-specific bytes of a [`Policy::Private`]: three u32 values, more than any
+/// RFC policy has (two). The bound keeps [`Policy`] a small `Copy` value (20 bytes, from
+/// 12), held by every PE entry of a registrar's handlespace. A longer value is Invalid
+/// Values (0x3).
+pub const MAX_PRIVATE_POLICY_VALUE_LEN: usize = 12;
+
+/// The policy-specific bytes of a private policy type, as sent (opaque to rsp).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PrivateValues {
+    len: u8,
+    // Bytes past `len` are always 0, so the derived comparisons are the bytes'.
+    bytes: [u8; MAX_PRIVATE_POLICY_VALUE_LEN],
+}
+
+impl PrivateValues {
+    /// `None` when longer than [`MAX_PRIVATE_POLICY_VALUE_LEN`].
+    pub fn new(value: &[u8]) -> Option<Self> {
+        let mut bytes = [0; MAX_PRIVATE_POLICY_VALUE_LEN];
+        bytes.get_mut(..value.len())?.copy_from_slice(value);
+        Some(Self {
+            len: u8::try_from(value.len()).ok()?,
+            bytes,
+        })
+    }
+
+    /// The bytes as sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for PrivateValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateValues(")?;
+        for b in self.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// One of the nine RFC 5356 policies with its per-PE values (spec §5.1), or a policy of the
+/// project's private range with its values kept opaque. Any other type is Invalid Values
+/// (cause 0x3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Round Robin (0x00000001).
@@ -123,6 +183,14 @@ pub enum Policy {
         /// Current load.
         load: Load,
     },
+    /// A type of the private range [`PolicyType::PRIVATE`] (docs/PROTOCOL-EXTENSIONS.md),
+    /// its values as sent: a selector registered for the type reads them.
+    Private {
+        /// The type, in [`PolicyType::PRIVATE`].
+        policy_type: PolicyType,
+        /// The policy-specific bytes after the type.
+        values: PrivateValues,
+    },
 }
 
 impl Policy {
@@ -138,15 +206,29 @@ impl Policy {
             Self::LeastUsedDegradation { .. } => PolicyType::LEAST_USED_DEGRADATION,
             Self::PriorityLeastUsed { .. } => PolicyType::PRIORITY_LEAST_USED,
             Self::RandomizedLeastUsed { .. } => PolicyType::RANDOMIZED_LEAST_USED,
+            Self::Private { policy_type, .. } => *policy_type,
         }
+    }
+
+    /// A private policy: `None` when `policy_type` is not in [`PolicyType::PRIVATE`] or
+    /// `values` is longer than [`MAX_PRIVATE_POLICY_VALUE_LEN`].
+    pub fn private(policy_type: PolicyType, values: &[u8]) -> Option<Self> {
+        if !policy_type.is_private() {
+            return None;
+        }
+        Some(Self::Private {
+            policy_type,
+            values: PrivateValues::new(values)?,
+        })
     }
 }
 
 impl Policy {
-    /// The policy-specific values after the type, in wire order (spec §5.1).
+    /// The policy-specific values after the type, in wire order (spec §5.1); none for a
+    /// private type (its bytes are written as they came).
     fn values(&self) -> ([u32; 2], usize) {
         match *self {
-            Self::RoundRobin | Self::Random => ([0, 0], 0),
+            Self::RoundRobin | Self::Random | Self::Private { .. } => ([0, 0], 0),
             Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => {
                 ([weight, 0], 1)
             }
@@ -187,6 +269,9 @@ impl Param for Policy {
         for x in &v[..n] {
             w.u32(*x);
         }
+        if let Self::Private { values, .. } = self {
+            w.bytes(values.as_bytes());
+        }
     }
 
     fn read_value(
@@ -196,7 +281,14 @@ impl Param for Policy {
     ) -> Result<Self, DecodeError> {
         let at = r.offset();
         let ty = PolicyType(r.u32()?);
-        // Only the nine RFC 5356 types (spec §5.1 [P]); Invalid Values quotes the parameter.
+        if ty.is_private() {
+            // The project's private range: the rest is the policy's, kept as sent.
+            return Self::private(ty, r.rest()).ok_or_else(|| {
+                p.invalid(p.offset() + 2, "private policy value longer than 12 bytes")
+            });
+        }
+        // Otherwise only the nine RFC 5356 types (spec §5.1 [P]); Invalid Values quotes
+        // the parameter.
         let n = Self::value_count(ty).ok_or_else(|| p.invalid(at, "unknown policy type"))?;
         if r.remaining() != 4 * n {
             return Err(p.invalid(p.offset() + 2, "length does not match the policy type"));

@@ -13,12 +13,13 @@
 //! :   User Transport param (0x3/0x4/0x5/0x6/0x7)                  :
 //! :   Pool Member Selection Policy param (0x8)                    :
 //! :   ASAP Transport param (optional; only in ENRP messages)      :
+//! :   PE Labels param (0x8102, optional; project parameter)       :
 //! +---------------------------------------------------------------+
 //! ```
 
 use std::ops::RangeInclusive;
 
-use super::{Param, ParamType, PeId, Policy, Transport, UnknownParam};
+use super::{Labels, Param, ParamType, PeId, Policy, Transport, UnknownParam};
 use crate::wire::error::{DecodeError, DecodeErrorKind};
 use crate::wire::reader::{RawParam, Reader};
 use crate::wire::writer::Writer;
@@ -44,6 +45,9 @@ pub struct PoolElement {
     pub policy: Policy,
     /// Where registrars reach the PE's ASAP endpoint (ENRP messages only, spec §12.6).
     pub asap_transport: Option<Transport>,
+    /// The PE's labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md); empty
+    /// when it registered none (the parameter is then not sent).
+    pub labels: Labels,
 }
 
 impl PoolElement {
@@ -75,6 +79,9 @@ impl Param for PoolElement {
         if let Some(t) = &self.asap_transport {
             t.write(w);
         }
+        if !self.labels.is_empty() {
+            self.labels.write(w);
+        }
     }
 
     fn read_value(
@@ -86,7 +93,7 @@ impl Param for PoolElement {
         let pe_id = PeId::new(r.u32()?).ok_or_else(|| p.invalid(at, "PE identifier 0"))?;
         let home_server_id = r.u32()?;
         let registration_life = r.i32()?;
-        let (mut user, mut asap, mut policy) = (None, None, None);
+        let (mut user, mut asap, mut policy, mut labels) = (None, None, None, None);
         for q in r.params() {
             let q = q?;
             if q.ty.is_transport() {
@@ -99,6 +106,8 @@ impl Param for PoolElement {
                 }
             } else if q.ty == ParamType::POLICY {
                 super::once(&mut policy, &q, || Policy::from_raw(&q, unrecognized))?;
+            } else if q.ty == ParamType::PE_LABELS {
+                super::once(&mut labels, &q, || Labels::from_raw(&q, unrecognized))?;
             } else {
                 super::other(&q, unrecognized)?;
             }
@@ -119,6 +128,7 @@ impl Param for PoolElement {
             user_transport,
             policy: super::required(policy, p.offset(), ParamType::POLICY)?,
             asap_transport: asap,
+            labels: labels.unwrap_or_default(),
         })
     }
 }

@@ -63,6 +63,7 @@ fn unauthorized_registration_and_resolution_are_refused_and_audited() {
             namespace: None,
             pool_handle: handle("secret"),
             option: None,
+            hints: Default::default(),
         },
     );
     assert_eq!(
@@ -420,6 +421,7 @@ fn requests_without_a_namespace_go_to_the_identitys_default_namespace() {
             namespace: Namespace::new("default"),
             pool_handle: handle("echo"),
             option: None,
+            hints: Default::default(),
         },
     );
     match sent(&explicit).as_slice() {

@@ -15,6 +15,7 @@ use ::asap::wire::{EnrpBody, PeEntry, PoolEntries, Resolution, UpdateAction};
 use super::*;
 
 mod asap;
+mod extensions;
 mod legacy;
 mod liveness;
 mod peers;
@@ -122,6 +123,7 @@ impl Harness {
                 namespace: None,
                 pool_handle: handle(pool),
                 option: None,
+                hints: Default::default(),
             },
         );
         match sent(&out).as_slice() {
@@ -147,6 +149,7 @@ fn pe(id: u32) -> PoolElement {
         },
         policy: Policy::RoundRobin,
         asap_transport: None,
+        labels: Default::default(),
     }
 }
 

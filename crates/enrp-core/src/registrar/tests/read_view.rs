@@ -8,7 +8,14 @@ fn from_view(h: &Harness, conn: ConnId, pool: &str) -> Option<Resolution> {
     let view = h.core.read_view();
     let client = view.client(conn)?;
     let mut rng = view.rng_for(conn);
-    let resolved = view.resolve(&client, None, handle(pool), None, rng.rng())?;
+    let resolved = view.resolve(
+        &client,
+        None,
+        handle(pool),
+        None,
+        &Default::default(),
+        rng.rng(),
+    )?;
     match resolved.response {
         AsapMsg::HandleResolutionResponse { result, .. } => Some(result),
         other => panic!("not a resolution response: {other:?}"),

@@ -1,0 +1,210 @@
+//! The project's protocol extensions at the registrar (docs/PROTOCOL-EXTENSIONS.md):
+//! private policy types (a selector or the round robin fallback), PE labels and PU hints.
+
+use ::asap::wire::param::{HandleResolutionOption, Labels, PolicyType};
+
+use super::*;
+
+const PRIVATE: PolicyType = PolicyType(0xFF00_0001);
+
+fn labeled(pool: &str, id: u32, policy: Policy, labels: &[&str]) -> AsapMsg {
+    let mut pe = pe(id);
+    pe.policy = policy;
+    pe.labels = Labels::parse(labels).expect("valid labels");
+    AsapMsg::Registration {
+        namespace: None,
+        pool_handle: handle(pool),
+        pool_element: pe,
+    }
+}
+
+fn private(values: &[u8]) -> Policy {
+    Policy::private(PRIVATE, values).expect("private")
+}
+
+fn details(out: &[Action]) -> Vec<Option<String>> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Audit { event, .. } => Some(event.detail.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The PE IDs in the order answered.
+fn in_order(r: &Resolution) -> Vec<u32> {
+    match r {
+        Resolution::Found { pool_elements, .. } => pool_elements
+            .iter()
+            .map(|e| e.pool_element.pe_id.get())
+            .collect(),
+        Resolution::Error(e) => panic!("resolution failed: {e:?}"),
+    }
+}
+
+fn resolve_hinted(
+    h: &mut Harness,
+    conn: ConnId,
+    pool: &str,
+    items: u32,
+    hints: &[&str],
+) -> Resolution {
+    let out = h.send(
+        conn,
+        AsapMsg::HandleResolution {
+            namespace: None,
+            pool_handle: handle(pool),
+            option: Some(HandleResolutionOption { items }),
+            hints: Labels::parse(hints).expect("valid hints"),
+        },
+    );
+    match sent(&out).as_slice() {
+        [AsapMsg::HandleResolutionResponse { result, .. }] => result.clone(),
+        other => panic!("expected one resolution response, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_private_policy_without_a_selector_is_accepted_selected_round_robin_and_audited_once() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let out = h.send(a, labeled("echo", 7, private(&[1, 2, 3]), &["region=eu"]));
+    assert_eq!(reg_cause(&out), None, "accepted");
+    let [Some(detail)] = <[Option<String>; 1]>::try_from(details(&out)).expect("one record") else {
+        panic!("the fallback is noted in the pool's first record")
+    };
+    assert!(
+        detail.contains("0xff000001") && detail.contains("round robin"),
+        "{detail}"
+    );
+    // Once per pool: the next PEs' records say nothing of it.
+    for id in [8, 9] {
+        let out = h.send(a, labeled("echo", id, private(&[]), &[]));
+        assert_eq!(reg_cause(&out), None);
+        assert_eq!(details(&out), [None]);
+    }
+    // Another type in the same pool is refused as for any policy (0x5).
+    let out = h.send(a, labeled("echo", 10, Policy::RoundRobin, &[]));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::INCONSISTENT_POLICY));
+    // The answer carries the policy and labels as registered, in round robin order.
+    let Resolution::Found {
+        policy,
+        pool_elements,
+    } = resolve_hinted(&mut h, pu, "echo", 3, &[])
+    else {
+        panic!("found")
+    };
+    assert_eq!(policy, Some(private(&[1, 2, 3])));
+    let first = &pool_elements[0].pool_element;
+    assert_eq!(first.policy, private(&[1, 2, 3]));
+    assert_eq!(first.labels.get("region"), Some("eu"));
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [7, 8]
+    );
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [9, 7]
+    );
+}
+
+#[test]
+fn a_registered_selector_sees_the_labels_and_the_pu_hints() {
+    let mut config = Config::new(ServerId::new(0x1122_3344).expect("non-zero"));
+    config.timing = Timing::fast();
+    config.allow_loopback = true;
+    // The example's "same zone first" (examples/custom-policy), as a user plugs it in.
+    assert_eq!(custom_policy::SAME_ZONE_FIRST, PRIVATE);
+    config.policies = custom_policy::registry();
+    let mut h = Harness {
+        core: Core::new(config, grants()),
+        now: Instant::now(),
+    };
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    for (id, zone) in [(1, "eu"), (2, "us"), (3, "eu"), (4, "us")] {
+        let out = h.send(
+            a,
+            labeled("echo", id, private(&[]), &[&format!("zone={zone}")]),
+        );
+        assert_eq!(reg_cause(&out), None);
+        assert_eq!(details(&out), [None], "a served type is no fallback");
+    }
+    let us = resolve_hinted(&mut h, pu, "echo", 2, &["zone=us"]);
+    assert_eq!(in_order(&us), [2, 4]);
+    let eu = resolve_hinted(&mut h, pu, "echo", 2, &["zone=eu"]);
+    assert_eq!(in_order(&eu), [1, 3]);
+}
+
+#[test]
+fn labels_travel_to_peers_in_handle_updates() {
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let a = h.connect(1, PE_A);
+    let out = h.send(
+        a,
+        labeled("echo", 7, private(&[5]), &["region=eu", "zone=a"]),
+    );
+    let updates = enrp_sent(&out);
+    assert!(
+        matches!(updates.as_slice(), [EnrpBody::HandleUpdate { pool_element, .. }]
+        if pool_element.labels.to_string() == "region=eu,zone=a"
+            && pool_element.policy == private(&[5]))
+    );
+}
+
+/// Labels at their bounds make 128 PEs more than one message: the answer holds the PEs
+/// that fit, in the policy's order, and encodes (without the cap it would not).
+#[test]
+fn a_resolution_of_many_labeled_pes_fits_one_message() {
+    use ::asap::wire::param::{MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS};
+
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let full: Vec<(String, String)> = (0..MAX_LABELS)
+        .map(|i| {
+            (
+                format!("{i:0>MAX_LABEL_KEY_LEN$}"),
+                "v".repeat(MAX_LABEL_VALUE_LEN),
+            )
+        })
+        .collect();
+    for id in 1..=128 {
+        let mut pe = pe(id);
+        pe.labels = Labels::new(full.clone()).expect("at the bounds");
+        let out = h.send(
+            a,
+            AsapMsg::Registration {
+                namespace: None,
+                pool_handle: handle("echo"),
+                pool_element: pe,
+            },
+        );
+        assert_eq!(reg_cause(&out), None);
+    }
+    let out = h.send(
+        pu,
+        AsapMsg::HandleResolution {
+            namespace: None,
+            pool_handle: handle("echo"),
+            option: Some(HandleResolutionOption { items: 128 }),
+            hints: Labels::default(),
+        },
+    );
+    let [answer] = sent(&out).try_into().expect("one answer");
+    let bytes = answer.to_bytes().expect("fits one message");
+    assert!(bytes.len() <= ::asap::wire::limits::MAX_MESSAGE_LEN);
+    let n = in_order(&match answer {
+        AsapMsg::HandleResolutionResponse { result, .. } => result,
+        other => panic!("{other:?}"),
+    })
+    .len();
+    assert!((12..128).contains(&n), "{n} PEs");
+    // The usual answer (3 PEs) is whole.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 3, &[])).len(),
+        3
+    );
+}
