@@ -20,3 +20,4 @@ mod store_copy;
 mod store_tls;
 mod support;
 mod trust_edges;
+mod watch;

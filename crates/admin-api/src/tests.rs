@@ -36,6 +36,9 @@ struct Recorder {
     trust: Arc<TrustStore>,
     /// What `store_down` answers (a test turns it on).
     store_down: std::sync::atomic::AtomicBool,
+    /// The change feed the watch streams read; tests publish into it as `enrpd`'s driver
+    /// does (tests_watch.rs).
+    feed: crate::PoolChanges,
 }
 
 impl Recorder {
@@ -73,6 +76,9 @@ impl Registrar for Recorder {
 
     fn store_down(&self) -> bool {
         self.store_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn changes(&self) -> Option<crate::PoolChanges> {
+        Some(self.feed.clone())
     }
     async fn pool(&self, _: &str, _: &[u8]) -> Option<PoolView> {
         None
@@ -210,6 +216,7 @@ async fn fixture_with_chain(db: TestDb, chain: audit::Chain) -> Fixture {
         calls: Mutex::default(),
         trust: Arc::clone(&trust),
         store_down: std::sync::atomic::AtomicBool::new(false),
+        feed: crate::PoolChanges::new(1000, 16),
     });
     let state = AdminState::new(
         store.clone(),
@@ -1952,3 +1959,6 @@ mod archives;
 
 #[path = "tests_chains.rs"]
 mod chains;
+
+#[path = "tests_watch.rs"]
+mod watch;
