@@ -89,6 +89,7 @@ fn api() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(audit_archives::list, audit_archives::create))
         .routes(routes!(audit_archives::get))
         .routes(routes!(watch::pools))
+        .routes(routes!(watch::audit))
 }
 
 /// The OpenAPI document of the API, as served at `/v1/openapi.json`.

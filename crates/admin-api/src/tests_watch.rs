@@ -1,4 +1,4 @@
-//! `GET /v1/watch/pools` (issue 22): a stream sees the registrar's changes in order, a
+//! `GET /v1/watch/pools` and `GET /v1/watch/audit` (issue 22): a stream sees the registrar's changes in order, a
 //! client that resumes with `Last-Event-ID` misses nothing, one whose id is too old or
 //! unknown gets `reset` and a snapshot, and the roles are those of the pools' GET. The
 //! changes are published into the real feed as `enrpd`'s driver publishes them; the
@@ -16,6 +16,8 @@ on_both_backends!(
     a_too_old_or_unknown_last_event_id_gets_a_reset_and_a_snapshot,
     watching_needs_a_reading_role_and_refusals_are_audited,
     the_most_watchers_are_served_and_the_next_is_refused,
+    an_audit_watcher_sees_matching_records_as_committed_and_resumes_after_its_id,
+    the_audit_stream_needs_the_audit_role_and_has_a_bound,
 );
 
 /// One event as the stream sent it: (event, id, data).
@@ -345,4 +347,84 @@ async fn a_stream_outlives_the_connection_idle_timeout() {
     f.publish("lab", "echo", 1, ChangeKind::Added);
     read_until(&mut tls, "event: added").await;
     https.stop().await;
+}
+
+async fn an_audit_watcher_sees_matching_records_as_committed_and_resumes_after_its_id(f: Fixture) {
+    f.create_namespaces(&["before"]).await;
+    let path = "/v1/watch/audit?action=admin:namespace.create";
+    let mut s = f.watch(path, &f.auditor, None).await;
+    let (name, head, data) = s.next().await;
+    assert_eq!(name, "head");
+    let head = head.expect("an id");
+    assert_eq!(data["id"], head);
+    // A record that does not match (a grant), then two that do.
+    let grant = json!({"identity": "spiffe://acme.test/pe/x", "namespace": "*", "pools": "*", "actions": ["resolve"]});
+    assert_eq!(
+        f.call("POST", "/v1/grants", Some(&f.admin), Some(grant))
+            .await
+            .status,
+        201
+    );
+    f.create_namespaces(&["one", "two"]).await;
+    let first = s.next().await;
+    let second = s.next().await;
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("audit", "audit"));
+    assert_eq!(first.2["namespace"], "one", "{}", first.2);
+    assert_eq!(first.2["action"], "admin:namespace.create");
+    assert_eq!(second.2["namespace"], "two");
+    let (a, b) = (first.1.expect("an id"), second.1.expect("an id"));
+    assert!(head < a && a < b, "{head} < {a} < {b}");
+    assert_eq!(first.2["id"], a);
+    s.nothing_pending().await;
+
+    // Reconnecting after the first: the second, without a head.
+    let mut again = f.watch(path, &f.admin, Some(&a.to_string())).await;
+    let (name, id, _) = again.next().await;
+    assert_eq!((name.as_str(), id), ("audit", Some(b)));
+    // Bad filters: the same answers as GET /v1/audit.
+    f.call(
+        "GET",
+        "/v1/watch/audit?namespace=Bad!",
+        Some(&f.auditor),
+        None,
+    )
+    .await
+    .problem(422, "invalid");
+    f.call("GET", "/v1/watch/audit?limit=5", Some(&f.auditor), None)
+        .await
+        .problem(400, "bad-request");
+}
+
+async fn the_audit_stream_needs_the_audit_role_and_has_a_bound(f: Fixture) {
+    let path = "/v1/watch/audit";
+    f.call("GET", path, None, None)
+        .await
+        .problem(401, "unauthenticated");
+    // An operator may watch pools, not read the audit log.
+    f.call("GET", path, Some(&f.operator), None)
+        .await
+        .problem(403, "forbidden");
+    let refused = f.audit("admin:request").await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.record.outcome.to_string() == "forbidden"
+                && e.record
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("/v1/watch/audit"))),
+        "{refused:?}"
+    );
+    let mut open = Vec::new();
+    for _ in 0..crate::routes::watch::MAX_AUDIT_WATCHERS {
+        let mut s = f.watch(path, &f.auditor, None).await;
+        assert_eq!(s.next().await.0, "head");
+        open.push(s);
+    }
+    f.call("GET", path, Some(&f.auditor), None)
+        .await
+        .problem(503, "unavailable");
+    open.pop();
+    let mut s = f.watch(path, &f.auditor, None).await;
+    assert_eq!(s.next().await.0, "head");
 }

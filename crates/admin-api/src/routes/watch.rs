@@ -1,4 +1,5 @@
-//! `/v1/watch/pools`: the handlespace's changes as Server-Sent Events (issue 22).
+//! `/v1/watch/pools` and `/v1/watch/audit`: the handlespace's changes and the audit log's
+//! new records as Server-Sent Events (issue 22).
 //!
 //! A stream starts with a `snapshot` (the pools as `GET /v1/namespaces/{namespace}/pools`
 //! answers them, filtered to `pool` when given), then sends one event per PE `added`,
@@ -8,6 +9,13 @@
 //! it fell behind the live channel ([`crate::changes::CHANNEL`]), a `reset` event and a
 //! fresh `snapshot`. Changes are full upserts and removals, so applying one already in
 //! the snapshot changes nothing.
+//!
+//! `/v1/watch/audit` sends the records matching the filters of `GET /v1/audit` as they are
+//! committed (event `audit`, data as a record of `GET /v1/audit`, `id` the record's id):
+//! it reads the store every [`AUDIT_POLL`] for records after the last one sent (ids are
+//! committed in order: one writer at a time on either backend, docs/STORE.md), so it
+//! sees every registrar's records in a shared store, and `Last-Event-ID` resumes after
+//! that record. Without one it starts with a `head` event (the id of the newest record).
 //!
 //! Limits: a comment every [`KEEP_ALIVE`] keeps proxies from closing an idle stream; a
 //! stream ends after [`MAX_STREAM`] so that its caller is authenticated again on
@@ -26,13 +34,20 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::auth::{Authorized, ReadOps};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use store::audit::{AuditFilter, Order};
+
+use crate::auth::{Authorized, ReadAll, ReadOps};
 use crate::changes::{Numbered, PoolChanges, Start};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
+use crate::routes::audit::{AuditEventView, AuditQuery};
 use crate::routes::pools::{Pool, pools_of};
 use crate::routes::{handle_text, parse_handle, require_namespace};
-use crate::schema::{NamespaceName, PoolHandleText};
+use crate::schema::{
+    AuditActionName, AuditActor, AuditOutcome, AuditRegistrar, NamespaceName, PoolHandleText,
+};
 use crate::state::App;
 
 /// How often an idle stream sends a comment.
@@ -46,6 +61,15 @@ pub(crate) const MAX_STREAM: Duration = Duration::from_secs(600);
 /// this keeps watchers to a share that leaves room for the other requests, at about
 /// 1 KiB of the registrar's memory each (docs/BENCHMARKS.md).
 pub(crate) const MAX_WATCHERS: usize = 4096;
+
+/// How often an audit stream reads the store for new records: a record reaches its
+/// watchers within this long of its commit.
+pub(crate) const AUDIT_POLL: Duration = Duration::from_secs(1);
+
+/// Audit streams open at once; more are refused (503). Each reads the store every
+/// [`AUDIT_POLL`]: 64 is 64 small indexed reads a second at most, for the few auditors
+/// who tail the log.
+pub(crate) const MAX_AUDIT_WATCHERS: usize = 64;
 
 /// Which pools to watch.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -257,6 +281,218 @@ impl Watch {
                     return Some((Ok(Event::default().comment("")), self));
                 }
             }
+        }
+    }
+}
+
+/// The filters of `GET /v1/audit`, without its paging.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WatchAudit {
+    /// Records at or after this time, unix ms.
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
+    since_ms: Option<u64>,
+    /// Records before this time, unix ms.
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
+    until_ms: Option<u64>,
+    /// Records of this actor: a SPIFFE ID, or `token:<id>` for a token's calls.
+    #[param(value_type = Option<AuditActor>)]
+    identity: Option<String>,
+    /// Records in this namespace.
+    #[param(value_type = Option<NamespaceName>)]
+    namespace: Option<String>,
+    /// Records about this pool handle (text, or `hex:` and hex digits).
+    #[param(value_type = Option<PoolHandleText>)]
+    pool: Option<String>,
+    /// Records of this action (`register`, `admin:grant.create`, ...).
+    #[param(value_type = Option<AuditActionName>)]
+    action: Option<String>,
+    /// Records with this outcome (`ok`, `cause:0x000a`, `forbidden`, ...).
+    #[param(value_type = Option<AuditOutcome>)]
+    outcome: Option<String>,
+    /// Records appended by this registrar (its chain): its SPIFFE ID, or `local`.
+    #[param(value_type = Option<AuditRegistrar>)]
+    registrar: Option<String>,
+}
+
+/// Watches the audit log as Server-Sent Events: `head` (data: `{"id": N}`, the newest
+/// record's id; not sent when resuming), then `audit` for each record matching the
+/// filters as it is committed (data: a record as `GET /v1/audit` shows it; `id`: its id).
+/// `Last-Event-ID`: the records after that id. Comments every 15 s; the stream ends after
+/// 10 minutes (reconnect with `Last-Event-ID`).
+#[utoipa::path(get, path = "/v1/watch/audit", tag = "watch",
+    params(
+        WatchAudit,
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last record received: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed query or Last-Event-ID"),
+        (status = 422, description = "A filter value is invalid"),
+        (status = 503, description = "The most audit streams this registrar serves are open"),
+    ))]
+pub(crate) async fn audit(
+    State(app): State<Arc<App>>,
+    _: Authorized<ReadAll>,
+    ApiQuery(query): ApiQuery<WatchAudit>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let after = last_event_id(&headers)?;
+    let mut filter = AuditQuery {
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        identity: query.identity,
+        namespace: query.namespace,
+        pool: query.pool,
+        action: query.action,
+        outcome: query.outcome,
+        registrar: query.registrar,
+        ..AuditQuery::default()
+    }
+    .filter(&app)?;
+    filter.order = Order::OldestFirst;
+    filter.limit = store::audit::MAX_PAGE;
+    let slot = AuditSlot::take(&app.audit_watchers).ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::Unavailable,
+            format!("{MAX_AUDIT_WATCHERS} audit streams are open: the most this registrar serves"),
+        )
+    })?;
+    let mut queue = VecDeque::new();
+    let last = match after {
+        Some(id) => id,
+        None => {
+            let mut newest = AuditFilter::default();
+            newest.limit = 1;
+            let mut conn = app.store().acquire().await?;
+            let head = store::audit::query(&mut conn, &newest)
+                .await?
+                .events
+                .first()
+                .map_or(0, |e| e.id);
+            queue.push_back(
+                Event::default()
+                    .event("head")
+                    .id(head.to_string())
+                    .json_data(serde_json::json!({ "id": head }))
+                    .unwrap_or_default(),
+            );
+            head
+        }
+    };
+    let now = tokio::time::Instant::now();
+    let tail = AuditTail {
+        app,
+        filter,
+        last,
+        queue,
+        poll: tokio::time::interval_at(now, AUDIT_POLL),
+        quiet_since: now,
+        ends: now + MAX_STREAM,
+        _slot: slot,
+    };
+    Ok(Sse::new(futures_util::stream::unfold(
+        tail,
+        AuditTail::next,
+    )))
+}
+
+/// A place among the [`MAX_AUDIT_WATCHERS`], given back when the stream ends.
+struct AuditSlot(Arc<AtomicUsize>);
+
+impl AuditSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_AUDIT_WATCHERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One audit stream's state.
+struct AuditTail {
+    app: Arc<App>,
+    filter: AuditFilter,
+    /// The id of the last record sent (or the head it started at).
+    last: u64,
+    queue: VecDeque<Event>,
+    poll: tokio::time::Interval,
+    /// When the stream last sent something (for the keep-alive comments).
+    quiet_since: tokio::time::Instant,
+    ends: tokio::time::Instant,
+    _slot: AuditSlot,
+}
+
+impl AuditTail {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                self.quiet_since = tokio::time::Instant::now();
+                return Some((Ok(event), self));
+            }
+            self.poll.tick().await;
+            let now = tokio::time::Instant::now();
+            if now >= self.ends {
+                return None;
+            }
+            // Boxed: an idle stream holds this future, which would otherwise be as large
+            // as the store query's.
+            Box::pin(self.read()).await;
+            if self.queue.is_empty() && now.duration_since(self.quiet_since) >= KEEP_ALIVE {
+                self.quiet_since = now;
+                return Some((Ok(Event::default().comment("")), self));
+            }
+        }
+    }
+
+    /// Queues the records committed after the last one sent (a page at most; the next
+    /// poll takes the rest), and moves past the records that do not match, so that the
+    /// next poll does not read them again.
+    async fn read(&mut self) {
+        self.filter.cursor = Some(self.last);
+        let read = async {
+            let mut conn = self.app.store().acquire().await?;
+            // The newest record first: every record up to it is committed (one writer at a
+            // time), so when the page below is not full nothing up to it is left to send.
+            let mut newest = AuditFilter::default();
+            newest.limit = 1;
+            let head = store::audit::query(&mut conn, &newest)
+                .await?
+                .events
+                .first()
+                .map_or(0, |e| e.id);
+            let page = store::audit::query(&mut conn, &self.filter).await?;
+            Ok::<_, store::db::Error>((head, page))
+        };
+        match read.await {
+            Ok((head, page)) => {
+                let complete = page.next.is_none();
+                for record in page.events {
+                    self.last = record.id;
+                    let view = AuditEventView::from(record);
+                    self.queue.push_back(
+                        Event::default()
+                            .event("audit")
+                            .id(self.last.to_string())
+                            .json_data(&view)
+                            .unwrap_or_default(),
+                    );
+                }
+                if complete {
+                    self.last = self.last.max(head);
+                }
+            }
+            // The store does not answer: try again at the next poll.
+            Err(e) => tracing::debug!(error = %e, "audit watch: the store did not answer"),
         }
     }
 }
