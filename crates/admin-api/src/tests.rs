@@ -1667,6 +1667,8 @@ async fn the_openapi_document_lists_every_route_with_its_errors(f: Fixture) {
         ("get", "/v1/audit/archives"),
         ("post", "/v1/audit/archives"),
         ("get", "/v1/audit/archives/{name}"),
+        ("get", "/v1/watch/pools"),
+        ("get", "/v1/watch/audit"),
     ];
     let mut documented = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
