@@ -7,7 +7,7 @@
 //! of [`CHANNEL`] events shared by every stream; a stream that falls further behind is not
 //! buffered for, it is told to start again (`reset`, then a fresh snapshot).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
@@ -96,6 +96,10 @@ struct Ring {
     next: u64,
     events: VecDeque<Arc<Numbered>>,
     capacity: usize,
+    /// PEs per (namespace, pool) as the changes say (`/metrics`): exact, since the
+    /// registrar publishes every change from an empty handlespace on. One entry per pool
+    /// with PEs: bounded by the handlespace's own pool limits.
+    pes: HashMap<(String, String), u64>,
 }
 
 impl PoolChanges {
@@ -110,6 +114,7 @@ impl PoolChanges {
                     next: first_id.max(1),
                     events: VecDeque::with_capacity(history.min(HISTORY)),
                     capacity: history.max(1),
+                    pes: HashMap::new(),
                 }),
                 live,
             }),
@@ -127,6 +132,19 @@ impl PoolChanges {
     /// Numbers `change`, keeps it in the history and sends it to the live streams.
     pub fn publish(&self, change: PoolChange) {
         let mut ring = self.ring();
+        let key = (change.namespace.clone(), change.pool.clone());
+        match change.change {
+            ChangeKind::Added => *ring.pes.entry(key).or_default() += 1,
+            ChangeKind::Updated => {}
+            ChangeKind::Removed => {
+                if let Some(n) = ring.pes.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ring.pes.remove(&key);
+                    }
+                }
+            }
+        }
         let event = Arc::new(Numbered {
             id: ring.next,
             change,
@@ -144,6 +162,19 @@ impl PoolChanges {
     /// The id of the last change published (one less than the first when none was).
     pub fn last_id(&self) -> u64 {
         self.ring().next - 1
+    }
+
+    /// The PEs of each pool that has some: (namespace, pool handle as the API writes it,
+    /// PEs), most PEs first.
+    pub fn pool_sizes(&self) -> Vec<(String, String, u64)> {
+        let mut sizes: Vec<_> = self
+            .ring()
+            .pes
+            .iter()
+            .map(|((ns, pool), n)| (ns.clone(), pool.clone(), *n))
+            .collect();
+        sizes.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        sizes
     }
 
     /// How many streams watch now.
@@ -229,6 +260,31 @@ mod tests {
         assert!(matches!(feed.subscribe(Some(5)).1, Start::Reset));
         // Not given out yet (another registrar's, or a later run's): a reset too.
         assert!(matches!(feed.subscribe(Some(106)).1, Start::Reset));
+    }
+
+    #[test]
+    fn pool_sizes_follow_adds_and_removals() {
+        let feed = PoolChanges::new(1, 4);
+        let mut add = change(1);
+        add.change = ChangeKind::Added;
+        for pe in 1..=3 {
+            add.pe_id = format!("{pe}");
+            feed.publish(add.clone());
+        }
+        let mut other = add.clone();
+        other.pool = "other".into();
+        feed.publish(other);
+        feed.publish(change(1)); // removes one of echo's
+        assert_eq!(
+            feed.pool_sizes(),
+            [
+                ("default".into(), "echo".into(), 2),
+                ("default".into(), "other".into(), 1)
+            ]
+        );
+        feed.publish(change(2));
+        feed.publish(change(3));
+        assert_eq!(feed.pool_sizes(), [("default".into(), "other".into(), 1)]);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ on_both_backends!(
     the_most_watchers_are_served_and_the_next_is_refused,
     an_audit_watcher_sees_matching_records_as_committed_and_resumes_after_its_id,
     the_audit_stream_needs_the_audit_role_and_has_a_bound,
+    metrics_count_pes_per_pool_folding_the_smallest_and_say_when_the_certificate_expires,
 );
 
 /// One event as the stream sent it: (event, id, data).
@@ -427,4 +428,70 @@ async fn the_audit_stream_needs_the_audit_role_and_has_a_bound(f: Fixture) {
     open.pop();
     let mut s = f.watch(path, &f.auditor, None).await;
     assert_eq!(s.next().await.0, "head");
+}
+
+async fn metrics_count_pes_per_pool_folding_the_smallest_and_say_when_the_certificate_expires(
+    f: Fixture,
+) {
+    use crate::routes::health::MAX_POOL_SERIES;
+    // A pool of 3 PEs, a pool of 2, and more pools of one PE than there are series.
+    for pe in 1..=3 {
+        f.publish("lab", "big", pe, ChangeKind::Added);
+    }
+    f.publish("lab", "two", 1, ChangeKind::Added);
+    f.publish("lab", "two", 2, ChangeKind::Added);
+    f.publish("lab", "two", 3, ChangeKind::Added);
+    f.publish("lab", "two", 3, ChangeKind::Removed);
+    let ones = MAX_POOL_SERIES + 5;
+    for i in 0..ones {
+        f.publish("lab", &format!("p{i:03}"), 1, ChangeKind::Added);
+    }
+    f.create_namespaces(&["lab"]).await;
+    let _stream = f
+        .watch("/v1/watch/pools?namespace=lab", &f.auditor, None)
+        .await;
+    let r = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let series: Vec<&str> = r
+        .text
+        .lines()
+        .filter(|l| l.starts_with("rsp_pool_pes{"))
+        .collect();
+    assert_eq!(series.len(), MAX_POOL_SERIES + 1, "{series:?}");
+    assert_eq!(series[0], r#"rsp_pool_pes{namespace="lab",pool="big"} 3"#);
+    assert_eq!(series[1], r#"rsp_pool_pes{namespace="lab",pool="two"} 2"#);
+    // 2 series taken by big and two: of the one-PE pools, MAX - 2 have a series.
+    let folded = ones - (MAX_POOL_SERIES - 2);
+    assert_eq!(
+        series[MAX_POOL_SERIES],
+        format!(r#"rsp_pool_pes{{namespace="(other)",pool="(other)"}} {folded}"#)
+    );
+    assert!(
+        r.text.contains("rsp_watch_streams{kind=\"pools\"} 1\n"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("rsp_watch_streams{kind=\"audit\"} 0\n"),
+        "{}",
+        r.text
+    );
+    // The fixture's registrar certificate is valid now (the fixed clock is in 2023).
+    let left: i64 = r
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("rsp_certificate_expiry_seconds "))
+        .expect("the expiry")
+        .parse()
+        .expect("seconds");
+    let not_after = f.trust.identity().as_peer().not_after();
+    let at = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert_eq!(left, at as i64 - (NOW / 1000) as i64);
+    // Operators may not read metrics.
+    f.call("GET", "/metrics", Some(&f.operator), None)
+        .await
+        .problem(403, "forbidden");
 }
