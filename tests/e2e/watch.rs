@@ -264,3 +264,31 @@ async fn a_thousand_idle_watchers_cost_the_registrar_less_than_10_mib() {
     );
     assert!(grown < 10 * 1024, "{second} watchers cost {grown} KiB");
 }
+
+/// `/metrics` counts a pool's PEs from the registrar's changes also when nobody ever
+/// watched (the feed then counts without publishing).
+#[test]
+fn metrics_count_a_pools_pes_with_nobody_watching() {
+    let lab = Lab::new();
+    let token = admin_token(&lab.init_registrar());
+    let reg = lab.start_registrar();
+    let series = || {
+        let (status, body) = crate::admin::api(&lab, &reg, Some(&token), "GET", "/metrics", None);
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find(|l| l.starts_with(r#"rsp_pool_pes{namespace="default",pool="echo"}"#))
+            .map(str::to_owned)
+    };
+    assert_eq!(series(), None);
+    let (pe, _log) = start_pe_lines(&lab, reg.addr, "pe-echo-1", &["--pool", "echo"]);
+    assert_eq!(
+        series().as_deref(),
+        Some(r#"rsp_pool_pes{namespace="default",pool="echo"} 1"#)
+    );
+    drop(pe);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while series().is_some() {
+        assert!(Instant::now() < deadline, "the PE is still counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

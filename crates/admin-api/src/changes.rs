@@ -88,6 +88,9 @@ pub struct PoolChanges {
 struct Shared {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Numbered>>,
+    /// Whether a stream ever subscribed: until then nobody holds an id of this feed, so
+    /// the publisher need not build changes at all ([`PoolChanges::armed`]).
+    armed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -100,6 +103,29 @@ struct Ring {
     /// registrar publishes every change from an empty handlespace on. One entry per pool
     /// with PEs: bounded by the handlespace's own pool limits.
     pes: HashMap<(String, String), u64>,
+}
+
+impl Ring {
+    fn count(&mut self, namespace: &str, pool: &str, change: ChangeKind) {
+        match change {
+            ChangeKind::Added => {
+                *self
+                    .pes
+                    .entry((namespace.to_owned(), pool.to_owned()))
+                    .or_default() += 1;
+            }
+            ChangeKind::Updated => {}
+            ChangeKind::Removed => {
+                let key = (namespace.to_owned(), pool.to_owned());
+                if let Some(n) = self.pes.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pes.remove(&key);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl PoolChanges {
@@ -117,8 +143,23 @@ impl PoolChanges {
                     pes: HashMap::new(),
                 }),
                 live,
+                armed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Whether any stream ever subscribed. Until one does, the publisher may call
+    /// [`PoolChanges::count`] instead of [`PoolChanges::publish`]: no client can hold an id
+    /// of this feed yet, and the first one's snapshot, taken after it subscribed, shows
+    /// what was not published (the registration path then builds no PE views for nobody).
+    pub fn armed(&self) -> bool {
+        self.shared.armed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a change for [`PoolChanges::pool_sizes`] without publishing it (see
+    /// [`PoolChanges::armed`]).
+    pub fn count(&self, namespace: &str, pool: &str, change: ChangeKind) {
+        self.ring().count(namespace, pool, change);
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -132,19 +173,7 @@ impl PoolChanges {
     /// Numbers `change`, keeps it in the history and sends it to the live streams.
     pub fn publish(&self, change: PoolChange) {
         let mut ring = self.ring();
-        let key = (change.namespace.clone(), change.pool.clone());
-        match change.change {
-            ChangeKind::Added => *ring.pes.entry(key).or_default() += 1,
-            ChangeKind::Updated => {}
-            ChangeKind::Removed => {
-                if let Some(n) = ring.pes.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        ring.pes.remove(&key);
-                    }
-                }
-            }
-        }
+        ring.count(&change.namespace, &change.pool, change.change);
         let event = Arc::new(Numbered {
             id: ring.next,
             change,
@@ -190,6 +219,9 @@ impl PoolChanges {
         after: Option<u64>,
     ) -> (broadcast::Receiver<Arc<Numbered>>, Start, u64) {
         let ring = self.ring();
+        self.shared
+            .armed
+            .store(true, std::sync::atomic::Ordering::Release);
         let rx = self.shared.live.subscribe();
         let last = ring.next - 1;
         let Some(after) = after else {
@@ -285,6 +317,19 @@ mod tests {
         feed.publish(change(2));
         feed.publish(change(3));
         assert_eq!(feed.pool_sizes(), [("default".into(), "other".into(), 1)]);
+    }
+
+    #[test]
+    fn a_feed_is_armed_by_its_first_subscriber_and_counts_without_publishing() {
+        let feed = PoolChanges::new(1, 4);
+        assert!(!feed.armed());
+        feed.count("default", "echo", ChangeKind::Added);
+        feed.count("default", "echo", ChangeKind::Added);
+        feed.count("default", "echo", ChangeKind::Removed);
+        assert_eq!(feed.pool_sizes(), [("default".into(), "echo".into(), 1)]);
+        assert_eq!(feed.last_id(), 0, "counted, not published");
+        let _ = feed.subscribe(None);
+        assert!(feed.armed());
     }
 
     #[tokio::test]

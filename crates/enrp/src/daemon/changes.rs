@@ -8,7 +8,8 @@
 //! when a peer's message removed it (audited as one record per message).
 //!
 //! On the core task, so the feed's order is the handlespace's; the cost is a PE view built
-//! per change, nothing per resolution.
+//! per change once anyone has watched (before: a count per pool, for `/metrics`), nothing
+//! per resolution.
 
 use std::collections::HashMap;
 
@@ -46,6 +47,22 @@ pub(super) fn publish(core: &mut Core, actions: &[Action], feed: &PoolChanges) {
             _ => None,
         })
         .collect();
+    // Nobody ever watched: count, build nothing (`PoolChanges::armed`).
+    if !feed.armed() {
+        for c in changes {
+            let kind = match c.kind {
+                handlespace::ChangeKind::Added => ChangeKind::Added,
+                handlespace::ChangeKind::Updated => continue,
+                handlespace::ChangeKind::Removed => ChangeKind::Removed,
+            };
+            feed.count(
+                c.namespace.as_str(),
+                &handle_text(c.pool_handle.as_bytes()),
+                kind,
+            );
+        }
+        return;
+    }
     for change in changes {
         let handlespace::Change {
             namespace,
