@@ -89,6 +89,22 @@ fn rsp_watch_sees_a_pe_added_and_removed_when_it_dies() {
         "{removed}"
     );
 
+    // Stopped with SIGTERM, a PE deregisters: the reason is the registrant's own.
+    let (pe, _pe_log) = start_pe_lines(&lab, reg.addr, "pe-echo-2", &["--pool", "echo"]);
+    let added = next_line(&lines);
+    assert!(added.starts_with("added 0x"), "{added}");
+    let pe_id = added.split_whitespace().nth(1).expect("a PE ID").to_owned();
+    let status = Command::new("kill")
+        .args(["-TERM", &pe.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(
+        next_line(&lines),
+        format!("removed {pe_id} from echo: deregister")
+    );
+    drop(pe);
+
     // A wrong token: one line, exit 1, no retry.
     let out = Command::new(bin("rsp"))
         .args([
