@@ -23,3 +23,4 @@ mod store_tls;
 mod support;
 mod systemd;
 mod trust_edges;
+mod watch;

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod changes;
 mod early_answer;
 mod extract;
 mod openapi;
@@ -37,6 +38,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 pub use auth::{RemoteAddr, TokenCache};
+pub use changes::{ChangeKind, PoolChange, PoolChanges};
 pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
 pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
 pub use registrar::{
@@ -49,7 +51,7 @@ pub use state::AdminState;
 
 use crate::routes::{
     audit, audit_archives, default_namespaces, grants, health, namespaces, peers, pools,
-    revocations, tokens, trust_domains,
+    revocations, tokens, trust_domains, watch,
 };
 use crate::state::App;
 
@@ -86,6 +88,8 @@ fn api() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(audit::verify))
         .routes(routes!(audit_archives::list, audit_archives::create))
         .routes(routes!(audit_archives::get))
+        .routes(routes!(watch::pools))
+        .routes(routes!(watch::audit))
 }
 
 /// The OpenAPI document of the API, as served at `/v1/openapi.json`.

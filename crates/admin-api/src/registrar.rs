@@ -100,6 +100,12 @@ pub trait Registrar: TlsLayer + Send + Sync + 'static {
     fn store_down(&self) -> bool {
         false
     }
+
+    /// Its feed of handlespace changes (`GET /v1/watch/pools`). Default: none (the route
+    /// then answers 503).
+    fn changes(&self) -> Option<crate::PoolChanges> {
+        None
+    }
 }
 
 /// Who made an admin change, for the registrar's audit records.
@@ -252,6 +258,7 @@ pub(crate) trait DynRegistrar: TlsLayer + Send + Sync + 'static {
     fn ready(&self) -> bool;
     fn low_disk(&self) -> bool;
     fn store_down(&self) -> bool;
+    fn changes(&self) -> Option<crate::PoolChanges>;
 }
 
 impl<R: Registrar> DynRegistrar for R {
@@ -293,5 +300,8 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn store_down(&self) -> bool {
         Registrar::store_down(self)
+    }
+    fn changes(&self) -> Option<crate::PoolChanges> {
+        Registrar::changes(self)
     }
 }

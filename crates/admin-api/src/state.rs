@@ -117,6 +117,8 @@ pub(crate) struct App {
     pub(crate) local_domain: TrustDomain,
     pub(crate) openapi: OnceLock<String>,
     limiter: Mutex<RefusalLimiter>,
+    /// Open `/v1/watch/audit` streams (routes/watch.rs, `MAX_AUDIT_WATCHERS`).
+    pub(crate) audit_watchers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl App {
@@ -127,6 +129,7 @@ impl App {
             local_domain,
             openapi: OnceLock::new(),
             limiter: Mutex::new(RefusalLimiter::default()),
+            audit_watchers: Arc::default(),
         })
     }
 

@@ -36,6 +36,9 @@ struct Recorder {
     trust: Arc<TrustStore>,
     /// What `store_down` answers (a test turns it on).
     store_down: std::sync::atomic::AtomicBool,
+    /// The change feed the watch streams read; tests publish into it as `enrpd`'s driver
+    /// does (tests_watch.rs).
+    feed: crate::PoolChanges,
 }
 
 impl Recorder {
@@ -73,6 +76,9 @@ impl Registrar for Recorder {
 
     fn store_down(&self) -> bool {
         self.store_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn changes(&self) -> Option<crate::PoolChanges> {
+        Some(self.feed.clone())
     }
     async fn pool(&self, _: &str, _: &[u8]) -> Option<PoolView> {
         None
@@ -210,6 +216,7 @@ async fn fixture_with_chain(db: TestDb, chain: audit::Chain) -> Fixture {
         calls: Mutex::default(),
         trust: Arc::clone(&trust),
         store_down: std::sync::atomic::AtomicBool::new(false),
+        feed: crate::PoolChanges::new(1000, 16),
     });
     let state = AdminState::new(
         store.clone(),
@@ -1660,6 +1667,8 @@ async fn the_openapi_document_lists_every_route_with_its_errors(f: Fixture) {
         ("get", "/v1/audit/archives"),
         ("post", "/v1/audit/archives"),
         ("get", "/v1/audit/archives/{name}"),
+        ("get", "/v1/watch/pools"),
+        ("get", "/v1/watch/audit"),
     ];
     let mut documented = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -1952,3 +1961,6 @@ mod archives;
 
 #[path = "tests_chains.rs"]
 mod chains;
+
+#[path = "tests_watch.rs"]
+mod watch;

@@ -161,6 +161,10 @@ impl Registrar for ControlPlane {
     fn store_down(&self) -> bool {
         self.control().store_down()
     }
+
+    fn changes(&self) -> Option<admin_api::PoolChanges> {
+        Some(self.control().changes())
+    }
 }
 
 fn pool_view(p: &PoolSnapshot) -> PoolView {
@@ -175,7 +179,7 @@ fn pool_view(p: &PoolSnapshot) -> PoolView {
     }
 }
 
-fn pe_view(e: &PeEntry) -> PeView {
+pub(crate) fn pe_view(e: &PeEntry) -> PeView {
     let pe = &e.pool_element;
     PeView {
         pe_id: pe.pe_id.to_string(),

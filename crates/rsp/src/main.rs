@@ -3,6 +3,7 @@
 mod config;
 mod decode;
 mod services;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,9 @@ enum Command {
         #[command(flatten)]
         common: config::Flags,
     },
+    /// Print the PEs of a pool as they are added, updated and removed (with the reason),
+    /// from the registrar's admin API (`GET /v1/watch/pools`); runs until Ctrl-C.
+    Watch(watch::Args),
 }
 
 /// Identity, trust and registrars: the same for every command that talks to a registrar
@@ -258,6 +262,7 @@ enum Job {
         enrp: bool,
         hex: Vec<String>,
     },
+    Watch(watch::Args),
     Pe {
         pool: String,
         // Boxed: the PE's options are many times the other commands'.
@@ -330,6 +335,7 @@ fn parse_cli() -> Result<Job, String> {
             pool,
             common: common(&c)?,
         },
+        Command::Watch(args) => Job::Watch(args),
     })
 }
 
@@ -389,6 +395,7 @@ fn main() -> ExitCode {
 async fn run(job: Job) -> anyhow::Result<()> {
     match job {
         Job::Decode { enrp, hex } => decode::run(enrp, hex),
+        Job::Watch(args) => watch::run(args).await,
         Job::Pe { pool, own, common } => {
             let config::PeOptions {
                 serve,

@@ -37,45 +37,45 @@ pub(crate) enum OrderName {
 pub(crate) struct AuditQuery {
     /// Records at or after this time, unix ms.
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
-    since_ms: Option<u64>,
+    pub(crate) since_ms: Option<u64>,
     /// Records before this time, unix ms.
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
-    until_ms: Option<u64>,
+    pub(crate) until_ms: Option<u64>,
     /// Records of this actor: a SPIFFE ID, or `token:<id>` for a token's calls.
     #[param(value_type = Option<AuditActor>)]
-    identity: Option<String>,
+    pub(crate) identity: Option<String>,
     /// Records in this namespace.
     #[param(value_type = Option<NamespaceName>)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Records about this pool handle (text, or `hex:` and hex digits).
     #[param(value_type = Option<PoolHandleText>)]
-    pool: Option<String>,
+    pub(crate) pool: Option<String>,
     /// Records of this action (`register`, `admin:grant.create`, ...).
     #[param(value_type = Option<AuditActionName>)]
-    action: Option<String>,
+    pub(crate) action: Option<String>,
     /// Records with this outcome (`ok`, `cause:0x000a`, `forbidden`, ...).
     #[param(value_type = Option<AuditOutcome>)]
-    outcome: Option<String>,
+    pub(crate) outcome: Option<String>,
     /// Records appended by this registrar (its chain): its SPIFFE ID, or `local` for the
     /// local chain of a store of one registrar. Left out: the whole store (the fleet).
     #[param(value_type = Option<AuditRegistrar>)]
-    registrar: Option<String>,
+    pub(crate) registrar: Option<String>,
     /// Page direction: `newest` (default) or `oldest` first.
     #[param(inline)]
-    order: Option<OrderName>,
+    pub(crate) order: Option<OrderName>,
     /// The `next_cursor` of the previous page (with the same filters and order).
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
-    cursor: Option<u64>,
+    pub(crate) cursor: Option<u64>,
     /// Records per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 /// One audit record.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditEventView {
     /// Its id: ids grow over the whole store (every registrar's chain), from 1.
-    id: u64,
+    pub(crate) id: u64,
     /// The registrar that appended it (its chain), or `null` for the local chain of a
     /// store of one registrar.
     registrar: Option<String>,
@@ -148,7 +148,7 @@ fn invalid(detail: impl Into<String>) -> ApiError {
 }
 
 impl AuditQuery {
-    fn filter(self, app: &App) -> Result<AuditFilter, ApiError> {
+    pub(crate) fn filter(self, app: &App) -> Result<AuditFilter, ApiError> {
         let actor = match self.identity.as_deref() {
             None => None,
             Some(text) => Some(match text.strip_prefix("token:") {

@@ -80,13 +80,49 @@ fn crl_seconds_left(app: &App) -> Vec<(identity::TrustDomain, i64)> {
     app.trust()
         .crl_next_updates()
         .into_iter()
-        .map(|(domain, at)| {
-            let at = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            (domain, at - now)
-        })
+        .map(|(domain, at)| (domain, unix_seconds(at) - now))
         .collect()
+}
+
+/// A time as unix seconds.
+fn unix_seconds(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Pools with a series of their own in `rsp_pool_pes`: the ones with the most PEs; the
+/// rest are summed into one `other` series, so that a registrar with many pools does not
+/// give its metrics store a series per pool.
+pub(crate) const MAX_POOL_SERIES: usize = 100;
+
+/// `rsp_pool_pes{namespace,pool}`: PEs per pool (from the change feed), at most
+/// [`MAX_POOL_SERIES`] series plus `other`.
+fn pool_sizes(app: &App, out: &mut String) {
+    let Some(feed) = app.registrar().changes() else {
+        return;
+    };
+    let sizes = feed.pool_sizes();
+    let mut samples: Vec<(String, u64)> = sizes
+        .iter()
+        .take(MAX_POOL_SERIES)
+        .map(|(ns, pool, n)| {
+            (
+                format!("{{namespace=\"{}\",pool=\"{}\"}}", label(ns), label(pool)),
+                *n,
+            )
+        })
+        .collect();
+    if sizes.len() > MAX_POOL_SERIES {
+        let rest = sizes[MAX_POOL_SERIES..].iter().map(|(_, _, n)| n).sum();
+        samples.push(("{namespace=\"(other)\",pool=\"(other)\"}".to_owned(), rest));
+    }
+    metric(
+        out,
+        "rsp_pool_pes",
+        "gauge",
+        "PEs per pool: the pools with the most PEs, the rest summed as namespace and pool \"(other)\" (no namespace is written so).",
+        &samples,
+    );
 }
 
 /// The Prometheus text exposition format's media type.
@@ -245,6 +281,33 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
         "counter",
         "Unauthenticated admin requests refused without an audit record (rate limit).",
         &one(serve.unaudited_refusals),
+    );
+    pool_sizes(&app, &mut out);
+    let watchers = [
+        (
+            "{kind=\"pools\"}".to_owned(),
+            app.registrar()
+                .changes()
+                .map_or(0, |feed| feed.watchers() as u64),
+        ),
+        (
+            "{kind=\"audit\"}".to_owned(),
+            app.audit_watchers
+                .load(std::sync::atomic::Ordering::Relaxed) as u64,
+        ),
+    ];
+    metric(
+        &mut out,
+        "rsp_watch_streams",
+        "gauge",
+        "Open watch streams (/v1/watch/pools, /v1/watch/audit).",
+        &watchers,
+    );
+    let now = i64::try_from(app.now() / 1000).unwrap_or(i64::MAX);
+    let _ = writeln!(
+        out,
+        "# HELP rsp_certificate_expiry_seconds Seconds until this registrar's certificate expires (its notAfter); negative once expired.\n# TYPE rsp_certificate_expiry_seconds gauge\nrsp_certificate_expiry_seconds {}",
+        unix_seconds(app.trust().identity().as_peer().not_after()) - now
     );
     // Signed: negative once expired (a gauge that alerting compares with 7 days).
     let _ = writeln!(

@@ -15,6 +15,7 @@ pub(crate) mod pools;
 pub(crate) mod revocations;
 pub(crate) mod tokens;
 pub(crate) mod trust_domains;
+pub(crate) mod watch;
 
 use crate::problem::{ApiError, ProblemKind};
 

@@ -96,7 +96,7 @@ pub(crate) struct Pool {
     /// The namespace.
     namespace: String,
     /// The pool handle: text, or `hex:` and its bytes in hex.
-    handle: String,
+    pub(crate) handle: String,
     /// The policy of its live PEs (`null` when it has none).
     policy: Option<String>,
     /// The declared limits, `null` if it was never declared.
@@ -148,6 +148,12 @@ pub(crate) async fn list(
     _: Authorized<ReadOps>,
     ApiPath(namespace): ApiPath<String>,
 ) -> Result<axum::Json<Vec<Pool>>, ApiError> {
+    Ok(axum::Json(pools_of(&app, &namespace).await?))
+}
+
+/// The pools of a namespace as [`list`] answers them (also the watch stream's snapshot).
+pub(crate) async fn pools_of(app: &App, namespace: &str) -> Result<Vec<Pool>, ApiError> {
+    let namespace = namespace.to_owned();
     let decls = {
         let mut conn = app.store().acquire().await?;
         require_namespace(&mut conn, &namespace).await?;
@@ -173,7 +179,7 @@ pub(crate) async fn list(
         });
     }
     out.sort_by(|a, b| a.handle.cmp(&b.handle));
-    Ok(axum::Json(out))
+    Ok(out)
 }
 
 async fn find(app: &App, namespace: &str, handle_param: &str) -> Result<(Vec<u8>, Pool), ApiError> {

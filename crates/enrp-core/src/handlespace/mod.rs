@@ -133,6 +133,34 @@ pub struct Removed {
     pub entry: PeEntry,
 }
 
+/// What happened to one PE, as the journal ([`Handlespace::journal_changes`]) records it
+/// for watchers outside the core (issue 22: the admin API's watch streams). Only the PE's
+/// key: the driver reads the entry from the handlespace after the step (an `Added` or
+/// `Updated` PE removed later in the same step is followed by its `Removed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its pool.
+    pub pool_handle: PoolHandle,
+    /// Its PE ID.
+    pub pe_id: PeId,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// See [`Change`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new PE.
+    Added,
+    /// A PE whose entry changed (policy or load, owner, registration life, …); a
+    /// re-registration that changes nothing is not recorded.
+    Updated,
+    /// A PE removed, for whatever reason (the step's audit records say which).
+    Removed,
+}
+
 /// All namespaces a registrar knows, with their pools and PEs.
 #[derive(Debug)]
 pub struct Handlespace {
@@ -147,6 +175,8 @@ pub struct Handlespace {
     pe_count: usize,
     /// The pools as readers outside the core find them ([`view`]).
     view: Arc<HandlespaceView>,
+    /// The changes since the last [`Handlespace::take_changes`], when journaling is on.
+    journal: Option<Vec<Change>>,
 }
 
 impl Handlespace {
@@ -167,6 +197,39 @@ impl Handlespace {
             per_registrant: HashMap::default(),
             pe_count: 0,
             view: Arc::default(),
+            journal: None,
+        }
+    }
+
+    /// Records every change of a PE from now on, until [`Handlespace::take_changes`]
+    /// takes them (the daemon takes them after each step of the core). Off by default:
+    /// nothing is recorded where nobody takes them (tests, the simulation).
+    pub fn journal_changes(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call, in order (none when journaling is off).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note(
+        &mut self,
+        namespace: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+        kind: ChangeKind,
+    ) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(Change {
+                namespace: namespace.clone(),
+                pool_handle: pool_handle.clone(),
+                pe_id,
+                kind,
+            });
         }
     }
 
@@ -271,6 +334,8 @@ impl Handlespace {
         let existing = self
             .pool(namespace, pool_handle)
             .and_then(|p| p.entry(pe_id));
+        let unchanged =
+            existing.is_some_and(|old| old.pool_element == pe && old.registrant == registrant);
         if let Some(old) = existing {
             // Spec §7.1 step 5: the same registrant re-registers; anyone else collides.
             if old.registrant != registrant || old.pool_element.user_transport != pe.user_transport
@@ -300,6 +365,13 @@ impl Handlespace {
         if fresh_pool {
             self.view
                 .publish(namespace, pool_handle, Arc::clone(pool.view()));
+        }
+        match result {
+            Registered::New => self.note(namespace, pool_handle, pe_id, ChangeKind::Added),
+            Registered::Updated { .. } if !unchanged => {
+                self.note(namespace, pool_handle, pe_id, ChangeKind::Updated);
+            }
+            Registered::Updated { .. } => {}
         }
         match result {
             Registered::New => {
@@ -435,6 +507,7 @@ impl Handlespace {
             c.remove(pool_handle, pe_id);
         }
         self.count_out(entry.pool_element.home_server_id);
+        self.note(namespace, pool_handle, pe_id, ChangeKind::Removed);
         Some(Removed {
             namespace: namespace.clone(),
             pool_handle: pool_handle.clone(),

@@ -417,3 +417,43 @@ fn pages_list_each_pe_once_while_pes_come_and_go_between_pages() {
         }
     }
 }
+
+#[test]
+fn the_journal_records_adds_real_updates_and_removals_in_order_only_when_on() {
+    let (d, h) = (ns("default"), handle("echo"));
+    let mut off = Handlespace::new(Limits::default());
+    off.register(&d, &h, pe(1, HOME, Policy::RoundRobin), who("a"))
+        .expect("registered");
+    assert!(off.take_changes().is_empty());
+
+    let mut hs = Handlespace::new(Limits::default());
+    hs.journal_changes();
+    let weighted = |w| Policy::WeightedRoundRobin { weight: w };
+    hs.register(&d, &h, pe(1, HOME, weighted(1)), who("a"))
+        .expect("new");
+    // The same registration again (a refresh) changes nothing and is not recorded.
+    hs.register(&d, &h, pe(1, HOME, weighted(1)), who("a"))
+        .expect("refreshed");
+    hs.register(&d, &h, pe(1, HOME, weighted(2)), who("a"))
+        .expect("updated");
+    // A refused registration is not recorded either.
+    assert!(
+        hs.register(&d, &h, pe(1, HOME, weighted(3)), who("b"))
+            .is_err()
+    );
+    hs.remove(&d, &h, id(1)).expect("removed");
+    let kinds: Vec<(u32, ChangeKind)> = hs
+        .take_changes()
+        .iter()
+        .map(|c| (c.pe_id.get(), c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, ChangeKind::Added),
+            (1, ChangeKind::Updated),
+            (1, ChangeKind::Removed)
+        ]
+    );
+    assert!(hs.take_changes().is_empty(), "taken");
+}

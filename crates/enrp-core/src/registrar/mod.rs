@@ -540,6 +540,18 @@ impl Core {
         &self.handlespace
     }
 
+    /// Journals the handlespace's changes from now on, for
+    /// [`Core::take_handlespace_changes`] (the daemon's watch streams, issue 22).
+    pub fn journal_handlespace_changes(&mut self) {
+        self.handlespace.journal_changes();
+    }
+
+    /// The PEs added, updated and removed since the last call, in order (none unless
+    /// [`Core::journal_handlespace_changes`] was called).
+    pub fn take_handlespace_changes(&mut self) -> Vec<crate::handlespace::Change> {
+        self.handlespace.take_changes()
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {

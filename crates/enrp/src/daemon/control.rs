@@ -275,6 +275,7 @@ pub struct Control {
     counters: Arc<Counters>,
     audit: AuditLog,
     ready: Arc<AtomicBool>,
+    changes: admin_api::PoolChanges,
 }
 
 impl Control {
@@ -282,13 +283,20 @@ impl Control {
         events: mpsc::Sender<Event>,
         counters: Arc<Counters>,
         audit: AuditLog,
+        changes: admin_api::PoolChanges,
     ) -> Self {
         Self {
             events,
             counters,
             audit,
             ready: Arc::new(AtomicBool::new(true)),
+            changes,
         }
+    }
+
+    /// The handlespace's changes, for the admin API's watch streams (`changes.rs`).
+    pub fn changes(&self) -> admin_api::PoolChanges {
+        self.changes.clone()
     }
 
     pub(super) fn counters(&self) -> Arc<Counters> {

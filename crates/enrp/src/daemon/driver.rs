@@ -42,6 +42,7 @@ use identity::audit::{AuditAction, Durability};
 /// event channel: one queue's worth).
 const MAX_STREAK: usize = 8192;
 
+#[allow(clippy::too_many_arguments)] // each a different thing the one core task drives
 pub(super) async fn run_core(
     mut core: Core,
     mut events: mpsc::Receiver<Event>,
@@ -50,6 +51,7 @@ pub(super) async fn run_core(
     counters: Arc<Counters>,
     dials: Dials,
     mut stop: watch::Receiver<bool>,
+    changes: admin_api::PoolChanges,
 ) -> Result<(), Error> {
     let mut index = audit.commit_index();
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
@@ -159,6 +161,7 @@ pub(super) async fn run_core(
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
+        super::changes::publish(&mut core, &actions, &changes);
         let gate = execute(actions, &writers, &mut barrier, &audit, &counters, &dials);
         if let Some((conn, bytes)) = response {
             out(

@@ -14,6 +14,7 @@
 
 mod audit;
 mod barrier;
+mod changes;
 mod connection;
 mod control;
 mod driver;
@@ -347,6 +348,11 @@ impl Daemon {
             core.begin_startup(tokio::time::Instant::now().into_std());
         }
         counters.starting.store(core.starting(), Ordering::Relaxed);
+        // The admin API's watch streams (issue 22, `changes.rs`): ids from the time in µs,
+        // so that they grow across restarts and an earlier run's id reads as too old.
+        core.journal_handlespace_changes();
+        let changes =
+            admin_api::PoolChanges::new(now_ms().saturating_mul(1000), admin_api::changes::HISTORY);
         let view = Arc::clone(core.read_view());
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
@@ -377,6 +383,7 @@ impl Daemon {
                     && settings.legacy_peers.is_empty(),
             },
             stop_rx.clone(),
+            changes.clone(),
         ));
         let settings = Arc::new(settings);
         let shared = Shared {
@@ -437,7 +444,7 @@ impl Daemon {
             )));
         }
         let accept_task = tokio::spawn(connection::accept_loop(listener, false, shared));
-        let control = Control::new(events.clone(), counters, audit.clone());
+        let control = Control::new(events.clone(), counters, audit.clone(), changes);
         tracing::info!(%asap_addr, "serving ASAP over TLS");
         Ok(Self {
             asap_addr,
