@@ -110,6 +110,7 @@ impl Fixture {
             }
             .into(),
             registration_life_ms: 300_000,
+            labels: [("zone".to_owned(), "a1".to_owned())].into(),
         });
         self.registrar.feed.publish(PoolChange {
             namespace: namespace.into(),
@@ -143,6 +144,8 @@ async fn a_watcher_sees_add_update_and_removal_in_order_and_resumes_without_a_ga
     assert_eq!(ids, [first + 1, first + 3, first + 4]);
     assert_eq!(seen[0].2["pool_element"]["policy"], "lu:0");
     assert_eq!(seen[1].2["pool_element"]["policy"], "lu:40");
+    // The PE's labels (issue 23) travel in the events as in the pools' GET.
+    assert_eq!(seen[0].2["pool_element"]["labels"]["zone"], "a1");
     assert_eq!(seen[2].2["reason"], "remove:timeout");
     assert_eq!(seen[2].2["pool_element"], Value::Null);
     s.nothing_pending().await;
