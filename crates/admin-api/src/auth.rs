@@ -172,6 +172,70 @@ impl<P: Permission> FromRequestParts<Arc<App>> for Authorized<P> {
     }
 }
 
+/// How often a long-lived answer (a watch stream) checks that its caller may still have
+/// it ([`Caller::recheck`]): a token revoked (through any registrar of a fleet, or with
+/// `enrpd token revoke`) or expired, or a certificate whose admin grant was withdrawn,
+/// stops receiving within this long. A revoked certificate's connection is closed by the
+/// TLS layer at once. Costs one indexed read of the store per stream per interval (at
+/// most `MAX_WATCHERS` + `MAX_AUDIT_WATCHERS` a second, routes/watch.rs).
+pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Caller {
+    /// Whether this caller, authorized for `P` when its request came, still is: its token
+    /// neither revoked nor expired (read by id: no argon2id again), or its certificate
+    /// still granted a role `P` allows. A store that does not answer is a refusal too
+    /// (fail closed: the client reconnects and hears 503 while it is down). A refusal is
+    /// audited with `request`, as the request's own refusal would have been.
+    pub(crate) async fn recheck<P: Permission>(
+        &self,
+        app: &App,
+        request: &str,
+    ) -> Result<(), ApiError> {
+        let now = app.now();
+        let checked = async {
+            let mut conn = app.store().acquire().await?;
+            let role = match &self.actor {
+                Actor::Token(id) => match db::token_info(&mut conn, id).await? {
+                    None => return Err(unauthenticated("the bearer token no longer exists")),
+                    Some(t) if t.revoked_ms.is_some() => {
+                        return Err(unauthenticated("bearer token refused: revoked"));
+                    }
+                    Some(t) if t.expires_ms.is_some_and(|e| e <= now) => {
+                        return Err(unauthenticated("bearer token refused: expired"));
+                    }
+                    Some(t) => Some(t.role),
+                },
+                Actor::Certificate(id) => {
+                    let grants: Vec<_> = db::list_grants(&mut conn)
+                        .await?
+                        .into_iter()
+                        .map(|row| row.grant)
+                        .collect();
+                    certificate_role(&grants, id)
+                }
+            };
+            match role {
+                Some(role) if P::allows(role) => Ok(()),
+                _ => Err(ApiError::new(
+                    ProblemKind::Forbidden,
+                    format!(
+                        "{request} needs the role {}, which the caller no longer has",
+                        P::ROLES
+                    ),
+                )),
+            }
+        };
+        let result = checked.await;
+        if let Err(err) = &result {
+            let record = self
+                .record(now, AuditAction::AdminRequest)
+                .detail(request.to_owned());
+            app.audit_refusal(record, err).await;
+        }
+        result
+    }
+}
+
 fn unauthenticated(detail: impl Into<String>) -> ApiError {
     ApiError::new(ProblemKind::Unauthenticated, detail)
 }

@@ -19,6 +19,7 @@ on_both_backends!(
     an_audit_watcher_sees_matching_records_as_committed_and_resumes_after_its_id,
     the_audit_stream_needs_the_audit_role_and_has_a_bound,
     metrics_count_pes_per_pool_folding_the_smallest_and_say_when_the_certificate_expires,
+    a_watcher_whose_credential_goes_is_cut_off_within_a_second_and_audited,
 );
 
 /// One event as the stream sent it: (event, id, data).
@@ -63,6 +64,15 @@ impl Stream {
         }
     }
 
+    /// The stream ends (within 10 s) without another event.
+    async fn ended(&mut self) {
+        assert!(!self.buffer.contains("\n\n"), "{}", self.buffer);
+        let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+            .await
+            .expect("the end within 10 s");
+        assert!(frame.is_none(), "more after the end: {frame:?}");
+    }
+
     /// No event is ready now (what was published was filtered out).
     async fn nothing_pending(&mut self) {
         assert!(!self.buffer.contains("\n\n"), "{}", self.buffer);
@@ -72,6 +82,16 @@ impl Stream {
 }
 
 impl Fixture {
+    /// Opens `GET path` as the admin client certificate `peer`.
+    async fn watch_as(&self, path: &str, peer: &Peer) -> Stream {
+        let mut request = Request::builder()
+            .uri(path)
+            .body(Body::empty())
+            .expect("a request");
+        request.extensions_mut().insert(peer.clone());
+        self.open(request).await
+    }
+
     /// Opens `GET path` with `token` and `Last-Event-ID` `last`.
     async fn watch(&self, path: &str, token: &str, last: Option<&str>) -> Stream {
         let mut request = Request::builder()
@@ -80,10 +100,16 @@ impl Fixture {
         if let Some(id) = last {
             request = request.header("last-event-id", id);
         }
+        self.open(request.body(Body::empty()).expect("a request"))
+            .await
+    }
+
+    /// Sends `request`, which must open an event stream.
+    async fn open(&self, request: Request<Body>) -> Stream {
         let response = self
             .router
             .clone()
-            .oneshot(request.body(Body::empty()).expect("a request"))
+            .oneshot(request)
             .await
             .expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
@@ -497,4 +523,114 @@ async fn metrics_count_pes_per_pool_folding_the_smallest_and_say_when_the_certif
     f.call("GET", "/metrics", Some(&f.operator), None)
         .await
         .problem(403, "forbidden");
+}
+
+/// A stream's caller is checked again every second (`auth::RECHECK`), not only when it
+/// connected: a token revoked in the store behind this API's back (as `enrpd token
+/// revoke` or another registrar of a fleet does), a token revoked through the API, and an
+/// admin certificate whose grant is withdrawn each get an `error` event within about a
+/// second and the stream ends; each cut is audited as a refused request with the caller.
+/// Without the re-check the streams would go on for `MAX_STREAM` (10 minutes).
+async fn a_watcher_whose_credential_goes_is_cut_off_within_a_second_and_audited(f: Fixture) {
+    f.create_namespaces(&["lab"]).await;
+    let pools = "/v1/watch/pools?namespace=lab";
+    let new_auditor = || async {
+        let mut conn = f.store.acquire().await.expect("a connection");
+        let hasher = TokenHasher::insecure_fast_for_tests();
+        db::create_token(&mut conn, &hasher, "watcher", Role::Auditor, None, NOW)
+            .await
+            .expect("a token")
+    };
+    let cut_off = |stream: Stream, why: &'static str| async move {
+        let mut stream = stream;
+        #[allow(clippy::disallowed_methods)] // the bound under test is in real time
+        let start = std::time::Instant::now();
+        let (event, _, data) = stream.next().await;
+        let took = start.elapsed();
+        assert_eq!(event, "error", "{data}");
+        assert!(
+            data["detail"].as_str().is_some_and(|d| d.contains(why)),
+            "{data}"
+        );
+        assert!(took < Duration::from_secs(3), "cut off after {took:?}");
+        stream.ended().await;
+    };
+
+    // (1) Revoked in the store, this API's token cache not told.
+    let one = new_auditor().await;
+    let mut s = f.watch(pools, &one.token, None).await;
+    assert_eq!(s.next().await.0, "snapshot");
+    {
+        let mut conn = f.store.acquire().await.expect("a connection");
+        db::revoke_token(&mut conn, &one.info.id, NOW)
+            .await
+            .expect("revoked");
+    }
+    cut_off(s, "revoked").await;
+
+    // (2) The audit stream; the token revoked through the API.
+    let two = new_auditor().await;
+    let mut s = f.watch("/v1/watch/audit", &two.token, None).await;
+    assert_eq!(s.next().await.0, "head");
+    let r = f
+        .call(
+            "DELETE",
+            &format!("/v1/tokens/{}", two.info.id),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    cut_off(s, "revoked").await;
+
+    // (3) An admin certificate whose grant is withdrawn.
+    let leaf = f.ca.leaf("admin/ops").issue();
+    let peer = Peer::from_certificate(&leaf.chain[0]).expect("a peer");
+    let r = f
+        .call("POST", "/v1/grants", Some(&f.admin), Some(json!({"identity": "spiffe://acme.test/admin/ops", "namespace": "*", "pools": "*", "actions": ["admin:read"]})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let grant = serde_json::from_str::<Value>(&r.text).expect("JSON")["id"].clone();
+    let mut s = f.watch_as(pools, &peer).await;
+    assert_eq!(s.next().await.0, "snapshot");
+    let r = f
+        .call(
+            "DELETE",
+            &format!("/v1/grants/{grant}"),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    cut_off(s, "no longer has").await;
+
+    // Each cut in the audit log, with who and which stream.
+    let refused = f.audit("admin:request").await;
+    let cut = |actor: &str, path: &str| {
+        refused.iter().any(|e| {
+            e.record
+                .actor
+                .as_ref()
+                .is_some_and(|a| a.to_string() == actor)
+                && e.record.detail.as_deref().is_some_and(|d| d.contains(path))
+        })
+    };
+    let token_actor = |id: &str| format!("spiffe://acme.test/token/{id}");
+    assert!(
+        cut(&token_actor(&one.info.id), "/v1/watch/pools"),
+        "{refused:?}"
+    );
+    assert!(
+        cut(&token_actor(&two.info.id), "/v1/watch/audit"),
+        "{refused:?}"
+    );
+    assert!(
+        cut("spiffe://acme.test/admin/ops", "/v1/watch/pools"),
+        "{refused:?}"
+    );
+    // A watcher whose credential stays is not cut off meanwhile.
+    let mut s = f.watch(pools, &f.auditor, None).await;
+    assert_eq!(s.next().await.0, "snapshot");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.nothing_pending().await;
 }

@@ -17,10 +17,13 @@
 //! sees every registrar's records in a shared store, and `Last-Event-ID` resumes after
 //! that record. Without one it starts with a `head` event (the id of the newest record).
 //!
-//! Limits: a comment every [`KEEP_ALIVE`] keeps proxies from closing an idle stream; a
-//! stream ends after [`MAX_STREAM`] so that its caller is authenticated again on
-//! reconnecting (a revoked token or certificate stops watching within that time);
-//! EventSource and `rsp watch` reconnect with `Last-Event-ID` and miss nothing.
+//! Limits: a comment every [`KEEP_ALIVE`] keeps proxies from closing an idle stream; every
+//! [`auth::RECHECK`] a stream checks that its caller still may watch (a revoked or
+//! expired token, or a certificate whose admin grant was withdrawn, gets an `error` event
+//! and the stream ends, audited; a revoked certificate's connection is closed at once by
+//! the TLS layer); a stream ends after [`MAX_STREAM`] anyway, so that its caller is
+//! authenticated again on reconnecting. EventSource and `rsp watch` reconnect with
+//! `Last-Event-ID` and miss nothing.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -38,7 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use store::audit::{AuditFilter, Order};
 
-use crate::auth::{Authorized, ReadAll, ReadOps};
+use crate::auth::{self, Authorized, Caller, Permission, ReadAll, ReadOps};
 use crate::changes::{Numbered, PoolChanges, Start};
 use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ProblemKind};
@@ -64,7 +67,7 @@ pub(crate) const MAX_WATCHERS: usize = 4096;
 
 /// How often an audit stream reads the store for new records: a record reaches its
 /// watchers within this long of its commit.
-pub(crate) const AUDIT_POLL: Duration = Duration::from_secs(1);
+pub(crate) const AUDIT_POLL: Duration = auth::RECHECK;
 
 /// Audit streams open at once; more are refused (503). Each reads the store every
 /// [`AUDIT_POLL`]: 64 is 64 small indexed reads a second at most, for the few auditors
@@ -104,7 +107,7 @@ pub(crate) struct WatchPools {
     ))]
 pub(crate) async fn pools(
     State(app): State<Arc<App>>,
-    _: Authorized<ReadOps>,
+    Authorized(caller, _): Authorized<ReadOps>,
     ApiQuery(query): ApiQuery<WatchPools>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -146,6 +149,7 @@ pub(crate) async fn pools(
         queue: VecDeque::new(),
         keep_alive: tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE),
         ends: tokio::time::Instant::now() + MAX_STREAM,
+        access: Access::new(caller, "GET /v1/watch/pools"),
     };
     match start {
         Start::Fresh => watch.snapshot(last).await,
@@ -202,6 +206,44 @@ struct Watch {
     queue: VecDeque<Event>,
     keep_alive: tokio::time::Interval,
     ends: tokio::time::Instant,
+    access: Access<ReadOps>,
+}
+
+/// A stream's caller, checked again every [`auth::RECHECK`] ([`Caller::recheck`]).
+struct Access<P> {
+    caller: Caller,
+    request: &'static str,
+    recheck: tokio::time::Interval,
+    /// Refused: the `error` event is queued and the stream ends after it.
+    refused: bool,
+    _permission: std::marker::PhantomData<P>,
+}
+
+impl<P: Permission> Access<P> {
+    fn new(caller: Caller, request: &'static str) -> Self {
+        let first = tokio::time::Instant::now() + auth::RECHECK;
+        Self {
+            caller,
+            request,
+            recheck: tokio::time::interval_at(first, auth::RECHECK),
+            refused: false,
+            _permission: std::marker::PhantomData,
+        }
+    }
+
+    /// Checks the caller again; on a refusal queues the `error` event that ends the
+    /// stream (boxed where it is awaited: an idle stream holds the future).
+    async fn check(&mut self, app: &App, queue: &mut VecDeque<Event>) {
+        if let Err(err) = self.caller.recheck::<P>(app, self.request).await {
+            self.refused = true;
+            queue.push_back(
+                Event::default()
+                    .event("error")
+                    .json_data(err.problem())
+                    .unwrap_or_default(),
+            );
+        }
+    }
 }
 
 impl Watch {
@@ -253,10 +295,20 @@ impl Watch {
     /// The next event to send; `None` ends the stream.
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if self.access.refused {
+                // Only the refusal is sent, nothing queued before it.
+                return self.queue.pop_back().map(|e| {
+                    self.queue.clear();
+                    (Ok(e), self)
+                });
+            }
             if let Some(event) = self.queue.pop_front() {
                 return Some((Ok(event), self));
             }
             tokio::select! {
+                _ = self.access.recheck.tick() => {
+                    Box::pin(self.access.check(&self.app, &mut self.queue)).await;
+                }
                 received = self.rx.recv() => match received {
                     Ok(event) => self.push(&event),
                     Err(RecvError::Lagged(missed)) => {
@@ -334,7 +386,7 @@ pub(crate) struct WatchAudit {
     ))]
 pub(crate) async fn audit(
     State(app): State<Arc<App>>,
-    _: Authorized<ReadAll>,
+    Authorized(caller, _): Authorized<ReadAll>,
     ApiQuery(query): ApiQuery<WatchAudit>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -390,6 +442,7 @@ pub(crate) async fn audit(
         poll: tokio::time::interval_at(now, AUDIT_POLL),
         quiet_since: now,
         ends: now + MAX_STREAM,
+        access: Access::new(caller, "GET /v1/watch/audit"),
         _slot: slot,
     };
     Ok(Sse::new(futures_util::stream::unfold(
@@ -429,12 +482,21 @@ struct AuditTail {
     /// When the stream last sent something (for the keep-alive comments).
     quiet_since: tokio::time::Instant,
     ends: tokio::time::Instant,
+    /// Checked at each poll ([`AUDIT_POLL`] is [`auth::RECHECK`]).
+    access: Access<ReadAll>,
     _slot: AuditSlot,
 }
 
 impl AuditTail {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if self.access.refused {
+                // Only the refusal is sent, nothing queued before it.
+                return self.queue.pop_back().map(|e| {
+                    self.queue.clear();
+                    (Ok(e), self)
+                });
+            }
             if let Some(event) = self.queue.pop_front() {
                 self.quiet_since = tokio::time::Instant::now();
                 return Some((Ok(event), self));
@@ -443,6 +505,10 @@ impl AuditTail {
             let now = tokio::time::Instant::now();
             if now >= self.ends {
                 return None;
+            }
+            Box::pin(self.access.check(&self.app, &mut self.queue)).await;
+            if self.access.refused {
+                continue;
             }
             // Boxed: an idle stream holds this future, which would otherwise be as large
             // as the store query's.

@@ -61,7 +61,7 @@ pub use revocations::{RevocationRecord, add_revocation, list_revocations};
 pub use server_ids::{bind_server_id, list_server_id_bindings};
 pub use tokens::{
     NewToken, Role, TokenHasher, TokenInfo, TokenRejection, create_token, list_tokens,
-    revoke_token, verify_token,
+    revoke_token, token_info, verify_token,
 };
 pub use trust_domains::{
     TrustDomainRow, add_trust_domain, list_trust_domains, remove_trust_domain,

@@ -874,7 +874,19 @@ async fn list_tokens_without_secrets(db: &TestDb) {
         .await
         .expect("b");
     let listed = list_tokens(&mut conn).await.expect("list");
-    assert_eq!(listed, [a.info, b.info]);
+    assert_eq!(listed, [a.info.clone(), b.info]);
+    // One by id, as a watch stream re-checks its caller; unknown ids are `None`.
+    let one = token_info(&mut conn, &a.info.id).await.expect("by id");
+    assert_eq!(one, Some(a.info.clone()));
+    revoke_token(&mut conn, &a.info.id, 7)
+        .await
+        .expect("revoke");
+    let one = token_info(&mut conn, &a.info.id).await.expect("by id");
+    assert_eq!(one.and_then(|t| t.revoked_ms), Some(7));
+    let none = token_info(&mut conn, "0000000000000000")
+        .await
+        .expect("unknown");
+    assert_eq!(none, None);
 }
 
 async fn revoke_token_keeps_the_first_time(db: &TestDb) {

@@ -340,6 +340,18 @@ struct HashRow {
     revoked_ms: Option<i64>,
 }
 
+/// One token's metadata by id (no secret needed: for re-checking a caller whose token was
+/// verified already, e.g. a long-lived watch stream); `None` if there is none.
+pub async fn token_info<C: Conn + ?Sized>(conn: &mut C, id: &str) -> Result<Option<TokenInfo>> {
+    let row: Option<TokenRow> = with_conn!(
+        conn,
+        "SELECT id, name, role, created_ms, expires_ms, revoked_ms FROM admin_tokens
+         WHERE id = ?1",
+        |c, sql| sqlx::query_as(sql).bind(id).fetch_optional(c).await
+    )?;
+    row.map(TokenInfo::try_from).transpose()
+}
+
 /// Every token's metadata, by creation time.
 pub async fn list_tokens<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<TokenInfo>> {
     let rows: Vec<TokenRow> = with_conn!(
