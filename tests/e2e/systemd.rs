@@ -95,6 +95,39 @@ fn enrpd_tells_systemd_when_it_serves_reloads_and_stops() {
     assert!(status.success(), "enrpd stopped cleanly: {status}");
 }
 
+/// `rsp pe` tells the notification socket READY=1 once registered (its status the
+/// registration line) and STOPPING=1 when it stops (SIGTERM: deregistered first).
+#[test]
+fn rsp_pe_tells_systemd_when_it_is_registered_and_when_it_stops() {
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar();
+    let socket = lab.path("pe-notify");
+    let manager = UnixDatagram::bind(&socket).expect("bind the notification socket");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut pe = crate::endpoints::rsp(&lab, registrar.addr, "pe-echo-1")
+        .args(["pe", "--pool", "echo", "--serve", "echo"])
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rsp pe");
+    let ready = next(&manager);
+    assert!(
+        ready.starts_with(&format!(
+            "READY=1\nSTATUS=registered with {}",
+            registrar.addr
+        )),
+        "{ready}"
+    );
+    signal(pe.id(), "-TERM");
+    assert_eq!(next(&manager), "STOPPING=1");
+    let status = pe.wait().expect("rsp pe exits");
+    assert!(status.success(), "rsp pe stopped cleanly: {status}");
+}
+
 /// `systemd-analyze verify` accepts the shipped units (their ExecStart pointed at the
 /// built binaries: verify checks that they exist; the template as one instance). Skipped
 /// where systemd-analyze is not installed.
@@ -139,9 +172,8 @@ fn the_shipped_units_verify() {
             "systemd-analyze verify {shipped}: {stderr}"
         );
     }
-    let enrpd = std::fs::read_to_string(contrib("enrpd.service")).expect("enrpd.service");
-    assert!(
-        enrpd.contains("Type=notify"),
-        "enrpd's unit waits for READY=1"
-    );
+    for unit in ["enrpd.service", "rsp-pe@.service"] {
+        let text = std::fs::read_to_string(contrib(unit)).expect(unit);
+        assert!(text.contains("\nType=notify\n"), "{unit} waits for READY=1");
+    }
 }

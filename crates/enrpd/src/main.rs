@@ -686,8 +686,8 @@ async fn serve(args: RunArgs, config: RunConfig) -> anyhow::Result<()> {
     // is true.
     let notifier = notify::Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
     let tell = |state: &str| {
-        if let Some(n) = &notifier {
-            n.notify(state);
+        if let Some(Err(error)) = notifier.as_ref().map(|n| n.notify(state)) {
+            tracing::warn!(%error, state, "systemd notification not sent");
         }
     };
     tell(&format!(

@@ -1,9 +1,12 @@
 //! systemd's service notification protocol (sd_notify(3)), without libsystemd: a unit
-//! with `Type=notify` (contrib/systemd/enrpd.service) learns from `READY=1` that enrpd
-//! serves, from `RELOADING=1` … `READY=1` that a SIGHUP reload ran, and from `STOPPING=1`
-//! that it is shutting down. The protocol is one datagram per state change to the
-//! `AF_UNIX` socket named by `$NOTIFY_SOCKET` (a path, or `@name` for Linux's abstract
-//! namespace); without the variable nothing is sent.
+//! with `Type=notify` (contrib/systemd/) learns from `READY=1` that enrpd serves (or that
+//! `rsp pe` registered), from `RELOADING=1` … `READY=1` that a SIGHUP reload ran, and from
+//! `STOPPING=1` that it is shutting down. The protocol is one datagram per state change
+//! to the `AF_UNIX` socket named by `$NOTIFY_SOCKET` (a path, or `@name` for Linux's
+//! abstract namespace); without the variable nothing is sent.
+//!
+//! Both binaries' edge: `rsp` includes this file (`#[path]`) rather than a crate of its
+//! own for some forty lines with no dependency; each binary logs a failed send its way.
 
 use std::ffi::OsStr;
 use std::io;
@@ -42,11 +45,11 @@ impl Notifier {
     }
 
     /// Sends `state` (newline-separated `KEY=value` assignments). A service manager that
-    /// went away is not a reason to stop serving: a failure is logged, not returned.
-    pub(crate) fn notify(&self, state: &str) {
-        if let Err(error) = self.socket.send_to_addr(state.as_bytes(), &self.to) {
-            tracing::warn!(%error, state, "systemd notification not sent");
-        }
+    /// went away is not a reason to stop serving: callers log a failure and go on.
+    pub(crate) fn notify(&self, state: &str) -> io::Result<()> {
+        self.socket
+            .send_to_addr(state.as_bytes(), &self.to)
+            .map(drop)
     }
 }
 
@@ -71,7 +74,7 @@ mod tests {
         let path = dir.path().join("notify");
         let manager = UnixDatagram::bind(&path).expect("bind");
         let notifier = Notifier::new(path.as_os_str()).expect("notifier");
-        notifier.notify("READY=1\nSTATUS=serving");
+        notifier.notify("READY=1\nSTATUS=serving").expect("sent");
         assert_eq!(receive(&manager), "READY=1\nSTATUS=serving");
     }
 
@@ -82,7 +85,7 @@ mod tests {
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
         let manager = UnixDatagram::bind_addr(&addr).expect("bind");
         let notifier = Notifier::new(OsStr::new(&format!("@{name}"))).expect("notifier");
-        notifier.notify("STOPPING=1");
+        notifier.notify("STOPPING=1").expect("sent");
         assert_eq!(receive(&manager), "STOPPING=1");
     }
 

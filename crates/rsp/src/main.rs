@@ -2,6 +2,9 @@
 
 mod config;
 mod decode;
+// systemd's notify protocol, shared with enrpd (the file says why it is not a crate).
+#[path = "../../enrpd/src/notify.rs"]
+mod notify;
 mod services;
 mod watch;
 
@@ -689,6 +692,13 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         config.pe_id,
         trust.identity().id()
     );
+    // systemd's Type=notify (contrib/systemd/rsp-pe@.service): ready once registered.
+    let notifier = notify::Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
+    let tell = |state: &str| {
+        if let Some(Err(e)) = notifier.as_ref().map(|n| n.notify(state)) {
+            eprintln!("systemd notification not sent: {e}");
+        }
+    };
     let mut stop = stop_signals()?;
     let stopping = {
         let mut stop = stop.clone();
@@ -696,12 +706,21 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             let _ = stop.wait_for(Option::is_some).await;
         }
     };
-    let events = |event| pe_event(event, &registered);
+    let events = |event: pe::PeEvent| {
+        if let pe::PeEvent::Registered(r) = &event {
+            tell(&format!(
+                "READY=1\nSTATUS={}",
+                notify::status_line(&format!("registered with {r}"))
+            ));
+        }
+        pe_event(event, &registered);
+    };
     match (check, forwarder) {
         (Some(check), Some(f)) => run_checked(&trust, &config, check, f, stopping, events).await,
         _ => pe::run(&trust, &config, stopping, events).await,
     }
     .context("registration")?;
+    tell("STOPPING=1");
     if *stop.borrow() != Some(Stop::Drain) {
         return Ok(());
     }
