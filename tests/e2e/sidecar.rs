@@ -333,6 +333,11 @@ struct Draining {
 
 impl Draining {
     fn start(drain_timeout: &str) -> Self {
+        Self::start_with(&["--drain-timeout", drain_timeout])
+    }
+
+    /// [`Draining::start`] with these options of `rsp pe`.
+    fn start_with(options: &[&str]) -> Self {
         let lab = Lab::new();
         lab.pki(&["issue", "gateway", "gw-1"]);
         lab.init_registrar();
@@ -340,7 +345,7 @@ impl Draining {
         let backend = echo_server();
         let mut child = rsp(&lab, registrar.addr, "pe-echo-1")
             .args(["pe", "--pool", "web", "--forward", &backend.to_string()])
-            .args(["--drain-timeout", drain_timeout])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -374,19 +379,30 @@ impl Draining {
 
     /// SIGUSR1 to the PE; waits for its line saying it deregistered with `open` sessions.
     fn drain(&self, open: usize) {
-        let pid = self.pe.0.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-USR1", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-        let want = format!("draining: deregistered from pool web; {open} open sessions");
+        self.signal("-USR1", "draining", open);
+    }
+
+    /// `sig` to the PE; waits for its line saying it is `doing` (draining, stopping) and
+    /// deregistered with `open` sessions.
+    fn signal(&self, sig: &str, doing: &str, open: usize) {
+        self.signal_only(sig);
+        let want = format!("{doing}: deregistered from pool web; {open} open sessions");
         wait_line(&self.lines, Duration::from_secs(10), |l| {
             l.starts_with(&want)
         })
         .unwrap_or_else(|seen| panic!("no drain line: {seen:?}"));
+    }
+
+    /// `sig` to the PE, nothing awaited.
+    fn signal_only(&self, sig: &str) {
+        let pid = self.pe.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
     }
 
     /// Waits up to 10 s for the PE's line `want`.
@@ -458,4 +474,33 @@ fn a_drain_ends_at_its_timeout_with_the_session_still_open() {
         matches!(answers.read_to_string(&mut rest), Ok(0) | Err(_)),
         "{rest:?}"
     );
+}
+
+#[test]
+fn sigterm_deregisters_and_serves_the_open_session_for_the_stop_grace() {
+    // Issue 21: on SIGTERM (systemd's stop, a container's) the PE deregisters at once and
+    // serves its open sessions for --stop-grace, then exits; a second SIGTERM ends it.
+    let mut d = Draining::start_with(&["--stop-grace", "2s"]);
+    let (mut open, mut answers) = d.session();
+    d.signal("-TERM", "stopping", 1);
+    assert!(
+        pool(&d.lab, d.registrar.addr).is_empty(),
+        "the registrar still returns it"
+    );
+    assert_eq!(exchange(&mut open, &mut answers, "two"), "two\n");
+    d.says("stop grace over: closing 1 open sessions");
+    assert!(d.exits(), "the PE exits at the end of the grace");
+    let mut rest = String::new();
+    assert!(
+        matches!(answers.read_to_string(&mut rest), Ok(0) | Err(_)),
+        "{rest:?}"
+    );
+
+    // A second SIGTERM during the grace: out at once.
+    let mut d = Draining::start_with(&["--stop-grace", "60s"]);
+    let (_open, _answers) = d.session();
+    d.signal("-TERM", "stopping", 1);
+    d.signal_only("-TERM");
+    d.says("stopped while stopping: closing 1 open sessions");
+    assert!(d.exits(), "the PE exits on the second SIGTERM");
 }

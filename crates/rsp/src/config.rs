@@ -256,6 +256,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         help: "On SIGUSR1 the PE drains: it deregisters (the registrar no longer returns it), refuses new sessions, and exits once the open ones have ended or after this long.",
     },
     Opt {
+        key: "stop_grace",
+        flag: "stop-grace",
+        takes: Takes::Value("DURATION"),
+        default: Some("5s"),
+        help: "On SIGTERM the PE deregisters at once, refuses new sessions and serves the open ones for at most this long before it exits (0: exit at once). A second SIGTERM or Ctrl-C ends it at once.",
+    },
+    Opt {
         key: "labels",
         flag: "label",
         takes: Takes::Repeated("KEY=VALUE"),
@@ -382,6 +389,8 @@ pub(crate) struct PeOptions {
     pub(crate) fall: NonZeroU32,
     #[serde(deserialize_with = "duration")]
     pub(crate) drain_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) stop_grace: Duration,
     #[serde(default, deserialize_with = "labels_of")]
     pub(crate) labels: Labels,
 }

@@ -420,6 +420,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 rise,
                 fall,
                 drain_timeout,
+                stop_grace,
                 labels,
             } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
@@ -477,6 +478,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 allowed: admit::AllowedPus::patterns(allow_pu),
                 check,
                 drain_timeout,
+                stop_grace,
                 labels,
             };
             run_pe(pe, common).await
@@ -539,6 +541,8 @@ struct PeArgs {
     check: Option<check::CheckConfig>,
     /// `--drain-timeout`.
     drain_timeout: Duration,
+    /// `--stop-grace`.
+    stop_grace: Duration,
     labels: asap::wire::param::Labels,
 }
 
@@ -557,6 +561,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         allowed,
         check,
         drain_timeout,
+        stop_grace,
         labels,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
@@ -721,53 +726,70 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     }
     .context("registration")?;
     tell("STOPPING=1");
-    if *stop.borrow() != Some(Stop::Drain) {
-        return Ok(());
-    }
+    let why = *stop.borrow();
+    let (deadline, doing, over) = match why {
+        Some(Stop::Drain) => (drain_timeout, "draining", "drain timeout"),
+        // Nothing open: nothing to wait for (and nothing more to say).
+        Some(Stop::Terminate) if !stop_grace.is_zero() && gate.open() > 0 => {
+            (stop_grace, "stopping", "stop grace over")
+        }
+        _ => return Ok(()),
+    };
     // Deregistered: the registrar no longer returns this PE. New PUs (from a cache) are
     // refused so that they fail over; open sessions run to their end or the deadline.
     gate.drain();
     eprintln!(
-        "draining: deregistered from pool {pool}; {} open sessions, served until they end or for {}",
+        "{doing}: deregistered from pool {pool}; {} open sessions, served until they end or for {}",
         gate.open(),
-        humantime::format_duration(drain_timeout)
+        humantime::format_duration(deadline)
     );
     tokio::select! {
         () = gate.idle() => eprintln!("drained: every session ended"),
-        () = tokio::time::sleep(drain_timeout) => {
-            eprintln!("drain timeout: closing {} open sessions", gate.open());
+        () = tokio::time::sleep(deadline) => {
+            eprintln!("{over}: closing {} open sessions", gate.open());
         }
-        _ = stop.wait_for(|s| *s == Some(Stop::Terminate)) => {
-            eprintln!("stopped while draining: closing {} open sessions", gate.open());
+        _ = stop.wait_for(|s| *s == Some(Stop::Now)) => {
+            eprintln!("stopped while {doing}: closing {} open sessions", gate.open());
         }
     }
     Ok(())
 }
 
-/// Why `rsp pe` stops.
+/// Why `rsp pe` stops. Each deregisters first; they differ in how long open sessions
+/// are served after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
-    /// Ctrl-C or SIGTERM: deregister and exit.
+    /// SIGTERM (systemd's stop, a container's): refuse new sessions, serve the open ones
+    /// for at most `--stop-grace`, then exit.
     Terminate,
-    /// SIGUSR1: deregister, refuse new sessions, exit once the open ones end (`--drain-timeout`).
+    /// SIGUSR1: refuse new sessions, exit once the open ones end (`--drain-timeout`).
     Drain,
+    /// Ctrl-C, or SIGTERM once already stopping or draining: exit at once.
+    Now,
 }
 
-/// The stop signals, as they arrive (the last one wins: SIGTERM during a drain ends it).
+/// The stop signals, as they arrive.
 fn stop_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<Stop>>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
-        let mut shutdown = std::pin::pin!(shutdown_signal());
         loop {
             tokio::select! {
                 _ = usr1.recv() => {
                     eprintln!("SIGUSR1: draining");
                     tx.send_replace(Some(Stop::Drain));
                 }
-                () = &mut shutdown => {
-                    tx.send_replace(Some(Stop::Terminate));
+                _ = term.recv() => {
+                    let again = tx.borrow().is_some();
+                    tx.send_replace(Some(if again { Stop::Now } else { Stop::Terminate }));
+                    if again {
+                        return;
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tx.send_replace(Some(Stop::Now));
                     return;
                 }
             }
