@@ -222,10 +222,14 @@ struct Access<P> {
 impl<P: Permission> Access<P> {
     fn new(caller: Caller, request: &'static str) -> Self {
         let first = tokio::time::Instant::now() + auth::RECHECK;
+        let mut recheck = tokio::time::interval_at(first, auth::RECHECK);
+        // A stream its client stopped reading is not polled: when it is again, one check,
+        // not one per second missed.
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             caller,
             request,
-            recheck: tokio::time::interval_at(first, auth::RECHECK),
+            recheck,
             refused: false,
             _permission: std::marker::PhantomData,
         }
