@@ -334,8 +334,9 @@ impl Handlespace {
         let existing = self
             .pool(namespace, pool_handle)
             .and_then(|p| p.entry(pe_id));
-        let unchanged =
-            existing.is_some_and(|old| old.pool_element == pe && old.registrant == registrant);
+        // Compared only for the journal: not on the registration path when nobody watches.
+        let unchanged = self.journal.is_some()
+            && existing.is_some_and(|old| old.pool_element == pe && old.registrant == registrant);
         if let Some(old) = existing {
             // Spec §7.1 step 5: the same registrant re-registers; anyone else collides.
             if old.registrant != registrant || old.pool_element.user_transport != pe.user_transport
