@@ -179,12 +179,18 @@ async fn labels_and_hints_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_and_hints_on_postgres() {
-    let Some(db) = store::db::test_db::empty_postgres("labels::on_postgres").await else {
+    on_postgres("labels::on_postgres", labels_hints_and_their_limits).await;
+}
+
+/// `test` against a registrar initialised on a fresh PostgreSQL database (none: skipped,
+/// unless `RSP_REQUIRE_POSTGRES` says it must run).
+async fn on_postgres(name: &str, test: impl AsyncFnOnce(&Lab, &str)) {
+    let Some(db) = store::db::test_db::empty_postgres(name).await else {
         return;
     };
     let lab = Lab::new();
     let init = crate::fleet::init(&lab, "enrp-1", "data", &db.url, &[]);
-    labels_hints_and_their_limits(&lab, &init).await;
+    test(&lab, &init).await;
 }
 
 /// Spec §9.4 with the extensions: a PE registered at A with labels and a private policy is
@@ -298,4 +304,134 @@ fn a_private_policy_from_the_command_line_is_served_round_robin_and_said() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
     let said = "pool echo: policy 0xff000001 has no selector here; selecting round robin";
     assert_eq!(err.matches(said).count(), 1, "once: {err}");
+}
+
+/// Issue 23: grants may restrict which labels an identity sets, so that a PE certificate
+/// cannot claim another region. The operator replaces the quickstart's open register
+/// grant with one admitting `region=eu-*`: `rsp pe --label region=us-east` is refused with
+/// one clear line (security rejection, 0xA) and the refusal is audited with the label;
+/// `region=eu-west` registers; a raw registration trying the same is refused on the wire.
+async fn grant_label_rules_hold(lab: &Lab, init: &str) {
+    let token = admin_token(init);
+    let registrar = lab.start_registrar_with(1000, 2000);
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        api(lab, &registrar, Some(&token), method, path, body)
+    };
+    let (status, body) = call("GET", "/v1/grants", None);
+    assert_eq!(status, 200, "{body}");
+    let open = json(&body)
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|g| g["identity"] == "spiffe://acme.test/pe/*")
+        .map(|g| g["id"].as_i64().expect("an id"))
+        .expect("the quickstart's register grant");
+    let (status, body) = call("DELETE", &format!("/v1/grants/{open}"), None);
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = call(
+        "POST",
+        "/v1/grants",
+        Some(
+            r#"{"identity":"spiffe://acme.test/pe/*","namespace":"default","pools":"*","actions":["register"],"labels":["region=eu-*","zone=*"]}"#,
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Another region: refused, said in one line, nothing registered.
+    let mut child = rsp(lab, registrar.addr, "pe-echo-1")
+        .args([
+            "pe",
+            "--pool",
+            "echo",
+            "--serve",
+            "echo",
+            "--label",
+            "region=us-east",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rsp pe");
+    // A PE that registered would serve until killed: bounded, so that this fails, not hangs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("rsp pe").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().expect("rsp pe");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.to_lowercase().contains("security"), "{err}");
+    let out = rsp(lab, registrar.addr, "pu-client-1")
+        .args(["resolve", "echo"])
+        .output()
+        .expect("rsp resolve");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0x9"),
+        "nothing registered: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same on the wire, from a PE that bypasses `rsp pe`.
+    let pe2 = lab.identity("pe-echo-2");
+    let mut conn = Asap::connect(&pe2, registrar.addr).await.expect("connect");
+    conn.send_raw(&raw_registration_with_labels(
+        0x0102_0304,
+        &[("region", "us-west")],
+    ))
+    .await;
+    assert_eq!(rejected_with(conn.recv_reply().await), Some(0xA));
+    conn.send_raw(&raw_registration_with_labels(
+        0x0102_0305,
+        &[("owner", "b")],
+    ))
+    .await;
+    assert_eq!(
+        rejected_with(conn.recv_reply().await),
+        Some(0xA),
+        "a key no rule names"
+    );
+    // Both refusals audited with the label.
+    let (status, body) = call("GET", "/v1/audit?action=register&limit=100", None);
+    assert_eq!(status, 200, "{body}");
+    for label in ["region=us-east", "region=us-west", "owner=b"] {
+        assert!(
+            body.contains(&format!("label {label} is not allowed by a register grant")),
+            "{label} in {body}"
+        );
+    }
+
+    // Its own region registers.
+    let (_pe, _lines) = start_pe_lines(
+        lab,
+        registrar.addr,
+        "pe-echo-1",
+        &[
+            "--pool",
+            "echo",
+            "--serve",
+            "echo",
+            "--label",
+            "region=eu-west",
+            "--label",
+            "zone=b",
+        ],
+    );
+    let pes = resolve(lab, registrar.addr);
+    assert_eq!(pes.len(), 1, "{pes:?}");
+    assert_eq!(json(&pes[0])["labels"]["region"], "eu-west");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_label_rules_on_sqlite() {
+    let lab = Lab::new();
+    let init = lab.init_registrar();
+    grant_label_rules_hold(&lab, &init).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_label_rules_on_postgres() {
+    on_postgres("labels::rules_on_postgres", grant_label_rules_hold).await;
 }

@@ -441,6 +441,7 @@ mod tests {
             namespace: namespace.parse().expect("valid namespace pattern"),
             pools: "*".parse().expect("valid pool pattern"),
             actions: actions.iter().copied().collect(),
+            labels: None,
         }
     }
 

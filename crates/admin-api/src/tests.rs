@@ -152,6 +152,7 @@ on_both_backends!(
     names_and_reasons_that_would_display_as_other_text_are_refused_and_audited,
     failed_token_attempts_are_limited_per_address,
     grants_are_stored_pushed_to_the_registrar_and_deleted,
+    grant_label_rules_are_checked_stored_and_pushed,
     an_admin_certificate_takes_its_role_from_the_grants,
     trust_domains_are_added_from_a_bundle_applied_at_once_and_removed,
     revocations_apply_to_the_trust_store_before_the_answer,
@@ -967,6 +968,86 @@ async fn grants_are_stored_pushed_to_the_registrar_and_deleted(f: Fixture) {
     assert_eq!(
         f.registrar.calls(),
         vec!["set_grants 1".to_owned(), "set_grants 0".to_owned()]
+    );
+}
+
+async fn grant_label_rules_are_checked_stored_and_pushed(f: Fixture) {
+    let post = |body: Value| f.call("POST", "/v1/grants", Some(&f.admin), Some(body));
+    let r = post(json!({"identity": "spiffe://acme.test/pe/eu-*", "namespace": "default", "pools": "web", "actions": ["register"], "labels": ["region=eu-west", "zone=eu-west-*"]})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        r.json()["labels"],
+        json!(["region=eu-west", "zone=eu-west-*"])
+    );
+    let id = r.json()["id"].as_i64().expect("an id");
+    // `[]`: no label at all; absent: any (null when read back).
+    let r = post(json!({"identity": "spiffe://acme.test/pe/plain-*", "namespace": "default", "pools": "web", "actions": ["register"], "labels": []})).await;
+    assert_eq!(r.json()["labels"], json!([]), "{}", r.text);
+    let r = post(json!({"identity": "spiffe://acme.test/pe/*", "namespace": "default", "pools": "db", "actions": ["register"]})).await;
+    assert_eq!(r.json()["labels"], Value::Null, "{}", r.text);
+    // Read back from the store as written.
+    let got = f
+        .call("GET", &format!("/v1/grants/{id}"), Some(&f.auditor), None)
+        .await;
+    assert_eq!(
+        got.json()["labels"],
+        json!(["region=eu-west", "zone=eu-west-*"])
+    );
+    // Malformed rules, too many, a rule twice, rules on a grant that cannot register:
+    // each refused with a problem, nothing stored, the refusal audited.
+    let many: Vec<String> = (0..=identity::MAX_LABEL_RULES)
+        .map(|i| format!("k{i}=*"))
+        .collect();
+    for labels in [
+        json!(["region"]),
+        json!(["=eu"]),
+        json!(["ré gion=eu"]),
+        json!([format!("k={}", "v".repeat(65))]),
+        json!(["a=b", "a=b"]),
+        json!(many),
+        json!("region=eu"),
+    ] {
+        post(json!({"identity": "spiffe://acme.test/pe/x", "namespace": "default", "pools": "web", "actions": ["register"], "labels": labels}))
+            .await
+            .problem(422, "invalid");
+    }
+    post(json!({"identity": "spiffe://acme.test/pu/x", "namespace": "default", "pools": "web", "actions": ["resolve"], "labels": ["region=eu"]}))
+        .await
+        .problem(422, "invalid");
+    assert_eq!(
+        f.call("GET", "/v1/grants", Some(&f.admin), None)
+            .await
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    let created = f.audit("admin:grant.create").await;
+    assert_eq!(
+        created
+            .iter()
+            .filter(|e| e.record.outcome.to_string() == "ok")
+            .count(),
+        3
+    );
+    assert!(
+        created
+            .iter()
+            .filter(|e| e.record.outcome.to_string() != "ok")
+            .count()
+            >= 7,
+        "every refused grant is audited: {created:?}"
+    );
+    assert!(created.iter().any(|e| {
+        e.record
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("region=eu-west"))
+    }));
+    // The registrar got the rules with each change.
+    assert_eq!(
+        f.registrar.calls().last().map(String::as_str),
+        Some("set_grants 3")
     );
 }
 

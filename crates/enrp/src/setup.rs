@@ -292,6 +292,7 @@ pub fn default_grants(domain: &TrustDomain) -> Vec<Grant> {
             namespace: "default".parse().expect("valid namespace"),
             pools: "*".parse().expect("valid pool pattern"),
             actions: actions.iter().copied().collect(),
+            labels: None,
         }
     };
     vec![

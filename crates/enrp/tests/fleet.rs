@@ -329,6 +329,7 @@ async fn a_trust_domain_and_grant_created_elsewhere_admit_a_pe_here_and_its_remo
         namespace: "*".parse().expect("pattern"),
         pools: "*".parse().expect("pattern"),
         actions: [identity::Action::Register].into_iter().collect(),
+        labels: None,
     };
     let start = Instant::now();
     {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::Error;
+use crate::label_rules::LabelRules;
 use crate::pattern::{IdentityPattern, PoolPattern};
 use crate::spiffe::{SpiffeId, echo};
 
@@ -169,6 +170,9 @@ pub struct Grant {
     pub pools: PoolPattern,
     /// What.
     pub actions: Actions,
+    /// Which PE labels a registration under this grant may carry: `None`, any
+    /// ([`register_allowed`]).
+    pub labels: Option<LabelRules>,
 }
 
 impl Grant {
@@ -201,6 +205,50 @@ pub fn allowed(
     grants
         .iter()
         .any(|g| g.allows(peer, namespace, pool, action))
+}
+
+/// Why [`register_allowed`] refuses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegisterRefusal<'a> {
+    /// No grant allows `register` on this pool.
+    NoGrant,
+    /// Grants allow `register` on this pool, but none admits this label (the first label
+    /// the first such grant refuses).
+    Label(&'a str, &'a str),
+}
+
+/// Whether `peer` may register a PE carrying `labels` in `pool` of `namespace`: some
+/// grant allows `register` there and admits every label (a grant without label rules
+/// admits any). Grants add up: one grant that admits the labels is enough.
+///
+/// # Errors
+/// Why not, for the registration's refusal and its audit record.
+pub fn register_allowed<'a, L>(
+    grants: &[Grant],
+    peer: &SpiffeId,
+    namespace: &str,
+    pool: &[u8],
+    labels: L,
+) -> Result<(), RegisterRefusal<'a>>
+where
+    L: IntoIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let mut refused = None;
+    for grant in grants
+        .iter()
+        .filter(|g| g.allows(peer, namespace, Some(pool), Action::Register))
+    {
+        let Some(rules) = &grant.labels else {
+            return Ok(());
+        };
+        match rules.first_refused(labels.clone()) {
+            None => return Ok(()),
+            Some((k, v)) => {
+                refused.get_or_insert(RegisterRefusal::Label(k, v));
+            }
+        }
+    }
+    Err(refused.unwrap_or(RegisterRefusal::NoGrant))
 }
 
 /// Where an identity's ASAP requests go when they do not name a namespace (no parameter
@@ -267,6 +315,7 @@ mod tests {
             namespace: namespace.parse().expect("valid namespace"),
             pools: pools.parse().expect("valid pool pattern"),
             actions: actions.iter().copied().collect(),
+            labels: None,
         }
     }
 
@@ -346,6 +395,61 @@ mod tests {
                 "{peer} {ns} {pool:?} {action}"
             );
         }
+    }
+
+    #[test]
+    fn label_rules_narrow_registration_and_grants_add_up() {
+        let mut eu = grant(
+            "spiffe://acme.test/pe/eu-*",
+            "default",
+            "web",
+            &[Action::Register],
+        );
+        eu.labels = Some(LabelRules::parse(["region=eu-*"]).expect("valid"));
+        let mut resolve_only = grant(
+            "spiffe://acme.test/pe/*",
+            "default",
+            "web",
+            &[Action::Resolve],
+        );
+        resolve_only.labels = None;
+        let grants = vec![eu.clone(), resolve_only];
+        let pe = id("spiffe://acme.test/pe/eu-1");
+        let decide = |grants: &[Grant], labels: &[(&'static str, &'static str)]| {
+            register_allowed(grants, &pe, "default", b"web", labels.iter().copied())
+        };
+        assert_eq!(decide(&grants, &[("region", "eu-west")]), Ok(()));
+        assert_eq!(decide(&grants, &[]), Ok(()));
+        assert_eq!(
+            decide(&grants, &[("region", "eu-west"), ("region2", "us")]),
+            Err(RegisterRefusal::Label("region2", "us"))
+        );
+        assert_eq!(
+            decide(&grants, &[("region", "us-east")]),
+            Err(RegisterRefusal::Label("region", "us-east"))
+        );
+        // Another pool, or a resolve grant only: no grant at all.
+        assert_eq!(
+            register_allowed(&grants, &pe, "default", b"db", [("region", "eu")]),
+            Err(RegisterRefusal::NoGrant)
+        );
+        // A second register grant without rules admits any labels: grants add up.
+        let open = grant(
+            "spiffe://acme.test/pe/*",
+            "default",
+            "*",
+            &[Action::Register],
+        );
+        let both = vec![eu.clone(), open];
+        assert_eq!(decide(&both, &[("region", "us-east")]), Ok(()));
+        // An empty rule list admits no label.
+        let mut none = eu;
+        none.labels = Some(LabelRules::default());
+        assert_eq!(decide(std::slice::from_ref(&none), &[]), Ok(()));
+        assert_eq!(
+            decide(&[none], &[("region", "eu-west")]),
+            Err(RegisterRefusal::Label("region", "eu-west"))
+        );
     }
 
     #[test]

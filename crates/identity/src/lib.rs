@@ -22,6 +22,7 @@ pub mod audit;
 mod error;
 mod grant;
 mod handlespace;
+mod label_rules;
 mod pattern;
 mod registrar_ids;
 mod revocation;
@@ -31,9 +32,11 @@ pub mod text;
 
 pub use error::Error;
 pub use grant::{
-    Action, Actions, DefaultNamespace, Grant, NamespacePattern, allowed, default_namespace,
+    Action, Actions, DefaultNamespace, Grant, NamespacePattern, RegisterRefusal, allowed,
+    default_namespace, register_allowed,
 };
 pub use handlespace::{MAX_NAMESPACE_LEN, Namespace, PeId, PoolHandle};
+pub use label_rules::{LabelRule, LabelRules, MAX_LABEL_RULES};
 pub use pattern::{IdentityPattern, MAX_POOL_PATTERN_LEN, PoolPattern};
 pub use registrar_ids::{DEFAULT_REGISTRAR_ID, RegistrarIds};
 pub use revocation::Revocation;

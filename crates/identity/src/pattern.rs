@@ -246,7 +246,7 @@ impl FromStr for PoolPattern {
 
 /// `*` matches any run of bytes; iterative with one backtrack point, so linear-ish and
 /// never exponential whatever the pattern.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

@@ -43,5 +43,6 @@ pub fn grant(identity: &str, pools: &str, actions: &[Action]) -> Grant {
         namespace: "default".parse().expect("namespace pattern"),
         pools: pools.parse().expect("pool pattern"),
         actions: actions.iter().copied().collect(),
+        labels: None,
     }
 }

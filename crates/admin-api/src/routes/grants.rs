@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use identity::audit::AuditAction;
-use identity::{Action, Grant, IdentityPattern, NamespacePattern, PoolPattern};
+use identity::{Action, Grant, IdentityPattern, LabelRules, NamespacePattern, PoolPattern};
 use serde::{Deserialize, Serialize};
 use store::db::{self, GrantRow};
 use utoipa::ToSchema;
@@ -90,6 +90,16 @@ pub(crate) struct NewGrant {
     /// What it allows (at least one).
     #[schema(min_items = 1)]
     actions: Vec<GrantAction>,
+    /// Which PE labels a registration under this grant may carry: `key=pattern` rules,
+    /// the key literal and `*` in the pattern matching any run of characters (e.g.
+    /// `region=eu-west`, `zone=eu-west-*`). A label is allowed when a rule has its key and
+    /// matches its value. Absent or null: any labels; `[]`: none. At most 32 rules; keys
+    /// 1 to 32 characters of `A-Z a-z 0-9 . _ - /`, patterns at most 64 printable ASCII
+    /// characters. Grants add up: one register grant that allows every label of a
+    /// registration is enough.
+    #[serde(default)]
+    #[schema(max_items = 32, nullable)]
+    labels: Option<Vec<String>>,
 }
 
 /// A stored grant.
@@ -105,6 +115,8 @@ pub(crate) struct GrantView {
     pools: String,
     /// What it allows.
     actions: Vec<GrantAction>,
+    /// The label rules of a register grant (`key=pattern`); null: any labels.
+    labels: Option<Vec<String>>,
     /// When it was created, unix ms.
     created_ms: u64,
 }
@@ -122,6 +134,10 @@ impl From<GrantRow> for GrantView {
                 .iter()
                 .filter_map(GrantAction::from_action)
                 .collect(),
+            labels: row
+                .grant
+                .labels
+                .map(|rules| rules.iter().map(ToString::to_string).collect()),
             created_ms: row.created_ms,
         }
     }
@@ -148,11 +164,18 @@ impl NewGrant {
                 "pools: control or invisible characters are refused (`*` matches pool handles that hold them)",
             ));
         }
+        if self.labels.is_some() && !self.actions.contains(&GrantAction::Register) {
+            return Err(ApiError::new(
+                ProblemKind::Invalid,
+                "labels: label rules restrict registrations; a grant with them must allow register",
+            ));
+        }
         Ok(Grant {
             identity: IdentityPattern::parse(&self.identity)?,
             namespace: NamespacePattern::from_str(&self.namespace)?,
             pools: PoolPattern::new(self.pools.as_bytes())?,
             actions: self.actions.iter().map(|a| a.to_action()).collect(),
+            labels: self.labels.as_ref().map(LabelRules::parse).transpose()?,
         })
     }
 }
@@ -185,10 +208,16 @@ pub(crate) async fn create(
     let now = app.now();
     let record = caller
         .record(now, AuditAction::AdminGrantCreate)
-        .detail(format!(
-            "{} {} {} {:?}",
-            body.identity, body.namespace, body.pools, body.actions
-        ));
+        .detail(match &body.labels {
+            None => format!(
+                "{} {} {} {:?}",
+                body.identity, body.namespace, body.pools, body.actions
+            ),
+            Some(labels) => format!(
+                "{} {} {} {:?} labels {labels:?}",
+                body.identity, body.namespace, body.pools, body.actions
+            ),
+        });
     let mut tx = app.begin().await?;
     let result = async {
         let grant = body.parse()?;

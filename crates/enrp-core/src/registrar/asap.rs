@@ -209,14 +209,13 @@ impl Core {
                 out,
             );
         }
-        // 1. Authorization (spec §11, D-6).
-        if !self.allowed(conn, &ns, &pool_handle, Grantable::Register) {
-            return reject(
-                self,
-                ErrorCause::SecurityRejection,
-                "no register grant for this pool",
-                out,
-            );
+        // 1. Authorization (spec §11, D-6), labels included (issue 23).
+        let refusal = match self.conns.get(&conn) {
+            Some(c) => self.register_refusal(&c.client.id, &ns, &pool_handle, &pe.labels),
+            None => Some("no register grant for this pool".to_owned()),
+        };
+        if let Some(detail) = refusal {
+            return reject(self, ErrorCause::SecurityRejection, &detail, out);
         }
         // 2. Values the codec accepts but a registrar must not (spec §4.2, §4.4 [P]).
         if !pe.registration_life_valid() {

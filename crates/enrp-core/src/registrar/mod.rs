@@ -735,6 +735,38 @@ impl Core {
         let legacy = self.config.legacy_namespace.as_ref();
         permits(&self.grants, legacy, id, ns, handle, action)
     }
+
+    /// Why `id` may not hold a PE carrying `labels` in `handle` of `ns`, or `None` when it
+    /// may: a register grant that admits every label (issue 23: grants may restrict the
+    /// labels an identity sets). Legacy identities set no labels (RSPLIB knows none); they
+    /// are held to [`Self::permits`] alone.
+    fn register_refusal(
+        &self,
+        id: &SpiffeId,
+        ns: &Namespace,
+        handle: &PoolHandle,
+        labels: &::asap::wire::param::Labels,
+    ) -> Option<String> {
+        if is_legacy(id) {
+            return (!self.permits(id, ns, handle, identity::Action::Register))
+                .then(|| "no register grant for this pool".to_owned());
+        }
+        match identity::register_allowed(
+            &self.grants,
+            id,
+            ns.as_str(),
+            handle.as_bytes(),
+            labels.iter(),
+        ) {
+            Ok(()) => None,
+            Err(identity::RegisterRefusal::NoGrant) => {
+                Some("no register grant for this pool".to_owned())
+            }
+            Err(identity::RegisterRefusal::Label(k, v)) => Some(format!(
+                "label {k}={v} is not allowed by a register grant for this pool"
+            )),
+        }
+    }
 }
 
 /// Whether `id` may do `action` on `handle` in `ns` under `grants`, or for a legacy

@@ -97,7 +97,8 @@ impl Core {
     }
 
     /// Removes the PEs whose registration the grants no longer allow: a registrant keeps
-    /// a PE only while some grant lets it register in that namespace and pool (here: a
+    /// a PE only while some grant lets it register in that namespace and pool, with the
+    /// PE's labels (here: a
     /// peer's PE goes from this registrar's handlespace, not from its home's).
     pub(super) fn on_grants_changed(&mut self, out: &mut Vec<Action>) {
         // Peers' PEs too (issue 16): a PE learnt from a peer obeys this registrar's grants
@@ -109,7 +110,8 @@ impl Core {
                 let Some(r) = &e.registrant else { return false };
                 // A registrant the grants cannot even parse is not allowed anything.
                 SpiffeId::parse(r.as_str()).map_or(true, |id| {
-                    !self.permits(&id, ns, handle, identity::Action::Register)
+                    self.register_refusal(&id, ns, handle, &e.pool_element.labels)
+                        .is_some()
                 })
             })
             .map(|(ns, h, e)| (ns.clone(), h.clone(), e.pool_element.pe_id))

@@ -12,6 +12,7 @@ fn grant(identity: &str) -> Grant {
         namespace: "*".parse().expect("namespace pattern"),
         pools: "*".parse().expect("pool pattern"),
         actions: [Action::Register].into_iter().collect(),
+        labels: None,
     }
 }
 

@@ -59,6 +59,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("namespace", Text),
             ("pools", Bytes),
             ("actions", Text),
+            ("labels", Text),
             ("created_ms", Int),
         ],
     ),

@@ -2,7 +2,9 @@
 
 use std::str::FromStr;
 
-use identity::{Action, Actions, Grant, IdentityPattern, NamespacePattern, PoolPattern};
+use identity::{
+    Action, Actions, Grant, IdentityPattern, LabelRules, NamespacePattern, PoolPattern,
+};
 
 use super::{
     Conn, Error, Result, already_exists, check_namespace, i64_to_ms, ms_to_i64, with_conn,
@@ -27,7 +29,26 @@ struct GrantDbRow {
     namespace: String,
     pools: Vec<u8>,
     actions: String,
+    labels: Option<String>,
     created_ms: i64,
+}
+
+/// Label rules as stored (migrations/0009): one `key=pattern` per line; `None` is NULL.
+fn labels_to_text(labels: Option<&LabelRules>) -> Option<String> {
+    labels.map(|rules| {
+        rules
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn labels_from_text(
+    text: Option<&str>,
+) -> std::result::Result<Option<LabelRules>, identity::Error> {
+    text.map(|t| LabelRules::parse(t.split('\n').filter(|line| !line.is_empty())))
+        .transpose()
 }
 
 fn actions_to_text(actions: Actions) -> String {
@@ -57,6 +78,8 @@ impl TryFrom<GrantDbRow> for GrantRow {
             .map(Action::from_str)
             .collect::<Result<Actions, _>>()
             .map_err(|_| corrupt("invalid actions"))?;
+        let labels =
+            labels_from_text(row.labels.as_deref()).map_err(|_| corrupt("invalid label rules"))?;
         Ok(Self {
             id: row.id,
             grant: Grant {
@@ -64,6 +87,7 @@ impl TryFrom<GrantDbRow> for GrantRow {
                 namespace,
                 pools,
                 actions,
+                labels,
             },
             created_ms: i64_to_ms(row.created_ms, "grants", &row.id)?,
         })
@@ -91,14 +115,15 @@ pub async fn add_grant<C: Conn + ?Sized>(
     super::limits::check_room(&mut *conn, super::limits::Table::Grants, now_ms).await?;
     let row: GrantDbRow = with_conn!(
         conn,
-        "INSERT INTO grants (identity, namespace, pools, actions, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         RETURNING id, identity, namespace, pools, actions, created_ms",
+        "INSERT INTO grants (identity, namespace, pools, actions, labels, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         RETURNING id, identity, namespace, pools, actions, labels, created_ms",
         |c, sql| sqlx::query_as(sql)
             .bind(grant.identity.as_str())
             .bind(grant.namespace.to_string())
             .bind(grant.pools.as_bytes())
             .bind(actions_to_text(grant.actions))
+            .bind(labels_to_text(grant.labels.as_ref()))
             .bind(now)
             .fetch_one(c)
             .await
@@ -113,7 +138,7 @@ pub async fn add_grant<C: Conn + ?Sized>(
 pub async fn list_grants<C: Conn + ?Sized>(conn: &mut C) -> Result<Vec<GrantRow>> {
     let rows: Vec<GrantDbRow> = with_conn!(
         conn,
-        "SELECT id, identity, namespace, pools, actions, created_ms FROM grants ORDER BY id",
+        "SELECT id, identity, namespace, pools, actions, labels, created_ms FROM grants ORDER BY id",
         |c, sql| sqlx::query_as(sql).fetch_all(c).await
     )?;
     rows.into_iter().map(GrantRow::try_from).collect()
@@ -125,7 +150,7 @@ pub async fn delete_grant<C: Conn + ?Sized>(conn: &mut C, id: i64) -> Result<Gra
     let row: Option<GrantDbRow> = with_conn!(
         conn,
         "DELETE FROM grants WHERE id = ?1
-         RETURNING id, identity, namespace, pools, actions, created_ms",
+         RETURNING id, identity, namespace, pools, actions, labels, created_ms",
         |c, sql| sqlx::query_as(sql).bind(id).fetch_optional(c).await
     )?;
     match row {

@@ -158,6 +158,7 @@ mod tests {
             namespace: NamespacePattern::from_str("lab").expect("namespace pattern"),
             pools: PoolPattern::from_str("*").expect("pool pattern"),
             actions: [Action::Resolve].into_iter().collect(),
+            labels: None,
         }
     }
 

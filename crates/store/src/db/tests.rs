@@ -154,6 +154,7 @@ fn grant(identity: &str, namespace: &str, pools: &str, actions: &[Action]) -> Gr
         namespace: NamespacePattern::from_str(namespace).expect("namespace pattern"),
         pools: PoolPattern::from_str(pools).expect("pool pattern"),
         actions: actions.iter().copied().collect(),
+        labels: None,
     }
 }
 
@@ -559,6 +560,54 @@ async fn add_grant_round_trips_and_refuses_duplicates(db: &TestDb) {
     let bad_ns = grant("spiffe://acme.test/pe/*", "Bad", "*", &[Action::Resolve]);
     assert!(add_grant(&mut conn, &bad_ns, 12).await.is_err());
     assert_eq!(count(&mut conn, "SELECT count(*) FROM grants").await, 1);
+    // Label rules (schema 9): stored one per line, read back equal; `[]` stays "none",
+    // distinct from NULL ("any").
+    let mut eu = grant(
+        "spiffe://acme.test/pe/eu-*",
+        "default",
+        "web",
+        &[Action::Register],
+    );
+    eu.labels =
+        Some(identity::LabelRules::parse(["region=eu-*", "zone=a=b", "tier="]).expect("valid"));
+    let row = add_grant(&mut conn, &eu, 13).await.expect("add with rules");
+    assert_eq!(row.grant, eu);
+    let mut none = grant(
+        "spiffe://acme.test/pe/plain",
+        "default",
+        "web",
+        &[Action::Register],
+    );
+    none.labels = Some(identity::LabelRules::default());
+    add_grant(&mut conn, &none, 14)
+        .await
+        .expect("add with no label admitted");
+    let listed = list_grants(&mut conn).await.expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r.grant.labels.clone())
+            .collect::<Vec<_>>(),
+        [None, eu.labels.clone(), none.labels.clone()]
+    );
+    // A row whose rules do not parse is corrupt, not silently "any".
+    with_conn!(
+        &mut conn,
+        "UPDATE grants SET labels = 'no equals sign' WHERE identity = 'spiffe://acme.test/pe/plain'",
+        |c, sql| sqlx::query(sql).execute(c).await.map(|_| ())
+    )
+    .expect("update");
+    let err = list_grants(&mut conn).await.expect_err("corrupt");
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                table: "grants",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 async fn list_grants_by_id_and_detects_corrupt_rows(db: &TestDb) {

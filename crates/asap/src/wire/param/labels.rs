@@ -123,7 +123,7 @@ impl Labels {
     }
 
     /// The pairs in the order sent.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 

@@ -379,13 +379,14 @@ impl Core {
         let Some(registrant) = &entry.registrant else {
             return Some("no registrant identity".to_owned());
         };
-        let granted = SpiffeId::parse(registrant.as_str())
-            .is_ok_and(|id| self.permits(&id, &key.0, &key.1, identity::Action::Register));
-        if !granted {
+        let Ok(id) = SpiffeId::parse(registrant.as_str()) else {
             return Some(format!(
                 "registrant {} holds no register grant here for this namespace and pool",
                 registrant.as_str()
             ));
+        };
+        if let Some(why) = self.register_refusal(&id, &key.0, &key.1, &entry.pool_element.labels) {
+            return Some(format!("registrant {}: {why} here", registrant.as_str()));
         }
         let present = self.handlespace.pool(&key.0, &key.1);
         let held = present.and_then(|p| p.entry(key.2));

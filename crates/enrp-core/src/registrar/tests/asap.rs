@@ -393,6 +393,7 @@ fn requests_without_a_namespace_go_to_the_identitys_default_namespace() {
             namespace: "lab".parse().expect("namespace pattern"),
             pools: "echo".parse().expect("pool pattern"),
             actions: actions.iter().copied().collect(),
+            labels: None,
         });
     }
     h.core.handle(Input::Grants(all), h.now);

@@ -208,3 +208,91 @@ fn a_resolution_of_many_labeled_pes_fits_one_message() {
         3
     );
 }
+
+/// Grants with label rules (issue 23): the register grant for `spiffe://acme.test/pe/*`
+/// in "echo" admits `region=eu-*` only.
+fn eu_only(rules: &[&str]) -> Vec<Grant> {
+    let mut g = peer_grants();
+    g[0].labels = Some(identity::LabelRules::parse(rules).expect("valid rules"));
+    g
+}
+
+/// Issue 23: a PE certificate allowed to register in a pool cannot claim a label its
+/// grants do not admit (another region's, say): refused as a security rejection, audited
+/// with the label; what the grants admit registers; a grant narrowed later removes the PE
+/// it no longer admits.
+#[test]
+fn grants_restrict_the_labels_a_pe_may_set() {
+    let mut h = Harness::new();
+    h.core
+        .handle(Input::Grants(eu_only(&["region=eu-*"])), h.now);
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    for labels in [&["region=us-east"][..], &["region=eu-west", "owner=b"]] {
+        let out = h.send(a, labeled("echo", 7, Policy::RoundRobin, labels));
+        assert_eq!(
+            reg_cause(&out),
+            Some(ErrorCause::SECURITY_REJECTION),
+            "{labels:?}"
+        );
+        assert_eq!(
+            audits(&out),
+            [(AuditAction::Register, Some(ErrorCause::SECURITY_REJECTION))]
+        );
+        let detail = details(&out).remove(0).unwrap_or_default();
+        assert!(
+            detail.contains("is not allowed by a register grant"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("region=us-east") || detail.contains("owner=b"),
+            "{detail}"
+        );
+    }
+    assert_eq!(h.core.stats().pes, 0, "nothing refused is kept");
+    // What the rules admit, and no label at all, registers.
+    let out = h.send(
+        a,
+        labeled("echo", 7, Policy::RoundRobin, &["region=eu-west"]),
+    );
+    assert_eq!(reg_cause(&out), None);
+    let out = h.send(a, labeled("echo", 8, Policy::RoundRobin, &[]));
+    assert_eq!(reg_cause(&out), None);
+    assert_eq!(in_order(&h.resolve(pu, "echo")).len(), 2);
+    // A re-registration cannot swap in a label the rules refuse; the PE keeps its entry.
+    let out = h.send(
+        a,
+        labeled("echo", 7, Policy::RoundRobin, &["region=us-east"]),
+    );
+    assert_eq!(reg_cause(&out), Some(ErrorCause::SECURITY_REJECTION));
+    // Narrowed to eu-north: PE 7 (eu-west) goes, audited; PE 8 (no label) stays.
+    let out = h
+        .core
+        .handle(Input::Grants(eu_only(&["region=eu-north"])), h.now);
+    assert_eq!(audits(&out), [(AuditAction::RemoveUngranted, None)]);
+    assert_eq!(in_order(&h.resolve(pu, "echo")), [8]);
+}
+
+/// A peer's PE obeys this registrar's label rules for its registrant, as its pool and
+/// namespace do (issue 16): a label the grants here do not admit keeps it out, audited.
+#[test]
+fn a_peers_pe_with_a_label_not_admitted_here_is_ignored() {
+    let mut h = Harness::registrar(SID_A);
+    h.core
+        .handle(Input::Grants(eu_only(&["region=eu-*"])), h.now);
+    h.peer_up(10, PR_B, SID_B);
+    let with_labels = |id: u32, labels: &[&str]| {
+        let mut body = add_pe(SID_B, "echo", id, PE_A);
+        if let EnrpBody::HandleUpdate { pool_element, .. } = &mut body {
+            pool_element.labels = Labels::parse(labels).expect("valid labels");
+        }
+        body
+    };
+    let out = h.enrp(10, SID_B, with_labels(5, &["region=us-east"]));
+    let refused = audit_details(&out, AuditAction::PeerIgnored);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert!(refused[0].1.contains("label region=us-east"), "{refused:?}");
+    assert_eq!(h.home_of(5), None);
+    h.enrp(10, SID_B, with_labels(6, &["region=eu-west"]));
+    assert_eq!(h.home_of(6), Some(SID_B));
+}

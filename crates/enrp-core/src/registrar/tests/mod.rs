@@ -35,6 +35,7 @@ fn grant(identity: &str, pools: &str, actions: &[identity::Action]) -> Grant {
         namespace: "default".parse().expect("namespace pattern"),
         pools: pools.parse().expect("pool pattern"),
         actions: actions.iter().copied().collect(),
+        labels: None,
     }
 }
 

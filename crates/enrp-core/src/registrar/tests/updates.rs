@@ -275,7 +275,10 @@ fn a_peers_pe_needs_a_registrant_granted_here() {
     let refused = audit_details(&out, AuditAction::PeerIgnored);
     assert_eq!(refused.len(), 1, "{out:?}");
     assert_eq!(refused[0].0, PR_B);
-    assert!(refused[0].1.contains("holds no register grant"), "{out:?}");
+    assert!(
+        refused[0].1.contains("no register grant for this pool"),
+        "{out:?}"
+    );
     let out = a.enrp(10, SID_B, add_pe(SID_B, "echo", 6, PU_1));
     assert!(has_audit(&out, AuditAction::PeerIgnored), "{out:?}");
     let mut anonymous = add_pe(SID_B, "echo", 7, PE_A);

@@ -18,6 +18,7 @@ fn grant(identity: &str, namespace: &str) -> Grant {
         namespace: namespace.parse().expect("namespace pattern"),
         pools: "*".parse().expect("pool pattern"),
         actions: [Action::Register].into_iter().collect(),
+        labels: None,
     }
 }
 
