@@ -5,7 +5,7 @@
 //! their own thread with their own single-threaded runtime, as separate processes would.
 //! Runs alternate, so that a noisy machine weighs on both alike.
 //!
-//! `cargo run --release -p asap --example forward_throughput -- [MiB] [rounds]`
+//! `cargo run --release -p asap --example forward_throughput -- [MiB] [rounds] [pin]`
 //! (default 1024 MiB, 3 rounds).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
@@ -126,9 +126,49 @@ fn forwarding_pe(pe: Arc<TrustStore>, target: SocketAddr) -> (SocketAddr, String
     (addr, tid)
 }
 
+/// The reference the forwarding PE is measured against besides direct TLS: the same TLS
+/// termination and `tokio::io::copy_bidirectional` with the same buffers, which writes
+/// each TLS record's plaintext (at most 16 KiB) on its own (what `Forwarder` did before
+/// it gathered reads, `forward/pump.rs`).
+fn plain_copy_pe(pe: Arc<TrustStore>, target: SocketAddr) -> (SocketAddr, String) {
+    let (l, addr) = listener();
+    let tid = on_thread(move || async move {
+        let l = TcpListener::from_std(l).expect("listener");
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = TlsAcceptor::from(pe.server_config(Protocol::Asap));
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut out)) =
+                    (acceptor.accept(s).await, TcpStream::connect(target).await)
+                else {
+                    return;
+                };
+                let len = asap::client::forward::BUFFER_LEN;
+                let _ =
+                    tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut out, len, len).await;
+            });
+        }
+    });
+    (addr, tid)
+}
+
+/// Pins thread `tid` of this process to `cpu` (`taskset`, util-linux); false if it cannot.
+fn pin(tid: &str, cpu: usize) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-pc", &cpu.to_string(), tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Sends `bytes` over mutual TLS as the PU to `addr`; the time until the sink counted
 /// them all.
-fn send(pu: &TrustStore, addr: SocketAddr, bytes: u64, done: &mpsc::Receiver<u64>) -> Duration {
+fn send(
+    pu: &TrustStore,
+    addr: SocketAddr,
+    bytes: u64,
+    done: &mpsc::Receiver<u64>,
+    pu_cpu: Option<usize>,
+) -> Duration {
     let pe = identity::SpiffeId::parse("spiffe://acme.test/pe/bench").expect("id");
     let config = pu
         .client_config_expecting(Protocol::Asap, identity::IdentityPattern::exact(&pe))
@@ -137,6 +177,13 @@ fn send(pu: &TrustStore, addr: SocketAddr, bytes: u64, done: &mpsc::Receiver<u64
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(cpu) = pu_cpu {
+        let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        assert!(
+            pin(&me.file_name().expect("TID").to_string_lossy(), cpu),
+            "taskset"
+        );
+    }
     let start = Instant::now();
     rt.block_on(async {
         let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -165,20 +212,33 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mib: u64 = args.next().map_or(1024, |a| a.parse().expect("MiB"));
     let rounds: usize = args.next().map_or(3, |a| a.parse().expect("rounds"));
+    // `pin`: the PU on CPU 0, every server-side thread (the TLS server; the PE and the
+    // server behind it) on CPU 1: each path gets one core for its server side, as on a
+    // host of its own, instead of the three threads of the forwarded path sharing two cores
+    // with the PU.
+    let pinned = args.next().as_deref() == Some("pin");
     let bytes = mib * 1024 * 1024;
     let ca = TestCa::new("acme.test");
     let (pe, pu) = (store(&ca, "pe/bench"), store(&ca, "pu/bench"));
     let (direct_tx, direct_rx) = mpsc::channel();
     let (fwd_tx, fwd_rx) = mpsc::channel();
+    let (ref_tx, ref_rx) = mpsc::channel();
     let (direct, direct_tid) = tls_sink(Arc::clone(&pe), direct_tx);
     let (sink, sink_tid) = plain_sink(fwd_tx);
-    let (forwarded, pe_tid) = forwarding_pe(pe, sink);
+    let (forwarded, pe_tid) = forwarding_pe(Arc::clone(&pe), sink);
+    let (ref_sink, ref_sink_tid) = plain_sink(ref_tx);
+    let (reference, ref_tid) = plain_copy_pe(pe, ref_sink);
+    if pinned {
+        for tid in [&direct_tid, &sink_tid, &pe_tid, &ref_sink_tid, &ref_tid] {
+            assert!(pin(tid, 1), "taskset -pc 1 {tid}");
+        }
+    }
+    let pu_cpu = pinned.then_some(0);
     let mib_f = mib as f64;
-    // One run: wall MiB/s, and MiB per CPU-second of the server side (the TLS server; or
-    // the forwarding PE alone, and the PE with the server behind it).
+    // One run: wall MiB/s, and the CPU-seconds of the server side's threads.
     let run = |addr, done: &mpsc::Receiver<u64>, tids: &[&str]| {
         let before: Vec<f64> = tids.iter().map(|t| cpu_secs(t)).collect();
-        let took = send(&pu, addr, bytes, done);
+        let took = send(&pu, addr, bytes, done, pu_cpu);
         let used: Vec<f64> = tids
             .iter()
             .zip(&before)
@@ -186,34 +246,41 @@ fn main() {
             .collect();
         (mib_f / took.as_secs_f64(), used)
     };
-    let (mut wall, mut per_cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    let (mut walls, mut per_cpu) = ([(); 3].map(|()| Vec::new()), [(); 2].map(|()| Vec::new()));
     for round in 1..=rounds {
         let (wd, cd) = run(direct, &direct_rx, &[&direct_tid]);
         let (wf, cf) = run(forwarded, &fwd_rx, &[&pe_tid, &sink_tid]);
+        let (wr, _) = run(reference, &ref_rx, &[&ref_tid, &ref_sink_tid]);
         let (d_cpu, pe_cpu, both_cpu) = (mib_f / cd[0], mib_f / cf[0], mib_f / (cf[0] + cf[1]));
         println!(
-            "round {round}: wall: direct TLS {wd:.0} MiB/s, forwarded {wf:.0} MiB/s ({:.0} %); \
-             per server CPU-second: TLS server {d_cpu:.0} MiB, forwarding PE {pe_cpu:.0} MiB \
-             ({:.0} %), PE + the server behind it {both_cpu:.0} MiB ({:.0} %)",
+            "round {round}: wall: direct TLS {wd:.0} MiB/s, forwarded {wf:.0} MiB/s ({:.0} %), \
+             forwarded by tokio's copy {wr:.0} MiB/s ({:.0} %); per server CPU-second: TLS \
+             server {d_cpu:.0} MiB, forwarding PE {pe_cpu:.0} MiB ({:.0} %), PE + the server \
+             behind it {both_cpu:.0} MiB ({:.0} %)",
             wf / wd * 100.0,
+            wr / wd * 100.0,
             pe_cpu / d_cpu * 100.0,
             both_cpu / d_cpu * 100.0,
         );
-        wall.0.push(wd);
-        wall.1.push(wf);
-        per_cpu.0.push(d_cpu);
-        per_cpu.1.push(pe_cpu);
+        walls[0].push(wd);
+        walls[1].push(wf);
+        walls[2].push(wr);
+        per_cpu[0].push(d_cpu);
+        per_cpu[1].push(pe_cpu);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (wd, wf) = (median(&mut wall.0), median(&mut wall.1));
-    let (cd, cf) = (median(&mut per_cpu.0), median(&mut per_cpu.1));
+    let [wd, wf, wr] = walls.map(|mut v| median(&mut v));
+    let [cd, cf] = per_cpu.map(|mut v| median(&mut v));
     println!(
-        "{mib} MiB × {rounds}, medians: wall {wf:.0} of {wd:.0} MiB/s ({:.0} %); per server \
-         CPU-second, the forwarding PE {cf:.0} of the TLS server's {cd:.0} MiB ({:.0} %)",
+        "{mib} MiB × {rounds}{}, medians: wall {wf:.0} of {wd:.0} MiB/s ({:.0} %; tokio's copy \
+         {wr:.0}, {:.0} %); per server CPU-second, the forwarding PE {cf:.0} of the TLS \
+         server's {cd:.0} MiB ({:.0} %)",
+        if pinned { ", pinned" } else { "" },
         wf / wd * 100.0,
+        wr / wd * 100.0,
         cf / cd * 100.0
     );
 }

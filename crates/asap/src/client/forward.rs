@@ -40,6 +40,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use trust::TrustStore;
 
 use super::admit::{AdmitError, AllowedPus, accept_pu};
+
+mod pump;
 use super::failover::Stream;
 
 /// Bytes buffered per direction of a session: the back-pressure bound (two per session,
@@ -319,7 +321,7 @@ impl Forwarder {
             }
         };
         let (to_target, to_pu) = tokio::select! {
-            carried = tokio::io::copy_bidirectional_with_sizes(
+            carried = pump::copy_both_ways(
                 &mut admitted.tls, &mut target, BUFFER_LEN, BUFFER_LEN,
             ) => carried?,
             reason = admitted.live.closed() => {
