@@ -424,7 +424,9 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 labels,
             } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
-                bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
+                bail!(
+                    "--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D, rlu or least-used-distance)"
+                );
             }
             let forward = forward.map(|target| forward::ForwardConfig {
                 target,

@@ -180,9 +180,9 @@ pub struct Handlespace {
 }
 
 impl Handlespace {
-    /// An empty handlespace with the nine RFC 5356 policies.
+    /// An empty handlespace with the standard policies (`PolicyRegistry::standard`).
     pub fn new(limits: Limits) -> Self {
-        Self::with_registry(limits, PolicyRegistry::rfc5356())
+        Self::with_registry(limits, PolicyRegistry::standard())
     }
 
     /// An empty handlespace whose pools draw their selectors from `registry` (a policy
