@@ -516,6 +516,21 @@ impl Handlespace {
         })
     }
 
+    /// Hands the round trip the registrar measured to a PE (keep-alive → ack) to its
+    /// pool's policy, for policies that select by distance
+    /// ([`asap::policy::LeastUsedDistance`]); nothing when there is no such PE.
+    pub fn set_round_trip(
+        &self,
+        namespace: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+        rtt: Option<std::time::Duration>,
+    ) {
+        if let Some(pool) = self.pool(namespace, pool_handle) {
+            pool.set_round_trip(pe_id, rtt);
+        }
+    }
+
     /// Chooses up to `n` PEs of a pool with its policy for a handle resolution response
     /// (spec §7.3), advancing the policy's state (shared with [`HandlespaceView`]'s
     /// readers: [`PoolView::select`] is the one selection). [`Reject::UnknownPool`] when

@@ -208,3 +208,74 @@ fn a_resolution_of_many_labeled_pes_fits_one_message() {
         3
     );
 }
+
+/// Least Used with Distance Penalty at the registrar (docs/PROTOCOL-EXTENSIONS.md §3): the
+/// core measures each home PE's keep-alive round trip from its own clock input and the
+/// policy sends PUs to the nearest PE; an ack from another PE's connection (a valid but
+/// wrong identity) gives no sample, and a re-registration keeps the measured figure.
+#[test]
+fn keep_alive_round_trips_steer_least_used_distance() {
+    use ::asap::policy::{DistanceValues, LeastUsedDistance};
+    let ld = |load| {
+        LeastUsedDistance::policy(DistanceValues {
+            load,
+            penalty: u32::MAX / 100, // 1 % per ms
+        })
+    };
+    let mut h = Harness::new();
+    let far = h.connect(1, PE_A);
+    let near = h.connect(2, PE_B);
+    let pu = h.connect(3, PU_1);
+    for (conn, id) in [(far, 1), (near, 2)] {
+        let out = h.send(conn, labeled("echo", id, ld(0), &[]));
+        assert_eq!(reg_cause(&out), None, "accepted");
+    }
+    let ns = Namespace::default_namespace();
+    let rtt = |h: &Harness, id| {
+        h.core
+            .home_round_trip(&ns, &handle("echo"), PeId::new(id).expect("non-zero"))
+    };
+    let ack = |id| AsapMsg::EndpointKeepAliveAck {
+        pool_handle: handle("echo"),
+        pe_id: PeId::new(id).expect("non-zero"),
+    };
+    // Unmeasured, equal loads: they take turns (1 registered first).
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+    let out = h.advance(200); // the keep-alives go out
+    assert_eq!(sent(&out).len(), 2);
+    h.now += Duration::from_millis(2);
+    // PE A's connection acks PE B's keep-alive: not its PE, no sample.
+    h.send(far, ack(2));
+    assert_eq!(rtt(&h, 2), None);
+    h.send(near, ack(2));
+    h.now += Duration::from_millis(58);
+    h.send(far, ack(1));
+    assert_eq!(rtt(&h, 2), Some(Duration::from_millis(2)));
+    assert_eq!(rtt(&h, 1), Some(Duration::from_millis(60)));
+    for _ in 0..3 {
+        assert_eq!(
+            in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+            [2, 1]
+        );
+    }
+    // The near PE reports 70 % load (a re-registration): 70 + 2 > 0 + 60, the far wins;
+    // and its round trip is kept.
+    h.send(near, labeled("echo", 2, ld(70 * (u32::MAX / 100)), &[]));
+    assert_eq!(rtt(&h, 2), Some(Duration::from_millis(2)));
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+    // Full: last.
+    h.send(near, labeled("echo", 2, ld(0), &[]));
+    assert_eq!(in_order(&resolve_hinted(&mut h, pu, "echo", 1, &[])), [2]);
+    h.send(near, labeled("echo", 2, ld(u32::MAX), &[]));
+    h.send(far, labeled("echo", 1, ld(90 * (u32::MAX / 100)), &[]));
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+}
