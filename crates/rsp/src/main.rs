@@ -932,9 +932,12 @@ async fn run_resolve(
         };
         let ty = e.pool_element.policy.policy_type();
         // A private type (docs/PROTOCOL-EXTENSIONS.md) in hex.
-        let policy = ty
-            .name()
-            .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned);
+        let policy = if ty == asap::policy::LeastUsedDistance::POLICY_TYPE {
+            asap::policy::LeastUsedDistance::NAME.to_owned()
+        } else {
+            ty.name()
+                .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned)
+        };
         let labels = &e.pool_element.labels;
         if json {
             let labels: Vec<String> = labels

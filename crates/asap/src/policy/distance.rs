@@ -79,6 +79,9 @@ impl LeastUsedDistance {
     /// Its private policy type, 0xFF00_0100 (docs/PROTOCOL-EXTENSIONS.md §3).
     pub const POLICY_TYPE: PolicyType = PolicyType(0xFF00_0100);
 
+    /// Its name where rsp prints policies (`rsp pe --policy`, `rsp resolve`, the admin API).
+    pub const NAME: &'static str = "least-used-distance";
+
     /// The Policy parameter of a PE with this `load` and `penalty`: 8 value bytes, load
     /// then penalty, each a big-endian u32.
     pub fn policy(values: DistanceValues) -> Policy {
