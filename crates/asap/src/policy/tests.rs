@@ -1195,6 +1195,19 @@ mod distance {
         );
     }
 
+    /// The vector of docs/PROTOCOL-EXTENSIONS.md §3 (load 25 %, penalty 1 %/ms).
+    #[test]
+    fn wire_vector() {
+        use crate::wire::param::Param as _;
+        let policy = LeastUsedDistance::policy(DistanceValues {
+            load: (u64::from(u32::MAX) * 25 / 100) as u32,
+            penalty: u32::MAX / 100,
+        });
+        let mut bytes = Vec::new();
+        policy.encode(&mut bytes);
+        assert_eq!(hex::encode(&bytes), "00080010ff0001003fffffff028f5c28",);
+    }
+
     fn oracle(
         pes: &HashMap<u32, (u32, u32, Option<u64>, bool)>,
         hint: bool,
