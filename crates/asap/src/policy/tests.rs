@@ -490,7 +490,7 @@ fn selector_refuses_other_policy_type() {
 
 #[test]
 fn registry_serves_the_nine_rfc_policies() {
-    let registry = PolicyRegistry::default();
+    let registry = PolicyRegistry::rfc5356();
     let expected = [
         PolicyType::ROUND_ROBIN,
         PolicyType::WEIGHTED_ROUND_ROBIN,
@@ -513,6 +513,11 @@ fn registry_serves_the_nine_rfc_policies() {
         .expect_err("not an RFC type");
     assert_eq!(err, PolicyError::UnsupportedPolicy(PolicyType(0xB000_0001)));
     assert_eq!(err.cause_code(), 0x3);
+    // The default (standard) registry adds the built-in private policy, nothing else.
+    let standard: Vec<_> = PolicyRegistry::default().policy_types().collect();
+    let mut want = expected.to_vec();
+    want.push(LeastUsedDistance::POLICY_TYPE);
+    assert_eq!(standard, want);
 }
 
 /// A plug-in policy: always the smallest PE ID (stands in for a policy added later).
