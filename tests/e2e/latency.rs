@@ -3,7 +3,8 @@
 //! two behind a 2 ms netem delay ("near"), two behind 60 ms ("far"), register with one
 //! `enrpd`, which measures their keep-alive round trips itself (the admin API's `rtt_us`).
 //! Resolutions then go to the near PEs while they have capacity, and to the far ones once
-//! `rsp pu` sessions fill the near ones (`--capacity 1`: load 100 %).
+//! `rsp pu` sessions fill the near ones (`--capacity 1`: load 100 %); a PU hinting at the
+//! far PEs' label gets them first.
 //!
 //! Needs root, network namespaces, veth and `sch_netem`: the SCTP lab guest has them
 //! (`ci/sctp-lab/test test -p rsp-e2e --test e2e latency -- --test-threads 1`, and
@@ -16,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use asap::wire::param::{HandleResolutionOption, PoolHandle};
+use asap::wire::param::{HandleResolutionOption, Labels, PoolHandle};
 use asap::wire::{AsapMsg, Resolution};
 
 use crate::admin::{admin_token, api};
@@ -125,6 +126,7 @@ fn start_pe_in_namespace(lab: &Lab, ns: &str, i: u8, port: u16) -> Pe {
         .args(["pe", "--pool", "echo", "--serve", "echo"])
         .args(["--listen", &format!("10.77.{i}.2:0")])
         .args(["--policy", "least-used-distance:0:1", "--capacity", "1"])
+        .args(["--label", if i <= 2 { "site=near" } else { "site=far" }])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,11 +153,16 @@ fn pe_of(ip: IpAddr) -> u8 {
 
 /// One handle resolution of `echo` for `items` PEs: the PEs (1..=4) in the answer's order.
 async fn resolve(pu: &mut Asap, items: u32) -> Vec<u8> {
+    resolve_hinted(pu, items, &[]).await
+}
+
+/// [`resolve`] with selection hints (`site=far`).
+async fn resolve_hinted(pu: &mut Asap, items: u32, hints: &[&str]) -> Vec<u8> {
     pu.send(&AsapMsg::HandleResolution {
         namespace: None,
         pool_handle: PoolHandle::new("echo").expect("pool handle"),
         option: Some(HandleResolutionOption { items }),
-        hints: Default::default(),
+        hints: Labels::parse(hints).expect("valid hints"),
     })
     .await;
     match pu.recv_reply().await {
@@ -332,6 +339,12 @@ async fn pus_go_to_near_pes_while_they_have_capacity_then_to_far_ones() {
     assert_eq!(near_with_capacity, RESOLUTIONS);
     let order = resolve(&mut pu, 4).await;
     assert!(matches!(order[..2], [1, 2] | [2, 1]), "{order:?}");
+    // A PU that hints at the far site gets the far PEs first: labels before distance.
+    let order = resolve_hinted(&mut pu, 4, &["site=far"]).await;
+    assert!(
+        matches!(order[..], [3, 4, _, _] | [4, 3, _, _]),
+        "{order:?}"
+    );
 
     // Two PUs hold sessions: each takes a near PE (capacity 1), which then reports 100 %.
     let mut sessions = Vec::new();
