@@ -279,3 +279,56 @@ fn keep_alive_round_trips_steer_least_used_distance() {
         [1, 2]
     );
 }
+
+/// A peer's PE (learnt by ENRP) has no round trip here: it counts as unmeasured (5 s
+/// away), so a measured home PE at 50 % load comes before the peer's idle one; and a
+/// peer cannot make its PE look near (docs/PROTOCOL-EXTENSIONS.md §3).
+#[test]
+fn a_peers_pe_counts_as_unmeasured() {
+    use ::asap::policy::{DistanceValues, LeastUsedDistance};
+    let ld = |load| {
+        LeastUsedDistance::policy(DistanceValues {
+            load,
+            penalty: u32::MAX / 100,
+        })
+    };
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let home = h.connect(1, PE_A);
+    let pu = h.connect(3, PU_1);
+    assert_eq!(
+        reg_cause(&h.send(home, labeled("echo", 1, ld(u32::MAX / 2), &[]))),
+        None
+    );
+    let mut peers = add_pe(SID_B, "echo", 5, PE_B);
+    if let EnrpBody::HandleUpdate { pool_element, .. } = &mut peers {
+        pool_element.policy = ld(0);
+    }
+    h.enrp(10, SID_B, peers);
+    // Both unmeasured: Least Used, the peer's idle PE first.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [5, 1]
+    );
+    h.advance(200); // keep-alive to the home PE only
+    h.now += Duration::from_millis(10);
+    h.send(
+        home,
+        AsapMsg::EndpointKeepAliveAck {
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(1).expect("non-zero"),
+        },
+    );
+    let ns = Namespace::default_namespace();
+    let id = |n| PeId::new(n).expect("non-zero");
+    assert_eq!(
+        h.core.home_round_trip(&ns, &handle("echo"), id(1)),
+        Some(Duration::from_millis(10))
+    );
+    assert_eq!(h.core.home_round_trip(&ns, &handle("echo"), id(5)), None);
+    // 50 % + 10 ms × 1 % = 60 % < 0 % + 5 s × 1 %.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 5]
+    );
+}
