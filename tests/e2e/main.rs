@@ -12,6 +12,7 @@ mod fleet;
 mod fleet_audit;
 mod fleet_sync;
 mod labels;
+mod latency;
 mod partition;
 mod peering;
 mod registrar;

@@ -104,6 +104,17 @@ impl Lab {
         self.spawn_registrar(&addr.to_string(), interval_ms, timeout_ms, &[])
     }
 
+    /// `enrpd run` with ASAP on `asap_listen` (`0.0.0.0:0`: every address, for PEs in
+    /// other network namespaces), with these keep-alive interval and timeout (ms).
+    pub(crate) fn start_registrar_on(
+        &self,
+        asap_listen: &str,
+        interval_ms: u32,
+        timeout_ms: u32,
+    ) -> Registrar {
+        self.spawn_registrar(asap_listen, interval_ms, timeout_ms, &[])
+    }
+
     /// `enrpd run` with ASAP on `asap_listen` and the admin API on a free loopback port;
     /// both addresses come from the line it prints once it serves.
     fn spawn_registrar(

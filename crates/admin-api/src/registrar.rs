@@ -193,6 +193,11 @@ pub struct PeView {
     /// Its labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md), key → value;
     /// empty when it registered none.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The smoothed round trip, in microseconds, of this registrar's keep-alives to the PE
+    /// (ASAP_ENDPOINT_KEEP_ALIVE → ACK, docs/PROTOCOL-EXTENSIONS.md §3): what Least Used
+    /// with Distance Penalty selects by. `null` for a PE this registrar is not home of
+    /// (a peer's), before the first keep-alive is answered, and in watch events.
+    pub rtt_us: Option<u64>,
 }
 
 /// An ENRP peer's status (`GET /v1/peers`).

@@ -137,6 +137,7 @@ impl Fixture {
             .into(),
             registration_life_ms: 300_000,
             labels: [("zone".to_owned(), "a1".to_owned())].into(),
+            rtt_us: None,
         });
         self.registrar.feed.publish(PoolChange {
             namespace: namespace.into(),

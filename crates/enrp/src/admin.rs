@@ -3,6 +3,7 @@
 //! reload's; its queries go to the daemon's [`crate::daemon::Control`] handle. Only
 //! conversions here; the work is in the core and the daemon.
 
+use ::asap::policy::LeastUsedDistance;
 use ::asap::wire::PeEntry;
 use ::asap::wire::param::{Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
 use admin_api::{
@@ -175,11 +176,16 @@ fn pool_view(p: &PoolSnapshot) -> PoolView {
             .policy
             .as_ref()
             .map(|pol| policy_type_text(pol.policy_type())),
-        pool_elements: p.pool_elements.iter().map(pe_view).collect(),
+        pool_elements: p
+            .pool_elements
+            .iter()
+            .zip(&p.round_trips)
+            .map(|(e, rtt)| pe_view(e, *rtt))
+            .collect(),
     }
 }
 
-pub(crate) fn pe_view(e: &PeEntry) -> PeView {
+pub(crate) fn pe_view(e: &PeEntry, rtt: Option<std::time::Duration>) -> PeView {
     let pe = &e.pool_element;
     PeView {
         pe_id: pe.pe_id.to_string(),
@@ -194,11 +200,15 @@ pub(crate) fn pe_view(e: &PeEntry) -> PeView {
             .iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
+        rtt_us: rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
     }
 }
 
 /// The short name of an RFC 5356 type (`rr`); a private type in hex (`0xff000001`).
 fn policy_type_text(t: PolicyType) -> String {
+    if t == LeastUsedDistance::POLICY_TYPE {
+        return LeastUsedDistance::NAME.to_owned();
+    }
     t.name()
         .map_or_else(|| format!("{:#010x}", t.0), str::to_owned)
 }
@@ -225,6 +235,9 @@ fn transport_text(t: &Transport) -> String {
 fn policy_text(p: &Policy) -> String {
     let pct = |l: u32| (u64::from(l) * 100 + u64::from(u32::MAX) / 2) / u64::from(u32::MAX);
     let name = policy_type_text(p.policy_type());
+    if let Some(v) = LeastUsedDistance::values(p) {
+        return format!("{name}:{}:{}", pct(v.load), pct(v.penalty));
+    }
     match *p {
         Policy::Private { values, .. } if values.as_bytes().is_empty() => name,
         Policy::Private { values, .. } => format!("{name}:{}", hex::encode(values.as_bytes())),
@@ -249,6 +262,17 @@ mod tests {
 
     #[test]
     fn policies_print_in_the_command_line_form() {
+        assert_eq!(
+            policy_text(&LeastUsedDistance::policy(::asap::policy::DistanceValues {
+                load: u32::MAX / 4,
+                penalty: u32::MAX / 100,
+            })),
+            "least-used-distance:25:1"
+        );
+        assert_eq!(
+            policy_type_text(LeastUsedDistance::POLICY_TYPE),
+            "least-used-distance"
+        );
         assert_eq!(policy_text(&Policy::RoundRobin), "rr");
         assert_eq!(
             policy_text(&Policy::WeightedRoundRobin { weight: 2 }),

@@ -22,6 +22,7 @@ use asap::addr::TransportAddr;
 use asap::client::card::Alternates;
 use asap::client::check::Check;
 use asap::client::forward::Target;
+use asap::policy::{DistanceValues, LeastUsedDistance};
 use asap::wire::param::{Labels, Policy, PolicyType};
 use figment::value::{Dict, Value, magic::RelativePathBuf};
 use identity::IdentityPattern;
@@ -134,7 +135,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "policy",
         takes: Takes::Value("POLICY"),
         default: Some("rr"),
-        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent), or a private type 0xff000000-0xfffffffe with its values in hex (0xff000001:0a0b; docs/PROTOCOL-EXTENSIONS.md).",
+        help: "Selection policy and this PE's values: rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L (loads in percent), least-used-distance:L:P (load L%, penalty P% of load per ms of the round trip the registrar measures, default 1), or a private type 0xff000000-0xfffffffe with its values in hex (0xff000001:0a0b; docs/PROTOCOL-EXTENSIONS.md).",
     },
     Opt {
         key: "listen",
@@ -169,7 +170,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "capacity",
         takes: Takes::Value("N"),
         default: None,
-        help: "With an adaptive policy (lu, lud, plu, rlu): report load = open client sessions / N, re-registering when it changes (at most 4 times a second), so that the registrar sends PUs to the least loaded PE.",
+        help: "With an adaptive policy (lu, lud, plu, rlu, least-used-distance): report load = open client sessions / N, re-registering when it changes (at most 4 times a second), so that the registrar sends PUs to the least loaded PE.",
     },
     Opt {
         key: "asap_listen",
@@ -774,9 +775,25 @@ pub(crate) fn policy(s: &str) -> Result<Policy, String> {
         },
         ("rlu", [l]) => Policy::RandomizedLeastUsed { load: load(*l)? },
         ("rlu", []) => Policy::RandomizedLeastUsed { load: 0 },
+        // Least Used with Distance Penalty (docs/PROTOCOL-EXTENSIONS.md §3): the load in
+        // percent, the penalty in percent of load per millisecond of round trip (1 unless
+        // given; 0 is plain Least Used).
+        ("least-used-distance", rest) if rest.len() <= 2 => {
+            let pct = rest.first().copied().unwrap_or(0);
+            let penalty_pct = rest.get(1).copied().unwrap_or(1);
+            if penalty_pct > 100 {
+                return Err(format!(
+                    "penalty {penalty_pct}% per ms is above 100% (a far PE would never be used)"
+                ));
+            }
+            LeastUsedDistance::policy(DistanceValues {
+                load: load(pct)?,
+                penalty: load(penalty_pct)?,
+            })
+        }
         _ => {
             return Err(format!(
-                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L, or a private type 0xff000000-0xfffffffe[:HEX]"
+                "unknown policy {s:?}: use rr, wrr:W, rand, wrand:W, pri:P, lu:L, lud:L:D, plu:L:D, rlu:L, least-used-distance:L:P, or a private type 0xff000000-0xfffffffe[:HEX]"
             ));
         }
     })
@@ -1326,6 +1343,25 @@ mod tests {
                 .labels
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn least_used_distance_is_named_with_load_and_penalty_in_percent() {
+        let pct = |p: u64| (u64::from(u32::MAX) * p / 100) as u32;
+        let of = |s: &str| policy(s).map(|p| LeastUsedDistance::values(&p));
+        let v = |load, penalty| Ok(Some(DistanceValues { load, penalty }));
+        assert_eq!(of("least-used-distance"), v(0, pct(1)));
+        assert_eq!(of("least-used-distance:40"), v(pct(40), pct(1)));
+        assert_eq!(of("least-used-distance:0:5"), v(0, pct(5)));
+        assert_eq!(of("least-used-distance:0:0"), v(0, 0));
+        for bad in [
+            "least-used-distance:101",
+            "least-used-distance:0:101",
+            "least-used-distance:1:2:3",
+            "least-used-distance:x",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

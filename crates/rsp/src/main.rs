@@ -424,7 +424,9 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 labels,
             } = *own;
             if capacity.is_some() && !pe::is_adaptive(&policy) {
-                bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
+                bail!(
+                    "--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D, rlu or least-used-distance)"
+                );
             }
             let forward = forward.map(|target| forward::ForwardConfig {
                 target,
@@ -930,9 +932,12 @@ async fn run_resolve(
         };
         let ty = e.pool_element.policy.policy_type();
         // A private type (docs/PROTOCOL-EXTENSIONS.md) in hex.
-        let policy = ty
-            .name()
-            .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned);
+        let policy = if ty == asap::policy::LeastUsedDistance::POLICY_TYPE {
+            asap::policy::LeastUsedDistance::NAME.to_owned()
+        } else {
+            ty.name()
+                .map_or_else(|| format!("{:#010x}", ty.0), str::to_owned)
+        };
         let labels = &e.pool_element.labels;
         if json {
             let labels: Vec<String> = labels

@@ -20,6 +20,7 @@ use super::backoff::Backoff;
 use super::card::Alternates;
 use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::addr::TransportAddr;
+use crate::policy::{DistanceValues, LeastUsedDistance};
 use crate::wire::AsapMsg;
 use crate::wire::param::{
     Address, Labels, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
@@ -120,7 +121,8 @@ impl PeConfig {
 pub const LOAD_UPDATE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Whether `policy` is adaptive: one of the least-used family, whose load the registrar
-/// selects by (RFC 5356 §4.2).
+/// selects by (RFC 5356 §4.2), or Least Used with Distance Penalty (private,
+/// docs/PROTOCOL-EXTENSIONS.md §3).
 pub fn is_adaptive(policy: &Policy) -> bool {
     matches!(
         policy,
@@ -128,7 +130,7 @@ pub fn is_adaptive(policy: &Policy) -> bool {
             | Policy::LeastUsedDegradation { .. }
             | Policy::PriorityLeastUsed { .. }
             | Policy::RandomizedLeastUsed { .. }
-    )
+    ) || LeastUsedDistance::values(policy).is_some()
 }
 
 /// `policy` with its load replaced by `load`; other policies are returned unchanged.
@@ -142,7 +144,10 @@ pub fn with_load(policy: Policy, load: Load) -> Policy {
             Policy::PriorityLeastUsed { load, degradation }
         }
         Policy::RandomizedLeastUsed { .. } => Policy::RandomizedLeastUsed { load },
-        other => other,
+        other => match LeastUsedDistance::values(&other) {
+            Some(v) => LeastUsedDistance::policy(DistanceValues { load, ..v }),
+            None => other,
+        },
     }
 }
 
@@ -159,7 +164,7 @@ fn load_of(policy: &Policy) -> Option<Load> {
         | Policy::LeastUsedDegradation { load, .. }
         | Policy::PriorityLeastUsed { load, .. }
         | Policy::RandomizedLeastUsed { load } => Some(load),
-        _ => None,
+        ref other => LeastUsedDistance::values(other).map(|v| v.load),
     }
 }
 

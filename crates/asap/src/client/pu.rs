@@ -238,7 +238,7 @@ impl PoolUser {
         Self {
             trust,
             config,
-            registry: PolicyRegistry::rfc5356(),
+            registry: PolicyRegistry::standard(),
             cache: tokio::sync::Mutex::new(Cache::default()),
             registrar: tokio::sync::Mutex::new(Registrar {
                 conn: None,

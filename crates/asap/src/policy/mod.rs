@@ -22,6 +22,7 @@
 //! RLU: a Fenwick tree of weights). Every operation costs O(log n) in the pool size;
 //! selecting *k* PEs costs O(k log n).
 
+mod distance;
 mod least_used;
 mod ordered;
 mod priority;
@@ -33,9 +34,11 @@ mod round_robin;
 mod tests;
 
 use std::fmt;
+use std::time::Duration;
 
 use rand_core::Rng;
 
+pub use distance::{DistanceValues, FULL_LOAD, LeastUsedDistance, MAX_RTT, UNMEASURED_RTT};
 pub use least_used::{LeastUsed, LeastUsedDegradation, LudState, PriorityLeastUsed};
 pub use ordered::{OrderRule, OrderedSelector};
 pub use priority::Priority;
@@ -78,6 +81,13 @@ pub trait Selector: Send {
     ) -> Result<(), PolicyError> {
         let _ = labels;
         self.insert_or_update(pe, policy)
+    }
+
+    /// The round trip a registrar measured to `pe` (keep-alive → ack, at the application
+    /// level; `None`: not measured, e.g. a peer's PE). Policies that select by distance
+    /// ([`LeastUsedDistance`]) keep it; the default ignores it.
+    fn set_round_trip(&mut self, pe: PeId, rtt: Option<Duration>) {
+        let _ = (pe, rtt);
     }
 
     /// Removes `pe`; returns whether it was there.
@@ -136,6 +146,10 @@ pub enum PolicyError {
     /// Values".
     #[error("unsupported pool member selection policy {0:?}")]
     UnsupportedPolicy(PolicyType),
+    /// The policy's values do not parse for its type (a private policy with the wrong
+    /// number of bytes). Answered with cause 0x3 "Invalid Values".
+    #[error("invalid values for pool member selection policy {0:?}")]
+    InvalidValues(Policy),
 }
 
 impl PolicyError {
@@ -148,7 +162,7 @@ impl PolicyError {
     pub const fn cause_code(&self) -> u16 {
         match self {
             Self::InconsistentPolicy { .. } => Self::CAUSE_INCONSISTENT_POOLING_POLICY,
-            Self::UnsupportedPolicy(_) => Self::CAUSE_INVALID_VALUES,
+            Self::UnsupportedPolicy(_) | Self::InvalidValues(_) => Self::CAUSE_INVALID_VALUES,
         }
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use rand_core::Rng;
 
 use super::{
-    LeastUsed, LeastUsedDegradation, OrderedSelector, PolicyError, Priority, PriorityLeastUsed,
-    Random, RandomSelector, RandomizedLeastUsed, RoundRobin, Selector, WeightedRandom,
-    WeightedRoundRobin,
+    LeastUsed, LeastUsedDegradation, LeastUsedDistance, OrderedSelector, PolicyError, Priority,
+    PriorityLeastUsed, Random, RandomSelector, RandomizedLeastUsed, RoundRobin, Selector,
+    WeightedRandom, WeightedRoundRobin,
 };
 use crate::wire::param::{Labels, PeId, Policy, PolicyType};
 
@@ -19,7 +19,8 @@ pub type SelectorFactory = Arc<dyn Fn() -> Box<dyn Selector> + Send + Sync>;
 
 /// Maps a policy type to the factory of its selector: the plug-in point for policies.
 ///
-/// [`PolicyRegistry::default`] serves the nine RFC 5356 policies (spec §5.1). Registrars
+/// [`PolicyRegistry::default`] serves the nine RFC 5356 policies (spec §5.1) and the
+/// project's built-in private ones ([`PolicyRegistry::standard`]). Registrars
 /// and pool users only ever go through the registry, so a new policy is one
 /// [`PolicyRegistry::register`] call.
 #[derive(Clone)]
@@ -35,7 +36,7 @@ impl PolicyRegistry {
         }
     }
 
-    /// A registry with the nine RFC 5356 policies (spec §5.1); the same as `default()`.
+    /// A registry with the nine RFC 5356 policies (spec §5.1).
     pub fn rfc5356() -> Self {
         let mut registry = Self::empty();
         registry.register_rule::<OrderedSelector<RoundRobin>>(PolicyType::ROUND_ROBIN);
@@ -53,6 +54,15 @@ impl PolicyRegistry {
         registry.register_rule::<RandomSelector<RandomizedLeastUsed>>(
             PolicyType::RANDOMIZED_LEAST_USED,
         );
+        registry
+    }
+
+    /// The nine RFC 5356 policies and the project's built-in private ones: Least Used with
+    /// Distance Penalty ([`LeastUsedDistance`], docs/PROTOCOL-EXTENSIONS.md §3). What
+    /// registrars (`enrpd`) and pool users serve by default.
+    pub fn standard() -> Self {
+        let mut registry = Self::rfc5356();
+        registry.register_rule::<LeastUsedDistance>(LeastUsedDistance::POLICY_TYPE);
         registry
     }
 
@@ -107,7 +117,7 @@ impl PolicyRegistry {
 
 impl Default for PolicyRegistry {
     fn default() -> Self {
-        Self::rfc5356()
+        Self::standard()
     }
 }
 
@@ -256,6 +266,14 @@ impl PoolSelection {
     pub fn select(&mut self, n: usize, rng: &mut dyn Rng, out: &mut Vec<PeId>) {
         if let Some(selector) = &mut self.selector {
             selector.select(n, rng, out);
+        }
+    }
+
+    /// Tells the pool's selector the measured round trip to `pe`
+    /// ([`Selector::set_round_trip`]).
+    pub fn set_round_trip(&mut self, pe: PeId, rtt: Option<std::time::Duration>) {
+        if let Some(selector) = &mut self.selector {
+            selector.set_round_trip(pe, rtt);
         }
     }
 

@@ -490,7 +490,7 @@ fn selector_refuses_other_policy_type() {
 
 #[test]
 fn registry_serves_the_nine_rfc_policies() {
-    let registry = PolicyRegistry::default();
+    let registry = PolicyRegistry::rfc5356();
     let expected = [
         PolicyType::ROUND_ROBIN,
         PolicyType::WEIGHTED_ROUND_ROBIN,
@@ -513,6 +513,11 @@ fn registry_serves_the_nine_rfc_policies() {
         .expect_err("not an RFC type");
     assert_eq!(err, PolicyError::UnsupportedPolicy(PolicyType(0xB000_0001)));
     assert_eq!(err.cause_code(), 0x3);
+    // The default (standard) registry adds the built-in private policy, nothing else.
+    let standard: Vec<_> = PolicyRegistry::default().policy_types().collect();
+    let mut want = expected.to_vec();
+    want.push(LeastUsedDistance::POLICY_TYPE);
+    assert_eq!(standard, want);
 }
 
 /// A plug-in policy: always the smallest PE ID (stands in for a policy added later).
@@ -1038,4 +1043,251 @@ fn the_rfc_policies_ignore_labels_and_hints() {
         a.iter().map(|p| p.get()).collect::<Vec<_>>(),
         select(&mut plain, 2, &mut rng(1))
     );
+}
+
+/// Least Used with Distance Penalty (docs/PROTOCOL-EXTENSIONS.md §3).
+mod distance {
+    use std::time::Duration;
+
+    use super::*;
+
+    const PCT: u32 = u32::MAX / 100;
+
+    fn ld(load_pct: u32, penalty: u32) -> Policy {
+        let load = if load_pct >= 100 {
+            u32::MAX
+        } else {
+            load_pct * PCT
+        };
+        LeastUsedDistance::policy(DistanceValues { load, penalty })
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::new(pairs.iter().copied()).expect("valid labels")
+    }
+
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    /// Near PEs (2 ms) win at equal load; a far one (60 ms) wins once the near ones carry
+    /// more load than the penalty of the difference; full near PEs lose to any far one.
+    #[test]
+    fn near_first_while_they_have_capacity_then_far() {
+        // 1 % of load per millisecond of round trip.
+        let mut s = LeastUsedDistance::default();
+        for (id, rtt) in [(1, 60), (2, 2), (3, 2), (4, 60)] {
+            s.insert_or_update(pe(id), &ld(0, PCT)).expect("insert");
+            s.set_round_trip(pe(id), ms(rtt));
+        }
+        let none = Labels::default();
+        assert_eq!(s.ordered(&none, 4), [pe(2), pe(3), pe(1), pe(4)]);
+        // 50 % + 2 ms·1 % = 52 % < 60 %: the near ones still win.
+        s.insert_or_update(pe(2), &ld(50, PCT)).expect("update");
+        assert_eq!(s.ordered(&none, 2), [pe(3), pe(2)]);
+        // 70 % + 2 % > 60 %: the far ones are better now.
+        s.insert_or_update(pe(2), &ld(70, PCT)).expect("update");
+        s.insert_or_update(pe(3), &ld(70, PCT)).expect("update");
+        assert_eq!(s.ordered(&none, 4), [pe(1), pe(4), pe(2), pe(3)]);
+        // Full: last whatever their distance, even behind a far PE at 99 %.
+        s.insert_or_update(pe(2), &ld(0, PCT)).expect("update");
+        s.insert_or_update(pe(2), &ld(100, PCT)).expect("update");
+        s.insert_or_update(pe(3), &ld(100, PCT)).expect("update");
+        s.insert_or_update(pe(1), &ld(99, PCT)).expect("update");
+        assert_eq!(s.ordered(&none, 4), [pe(4), pe(1), pe(2), pe(3)]);
+        // A re-registration keeps the measured round trip.
+        s.insert_or_update(pe(2), &ld(0, PCT)).expect("update");
+        assert_eq!(s.ordered(&none, 1), [pe(2)]);
+    }
+
+    /// Unmeasured PEs (a peer's, or before the first keep-alive ack) count as
+    /// UNMEASURED_RTT away; without a penalty the policy is Least Used.
+    #[test]
+    fn unmeasured_pes_are_far_and_a_zero_penalty_is_least_used() {
+        let mut s = LeastUsedDistance::default();
+        s.insert_or_update(pe(1), &ld(0, PCT)).expect("insert");
+        s.insert_or_update(pe(2), &ld(90, PCT)).expect("insert");
+        s.set_round_trip(pe(2), ms(100));
+        assert_eq!(s.ordered(&Labels::default(), 2), [pe(2), pe(1)]);
+        let mut lu = LeastUsedDistance::default();
+        lu.insert_or_update(pe(1), &ld(30, 0)).expect("insert");
+        lu.insert_or_update(pe(2), &ld(10, 0)).expect("insert");
+        lu.set_round_trip(pe(2), ms(4000));
+        assert_eq!(lu.ordered(&Labels::default(), 2), [pe(2), pe(1)]);
+        assert_eq!(
+            LeastUsedDistance::score(
+                DistanceValues {
+                    load: 0,
+                    penalty: 1
+                },
+                None
+            ),
+            LeastUsedDistance::score(
+                DistanceValues {
+                    load: 0,
+                    penalty: 1
+                },
+                ms(60_000)
+            ),
+            "unmeasured = the cap",
+        );
+    }
+
+    /// PEs matching every hint come first (among those not full), then the rest by
+    /// score; equal PEs take turns; a full matching PE loses to a non-matching one.
+    #[test]
+    fn hints_first_then_score_and_equals_take_turns() {
+        let mut s = LeastUsedDistance::default();
+        let eu_a = labels(&[("region", "eu"), ("zone", "a")]);
+        let eu_b = labels(&[("region", "eu"), ("zone", "b")]);
+        let us = labels(&[("region", "us")]);
+        for (id, l, rtt) in [(1, &us, 1), (2, &eu_b, 30), (3, &eu_a, 50), (4, &eu_a, 50)] {
+            s.insert_or_update_labeled(pe(id), &ld(0, PCT), l)
+                .expect("insert");
+            s.set_round_trip(pe(id), ms(rtt));
+        }
+        let hint = labels(&[("region", "eu")]);
+        assert_eq!(s.ordered(&hint, 4), [pe(2), pe(3), pe(4), pe(1)]);
+        let hint = labels(&[("region", "eu"), ("zone", "a")]);
+        assert_eq!(s.ordered(&hint, 4), [pe(3), pe(4), pe(1), pe(2)]);
+        let unknown = labels(&[("region", "ap")]);
+        assert_eq!(s.ordered(&unknown, 4), [pe(1), pe(2), pe(3), pe(4)]);
+        // 3 and 4 are equal: selecting one moves it behind the other.
+        let mut r = rng(1);
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            s.select_hinted(1, &hint, &mut r, &mut out);
+            picks.extend(out);
+        }
+        assert_eq!(picks, [pe(3), pe(4), pe(3), pe(4)]);
+        s.insert_or_update_labeled(pe(3), &ld(100, PCT), &eu_a)
+            .expect("update");
+        s.insert_or_update_labeled(pe(4), &ld(100, PCT), &eu_a)
+            .expect("update");
+        assert_eq!(s.ordered(&hint, 4), [pe(1), pe(2), pe(3), pe(4)]);
+    }
+
+    /// Registered by default; wrong value lengths are Invalid Values (0x3) and change
+    /// nothing; another type in the pool is 0x5.
+    #[test]
+    fn registered_by_default_and_bad_values_are_refused() {
+        let registry = PolicyRegistry::default();
+        assert!(registry.supports(LeastUsedDistance::POLICY_TYPE));
+        assert!(!PolicyRegistry::rfc5356().supports(LeastUsedDistance::POLICY_TYPE));
+        let mut pool = PoolSelection::new();
+        let short = Policy::private(LeastUsedDistance::POLICY_TYPE, &[0; 4]).expect("private");
+        let err = pool
+            .insert_or_update(&registry, pe(1), &short)
+            .expect_err("4 bytes");
+        assert_eq!(err.cause_code(), PolicyError::CAUSE_INVALID_VALUES);
+        assert!(pool.is_empty());
+        pool.insert_or_update(&registry, pe(1), &ld(5, 7))
+            .expect("8 bytes");
+        let err = pool
+            .insert_or_update(&registry, pe(2), &Policy::RoundRobin)
+            .expect_err("other type");
+        assert_eq!(
+            err.cause_code(),
+            PolicyError::CAUSE_INCONSISTENT_POOLING_POLICY
+        );
+        assert_eq!(
+            LeastUsedDistance::values(&ld(5, 7)),
+            Some(DistanceValues {
+                load: 5 * PCT,
+                penalty: 7
+            })
+        );
+    }
+
+    /// The vector of docs/PROTOCOL-EXTENSIONS.md §3 (load 25 %, penalty 1 %/ms).
+    #[test]
+    fn wire_vector() {
+        use crate::wire::param::Param as _;
+        let policy = LeastUsedDistance::policy(DistanceValues {
+            load: (u64::from(u32::MAX) * 25 / 100) as u32,
+            penalty: u32::MAX / 100,
+        });
+        let mut bytes = Vec::new();
+        policy.encode(&mut bytes);
+        assert_eq!(hex::encode(&bytes), "00080010ff0001003fffffff028f5c28",);
+    }
+
+    fn oracle(
+        pes: &HashMap<u32, (u32, u32, Option<u64>, bool)>,
+        hint: bool,
+        seqs: &HashMap<u32, u64>,
+    ) -> Vec<u32> {
+        let mut v: Vec<_> = pes
+            .iter()
+            .map(|(&id, &(load, penalty, rtt, eu))| {
+                let values = DistanceValues { load, penalty };
+                let score = LeastUsedDistance::score(values, rtt.map(Duration::from_millis));
+                let miss = hint && !eu;
+                (LeastUsedDistance::is_full(load), miss, score, seqs[&id], id)
+            })
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|t| t.4).collect()
+    }
+
+    proptest! {
+        /// Any sequence of registrations, round trips, removals and selections orders the
+        /// PEs exactly as sorting them by (full, misses a hint, score, last selected) does.
+        #[test]
+        fn order_matches_a_sort(ops in proptest::collection::vec(
+            (1u32..8, 0u8..4, any::<u32>(), 0u32..(u32::MAX / 1000), proptest::option::of(0u64..6000), any::<bool>()),
+            0..60,
+        )) {
+            let mut s = LeastUsedDistance::default();
+            let mut model: HashMap<u32, (u32, u32, Option<u64>, bool)> = HashMap::new();
+            let mut seqs: HashMap<u32, u64> = HashMap::new();
+            let mut seq = 0u64;
+            let eu = labels(&[("region", "eu")]);
+            let hint = labels(&[("region", "eu")]);
+            let mut r = rng(7);
+            for (id, op, load, penalty, rtt, in_eu) in ops {
+                match op {
+                    0 => {
+                        let l = if in_eu { eu.clone() } else { Labels::default() };
+                        let policy = LeastUsedDistance::policy(DistanceValues { load, penalty });
+                        s.insert_or_update_labeled(pe(id), &policy, &l).expect("insert");
+                        let old = model.insert(id, (load, penalty, None, in_eu));
+                        if let Some(old) = old {
+                            model.get_mut(&id).expect("just put").2 = old.2;
+                        } else {
+                            seqs.insert(id, seq);
+                            seq += 1;
+                        }
+                    }
+                    1 => {
+                        s.set_round_trip(pe(id), rtt.map(Duration::from_millis));
+                        if let Some(m) = model.get_mut(&id) {
+                            m.2 = rtt;
+                        }
+                    }
+                    2 => {
+                        prop_assert_eq!(s.remove(pe(id)), model.remove(&id).is_some());
+                        seqs.remove(&id);
+                    }
+                    _ => {
+                        let want = oracle(&model, in_eu, &seqs);
+                        let mut out = Vec::new();
+                        let h = if in_eu { hint.clone() } else { Labels::default() };
+                        s.select_hinted(2, &h, &mut r, &mut out);
+                        let got: Vec<u32> = out.iter().map(|p| p.get()).collect();
+                        prop_assert_eq!(&got[..], &want[..want.len().min(2)]);
+                        for id in got {
+                            seqs.insert(id, seq);
+                            seq += 1;
+                        }
+                    }
+                }
+                prop_assert_eq!(s.len(), model.len());
+                let want = oracle(&model, true, &seqs);
+                let got: Vec<u32> = s.ordered(&hint, usize::MAX).iter().map(|p| p.get()).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }

@@ -180,9 +180,9 @@ pub struct Handlespace {
 }
 
 impl Handlespace {
-    /// An empty handlespace with the nine RFC 5356 policies.
+    /// An empty handlespace with the standard policies (`PolicyRegistry::standard`).
     pub fn new(limits: Limits) -> Self {
-        Self::with_registry(limits, PolicyRegistry::rfc5356())
+        Self::with_registry(limits, PolicyRegistry::standard())
     }
 
     /// An empty handlespace whose pools draw their selectors from `registry` (a policy
@@ -514,6 +514,21 @@ impl Handlespace {
             pool_handle: pool_handle.clone(),
             entry,
         })
+    }
+
+    /// Hands the round trip the registrar measured to a PE (keep-alive → ack) to its
+    /// pool's policy, for policies that select by distance
+    /// ([`asap::policy::LeastUsedDistance`]); nothing when there is no such PE.
+    pub fn set_round_trip(
+        &self,
+        namespace: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+        rtt: Option<std::time::Duration>,
+    ) {
+        if let Some(pool) = self.pool(namespace, pool_handle) {
+            pool.set_round_trip(pe_id, rtt);
+        }
     }
 
     /// Chooses up to `n` PEs of a pool with its policy for a handle resolution response

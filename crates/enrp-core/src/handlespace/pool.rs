@@ -143,6 +143,13 @@ impl Pool {
         Some(Arc::unwrap_or_clone(e))
     }
 
+    /// Tells the pool's policy the measured round trip to a PE (readers see it at once).
+    pub(super) fn set_round_trip(&self, pe_id: PeId, rtt: Option<std::time::Duration>) {
+        if self.entries.contains_key(&pe_id) {
+            self.view.lock().selection.set_round_trip(pe_id, rtt);
+        }
+    }
+
     pub(super) fn select(&self, n: usize, rng: &mut dyn Rng) -> Option<Selected> {
         self.view.select(n, &Labels::default(), rng)
     }

@@ -334,9 +334,17 @@ impl Core {
         }
         owned.reporters.clear();
         owned.taken_from = None;
+        owned.rtt.abandon();
+        // A re-registration may have started the pool's selection state afresh (its only
+        // PE); the round trip measured so far stays the PE's.
+        let rtt = owned.rtt.srtt();
         if let Some(c) = self.conns.get_mut(&conn) {
             owned.serial = Some((c.client.id.trust_domain(), c.client.serial.clone()));
             c.add_pe(key.clone());
+        }
+        if rtt.is_some() {
+            self.handlespace
+                .set_round_trip(&ns, &pool_handle, pe_id, rtt);
         }
         self.timers.stop(&TimerKey::Orphaned(key.clone()));
         self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
@@ -523,6 +531,10 @@ impl Core {
         self.timers.stop(&TimerKey::KeepAliveTimeout(key.clone()));
         if let Some(o) = self.owned.get_mut(&key) {
             o.reporters.clear();
+            if let Some(srtt) = o.rtt.acked(now) {
+                self.handlespace
+                    .set_round_trip(&key.0, &key.1, key.2, Some(srtt));
+            }
         }
         self.timers.set(
             TimerKey::KeepAlive(key),
@@ -538,9 +550,13 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(conn) = self.owned.get(&key).and_then(|o| o.conn) else {
+        let Some(owned) = self.owned.get_mut(&key) else {
             return;
         };
+        let Some(conn) = owned.conn else {
+            return;
+        };
+        owned.rtt.sent(now);
         out.push(Action::Send {
             conn,
             msg: AsapMsg::EndpointKeepAlive {

@@ -127,7 +127,8 @@ pub struct Config {
     /// exist); a registration that would create one more is refused with 0x6, so that one
     /// PE cannot take the namespace's whole pool limit (issue 18). Default 100.
     pub max_pools_per_identity: usize,
-    /// The selectors of the pools' policies: the nine RFC 5356 ones by default. A program
+    /// The selectors of the pools' policies: the nine RFC 5356 ones and Least Used with
+    /// Distance Penalty by default (`PolicyRegistry::standard`). A program
     /// that runs a registrar (`enrp::run_with`) registers its own policies here
     /// (examples/custom-policy, docs/PROTOCOL-EXTENSIONS.md); private types without one
     /// are selected round robin.
@@ -156,7 +157,7 @@ impl Config {
             legacy_enrp_addrs: Vec::new(),
             max_pes_per_peer: 250_000,
             max_pools_per_identity: 100,
-            policies: PolicyRegistry::rfc5356(),
+            policies: PolicyRegistry::standard(),
         }
     }
 }

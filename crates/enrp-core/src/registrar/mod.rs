@@ -26,6 +26,7 @@ mod enrp;
 mod legacy;
 mod read_view;
 mod removals;
+mod rtt;
 mod timers;
 
 use std::collections::BTreeMap;
@@ -305,6 +306,8 @@ struct Owned {
     /// The peer it was taken over from (spec §9.8), until it re-registers here. If that
     /// peer comes back (a healed partition) and no longer lists it, it is gone.
     taken_from: Option<ServerId>,
+    /// The keep-alive round trip to it (docs/PROTOCOL-EXTENSIONS.md §3).
+    rtt: rtt::RttEstimator,
 }
 
 #[derive(Debug)]
@@ -533,6 +536,18 @@ impl Core {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The smoothed keep-alive round trip to a PE this registrar is home of (`None`: not
+    /// ours, or not measured yet; docs/PROTOCOL-EXTENSIONS.md §3).
+    pub fn home_round_trip(
+        &self,
+        namespace: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+    ) -> Option<std::time::Duration> {
+        let key: PeKey = (namespace.clone(), pool_handle.clone(), pe_id);
+        self.owned.get(&key)?.rtt.srtt()
     }
 
     /// The handlespace (read-only: changes go through [`Self::handle`]).

@@ -92,7 +92,7 @@ pub(super) fn publish(core: &mut Core, actions: &[Action], feed: &PoolChanges) {
                 } else {
                     ChangeKind::Updated
                 };
-                (kind, Some(crate::admin::pe_view(entry)), None)
+                (kind, Some(crate::admin::pe_view(entry, None)), None)
             }
         };
         feed.publish(PoolChange {

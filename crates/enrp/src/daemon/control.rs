@@ -29,6 +29,9 @@ pub struct PoolSnapshot {
     pub policy: Option<Policy>,
     /// Its PEs, by PE ID.
     pub pool_elements: Vec<PeEntry>,
+    /// The measured keep-alive round trip of each of `pool_elements` (same order): `None`
+    /// for a peer's PE or one not measured yet.
+    pub round_trips: Vec<Option<std::time::Duration>>,
 }
 
 /// An ENRP peer as the admin API shows it.
@@ -213,6 +216,10 @@ impl Query {
             handle: handle.clone(),
             policy: pool.policy().cloned(),
             pool_elements: pool.entries().cloned().collect(),
+            round_trips: pool
+                .entries()
+                .map(|e| core.home_round_trip(ns, handle, e.pool_element.pe_id))
+                .collect(),
         };
         match self {
             Self::Pools { namespace, reply } => {

@@ -296,3 +296,127 @@ fn a_peers_pe_with_a_label_not_admitted_here_is_ignored() {
     h.enrp(10, SID_B, with_labels(6, &["region=eu-west"]));
     assert_eq!(h.home_of(6), Some(SID_B));
 }
+
+/// Least Used with Distance Penalty at the registrar (docs/PROTOCOL-EXTENSIONS.md §3): the
+/// core measures each home PE's keep-alive round trip from its own clock input and the
+/// policy sends PUs to the nearest PE; an ack from another PE's connection (a valid but
+/// wrong identity) gives no sample, and a re-registration keeps the measured figure.
+#[test]
+fn keep_alive_round_trips_steer_least_used_distance() {
+    use ::asap::policy::{DistanceValues, LeastUsedDistance};
+    let ld = |load| {
+        LeastUsedDistance::policy(DistanceValues {
+            load,
+            penalty: u32::MAX / 100, // 1 % per ms
+        })
+    };
+    let mut h = Harness::new();
+    let far = h.connect(1, PE_A);
+    let near = h.connect(2, PE_B);
+    let pu = h.connect(3, PU_1);
+    for (conn, id) in [(far, 1), (near, 2)] {
+        let out = h.send(conn, labeled("echo", id, ld(0), &[]));
+        assert_eq!(reg_cause(&out), None, "accepted");
+    }
+    let ns = Namespace::default_namespace();
+    let rtt = |h: &Harness, id| {
+        h.core
+            .home_round_trip(&ns, &handle("echo"), PeId::new(id).expect("non-zero"))
+    };
+    let ack = |id| AsapMsg::EndpointKeepAliveAck {
+        pool_handle: handle("echo"),
+        pe_id: PeId::new(id).expect("non-zero"),
+    };
+    // Unmeasured, equal loads: they take turns (1 registered first).
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+    let out = h.advance(200); // the keep-alives go out
+    assert_eq!(sent(&out).len(), 2);
+    h.now += Duration::from_millis(2);
+    // PE A's connection acks PE B's keep-alive: not its PE, no sample.
+    h.send(far, ack(2));
+    assert_eq!(rtt(&h, 2), None);
+    h.send(near, ack(2));
+    h.now += Duration::from_millis(58);
+    h.send(far, ack(1));
+    assert_eq!(rtt(&h, 2), Some(Duration::from_millis(2)));
+    assert_eq!(rtt(&h, 1), Some(Duration::from_millis(60)));
+    for _ in 0..3 {
+        assert_eq!(
+            in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+            [2, 1]
+        );
+    }
+    // The near PE reports 70 % load (a re-registration): 70 + 2 > 0 + 60, the far wins;
+    // and its round trip is kept.
+    h.send(near, labeled("echo", 2, ld(70 * (u32::MAX / 100)), &[]));
+    assert_eq!(rtt(&h, 2), Some(Duration::from_millis(2)));
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+    // Full: last.
+    h.send(near, labeled("echo", 2, ld(0), &[]));
+    assert_eq!(in_order(&resolve_hinted(&mut h, pu, "echo", 1, &[])), [2]);
+    h.send(near, labeled("echo", 2, ld(u32::MAX), &[]));
+    h.send(far, labeled("echo", 1, ld(90 * (u32::MAX / 100)), &[]));
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 2]
+    );
+}
+
+/// A peer's PE (learnt by ENRP) has no round trip here: it counts as unmeasured (5 s
+/// away), so a measured home PE at 50 % load comes before the peer's idle one; and a
+/// peer cannot make its PE look near (docs/PROTOCOL-EXTENSIONS.md §3).
+#[test]
+fn a_peers_pe_counts_as_unmeasured() {
+    use ::asap::policy::{DistanceValues, LeastUsedDistance};
+    let ld = |load| {
+        LeastUsedDistance::policy(DistanceValues {
+            load,
+            penalty: u32::MAX / 100,
+        })
+    };
+    let mut h = Harness::with_peer_grants();
+    h.peer_up(10, PR_B, SID_B);
+    let home = h.connect(1, PE_A);
+    let pu = h.connect(3, PU_1);
+    assert_eq!(
+        reg_cause(&h.send(home, labeled("echo", 1, ld(u32::MAX / 2), &[]))),
+        None
+    );
+    let mut peers = add_pe(SID_B, "echo", 5, PE_B);
+    if let EnrpBody::HandleUpdate { pool_element, .. } = &mut peers {
+        pool_element.policy = ld(0);
+    }
+    h.enrp(10, SID_B, peers);
+    // Both unmeasured: Least Used, the peer's idle PE first.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [5, 1]
+    );
+    h.advance(200); // keep-alive to the home PE only
+    h.now += Duration::from_millis(10);
+    h.send(
+        home,
+        AsapMsg::EndpointKeepAliveAck {
+            pool_handle: handle("echo"),
+            pe_id: PeId::new(1).expect("non-zero"),
+        },
+    );
+    let ns = Namespace::default_namespace();
+    let id = |n| PeId::new(n).expect("non-zero");
+    assert_eq!(
+        h.core.home_round_trip(&ns, &handle("echo"), id(1)),
+        Some(Duration::from_millis(10))
+    );
+    assert_eq!(h.core.home_round_trip(&ns, &handle("echo"), id(5)), None);
+    // 50 % + 10 ms × 1 % = 60 % < 0 % + 5 s × 1 %.
+    assert_eq!(
+        in_order(&resolve_hinted(&mut h, pu, "echo", 2, &[])),
+        [1, 5]
+    );
+}
