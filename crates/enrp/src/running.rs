@@ -227,6 +227,47 @@ pub async fn run_with(
         }
     })];
     tasks.extend(fleet);
+    // Multicast discovery (spec §7.7), off unless configured (D-5).
+    if let Some(group) = config.announce {
+        let announce = crate::announce::AnnounceConfig {
+            group,
+            interface: config.announce_interface,
+            ttl: config.announce_ttl,
+            interval: config.announce_interval_ms.0,
+        };
+        let sctp = daemon
+            .sctp_addrs()
+            .iter()
+            .find(|(what, _)| *what == "ASAP over TLS/SCTP")
+            .map(|(_, e)| e.clone());
+        let msg = crate::announce::announce_message(
+            loaded.server_id,
+            daemon.asap_addr(),
+            sctp.as_ref(),
+            config.announce_interface,
+        );
+        match crate::announce::start(&announce, &msg) {
+            Ok(task) => {
+                tracing::info!(
+                    %group,
+                    asap = %daemon.asap_addr(),
+                    "announcing this registrar by multicast every {:?} (ASAP_SERVER_ANNOUNCE)",
+                    announce.interval
+                );
+                tasks.push(task);
+            }
+            Err(e) => {
+                for t in &tasks {
+                    t.abort();
+                }
+                if let Some(admin) = admin {
+                    admin.stop().await;
+                }
+                let _ = daemon.shutdown().await;
+                return Err(RunError::Config(format!("--announce {group}: {e}")));
+            }
+        }
+    }
     // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
     // rewritten chain (`enrpd audit verify --checkpoint`).
     if !config.checkpoint_log_secs.0.is_zero() {
