@@ -16,9 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::support::{Lab, Netns, bin, in_ns, ip, run_ok, serving, unsupported_netns};
+use crate::support::{Lab, Netns, admin_token, bin, in_ns, ip, run_ok, serving, unsupported_netns};
 
 const GROUP: &str = "239.0.0.50:3863";
+const PEER_GROUP: &str = "239.0.0.51:9901";
 
 /// A child process killed when dropped (also on a panic).
 struct Running(Child);
@@ -30,28 +31,120 @@ impl Drop for Running {
     }
 }
 
-/// `enrpd init` of the PKI directory `pki` (its only registrar certificate) into `data`.
-fn init(lab: &Lab, pki: &str, data: &str) {
-    run_ok(
+/// Namespaces `NAME` at `PREFIX.N` on one link (a bridge in a hub namespace, a veth pair
+/// each), multicast routed to the link; `None` (the test skips, said why) where
+/// namespaces cannot be made.
+fn lan<const K: usize>(
+    netns: &mut Netns,
+    prefix: &str,
+    nodes: [(&str, u8); K],
+) -> Option<[String; K]> {
+    if let Some(why) = unsupported_netns() {
+        println!("SKIPPED discovery test: {why} (needs root and iproute2 for network namespaces)");
+        return None;
+    }
+    let hub = match netns.add("hub") {
+        Ok(h) => h,
+        Err(e) => {
+            println!("SKIPPED discovery test: cannot add a network namespace: {e}");
+            return None;
+        }
+    };
+    ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]).expect("bridge");
+    // Without a querier, IGMP snooping could hold the group back: flood it to every port.
+    ip(&[
+        "-n",
+        &hub,
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])
+    .expect("no snooping");
+    ip(&["-n", &hub, "link", "set", "br0", "up"]).expect("bridge up");
+    Some(nodes.map(|(name, n)| {
+        let ns = netns.add(name).expect("namespace");
+        let port = format!("link-{name}");
+        ip(&[
+            "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])
+        .expect("veth");
+        ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"]).expect("port");
+        let addr = format!("{prefix}.{n}/24");
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]).expect("addr");
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).expect("up");
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).expect("lo");
+        // Multicast leaves (and is joined) on the link.
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]).expect("route");
+        ns
+    }))
+}
+
+/// `enrpd init` into `data` of the registrar certificate `pki/registrar-NAME.pem`; the
+/// admin token.
+fn init(lab: &Lab, pki: &str, name: &str, data: &str) -> String {
+    admin_token(&run_ok(
         Command::new(bin("enrpd"))
             .arg("init")
             .arg("--pki")
             .arg(lab.path(pki))
+            .args(["--name", name])
             .arg("--data")
             .arg(lab.path(data)),
-    );
+    ))
+}
+
+/// The forger's data directory `data`: a PE certificate of the trusted domain
+/// (`pe/mallory`, at `ip`), set up as a registrar's, so that a real `enrpd` presents it.
+fn forger_data(lab: &Lab, ip: &str, data: &str) {
+    lab.pki(&["issue", "pe", "mallory", "--ip", ip]);
+    std::fs::create_dir(lab.path("forged")).expect("mkdir");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("pe-mallory.pem", "registrar-mallory.pem"),
+        ("pe-mallory.key", "registrar-mallory.key"),
+    ] {
+        std::fs::copy(
+            lab.path(&format!("pki/{from}")),
+            lab.path(&format!("forged/{to}")),
+        )
+        .expect("copy");
+    }
+    init(lab, "forged", "mallory", data);
 }
 
 /// `enrpd run` on `data` in `ns`, ASAP at `asap`, announcing itself on [`GROUP`] every
 /// 200 ms; once it serves.
 fn announcing_registrar(lab: &Lab, ns: &str, data: &str, asap: &str) -> Running {
+    enrpd(
+        lab,
+        ns,
+        data,
+        asap,
+        &[
+            "--enrp-listen",
+            "off",
+            "--admin-listen",
+            "off",
+            "--announce",
+            GROUP,
+        ],
+    )
+}
+
+/// `enrpd run` on `data` in `ns`, ASAP at `asap`, with `extra` flags, announcing every
+/// 200 ms where it announces; once it serves.
+fn enrpd(lab: &Lab, ns: &str, data: &str, asap: &str, extra: &[&str]) -> Running {
     let mut child = in_ns(ns, &bin("enrpd"))
         .arg("run")
         .arg("--data")
         .arg(lab.path(data))
-        .args(["--asap-listen", asap, "--enrp-listen", "off"])
-        .args(["--admin-listen", "off", "--sctp", "off"])
-        .args(["--announce", GROUP, "--announce-interval-ms", "200ms"])
+        .args(["--asap-listen", asap, "--sctp", "off"])
+        .args(["--announce-interval-ms", "200ms"])
+        .args(extra)
         .env("ENRPD_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -98,90 +191,20 @@ fn wait_for(lines: &mpsc::Receiver<String>, what: &str, limit: Duration) -> Vec<
 
 #[test]
 fn pes_and_pus_without_a_registrar_address_find_the_announced_one_and_refuse_a_forger() {
-    if let Some(why) = unsupported_netns() {
-        println!("SKIPPED discovery test: {why} (needs root and iproute2 for network namespaces)");
-        return;
-    }
     // Declared first, dropped last: the processes in the namespaces die before them.
     let mut netns = Netns::new("disc");
-    let hub = match netns.add("hub") {
-        Ok(h) => h,
-        Err(e) => {
-            println!("SKIPPED discovery test: cannot add a network namespace: {e}");
-            return;
-        }
+    let Some([ns_r, ns_pe, ns_pu, ns_x]) = lan(
+        &mut netns,
+        "10.78.0",
+        [("r", 1), ("pe", 2), ("pu", 3), ("x", 66)],
+    ) else {
+        return;
     };
-    ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]).expect("bridge");
-    // Without a querier, IGMP snooping could hold the group back: flood it to every port.
-    ip(&[
-        "-n",
-        &hub,
-        "link",
-        "set",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])
-    .expect("no snooping");
-    ip(&["-n", &hub, "link", "set", "br0", "up"]).expect("bridge up");
-    let mut node = |name: &str, addr: &str| -> String {
-        let ns = netns.add(name).expect("namespace");
-        let port = format!("link-{name}");
-        ip(&[
-            "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])
-        .expect("veth");
-        ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"]).expect("port");
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])
-        .expect("addr");
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]).expect("up");
-        ip(&["-n", &ns, "link", "set", "lo", "up"]).expect("lo");
-        // Multicast leaves (and is joined) on the link.
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]).expect("route");
-        ns
-    };
-    let ns_r = node("r", "10.78.0.1");
-    let ns_pe = node("pe", "10.78.0.2");
-    let ns_pu = node("pu", "10.78.0.3");
-    let ns_x = node("x", "10.78.0.66");
-
     let lab = Lab::new();
     lab.pki(&["issue", "registrar", "disc-1", "--ip", "10.78.0.1"]);
     // The forger: a PE certificate of the trusted domain, run as a registrar's.
-    lab.pki(&["issue", "pe", "mallory", "--ip", "10.78.0.66"]);
-    std::fs::create_dir(lab.path("forged")).expect("mkdir");
-    for (from, to) in [
-        ("ca.pem", "ca.pem"),
-        ("pe-mallory.pem", "registrar-mallory.pem"),
-        ("pe-mallory.key", "registrar-mallory.key"),
-    ] {
-        std::fs::copy(
-            lab.path(&format!("pki/{from}")),
-            lab.path(&format!("forged/{to}")),
-        )
-        .expect("copy");
-    }
-    init(&lab, "forged", "data-x");
-    // The real registrar's data directory: the PKI has two registrar certificates.
-    run_ok(
-        Command::new(bin("enrpd"))
-            .arg("init")
-            .arg("--pki")
-            .arg(lab.path("pki"))
-            .args(["--name", "disc-1"])
-            .arg("--data")
-            .arg(lab.path("data-r")),
-    );
+    forger_data(&lab, "10.78.0.66", "data-x");
+    init(&lab, "pki", "disc-1", "data-r");
 
     // 1. Only the forger announces.
     let _forger = announcing_registrar(&lab, &ns_x, "data-x", "10.78.0.66:3864");
@@ -288,4 +311,175 @@ fn pes_and_pus_without_a_registrar_address_find_the_announced_one_and_refuse_a_f
         assert!(!line.contains("registered with 10.78.0.66"), "{line}");
     }
     drop(pe);
+}
+
+/// One admin API GET at `https://127.0.0.1:8443` in namespace `ns`: the body.
+fn admin_get(lab: &Lab, ns: &str, token: &str, path: &str) -> String {
+    let out = in_ns(ns, std::path::Path::new("curl"))
+        .args(["-sS", "--fail", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(lab.path("pki/ca.pem"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("https://127.0.0.1:8443{path}"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Registrars with no --peer find each other from their multicast presences (spec §9.2)
+/// and replicate: a PE registered at A is resolved at B. A forger announcing a presence
+/// with a PE certificate is dialed, refused by the ENRP handshake's registrar check (the
+/// audit at A shows it), and never becomes a peer.
+#[test]
+fn registrars_without_peers_find_each_other_by_presence_and_refuse_a_forger() {
+    let mut netns = Netns::new("discp");
+    let Some([ns_a, ns_b, ns_x]) = lan(&mut netns, "10.79.0", [("a", 1), ("b", 2), ("x", 66)])
+    else {
+        return;
+    };
+    let lab = Lab::new();
+    for (name, ip) in [("disc-a", "10.79.0.1"), ("disc-b", "10.79.0.2")] {
+        lab.pki(&[
+            "issue",
+            "registrar",
+            name,
+            "--ip",
+            ip,
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "localhost",
+        ]);
+    }
+    let token_a = init(&lab, "pki", "disc-a", "data-a");
+    init(&lab, "pki", "disc-b", "data-b");
+    forger_data(&lab, "10.79.0.66", "data-x");
+    let with = |enrp: &'static str, admin: &'static str| {
+        [
+            "--enrp-listen",
+            enrp,
+            "--admin-listen",
+            admin,
+            "--announce-peers",
+            PEER_GROUP,
+            "--discover-peers",
+            PEER_GROUP,
+            "--peer-heartbeat-ms",
+            "500",
+        ]
+    };
+    // The forger first: A and B hear it before each other.
+    let _forger = enrpd(
+        &lab,
+        &ns_x,
+        "data-x",
+        "10.79.0.66:3864",
+        &with("10.79.0.66:9902", "off"),
+    );
+    let _a = enrpd(
+        &lab,
+        &ns_a,
+        "data-a",
+        "10.79.0.1:3864",
+        &with("10.79.0.1:9902", "127.0.0.1:8443"),
+    );
+    let _b = enrpd(
+        &lab,
+        &ns_b,
+        "data-b",
+        "10.79.0.2:3864",
+        &with("10.79.0.2:9902", "off"),
+    );
+
+    // A PE registers at A (configured, in A's namespace) ...
+    let mut pe = in_ns(&ns_a, &bin("rsp"))
+        .env("RSP_CA", lab.path("pki/ca.pem"))
+        .env("RSP_CERT", lab.path("pki/pe-echo-1.pem"))
+        .env("RSP_REGISTRAR", "10.79.0.1:3864")
+        .args([
+            "pe",
+            "--pool",
+            "peers",
+            "--serve",
+            "echo",
+            "--listen",
+            "10.79.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rsp pe");
+    let mut first = String::new();
+    BufReader::new(pe.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("rsp pe reports");
+    let _pe = Running(pe);
+    let pe_id = first
+        .split_whitespace()
+        .find(|w| w.starts_with("0x"))
+        .expect("a PE ID")
+        .to_owned();
+    // ... and a PU resolves it at B: B learnt A as a peer from its presence.
+    let t = Instant::now();
+    let mut last;
+    let resolved = loop {
+        let out = in_ns(&ns_b, &bin("rsp"))
+            .env("RSP_CA", lab.path("pki/ca.pem"))
+            .env("RSP_CERT", lab.path("pki/pu-client-1.pem"))
+            .env("RSP_REGISTRAR", "10.79.0.2:3864")
+            .args(["resolve", "peers"])
+            .output()
+            .expect("rsp resolve");
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() && last.contains(&format!("PE {pe_id} at 10.79.0.1:")) {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(resolved, "B never learnt the PE registered at A: {last}");
+    println!(
+        "discovery: a PE registered at A resolved at B {} ms after the PE started (peers from presences only)",
+        t.elapsed().as_millis()
+    );
+    // A's peers: B, not the forger; A's audit: the forger's refused handshake.
+    let peers = admin_get(&lab, &ns_a, &token_a, "/v1/peers");
+    assert!(
+        peers.contains("spiffe://acme.test/registrar/disc-b"),
+        "{peers}"
+    );
+    assert!(
+        !peers.contains("mallory"),
+        "the forger became a peer: {peers}"
+    );
+    let audited = (0..20).any(|_| {
+        let audit = admin_get(&lab, &ns_a, &token_a, "/v1/audit?limit=500");
+        // A dialed the forger's ENRP address (learnt from its presence) and refused
+        // its certificate: not a registrar.
+        if audit.split("},{").any(|r| {
+            r.contains("\"remote\":\"10.79.0.66:9902\"")
+                && r.contains(
+                    "spiffe://acme.test/pe/mallory does not match the expected registrar identity",
+                )
+        }) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        false
+    });
+    assert!(
+        audited,
+        "A's audit shows no refused handshake with the forger"
+    );
 }

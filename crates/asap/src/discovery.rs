@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::TransportAddr;
 use crate::wire::param::{ServerId, Transport};
-use crate::wire::{AsapMsg, DecodeError};
+use crate::wire::{AsapMsg, DecodeError, EnrpBody, EnrpMsg};
 
 /// The de-facto ASAP announce group and port (spec §2.2; RSPLIB's default).
 pub const ASAP_ANNOUNCE_GROUP: SocketAddr =
@@ -275,6 +275,126 @@ impl RegistrarList {
     }
 
     /// What was heard so far.
+    pub fn stats(&self) -> DiscoveryStats {
+        self.stats
+    }
+}
+
+/// How long a peer registrar learnt from a multicast ENRP_PRESENCE is not handed to the
+/// dialer again: the dialer keeps dialing it (with its own backoff) until the learnt-peer
+/// give-up; a presence only restarts that once the give-up may have passed.
+pub const PRESENCE_REDIAL: Duration = Duration::from_secs(60);
+
+/// What became of one multicast ENRP_PRESENCE ([`PeerPresences::handle_datagram`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Presence {
+    /// A peer registrar to dial (a candidate only: the ENRP mutual-TLS handshake, the
+    /// registrar identity check and the `peer` grant decide, as for a configured peer).
+    Dial {
+        /// The Sender Server's ID, as claimed (unauthenticated).
+        server_id: ServerId,
+        /// Its ENRP transport.
+        addr: TransportAddr,
+    },
+    /// Heard within [`PRESENCE_REDIAL`] of the last time: already handed over.
+    Recent,
+    /// This registrar's own presence (multicast loops back): dropped.
+    Own,
+    /// Not a usable presence: dropped, counted.
+    Ignored(&'static str),
+    /// Bytes that are not an ENRP message: dropped, counted.
+    Malformed(DecodeError),
+}
+
+/// Peer registrars learnt from multicast ENRP_PRESENCE (spec §9.2: "peers come from
+/// static configuration or multicast presence"; off unless configured, D-5): decides
+/// which presences become a dial, at most one per address per [`PRESENCE_REDIAL`], with
+/// at most [`MAX_HELD`] addresses remembered. Pure, as [`RegistrarList`].
+#[derive(Debug)]
+pub struct PeerPresences {
+    own: ServerId,
+    handed: HashMap<SocketAddr, Instant>,
+    stats: DiscoveryStats,
+}
+
+impl PeerPresences {
+    /// The filter of registrar `own` (whose own presences are dropped).
+    pub fn new(own: ServerId) -> Self {
+        Self {
+            own,
+            handed: HashMap::new(),
+            stats: DiscoveryStats::default(),
+        }
+    }
+
+    /// One datagram received from `source` on the ENRP presence group. The peer's
+    /// transport is read as an announce's ([`announced_addrs`]); a presence without
+    /// Server Information means the source address and `default_port`.
+    pub fn handle_datagram(
+        &mut self,
+        source: SocketAddr,
+        bytes: &[u8],
+        default_port: u16,
+        now: Instant,
+    ) -> Presence {
+        let heard = self.judge(source, bytes, default_port, now);
+        match &heard {
+            Presence::Dial { .. } | Presence::Recent | Presence::Own => self.stats.announces += 1,
+            Presence::Ignored(_) => self.stats.ignored += 1,
+            Presence::Malformed(_) => self.stats.malformed += 1,
+        }
+        heard
+    }
+
+    fn judge(
+        &mut self,
+        source: SocketAddr,
+        bytes: &[u8],
+        default_port: u16,
+        now: Instant,
+    ) -> Presence {
+        let msg = match EnrpMsg::decode(bytes) {
+            Ok(d) => d.msg,
+            Err(e) => return Presence::Malformed(e),
+        };
+        let EnrpBody::Presence { server_info, .. } = &msg.body else {
+            return Presence::Ignored("not an ENRP_PRESENCE");
+        };
+        if msg.sender == self.own {
+            return Presence::Own;
+        }
+        let addrs = match server_info {
+            Some(info) => announced_addrs(source.ip(), std::slice::from_ref(&info.transport)),
+            None => {
+                let a = TransportAddr::Tcp(SocketAddr::new(source.ip(), default_port));
+                check_dialable(source.ip(), &a).map(|()| vec![a])
+            }
+        };
+        let addr = match addrs {
+            Ok(mut a) => a.remove(0),
+            Err(why) => return Presence::Ignored(why),
+        };
+        let key = addr.primary();
+        if self
+            .handed
+            .get(&key)
+            .is_some_and(|t| *t + PRESENCE_REDIAL > now)
+        {
+            return Presence::Recent;
+        }
+        self.handed.retain(|_, t| *t + PRESENCE_REDIAL > now);
+        if self.handed.len() >= MAX_HELD {
+            return Presence::Ignored("too many peers heard of recently");
+        }
+        self.handed.insert(key, now);
+        Presence::Dial {
+            server_id: msg.sender,
+            addr,
+        }
+    }
+
+    /// What was heard so far (`announces`: presences of registrars, own included).
     pub fn stats(&self) -> DiscoveryStats {
         self.stats
     }
@@ -587,6 +707,87 @@ mod tests {
             );
         }
         assert!(list.held.len() <= MAX_HELD);
+    }
+
+    fn presence(sender: u32, info: Option<Transport>) -> Vec<u8> {
+        use crate::wire::param::{PeChecksum, ServerInformation};
+        EnrpMsg {
+            sender: sid(sender),
+            receiver: 0,
+            body: EnrpBody::Presence {
+                reply_required: false,
+                checksum: PeChecksum(0),
+                server_info: info.map(|transport| ServerInformation {
+                    server_id: sid(sender),
+                    transport,
+                }),
+            },
+        }
+        .to_bytes()
+        .expect("encodes")
+    }
+
+    /// Spec §9.2: a multicast presence yields a peer to dial, at most once per address
+    /// per PRESENCE_REDIAL; its own presence, other messages and garbage are dropped.
+    #[test]
+    fn presences_become_dials_at_most_once_per_window() {
+        let t0 = start();
+        let mut p = PeerPresences::new(sid(1));
+        assert_eq!(
+            p.handle_datagram(
+                src("10.0.0.2"),
+                &presence(2, Some(tcp("0.0.0.0", 9902))),
+                9902,
+                t0
+            ),
+            Presence::Dial {
+                server_id: sid(2),
+                addr: at("10.0.0.2:9902")
+            }
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            p.handle_datagram(src("10.0.0.2"), &presence(2, None), 9902, t1),
+            Presence::Recent
+        );
+        assert_eq!(
+            p.handle_datagram(src("10.0.0.1"), &presence(1, None), 9902, t1),
+            Presence::Own
+        );
+        assert!(matches!(
+            p.handle_datagram(
+                src("10.0.0.3"),
+                &presence(3, Some(tcp("127.0.0.1", 9902))),
+                9902,
+                t1
+            ),
+            Presence::Ignored(_)
+        ));
+        assert!(matches!(
+            p.handle_datagram(src("10.0.0.3"), &announce(3, vec![]), 9902, t1),
+            Presence::Malformed(_) | Presence::Ignored(_)
+        ));
+        assert!(matches!(
+            p.handle_datagram(src("10.0.0.3"), b"\x01\x00", 9902, t1),
+            Presence::Malformed(_)
+        ));
+        let later = t0 + PRESENCE_REDIAL;
+        assert!(matches!(
+            p.handle_datagram(src("10.0.0.2"), &presence(2, None), 9902, later),
+            Presence::Dial { .. }
+        ));
+        // Bounded: a flood of distinct addresses stops being handed over at MAX_HELD.
+        let mut dials = 0;
+        for i in 0..MAX_HELD + 10 {
+            let ip = format!("10.2.{}.{}", i / 200, i % 200 + 1);
+            if matches!(
+                p.handle_datagram(src(&ip), &presence(1000 + i as u32, None), 9902, later),
+                Presence::Dial { .. }
+            ) {
+                dials += 1;
+            }
+        }
+        assert_eq!(dials, MAX_HELD - 1);
     }
 
     /// The same registrar is its first address, not its Server ID: a forged announce

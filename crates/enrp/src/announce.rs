@@ -1,21 +1,33 @@
-//! Multicast ASAP_SERVER_ANNOUNCE (spec §7.7, §2.2; issue 23 item 4): off unless
-//! `enrpd run --announce GROUP:PORT` (spec D-5). Every T6 (1 s, randomised ±25 %) the
-//! registrar sends one announce with its Server ID and where it serves ASAP (TLS/TCP
-//! first, TLS/SCTP after), so that PEs and PUs started with `--discover` find it.
+//! Multicast discovery from the registrar's side (spec §7.7, §9.2, §2.2; issue 23 item
+//! 4), each part off unless configured (spec D-5):
 //!
-//! An announce authenticates nothing, and is not meant to: the receiver's mutual-TLS
-//! handshake with the registrar identity check decides (docs/PROTOCOL-EXTENSIONS.md).
-//! The message is built once ([`announce_message`], pure); the sender is a small task.
+//! - `enrpd run --announce GROUP:PORT`: every T6 (1 s, randomised ±25 %) one
+//!   ASAP_SERVER_ANNOUNCE with the Server ID and where ASAP is served (TLS/TCP first,
+//!   TLS/SCTP after), so that PEs and PUs started with `--discover` find it;
+//! - `--announce-peers GROUP:PORT`: as often, one ENRP_PRESENCE (receiver 0) with the
+//!   ENRP transport, so that registrars started with `--discover-peers` find it;
+//! - `--discover-peers GROUP:PORT`: presences heard there are dialed as peers
+//!   ([`asap::discovery::PeerPresences`] decides which, [`crate::daemon::Daemon::peer_dialer`]
+//!   dials).
+//!
+//! An announce or presence authenticates nothing, and is not meant to: the receiver's
+//! mutual-TLS handshake with the registrar identity check (and for peers the `peer`
+//! grant) decides (docs/PROTOCOL-EXTENSIONS.md). Messages are built once (pure); the
+//! sender and the receiver are small tasks.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
 
-use asap::addr::Endpoint;
-use asap::wire::AsapMsg;
-use asap::wire::param::{Address, SctpAddresses, ServerId, Transport, TransportUse};
+use asap::addr::{Endpoint, TransportAddr};
+use asap::discovery::{PeerPresences, Presence};
+use asap::wire::param::{
+    Address, PeChecksum, SctpAddresses, ServerId, ServerInformation, Transport, TransportUse,
+};
+use asap::wire::{AsapMsg, EnrpBody, EnrpMsg};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 /// Where and how to announce.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +82,37 @@ pub fn announce_message(
     }
 }
 
+/// The multicast ENRP_PRESENCE of registrar `server_id` serving ENRP over TLS/TCP at
+/// `enrp` (spec §8.1: receiver 0, "everybody"; R=0, no reply wanted; checksum 0: a
+/// multicast presence only says where the registrar is, the checksum travels on the
+/// authenticated connection). An unspecified address as in [`announce_message`].
+pub fn presence_message(
+    server_id: ServerId,
+    enrp: SocketAddr,
+    interface: Option<Ipv4Addr>,
+) -> Option<EnrpMsg> {
+    let ip = match interface {
+        Some(i) if enrp.ip().is_unspecified() => IpAddr::V4(i),
+        _ => enrp.ip(),
+    };
+    Some(EnrpMsg {
+        sender: server_id,
+        receiver: 0,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: PeChecksum(0),
+            server_info: Some(ServerInformation {
+                server_id,
+                transport: Transport::Tcp {
+                    port: NonZeroU16::new(enrp.port())?,
+                    transport_use: TransportUse::DataOnly,
+                    addr: Address::new(ip),
+                },
+            }),
+        },
+    })
+}
+
 /// The pause before the next announce: `interval` ±25 %, from a uniform `draw` (spec
 /// §7.7: randomised, so that registrars started together do not announce in step).
 pub fn jittered(interval: Duration, draw: u32) -> Duration {
@@ -108,13 +151,11 @@ fn sender(config: &AnnounceConfig) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Starts announcing `msg` on `config.group` until the task is aborted. The socket is
-/// made here, so that a bad group or interface fails the start-up with its reason.
-pub fn start(config: &AnnounceConfig, msg: &AsapMsg) -> io::Result<tokio::task::JoinHandle<()>> {
+/// Starts sending `bytes` (an encoded announce or presence) to `config.group` every
+/// period until the task is aborted. The socket is made here, so that a bad group or
+/// interface fails the start-up with its reason.
+pub fn start(config: &AnnounceConfig, bytes: Vec<u8>) -> io::Result<tokio::task::JoinHandle<()>> {
     let socket = sender(config)?;
-    let bytes = msg
-        .to_bytes()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let (group, interval) = (config.group, config.interval);
     // xorshift for the jitter, seeded from the clock: nothing here needs to be secret.
     let mut state = crate::daemon::now_ms() | 1;
@@ -140,6 +181,72 @@ pub fn start(config: &AnnounceConfig, msg: &AsapMsg) -> io::Result<tokio::task::
             tokio::time::sleep(jittered(interval, state as u32)).await;
         }
     }))
+}
+
+/// The ENRP port a presence without Server Information means (ours, spec §2.1).
+pub const DEFAULT_ENRP_PORT: u16 = 9902;
+
+/// Starts learning peers from multicast ENRP_PRESENCE on `group` (joined on `interface`,
+/// default: by route): each presence [`PeerPresences`] lets through goes to `dialer`.
+pub fn discover_peers(
+    group: SocketAddr,
+    interface: Option<Ipv4Addr>,
+    own: ServerId,
+    dialer: mpsc::Sender<TransportAddr>,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    let socket = receiver(group, interface)?;
+    Ok(tokio::spawn(async move {
+        let mut presences = PeerPresences::new(own);
+        // Presences are a few dozen bytes; a longer datagram is cut and fails to decode.
+        let mut buf = vec![0u8; 2048];
+        let mut dropped: u64 = 0;
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let now = tokio::time::Instant::now().into_std();
+            match presences.handle_datagram(from, &buf[..n], DEFAULT_ENRP_PORT, now) {
+                Presence::Dial { server_id, addr } => {
+                    tracing::info!(%from, %server_id, peer = %addr, "peer registrar announced by multicast presence: dialing it (it must authenticate as a registrar with the peer grant)");
+                    // Full: dropped; the next presence after PRESENCE_REDIAL brings it.
+                    let _ = dialer.try_send(addr);
+                }
+                Presence::Recent | Presence::Own => {}
+                other => {
+                    dropped += 1;
+                    // 1st, 2nd, 4th, ... drop: a flood cannot flood the log.
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(%from, dropped, "multicast presence dropped: {other:?}");
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// A socket bound to `group`'s port and joined to it (bound to the group address: a
+/// wildcard socket would also get every other group joined on this host at that port;
+/// SO_REUSEADDR: several registrars on one host listen together).
+fn receiver(group: SocketAddr, interface: Option<Ipv4Addr>) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if !group.ip().is_multicast() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{group} is not a multicast group (e.g. 239.0.0.51:9901)"),
+        ));
+    }
+    let socket = Socket::new(Domain::for_address(group), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&group.into())?;
+    match group.ip() {
+        IpAddr::V4(g) => {
+            socket.join_multicast_v4(&g, &interface.unwrap_or(Ipv4Addr::UNSPECIFIED))?;
+        }
+        IpAddr::V6(g) => socket.join_multicast_v6(&g, 0)?,
+    }
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 #[cfg(test)]
@@ -192,6 +299,26 @@ mod tests {
         assert_eq!(read(&without, "10.0.0.5"), "10.0.0.5:3864");
     }
 
+    /// The multicast presence carries the ENRP transport in its Server Information and
+    /// decodes to itself; the receivers' filter reads it as a peer to dial.
+    #[test]
+    fn the_presence_names_the_enrp_listener_and_becomes_a_dial() {
+        let sid = ServerId::new(9).expect("non-zero");
+        let msg = presence_message(sid, "0.0.0.0:9902".parse().expect("addr"), None).expect("port");
+        let bytes = msg.to_bytes().expect("encodes");
+        assert_eq!(EnrpMsg::decode(&bytes).expect("decodes").msg, msg);
+        let mut filter = PeerPresences::new(ServerId::new(1).expect("non-zero"));
+        #[allow(clippy::disallowed_methods)] // a test's origin
+        let now = std::time::Instant::now();
+        assert_eq!(
+            filter.handle_datagram("10.0.0.9:5000".parse().expect("addr"), &bytes, 9902, now),
+            Presence::Dial {
+                server_id: sid,
+                addr: "10.0.0.9:9902".parse().expect("addr"),
+            }
+        );
+    }
+
     /// T6 is randomised ±25 %: every draw stays in [0.75, 1.25] × T6, both ends reached.
     #[test]
     fn the_period_is_jittered_within_a_quarter() {
@@ -219,7 +346,7 @@ mod tests {
             None,
             None,
         );
-        let err = start(&config, &msg).expect_err("unicast");
+        let err = start(&config, msg.to_bytes().expect("encodes")).expect_err("unicast");
         assert!(
             err.to_string().contains("is not a multicast group"),
             "{err}"

@@ -44,8 +44,14 @@ pub struct RunConfig {
     /// The announces' multicast TTL.
     #[serde(deserialize_with = "number")]
     pub announce_ttl: u32,
-    /// T6-Serverannounce (spec §10).
+    /// T6-Serverannounce (spec §10), also the presence period.
     pub announce_interval_ms: Millis,
+    /// Multicast ENRP_PRESENCE to this group (spec §9.2), or off (D-5).
+    #[serde(with = "optional_parsed")]
+    pub announce_peers: Option<SocketAddr>,
+    /// Learn peer registrars from multicast ENRP_PRESENCE on this group, or off (D-5).
+    #[serde(with = "optional_parsed")]
+    pub discover_peers: Option<SocketAddr>,
     /// Where to serve the admin API over HTTPS, or off.
     pub admin_listen: Listen,
     /// Endpoint keep-alive interval (spec §7.5).
@@ -140,6 +146,8 @@ impl Default for RunConfig {
             announce_interface: None,
             announce_ttl: 1,
             announce_interval_ms: ms(1000),
+            announce_peers: None,
+            discover_peers: None,
             admin_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 8443)))),
             keep_alive_interval_ms: ms(5000),
             keep_alive_timeout_ms: ms(5000),
@@ -222,7 +230,17 @@ pub const OPTIONS: &[(&str, Takes, &str)] = &[
     (
         "announce_interval_ms",
         Takes::Value("DURATION"),
-        "T6-Serverannounce: the mean time between two announces, each randomised ±25 % (spec §10). A duration or milliseconds.",
+        "T6-Serverannounce: the mean time between two announces (and presences), each randomised ±25 % (spec §10). A duration or milliseconds.",
+    ),
+    (
+        "announce_peers",
+        Takes::Value("GROUP:PORT"),
+        "Announce this registrar to peer registrars by multicast (ENRP_PRESENCE with its ENRP address, spec §9.2) to GROUP:PORT, conventionally 239.0.0.51:9901, every --announce-interval-ms, on --announce-interface with --announce-ttl. Needs --enrp-listen. Off unless given (spec D-5).",
+    ),
+    (
+        "discover_peers",
+        Takes::Value("GROUP:PORT"),
+        "Learn peer registrars from their multicast presences on GROUP:PORT (what --announce-peers sends) and dial them as if named by a peer list: each must pass the ENRP mutual-TLS handshake as a registrar with the `peer` grant, exactly as a --peer; the address of one is handed to the dialer at most once a minute. Joined on --announce-interface. Off unless given (spec D-5).",
     ),
     (
         "admin_listen",
@@ -441,13 +459,32 @@ impl RunConfig {
                 reason: "at least 100 ms",
             });
         }
-        if let Some(group) = self.announce
-            && !group.ip().is_multicast()
-        {
-            return Err(ConfigError::Invalid {
-                key: "announce",
-                reason: "a multicast group such as 239.0.0.50:3863",
-            });
+        for (key, group, example) in [
+            (
+                "announce",
+                self.announce,
+                "a multicast group such as 239.0.0.50:3863",
+            ),
+            (
+                "announce_peers",
+                self.announce_peers,
+                "a multicast group such as 239.0.0.51:9901",
+            ),
+            (
+                "discover_peers",
+                self.discover_peers,
+                "a multicast group such as 239.0.0.51:9901",
+            ),
+        ] {
+            if group.is_some_and(|g| !g.ip().is_multicast()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: example,
+                });
+            }
+        }
+        if self.announce_peers.is_some() && self.enrp_listen.0.is_none() {
+            return needs("announce_peers", "enrp_listen");
         }
         // Zero would re-read the shared store in a busy loop.
         if self.fleet_resync_secs.0 < Duration::from_secs(1) {
@@ -845,7 +882,7 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&d).expect("serialize")).expect("parse");
         assert_eq!(back, d);
         let keys = RunConfig::keys();
-        assert_eq!(keys.len(), 39, "{keys:?}");
+        assert_eq!(keys.len(), 41, "{keys:?}");
         assert!(keys.iter().any(|k| k == "keep_alive_interval_ms"));
         assert_eq!(d.validate(), Ok(()));
     }
@@ -888,6 +925,20 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            invalid(serde_json::json!({"discover_peers": "10.0.0.1:9901"})),
+            ConfigError::Invalid {
+                key: "discover_peers",
+                ..
+            }
+        ));
+        assert_eq!(
+            invalid(serde_json::json!({"announce_peers": "239.0.0.51:9901", "enrp_listen": "off"})),
+            ConfigError::Needs {
+                key: "announce_peers",
+                needs: "enrp_listen"
+            }
+        );
         let err = parse(serde_json::json!({"announce": "nowhere"})).expect_err("no address");
         assert!(err.contains("nowhere"), "{err}");
     }
