@@ -11,7 +11,7 @@
 //! try it and refuse it; then the real registrar starts, and they end there.
 //! Needs root and `ip` (iproute2); skips with a message otherwise.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -306,6 +306,28 @@ fn pes_and_pus_without_a_registrar_address_find_the_announced_one_and_refuse_a_f
         refused_seen |= stderr.contains("announced registrar 10.78.0.66:3864 refused");
     }
     println!("discovery: the PU resolved 4 times (it tried the forger first: {refused_seen})");
+    // 6. `rsp pu` with no registrar address: its lines go to the PE and come back.
+    let mut pu = rsp(&lab, &ns_pu, "pu-client-1")
+        .args(["pu", "disc"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu");
+    {
+        let mut stdin = pu.stdin.take().expect("stdin");
+        for i in 0..3 {
+            writeln!(stdin, "line {i}").expect("write");
+        }
+    }
+    let out = pu.wait_with_output().expect("rsp pu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rsp pu: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "line 0\nline 1\nline 2\n",
+        "{stderr}"
+    );
     // The PE never took the forger for its registrar.
     while let Ok(line) = pe_lines.try_recv() {
         assert!(!line.contains("registered with 10.78.0.66"), "{line}");

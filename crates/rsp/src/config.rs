@@ -1024,6 +1024,20 @@ mod tests {
         .load(None, env(&[]))
         .expect("valid");
         assert_eq!(o.registrars_or_default(), addrs(&["192.0.2.8:1"]));
+        // The config file key, and its variable.
+        let disc = dir.path().join("disc.toml");
+        std::fs::write(
+            &disc,
+            "discover = \"239.0.0.50:3863\"\ndiscover_timeout = \"2s\"\n",
+        )
+        .expect("write");
+        let o = flags(&[]).load(Some(&disc), env(&[])).expect("valid");
+        assert_eq!(o.discover, Some("239.0.0.50:3863".parse().expect("addr")));
+        assert_eq!(o.discover_timeout, Duration::from_secs(2));
+        let o = flags(&[])
+            .load(None, env(&[("RSP_DISCOVER", "239.0.0.50:3863")]))
+            .expect("valid");
+        assert!(o.discover.is_some() && o.registrars_or_default().is_empty());
         let err = flags(&["--discover", "somewhere"])
             .load(None, env(&[]))
             .expect_err("not an address");

@@ -464,5 +464,25 @@ mod tests {
         assert!(matches!(err, Error::NoRegistrar { tried: 1, .. }), "{err}");
         assert_eq!(only_forged.stats().refused, 1);
         assert!(only_forged.candidates(&[]).is_empty(), "held");
+
+        // An announce naming an address where nobody listens: refused and held too.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let nobody = Discovery::detached(|_| {});
+        nobody.hear(closed, &announce(67, closed));
+        nobody
+            .hunt(&client, &[], 0, false)
+            .await
+            .expect_err("nobody there");
+        assert_eq!(nobody.stats().refused, 1);
+        assert!(nobody.candidates(&[]).is_empty(), "held");
+        // A configured registrar is tried whatever the announces did, first.
+        let (conn, idx) = nobody
+            .hunt(&client, &[TransportAddr::Tcp(registrar)], 0, false)
+            .await
+            .expect("the configured registrar");
+        assert_eq!((conn.registrar(), idx), (registrar, 0));
     }
 }
