@@ -176,12 +176,16 @@ impl Discovery {
         }
     }
 
-    /// Server hunt (spec §7.7) among `statics` and the announced registrars, starting at
-    /// candidate `start`: like [`Connection::hunt`], and an announced address that fails
-    /// is reported and held back. Returns the connection and the candidate's index.
+    /// Server hunt (spec §7.7): the configured registrars `statics` first, one at a
+    /// time from `start` (as [`Connection::hunt`]); then the announced ones, up to
+    /// [`PARALLEL`] at once, each within [`ANNOUNCED_TIMEOUT`], the first to pass the
+    /// handshake winning (rsplib tries 3 at once too). So announces naming addresses where
+    /// nobody answers (a forger's blackholes) delay the hunt by a few seconds, not by the
+    /// full connect timeout each. An announced address that fails is reported and held
+    /// back. Returns the connection and its index among [`Discovery::candidates`].
     pub async fn hunt(
         &self,
-        trust: &TrustStore,
+        trust: &Arc<TrustStore>,
         statics: &[TransportAddr],
         start: usize,
         insecure_legacy: bool,
@@ -191,26 +195,65 @@ impl Discovery {
             "no registrar configured, none announced on {} yet",
             self.inner.group
         );
-        for i in 0..candidates.len() {
-            let idx = (start + i) % candidates.len();
-            let addr = &candidates[idx];
-            match Connection::open(trust, addr, insecure_legacy).await {
+        // `candidates` starts with `statics`, as given.
+        let configured = statics.len();
+        for i in 0..configured {
+            let idx = (start + i) % configured;
+            match Connection::open(trust, &candidates[idx], insecure_legacy).await {
+                Ok(c) => return Ok((c, idx)),
+                Err(e) => last = format!("{}: {e}", candidates[idx]),
+            }
+        }
+        let mut pending = candidates[configured..]
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, a)| (configured + i, a));
+        // Dropped on return: the attempts still running are aborted.
+        let mut attempts = tokio::task::JoinSet::new();
+        let attempt = |attempts: &mut tokio::task::JoinSet<_>,
+                       (idx, addr): (usize, TransportAddr)| {
+            let trust = Arc::clone(trust);
+            attempts.spawn(async move {
+                let result = tokio::time::timeout(
+                    ANNOUNCED_TIMEOUT,
+                    Connection::open(&trust, &addr, insecure_legacy),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no handshake within {ANNOUNCED_TIMEOUT:?}"),
+                    )))
+                });
+                (idx, addr, result)
+            });
+        };
+        for next in pending.by_ref().take(PARALLEL) {
+            attempt(&mut attempts, next);
+        }
+        while let Some(joined) = attempts.join_next().await {
+            // An attempt that panicked: nothing to learn from it.
+            let Ok((idx, addr, result)) = joined else {
+                continue;
+            };
+            match result {
                 Ok(c) => {
-                    self.list().handle_accepted(addr);
+                    self.list().handle_accepted(&addr);
                     return Ok((c, idx));
                 }
                 Err(error) => {
-                    let announced = !statics.contains(addr) && self.list().is_announced(addr);
-                    if announced {
-                        let now = tokio::time::Instant::now().into_std();
-                        let hold = self.list().handle_refused(addr, now);
-                        (self.inner.report)(DiscoveryEvent::Refused {
-                            addr,
-                            error: &error,
-                            hold,
-                        });
-                    }
+                    let now = tokio::time::Instant::now().into_std();
+                    let hold = self.list().handle_refused(&addr, now);
+                    (self.inner.report)(DiscoveryEvent::Refused {
+                        addr: &addr,
+                        error: &error,
+                        hold,
+                    });
                     last = format!("{addr}: {error}");
+                    if let Some(next) = pending.next() {
+                        attempt(&mut attempts, next);
+                    }
                 }
             }
         }
@@ -221,10 +264,18 @@ impl Discovery {
     }
 }
 
+/// How many announced registrars [`Discovery::hunt`] tries at once.
+pub const PARALLEL: usize = 3;
+
+/// How long one attempt at an announced registrar may take, connection and handshake:
+/// announces reach the link (TTL 1 by default), where a registrar answers in
+/// milliseconds; a configured registrar gets the full [`super::CONNECT_TIMEOUT`].
+pub const ANNOUNCED_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Server hunt among `statics`, and the announced registrars with `discovery`
 /// ([`Discovery::hunt`]); without, [`Connection::hunt`].
 pub async fn hunt(
-    trust: &TrustStore,
+    trust: &Arc<TrustStore>,
     statics: &[TransportAddr],
     discovery: Option<&Discovery>,
     start: usize,
@@ -376,6 +427,67 @@ mod tests {
         addr
     }
 
+    /// A TCP server that accepts and never says a word: a blackhole for the TLS handshake.
+    async fn silent_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        addr
+    }
+
+    /// Announces naming servers that never answer the handshake (blackholes) cost the
+    /// hunt one [`ANNOUNCED_TIMEOUT`] per wave of [`PARALLEL`], not the full connect
+    /// timeout each; afterwards they are held, so the real registrar is reached at once.
+    #[tokio::test]
+    async fn blackholes_are_tried_in_parallel_with_a_short_timeout() {
+        let ca = TestCa::new("acme.test");
+        let registrar = tls_server(&ca, "registrar/enrp-1").await;
+        let client = TrustStore::new(ca.leaf("pu/client-1").issue().identity()).expect("store");
+        client.add_domain(ca.bundle()).expect("domain");
+        let client = Arc::new(client);
+        let discovery = Discovery::detached(|_| {});
+        for i in 0..PARALLEL as u32 {
+            let hole = silent_server().await;
+            discovery.hear(hole, &announce(100 + i, hole));
+        }
+        let started = tokio::time::Instant::now();
+        let err = discovery
+            .hunt(&client, &[], 0, false)
+            .await
+            .expect_err("nobody answers");
+        let took = started.elapsed();
+        assert!(err.to_string().contains("no handshake within 3s"), "{err}");
+        assert!(
+            took >= ANNOUNCED_TIMEOUT && took < ANNOUNCED_TIMEOUT + Duration::from_secs(2),
+            "one wave: {took:?}"
+        );
+        assert!(took < super::super::CONNECT_TIMEOUT);
+        assert_eq!(
+            discovery.stats().refused,
+            PARALLEL as u64,
+            "every blackhole held"
+        );
+        discovery.hear(registrar, &announce(1, registrar));
+        let started = tokio::time::Instant::now();
+        let (conn, _) = discovery
+            .hunt(&client, &[], 0, false)
+            .await
+            .expect("the registrar");
+        assert_eq!(conn.registrar(), registrar);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     fn announce(server_id: u32, at: SocketAddr) -> AsapMsg {
         AsapMsg::ServerAnnounce {
             server_id: ServerId::new(server_id).expect("non-zero"),
@@ -407,6 +519,7 @@ mod tests {
         });
         let client = TrustStore::new(ca.leaf("pe/echo-1").issue().identity()).expect("store");
         client.add_domain(ca.bundle()).expect("domain");
+        let client = Arc::new(client);
 
         // Nothing configured, nothing announced: the wait ends with a clear error.
         let err = discovery
@@ -419,37 +532,36 @@ mod tests {
             "{err}"
         );
 
+        // The forger announces first: its handshake is tried and refused, once.
         discovery.hear(forged, &announce(66, forged));
-        discovery.hear(registrar, &announce(1, registrar));
         discovery
             .wait(&[], Duration::from_secs(1))
             .await
-            .expect("candidates");
-        // The order is random (spec §7.7): hunt until the forged one came first once
-        // (2^-64 that it never does); every hunt ends on the registrar.
-        for start in 0..64 {
+            .expect("a candidate");
+        let err = discovery
+            .hunt(&client, &[], 0, false)
+            .await
+            .expect_err("a PE identity is no registrar");
+        assert!(
+            err.to_string()
+                .contains("spiffe://acme.test/pe/mallory does not match the expected registrar"),
+            "{err}"
+        );
+        assert_eq!(refused.load(Ordering::SeqCst), 1, "reported");
+        // The registrar announces: every hunt ends there, and the forger, announced again
+        // and again, is not tried within its hold.
+        discovery.hear(registrar, &announce(1, registrar));
+        for start in 0..4 {
+            discovery.hear(forged, &announce(66, forged));
+            assert_eq!(
+                discovery.candidates(&[]),
+                vec![TransportAddr::Tcp(registrar)]
+            );
             let (conn, _) = discovery
                 .hunt(&client, &[], start, false)
                 .await
                 .expect("the registrar");
             assert_eq!(conn.registrar(), registrar);
-            if refused.load(Ordering::SeqCst) > 0 {
-                break;
-            }
-        }
-        assert_eq!(refused.load(Ordering::SeqCst), 1, "tried once");
-        // Held: the forged address is no longer a candidate, however often announced,
-        // and further hunts do not try it.
-        discovery.hear(forged, &announce(66, forged));
-        assert_eq!(
-            discovery.candidates(&[]),
-            vec![TransportAddr::Tcp(registrar)]
-        );
-        for start in 0..4 {
-            discovery
-                .hunt(&client, &[], start, false)
-                .await
-                .expect("registrar");
         }
         assert_eq!(refused.load(Ordering::SeqCst), 1, "one refusal per hold");
         assert_eq!(discovery.stats().refused, 1);
