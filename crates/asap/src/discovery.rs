@@ -427,18 +427,19 @@ pub fn announced_addrs(
         if slot.is_some() {
             continue;
         }
-        // Unspecified means the source: replace it before `of_transport` drops it.
-        let addrs: Vec<_> = t
-            .addresses()
-            .iter()
-            .map(|a| {
-                if a.ip().is_unspecified() {
-                    source
-                } else {
-                    a.ip()
-                }
-            })
-            .collect();
+        // Unspecified means the source; several wildcards of a multi-homed listener all
+        // mean it, once.
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for a in t.addresses() {
+            let ip = if a.ip().is_unspecified() {
+                source
+            } else {
+                a.ip()
+            };
+            if !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
         let port = t.port().get();
         let addr = match t {
             Transport::Tcp { .. } => TransportAddr::Tcp(SocketAddr::new(addrs[0], port)),
@@ -587,6 +588,19 @@ mod tests {
                 &[udp.clone(), sctp, tcp("0.0.0.0", 4000), tcp("10.0.0.6", 1)]
             ),
             Ok(vec![at("10.0.0.5:4000"), at("sctp:10.0.0.5:3864")])
+        );
+        let wildcards = Transport::Sctp {
+            port: NonZeroU16::new(3864).expect("port"),
+            transport_use: TransportUse::DataOnly,
+            addrs: SctpAddresses::new([
+                Address::new(IpAddr::from([0, 0, 0, 0])),
+                Address::new(IpAddr::from([0u16; 8])),
+            ])
+            .expect("two"),
+        };
+        assert_eq!(
+            announced_addrs(s, &[wildcards]),
+            Ok(vec![at("sctp:10.0.0.5:3864")])
         );
         assert_eq!(
             announced_addrs(s, &[udp]),
