@@ -11,10 +11,15 @@
 //!
 //! - at most [`MAX_ANNOUNCED`] announced registrars are kept; when full, a new one takes
 //!   the place of one whose handshake failed, never of one that may be good;
-//! - an announced address whose handshake (or connection) failed is held back
-//!   ([`handle_refused`](RegistrarList::handle_refused)) for [`REFUSED_HOLD_FIRST`],
-//!   doubling per further failure up to [`REFUSED_HOLD_MAX`]: one failed handshake per
-//!   address per window, however often it is announced;
+//! - an announced address whose handshake failed (a certificate that is not a trusted
+//!   registrar's) is held back ([`handle_refused`](RegistrarList::handle_refused)) for
+//!   [`REFUSED_HOLD_FIRST`], doubling per further failure up to [`REFUSED_HOLD_MAX`]: one
+//!   failed handshake per address per window, however often it is announced;
+//! - one that could not be reached (refused, timed out: a registrar restarting, or a
+//!   forger's blackhole) is held for [`UNREACHABLE_HOLD_FIRST`], doubling up to
+//!   [`UNREACHABLE_HOLD_MAX`], and released when it announces itself anew after its entry
+//!   expired (a registrar that came back), so that a restart costs its PEs about a
+//!   second, not minutes;
 //! - datagrams that do not decode, or announce nothing this side can dial, are counted
 //!   and dropped ([`Heard`]).
 
@@ -47,6 +52,10 @@ pub const MAX_ANNOUNCED: usize = 16;
 pub const REFUSED_HOLD_FIRST: Duration = Duration::from_secs(5);
 /// The longest hold: the hold doubles at each further failure up to this.
 pub const REFUSED_HOLD_MAX: Duration = Duration::from_secs(300);
+/// How long an announced address that could not be reached is not tried again, at first.
+pub const UNREACHABLE_HOLD_FIRST: Duration = Duration::from_secs(1);
+/// The longest hold of an unreachable address.
+pub const UNREACHABLE_HOLD_MAX: Duration = Duration::from_secs(30);
 /// Most refused addresses remembered (the oldest hold is forgotten first): bounds the
 /// memory a flood of forged announces can take.
 pub const MAX_HELD: usize = 256;
@@ -100,6 +109,8 @@ struct Announced {
 struct Hold {
     until: Instant,
     window: Duration,
+    /// Not reached, rather than refused by the handshake.
+    unreachable: bool,
 }
 
 /// The registrars announced on one group, with the holds of those that failed (see the
@@ -167,6 +178,13 @@ impl RegistrarList {
             e.addrs = addrs;
             return Heard::Refreshed;
         }
+        // Announced anew after its entry expired: a registrar that could not be reached
+        // before may have come back (a restart); one that failed the handshake stays held.
+        for a in &addrs {
+            if self.held.get(&a.primary()).is_some_and(|h| h.unreachable) {
+                self.held.remove(&a.primary());
+            }
+        }
         if self.announced.len() >= MAX_ANNOUNCED {
             // Make room only by dropping one that already failed its handshake.
             let held = self
@@ -227,16 +245,32 @@ impl RegistrarList {
         self.announced.iter().any(|e| e.addrs.contains(addr))
     }
 
-    /// The handshake (or connection) with announced `addr` failed: it is not tried again
-    /// for a window, [`REFUSED_HOLD_FIRST`] doubling to [`REFUSED_HOLD_MAX`]. Returns the
-    /// window. At most [`MAX_HELD`] addresses are held; the one whose hold ends first
-    /// makes room.
+    /// The handshake with announced `addr` failed: it is not tried again for a window,
+    /// [`REFUSED_HOLD_FIRST`] doubling to [`REFUSED_HOLD_MAX`]. Returns the window. At
+    /// most [`MAX_HELD`] addresses are held; the one whose hold ends first makes room.
     pub fn handle_refused(&mut self, addr: &TransportAddr, now: Instant) -> Duration {
+        self.hold(addr, now, false)
+    }
+
+    /// Announced `addr` could not be reached (connection refused, timed out): held for
+    /// [`UNREACHABLE_HOLD_FIRST`] doubling to [`UNREACHABLE_HOLD_MAX`], and released when
+    /// it is announced anew after its entry expired. Returns the window.
+    pub fn handle_unreachable(&mut self, addr: &TransportAddr, now: Instant) -> Duration {
+        self.hold(addr, now, true)
+    }
+
+    fn hold(&mut self, addr: &TransportAddr, now: Instant, unreachable: bool) -> Duration {
         self.stats.refused += 1;
         let key = addr.primary();
+        let (first, max) = if unreachable {
+            (UNREACHABLE_HOLD_FIRST, UNREACHABLE_HOLD_MAX)
+        } else {
+            (REFUSED_HOLD_FIRST, REFUSED_HOLD_MAX)
+        };
         let window = match self.held.get(&key) {
-            Some(h) => (h.window * 2).min(REFUSED_HOLD_MAX),
-            None => REFUSED_HOLD_FIRST,
+            // The same kind of failure again: the window doubles; another kind starts over.
+            Some(h) if h.unreachable == unreachable => (h.window * 2).min(max),
+            _ => first,
         };
         if !self.held.contains_key(&key)
             && self.held.len() >= MAX_HELD
@@ -253,6 +287,7 @@ impl RegistrarList {
             Hold {
                 until: now + window,
                 window,
+                unreachable,
             },
         );
         window
@@ -802,6 +837,39 @@ mod tests {
             }
         }
         assert_eq!(dials, MAX_HELD - 1);
+    }
+
+    /// A registrar that could not be reached (restarting) is held for a second, doubling
+    /// to 30 s, and released when it announces itself anew after its entry expired; one
+    /// that failed the handshake is not released by announcing again.
+    #[test]
+    fn an_unreachable_registrar_is_held_briefly_and_released_when_it_comes_back() {
+        let t0 = start();
+        let mut list = RegistrarList::default();
+        let (down, forged) = (at("10.0.0.1:3864"), at("10.0.0.66:3864"));
+        list.handle_datagram(src("10.0.0.1"), &announce(1, vec![]), t0);
+        list.handle_datagram(src("10.0.0.66"), &announce(66, vec![]), t0);
+        assert_eq!(list.handle_unreachable(&down, t0), UNREACHABLE_HOLD_FIRST);
+        assert_eq!(list.handle_refused(&forged, t0), REFUSED_HOLD_FIRST);
+        assert!(list.candidates(&[], t0, 0).is_empty());
+        let t1 = t0 + UNREACHABLE_HOLD_FIRST;
+        assert_eq!(list.candidates(&[], t1, 0), vec![down.clone()]);
+        let mut window = list.handle_unreachable(&down, t1);
+        assert_eq!(window, UNREACHABLE_HOLD_FIRST * 2);
+        let mut t = t1;
+        for _ in 0..10 {
+            t += window;
+            window = list.handle_unreachable(&down, t);
+        }
+        assert_eq!(window, UNREACHABLE_HOLD_MAX);
+        // Both stop announcing (the entries expire), then announce again: the restarted
+        // registrar is tried at once, the forger is not.
+        let back = t + T7_ENRP_OUTDATE + Duration::from_secs(1);
+        assert_eq!(list.candidates(&[], back, 0), Vec::<TransportAddr>::new());
+        list.handle_refused(&forged, back);
+        list.handle_datagram(src("10.0.0.1"), &announce(1, vec![]), back);
+        list.handle_datagram(src("10.0.0.66"), &announce(66, vec![]), back);
+        assert_eq!(list.candidates(&[], back, 0), vec![down]);
     }
 
     /// The same registrar is its first address, not its Server ID: a forged announce

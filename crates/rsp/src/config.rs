@@ -102,7 +102,7 @@ pub(crate) const OPTIONS: &[Opt] = &[
         flag: "discover",
         takes: Takes::Value("GROUP:PORT"),
         default: None,
-        help: "Also learn registrars from their multicast announces on GROUP:PORT (ASAP_SERVER_ANNOUNCE, spec §7.7; conventionally 239.0.0.50:3863, what `enrpd run --announce` sends), tried after any --registrar. An announced registrar is only an address to try: it must pass the same handshake (--registrar-id) as a configured one; one that fails is not tried again for a while (5 s, doubling to 5 min). Off unless given.",
+        help: "Also learn registrars from their multicast announces on GROUP:PORT (ASAP_SERVER_ANNOUNCE, spec §7.7; conventionally 239.0.0.50:3863, what `enrpd run --announce` sends), tried after any --registrar. An announced registrar is only an address to try: it must pass the same handshake (--registrar-id) as a configured one; one whose certificate is not a registrar's is not tried again for 5 s, doubling to 5 min (one that does not answer: 1 s, doubling to 30 s). Off unless given.",
     },
     Opt {
         key: "discover_timeout",

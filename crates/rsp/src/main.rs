@@ -236,6 +236,7 @@ impl Common {
         });
         Ok(())
     }
+
     /// `--discover`: joins the announce group and, with no --registrar, waits (at most
     /// --discover-timeout) for a first announce; `None` without it (spec D-5).
     async fn discovery(&self) -> anyhow::Result<Option<Discovery>> {

@@ -244,7 +244,11 @@ impl Discovery {
                 }
                 Err(error) => {
                     let now = tokio::time::Instant::now().into_std();
-                    let hold = self.list().handle_refused(&addr, now);
+                    let hold = if unreachable(&error) {
+                        self.list().handle_unreachable(&addr, now)
+                    } else {
+                        self.list().handle_refused(&addr, now)
+                    };
                     (self.inner.report)(DiscoveryEvent::Refused {
                         addr: &addr,
                         error: &error,
@@ -262,6 +266,25 @@ impl Discovery {
             last,
         })
     }
+}
+
+/// Whether `error` says nobody answered (refused, reset, timed out, no route) rather than
+/// that the handshake failed: a TLS failure (a certificate that is not a trusted
+/// registrar's) comes as `InvalidData`.
+fn unreachable(error: &Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(error, Error::Io(e) if matches!(
+        e.kind(),
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::TimedOut
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::UnexpectedEof
+    ))
 }
 
 /// How many announced registrars [`Discovery::hunt`] tries at once.
