@@ -274,7 +274,7 @@ fn pes_and_pus_without_a_registrar_address_find_the_announced_one_and_refuse_a_f
 
     // 4. The real registrar announces: the PE registers there.
     let t = Instant::now();
-    let _registrar = announcing_registrar(&lab, &ns_r, "data-r", "10.78.0.1:3864");
+    let registrar = announcing_registrar(&lab, &ns_r, "data-r", "10.78.0.1:3864");
     let seen = wait_for(&pe_lines, "registered with", Duration::from_secs(20));
     let registered = seen.last().expect("the line");
     assert!(
@@ -328,7 +328,33 @@ fn pes_and_pus_without_a_registrar_address_find_the_announced_one_and_refuse_a_f
         "line 0\nline 1\nline 2\n",
         "{stderr}"
     );
+
+    // 7. The registrar is killed and started again at its address: the PE, which knows
+    //    it only from its announces, registers there again within seconds (a registrar
+    //    that did not answer is held briefly, not like a refused one).
+    drop(registrar);
+    let t = Instant::now();
+    let lost = wait_for(
+        &pe_lines,
+        "lost registrar 10.78.0.1:3864",
+        Duration::from_secs(20),
+    );
+    let _registrar = announcing_registrar(&lab, &ns_r, "data-r", "10.78.0.1:3864");
+    let seen = wait_for(&pe_lines, "registered with", Duration::from_secs(20));
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("registered with 10.78.0.1:3864")),
+        "{seen:#?}"
+    );
+    println!(
+        "discovery: after a registrar restart the PE registered again {} ms after losing it",
+        t.elapsed().as_millis()
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     // The PE never took the forger for its registrar.
+    for line in lost.iter().chain(&seen) {
+        assert!(!line.contains("registered with 10.78.0.66"), "{line}");
+    }
     while let Ok(line) = pe_lines.try_recv() {
         assert!(!line.contains("registered with 10.78.0.66"), "{line}");
     }
