@@ -886,4 +886,75 @@ mod tests {
         // The random pick rotates the announced part.
         assert_ne!(list.candidates(&[], t0, 0), list.candidates(&[], t0, 1));
     }
+
+    /// What a datagram of the property test is: garbage, or an announce (or presence)
+    /// from one of many sources naming one of many addresses.
+    #[derive(Debug, Clone)]
+    enum Datagram {
+        Bytes(Vec<u8>),
+        Announce { from: u8, port: u16 },
+        Presence { from: u8, sender: u32 },
+        Refuse { from: u8 },
+        Later(u16),
+    }
+
+    fn datagram() -> impl proptest::strategy::Strategy<Value = Datagram> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Datagram::Bytes),
+            (any::<u8>(), any::<u16>()).prop_map(|(from, port)| Datagram::Announce { from, port }),
+            (any::<u8>(), any::<u32>())
+                .prop_map(|(from, sender)| Datagram::Presence { from, sender }),
+            any::<u8>().prop_map(|from| Datagram::Refuse { from }),
+            any::<u16>().prop_map(Datagram::Later),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Bad input changes nothing and a flood stays bounded: any sequence of datagrams
+        /// (garbage or announces from 256 sources), refusals and time never panics, keeps
+        /// at most MAX_ANNOUNCED registrars and MAX_HELD holds, and never offers a held
+        /// or expired address.
+        #[test]
+        fn any_datagrams_keep_the_list_bounded(steps in proptest::collection::vec(datagram(), 0..400)) {
+            let mut now = start();
+            let mut list = RegistrarList::default();
+            let mut peers = PeerPresences::new(sid(1));
+            for step in steps {
+                match step {
+                    Datagram::Bytes(b) => {
+                        list.handle_datagram(src("10.0.0.1"), &b, now);
+                        peers.handle_datagram(src("10.0.0.1"), &b, 9902, now);
+                    }
+                    Datagram::Announce { from, port } => {
+                        let ip = format!("10.3.0.{from}");
+                        let t = if port == 0 { vec![] } else { vec![tcp(&ip, port)] };
+                        list.handle_datagram(src(&ip), &announce(u32::from(from) + 1, t), now);
+                    }
+                    Datagram::Presence { from, sender } => {
+                        let ip = format!("10.3.0.{from}");
+                        if let Some(s) = ServerId::new(sender) {
+                            peers.handle_datagram(src(&ip), &presence(s.get(), None), 9902, now);
+                        }
+                    }
+                    Datagram::Refuse { from } => {
+                        let a = at(&format!("10.3.0.{from}:3864"));
+                        if from % 2 == 0 {
+                            list.handle_refused(&a, now);
+                        } else {
+                            list.handle_unreachable(&a, now);
+                        }
+                    }
+                    Datagram::Later(ms) => now += Duration::from_millis(u64::from(ms)),
+                }
+                proptest::prop_assert!(list.announced().count() <= MAX_ANNOUNCED);
+                proptest::prop_assert!(list.held.len() <= MAX_HELD);
+                proptest::prop_assert!(peers.handed.len() <= MAX_HELD);
+                for c in list.candidates(&[], now, 0) {
+                    proptest::prop_assert!(!list.is_held(&c, now));
+                    proptest::prop_assert!(list.is_announced(&c));
+                }
+            }
+        }
+    }
 }
