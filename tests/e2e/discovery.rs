@@ -1,15 +1,19 @@
-//! Multicast discovery of registrars (issue 23 item 4, spec §7.7, D-5): PEs and PUs
-//! started with `--discover` and no registrar address find the registrar that `enrpd run
-//! --announce` announces, and ignore a forged announcer.
+//! Multicast discovery of registrars (issue 23 item 4, spec §7.7, §9.2, D-5), with real
+//! binaries in network namespaces joined by veth pairs to a bridge in a hub namespace
+//! (multicast works on veth; each namespace routes 224.0.0.0/4 to its link).
 //!
-//! Four network namespaces joined by veth pairs to a bridge in a fifth (multicast works
-//! on veth; each namespace routes 224.0.0.0/4 to its link): the real registrar, a PE, a
-//! PU, and the forger. The forger is a real `enrpd` that announces itself on the same
-//! group but presents a PE certificate of the trusted domain (a valid identity, not a
-//! registrar's), so an announce that leads to it costs one refused handshake, logged, and
-//! it never becomes anyone's registrar. It announces first, alone: the PE and the PU must
-//! try it and refuse it; then the real registrar starts, and they end there.
-//! Needs root and `ip` (iproute2); skips with a message otherwise.
+//! - PEs and PUs started with `--discover` and no registrar address find the registrar
+//!   that `enrpd run --announce` announces, and ignore a forged announcer; the PE finds it
+//!   again after a restart.
+//! - Registrars with `--announce-peers`/`--discover-peers` and no `--peer` find each other
+//!   and replicate, and refuse a forged presence.
+//!
+//! The forger is a real `enrpd` that announces itself on the same groups but presents a PE
+//! certificate of the trusted domain (a valid identity, not a registrar's), so an announce
+//! that leads to it costs one refused handshake, logged (PE, PU) or audited (registrar),
+//! and it never becomes anyone's registrar or peer. In the first test it announces first,
+//! alone: the PE and the PU must try it and refuse it; then the real registrar starts, and
+//! they end there. Needs root and `ip` (iproute2); skips with a message otherwise.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
