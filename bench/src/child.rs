@@ -196,6 +196,7 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
     });
     let config = PeConfig {
         registrars: vec![asap::addr::TransportAddr::Tcp(registrar)],
+        discovery: None,
         insecure_legacy: false,
         namespace: None,
         pool_handle: PoolHandle::new("failover").expect("pool handle"),

@@ -16,82 +16,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Lab, Registrar, Serving, admin_token, bin, serving};
-
-/// The network namespaces of one test run, deleted when dropped (also on a panic). Their
-/// names carry the process ID, so that runs side by side do not clash; the veth pairs
-/// and the bridge live inside them and go with them.
-struct Netns {
-    prefix: String,
-    names: Vec<String>,
-}
-
-impl Netns {
-    fn new() -> Self {
-        Self {
-            prefix: format!("rsp-part-{}", std::process::id()),
-            names: Vec::new(),
-        }
-    }
-
-    /// Adds the namespace `NAME` (prefixed); its full name.
-    fn add(&mut self, name: &str) -> Result<String, String> {
-        let full = format!("{}-{name}", self.prefix);
-        // A namespace left by a killed run with the same process ID.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &full])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &full])?;
-        self.names.push(full.clone());
-        Ok(full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in self.names.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-/// `ip ARGS`, or its error output.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// `program` run inside the namespace `ns` (`ip netns exec` execs it: the child's PID is
-/// the program's own).
-fn in_ns(ns: &str, program: &Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(program);
-    c
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn unsupported() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".to_owned());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` (iproute2) not found".to_owned());
-    }
-    None
-}
+use crate::support::{
+    Lab, Netns, Registrar, Serving, admin_token, bin, in_ns, ip, serving, unsupported_netns,
+};
 
 /// One registrar of the test: its namespace, address and running `enrpd`.
 struct Node {
@@ -499,12 +426,12 @@ fn heal_a(hub: &str) -> Instant {
 
 #[test]
 fn a_partition_heals_to_one_handlespace_with_one_home_per_pe() {
-    if let Some(why) = unsupported() {
+    if let Some(why) = unsupported_netns() {
         println!("SKIPPED partition test: {why} (needs root and iproute2 for network namespaces)");
         return;
     }
     // Declared first, dropped last: the processes in the namespaces die before them.
-    let mut netns = Netns::new();
+    let mut netns = Netns::new("part");
     let hub = match netns.add("hub") {
         Ok(h) => h,
         Err(e) => {

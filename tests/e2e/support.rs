@@ -2,7 +2,7 @@
 //! `rsp-pki`, a real `enrpd` on a loopback port, and an ASAP client over real mutual TLS.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -443,4 +443,79 @@ pub(crate) fn enrpd_audit(lab: &Lab, args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The network namespaces of one test run, deleted when dropped (also on a panic). Their
+/// names carry the test's tag and the process ID, so that runs side by side do not clash;
+/// the veth pairs and the bridge live inside them and go with them.
+pub(crate) struct Netns {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Netns {
+    pub(crate) fn new(tag: &str) -> Self {
+        Self {
+            prefix: format!("rsp-{tag}-{}", std::process::id()),
+            names: Vec::new(),
+        }
+    }
+
+    /// Adds the namespace `NAME` (prefixed); its full name.
+    pub(crate) fn add(&mut self, name: &str) -> Result<String, String> {
+        let full = format!("{}-{name}", self.prefix);
+        // A namespace left by a killed run with the same process ID.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &full])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &full])?;
+        self.names.push(full.clone());
+        Ok(full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// `ip ARGS`, or its error output.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `program` run inside the namespace `ns` (`ip netns exec` execs it: the child's PID is
+/// the program's own).
+pub(crate) fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Why this machine cannot run a test with network namespaces, if it cannot.
+pub(crate) fn unsupported_netns() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root".to_owned());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("`ip` (iproute2) not found".to_owned());
+    }
+    None
 }

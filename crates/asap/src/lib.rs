@@ -6,6 +6,7 @@
 //!   [`policy::Selector`] interface, used by registrars (choose *n* PEs for a handle
 //!   resolution response) and pool users (choose one PE from a cache).
 //! - [`addr`]: transport addresses and SCTP endpoints (pure, no feature needed).
+//! - [`discovery`]: registrars learnt from multicast announces (pure; off unless asked).
 //! - `client` (feature `client`): pool elements and pool users over mutual TLS.
 //! - `transport` (feature `transport`): messages over any async byte stream (spec §12.2).
 //!
@@ -15,6 +16,7 @@
 pub mod addr;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod discovery;
 pub mod policy;
 #[cfg(feature = "transport")]
 pub mod transport;

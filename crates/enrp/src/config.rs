@@ -8,7 +8,7 @@
 //! Durations take a humane string (`5s`, `250ms`, `1h`) or, as they always have, a bare
 //! number in the unit the key names (`keep_alive_interval_ms = 5000`).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +35,23 @@ pub struct RunConfig {
     /// Peer registrars, `HOST:PORT` or `HOST:PORT=spiffe://…`.
     #[serde(deserialize_with = "list")]
     pub peers: Vec<String>,
+    /// Multicast ASAP_SERVER_ANNOUNCE to this group (spec §7.7), or off (D-5).
+    #[serde(with = "optional_parsed")]
+    pub announce: Option<SocketAddr>,
+    /// The interface (its IPv4 address) the announces leave from.
+    #[serde(with = "optional_parsed")]
+    pub announce_interface: Option<Ipv4Addr>,
+    /// The announces' multicast TTL.
+    #[serde(deserialize_with = "number")]
+    pub announce_ttl: u32,
+    /// T6-Serverannounce (spec §10), also the presence period.
+    pub announce_interval_ms: Millis,
+    /// Multicast ENRP_PRESENCE to this group (spec §9.2), or off (D-5).
+    #[serde(with = "optional_parsed")]
+    pub announce_peers: Option<SocketAddr>,
+    /// Learn peer registrars from multicast ENRP_PRESENCE on this group, or off (D-5).
+    #[serde(with = "optional_parsed")]
+    pub discover_peers: Option<SocketAddr>,
     /// Where to serve the admin API over HTTPS, or off.
     pub admin_listen: Listen,
     /// Endpoint keep-alive interval (spec §7.5).
@@ -125,6 +142,12 @@ impl Default for RunConfig {
             asap_listen: SocketAddr::from(([0u16; 8], 3864)),
             enrp_listen: Listen(Some(SocketAddr::from(([0u16; 8], 9902)))),
             peers: Vec::new(),
+            announce: None,
+            announce_interface: None,
+            announce_ttl: 1,
+            announce_interval_ms: ms(1000),
+            announce_peers: None,
+            discover_peers: None,
             admin_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 8443)))),
             keep_alive_interval_ms: ms(5000),
             keep_alive_timeout_ms: ms(5000),
@@ -188,6 +211,36 @@ pub const OPTIONS: &[(&str, Takes, &str)] = &[
         "peers",
         Takes::Repeated("peer", "HOST:PORT[=SPIFFE-ID]"),
         "A peer registrar's ENRP address, HOST:PORT (repeatable; the environment variable takes a comma-separated list). Peers need the `peer` grant. `HOST:PORT=spiffe://…` also binds the Server ID of that identity to it from the start: no other identity may use it (docs/ENRP-TRUST.md §4).",
+    ),
+    (
+        "announce",
+        Takes::Value("GROUP:PORT"),
+        "Announce this registrar by multicast (ASAP_SERVER_ANNOUNCE, spec §7.7) to GROUP:PORT, conventionally 239.0.0.50:3863, every --announce-interval-ms, so that `rsp ... --discover GROUP:PORT` finds it. Off unless given (spec D-5). An announce is only a hint: clients still require this registrar's certificate (docs/PROTOCOL-EXTENSIONS.md).",
+    ),
+    (
+        "announce_interface",
+        Takes::Value("IPV4"),
+        "The interface (its IPv4 address) the announces leave from, also the address announced when --asap-listen is a wildcard. Default: the route to the group decides, and a wildcard is announced as such (receivers use the datagram's source).",
+    ),
+    (
+        "announce_ttl",
+        Takes::Value("HOPS"),
+        "The announces' multicast TTL, 1 to 255; 1 keeps them on the link.",
+    ),
+    (
+        "announce_interval_ms",
+        Takes::Value("DURATION"),
+        "T6-Serverannounce: the mean time between two announces (and presences), each randomised ±25 % (spec §10). A duration or milliseconds.",
+    ),
+    (
+        "announce_peers",
+        Takes::Value("GROUP:PORT"),
+        "Announce this registrar to peer registrars by multicast (ENRP_PRESENCE with its ENRP address, spec §9.2) to GROUP:PORT, conventionally 239.0.0.51:9901, every --announce-interval-ms, on --announce-interface with --announce-ttl. Needs --enrp-listen. Off unless given (spec D-5).",
+    ),
+    (
+        "discover_peers",
+        Takes::Value("GROUP:PORT"),
+        "Learn peer registrars from their multicast presences on GROUP:PORT (what --announce-peers sends) and dial them as if named by a peer list: each must pass the ENRP mutual-TLS handshake as a registrar with the `peer` grant, exactly as a --peer; the address of one is handed to the dialer at most once a minute. Joined on --announce-interface. Off unless given (spec D-5).",
     ),
     (
         "admin_listen",
@@ -392,6 +445,46 @@ impl RunConfig {
         }
         if !self.legacy_peers.is_empty() && self.legacy_enrp_listen.is_none() {
             return needs("legacy_peers", "legacy_enrp_listen");
+        }
+        if !(1..=255).contains(&self.announce_ttl) {
+            return Err(ConfigError::Invalid {
+                key: "announce_ttl",
+                reason: "1 to 255",
+            });
+        }
+        // Zero would announce in a busy loop.
+        if self.announce_interval_ms.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "announce_interval_ms",
+                reason: "at least 100 ms",
+            });
+        }
+        for (key, group, example) in [
+            (
+                "announce",
+                self.announce,
+                "a multicast group such as 239.0.0.50:3863",
+            ),
+            (
+                "announce_peers",
+                self.announce_peers,
+                "a multicast group such as 239.0.0.51:9901",
+            ),
+            (
+                "discover_peers",
+                self.discover_peers,
+                "a multicast group such as 239.0.0.51:9901",
+            ),
+        ] {
+            if group.is_some_and(|g| !g.ip().is_multicast()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: example,
+                });
+            }
+        }
+        if self.announce_peers.is_some() && self.enrp_listen.0.is_none() {
+            return needs("announce_peers", "enrp_listen");
         }
         // Zero would re-read the shared store in a busy loop.
         if self.fleet_resync_secs.0 < Duration::from_secs(1) {
@@ -700,6 +793,38 @@ mod endpoint {
     }
 }
 
+/// An optional value given as text (`239.0.0.50:3863`), parsed by its `FromStr`.
+mod optional_parsed {
+    use super::{Deserialize as _, Deserializer, Serializer, de};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub(super) fn serialize<S: Serializer, T: Display>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| de::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
 mod legacy_peers {
     use super::{Deserializer, LegacyPeer, Serializer, de};
 
@@ -757,9 +882,65 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&d).expect("serialize")).expect("parse");
         assert_eq!(back, d);
         let keys = RunConfig::keys();
-        assert_eq!(keys.len(), 35, "{keys:?}");
+        assert_eq!(keys.len(), 41, "{keys:?}");
         assert!(keys.iter().any(|k| k == "keep_alive_interval_ms"));
         assert_eq!(d.validate(), Ok(()));
+    }
+
+    /// Multicast announces: off by default (spec D-5); a group that is not multicast, a
+    /// TTL of 0 and a busy-loop period are refused with the key named.
+    #[test]
+    fn announce_is_off_by_default_and_checked() {
+        let d = RunConfig::default();
+        assert_eq!((d.announce, d.announce_ttl), (None, 1));
+        assert_eq!(d.announce_interval_ms.0, Duration::from_secs(1));
+        let c = parse(serde_json::json!({
+            "announce": "239.0.0.50:3863", "announce_interface": "10.0.0.1",
+            "announce_ttl": "4", "announce_interval_ms": "250ms"
+        }))
+        .expect("parse");
+        assert_eq!(c.announce, Some("239.0.0.50:3863".parse().expect("addr")));
+        assert_eq!(c.announce_interface, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!((c.announce_ttl, c.validate()), (4, Ok(())));
+        let invalid =
+            |v: serde_json::Value| parse(v).expect("parse").validate().expect_err("refused");
+        assert!(matches!(
+            invalid(serde_json::json!({"announce": "10.0.0.1:3863"})),
+            ConfigError::Invalid {
+                key: "announce",
+                ..
+            }
+        ));
+        assert!(matches!(
+            invalid(serde_json::json!({"announce_ttl": 0})),
+            ConfigError::Invalid {
+                key: "announce_ttl",
+                ..
+            }
+        ));
+        assert!(matches!(
+            invalid(serde_json::json!({"announce_interval_ms": "1ms"})),
+            ConfigError::Invalid {
+                key: "announce_interval_ms",
+                ..
+            }
+        ));
+        assert!(matches!(
+            invalid(serde_json::json!({"discover_peers": "10.0.0.1:9901"})),
+            ConfigError::Invalid {
+                key: "discover_peers",
+                ..
+            }
+        ));
+        assert_eq!(
+            invalid(serde_json::json!({"announce_peers": "239.0.0.51:9901", "enrp_listen": "off"})),
+            ConfigError::Needs {
+                key: "announce_peers",
+                needs: "enrp_listen"
+            }
+        );
+        let err = parse(serde_json::json!({"announce": "nowhere"})).expect_err("no address");
+        assert!(err.contains("nowhere"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod announce;
 pub mod checkpoint;
 pub mod config;
 pub mod control_plane;

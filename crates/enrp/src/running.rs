@@ -227,6 +227,20 @@ pub async fn run_with(
         }
     })];
     tasks.extend(fleet);
+    // Multicast discovery (spec §7.7, §9.2), each part off unless configured (D-5).
+    match start_multicast(&config, &daemon, loaded.server_id) {
+        Ok(started) => tasks.extend(started),
+        Err(e) => {
+            for t in &tasks {
+                t.abort();
+            }
+            if let Some(admin) = admin {
+                admin.stop().await;
+            }
+            let _ = daemon.shutdown().await;
+            return Err(RunError::Config(e));
+        }
+    }
     // Signed checkpoints in the log: whoever keeps the log can later tell a truncated or
     // rewritten chain (`enrpd audit verify --checkpoint`).
     if !config.checkpoint_log_secs.0.is_zero() {
@@ -255,6 +269,70 @@ pub async fn run_with(
         server_id: loaded.server_id,
         tasks,
     })
+}
+
+/// The multicast tasks `config` asks for (`--announce`, `--announce-peers`,
+/// `--discover-peers`), or why one cannot start (the flag and its reason).
+fn start_multicast(
+    config: &RunConfig,
+    daemon: &Daemon,
+    server_id: ServerId,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    use crate::announce;
+    let mut tasks = Vec::new();
+    let every = |group| announce::AnnounceConfig {
+        group,
+        interface: config.announce_interface,
+        ttl: config.announce_ttl,
+        interval: config.announce_interval_ms.0,
+    };
+    if let Some(group) = config.announce {
+        let sctp = daemon
+            .sctp_addrs()
+            .iter()
+            .find(|(what, _)| *what == "ASAP over TLS/SCTP")
+            .map(|(_, e)| e.clone());
+        let msg = announce::announce_message(
+            server_id,
+            daemon.asap_addr(),
+            sctp.as_ref(),
+            config.announce_interface,
+        );
+        let bytes = msg.to_bytes().map_err(|e| format!("--announce: {e}"))?;
+        tasks.push(
+            announce::start(&every(group), bytes)
+                .map_err(|e| format!("--announce {group}: {e}"))?,
+        );
+        tracing::info!(%group, asap = %daemon.asap_addr(), "announcing this registrar by multicast (ASAP_SERVER_ANNOUNCE) every {:?}", config.announce_interval_ms.0);
+    }
+    if let Some(group) = config.announce_peers {
+        let enrp = daemon
+            .enrp_addr()
+            .ok_or("--announce-peers needs ENRP served (--enrp-listen)")?;
+        let msg = announce::presence_message(server_id, enrp, config.announce_interface)
+            .ok_or("--announce-peers: ENRP listens on port 0")?;
+        let bytes = msg
+            .to_bytes()
+            .map_err(|e| format!("--announce-peers: {e}"))?;
+        tasks.push(
+            announce::start(&every(group), bytes)
+                .map_err(|e| format!("--announce-peers {group}: {e}"))?,
+        );
+        tracing::info!(%group, %enrp, "announcing this registrar to peers by multicast (ENRP_PRESENCE)");
+    }
+    if let Some(group) = config.discover_peers {
+        tasks.push(
+            announce::discover_peers(
+                group,
+                config.announce_interface,
+                server_id,
+                daemon.peer_dialer(),
+            )
+            .map_err(|e| format!("--discover-peers {group}: {e}"))?,
+        );
+        tracing::info!(%group, "learning peer registrars from multicast presences");
+    }
+    Ok(tasks)
 }
 
 /// A registrar started by [`run`].

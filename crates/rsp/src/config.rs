@@ -94,8 +94,30 @@ pub(crate) const OPTIONS: &[Opt] = &[
         key: "registrars",
         flag: "registrar",
         takes: Takes::Repeated("ADDR"),
-        default: Some("127.0.0.1:3864"),
-        help: "Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP.",
+        // 127.0.0.1:3864 unless --discover (Options::registrars_or_default).
+        default: None,
+        help: "Registrars, tried in order; repeat the flag or separate with commas. IP:PORT for ASAP over TLS/TCP, sctp:IP:PORT[+IP:PORT...] for ASAP over TLS/SCTP. Default: 127.0.0.1:3864, or none with --discover.",
+    },
+    Opt {
+        key: "discover",
+        flag: "discover",
+        takes: Takes::Value("GROUP:PORT"),
+        default: None,
+        help: "Also learn registrars from their multicast announces on GROUP:PORT (ASAP_SERVER_ANNOUNCE, spec §7.7; conventionally 239.0.0.50:3863, what `enrpd run --announce` sends), tried after any --registrar. An announced registrar is only an address to try: it must pass the same handshake (--registrar-id) as a configured one; one whose certificate is not a registrar's is not tried again for 5 s, doubling to 5 min (one that does not answer: 1 s, doubling to 30 s). Off unless given.",
+    },
+    Opt {
+        key: "discover_timeout",
+        flag: "discover-timeout",
+        takes: Takes::Value("DURATION"),
+        default: Some("10s"),
+        help: "With --discover and no --registrar: how long to wait at start for a first announce before giving up.",
+    },
+    Opt {
+        key: "discover_interface",
+        flag: "discover-interface",
+        takes: Takes::Value("IPV4"),
+        default: None,
+        help: "With --discover: the interface (its IPv4 address) to join the group on. Default: the one the route to the group names.",
     },
     Opt {
         key: "insecure_legacy",
@@ -434,8 +456,14 @@ pub(crate) struct Options {
     pub(crate) key: Option<RelativePathBuf>,
     pub(crate) ca: RelativePathBuf,
     pub(crate) crl: Option<RelativePathBuf>,
-    #[serde(deserialize_with = "parsed_list")]
+    #[serde(default, deserialize_with = "parsed_list")]
     pub(crate) registrars: Vec<TransportAddr>,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) discover: Option<SocketAddr>,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) discover_timeout: Duration,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) discover_interface: Option<std::net::Ipv4Addr>,
     #[serde(default)]
     pub(crate) insecure_legacy: bool,
     pub(crate) namespace: Option<String>,
@@ -448,6 +476,21 @@ pub(crate) struct Options {
     _resolve: Option<de::IgnoredAny>,
     #[serde(default, rename = "gateway")]
     _gateway: Option<de::IgnoredAny>,
+}
+
+/// The registrar when none is given and none is discovered.
+pub(crate) const DEFAULT_REGISTRAR: &str = "127.0.0.1:3864";
+
+impl Options {
+    /// The registrars: as given; none given, [`DEFAULT_REGISTRAR`], unless --discover
+    /// is to find them (then none: only announced ones).
+    pub(crate) fn registrars_or_default(&self) -> Vec<TransportAddr> {
+        if self.registrars.is_empty() && self.discover.is_none() {
+            vec![DEFAULT_REGISTRAR.parse().expect("a valid address")]
+        } else {
+            self.registrars.clone()
+        }
+    }
 }
 
 /// The options of table `T` given as flags (the top layer); `clap` fills it from
@@ -980,7 +1023,45 @@ mod tests {
         // Without a file: the defaults; a comma-separated variable; repeated flags.
         let o = flags(&[]).load(None, env(&[])).expect("defaults");
         assert_eq!(o.ca.relative(), PathBuf::from("pki/ca.pem"));
-        assert_eq!(o.registrars, addrs(&["127.0.0.1:3864"]));
+        assert_eq!(o.registrars_or_default(), addrs(&["127.0.0.1:3864"]));
+        assert_eq!(o.discover, None, "discovery is off by default (spec D-5)");
+        // --discover: no default registrar, only announced ones; a given one stays.
+        let o = flags(&["--discover", "239.0.0.50:3863"])
+            .load(None, env(&[]))
+            .expect("valid");
+        assert_eq!(o.discover, Some("239.0.0.50:3863".parse().expect("addr")));
+        assert_eq!(o.discover_timeout, Duration::from_secs(10));
+        assert!(o.registrars_or_default().is_empty());
+        let o = flags(&[
+            "--discover",
+            "239.0.0.50:3863",
+            "--registrar",
+            "192.0.2.8:1",
+        ])
+        .load(None, env(&[]))
+        .expect("valid");
+        assert_eq!(o.registrars_or_default(), addrs(&["192.0.2.8:1"]));
+        // The config file key, and its variable.
+        let disc = dir.path().join("disc.toml");
+        std::fs::write(
+            &disc,
+            "discover = \"239.0.0.50:3863\"\ndiscover_timeout = \"2s\"\n",
+        )
+        .expect("write");
+        let o = flags(&[]).load(Some(&disc), env(&[])).expect("valid");
+        assert_eq!(o.discover, Some("239.0.0.50:3863".parse().expect("addr")));
+        assert_eq!(o.discover_timeout, Duration::from_secs(2));
+        let o = flags(&[])
+            .load(None, env(&[("RSP_DISCOVER", "239.0.0.50:3863")]))
+            .expect("valid");
+        assert!(o.discover.is_some() && o.registrars_or_default().is_empty());
+        let err = flags(&["--discover", "somewhere"])
+            .load(None, env(&[]))
+            .expect_err("not an address");
+        assert!(
+            err.contains("--discover") && err.contains("socket address"),
+            "{err}"
+        );
         assert!(o.cert.is_none() && o.namespace.is_none() && o.registrar_ids.is_empty());
         let vars = env(&[("RSP_REGISTRAR", "192.0.2.3:1,sctp:192.0.2.4:2")]);
         let o = flags(&[]).load(Some(&file), &vars).expect("valid");

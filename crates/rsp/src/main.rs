@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asap::addr::TransportAddr;
+use asap::client::discovery::{Discovery, DiscoveryEvent};
 use asap::client::pu::PoolUser;
 use asap::client::reload::{CredentialFiles, RELOAD_POLL};
-use asap::client::{self, Connection, admit, check, failover, forward, gateway, pe, pu, session};
+use asap::client::{self, admit, check, failover, forward, gateway, pe, pu, session};
 use asap::wire::param::{
     Address, Namespace, PeId, Policy, PoolHandle, SctpAddresses, Transport, TransportUse,
 };
@@ -112,6 +113,8 @@ struct Common {
     ca: PathBuf,
     crl: Option<PathBuf>,
     registrars: Vec<TransportAddr>,
+    /// `--discover`: the announce group, the first wait, the interface.
+    discover: Option<(SocketAddr, Duration, Option<std::net::Ipv4Addr>)>,
     insecure_legacy: bool,
     namespace: Option<String>,
     registrar_ids: Vec<IdentityPattern>,
@@ -119,12 +122,16 @@ struct Common {
 
 impl From<config::Options> for Common {
     fn from(o: config::Options) -> Self {
+        let registrars = o.registrars_or_default();
         Self {
             cert: o.cert.map(|p| p.relative()),
             key: o.key.map(|p| p.relative()),
             ca: o.ca.relative(),
             crl: o.crl.map(|p| p.relative()),
-            registrars: o.registrars,
+            registrars,
+            discover: o
+                .discover
+                .map(|g| (g, o.discover_timeout, o.discover_interface)),
             insecure_legacy: o.insecure_legacy,
             namespace: o.namespace,
             registrar_ids: o.registrar_ids,
@@ -163,6 +170,7 @@ impl Common {
     fn trust_for(&self, plain_ok: bool) -> anyhow::Result<Arc<TrustStore>> {
         let plain_only = plain_ok
             && self.insecure_legacy
+            && self.discover.is_none()
             && self
                 .registrars
                 .iter()
@@ -228,6 +236,22 @@ impl Common {
         });
         Ok(())
     }
+
+    /// `--discover`: joins the announce group and, with no --registrar, waits (at most
+    /// --discover-timeout) for a first announce; `None` without it (spec D-5).
+    async fn discovery(&self) -> anyhow::Result<Option<Discovery>> {
+        let Some((group, wait, interface)) = self.discover else {
+            return Ok(None);
+        };
+        let discovery = Discovery::listen(group, interface, report_discovery)
+            .with_context(|| format!("--discover {group}: joining the group"))?;
+        eprintln!("discovering registrars on {group}");
+        if self.registrars.is_empty() {
+            discovery.wait(&[], wait).await?;
+        }
+        Ok(Some(discovery))
+    }
+
     fn namespace(&self) -> anyhow::Result<Option<Namespace>> {
         self.namespace
             .as_deref()
@@ -236,6 +260,30 @@ impl Common {
                     .with_context(|| format!("bad namespace {n:?}: 1-63 bytes of a-z 0-9 - ."))
             })
             .transpose()
+    }
+}
+
+/// What `--discover` hears, one line each on standard error.
+fn report_discovery(event: DiscoveryEvent<'_>) {
+    match event {
+        DiscoveryEvent::Announced {
+            server_id,
+            addrs,
+            from,
+        } => {
+            let at: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "registrar {server_id} announced at {} (from {from}); a candidate until its handshake",
+                at.join(" ")
+            );
+        }
+        DiscoveryEvent::Refused { addr, error, hold } => {
+            eprintln!("announced registrar {addr} refused: {error}; not tried again for {hold:?}")
+        }
+        DiscoveryEvent::Dropped { from, why, count } => {
+            eprintln!("announce from {from} dropped: {why} ({count} dropped so far)");
+        }
+        _ => {}
     }
 }
 
@@ -631,8 +679,10 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             }
         );
     }
+    let discovery = common.discovery().await?;
     let config = pe::PeConfig {
         registrars: common.registrars.clone(),
+        discovery,
         insecure_legacy: common.insecure_legacy,
         namespace: common.namespace()?,
         pool_handle: pool_handle(&pool)?,
@@ -900,12 +950,38 @@ async fn run_resolve(
     // A registrar that refuses for lack of resources (still starting) is passed over for
     // the next one, once each; the last answer is the one reported.
     let (mut start, mut tries) = (0, 1);
+    let started = tokio::time::Instant::now();
+    let discovery = common.discovery().await?;
     let resolved = loop {
-        let (mut conn, idx) =
-            Connection::hunt(&trust, &common.registrars, start, common.insecure_legacy).await?;
+        let hunted = client::discovery::hunt(
+            &trust,
+            &common.registrars,
+            discovery.as_ref(),
+            start,
+            common.insecure_legacy,
+        )
+        .await;
+        let (mut conn, idx) = match (hunted, &discovery, &common.discover) {
+            (Ok(c), ..) => c,
+            // Only announced registrars, all refused: wait for another one to announce
+            // (or a hold to end), up to --discover-timeout from the start.
+            (Err(e), Some(d), Some((_, wait, _)))
+                if common.registrars.is_empty() && started.elapsed() < *wait =>
+            {
+                d.wait(&[], wait.saturating_sub(started.elapsed()))
+                    .await
+                    .map_err(|_| e)?;
+                continue;
+            }
+            (Err(e), ..) => return Err(e.into()),
+        };
+        let known = match &discovery {
+            Some(d) => d.candidates(&common.registrars).len(),
+            None => common.registrars.len(),
+        };
         match pu::resolve_hinted(&mut conn, namespace.clone(), &handle, items, hints.clone()).await
         {
-            Err(e) if e.is_transient() && tries < common.registrars.len() => {
+            Err(e) if e.is_transient() && tries < known => {
                 eprintln!("{}: {e}", conn.registrar());
                 (start, tries) = (idx + 1, tries + 1);
             }
@@ -988,8 +1064,13 @@ fn json_string(s: &str) -> String {
     out
 }
 
-fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Result<PoolUser> {
+async fn pool_user(
+    common: &Common,
+    trust: Arc<TrustStore>,
+    pool: &str,
+) -> anyhow::Result<PoolUser> {
     let mut config = pu::PuConfig::new(common.registrars.clone(), pool_handle(pool)?);
+    config.discovery = common.discovery().await?;
     config.namespace = common.namespace()?;
     config.insecure_legacy = common.insecure_legacy;
     Ok(PoolUser::new(trust, config))
@@ -1002,7 +1083,7 @@ fn pool_user(common: &Common, trust: Arc<TrustStore>, pool: &str) -> anyhow::Res
 async fn run_pu(pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust_for(true)?;
     common.keep_reloaded(&trust)?;
-    let users = pool_user(&common, Arc::clone(&trust), &pool)?;
+    let users = pool_user(&common, Arc::clone(&trust), &pool).await?;
     let mut session = failover::Session::new(&users);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
@@ -1075,7 +1156,7 @@ fn report(pool: &str, event: failover::Event<'_>) {
 async fn run_gateway(listen: SocketAddr, pool: String, common: Common) -> anyhow::Result<()> {
     let trust = common.trust()?;
     common.keep_reloaded(&trust)?;
-    let users = Arc::new(pool_user(&common, Arc::clone(&trust), &pool)?);
+    let users = Arc::new(pool_user(&common, Arc::clone(&trust), &pool).await?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -1138,6 +1219,7 @@ mod tests {
                 .iter()
                 .map(|r| r.parse().expect("registrar"))
                 .collect(),
+            discover: None,
             insecure_legacy,
             namespace: None,
             crl: None,

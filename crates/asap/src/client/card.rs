@@ -132,6 +132,7 @@ pub async fn keep_current(
         config.pool_handle.clone(),
     );
     pu.registrars.clone_from(&config.registrars);
+    pu.discovery.clone_from(&config.discovery);
     pu.insecure_legacy = config.insecure_legacy;
     pu.namespace.clone_from(&config.namespace);
     let users = PoolUser::new(trust, pu);

@@ -2,7 +2,8 @@
 //! connection to a registrar, and the credentials both sides present.
 //!
 //! - [`Connection`]: ASAP messages over TLS to a registrar, found by server hunt among
-//!   the configured registrars (spec §7.7).
+//!   the configured registrars (spec §7.7), and [`discovery`], the registrars learnt
+//!   from multicast announces (off unless asked).
 //! - [`pe`]: a PE that registers, answers keep-alives, re-registers, survives registrar
 //!   loss with the same PE ID (spec §7.1, §7.5, §12.6) and deregisters on shutdown.
 //! - [`pu`]: handle resolution and endpoint unreachable reports (spec §7.3, §7.6).
@@ -17,6 +18,7 @@ pub mod admit;
 mod backoff;
 pub mod card;
 pub mod check;
+pub mod discovery;
 pub mod failover;
 pub mod forward;
 pub mod gateway;

@@ -18,6 +18,7 @@ use trust::{Peer, Protocol, TrustStore};
 
 use super::backoff::Backoff;
 use super::card::Alternates;
+use super::discovery::{self, Discovery};
 use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::addr::TransportAddr;
 use crate::policy::{DistanceValues, LeastUsedDistance};
@@ -35,6 +36,10 @@ pub struct PeConfig {
     /// [`trust::TrustStore::set_registrar_ids`] pins others (`rsp --registrar-id`); any
     /// other identity fails the handshake (spec §11.1, threats T-6/T-7).
     pub registrars: Vec<TransportAddr>,
+    /// Also hunt among the registrars announced by multicast (spec §7.7), after
+    /// `registrars`; an announced one must pass the same handshake. `None` (the default,
+    /// spec D-5): configured registrars only.
+    pub discovery: Option<Discovery>,
     /// Register over plain SCTP, unauthenticated, with legacy registrars such as RSPLIB's
     /// (see [`Connection::open`]). Default `false`.
     pub insecure_legacy: bool,
@@ -247,7 +252,13 @@ pub async fn run(
             // While it hunts, a registrar that took it over may call with H=1 (spec
             // §12.6): that connection is as good as one the hunt finds.
             let hunted = tokio::select! {
-                h = Connection::hunt(trust, &config.registrars, start, config.insecure_legacy) => h,
+                h = discovery::hunt(
+                    trust,
+                    &config.registrars,
+                    config.discovery.as_ref(),
+                    start,
+                    config.insecure_legacy,
+                ) => h,
                 a = next_adoption(&mut adoptions) => {
                     adopted = Some(adopt(a, &mut events));
                     continue;
@@ -724,6 +735,7 @@ mod tests {
     fn card_config() -> PeConfig {
         PeConfig {
             registrars: Vec::new(),
+            discovery: None,
             insecure_legacy: false,
             namespace: None,
             pool_handle: PoolHandle::new("counter").expect("pool"),

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use trust::TrustStore;
 
 use super::backoff::Backoff;
+use super::discovery::{self, Discovery};
 use super::{Connection, Error};
 use crate::addr::TransportAddr;
 use crate::policy::{PolicyRegistry, PoolSelection};
@@ -142,6 +143,9 @@ pub struct PuConfig {
     /// The registrars, tried in order (server hunt, spec §7.7). Whom it accepts as one is
     /// the trust store's, as for a PE ([`super::pe::PeConfig::registrars`]).
     pub registrars: Vec<TransportAddr>,
+    /// Also hunt among the registrars announced by multicast, as for a PE
+    /// ([`super::pe::PeConfig::discovery`]). Default `None`.
+    pub discovery: Option<Discovery>,
     /// Talk to the registrars over plain SCTP, unauthenticated (legacy registrars such as
     /// RSPLIB's; see [`Connection::open`]). Default `false`.
     pub insecure_legacy: bool,
@@ -166,6 +170,7 @@ impl PuConfig {
     ) -> Self {
         Self {
             registrars: registrars.into_iter().map(Into::into).collect(),
+            discovery: None,
             insecure_legacy: false,
             namespace: None,
             pool_handle,
@@ -426,7 +431,11 @@ impl PoolUser {
     /// answer and is returned.
     pub async fn resolve_with_retries(&self) -> Result<Resolved, Error> {
         let mut registrar = self.registrar.lock().await;
-        let n = self.config.registrars.len().max(1);
+        let n = match &self.config.discovery {
+            Some(d) => d.candidates(&self.config.registrars).len(),
+            None => self.config.registrars.len(),
+        }
+        .max(1);
         let attempts = n * (1 + MAX_REQUEST_RETRANSMIT);
         let mut last = Error::NoRegistrar {
             tried: 0,
@@ -438,9 +447,10 @@ impl PoolUser {
                 tokio::time::sleep(pause).await;
             }
             if registrar.conn.is_none() {
-                match Connection::hunt(
+                match discovery::hunt(
                     &self.trust,
                     &self.config.registrars,
+                    self.config.discovery.as_ref(),
                     registrar.next,
                     self.config.insecure_legacy,
                 )

@@ -220,6 +220,9 @@ pub struct Daemon {
     accept_task: JoinHandle<()>,
     audit: AuditLog,
     control: Control,
+    /// Peers to dial that were learnt, not configured (the core's peer lists, multicast
+    /// presence): [`Daemon::peer_dialer`].
+    peer_dials: mpsc::Sender<TransportAddr>,
 }
 
 impl Daemon {
@@ -356,6 +359,7 @@ impl Daemon {
         let view = Arc::clone(core.read_view());
         // Bounded: a dial request that does not fit is dropped (the next list brings it).
         let (dial_tx, dial_rx) = mpsc::channel(256);
+        let peer_dials = dial_tx.clone();
         // Bounded too: a PE whose dial does not fit re-registers on its own (spec §12.6).
         let (pe_dial_tx, pe_dial_rx) = mpsc::channel(65_536);
         let (audit_jobs, audit_jobs_rx) = mpsc::channel(AUDIT_BACKLOG);
@@ -458,7 +462,16 @@ impl Daemon {
             accept_task,
             audit,
             control,
+            peer_dials,
         })
+    }
+
+    /// Where to send the ENRP address of a peer registrar learnt elsewhere (multicast
+    /// presence, `crate::announce`): it is dialed like one named in a peer list, once,
+    /// at most 256 at once, and becomes a peer only through the ENRP mutual-TLS handshake
+    /// with the registrar identity check and the `peer` grant.
+    pub fn peer_dialer(&self) -> mpsc::Sender<TransportAddr> {
+        self.peer_dials.clone()
     }
 
     /// A handle for the admin API: questions about the handlespace and operator commands.
