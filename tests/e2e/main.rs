@@ -7,6 +7,7 @@ mod admin;
 #[path = "../common/binaries.rs"]
 mod binaries;
 mod cli;
+mod drain;
 mod endpoints;
 mod fleet;
 mod fleet_audit;

@@ -263,6 +263,7 @@ fn legacy_register(
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
         },
     };
     let mut bytes = Vec::new();

@@ -137,6 +137,9 @@ impl Fixture {
             .into(),
             registration_life_ms: 300_000,
             labels: [("zone".to_owned(), "a1".to_owned())].into(),
+            draining: false,
+            drain_deadline_ms: None,
+            check: None,
         });
         self.registrar.feed.publish(PoolChange {
             namespace: namespace.into(),

@@ -33,6 +33,7 @@ fn response(n: u32) -> AsapMsg {
                 policy: Policy::RoundRobin,
                 asap_transport: None,
                 labels: Default::default(),
+                status: Default::default(),
             },
             registrant: RegistrantIdentity::new(&format!("spiffe://acme.test/pe/echo-{i}")),
         })

@@ -262,6 +262,7 @@ fn registration(pe_id: u32) -> AsapMsg {
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
         },
     }
 }

@@ -376,6 +376,7 @@ impl Driver {
                         policy,
                         asap_transport: None,
                         labels: zone(p),
+                        status: Default::default(),
                     },
                 }
             }
@@ -439,6 +440,7 @@ impl Driver {
                     policy: Policy::RoundRobin,
                     asap_transport: None,
                     labels: Default::default(),
+                    status: Default::default(),
                 },
                 registrant: None,
             },

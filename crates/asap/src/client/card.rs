@@ -200,6 +200,7 @@ mod tests {
                 policy: Policy::RoundRobin,
                 asap_transport: None,
                 labels: Default::default(),
+                status: Default::default(),
             },
             registrant: None,
         }

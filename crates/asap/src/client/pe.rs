@@ -103,6 +103,7 @@ impl PeConfig {
             policy: current_policy(self),
             asap_transport: None,
             labels: self.labels.clone(),
+            status: Default::default(),
         };
         AsapMsg::BusinessCard {
             pool_handle: self.pool_handle.clone(),
@@ -427,6 +428,7 @@ fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>
             policy: current_policy(config),
             asap_transport: listen.and_then(|l| asap_transport(l, local)),
             labels: config.labels.clone(),
+            status: Default::default(),
         },
     }
 }

@@ -62,6 +62,7 @@ fn pe(id: u32, home: u32, policy: Policy, transport: Transport) -> PoolElement {
         policy,
         asap_transport: None,
         labels: Default::default(),
+        status: Default::default(),
     }
 }
 

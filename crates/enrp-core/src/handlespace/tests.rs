@@ -36,6 +36,7 @@ fn pe(id: u32, home: u32, policy: Policy) -> PoolElement {
         policy,
         asap_transport: None,
         labels: Default::default(),
+        status: Default::default(),
     }
 }
 

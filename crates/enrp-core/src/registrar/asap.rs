@@ -299,6 +299,29 @@ impl Core {
                 out,
             );
         }
+        // 4c. An operator's drain (`drain.rs`): a re-registration keeps it, whatever the
+        //     PE says of itself; a drained PE ID stays out until the operator lifts it.
+        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
+        match self.drain_for_registration(&key) {
+            Ok(deadline) => pe.status.drain_deadline_ms = deadline,
+            Err(()) => {
+                return reject(
+                    self,
+                    ErrorCause::SecurityRejection,
+                    "drained by an operator: the drain must be lifted (DELETE …/drain)",
+                    out,
+                );
+            }
+        }
+        // A PE whose home moved here keeps the drain its old home announced.
+        if pe.status.drain_deadline_ms.is_none()
+            && let Some(old) = self
+                .handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|p| p.entry(pe_id))
+        {
+            pe.status.drain_deadline_ms = old.pool_element.status.drain_deadline_ms;
+        }
         // 5.–7. Pool consistency, PE ID uniqueness, limits: the handlespace.
         pe.home_server_id = self.config.server_id.get();
         let registrant = self.registrant(conn, Some(&pe));
@@ -325,7 +348,6 @@ impl Core {
                 .push(pool_handle.clone());
         }
         // 8. Own it, bind it to this connection, start its keep-alives.
-        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
         let owned = self.owned.entry(key.clone()).or_default();
         if let Some(old) = owned.conn.replace(conn)
             && old != conn
@@ -360,6 +382,10 @@ impl Core {
                 "policy {:#010x} has no selector here: the pool is selected round robin",
                 ty.0
             ));
+        }
+        if let Some(ms) = pe.status.drain_deadline_ms {
+            // The PE cannot undo an operator's drain by registering again: say so.
+            event.detail = Some(format!("draining until {ms} (unix ms): kept"));
         }
         out.push(Action::Audit {
             event,

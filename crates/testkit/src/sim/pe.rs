@@ -21,6 +21,7 @@ impl World {
             policy: policy(p.pool),
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
         })
     }
 

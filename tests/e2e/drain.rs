@@ -1,0 +1,178 @@
+//! Issue 21, drain at the registrar: `PUT …/pool-elements/{pe_id}/drain` takes a PE out of
+//! every resolution while it stays registered, its open sessions go on, and at the
+//! deadline its home registrar deregisters it; the PE cannot undo the drain by
+//! registering again. Who may drain, and every step, in the audit log.
+
+use std::time::Duration;
+
+use crate::admin::api;
+use crate::registrar::{accepted, registration, resolution, resolved};
+use crate::restart::wait_line;
+use crate::sidecar::{Draining, exchange, pool, until};
+use crate::support::Asap;
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The PEs of pool `pool` in the admin API (none when it has none).
+fn entries(d: &Draining, pool: &str) -> Vec<serde_json::Value> {
+    let (status, body) = api(
+        &d.lab,
+        &d.registrar,
+        Some(&d.token),
+        "GET",
+        &format!("/v1/namespaces/default/pools/{pool}/pool-elements"),
+        None,
+    );
+    match status {
+        200 => json(&body).as_array().cloned().unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn an_operators_drain_stops_new_sessions_the_open_one_completes_then_the_pe_goes() {
+    // A sidecar PE forwarding pool `web` to a line echo server, a gateway, one session.
+    let mut d = Draining::start_with(&[]);
+    let (mut open, mut answers) = d.session();
+    let pe = entries(&d, "web");
+    assert_eq!(pe.len(), 1, "{pe:?}");
+    let pe_id = pe[0]["pe_id"].as_str().expect("pe_id").to_owned();
+    assert_eq!(pe[0]["draining"], false);
+    let route = format!("/v1/namespaces/default/pools/web/pool-elements/{pe_id}/drain");
+
+    // A wrong namespace is refused and changes nothing.
+    let wrong = format!("/v1/namespaces/elsewhere/pools/web/pool-elements/{pe_id}/drain");
+    let (status, body) = api(&d.lab, &d.registrar, Some(&d.token), "PUT", &wrong, None);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(pool(&d.lab, d.registrar.addr).len(), 1);
+
+    let (status, body) = api(
+        &d.lab,
+        &d.registrar,
+        Some(&d.token),
+        "PUT",
+        &route,
+        Some(r#"{"deadline_secs": 4}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = json(&body)["drain_deadline_ms"].as_u64().expect("deadline");
+    // Still registered, shown draining with its deadline, returned to nobody.
+    let pe = entries(&d, "web");
+    assert_eq!(pe[0]["draining"], true, "{pe:?}");
+    assert_eq!(pe[0]["drain_deadline_ms"].as_u64(), Some(deadline));
+    assert!(
+        pool(&d.lab, d.registrar.addr).is_empty(),
+        "the registrar still returns a draining PE"
+    );
+    // The open session goes on.
+    assert_eq!(exchange(&mut open, &mut answers, "two"), "two\n");
+    drop((open, answers));
+
+    // At the deadline its home deregisters it, audited with the reason.
+    assert!(
+        until(Duration::from_secs(10), || entries(&d, "web").is_empty()).is_some(),
+        "still registered after the deadline"
+    );
+    let (_, body) = api(
+        &d.lab,
+        &d.registrar,
+        Some(&d.token),
+        "GET",
+        "/v1/audit?action=remove:drained",
+        None,
+    );
+    assert!(body.contains(&pe_id), "no remove:drained record: {body}");
+    let (_, body) = api(
+        &d.lab,
+        &d.registrar,
+        Some(&d.token),
+        "GET",
+        "/v1/audit?action=admin:pe.drain",
+        None,
+    );
+    assert!(
+        body.contains("\"outcome\":\"ok\"") && body.contains("not-found"),
+        "the drain and the refused one are on record: {body}"
+    );
+    // The PE notices its registrar went silent, registers again and is refused: the drain
+    // is the operator's. It says so in one line and exits.
+    wait_line(&d.lines, Duration::from_secs(30), |l| {
+        l.contains("security rejection") || l.contains("0xa")
+    })
+    .unwrap_or_else(|seen| panic!("no refusal: {seen:?}"));
+    assert!(d.exits(), "a drained PE ID is not taken back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pe_certificate_cannot_undo_a_drain_and_only_an_operator_lifts_it() {
+    let d = Draining::start_with(&[]);
+    let lab = &d.lab;
+    let reg = &d.registrar;
+    // A second PE of pool `web`, registered by hand with the PE's own certificate.
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), reg.addr)
+        .await
+        .expect("PE handshake");
+    pe.send(&registration("web", 0x4242)).await;
+    assert!(accepted(pe.recv_reply().await));
+    let route = "/v1/namespaces/default/pools/web/pool-elements/0x4242/drain";
+
+    // An auditor token may not drain (403, audited as a refused request).
+    let (status, body) = api(
+        lab,
+        reg,
+        Some(&d.token),
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"name":"reader","role":"auditor","ttl_seconds":600}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let auditor = json(&body)["token"].as_str().expect("token").to_owned();
+    assert_eq!(api(lab, reg, Some(&auditor), "PUT", route, None).0, 403);
+    assert_eq!(api(lab, reg, None, "PUT", route, None).0, 401);
+
+    let (status, body) = api(lab, reg, Some(&d.token), "PUT", route, None);
+    assert_eq!(status, 200, "{body}");
+    let mut pu = Asap::connect(&lab.identity("pu-client-1"), reg.addr)
+        .await
+        .expect("PU handshake");
+    let ids = |r: Result<Vec<(u32, String)>, u16>| -> Vec<u32> {
+        r.map(|v| v.into_iter().map(|(id, _)| id).collect())
+            .unwrap_or_default()
+    };
+    pu.send(&resolution("web")).await;
+    assert!(!ids(resolved(pu.recv_reply().await)).contains(&0x4242));
+
+    // The PE registers again (as every PE does every few minutes), saying nothing of a
+    // drain: accepted, still draining, and the audit says the drain was kept.
+    pe.send(&registration("web", 0x4242)).await;
+    assert!(accepted(pe.recv_reply().await));
+    pu.send(&resolution("web")).await;
+    assert!(!ids(resolved(pu.recv_reply().await)).contains(&0x4242));
+    let (_, body) = api(
+        lab,
+        reg,
+        Some(&d.token),
+        "GET",
+        "/v1/audit?action=reregister",
+        None,
+    );
+    assert!(body.contains("kept"), "{body}");
+    // The auditor cannot lift it either; the operator can.
+    assert_eq!(api(lab, reg, Some(&auditor), "DELETE", route, None).0, 403);
+    assert_eq!(api(lab, reg, Some(&d.token), "DELETE", route, None).0, 204);
+    pu.send(&resolution("web")).await;
+    assert!(ids(resolved(pu.recv_reply().await)).contains(&0x4242));
+    // Nothing left to lift.
+    assert_eq!(api(lab, reg, Some(&d.token), "DELETE", route, None).0, 404);
+    let (_, body) = api(
+        lab,
+        reg,
+        Some(&d.token),
+        "GET",
+        "/v1/audit?action=admin:request",
+        None,
+    );
+    assert!(body.contains("forbidden"), "{body}");
+}
