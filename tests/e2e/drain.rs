@@ -176,3 +176,19 @@ async fn a_pe_certificate_cannot_undo_a_drain_and_only_an_operator_lifts_it() {
     );
     assert!(body.contains("forbidden"), "{body}");
 }
+
+#[test]
+fn a_checked_pe_says_so_and_the_admin_api_shows_its_check_passing() {
+    // Issue 21 item 2: the PE's entry says what check it runs (PE Status 0x8104); it is
+    // registered only while the check passes (sidecar.rs shows it leaving when it fails).
+    let d = Draining::start_with(&["--check", "tcp", "--check-interval", "200ms"]);
+    let pe = entries(&d, "web");
+    assert_eq!(pe.len(), 1, "{pe:?}");
+    assert_eq!(
+        pe[0]["check"],
+        serde_json::json!({"kind": "tcp", "state": "passing"})
+    );
+    // Without --check there is no check to show.
+    let d = Draining::start_with(&[]);
+    assert_eq!(entries(&d, "web")[0]["check"], serde_json::Value::Null);
+}

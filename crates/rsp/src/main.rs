@@ -643,6 +643,9 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         asap_listen,
         business_card,
         labels,
+        check: check
+            .as_ref()
+            .map_or(asap::wire::param::CheckKind::NONE, |c| c.check.kind()),
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());

@@ -22,8 +22,8 @@ use super::{CONNECT_TIMEOUT, Connection, Error};
 use crate::addr::TransportAddr;
 use crate::wire::AsapMsg;
 use crate::wire::param::{
-    Address, Labels, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
-    TransportUse,
+    Address, CheckKind, Labels, Load, Namespace, PeId, PeStatus, Policy, PoolElement, PoolHandle,
+    ServerId, Transport, TransportUse,
 };
 
 /// What a PE registers, and with whom.
@@ -68,6 +68,10 @@ pub struct PeConfig {
     /// This PE's labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md), sent
     /// with every registration; `rsp pe --label k=v`. Empty: none.
     pub labels: Labels,
+    /// The health check this PE runs (`rsp pe --check`), told to registrars in PE Status
+    /// 0x8104 (docs/PROTOCOL-EXTENSIONS.md §3) so that the admin API shows it; the drain
+    /// bit of that parameter is the registrar's, never sent. Default: none.
+    pub check: CheckKind,
 }
 
 impl PeConfig {
@@ -428,7 +432,10 @@ fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>
             policy: current_policy(config),
             asap_transport: listen.and_then(|l| asap_transport(l, local)),
             labels: config.labels.clone(),
-            status: Default::default(),
+            status: PeStatus {
+                drain_deadline_ms: None,
+                check: config.check,
+            },
         },
     }
 }
@@ -737,6 +744,7 @@ mod tests {
             asap_listen: None,
             business_card: Alternates::Auto,
             labels: Labels::default(),
+            check: CheckKind::NONE,
         }
     }
 
