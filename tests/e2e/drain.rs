@@ -192,3 +192,124 @@ fn a_checked_pe_says_so_and_the_admin_api_shows_its_check_passing() {
     let d = Draining::start_with(&[]);
     assert_eq!(entries(&d, "web")[0]["check"], serde_json::Value::Null);
 }
+
+/// `rsp pe drain|status` against the control socket at `socket`, as `rsp` runs them.
+fn control(d: &Draining, args: &[&str], socket: &std::path::Path) -> std::process::Command {
+    let mut c = crate::endpoints::rsp(&d.lab, d.registrar.addr, "pe-echo-1");
+    c.arg("pe").args(args).arg("--control").arg(socket);
+    c
+}
+
+#[test]
+fn rsp_pe_drain_over_the_control_socket_waits_for_the_open_session_then_the_pe_exits() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    // The socket in a directory anyone may enter: only the socket's own mode and the
+    // peer check keep others out.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = dir.path().join("pe.sock");
+    let socket_text = socket.to_str().expect("UTF-8 path");
+    let mut d = Draining::start_with(&["--control", socket_text]);
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let out = control(&d, &["status"], &socket)
+        .output()
+        .expect("rsp pe status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.starts_with("pool web, PE 0x")
+            && text.contains(": registered, serving; 0 open sessions"),
+        "{text}"
+    );
+    let (mut open, mut answers) = d.session();
+    let out = control(&d, &["status", "--json"], &socket)
+        .output()
+        .expect("rsp pe status --json");
+    let status = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(status["registered"], true, "{status}");
+    assert_eq!(status["phase"], "serving");
+    assert_eq!(status["open_sessions"], 1);
+
+    // Another user is refused: by the socket's mode, and, were the mode wrong, by the
+    // peer check (only the PE's user or root), which the PE logs.
+    if running_as_root() {
+        let nobody = |c: &mut std::process::Command| {
+            let mut s = std::process::Command::new("setpriv");
+            s.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(c.get_program())
+                .args(c.get_args());
+            for (k, v) in c.get_envs() {
+                if let Some(v) = v {
+                    s.env(k, v);
+                }
+            }
+            s.output().expect("setpriv")
+        };
+        let out = nobody(&mut control(&d, &["status"], &socket));
+        assert!(!out.status.success(), "{out:?}");
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let out = nobody(&mut control(&d, &["drain"], &socket));
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refused"),
+            "{out:?}"
+        );
+        wait_line(&d.lines, Duration::from_secs(10), |l| {
+            l.contains("refused a client of uid 65534")
+        })
+        .unwrap_or_else(|seen| panic!("the refusal is not logged: {seen:?}"));
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(
+            !pool(&d.lab, d.registrar.addr).is_empty(),
+            "nobody drained it"
+        );
+    }
+
+    // The operator drains: the PE deregisters, the open session goes on, the command
+    // prints the sessions left and returns once the last one ended.
+    let mut drain = control(&d, &["drain", "--deadline", "30s"], &socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rsp pe drain");
+    let (tx, progress) = std::sync::mpsc::channel();
+    let stdout = drain.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    wait_line(&progress, Duration::from_secs(10), |l| {
+        l.ends_with("not registered, draining; 1 open sessions")
+    })
+    .unwrap_or_else(|seen| panic!("no progress line: {seen:?}"));
+    assert!(
+        pool(&d.lab, d.registrar.addr).is_empty(),
+        "the registrar still returns it"
+    );
+    assert_eq!(exchange(&mut open, &mut answers, "two"), "two\n");
+    drop((open, answers));
+    wait_line(&progress, Duration::from_secs(10), |l| {
+        l.ends_with("not registered, drained; 0 open sessions")
+    })
+    .unwrap_or_else(|seen| panic!("no drained line: {seen:?}"));
+    assert!(drain.wait().expect("wait").success());
+    assert!(d.exits(), "the PE exits once drained");
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+/// Whether this test runs as root (it can then run a command as another user).
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

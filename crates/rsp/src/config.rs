@@ -263,6 +263,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         help: "On SIGTERM the PE deregisters at once, refuses new sessions and serves the open ones for at most this long before it exits (0: exit at once). A second SIGTERM or Ctrl-C ends it at once.",
     },
     Opt {
+        key: "control",
+        flag: "control",
+        takes: Takes::Value("PATH"),
+        default: None,
+        help: "A Unix socket (mode 0600; only this user or root may connect) where `rsp pe drain --control PATH` drains this PE and `rsp pe status --control PATH` shows its state. Default: none (SIGUSR1 still drains).",
+    },
+    Opt {
         key: "labels",
         flag: "label",
         takes: Takes::Repeated("KEY=VALUE"),
@@ -393,6 +400,7 @@ pub(crate) struct PeOptions {
     pub(crate) stop_grace: Duration,
     #[serde(default, deserialize_with = "labels_of")]
     pub(crate) labels: Labels,
+    pub(crate) control: Option<RelativePathBuf>,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
@@ -1081,7 +1089,7 @@ mod tests {
         let file = dir.path().join("rsp.toml");
         std::fs::write(
             &file,
-            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\n",
+            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\ncontrol = \"run/pe.sock\"\n",
         )
         .expect("write");
         let life = |args: &[&str], file: Option<&Path>, vars: &[(&str, &str)]| {
@@ -1120,6 +1128,11 @@ mod tests {
             "from the file's directory"
         );
         assert_eq!(o.capacity.map(NonZeroUsize::get), Some(8));
+        assert_eq!(
+            o.control.expect("control socket").relative(),
+            dir.path().join("run/pe.sock"),
+            "the control socket, from the file's directory too"
+        );
         assert_eq!(o.listen, "127.0.0.1:0".parse().expect("address"));
         assert_eq!(o.business_card, Alternates::Auto);
         // The shared options ignore the [pe] table; the PE's ignore the shared keys.
