@@ -313,3 +313,120 @@ fn running_as_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// The address in `rsp pe`'s first line (`… on 127.0.0.1:PORT as …`).
+fn served_at(child: &mut std::process::Child) -> std::net::SocketAddr {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("rsp pe says where it serves");
+    line.split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+#[test]
+fn rsp_pe_advertise_registers_a_server_with_its_own_tls_and_a_foreign_identity_is_refused() {
+    use std::io::{BufRead as _, Write as _};
+    use std::process::Stdio;
+    let lab = crate::support::Lab::new();
+    lab.pki(&["issue", "gateway", "gw-1"]);
+    let token = crate::admin::admin_token(&lab.init_registrar());
+    let registrar = lab.start_registrar_with(300, 1000);
+    let rsp = |cert: &str| crate::endpoints::rsp(&lab, registrar.addr, cert);
+    // The existing server: TLS with its own certificate (echo-1's), on its own port; here
+    // `rsp pe`'s echo service, registered in another pool.
+    let mut server = rsp("pe-echo-1")
+        .args(["pe", "--pool", "back", "--serve", "echo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the server");
+    let at = served_at(&mut server);
+    let _server = crate::endpoints::Pe(server);
+    // The PE that advertises it in pool `web`: it serves nothing itself.
+    let mut pe = rsp("pe-echo-1")
+        .args(["pe", "--pool", "web", "--advertise", &at.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pe --advertise");
+    let lines = crate::restart::lines(pe.stderr.take().expect("stderr"), "pe".into());
+    let first = {
+        let mut l = String::new();
+        std::io::BufReader::new(pe.stdout.take().expect("stdout"))
+            .read_line(&mut l)
+            .expect("first line");
+        l
+    };
+    assert!(
+        first.contains(&format!("advertising the server at {at}")),
+        "{first}"
+    );
+    let _pe = crate::endpoints::Pe(pe);
+    wait_line(&lines, Duration::from_secs(20), |l| {
+        l.starts_with("registered with")
+    })
+    .unwrap_or_else(|seen| panic!("never registered: {seen:?}"));
+    let (status, body) = api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "GET",
+        "/v1/namespaces/default/pools/web/pool-elements",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let entry = &json(&body)[0];
+    assert_eq!(
+        entry["serving_identity"], "spiffe://acme.test/pe/echo-1",
+        "{body}"
+    );
+    assert_eq!(entry["transport"], format!("tcp {at}"));
+
+    // A client through the pool reaches the server, which checked the gateway's
+    // certificate itself, and the gateway checked the server's.
+    let (_gw, gw) = crate::sidecar::gateway(&lab, registrar.addr, "gateway-gw-1", "web");
+    let mut conn = std::net::TcpStream::connect(gw).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answers = std::io::BufReader::new(conn.try_clone().expect("clone"));
+    writeln!(conn, "through the pool").expect("write");
+    let mut line = String::new();
+    answers.read_line(&mut line).expect("read");
+    assert_eq!(line, "through the pool\n");
+
+    // Another PE certificate may not advertise echo-1's server under echo-1's name: the
+    // registrar refuses (0xA, audited), the PE says so and exits.
+    let out = rsp("pe-echo-2")
+        .args(["pe", "--pool", "web", "--advertise", &at.to_string()])
+        .args(["--serving-identity", "spiffe://acme.test/pe/echo-1"])
+        .output()
+        .expect("rsp pe --advertise as echo-2");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cause 0xa"), "{stderr}");
+    let (_, body) = api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "GET",
+        "/v1/audit?action=register&outcome=cause:0x000a",
+        None,
+    );
+    assert!(
+        body.contains("may not vouch for the serving identity spiffe://acme.test/pe/echo-1")
+            && body.contains("spiffe://acme.test/pe/echo-2"),
+        "{body}"
+    );
+    let (_, body) = api(
+        &lab,
+        &registrar,
+        Some(&token),
+        "GET",
+        "/v1/namespaces/default/pools/web/pool-elements",
+        None,
+    );
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "{body}");
+}

@@ -683,6 +683,7 @@ async fn a_pe_presenting_another_certificate_than_the_registrar_vouched_for_is_r
             asap_transport: None,
             labels: Default::default(),
             status: Default::default(),
+            serving_identity: None,
         },
     })
     .await;

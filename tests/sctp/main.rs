@@ -264,6 +264,7 @@ fn legacy_register(
             asap_transport: None,
             labels: Default::default(),
             status: Default::default(),
+            serving_identity: None,
         },
     };
     let mut bytes = Vec::new();

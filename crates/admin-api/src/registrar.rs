@@ -233,6 +233,9 @@ pub struct PeView {
     pub draining: bool,
     /// When its home deregisters it, unix ms, while it drains.
     pub drain_deadline_ms: Option<u64>,
+    /// The identity of the server pool users reach, when it terminates their TLS itself
+    /// (`rsp pe --advertise`, 0x8105): what PUs insist on instead of the registrant.
+    pub serving_identity: Option<String>,
     /// The health check it runs, as it registered it (PE Status 0x8104); absent when it
     /// runs none. A PE whose check fails deregisters, so a listed one passes.
     pub check: Option<CheckView>,

@@ -139,6 +139,7 @@ impl Fixture {
             labels: [("zone".to_owned(), "a1".to_owned())].into(),
             draining: false,
             drain_deadline_ms: None,
+            serving_identity: None,
             check: None,
         });
         self.registrar.feed.publish(PoolChange {

@@ -34,6 +34,7 @@ fn response(n: u32) -> AsapMsg {
                 asap_transport: None,
                 labels: Default::default(),
                 status: Default::default(),
+                serving_identity: None,
             },
             registrant: RegistrantIdentity::new(&format!("spiffe://acme.test/pe/echo-{i}")),
         })

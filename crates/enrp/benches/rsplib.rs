@@ -263,6 +263,7 @@ fn registration(pe_id: u32) -> AsapMsg {
             asap_transport: None,
             labels: Default::default(),
             status: Default::default(),
+            serving_identity: None,
         },
     }
 }

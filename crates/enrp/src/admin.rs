@@ -215,6 +215,7 @@ pub(crate) fn pe_view(e: &PeEntry) -> PeView {
             .collect(),
         draining: pe.status.draining(),
         drain_deadline_ms: pe.status.drain_deadline_ms,
+        serving_identity: pe.serving_identity.as_ref().map(|s| s.as_str().to_owned()),
         check: (pe.status.check != CheckKind::NONE).then(|| CheckView {
             kind: pe
                 .status

@@ -263,6 +263,20 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         help: "On SIGTERM the PE deregisters at once, refuses new sessions and serves the open ones for at most this long before it exits (0: exit at once). A second SIGTERM or Ctrl-C ends it at once.",
     },
     Opt {
+        key: "advertise",
+        flag: "advertise",
+        takes: Takes::Value("HOST:PORT"),
+        default: None,
+        help: "Register this TCP address, where an existing server terminates the PUs' TLS itself, instead of serving or forwarding: the PE only keeps the registration (HOST must be this host's address towards the registrar). PUs insist on the server's certificate carrying --serving-identity.",
+    },
+    Opt {
+        key: "serving_identity",
+        flag: "serving-identity",
+        takes: Takes::Value("SPIFFE-ID"),
+        default: None,
+        help: "With --advertise: the SPIFFE ID of the server's certificate. The registrar accepts only the PE's own identity or one below its path (spiffe://acme.test/pe/web-1/nginx for the PE spiffe://acme.test/pe/web-1). Default: the PE's own.",
+    },
+    Opt {
         key: "control",
         flag: "control",
         takes: Takes::Value("PATH"),
@@ -401,6 +415,9 @@ pub(crate) struct PeOptions {
     #[serde(default, deserialize_with = "labels_of")]
     pub(crate) labels: Labels,
     pub(crate) control: Option<RelativePathBuf>,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) serving_identity: Option<String>,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.

@@ -486,7 +486,28 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 stop_grace,
                 labels,
                 control,
+                advertise,
+                serving_identity,
             } = *own;
+            if advertise.is_some() && forward.is_some() {
+                bail!(
+                    "--advertise registers a server that terminates TLS itself: not with --forward"
+                );
+            }
+            if advertise.is_some() && check.is_some() {
+                bail!("--check needs --forward: it checks the server the PE forwards to");
+            }
+            let serving_identity = match (serving_identity, advertise) {
+                (Some(_), None) => bail!("--serving-identity needs --advertise"),
+                (Some(id), Some(_)) => {
+                    identity::SpiffeId::parse(&id).context("--serving-identity")?;
+                    Some(
+                        asap::wire::param::ServingIdentity::new(&id)
+                            .context("--serving-identity: 1 to 2048 bytes")?,
+                    )
+                }
+                (None, _) => None,
+            };
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!("--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D or rlu)");
             }
@@ -545,6 +566,8 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 stop_grace,
                 labels,
                 control: control.map(|p| p.relative()),
+                advertise,
+                serving_identity,
             };
             run_pe(pe, common).await
         }
@@ -611,6 +634,10 @@ struct PeArgs {
     labels: asap::wire::param::Labels,
     /// `--control`: the control socket's path.
     control: Option<PathBuf>,
+    /// `--advertise`: register this server instead of serving.
+    advertise: Option<SocketAddr>,
+    /// `--serving-identity`.
+    serving_identity: Option<asap::wire::param::ServingIdentity>,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -631,6 +658,8 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         stop_grace,
         labels,
         control,
+        advertise,
+        serving_identity,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -687,6 +716,21 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             )
         }
     };
+    // --advertise: the server at that address terminates the PUs' TLS itself; this PE
+    // only registers it (and serves nothing: its listener is closed).
+    let (listener, user_transport, local) = match advertise {
+        Some(at) => {
+            drop(listener);
+            let port = std::num::NonZeroU16::new(at.port()).context("--advertise needs a port")?;
+            let t = Transport::Tcp {
+                port,
+                transport_use: TransportUse::DataOnly,
+                addr: Address::new(at.ip()),
+            };
+            (None, t, at.to_string())
+        }
+        None => (Some(listener), user_transport, local),
+    };
     if common.insecure_legacy {
         eprintln!(
             "warning: --insecure-legacy: registering in plain text, unauthenticated{}",
@@ -714,6 +758,13 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         check: check
             .as_ref()
             .map_or(asap::wire::param::CheckKind::NONE, |c| c.check.kind()),
+        // Advertised, the server's identity is always said (the PE's own by default), so
+        // that the registrar's entry shows whom PUs insist on.
+        serving_identity: serving_identity.or_else(|| {
+            advertise.and_then(|_| {
+                asap::wire::param::ServingIdentity::new(trust.identity().id().as_str())
+            })
+        }),
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());
@@ -755,19 +806,32 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         ),
     };
     let gate = services::Gate::new();
-    tokio::spawn(services::serve(
-        listener,
-        Arc::clone(&trust),
-        handler,
-        Arc::new(allowed),
-        meter,
-        Arc::clone(&gate),
-    ));
-    println!(
-        "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
-        config.pe_id,
-        trust.identity().id()
-    );
+    match listener {
+        Some(listener) => {
+            tokio::spawn(services::serve(
+                listener,
+                Arc::clone(&trust),
+                handler,
+                Arc::new(allowed),
+                meter,
+                Arc::clone(&gate),
+            ));
+            println!(
+                "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
+                config.pe_id,
+                trust.identity().id()
+            );
+        }
+        None => println!(
+            "rsp pe: PE {} of pool {pool} advertising the server at {local} as {} (PUs insist on {})",
+            config.pe_id,
+            trust.identity().id(),
+            config
+                .serving_identity
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string)
+        ),
+    }
     // systemd's Type=notify (contrib/systemd/rsp-pe@.service): ready once registered.
     let notifier = notify::Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
     let tell = |state: &str| {

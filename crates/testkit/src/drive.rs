@@ -377,6 +377,7 @@ impl Driver {
                         asap_transport: None,
                         labels: zone(p),
                         status: Default::default(),
+                        serving_identity: None,
                     },
                 }
             }
@@ -441,6 +442,7 @@ impl Driver {
                     asap_transport: None,
                     labels: Default::default(),
                     status: Default::default(),
+                    serving_identity: None,
                 },
                 registrant: None,
             },

@@ -32,6 +32,7 @@ pub fn registration(pool_handle: &PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg
             asap_transport: None,
             labels: Default::default(),
             status: Default::default(),
+            serving_identity: None,
         },
     }
 }

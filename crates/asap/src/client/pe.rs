@@ -23,7 +23,7 @@ use crate::addr::TransportAddr;
 use crate::wire::AsapMsg;
 use crate::wire::param::{
     Address, CheckKind, Labels, Load, Namespace, PeId, PeStatus, Policy, PoolElement, PoolHandle,
-    ServerId, Transport, TransportUse,
+    ServerId, ServingIdentity, Transport, TransportUse,
 };
 
 /// What a PE registers, and with whom.
@@ -72,6 +72,10 @@ pub struct PeConfig {
     /// 0x8104 (docs/PROTOCOL-EXTENSIONS.md §3) so that the admin API shows it; the drain
     /// bit of that parameter is the registrar's, never sent. Default: none.
     pub check: CheckKind,
+    /// The identity of the server pool users reach, when it is not this PE's (`rsp pe
+    /// --advertise --serving-identity`): sent as Serving Identity 0x8105; the registrar
+    /// checks that this PE's identity may vouch for it. `None`: this PE's own.
+    pub serving_identity: Option<ServingIdentity>,
 }
 
 impl PeConfig {
@@ -108,6 +112,7 @@ impl PeConfig {
             asap_transport: None,
             labels: self.labels.clone(),
             status: Default::default(),
+            serving_identity: None,
         };
         AsapMsg::BusinessCard {
             pool_handle: self.pool_handle.clone(),
@@ -436,6 +441,7 @@ fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>
                 drain_deadline_ms: None,
                 check: config.check,
             },
+            serving_identity: config.serving_identity.clone(),
         },
     }
 }
@@ -745,6 +751,7 @@ mod tests {
             business_card: Alternates::Auto,
             labels: Labels::default(),
             check: CheckKind::NONE,
+            serving_identity: None,
         }
     }
 

@@ -638,6 +638,7 @@ mod tests {
                 asap_transport: None,
                 labels: Default::default(),
                 status: Default::default(),
+                serving_identity: None,
             },
             registrant: None,
         }

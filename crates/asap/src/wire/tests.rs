@@ -60,6 +60,7 @@ fn pe(home: u32, asap: Option<Transport>) -> PoolElement {
         asap_transport: asap,
         labels: Default::default(),
         status: Default::default(),
+        serving_identity: None,
     }
 }
 
@@ -1317,6 +1318,7 @@ mod props {
                         asap_transport: asap,
                         labels,
                         status: Default::default(),
+                        serving_identity: None,
                     }
                 },
             )
@@ -1802,6 +1804,22 @@ mod extensions {
         e.encode(&mut b);
         assert!(to_hex(&b).ends_with("81040010000100000000000000000000"));
         assert_eq!(PoolElement::decode(&b).expect("decodes").msg, e);
+    }
+
+    /// Serving Identity (0x8105, docs/PROTOCOL-EXTENSIONS.md §4) inside a Pool Element.
+    #[test]
+    fn a_serving_identity_rides_in_the_pool_element() {
+        use crate::wire::param::ServingIdentity;
+        let mut e = pe(0, None);
+        e.serving_identity = ServingIdentity::new("spiffe://a.test/pe/w");
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        // "spiffe://a.test/pe/w" is 20 bytes: length 24, no padding.
+        assert!(to_hex(&b).ends_with(&format!("81050018{}", to_hex(b"spiffe://a.test/pe/w"))));
+        assert_eq!(PoolElement::decode(&b).expect("decodes").msg, e);
+        assert_eq!(ParamType::SERVING_IDENTITY.action(), ParamAction::Skip);
+        assert!(ServingIdentity::new("").is_none());
+        assert!(ServingIdentity::new(&"x".repeat(2049)).is_none());
     }
 
     #[test]

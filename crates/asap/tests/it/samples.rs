@@ -63,6 +63,7 @@ fn pe(id: u32, home: u32, policy: Policy, transport: Transport) -> PoolElement {
         asap_transport: None,
         labels: Default::default(),
         status: Default::default(),
+        serving_identity: None,
     }
 }
 

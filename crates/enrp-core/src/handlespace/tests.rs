@@ -37,6 +37,7 @@ fn pe(id: u32, home: u32, policy: Policy) -> PoolElement {
         asap_transport: None,
         labels: Default::default(),
         status: Default::default(),
+        serving_identity: None,
     }
 }
 

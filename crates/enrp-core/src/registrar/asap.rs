@@ -258,6 +258,24 @@ impl Core {
                 out,
             );
         }
+        // 3b. A server that terminates the PUs' TLS itself (`rsp pe --advertise`): pool
+        //     users will insist on its serving identity (0x8105), so the PE's own identity
+        //     must be able to vouch for it (itself or below its path, never another
+        //     workload's: `SpiffeId::may_vouch_for`).
+        if let Some(serving) = &pe.serving_identity {
+            let vouches = self.conns.get(&conn).is_some_and(|c| {
+                identity::SpiffeId::parse(serving.as_str())
+                    .is_ok_and(|s| c.client.id.may_vouch_for(&s))
+            });
+            if !vouches {
+                return reject(
+                    self,
+                    ErrorCause::SecurityRejection,
+                    &format!("may not vouch for the serving identity {serving}"),
+                    out,
+                );
+            }
+        }
         // 4. What an operator declared for this pool (admin API): its policy type and
         //    its most PEs. A re-registration of a PE already in the pool is never
         //    refused for the count, so lowering a limit evicts nobody.

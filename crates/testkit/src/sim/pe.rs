@@ -22,6 +22,7 @@ impl World {
             asap_transport: None,
             labels: Default::default(),
             status: Default::default(),
+            serving_identity: None,
         })
     }
 

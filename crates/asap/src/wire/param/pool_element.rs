@@ -15,12 +15,15 @@
 //! :   ASAP Transport param (optional; only in ENRP messages)      :
 //! :   PE Labels param (0x8102, optional; project parameter)       :
 //! :   PE Status param (0x8104, optional; project parameter)       :
+//! :   Serving Identity param (0x8105, optional; project parameter):
 //! +---------------------------------------------------------------+
 //! ```
 
 use std::ops::RangeInclusive;
 
-use super::{Labels, Param, ParamType, PeId, PeStatus, Policy, Transport, UnknownParam};
+use super::{
+    Labels, Param, ParamType, PeId, PeStatus, Policy, ServingIdentity, Transport, UnknownParam,
+};
 use crate::wire::error::{DecodeError, DecodeErrorKind};
 use crate::wire::reader::{RawParam, Reader};
 use crate::wire::writer::Writer;
@@ -52,6 +55,10 @@ pub struct PoolElement {
     /// Draining, health check (project parameter 0x8104, docs/PROTOCOL-EXTENSIONS.md
     /// §3); the default when it said nothing (the parameter is then not sent).
     pub status: PeStatus,
+    /// The identity of the server that terminates the PUs' TLS, when it is not the
+    /// registrant's (`rsp pe --advertise`; project parameter 0x8105,
+    /// docs/PROTOCOL-EXTENSIONS.md §4). Pool users insist on it when present.
+    pub serving_identity: Option<ServingIdentity>,
 }
 
 impl PoolElement {
@@ -89,6 +96,9 @@ impl Param for PoolElement {
         if !self.status.is_default() {
             self.status.write(w);
         }
+        if let Some(s) = &self.serving_identity {
+            s.write(w);
+        }
     }
 
     fn read_value(
@@ -102,6 +112,7 @@ impl Param for PoolElement {
         let registration_life = r.i32()?;
         let (mut user, mut asap, mut policy, mut labels, mut status) =
             (None, None, None, None, None);
+        let mut serving = None;
         for q in r.params() {
             let q = q?;
             if q.ty.is_transport() {
@@ -116,6 +127,10 @@ impl Param for PoolElement {
                 super::once(&mut policy, &q, || Policy::from_raw(&q, unrecognized))?;
             } else if q.ty == ParamType::PE_LABELS {
                 super::once(&mut labels, &q, || Labels::from_raw(&q, unrecognized))?;
+            } else if q.ty == ParamType::SERVING_IDENTITY {
+                super::once(&mut serving, &q, || {
+                    ServingIdentity::from_raw(&q, unrecognized)
+                })?;
             } else if q.ty == ParamType::PE_STATUS {
                 super::once(&mut status, &q, || PeStatus::from_raw(&q, unrecognized))?;
             } else {
@@ -140,6 +155,7 @@ impl Param for PoolElement {
             asap_transport: asap,
             labels: labels.unwrap_or_default(),
             status: status.unwrap_or_default(),
+            serving_identity: serving,
         })
     }
 }

@@ -143,3 +143,56 @@ fn the_home_tells_its_peers_and_a_peer_does_not_drain_what_it_does_not_own() {
         Some(ErrorCause::UNKNOWN_POOL_HANDLE)
     );
 }
+
+/// `rsp pe --advertise` (issue 21): a PE may register a server whose certificate carries
+/// its own identity or one below its path, never another workload's; the same holds for
+/// a peer's PE.
+#[test]
+fn a_pe_vouches_only_for_a_serving_identity_of_its_own() {
+    use ::asap::wire::param::ServingIdentity;
+    let advertising = |id: u32, serving: &str| {
+        let mut e = pe(id);
+        e.serving_identity = ServingIdentity::new(serving);
+        AsapMsg::Registration {
+            namespace: None,
+            pool_handle: handle("echo"),
+            pool_element: e,
+        }
+    };
+    let mut h = Harness::with_b_and_its_pe(SID_A, &[]);
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let out = h.send(a, advertising(7, "spiffe://acme.test/pe/a/nginx"));
+    assert_eq!(reg_cause(&out), None);
+    let out = h.send(a, advertising(8, PE_B));
+    assert_eq!(reg_cause(&out), Some(ErrorCause::SECURITY_REJECTION));
+    assert!(
+        detail(&out, AuditAction::Register).contains("may not vouch"),
+        "{out:?}"
+    );
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [5, 7]);
+    // B announces a PE of registrant A serving as B: not stored here.
+    let EnrpBody::HandleUpdate {
+        action,
+        namespace,
+        pool_handle,
+        mut pool_element,
+        registrant,
+    } = add_pe(SID_B, "echo", 9, PE_A)
+    else {
+        unreachable!()
+    };
+    pool_element.serving_identity = ServingIdentity::new(PE_B);
+    h.enrp(
+        10,
+        SID_B,
+        EnrpBody::HandleUpdate {
+            action,
+            namespace,
+            pool_handle,
+            pool_element,
+            registrant,
+        },
+    );
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [5, 7]);
+}

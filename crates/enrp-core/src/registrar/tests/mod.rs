@@ -152,6 +152,7 @@ fn pe(id: u32) -> PoolElement {
         asap_transport: None,
         labels: Default::default(),
         status: Default::default(),
+        serving_identity: None,
     }
 }
 
