@@ -430,3 +430,54 @@ fn rsp_pe_advertise_registers_a_server_with_its_own_tls_and_a_foreign_identity_i
     );
     assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_at_the_home_reaches_its_peer_which_may_not_drain_it_itself() {
+    use crate::peering::{has, unknown, wait_for};
+    let lab = crate::support::Lab::new();
+    let token_a = lab.init_peer("a", "data-a");
+    let token_b = lab.init_peer("b", "data-b");
+    let a = lab.start_peer("data-a", &[]);
+    let b = lab.start_peer("data-b", &[a.enrp]);
+    let mut pe = Asap::connect(&lab.identity("pe-echo-1"), a.registrar.addr)
+        .await
+        .expect("PE connects to A");
+    let mut pu_b = Asap::connect(&lab.identity("pu-client-1"), b.registrar.addr)
+        .await
+        .expect("PU connects to B");
+    pe.send(&registration("echo", 7)).await;
+    assert!(accepted(pe.recv_reply().await));
+    assert!(
+        wait_for(&mut pu_b, "echo", has(7)).await.is_some(),
+        "B never learnt A's PE"
+    );
+    let route = "/v1/namespaces/default/pools/echo/pool-elements/0x7/drain";
+    // B is not the PE's home: it refuses (409, naming the home) and changes nothing.
+    let (status, body) = api(&lab, &b.registrar, Some(&token_b), "PUT", route, None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("drain it there"), "{body}");
+    assert!(wait_for(&mut pu_b, "echo", has(7)).await.is_some());
+    // A, its home, drains it: B stops returning it too (PE Status 0x8104 over ENRP).
+    let (status, body) = api(&lab, &a.registrar, Some(&token_a), "PUT", route, None);
+    assert_eq!(status, 200, "{body}");
+    let took = wait_for(&mut pu_b, "echo", unknown)
+        .await
+        .expect("B still returns the draining PE");
+    println!("drain at A seen at B after {} ms", took.as_millis());
+    let (_, body) = api(
+        &lab,
+        &b.registrar,
+        Some(&token_b),
+        "GET",
+        "/v1/namespaces/default/pools/echo/pool-elements",
+        None,
+    );
+    assert_eq!(json(&body)[0]["draining"], true, "{body}");
+    // Lifted at A: B returns it again.
+    let (status, _) = api(&lab, &a.registrar, Some(&token_a), "DELETE", route, None);
+    assert_eq!(status, 204);
+    assert!(
+        wait_for(&mut pu_b, "echo", has(7)).await.is_some(),
+        "B never returned the PE again"
+    );
+}
