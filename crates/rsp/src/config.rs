@@ -1106,7 +1106,7 @@ mod tests {
         let file = dir.path().join("rsp.toml");
         std::fs::write(
             &file,
-            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\ncontrol = \"run/pe.sock\"\n",
+            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\ncontrol = \"run/pe.sock\"\nadvertise = \"127.0.0.1:8443\"\nserving_identity = \"spiffe://acme.test/pe/w/nginx\"\n",
         )
         .expect("write");
         let life = |args: &[&str], file: Option<&Path>, vars: &[(&str, &str)]| {
@@ -1149,6 +1149,11 @@ mod tests {
             o.control.expect("control socket").relative(),
             dir.path().join("run/pe.sock"),
             "the control socket, from the file's directory too"
+        );
+        assert_eq!(o.advertise, "127.0.0.1:8443".parse().ok());
+        assert_eq!(
+            o.serving_identity.as_deref(),
+            Some("spiffe://acme.test/pe/w/nginx")
         );
         assert_eq!(o.listen, "127.0.0.1:0".parse().expect("address"));
         assert_eq!(o.business_card, Alternates::Auto);
