@@ -285,6 +285,32 @@ fn bad_sidecar_options_are_one_line_and_nothing_runs() {
             1,
             "--check-interval and --check-timeout must be longer than 0",
         ),
+        (
+            &[
+                "--advertise",
+                "127.0.0.1:8443",
+                "--forward",
+                "127.0.0.1:8080",
+            ][..],
+            1,
+            "--advertise registers a server that terminates TLS itself",
+        ),
+        (&["--advertise", "nowhere"][..], 2, "--advertise: "),
+        (
+            &["--serving-identity", "spiffe://acme.test/pe/echo-1"][..],
+            1,
+            "--serving-identity needs --advertise",
+        ),
+        (
+            &[
+                "--advertise",
+                "127.0.0.1:8443",
+                "--serving-identity",
+                "pe/echo-1",
+            ][..],
+            1,
+            "--serving-identity: ",
+        ),
     ] {
         let out = rsp(&lab, nowhere, "pe-echo-1")
             .args(["pe", "--pool", "web"])
