@@ -358,7 +358,15 @@ async fn request(
         .await
         .with_context(|| format!("connecting to the PE's control socket {}", path.display()))?;
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{line}\n").as_bytes()).await?;
+    // A PE that refuses this client answers before it reads, and closes: the request may
+    // then meet a closed socket while the refusal waits to be read.
+    if let Err(e) = write.write_all(format!("{line}\n").as_bytes()).await {
+        let mut lines = BufReader::new(read).lines();
+        if let Some(answer) = lines.next_line().await? {
+            parse(&answer)?;
+        }
+        return Err(e.into());
+    }
     Ok(BufReader::new(read).lines())
 }
 
