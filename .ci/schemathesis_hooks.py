@@ -175,6 +175,13 @@ def aim(op, case, rng):
         p.update(namespace="default", pool=fresh_pool() or "fz-none")
     elif op == "DELETE /v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}":
         p.update(namespace="default", pool="echo", pe_id=live_pe() or "0x0")
+    elif op == "PUT /v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain":
+        # For a day: a fixture PE must not reach its deadline during the run (its PE ID is
+        # then refused, and its `rsp pe` exits); `DELETE …/drain` lifts it.
+        p.update(namespace="default", pool="echo", pe_id=live_pe() or "0x0")
+        case.body = {"deadline_secs": 86400}
+    elif op == "DELETE /v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain":
+        p.update(namespace="default", pool="echo", pe_id=live_pe() or "0x0")
     elif op == "DELETE /v1/namespaces/{namespace}":
         p["namespace"] = fresh_namespace() or "fz-none"
     elif op == "GET /v1/trust-domains/{name}":

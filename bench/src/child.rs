@@ -214,6 +214,8 @@ async fn pe(pki: &Path, registrar: SocketAddr, pe_id: u32) {
         // The failover benchmark measures the pool policy's failover, not the card's.
         business_card: asap::client::card::Alternates::SelfOnly,
         labels: Default::default(),
+        check: Default::default(),
+        serving_identity: None,
     };
     let mut announced = false;
     let result = run_pe(&trust, &config, std::future::pending(), |event| {

@@ -682,6 +682,8 @@ async fn a_pe_presenting_another_certificate_than_the_registrar_vouched_for_is_r
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
+            serving_identity: None,
         },
     })
     .await;

@@ -8,6 +8,7 @@ mod admin;
 mod binaries;
 mod cli;
 mod discovery;
+mod drain;
 mod endpoints;
 mod fleet;
 mod fleet_audit;

@@ -22,7 +22,7 @@ use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::support::{Asap, Lab};
 
 /// Resolves `pool` at `pu` until `done` says so; the time it took, or `None` after 5 s.
-async fn wait_for(
+pub(crate) async fn wait_for(
     pu: &mut Asap,
     pool: &str,
     done: impl Fn(&Result<Vec<(u32, String)>, u16>) -> bool,
@@ -38,14 +38,14 @@ async fn wait_for(
     None
 }
 
-fn has(id: u32) -> impl Fn(&Result<Vec<(u32, String)>, u16>) -> bool {
+pub(crate) fn has(id: u32) -> impl Fn(&Result<Vec<(u32, String)>, u16>) -> bool {
     move |r| {
         r.as_ref()
             .is_ok_and(|pes| pes.iter().any(|(p, _)| *p == id))
     }
 }
 
-fn unknown(r: &Result<Vec<(u32, String)>, u16>) -> bool {
+pub(crate) fn unknown(r: &Result<Vec<(u32, String)>, u16>) -> bool {
     *r == Err(0x9)
 }
 

@@ -116,7 +116,7 @@ pub(crate) fn gateway(
 }
 
 /// The PE IDs the registrar returns for `web`, sorted.
-fn pool(lab: &Lab, registrar: SocketAddr) -> Vec<String> {
+pub(crate) fn pool(lab: &Lab, registrar: SocketAddr) -> Vec<String> {
     let out = rsp(lab, registrar, "pu-client-1")
         .args(["resolve", "web", "--json"])
         .output()
@@ -136,7 +136,7 @@ fn pool(lab: &Lab, registrar: SocketAddr) -> Vec<String> {
 }
 
 /// Polls `f` every 100 ms until it holds or `within` passes; how long it took.
-fn until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) fn until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
         if f() {
@@ -285,6 +285,32 @@ fn bad_sidecar_options_are_one_line_and_nothing_runs() {
             1,
             "--check-interval and --check-timeout must be longer than 0",
         ),
+        (
+            &[
+                "--advertise",
+                "127.0.0.1:8443",
+                "--forward",
+                "127.0.0.1:8080",
+            ][..],
+            1,
+            "--advertise registers a server that terminates TLS itself",
+        ),
+        (&["--advertise", "nowhere"][..], 2, "--advertise: "),
+        (
+            &["--serving-identity", "spiffe://acme.test/pe/echo-1"][..],
+            1,
+            "--serving-identity needs --advertise",
+        ),
+        (
+            &[
+                "--advertise",
+                "127.0.0.1:8443",
+                "--serving-identity",
+                "pe/echo-1",
+            ][..],
+            1,
+            "--serving-identity: ",
+        ),
     ] {
         let out = rsp(&lab, nowhere, "pe-echo-1")
             .args(["pe", "--pool", "web"])
@@ -322,13 +348,15 @@ fn echo_server() -> SocketAddr {
 
 /// A registrar, a forwarding PE of pool `web` to a line echo server with this
 /// `--drain-timeout`, and a gateway to the pool.
-struct Draining {
-    lab: Lab,
-    registrar: crate::support::Registrar,
-    pe: Pe,
-    lines: mpsc::Receiver<String>,
+pub(crate) struct Draining {
+    pub(crate) lab: Lab,
+    pub(crate) registrar: crate::support::Registrar,
+    pub(crate) pe: Pe,
+    pub(crate) lines: mpsc::Receiver<String>,
     _gw: Pe,
-    gw: SocketAddr,
+    pub(crate) gw: SocketAddr,
+    /// The registrar's admin token (`enrpd init`).
+    pub(crate) token: String,
 }
 
 impl Draining {
@@ -337,10 +365,10 @@ impl Draining {
     }
 
     /// [`Draining::start`] with these options of `rsp pe`.
-    fn start_with(options: &[&str]) -> Self {
+    pub(crate) fn start_with(options: &[&str]) -> Self {
         let lab = Lab::new();
         lab.pki(&["issue", "gateway", "gw-1"]);
-        lab.init_registrar();
+        let token = crate::admin::admin_token(&lab.init_registrar());
         let registrar = lab.start_registrar_with(300, 1000);
         let backend = echo_server();
         let mut child = rsp(&lab, registrar.addr, "pe-echo-1")
@@ -364,11 +392,12 @@ impl Draining {
             lines,
             _gw,
             gw,
+            token,
         }
     }
 
     /// A client session through the gateway, checked with one line.
-    fn session(&self) -> (TcpStream, BufReader<TcpStream>) {
+    pub(crate) fn session(&self) -> (TcpStream, BufReader<TcpStream>) {
         let mut open = TcpStream::connect(self.gw).expect("connect");
         open.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -406,13 +435,13 @@ impl Draining {
     }
 
     /// Waits up to 10 s for the PE's line `want`.
-    fn says(&self, want: &str) {
+    pub(crate) fn says(&self, want: &str) {
         wait_line(&self.lines, Duration::from_secs(10), |l| l == want)
             .unwrap_or_else(|seen| panic!("no {want:?}: {seen:?}"));
     }
 
     /// Whether the PE exits within 10 s.
-    fn exits(&mut self) -> bool {
+    pub(crate) fn exits(&mut self) -> bool {
         until(Duration::from_secs(10), || {
             self.pe.0.try_wait().expect("wait").is_some()
         })
@@ -421,7 +450,11 @@ impl Draining {
 }
 
 /// One line out, one line back.
-fn exchange(out: &mut TcpStream, answers: &mut BufReader<TcpStream>, text: &str) -> String {
+pub(crate) fn exchange(
+    out: &mut TcpStream,
+    answers: &mut BufReader<TcpStream>,
+    text: &str,
+) -> String {
     writeln!(out, "{text}").expect("write");
     let mut line = String::new();
     answers.read_line(&mut line).expect("read");

@@ -149,7 +149,7 @@ fn the_shipped_units_verify() {
         (
             "rsp-pe@.service",
             "rsp",
-            "ExecStart=/usr/local/bin/rsp pe --pool %i --config /etc/rsp/%i.toml",
+            "ExecStart=/usr/local/bin/rsp pe --pool %i --config /etc/rsp/%i.toml --control %t/rsp-pe-%i/control.sock",
             "rsp-pe@web.service",
         ),
     ] {

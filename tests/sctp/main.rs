@@ -263,6 +263,8 @@ fn legacy_register(
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
+            serving_identity: None,
         },
     };
     let mut bytes = Vec::new();

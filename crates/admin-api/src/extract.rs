@@ -57,6 +57,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// An optional JSON body: none at all (no bytes) or JSON `null` (what the document's
+/// optional body allows) is `T::default()`; anything else is read as [`ApiJson`] reads
+/// it (and refused as it refuses).
+pub(crate) struct OptionalJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|r| ApiError::new(kind_of(r.status().as_u16()), r.body_text()))?;
+        if bytes.is_empty() || bytes.trim_ascii() == b"null" {
+            return Ok(Self(T::default()));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        ApiJson::from_request(req, state)
+            .await
+            .map(|ApiJson(t)| Self(t))
+    }
+}
+
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     ApiError::new(kind_of(rejection.status().as_u16()), rejection.body_text())
 }

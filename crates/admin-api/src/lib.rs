@@ -42,7 +42,8 @@ pub use changes::{ChangeKind, PoolChange, PoolChanges};
 pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
 pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
 pub use registrar::{
-    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
+    Actor, CheckView, DrainError, Metrics, PeRef, PeView, PeerView, PoolDeclaration, PoolView,
+    Registrar, Scope, TlsLayer,
 };
 pub use routes::peers::ControlPlaneScope;
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};
@@ -70,6 +71,7 @@ fn api() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(pools::get, pools::put, pools::delete))
         .routes(routes!(pools::list_pes))
         .routes(routes!(pools::delete_pe))
+        .routes(routes!(pools::drain_pe, pools::undrain_pe))
         .routes(routes!(trust_domains::list, trust_domains::add).layer(pem_limit()))
         .routes(routes!(trust_domains::get, trust_domains::remove))
         .routes(routes!(grants::list, grants::create))

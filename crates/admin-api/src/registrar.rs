@@ -55,6 +55,15 @@ pub trait Registrar: TlsLayer + Send + Sync + 'static {
     /// registrar with `actor` as its cause. Returns how many PEs were removed.
     fn remove(&self, scope: Scope, actor: Actor) -> impl Future<Output = usize> + Send;
 
+    /// An operator drains one PE until `deadline_ms` (unix ms), or lifts its drain
+    /// (`None`): while draining no registrar returns it in resolutions, and at the
+    /// deadline its home registrar deregisters it (`PUT|DELETE …/drain`).
+    fn drain(
+        &self,
+        pe: PeRef,
+        deadline_ms: Option<u64>,
+    ) -> impl Future<Output = Result<(), DrainError>> + Send;
+
     /// The grants changed: the registrar uses `grants` from now on and removes the PEs
     /// whose registration they no longer allow.
     fn set_grants(&self, grants: Vec<Grant>) -> impl Future<Output = ()> + Send;
@@ -149,6 +158,32 @@ pub enum Scope {
     },
 }
 
+/// One PE, as an operator names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeRef {
+    /// The namespace.
+    pub namespace: String,
+    /// The pool handle.
+    pub handle: Vec<u8>,
+    /// The PE ID.
+    pub pe_id: u32,
+}
+
+/// Why the registrar refused an operator's drain (or its lifting); nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// No such PE here (for a lifting: no drain of it here).
+    #[error("no such PE")]
+    NoSuchPe,
+    /// The PE is another registrar's (this Server ID, in hex): only its home drains it.
+    #[error("the PE's home is registrar {0}: drain it there")]
+    NotHome(String),
+    /// The registrar remembers its most drains already.
+    #[error("the registrar remembers its most drains already")]
+    TooMany,
+}
+
 /// What an operator declared for a pool, as the registrar enforces it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolDeclaration {
@@ -198,6 +233,26 @@ pub struct PeView {
     /// with Distance Penalty selects by. `null` for a PE this registrar is not home of
     /// (a peer's), before the first keep-alive is answered, and in watch events.
     pub rtt_us: Option<u64>,
+    /// Whether an operator drains it (`PUT …/drain`): no registrar returns it in
+    /// resolutions, and its home deregisters it at `drain_deadline_ms`.
+    pub draining: bool,
+    /// When its home deregisters it, unix ms, while it drains.
+    pub drain_deadline_ms: Option<u64>,
+    /// The identity of the server pool users reach, when it terminates their TLS itself
+    /// (`rsp pe --advertise`, 0x8105): what PUs insist on instead of the registrant.
+    pub serving_identity: Option<String>,
+    /// The health check it runs, as it registered it (PE Status 0x8104); absent when it
+    /// runs none. A PE whose check fails deregisters, so a listed one passes.
+    pub check: Option<CheckView>,
+}
+
+/// A PE's health check in the admin API (`{"kind": "http", "state": "passing"}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct CheckView {
+    /// `tcp`, `http`, `exec`, or a number for a kind this registrar does not know.
+    pub kind: String,
+    /// Always `passing`: a PE whose check fails is not registered (it deregisters).
+    pub state: String,
 }
 
 /// An ENRP peer's status (`GET /v1/peers`).
@@ -253,6 +308,7 @@ pub(crate) trait DynRegistrar: TlsLayer + Send + Sync + 'static {
     fn pools<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<PoolView>>;
     fn pool<'a>(&'a self, namespace: &'a str, handle: &'a [u8]) -> BoxFuture<'a, Option<PoolView>>;
     fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize>;
+    fn drain(&self, pe: PeRef, deadline_ms: Option<u64>) -> BoxFuture<'_, Result<(), DrainError>>;
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()>;
     fn set_default_namespaces(&self, rules: Vec<identity::DefaultNamespace>) -> BoxFuture<'_, ()>;
     fn revoke(&self, revoked: Revocation) -> BoxFuture<'_, ()>;
@@ -275,6 +331,9 @@ impl<R: Registrar> DynRegistrar for R {
     }
     fn remove(&self, scope: Scope, actor: Actor) -> BoxFuture<'_, usize> {
         Box::pin(Registrar::remove(self, scope, actor))
+    }
+    fn drain(&self, pe: PeRef, deadline_ms: Option<u64>) -> BoxFuture<'_, Result<(), DrainError>> {
+        Box::pin(Registrar::drain(self, pe, deadline_ms))
     }
     fn set_grants(&self, grants: Vec<Grant>) -> BoxFuture<'_, ()> {
         Box::pin(Registrar::set_grants(self, grants))

@@ -87,6 +87,14 @@ impl Registrar for Recorder {
         self.log(format!("remove {scope:?} by {actor}"));
         0
     }
+    async fn drain(
+        &self,
+        pe: crate::PeRef,
+        deadline_ms: Option<u64>,
+    ) -> Result<(), crate::DrainError> {
+        self.log(format!("drain {pe:?} until {deadline_ms:?}"));
+        Err(crate::DrainError::NoSuchPe)
+    }
     async fn set_grants(&self, grants: Vec<Grant>) {
         self.log(format!("set_grants {}", grants.len()));
     }
@@ -164,6 +172,7 @@ on_both_backends!(
     while_the_store_is_down_writes_are_503_and_the_probes_say_so,
     the_openapi_document_lists_every_route_with_its_errors,
     json_bodies_are_objects_and_whole_numbers_may_have_a_zero_fraction,
+    drains_need_the_operator_role_a_deadline_in_range_and_are_audited,
 );
 
 struct Fixture {
@@ -1724,6 +1733,14 @@ async fn the_openapi_document_lists_every_route_with_its_errors(f: Fixture) {
             "delete",
             "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}",
         ),
+        (
+            "put",
+            "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain",
+        ),
+        (
+            "delete",
+            "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain",
+        ),
         ("get", "/v1/trust-domains"),
         ("post", "/v1/trust-domains"),
         ("get", "/v1/trust-domains/{name}"),
@@ -2045,3 +2062,81 @@ mod chains;
 
 #[path = "tests_watch.rs"]
 mod watch;
+
+async fn drains_need_the_operator_role_a_deadline_in_range_and_are_audited(f: Fixture) {
+    let route = "/v1/namespaces/default/pools/echo/pool-elements/0x7/drain";
+    let made = f
+        .call(
+            "POST",
+            "/v1/namespaces",
+            Some(&f.admin),
+            Some(json!({"name": "default"})),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    // An auditor may read, not drain; nobody without a token may either.
+    f.call("PUT", route, Some(&f.auditor), None)
+        .await
+        .problem(403, "forbidden");
+    f.call("DELETE", route, Some(&f.auditor), None)
+        .await
+        .problem(403, "forbidden");
+    assert_eq!(f.call("PUT", route, None, None).await.status, 401);
+    // A wrong namespace: 404, refused before the registrar hears of it, audited.
+    f.call(
+        "PUT",
+        "/v1/namespaces/nowhere/pools/echo/pool-elements/0x7/drain",
+        Some(&f.operator),
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    // A deadline out of range: 422, the registrar not asked.
+    for secs in [0, 86_401] {
+        f.call(
+            "PUT",
+            route,
+            Some(&f.operator),
+            Some(json!({"deadline_secs": secs})),
+        )
+        .await
+        .problem(422, "invalid");
+    }
+    f.call(
+        "PUT",
+        route,
+        Some(&f.operator),
+        Some(json!({"deadline": 5})),
+    )
+    .await
+    .problem(422, "invalid");
+    assert!(f.registrar.calls().iter().all(|c| !c.starts_with("drain")));
+    // Well formed, no body: the default deadline goes to the registrar, whose answer
+    // (no such PE here) is the caller's.
+    f.call("PUT", route, Some(&f.operator), None)
+        .await
+        .problem(404, "not-found");
+    f.call("DELETE", route, Some(&f.operator), None)
+        .await
+        .problem(404, "not-found");
+    let calls: Vec<String> = f
+        .registrar
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("drain"))
+        .collect();
+    let deadline = NOW + u64::from(crate::routes::pools::DEFAULT_DRAIN_SECS) * 1000;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls[0].ends_with(&format!("until Some({deadline})")),
+        "{calls:?}"
+    );
+    assert!(calls[1].ends_with("until None"), "{calls:?}");
+    // Every refusal is in the audit log: the roles' as requests, the rest as drains.
+    let drains = f.audit("admin:pe.drain").await;
+    assert_eq!(drains.len(), 4, "{drains:?}");
+    assert!(drains.iter().all(|e| e.record.outcome.to_string() != "ok"));
+    assert_eq!(f.audit("admin:pe.undrain").await.len(), 1);
+    // Two forbidden, one without credentials.
+    assert_eq!(f.audit("admin:request").await.len(), 3);
+}

@@ -138,6 +138,10 @@ impl Fixture {
             registration_life_ms: 300_000,
             labels: [("zone".to_owned(), "a1".to_owned())].into(),
             rtt_us: None,
+            draining: false,
+            drain_deadline_ms: None,
+            serving_identity: None,
+            check: None,
         });
         self.registrar.feed.publish(PoolChange {
             namespace: namespace.into(),

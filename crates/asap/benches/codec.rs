@@ -33,6 +33,8 @@ fn response(n: u32) -> AsapMsg {
                 policy: Policy::RoundRobin,
                 asap_transport: None,
                 labels: Default::default(),
+                status: Default::default(),
+                serving_identity: None,
             },
             registrant: RegistrantIdentity::new(&format!("spiffe://acme.test/pe/echo-{i}")),
         })

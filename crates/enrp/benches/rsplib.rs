@@ -262,6 +262,8 @@ fn registration(pe_id: u32) -> AsapMsg {
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
+            serving_identity: None,
         },
     }
 }

@@ -5,10 +5,10 @@
 
 use ::asap::policy::LeastUsedDistance;
 use ::asap::wire::PeEntry;
-use ::asap::wire::param::{Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
+use ::asap::wire::param::{CheckKind, Namespace, PeId, Policy, PolicyType, PoolHandle, Transport};
 use admin_api::{
-    Actor, Metrics, PeView, PeerView, PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
-    handle_text,
+    Actor, CheckView, DrainError, Metrics, PeRef, PeView, PeerView, PoolDeclaration, PoolView,
+    Registrar, Scope, TlsLayer, handle_text,
 };
 use identity::Revocation;
 use identity::{Grant, TrustDomain};
@@ -84,6 +84,25 @@ impl Registrar for ControlPlane {
             Some(scope) => self.control().remove(scope, actor.to_string()).await,
             None => 0,
         }
+    }
+
+    async fn drain(&self, pe: PeRef, deadline_ms: Option<u64>) -> Result<(), DrainError> {
+        // A name the handlespace cannot hold has no PE to drain.
+        let key = Namespace::new(&pe.namespace)
+            .zip(PoolHandle::new(pe.handle))
+            .zip(PeId::new(pe.pe_id))
+            .map(|((ns, h), id)| (ns, h, id))
+            .ok_or(DrainError::NoSuchPe)?;
+        self.control()
+            .drain(key, deadline_ms)
+            .await
+            .map_err(|e| match e {
+                registrar::DrainRefusal::NotHome(home) => {
+                    DrainError::NotHome(format!("{home:#010x}"))
+                }
+                registrar::DrainRefusal::TooMany => DrainError::TooMany,
+                _ => DrainError::NoSuchPe,
+            })
     }
 
     async fn set_grants(&self, grants: Vec<Grant>) {
@@ -201,6 +220,17 @@ pub(crate) fn pe_view(e: &PeEntry, rtt: Option<std::time::Duration>) -> PeView {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         rtt_us: rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        draining: pe.status.draining(),
+        drain_deadline_ms: pe.status.drain_deadline_ms,
+        serving_identity: pe.serving_identity.as_ref().map(|s| s.as_str().to_owned()),
+        check: (pe.status.check != CheckKind::NONE).then(|| CheckView {
+            kind: pe
+                .status
+                .check
+                .name()
+                .map_or_else(|| pe.status.check.0.to_string(), str::to_owned),
+            state: "passing".to_owned(),
+        }),
     }
 }
 

@@ -71,6 +71,9 @@ pub enum AuditAction {
     RemoveUngranted,
     /// A PE removed by an operator (admin API).
     RemoveAdmin,
+    /// A draining PE removed by its home registrar at its drain deadline
+    /// (`PUT …/pool-elements/{pe_id}/drain`).
+    RemoveDrained,
     /// A message that did not decode.
     Malformed,
     /// A peer's PE removed: its home registrar did not refresh it within its
@@ -135,6 +138,11 @@ pub enum AuditAction {
     AdminPoolDelete,
     /// Admin API: a PE deregistered by an operator.
     AdminPeDeregister,
+    /// Admin API: a PE drained by an operator (no resolution returns it; its home
+    /// deregisters it at the deadline).
+    AdminPeDrain,
+    /// Admin API: an operator's drain of a PE lifted.
+    AdminPeUndrain,
     /// Admin API: a grant created.
     AdminGrantCreate,
     /// Admin API: a grant deleted.
@@ -169,6 +177,7 @@ impl AuditAction {
                 | Self::RemoveRevoked
                 | Self::RemoveUngranted
                 | Self::RemoveAdmin
+                | Self::RemoveDrained
                 | Self::RemoveExpired
                 | Self::RemoveResync
         )
@@ -187,6 +196,7 @@ impl AuditAction {
             Self::RemoveRevoked => "remove:revoked",
             Self::RemoveUngranted => "remove:ungranted",
             Self::RemoveAdmin => "remove:admin",
+            Self::RemoveDrained => "remove:drained",
             Self::Malformed => "malformed",
             Self::RemoveExpired => "remove:expired",
             Self::RemoveResync => "remove:resync",
@@ -215,6 +225,8 @@ impl AuditAction {
             Self::AdminPoolDeclare => "admin:pool.declare",
             Self::AdminPoolDelete => "admin:pool.delete",
             Self::AdminPeDeregister => "admin:pe.deregister",
+            Self::AdminPeDrain => "admin:pe.drain",
+            Self::AdminPeUndrain => "admin:pe.undrain",
             Self::AdminGrantCreate => "admin:grant.create",
             Self::AdminGrantDelete => "admin:grant.delete",
             Self::AdminDefaultNamespaceCreate => "admin:default-namespace.create",
@@ -241,6 +253,7 @@ impl AuditAction {
         Self::RemoveRevoked,
         Self::RemoveUngranted,
         Self::RemoveAdmin,
+        Self::RemoveDrained,
         Self::Malformed,
         Self::RemoveExpired,
         Self::RemoveResync,
@@ -269,6 +282,8 @@ impl AuditAction {
         Self::AdminPoolDeclare,
         Self::AdminPoolDelete,
         Self::AdminPeDeregister,
+        Self::AdminPeDrain,
+        Self::AdminPeUndrain,
         Self::AdminGrantCreate,
         Self::AdminGrantDelete,
         Self::AdminDefaultNamespaceCreate,
@@ -325,7 +340,7 @@ mod tests {
             assert_eq!(a.to_string(), name);
         }
         assert_eq!(AuditAction::from_name("admin:unknown"), None);
-        assert_eq!(AuditAction::ALL.len(), 49);
+        assert_eq!(AuditAction::ALL.len(), 52);
     }
 
     #[test]
@@ -343,6 +358,7 @@ mod tests {
                 "remove:revoked",
                 "remove:ungranted",
                 "remove:admin",
+                "remove:drained",
                 "remove:expired",
                 "remove:resync"
             ]

@@ -162,6 +162,24 @@ impl SpiffeId {
         &self.uri[SCHEME.len() + self.domain_len..]
     }
 
+    /// Whether this identity (a PE's) may vouch for `serving` as the identity of the
+    /// server its pool users reach (`rsp pe --advertise`, docs/PROTOCOL-EXTENSIONS.md §4):
+    /// itself, or an ID below its own path in its own trust domain
+    /// (`spiffe://acme.test/pe/web-1` vouches for `spiffe://acme.test/pe/web-1/nginx`),
+    /// never another workload's, so that one PE certificate cannot send pool users to
+    /// another service's server. A trust domain's own ID (no path) vouches only for itself.
+    pub fn may_vouch_for(&self, serving: &Self) -> bool {
+        if self == serving {
+            return true;
+        }
+        !self.path().is_empty()
+            && self.trust_domain_str() == serving.trust_domain_str()
+            && serving
+                .path()
+                .strip_prefix(self.path())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
     /// The path segments, without the slashes (none for a trust domain's own ID).
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         let path = self.path();
@@ -264,6 +282,21 @@ fn validate_segment(segment: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pe_vouches_for_itself_and_below_its_path_only() {
+        let id = |s: &str| SpiffeId::parse(s).expect("SPIFFE ID");
+        let pe = id("spiffe://acme.test/pe/web-1");
+        assert!(pe.may_vouch_for(&pe));
+        assert!(pe.may_vouch_for(&id("spiffe://acme.test/pe/web-1/nginx")));
+        // Another workload, a sibling with the same prefix, another trust domain, a parent.
+        assert!(!pe.may_vouch_for(&id("spiffe://acme.test/pe/web-2")));
+        assert!(!pe.may_vouch_for(&id("spiffe://acme.test/pe/web-10")));
+        assert!(!pe.may_vouch_for(&id("spiffe://other.test/pe/web-1")));
+        assert!(!pe.may_vouch_for(&id("spiffe://acme.test/pe")));
+        // A trust domain's own ID is no workload: it vouches for nothing below it.
+        assert!(!id("spiffe://acme.test").may_vouch_for(&pe));
+    }
     use super::*;
 
     #[test]

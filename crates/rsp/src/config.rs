@@ -286,6 +286,27 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         help: "On SIGTERM the PE deregisters at once, refuses new sessions and serves the open ones for at most this long before it exits (0: exit at once). A second SIGTERM or Ctrl-C ends it at once.",
     },
     Opt {
+        key: "advertise",
+        flag: "advertise",
+        takes: Takes::Value("HOST:PORT"),
+        default: None,
+        help: "Register this TCP address, where an existing server terminates the PUs' TLS itself, instead of serving or forwarding: the PE only keeps the registration (HOST must be this host's address towards the registrar). PUs insist on the server's certificate carrying --serving-identity.",
+    },
+    Opt {
+        key: "serving_identity",
+        flag: "serving-identity",
+        takes: Takes::Value("SPIFFE-ID"),
+        default: None,
+        help: "With --advertise: the SPIFFE ID of the server's certificate. The registrar accepts only the PE's own identity or one below its path (spiffe://acme.test/pe/web-1/nginx for the PE spiffe://acme.test/pe/web-1). Default: the PE's own.",
+    },
+    Opt {
+        key: "control",
+        flag: "control",
+        takes: Takes::Value("PATH"),
+        default: None,
+        help: "A Unix socket (mode 0600; only this user or root may connect) where `rsp pe drain --control PATH` drains this PE and `rsp pe status --control PATH` shows its state. Default: none (SIGUSR1 still drains).",
+    },
+    Opt {
         key: "labels",
         flag: "label",
         takes: Takes::Repeated("KEY=VALUE"),
@@ -416,6 +437,10 @@ pub(crate) struct PeOptions {
     pub(crate) stop_grace: Duration,
     #[serde(default, deserialize_with = "labels_of")]
     pub(crate) labels: Labels,
+    pub(crate) control: Option<RelativePathBuf>,
+    #[serde(default, deserialize_with = "some_parsed")]
+    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) serving_identity: Option<String>,
 }
 
 /// `rsp resolve`'s options of [`RESOLVE_OPTIONS`], merged.
@@ -1179,7 +1204,7 @@ mod tests {
         let file = dir.path().join("rsp.toml");
         std::fs::write(
             &file,
-            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\n",
+            "cert = \"pki/pe.pem\"\n\n[pe]\nregistration_life = \"2m\"\npolicy = \"lu:10\"\ncookie_lifetime = 90\ncookie_key = \"pool.key\"\ncapacity = 8\ncontrol = \"run/pe.sock\"\nadvertise = \"127.0.0.1:8443\"\nserving_identity = \"spiffe://acme.test/pe/w/nginx\"\n",
         )
         .expect("write");
         let life = |args: &[&str], file: Option<&Path>, vars: &[(&str, &str)]| {
@@ -1218,6 +1243,16 @@ mod tests {
             "from the file's directory"
         );
         assert_eq!(o.capacity.map(NonZeroUsize::get), Some(8));
+        assert_eq!(
+            o.control.expect("control socket").relative(),
+            dir.path().join("run/pe.sock"),
+            "the control socket, from the file's directory too"
+        );
+        assert_eq!(o.advertise, "127.0.0.1:8443".parse().ok());
+        assert_eq!(
+            o.serving_identity.as_deref(),
+            Some("spiffe://acme.test/pe/w/nginx")
+        );
         assert_eq!(o.listen, "127.0.0.1:0".parse().expect("address"));
         assert_eq!(o.business_card, Alternates::Auto);
         // The shared options ignore the [pe] table; the PE's ignore the shared keys.

@@ -1,6 +1,7 @@
 //! `rsp`: the RSerPool command line. Thin: flags here, work in the `asap` library.
 
 mod config;
+mod control;
 mod decode;
 // systemd's notify protocol, shared with enrpd (the file says why it is not a crate).
 #[path = "../../enrpd/src/notify.rs"]
@@ -61,11 +62,15 @@ enum Command {
         hex: Vec<String>,
     },
     /// Run a pool element: register with the registrars, serve a demo service over TLS,
-    /// stay registered until Ctrl-C or SIGTERM (then deregister).
+    /// stay registered until Ctrl-C or SIGTERM (then deregister). `rsp pe drain` and
+    /// `rsp pe status` talk to a running one through its --control socket.
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Pe {
         /// The pool to join.
-        #[arg(long)]
-        pool: String,
+        #[arg(long, required = true)]
+        pool: Option<String>,
+        #[command(subcommand)]
+        action: Option<PeAction>,
         #[command(flatten)]
         own: config::Flags<config::Pe>,
         #[command(flatten)]
@@ -103,6 +108,34 @@ enum Command {
     /// Print the PEs of a pool as they are added, updated and removed (with the reason),
     /// from the registrar's admin API (`GET /v1/watch/pools`); runs until Ctrl-C.
     Watch(watch::Args),
+}
+
+/// What `rsp pe drain|status` asks of a running PE through its control socket.
+#[derive(Subcommand)]
+enum PeAction {
+    /// Drain the PE (what SIGUSR1 does): it deregisters, refuses new sessions and exits
+    /// once the open ones end or the deadline passes. Prints its progress until then;
+    /// exits 1 if the deadline passed with sessions open.
+    Drain {
+        /// The PE's control socket (its --control); default: `control` under [pe] in the
+        /// config file, or RSP_CONTROL.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// How long open sessions may run before they are closed (at most 24h); default:
+        /// the PE's --drain-timeout.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Print the PE's state: registered or not, serving or draining, its health check,
+    /// its open sessions.
+    Status {
+        /// The PE's control socket (its --control); default as for `drain`.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Identity, trust and registrars: the same for every command that talks to a registrar
@@ -314,6 +347,11 @@ enum Job {
         hex: Vec<String>,
     },
     Watch(watch::Args),
+    /// `rsp pe drain|status`, with the control socket found.
+    PeControl {
+        action: PeAction,
+        control: PathBuf,
+    },
     Pe {
         pool: String,
         // Boxed: the PE's options are many times the other commands'.
@@ -347,10 +385,31 @@ fn parse_cli() -> Result<Job, String> {
     Ok(match cli.command {
         Command::Decode { enrp, hex } => Job::Decode { enrp, hex },
         Command::Pe {
+            action: Some(action),
+            own,
+            ..
+        } => {
+            let given = match &action {
+                PeAction::Drain { control, .. } | PeAction::Status { control, .. } => {
+                    control.clone()
+                }
+            };
+            let control = match given {
+                Some(path) => path,
+                None => own.load(file, var)?.control.map(|p| p.relative()).ok_or(
+                    "rsp pe drain|status needs --control PATH (or RSP_CONTROL, or control under [pe] in the config file)",
+                )?,
+            };
+            Job::PeControl { action, control }
+        }
+        Command::Pe {
             pool,
             own,
             common: c,
+            action: None,
         } => {
+            // clap requires --pool unless a subcommand is given.
+            let pool = pool.ok_or("rsp pe needs --pool")?;
             let common = common(&c)?;
             Job::Pe {
                 pool,
@@ -447,6 +506,10 @@ async fn run(job: Job) -> anyhow::Result<()> {
     match job {
         Job::Decode { enrp, hex } => decode::run(enrp, hex),
         Job::Watch(args) => watch::run(args).await,
+        Job::PeControl { action, control } => match action {
+            PeAction::Drain { deadline, .. } => control::drain(&control, deadline).await,
+            PeAction::Status { json, .. } => control::status(&control, json).await,
+        },
         Job::Pe { pool, own, common } => {
             let config::PeOptions {
                 serve,
@@ -470,7 +533,29 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 drain_timeout,
                 stop_grace,
                 labels,
+                control,
+                advertise,
+                serving_identity,
             } = *own;
+            if advertise.is_some() && forward.is_some() {
+                bail!(
+                    "--advertise registers a server that terminates TLS itself: not with --forward"
+                );
+            }
+            if advertise.is_some() && check.is_some() {
+                bail!("--check needs --forward: it checks the server the PE forwards to");
+            }
+            let serving_identity = match (serving_identity, advertise) {
+                (Some(_), None) => bail!("--serving-identity needs --advertise"),
+                (Some(id), Some(_)) => {
+                    identity::SpiffeId::parse(&id).context("--serving-identity")?;
+                    Some(
+                        asap::wire::param::ServingIdentity::new(&id)
+                            .context("--serving-identity: 1 to 2048 bytes")?,
+                    )
+                }
+                (None, _) => None,
+            };
             if capacity.is_some() && !pe::is_adaptive(&policy) {
                 bail!(
                     "--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D, rlu or least-used-distance)"
@@ -530,6 +615,9 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 drain_timeout,
                 stop_grace,
                 labels,
+                control: control.map(|p| p.relative()),
+                advertise,
+                serving_identity,
             };
             run_pe(pe, common).await
         }
@@ -594,6 +682,12 @@ struct PeArgs {
     /// `--stop-grace`.
     stop_grace: Duration,
     labels: asap::wire::param::Labels,
+    /// `--control`: the control socket's path.
+    control: Option<PathBuf>,
+    /// `--advertise`: register this server instead of serving.
+    advertise: Option<SocketAddr>,
+    /// `--serving-identity`.
+    serving_identity: Option<asap::wire::param::ServingIdentity>,
 }
 
 async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
@@ -613,6 +707,9 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         drain_timeout,
         stop_grace,
         labels,
+        control,
+        advertise,
+        serving_identity,
     } = pe;
     // Plain text all the way: legacy registrars, legacy pool users over SCTP, no
     // registrar calling in over TLS.
@@ -669,6 +766,21 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             )
         }
     };
+    // --advertise: the server at that address terminates the PUs' TLS itself; this PE
+    // only registers it (and serves nothing: its listener is closed).
+    let (listener, user_transport, local) = match advertise {
+        Some(at) => {
+            drop(listener);
+            let port = std::num::NonZeroU16::new(at.port()).context("--advertise needs a port")?;
+            let t = Transport::Tcp {
+                port,
+                transport_use: TransportUse::DataOnly,
+                addr: Address::new(at.ip()),
+            };
+            (None, t, at.to_string())
+        }
+        None => (Some(listener), user_transport, local),
+    };
     if common.insecure_legacy {
         eprintln!(
             "warning: --insecure-legacy: registering in plain text, unauthenticated{}",
@@ -695,6 +807,16 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         asap_listen,
         business_card,
         labels,
+        check: check
+            .as_ref()
+            .map_or(asap::wire::param::CheckKind::NONE, |c| c.check.kind()),
+        // Advertised, the server's identity is always said (the PE's own by default), so
+        // that the registrar's entry shows whom PUs insist on.
+        serving_identity: serving_identity.or_else(|| {
+            advertise.and_then(|_| {
+                asap::wire::param::ServingIdentity::new(trust.identity().id().as_str())
+            })
+        }),
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());
@@ -736,19 +858,32 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         ),
     };
     let gate = services::Gate::new();
-    tokio::spawn(services::serve(
-        listener,
-        Arc::clone(&trust),
-        handler,
-        Arc::new(allowed),
-        meter,
-        Arc::clone(&gate),
-    ));
-    println!(
-        "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
-        config.pe_id,
-        trust.identity().id()
-    );
+    match listener {
+        Some(listener) => {
+            tokio::spawn(services::serve(
+                listener,
+                Arc::clone(&trust),
+                handler,
+                Arc::new(allowed),
+                meter,
+                Arc::clone(&gate),
+            ));
+            println!(
+                "rsp pe: PE {} of pool {pool} serving {serving} on {local} as {}",
+                config.pe_id,
+                trust.identity().id()
+            );
+        }
+        None => println!(
+            "rsp pe: PE {} of pool {pool} advertising the server at {local} as {} (PUs insist on {})",
+            config.pe_id,
+            trust.identity().id(),
+            config
+                .serving_identity
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string)
+        ),
+    }
     // systemd's Type=notify (contrib/systemd/rsp-pe@.service): ready once registered.
     let notifier = notify::Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
     let tell = |state: &str| {
@@ -756,7 +891,31 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
             eprintln!("systemd notification not sent: {e}");
         }
     };
-    let mut stop = stop_signals()?;
+    let (stop_tx, mut stop) = stop_signals()?;
+    // `rsp pe drain` over the control socket: SIGUSR1's drain, with its own deadline.
+    let asked_deadline = Arc::new(std::sync::Mutex::new(None));
+    let board = match control {
+        Some(path) => {
+            let asked = Arc::clone(&asked_deadline);
+            let board = control::Board::new(
+                pool.clone(),
+                config.pe_id.to_string(),
+                check.as_ref().map(|c| c.check.to_string()),
+                Arc::clone(&gate),
+                move |deadline| {
+                    *asked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = deadline;
+                    stop_tx.send_if_modified(|s| s.is_none() && s.replace(Stop::Drain).is_none());
+                },
+            );
+            control::listen(&path, Arc::clone(&board))
+                .await
+                .with_context(|| format!("the control socket {}", path.display()))?;
+            Some(board)
+        }
+        None => None,
+    };
     let stopping = {
         let mut stop = stop.clone();
         async move {
@@ -764,6 +923,18 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         }
     };
     let events = |event: pe::PeEvent| {
+        if let Some(b) = &board {
+            match &event {
+                pe::PeEvent::Registered(_) | pe::PeEvent::HomeAdopted { .. } => {
+                    b.set_registered(true);
+                }
+                pe::PeEvent::Lost(..)
+                | pe::PeEvent::Refused(..)
+                | pe::PeEvent::Unreachable(_)
+                | pe::PeEvent::Deregistered => b.set_registered(false),
+                _ => {}
+            }
+        }
         if let pe::PeEvent::Registered(r) = &event {
             tell(&format!(
                 "READY=1\nSTATUS={}",
@@ -773,20 +944,46 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         pe_event(event, &registered);
     };
     match (check, forwarder) {
-        (Some(check), Some(f)) => run_checked(&trust, &config, check, f, stopping, events).await,
+        (Some(check), Some(f)) => {
+            let board = board.clone();
+            let on_check = move |passing| {
+                if let Some(b) = &board {
+                    b.set_check(passing);
+                }
+            };
+            run_checked(&trust, &config, check, f, stopping, events, on_check).await
+        }
         _ => pe::run(&trust, &config, stopping, events).await,
     }
     .context("registration")?;
     tell("STOPPING=1");
     let why = *stop.borrow();
+    let phase = |p| {
+        if let Some(b) = &board {
+            b.set_registered(false);
+            b.set_phase(p);
+        }
+    };
+    let asked = *asked_deadline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (deadline, doing, over) = match why {
-        Some(Stop::Drain) => (drain_timeout, "draining", "drain timeout"),
+        Some(Stop::Drain) => (asked.unwrap_or(drain_timeout), "draining", "drain timeout"),
         // Nothing open: nothing to wait for (and nothing more to say).
         Some(Stop::Terminate) if !stop_grace.is_zero() && gate.open() > 0 => {
             (stop_grace, "stopping", "stop grace over")
         }
-        _ => return Ok(()),
+        _ => {
+            phase(control::Phase::Drained);
+            settle(board.as_deref()).await;
+            return Ok(());
+        }
     };
+    phase(if why == Some(Stop::Drain) {
+        control::Phase::Draining
+    } else {
+        control::Phase::Stopping
+    });
     // Deregistered: the registrar no longer returns this PE. New PUs (from a cache) are
     // refused so that they fail over; open sessions run to their end or the deadline.
     gate.drain();
@@ -796,15 +993,29 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         humantime::format_duration(deadline)
     );
     tokio::select! {
-        () = gate.idle() => eprintln!("drained: every session ended"),
+        () = gate.idle() => {
+            eprintln!("drained: every session ended");
+            phase(control::Phase::Drained);
+        }
         () = tokio::time::sleep(deadline) => {
             eprintln!("{over}: closing {} open sessions", gate.open());
+            phase(control::Phase::TimedOut);
         }
         _ = stop.wait_for(|s| *s == Some(Stop::Now)) => {
             eprintln!("stopped while {doing}: closing {} open sessions", gate.open());
+            phase(control::Phase::TimedOut);
         }
     }
+    settle(board.as_deref()).await;
     Ok(())
+}
+
+/// Lets `rsp pe drain` clients read the last state before the process exits (at most a
+/// second).
+async fn settle(board: Option<&control::Board>) {
+    if let Some(b) = board {
+        b.settle(Duration::from_secs(1)).await;
+    }
 }
 
 /// Why `rsp pe` stops. Each deregisters first; they differ in how long open sessions
@@ -820,12 +1031,17 @@ enum Stop {
     Now,
 }
 
-/// The stop signals, as they arrive.
-fn stop_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<Stop>>> {
+/// The stop signals, as they arrive; the sender, for the control socket's drain.
+#[allow(clippy::type_complexity)]
+fn stop_signals() -> anyhow::Result<(
+    tokio::sync::watch::Sender<Option<Stop>>,
+    tokio::sync::watch::Receiver<Option<Stop>>,
+)> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (tx, rx) = tokio::sync::watch::channel(None);
+    let sender = tx.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -847,7 +1063,7 @@ fn stop_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<Stop>>> 
             }
         }
     });
-    Ok(rx)
+    Ok((sender, rx))
 }
 
 /// One line on stderr for what the PE's registration does (the e2e tests read them).
@@ -883,6 +1099,7 @@ async fn run_checked(
     forwarder: Arc<forward::Forwarder>,
     shutdown: impl Future<Output = ()>,
     mut events: impl FnMut(pe::PeEvent),
+    on_check: impl Fn(bool) + Send + 'static,
 ) -> Result<(), client::Error> {
     use check::{CheckEvent, State};
     let (tx, mut health) = tokio::sync::watch::channel(State::Unknown);
@@ -892,6 +1109,7 @@ async fn run_checked(
         CheckEvent::Changed(state, why) => {
             // New PUs are refused at once while failing, so that they fail over.
             forwarder.set_healthy(state == State::Passing);
+            on_check(state == State::Passing);
             match why {
                 None => eprintln!("health check {kind} passing"),
                 Some(why) => eprintln!("health check {kind} failing: {why}"),

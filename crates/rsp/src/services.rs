@@ -158,6 +158,11 @@ impl Gate {
         *self.open.borrow()
     }
 
+    /// The count of open sessions as it changes (`rsp pe drain`'s progress).
+    pub(crate) fn watch_open(&self) -> watch::Receiver<usize> {
+        self.open.subscribe()
+    }
+
     /// Resolves once no session is open.
     pub(crate) async fn idle(&self) {
         let _ = self.open.subscribe().wait_for(|n| *n == 0).await;

@@ -376,6 +376,8 @@ impl Driver {
                         policy,
                         asap_transport: None,
                         labels: zone(p),
+                        status: Default::default(),
+                        serving_identity: None,
                     },
                 }
             }
@@ -439,6 +441,8 @@ impl Driver {
                     policy: Policy::RoundRobin,
                     asap_transport: None,
                     labels: Default::default(),
+                    status: Default::default(),
+                    serving_identity: None,
                 },
                 registrant: None,
             },

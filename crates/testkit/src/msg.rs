@@ -31,6 +31,8 @@ pub fn registration(pool_handle: &PoolHandle, pe_id: u32, ip: IpAddr) -> AsapMsg
             policy: Policy::RoundRobin,
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
+            serving_identity: None,
         },
     }
 }

@@ -12,7 +12,7 @@ use store::db;
 use utoipa::ToSchema;
 
 use crate::auth::{Authorized, Operate, ReadOps};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, OptionalJson};
 use crate::problem::{ApiError, ProblemKind};
 use crate::registrar::{PeView, PoolView, Scope};
 use crate::routes::{handle_text, path_handle, path_namespace, require_namespace};
@@ -403,6 +403,166 @@ pub(crate) async fn delete_pe(
     record.pe_id = PeId::new(pe_id);
     if removed == 0 {
         let err = not_found();
+        app.audit_refusal(record, &err).await;
+        return Err(err);
+    }
+    app.audit(record).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long a drain lasts when the request names no deadline: 300 s.
+pub(crate) const DEFAULT_DRAIN_SECS: u32 = 300;
+/// The longest drain: one day (a PE's longest registration life, spec §4.4 project rule).
+pub(crate) const MAX_DRAIN_SECS: u32 = 86_400;
+
+/// How long a drain lasts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DrainRequest {
+    /// Seconds from now until the PE's home registrar deregisters it: 1 to 86400;
+    /// absent, `null` or no body at all: 300.
+    #[serde(default, deserialize_with = "crate::extract::whole_number")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 86_400)]
+    deadline_secs: Option<u32>,
+}
+
+/// A drain as the registrar took it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Drained {
+    /// The PE ID, in hex.
+    pe_id: String,
+    /// When its home registrar deregisters it, unix ms.
+    drain_deadline_ms: u64,
+}
+
+/// The PE a drain route names, its audit record started: the namespace must exist.
+async fn drained_pe(
+    app: &App,
+    caller: &crate::auth::Caller,
+    action: AuditAction,
+    (namespace, handle_param, pe_param): (&str, &str, &str),
+) -> Result<(crate::PeRef, store::audit::Record), ApiError> {
+    let subject = path_namespace(namespace)?;
+    let handle = path_handle(namespace, handle_param)?;
+    let mut record = caller.record(app.now(), action).namespace(subject);
+    record.pool = PoolHandle::new(&handle);
+    let Some(pe_id) = parse_pe_id(pe_param) else {
+        let err = ApiError::new(
+            ProblemKind::NotFound,
+            format!("no PE {pe_param:?} in pool {handle_param:?} of namespace {namespace:?}"),
+        );
+        app.audit_refusal(record, &err).await;
+        return Err(err);
+    };
+    record.pe_id = PeId::new(pe_id);
+    let found = {
+        let mut conn = app.store().acquire().await?;
+        require_namespace(&mut conn, namespace).await
+    };
+    if let Err(err) = found {
+        app.audit_refusal(record, &err).await;
+        return Err(err);
+    }
+    let pe = crate::PeRef {
+        namespace: namespace.to_owned(),
+        handle,
+        pe_id,
+    };
+    Ok((pe, record))
+}
+
+fn drain_problem(e: &crate::DrainError, pe_param: &str, handle_param: &str) -> ApiError {
+    match e {
+        crate::DrainError::NoSuchPe => ApiError::new(
+            ProblemKind::NotFound,
+            format!("no PE {pe_param:?} in pool {handle_param:?} here"),
+        ),
+        other => ApiError::new(ProblemKind::Conflict, other.to_string()),
+    }
+}
+
+/// Drains one PE: it stays registered (its keep-alives go on) but no registrar returns
+/// it in resolutions from now on, so PUs open no new sessions with it while its open ones
+/// go on; at the deadline its home registrar deregisters it (audited `remove:drained`).
+/// Only the PE's home registrar drains it (409 elsewhere, naming the home). The PE cannot
+/// undo the drain by registering again; after the deadline its PE ID stays out until the
+/// drain is lifted (`DELETE`). Draining again sets a new deadline.
+#[utoipa::path(put, path = "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain", tag = "pools",
+    params(
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("pe_id" = PeIdText, Path, description = "The PE ID: `0x` and up to 8 hex digits, or decimal"),
+    ),
+    request_body(content = Option<DrainRequest>, description = "The deadline; optional (300 s)"),
+    responses(
+        (status = 200, description = "Draining", body = Drained),
+        (status = 404, description = "No such namespace, pool or PE"),
+        (status = 409, description = "The PE's home is another registrar, or this one remembers its most drains (10,000)"),
+        (status = 422, description = "A deadline out of range"),
+    ))]
+pub(crate) async fn drain_pe(
+    State(app): State<Arc<App>>,
+    Authorized(caller, ..): Authorized<Operate>,
+    ApiPath((namespace, handle_param, pe_param)): ApiPath<(String, String, String)>,
+    OptionalJson(request): OptionalJson<DrainRequest>,
+) -> Result<axum::Json<Drained>, ApiError> {
+    let (pe, mut record) = drained_pe(
+        &app,
+        &caller,
+        AuditAction::AdminPeDrain,
+        (&namespace, &handle_param, &pe_param),
+    )
+    .await?;
+    let secs = request.deadline_secs.unwrap_or(DEFAULT_DRAIN_SECS);
+    if !(1..=MAX_DRAIN_SECS).contains(&secs) {
+        let err = ApiError::new(
+            ProblemKind::Invalid,
+            format!("deadline_secs is 1 to {MAX_DRAIN_SECS}"),
+        );
+        app.audit_refusal(record, &err).await;
+        return Err(err);
+    }
+    let deadline_ms = app.now() + u64::from(secs) * 1000;
+    record = record.detail(format!("deadline {deadline_ms} (unix ms, in {secs} s)"));
+    let pe_id = pe.pe_id;
+    if let Err(e) = app.registrar().drain(pe, Some(deadline_ms)).await {
+        let err = drain_problem(&e, &pe_param, &handle_param);
+        app.audit_refusal(record, &err).await;
+        return Err(err);
+    }
+    app.audit(record).await?;
+    Ok(axum::Json(Drained {
+        pe_id: format!("{pe_id:#010x}"),
+        drain_deadline_ms: deadline_ms,
+    }))
+}
+
+/// Lifts an operator's drain of one PE (the one way to cancel it): a draining PE is
+/// returned in resolutions again, a drained PE ID may register again.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/pools/{pool}/pool-elements/{pe_id}/drain", tag = "pools",
+    params(
+        ("namespace" = NamespaceName, Path, description = "The namespace"),
+        ("pool" = PoolHandleText, Path, description = "The pool handle: text, or `hex:` and hex digits"),
+        ("pe_id" = PeIdText, Path, description = "The PE ID: `0x` and up to 8 hex digits, or decimal"),
+    ),
+    responses(
+        (status = 204, description = "The drain is lifted"),
+        (status = 404, description = "No such namespace, or no drain of that PE here"),
+    ))]
+pub(crate) async fn undrain_pe(
+    State(app): State<Arc<App>>,
+    Authorized(caller, ..): Authorized<Operate>,
+    ApiPath((namespace, handle_param, pe_param)): ApiPath<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (pe, record) = drained_pe(
+        &app,
+        &caller,
+        AuditAction::AdminPeUndrain,
+        (&namespace, &handle_param, &pe_param),
+    )
+    .await?;
+    if let Err(e) = app.registrar().drain(pe, None).await {
+        let err = drain_problem(&e, &pe_param, &handle_param);
         app.audit_refusal(record, &err).await;
         return Err(err);
     }

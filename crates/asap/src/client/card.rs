@@ -201,6 +201,8 @@ mod tests {
                 policy: Policy::RoundRobin,
                 asap_transport: None,
                 labels: Default::default(),
+                status: Default::default(),
+                serving_identity: None,
             },
             registrant: None,
         }

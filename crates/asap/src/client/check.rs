@@ -37,6 +37,18 @@ pub enum Check {
     },
 }
 
+impl Check {
+    /// Its kind as PE Status 0x8104 tells registrars (docs/PROTOCOL-EXTENSIONS.md §5).
+    pub fn kind(&self) -> crate::wire::param::CheckKind {
+        use crate::wire::param::CheckKind;
+        match self {
+            Self::Tcp => CheckKind::TCP,
+            Self::Http { .. } => CheckKind::HTTP,
+            Self::Exec { .. } => CheckKind::EXEC,
+        }
+    }
+}
+
 impl FromStr for Check {
     type Err = String;
 

@@ -132,14 +132,21 @@ pub enum PeError {
 }
 
 /// Where a PE is, and a TLS configuration that accepts only the identity the registrar
-/// vouched for (project parameter 0x8101): a PE with another certificate is refused.
+/// vouched for: the PE's serving identity (0x8105, a server that terminates TLS itself,
+/// which the registrar let its registrant vouch for), else its registrant (0x8101); a
+/// server with another certificate is refused.
 pub fn pe_target(
     trust: &TrustStore,
     e: &PeEntry,
 ) -> Result<(Arc<ClientConfig>, SocketAddr), PeError> {
     let registrant = e.registrant.as_ref().ok_or(PeError::NoRegistrant)?;
-    let id = SpiffeId::parse(registrant.as_str())
-        .map_err(|e| PeError::BadRegistrant(trust::Error::from(e)))?;
+    let expected = e
+        .pool_element
+        .serving_identity
+        .as_ref()
+        .map_or(registrant.as_str(), |s| s.as_str());
+    let id =
+        SpiffeId::parse(expected).map_err(|e| PeError::BadRegistrant(trust::Error::from(e)))?;
     let config = trust.client_config_expecting(Protocol::Asap, IdentityPattern::exact(&id))?;
     let t = &e.pool_element.user_transport;
     let ip = t.addresses().first().ok_or(PeError::NoAddress)?.ip();

@@ -160,7 +160,7 @@ fn refusal(code: u16) -> String {
             "no such pool, or this identity may not see it; check the pool handle, the namespace and the identity's grants"
         }
         ErrorCause::SecurityRejection => {
-            "this identity may not do this; check its grants for the pool and namespace at the registrar, and that the PE's addresses are its connection's"
+            "this identity may not do this; check its grants for the pool and namespace at the registrar, and that the PE's addresses are its connection's, or whether an operator drained this PE ID"
         }
         _ => "the registrar did not accept the request as sent",
     };

@@ -24,8 +24,8 @@ use crate::addr::TransportAddr;
 use crate::policy::{DistanceValues, LeastUsedDistance};
 use crate::wire::AsapMsg;
 use crate::wire::param::{
-    Address, Labels, Load, Namespace, PeId, Policy, PoolElement, PoolHandle, ServerId, Transport,
-    TransportUse,
+    Address, CheckKind, Labels, Load, Namespace, PeId, PeStatus, Policy, PoolElement, PoolHandle,
+    ServerId, ServingIdentity, Transport, TransportUse,
 };
 
 /// What a PE registers, and with whom.
@@ -74,6 +74,14 @@ pub struct PeConfig {
     /// This PE's labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md), sent
     /// with every registration; `rsp pe --label k=v`. Empty: none.
     pub labels: Labels,
+    /// The health check this PE runs (`rsp pe --check`), told to registrars in PE Status
+    /// 0x8104 (docs/PROTOCOL-EXTENSIONS.md §5) so that the admin API shows it; the drain
+    /// bit of that parameter is the registrar's, never sent. Default: none.
+    pub check: CheckKind,
+    /// The identity of the server pool users reach, when it is not this PE's (`rsp pe
+    /// --advertise --serving-identity`): sent as Serving Identity 0x8105; the registrar
+    /// checks that this PE's identity may vouch for it. `None`: this PE's own.
+    pub serving_identity: Option<ServingIdentity>,
 }
 
 impl PeConfig {
@@ -109,6 +117,8 @@ impl PeConfig {
             policy: current_policy(self),
             asap_transport: None,
             labels: self.labels.clone(),
+            status: Default::default(),
+            serving_identity: None,
         };
         AsapMsg::BusinessCard {
             pool_handle: self.pool_handle.clone(),
@@ -443,6 +453,11 @@ fn registration(config: &PeConfig, conn: &Connection, listen: Option<SocketAddr>
             policy: current_policy(config),
             asap_transport: listen.and_then(|l| asap_transport(l, local)),
             labels: config.labels.clone(),
+            status: PeStatus {
+                drain_deadline_ms: None,
+                check: config.check,
+            },
+            serving_identity: config.serving_identity.clone(),
         },
     }
 }
@@ -752,6 +767,8 @@ mod tests {
             asap_listen: None,
             business_card: Alternates::Auto,
             labels: Labels::default(),
+            check: CheckKind::NONE,
+            serving_identity: None,
         }
     }
 

@@ -59,6 +59,8 @@ fn pe(home: u32, asap: Option<Transport>) -> PoolElement {
         policy: Policy::RoundRobin,
         asap_transport: asap,
         labels: Default::default(),
+        status: Default::default(),
+        serving_identity: None,
     }
 }
 
@@ -1315,6 +1317,8 @@ mod props {
                         policy,
                         asap_transport: asap,
                         labels,
+                        status: Default::default(),
+                        serving_identity: None,
                     }
                 },
             )
@@ -1763,6 +1767,59 @@ mod extensions {
         // Both skip (action bits 10): a decoder that does not know them goes on.
         assert_eq!(ParamType::PE_LABELS.action(), ParamAction::Skip);
         assert_eq!(ParamType::SELECTION_HINTS.action(), ParamAction::Skip);
+    }
+
+    /// PE Status (0x8104, docs/PROTOCOL-EXTENSIONS.md §5): its vector, inside a Pool
+    /// Element, and what a decoder refuses.
+    #[test]
+    fn pe_status_vector_and_bounds() {
+        use crate::wire::param::{CheckKind, PeStatus};
+        let status = PeStatus {
+            drain_deadline_ms: Some(0x0000_018b_cfe5_6800),
+            check: CheckKind::HTTP,
+        };
+        let want = hex("81040010 01020000 0000018b cfe56800"
+            .replace(' ', "")
+            .as_str());
+        let mut b = Vec::new();
+        status.encode(&mut b);
+        assert_eq!(to_hex(&b), to_hex(&want));
+        assert_eq!(PeStatus::decode(&want).expect("decodes").msg, status);
+        assert_eq!(ParamType::PE_STATUS.action(), ParamAction::Skip);
+        // Draining without a deadline, or a value of another length: Invalid Values.
+        for bad in [
+            "81040010 01020000 00000000 00000000",
+            "8104000c 01020000 00000000",
+        ] {
+            let e = PeStatus::decode(&hex(&bad.replace(' ', ""))).expect_err("refused");
+            assert_eq!(e.cause().map(|c| c.code()), Some(0x3), "{bad}");
+        }
+        // Inside a Pool Element, after the labels; the default is not sent.
+        let mut e = pe(0, None);
+        let mut plain = Vec::new();
+        e.encode(&mut plain);
+        assert!(!to_hex(&plain).contains("8104"));
+        e.status.check = CheckKind::TCP;
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        assert!(to_hex(&b).ends_with("81040010000100000000000000000000"));
+        assert_eq!(PoolElement::decode(&b).expect("decodes").msg, e);
+    }
+
+    /// Serving Identity (0x8105, docs/PROTOCOL-EXTENSIONS.md §6) inside a Pool Element.
+    #[test]
+    fn a_serving_identity_rides_in_the_pool_element() {
+        use crate::wire::param::ServingIdentity;
+        let mut e = pe(0, None);
+        e.serving_identity = ServingIdentity::new("spiffe://a.test/pe/w");
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        // "spiffe://a.test/pe/w" is 20 bytes: length 24, no padding.
+        assert!(to_hex(&b).ends_with(&format!("81050018{}", to_hex(b"spiffe://a.test/pe/w"))));
+        assert_eq!(PoolElement::decode(&b).expect("decodes").msg, e);
+        assert_eq!(ParamType::SERVING_IDENTITY.action(), ParamAction::Skip);
+        assert!(ServingIdentity::new("").is_none());
+        assert!(ServingIdentity::new(&"x".repeat(2049)).is_none());
     }
 
     #[test]

@@ -62,6 +62,8 @@ fn pe(id: u32, home: u32, policy: Policy, transport: Transport) -> PoolElement {
         policy,
         asap_transport: None,
         labels: Default::default(),
+        status: Default::default(),
+        serving_identity: None,
     }
 }
 

@@ -116,12 +116,31 @@ impl Pool {
                 .insert_or_update_labeled(registry, pe_id, &pe.policy, &pe.labels)
                 .map_err(reject_of)?;
         }
+        // A draining PE (docs/PROTOCOL-EXTENSIONS.md §5) stays in the pool but out of
+        // its selection: no resolution returns it. It is inserted first all the same, so
+        // that its policy is checked like any other's.
+        let draining = pe.status.draining();
+        if draining {
+            shared.selection.remove(pe_id);
+        }
         let entry = Arc::new(PeEntry {
             pool_element: pe,
             registrant,
         });
         shared.by_id.insert(pe_id, Arc::clone(&entry));
         let old = self.entries.insert(pe_id, entry);
+        let was_draining = !lone_update
+            && old
+                .as_ref()
+                .is_some_and(|o| o.pool_element.status.draining());
+        match (was_draining, draining) {
+            (false, true) => shared.draining += 1,
+            (true, false) => shared.draining -= 1,
+            _ => {}
+        }
+        if lone_update {
+            shared.draining = usize::from(draining);
+        }
         shared.policy = self.policy().copied();
         Ok(match old {
             None => Registered::New,
@@ -136,6 +155,9 @@ impl Pool {
     pub(super) fn remove(&mut self, pe_id: PeId) -> Option<PeEntry> {
         let e = self.entries.remove(&pe_id)?;
         let mut shared = self.view.lock();
+        if e.pool_element.status.draining() {
+            shared.draining -= 1;
+        }
         shared.selection.remove(pe_id);
         shared.by_id.remove(&pe_id);
         shared.policy = self.policy().copied();

@@ -36,6 +36,8 @@ fn pe(id: u32, home: u32, policy: Policy) -> PoolElement {
         policy,
         asap_transport: None,
         labels: Default::default(),
+        status: Default::default(),
+        serving_identity: None,
     }
 }
 

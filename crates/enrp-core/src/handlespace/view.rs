@@ -36,6 +36,8 @@ pub(super) struct Selectable {
     pub(super) selection: PoolSelection,
     pub(super) by_id: HashMap<PeId, Arc<PeEntry>>,
     pub(super) policy: Option<Policy>,
+    /// How many of `by_id` are draining (out of `selection`).
+    pub(super) draining: usize,
 }
 
 /// A pool's answer to a resolution: the pool's policy and the PEs chosen, in order.
@@ -48,7 +50,8 @@ impl PoolView {
     /// `hints` are the pool user's (project parameter 0x8103), for policies that read them.
     pub fn select(&self, n: usize, hints: &Labels, rng: &mut dyn Rng) -> Option<Selected> {
         let mut s = self.lock();
-        if s.by_id.is_empty() {
+        // A pool whose every PE drains answers as one without PEs: an unknown pool.
+        if s.by_id.len() == s.draining {
             return None;
         }
         let mut ids = Vec::with_capacity(n.min(s.by_id.len()));

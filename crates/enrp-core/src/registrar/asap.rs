@@ -257,6 +257,24 @@ impl Core {
                 out,
             );
         }
+        // 3b. A server that terminates the PUs' TLS itself (`rsp pe --advertise`): pool
+        //     users will insist on its serving identity (0x8105), so the PE's own identity
+        //     must be able to vouch for it (itself or below its path, never another
+        //     workload's: `SpiffeId::may_vouch_for`).
+        if let Some(serving) = &pe.serving_identity {
+            let vouches = self.conns.get(&conn).is_some_and(|c| {
+                identity::SpiffeId::parse(serving.as_str())
+                    .is_ok_and(|s| c.client.id.may_vouch_for(&s))
+            });
+            if !vouches {
+                return reject(
+                    self,
+                    ErrorCause::SecurityRejection,
+                    &format!("may not vouch for the serving identity {serving}"),
+                    out,
+                );
+            }
+        }
         // 4. What an operator declared for this pool (admin API): its policy type and
         //    its most PEs. A re-registration of a PE already in the pool is never
         //    refused for the count, so lowering a limit evicts nobody.
@@ -298,6 +316,29 @@ impl Core {
                 out,
             );
         }
+        // 4c. An operator's drain (`drain.rs`): a re-registration keeps it, whatever the
+        //     PE says of itself; a drained PE ID stays out until the operator lifts it.
+        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
+        match self.drain_for_registration(&key) {
+            Ok(deadline) => pe.status.drain_deadline_ms = deadline,
+            Err(()) => {
+                return reject(
+                    self,
+                    ErrorCause::SecurityRejection,
+                    "drained by an operator: the drain must be lifted (DELETE …/drain)",
+                    out,
+                );
+            }
+        }
+        // A PE whose home moved here keeps the drain its old home announced.
+        if pe.status.drain_deadline_ms.is_none()
+            && let Some(old) = self
+                .handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|p| p.entry(pe_id))
+        {
+            pe.status.drain_deadline_ms = old.pool_element.status.drain_deadline_ms;
+        }
         // 5.–7. Pool consistency, PE ID uniqueness, limits: the handlespace.
         pe.home_server_id = self.config.server_id.get();
         let registrant = self.registrant(conn, Some(&pe));
@@ -324,7 +365,6 @@ impl Core {
                 .push(pool_handle.clone());
         }
         // 8. Own it, bind it to this connection, start its keep-alives.
-        let key: PeKey = (ns.clone(), pool_handle.clone(), pe_id);
         let owned = self.owned.entry(key.clone()).or_default();
         if let Some(old) = owned.conn.replace(conn)
             && old != conn
@@ -367,6 +407,10 @@ impl Core {
                 "policy {:#010x} has no selector here: the pool is selected round robin",
                 ty.0
             ));
+        }
+        if let Some(ms) = pe.status.drain_deadline_ms {
+            // The PE cannot undo an operator's drain by registering again: say so.
+            event.detail = Some(format!("draining until {ms} (unix ms): kept"));
         }
         out.push(Action::Audit {
             event,

@@ -22,6 +22,7 @@
 
 mod asap;
 mod config;
+mod drain;
 mod enrp;
 mod legacy;
 mod read_view;
@@ -44,6 +45,7 @@ use crate::handlespace::Handlespace;
 use crate::hash::{HashMap, HashSet};
 
 pub use config::{Config, Timing};
+pub use drain::{DrainRefusal, MAX_DRAINS};
 pub use enrp::{MAX_CLAIMS, MAX_LIST_DIALS, PeerState, PeerStatus};
 // What a revocation names, what an audit record says happened and when it must be
 // durable: `identity`'s, one vocabulary for the core, the store and the admin API.
@@ -291,6 +293,8 @@ enum TimerKey {
     TakeoverExpiry(ServerId),
     /// The start-up phase ends without a mentor (spec §9.3 step 4).
     MentorTimeout,
+    /// An operator's drain of an owned PE reaches its deadline (`drain.rs`).
+    DrainDeadline(PeKey),
 }
 
 /// What the registrar remembers of a PE it owns (its home registrar, spec §7.4).
@@ -422,6 +426,9 @@ pub struct Core {
     /// Pools created by registrations on this registrar, by namespace and identity
     /// ([`Config::max_pools_per_identity`]); pools gone since are dropped when looked at.
     pool_creators: HashMap<(Namespace, SpiffeId), Vec<PoolHandle>>,
+    /// Operators' drains of owned PEs, draining or drained (`drain.rs`), at most
+    /// [`MAX_DRAINS`].
+    drains: HashMap<PeKey, drain::Drain>,
 }
 
 impl Core {
@@ -456,6 +463,7 @@ impl Core {
             starting: false,
             mentor: None,
             pool_creators: HashMap::default(),
+            drains: HashMap::default(),
         }
     }
 
@@ -712,6 +720,7 @@ impl Core {
                 TimerKey::MentorTimeout => {
                     self.end_startup(AuditAction::MentorTimeout, None, &mut out);
                 }
+                TimerKey::DrainDeadline(pe) => self.drain_deadline(&pe, &mut out),
             }
         }
         self.confine_legacy_sends(&mut out);

@@ -249,6 +249,7 @@ impl ReadView {
                 let mut e = (**e).clone();
                 if legacy {
                     e.registrant = None;
+                    e.pool_element.serving_identity = None;
                 }
                 e
             })
@@ -273,11 +274,12 @@ impl ReadView {
     }
 }
 
-/// PEs that always fit one answer: a PE entry is at most about 4.4 KB (an SCTP user and
+/// PEs that always fit one answer: a PE entry is at most about 6.5 KB (an SCTP user and
 /// ASAP transport of 16 IPv6 addresses each, 2 × 328; a private policy, 20; 16 labels at
-/// their bounds, 1,572; a registrant identity, 2,052; the PE's own fields, 16), and 12 of
-/// them stay below 65,532 bytes with the header, pool handle and policy.
-const ALWAYS_FIT: usize = 12;
+/// their bounds, 1,572; a PE status, 16; a serving identity, 2,052; a registrant
+/// identity, 2,052; the PE's own fields, 16), and 9 of them stay below 65,532 bytes with
+/// the header, pool handle and policy.
+const ALWAYS_FIT: usize = 9;
 
 /// Drops the PEs after the first that would take the answer past the message limit (spec
 /// §3.5, 65,532 bytes): PEs with labels (docs/PROTOCOL-EXTENSIONS.md) and long registrant

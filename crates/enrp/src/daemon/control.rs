@@ -367,6 +367,26 @@ impl Control {
         self.command(Input::Remove { scope, actor }).await
     }
 
+    /// Drains the owned PE `pe` until `deadline_ms` (unix ms), or lifts its drain
+    /// (`None`); see `enrp_core::registrar::Core::drain`.
+    pub async fn drain(
+        &self,
+        pe: enrp_core::registrar::PeKey,
+        deadline_ms: Option<u64>,
+    ) -> Result<(), enrp_core::registrar::DrainRefusal> {
+        let (reply, rx) = oneshot::channel();
+        let event = Event::Drain {
+            pe,
+            deadline_ms,
+            reply,
+        };
+        if self.events.send(event).await.is_err() {
+            return Err(enrp_core::registrar::DrainRefusal::NoSuchPe);
+        }
+        rx.await
+            .unwrap_or(Err(enrp_core::registrar::DrainRefusal::NoSuchPe))
+    }
+
     /// Replaces the grants; PEs they no longer allow are removed before this returns.
     pub async fn set_grants(&self, grants: Vec<Grant>) -> usize {
         self.command(Input::Grants(grants)).await

@@ -155,6 +155,26 @@ pub(super) async fn run_core(
                 done = Some(reply);
                 core.handle(input, now)
             }
+            Some(Event::Drain {
+                pe,
+                deadline_ms,
+                reply,
+            }) => {
+                let result = match deadline_ms {
+                    // The core keeps monotonic instants; the operator gave wall-clock time.
+                    Some(ms) => {
+                        let left = std::time::Duration::from_millis(ms.saturating_sub(now_ms()));
+                        core.drain(&pe, now + left, ms)
+                    }
+                    None => core.undrain(&pe),
+                };
+                let (actions, answer) = match result {
+                    Ok(actions) => (actions, Ok(())),
+                    Err(e) => (Vec::new(), Err(e)),
+                };
+                let _ = reply.send(answer);
+                actions
+            }
         };
         let removed = actions
             .iter()

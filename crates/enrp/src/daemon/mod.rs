@@ -134,6 +134,13 @@ enum Event {
         input: Input,
         done: oneshot::Sender<usize>,
     },
+    /// An operator's drain of a PE until a deadline (unix ms), or its lifting (`None`),
+    /// answered once the core took it.
+    Drain {
+        pe: enrp_core::registrar::PeKey,
+        deadline_ms: Option<u64>,
+        reply: oneshot::Sender<Result<(), enrp_core::registrar::DrainRefusal>>,
+    },
 }
 
 /// What the core task tells a connection task (once the audit records it waits for

@@ -21,6 +21,8 @@ impl World {
             policy: policy(p.pool),
             asap_transport: None,
             labels: Default::default(),
+            status: Default::default(),
+            serving_identity: None,
         })
     }
 

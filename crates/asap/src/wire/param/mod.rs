@@ -14,6 +14,8 @@ mod policy;
 mod pool_element;
 mod pool_handle;
 mod server_information;
+mod serving;
+mod status;
 mod transport;
 
 use std::fmt;
@@ -31,6 +33,8 @@ pub use pe_identifier::{HandleResolutionOption, PeChecksum};
 pub use policy::{Load, MAX_PRIVATE_POLICY_VALUE_LEN, Policy, PolicyType, PrivateValues};
 pub use pool_element::PoolElement;
 pub use server_information::ServerInformation;
+pub use serving::ServingIdentity;
+pub use status::{CheckKind, PeStatus};
 pub use transport::{SctpAddresses, Transport, TransportUse};
 
 use super::Decoded;
@@ -85,6 +89,12 @@ impl ParamType {
     /// Selection Hints (project parameter, docs/PROTOCOL-EXTENSIONS.md): in a handle
     /// resolution.
     pub const SELECTION_HINTS: Self = Self(0x8103);
+    /// PE Status (project parameter, docs/PROTOCOL-EXTENSIONS.md §5): inside a Pool
+    /// Element, after its labels: draining, health check.
+    pub const PE_STATUS: Self = Self(0x8104);
+    /// Serving Identity (project parameter, docs/PROTOCOL-EXTENSIONS.md §6): inside a
+    /// Pool Element, after its status: who terminates the PUs' TLS.
+    pub const SERVING_IDENTITY: Self = Self(0x8105);
 
     /// What a receiver that does not recognise this type must do: the top two bits
     /// (spec §3.3).
@@ -99,7 +109,7 @@ impl ParamType {
 
     /// True for the types this codec implements.
     pub const fn is_known(self) -> bool {
-        matches!(self.0, 0x0001..=0x000F | 0x803F | 0x8100..=0x8103)
+        matches!(self.0, 0x0001..=0x000F | 0x803F | 0x8100..=0x8105)
     }
 
     /// True for the five transport parameter types (0x3–0x7).

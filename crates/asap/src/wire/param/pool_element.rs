@@ -14,12 +14,16 @@
 //! :   Pool Member Selection Policy param (0x8)                    :
 //! :   ASAP Transport param (optional; only in ENRP messages)      :
 //! :   PE Labels param (0x8102, optional; project parameter)       :
+//! :   PE Status param (0x8104, optional; project parameter)       :
+//! :   Serving Identity param (0x8105, optional; project parameter):
 //! +---------------------------------------------------------------+
 //! ```
 
 use std::ops::RangeInclusive;
 
-use super::{Labels, Param, ParamType, PeId, Policy, Transport, UnknownParam};
+use super::{
+    Labels, Param, ParamType, PeId, PeStatus, Policy, ServingIdentity, Transport, UnknownParam,
+};
 use crate::wire::error::{DecodeError, DecodeErrorKind};
 use crate::wire::reader::{RawParam, Reader};
 use crate::wire::writer::Writer;
@@ -48,6 +52,13 @@ pub struct PoolElement {
     /// The PE's labels (project parameter 0x8102, docs/PROTOCOL-EXTENSIONS.md); empty
     /// when it registered none (the parameter is then not sent).
     pub labels: Labels,
+    /// Draining, health check (project parameter 0x8104, docs/PROTOCOL-EXTENSIONS.md
+    /// §5); the default when it said nothing (the parameter is then not sent).
+    pub status: PeStatus,
+    /// The identity of the server that terminates the PUs' TLS, when it is not the
+    /// registrant's (`rsp pe --advertise`; project parameter 0x8105,
+    /// docs/PROTOCOL-EXTENSIONS.md §6). Pool users insist on it when present.
+    pub serving_identity: Option<ServingIdentity>,
 }
 
 impl PoolElement {
@@ -82,6 +93,12 @@ impl Param for PoolElement {
         if !self.labels.is_empty() {
             self.labels.write(w);
         }
+        if !self.status.is_default() {
+            self.status.write(w);
+        }
+        if let Some(s) = &self.serving_identity {
+            s.write(w);
+        }
     }
 
     fn read_value(
@@ -93,7 +110,9 @@ impl Param for PoolElement {
         let pe_id = PeId::new(r.u32()?).ok_or_else(|| p.invalid(at, "PE identifier 0"))?;
         let home_server_id = r.u32()?;
         let registration_life = r.i32()?;
-        let (mut user, mut asap, mut policy, mut labels) = (None, None, None, None);
+        let (mut user, mut asap, mut policy, mut labels, mut status) =
+            (None, None, None, None, None);
+        let mut serving = None;
         for q in r.params() {
             let q = q?;
             if q.ty.is_transport() {
@@ -108,6 +127,12 @@ impl Param for PoolElement {
                 super::once(&mut policy, &q, || Policy::from_raw(&q, unrecognized))?;
             } else if q.ty == ParamType::PE_LABELS {
                 super::once(&mut labels, &q, || Labels::from_raw(&q, unrecognized))?;
+            } else if q.ty == ParamType::SERVING_IDENTITY {
+                super::once(&mut serving, &q, || {
+                    ServingIdentity::from_raw(&q, unrecognized)
+                })?;
+            } else if q.ty == ParamType::PE_STATUS {
+                super::once(&mut status, &q, || PeStatus::from_raw(&q, unrecognized))?;
             } else {
                 super::other(&q, unrecognized)?;
             }
@@ -129,6 +154,8 @@ impl Param for PoolElement {
             policy: super::required(policy, p.offset(), ParamType::POLICY)?,
             asap_transport: asap,
             labels: labels.unwrap_or_default(),
+            status: status.unwrap_or_default(),
+            serving_identity: serving,
         })
     }
 }

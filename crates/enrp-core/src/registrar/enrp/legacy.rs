@@ -127,6 +127,9 @@ impl Core {
         handle: &PoolHandle,
         mut pe: ::asap::wire::param::PoolElement,
     ) -> ::asap::wire::param::PoolElement {
+        // RSPLIB knows no serving identity and loses its place at a parameter whose length
+        // is not a multiple of 4 (as for the registrant, not sent to it either).
+        pe.serving_identity = None;
         if pe.asap_transport.is_some() {
             return pe;
         }

@@ -261,6 +261,16 @@ impl Core {
             .is_some_and(|r| self.registrant_revoked(r.as_str()))
         {
             Some("registrant revoked here".to_owned())
+        } else if pe.serving_identity.as_ref().is_some_and(|s| {
+            // As for an ASAP registration here: its registrant vouches for it, or nobody.
+            !entry
+                .registrant
+                .as_ref()
+                .and_then(|r| SpiffeId::parse(r.as_str()).ok())
+                .zip(SpiffeId::parse(s.as_str()).ok())
+                .is_some_and(|(r, s)| r.may_vouch_for(&s))
+        }) {
+            Some("its registrant may not vouch for its serving identity".to_owned())
         } else if self.owned.get(&key).is_some_and(|o| o.conn.is_some()) {
             // Its PE is connected here: ours is the fresher claim.
             Some("the PE is registered here".to_owned())

@@ -15,6 +15,7 @@ use ::asap::wire::{EnrpBody, PeEntry, PoolEntries, Resolution, UpdateAction};
 use super::*;
 
 mod asap;
+mod drain;
 mod extensions;
 mod legacy;
 mod liveness;
@@ -151,6 +152,8 @@ fn pe(id: u32) -> PoolElement {
         policy: Policy::RoundRobin,
         asap_transport: None,
         labels: Default::default(),
+        status: Default::default(),
+        serving_identity: None,
     }
 }
 
