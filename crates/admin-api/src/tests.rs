@@ -108,7 +108,12 @@ impl Registrar for Recorder {
     async fn metrics(&self) -> Metrics {
         Metrics {
             connections: 3,
-            rejections: vec![(0x000a, 2)],
+            by_namespace: vec![crate::NamespaceMetrics {
+                namespace: "lab".into(),
+                registrations: 4,
+                resolutions: 0,
+                rejections: vec![(Some(0x000a), 2), (None, 1)],
+            }],
             handshake_failures: vec![("untrusted".into(), 1)],
             ..Metrics::default()
         }
@@ -1442,7 +1447,17 @@ async fn probes_metrics_and_pools(f: Fixture) {
     assert!(m.content_type().starts_with("text/plain"));
     assert!(m.text.contains("\nrsp_connections 3\n"), "{}", m.text);
     assert!(
-        m.text.contains("rsp_rejections_total{cause=\"0x000a\"} 2"),
+        m.text
+            .contains("rsp_rejections_total{namespace=\"lab\",cause=\"0x000a\"} 2\n")
+            && m.text
+                .contains("rsp_rejections_total{namespace=\"lab\",cause=\"(other)\"} 1\n")
+            && m.text
+                .contains("\nrsp_registrations_total{namespace=\"lab\"} 4\n")
+            && !m.text.contains("\nrsp_resolutions_total{")
+            && m.text
+                .contains("\nrsp_audit_commit_seconds_bucket{le=\"0.0005\"} 0\n")
+            && m.text
+                .contains("\nrsp_audit_commit_seconds_bucket{le=\"+Inf\"} 0\n"),
         "{}",
         m.text
     );
