@@ -12,6 +12,7 @@ mod fleet;
 mod fleet_audit;
 mod fleet_sync;
 mod labels;
+mod metrics;
 mod partition;
 mod peering;
 mod registrar;
