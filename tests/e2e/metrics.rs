@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use asap::wire::AsapMsg;
 use asap::wire::param::Namespace;
 
+use asap::wire::param::{PeChecksum, ServerId};
+use asap::wire::{EnrpBody, EnrpMsg};
+
 use crate::admin::api;
+use crate::peering::Enrp;
 use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::support::{Asap, Lab, Registrar};
 
@@ -223,4 +227,53 @@ async fn metrics_count_by_namespace_and_cause_show_peers_and_serve_every_dashboa
     let served = served(&text);
     let missing: Vec<_> = names.difference(&served).collect();
     assert!(missing.is_empty(), "queried, not served: {missing:?}");
+}
+
+/// A peer whose announced checksum of its PEs does not match what the registrar holds
+/// for it (spec §9.6) shows as 0 in `rsp_peer_checksum_agreement`, named by the identity
+/// its certificate proved, while it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_a_checksum_that_does_not_match_shows_as_disagreeing() {
+    let lab = Lab::new();
+    let token = lab.init_peer("a", "data-a");
+    lab.pki(&["issue", "registrar", "e", "--dns", "localhost"]);
+    let a = lab.start_peer("data-a", &[]);
+    let mut peer = Enrp::connect(&lab, "registrar-e", a.enrp).await;
+    let hello = peer.recv().await.expect("A greets a registrar identity");
+    let me = ServerId::new(hello.receiver).expect("A names our Server ID");
+    // E owns no PEs at A: their checksum is that of none, 0xFFFF (spec §9.6;
+    // `enrp_core::checksum::PeChecksum::EMPTY`). A wrong one first, then the right one.
+    let key = "{peer=\"spiffe://acme.test/registrar/e\",server_id=";
+    for (checksum, agrees) in [(0x1234, 0), (0xFFFF, 1)] {
+        peer.send(&EnrpMsg {
+            sender: me,
+            receiver: hello.sender.get(),
+            body: EnrpBody::Presence {
+                reply_required: false,
+                checksum: PeChecksum(checksum),
+                server_info: None,
+            },
+        })
+        .await;
+        let started = Instant::now();
+        loop {
+            let text = scrape(&lab, &a.registrar, &token);
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{name}{key}")))
+                    .and_then(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            };
+            if value("rsp_peer_up") == Some(1)
+                && value("rsp_peer_last_heard_seconds").is_some()
+                && value("rsp_peer_checksum_agreement") == Some(agrees)
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "peer E not up with checksum agreement {agrees} after {checksum:#x}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
