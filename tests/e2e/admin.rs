@@ -208,7 +208,14 @@ async fn operators_manage_namespaces_tokens_and_pes_and_every_action_is_audited(
     // The metrics count what happened.
     let (status, metrics) = call(Some(&auditor), "GET", "/metrics", None);
     assert_eq!(status, 200);
-    assert!(metrics.contains("rsp_registrations_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("\nrsp_registrations_total{namespace=\"default\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nrsp_rejections_total{namespace=\"default\",cause=\"0x0009\"} 1\n"),
+        "{metrics}"
+    );
 
     // The audit log names the token for each admin action, refusals included.
     let token_id = token.split('_').nth(1).expect("token id");

@@ -15,6 +15,7 @@ mod fleet_audit;
 mod fleet_sync;
 mod labels;
 mod latency;
+mod metrics;
 mod partition;
 mod peering;
 mod registrar;

@@ -173,13 +173,13 @@ async fn three_registrars_replicate_and_a_late_one_learns_the_pes() {
 }
 
 /// A raw ENRP connection over mutual TLS, as a (mis)behaving peer would open it.
-struct Enrp {
+pub(crate) struct Enrp {
     reader: MessageReader<ReadHalf<TlsStream<TcpStream>>>,
     writer: WriteHalf<TlsStream<TcpStream>>,
 }
 
 impl Enrp {
-    async fn connect(lab: &Lab, cert: &str, addr: SocketAddr) -> Self {
+    pub(crate) async fn connect(lab: &Lab, cert: &str, addr: SocketAddr) -> Self {
         let store = lab.identity(cert);
         let connector = TlsConnector::from(store.client_config(Protocol::Enrp));
         let tcp = TcpStream::connect(addr).await.expect("TCP");
@@ -193,7 +193,7 @@ impl Enrp {
     }
 
     /// The next message; `None` when the registrar closed the connection (or after 5 s).
-    async fn recv(&mut self) -> Option<EnrpMsg> {
+    pub(crate) async fn recv(&mut self) -> Option<EnrpMsg> {
         let frame = tokio::time::timeout(Duration::from_secs(5), self.reader.next())
             .await
             .expect("the registrar answers or closes within 5 s")
@@ -201,7 +201,7 @@ impl Enrp {
         Some(EnrpMsg::decode(&frame).expect("valid ENRP").msg)
     }
 
-    async fn send(&mut self, msg: &EnrpMsg) {
+    pub(crate) async fn send(&mut self, msg: &EnrpMsg) {
         let bytes = msg.to_bytes().expect("encodes");
         let _ = write_message(&mut self.writer, &bytes).await;
     }

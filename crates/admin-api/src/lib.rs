@@ -42,8 +42,8 @@ pub use changes::{ChangeKind, PoolChange, PoolChanges};
 pub use extract::{JSON_BODY_LIMIT, PEM_BODY_LIMIT, PEM_MEDIA_TYPE};
 pub use problem::{ApiError, PROBLEM_JSON, Problem, ProblemKind};
 pub use registrar::{
-    Actor, CheckView, DrainError, Metrics, PeRef, PeView, PeerView, PoolDeclaration, PoolView,
-    Registrar, Scope, TlsLayer,
+    Actor, CheckView, DrainError, Metrics, NamespaceMetrics, PeRef, PeView, PeerView,
+    PoolDeclaration, PoolView, Registrar, Scope, TlsLayer,
 };
 pub use routes::peers::ControlPlaneScope;
 pub use routes::{HEX_PREFIX, handle_text, parse_handle};

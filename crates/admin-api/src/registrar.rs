@@ -280,12 +280,9 @@ pub struct Metrics {
     pub connections: u64,
     /// PEs in the handlespace (a gauge).
     pub pool_elements: u64,
-    /// Registrations accepted (new PEs and re-registrations).
-    pub registrations: u64,
-    /// Handle resolutions answered.
-    pub resolutions: u64,
-    /// Refused operations by spec §4.7 cause code.
-    pub rejections: Vec<(u16, u64)>,
+    /// Registrations, resolutions and refusals per namespace, at most a bounded number
+    /// of namespaces and the folded `(other)` and `(none)` (the registrar bounds them).
+    pub by_namespace: Vec<NamespaceMetrics>,
     /// Failed TLS handshakes by reason (`untrusted`, `revoked`, `timeout`, ...).
     pub handshake_failures: Vec<(String, u64)>,
     /// Audit records queued and not yet committed (a gauge).
@@ -298,6 +295,23 @@ pub struct Metrics {
     pub audit_failed_commits: u64,
     /// Audit records dropped because the writer could not keep up.
     pub audit_dropped: u64,
+    /// The time from each audit record's hand-over to the writer until its commit.
+    pub audit_commit: store::audit::LatencyHistogram,
+}
+
+/// One namespace's counters in [`Metrics`] (monotonic).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceMetrics {
+    /// The namespace, or `(other)` for those beyond the registrar's limit, or `(none)`
+    /// for refusals that named no namespace.
+    pub namespace: String,
+    /// Registrations accepted (new PEs and re-registrations).
+    pub registrations: u64,
+    /// Handle resolutions answered.
+    pub resolutions: u64,
+    /// Refused operations by spec §4.7 cause code (`None`: a code beyond those counted
+    /// one by one, exported as `(other)`).
+    pub rejections: Vec<(Option<u16>, u64)>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -39,6 +39,8 @@ struct Recorder {
     /// The change feed the watch streams read; tests publish into it as `enrpd`'s driver
     /// does (tests_watch.rs).
     feed: crate::PoolChanges,
+    /// What `peers` answers (a test sets it).
+    peers: Mutex<Vec<PeerView>>,
 }
 
 impl Recorder {
@@ -111,12 +113,17 @@ impl Registrar for Recorder {
         self.log(format!("declare_pool {} {:?}", d.namespace, d.limits));
     }
     async fn peers(&self) -> Vec<PeerView> {
-        Vec::new()
+        self.peers.lock().expect("not poisoned").clone()
     }
     async fn metrics(&self) -> Metrics {
         Metrics {
             connections: 3,
-            rejections: vec![(0x000a, 2)],
+            by_namespace: vec![crate::NamespaceMetrics {
+                namespace: "lab".into(),
+                registrations: 4,
+                resolutions: 0,
+                rejections: vec![(Some(0x000a), 2), (None, 1)],
+            }],
             handshake_failures: vec![("untrusted".into(), 1)],
             ..Metrics::default()
         }
@@ -168,6 +175,7 @@ on_both_backends!(
     the_audit_log_is_filtered_paged_by_cursor_and_verified,
     crl_expiry_shows_in_metrics_and_an_expired_local_crl_fails_readiness,
     probes_metrics_and_pools,
+    metrics_show_each_peers_state_checksum_agreement_and_silence,
     peers_and_metrics_say_whether_the_control_plane_is_shared,
     while_the_store_is_down_writes_are_503_and_the_probes_say_so,
     the_openapi_document_lists_every_route_with_its_errors,
@@ -227,6 +235,7 @@ async fn fixture_with_chain(db: TestDb, chain: audit::Chain) -> Fixture {
         trust: Arc::clone(&trust),
         store_down: std::sync::atomic::AtomicBool::new(false),
         feed: crate::PoolChanges::new(1000, 16),
+        peers: Mutex::default(),
     });
     let state = AdminState::new(
         store.clone(),
@@ -1532,7 +1541,17 @@ async fn probes_metrics_and_pools(f: Fixture) {
     assert!(m.content_type().starts_with("text/plain"));
     assert!(m.text.contains("\nrsp_connections 3\n"), "{}", m.text);
     assert!(
-        m.text.contains("rsp_rejections_total{cause=\"0x000a\"} 2"),
+        m.text
+            .contains("rsp_rejections_total{namespace=\"lab\",cause=\"0x000a\"} 2\n")
+            && m.text
+                .contains("rsp_rejections_total{namespace=\"lab\",cause=\"(other)\"} 1\n")
+            && m.text
+                .contains("\nrsp_registrations_total{namespace=\"lab\"} 4\n")
+            && !m.text.contains("\nrsp_resolutions_total{")
+            && m.text
+                .contains("\nrsp_audit_commit_seconds_bucket{le=\"0.0005\"} 0\n")
+            && m.text
+                .contains("\nrsp_audit_commit_seconds_bucket{le=\"+Inf\"} 0\n"),
         "{}",
         m.text
     );
@@ -1620,6 +1639,72 @@ async fn probes_metrics_and_pools(f: Fixture) {
             .json()["peers"],
         json!([])
     );
+}
+
+/// Issue 22 item 3: per peer (SPIFFE ID and Server ID), 1/0 for up and for checksum
+/// agreement (a checksum not yet heard is no agreement), and seconds since last heard
+/// (absent until heard).
+async fn metrics_show_each_peers_state_checksum_agreement_and_silence(f: Fixture) {
+    let peer = |id: &str, server_id: &str, state: &str, heard: Option<u64>, agree| PeerView {
+        identity: id.into(),
+        server_id: server_id.into(),
+        state: state.into(),
+        last_heard_ms: heard,
+        checksum_match: agree,
+        conflict: None,
+    };
+    *f.registrar.peers.lock().expect("not poisoned") = vec![
+        peer(
+            "spiffe://acme.test/registrar/b",
+            "0x2",
+            "active",
+            Some(NOW - 1500),
+            Some(true),
+        ),
+        peer(
+            "spiffe://acme.test/registrar/c",
+            "0x3",
+            "active",
+            Some(NOW - 30_000),
+            Some(false),
+        ),
+        peer("spiffe://acme.test/registrar/d", "0x4", "dead", None, None),
+    ];
+    let m = f.call("GET", "/metrics", Some(&f.auditor), None).await;
+    assert_eq!(m.status, 200);
+    let key = |p: char| {
+        format!(
+            "{{peer=\"spiffe://acme.test/registrar/{p}\",server_id=\"0x{}\"}}",
+            (p as u8 - b'a' + 1)
+        )
+    };
+    for (name, p, value) in [
+        ("rsp_peer_up", 'b', "1"),
+        ("rsp_peer_up", 'c', "1"),
+        ("rsp_peer_up", 'd', "0"),
+        ("rsp_peer_checksum_agreement", 'b', "1"),
+        ("rsp_peer_checksum_agreement", 'c', "0"),
+        ("rsp_peer_checksum_agreement", 'd', "0"),
+        ("rsp_peer_last_heard_seconds", 'b', "1"),
+        ("rsp_peer_last_heard_seconds", 'c', "30"),
+    ] {
+        let line = format!("\n{name}{} {value}\n", key(p));
+        assert!(m.text.contains(&line), "no {line:?} in {}", m.text);
+    }
+    assert!(
+        !m.text
+            .contains("rsp_peer_last_heard_seconds{peer=\"spiffe://acme.test/registrar/d\""),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("# TYPE rsp_peer_checksum_agreement gauge\n")
+    );
+    // Without a token: nothing about peers.
+    f.call("GET", "/metrics", None, None)
+        .await
+        .problem(401, "unauthenticated");
 }
 
 /// Issue 19 item 4: while the registrar's store does not answer, an admin write is

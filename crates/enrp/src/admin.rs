@@ -154,9 +154,16 @@ impl Registrar for ControlPlane {
         Metrics {
             connections: s.connections,
             pool_elements: s.pool_elements,
-            registrations: s.registrations,
-            resolutions: s.resolutions,
-            rejections: s.rejections.into_iter().collect(),
+            by_namespace: s
+                .by_namespace
+                .into_iter()
+                .map(|c| admin_api::NamespaceMetrics {
+                    namespace: c.namespace,
+                    registrations: c.registrations,
+                    resolutions: c.resolutions,
+                    rejections: c.refusals,
+                })
+                .collect(),
             handshake_failures: s
                 .handshake_failures
                 .into_iter()
@@ -167,6 +174,7 @@ impl Registrar for ControlPlane {
             low_disk: s.low_disk,
             audit_failed_commits: s.audit_failed_commits,
             audit_dropped: s.audit_dropped,
+            audit_commit: s.audit_commit,
         }
     }
 

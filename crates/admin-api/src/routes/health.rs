@@ -125,6 +125,127 @@ fn pool_sizes(app: &App, out: &mut String) {
     );
 }
 
+/// `rsp_registrations_total{namespace}`, `rsp_resolutions_total{namespace}`,
+/// `rsp_rejections_total{namespace,cause}`: the registrar bounds the namespaces (the rest
+/// as `(other)`, refusals naming none as `(none)`); summed over `namespace` they are the
+/// unlabelled totals and `{cause}` series these names had before.
+fn by_namespace(counts: &[crate::NamespaceMetrics], out: &mut String) {
+    let ns = |c: &crate::NamespaceMetrics| format!("namespace=\"{}\"", label(&c.namespace));
+    let per = |n: fn(&crate::NamespaceMetrics) -> u64| -> Vec<(String, u64)> {
+        counts
+            .iter()
+            .filter(|c| n(c) > 0)
+            .map(|c| (format!("{{{}}}", ns(c)), n(c)))
+            .collect()
+    };
+    metric(
+        out,
+        "rsp_registrations_total",
+        "counter",
+        "Registrations accepted (new PEs and re-registrations), by namespace.",
+        &per(|c| c.registrations),
+    );
+    metric(
+        out,
+        "rsp_resolutions_total",
+        "counter",
+        "Handle resolutions answered, by namespace.",
+        &per(|c| c.resolutions),
+    );
+    let rejections: Vec<_> = counts
+        .iter()
+        .flat_map(|c| {
+            c.rejections.iter().map(move |(cause, n)| {
+                let cause = cause.map_or_else(|| "(other)".to_owned(), |c| format!("{c:#06x}"));
+                (format!("{{{},cause=\"{cause}\"}}", ns(c)), *n)
+            })
+        })
+        .collect();
+    metric(
+        out,
+        "rsp_rejections_total",
+        "counter",
+        "Refused operations by namespace and spec cause code.",
+        &rejections,
+    );
+}
+
+/// `rsp_audit_commit_seconds`: a Prometheus histogram, one observation per record.
+fn audit_commit(h: &store::audit::LatencyHistogram, out: &mut String) {
+    let name = "rsp_audit_commit_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from an audit record's hand-over to the writer until the commit of its transaction, per record.\n# TYPE {name} histogram"
+    );
+    for (le, n) in store::audit::BUCKETS_MICROS.iter().zip(h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", seconds(*le));
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", seconds(h.sum_micros));
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+/// Microseconds as decimal seconds, exactly (`0.0005`, `1`).
+fn seconds(micros: u64) -> String {
+    let (whole, frac) = (micros / 1_000_000, micros % 1_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// `rsp_peer_up`, `rsp_peer_checksum_agreement`, `rsp_peer_last_heard_seconds`, by
+/// `{peer,server_id}`: the peers the registrar knows (bounded by its configuration and
+/// the peers' Server IDs). A peer's identity with a new Server ID (a restart) is a new
+/// series; the old one stays down until the registrar forgets it.
+async fn peers(app: &App, out: &mut String) {
+    let peers = app.registrar().peers().await;
+    let now = app.now();
+    let key = |p: &crate::PeerView| {
+        format!(
+            "{{peer=\"{}\",server_id=\"{}\"}}",
+            label(&p.identity),
+            label(&p.server_id)
+        )
+    };
+    let up: Vec<_> = peers
+        .iter()
+        .map(|p| (key(p), u64::from(p.state == "active")))
+        .collect();
+    metric(
+        out,
+        "rsp_peer_up",
+        "gauge",
+        "1 while a peer registrar is active (spec §9.5), 0 while probing or dead.",
+        &up,
+    );
+    // No checksum heard yet counts as disagreement: an alert on `== 0 for 5m` then also
+    // catches a peer that never announces one.
+    let agree: Vec<_> = peers
+        .iter()
+        .map(|p| (key(p), u64::from(p.checksum_match == Some(true))))
+        .collect();
+    metric(
+        out,
+        "rsp_peer_checksum_agreement",
+        "gauge",
+        "1 when the checksum a peer last announced for the PEs it owns matches this registrar's copy of them (spec §9.6); 0 otherwise or before one was heard.",
+        &agree,
+    );
+    let heard: Vec<_> = peers
+        .iter()
+        .filter_map(|p| Some((key(p), now.saturating_sub(p.last_heard_ms?) / 1000)))
+        .collect();
+    metric(
+        out,
+        "rsp_peer_last_heard_seconds",
+        "gauge",
+        "Seconds since a peer registrar was last heard (absent until it was).",
+        &heard,
+    );
+}
+
 /// The Prometheus text exposition format's media type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -167,32 +288,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
         "PEs in the handlespace.",
         &one(m.pool_elements),
     );
-    metric(
-        &mut out,
-        "rsp_registrations_total",
-        "counter",
-        "Registrations accepted.",
-        &one(m.registrations),
-    );
-    metric(
-        &mut out,
-        "rsp_resolutions_total",
-        "counter",
-        "Handle resolutions answered.",
-        &one(m.resolutions),
-    );
-    let rejections: Vec<_> = m
-        .rejections
-        .iter()
-        .map(|(cause, n)| (format!("{{cause=\"{cause:#06x}\"}}"), *n))
-        .collect();
-    metric(
-        &mut out,
-        "rsp_rejections_total",
-        "counter",
-        "Refused operations by spec cause code.",
-        &rejections,
-    );
+    by_namespace(&m.by_namespace, &mut out);
     let failures: Vec<_> = m
         .handshake_failures
         .iter()
@@ -282,7 +378,9 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, _: Authorized<ReadAll>)
         "Unauthenticated admin requests refused without an audit record (rate limit).",
         &one(serve.unaudited_refusals),
     );
+    audit_commit(&m.audit_commit, &mut out);
     pool_sizes(&app, &mut out);
+    peers(&app, &mut out).await;
     let watchers = [
         (
             "{kind=\"pools\"}".to_owned(),

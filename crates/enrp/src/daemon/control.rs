@@ -64,8 +64,12 @@ pub struct Snapshot {
     pub registrations: u64,
     /// Handle resolutions answered with PEs.
     pub resolutions: u64,
-    /// Refusals by spec §4.7 cause code.
+    /// Refusals by spec §4.7 cause code (the sum over namespaces; a code of
+    /// [`super::by_namespace::CAUSE_SLOTS`] or more is counted as that).
     pub rejections: BTreeMap<u16, u64>,
+    /// Registrations, resolutions and refusals per namespace, bounded
+    /// ([`super::by_namespace`]).
+    pub by_namespace: Vec<super::by_namespace::NamespaceCounts>,
     /// Failed handshakes by reason.
     pub handshake_failures: BTreeMap<&'static str, u64>,
     /// Audit records queued, not yet committed.
@@ -81,16 +85,18 @@ pub struct Snapshot {
     pub audit_failed_commits: u64,
     /// Audit records dropped because the writer's queue and the backlog were full.
     pub audit_dropped: u64,
+    /// Hand-over to commit of each audit record committed.
+    pub audit_commit: store::audit::LatencyHistogram,
 }
 
 /// Counters kept by the daemon's tasks (monotonic).
 #[derive(Debug)]
 pub struct Counters {
-    registrations: AtomicU64,
-    resolutions: AtomicU64,
-    // A handful of keys each: a mutex held for one increment is cheaper than a map of
-    // atomics built in advance for every cause.
-    rejections: Mutex<BTreeMap<u16, u64>>,
+    /// Registrations, resolutions and refusals per namespace and cause: fixed atomics, no
+    /// lock on the resolution path ([`super::by_namespace`]).
+    by_namespace: super::by_namespace::ByNamespace,
+    // A handful of keys: a mutex held for one increment is cheaper than a map of
+    // atomics built in advance for every reason.
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// The core is in its start-up phase (spec §9.3): not ready. The core task keeps it
     /// in step, so that `/readyz` need not queue behind the core's work.
@@ -128,9 +134,7 @@ impl Counters {
     /// scope per second ([`super::refusals`]), with these request rate limits.
     pub(super) fn new(refusal_budget: u32, rate_limits: super::limits::RateLimits) -> Self {
         Self {
-            registrations: AtomicU64::default(),
-            resolutions: AtomicU64::default(),
-            rejections: Mutex::default(),
+            by_namespace: super::by_namespace::ByNamespace::default(),
             handshake_failures: Mutex::default(),
             starting: AtomicBool::default(),
             refusals: Mutex::new(Refusals::new(refusal_budget)),
@@ -163,18 +167,14 @@ impl Counters {
     }
     /// Counts what an audit record of the core says happened.
     pub(super) fn count(&self, event: &AuditEvent) {
-        match (event.action, event.outcome) {
-            (AuditAction::Register | AuditAction::Reregister, None) => {
-                self.registrations.fetch_add(1, Ordering::Relaxed);
-            }
-            (AuditAction::Resolve, None) => {
-                self.resolutions.fetch_add(1, Ordering::Relaxed);
-            }
-            (_, Some(cause)) => {
-                *locked(&self.rejections).entry(cause).or_default() += 1;
-            }
-            _ => {}
-        }
+        use super::by_namespace::Counted;
+        let what = match (event.action, event.outcome) {
+            (AuditAction::Register | AuditAction::Reregister, None) => Counted::Registration,
+            (AuditAction::Resolve, None) => Counted::Resolution,
+            (_, Some(cause)) => Counted::Refusal(cause),
+            _ => return,
+        };
+        self.by_namespace.count(event.namespace.as_ref(), what);
     }
 
     /// Counts a handshake that failed, by reason (`tls-handshake`, `tls-timeout`, ...).
@@ -438,13 +438,20 @@ impl Control {
     /// The counters now.
     pub async fn snapshot(&self) -> Snapshot {
         let (connections, pool_elements, owned) = self.ask(Query::Stats).await;
+        let by_namespace = self.counters.by_namespace.snapshot();
+        let mut rejections = BTreeMap::new();
+        for (cause, n) in by_namespace.iter().flat_map(|c| &c.refusals) {
+            let cause = cause.unwrap_or(super::by_namespace::CAUSE_SLOTS as u16);
+            *rejections.entry(cause).or_default() += n;
+        }
         Snapshot {
             connections,
             pool_elements,
             owned,
-            registrations: self.counters.registrations.load(Ordering::Relaxed),
-            resolutions: self.counters.resolutions.load(Ordering::Relaxed),
-            rejections: locked(&self.counters.rejections).clone(),
+            registrations: by_namespace.iter().map(|c| c.registrations).sum(),
+            resolutions: by_namespace.iter().map(|c| c.resolutions).sum(),
+            rejections,
+            by_namespace,
             handshake_failures: locked(&self.counters.handshake_failures).clone(),
             audit_queue: self.audit.stats().queued as u64,
             refusals_aggregated: locked(&self.counters.refusals).aggregated(),
@@ -452,6 +459,7 @@ impl Control {
             store_down: self.store_down(),
             audit_failed_commits: self.audit.stats().failed_commits,
             audit_dropped: self.counters.audit_dropped.load(Ordering::Relaxed),
+            audit_commit: self.audit.commit_latency(),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod audit;
 mod barrier;
+pub mod by_namespace;
 mod changes;
 mod connection;
 mod control;

@@ -26,6 +26,7 @@
 //! No clock here: the caller stamps each [`Record`] with its time.
 
 pub mod archive;
+mod latency;
 mod writer;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use sha2::{Digest, Sha256};
 use crate::db::{Conn, Error, Result, check_text, with_conn};
 use identity::{Namespace, PeId, PoolHandle, Serial, SpiffeId};
 
+pub use latency::{BUCKETS_MICROS, LatencyHistogram};
 pub use writer::{AuditConfig, AuditLog, AuditStats, CommitIndex, Queued};
 
 /// A SHA-256 digest of the chain.

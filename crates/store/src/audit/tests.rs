@@ -851,6 +851,46 @@ async fn before_reply_resolves_only_after_commit() {
     log.shutdown().await.expect("shutdown");
 }
 
+/// The commit latency histogram counts each committed record once, from its hand-over:
+/// batched records wait for the batch delay, so none is in the buckets below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_latency_histogram_counts_each_record_from_its_hand_over() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path()).await;
+    let log = AuditLog::start(
+        &store,
+        AuditConfig {
+            batch_delay: Duration::from_millis(100),
+            ..AuditConfig::default()
+        },
+    )
+    .await
+    .expect("start");
+    assert_eq!(log.commit_latency().count, 0);
+    for i in 0..5 {
+        log.append(sample(0).detail(format!("b{i}")), Durability::Batched)
+            .await
+            .expect("append");
+    }
+    let started = Instant::now();
+    while log.stats().records < 5 {
+        assert!(started.elapsed() < Duration::from_secs(10), "not committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let h = log.commit_latency();
+    assert_eq!(h.count, 5, "{h:?}");
+    let le = |micros: u64| {
+        let i = BUCKETS_MICROS
+            .iter()
+            .position(|&b| b == micros)
+            .expect("a bucket");
+        h.cumulative[i]
+    };
+    assert_eq!(le(50_000), 0, "waited the 100 ms batch delay: {h:?}");
+    assert!(h.sum_micros >= 5 * 90_000, "{h:?}");
+    log.shutdown().await.expect("shutdown");
+}
+
 /// A store in `dir` with a writer of the default configuration, its commit index, and a
 /// connection of its own (it sees committed rows only).
 async fn with_index(dir: &Path) -> (Store, AuditLog, CommitIndex, SqliteConnection) {

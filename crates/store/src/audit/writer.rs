@@ -102,6 +102,8 @@ struct Counters {
     failed: AtomicBool,
     lost: AtomicU64,
     failed_commits: AtomicU64,
+    /// Hand-over to commit, per record committed.
+    commit_latency: super::latency::CommitLatency,
 }
 
 /// A record for [`AuditLog::try_queue`].
@@ -375,6 +377,12 @@ impl AuditLog {
         }
     }
 
+    /// The time from each record's hand-over to its commit, as a histogram (records
+    /// whose commit failed are not in it).
+    pub fn commit_latency(&self) -> super::LatencyHistogram {
+        self.counters.commit_latency.snapshot()
+    }
+
     /// Commits everything queued, stops the writer and waits for it. Appends that were not
     /// queued before the shutdown fail with [`Error::AuditClosed`]. Calling it again is
     /// harmless. Returns [`Error::AuditWrite`] if the last commits failed.
@@ -476,6 +484,12 @@ async fn run(
             }
             counters.failed.store(false, Ordering::Relaxed);
             result = Ok(());
+            let committed = Instant::now();
+            for job in &batch {
+                counters
+                    .commit_latency
+                    .observe(committed.saturating_duration_since(job.queued_at));
+            }
             index.settle(&batch, false);
             for job in std::mem::replace(&mut batch, rest) {
                 if let Some(done) = job.done {
