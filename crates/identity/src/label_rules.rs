@@ -153,7 +153,45 @@ impl fmt::Debug for LabelRules {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The definition, naively: `*` matches any run of characters (exponential, fine for
+    /// short test strings).
+    fn naive_glob(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| naive_glob(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && naive_glob(rest, &t[1..]),
+        }
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        "[a-c]{1,2}"
+    }
+
+    proptest! {
+        /// A registration is admitted exactly when each label has a rule with its key
+        /// whose pattern matches its value; rules read back from their text are equal.
+        #[test]
+        fn rules_admit_exactly_what_the_definition_says(
+            rules in proptest::collection::btree_set((key(), "[ab*]{0,4}"), 0..6),
+            labels in proptest::collection::vec((key(), "[ab]{0,4}"), 0..4),
+        ) {
+            let texts: Vec<String> = rules.iter().map(|(k, p)| format!("{k}={p}")).collect();
+            let parsed = LabelRules::parse(&texts).expect("valid rules");
+            let back: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+            prop_assert_eq!(&back, &texts);
+            prop_assert_eq!(LabelRules::parse(&back).expect("again"), parsed.clone());
+            let admitted = |k: &str, v: &str| {
+                rules.iter().any(|(rk, rp)| rk == k && naive_glob(rp.as_bytes(), v.as_bytes()))
+            };
+            let expected = labels.iter().find(|(k, v)| !admitted(k, v));
+            let got = parsed.first_refused(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            prop_assert_eq!(got, expected.map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+    }
 
     fn rules(texts: &[&str]) -> LabelRules {
         LabelRules::parse(texts).expect("valid rules")
