@@ -312,6 +312,13 @@ impl SessionChannel {
                     }
                     Some(Frame::Control(AsapMsg::Cookie(c))) => *cookie = Some(c),
                     Some(Frame::Control(AsapMsg::Error(e))) => {
+                        // Security Rejection: the PE refused the echoed cookie. Every PE
+                        // of the pool shares its key, so it would be refused everywhere
+                        // (a forwarding PE closes the session, too): forgotten, so the
+                        // failover starts a fresh session instead of going round.
+                        if e.causes().contains(&ErrorCause::SecurityRejection) {
+                            *cookie = None;
+                        }
                         notes
                             .refusals
                             .extend(e.causes().iter().map(ErrorCause::code));
