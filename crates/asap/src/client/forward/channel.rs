@@ -582,6 +582,19 @@ mod tests {
             frame(&mut pu).await,
             Some(Frame::Data { ppid: 7, payload }) if payload == b"world"
         ));
+        // Echoed back, it reaches the server as these bytes (docs/PROTOCOL-EXTENSIONS.md
+        // §7): PPID 11, ASAP_COOKIE_ECHO (0x0C) with the plain "n=1".
+        session::write_control(&mut pu, &AsapMsg::CookieEcho(sealed))
+            .await
+            .expect("w");
+        let mut echo = [0u8; 20];
+        server.read_exact(&mut echo).await.expect("r");
+        assert_eq!(
+            echo,
+            [
+                0, 0, 0, 11, 0, 0, 0, 12, 0x0C, 0, 0, 12, 0x00, 0x0D, 0, 7, b'n', b'=', b'1', 0
+            ]
+        );
         // The PU is done sending: the server sees the end, and can still answer.
         pu.shutdown().await.expect("half-close");
         assert!(frame(&mut server).await.is_none());
@@ -595,7 +608,7 @@ mod tests {
         drop(server);
         assert!(frame(&mut pu).await.is_none());
         let (to_server, to_pu) = task.await.expect("task").expect("carried");
-        assert_eq!(to_server, 8 + 5);
+        assert_eq!(to_server, 8 + 5 + 8 + 12);
         assert!(to_pu > 8 + 5 + 8 + 3, "{to_pu}");
     }
 
