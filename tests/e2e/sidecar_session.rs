@@ -67,6 +67,9 @@ async fn serve(
     conn: tokio::net::TcpStream,
     tx: &mpsc::Sender<Seen>,
 ) -> Result<(), session::ChannelError> {
+    // A Cookie and its answer are two small writes: without TCP_NODELAY the answer waits
+    // for the delayed ACK of the Cookie (~40 ms), as it would from any server.
+    conn.set_nodelay(true)?;
     let (mut r, mut w) = tokio::io::split(conn);
     let mut count: u64 = 0;
     let state = |count: u64| format!("count={count} by {name}").into_bytes();
@@ -111,11 +114,22 @@ fn sidecar(
     cert: &str,
     server: SocketAddr,
 ) -> (Pe, mpsc::Receiver<String>, SocketAddr) {
+    sidecar_with_key(lab, registrar, cert, server, "pool.key")
+}
+
+/// [`sidecar`] with the pool key in the lab's file `key`.
+fn sidecar_with_key(
+    lab: &Lab,
+    registrar: SocketAddr,
+    cert: &str,
+    server: SocketAddr,
+    key: &str,
+) -> (Pe, mpsc::Receiver<String>, SocketAddr) {
     let mut child = rsp(lab, registrar, cert)
         .args(["pe", "--pool", "web", "--forward", &server.to_string()])
         .arg("--session-channel")
         .arg("--cookie-key")
-        .arg(lab.path("pool.key"))
+        .arg(lab.path(key))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -239,8 +253,13 @@ fn a_framed_servers_state_survives_a_failover_through_sidecar_cookies_and_foreig
     assert_eq!(echoes, [&last_state], "{after:?}");
     let failover = wait_line(&reports, Duration::from_secs(5), |l| {
         l.starts_with("failed over from PE ")
-    });
-    assert!(failover.is_ok(), "{failover:?}");
+    })
+    .unwrap_or_else(|seen| panic!("no failover report: {seen:?}"));
+    let took = failover
+        .last()
+        .and_then(|l| l.rsplit(" in ").next())
+        .unwrap_or_default();
+    println!("failover through session-channel sidecars, seen by the PU: {took}");
     drop(pu);
     let _ = seen(seen_other, Duration::from_millis(300));
 
@@ -339,4 +358,62 @@ async fn echo_to(lab: &Lab, who: &str, at: SocketAddr, cookie: Cookie) -> (Vec<u
         .await
         .expect("an answer or the end, in time");
     (causes, closed)
+}
+
+#[test]
+fn a_pu_whose_cookie_another_sidecar_refuses_starts_afresh_instead_of_going_round() {
+    // An operator error: the two sidecars of the pool have different keys. After the
+    // failover the second refuses the PU's cookie (0xA) and closes the session; the PU
+    // forgets the cookie (every PE of a pool shares the key, so it would be refused
+    // again) and its next attempt starts a fresh session, instead of echoing the same
+    // cookie round and round.
+    let lab = Lab::new();
+    lab.init_registrar();
+    let registrar = lab.start_registrar_with(300, 1000);
+    std::fs::write(lab.path("pool.key"), [0x5a; 32]).expect("pool key");
+    std::fs::write(lab.path("other.key"), [0xa5; 32]).expect("other key");
+    let (server_a, _seen_a) = framed_server("A");
+    let (server_b, seen_b) = framed_server("B");
+    let (mut pe_a, _log_a, _) = sidecar(&lab, registrar.addr, "pe-echo-1", server_a);
+    let mut pu = Pe(rsp(&lab, registrar.addr, "pu-client-1")
+        .args(["pu", "web"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rsp pu"));
+    let mut stdin = pu.0.stdin.take().expect("stdin");
+    let mut answers = BufReader::new(pu.0.stdout.take().expect("stdout"));
+    let reports = lines(pu.0.stderr.take().expect("stderr"), "pu".into());
+    let mut ask = |line: &str| {
+        writeln!(stdin, "{line}").expect("write to rsp pu");
+        let mut answer = String::new();
+        answers.read_line(&mut answer).expect("rsp pu answers");
+        answer.trim_end().to_owned()
+    };
+    assert_eq!(ask("a"), "1 a at A", "the only PE");
+    // B joins with the wrong key; A dies.
+    let (_pe_b, log_b, _) =
+        sidecar_with_key(&lab, registrar.addr, "pe-echo-2", server_b, "other.key");
+    pe_a.0.kill().expect("kill");
+    pe_a.0.wait().expect("reap");
+    assert_eq!(ask("b"), "1 b at B", "a fresh session at B");
+    wait_line(&log_b, Duration::from_secs(5), |l| {
+        l.contains("closed the session of spiffe://acme.test/pu/client-1: refused its Cookie Echo")
+    })
+    .unwrap_or_else(|seen| panic!("B refused the cookie once: {seen:?}"));
+    wait_line(&reports, Duration::from_secs(5), |l| {
+        l.contains("refused") && l.contains("0xa")
+    })
+    .unwrap_or_else(|seen| panic!("the PU reports the refusal: {seen:?}"));
+    let saw = seen(&seen_b, Duration::from_millis(300));
+    let echoes = saw.iter().filter(|s| matches!(s, Seen::Echo(_))).count();
+    assert_eq!(echoes, 0, "B's server never got a state: {saw:?}");
+    assert_eq!(ask("c"), "2 c at B", "the fresh session goes on");
+    // Only one refusal: the PU did not echo the refused cookie again.
+    let again: Vec<String> = log_b
+        .try_iter()
+        .filter(|l| l.contains("refused its Cookie Echo"))
+        .collect();
+    assert!(again.is_empty(), "{again:?}");
 }
