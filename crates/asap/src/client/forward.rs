@@ -849,6 +849,96 @@ mod tests {
         assert_eq!(forwarder.open_sessions(), 0);
     }
 
+    #[tokio::test]
+    async fn a_session_channel_binds_the_cookie_to_the_pus_tls_identity() {
+        // Over real TLS: the cookie the PE seals for pu/client-1 (from the server's plain
+        // state) resumes client-1's session at the server, and is refused when
+        // pu/client-2 (a valid identity, the wrong one) echoes it: its session closed,
+        // the refusal naming client-2, the server receiving nothing from it.
+        use crate::client::session::{self, CookieKey, Frame};
+        use crate::wire::AsapMsg;
+        use crate::wire::param::{Cookie, PoolHandle};
+        let ca = TestCa::new("acme.test");
+        // A framed server: sends its state "s=1" at the start of each session, then
+        // reports every frame it receives.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server = l.local_addr().expect("addr");
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let state = AsapMsg::Cookie(Cookie::new(b"s=1").expect("state"));
+                    session::write_control(&mut s, &state).await.expect("w");
+                    while let Ok(Some(frame)) = session::read_frame(&mut s).await {
+                        let _ = got_tx.send(format!("{frame:?}"));
+                    }
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let pe = listener.local_addr().expect("addr");
+        let key = Arc::new(CookieKey::new(&[3; 32]).expect("key"));
+        let channel = SessionChannel::new(key, PoolHandle::new("web").expect("pool"));
+        let config = ForwardConfig::new(target(server)).session_channel(channel);
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::new(Forwarder::new(config)).serve(
+            listener,
+            store(&ca, "pe/web-1"),
+            AllowedPus::default(),
+            move |e| {
+                let _ = tx.send(e);
+            },
+        ));
+        let sealed = {
+            let mut pu = dial(&ca, "pu/client-1", pe).await.expect("handshake");
+            let Some(Frame::Control(AsapMsg::Cookie(c))) =
+                session::read_frame(&mut pu).await.expect("frame")
+            else {
+                panic!("the server's state, sealed");
+            };
+            assert_ne!(c.as_bytes(), b"s=1", "the PU never sees the plain state");
+            c
+        };
+        let _ = next(&mut events).await; // client-1's first session ends
+        let mut thief = dial(&ca, "pu/client-2", pe).await.expect("handshake");
+        session::write_control(&mut thief, &AsapMsg::CookieEcho(sealed.clone()))
+            .await
+            .expect("w");
+        let mut causes = Vec::new();
+        while let Ok(Some(frame)) = session::read_frame(&mut thief).await {
+            if let Frame::Control(AsapMsg::Error(e)) = frame {
+                causes.extend(e.causes().iter().map(|c| c.code()));
+            }
+        }
+        assert_eq!(causes, [0xA], "refused, then closed");
+        let ForwardEvent::Failed(_, ForwardError::Refused { pu, .. }) = next(&mut events).await
+        else {
+            panic!("a refusal");
+        };
+        assert_eq!(pu.as_str(), "spiffe://acme.test/pu/client-2");
+        // Its own PU's echo reaches the server opened.
+        let mut pu = dial(&ca, "pu/client-1", pe).await.expect("handshake");
+        session::write_control(&mut pu, &AsapMsg::CookieEcho(sealed))
+            .await
+            .expect("w");
+        let seen = tokio::time::timeout(Duration::from_secs(5), got.recv())
+            .await
+            .expect("in time")
+            .expect("a frame");
+        assert_eq!(
+            seen,
+            format!(
+                "{:?}",
+                Frame::Control(AsapMsg::CookieEcho(Cookie::new(b"s=1").expect("c")))
+            )
+        );
+        assert!(
+            got.try_recv().is_err(),
+            "nothing from client-2 reached the server"
+        );
+    }
+
     #[test]
     fn targets_parse_or_say_why_not() {
         assert_eq!(
