@@ -31,6 +31,11 @@ use crate::client::session::{self, Binding, ChannelError, CookieError, CookieKey
 use crate::wire::param::{Cookie, ErrorCause, OperationError, PoolHandle};
 use crate::wire::{AsapMsg, DecodeError};
 
+/// Limit: how long the PE waits, after a refusal, to send the PU its ASAP_ERROR and the
+/// TLS close_notify. A PU that does not read (its socket buffers full) is cut off after it
+/// instead of keeping the session and its slot.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A forwarding PE's session channel: the pool key its cookies are sealed with, the pool
 /// they are bound to, how long they last, and the business card each session starts with.
 #[derive(Clone, Debug)]
@@ -317,10 +322,14 @@ where
                 Ok(out) => n += write(&mut server_w, &out).await?,
                 Err(refusal) => {
                     if let Some(answer) = refusal.answer_to_pu() {
-                        let mut w = pu_w.lock().await;
-                        // The session ends either way: a PU that stopped reading does
-                        // not keep it open.
-                        let _ = write(&mut *w, &Relayed::Control(answer)).await;
+                        // The session ends either way: a PU that stopped reading (the
+                        // other direction blocked on it, holding the lock) does not keep
+                        // it open.
+                        let tell = async {
+                            let mut w = pu_w.lock().await;
+                            write(&mut *w, &Relayed::Control(answer)).await
+                        };
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tell).await;
                     }
                     return Err(refusal.into());
                 }
@@ -340,8 +349,10 @@ where
     };
     let carried = tokio::try_join!(from_pu, from_server);
     if carried.is_err() {
-        // close_notify: the PU sees the end of the session, not a truncation.
-        let _ = pu_w.lock().await.shutdown().await;
+        // close_notify: the PU sees the end of the session, not a truncation (bounded:
+        // both directions are dropped, so the lock is free; the PU may not read).
+        let close = async { pu_w.lock().await.shutdown().await };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     }
     let (to_server, back) = carried?;
     Ok((to_server, to_pu + back))
@@ -640,6 +651,43 @@ mod tests {
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.expect("read");
         assert!(got.is_empty(), "the server got {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pu_that_does_not_read_is_cut_off_at_a_refusal_within_the_close_timeout() {
+        // The server floods the PU, which never reads: the server's direction blocks on
+        // the PU (holding its writing half). The PU's forged echo still ends the session.
+        let (pu, pe_pu) = tokio::io::duplex(4096);
+        let (pe_server, mut server) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(async move {
+            let (k, pool) = (key(1), pool());
+            let binding = Binding {
+                pool_handle: &pool,
+                pool_user: PU,
+            };
+            let relay = Relay::new(&k, binding, Duration::from_secs(600));
+            carry(pe_pu, pe_server, &relay, None, || at(1_000)).await
+        });
+        for _ in 0..16 {
+            session::write_data(&mut server, 0, &[0; 16 * 1024])
+                .await
+                .expect("w");
+        }
+        // Let the PE carry until it blocks on the PU.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_pu_r, mut pu_w) = tokio::io::split(pu);
+        let forged = Cookie::new([7u8; 100]).expect("cookie");
+        session::write_control(&mut pu_w, &AsapMsg::CookieEcho(forged))
+            .await
+            .expect("w");
+        let ended = tokio::time::timeout(CLOSE_TIMEOUT * 3, task)
+            .await
+            .expect("cut off, not held open")
+            .expect("task");
+        assert!(
+            matches!(ended, Err(CarryError::Refused(Refusal::Echo(_)))),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]
