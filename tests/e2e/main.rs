@@ -22,6 +22,7 @@ mod registrar;
 mod restart;
 mod retention;
 mod sidecar;
+mod sidecar_session;
 mod store_copy;
 mod store_tls;
 mod support;

@@ -297,6 +297,27 @@ fn bad_sidecar_options_are_one_line_and_nothing_runs() {
         ),
         (&["--advertise", "nowhere"][..], 2, "--advertise: "),
         (
+            &["--session-channel"][..],
+            1,
+            "--session-channel needs --forward",
+        ),
+        (
+            &["--forward", "127.0.0.1:8080", "--session-channel"][..],
+            1,
+            "--session-channel needs --cookie-key FILE",
+        ),
+        (
+            &[
+                "--forward",
+                "127.0.0.1:8080",
+                "--session-channel",
+                "--cookie-key",
+                "/nonexistent/pool.key",
+            ][..],
+            1,
+            "the cookie key /nonexistent/pool.key",
+        ),
+        (
             &["--serving-identity", "spiffe://acme.test/pe/echo-1"][..],
             1,
             "--serving-identity needs --advertise",

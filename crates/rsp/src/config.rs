@@ -178,7 +178,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "cookie-key",
         takes: Takes::Value("FILE"),
         default: None,
-        help: "The pool's cookie key: a file of at least 32 secret bytes shared by the pool's PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter.",
+        help: "The pool's cookie key: a file of at least 32 secret bytes shared by the pool's PEs (e.g. `head -c 32 /dev/urandom > pool.key`). Needed by --serve counter and --session-channel.",
     },
     Opt {
         key: "cookie_lifetime",
@@ -206,7 +206,7 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         flag: "business-card",
         takes: Takes::Value("self|auto|PE_ID,..."),
         default: Some("auto"),
-        help: "Which PEs the business card (sent at the start of each --serve counter session, spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`, the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8); `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.",
+        help: "Which PEs the business card (sent at the start of each --serve counter or --session-channel session, spec §7.8) names after this PE, for a PU to fail over to in that order: `auto`, the pool's other PEs as this PE resolves them (refreshed every 5 s, at most 8); `self`, none; or PE IDs (`0x1a2b3c4d,0x5e6f7a8b`, at most 8) in that order.",
     },
     Opt {
         key: "forward",
@@ -214,6 +214,13 @@ pub(crate) const PE_OPTIONS: &[Opt] = &[
         takes: Takes::Value("HOST:PORT|unix:PATH"),
         default: None,
         help: "Instead of a demo service: carry each PU's session, its TLS terminated here, to this existing server over plain TCP (HOST:PORT) or a Unix socket (unix:/run/app.sock), both ways, half-close kept. The registered transport stays this PE's --listen.",
+    },
+    Opt {
+        key: "session_channel",
+        flag: "session-channel",
+        takes: Takes::Switch,
+        default: None,
+        help: "With --forward: carry each session as frames (`u32 PPID | u32 length | payload`, spec §12.7) instead of a byte stream, registered as data plus control. Data frames (PPID ≠ 11) pass unchanged; the server's ASAP Cookie (PPID 11) holds its plain session state, which this PE seals with --cookie-key for the PU, and a PU's Cookie Echo reaches the server opened, as plain state (forged, expired or another PU's: refused, the session closed). Needs --cookie-key.",
     },
     Opt {
         key: "allow_pu",
@@ -415,6 +422,8 @@ pub(crate) struct PeOptions {
     pub(crate) business_card: Alternates,
     #[serde(default, deserialize_with = "some_parsed")]
     pub(crate) forward: Option<Target>,
+    #[serde(default)]
+    pub(crate) session_channel: bool,
     #[serde(default, deserialize_with = "parsed_list")]
     pub(crate) allow_pu: Vec<IdentityPattern>,
     #[serde(deserialize_with = "parsed")]
@@ -1338,11 +1347,12 @@ mod tests {
         let file = dir.path().join("rsp.toml");
         std::fs::write(
             &file,
-            "[pe]\nforward = \"unix:/run/app.sock\"\nallow_pu = [\"spiffe://acme.test/gateway/gw-1\"]\ncheck = \"http:/healthz\"\ncheck_interval = \"1s\"\nfall = 5\n",
+            "[pe]\nforward = \"unix:/run/app.sock\"\nsession_channel = true\nallow_pu = [\"spiffe://acme.test/gateway/gw-1\"]\ncheck = \"http:/healthz\"\ncheck_interval = \"1s\"\nfall = 5\n",
         )
         .expect("write");
         let o = pe_flags(&[]).load(Some(&file), env(&[])).expect("valid");
         assert_eq!(o.forward, Some(Target::Unix("/run/app.sock".into())));
+        assert!(o.session_channel, "session_channel = true");
         assert_eq!(o.allow_pu.len(), 1);
         assert_eq!(
             o.check,
@@ -1377,6 +1387,19 @@ mod tests {
             Some("127.0.0.1:8080")
         );
         assert_eq!(o.allow_pu.len(), 2, "the flag replaces the file's list");
+        assert!(o.session_channel, "kept from the file");
+        assert!(
+            !pe_flags(&[])
+                .load(None, env(&[]))
+                .expect("valid")
+                .session_channel
+        );
+        assert!(
+            pe_flags(&["--session-channel"])
+                .load(None, env(&[]))
+                .expect("valid")
+                .session_channel
+        );
         assert_eq!(o.max_sessions.get(), 3);
         assert_eq!(o.connect_timeout, Duration::from_millis(250));
         for (flag, value) in [

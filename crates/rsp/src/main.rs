@@ -522,6 +522,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
                 asap_listen,
                 business_card,
                 forward,
+                session_channel,
                 allow_pu,
                 max_sessions,
                 connect_timeout,
@@ -561,10 +562,35 @@ async fn run(job: Job) -> anyhow::Result<()> {
                     "--capacity needs an adaptive policy (--policy lu, lud:L:D, plu:L:D, rlu or least-used-distance)"
                 );
             }
+            if session_channel && forward.is_none() {
+                bail!(
+                    "--session-channel needs --forward: it carries sessions to an existing server"
+                );
+            }
+            if session_channel && matches!(listen, TransportAddr::Sctp(_)) {
+                bail!("--session-channel runs over TCP only");
+            }
+            let channel = match (session_channel, &cookie_key) {
+                (false, _) => None,
+                (true, None) => bail!(
+                    "--session-channel needs --cookie-key FILE (the pool's cookie key: this PE seals the server's session state)"
+                ),
+                (true, Some(path)) => {
+                    let path = path.relative();
+                    let key = session::CookieKey::from_file(&path)
+                        .with_context(|| format!("the cookie key {}", path.display()))?;
+                    let mut channel =
+                        forward::SessionChannel::new(Arc::new(key), pool_handle(&pool)?);
+                    channel.lifetime = cookie_lifetime;
+                    // Set by run_pe, once the PE's ID and transport are known.
+                    Some(channel)
+                }
+            };
             let forward = forward.map(|target| forward::ForwardConfig {
                 target,
                 max_sessions: max_sessions.get(),
                 connect_timeout,
+                session: channel,
             });
             let check = match (check, &forward) {
                 (None, _) => None,
@@ -701,7 +727,7 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
         capacity,
         asap_listen,
         business_card,
-        forward,
+        mut forward,
         allowed,
         check,
         drain_timeout,
@@ -719,7 +745,8 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     let (meter, load) = capacity.map(services::LoadMeter::new).unzip();
     // Spec §7.8: cookies flow only on channels registered as data plus control; that is
     // also how a PU knows to speak the §12.7 framing to this PE.
-    let transport_use = if service.has_sessions() && forward.is_none() {
+    let session_channel = forward.as_ref().is_some_and(|f| f.session.is_some());
+    let transport_use = if (service.has_sessions() && forward.is_none()) || session_channel {
         TransportUse::DataPlusControl
     } else {
         TransportUse::DataOnly
@@ -820,9 +847,14 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     };
     // The card's alternates come from resolving the pool once this PE has registered.
     let registered = Arc::new(tokio::sync::Notify::new());
-    if let Some(s) = &mut sessions {
+    let card = match (&mut sessions, &mut forward) {
+        (Some(s), _) => Some(&mut s.card),
+        (None, Some(f)) => f.session.as_mut().map(|c| &mut c.card),
+        (None, None) => None,
+    };
+    if let Some(card) = card {
         let (tx, rx) = tokio::sync::watch::channel(config.business_card());
-        s.card = Some(rx);
+        *card = Some(rx);
         let start = Arc::clone(&registered);
         let pool = pool.clone();
         tokio::spawn(client::card::keep_current(
@@ -844,7 +876,11 @@ async fn run_pe(pe: PeArgs, common: Common) -> anyhow::Result<()> {
     let mut forwarder = None;
     let (handler, serving) = match forward {
         Some(f) => {
-            let what = format!("{} (forwarded)", f.target);
+            let what = if f.session.is_some() {
+                format!("{} (forwarded as a session channel)", f.target)
+            } else {
+                format!("{} (forwarded)", f.target)
+            };
             let f = Arc::new(forward::Forwarder::new(f));
             forwarder = Some(Arc::clone(&f));
             (services::Handler::Forward(f), what)

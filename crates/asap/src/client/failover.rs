@@ -277,6 +277,8 @@ struct Notes {
 struct SessionChannel {
     reader: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
     writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    /// Whether the channel began with a Cookie Echo (a refusal of it may close it).
+    echoed: bool,
 }
 
 impl SessionChannel {
@@ -291,7 +293,11 @@ impl SessionChannel {
         if let Some(c) = cookie {
             session::write_control(&mut writer, &AsapMsg::CookieEcho(c.clone())).await?;
         }
-        Ok(Self { reader, writer })
+        Ok(Self {
+            reader,
+            writer,
+            echoed: cookie.is_some(),
+        })
     }
 
     /// Sends one request and reads frames up to its answer; a Cookie on the way replaces
@@ -312,6 +318,13 @@ impl SessionChannel {
                     }
                     Some(Frame::Control(AsapMsg::Cookie(c))) => *cookie = Some(c),
                     Some(Frame::Control(AsapMsg::Error(e))) => {
+                        // Security Rejection: the PE refused the echoed cookie. Every PE
+                        // of the pool shares its key, so it would be refused everywhere
+                        // (a forwarding PE closes the session, too): forgotten, so the
+                        // failover starts a fresh session instead of going round.
+                        if e.causes().contains(&ErrorCause::SecurityRejection) {
+                            *cookie = None;
+                        }
                         notes
                             .refusals
                             .extend(e.causes().iter().map(ErrorCause::code));
@@ -528,6 +541,12 @@ impl<'a> Session<'a> {
                 Channel::Line(l) => l.exchange(request).await,
                 Channel::Session(s) => s.exchange(request, &mut self.cookie, &mut notes).await,
             };
+            // Only for a channel that echoed a cookie: a PE that sends 0xA and closes
+            // without one is an ordinary failure (no retrying it for ever).
+            let cookie_refused = matches!(conn, Channel::Session(s) if s.echoed)
+                && notes
+                    .refusals
+                    .contains(&ErrorCause::SecurityRejection.code());
             for cause in notes.refusals {
                 on(Event::CookieRefused { pe: pe_id, cause });
             }
@@ -551,6 +570,12 @@ impl<'a> Session<'a> {
                     }
                     return Ok(answer);
                 }
+                // The PE refused the echoed cookie and then closed the session (a
+                // forwarding PE does, docs/PROTOCOL-EXTENSIONS.md §7): not a failure of
+                // the PE, so not reported. The cookie is forgotten already; the next
+                // attempt is a fresh session with the same PE, which cannot be refused
+                // again for a cookie.
+                Err(_) if cookie_refused => self.current = None,
                 Err(err) => {
                     on(Event::Failed(pe_id, &err));
                     self.failed_at

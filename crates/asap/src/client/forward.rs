@@ -11,6 +11,11 @@
 //!   the target; a target that refuses or does not answer closes the PU's session at once
 //!   ([`ForwardError::Target`]).
 //!
+//! - Session channels ([`ForwardConfig::session_channel`], `rsp pe --forward
+//!   --session-channel`): instead of a byte stream, the spec §12.7 frames, with the PE
+//!   sealing the server's session state into cookies and opening the PU's echoes
+//!   ([`channel`]).
+//!
 //! ```no_run
 //! # async fn run(trust: std::sync::Arc<trust::TrustStore>) -> std::io::Result<()> {
 //! use asap::client::admit::AllowedPus;
@@ -41,8 +46,12 @@ use trust::TrustStore;
 
 use super::admit::{AdmitError, AllowedPus, accept_pu};
 
+pub mod channel;
 mod pump;
 use super::failover::Stream;
+use super::session::Binding;
+pub use channel::SessionChannel;
+use channel::{CarryError, Refusal, Relay};
 
 /// Bytes buffered per direction of a session: the back-pressure bound (two per session,
 /// so at most `2 × BUFFER_LEN × max_sessions` in flight). 64 KiB keeps bulk transfers at
@@ -153,6 +162,9 @@ pub struct ForwardConfig {
     pub max_sessions: usize,
     /// Limit: how long reaching the target may take.
     pub connect_timeout: Duration,
+    /// Carry the session as spec §12.7 frames, cookies sealed here ([`channel`]); `None`:
+    /// a plain byte stream.
+    pub session: Option<SessionChannel>,
 }
 
 impl ForwardConfig {
@@ -162,7 +174,15 @@ impl ForwardConfig {
             target,
             max_sessions: DEFAULT_MAX_SESSIONS,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            session: None,
         }
+    }
+
+    /// Sessions as a session channel with `channel`'s pool key ([`channel`]): the PE
+    /// registers its transport as data plus control (spec §7.8).
+    pub fn session_channel(mut self, channel: SessionChannel) -> Self {
+        self.session = Some(channel);
+        self
     }
 }
 
@@ -194,6 +214,14 @@ pub enum ForwardError {
     /// Carrying the bytes failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// A session channel's frame was refused ([`Refusal`]): the session was closed.
+    #[error("closed the session of {pu}: {refusal}")]
+    Refused {
+        /// The pool user.
+        pu: SpiffeId,
+        /// What was refused.
+        refusal: Refusal,
+    },
     /// The PU's certificate was revoked or expired during the session, which was closed.
     #[error("closed: the PU's certificate is no longer trusted ({0})")]
     Revoked(String),
@@ -320,6 +348,34 @@ impl Forwarder {
                 });
             }
         };
+        if let Some(channel) = &self.config.session {
+            let binding = Binding {
+                pool_handle: &channel.pool_handle,
+                pool_user: pu.as_str(),
+            };
+            let relay = Relay::new(&channel.key, binding, channel.lifetime);
+            let card = channel.card.as_ref().map(|c| c.borrow().clone());
+            let carried = tokio::select! {
+                carried = channel::carry(&mut admitted.tls, target, &relay, card, wall_clock) => {
+                    carried
+                }
+                reason = admitted.live.closed() => {
+                    return Err(ForwardError::Revoked(format!("{reason:?}")));
+                }
+            };
+            let (to_target, to_pu) = match carried {
+                Ok(c) => c,
+                Err(CarryError::Refused(refusal)) => {
+                    return Err(ForwardError::Refused { pu, refusal });
+                }
+                Err(CarryError::Io(e)) => return Err(e.into()),
+            };
+            return Ok(Carried {
+                pu,
+                to_target,
+                to_pu,
+            });
+        }
         let (to_target, to_pu) = tokio::select! {
             carried = pump::copy_both_ways(
                 &mut admitted.tls, &mut target, BUFFER_LEN, BUFFER_LEN,
@@ -378,6 +434,12 @@ impl Forwarder {
     }
 }
 
+/// The wall clock: cookie expiry is wall-clock time shared by the pool's PEs.
+#[allow(clippy::disallowed_methods)] // the session driver, not a core
+fn wall_clock() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -413,6 +475,7 @@ mod tests {
             target,
             max_sessions,
             connect_timeout,
+            session: None,
         }));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(
@@ -784,6 +847,96 @@ mod tests {
             .expect("closed at once");
         assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
         assert_eq!(forwarder.open_sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_channel_binds_the_cookie_to_the_pus_tls_identity() {
+        // Over real TLS: the cookie the PE seals for pu/client-1 (from the server's plain
+        // state) resumes client-1's session at the server, and is refused when
+        // pu/client-2 (a valid identity, the wrong one) echoes it: its session closed,
+        // the refusal naming client-2, the server receiving nothing from it.
+        use crate::client::session::{self, CookieKey, Frame};
+        use crate::wire::AsapMsg;
+        use crate::wire::param::{Cookie, PoolHandle};
+        let ca = TestCa::new("acme.test");
+        // A framed server: sends its state "s=1" at the start of each session, then
+        // reports every frame it receives.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server = l.local_addr().expect("addr");
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let state = AsapMsg::Cookie(Cookie::new(b"s=1").expect("state"));
+                    session::write_control(&mut s, &state).await.expect("w");
+                    while let Ok(Some(frame)) = session::read_frame(&mut s).await {
+                        let _ = got_tx.send(format!("{frame:?}"));
+                    }
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let pe = listener.local_addr().expect("addr");
+        let key = Arc::new(CookieKey::new(&[3; 32]).expect("key"));
+        let channel = SessionChannel::new(key, PoolHandle::new("web").expect("pool"));
+        let config = ForwardConfig::new(target(server)).session_channel(channel);
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::new(Forwarder::new(config)).serve(
+            listener,
+            store(&ca, "pe/web-1"),
+            AllowedPus::default(),
+            move |e| {
+                let _ = tx.send(e);
+            },
+        ));
+        let sealed = {
+            let mut pu = dial(&ca, "pu/client-1", pe).await.expect("handshake");
+            let Some(Frame::Control(AsapMsg::Cookie(c))) =
+                session::read_frame(&mut pu).await.expect("frame")
+            else {
+                panic!("the server's state, sealed");
+            };
+            assert_ne!(c.as_bytes(), b"s=1", "the PU never sees the plain state");
+            c
+        };
+        let _ = next(&mut events).await; // client-1's first session ends
+        let mut thief = dial(&ca, "pu/client-2", pe).await.expect("handshake");
+        session::write_control(&mut thief, &AsapMsg::CookieEcho(sealed.clone()))
+            .await
+            .expect("w");
+        let mut causes = Vec::new();
+        while let Ok(Some(frame)) = session::read_frame(&mut thief).await {
+            if let Frame::Control(AsapMsg::Error(e)) = frame {
+                causes.extend(e.causes().iter().map(|c| c.code()));
+            }
+        }
+        assert_eq!(causes, [0xA], "refused, then closed");
+        let ForwardEvent::Failed(_, ForwardError::Refused { pu, .. }) = next(&mut events).await
+        else {
+            panic!("a refusal");
+        };
+        assert_eq!(pu.as_str(), "spiffe://acme.test/pu/client-2");
+        // Its own PU's echo reaches the server opened.
+        let mut pu = dial(&ca, "pu/client-1", pe).await.expect("handshake");
+        session::write_control(&mut pu, &AsapMsg::CookieEcho(sealed))
+            .await
+            .expect("w");
+        let seen = tokio::time::timeout(Duration::from_secs(5), got.recv())
+            .await
+            .expect("in time")
+            .expect("a frame");
+        assert_eq!(
+            seen,
+            format!(
+                "{:?}",
+                Frame::Control(AsapMsg::CookieEcho(Cookie::new(b"s=1").expect("c")))
+            )
+        );
+        assert!(
+            got.try_recv().is_err(),
+            "nothing from client-2 reached the server"
+        );
     }
 
     #[test]
