@@ -166,5 +166,11 @@ pub(crate) fn finish(mut doc: OpenApi) -> OpenApi {
             }
         }
     }
+    // A grant's label rules are a set (a rule given twice is refused, 422): say so.
+    if let Some(RefOr::T(Schema::Object(grant))) = components.schemas.get_mut("NewGrant")
+        && let Some(RefOr::T(Schema::Array(labels))) = grant.properties.get_mut("labels")
+    {
+        labels.unique_items = true;
+    }
     doc
 }

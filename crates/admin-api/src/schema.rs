@@ -29,7 +29,7 @@ fn entry<T: ToSchema>() -> (String, RefOr<Schema>) {
 
 /// Every schema of this module: path parameters refer to them, but utoipa collects only
 /// the schemas of bodies, so [`crate::openapi::finish`] adds them.
-pub(crate) fn components() -> [(String, RefOr<Schema>); 16] {
+pub(crate) fn components() -> [(String, RefOr<Schema>); 17] {
     [
         entry::<AuditActor>(),
         entry::<AuditActionName>(),
@@ -47,6 +47,7 @@ pub(crate) fn components() -> [(String, RefOr<Schema>); 16] {
         entry::<PeIdText>(),
         entry::<PoolHandleText>(),
         entry::<PoolPatternText>(),
+        entry::<LabelRuleText>(),
     ]
 }
 
@@ -151,6 +152,15 @@ text_schema! {
     /// UTF-8 text is accepted too, within the 256 bytes.
     PoolPatternText {
         pattern = r"^[\x20-\x7e]{1,256}$", example = "echo*"
+    }
+}
+
+text_schema! {
+    /// A grant's label rule, `key=pattern` (docs/PROTOCOL-EXTENSIONS.md §2): the key as a
+    /// PE label's, 1 to 32 characters of `A-Z a-z 0-9 . _ - /`; the pattern at most 64
+    /// printable ASCII characters, `*` matching any run.
+    LabelRuleText {
+        pattern = r"^[A-Za-z0-9._/-]{1,32}=[\x20-\x7e]{0,64}$", example = "region=eu-*"
     }
 }
 
@@ -398,6 +408,16 @@ mod tests {
             Ok(())
         })
         .expect("what the pattern allows is accepted");
+    }
+
+    #[test]
+    fn label_rules() {
+        holds("LabelRuleText", "az09._/-=* !~", |v| {
+            v.parse::<identity::LabelRule>().is_ok()
+        });
+        allows_only_accepted("LabelRuleText", |v| {
+            v.parse::<identity::LabelRule>().is_ok()
+        });
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::auth::{AdminOnly, Authorized, ReadAll};
 use crate::extract::{ApiJson, ApiPath};
 use crate::problem::{ApiError, ProblemKind};
 use crate::routes::handle_text;
-use crate::schema::{IdentityPatternText, NamespacePatternText, PoolPatternText};
+use crate::schema::{IdentityPatternText, LabelRuleText, NamespacePatternText, PoolPatternText};
 use crate::state::App;
 
 /// An action a grant allows.
@@ -96,9 +96,11 @@ pub(crate) struct NewGrant {
     /// matches its value. Absent or null: any labels; `[]`: none. At most 32 rules; keys
     /// 1 to 32 characters of `A-Z a-z 0-9 . _ - /`, patterns at most 64 printable ASCII
     /// characters. Grants add up: one register grant that allows every label of a
-    /// registration is enough.
+    /// registration is enough. Rules restrict registrations only: on a grant without
+    /// `register` they change nothing.
     #[serde(default)]
-    #[schema(max_items = 32, nullable)]
+    // `uniqueItems` is added by `openapi::finish` (utoipa has no attribute for it).
+    #[schema(value_type = Option<Vec<LabelRuleText>>, max_items = 32)]
     labels: Option<Vec<String>>,
 }
 
@@ -162,12 +164,6 @@ impl NewGrant {
             return Err(ApiError::new(
                 ProblemKind::Invalid,
                 "pools: control or invisible characters are refused (`*` matches pool handles that hold them)",
-            ));
-        }
-        if self.labels.is_some() && !self.actions.contains(&GrantAction::Register) {
-            return Err(ApiError::new(
-                ProblemKind::Invalid,
-                "labels: label rules restrict registrations; a grant with them must allow register",
             ));
         }
         Ok(Grant {
