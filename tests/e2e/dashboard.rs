@@ -241,18 +241,27 @@ impl<'a> Browser<'a> {
         })
     }
 
+    /// An element's text; empty when the page redrew it meanwhile (a stale element:
+    /// the callers poll, and read the new one next time).
     fn text(&self, element: &str) -> String {
-        self.cmd("GET", &format!("/element/{element}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.read(&format!("/element/{element}/text"))
     }
 
     fn attribute(&self, element: &str, name: &str) -> String {
-        self.cmd("GET", &format!("/element/{element}/attribute/{name}"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.read(&format!("/element/{element}/attribute/{name}"))
+    }
+
+    fn read(&self, path: &str) -> String {
+        let path = format!("/session/{}{path}", self.session);
+        let (status, v) = self
+            .driver
+            .try_call("GET", &path, None)
+            .expect("chromedriver answers");
+        match (status, v["value"]["error"].as_str()) {
+            (200, _) => v["value"].as_str().unwrap_or_default().to_owned(),
+            (404, Some("stale element reference")) => String::new(),
+            _ => panic!("GET {path}: {v}"),
+        }
     }
 
     fn click(&self, css: &str) {
@@ -393,9 +402,46 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     assert!(browser.all("tr[data-pe]").is_empty());
     browser.screenshot(&shots, "sign-in");
 
+    // An auditor's token signs in and reads, but the revoke form is refused for it (the
+    // API decides, 403, audited below) and nothing is revoked.
+    let admin = Some(token.as_str());
+    let (status, body) = api(
+        &lab,
+        &reg,
+        admin,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"name":"night shift","role":"auditor","ttl_seconds":600}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).expect("JSON");
+    let auditor = created["token"].as_str().expect("the secret");
+    let auditor_id = created["id"].as_str().expect("the id");
+    browser.type_into("#token", auditor);
+    browser.click("#sign-in-token");
+    browser.one("tr[data-pe]");
+    // Signed in, the page is the pools; the token is in no URL.
+    assert!(browser.url().ends_with("/ui/#/pools"), "{}", browser.url());
+    browser.click("nav a[href='#/trust']");
+    browser.type_into("#revoke-subject", "spiffe://acme.test/pe/echo-1");
+    browser.click("#revoke-submit");
+    browser.click("#revoke-yes");
+    browser.wait("the refusal", || {
+        browser
+            .status()
+            .starts_with("Not revoked: 403")
+            .then_some(())
+    });
+    let (status, list) = api(&lab, &reg, admin, "GET", "/v1/revocations", None);
+    assert_eq!((status, list.as_str()), (200, "[]"), "an auditor revoked");
+    browser.click("#sign-out");
+
     // The admin token: the pool with its two PEs, from the watch stream's snapshot.
+    browser.one("#sign-in");
     browser.type_into("#token", &token);
     browser.click("#sign-in-token");
+    // Signed in again, the page is the one left (trust): go to the pools.
+    browser.click("nav a[href='#/pools']");
     let both = vec![
         "spiffe://acme.test/pe/echo-1".to_owned(),
         "spiffe://acme.test/pe/echo-2".to_owned(),
@@ -403,7 +449,6 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     browser.wait("the pool's two PEs", || {
         (browser.registrants() == both).then_some(())
     });
-    assert!(browser.url().ends_with("/ui/#/pools"), "{}", browser.url());
     let pool = browser.one("tr[data-pool='echo']");
     assert!(
         browser.text(&pool).starts_with("echo 2"),
@@ -431,7 +476,6 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     browser.click("#revoke-submit");
     let question = browser.one("#revoke-question");
     assert_eq!(browser.text(&question), format!("Revoke {}?", both[1]));
-    let admin = Some(token.as_str());
     let (status, list) = api(&lab, &reg, admin, "GET", "/v1/revocations", None);
     assert_eq!(
         (status, list.as_str()),
@@ -492,12 +536,32 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     });
     browser.type_into("#audit-action", "admin:revoke");
     browser.click("#audit-apply");
-    browser.wait("only the revocation", || {
-        (actions() == ["admin:revoke"]).then_some(())
+    browser.wait("only the revocations", || {
+        let texts: Vec<String> = browser
+            .all("#audit-records tr[data-id]")
+            .iter()
+            .map(|r| browser.text(r))
+            .collect();
+        (actions().iter().all(|a| a == "admin:revoke")
+            && texts
+                .iter()
+                .any(|t| t.contains(" ok ") && t.contains("pe/echo-2")))
+        .then_some(())
     });
     browser.screenshot(&shots, "audit");
-    // The forged sign-in is in the log too, refused.
+    // The auditor's refused revocation is in the log, with its token.
     browser.type_into("#audit-action", "");
+    browser.type_into("#audit-outcome", "forbidden");
+    browser.click("#audit-apply");
+    browser.wait("the auditor's refusal", || {
+        browser
+            .all("#audit-records tr[data-id]")
+            .iter()
+            .map(|r| browser.text(r))
+            .any(|t| t.contains(auditor_id) && t.contains("/v1/revocations"))
+            .then_some(())
+    });
+    // The forged sign-in is in the log too, refused.
     browser.type_into("#audit-outcome", "unauthenticated");
     browser.click("#audit-apply");
     browser.wait("the forged token's refusal", || {
