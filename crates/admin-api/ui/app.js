@@ -257,7 +257,7 @@ async function poolsPage(main, signal, namespace) {
     body.replaceChildren(
       table(`Pools in ${namespace}`, ["Pool", "PEs", "Policy", "Declared limits"],
         list.map(({ pool, pes }) => row([
-          el("a", { href: "#pool-" + pool.handle, text: pool.handle }),
+          pool.handle,
           String(pes.size),
           pool.policy,
           pool.declared
@@ -447,7 +447,7 @@ document.addEventListener("DOMContentLoaded", () => {
     signIn(token);
   });
   $("sign-in-cert").addEventListener("click", () => signIn(null));
-  $("sign-out").addEventListener("click", () => signOut("Signed out"));
+  $("sign-out").addEventListener("click", () => { signOut(); say("Signed out"); });
   window.addEventListener("hashchange", route);
   if (signedIn()) route(); else $("token").focus();
 });
