@@ -258,15 +258,31 @@ impl<'a> Browser<'a> {
             .try_call("GET", &path, None)
             .expect("chromedriver answers");
         match (status, v["value"]["error"].as_str()) {
-            (200, _) => v["value"].as_str().unwrap_or_default().to_owned(),
+            (200, _) => match &v["value"] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            },
             (404, Some("stale element reference")) => String::new(),
             _ => panic!("GET {path}: {v}"),
         }
     }
 
+    /// Clicks the element matching `css` once it is there and shown (the page may still
+    /// be signing in or drawing).
     fn click(&self, css: &str) {
-        let e = self.one(css);
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.wait(&format!("{css} to take a click"), || {
+            let e = self.all(css).into_iter().next()?;
+            let path = format!("/session/{}/element/{e}/click", self.session);
+            let (status, v) = self
+                .driver
+                .try_call("POST", &path, Some(&json!({})))
+                .expect("chromedriver answers");
+            match (status, v["value"]["error"].as_str()) {
+                (200, _) => Some(()),
+                (_, Some("element not interactable" | "stale element reference")) => None,
+                _ => panic!("POST {path}: {v}"),
+            }
+        });
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -577,5 +593,40 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     browser.go(&ui);
     browser.one("#sign-in");
     assert!(browser.all("tr[data-id]").is_empty());
+
+    // An operator may not read metrics: the page asks once, hides the health strip and
+    // stops asking (each refusal would be an audit record).
+    let (status, body) = api(
+        &lab,
+        &reg,
+        admin,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"name":"operator","role":"operator","ttl_seconds":600}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).expect("JSON");
+    let operator_id = created["id"].as_str().expect("the id");
+    browser.type_into("#token", created["token"].as_str().expect("the secret"));
+    browser.click("#sign-in-token");
+    browser.click("nav a[href='#/pools']");
+    let strip = browser.one("#health");
+    browser.wait("the health strip to hide", || {
+        (browser.read(&format!("/element/{strip}/displayed")) == "false").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(6)); // past one scrape interval (5 s)
+    let (status, body) = api(
+        &lab,
+        &reg,
+        admin,
+        "GET",
+        &format!("/v1/audit?outcome=forbidden&identity=spiffe://acme.test/token/{operator_id}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let refused: Value = serde_json::from_str(&body).expect("JSON");
+    let refused = refused["events"].as_array().expect("events");
+    assert_eq!(refused.len(), 1, "{body}");
+    assert!(body.contains("/metrics"), "{body}");
     eprintln!("screenshots in {}", shots.display());
 }

@@ -92,6 +92,7 @@ async function api(method, path, body, signal) {
 async function watch(path, signal, onEvent, after) {
   let lastId = after === undefined ? null : after;
   while (!signal.aborted) {
+    let failed = false;
     try {
       const h = headers({ Accept: "text/event-stream" });
       if (lastId !== null) h["Last-Event-ID"] = lastId;
@@ -99,6 +100,9 @@ async function watch(path, signal, onEvent, after) {
       if (!r.ok) {
         const text = await r.text();
         if (r.status === 401) { signOut("Signed out: the stream was refused (401)"); return; }
+        // Any other refusal stands (a role that may not watch, a namespace gone): do not
+        // retry it, each refused request is an audit record.
+        if (r.status < 500) { say(`Live updates refused: ${r.status}: ${text}`, true); return; }
         throw new Error(`${r.status}: ${text}`);
       }
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -127,9 +131,12 @@ async function watch(path, signal, onEvent, after) {
       }
     } catch (e) {
       if (signal.aborted) return;
+      failed = true;
       say(`Live updates interrupted (${e.message}); reconnecting`, true);
     }
-    await new Promise((res) => setTimeout(res, 1000));
+    // A stream the server ended (after 10 minutes) resumes at once; after a failure
+    // (503: too many streams, or the network) wait a little.
+    await new Promise((res) => setTimeout(res, failed ? 5000 : 200));
   }
 }
 
@@ -140,6 +147,8 @@ function signOut(message) {
   if (pageAbort) pageAbort.abort();
   clearInterval(healthTimer);
   healthTimer = null;
+  healthRefused = false;
+  lastScrape = null;
   $("nav").hidden = true;
   $("sign-out").hidden = true;
   $("health").hidden = true;
@@ -182,9 +191,21 @@ function metricSum(text, name) {
   return found ? sum : 0;
 }
 let lastScrape = null;
+let healthRefused = false; // this caller's role may not read /metrics
 async function scrape() {
+  if (healthRefused) return;
   let text;
-  try { text = await api("GET", "/metrics"); } catch (_) { return; }
+  try {
+    text = await api("GET", "/metrics");
+  } catch (e) {
+    // An operator may not read metrics: stop asking (each refusal is an audit record).
+    if (e.status === 403) {
+      healthRefused = true;
+      clearInterval(healthTimer);
+      $("health").hidden = true;
+    }
+    return;
+  }
   const now = Date.now();
   const m = {
     registrations: metricSum(text, "rsp_registrations_total"),
@@ -203,6 +224,7 @@ async function scrape() {
   lastScrape = { at: now, m };
 }
 function startHealth() {
+  if (healthRefused) return;
   $("health").hidden = false;
   if (healthTimer) return;
   scrape();
