@@ -265,7 +265,8 @@ async function poolsPage(main, signal, namespace) {
     id: "namespace",
     onchange: (e) => { location.hash = "#/pools/" + encodeURIComponent(e.target.value); },
   }, namespaces.map((n) => el("option", { value: n, selected: n === namespace, text: n })));
-  const body = el("div", { id: "pools", "aria-live": "polite" });
+  // Not a live region: it is redrawn every few seconds; #status announces the changes.
+  const body = el("div", { id: "pools" });
   main.replaceChildren(
     el("h2", { text: "Namespaces and pools" }),
     el("div", { class: "row" }, el("label", { for: "namespace", text: "Namespace" }), picker),
