@@ -7,6 +7,7 @@ mod admin;
 #[path = "../common/binaries.rs"]
 mod binaries;
 mod cli;
+mod dashboard;
 mod discovery;
 mod drain;
 mod endpoints;

@@ -4,7 +4,8 @@
 //! - [`AdminState`]: what the API works on (the store, the trust store, the live
 //!   registrar through the [`Registrar`] trait, a clock); [`router`] turns it into an axum
 //!   [`Router`](axum::Router) with every route under `/v1` plus `/healthz`, `/readyz` and
-//!   `/metrics`, and the OpenAPI 3.1 document at `/v1/openapi.json`.
+//!   `/metrics`, and the OpenAPI 3.1 document at `/v1/openapi.json`; the operators'
+//!   dashboard (static files that call the API) is served at `/ui/`.
 //! - [`serve`]: HTTPS (tokio-rustls + hyper-util, HTTP/1.1 and h2) with a fresh rustls
 //!   configuration per connection and the client certificate's [`trust::Peer`] handed to
 //!   the handlers.
@@ -29,6 +30,7 @@ mod routes;
 mod schema;
 mod serve;
 mod state;
+mod ui;
 
 use std::sync::Arc;
 
@@ -107,6 +109,8 @@ pub fn router(state: AdminState) -> axum::Router {
     let doc = serde_json::to_string(&openapi::finish(doc)).expect("the document serializes");
     app.openapi.set(doc).expect("a new App has no document yet");
     router
+        // The dashboard's static files: no data, no credentials, not in the document.
+        .merge(ui::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Routes that take PEM raise this limit for themselves.

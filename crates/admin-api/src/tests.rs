@@ -2230,3 +2230,57 @@ async fn drains_need_the_operator_role_a_deadline_in_range_and_are_audited(f: Fi
     // Two forbidden, one without credentials.
     assert_eq!(f.audit("admin:request").await.len(), 3);
 }
+
+/// The dashboard's files are served without credentials (they hold no data), with their
+/// media types, a strict CSP and nosniff; they are not in the OpenAPI document; and the
+/// data they call for still needs a credential.
+#[tokio::test]
+async fn the_dashboard_is_static_files_with_a_strict_policy_and_no_data() {
+    let f = fixture().await;
+    for (path, media, marker) in [
+        (
+            "/ui/",
+            "text/html; charset=utf-8",
+            "<script src=\"app.js\" defer>",
+        ),
+        ("/ui/app.css", "text/css; charset=utf-8", "--accent"),
+        (
+            "/ui/app.js",
+            "text/javascript; charset=utf-8",
+            "sessionStorage",
+        ),
+    ] {
+        let r = f.call("GET", path, None, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.content_type(), media, "{path}");
+        assert!(r.text.contains(marker), "{path}");
+        let header = |name| r.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+        let csp = header("content-security-policy").expect("a CSP");
+        assert!(csp.starts_with("default-src 'self';"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+    }
+    // No inline script or style to allow: the page loads only its own files.
+    let page = f.call("GET", "/ui/", None, None).await.text;
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "{page}"
+    );
+    // `/ui` sends the browser to `/ui/`; other names under it are not found.
+    let r = f.call("GET", "/ui", None, None).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers.get(header::LOCATION).unwrap(), "/ui/");
+    f.call("GET", "/ui/secret.json", None, None)
+        .await
+        .problem(404, "not-found");
+    // Not part of the API's description (nor of schemathesis' runs against it).
+    let doc = serde_json::to_string(&crate::openapi_document()).expect("json");
+    assert!(!doc.contains("\"/ui"), "the document lists the dashboard");
+    // The data behind the pages still needs a credential.
+    f.call("GET", "/v1/namespaces", None, None)
+        .await
+        .problem(401, "unauthenticated");
+}
