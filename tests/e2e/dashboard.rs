@@ -471,6 +471,12 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
         "{}",
         browser.text(&pool)
     );
+    // Each PE row ends with its age since it registered here (this registrar is home of
+    // both): seconds, not "–".
+    for row in browser.all("tr[data-pe]") {
+        let text = browser.text(&row);
+        assert!(text.ends_with(" s"), "no age in {text:?}");
+    }
     browser.screenshot(&shots, "pools");
 
     // Killed, a PE leaves the page without a reload: the status line (which a reload

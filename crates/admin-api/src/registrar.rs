@@ -233,6 +233,10 @@ pub struct PeView {
     /// with Distance Penalty selects by. `null` for a PE this registrar is not home of
     /// (a peer's), before the first keep-alive is answered, and in watch events.
     pub rtt_us: Option<u64>,
+    /// When the PE first registered at this registrar, its home (re-registrations keep
+    /// it), unix ms: its age. `null` for a peer's PE (this registrar did not see it
+    /// register) and for one taken over that has not registered here yet.
+    pub registered_ms: Option<u64>,
     /// Whether an operator drains it (`PUT …/drain`): no registrar returns it in
     /// resolutions, and its home deregisters it at `drain_deadline_ms`.
     pub draining: bool,

@@ -138,6 +138,7 @@ impl Fixture {
             registration_life_ms: 300_000,
             labels: [("zone".to_owned(), "a1".to_owned())].into(),
             rtt_us: None,
+            registered_ms: None,
             draining: false,
             drain_deadline_ms: None,
             serving_identity: None,

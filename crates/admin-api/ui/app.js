@@ -238,7 +238,10 @@ const pages = { pools: poolsPage, registrars: registrarsPage, trust: trustPage, 
 async function route() {
   if (!signedIn()) { signOut(); return; }
   if (pageAbort) pageAbort.abort();
-  pageAbort = new AbortController();
+  // This page's own controller: when the next route() aborts it, the error that ends this
+  // page is not news (pageAbort is the next page's by then).
+  const abort = new AbortController();
+  pageAbort = abort;
   $("nav").hidden = false;
   $("sign-out").hidden = false;
   startHealth();
@@ -251,9 +254,9 @@ async function route() {
   const main = $("main");
   main.replaceChildren(el("p", { text: "Loading…" }));
   try {
-    await pages[page](main, pageAbort.signal, arg ? decodeURIComponent(arg) : null);
+    await pages[page](main, abort.signal, arg ? decodeURIComponent(arg) : null);
   } catch (e) {
-    if (!pageAbort.signal.aborted) say(e.message, true);
+    if (!abort.signal.aborted) say(e.message, true);
   }
 }
 
@@ -272,9 +275,8 @@ async function poolsPage(main, signal, namespace) {
     el("div", { class: "row" }, el("label", { for: "namespace", text: "Namespace" }), picker),
     body);
   if (!namespace) { body.textContent = "No namespaces."; return; }
-  // pool handle -> { pool, pes: Map(pe_id -> { pe, seen }) }
+  // pool handle -> { pool, pes: Map(pe_id -> pe) }
   const pools = new Map();
-  const seen = new Map(); // pe_id -> when this page first saw it
   const draw = () => {
     const list = [...pools.values()].sort((a, b) => a.pool.handle.localeCompare(b.pool.handle));
     body.replaceChildren(
@@ -291,20 +293,20 @@ async function poolsPage(main, signal, namespace) {
         ], { "data-pool": pool.handle }))),
       ...list.map(({ pool, pes }) => el("section", { id: "pool-" + pool.handle, class: "pool" },
         table(`Pool ${pool.handle}: ${pes.size} PE${pes.size === 1 ? "" : "s"}`,
-          ["PE ID", "Address", "Registrant", "Home registrar", "Load / policy", "Health", "Seen for"],
+          ["PE ID", "Address", "Registrant", "Home registrar", "Load / policy", "Health", "Age"],
           [...pes.values()].map((pe) => row([
             pe.pe_id, pe.transport, pe.registrant, pe.home_registrar, pe.policy || "–",
             (pe.draining ? "draining" : pe.check ? `${pe.check.kind} ${pe.check.state}` : "registered")
               + (pe.rtt_us != null ? `, rtt ${pe.rtt_us} µs` : ""),
-            ago(seen.get(pe.pe_id)),
+            // Since its first registration here; a peer's PE registered elsewhere: "–".
+            ago(pe.registered_ms),
           ], { "data-pe": pe.pe_id, "data-registrant": pe.registrant || "" }))))));
   };
   const upsert = (handle, pe) => {
     if (!pools.has(handle)) pools.set(handle, { pool: { handle, policy: null, declared: null }, pes: new Map() });
-    if (!seen.has(pe.pe_id)) seen.set(pe.pe_id, Date.now());
     pools.get(handle).pes.set(pe.pe_id, pe);
   };
-  const ticker = setInterval(draw, 5000); // the "seen for" column
+  const ticker = setInterval(draw, 5000); // the "age" column
   signal.addEventListener("abort", () => clearInterval(ticker));
   await watch(`/v1/watch/pools?namespace=${encodeURIComponent(namespace)}`, signal, (event, data) => {
     if (event === "snapshot") {

@@ -206,13 +206,17 @@ fn pool_view(p: &PoolSnapshot) -> PoolView {
         pool_elements: p
             .pool_elements
             .iter()
-            .zip(&p.round_trips)
-            .map(|(e, rtt)| pe_view(e, *rtt))
+            .zip(p.round_trips.iter().zip(&p.registered_ms))
+            .map(|(e, (rtt, registered))| pe_view(e, *rtt, *registered))
             .collect(),
     }
 }
 
-pub(crate) fn pe_view(e: &PeEntry, rtt: Option<std::time::Duration>) -> PeView {
+pub(crate) fn pe_view(
+    e: &PeEntry,
+    rtt: Option<std::time::Duration>,
+    registered_ms: Option<u64>,
+) -> PeView {
     let pe = &e.pool_element;
     PeView {
         pe_id: pe.pe_id.to_string(),
@@ -228,6 +232,7 @@ pub(crate) fn pe_view(e: &PeEntry, rtt: Option<std::time::Duration>) -> PeView {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         rtt_us: rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        registered_ms,
         draining: pe.status.draining(),
         drain_deadline_ms: pe.status.drain_deadline_ms,
         serving_identity: pe.serving_identity.as_ref().map(|s| s.as_str().to_owned()),

@@ -312,6 +312,9 @@ struct Owned {
     taken_from: Option<ServerId>,
     /// The keep-alive round trip to it (docs/PROTOCOL-EXTENSIONS.md §3).
     rtt: rtt::RttEstimator,
+    /// When it first registered here (re-registrations keep it): its age in the admin API.
+    /// `None` for a PE taken over from a peer until it registers here.
+    registered: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -544,6 +547,18 @@ impl Core {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// When a PE this registrar is home of first registered here (re-registrations keep
+    /// the time); `None` for a peer's PE, or one taken over that has not registered here.
+    pub fn home_registered(
+        &self,
+        namespace: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+    ) -> Option<Instant> {
+        let key: PeKey = (namespace.clone(), pool_handle.clone(), pe_id);
+        self.owned.get(&key)?.registered
     }
 
     /// The smoothed keep-alive round trip to a PE this registrar is home of (`None`: not

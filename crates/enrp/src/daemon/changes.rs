@@ -22,7 +22,12 @@ use identity::{Namespace, PeId, PoolHandle};
 const PEER_UPDATE: &str = "peer-update";
 
 /// Publishes the step's handlespace changes (see the module docs).
-pub(super) fn publish(core: &mut Core, actions: &[Action], feed: &PoolChanges) {
+pub(super) fn publish(
+    core: &mut Core,
+    actions: &[Action],
+    feed: &PoolChanges,
+    now: std::time::Instant,
+) {
     let changes = core.take_handlespace_changes();
     if changes.is_empty() {
         return;
@@ -92,7 +97,14 @@ pub(super) fn publish(core: &mut Core, actions: &[Action], feed: &PoolChanges) {
                 } else {
                     ChangeKind::Updated
                 };
-                (kind, Some(crate::admin::pe_view(entry, None)), None)
+                let registered = core
+                    .home_registered(&namespace, &pool_handle, pe_id)
+                    .map(|at| super::unix_ms_of(at, now));
+                (
+                    kind,
+                    Some(crate::admin::pe_view(entry, None, registered)),
+                    None,
+                )
             }
         };
         feed.publish(PoolChange {

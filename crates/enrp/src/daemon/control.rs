@@ -32,6 +32,9 @@ pub struct PoolSnapshot {
     /// The measured keep-alive round trip of each of `pool_elements` (same order): `None`
     /// for a peer's PE or one not measured yet.
     pub round_trips: Vec<Option<std::time::Duration>>,
+    /// When each of `pool_elements` first registered here, unix ms: `None` for a peer's PE
+    /// (or one taken over that has not registered here yet).
+    pub registered_ms: Vec<Option<u64>>,
 }
 
 /// An ENRP peer as the admin API shows it.
@@ -219,6 +222,13 @@ impl Query {
             round_trips: pool
                 .entries()
                 .map(|e| core.home_round_trip(ns, handle, e.pool_element.pe_id))
+                .collect(),
+            registered_ms: pool
+                .entries()
+                .map(|e| {
+                    let at = core.home_registered(ns, handle, e.pool_element.pe_id)?;
+                    Some(super::unix_ms_of(at, now))
+                })
                 .collect(),
         };
         match self {

@@ -181,7 +181,7 @@ pub(super) async fn run_core(
             .filter(|a| matches!(a, Action::Audit { event, .. } if event.action.is_removal()))
             .count();
         counters.starting.store(core.starting(), Ordering::Relaxed);
-        super::changes::publish(&mut core, &actions, &changes);
+        super::changes::publish(&mut core, &actions, &changes, now);
         let gate = execute(actions, &writers, &mut barrier, &audit, &counters, &dials);
         if let Some((conn, bytes)) = response {
             out(

@@ -557,6 +557,12 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `at` (an instant of the core's clock, no later than `now`) in unix milliseconds.
+pub(crate) fn unix_ms_of(at: std::time::Instant, now: std::time::Instant) -> u64 {
+    let ago = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+    now_ms().saturating_sub(ago)
+}
+
 /// Writes the aggregate refusal records ([`refusals`]) once per interval until the
 /// daemon stops, and once more then.
 async fn audit_refusals(audit: AuditLog, counters: Arc<Counters>, stop: watch::Receiver<bool>) {

@@ -420,3 +420,29 @@ fn a_peers_pe_counts_as_unmeasured() {
         [1, 5]
     );
 }
+
+/// A PE's age in the admin API (issue 22): the time of its first registration here, kept
+/// across re-registrations; none for a peer's PE, which registered elsewhere.
+#[test]
+fn a_home_pe_keeps_its_first_registration_time_and_a_peers_has_none() {
+    let mut h = Harness::registrar(SID_A);
+    h.peer_up(10, PR_B, SID_B);
+    let a = h.connect(1, PE_A);
+    let first = h.now;
+    assert_eq!(reg_cause(&h.send(a, registration("echo", 7))), None);
+    h.advance(3_000);
+    assert_eq!(
+        reg_cause(&h.send(a, registration("echo", 7))),
+        None,
+        "again"
+    );
+    let ns = Namespace::default_namespace();
+    let id = |n| PeId::new(n).expect("non-zero");
+    assert_eq!(
+        h.core.home_registered(&ns, &handle("echo"), id(7)),
+        Some(first)
+    );
+    h.enrp(10, SID_B, add_pe(SID_B, "echo", 8, PE_A));
+    assert_eq!(h.home_of(8), Some(SID_B));
+    assert_eq!(h.core.home_registered(&ns, &handle("echo"), id(8)), None);
+}
