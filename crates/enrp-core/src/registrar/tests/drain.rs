@@ -196,3 +196,50 @@ fn a_pe_vouches_only_for_a_serving_identity_of_its_own() {
     );
     assert_eq!(found_ids(&h.resolve(pu, "echo")), [5, 7]);
 }
+
+/// The drains a registrar remembers are bounded ([`MAX_DRAINS`]): one more is refused and
+/// changes nothing; a PE already draining may still get a new deadline, and a lifted drain
+/// makes room again.
+#[test]
+fn drains_beyond_the_limit_are_refused_and_change_nothing() {
+    use crate::registrar::drain::{DrainRefusal, MAX_DRAINS};
+    let mut h = Harness::new();
+    // Two registrants: one identity holds at most 10,000 PEs here.
+    let (a, b) = (h.connect(1, PE_A), h.connect(3, PE_B));
+    let pu = h.connect(2, PU_1);
+    let last = u32::try_from(MAX_DRAINS).expect("fits") + 1;
+    for id in 1..=last {
+        let conn = if id % 2 == 0 { a } else { b };
+        assert_eq!(
+            reg_cause(&h.send(conn, registration("echo", id))),
+            None,
+            "PE {id}"
+        );
+    }
+    let deadline = h.now + Duration::from_secs(3600);
+    for id in 1..last {
+        h.core
+            .drain(&key(id), deadline, 1_700_000_000_000)
+            .expect("within the limit");
+    }
+    assert_eq!(
+        h.core.drain(&key(last), deadline, 1_700_000_000_000),
+        Err(DrainRefusal::TooMany)
+    );
+    assert_eq!(h.core.drain_of(&key(last)), None, "nothing remembered");
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [last], "still returned");
+    // A new deadline for one already draining is no new drain.
+    h.core
+        .drain(
+            &key(1),
+            deadline + Duration::from_secs(1),
+            1_700_000_001_000,
+        )
+        .expect("a new deadline");
+    // Lifted, one makes room for another.
+    h.core.undrain(&key(1)).expect("lifted");
+    h.core
+        .drain(&key(last), deadline, 1_700_000_000_000)
+        .expect("room again");
+    assert_eq!(found_ids(&h.resolve(pu, "echo")), [1]);
+}
