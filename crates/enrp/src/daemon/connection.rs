@@ -513,7 +513,13 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
             None => std::future::pending().await,
         }
     };
+    // One task reads and writes. `biased`: the read loop is polled first and the write
+    // loop right after it, in the same poll, so that an answer the read loop queued
+    // leaves at once; in select!'s random order, half the time the write loop came first
+    // and the answer waited for the task's next turn behind every other ready connection
+    // (issue 20: the resolutions' p99 was twice their median on one server CPU).
     tokio::select! {
+        biased;
         () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters, here) => {}
         () = write_counted(write_half, rx, &in_flight) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),

@@ -354,3 +354,85 @@ async fn a_store_of_version_7_migrates_with_its_chains_unchanged_postgres() {
     check_migrated_from_version_7(&store, &before, &heads).await;
     store.close().await;
 }
+
+/// The audit writer on SQLite commits a batch in one round trip after where its previous
+/// commit left the chain (`commit_at`), without reading the head back. Once anyone else
+/// has appended (the admin API's `append_in`), that point is stale: the fork guard must
+/// refuse the whole batch, nothing of it may stay, and the connection must be out of the
+/// transaction (the next commit works). A point that names the head works again. Without
+/// the guard the stale batch would reuse ids 7 – 9 (a primary-key error after row 7 and 8
+/// were taken, or, once they are archived, a fork).
+#[tokio::test]
+async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
+    let db = crate::db::test_db::sqlite_file().await;
+    let store = db.store.clone();
+    let chain = Chain::Local;
+    let records: Vec<Record> = (0..3).map(super::sample).collect();
+    let three: Vec<&Record> = records.iter().collect();
+    let wide_records: Vec<Record> = (0..COMMIT_AT_MAX as u64).map(super::sample).collect();
+    let wide: Vec<&Record> = wide_records.iter().collect();
+    let mut conn = store.acquire().await.expect("conn");
+    let sqlite = crate::db::test_db::sqlite_conn(&mut conn);
+    let fresh = AppendPoint {
+        next: 1,
+        prev: GENESIS,
+    };
+    let end = commit_at(sqlite, &chain, &three, fresh)
+        .await
+        .expect("first");
+    assert_eq!(end.next, 4);
+    let end = commit_at(sqlite, &chain, &three, end)
+        .await
+        .expect("at the head");
+    assert_eq!(end.next, 7);
+    // Rows 7 and 8 from elsewhere.
+    assert_eq!(super::append(&store, &chain, 10..12).await, vec![7, 8]);
+    let err = commit_at(sqlite, &chain, &three, end)
+        .await
+        .expect_err("stale point");
+    assert!(
+        err.to_string().contains("past every record"),
+        "refused by the fork guard: {err}"
+    );
+    // The head's hash with an id already taken, and the next id with a made-up hash.
+    let (_, head) = super::super::head(&mut *sqlite, &chain)
+        .await
+        .expect("head");
+    for stale in [
+        AppendPoint {
+            next: 8,
+            prev: head,
+        },
+        AppendPoint {
+            next: 9,
+            prev: [7; 32],
+        },
+    ] {
+        commit_at(sqlite, &chain, &three, stale)
+            .await
+            .expect_err("stale point");
+    }
+    assert_eq!(
+        max_id(&mut conn).await,
+        8,
+        "nothing of the refused batches stayed"
+    );
+    let sqlite = crate::db::test_db::sqlite_conn(&mut conn);
+    let end = commit_at(
+        sqlite,
+        &chain,
+        &wide,
+        AppendPoint {
+            next: 9,
+            prev: head,
+        },
+    )
+    .await
+    .expect("at the head again, out of the refused transactions");
+    assert_eq!(end.next, 9 + COMMIT_AT_MAX as i64);
+    let reports = super::verify_all(&store).await;
+    let r = super::report(&reports, &chain);
+    assert!(r.is_intact(), "{r:?}");
+    assert_eq!(r.checked, 8 + COMMIT_AT_MAX as u64);
+    assert_eq!(r.head, end.prev, "the point returned is the chain's head");
+}

@@ -569,8 +569,46 @@ async fn insert_checked<C: Conn + ?Sized>(
     chain: &Chain,
     records: &[&Record],
 ) -> Result<Vec<u64>> {
-    let (mut id, mut prev) = append_point(&mut *conn, chain).await?;
+    Ok(insert_at_head(conn, chain, records).await?.0)
+}
+
+/// Reads the append point of `chain` and inserts `records` there; returns the new rows'
+/// ids and where the chain then ends.
+async fn insert_at_head<C: Conn + ?Sized>(
+    conn: &mut C,
+    chain: &Chain,
+    records: &[&Record],
+) -> Result<(Vec<u64>, AppendPoint)> {
+    let (next, prev) = append_point(&mut *conn, chain).await?;
+    let (rows, end) = chain_rows(chain, records, AppendPoint { next, prev });
+    // Ids start at 1 and only grow.
+    let ids = rows
+        .iter()
+        .map(|(id, ..)| u64::try_from(*id).unwrap_or_default())
+        .collect();
+    insert_rows(conn, chain, rows).await?;
+    Ok((ids, end))
+}
+
+/// Where the next record of a chain goes: its id and the hash it chains from. The audit
+/// writer remembers where its last commit left its chain, so that the next commit need not
+/// read it back ([`commit_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AppendPoint {
+    next: i64,
+    prev: Hash,
+}
+
+/// One row to insert: id, columns, prev_hash, hash.
+type Row = (i64, Columns, Hash, Hash);
+
+/// The rows of `records` chained from `at`, and where they leave the chain.
+fn chain_rows(chain: &Chain, records: &[&Record], at: AppendPoint) -> (Vec<Row>, AppendPoint) {
     let key = chain.key();
+    let AppendPoint {
+        next: mut id,
+        mut prev,
+    } = at;
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
         let columns = record.to_columns();
@@ -579,13 +617,61 @@ async fn insert_checked<C: Conn + ?Sized>(
         prev = hash;
         id += 1;
     }
-    // Ids start at 1 and only grow.
-    let ids = rows
-        .iter()
-        .map(|(id, ..)| u64::try_from(*id).unwrap_or_default())
-        .collect();
-    // Few statements per batch: every statement is a round trip to sqlx's SQLite thread,
-    // which costs more than the insert itself.
+    (rows, AppendPoint { next: id, prev })
+}
+
+/// Most records [`commit_at`] commits in its one round trip (one statement text per
+/// count, kept prepared on the writer's connection: sqlx keeps 100 per connection).
+pub(crate) const COMMIT_AT_MAX: usize = INSERT_WIDE_ROWS;
+
+/// The audit writer's commit on SQLite when it knows where its chain ends (`at`: where its
+/// previous commit left it): `BEGIN IMMEDIATE; INSERT …; COMMIT` as one query, i.e. one
+/// round trip to sqlx's SQLite thread instead of one per statement (begin, head read,
+/// inserts, commit: ~12 for 30 records, each a wake-up of that thread and of the
+/// writer's task; issue 20). At most [`COMMIT_AT_MAX`] records.
+///
+/// `at` is not trusted: if anyone else appended since (the admin API's [`append_in`],
+/// another process), the fork guard (migrations/0008, `audit_events_append_at_head`)
+/// refuses the first row, since its id is no longer past every id or its `prev_hash` is
+/// no longer the head's, and nothing is inserted. On any error the transaction is rolled
+/// back and the caller reads the head ([`insert_at_head`]). Returns where the chain ends.
+pub(crate) async fn commit_at(
+    conn: &mut sqlx::SqliteConnection,
+    chain: &Chain,
+    records: &[&Record],
+    at: AppendPoint,
+) -> Result<AppendPoint> {
+    debug_assert!(!records.is_empty() && records.len() <= COMMIT_AT_MAX);
+    let (rows, end) = chain_rows(chain, records, at);
+    let key = chain.key();
+    let mut query = sqlx::query(COMMIT_AT[rows.len() - 1].as_str());
+    for (id, cols, prev, hash) in rows {
+        query = bind_row!(query, id, key, cols, &prev, &hash);
+    }
+    match sqlx::Executor::execute(&mut *conn, query).await {
+        Ok(_) => Ok(end),
+        Err(err) => {
+            // The BEGIN may have run and the COMMIT not: end the transaction, if any
+            // (SQLite refuses a ROLLBACK outside one; nothing to undo then).
+            let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
+            Err(err.into())
+        }
+    }
+}
+
+/// `BEGIN IMMEDIATE; INSERT … (n rows); COMMIT` for n = 1 ..= [`COMMIT_AT_MAX`]: sqlx binds
+/// the anonymous placeholders across the statements in order. Built once from constants,
+/// never from data.
+static COMMIT_AT: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (1..=COMMIT_AT_MAX)
+        .map(|rows| format!("BEGIN IMMEDIATE; {}; COMMIT", insert_sql(rows)))
+        .collect()
+});
+
+/// Inserts chained rows, few statements per batch: every statement is a round trip to
+/// sqlx's SQLite thread, which costs more than the insert itself.
+async fn insert_rows<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, rows: Vec<Row>) -> Result<()> {
+    let key = chain.key();
     let mut rows = rows.into_iter();
     let mut left = rows.len();
     while left > 0 {
@@ -605,7 +691,7 @@ async fn insert_checked<C: Conn + ?Sized>(
         })?;
         left -= n;
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Binds one row's 14 values, in the order of [`insert_sql`]'s columns, to a query of

@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use super::{Chain, Durability, Record, insert_checked};
+use super::{AppendPoint, COMMIT_AT_MAX, Chain, Durability, Record, commit_at, insert_at_head};
 use crate::db::{Error, Result, Store, StoreConn, WRITE_LOCK};
 
 /// Configuration of the [`AuditLog`] writer.
@@ -425,6 +425,9 @@ async fn run(
     let mut closing = false;
     // Whether `conn` failed and is to be replaced before the next attempt (PostgreSQL).
     let mut stale = false;
+    // Where the last commit left the chain, so that the next one need not read it back
+    // (the fork guard checks that it still holds: `commit_at`); unknown after a failure.
+    let mut known: Option<AppendPoint> = None;
     loop {
         // Wait for the first message of a batch.
         if !closing {
@@ -465,6 +468,7 @@ async fn run(
                 &config.chain,
                 &batch,
                 &counters,
+                &mut known,
             )
             .await
             {
@@ -579,6 +583,7 @@ async fn commit(
     chain: &Chain,
     batch: &[Job],
     counters: &Counters,
+    known: &mut Option<AppendPoint>,
 ) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
@@ -603,8 +608,11 @@ async fn commit(
                 }
             }
         }
-        match try_commit(conn, chain, batch).await {
-            Ok(()) => break,
+        match try_commit(conn, chain, batch, known.take()).await {
+            Ok(end) => {
+                *known = Some(end);
+                break;
+            }
             Err(_) if attempt < ATTEMPTS => {
                 *stale = postgres;
                 sleep(backoff).await;
@@ -629,13 +637,27 @@ async fn commit(
 /// [`WRITE_LOCK`] on PostgreSQL, as [`Store::begin`]) while it reads the chain head
 /// and the next id and appends after them: writers of other chains in the same store
 /// (other registrars) take the same lock, so nobody's chain forks and ids stay unique.
-async fn try_commit(conn: &mut StoreConn, chain: &Chain, batch: &[Job]) -> Result<()> {
+/// On SQLite, with `known` (where the last commit left the chain) and a batch that fits,
+/// the whole transaction is one round trip ([`commit_at`]); if `known` no longer holds,
+/// the fork guard refuses it and the head is read as usual. Returns where the chain ends.
+async fn try_commit(
+    conn: &mut StoreConn,
+    chain: &Chain,
+    batch: &[Job],
+    known: Option<AppendPoint>,
+) -> Result<AppendPoint> {
     let records: Vec<&Record> = batch.iter().map(|job| &job.record).collect();
     match conn {
         StoreConn::Sqlite(conn) => {
+            if let Some(at) = known.filter(|_| records.len() <= COMMIT_AT_MAX)
+                && let Ok(end) = commit_at(conn, chain, &records, at).await
+            {
+                return Ok(end);
+            }
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            insert_checked(&mut tx, chain, &records).await?;
+            let (_, end) = insert_at_head(&mut tx, chain, &records).await?;
             tx.commit().await?;
+            Ok(end)
         }
         StoreConn::Postgres(conn) => {
             let mut tx = conn.begin().await?;
@@ -643,11 +665,11 @@ async fn try_commit(conn: &mut StoreConn, chain: &Chain, batch: &[Job]) -> Resul
                 .bind(WRITE_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            insert_checked(&mut tx, chain, &records).await?;
+            let (_, end) = insert_at_head(&mut tx, chain, &records).await?;
             tx.commit().await?;
+            Ok(end)
         }
     }
-    Ok(())
 }
 
 fn fail_all(batch: Vec<Job>, reason: &str) {
