@@ -367,9 +367,9 @@ async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
     let db = crate::db::test_db::sqlite_file().await;
     let store = db.store.clone();
     let chain = Chain::Local;
-    let records: Vec<Record> = (0..3).map(super::sample).collect();
+    let records: Vec<Record> = (0..3).map(sample).collect();
     let three: Vec<&Record> = records.iter().collect();
-    let wide_records: Vec<Record> = (0..COMMIT_AT_MAX as u64).map(super::sample).collect();
+    let wide_records: Vec<Record> = (0..COMMIT_AT_MAX as u64).map(sample).collect();
     let wide: Vec<&Record> = wide_records.iter().collect();
     let mut conn = store.acquire().await.expect("conn");
     let sqlite = crate::db::test_db::sqlite_conn(&mut conn);
@@ -386,7 +386,7 @@ async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
         .expect("at the head");
     assert_eq!(end.next, 7);
     // Rows 7 and 8 from elsewhere.
-    assert_eq!(super::append(&store, &chain, 10..12).await, vec![7, 8]);
+    assert_eq!(append(&store, &chain, 10..12).await, vec![7, 8]);
     let err = commit_at(sqlite, &chain, &three, end)
         .await
         .expect_err("stale point");
@@ -395,9 +395,7 @@ async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
         "refused by the fork guard: {err}"
     );
     // The head's hash with an id already taken, and the next id with a made-up hash.
-    let (_, head) = super::super::head(&mut *sqlite, &chain)
-        .await
-        .expect("head");
+    let (_, head) = head(&mut *sqlite, &chain).await.expect("head");
     for stale in [
         AppendPoint {
             next: 8,
@@ -430,8 +428,8 @@ async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
     .await
     .expect("at the head again, out of the refused transactions");
     assert_eq!(end.next, 9 + COMMIT_AT_MAX as i64);
-    let reports = super::verify_all(&store).await;
-    let r = super::report(&reports, &chain);
+    let reports = verify_all(&store).await;
+    let r = report(&reports, &chain);
     assert!(r.is_intact(), "{r:?}");
     assert_eq!(r.checked, 8 + COMMIT_AT_MAX as u64);
     assert_eq!(r.head, end.prev, "the point returned is the chain's head");
