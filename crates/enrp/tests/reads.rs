@@ -395,3 +395,45 @@ async fn resolutions_tallied_when_the_daemon_stops_are_in_its_audit() {
     store.close().await;
     drop((pe, pu));
 }
+
+/// A pool user that sends resolutions and never reads their answers (threat T-15): the
+/// answers its connection task makes wait for the write loop in a bounded buffer
+/// (`MAX_SERVED`, 4 MiB) once the sockets' buffers are full, and past it the registrar
+/// ends the connection, so the client's sends start failing; another PU is served as
+/// before. Without the bound the registrar would buffer every answer for as long as the
+/// client keeps sending, and all 100,000 sends would go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pu_that_never_reads_its_answers_is_cut_off() {
+    let r = start(|_| {}).await;
+    let echo = pool("echo");
+    let mut pe = r.connect("pe/p1").await;
+    for id in 1..=9 {
+        register(&mut pe, &echo, id).await;
+    }
+    let mut slow = r.connect("pu/slow").await;
+    // Known to the core, nothing in flight: the next answers are made by its task.
+    assert_eq!(pe_ids(&resolve(&mut slow, &echo).await).len(), 3);
+    let all = AsapMsg::HandleResolution {
+        namespace: None,
+        pool_handle: echo.clone(),
+        option: Some(asap::wire::param::HandleResolutionOption {
+            items: asap::wire::param::HandleResolutionOption::ALL,
+        }),
+        hints: Default::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0u32;
+    let cut = loop {
+        if sent == 100_000 || Instant::now() > deadline {
+            break false;
+        }
+        if slow.send(&all).await.is_err() {
+            break true;
+        }
+        sent += 1;
+    };
+    assert!(cut, "still open after {sent} resolutions never read");
+    let mut other = r.connect("pu/other").await;
+    assert_eq!(pe_ids(&resolve(&mut other, &echo).await).len(), 3);
+    r.running.shutdown().await.expect("stops cleanly");
+}

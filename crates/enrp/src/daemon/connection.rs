@@ -471,10 +471,11 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let kill = Arc::new(Notify::new());
     let in_flight = AtomicUsize::new(0);
     let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
+    let served = Mutex::new(Vec::new());
     let here = Here {
         view,
         jobs,
-        tx: tx.clone(),
+        served: &served,
         in_flight: &in_flight,
         client: None,
         rng: None,
@@ -521,7 +522,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     tokio::select! {
         biased;
         () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters, here) => {}
-        () = write_counted(write_half, rx, &in_flight) => {}
+        () = write_counted(write_half, rx, &in_flight, &served) => {}
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
@@ -551,7 +552,10 @@ pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
 struct Here<'a> {
     view: &'a ReadView,
     jobs: &'a mpsc::WeakSender<AuditJob>,
-    tx: mpsc::Sender<Outgoing>,
+    /// The answers made here, encoded, that the write loop has not taken yet: it takes
+    /// them when it is polled next, which `run`'s `biased` select does right after the
+    /// read loop, in the same poll (no channel message, no wake-up, no buffer per answer).
+    served: &'a Mutex<Vec<u8>>,
     in_flight: &'a AtomicUsize,
     /// The connection as the core announced it; `None` until the core has it.
     client: Option<Arc<ClientView>>,
@@ -569,7 +573,8 @@ enum Served {
     Done,
     /// Not for here: the core answers it.
     ToCore(Decoded<AsapMsg>),
-    /// The send queue is full: the client does not read its answers (threat T-15).
+    /// The send queue is full: the client does not read its answers (threat T-15); for
+    /// the answers made here, [`MAX_SERVED`] bytes wait.
     Full,
 }
 
@@ -629,17 +634,15 @@ impl Here<'_> {
             self.noted.notify_one();
         }
         hand_records(written, &jobs, counters);
-        let bytes = match resolved.response.to_bytes() {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(?conn, error = %e, "cannot encode a resolution response");
-                return Served::Done;
-            }
-        };
-        match self.tx.try_send(Outgoing::Served { bytes }) {
-            Err(mpsc::error::TrySendError::Full(_)) => Served::Full,
-            _ => Served::Done,
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served.len() >= MAX_SERVED {
+            return Served::Full;
         }
+        if let Err(e) = resolved.response.encode(&mut served) {
+            // `encode` wrote nothing.
+            tracing::error!(?conn, error = %e, "cannot encode a resolution response");
+        }
+        Served::Done
     }
 }
 
@@ -819,20 +822,81 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// bursts) leave in one TLS record and one system call instead of one each.
 const MAX_BATCH: usize = 64 * 1024;
 
+/// Most bytes of answers made by the read loop ([`Here::served`]) that may wait for the
+/// write loop; past it the client does not read its answers and the connection ends
+/// (threat T-15). As many as the send queue's 4,096 messages of 1 KiB (an answer of three
+/// PEs is ~300 bytes; the largest possible, 64 KiB).
+const MAX_SERVED: usize = 4 << 20;
+
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(w: W, rx: mpsc::Receiver<Outgoing>) {
-    write_counted(w, rx, &AtomicUsize::new(0)).await;
+    write_counted(w, rx, &AtomicUsize::new(0), &Mutex::new(Vec::new())).await;
+}
+
+/// The next message of the core's, or `None` when answers made here wait in `served`
+/// (checked each time this is polled, so that the read loop need not wake anyone), or
+/// when the core's side has closed.
+async fn next_out(rx: &mut mpsc::Receiver<Outgoing>, served: &Mutex<Vec<u8>>) -> Option<Outgoing> {
+    std::future::poll_fn(|cx| {
+        if !served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+        {
+            return std::task::Poll::Ready(None);
+        }
+        rx.poll_recv(cx)
+            .map(|out| Some(out.unwrap_or(Outgoing::Close)))
+    })
+    .await
 }
 
 /// [`write_loop`], counting down `in_flight` for each answer of the core to a counted
-/// request ([`Here`]) as it takes it: what the read loop answers itself after that
-/// leaves after it.
+/// request ([`Here`]) as it takes it, and writing the answers the read loop made itself
+/// (`served`): those are made only while nothing counted is in flight, so they leave
+/// after every answer of the core's to this connection's earlier requests.
 async fn write_counted<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Outgoing>,
     in_flight: &AtomicUsize,
+    served: &Mutex<Vec<u8>>,
 ) {
+    // Answers made here since the last write go after the core's messages taken before.
+    let take_served = |batch: &mut Vec<u8>| {
+        let mut s = served.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.extend_from_slice(&s);
+        s.clear();
+    };
     let mut batch = Vec::with_capacity(4096);
-    let mut next = rx.recv().await;
+    loop {
+        let open = match next_out(&mut rx, served).await {
+            Some(out) => gather(&mut w, &mut rx, &mut batch, out, in_flight).await,
+            None => true,
+        };
+        take_served(&mut batch);
+        if !batch.is_empty() {
+            if write_message(&mut w, &batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+        if !open {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Adds `first` and the core's messages queued behind it to `batch`, writing whenever it
+/// reaches [`MAX_BATCH`]; `false` at [`Outgoing::Close`] or when a write failed (the
+/// connection ends).
+async fn gather<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    batch: &mut Vec<u8>,
+    first: Outgoing,
+    in_flight: &AtomicUsize,
+) -> bool {
+    let mut next = Some(first);
     while let Some(out) = next.take() {
         // Audit before ack was kept by the core task: what arrives here may leave.
         let bytes = match out {
@@ -847,32 +911,18 @@ async fn write_counted<W: AsyncWrite + Unpin>(
                 }
                 bytes
             }
-            Outgoing::Served { bytes } => bytes,
-            Outgoing::Close => break,
+            Outgoing::Close => return false,
         };
         batch.extend_from_slice(&bytes);
-        next = match rx.try_recv() {
-            Ok(more) if batch.len() < MAX_BATCH => Some(more),
-            Ok(more) => {
-                if write_message(&mut w, &batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-                Some(more)
+        if batch.len() >= MAX_BATCH {
+            if write_message(w, batch).await.is_err() {
+                return false;
             }
-            Err(_) => {
-                if write_message(&mut w, &batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-                rx.recv().await
-            }
-        };
+            batch.clear();
+        }
+        next = rx.try_recv().ok();
     }
-    if !batch.is_empty() {
-        let _ = write_message(&mut w, &batch).await;
-    }
-    let _ = w.shutdown().await;
+    true
 }
 
 #[cfg(test)]

@@ -150,10 +150,6 @@ enum Event {
 enum Outgoing {
     /// Write this message.
     Message { bytes: Vec<u8> },
-    /// Write this answer that the connection task made itself (a resolution from the
-    /// [`ReadView`]): in order with the rest, and not the answer to a request in flight at
-    /// the core ([`connection`]'s read-your-writes rule).
-    Served { bytes: Vec<u8> },
     /// Close the connection (after what was sent before).
     Close,
 }
