@@ -11,6 +11,28 @@ use trust::{DomainBundle, LocalIdentity, TrustStore};
 use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::support::{Asap, Lab, Registrar, bin, run_ok};
 
+/// A new token of `role` made by `admin` (valid 10 minutes): the API's answer, with its
+/// `token` (the secret) and `id`.
+pub(crate) fn new_token(
+    lab: &Lab,
+    reg: &Registrar,
+    admin: &str,
+    name: &str,
+    role: &str,
+) -> serde_json::Value {
+    let request = serde_json::json!({"name": name, "role": role, "ttl_seconds": 600});
+    let (status, body) = api(
+        lab,
+        reg,
+        Some(admin),
+        "POST",
+        "/v1/tokens",
+        Some(&request.to_string()),
+    );
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
 /// One request with curl: (status, body). `body` is JSON if it starts with `{`, else PEM.
 pub(crate) fn api(
     lab: &Lab,

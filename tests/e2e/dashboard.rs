@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::admin::{admin_token, api};
+use crate::admin::{admin_token, api, new_token};
 use crate::endpoints::start_pe_lines;
 use crate::support::Lab;
 
@@ -316,6 +316,16 @@ impl<'a> Browser<'a> {
         }
     }
 
+    /// Waits until an element matching `css` reads exactly `text`.
+    fn wait_text(&self, what: &str, css: &str, text: &str) {
+        self.wait(what, || {
+            self.all(css)
+                .iter()
+                .any(|e| self.text(e) == text)
+                .then_some(())
+        });
+    }
+
     /// The registrants of the PE rows on the page.
     fn registrants(&self) -> Vec<String> {
         let mut r: Vec<String> = self
@@ -421,16 +431,7 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     // An auditor's token signs in and reads, but the revoke form is refused for it (the
     // API decides, 403, audited below) and nothing is revoked.
     let admin = Some(token.as_str());
-    let (status, body) = api(
-        &lab,
-        &reg,
-        admin,
-        "POST",
-        "/v1/tokens",
-        Some(r#"{"name":"night shift","role":"auditor","ttl_seconds":600}"#),
-    );
-    assert_eq!(status, 201, "{body}");
-    let created: Value = serde_json::from_str(&body).expect("JSON");
+    let created = new_token(&lab, &reg, &token, "night shift", "auditor");
     let auditor = created["token"].as_str().expect("the secret");
     let auditor_id = created["id"].as_str().expect("the id");
     browser.type_into("#token", auditor);
@@ -515,25 +516,13 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
     // Its PE goes from the pool (and the pool, now empty, from the namespace). The
     // table's caption is drawn from the stream's snapshot: the page has its data.
     browser.click("nav a[href='#/pools']");
-    browser.wait("the snapshot", || {
-        browser
-            .all("#pools caption")
-            .iter()
-            .any(|c| browser.text(c) == "Pools in default")
-            .then_some(())
-    });
+    browser.wait_text("the snapshot", "#pools caption", "Pools in default");
     browser.wait("PE echo-2 to go", || {
         browser.registrants().is_empty().then_some(())
     });
 
     browser.click("nav a[href='#/registrars']");
-    browser.wait("the registrars page", || {
-        browser
-            .all("caption")
-            .iter()
-            .any(|c| browser.text(c) == "Peers")
-            .then_some(())
-    });
+    browser.wait_text("the registrars page", "caption", "Peers");
     browser.screenshot(&shots, "registrars");
 
     // The audit log: every record, then only the revocation; the chain is intact.
@@ -602,16 +591,7 @@ fn the_dashboard_shows_pools_live_revokes_through_its_form_and_filters_the_audit
 
     // An operator may not read metrics: the page asks once, hides the health strip and
     // stops asking (each refusal would be an audit record).
-    let (status, body) = api(
-        &lab,
-        &reg,
-        admin,
-        "POST",
-        "/v1/tokens",
-        Some(r#"{"name":"operator","role":"operator","ttl_seconds":600}"#),
-    );
-    assert_eq!(status, 201, "{body}");
-    let created: Value = serde_json::from_str(&body).expect("JSON");
+    let created = new_token(&lab, &reg, &token, "operator", "operator");
     let operator_id = created["id"].as_str().expect("the id");
     browser.type_into("#token", created["token"].as_str().expect("the secret"));
     browser.click("#sign-in-token");

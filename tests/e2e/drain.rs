@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::admin::api;
+use crate::admin::{api, new_token};
 use crate::registrar::{accepted, registration, resolution, resolved};
 use crate::restart::wait_line;
 use crate::sidecar::{Draining, exchange, pool, until};
@@ -119,16 +119,10 @@ async fn a_pe_certificate_cannot_undo_a_drain_and_only_an_operator_lifts_it() {
     let route = "/v1/namespaces/default/pools/web/pool-elements/0x4242/drain";
 
     // An auditor token may not drain (403, audited as a refused request).
-    let (status, body) = api(
-        lab,
-        reg,
-        Some(&d.token),
-        "POST",
-        "/v1/tokens",
-        Some(r#"{"name":"reader","role":"auditor","ttl_seconds":600}"#),
-    );
-    assert_eq!(status, 201, "{body}");
-    let auditor = json(&body)["token"].as_str().expect("token").to_owned();
+    let auditor = new_token(lab, reg, &d.token, "reader", "auditor")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     assert_eq!(api(lab, reg, Some(&auditor), "PUT", route, None).0, 403);
     assert_eq!(api(lab, reg, None, "PUT", route, None).0, 401);
 

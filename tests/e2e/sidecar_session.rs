@@ -183,30 +183,15 @@ fn a_framed_servers_state_survives_a_failover_through_sidecar_cookies_and_foreig
     let mut sidecars = vec![("A", pe_a), ("B", pe_b)];
 
     // `rsp pu` speaks the session framing (the PEs registered data plus control).
-    let mut pu = Pe(rsp(&lab, registrar.addr, "pu-client-1")
-        .args(["pu", "web"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rsp pu"));
-    let mut stdin = pu.0.stdin.take().expect("stdin");
-    let mut answers = BufReader::new(pu.0.stdout.take().expect("stdout"));
-    let reports = lines(pu.0.stderr.take().expect("stderr"), "pu".into());
-    let mut ask = |line: &str| {
-        writeln!(stdin, "{line}").expect("write to rsp pu");
-        let mut answer = String::new();
-        answers.read_line(&mut answer).expect("rsp pu answers");
-        answer.trim_end().to_owned()
-    };
-    let first = ask("a");
+    let (mut pu, reports) = Pu::start(&lab, registrar.addr);
+    let first = pu.ask("a");
     let (first_server, other) = if first == "1 a at A" {
         ("A", "B")
     } else {
         ("B", "A")
     };
     assert_eq!(first, format!("1 a at {first_server}"));
-    assert_eq!(ask("b"), format!("2 b at {first_server}"));
+    assert_eq!(pu.ask("b"), format!("2 b at {first_server}"));
     let (seen_first, seen_other) = if first_server == "A" {
         (&seen_a, &seen_b)
     } else {
@@ -241,7 +226,7 @@ fn a_framed_servers_state_survives_a_failover_through_sidecar_cookies_and_foreig
 
     // The PU fails over; the other server receives the first server's state verbatim,
     // opened from the cookie the PU echoed, and the count goes on.
-    assert_eq!(ask("c"), format!("3 c at {other}"));
+    assert_eq!(pu.ask("c"), format!("3 c at {other}"));
     let after = seen(seen_other, Duration::from_millis(300));
     let echoes: Vec<&Vec<u8>> = after
         .iter()
@@ -375,29 +360,14 @@ fn a_pu_whose_cookie_another_sidecar_refuses_starts_afresh_instead_of_going_roun
     let (server_a, _seen_a) = framed_server("A");
     let (server_b, seen_b) = framed_server("B");
     let (mut pe_a, _log_a, _) = sidecar(&lab, registrar.addr, "pe-echo-1", server_a);
-    let mut pu = Pe(rsp(&lab, registrar.addr, "pu-client-1")
-        .args(["pu", "web"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rsp pu"));
-    let mut stdin = pu.0.stdin.take().expect("stdin");
-    let mut answers = BufReader::new(pu.0.stdout.take().expect("stdout"));
-    let reports = lines(pu.0.stderr.take().expect("stderr"), "pu".into());
-    let mut ask = |line: &str| {
-        writeln!(stdin, "{line}").expect("write to rsp pu");
-        let mut answer = String::new();
-        answers.read_line(&mut answer).expect("rsp pu answers");
-        answer.trim_end().to_owned()
-    };
-    assert_eq!(ask("a"), "1 a at A", "the only PE");
+    let (mut pu, reports) = Pu::start(&lab, registrar.addr);
+    assert_eq!(pu.ask("a"), "1 a at A", "the only PE");
     // B joins with the wrong key; A dies.
     let (_pe_b, log_b, _) =
         sidecar_with_key(&lab, registrar.addr, "pe-echo-2", server_b, "other.key");
     pe_a.0.kill().expect("kill");
     pe_a.0.wait().expect("reap");
-    assert_eq!(ask("b"), "1 b at B", "a fresh session at B");
+    assert_eq!(pu.ask("b"), "1 b at B", "a fresh session at B");
     wait_line(&log_b, Duration::from_secs(5), |l| {
         l.contains("closed the session of spiffe://acme.test/pu/client-1: refused its Cookie Echo")
     })
@@ -409,11 +379,48 @@ fn a_pu_whose_cookie_another_sidecar_refuses_starts_afresh_instead_of_going_roun
     let saw = seen(&seen_b, Duration::from_millis(300));
     let echoes = saw.iter().filter(|s| matches!(s, Seen::Echo(_))).count();
     assert_eq!(echoes, 0, "B's server never got a state: {saw:?}");
-    assert_eq!(ask("c"), "2 c at B", "the fresh session goes on");
+    assert_eq!(pu.ask("c"), "2 c at B", "the fresh session goes on");
     // Only one refusal: the PU did not echo the refused cookie again.
     let again: Vec<String> = log_b
         .try_iter()
         .filter(|l| l.contains("refused its Cookie Echo"))
         .collect();
     assert!(again.is_empty(), "{again:?}");
+}
+
+/// `rsp pu web` as `pu-client-1`: one line in, its answer out.
+struct Pu {
+    _proc: Pe,
+    stdin: std::process::ChildStdin,
+    answers: BufReader<std::process::ChildStdout>,
+}
+
+impl Pu {
+    /// Starts it; its stderr lines come on the receiver.
+    fn start(lab: &Lab, registrar: SocketAddr) -> (Self, mpsc::Receiver<String>) {
+        let mut pu = Pe(rsp(lab, registrar, "pu-client-1")
+            .args(["pu", "web"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rsp pu"));
+        let stdin = pu.0.stdin.take().expect("stdin");
+        let answers = BufReader::new(pu.0.stdout.take().expect("stdout"));
+        let reports = lines(pu.0.stderr.take().expect("stderr"), "pu".into());
+        let pu = Self {
+            _proc: pu,
+            stdin,
+            answers,
+        };
+        (pu, reports)
+    }
+
+    /// Sends `line` and returns its answer.
+    fn ask(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write to rsp pu");
+        let mut answer = String::new();
+        self.answers.read_line(&mut answer).expect("rsp pu answers");
+        answer.trim_end().to_owned()
+    }
 }

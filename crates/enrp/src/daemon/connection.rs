@@ -539,7 +539,7 @@ pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// What a connection task needs to answer resolutions itself (issue 20, "reads where
-/// they arrive"): the core's [`ReadView`], the audit log, its own send queue, and the
+/// they arrive"): the core's [`ReadView`], the audit log, its buffer of answers, and the
 /// count of requests it handed to the core whose answers the write loop has not yet taken
 /// (registrations, deregistrations, resolutions: each gets exactly one answer of its
 /// kind, [`answers_in`]).
