@@ -54,6 +54,22 @@ impl PeEntry {
             r.write(w);
         }
     }
+
+    /// As [`Self::write`]; `plain`: without the registrant and serving identities.
+    fn write_as(&self, w: &mut Writer<'_>, plain: bool) {
+        if plain {
+            self.pool_element.write_plain(w);
+        } else {
+            self.write(w);
+        }
+    }
+
+    /// Bytes the entry takes in a resolution response ([`AsapMsg::encode_found`]).
+    pub fn encoded_len_as(&self, plain: bool) -> usize {
+        let mut w = Writer::counter();
+        self.write_as(&mut w, plain);
+        w.position()
+    }
 }
 
 /// The body of an ASAP_HANDLE_RESOLUTION_RESPONSE after its Pool Handle (spec §6.1, §7.3).
@@ -254,6 +270,37 @@ impl AsapMsg {
             _ => {}
         }
         encode_checked(out, |w| self.write(w))
+    }
+
+    /// Appends the HANDLE_RESOLUTION_RESPONSE that
+    /// `HandleResolutionResponse { pool_handle, result: Found { policy, pool_elements } }`
+    /// encodes to, from borrowed entries: a registrar answering a resolution copies no
+    /// PE (issue 20). `plain`: every entry without its Registrant Identity and its
+    /// Serving Identity, as they would be with those set to `None` (a legacy client is
+    /// sent neither). Fails, writing nothing, as [`Self::encode`] does.
+    pub fn encode_found<E: std::borrow::Borrow<PeEntry>>(
+        out: &mut Vec<u8>,
+        pool_handle: &PoolHandle,
+        policy: Option<&Policy>,
+        entries: &[E],
+        plain: bool,
+    ) -> Result<(), EncodeError> {
+        if entries.len() > MAX_RESOLUTION_PES {
+            return Err(EncodeError::Limit {
+                what: "pool elements in a handle resolution response",
+                max: MAX_RESOLUTION_PES,
+            });
+        }
+        encode_checked(out, |w| {
+            let ty = MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE.0;
+            w.message(ty, 0, |w| {
+                pool_handle.write(w);
+                write_opt(w, policy);
+                for e in entries {
+                    e.borrow().write_as(w, plain);
+                }
+            });
+        })
     }
 
     /// The message as a new buffer; see [`Self::encode`].

@@ -124,21 +124,24 @@ pub(crate) fn open_message(buf: &[u8]) -> Result<(MsgType, u8, Reader<'_>), Deco
     Ok((MsgType(buf[0]), buf[1], r))
 }
 
-/// Runs a message writer after checking the encoded size against [`limits::MAX_MESSAGE_LEN`].
+/// Runs a message writer, then checks the encoded size against
+/// [`limits::MAX_MESSAGE_LEN`]: one pass (a counting pass first doubled the cost of every
+/// message sent, issue 20). A message too long is taken out again, so that `out` ends as
+/// it began.
 pub(crate) fn encode_checked(
     out: &mut Vec<u8>,
-    write: impl Fn(&mut Writer<'_>),
+    write: impl FnOnce(&mut Writer<'_>),
 ) -> Result<(), EncodeError> {
-    let mut count = Writer::counter();
-    write(&mut count);
-    let len = count.position();
+    let start = out.len();
+    write(&mut Writer::new(out));
+    let len = out.len() - start;
     if len > limits::MAX_MESSAGE_LEN {
+        out.truncate(start);
         return Err(EncodeError::TooLong {
             len,
             max: limits::MAX_MESSAGE_LEN,
         });
     }
-    write(&mut Writer::new(out));
     Ok(())
 }
 

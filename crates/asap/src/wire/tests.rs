@@ -1577,6 +1577,52 @@ mod props {
     }
 
     proptest! {
+        /// The borrowing encoder of a resolution's answer writes the bytes of the owned
+        /// message, with the identities taken out when `plain` (issue 20).
+        #[test]
+        fn encode_found_writes_what_encode_writes(
+            handle in pool_handle(),
+            policy in option::of(policy()),
+            entries in vec((entry(), option::of("spiffe://[a-z.]{1,20}/[a-z/]{0,30}")), 0..6),
+            plain in any::<bool>(),
+        ) {
+            let entries: Vec<std::sync::Arc<PeEntry>> = entries
+                .into_iter()
+                .map(|(mut e, serving)| {
+                    e.pool_element.serving_identity =
+                        serving.and_then(|s| crate::wire::param::ServingIdentity::new(&s));
+                    std::sync::Arc::new(e)
+                })
+                .collect();
+            let sent: Vec<PeEntry> = entries
+                .iter()
+                .map(|e| {
+                    let mut e = (**e).clone();
+                    if plain {
+                        e.registrant = None;
+                        e.pool_element.serving_identity = None;
+                    }
+                    e
+                })
+                .collect();
+            for (e, s) in entries.iter().zip(&sent) {
+                prop_assert_eq!(
+                    e.encoded_len_as(plain),
+                    s.pool_element.encoded_len() + s.registrant.as_ref().map_or(0, |r| r.encoded_len())
+                );
+            }
+            let mut got = vec![7];
+            AsapMsg::encode_found(&mut got, &handle, policy.as_ref(), &entries, plain)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want = AsapMsg::HandleResolutionResponse {
+                pool_handle: handle,
+                result: Resolution::Found { policy, pool_elements: sent },
+            }
+            .to_bytes()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&got[1..], &want[..]);
+        }
+
         #[test]
         fn asap_round_trip(m in asap_msg()) {
             let b = m.to_bytes().expect("generated messages are small");

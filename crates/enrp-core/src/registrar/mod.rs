@@ -58,7 +58,7 @@ use identity::audit::{AuditAction, Durability};
 pub use legacy::{
     is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity, legacy_registrant,
 };
-pub use read_view::{ClientView, ConnRng, ReadView, Resolved};
+pub use read_view::{Answered, ClientView, ConnRng, ReadView, Resolved};
 use removals::audit_removal;
 pub use timers::Timers;
 

@@ -182,10 +182,41 @@ impl ReadView {
             || permits(&grants, legacy, id, ns, pool, identity::Action::Register)
     }
 
-    /// Spec §7.3 for `client`: the answer and its audit event. A pool the PU may not
-    /// resolve answers 0x9 as if it did not exist; a registrar still starting answers
-    /// 0x6 (spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool"
-    /// wrongly). `None` when the client was revoked: nothing it sends is answered.
+    /// The PEs `client` is answered with for `pool_handle` in `ns` (spec §7.3), or the
+    /// refusal: a pool the PU may not resolve answers 0x9 as if it did not exist; a
+    /// registrar still starting answers 0x6 (spec §9.3 step 5 [P]: an empty handlespace
+    /// would answer "unknown pool" wrongly).
+    fn select(
+        &self,
+        client: &ClientView,
+        ns: &Namespace,
+        pool_handle: &PoolHandle,
+        option: Option<HandleResolutionOption>,
+        hints: &Labels,
+        rng: &mut dyn Rng,
+    ) -> Result<Selected, (ErrorCause, Option<&'static str>)> {
+        if self.starting() {
+            return Err((
+                ErrorCause::LackOfResources,
+                Some("registrar starting: handlespace not yet synchronised"),
+            ));
+        }
+        let wanted = option.map_or(self.default_resolution_items, |o| {
+            usize::try_from(o.items).unwrap_or(usize::MAX)
+        });
+        let n = wanted.clamp(1, self.max_resolution_items.max(1));
+        let found = if self.may_resolve(&client.client.id, ns, pool_handle) {
+            self.handlespace
+                .pool(ns, pool_handle)
+                .and_then(|pool| pool.select(n, hints, rng))
+        } else {
+            None
+        };
+        found.ok_or((ErrorCause::UnknownPoolHandle, None))
+    }
+
+    /// Spec §7.3 for `client`: the answer and its audit event ([`Self::select`]).
+    /// `None` when the client was revoked: nothing it sends is answered.
     pub fn resolve(
         &self,
         client: &ClientView,
@@ -199,78 +230,162 @@ impl ReadView {
             return None;
         }
         let ns = namespace.unwrap_or_else(|| client.default_namespace());
-        let remote = Some(&client.client);
-        let refuse = |cause: ErrorCause, detail: Option<&str>| {
-            let mut event = client_event(
-                remote,
-                &ns,
-                &pool_handle,
-                None,
-                AuditAction::Resolve,
-                Some(cause.code()),
-            );
-            if let Some(d) = detail {
-                event.detail = Some(d.to_owned());
+        let (policy, pes) = match self.select(client, &ns, &pool_handle, option, hints, rng) {
+            Ok(found) => found,
+            Err((cause, detail)) => {
+                let answered = Answered::refused(ns, pool_handle, &cause, detail);
+                return Some(Resolved {
+                    event: answered.event(client),
+                    response: AsapMsg::HandleResolutionResponse {
+                        pool_handle: answered.pool_handle,
+                        result: Resolution::Error(OperationError::single(cause)),
+                    },
+                });
             }
-            Resolved {
-                response: AsapMsg::HandleResolutionResponse {
-                    pool_handle: pool_handle.clone(),
-                    result: Resolution::Error(OperationError::single(cause)),
-                },
-                event,
-            }
-        };
-        if self.starting() {
-            return Some(refuse(
-                ErrorCause::LackOfResources,
-                Some("registrar starting: handlespace not yet synchronised"),
-            ));
-        }
-        let wanted = option.map_or(self.default_resolution_items, |o| {
-            usize::try_from(o.items).unwrap_or(usize::MAX)
-        });
-        let n = wanted.clamp(1, self.max_resolution_items.max(1));
-        let found = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
-            self.handlespace
-                .pool(&ns, &pool_handle)
-                .and_then(|pool| pool.select(n, hints, rng))
-        } else {
-            None
-        };
-        let Some((policy, pes)) = found else {
-            return Some(refuse(ErrorCause::UnknownPoolHandle, None));
         };
         // A legacy client cannot check a registrant, and RSPLIB loses its place in a
         // message at a parameter whose length is not a multiple of 4: send none.
-        let legacy = is_legacy(&client.client.id);
-        let mut pool_elements: Vec<_> = pes
+        let plain = is_legacy(&client.client.id);
+        let n = fit_in_one_message(&pool_handle, policy.as_ref(), &pes, plain);
+        let pool_elements: Vec<_> = pes[..n]
             .iter()
             .map(|e| {
                 let mut e = (**e).clone();
-                if legacy {
+                if plain {
                     e.registrant = None;
                     e.pool_element.serving_identity = None;
                 }
                 e
             })
             .collect();
-        fit_in_one_message(&pool_handle, policy.as_ref(), &mut pool_elements);
-        let mut event = client_event(remote, &ns, &pool_handle, None, AuditAction::Resolve, None);
-        let count = pool_elements.len();
-        event.detail = Some(match event.detail.take() {
-            Some(d) => format!("{count} PEs; {d}"),
-            None => format!("{count} PEs"),
-        });
+        let answered = Answered::found(ns, pool_handle, n);
         Some(Resolved {
+            event: answered.event(client),
             response: AsapMsg::HandleResolutionResponse {
-                pool_handle,
+                pool_handle: answered.pool_handle,
                 result: Resolution::Found {
                     policy,
                     pool_elements,
                 },
             },
-            event,
         })
+    }
+
+    /// [`Self::resolve`] with the answer encoded onto `out` from the handlespace's own
+    /// entries (no PE copied) and its audit event left to be made when it is needed
+    /// ([`Answered::event`]): the connection tasks' resolutions, most of which are
+    /// counted into a tally record made for the first of them (issue 20). The bytes are
+    /// those of [`Self::resolve`]'s `response`, and the event is its `event`.
+    #[allow(clippy::too_many_arguments)] // resolve's, and where the answer goes
+    pub fn resolve_into(
+        &self,
+        client: &ClientView,
+        namespace: Option<Namespace>,
+        pool_handle: PoolHandle,
+        option: Option<HandleResolutionOption>,
+        hints: &Labels,
+        rng: &mut dyn Rng,
+        out: &mut Vec<u8>,
+    ) -> Option<Answered> {
+        if client.revoked() {
+            return None;
+        }
+        let ns = namespace.unwrap_or_else(|| client.default_namespace());
+        let answered = match self.select(client, &ns, &pool_handle, option, hints, rng) {
+            Ok((policy, pes)) => {
+                let plain = is_legacy(&client.client.id);
+                let n = fit_in_one_message(&pool_handle, policy.as_ref(), &pes, plain);
+                let written =
+                    AsapMsg::encode_found(out, &pool_handle, policy.as_ref(), &pes[..n], plain);
+                let mut answered = Answered::found(ns, pool_handle, n);
+                answered.error = written.err();
+                answered
+            }
+            Err((cause, detail)) => {
+                let written = AsapMsg::HandleResolutionResponse {
+                    pool_handle: pool_handle.clone(),
+                    result: Resolution::Error(OperationError::single(cause.clone())),
+                }
+                .encode(out);
+                let mut answered = Answered::refused(ns, pool_handle, &cause, detail);
+                answered.error = written.err();
+                answered
+            }
+        };
+        Some(answered)
+    }
+}
+
+/// The PEs a policy chose, with the pool's policy.
+type Selected = crate::handlespace::Selected;
+
+/// A resolution answered by [`ReadView::resolve_into`]: what its audit event says, made
+/// only when asked for ([`Self::event`]).
+#[derive(Debug)]
+pub struct Answered {
+    /// The namespace resolved in.
+    pub namespace: Namespace,
+    /// The pool handle resolved.
+    pub pool_handle: PoolHandle,
+    /// `None`: PEs were found; else the spec §4.7 cause code of the refusal.
+    pub outcome: Option<u16>,
+    /// PEs in the answer.
+    pub pes: usize,
+    /// A refusal's reason, when there is more to say than its cause.
+    detail: Option<&'static str>,
+    /// The answer could not be encoded (a bug: nothing was written); it still counts.
+    pub error: Option<::asap::wire::EncodeError>,
+}
+
+impl Answered {
+    fn found(namespace: Namespace, pool_handle: PoolHandle, pes: usize) -> Self {
+        Self {
+            namespace,
+            pool_handle,
+            outcome: None,
+            pes,
+            detail: None,
+            error: None,
+        }
+    }
+
+    fn refused(
+        namespace: Namespace,
+        pool_handle: PoolHandle,
+        cause: &ErrorCause,
+        detail: Option<&'static str>,
+    ) -> Self {
+        Self {
+            namespace,
+            pool_handle,
+            outcome: Some(cause.code()),
+            pes: 0,
+            detail,
+            error: None,
+        }
+    }
+
+    /// The audit event of this resolution by `client`: `{n} PEs` when found, the
+    /// refusal's reason otherwise (after the legacy listener's mark, if any).
+    pub fn event(&self, client: &ClientView) -> AuditEvent {
+        let mut event = client_event(
+            Some(&client.client),
+            &self.namespace,
+            &self.pool_handle,
+            None,
+            AuditAction::Resolve,
+            self.outcome,
+        );
+        if self.outcome.is_none() {
+            let count = self.pes;
+            event.detail = Some(match event.detail.take() {
+                Some(d) => format!("{count} PEs; {d}"),
+                None => format!("{count} PEs"),
+            });
+        } else if let Some(d) = self.detail {
+            event.detail = Some(d.to_owned());
+        }
+        event
     }
 }
 
@@ -281,31 +396,29 @@ impl ReadView {
 /// the header, pool handle and policy.
 const ALWAYS_FIT: usize = 9;
 
-/// Drops the PEs after the first that would take the answer past the message limit (spec
-/// §3.5, 65,532 bytes): PEs with labels (docs/PROTOCOL-EXTENSIONS.md) and long registrant
+/// How many of the PEs, from the first, fit one answer (spec §3.5, 65,532 bytes): PEs with labels (docs/PROTOCOL-EXTENSIONS.md) and long registrant
 /// identities can make 128 PEs more than one message holds. The policy has selected
 /// them already; the answer keeps its order. Only counted beyond [`ALWAYS_FIT`] PEs, so
-/// the usual answers (3 PEs) cost nothing more.
+/// the usual answers (3 PEs) cost nothing more. `plain`: sent without identities.
 fn fit_in_one_message(
     pool_handle: &PoolHandle,
     policy: Option<&::asap::wire::param::Policy>,
-    pool_elements: &mut Vec<::asap::wire::PeEntry>,
-) {
+    pool_elements: &[Arc<::asap::wire::PeEntry>],
+    plain: bool,
+) -> usize {
     use ::asap::wire::param::Param as _;
     if pool_elements.len() <= ALWAYS_FIT {
-        return;
+        return pool_elements.len();
     }
     let mut room = ::asap::wire::limits::MAX_MESSAGE_LEN
         - 4
         - pool_handle.encoded_len()
         - policy.map_or(0, |p| p.encoded_len());
-    let fit = pool_elements
+    pool_elements
         .iter()
         .take_while(|e| {
-            let len =
-                e.pool_element.encoded_len() + e.registrant.as_ref().map_or(0, |r| r.encoded_len());
+            let len = e.encoded_len_as(plain);
             room.checked_sub(len).inspect(|left| room = *left).is_some()
         })
-        .count();
-    pool_elements.truncate(fit);
+        .count()
 }

@@ -472,6 +472,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let in_flight = AtomicUsize::new(0);
     let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
     let served = Mutex::new(Vec::new());
+    let heard = AtomicU64::new(0);
     let here = Here {
         view,
         jobs,
@@ -521,8 +522,9 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     // (issue 20: the resolutions' p99 was twice their median on one server CPU).
     tokio::select! {
         biased;
-        () = read_loop(conn, reader, events, settings.idle_timeout, &limited, counters, here) => {}
+        () = read_loop(conn, reader, events, &heard, &limited, counters, here) => {}
         () = write_counted(write_half, rx, &in_flight, &served) => {}
+        () = idle(&heard, settings.idle_timeout) => tracing::debug!(?conn, "idle: closing"),
         reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
         () = kill.notified() => {}
         () = stopped(stop) => {}
@@ -603,45 +605,55 @@ impl Here<'_> {
         else {
             return Served::Done; // Unreachable: matched above.
         };
-        let rng = self.rng.get_or_insert_with(|| self.view.rng_for(conn));
-        let Some(resolved) =
-            self.view
-                .resolve(client, namespace, pool_handle, option, &hints, rng.rng())
-        else {
+        // Answered only with its record to come: no answer once the daemon is stopping.
+        let Some(jobs) = self.jobs.upgrade() else {
             return Served::Done;
         };
-        // Counted before the answer leaves; its record, in aggregate, within the interval
-        // or when the connection ends ([`tally`]).
-        let Some(jobs) = self.jobs.upgrade() else {
-            return Served::Done; // The daemon is stopping: no answer without its record.
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served.len() >= MAX_SERVED {
+            return Served::Full;
+        }
+        let rng = self.rng.get_or_insert_with(|| self.view.rng_for(conn));
+        // Encoded straight into the write loop's buffer, from the handlespace's entries.
+        let Some(answered) = self.view.resolve_into(
+            client,
+            namespace,
+            pool_handle,
+            option,
+            &hints,
+            rng.rng(),
+            &mut served,
+        ) else {
+            return Served::Done;
         };
-        counters.count(&resolved.event);
-        let pes = match &resolved.response {
-            AsapMsg::HandleResolutionResponse {
-                result: ::asap::wire::Resolution::Found { pool_elements, .. },
-                ..
-            } => pool_elements.len(),
-            _ => 0,
-        };
+        drop(served);
+        if let Some(e) = &answered.error {
+            // Nothing was written; the resolution is still counted and recorded.
+            tracing::error!(?conn, error = %e, "cannot encode a resolution response");
+        }
+        // Counted as the answer leaves; its record, in aggregate, within the interval or
+        // when the connection ends ([`tally`]).
+        counters.count_resolution(Some(&answered.namespace), answered.outcome);
         let (first, written) = {
             let mut t = self
                 .resolutions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            (t.is_empty(), t.note(resolved.event, pes, super::now_ms()))
+            let first = t.is_empty();
+            let written = t.note(
+                Some(&answered.namespace),
+                Some(&answered.pool_handle),
+                answered.outcome,
+                answered.pes,
+                || answered.event(client),
+                super::now_ms,
+            );
+            (first, written)
         };
         if first {
             self.noted.notify_one();
         }
         hand_records(written, &jobs, counters);
-        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        if served.len() >= MAX_SERVED {
-            return Served::Full;
-        }
-        if let Err(e) = resolved.response.encode(&mut served) {
-            // `encode` wrote nothing.
-            tracing::error!(?conn, error = %e, "cannot encode a resolution response");
-        }
         Served::Done
     }
 }
@@ -724,21 +736,46 @@ fn answers_in(bytes: &[u8]) -> usize {
     n
 }
 
+/// Ends when nothing was `heard` for `timeout` (to within a quarter of it).
+///
+/// A watch that wakes four times per timeout instead of a timer per message: wrapping
+/// each read in `tokio::time::timeout` read the clock and put a timer into the wheel
+/// and took it out again for every message (issue 20; in the SCTP guest every clock
+/// read is a system call).
+async fn idle(heard: &AtomicU64, timeout: std::time::Duration) {
+    const STEPS: u32 = 4;
+    // Not zero: a zero timeout would spin.
+    let step = (timeout / STEPS).max(std::time::Duration::from_millis(1));
+    let (mut seen, mut quiet) = (heard.load(Ordering::Relaxed), 0);
+    loop {
+        tokio::time::sleep(step).await;
+        let now = heard.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, quiet) = (now, 0);
+            continue;
+        }
+        quiet += 1;
+        if quiet >= STEPS {
+            return;
+        }
+    }
+}
+
+/// Reads the connection's messages and serves them (here or through the core) until
+/// it ends; counts each in `heard` for [`idle`].
 async fn read_loop<R: AsyncRead + Unpin>(
     conn: ConnId,
     mut reader: MessageReader<R>,
     events: &mpsc::Sender<Event>,
-    idle_timeout: std::time::Duration,
+    heard: &AtomicU64,
     client: &Remote,
     counters: &Counters,
     mut here: Here<'_>,
 ) {
     let mut buckets = Buckets::default();
     loop {
-        let Ok(next) = tokio::time::timeout(idle_timeout, reader.next()).await else {
-            tracing::debug!(?conn, "idle: closing");
-            return;
-        };
+        let next = reader.next().await;
+        heard.fetch_add(1, Ordering::Relaxed);
         let event = match next {
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
                 Ok(msg) => {
@@ -929,6 +966,38 @@ async fn gather<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use ::asap::wire::param::{PeId, PoolHandle, ServerId};
+
+    /// Real time, short: the bounds below do not depend on the machine's speed (a sleep
+    /// is never early), only the "not forever" one is loose.
+    #[tokio::test]
+    async fn a_connection_is_idle_after_its_timeout_of_silence_and_not_before() {
+        use std::time::Duration;
+        let timeout = Duration::from_millis(400);
+        let never = Duration::from_secs(30);
+        let heard = AtomicU64::new(0);
+        // Silent from the start: closed after the timeout.
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(never, idle(&heard, timeout))
+            .await
+            .expect("an idle connection is closed");
+        assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+        // A message every 100 ms keeps it open; the silence after the last one ends it.
+        let start = tokio::time::Instant::now();
+        let talk = async {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                heard.fetch_add(1, Ordering::Relaxed);
+            }
+            start.elapsed()
+        };
+        let (closed, last) = tokio::join!(tokio::time::timeout(never, idle(&heard, timeout)), talk);
+        closed.expect("closed once silent");
+        assert!(
+            start.elapsed() >= last + timeout,
+            "closed {:?} after the start, the last message at {last:?}",
+            start.elapsed()
+        );
+    }
 
     #[test]
     fn every_answer_of_a_gathered_buffer_is_counted() {

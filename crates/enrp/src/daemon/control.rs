@@ -180,6 +180,14 @@ impl Counters {
         self.by_namespace.count(event.namespace.as_ref(), what);
     }
 
+    /// Counts a resolution a connection task answered: found (`outcome` `None`) or
+    /// refused with that cause, as [`Self::count`] counts its event.
+    pub(super) fn count_resolution(&self, namespace: Option<&Namespace>, outcome: Option<u16>) {
+        use super::by_namespace::Counted;
+        let what = outcome.map_or(Counted::Resolution, Counted::Refusal);
+        self.by_namespace.count(namespace, what);
+    }
+
     /// Counts a handshake that failed, by reason (`tls-handshake`, `tls-timeout`, ...).
     pub(super) fn handshake_failed(&self, reason: &'static str) {
         *locked(&self.handshake_failures).entry(reason).or_default() += 1;

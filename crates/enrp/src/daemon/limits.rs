@@ -216,10 +216,13 @@ impl Limiter {
             // would start full anyway.
             ids.retain(|_, b| !b.idle(&self.limits, now));
         }
-        let admitted =
-            ids.entry(id.clone())
-                .or_default()
-                .take(&self.limits, kind, IDENTITY_FACTOR, now);
+        // The identity is cloned only the first time it is seen, not per message.
+        if !ids.contains_key(id) {
+            ids.insert(id.clone(), Buckets::default());
+        }
+        let admitted = ids
+            .get_mut(id)
+            .is_some_and(|b| b.take(&self.limits, kind, IDENTITY_FACTOR, now));
         if admitted {
             Ok(())
         } else {

@@ -72,16 +72,14 @@ impl PoolElement {
     }
 }
 
-impl Param for PoolElement {
-    fn param_type(&self) -> ParamType {
-        ParamType::POOL_ELEMENT
+impl PoolElement {
+    /// The parameter without its Serving Identity (what a legacy client is sent):
+    /// [`crate::wire::AsapMsg::encode_found`].
+    pub(crate) fn write_plain(&self, w: &mut Writer<'_>) {
+        w.param(ParamType::POOL_ELEMENT, |w| self.write_fields(w, false));
     }
 
-    fn is_type(ty: ParamType) -> bool {
-        ty == ParamType::POOL_ELEMENT
-    }
-
-    fn write_value(&self, w: &mut Writer<'_>) {
+    fn write_fields(&self, w: &mut Writer<'_>, serving: bool) {
         w.u32(self.pe_id.get());
         w.u32(self.home_server_id);
         w.i32(self.registration_life);
@@ -96,9 +94,23 @@ impl Param for PoolElement {
         if !self.status.is_default() {
             self.status.write(w);
         }
-        if let Some(s) = &self.serving_identity {
+        if serving && let Some(s) = &self.serving_identity {
             s.write(w);
         }
+    }
+}
+
+impl Param for PoolElement {
+    fn param_type(&self) -> ParamType {
+        ParamType::POOL_ELEMENT
+    }
+
+    fn is_type(ty: ParamType) -> bool {
+        ty == ParamType::POOL_ELEMENT
+    }
+
+    fn write_value(&self, w: &mut Writer<'_>) {
+        self.write_fields(w, true);
     }
 
     fn read_value(

@@ -3,19 +3,39 @@
 
 use super::*;
 
-/// What the view answers `conn` for `pool` (its own stream, as a connection task).
+/// What the view answers `conn` for `pool` (its own stream, as a connection task). Both
+/// ways of the view answer it: `resolve_into` (the connection tasks') must write the bytes
+/// of `resolve`'s response and make its audit event.
 fn from_view(h: &Harness, conn: ConnId, pool: &str) -> Option<Resolution> {
     let view = h.core.read_view();
     let client = view.client(conn)?;
-    let mut rng = view.rng_for(conn);
+    let mut out = vec![0xAB];
+    let answered = view.resolve_into(
+        &client,
+        None,
+        handle(pool),
+        None,
+        &Default::default(),
+        view.rng_for(conn).rng(),
+        &mut out,
+    );
     let resolved = view.resolve(
         &client,
         None,
         handle(pool),
         None,
         &Default::default(),
-        rng.rng(),
-    )?;
+        view.rng_for(conn).rng(),
+    );
+    let Some(resolved) = resolved else {
+        assert!(answered.is_none(), "answered one way only");
+        assert_eq!(out, [0xAB], "nothing written");
+        return None;
+    };
+    let answered = answered.expect("answered both ways");
+    assert!(answered.error.is_none());
+    assert_eq!(out[1..], resolved.response.to_bytes().expect("encodes")[..]);
+    assert_eq!(answered.event(&client), resolved.event);
     match resolved.response {
         AsapMsg::HandleResolutionResponse { result, .. } => Some(result),
         other => panic!("not a resolution response: {other:?}"),
