@@ -154,6 +154,31 @@ fn main() {
         medians[0].resolutions / medians[1].resolutions.max(1e-9),
         medians[0].registrations / medians[1].registrations.max(1e-9)
     );
+    // Issue 20's measure: CPU per operation, each round's rsp against the same round's
+    // RSPLIB (they ran back to back, so a slower machine slows both).
+    let ratios = |cpu: fn(&Rates) -> f64| -> Vec<f64> {
+        results[0]
+            .1
+            .iter()
+            .zip(&results[1].1)
+            .map(|(rsp, rsplib)| cpu(rsp) / cpu(rsplib).max(1e-9))
+            .collect()
+    };
+    let show = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let each: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+        format!(
+            "{} (median {:.2})",
+            each.join(", "),
+            sorted[sorted.len() / 2]
+        )
+    };
+    println!(
+        "CPU per operation, rsp / RSPLIB, by round: resolutions {}; registrations {} (issue 20 target <= 1)",
+        show(&ratios(|r| r.res_cpu_us)),
+        show(&ratios(|r| r.reg_cpu_us))
+    );
 }
 
 #[derive(Clone, Copy, Default)]
