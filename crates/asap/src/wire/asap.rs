@@ -64,6 +64,17 @@ impl PeEntry {
         }
     }
 
+    /// The entry as a resolution response carries it; `plain`: without its registrant
+    /// and serving identities (what a legacy client is sent).
+    pub fn as_sent(&self, plain: bool) -> Self {
+        let mut e = self.clone();
+        if plain {
+            e.registrant = None;
+            e.pool_element.serving_identity = None;
+        }
+        e
+    }
+
     /// Bytes the entry takes in a resolution response ([`AsapMsg::encode_found`]).
     pub fn encoded_len_as(&self, plain: bool) -> usize {
         let mut w = Writer::counter();

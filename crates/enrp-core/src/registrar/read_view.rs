@@ -215,6 +215,39 @@ impl ReadView {
         found.ok_or((ErrorCause::UnknownPoolHandle, None))
     }
 
+    /// What `client` is answered for `pool_handle` (in `namespace`, else its default one),
+    /// not yet encoded: `None` when the client was revoked (nothing it sends is answered).
+    fn choose(
+        &self,
+        client: &ClientView,
+        namespace: Option<Namespace>,
+        pool_handle: &PoolHandle,
+        option: Option<HandleResolutionOption>,
+        hints: &Labels,
+        rng: &mut dyn Rng,
+    ) -> Option<(Namespace, Choice)> {
+        if client.revoked() {
+            return None;
+        }
+        let ns = namespace.unwrap_or_else(|| client.default_namespace());
+        let choice = match self.select(client, &ns, pool_handle, option, hints, rng) {
+            Ok((policy, pes)) => {
+                // A legacy client cannot check a registrant, and RSPLIB loses its place in
+                // a message at a parameter whose length is not a multiple of 4: send none.
+                let plain = is_legacy(&client.client.id);
+                let n = fit_in_one_message(pool_handle, policy.as_ref(), &pes, plain);
+                Choice::Found(Chosen {
+                    policy,
+                    pes,
+                    n,
+                    plain,
+                })
+            }
+            Err((cause, detail)) => Choice::Refused(cause, detail),
+        };
+        Some((ns, choice))
+    }
+
     /// Spec §7.3 for `client`: the answer and its audit event ([`Self::select`]).
     /// `None` when the client was revoked: nothing it sends is answered.
     pub fn resolve(
@@ -226,47 +259,25 @@ impl ReadView {
         hints: &Labels,
         rng: &mut dyn Rng,
     ) -> Option<Resolved> {
-        if client.revoked() {
-            return None;
-        }
-        let ns = namespace.unwrap_or_else(|| client.default_namespace());
-        let (policy, pes) = match self.select(client, &ns, &pool_handle, option, hints, rng) {
-            Ok(found) => found,
-            Err((cause, detail)) => {
-                let answered = Answered::refused(ns, pool_handle, &cause, detail);
-                return Some(Resolved {
-                    event: answered.event(client),
-                    response: AsapMsg::HandleResolutionResponse {
-                        pool_handle: answered.pool_handle,
-                        result: Resolution::Error(OperationError::single(cause)),
-                    },
-                });
-            }
+        let (ns, choice) = self.choose(client, namespace, &pool_handle, option, hints, rng)?;
+        let (answered, result) = match choice {
+            Choice::Refused(cause, detail) => (
+                Answered::refused(ns, pool_handle, &cause, detail),
+                Resolution::Error(OperationError::single(cause)),
+            ),
+            Choice::Found(c) => (
+                Answered::found(ns, pool_handle, c.n),
+                Resolution::Found {
+                    pool_elements: c.pes[..c.n].iter().map(|e| e.as_sent(c.plain)).collect(),
+                    policy: c.policy,
+                },
+            ),
         };
-        // A legacy client cannot check a registrant, and RSPLIB loses its place in a
-        // message at a parameter whose length is not a multiple of 4: send none.
-        let plain = is_legacy(&client.client.id);
-        let n = fit_in_one_message(&pool_handle, policy.as_ref(), &pes, plain);
-        let pool_elements: Vec<_> = pes[..n]
-            .iter()
-            .map(|e| {
-                let mut e = (**e).clone();
-                if plain {
-                    e.registrant = None;
-                    e.pool_element.serving_identity = None;
-                }
-                e
-            })
-            .collect();
-        let answered = Answered::found(ns, pool_handle, n);
         Some(Resolved {
             event: answered.event(client),
             response: AsapMsg::HandleResolutionResponse {
                 pool_handle: answered.pool_handle,
-                result: Resolution::Found {
-                    policy,
-                    pool_elements,
-                },
+                result,
             },
         })
     }
@@ -287,33 +298,43 @@ impl ReadView {
         rng: &mut dyn Rng,
         out: &mut Vec<u8>,
     ) -> Option<Answered> {
-        if client.revoked() {
-            return None;
-        }
-        let ns = namespace.unwrap_or_else(|| client.default_namespace());
-        let answered = match self.select(client, &ns, &pool_handle, option, hints, rng) {
-            Ok((policy, pes)) => {
-                let plain = is_legacy(&client.client.id);
-                let n = fit_in_one_message(&pool_handle, policy.as_ref(), &pes, plain);
-                let written =
-                    AsapMsg::encode_found(out, &pool_handle, policy.as_ref(), &pes[..n], plain);
-                let mut answered = Answered::found(ns, pool_handle, n);
-                answered.error = written.err();
-                answered
-            }
-            Err((cause, detail)) => {
+        let (ns, choice) = self.choose(client, namespace, &pool_handle, option, hints, rng)?;
+        let (mut answered, written) = match choice {
+            Choice::Refused(cause, detail) => {
                 let written = AsapMsg::HandleResolutionResponse {
                     pool_handle: pool_handle.clone(),
                     result: Resolution::Error(OperationError::single(cause.clone())),
                 }
                 .encode(out);
-                let mut answered = Answered::refused(ns, pool_handle, &cause, detail);
-                answered.error = written.err();
-                answered
+                (Answered::refused(ns, pool_handle, &cause, detail), written)
+            }
+            Choice::Found(c) => {
+                let pes = &c.pes[..c.n];
+                let written =
+                    AsapMsg::encode_found(out, &pool_handle, c.policy.as_ref(), pes, c.plain);
+                (Answered::found(ns, pool_handle, c.n), written)
             }
         };
+        answered.error = written.err();
         Some(answered)
     }
+}
+
+/// A resolution's answer before it is encoded ([`ReadView::choose`]).
+enum Choice {
+    /// Refused with this cause, and a reason when there is more to say.
+    Refused(ErrorCause, Option<&'static str>),
+    /// PEs found.
+    Found(Chosen),
+}
+
+/// The PEs a resolution answers with: the first `n` of `pes` (what fits one message), with
+/// the pool's policy; `plain`: without identities.
+struct Chosen {
+    policy: Option<::asap::wire::param::Policy>,
+    pes: Vec<Arc<::asap::wire::PeEntry>>,
+    n: usize,
+    plain: bool,
 }
 
 /// The PEs a policy chose, with the pool's policy.
