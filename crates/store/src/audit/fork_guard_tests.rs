@@ -434,3 +434,35 @@ async fn a_writers_stale_append_point_is_refused_and_changes_nothing() {
     assert_eq!(r.checked, 8 + COMMIT_AT_MAX as u64);
     assert_eq!(r.head, end.prev, "the point returned is the chain's head");
 }
+
+/// `commit_at` is one `INSERT` that commits by itself. Inside a transaction it would not
+/// be durable when it returned, so it refuses to run there, writing nothing; the writer
+/// then takes its slow path.
+#[tokio::test]
+async fn a_commit_inside_a_transaction_is_refused_and_writes_nothing() {
+    let db = crate::db::test_db::sqlite_file().await;
+    let store = db.store.clone();
+    let records: Vec<Record> = (0..2).map(sample).collect();
+    let two: Vec<&Record> = records.iter().collect();
+    let fresh = AppendPoint {
+        next: 1,
+        prev: GENESIS,
+    };
+    let mut conn = store.acquire().await.expect("conn");
+    {
+        let sqlite = crate::db::test_db::sqlite_conn(&mut conn);
+        let mut tx = sqlite.begin().await.expect("begin");
+        let err = commit_at(&mut tx, &Chain::Local, &two, fresh)
+            .await
+            .expect_err("inside a transaction");
+        assert!(err.to_string().contains("inside a transaction"), "{err}");
+        tx.commit().await.expect("commit nothing");
+    }
+    assert_eq!(max_id(&mut conn).await, 0, "nothing written");
+    let sqlite = crate::db::test_db::sqlite_conn(&mut conn);
+    let end = commit_at(sqlite, &Chain::Local, &two, fresh)
+        .await
+        .expect("outside one");
+    assert_eq!(end.next, 3);
+    assert_eq!(max_id(&mut conn).await, 2);
+}

@@ -625,16 +625,22 @@ fn chain_rows(chain: &Chain, records: &[&Record], at: AppendPoint) -> (Vec<Row>,
 pub(crate) const COMMIT_AT_MAX: usize = INSERT_WIDE_ROWS;
 
 /// The audit writer's commit on SQLite when it knows where its chain ends (`at`: where its
-/// previous commit left it): `BEGIN IMMEDIATE; INSERT …; COMMIT` as one query, i.e. one
-/// round trip to sqlx's SQLite thread instead of one per statement (begin, head read,
-/// inserts, commit: ~12 for 30 records, each a wake-up of that thread and of the
-/// writer's task; issue 20). At most [`COMMIT_AT_MAX`] records.
+/// previous commit left it): one multi-row `INSERT` in autocommit mode, i.e. one
+/// statement and one round trip to sqlx's SQLite thread instead of one per statement
+/// (begin, head read, inserts, commit: ~12 for 30 records, each a wake-up of that thread
+/// and of the writer's task; issue 20). SQLite runs a lone statement as its own
+/// transaction: it takes the write lock before it reads (a writing statement's
+/// transaction starts as `BEGIN IMMEDIATE` does, waiting out the busy timeout), commits
+/// with the same `fsync` as a `COMMIT`, and an error anywhere, a trigger's `RAISE(ABORT)`
+/// included, leaves none of its rows. (`BEGIN IMMEDIATE; INSERT; COMMIT` did the same in
+/// three statements: three results for sqlx's thread to send back, each a wake-up of the
+/// writer's task.) At most [`COMMIT_AT_MAX`] records.
 ///
 /// `at` is not trusted: if anyone else appended since (the admin API's [`append_in`],
 /// another process), the fork guard (migrations/0008, `audit_events_append_at_head`)
 /// refuses the first row, since its id is no longer past every id or its `prev_hash` is
-/// no longer the head's, and nothing is inserted. On any error the transaction is rolled
-/// back and the caller reads the head ([`insert_at_head`]). Returns where the chain ends.
+/// no longer the head's, and nothing is inserted. The caller then reads the head
+/// ([`insert_at_head`]). Returns where the chain ends.
 pub(crate) async fn commit_at(
     conn: &mut sqlx::SqliteConnection,
     chain: &Chain,
@@ -642,31 +648,29 @@ pub(crate) async fn commit_at(
     at: AppendPoint,
 ) -> Result<AppendPoint> {
     debug_assert!(!records.is_empty() && records.len() <= COMMIT_AT_MAX);
+    // The insert commits by itself only outside a transaction: inside one, it would be
+    // acknowledged before it is durable. The writer's connection opens none of its own
+    // but through sqlx, which counts them; the caller takes the slow path instead.
+    if sqlx::Connection::is_in_transaction(&*conn) {
+        return Err(Error::Conflict {
+            what: "audit commit",
+            reason: "the writer's connection is inside a transaction",
+        });
+    }
     let (rows, end) = chain_rows(chain, records, at);
     let key = chain.key();
     let mut query = sqlx::query(COMMIT_AT[rows.len() - 1].as_str());
     for (id, cols, prev, hash) in rows {
         query = bind_row!(query, id, key, cols, &prev, &hash);
     }
-    match sqlx::Executor::execute(&mut *conn, query).await {
-        Ok(_) => Ok(end),
-        Err(err) => {
-            // The BEGIN may have run and the COMMIT not: end the transaction, if any
-            // (SQLite refuses a ROLLBACK outside one; nothing to undo then).
-            let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
-            Err(err.into())
-        }
-    }
+    sqlx::Executor::execute(&mut *conn, query).await?;
+    Ok(end)
 }
 
-/// `BEGIN IMMEDIATE; INSERT … (n rows); COMMIT` for n = 1 ..= [`COMMIT_AT_MAX`]: sqlx binds
-/// the anonymous placeholders across the statements in order. Built once from constants,
-/// never from data.
-static COMMIT_AT: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (1..=COMMIT_AT_MAX)
-        .map(|rows| format!("BEGIN IMMEDIATE; {}; COMMIT", insert_sql(rows)))
-        .collect()
-});
+/// `INSERT … (n rows)` for n = 1 ..= [`COMMIT_AT_MAX`]. Built once from constants, never
+/// from data.
+static COMMIT_AT: LazyLock<Vec<String>> =
+    LazyLock::new(|| (1..=COMMIT_AT_MAX).map(insert_sql).collect());
 
 /// Inserts chained rows, few statements per batch: every statement is a round trip to
 /// sqlx's SQLite thread, which costs more than the insert itself.
