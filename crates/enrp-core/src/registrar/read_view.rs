@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng as _};
 
 use super::{AuditEvent, Config, ConnId, Remote, client_event, is_legacy, permits};
-use crate::handlespace::HandlespaceView;
+use crate::handlespace::{HandlespaceView, Selected};
 
 /// What a connection task reads to answer a resolution (module docs).
 #[derive(Debug)]
@@ -336,9 +336,6 @@ struct Chosen {
     n: usize,
     plain: bool,
 }
-
-/// The PEs a policy chose, with the pool's policy.
-type Selected = crate::handlespace::Selected;
 
 /// A resolution answered by [`ReadView::resolve_into`]: what its audit event says, made
 /// only when asked for ([`Self::event`]).

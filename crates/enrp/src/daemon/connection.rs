@@ -575,8 +575,8 @@ enum Served {
     Done,
     /// Not for here: the core answers it.
     ToCore(Decoded<AsapMsg>),
-    /// The send queue is full: the client does not read its answers (threat T-15); for
-    /// the answers made here, [`MAX_SERVED`] bytes wait.
+    /// [`MAX_SERVED`] bytes of answers made here wait: the client does not read its
+    /// answers (threat T-15).
     Full,
 }
 

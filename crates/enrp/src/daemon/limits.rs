@@ -216,13 +216,12 @@ impl Limiter {
             // would start full anyway.
             ids.retain(|_, b| !b.idle(&self.limits, now));
         }
-        // The identity is cloned only the first time it is seen, not per message.
-        if !ids.contains_key(id) {
-            ids.insert(id.clone(), Buckets::default());
-        }
-        let admitted = ids
-            .get_mut(id)
-            .is_some_and(|b| b.take(&self.limits, kind, IDENTITY_FACTOR, now));
+        // One lookup per message; the identity is cloned only the first time it is seen.
+        let take = |b: &mut Buckets| b.take(&self.limits, kind, IDENTITY_FACTOR, now);
+        let admitted = match ids.get_mut(id) {
+            Some(b) => take(b),
+            None => take(ids.entry(id.clone()).or_default()),
+        };
         if admitted {
             Ok(())
         } else {

@@ -96,15 +96,17 @@ impl Tally {
         if self.add(ns, pool, &outcome, pes) {
             return Vec::new();
         }
+        let full = self.entries.len() >= MAX_KEYS;
+        // A refusal for one more pool: counted under its outcome alone (a client probing
+        // pools ends here for each probe: no event made, no clock read).
+        if full && outcome != Outcome::Ok && self.add(None, None, &outcome, pes) {
+            return Vec::new();
+        }
         let mut event = event();
         let now_ms = now_ms();
         let mut written = Vec::new();
-        if self.entries.len() >= MAX_KEYS {
+        if full {
             if outcome != Outcome::Ok {
-                // A refusal for one more pool: counted under its outcome alone.
-                if self.add(None, None, &outcome, pes) {
-                    return written;
-                }
                 event.namespace = None;
                 event.pool_handle = None;
                 event.detail = Some(format!("of pools beyond the {MAX_KEYS} tallied"));
@@ -284,12 +286,24 @@ mod tests {
             assert!(t.entries.len() <= MAX_KEYS + 1);
         }
         assert!(written.is_empty());
+        // Probing past the bound only counts: no event is made, no clock read.
+        let ns = Namespace::new("default").expect("namespace");
+        let probe = PoolHandle::new(b"probe").expect("pool");
+        let counted = t.note(
+            Some(&ns),
+            Some(&probe),
+            Some(9),
+            0,
+            || panic!("an event made for a counted probe"),
+            || panic!("the clock read for a counted probe"),
+        );
+        assert!(counted.is_empty());
         // A new successful key at the bound writes the tally out.
         written.extend(note(&mut t, event("echo", None), 3, 10));
         assert_eq!(written.len(), MAX_KEYS + 1);
         assert_eq!(t.entries.len(), 1);
         written.extend(t.take(20));
-        assert_eq!(total(&written), 1001);
+        assert_eq!(total(&written), 1002);
         let beyond = written
             .iter()
             .find(|r| r.pool.is_none())
@@ -298,7 +312,7 @@ mod tests {
             beyond
                 .detail
                 .as_deref()
-                .is_some_and(|d| d.starts_with(&format!("{} resolutions", 1000 - MAX_KEYS))),
+                .is_some_and(|d| d.starts_with(&format!("{} resolutions", 1001 - MAX_KEYS))),
             "{beyond:?}"
         );
     }

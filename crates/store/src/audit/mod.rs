@@ -659,18 +659,13 @@ pub(crate) async fn commit_at(
     }
     let (rows, end) = chain_rows(chain, records, at);
     let key = chain.key();
-    let mut query = sqlx::query(COMMIT_AT[rows.len() - 1].as_str());
+    let mut query = sqlx::query(insert_stmt(rows.len()));
     for (id, cols, prev, hash) in rows {
         query = bind_row!(query, id, key, cols, &prev, &hash);
     }
     sqlx::Executor::execute(&mut *conn, query).await?;
     Ok(end)
 }
-
-/// `INSERT … (n rows)` for n = 1 ..= [`COMMIT_AT_MAX`]. Built once from constants, never
-/// from data.
-static COMMIT_AT: LazyLock<Vec<String>> =
-    LazyLock::new(|| (1..=COMMIT_AT_MAX).map(insert_sql).collect());
 
 /// Inserts chained rows, few statements per batch: every statement is a round trip to
 /// sqlx's SQLite thread, which costs more than the insert itself.
@@ -680,11 +675,11 @@ async fn insert_rows<C: Conn + ?Sized>(conn: &mut C, chain: &Chain, rows: Vec<Ro
     let mut left = rows.len();
     while left > 0 {
         let (n, sql) = if left >= INSERT_WIDE_ROWS {
-            (INSERT_WIDE_ROWS, INSERT_WIDE.as_str())
+            (INSERT_WIDE_ROWS, insert_stmt(INSERT_WIDE_ROWS))
         } else if left >= INSERT_MID_ROWS {
-            (INSERT_MID_ROWS, INSERT_MID.as_str())
+            (INSERT_MID_ROWS, insert_stmt(INSERT_MID_ROWS))
         } else {
-            (1, INSERT_ONE.as_str())
+            (1, insert_stmt(1))
         };
         with_conn!(&mut *conn, sql, |c, sql| {
             let mut query = sqlx::query(sql);
@@ -750,9 +745,16 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-static INSERT_WIDE: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_WIDE_ROWS));
-static INSERT_MID: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_MID_ROWS));
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+/// [`insert_sql`] for every count of rows up to [`INSERT_WIDE_ROWS`], built once.
+static INSERTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| (1..=INSERT_WIDE_ROWS).map(insert_sql).collect());
+
+/// The insert of `rows` rows (1 ..= [`INSERT_WIDE_ROWS`]). [`insert_rows`] uses three of
+/// them (64, 8, 1 rows: few statements kept prepared per connection, PostgreSQL's
+/// included); the writer's [`commit_at`] any, on its one SQLite connection.
+fn insert_stmt(rows: usize) -> &'static str {
+    INSERTS[rows.clamp(1, INSERT_WIDE_ROWS) - 1].as_str()
+}
 
 // ---------------------------------------------------------------------------------------
 // Verification

@@ -341,17 +341,10 @@ async fn a_stored_subject_the_types_refuse_still_reads_and_verifies() {
         let (last, prev) = head(&mut conn, &Chain::Local).await.expect("head");
         let id = last + 1;
         let hash = chain_hash(&prev, "", id, &columns);
-        bind_row!(
-            sqlx::query(INSERT_ONE.as_str()),
-            id,
-            "",
-            columns,
-            &prev,
-            &hash
-        )
-        .execute(sqlite_conn(&mut conn))
-        .await
-        .expect("insert");
+        bind_row!(sqlx::query(insert_stmt(1)), id, "", columns, &prev, &hash)
+            .execute(sqlite_conn(&mut conn))
+            .await
+            .expect("insert");
     }
     let report = verify_chain(&mut conn, &Chain::Local)
         .await
