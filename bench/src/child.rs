@@ -122,8 +122,13 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration, postgres: bool
         match command.trim() {
             "stats" => {
                 let s = audit.stats();
-                let resolutions = audited_resolutions(data, store_url.as_deref()).await;
-                println!("stats {} {} {resolutions}", s.records, s.transactions);
+                let url = store_url.as_deref();
+                let resolutions = audited(data, url, &["resolve"]).await;
+                let registrations = audited(data, url, &["register", "reregister"]).await;
+                println!(
+                    "stats {} {} {resolutions} {registrations}",
+                    s.records, s.transactions
+                );
             }
             "stop" => break,
             _ => {}
@@ -134,33 +139,35 @@ async fn registrar(pki: &Path, data: &Path, keep_alive: Duration, postgres: bool
     println!("stopped");
 }
 
-/// How many resolutions the committed `resolve` records account for: fast-path ones are
-/// audited in aggregate, a record per connection, pool and outcome per second with its
-/// count (`enrp::daemon::resolutions_in`). Read back from the audit table, as an auditor
-/// would.
-async fn audited_resolutions(data: &Path, url: Option<&str>) -> u64 {
+/// How many operations the committed records of `actions` account for: resolutions and
+/// unchanged re-registrations answered by a connection task are audited in aggregate, a
+/// record per connection, pool and outcome per second with its count
+/// (`enrp::daemon::resolutions_in`). Read back from the audit table, as an auditor would.
+async fn audited(data: &Path, url: Option<&str>, actions: &[&str]) -> u64 {
     let store = match url {
         Some(url) => store::db::Store::connect(url, &Default::default()).await,
         None => store::db::Store::open(data, &Default::default()).await,
     }
     .expect("a second store on the registrar's database");
     let mut conn = store.acquire().await.expect("connection");
-    let mut filter = store::audit::AuditFilter::default();
-    filter.action = Some("resolve".into());
-    filter.limit = 1000;
     let mut sum = 0;
-    loop {
-        let page = store::audit::query(&mut conn, &filter)
-            .await
-            .expect("audit query");
-        sum += page
-            .events
-            .iter()
-            .map(|e| enrp::daemon::resolutions_in(e.record.detail.as_deref()))
-            .sum::<u64>();
-        match page.next {
-            Some(next) => filter.cursor = Some(next),
-            None => break,
+    for action in actions {
+        let mut filter = store::audit::AuditFilter::default();
+        filter.action = Some((*action).into());
+        filter.limit = 1000;
+        loop {
+            let page = store::audit::query(&mut conn, &filter)
+                .await
+                .expect("audit query");
+            sum += page
+                .events
+                .iter()
+                .map(|e| enrp::daemon::resolutions_in(e.record.detail.as_deref()))
+                .sum::<u64>();
+            match page.next {
+                Some(next) => filter.cursor = Some(next),
+                None => break,
+            }
         }
     }
     drop(conn);
@@ -292,9 +299,9 @@ impl ChildProc {
         read_line(&mut self.stdout)
     }
 
-    /// Audit records and transactions committed so far, and the resolutions the records
-    /// account for (registrar only).
-    pub(crate) fn audit(&mut self) -> (u64, u64, u64) {
+    /// Audit records and transactions committed so far, and the resolutions and the
+    /// registrations the records account for (registrar only).
+    pub(crate) fn audit(&mut self) -> (u64, u64, u64, u64) {
         let line = self.ask("stats");
         let n: Vec<u64> = line
             .strip_prefix("stats ")
@@ -302,7 +309,7 @@ impl ChildProc {
             .split_whitespace()
             .filter_map(|v| v.parse().ok())
             .collect();
-        (n[0], n[1], n[2])
+        (n[0], n[1], n[2], n[3])
     }
 
     /// SIGKILL: the process dies as a crashed PE does, without deregistering.

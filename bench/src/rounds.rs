@@ -285,12 +285,13 @@ pub(crate) async fn rsp_connections(
 
 /// Waits until the registrar's committed audit records, and the resolutions they account
 /// for, stop changing for 1.2 s (batched records are committed within the batch delay; a
-/// connection's resolutions are written once a second, `enrp`'s `tally::INTERVAL`), at
-/// most 10 s; returns (records, resolutions audited).
-pub(crate) async fn settled_audit(registrar: &mut ChildProc) -> (u64, u64) {
+/// connection's resolutions and unchanged re-registrations are written once a second,
+/// `enrp`'s `tally::INTERVAL`), at most 10 s; returns (records, resolutions audited,
+/// registrations audited).
+pub(crate) async fn settled_audit(registrar: &mut ChildProc) -> (u64, u64, u64) {
     let counts = |r: &mut ChildProc| {
-        let (records, _, resolutions) = r.audit();
-        (records, resolutions)
+        let (records, _, resolutions, registrations) = r.audit();
+        (records, resolutions, registrations)
     };
     let mut last = counts(registrar);
     let mut same = 0;

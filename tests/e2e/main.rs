@@ -19,6 +19,7 @@ mod latency;
 mod metrics;
 mod partition;
 mod peering;
+mod refresh;
 mod registrar;
 mod restart;
 mod retention;

@@ -41,6 +41,11 @@ impl Pool {
         self.entries.get(&pe_id).map(|e| &**e)
     }
 
+    /// The PE with this ID as the pool shares it with readers (the same `Arc`).
+    pub fn shared_entry(&self, pe_id: PeId) -> Option<&Arc<PeEntry>> {
+        self.entries.get(&pe_id)
+    }
+
     /// The PEs in PE ID order.
     pub fn entries(&self) -> impl Iterator<Item = &PeEntry> {
         self.entries.values().map(|e| &**e)

@@ -63,6 +63,16 @@ impl PoolView {
         Some((s.policy, pes))
     }
 
+    /// Whether the pool holds `entry` itself (the same `Arc`, not an equal copy): nothing
+    /// changed or replaced that PE since the core stored it (an unchanged re-registration,
+    /// [`crate::registrar::ReadView::refresh`]).
+    pub fn holds(&self, entry: &Arc<PeEntry>) -> bool {
+        let s = self.lock();
+        s.by_id
+            .get(&entry.pool_element.pe_id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
     /// The state, for the core's changes ([`super::Pool`]).
     pub(super) fn lock(&self) -> MutexGuard<'_, Selectable> {
         // A panic while it was held left a whole state (each change is one call that

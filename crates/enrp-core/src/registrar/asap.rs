@@ -1,6 +1,7 @@
 //! The ASAP server procedures of a registrar (spec §7, §12): registration,
 //! deregistration, handle resolution, endpoint keep-alive, endpoint unreachable, errors.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ::asap::wire::param::{
@@ -382,6 +383,15 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&conn) {
             owned.serial = Some((c.client.id.trust_domain(), c.client.serial.clone()));
             c.add_pe(key.clone());
+            // The entry as stored: the same PE again on this connection is acknowledged
+            // by the connection task ([`super::ReadView::refresh`]).
+            if let Some(entry) = self
+                .handlespace
+                .pool(&ns, &pool_handle)
+                .and_then(|p| p.shared_entry(pe_id))
+            {
+                c.view.bind(Arc::clone(entry));
+            }
         }
         if rtt.is_some() {
             self.handlespace

@@ -26,6 +26,7 @@ mod drain;
 mod enrp;
 mod legacy;
 mod read_view;
+mod refresh;
 mod removals;
 mod rtt;
 mod timers;
@@ -59,6 +60,7 @@ pub use legacy::{
     is_legacy, is_legacy_peer, legacy_identity, legacy_peer_identity, legacy_registrant,
 };
 pub use read_view::{Answered, ClientView, ConnRng, ReadView, Resolved};
+pub use refresh::Refresh;
 use removals::audit_removal;
 pub use timers::Timers;
 
@@ -108,6 +110,16 @@ pub enum Input {
         conn: ConnId,
         /// Why.
         error: DecodeError,
+    },
+    /// Unchanged re-registrations that the connection task acknowledged itself
+    /// ([`ReadView::refresh`]), in the order they came, for the core to apply
+    /// ([`refresh`]). The connection task sends them before any other input of the
+    /// connection, so the core sees its messages in order.
+    Refreshed {
+        /// The connection they came on.
+        conn: ConnId,
+        /// What was re-registered.
+        refreshed: Vec<Refresh>,
     },
     /// The connection closed (by the peer, a framing fault, or an earlier [`Action::Close`]).
     Closed {
@@ -347,6 +359,7 @@ impl Connection {
     }
 
     fn remove_pe(&mut self, key: &PeKey) {
+        self.view.unbind(key.2);
         if self.pes.remove(key)
             && let Some(n) = self.namespaces.get_mut(&key.0)
         {
@@ -642,6 +655,11 @@ impl Core {
             }
             Input::Asap { conn, msg } => self.on_asap(conn, msg, now, &mut out),
             Input::Malformed { conn, error } => self.on_malformed(conn, &error, &mut out),
+            Input::Refreshed { conn, refreshed } => {
+                for r in refreshed {
+                    self.on_refreshed(conn, r, now, &mut out);
+                }
+            }
             Input::Closed { conn } => self.on_closed(conn, now),
             // The same grants again (a fleet's periodic re-read sets them every
             // `fleet_resync_secs`): every PE present is allowed by them already, so the
@@ -671,14 +689,20 @@ impl Core {
                 namespace,
                 pool_handle,
                 declared,
-            } => match declared {
-                Some(d) => {
-                    self.declared.insert((namespace, pool_handle), d);
+            } => {
+                // A re-registration in the pool is the core's to judge again.
+                for c in self.conns.values() {
+                    c.view.unbind_all();
                 }
-                None => {
-                    self.declared.remove(&(namespace, pool_handle));
+                match declared {
+                    Some(d) => {
+                        self.declared.insert((namespace, pool_handle), d);
+                    }
+                    None => {
+                        self.declared.remove(&(namespace, pool_handle));
+                    }
                 }
-            },
+            }
             Input::PeerUp {
                 conn,
                 peer,
@@ -776,9 +800,7 @@ impl Core {
     }
 
     /// Why `id` may not hold a PE carrying `labels` in `handle` of `ns`, or `None` when it
-    /// may: a register grant that admits every label (issue 23: grants may restrict the
-    /// labels an identity sets). Legacy identities set no labels (RSPLIB knows none); they
-    /// are held to [`Self::permits`] alone.
+    /// may ([`register_refusal`]).
     fn register_refusal(
         &self,
         id: &SpiffeId,
@@ -786,25 +808,43 @@ impl Core {
         handle: &PoolHandle,
         labels: &::asap::wire::param::Labels,
     ) -> Option<String> {
-        if is_legacy(id) {
-            return (!self.permits(id, ns, handle, identity::Action::Register))
-                .then(|| "no register grant for this pool".to_owned());
-        }
-        match identity::register_allowed(
-            &self.grants,
+        let legacy = self.config.legacy_namespace.as_ref();
+        register_refusal(&self.grants, legacy, id, ns, handle, labels)
+    }
+}
+
+/// Why `id` may not hold a PE carrying `labels` in `handle` of `ns` under `grants`, or
+/// `None` when it may: a register grant that admits every label (issue 23: grants may
+/// restrict the labels an identity sets). Legacy identities set no labels (RSPLIB knows
+/// none); they are held to [`permits`] alone. The core's check, and the [`ReadView`]'s
+/// for an unchanged re-registration.
+fn register_refusal(
+    grants: &[Grant],
+    legacy_namespace: Option<&Namespace>,
+    id: &SpiffeId,
+    ns: &Namespace,
+    handle: &PoolHandle,
+    labels: &::asap::wire::param::Labels,
+) -> Option<String> {
+    if is_legacy(id) {
+        return (!permits(
+            grants,
+            legacy_namespace,
             id,
-            ns.as_str(),
-            handle.as_bytes(),
-            labels.iter(),
-        ) {
-            Ok(()) => None,
-            Err(identity::RegisterRefusal::NoGrant) => {
-                Some("no register grant for this pool".to_owned())
-            }
-            Err(identity::RegisterRefusal::Label(k, v)) => Some(format!(
-                "label {k}={v} is not allowed by a register grant for this pool"
-            )),
+            ns,
+            handle,
+            identity::Action::Register,
+        ))
+        .then(|| "no register grant for this pool".to_owned());
+    }
+    match identity::register_allowed(grants, id, ns.as_str(), handle.as_bytes(), labels.iter()) {
+        Ok(()) => None,
+        Err(identity::RegisterRefusal::NoGrant) => {
+            Some("no register grant for this pool".to_owned())
         }
+        Err(identity::RegisterRefusal::Label(k, v)) => Some(format!(
+            "label {k}={v} is not allowed by a register grant for this pool"
+        )),
     }
 }
 

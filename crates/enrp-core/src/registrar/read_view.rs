@@ -17,21 +17,29 @@
 //!
 //! A connection not yet announced to the core (its `Connected` still queued) has no
 //! [`ClientView`]: its resolutions go through the core, in order.
+//!
+//! The same view answers an unchanged re-registration ([`ReadView::refresh`], issue 20):
+//! the core binds each PE it registered to its connection's [`ClientView`] with the very
+//! entry it stored, and a re-registration on that connection that would store the same
+//! entry again is acknowledged here; the core applies it later ([`super::refresh`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use ::asap::wire::param::{
-    ErrorCause, HandleResolutionOption, Labels, Namespace, OperationError, PoolHandle,
+    ErrorCause, HandleResolutionOption, Labels, Namespace, OperationError, PeId, PoolElement,
+    PoolHandle,
 };
-use ::asap::wire::{AsapMsg, Resolution};
+use ::asap::wire::{AsapMsg, PeEntry, Resolution};
 use identity::Grant;
 use identity::audit::AuditAction;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng as _};
 
-use super::{AuditEvent, Config, ConnId, Remote, client_event, is_legacy, permits};
+use super::{
+    AuditEvent, Config, ConnId, Remote, client_event, is_legacy, permits, register_refusal,
+};
 use crate::handlespace::{HandlespaceView, Selected};
 
 /// What a connection task reads to answer a resolution (module docs).
@@ -55,6 +63,12 @@ pub struct ClientView {
     default_namespace: RwLock<Namespace>,
     /// Its certificate is revoked: it is being closed and nothing it sends counts.
     revoked: AtomicBool,
+    /// The entries the core stored for the PEs it registered on this connection, by PE
+    /// ID ([`ReadView::refresh`]): at most the connection's PEs (the core unbinds a PE
+    /// when it leaves the connection), a pointer each. One per PE ID: a PE ID registered
+    /// in two pools on one connection keeps the later binding, and the other pool's
+    /// re-registrations go to the core.
+    bound: std::sync::Mutex<crate::hash::HashMap<PeId, Arc<PeEntry>>>,
 }
 
 /// A resolution's answer and its audit event (written [`Batched`](identity::audit::Durability::Batched)).
@@ -83,7 +97,54 @@ impl ClientView {
             client,
             default_namespace: RwLock::new(default_namespace),
             revoked: AtomicBool::new(revoked),
+            bound: std::sync::Mutex::default(),
         }
+    }
+
+    fn bound(&self) -> std::sync::MutexGuard<'_, crate::hash::HashMap<PeId, Arc<PeEntry>>> {
+        self.bound.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The core stored `entry` for a PE registered on this connection.
+    pub(super) fn bind(&self, entry: Arc<PeEntry>) {
+        self.bound().insert(entry.pool_element.pe_id, entry);
+    }
+
+    /// A PE with this ID left this connection (deregistered, removed, registered on
+    /// another). A binding of the ID in another pool goes too: its next re-registration
+    /// goes to the core, which binds it again.
+    pub(super) fn unbind(&self, pe_id: PeId) {
+        self.bound().remove(&pe_id);
+    }
+
+    /// Unbinds every PE: what an operator declared for a pool changed, and
+    /// re-registrations must be judged against it by the core again (rare: no need to
+    /// pick the pool's).
+    pub(super) fn unbind_all(&self) {
+        self.bound().clear();
+    }
+
+    /// The audit event of an unchanged re-registration of `pe_id` in `pool_handle` of `ns`
+    /// on this connection ([`ReadView::refresh`]): the core's `reregister` event.
+    pub fn refresh_event(
+        &self,
+        ns: &Namespace,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+    ) -> AuditEvent {
+        client_event(
+            Some(&self.client),
+            ns,
+            pool_handle,
+            Some(pe_id),
+            AuditAction::Reregister,
+            None,
+        )
+    }
+
+    /// The entry the core stored when it registered `pe_id` on this connection.
+    fn bound_entry(&self, pe_id: PeId) -> Option<Arc<PeEntry>> {
+        self.bound().get(&pe_id).cloned()
     }
 
     /// Who it is.
@@ -318,6 +379,88 @@ impl ReadView {
         answered.error = written.err();
         Some(answered)
     }
+}
+
+impl ReadView {
+    /// Whether `pe`, re-registered by `client` in `pool_handle` (of `namespace`, else the
+    /// client's default one), is an unchanged re-registration that may be acknowledged
+    /// here (issue 20): the namespace it counts in, or `None` when the core must judge it.
+    ///
+    /// Yes only when everything the core would check comes out as when it last stored the
+    /// PE for this connection, so that its answer would be the same acknowledgement:
+    /// - the client is not revoked, and the registrar is not starting (spec §9.3);
+    /// - the grants still let the client's identity register these labels in this pool
+    ///   (the core's own check, [`register_refusal`]);
+    /// - the PE is bound to this very connection ([`ClientView::bind`]: another
+    ///   connection, even of the same identity, goes to the core) and the pool still
+    ///   holds the entry the core stored then (the same `Arc`: any change since, by a
+    ///   peer, an operator's drain, a removal or another registration, replaced it; so a
+    ///   binding the core did not take back in time can only be of the current entry,
+    ///   which this connection registered);
+    /// - `pe` is that entry again ([`unchanged`]), and no drain is on it.
+    ///
+    /// What the core checks of the PE alone (its life, its addresses against the
+    /// connection's, its serving identity) held for the same PE on the same connection;
+    /// what an operator declared for the pool is covered by the core unbinding the pool's
+    /// PEs when a declaration changes.
+    pub fn refresh(
+        &self,
+        client: &ClientView,
+        namespace: Option<&Namespace>,
+        pool_handle: &PoolHandle,
+        pe: &PoolElement,
+    ) -> Option<Namespace> {
+        if client.revoked() || self.starting() {
+            return None;
+        }
+        let ns = namespace.map_or_else(|| client.default_namespace(), Namespace::clone);
+        let grants = Arc::clone(&self.grants.read().unwrap_or_else(PoisonError::into_inner));
+        let legacy = self.legacy_namespace.as_ref();
+        if register_refusal(
+            &grants,
+            legacy,
+            &client.client.id,
+            &ns,
+            pool_handle,
+            &pe.labels,
+        )
+        .is_some()
+        {
+            return None;
+        }
+        // Bound in this pool: the pool's own entry for the PE ID is the one bound (an
+        // entry of another pool is never this pool's).
+        let stored = client.bound_entry(pe.pe_id)?;
+        let pool = self.handlespace.pool(&ns, pool_handle)?;
+        (pool.holds(&stored) && unchanged(&stored.pool_element, pe)).then_some(ns)
+    }
+}
+
+/// Whether a PE registered as `pe` would be stored as `stored` again: equal in everything
+/// but the home registrar's ID (the core sets its own), with no drain on it (a drain is
+/// the core's to keep, [`super::drain`]). Every field is named, so that a new one is
+/// compared or left out on purpose.
+pub(super) fn unchanged(stored: &PoolElement, pe: &PoolElement) -> bool {
+    let PoolElement {
+        pe_id,
+        home_server_id: _,
+        registration_life,
+        user_transport,
+        policy,
+        asap_transport,
+        labels,
+        status,
+        serving_identity,
+    } = pe;
+    stored.status.drain_deadline_ms.is_none()
+        && stored.pe_id == *pe_id
+        && stored.registration_life == *registration_life
+        && stored.user_transport == *user_transport
+        && stored.policy == *policy
+        && stored.asap_transport == *asap_transport
+        && stored.labels == *labels
+        && stored.status == *status
+        && stored.serving_identity == *serving_identity
 }
 
 /// A resolution's answer before it is encoded ([`ReadView::choose`]).

@@ -18,7 +18,7 @@ use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
 use super::tally::{self, Tally};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
-use enrp_core::registrar::{ClientView, ConnId, ConnRng, Input, ReadView, Remote};
+use enrp_core::registrar::{ClientView, ConnId, ConnRng, Input, ReadView, Refresh, Remote};
 
 pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -471,6 +471,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let kill = Arc::new(Notify::new());
     let in_flight = AtomicUsize::new(0);
     let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
+    let (refreshed, refresh_noted) = (Mutex::new(Vec::new()), Notify::new());
     let served = Mutex::new(Vec::new());
     let heard = AtomicU64::new(0);
     let here = Here {
@@ -482,6 +483,8 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         rng: None,
         resolutions: &resolutions,
         noted: &noted,
+        refreshed: &refreshed,
+        refresh_noted: &refresh_noted,
     };
     let handle = ConnHandle {
         tx,
@@ -529,11 +532,14 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         () = kill.notified() => {}
         () = stopped(stop) => {}
         () = write_tally_every(&resolutions, &noted, jobs, counters) => {}
+        () = send_refreshed_every(conn, &refreshed, &refresh_noted, events) => {}
     }
     // Nothing counted is lost when the connection ends (or the daemon stops).
     write_tally(&resolutions, jobs, counters);
     counters.tallies.end(conn);
-    let _ = events.send(Event::Input(Input::Closed { conn })).await;
+    if send_refreshed(conn, &refreshed, events).await.is_ok() {
+        let _ = events.send(Event::Input(Input::Closed { conn })).await;
+    }
 }
 
 pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -563,10 +569,16 @@ struct Here<'a> {
     client: Option<Arc<ClientView>>,
     /// This connection's selection stream ([`ReadView::rng_for`]), made at first use.
     rng: Option<ConnRng>,
-    /// Its resolutions answered here, not yet audited ([`tally`]); written by
-    /// [`write_tally_every`], told by `noted` when the first is in.
+    /// Its resolutions and unchanged re-registrations answered here, not yet audited
+    /// ([`tally`]); written by [`write_tally_every`], told by `noted` when the first is in.
     resolutions: &'a Mutex<Tally>,
     noted: &'a Notify,
+    /// Its unchanged re-registrations acknowledged here that the core has not had yet
+    /// ([`send_refreshed`]: before anything else of the connection goes to the core, and
+    /// by [`send_refreshed_every`] within [`REFRESH_DELAY`], told by `refresh_noted` when
+    /// the first is in).
+    refreshed: &'a Mutex<Vec<Refresh>>,
+    refresh_noted: &'a Notify,
 }
 
 /// Whether the fast path ended the connection.
@@ -578,16 +590,21 @@ enum Served {
     /// [`MAX_SERVED`] bytes of answers made here wait: the client does not read its
     /// answers (threat T-15).
     Full,
+    /// Answered here, and [`MAX_REFRESHED`] re-registrations wait for the core: they go
+    /// now.
+    Flush,
 }
 
 impl Here<'_> {
-    /// Answers `msg` here if it is a resolution this task may answer; else hands it back.
+    /// Answers `msg` here if it is a resolution or an unchanged re-registration this task
+    /// may answer; else hands it back.
     async fn serve(&mut self, conn: ConnId, msg: Decoded<AsapMsg>, counters: &Counters) -> Served {
         // Unrecognized parameters are reported by the core, after the answer (spec §3.3).
-        let AsapMsg::HandleResolution { .. } = &msg.msg else {
-            return Served::ToCore(msg);
-        };
-        if !msg.unrecognized.is_empty() || self.in_flight.load(Ordering::Acquire) != 0 {
+        let here = matches!(
+            msg.msg,
+            AsapMsg::HandleResolution { .. } | AsapMsg::Registration { .. }
+        );
+        if !here || !msg.unrecognized.is_empty() || self.in_flight.load(Ordering::Acquire) != 0 {
             return Served::ToCore(msg);
         }
         if self.client.is_none() {
@@ -596,6 +613,9 @@ impl Here<'_> {
         let Some(client) = &self.client else {
             return Served::ToCore(msg); // The core has not had its `Connected` yet.
         };
+        if let AsapMsg::Registration { .. } = msg.msg {
+            return self.refresh(msg, counters);
+        }
         let AsapMsg::HandleResolution {
             namespace,
             pool_handle,
@@ -634,32 +654,144 @@ impl Here<'_> {
         // Counted as the answer leaves; its record, in aggregate, within the interval or
         // when the connection ends ([`tally`]).
         counters.count_resolution(Some(&answered.namespace), answered.outcome);
-        let (first, written) = {
-            let mut t = self
-                .resolutions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let first = t.is_empty();
-            let written = t.note(
+        let written = self.tally(|t| {
+            t.note(
                 Some(&answered.namespace),
                 Some(&answered.pool_handle),
                 answered.outcome,
                 answered.pes,
                 || answered.event(client),
                 super::now_ms,
-            );
-            (first, written)
-        };
+            )
+        });
+        hand_records(written, &jobs, counters);
+        Served::Done
+    }
+
+    /// Notes an answer made here in the connection's audit tally with `note`, and wakes
+    /// the tally's writer for the first of an interval; the records to write at once.
+    fn tally(&self, note: impl FnOnce(&mut Tally) -> Vec<Record>) -> Vec<Record> {
+        let mut t = self
+            .resolutions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let first = t.is_empty();
+        let written = note(&mut t);
+        drop(t);
         if first {
             self.noted.notify_one();
         }
+        written
+    }
+
+    /// Acknowledges `msg`, a registration, here if it is an unchanged re-registration
+    /// ([`ReadView::refresh`]); else hands it back for the core.
+    fn refresh(&mut self, msg: Decoded<AsapMsg>, counters: &Counters) -> Served {
+        let Some(client) = &self.client else {
+            return Served::ToCore(msg);
+        };
+        let AsapMsg::Registration {
+            namespace,
+            pool_handle,
+            pool_element,
+        } = &msg.msg
+        else {
+            return Served::ToCore(msg);
+        };
+        // Its record comes in the tally: none once the daemon is stopping, so the core
+        // judges it (and audits it) then.
+        let Some(jobs) = self.jobs.upgrade() else {
+            return Served::ToCore(msg);
+        };
+        let Some(ns) = self
+            .view
+            .refresh(client, namespace.as_ref(), pool_handle, pool_element)
+        else {
+            return Served::ToCore(msg);
+        };
+        let pe_id = pool_element.pe_id;
+        {
+            let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+            if served.len() >= MAX_SERVED {
+                return Served::Full;
+            }
+            let ack = AsapMsg::RegistrationResponse {
+                reject: false,
+                pool_handle: pool_handle.clone(),
+                pe_id,
+                error: None,
+            };
+            if let Err(e) = ack.encode(&mut served) {
+                // Not for a PE the core stored (its pool handle encoded then): a bug.
+                tracing::error!(error = %e, "cannot encode a registration response");
+                return Served::ToCore(msg);
+            }
+        }
+        counters.count_refresh(&ns);
+        let written = self.tally(|t| {
+            t.note_refresh(
+                &ns,
+                pool_handle,
+                pe_id,
+                || client.refresh_event(&ns, pool_handle, pe_id),
+                super::now_ms,
+            )
+        });
         hand_records(written, &jobs, counters);
+        let AsapMsg::Registration {
+            pool_handle,
+            pool_element,
+            ..
+        } = msg.msg
+        else {
+            return Served::Done; // Unreachable: matched above.
+        };
+        let mut refreshed = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if refreshed.is_empty() {
+            self.refresh_noted.notify_one();
+        }
+        refreshed.push(Refresh {
+            namespace: ns,
+            pool_handle,
+            pool_element,
+        });
+        if refreshed.len() >= MAX_REFRESHED {
+            return Served::Flush;
+        }
         Served::Done
     }
 }
 
-/// Writes a connection's tally every [`tally::INTERVAL`] after its first resolution in
-/// it; never ends.
+/// Most unchanged re-registrations a connection holds for the core ([`Here::refreshed`]);
+/// at this many they go at once. A PE re-registers every few seconds, so the usual
+/// second holds a few per PE of the connection.
+const MAX_REFRESHED: usize = 1024;
+
+/// Hands the core the unchanged re-registrations of `conn` acknowledged so far, if any:
+/// before any other input of the connection, so that the core sees its messages in order.
+/// Taken and sent in one poll, so that within the connection's task nothing sent after
+/// this call overtakes them (the event channel's senders queue in order).
+async fn send_refreshed(
+    conn: ConnId,
+    refreshed: &Mutex<Vec<Refresh>>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    let taken = std::mem::take(&mut *refreshed.lock().unwrap_or_else(PoisonError::into_inner));
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let input = Input::Refreshed {
+        conn,
+        refreshed: taken,
+    };
+    events.send(Event::Input(input)).await.map_err(|_| ())
+}
+
+/// Writes a connection's tally every [`tally::INTERVAL`] after its first resolution or
+/// unchanged re-registration in it; never ends.
 async fn write_tally_every(
     resolutions: &Mutex<Tally>,
     noted: &Notify,
@@ -670,6 +802,32 @@ async fn write_tally_every(
         noted.notified().await;
         tokio::time::sleep(tally::INTERVAL).await;
         write_tally(resolutions, jobs, counters);
+    }
+}
+
+/// How long an unchanged re-registration acknowledged by a connection task may wait for
+/// the core ([`send_refreshed_every`]): what it does there (the PE's keep-alive starts
+/// over, peers hear of it) is late by at most this, far below the keep-alive interval and
+/// timeout (5 s each by default), and a busy connection sends its re-registrations ten
+/// times a second instead of each on its own. (A PE that re-registers instead of
+/// answering its keep-alive may time out in between; the core then registers it again,
+/// both audited: `enrp_core::registrar::Refresh`.)
+pub(crate) const REFRESH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Hands the core a connection's unchanged re-registrations [`REFRESH_DELAY`] after the
+/// first of them; ends only when the core task is gone.
+async fn send_refreshed_every(
+    conn: ConnId,
+    refreshed: &Mutex<Vec<Refresh>>,
+    noted: &Notify,
+    events: &mpsc::Sender<Event>,
+) {
+    loop {
+        noted.notified().await;
+        tokio::time::sleep(REFRESH_DELAY).await;
+        if send_refreshed(conn, refreshed, events).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -803,6 +961,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         },
                         _ => match here.serve(conn, msg, counters).await {
                             Served::Done => continue,
+                            Served::Flush => {
+                                if send_refreshed(conn, here.refreshed, events).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
                             Served::Full => {
                                 tracing::warn!(?conn, "send queue full: closing the connection");
                                 return;
@@ -838,9 +1002,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(None) => return,
             Err(ReadError::Framing(error)) => {
                 // The core audits it; the connection ends here without reply (§12.2).
-                let _ = events
-                    .send(Event::Input(Input::Malformed { conn, error }))
-                    .await;
+                if send_refreshed(conn, here.refreshed, events).await.is_ok() {
+                    let _ = events
+                        .send(Event::Input(Input::Malformed { conn, error }))
+                        .await;
+                }
                 return;
             }
             Err(e) => {
@@ -848,8 +1014,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        // Bounded: a client that sends faster than the core works waits here.
-        if events.send(event).await.is_err() {
+        // Bounded: a client that sends faster than the core works waits here. What was
+        // acknowledged here goes first: the core sees the connection's messages in order.
+        if send_refreshed(conn, here.refreshed, events).await.is_err()
+            || events.send(event).await.is_err()
+        {
             return;
         }
     }

@@ -188,6 +188,14 @@ impl Counters {
         self.by_namespace.count(namespace, what);
     }
 
+    /// Counts an unchanged re-registration a connection task acknowledged, as
+    /// [`Self::count`] counts a registration's event.
+    pub(super) fn count_refresh(&self, namespace: &Namespace) {
+        use super::by_namespace::Counted;
+        self.by_namespace
+            .count(Some(namespace), Counted::Registration);
+    }
+
     /// Counts a handshake that failed, by reason (`tls-handshake`, `tls-timeout`, ...).
     pub(super) fn handshake_failed(&self, reason: &'static str) {
         *locked(&self.handshake_failures).entry(reason).or_default() += 1;

@@ -15,15 +15,25 @@
 //!   first, like the refusal summaries of [`super::refusals`] ([`resolutions_in`] reads
 //!   either).
 //!
-//! Pure: the connection task calls [`Tally::note`] per resolution and [`Tally::take`] when
-//! its interval is over or it ends, and hands the records to the audit writer.
+//! The unchanged re-registrations a connection task acknowledges itself
+//! ([`enrp_core::registrar::ReadView::refresh`]) are tallied the same way, by (namespace,
+//! pool handle), with [`Tally::note_refresh`]: one such re-registration keeps its own
+//! `reregister` record; more make one with the detail
+//! `{count} re-registrations, unchanged (connection, last {ms} ms, aggregated)`, naming
+//! the PE when they were all of one PE (docs/SECURITY.md, "Re-registrations that change
+//! nothing").
+//!
+//! Pure: the connection task calls [`Tally::note`] per resolution (and
+//! [`Tally::note_refresh`] per re-registration) and [`Tally::take`] when its interval is
+//! over or it ends, and hands the records to the audit writer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use asap::wire::param::{Namespace, PoolHandle};
+use asap::wire::param::{Namespace, PeId, PoolHandle};
 use enrp_core::registrar::{AuditEvent, ConnId};
+use identity::audit::AuditAction;
 use store::audit::{Outcome, Record};
 
 use super::audit::to_record;
@@ -48,14 +58,27 @@ pub(crate) const MAX_KEYS: usize = 64;
 struct Entry {
     /// The first resolution's record: written as it is when it stays alone.
     record: Record,
+    /// What was tallied: resolutions, or unchanged re-registrations.
+    action: AuditAction,
     count: u64,
+    /// Resolutions: the PEs they returned. Re-registrations: unused.
     pes: u64,
+    /// Re-registrations of more than the first record's PE.
+    other_pes: bool,
 }
 
 impl Entry {
-    /// Whether a resolution with these subjects and this outcome counts here.
-    fn is_for(&self, ns: Option<&Namespace>, pool: Option<&PoolHandle>, outcome: &Outcome) -> bool {
-        self.record.outcome == *outcome
+    /// Whether a resolution (or re-registration) with these subjects and this outcome
+    /// counts here.
+    fn is_for(
+        &self,
+        action: AuditAction,
+        ns: Option<&Namespace>,
+        pool: Option<&PoolHandle>,
+        outcome: &Outcome,
+    ) -> bool {
+        self.action == action
+            && self.record.outcome == *outcome
             && self.record.namespace.as_ref() == ns
             && self.record.pool.as_ref() == pool
     }
@@ -93,13 +116,14 @@ impl Tally {
     ) -> Vec<Record> {
         let pes = u64::try_from(pes).unwrap_or(u64::MAX);
         let outcome = outcome.map_or(Outcome::Ok, Outcome::Cause);
-        if self.add(ns, pool, &outcome, pes) {
+        let resolve = AuditAction::Resolve;
+        if self.add(resolve, ns, pool, &outcome, pes, None) {
             return Vec::new();
         }
         let full = self.entries.len() >= MAX_KEYS;
         // A refusal for one more pool: counted under its outcome alone (a client probing
         // pools ends here for each probe: no event made, no clock read).
-        if full && outcome != Outcome::Ok && self.add(None, None, &outcome, pes) {
+        if full && outcome != Outcome::Ok && self.add(resolve, None, None, &outcome, pes, None) {
             return Vec::new();
         }
         let mut event = event();
@@ -119,29 +143,72 @@ impl Tally {
         }
         self.entries.push(Entry {
             record: to_record(event),
+            action: resolve,
             count: 1,
             pes,
+            other_pes: false,
         });
         written
     }
 
-    /// Adds to the entry of (`ns`, `pool`, `outcome`); `false` when it has none.
+    /// Counts one unchanged re-registration of `pe_id` in `pool` of `ns` that the
+    /// connection task acknowledged itself, as [`Self::note`] counts a resolution: its
+    /// `event` (a `reregister` record) made and the clock read only for a new key. The
+    /// records to write at once when [`MAX_KEYS`] was reached.
+    pub(crate) fn note_refresh(
+        &mut self,
+        ns: &Namespace,
+        pool: &PoolHandle,
+        pe_id: PeId,
+        event: impl FnOnce() -> AuditEvent,
+        now_ms: impl FnOnce() -> u64,
+    ) -> Vec<Record> {
+        let action = AuditAction::Reregister;
+        if self.add(action, Some(ns), Some(pool), &Outcome::Ok, 0, Some(pe_id)) {
+            return Vec::new();
+        }
+        let now_ms = now_ms();
+        // A PE's pools are few; a connection re-registering PEs in more than MAX_KEYS
+        // pools writes its tally out, as for resolutions.
+        let written = if self.entries.len() >= MAX_KEYS {
+            self.take(now_ms)
+        } else {
+            Vec::new()
+        };
+        if self.entries.is_empty() {
+            self.since_ms = now_ms;
+        }
+        self.entries.push(Entry {
+            record: to_record(event()),
+            action,
+            count: 1,
+            pes: 0,
+            other_pes: false,
+        });
+        written
+    }
+
+    /// Adds to the entry of (`action`, `ns`, `pool`, `outcome`); `false` when it has none.
+    /// `pe_id`: the re-registered PE, for a re-registration.
     fn add(
         &mut self,
+        action: AuditAction,
         ns: Option<&Namespace>,
         pool: Option<&PoolHandle>,
         outcome: &Outcome,
         pes: u64,
+        pe_id: Option<PeId>,
     ) -> bool {
         let Some(e) = self
             .entries
             .iter_mut()
-            .find(|e| e.is_for(ns, pool, outcome))
+            .find(|e| e.is_for(action, ns, pool, outcome))
         else {
             return false;
         };
         e.count += 1;
         e.pes = e.pes.saturating_add(pes);
+        e.other_pes |= pe_id != e.record.pe_id;
         true
     }
 
@@ -152,7 +219,16 @@ impl Tally {
             .drain(..)
             .map(|e| {
                 let mut r = e.record;
-                if e.count > 1 {
+                if e.count > 1 && e.action == AuditAction::Reregister {
+                    r.time_ms = now_ms;
+                    if e.other_pes {
+                        r.pe_id = None;
+                    }
+                    r.detail = Some(format!(
+                        "{} re-registrations, unchanged (connection, last {span} ms, aggregated)",
+                        e.count
+                    ));
+                } else if e.count > 1 {
                     r.time_ms = now_ms;
                     let detail = r.detail.take();
                     let why = match detail {
@@ -211,9 +287,9 @@ impl Tallies {
     }
 }
 
-/// How many resolutions (or refusals) an audit record accounts for: the count a summary
-/// record starts with (its detail says `aggregated`), else one. For tests and the
-/// benchmark that check that every resolution was audited.
+/// How many resolutions (or refusals, or re-registrations) an audit record accounts for:
+/// the count a summary record starts with (its detail says `aggregated`), else one. For
+/// tests and the benchmark that check that every resolution was audited.
 pub fn resolutions_in(detail: Option<&str>) -> u64 {
     match detail {
         Some(d) if d.contains("aggregated") => d
@@ -315,5 +391,66 @@ mod tests {
                 .is_some_and(|d| d.starts_with(&format!("{} resolutions", 1001 - MAX_KEYS))),
             "{beyond:?}"
         );
+    }
+
+    fn reregistered(pe: u32) -> AuditEvent {
+        AuditEvent {
+            pe_id: Some(PeId::new(pe).expect("pe id")),
+            action: AuditAction::Reregister,
+            detail: None,
+            ..event("echo", None)
+        }
+    }
+
+    /// The first of the five below is a new key: its event is made.
+    fn reregistered_never() -> AuditEvent {
+        reregistered(7)
+    }
+
+    #[test]
+    fn re_registrations_are_counted_apart_from_resolutions_and_name_their_pe() {
+        let ns = Namespace::new("default").expect("namespace");
+        let pool = PoolHandle::new(b"echo").expect("pool");
+        let pe = |n| PeId::new(n).expect("pe id");
+        let mut t = Tally::default();
+        // One alone keeps its own record.
+        assert!(
+            t.note_refresh(&ns, &pool, pe(7), || reregistered(7), || 10)
+                .is_empty()
+        );
+        let alone = t.take(20);
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].action, "reregister");
+        assert_eq!(alone[0].detail, None);
+        assert_eq!(alone[0].pe_id, Some(pe(7)));
+        // Many of one PE, next to resolutions of the same pool: two records.
+        for _ in 0..5 {
+            let counted = t.note_refresh(&ns, &pool, pe(7), reregistered_never, || 30);
+            assert!(counted.is_empty() || t.entries.len() == 1);
+        }
+        note(&mut t, event("echo", None), 3, 30);
+        let records = t.take(1_030);
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records[0].action, "reregister");
+        assert_eq!(
+            records[0].detail.as_deref(),
+            Some("5 re-registrations, unchanged (connection, last 1000 ms, aggregated)")
+        );
+        assert_eq!(records[0].pe_id, Some(pe(7)), "all of one PE");
+        assert_eq!(resolutions_in(records[0].detail.as_deref()), 5);
+        assert_eq!(records[1].action, "resolve");
+        // Of several PEs: the record names none.
+        t.note_refresh(&ns, &pool, pe(7), || reregistered(7), || 2_000);
+        t.note_refresh(
+            &ns,
+            &pool,
+            pe(8),
+            || panic!("not a new key"),
+            || panic!("no clock"),
+        );
+        let mixed = t.take(2_500);
+        assert_eq!(mixed.len(), 1);
+        assert_eq!(mixed[0].pe_id, None);
+        assert_eq!(resolutions_in(mixed[0].detail.as_deref()), 2);
     }
 }

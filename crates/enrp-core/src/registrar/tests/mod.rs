@@ -21,6 +21,7 @@ mod legacy;
 mod liveness;
 mod peers;
 mod read_view;
+mod refresh;
 mod removals;
 mod tables;
 mod takeover;
