@@ -1,6 +1,6 @@
 //! rsp against RSPLIB, the reference implementation (issue 9, "Against RSPLIB in the
 //! guest"): `enrpd`'s legacy plain-SCTP ASAP listener and RSPLIB's `rspregistrar` under the
-//! same resolution and registration load, in alternating rounds, in one run.
+//! same resolution and registration load, each measure on both back to back, in one run.
 //!
 //! Needs kernel SCTP and RSPLIB, so it runs in the qemu guest:
 //! `ci/sctp-lab/test bench -p enrp --bench rsplib` (add `-- --secs 5 --rounds 3`).
@@ -107,21 +107,32 @@ fn main() {
     rt.block_on(async {
         // A pool of 10 PEs at each, kept registered for the resolutions.
         let _pools = [populate(rsp.addr).await, populate(rsplib.addr).await];
+        // Each measure runs on both registrars back to back, the one that goes first
+        // alternating by round: the machine (a shared host under emulation) drifts by
+        // the second, and a ratio of phases run minutes apart, or always in the same
+        // order, carried that drift (issue 20).
+        let servers = [&rsp, &rsplib];
         for round in 0..opts.rounds {
-            for (i, server) in [&rsp, &rsplib].into_iter().enumerate() {
-                let cpu0 = server.cpu();
-                let (res, res_p) = resolutions(server.addr, &opts).await;
-                let cpu1 = server.cpu();
-                let (reg, reg_p) = registrations(server.addr, &opts, round).await;
-                let cpu2 = server.cpu();
-                results[i].1.push(Rates {
-                    resolutions: res,
-                    res_p50_p99: res_p,
-                    res_cpu_us: (cpu1 - cpu0) * 1e6 / (res * opts.secs as f64).max(1.0),
-                    registrations: reg,
-                    reg_p50_p99: reg_p,
-                    reg_cpu_us: (cpu2 - cpu1) * 1e6 / (reg * opts.secs as f64).max(1.0),
-                });
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut rates = [Rates::default(); 2];
+            for i in order {
+                let cpu0 = servers[i].cpu();
+                let (res, res_p) = resolutions(servers[i].addr, &opts).await;
+                let cpu = (servers[i].cpu() - cpu0) * 1e6;
+                rates[i].resolutions = res;
+                rates[i].res_p50_p99 = res_p;
+                rates[i].res_cpu_us = cpu / (res * opts.secs as f64).max(1.0);
+            }
+            for i in order {
+                let cpu0 = servers[i].cpu();
+                let (reg, reg_p) = registrations(servers[i].addr, &opts, round).await;
+                let cpu = (servers[i].cpu() - cpu0) * 1e6;
+                rates[i].registrations = reg;
+                rates[i].reg_p50_p99 = reg_p;
+                rates[i].reg_cpu_us = cpu / (reg * opts.secs as f64).max(1.0);
+            }
+            for (i, r) in rates.into_iter().enumerate() {
+                results[i].1.push(r);
             }
         }
     });
@@ -155,7 +166,7 @@ fn main() {
         medians[0].registrations / medians[1].registrations.max(1e-9)
     );
     // Issue 20's measure: CPU per operation, each round's rsp against the same round's
-    // RSPLIB (they ran back to back, so a slower machine slows both).
+    // RSPLIB (each measure ran on both back to back, so a slower machine slows both).
     let ratios = |cpu: fn(&Rates) -> f64| -> Vec<f64> {
         results[0]
             .1

@@ -16,13 +16,16 @@
 //! The policy state (round robin positions and the like) advances under the pool's lock,
 //! so concurrent readers and the core share one cycle, as before.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use asap::policy::PoolSelection;
 use asap::wire::PeEntry;
 use asap::wire::param::{Labels, Namespace, PeId, Policy, PoolHandle};
 use rand_core::Rng;
+
+// The core's hasher (`crate::hash`): readers look pools and PEs up on every resolution and
+// re-registration, and SipHash showed in their profile (issue 20).
+use crate::hash::HashMap;
 
 /// What readers need of one pool: its PEs by ID, its selection state and its overall
 /// policy (spec §5.3: the first PE's, in PE ID order).

@@ -377,6 +377,7 @@ impl Core {
         owned.taken_from = None;
         owned.rtt.abandon();
         owned.registered.get_or_insert(now);
+        owned.restarted = Some(now);
         // A re-registration may have started the pool's selection state afresh (its only
         // PE); the round trip measured so far stays the PE's.
         let rtt = owned.rtt.srtt();

@@ -327,6 +327,10 @@ struct Owned {
     /// When it first registered here (re-registrations keep it): its age in the admin API.
     /// `None` for a PE taken over from a peer until it registers here.
     registered: Option<Instant>,
+    /// When a registration here last started its keep-alive over: an unchanged
+    /// re-registration within half an interval of it leaves the timer as it is
+    /// ([`refresh`]).
+    restarted: Option<Instant>,
 }
 
 #[derive(Debug)]

@@ -23,7 +23,6 @@
 //! entry it stored, and a re-registration on that connection that would store the same
 //! entry again is acknowledged here; the core applies it later ([`super::refresh`]).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -48,7 +47,7 @@ pub struct ReadView {
     handlespace: Arc<HandlespaceView>,
     grants: RwLock<Arc<Vec<Grant>>>,
     starting: AtomicBool,
-    clients: RwLock<HashMap<ConnId, Arc<ClientView>>>,
+    clients: RwLock<crate::hash::HashMap<ConnId, Arc<ClientView>>>,
     legacy_namespace: Option<Namespace>,
     default_resolution_items: usize,
     max_resolution_items: usize,
@@ -187,7 +186,7 @@ impl ReadView {
             handlespace,
             grants: RwLock::new(grants),
             starting: AtomicBool::new(false),
-            clients: RwLock::new(HashMap::new()),
+            clients: RwLock::new(crate::hash::HashMap::default()),
             legacy_namespace: config.legacy_namespace.clone(),
             default_resolution_items: config.default_resolution_items,
             max_resolution_items: config.max_resolution_items,

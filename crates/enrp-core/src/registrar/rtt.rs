@@ -48,6 +48,11 @@ impl RttEstimator {
 
     /// The outstanding keep-alive no longer counts (a re-registration stopped its timeout,
     /// so its ack, if any, is ignored).
+    /// Whether a keep-alive is out and not answered.
+    pub(super) fn outstanding(&self) -> bool {
+        self.sent.is_some()
+    }
+
     pub(super) fn abandon(&mut self) {
         self.sent = None;
         self.ambiguous = false;

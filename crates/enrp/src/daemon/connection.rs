@@ -938,7 +938,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Some(frame)) => match AsapMsg::decode(&frame) {
                 Ok(msg) => {
                     let kind = Kind::of(&msg.msg);
-                    let now = tokio::time::Instant::now().into_std();
                     // Low disk: no new registrations (their records may not fit); the
                     // rest, deregistrations included, is served.
                     // Nor while the store does not answer: their records cannot be made
@@ -949,7 +948,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     } else if registration && counters.store_down.load(Ordering::Relaxed) {
                         Some(Err(Over::Store))
                     } else {
-                        kind.map(|k| counters.limiter.admit(&mut buckets, &client.id, k, now))
+                        kind.map(|k| {
+                            let now = || tokio::time::Instant::now().into_std();
+                            counters.limiter.admit(&mut buckets, &client.id, k, now)
+                        })
                     };
                     let counted = awaits_answer(&msg.msg);
                     let event = match admitted {

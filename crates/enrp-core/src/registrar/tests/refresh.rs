@@ -272,3 +272,28 @@ fn an_acknowledged_pe_gone_meanwhile_is_registered_again_and_audited() {
         [(AuditAction::Register, Some(ErrorCause::SECURITY_REJECTION))]
     );
 }
+
+#[test]
+fn refreshes_within_half_an_interval_leave_the_keep_alive_where_it_is() {
+    let keep_alive = |out: &[Action]| {
+        sent(out)
+            .iter()
+            .any(|m| matches!(m, AsapMsg::EndpointKeepAlive { .. }))
+    };
+    let mut h = Harness::new(); // keep-alives every 200 ms
+    let a = h.connect(1, PE_A);
+    h.send(a, registration("echo", 7));
+    // 50 ms after the registration: the timer stays (due at 200 ms).
+    h.advance(50);
+    refreshed(&mut h, a, "echo", pe(7));
+    assert!(!keep_alive(&h.advance(100)), "150 ms");
+    assert!(keep_alive(&h.advance(60)), "due at 200 ms, as registered");
+    // Answered by a refresh (outstanding): restarted at once, due 200 ms later.
+    refreshed(&mut h, a, "echo", pe(7));
+    assert!(!keep_alive(&h.advance(150)));
+    // More than half an interval after that restart: restarted again.
+    refreshed(&mut h, a, "echo", pe(7));
+    assert!(!keep_alive(&h.advance(150)), "moved on by the refresh");
+    assert!(keep_alive(&h.advance(60)));
+    assert!(present(&h, "echo", 7));
+}
