@@ -767,27 +767,32 @@ impl Here<'_> {
 
 /// Most unchanged re-registrations a connection holds for the core ([`Here::refreshed`]);
 /// at this many they go at once. A PE re-registers every few seconds, so the usual
-/// second holds a few per PE of the connection.
+/// [`REFRESH_DELAY`] holds at most one per PE of the connection.
 const MAX_REFRESHED: usize = 1024;
 
 /// Hands the core the unchanged re-registrations of `conn` acknowledged so far, if any:
 /// before any other input of the connection, so that the core sees its messages in order.
-/// Taken and sent in one poll, so that within the connection's task nothing sent after
-/// this call overtakes them (the event channel's senders queue in order).
+/// The channel's room is reserved first and the queue taken only with it: senders are
+/// served in the order they asked, so nothing this task sends after this call overtakes
+/// them, and a call dropped while it waits has taken nothing (cancel-safe).
 async fn send_refreshed(
     conn: ConnId,
     refreshed: &Mutex<Vec<Refresh>>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), ()> {
-    let taken = std::mem::take(&mut *refreshed.lock().unwrap_or_else(PoisonError::into_inner));
-    if taken.is_empty() {
+    let queued = || refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+    if queued().is_empty() {
         return Ok(());
     }
-    let input = Input::Refreshed {
-        conn,
-        refreshed: taken,
-    };
-    events.send(Event::Input(input)).await.map_err(|_| ())
+    let permit = events.reserve().await.map_err(|_| ())?;
+    let taken = std::mem::take(&mut *queued());
+    if !taken.is_empty() {
+        permit.send(Event::Input(Input::Refreshed {
+            conn,
+            refreshed: taken,
+        }));
+    }
+    Ok(())
 }
 
 /// Writes a connection's tally every [`tally::INTERVAL`] after its first resolution or
