@@ -400,8 +400,8 @@ impl ReadView {
     ///
     /// What the core checks of the PE alone (its life, its addresses against the
     /// connection's, its serving identity) held for the same PE on the same connection;
-    /// what an operator declared for the pool is covered by the core unbinding the pool's
-    /// PEs when a declaration changes.
+    /// what an operator declared for the pool is covered by the core unbinding every
+    /// connection's PEs when a declaration changes ([`ClientView::unbind_all`]).
     pub fn refresh(
         &self,
         client: &ClientView,
