@@ -413,18 +413,21 @@ impl ReadView {
             return None;
         }
         let ns = namespace.map_or_else(|| client.default_namespace(), Namespace::clone);
-        let grants = Arc::clone(&self.grants.read().unwrap_or_else(PoisonError::into_inner));
-        let legacy = self.legacy_namespace.as_ref();
-        if register_refusal(
-            &grants,
-            legacy,
-            &client.client.id,
-            &ns,
-            pool_handle,
-            &pe.labels,
-        )
-        .is_some()
-        {
+        // Read under the grants' lock, not a copy of their `Arc`; released before the
+        // binding's and the pool's locks are taken.
+        let refused = {
+            let grants = self.grants.read().unwrap_or_else(PoisonError::into_inner);
+            let legacy = self.legacy_namespace.as_ref();
+            register_refusal(
+                &grants,
+                legacy,
+                &client.client.id,
+                &ns,
+                pool_handle,
+                &pe.labels,
+            )
+        };
+        if refused.is_some() {
             return None;
         }
         // Bound in this pool: the pool's own entry for the PE ID is the one bound (an

@@ -5,8 +5,8 @@
 //! task acknowledges it itself when the [`ReadView`](super::ReadView) shows that the core
 //! would ([`ReadView::refresh`](super::ReadView::refresh)), counts it in the connection's
 //! audit tally (docs/SECURITY.md, "Re-registrations that change nothing") and hands it to
-//! the core in a batch ([`Input::Refreshed`](super::Input::Refreshed)), within a second
-//! and before anything else the connection sends.
+//! the core in a batch ([`Input::Refreshed`](super::Input::Refreshed)), within 100 ms
+//! (the connection task's `REFRESH_DELAY`) and before anything else the connection sends.
 //!
 //! The core then does what a re-registration does besides storing the PE
 //! ([`Core::on_refreshed`]): its keep-alive starts over, the unreachable reports against it
