@@ -13,8 +13,14 @@
 //! - **resolutions**: `--conc` PUs each resolve a pool of 10 PEs in a closed loop;
 //!   rsp audits each one (batched);
 //! - **registrations**: `--conc` PEs each re-register 50 PE IDs in turn (closed loop); rsp
-//!   acknowledges each only after its audit record is durable (SQLite, synchronous=FULL;
-//!   in the guest the data directory is on tmpfs, so fsync is cheap).
+//!   acknowledges a PE's first registration only after its audit record is durable
+//!   (SQLite, synchronous=FULL; in the guest the data directory is on tmpfs, so fsync is
+//!   cheap), and the unchanged ones after from the connection, audited in aggregate.
+//!
+//! `--only resolutions` (or `registrations`) runs one measure. `RSPLIB_BENCH_WRAP` runs
+//! both registrars under a command, e.g. `valgrind --tool=callgrind
+//! --callgrind-out-file=/tmp/cg.%p` for each one's instructions per operation, which the
+//! guest's clock is too noisy to compare (docs/BENCHMARKS.md, "Commands").
 //!
 //! The rsp registrar runs in a child process (this binary re-executed with
 //! [`CHILD_ARG`]) so that `/proc` gives each registrar's own CPU time.
@@ -62,6 +68,9 @@ struct Opts {
     secs: u64,
     rounds: usize,
     conc: usize,
+    /// `--only resolutions` or `--only registrations`: the other measure is skipped (a
+    /// profiler's run, e.g. under `RSPLIB_BENCH_WRAP`, then counts one kind).
+    only: Option<String>,
 }
 
 fn main() {
@@ -83,7 +92,13 @@ fn main() {
         secs: flag("--secs", if bench { 5 } else { 1 }),
         rounds: flag("--rounds", if bench { 3 } else { 1 }) as usize,
         conc: flag("--conc", 16) as usize,
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned(),
     };
+    let measures = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
     if !asap::transport::sctp::available() {
         println!("skipped: {}", asap::transport::sctp::UNAVAILABLE);
         return;
@@ -115,7 +130,7 @@ fn main() {
         for round in 0..opts.rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             let mut rates = [Rates::default(); 2];
-            for i in order {
+            for i in order.into_iter().filter(|_| measures("resolutions")) {
                 let cpu0 = servers[i].cpu();
                 let (res, res_p) = resolutions(servers[i].addr, &opts).await;
                 let cpu = (servers[i].cpu() - cpu0) * 1e6;
@@ -123,7 +138,7 @@ fn main() {
                 rates[i].res_p50_p99 = res_p;
                 rates[i].res_cpu_us = cpu / (res * opts.secs as f64).max(1.0);
             }
-            for i in order {
+            for i in order.into_iter().filter(|_| measures("registrations")) {
                 let cpu0 = servers[i].cpu();
                 let (reg, reg_p) = registrations(servers[i].addr, &opts, round).await;
                 let cpu = (servers[i].cpu() - cpu0) * 1e6;
@@ -230,7 +245,7 @@ struct Server {
 
 impl Server {
     fn rsp(data: &Path) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("self"))
+        let mut child = wrapped(std::env::current_exe().expect("self"))
             .arg(CHILD_ARG)
             .arg(data)
             .stdout(Stdio::piped())
@@ -245,7 +260,7 @@ impl Server {
     }
 
     fn rsplib() -> Self {
-        let child = Command::new("rspregistrar")
+        let child = wrapped("rspregistrar".into())
             .arg(format!("-asap={DOC_ADDR}:{RSPLIB_PORT}"))
             .arg(format!("-enrp={DOC_ADDR}:9911"))
             .args([
@@ -257,7 +272,8 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("rspregistrar");
-        std::thread::sleep(Duration::from_secs(1));
+        let wrapped = std::env::var_os("RSPLIB_BENCH_WRAP").is_some();
+        std::thread::sleep(Duration::from_secs(if wrapped { 10 } else { 1 }));
         Self {
             child,
             addr: SocketAddr::from((DOC_ADDR, RSPLIB_PORT)),
@@ -270,8 +286,33 @@ impl Server {
     }
 }
 
+/// `program`, or `program` under the command in `RSPLIB_BENCH_WRAP` (split at spaces),
+/// for both registrars: e.g. `valgrind --tool=callgrind` counts each one's instructions
+/// per operation, which the guest's noisy clock cannot.
+fn wrapped(program: std::path::PathBuf) -> Command {
+    match std::env::var("RSPLIB_BENCH_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let mut words = wrap.split_whitespace();
+            let mut c = Command::new(words.next().unwrap_or_default());
+            c.args(words).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        // A wrapper (a profiler) writes its output at SIGTERM, not at SIGKILL.
+        if std::env::var_os("RSPLIB_BENCH_WRAP").is_some() {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

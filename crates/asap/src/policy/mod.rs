@@ -20,8 +20,10 @@
 //! [`OrderedSelector`] + [`OrderRule`] (RR, WRR, PRI, LU, LUD, PLU: a sorted set, ties
 //! broken round robin as in rsplib) and [`RandomSelector`] + [`WeightRule`] (RAND, WRAND,
 //! RLU: a Fenwick tree of weights). Every operation costs O(log n) in the pool size;
-//! selecting *k* PEs costs O(k log n).
+//! selecting *k* PEs costs O(k log n). Round Robin, whose key is the same for all, is
+//! served by [`CycleSelector`], a queue in the same order at O(1) per PE selected.
 
+mod cycle;
 mod distance;
 mod least_used;
 mod ordered;
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 use rand_core::Rng;
 
+pub use cycle::CycleSelector;
 pub use distance::{DistanceValues, FULL_LOAD, LeastUsedDistance, MAX_RTT, UNMEASURED_RTT};
 pub use least_used::{LeastUsed, LeastUsedDegradation, LudState, PriorityLeastUsed};
 pub use ordered::{OrderRule, OrderedSelector};

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use rand_core::Rng;
 
 use super::{
-    LeastUsed, LeastUsedDegradation, LeastUsedDistance, OrderedSelector, PolicyError, Priority,
-    PriorityLeastUsed, Random, RandomSelector, RandomizedLeastUsed, RoundRobin, Selector,
-    WeightedRandom, WeightedRoundRobin,
+    CycleSelector, LeastUsed, LeastUsedDegradation, LeastUsedDistance, OrderedSelector,
+    PolicyError, Priority, PriorityLeastUsed, Random, RandomSelector, RandomizedLeastUsed,
+    Selector, WeightedRandom, WeightedRoundRobin,
 };
 use crate::wire::param::{Labels, PeId, Policy, PolicyType};
 
@@ -39,7 +39,7 @@ impl PolicyRegistry {
     /// A registry with the nine RFC 5356 policies (spec §5.1).
     pub fn rfc5356() -> Self {
         let mut registry = Self::empty();
-        registry.register_rule::<OrderedSelector<RoundRobin>>(PolicyType::ROUND_ROBIN);
+        registry.register_rule::<CycleSelector>(PolicyType::ROUND_ROBIN);
         registry
             .register_rule::<OrderedSelector<WeightedRoundRobin>>(PolicyType::WEIGHTED_ROUND_ROBIN);
         registry.register_rule::<RandomSelector<Random>>(PolicyType::RANDOM);
@@ -133,7 +133,7 @@ impl fmt::Debug for PolicyRegistry {
 /// they travel on as registered, so a registrar or pool user that has the policy applies it.
 pub struct RoundRobinFallback {
     policy_type: PolicyType,
-    inner: OrderedSelector<RoundRobin>,
+    inner: CycleSelector,
 }
 
 impl RoundRobinFallback {
@@ -141,7 +141,7 @@ impl RoundRobinFallback {
     pub fn new(policy_type: PolicyType) -> Self {
         Self {
             policy_type,
-            inner: OrderedSelector::new(),
+            inner: CycleSelector::new(),
         }
     }
 }

@@ -1291,3 +1291,77 @@ mod distance {
         }
     }
 }
+
+/// Runs `ops` on the Round Robin queue and on the ordered selector it replaces: they must
+/// select the same PEs in the same order, and hold the same PEs.
+fn run_cycle(ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut queue = CycleSelector::new();
+    let mut sorted = OrderedSelector::<RoundRobin>::new();
+    let mut rng = StdRng::seed_from_u64(0);
+    for op in ops {
+        match *op {
+            Op::Upsert { id, .. } => {
+                let pe = PeId::new(id).expect("non-zero");
+                prop_assert_eq!(
+                    queue.insert_or_update(pe, &Policy::RoundRobin),
+                    sorted.insert_or_update(pe, &Policy::RoundRobin)
+                );
+            }
+            Op::WrongType { id } => {
+                let pe = PeId::new(id).expect("non-zero");
+                let wrong = Policy::Priority { priority: 1 };
+                prop_assert!(queue.insert_or_update(pe, &wrong).is_err());
+            }
+            Op::Remove { id } => {
+                let pe = PeId::new(id).expect("non-zero");
+                prop_assert_eq!(queue.remove(pe), sorted.remove(pe));
+            }
+            Op::Select { n } => {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                queue.select(n, &mut rng, &mut a);
+                sorted.select(n, &mut rng, &mut b);
+                prop_assert_eq!(a, b);
+            }
+        }
+        prop_assert_eq!(queue.len(), sorted.len());
+        prop_assert_eq!(queue.ordered_pes(), sorted.ordered_pes());
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn the_round_robin_queue_selects_as_the_ordered_selector(ops in ops()) {
+        run_cycle(&ops)?;
+    }
+
+    #[test]
+    fn the_round_robin_queue_selects_as_the_ordered_selector_in_a_large_pool(
+        ops in many_ops(),
+    ) {
+        run_cycle(&ops)?;
+    }
+}
+
+/// Removals leave stale places in the queue; it is compacted, never more than twice the
+/// PEs it holds (plus the slack).
+#[test]
+fn the_round_robin_queue_stays_bounded_under_churn() {
+    let mut queue = CycleSelector::new();
+    let mut rng = StdRng::seed_from_u64(1);
+    for round in 0..1000u32 {
+        for id in 1..=10 {
+            let pe = PeId::new(round * 10 + id).expect("non-zero");
+            queue.insert_or_update(pe, &Policy::RoundRobin).expect("RR");
+        }
+        let mut out = Vec::new();
+        queue.select(3, &mut rng, &mut out);
+        assert_eq!(out.len(), 3);
+        for id in 1..=10 {
+            queue.remove(PeId::new(round * 10 + id).expect("non-zero"));
+            assert!(queue.places() <= 2 * queue.len() + 32, "{queue:?}");
+        }
+        assert!(queue.is_empty());
+        assert!(queue.ordered_pes().is_empty());
+    }
+}

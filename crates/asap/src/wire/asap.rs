@@ -75,6 +75,15 @@ impl PeEntry {
         e
     }
 
+    /// The entry's parameters exactly as [`AsapMsg::encode_found`] writes them (`plain`
+    /// as there), for [`AsapMsg::encode_found_encoded`]: a registrar answering many
+    /// resolutions encodes each entry once, not once per answer (issue 20).
+    pub fn encoded_as(&self, plain: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_as(&mut Writer::new(&mut out), plain);
+        out
+    }
+
     /// Bytes the entry takes in a resolution response ([`AsapMsg::encode_found`]).
     pub fn encoded_len_as(&self, plain: bool) -> usize {
         let mut w = Writer::counter();
@@ -312,6 +321,40 @@ impl AsapMsg {
                 }
             });
         })
+    }
+
+    /// [`Self::encode_found`] from entries already encoded by [`PeEntry::encoded_as`],
+    /// taken in order while they fit one message ([`MAX_MESSAGE_LEN`]) and at most
+    /// [`MAX_RESOLUTION_PES`] of them: how many it took. The same bytes as
+    /// `encode_found` of those entries.
+    ///
+    /// [`MAX_MESSAGE_LEN`]: super::limits::MAX_MESSAGE_LEN
+    pub fn encode_found_encoded<'a>(
+        out: &mut Vec<u8>,
+        pool_handle: &PoolHandle,
+        policy: Option<&Policy>,
+        entries: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<usize, EncodeError> {
+        let mut taken = 0;
+        encode_checked(out, |w| {
+            let ty = MsgType::ASAP_HANDLE_RESOLUTION_RESPONSE.0;
+            let start = w.position();
+            w.message(ty, 0, |w| {
+                pool_handle.write(w);
+                write_opt(w, policy);
+                let mut room = super::limits::MAX_MESSAGE_LEN - (w.position() - start);
+                for e in entries.into_iter().take(MAX_RESOLUTION_PES) {
+                    // Each entry ends padded to 4, so the message needs no padding after.
+                    let Some(left) = room.checked_sub(e.len()) else {
+                        break;
+                    };
+                    room = left;
+                    w.bytes(e);
+                    taken += 1;
+                }
+            });
+        })?;
+        Ok(taken)
     }
 
     /// The message as a new buffer; see [`Self::encode`].

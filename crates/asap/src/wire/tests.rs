@@ -1615,12 +1615,56 @@ mod props {
             AsapMsg::encode_found(&mut got, &handle, policy.as_ref(), &entries, plain)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let want = AsapMsg::HandleResolutionResponse {
-                pool_handle: handle,
+                pool_handle: handle.clone(),
                 result: Resolution::Found { policy, pool_elements: sent },
             }
             .to_bytes()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&got[1..], &want[..]);
+            // From entries encoded once: the same bytes, all of them taken.
+            let encoded: Vec<Vec<u8>> = entries.iter().map(|e| e.encoded_as(plain)).collect();
+            let mut again = vec![7];
+            let taken = AsapMsg::encode_found_encoded(
+                &mut again,
+                &handle,
+                policy.as_ref(),
+                encoded.iter().map(Vec::as_slice),
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(taken, entries.len());
+            prop_assert_eq!(&again[1..], &want[..]);
+        }
+
+        /// Entries encoded once are taken while they fit one message, as
+        /// `fit_in_one_message` takes them for `encode_found`.
+        #[test]
+        fn encode_found_encoded_stops_at_the_message_limit(
+            handle in pool_handle(),
+            sizes in vec(1usize..4000, 1..40),
+        ) {
+            use crate::wire::limits::{MAX_MESSAGE_LEN, MAX_RESOLUTION_PES};
+            let entries: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0xAB; n * 4]).collect();
+            let mut out = Vec::new();
+            let taken = AsapMsg::encode_found_encoded(
+                &mut out,
+                &handle,
+                None,
+                entries.iter().map(Vec::as_slice),
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(out.len() <= MAX_MESSAGE_LEN);
+            let header = 4 + handle.encoded_len();
+            let want = entries
+                .iter()
+                .take(MAX_RESOLUTION_PES)
+                .scan(header, |len, e| {
+                    *len += e.len();
+                    (*len <= MAX_MESSAGE_LEN).then_some(())
+                })
+                .count();
+            prop_assert_eq!(taken, want);
+            prop_assert_eq!(out.len(), header + entries[..taken].iter().map(Vec::len).sum::<usize>());
+            prop_assert_eq!(usize::from(u16::from_be_bytes([out[2], out[3]])), out.len());
         }
 
         #[test]

@@ -133,6 +133,8 @@ impl Pool {
             registrant,
         });
         shared.by_id.insert(pe_id, Arc::clone(&entry));
+        // Its encodings are of the entry it replaces.
+        shared.wire.remove(&pe_id);
         let old = self.entries.insert(pe_id, entry);
         let was_draining = !lone_update
             && old
@@ -165,6 +167,7 @@ impl Pool {
         }
         shared.selection.remove(pe_id);
         shared.by_id.remove(&pe_id);
+        shared.wire.remove(&pe_id);
         shared.policy = self.policy().copied();
         drop(shared);
         Some(Arc::unwrap_or_clone(e))

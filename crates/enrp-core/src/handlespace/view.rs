@@ -19,8 +19,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use asap::policy::PoolSelection;
-use asap::wire::PeEntry;
 use asap::wire::param::{Labels, Namespace, PeId, Policy, PoolHandle};
+use asap::wire::{AsapMsg, EncodeError, PeEntry};
 use rand_core::Rng;
 
 // The core's hasher (`crate::hash`): readers look pools and PEs up on every resolution and
@@ -38,6 +38,8 @@ pub struct PoolView {
 pub(super) struct Selectable {
     pub(super) selection: PoolSelection,
     pub(super) by_id: HashMap<PeId, Arc<PeEntry>>,
+    /// The encodings of the PEs resolved since they last changed.
+    pub(super) wire: HashMap<PeId, Encodings>,
     pub(super) policy: Option<Policy>,
     /// How many of `by_id` are draining (out of `selection`).
     pub(super) draining: usize,
@@ -45,6 +47,14 @@ pub(super) struct Selectable {
 
 /// A pool's answer to a resolution: the pool's policy and the PEs chosen, in order.
 pub type Selected = (Option<Policy>, Vec<Arc<PeEntry>>);
+
+/// A PE's parameters as resolution responses carry them ([`PeEntry::encoded_as`]):
+/// `[plain, with identities]`, each encoded at the first resolution that returns the PE
+/// that way and kept until the PE changes or leaves (the core drops them then): a
+/// resolution copies them instead of encoding the PE again (issue 20). Kept apart from
+/// `by_id`, so that a PE nobody resolves costs nothing here (100,000 PEs of a
+/// keep-alive load stay within 2 KiB each).
+type Encodings = [Option<Box<[u8]>>; 2];
 
 impl PoolView {
     /// Chooses up to `n` PEs with the pool's policy (spec §5.2, §7.3), advancing the
@@ -64,6 +74,49 @@ impl PoolView {
             .filter_map(|id| s.by_id.get(id).cloned())
             .collect();
         Some((s.policy, pes))
+    }
+
+    /// [`Self::select`] answered at once: the handle resolution response for
+    /// `pool_handle` appended to `out` (`plain`: without identities), with the chosen
+    /// PEs that fit one message ([`AsapMsg::encode_found_encoded`]), each copied from
+    /// its encoding made once. How many PEs it carries. `ids`: the caller's buffer for
+    /// the chosen IDs (no allocation per resolution).
+    #[allow(clippy::too_many_arguments)] // select's, and where the answer goes
+    pub fn answer(
+        &self,
+        n: usize,
+        hints: &Labels,
+        rng: &mut dyn Rng,
+        pool_handle: &PoolHandle,
+        plain: bool,
+        ids: &mut Vec<PeId>,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<usize, EncodeError>> {
+        let mut s = self.lock();
+        if s.by_id.len() == s.draining {
+            return None;
+        }
+        ids.clear();
+        s.selection.select_hinted(n, hints, rng, ids);
+        let s = &mut *s;
+        let at = usize::from(!plain);
+        for id in ids.iter() {
+            if let Some(entry) = s.by_id.get(id) {
+                let slot = &mut s.wire.entry(*id).or_default()[at];
+                if slot.is_none() {
+                    *slot = Some(entry.encoded_as(plain).into_boxed_slice());
+                }
+            }
+        }
+        let pes = ids
+            .iter()
+            .filter_map(|id| s.wire.get(id).and_then(|w| w[at].as_deref()));
+        Some(AsapMsg::encode_found_encoded(
+            out,
+            pool_handle,
+            s.policy.as_ref(),
+            pes,
+        ))
     }
 
     /// Whether the pool holds `entry` itself (the same `Arc`, not an equal copy): nothing

@@ -261,10 +261,7 @@ impl ReadView {
                 Some("registrar starting: handlespace not yet synchronised"),
             ));
         }
-        let wanted = option.map_or(self.default_resolution_items, |o| {
-            usize::try_from(o.items).unwrap_or(usize::MAX)
-        });
-        let n = wanted.clamp(1, self.max_resolution_items.max(1));
+        let n = self.items(option);
         let found = if self.may_resolve(&client.client.id, ns, pool_handle) {
             self.handlespace
                 .pool(ns, pool_handle)
@@ -343,10 +340,12 @@ impl ReadView {
     }
 
     /// [`Self::resolve`] with the answer encoded onto `out` from the handlespace's own
-    /// entries (no PE copied) and its audit event left to be made when it is needed
-    /// ([`Answered::event`]): the connection tasks' resolutions, most of which are
-    /// counted into a tally record made for the first of them (issue 20). The bytes are
-    /// those of [`Self::resolve`]'s `response`, and the event is its `event`.
+    /// entries, each PE's parameters encoded once and copied ([`PoolView::answer`]), and
+    /// its audit event left to be made when it is needed ([`Answered::event`]): the
+    /// connection tasks' resolutions, most of which are counted into a tally record made
+    /// for the first of them (issue 20). The bytes are those of [`Self::resolve`]'s
+    /// `response`, and the event is its `event`. `ids`: the caller's buffer for the
+    /// chosen PE IDs.
     #[allow(clippy::too_many_arguments)] // resolve's, and where the answer goes
     pub fn resolve_into(
         &self,
@@ -356,27 +355,58 @@ impl ReadView {
         option: Option<HandleResolutionOption>,
         hints: &Labels,
         rng: &mut dyn Rng,
+        ids: &mut Vec<PeId>,
         out: &mut Vec<u8>,
     ) -> Option<Answered> {
-        let (ns, choice) = self.choose(client, namespace, &pool_handle, option, hints, rng)?;
-        let (mut answered, written) = match choice {
-            Choice::Refused(cause, detail) => {
+        if client.revoked() {
+            return None;
+        }
+        let ns = namespace.unwrap_or_else(|| client.default_namespace());
+        // The checks and the choice of `select`, the encoding of `choose` and `resolve`.
+        let found = if self.starting() {
+            Err((
+                ErrorCause::LackOfResources,
+                Some("registrar starting: handlespace not yet synchronised"),
+            ))
+        } else {
+            let n = self.items(option);
+            let plain = is_legacy(&client.client.id);
+            let answered = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
+                self.handlespace
+                    .pool(&ns, &pool_handle)
+                    .and_then(|pool| pool.answer(n, hints, rng, &pool_handle, plain, ids, out))
+            } else {
+                None
+            };
+            answered.ok_or((ErrorCause::UnknownPoolHandle, None))
+        };
+        Some(match found {
+            Ok(Ok(n)) => Answered::found(ns, pool_handle, n),
+            Ok(Err(e)) => {
+                let mut answered = Answered::found(ns, pool_handle, 0);
+                answered.error = Some(e);
+                answered
+            }
+            Err((cause, detail)) => {
                 let written = AsapMsg::HandleResolutionResponse {
                     pool_handle: pool_handle.clone(),
                     result: Resolution::Error(OperationError::single(cause.clone())),
                 }
                 .encode(out);
-                (Answered::refused(ns, pool_handle, &cause, detail), written)
+                let mut answered = Answered::refused(ns, pool_handle, &cause, detail);
+                answered.error = written.err();
+                answered
             }
-            Choice::Found(c) => {
-                let pes = &c.pes[..c.n];
-                let written =
-                    AsapMsg::encode_found(out, &pool_handle, c.policy.as_ref(), pes, c.plain);
-                (Answered::found(ns, pool_handle, c.n), written)
-            }
-        };
-        answered.error = written.err();
-        Some(answered)
+        })
+    }
+
+    /// How many PEs a resolution asks for (its option, else the default), within
+    /// `1..=max_resolution_items`.
+    fn items(&self, option: Option<HandleResolutionOption>) -> usize {
+        let wanted = option.map_or(self.default_resolution_items, |o| {
+            usize::try_from(o.items).unwrap_or(usize::MAX)
+        });
+        wanted.clamp(1, self.max_resolution_items.max(1))
     }
 }
 

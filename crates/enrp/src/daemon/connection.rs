@@ -16,6 +16,7 @@ use trust::{LiveConnection, Peer, Protocol, TrustStore};
 use super::driver::{self, AuditJob};
 use super::limits::{Buckets, Kind, Over};
 use super::listen::{self, BoxStream, Listener};
+use super::on_wake::OnWake;
 use super::tally::{self, Tally};
 use super::{ConnHandle, Counters, Event, Outgoing, Settings, Shared};
 use enrp_core::registrar::{ClientView, ConnId, ConnRng, Input, ReadView, Refresh, Remote};
@@ -481,6 +482,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         in_flight: &in_flight,
         client: None,
         rng: None,
+        ids: Vec::new(),
         resolutions: &resolutions,
         noted: &noted,
         refreshed: &refreshed,
@@ -523,16 +525,23 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     // leaves at once; in select!'s random order, half the time the write loop came first
     // and the answer waited for the task's next turn behind every other ready connection
     // (issue 20: the resolutions' p99 was twice their median on one server CPU).
+    // The rare events, polled only when one of them woke the task (`OnWake`): not on
+    // every message, as the branches of `select!` are.
+    let rare = std::pin::pin!(async {
+        tokio::select! {
+            () = idle(&heard, settings.idle_timeout) => tracing::debug!(?conn, "idle: closing"),
+            reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
+            () = kill.notified() => {}
+            () = stopped(stop) => {}
+            () = write_tally_every(&resolutions, &noted, jobs, counters) => {}
+            () = send_refreshed_every(conn, &refreshed, &refresh_noted, events) => {}
+        }
+    });
     tokio::select! {
         biased;
         () = read_loop(conn, reader, events, &heard, &limited, counters, here) => {}
         () = write_counted(write_half, rx, &in_flight, &served) => {}
-        () = idle(&heard, settings.idle_timeout) => tracing::debug!(?conn, "idle: closing"),
-        reason = revoked => tracing::info!(?conn, ?reason, "closing: revoked"),
-        () = kill.notified() => {}
-        () = stopped(stop) => {}
-        () = write_tally_every(&resolutions, &noted, jobs, counters) => {}
-        () = send_refreshed_every(conn, &refreshed, &refresh_noted, events) => {}
+        () = OnWake::new(rare) => {}
     }
     // Nothing counted is lost when the connection ends (or the daemon stops).
     write_tally(&resolutions, jobs, counters);
@@ -569,6 +578,8 @@ struct Here<'a> {
     client: Option<Arc<ClientView>>,
     /// This connection's selection stream ([`ReadView::rng_for`]), made at first use.
     rng: Option<ConnRng>,
+    /// The PE IDs its last resolution chose (kept for the allocation).
+    ids: Vec<::asap::wire::param::PeId>,
     /// Its resolutions and unchanged re-registrations answered here, not yet audited
     /// ([`tally`]); written by [`write_tally_every`], told by `noted` when the first is in.
     resolutions: &'a Mutex<Tally>,
@@ -642,6 +653,7 @@ impl Here<'_> {
             option,
             &hints,
             rng.rng(),
+            &mut self.ids,
             &mut served,
         ) else {
             return Served::Done;

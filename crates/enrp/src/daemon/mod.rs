@@ -21,6 +21,7 @@ mod control;
 mod driver;
 mod limits;
 mod listen;
+mod on_wake;
 mod peer;
 mod refusals;
 mod settings;

@@ -146,15 +146,16 @@ impl Core {
 
     /// Spec §9.4: an owned PE was added or re-registered: ADD_PE to every peer.
     pub(in crate::registrar) fn announce_owned(&mut self, key: &PeKey, out: &mut Vec<Action>) {
+        // Borrowed, not cloned: every unchanged re-registration comes here (issue 20),
+        // and most registrars have few peers or none.
         let Some(entry) = self
             .handlespace
             .pool(&key.0, &key.1)
             .and_then(|p| p.entry(key.2))
-            .cloned()
         else {
             return;
         };
-        self.send_update(UpdateAction::AddPe, &key.0, &key.1, &entry, out);
+        self.send_update(UpdateAction::AddPe, &key.0, &key.1, entry, out);
     }
 
     pub(super) fn send_update(

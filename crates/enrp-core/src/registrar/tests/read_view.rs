@@ -17,6 +17,7 @@ fn from_view(h: &Harness, conn: ConnId, pool: &str) -> Option<Resolution> {
         None,
         &Default::default(),
         view.rng_for(conn).rng(),
+        &mut Vec::new(),
         &mut out,
     );
     let resolved = view.resolve(
@@ -115,4 +116,44 @@ fn a_starting_registrar_answers_lack_of_resources_from_the_view() {
         cause_of(from_view(&h, pu, "echo")),
         Some(ErrorCause::UNKNOWN_POOL_HANDLE)
     );
+}
+
+/// The view answers from each PE's encoding made at its first resolution; a PE changed
+/// since is answered as it is now, not as it was encoded.
+#[test]
+fn a_changed_pe_is_answered_as_it_is_now() {
+    let mut h = Harness::new();
+    let a = h.connect(1, PE_A);
+    let pu = h.connect(2, PU_1);
+    let life = |r: &Resolution| match r {
+        Resolution::Found { pool_elements, .. } => pool_elements
+            .iter()
+            .map(|e| e.pool_element.registration_life)
+            .collect::<Vec<_>>(),
+        Resolution::Error(e) => panic!("resolution failed: {e:?}"),
+    };
+    h.send(a, registration("echo", 7));
+    let first = from_view(&h, pu, "echo").expect("answered");
+    let before = life(&first);
+    // Again: from the encoding the first made.
+    assert_eq!(life(&from_view(&h, pu, "echo").expect("answered")), before);
+    let AsapMsg::Registration {
+        namespace,
+        pool_handle,
+        mut pool_element,
+    } = registration("echo", 7)
+    else {
+        unreachable!("a registration");
+    };
+    pool_element.registration_life += 1000;
+    h.send(
+        a,
+        AsapMsg::Registration {
+            namespace,
+            pool_handle,
+            pool_element,
+        },
+    );
+    let after = life(&from_view(&h, pu, "echo").expect("answered"));
+    assert_eq!(after, before.iter().map(|l| l + 1000).collect::<Vec<_>>());
 }
