@@ -624,6 +624,23 @@ mod tests {
         assert_eq!(bytes, [0x0f, 0x18, 192, 0, 2, 1]);
     }
 
+    /// A listener on an ephemeral loopback port, and its address.
+    fn loopback_listener() -> (SctpListener, Endpoint) {
+        let listener = SctpListener::bind(&Endpoint::single("127.0.0.1:0".parse().expect("addr")))
+            .expect("bind");
+        let at = listener.local().clone();
+        (listener, at)
+    }
+
+    /// The listener's first association, ASAP in message framing.
+    async fn accept_asap(listener: SctpListener) -> SctpConnection {
+        let (conn, _) = listener
+            .accept(PPID_ASAP, Framing::Messages)
+            .await
+            .expect("accept");
+        conn
+    }
+
     /// Runs only where the kernel has SCTP (the qemu guest, `ci/sctp-lab`).
     #[tokio::test]
     async fn messages_cross_an_association_whole_and_with_the_ppid() {
@@ -632,14 +649,9 @@ mod tests {
             return;
         }
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = SctpListener::bind(&Endpoint::single("127.0.0.1:0".parse().expect("addr")))
-            .expect("bind");
-        let at = listener.local().clone();
+        let (listener, at) = loopback_listener();
         let server = tokio::spawn(async move {
-            let (mut conn, _) = listener
-                .accept(PPID_ASAP, Framing::Messages)
-                .await
-                .expect("accept");
+            let mut conn = accept_asap(listener).await;
             let mut got = vec![0; 64];
             let n = conn.read(&mut got).await.expect("read");
             got.truncate(n);
@@ -673,14 +685,9 @@ mod tests {
         let first: Vec<u8> = [message(8, 1), message(600, 2), message(12, 3)].concat();
         let later = message(16, 4);
         let total = first.len() + later.len();
-        let listener = SctpListener::bind(&Endpoint::single("127.0.0.1:0".parse().expect("addr")))
-            .expect("bind");
-        let at = listener.local().clone();
+        let (listener, at) = loopback_listener();
         let server = tokio::spawn(async move {
-            let (mut conn, _) = listener
-                .accept(PPID_ASAP, Framing::Messages)
-                .await
-                .expect("accept");
+            let mut conn = accept_asap(listener).await;
             // The first three messages are all queued when the first read comes.
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let (mut got, mut buf, mut reads) = (Vec::new(), vec![0; 4096], Vec::new());

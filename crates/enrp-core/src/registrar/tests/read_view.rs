@@ -137,21 +137,14 @@ fn a_changed_pe_is_answered_as_it_is_now() {
     let before = life(&first);
     // Again: from the encoding the first made.
     assert_eq!(life(&from_view(&h, pu, "echo").expect("answered")), before);
-    let AsapMsg::Registration {
-        namespace,
-        pool_handle,
-        mut pool_element,
-    } = registration("echo", 7)
-    else {
-        unreachable!("a registration");
-    };
-    pool_element.registration_life += 1000;
+    let mut changed = pe(7);
+    changed.registration_life += 1000;
     h.send(
         a,
         AsapMsg::Registration {
-            namespace,
-            pool_handle,
-            pool_element,
+            namespace: None,
+            pool_handle: handle("echo"),
+            pool_element: changed,
         },
     );
     let after = life(&from_view(&h, pu, "echo").expect("answered"));
