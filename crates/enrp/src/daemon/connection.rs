@@ -520,11 +520,6 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
             None => std::future::pending().await,
         }
     };
-    // One task reads and writes. `biased`: the read loop is polled first and the write
-    // loop right after it, in the same poll, so that an answer the read loop queued
-    // leaves at once; in select!'s random order, half the time the write loop came first
-    // and the answer waited for the task's next turn behind every other ready connection
-    // (issue 20: the resolutions' p99 was twice their median on one server CPU).
     // The rare events, polled only when one of them woke the task (`OnWake`): not on
     // every message, as the branches of `select!` are.
     let rare = std::pin::pin!(async {
@@ -537,6 +532,11 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
             () = send_refreshed_every(conn, &refreshed, &refresh_noted, events) => {}
         }
     });
+    // One task reads and writes. `biased`: the read loop is polled first and the write
+    // loop right after it, in the same poll, so that an answer the read loop queued
+    // leaves at once; in select!'s random order, half the time the write loop came first
+    // and the answer waited for the task's next turn behind every other ready connection
+    // (issue 20: the resolutions' p99 was twice their median on one server CPU).
     tokio::select! {
         biased;
         () = read_loop(conn, reader, events, &heard, &limited, counters, here) => {}
