@@ -498,6 +498,10 @@ impl AsyncRead for SctpConnection {
             if second.is_none() {
                 // The kernel found nothing more to read: wait for the next readiness.
                 // (Readiness that came in since is kept: tokio clears only this one.)
+                // Had the second read failed otherwise than with EAGAIN (the kernel then
+                // keeps the error for the next call), the association is ending: its
+                // close leaves READ_CLOSED set, which `clear_ready` keeps, so the next
+                // read reports it; else the idle timeout ends the connection.
                 guard.clear_ready();
             }
             // A read of 0 bytes that is no notification: the end of the stream.
