@@ -46,13 +46,13 @@ impl RttEstimator {
         Some(srtt)
     }
 
-    /// The outstanding keep-alive no longer counts (a re-registration stopped its timeout,
-    /// so its ack, if any, is ignored).
     /// Whether a keep-alive is out and not answered.
     pub(super) fn outstanding(&self) -> bool {
         self.sent.is_some()
     }
 
+    /// The outstanding keep-alive no longer counts (a re-registration stopped its timeout,
+    /// so its ack, if any, is ignored).
     pub(super) fn abandon(&mut self) {
         self.sent = None;
         self.ambiguous = false;
