@@ -39,7 +39,7 @@ use rand_core::{Rng, SeedableRng as _};
 use super::{
     AuditEvent, Config, ConnId, Remote, client_event, is_legacy, permits, register_refusal,
 };
-use crate::handlespace::{HandlespaceView, Selected};
+use crate::handlespace::{HandlespaceView, PoolView, Selected};
 
 /// What a connection task reads to answer a resolution (module docs).
 #[derive(Debug)]
@@ -243,9 +243,7 @@ impl ReadView {
     }
 
     /// The PEs `client` is answered with for `pool_handle` in `ns` (spec §7.3), or the
-    /// refusal: a pool the PU may not resolve answers 0x9 as if it did not exist; a
-    /// registrar still starting answers 0x6 (spec §9.3 step 5 [P]: an empty handlespace
-    /// would answer "unknown pool" wrongly).
+    /// refusal ([`Self::in_pool`]).
     fn select(
         &self,
         client: &ClientView,
@@ -255,17 +253,33 @@ impl ReadView {
         hints: &Labels,
         rng: &mut dyn Rng,
     ) -> Result<Selected, (ErrorCause, Option<&'static str>)> {
+        let n = self.items(option);
+        self.in_pool(client, ns, pool_handle, |pool| pool.select(n, hints, rng))
+    }
+
+    /// `choose` applied to the pool `pool_handle` of `ns` if `client` may resolve it
+    /// (`None` from `choose`: the pool has no PE), or the refusal: a pool the PU may not
+    /// resolve answers 0x9 as if it did not exist; a registrar still starting answers 0x6
+    /// (spec §9.3 step 5 [P]: an empty handlespace would answer "unknown pool" wrongly).
+    /// The checks of both ways of answering a resolution ([`Self::select`],
+    /// [`Self::resolve_into`]).
+    fn in_pool<T>(
+        &self,
+        client: &ClientView,
+        ns: &Namespace,
+        pool_handle: &PoolHandle,
+        choose: impl FnOnce(&PoolView) -> Option<T>,
+    ) -> Result<T, (ErrorCause, Option<&'static str>)> {
         if self.starting() {
             return Err((
                 ErrorCause::LackOfResources,
                 Some("registrar starting: handlespace not yet synchronised"),
             ));
         }
-        let n = self.items(option);
         let found = if self.may_resolve(&client.client.id, ns, pool_handle) {
             self.handlespace
                 .pool(ns, pool_handle)
-                .and_then(|pool| pool.select(n, hints, rng))
+                .and_then(|pool| choose(&pool))
         } else {
             None
         };
@@ -362,24 +376,11 @@ impl ReadView {
             return None;
         }
         let ns = namespace.unwrap_or_else(|| client.default_namespace());
-        // The checks and the choice of `select`, the encoding of `choose` and `resolve`.
-        let found = if self.starting() {
-            Err((
-                ErrorCause::LackOfResources,
-                Some("registrar starting: handlespace not yet synchronised"),
-            ))
-        } else {
-            let n = self.items(option);
-            let plain = is_legacy(&client.client.id);
-            let answered = if self.may_resolve(&client.client.id, &ns, &pool_handle) {
-                self.handlespace
-                    .pool(&ns, &pool_handle)
-                    .and_then(|pool| pool.answer(n, hints, rng, &pool_handle, plain, ids, out))
-            } else {
-                None
-            };
-            answered.ok_or((ErrorCause::UnknownPoolHandle, None))
-        };
+        let n = self.items(option);
+        let plain = is_legacy(&client.client.id);
+        let found = self.in_pool(client, &ns, &pool_handle, |pool| {
+            pool.answer(n, hints, rng, &pool_handle, plain, ids, out)
+        });
         Some(match found {
             Ok(Ok(n)) => Answered::found(ns, pool_handle, n),
             Ok(Err(e)) => {
