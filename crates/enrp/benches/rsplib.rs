@@ -95,9 +95,14 @@ fn main() {
         only: args
             .iter()
             .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1))
-            .cloned(),
+            .map(|i| args.get(i + 1).cloned().unwrap_or_default()),
     };
+    if let Some(only) = opts.only.as_deref()
+        && !["resolutions", "registrations"].contains(&only)
+    {
+        eprintln!("--only takes `resolutions` or `registrations`, not {only:?}");
+        std::process::exit(2);
+    }
     let measures = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
     if !asap::transport::sctp::available() {
         println!("skipped: {}", asap::transport::sctp::UNAVAILABLE);
@@ -272,8 +277,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("rspregistrar");
-        let wrapped = std::env::var_os("RSPLIB_BENCH_WRAP").is_some();
-        std::thread::sleep(Duration::from_secs(if wrapped { 10 } else { 1 }));
+        // Under a wrapper (a profiler) it starts slower.
+        std::thread::sleep(Duration::from_secs(if wrapper().is_some() {
+            10
+        } else {
+            1
+        }));
         Self {
             child,
             addr: SocketAddr::from((DOC_ADDR, RSPLIB_PORT)),
@@ -286,25 +295,34 @@ impl Server {
     }
 }
 
-/// `program`, or `program` under the command in `RSPLIB_BENCH_WRAP` (split at spaces),
-/// for both registrars: e.g. `valgrind --tool=callgrind` counts each one's instructions
-/// per operation, which the guest's noisy clock cannot.
+/// The command in `RSPLIB_BENCH_WRAP`, split at spaces, if one is set: both registrars run
+/// under it (e.g. `valgrind --tool=callgrind`, which counts each one's instructions per
+/// operation, as the guest's noisy clock cannot).
+fn wrapper() -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var("RSPLIB_BENCH_WRAP")
+        .ok()?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// `program`, under the [`wrapper`] if there is one.
 fn wrapped(program: std::path::PathBuf) -> Command {
-    match std::env::var("RSPLIB_BENCH_WRAP") {
-        Ok(wrap) if !wrap.trim().is_empty() => {
-            let mut words = wrap.split_whitespace();
-            let mut c = Command::new(words.next().unwrap_or_default());
-            c.args(words).arg(program);
+    match wrapper() {
+        Some(words) => {
+            let mut c = Command::new(&words[0]);
+            c.args(&words[1..]).arg(program);
             c
         }
-        _ => Command::new(program),
+        None => Command::new(program),
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         // A wrapper (a profiler) writes its output at SIGTERM, not at SIGKILL.
-        if std::env::var_os("RSPLIB_BENCH_WRAP").is_some() {
+        if wrapper().is_some() {
             let _ = Command::new("kill")
                 .arg(self.child.id().to_string())
                 .status();
