@@ -472,7 +472,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let kill = Arc::new(Notify::new());
     let in_flight = AtomicUsize::new(0);
     let (resolutions, noted) = (counters.tallies.start(conn), Notify::new());
-    let (refreshed, refresh_noted) = (Mutex::new(Vec::new()), Notify::new());
+    let refreshed = RefreshQueue::default();
     let served = Mutex::new(Vec::new());
     let heard = AtomicU64::new(0);
     let here = Here {
@@ -486,7 +486,6 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         resolutions: &resolutions,
         noted: &noted,
         refreshed: &refreshed,
-        refresh_noted: &refresh_noted,
     };
     let handle = ConnHandle {
         tx,
@@ -529,7 +528,7 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
             () = kill.notified() => {}
             () = stopped(stop) => {}
             () = write_tally_every(&resolutions, &noted, jobs, counters) => {}
-            () = send_refreshed_every(conn, &refreshed, &refresh_noted, events) => {}
+            () = send_refreshed_every(conn, &refreshed, events) => {}
         }
     });
     // One task reads and writes. `biased`: the read loop is polled first and the write
@@ -584,12 +583,8 @@ struct Here<'a> {
     /// ([`tally`]); written by [`write_tally_every`], told by `noted` when the first is in.
     resolutions: &'a Mutex<Tally>,
     noted: &'a Notify,
-    /// Its unchanged re-registrations acknowledged here that the core has not had yet
-    /// ([`send_refreshed`]: before anything else of the connection goes to the core, and
-    /// by [`send_refreshed_every`] within [`REFRESH_DELAY`], told by `refresh_noted` when
-    /// the first is in).
-    refreshed: &'a Mutex<Vec<Refresh>>,
-    refresh_noted: &'a Notify,
+    /// Its unchanged re-registrations acknowledged here that the core has not had yet.
+    refreshed: &'a RefreshQueue,
 }
 
 /// Whether the fast path ended the connection.
@@ -758,29 +753,48 @@ impl Here<'_> {
         else {
             return Served::Done; // Unreachable: matched above.
         };
-        let mut refreshed = self
-            .refreshed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if refreshed.is_empty() {
-            self.refresh_noted.notify_one();
-        }
-        refreshed.push(Refresh {
+        let full = self.refreshed.push(Refresh {
             namespace: ns,
             pool_handle,
             pool_element,
         });
-        if refreshed.len() >= MAX_REFRESHED {
+        if full {
             return Served::Flush;
         }
         Served::Done
     }
 }
 
-/// Most unchanged re-registrations a connection holds for the core ([`Here::refreshed`]);
+/// Most unchanged re-registrations a connection holds for the core ([`RefreshQueue`]);
 /// at this many they go at once. A PE re-registers every few seconds, so the usual
 /// [`REFRESH_DELAY`] holds at most one per PE of the connection.
 const MAX_REFRESHED: usize = 1024;
+
+/// A connection's unchanged re-registrations acknowledged here that the core has not had
+/// yet: they go by [`send_refreshed`], before anything else of the connection goes to the
+/// core, and by [`send_refreshed_every`] within [`REFRESH_DELAY`] of the first.
+#[derive(Default)]
+struct RefreshQueue {
+    queued: Mutex<Vec<Refresh>>,
+    /// Told when the first of a batch is queued ([`send_refreshed_every`] waits for it).
+    noted: Notify,
+}
+
+impl RefreshQueue {
+    /// Queues `refresh`; `true` when the queue holds [`MAX_REFRESHED`]: it must go now.
+    fn push(&self, refresh: Refresh) -> bool {
+        let mut queued = self.lock();
+        if queued.is_empty() {
+            self.noted.notify_one();
+        }
+        queued.push(refresh);
+        queued.len() >= MAX_REFRESHED
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Refresh>> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Hands the core the unchanged re-registrations of `conn` acknowledged so far, if any:
 /// before any other input of the connection, so that the core sees its messages in order.
@@ -789,15 +803,14 @@ const MAX_REFRESHED: usize = 1024;
 /// them, and a call dropped while it waits has taken nothing (cancel-safe).
 async fn send_refreshed(
     conn: ConnId,
-    refreshed: &Mutex<Vec<Refresh>>,
+    refreshed: &RefreshQueue,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), ()> {
-    let queued = || refreshed.lock().unwrap_or_else(PoisonError::into_inner);
-    if queued().is_empty() {
+    if refreshed.lock().is_empty() {
         return Ok(());
     }
     let permit = events.reserve().await.map_err(|_| ())?;
-    let taken = std::mem::take(&mut *queued());
+    let taken = std::mem::take(&mut *refreshed.lock());
     if !taken.is_empty() {
         permit.send(Event::Input(Input::Refreshed {
             conn,
@@ -835,12 +848,11 @@ pub(crate) const REFRESH_DELAY: std::time::Duration = std::time::Duration::from_
 /// first of them; ends only when the core task is gone.
 async fn send_refreshed_every(
     conn: ConnId,
-    refreshed: &Mutex<Vec<Refresh>>,
-    noted: &Notify,
+    refreshed: &RefreshQueue,
     events: &mpsc::Sender<Event>,
 ) {
     loop {
-        noted.notified().await;
+        refreshed.noted.notified().await;
         tokio::time::sleep(REFRESH_DELAY).await;
         if send_refreshed(conn, refreshed, events).await.is_err() {
             return;
@@ -1154,6 +1166,77 @@ async fn gather<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use ::asap::wire::param::{PeId, PoolHandle, ServerId};
+
+    /// The queue of re-registrations acknowledged here says it is full at
+    /// [`MAX_REFRESHED`] (the read loop then sends it at once), and all of it reaches the
+    /// core in one input; the next one starts a batch and wakes the timer again.
+    #[tokio::test]
+    async fn a_full_refresh_queue_goes_to_the_core_whole() {
+        use ::asap::wire::param::{Address, Policy, PoolElement, Transport, TransportUse};
+        let refresh = |id: u32| Refresh {
+            namespace: "default".parse().expect("namespace"),
+            pool_handle: PoolHandle::new("echo").expect("handle"),
+            pool_element: PoolElement {
+                pe_id: PeId::new(id).expect("non-zero"),
+                home_server_id: 0,
+                registration_life: 300_000,
+                user_transport: Transport::Tcp {
+                    port: std::num::NonZeroU16::new(7777).expect("non-zero"),
+                    transport_use: TransportUse::DataOnly,
+                    addr: Address::new(std::net::Ipv4Addr::LOCALHOST),
+                },
+                policy: Policy::RoundRobin,
+                asap_transport: None,
+                labels: Default::default(),
+                status: Default::default(),
+                serving_identity: None,
+            },
+        };
+        let noted = |q: &RefreshQueue| {
+            let woken = q.noted.notified();
+            ready_now(woken)
+        };
+        let queue = RefreshQueue::default();
+        for id in 1..MAX_REFRESHED as u32 {
+            assert!(!queue.push(refresh(id)), "full at {id}");
+        }
+        assert!(noted(&queue), "the first of the batch wakes the timer");
+        assert!(!noted(&queue), "only the first");
+        assert!(
+            queue.push(refresh(MAX_REFRESHED as u32)),
+            "full at the limit"
+        );
+        let (tx, mut rx) = mpsc::channel(1);
+        send_refreshed(ConnId(7), &queue, &tx)
+            .await
+            .expect("the core is there");
+        match rx.try_recv() {
+            Ok(Event::Input(Input::Refreshed { conn, refreshed })) => {
+                assert_eq!(conn, ConnId(7));
+                let ids: Vec<u32> = refreshed
+                    .iter()
+                    .map(|r| r.pool_element.pe_id.get())
+                    .collect();
+                assert_eq!(ids, (1..=MAX_REFRESHED as u32).collect::<Vec<_>>());
+            }
+            _ => panic!("no Refreshed input"),
+        }
+        assert!(queue.lock().is_empty());
+        // Nothing queued: nothing sent.
+        send_refreshed(ConnId(7), &queue, &tx)
+            .await
+            .expect("the core is there");
+        assert!(rx.try_recv().is_err());
+        assert!(!queue.push(refresh(1)));
+        assert!(noted(&queue), "a new batch wakes the timer");
+    }
+
+    /// Whether `f` is ready at its first poll.
+    fn ready_now(f: impl Future) -> bool {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.as_mut().poll(&mut cx).is_ready()
+    }
 
     /// Real time, short: the bounds below do not depend on the machine's speed (a sleep
     /// is never early), only the "not forever" one is loose.
